@@ -1,0 +1,97 @@
+/* Internal declarations shared by the host files; not installed. */
+#ifndef CLOPT_INTERNAL_H
+#define CLOPT_INTERNAL_H
+
+#include "clopt.h"
+#include "embedded.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define CLOPT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLOPT_PRINTF(a, b)
+#endif
+
+extern const clopt_embedded_file clopt_kernel_sources[];
+extern const size_t clopt_kernel_sources_count;
+
+typedef struct clopt_kernel_entry {
+    char *name;
+    cl_kernel kernel;
+} clopt_kernel_entry;
+
+typedef struct clopt_program_entry {
+    char *family;
+    char *options;
+    cl_program program;
+    clopt_kernel_entry *kernels;
+    size_t nkernels;
+} clopt_program_entry;
+
+struct clopt_ctx {
+    cl_context context;
+    cl_device_id device;
+    cl_command_queue queue;
+    cl_device_type device_type;
+    char device_name[256];
+    char driver_version[128];
+    char platform_version[256];
+    clopt_tuning tuning;
+    char last_error[1024];
+    char *build_log;
+    char *cache_dir; /* CLOPT_CACHE_DIR at creation, NULL when unset */
+    clopt_program_entry *programs;
+    size_t nprograms, cap_programs;
+    size_t compiled, from_disk;
+};
+
+/* Records a formatted detail in ctx->last_error (ctx may be NULL) and returns s. */
+clopt_status clopt_fail(clopt_ctx *ctx, clopt_status s, const char *fmt, ...) CLOPT_PRINTF(3, 4);
+/* For an OpenCL error: records "what: CL_NAME (code)" and returns the pass-through status. */
+clopt_status clopt_fail_cl(clopt_ctx *ctx, cl_int err, const char *what);
+/* Clears the last error of a context (start of every public call). */
+void clopt_clear_error(clopt_ctx *ctx);
+
+/* Program cache (program.c). */
+clopt_status clopt_get_kernel(clopt_ctx *ctx, const char *family, const char *options,
+                              const char *name, cl_kernel *out);
+void clopt_programs_release(clopt_ctx *ctx);
+
+/* Default tuning for a device (tuning.c). */
+clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name);
+
+/* Validation helpers (util.c). */
+clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
+clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
+clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
+/* Enqueue a 1-D element-wise kernel covering n elements with the context's tuning. */
+clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                      size_t n, cl_uint num_wait, const cl_event *wait_list,
+                                      cl_event *event);
+/* Sets argument *index of k and increments it; returns an OpenCL status. */
+cl_int clopt_set_arg(cl_kernel k, cl_uint *index, size_t size, const void *value);
+char *clopt_strdup(const char *s);
+uint64_t clopt_fnv1a(uint64_t h, const void *data, size_t n);
+
+/* Rules (rules.c). */
+typedef struct clopt_launch_plan {
+    const char *family;   /* kernels/<family>.cl */
+    const char *kernel;   /* kernel function name */
+    char options[256];    /* -D defines of the variant */
+    float scalars[16];    /* per-step float arguments after n and the gradient multiplier */
+    cl_uint nscalars;
+    cl_int int_arg;       /* a per-step flag some kernels take (SGD first step, RAdam rectified) */
+    int has_int_arg;
+    int uses_hessian;     /* Sophia: an estimate is folded into h at this step */
+} clopt_launch_plan;
+
+/* NAdam's momentum schedule μ_t = β1 (1 - 0.5 * 0.96^(t ψ)). */
+double clopt_nadam_mu(const clopt_hparams *hp, double t);
+
+clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                             const clopt_step_args *args, uint64_t step, clopt_launch_plan *plan);
+
+#endif

@@ -1,0 +1,355 @@
+/* The rule table: names, defaults, validation, state layout, memory model, and the plan of
+ * one step (kernel, -D variant, per-step scalars computed in double on the host). */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Hyperparameters a rule reads (for validation). */
+enum {
+    U_BETAS = 1 << 0,    /* beta1, beta2 in [0, 1) */
+    U_BETA3 = 1 << 1,    /* AdaMod */
+    U_EPS = 1 << 2,      /* eps > 0 */
+    U_WD = 1 << 3,       /* weight_decay >= 0 */
+    U_SGD = 1 << 4,      /* momentum, dampening, nesterov */
+    U_ALPHA = 1 << 5,    /* RMSprop alpha in [0, 1), momentum in [0, 1) */
+    U_RHO01 = 1 << 6,    /* Adadelta rho in [0, 1) */
+    U_ADAGRAD = 1 << 7,  /* lr_decay, initial_accumulator_value >= 0 */
+    U_MOMDECAY = 1 << 8, /* NAdam momentum_decay >= 0 */
+    U_SOPHIA = 1 << 9    /* rho > 0, bs > 0, hess_interval >= 1 */
+};
+
+typedef struct rule_info {
+    const char *name;
+    const char *family;
+    const char *kernel;
+    unsigned uses;
+} rule_info;
+
+static const rule_info rules[CLOPT_RULE_COUNT] = {
+    [CLOPT_SGD] = {"sgd", "sgd", "sgd_step", U_WD | U_SGD},
+    [CLOPT_ADAM] = {"adam", "adam", "adam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_ADAMW] = {"adamw", "adam", "adam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_ADAGRAD] = {"adagrad", "adaptive", "adagrad_step", U_EPS | U_WD | U_ADAGRAD},
+    [CLOPT_ADADELTA] = {"adadelta", "adaptive", "adadelta_step", U_EPS | U_WD | U_RHO01},
+    [CLOPT_RMSPROP] = {"rmsprop", "adaptive", "rmsprop_step", U_EPS | U_WD | U_ALPHA},
+    [CLOPT_ADAMAX] = {"adamax", "adam", "adamax_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_NADAM] = {"nadam", "adam", "nadam_step", U_BETAS | U_EPS | U_WD | U_MOMDECAY},
+    [CLOPT_RADAM] = {"radam", "adam", "radam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_ADAMOD] = {"adamod", "adam", "adamod_step", U_BETAS | U_BETA3 | U_EPS | U_WD},
+    [CLOPT_DIFFGRAD] = {"diffgrad", "adam", "diffgrad_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_LION] = {"lion", "sign", "lion_step", U_BETAS | U_WD},
+    [CLOPT_SOPHIA] = {"sophia", "sign", "sophia_step", U_BETAS | U_EPS | U_WD | U_SOPHIA},
+};
+
+static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
+
+const char *clopt_rule_name(clopt_rule rule) { return rule_ok(rule) ? rules[rule].name : NULL; }
+
+clopt_status clopt_rule_from_name(const char *name, clopt_rule *out)
+{
+    if (!name || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    for (int r = 0; r < CLOPT_RULE_COUNT; r++)
+        if (strcmp(rules[r].name, name) == 0) {
+            *out = (clopt_rule)r;
+            return CLOPT_SUCCESS;
+        }
+    return CLOPT_ERR_INVALID_ARGUMENT;
+}
+
+clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
+{
+    if (!hp)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (!rule_ok(rule))
+        return CLOPT_ERR_INVALID_ARGUMENT;
+    memset(hp, 0, sizeof *hp);
+    hp->lr = 1e-3;
+    hp->beta1 = 0.9;
+    hp->beta2 = 0.999;
+    hp->beta3 = 0.999;
+    hp->eps = 1e-8;
+    hp->alpha = 0.99;
+    hp->rho = 0.9;
+    hp->bs = 5120;
+    hp->momentum_decay = 4e-3;
+    hp->hess_interval = 10;
+    switch (rule) {
+    case CLOPT_SGD: hp->lr = 1e-2; break; /* torch requires lr; 0.01 is the usual choice */
+    case CLOPT_ADAMW: hp->weight_decay = 1e-2; break;
+    case CLOPT_ADAGRAD: hp->lr = 1e-2; hp->eps = 1e-10; break;
+    case CLOPT_ADADELTA: hp->lr = 1.0; hp->eps = 1e-6; break;
+    case CLOPT_RMSPROP: hp->lr = 1e-2; break;
+    case CLOPT_ADAMAX: hp->lr = 2e-3; break;
+    case CLOPT_NADAM: hp->lr = 2e-3; break;
+    case CLOPT_LION: hp->lr = 1e-4; hp->beta2 = 0.99; break;
+    case CLOPT_SOPHIA:
+        hp->lr = 1e-4;
+        hp->beta1 = 0.965;
+        hp->beta2 = 0.99;
+        hp->rho = 0.04;
+        hp->eps = 1e-15;
+        hp->weight_decay = 1e-1;
+        break;
+    default: break;
+    }
+    return CLOPT_SUCCESS;
+}
+
+static int in01(double x) { return isfinite(x) && x >= 0.0 && x < 1.0; }
+static int nonneg(double x) { return isfinite(x) && x >= 0.0; }
+static int positive(double x) { return isfinite(x) && x > 0.0; }
+
+clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, const char **why)
+{
+    const char *w = NULL;
+    if (!hp) {
+        if (why)
+            *why = "hparams is NULL";
+        return CLOPT_ERR_NULL_ARGUMENT;
+    }
+    if (!rule_ok(rule)) {
+        if (why)
+            *why = "rule is not a clopt_rule";
+        return CLOPT_ERR_INVALID_ARGUMENT;
+    }
+    unsigned u = rules[rule].uses;
+    if (!nonneg(hp->lr))
+        w = "lr must be finite and >= 0";
+    else if ((u & U_BETAS) && !in01(hp->beta1))
+        w = "beta1 must be in [0, 1)";
+    else if ((u & U_BETAS) && !in01(hp->beta2))
+        w = "beta2 must be in [0, 1)";
+    else if ((u & U_BETA3) && !in01(hp->beta3))
+        w = "beta3 must be in [0, 1)";
+    else if ((u & U_EPS) && !positive(hp->eps))
+        w = "eps must be finite and > 0";
+    else if ((u & U_WD) && !nonneg(hp->weight_decay))
+        w = "weight_decay must be finite and >= 0";
+    else if ((u & U_SGD) && !in01(hp->momentum))
+        w = "momentum must be in [0, 1)";
+    else if ((u & U_SGD) && !(isfinite(hp->dampening) && hp->dampening >= 0 && hp->dampening <= 1))
+        w = "dampening must be in [0, 1]";
+    else if ((u & U_SGD) && hp->nesterov && (hp->momentum <= 0 || hp->dampening != 0))
+        w = "nesterov needs momentum > 0 and dampening = 0";
+    else if ((u & U_ALPHA) && !in01(hp->alpha))
+        w = "alpha must be in [0, 1)";
+    else if ((u & U_ALPHA) && !in01(hp->momentum))
+        w = "momentum must be in [0, 1)";
+    else if ((u & U_RHO01) && !in01(hp->rho))
+        w = "rho must be in [0, 1)";
+    else if ((u & U_ADAGRAD) && !nonneg(hp->lr_decay))
+        w = "lr_decay must be finite and >= 0";
+    else if ((u & U_ADAGRAD) && !nonneg(hp->initial_accumulator_value))
+        w = "initial_accumulator_value must be finite and >= 0";
+    else if ((u & U_MOMDECAY) && !nonneg(hp->momentum_decay))
+        w = "momentum_decay must be finite and >= 0";
+    else if ((u & U_SOPHIA) && !positive(hp->rho))
+        w = "rho must be finite and > 0";
+    else if ((u & U_SOPHIA) && !positive(hp->bs))
+        w = "bs must be finite and > 0";
+    else if ((u & U_SOPHIA) && hp->hess_interval < 1)
+        w = "hess_interval must be >= 1";
+    if (why)
+        *why = w ? w : "";
+    return w ? CLOPT_ERR_INVALID_HYPERPARAM : CLOPT_SUCCESS;
+}
+
+/* State names of a rule under hp; returns the count. */
+static size_t state_names(clopt_rule rule, const clopt_hparams *hp, const char **names)
+{
+    size_t k = 0;
+    switch (rule) {
+    case CLOPT_SGD:
+        if (hp->momentum != 0)
+            names[k++] = "momentum_buffer";
+        break;
+    case CLOPT_ADAM:
+    case CLOPT_ADAMW:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_avg_sq";
+        if (hp->amsgrad)
+            names[k++] = "max_exp_avg_sq";
+        break;
+    case CLOPT_ADAGRAD: names[k++] = "sum"; break;
+    case CLOPT_ADADELTA:
+        names[k++] = "square_avg";
+        names[k++] = "acc_delta";
+        break;
+    case CLOPT_RMSPROP:
+        names[k++] = "square_avg";
+        if (hp->momentum != 0)
+            names[k++] = "momentum_buffer";
+        if (hp->centered)
+            names[k++] = "grad_avg";
+        break;
+    case CLOPT_ADAMAX:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_inf";
+        break;
+    case CLOPT_NADAM:
+    case CLOPT_RADAM:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_avg_sq";
+        break;
+    case CLOPT_ADAMOD:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_avg_sq";
+        names[k++] = "exp_avg_lr";
+        break;
+    case CLOPT_DIFFGRAD:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_avg_sq";
+        names[k++] = "previous_grad";
+        break;
+    case CLOPT_LION: names[k++] = "exp_avg"; break;
+    case CLOPT_SOPHIA:
+        names[k++] = "exp_avg";
+        names[k++] = "hessian";
+        break;
+    default: break;
+    }
+    return k;
+}
+
+size_t clopt_rule_state_count(clopt_rule rule, const clopt_hparams *hp)
+{
+    const char *names[CLOPT_MAX_STATE];
+    return rule_ok(rule) && hp ? state_names(rule, hp, names) : 0;
+}
+
+const char *clopt_rule_state_name(clopt_rule rule, const clopt_hparams *hp, size_t index)
+{
+    const char *names[CLOPT_MAX_STATE];
+    if (!rule_ok(rule) || !hp)
+        return NULL;
+    size_t k = state_names(rule, hp, names);
+    return index < k ? names[index] : NULL;
+}
+
+float clopt_rule_state_init(clopt_rule rule, const clopt_hparams *hp, size_t index)
+{
+    if (rule == CLOPT_ADAGRAD && hp && index == 0)
+        return (float)hp->initial_accumulator_value;
+    return 0.0f;
+}
+
+size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp)
+{
+    if (!rule_ok(rule) || !hp)
+        return 0;
+    size_t s = clopt_rule_state_count(rule, hp);
+    /* reads: θ, g, every state; writes: θ, every state. Sophia without an estimate leaves h
+       unwritten; with one it also reads ĥ (counted by the op, not here: steady state is the
+       k-1 steps out of k without an estimate). */
+    size_t reads = 2 + s, writes = 1 + s;
+    if (rule == CLOPT_SOPHIA)
+        writes -= 1;
+    return sizeof(float) * (reads + writes);
+}
+
+/* ---- one step -------------------------------------------------------------------------- */
+
+double clopt_nadam_mu(const clopt_hparams *hp, double t)
+{
+    return hp->beta1 * (1.0 - 0.5 * pow(0.96, t * hp->momentum_decay));
+}
+
+double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t)
+{
+    double prod = 1.0;
+    for (uint64_t i = 1; hp && i <= t; i++)
+        prod *= clopt_nadam_mu(hp, (double)i);
+    return prod;
+}
+
+#define PUSH(x) (plan->scalars[plan->nscalars++] = (float)(x))
+/* A decay rate and its complement, both rounded from double: 1.0f - (float)0.999 would be
+   off by 1.3e-5 relative, which the golden tolerances notice. */
+#define PUSH_RATE(x) (PUSH(x), PUSH(1.0 - (x)))
+
+clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                             const clopt_step_args *args, uint64_t step, clopt_launch_plan *plan)
+{
+    const double t = (double)step;
+    const double lr = hp->lr, wd = hp->weight_decay, b1 = hp->beta1, b2 = hp->beta2;
+    const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    memset(plan, 0, sizeof *plan);
+    plan->family = rules[rule].family;
+    plan->kernel = rules[rule].kernel;
+    int len = snprintf(plan->options, sizeof plan->options, "-DVW=%u -DMAXIMIZE=%d",
+                       ctx->tuning.vector_width, hp->maximize ? 1 : 0);
+    char *opt = plan->options + len;
+    size_t room = sizeof plan->options - (size_t)len;
+    switch (rule) {
+    case CLOPT_SGD:
+        snprintf(opt, room, " -DMOMENTUM=%d -DNESTEROV=%d", hp->momentum != 0,
+                 hp->nesterov != 0);
+        plan->has_int_arg = 1;
+        plan->int_arg = step == 1;
+        PUSH(lr), PUSH(wd), PUSH(hp->momentum), PUSH_RATE(hp->dampening);
+        break;
+    case CLOPT_ADAM:
+    case CLOPT_ADAMW:
+        snprintf(opt, room, " -DDECOUPLED=%d -DAMSGRAD=%d", rule == CLOPT_ADAMW,
+                 hp->amsgrad != 0);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(1.0 - lr * wd), PUSH(lr / bc1),
+            PUSH(1.0 / sqrt(bc2));
+        break;
+    case CLOPT_ADAGRAD:
+        PUSH(hp->eps), PUSH(wd), PUSH(lr / (1.0 + (t - 1.0) * hp->lr_decay));
+        break;
+    case CLOPT_ADADELTA:
+        PUSH_RATE(hp->rho), PUSH(hp->eps), PUSH(wd), PUSH(lr);
+        break;
+    case CLOPT_RMSPROP:
+        snprintf(opt, room, " -DMOMENTUM=%d -DCENTERED=%d", hp->momentum != 0,
+                 hp->centered != 0);
+        PUSH_RATE(hp->alpha), PUSH(hp->eps), PUSH(wd), PUSH(hp->momentum), PUSH(lr);
+        break;
+    case CLOPT_ADAMAX:
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(lr / bc1);
+        break;
+    case CLOPT_NADAM: {
+        double mu = clopt_nadam_mu(hp, t), mu_next = clopt_nadam_mu(hp, t + 1.0);
+        double prod = args->mu_product * mu;
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(1.0 / bc2),
+            PUSH(lr * (1.0 - mu) / (1.0 - prod)), PUSH(lr * mu_next / (1.0 - prod * mu_next));
+        break;
+    }
+    case CLOPT_RADAM: {
+        double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        double rho_t = rho_inf - 2.0 * t * pow(b2, t) / bc2;
+        plan->has_int_arg = 1;
+        plan->int_arg = rho_t > 5.0;
+        double c = lr / bc1;
+        if (rho_t > 5.0)
+            c *= sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                      ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) *
+                 sqrt(bc2);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(c);
+        break;
+    }
+    case CLOPT_ADAMOD:
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH_RATE(hp->beta3), PUSH(hp->eps), PUSH(1.0 - lr * wd),
+            PUSH(lr * sqrt(bc2) / bc1);
+        break;
+    case CLOPT_DIFFGRAD:
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(lr * sqrt(bc2) / bc1);
+        break;
+    case CLOPT_LION:
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(1.0 - lr * wd), PUSH(lr);
+        break;
+    case CLOPT_SOPHIA:
+        plan->uses_hessian = args->hessian.buffer != NULL;
+        snprintf(opt, room, " -DHESS=%d", plan->uses_hessian);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(hp->rho * hp->bs), PUSH(1.0 - lr * wd), PUSH(lr);
+        break;
+    default:
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
+                          (int)rule);
+    }
+    return CLOPT_SUCCESS;
+}

@@ -1,0 +1,103 @@
+/* Argument checks and the element-wise launch shared by every op. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+char *clopt_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+uint64_t clopt_fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+cl_int clopt_set_arg(cl_kernel k, cl_uint *index, size_t size, const void *value)
+{
+    cl_int err = clSetKernelArg(k, *index, size, value);
+    (*index)++;
+    return err;
+}
+
+clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n)
+{
+    if (!t.buffer)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "%s: buffer is NULL", what);
+    size_t bytes = 0;
+    cl_context owner = NULL;
+    cl_int err = clGetMemObjectInfo(t.buffer, CL_MEM_SIZE, sizeof bytes, &bytes, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetMemObjectInfo(t.buffer, CL_MEM_CONTEXT, sizeof owner, &owner, NULL);
+    if (err != CL_SUCCESS)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "%s: not a valid cl_mem (%d)", what,
+                          (int)err);
+    if (owner != ctx->context)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "%s: buffer belongs to another cl_context", what);
+    size_t elems = bytes / sizeof(float);
+    if (t.offset > elems || n > elems - t.offset)
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_BOUNDS,
+                          "%s: offset %zu + n %zu elements runs past the buffer (%zu floats)",
+                          what, t.offset, n, elems);
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue)
+{
+    cl_context qctx = NULL;
+    cl_device_id qdev = NULL;
+    cl_int err = clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof qctx, &qctx, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetCommandQueueInfo(queue, CL_QUEUE_DEVICE, sizeof qdev, &qdev, NULL);
+    if (err != CL_SUCCESS)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "queue: not a valid command queue");
+    if (qctx != ctx->context || qdev != ctx->device)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "queue: belongs to another context or device than the clopt_ctx");
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list)
+{
+    if ((num_wait > 0) != (wait_list != NULL))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "wait list: num_wait and wait_list must be both zero or both set");
+    for (cl_uint i = 0; i < num_wait; i++)
+        if (!wait_list[i])
+            return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "wait list: event %u is NULL", i);
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                      size_t n, cl_uint num_wait, const cl_event *wait_list,
+                                      cl_event *event)
+{
+    /* One work-item per vector of VW elements; one more item takes the n % VW tail. */
+    size_t vw = ctx->tuning.vector_width;
+    size_t items = n / vw + (n % vw ? 1 : 0);
+    size_t local = ctx->tuning.work_group_size;
+    if (local) {
+        size_t kmax = 0;
+        if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
+                                     NULL) != CL_SUCCESS ||
+            local > kmax)
+            local = 0;
+    }
+    size_t global = local ? (items + local - 1) / local * local : items;
+    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,
+                                        num_wait, wait_list, event);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
+    return CLOPT_SUCCESS;
+}

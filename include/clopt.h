@@ -1,0 +1,371 @@
+/*
+ * clopt: fused OpenCL kernels for gradient-descent optimizers.
+ *
+ * The only public header of the library. Two API levels:
+ *
+ *  - op level (clopt_enqueue_step): stateless, non-blocking. One call enqueues ONE kernel
+ *    launch that applies one step of a rule to one tensor stored in caller-owned
+ *    (cl_mem, element offset) pairs: parameters, gradient and the rule's state tensors.
+ *  - optimizer level (clopt_optimizer_*): owns state buffers, the step count and the
+ *    hyperparameters, like torch.optim.
+ *
+ * Conventions
+ *  - Every call returns a clopt_status; CLOPT_SUCCESS is 0, errors are negative.
+ *    clopt_status_str() gives a readable text, clopt_ctx_last_error() the detail of the
+ *    last failure on a context (which argument, which size).
+ *  - Every argument is validated before anything is enqueued: a failed call changes no
+ *    buffer and no state. The library never exits, aborts or prints.
+ *  - No global state: everything lives in a clopt_ctx. A context (and everything created
+ *    from it) must not be used from two threads at once; two contexts are independent.
+ *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
+ *  - Scalar hyperparameters are stored in double on the host and passed to the kernels as
+ *    float; step-dependent factors (bias corrections, RAdam's rectification, NAdam's
+ *    momentum schedule, Adagrad's lr decay) are computed on the host in double.
+ *
+ * Semantics follow torch.optim (PyTorch 1.13, and >= 2.0 for NAdam) where it has the
+ * rule, otherwise the paper's official code. The differences are listed per rule at
+ * clopt_rule below.
+ */
+#ifndef CLOPT_H
+#define CLOPT_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#include <CL/cl.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The library is built with hidden visibility; everything declared here is exported. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
+#define CLOPT_VERSION_MAJOR 0
+#define CLOPT_VERSION_MINOR 1
+#define CLOPT_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------------------ */
+/* Status codes                                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+/* X(name, value, text): one list generates the enum, clopt_status_str and _name. */
+#define CLOPT_STATUS_LIST(X)                                                              \
+    X(CLOPT_SUCCESS, 0, "success")                                                        \
+    X(CLOPT_ERR_NULL_ARGUMENT, -1, "a required pointer or handle is NULL")                \
+    X(CLOPT_ERR_INVALID_ARGUMENT, -2, "an argument is not valid")                         \
+    X(CLOPT_ERR_INVALID_HYPERPARAM, -3, "a hyperparameter is out of its valid range")     \
+    X(CLOPT_ERR_INVALID_SIZE, -4, "a length or shape is zero or does not match")          \
+    X(CLOPT_ERR_OUT_OF_BOUNDS, -5, "offset plus length runs past the end of a buffer")    \
+    X(CLOPT_ERR_STATE_MISMATCH, -6,                                                       \
+      "the state tensors given do not match what the rule and variant need")            \
+    X(CLOPT_ERR_UNSUPPORTED, -7, "not supported by this rule, device or build")           \
+    X(CLOPT_ERR_OUT_OF_MEMORY, -8, "host memory allocation failed")                       \
+    X(CLOPT_ERR_NO_DEVICE, -9, "no OpenCL device matches")                                \
+    X(CLOPT_ERR_BUILD_FAILED, -10,                                                        \
+      "kernel compilation failed (see clopt_ctx_build_log)")                            \
+    X(CLOPT_ERR_IO, -11, "file input/output failed")                                      \
+    X(CLOPT_ERR_FORMAT, -12, "a file or data has the wrong format")                       \
+    X(CLOPT_ERR_INDEX, -13, "an index is out of range")
+
+typedef enum clopt_status {
+#define CLOPT_X_ENUM(name, value, text) name = value,
+    CLOPT_STATUS_LIST(CLOPT_X_ENUM)
+#undef CLOPT_X_ENUM
+    /* An OpenCL error code e (negative) is returned as CLOPT_ERR_OPENCL_BASE + e, so
+       CL_OUT_OF_RESOURCES (-5) becomes -10005. See clopt_status_is_opencl(). */
+    CLOPT_ERR_OPENCL_BASE = -10000
+} clopt_status;
+
+/* Readable text for any status, including OpenCL pass-through codes. Never NULL. */
+const char *clopt_status_str(clopt_status s);
+/* The enum name ("CLOPT_ERR_OUT_OF_BOUNDS", "CL_OUT_OF_RESOURCES", ...). Never NULL. */
+const char *clopt_status_name(clopt_status s);
+/* Non-zero when s carries an OpenCL error code; clopt_status_cl_error() returns it. */
+int clopt_status_is_opencl(clopt_status s);
+cl_int clopt_status_cl_error(clopt_status s);
+
+/* ------------------------------------------------------------------------------------ */
+/* Context                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct clopt_ctx clopt_ctx;
+
+/* A context on the default device: the environment variable CLOPT_DEVICE picks one
+   (a decimal index into the list of all devices of all platforms, or a case-insensitive
+   substring of the device or platform name); without it, the first GPU; else the first
+   CPU device (PoCL in CI); else the first device of any type. The context creates its own
+   cl_context and an in-order profiling-enabled queue. */
+clopt_status clopt_ctx_create(clopt_ctx **out);
+
+/* The same, with an explicit selector string (as CLOPT_DEVICE; NULL = default rules). */
+clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out);
+
+/* A context on the caller's cl_context, device and queue (retained, released on destroy).
+   queue may be NULL: the library then creates an in-order queue of its own. */
+clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
+                                   cl_command_queue queue, clopt_ctx **out);
+
+void clopt_ctx_destroy(clopt_ctx *ctx);
+
+cl_context clopt_ctx_cl_context(const clopt_ctx *ctx);
+cl_device_id clopt_ctx_cl_device(const clopt_ctx *ctx);
+cl_command_queue clopt_ctx_cl_queue(const clopt_ctx *ctx);
+/* Device name as reported by OpenCL. */
+const char *clopt_ctx_device_name(const clopt_ctx *ctx);
+
+/* Detail of the most recent failure of a call on this context ("" if none). */
+const char *clopt_ctx_last_error(const clopt_ctx *ctx);
+/* Build log of the most recent kernel compilation that failed ("" if none). */
+const char *clopt_ctx_build_log(const clopt_ctx *ctx);
+
+/* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per work-item) and
+   work-group size (0 = let the driver choose). Defaults come from a small per-device-type
+   table (see host/tuning.c). Changing them affects programs compiled afterwards. */
+typedef struct clopt_tuning {
+    unsigned vector_width;
+    size_t work_group_size;
+} clopt_tuning;
+clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out);
+clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning);
+
+/* Number of programs compiled (or loaded from the on-disk cache) so far in this context,
+   and how many of those came from the on-disk binary cache (CLOPT_CACHE_DIR). */
+void clopt_ctx_program_stats(const clopt_ctx *ctx, size_t *compiled, size_t *from_disk);
+
+/* Compile (or fetch) a kernel of the embedded library sources. For tools that run their
+   own kernels next to clopt's (the benchmark); family is the file name without ".cl".
+   The returned kernel is owned by the context: do not release it. */
+clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *options,
+                              const char *kernel_name, cl_kernel *out);
+
+/* ------------------------------------------------------------------------------------ */
+/* Rules and hyperparameters                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Rules. State tensors are listed in the order the op level takes them (state[0], ...).
+ *
+ * CLOPT_SGD       torch.optim.SGD. State: momentum_buffer (only when momentum > 0).
+ *                 g += weight_decay*θ (L2). Step 1: b = g (no dampening, as torch);
+ *                 b = momentum*b + (1-dampening)*g; nesterov: d = g + momentum*b; θ -= lr*d.
+ * CLOPT_ADAM      torch.optim.Adam. State: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad).
+ *                 weight_decay is L2 (added to g). θ -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+ *                 AMSGrad keeps the maximum of the raw v and Adam's bias corrections.
+ * CLOPT_ADAMW     torch.optim.AdamW: as Adam with decoupled decay θ *= 1 - lr*weight_decay.
+ * CLOPT_ADAGRAD   torch.optim.Adagrad. State: sum (starts at initial_accumulator_value).
+ *                 clr = lr/(1+(t-1)*lr_decay); s += g²; θ -= clr*g/(sqrt(s)+eps).
+ * CLOPT_ADADELTA  torch.optim.Adadelta. State: square_avg, acc_delta. eps inside both roots.
+ * CLOPT_RMSPROP   torch.optim.RMSprop. State: square_avg, momentum_buffer (momentum > 0),
+ *                 grad_avg (centered), in that order among those present.
+ * CLOPT_ADAMAX    torch.optim.Adamax (1.13): u = max(β2*u, |g|+eps). State: exp_avg, exp_inf.
+ * CLOPT_NADAM     Dozat's NAdam as torch.optim.NAdam >= 2.0 (torch 1.13 multiplied μ_t
+ *                 twice into the product; fixed by PyTorch PR #92699). State: exp_avg,
+ *                 exp_avg_sq; scalar state mu_product (see clopt_step_args).
+ * CLOPT_RADAM     torch.optim.RAdam (1.13): rectified when ρ_t > 5 (the official code uses
+ *                 >= 5, the paper > 4); weight decay is L2 as torch (the official code
+ *                 decays θ directly). The rectification term is computed on the host.
+ *                 State: exp_avg, exp_avg_sq.
+ * CLOPT_ADAMOD    AdaMod (Ding et al. 2019, official code): eps added to the uncorrected
+ *                 sqrt(v); η = min(step/d, s) with s the beta3 EMA of step/d; decoupled
+ *                 weight decay θ -= weight_decay*lr*θ. State: exp_avg, exp_avg_sq, exp_avg_lr.
+ * CLOPT_DIFFGRAD  diffGrad (Dubey et al. 2019, corrected v2 code): ξ = sigmoid(|g_{t-1}-g_t|),
+ *                 previous gradient as state (0 at step 1); L2 weight decay.
+ *                 State: exp_avg, exp_avg_sq, previous_grad.
+ * CLOPT_LION      Lion (Chen et al. 2023): θ *= 1 - lr*wd; θ -= lr*sign(β1*m + (1-β1)*g)
+ *                 (sign(0) = 0); m = β2*m + (1-β2)*g. State: exp_avg.
+ * CLOPT_SOPHIA    SophiaG (Liu et al. 2023, official code): θ *= 1 - lr*wd; m EMA;
+ *                 θ -= lr*sign(m)*min(|m|/(rho*bs*h + eps), 1). The paper's form is
+ *                 clip(m/max(γ*h, ε), 1) with γ = rho*bs; the official code, followed here,
+ *                 adds eps (1e-15) instead of taking the max. When a Hessian-diagonal
+ *                 estimate ĥ is supplied for the step, h = β2*h + (1-β2)*ĥ is applied AFTER
+ *                 that step's parameter update, in the same launch. State: exp_avg, hessian.
+ */
+typedef enum clopt_rule {
+    CLOPT_SGD = 0,
+    CLOPT_ADAM,
+    CLOPT_ADAMW,
+    CLOPT_ADAGRAD,
+    CLOPT_ADADELTA,
+    CLOPT_RMSPROP,
+    CLOPT_ADAMAX,
+    CLOPT_NADAM,
+    CLOPT_RADAM,
+    CLOPT_ADAMOD,
+    CLOPT_DIFFGRAD,
+    CLOPT_LION,
+    CLOPT_SOPHIA,
+    CLOPT_RULE_COUNT
+} clopt_rule;
+
+/* Lower-case name ("adamw") of a rule, NULL when out of range; and the inverse. */
+const char *clopt_rule_name(clopt_rule rule);
+clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
+
+/*
+ * Hyperparameters of every rule in one struct; each rule reads the fields it has.
+ * Always start from clopt_hparams_default(rule, &hp), which fills torch's defaults (or the
+ * paper's), then change fields. Validation (CLOPT_ERR_INVALID_HYPERPARAM): lr >= 0 and
+ * finite; beta1, beta2, beta3, alpha, momentum, dampening and Adadelta's rho in [0, 1);
+ * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
+ * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
+ * momentum > 0 and dampening = 0 (as torch). Every value must be finite.
+ */
+typedef struct clopt_hparams {
+    double lr;
+    double beta1, beta2, beta3;  /* beta3: AdaMod */
+    double eps;
+    double weight_decay;
+    double momentum, dampening;  /* SGD; RMSprop uses momentum */
+    double alpha;                /* RMSprop smoothing constant */
+    double rho;                  /* Adadelta decay; Sophia clipping scale (gamma = rho*bs) */
+    double bs;                   /* Sophia batch-size factor */
+    double lr_decay;             /* Adagrad */
+    double initial_accumulator_value; /* Adagrad */
+    double momentum_decay;       /* NAdam psi (0.004) */
+    unsigned hess_interval;      /* Sophia k: optimizer level refreshes h every k steps */
+    int nesterov, amsgrad, maximize, centered;
+} clopt_hparams;
+
+clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
+/* Check hyperparameters for a rule; the detail goes to *why (may be NULL) as static text. */
+clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, const char **why);
+
+/* Number of state tensors the rule needs with these hyperparameters, their names (as in
+   the golden files: "exp_avg", "momentum_buffer", ...), and their initial value. */
+size_t clopt_rule_state_count(clopt_rule rule, const clopt_hparams *hp);
+const char *clopt_rule_state_name(clopt_rule rule, const clopt_hparams *hp, size_t index);
+float clopt_rule_state_init(clopt_rule rule, const clopt_hparams *hp, size_t index);
+/* Bytes moved per parameter per step by the fused kernel (reads + writes, float32). */
+size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp);
+
+/* ------------------------------------------------------------------------------------ */
+/* Op level                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+/* A tensor in a caller-owned buffer: element offset into a cl_mem of float32. */
+typedef struct clopt_tensor {
+    cl_mem buffer;
+    size_t offset;
+} clopt_tensor;
+
+#define CLOPT_MAX_STATE 4
+
+typedef struct clopt_step_args {
+    clopt_tensor param;                 /* read and written */
+    clopt_tensor grad;                  /* read only */
+    clopt_tensor state[CLOPT_MAX_STATE];/* in clopt_rule_state_name order; others NULL */
+    /* Sophia: Hessian-diagonal estimate folded into h after this step's update; buffer
+       NULL = no estimate at this step. Other rules: must be NULL. */
+    clopt_tensor hessian;
+    /* NAdam: product of μ_1..μ_{t-1} (1.0 at step 1), see clopt_nadam_mu_product(). */
+    double mu_product;
+    /* Gradients are divided by this inside the kernel (AMP loss scale, or 1/clip factor).
+       0 is taken as 1. Must be finite and > 0 otherwise. */
+    double grad_scale;
+} clopt_step_args;
+
+/* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1. */
+void clopt_step_args_init(clopt_step_args *args);
+
+/* NAdam: μ_t = β1*(1 - 0.5*0.96^(t*ψ)); returns Π_{i<=t} μ_i (t = 0 gives 1). */
+double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
+
+/*
+ * Enqueue one step (step number t >= 1, as torch counts) of rule over n elements: ONE
+ * kernel launch reading θ, g and each state tensor once and writing θ and each state once.
+ * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
+ * out event (if non-NULL) must be released by the caller. Non-blocking.
+ */
+clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
+                                const clopt_hparams *hp, const clopt_step_args *args,
+                                size_t n, uint64_t step, cl_uint num_wait,
+                                const cl_event *wait_list, cl_event *event);
+
+/* Named wrappers of clopt_enqueue_step for the commonest rules (same semantics). */
+clopt_status clopt_enqueue_sgd(clopt_ctx *ctx, cl_command_queue queue, const clopt_hparams *hp,
+                               const clopt_step_args *args, size_t n, uint64_t step,
+                               cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+clopt_status clopt_enqueue_adam(clopt_ctx *ctx, cl_command_queue queue, const clopt_hparams *hp,
+                                const clopt_step_args *args, size_t n, uint64_t step,
+                                cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const clopt_hparams *hp,
+                                 const clopt_step_args *args, size_t n, uint64_t step,
+                                 cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+
+/* ------------------------------------------------------------------------------------ */
+/* Sophia's Hessian estimators and the device RNG                                        */
+/* ------------------------------------------------------------------------------------ */
+
+/* Fill out[0..n) with standard normal draws u ~ N(0, 1) from Philox-4x32-10 keyed by seed;
+   element i uses counter (counter_base + i/4) and Box-Muller, so the same (seed, counter)
+   gives the same values on every run and device (up to the device's log/sqrt/cos). */
+clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor out,
+                                 size_t n, uint64_t seed, uint64_t counter_base,
+                                 cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+
+/* Hutchinson: ĥ = u ⊙ (H u), with Hu the engine's Hessian-vector product. */
+clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor u,
+                                      clopt_tensor hvp, clopt_tensor out, size_t n,
+                                      cl_uint num_wait, const cl_event *wait_list,
+                                      cl_event *event);
+
+/* Gauss-Newton-Bartlett: ĥ = B * ĝ ⊙ ĝ, with ĝ the gradient of the loss on labels sampled
+   from the model's own predictions, averaged over the B examples of the batch. */
+clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor ghat,
+                               clopt_tensor out, size_t n, double batch_size,
+                               cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+
+/* ------------------------------------------------------------------------------------ */
+/* Optimizer level                                                                       */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct clopt_optimizer clopt_optimizer;
+
+/* An optimizer of one rule with default hyperparameters hp (copied). */
+clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                    clopt_optimizer **out);
+void clopt_optimizer_destroy(clopt_optimizer *opt);
+
+/* Register a parameter tensor of n elements and its gradient (caller-owned). The optimizer
+   allocates and initialises the rule's state tensors. hessian: Sophia only, the buffer the
+   engine writes Hessian-diagonal estimates into (buffer NULL = none: h stays 0); it is
+   consumed after every hess_interval-th step. *index (may be NULL) receives the tensor's
+   index, counted from 0 in registration order. */
+clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
+                                       clopt_tensor grad, size_t n, const clopt_tensor *hessian,
+                                       size_t *index);
+
+/* One step over every registered tensor (one launch each), on the context's queue.
+   Advances the step count by one. Non-blocking; *event (may be NULL) receives an event that
+   completes when the step's last launch does. */
+clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
+
+uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
+clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
+size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
+/* Change hyperparameters between steps (validated; a state-layout change is refused). */
+clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp);
+clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hparams *out);
+
+/* The device tensor of state `index` ("exp_avg", ...) of parameter `param`; and a blocking
+   copy of it (n floats) into host memory. */
+clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
+                                   clopt_tensor *out);
+clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
+                                        float *host, size_t n);
+/* Total bytes of device state the optimizer owns. */
+size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CLOPT_H */

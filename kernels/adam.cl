@@ -1,0 +1,197 @@
+/* Adam family, each rule one fused kernel: Adam / AdamW / AMSGrad, Adamax, NAdam, RAdam,
+ * AdaMod, diffGrad. Per-step factors (bias corrections, schedules, rectification) arrive
+ * as float arguments computed on the host in double.
+ * Defines: DECOUPLED (AdamW decay), AMSGRAD, MAXIMIZE. */
+#ifndef DECOUPLED
+#define DECOUPLED 0
+#endif
+#ifndef AMSGRAD
+#define AMSGRAD 0
+#endif
+
+/* Adam (L2 decay) and AdamW (decoupled decay: decay = 1 - lr*wd), torch 1.13:
+ * θ -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), step_size = lr / bc1. */
+__kernel void adam_step(__global float *p_, const ulong po, __global const float *g_,
+                        const ulong go, __global float *m_, const ulong mo,
+                        __global float *v_, const ulong vo,
+#if AMSGRAD
+                        __global float *vmax_, const ulong vmaxo,
+#endif
+                        const ulong n, const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        const float eps, const float weight_decay, const float decay,
+                        const float step_size, const float inv_sqrt_bc2)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    v_ += vo;
+#if AMSGRAD
+    vmax_ += vmaxo;
+#endif
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+#if DECOUPLED
+    p = p * decay;
+#else
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+#endif
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+#if AMSGRAD
+    floatV vmax = fmax(LOAD(vmax_), v);
+    STORE(vmax, vmax_);
+    floatV denom = sqrt(vmax) * inv_sqrt_bc2 + eps;
+#else
+    floatV denom = sqrt(v) * inv_sqrt_bc2 + eps;
+#endif
+    p = p - step_size * (m / denom);
+    STORE(m, m_);
+    STORE(v, v_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
+__kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
+                          const ulong go, __global float *m_, const ulong mo,
+                          __global float *u_, const ulong uo, const ulong n, const float gmul,
+                          const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
+                          const float weight_decay, const float clr)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    u_ += uo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV u = fmax(beta2 * LOAD(u_), fabs(g) + eps);
+    p = p - clr * (m / u);
+    STORE(m, m_);
+    STORE(u, u_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* NAdam (Dozat; torch >= 2.0): d = sqrt(v / bc2) + eps;
+ * θ -= c_grad * g / d; θ -= c_mom * m / d, with c_grad = lr(1-μ_t)/(1-Π_t) and
+ * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
+__kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
+                         const ulong go, __global float *m_, const ulong mo,
+                         __global float *v_, const ulong vo, const ulong n, const float gmul,
+                         const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
+                         const float weight_decay, const float inv_bc2, const float c_grad,
+                         const float c_mom)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    v_ += vo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV denom = sqrt(v * inv_bc2) + eps;
+    p = p - c_grad * (g / denom);
+    p = p - c_mom * (m / denom);
+    STORE(m, m_);
+    STORE(v, v_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
+ * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too. */
+__kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
+                         const ulong go, __global float *m_, const ulong mo,
+                         __global float *v_, const ulong vo, const ulong n, const float gmul,
+                         const int rectified, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                         const float eps, const float weight_decay, const float c)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    v_ += vo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    if (rectified)
+        p = p - c * (m / (sqrt(v) + eps));
+    else
+        p = p - c * m;
+    STORE(m, m_);
+    STORE(v, v_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* AdaMod (official code): η = step / (sqrt(v) + eps), step = lr sqrt(bc2) / bc1;
+ * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ *= 1 - lr*wd first. */
+__kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
+                          const ulong go, __global float *m_, const ulong mo,
+                          __global float *v_, const ulong vo, __global float *s_,
+                          const ulong so, const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          const float beta2, const float ombeta2, const float beta3, const float ombeta3, const float eps,
+                          const float decay, const float step_size)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    v_ += vo;
+    s_ += so;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_) * decay;
+    floatV g = read_grad(LOAD(g_), gmul);
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV eta = step_size / (sqrt(v) + eps);
+    floatV s = beta3 * LOAD(s_) + ombeta3 * eta;
+    p = p - fmin(eta, s) * m;
+    STORE(m, m_);
+    STORE(v, v_);
+    STORE(s, s_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* diffGrad (v2 code): ξ = 1 / (1 + exp(-|g_prev - g|)); θ -= step * ξ m / (sqrt(v) + eps),
+ * step = lr sqrt(bc2) / bc1; L2 decay; the previous gradient is state. */
+__kernel void diffgrad_step(__global float *p_, const ulong po, __global const float *g_,
+                            const ulong go, __global float *m_, const ulong mo,
+                            __global float *v_, const ulong vo, __global float *prev_,
+                            const ulong prevo, const ulong n, const float gmul,
+                            const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
+                            const float weight_decay, const float step_size)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    v_ += vo;
+    prev_ += prevo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV xi = 1.0f / (1.0f + exp(-fabs(LOAD(prev_) - g)));
+    p = p - step_size * (xi * m / (sqrt(v) + eps));
+    STORE(m, m_);
+    STORE(v, v_);
+    STORE(g, prev_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}

@@ -1,0 +1,107 @@
+/* Per-parameter adaptive rates without momentum-of-gradient bias correction:
+ * Adagrad, Adadelta, RMSprop (torch.optim semantics). Defines: MOMENTUM, CENTERED
+ * (RMSprop variants), MAXIMIZE. */
+#ifndef MOMENTUM
+#define MOMENTUM 0
+#endif
+#ifndef CENTERED
+#define CENTERED 0
+#endif
+
+/* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
+__kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
+                           const ulong go, __global float *s_, const ulong so, const ulong n,
+                           const float gmul, const float eps, const float weight_decay,
+                           const float clr)
+{
+    p_ += po;
+    g_ += go;
+    s_ += so;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV s = LOAD(s_) + g * g;
+    p = p - clr * (g / (sqrt(s) + eps));
+    STORE(s, s_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* Adadelta: v = ρv + (1-ρ)g²; δ = sqrt(u + eps) / sqrt(v + eps) * g; u = ρu + (1-ρ)δ²;
+ * θ -= lr δ. */
+__kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
+                            const ulong go, __global float *v_, const ulong vo,
+                            __global float *u_, const ulong uo, const ulong n,
+                            const float gmul, const float rho, const float omrho, const float eps,
+                            const float weight_decay, const float lr)
+{
+    p_ += po;
+    g_ += go;
+    v_ += vo;
+    u_ += uo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV v = rho * LOAD(v_) + omrho * g * g;
+    floatV u = LOAD(u_);
+    floatV delta = sqrt(u + eps) / sqrt(v + eps) * g;
+    u = rho * u + omrho * delta * delta;
+    p = p - lr * delta;
+    STORE(v, v_);
+    STORE(u, u_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* RMSprop: v = αv + (1-α)g²; centered: a = αa + (1-α)g, d = sqrt(v - a²) + eps, else
+ * d = sqrt(v) + eps; momentum: b = μb + g/d, θ -= lr b; else θ -= lr g/d.
+ * State order: square_avg, [momentum_buffer], [grad_avg]. */
+__kernel void rmsprop_step(__global float *p_, const ulong po, __global const float *g_,
+                           const ulong go, __global float *v_, const ulong vo,
+#if MOMENTUM
+                           __global float *b_, const ulong bo,
+#endif
+#if CENTERED
+                           __global float *a_, const ulong ao,
+#endif
+                           const ulong n, const float gmul, const float alpha, const float omalpha,
+                           const float eps, const float weight_decay, const float momentum,
+                           const float lr)
+{
+    p_ += po;
+    g_ += go;
+    v_ += vo;
+#if MOMENTUM
+    b_ += bo;
+#endif
+#if CENTERED
+    a_ += ao;
+#endif
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    floatV v = alpha * LOAD(v_) + omalpha * g * g;
+    STORE(v, v_);
+#if CENTERED
+    floatV a = alpha * LOAD(a_) + omalpha * g;
+    STORE(a, a_);
+    floatV d = sqrt(v - a * a) + eps;
+#else
+    floatV d = sqrt(v) + eps;
+#endif
+#if MOMENTUM
+    floatV b = momentum * LOAD(b_) + g / d;
+    STORE(b, b_);
+    p = p - lr * b;
+#else
+    p = p - lr * (g / d);
+#endif
+    STORE(p, p_);
+    ELEMENTWISE_END
+}

@@ -1,0 +1,73 @@
+/* Shared by every kernel family (prepended to each program).
+ *
+ * Element-wise kernels process VW consecutive floats per work-item with vloadN/vstoreN
+ * (any element offset works: vloadN needs only float alignment). Work-item nv = n / VW
+ * (when n % VW != 0) takes the tail through private arrays, so every rule's update is
+ * written once, as a function of floatV. Defines: VW (1, 2, 4, 8, 16), MAXIMIZE (0/1). */
+#ifndef VW
+#define VW 1
+#endif
+#ifndef MAXIMIZE
+#define MAXIMIZE 0
+#endif
+
+#define CLOPT_CAT_(a, b) a##b
+#define CLOPT_CAT(a, b) CLOPT_CAT_(a, b)
+
+#if VW == 1
+typedef float floatV;
+#define VLOAD(i, p) ((p)[i])
+#define VSTORE(x, i, p) ((p)[i] = (x))
+#else
+typedef CLOPT_CAT(float, VW) floatV;
+#define VLOAD(i, p) CLOPT_CAT(vload, VW)(i, p)
+#define VSTORE(x, i, p) CLOPT_CAT(vstore, VW)(x, i, p)
+#endif
+
+/* Tail helpers: load rem < VW elements (the rest zero) / store only rem elements. */
+inline floatV tail_load(__global const float *p, uint rem)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? p[k] : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline void tail_store(floatV x, __global float *p, uint rem)
+{
+    float t[VW];
+    VSTORE(x, 0, t);
+    for (uint k = 0; k < rem; k++)
+        p[k] = t[k];
+}
+
+/* The element-wise driver. Inside ELEMENTWISE_BEGIN/END, LOAD(ptr) and STORE(x, ptr) read
+ * and write this work-item's VW elements (or the tail) of a pointer already advanced by
+ * its offset. */
+#define ELEMENTWISE_BEGIN                                                                  \
+    const ulong gid_ = get_global_id(0);                                                   \
+    const ulong nv_ = n / VW;                                                              \
+    const uint rem_ = (uint)(n - nv_ * VW);                                                \
+    const int full_ = gid_ < nv_;                                                          \
+    if (full_ || (gid_ == nv_ && rem_ != 0)) {                                             \
+        const ulong base_ = gid_ * VW;
+#define ELEMENTWISE_END }
+
+#define LOAD(p) (full_ ? VLOAD(gid_, p) : tail_load((p) + base_, rem_))
+#define STORE(x, p)                                                                        \
+    do {                                                                                   \
+        if (full_)                                                                         \
+            VSTORE(x, gid_, p);                                                            \
+        else                                                                               \
+            tail_store(x, (p) + base_, rem_);                                              \
+    } while (0)
+
+/* The gradient as the update sees it: unscaled (AMP / clipping multiplier), maximize. */
+inline floatV read_grad(floatV g, float gmul)
+{
+    g = g * gmul;
+#if MAXIMIZE
+    g = -g;
+#endif
+    return g;
+}

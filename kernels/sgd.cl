@@ -1,0 +1,47 @@
+/* SGD family: plain, momentum, dampening, Nesterov, L2 weight decay (torch.optim.SGD).
+ * Defines: MOMENTUM (a momentum buffer is state), NESTEROV, MAXIMIZE.
+ * first != 0 at step 1: the buffer is set to g without dampening, as torch does. */
+#ifndef MOMENTUM
+#define MOMENTUM 0
+#endif
+#ifndef NESTEROV
+#define NESTEROV 0
+#endif
+
+__kernel void sgd_step(__global float *p_, const ulong po, __global const float *g_,
+                       const ulong go,
+#if MOMENTUM
+                       __global float *b_, const ulong bo,
+#endif
+                       const ulong n, const float gmul, const int first, const float lr,
+                       const float weight_decay, const float momentum, const float dampening, const float omdampening)
+{
+    p_ += po;
+    g_ += go;
+#if MOMENTUM
+    b_ += bo;
+#endif
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_);
+    floatV g = read_grad(LOAD(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+#if MOMENTUM
+    floatV b;
+    if (first)
+        b = g;
+    else
+        b = momentum * LOAD(b_) + omdampening * g;
+    STORE(b, b_);
+#if NESTEROV
+    floatV d = g + momentum * b;
+#else
+    floatV d = b;
+#endif
+#else
+    floatV d = g;
+#endif
+    p = p - lr * d;
+    STORE(p, p_);
+    ELEMENTWISE_END
+}

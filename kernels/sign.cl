@@ -1,0 +1,62 @@
+/* Sign-based rules: Lion and SophiaG. Both decay θ first (decoupled: decay = 1 - lr*wd).
+ * Defines: HESS (Sophia: fold an estimate ĥ into h after the update), MAXIMIZE. */
+#ifndef HESS
+#define HESS 0
+#endif
+
+/* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
+__kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
+                        const ulong go, __global float *m_, const ulong mo, const ulong n,
+                        const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        const float decay, const float lr)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_) * decay;
+    floatV g = read_grad(LOAD(g_), gmul);
+    floatV m = LOAD(m_);
+    floatV c = beta1 * m + ombeta1 * g;
+    p = p - lr * sign(c);
+    m = beta2 * m + ombeta2 * g;
+    STORE(m, m_);
+    STORE(p, p_);
+    ELEMENTWISE_END
+}
+
+/* SophiaG (official code): m = β1 m + (1-β1) g;
+ * θ -= lr sign(m) min(|m| / (gamma h + eps), 1), gamma = rho * bs;
+ * HESS: h = β2 h + (1-β2) ĥ AFTER the update (h is read once, written once). */
+__kernel void sophia_step(__global float *p_, const ulong po, __global const float *g_,
+                          const ulong go, __global float *m_, const ulong mo,
+                          __global float *h_, const ulong ho,
+#if HESS
+                          __global const float *hh_, const ulong hho,
+#endif
+                          const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          const float beta2, const float ombeta2, const float eps, const float gamma,
+                          const float decay, const float lr)
+{
+    p_ += po;
+    g_ += go;
+    m_ += mo;
+    h_ += ho;
+#if HESS
+    hh_ += hho;
+#endif
+    ELEMENTWISE_BEGIN
+    floatV p = LOAD(p_) * decay;
+    floatV g = read_grad(LOAD(g_), gmul);
+    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
+    floatV h = LOAD(h_);
+    floatV ratio = fmin(fabs(m) / (gamma * h + eps), 1.0f);
+    p = p - lr * (sign(m) * ratio);
+    STORE(m, m_);
+    STORE(p, p_);
+#if HESS
+    h = beta2 * h + ombeta2 * LOAD(hh_);
+    STORE(h, h_);
+#endif
+    ELEMENTWISE_END
+}
