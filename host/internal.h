@@ -71,8 +71,22 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, cl_uint num_wait, const cl_event *wait_list,
                                       cl_event *event);
-/* Sets argument *index of k and increments it; returns an OpenCL status. */
-cl_int clopt_set_arg(cl_kernel k, cl_uint *index, size_t size, const void *value);
+/* Kernel argument builder: each call sets the next argument unless an earlier one failed;
+   err holds the first failure. */
+typedef struct clopt_args {
+    cl_kernel k;
+    cl_uint i;
+    cl_int err;
+} clopt_args;
+void clopt_arg_mem(clopt_args *a, cl_mem m);
+void clopt_arg_tensor(clopt_args *a, clopt_tensor t); /* cl_mem, then the offset as ulong */
+void clopt_arg_ulong(clopt_args *a, cl_ulong v);
+void clopt_arg_float(clopt_args *a, float v);
+void clopt_arg_int(clopt_args *a, cl_int v);
+/* Enqueue count work-items, one per index, driver-chosen work-groups. */
+clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                size_t count, cl_uint num_wait, const cl_event *wait_list,
+                                cl_event *event);
 char *clopt_strdup(const char *s);
 uint64_t clopt_fnv1a(uint64_t h, const void *data, size_t n);
 
@@ -86,7 +100,13 @@ typedef struct clopt_launch_plan {
     cl_int int_arg;       /* a per-step flag some kernels take (SGD first step, RAdam rectified) */
     int has_int_arg;
     int uses_hessian;     /* Sophia: an estimate is folded into h at this step */
+    int gc;               /* gradient centralization: row means are a kernel argument */
 } clopt_launch_plan;
+
+/* Rules that need reductions over a tensor (Adafactor, LAMB): optimizer level only. */
+int clopt_rule_is_multipass(clopt_rule rule);
+/* The L2 weight decay a rule adds to the gradient (0 for decoupled rules). */
+double clopt_rule_l2_decay(clopt_rule rule, const clopt_hparams *hp);
 
 /* NAdam's momentum schedule μ_t = β1 (1 - 0.5 * 0.96^(t ψ)). */
 double clopt_nadam_mu(const clopt_hparams *hp, double t);

@@ -65,6 +65,14 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
                               CLOPT_SUCCESS)
             return s;
     }
+    if (hp->grad_centralization && a->gc_rows > 0) {
+        if (n % a->gc_rows != 0)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
+                              "gc_rows %zu does not divide n %zu", a->gc_rows, n);
+        if ((s = clopt_check_tensor(ctx, "gc_scratch", a->gc_scratch, a->gc_rows)) !=
+            CLOPT_SUCCESS)
+            return s;
+    }
     if (a->hessian.buffer) {
         if (rule != CLOPT_SOPHIA)
             return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
@@ -74,15 +82,6 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
             return s;
     }
     return CLOPT_SUCCESS;
-}
-
-static cl_int set_tensor(cl_kernel k, cl_uint *i, const clopt_tensor *t)
-{
-    cl_ulong off = t->offset;
-    cl_int err = clopt_set_arg(k, i, sizeof(cl_mem), &t->buffer);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, i, sizeof off, &off);
-    return err;
 }
 
 clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
@@ -96,38 +95,72 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
                           (int)rule);
+    if (clopt_rule_is_multipass(rule))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s needs reductions over the whole tensor: use the optimizer level",
+                          clopt_rule_name(rule));
     clopt_status s = validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_launch_plan plan;
     if ((s = clopt_plan_step(ctx, rule, hp, args, step, &plan)) != CLOPT_SUCCESS)
         return s;
-    cl_kernel k = NULL;
+    cl_kernel k = NULL, kgc = NULL;
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
         return s;
+    if (plan.gc) {
+        char gcopt[64];
+        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d", ctx->tuning.vector_width,
+                 hp->maximize ? 1 : 0);
+        if ((s = clopt_get_kernel(ctx, "reduce", gcopt, "gc_rowmean", &kgc)) != CLOPT_SUCCESS)
+            return s;
+    }
     const size_t nstate = clopt_rule_state_count(rule, hp);
-    const cl_ulong n64 = n;
     const float gmul = (float)(args->grad_scale == 0 ? 1.0 : 1.0 / args->grad_scale);
-    cl_uint i = 0;
-    cl_int err = set_tensor(k, &i, &args->param);
-    if (err == CL_SUCCESS)
-        err = set_tensor(k, &i, &args->grad);
-    for (size_t j = 0; j < nstate && err == CL_SUCCESS; j++)
-        err = set_tensor(k, &i, &args->state[j]);
-    if (err == CL_SUCCESS && plan.uses_hessian)
-        err = set_tensor(k, &i, &args->hessian);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof n64, &n64);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof gmul, &gmul);
-    if (err == CL_SUCCESS && plan.has_int_arg)
-        err = clopt_set_arg(k, &i, sizeof plan.int_arg, &plan.int_arg);
-    for (cl_uint j = 0; j < plan.nscalars && err == CL_SUCCESS; j++)
-        err = clopt_set_arg(k, &i, sizeof(float), &plan.scalars[j]);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
-                                    event);
+    const cl_ulong gc_cols = plan.gc ? n / args->gc_rows : 1;
+    /* Argument order of every element-wise kernel: θ, g, the states, [ĥ], [GC means, row
+       length], n, the gradient multiplier, [a per-step int], the per-step floats. */
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, args->param);
+    clopt_arg_tensor(&a, args->grad);
+    for (size_t j = 0; j < nstate; j++)
+        clopt_arg_tensor(&a, args->state[j]);
+    if (plan.uses_hessian)
+        clopt_arg_tensor(&a, args->hessian);
+    if (plan.gc) {
+        clopt_arg_tensor(&a, args->gc_scratch);
+        clopt_arg_ulong(&a, gc_cols);
+    }
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, gmul);
+    if (plan.has_int_arg)
+        clopt_arg_int(&a, plan.int_arg);
+    for (cl_uint j = 0; j < plan.nscalars; j++)
+        clopt_arg_float(&a, plan.scalars[j]);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    cl_command_queue q = queue ? queue : ctx->queue;
+    if (!plan.gc)
+        return clopt_launch_elementwise(ctx, q, k, n, num_wait, wait_list, event);
+    /* Gradient centralization: row means first (after L2 decay, as the GC code), then the
+       fused update subtracts them; the event orders the two on any queue. */
+    clopt_args b = {kgc, 0, CL_SUCCESS};
+    clopt_arg_tensor(&b, args->grad);
+    clopt_arg_tensor(&b, args->param);
+    clopt_arg_ulong(&b, args->gc_rows);
+    clopt_arg_ulong(&b, gc_cols);
+    clopt_arg_float(&b, gmul);
+    clopt_arg_float(&b, (float)clopt_rule_l2_decay(rule, hp));
+    clopt_arg_tensor(&b, args->gc_scratch);
+    if (b.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, b.err, "clSetKernelArg");
+    cl_event means = NULL;
+    if ((s = clopt_launch_items(ctx, q, kgc, args->gc_rows, num_wait, wait_list, &means)) !=
+        CLOPT_SUCCESS)
+        return s;
+    s = clopt_launch_elementwise(ctx, q, k, n, 1, &means, event);
+    clReleaseEvent(means);
+    return s;
 }
 
 clopt_status clopt_enqueue_sgd(clopt_ctx *ctx, cl_command_queue queue, const clopt_hparams *hp,
@@ -185,23 +218,15 @@ clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     cl_kernel k = NULL;
     if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "randn", &k)) != CLOPT_SUCCESS)
         return s;
-    cl_ulong n64 = n, seed64 = seed, c64 = counter_base;
-    cl_uint i = 0;
-    cl_int err = set_tensor(k, &i, &out);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof n64, &n64);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof seed64, &seed64);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof c64, &c64);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clSetKernelArg");
-    size_t global = (n + 3) / 4;
-    err = clEnqueueNDRangeKernel(queue ? queue : ctx->queue, k, 1, NULL, &global, NULL, num_wait,
-                                 wait_list, event);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
-    return CLOPT_SUCCESS;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, out);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_ulong(&a, seed);
+    clopt_arg_ulong(&a, counter_base);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    return clopt_launch_items(ctx, queue ? queue : ctx->queue, k, (n + 3) / 4, num_wait,
+                              wait_list, event);
 }
 
 clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor u,
@@ -221,17 +246,13 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
     if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hutchinson", &k)) !=
         CLOPT_SUCCESS)
         return s;
-    cl_ulong n64 = n;
-    cl_uint i = 0;
-    cl_int err = set_tensor(k, &i, &u);
-    if (err == CL_SUCCESS)
-        err = set_tensor(k, &i, &hvp);
-    if (err == CL_SUCCESS)
-        err = set_tensor(k, &i, &out);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof n64, &n64);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clSetKernelArg");
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, u);
+    clopt_arg_tensor(&a, hvp);
+    clopt_arg_tensor(&a, out);
+    clopt_arg_ulong(&a, n);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
                                     event);
 }
@@ -252,18 +273,13 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
     cl_kernel k = NULL;
     if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "gnb", &k)) != CLOPT_SUCCESS)
         return s;
-    cl_ulong n64 = n;
-    float b = (float)batch_size;
-    cl_uint i = 0;
-    cl_int err = set_tensor(k, &i, &ghat);
-    if (err == CL_SUCCESS)
-        err = set_tensor(k, &i, &out);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof n64, &n64);
-    if (err == CL_SUCCESS)
-        err = clopt_set_arg(k, &i, sizeof b, &b);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clSetKernelArg");
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, ghat);
+    clopt_arg_tensor(&a, out);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)batch_size);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
                                     event);
 }

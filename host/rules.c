@@ -17,7 +17,10 @@ enum {
     U_RHO01 = 1 << 6,    /* Adadelta rho in [0, 1) */
     U_ADAGRAD = 1 << 7,  /* lr_decay, initial_accumulator_value >= 0 */
     U_MOMDECAY = 1 << 8, /* NAdam momentum_decay >= 0 */
-    U_SOPHIA = 1 << 9    /* rho > 0, bs > 0, hess_interval >= 1 */
+    U_SOPHIA = 1 << 9,   /* rho > 0, bs > 0, hess_interval >= 1 */
+    U_ADAFACTOR = 1 << 10, /* eps2 > 0, clip_threshold > 0, decay_rate <= 0, beta1 if used */
+    U_L2 = 1 << 11,      /* weight decay is L2: added to the gradient (GC sees it) */
+    U_MULTIPASS = 1 << 12 /* needs reductions over the tensor: optimizer level only */
 };
 
 typedef struct rule_info {
@@ -28,22 +31,34 @@ typedef struct rule_info {
 } rule_info;
 
 static const rule_info rules[CLOPT_RULE_COUNT] = {
-    [CLOPT_SGD] = {"sgd", "sgd", "sgd_step", U_WD | U_SGD},
-    [CLOPT_ADAM] = {"adam", "adam", "adam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_SGD] = {"sgd", "sgd", "sgd_step", U_WD | U_SGD | U_L2},
+    [CLOPT_ADAM] = {"adam", "adam", "adam_step", U_BETAS | U_EPS | U_WD | U_L2},
     [CLOPT_ADAMW] = {"adamw", "adam", "adam_step", U_BETAS | U_EPS | U_WD},
-    [CLOPT_ADAGRAD] = {"adagrad", "adaptive", "adagrad_step", U_EPS | U_WD | U_ADAGRAD},
-    [CLOPT_ADADELTA] = {"adadelta", "adaptive", "adadelta_step", U_EPS | U_WD | U_RHO01},
-    [CLOPT_RMSPROP] = {"rmsprop", "adaptive", "rmsprop_step", U_EPS | U_WD | U_ALPHA},
-    [CLOPT_ADAMAX] = {"adamax", "adam", "adamax_step", U_BETAS | U_EPS | U_WD},
-    [CLOPT_NADAM] = {"nadam", "adam", "nadam_step", U_BETAS | U_EPS | U_WD | U_MOMDECAY},
-    [CLOPT_RADAM] = {"radam", "adam", "radam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_ADAGRAD] = {"adagrad", "adaptive", "adagrad_step", U_EPS | U_WD | U_ADAGRAD | U_L2},
+    [CLOPT_ADADELTA] = {"adadelta", "adaptive", "adadelta_step", U_EPS | U_WD | U_RHO01 | U_L2},
+    [CLOPT_RMSPROP] = {"rmsprop", "adaptive", "rmsprop_step", U_EPS | U_WD | U_ALPHA | U_L2},
+    [CLOPT_ADAMAX] = {"adamax", "adam", "adamax_step", U_BETAS | U_EPS | U_WD | U_L2},
+    [CLOPT_NADAM] = {"nadam", "adam", "nadam_step", U_BETAS | U_EPS | U_WD | U_MOMDECAY | U_L2},
+    [CLOPT_RADAM] = {"radam", "adam", "radam_step", U_BETAS | U_EPS | U_WD | U_L2},
     [CLOPT_ADAMOD] = {"adamod", "adam", "adamod_step", U_BETAS | U_BETA3 | U_EPS | U_WD},
-    [CLOPT_DIFFGRAD] = {"diffgrad", "adam", "diffgrad_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_DIFFGRAD] = {"diffgrad", "adam", "diffgrad_step", U_BETAS | U_EPS | U_WD | U_L2},
     [CLOPT_LION] = {"lion", "sign", "lion_step", U_BETAS | U_WD},
     [CLOPT_SOPHIA] = {"sophia", "sign", "sophia_step", U_BETAS | U_EPS | U_WD | U_SOPHIA},
+    [CLOPT_ADAFACTOR] = {"adafactor", "adafactor", NULL, U_EPS | U_WD | U_ADAFACTOR | U_MULTIPASS},
+    [CLOPT_LAMB] = {"lamb", "lamb", NULL, U_BETAS | U_EPS | U_WD | U_MULTIPASS},
 };
 
 static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
+
+int clopt_rule_is_multipass(clopt_rule rule)
+{
+    return rule_ok(rule) && (rules[rule].uses & U_MULTIPASS);
+}
+
+double clopt_rule_l2_decay(clopt_rule rule, const clopt_hparams *hp)
+{
+    return rule_ok(rule) && (rules[rule].uses & U_L2) ? hp->weight_decay : 0.0;
+}
 
 const char *clopt_rule_name(clopt_rule rule) { return rule_ok(rule) ? rules[rule].name : NULL; }
 
@@ -76,6 +91,13 @@ clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
     hp->bs = 5120;
     hp->momentum_decay = 4e-3;
     hp->hess_interval = 10;
+    hp->eps2 = 1e-3;
+    hp->clip_threshold = 1.0;
+    hp->decay_rate = -0.8;
+    hp->relative_step = 1;
+    hp->scale_parameter = 1;
+    hp->bias_correction = 1;
+    hp->grad_averaging = 1;
     switch (rule) {
     case CLOPT_SGD: hp->lr = 1e-2; break; /* torch requires lr; 0.01 is the usual choice */
     case CLOPT_ADAMW: hp->weight_decay = 1e-2; break;
@@ -85,6 +107,8 @@ clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
     case CLOPT_ADAMAX: hp->lr = 2e-3; break;
     case CLOPT_NADAM: hp->lr = 2e-3; break;
     case CLOPT_LION: hp->lr = 1e-4; hp->beta2 = 0.99; break;
+    case CLOPT_ADAFACTOR: hp->eps = 1e-30; hp->lr = 0.0; break; /* relative_step by default */
+    case CLOPT_LAMB: hp->eps = 1e-6; hp->weight_decay = 1e-2; break;
     case CLOPT_SOPHIA:
         hp->lr = 1e-4;
         hp->beta1 = 0.965;
@@ -152,6 +176,14 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         w = "bs must be finite and > 0";
     else if ((u & U_SOPHIA) && hp->hess_interval < 1)
         w = "hess_interval must be >= 1";
+    else if ((u & U_ADAFACTOR) && !positive(hp->eps2))
+        w = "eps2 must be finite and > 0";
+    else if ((u & U_ADAFACTOR) && !positive(hp->clip_threshold))
+        w = "clip_threshold must be finite and > 0";
+    else if ((u & U_ADAFACTOR) && !(isfinite(hp->decay_rate) && hp->decay_rate <= 0))
+        w = "decay_rate must be finite and <= 0";
+    else if ((u & U_ADAFACTOR) && hp->use_beta1 && !in01(hp->beta1))
+        w = "beta1 must be in [0, 1)";
     if (why)
         *why = w ? w : "";
     return w ? CLOPT_ERR_INVALID_HYPERPARAM : CLOPT_SUCCESS;
@@ -209,6 +241,16 @@ static size_t state_names(clopt_rule rule, const clopt_hparams *hp, const char *
         names[k++] = "exp_avg";
         names[k++] = "hessian";
         break;
+    case CLOPT_ADAFACTOR: /* the matrix layout; see clopt_optimizer_state_info for vectors */
+        names[k++] = "exp_avg_sq_row";
+        names[k++] = "exp_avg_sq_col";
+        if (hp->use_beta1)
+            names[k++] = "exp_avg";
+        break;
+    case CLOPT_LAMB:
+        names[k++] = "exp_avg";
+        names[k++] = "exp_avg_sq";
+        break;
     default: break;
     }
     return k;
@@ -247,6 +289,10 @@ size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp)
     size_t reads = 2 + s, writes = 1 + s;
     if (rule == CLOPT_SOPHIA)
         writes -= 1;
+    if (rule == CLOPT_LAMB) /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
+        reads = 7, writes = 3;
+    if (rule == CLOPT_ADAFACTOR) /* (matrix) g for rows, g for cols, g θ, then g θ -> θ */
+        reads = 6 + (hp->use_beta1 ? 1 : 0), writes = 1 + (hp->use_beta1 ? 1 : 0);
     return sizeof(float) * (reads + writes);
 }
 
@@ -279,8 +325,9 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     memset(plan, 0, sizeof *plan);
     plan->family = rules[rule].family;
     plan->kernel = rules[rule].kernel;
-    int len = snprintf(plan->options, sizeof plan->options, "-DVW=%u -DMAXIMIZE=%d",
-                       ctx->tuning.vector_width, hp->maximize ? 1 : 0);
+    plan->gc = hp->grad_centralization && args->gc_rows > 0;
+    int len = snprintf(plan->options, sizeof plan->options, "-DVW=%u -DMAXIMIZE=%d -DGC=%d",
+                       ctx->tuning.vector_width, hp->maximize ? 1 : 0, plan->gc);
     char *opt = plan->options + len;
     size_t room = sizeof plan->options - (size_t)len;
     switch (rule) {
@@ -348,8 +395,9 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
         PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(hp->rho * hp->bs), PUSH(1.0 - lr * wd), PUSH(lr);
         break;
     default:
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
-                          (int)rule);
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s has no single-kernel op: use the optimizer level",
+                          clopt_rule_name(rule));
     }
     return CLOPT_SUCCESS;
 }

@@ -23,11 +23,31 @@ uint64_t clopt_fnv1a(uint64_t h, const void *data, size_t n)
     return h;
 }
 
-cl_int clopt_set_arg(cl_kernel k, cl_uint *index, size_t size, const void *value)
+static void arg_set(clopt_args *a, size_t size, const void *value)
 {
-    cl_int err = clSetKernelArg(k, *index, size, value);
-    (*index)++;
-    return err;
+    if (a->err == CL_SUCCESS)
+        a->err = clSetKernelArg(a->k, a->i, size, value);
+    a->i++;
+}
+
+void clopt_arg_mem(clopt_args *a, cl_mem m) { arg_set(a, sizeof m, &m); }
+void clopt_arg_ulong(clopt_args *a, cl_ulong v) { arg_set(a, sizeof v, &v); }
+void clopt_arg_float(clopt_args *a, float v) { arg_set(a, sizeof v, &v); }
+void clopt_arg_int(clopt_args *a, cl_int v) { arg_set(a, sizeof v, &v); }
+
+void clopt_arg_tensor(clopt_args *a, clopt_tensor t)
+{
+    clopt_arg_mem(a, t.buffer);
+    clopt_arg_ulong(a, t.offset);
+}
+
+clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                size_t count, cl_uint num_wait, const cl_event *wait_list,
+                                cl_event *event)
+{
+    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &count, NULL, num_wait, wait_list,
+                                        event);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
 }
 
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n)

@@ -184,6 +184,18 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 adds eps (1e-15) instead of taking the max. When a Hessian-diagonal
  *                 estimate ĥ is supplied for the step, h = β2*h + (1-β2)*ĥ is applied AFTER
  *                 that step's parameter update, in the same launch. State: exp_avg, hessian.
+ * CLOPT_ADAFACTOR Adafactor with Hugging Face transformers' semantics (see the fields of
+ *                 clopt_hparams): factored second moment for tensors with >= 2 dims (state
+ *                 exp_avg_sq_row, exp_avg_sq_col: rows + cols floats per matrix), a full one
+ *                 (exp_avg_sq) for 1-D tensors, exp_avg with use_beta1. Optimizer level only
+ *                 (it needs the shape and row/column reductions). torch.optim.Adafactor (2.5+)
+ *                 differs: it has no update clipping, no first moment, no relative step by
+ *                 default, uses eps1 = None -> finfo.eps and lr-scaled weight decay.
+ * CLOPT_LAMB      LAMB (You et al., Algorithm 2): Adam moments with bias correction (optional),
+ *                 r = m̂/(sqrt(v̂)+eps) + wd·θ, θ -= lr·(‖θ‖/‖r‖)·r per tensor, the ratio taken
+ *                 as 1 when either norm is 0 and applied also when wd = 0 (apex applies it
+ *                 then only with use_nvlamb). No built-in clipping (see
+ *                 clopt_optimizer_set_grad_clip). State: exp_avg, exp_avg_sq. Optimizer level.
  */
 typedef enum clopt_rule {
     CLOPT_SGD = 0,
@@ -199,6 +211,8 @@ typedef enum clopt_rule {
     CLOPT_DIFFGRAD,
     CLOPT_LION,
     CLOPT_SOPHIA,
+    CLOPT_ADAFACTOR,
+    CLOPT_LAMB,
     CLOPT_RULE_COUNT
 } clopt_rule;
 
@@ -229,6 +243,22 @@ typedef struct clopt_hparams {
     double momentum_decay;       /* NAdam psi (0.004) */
     unsigned hess_interval;      /* Sophia k: optimizer level refreshes h every k steps */
     int nesterov, amsgrad, maximize, centered;
+    /* Adafactor (eps above is HF's eps1 = 1e-30) */
+    double eps2;                 /* 1e-3: floor of RMS(θ) in the relative step */
+    double clip_threshold;       /* 1.0: u /= max(1, RMS(u)/clip_threshold) */
+    double decay_rate;           /* -0.8: β2_t = 1 - t^decay_rate */
+    int relative_step;           /* 1: ρ_t = min(1e-2, 1/sqrt(t)) (or 1e-6·t with warmup_init)
+                                    instead of lr */
+    int scale_parameter;         /* 1: α_t = max(eps2, RMS(θ_{t-1}))·ρ_t */
+    int warmup_init;             /* 0 */
+    int use_beta1;               /* 0: no first moment (HF beta1=None); 1: EMA with beta1 */
+    /* LAMB */
+    int bias_correction;         /* 1 */
+    int grad_averaging;          /* 1: m = β1 m + (1-β1) g; 0: m = β1 m + g (apex) */
+    /* Gradient centralization, any rule: g -= mean of g over all dims but the first, for
+       tensors with > 1 dims (> 3 with gc_conv_only), after L2 decay was added (as the GC
+       paper's code). Needs the tensor's shape: optimizer level, or gc_rows at the op level. */
+    int grad_centralization, gc_conv_only;
 } clopt_hparams;
 
 clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
@@ -267,6 +297,12 @@ typedef struct clopt_step_args {
     /* Gradients are divided by this inside the kernel (AMP loss scale, or 1/clip factor).
        0 is taken as 1. Must be finite and > 0 otherwise. */
     double grad_scale;
+    /* Gradient centralization (hp.grad_centralization): the tensor is gc_rows × (n/gc_rows);
+       gc_scratch holds gc_rows floats of row means. gc_rows = 0 with GC on: the tensor is
+       taken as 1-D and GC does nothing, as for torch's 1-D tensors. With GC the op runs
+       two launches: the row means (a reduction), then the fused update. */
+    size_t gc_rows;
+    clopt_tensor gc_scratch;
 } clopt_step_args;
 
 /* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1. */
@@ -340,6 +376,38 @@ clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
                                        clopt_tensor grad, size_t n, const clopt_tensor *hessian,
                                        size_t *index);
 
+/* A parameter tensor with its shape (row-major, as torch). ndim 0 or 1: a vector of n =
+   shape[0] elements (ndim 0 takes n from shape[0] too). */
+#define CLOPT_MAX_DIMS 8
+typedef struct clopt_param_desc {
+    clopt_tensor param, grad;
+    clopt_tensor hessian; /* Sophia only; buffer NULL = none */
+    size_t ndim;
+    size_t shape[CLOPT_MAX_DIMS];
+} clopt_param_desc;
+
+/* Parameter groups, as torch's param_groups: group 0 exists from creation with the
+   optimizer's hyperparameters; add_group appends one with its own (validated) copy. */
+clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                       size_t *group);
+size_t clopt_optimizer_group_count(const clopt_optimizer *opt);
+clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t group,
+                                               const clopt_hparams *hp);
+clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
+                                               clopt_hparams *out);
+/* Register a tensor with its shape in a group. */
+clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
+                                            const clopt_param_desc *desc, size_t *index);
+
+/* Global gradient-norm clipping over all tensors of the optimizer, as
+   torch.nn.utils.clip_grad_norm_ (L2 norm, coefficient max_norm / (norm + 1e-6) clamped to
+   1): the norm is reduced on the device in a fixed order, read back (one synchronisation per
+   step), and the coefficient is applied inside the update kernels. max_norm 0 turns it off. */
+clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm);
+/* The total gradient norm measured by the last step (before clipping); NaN before any
+   step with clipping on. */
+double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
+
 /* One step over every registered tensor (one launch each), on the context's queue.
    Advances the step count by one. Non-blocking; *event (may be NULL) receives an event that
    completes when the step's last launch does. */
@@ -352,13 +420,20 @@ size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
 clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hparams *out);
 
+/* Name and length (floats) of state `index` of parameter `param` (Adafactor's factored
+   statistics are shorter than the tensor). */
+clopt_status clopt_optimizer_state_info(const clopt_optimizer *opt, size_t param, size_t index,
+                                        const char **name, size_t *length);
+size_t clopt_optimizer_state_count(const clopt_optimizer *opt, size_t param);
+
 /* The device tensor of state `index` ("exp_avg", ...) of parameter `param`; and a blocking
-   copy of it (n floats) into host memory. */
+   copy of it (its length in floats, see clopt_optimizer_state_info) into host memory. */
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n);
-/* Total bytes of device state the optimizer owns. */
+/* Total bytes of device state the optimizer owns (optimizer state only: not the parameters,
+   gradients or its small reduction scratch). */
 size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
 
 #if defined(__GNUC__)

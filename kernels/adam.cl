@@ -17,7 +17,7 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 #if AMSGRAD
                         __global float *vmax_, const ulong vmaxo,
 #endif
-                        const ulong n, const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
                         const float eps, const float weight_decay, const float decay,
                         const float step_size, const float inv_sqrt_bc2)
 {
@@ -37,6 +37,7 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
 #endif
+    g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
 #if AMSGRAD
@@ -56,7 +57,7 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
 __kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
-                          __global float *u_, const ulong uo, const ulong n, const float gmul,
+                          __global float *u_, const ulong uo, GC_PARAMS const ulong n, const float gmul,
                           const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
                           const float weight_decay, const float clr)
 {
@@ -69,6 +70,7 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV u = fmax(beta2 * LOAD(u_), fabs(g) + eps);
     p = p - clr * (m / u);
@@ -83,7 +85,7 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
 __kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, const ulong n, const float gmul,
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, const float gmul,
                          const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
                          const float weight_decay, const float inv_bc2, const float c_grad,
                          const float c_mom)
@@ -97,6 +99,7 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
     floatV denom = sqrt(v * inv_bc2) + eps;
@@ -112,7 +115,7 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
  * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too. */
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, const ulong n, const float gmul,
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, const float gmul,
                          const int rectified, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
                          const float eps, const float weight_decay, const float c)
 {
@@ -125,6 +128,7 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
     if (rectified)
@@ -142,7 +146,7 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 __kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
-                          const ulong so, const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          const ulong so, GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float beta3, const float ombeta3, const float eps,
                           const float decay, const float step_size)
 {
@@ -153,7 +157,7 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
     s_ += so;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
     floatV eta = step_size / (sqrt(v) + eps);
@@ -171,7 +175,7 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
 __kernel void diffgrad_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *m_, const ulong mo,
                             __global float *v_, const ulong vo, __global float *prev_,
-                            const ulong prevo, const ulong n, const float gmul,
+                            const ulong prevo, GC_PARAMS const ulong n, const float gmul,
                             const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
                             const float weight_decay, const float step_size)
 {
@@ -185,6 +189,7 @@ __kernel void diffgrad_step(__global float *p_, const ulong po, __global const f
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
     floatV xi = 1.0f / (1.0f + exp(-fabs(LOAD(prev_) - g)));

@@ -10,7 +10,7 @@
 
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
 __kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
-                           const ulong go, __global float *s_, const ulong so, const ulong n,
+                           const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong n,
                            const float gmul, const float eps, const float weight_decay,
                            const float clr)
 {
@@ -22,6 +22,7 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV s = LOAD(s_) + g * g;
     p = p - clr * (g / (sqrt(s) + eps));
     STORE(s, s_);
@@ -33,7 +34,7 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
  * θ -= lr δ. */
 __kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *v_, const ulong vo,
-                            __global float *u_, const ulong uo, const ulong n,
+                            __global float *u_, const ulong uo, GC_PARAMS const ulong n,
                             const float gmul, const float rho, const float omrho, const float eps,
                             const float weight_decay, const float lr)
 {
@@ -46,6 +47,7 @@ __kernel void adadelta_step(__global float *p_, const ulong po, __global const f
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV v = rho * LOAD(v_) + omrho * g * g;
     floatV u = LOAD(u_);
     floatV delta = sqrt(u + eps) / sqrt(v + eps) * g;
@@ -68,7 +70,7 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #if CENTERED
                            __global float *a_, const ulong ao,
 #endif
-                           const ulong n, const float gmul, const float alpha, const float omalpha,
+                           GC_PARAMS const ulong n, const float gmul, const float alpha, const float omalpha,
                            const float eps, const float weight_decay, const float momentum,
                            const float lr)
 {
@@ -86,6 +88,7 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
     floatV v = alpha * LOAD(v_) + omalpha * g * g;
     STORE(v, v_);
 #if CENTERED

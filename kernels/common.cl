@@ -62,8 +62,41 @@ inline void tail_store(floatV x, __global float *p, uint rem)
             tail_store(x, (p) + base_, rem_);                                              \
     } while (0)
 
+/* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
+ * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
+ * code does) and the row length, and subtracts the mean of element e's row, e / gc_cols.
+ * GC_PARAMS goes in a kernel's parameter list right before n. */
+#ifndef GC
+#define GC 0
+#endif
+#if GC
+#define GC_PARAMS __global const float *gcm_, const ulong gcmo, const ulong gc_cols,
+#define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols)
+inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = mean[(base + k) / cols];
+    return g - VLOAD(0, t);
+}
+#define GC_APPLY1(g, e) ((g) - (gcm_ + gcmo)[(e) / gc_cols])
+#else
+#define GC_PARAMS
+#define GC_APPLY(g) (g)
+#define GC_APPLY1(g, e) (g)
+#endif
+
 /* The gradient as the update sees it: unscaled (AMP / clipping multiplier), maximize. */
 inline floatV read_grad(floatV g, float gmul)
+{
+    g = g * gmul;
+#if MAXIMIZE
+    g = -g;
+#endif
+    return g;
+}
+
+inline float read_grad1(float g, float gmul)
 {
     g = g * gmul;
 #if MAXIMIZE

@@ -13,7 +13,7 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
 #if MOMENTUM
                        __global float *b_, const ulong bo,
 #endif
-                       const ulong n, const float gmul, const int first, const float lr,
+                       GC_PARAMS const ulong n, const float gmul, const int first, const float lr,
                        const float weight_decay, const float momentum, const float dampening, const float omdampening)
 {
     p_ += po;
@@ -26,6 +26,7 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
     floatV g = read_grad(LOAD(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+    g = GC_APPLY(g);
 #if MOMENTUM
     floatV b;
     if (first)

@@ -6,7 +6,7 @@
 
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
 __kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
-                        const ulong go, __global float *m_, const ulong mo, const ulong n,
+                        const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong n,
                         const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
                         const float decay, const float lr)
 {
@@ -15,7 +15,7 @@ __kernel void lion_step(__global float *p_, const ulong po, __global const float
     m_ += mo;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = LOAD(m_);
     floatV c = beta1 * m + ombeta1 * g;
     p = p - lr * sign(c);
@@ -34,7 +34,7 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #if HESS
                           __global const float *hh_, const ulong hho,
 #endif
-                          const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float eps, const float gamma,
                           const float decay, const float lr)
 {
@@ -47,7 +47,7 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV h = LOAD(h_);
     floatV ratio = fmin(fabs(m) / (gamma * h + eps), 1.0f);

@@ -33,12 +33,16 @@
 /* Mapping table: meta.optimizer / meta.hyper -> clopt_rule / clopt_hparams              */
 /* ------------------------------------------------------------------------------------ */
 
-enum hkind { HK_DOUBLE, HK_BOOL, HK_UINT };
+/* HK_TRUE: the key must be true (clopt's fixed behaviour); HK_NONE: only null/0 (a feature
+   the case leaves off). */
+enum hkind { HK_DOUBLE, HK_BOOL, HK_UINT, HK_TRUE, HK_NONE };
 
 enum hkey {
     K_LR, K_BETA1, K_BETA2, K_BETA3, K_EPS, K_WD, K_MOMENTUM, K_DAMPENING, K_NESTEROV,
     K_MAXIMIZE, K_AMSGRAD, K_CENTERED, K_ALPHA, K_RHO, K_BS, K_LR_DECAY, K_IAV,
-    K_MOMENTUM_DECAY, K_HESS_INTERVAL, K_COUNT
+    K_MOMENTUM_DECAY, K_HESS_INTERVAL, K_EPS1, K_EPS2, K_CLIP_THRESHOLD, K_DECAY_RATE,
+    K_SCALE_PARAMETER, K_RELATIVE_STEP, K_WARMUP_INIT, K_BIAS_CORRECTION, K_GRAD_AVERAGING,
+    K_USE_GC, K_GC_CONV_ONLY, K_TRUST_RATIO_ALWAYS, K_MAX_GRAD_NORM, K_COUNT
 };
 
 static const struct hyper_key {
@@ -66,6 +70,21 @@ static const struct hyper_key {
                offsetof(clopt_hparams, initial_accumulator_value)},
     [K_MOMENTUM_DECAY] = {"momentum_decay", HK_DOUBLE, offsetof(clopt_hparams, momentum_decay)},
     [K_HESS_INTERVAL] = {"hess_interval", HK_UINT, offsetof(clopt_hparams, hess_interval)},
+    [K_EPS1] = {"eps1", HK_DOUBLE, offsetof(clopt_hparams, eps)},
+    [K_EPS2] = {"eps2", HK_DOUBLE, offsetof(clopt_hparams, eps2)},
+    [K_CLIP_THRESHOLD] = {"clip_threshold", HK_DOUBLE, offsetof(clopt_hparams, clip_threshold)},
+    [K_DECAY_RATE] = {"decay_rate", HK_DOUBLE, offsetof(clopt_hparams, decay_rate)},
+    [K_SCALE_PARAMETER] = {"scale_parameter", HK_BOOL, offsetof(clopt_hparams, scale_parameter)},
+    [K_RELATIVE_STEP] = {"relative_step", HK_BOOL, offsetof(clopt_hparams, relative_step)},
+    [K_WARMUP_INIT] = {"warmup_init", HK_BOOL, offsetof(clopt_hparams, warmup_init)},
+    [K_BIAS_CORRECTION] = {"bias_correction", HK_BOOL, offsetof(clopt_hparams, bias_correction)},
+    [K_GRAD_AVERAGING] = {"grad_averaging", HK_BOOL, offsetof(clopt_hparams, grad_averaging)},
+    [K_USE_GC] = {"use_gc", HK_BOOL, offsetof(clopt_hparams, grad_centralization)},
+    [K_GC_CONV_ONLY] = {"gc_conv_only", HK_BOOL, offsetof(clopt_hparams, gc_conv_only)},
+    /* clopt's LAMB always applies the trust ratio: only true is honoured */
+    [K_TRUST_RATIO_ALWAYS] = {"trust_ratio_always", HK_TRUE, 0},
+    /* LAMB without built-in clipping: only null (or 0) is honoured */
+    [K_MAX_GRAD_NORM] = {"max_grad_norm", HK_NONE, 0},
 };
 
 #define B(k) (1u << (k))
@@ -80,35 +99,45 @@ static const struct hyper_key {
 #define KEYS_ADAMOD (KEYS_ADAMLIKE | B(K_BETA3))
 #define KEYS_LION (KEYS_COMMON | B(K_BETA1) | B(K_BETA2))
 #define KEYS_SOPHIA (KEYS_ADAMLIKE | B(K_RHO) | B(K_BS) | B(K_HESS_INTERVAL))
+#define KEYS_ADAFACTOR                                                                      \
+    (KEYS_COMMON | B(K_BETA1) | B(K_EPS1) | B(K_EPS2) | B(K_CLIP_THRESHOLD) | B(K_DECAY_RATE) | \
+     B(K_SCALE_PARAMETER) | B(K_RELATIVE_STEP) | B(K_WARMUP_INIT))
+#define KEYS_LAMB                                                                           \
+    (KEYS_ADAMLIKE | B(K_BIAS_CORRECTION) | B(K_GRAD_AVERAGING) | B(K_TRUST_RATIO_ALWAYS) |   \
+     B(K_MAX_GRAD_NORM))
 
 /* One row per golden optimizer id. keys: the hyper keys the rule honours (a known key
    outside the set is accepted only with a neutral value: false or 0). variant: the only
-   accepted value of hyper.variant (NULL: the key is not accepted). New rules slot in as
-   new rows. */
+   accepted value of hyper.variant (NULL: the key is not accepted). gc: the id implies
+   gradient centralization. New rules slot in as new rows. */
 static const struct rule_map {
     const char *optimizer;
     clopt_rule rule;
     unsigned keys;
     const char *variant;
+    int gc;
 } rule_map[] = {
-    {"sgd", CLOPT_SGD, KEYS_SGD, NULL},
-    {"sgd_momentum", CLOPT_SGD, KEYS_SGD, NULL},
-    {"sgd_nesterov", CLOPT_SGD, KEYS_SGD, NULL},
-    {"adam", CLOPT_ADAM, KEYS_ADAM, NULL},
-    {"adam_l2", CLOPT_ADAM, KEYS_ADAM, NULL},
-    {"amsgrad", CLOPT_ADAM, KEYS_ADAM, NULL},
-    {"adamw", CLOPT_ADAMW, KEYS_ADAM, NULL},
-    {"adagrad", CLOPT_ADAGRAD, KEYS_ADAGRAD, NULL},
-    {"adadelta", CLOPT_ADADELTA, KEYS_ADADELTA, NULL},
-    {"rmsprop", CLOPT_RMSPROP, KEYS_RMSPROP, NULL},
-    {"rmsprop_centered", CLOPT_RMSPROP, KEYS_RMSPROP, NULL},
-    {"adamax", CLOPT_ADAMAX, KEYS_ADAMLIKE, NULL},
-    {"nadam", CLOPT_NADAM, KEYS_NADAM, "dozat"},
-    {"radam", CLOPT_RADAM, KEYS_ADAMLIKE, NULL},
-    {"adamod", CLOPT_ADAMOD, KEYS_ADAMOD, NULL},
-    {"diffgrad", CLOPT_DIFFGRAD, KEYS_ADAMLIKE, NULL},
-    {"lion", CLOPT_LION, KEYS_LION, NULL},
-    {"sophia", CLOPT_SOPHIA, KEYS_SOPHIA, NULL},
+    {"sgd", CLOPT_SGD, KEYS_SGD, NULL, 0},
+    {"sgd_momentum", CLOPT_SGD, KEYS_SGD, NULL, 0},
+    {"sgd_nesterov", CLOPT_SGD, KEYS_SGD, NULL, 0},
+    {"adam", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
+    {"adam_l2", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
+    {"amsgrad", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
+    {"adamw", CLOPT_ADAMW, KEYS_ADAM, NULL, 0},
+    {"adagrad", CLOPT_ADAGRAD, KEYS_ADAGRAD, NULL, 0},
+    {"adadelta", CLOPT_ADADELTA, KEYS_ADADELTA, NULL, 0},
+    {"rmsprop", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0},
+    {"rmsprop_centered", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0},
+    {"adamax", CLOPT_ADAMAX, KEYS_ADAMLIKE, NULL, 0},
+    {"nadam", CLOPT_NADAM, KEYS_NADAM, "dozat", 0},
+    {"radam", CLOPT_RADAM, KEYS_ADAMLIKE, NULL, 0},
+    {"adamod", CLOPT_ADAMOD, KEYS_ADAMOD, NULL, 0},
+    {"diffgrad", CLOPT_DIFFGRAD, KEYS_ADAMLIKE, NULL, 0},
+    {"lion", CLOPT_LION, KEYS_LION, NULL, 0},
+    {"sophia", CLOPT_SOPHIA, KEYS_SOPHIA, NULL, 0},
+    {"adafactor", CLOPT_ADAFACTOR, KEYS_ADAFACTOR, NULL, 0},
+    {"lamb", CLOPT_LAMB, KEYS_LAMB, NULL, 0},
+    {"adam_gc", CLOPT_ADAM, KEYS_ADAM | B(K_GC_CONV_ONLY), NULL, 1},
 };
 #define RULE_MAP_COUNT (sizeof(rule_map) / sizeof(rule_map[0]))
 
@@ -193,6 +222,7 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
             clopt_status_name(st));
         return st == CLOPT_ERR_UNSUPPORTED ? GOLDEN_UNSUPPORTED : GOLDEN_FAIL;
     }
+    h.grad_centralization = m->gc;
     if (hyper != NULL && !cJSON_IsNull(hyper)) {
         if (!cJSON_IsObject(hyper)) {
             put(reason, len, "'hyper' is not an object");
@@ -231,6 +261,28 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
                     clopt_rule_name(m->rule));
                 return GOLDEN_UNSUPPORTED;
             }
+            /* Adafactor: beta1 null = no first moment; lr null = relative step size. */
+            if (m->rule == CLOPT_ADAFACTOR && k == K_BETA1) {
+                h.use_beta1 = !cJSON_IsNull(it);
+                if (cJSON_IsNull(it))
+                    continue;
+            }
+            if (m->rule == CLOPT_ADAFACTOR && k == K_LR && cJSON_IsNull(it))
+                continue;
+            if (hyper_keys[k].kind == HK_NONE) {
+                if (json_neutral(it))
+                    continue;
+                put(reason, len, "hyper.%s is not honoured by clopt rule %s", key,
+                    clopt_rule_name(m->rule));
+                return GOLDEN_UNSUPPORTED;
+            }
+            if (hyper_keys[k].kind == HK_TRUE) {
+                if (cJSON_IsTrue(it))
+                    continue;
+                put(reason, len, "hyper.%s must be true for clopt rule %s", key,
+                    clopt_rule_name(m->rule));
+                return GOLDEN_UNSUPPORTED;
+            }
             if (cJSON_IsNull(it)) {
                 put(reason, len, "hyper.%s = null is not supported by clopt", key);
                 return GOLDEN_UNSUPPORTED;
@@ -254,6 +306,9 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
                     put(reason, len, "hyper.%s is not a boolean", key);
                     return GOLDEN_FAIL;
                 }
+                break;
+            case HK_TRUE:
+            case HK_NONE:
                 break;
             case HK_UINT: {
                 uint64_t u;
@@ -568,7 +623,8 @@ oom:
 typedef struct expected_file {
     char *name;    /* "param_T.f32" */
     char *path;
-    float *data;   /* n values */
+    float *data;   /* count values */
+    size_t count;
     double rtol, atol;
 } expected_file;
 
@@ -914,6 +970,12 @@ static int load_case(runner *r, gcase *c)
         size_t gnd = 0, gn = 0;
         int shape_ok = parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"), got, &gnd,
                                    &gn) == 0;
+        /* A state file has the parameter's shape, except the factored statistics of
+           Adafactor (vectors); its length is checked against the optimizer's state. */
+        if (shape_ok && strncmp(name, "state_", 6) == 0 && gn <= c->n) {
+            memcpy(want, got, gnd * sizeof(uint64_t));
+            wnd = gnd;
+        }
         if (!shape_ok || gnd != wnd || memcmp(got, want, wnd * sizeof(uint64_t)) != 0) {
             char ws[128], gs[128];
             shape_str(ws, sizeof ws, want, wnd);
@@ -945,6 +1007,7 @@ static int load_case(runner *r, gcase *c)
         }
         expected_file *e = &c->exp[c->nexp];
         e->data = data;
+        e->count = count;
         e->path = path;
         e->name = strdup(name);
         c->nexp++;
@@ -1156,11 +1219,19 @@ static void replay(runner *r, clopt_ctx *ctx, gcase *c)
         clopt_fail(r, ctx, "clopt_optimizer_create", st);
         goto done;
     }
-    clopt_tensor pt = {pbuf, OFF_PARAM}, gt = {gbuf, OFF_GRAD}, ht = {hbuf, OFF_HESS};
+    clopt_param_desc desc;
+    memset(&desc, 0, sizeof desc);
+    desc.param = (clopt_tensor){pbuf, OFF_PARAM};
+    desc.grad = (clopt_tensor){gbuf, OFF_GRAD};
+    if (use_hess)
+        desc.hessian = (clopt_tensor){hbuf, OFF_HESS};
+    desc.ndim = c->ndim;
+    for (size_t d = 0; d < c->ndim; d++)
+        desc.shape[d] = (size_t)c->shape[d];
     size_t index = (size_t)-1;
-    st = clopt_optimizer_add_param(opt, pt, gt, n, use_hess ? &ht : NULL, &index);
+    st = clopt_optimizer_add_param_desc(opt, 0, &desc, &index);
     if (st != CLOPT_SUCCESS) {
-        clopt_fail(r, ctx, "clopt_optimizer_add_param", st);
+        clopt_fail(r, ctx, "clopt_optimizer_add_param_desc", st);
         goto done;
     }
     if (index != 0) {
@@ -1215,16 +1286,17 @@ static void replay(runner *r, clopt_ctx *ctx, gcase *c)
     if (memcmp(scratch + OFF_GRAD, c->grads + (c->steps - 1) * n, n * sizeof(float)) != 0)
         fail(r, "the gradient buffer was modified by the optimizer");
 
-    /* State tensors, matched by clopt_rule_state_name. */
-    size_t ns = clopt_rule_state_count(c->rule, &c->hp);
+    /* State tensors, matched by the names of clopt_optimizer_state_info. */
+    size_t ns = clopt_optimizer_state_count(opt, 0);
     for (size_t i = 0; i < c->nexp; i++) {
         const expected_file *e = &c->exp[i];
         if (strncmp(e->name, "state_", 6) != 0)
             continue;
         size_t nl = strlen(e->name) - 6 - 4;
-        size_t k = 0;
+        size_t k = 0, len = 0;
         for (; k < ns; k++) {
-            const char *sn = clopt_rule_state_name(c->rule, &c->hp, k);
+            const char *sn = NULL;
+            clopt_optimizer_state_info(opt, 0, k, &sn, &len);
             if (sn != NULL && strlen(sn) == nl && strncmp(sn, e->name + 6, nl) == 0)
                 break;
         }
@@ -1233,7 +1305,12 @@ static void replay(runner *r, clopt_ctx *ctx, gcase *c)
                  e->path, clopt_rule_name(c->rule), (int)nl, e->name + 6);
             continue;
         }
-        st = clopt_optimizer_read_state(opt, 0, k, state, n);
+        if (len != e->count) {
+            fail(r, "%s: %zu values, the optimizer's state '%.*s' has %zu", e->path, e->count,
+                 (int)nl, e->name + 6, len);
+            continue;
+        }
+        st = clopt_optimizer_read_state(opt, 0, k, state, len);
         if (st != CLOPT_SUCCESS) {
             char what[96];
             snprintf(what, sizeof what, "clopt_optimizer_read_state(%.*s)", (int)nl,
@@ -1241,7 +1318,7 @@ static void replay(runner *r, clopt_ctx *ctx, gcase *c)
             clopt_fail(r, ctx, what, st);
             continue;
         }
-        compare(r, e, state, n);
+        compare(r, e, state, len);
     }
 
     uint64_t count = clopt_optimizer_step_count(opt);

@@ -1,0 +1,59 @@
+/* Deterministic reductions. The order of every sum is fixed by the data layout alone, never by
+ * the work-group size or count the device picks:
+ *  - partial sums: work-item i of a fixed number S of items adds x[i], x[i+S], x[i+2S], ...
+ *    in that order (consecutive items read consecutive addresses);
+ *  - final pass: one work-item per sum adds its S partials in index order;
+ *  - row / column statistics: one work-item per row (or column) adds along it in order.
+ * So the same input gives bit-identical output on every run and every device geometry. */
+
+/* out[i] = Σ_k x[i + kS]², for i < S (S = stride = global size used by the host). */
+__kernel void sumsq_partial(__global const float *x_, const ulong xo, const ulong n,
+                            const ulong stride, const float scale, __global float *out_,
+                            const ulong oo)
+{
+    const ulong i = get_global_id(0);
+    if (i >= stride)
+        return;
+    x_ += xo;
+    float acc = 0.0f;
+    for (ulong e = i; e < n; e += stride) {
+        float v = x_[e] * scale;
+        acc += v * v;
+    }
+    out_[oo + i] = acc;
+}
+
+/* out[j] = Σ_{i<count} in[j*count + i], for j < nsums. */
+__kernel void sum_final(__global const float *in_, const ulong io, const ulong count,
+                        const ulong nsums, __global float *out_, const ulong oo)
+{
+    const ulong j = get_global_id(0);
+    if (j >= nsums)
+        return;
+    __global const float *p = in_ + io + j * count;
+    float acc = 0.0f;
+    for (ulong i = 0; i < count; i++)
+        acc += p[i];
+    out_[oo + j] = acc;
+}
+
+/* Gradient centralization: out[r] = mean over the row of (g·gmul·(maximize ? -1 : 1) +
+ * wd_l2·θ), for a tensor seen as rows × cols (cols = product of all dims but the first). */
+__kernel void gc_rowmean(__global const float *g_, const ulong go, __global const float *p_,
+                         const ulong po, const ulong rows, const ulong cols, const float gmul,
+                         const float wd_l2, __global float *out_, const ulong oo)
+{
+    const ulong r = get_global_id(0);
+    if (r >= rows)
+        return;
+    g_ += go + r * cols;
+    p_ += po + r * cols;
+    float acc = 0.0f;
+    for (ulong c = 0; c < cols; c++) {
+        float g = read_grad1(g_[c], gmul);
+        if (wd_l2 != 0.0f)
+            g = g + wd_l2 * p_[c];
+        acc += g;
+    }
+    out_[oo + r] = acc / (float)cols;
+}
