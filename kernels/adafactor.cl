@@ -23,12 +23,12 @@ __kernel void adafactor_rows(__global const float *g_, const ulong go, __global 
     if (row >= nrows)
         return;
     __global const float *g = g_ + go + row * cols;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong c = 0; c < cols; c++) {
         float x = GC_APPLY1(read_grad1(g[c], gmul), row * cols + c);
-        acc += x * x + eps1;
+        kahan_add(&acc, x * x + eps1);
     }
-    r_[ro + row] = beta2t * r_[ro + row] + ombeta2t * (acc / (float)cols);
+    r_[ro + row] = beta2t * r_[ro + row] + ombeta2t * (acc.sum / (float)cols);
 }
 
 __kernel void adafactor_cols(__global const float *g_, const ulong go, __global float *c_,
@@ -42,12 +42,12 @@ __kernel void adafactor_cols(__global const float *g_, const ulong go, __global 
     const ulong b = j / cols, c = j % cols;
     const ulong base = b * rows * cols + c;
     __global const float *g = g_ + go;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong r = 0; r < rows; r++) {
         float x = GC_APPLY1(read_grad1(g[base + r * cols], gmul), base + r * cols);
-        acc += x * x + eps1;
+        kahan_add(&acc, x * x + eps1);
     }
-    c_[co + j] = beta2t * c_[co + j] + ombeta2t * (acc / (float)rows);
+    c_[co + j] = beta2t * c_[co + j] + ombeta2t * (acc.sum / (float)rows);
 }
 
 /* out[b] = mean of Rv over batch b's R rows. */
@@ -58,10 +58,10 @@ __kernel void adafactor_rmean(__global const float *r_, const ulong ro, const ul
     if (b >= batches)
         return;
     __global const float *r = r_ + ro + b * rows;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong k = 0; k < rows; k++)
-        acc += r[k];
-    out_[oo + b] = acc / (float)rows;
+        kahan_add(&acc, r[k]);
+    out_[oo + b] = acc.sum / (float)rows;
 }
 
 /* The unclipped update u for element e. Factored: s_ = Rv, t_ = Cv, rm_ = row means;
@@ -98,7 +98,7 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
     s_ += so;
     t_ += to;
     rm_ += rmo;
-    float acc_u = 0.0f, acc_p = 0.0f;
+    kahan acc_u = {0.0f, 0.0f}, acc_p = {0.0f, 0.0f};
     for (ulong e = i; e < n; e += stride) {
         float g = GC_APPLY1(read_grad1(g_[e], gmul), e);
 #if !FACTORED
@@ -106,11 +106,11 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
 #endif
         float u = adafactor_u(g, e, s_, t_, rm_, rows, cols);
         float p = p_[e];
-        acc_u += u * u;
-        acc_p += p * p;
+        kahan_add(&acc_u, u * u);
+        kahan_add(&acc_p, p * p);
     }
-    part_[parto + i] = acc_u;
-    part_[parto + stride + i] = acc_p;
+    part_[parto + i] = acc_u.sum;
+    part_[parto + stride + i] = acc_p.sum;
 }
 
 /* sums_[so] = Σu², sums_[so+1] = Σθ² (θ before this step). rho_t: relative step size or lr. */

@@ -104,3 +104,18 @@ inline float read_grad1(float g, float gmul)
 #endif
     return g;
 }
+
+/* Compensated (Kahan) accumulation: the rounding error of each addition is carried into the
+ * next, so long sequential sums (a 4096-element row) stay accurate to a few ulp. Strict IEEE
+ * arithmetic (no fast-math) keeps the compensation from being optimised away. */
+typedef struct kahan {
+    float sum, c;
+} kahan;
+
+inline void kahan_add(kahan *k, float x)
+{
+    float y = x - k->c;
+    float t = k->sum + y;
+    k->c = (t - k->sum) - y;
+    k->sum = t;
+}

@@ -19,7 +19,7 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
     g_ += go;
     m_ += mo;
     v_ += vo;
-    float acc_p = 0.0f, acc_r = 0.0f;
+    kahan acc_p = {0.0f, 0.0f}, acc_r = {0.0f, 0.0f};
     for (ulong e = i; e < n; e += stride) {
         float g = GC_APPLY1(read_grad1(g_[e], gmul), e);
         float p = p_[e];
@@ -28,11 +28,11 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
         m_[e] = m;
         v_[e] = v;
         float r = (m * inv_bc1) / (sqrt(v * inv_bc2) + eps) + weight_decay * p;
-        acc_p += p * p;
-        acc_r += r * r;
+        kahan_add(&acc_p, p * p);
+        kahan_add(&acc_r, r * r);
     }
-    part_[parto + i] = acc_p;
-    part_[parto + stride + i] = acc_r;
+    part_[parto + i] = acc_p.sum;
+    part_[parto + stride + i] = acc_r.sum;
 }
 
 /* sums_[so] = Σθ², sums_[so+1] = Σr² from sum_final. */

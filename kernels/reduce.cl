@@ -15,12 +15,12 @@ __kernel void sumsq_partial(__global const float *x_, const ulong xo, const ulon
     if (i >= stride)
         return;
     x_ += xo;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong e = i; e < n; e += stride) {
         float v = x_[e] * scale;
-        acc += v * v;
+        kahan_add(&acc, v * v);
     }
-    out_[oo + i] = acc;
+    out_[oo + i] = acc.sum;
 }
 
 /* out[j] = Σ_{i<count} in[j*count + i], for j < nsums. */
@@ -31,10 +31,10 @@ __kernel void sum_final(__global const float *in_, const ulong io, const ulong c
     if (j >= nsums)
         return;
     __global const float *p = in_ + io + j * count;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong i = 0; i < count; i++)
-        acc += p[i];
-    out_[oo + j] = acc;
+        kahan_add(&acc, p[i]);
+    out_[oo + j] = acc.sum;
 }
 
 /* Gradient centralization: out[r] = mean over the row of (g·gmul·(maximize ? -1 : 1) +
@@ -48,12 +48,12 @@ __kernel void gc_rowmean(__global const float *g_, const ulong go, __global cons
         return;
     g_ += go + r * cols;
     p_ += po + r * cols;
-    float acc = 0.0f;
+    kahan acc = {0.0f, 0.0f};
     for (ulong c = 0; c < cols; c++) {
         float g = read_grad1(g_[c], gmul);
         if (wd_l2 != 0.0f)
             g = g + wd_l2 * p_[c];
-        acc += g;
+        kahan_add(&acc, g);
     }
-    out_[oo + r] = acc / (float)cols;
+    out_[oo + r] = acc.sum / (float)cols;
 }

@@ -1,0 +1,572 @@
+/* The rules built on reductions (Adafactor, LAMB, gradient centralization, global-norm
+ * clipping) against scalar double references written from the golden files' equations, on
+ * shapes 1×1, 1×N, N×1, 7×13, 1000×1000, 4096×512; determinism (bit-identical reruns, and
+ * norms independent of the work-group geometry); bad shapes; Adafactor's state memory. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clopt.h"
+
+static uint64_t rng_state;
+static double urand(void) /* splitmix64 -> [0, 1) */
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+static float nrand(void) { return (float)((urand() + urand() + urand() - 1.5) * 2.0); }
+
+typedef struct fixture {
+    clopt_ctx *ctx;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    if (!f || clopt_ctx_create(&f->ctx) != CLOPT_SUCCESS)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    clopt_ctx_destroy(f->ctx);
+    free(f);
+    return 0;
+}
+
+static cl_mem upload(clopt_ctx *ctx, const float *data, size_t n)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, n * sizeof(float),
+                              NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data)
+        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
+                                              n * sizeof(float), data, 0, NULL, NULL),
+                         CL_SUCCESS);
+    return m;
+}
+
+static void download(clopt_ctx *ctx, cl_mem m, float *out, size_t n)
+{
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
+                                         n * sizeof(float), out, 0, NULL, NULL),
+                     CL_SUCCESS);
+}
+
+/* |x - ref| <= rtol |ref| + atol·rms(ref): the golden files' convention. */
+static void assert_close(const float *x, const double *ref, size_t n, double rtol, double atol_rel,
+                         const char *what)
+{
+    double rms = 0;
+    for (size_t i = 0; i < n; i++)
+        rms += ref[i] * ref[i];
+    rms = sqrt(rms / (double)n);
+    for (size_t i = 0; i < n; i++) {
+        double tol = rtol * fabs(ref[i]) + atol_rel * rms;
+        if (!(fabs((double)x[i] - ref[i]) <= tol)) {
+            fprintf(stderr, "%s: [%zu] got %.9g want %.9g (tol %.3g)\n", what, i, (double)x[i],
+                    ref[i], tol);
+            fail();
+        }
+    }
+}
+
+/* ---- double references (equations of tests/data/golden/<case>/meta.json) ------------------ */
+
+static double rms_of(const double *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * x[i];
+    return sqrt(s / (double)n);
+}
+
+/* One Adafactor step (HF semantics, beta1 off, relative step) on an R×C matrix (R, C >= 1). */
+static void ref_adafactor(const clopt_hparams *hp, uint64_t t, size_t R, size_t C, double *p,
+                          const double *g, double *row, double *col)
+{
+    const size_t n = R * C;
+    double rho = fmin(hp->warmup_init ? 1e-6 * (double)t : 1e-2, 1.0 / sqrt((double)t));
+    double alpha = hp->scale_parameter ? fmax(hp->eps2, rms_of(p, n)) * rho : rho;
+    double b2t = 1.0 - pow((double)t, hp->decay_rate);
+    for (size_t r = 0; r < R; r++) {
+        double s = 0;
+        for (size_t c = 0; c < C; c++)
+            s += g[r * C + c] * g[r * C + c] + hp->eps;
+        row[r] = b2t * row[r] + (1 - b2t) * s / (double)C;
+    }
+    for (size_t c = 0; c < C; c++) {
+        double s = 0;
+        for (size_t r = 0; r < R; r++)
+            s += g[r * C + c] * g[r * C + c] + hp->eps;
+        col[c] = b2t * col[c] + (1 - b2t) * s / (double)R;
+    }
+    double rmean = 0;
+    for (size_t r = 0; r < R; r++)
+        rmean += row[r] / (double)R;
+    double *u = malloc(n * sizeof *u);
+    assert_non_null(u);
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++)
+            u[r * C + c] = g[r * C + c] / sqrt(row[r] / rmean) / sqrt(col[c]);
+    double den = fmax(1.0, rms_of(u, n) / hp->clip_threshold);
+    for (size_t i = 0; i < n; i++) {
+        p[i] -= hp->weight_decay * alpha * p[i];
+        p[i] -= u[i] / den * alpha;
+    }
+    free(u);
+}
+
+static void ref_lamb(const clopt_hparams *hp, uint64_t t, size_t n, double *p, const double *g,
+                     double *m, double *v)
+{
+    double bc1 = 1 - pow(hp->beta1, (double)t), bc2 = 1 - pow(hp->beta2, (double)t);
+    double *r = malloc(n * sizeof *r), wn = 0, rn = 0;
+    assert_non_null(r);
+    for (size_t i = 0; i < n; i++) {
+        m[i] = hp->beta1 * m[i] + (1 - hp->beta1) * g[i];
+        v[i] = hp->beta2 * v[i] + (1 - hp->beta2) * g[i] * g[i];
+        r[i] = (m[i] / bc1) / (sqrt(v[i] / bc2) + hp->eps) + hp->weight_decay * p[i];
+        wn += p[i] * p[i];
+        rn += r[i] * r[i];
+    }
+    wn = sqrt(wn);
+    rn = sqrt(rn);
+    double trust = wn > 0 && rn > 0 ? wn / rn : 1.0;
+    for (size_t i = 0; i < n; i++)
+        p[i] -= hp->lr * trust * r[i];
+    free(r);
+}
+
+/* Adam with L2 decay and gradient centralization over rows of an R×C tensor. gmin keeps,
+   per element, the smallest |centralized g| seen (where Adam's step is ill-conditioned). */
+static void ref_adam_gc(const clopt_hparams *hp, uint64_t t, size_t R, size_t C, double *p,
+                        const double *g0, double *m, double *v, double *gmin)
+{
+    double bc1 = 1 - pow(hp->beta1, (double)t), bc2 = 1 - pow(hp->beta2, (double)t);
+    double *g = malloc(R * C * sizeof *g);
+    assert_non_null(g);
+    for (size_t r = 0; r < R; r++) {
+        double mean = 0;
+        for (size_t c = 0; c < C; c++) {
+            g[r * C + c] = g0[r * C + c] + hp->weight_decay * p[r * C + c];
+            mean += g[r * C + c] / (double)C;
+        }
+        for (size_t c = 0; c < C; c++)
+            g[r * C + c] -= mean;
+    }
+    for (size_t i = 0; i < R * C; i++) {
+        gmin[i] = fmin(gmin[i], fabs(g[i]));
+        m[i] = hp->beta1 * m[i] + (1 - hp->beta1) * g[i];
+        v[i] = hp->beta2 * v[i] + (1 - hp->beta2) * g[i] * g[i];
+        p[i] -= hp->lr / bc1 * m[i] / (sqrt(v[i]) / sqrt(bc2) + hp->eps);
+    }
+    free(g);
+}
+
+/* ---- one tensor through the optimizer level ------------------------------------------- */
+
+typedef struct run {
+    clopt_optimizer *opt;
+    cl_mem p, g;
+    size_t n;
+} run;
+
+static void run_open(run *r, clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                     size_t R, size_t C, int two_dims, const float *p0)
+{
+    r->n = R * C;
+    r->p = upload(ctx, p0, r->n);
+    r->g = upload(ctx, NULL, r->n);
+    assert_int_equal(clopt_optimizer_create(ctx, rule, hp, &r->opt), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){r->p, 0};
+    d.grad = (clopt_tensor){r->g, 0};
+    d.ndim = two_dims ? 2 : 1;
+    d.shape[0] = two_dims ? R : r->n;
+    d.shape[1] = C;
+    assert_int_equal(clopt_optimizer_add_param_desc(r->opt, 0, &d, NULL), CLOPT_SUCCESS);
+}
+
+static void run_step(run *r, clopt_ctx *ctx, const float *g)
+{
+    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), r->g, CL_TRUE, 0,
+                                          r->n * sizeof(float), g, 0, NULL, NULL),
+                     CL_SUCCESS);
+    assert_int_equal(clopt_optimizer_step(r->opt, NULL), CLOPT_SUCCESS);
+}
+
+static void run_close(run *r)
+{
+    clopt_optimizer_destroy(r->opt);
+    clReleaseMemObject(r->p);
+    clReleaseMemObject(r->g);
+}
+
+static const size_t shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {7, 13}, {1000, 1000}, {4096, 512}};
+#define NSHAPES (sizeof shapes / sizeof shapes[0])
+
+static void fill(float *x, double *xd, size_t n, double scale)
+{
+    for (size_t i = 0; i < n; i++) {
+        x[i] = nrand() * (float)scale;
+        if (xd)
+            xd[i] = x[i];
+    }
+}
+
+static void test_adafactor_vs_reference(void **state)
+{
+    fixture *f = *state;
+    rng_state = 11;
+    for (size_t s = 0; s < NSHAPES; s++) {
+        const size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+        const int steps = n > 100000 ? 2 : 5;
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAFACTOR, &hp);
+        hp.weight_decay = 0.01;
+        float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
+        double *pd = malloc(n * sizeof *pd), *gd = malloc(n * sizeof *gd);
+        double *row = calloc(R, sizeof *row), *col = calloc(C, sizeof *col);
+        assert_true(p && g && pd && gd && row && col);
+        fill(p, pd, n, 0.05);
+        run r;
+        run_open(&r, f->ctx, CLOPT_ADAFACTOR, &hp, R, C, 1, p);
+        for (int t = 1; t <= steps; t++) {
+            fill(g, gd, n, 1.0);
+            run_step(&r, f->ctx, g);
+            ref_adafactor(&hp, (uint64_t)t, R, C, pd, gd, row, col);
+        }
+        download(f->ctx, r.p, p, n);
+        assert_close(p, pd, n, 2e-5, 2e-5, "adafactor param");
+        float *sr = malloc(R * sizeof *sr), *sc = malloc(C * sizeof *sc);
+        assert_int_equal(clopt_optimizer_read_state(r.opt, 0, 0, sr, R), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_read_state(r.opt, 0, 1, sc, C), CLOPT_SUCCESS);
+        assert_close(sr, row, R, 2e-5, 1e-6, "adafactor row");
+        assert_close(sc, col, C, 2e-5, 1e-6, "adafactor col");
+        run_close(&r);
+        free(p), free(g), free(pd), free(gd), free(row), free(col), free(sr), free(sc);
+    }
+}
+
+static void test_lamb_vs_reference(void **state)
+{
+    fixture *f = *state;
+    rng_state = 12;
+    for (size_t s = 0; s < NSHAPES; s++) {
+        const size_t n = shapes[s][0] * shapes[s][1];
+        const int steps = n > 100000 ? 2 : 5;
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_LAMB, &hp);
+        hp.lr = 5e-3;
+        float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
+        double *pd = malloc(n * sizeof *pd), *gd = malloc(n * sizeof *gd);
+        double *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+        assert_true(p && g && pd && gd && m && v);
+        fill(p, pd, n, 0.05);
+        run r;
+        run_open(&r, f->ctx, CLOPT_LAMB, &hp, shapes[s][0], shapes[s][1], 1, p);
+        for (int t = 1; t <= steps; t++) {
+            fill(g, gd, n, 1.0);
+            run_step(&r, f->ctx, g);
+            ref_lamb(&hp, (uint64_t)t, n, pd, gd, m, v);
+        }
+        download(f->ctx, r.p, p, n);
+        assert_close(p, pd, n, 2e-5, 2e-5, "lamb param");
+        run_close(&r);
+        free(p), free(g), free(pd), free(gd), free(m), free(v);
+    }
+}
+
+static void test_gc_vs_reference(void **state)
+{
+    fixture *f = *state;
+    rng_state = 13;
+    for (size_t s = 0; s < NSHAPES; s++) {
+        const size_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAM, &hp);
+        hp.grad_centralization = 1;
+        hp.weight_decay = 0.01;
+        float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
+        double *pd = malloc(n * sizeof *pd), *gd = malloc(n * sizeof *gd);
+        double *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+        double *gmin = malloc(n * sizeof *gmin);
+        assert_true(p && g && pd && gd && m && v && gmin);
+        for (size_t i = 0; i < n; i++)
+            gmin[i] = INFINITY;
+        fill(p, pd, n, 0.05);
+        run r;
+        run_open(&r, f->ctx, CLOPT_ADAM, &hp, R, C, 1, p);
+        for (int t = 1; t <= 3; t++) {
+            fill(g, gd, n, 1.0);
+            for (size_t i = 0; i < n; i++) /* a row offset GC must remove */
+                g[i] += (float)(i / C % 5), gd[i] = g[i];
+            run_step(&r, f->ctx, g);
+            ref_adam_gc(&hp, (uint64_t)t, R, C, pd, gd, m, v, gmin);
+        }
+        download(f->ctx, r.p, p, n);
+        /* The float32 row mean carries ~|row offset|·2^-24 of rounding: where a centralized
+           gradient came within 1e-3 of 0, Adam's direction m/sqrt(v) is ill-conditioned and
+           only a bound of one step per step is checked; everywhere else the usual one. */
+        size_t strict = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (gmin[i] < 1e-3) {
+                assert_true(fabs((double)p[i] - pd[i]) <= 3 * 2 * hp.lr);
+                p[i] = (float)pd[i];
+            } else {
+                strict++;
+            }
+        }
+        if (C > 1) /* one column: every centralized gradient is exactly 0 */
+            assert_true(strict >= n * 99 / 100);
+        assert_close(p, pd, n, 2e-5, 2e-5, "adam+gc param");
+        run_close(&r);
+        free(p), free(g), free(pd), free(gd), free(m), free(v), free(gmin);
+    }
+}
+
+/* Global-norm clipping: the returned norm and the applied scale, on SGD (θ -= lr·g·coef). */
+static void test_clipping(void **state)
+{
+    fixture *f = *state;
+    rng_state = 14;
+    const size_t sizes[3] = {1000, 7, 4099};
+    cl_mem p[3], g[3];
+    float *host[3], *grad[3];
+    clopt_optimizer *opt;
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SGD, &hp);
+    hp.lr = 0.1;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_SGD, &hp, &opt), CLOPT_SUCCESS);
+    assert_true(isnan(clopt_optimizer_last_grad_norm(opt)));
+    assert_int_equal(clopt_optimizer_set_grad_clip(opt, -1.0), CLOPT_ERR_INVALID_HYPERPARAM);
+    assert_int_equal(clopt_optimizer_set_grad_clip(opt, NAN), CLOPT_ERR_INVALID_HYPERPARAM);
+    double sumsq = 0;
+    for (int k = 0; k < 3; k++) {
+        host[k] = malloc(sizes[k] * sizeof(float));
+        grad[k] = malloc(sizes[k] * sizeof(float));
+        fill(host[k], NULL, sizes[k], 1.0);
+        fill(grad[k], NULL, sizes[k], 1.0);
+        for (size_t i = 0; i < sizes[k]; i++)
+            sumsq += (double)grad[k][i] * grad[k][i];
+        p[k] = upload(f->ctx, host[k], sizes[k]);
+        g[k] = upload(f->ctx, grad[k], sizes[k]);
+        assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){p[k], 0},
+                                                   (clopt_tensor){g[k], 0}, sizes[k], NULL,
+                                                   NULL),
+                         CLOPT_SUCCESS);
+    }
+    const double norm = sqrt(sumsq), max_norm = norm / 4;
+    assert_int_equal(clopt_optimizer_set_grad_clip(opt, max_norm), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    assert_true(fabs(clopt_optimizer_last_grad_norm(opt) - norm) <= 1e-5 * norm);
+    const double coef = max_norm / (norm + 1e-6);
+    for (int k = 0; k < 3; k++) {
+        float *out = malloc(sizes[k] * sizeof *out);
+        double *want = malloc(sizes[k] * sizeof *want);
+        download(f->ctx, p[k], out, sizes[k]);
+        for (size_t i = 0; i < sizes[k]; i++)
+            want[i] = host[k][i] - hp.lr * coef * grad[k][i];
+        assert_close(out, want, sizes[k], 1e-5, 1e-6, "clipped sgd");
+        free(out), free(want);
+    }
+    /* below the threshold nothing is scaled */
+    assert_int_equal(clopt_optimizer_set_grad_clip(opt, norm * 10), CLOPT_SUCCESS);
+    for (int k = 0; k < 3; k++)
+        download(f->ctx, p[k], host[k], sizes[k]);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    for (int k = 0; k < 3; k++) {
+        float *out = malloc(sizes[k] * sizeof *out);
+        double *want = malloc(sizes[k] * sizeof *want);
+        download(f->ctx, p[k], out, sizes[k]);
+        for (size_t i = 0; i < sizes[k]; i++)
+            want[i] = host[k][i] - hp.lr * grad[k][i];
+        assert_close(out, want, sizes[k], 1e-5, 1e-6, "unclipped sgd");
+        free(out), free(want);
+    }
+    clopt_optimizer_destroy(opt);
+    for (int k = 0; k < 3; k++) {
+        clReleaseMemObject(p[k]);
+        clReleaseMemObject(g[k]);
+        free(host[k]);
+        free(grad[k]);
+    }
+}
+
+/* The same step twice gives the same bits; the gradient norm does not depend on the
+   work-group size or vector width the context uses. */
+static void test_determinism(void **state)
+{
+    fixture *f = *state;
+    const size_t R = 1000, C = 1000, n = R * C;
+    rng_state = 15;
+    float *p0 = malloc(n * sizeof *p0), *g = malloc(n * sizeof *g);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    assert_true(p0 && g && a && b);
+    fill(p0, NULL, n, 0.05);
+    fill(g, NULL, n, 1.0);
+    const clopt_rule rules[3] = {CLOPT_ADAFACTOR, CLOPT_LAMB, CLOPT_ADAM};
+    for (int k = 0; k < 3; k++) {
+        clopt_hparams hp;
+        clopt_hparams_default(rules[k], &hp);
+        hp.grad_centralization = rules[k] == CLOPT_ADAM;
+        float *out[2] = {a, b};
+        for (int rep = 0; rep < 2; rep++) {
+            run r;
+            run_open(&r, f->ctx, rules[k], &hp, R, C, 1, p0);
+            run_step(&r, f->ctx, g);
+            run_step(&r, f->ctx, g);
+            download(f->ctx, r.p, out[rep], n);
+            run_close(&r);
+        }
+        assert_memory_equal(a, b, n * sizeof *a);
+    }
+    clopt_tuning t0, t;
+    clopt_ctx_get_tuning(f->ctx, &t0);
+    double norms[3];
+    const clopt_tuning tunings[3] = {t0, {1, 1}, {4, 0}};
+    for (int k = 0; k < 3; k++) {
+        t = tunings[k];
+        assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_SUCCESS);
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_SGD, &hp);
+        run r;
+        run_open(&r, f->ctx, CLOPT_SGD, &hp, R, C, 1, p0);
+        assert_int_equal(clopt_optimizer_set_grad_clip(r.opt, 1.0), CLOPT_SUCCESS);
+        run_step(&r, f->ctx, g);
+        norms[k] = clopt_optimizer_last_grad_norm(r.opt);
+        run_close(&r);
+    }
+    assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t0), CLOPT_SUCCESS);
+    assert_memory_equal(&norms[0], &norms[1], sizeof(double));
+    assert_memory_equal(&norms[0], &norms[2], sizeof(double));
+    free(p0), free(g), free(a), free(b);
+}
+
+static void test_bad_shapes(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAFACTOR, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAFACTOR, &hp, &opt), CLOPT_SUCCESS);
+    float init[64];
+    for (int i = 0; i < 64; i++)
+        init[i] = (float)i;
+    cl_mem p = upload(f->ctx, init, 64), g = upload(f->ctx, init, 64);
+    clopt_param_desc d;
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){p, 0};
+    d.grad = (clopt_tensor){g, 0};
+    d.ndim = 2;
+    d.shape[0] = 0; /* 0 rows */
+    d.shape[1] = 8;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_INVALID_SIZE);
+    d.shape[0] = 9; /* 72 elements do not fit the 64-float buffers */
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_OUT_OF_BOUNDS);
+    d.ndim = CLOPT_MAX_DIMS + 1;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_INVALID_SIZE);
+    d.ndim = 2;
+    d.shape[0] = 8;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 3, &d, NULL), CLOPT_ERR_INDEX);
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, NULL, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_param_count(opt), 0);
+    assert_int_equal(clopt_optimizer_state_bytes(opt), 0);
+    /* nothing was touched */
+    float back[64];
+    download(f->ctx, p, back, 64);
+    assert_memory_equal(back, init, sizeof init);
+    /* the op level refuses the multi-pass rules with a clear status */
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    a.param = d.param;
+    a.grad = d.grad;
+    assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAFACTOR, &hp, &a, 64, 1, 0, NULL,
+                                        NULL),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    /* GC rows that do not divide n */
+    clopt_hparams ha;
+    clopt_hparams_default(CLOPT_ADAM, &ha);
+    ha.grad_centralization = 1;
+    cl_mem m = upload(f->ctx, NULL, 64), v = upload(f->ctx, NULL, 64), sc = upload(f->ctx, NULL, 8);
+    a.state[0] = (clopt_tensor){m, 0};
+    a.state[1] = (clopt_tensor){v, 0};
+    a.gc_rows = 7;
+    a.gc_scratch = (clopt_tensor){sc, 0};
+    assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &ha, &a, 64, 1, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_SIZE);
+    a.gc_rows = 16; /* scratch of 8 floats is too small for 16 row means */
+    assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &ha, &a, 64, 1, 0, NULL, NULL),
+                     CLOPT_ERR_OUT_OF_BOUNDS);
+    download(f->ctx, p, back, 64);
+    assert_memory_equal(back, init, sizeof init);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p), clReleaseMemObject(g), clReleaseMemObject(m), clReleaseMemObject(v),
+        clReleaseMemObject(sc);
+}
+
+/* A 4096×4096 weight: Adafactor keeps (4096 + 4096)·4 bytes without beta1, plus the full
+   first moment with it; Adam keeps 2·4096²·4. */
+static void test_state_bytes(void **state)
+{
+    fixture *f = *state;
+    const size_t R = 4096, C = 4096;
+    cl_mem p = upload(f->ctx, NULL, R * C), g = upload(f->ctx, NULL, R * C);
+    clopt_param_desc d;
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){p, 0};
+    d.grad = (clopt_tensor){g, 0};
+    d.ndim = 2;
+    d.shape[0] = R;
+    d.shape[1] = C;
+    const struct {
+        clopt_rule rule;
+        int beta1;
+        size_t bytes;
+    } cases[] = {{CLOPT_ADAFACTOR, 0, (4096 + 4096) * 4},
+                 {CLOPT_ADAFACTOR, 1, (4096 + 4096) * 4 + 4096 * 4096 * 4},
+                 {CLOPT_ADAM, 0, 2 * 4096 * 4096 * 4}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        clopt_hparams hp;
+        clopt_hparams_default(cases[k].rule, &hp);
+        hp.use_beta1 = cases[k].beta1;
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, cases[k].rule, &hp, &opt), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_state_bytes(opt), cases[k].bytes);
+        clopt_optimizer_destroy(opt);
+    }
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_adafactor_vs_reference),
+        cmocka_unit_test(test_lamb_vs_reference),
+        cmocka_unit_test(test_gc_vs_reference),
+        cmocka_unit_test(test_clipping),
+        cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_bad_shapes),
+        cmocka_unit_test(test_state_bytes),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
