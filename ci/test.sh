@@ -18,8 +18,7 @@ echo "== tests"
 ctest --test-dir build/ci --output-on-failure -j1
 
 echo "== conformance: every golden case of tests/data/golden"
-# Cases of rules clopt does not ship yet are listed as skipped (see README, "Rules").
-build/ci/host/conform/clopt-conform --allow-unsupported tests/data/golden
+build/ci/host/conform/clopt-conform tests/data/golden
 
 echo "== install and build a consumer against the installed copy"
 cmake --install build/ci >/dev/null
@@ -29,7 +28,7 @@ LD_LIBRARY_PATH="$PWD/build/ci-install/lib" build/ci-consumer/consumer_cmake
 PKG_CONFIG_PATH="$PWD/build/ci-install/lib/pkgconfig" \
   sh -c 'cc -std=c11 -Wall -Wextra -Wpedantic -Werror ci/consumer/main.c -o build/ci-consumer/consumer_pc $(pkg-config --cflags --libs clopt) -lm'
 LD_LIBRARY_PATH="$PWD/build/ci-install/lib" build/ci-consumer/consumer_pc
-"$PWD/build/ci-install/bin/clopt-conform" --allow-unsupported tests/data/golden/adamw >/dev/null
+"$PWD/build/ci-install/bin/clopt-conform" tests/data/golden/adamw >/dev/null
 
 echo "== sanitizers (address, undefined) on the host code"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DCLOPT_WERROR=ON -DCLOPT_SANITIZE=ON -DCLOPT_BUILD_BENCH=OFF
@@ -40,4 +39,4 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export LSAN_OPTIONS=suppressions=$PWD/ci/lsan.supp:print_suppressions=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build/asan --output-on-failure -j1
-build/asan/host/conform/clopt-conform --allow-unsupported tests/data/golden
+build/asan/host/conform/clopt-conform tests/data/golden

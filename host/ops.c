@@ -189,9 +189,10 @@ clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const c
 
 /* ---- Sophia's estimators and the RNG ---------------------------------------------------- */
 
+/* Checks shared by the small ops, then their kernel from `family`. */
 static clopt_status estimator_prologue(clopt_ctx *ctx, cl_command_queue queue, size_t n,
                                        cl_uint num_wait, const cl_event *wait_list,
-                                       const char *family_kernel, cl_kernel *k)
+                                       const char *family, const char *kernel, cl_kernel *k)
 {
     if (n == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
@@ -202,7 +203,7 @@ static clopt_status estimator_prologue(clopt_ctx *ctx, cl_command_queue queue, s
         return s;
     char options[64];
     snprintf(options, sizeof options, "-DVW=%u", ctx->tuning.vector_width);
-    return clopt_get_kernel(ctx, "hessian", options, family_kernel, k);
+    return clopt_get_kernel(ctx, family, options, kernel, k);
 }
 
 clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor out,
@@ -216,7 +217,7 @@ clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     if (s != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "randn", &k)) != CLOPT_SUCCESS)
+    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "randn", &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, out);
@@ -243,7 +244,7 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hutchinson", &k)) !=
+    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "hutchinson", &k)) !=
         CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
@@ -271,13 +272,42 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "gnb", &k)) != CLOPT_SUCCESS)
+    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "gnb", &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, ghat);
     clopt_arg_tensor(&a, out);
     clopt_arg_ulong(&a, n);
     clopt_arg_float(&a, (float)batch_size);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
+                                    event);
+}
+
+clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                 clopt_tensor src, size_t n, double alpha, double beta,
+                                 cl_uint num_wait, const cl_event *wait_list, cl_event *event)
+{
+    if (!ctx)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(ctx);
+    if (!isfinite(alpha) || !isfinite(beta))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
+    clopt_status s;
+    if ((s = clopt_check_tensor(ctx, "dst", dst, n)) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor(ctx, "src", src, n)) != CLOPT_SUCCESS)
+        return s;
+    cl_kernel k = NULL;
+    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k)) !=
+        CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, dst);
+    clopt_arg_tensor(&a, src);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)alpha);
+    clopt_arg_float(&a, (float)beta);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,

@@ -1,8 +1,9 @@
-/* Optimizer level: owns state buffers, the step count, parameter groups and hyperparameters
- * (torch.optim-like). Element-wise rules run one clopt_enqueue_step per tensor; Adafactor and
- * LAMB run their passes here, with their reductions in a fixed order (kernels/reduce.cl).
- * Everything is enqueued on the context's queue, which must be in order. */
-#include "internal.h"
+/* Optimizer level: owns state buffers, the step count, parameter groups (optionally stored
+ * as arenas), schedules, Lookahead, AMP and clipping (torch.optim-like). Element-wise rules
+ * run one clopt_enqueue_step per tensor, or one per arena group; Adafactor and LAMB run their
+ * passes here, with their reductions in a fixed order (kernels/reduce.cl). Everything is
+ * enqueued on the context's queue, which must be in order. */
+#include "optimizer_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -12,38 +13,12 @@
 /* Partial sums per reduction: a fixed number of items, so sums do not depend on the device. */
 #define REDUCE_ITEMS 4096u
 
-typedef struct group_entry {
-    clopt_hparams hp;
-    double mu_product; /* NAdam: product of μ_1..μ_step for this group's β1 and ψ */
-} group_entry;
-
-typedef struct param_entry {
-    clopt_tensor param, grad, hessian; /* hessian.buffer NULL: none (Sophia only) */
-    size_t n, ndim, shape[CLOPT_MAX_DIMS];
-    size_t group;
-    size_t nstate;
-    const char *state_name[CLOPT_MAX_STATE];
-    size_t state_len[CLOPT_MAX_STATE];
-    cl_mem state[CLOPT_MAX_STATE];
-} param_entry;
-
-struct clopt_optimizer {
-    clopt_ctx *ctx;
-    clopt_rule rule;
-    group_entry *groups;
-    size_t ngroups, cap_groups;
-    param_entry *params;
-    size_t nparams, cap_params;
-    uint64_t step;
-    cl_mem scratch; /* reduction partials, sums, GC row means, per-tensor norms */
-    size_t scratch_len;
-    double max_grad_norm, last_grad_norm;
-};
+enum { SCR_SUMS = 2 * REDUCE_ITEMS, SCR_RMEAN = 2 * REDUCE_ITEMS + 2 };
 
 /* ---- shapes and state layout ----------------------------------------------------------- */
 
 /* Adafactor's factored view B × R × C of a tensor with >= 2 dims (0 rows: not factored). */
-static void factored_view(const param_entry *e, size_t *b, size_t *r, size_t *c)
+static void factored_view(const clopt_param *e, size_t *b, size_t *r, size_t *c)
 {
     *b = 1;
     *r = *c = 0;
@@ -56,24 +31,26 @@ static void factored_view(const param_entry *e, size_t *b, size_t *r, size_t *c)
 }
 
 /* Rows of the GC view (first dim × the rest), 0 when GC does not apply to this tensor. */
-static size_t gc_rows(const clopt_hparams *hp, const param_entry *e)
+static size_t gc_rows(const clopt_hparams *hp, const clopt_param *e)
 {
     if (!hp->grad_centralization || e->ndim <= (hp->gc_conv_only ? 3u : 1u))
         return 0;
     return e->shape[0];
 }
 
-static void state_layout(clopt_rule rule, const clopt_hparams *hp, param_entry *e)
+int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g)
 {
-    e->nstate = clopt_rule_state_count(rule, hp);
-    for (size_t i = 0; i < e->nstate; i++) {
-        e->state_name[i] = clopt_rule_state_name(rule, hp, i);
-        e->state_len[i] = e->n;
-    }
-    if (rule == CLOPT_ADAFACTOR) {
+    (void)opt;
+    return g->hp.lookahead_k > 0;
+}
+
+void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_param *e)
+{
+    const clopt_hparams *hp = &g->hp;
+    size_t k = 0;
+    if (opt->rule == CLOPT_ADAFACTOR) {
         size_t b, r, c;
         factored_view(e, &b, &r, &c);
-        size_t k = 0;
         if (r) {
             e->state_name[k] = "exp_avg_sq_row", e->state_len[k++] = b * r;
             e->state_name[k] = "exp_avg_sq_col", e->state_len[k++] = b * c;
@@ -82,22 +59,29 @@ static void state_layout(clopt_rule rule, const clopt_hparams *hp, param_entry *
         }
         if (hp->use_beta1)
             e->state_name[k] = "exp_avg", e->state_len[k++] = e->n;
-        e->nstate = k;
+    } else {
+        size_t ns = clopt_rule_state_count(opt->rule, hp);
+        for (; k < ns; k++)
+            e->state_name[k] = clopt_rule_state_name(opt->rule, hp, k), e->state_len[k] = e->n;
     }
+    e->nkernel = k;
+    if (clopt_group_lookahead(opt, g)) {
+        e->state_name[k] = opt->rule == CLOPT_RANGER ? "slow_buffer" : "slow_params";
+        e->state_len[k++] = e->n;
+    }
+    e->nstate = k;
 }
 
 /* Scratch floats one tensor's step needs: partials (2 per item), 2 sums, Adafactor's row
-   means (one per batch) and GC row means. The per-tensor norms for clipping come after. */
-static size_t scratch_need(const param_entry *e)
+   means (one per batch) and GC row means. The gradient checks (2 per unit) come after. */
+static size_t scratch_need(const clopt_param *e)
 {
     size_t b, r, c;
     factored_view(e, &b, &r, &c);
     return 2 * (size_t)REDUCE_ITEMS + 2 + b + (e->ndim > 1 ? e->shape[0] : 0);
 }
 
-enum { SCR_SUMS = 2 * REDUCE_ITEMS, SCR_RMEAN = 2 * REDUCE_ITEMS + 2 };
-
-static size_t scr_gc(const param_entry *e)
+static size_t scr_gc(const clopt_param *e)
 {
     size_t b, r, c;
     factored_view(e, &b, &r, &c);
@@ -137,8 +121,7 @@ clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt
     opt->ctx = ctx;
     opt->rule = rule;
     opt->last_grad_norm = NAN;
-    size_t g;
-    if ((s = clopt_optimizer_add_group(opt, hp, &g)) != CLOPT_SUCCESS) {
+    if ((s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS) {
         free(opt);
         return s;
     }
@@ -146,11 +129,26 @@ clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt
     return CLOPT_SUCCESS;
 }
 
-static void release_entry(param_entry *e)
+static void release_param(clopt_param *e)
 {
-    for (size_t i = 0; i < e->nstate; i++)
-        if (e->state[i])
-            clReleaseMemObject(e->state[i]);
+    for (size_t i = 0; e->owns_state && i < e->nstate; i++)
+        if (e->state[i].buffer)
+            clReleaseMemObject(e->state[i].buffer);
+    if (e->param_sub)
+        clReleaseMemObject(e->param_sub);
+    if (e->grad_sub)
+        clReleaseMemObject(e->grad_sub);
+}
+
+static void release_arena(clopt_group *g)
+{
+    cl_mem *all[] = {&g->arena_param, &g->arena_grad};
+    for (size_t i = 0; i < 2; i++)
+        if (*all[i])
+            clReleaseMemObject(*all[i]), *all[i] = NULL;
+    for (size_t i = 0; i < CLOPT_OPT_MAX_STATE; i++)
+        if (g->arena_state[i])
+            clReleaseMemObject(g->arena_state[i]), g->arena_state[i] = NULL;
 }
 
 void clopt_optimizer_destroy(clopt_optimizer *opt)
@@ -159,7 +157,9 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
         return;
     clFinish(opt->ctx->queue);
     for (size_t i = 0; i < opt->nparams; i++)
-        release_entry(&opt->params[i]);
+        release_param(&opt->params[i]);
+    for (size_t i = 0; i < opt->ngroups; i++)
+        release_arena(&opt->groups[i]);
     if (opt->scratch)
         clReleaseMemObject(opt->scratch);
     free(opt->params);
@@ -180,13 +180,16 @@ clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams
         return s;
     if (opt->ngroups == opt->cap_groups) {
         size_t cap = opt->cap_groups ? 2 * opt->cap_groups : 4;
-        group_entry *g = realloc(opt->groups, cap * sizeof *g);
+        clopt_group *g = realloc(opt->groups, cap * sizeof *g);
         if (!g)
             return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "group table");
         opt->groups = g;
         opt->cap_groups = cap;
     }
-    opt->groups[opt->ngroups] = (group_entry){*hp, 1.0};
+    clopt_group *g = &opt->groups[opt->ngroups];
+    memset(g, 0, sizeof *g);
+    g->hp = *hp;
+    g->mu_product = 1.0;
     if (group)
         *group = opt->ngroups;
     opt->ngroups++;
@@ -195,7 +198,7 @@ clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams
 
 size_t clopt_optimizer_group_count(const clopt_optimizer *opt) { return opt ? opt->ngroups : 0; }
 
-/* A group's hyperparameters may change between steps, but not the state layout. */
+/* A group's hyperparameters may change between steps, but not its state layout. */
 clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t group,
                                                const clopt_hparams *hp)
 {
@@ -209,15 +212,18 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
     clopt_status s = check_hparams(opt->ctx, opt->rule, hp);
     if (s != CLOPT_SUCCESS)
         return s;
+    clopt_group then = opt->groups[group];
+    then.hp = *hp;
     for (size_t i = 0; i < opt->nparams; i++) {
-        const param_entry *e = &opt->params[i];
+        const clopt_param *e = &opt->params[i];
         if (e->group != group)
             continue;
-        param_entry then = *e;
-        state_layout(opt->rule, hp, &then);
-        int same = then.nstate == e->nstate;
+        clopt_param other = *e;
+        clopt_state_layout(opt, &then, &other);
+        int same = other.nstate == e->nstate;
         for (size_t k = 0; same && k < e->nstate; k++)
-            same = strcmp(then.state_name[k], e->state_name[k]) == 0;
+            same = strcmp(other.state_name[k], e->state_name[k]) == 0 &&
+                   other.state_len[k] == e->state_len[k];
         if (!same)
             return clopt_fail(opt->ctx, CLOPT_ERR_STATE_MISMATCH,
                               "these hyperparameters change the state layout of tensor %zu", i);
@@ -247,10 +253,41 @@ clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hpara
     return clopt_optimizer_get_group_hparams(opt, 0, out);
 }
 
+clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
+                                                const clopt_schedule *s)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!s)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "schedule is NULL");
+    if (group >= opt->ngroups)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
+    const char *why = "";
+    clopt_status st = clopt_schedule_validate(s, &why);
+    if (st != CLOPT_SUCCESS)
+        return clopt_fail(opt->ctx, st, "schedule: %s", why);
+    opt->groups[group].sched = *s;
+    return CLOPT_SUCCESS;
+}
+
+double clopt_optimizer_group_lr(const clopt_optimizer *opt, size_t group)
+{
+    if (!opt || group >= opt->ngroups)
+        return NAN;
+    const clopt_group *g = &opt->groups[group];
+    return g->hp.lr * clopt_schedule_factor(&g->sched, opt->step);
+}
+
 /* ---- parameters ----------------------------------------------------------------------- */
 
-static clopt_status grow_scratch(clopt_optimizer *opt, size_t need)
+static clopt_status grow_scratch(clopt_optimizer *opt)
 {
+    size_t need = 0;
+    for (size_t i = 0; i < opt->nparams; i++)
+        if (scratch_need(&opt->params[i]) > need)
+            need = scratch_need(&opt->params[i]);
+    need += 2 * opt->nparams; /* gradient checks: at most one unit per tensor */
     if (need <= opt->scratch_len)
         return CLOPT_SUCCESS;
     cl_int err = CL_SUCCESS;
@@ -265,6 +302,59 @@ static clopt_status grow_scratch(clopt_optimizer *opt, size_t need)
     return CLOPT_SUCCESS;
 }
 
+static clopt_status reserve_params(clopt_optimizer *opt, size_t more)
+{
+    if (opt->nparams + more <= opt->cap_params)
+        return CLOPT_SUCCESS;
+    size_t cap = opt->cap_params ? opt->cap_params : 8;
+    while (cap < opt->nparams + more)
+        cap *= 2;
+    clopt_param *p = realloc(opt->params, cap * sizeof *p);
+    if (!p)
+        return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "parameter table");
+    opt->params = p;
+    opt->cap_params = cap;
+    return CLOPT_SUCCESS;
+}
+
+/* Shape checks shared by both ways of adding tensors; fills e's shape and n. */
+static clopt_status take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e)
+{
+    if (d->ndim > CLOPT_MAX_DIMS)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "ndim %zu > %d", d->ndim, CLOPT_MAX_DIMS);
+    e->ndim = d->ndim ? d->ndim : 1;
+    e->n = 1;
+    for (size_t k = 0; k < e->ndim; k++) {
+        e->shape[k] = d->shape[k];
+        if (e->shape[k] == 0)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "shape[%zu] is 0", k);
+        if (e->n > SIZE_MAX / sizeof(float) / e->shape[k])
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the shape is too large");
+        e->n *= e->shape[k];
+    }
+    return CLOPT_SUCCESS;
+}
+
+/* Allocates and initialises e's own state buffers from index `from` on. */
+static clopt_status alloc_states(clopt_optimizer *opt, clopt_param *e, size_t from)
+{
+    const clopt_hparams *hp = &opt->groups[e->group].hp;
+    for (size_t i = from; i < e->nstate; i++) {
+        cl_int err = CL_SUCCESS;
+        size_t bytes = e->state_len[i] * sizeof(float);
+        cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+        if (m) {
+            e->state[i] = (clopt_tensor){m, 0};
+            float init = i < e->nkernel ? clopt_rule_state_init(opt->rule, hp, i) : 0.0f;
+            err = clEnqueueFillBuffer(opt->ctx->queue, m, &init, sizeof init, 0, bytes, 0, NULL,
+                                      NULL);
+        }
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "allocating optimizer state");
+    }
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                                             const clopt_param_desc *desc, size_t *index)
 {
@@ -276,22 +366,15 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "desc is NULL");
     if (group >= opt->ngroups)
         return clopt_fail(ctx, CLOPT_ERR_INDEX, "no group %zu", group);
-    if (desc->ndim > CLOPT_MAX_DIMS)
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "ndim %zu > %d", desc->ndim,
-                          CLOPT_MAX_DIMS);
-    param_entry e;
+    if (opt->groups[group].arena)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "group %zu is an arena group: its tensors are fixed at creation",
+                          group);
+    clopt_param e;
     memset(&e, 0, sizeof e);
-    e.ndim = desc->ndim ? desc->ndim : 1;
-    e.n = 1;
-    for (size_t d = 0; d < e.ndim; d++) {
-        e.shape[d] = desc->shape[d];
-        if (e.shape[d] == 0)
-            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "shape[%zu] is 0", d);
-        if (e.n > SIZE_MAX / sizeof(float) / e.shape[d])
-            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the shape is too large");
-        e.n *= e.shape[d];
-    }
-    clopt_status s;
+    clopt_status s = take_shape(ctx, desc, &e);
+    if (s != CLOPT_SUCCESS)
+        return s;
     if ((s = clopt_check_tensor(ctx, "param", desc->param, e.n)) != CLOPT_SUCCESS ||
         (s = clopt_check_tensor(ctx, "grad", desc->grad, e.n)) != CLOPT_SUCCESS)
         return s;
@@ -302,51 +385,32 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         if ((s = clopt_check_tensor(ctx, "hessian", desc->hessian, e.n)) != CLOPT_SUCCESS)
             return s;
     }
+    if ((s = reserve_params(opt, 1)) != CLOPT_SUCCESS)
+        return s;
     e.param = desc->param;
     e.grad = desc->grad;
     e.hessian = desc->hessian;
     e.group = group;
-    const clopt_hparams *hp = &opt->groups[group].hp;
-    state_layout(opt->rule, hp, &e);
-    if (opt->nparams == opt->cap_params) {
-        size_t cap = opt->cap_params ? 2 * opt->cap_params : 8;
-        param_entry *p = realloc(opt->params, cap * sizeof *p);
-        if (!p)
-            return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "parameter table");
-        opt->params = p;
-        opt->cap_params = cap;
+    e.owns_state = 1;
+    clopt_state_layout(opt, &opt->groups[group], &e);
+    s = alloc_states(opt, &e, 0);
+    if (s == CLOPT_SUCCESS) {
+        opt->params[opt->nparams++] = e; /* grow_scratch sizes for it */
+        s = grow_scratch(opt);
+        if (s != CLOPT_SUCCESS)
+            opt->nparams--;
     }
-    for (size_t i = 0; i < e.nstate; i++) {
-        cl_int err = CL_SUCCESS;
-        size_t bytes = e.state_len[i] * sizeof(float);
-        e.state[i] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
-        if (e.state[i]) {
-            float init = clopt_rule_state_init(opt->rule, hp, i);
-            err = clEnqueueFillBuffer(ctx->queue, e.state[i], &init, sizeof init, 0, bytes, 0,
-                                      NULL, NULL);
-        }
-        if (err != CL_SUCCESS) {
-            release_entry(&e);
-            return clopt_fail_cl(ctx, err, "allocating optimizer state");
-        }
-    }
-    /* the largest per-tensor need, then one norm slot per tensor */
-    size_t need = scratch_need(&e);
-    for (size_t i = 0; i < opt->nparams; i++)
-        if (scratch_need(&opt->params[i]) > need)
-            need = scratch_need(&opt->params[i]);
-    s = grow_scratch(opt, need + opt->nparams + 1);
     cl_int err = clFinish(ctx->queue);
-    if (s == CLOPT_SUCCESS && err != CL_SUCCESS)
+    if (s == CLOPT_SUCCESS && err != CL_SUCCESS) {
+        opt->nparams--;
         s = clopt_fail_cl(ctx, err, "initialising optimizer state");
+    }
     if (s != CLOPT_SUCCESS) {
-        release_entry(&e);
+        release_param(&e);
         return s;
     }
-    opt->params[opt->nparams] = e;
     if (index)
-        *index = opt->nparams;
-    opt->nparams++;
+        *index = opt->nparams - 1;
     return CLOPT_SUCCESS;
 }
 
@@ -365,6 +429,157 @@ clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
     return clopt_optimizer_add_param_desc(opt, 0, &d, index);
 }
 
+static cl_mem make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err)
+{
+    cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, err);
+    if (m && (*err = clEnqueueFillBuffer(ctx->queue, m, &value, sizeof value, 0,
+                                         floats * sizeof(float), 0, NULL, NULL)) != CL_SUCCESS) {
+        clReleaseMemObject(m);
+        m = NULL;
+    }
+    return m;
+}
+
+static cl_mem sub_buffer(cl_mem parent, size_t offset, size_t n, cl_int *err)
+{
+    cl_buffer_region r = {offset * sizeof(float), n * sizeof(float)};
+    return clCreateSubBuffer(parent, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &r, err);
+}
+
+clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                             size_t ntensors, const clopt_param_desc *shapes,
+                                             size_t *group, size_t *first_index)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!hp || !shapes)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams and shapes must not be NULL");
+    if (ntensors == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "an arena group needs >= 1 tensor");
+    clopt_status s = check_hparams(ctx, opt->rule, hp);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    /* Offsets: every tensor starts at a multiple of the device's base-address alignment. */
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(ctx->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits,
+                    NULL);
+    size_t align = align_bits >= 32 ? align_bits / 32 : 1; /* in floats */
+    clopt_param *ps = calloc(ntensors, sizeof *ps);
+    if (!ps)
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "arena table");
+    size_t total = 0;
+    for (size_t i = 0; i < ntensors; i++) {
+        if ((s = take_shape(ctx, &shapes[i], &ps[i])) != CLOPT_SUCCESS) {
+            free(ps);
+            return s;
+        }
+        ps[i].param.offset = total;
+        size_t padded = (ps[i].n + align - 1) / align * align;
+        if (total > SIZE_MAX / sizeof(float) - padded) {
+            free(ps);
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the arena is too large");
+        }
+        total += padded;
+    }
+    if ((s = reserve_params(opt, ntensors)) != CLOPT_SUCCESS ||
+        (s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS) {
+        free(ps);
+        return s;
+    }
+    const size_t gi = opt->ngroups - 1;
+    clopt_group *g = &opt->groups[gi];
+    g->arena = 1;
+    g->first = opt->nparams;
+    g->count = ntensors;
+    g->arena_len = total;
+    /* the layout of the first tensor gives the roles (element-wise rules: all the same) */
+    ps[0].group = gi;
+    clopt_state_layout(opt, g, &ps[0]);
+    const int shared_state = !clopt_rule_is_multipass(opt->rule);
+    cl_int err = CL_SUCCESS;
+    g->arena_param = make_filled(ctx, total, 0.0f, &err);
+    if (g->arena_param)
+        g->arena_grad = make_filled(ctx, total, 0.0f, &err);
+    for (size_t k = 0; shared_state && err == CL_SUCCESS && k < ps[0].nstate; k++) {
+        float init = k < ps[0].nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
+        g->arena_state[k] = make_filled(ctx, total, init, &err);
+    }
+    size_t made = 0;
+    for (; err == CL_SUCCESS && made < ntensors; made++) {
+        clopt_param *e = &ps[made];
+        const size_t off = e->param.offset;
+        e->group = gi;
+        clopt_state_layout(opt, g, e);
+        e->param = (clopt_tensor){g->arena_param, off};
+        e->grad = (clopt_tensor){g->arena_grad, off};
+        e->param_sub = sub_buffer(g->arena_param, off, e->n, &err);
+        if (err == CL_SUCCESS)
+            e->grad_sub = sub_buffer(g->arena_grad, off, e->n, &err);
+        if (err != CL_SUCCESS)
+            break;
+        if (shared_state) {
+            for (size_t k = 0; k < e->nstate; k++)
+                e->state[k] = (clopt_tensor){g->arena_state[k], off};
+        } else {
+            e->owns_state = 1;
+            if (alloc_states(opt, e, 0) != CLOPT_SUCCESS) {
+                err = CL_OUT_OF_RESOURCES;
+                made++;
+                break;
+            }
+        }
+    }
+    if (err == CL_SUCCESS) {
+        memcpy(opt->params + opt->nparams, ps, ntensors * sizeof *ps);
+        opt->nparams += ntensors;
+        s = grow_scratch(opt);
+        if (s != CLOPT_SUCCESS)
+            opt->nparams -= ntensors;
+        else if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
+            opt->nparams -= ntensors, s = clopt_fail_cl(ctx, err, "initialising the arena");
+    } else {
+        s = clopt_fail_cl(ctx, err, "allocating the arena");
+    }
+    if (s != CLOPT_SUCCESS) {
+        for (size_t i = 0; i < made && i < ntensors; i++)
+            release_param(&ps[i]);
+        release_arena(g);
+        opt->ngroups--;
+        free(ps);
+        return s;
+    }
+    free(ps);
+    if (group)
+        *group = gi;
+    if (first_index)
+        *first_index = g->first;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param,
+                                        clopt_tensor *param_view, clopt_tensor *grad_view,
+                                        cl_mem *param_sub, cl_mem *grad_sub)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (param >= opt->nparams)
+        return CLOPT_ERR_INDEX;
+    const clopt_param *e = &opt->params[param];
+    if (param_view)
+        *param_view = e->param;
+    if (grad_view)
+        *grad_view = e->grad;
+    if (param_sub)
+        *param_sub = e->param_sub;
+    if (grad_sub)
+        *grad_sub = e->grad_sub;
+    return CLOPT_SUCCESS;
+}
+
+/* ---- settings ------------------------------------------------------------------------------ */
+
 clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm)
 {
     if (!opt)
@@ -382,7 +597,21 @@ double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt)
     return opt ? opt->last_grad_norm : NAN;
 }
 
-/* ---- reductions ------------------------------------------------------------------------ */
+clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!(isfinite(scale) && scale >= 0))
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
+                          "the loss scale must be finite and >= 0 (0 turns AMP off)");
+    opt->grad_scale = scale;
+    return CLOPT_SUCCESS;
+}
+
+int clopt_optimizer_found_inf(const clopt_optimizer *opt) { return opt ? opt->found_inf : 0; }
+
+/* ---- kernels and reductions ------------------------------------------------------------ */
 
 static size_t reduce_items(size_t n) { return n < REDUCE_ITEMS ? n : REDUCE_ITEMS; }
 
@@ -393,6 +622,11 @@ static clopt_status kernel_of(clopt_optimizer *opt, const char *family, const cl
     snprintf(options, sizeof options, "-DVW=%u -DMAXIMIZE=%d -DGC=%d%s",
              opt->ctx->tuning.vector_width, hp && hp->maximize ? 1 : 0, gc, extra);
     return clopt_get_kernel(opt->ctx, family, options, name, k);
+}
+
+static clopt_status set_failed(clopt_optimizer *opt, const clopt_args *a)
+{
+    return clopt_fail_cl(opt->ctx, a->err, "clSetKernelArg");
 }
 
 /* scratch[dst .. dst+nsums) = sums of the nsums blocks of `items` partials at scratch[0]. */
@@ -408,52 +642,59 @@ static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsu
     clopt_arg_ulong(&a, nsums);
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, dst});
     if (a.err != CL_SUCCESS)
-        return clopt_fail_cl(opt->ctx, a.err, "clSetKernelArg");
+        return set_failed(opt, &a);
     return clopt_launch_items(opt->ctx, opt->ctx->queue, k, nsums, 0, NULL, NULL);
 }
 
-/* The global gradient norm (L2 over every tensor), reduced per tensor on the device in a
-   fixed order and summed over tensors on the host in double, in tensor order. */
-static clopt_status grad_norm(clopt_optimizer *opt, double *norm)
+/* The gradient check of AMP and clipping: per unit (an arena group's gradient buffer, or a
+   caller-owned tensor) Σ(g/scale)² and the count of non-finite values, reduced on the device
+   in a fixed order, read back once, summed over units on the host in double. */
+static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, double *sumsq,
+                               double *nonfinite)
 {
     cl_kernel k;
-    clopt_status s = kernel_of(opt, "reduce", NULL, 0, "", "sumsq_partial", &k);
+    clopt_status s = kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k);
     if (s != CLOPT_SUCCESS)
         return s;
-    const size_t norms = opt->scratch_len - opt->nparams;
+    const size_t base = opt->scratch_len - 2 * opt->nparams;
+    size_t units = 0;
     for (size_t i = 0; i < opt->nparams; i++) {
-        const param_entry *e = &opt->params[i];
-        size_t items = reduce_items(e->n);
+        const clopt_param *e = &opt->params[i];
+        const clopt_group *g = &opt->groups[e->group];
+        if (g->arena && i != g->first)
+            continue; /* the arena's whole gradient buffer is one unit */
+        clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
+        size_t n = g->arena ? g->arena_len : e->n, items = reduce_items(n);
         clopt_args a = {k, 0, CL_SUCCESS};
-        clopt_arg_tensor(&a, e->grad);
-        clopt_arg_ulong(&a, e->n);
+        clopt_arg_tensor(&a, grad);
+        clopt_arg_ulong(&a, n);
         clopt_arg_ulong(&a, items);
-        clopt_arg_float(&a, 1.0f);
+        clopt_arg_float(&a, (float)inv_scale);
         clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
         if (a.err != CL_SUCCESS)
-            return clopt_fail_cl(opt->ctx, a.err, "clSetKernelArg");
+            return set_failed(opt, &a);
         if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, k, items, 0, NULL, NULL)) !=
                 CLOPT_SUCCESS ||
-            (s = enqueue_final(opt, items, 1, norms + i)) != CLOPT_SUCCESS)
+            (s = enqueue_final(opt, items, 2, base + 2 * units)) != CLOPT_SUCCESS)
             return s;
+        units++;
     }
-    float *host = malloc(opt->nparams * sizeof *host);
+    float *host = malloc(2 * units * sizeof *host + 1);
     if (!host)
-        return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "gradient norms");
-    cl_int err = clEnqueueReadBuffer(opt->ctx->queue, opt->scratch, CL_TRUE, norms * sizeof(float),
-                                     opt->nparams * sizeof(float), host, 0, NULL, NULL);
-    double total = 0;
-    for (size_t i = 0; i < opt->nparams; i++)
-        total += (double)host[i];
+        return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "gradient check");
+    cl_int err = clEnqueueReadBuffer(opt->ctx->queue, opt->scratch, CL_TRUE, base * sizeof(float),
+                                     2 * units * sizeof(float), host, 0, NULL, NULL);
+    *sumsq = *nonfinite = 0;
+    for (size_t u = 0; u < units; u++) {
+        *sumsq += (double)host[2 * u];
+        *nonfinite += (double)host[2 * u + 1];
+    }
     free(host);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(opt->ctx, err, "reading gradient norms");
-    *norm = sqrt(total);
-    return CLOPT_SUCCESS;
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "reading the check");
 }
 
-/* GC row means of tensor e into the scratch (after L2 decay); returns the row count. */
-static clopt_status gc_means(clopt_optimizer *opt, const param_entry *e, const clopt_hparams *hp,
+/* GC row means of tensor e into the scratch (after L2 decay); *rows = 0 when GC is off. */
+static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const clopt_hparams *hp,
                              float gmul, size_t *rows)
 {
     *rows = gc_rows(hp, e);
@@ -472,11 +713,11 @@ static clopt_status gc_means(clopt_optimizer *opt, const param_entry *e, const c
     clopt_arg_float(&a, (float)clopt_rule_l2_decay(opt->rule, hp));
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, scr_gc(e)});
     if (a.err != CL_SUCCESS)
-        return clopt_fail_cl(opt->ctx, a.err, "clSetKernelArg");
+        return set_failed(opt, &a);
     return clopt_launch_items(opt->ctx, opt->ctx->queue, k, *rows, 0, NULL, NULL);
 }
 
-static void gc_args(clopt_optimizer *opt, clopt_args *a, const param_entry *e, size_t rows)
+static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, size_t rows)
 {
     if (!rows)
         return;
@@ -486,7 +727,7 @@ static void gc_args(clopt_optimizer *opt, clopt_args *a, const param_entry *e, s
 
 /* ---- multi-pass rules ------------------------------------------------------------------- */
 
-static clopt_status step_lamb(clopt_optimizer *opt, const param_entry *e,
+static clopt_status step_lamb(clopt_optimizer *opt, const clopt_param *e,
                               const clopt_hparams *hp, uint64_t t, float gmul)
 {
     size_t rows;
@@ -501,12 +742,11 @@ static clopt_status step_lamb(clopt_optimizer *opt, const param_entry *e,
     const double bc1 = hp->bias_correction ? 1.0 - pow(hp->beta1, td) : 1.0;
     const double bc2 = hp->bias_correction ? 1.0 - pow(hp->beta2, td) : 1.0;
     const size_t items = reduce_items(e->n);
-    const clopt_tensor m = {e->state[0], 0}, v = {e->state[1], 0};
     clopt_args a = {kp, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, e->param);
     clopt_arg_tensor(&a, e->grad);
-    clopt_arg_tensor(&a, m);
-    clopt_arg_tensor(&a, v);
+    clopt_arg_tensor(&a, e->state[0]);
+    clopt_arg_tensor(&a, e->state[1]);
     gc_args(opt, &a, e, rows);
     clopt_arg_ulong(&a, e->n);
     clopt_arg_ulong(&a, items);
@@ -522,8 +762,8 @@ static clopt_status step_lamb(clopt_optimizer *opt, const param_entry *e,
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
     clopt_args b = {ku, 0, CL_SUCCESS};
     clopt_arg_tensor(&b, e->param);
-    clopt_arg_tensor(&b, m);
-    clopt_arg_tensor(&b, v);
+    clopt_arg_tensor(&b, e->state[0]);
+    clopt_arg_tensor(&b, e->state[1]);
     clopt_arg_ulong(&b, e->n);
     clopt_arg_tensor(&b, (clopt_tensor){opt->scratch, SCR_SUMS});
     clopt_arg_float(&b, (float)hp->lr);
@@ -532,7 +772,7 @@ static clopt_status step_lamb(clopt_optimizer *opt, const param_entry *e,
     clopt_arg_float(&b, (float)(1.0 / bc1));
     clopt_arg_float(&b, (float)(1.0 / bc2));
     if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
-        return clopt_fail_cl(opt->ctx, a.err != CL_SUCCESS ? a.err : b.err, "clSetKernelArg");
+        return set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
     if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kp, items, 0, NULL, NULL)) !=
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
@@ -540,7 +780,7 @@ static clopt_status step_lamb(clopt_optimizer *opt, const param_entry *e,
     return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, ku, e->n, 0, NULL, NULL);
 }
 
-static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
+static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
                                    const clopt_hparams *hp, uint64_t t, float gmul)
 {
     size_t rows;
@@ -573,11 +813,11 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
         if (1.0 / sqrt(td) < rho_t)
             rho_t = 1.0 / sqrt(td);
     }
-    const clopt_tensor s0 = {e->state[0], 0};
-    const clopt_tensor s1 = factored ? (clopt_tensor){e->state[1], 0} : s0;
+    const clopt_tensor s0 = e->state[0];
+    const clopt_tensor s1 = factored ? e->state[1] : s0;
     const clopt_tensor rmean = {opt->scratch, SCR_RMEAN};
     const size_t items = reduce_items(e->n);
-    cl_ulong Rl = factored ? R : 1, Cl = factored ? C : 1;
+    const cl_ulong Rl = factored ? R : 1, Cl = factored ? C : 1;
     if (factored) {
         clopt_args a = {kr, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, e->grad);
@@ -605,9 +845,8 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
         clopt_arg_ulong(&m, B);
         clopt_arg_ulong(&m, R);
         clopt_arg_tensor(&m, rmean);
-        cl_int err = a.err != CL_SUCCESS ? a.err : c.err != CL_SUCCESS ? c.err : m.err;
-        if (err != CL_SUCCESS)
-            return clopt_fail_cl(opt->ctx, err, "clSetKernelArg");
+        if (a.err != CL_SUCCESS || c.err != CL_SUCCESS || m.err != CL_SUCCESS)
+            return set_failed(opt, a.err != CL_SUCCESS ? &a : c.err != CL_SUCCESS ? &c : &m);
         if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kr, B * R, 0, NULL, NULL)) !=
                 CLOPT_SUCCESS ||
             (s = clopt_launch_items(opt->ctx, opt->ctx->queue, kc, B * C, 0, NULL, NULL)) !=
@@ -639,7 +878,7 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
     clopt_arg_tensor(&u, s1);
     clopt_arg_tensor(&u, rmean);
     if (hp->use_beta1)
-        clopt_arg_tensor(&u, (clopt_tensor){e->state[e->nstate - 1], 0});
+        clopt_arg_tensor(&u, e->state[e->nkernel - 1]);
     gc_args(opt, &u, e, rows);
     clopt_arg_ulong(&u, e->n);
     clopt_arg_ulong(&u, Rl);
@@ -654,7 +893,7 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
     clopt_arg_float(&u, (float)hp->beta1);
     clopt_arg_float(&u, (float)(1.0 - hp->beta1));
     if (p.err != CL_SUCCESS || u.err != CL_SUCCESS)
-        return clopt_fail_cl(opt->ctx, p.err != CL_SUCCESS ? p.err : u.err, "clSetKernelArg");
+        return set_failed(opt, p.err != CL_SUCCESS ? &p : &u);
     if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kp, items, 0, NULL, NULL)) !=
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
@@ -664,23 +903,110 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const param_entry *e,
 
 /* ---- step ------------------------------------------------------------------------------- */
 
-static clopt_status step_elementwise(clopt_optimizer *opt, const param_entry *e,
-                                     const clopt_hparams *hp, uint64_t t, double grad_scale,
-                                     double mu_product)
+/* One element-wise launch over n elements of (param, grad, states) views. */
+static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
+                               clopt_tensor grad, const clopt_tensor *states, size_t n,
+                               const clopt_group *g, const clopt_hparams *hp, uint64_t t,
+                               double grad_scale, size_t gc)
 {
     clopt_step_args a;
     clopt_step_args_init(&a);
-    a.param = e->param;
-    a.grad = e->grad;
-    for (size_t j = 0; j < e->nstate; j++)
-        a.state[j] = (clopt_tensor){e->state[j], 0};
-    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
+    a.param = param;
+    a.grad = grad;
+    for (size_t j = 0; j < e->nkernel; j++)
+        a.state[j] = states[j];
+    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0 && !g->arena)
         a.hessian = e->hessian;
-    a.mu_product = mu_product;
+    a.mu_product = g->mu_product;
     a.grad_scale = grad_scale;
-    a.gc_rows = gc_rows(hp, e);
+    a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, scr_gc(e)};
-    return clopt_enqueue_step(opt->ctx, NULL, opt->rule, hp, &a, e->n, t, 0, NULL, NULL);
+    return clopt_enqueue_step(opt->ctx, NULL, opt->rule, hp, &a, n, t, 0, NULL, NULL);
+}
+
+/* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
+static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
+                                   size_t n)
+{
+    cl_int err = clEnqueueCopyBuffer(opt->ctx->queue, src.buffer, dst.buffer,
+                                     src.offset * sizeof(float), dst.offset * sizeof(float),
+                                     n * sizeof(float), 0, NULL, NULL);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "lookahead copy");
+}
+
+static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clopt_tensor slow,
+                                   size_t n, double alpha)
+{
+    cl_kernel k;
+    clopt_status s = kernel_of(opt, "tensor", NULL, 0, "", "lookahead_sync", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, param);
+    clopt_arg_tensor(&a, slow);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)alpha);
+    if (a.err != CL_SUCCESS)
+        return set_failed(opt, &a);
+    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, k, n, 0, NULL, NULL);
+}
+
+/* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */
+static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
+{
+    if (!g->arena || clopt_rule_is_multipass(opt->rule))
+        return 0;
+    for (size_t i = g->first; i < g->first + g->count; i++)
+        if (gc_rows(&g->hp, &opt->params[i]))
+            return 0;
+    return 1;
+}
+
+static clopt_status step_group(clopt_optimizer *opt, size_t gi, uint64_t t, double grad_scale)
+{
+    clopt_group *g = &opt->groups[gi];
+    clopt_hparams hp = g->hp;
+    hp.lr *= clopt_schedule_factor(&g->sched, t - 1);
+    const float gmul = (float)(1.0 / grad_scale);
+    const int la = clopt_group_lookahead(opt, g);
+    clopt_status s = CLOPT_SUCCESS;
+    if (arena_fused(opt, g)) {
+        const clopt_param *e0 = &opt->params[g->first];
+        clopt_tensor states[CLOPT_OPT_MAX_STATE];
+        for (size_t k = 0; k < e0->nstate; k++)
+            states[k] = (clopt_tensor){g->arena_state[k], 0};
+        const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
+        if (la && !e0->slow_ready)
+            s = lookahead_copy(opt, P, states[e0->nkernel], g->arena_len);
+        if (s == CLOPT_SUCCESS)
+            s = step_views(opt, e0, P, G, states, g->arena_len, g, &hp, t, grad_scale, 0);
+        if (s == CLOPT_SUCCESS && la && t % hp.lookahead_k == 0)
+            s = lookahead_sync(opt, P, states[e0->nkernel], g->arena_len, hp.lookahead_alpha);
+        for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
+            opt->params[i].slow_ready = 1;
+        return s;
+    }
+    for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        if (e->group != gi)
+            continue;
+        if (la && !e->slow_ready)
+            s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
+        if (s != CLOPT_SUCCESS)
+            break;
+        if (opt->rule == CLOPT_LAMB)
+            s = step_lamb(opt, e, &hp, t, gmul);
+        else if (opt->rule == CLOPT_ADAFACTOR)
+            s = step_adafactor(opt, e, &hp, t, gmul);
+        else
+            s = step_views(opt, e, e->param, e->grad, e->state, e->n, g, &hp, t, grad_scale,
+                           gc_rows(&hp, e));
+        if (s == CLOPT_SUCCESS && la && t % hp.lookahead_k == 0)
+            s = lookahead_sync(opt, e->param, e->state[e->nkernel], e->n, hp.lookahead_alpha);
+        if (s == CLOPT_SUCCESS)
+            e->slow_ready = 1;
+    }
+    return s;
 }
 
 clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
@@ -695,34 +1021,34 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
     /* Validate every tensor before the first launch: a step does all or nothing (only an
        OpenCL failure in the middle of enqueueing can break that). */
     for (size_t i = 0; i < opt->nparams; i++) {
-        const param_entry *e = &opt->params[i];
+        const clopt_param *e = &opt->params[i];
         clopt_status s;
         if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||
             (s = clopt_check_tensor(ctx, "grad", e->grad, e->n)) != CLOPT_SUCCESS)
             return s;
     }
-    double grad_scale = 1.0;
-    if (opt->max_grad_norm > 0 && opt->nparams > 0) {
-        double norm = 0;
-        clopt_status s = grad_norm(opt, &norm);
+    const int amp = opt->grad_scale > 0;
+    double grad_scale = amp ? opt->grad_scale : 1.0;
+    if ((amp || opt->max_grad_norm > 0) && opt->nparams > 0) {
+        double sumsq = 0, bad = 0;
+        clopt_status s = grad_check(opt, 1.0 / grad_scale, &sumsq, &bad);
         if (s != CLOPT_SUCCESS)
             return s;
-        opt->last_grad_norm = norm;
-        double coef = opt->max_grad_norm / (norm + 1e-6);
-        if (isfinite(coef) && coef < 1.0)
-            grad_scale = 1.0 / coef;
+        opt->found_inf = bad > 0;
+        if (amp && opt->found_inf)
+            return CLOPT_STEP_SKIPPED; /* nothing was changed */
+        double norm = bad > 0 ? NAN : sqrt(sumsq);
+        if (opt->max_grad_norm > 0) {
+            opt->last_grad_norm = norm;
+            double coef = opt->max_grad_norm / (norm + 1e-6);
+            if (isfinite(coef) && coef < 1.0)
+                grad_scale /= coef;
+        }
+    } else {
+        opt->found_inf = 0;
     }
-    const float gmul = (float)(1.0 / grad_scale);
-    for (size_t i = 0; i < opt->nparams; i++) {
-        const param_entry *e = &opt->params[i];
-        const group_entry *g = &opt->groups[e->group];
-        clopt_status s;
-        if (opt->rule == CLOPT_LAMB)
-            s = step_lamb(opt, e, &g->hp, t, gmul);
-        else if (opt->rule == CLOPT_ADAFACTOR)
-            s = step_adafactor(opt, e, &g->hp, t, gmul);
-        else
-            s = step_elementwise(opt, e, &g->hp, t, grad_scale, g->mu_product);
+    for (size_t gi = 0; gi < opt->ngroups; gi++) {
+        clopt_status s = step_group(opt, gi, t, grad_scale);
         if (s != CLOPT_SUCCESS)
             return s;
     }
@@ -736,6 +1062,64 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
             opt->groups[g].mu_product *= clopt_nadam_mu(&opt->groups[g].hp, (double)t);
     opt->step = t;
     return CLOPT_SUCCESS;
+}
+
+/* ---- gradients -------------------------------------------------------------------------- */
+
+clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    const float zero = 0.0f;
+    for (size_t i = 0; i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        const clopt_group *g = &opt->groups[e->group];
+        if (g->arena && i != g->first)
+            continue;
+        clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
+        size_t n = g->arena ? g->arena_len : e->n;
+        cl_int err = clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
+                                         grad.offset * sizeof(float), n * sizeof(float), 0, NULL,
+                                         NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "clEnqueueFillBuffer");
+    }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
+                                             clopt_tensor src, double weight)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (param >= opt->nparams)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
+    const clopt_param *e = &opt->params[param];
+    return clopt_enqueue_axpby(opt->ctx, NULL, e->grad, src, e->n, weight, 1.0, 0, NULL, NULL);
+}
+
+/* ---- randomness ------------------------------------------------------------------------- */
+
+clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->rng_seed = seed;
+    opt->rng_counter = 0;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_t n)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_status s = clopt_enqueue_randn(opt->ctx, NULL, out, n, opt->rng_seed, opt->rng_counter,
+                                         0, NULL, NULL);
+    if (s == CLOPT_SUCCESS)
+        opt->rng_counter += (n + 3) / 4;
+    return s;
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */
@@ -771,7 +1155,7 @@ clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, siz
     if (param >= opt->nparams || index >= opt->params[param].nstate)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no state %zu of parameter %zu", index,
                           param);
-    *out = (clopt_tensor){opt->params[param].state[index], 0};
+    *out = opt->params[param].state[index];
     return CLOPT_SUCCESS;
 }
 
@@ -785,13 +1169,18 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
     clopt_status s = clopt_optimizer_state(opt, param, index, &t);
     if (s != CLOPT_SUCCESS)
         return s;
-    size_t len = opt->params[param].state_len[index];
+    const clopt_param *e = &opt->params[param];
+    size_t len = e->state_len[index];
     if (n != len)
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_SIZE,
                           "state %zu of parameter %zu has %zu elements, %zu requested", index,
                           param, len, n);
-    cl_int err = clEnqueueReadBuffer(opt->ctx->queue, t.buffer, CL_TRUE, 0, n * sizeof(float),
-                                     host, 0, NULL, NULL);
+    /* Lookahead's slow weights are θ until the tensor's first step copies them. */
+    if (index >= e->nkernel && !e->slow_ready)
+        t = e->param;
+    cl_int err = clEnqueueReadBuffer(opt->ctx->queue, t.buffer, CL_TRUE,
+                                     t.offset * sizeof(float), n * sizeof(float), host, 0, NULL,
+                                     NULL);
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "clEnqueueReadBuffer");
 }
 

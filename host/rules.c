@@ -46,6 +46,7 @@ static const rule_info rules[CLOPT_RULE_COUNT] = {
     [CLOPT_SOPHIA] = {"sophia", "sign", "sophia_step", U_BETAS | U_EPS | U_WD | U_SOPHIA},
     [CLOPT_ADAFACTOR] = {"adafactor", "adafactor", NULL, U_EPS | U_WD | U_ADAFACTOR | U_MULTIPASS},
     [CLOPT_LAMB] = {"lamb", "lamb", NULL, U_BETAS | U_EPS | U_WD | U_MULTIPASS},
+    [CLOPT_RANGER] = {"ranger", "adam", "radam_step", U_BETAS | U_EPS | U_WD},
 };
 
 static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
@@ -98,6 +99,8 @@ clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
     hp->scale_parameter = 1;
     hp->bias_correction = 1;
     hp->grad_averaging = 1;
+    hp->lookahead_alpha = 0.5;
+    hp->n_sma_threshold = 5.0;
     switch (rule) {
     case CLOPT_SGD: hp->lr = 1e-2; break; /* torch requires lr; 0.01 is the usual choice */
     case CLOPT_ADAMW: hp->weight_decay = 1e-2; break;
@@ -109,6 +112,12 @@ clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
     case CLOPT_LION: hp->lr = 1e-4; hp->beta2 = 0.99; break;
     case CLOPT_ADAFACTOR: hp->eps = 1e-30; hp->lr = 0.0; break; /* relative_step by default */
     case CLOPT_LAMB: hp->eps = 1e-6; hp->weight_decay = 1e-2; break;
+    case CLOPT_RANGER:
+        hp->beta1 = 0.95;
+        hp->eps = 1e-5;
+        hp->lookahead_k = 6;
+        hp->grad_centralization = 1;
+        break;
     case CLOPT_SOPHIA:
         hp->lr = 1e-4;
         hp->beta1 = 0.965;
@@ -184,6 +193,11 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         w = "decay_rate must be finite and <= 0";
     else if ((u & U_ADAFACTOR) && hp->use_beta1 && !in01(hp->beta1))
         w = "beta1 must be in [0, 1)";
+    else if (!(isfinite(hp->lookahead_alpha) && hp->lookahead_alpha >= 0 &&
+               hp->lookahead_alpha <= 1))
+        w = "lookahead_alpha must be in [0, 1]";
+    else if (rule == CLOPT_RANGER && !(isfinite(hp->n_sma_threshold) && hp->n_sma_threshold >= 4))
+        w = "n_sma_threshold must be finite and >= 4 (the rectification needs rho_t > 4)";
     if (why)
         *why = w ? w : "";
     return w ? CLOPT_ERR_INVALID_HYPERPARAM : CLOPT_SUCCESS;
@@ -223,6 +237,7 @@ static size_t state_names(clopt_rule rule, const clopt_hparams *hp, const char *
         break;
     case CLOPT_NADAM:
     case CLOPT_RADAM:
+    case CLOPT_RANGER:
         names[k++] = "exp_avg";
         names[k++] = "exp_avg_sq";
         break;
@@ -366,17 +381,21 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
             PUSH(lr * (1.0 - mu) / (1.0 - prod)), PUSH(lr * mu_next / (1.0 - prod * mu_next));
         break;
     }
-    case CLOPT_RADAM: {
+    case CLOPT_RADAM:
+    case CLOPT_RANGER: {
+        /* torch rectifies when ρ_t > 5; Ranger when ρ_t > n_sma_threshold (5) */
+        const double threshold = rule == CLOPT_RANGER ? hp->n_sma_threshold : 5.0;
         double rho_inf = 2.0 / (1.0 - b2) - 1.0;
         double rho_t = rho_inf - 2.0 * t * pow(b2, t) / bc2;
+        snprintf(opt, room, " -DDECOUPLED=%d", rule == CLOPT_RANGER);
         plan->has_int_arg = 1;
-        plan->int_arg = rho_t > 5.0;
+        plan->int_arg = rho_t > threshold;
         double c = lr / bc1;
-        if (rho_t > 5.0)
+        if (rho_t > threshold)
             c *= sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
                       ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) *
                  sqrt(bc2);
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(c);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(1.0 - lr * wd), PUSH(c);
         break;
     }
     case CLOPT_ADAMOD:

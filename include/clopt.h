@@ -56,6 +56,8 @@ extern "C" {
 /* X(name, value, text): one list generates the enum, clopt_status_str and _name. */
 #define CLOPT_STATUS_LIST(X)                                                              \
     X(CLOPT_SUCCESS, 0, "success")                                                        \
+    X(CLOPT_STEP_SKIPPED, 1,                                                              \
+      "step skipped: a gradient was Inf or NaN (nothing changed; not an error)")          \
     X(CLOPT_ERR_NULL_ARGUMENT, -1, "a required pointer or handle is NULL")                \
     X(CLOPT_ERR_INVALID_ARGUMENT, -2, "an argument is not valid")                         \
     X(CLOPT_ERR_INVALID_HYPERPARAM, -3, "a hyperparameter is out of its valid range")     \
@@ -196,6 +198,11 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 as 1 when either norm is 0 and applied also when wd = 0 (apex applies it
  *                 then only with use_nvlamb). No built-in clipping (see
  *                 clopt_optimizer_set_grad_clip). State: exp_avg, exp_avg_sq. Optimizer level.
+ * CLOPT_RANGER    Ranger 20.4.11 (RAdam + Lookahead + gradient centralization): RAdam as its
+ *                 code (decoupled decay θ -= wd·lr·θ, rectified when ρ_t > n_sma_threshold,
+ *                 eps added to sqrt(v)), defaults lr 1e-3, betas (0.95, 0.999), eps 1e-5,
+ *                 lookahead k = 6, α = 0.5, GC on. State: exp_avg, exp_avg_sq, slow_buffer
+ *                 (the slow weights exist at the optimizer level only).
  */
 typedef enum clopt_rule {
     CLOPT_SGD = 0,
@@ -213,6 +220,7 @@ typedef enum clopt_rule {
     CLOPT_SOPHIA,
     CLOPT_ADAFACTOR,
     CLOPT_LAMB,
+    CLOPT_RANGER,
     CLOPT_RULE_COUNT
 } clopt_rule;
 
@@ -259,6 +267,13 @@ typedef struct clopt_hparams {
        tensors with > 1 dims (> 3 with gc_conv_only), after L2 decay was added (as the GC
        paper's code). Needs the tensor's shape: optimizer level, or gc_rows at the op level. */
     int grad_centralization, gc_conv_only;
+    /* Lookahead (Zhang et al. 2019), any rule at the optimizer level: slow weights φ (state
+       "slow_params", "slow_buffer" for Ranger) start as θ_0; after every lookahead_k-th step
+       θ = φ + α(θ - φ) and φ = θ. lookahead_k = 0 turns it off. */
+    unsigned lookahead_k;
+    double lookahead_alpha;
+    /* Ranger: rectify when ρ_t > n_sma_threshold (5, as its code) */
+    double n_sma_threshold;
 } clopt_hparams;
 
 clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
@@ -408,10 +423,136 @@ clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm
    step with clipping on. */
 double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
 
-/* One step over every registered tensor (one launch each), on the context's queue.
-   Advances the step count by one. Non-blocking; *event (may be NULL) receives an event that
-   completes when the step's last launch does. */
+/* One step over every registered tensor, on the context's queue: one launch per tensor, or
+   one per arena group for the element-wise rules. Advances the step count by one.
+   Non-blocking unless clipping or AMP needs the gradient check (one read-back); *event (may
+   be NULL) receives an event that completes when the step's last launch does.
+   Returns CLOPT_STEP_SKIPPED (positive, not an error) when AMP is on and a gradient holds an
+   Inf or NaN: no parameter or state changes and the step count does not advance. */
 clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
+
+/* ---- AMP ------------------------------------------------------------------------------- */
+
+/* Gradients arrive multiplied by `scale` (the loss scale); the kernels divide it out, and each
+   step first checks every gradient for Inf/NaN (as PyTorch's fused Adam with grad_scale and
+   found_inf). scale 0 turns AMP off (the default). */
+clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale);
+/* 1 when the last step found an Inf or NaN gradient (and was skipped). */
+int clopt_optimizer_found_inf(const clopt_optimizer *opt);
+
+/* Dynamic loss scaling, as torch.cuda.amp.GradScaler: back off on overflow, grow after
+   growth_interval clean steps. A plain struct: no device, no handle. */
+typedef struct clopt_loss_scaler {
+    double scale;           /* current loss scale (65536 by default) */
+    double growth_factor;   /* 2 */
+    double backoff_factor;  /* 0.5 */
+    unsigned growth_interval; /* 2000 */
+    unsigned clean_steps;   /* clean steps since the last change */
+} clopt_loss_scaler;
+void clopt_loss_scaler_init(clopt_loss_scaler *s, double initial_scale);
+/* After a step: found_inf = 1 backs off (and resets the count), else counts a clean step
+   and grows the scale after growth_interval of them. Returns the new scale. */
+double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
+
+/* ---- gradient accumulation ----------------------------------------------------------- */
+
+/* dst = beta·dst + alpha·src over n elements (one launch): with beta = 0 on the first
+   micro-batch and alpha = 1/k for each of k micro-batches, dst becomes their average. */
+clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                 clopt_tensor src, size_t n, double alpha, double beta,
+                                 cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+/* Optimizer helpers over the registered gradients: zero them all; or add weight·src to the
+   gradient of tensor `param` (src has that tensor's length). */
+clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt);
+clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
+                                             clopt_tensor src, double weight);
+
+/* ---- learning-rate schedules ----------------------------------------------------------- */
+
+typedef enum clopt_schedule_kind {
+    CLOPT_SCHED_CONSTANT = 0, /* factor until total_steps, then 1 (torch ConstantLR) */
+    CLOPT_SCHED_STEP,         /* gamma^floor(t / step_size) (StepLR) */
+    CLOPT_SCHED_EXPONENTIAL,  /* gamma^t (ExponentialLR) */
+    CLOPT_SCHED_COSINE,       /* eta_min + (1-eta_min)(1+cos(π·min(t,T)/T))/2 (CosineAnnealingLR,
+                                 as a factor of the base lr; T = total_steps) */
+    CLOPT_SCHED_LINEAR_WARMUP,/* factor + (1-factor)·min(t, T)/T (LinearLR up to 1) */
+    CLOPT_SCHED_COSINE_RESTARTS /* SGDR (Loshchilov & Hutter; the AdamW paper's multiplier):
+                                 cosine over cycles of total_steps·t_mult^i steps
+                                 (CosineAnnealingWarmRestarts) */
+} clopt_schedule_kind;
+
+typedef struct clopt_schedule_stage {
+    clopt_schedule_kind kind;
+    uint64_t start;       /* the stage's clock starts at this step count (t = count - start;
+                             before it the stage contributes its value at t = 0) */
+    uint64_t total_steps; /* T (cosine, warmup, constant), T_0 (restarts) */
+    uint64_t step_size;   /* step decay period */
+    double gamma;         /* step / exponential decay */
+    double factor;        /* constant / warmup start factor */
+    double eta_min;       /* cosine floor, as a fraction of the base lr */
+    double t_mult;        /* restarts: cycle growth (>= 1) */
+} clopt_schedule_stage;
+
+#define CLOPT_MAX_STAGES 4
+/* A schedule multiplies a group's lr by the product of its stages' factors (as torch's
+   ChainedScheduler), e.g. linear warmup for W steps times cosine decay starting at W. */
+typedef struct clopt_schedule {
+    size_t nstages; /* 0: constant lr */
+    clopt_schedule_stage stage[CLOPT_MAX_STAGES];
+} clopt_schedule;
+
+/* The multiplier after `count` completed steps; the optimizer's step t uses count = t - 1,
+   as torch's schedulers stepped once per optimizer step. NaN for an invalid schedule. */
+double clopt_schedule_factor(const clopt_schedule *s, uint64_t count);
+clopt_status clopt_schedule_validate(const clopt_schedule *s, const char **why);
+clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
+                                                const clopt_schedule *s);
+/* The lr group `group` uses at the next step (base lr times the schedule's factor). */
+double clopt_optimizer_group_lr(const clopt_optimizer *opt, size_t group);
+
+/* The lecture's batch-size rules: scale a learning rate tuned at base_batch to batch. */
+double clopt_lr_scale_linear(double lr, double batch, double base_batch); /* lr·N */
+double clopt_lr_scale_sqrt(double lr, double batch, double base_batch);   /* lr·sqrt(N) */
+
+/* ---- arena storage ----------------------------------------------------------------------- */
+
+/* A parameter group whose tensors live contiguously in library-allocated buffers: one cl_mem
+   for the parameters, one for the gradients, one per state role. shapes[i] gives tensor i's
+   shape (its param, grad and hessian fields are ignored). Each tensor starts at a multiple of
+   the device's base-address alignment, so it also gets a sub-buffer. The element-wise rules
+   then update the whole group in ONE launch; GC, Adafactor and LAMB still run per tensor
+   (through the views). Parameters and gradients start at 0: the engine writes its initial
+   weights through the views. *first_index receives the index of the group's first tensor. */
+clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                             size_t ntensors, const clopt_param_desc *shapes,
+                                             size_t *group, size_t *first_index);
+/* Views of tensor `param`: (buffer, offset) pairs and, for arena tensors, sub-buffers (the
+   engine must not release them; NULL for caller-owned tensors). Any pointer may be NULL. */
+clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param,
+                                        clopt_tensor *param_view, clopt_tensor *grad_view,
+                                        cl_mem *param_sub, cl_mem *grad_sub);
+
+/* ---- checkpoints ------------------------------------------------------------------------- */
+
+/* Save the complete optimizer state (rule, groups with hyperparameters and schedules, step
+   count, NAdam products, clipping and AMP settings, the RNG position, every state tensor) to
+   a versioned little-endian file with a CRC-32C, documented in docs/checkpoint-format.md.
+   Written to a temporary file in the same folder and renamed over `path`, so a failed save
+   never leaves a half-written file in place of a good one. Blocking. */
+clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path);
+/* Load a checkpoint into an optimizer built the same way (same rule, groups and tensor
+   shapes, possibly in another context or on another device). Everything is read and checked
+   (magic, version, CRC, every section, every shape) before anything changes: a truncated,
+   corrupted, wrong-version or mismatched file returns CLOPT_ERR_FORMAT (or
+   CLOPT_ERR_STATE_MISMATCH for other shapes) and leaves the optimizer as it was. Blocking. */
+clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path);
+
+/* ---- randomness for the Hessian estimators ------------------------------------------------ */
+
+/* u ~ N(0, 1) into out[0..n) with the optimizer's Philox key and counter (which advances by
+   ceil(n/4) and is saved in checkpoints). seed: set the key and reset the counter. */
+clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed);
+clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_t n);
 
 uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);

@@ -112,12 +112,15 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
 }
 
 /* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
- * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too. */
+ * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too.
+ * Ranger (DECOUPLED): θ *= 1 - wd·lr first instead of L2 decay. */
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, const float gmul,
-                         const int rectified, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
-                         const float eps, const float weight_decay, const float c)
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong n,
+                         const float gmul, const int rectified, const float beta1,
+                         const float ombeta1, const float beta2, const float ombeta2,
+                         const float eps, const float weight_decay, const float decay,
+                         const float c)
 {
     p_ += po;
     g_ += go;
@@ -126,8 +129,12 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
+#if DECOUPLED
+    p = p * decay;
+#else
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
+#endif
     g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;

@@ -6,23 +6,6 @@
  *  - row / column statistics: one work-item per row (or column) adds along it in order.
  * So the same input gives bit-identical output on every run and every device geometry. */
 
-/* out[i] = Σ_k x[i + kS]², for i < S (S = stride = global size used by the host). */
-__kernel void sumsq_partial(__global const float *x_, const ulong xo, const ulong n,
-                            const ulong stride, const float scale, __global float *out_,
-                            const ulong oo)
-{
-    const ulong i = get_global_id(0);
-    if (i >= stride)
-        return;
-    x_ += xo;
-    kahan acc = {0.0f, 0.0f};
-    for (ulong e = i; e < n; e += stride) {
-        float v = x_[e] * scale;
-        kahan_add(&acc, v * v);
-    }
-    out_[oo + i] = acc.sum;
-}
-
 /* out[j] = Σ_{i<count} in[j*count + i], for j < nsums. */
 __kernel void sum_final(__global const float *in_, const ulong io, const ulong count,
                         const ulong nsums, __global float *out_, const ulong oo)

@@ -42,7 +42,8 @@ enum hkey {
     K_MAXIMIZE, K_AMSGRAD, K_CENTERED, K_ALPHA, K_RHO, K_BS, K_LR_DECAY, K_IAV,
     K_MOMENTUM_DECAY, K_HESS_INTERVAL, K_EPS1, K_EPS2, K_CLIP_THRESHOLD, K_DECAY_RATE,
     K_SCALE_PARAMETER, K_RELATIVE_STEP, K_WARMUP_INIT, K_BIAS_CORRECTION, K_GRAD_AVERAGING,
-    K_USE_GC, K_GC_CONV_ONLY, K_TRUST_RATIO_ALWAYS, K_MAX_GRAD_NORM, K_COUNT
+    K_USE_GC, K_GC_CONV_ONLY, K_TRUST_RATIO_ALWAYS, K_MAX_GRAD_NORM, K_LOOKAHEAD_K,
+    K_LOOKAHEAD_ALPHA, K_N_SMA_THRESHOLD, K_COUNT
 };
 
 static const struct hyper_key {
@@ -85,9 +86,12 @@ static const struct hyper_key {
     [K_TRUST_RATIO_ALWAYS] = {"trust_ratio_always", HK_TRUE, 0},
     /* LAMB without built-in clipping: only null (or 0) is honoured */
     [K_MAX_GRAD_NORM] = {"max_grad_norm", HK_NONE, 0},
+    [K_LOOKAHEAD_K] = {"lookahead_k", HK_UINT, offsetof(clopt_hparams, lookahead_k)},
+    [K_LOOKAHEAD_ALPHA] = {"lookahead_alpha", HK_DOUBLE, offsetof(clopt_hparams, lookahead_alpha)},
+    [K_N_SMA_THRESHOLD] = {"n_sma_threshold", HK_DOUBLE, offsetof(clopt_hparams, n_sma_threshold)},
 };
 
-#define B(k) (1u << (k))
+#define B(k) (1ull << (k))
 #define KEYS_COMMON (B(K_LR) | B(K_WD) | B(K_MAXIMIZE))
 #define KEYS_ADAMLIKE (KEYS_COMMON | B(K_BETA1) | B(K_BETA2) | B(K_EPS))
 #define KEYS_SGD (KEYS_COMMON | B(K_MOMENTUM) | B(K_DAMPENING) | B(K_NESTEROV))
@@ -102,6 +106,9 @@ static const struct hyper_key {
 #define KEYS_ADAFACTOR                                                                      \
     (KEYS_COMMON | B(K_BETA1) | B(K_EPS1) | B(K_EPS2) | B(K_CLIP_THRESHOLD) | B(K_DECAY_RATE) | \
      B(K_SCALE_PARAMETER) | B(K_RELATIVE_STEP) | B(K_WARMUP_INIT))
+#define KEYS_LOOKAHEAD (B(K_LOOKAHEAD_K) | B(K_LOOKAHEAD_ALPHA))
+#define KEYS_RANGER                                                                         \
+    (KEYS_ADAMLIKE | KEYS_LOOKAHEAD | B(K_N_SMA_THRESHOLD) | B(K_USE_GC) | B(K_GC_CONV_ONLY))
 #define KEYS_LAMB                                                                           \
     (KEYS_ADAMLIKE | B(K_BIAS_CORRECTION) | B(K_GRAD_AVERAGING) | B(K_TRUST_RATIO_ALWAYS) |   \
      B(K_MAX_GRAD_NORM))
@@ -113,7 +120,7 @@ static const struct hyper_key {
 static const struct rule_map {
     const char *optimizer;
     clopt_rule rule;
-    unsigned keys;
+    unsigned long long keys;
     const char *variant;
     int gc;
 } rule_map[] = {
@@ -138,6 +145,8 @@ static const struct rule_map {
     {"adafactor", CLOPT_ADAFACTOR, KEYS_ADAFACTOR, NULL, 0},
     {"lamb", CLOPT_LAMB, KEYS_LAMB, NULL, 0},
     {"adam_gc", CLOPT_ADAM, KEYS_ADAM | B(K_GC_CONV_ONLY), NULL, 1},
+    {"lookahead_adam", CLOPT_ADAM, KEYS_ADAM | KEYS_LOOKAHEAD, NULL, 0},
+    {"ranger", CLOPT_RANGER, KEYS_RANGER, NULL, 0},
 };
 #define RULE_MAP_COUNT (sizeof(rule_map) / sizeof(rule_map[0]))
 

@@ -1,0 +1,58 @@
+/* The optimizer's internal layout, shared by optimizer.c and checkpoint.c. */
+#ifndef CLOPT_OPTIMIZER_INTERNAL_H
+#define CLOPT_OPTIMIZER_INTERNAL_H
+
+#include "internal.h"
+
+/* State tensors per parameter at the optimizer level: the rule's own, plus Lookahead's. */
+#define CLOPT_OPT_MAX_STATE (CLOPT_MAX_STATE + 1)
+
+typedef struct clopt_group {
+    clopt_hparams hp;
+    clopt_schedule sched;
+    double mu_product;   /* NAdam: product of μ_1..μ_step for this group's β1 and ψ */
+    int arena;           /* tensors live in the arena buffers below */
+    size_t first, count; /* arena groups: their tensors are params[first .. first+count) */
+    size_t arena_len;    /* floats per arena buffer (tensors plus alignment padding) */
+    cl_mem arena_param, arena_grad;
+    cl_mem arena_state[CLOPT_OPT_MAX_STATE];
+} clopt_group;
+
+typedef struct clopt_param {
+    clopt_tensor param, grad, hessian; /* hessian.buffer NULL: none (Sophia only) */
+    cl_mem param_sub, grad_sub;        /* arena tensors: sub-buffers (owned) */
+    size_t n, ndim, shape[CLOPT_MAX_DIMS];
+    size_t group;
+    size_t nstate;     /* the rule's states, then "slow_params" with Lookahead */
+    size_t nkernel;    /* how many of them the update kernel takes */
+    const char *state_name[CLOPT_OPT_MAX_STATE];
+    size_t state_len[CLOPT_OPT_MAX_STATE];
+    clopt_tensor state[CLOPT_OPT_MAX_STATE];
+    int owns_state;    /* 0 for arena tensors: the group owns the buffers */
+    int slow_ready;    /* Lookahead's slow weights hold θ (copied at the first step) */
+} clopt_param;
+
+struct clopt_optimizer {
+    clopt_ctx *ctx;
+    clopt_rule rule;
+    clopt_group *groups;
+    size_t ngroups, cap_groups;
+    clopt_param *params;
+    size_t nparams, cap_params;
+    uint64_t step;
+    cl_mem scratch; /* reduction partials, sums, GC row means, per-unit gradient checks */
+    size_t scratch_len;
+    double max_grad_norm, last_grad_norm;
+    double grad_scale; /* AMP loss scale; 0 = off */
+    int found_inf;
+    uint64_t rng_seed, rng_counter;
+};
+
+/* Lookahead is on for a group (the slow weights are the last state). */
+int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g);
+/* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
+void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_param *e);
+/* CRC-32C (Castagnoli, reflected, as in iSCSI/ext4) of n bytes. */
+uint32_t clopt_crc32c(const void *data, size_t n);
+
+#endif
