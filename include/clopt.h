@@ -232,7 +232,8 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  * Hyperparameters of every rule in one struct; each rule reads the fields it has.
  * Always start from clopt_hparams_default(rule, &hp), which fills torch's defaults (or the
  * paper's), then change fields. Validation (CLOPT_ERR_INVALID_HYPERPARAM): lr >= 0 and
- * finite; beta1, beta2, beta3, alpha, momentum, dampening and Adadelta's rho in [0, 1);
+ * finite; beta1, beta2, beta3, alpha, momentum and Adadelta's rho in [0, 1); dampening in
+ * [0, 1];
  * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
  * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
  * momentum > 0 and dampening = 0 (as torch). Every value must be finite.
@@ -285,7 +286,8 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
 size_t clopt_rule_state_count(clopt_rule rule, const clopt_hparams *hp);
 const char *clopt_rule_state_name(clopt_rule rule, const clopt_hparams *hp, size_t index);
 float clopt_rule_state_init(clopt_rule rule, const clopt_hparams *hp, size_t index);
-/* Bytes moved per parameter per step by the fused kernel (reads + writes, float32). */
+/* Bytes moved per parameter per step by the fused kernel (reads + writes, float32). Sophia
+   counts its steady state, the steps without an estimate (h read, not written): 24. */
 size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp);
 
 /* ------------------------------------------------------------------------------------ */
@@ -329,6 +331,13 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
 /*
  * Enqueue one step (step number t >= 1, as torch counts) of rule over n elements: ONE
  * kernel launch reading θ, g and each state tensor once and writing θ and each state once.
+ * Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx, hp, args or a needed buffer NULL),
+ * CLOPT_ERR_INVALID_HYPERPARAM (clopt_hparams_validate), CLOPT_ERR_INVALID_SIZE (n = 0),
+ * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative or not finite,
+ * mu_product outside (0, 1], a buffer or queue of another context, a bad wait list),
+ * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
+ * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
+ * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only).
  * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
  * out event (if non-NULL) must be released by the caller. Non-blocking.
  */
@@ -557,7 +566,8 @@ clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_
 uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
 size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
-/* Change hyperparameters between steps (validated; a state-layout change is refused). */
+/* Change hyperparameters between steps (validated; a change of the state layout, e.g.
+   turning amsgrad on, is refused with CLOPT_ERR_STATE_MISMATCH). */
 clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hparams *out);
 

@@ -1,0 +1,71 @@
+/*
+ * Scalar double-precision references of every clopt rule, written from the equations in
+ * tests/data/golden/<case>/meta.json ("equations") and tests/data/golden/README.md, and
+ * from the rule comments of include/clopt.h. They are deliberately independent of the
+ * library's kernels and host code: nothing here calls into libclopt.
+ *
+ * State arrays follow clopt's order and names (clopt_rule_state_name); ref_state_count,
+ * ref_state_name and ref_state_init give the reference's own view of that layout so a test
+ * can check the library's against it.
+ */
+#ifndef CLOPT_TEST_REF_H
+#define CLOPT_TEST_REF_H
+
+#include "clopt.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* torch's (or the paper's) defaults, filled without asking the library. Fields a rule
+   does not read are 0. Sophia's bs has no canonical default; 5120 is used here. */
+void ref_hparams_default(clopt_rule rule, clopt_hparams *hp);
+
+/* State layout of a rule/variant: count, names (as the golden files: "exp_avg", ...) and
+   initial value. */
+size_t ref_state_count(clopt_rule rule, const clopt_hparams *hp);
+const char *ref_state_name(clopt_rule rule, const clopt_hparams *hp, size_t index);
+double ref_state_init(clopt_rule rule, const clopt_hparams *hp, size_t index);
+
+/* NAdam's momentum schedule mu_t = beta1*(1 - 0.5*0.96^(t*psi)). */
+double ref_nadam_mu(const clopt_hparams *hp, uint64_t t);
+
+/*
+ * One step t (>= 1) of `rule` over n elements, in double:
+ *  param       θ, updated in place;
+ *  grad        raw gradient; the rule sees g = grad/grad_scale (grad_scale 0 = 1), negated
+ *              when hp->maximize, then the L2 term of the rules that have one;
+ *  state       ref_state_count(rule, hp) arrays in clopt order, updated in place;
+ *  hess        Sophia only: Hessian-diagonal estimate folded into h after this step's
+ *              update (NULL = no estimate at this step). Ignored by other rules;
+ *  mu_product  NAdam only: in: Π_{i<t} μ_i (1 at step 1); out: Π_{i<=t} μ_i. May be NULL
+ *              for other rules (for NAdam NULL means "recompute from scratch").
+ */
+void ref_step(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+              const double *grad, double *state[CLOPT_MAX_STATE], const double *hess,
+              double *mu_product, double grad_scale);
+
+/* Sophia's Hessian-diagonal estimators. */
+void ref_hutchinson(size_t n, const double *u, const double *hvp, double *out);
+void ref_gnb(size_t n, const double *ghat, double batch_size, double *out);
+
+/*
+ * Largest relative error that sending the rule's EMA/decay coefficients (beta1, beta2,
+ * beta3, alpha, rho, momentum, dampening) to the device as float introduces into the
+ * complementary weight (1 - c): max over the coefficients used of |float(c) - c|/(1 - c).
+ * 0 when every coefficient is exactly representable. Used to size test tolerances.
+ */
+double ref_hparam_coeff_error(clopt_rule rule, const clopt_hparams *hp);
+
+/* A small fixed-seed generator for test data: splitmix64, uniform in [0, 1), N(0, 1). */
+uint64_t ref_splitmix64(uint64_t *s);
+double ref_uniform(uint64_t *s);
+double ref_normal(uint64_t *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CLOPT_TEST_REF_H */
