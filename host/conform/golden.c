@@ -980,8 +980,9 @@ static int load_case(runner *r, gcase *c)
         int shape_ok = parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"), got, &gnd,
                                    &gn) == 0;
         /* A state file has the parameter's shape, except the factored statistics of
-           Adafactor (vectors); its length is checked against the optimizer's state. */
-        if (shape_ok && strncmp(name, "state_", 6) == 0 && gn <= c->n) {
+           Adafactor (vectors, at most as long as the parameter); a vector's length is then
+           checked against the optimizer's state. */
+        if (shape_ok && strncmp(name, "state_", 6) == 0 && gnd == 1 && gn <= c->n) {
             memcpy(want, got, gnd * sizeof(uint64_t));
             wnd = gnd;
         }
