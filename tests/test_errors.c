@@ -191,12 +191,12 @@ static void check_unchanged(fx *f, const char *label)
         assert_int_equal(clEnqueueReadBuffer(f->q, f->mem[b], CL_TRUE, 0, f->size[b] * sizeof(float),
                                              back, 0, NULL, NULL),
                          CL_SUCCESS);
-        if (memcmp(back, f->init[b], f->size[b] * sizeof(float)) != 0) {
+        int changed = memcmp(back, f->init[b], f->size[b] * sizeof(float)) != 0;
+        free(back);
+        if (changed) {
             print_error("%s: buffer %d was modified by a failing call\n", label, b);
-            free(back);
             fail();
         }
-        free(back);
     }
     float *back = malloc((FN - 1) * sizeof(float));
     assert_int_equal(clEnqueueReadBuffer(f->q, f->small, CL_TRUE, 0, (FN - 1) * sizeof(float), back,

@@ -276,7 +276,7 @@ static int golden_compare(const char *gcase, const char *meta, const char *file,
         free(e);
         return 1;
     }
-    double rtol, atol;
+    double rtol = 0, atol = 0;
     golden_file_tol(meta, file, &rtol, &atol);
     double worst = 0;
     size_t wi = 0;
