@@ -1,0 +1,329 @@
+/* clopt-bench: every rule as a plain C loop over host arrays, the CPU baseline the fused
+ * kernel is compared with. Built with -O3 -march=native -fopenmp (bench/CMakeLists.txt):
+ * one OpenMP parallel-for over the elements, float arithmetic, step-dependent scalars
+ * computed once in double and rounded to float, as the library does.
+ * The semantics are those of clopt.h (torch.optim 1.13 / the papers' code). */
+#include "bench.h"
+
+#include <math.h>
+#include <stddef.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define OMP_FOR _Pragma("omp parallel for schedule(static)")
+#else
+#define OMP_FOR
+#endif
+
+int cloop_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* The loops index with ptrdiff_t (OpenMP wants a signed loop variable). */
+#define LOOP(a) OMP_FOR for (ptrdiff_t i = 0; i < (ptrdiff_t)(a)->n; i++)
+
+static inline float signf(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
+/* max/min as comparisons (maxps/minps): fmaxf/fminf's NaN rules keep GCC from vectorising. */
+static inline float maxf(float x, float y) { return x > y ? x : y; }
+static inline float minf(float x, float y) { return x < y ? x : y; }
+
+void cloop_sgd(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float lr = (float)hp->lr, wd = (float)hp->weight_decay, mom = (float)hp->momentum;
+    const float damp1 = (float)(1.0 - hp->dampening), neg = hp->maximize ? -1.0f : 1.0f;
+    const int has_mom = hp->momentum > 0.0, nesterov = hp->nesterov, first = a->step == 1;
+    float *p = a->p, *b = a->s[0];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float d = g;
+        if (has_mom) {
+            float bb = first ? g : mom * b[i] + damp1 * g;
+            b[i] = bb;
+            d = nesterov ? g + mom * bb : bb;
+        }
+        p[i] -= lr * d;
+    }
+}
+
+static void adam_common(const cloop_args *a, int decoupled)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const float b1 = (float)hp->beta1, b2 = (float)hp->beta2, c1 = (float)(1.0 - hp->beta1),
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps;
+    const float step_size = (float)(hp->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    const float decay = decoupled ? (float)(1.0 - hp->lr * hp->weight_decay) : 1.0f;
+    const float l2 = decoupled ? 0.0f : (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    const int ams = hp->amsgrad;
+    float *p = a->p, *m = a->s[0], *v = a->s[1], *vmax = a->s[2];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float th = p[i] * decay;
+        float g = neg * gr[i] + l2 * th;
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        m[i] = mm;
+        v[i] = vv;
+        if (ams) {
+            vv = maxf(vmax[i], vv);
+            vmax[i] = vv;
+        }
+        float denom = sqrtf(vv) * inv_sqrt_bc2 + eps;
+        p[i] = th - step_size * mm / denom;
+    }
+}
+
+void cloop_adam(const cloop_args *a) { adam_common(a, 0); }
+void cloop_adamw(const cloop_args *a) { adam_common(a, 1); }
+
+void cloop_adagrad(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float clr = (float)(hp->lr / (1.0 + (double)(a->step - 1) * hp->lr_decay));
+    const float wd = (float)hp->weight_decay, eps = (float)hp->eps;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *s = a->s[0];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float ss = s[i] + g * g;
+        s[i] = ss;
+        p[i] -= clr * g / (sqrtf(ss) + eps);
+    }
+}
+
+void cloop_adadelta(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float rho = (float)hp->rho, c = (float)(1.0 - hp->rho), eps = (float)hp->eps;
+    const float lr = (float)hp->lr, wd = (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *v = a->s[0], *u = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float vv = rho * v[i] + c * g * g;
+        float delta = sqrtf(u[i] + eps) / sqrtf(vv + eps) * g;
+        v[i] = vv;
+        u[i] = rho * u[i] + c * delta * delta;
+        p[i] -= lr * delta;
+    }
+}
+
+void cloop_rmsprop(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float al = (float)hp->alpha, c = (float)(1.0 - hp->alpha), eps = (float)hp->eps;
+    const float lr = (float)hp->lr, wd = (float)hp->weight_decay, mom = (float)hp->momentum;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    const int has_mom = hp->momentum > 0.0, centered = hp->centered;
+    float *p = a->p, *v = a->s[0];
+    float *b = has_mom ? a->s[1] : NULL;
+    float *ga = centered ? a->s[has_mom ? 2 : 1] : NULL;
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float vv = al * v[i] + c * g * g;
+        v[i] = vv;
+        float var = vv;
+        if (centered) {
+            float aa = al * ga[i] + c * g;
+            ga[i] = aa;
+            var = vv - aa * aa;
+        }
+        float avg = sqrtf(var) + eps;
+        if (has_mom) {
+            float bb = mom * b[i] + g / avg;
+            b[i] = bb;
+            p[i] -= lr * bb;
+        } else {
+            p[i] -= lr * g / avg;
+        }
+    }
+}
+
+void cloop_adamax(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double bc1 = 1.0 - pow(hp->beta1, (double)a->step);
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2;
+    const float eps = (float)hp->eps, clr = (float)(hp->lr / bc1), wd = (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *u = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float mm = b1 * m[i] + c1 * g;
+        float uu = maxf(b2 * u[i], fabsf(g) + eps);
+        m[i] = mm;
+        u[i] = uu;
+        p[i] -= clr * mm / uu;
+    }
+}
+
+void cloop_nadam(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double mu = hp->beta1 * (1.0 - 0.5 * pow(0.96, t * hp->momentum_decay));
+    const double mu_next = hp->beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * hp->momentum_decay));
+    const double prod = a->mu_product * mu, prod_next = prod * mu_next;
+    const double bc2 = 1.0 - pow(hp->beta2, t);
+    const float cg = (float)(hp->lr * (1.0 - mu) / (1.0 - prod));
+    const float cm = (float)(hp->lr * mu_next / (1.0 - prod_next));
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps;
+    const float inv_bc2 = (float)(1.0 / bc2), wd = (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        m[i] = mm;
+        v[i] = vv;
+        float d = sqrtf(vv * inv_bc2) + eps;
+        float th = p[i] - cg * g / d;
+        p[i] = th - cm * mm / d;
+    }
+}
+
+void cloop_radam(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const double rho_inf = 2.0 / (1.0 - hp->beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * t * pow(hp->beta2, t) / bc2;
+    const int rect = rho_t > 5.0;
+    double coef = hp->lr / bc1;
+    if (rect) {
+        double r = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                        ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+        coef = hp->lr * r * sqrt(bc2) / bc1;
+    }
+    const float k = (float)coef;
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps, wd = (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        m[i] = mm;
+        v[i] = vv;
+        p[i] -= rect ? k * mm / (sqrtf(vv) + eps) : k * mm;
+    }
+}
+
+void cloop_adamod(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const float step_size = (float)(hp->lr * sqrt(bc2) / bc1);
+    const float decay = (float)(1.0 - hp->weight_decay * hp->lr);
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), b3 = (float)hp->beta3,
+                c3 = (float)(1.0 - hp->beta3), eps = (float)hp->eps;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *v = a->s[1], *s = a->s[2];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i];
+        float th = p[i] * decay;
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        float eta = step_size / (sqrtf(vv) + eps);
+        float ss = b3 * s[i] + c3 * eta;
+        m[i] = mm;
+        v[i] = vv;
+        s[i] = ss;
+        p[i] = th - minf(eta, ss) * mm;
+    }
+}
+
+void cloop_diffgrad(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const float step_size = (float)(hp->lr * sqrt(bc2) / bc1);
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps, wd = (float)hp->weight_decay;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *v = a->s[1], *prev = a->s[2];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i] + wd * p[i];
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        float xi = 1.0f / (1.0f + expf(-fabsf(prev[i] - g)));
+        m[i] = mm;
+        v[i] = vv;
+        prev[i] = g;
+        p[i] -= step_size * xi * mm / (sqrtf(vv) + eps);
+    }
+}
+
+void cloop_lion(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2);
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i];
+        float c = b1 * m[i] + c1 * g;
+        p[i] = p[i] * decay - lr * signf(c);
+        m[i] = b2 * m[i] + c2 * g;
+    }
+}
+
+void cloop_sophia(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), gamma = (float)(hp->rho * hp->bs),
+                eps = (float)hp->eps;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *h = a->s[1];
+    const float *gr = a->g, *est = a->hess;
+    LOOP(a)
+    {
+        float g = neg * gr[i];
+        float mm = b1 * m[i] + c1 * g;
+        float ratio = minf(fabsf(mm) / (gamma * h[i] + eps), 1.0f);
+        m[i] = mm;
+        p[i] = p[i] * decay - lr * signf(mm) * ratio;
+        if (est)
+            h[i] = b2 * h[i] + c2 * est[i];
+    }
+}

@@ -1,0 +1,241 @@
+/* clopt-bench: the benchmark's own OpenCL kernels (bench/kernels, .cl files, embedded at build
+ * time), compiled on the clopt context's cl_context/device with the SAME vector width and
+ * work-group size the library uses (clopt_ctx_get_tuning), and launched with the same
+ * geometry as the library's element-wise kernels, so that fused vs unfused vs stream
+ * measures fusion only. */
+#include "bench.h"
+#include "embedded.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const clopt_embedded_file clopt_bench_sources[];
+extern const size_t clopt_bench_sources_count;
+
+#define MAX_STREAM_PROGRAMS 32
+
+typedef struct stream_prog {
+    size_t nrw, nro;
+    cl_program program;
+    cl_kernel kernel;
+} stream_prog;
+
+struct bench_device {
+    clopt_ctx *ctx;
+    cl_context context;
+    cl_device_id device;
+    cl_command_queue queue;
+    clopt_tuning tuning;
+    cl_program ops_program;
+    cl_kernel ops[OP_KIND_COUNT];
+    stream_prog streams[MAX_STREAM_PROGRAMS];
+    size_t nstreams;
+    char error[4096];
+};
+
+static const clopt_embedded_file *find_source(const char *name)
+{
+    for (size_t i = 0; i < clopt_bench_sources_count; i++)
+        if (strcmp(clopt_bench_sources[i].name, name) == 0)
+            return &clopt_bench_sources[i];
+    return NULL;
+}
+
+static cl_program build(bench_device *bd, const char *family, const char *extra)
+{
+    const clopt_embedded_file *common = find_source("bench_common");
+    const clopt_embedded_file *src = find_source(family);
+    if (!common || !src) {
+        snprintf(bd->error, sizeof bd->error, "no embedded kernel source %s.cl", family);
+        return NULL;
+    }
+    char options[256];
+    snprintf(options, sizeof options, "-DVW=%u %s", bd->tuning.vector_width, extra);
+    const char *texts[2] = {common->data, src->data};
+    size_t lens[2] = {common->size, src->size};
+    cl_int err = CL_SUCCESS;
+    cl_program prog = clCreateProgramWithSource(bd->context, 2, texts, lens, &err);
+    if (!prog) {
+        snprintf(bd->error, sizeof bd->error, "clCreateProgramWithSource(%s): %d", family,
+                 (int)err);
+        return NULL;
+    }
+    err = clBuildProgram(prog, 1, &bd->device, options, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        size_t len = 0;
+        int off = snprintf(bd->error, sizeof bd->error, "building %s.cl (%s) failed: %d\n",
+                           family, options, (int)err);
+        if (clGetProgramBuildInfo(prog, bd->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &len) ==
+                CL_SUCCESS &&
+            off > 0 && (size_t)off < sizeof bd->error) {
+            size_t room = sizeof bd->error - (size_t)off;
+            char *log = malloc(len + 1);
+            if (log && clGetProgramBuildInfo(prog, bd->device, CL_PROGRAM_BUILD_LOG, len, log,
+                                             NULL) == CL_SUCCESS) {
+                log[len] = '\0';
+                snprintf(bd->error + off, room, "%s", log);
+            }
+            free(log);
+        }
+        clReleaseProgram(prog);
+        return NULL;
+    }
+    return prog;
+}
+
+bench_device *bench_device_create(clopt_ctx *ctx)
+{
+    bench_device *bd = calloc(1, sizeof *bd);
+    if (!bd)
+        return NULL;
+    bd->ctx = ctx;
+    bd->context = clopt_ctx_cl_context(ctx);
+    bd->device = clopt_ctx_cl_device(ctx);
+    bd->queue = clopt_ctx_cl_queue(ctx);
+    if (clopt_ctx_get_tuning(ctx, &bd->tuning) != CLOPT_SUCCESS) {
+        free(bd);
+        return NULL;
+    }
+    return bd;
+}
+
+void bench_device_destroy(bench_device *bd)
+{
+    if (!bd)
+        return;
+    for (size_t i = 0; i < OP_KIND_COUNT; i++)
+        if (bd->ops[i])
+            clReleaseKernel(bd->ops[i]);
+    if (bd->ops_program)
+        clReleaseProgram(bd->ops_program);
+    for (size_t i = 0; i < bd->nstreams; i++) {
+        clReleaseKernel(bd->streams[i].kernel);
+        clReleaseProgram(bd->streams[i].program);
+    }
+    free(bd);
+}
+
+unsigned bench_device_vector_width(const bench_device *bd) { return bd->tuning.vector_width; }
+size_t bench_device_work_group_size(const bench_device *bd) { return bd->tuning.work_group_size; }
+const char *bench_device_error(const bench_device *bd) { return bd->error; }
+
+/* The library's launch geometry (host/util.c clopt_launch_elementwise): one work-item per
+   vector plus one for the tail; the tuned work-group size unless the kernel cannot take it. */
+static cl_int launch(bench_device *bd, cl_kernel k, size_t n, cl_event *ev)
+{
+    size_t vw = bd->tuning.vector_width;
+    size_t items = n / vw + (n % vw ? 1 : 0);
+    size_t local = bd->tuning.work_group_size;
+    if (local) {
+        size_t kmax = 0;
+        if (clGetKernelWorkGroupInfo(k, bd->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax,
+                                     &kmax, NULL) != CL_SUCCESS ||
+            local > kmax)
+            local = 0;
+    }
+    size_t global = local ? (items + local - 1) / local * local : items;
+    cl_int err = clEnqueueNDRangeKernel(bd->queue, k, 1, NULL, &global, local ? &local : NULL,
+                                        0, NULL, ev);
+    if (err != CL_SUCCESS)
+        snprintf(bd->error, sizeof bd->error, "clEnqueueNDRangeKernel: %d", (int)err);
+    return err;
+}
+
+cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slots, size_t n,
+                        cl_event *ev)
+{
+    if ((unsigned)op->kind >= OP_KIND_COUNT) {
+        snprintf(bd->error, sizeof bd->error, "bad operation kind %d", (int)op->kind);
+        return CL_INVALID_VALUE;
+    }
+    if (!bd->ops_program) {
+        bd->ops_program = build(bd, "bench_ops", "");
+        if (!bd->ops_program)
+            return CL_BUILD_PROGRAM_FAILURE;
+    }
+    cl_int err = CL_SUCCESS;
+    cl_kernel k = bd->ops[op->kind];
+    if (!k) {
+        k = clCreateKernel(bd->ops_program, bench_op_kernel(op->kind), &err);
+        if (!k) {
+            snprintf(bd->error, sizeof bd->error, "clCreateKernel(%s): %d",
+                     bench_op_kernel(op->kind), (int)err);
+            return err;
+        }
+        bd->ops[op->kind] = k;
+    }
+    cl_mem d = slots[op->d], x = slots[op->x];
+    cl_mem y = op->y >= 0 ? slots[op->y] : x; /* unary: y is never read */
+    cl_ulong nn = n;
+    err = clSetKernelArg(k, 0, sizeof d, &d);
+    err |= clSetKernelArg(k, 1, sizeof x, &x);
+    err |= clSetKernelArg(k, 2, sizeof y, &y);
+    err |= clSetKernelArg(k, 3, sizeof op->a, &op->a);
+    err |= clSetKernelArg(k, 4, sizeof op->b, &op->b);
+    err |= clSetKernelArg(k, 5, sizeof nn, &nn);
+    if (err != CL_SUCCESS) {
+        snprintf(bd->error, sizeof bd->error, "clSetKernelArg(%s) failed",
+                 bench_op_kernel(op->kind));
+        return CL_INVALID_KERNEL_ARGS;
+    }
+    return launch(bd, k, n, ev);
+}
+
+static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
+{
+    for (size_t i = 0; i < bd->nstreams; i++)
+        if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro)
+            return &bd->streams[i];
+    if (bd->nstreams == MAX_STREAM_PROGRAMS) {
+        snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
+        return NULL;
+    }
+    char extra[64];
+    snprintf(extra, sizeof extra, "-DNRW=%zu -DNRO=%zu", nrw, nro);
+    cl_program prog = build(bd, "bench_stream", extra);
+    if (!prog)
+        return NULL;
+    cl_int err = CL_SUCCESS;
+    cl_kernel k = clCreateKernel(prog, "bench_stream", &err);
+    if (!k) {
+        snprintf(bd->error, sizeof bd->error, "clCreateKernel(bench_stream): %d", (int)err);
+        clReleaseProgram(prog);
+        return NULL;
+    }
+    stream_prog *sp = &bd->streams[bd->nstreams++];
+    sp->nrw = nrw;
+    sp->nro = nro;
+    sp->program = prog;
+    sp->kernel = k;
+    return sp;
+}
+
+cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_mem const *ro,
+                            size_t nro, size_t n, cl_event *ev)
+{
+    if (nrw < 1 || nrw > BENCH_STREAM_MAX_RW || nro < 1 || nro > BENCH_STREAM_MAX_RO) {
+        snprintf(bd->error, sizeof bd->error,
+                 "stream kernel shape %zu read-write + %zu read-only arrays not supported", nrw,
+                 nro);
+        return CL_INVALID_VALUE;
+    }
+    stream_prog *sp = stream_kernel(bd, nrw, nro);
+    if (!sp)
+        return CL_BUILD_PROGRAM_FAILURE;
+    cl_int err = CL_SUCCESS;
+    cl_uint arg = 0;
+    for (size_t j = 0; j < BENCH_STREAM_MAX_RW; j++, arg++)
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nrw ? &rw[j] : &rw[0]);
+    for (size_t j = 0; j < BENCH_STREAM_MAX_RO; j++, arg++)
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nro ? &ro[j] : &ro[0]);
+    const float zero = 0.0f;
+    err |= clSetKernelArg(sp->kernel, arg++, sizeof zero, &zero);
+    cl_ulong nn = n;
+    err |= clSetKernelArg(sp->kernel, arg, sizeof nn, &nn);
+    if (err != CL_SUCCESS) {
+        snprintf(bd->error, sizeof bd->error, "clSetKernelArg(bench_stream) failed");
+        return CL_INVALID_KERNEL_ARGS;
+    }
+    return launch(bd, sp->kernel, n, ev);
+}

@@ -1,0 +1,470 @@
+/* clopt-bench: the rule table and the unfused chains.
+ *
+ * An unfused chain is the sequence of one-elementary-operation kernels that a framework
+ * without fusion runs for one step (torch's single-tensor code path, one kernel per tensor
+ * operation), each reading and writing whole arrays. Step-dependent scalars (bias
+ * corrections, ...) are computed here in double and passed as float, as the library does. */
+#include "bench.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- operations -------------------------------------------------------------------------- */
+
+static const struct {
+    const char *kernel;
+    int arity;
+} op_info[OP_KIND_COUNT] = {
+    [OP_COPY] = {"op_copy", 1},   [OP_SCALE] = {"op_scale", 1}, [OP_ADDS] = {"op_adds", 1},
+    [OP_AFFINE] = {"op_affine", 1}, [OP_AXPY] = {"op_axpy", 2}, [OP_MUL] = {"op_mul", 2},
+    [OP_DIV] = {"op_div", 2},     [OP_MAX] = {"op_max", 2},     [OP_MIN] = {"op_min", 2},
+    [OP_SQRT] = {"op_sqrt", 1},   [OP_ABS] = {"op_abs", 1},     [OP_SIGN] = {"op_sign", 1},
+    [OP_EXP] = {"op_exp", 1},     [OP_RECIP] = {"op_recip", 1}, [OP_MINS] = {"op_mins", 1},
+};
+
+const char *bench_op_kernel(bench_opkind k)
+{
+    return (unsigned)k < OP_KIND_COUNT ? op_info[k].kernel : "?";
+}
+
+int bench_op_arity(bench_opkind k) { return (unsigned)k < OP_KIND_COUNT ? op_info[k].arity : 0; }
+
+size_t bench_chain_bytes(const bench_op *ops, size_t nops)
+{
+    size_t floats = 0;
+    for (size_t i = 0; i < nops; i++) {
+        int two = bench_op_arity(ops[i].kind) == 2 && ops[i].y != ops[i].x;
+        floats += 1 + (size_t)two + 1; /* distinct inputs + the output */
+    }
+    return floats * sizeof(float);
+}
+
+int bench_chain_slots(const bench_op *ops, size_t nops)
+{
+    int top = 0;
+    for (size_t i = 0; i < nops; i++) {
+        int m = ops[i].d;
+        if (ops[i].x > m)
+            m = ops[i].x;
+        if (ops[i].y > m)
+            m = ops[i].y;
+        if (m + 1 > top)
+            top = m + 1;
+    }
+    return top;
+}
+
+/* ---- chain building ---------------------------------------------------------------------- */
+
+typedef struct chain {
+    bench_op *ops;
+    size_t n, cap;
+    int overflow;
+} chain;
+
+static void emit(chain *c, bench_opkind k, int d, int x, int y, double a, double b)
+{
+    if (c->n == c->cap) {
+        c->overflow = 1;
+        return;
+    }
+    bench_op *op = &c->ops[c->n++];
+    op->kind = k;
+    op->d = d;
+    op->x = x;
+    op->y = y;
+    op->a = (float)a;
+    op->b = (float)b;
+}
+
+static size_t finish(const chain *c) { return c->overflow ? 0 : c->n; }
+
+/* The gradient as the rule sees it: maximize negates it, L2 weight decay adds wd*θ (both
+   out of place into scratch slot `tmp`, as torch does). Returns the slot holding it. */
+static int grad_slot(chain *c, const clopt_hparams *hp, int l2, int tmp)
+{
+    int g = BA_G;
+    if (hp->maximize) {
+        emit(c, OP_SCALE, tmp, g, -1, -1.0, 0.0);
+        g = tmp;
+    }
+    if (l2 && hp->weight_decay != 0.0) {
+        emit(c, OP_AXPY, tmp, g, BA_P, hp->weight_decay, 0.0);
+        g = tmp;
+    }
+    return g;
+}
+
+/* torch.optim.SGD: b = momentum*b + (1-dampening)*g (b = g at step 1); nesterov. */
+static size_t chain_sgd(const clopt_hparams *hp, uint64_t step, double mu_product,
+                        bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    int g = grad_slot(&c, hp, 1, BA_T1);
+    int d = g;
+    if (hp->momentum > 0.0) {
+        if (step == 1) {
+            emit(&c, OP_COPY, BA_S0, g, -1, 0.0, 0.0);
+        } else {
+            emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->momentum, 0.0);
+            emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->dampening, 0.0);
+        }
+        d = BA_S0;
+        if (hp->nesterov) {
+            emit(&c, OP_AXPY, BA_T0, g, BA_S0, hp->momentum, 0.0);
+            d = BA_T0;
+        }
+    }
+    emit(&c, OP_AXPY, BA_P, BA_P, d, -hp->lr, 0.0);
+    return finish(&c);
+}
+
+/* Adam / AdamW: p *= 1-lr*wd (AdamW); m *= b1; m += (1-b1)*g; v *= b2; t = g*g;
+   v += (1-b2)*t; [amsgrad: vmax = max(vmax, v)]; d = sqrt(v); d = d*c + eps; u = m/d;
+   p -= step*u, with c = 1/sqrt(bc2), step = lr/bc1. */
+static size_t chain_adam_common(const clopt_hparams *hp, uint64_t step, bench_op *ops,
+                                size_t cap, int decoupled)
+{
+    chain c = {ops, 0, cap, 0};
+    double t = (double)step;
+    double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    if (decoupled && hp->weight_decay != 0.0)
+        emit(&c, OP_SCALE, BA_P, BA_P, -1, 1.0 - hp->lr * hp->weight_decay, 0.0);
+    int g = grad_slot(&c, hp, !decoupled, BA_T2);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta1, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta1, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, hp->beta2, 0.0);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S1, BA_S1, BA_T0, 1.0 - hp->beta2, 0.0);
+    int v = BA_S1;
+    if (hp->amsgrad) {
+        emit(&c, OP_MAX, BA_S2, BA_S2, BA_S1, 0.0, 0.0);
+        v = BA_S2;
+    }
+    emit(&c, OP_SQRT, BA_T1, v, -1, 0.0, 0.0);
+    emit(&c, OP_AFFINE, BA_T1, BA_T1, -1, 1.0 / sqrt(bc2), hp->eps);
+    emit(&c, OP_DIV, BA_T0, BA_S0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr / bc1, 0.0);
+    return finish(&c);
+}
+
+static size_t chain_adam(const clopt_hparams *hp, uint64_t step, double mu_product,
+                         bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    return chain_adam_common(hp, step, ops, cap, 0);
+}
+
+static size_t chain_adamw(const clopt_hparams *hp, uint64_t step, double mu_product,
+                          bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    return chain_adam_common(hp, step, ops, cap, 1);
+}
+
+/* Adagrad: s += g*g; d = sqrt(s) + eps; u = g/d; p -= clr*u. */
+static size_t chain_adagrad(const clopt_hparams *hp, uint64_t step, double mu_product,
+                            bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double clr = hp->lr / (1.0 + (double)(step - 1) * hp->lr_decay);
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, BA_T0, 1.0, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_S0, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_DIV, BA_T0, g, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -clr, 0.0);
+    return finish(&c);
+}
+
+/* RMSprop (torch): v = a*v + (1-a)*g*g; [centered: ga = a*ga + (1-a)*g; v' = v - ga*ga];
+   d = sqrt(v') + eps; momentum: b = mu*b + g/d, p -= lr*b; else p -= lr*g/d. */
+static size_t chain_rmsprop(const clopt_hparams *hp, uint64_t step, double mu_product,
+                            bench_op *ops, size_t cap)
+{
+    (void)step;
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    int mom = hp->momentum > 0.0 ? BA_S1 : -1;
+    int ga = hp->centered ? (hp->momentum > 0.0 ? BA_S2 : BA_S1) : -1;
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->alpha, 0.0);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, BA_T0, 1.0 - hp->alpha, 0.0);
+    int v = BA_S0;
+    if (ga >= 0) {
+        emit(&c, OP_SCALE, ga, ga, -1, hp->alpha, 0.0);
+        emit(&c, OP_AXPY, ga, ga, g, 1.0 - hp->alpha, 0.0);
+        emit(&c, OP_MUL, BA_T0, ga, ga, 0.0, 0.0);
+        emit(&c, OP_AXPY, BA_T1, BA_S0, BA_T0, -1.0, 0.0);
+        v = BA_T1;
+    }
+    emit(&c, OP_SQRT, BA_T1, v, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_DIV, BA_T0, g, BA_T1, 0.0, 0.0);
+    if (mom >= 0) {
+        emit(&c, OP_SCALE, mom, mom, -1, hp->momentum, 0.0);
+        emit(&c, OP_AXPY, mom, mom, BA_T0, 1.0, 0.0);
+        emit(&c, OP_AXPY, BA_P, BA_P, mom, -hp->lr, 0.0);
+    } else {
+        emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr, 0.0);
+    }
+    return finish(&c);
+}
+
+/* Lion: p *= 1-lr*wd; c = b1*m + (1-b1)*g; p -= lr*sign(c); m = b2*m + (1-b2)*g. */
+static size_t chain_lion(const clopt_hparams *hp, uint64_t step, double mu_product,
+                         bench_op *ops, size_t cap)
+{
+    (void)step;
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    if (hp->weight_decay != 0.0)
+        emit(&c, OP_SCALE, BA_P, BA_P, -1, 1.0 - hp->lr * hp->weight_decay, 0.0);
+    int g = grad_slot(&c, hp, 0, BA_T2);
+    emit(&c, OP_SCALE, BA_T0, BA_S0, -1, hp->beta1, 0.0);
+    emit(&c, OP_AXPY, BA_T0, BA_T0, g, 1.0 - hp->beta1, 0.0);
+    emit(&c, OP_SIGN, BA_T0, BA_T0, -1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr, 0.0);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta2, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta2, 0.0);
+    return finish(&c);
+}
+
+/* Adadelta (torch 1.13): v = rho*v + (1-rho)*g*g; std = sqrt(v + eps);
+   delta = sqrt(u + eps) / std * g; u = rho*u + (1-rho)*delta*delta; p -= lr*delta. */
+static size_t chain_adadelta(const clopt_hparams *hp, uint64_t step, double mu_product,
+                             bench_op *ops, size_t cap)
+{
+    (void)step;
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->rho, 0.0);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, BA_T0, 1.0 - hp->rho, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_S0, -1, hp->eps, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_T1, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T0, BA_S1, -1, hp->eps, 0.0);
+    emit(&c, OP_SQRT, BA_T0, BA_T0, -1, 0.0, 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_T0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_MUL, BA_T0, BA_T0, g, 0.0, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, hp->rho, 0.0);
+    emit(&c, OP_MUL, BA_T1, BA_T0, BA_T0, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S1, BA_S1, BA_T1, 1.0 - hp->rho, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr, 0.0);
+    return finish(&c);
+}
+
+/* m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g (the Adam moments, 5 launches). */
+static void emit_moments(chain *c, const clopt_hparams *hp, int g)
+{
+    emit(c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta1, 0.0);
+    emit(c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta1, 0.0);
+    emit(c, OP_SCALE, BA_S1, BA_S1, -1, hp->beta2, 0.0);
+    emit(c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(c, OP_AXPY, BA_S1, BA_S1, BA_T0, 1.0 - hp->beta2, 0.0);
+}
+
+/* Adamax (torch 1.13): u = max(b2*u, |g| + eps); p -= lr/bc1 * m/u. */
+static size_t chain_adamax(const clopt_hparams *hp, uint64_t step, double mu_product,
+                           bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double bc1 = 1.0 - pow(hp->beta1, (double)step);
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta1, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta1, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, hp->beta2, 0.0);
+    emit(&c, OP_ABS, BA_T0, g, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T0, BA_T0, -1, hp->eps, 0.0);
+    emit(&c, OP_MAX, BA_S1, BA_S1, BA_T0, 0.0, 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_S0, BA_S1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr / bc1, 0.0);
+    return finish(&c);
+}
+
+/* NAdam (torch >= 2.0): d = sqrt(v/bc2) + eps; p -= cg*g/d; p -= cm*m/d. */
+static size_t chain_nadam(const clopt_hparams *hp, uint64_t step, double mu_product,
+                          bench_op *ops, size_t cap)
+{
+    chain c = {ops, 0, cap, 0};
+    double t = (double)step;
+    double mu = hp->beta1 * (1.0 - 0.5 * pow(0.96, t * hp->momentum_decay));
+    double mu_next = hp->beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * hp->momentum_decay));
+    double prod = mu_product * mu, prod_next = prod * mu_next;
+    double bc2 = 1.0 - pow(hp->beta2, t);
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit_moments(&c, hp, g);
+    emit(&c, OP_SCALE, BA_T1, BA_S1, -1, 1.0 / bc2, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_T1, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_DIV, BA_T0, g, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr * (1.0 - mu) / (1.0 - prod), 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_S0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr * mu_next / (1.0 - prod_next), 0.0);
+    return finish(&c);
+}
+
+/* RAdam (torch 1.13): rectified (rho_t > 5): p -= lr*r*sqrt(bc2)/bc1 * m/(sqrt(v)+eps);
+   else p -= lr/bc1 * m. */
+static size_t chain_radam(const clopt_hparams *hp, uint64_t step, double mu_product,
+                          bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double t = (double)step;
+    double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    double rho_inf = 2.0 / (1.0 - hp->beta2) - 1.0;
+    double rho_t = rho_inf - 2.0 * t * pow(hp->beta2, t) / bc2;
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit_moments(&c, hp, g);
+    if (rho_t > 5.0) {
+        double r = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                        ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+        emit(&c, OP_SQRT, BA_T1, BA_S1, -1, 0.0, 0.0);
+        emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+        emit(&c, OP_DIV, BA_T0, BA_S0, BA_T1, 0.0, 0.0);
+        emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr * r * sqrt(bc2) / bc1, 0.0);
+    } else {
+        emit(&c, OP_AXPY, BA_P, BA_P, BA_S0, -hp->lr / bc1, 0.0);
+    }
+    return finish(&c);
+}
+
+/* AdaMod (official code): p *= 1 - wd*lr; eta = step/(sqrt(v)+eps); s = b3*s + (1-b3)*eta;
+   eta = min(eta, s); p -= eta*m. */
+static size_t chain_adamod(const clopt_hparams *hp, uint64_t step, double mu_product,
+                           bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double t = (double)step;
+    double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    if (hp->weight_decay != 0.0)
+        emit(&c, OP_SCALE, BA_P, BA_P, -1, 1.0 - hp->weight_decay * hp->lr, 0.0);
+    int g = grad_slot(&c, hp, 0, BA_T2);
+    emit_moments(&c, hp, g);
+    emit(&c, OP_SQRT, BA_T1, BA_S1, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_RECIP, BA_T1, BA_T1, -1, hp->lr * sqrt(bc2) / bc1, 0.0);
+    emit(&c, OP_SCALE, BA_S2, BA_S2, -1, hp->beta3, 0.0);
+    emit(&c, OP_AXPY, BA_S2, BA_S2, BA_T1, 1.0 - hp->beta3, 0.0);
+    emit(&c, OP_MIN, BA_T1, BA_T1, BA_S2, 0.0, 0.0);
+    emit(&c, OP_MUL, BA_T1, BA_T1, BA_S0, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T1, -1.0, 0.0);
+    return finish(&c);
+}
+
+/* diffGrad (v2 code): xi = 1/(1 + exp(-|prev - g|)); prev = g;
+   p -= lr*sqrt(bc2)/bc1 * xi*m/(sqrt(v)+eps). */
+static size_t chain_diffgrad(const clopt_hparams *hp, uint64_t step, double mu_product,
+                             bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double t = (double)step;
+    double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    int g = grad_slot(&c, hp, 1, BA_T2);
+    emit_moments(&c, hp, g);
+    emit(&c, OP_SQRT, BA_T1, BA_S1, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_AXPY, BA_T0, BA_S2, g, -1.0, 0.0);
+    emit(&c, OP_ABS, BA_T0, BA_T0, -1, 0.0, 0.0);
+    emit(&c, OP_SCALE, BA_T0, BA_T0, -1, -1.0, 0.0);
+    emit(&c, OP_EXP, BA_T0, BA_T0, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T0, BA_T0, -1, 1.0, 0.0);
+    emit(&c, OP_RECIP, BA_T0, BA_T0, -1, 1.0, 0.0);
+    emit(&c, OP_COPY, BA_S2, g, -1, 0.0, 0.0);
+    emit(&c, OP_MUL, BA_T0, BA_S0, BA_T0, 0.0, 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_T0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr * sqrt(bc2) / bc1, 0.0);
+    return finish(&c);
+}
+
+/* SophiaG (official code), a step without a Hessian estimate: p *= 1 - lr*wd;
+   m = b1*m + (1-b1)*g; p -= lr * sign(m) * min(|m| / (rho*bs*h + eps), 1). */
+static size_t chain_sophia(const clopt_hparams *hp, uint64_t step, double mu_product,
+                           bench_op *ops, size_t cap)
+{
+    (void)step;
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    if (hp->weight_decay != 0.0)
+        emit(&c, OP_SCALE, BA_P, BA_P, -1, 1.0 - hp->lr * hp->weight_decay, 0.0);
+    int g = grad_slot(&c, hp, 0, BA_T2);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta1, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta1, 0.0);
+    emit(&c, OP_ABS, BA_T0, BA_S0, -1, 0.0, 0.0);
+    emit(&c, OP_AFFINE, BA_T1, BA_S1, -1, hp->rho * hp->bs, hp->eps);
+    emit(&c, OP_DIV, BA_T0, BA_T0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_MINS, BA_T0, BA_T0, -1, 1.0, 0.0);
+    emit(&c, OP_SIGN, BA_T1, BA_S0, -1, 0.0, 0.0);
+    emit(&c, OP_MUL, BA_T0, BA_T0, BA_T1, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr, 0.0);
+    return finish(&c);
+}
+
+/* ---- the table --------------------------------------------------------------------------- */
+
+static void setup_sgd_momentum(clopt_hparams *hp) { hp->momentum = 0.9; }
+
+/* Sophia's hessian EMA h is read by every step but written only at steps that fold in an
+   estimate; the benchmark measures the common step without one. */
+#define SOPHIA_HESSIAN_READONLY (1u << 1)
+
+/* name, rule, setup, read-only states, C loop, unfused chain, flags, in the default run */
+const bench_rule bench_rules[] = {
+    {"sgd", CLOPT_SGD, NULL, 0, cloop_sgd, chain_sgd, 0, 1},
+    {"sgd_momentum", CLOPT_SGD, setup_sgd_momentum, 0, cloop_sgd, chain_sgd, 0, 1},
+    {"adam", CLOPT_ADAM, NULL, 0, cloop_adam, chain_adam, 0, 1},
+    {"adamw", CLOPT_ADAMW, NULL, 0, cloop_adamw, chain_adamw, 0, 1},
+    {"adagrad", CLOPT_ADAGRAD, NULL, 0, cloop_adagrad, chain_adagrad, 0, 1},
+    {"adadelta", CLOPT_ADADELTA, NULL, 0, cloop_adadelta, chain_adadelta, 0, 1},
+    {"rmsprop", CLOPT_RMSPROP, NULL, 0, cloop_rmsprop, chain_rmsprop, 0, 1},
+    {"adamax", CLOPT_ADAMAX, NULL, 0, cloop_adamax, chain_adamax, 0, 1},
+    {"nadam", CLOPT_NADAM, NULL, 0, cloop_nadam, chain_nadam, 0, 1},
+    {"radam", CLOPT_RADAM, NULL, 0, cloop_radam, chain_radam, 0, 1},
+    {"adamod", CLOPT_ADAMOD, NULL, 0, cloop_adamod, chain_adamod, 0, 1},
+    {"diffgrad", CLOPT_DIFFGRAD, NULL, 0, cloop_diffgrad, chain_diffgrad, 0, 1},
+    {"lion", CLOPT_LION, NULL, 0, cloop_lion, chain_lion, BENCH_SIGN, 1},
+    {"sophia", CLOPT_SOPHIA, NULL, SOPHIA_HESSIAN_READONLY, cloop_sophia, chain_sophia, BENCH_SIGN, 1},
+};
+const size_t bench_rule_count = sizeof bench_rules / sizeof bench_rules[0];
+
+const bench_rule *bench_rule_find(const char *name)
+{
+    for (size_t i = 0; i < bench_rule_count; i++)
+        if (strcmp(bench_rules[i].name, name) == 0)
+            return &bench_rules[i];
+    return NULL;
+}
+
+clopt_status bench_rule_hparams(const bench_rule *r, clopt_hparams *hp)
+{
+    clopt_status s = clopt_hparams_default(r->rule, hp);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    if (r->setup)
+        r->setup(hp);
+    return clopt_hparams_validate(r->rule, hp, NULL);
+}
+
+void bench_rule_arrays(const bench_rule *r, const clopt_hparams *hp, size_t *read_write,
+                       size_t *read_only)
+{
+    size_t ns = clopt_rule_state_count(r->rule, hp);
+    size_t rw = 1, ro = 1; /* parameters; gradient */
+    for (size_t i = 0; i < ns; i++) {
+        if (r->readonly_states & (1u << i))
+            ro++;
+        else
+            rw++;
+    }
+    *read_write = rw;
+    *read_only = ro;
+}
