@@ -1,0 +1,1085 @@
+/*
+ * The MLP of the training example: Fashion-MNIST IDX files through zlib, the model on the
+ * device (CLBlast GEMMs plus the kernels of mlp.cl) and the training loop through clopt's
+ * optimizer level. See mlp.h.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "mlp.h"
+
+#include "embedded.h"
+
+#include <clblast_c.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+/* mlp.cl, embedded at build time (clopt_embed_sources in CMakeLists.txt). */
+extern const clopt_embedded_file mlp_cl_sources[];
+extern const size_t mlp_cl_sources_count;
+
+/* ------------------------------------------------------------------------------------ */
+/* Small helpers                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+static void put_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Data                                                                                  */
+/* ------------------------------------------------------------------------------------ */
+
+const char *mlp_data_dir(const char *dir)
+{
+    if (dir && *dir)
+        return dir;
+    const char *env = getenv(MLP_DATA_ENV);
+    if (env && *env)
+        return env;
+    return MLP_DEFAULT_DATA_DIR;
+}
+
+/* An IDX file (gzip or plain: gzread reads both). */
+typedef struct idx_file {
+    gzFile f;
+    char path[1024];
+} idx_file;
+
+static int idx_open(idx_file *x, const char *dir, const char *name, char *err, size_t errlen)
+{
+    struct stat st;
+    snprintf(x->path, sizeof x->path, "%s/%s.gz", dir, name);
+    if (stat(x->path, &st) != 0) {
+        char plain[1024];
+        snprintf(plain, sizeof plain, "%s/%s", dir, name);
+        if (stat(plain, &st) != 0) {
+            put_err(err, errlen,
+                    "Fashion-MNIST file %s(.gz) not found (install Debian's "
+                    "dataset-fashion-mnist package, e.g. with ci/install-deps.sh, or point "
+                    "--data / $" MLP_DATA_ENV " at a folder with the IDX files)",
+                    plain);
+            return -1;
+        }
+        memcpy(x->path, plain, sizeof plain);
+    }
+    x->f = gzopen(x->path, "rb");
+    if (!x->f) {
+        put_err(err, errlen, "%s: cannot open: %s", x->path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int idx_read(idx_file *x, void *dst, size_t n, char *err, size_t errlen)
+{
+    unsigned char *p = dst;
+    while (n > 0) {
+        const unsigned chunk = n > (1u << 30) ? (1u << 30) : (unsigned)n;
+        const int got = gzread(x->f, p, chunk);
+        if (got <= 0) {
+            int zerr = 0;
+            const char *msg = gzerror(x->f, &zerr);
+            put_err(err, errlen, "%s: truncated or unreadable (%s)", x->path,
+                    zerr ? msg : "unexpected end of file");
+            return -1;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+static uint32_t be32(const unsigned char *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+int mlp_dataset_load(const char *dir, int train, size_t limit, mlp_dataset *out, char *err,
+                     size_t errlen)
+{
+    if (!out) {
+        put_err(err, errlen, "mlp_dataset_load: NULL output");
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    dir = mlp_data_dir(dir);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        put_err(err, errlen,
+                "Fashion-MNIST folder %s not found (install Debian's dataset-fashion-mnist "
+                "package, e.g. with ci/install-deps.sh, or pass --data DIR / set $" MLP_DATA_ENV
+                ")",
+                dir);
+        return -1;
+    }
+    const char *pre = train ? "train" : "t10k";
+    char name[64];
+    idx_file im = {0}, lb = {0};
+    unsigned char h[16];
+    int rc = -1;
+
+    snprintf(name, sizeof name, "%s-images-idx3-ubyte", pre);
+    if (idx_open(&im, dir, name, err, errlen) != 0)
+        goto done;
+    snprintf(name, sizeof name, "%s-labels-idx1-ubyte", pre);
+    if (idx_open(&lb, dir, name, err, errlen) != 0)
+        goto done;
+    if (idx_read(&im, h, 16, err, errlen) != 0)
+        goto done;
+    if (be32(h) != 0x803) {
+        put_err(err, errlen, "%s: not an IDX image file (magic 0x%08x, expected 0x00000803)",
+                im.path, (unsigned)be32(h));
+        goto done;
+    }
+    const size_t n = be32(h + 4), rows = be32(h + 8), cols = be32(h + 12);
+    if (n == 0 || rows * cols != MLP_IMAGE_DIM) {
+        put_err(err, errlen, "%s: %zu images of %zux%zu pixels (expected 28x28)", im.path, n,
+                rows, cols);
+        goto done;
+    }
+    if (idx_read(&lb, h, 8, err, errlen) != 0)
+        goto done;
+    if (be32(h) != 0x801) {
+        put_err(err, errlen, "%s: not an IDX label file (magic 0x%08x, expected 0x00000801)",
+                lb.path, (unsigned)be32(h));
+        goto done;
+    }
+    if (be32(h + 4) != n) {
+        put_err(err, errlen, "%s has %u labels but %s has %zu images", lb.path,
+                (unsigned)be32(h + 4), im.path, n);
+        goto done;
+    }
+    const size_t keep = (limit == 0 || limit > n) ? n : limit;
+    out->n = keep;
+    out->dim = MLP_IMAGE_DIM;
+    out->pixels = malloc(keep * MLP_IMAGE_DIM);
+    out->labels = malloc(keep);
+    if (!out->pixels || !out->labels) {
+        put_err(err, errlen, "out of memory for %zu images", keep);
+        goto done;
+    }
+    if (idx_read(&im, out->pixels, keep * MLP_IMAGE_DIM, err, errlen) != 0 ||
+        idx_read(&lb, out->labels, keep, err, errlen) != 0)
+        goto done;
+    for (size_t i = 0; i < keep; i++)
+        if (out->labels[i] >= MLP_CLASSES) {
+            put_err(err, errlen, "%s: label %u of image %zu is out of range", lb.path,
+                    out->labels[i], i);
+            goto done;
+        }
+    rc = 0;
+done:
+    if (im.f)
+        gzclose(im.f);
+    if (lb.f)
+        gzclose(lb.f);
+    if (rc != 0)
+        mlp_dataset_free(out);
+    return rc;
+}
+
+void mlp_dataset_free(mlp_dataset *d)
+{
+    if (!d)
+        return;
+    free(d->pixels);
+    free(d->labels);
+    memset(d, 0, sizeof *d);
+}
+
+void mlp_dataset_pixel_stats(const mlp_dataset *d, double *mean, double *std)
+{
+    double s = 0.0, s2 = 0.0;
+    const size_t total = d->n * d->dim;
+    for (size_t i = 0; i < total; i++) {
+        const double v = d->pixels[i] / 255.0;
+        s += v;
+        s2 += v * v;
+    }
+    const double mu = total ? s / (double)total : 0.0;
+    const double var = total ? s2 / (double)total - mu * mu : 1.0;
+    if (mean)
+        *mean = mu;
+    if (std)
+        *std = var > 0 ? sqrt(var) : 1.0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Host random numbers                                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+void mlp_rng_seed(mlp_rng *r, uint64_t seed) { r->s = seed; }
+
+uint64_t mlp_rng_next(mlp_rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double mlp_rng_uniform(mlp_rng *r) { return (double)(mlp_rng_next(r) >> 11) * 0x1.0p-53; }
+
+double mlp_rng_normal(mlp_rng *r)
+{
+    const double two_pi = 6.283185307179586476925286766559;
+    double u1;
+    do
+        u1 = mlp_rng_uniform(r);
+    while (u1 <= 0.0);
+    const double u2 = mlp_rng_uniform(r);
+    return sqrt(-2.0 * log(u1)) * cos(two_pi * u2);
+}
+
+void mlp_rng_permutation(mlp_rng *r, int *perm, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        perm[i] = (int)i;
+    for (size_t i = n; i > 1; i--) {
+        /* j uniform in [0, i): the multiply-shift of a 32-bit draw, bias < i / 2^32 */
+        const size_t j = (size_t)(((mlp_rng_next(r) >> 32) * (uint64_t)i) >> 32);
+        const int t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Model                                                                                 */
+/* ------------------------------------------------------------------------------------ */
+
+enum { K_GATHER, K_BIAS_ACT, K_RELU_BW, K_COL_SUMS, K_SOFTMAX, K_STATS, K_COUNT };
+static const char *const KERNEL_NAMES[K_COUNT] = {"gather_batch", "bias_act", "relu_backward",
+                                                  "col_sums", "softmax_xent", "batch_stats"};
+
+struct mlp {
+    clopt_ctx *ctx;
+    cl_context cl;
+    cl_command_queue queue;
+    mlp_config cfg;
+    cl_program program;
+    cl_kernel k[K_COUNT];
+    cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters */
+    cl_mem gw[MLP_MAX_LAYERS], gb[MLP_MAX_LAYERS]; /* gradients */
+    cl_mem hw[MLP_MAX_LAYERS], hb[MLP_MAX_LAYERS]; /* Sophia's Hessian estimates */
+    cl_mem act[MLP_MAX_LAYERS + 1];  /* act[0] input, act[i+1] output of layer i (logits last) */
+    cl_mem dact[MLP_MAX_LAYERS + 1]; /* dact[i+1]: gradient of the loss w.r.t. act[i+1] */
+    cl_mem y, row_loss, row_correct;
+    cl_mem stats;   /* 2 floats per slot */
+    size_t stats_slots;
+    cl_mem perm;    /* int batch indices */
+    size_t perm_len;
+    size_t last_rows;
+    float mean, inv_std;
+    int hessian;
+    char err[1024];
+};
+
+static int fail(mlp *m, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->err, sizeof m->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int fail_cl(mlp *m, cl_int e, const char *what)
+{
+    return fail(m, "%s failed: OpenCL error %d", what, (int)e);
+}
+
+const char *mlp_last_error(const mlp *m) { return m ? m->err : "no model"; }
+const mlp_config *mlp_get_config(const mlp *m) { return &m->cfg; }
+clopt_ctx *mlp_get_ctx(const mlp *m) { return m->ctx; }
+
+mlp_config mlp_config_default(size_t batch)
+{
+    mlp_config c;
+    memset(&c, 0, sizeof c);
+    c.nlayers = 3;
+    c.dims[0] = MLP_IMAGE_DIM;
+    c.dims[1] = 256;
+    c.dims[2] = 128;
+    c.dims[3] = MLP_CLASSES;
+    c.batch = batch;
+    return c;
+}
+
+static cl_mem new_buffer(mlp *m, size_t bytes, int *ok)
+{
+    cl_int e = CL_SUCCESS;
+    cl_mem b = clCreateBuffer(m->cl, CL_MEM_READ_WRITE, bytes, NULL, &e);
+    if (e != CL_SUCCESS || !b) {
+        if (*ok)
+            fail_cl(m, e, "clCreateBuffer");
+        *ok = 0;
+        return NULL;
+    }
+    /* Start from zero: the optimizer reads the gradient buffers' contents only after a
+       backward pass, but Sophia's Hessian buffers must be defined before the first estimate. */
+    const float zero = 0.0f;
+    e = clEnqueueFillBuffer(m->queue, b, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
+    if (e != CL_SUCCESS) {
+        if (*ok)
+            fail_cl(m, e, "clEnqueueFillBuffer");
+        *ok = 0;
+    }
+    return b;
+}
+
+static void release_mem(cl_mem *b)
+{
+    if (*b)
+        clReleaseMemObject(*b);
+    *b = NULL;
+}
+
+static int build_program(mlp *m)
+{
+    const char *src = NULL;
+    for (size_t i = 0; i < mlp_cl_sources_count; i++)
+        if (strcmp(mlp_cl_sources[i].name, "mlp") == 0)
+            src = mlp_cl_sources[i].data;
+    if (!src)
+        return fail(m, "mlp.cl is not embedded in this build");
+    cl_int e = CL_SUCCESS;
+    m->program = clCreateProgramWithSource(m->cl, 1, &src, NULL, &e);
+    if (e != CL_SUCCESS)
+        return fail_cl(m, e, "clCreateProgramWithSource(mlp.cl)");
+    cl_device_id dev = clopt_ctx_cl_device(m->ctx);
+    e = clBuildProgram(m->program, 1, &dev, "-cl-std=CL1.2", NULL, NULL);
+    if (e != CL_SUCCESS) {
+        char log[768] = "";
+        clGetProgramBuildInfo(m->program, dev, CL_PROGRAM_BUILD_LOG, sizeof log - 1, log, NULL);
+        return fail(m, "building mlp.cl failed (OpenCL error %d): %s", (int)e, log);
+    }
+    for (int i = 0; i < K_COUNT; i++) {
+        m->k[i] = clCreateKernel(m->program, KERNEL_NAMES[i], &e);
+        if (e != CL_SUCCESS)
+            return fail_cl(m, e, KERNEL_NAMES[i]);
+    }
+    return 0;
+}
+
+int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, char *err,
+               size_t errlen)
+{
+    if (!ctx || !cfg || !out) {
+        put_err(err, errlen, "mlp_create: NULL argument");
+        return -1;
+    }
+    *out = NULL;
+    if (cfg->nlayers < 1 || cfg->nlayers > MLP_MAX_LAYERS || cfg->batch == 0) {
+        put_err(err, errlen, "mlp_create: %zu layers (1..%d) and batch %zu (> 0)",
+                cfg->nlayers, MLP_MAX_LAYERS, cfg->batch);
+        return -1;
+    }
+    for (size_t i = 0; i <= cfg->nlayers; i++)
+        if (cfg->dims[i] == 0) {
+            put_err(err, errlen, "mlp_create: dims[%zu] is 0", i);
+            return -1;
+        }
+    mlp *m = calloc(1, sizeof *m);
+    if (!m) {
+        put_err(err, errlen, "out of memory");
+        return -1;
+    }
+    m->ctx = ctx;
+    m->cl = clopt_ctx_cl_context(ctx);
+    m->queue = clopt_ctx_cl_queue(ctx);
+    m->cfg = *cfg;
+    m->hessian = hessian != 0;
+    m->mean = 0.0f;
+    m->inv_std = 1.0f;
+    int ok = build_program(m) == 0;
+    const size_t B = cfg->batch, L = cfg->nlayers;
+    for (size_t i = 0; ok && i < L; i++) {
+        const size_t wn = cfg->dims[i + 1] * cfg->dims[i], bn = cfg->dims[i + 1];
+        m->w[i] = new_buffer(m, wn * sizeof(float), &ok);
+        m->b[i] = new_buffer(m, bn * sizeof(float), &ok);
+        m->gw[i] = new_buffer(m, wn * sizeof(float), &ok);
+        m->gb[i] = new_buffer(m, bn * sizeof(float), &ok);
+        if (hessian) {
+            m->hw[i] = new_buffer(m, wn * sizeof(float), &ok);
+            m->hb[i] = new_buffer(m, bn * sizeof(float), &ok);
+        }
+    }
+    for (size_t i = 0; ok && i <= L; i++) {
+        m->act[i] = new_buffer(m, B * cfg->dims[i] * sizeof(float), &ok);
+        if (i > 0)
+            m->dact[i] = new_buffer(m, B * cfg->dims[i] * sizeof(float), &ok);
+    }
+    if (ok) {
+        m->y = new_buffer(m, B * sizeof(cl_int), &ok);
+        m->row_loss = new_buffer(m, B * sizeof(float), &ok);
+        m->row_correct = new_buffer(m, B * sizeof(cl_int), &ok);
+    }
+    if (ok) {
+        const cl_int e = clFinish(m->queue);
+        if (e != CL_SUCCESS)
+            ok = fail_cl(m, e, "clFinish") == 0;
+    }
+    if (!ok) {
+        put_err(err, errlen, "%s", m->err);
+        mlp_destroy(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+void mlp_destroy(mlp *m)
+{
+    if (!m)
+        return;
+    if (m->queue)
+        clFinish(m->queue);
+    for (size_t i = 0; i < MLP_MAX_LAYERS; i++) {
+        release_mem(&m->w[i]);
+        release_mem(&m->b[i]);
+        release_mem(&m->gw[i]);
+        release_mem(&m->gb[i]);
+        release_mem(&m->hw[i]);
+        release_mem(&m->hb[i]);
+    }
+    for (size_t i = 0; i <= MLP_MAX_LAYERS; i++) {
+        release_mem(&m->act[i]);
+        release_mem(&m->dact[i]);
+    }
+    release_mem(&m->y);
+    release_mem(&m->row_loss);
+    release_mem(&m->row_correct);
+    release_mem(&m->stats);
+    release_mem(&m->perm);
+    for (int i = 0; i < K_COUNT; i++)
+        if (m->k[i])
+            clReleaseKernel(m->k[i]);
+    if (m->program)
+        clReleaseProgram(m->program);
+    free(m);
+}
+
+void mlp_set_normalization(mlp *m, double mean, double std)
+{
+    m->mean = (float)mean;
+    m->inv_std = (float)(1.0 / std);
+}
+
+static int check_layer(mlp *m, size_t l)
+{
+    return l < m->cfg.nlayers ? 0 : fail(m, "layer %zu out of range", l);
+}
+
+static int read_pair(mlp *m, cl_mem a, cl_mem b, size_t l, float *ha, float *hb)
+{
+    const size_t wn = m->cfg.dims[l + 1] * m->cfg.dims[l], bn = m->cfg.dims[l + 1];
+    cl_int e = CL_SUCCESS;
+    if (ha)
+        e = clEnqueueReadBuffer(m->queue, a, CL_TRUE, 0, wn * sizeof(float), ha, 0, NULL, NULL);
+    if (e == CL_SUCCESS && hb)
+        e = clEnqueueReadBuffer(m->queue, b, CL_TRUE, 0, bn * sizeof(float), hb, 0, NULL, NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer");
+}
+
+int mlp_get_layer(mlp *m, size_t l, float *w, float *b)
+{
+    return check_layer(m, l) ? -1 : read_pair(m, m->w[l], m->b[l], l, w, b);
+}
+
+int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb)
+{
+    return check_layer(m, l) ? -1 : read_pair(m, m->gw[l], m->gb[l], l, gw, gb);
+}
+
+int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b)
+{
+    if (check_layer(m, l))
+        return -1;
+    const size_t wn = m->cfg.dims[l + 1] * m->cfg.dims[l], bn = m->cfg.dims[l + 1];
+    cl_int e = CL_SUCCESS;
+    if (w)
+        e = clEnqueueWriteBuffer(m->queue, m->w[l], CL_TRUE, 0, wn * sizeof(float), w, 0, NULL,
+                                 NULL);
+    if (e == CL_SUCCESS && b)
+        e = clEnqueueWriteBuffer(m->queue, m->b[l], CL_TRUE, 0, bn * sizeof(float), b, 0, NULL,
+                                 NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueWriteBuffer");
+}
+
+int mlp_init_he(mlp *m, uint64_t seed)
+{
+    mlp_rng r;
+    mlp_rng_seed(&r, seed);
+    int rc = 0;
+    for (size_t l = 0; rc == 0 && l < m->cfg.nlayers; l++) {
+        const size_t in = m->cfg.dims[l], outd = m->cfg.dims[l + 1];
+        float *w = malloc(in * outd * sizeof *w), *b = calloc(outd, sizeof *b);
+        if (!w || !b) {
+            free(w);
+            free(b);
+            return fail(m, "out of memory");
+        }
+        const double sd = sqrt(2.0 / (double)in);
+        for (size_t i = 0; i < in * outd; i++)
+            w[i] = (float)(sd * mlp_rng_normal(&r));
+        rc = mlp_set_layer(m, l, w, b);
+        free(w);
+        free(b);
+    }
+    return rc;
+}
+
+int mlp_upload(mlp *m, const mlp_dataset *d, mlp_device_data *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!d || d->n == 0 || d->dim != m->cfg.dims[0])
+        return fail(m, "dataset of %zu images of %zu values for a %zu-input model",
+                    d ? d->n : 0, d ? d->dim : 0, m->cfg.dims[0]);
+    cl_int e = CL_SUCCESS;
+    out->pixels = clCreateBuffer(m->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                 d->n * d->dim, d->pixels, &e);
+    if (e == CL_SUCCESS)
+        out->labels = clCreateBuffer(m->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, d->n,
+                                     d->labels, &e);
+    if (e != CL_SUCCESS) {
+        mlp_device_data_free(out);
+        return fail_cl(m, e, "clCreateBuffer (dataset)");
+    }
+    out->n = d->n;
+    out->dim = d->dim;
+    return 0;
+}
+
+void mlp_device_data_free(mlp_device_data *d)
+{
+    if (!d)
+        return;
+    release_mem(&d->pixels);
+    release_mem(&d->labels);
+    d->n = d->dim = 0;
+}
+
+/* ---- device work ---------------------------------------------------------------------- */
+
+/* Every launch uses a fixed work-group size (the global size rounded up; the kernels check
+   their bounds), so PoCL compiles each kernel once instead of once per batch shape. */
+static int launch(mlp *m, int k, size_t items)
+{
+    if (items == 0)
+        return 0;
+    const size_t local = items == 1 ? 1 : 64, global = (items + local - 1) / local * local;
+    const cl_int e = clEnqueueNDRangeKernel(m->queue, m->k[k], 1, NULL, &global, &local, 0,
+                                            NULL, NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, KERNEL_NAMES[k]);
+}
+
+#define SET_ARG(m, kern, i, v)                                                            \
+    do {                                                                                  \
+        const cl_int e_ = clSetKernelArg((m)->k[kern], (i), sizeof(v), &(v));             \
+        if (e_ != CL_SUCCESS)                                                             \
+            return fail_cl((m), e_, "clSetKernelArg");                                    \
+    } while (0)
+
+/* C[m x n] = op(A) op(B), row-major, beta 0, on the context's queue. */
+static int gemm(mlp *m, int ta, int tb, size_t M, size_t N, size_t K, cl_mem a, size_t lda,
+                cl_mem b, size_t ldb, cl_mem c, size_t ldc)
+{
+    cl_command_queue q = m->queue;
+    const CLBlastStatusCode s = CLBlastSgemm(
+        CLBlastLayoutRowMajor, ta ? CLBlastTransposeYes : CLBlastTransposeNo,
+        tb ? CLBlastTransposeYes : CLBlastTransposeNo, M, N, K, 1.0f, a, 0, lda, b, 0, ldb, 0.0f,
+        c, 0, ldc, &q, NULL);
+    if (s != CLBlastSuccess)
+        return fail(m, "CLBlastSgemm(%zu x %zu x %zu) failed: CLBlast status %d", M, N, K,
+                    (int)s);
+    return 0;
+}
+
+/* Grow the stats buffer to `slots` slots, keeping what the old one holds. */
+static int ensure_stats(mlp *m, size_t slots)
+{
+    if (slots <= m->stats_slots)
+        return 0;
+    size_t want = m->stats_slots ? m->stats_slots : 64;
+    while (want < slots)
+        want *= 2;
+    int ok = 1;
+    cl_mem nb = new_buffer(m, 2 * want * sizeof(float), &ok);
+    if (!ok)
+        return -1;
+    if (m->stats) {
+        const cl_int e = clEnqueueCopyBuffer(m->queue, m->stats, nb, 0, 0,
+                                             2 * m->stats_slots * sizeof(float), 0, NULL, NULL);
+        if (e != CL_SUCCESS) {
+            clReleaseMemObject(nb);
+            return fail_cl(m, e, "clEnqueueCopyBuffer");
+        }
+    }
+    release_mem(&m->stats);
+    m->stats = nb;
+    m->stats_slots = want;
+    return 0;
+}
+
+static int ensure_perm(mlp *m, size_t n)
+{
+    if (n <= m->perm_len)
+        return 0;
+    release_mem(&m->perm);
+    m->perm_len = 0;
+    int ok = 1;
+    m->perm = new_buffer(m, n * sizeof(cl_int), &ok);
+    if (!ok)
+        return -1;
+    m->perm_len = n;
+    return 0;
+}
+
+static int gather(mlp *m, const mlp_device_data *d, int use_idx, size_t off, size_t rows)
+{
+    if (rows == 0 || rows > m->cfg.batch || off + rows > (use_idx ? m->perm_len : d->n))
+        return fail(m, "batch of %zu rows at %zu (batch size %zu, %zu images)", rows, off,
+                    m->cfg.batch, d->n);
+    const cl_uint ui = (cl_uint)(use_idx != 0), uo = (cl_uint)off, ur = (cl_uint)rows,
+                  ud = (cl_uint)d->dim;
+    cl_mem idx = m->perm ? m->perm : m->y; /* any valid buffer when unused */
+    SET_ARG(m, K_GATHER, 0, d->pixels);
+    SET_ARG(m, K_GATHER, 1, d->labels);
+    SET_ARG(m, K_GATHER, 2, idx);
+    SET_ARG(m, K_GATHER, 3, ui);
+    SET_ARG(m, K_GATHER, 4, uo);
+    SET_ARG(m, K_GATHER, 5, ur);
+    SET_ARG(m, K_GATHER, 6, ud);
+    SET_ARG(m, K_GATHER, 7, m->mean);
+    SET_ARG(m, K_GATHER, 8, m->inv_std);
+    SET_ARG(m, K_GATHER, 9, m->act[0]);
+    SET_ARG(m, K_GATHER, 10, m->y);
+    m->last_rows = rows;
+    return launch(m, K_GATHER, rows * d->dim);
+}
+
+static int forward(mlp *m, size_t rows)
+{
+    const size_t L = m->cfg.nlayers;
+    for (size_t i = 0; i < L; i++) {
+        const size_t in = m->cfg.dims[i], outd = m->cfg.dims[i + 1];
+        if (gemm(m, 0, 1, rows, outd, in, m->act[i], in, m->w[i], in, m->act[i + 1], outd))
+            return -1;
+        const cl_uint ur = (cl_uint)rows, uc = (cl_uint)outd, relu = (cl_uint)(i + 1 < L);
+        SET_ARG(m, K_BIAS_ACT, 0, m->act[i + 1]);
+        SET_ARG(m, K_BIAS_ACT, 1, m->b[i]);
+        SET_ARG(m, K_BIAS_ACT, 2, ur);
+        SET_ARG(m, K_BIAS_ACT, 3, uc);
+        SET_ARG(m, K_BIAS_ACT, 4, relu);
+        if (launch(m, K_BIAS_ACT, rows * outd))
+            return -1;
+    }
+    return 0;
+}
+
+/* Loss gradient of the logits (and per-row loss / correct); sample: Sophia's sampled labels. */
+static int loss(mlp *m, size_t rows, int sample, uint32_t seed)
+{
+    const size_t L = m->cfg.nlayers;
+    const cl_uint ur = (cl_uint)rows, uc = (cl_uint)m->cfg.dims[L], us = (cl_uint)(sample != 0),
+                  useed = (cl_uint)seed;
+    const float scale = (float)(1.0 / (double)rows);
+    SET_ARG(m, K_SOFTMAX, 0, m->act[L]);
+    SET_ARG(m, K_SOFTMAX, 1, m->y);
+    SET_ARG(m, K_SOFTMAX, 2, ur);
+    SET_ARG(m, K_SOFTMAX, 3, uc);
+    SET_ARG(m, K_SOFTMAX, 4, scale);
+    SET_ARG(m, K_SOFTMAX, 5, us);
+    SET_ARG(m, K_SOFTMAX, 6, useed);
+    SET_ARG(m, K_SOFTMAX, 7, m->dact[L]);
+    SET_ARG(m, K_SOFTMAX, 8, m->row_loss);
+    SET_ARG(m, K_SOFTMAX, 9, m->row_correct);
+    return launch(m, K_SOFTMAX, rows);
+}
+
+static int stats(mlp *m, size_t rows, size_t slot)
+{
+    if (ensure_stats(m, slot + 1))
+        return -1;
+    const cl_uint ur = (cl_uint)rows, us = (cl_uint)slot;
+    SET_ARG(m, K_STATS, 0, m->row_loss);
+    SET_ARG(m, K_STATS, 1, m->row_correct);
+    SET_ARG(m, K_STATS, 2, ur);
+    SET_ARG(m, K_STATS, 3, us);
+    SET_ARG(m, K_STATS, 4, m->stats);
+    return launch(m, K_STATS, 1);
+}
+
+static int backward(mlp *m, size_t rows)
+{
+    const size_t L = m->cfg.nlayers;
+    for (size_t i = L; i-- > 0;) {
+        const size_t in = m->cfg.dims[i], outd = m->cfg.dims[i + 1];
+        /* dW = dZᵀ A_prev: [out x rows] x [rows x in] */
+        if (gemm(m, 1, 0, outd, in, rows, m->dact[i + 1], outd, m->act[i], in, m->gw[i], in))
+            return -1;
+        const cl_uint ur = (cl_uint)rows, uc = (cl_uint)outd;
+        SET_ARG(m, K_COL_SUMS, 0, m->dact[i + 1]);
+        SET_ARG(m, K_COL_SUMS, 1, ur);
+        SET_ARG(m, K_COL_SUMS, 2, uc);
+        SET_ARG(m, K_COL_SUMS, 3, m->gb[i]);
+        if (launch(m, K_COL_SUMS, outd))
+            return -1;
+        if (i == 0)
+            break;
+        /* dA_prev = dZ W: [rows x out] x [out x in], then the ReLU mask of A_prev */
+        if (gemm(m, 0, 0, rows, in, outd, m->dact[i + 1], outd, m->w[i], in, m->dact[i], in))
+            return -1;
+        const cl_uint un = (cl_uint)(rows * in);
+        SET_ARG(m, K_RELU_BW, 0, m->dact[i]);
+        SET_ARG(m, K_RELU_BW, 1, m->act[i]);
+        SET_ARG(m, K_RELU_BW, 2, un);
+        if (launch(m, K_RELU_BW, rows * in))
+            return -1;
+    }
+    return 0;
+}
+
+int mlp_batch(mlp *m, const mlp_device_data *d, const int *idx, size_t off, size_t rows,
+              int backward_pass, size_t slot)
+{
+    if (!d || !d->pixels)
+        return fail(m, "mlp_batch: no data");
+    if (idx) {
+        if (rows == 0 || rows > m->cfg.batch)
+            return fail(m, "batch of %zu rows (batch size %zu)", rows, m->cfg.batch);
+        for (size_t r = 0; r < rows; r++)
+            if (idx[r] < 0 || (size_t)idx[r] >= d->n)
+                return fail(m, "index %d out of range (%zu images)", idx[r], d->n);
+        if (ensure_perm(m, rows))
+            return -1;
+        const cl_int e = clEnqueueWriteBuffer(m->queue, m->perm, CL_TRUE, 0, rows * sizeof(cl_int),
+                                              idx, 0, NULL, NULL);
+        if (e != CL_SUCCESS)
+            return fail_cl(m, e, "clEnqueueWriteBuffer (indices)");
+    }
+    if (gather(m, d, idx != NULL, idx ? 0 : off, rows) || forward(m, rows) || loss(m, rows, 0, 0) ||
+        stats(m, rows, slot))
+        return -1;
+    return backward_pass ? backward(m, rows) : 0;
+}
+
+int mlp_read_input(mlp *m, float *x, size_t rows)
+{
+    if (rows > m->last_rows)
+        return fail(m, "the last batch had %zu rows, not %zu", m->last_rows, rows);
+    const cl_int e = clEnqueueReadBuffer(m->queue, m->act[0], CL_TRUE, 0,
+                                         rows * m->cfg.dims[0] * sizeof(float), x, 0, NULL, NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer (input)");
+}
+
+int mlp_read_stats(mlp *m, size_t first, size_t count, float *out)
+{
+    if (count == 0)
+        return 0;
+    if (first + count > m->stats_slots)
+        return fail(m, "stats slots %zu..%zu beyond the %zu written", first, first + count - 1,
+                    m->stats_slots);
+    const cl_int e = clEnqueueReadBuffer(m->queue, m->stats, CL_TRUE, 2 * first * sizeof(float),
+                                         2 * count * sizeof(float), out, 0, NULL, NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer (stats)");
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Training                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+size_t mlp_steps_per_epoch(size_t n, size_t batch) { return batch ? (n + batch - 1) / batch : 0; }
+
+/* Learning rate and weight decay per rule for this MLP with batch 128 and the warmup + cosine
+   schedule, from a coarse sweep (2 epochs on 20,000 images, lr in steps of about 3x; the
+   smaller of two nearly equal choices is kept, as longer runs prefer it). Weight decay is
+   decoupled (θ *= 1 - lr·wd) for AdamW, AdaMod, Lion, Sophia, Adafactor (HF: θ -= wd·lr·θ),
+   LAMB (inside the trust ratio) and Ranger, and L2 (added to g) for the rest. Lion and
+   Sophia take a larger wd so that lr·wd stays near AdamW's. */
+void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay)
+{
+    double l = 1e-3, wd = 0.0;
+    switch (rule) {
+    case CLOPT_SGD: l = 0.05; wd = 5e-4; break; /* momentum 0.9 */
+    case CLOPT_ADAM: l = 1e-3; break;
+    case CLOPT_ADAMW: l = 1e-3; wd = 0.05; break;
+    case CLOPT_ADAGRAD: l = 1e-2; break;
+    case CLOPT_ADADELTA: l = 1.0; break;
+    case CLOPT_RMSPROP: l = 5e-4; break;
+    case CLOPT_ADAMAX: l = 2e-3; break;
+    case CLOPT_NADAM: l = 2e-3; break;
+    case CLOPT_RADAM: l = 2e-3; break;
+    case CLOPT_ADAMOD: l = 2e-3; wd = 0.05; break;
+    case CLOPT_DIFFGRAD: l = 1e-3; break;
+    case CLOPT_LION: l = 3e-4; wd = 0.2; break;
+    case CLOPT_SOPHIA: l = 3e-4; wd = 0.2; break;
+    case CLOPT_ADAFACTOR: l = 2e-3; break;
+    case CLOPT_LAMB: l = 5e-3; wd = 0.01; break;
+    case CLOPT_RANGER: l = 3e-3; break;
+    default: break;
+    }
+    if (lr)
+        *lr = l;
+    if (weight_decay)
+        *weight_decay = wd;
+}
+
+int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp)
+{
+    clopt_status s = clopt_hparams_default(tc->rule, hp);
+    if (s != CLOPT_SUCCESS)
+        return fail((mlp *)m, "unknown rule %d", (int)tc->rule);
+    double lr, wd;
+    mlp_default_lr_wd(tc->rule, &lr, &wd);
+    if (tc->lr > 0)
+        lr = tc->lr;
+    if (tc->weight_decay >= 0)
+        wd = tc->weight_decay;
+    hp->lr = lr;
+    hp->weight_decay = wd;
+    switch (tc->rule) {
+    case CLOPT_SGD: hp->momentum = 0.9; break;
+    case CLOPT_ADAFACTOR:
+        /* an explicit lr (so the schedule applies), as HF's recommended fine-tuning setting */
+        hp->relative_step = 0;
+        hp->scale_parameter = 0;
+        hp->warmup_init = 0;
+        break;
+    case CLOPT_SOPHIA: hp->bs = (double)m->cfg.batch; break;
+    default: break;
+    }
+    const char *why = NULL;
+    if ((s = clopt_hparams_validate(tc->rule, hp, &why)) != CLOPT_SUCCESS)
+        return fail((mlp *)m, "hyperparameters for %s: %s", clopt_rule_name(tc->rule), why);
+    return 0;
+}
+
+static int fail_clopt(mlp *m, clopt_status s, const char *what)
+{
+    return fail(m, "%s: %s (%s)", what, clopt_status_str(s), clopt_ctx_last_error(m->ctx));
+}
+
+int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **out)
+{
+    *out = NULL;
+    clopt_hparams hp;
+    if (mlp_train_hparams(m, tc, &hp))
+        return -1;
+    clopt_optimizer *opt = NULL;
+    clopt_status s = clopt_optimizer_create(m->ctx, tc->rule, &hp, &opt);
+    if (s != CLOPT_SUCCESS)
+        return fail_clopt(m, s, "clopt_optimizer_create");
+    clopt_hparams hb = hp;
+    hb.weight_decay = 0.0;
+    size_t bias_group = 0;
+    if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS)
+        goto fail;
+    const int sophia = tc->rule == CLOPT_SOPHIA && m->hessian;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < m->cfg.nlayers; i++) {
+            clopt_param_desc d;
+            memset(&d, 0, sizeof d);
+            if (pass == 0) { /* weights [out, in]: 2-D, so Adafactor factors them */
+                d.param = (clopt_tensor){m->w[i], 0};
+                d.grad = (clopt_tensor){m->gw[i], 0};
+                if (sophia)
+                    d.hessian = (clopt_tensor){m->hw[i], 0};
+                d.ndim = 2;
+                d.shape[0] = m->cfg.dims[i + 1];
+                d.shape[1] = m->cfg.dims[i];
+            } else {
+                d.param = (clopt_tensor){m->b[i], 0};
+                d.grad = (clopt_tensor){m->gb[i], 0};
+                if (sophia)
+                    d.hessian = (clopt_tensor){m->hb[i], 0};
+                d.ndim = 1;
+                d.shape[0] = m->cfg.dims[i + 1];
+            }
+            if ((s = clopt_optimizer_add_param_desc(opt, pass == 0 ? 0 : bias_group, &d, NULL)) !=
+                CLOPT_SUCCESS)
+                goto fail;
+        }
+    /* linear warmup from 1% of lr over warmup_steps, then cosine decay to 0 at total_steps */
+    clopt_schedule sch;
+    memset(&sch, 0, sizeof sch);
+    const uint64_t W = tc->warmup_steps, T = tc->total_steps > W ? tc->total_steps - W : 1;
+    if (W > 0) {
+        sch.stage[sch.nstages].kind = CLOPT_SCHED_LINEAR_WARMUP;
+        sch.stage[sch.nstages].start = 0;
+        sch.stage[sch.nstages].total_steps = W;
+        sch.stage[sch.nstages].factor = 0.01;
+        sch.nstages++;
+    }
+    sch.stage[sch.nstages].kind = CLOPT_SCHED_COSINE;
+    sch.stage[sch.nstages].start = W;
+    sch.stage[sch.nstages].total_steps = T;
+    sch.stage[sch.nstages].eta_min = 0.0;
+    sch.nstages++;
+    if ((s = clopt_optimizer_set_group_schedule(opt, 0, &sch)) != CLOPT_SUCCESS ||
+        (s = clopt_optimizer_set_group_schedule(opt, bias_group, &sch)) != CLOPT_SUCCESS)
+        goto fail;
+    *out = opt;
+    return 0;
+fail:
+    fail_clopt(m, s, "setting up the optimizer");
+    clopt_optimizer_destroy(opt);
+    return -1;
+}
+
+/* Sophia's Gauss-Newton-Bartlett estimate of the Hessian diagonal: the gradient ĝ of the loss
+   on labels sampled from the model's softmax, ĥ = rows·ĝ⊙ĝ into the Hessian buffers. */
+static int sophia_estimate(mlp *m, size_t rows, uint32_t seed)
+{
+    if (loss(m, rows, 1, seed) || backward(m, rows))
+        return -1;
+    for (size_t i = 0; i < m->cfg.nlayers; i++) {
+        const size_t wn = m->cfg.dims[i + 1] * m->cfg.dims[i], bn = m->cfg.dims[i + 1];
+        clopt_status s = clopt_enqueue_gnb(m->ctx, NULL, (clopt_tensor){m->gw[i], 0},
+                                           (clopt_tensor){m->hw[i], 0}, wn, (double)rows, 0,
+                                           NULL, NULL);
+        if (s == CLOPT_SUCCESS)
+            s = clopt_enqueue_gnb(m->ctx, NULL, (clopt_tensor){m->gb[i], 0},
+                                  (clopt_tensor){m->hb[i], 0}, bn, (double)rows, 0, NULL, NULL);
+        if (s != CLOPT_SUCCESS)
+            return fail_clopt(m, s, "clopt_enqueue_gnb");
+    }
+    return 0;
+}
+
+int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
+                    float *step_loss, mlp_progress_fn progress, void *user,
+                    size_t progress_every, mlp_epoch_stats *out)
+{
+    const size_t B = m->cfg.batch, n = d->n, steps = mlp_steps_per_epoch(n, B);
+    if (n == 0)
+        return fail(m, "no training images");
+    if (ensure_stats(m, steps) || ensure_perm(m, n))
+        return -1;
+    int *perm = malloc(n * sizeof *perm);
+    float *st = malloc(2 * steps * sizeof *st);
+    if (!perm || !st) {
+        free(perm);
+        free(st);
+        return fail(m, "out of memory");
+    }
+    int rc = -1;
+    mlp_rng_permutation(rng, perm, n);
+    cl_int e = clEnqueueWriteBuffer(m->queue, m->perm, CL_TRUE, 0, n * sizeof(cl_int), perm, 0,
+                                    NULL, NULL);
+    if (e != CL_SUCCESS) {
+        fail_cl(m, e, "clEnqueueWriteBuffer (permutation)");
+        goto done;
+    }
+    const int sophia = clopt_optimizer_rule(opt) == CLOPT_SOPHIA && m->hessian;
+    unsigned k = 1;
+    if (sophia) {
+        clopt_hparams hp;
+        if (clopt_optimizer_get_group_hparams(opt, 0, &hp) == CLOPT_SUCCESS && hp.hess_interval)
+            k = hp.hess_interval;
+    }
+    if (progress_every == 0)
+        progress_every = steps;
+    size_t read = 0, seen_rows = 0;
+    double run_loss = 0.0;
+    for (size_t s = 0; s < steps; s++) {
+        const size_t off = s * B, rows = n - off < B ? n - off : B;
+        if (gather(m, d, 1, off, rows) || forward(m, rows))
+            goto done;
+        if (sophia && (clopt_optimizer_step_count(opt) + 1) % k == 0 &&
+            sophia_estimate(m, rows, (uint32_t)mlp_rng_next(rng)))
+            goto done;
+        if (loss(m, rows, 0, 0) || stats(m, rows, s) || backward(m, rows))
+            goto done;
+        const clopt_status cs = clopt_optimizer_step(opt, NULL);
+        if (cs != CLOPT_SUCCESS) {
+            fail_clopt(m, cs, "clopt_optimizer_step");
+            goto done;
+        }
+        if (progress && ((s + 1) % progress_every == 0 || s + 1 == steps)) {
+            if (mlp_read_stats(m, read, s + 1 - read, st + 2 * read))
+                goto done;
+            for (; read <= s; read++) {
+                run_loss += st[2 * read];
+                seen_rows += n - read * B < B ? n - read * B : B;
+            }
+            progress(user, s + 1, steps, run_loss / (double)seen_rows);
+        } else if ((s + 1) % 8 == 0) {
+            clFlush(m->queue);
+        }
+    }
+    if (mlp_read_stats(m, 0, steps, st))
+        goto done;
+    double lsum = 0.0, correct = 0.0;
+    for (size_t s = 0; s < steps; s++) {
+        const size_t rows = n - s * B < B ? n - s * B : B;
+        lsum += st[2 * s];
+        correct += st[2 * s + 1];
+        if (step_loss)
+            step_loss[s] = st[2 * s] / (float)rows;
+    }
+    if (out) {
+        out->loss = lsum / (double)n;
+        out->accuracy = correct / (double)n;
+        out->steps = steps;
+    }
+    e = clFinish(m->queue);
+    if (e != CL_SUCCESS) {
+        fail_cl(m, e, "clFinish");
+        goto done;
+    }
+    rc = 0;
+done:
+    if (rc != 0)
+        clFinish(m->queue);
+    free(perm);
+    free(st);
+    return rc;
+}
+
+int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss_out, double *accuracy)
+{
+    const size_t B = m->cfg.batch, n = d->n, steps = mlp_steps_per_epoch(n, B);
+    if (n == 0)
+        return fail(m, "no images to evaluate");
+    if (ensure_stats(m, steps))
+        return -1;
+    for (size_t s = 0; s < steps; s++) {
+        const size_t off = s * B, rows = n - off < B ? n - off : B;
+        if (gather(m, d, 0, off, rows) || forward(m, rows) || loss(m, rows, 0, 0) ||
+            stats(m, rows, s))
+            return -1;
+        if ((s + 1) % 8 == 0)
+            clFlush(m->queue);
+    }
+    float *st = malloc(2 * steps * sizeof *st);
+    if (!st)
+        return fail(m, "out of memory");
+    if (mlp_read_stats(m, 0, steps, st)) {
+        free(st);
+        return -1;
+    }
+    double lsum = 0.0, correct = 0.0;
+    for (size_t s = 0; s < steps; s++) {
+        lsum += st[2 * s];
+        correct += st[2 * s + 1];
+    }
+    free(st);
+    if (loss_out)
+        *loss_out = lsum / (double)n;
+    if (accuracy)
+        *accuracy = correct / (double)n;
+    return 0;
+}

@@ -1,0 +1,178 @@
+/*
+ * A multi-layer perceptron trained on Fashion-MNIST with CLBlast GEMMs, a handful of OpenCL
+ * kernels of its own (examples/train/mlp.cl) and clopt's optimizer level for every update.
+ * Used by the clopt-train-mlp program (train_mlp.c) and by the tests next to it.
+ *
+ * Layout: row-major everywhere. Layer l has weights W_l [out, in] (torch's nn.Linear layout)
+ * and bias b_l [out]; a batch of R rows of activations is [R, width]. ReLU after every layer
+ * but the last; the last layer's outputs are the logits of a softmax cross-entropy loss,
+ * averaged over the batch.
+ *
+ *   forward   Z_l = A_{l-1} W_lᵀ (CLBlast) ; Z_l += b_l ; A_l = ReLU(Z_l)     (bias_act)
+ *   loss      L = mean_r [logsumexp(Z_L[r]) - Z_L[r, y_r]]                      (softmax_xent)
+ *   backward  dW_l = dZ_lᵀ A_{l-1} (CLBlast) ; db_l = column sums of dZ_l       (col_sums)
+ *             dA_{l-1} = dZ_l W_l (CLBlast) ; dZ_{l-1} = dA_{l-1} ⊙ [A_{l-1} > 0] (relu_backward)
+ *
+ * Functions return 0 on success and -1 on failure, with a message in mlp_last_error().
+ * Everything runs on the clopt context's in-order queue.
+ */
+#ifndef CLOPT_EXAMPLE_MLP_H
+#define CLOPT_EXAMPLE_MLP_H
+
+#include "clopt.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MLP_MAX_LAYERS 6
+#define MLP_IMAGE_DIM 784 /* 28 x 28 */
+#define MLP_CLASSES 10
+/* Where Debian's dataset-fashion-mnist package puts the four IDX files. */
+#define MLP_DEFAULT_DATA_DIR "/usr/share/datasets/fashion-mnist"
+/* Environment variable that overrides the default folder (the --data option wins over it). */
+#define MLP_DATA_ENV "CLOPT_FASHION_MNIST_DIR"
+
+/* ---- data ------------------------------------------------------------------------------ */
+
+/* Images as stored in the IDX files: n rows of dim uint8 pixels, labels 0..9. */
+typedef struct mlp_dataset {
+    size_t n, dim;
+    unsigned char *pixels; /* n * dim */
+    unsigned char *labels; /* n */
+} mlp_dataset;
+
+/* The folder to read from: dir if non-NULL, else $CLOPT_FASHION_MNIST_DIR, else the default. */
+const char *mlp_data_dir(const char *dir);
+
+/* Read "train-images-idx3-ubyte.gz" and "train-labels-idx1-ubyte.gz" (train != 0) or the
+   "t10k-" pair from dir through zlib (plain, uncompressed files are read as well), keeping
+   the first `limit` images (0 = all). Checks the IDX magic numbers, the counts and the label
+   range. On failure err receives a message that names the file and, when the folder is
+   missing, the Debian package to install. Returns 0 or -1. */
+int mlp_dataset_load(const char *dir, int train, size_t limit, mlp_dataset *out, char *err,
+                     size_t errlen);
+void mlp_dataset_free(mlp_dataset *d);
+/* Mean and standard deviation of all pixels / 255 (the input normalisation). */
+void mlp_dataset_pixel_stats(const mlp_dataset *d, double *mean, double *std);
+
+/* ---- random numbers (host) ------------------------------------------------------------- */
+
+typedef struct mlp_rng {
+    uint64_t s;
+} mlp_rng;
+void mlp_rng_seed(mlp_rng *r, uint64_t seed);
+uint64_t mlp_rng_next(mlp_rng *r);      /* splitmix64 */
+double mlp_rng_uniform(mlp_rng *r);     /* [0, 1), 53 bits */
+double mlp_rng_normal(mlp_rng *r);      /* N(0, 1), Box-Muller */
+void mlp_rng_permutation(mlp_rng *r, int *perm, size_t n); /* uniform shuffle of 0..n-1 */
+
+/* ---- model ----------------------------------------------------------------------------- */
+
+typedef struct mlp_config {
+    size_t nlayers;                      /* weight layers: 3 for 784-256-128-10 */
+    size_t dims[MLP_MAX_LAYERS + 1];     /* dims[0] inputs ... dims[nlayers] classes */
+    size_t batch;                        /* the largest batch the model is asked to run */
+} mlp_config;
+
+/* 784-256-128-10 with the given batch size. */
+mlp_config mlp_config_default(size_t batch);
+
+typedef struct mlp mlp;
+
+/* Buffers for weights, gradients and activations, and the kernels of mlp.cl compiled on
+   clopt_ctx_cl_context(ctx). Weights start at zero: call mlp_init_he (or mlp_set_layer).
+   With hessian != 0 a Hessian-estimate buffer per tensor is allocated too (Sophia). */
+int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, char *err,
+               size_t errlen);
+void mlp_destroy(mlp *m);
+const char *mlp_last_error(const mlp *m);
+const mlp_config *mlp_get_config(const mlp *m);
+clopt_ctx *mlp_get_ctx(const mlp *m);
+
+/* He initialisation: W_l ~ N(0, 2 / in_l) from the host generator seeded with seed,
+   b_l = 0. Blocking. */
+int mlp_init_he(mlp *m, uint64_t seed);
+
+/* Host copies of layer l's weights (out*in) and bias (out), either pointer may be NULL;
+   blocking. get_grads reads the gradients of the last backward pass. */
+int mlp_get_layer(mlp *m, size_t l, float *w, float *b);
+int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b);
+int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb);
+
+/* Input normalisation x = (pixel/255 - mean) / std applied by the gather kernel. */
+void mlp_set_normalization(mlp *m, double mean, double std);
+
+/* The images of a dataset on the device (uint8, as in the files). */
+typedef struct mlp_device_data {
+    cl_mem pixels, labels;
+    size_t n, dim;
+} mlp_device_data;
+int mlp_upload(mlp *m, const mlp_dataset *d, mlp_device_data *out);
+void mlp_device_data_free(mlp_device_data *d);
+
+/* One batch, non-blocking: gather `rows` images (idx[0..rows) of the host index array, or
+   off..off+rows-1 when idx is NULL) into the input, forward, loss; with backward != 0 also
+   every gradient (of the batch-mean loss). The batch's loss sum and correct count go to the
+   stats slot `slot` (see mlp_read_stats). rows <= cfg.batch. */
+int mlp_batch(mlp *m, const mlp_device_data *d, const int *idx, size_t off, size_t rows,
+              int backward, size_t slot);
+/* The input batch of the last mlp_batch (rows * dims[0] floats, normalised); blocking. */
+int mlp_read_input(mlp *m, float *x, size_t rows);
+/* (loss sum, correct) pairs of slots first .. first+count-1 into out[2*count]; blocking. */
+int mlp_read_stats(mlp *m, size_t first, size_t count, float *out);
+
+/* ---- training -------------------------------------------------------------------------- */
+
+/* The optimizer configuration of the example: lr and weight decay per rule (a table of
+   values that train this MLP well, see mlp.c), with overrides. */
+typedef struct mlp_train_config {
+    clopt_rule rule;
+    double lr;           /* <= 0: the rule's entry in the table */
+    double weight_decay; /* < 0: the table's; applies to the weights (group 0) only */
+    size_t warmup_steps; /* linear warmup from 1% of lr, then cosine decay to 0 */
+    size_t total_steps;  /* the whole run (epochs * steps per epoch) */
+} mlp_train_config;
+
+/* The table: learning rate and weight decay this example uses for rule by default. */
+void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay);
+/* Hyperparameters for the weights' group (clopt defaults, then the table and the overrides,
+   plus the rule-specific settings: SGD momentum 0.9, Adafactor with an explicit lr, Sophia's
+   batch-size factor = cfg.batch). */
+int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp);
+
+/* clopt_optimizer of tc->rule over the model: weights (shape [out, in]) in group 0 with weight
+   decay, biases in group 1 without; warmup + cosine schedule on both groups. */
+int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **out);
+
+typedef struct mlp_epoch_stats {
+    double loss;      /* mean training loss over the epoch's examples */
+    double accuracy;  /* training accuracy (on the batches as they were trained) */
+    size_t steps;
+} mlp_epoch_stats;
+
+/* Progress callback: `done` of `steps` steps finished, running mean loss so far. */
+typedef void (*mlp_progress_fn)(void *user, size_t done, size_t steps, double loss);
+
+/* One epoch over d in a random order drawn from rng, ceil(n / batch) steps (the last one
+   shorter), one clopt_optimizer_step each. For Sophia, every hess_interval-th step first
+   computes a Gauss-Newton-Bartlett Hessian estimate (a backward pass on labels sampled from
+   the model) into the Hessian buffers. step_loss (may be NULL; `steps` entries) receives
+   each step's mean batch loss. progress (may be NULL) is called every progress_every steps
+   (each call waits for the device). Returns at the end of the epoch with the queue finished. */
+int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
+                    float *step_loss, mlp_progress_fn progress, void *user,
+                    size_t progress_every, mlp_epoch_stats *out);
+
+/* Mean loss and accuracy over d (forward only). */
+int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss, double *accuracy);
+
+size_t mlp_steps_per_epoch(size_t n, size_t batch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,325 @@
+/*
+ * clopt-train-mlp: a 784-256-128-10 ReLU MLP trained on Fashion-MNIST with CLBlast GEMMs and
+ * clopt's fused optimizer kernels (any rule clopt ships), mini-batch gradient descent with a
+ * linear-warmup + cosine learning-rate schedule.
+ *
+ *   clopt-train-mlp [--optimizer NAME] [--epochs N] [--batch B] [--lr X] [--wd X]
+ *                   [--warmup STEPS] [--train-limit N] [--test-limit N] [--seed S]
+ *                   [--device D] [--data DIR] [--csv FILE] [--steps-csv FILE] [--quiet]
+ *
+ * One line per epoch on stdout:
+ *   epoch E loss L train_acc A test_acc B seconds S
+ * (L and A over the epoch's training batches, B on the test set, S the epoch's training time
+ * without the evaluation). When stdout is a terminal a progress bar is drawn on stderr.
+ * The model and the loop are in mlp.c; this file is the command line only.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "mlp.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: clopt-train-mlp [options]\n"
+            "  --optimizer NAME   any clopt rule (default adamw; --list prints them)\n"
+            "  --epochs N         passes over the training set (default 10)\n"
+            "  --batch B          mini-batch size (default 128)\n"
+            "  --lr X             base learning rate (default: per rule, see --list)\n"
+            "  --wd X             weight decay of the weights (default: per rule; biases: 0)\n"
+            "  --warmup STEPS     linear warmup steps before the cosine decay (default 5%% of "
+            "all steps)\n"
+            "  --train-limit N    use the first N training images (default all 60000)\n"
+            "  --test-limit N     evaluate on the first N test images (default all 10000)\n"
+            "  --seed S           seed of the initial weights and the shuffling (default 1)\n"
+            "  --device D         OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
+            "  --data DIR         folder of the IDX files (default $%s or %s)\n"
+            "  --csv FILE         one row per epoch\n"
+            "  --steps-csv FILE   one row per step (the batch's mean loss)\n"
+            "  --quiet            no progress bar and no per-epoch lines, only a final summary\n"
+            "  --list             the rules with their default lr and weight decay\n",
+            MLP_DATA_ENV, MLP_DEFAULT_DATA_DIR);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int parse_size(const char *opt, const char *s, size_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const unsigned long long v = strtoull(s, &end, 10);
+    if (errno || !end || *end || s[0] == '-' || end == s) {
+        fprintf(stderr, "clopt-train-mlp: %s expects a non-negative integer, not '%s'\n", opt, s);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_double(const char *opt, const char *s, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const double v = strtod(s, &end);
+    if (errno || !end || *end || end == s || !isfinite(v) || v < 0) {
+        fprintf(stderr, "clopt-train-mlp: %s expects a non-negative number, not '%s'\n", opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- progress bar (stderr, only when stdout is a terminal) ------------------------------- */
+
+typedef struct bar {
+    size_t epoch, epochs;
+    double t0;
+} bar;
+
+static void draw_bar(void *user, size_t done, size_t steps, double loss)
+{
+    const bar *b = user;
+    enum { W = 30 };
+    char cells[W + 1];
+    const size_t fill = steps ? done * W / steps : W;
+    for (size_t i = 0; i < W; i++)
+        cells[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
+    cells[W] = '\0';
+    fprintf(stderr, "\r\033[Kepoch %zu/%zu [%s] %zu/%zu loss %.4f %.1f s", b->epoch, b->epochs,
+            cells, done, steps, loss, now_s() - b->t0);
+    fflush(stderr);
+}
+
+int main(int argc, char **argv)
+{
+    const char *rule_name = "adamw", *device = NULL, *data = NULL, *csv_path = NULL,
+               *steps_path = NULL;
+    size_t epochs = 10, batch = 128, train_limit = 0, test_limit = 0, warmup = (size_t)-1;
+    double lr = 0.0, wd = -1.0;
+    uint64_t seed = 1;
+    int quiet = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--list")) {
+            printf("%-10s %-10s %s\n", "rule", "lr", "weight_decay");
+            for (int r = 0; r < CLOPT_RULE_COUNT; r++) {
+                double l, w;
+                mlp_default_lr_wd((clopt_rule)r, &l, &w);
+                printf("%-10s %-10g %g\n", clopt_rule_name((clopt_rule)r), l, w);
+            }
+            return 0;
+        }
+        if (!strcmp(a, "--quiet")) {
+            quiet = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "clopt-train-mlp: unknown option or missing value: %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        size_t sz = 0;
+        int bad = 0;
+        if (!strcmp(a, "--optimizer"))
+            rule_name = v;
+        else if (!strcmp(a, "--epochs"))
+            bad = parse_size(a, v, &epochs);
+        else if (!strcmp(a, "--batch"))
+            bad = parse_size(a, v, &batch);
+        else if (!strcmp(a, "--lr"))
+            bad = parse_double(a, v, &lr);
+        else if (!strcmp(a, "--wd"))
+            bad = parse_double(a, v, &wd);
+        else if (!strcmp(a, "--warmup"))
+            bad = parse_size(a, v, &warmup);
+        else if (!strcmp(a, "--train-limit"))
+            bad = parse_size(a, v, &train_limit);
+        else if (!strcmp(a, "--test-limit"))
+            bad = parse_size(a, v, &test_limit);
+        else if (!strcmp(a, "--seed")) {
+            bad = parse_size(a, v, &sz);
+            seed = sz;
+        } else if (!strcmp(a, "--device"))
+            device = v;
+        else if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--csv"))
+            csv_path = v;
+        else if (!strcmp(a, "--steps-csv"))
+            steps_path = v;
+        else {
+            fprintf(stderr, "clopt-train-mlp: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (bad)
+            return 2;
+    }
+    clopt_rule rule;
+    if (clopt_rule_from_name(rule_name, &rule) != CLOPT_SUCCESS) {
+        fprintf(stderr, "clopt-train-mlp: unknown optimizer '%s'; one of:", rule_name);
+        for (int r = 0; r < CLOPT_RULE_COUNT; r++)
+            fprintf(stderr, " %s", clopt_rule_name((clopt_rule)r));
+        fprintf(stderr, "\n");
+        return 2;
+    }
+    if (epochs == 0 || batch == 0) {
+        fprintf(stderr, "clopt-train-mlp: --epochs and --batch must be > 0\n");
+        return 2;
+    }
+
+    char err[1024];
+    mlp_dataset train = {0}, test = {0};
+    if (mlp_dataset_load(data, 1, train_limit, &train, err, sizeof err) != 0 ||
+        mlp_dataset_load(data, 0, test_limit, &test, err, sizeof err) != 0) {
+        fprintf(stderr, "clopt-train-mlp: %s\n", err);
+        mlp_dataset_free(&train);
+        return 1;
+    }
+
+    int rc = 1;
+    clopt_ctx *ctx = NULL;
+    mlp *m = NULL;
+    clopt_optimizer *opt = NULL;
+    mlp_device_data dtrain = {0}, dtest = {0};
+    FILE *csv = NULL, *scsv = NULL;
+    float *step_loss = NULL;
+    const int tty = !quiet && isatty(STDOUT_FILENO);
+
+    clopt_status s = clopt_ctx_create_device(device, &ctx);
+    if (s != CLOPT_SUCCESS) {
+        fprintf(stderr, "clopt-train-mlp: no OpenCL context: %s\n", clopt_status_str(s));
+        goto out;
+    }
+    const mlp_config cfg = mlp_config_default(batch);
+    if (mlp_create(ctx, &cfg, rule == CLOPT_SOPHIA, &m, err, sizeof err) != 0) {
+        fprintf(stderr, "clopt-train-mlp: %s\n", err);
+        goto out;
+    }
+    double mean, sd;
+    mlp_dataset_pixel_stats(&train, &mean, &sd);
+    mlp_set_normalization(m, mean, sd);
+    const size_t steps = mlp_steps_per_epoch(train.n, batch);
+    mlp_train_config tc = {rule, lr, wd, 0, epochs * steps};
+    tc.warmup_steps = warmup != (size_t)-1 ? warmup : (size_t)llround(0.05 * (double)tc.total_steps);
+    clopt_hparams hp;
+    if (mlp_init_he(m, seed) || mlp_upload(m, &train, &dtrain) || mlp_upload(m, &test, &dtest) ||
+        mlp_train_hparams(m, &tc, &hp) || mlp_optimizer_create(m, &tc, &opt)) {
+        fprintf(stderr, "clopt-train-mlp: %s\n", mlp_last_error(m));
+        goto out;
+    }
+    if (!quiet)
+        fprintf(stderr,
+                "# %s on %s: lr %g, weight decay %g (weights), batch %zu, %zu epochs of %zu "
+                "steps, warmup %zu steps then cosine; %zu train / %zu test images\n",
+                rule_name, clopt_ctx_device_name(ctx), hp.lr, hp.weight_decay, batch, epochs,
+                steps, tc.warmup_steps, train.n, test.n);
+    if (csv_path) {
+        csv = fopen(csv_path, "w");
+        if (!csv) {
+            fprintf(stderr, "clopt-train-mlp: %s: %s\n", csv_path, strerror(errno));
+            goto out;
+        }
+        fprintf(csv, "optimizer,epoch,step,next_lr,loss,train_acc,test_loss,test_acc,seconds,"
+                     "eval_seconds\n");
+    }
+    if (steps_path) {
+        scsv = fopen(steps_path, "w");
+        if (!scsv) {
+            fprintf(stderr, "clopt-train-mlp: %s: %s\n", steps_path, strerror(errno));
+            goto out;
+        }
+        fprintf(scsv, "optimizer,step,epoch,loss\n");
+    }
+    step_loss = malloc(steps * sizeof *step_loss);
+    if (!step_loss) {
+        fprintf(stderr, "clopt-train-mlp: out of memory\n");
+        goto out;
+    }
+
+    mlp_rng rng;
+    mlp_rng_seed(&rng, seed ^ 0x5eed5eed5eed5eedULL);
+    double total_train = 0.0, test_acc = 0.0;
+    for (size_t ep = 1; ep <= epochs; ep++) {
+        bar b = {ep, epochs, now_s()};
+        mlp_epoch_stats es;
+        const double t0 = now_s();
+        if (mlp_train_epoch(m, opt, &dtrain, &rng, step_loss, tty ? draw_bar : NULL, &b,
+                            steps / 100 + 1, &es) != 0) {
+            if (tty)
+                fprintf(stderr, "\n");
+            fprintf(stderr, "clopt-train-mlp: epoch %zu: %s\n", ep, mlp_last_error(m));
+            goto out;
+        }
+        const double t1 = now_s();
+        double test_loss = 0.0;
+        if (mlp_evaluate(m, &dtest, &test_loss, &test_acc) != 0) {
+            fprintf(stderr, "clopt-train-mlp: evaluation: %s\n", mlp_last_error(m));
+            goto out;
+        }
+        const double t2 = now_s();
+        total_train += t1 - t0;
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        if (!quiet) {
+            printf("epoch %zu loss %.4f train_acc %.4f test_acc %.4f seconds %.2f\n", ep, es.loss,
+                   es.accuracy, test_acc, t1 - t0);
+            fflush(stdout);
+        }
+        if (!isfinite(es.loss)) {
+            fprintf(stderr, "clopt-train-mlp: the loss diverged (%g); try a smaller --lr\n",
+                    es.loss);
+            goto out;
+        }
+        if (csv) {
+            fprintf(csv, "%s,%zu,%" PRIu64 ",%.6g,%.6f,%.6f,%.6f,%.6f,%.3f,%.3f\n", rule_name, ep,
+                    clopt_optimizer_step_count(opt), clopt_optimizer_group_lr(opt, 0), es.loss,
+                    es.accuracy, test_loss, test_acc, t1 - t0, t2 - t1);
+            fflush(csv);
+        }
+        if (scsv)
+            for (size_t i = 0; i < steps; i++)
+                fprintf(scsv, "%s,%zu,%.6f,%.6f\n", rule_name, (ep - 1) * steps + i + 1,
+                        (double)(ep - 1) + (double)(i + 1) / (double)steps, step_loss[i]);
+    }
+    if (quiet)
+        printf("final optimizer %s epochs %zu test_acc %.4f seconds_per_epoch %.2f\n", rule_name,
+               epochs, test_acc, total_train / (double)epochs);
+    rc = 0;
+out:
+    if (csv && fclose(csv) != 0 && rc == 0) {
+        fprintf(stderr, "clopt-train-mlp: writing %s failed\n", csv_path);
+        rc = 1;
+    }
+    if (scsv && fclose(scsv) != 0 && rc == 0) {
+        fprintf(stderr, "clopt-train-mlp: writing %s failed\n", steps_path);
+        rc = 1;
+    }
+    free(step_loss);
+    clopt_optimizer_destroy(opt);
+    mlp_device_data_free(&dtrain);
+    mlp_device_data_free(&dtest);
+    mlp_destroy(m);
+    clopt_ctx_destroy(ctx);
+    mlp_dataset_free(&train);
+    mlp_dataset_free(&test);
+    return rc;
+}
