@@ -190,7 +190,7 @@ clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const c
 /* ---- Sophia's estimators and the RNG ---------------------------------------------------- */
 
 /* Checks shared by the small ops, then their kernel from `family`. */
-static clopt_status estimator_prologue(clopt_ctx *ctx, cl_command_queue queue, size_t n,
+static clopt_status small_op_prologue(clopt_ctx *ctx, cl_command_queue queue, size_t n,
                                        cl_uint num_wait, const cl_event *wait_list,
                                        const char *family, const char *kernel, cl_kernel *k)
 {
@@ -217,7 +217,7 @@ clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     if (s != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "randn", &k)) != CLOPT_SUCCESS)
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "randn", &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, out);
@@ -244,7 +244,7 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "hutchinson", &k)) !=
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "hutchinson", &k)) !=
         CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
@@ -272,7 +272,7 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "gnb", &k)) != CLOPT_SUCCESS)
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "gnb", &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, ghat);
@@ -299,7 +299,7 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
         (s = clopt_check_tensor(ctx, "src", src, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = estimator_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k)) !=
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k)) !=
         CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
