@@ -531,7 +531,9 @@ double clopt_lr_scale_sqrt(double lr, double batch, double base_batch);   /* lrÂ
    the device's base-address alignment, so it also gets a sub-buffer. The element-wise rules
    then update the whole group in ONE launch; GC, Adafactor and LAMB still run per tensor
    (through the views). Parameters and gradients start at 0: the engine writes its initial
-   weights through the views. *first_index receives the index of the group's first tensor. */
+   weights through the views. *first_index receives the index of the group's first tensor.
+   Sophia's Hessian estimates need caller-owned tensors (add_param_desc): an arena group of
+   Sophia runs without estimates (h stays 0: sign steps). */
 clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              size_t ntensors, const clopt_param_desc *shapes,
                                              size_t *group, size_t *first_index);
