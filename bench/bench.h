@@ -1,8 +1,11 @@
 /* clopt-bench: shared declarations of the benchmark (not part of the library).
  *
  * Layout
- *   main.c    options, the measurement driver, the correctness check, table/JSON/CSV/plot
+ *   main.c    options, the measurement driver, the correctness check, the tuning sweep,
+ *             table/JSON/CSV/plot
  *   rules.c   the rule table: which arrays a rule reads/writes, its unfused chain
+ *   optrun.c  optimizer-level instances: T tensors in one arena group or in T caller-owned
+ *             buffers, timed with markers around clopt_optimizer_step
  *   cloop.c   the plain C reference loops (compiled -O3 -march=native -fopenmp)
  *   device.c  the benchmark's own OpenCL kernels (bench/kernels, .cl files): unfused one-operation
  *             kernels and stream kernels, built with the library's vector width/work-group
@@ -79,12 +82,17 @@ typedef size_t (*bench_chain_fn)(const clopt_hparams *hp, uint64_t step, double 
 
 /* ---- C reference loop ----------------------------------------------------------------- */
 
+/* State tensors of one parameter tensor at the optimizer level: the rule's (Adafactor's
+   factored row/column vectors included) plus Lookahead's slow weights. */
+#define BENCH_MAX_STATE (CLOPT_MAX_STATE + 1)
+
 typedef struct cloop_args {
     float *p;
     const float *g;
-    float *s[CLOPT_MAX_STATE];
+    float *s[BENCH_MAX_STATE]; /* the optimizer's state order (bench_state_layout) */
     const float *hess; /* Sophia estimate folded after the update; NULL = none */
     size_t n;
+    size_t rows, cols; /* a rows x cols matrix (n = rows*cols); rows 0 = a vector */
     uint64_t step;
     double mu_product; /* NAdam: product of mu_1..mu_{t-1} */
     const clopt_hparams *hp;
@@ -107,6 +115,11 @@ typedef struct bench_rule {
 
 /* The update has a sign(): elements within rounding of 0 may flip between implementations. */
 #define BENCH_SIGN 1u
+/* Optimizer level only (Adafactor, LAMB: passes with reductions). Rules with Lookahead
+   (lookahead_k > 0) or gradient centralization on matrices are optimizer-level too. */
+#define BENCH_OPT_LEVEL 2u
+/* Tensors are matrices rows x cols (bench_matrix_shape); otherwise vectors. */
+#define BENCH_MATRIX 4u
 
 extern const bench_rule bench_rules[];
 extern const size_t bench_rule_count;
@@ -119,6 +132,29 @@ clopt_status bench_rule_hparams(const bench_rule *r, clopt_hparams *hp);
    parameters and every written state; read-only ones the gradient and read-only states. */
 void bench_rule_arrays(const bench_rule *r, const clopt_hparams *hp, size_t *read_write,
                        size_t *read_only);
+
+/* What one step moves, per parameter (bytes = 4 * (2 rw + ro) + gc_bytes + 16 / la_k):
+   element-wise rules read rw + ro arrays and write rw (bench_rule_arrays); Adafactor and LAMB
+   as clopt_rule_bytes_per_param counts their passes (reads - writes arrays read only); GC's
+   row-mean pass reads g once more; Lookahead reads and writes θ and the slow weights every
+   la_k steps. lib_bytes is clopt_rule_bytes_per_param. */
+typedef struct bench_traffic {
+    size_t rw, ro, lib_bytes, gc_bytes;
+    unsigned la_k;
+    double bytes;
+} bench_traffic;
+void bench_rule_traffic(const bench_rule *r, const clopt_hparams *hp, bench_traffic *t);
+
+/* Gradient centralization applies to this rule's tensors (a matrix, GC on). */
+int bench_rule_gc(const bench_rule *r, const clopt_hparams *hp);
+/* fused runs at the optimizer level (clopt_optimizer_step) rather than clopt_enqueue_step. */
+int bench_rule_opt_level(const bench_rule *r, const clopt_hparams *hp);
+/* The rows x cols of an n-element matrix: rows the largest divisor of n <= sqrt(n). */
+void bench_matrix_shape(size_t n, size_t *rows, size_t *cols);
+/* State tensors of one tensor (n elements; rows 0 = a vector) in the optimizer's order:
+   lengths into len[], names into name[] (may be NULL); returns the count. */
+size_t bench_state_layout(const bench_rule *r, const clopt_hparams *hp, size_t n, size_t rows,
+                          size_t cols, size_t *len, const char **name);
 
 /* Bytes per parameter moved by a chain: every operation reads its distinct inputs and
    writes its output once. */
@@ -140,6 +176,11 @@ void cloop_adamod(const cloop_args *a);
 void cloop_diffgrad(const cloop_args *a);
 void cloop_lion(const cloop_args *a);
 void cloop_sophia(const cloop_args *a);
+void cloop_adafactor(const cloop_args *a);
+void cloop_lamb(const cloop_args *a);
+void cloop_ranger(const cloop_args *a);
+/* Lookahead's sync: θ = φ + alpha (θ - φ); φ = θ. */
+void cloop_lookahead(float *p, float *slow, size_t n, float alpha);
 
 /* Threads the C loops use (OpenMP), 1 without OpenMP. */
 int cloop_threads(void);
@@ -153,6 +194,9 @@ bench_device *bench_device_create(clopt_ctx *ctx);
 void bench_device_destroy(bench_device *bd);
 unsigned bench_device_vector_width(const bench_device *bd);
 size_t bench_device_work_group_size(const bench_device *bd);
+/* Follows a change of the context's tuning (the tuning sweep); programs are kept per
+   vector width. */
+void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t);
 
 /* Enqueues one operation over n elements of the slot arrays; *ev may be NULL. */
 cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slots, size_t n,
@@ -164,6 +208,60 @@ cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_m
 const char *bench_device_error(const bench_device *bd);
 
 #define BENCH_STREAM_MAX_RW 6
-#define BENCH_STREAM_MAX_RO 3
+#define BENCH_STREAM_MAX_RO 6
+
+/* ---- timing of one step (or one repetition of several steps) ----------------------------- */
+
+typedef struct bench_timing {
+    double dev_ms, wall_ms, kernels_ms; /* kernels_ms NAN: launches not individually timed */
+    unsigned launches;
+} bench_timing;
+
+double bench_now_ms(void);
+
+/* ---- optimizer level (optrun.c) ---------------------------------------------------------- */
+
+/* How the T tensors are registered: one clopt_optimizer_add_arena_group (the library's
+   buffers), or T caller-owned buffers, each with clopt_optimizer_add_param_desc. */
+typedef enum optrun_mode { OPTRUN_SEPARATE = 0, OPTRUN_ARENA } optrun_mode;
+
+/* The split of a total of n elements into T tensors: vectors of n/T elements (the
+   remainder spread over the first ones), or for matrices rows/T rows of `cols` each. */
+typedef struct bench_split {
+    size_t T, n;
+    size_t *len;   /* elements of tensor i */
+    size_t *rows;  /* rows of tensor i (matrices), NULL for vectors */
+    size_t cols;
+} bench_split;
+/* Returns -1 (and prints why) when the split is impossible (more tensors than rows). */
+int bench_split_make(const bench_rule *r, size_t n, size_t T, bench_split *sp);
+void bench_split_free(bench_split *sp);
+
+typedef struct optrun optrun;
+
+/* An optimizer of rule r with T tensors: parameters from p0, gradients from g0 (both
+   concatenated over the tensors, n floats). Prints and returns -1 on failure. */
+int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
+                  optrun_mode mode, const bench_split *sp, const float *p0, const float *g0,
+                  optrun **out);
+void optrun_destroy(optrun *o);
+/* Overwrites every gradient with g (n floats, concatenated). Blocking. */
+int optrun_write_grad(optrun *o, const float *g);
+/* `steps` optimizer steps, timed: clFinish; a marker; the steps; the last step's event.
+   dev_ms: end of the last step's marker minus end of the first marker (device span, which
+   includes the host's enqueueing as the device waits for it); wall_ms: from before the first
+   marker to the completion of the last step. Both divided by steps. t may be NULL. */
+int optrun_step(optrun *o, unsigned steps, bench_timing *t);
+/* How many optrun_step timings fell back to the wall clock (markers without profiling
+   times on this device). */
+unsigned long optrun_wall_fallbacks(void);
+/* Number of arrays optrun_read fills: the parameters, then each state. */
+size_t optrun_array_count(const optrun *o);
+/* Length (floats) of array k, concatenated over the tensors. */
+size_t optrun_array_len(const optrun *o, size_t k);
+/* Reads parameters and every state, concatenated over the tensors. Blocking. */
+int optrun_read(optrun *o, float *const *out);
+/* Kernel launches of one step without a Lookahead sync (from the library's structure). */
+unsigned optrun_launches(const optrun *o);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -325,5 +326,200 @@ void cloop_sophia(const cloop_args *a)
         p[i] = p[i] * decay - lr * signf(mm) * ratio;
         if (est)
             h[i] = b2 * h[i] + c2 * est[i];
+    }
+}
+
+/* ---- optimizer-level rules ------------------------------------------------------------- */
+
+/* Sums run in double here (the kernels use compensated float sums in a fixed order). */
+#ifdef _OPENMP
+#define OMP_PRAGMA(text) _Pragma(#text)
+#define OMP_SUM2(x, y) OMP_PRAGMA(omp parallel for schedule(static) reduction(+ : x, y))
+#else
+#define OMP_SUM2(x, y)
+#endif
+
+/* Adafactor (Hugging Face transformers): a rows x cols matrix keeps row and column averages
+   of g² + eps1 (s[0], s[1]); a vector (rows 0) a full one (s[0]); s[last] = exp_avg when
+   use_beta1. u = g / sqrt(v̂), clipped by max(1, RMS(u)/d), scaled by α_t. */
+void cloop_adafactor(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double b2t = 1.0 - pow(t, hp->decay_rate);
+    const float beta2t = (float)b2t, omb2t = (float)(1.0 - b2t);
+    double rho = hp->lr;
+    if (hp->relative_step) {
+        rho = hp->warmup_init ? 1e-6 * t : 1e-2;
+        if (1.0 / sqrt(t) < rho)
+            rho = 1.0 / sqrt(t);
+    }
+    const float eps1 = (float)hp->eps, neg = hp->maximize ? -1.0f : 1.0f;
+    const int factored = a->rows > 0;
+    const ptrdiff_t n = (ptrdiff_t)a->n, R = (ptrdiff_t)a->rows, C = (ptrdiff_t)a->cols;
+    float *p = a->p, *rv = a->s[0], *cv = factored ? a->s[1] : NULL;
+    float *m = hp->use_beta1 ? a->s[factored ? 2 : 1] : NULL;
+    const float *gr = a->g;
+    float rmean = 1.0f;
+    if (factored) {
+        OMP_FOR
+        for (ptrdiff_t r = 0; r < R; r++) {
+            double acc = 0.0;
+            for (ptrdiff_t c = 0; c < C; c++) {
+                float g = neg * gr[r * C + c];
+                acc += (double)(g * g + eps1);
+            }
+            rv[r] = beta2t * rv[r] + omb2t * (float)(acc / (double)C);
+        }
+        /* columns in blocks, each walking the rows (contiguous within a row) */
+        enum { BLK = 64 };
+        const ptrdiff_t nblk = (C + BLK - 1) / BLK;
+        OMP_FOR
+        for (ptrdiff_t b = 0; b < nblk; b++) {
+            double acc[BLK] = {0};
+            const ptrdiff_t c0 = b * BLK, c1 = c0 + BLK < C ? c0 + BLK : C;
+            for (ptrdiff_t r = 0; r < R; r++)
+                for (ptrdiff_t c = c0; c < c1; c++) {
+                    float g = neg * gr[r * C + c];
+                    acc[c - c0] += (double)(g * g + eps1);
+                }
+            for (ptrdiff_t c = c0; c < c1; c++)
+                cv[c] = beta2t * cv[c] + omb2t * (float)(acc[c - c0] / (double)R);
+        }
+        double s = 0.0;
+        for (ptrdiff_t r = 0; r < R; r++)
+            s += rv[r];
+        rmean = (float)(s / (double)R);
+    }
+    double su = 0.0, sp = 0.0;
+    OMP_SUM2(su, sp)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float g = neg * gr[i], u;
+        if (factored) {
+            u = g / sqrtf(rv[i / C] / rmean) / sqrtf(cv[i % C]);
+        } else {
+            float v = beta2t * rv[i] + omb2t * (g * g + eps1);
+            rv[i] = v;
+            u = g / sqrtf(v);
+        }
+        su += (double)u * u;
+        sp += (double)p[i] * p[i];
+    }
+    const float rms_u = (float)sqrt(su / (double)n), rms_p = (float)sqrt(sp / (double)n);
+    const float rho_f = (float)rho;
+    const float alpha = hp->scale_parameter ? maxf((float)hp->eps2, rms_p) * rho_f : rho_f;
+    const float scale = alpha / maxf(1.0f, rms_u / (float)hp->clip_threshold);
+    const float wd = (float)hp->weight_decay, b1 = (float)hp->beta1,
+                c1 = (float)(1.0 - hp->beta1);
+    OMP_FOR
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float g = neg * gr[i];
+        float u = factored ? g / sqrtf(rv[i / C] / rmean) / sqrtf(cv[i % C]) : g / sqrtf(rv[i]);
+        u *= scale;
+        if (m) {
+            u = b1 * m[i] + c1 * u;
+            m[i] = u;
+        }
+        float th = p[i];
+        if (wd != 0.0f)
+            th = th - wd * alpha * th;
+        p[i] = th - u;
+    }
+}
+
+/* LAMB: pass 1 updates m, v and sums θ² and r² (r = m̂/(sqrt(v̂)+eps) + wd θ); pass 2
+   θ -= lr (‖θ‖/‖r‖) r (the ratio 1 when either norm is 0). */
+void cloop_lamb(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = hp->bias_correction ? 1.0 - pow(hp->beta1, t) : 1.0;
+    const double bc2 = hp->bias_correction ? 1.0 - pow(hp->beta2, t) : 1.0;
+    const float ibc1 = (float)(1.0 / bc1), ibc2 = (float)(1.0 / bc2);
+    const float b1 = (float)hp->beta1, cg = (float)(hp->grad_averaging ? 1.0 - hp->beta1 : 1.0),
+                b2 = (float)hp->beta2, c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps,
+                wd = (float)hp->weight_decay, neg = hp->maximize ? -1.0f : 1.0f;
+    const ptrdiff_t n = (ptrdiff_t)a->n;
+    float *p = a->p, *m = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    double sp = 0.0, sr = 0.0;
+    OMP_SUM2(sp, sr)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float g = neg * gr[i], th = p[i];
+        float mm = b1 * m[i] + cg * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        m[i] = mm;
+        v[i] = vv;
+        float r = (mm * ibc1) / (sqrtf(vv * ibc2) + eps) + wd * th;
+        sp += (double)th * th;
+        sr += (double)r * r;
+    }
+    const float wn = (float)sqrt(sp), rn = (float)sqrt(sr);
+    const float step = (float)hp->lr * ((wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f);
+    OMP_FOR
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float th = p[i];
+        float r = (m[i] * ibc1) / (sqrtf(v[i] * ibc2) + eps) + wd * th;
+        p[i] = th - step * r;
+    }
+}
+
+/* Ranger's RAdam part (its code): decoupled decay, GC of the gradient rows (a matrix with
+   grad_centralization), rectified when ρ_t > n_sma_threshold. The Lookahead sync is
+   cloop_lookahead, called by the driver every lookahead_k steps. */
+void cloop_ranger(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const double rho_inf = 2.0 / (1.0 - hp->beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * t * pow(hp->beta2, t) / bc2;
+    const int rect = rho_t > hp->n_sma_threshold;
+    double coef = hp->lr / bc1;
+    if (rect)
+        coef *= sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                     ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) *
+                sqrt(bc2);
+    const float k = (float)coef, decay = (float)(1.0 - hp->lr * hp->weight_decay);
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps;
+    const float neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    const ptrdiff_t n = (ptrdiff_t)a->n;
+    const int gc = hp->grad_centralization && a->rows > 0 && !hp->gc_conv_only;
+    const ptrdiff_t R = gc ? (ptrdiff_t)a->rows : 1, C = gc ? n / R : n;
+    float *mean = calloc((size_t)R, sizeof *mean); /* a NULL here only turns GC off */
+    if (gc && mean) {
+        OMP_FOR
+        for (ptrdiff_t r = 0; r < R; r++) {
+            double acc = 0.0;
+            for (ptrdiff_t c = 0; c < C; c++)
+                acc += neg * gr[r * C + c];
+            mean[r] = (float)(acc / (double)C);
+        }
+    }
+    const float *mu = gc ? mean : NULL;
+    LOOP(a)
+    {
+        float g = neg * gr[i] - (mu ? mu[i / C] : 0.0f);
+        float th = p[i] * decay;
+        float mm = b1 * m[i] + c1 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        m[i] = mm;
+        v[i] = vv;
+        p[i] = rect ? th - k * (mm / (sqrtf(vv) + eps)) : th - k * mm;
+    }
+    free(mean);
+}
+
+void cloop_lookahead(float *p, float *slow, size_t n, float alpha)
+{
+    OMP_FOR
+    for (ptrdiff_t i = 0; i < (ptrdiff_t)n; i++) {
+        float s = slow[i];
+        float th = s + alpha * (p[i] - s);
+        p[i] = th;
+        slow[i] = th;
     }
 }

@@ -13,13 +13,17 @@
 extern const clopt_embedded_file clopt_bench_sources[];
 extern const size_t clopt_bench_sources_count;
 
-#define MAX_STREAM_PROGRAMS 32
+#define MAX_STREAM_PROGRAMS 64
 
 typedef struct stream_prog {
     size_t nrw, nro;
+    unsigned vw;
     cl_program program;
     cl_kernel kernel;
 } stream_prog;
+
+/* Vector widths 1, 2, 4, 8, 16: programs are kept per width (the tuning sweep switches). */
+#define VW_SLOTS 5
 
 struct bench_device {
     clopt_ctx *ctx;
@@ -27,12 +31,20 @@ struct bench_device {
     cl_device_id device;
     cl_command_queue queue;
     clopt_tuning tuning;
-    cl_program ops_program;
-    cl_kernel ops[OP_KIND_COUNT];
+    cl_program ops_program[VW_SLOTS];
+    cl_kernel ops[VW_SLOTS][OP_KIND_COUNT];
     stream_prog streams[MAX_STREAM_PROGRAMS];
     size_t nstreams;
     char error[4096];
 };
+
+static size_t vw_slot(unsigned vw)
+{
+    size_t k = 0;
+    while (k + 1 < VW_SLOTS && (1u << k) < vw)
+        k++;
+    return k;
+}
 
 static const clopt_embedded_file *find_source(const char *name)
 {
@@ -104,11 +116,13 @@ void bench_device_destroy(bench_device *bd)
 {
     if (!bd)
         return;
-    for (size_t i = 0; i < OP_KIND_COUNT; i++)
-        if (bd->ops[i])
-            clReleaseKernel(bd->ops[i]);
-    if (bd->ops_program)
-        clReleaseProgram(bd->ops_program);
+    for (size_t v = 0; v < VW_SLOTS; v++) {
+        for (size_t i = 0; i < OP_KIND_COUNT; i++)
+            if (bd->ops[v][i])
+                clReleaseKernel(bd->ops[v][i]);
+        if (bd->ops_program[v])
+            clReleaseProgram(bd->ops_program[v]);
+    }
     for (size_t i = 0; i < bd->nstreams; i++) {
         clReleaseKernel(bd->streams[i].kernel);
         clReleaseProgram(bd->streams[i].program);
@@ -119,6 +133,7 @@ void bench_device_destroy(bench_device *bd)
 unsigned bench_device_vector_width(const bench_device *bd) { return bd->tuning.vector_width; }
 size_t bench_device_work_group_size(const bench_device *bd) { return bd->tuning.work_group_size; }
 const char *bench_device_error(const bench_device *bd) { return bd->error; }
+void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t) { bd->tuning = *t; }
 
 /* The library's launch geometry (host/util.c clopt_launch_elementwise): one work-item per
    vector plus one for the tail; the tuned work-group size unless the kernel cannot take it. */
@@ -149,21 +164,22 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
         snprintf(bd->error, sizeof bd->error, "bad operation kind %d", (int)op->kind);
         return CL_INVALID_VALUE;
     }
-    if (!bd->ops_program) {
-        bd->ops_program = build(bd, "bench_ops", "");
-        if (!bd->ops_program)
+    const size_t vs = vw_slot(bd->tuning.vector_width);
+    if (!bd->ops_program[vs]) {
+        bd->ops_program[vs] = build(bd, "bench_ops", "");
+        if (!bd->ops_program[vs])
             return CL_BUILD_PROGRAM_FAILURE;
     }
     cl_int err = CL_SUCCESS;
-    cl_kernel k = bd->ops[op->kind];
+    cl_kernel k = bd->ops[vs][op->kind];
     if (!k) {
-        k = clCreateKernel(bd->ops_program, bench_op_kernel(op->kind), &err);
+        k = clCreateKernel(bd->ops_program[vs], bench_op_kernel(op->kind), &err);
         if (!k) {
             snprintf(bd->error, sizeof bd->error, "clCreateKernel(%s): %d",
                      bench_op_kernel(op->kind), (int)err);
             return err;
         }
-        bd->ops[op->kind] = k;
+        bd->ops[vs][op->kind] = k;
     }
     cl_mem d = slots[op->d], x = slots[op->x];
     cl_mem y = op->y >= 0 ? slots[op->y] : x; /* unary: y is never read */
@@ -185,7 +201,8 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
 static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
 {
     for (size_t i = 0; i < bd->nstreams; i++)
-        if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro)
+        if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro &&
+            bd->streams[i].vw == bd->tuning.vector_width)
             return &bd->streams[i];
     if (bd->nstreams == MAX_STREAM_PROGRAMS) {
         snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
@@ -206,6 +223,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
     stream_prog *sp = &bd->streams[bd->nstreams++];
     sp->nrw = nrw;
     sp->nro = nro;
+    sp->vw = bd->tuning.vector_width;
     sp->program = prog;
     sp->kernel = k;
     return sp;
@@ -214,7 +232,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
 cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_mem const *ro,
                             size_t nro, size_t n, cl_event *ev)
 {
-    if (nrw < 1 || nrw > BENCH_STREAM_MAX_RW || nro < 1 || nro > BENCH_STREAM_MAX_RO) {
+    if (nrw < 1 || nrw > BENCH_STREAM_MAX_RW || nro > BENCH_STREAM_MAX_RO) {
         snprintf(bd->error, sizeof bd->error,
                  "stream kernel shape %zu read-write + %zu read-only arrays not supported", nrw,
                  nro);
@@ -228,7 +246,7 @@ cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_m
     for (size_t j = 0; j < BENCH_STREAM_MAX_RW; j++, arg++)
         err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nrw ? &rw[j] : &rw[0]);
     for (size_t j = 0; j < BENCH_STREAM_MAX_RO; j++, arg++)
-        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nro ? &ro[j] : &ro[0]);
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nro ? &ro[j] : &rw[0]);
     const float zero = 0.0f;
     err |= clSetKernelArg(sp->kernel, arg++, sizeof zero, &zero);
     cl_ulong nn = n;

@@ -1,13 +1,19 @@
 /* clopt-bench: how close the fused optimizer kernels come to the memory limit.
  *
  * For every rule and size it measures
- *   fused    clopt_enqueue_step (one launch), timed by its profiling event
- *   unfused  the same step as a chain of one-elementary-operation kernels (rules.c)
- *   c_loop   the same step as an OpenMP C loop over host arrays, timed by wall clock
- *   copy     clEnqueueCopyBuffer moving as many bytes as the fused step (bandwidth roofline)
- *   stream   a kernel reading/writing exactly the rule's arrays, no arithmetic (its limit)
- * and reports the median time over --reps timed steps after --warmup untimed ones.
- * A correctness check at a small n first makes sure fused, unfused and c_loop agree.
+ *   fused     clopt_enqueue_step (one launch), timed by its profiling event; for the rules that
+ *             exist only at the optimizer level (Adafactor, LAMB, Lookahead, GC on matrices)
+ *             clopt_optimizer_step on one tensor, timed by markers (optrun.c)
+ *   unfused   the same step as a chain of one-elementary-operation kernels (rules.c)
+ *   c_loop    the same step as an OpenMP C loop over host arrays, timed by wall clock
+ *   copy      clEnqueueCopyBuffer moving as many bytes as the step (bandwidth roofline)
+ *   stream    a kernel reading/writing exactly the rule's arrays, no arithmetic (its limit)
+ *   arena     clopt_optimizer_step over T tensors in one arena group (one launch for the
+ *             element-wise rules), T = 1 included as the optimizer-level reference
+ *   separate  clopt_optimizer_step over T caller-owned tensors (one launch per tensor)
+ * and reports the median time over --reps timed repetitions after --warmup untimed ones.
+ * A correctness check at a small n first makes sure every variant agrees with fused.
+ * --sweep-tuning instead times fused (and stream) over vector widths x work-group sizes.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -27,29 +33,42 @@
 
 /* ---- options ------------------------------------------------------------------------------ */
 
-enum { V_FUSED = 0, V_UNFUSED, V_C_LOOP, V_COPY, V_STREAM, V_COUNT };
+enum { V_FUSED = 0, V_UNFUSED, V_C_LOOP, V_COPY, V_STREAM, V_ARENA, V_SEPARATE, V_COUNT };
 static const char *const variant_names[V_COUNT] = {"fused", "unfused", "c_loop", "copy",
-                                                    "stream"};
-/* Measurement order: the references first, so every row of a group can be completed. */
-static const int variant_order[V_COUNT] = {V_COPY, V_STREAM, V_FUSED, V_UNFUSED, V_C_LOOP};
+                                                    "stream", "arena", "separate"};
 
 #define MAX_LIST 64
 #define MAX_N ((size_t)1 << 31)
+#define MAX_TENSORS 100000
 #define CHECK_STEPS 8
+/* Tensors of the check's arena/separate runs (uneven: the split's remainder is exercised). */
+#define CHECK_TENSORS 3
 /* Timed runs count steps from here, so that every rule is in its steady state (SGD's first
    step copies g into the buffer, RAdam rectifies from step 6 on). */
 #define FIRST_TIMED_STEP 11
+/* The issue-5 target: a group of many tensors within this factor of one tensor. */
+#define ARENA_TARGET 1.3
+
+static const unsigned sweep_vw_default[] = {1, 4, 8, 16};
+static const size_t sweep_wg_default[] = {0, 64, 128, 256, 1024};
 
 typedef struct options {
     const bench_rule *rules[MAX_LIST];
     size_t nrules;
     size_t sizes[MAX_LIST];
     size_t nsizes;
-    unsigned tensors[MAX_LIST];
+    size_t tensors[MAX_LIST];
     size_t ntensors;
     unsigned variants; /* bit per V_* */
+    int variants_given; /* --variants was given */
     long reps, warmup;
     size_t check_n;
+    long vw, wg; /* --vw / --wg; -1 = the library's default */
+    int sweep;
+    unsigned sweep_vw[MAX_LIST];
+    size_t nsweep_vw;
+    size_t sweep_wg[MAX_LIST];
+    size_t nsweep_wg;
     const char *device, *json, *csv, *plot;
 } options;
 
@@ -58,16 +77,26 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: clopt-bench [options]\n"
             "Measures clopt's fused optimizer step against an unfused kernel chain, a C loop,\n"
-            "a buffer copy and a stream kernel of the same arrays.\n\n"
+            "a buffer copy and a stream kernel of the same arrays, and the optimizer level\n"
+            "with T tensors in one arena group or in T separate buffers.\n\n"
             "  --rules a,b,...     rules to run (default: the rules marked * below)\n"
-            "  --sizes n1,n2,...   parameters per tensor; 1048576, 2^20, 1M, 64K, 1G\n"
-            "                      (default 2^20,2^22,2^24)\n"
-            "  --tensors t1,...    tensors per step (only 1 is supported for now)\n"
-            "  --variants v,...    any of fused,unfused,c_loop,copy,stream (default all)\n"
+            "  --sizes n1,n2,...   parameters per step (all tensors together); 1048576, 2^20,\n"
+            "                      1M, 64K, 1G (default 2^20,2^22,2^24; sweep: 2^24)\n"
+            "  --tensors t1,...    split each size into T equal tensors (default 1); T > 1\n"
+            "                      measures arena and separate against arena with 1 tensor\n"
+            "  --variants v,...    any of fused,unfused,c_loop,copy,stream,arena,separate\n"
+            "                      (default all)\n"
             "  --reps N            timed repetitions, the median is reported (default 5)\n"
             "  --warmup N          untimed repetitions before them (default 2)\n"
             "  --check-n N         size of the correctness check (default 10007; 0 = skip)\n"
             "  --no-check          same as --check-n 0\n"
+            "  --vw N              kernel vector width 1, 2, 4, 8 or 16 (clopt_ctx_set_tuning,\n"
+            "                      before anything is compiled; default: the library's table)\n"
+            "  --wg N              work-group size, 0 = the driver's choice (same)\n"
+            "  --sweep-tuning      time fused (and stream) over every vector width x\n"
+            "                      work-group size and print GB/s tables (default adamw, 2^24)\n"
+            "  --sweep-vw a,b,...  the sweep's vector widths (default 1,4,8,16)\n"
+            "  --sweep-wg a,b,...  the sweep's work-group sizes (default 0,64,128,256,1024)\n"
             "  --device D          OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
             "  --json FILE         write one JSON object per measurement (an array)\n"
             "  --csv FILE          write one CSV row per measurement\n"
@@ -75,9 +104,10 @@ static void usage(FILE *f)
             "  --list              list the rules and exit\n"
             "  --help              this text\n\n"
             "Fields: rule, variant, n, tensors, ms (median; profiling events for device\n"
-            "variants, wall clock for c_loop), wall_ms, bytes_per_param, gbps\n"
-            "(= bytes_per_param*n/ms), copy_fraction (gbps / copy gbps), stream_fraction\n"
-            "(gbps / the rule's stream gbps), fused_speedup (ms / fused ms), check.\n"
+            "variants, marker to marker for the optimizer level, wall clock for c_loop),\n"
+            "wall_ms, bytes_per_param, gbps (= bytes_per_param*n/ms), copy_fraction (gbps /\n"
+            "copy gbps), stream_fraction (gbps / the rule's stream gbps), fused_speedup\n"
+            "(ms / fused ms), tensor_ratio (ms / arena ms with 1 tensor), check.\n"
             "Exit status: 0 ok, 1 run-time error, 2 bad options, 3 a variant disagrees\n"
             "with the fused result in the correctness check.\n\nrules:");
     for (size_t i = 0; i < bench_rule_count; i++)
@@ -194,13 +224,14 @@ static int add_size(options *o, const char *s)
 static int add_tensors(options *o, const char *s)
 {
     size_t t = 0;
-    if (parse_count(s, &t) || t == 0)
-        return opt_error("bad tensor count \"%s\"", s);
-    if (t != 1)
-        return opt_error("--tensors %s: only 1 tensor per step is supported for now", s);
+    if (parse_count(s, &t) || t == 0 || t > MAX_TENSORS)
+        return opt_error("bad tensor count \"%s\" (1 .. %d)", s, MAX_TENSORS);
+    for (size_t i = 0; i < o->ntensors; i++)
+        if (o->tensors[i] == t)
+            return opt_error("tensor count %zu given twice", t);
     if (o->ntensors == MAX_LIST)
         return opt_error("too many tensor counts");
-    o->tensors[o->ntensors++] = (unsigned)t;
+    o->tensors[o->ntensors++] = t;
     return 0;
 }
 
@@ -211,7 +242,31 @@ static int add_variant(options *o, const char *s)
             o->variants |= 1u << v;
             return 0;
         }
-    return opt_error("unknown variant \"%s\" (fused, unfused, c_loop, copy, stream)", s);
+    return opt_error("unknown variant \"%s\" (fused, unfused, c_loop, copy, stream, arena, "
+                     "separate)",
+                     s);
+}
+
+static int add_sweep_vw(options *o, const char *s)
+{
+    size_t v = 0;
+    if (parse_count(s, &v) || (v != 1 && v != 2 && v != 4 && v != 8 && v != 16))
+        return opt_error("--sweep-vw: \"%s\" is not 1, 2, 4, 8 or 16", s);
+    if (o->nsweep_vw == MAX_LIST)
+        return opt_error("too many vector widths");
+    o->sweep_vw[o->nsweep_vw++] = (unsigned)v;
+    return 0;
+}
+
+static int add_sweep_wg(options *o, const char *s)
+{
+    size_t v = 0;
+    if (parse_count(s, &v) || v > 65536)
+        return opt_error("--sweep-wg: bad work-group size \"%s\"", s);
+    if (o->nsweep_wg == MAX_LIST)
+        return opt_error("too many work-group sizes");
+    o->sweep_wg[o->nsweep_wg++] = v;
+    return 0;
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out)
@@ -232,6 +287,7 @@ static int parse_options(int argc, char **argv, options *o)
     o->reps = 5;
     o->warmup = 2;
     o->check_n = 10007;
+    o->vw = o->wg = -1;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char *val = NULL;
@@ -251,21 +307,30 @@ static int parse_options(int argc, char **argv, options *o)
         if (!strcmp(name, "--list")) {
             for (size_t k = 0; k < bench_rule_count; k++) {
                 const bench_rule *r = &bench_rules[k];
-                printf("%-14s %-10s %s%s\n", r->name, clopt_rule_name(r->rule),
+                clopt_hparams hp;
+                int opt = bench_rule_hparams(r, &hp) == CLOPT_SUCCESS &&
+                          bench_rule_opt_level(r, &hp);
+                printf("%-14s %-10s %-8s %-16s %s%s\n", r->name, clopt_rule_name(r->rule),
+                       r->flags & BENCH_MATRIX ? "matrix" : "vector",
                        r->chain ? "unfused chain" : "no unfused chain",
+                       opt ? "optimizer level" : "op level",
                        r->in_default_run ? ", default" : "");
             }
             return 1;
         }
-        if (!strcmp(name, "--no-check")) {
+        if (!strcmp(name, "--no-check") || !strcmp(name, "--sweep-tuning")) {
             if (eq)
                 return opt_error("%s takes no value", name);
-            o->check_n = 0;
+            if (!strcmp(name, "--no-check"))
+                o->check_n = 0;
+            else
+                o->sweep = 1;
             continue;
         }
-        static const char *const with_value[] = {"--rules", "--sizes",  "--tensors", "--variants",
-                                                 "--reps",  "--warmup", "--check-n", "--device",
-                                                 "--json",  "--csv",    "--plot"};
+        static const char *const with_value[] = {
+            "--rules", "--sizes",  "--tensors", "--variants", "--reps", "--warmup",
+            "--check-n", "--device", "--json",  "--csv",      "--plot", "--vw",
+            "--wg",    "--sweep-vw", "--sweep-wg"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++)
             known |= !strcmp(name, with_value[k]);
@@ -292,7 +357,14 @@ static int parse_options(int argc, char **argv, options *o)
             rc = for_each_item(o, val, "tensor", add_tensors);
         } else if (!strcmp(name, "--variants")) {
             o->variants = 0;
+            o->variants_given = 1;
             rc = for_each_item(o, val, "variant", add_variant);
+        } else if (!strcmp(name, "--sweep-vw")) {
+            o->nsweep_vw = 0;
+            rc = for_each_item(o, val, "vector width", add_sweep_vw);
+        } else if (!strcmp(name, "--sweep-wg")) {
+            o->nsweep_wg = 0;
+            rc = for_each_item(o, val, "work-group size", add_sweep_wg);
         } else if (!strcmp(name, "--reps")) {
             if (parse_long(val, 1, 100000, &l))
                 return opt_error("--reps wants an integer in 1..100000, not \"%s\"", val);
@@ -301,6 +373,16 @@ static int parse_options(int argc, char **argv, options *o)
             if (parse_long(val, 0, 100000, &l))
                 return opt_error("--warmup wants an integer in 0..100000, not \"%s\"", val);
             o->warmup = l;
+        } else if (!strcmp(name, "--vw")) {
+            if (parse_long(val, 1, 16, &l) || (l & (l - 1)))
+                return opt_error("--vw wants 1, 2, 4, 8 or 16, not \"%s\"", val);
+            o->vw = l;
+        } else if (!strcmp(name, "--wg")) {
+            if (parse_long(val, 0, 65536, &l))
+                return opt_error("--wg wants a work-group size in 0..65536 (0 = the "
+                                 "driver's choice), not \"%s\"",
+                                 val);
+            o->wg = l;
         } else if (!strcmp(name, "--check-n")) {
             size_t n = 0;
             if (parse_count(val, &n) || n > MAX_N)
@@ -320,15 +402,25 @@ static int parse_options(int argc, char **argv, options *o)
         if (rc)
             return rc;
     }
-    if (!o->nrules)
-        for (size_t k = 0; k < bench_rule_count; k++)
-            if (bench_rules[k].in_default_run)
-                o->rules[o->nrules++] = &bench_rules[k];
+    if (o->sweep && o->ntensors)
+        return opt_error("--sweep-tuning times one tensor; --tensors does not apply");
+    if (!o->nrules) {
+        if (o->sweep)
+            o->rules[o->nrules++] = bench_rule_find("adamw");
+        else
+            for (size_t k = 0; k < bench_rule_count; k++)
+                if (bench_rules[k].in_default_run)
+                    o->rules[o->nrules++] = &bench_rules[k];
+    }
     if (!o->nsizes) {
-        o->sizes[0] = (size_t)1 << 20;
-        o->sizes[1] = (size_t)1 << 22;
-        o->sizes[2] = (size_t)1 << 24;
-        o->nsizes = 3;
+        if (o->sweep) {
+            o->sizes[o->nsizes++] = (size_t)1 << 24;
+        } else {
+            o->sizes[0] = (size_t)1 << 20;
+            o->sizes[1] = (size_t)1 << 22;
+            o->sizes[2] = (size_t)1 << 24;
+            o->nsizes = 3;
+        }
     }
     if (!o->ntensors) {
         o->tensors[0] = 1;
@@ -336,6 +428,14 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (!o->variants)
         o->variants = (1u << V_COUNT) - 1;
+    if (!o->nsweep_vw) {
+        memcpy(o->sweep_vw, sweep_vw_default, sizeof sweep_vw_default);
+        o->nsweep_vw = sizeof sweep_vw_default / sizeof sweep_vw_default[0];
+    }
+    if (!o->nsweep_wg) {
+        memcpy(o->sweep_wg, sweep_wg_default, sizeof sweep_wg_default);
+        o->nsweep_wg = sizeof sweep_wg_default / sizeof sweep_wg_default[0];
+    }
     return 0;
 }
 
@@ -344,14 +444,19 @@ static int parse_options(int argc, char **argv, options *o)
 typedef struct row {
     const char *rule;
     int variant;
-    size_t n;
-    unsigned tensors;
+    size_t n, tensors;
     double ms, ms_min, wall_ms, ms_kernels;
-    unsigned launches;
-    size_t bytes_per_param;
+    unsigned launches, steps_per_rep;
+    double bytes_per_param; /* a fraction only with Lookahead (its sync every k steps) */
+    size_t lib_bytes_per_param;
     double gbps;
     double copy_fraction, stream_fraction, fused_speedup; /* NAN = not measured */
+    double tensor_ratio, tensor_wall_ratio;               /* vs arena with 1 tensor */
     const char *check;
+    char shape[48]; /* "4096x4096" per tensor (the first), "" for vectors */
+    unsigned vector_width;
+    size_t work_group_size;
+    int sweep;
 } row;
 
 typedef struct results {
@@ -372,6 +477,7 @@ static row *add_row(results *res)
     row *r = &res->rows[res->n++];
     memset(r, 0, sizeof *r);
     r->copy_fraction = r->stream_fraction = r->fused_speedup = NAN;
+    r->tensor_ratio = r->tensor_wall_ratio = r->ms_kernels = NAN;
     r->check = "-";
     return r;
 }
@@ -385,17 +491,12 @@ typedef struct env {
     cl_context context;
     cl_command_queue queue;
     cl_ulong max_alloc;
-    float *p0, *g0; /* host data of the largest size */
+    size_t max_wg;
+    clopt_tuning tuning; /* in effect (after --vw/--wg) */
+    float *p0, *g0;      /* host data of the largest size */
     results res;
     int check_failed;
 } env;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -450,7 +551,112 @@ static int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end)
     return 0;
 }
 
-/* ---- device arrays of one (rule, n) ---------------------------------------------------- */
+static void format_n(size_t n, char *buf, size_t len)
+{
+    if (n && (n & (n - 1)) == 0) {
+        int k = 0;
+        while (((size_t)1 << k) != n)
+            k++;
+        snprintf(buf, len, "2^%d", k);
+    } else {
+        snprintf(buf, len, "%zu", n);
+    }
+}
+
+static void format_num(double x, const char *fmt, char *buf, size_t len)
+{
+    if (isnan(x) || isinf(x))
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, fmt, x);
+}
+
+/* ---- what a rule needs ------------------------------------------------------------------ */
+
+typedef struct rule_info {
+    const bench_rule *r;
+    clopt_hparams hp;
+    bench_traffic tr;
+    int opt_level; /* fused = clopt_optimizer_step */
+    int gc;
+    unsigned spr;   /* steps per repetition: a whole Lookahead cycle, else 1 */
+    size_t nkernel; /* clopt_rule_state_count */
+    size_t nstate;  /* states of a vector tensor at the optimizer level (slow weights too) */
+    /* stream kernel: slots read and written / only read each step; Lookahead's sync adds
+       one stream over (θ, φ) per cycle (la_slot = φ, -1 = none) */
+    int srw[BENCH_STREAM_MAX_RW], sro[BENCH_STREAM_MAX_RO];
+    size_t nsrw, nsro;
+    int la_slot;
+} rule_info;
+
+static int rule_info_make(const bench_rule *r, rule_info *ri)
+{
+    memset(ri, 0, sizeof *ri);
+    ri->r = r;
+    clopt_status s = bench_rule_hparams(r, &ri->hp);
+    if (s != CLOPT_SUCCESS) {
+        fprintf(stderr, "clopt-bench: %s: hyperparameters: %s\n", r->name, clopt_status_str(s));
+        return -1;
+    }
+    const clopt_hparams *hp = &ri->hp;
+    bench_rule_traffic(r, hp, &ri->tr);
+    ri->opt_level = bench_rule_opt_level(r, hp);
+    ri->gc = bench_rule_gc(r, hp);
+    ri->spr = ri->tr.la_k ? ri->tr.la_k : 1;
+    ri->nkernel = clopt_rule_state_count(r->rule, hp);
+    size_t lens[BENCH_MAX_STATE];
+    ri->nstate = bench_state_layout(r, hp, 1, 0, 0, lens, NULL);
+    /* stream plan: θ and the written states (stand-ins for the multi-pass rules' written
+       arrays) read and written; g, read-only states and dummies read */
+    ri->srw[ri->nsrw++] = BA_P;
+    ri->sro[ri->nsro++] = BA_G;
+    int next_temp = BA_T0;
+    const size_t ro_total = ri->tr.ro + (ri->gc ? 1 : 0);
+    if (r->flags & BENCH_OPT_LEVEL) {
+        for (size_t k = 1; k < ri->tr.rw; k++)
+            ri->srw[ri->nsrw++] = BA_S((int)k - 1);
+    } else {
+        for (size_t k = 0; k < ri->nkernel; k++) {
+            if (r->readonly_states & (1u << k))
+                ri->sro[ri->nsro++] = BA_S((int)k);
+            else
+                ri->srw[ri->nsrw++] = BA_S((int)k);
+        }
+    }
+    while (ri->nsro < ro_total && ri->nsro < BENCH_STREAM_MAX_RO && next_temp < BA_COUNT)
+        ri->sro[ri->nsro++] = next_temp++;
+    ri->la_slot = ri->tr.la_k ? BA_S((int)ri->nkernel) : -1;
+    if (ri->nsrw != ri->tr.rw || ri->nsro != ro_total ||
+        (ri->tr.la_k && ri->la_slot >= BA_FIRST_TEMP)) {
+        fprintf(stderr, "clopt-bench: %s: %zu + %zu arrays do not fit the stream kernel\n",
+                r->name, ri->tr.rw, ro_total);
+        return -1;
+    }
+    return 0;
+}
+
+/* The matrix shape of the check for matrix rules: R x (R + 3) (R the largest divisor up to
+   the square root, so bench_matrix_shape gives it back), odd columns, near check_n. */
+static size_t check_size(const rule_info *ri, size_t n)
+{
+    if (!(ri->r->flags & BENCH_MATRIX))
+        return n;
+    size_t R = (size_t)sqrt((double)n);
+    R = R > 2 + CHECK_TENSORS ? R - 2 : CHECK_TENSORS;
+    return R * (R + 3);
+}
+
+static void shape_text(const bench_split *sp, char *buf, size_t len)
+{
+    if (!sp->rows)
+        snprintf(buf, len, "%s", "");
+    else if (sp->T == 1 || sp->rows[0] == sp->rows[sp->T - 1])
+        snprintf(buf, len, "%zux%zu", sp->rows[0], sp->cols);
+    else
+        snprintf(buf, len, "%zu-%zux%zu", sp->rows[sp->T - 1], sp->rows[0], sp->cols);
+}
+
+/* ---- device arrays of one (rule, n) at the op level ------------------------------------- */
 
 typedef struct instance {
     size_t n, nstate;
@@ -465,75 +671,103 @@ static void instance_release(instance *in)
     memset(in, 0, sizeof *in);
 }
 
-/* Parameters from p0, gradient from g0, states at their initial values, nslots slots. */
-static int instance_create(env *e, const bench_rule *r, const clopt_hparams *hp, size_t n,
-                           int nslots, const float *p0, const float *g0, instance *in)
+/* The slots in `mask`: parameters from p0, gradient from g0, the rule's states at their
+   initial values, Lookahead's slow weights from p0, everything else 0 (the stream kernel
+   reads dummies). */
+static int instance_create(env *e, const rule_info *ri, size_t n, unsigned mask, const float *p0,
+                           const float *g0, instance *in)
 {
     memset(in, 0, sizeof *in);
     in->n = n;
-    in->nstate = clopt_rule_state_count(r->rule, hp);
-    if (nslots < BA_S0 + (int)in->nstate)
-        nslots = BA_S0 + (int)in->nstate;
-    for (int i = 0; i < nslots; i++) {
-        if (i >= BA_S0 && i < BA_FIRST_TEMP && (size_t)(i - BA_S0) >= in->nstate)
+    in->nstate = (ri->r->flags & BENCH_OPT_LEVEL) ? 0 : ri->nstate;
+    mask |= (1u << BA_P) | (1u << BA_G);
+    cl_int err = CL_SUCCESS;
+    for (int i = 0; i < BA_COUNT && err == CL_SUCCESS; i++) {
+        if (!(mask & (1u << i)))
             continue;
-        cl_int err = CL_SUCCESS;
-        in->slot[i] = clCreateBuffer(e->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL,
-                                     &err);
-        if (!in->slot[i]) {
-            instance_release(in);
-            return cl_fail("clCreateBuffer", err);
+        in->slot[i] = clCreateBuffer(e->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+        if (!in->slot[i])
+            break;
+        if (i == BA_P || i == BA_G || i == ri->la_slot) {
+            err = clEnqueueWriteBuffer(e->queue, in->slot[i], CL_FALSE, 0, n * sizeof(float),
+                                       i == BA_G ? g0 : p0, 0, NULL, NULL);
+        } else {
+            float v = 0.0f;
+            if (i >= BA_S0 && i < BA_FIRST_TEMP && (size_t)(i - BA_S0) < ri->nkernel &&
+                !(ri->r->flags & BENCH_OPT_LEVEL))
+                v = clopt_rule_state_init(ri->r->rule, &ri->hp, (size_t)(i - BA_S0));
+            err = clEnqueueFillBuffer(e->queue, in->slot[i], &v, sizeof v, 0, n * sizeof(float),
+                                      0, NULL, NULL);
         }
-    }
-    cl_int err = clEnqueueWriteBuffer(e->queue, in->slot[BA_P], CL_TRUE, 0, n * sizeof(float),
-                                      p0, 0, NULL, NULL);
-    if (err == CL_SUCCESS)
-        err = clEnqueueWriteBuffer(e->queue, in->slot[BA_G], CL_TRUE, 0, n * sizeof(float), g0,
-                                   0, NULL, NULL);
-    for (size_t s = 0; err == CL_SUCCESS && s < in->nstate; s++) {
-        float v = clopt_rule_state_init(r->rule, hp, s);
-        err = clEnqueueFillBuffer(e->queue, in->slot[BA_S(s)], &v, sizeof v, 0,
-                                  n * sizeof(float), 0, NULL, NULL);
     }
     if (err == CL_SUCCESS)
         err = clFinish(e->queue);
     if (err != CL_SUCCESS) {
         instance_release(in);
-        return cl_fail("initialising buffers", err);
+        return cl_fail("allocating and initialising buffers", err);
     }
     return 0;
 }
 
-static void step_args(const instance *in, const clopt_hparams *hp, uint64_t step,
-                      clopt_step_args *a)
+/* Slots a chain uses. */
+static unsigned chain_mask(const bench_op *ops, size_t nops)
+{
+    unsigned m = 0;
+    for (size_t i = 0; i < nops; i++) {
+        m |= 1u << ops[i].d;
+        m |= 1u << ops[i].x;
+        if (bench_op_arity(ops[i].kind) == 2 && ops[i].y >= 0)
+            m |= 1u << ops[i].y;
+    }
+    return m;
+}
+
+/* The state slots of the op-level fused step and of the unfused chain. */
+static unsigned state_mask(const rule_info *ri)
+{
+    unsigned m = 0;
+    for (size_t k = 0; k < ri->nstate && !(ri->r->flags & BENCH_OPT_LEVEL); k++)
+        m |= 1u << BA_S((int)k);
+    return m;
+}
+
+static unsigned stream_mask(const rule_info *ri)
+{
+    unsigned m = 0;
+    for (size_t k = 0; k < ri->nsrw; k++)
+        m |= 1u << ri->srw[k];
+    for (size_t k = 0; k < ri->nsro; k++)
+        m |= 1u << ri->sro[k];
+    if (ri->la_slot >= 0)
+        m |= 1u << ri->la_slot;
+    return m;
+}
+
+static void step_args(const instance *in, const rule_info *ri, uint64_t step, clopt_step_args *a)
 {
     clopt_step_args_init(a);
     a->param.buffer = in->slot[BA_P];
     a->grad.buffer = in->slot[BA_G];
-    for (size_t s = 0; s < in->nstate; s++)
+    for (size_t s = 0; s < ri->nkernel; s++)
         a->state[s].buffer = in->slot[BA_S(s)];
-    a->mu_product = clopt_nadam_mu_product(hp, step - 1);
+    a->mu_product = clopt_nadam_mu_product(&ri->hp, step - 1);
 }
 
 /* ---- one step of each variant ---------------------------------------------------------- */
 
-typedef struct timing {
-    double dev_ms, wall_ms, kernels_ms;
-    unsigned launches;
-} timing;
-
-static int fused_step(env *e, const bench_rule *r, const clopt_hparams *hp, const instance *in,
-                      uint64_t step, timing *t)
+static int fused_step(env *e, const rule_info *ri, const instance *in, uint64_t step,
+                      bench_timing *t)
 {
     clopt_step_args a;
-    step_args(in, hp, step, &a);
+    step_args(in, ri, step, &a);
     cl_event ev = NULL;
-    double w0 = now_ms();
-    clopt_status s = clopt_enqueue_step(e->ctx, NULL, r->rule, hp, &a, in->n, step, 0, NULL, &ev);
+    double w0 = bench_now_ms();
+    clopt_status s =
+        clopt_enqueue_step(e->ctx, NULL, ri->r->rule, &ri->hp, &a, in->n, step, 0, NULL, &ev);
     if (s != CLOPT_SUCCESS)
         return clopt_fail_msg(e, "clopt_enqueue_step", s);
     cl_int err = clWaitForEvents(1, &ev);
-    double w1 = now_ms();
+    double w1 = bench_now_ms();
     cl_ulong t0 = 0, t1 = 0;
     int rc = err == CL_SUCCESS ? event_ns(ev, &t0, &t1) : cl_fail("clWaitForEvents", err);
     clReleaseEvent(ev);
@@ -545,12 +779,30 @@ static int fused_step(env *e, const bench_rule *r, const clopt_hparams *hp, cons
     return rc;
 }
 
-static int unfused_step(env *e, const bench_rule *r, const clopt_hparams *hp,
-                        const instance *in, uint64_t step, timing *t)
+/* The chain of step `step`, with Lookahead's sync appended at every k-th step:
+   d = θ - φ; θ = φ + alpha d; φ = θ. Returns the count, 0 on failure. */
+static size_t build_chain(const rule_info *ri, uint64_t step, bench_op *ops)
+{
+    size_t nops = ri->r->chain(&ri->hp, step, clopt_nadam_mu_product(&ri->hp, step - 1), ops,
+                               BENCH_MAX_OPS);
+    if (nops && ri->tr.la_k && step % ri->tr.la_k == 0) {
+        if (nops + 3 > BENCH_MAX_OPS)
+            return 0;
+        const int slow = ri->la_slot;
+        ops[nops++] = (bench_op){OP_AXPY, BA_T0, BA_P, slow, -1.0f, 0.0f};
+        ops[nops++] = (bench_op){OP_AXPY, BA_P, slow, BA_T0, (float)ri->hp.lookahead_alpha, 0.0f};
+        ops[nops++] = (bench_op){OP_COPY, slow, BA_P, -1, 0.0f, 0.0f};
+    }
+    return nops;
+}
+
+static int unfused_step(env *e, const rule_info *ri, const instance *in, uint64_t step,
+                        bench_timing *t)
 {
     bench_op ops[BENCH_MAX_OPS];
     cl_event evs[BENCH_MAX_OPS];
-    size_t nops = r->chain(hp, step, clopt_nadam_mu_product(hp, step - 1), ops, BENCH_MAX_OPS);
+    const bench_rule *r = ri->r;
+    size_t nops = build_chain(ri, step, ops);
     if (!nops) {
         fprintf(stderr, "clopt-bench: %s: building the unfused chain failed\n", r->name);
         return -1;
@@ -568,7 +820,7 @@ static int unfused_step(env *e, const bench_rule *r, const clopt_hparams *hp,
     }
     size_t done = 0;
     int rc = 0;
-    double w0 = now_ms();
+    double w0 = bench_now_ms();
     for (; done < nops; done++) {
         cl_int err = bench_enqueue_op(e->bd, &ops[done], in->slot, in->n, &evs[done]);
         if (err != CL_SUCCESS) {
@@ -582,7 +834,7 @@ static int unfused_step(env *e, const bench_rule *r, const clopt_hparams *hp,
         if (err != CL_SUCCESS)
             rc = cl_fail("clWaitForEvents", err);
     }
-    double w1 = now_ms();
+    double w1 = bench_now_ms();
     double sum = 0.0;
     cl_ulong first = 0, last = 0;
     for (size_t i = 0; i < done; i++) {
@@ -605,52 +857,74 @@ static int unfused_step(env *e, const bench_rule *r, const clopt_hparams *hp,
     return rc;
 }
 
-static int stream_step(env *e, const bench_rule *r, const instance *in, timing *t)
+/* One stream kernel per step of the repetition, plus Lookahead's (θ, φ) stream once. */
+static int stream_rep(env *e, const rule_info *ri, const instance *in, bench_timing *t)
 {
     cl_mem rw[BENCH_STREAM_MAX_RW], ro[BENCH_STREAM_MAX_RO];
-    size_t nrw = 0, nro = 0;
-    rw[nrw++] = in->slot[BA_P];
-    ro[nro++] = in->slot[BA_G];
-    for (size_t s = 0; s < in->nstate; s++) {
-        int readonly = (r->readonly_states & (1u << s)) != 0;
-        if (readonly ? nro == BENCH_STREAM_MAX_RO : nrw == BENCH_STREAM_MAX_RW) {
-            fprintf(stderr, "clopt-bench: %s: too many arrays for the stream kernel\n", r->name);
-            return -1;
-        }
-        if (readonly)
-            ro[nro++] = in->slot[BA_S(s)];
-        else
-            rw[nrw++] = in->slot[BA_S(s)];
-    }
-    cl_event ev = NULL;
-    double w0 = now_ms();
-    cl_int err = bench_enqueue_stream(e->bd, rw, nrw, ro, nro, in->n, &ev);
-    if (err != CL_SUCCESS) {
-        fprintf(stderr, "clopt-bench: %s\n", bench_device_error(e->bd));
+    for (size_t k = 0; k < ri->nsrw; k++)
+        rw[k] = in->slot[ri->srw[k]];
+    for (size_t k = 0; k < ri->nsro; k++)
+        ro[k] = in->slot[ri->sro[k]];
+    const unsigned nk = ri->spr + (ri->la_slot >= 0 ? 1u : 0u);
+    cl_event evs[64];
+    if (nk > 64) {
+        fprintf(stderr, "clopt-bench: %s: Lookahead period too long\n", ri->r->name);
         return -1;
     }
-    err = clWaitForEvents(1, &ev);
-    double w1 = now_ms();
-    cl_ulong t0 = 0, t1 = 0;
-    int rc = err == CL_SUCCESS ? event_ns(ev, &t0, &t1) : cl_fail("clWaitForEvents", err);
-    clReleaseEvent(ev);
+    double w0 = bench_now_ms();
+    unsigned done = 0;
+    int rc = 0;
+    for (; done < nk; done++) {
+        cl_int err;
+        if (done < ri->spr) {
+            err = bench_enqueue_stream(e->bd, rw, ri->nsrw, ro, ri->nsro, in->n, &evs[done]);
+        } else {
+            cl_mem la[2] = {in->slot[BA_P], in->slot[ri->la_slot]};
+            err = bench_enqueue_stream(e->bd, la, 2, NULL, 0, in->n, &evs[done]);
+        }
+        if (err != CL_SUCCESS) {
+            fprintf(stderr, "clopt-bench: %s\n", bench_device_error(e->bd));
+            rc = -1;
+            break;
+        }
+    }
+    if (done) {
+        cl_int err = clWaitForEvents(1, &evs[done - 1]);
+        if (err != CL_SUCCESS && !rc)
+            rc = cl_fail("clWaitForEvents", err);
+    }
+    double w1 = bench_now_ms();
+    double sum = 0.0;
+    cl_ulong first = 0, last = 0;
+    for (unsigned i = 0; i < done; i++) {
+        cl_ulong a = 0, b = 0;
+        if (!rc && event_ns(evs[i], &a, &b))
+            rc = -1;
+        sum += (double)(b - a) * 1e-6;
+        if (i == 0)
+            first = a;
+        if (i == done - 1)
+            last = b;
+        clReleaseEvent(evs[i]);
+    }
     if (t) {
-        t->dev_ms = t->kernels_ms = (double)(t1 - t0) * 1e-6;
-        t->wall_ms = w1 - w0;
+        t->dev_ms = (double)(last - first) * 1e-6 / ri->spr;
+        t->kernels_ms = sum / ri->spr;
+        t->wall_ms = (w1 - w0) / ri->spr;
         t->launches = 1;
     }
     return rc;
 }
 
-static int copy_step(env *e, cl_mem src, cl_mem dst, size_t bytes, timing *t)
+static int copy_step(env *e, cl_mem src, cl_mem dst, size_t bytes, bench_timing *t)
 {
     cl_event ev = NULL;
-    double w0 = now_ms();
+    double w0 = bench_now_ms();
     cl_int err = clEnqueueCopyBuffer(e->queue, src, dst, 0, 0, bytes, 0, NULL, &ev);
     if (err != CL_SUCCESS)
         return cl_fail("clEnqueueCopyBuffer", err);
     err = clWaitForEvents(1, &ev);
-    double w1 = now_ms();
+    double w1 = bench_now_ms();
     cl_ulong t0 = 0, t1 = 0;
     int rc = err == CL_SUCCESS ? event_ns(ev, &t0, &t1) : cl_fail("clWaitForEvents", err);
     clReleaseEvent(ev);
@@ -662,37 +936,59 @@ static int copy_step(env *e, cl_mem src, cl_mem dst, size_t bytes, timing *t)
     return rc;
 }
 
-/* Host arrays of the C loop. */
+/* ---- host arrays of the C loop ------------------------------------------------------------ */
+
 typedef struct host_instance {
+    bench_split sp;
     size_t n, nstate;
-    float *p, *s[CLOPT_MAX_STATE];
+    size_t slen[BENCH_MAX_STATE]; /* concatenated over the tensors */
+    float *p, *s[BENCH_MAX_STATE];
     const float *g;
 } host_instance;
 
 static void host_release(host_instance *h)
 {
     free(h->p);
-    for (size_t i = 0; i < CLOPT_MAX_STATE; i++)
+    for (size_t i = 0; i < BENCH_MAX_STATE; i++)
         free(h->s[i]);
+    bench_split_free(&h->sp);
     memset(h, 0, sizeof *h);
 }
 
-static int host_create(const bench_rule *r, const clopt_hparams *hp, size_t n, const float *p0,
-                       const float *g0, host_instance *h)
+static size_t tensor_states(const rule_info *ri, const bench_split *sp, size_t i, size_t *len)
+{
+    return bench_state_layout(ri->r, &ri->hp, sp->len[i], sp->rows ? sp->rows[i] : 0, sp->cols,
+                              len, NULL);
+}
+
+/* T tensors (the split of n) with their states; slow weights start as the parameters. */
+static int host_create(const rule_info *ri, size_t n, size_t T, const float *p0, const float *g0,
+                       host_instance *h)
 {
     memset(h, 0, sizeof *h);
+    if (bench_split_make(ri->r, n, T, &h->sp))
+        return -1;
     h->n = n;
-    h->nstate = clopt_rule_state_count(r->rule, hp);
     h->g = g0;
+    for (size_t i = 0; i < T; i++) {
+        size_t len[BENCH_MAX_STATE];
+        h->nstate = tensor_states(ri, &h->sp, i, len);
+        for (size_t k = 0; k < h->nstate; k++)
+            h->slen[k] += len[k];
+    }
     h->p = malloc(n * sizeof(float));
     int ok = h->p != NULL;
-    for (size_t s = 0; ok && s < h->nstate; s++) {
-        h->s[s] = malloc(n * sizeof(float));
-        ok = h->s[s] != NULL;
-        if (ok) {
-            float v = clopt_rule_state_init(r->rule, hp, s);
-            for (size_t i = 0; i < n; i++)
-                h->s[s][i] = v;
+    for (size_t k = 0; ok && k < h->nstate; k++) {
+        h->s[k] = malloc(h->slen[k] * sizeof(float));
+        ok = h->s[k] != NULL;
+        if (!ok)
+            break;
+        if (ri->tr.la_k && k == h->nstate - 1) {
+            memcpy(h->s[k], p0, n * sizeof(float));
+        } else {
+            float v = k < ri->nkernel ? clopt_rule_state_init(ri->r->rule, &ri->hp, k) : 0.0f;
+            for (size_t i = 0; i < h->slen[k]; i++)
+                h->s[k][i] = v;
         }
     }
     if (!ok) {
@@ -704,22 +1000,33 @@ static int host_create(const bench_rule *r, const clopt_hparams *hp, size_t n, c
     return 0;
 }
 
-static void cloop_step(const bench_rule *r, const clopt_hparams *hp, host_instance *h,
-                       uint64_t step, timing *t)
+static void cloop_step(const rule_info *ri, host_instance *h, uint64_t step, bench_timing *t)
 {
-    cloop_args a;
-    memset(&a, 0, sizeof a);
-    a.p = h->p;
-    a.g = h->g;
-    for (size_t s = 0; s < h->nstate; s++)
-        a.s[s] = h->s[s];
-    a.n = h->n;
-    a.step = step;
-    a.mu_product = clopt_nadam_mu_product(hp, step - 1);
-    a.hp = hp;
-    double w0 = now_ms();
-    r->cloop(&a);
-    double w1 = now_ms();
+    double w0 = bench_now_ms();
+    size_t off = 0, soff[BENCH_MAX_STATE] = {0};
+    for (size_t i = 0; i < h->sp.T; i++) {
+        size_t len[BENCH_MAX_STATE];
+        tensor_states(ri, &h->sp, i, len);
+        cloop_args a;
+        memset(&a, 0, sizeof a);
+        a.p = h->p + off;
+        a.g = h->g + off;
+        for (size_t k = 0; k < h->nstate; k++)
+            a.s[k] = h->s[k] + soff[k];
+        a.n = h->sp.len[i];
+        a.rows = h->sp.rows ? h->sp.rows[i] : 0;
+        a.cols = h->sp.rows ? h->sp.cols : 0;
+        a.step = step;
+        a.mu_product = clopt_nadam_mu_product(&ri->hp, step - 1);
+        a.hp = &ri->hp;
+        ri->r->cloop(&a);
+        off += a.n;
+        for (size_t k = 0; k < h->nstate; k++)
+            soff[k] += len[k];
+    }
+    if (ri->tr.la_k && step % ri->tr.la_k == 0)
+        cloop_lookahead(h->p, h->s[h->nstate - 1], h->n, (float)ri->hp.lookahead_alpha);
+    double w1 = bench_now_ms();
     if (t) {
         t->dev_ms = t->wall_ms = t->kernels_ms = w1 - w0;
         t->launches = 0;
@@ -729,11 +1036,13 @@ static void cloop_step(const bench_rule *r, const clopt_hparams *hp, host_instan
 /* ---- correctness check ------------------------------------------------------------------ */
 
 typedef struct check_result {
-    double unfused_err, cloop_err; /* worst |x - fused| / (atol + rtol*|fused|); NAN = not run */
+    /* worst |x - ref| / (atol + rtol*|ref|) of each variant; NAN = not run */
+    double unfused_err, cloop_err, arena_err, separate_err;
+    int arena_identical; /* arena and separate bit-identical (-1 = not compared) */
 } check_result;
 
 #define CHECK_RTOL 1e-4
-#define CHECK_ATOL_REL 1e-4 /* atol = this * rms of the fused array */
+#define CHECK_ATOL_REL 1e-4 /* atol = this * rms of the reference array */
 
 /* Worst error of x against ref; *where receives its index, *bad the number of elements out
    of tolerance. */
@@ -742,7 +1051,7 @@ static double compare(const float *x, const float *ref, size_t n, size_t *where,
     double ss = 0.0;
     for (size_t i = 0; i < n; i++)
         ss += (double)ref[i] * ref[i];
-    double atol = CHECK_ATOL_REL * sqrt(ss / (double)n) + 1e-30;
+    double atol = CHECK_ATOL_REL * sqrt(ss / (double)(n ? n : 1)) + 1e-30;
     double worst = 0.0;
     *where = 0;
     *bad = 0;
@@ -759,27 +1068,82 @@ static double compare(const float *x, const float *ref, size_t n, size_t *where,
     return worst;
 }
 
-/* Compares every array (parameters, states) of a variant with the fused result. Returns the
-   worst error, or +inf when more elements than allowed are out of tolerance: none, except
-   for rules with a sign() where rounding may legitimately flip the sign of a value within
-   an ulp of 0 (a 1e-3 fraction of the elements). Reports the worst element. */
-static double compare_all(const bench_rule *r, const clopt_hparams *hp, const char *variant,
-                          float *const *x, float *const *fused, size_t nstate, size_t n)
+/* A set of host arrays: parameters, then every state (lengths may differ). */
+typedef struct arrays {
+    size_t count;
+    size_t len[1 + BENCH_MAX_STATE];
+    float *x[1 + BENCH_MAX_STATE];
+    const char *name[1 + BENCH_MAX_STATE];
+} arrays;
+
+static void arrays_free(arrays *a)
 {
-    const size_t allowed = (r->flags & BENCH_SIGN) ? n / 1000 + 1 : 0;
+    for (size_t k = 0; k < 1 + BENCH_MAX_STATE; k++)
+        free(a->x[k]);
+    memset(a, 0, sizeof *a);
+}
+
+/* Arrays of the optimizer-level layout of a split. */
+static int arrays_alloc(const rule_info *ri, const bench_split *sp, arrays *a)
+{
+    memset(a, 0, sizeof *a);
+    const char *names[BENCH_MAX_STATE];
+    size_t len[BENCH_MAX_STATE];
+    for (size_t i = 0; i < sp->T; i++) {
+        size_t ns = bench_state_layout(ri->r, &ri->hp, sp->len[i], sp->rows ? sp->rows[i] : 0,
+                                       sp->cols, len, names);
+        a->count = 1 + ns;
+        a->len[0] += sp->len[i];
+        a->name[0] = "param";
+        for (size_t k = 0; k < ns; k++) {
+            a->len[1 + k] += len[k];
+            a->name[1 + k] = names[k];
+        }
+    }
+    for (size_t k = 0; k < a->count; k++) {
+        a->x[k] = malloc((a->len[k] ? a->len[k] : 1) * sizeof(float));
+        if (!a->x[k]) {
+            arrays_free(a);
+            fprintf(stderr, "clopt-bench: out of host memory\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Compares every array of a variant with the reference. Returns the worst error, or +inf
+   when more elements than allowed are out of tolerance: none, except for rules with a sign()
+   where rounding may legitimately flip the sign of a value within an ulp of 0 (a 1e-3
+   fraction of the elements). Reports the worst element. */
+static double compare_all(const rule_info *ri, const char *variant, const char *refname,
+                          const arrays *x, const arrays *ref)
+{
+    if (x->count != ref->count) {
+        fprintf(stderr, "clopt-bench: check %s: %s has %zu arrays, %s %zu\n", ri->r->name,
+                variant, x->count, refname, ref->count);
+        return INFINITY;
+    }
+    size_t total = 0;
+    for (size_t k = 0; k < x->count; k++)
+        total += x->len[k];
+    const size_t allowed = (ri->r->flags & BENCH_SIGN) ? total / 1000 + 1 : 0;
     double worst = 0.0;
     size_t bad_total = 0;
-    for (size_t k = 0; k < 1 + nstate; k++) {
+    for (size_t k = 0; k < x->count; k++) {
+        if (x->len[k] != ref->len[k]) {
+            fprintf(stderr, "clopt-bench: check %s: %s: %s has %zu elements, %s %zu\n",
+                    ri->r->name, variant, x->name[k], x->len[k], refname, ref->len[k]);
+            return INFINITY;
+        }
         size_t at = 0, bad = 0;
-        double q = compare(x[k], fused[k], n, &at, &bad);
+        double q = compare(x->x[k], ref->x[k], x->len[k], &at, &bad);
         bad_total += bad;
         if (bad)
             fprintf(allowed ? stdout : stderr,
                     "%s: check %s: %s: %zu element(s) of %s out of tolerance, worst "
-                    "[%zu] = %.9g, fused %.9g (%.3g x tolerance)%s\n",
-                    allowed ? "note" : "clopt-bench", r->name, variant, bad,
-                    k ? clopt_rule_state_name(r->rule, hp, k - 1) : "param", at,
-                    (double)x[k][at], (double)fused[k][at], q,
+                    "[%zu] = %.9g, %s %.9g (%.3g x tolerance)%s\n",
+                    allowed ? "note" : "clopt-bench", ri->r->name, variant, bad, x->name[k], at,
+                    (double)x->x[k][at], refname, (double)ref->x[k][at], q,
                     allowed ? "; a sign() rule: up to 0.1% flips at 0 are accepted" : "");
         if (!(q <= worst))
             worst = q;
@@ -789,71 +1153,108 @@ static double compare_all(const bench_rule *r, const clopt_hparams *hp, const ch
     return worst > 1.0 ? 1.0 : worst;
 }
 
-/* Reads parameters and states of a device instance into out[0..1+nstate). */
-static int read_instance(env *e, const instance *in, float **out)
+static int arrays_identical(const arrays *a, const arrays *b)
 {
-    for (size_t k = 0; k < 1 + in->nstate; k++) {
+    if (a->count != b->count)
+        return 0;
+    for (size_t k = 0; k < a->count; k++)
+        if (a->len[k] != b->len[k] || memcmp(a->x[k], b->x[k], a->len[k] * sizeof(float)))
+            return 0;
+    return 1;
+}
+
+/* Reads parameters and states of a device instance. */
+static int read_instance(env *e, const instance *in, arrays *out)
+{
+    out->count = 1 + in->nstate;
+    for (size_t k = 0; k < out->count; k++) {
         cl_mem b = in->slot[k == 0 ? BA_P : BA_S(k - 1)];
-        cl_int err = clEnqueueReadBuffer(e->queue, b, CL_TRUE, 0, in->n * sizeof(float), out[k],
-                                         0, NULL, NULL);
+        cl_int err = clEnqueueReadBuffer(e->queue, b, CL_TRUE, 0, in->n * sizeof(float),
+                                         out->x[k], 0, NULL, NULL);
         if (err != CL_SUCCESS)
             return cl_fail("clEnqueueReadBuffer", err);
     }
     return 0;
 }
 
-static int run_check(env *e, const bench_rule *r, const clopt_hparams *hp, check_result *cr)
+static void read_host(const host_instance *h, arrays *out)
 {
-    const size_t n = e->opt->check_n;
-    const size_t ns = clopt_rule_state_count(r->rule, hp);
-    cr->unfused_err = cr->cloop_err = NAN;
+    memcpy(out->x[0], h->p, h->n * sizeof(float));
+    for (size_t k = 0; k < h->nstate; k++)
+        memcpy(out->x[1 + k], h->s[k], h->slen[k] * sizeof(float));
+}
+
+/* CHECK_STEPS optimizer steps of a T-tensor optimizer, gradients g (one n-array per step). */
+static int run_optrun(env *e, const rule_info *ri, optrun_mode mode, const bench_split *sp,
+                      const float *p0, const float *g, arrays *out)
+{
+    optrun *o = NULL;
+    if (optrun_create(e->ctx, ri->r, &ri->hp, mode, sp, p0, g, &o))
+        return -1;
+    int rc = 0;
+    for (size_t t = 0; t < CHECK_STEPS && !rc; t++) {
+        rc = optrun_write_grad(o, g + t * sp->n);
+        if (!rc)
+            rc = optrun_step(o, 1, NULL);
+    }
+    if (!rc && optrun_array_count(o) != out->count) {
+        fprintf(stderr, "clopt-bench: %s: the optimizer has %zu arrays, the benchmark %zu\n",
+                ri->r->name, optrun_array_count(o), out->count);
+        rc = -1;
+    }
+    if (!rc)
+        rc = optrun_read(o, out->x);
+    optrun_destroy(o);
+    return rc;
+}
+
+static int run_cloop(const rule_info *ri, size_t n, size_t T, const float *p0, const float *g,
+                     arrays *out)
+{
+    host_instance h;
+    if (host_create(ri, n, T, p0, g, &h))
+        return -1;
+    for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
+        h.g = g + (t - 1) * n;
+        cloop_step(ri, &h, t, NULL);
+    }
+    read_host(&h, out);
+    host_release(&h);
+    return 0;
+}
+
+/* 8 steps at a small n: the reference (fused: op level, or the optimizer level with one
+   tensor), the unfused chain and the C loop on one tensor; arena with 1 tensor against the
+   reference; arena and separate with CHECK_TENSORS tensors against the C loop over the same
+   split (and against each other: the library makes them bit-identical). */
+static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_result *cr)
+{
+    const bench_rule *r = ri->r;
+    cr->unfused_err = cr->cloop_err = cr->arena_err = cr->separate_err = NAN;
+    cr->arena_identical = -1;
     int rc = -1;
     float *p0 = malloc(n * sizeof(float));
     float *g = malloc((size_t)CHECK_STEPS * n * sizeof(float));
-    float *fused[1 + CLOPT_MAX_STATE] = {0}, *unf[1 + CLOPT_MAX_STATE] = {0};
-    int ok = p0 && g;
-    for (size_t k = 0; ok && k < 1 + ns; k++) {
-        fused[k] = malloc(n * sizeof(float));
-        unf[k] = malloc(n * sizeof(float));
-        ok = fused[k] && unf[k];
-    }
+    arrays ref = {0}, x = {0}, xa = {0}, xc = {0};
+    bench_split one = {0}, many = {0};
     instance in = {0};
-    host_instance h = {0};
-    if (!ok) {
+    if (!p0 || !g) {
         fprintf(stderr, "clopt-bench: out of host memory\n");
         goto done;
     }
     fill_uniform(p0, n, 11, -1.0f, 1.0f);
     for (size_t t = 0; t < CHECK_STEPS; t++)
         fill_uniform(g + t * n, n, 100 + t, -0.5f, 0.5f);
-
-    /* fused */
-    if (instance_create(e, r, hp, n, 0, p0, g, &in))
+    if (bench_split_make(r, n, 1, &one) || arrays_alloc(ri, &one, &ref) ||
+        arrays_alloc(ri, &one, &x))
         goto done;
-    for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
-        cl_int err = clEnqueueWriteBuffer(e->queue, in.slot[BA_G], CL_TRUE, 0, n * sizeof(float),
-                                          g + (t - 1) * n, 0, NULL, NULL);
-        if (err != CL_SUCCESS) {
-            cl_fail("clEnqueueWriteBuffer", err);
-            goto done;
-        }
-        if (fused_step(e, r, hp, &in, t, NULL))
-            goto done;
-    }
-    if (read_instance(e, &in, fused))
-        goto done;
-    instance_release(&in);
 
-    /* unfused */
-    if (r->chain) {
-        bench_op ops[BENCH_MAX_OPS];
-        int slots = 0;
-        for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
-            size_t nops = r->chain(hp, t, clopt_nadam_mu_product(hp, t - 1), ops, BENCH_MAX_OPS);
-            int sl = bench_chain_slots(ops, nops);
-            slots = sl > slots ? sl : slots;
-        }
-        if (instance_create(e, r, hp, n, slots, p0, g, &in))
+    /* the reference */
+    if (ri->opt_level) {
+        if (run_optrun(e, ri, OPTRUN_SEPARATE, &one, p0, g, &ref))
+            goto done;
+    } else {
+        if (instance_create(e, ri, n, state_mask(ri), p0, g, &in))
             goto done;
         for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
             cl_int err = clEnqueueWriteBuffer(e->queue, in.slot[BA_G], CL_TRUE, 0,
@@ -862,79 +1263,89 @@ static int run_check(env *e, const bench_rule *r, const clopt_hparams *hp, check
                 cl_fail("clEnqueueWriteBuffer", err);
                 goto done;
             }
-            if (unfused_step(e, r, hp, &in, t, NULL))
+            if (fused_step(e, ri, &in, t, NULL))
                 goto done;
         }
-        if (read_instance(e, &in, unf))
+        if (read_instance(e, &in, &ref))
             goto done;
         instance_release(&in);
-        cr->unfused_err = compare_all(r, hp, "unfused", unf, fused, ns, n);
+    }
+
+    /* unfused */
+    if (r->chain && (e->opt->variants & (1u << V_UNFUSED))) {
+        bench_op ops[BENCH_MAX_OPS];
+        unsigned mask = state_mask(ri);
+        for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
+            size_t nops = build_chain(ri, t, ops);
+            mask |= chain_mask(ops, nops);
+        }
+        if (instance_create(e, ri, n, mask, p0, g, &in))
+            goto done;
+        for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
+            cl_int err = clEnqueueWriteBuffer(e->queue, in.slot[BA_G], CL_TRUE, 0,
+                                              n * sizeof(float), g + (t - 1) * n, 0, NULL, NULL);
+            if (err != CL_SUCCESS) {
+                cl_fail("clEnqueueWriteBuffer", err);
+                goto done;
+            }
+            if (unfused_step(e, ri, &in, t, NULL))
+                goto done;
+        }
+        if (read_instance(e, &in, &x))
+            goto done;
+        instance_release(&in);
+        cr->unfused_err = compare_all(ri, "unfused", "fused", &x, &ref);
     }
 
     /* C loop */
-    if (host_create(r, hp, n, p0, g, &h))
+    if (run_cloop(ri, n, 1, p0, g, &x))
         goto done;
-    for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
-        h.g = g + (t - 1) * n;
-        cloop_step(r, hp, &h, t, NULL);
-    }
-    {
-        float *hx[1 + CLOPT_MAX_STATE] = {h.p};
-        for (size_t k = 0; k < ns; k++)
-            hx[1 + k] = h.s[k];
-        cr->cloop_err = compare_all(r, hp, "c_loop", hx, fused, ns, n);
+    cr->cloop_err = compare_all(ri, "c_loop", "fused", &x, &ref);
+
+    if (with_opt) {
+        const int arena = (e->opt->variants & (1u << V_ARENA)) != 0;
+        const int sep = (e->opt->variants & (1u << V_SEPARATE)) != 0;
+        const size_t T = CHECK_TENSORS;
+        if (arena) {
+            if (run_optrun(e, ri, OPTRUN_ARENA, &one, p0, g, &x))
+                goto done;
+            cr->arena_err = compare_all(ri, "arena (1 tensor)", "fused", &x, &ref);
+        }
+        if (bench_split_make(r, n, T, &many) || arrays_alloc(ri, &many, &xc) ||
+            arrays_alloc(ri, &many, &xa) || run_cloop(ri, n, T, p0, g, &xc))
+            goto done;
+        if (arena) {
+            if (run_optrun(e, ri, OPTRUN_ARENA, &many, p0, g, &xa))
+                goto done;
+            double q = compare_all(ri, "arena (3 tensors)", "c_loop", &xa, &xc);
+            cr->arena_err = isnan(cr->arena_err) || q > cr->arena_err ? q : cr->arena_err;
+        }
+        if (sep) {
+            arrays xs = {0};
+            if (arrays_alloc(ri, &many, &xs))
+                goto done;
+            if (run_optrun(e, ri, OPTRUN_SEPARATE, &many, p0, g, &xs)) {
+                arrays_free(&xs);
+                goto done;
+            }
+            cr->separate_err = compare_all(ri, "separate (3 tensors)", "c_loop", &xs, &xc);
+            if (arena)
+                cr->arena_identical = arrays_identical(&xa, &xs);
+            arrays_free(&xs);
+        }
     }
     rc = 0;
 done:
     instance_release(&in);
-    host_release(&h);
-    for (size_t k = 0; k < 1 + CLOPT_MAX_STATE; k++) {
-        free(fused[k]);
-        free(unf[k]);
-    }
+    arrays_free(&ref);
+    arrays_free(&x);
+    arrays_free(&xa);
+    arrays_free(&xc);
+    bench_split_free(&one);
+    bench_split_free(&many);
     free(p0);
     free(g);
     return rc;
-}
-
-/* ---- measuring one (rule, n) ---------------------------------------------------------- */
-
-typedef struct sampler {
-    double *dev, *wall, *kern;
-    size_t n;
-    unsigned launches;
-} sampler;
-
-static void record(sampler *s, const timing *t)
-{
-    s->dev[s->n] = t->dev_ms;
-    s->wall[s->n] = t->wall_ms;
-    s->kern[s->n] = t->kernels_ms;
-    s->launches = t->launches;
-    s->n++;
-}
-
-static int finish_row(env *e, const bench_rule *r, int variant, size_t n, sampler *s,
-                      size_t bytes_per_param, const char *check)
-{
-    row *w = add_row(&e->res);
-    if (!w) {
-        fprintf(stderr, "clopt-bench: out of host memory\n");
-        return -1;
-    }
-    w->rule = r->name;
-    w->variant = variant;
-    w->n = n;
-    w->tensors = 1;
-    w->launches = s->launches;
-    w->ms_kernels = median(s->kern, s->n);
-    w->wall_ms = median(s->wall, s->n);
-    w->ms = median(s->dev, s->n);
-    w->ms_min = s->dev[0]; /* sorted by median() */
-    w->bytes_per_param = bytes_per_param;
-    w->gbps = w->ms > 0.0 ? (double)bytes_per_param * (double)n / (w->ms * 1e6) : NAN;
-    w->check = check;
-    return 0;
 }
 
 static const char *check_word(double err)
@@ -944,25 +1355,174 @@ static const char *check_word(double err)
     return err <= 1.0 ? "ok" : "FAIL";
 }
 
-/* Measures every selected variant of one (rule, n). The device variants are interleaved:
-   each repetition runs one step of every one in turn, so a slow drift of the machine (other
-   tenants, frequency) hits all of them alike and their ratios stay meaningful. fused,
-   unfused and stream work on the same device arrays (the stream kernel leaves them
-   unchanged); copy has its own. The C loop runs afterwards on its own host arrays. */
-static int measure(env *e, const bench_rule *r, const clopt_hparams *hp, size_t n,
-                   const check_result *cr)
+/* ---- measuring one (rule, n) ---------------------------------------------------------- */
+
+typedef struct unit {
+    int variant;
+    size_t T;
+    optrun *opt; /* arena, separate, and fused at the optimizer level */
+    double *dev, *wall, *kern;
+    size_t ns;
+    unsigned launches;
+    double bytes;
+    char shape[48];
+} unit;
+
+static void record(unit *u, const bench_timing *t)
+{
+    u->dev[u->ns] = t->dev_ms;
+    u->wall[u->ns] = t->wall_ms;
+    u->kern[u->ns] = t->kernels_ms;
+    u->launches = t->launches;
+    u->ns++;
+}
+
+static int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char *check)
+{
+    row *w = add_row(&e->res);
+    if (!w) {
+        fprintf(stderr, "clopt-bench: out of host memory\n");
+        return -1;
+    }
+    w->rule = ri->r->name;
+    w->variant = u->variant;
+    w->n = n;
+    w->tensors = u->T;
+    w->launches = u->launches;
+    w->steps_per_rep = u->variant == V_COPY ? 1 : ri->spr;
+    w->ms_kernels = median(u->kern, u->ns);
+    w->wall_ms = median(u->wall, u->ns);
+    w->ms = median(u->dev, u->ns);
+    w->ms_min = u->dev[0]; /* sorted by median() */
+    w->bytes_per_param = u->bytes;
+    w->lib_bytes_per_param = ri->tr.lib_bytes;
+    w->gbps = w->ms > 0.0 ? u->bytes * (double)n / (w->ms * 1e6) : NAN;
+    w->check = check;
+    snprintf(w->shape, sizeof w->shape, "%s", u->shape);
+    w->vector_width = e->tuning.vector_width;
+    w->work_group_size = e->tuning.work_group_size;
+    return 0;
+}
+
+/* Untimed optimizer steps so that the first timed one is about FIRST_TIMED_STEP, as the
+   op-level variants count (the element-wise rules: one launch each). Not for Adafactor and
+   LAMB, whose step count only changes scalars (relative step, bias corrections) and whose
+   steps are slow on a CPU device. */
+static int optrun_warm(const env *e, const rule_info *ri, optrun *o)
+{
+    long pre = FIRST_TIMED_STEP - 1 - e->opt->warmup * (long)ri->spr;
+    if (ri->r->flags & BENCH_OPT_LEVEL)
+        pre = 0;
+    return pre > 0 ? optrun_step(o, (unsigned)pre, NULL) : 0;
+}
+
+/* Ratios within the rows of one (rule, n): to copy, stream, fused, and arena with 1 tensor. */
+static void fill_ratios(env *e, size_t first_row)
+{
+    double copy_gbps = NAN, stream_gbps = NAN, fused_ms = NAN, a1_ms = NAN, a1_wall = NAN;
+    for (size_t i = first_row; i < e->res.n; i++) {
+        const row *w = &e->res.rows[i];
+        if (w->variant == V_COPY)
+            copy_gbps = w->gbps;
+        else if (w->variant == V_STREAM)
+            stream_gbps = w->gbps;
+        else if (w->variant == V_FUSED)
+            fused_ms = w->ms;
+        else if (w->variant == V_ARENA && w->tensors == 1)
+            a1_ms = w->ms, a1_wall = w->wall_ms;
+    }
+    for (size_t i = first_row; i < e->res.n; i++) {
+        row *w = &e->res.rows[i];
+        w->copy_fraction = w->gbps / copy_gbps;
+        w->stream_fraction = w->gbps / stream_gbps;
+        w->fused_speedup = w->ms / fused_ms;
+        if (w->variant == V_ARENA || w->variant == V_SEPARATE) {
+            w->tensor_ratio = w->ms / a1_ms;
+            w->tensor_wall_ratio = w->wall_ms / a1_wall;
+        }
+    }
+}
+
+/* The arena-vs-separate summary of one (rule, n) with tensor counts > 1. */
+static void print_tensors(const env *e, const rule_info *ri, size_t n, size_t first_row)
+{
+    int any = 0;
+    for (size_t i = first_row; i < e->res.n; i++)
+        any |= e->res.rows[i].tensors > 1;
+    if (!any)
+        return;
+    char nb[32];
+    format_n(n, nb, sizeof nb);
+    printf("\ntensors: %s n=%s split into T tensors of n/T (ms: device span between markers "
+           "around the step; wall: enqueue to completion; x1: / arena with 1 tensor)\n",
+           ri->r->name, nb);
+    printf("%8s %-9s %7s %-16s %10s %6s %10s %6s\n", "T", "variant", "launch", "tensor", "ms",
+           "x1", "wall_ms", "x1");
+    double worst = 0.0;
+    size_t worst_T = 0;
+    for (size_t i = first_row; i < e->res.n; i++) {
+        const row *w = &e->res.rows[i];
+        if (w->variant != V_ARENA && w->variant != V_SEPARATE)
+            continue;
+        char tb[48], ms[32], x1[32], wall[32], xw[32];
+        if (w->shape[0])
+            snprintf(tb, sizeof tb, "%s", w->shape);
+        else if (w->n % w->tensors)
+            snprintf(tb, sizeof tb, "%zu-%zu", w->n / w->tensors, w->n / w->tensors + 1);
+        else
+            snprintf(tb, sizeof tb, "%zu", w->n / w->tensors);
+        format_num(w->ms, "%.3f", ms, sizeof ms);
+        format_num(w->tensor_ratio, "%.2f", x1, sizeof x1);
+        format_num(w->wall_ms, "%.3f", wall, sizeof wall);
+        format_num(w->tensor_wall_ratio, "%.2f", xw, sizeof xw);
+        printf("%8zu %-9s %7u %-16s %10s %6s %10s %6s\n", w->tensors, variant_names[w->variant],
+               w->launches, tb, ms, x1, wall, xw);
+        if (w->variant == V_ARENA && w->tensors > 1 && !(w->tensor_ratio <= worst)) {
+            worst = w->tensor_ratio;
+            worst_T = w->tensors;
+        }
+    }
+    if (worst_T)
+        printf("target (issue 5): arena with many tensors <= %.1f x one tensor of the same "
+               "size: %s (worst: %zu tensors, %.2f x)\n",
+               ARENA_TARGET, worst <= ARENA_TARGET ? "met" : "MISSED", worst_T, worst);
+    fflush(stdout);
+}
+
+static int has_tensors(const options *o, size_t T)
+{
+    for (size_t i = 0; i < o->ntensors; i++)
+        if (o->tensors[i] == T)
+            return 1;
+    return 0;
+}
+
+/* Measures every selected variant and tensor count of one (rule, n). The device variants are
+   interleaved: each repetition runs one repetition of every one in turn, so a slow drift of
+   the machine (other tenants, frequency) hits all of them alike and their ratios stay
+   meaningful. fused, unfused and stream work on the same device arrays (the stream kernel
+   leaves them unchanged); copy and every optimizer have their own. The C loop runs
+   afterwards on its own host arrays. A repetition is spr steps (a whole Lookahead cycle). */
+static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
 {
     const options *o = e->opt;
+    const bench_rule *r = ri->r;
     const size_t total = (size_t)(o->warmup + o->reps);
-    const size_t fused_bytes = clopt_rule_bytes_per_param(r->rule, hp);
-    size_t nrw = 0, nro = 0;
-    bench_rule_arrays(r, hp, &nrw, &nro);
-    const size_t stream_bytes = (2 * nrw + nro) * sizeof(float);
-    const size_t copy_bytes = (fused_bytes * n / 2 + 3) / 4 * 4;
+    const size_t copy_bytes = ((size_t)(ri->tr.bytes * (double)n) / 2 + 3) / 4 * 4;
+    const int one = has_tensors(o, 1);
+    int many = 0;
+    for (size_t i = 0; i < o->ntensors; i++)
+        many |= o->tensors[i] > 1;
 
-    unsigned run = o->variants;
+    unsigned run = one ? o->variants : o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE));
     if (!r->chain)
         run &= ~(1u << V_UNFUSED);
+    if (one)
+        run &= ~(1u << V_SEPARATE); /* separate with 1 tensor: fused at the optimizer level */
+    if (one && ri->opt_level && !many && !o->variants_given)
+        run &= ~(1u << V_ARENA); /* the same path as fused here; kept out of the default run */
+    if (many && (o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE))))
+        run |= 1u << V_ARENA; /* arena with 1 tensor: the reference of the ratios */
     if ((run & (1u << V_COPY)) && copy_bytes > e->max_alloc) {
         fprintf(stderr,
                 "clopt-bench: %s n=%zu: a copy of %zu bytes exceeds the device's maximum "
@@ -972,43 +1532,79 @@ static int measure(env *e, const bench_rule *r, const clopt_hparams *hp, size_t 
     }
 
     bench_op ops[BENCH_MAX_OPS];
-    size_t chain_bytes = 0;
-    int chain_slots = 0;
+    double chain_bytes = 0.0;
+    unsigned mask = 0;
     if (run & (1u << V_UNFUSED)) {
-        for (size_t it = 0; it < total; it++) {
-            uint64_t t = FIRST_TIMED_STEP + it;
-            size_t nops = r->chain(hp, t, clopt_nadam_mu_product(hp, t - 1), ops, BENCH_MAX_OPS);
+        for (size_t it = 0; it < ri->spr; it++) {
+            size_t nops = build_chain(ri, FIRST_TIMED_STEP + it, ops);
             if (!nops) {
                 fprintf(stderr, "clopt-bench: %s: building the unfused chain failed\n", r->name);
                 return -1;
             }
-            int sl = bench_chain_slots(ops, nops);
-            chain_slots = sl > chain_slots ? sl : chain_slots;
-            size_t b = bench_chain_bytes(ops, nops);
-            if (it && b != chain_bytes)
-                fprintf(stderr, "clopt-bench: %s: the unfused chain changes between steps\n",
-                        r->name);
-            chain_bytes = b;
+            mask |= chain_mask(ops, nops);
+            chain_bytes += (double)bench_chain_bytes(ops, nops) / ri->spr;
         }
+        mask |= state_mask(ri);
+    }
+    if ((run & (1u << V_FUSED)) && !ri->opt_level)
+        mask |= state_mask(ri);
+    if (run & (1u << V_STREAM))
+        mask |= stream_mask(ri);
+
+    /* the units, in measurement order: the references first */
+    unit units[V_COUNT + 2 * MAX_LIST];
+    size_t nu = 0;
+    static const int t1_order[] = {V_COPY, V_STREAM, V_FUSED, V_UNFUSED, V_C_LOOP, V_ARENA};
+    for (size_t k = 0; k < sizeof t1_order / sizeof t1_order[0]; k++)
+        if (run & (1u << t1_order[k]))
+            units[nu++] = (unit){.variant = t1_order[k], .T = 1};
+    for (size_t i = 0; i < o->ntensors; i++) {
+        if (o->tensors[i] == 1)
+            continue;
+        bench_split sp;
+        if (bench_split_make(r, n, o->tensors[i], &sp)) /* says why */
+            continue;
+        bench_split_free(&sp);
+        if (o->variants & (1u << V_ARENA))
+            units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
+        if (o->variants & (1u << V_SEPARATE))
+            units[nu++] = (unit){.variant = V_SEPARATE, .T = o->tensors[i]};
     }
 
     int rc = 0;
     instance in = {0};
     host_instance h = {0};
     cl_mem cbuf[2] = {NULL, NULL};
-    sampler smp[V_COUNT];
-    memset(smp, 0, sizeof smp);
-    for (int v = 0; v < V_COUNT; v++) {
-        smp[v].dev = malloc(o->reps * sizeof(double));
-        smp[v].wall = malloc(o->reps * sizeof(double));
-        smp[v].kern = malloc(o->reps * sizeof(double));
-        if (!smp[v].dev || !smp[v].wall || !smp[v].kern) {
+    for (size_t k = 0; k < nu && !rc; k++) {
+        unit *u = &units[k];
+        u->dev = malloc(o->reps * sizeof(double));
+        u->wall = malloc(o->reps * sizeof(double));
+        u->kern = malloc(o->reps * sizeof(double));
+        if (!u->dev || !u->wall || !u->kern) {
             fprintf(stderr, "clopt-bench: out of host memory\n");
             rc = -1;
+            break;
         }
+        u->bytes = u->variant == V_UNFUSED ? chain_bytes : ri->tr.bytes;
+        bench_split sp;
+        if (bench_split_make(r, n, u->T, &sp)) {
+            u->T = 0; /* skipped */
+            continue;
+        }
+        shape_text(&sp, u->shape, sizeof u->shape);
+        const int is_opt = u->variant == V_ARENA || u->variant == V_SEPARATE ||
+                           (u->variant == V_FUSED && ri->opt_level);
+        if (is_opt) {
+            rc = optrun_create(e->ctx, r, &ri->hp,
+                               u->variant == V_ARENA ? OPTRUN_ARENA : OPTRUN_SEPARATE, &sp, e->p0,
+                               e->g0, &u->opt);
+            if (!rc)
+                rc = optrun_warm(e, ri, u->opt);
+        }
+        bench_split_free(&sp);
     }
-    if (!rc && (run & ((1u << V_FUSED) | (1u << V_UNFUSED) | (1u << V_STREAM))))
-        rc = instance_create(e, r, hp, n, chain_slots, e->p0, e->g0, &in);
+    if (!rc && mask)
+        rc = instance_create(e, ri, n, mask, e->p0, e->g0, &in);
     if (!rc && (run & (1u << V_COPY))) {
         cl_int err = CL_SUCCESS;
         for (int k = 0; k < 2 && err == CL_SUCCESS; k++)
@@ -1023,34 +1619,53 @@ static int measure(env *e, const bench_rule *r, const clopt_hparams *hp, size_t 
             rc = cl_fail("allocating the copy buffers", err);
     }
     if (!rc && (run & (1u << V_C_LOOP)))
-        rc = host_create(r, hp, n, e->p0, e->g0, &h);
+        rc = host_create(ri, n, 1, e->p0, e->g0, &h);
 
     /* device variants interleaved; they share the OpenCL device's worker threads */
     for (size_t it = 0; it < total && !rc; it++) {
-        const uint64_t step = FIRST_TIMED_STEP + it;
-        for (int vi = 0; vi < V_COUNT && !rc; vi++) {
-            const int v = variant_order[vi];
-            if (!(run & (1u << v)) || v == V_C_LOOP)
+        const uint64_t step = FIRST_TIMED_STEP + it * ri->spr;
+        for (size_t k = 0; k < nu && !rc; k++) {
+            unit *u = &units[k];
+            if (!u->T || u->variant == V_C_LOOP)
                 continue;
-            timing t;
-            switch (v) {
+            bench_timing t = {0};
+            switch (u->variant) {
             case V_COPY: rc = copy_step(e, cbuf[0], cbuf[1], copy_bytes, &t); break;
-            case V_STREAM: rc = stream_step(e, r, &in, &t); break;
-            case V_FUSED: rc = fused_step(e, r, hp, &in, step, &t); break;
-            case V_UNFUSED: rc = unfused_step(e, r, hp, &in, step, &t); break;
-            default: break;
+            case V_STREAM: rc = stream_rep(e, ri, &in, &t); break;
+            case V_FUSED:
+                rc = u->opt ? optrun_step(u->opt, ri->spr, &t) : fused_step(e, ri, &in, step, &t);
+                break;
+            case V_UNFUSED:
+                for (unsigned s = 0; s < ri->spr && !rc; s++) {
+                    bench_timing ts;
+                    rc = unfused_step(e, ri, &in, step + s, &ts);
+                    t.dev_ms += ts.dev_ms / ri->spr;
+                    t.wall_ms += ts.wall_ms / ri->spr;
+                    t.kernels_ms += ts.kernels_ms / ri->spr;
+                    if (s == 0)
+                        t.launches = ts.launches;
+                }
+                break;
+            default: rc = optrun_step(u->opt, ri->spr, &t); break;
             }
             if (!rc && it >= (size_t)o->warmup)
-                record(&smp[v], &t);
+                record(u, &t);
         }
     }
     /* the C loop on its own: its OpenMP threads and the device's worker threads would
        otherwise take the CPUs from each other right after each switch */
     for (size_t it = 0; it < total && !rc && (run & (1u << V_C_LOOP)); it++) {
-        timing t;
-        cloop_step(r, hp, &h, FIRST_TIMED_STEP + it, &t);
-        if (it >= (size_t)o->warmup)
-            record(&smp[V_C_LOOP], &t);
+        bench_timing t = {0};
+        for (unsigned s = 0; s < ri->spr; s++) {
+            bench_timing ts;
+            cloop_step(ri, &h, FIRST_TIMED_STEP + it * ri->spr + s, &ts);
+            t.dev_ms += ts.dev_ms / ri->spr;
+            t.wall_ms += ts.wall_ms / ri->spr;
+            t.kernels_ms += ts.kernels_ms / ri->spr;
+        }
+        for (size_t k = 0; k < nu && it >= (size_t)o->warmup; k++)
+            if (units[k].variant == V_C_LOOP)
+                record(&units[k], &t);
     }
     instance_release(&in);
     host_release(&h);
@@ -1059,78 +1674,230 @@ static int measure(env *e, const bench_rule *r, const clopt_hparams *hp, size_t 
             clReleaseMemObject(cbuf[k]);
 
     const size_t first_row = e->res.n;
-    for (int vi = 0; vi < V_COUNT && !rc; vi++) {
-        const int v = variant_order[vi];
-        if (!(run & (1u << v)))
+    for (size_t k = 0; k < nu && !rc; k++) {
+        const unit *u = &units[k];
+        if (!u->T)
             continue;
-        size_t b = v == V_UNFUSED ? chain_bytes : v == V_STREAM ? stream_bytes : fused_bytes;
-        const char *ck = v == V_FUSED || v == V_C_LOOP ? check_word(cr->cloop_err)
-                         : v == V_UNFUSED              ? check_word(cr->unfused_err)
-                                                       : "-";
-        rc = finish_row(e, r, v, n, &smp[v], b, ck);
+        const char *ck = "-";
+        switch (u->variant) {
+        case V_FUSED:
+        case V_C_LOOP: ck = check_word(cr->cloop_err); break;
+        case V_UNFUSED: ck = check_word(cr->unfused_err); break;
+        case V_ARENA: ck = check_word(cr->arena_err); break;
+        case V_SEPARATE: ck = check_word(cr->separate_err); break;
+        default: break;
+        }
+        rc = finish_row(e, ri, u, n, ck);
     }
-    for (int v = 0; v < V_COUNT; v++) {
-        free(smp[v].dev);
-        free(smp[v].wall);
-        free(smp[v].kern);
+    for (size_t k = 0; k < nu; k++) {
+        free(units[k].dev);
+        free(units[k].wall);
+        free(units[k].kern);
+        optrun_destroy(units[k].opt);
     }
     if (rc)
         return rc;
-
-    /* ratios within the group */
-    double copy_gbps = NAN, stream_gbps = NAN, fused_ms = NAN;
-    for (size_t i = first_row; i < e->res.n; i++) {
-        const row *w = &e->res.rows[i];
-        if (w->variant == V_COPY)
-            copy_gbps = w->gbps;
-        else if (w->variant == V_STREAM)
-            stream_gbps = w->gbps;
-        else if (w->variant == V_FUSED)
-            fused_ms = w->ms;
-    }
-    for (size_t i = first_row; i < e->res.n; i++) {
-        row *w = &e->res.rows[i];
-        w->copy_fraction = w->gbps / copy_gbps;
-        w->stream_fraction = w->gbps / stream_gbps;
-        w->fused_speedup = w->ms / fused_ms;
-    }
-    if (stream_bytes != fused_bytes && (run & (1u << V_STREAM)) && n == o->sizes[0])
-        printf("note: %s: the fused kernel is counted as %zu bytes/param, the rule's arrays "
-               "as %zu\n",
-               r->name, fused_bytes, stream_bytes);
+    fill_ratios(e, first_row);
     return 0;
+}
+
+/* ---- the tuning sweep ------------------------------------------------------------------- */
+
+static int set_tuning(env *e, unsigned vw, size_t wg)
+{
+    clopt_tuning t = {vw, wg};
+    clopt_status s = clopt_ctx_set_tuning(e->ctx, &t);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail_msg(e, "clopt_ctx_set_tuning", s);
+    bench_device_set_tuning(e->bd, &t);
+    return 0;
+}
+
+static void print_grid(const env *e, const char *title, const row *rows, size_t ncfg,
+                       int variant)
+{
+    const options *o = e->opt;
+    printf("%s\n%8s", title, "VW \\ WG");
+    for (size_t j = 0; j < o->nsweep_wg; j++)
+        printf(" %8zu", o->sweep_wg[j]);
+    printf("\n");
+    for (size_t i = 0; i < o->nsweep_vw; i++) {
+        printf("%8u", o->sweep_vw[i]);
+        for (size_t j = 0; j < o->nsweep_wg; j++) {
+            double g = NAN;
+            for (size_t k = 0; k < ncfg; k++)
+                if (rows[k].variant == variant && rows[k].vector_width == o->sweep_vw[i] &&
+                    rows[k].work_group_size == o->sweep_wg[j])
+                    g = rows[k].gbps;
+            char b[32];
+            format_num(g, "%.2f", b, sizeof b);
+            printf(" %8s", b);
+        }
+        printf("\n");
+    }
+}
+
+/* Fused (and stream) of each rule and size over vector widths x work-group sizes, the
+   configurations interleaved within every repetition. */
+static int run_sweep(env *e)
+{
+    const options *o = e->opt;
+    const clopt_tuning base = e->tuning;
+    const size_t total = (size_t)(o->warmup + o->reps);
+    const int with_stream = (o->variants & (1u << V_STREAM)) != 0;
+    int rc = 0;
+    for (size_t j = 0; j < o->nsweep_wg; j++)
+        if (e->max_wg && o->sweep_wg[j] > e->max_wg)
+            printf("note: work-group size %zu exceeds the device maximum %zu; skipped\n",
+                   o->sweep_wg[j], e->max_wg);
+    for (size_t ri_i = 0; ri_i < o->nrules && !rc; ri_i++) {
+        rule_info ri;
+        if (rule_info_make(o->rules[ri_i], &ri))
+            return -1;
+        for (size_t ni = 0; ni < o->nsizes && !rc; ni++) {
+            const size_t n = o->sizes[ni];
+            /* configurations: fused, then stream, per (vw, wg) */
+            size_t ncfg = 0;
+            unit *cfg = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cfg);
+            unsigned *cvw = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cvw);
+            size_t *cwg = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cwg);
+            instance in = {0};
+            optrun *opt = NULL;
+            if (!cfg || !cvw || !cwg) {
+                fprintf(stderr, "clopt-bench: out of host memory\n");
+                rc = -1;
+            }
+            for (size_t i = 0; !rc && i < o->nsweep_vw; i++)
+                for (size_t j = 0; j < o->nsweep_wg; j++) {
+                    if (e->max_wg && o->sweep_wg[j] > e->max_wg)
+                        continue;
+                    for (int v = 0; v < 1 + with_stream; v++) {
+                        unit *u = &cfg[ncfg];
+                        u->variant = v ? V_STREAM : V_FUSED;
+                        u->T = 1;
+                        u->bytes = ri.tr.bytes;
+                        u->dev = malloc(o->reps * sizeof(double));
+                        u->wall = malloc(o->reps * sizeof(double));
+                        u->kern = malloc(o->reps * sizeof(double));
+                        cvw[ncfg] = o->sweep_vw[i];
+                        cwg[ncfg] = o->sweep_wg[j];
+                        ncfg++;
+                        if (!u->dev || !u->wall || !u->kern) {
+                            fprintf(stderr, "clopt-bench: out of host memory\n");
+                            rc = -1;
+                        }
+                    }
+                }
+            unsigned mask = (ri.opt_level ? 0u : state_mask(&ri)) |
+                            (with_stream ? stream_mask(&ri) : 0u);
+            if (!rc && mask)
+                rc = instance_create(e, &ri, n, mask, e->p0, e->g0, &in);
+            if (!rc && ri.opt_level) {
+                bench_split sp;
+                rc = bench_split_make(ri.r, n, 1, &sp);
+                if (!rc) {
+                    rc = optrun_create(e->ctx, ri.r, &ri.hp, OPTRUN_SEPARATE, &sp, e->p0, e->g0,
+                                       &opt);
+                    if (!rc)
+                        rc = optrun_warm(e, &ri, opt);
+                    bench_split_free(&sp);
+                }
+            }
+            for (size_t it = 0; it < total && !rc; it++) {
+                const uint64_t step = FIRST_TIMED_STEP + it * ri.spr;
+                for (size_t k = 0; k < ncfg && !rc; k++) {
+                    bench_timing t = {0};
+                    rc = set_tuning(e, cvw[k], cwg[k]);
+                    if (!rc && cfg[k].variant == V_STREAM)
+                        rc = stream_rep(e, &ri, &in, &t);
+                    else if (!rc)
+                        rc = opt ? optrun_step(opt, ri.spr, &t) : fused_step(e, &ri, &in, step, &t);
+                    if (!rc && it >= (size_t)o->warmup)
+                        record(&cfg[k], &t);
+                }
+            }
+            if (set_tuning(e, base.vector_width, base.work_group_size))
+                rc = -1;
+            instance_release(&in);
+            optrun_destroy(opt);
+            const size_t first_row = e->res.n;
+            for (size_t k = 0; k < ncfg && !rc; k++) {
+                rc = finish_row(e, &ri, &cfg[k], n, "-");
+                if (!rc) {
+                    row *w = &e->res.rows[e->res.n - 1];
+                    w->vector_width = cvw[k];
+                    w->work_group_size = cwg[k];
+                    w->sweep = 1;
+                }
+            }
+            for (size_t k = 0; k < ncfg; k++) {
+                free(cfg[k].dev);
+                free(cfg[k].wall);
+                free(cfg[k].kern);
+            }
+            free(cfg);
+            free(cvw);
+            free(cwg);
+            if (rc)
+                break;
+            /* stream fraction of each fused configuration: the stream of the same tuning */
+            row *rows = &e->res.rows[first_row];
+            const size_t nr = e->res.n - first_row;
+            for (size_t k = 0; k < nr; k++)
+                for (size_t m = 0; m < nr; m++)
+                    if (rows[m].variant == V_STREAM &&
+                        rows[m].vector_width == rows[k].vector_width &&
+                        rows[m].work_group_size == rows[k].work_group_size)
+                        rows[k].stream_fraction = rows[k].gbps / rows[m].gbps;
+            char nb[32], title[256];
+            format_n(n, nb, sizeof nb);
+            snprintf(title, sizeof title,
+                     "\nsweep %s n=%s: fused GB/s (%s, median of %ld; rows: vector width, "
+                     "columns: work-group size, 0 = the driver's choice)",
+                     ri.r->name, nb, ri.opt_level ? "optimizer level" : "one launch", o->reps);
+            print_grid(e, title, rows, nr, V_FUSED);
+            if (with_stream) {
+                snprintf(title, sizeof title, "stream GB/s (the rule's arrays, same tunings)");
+                print_grid(e, title, rows, nr, V_STREAM);
+            }
+            const row *best = NULL, *cur = NULL;
+            for (size_t k = 0; k < nr; k++) {
+                if (rows[k].variant != V_FUSED)
+                    continue;
+                if (!best || rows[k].gbps > best->gbps)
+                    best = &rows[k];
+                if (rows[k].vector_width == base.vector_width &&
+                    rows[k].work_group_size == base.work_group_size)
+                    cur = &rows[k];
+            }
+            if (best)
+                printf("best: vector width %u, work-group %zu: %.2f GB/s (%.2f of its stream)",
+                       best->vector_width, best->work_group_size, best->gbps,
+                       best->stream_fraction);
+            if (cur)
+                printf("; current tuning (%u, %zu): %.2f GB/s", cur->vector_width,
+                       cur->work_group_size, cur->gbps);
+            else
+                printf("; current tuning (%u, %zu) not in the sweep", base.vector_width,
+                       base.work_group_size);
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+    return rc;
 }
 
 /* ---- output ----------------------------------------------------------------------------- */
 
-static void format_n(size_t n, char *buf, size_t len)
-{
-    if (n && (n & (n - 1)) == 0) {
-        int k = 0;
-        while (((size_t)1 << k) != n)
-            k++;
-        snprintf(buf, len, "2^%d", k);
-    } else {
-        snprintf(buf, len, "%zu", n);
-    }
-}
-
-static void format_num(double x, const char *fmt, char *buf, size_t len)
-{
-    if (isnan(x) || isinf(x))
-        snprintf(buf, len, "-");
-    else
-        snprintf(buf, len, fmt, x);
-}
-
 static void print_table(const results *res, size_t from, int header)
 {
     if (header)
-        printf("%-13s %-8s %6s %10s %10s %6s %5s %8s %6s %6s %7s %5s\n", "rule", "variant", "n",
-           "ms", "wall_ms", "launch", "B/p", "GB/s", "copy", "stream", "fused_x", "check");
+        printf("%-14s %-8s %6s %5s %10s %10s %6s %6s %8s %6s %6s %7s %5s\n", "rule", "variant",
+               "n", "T", "ms", "wall_ms", "launch", "B/p", "GB/s", "copy", "stream", "fused_x",
+               "check");
     for (size_t i = from; i < res->n; i++) {
         const row *w = &res->rows[i];
-        char nb[32], ms[32], wall[32], gb[32], cf[32], sf[32], fx[32];
+        char nb[32], ms[32], wall[32], gb[32], cf[32], sf[32], fx[32], bp[32];
         format_n(w->n, nb, sizeof nb);
         format_num(w->ms, "%.3f", ms, sizeof ms);
         format_num(w->wall_ms, "%.3f", wall, sizeof wall);
@@ -1138,9 +1905,10 @@ static void print_table(const results *res, size_t from, int header)
         format_num(w->copy_fraction, "%.2f", cf, sizeof cf);
         format_num(w->stream_fraction, "%.2f", sf, sizeof sf);
         format_num(w->fused_speedup, "%.2f", fx, sizeof fx);
-        printf("%-13s %-8s %6s %10s %10s %6u %5zu %8s %6s %6s %7s %5s\n", w->rule,
-               variant_names[w->variant], nb, ms, wall, w->launches, w->bytes_per_param, gb, cf,
-               sf, fx, w->check);
+        format_num(w->bytes_per_param, "%.4g", bp, sizeof bp);
+        printf("%-14s %-8s %6s %5zu %10s %10s %6u %6s %8s %6s %6s %7s %5s\n", w->rule,
+               variant_names[w->variant], nb, w->tensors, ms, wall, w->launches, bp, gb, cf, sf,
+               fx, w->check);
     }
     fflush(stdout);
 }
@@ -1181,10 +1949,12 @@ static int write_json(const env *e, const char *path)
         const row *w = &e->res.rows[i];
         fprintf(f, "%s\n  {\"rule\": ", i ? "," : "");
         json_str(f, w->rule);
-        fprintf(f, ", \"variant\": \"%s\", \"n\": %zu, \"tensors\": %u, \"ms\": ",
+        fprintf(f, ", \"variant\": \"%s\", \"n\": %zu, \"tensors\": %zu, \"ms\": ",
                 variant_names[w->variant], w->n, w->tensors);
         json_num(f, w->ms);
-        fprintf(f, ", \"bytes_per_param\": %zu, \"gbps\": ", w->bytes_per_param);
+        fprintf(f, ", \"bytes_per_param\": ");
+        json_num(f, w->bytes_per_param);
+        fprintf(f, ", \"gbps\": ");
         json_num(f, w->gbps);
         fprintf(f, ", \"copy_fraction\": ");
         json_num(f, w->copy_fraction);
@@ -1198,13 +1968,21 @@ static int write_json(const env *e, const char *path)
         json_num(f, w->ms_kernels);
         fprintf(f, ", \"launches\": %u, \"fused_speedup\": ", w->launches);
         json_num(f, w->fused_speedup);
+        fprintf(f, ", \"tensor_ratio\": ");
+        json_num(f, w->tensor_ratio);
+        fprintf(f, ", \"tensor_wall_ratio\": ");
+        json_num(f, w->tensor_wall_ratio);
+        fprintf(f, ", \"steps_per_rep\": %u, \"lib_bytes_per_param\": %zu, \"shape\": ",
+                w->steps_per_rep, w->lib_bytes_per_param);
+        json_str(f, w->shape);
         fprintf(f, ", \"check\": ");
         json_str(f, w->check);
         fprintf(f, ", \"reps\": %ld, \"device\": ", e->opt->reps);
         json_str(f, dev);
-        fprintf(f, ", \"vector_width\": %u, \"work_group_size\": %zu, \"omp_threads\": %d}",
-                bench_device_vector_width(e->bd), bench_device_work_group_size(e->bd),
-                cloop_threads());
+        fprintf(f, ", \"vector_width\": %u, \"work_group_size\": %zu, \"omp_threads\": %d, "
+                   "\"sweep\": %s}",
+                w->vector_width, w->work_group_size, cloop_threads(),
+                w->sweep ? "true" : "false");
     }
     fprintf(f, "\n]\n");
     if (fclose(f) != 0) {
@@ -1229,12 +2007,15 @@ static int write_csv(const env *e, const char *path)
     }
     fprintf(f, "rule,variant,n,tensors,ms,bytes_per_param,gbps,copy_fraction,stream_fraction,"
                "wall_ms,ms_min,ms_kernels,launches,fused_speedup,check,reps,vector_width,"
-               "work_group_size,omp_threads\n");
+               "work_group_size,omp_threads,tensor_ratio,tensor_wall_ratio,steps_per_rep,"
+               "lib_bytes_per_param,shape,sweep\n");
     for (size_t i = 0; i < e->res.n; i++) {
         const row *w = &e->res.rows[i];
-        fprintf(f, "%s,%s,%zu,%u,", w->rule, variant_names[w->variant], w->n, w->tensors);
+        fprintf(f, "%s,%s,%zu,%zu,", w->rule, variant_names[w->variant], w->n, w->tensors);
         csv_num(f, w->ms);
-        fprintf(f, ",%zu,", w->bytes_per_param);
+        fputc(',', f);
+        csv_num(f, w->bytes_per_param);
+        fputc(',', f);
         csv_num(f, w->gbps);
         fputc(',', f);
         csv_num(f, w->copy_fraction);
@@ -1248,9 +2029,13 @@ static int write_csv(const env *e, const char *path)
         csv_num(f, w->ms_kernels);
         fprintf(f, ",%u,", w->launches);
         csv_num(f, w->fused_speedup);
-        fprintf(f, ",%s,%ld,%u,%zu,%d\n", w->check, e->opt->reps,
-                bench_device_vector_width(e->bd), bench_device_work_group_size(e->bd),
-                cloop_threads());
+        fprintf(f, ",%s,%ld,%u,%zu,%d,", w->check, e->opt->reps, w->vector_width,
+                w->work_group_size, cloop_threads());
+        csv_num(f, w->tensor_ratio);
+        fputc(',', f);
+        csv_num(f, w->tensor_wall_ratio);
+        fprintf(f, ",%u,%zu,%s,%d\n", w->steps_per_rep, w->lib_bytes_per_param, w->shape,
+                w->sweep);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "clopt-bench: writing %s failed\n", path);
@@ -1259,18 +2044,34 @@ static int write_csv(const env *e, const char *path)
     return 0;
 }
 
-/* gnuplot through a pipe: one panel per rule, GB/s against n, one line per variant. */
+/* gnuplot through a pipe: one panel per rule, GB/s against n, one line per variant (and per
+   tensor count for arena and separate). With one size and several tensor counts: GB/s
+   against the tensor count for arena and separate, the one-tensor variants as levels. */
 static int write_plot(const env *e, const char *path)
 {
+    const options *o = e->opt;
+    if (o->sweep) {
+        printf("note: --plot is not drawn for --sweep-tuning (see the tables); %s skipped\n",
+               path);
+        return 0;
+    }
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
         printf("note: gnuplot not found; --plot %s skipped\n", path);
         return 0;
     }
-    const options *o = e->opt;
-    size_t nmin = SIZE_MAX, nmax = 0;
-    for (size_t i = 0; i < o->nsizes; i++) {
-        nmin = o->sizes[i] < nmin ? o->sizes[i] : nmin;
-        nmax = o->sizes[i] > nmax ? o->sizes[i] : nmax;
+    const int by_tensors = o->nsizes == 1 && o->ntensors > 1;
+    double xmin = INFINITY, xmax = 0.0;
+    if (by_tensors) {
+        for (size_t i = 0; i < o->ntensors; i++) {
+            xmin = fmin(xmin, (double)o->tensors[i]);
+            xmax = fmax(xmax, (double)o->tensors[i]);
+        }
+        xmin = fmin(xmin, 1.0);
+    } else {
+        for (size_t i = 0; i < o->nsizes; i++) {
+            xmin = fmin(xmin, (double)o->sizes[i]);
+            xmax = fmax(xmax, (double)o->sizes[i]);
+        }
     }
     FILE *gp = popen("gnuplot", "w");
     if (!gp) {
@@ -1284,54 +2085,88 @@ static int write_plot(const env *e, const char *path)
     for (char *c = dev; *c; c++)
         if (*c == '\'' || *c == '"' || *c == '\\')
             *c = ' ';
-    fprintf(gp, "set terminal pngcairo noenhanced size %zu,%zu font ',10'\n", 560 * cols,
+    char nb[32];
+    format_n(o->sizes[0], nb, sizeof nb);
+    fprintf(gp, "set terminal pngcairo noenhanced size %zu,%zu font ',10'\n", 720 * cols,
             430 * rows + 40);
     fprintf(gp, "set output '%s'\n", path);
-    fprintf(gp, "set multiplot layout %zu,%zu title 'clopt-bench on %s (median of %ld)'\n", rows,
-            cols, dev, o->reps);
-    fprintf(gp, "set logscale x 2\nset format x '2^%%L'\nset grid\n");
-    fprintf(gp, "set key outside bottom center horizontal maxrows 1 samplen 3\nset bmargin 5\n");
-    fprintf(gp, "set xlabel 'n (parameters)'\nset ylabel 'GB/s'\nset yrange [0:*]\n");
-    fprintf(gp, "set xrange [%g:%g]\n", (double)nmin / 1.5, (double)nmax * 1.5);
+    fprintf(gp, "set multiplot layout %zu,%zu title 'clopt-bench on %s (median of %ld)%s%s'\n",
+            rows, cols, dev, o->reps, by_tensors ? ", n = " : "", by_tensors ? nb : "");
+    if (by_tensors)
+        fprintf(gp, "set logscale x 10\nset xlabel 'tensors (the same total n)'\n");
+    else
+        fprintf(gp, "set logscale x 2\nset format x '2^%%L'\nset xlabel 'n (parameters)'\n");
+    fprintf(gp, "set grid\nset key outside right top vertical samplen 3\n");
+    fprintf(gp, "set ylabel 'GB/s'\nset yrange [0:*]\n");
+    fprintf(gp, "set xrange [%g:%g]\n", xmin / 1.5, xmax * 1.5);
+    /* the measured variants solid, the two references dashed; more tensors: other dashes */
+    static const char *const color[V_COUNT] = {
+        [V_FUSED] = "#7b2cbf", [V_UNFUSED] = "#2a9d8f", [V_C_LOOP] = "#1d6fd6",
+        [V_COPY] = "#e07a00",  [V_STREAM] = "#222222",  [V_ARENA] = "#c9184a",
+        [V_SEPARATE] = "#6a994e"};
+    static const int point[V_COUNT] = {[V_FUSED] = 7,  [V_UNFUSED] = 5, [V_C_LOOP] = 9,
+                                       [V_COPY] = 4,   [V_STREAM] = 6,  [V_ARENA] = 11,
+                                       [V_SEPARATE] = 13};
     for (size_t ri = 0; ri < o->nrules; ri++) {
         const char *rule = o->rules[ri]->name;
         fprintf(gp, "set title '%s'\n", rule);
-        int present[V_COUNT] = {0};
-        for (size_t i = 0; i < e->res.n; i++)
-            if (!strcmp(e->res.rows[i].rule, rule))
-                present[e->res.rows[i].variant] = 1;
-        /* the measured variants solid, the two references dashed */
-        static const char *const style[V_COUNT] = {
-            [V_FUSED] = "lw 2 lc rgb '#7b2cbf' pt 7", [V_UNFUSED] = "lw 2 lc rgb '#2a9d8f' pt 5",
-            [V_C_LOOP] = "lw 2 lc rgb '#1d6fd6' pt 9", [V_COPY] = "lw 2 dt 2 lc rgb '#e07a00' pt 4",
-            [V_STREAM] = "lw 2 dt 2 lc rgb '#222222' pt 6"};
-        int any = 0;
+        /* series: (variant, tensor count); by tensors: one per variant */
+        int sv[V_COUNT * (MAX_LIST + 1)];
+        size_t st[V_COUNT * (MAX_LIST + 1)], ns = 0;
         for (int v = 0; v < V_COUNT; v++)
-            if (present[v]) {
-                fprintf(gp, "%s'-' using 1:2 with linespoints %s title '%s'", any ? ", " : "plot ",
-                        style[v], variant_names[v]);
-                any = 1;
+            for (size_t ti = 0; ti <= (by_tensors ? 0 : o->ntensors); ti++) {
+                size_t T = ti == 0 ? 1 : o->tensors[ti - 1];
+                if (ti > 0 && T == 1)
+                    continue;
+                int present = 0;
+                for (size_t i = 0; i < e->res.n && !present; i++) {
+                    const row *w = &e->res.rows[i];
+                    present = !strcmp(w->rule, rule) && w->variant == v &&
+                              (by_tensors || w->tensors == T);
+                }
+                if (present) {
+                    sv[ns] = v;
+                    st[ns++] = T;
+                }
             }
-        if (!any) {
+        if (!ns) {
             fprintf(gp, "plot NaN notitle\n");
             continue;
         }
+        for (size_t k = 0; k < ns; k++) {
+            int v = sv[k];
+            const int level = by_tensors && v != V_ARENA && v != V_SEPARATE;
+            int dt = v == V_COPY || v == V_STREAM ? 2 : st[k] > 1 ? 3 + (int)(k % 3) : 1;
+            char title[64];
+            if (st[k] > 1)
+                snprintf(title, sizeof title, "%s T=%zu", variant_names[v], st[k]);
+            else
+                snprintf(title, sizeof title, "%s%s", variant_names[v], level ? " (T=1)" : "");
+            fprintf(gp, "%s'-' using 1:2 with %s lw 2 dt %d lc rgb '%s' pt %d title '%s'",
+                    k ? ", " : "plot ", level ? "lines" : "linespoints", level ? 2 : dt,
+                    color[v], point[v], title);
+        }
         fprintf(gp, "\n");
-        for (int v = 0; v < V_COUNT; v++) {
-            if (!present[v])
-                continue;
+        for (size_t k = 0; k < ns; k++) {
+            const int level = by_tensors && sv[k] != V_ARENA && sv[k] != V_SEPARATE;
             for (size_t i = 0; i < e->res.n; i++) {
                 const row *w = &e->res.rows[i];
-                if (!strcmp(w->rule, rule) && w->variant == v && !isnan(w->gbps))
+                if (strcmp(w->rule, rule) || w->variant != sv[k] || isnan(w->gbps))
+                    continue;
+                if (level)
+                    fprintf(gp, "%g %.6g\n%g %.6g\n", xmin, w->gbps, xmax, w->gbps);
+                else if (by_tensors)
+                    fprintf(gp, "%zu %.6g\n", w->tensors, w->gbps);
+                else if (w->tensors == st[k])
                     fprintf(gp, "%zu %.6g\n", w->n, w->gbps);
             }
             fprintf(gp, "e\n");
         }
     }
     fprintf(gp, "unset multiplot\n");
-    int st = pclose(gp);
-    if (st != 0) {
-        printf("note: gnuplot failed (status %d); %s may be incomplete\n", st, path);
+    int stt = pclose(gp);
+    if (stt != 0) {
+        printf("note: gnuplot failed (status %d); %s may be incomplete\n", stt, path);
         return 0;
     }
     printf("plot written to %s\n", path);
@@ -1339,6 +2174,68 @@ static int write_plot(const env *e, const char *path)
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
+
+static int check_rule(env *e, const rule_info *ri, check_result *cr)
+{
+    const options *o = e->opt;
+    const int with_opt = (o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE))) != 0;
+    const size_t n = check_size(ri, o->check_n);
+    if (run_check(e, ri, n, with_opt, cr))
+        return -1;
+    int bad = cr->unfused_err > 1.0 || cr->cloop_err > 1.0 || cr->arena_err > 1.0 ||
+              cr->separate_err > 1.0;
+    char shape[64] = "";
+    if (ri->r->flags & BENCH_MATRIX) {
+        size_t R, C;
+        bench_matrix_shape(n, &R, &C);
+        snprintf(shape, sizeof shape, " = %zux%zu", R, C);
+    }
+    printf("check %s (n=%zu%s, %d steps, |x-fused| <= %g*rms + %g*|fused|%s): unfused %s "
+           "(%.3g), c_loop %s (%.3g)",
+           ri->r->name, n, shape, CHECK_STEPS, CHECK_ATOL_REL, CHECK_RTOL,
+           ri->opt_level ? "; fused = the optimizer level" : "", check_word(cr->unfused_err),
+           cr->unfused_err, check_word(cr->cloop_err), cr->cloop_err);
+    if (with_opt)
+        printf(", arena %s (%.3g), separate with %d tensors vs the C loop %s (%.3g)%s",
+               check_word(cr->arena_err), cr->arena_err, CHECK_TENSORS,
+               check_word(cr->separate_err), cr->separate_err,
+               cr->arena_identical == 1   ? ", arena = separate bit for bit"
+               : cr->arena_identical == 0 ? ", arena and separate NOT bit-identical"
+                                          : "");
+    printf("\n");
+    if (bad) {
+        fprintf(stderr,
+                "clopt-bench: WARNING: %s: a variant disagrees with the fused kernel; its "
+                "timings do not compare like with like\n",
+                ri->r->name);
+        e->check_failed = 1;
+    }
+    return 0;
+}
+
+static void traffic_note(const rule_info *ri)
+{
+    const bench_traffic *t = &ri->tr;
+    if (fabs(t->bytes - (double)t->lib_bytes) < 1e-9 && !(ri->r->flags & BENCH_MATRIX))
+        return;
+    printf("note: %s:", ri->r->name);
+    if (ri->r->flags & BENCH_MATRIX)
+        printf(" tensors are matrices (rows x cols: the largest divisor of n up to its square "
+               "root, x n/rows; JSON/CSV field shape);");
+    printf(" counted as %.4g bytes/param = clopt_rule_bytes_per_param %zu", t->bytes,
+           t->lib_bytes);
+    if (t->gc_bytes)
+        printf(" + %zu (GC reads g once more for the row means)", t->gc_bytes);
+    if (t->la_k)
+        printf(" + 16/%u (Lookahead reads and writes θ and the slow weights every %u steps; a "
+               "repetition is %u steps)",
+               t->la_k, t->la_k, t->la_k);
+    double model = (double)(sizeof(float) * (2 * t->rw + t->ro));
+    if (fabs(model - (double)t->lib_bytes) > 1e-9)
+        printf(" [the stream kernel's %zu + %zu arrays make %.0f, not %zu]", t->rw, t->ro, model,
+               t->lib_bytes);
+    printf("\n");
+}
 
 int main(int argc, char **argv)
 {
@@ -1361,6 +2258,7 @@ int main(int argc, char **argv)
             fclose(la);
         }
     }
+    const double t_start = bench_now_ms();
     env e;
     memset(&e, 0, sizeof e);
     e.opt = &o;
@@ -1376,9 +2274,28 @@ int main(int argc, char **argv)
     e.queue = clopt_ctx_cl_queue(e.ctx);
     cl_int err = clGetDeviceInfo(clopt_ctx_cl_device(e.ctx), CL_DEVICE_MAX_MEM_ALLOC_SIZE,
                                  sizeof e.max_alloc, &e.max_alloc, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(clopt_ctx_cl_device(e.ctx), CL_DEVICE_MAX_WORK_GROUP_SIZE,
+                              sizeof e.max_wg, &e.max_wg, NULL);
     if (err != CL_SUCCESS) {
         cl_fail("clGetDeviceInfo", err);
         goto out;
+    }
+    /* --vw / --wg: before anything is compiled (the library and the benchmark's kernels) */
+    if ((s = clopt_ctx_get_tuning(e.ctx, &e.tuning)) != CLOPT_SUCCESS) {
+        clopt_fail_msg(&e, "clopt_ctx_get_tuning", s);
+        goto out;
+    }
+    if (o.vw > 0 || o.wg >= 0) {
+        if (o.vw > 0)
+            e.tuning.vector_width = (unsigned)o.vw;
+        if (o.wg >= 0)
+            e.tuning.work_group_size = (size_t)o.wg;
+        if ((s = clopt_ctx_set_tuning(e.ctx, &e.tuning)) != CLOPT_SUCCESS) {
+            fprintf(stderr, "clopt-bench: --vw/--wg: %s\n", clopt_ctx_last_error(e.ctx));
+            rc = 2;
+            goto out;
+        }
     }
     e.bd = bench_device_create(e.ctx);
     if (!e.bd) {
@@ -1386,7 +2303,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    size_t nmax = 0;
+    size_t nmax = o.check_n;
     for (size_t i = 0; i < o.nsizes; i++) {
         nmax = o.sizes[i] > nmax ? o.sizes[i] : nmax;
         if (o.sizes[i] * sizeof(float) > e.max_alloc) {
@@ -1406,57 +2323,54 @@ int main(int argc, char **argv)
     fill_uniform(e.p0, nmax, 1, -1.0f, 1.0f);
     fill_uniform(e.g0, nmax, 2, -0.5f, 0.5f);
 
-    printf("clopt-bench: device %s, vector width %u, work-group %zu%s, C loop %d thread(s), "
+    printf("clopt-bench: device %s, vector width %u, work-group %zu%s%s, C loop %d thread(s), "
            "median of %ld after %ld warm-up\n",
-           clopt_ctx_device_name(e.ctx), bench_device_vector_width(e.bd),
-           bench_device_work_group_size(e.bd),
-           bench_device_work_group_size(e.bd) ? "" : " (driver)", cloop_threads(), o.reps,
+           clopt_ctx_device_name(e.ctx), e.tuning.vector_width, e.tuning.work_group_size,
+           e.tuning.work_group_size ? "" : " (driver)",
+           o.vw > 0 || o.wg >= 0 ? " (set by --vw/--wg)" : "", cloop_threads(), o.reps,
            o.warmup);
     if (busy)
         printf("note: %d other runnable process(es) at start: they compete for the CPUs and "
                "the timings will be noisy\n",
                busy);
-    printf("ms: device time from profiling events (first start to last end for the unfused "
-           "chain), wall clock for c_loop; copy/stream: fraction of their GB/s; fused_x: ms / "
-           "fused ms\n\n");
 
-    int header = 0;
-    for (size_t ri = 0; ri < o.nrules; ri++) {
-        const bench_rule *r = o.rules[ri];
-        clopt_hparams hp;
-        s = bench_rule_hparams(r, &hp);
-        if (s != CLOPT_SUCCESS) {
-            fprintf(stderr, "clopt-bench: %s: hyperparameters: %s\n", r->name,
-                    clopt_status_str(s));
+    if (o.sweep) {
+        printf("tuning sweep: vector widths x work-group sizes, interleaved in every "
+               "repetition; GB/s = bytes_per_param * n / ms (device time)\n");
+        if (run_sweep(&e))
             goto out;
-        }
-        check_result cr = {NAN, NAN};
-        if (o.check_n) {
-            if (run_check(&e, r, &hp, &cr))
+    } else {
+        printf("ms: device time from profiling events (first start to last end for the unfused "
+               "chain); the optimizer level (arena, separate, and fused of the rules that only "
+               "exist there) from the end of a marker before clopt_optimizer_step to the end "
+               "of the step's marker; wall clock for c_loop; copy/stream: fraction of their "
+               "GB/s; fused_x: ms / fused ms; T: tensors\n\n");
+        int header = 0;
+        for (size_t ri_i = 0; ri_i < o.nrules; ri_i++) {
+            const double t_rule = bench_now_ms();
+            rule_info ri;
+            if (rule_info_make(o.rules[ri_i], &ri))
                 goto out;
-            int bad = (!isnan(cr.unfused_err) && cr.unfused_err > 1.0) || cr.cloop_err > 1.0;
-            printf("check %s (n=%zu, %d steps, |x-fused| <= %g*rms + %g*|fused|): unfused %s "
-                   "(%.3g), c_loop %s (%.3g)\n",
-                   r->name, o.check_n, CHECK_STEPS, CHECK_ATOL_REL, CHECK_RTOL,
-                   check_word(cr.unfused_err), cr.unfused_err, check_word(cr.cloop_err),
-                   cr.cloop_err);
-            if (bad) {
-                fprintf(stderr,
-                        "clopt-bench: WARNING: %s: a variant disagrees with the fused kernel; "
-                        "its timings do not compare like with like\n",
-                        r->name);
-                e.check_failed = 1;
+            traffic_note(&ri);
+            check_result cr = {NAN, NAN, NAN, NAN, -1};
+            if (o.check_n && check_rule(&e, &ri, &cr))
+                goto out;
+            for (size_t ni = 0; ni < o.nsizes; ni++) {
+                size_t from = e.res.n;
+                if (measure(&e, &ri, o.sizes[ni], &cr))
+                    goto out;
+                printf("\n");
+                print_table(&e.res, from, !header);
+                header = 1;
+                print_tensors(&e, &ri, o.sizes[ni], from);
             }
-        }
-        for (size_t ni = 0; ni < o.nsizes; ni++) {
-            size_t from = e.res.n;
-            if (measure(&e, r, &hp, o.sizes[ni], &cr))
-                goto out;
-            printf("\n");
-            print_table(&e.res, from, !header);
-            header = 1;
+            printf("(%s: %.1f s)\n\n", ri.r->name, (bench_now_ms() - t_rule) * 1e-3);
         }
     }
+    if (optrun_wall_fallbacks())
+        printf("note: %lu optimizer-level timing(s) had no marker profiling times on this "
+               "device; their ms is the wall clock\n",
+               optrun_wall_fallbacks());
     rc = 0;
     if (o.json && write_json(&e, o.json))
         rc = 1;
@@ -1464,6 +2378,7 @@ int main(int argc, char **argv)
         rc = 1;
     if (o.plot && write_plot(&e, o.plot))
         rc = 1;
+    printf("clopt-bench: %.1f s\n", (bench_now_ms() - t_start) * 1e-3);
     if (!rc && e.check_failed) {
         fprintf(stderr, "clopt-bench: the correctness check failed (see above)\n");
         rc = 3;

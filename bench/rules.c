@@ -412,6 +412,12 @@ static size_t chain_sophia(const clopt_hparams *hp, uint64_t step, double mu_pro
 /* ---- the table --------------------------------------------------------------------------- */
 
 static void setup_sgd_momentum(clopt_hparams *hp) { hp->momentum = 0.9; }
+/* Lookahead (Zhang et al. 2019) around Adam with the paper's k = 5, alpha = 0.5. */
+static void setup_lookahead(clopt_hparams *hp)
+{
+    hp->lookahead_k = 5;
+    hp->lookahead_alpha = 0.5;
+}
 
 /* Sophia's hessian EMA h is read by every step but written only at steps that fold in an
    estimate; the benchmark measures the common step without one. */
@@ -433,6 +439,13 @@ const bench_rule bench_rules[] = {
     {"diffgrad", CLOPT_DIFFGRAD, NULL, 0, cloop_diffgrad, chain_diffgrad, 0, 1},
     {"lion", CLOPT_LION, NULL, 0, cloop_lion, chain_lion, BENCH_SIGN, 1},
     {"sophia", CLOPT_SOPHIA, NULL, SOPHIA_HESSIAN_READONLY, cloop_sophia, chain_sophia, BENCH_SIGN, 1},
+    /* optimizer level: Adafactor on matrices (factored second moment; HF defaults: relative
+       step, no first moment), LAMB (two passes around a norm reduction), Ranger on matrices
+       (GC applies; the Lookahead sync every 6 steps is part of its step), Adam in Lookahead */
+    {"adafactor", CLOPT_ADAFACTOR, NULL, 0, cloop_adafactor, NULL, BENCH_OPT_LEVEL | BENCH_MATRIX, 1},
+    {"lamb", CLOPT_LAMB, NULL, 0, cloop_lamb, NULL, BENCH_OPT_LEVEL, 1},
+    {"ranger", CLOPT_RANGER, NULL, 0, cloop_ranger, NULL, BENCH_MATRIX, 1},
+    {"adam_lookahead", CLOPT_ADAM, setup_lookahead, 0, cloop_adam, chain_adam, 0, 0},
 };
 const size_t bench_rule_count = sizeof bench_rules / sizeof bench_rules[0];
 
@@ -467,4 +480,82 @@ void bench_rule_arrays(const bench_rule *r, const clopt_hparams *hp, size_t *rea
     }
     *read_write = rw;
     *read_only = ro;
+}
+
+void bench_rule_traffic(const bench_rule *r, const clopt_hparams *hp, bench_traffic *t)
+{
+    memset(t, 0, sizeof *t);
+    t->lib_bytes = clopt_rule_bytes_per_param(r->rule, hp);
+    if (r->rule == CLOPT_ADAFACTOR) {
+        /* rows: g; cols: g; partial sums: g, θ; update: g, θ -> θ (and m -> m) */
+        t->rw = 1 + (hp->use_beta1 ? 1u : 0u);
+        t->ro = 5;
+    } else if (r->rule == CLOPT_LAMB) {
+        /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
+        t->rw = 3;
+        t->ro = 4;
+    } else {
+        bench_rule_arrays(r, hp, &t->rw, &t->ro);
+    }
+    t->gc_bytes = bench_rule_gc(r, hp) ? sizeof(float) : 0;
+    t->la_k = hp->lookahead_k;
+    t->bytes = (double)(sizeof(float) * (2 * t->rw + t->ro) + t->gc_bytes) +
+               (t->la_k ? 4.0 * sizeof(float) / t->la_k : 0.0);
+}
+
+int bench_rule_gc(const bench_rule *r, const clopt_hparams *hp)
+{
+    /* the benchmark's matrices have 2 dims: GC applies unless it is for convolutions only */
+    return (r->flags & BENCH_MATRIX) && hp->grad_centralization && !hp->gc_conv_only;
+}
+
+int bench_rule_opt_level(const bench_rule *r, const clopt_hparams *hp)
+{
+    return (r->flags & BENCH_OPT_LEVEL) || hp->lookahead_k > 0 || bench_rule_gc(r, hp);
+}
+
+void bench_matrix_shape(size_t n, size_t *rows, size_t *cols)
+{
+    size_t d = (size_t)sqrt((double)n);
+    while (d > 1 && d * d > n)
+        d--;
+    while ((d + 1) * (d + 1) <= n)
+        d++;
+    while (d > 1 && n % d)
+        d--;
+    if (d == 0)
+        d = 1;
+    *rows = d;
+    *cols = n / d;
+}
+
+size_t bench_state_layout(const bench_rule *r, const clopt_hparams *hp, size_t n, size_t rows,
+                          size_t cols, size_t *len, const char **name)
+{
+    size_t k = 0;
+#define PUT(l, nm)                                                                         \
+    do {                                                                                   \
+        len[k] = (l);                                                                      \
+        if (name)                                                                          \
+            name[k] = (nm);                                                                \
+        k++;                                                                               \
+    } while (0)
+    if (r->rule == CLOPT_ADAFACTOR) {
+        if (rows) {
+            PUT(rows, "exp_avg_sq_row");
+            PUT(cols, "exp_avg_sq_col");
+        } else {
+            PUT(n, "exp_avg_sq");
+        }
+        if (hp->use_beta1)
+            PUT(n, "exp_avg");
+    } else {
+        size_t ns = clopt_rule_state_count(r->rule, hp);
+        for (size_t i = 0; i < ns && k < BENCH_MAX_STATE; i++)
+            PUT(n, clopt_rule_state_name(r->rule, hp, i));
+    }
+    if (hp->lookahead_k > 0 && k < BENCH_MAX_STATE)
+        PUT(n, r->rule == CLOPT_RANGER ? "slow_buffer" : "slow_params");
+#undef PUT
+    return k;
 }

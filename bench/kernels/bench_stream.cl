@@ -4,8 +4,9 @@
  * keep their values (the fused and unfused steps run on the same arrays between stream
  * runs), and the compiler cannot drop the loads of r.
  *
- * NRW (1..6) read-write arrays, NRO (1..3) read-only arrays, set with -D at build time.
- * Unused pointer arguments are never touched. */
+ * NRW (1..6) read-write arrays, NRO (0..6) read-only arrays, set with -D at build time.
+ * Unused pointer arguments are never touched. With NRO 0 (Lookahead's sync: θ and φ read
+ * and written) the loads of w are kept alive by the stores alone. */
 #ifndef NRW
 #define NRW 1
 #endif
@@ -13,12 +14,20 @@
 #define NRO 1
 #endif
 
-#if NRO == 1
+#if NRO == 0
+#define RSUM(T, LD) ((T)(1.0f))
+#elif NRO == 1
 #define RSUM(T, LD) (LD(r0))
 #elif NRO == 2
 #define RSUM(T, LD) (LD(r0) + LD(r1))
-#else
+#elif NRO == 3
 #define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2))
+#elif NRO == 4
+#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3))
+#elif NRO == 5
+#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3) + LD(r4))
+#else
+#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3) + LD(r4) + LD(r5))
 #endif
 
 #define W(j, T, LD, ST) ST(LD(w##j) + R, w##j);
@@ -51,7 +60,7 @@
 
 #define STREAM_BODY(T, LD, ST)                                                             \
     {                                                                                      \
-        const T R = zero * RSUM(T, LD);                                                           \
+        const T R = zero * RSUM(T, LD);                                                    \
         W(0, T, LD, ST)                                                                    \
         W1(T, LD, ST) W2(T, LD, ST) W3(T, LD, ST) W4(T, LD, ST) W5(T, LD, ST)               \
     }
@@ -59,7 +68,9 @@
 __kernel void bench_stream(__global float *w0, __global float *w1, __global float *w2,
                            __global float *w3, __global float *w4, __global float *w5,
                            __global const float *r0, __global const float *r1,
-                           __global const float *r2, const float zero, const ulong n)
+                           __global const float *r2, __global const float *r3,
+                           __global const float *r4, __global const float *r5,
+                           const float zero, const ulong n)
 {
     BENCH_ELEMENTWISE(STREAM_BODY)
 }

@@ -1,0 +1,114 @@
+#!/bin/sh
+# The committed benchmark results of one device: runs clopt-bench four times and writes into DIR
+#
+#   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
+#   large.*                       --rules adamw --sizes 2^25 --reps 7
+#   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
+#   sweep.txt .json .csv          --sweep-tuning         (fused AdamW at 2^24 over VW x WG)
+#   results.md                    device, date, commit, host, the command lines and every table
+#
+# usage: bench/run-results.sh DIR [clopt-bench options added to every run, e.g. --device 1]
+# The executable: $CLOPT_BENCH, else build-bench2/bench/clopt-bench or build/bench/clopt-bench
+# of this checkout, else clopt-bench on the PATH. The plots need gnuplot (skipped without).
+# Exit status: 0 when every run succeeded, else the last failing run's status (the other runs
+# still happen; results.md records each status).
+set -u
+
+if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    [ $# -lt 1 ] && exit 2
+    exit 0
+fi
+DIR=$1
+shift
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${CLOPT_BENCH:-}
+if [ -z "$BENCH" ]; then
+    for b in "$ROOT/build-bench2/bench/clopt-bench" "$ROOT/build/bench/clopt-bench"; do
+        if [ -x "$b" ]; then
+            BENCH=$b
+            break
+        fi
+    done
+fi
+if [ -z "$BENCH" ]; then
+    BENCH=$(command -v clopt-bench || true)
+fi
+if [ -z "$BENCH" ] || [ ! -x "$BENCH" ]; then
+    echo "run-results.sh: clopt-bench not found (build it, or set CLOPT_BENCH)" >&2
+    exit 1
+fi
+
+mkdir -p "$DIR" || exit 1
+MD="$DIR/results.md"
+STATUS=0
+SUMMARY=""
+
+# run NAME TITLE ARGS...: clopt-bench ARGS plus the common options, output into DIR/NAME.*
+run() {
+    name=$1
+    title=$2
+    shift 2
+    plot="--plot $DIR/$name.png"
+    case " $* " in *" --sweep-tuning "*) plot="" ;; esac
+    echo "run-results.sh: $title: $BENCH $*" >&2
+    # shellcheck disable=SC2086 # $plot is empty or two words
+    "$BENCH" "$@" --json "$DIR/$name.json" --csv "$DIR/$name.csv" $plot >"$DIR/$name.txt" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && STATUS=$rc
+    SUMMARY="$SUMMARY$name:$rc "
+    {
+        echo "## $title"
+        echo
+        echo '```sh'
+        echo "clopt-bench ${*:+$* }--json $name.json --csv $name.csv${plot:+ --plot $name.png}"
+        echo '```'
+        echo
+        [ $rc -ne 0 ] && echo "**exit status $rc** (see below)" && echo
+        echo '```text'
+        cat "$DIR/$name.txt"
+        echo '```'
+        echo
+        if [ -n "$plot" ] && [ -f "$DIR/$name.png" ]; then
+            echo "![$name]($name.png)"
+            echo
+        fi
+    } >>"$MD.body"
+}
+
+# The common options (no spaces inside a value) go after each run's own.
+COMMON="$*"
+rm -f "$MD.body"
+# shellcheck disable=SC2086 # COMMON is split into its options on purpose
+{
+    run default "Default run (every default rule at 2^20, 2^22, 2^24)" $COMMON
+    run large "AdamW at 2^25, median of 7" --rules adamw --sizes 2^25 --reps 7 $COMMON
+    run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
+        --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 $COMMON
+    run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group size" \
+        --sweep-tuning --rules adamw --sizes 2^24 $COMMON
+}
+
+DEVICE=$(sed -n 's/^clopt-bench: device \(.*\), vector width.*/\1/p' "$DIR/default.txt" | head -n 1)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$COMMIT" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain -- host kernels include bench 2>/dev/null)" ]; then
+    COMMIT="$COMMIT (with uncommitted changes)"
+fi
+{
+    echo "# clopt-bench results: ${DEVICE:-unknown device}"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- commit: $COMMIT"
+    echo "- host: $(uname -srm), $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo '?') CPU(s)"
+    echo "- produced by: \`bench/run-results.sh DIR${COMMON:+ $COMMON}\`"
+    echo "- runs (exit status): $SUMMARY"
+    echo
+    echo "Fields and variants: bench/README.md. ms is device time (profiling events; markers"
+    echo "around clopt_optimizer_step for the optimizer level), GB/s = bytes_per_param * n / ms."
+    echo
+    cat "$MD.body"
+} >"$MD"
+rm -f "$MD.body"
+echo "run-results.sh: wrote $DIR (results.md, *.txt, *.json, *.csv, *.png); runs: $SUMMARY" >&2
+exit $STATUS
