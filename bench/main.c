@@ -1399,8 +1399,8 @@ static int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, cons
     w->gbps = w->ms > 0.0 ? u->bytes * (double)n / (w->ms * 1e6) : NAN;
     w->check = check;
     snprintf(w->shape, sizeof w->shape, "%s", u->shape);
-    w->vector_width = e->tuning.vector_width;
-    w->work_group_size = e->tuning.work_group_size;
+    w->vector_width = bench_device_vector_width(e->bd);
+    w->work_group_size = bench_device_work_group_size(e->bd);
     return 0;
 }
 
@@ -2352,6 +2352,14 @@ int main(int argc, char **argv)
             if (rule_info_make(o.rules[ri_i], &ri))
                 goto out;
             traffic_note(&ri);
+            /* The unfused and stream kernels use the vector width and work-group size of this
+               rule's fused kernel (the library's table has rows per kernel), unless --vw/--wg
+               fixed one tuning for everything. */
+            if (o.vw <= 0 && o.wg < 0) {
+                clopt_tuning rt;
+                if (clopt_ctx_get_rule_tuning(e.ctx, ri.r->rule, &ri.hp, &rt) == CLOPT_SUCCESS)
+                    bench_device_set_tuning(e.bd, &rt);
+            }
             check_result cr = {NAN, NAN, NAN, NAN, -1};
             if (o.check_n && check_rule(&e, &ri, &cr))
                 goto out;

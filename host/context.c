@@ -113,7 +113,7 @@ static clopt_status ctx_init(clopt_ctx *ctx)
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS)
         clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof ctx->platform_version - 1,
                           ctx->platform_version, NULL);
-    ctx->tuning = clopt_default_tuning(ctx->device_type, ctx->device_name);
+    ctx->tuning = clopt_default_tuning(ctx->device_type, ctx->device_name, NULL);
     const char *dir = getenv("CLOPT_CACHE_DIR");
     if (dir && *dir) {
         ctx->cache_dir = clopt_strdup(dir);
@@ -220,6 +220,24 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx)
     return ctx && ctx->build_log ? ctx->build_log : "";
 }
 
+clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
+                                       const clopt_hparams *hp, clopt_tuning *out)
+{
+    if (!ctx || !hp || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_launch_plan plan;
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    if (clopt_rule_is_multipass(rule) || (int)rule < 0 || rule >= CLOPT_RULE_COUNT ||
+        clopt_plan_step((clopt_ctx *)ctx, rule, hp, &a, 1, &plan) != CLOPT_SUCCESS) {
+        *out = ctx->tuning; /* the multi-pass rules' element-wise passes use the default */
+        return (int)rule < 0 || rule >= CLOPT_RULE_COUNT ? CLOPT_ERR_INVALID_ARGUMENT
+                                                          : CLOPT_SUCCESS;
+    }
+    *out = plan.tuning;
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out)
 {
     if (!ctx || !out)
@@ -244,6 +262,7 @@ clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning)
                           "tuning: work_group_size %zu exceeds the device maximum %zu",
                           tuning->work_group_size, maxwg);
     ctx->tuning = *tuning;
+    ctx->tuning_fixed = 1;
     return CLOPT_SUCCESS;
 }
 

@@ -39,7 +39,8 @@ struct clopt_ctx {
     char device_name[256];
     char driver_version[128];
     char platform_version[256];
-    clopt_tuning tuning;
+    clopt_tuning tuning; /* the device's default, or the caller's (tuning_fixed) */
+    int tuning_fixed;    /* set by clopt_ctx_set_tuning: one tuning for every kernel */
     char last_error[1024];
     char *build_log;
     char *cache_dir; /* CLOPT_CACHE_DIR at creation, NULL when unset */
@@ -60,17 +61,21 @@ clopt_status clopt_get_kernel(clopt_ctx *ctx, const char *family, const char *op
                               const char *name, cl_kernel *out);
 void clopt_programs_release(clopt_ctx *ctx);
 
-/* Default tuning for a device (tuning.c). */
-clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name);
+/* Tuning of a device from the table (tuning.c); kernel NULL = the device's default. */
+clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name,
+                                  const char *kernel);
+/* The tuning a kernel runs with in ctx (the caller's if set, else the table's). */
+clopt_tuning clopt_kernel_tuning(const clopt_ctx *ctx, const char *kernel);
 
 /* Validation helpers (util.c). */
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
-/* Enqueue a 1-D element-wise kernel covering n elements with the context's tuning. */
+/* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width it
+   was compiled with). */
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
-                                      size_t n, cl_uint num_wait, const cl_event *wait_list,
-                                      cl_event *event);
+                                      size_t n, const clopt_tuning *t, cl_uint num_wait,
+                                      const cl_event *wait_list, cl_event *event);
 /* Kernel argument builder: each call sets the next argument unless an earlier one failed;
    err holds the first failure. */
 typedef struct clopt_args {
@@ -101,6 +106,7 @@ typedef struct clopt_launch_plan {
     int has_int_arg;
     int uses_hessian;     /* Sophia: an estimate is folded into h at this step */
     int gc;               /* gradient centralization: row means are a kernel argument */
+    clopt_tuning tuning;  /* the kernel's vector width (in options) and work-group size */
 } clopt_launch_plan;
 
 /* Rules that need reductions over a tensor (Adafactor, LAMB): optimizer level only. */

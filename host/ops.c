@@ -141,7 +141,7 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     cl_command_queue q = queue ? queue : ctx->queue;
     if (!plan.gc)
-        return clopt_launch_elementwise(ctx, q, k, n, num_wait, wait_list, event);
+        return clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, num_wait, wait_list, event);
     /* Gradient centralization: row means first (after L2 decay, as the GC code), then the
        fused update subtracts them; the event orders the two on any queue. */
     clopt_args b = {kgc, 0, CL_SUCCESS};
@@ -158,7 +158,7 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
     if ((s = clopt_launch_items(ctx, q, kgc, args->gc_rows, num_wait, wait_list, &means)) !=
         CLOPT_SUCCESS)
         return s;
-    s = clopt_launch_elementwise(ctx, q, k, n, 1, &means, event);
+    s = clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, 1, &means, event);
     clReleaseEvent(means);
     return s;
 }
@@ -254,8 +254,8 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
     clopt_arg_ulong(&a, n);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
-                                    event);
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
+                                    wait_list, event);
 }
 
 clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor ghat,
@@ -281,8 +281,8 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
     clopt_arg_float(&a, (float)batch_size);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
-                                    event);
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
+                                    wait_list, event);
 }
 
 clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
@@ -310,6 +310,6 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     clopt_arg_float(&a, (float)beta);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, num_wait, wait_list,
-                                    event);
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
+                                    wait_list, event);
 }

@@ -777,7 +777,8 @@ static clopt_status step_lamb(clopt_optimizer *opt, const clopt_param *e,
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, ku, e->n, 0, NULL, NULL);
+    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, ku, e->n, &opt->ctx->tuning, 0, NULL,
+                                    NULL);
 }
 
 static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -948,7 +949,7 @@ static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clo
     clopt_arg_float(&a, (float)alpha);
     if (a.err != CL_SUCCESS)
         return set_failed(opt, &a);
-    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, k, n, 0, NULL, NULL);
+    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, k, n, &opt->ctx->tuning, 0, NULL, NULL);
 }
 
 /* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */

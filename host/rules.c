@@ -341,8 +341,9 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     plan->family = rules[rule].family;
     plan->kernel = rules[rule].kernel;
     plan->gc = hp->grad_centralization && args->gc_rows > 0;
+    plan->tuning = clopt_kernel_tuning(ctx, plan->kernel);
     int len = snprintf(plan->options, sizeof plan->options, "-DVW=%u -DMAXIMIZE=%d -DGC=%d",
-                       ctx->tuning.vector_width, hp->maximize ? 1 : 0, plan->gc);
+                       plan->tuning.vector_width, hp->maximize ? 1 : 0, plan->gc);
     char *opt = plan->options + len;
     size_t room = sizeof plan->options - (size_t)len;
     switch (rule) {

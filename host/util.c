@@ -100,13 +100,13 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
 }
 
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
-                                      size_t n, cl_uint num_wait, const cl_event *wait_list,
-                                      cl_event *event)
+                                      size_t n, const clopt_tuning *t, cl_uint num_wait,
+                                      const cl_event *wait_list, cl_event *event)
 {
     /* One work-item per vector of VW elements; one more item takes the n % VW tail. */
-    size_t vw = ctx->tuning.vector_width;
+    size_t vw = t->vector_width;
     size_t items = n / vw + (n % vw ? 1 : 0);
-    size_t local = ctx->tuning.work_group_size;
+    size_t local = t->work_group_size;
     if (local) {
         size_t kmax = 0;
         if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,

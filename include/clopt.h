@@ -126,14 +126,18 @@ const char *clopt_ctx_last_error(const clopt_ctx *ctx);
 const char *clopt_ctx_build_log(const clopt_ctx *ctx);
 
 /* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per work-item) and
-   work-group size (0 = let the driver choose). Defaults come from a small per-device-type
-   table (see host/tuning.c). Changing them affects programs compiled afterwards. */
+   work-group size (0 = let the driver choose). Defaults come from a small table per device
+   type, with rows for single kernels where they pay (see host/tuning.c). get_tuning gives the
+   device's default, get_rule_tuning what one rule's update kernel uses with these
+   hyperparameters. set_tuning replaces the table by one tuning for every kernel (programs
+   compiled afterwards). Reductions do not depend on the tuning. */
 typedef struct clopt_tuning {
     unsigned vector_width;
     size_t work_group_size;
 } clopt_tuning;
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out);
 clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning);
+/* clopt_ctx_get_rule_tuning is declared after clopt_hparams, below. */
 
 /* Number of programs compiled (or loaded from the on-disk cache) so far in this context,
    and how many of those came from the on-disk binary cache (CLOPT_CACHE_DIR). */
@@ -278,6 +282,9 @@ typedef struct clopt_hparams {
 } clopt_hparams;
 
 clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
+/* The tuning (see clopt_ctx_get_tuning) of rule's update kernel under hp in ctx. */
+clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
+                                       const clopt_hparams *hp, clopt_tuning *out);
 /* Check hyperparameters for a rule; the detail goes to *why (may be NULL) as static text. */
 clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, const char **why);
 
