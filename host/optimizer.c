@@ -10,8 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Partial sums per reduction: a fixed number of items, so sums do not depend on the device. */
+/* Partial sums per reduction: a fixed number of items, so sums do not depend on the device.
+   Each item sums a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/common.cl). */
 #define REDUCE_ITEMS 4096u
+#define REDUCE_WIDTH 16u
+/* Elements per work-item of lamb_update and adafactor_update: RW · UPDATE_CHUNKS (common.cl);
+   columns per work-item of adafactor_cols: RW · COL_CHUNKS (adafactor.cl). */
+#define UPDATE_WIDTH (REDUCE_WIDTH * 4u)
+#define COLS_WIDTH (REDUCE_WIDTH * 4u)
 
 enum { SCR_SUMS = 2 * REDUCE_ITEMS, SCR_RMEAN = 2 * REDUCE_ITEMS + 2 };
 
@@ -777,8 +783,8 @@ static clopt_status step_lamb(clopt_optimizer *opt, const clopt_param *e,
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, ku, e->n, &opt->ctx->tuning, 0, NULL,
-                                    NULL);
+    return clopt_launch_items(opt->ctx, opt->ctx->queue, ku,
+                              (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH, 0, NULL, NULL);
 }
 
 static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -850,7 +856,8 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
             return set_failed(opt, a.err != CL_SUCCESS ? &a : c.err != CL_SUCCESS ? &c : &m);
         if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kr, B * R, 0, NULL, NULL)) !=
                 CLOPT_SUCCESS ||
-            (s = clopt_launch_items(opt->ctx, opt->ctx->queue, kc, B * C, 0, NULL, NULL)) !=
+            (s = clopt_launch_items(opt->ctx, opt->ctx->queue, kc,
+                                    B * ((C + COLS_WIDTH - 1) / COLS_WIDTH), 0, NULL, NULL)) !=
                 CLOPT_SUCCESS ||
             (s = clopt_launch_items(opt->ctx, opt->ctx->queue, km, B, 0, NULL, NULL)) !=
                 CLOPT_SUCCESS)
@@ -899,7 +906,8 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_launch_items(opt->ctx, opt->ctx->queue, ku, e->n, 0, NULL, NULL);
+    return clopt_launch_items(opt->ctx, opt->ctx->queue, ku,
+                              (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH, 0, NULL, NULL);
 }
 
 /* ---- step ------------------------------------------------------------------------------- */

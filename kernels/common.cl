@@ -126,3 +126,182 @@ inline void kahan_add(kahan *k, float x)
     k->c = (t - k->sum) - y;
     k->sum = t;
 }
+
+/* ==== Fixed-width chunks for reductions and multi-pass rules ==================================
+ * (Appended block; used by reduce.cl, tensor.cl, lamb.cl and adafactor.cl.)
+ *
+ * Every sum reads RW = 16 consecutive floats per step with vload16, whatever vector width or
+ * work-group size the context's tuning picks: lane k of a chunk holds the elements k, k+RW,
+ * k+2RW, ... of a contiguous run, each lane keeps its own Kahan sum, and the lanes are added
+ * in a fixed order at the end (kahanR_total). So the order of every sum depends only on the
+ * data layout and the sizes. A partial chunk (fewer than RW elements left) is read through
+ * private arrays and its missing lanes are masked out of the sums. */
+#define RW 16
+typedef float16 floatR;
+typedef int16 intR;
+
+/* The per-chunk helpers are big; PoCL's inliner would otherwise call them once per chunk. */
+#define CHUNK_INLINE __attribute__((always_inline)) inline
+
+/* Mask of the lanes k < cnt (all set for a full chunk), for select(). */
+inline intR lanes_below(uint cnt)
+{
+    const intR lane = (intR)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return lane < (intR)((int)cnt);
+}
+
+/* The cnt <= RW elements at p (lanes >= cnt read as 0) / store only the first cnt lanes.
+ * Called with a constant cnt = RW in the hot loops, where they are a plain vload16/vstore16. */
+inline floatR loadR(__global const float *p, uint cnt)
+{
+    if (cnt == RW)
+        return vload16(0, p);
+    float t[RW];
+    for (uint k = 0; k < RW; k++)
+        t[k] = k < cnt ? p[k] : 0.0f;
+    return vload16(0, t);
+}
+
+inline void storeR(floatR x, __global float *p, uint cnt)
+{
+    if (cnt == RW) {
+        vstore16(x, 0, p);
+        return;
+    }
+    float t[RW];
+    vstore16(x, 0, t);
+    for (uint k = 0; k < cnt; k++)
+        p[k] = t[k];
+}
+
+/* Zero the lanes >= cnt (a partial chunk's padding) before they reach a sum. */
+inline floatR maskR(floatR x, uint cnt)
+{
+    return cnt == RW ? x : select((floatR)(0.0f), x, lanes_below(cnt));
+}
+
+inline floatR read_gradR(floatR g, float gmul)
+{
+    g = g * gmul;
+#if MAXIMIZE
+    g = -g;
+#endif
+    return g;
+}
+
+/* Kahan accumulation lane by lane (see kahan_add). */
+typedef struct kahanR {
+    floatR sum, c;
+} kahanR;
+
+inline void kahanR_add(kahanR *k, floatR x)
+{
+    floatR y = x - k->c;
+    floatR t = k->sum + y;
+    k->c = (t - k->sum) - y;
+    k->sum = t;
+}
+
+/* A sum keeps RACC such accumulators (FOR_CHUNKS below assumes 4): RACC independent Kahan
+ * chains hide the latency of the dependent additions (one chain limits a core to ~4 bytes a
+ * cycle). kahanR_total adds all lanes in the fixed order accumulator 0 lanes 0..RW-1, then
+ * accumulator 1, ..., each lane's pending compensation included. */
+#define RACC 4
+
+inline void kahanR_clear(kahanR *a)
+{
+    for (uint i = 0; i < RACC; i++)
+        a[i].sum = a[i].c = (floatR)(0.0f);
+}
+
+inline float kahanR_total(const kahanR *a)
+{
+    kahan acc = {0.0f, 0.0f};
+    for (uint i = 0; i < RACC; i++) {
+        float s[RW], c[RW];
+        vstore16(a[i].sum, 0, s);
+        vstore16(a[i].c, 0, c);
+        for (uint k = 0; k < RW; k++) {
+            kahan_add(&acc, s[k]);
+            kahan_add(&acc, -c[k]);
+        }
+    }
+    return acc.sum;
+}
+
+/* Fixed-order partial sums over n elements: ceil(n / RW) chunks (the last may be partial)
+ * split into `items` contiguous blocks of ceil(chunks / items) chunks; item i sums the chunks
+ * [*c0, *c1) of its block in order (an empty block when items exceed the chunks). Each item
+ * streams through contiguous memory, which a CPU prefetches well; items is a host constant
+ * (REDUCE_ITEMS or fewer for tiny n), never the work-group geometry. */
+inline void reduce_block(ulong i, ulong items, ulong n, ulong *c0, ulong *c1)
+{
+    const ulong chunks = (n + RW - 1) / RW;
+    const ulong per = (chunks + items - 1) / items;
+    *c0 = min(i * per, chunks);
+    *c1 = min(*c0 + per, chunks);
+}
+
+/* The chunk driver of the sums: runs BODY(e, cnt, k) over the chunks [c0, c1) of an n-element
+ * range: e = the chunk's first element, cnt = RW or the partial last chunk's length, k = the
+ * accumulator (a literal in every expansion, so accumulator arrays stay in registers). The
+ * range's full chunks are cut into RACC equal contiguous sub-blocks of sub_block() chunks,
+ * walked in lockstep, sub-block k into accumulator k; the leftover full chunks and then the
+ * partial chunk go to accumulator RACC-1 (so each accumulator sees its elements in address
+ * order, and RACC streams in flight keep a CPU core's memory pipeline busy). The body is
+ * expanded RACC + 2 times, with cnt a constant RW in all but the last. */
+inline ulong sub_block(ulong c0, ulong c1, ulong n)
+{
+    return (max(c0, min(c1, n / RW)) - c0) / RACC;
+}
+
+#define FOR_CHUNKS(c0, c1, n, BODY)                                                          \
+    do {                                                                                   \
+        const ulong nfull_ = (n) / RW, cf_ = max((ulong)(c0), min((ulong)(c1), nfull_));   \
+        const ulong sb_ = sub_block(c0, c1, n);                                            \
+        for (ulong c_ = (c0); c_ < (c0) + sb_; c_++) {                                     \
+            BODY(c_ * RW, RW, 0);                                                          \
+            BODY((c_ + sb_) * RW, RW, 1);                                                  \
+            BODY((c_ + 2 * sb_) * RW, RW, 2);                                              \
+            BODY((c_ + 3 * sb_) * RW, RW, 3);                                              \
+        }                                                                                  \
+        for (ulong c_ = (c0) + RACC * sb_; c_ < cf_; c_++)                                 \
+            BODY(c_ * RW, RW, RACC - 1);                                                   \
+        if ((c0) < (c1) && (c1) > nfull_)                                                  \
+            BODY(nfull_ * RW, (uint)((n) - nfull_ * RW), RACC - 1);                        \
+    } while (0)
+
+/* The chunk driver of the update kernels that follow a sum (lamb_update, adafactor_update):
+ * work-item i takes the UPDATE_CHUNKS chunks from chunk i·UPDATE_CHUNKS (the host launches
+ * ceil(n / (RW·UPDATE_CHUNKS)) items) and runs BODY(e, cnt) for each, as FOR_CHUNKS does.
+ * Several chunks per item spread the item's own set-up (reading the sums, locating rows). */
+#define UPDATE_CHUNKS 4
+#define FOR_ITEM_CHUNKS(n, BODY)                                                             \
+    do {                                                                                   \
+        const ulong nfull_ = (n) / RW, c0_ = get_global_id(0) * UPDATE_CHUNKS;             \
+        const ulong cf_ = min(c0_ + UPDATE_CHUNKS, nfull_);                                \
+        for (ulong c_ = c0_; c_ < cf_; c_++)                                               \
+            BODY(c_ * RW, RW);                                                             \
+        if (c0_ <= nfull_ && nfull_ < c0_ + UPDATE_CHUNKS && (n) > nfull_ * RW)            \
+            BODY(nfull_ * RW, (uint)((n) - nfull_ * RW));                                  \
+    } while (0)
+
+/* Gradient centralization of the cnt elements from element e (GC_PARAMS in scope): the row
+ * mean of each, one load when the chunk lies in one row. */
+#if GC
+inline floatR gc_subtractR(floatR g, __global const float *mean, ulong e, ulong cols, uint cnt)
+{
+    const ulong r = e / cols;
+    if (e + cnt <= (r + 1) * cols)
+        return g - mean[r];
+    float t[RW];
+    for (uint k = 0; k < RW; k++)
+        t[k] = k < cnt ? mean[(e + k) / cols] : 0.0f;
+    return g - vload16(0, t);
+}
+#define GC_APPLYR(g, e, cnt) gc_subtractR(g, gcm_ + gcmo, e, gc_cols, cnt)
+#define GC_ARGS gcm_, gcmo, gc_cols, /* passes GC_PARAMS on to a helper */
+#else
+#define GC_APPLYR(g, e, cnt) (g)
+#define GC_ARGS
+#endif

@@ -1,57 +1,91 @@
 /* LAMB (You et al., Algorithm 2): Adam moments with bias correction, r = m̂/(sqrt(v̂)+eps) +
  * wd·θ, and a per-tensor trust ratio ‖θ‖/‖r‖ (1 when either norm is 0, applied also when
  * wd = 0). Two passes over the tensor: lamb_partial updates m and v and sums θ² and r²
- * (fixed-order partials, see reduce.cl); after sum_final, lamb_update applies the step.
+ * (fixed-order partials, see reduce.cl); after sum_final, lamb_update applies the step. Both
+ * work on RW-float chunks (common.cl) whatever the context's tuning.
  * Defines: GC, MAXIMIZE. */
 
+/* One chunk of lamb_partial: cnt = RW (constant in the main loop) or the tail's length. */
+CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_, __global float *m_,
+                       __global float *v_, GC_PARAMS const ulong e, const uint cnt,
+                       const float gmul, const float beta1, const float c_grad,
+                       const float beta2, const float ombeta2, const float eps,
+                       const float weight_decay, const float inv_bc1, const float inv_bc2,
+                       kahanR *acc_p, kahanR *acc_r)
+{
+    floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
+    floatR p = loadR(p_ + e, cnt);
+    floatR m = beta1 * loadR(m_ + e, cnt) + c_grad * g;
+    floatR v = beta2 * loadR(v_ + e, cnt) + ombeta2 * g * g;
+    storeR(m, m_ + e, cnt);
+    storeR(v, v_ + e, cnt);
+    floatR r = (m * inv_bc1) / (sqrt(v * inv_bc2) + eps) + weight_decay * p;
+    kahanR_add(acc_p, maskR(p * p, cnt));
+    kahanR_add(acc_r, maskR(r * r, cnt));
+}
+
+/* Item i of `items` (see reduce_block in common.cl) updates m and v of its block and writes
+ * its Σθ² to part[i] and Σr² to part[items + i]. */
 __kernel void lamb_partial(__global const float *p_, const ulong po, __global const float *g_,
                            const ulong go, __global float *m_, const ulong mo,
                            __global float *v_, const ulong vo, GC_PARAMS const ulong n,
-                           const ulong stride, const float gmul, const float beta1,
+                           const ulong items, const float gmul, const float beta1,
                            const float c_grad, const float beta2, const float ombeta2,
                            const float eps, const float weight_decay, const float inv_bc1,
                            const float inv_bc2, __global float *part_, const ulong parto)
 {
     const ulong i = get_global_id(0);
-    if (i >= stride)
+    if (i >= items)
         return;
     p_ += po;
     g_ += go;
     m_ += mo;
     v_ += vo;
-    kahan acc_p = {0.0f, 0.0f}, acc_r = {0.0f, 0.0f};
-    for (ulong e = i; e < n; e += stride) {
-        float g = GC_APPLY1(read_grad1(g_[e], gmul), e);
-        float p = p_[e];
-        float m = beta1 * m_[e] + c_grad * g;
-        float v = beta2 * v_[e] + ombeta2 * g * g;
-        m_[e] = m;
-        v_[e] = v;
-        float r = (m * inv_bc1) / (sqrt(v * inv_bc2) + eps) + weight_decay * p;
-        kahan_add(&acc_p, p * p);
-        kahan_add(&acc_r, r * r);
-    }
-    part_[parto + i] = acc_p.sum;
-    part_[parto + stride + i] = acc_r.sum;
+    ulong c0, c1;
+    reduce_block(i, items, n, &c0, &c1);
+    kahanR acc_p[RACC], acc_r[RACC];
+    kahanR_clear(acc_p);
+    kahanR_clear(acc_r);
+#define LAMB_BODY(e, cnt, k)                                                                \
+    lamb_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, beta1, c_grad, beta2, ombeta2, eps,   \
+               weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k])
+    FOR_CHUNKS(c0, c1, n, LAMB_BODY);
+#undef LAMB_BODY
+    part_[parto + i] = kahanR_total(acc_p);
+    part_[parto + items + i] = kahanR_total(acc_r);
 }
 
-/* sums_[so] = Σθ², sums_[so+1] = Σr² from sum_final. */
+/* One chunk of lamb_update. */
+CHUNK_INLINE void lamb_update_chunk(__global float *p_, __global const float *m_,
+                              __global const float *v_, const ulong e, const uint cnt,
+                              const float step, const float eps, const float weight_decay,
+                              const float inv_bc1, const float inv_bc2)
+{
+    floatR p = loadR(p_ + e, cnt);
+    floatR r = (loadR(m_ + e, cnt) * inv_bc1) / (sqrt(loadR(v_ + e, cnt) * inv_bc2) + eps) +
+               weight_decay * p;
+    storeR(p - step * r, p_ + e, cnt);
+}
+
+/* sums_[so] = Σθ², sums_[so+1] = Σr² from sum_final. Work-items take RW-element chunks
+ * (FOR_ITEM_CHUNKS): PoCL does not vectorise this kernel across work-items (the trust ratio's
+ * test defeats it: 4x slower at VW 1), so each work-item works on float16s itself. */
 __kernel void lamb_update(__global float *p_, const ulong po, __global const float *m_,
                           const ulong mo, __global const float *v_, const ulong vo,
                           const ulong n, __global const float *sums_, const ulong so,
                           const float lr, const float eps, const float weight_decay,
                           const float inv_bc1, const float inv_bc2)
 {
+    if (get_global_id(0) * UPDATE_CHUNKS * RW >= n)
+        return;
     p_ += po;
     m_ += mo;
     v_ += vo;
     const float wn = sqrt(sums_[so]), rn = sqrt(sums_[so + 1]);
     const float trust = (wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f;
     const float step = lr * trust;
-    ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV r = (LOAD(m_) * inv_bc1) / (sqrt(LOAD(v_) * inv_bc2) + eps) + weight_decay * p;
-    p = p - step * r;
-    STORE(p, p_);
-    ELEMENTWISE_END
+#define UPDATE_BODY(e, cnt)                                                                 \
+    lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1, inv_bc2)
+    FOR_ITEM_CHUNKS(n, UPDATE_BODY);
+#undef UPDATE_BODY
 }

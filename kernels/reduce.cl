@@ -1,9 +1,11 @@
 /* Deterministic reductions. The order of every sum is fixed by the data layout alone, never by
- * the work-group size or count the device picks:
- *  - partial sums: work-item i of a fixed number S of items adds x[i], x[i+S], x[i+2S], ...
- *    in that order (consecutive items read consecutive addresses);
+ * the work-group size or count the device picks, nor by the context's tuning:
+ *  - partial sums: work-item i of a fixed number S of items takes the i-th contiguous block of
+ *    16-float chunks and keeps lane-wise Kahan sums in a fixed pattern (reduce_block and
+ *    FOR_CHUNKS in common.cl), added lane by lane in a fixed order at the end;
  *  - final pass: one work-item per sum adds its S partials in index order;
- *  - row / column statistics: one work-item per row (or column) adds along it in order.
+ *  - row / column statistics: one work-item per row (or group of columns) adds along it in
+ *    a fixed order.
  * So the same input gives bit-identical output on every run and every device geometry. */
 
 /* out[j] = Σ_{i<count} in[j*count + i], for j < nsums. */

@@ -30,27 +30,39 @@ __kernel void lookahead_sync(__global float *p_, const ulong po, __global float 
     ELEMENTWISE_END
 }
 
-/* Item i of `stride`: Σ (scale·g)² over g[i + k·stride] into out[i], and the count of
- * non-finite values into out[stride + i]. */
+/* One chunk of grad_check_partial: Σ(scale·g)² of the finite values, count of the others. */
+CHUNK_INLINE void grad_check_chunk(__global const float *g_, const ulong e, const uint cnt,
+                             const float scale, kahanR *acc, floatR *bad)
+{
+    const floatR v = loadR(g_ + e, cnt);
+    const intR fin = isfinite(v);
+    const floatR x = select((floatR)(0.0f), v * scale, fin);
+    kahanR_add(acc, maskR(x * x, cnt));
+    *bad += select((floatR)(1.0f), (floatR)(0.0f), fin); /* padding lanes read 0: finite */
+}
+
+/* Item i of `items` (see reduce_block in common.cl): Σ (scale·g)² over its block of g into
+ * out[i], and the count of non-finite values into out[items + i]. */
 __kernel void grad_check_partial(__global const float *g_, const ulong go, const ulong n,
-                                 const ulong stride, const float scale, __global float *out_,
+                                 const ulong items, const float scale, __global float *out_,
                                  const ulong oo)
 {
     const ulong i = get_global_id(0);
-    if (i >= stride)
+    if (i >= items)
         return;
     g_ += go;
-    kahan acc = {0.0f, 0.0f};
-    float bad = 0.0f;
-    for (ulong e = i; e < n; e += stride) {
-        float v = g_[e];
-        if (!isfinite(v)) {
-            bad += 1.0f;
-            continue;
-        }
-        v *= scale;
-        kahan_add(&acc, v * v);
-    }
-    out_[oo + i] = acc.sum;
-    out_[oo + stride + i] = bad;
+    ulong c0, c1;
+    reduce_block(i, items, n, &c0, &c1);
+    kahanR acc[RACC];
+    kahanR_clear(acc);
+    floatR bad = (floatR)(0.0f); /* integer counts: exact below 2^24 per block */
+#define CHECK_BODY(e, cnt, k) grad_check_chunk(g_, e, cnt, scale, &acc[k], &bad)
+    FOR_CHUNKS(c0, c1, n, CHECK_BODY);
+#undef CHECK_BODY
+    out_[oo + i] = kahanR_total(acc);
+    float b[RW], nbad = 0.0f;
+    vstore16(bad, 0, b);
+    for (uint k = 0; k < RW; k++)
+        nbad += b[k];
+    out_[oo + items + i] = nbad;
 }
