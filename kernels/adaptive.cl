@@ -50,7 +50,9 @@ __kernel void adadelta_step(__global float *p_, const ulong po, __global const f
     g = GC_APPLY(g);
     floatV v = rho * LOAD(v_) + omrho * g * g;
     floatV u = LOAD(u_);
-    floatV delta = sqrt(u + eps) / sqrt(v + eps) * g;
+    /* sqrt(u + eps) / sqrt(v + eps) as torch, with one square root instead of two (the
+       same value to an ulp; the square root unit is what bounds this kernel on a CPU) */
+    floatV delta = sqrt((u + eps) / (v + eps)) * g;
     u = rho * u + omrho * delta * delta;
     p = p - lr * delta;
     STORE(v, v_);
