@@ -81,9 +81,14 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols)
 inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols)
 {
+    /* one division per work-item: the row advances as the column wraps */
+    ulong row = base / cols, col = base - row * cols;
     float t[VW];
-    for (uint k = 0; k < VW; k++)
-        t[k] = mean[(base + k) / cols];
+    for (uint k = 0; k < VW; k++) {
+        t[k] = mean[row];
+        if (++col == cols)
+            col = 0, row++;
+    }
     return g - VLOAD(0, t);
 }
 #define GC_APPLY1(g, e) ((g) - (gcm_ + gcmo)[(e) / gc_cols])

@@ -31,14 +31,18 @@ __kernel void gc_rowmean(__global const float *g_, const ulong go, __global cons
     const ulong r = get_global_id(0);
     if (r >= rows)
         return;
-    g_ += go + r * cols;
-    p_ += po + r * cols;
-    kahan acc = {0.0f, 0.0f};
-    for (ulong c = 0; c < cols; c++) {
-        float g = read_grad1(g_[c], gmul);
-        if (wd_l2 != 0.0f)
-            g = g + wd_l2 * p_[c];
-        kahan_add(&acc, g);
-    }
-    out_[oo + r] = acc.sum / (float)cols;
+    __global const float *g = g_ + go + r * cols;
+    __global const float *p = p_ + po + r * cols;
+    kahanR acc[RACC];
+    kahanR_clear(acc);
+#define MEAN_BODY(e, cnt, k)                                                                \
+    do {                                                                                   \
+        floatR x = read_gradR(loadR(g + (e), cnt), gmul);                                  \
+        if (wd_l2 != 0.0f)                                                                 \
+            x = x + wd_l2 * loadR(p + (e), cnt);                                           \
+        kahanR_add(&acc[k], maskR(x, cnt));                                                \
+    } while (0)
+    FOR_CHUNKS(0, (cols + RW - 1) / RW, cols, MEAN_BODY);
+#undef MEAN_BODY
+    out_[oo + r] = kahanR_total(acc) / (float)cols;
 }
