@@ -199,8 +199,9 @@ __kernel void diffgrad_step(__global float *p_, const ulong po, __global const f
     g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
-    floatV xi = 1.0f / (1.0f + exp(-fabs(LOAD(prev_) - g)));
-    p = p - step_size * (xi * m / (sqrt(v) + eps));
+    /* ξ·m/d with ξ = 1/(1 + exp(-|Δg|)), written with one division: m / ((1 + e)·d) */
+    floatV friction = 1.0f + exp(-fabs(LOAD(prev_) - g));
+    p = p - step_size * (m / (friction * (sqrt(v) + eps)));
     STORE(m, m_);
     STORE(v, v_);
     STORE(g, prev_);
