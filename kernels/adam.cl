@@ -102,9 +102,10 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
     g = GC_APPLY(g);
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
-    floatV denom = sqrt(v * inv_bc2) + eps;
-    p = p - c_grad * (g / denom);
-    p = p - c_mom * (m / denom);
+    /* torch's two addcdiv by the same denominator, with one division */
+    floatV inv_denom = 1.0f / (sqrt(v * inv_bc2) + eps);
+    p = p - c_grad * (g * inv_denom);
+    p = p - c_mom * (m * inv_denom);
     STORE(m, m_);
     STORE(v, v_);
     STORE(p, p_);
