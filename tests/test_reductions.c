@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "clopt.h"
+#include "fixture.h"
 
 static uint64_t rng_state;
 static double urand(void) /* splitmix64 -> [0, 1) */
@@ -25,47 +26,6 @@ static double urand(void) /* splitmix64 -> [0, 1) */
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 static float nrand(void) { return (float)((urand() + urand() + urand() - 1.5) * 2.0); }
-
-typedef struct fixture {
-    clopt_ctx *ctx;
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof *f);
-    if (!f || clopt_ctx_create(&f->ctx) != CLOPT_SUCCESS)
-        return -1;
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    clopt_ctx_destroy(f->ctx);
-    free(f);
-    return 0;
-}
-
-static cl_mem upload(clopt_ctx *ctx, const float *data, size_t n)
-{
-    cl_int err;
-    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, n * sizeof(float),
-                              NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    if (data)
-        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
-                                              n * sizeof(float), data, 0, NULL, NULL),
-                         CL_SUCCESS);
-    return m;
-}
-
-static void download(clopt_ctx *ctx, cl_mem m, float *out, size_t n)
-{
-    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
-                                         n * sizeof(float), out, 0, NULL, NULL),
-                     CL_SUCCESS);
-}
 
 /* |x - ref| <= rtol |ref| + atol·rms(ref): the golden files' convention. */
 static void assert_close(const float *x, const double *ref, size_t n, double rtol, double atol_rel,
@@ -252,7 +212,7 @@ static void test_adafactor_vs_reference(void **state)
             run_step(&r, f->ctx, g);
             ref_adafactor(&hp, (uint64_t)t, R, C, pd, gd, row, col);
         }
-        download(f->ctx, r.p, p, n);
+        read_at(f->ctx, (clopt_tensor){r.p, 0}, p, n);
         assert_close(p, pd, n, 2e-5, 2e-5, "adafactor param");
         float *sr = malloc(R * sizeof *sr), *sc = malloc(C * sizeof *sc);
         assert_int_equal(clopt_optimizer_read_state(r.opt, 0, 0, sr, R), CLOPT_SUCCESS);
@@ -286,7 +246,7 @@ static void test_lamb_vs_reference(void **state)
             run_step(&r, f->ctx, g);
             ref_lamb(&hp, (uint64_t)t, n, pd, gd, m, v);
         }
-        download(f->ctx, r.p, p, n);
+        read_at(f->ctx, (clopt_tensor){r.p, 0}, p, n);
         assert_close(p, pd, n, 2e-5, 2e-5, "lamb param");
         run_close(&r);
         free(p), free(g), free(pd), free(gd), free(m), free(v);
@@ -320,7 +280,7 @@ static void test_gc_vs_reference(void **state)
             run_step(&r, f->ctx, g);
             ref_adam_gc(&hp, (uint64_t)t, R, C, pd, gd, m, v, gmin);
         }
-        download(f->ctx, r.p, p, n);
+        read_at(f->ctx, (clopt_tensor){r.p, 0}, p, n);
         /* The float32 row mean carries ~|row offset|·2^-24 of rounding: where a centralized
            gradient came within 1e-3 of 0, Adam's direction m/sqrt(v) is ill-conditioned and
            only a bound of one step per step is checked; everywhere else the usual one. */
@@ -380,7 +340,7 @@ static void test_clipping(void **state)
     for (int k = 0; k < 3; k++) {
         float *out = malloc(sizes[k] * sizeof *out);
         double *want = malloc(sizes[k] * sizeof *want);
-        download(f->ctx, p[k], out, sizes[k]);
+        read_at(f->ctx, (clopt_tensor){p[k], 0}, out, sizes[k]);
         for (size_t i = 0; i < sizes[k]; i++)
             want[i] = host[k][i] - hp.lr * coef * grad[k][i];
         assert_close(out, want, sizes[k], 1e-5, 1e-6, "clipped sgd");
@@ -389,12 +349,12 @@ static void test_clipping(void **state)
     /* below the threshold nothing is scaled */
     assert_int_equal(clopt_optimizer_set_grad_clip(opt, norm * 10), CLOPT_SUCCESS);
     for (int k = 0; k < 3; k++)
-        download(f->ctx, p[k], host[k], sizes[k]);
+        read_at(f->ctx, (clopt_tensor){p[k], 0}, host[k], sizes[k]);
     assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
     for (int k = 0; k < 3; k++) {
         float *out = malloc(sizes[k] * sizeof *out);
         double *want = malloc(sizes[k] * sizeof *want);
-        download(f->ctx, p[k], out, sizes[k]);
+        read_at(f->ctx, (clopt_tensor){p[k], 0}, out, sizes[k]);
         for (size_t i = 0; i < sizes[k]; i++)
             want[i] = host[k][i] - hp.lr * grad[k][i];
         assert_close(out, want, sizes[k], 1e-5, 1e-6, "unclipped sgd");
@@ -432,7 +392,7 @@ static void test_determinism(void **state)
             run_open(&r, f->ctx, rules[k], &hp, R, C, 1, p0);
             run_step(&r, f->ctx, g);
             run_step(&r, f->ctx, g);
-            download(f->ctx, r.p, out[rep], n);
+            read_at(f->ctx, (clopt_tensor){r.p, 0}, out[rep], n);
             run_close(&r);
         }
         assert_memory_equal(a, b, n * sizeof *a);
@@ -490,7 +450,7 @@ static void test_bad_shapes(void **state)
     assert_int_equal(clopt_optimizer_state_bytes(opt), 0);
     /* nothing was touched */
     float back[64];
-    download(f->ctx, p, back, 64);
+    read_at(f->ctx, (clopt_tensor){p, 0}, back, 64);
     assert_memory_equal(back, init, sizeof init);
     /* the op level refuses the multi-pass rules with a clear status */
     clopt_step_args a;
@@ -515,7 +475,7 @@ static void test_bad_shapes(void **state)
     a.gc_rows = 16; /* scratch of 8 floats is too small for 16 row means */
     assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &ha, &a, 64, 1, 0, NULL, NULL),
                      CLOPT_ERR_OUT_OF_BOUNDS);
-    download(f->ctx, p, back, 64);
+    read_at(f->ctx, (clopt_tensor){p, 0}, back, 64);
     assert_memory_equal(back, init, sizeof init);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(p), clReleaseMemObject(g), clReleaseMemObject(m), clReleaseMemObject(v),

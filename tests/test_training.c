@@ -14,57 +14,8 @@
 #include <unistd.h>
 
 #include "clopt.h"
+#include "fixture.h"
 #include "ref.h"
-
-typedef struct fixture {
-    clopt_ctx *ctx;
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof *f);
-    if (!f || clopt_ctx_create(&f->ctx) != CLOPT_SUCCESS)
-        return -1;
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    clopt_ctx_destroy(f->ctx);
-    free(f);
-    return 0;
-}
-
-static cl_mem upload(clopt_ctx *ctx, const float *data, size_t n)
-{
-    cl_int err;
-    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, n * sizeof(float),
-                              NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    if (data)
-        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
-                                              n * sizeof(float), data, 0, NULL, NULL),
-                         CL_SUCCESS);
-    return m;
-}
-
-static void write_at(clopt_ctx *ctx, clopt_tensor t, const float *data, size_t n)
-{
-    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), t.buffer, CL_TRUE,
-                                          t.offset * sizeof(float), n * sizeof(float), data, 0,
-                                          NULL, NULL),
-                     CL_SUCCESS);
-}
-
-static void read_at(clopt_ctx *ctx, clopt_tensor t, float *out, size_t n)
-{
-    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), t.buffer, CL_TRUE,
-                                         t.offset * sizeof(float), n * sizeof(float), out, 0,
-                                         NULL, NULL),
-                     CL_SUCCESS);
-}
 
 static void assert_close(const float *x, const double *ref, size_t n, double rtol, double atol,
                          const char *what)

@@ -1,0 +1,61 @@
+/* Shared by the cmocka tests that run on one context per group (include after cmocka.h):
+ * the fixture with its setup/teardown, and blocking transfers that assert success. */
+#ifndef CLOPT_TEST_FIXTURE_H
+#define CLOPT_TEST_FIXTURE_H
+
+#include <stdlib.h>
+
+#include "clopt.h"
+
+typedef struct fixture {
+    clopt_ctx *ctx;
+} fixture;
+
+static inline int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    if (!f || clopt_ctx_create(&f->ctx) != CLOPT_SUCCESS)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static inline int teardown(void **state)
+{
+    fixture *f = *state;
+    clopt_ctx_destroy(f->ctx);
+    free(f);
+    return 0;
+}
+
+/* A new buffer of n floats, filled from data unless it is NULL. */
+static inline cl_mem upload(clopt_ctx *ctx, const float *data, size_t n)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, n * sizeof(float),
+                              NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data)
+        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0,
+                                              n * sizeof(float), data, 0, NULL, NULL),
+                         CL_SUCCESS);
+    return m;
+}
+
+static inline void write_at(clopt_ctx *ctx, clopt_tensor t, const float *data, size_t n)
+{
+    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), t.buffer, CL_TRUE,
+                                          t.offset * sizeof(float), n * sizeof(float), data, 0,
+                                          NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static inline void read_at(clopt_ctx *ctx, clopt_tensor t, float *out, size_t n)
+{
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), t.buffer, CL_TRUE,
+                                         t.offset * sizeof(float), n * sizeof(float), out, 0,
+                                         NULL, NULL),
+                     CL_SUCCESS);
+}
+
+#endif
