@@ -204,18 +204,27 @@ clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams
 
 size_t clopt_optimizer_group_count(const clopt_optimizer *opt) { return opt ? opt->ngroups : 0; }
 
-/* A group's hyperparameters may change between steps, but not its state layout. */
-clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t group,
-                                               const clopt_hparams *hp)
+/* The checks every per-group setter starts with (clears the context's last error). */
+static clopt_status group_call(clopt_optimizer *opt, size_t group, const void *arg,
+                               const char *what)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
-    if (!hp)
-        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams is NULL");
+    if (!arg)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "%s is NULL", what);
     if (group >= opt->ngroups)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
-    clopt_status s = check_hparams(opt->ctx, opt->rule, hp);
+    return CLOPT_SUCCESS;
+}
+
+/* A group's hyperparameters may change between steps, but not its state layout. */
+clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t group,
+                                               const clopt_hparams *hp)
+{
+    clopt_status s = group_call(opt, group, hp, "hparams");
+    if (s == CLOPT_SUCCESS)
+        s = check_hparams(opt->ctx, opt->rule, hp);
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_group then = opt->groups[group];
@@ -262,15 +271,11 @@ clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hpara
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
                                                 const clopt_schedule *s)
 {
-    if (!opt)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    clopt_clear_error(opt->ctx);
-    if (!s)
-        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "schedule is NULL");
-    if (group >= opt->ngroups)
-        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
+    clopt_status st = group_call(opt, group, s, "schedule");
+    if (st != CLOPT_SUCCESS)
+        return st;
     const char *why = "";
-    clopt_status st = clopt_schedule_validate(s, &why);
+    st = clopt_schedule_validate(s, &why);
     if (st != CLOPT_SUCCESS)
         return clopt_fail(opt->ctx, st, "schedule: %s", why);
     opt->groups[group].sched = *s;
