@@ -551,6 +551,36 @@ static int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end)
     return 0;
 }
 
+/* After `done` enqueued launches: waits for the last, then gives the wall clock (*w1), the
+   span from the first start to the last end and the sum of the launches' own times (ms), and
+   releases the events. Returns rc, or the first failure when rc was 0. */
+static int collect_events(cl_event *evs, size_t done, int rc, double *w1, double *span_ms,
+                          double *sum_ms)
+{
+    if (done) {
+        cl_int err = clWaitForEvents(1, &evs[done - 1]);
+        if (err != CL_SUCCESS && !rc)
+            rc = cl_fail("clWaitForEvents", err);
+    }
+    *w1 = bench_now_ms();
+    double sum = 0.0;
+    cl_ulong first = 0, last = 0;
+    for (size_t i = 0; i < done; i++) {
+        cl_ulong a = 0, b = 0;
+        if (!rc && event_ns(evs[i], &a, &b))
+            rc = -1;
+        sum += (double)(b - a) * 1e-6;
+        if (i == 0)
+            first = a;
+        if (i == done - 1)
+            last = b;
+        clReleaseEvent(evs[i]);
+    }
+    *span_ms = (double)(last - first) * 1e-6;
+    *sum_ms = sum;
+    return rc;
+}
+
 static void format_n(size_t n, char *buf, size_t len)
 {
     if (n && (n & (n - 1)) == 0) {
@@ -829,27 +859,10 @@ static int unfused_step(env *e, const rule_info *ri, const instance *in, uint64_
             break;
         }
     }
-    if (done) {
-        cl_int err = clWaitForEvents(1, &evs[done - 1]);
-        if (err != CL_SUCCESS)
-            rc = cl_fail("clWaitForEvents", err);
-    }
-    double w1 = bench_now_ms();
-    double sum = 0.0;
-    cl_ulong first = 0, last = 0;
-    for (size_t i = 0; i < done; i++) {
-        cl_ulong a = 0, b = 0;
-        if (!rc && event_ns(evs[i], &a, &b))
-            rc = -1;
-        sum += (double)(b - a) * 1e-6;
-        if (i == 0)
-            first = a;
-        if (i == done - 1)
-            last = b;
-        clReleaseEvent(evs[i]);
-    }
+    double w1, span, sum;
+    rc = collect_events(evs, done, rc, &w1, &span, &sum);
     if (t) {
-        t->dev_ms = (double)(last - first) * 1e-6;
+        t->dev_ms = span;
         t->kernels_ms = sum;
         t->wall_ms = w1 - w0;
         t->launches = (unsigned)nops;
@@ -888,27 +901,10 @@ static int stream_rep(env *e, const rule_info *ri, const instance *in, bench_tim
             break;
         }
     }
-    if (done) {
-        cl_int err = clWaitForEvents(1, &evs[done - 1]);
-        if (err != CL_SUCCESS && !rc)
-            rc = cl_fail("clWaitForEvents", err);
-    }
-    double w1 = bench_now_ms();
-    double sum = 0.0;
-    cl_ulong first = 0, last = 0;
-    for (unsigned i = 0; i < done; i++) {
-        cl_ulong a = 0, b = 0;
-        if (!rc && event_ns(evs[i], &a, &b))
-            rc = -1;
-        sum += (double)(b - a) * 1e-6;
-        if (i == 0)
-            first = a;
-        if (i == done - 1)
-            last = b;
-        clReleaseEvent(evs[i]);
-    }
+    double w1, span, sum;
+    rc = collect_events(evs, done, rc, &w1, &span, &sum);
     if (t) {
-        t->dev_ms = (double)(last - first) * 1e-6 / ri->spr;
+        t->dev_ms = span / ri->spr;
         t->kernels_ms = sum / ri->spr;
         t->wall_ms = (w1 - w0) / ri->spr;
         t->launches = 1;
