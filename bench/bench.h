@@ -193,6 +193,7 @@ typedef struct bench_device bench_device;
 bench_device *bench_device_create(clopt_ctx *ctx);
 void bench_device_destroy(bench_device *bd);
 unsigned bench_device_vector_width(const bench_device *bd);
+unsigned bench_device_items_per_work_item(const bench_device *bd);
 size_t bench_device_work_group_size(const bench_device *bd);
 /* Follows a change of the context's tuning (the tuning sweep); programs are kept per
    vector width. */

@@ -1,6 +1,7 @@
 /* clopt-bench: the benchmark's own OpenCL kernels (bench/kernels, .cl files, embedded at build
- * time), compiled on the clopt context's cl_context/device with the SAME vector width and
- * work-group size the library uses (clopt_ctx_get_tuning), and launched with the same
+ * time), compiled on the clopt context's cl_context/device with the SAME vector width,
+ * vectors per work-item and work-group size the library uses (clopt_ctx_get_tuning), and
+ * launched with the same
  * geometry as the library's element-wise kernels, so that fused vs unfused vs stream
  * measures fusion only. */
 #include "bench.h"
@@ -17,13 +18,19 @@ extern const size_t clopt_bench_sources_count;
 
 typedef struct stream_prog {
     size_t nrw, nro;
-    unsigned vw;
+    unsigned vw, ipw;
     cl_program program;
     cl_kernel kernel;
 } stream_prog;
 
-/* Vector widths 1, 2, 4, 8, 16: programs are kept per width (the tuning sweep switches). */
-#define VW_SLOTS 5
+/* The operation kernels of one (vector width, vectors per work-item): programs are kept per
+   tuning, as the tuning sweep switches between them in every repetition. */
+#define MAX_OPS_PROGRAMS 64
+typedef struct ops_prog {
+    unsigned vw, ipw;
+    cl_program program;
+    cl_kernel ops[OP_KIND_COUNT];
+} ops_prog;
 
 struct bench_device {
     clopt_ctx *ctx;
@@ -31,19 +38,16 @@ struct bench_device {
     cl_device_id device;
     cl_command_queue queue;
     clopt_tuning tuning;
-    cl_program ops_program[VW_SLOTS];
-    cl_kernel ops[VW_SLOTS][OP_KIND_COUNT];
+    ops_prog ops[MAX_OPS_PROGRAMS];
+    size_t nops;
     stream_prog streams[MAX_STREAM_PROGRAMS];
     size_t nstreams;
     char error[4096];
 };
 
-static size_t vw_slot(unsigned vw)
+static unsigned tuning_ipw(const clopt_tuning *t)
 {
-    size_t k = 0;
-    while (k + 1 < VW_SLOTS && (1u << k) < vw)
-        k++;
-    return k;
+    return t->items_per_work_item ? t->items_per_work_item : 1;
 }
 
 static const clopt_embedded_file *find_source(const char *name)
@@ -63,7 +67,8 @@ static cl_program build(bench_device *bd, const char *family, const char *extra)
         return NULL;
     }
     char options[256];
-    snprintf(options, sizeof options, "-DVW=%u %s", bd->tuning.vector_width, extra);
+    snprintf(options, sizeof options, "-DVW=%u -DIPW=%u %s", bd->tuning.vector_width,
+             tuning_ipw(&bd->tuning), extra);
     const char *texts[2] = {common->data, src->data};
     size_t lens[2] = {common->size, src->size};
     cl_int err = CL_SUCCESS;
@@ -116,12 +121,11 @@ void bench_device_destroy(bench_device *bd)
 {
     if (!bd)
         return;
-    for (size_t v = 0; v < VW_SLOTS; v++) {
+    for (size_t v = 0; v < bd->nops; v++) {
         for (size_t i = 0; i < OP_KIND_COUNT; i++)
-            if (bd->ops[v][i])
-                clReleaseKernel(bd->ops[v][i]);
-        if (bd->ops_program[v])
-            clReleaseProgram(bd->ops_program[v]);
+            if (bd->ops[v].ops[i])
+                clReleaseKernel(bd->ops[v].ops[i]);
+        clReleaseProgram(bd->ops[v].program);
     }
     for (size_t i = 0; i < bd->nstreams; i++) {
         clReleaseKernel(bd->streams[i].kernel);
@@ -131,16 +135,22 @@ void bench_device_destroy(bench_device *bd)
 }
 
 unsigned bench_device_vector_width(const bench_device *bd) { return bd->tuning.vector_width; }
+unsigned bench_device_items_per_work_item(const bench_device *bd)
+{
+    return tuning_ipw(&bd->tuning);
+}
 size_t bench_device_work_group_size(const bench_device *bd) { return bd->tuning.work_group_size; }
 const char *bench_device_error(const bench_device *bd) { return bd->error; }
 void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t) { bd->tuning = *t; }
 
 /* The library's launch geometry (host/util.c clopt_launch_elementwise): one work-item per
-   vector plus one for the tail; the tuned work-group size unless the kernel cannot take it. */
+   IPW vectors, the tail counting as one more vector; the tuned work-group size unless the
+   kernel cannot take it. */
 static cl_int launch(bench_device *bd, cl_kernel k, size_t n, cl_event *ev)
 {
-    size_t vw = bd->tuning.vector_width;
-    size_t items = n / vw + (n % vw ? 1 : 0);
+    size_t vw = bd->tuning.vector_width, ipw = tuning_ipw(&bd->tuning);
+    size_t vectors = n / vw + (n % vw ? 1 : 0);
+    size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
     size_t local = bd->tuning.work_group_size;
     if (local) {
         size_t kmax = 0;
@@ -164,22 +174,32 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
         snprintf(bd->error, sizeof bd->error, "bad operation kind %d", (int)op->kind);
         return CL_INVALID_VALUE;
     }
-    const size_t vs = vw_slot(bd->tuning.vector_width);
-    if (!bd->ops_program[vs]) {
-        bd->ops_program[vs] = build(bd, "bench_ops", "");
-        if (!bd->ops_program[vs])
+    const unsigned vw = bd->tuning.vector_width, ipw = tuning_ipw(&bd->tuning);
+    ops_prog *op_prog = NULL;
+    for (size_t i = 0; i < bd->nops && !op_prog; i++)
+        if (bd->ops[i].vw == vw && bd->ops[i].ipw == ipw)
+            op_prog = &bd->ops[i];
+    if (!op_prog) {
+        if (bd->nops == MAX_OPS_PROGRAMS) {
+            snprintf(bd->error, sizeof bd->error, "too many tunings");
+            return CL_OUT_OF_RESOURCES;
+        }
+        cl_program prog = build(bd, "bench_ops", "");
+        if (!prog)
             return CL_BUILD_PROGRAM_FAILURE;
+        op_prog = &bd->ops[bd->nops++];
+        *op_prog = (ops_prog){.vw = vw, .ipw = ipw, .program = prog};
     }
     cl_int err = CL_SUCCESS;
-    cl_kernel k = bd->ops[vs][op->kind];
+    cl_kernel k = op_prog->ops[op->kind];
     if (!k) {
-        k = clCreateKernel(bd->ops_program[vs], bench_op_kernel(op->kind), &err);
+        k = clCreateKernel(op_prog->program, bench_op_kernel(op->kind), &err);
         if (!k) {
             snprintf(bd->error, sizeof bd->error, "clCreateKernel(%s): %d",
                      bench_op_kernel(op->kind), (int)err);
             return err;
         }
-        bd->ops[vs][op->kind] = k;
+        op_prog->ops[op->kind] = k;
     }
     cl_mem d = slots[op->d], x = slots[op->x];
     cl_mem y = op->y >= 0 ? slots[op->y] : x; /* unary: y is never read */
@@ -202,7 +222,8 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
 {
     for (size_t i = 0; i < bd->nstreams; i++)
         if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro &&
-            bd->streams[i].vw == bd->tuning.vector_width)
+            bd->streams[i].vw == bd->tuning.vector_width &&
+            bd->streams[i].ipw == tuning_ipw(&bd->tuning))
             return &bd->streams[i];
     if (bd->nstreams == MAX_STREAM_PROGRAMS) {
         snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
@@ -224,6 +245,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
     sp->nrw = nrw;
     sp->nro = nro;
     sp->vw = bd->tuning.vector_width;
+    sp->ipw = tuning_ipw(&bd->tuning);
     sp->program = prog;
     sp->kernel = k;
     return sp;

@@ -51,6 +51,7 @@ static const char *const variant_names[V_COUNT] = {"fused", "unfused", "c_loop",
 
 static const unsigned sweep_vw_default[] = {1, 4, 8, 16};
 static const size_t sweep_wg_default[] = {0, 64, 128, 256, 1024};
+static const unsigned sweep_ipw_default[] = {1, 16};
 
 typedef struct options {
     const bench_rule *rules[MAX_LIST];
@@ -63,12 +64,14 @@ typedef struct options {
     int variants_given; /* --variants was given */
     long reps, warmup;
     size_t check_n;
-    long vw, wg; /* --vw / --wg; -1 = the library's default */
+    long vw, wg, ipw; /* --vw / --wg / --ipw; -1 = the library's default */
     int sweep;
     unsigned sweep_vw[MAX_LIST];
     size_t nsweep_vw;
     size_t sweep_wg[MAX_LIST];
     size_t nsweep_wg;
+    unsigned sweep_ipw[MAX_LIST];
+    size_t nsweep_ipw;
     const char *device, *json, *csv, *plot;
 } options;
 
@@ -93,10 +96,13 @@ static void usage(FILE *f)
             "  --vw N              kernel vector width 1, 2, 4, 8 or 16 (clopt_ctx_set_tuning,\n"
             "                      before anything is compiled; default: the library's table)\n"
             "  --wg N              work-group size, 0 = the driver's choice (same)\n"
+            "  --ipw N             vectors per work-item, 1..1024 (same)\n"
             "  --sweep-tuning      time fused (and stream) over every vector width x\n"
-            "                      work-group size and print GB/s tables (default adamw, 2^24)\n"
+            "                      work-group size x vectors per work-item and print GB/s\n"
+            "                      tables (default adamw, 2^24)\n"
             "  --sweep-vw a,b,...  the sweep's vector widths (default 1,4,8,16)\n"
             "  --sweep-wg a,b,...  the sweep's work-group sizes (default 0,64,128,256,1024)\n"
+            "  --sweep-ipw a,b,... the sweep's vectors per work-item (default 1,16)\n"
             "  --device D          OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
             "  --json FILE         write one JSON object per measurement (an array)\n"
             "  --csv FILE          write one CSV row per measurement\n"
@@ -269,6 +275,17 @@ static int add_sweep_wg(options *o, const char *s)
     return 0;
 }
 
+static int add_sweep_ipw(options *o, const char *s)
+{
+    size_t v = 0;
+    if (parse_count(s, &v) || v < 1 || v > 1024)
+        return opt_error("--sweep-ipw: \"%s\" is not in 1..1024", s);
+    if (o->nsweep_ipw == MAX_LIST)
+        return opt_error("too many vectors-per-work-item values");
+    o->sweep_ipw[o->nsweep_ipw++] = (unsigned)v;
+    return 0;
+}
+
 static int parse_long(const char *s, long lo, long hi, long *out)
 {
     errno = 0;
@@ -287,7 +304,7 @@ static int parse_options(int argc, char **argv, options *o)
     o->reps = 5;
     o->warmup = 2;
     o->check_n = 10007;
-    o->vw = o->wg = -1;
+    o->vw = o->wg = o->ipw = -1;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char *val = NULL;
@@ -330,7 +347,7 @@ static int parse_options(int argc, char **argv, options *o)
         static const char *const with_value[] = {
             "--rules", "--sizes",  "--tensors", "--variants", "--reps", "--warmup",
             "--check-n", "--device", "--json",  "--csv",      "--plot", "--vw",
-            "--wg",    "--sweep-vw", "--sweep-wg"};
+            "--wg",    "--ipw",    "--sweep-vw", "--sweep-wg", "--sweep-ipw"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++)
             known |= !strcmp(name, with_value[k]);
@@ -365,6 +382,9 @@ static int parse_options(int argc, char **argv, options *o)
         } else if (!strcmp(name, "--sweep-wg")) {
             o->nsweep_wg = 0;
             rc = for_each_item(o, val, "work-group size", add_sweep_wg);
+        } else if (!strcmp(name, "--sweep-ipw")) {
+            o->nsweep_ipw = 0;
+            rc = for_each_item(o, val, "vectors per work-item", add_sweep_ipw);
         } else if (!strcmp(name, "--reps")) {
             if (parse_long(val, 1, 100000, &l))
                 return opt_error("--reps wants an integer in 1..100000, not \"%s\"", val);
@@ -383,6 +403,10 @@ static int parse_options(int argc, char **argv, options *o)
                                  "driver's choice), not \"%s\"",
                                  val);
             o->wg = l;
+        } else if (!strcmp(name, "--ipw")) {
+            if (parse_long(val, 1, 1024, &l))
+                return opt_error("--ipw wants vectors per work-item in 1..1024, not \"%s\"", val);
+            o->ipw = l;
         } else if (!strcmp(name, "--check-n")) {
             size_t n = 0;
             if (parse_count(val, &n) || n > MAX_N)
@@ -436,6 +460,10 @@ static int parse_options(int argc, char **argv, options *o)
         memcpy(o->sweep_wg, sweep_wg_default, sizeof sweep_wg_default);
         o->nsweep_wg = sizeof sweep_wg_default / sizeof sweep_wg_default[0];
     }
+    if (!o->nsweep_ipw) {
+        memcpy(o->sweep_ipw, sweep_ipw_default, sizeof sweep_ipw_default);
+        o->nsweep_ipw = sizeof sweep_ipw_default / sizeof sweep_ipw_default[0];
+    }
     return 0;
 }
 
@@ -456,6 +484,7 @@ typedef struct row {
     char shape[48]; /* "4096x4096" per tensor (the first), "" for vectors */
     unsigned vector_width;
     size_t work_group_size;
+    unsigned items_per_work_item;
     int sweep;
 } row;
 
@@ -1397,6 +1426,7 @@ static int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, cons
     snprintf(w->shape, sizeof w->shape, "%s", u->shape);
     w->vector_width = bench_device_vector_width(e->bd);
     w->work_group_size = bench_device_work_group_size(e->bd);
+    w->items_per_work_item = bench_device_items_per_work_item(e->bd);
     return 0;
 }
 
@@ -1699,9 +1729,9 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
 
 /* ---- the tuning sweep ------------------------------------------------------------------- */
 
-static int set_tuning(env *e, unsigned vw, size_t wg)
+static int set_tuning(env *e, unsigned vw, size_t wg, unsigned ipw)
 {
-    clopt_tuning t = {vw, wg};
+    clopt_tuning t = {vw, wg, ipw};
     clopt_status s = clopt_ctx_set_tuning(e->ctx, &t);
     if (s != CLOPT_SUCCESS)
         return clopt_fail_msg(e, "clopt_ctx_set_tuning", s);
@@ -1710,10 +1740,10 @@ static int set_tuning(env *e, unsigned vw, size_t wg)
 }
 
 static void print_grid(const env *e, const char *title, const row *rows, size_t ncfg,
-                       int variant)
+                       int variant, unsigned ipw)
 {
     const options *o = e->opt;
-    printf("%s\n%8s", title, "VW \\ WG");
+    printf("%s, %u vector(s) per work-item\n%8s", title, ipw, "VW \\ WG");
     for (size_t j = 0; j < o->nsweep_wg; j++)
         printf(" %8zu", o->sweep_wg[j]);
     printf("\n");
@@ -1723,7 +1753,8 @@ static void print_grid(const env *e, const char *title, const row *rows, size_t 
             double g = NAN;
             for (size_t k = 0; k < ncfg; k++)
                 if (rows[k].variant == variant && rows[k].vector_width == o->sweep_vw[i] &&
-                    rows[k].work_group_size == o->sweep_wg[j])
+                    rows[k].work_group_size == o->sweep_wg[j] &&
+                    rows[k].items_per_work_item == ipw)
                     g = rows[k].gbps;
             char b[32];
             format_num(g, "%.2f", b, sizeof b);
@@ -1733,8 +1764,8 @@ static void print_grid(const env *e, const char *title, const row *rows, size_t 
     }
 }
 
-/* Fused (and stream) of each rule and size over vector widths x work-group sizes, the
-   configurations interleaved within every repetition. */
+/* Fused (and stream) of each rule and size over vector widths x work-group sizes x vectors
+   per work-item, the configurations interleaved within every repetition. */
 static int run_sweep(env *e)
 {
     const options *o = e->opt;
@@ -1752,22 +1783,24 @@ static int run_sweep(env *e)
             return -1;
         for (size_t ni = 0; ni < o->nsizes && !rc; ni++) {
             const size_t n = o->sizes[ni];
-            /* configurations: fused, then stream, per (vw, wg) */
+            /* configurations: fused, then stream, per (vw, wg, ipw) */
             size_t ncfg = 0;
-            unit *cfg = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cfg);
-            unsigned *cvw = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cvw);
-            size_t *cwg = calloc(2 * o->nsweep_vw * o->nsweep_wg, sizeof *cwg);
+            const size_t maxcfg = 2 * o->nsweep_vw * o->nsweep_wg * o->nsweep_ipw;
+            unit *cfg = calloc(maxcfg, sizeof *cfg);
+            unsigned *cvw = calloc(maxcfg, sizeof *cvw), *cipw = calloc(maxcfg, sizeof *cipw);
+            size_t *cwg = calloc(maxcfg, sizeof *cwg);
             instance in = {0};
             optrun *opt = NULL;
-            if (!cfg || !cvw || !cwg) {
+            if (!cfg || !cvw || !cwg || !cipw) {
                 fprintf(stderr, "clopt-bench: out of host memory\n");
                 rc = -1;
             }
-            for (size_t i = 0; !rc && i < o->nsweep_vw; i++)
-                for (size_t j = 0; j < o->nsweep_wg; j++) {
-                    if (e->max_wg && o->sweep_wg[j] > e->max_wg)
-                        continue;
-                    for (int v = 0; v < 1 + with_stream; v++) {
+            for (size_t c = 0; !rc && c < o->nsweep_vw * o->nsweep_wg * o->nsweep_ipw; c++) {
+                const size_t i = c / (o->nsweep_wg * o->nsweep_ipw);
+                const size_t j = c / o->nsweep_ipw % o->nsweep_wg, l = c % o->nsweep_ipw;
+                if (e->max_wg && o->sweep_wg[j] > e->max_wg)
+                    continue;
+                for (int v = 0; v < 1 + with_stream; v++) {
                         unit *u = &cfg[ncfg];
                         u->variant = v ? V_STREAM : V_FUSED;
                         u->T = 1;
@@ -1775,15 +1808,16 @@ static int run_sweep(env *e)
                         u->dev = malloc(o->reps * sizeof(double));
                         u->wall = malloc(o->reps * sizeof(double));
                         u->kern = malloc(o->reps * sizeof(double));
-                        cvw[ncfg] = o->sweep_vw[i];
-                        cwg[ncfg] = o->sweep_wg[j];
-                        ncfg++;
-                        if (!u->dev || !u->wall || !u->kern) {
-                            fprintf(stderr, "clopt-bench: out of host memory\n");
-                            rc = -1;
-                        }
+                    cvw[ncfg] = o->sweep_vw[i];
+                    cwg[ncfg] = o->sweep_wg[j];
+                    cipw[ncfg] = o->sweep_ipw[l];
+                    ncfg++;
+                    if (!u->dev || !u->wall || !u->kern) {
+                        fprintf(stderr, "clopt-bench: out of host memory\n");
+                        rc = -1;
                     }
                 }
+            }
             unsigned mask = (ri.opt_level ? 0u : state_mask(&ri)) |
                             (with_stream ? stream_mask(&ri) : 0u);
             if (!rc && mask)
@@ -1803,7 +1837,7 @@ static int run_sweep(env *e)
                 const uint64_t step = FIRST_TIMED_STEP + it * ri.spr;
                 for (size_t k = 0; k < ncfg && !rc; k++) {
                     bench_timing t = {0};
-                    rc = set_tuning(e, cvw[k], cwg[k]);
+                    rc = set_tuning(e, cvw[k], cwg[k], cipw[k]);
                     if (!rc && cfg[k].variant == V_STREAM)
                         rc = stream_rep(e, &ri, &in, &t);
                     else if (!rc)
@@ -1812,7 +1846,7 @@ static int run_sweep(env *e)
                         record(&cfg[k], &t);
                 }
             }
-            if (set_tuning(e, base.vector_width, base.work_group_size))
+            if (set_tuning(e, base.vector_width, base.work_group_size, base.items_per_work_item))
                 rc = -1;
             instance_release(&in);
             optrun_destroy(opt);
@@ -1823,6 +1857,7 @@ static int run_sweep(env *e)
                     row *w = &e->res.rows[e->res.n - 1];
                     w->vector_width = cvw[k];
                     w->work_group_size = cwg[k];
+                    w->items_per_work_item = cipw[k];
                     w->sweep = 1;
                 }
             }
@@ -1834,6 +1869,7 @@ static int run_sweep(env *e)
             free(cfg);
             free(cvw);
             free(cwg);
+            free(cipw);
             if (rc)
                 break;
             /* stream fraction of each fused configuration: the stream of the same tuning */
@@ -1843,7 +1879,8 @@ static int run_sweep(env *e)
                 for (size_t m = 0; m < nr; m++)
                     if (rows[m].variant == V_STREAM &&
                         rows[m].vector_width == rows[k].vector_width &&
-                        rows[m].work_group_size == rows[k].work_group_size)
+                        rows[m].work_group_size == rows[k].work_group_size &&
+                        rows[m].items_per_work_item == rows[k].items_per_work_item)
                         rows[k].stream_fraction = rows[k].gbps / rows[m].gbps;
             char nb[32], title[256];
             format_n(n, nb, sizeof nb);
@@ -1851,31 +1888,35 @@ static int run_sweep(env *e)
                      "\nsweep %s n=%s: fused GB/s (%s, median of %ld; rows: vector width, "
                      "columns: work-group size, 0 = the driver's choice)",
                      ri.r->name, nb, ri.opt_level ? "optimizer level" : "one launch", o->reps);
-            print_grid(e, title, rows, nr, V_FUSED);
-            if (with_stream) {
-                snprintf(title, sizeof title, "stream GB/s (the rule's arrays, same tunings)");
-                print_grid(e, title, rows, nr, V_STREAM);
+            for (size_t l = 0; l < o->nsweep_ipw; l++) {
+                print_grid(e, title, rows, nr, V_FUSED, o->sweep_ipw[l]);
+                if (with_stream)
+                    print_grid(e, "stream GB/s (the rule's arrays, same tunings)", rows, nr,
+                               V_STREAM, o->sweep_ipw[l]);
             }
             const row *best = NULL, *cur = NULL;
+            const unsigned base_ipw = base.items_per_work_item ? base.items_per_work_item : 1;
             for (size_t k = 0; k < nr; k++) {
                 if (rows[k].variant != V_FUSED)
                     continue;
                 if (!best || rows[k].gbps > best->gbps)
                     best = &rows[k];
                 if (rows[k].vector_width == base.vector_width &&
-                    rows[k].work_group_size == base.work_group_size)
+                    rows[k].work_group_size == base.work_group_size &&
+                    rows[k].items_per_work_item == base_ipw)
                     cur = &rows[k];
             }
             if (best)
-                printf("best: vector width %u, work-group %zu: %.2f GB/s (%.2f of its stream)",
-                       best->vector_width, best->work_group_size, best->gbps,
-                       best->stream_fraction);
+                printf("best: vector width %u, work-group %zu, %u per work-item: %.2f GB/s "
+                       "(%.2f of its stream)",
+                       best->vector_width, best->work_group_size, best->items_per_work_item,
+                       best->gbps, best->stream_fraction);
             if (cur)
-                printf("; current tuning (%u, %zu): %.2f GB/s", cur->vector_width,
-                       cur->work_group_size, cur->gbps);
+                printf("; current tuning (%u, %zu, %u): %.2f GB/s", cur->vector_width,
+                       cur->work_group_size, cur->items_per_work_item, cur->gbps);
             else
-                printf("; current tuning (%u, %zu) not in the sweep", base.vector_width,
-                       base.work_group_size);
+                printf("; current tuning (%u, %zu, %u) not in the sweep", base.vector_width,
+                       base.work_group_size, base_ipw);
             printf("\n");
             fflush(stdout);
         }
@@ -1975,9 +2016,10 @@ static int write_json(const env *e, const char *path)
         json_str(f, w->check);
         fprintf(f, ", \"reps\": %ld, \"device\": ", e->opt->reps);
         json_str(f, dev);
-        fprintf(f, ", \"vector_width\": %u, \"work_group_size\": %zu, \"omp_threads\": %d, "
-                   "\"sweep\": %s}",
-                w->vector_width, w->work_group_size, cloop_threads(),
+        fprintf(f,
+                ", \"vector_width\": %u, \"work_group_size\": %zu, \"items_per_work_item\": %u, "
+                "\"omp_threads\": %d, \"sweep\": %s}",
+                w->vector_width, w->work_group_size, w->items_per_work_item, cloop_threads(),
                 w->sweep ? "true" : "false");
     }
     fprintf(f, "\n]\n");
@@ -2004,7 +2046,7 @@ static int write_csv(const env *e, const char *path)
     fprintf(f, "rule,variant,n,tensors,ms,bytes_per_param,gbps,copy_fraction,stream_fraction,"
                "wall_ms,ms_min,ms_kernels,launches,fused_speedup,check,reps,vector_width,"
                "work_group_size,omp_threads,tensor_ratio,tensor_wall_ratio,steps_per_rep,"
-               "lib_bytes_per_param,shape,sweep\n");
+               "lib_bytes_per_param,shape,sweep,items_per_work_item\n");
     for (size_t i = 0; i < e->res.n; i++) {
         const row *w = &e->res.rows[i];
         fprintf(f, "%s,%s,%zu,%zu,", w->rule, variant_names[w->variant], w->n, w->tensors);
@@ -2030,8 +2072,8 @@ static int write_csv(const env *e, const char *path)
         csv_num(f, w->tensor_ratio);
         fputc(',', f);
         csv_num(f, w->tensor_wall_ratio);
-        fprintf(f, ",%u,%zu,%s,%d\n", w->steps_per_rep, w->lib_bytes_per_param, w->shape,
-                w->sweep);
+        fprintf(f, ",%u,%zu,%s,%d,%u\n", w->steps_per_rep, w->lib_bytes_per_param, w->shape,
+                w->sweep, w->items_per_work_item);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "clopt-bench: writing %s failed\n", path);
@@ -2277,18 +2319,22 @@ int main(int argc, char **argv)
         cl_fail("clGetDeviceInfo", err);
         goto out;
     }
-    /* --vw / --wg: before anything is compiled (the library and the benchmark's kernels) */
+    /* --vw / --wg / --ipw: before anything is compiled (the library and the benchmark's
+       kernels) */
     if ((s = clopt_ctx_get_tuning(e.ctx, &e.tuning)) != CLOPT_SUCCESS) {
         clopt_fail_msg(&e, "clopt_ctx_get_tuning", s);
         goto out;
     }
-    if (o.vw > 0 || o.wg >= 0) {
+    const int tuning_given = o.vw > 0 || o.wg >= 0 || o.ipw > 0;
+    if (tuning_given) {
         if (o.vw > 0)
             e.tuning.vector_width = (unsigned)o.vw;
         if (o.wg >= 0)
             e.tuning.work_group_size = (size_t)o.wg;
+        if (o.ipw > 0)
+            e.tuning.items_per_work_item = (unsigned)o.ipw;
         if ((s = clopt_ctx_set_tuning(e.ctx, &e.tuning)) != CLOPT_SUCCESS) {
-            fprintf(stderr, "clopt-bench: --vw/--wg: %s\n", clopt_ctx_last_error(e.ctx));
+            fprintf(stderr, "clopt-bench: --vw/--wg/--ipw: %s\n", clopt_ctx_last_error(e.ctx));
             rc = 2;
             goto out;
         }
@@ -2319,20 +2365,20 @@ int main(int argc, char **argv)
     fill_uniform(e.p0, nmax, 1, -1.0f, 1.0f);
     fill_uniform(e.g0, nmax, 2, -0.5f, 0.5f);
 
-    printf("clopt-bench: device %s, vector width %u, work-group %zu%s%s, C loop %d thread(s), "
-           "median of %ld after %ld warm-up\n",
+    printf("clopt-bench: device %s, vector width %u, work-group %zu%s, %u vector(s) per "
+           "work-item%s, C loop %d thread(s), median of %ld after %ld warm-up\n",
            clopt_ctx_device_name(e.ctx), e.tuning.vector_width, e.tuning.work_group_size,
            e.tuning.work_group_size ? "" : " (driver)",
-           o.vw > 0 || o.wg >= 0 ? " (set by --vw/--wg)" : "", cloop_threads(), o.reps,
-           o.warmup);
+           e.tuning.items_per_work_item ? e.tuning.items_per_work_item : 1,
+           tuning_given ? " (set by --vw/--wg/--ipw)" : "", cloop_threads(), o.reps, o.warmup);
     if (busy)
         printf("note: %d other runnable process(es) at start: they compete for the CPUs and "
                "the timings will be noisy\n",
                busy);
 
     if (o.sweep) {
-        printf("tuning sweep: vector widths x work-group sizes, interleaved in every "
-               "repetition; GB/s = bytes_per_param * n / ms (device time)\n");
+        printf("tuning sweep: vector widths x work-group sizes x vectors per work-item, "
+               "interleaved in every repetition; GB/s = bytes_per_param * n / ms (device time)\n");
         if (run_sweep(&e))
             goto out;
     } else {
@@ -2348,10 +2394,10 @@ int main(int argc, char **argv)
             if (rule_info_make(o.rules[ri_i], &ri))
                 goto out;
             traffic_note(&ri);
-            /* The unfused and stream kernels use the vector width and work-group size of this
-               rule's fused kernel (the library's table has rows per kernel), unless --vw/--wg
-               fixed one tuning for everything. */
-            if (o.vw <= 0 && o.wg < 0) {
+            /* The unfused and stream kernels use the tuning of this rule's fused kernel (the
+               library's table has rows per kernel), unless --vw/--wg/--ipw fixed one tuning
+               for everything. */
+            if (!tuning_given) {
                 clopt_tuning rt;
                 if (clopt_ctx_get_rule_tuning(e.ctx, ri.r->rule, &ri.hp, &rt) == CLOPT_SUCCESS)
                     bench_device_set_tuning(e.bd, &rt);

@@ -1,10 +1,11 @@
 #!/bin/sh
-# The committed benchmark results of one device: runs clopt-bench four times and writes into DIR
+# The committed benchmark results of one device: runs clopt-bench five times and writes into DIR
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
+#   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
-#   sweep.txt .json .csv          --sweep-tuning         (fused AdamW at 2^24 over VW x WG)
+#   sweep.txt .json .csv          --sweep-tuning   (fused AdamW at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
 # usage: bench/run-results.sh DIR [clopt-bench options added to every run, e.g. --device 1]
@@ -15,7 +16,7 @@
 set -u
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ $# -lt 1 ] && exit 2
     exit 0
 fi
@@ -77,6 +78,8 @@ run() {
     } >>"$MD.body"
 }
 
+ALL_RULES=sgd,sgd_momentum,adam,adamw,adagrad,adadelta,rmsprop,adamax,nadam,radam,adamod
+ALL_RULES=$ALL_RULES,diffgrad,lion,sophia,adafactor,lamb,ranger,adam_lookahead
 # The common options (no spaces inside a value) go after each run's own.
 COMMON="$*"
 rm -f "$MD.body"
@@ -84,9 +87,11 @@ rm -f "$MD.body"
 {
     run default "Default run (every default rule at 2^20, 2^22, 2^24)" $COMMON
     run large "AdamW at 2^25, median of 7" --rules adamw --sizes 2^25 --reps 7 $COMMON
+    run elementwise25 "Every rule at 2^25: fused, its stream kernel, unfused chain, C loop" \
+        --rules "$ALL_RULES" --sizes 2^25 --reps 7 --variants fused,stream,unfused,c_loop $COMMON
     run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
         --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 $COMMON
-    run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group size" \
+    run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group x vectors per item" \
         --sweep-tuning --rules adamw --sizes 2^24 $COMMON
 }
 

@@ -255,6 +255,10 @@ clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning)
     if (vw != 1 && vw != 2 && vw != 4 && vw != 8 && vw != 16)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "tuning: vector_width %u is not 1, 2, 4, 8 or 16", vw);
+    if (tuning->items_per_work_item > 1024)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "tuning: items_per_work_item %u is above 1024",
+                          tuning->items_per_work_item);
     size_t maxwg = 0;
     clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof maxwg, &maxwg, NULL);
     if (maxwg && tuning->work_group_size > maxwg)

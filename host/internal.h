@@ -66,13 +66,18 @@ clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name,
                                   const char *kernel);
 /* The tuning a kernel runs with in ctx (the caller's if set, else the table's). */
 clopt_tuning clopt_kernel_tuning(const clopt_ctx *ctx, const char *kernel);
+/* Vectors per work-item of t (0 means 1). */
+unsigned clopt_tuning_ipw(const clopt_tuning *t);
+/* The build options that select tuning t: "-DVW=... -DIPW=..." (at most 32 characters). */
+#define CLOPT_TUNING_OPTIONS "-DVW=%u -DIPW=%u"
+#define CLOPT_TUNING_ARGS(t) (t)->vector_width, clopt_tuning_ipw(t)
 
 /* Validation helpers (util.c). */
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
-/* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width it
-   was compiled with). */
+/* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width and
+   vectors per work-item it was compiled with). */
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event);

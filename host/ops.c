@@ -202,7 +202,7 @@ static clopt_status small_op_prologue(clopt_ctx *ctx, cl_command_queue queue, si
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
         return s;
     char options[64];
-    snprintf(options, sizeof options, "-DVW=%u", ctx->tuning.vector_width);
+    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS, CLOPT_TUNING_ARGS(&ctx->tuning));
     return clopt_get_kernel(ctx, family, options, kernel, k);
 }
 

@@ -630,8 +630,8 @@ static clopt_status kernel_of(clopt_optimizer *opt, const char *family, const cl
                               int gc, const char *extra, const char *name, cl_kernel *k)
 {
     char options[192];
-    snprintf(options, sizeof options, "-DVW=%u -DMAXIMIZE=%d -DGC=%d%s",
-             opt->ctx->tuning.vector_width, hp && hp->maximize ? 1 : 0, gc, extra);
+    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d%s",
+             CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc, extra);
     return clopt_get_kernel(opt->ctx, family, options, name, k);
 }
 

@@ -346,8 +346,9 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
        integer division per 16 elements instead of one per element */
     if (plan->gc && !ctx->tuning_fixed && plan->tuning.vector_width < 16)
         plan->tuning.vector_width = 16;
-    int len = snprintf(plan->options, sizeof plan->options, "-DVW=%u -DMAXIMIZE=%d -DGC=%d",
-                       plan->tuning.vector_width, hp->maximize ? 1 : 0, plan->gc);
+    int len = snprintf(plan->options, sizeof plan->options,
+                       CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d",
+                       CLOPT_TUNING_ARGS(&plan->tuning), hp->maximize ? 1 : 0, plan->gc);
     char *opt = plan->options + len;
     size_t room = sizeof plan->options - (size_t)len;
     switch (rule) {

@@ -1,16 +1,20 @@
 /* Per-device-type kernel tuning, as CLBlast keeps a table with a default.
  *
- * vector_width: floats per work-item (vloadN/vstoreN); work_group_size: 0 lets the driver
- * pick. A row may name one rule's kernel: the first row that matches the device (type and
- * name) and the kernel wins, so per-kernel rows come before the device's default row.
+ * vector_width: floats per vector (vloadN/vstoreN); work_group_size: 0 lets the driver pick;
+ * items_per_work_item: consecutive vectors one work-item updates (kernels/common.cl). A row
+ * may name one rule's kernel: the first row that matches the device (type and name) and the
+ * kernel wins, so per-kernel rows come before the device's default row.
  * The values come from clopt-bench --sweep-tuning runs (bench/results/):
- *  - PoCL's CPU device vectorises across work-items itself: plain scalar work-items (VW 1)
- *    in large work-groups reach the stream kernel's bandwidth (AdamW 2^25: 41-43 GB/s,
- *    0.95-0.99 of stream), where float16 work-items reach 0.8;
- *  - except diffGrad, whose exp() PoCL vectorises only when the kernel itself is written in
- *    float16 (VW 1: 18 GB/s, VW 16: 31 GB/s at 2^25), and Lion, whose sign() does better in
- *    float16 too (39 vs 43 GB/s).
- * GPUs get the common float4 / 256 choice (not measured here: no GPU was at hand). */
+ *  - PoCL's CPU device: float16 vectors, 16 per work-item, work-groups of 64. Every
+ *    work-item then runs a plain loop over 1024 consecutive floats, which LLVM compiles
+ *    into straight vector code; every element-wise rule reaches 0.9-1.0 of its stream
+ *    kernel at 2^24-2^25 (AdamW 2^24: 54 GB/s). The one-vector-per-work-item forms left
+ *    the rules with exp/sqrt/division compute-bound on 2 cores: VW 1 (PoCL vectorising
+ *    across work-items) gave diffGrad 20 GB/s and NAdam 0.85 of stream, VW 16 alone
+ *    diffGrad 41 GB/s. 4-64 vectors per work-item and work-groups of 64-1024 are within
+ *    the run-to-run noise of each other; 16 x 64 keeps 2^20 floats in 16 work-groups.
+ *  - GPUs get the common float4 / 256 / one vector per work-item choice (neighbouring
+ *    work-items read neighbouring vectors; not measured here: no GPU was at hand). */
 #include "internal.h"
 
 #include <string.h>
@@ -23,13 +27,11 @@ typedef struct tuning_row {
 } tuning_row;
 
 static const tuning_row tuning_table[] = {
-    {CL_DEVICE_TYPE_CPU, NULL, "diffgrad_step", {16, 256}},
-    {CL_DEVICE_TYPE_CPU, NULL, "lion_step", {16, 256}},
-    {CL_DEVICE_TYPE_CPU, NULL, NULL, {1, 1024}},
-    {CL_DEVICE_TYPE_GPU, NULL, NULL, {4, 256}},
+    {CL_DEVICE_TYPE_CPU, NULL, NULL, {16, 64, 16}},
+    {CL_DEVICE_TYPE_GPU, NULL, NULL, {4, 256, 1}},
 };
 
-static const clopt_tuning tuning_default = {4, 0};
+static const clopt_tuning tuning_default = {4, 0, 1};
 
 clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name,
                                   const char *kernel)
@@ -45,6 +47,11 @@ clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name,
         return r->tuning;
     }
     return tuning_default;
+}
+
+unsigned clopt_tuning_ipw(const clopt_tuning *t)
+{
+    return t->items_per_work_item ? t->items_per_work_item : 1;
 }
 
 clopt_tuning clopt_kernel_tuning(const clopt_ctx *ctx, const char *kernel)

@@ -103,9 +103,11 @@ clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event)
 {
-    /* One work-item per vector of VW elements; one more item takes the n % VW tail. */
-    size_t vw = t->vector_width;
-    size_t items = n / vw + (n % vw ? 1 : 0);
+    /* One work-item per IPW vectors of VW elements; the n % VW tail counts as one more
+       vector (kernels/common.cl). */
+    size_t vw = t->vector_width, ipw = clopt_tuning_ipw(t);
+    size_t vectors = n / vw + (n % vw ? 1 : 0);
+    size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
     size_t local = t->work_group_size;
     if (local) {
         size_t kmax = 0;

@@ -125,15 +125,17 @@ const char *clopt_ctx_last_error(const clopt_ctx *ctx);
 /* Build log of the most recent kernel compilation that failed ("" if none). */
 const char *clopt_ctx_build_log(const clopt_ctx *ctx);
 
-/* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per work-item) and
-   work-group size (0 = let the driver choose). Defaults come from a small table per device
-   type, with rows for single kernels where they pay (see host/tuning.c). get_tuning gives the
-   device's default, get_rule_tuning what one rule's update kernel uses with these
-   hyperparameters. set_tuning replaces the table by one tuning for every kernel (programs
-   compiled afterwards). Reductions do not depend on the tuning. */
+/* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per vector), work-group
+   size (0 = let the driver choose) and vectors per work-item (consecutive vectors one
+   work-item updates in a loop; 0 means 1, at most 1024). Defaults come from a small table
+   per device type, with rows for single kernels where they pay (see host/tuning.c).
+   get_tuning gives the device's default, get_rule_tuning what one rule's update kernel uses
+   with these hyperparameters. set_tuning replaces the table by one tuning for every kernel
+   (programs compiled afterwards). Reductions do not depend on the tuning. */
 typedef struct clopt_tuning {
     unsigned vector_width;
     size_t work_group_size;
+    unsigned items_per_work_item;
 } clopt_tuning;
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out);
 clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning);

@@ -1,9 +1,10 @@
 /* Shared by every kernel family (prepended to each program).
  *
- * Element-wise kernels process VW consecutive floats per work-item with vloadN/vstoreN
- * (any element offset works: vloadN needs only float alignment). Work-item nv = n / VW
- * (when n % VW != 0) takes the tail through private arrays, so every rule's update is
- * written once, as a function of floatV. Defines: VW (1, 2, 4, 8, 16), MAXIMIZE (0/1). */
+ * Element-wise kernels process vectors of VW consecutive floats with vloadN/vstoreN (any
+ * element offset works: vloadN needs only float alignment). The work-item that holds vector
+ * nv = n / VW (when n % VW != 0) takes the tail through private arrays, so every rule's
+ * update is written once, as a function of floatV. Defines: VW (1, 2, 4, 8, 16), IPW (vectors per
+ * work-item, below), MAXIMIZE (0/1). */
 #ifndef VW
 #define VW 1
 #endif
@@ -42,29 +43,59 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 }
 
 /* The element-wise driver. Inside ELEMENTWISE_BEGIN/END, LOAD(ptr) and STORE(x, ptr) read
- * and write this work-item's VW elements (or the tail) of a pointer already advanced by
- * its offset. The body is written once but compiled twice: the loop over the two cases
- * (full vector, tail) is unrolled, so in each copy full_ is a constant and every LOAD/STORE
- * is a plain vloadN/vstoreN or a tail access. A run-time choice per load instead costs
- * PoCL's work-group vectoriser 10-20% of the bandwidth (measured with clopt-bench). */
+ * and write one vector of VW elements (or the n % VW tail) of a pointer already advanced by
+ * its offset; vi_ is the vector's index. The body is written once but compiled twice: the
+ * loop over the two cases (full vectors, tail) is unrolled, so in each copy full_ is a
+ * constant and every LOAD/STORE is a plain vloadN/vstoreN or a tail access. A run-time
+ * choice per load instead costs PoCL's work-group vectoriser 10-20% of the bandwidth
+ * (measured with clopt-bench).
+ *
+ * IPW (items per work-item, define, default 1): work-item i updates the IPW consecutive
+ * vectors from i * IPW in a loop, and the work-item whose range reaches vector n / VW also
+ * takes the tail. IPW 1 is the one-vector-per-work-item form GPUs want (neighbouring
+ * work-items read neighbouring vectors). On a CPU, PoCL runs a work-group as a loop over its
+ * work-items; there float16 vectors with IPW 16 give each work-item a plain streaming loop
+ * that LLVM compiles without the per-item bookkeeping of the VW 1 form, which made the
+ * rules with exp/sqrt/division compute-bound on 2 cores (diffGrad 0.74 -> 0.95 of its
+ * stream kernel, clopt-bench at 2^25). */
+#ifndef IPW
+#define IPW 1
+#endif
+#if IPW == 1
 #define ELEMENTWISE_BEGIN                                                                  \
-    const ulong gid_ = get_global_id(0);                                                   \
+    const ulong vi_ = get_global_id(0);                                                    \
     const ulong nv_ = n / VW;                                                              \
     const uint rem_ = (uint)(n - nv_ * VW);                                                \
     _Pragma("unroll") for (int pass_ = 0; pass_ < 2; pass_++) {                            \
         const int full_ = pass_ == 0;                                                      \
-        if (full_ ? gid_ < nv_ : (gid_ == nv_ && rem_ != 0)) {                             \
-            const ulong base_ = gid_ * VW;
+        if (full_ ? vi_ < nv_ : (vi_ == nv_ && rem_ != 0)) {                               \
+            const ulong base_ = vi_ * VW;
 #define ELEMENTWISE_END                                                                    \
     break;                                                                                 \
     }                                                                                      \
     }
+#else
+#define ELEMENTWISE_BEGIN                                                                  \
+    const ulong lo_ = get_global_id(0) * IPW;                                              \
+    const ulong nv_ = n / VW;                                                              \
+    const uint rem_ = (uint)(n - nv_ * VW);                                                \
+    _Pragma("unroll") for (int pass_ = 0; pass_ < 2; pass_++) {                            \
+        const int full_ = pass_ == 0;                                                      \
+        const ulong from_ = full_ ? lo_ : nv_;                                             \
+        const ulong to_ = full_ ? min(lo_ + IPW, nv_)                                      \
+                                : nv_ + (rem_ != 0 && lo_ <= nv_ && nv_ - lo_ < IPW);      \
+        for (ulong vi_ = from_; vi_ < to_; vi_++) {                                        \
+            const ulong base_ = vi_ * VW;
+#define ELEMENTWISE_END                                                                    \
+    }                                                                                      \
+    }
+#endif
 
-#define LOAD(p) (full_ ? VLOAD(gid_, p) : tail_load((p) + base_, rem_))
+#define LOAD(p) (full_ ? VLOAD(vi_, p) : tail_load((p) + base_, rem_))
 #define STORE(x, p)                                                                        \
     do {                                                                                   \
         if (full_)                                                                         \
-            VSTORE(x, gid_, p);                                                            \
+            VSTORE(x, vi_, p);                                                             \
         else                                                                               \
             tail_store(x, (p) + base_, rem_);                                              \
     } while (0)
@@ -81,8 +112,11 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols)
 inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols)
 {
-    /* one division per work-item: the row advances as the column wraps */
+    /* one division per vector; a vector inside one row (the usual case, cols >= VW)
+       subtracts one mean, else the row advances as the column wraps */
     ulong row = base / cols, col = base - row * cols;
+    if (col + VW <= cols)
+        return g - mean[row];
     float t[VW];
     for (uint k = 0; k < VW; k++) {
         t[k] = mean[row];

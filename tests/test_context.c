@@ -250,21 +250,29 @@ static void test_tuning(void **state)
     assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_ctx_get_tuning(ctx, &t), CLOPT_SUCCESS);
     assert_memory_equal(&t, &t0, sizeof t);
-    /* every vector width and a driver-chosen work-group size give the same result, to
-       float rounding (the compiler may contract differently per width), for a size with a
-       tail for every width */
+    t = t0;
+    t.items_per_work_item = 1025;
+    assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_ctx_get_tuning(ctx, &t), CLOPT_SUCCESS);
+    assert_memory_equal(&t, &t0, sizeof t);
+    /* every vector width, vectors per work-item (0 = 1; 3 and 16 put the tail inside a
+       work-item's range, 64 gives one work-item everything) and a driver-chosen work-group
+       size give the same result, to float rounding (the compiler may contract differently
+       per width), for a size with a tail for every width */
     enum { N = 1000 + 13 };
     float ref[N], got[N];
     adamw_once(ctx, N, ref);
-    const unsigned widths[] = {1, 2, 4, 8, 16};
-    for (size_t w = 0; w < 5; w++) {
-        t.vector_width = widths[w];
-        t.work_group_size = w % 2 ? 0 : 64;
-        assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_SUCCESS);
-        adamw_once(ctx, N, got);
-        for (size_t i = 0; i < N; i++)
-            assert_true(fabsf(got[i] - ref[i]) <= 1e-6f * fabsf(ref[i]) + 1e-9f);
-    }
+    const unsigned widths[] = {1, 2, 4, 8, 16}, ipws[] = {0, 1, 3, 16, 64};
+    for (size_t w = 0; w < 5; w++)
+        for (size_t k = 0; k < 5; k++) {
+            t.vector_width = widths[w];
+            t.work_group_size = (w + k) % 2 ? 0 : 64;
+            t.items_per_work_item = ipws[k];
+            assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_SUCCESS);
+            adamw_once(ctx, N, got);
+            for (size_t i = 0; i < N; i++)
+                assert_true(fabsf(got[i] - ref[i]) <= 1e-6f * fabsf(ref[i]) + 1e-9f);
+        }
     clopt_ctx_destroy(ctx);
 }
 

@@ -658,12 +658,16 @@ static void test_tuning_arguments(void **state)
     assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
     t.vector_width = 0;
     assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
+    t = before;
+    t.items_per_work_item = 4096;
+    assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_ctx_set_tuning(f->ctx, NULL), CLOPT_ERR_NULL_ARGUMENT);
     assert_int_equal(clopt_ctx_set_tuning(NULL, &before), CLOPT_ERR_NULL_ARGUMENT);
     assert_int_equal(clopt_ctx_get_tuning(f->ctx, NULL), CLOPT_ERR_NULL_ARGUMENT);
     assert_int_equal(clopt_ctx_get_tuning(f->ctx, &after), CLOPT_SUCCESS);
     assert_int_equal(after.vector_width, before.vector_width);
     assert_int_equal(after.work_group_size, before.work_group_size);
+    assert_int_equal(after.items_per_work_item, before.items_per_work_item);
     assert_true(clopt_ctx_last_error(f->ctx)[0] != 0);
 }
 

@@ -2015,6 +2015,22 @@ static int ctx_setup(void **state)
     return 0;
 }
 
+/* The same tests on the one-vector-per-work-item form GPUs use (the CPU default loops over
+   16 vectors per work-item; kernels/common.cl has both). */
+static int ctx_setup_one_vector(void **state)
+{
+    if (ctx_setup(state))
+        return -1;
+    const clopt_tuning t = {4, 64, 1};
+    clopt_status s = clopt_ctx_set_tuning(*state, &t);
+    if (s != CLOPT_SUCCESS) {
+        print_error("clopt_ctx_set_tuning: %s\n", clopt_status_name(s));
+        clopt_ctx_destroy(*state);
+        return -1;
+    }
+    return 0;
+}
+
 static int ctx_teardown(void **state)
 {
     clopt_ctx_destroy(*state);
@@ -2049,6 +2065,8 @@ int main(void)
     int fails = 0;
     fails += cmocka_run_group_tests_name("reference", reference, NULL, NULL);
     fails += cmocka_run_group_tests_name("op_level", op, ctx_setup, ctx_teardown);
+    fails += cmocka_run_group_tests_name("op_level_one_vector", op, ctx_setup_one_vector,
+                                         ctx_teardown);
     fails += cmocka_run_group_tests_name("optimizer_level", opt, ctx_setup, ctx_teardown);
     fails += cmocka_run_group_tests_name("rng_hessian", rng, ctx_setup, ctx_teardown);
     return fails ? 1 : 0;

@@ -400,7 +400,7 @@ static void test_determinism(void **state)
     clopt_tuning t0, t;
     clopt_ctx_get_tuning(f->ctx, &t0);
     double norms[3];
-    const clopt_tuning tunings[3] = {t0, {1, 1}, {4, 0}};
+    const clopt_tuning tunings[3] = {t0, {1, 1, 1}, {4, 0, 8}};
     for (int k = 0; k < 3; k++) {
         t = tunings[k];
         assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_SUCCESS);
