@@ -5,6 +5,7 @@
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
 #   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
+#                                 --reps 7
 #   sweep.txt .json .csv          --sweep-tuning   (fused AdamW at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
@@ -16,7 +17,7 @@
 set -u
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     [ $# -lt 1 ] && exit 2
     exit 0
 fi
@@ -90,14 +91,16 @@ rm -f "$MD.body"
     run elementwise25 "Every rule at 2^25: fused, its stream kernel, unfused chain, C loop" \
         --rules "$ALL_RULES" --sizes 2^25 --reps 7 --variants fused,stream,unfused,c_loop $COMMON
     run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
-        --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 $COMMON
+        --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 --reps 7 $COMMON
     run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group x vectors per item" \
         --sweep-tuning --rules adamw --sizes 2^24 $COMMON
 }
 
 DEVICE=$(sed -n 's/^clopt-bench: device \(.*\), vector width.*/\1/p' "$DIR/default.txt" | head -n 1)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ "$COMMIT" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain -- host kernels include bench 2>/dev/null)" ]; then
+# the sources the numbers depend on; DIR (under bench/results) is being rewritten by this run
+if [ "$COMMIT" != unknown ] &&
+    [ -n "$(git -C "$ROOT" status --porcelain -- host kernels include bench ':!bench/results' 2>/dev/null)" ]; then
     COMMIT="$COMMIT (with uncommitted changes)"
 fi
 {
