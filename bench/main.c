@@ -1523,12 +1523,21 @@ static int has_tensors(const options *o, size_t T)
     return 0;
 }
 
+/* A pause long enough for spinning worker threads (OpenMP's, the OpenCL device's) to go to
+   sleep before the other side's timed work starts. */
+static void settle(void)
+{
+    const struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 /* Measures every selected variant and tensor count of one (rule, n). The device variants are
    interleaved: each repetition runs one repetition of every one in turn, so a slow drift of
    the machine (other tenants, frequency) hits all of them alike and their ratios stay
    meaningful. fused, unfused and stream work on the same device arrays (the stream kernel
-   leaves them unchanged); copy and every optimizer have their own. The C loop runs
-   afterwards on its own host arrays. A repetition is spr steps (a whole Lookahead cycle). */
+   leaves them unchanged); copy and every optimizer have their own. The C loop takes its turn
+   in each repetition too, on its own host arrays. A repetition is spr steps (a whole
+   Lookahead cycle). */
 static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
 {
     const options *o = e->opt;
@@ -1647,7 +1656,11 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
     if (!rc && (run & (1u << V_C_LOOP)))
         rc = host_create(ri, n, 1, e->p0, e->g0, &h);
 
-    /* device variants interleaved; they share the OpenCL device's worker threads */
+    /* Every variant once per repetition, so that a slow drift of the machine (other tenants,
+       frequency) hits them all alike. The C loop's OpenMP threads and the device's worker
+       threads would take the CPUs from each other right after a switch (both spin a while
+       before they sleep), so the C loop's turn is fenced by a pause on each side. */
+    const int with_c_loop = (run & (1u << V_C_LOOP)) != 0;
     for (size_t it = 0; it < total && !rc; it++) {
         const uint64_t step = FIRST_TIMED_STEP + it * ri->spr;
         for (size_t k = 0; k < nu && !rc; k++) {
@@ -1677,14 +1690,13 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
             if (!rc && it >= (size_t)o->warmup)
                 record(u, &t);
         }
-    }
-    /* the C loop on its own: its OpenMP threads and the device's worker threads would
-       otherwise take the CPUs from each other right after each switch */
-    for (size_t it = 0; it < total && !rc && (run & (1u << V_C_LOOP)); it++) {
+        if (rc || !with_c_loop)
+            continue;
+        settle();
         bench_timing t = {0};
         for (unsigned s = 0; s < ri->spr; s++) {
             bench_timing ts;
-            cloop_step(ri, &h, FIRST_TIMED_STEP + it * ri->spr + s, &ts);
+            cloop_step(ri, &h, step + s, &ts);
             t.dev_ms += ts.dev_ms / ri->spr;
             t.wall_ms += ts.wall_ms / ri->spr;
             t.kernels_ms += ts.kernels_ms / ri->spr;
@@ -1692,6 +1704,7 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         for (size_t k = 0; k < nu && it >= (size_t)o->warmup; k++)
             if (units[k].variant == V_C_LOOP)
                 record(&units[k], &t);
+        settle();
     }
     instance_release(&in);
     host_release(&h);
