@@ -66,6 +66,7 @@ typedef struct options {
     size_t check_n;
     long vw, wg, ipw; /* --vw / --wg / --ipw; -1 = the library's default */
     int sweep;
+    int no_flush; /* --no-flush */
     unsigned sweep_vw[MAX_LIST];
     size_t nsweep_vw;
     size_t sweep_wg[MAX_LIST];
@@ -93,6 +94,7 @@ static void usage(FILE *f)
             "  --warmup N          untimed repetitions before them (default 2)\n"
             "  --check-n N         size of the correctness check (default 10007; 0 = skip)\n"
             "  --no-check          same as --check-n 0\n"
+            "  --no-flush          do not evict the caches before each timed step (below)\n"
             "  --vw N              kernel vector width 1, 2, 4, 8 or 16 (clopt_ctx_set_tuning,\n"
             "                      before anything is compiled; default: the library's table)\n"
             "  --wg N              work-group size, 0 = the driver's choice (same)\n"
@@ -335,11 +337,14 @@ static int parse_options(int argc, char **argv, options *o)
             }
             return 1;
         }
-        if (!strcmp(name, "--no-check") || !strcmp(name, "--sweep-tuning")) {
+        if (!strcmp(name, "--no-check") || !strcmp(name, "--sweep-tuning") ||
+            !strcmp(name, "--no-flush")) {
             if (eq)
                 return opt_error("%s takes no value", name);
             if (!strcmp(name, "--no-check"))
                 o->check_n = 0;
+            else if (!strcmp(name, "--no-flush"))
+                o->no_flush = 1;
             else
                 o->sweep = 1;
             continue;
@@ -521,6 +526,10 @@ typedef struct env {
     cl_command_queue queue;
     cl_ulong max_alloc;
     size_t max_wg;
+    cl_device_type device_type;
+    cl_ulong cache_bytes;   /* the device's global memory cache */
+    cl_mem flush_buf;       /* cache_bytes, filled to evict a GPU's cache */
+    uint64_t *flush_host;   /* cache_bytes, read to evict the host's (CPU device, C loop) */
     clopt_tuning tuning; /* in effect (after --vw/--wg) */
     float *p0, *g0;      /* host data of the largest size */
     results res;
@@ -1531,6 +1540,61 @@ static void settle(void)
     nanosleep(&ts, NULL);
 }
 
+/* Cache state. A step whose arrays take at least a quarter of the device's global memory
+   cache is timed cold: before each timed step of every variant, a buffer of the cache's size
+   is read on the host (a CPU device, whose memory is the host's, and the C loop) or filled
+   on the device (other devices). Reading leaves clean lines, so the step pays no write-backs
+   of the flush itself. Smaller steps stay cache-resident across the variants alike and are
+   timed warm. Without it, what one variant left in a large cache (300 MiB on the machine the
+   committed results come from) decided how much of the next one's 2^25 arrays came from
+   DRAM. */
+static int wants_flush(const env *e, double step_bytes)
+{
+    return !e->opt->no_flush && e->cache_bytes && step_bytes >= 0.25 * (double)e->cache_bytes;
+}
+
+static volatile uint64_t flush_sink;
+
+static int flush_host(env *e)
+{
+    const size_t words = (size_t)e->cache_bytes / sizeof(uint64_t);
+    if (!e->flush_host) {
+        e->flush_host = malloc(words * sizeof(uint64_t));
+        if (!e->flush_host) {
+            fprintf(stderr, "clopt-bench: out of host memory for the cache flush\n");
+            return -1;
+        }
+        for (size_t i = 0; i < words; i++) /* real pages, not the shared zero page */
+            e->flush_host[i] = i;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < words; i += 8) /* one word per 64-byte line */
+        sum += e->flush_host[i];
+    flush_sink = sum;
+    return 0;
+}
+
+static int flush_device(env *e)
+{
+    if (e->device_type & CL_DEVICE_TYPE_CPU)
+        return flush_host(e);
+    size_t bytes = (size_t)(e->cache_bytes < e->max_alloc ? e->cache_bytes : e->max_alloc);
+    bytes = bytes / sizeof(cl_uint) * sizeof(cl_uint);
+    if (!e->flush_buf) {
+        cl_int err = CL_SUCCESS;
+        e->flush_buf = clCreateBuffer(e->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+        if (!e->flush_buf)
+            return cl_fail("allocating the cache-flush buffer", err);
+    }
+    static cl_uint pattern;
+    pattern++;
+    cl_int err = clEnqueueFillBuffer(e->queue, e->flush_buf, &pattern, sizeof pattern, 0, bytes,
+                                     0, NULL, NULL);
+    if (err == CL_SUCCESS)
+        err = clFinish(e->queue);
+    return err == CL_SUCCESS ? 0 : cl_fail("filling the cache-flush buffer", err);
+}
+
 /* Measures every selected variant and tensor count of one (rule, n). The device variants are
    interleaved: each repetition runs one repetition of every one in turn, so a slow drift of
    the machine (other tenants, frequency) hits all of them alike and their ratios stay
@@ -1661,12 +1725,15 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
        threads would take the CPUs from each other right after a switch (both spin a while
        before they sleep), so the C loop's turn is fenced by a pause on each side. */
     const int with_c_loop = (run & (1u << V_C_LOOP)) != 0;
+    const int flush = wants_flush(e, ri->tr.bytes * (double)n);
     for (size_t it = 0; it < total && !rc; it++) {
         const uint64_t step = FIRST_TIMED_STEP + it * ri->spr;
         for (size_t k = 0; k < nu && !rc; k++) {
             unit *u = &units[k];
             if (!u->T || u->variant == V_C_LOOP)
                 continue;
+            if (flush && (rc = flush_device(e)) != 0)
+                break;
             bench_timing t = {0};
             switch (u->variant) {
             case V_COPY: rc = copy_step(e, cbuf[0], cbuf[1], copy_bytes, &t); break;
@@ -1693,6 +1760,8 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         if (rc || !with_c_loop)
             continue;
         settle();
+        if (flush && (rc = flush_host(e)) != 0)
+            break;
         bench_timing t = {0};
         for (unsigned s = 0; s < ri->spr; s++) {
             bench_timing ts;
@@ -1846,11 +1915,14 @@ static int run_sweep(env *e)
                     bench_split_free(&sp);
                 }
             }
+            const int flush = wants_flush(e, ri.tr.bytes * (double)n);
             for (size_t it = 0; it < total && !rc; it++) {
                 const uint64_t step = FIRST_TIMED_STEP + it * ri.spr;
                 for (size_t k = 0; k < ncfg && !rc; k++) {
                     bench_timing t = {0};
                     rc = set_tuning(e, cvw[k], cwg[k], cipw[k]);
+                    if (!rc && flush)
+                        rc = flush_device(e);
                     if (!rc && cfg[k].variant == V_STREAM)
                         rc = stream_rep(e, &ri, &in, &t);
                     else if (!rc)
@@ -2328,6 +2400,12 @@ int main(int argc, char **argv)
     if (err == CL_SUCCESS)
         err = clGetDeviceInfo(clopt_ctx_cl_device(e.ctx), CL_DEVICE_MAX_WORK_GROUP_SIZE,
                               sizeof e.max_wg, &e.max_wg, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(clopt_ctx_cl_device(e.ctx), CL_DEVICE_GLOBAL_MEM_CACHE_SIZE,
+                              sizeof e.cache_bytes, &e.cache_bytes, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(clopt_ctx_cl_device(e.ctx), CL_DEVICE_TYPE,
+                              sizeof e.device_type, &e.device_type, NULL);
     if (err != CL_SUCCESS) {
         cl_fail("clGetDeviceInfo", err);
         goto out;
@@ -2389,6 +2467,13 @@ int main(int argc, char **argv)
                "the timings will be noisy\n",
                busy);
 
+    if (o.no_flush || !e.cache_bytes)
+        printf("caches: not flushed (%s)\n", o.no_flush ? "--no-flush" : "the device reports none");
+    else
+        printf("caches: steps moving >= 1/4 of the device's %.0f MiB global memory cache are "
+               "timed cold (a cache-sized %s before each timed step; --no-flush: warm)\n",
+               (double)e.cache_bytes / (1024.0 * 1024.0),
+               e.device_type & CL_DEVICE_TYPE_CPU ? "read on the host" : "fill");
     if (o.sweep) {
         printf("tuning sweep: vector widths x work-group sizes x vectors per work-item, "
                "interleaved in every repetition; GB/s = bytes_per_param * n / ms (device time)\n");
@@ -2447,6 +2532,9 @@ int main(int argc, char **argv)
         rc = 3;
     }
 out:
+    if (e.flush_buf)
+        clReleaseMemObject(e.flush_buf);
+    free(e.flush_host);
     free(e.res.rows);
     free(e.p0);
     free(e.g0);

@@ -3,7 +3,7 @@
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
-#   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop
+#   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop, --reps 9
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
 #                                 --reps 7
 #   sweep.txt .json .csv          --sweep-tuning   (fused AdamW at 2^24 over VW x WG x IPW)
@@ -89,7 +89,7 @@ rm -f "$MD.body"
     run default "Default run (every default rule at 2^20, 2^22, 2^24)" $COMMON
     run large "AdamW at 2^25, median of 7" --rules adamw --sizes 2^25 --reps 7 $COMMON
     run elementwise25 "Every rule at 2^25: fused, its stream kernel, unfused chain, C loop" \
-        --rules "$ALL_RULES" --sizes 2^25 --reps 7 --variants fused,stream,unfused,c_loop $COMMON
+        --rules "$ALL_RULES" --sizes 2^25 --reps 9 --variants fused,stream,unfused,c_loop $COMMON
     run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
         --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 --reps 7 $COMMON
     run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group x vectors per item" \
