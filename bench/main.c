@@ -2381,6 +2381,14 @@ int main(int argc, char **argv)
             fclose(la);
         }
     }
+    /* PoCL's CPU device lets the kernel move its worker threads between cores; on the
+       2-core machine of the committed results two of them then often shared a core for a
+       whole launch, and a memory-bound kernel took 13 or 19 ms at random (SGD at 2^25).
+       Pinned (POCL_AFFINITY=1) it takes 12-14 ms every time. Set before the first OpenCL
+       call, unless the caller chose; other drivers ignore it. */
+    const int pocl_affinity_given = getenv("POCL_AFFINITY") != NULL;
+    if (!pocl_affinity_given)
+        setenv("POCL_AFFINITY", "1", 0);
     const double t_start = bench_now_ms();
     env e;
     memset(&e, 0, sizeof e);
@@ -2467,6 +2475,9 @@ int main(int argc, char **argv)
                "the timings will be noisy\n",
                busy);
 
+    if (strstr(clopt_ctx_device_name(e.ctx), "pthread") || pocl_affinity_given)
+        printf("POCL_AFFINITY=%s (%s)\n", getenv("POCL_AFFINITY"),
+               pocl_affinity_given ? "from the environment" : "set by clopt-bench: pinned workers");
     if (o.no_flush || !e.cache_bytes)
         printf("caches: not flushed (%s)\n", o.no_flush ? "--no-flush" : "the device reports none");
     else
