@@ -1536,12 +1536,12 @@ static int has_tensors(const options *o, size_t T)
    sleep before the other side's timed work starts. */
 static void settle(void)
 {
-    const struct timespec ts = {0, 20 * 1000 * 1000};
+    const struct timespec ts = {0, 5 * 1000 * 1000};
     nanosleep(&ts, NULL);
 }
 
-/* Cache state. A step whose arrays take at least a quarter of the device's global memory
-   cache is timed cold: before each timed step of every variant, a buffer of the cache's size
+/* Cache state. A step whose arrays take at least half of the device's global memory cache
+   is timed cold: before each timed step of every variant, a buffer of the cache's size
    is read on the host (a CPU device, whose memory is the host's, and the C loop) or filled
    on the device (other devices). Reading leaves clean lines, so the step pays no write-backs
    of the flush itself. Smaller steps stay cache-resident across the variants alike and are
@@ -1550,7 +1550,7 @@ static void settle(void)
    DRAM. */
 static int wants_flush(const env *e, double step_bytes)
 {
-    return !e->opt->no_flush && e->cache_bytes && step_bytes >= 0.25 * (double)e->cache_bytes;
+    return !e->opt->no_flush && e->cache_bytes && step_bytes >= 0.5 * (double)e->cache_bytes;
 }
 
 static volatile uint64_t flush_sink;
@@ -1567,10 +1567,7 @@ static int flush_host(env *e)
         for (size_t i = 0; i < words; i++) /* real pages, not the shared zero page */
             e->flush_host[i] = i;
     }
-    uint64_t sum = 0;
-    for (size_t i = 0; i < words; i += 8) /* one word per 64-byte line */
-        sum += e->flush_host[i];
-    flush_sink = sum;
+    flush_sink = cloop_touch(e->flush_host, words);
     return 0;
 }
 
@@ -2481,7 +2478,7 @@ int main(int argc, char **argv)
     if (o.no_flush || !e.cache_bytes)
         printf("caches: not flushed (%s)\n", o.no_flush ? "--no-flush" : "the device reports none");
     else
-        printf("caches: steps moving >= 1/4 of the device's %.0f MiB global memory cache are "
+        printf("caches: steps moving >= 1/2 of the device's %.0f MiB global memory cache are "
                "timed cold (a cache-sized %s before each timed step; --no-flush: warm)\n",
                (double)e.cache_bytes / (1024.0 * 1024.0),
                e.device_type & CL_DEVICE_TYPE_CPU ? "read on the host" : "fill");
