@@ -184,9 +184,6 @@ void cloop_lookahead(float *p, float *slow, size_t n, float alpha);
 
 /* Threads the C loops use (OpenMP), 1 without OpenMP. */
 int cloop_threads(void);
-/* Reads one word of every 64-byte line of x[0, words) on the C loop's threads (the cache
-   flush); returns their sum so that the reads stay. */
-uint64_t cloop_touch(const uint64_t *x, size_t words);
 
 /* ---- device side (device.c) ------------------------------------------------------------- */
 

@@ -25,17 +25,6 @@ int cloop_threads(void)
 #endif
 }
 
-uint64_t cloop_touch(const uint64_t *x, size_t words)
-{
-    uint64_t sum = 0;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-#endif
-    for (ptrdiff_t i = 0; i < (ptrdiff_t)words; i += 8) /* one word per 64-byte line */
-        sum += x[i];
-    return sum;
-}
-
 /* The loops index with ptrdiff_t (OpenMP wants a signed loop variable). */
 #define LOOP(a) OMP_FOR for (ptrdiff_t i = 0; i < (ptrdiff_t)(a)->n; i++)
 
