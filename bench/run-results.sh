@@ -6,7 +6,7 @@
 #   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop, --reps 9
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
 #                                 --reps 7
-#   sweep.txt .json .csv          --sweep-tuning   (fused AdamW at 2^24 over VW x WG x IPW)
+#   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
 # usage: bench/run-results.sh DIR [clopt-bench options added to every run, e.g. --device 1]
@@ -92,8 +92,8 @@ rm -f "$MD.body"
         --rules "$ALL_RULES" --sizes 2^25 --reps 9 --variants fused,stream,unfused,c_loop $COMMON
     run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
         --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 --reps 7 $COMMON
-    run sweep "Tuning sweep: fused AdamW at 2^24 over vector width x work-group x vectors per item" \
-        --sweep-tuning --rules adamw --sizes 2^24 $COMMON
+    run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
+        --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON
 }
 
 DEVICE=$(sed -n 's/^clopt-bench: device \(.*\), vector width.*/\1/p' "$DIR/default.txt" | head -n 1)
