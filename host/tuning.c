@@ -7,12 +7,13 @@
  * The values come from clopt-bench --sweep-tuning runs (bench/results/):
  *  - PoCL's CPU device: float16 vectors, 16 per work-item, work-groups of 64. Every
  *    work-item then runs a plain loop over 1024 consecutive floats, which LLVM compiles
- *    into straight vector code; every element-wise rule reaches 0.9-1.0 of its stream
- *    kernel at 2^24-2^25 (AdamW 2^24: 54 GB/s). The one-vector-per-work-item forms left
- *    the rules with exp/sqrt/division compute-bound on 2 cores: VW 1 (PoCL vectorising
- *    across work-items) gave diffGrad 20 GB/s and NAdam 0.85 of stream, VW 16 alone
- *    diffGrad 41 GB/s. 4-64 vectors per work-item and work-groups of 64-1024 are within
- *    the run-to-run noise of each other; 16 x 64 keeps 2^20 floats in 16 work-groups.
+ *    into straight vector code; every element-wise rule reaches 0.91-1.04 of its stream
+ *    kernel at 2^25 (AdamW 2^24: 50 GB/s). The one-vector-per-work-item forms left the
+ *    rules with exp/sqrt/division compute-bound on 2 cores: diffGrad at 2^24 reaches
+ *    17-18 GB/s with VW 1 (PoCL vectorising across work-items), 29-34 with VW 16 alone,
+ *    38-41 with VW 16 x 16 per work-item (sweep.txt). For AdamW, and over 4-64 vectors
+ *    per work-item and work-groups of 64-1024, the configurations are within the
+ *    run-to-run noise of each other; 16 x 64 keeps 2^20 floats in 16 work-groups.
  *  - GPUs get the common float4 / 256 / one vector per work-item choice (neighbouring
  *    work-items read neighbouring vectors; not measured here: no GPU was at hand). */
 #include "internal.h"
