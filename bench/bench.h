@@ -194,6 +194,8 @@ bench_device *bench_device_create(clopt_ctx *ctx);
 void bench_device_destroy(bench_device *bd);
 unsigned bench_device_vector_width(const bench_device *bd);
 unsigned bench_device_items_per_work_item(const bench_device *bd);
+/* Vectors per work-item of t (0 means 1, as in the library). */
+unsigned bench_tuning_ipw(const clopt_tuning *t);
 size_t bench_device_work_group_size(const bench_device *bd);
 /* Follows a change of the context's tuning (the tuning sweep); programs are kept per
    vector width. */

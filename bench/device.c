@@ -1,9 +1,8 @@
 /* clopt-bench: the benchmark's own OpenCL kernels (bench/kernels, .cl files, embedded at build
  * time), compiled on the clopt context's cl_context/device with the SAME vector width,
  * vectors per work-item and work-group size the library uses (clopt_ctx_get_tuning), and
- * launched with the same
- * geometry as the library's element-wise kernels, so that fused vs unfused vs stream
- * measures fusion only. */
+ * launched with the same geometry as the library's element-wise kernels, so that fused vs
+ * unfused vs stream measures fusion only. */
 #include "bench.h"
 #include "embedded.h"
 
@@ -45,7 +44,7 @@ struct bench_device {
     char error[4096];
 };
 
-static unsigned tuning_ipw(const clopt_tuning *t)
+unsigned bench_tuning_ipw(const clopt_tuning *t)
 {
     return t->items_per_work_item ? t->items_per_work_item : 1;
 }
@@ -68,7 +67,7 @@ static cl_program build(bench_device *bd, const char *family, const char *extra)
     }
     char options[256];
     snprintf(options, sizeof options, "-DVW=%u -DIPW=%u %s", bd->tuning.vector_width,
-             tuning_ipw(&bd->tuning), extra);
+             bench_tuning_ipw(&bd->tuning), extra);
     const char *texts[2] = {common->data, src->data};
     size_t lens[2] = {common->size, src->size};
     cl_int err = CL_SUCCESS;
@@ -137,7 +136,7 @@ void bench_device_destroy(bench_device *bd)
 unsigned bench_device_vector_width(const bench_device *bd) { return bd->tuning.vector_width; }
 unsigned bench_device_items_per_work_item(const bench_device *bd)
 {
-    return tuning_ipw(&bd->tuning);
+    return bench_tuning_ipw(&bd->tuning);
 }
 size_t bench_device_work_group_size(const bench_device *bd) { return bd->tuning.work_group_size; }
 const char *bench_device_error(const bench_device *bd) { return bd->error; }
@@ -148,7 +147,7 @@ void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t) { bd->tuni
    kernel cannot take it. */
 static cl_int launch(bench_device *bd, cl_kernel k, size_t n, cl_event *ev)
 {
-    size_t vw = bd->tuning.vector_width, ipw = tuning_ipw(&bd->tuning);
+    size_t vw = bd->tuning.vector_width, ipw = bench_tuning_ipw(&bd->tuning);
     size_t vectors = n / vw + (n % vw ? 1 : 0);
     size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
     size_t local = bd->tuning.work_group_size;
@@ -174,7 +173,7 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
         snprintf(bd->error, sizeof bd->error, "bad operation kind %d", (int)op->kind);
         return CL_INVALID_VALUE;
     }
-    const unsigned vw = bd->tuning.vector_width, ipw = tuning_ipw(&bd->tuning);
+    const unsigned vw = bd->tuning.vector_width, ipw = bench_tuning_ipw(&bd->tuning);
     ops_prog *op_prog = NULL;
     for (size_t i = 0; i < bd->nops && !op_prog; i++)
         if (bd->ops[i].vw == vw && bd->ops[i].ipw == ipw)
@@ -223,7 +222,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
     for (size_t i = 0; i < bd->nstreams; i++)
         if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro &&
             bd->streams[i].vw == bd->tuning.vector_width &&
-            bd->streams[i].ipw == tuning_ipw(&bd->tuning))
+            bd->streams[i].ipw == bench_tuning_ipw(&bd->tuning))
             return &bd->streams[i];
     if (bd->nstreams == MAX_STREAM_PROGRAMS) {
         snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
@@ -245,7 +244,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
     sp->nrw = nrw;
     sp->nro = nro;
     sp->vw = bd->tuning.vector_width;
-    sp->ipw = tuning_ipw(&bd->tuning);
+    sp->ipw = bench_tuning_ipw(&bd->tuning);
     sp->program = prog;
     sp->kernel = k;
     return sp;

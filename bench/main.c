@@ -1197,6 +1197,14 @@ static int arrays_identical(const arrays *a, const arrays *b)
     return 1;
 }
 
+/* The check's gradient of step t (g holds CHECK_STEPS of them) into the instance. */
+static int write_step_grad(env *e, instance *in, const float *g, size_t n, uint64_t t)
+{
+    cl_int err = clEnqueueWriteBuffer(e->queue, in->slot[BA_G], CL_TRUE, 0, n * sizeof(float),
+                                      g + (t - 1) * n, 0, NULL, NULL);
+    return err == CL_SUCCESS ? 0 : cl_fail("clEnqueueWriteBuffer", err);
+}
+
 /* Reads parameters and states of a device instance. */
 static int read_instance(env *e, const instance *in, arrays *out)
 {
@@ -1291,12 +1299,8 @@ static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_
         if (instance_create(e, ri, n, state_mask(ri), p0, g, &in))
             goto done;
         for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
-            cl_int err = clEnqueueWriteBuffer(e->queue, in.slot[BA_G], CL_TRUE, 0,
-                                              n * sizeof(float), g + (t - 1) * n, 0, NULL, NULL);
-            if (err != CL_SUCCESS) {
-                cl_fail("clEnqueueWriteBuffer", err);
+            if (write_step_grad(e, &in, g, n, t))
                 goto done;
-            }
             if (fused_step(e, ri, &in, t, NULL))
                 goto done;
         }
@@ -1316,12 +1320,8 @@ static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_
         if (instance_create(e, ri, n, mask, p0, g, &in))
             goto done;
         for (uint64_t t = 1; t <= CHECK_STEPS; t++) {
-            cl_int err = clEnqueueWriteBuffer(e->queue, in.slot[BA_G], CL_TRUE, 0,
-                                              n * sizeof(float), g + (t - 1) * n, 0, NULL, NULL);
-            if (err != CL_SUCCESS) {
-                cl_fail("clEnqueueWriteBuffer", err);
+            if (write_step_grad(e, &in, g, n, t))
                 goto done;
-            }
             if (unfused_step(e, ri, &in, t, NULL))
                 goto done;
         }
@@ -1814,13 +1814,12 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
 
 /* ---- the tuning sweep ------------------------------------------------------------------- */
 
-static int set_tuning(env *e, unsigned vw, size_t wg, unsigned ipw)
+static int set_tuning(env *e, const clopt_tuning *t)
 {
-    clopt_tuning t = {vw, wg, ipw};
-    clopt_status s = clopt_ctx_set_tuning(e->ctx, &t);
+    clopt_status s = clopt_ctx_set_tuning(e->ctx, t);
     if (s != CLOPT_SUCCESS)
         return clopt_fail_msg(e, "clopt_ctx_set_tuning", s);
-    bench_device_set_tuning(e->bd, &t);
+    bench_device_set_tuning(e->bd, t);
     return 0;
 }
 
@@ -1872,11 +1871,10 @@ static int run_sweep(env *e)
             size_t ncfg = 0;
             const size_t maxcfg = 2 * o->nsweep_vw * o->nsweep_wg * o->nsweep_ipw;
             unit *cfg = calloc(maxcfg, sizeof *cfg);
-            unsigned *cvw = calloc(maxcfg, sizeof *cvw), *cipw = calloc(maxcfg, sizeof *cipw);
-            size_t *cwg = calloc(maxcfg, sizeof *cwg);
+            clopt_tuning *ctun = calloc(maxcfg, sizeof *ctun);
             instance in = {0};
             optrun *opt = NULL;
-            if (!cfg || !cvw || !cwg || !cipw) {
+            if (!cfg || !ctun) {
                 fprintf(stderr, "clopt-bench: out of host memory\n");
                 rc = -1;
             }
@@ -1886,16 +1884,14 @@ static int run_sweep(env *e)
                 if (e->max_wg && o->sweep_wg[j] > e->max_wg)
                     continue;
                 for (int v = 0; v < 1 + with_stream; v++) {
-                        unit *u = &cfg[ncfg];
-                        u->variant = v ? V_STREAM : V_FUSED;
-                        u->T = 1;
-                        u->bytes = ri.tr.bytes;
-                        u->dev = malloc(o->reps * sizeof(double));
-                        u->wall = malloc(o->reps * sizeof(double));
-                        u->kern = malloc(o->reps * sizeof(double));
-                    cvw[ncfg] = o->sweep_vw[i];
-                    cwg[ncfg] = o->sweep_wg[j];
-                    cipw[ncfg] = o->sweep_ipw[l];
+                    unit *u = &cfg[ncfg];
+                    u->variant = v ? V_STREAM : V_FUSED;
+                    u->T = 1;
+                    u->bytes = ri.tr.bytes;
+                    u->dev = malloc(o->reps * sizeof(double));
+                    u->wall = malloc(o->reps * sizeof(double));
+                    u->kern = malloc(o->reps * sizeof(double));
+                    ctun[ncfg] = (clopt_tuning){o->sweep_vw[i], o->sweep_wg[j], o->sweep_ipw[l]};
                     ncfg++;
                     if (!u->dev || !u->wall || !u->kern) {
                         fprintf(stderr, "clopt-bench: out of host memory\n");
@@ -1923,7 +1919,7 @@ static int run_sweep(env *e)
                 const uint64_t step = FIRST_TIMED_STEP + it * ri.spr;
                 for (size_t k = 0; k < ncfg && !rc; k++) {
                     bench_timing t = {0};
-                    rc = set_tuning(e, cvw[k], cwg[k], cipw[k]);
+                    rc = set_tuning(e, &ctun[k]);
                     if (!rc && flush)
                         rc = flush_device(e);
                     if (!rc && cfg[k].variant == V_STREAM)
@@ -1934,7 +1930,7 @@ static int run_sweep(env *e)
                         record(&cfg[k], &t);
                 }
             }
-            if (set_tuning(e, base.vector_width, base.work_group_size, base.items_per_work_item))
+            if (set_tuning(e, &base))
                 rc = -1;
             instance_release(&in);
             optrun_destroy(opt);
@@ -1943,9 +1939,9 @@ static int run_sweep(env *e)
                 rc = finish_row(e, &ri, &cfg[k], n, "-");
                 if (!rc) {
                     row *w = &e->res.rows[e->res.n - 1];
-                    w->vector_width = cvw[k];
-                    w->work_group_size = cwg[k];
-                    w->items_per_work_item = cipw[k];
+                    w->vector_width = ctun[k].vector_width;
+                    w->work_group_size = ctun[k].work_group_size;
+                    w->items_per_work_item = ctun[k].items_per_work_item;
                     w->sweep = 1;
                 }
             }
@@ -1955,9 +1951,7 @@ static int run_sweep(env *e)
                 free(cfg[k].kern);
             }
             free(cfg);
-            free(cvw);
-            free(cwg);
-            free(cipw);
+            free(ctun);
             if (rc)
                 break;
             /* stream fraction of each fused configuration: the stream of the same tuning */
@@ -1983,7 +1977,7 @@ static int run_sweep(env *e)
                                V_STREAM, o->sweep_ipw[l]);
             }
             const row *best = NULL, *cur = NULL;
-            const unsigned base_ipw = base.items_per_work_item ? base.items_per_work_item : 1;
+            const unsigned base_ipw = bench_tuning_ipw(&base);
             for (size_t k = 0; k < nr; k++) {
                 if (rows[k].variant != V_FUSED)
                     continue;
@@ -2471,7 +2465,7 @@ int main(int argc, char **argv)
            "work-item%s, C loop %d thread(s), median of %ld after %ld warm-up\n",
            clopt_ctx_device_name(e.ctx), e.tuning.vector_width, e.tuning.work_group_size,
            e.tuning.work_group_size ? "" : " (driver)",
-           e.tuning.items_per_work_item ? e.tuning.items_per_work_item : 1,
+           bench_tuning_ipw(&e.tuning),
            tuning_given ? " (set by --vw/--wg/--ipw)" : "", cloop_threads(), o.reps, o.warmup);
     if (busy)
         printf("note: %d other runnable process(es) at start: they compete for the CPUs and "
