@@ -3,8 +3,8 @@
  * Element-wise kernels process vectors of VW consecutive floats with vloadN/vstoreN (any
  * element offset works: vloadN needs only float alignment). The work-item that holds vector
  * nv = n / VW (when n % VW != 0) takes the tail through private arrays, so every rule's
- * update is written once, as a function of floatV. Defines: VW (1, 2, 4, 8, 16), IPW (vectors per
- * work-item, below), MAXIMIZE (0/1). */
+ * update is written once, as a function of floatV. Defines: VW (1, 2, 4, 8, 16), IPW
+ * (vectors per work-item, below), MAXIMIZE (0/1). */
 #ifndef VW
 #define VW 1
 #endif
