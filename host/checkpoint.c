@@ -169,7 +169,13 @@ clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path)
         at = begin_section(&w, TAG_GRUP);
         w_hparams(&w, &g->hp);
         w_schedule(&w, &g->sched);
-        w_f64(&w, g->mu_product);
+        double mu = 1.0; /* version 1 keeps one product per group: its first tensor's */
+        for (size_t i = 0; i < opt->nparams; i++)
+            if (opt->params[i].group == gi) {
+                mu = opt->params[i].mu_product;
+                break;
+            }
+        w_f64(&w, mu);
         w_u32(&w, (uint32_t)g->arena);
         w_u64(&w, g->count);
         end_section(&w, at);
@@ -542,7 +548,10 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
         for (size_t gi = 0; gi < ngroups; gi++) {
             opt->groups[gi].hp = groups[gi].hp;
             opt->groups[gi].sched = groups[gi].sched;
-            opt->groups[gi].mu_product = groups[gi].mu_product;
+        }
+        for (size_t i = 0; i < opt->nparams; i++) {
+            opt->params[i].step = step;
+            opt->params[i].mu_product = groups[opt->params[i].group].mu_product;
         }
         opt->step = step;
         opt->max_grad_norm = max_grad_norm;

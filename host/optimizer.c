@@ -195,7 +195,6 @@ clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams
     clopt_group *g = &opt->groups[opt->ngroups];
     memset(g, 0, sizeof *g);
     g->hp = *hp;
-    g->mu_product = 1.0;
     if (group)
         *group = opt->ngroups;
     opt->ngroups++;
@@ -383,6 +382,7 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                           group);
     clopt_param e;
     memset(&e, 0, sizeof e);
+    e.mu_product = 1.0;
     clopt_status s = take_shape(ctx, desc, &e);
     if (s != CLOPT_SUCCESS)
         return s;
@@ -486,6 +486,7 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
             free(ps);
             return s;
         }
+        ps[i].mu_product = 1.0;
         ps[i].param.offset = total;
         size_t padded = (ps[i].n + align - 1) / align * align;
         if (total > SIZE_MAX / sizeof(float) - padded) {
@@ -931,7 +932,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
         a.state[j] = states[j];
     if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0 && !g->arena)
         a.hessian = e->hessian;
-    a.mu_product = g->mu_product;
+    a.mu_product = e->mu_product;
     a.grad_scale = grad_scale;
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, scr_gc(e)};
@@ -976,16 +977,17 @@ static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
     return 1;
 }
 
-static clopt_status step_group(clopt_optimizer *opt, size_t gi, uint64_t t, double grad_scale)
+static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale)
 {
     clopt_group *g = &opt->groups[gi];
     clopt_hparams hp = g->hp;
-    hp.lr *= clopt_schedule_factor(&g->sched, t - 1);
+    hp.lr *= clopt_schedule_factor(&g->sched, opt->step);
     const float gmul = (float)(1.0 / grad_scale);
     const int la = clopt_group_lookahead(opt, g);
     clopt_status s = CLOPT_SUCCESS;
     if (arena_fused(opt, g)) {
         const clopt_param *e0 = &opt->params[g->first];
+        const uint64_t t = e0->step + 1; /* an arena's tensors were added together */
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
         for (size_t k = 0; k < e0->nstate; k++)
             states[k] = (clopt_tensor){g->arena_state[k], 0};
@@ -1004,6 +1006,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, uint64_t t, doub
         clopt_param *e = &opt->params[i];
         if (e->group != gi)
             continue;
+        const uint64_t t = e->step + 1;
         if (la && !e->slow_ready)
             s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
         if (s != CLOPT_SUCCESS)
@@ -1062,7 +1065,7 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
         opt->found_inf = 0;
     }
     for (size_t gi = 0; gi < opt->ngroups; gi++) {
-        clopt_status s = step_group(opt, gi, t, grad_scale);
+        clopt_status s = step_group(opt, gi, grad_scale);
         if (s != CLOPT_SUCCESS)
             return s;
     }
@@ -1071,9 +1074,12 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
         if (err != CL_SUCCESS)
             return clopt_fail_cl(ctx, err, "clEnqueueMarkerWithWaitList");
     }
-    if (opt->rule == CLOPT_NADAM)
-        for (size_t g = 0; g < opt->ngroups; g++)
-            opt->groups[g].mu_product *= clopt_nadam_mu(&opt->groups[g].hp, (double)t);
+    for (size_t i = 0; i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        e->step++;
+        if (opt->rule == CLOPT_NADAM)
+            e->mu_product *= clopt_nadam_mu(&opt->groups[e->group].hp, (double)e->step);
+    }
     opt->step = t;
     return CLOPT_SUCCESS;
 }
@@ -1139,6 +1145,40 @@ clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_
 /* ---- queries ---------------------------------------------------------------------------- */
 
 uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt) { return opt ? opt->step : 0; }
+
+clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t param,
+                                              uint64_t *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (param >= opt->nparams)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
+    *out = opt->params[param].step;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    /* NAdam: the product is recomputed per group; checked before anything changes */
+    double *mu = NULL;
+    if (opt->rule == CLOPT_NADAM) {
+        mu = malloc(opt->ngroups * sizeof *mu);
+        if (!mu)
+            return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "step count");
+        for (size_t g = 0; g < opt->ngroups; g++)
+            mu[g] = clopt_nadam_mu_product(&opt->groups[g].hp, count);
+    }
+    for (size_t i = 0; i < opt->nparams; i++) {
+        opt->params[i].step = count;
+        opt->params[i].mu_product = mu ? mu[opt->params[i].group] : 1.0;
+    }
+    opt->step = count;
+    free(mu);
+    return CLOPT_SUCCESS;
+}
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt) { return opt ? opt->rule : CLOPT_RULE_COUNT; }
 size_t clopt_optimizer_param_count(const clopt_optimizer *opt) { return opt ? opt->nparams : 0; }
 

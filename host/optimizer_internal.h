@@ -10,7 +10,6 @@
 typedef struct clopt_group {
     clopt_hparams hp;
     clopt_schedule sched;
-    double mu_product;   /* NAdam: product of μ_1..μ_step for this group's β1 and ψ */
     int arena;           /* tensors live in the arena buffers below */
     size_t first, count; /* arena groups: their tensors are params[first .. first+count) */
     size_t arena_len;    /* floats per arena buffer (tensors plus alignment padding) */
@@ -30,6 +29,9 @@ typedef struct clopt_param {
     clopt_tensor state[CLOPT_OPT_MAX_STATE];
     int owns_state;    /* 0 for arena tensors: the group owns the buffers */
     int slow_ready;    /* Lookahead's slow weights hold θ (copied at the first step) */
+    uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
+                          added after training started counts from 0 */
+    double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
 } clopt_param;
 
 struct clopt_optimizer {
@@ -39,7 +41,7 @@ struct clopt_optimizer {
     size_t ngroups, cap_groups;
     clopt_param *params;
     size_t nparams, cap_params;
-    uint64_t step;
+    uint64_t step;  /* optimizer steps applied (schedules count these) */
     cl_mem scratch; /* reduction partials, sums, GC row means, per-unit gradient checks */
     size_t scratch_len;
     double max_grad_norm, last_grad_norm;

@@ -321,7 +321,7 @@ double clopt_nadam_mu(const clopt_hparams *hp, double t)
 double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t)
 {
     double prod = 1.0;
-    for (uint64_t i = 1; hp && i <= t; i++)
+    for (uint64_t i = 1; hp && i <= t && prod != 0.0; i++) /* 0 stays 0: stop there */
         prod *= clopt_nadam_mu(hp, (double)i);
     return prod;
 }

@@ -49,6 +49,14 @@ extern "C" {
 #define CLOPT_VERSION_MINOR 1
 #define CLOPT_VERSION_PATCH 0
 
+/* The version of the library at run time ("0.1.0"), which may differ from the header's
+   CLOPT_VERSION_* when the shared library was upgraded. Never NULL; never blocks. */
+const char *clopt_version(void);
+/* The same as MAJOR·10000 + MINOR·100 + PATCH, to compare with CLOPT_VERSION_NUMBER. */
+unsigned clopt_version_number(void);
+#define CLOPT_VERSION_NUMBER                                                                 \
+    (CLOPT_VERSION_MAJOR * 10000 + CLOPT_VERSION_MINOR * 100 + CLOPT_VERSION_PATCH)
+
 /* ------------------------------------------------------------------------------------ */
 /* Status codes                                                                          */
 /* ------------------------------------------------------------------------------------ */
@@ -567,6 +575,58 @@ clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path);
    CLOPT_ERR_STATE_MISMATCH for other shapes) and leaves the optimizer as it was. Blocking. */
 clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path);
 
+/* Checkpoints as bytes, for engines that keep one file of their own (GGUF, safetensors, a
+   custom container). The bytes are the file format above (same CRC, same all-or-nothing
+   load). Options (start from clopt_save_options_init; fields may be appended in later
+   versions, struct_size tells the library which ones the caller knows):
+   - state_tensors 1 (default): the state tensors are in the bytes. 0: only the scalar state
+     and the layout (rule, groups, hyperparameters, schedules, step counts, NAdam products,
+     clipping/AMP settings, RNG position, shapes); the engine then saves every state tensor
+     itself (clopt_optimizer_state_entry, clopt_optimizer_read_state) and restores it after
+     loading (clopt_optimizer_write_state).
+   - arena_params 1 (default): the parameters of arena groups (storage the library
+     allocated) are included, so such an optimizer resumes from the bytes alone. Parameters
+     of caller-owned tensors are never included: the engine saves them with its model. */
+typedef struct clopt_save_options {
+    size_t struct_size; /* sizeof(clopt_save_options), set by clopt_save_options_init */
+    int state_tensors;
+    int arena_params;
+} clopt_save_options;
+void clopt_save_options_init(clopt_save_options *o);
+/* Bytes clopt_optimizer_save_to will write with options o (NULL = defaults). No device
+   access; never blocks. */
+clopt_status clopt_optimizer_state_size(const clopt_optimizer *opt, const clopt_save_options *o,
+                                        size_t *bytes);
+/* Writes the checkpoint into buf (cap bytes; CLOPT_ERR_INVALID_SIZE when too small, buf
+   untouched); *written (may be NULL) receives the length. Blocking (reads the device). */
+clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_options *o,
+                                     void *buf, size_t cap, size_t *written);
+/* Loads bytes written by save_to or save (the same checks as clopt_optimizer_load). Blocking. */
+clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, size_t len);
+
+/* Element types of state tensors (more storage types will follow). */
+typedef enum clopt_dtype { CLOPT_DTYPE_F32 = 0 } clopt_dtype;
+
+/* One state tensor, for engines that write the optimizer state into their own container.
+   key: "state.<param>.<name>" as torch's state_dict ("state.3.exp_avg"); shape: the
+   tensor's shape for full-size states, {length} for shorter ones (Adafactor's factored
+   statistics); tensor: where it lives on the device (owned by the optimizer). */
+typedef struct clopt_state_entry {
+    size_t group, param, index; /* index: state number of the tensor (clopt_optimizer_state) */
+    const char *name;           /* "exp_avg", ...; static storage */
+    char key[64];
+    clopt_dtype dtype;
+    size_t ndim;
+    size_t shape[CLOPT_MAX_DIMS];
+    size_t length;              /* elements */
+    clopt_tensor tensor;
+} clopt_state_entry;
+/* Number of state tensors over all parameters, and entry i of them (ordered by parameter,
+   then state index). Never blocks. */
+size_t clopt_optimizer_state_entry_count(const clopt_optimizer *opt);
+clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
+                                         clopt_state_entry *out);
+
 /* ---- randomness for the Hessian estimators ------------------------------------------------ */
 
 /* u ~ N(0, 1) into out[0..n) with the optimizer's Philox key and counter (which advances by
@@ -574,7 +634,15 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path);
 clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed);
 clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_t n);
 
+/* Steps applied by the optimizer (skipped steps are not counted); the schedules count these. */
 uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
+/* Steps applied to tensor `param` (torch's state['step']): a tensor added after training
+   started counts from 0, so its bias corrections start at step 1. */
+clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t param,
+                                              uint64_t *out);
+/* Takes an engine's step count when porting a trainer: the optimizer's count and every
+   tensor's become `count` (NAdam's products are recomputed for it). Nothing else changes. */
+clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count);
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
 size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
 /* Change hyperparameters between steps (validated; a change of the state layout, e.g.
@@ -594,6 +662,10 @@ clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, siz
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n);
+/* The inverse: a blocking write of n floats (the state's length) into state `index` of
+   parameter `param`, e.g. restoring a state saved in the engine's own container. */
+clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
+                                         const float *host, size_t n);
 /* Total bytes of device state the optimizer owns (optimizer state only: not the parameters,
    gradients or its small reduction scratch). */
 size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
