@@ -1084,6 +1084,12 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
     return CLOPT_SUCCESS;
 }
 
+clopt_status clopt_opt_settle(clopt_optimizer *opt)
+{
+    cl_int err = clFinish(opt->ctx->queue);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "clFinish");
+}
+
 /* ---- gradients -------------------------------------------------------------------------- */
 
 clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)

@@ -54,6 +54,9 @@ struct clopt_optimizer {
 int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g);
 /* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
 void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_param *e);
+/* Blocks until every step enqueued so far has finished and its AMP verdict is known on the
+   host, so the host's step counts are exact (checkpoints, queries). */
+clopt_status clopt_opt_settle(clopt_optimizer *opt);
 /* CRC-32C (Castagnoli, reflected, as in iSCSI/ext4) of n bytes. */
 uint32_t clopt_crc32c(const void *data, size_t n);
 

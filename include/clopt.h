@@ -457,6 +457,33 @@ double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
    Inf or NaN: no parameter or state changes and the step count does not advance. */
 clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
 
+/* The engine's form of a step: enqueued on `queue` (an in-order queue of the optimizer's
+   cl_context and device; NULL = the context's queue) after the events of wait_list, and
+   returns at once, also with AMP and clipping on: the Inf/NaN check, the gradient norm,
+   the skip decision and the clip coefficient stay on the device, and the update kernels
+   read them from a device buffer. *event (may be NULL; release it) completes with the
+   step's last command. Returns CLOPT_SUCCESS once enqueued: whether AMP skipped the step
+   is known later (clopt_optimizer_poll). Never blocks (see clopt_optimizer_poll for the
+   one bound on steps in flight). */
+clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
+                                     cl_uint num_wait, const cl_event *wait_list,
+                                     cl_event *event);
+
+/* Compiles (or loads from the program cache) every kernel the optimizer's next steps need
+   with its current groups, hyperparameters, AMP and clipping settings, so that the first
+   step pays no compile cost and cannot fail on a build. Blocking (compiles). */
+clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
+
+/* What the device decided for one step (AMP skip, gradient norm), as it reaches the host. */
+typedef struct clopt_step_report {
+    uint64_t step_call; /* 1-based number of the step call reported (0: none known yet) */
+    int skipped;        /* 1: AMP found an Inf or NaN gradient; nothing changed */
+    double grad_norm;   /* total gradient norm before clipping (NaN when not measured) */
+} clopt_step_report;
+/* The latest step call whose verdict has reached the host, without waiting for any other.
+   Returns CLOPT_SUCCESS with out->step_call = 0 when none has. Never blocks. */
+clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out);
+
 /* ---- AMP ------------------------------------------------------------------------------- */
 
 /* Gradients arrive multiplied by `scale` (the loss scale); the kernels divide it out, and each
