@@ -97,6 +97,23 @@ void clopt_arg_int(clopt_args *a, cl_int v);
 clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                 size_t count, cl_uint num_wait, const cl_event *wait_list,
                                 cl_event *event);
+/* The optimizer level's step control (CTRL in kernels/common.cl): launches read the skip
+   flag, the clip coefficient and the device's step count from `buffer` and run only when
+   that count equals `expect`. dry: fetch (compile) kernels and set arguments, enqueue
+   nothing. */
+typedef struct clopt_ctl {
+    cl_mem buffer;
+    cl_ulong expect;
+    int dry;
+} clopt_ctl;
+/* The control arguments of a CTRL kernel (buffer, offset 0, expect), after all others. */
+void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c);
+/* clopt_enqueue_step with the optimizer's control (ctl NULL: the op level's plain launch). */
+clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
+                                    const clopt_hparams *hp, const clopt_step_args *args,
+                                    size_t n, uint64_t step, const clopt_ctl *ctl,
+                                    cl_uint num_wait, const cl_event *wait_list,
+                                    cl_event *event);
 char *clopt_strdup(const char *s);
 uint64_t clopt_fnv1a(uint64_t h, const void *data, size_t n);
 

@@ -84,6 +84,12 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
     return CLOPT_SUCCESS;
 }
 
+void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c)
+{
+    clopt_arg_tensor(a, (clopt_tensor){c->buffer, 0});
+    clopt_arg_ulong(a, c->expect);
+}
+
 clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                 const clopt_hparams *hp, const clopt_step_args *args,
                                 size_t n, uint64_t step, cl_uint num_wait,
@@ -92,6 +98,16 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
+    return clopt_enqueue_step_ctl(ctx, queue, rule, hp, args, n, step, NULL, num_wait,
+                                  wait_list, event);
+}
+
+clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
+                                    const clopt_hparams *hp, const clopt_step_args *args,
+                                    size_t n, uint64_t step, const clopt_ctl *ctl,
+                                    cl_uint num_wait, const cl_event *wait_list,
+                                    cl_event *event)
+{
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
                           (int)rule);
@@ -105,13 +121,17 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
     clopt_launch_plan plan;
     if ((s = clopt_plan_step(ctx, rule, hp, args, step, &plan)) != CLOPT_SUCCESS)
         return s;
+    if (ctl) {
+        size_t len = strlen(plan.options);
+        snprintf(plan.options + len, sizeof plan.options - len, " -DCTRL=1");
+    }
     cl_kernel k = NULL, kgc = NULL;
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
         return s;
     if (plan.gc) {
         char gcopt[64];
-        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d", ctx->tuning.vector_width,
-                 hp->maximize ? 1 : 0);
+        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d -DCTRL=%d",
+                 ctx->tuning.vector_width, hp->maximize ? 1 : 0, ctl != NULL);
         if ((s = clopt_get_kernel(ctx, "reduce", gcopt, "gc_rowmean", &kgc)) != CLOPT_SUCCESS)
             return s;
     }
@@ -137,9 +157,13 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
         clopt_arg_int(&a, plan.int_arg);
     for (cl_uint j = 0; j < plan.nscalars; j++)
         clopt_arg_float(&a, plan.scalars[j]);
+    if (ctl)
+        clopt_arg_ctl(&a, ctl);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     cl_command_queue q = queue ? queue : ctx->queue;
+    if (ctl && ctl->dry && !plan.gc)
+        return CLOPT_SUCCESS;
     if (!plan.gc)
         return clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, num_wait, wait_list, event);
     /* Gradient centralization: row means first (after L2 decay, as the GC code), then the
@@ -152,8 +176,12 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
     clopt_arg_float(&b, gmul);
     clopt_arg_float(&b, (float)clopt_rule_l2_decay(rule, hp));
     clopt_arg_tensor(&b, args->gc_scratch);
+    if (ctl)
+        clopt_arg_ctl(&b, ctl);
     if (b.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, b.err, "clSetKernelArg");
+    if (ctl && ctl->dry)
+        return CLOPT_SUCCESS;
     cl_event means = NULL;
     if ((s = clopt_launch_items(ctx, q, kgc, args->gc_rows, num_wait, wait_list, &means)) !=
         CLOPT_SUCCESS)

@@ -127,7 +127,17 @@ clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt
     opt->ctx = ctx;
     opt->rule = rule;
     opt->last_grad_norm = NAN;
+    opt->report.grad_norm = NAN;
+    cl_uint words[8] = {0};
+    cl_int err = CL_SUCCESS;
+    opt->ctl = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                              sizeof words, words, &err);
+    if (!opt->ctl) {
+        free(opt);
+        return clopt_fail_cl(ctx, err, "allocating the step's control words");
+    }
     if ((s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS) {
+        clReleaseMemObject(opt->ctl);
         free(opt);
         return s;
     }
@@ -161,7 +171,14 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
 {
     if (!opt)
         return;
-    clFinish(opt->ctx->queue);
+    clopt_opt_settle(opt); /* waits for every step in flight, on any queue */
+    while (opt->rec_count) { /* only when waiting failed */
+        clReleaseEvent(opt->rec[opt->rec_head].done);
+        opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
+        opt->rec_count--;
+    }
+    if (opt->ctl)
+        clReleaseMemObject(opt->ctl);
     for (size_t i = 0; i < opt->nparams; i++)
         release_param(&opt->params[i]);
     for (size_t i = 0; i < opt->ngroups; i++)
@@ -472,6 +489,11 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     clopt_status s = check_hparams(ctx, opt->rule, hp);
     if (s != CLOPT_SUCCESS)
         return s;
+    if (opt->rule == CLOPT_SOPHIA)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "sophia needs the engine's Hessian-estimate buffer per tensor: add its "
+                          "tensors with clopt_optimizer_add_param_desc (an arena group would "
+                          "take no estimates and degrade to sign steps)");
     /* Offsets: every tensor starts at a multiple of the device's base-address alignment. */
     cl_uint align_bits = 0;
     clGetDeviceInfo(ctx->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits,
@@ -631,7 +653,7 @@ static clopt_status kernel_of(clopt_optimizer *opt, const char *family, const cl
                               int gc, const char *extra, const char *name, cl_kernel *k)
 {
     char options[192];
-    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d%s",
+    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1%s",
              CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc, extra);
     return clopt_get_kernel(opt->ctx, family, options, name, k);
 }
@@ -639,6 +661,14 @@ static clopt_status kernel_of(clopt_optimizer *opt, const char *family, const cl
 static clopt_status set_failed(clopt_optimizer *opt, const clopt_args *a)
 {
     return clopt_fail_cl(opt->ctx, a->err, "clSetKernelArg");
+}
+
+/* Enqueue count work-items on the step's queue (nothing in a dry pass). */
+static clopt_status launch_items(clopt_optimizer *opt, cl_kernel k, size_t count)
+{
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_items(opt->ctx, opt->q, k, count, 0, NULL, NULL);
 }
 
 /* scratch[dst .. dst+nsums) = sums of the nsums blocks of `items` partials at scratch[0]. */
@@ -655,22 +685,24 @@ static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsu
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, dst});
     if (a.err != CL_SUCCESS)
         return set_failed(opt, &a);
-    return clopt_launch_items(opt->ctx, opt->ctx->queue, k, nsums, 0, NULL, NULL);
+    return launch_items(opt, k, nsums);
 }
 
 /* The gradient check of AMP and clipping: per unit (an arena group's gradient buffer, or a
    caller-owned tensor) Σ(g/scale)² and the count of non-finite values, reduced on the device
-   in a fixed order, read back once, summed over units on the host in double. */
-static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, double *sumsq,
-                               double *nonfinite)
+   in a fixed order into scratch[base + 2u], then step_verdict adds the units in order and
+   decides (skip, clip coefficient) on the device: nothing is read back here. */
+static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, int amp)
 {
-    cl_kernel k;
-    clopt_status s = kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k);
-    if (s != CLOPT_SUCCESS)
+    cl_kernel k, kv;
+    clopt_status s;
+    if ((s = kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k)) != CLOPT_SUCCESS ||
+        (s = kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) != CLOPT_SUCCESS)
         return s;
     const size_t base = opt->scratch_len - 2 * opt->nparams;
     size_t units = 0;
-    for (size_t i = 0; i < opt->nparams; i++) {
+    const int check = amp || opt->max_grad_norm > 0;
+    for (size_t i = 0; check && i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
         const clopt_group *g = &opt->groups[e->group];
         if (g->arena && i != g->first)
@@ -685,24 +717,20 @@ static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, double *s
         clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
         if (a.err != CL_SUCCESS)
             return set_failed(opt, &a);
-        if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, k, items, 0, NULL, NULL)) !=
-                CLOPT_SUCCESS ||
+        if ((s = launch_items(opt, k, items)) != CLOPT_SUCCESS ||
             (s = enqueue_final(opt, items, 2, base + 2 * units)) != CLOPT_SUCCESS)
             return s;
         units++;
     }
-    float *host = malloc(2 * units * sizeof *host + 1);
-    if (!host)
-        return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "gradient check");
-    cl_int err = clEnqueueReadBuffer(opt->ctx->queue, opt->scratch, CL_TRUE, base * sizeof(float),
-                                     2 * units * sizeof(float), host, 0, NULL, NULL);
-    *sumsq = *nonfinite = 0;
-    for (size_t u = 0; u < units; u++) {
-        *sumsq += (double)host[2 * u];
-        *nonfinite += (double)host[2 * u + 1];
-    }
-    free(host);
-    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "reading the check");
+    clopt_args v = {kv, 0, CL_SUCCESS};
+    clopt_arg_tensor(&v, (clopt_tensor){opt->ctl, 0});
+    clopt_arg_tensor(&v, (clopt_tensor){opt->scratch, base});
+    clopt_arg_ulong(&v, units);
+    clopt_arg_float(&v, (float)opt->max_grad_norm);
+    clopt_arg_int(&v, amp);
+    if (v.err != CL_SUCCESS)
+        return set_failed(opt, &v);
+    return launch_items(opt, kv, 1);
 }
 
 /* GC row means of tensor e into the scratch (after L2 decay); *rows = 0 when GC is off. */
@@ -724,9 +752,10 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     clopt_arg_float(&a, gmul);
     clopt_arg_float(&a, (float)clopt_rule_l2_decay(opt->rule, hp));
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, scr_gc(e)});
+    clopt_arg_ctl(&a, &opt->cur);
     if (a.err != CL_SUCCESS)
         return set_failed(opt, &a);
-    return clopt_launch_items(opt->ctx, opt->ctx->queue, k, *rows, 0, NULL, NULL);
+    return launch_items(opt, k, *rows);
 }
 
 static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, size_t rows)
@@ -783,14 +812,15 @@ static clopt_status step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)hp->weight_decay);
     clopt_arg_float(&b, (float)(1.0 / bc1));
     clopt_arg_float(&b, (float)(1.0 / bc2));
+    clopt_arg_ctl(&a, &opt->cur);
+    clopt_arg_ctl(&b, &opt->cur);
     if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
         return set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
-    if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kp, items, 0, NULL, NULL)) !=
+    if ((s = launch_items(opt, kp, items)) !=
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_launch_items(opt->ctx, opt->ctx->queue, ku,
-                              (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH, 0, NULL, NULL);
+    return launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
 }
 
 static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -858,14 +888,16 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
         clopt_arg_ulong(&m, B);
         clopt_arg_ulong(&m, R);
         clopt_arg_tensor(&m, rmean);
+        clopt_arg_ctl(&a, &opt->cur);
+        clopt_arg_ctl(&c, &opt->cur);
+        clopt_arg_ctl(&m, &opt->cur);
         if (a.err != CL_SUCCESS || c.err != CL_SUCCESS || m.err != CL_SUCCESS)
             return set_failed(opt, a.err != CL_SUCCESS ? &a : c.err != CL_SUCCESS ? &c : &m);
-        if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kr, B * R, 0, NULL, NULL)) !=
+        if ((s = launch_items(opt, kr, B * R)) !=
                 CLOPT_SUCCESS ||
-            (s = clopt_launch_items(opt->ctx, opt->ctx->queue, kc,
-                                    B * ((C + COLS_WIDTH - 1) / COLS_WIDTH), 0, NULL, NULL)) !=
+            (s = launch_items(opt, kc, B * ((C + COLS_WIDTH - 1) / COLS_WIDTH))) !=
                 CLOPT_SUCCESS ||
-            (s = clopt_launch_items(opt->ctx, opt->ctx->queue, km, B, 0, NULL, NULL)) !=
+            (s = launch_items(opt, km, B)) !=
                 CLOPT_SUCCESS)
             return s;
     }
@@ -906,22 +938,36 @@ static clopt_status step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&u, (float)hp->weight_decay);
     clopt_arg_float(&u, (float)hp->beta1);
     clopt_arg_float(&u, (float)(1.0 - hp->beta1));
+    clopt_arg_ctl(&p, &opt->cur);
+    clopt_arg_ctl(&u, &opt->cur);
     if (p.err != CL_SUCCESS || u.err != CL_SUCCESS)
         return set_failed(opt, p.err != CL_SUCCESS ? &p : &u);
-    if ((s = clopt_launch_items(opt->ctx, opt->ctx->queue, kp, items, 0, NULL, NULL)) !=
+    if ((s = launch_items(opt, kp, items)) !=
             CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_launch_items(opt->ctx, opt->ctx->queue, ku,
-                              (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH, 0, NULL, NULL);
+    return launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
 }
 
 /* ---- step ------------------------------------------------------------------------------- */
 
-/* One element-wise launch over n elements of (param, grad, states) views. */
+/* NAdam's product of tensor e, d steps after the host's count. */
+static double mu_product_ahead(const clopt_optimizer *opt, const clopt_param *e, uint64_t d)
+{
+    double prod = e->mu_product;
+    if (opt->rule != CLOPT_NADAM)
+        return prod;
+    const clopt_hparams *hp = &opt->groups[e->group].hp;
+    for (uint64_t i = 1; i <= d && prod != 0.0; i++)
+        prod *= clopt_nadam_mu(hp, (double)(e->step + i));
+    return prod;
+}
+
+/* One element-wise launch over n elements of (param, grad, states) views, as step t of the
+   tensor (d steps after the host's count). */
 static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
                                clopt_tensor grad, const clopt_tensor *states, size_t n,
-                               const clopt_group *g, const clopt_hparams *hp, uint64_t t,
+                               const clopt_hparams *hp, uint64_t t, uint64_t d,
                                double grad_scale, size_t gc)
 {
     clopt_step_args a;
@@ -930,20 +976,30 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.grad = grad;
     for (size_t j = 0; j < e->nkernel; j++)
         a.state[j] = states[j];
-    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0 && !g->arena)
+    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
         a.hessian = e->hessian;
-    a.mu_product = e->mu_product;
+    a.mu_product = mu_product_ahead(opt, e, d);
     a.grad_scale = grad_scale;
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, scr_gc(e)};
-    return clopt_enqueue_step(opt->ctx, NULL, opt->rule, hp, &a, n, t, 0, NULL, NULL);
+    clopt_status s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t,
+                                            &opt->cur, 0, NULL, NULL);
+    if (s == CLOPT_SUCCESS && opt->cur.dry == 2 && opt->rule == CLOPT_SOPHIA &&
+        e->hessian.buffer) { /* prepare: both Sophia variants (with and without ĥ) */
+        a.hessian = a.hessian.buffer ? (clopt_tensor){NULL, 0} : e->hessian;
+        s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t, &opt->cur, 0,
+                                   NULL, NULL);
+    }
+    return s;
 }
 
 /* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
 static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
                                    size_t n)
 {
-    cl_int err = clEnqueueCopyBuffer(opt->ctx->queue, src.buffer, dst.buffer,
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
                                      src.offset * sizeof(float), dst.offset * sizeof(float),
                                      n * sizeof(float), 0, NULL, NULL);
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "lookahead copy");
@@ -961,9 +1017,18 @@ static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clo
     clopt_arg_tensor(&a, slow);
     clopt_arg_ulong(&a, n);
     clopt_arg_float(&a, (float)alpha);
+    clopt_arg_ctl(&a, &opt->cur);
     if (a.err != CL_SUCCESS)
         return set_failed(opt, &a);
-    return clopt_launch_elementwise(opt->ctx, opt->ctx->queue, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+}
+
+/* Lookahead synchronises after step t (in prepare's dry pass: always, to build it). */
+static int lookahead_due(const clopt_optimizer *opt, const clopt_hparams *hp, uint64_t t)
+{
+    return opt->cur.dry == 2 || t % hp->lookahead_k == 0;
 }
 
 /* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */
@@ -977,37 +1042,37 @@ static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
     return 1;
 }
 
-static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale)
+/* Group gi's launches for the outcome "d of the uncertain steps in flight were applied":
+   every tensor's step t = its host count + 1 + d, schedules at the optimizer's count + d. */
+static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t d)
 {
     clopt_group *g = &opt->groups[gi];
     clopt_hparams hp = g->hp;
-    hp.lr *= clopt_schedule_factor(&g->sched, opt->step);
+    hp.lr *= clopt_schedule_factor(&g->sched, opt->step + d);
     const float gmul = (float)(1.0 / grad_scale);
     const int la = clopt_group_lookahead(opt, g);
     clopt_status s = CLOPT_SUCCESS;
     if (arena_fused(opt, g)) {
         const clopt_param *e0 = &opt->params[g->first];
-        const uint64_t t = e0->step + 1; /* an arena's tensors were added together */
+        const uint64_t t = e0->step + 1 + d; /* an arena's tensors were added together */
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
         for (size_t k = 0; k < e0->nstate; k++)
             states[k] = (clopt_tensor){g->arena_state[k], 0};
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
-        if (la && !e0->slow_ready)
+        if (la && !e0->slow_ready && d == 0)
             s = lookahead_copy(opt, P, states[e0->nkernel], g->arena_len);
         if (s == CLOPT_SUCCESS)
-            s = step_views(opt, e0, P, G, states, g->arena_len, g, &hp, t, grad_scale, 0);
-        if (s == CLOPT_SUCCESS && la && t % hp.lookahead_k == 0)
+            s = step_views(opt, e0, P, G, states, g->arena_len, &hp, t, d, grad_scale, 0);
+        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
             s = lookahead_sync(opt, P, states[e0->nkernel], g->arena_len, hp.lookahead_alpha);
-        for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
-            opt->params[i].slow_ready = 1;
         return s;
     }
     for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
         clopt_param *e = &opt->params[i];
         if (e->group != gi)
             continue;
-        const uint64_t t = e->step + 1;
-        if (la && !e->slow_ready)
+        const uint64_t t = e->step + 1 + d;
+        if (la && !e->slow_ready && d == 0)
             s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
         if (s != CLOPT_SUCCESS)
             break;
@@ -1016,13 +1081,246 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         else if (opt->rule == CLOPT_ADAFACTOR)
             s = step_adafactor(opt, e, &hp, t, gmul);
         else
-            s = step_views(opt, e, e->param, e->grad, e->state, e->n, g, &hp, t, grad_scale,
+            s = step_views(opt, e, e->param, e->grad, e->state, e->n, &hp, t, d, grad_scale,
                            gc_rows(&hp, e));
-        if (s == CLOPT_SUCCESS && la && t % hp.lookahead_k == 0)
+        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
             s = lookahead_sync(opt, e->param, e->state[e->nkernel], e->n, hp.lookahead_alpha);
-        if (s == CLOPT_SUCCESS)
-            e->slow_ready = 1;
     }
+    return s;
+}
+
+/* Everything a step enqueues after its start: the gradient check and verdict, the launches
+   of every group for each possible outcome of the uncertain steps in flight, the commit.
+   dry 1: build kernels and set arguments only (the step's first pass); 2: also the variants
+   later steps need (prepare). */
+static clopt_status step_body(clopt_optimizer *opt, double grad_scale, int amp,
+                              uint64_t uncertain, int dry)
+{
+    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry};
+    clopt_status s = grad_check(opt, 1.0 / grad_scale, amp);
+    for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= uncertain; d++) {
+        opt->cur.expect = opt->step + d;
+        for (size_t gi = 0; s == CLOPT_SUCCESS && gi < opt->ngroups; gi++)
+            s = step_group(opt, gi, grad_scale, d);
+    }
+    cl_kernel k;
+    if (s == CLOPT_SUCCESS &&
+        (s = kernel_of(opt, "tensor", NULL, 0, "", "step_commit", &k)) == CLOPT_SUCCESS) {
+        clopt_args a = {k, 0, CL_SUCCESS};
+        clopt_arg_tensor(&a, (clopt_tensor){opt->ctl, 0});
+        s = a.err != CL_SUCCESS ? set_failed(opt, &a) : launch_items(opt, k, 1);
+    }
+    opt->cur.dry = 0;
+    return s;
+}
+
+/* One applied step: every tensor's count and NAdam product, and the optimizer's count. */
+static void advance_counts(clopt_optimizer *opt)
+{
+    for (size_t i = 0; i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        e->step++;
+        if (opt->rule == CLOPT_NADAM)
+            e->mu_product *= clopt_nadam_mu(&opt->groups[e->group].hp, (double)e->step);
+    }
+    opt->step++;
+}
+
+/* The oldest record in flight has completed (status CL_COMPLETE) or failed (< 0). */
+static void retire_oldest(clopt_optimizer *opt, cl_int status)
+{
+    clopt_step_record *r = &opt->rec[opt->rec_head];
+    if (status == CL_COMPLETE && r->result[6] == 0) {
+        const int skipped = r->result[0] != 0;
+        float norm;
+        memcpy(&norm, &r->result[4], sizeof norm);
+        if (r->amp && !skipped)
+            advance_counts(opt);
+        opt->found_inf = skipped;
+        if (r->clip)
+            opt->last_grad_norm = norm;
+        opt->report.step_call = r->call;
+        opt->report.skipped = skipped;
+        opt->report.grad_norm = r->amp || r->clip ? (double)norm : NAN;
+    }
+    clReleaseEvent(r->done);
+    opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
+    opt->rec_count--;
+}
+
+/* Retires the records whose read-back has completed, oldest first; wait: block on each. */
+static clopt_status collect(clopt_optimizer *opt, int wait)
+{
+    while (opt->rec_count) {
+        clopt_step_record *r = &opt->rec[opt->rec_head];
+        cl_int st = CL_QUEUED, err = CL_SUCCESS;
+        if (wait)
+            err = clWaitForEvents(1, &r->done);
+        if (err == CL_SUCCESS || err == CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
+            err = clGetEventInfo(r->done, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st,
+                                 NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "checking a step's verdict");
+        if (st > CL_COMPLETE)
+            return CLOPT_SUCCESS; /* still running; later records too (in-order queue) */
+        retire_oldest(opt, st);
+    }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_opt_settle(clopt_optimizer *opt)
+{
+    cl_int err = clFinish(opt->ctx->queue);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(opt->ctx, err, "clFinish");
+    return collect(opt, 1);
+}
+
+clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    clopt_status s = collect(opt, 0);
+    *out = opt->report;
+    return s;
+}
+
+clopt_status clopt_optimizer_prepare(clopt_optimizer *opt)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    opt->q = opt->ctx->queue;
+    return step_body(opt, opt->grad_scale > 0 ? opt->grad_scale : 1.0, opt->grad_scale > 0, 0,
+                     2);
+}
+
+/* The step's start: after the caller's events and a user event the host completes only
+   once everything is enqueued, the control words 2..6 (or only the abort word while
+   uncertain steps are in flight, whose outcome sets the count) are written from r->gate.
+   A failure while enqueueing sets the abort word before the gate opens, so the launches
+   already enqueued do nothing. */
+clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
+                                     cl_uint num_wait, const cl_event *wait_list,
+                                     cl_event *event)
+{
+    if (event)
+        *event = NULL;
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    clopt_status s;
+    if (queue) {
+        if ((s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
+            return s;
+        cl_command_queue_properties props = 0;
+        cl_int err = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props,
+                                           NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(ctx, err, "clGetCommandQueueInfo");
+        if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "the step needs an in-order queue");
+    }
+    if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
+        return s;
+    for (size_t i = 0; i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor(ctx, "grad", e->grad, e->n)) != CLOPT_SUCCESS)
+            return s;
+    }
+    if ((s = collect(opt, 0)) != CLOPT_SUCCESS)
+        return s;
+    if (opt->rec_count == CLOPT_MAX_IN_FLIGHT) {
+        /* the one wait of a step: CLOPT_MAX_IN_FLIGHT steps without a known verdict */
+        cl_int err = clWaitForEvents(1, &opt->rec[opt->rec_head].done);
+        if (err != CL_SUCCESS && err != CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
+            return clopt_fail_cl(ctx, err, "waiting for the oldest step in flight");
+        if ((s = collect(opt, 0)) != CLOPT_SUCCESS)
+            return s;
+    }
+    const int amp = opt->grad_scale > 0, clip = opt->max_grad_norm > 0;
+    const double grad_scale = amp ? opt->grad_scale : 1.0;
+    uint64_t uncertain = 0;
+    for (size_t k = 0; k < opt->rec_count; k++)
+        uncertain += (uint64_t)opt->rec[(opt->rec_head + k) % CLOPT_MAX_IN_FLIGHT].amp;
+    cl_event waits_small[8], *waits = waits_small;
+    if (num_wait >= 8 && !(waits = malloc((num_wait + 1) * sizeof *waits)))
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "wait list");
+    /* every kernel built and every argument checked before the first enqueue */
+    opt->q = queue ? queue : ctx->queue;
+    if ((s = step_body(opt, grad_scale, amp, uncertain, 1)) != CLOPT_SUCCESS)
+        goto out;
+    clopt_step_record *r =
+        &opt->rec[(opt->rec_head + opt->rec_count) % CLOPT_MAX_IN_FLIGHT];
+    memset(r, 0, sizeof *r);
+    r->call = opt->calls + 1;
+    r->amp = amp;
+    r->clip = clip;
+    r->gate[0] = (cl_uint)opt->step;
+    r->gate[1] = (cl_uint)(opt->step >> 32);
+    cl_int err = CL_SUCCESS;
+    cl_event gate = clCreateUserEvent(ctx->context, &err), wrote = NULL;
+    if (!gate) {
+        s = clopt_fail_cl(ctx, err, "clCreateUserEvent");
+        goto out;
+    }
+    for (cl_uint i = 0; i < num_wait; i++)
+        waits[i] = wait_list[i];
+    waits[num_wait] = gate;
+    if (uncertain == 0)
+        err = clEnqueueWriteBuffer(opt->q, opt->ctl, CL_FALSE, 2 * sizeof(cl_uint),
+                                   5 * sizeof(cl_uint), r->gate, num_wait + 1, waits, &wrote);
+    else
+        err = clEnqueueWriteBuffer(opt->q, opt->ctl, CL_FALSE, 6 * sizeof(cl_uint),
+                                   sizeof(cl_uint), &r->gate[4], num_wait + 1, waits, &wrote);
+    if (err != CL_SUCCESS) {
+        clSetUserEventStatus(gate, CL_COMPLETE);
+        clReleaseEvent(gate);
+        s = clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer (the step's start)");
+        goto out;
+    }
+    s = step_body(opt, grad_scale, amp, uncertain, 0);
+    if (s == CLOPT_SUCCESS &&
+        (err = clEnqueueReadBuffer(opt->q, opt->ctl, CL_FALSE, 0, sizeof r->result, r->result,
+                                   0, NULL, &r->done)) != CL_SUCCESS)
+        s = clopt_fail_cl(ctx, err, "clEnqueueReadBuffer (the step's verdict)");
+    if (s != CLOPT_SUCCESS) {
+        /* abort: the launches already enqueued find the skip flag set and do nothing; the
+           abort word must be read before r's slot is reused */
+        r->gate[4] = 1;
+        clSetUserEventStatus(gate, CL_COMPLETE);
+        clReleaseEvent(gate);
+        clWaitForEvents(1, &wrote);
+        clReleaseEvent(wrote);
+        if (r->done) {
+            clWaitForEvents(1, &r->done);
+            clReleaseEvent(r->done);
+        }
+        goto out;
+    }
+    err = clSetUserEventStatus(gate, CL_COMPLETE);
+    clReleaseEvent(gate);
+    clReleaseEvent(wrote);
+    opt->rec_count++;
+    opt->calls++;
+    if (err != CL_SUCCESS) {
+        s = clopt_fail_cl(ctx, err, "clSetUserEventStatus (the queue may be stalled)");
+        goto out;
+    }
+    for (size_t i = 0; i < opt->nparams; i++)
+        opt->params[i].slow_ready = 1;
+    if (!amp)
+        advance_counts(opt); /* only AMP can skip a step that was enqueued */
+    if (event) {
+        *event = r->done;
+        clRetainEvent(r->done);
+    }
+out:
+    if (waits != waits_small)
+        free(waits);
     return s;
 }
 
@@ -1032,62 +1330,21 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
         *event = NULL;
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
-    clopt_ctx *ctx = opt->ctx;
-    clopt_clear_error(ctx);
-    const uint64_t t = opt->step + 1;
-    /* Validate every tensor before the first launch: a step does all or nothing (only an
-       OpenCL failure in the middle of enqueueing can break that). */
-    for (size_t i = 0; i < opt->nparams; i++) {
-        const clopt_param *e = &opt->params[i];
-        clopt_status s;
-        if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||
-            (s = clopt_check_tensor(ctx, "grad", e->grad, e->n)) != CLOPT_SUCCESS)
-            return s;
-    }
-    const int amp = opt->grad_scale > 0;
-    double grad_scale = amp ? opt->grad_scale : 1.0;
-    if ((amp || opt->max_grad_norm > 0) && opt->nparams > 0) {
-        double sumsq = 0, bad = 0;
-        clopt_status s = grad_check(opt, 1.0 / grad_scale, &sumsq, &bad);
-        if (s != CLOPT_SUCCESS)
-            return s;
-        opt->found_inf = bad > 0;
-        if (amp && opt->found_inf)
-            return CLOPT_STEP_SKIPPED; /* nothing was changed */
-        double norm = bad > 0 ? NAN : sqrt(sumsq);
-        if (opt->max_grad_norm > 0) {
-            opt->last_grad_norm = norm;
-            double coef = opt->max_grad_norm / (norm + 1e-6);
-            if (isfinite(coef) && coef < 1.0)
-                grad_scale /= coef;
+    const int check = opt->grad_scale > 0 || opt->max_grad_norm > 0;
+    clopt_status s = clopt_optimizer_step_on(opt, NULL, 0, NULL, event);
+    if (s != CLOPT_SUCCESS || !check)
+        return s;
+    /* the blocking convenience: wait for this step's verdict */
+    if ((s = collect(opt, 1)) != CLOPT_SUCCESS)
+        return s;
+    if (opt->report.step_call == opt->calls && opt->report.skipped) {
+        if (event && *event) {
+            clReleaseEvent(*event);
+            *event = NULL;
         }
-    } else {
-        opt->found_inf = 0;
+        return CLOPT_STEP_SKIPPED;
     }
-    for (size_t gi = 0; gi < opt->ngroups; gi++) {
-        clopt_status s = step_group(opt, gi, grad_scale);
-        if (s != CLOPT_SUCCESS)
-            return s;
-    }
-    if (event) {
-        cl_int err = clEnqueueMarkerWithWaitList(ctx->queue, 0, NULL, event);
-        if (err != CL_SUCCESS)
-            return clopt_fail_cl(ctx, err, "clEnqueueMarkerWithWaitList");
-    }
-    for (size_t i = 0; i < opt->nparams; i++) {
-        clopt_param *e = &opt->params[i];
-        e->step++;
-        if (opt->rule == CLOPT_NADAM)
-            e->mu_product *= clopt_nadam_mu(&opt->groups[e->group].hp, (double)e->step);
-    }
-    opt->step = t;
     return CLOPT_SUCCESS;
-}
-
-clopt_status clopt_opt_settle(clopt_optimizer *opt)
-{
-    cl_int err = clFinish(opt->ctx->queue);
-    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "clFinish");
 }
 
 /* ---- gradients -------------------------------------------------------------------------- */
@@ -1227,7 +1484,7 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
     clopt_clear_error(opt->ctx);
     clopt_tensor t;
     clopt_status s = clopt_optimizer_state(opt, param, index, &t);
-    if (s != CLOPT_SUCCESS)
+    if (s != CLOPT_SUCCESS || (s = clopt_opt_settle(opt)) != CLOPT_SUCCESS)
         return s;
     const clopt_param *e = &opt->params[param];
     size_t len = e->state_len[index];

@@ -34,6 +34,19 @@ typedef struct clopt_param {
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
 } clopt_param;
 
+/* Steps enqueued whose verdict (AMP skip, gradient norm) has not reached the host yet; when
+   all slots are in use, a step waits for the oldest (see clopt_optimizer_step_on). */
+#define CLOPT_MAX_IN_FLIGHT 32
+
+typedef struct clopt_step_record {
+    uint64_t call;       /* 1-based step call */
+    int amp;             /* the outcome was unknown at enqueue (AMP on) */
+    int clip;            /* clipping was on: the norm is reported */
+    cl_event done;       /* the read-back of the control words */
+    cl_uint gate[5];     /* written to control words 2..6 when the step starts */
+    cl_uint result[8];   /* the control words after the step */
+} clopt_step_record;
+
 struct clopt_optimizer {
     clopt_ctx *ctx;
     clopt_rule rule;
@@ -48,6 +61,14 @@ struct clopt_optimizer {
     double grad_scale; /* AMP loss scale; 0 = off */
     int found_inf;
     uint64_t rng_seed, rng_counter;
+    /* the engine contract (optimizer.c, the step) */
+    cl_mem ctl;                 /* control words, see CTRL in kernels/common.cl */
+    cl_command_queue q;         /* the queue of the step being enqueued */
+    clopt_ctl cur;              /* control of the launches being enqueued */
+    clopt_step_record rec[CLOPT_MAX_IN_FLIGHT];
+    size_t rec_head, rec_count; /* ring of records in flight, oldest first */
+    uint64_t calls;             /* step calls enqueued */
+    clopt_step_report report;   /* the latest verdict that reached the host */
 };
 
 /* Lookahead is on for a group (the slow weights are the last state). */

@@ -19,9 +19,10 @@
  * (FOR_CHUNKS: RACC lane-wise Kahan sums over sub-blocks; a partial last chunk is masked). */
 __kernel void adafactor_rows(__global const float *g_, const ulong go, __global float *r_,
                              const ulong ro, GC_PARAMS const ulong nrows, const ulong cols,
-                             const float gmul, const float eps1, const float beta2t,
-                             const float ombeta2t)
+                             float gmul, const float eps1, const float beta2t,
+                             const float ombeta2t CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong row = get_global_id(0);
     if (row >= nrows)
         return;
@@ -46,9 +47,10 @@ __kernel void adafactor_rows(__global const float *g_, const ulong go, __global 
 #define COL_CHUNKS 4
 __kernel void adafactor_cols(__global const float *g_, const ulong go, __global float *c_,
                              const ulong co, GC_PARAMS const ulong batches, const ulong rows,
-                             const ulong cols, const float gmul, const float eps1,
-                             const float beta2t, const float ombeta2t)
+                             const ulong cols, float gmul, const float eps1,
+                             const float beta2t, const float ombeta2t CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong cpr = (cols + COL_CHUNKS * RW - 1) / (COL_CHUNKS * RW); /* items per row */
     const ulong j = get_global_id(0);
     if (j >= batches * cpr)
@@ -93,8 +95,9 @@ __kernel void adafactor_cols(__global const float *g_, const ulong go, __global 
 
 /* out[b] = mean of Rv over batch b's R rows. */
 __kernel void adafactor_rmean(__global const float *r_, const ulong ro, const ulong batches,
-                              const ulong rows, __global float *out_, const ulong oo)
+                              const ulong rows, __global float *out_, const ulong oo CTRL_PARAMS)
 {
+    CTRL_SKIP;
     const ulong b = get_global_id(0);
     if (b >= batches)
         return;
@@ -218,10 +221,11 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
                                 const ulong so, __global const float *t_, const ulong to,
                                 __global const float *rm_, const ulong rmo, GC_PARAMS
                                 const ulong n, const ulong rows, const ulong cols,
-                                const ulong items, const float gmul, const float eps1,
+                                const ulong items, float gmul, const float eps1,
                                 const float beta2t, const float ombeta2t,
-                                __global float *part_, const ulong parto)
+                                __global float *part_, const ulong parto CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong i = get_global_id(0);
     if (i >= items)
         return;
@@ -290,11 +294,12 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
 #endif
                                GC_PARAMS const ulong n, const ulong rows, const ulong cols,
                                __global const float *sums_, const ulong sumo,
-                               const float gmul, const float rho_t, const float eps2,
+                               float gmul, const float rho_t, const float eps2,
                                const float clip_threshold, const int scale_parameter,
                                const float weight_decay, const float beta1,
-                               const float ombeta1)
+                               const float ombeta1 CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong e0 = get_global_id(0) * UPDATE_CHUNKS * RW;
     if (e0 >= n)
         return;

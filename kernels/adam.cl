@@ -17,10 +17,11 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 #if AMSGRAD
                         __global float *vmax_, const ulong vmaxo,
 #endif
-                        GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
                         const float eps, const float weight_decay, const float decay,
-                        const float step_size, const float inv_sqrt_bc2)
+                        const float step_size, const float inv_sqrt_bc2 CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -57,10 +58,11 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
 __kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
-                          __global float *u_, const ulong uo, GC_PARAMS const ulong n, const float gmul,
+                          __global float *u_, const ulong uo, GC_PARAMS const ulong n, float gmul,
                           const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                          const float weight_decay, const float clr)
+                          const float weight_decay, const float clr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -85,11 +87,12 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
 __kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, const float gmul,
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, float gmul,
                          const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
                          const float weight_decay, const float inv_bc2, const float c_grad,
-                         const float c_mom)
+                         const float c_mom CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -118,11 +121,12 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong n,
-                         const float gmul, const int rectified, const float beta1,
+                         float gmul, const int rectified, const float beta1,
                          const float ombeta1, const float beta2, const float ombeta2,
                          const float eps, const float weight_decay, const float decay,
-                         const float c)
+                         const float c CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -154,10 +158,11 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 __kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
-                          const ulong so, GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          const ulong so, GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float beta3, const float ombeta3, const float eps,
-                          const float decay, const float step_size)
+                          const float decay, const float step_size CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -183,10 +188,11 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
 __kernel void diffgrad_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *m_, const ulong mo,
                             __global float *v_, const ulong vo, __global float *prev_,
-                            const ulong prevo, GC_PARAMS const ulong n, const float gmul,
+                            const ulong prevo, GC_PARAMS const ulong n, float gmul,
                             const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                            const float weight_decay, const float step_size)
+                            const float weight_decay, const float step_size CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;

@@ -11,9 +11,10 @@
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
 __kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
                            const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong n,
-                           const float gmul, const float eps, const float weight_decay,
-                           const float clr)
+                           float gmul, const float eps, const float weight_decay,
+                           const float clr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     s_ += so;
@@ -35,9 +36,10 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
 __kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *v_, const ulong vo,
                             __global float *u_, const ulong uo, GC_PARAMS const ulong n,
-                            const float gmul, const float rho, const float omrho, const float eps,
-                            const float weight_decay, const float lr)
+                            float gmul, const float rho, const float omrho, const float eps,
+                            const float weight_decay, const float lr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     v_ += vo;
@@ -72,10 +74,11 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #if CENTERED
                            __global float *a_, const ulong ao,
 #endif
-                           GC_PARAMS const ulong n, const float gmul, const float alpha, const float omalpha,
+                           GC_PARAMS const ulong n, float gmul, const float alpha, const float omalpha,
                            const float eps, const float weight_decay, const float momentum,
-                           const float lr)
+                           const float lr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     v_ += vo;

@@ -12,6 +12,31 @@
 #define MAXIMIZE 0
 #endif
 
+/* CTRL (optimizer level): the kernel takes the step's control words (ctl_ + ctlo, written on
+ * the device by step_verdict / step_commit in tensor.cl) and the optimizer step count it was
+ * enqueued for. It does nothing when the step is skipped (AMP found Inf/NaN, or the host
+ * aborted the step) or when the device's count differs from expect_ (the kernel was enqueued
+ * for another outcome of the steps still in flight), and multiplies the gradient multiplier
+ * by the clip coefficient. Words: 0 skip, 1 clip coefficient (float bits), 2-3 applied steps
+ * (ulong, low word first), 4 gradient norm, 5 non-finite gradient seen, 6 abort. */
+#ifndef CTRL
+#define CTRL 0
+#endif
+#if CTRL
+#define CTRL_PARAMS , __global const uint *ctl_, const ulong ctlo, const ulong expect_
+#define CTRL_SKIP                                                                          \
+    if (ctl_[ctlo] != 0u ||                                                                \
+        ((((ulong)ctl_[ctlo + 3]) << 32) | (ulong)ctl_[ctlo + 2]) != expect_)               \
+    return
+#define CTRL_GUARD(gm)                                                                     \
+    CTRL_SKIP;                                                                             \
+    gm = gm * as_float(ctl_[ctlo + 1])
+#else
+#define CTRL_PARAMS
+#define CTRL_SKIP
+#define CTRL_GUARD(gm)
+#endif
+
 #define CLOPT_CAT_(a, b) a##b
 #define CLOPT_CAT(a, b) CLOPT_CAT_(a, b)
 

@@ -29,11 +29,12 @@ CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_,
 __kernel void lamb_partial(__global const float *p_, const ulong po, __global const float *g_,
                            const ulong go, __global float *m_, const ulong mo,
                            __global float *v_, const ulong vo, GC_PARAMS const ulong n,
-                           const ulong items, const float gmul, const float beta1,
+                           const ulong items, float gmul, const float beta1,
                            const float c_grad, const float beta2, const float ombeta2,
                            const float eps, const float weight_decay, const float inv_bc1,
-                           const float inv_bc2, __global float *part_, const ulong parto)
+                           const float inv_bc2, __global float *part_, const ulong parto CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong i = get_global_id(0);
     if (i >= items)
         return;
@@ -74,8 +75,9 @@ __kernel void lamb_update(__global float *p_, const ulong po, __global const flo
                           const ulong mo, __global const float *v_, const ulong vo,
                           const ulong n, __global const float *sums_, const ulong so,
                           const float lr, const float eps, const float weight_decay,
-                          const float inv_bc1, const float inv_bc2)
+                          const float inv_bc1, const float inv_bc2 CTRL_PARAMS)
 {
+    CTRL_SKIP;
     if (get_global_id(0) * UPDATE_CHUNKS * RW >= n)
         return;
     p_ += po;

@@ -25,9 +25,10 @@ __kernel void sum_final(__global const float *in_, const ulong io, const ulong c
 /* Gradient centralization: out[r] = mean over the row of (g·gmul·(maximize ? -1 : 1) +
  * wd_l2·θ), for a tensor seen as rows × cols (cols = product of all dims but the first). */
 __kernel void gc_rowmean(__global const float *g_, const ulong go, __global const float *p_,
-                         const ulong po, const ulong rows, const ulong cols, const float gmul,
-                         const float wd_l2, __global float *out_, const ulong oo)
+                         const ulong po, const ulong rows, const ulong cols, float gmul,
+                         const float wd_l2, __global float *out_, const ulong oo CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     const ulong r = get_global_id(0);
     if (r >= rows)
         return;

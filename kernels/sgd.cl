@@ -13,9 +13,10 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
 #if MOMENTUM
                        __global float *b_, const ulong bo,
 #endif
-                       GC_PARAMS const ulong n, const float gmul, const int first, const float lr,
-                       const float weight_decay, const float momentum, const float dampening, const float omdampening)
+                       GC_PARAMS const ulong n, float gmul, const int first, const float lr,
+                       const float weight_decay, const float momentum, const float dampening, const float omdampening CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
 #if MOMENTUM

@@ -7,9 +7,10 @@
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
 __kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
                         const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong n,
-                        const float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
-                        const float decay, const float lr)
+                        float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        const float decay, const float lr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;
@@ -34,10 +35,11 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #if HESS
                           __global const float *hh_, const ulong hho,
 #endif
-                          GC_PARAMS const ulong n, const float gmul, const float beta1, const float ombeta1,
+                          GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float eps, const float gamma,
-                          const float decay, const float lr)
+                          const float decay, const float lr CTRL_PARAMS)
 {
+    CTRL_GUARD(gmul);
     p_ += po;
     g_ += go;
     m_ += mo;

@@ -18,8 +18,9 @@ __kernel void axpby(__global float *d_, const ulong dof, __global const float *s
 
 /* Lookahead: θ = φ + α(θ - φ); φ = θ. */
 __kernel void lookahead_sync(__global float *p_, const ulong po, __global float *s_,
-                             const ulong so, const ulong n, const float alpha)
+                             const ulong so, const ulong n, const float alpha CTRL_PARAMS)
 {
+    CTRL_SKIP;
     p_ += po;
     s_ += so;
     ELEMENTWISE_BEGIN
@@ -65,4 +66,49 @@ __kernel void grad_check_partial(__global const float *g_, const ulong go, const
     for (uint k = 0; k < RW; k++)
         nbad += b[k];
     out_[oo + items + i] = nbad;
+}
+
+/* The verdict of an optimizer step (one work-item): the gradient check's per-unit sums
+ * (Σ(g/scale)², non-finite count; `units` pairs at sums_) added in unit order, the norm, the
+ * skip decision (abort word set by the host, or AMP and a non-finite gradient) and the clip
+ * coefficient max_norm / (norm + 1e-6) clamped to 1 (torch.nn.utils.clip_grad_norm_), into
+ * the control words (see CTRL in common.cl). max_norm 0: no clipping. */
+__kernel void step_verdict(__global uint *ctl_, const ulong ctlo, __global const float *sums_,
+                           const ulong so, const ulong units, const float max_norm,
+                           const int amp)
+{
+    if (get_global_id(0) != 0)
+        return;
+    __global uint *c = ctl_ + ctlo;
+    kahan acc = {0.0f, 0.0f};
+    float bad = 0.0f;
+    for (ulong u = 0; u < units; u++) {
+        kahan_add(&acc, sums_[so + 2 * u]);
+        bad += sums_[so + 2 * u + 1];
+    }
+    const int nonfinite = bad > 0.0f;
+    const float norm = units == 0 || nonfinite ? NAN : sqrt(acc.sum);
+    float mul = 1.0f;
+    if (max_norm > 0.0f) {
+        const float coef = max_norm / (norm + 1e-6f);
+        if (isfinite(coef) && coef < 1.0f)
+            mul = coef;
+    }
+    c[0] = (c[6] != 0u || (amp && nonfinite)) ? 1u : 0u;
+    c[1] = as_uint(mul);
+    c[4] = as_uint(norm);
+    c[5] = nonfinite ? 1u : 0u;
+}
+
+/* The end of an optimizer step (one work-item): an applied step advances the count. */
+__kernel void step_commit(__global uint *ctl_, const ulong ctlo)
+{
+    if (get_global_id(0) != 0)
+        return;
+    __global uint *c = ctl_ + ctlo;
+    if (c[0] == 0u) {
+        const ulong a = ((((ulong)c[3]) << 32) | (ulong)c[2]) + 1;
+        c[2] = (uint)a;
+        c[3] = (uint)(a >> 32);
+    }
 }
