@@ -110,6 +110,7 @@ static void usage(FILE *f)
             "  --csv FILE          write one CSV row per measurement\n"
             "  --plot FILE.png     plot GB/s against n per rule and variant (gnuplot)\n"
             "  --list              list the rules and exit\n"
+            "  --version           print the versions of clopt-bench and the library, exit\n"
             "  --help              this text\n\n"
             "Fields: rule, variant, n, tensors, ms (median; profiling events for device\n"
             "variants, marker to marker for the optimizer level, wall clock for c_loop),\n"
@@ -321,6 +322,11 @@ static int parse_options(int argc, char **argv, options *o)
         name[len] = '\0';
         if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
             usage(stdout);
+            return 1;
+        }
+        if (!strcmp(name, "--version")) {
+            printf("clopt-bench %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+                   CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
             return 1;
         }
         if (!strcmp(name, "--list")) {

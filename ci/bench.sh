@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
-cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DCLOPT_BUILD_TESTS=OFF >/dev/null
+# CLOPT_BENCH_NATIVE: the C-loop baseline compiled with -march=native, for this machine only
+cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DCLOPT_BUILD_TESTS=OFF -DCLOPT_BENCH_NATIVE=ON >/dev/null
 cmake --build build/bench -j"$(nproc)" >/dev/null
 build/bench/bench/clopt-bench "$@"

@@ -471,7 +471,7 @@ static int draw_figure(traj_surface s, const path *paths, size_t npaths, const c
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: clopt-trajectories [--out DIR] [--csv FILE] [--device D]\n"
+    fprintf(f, "usage: clopt-trajectories [--out DIR] [--csv FILE] [--device D] [--version]\n"
                "  --out DIR    directory of the PNG figures (default docs/)\n"
                "  --csv FILE   write every point as rule,surface,step,x,y\n"
                "  --device D   OpenCL device: index or name substring (as CLOPT_DEVICE)\n");
@@ -483,6 +483,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("clopt-trajectories %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+                   CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
             return 0;
         } else if (i + 1 < argc && !strcmp(argv[i], "--out")) {
             out = argv[++i];

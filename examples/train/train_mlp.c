@@ -44,7 +44,8 @@ static void usage(FILE *f)
             "  --csv FILE         one row per epoch\n"
             "  --steps-csv FILE   one row per step (the batch's mean loss)\n"
             "  --quiet            no progress bar and no per-epoch lines, only a final summary\n"
-            "  --list             the rules with their default lr and weight decay\n",
+            "  --list             the rules with their default lr and weight decay\n"
+            "  --version          the versions of clopt-train-mlp and the library\n",
             MLP_DATA_ENV, MLP_DEFAULT_DATA_DIR);
 }
 
@@ -115,6 +116,11 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("clopt-train-mlp %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+                   CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
             return 0;
         }
         if (!strcmp(a, "--list")) {

@@ -27,6 +27,7 @@ static void usage(FILE *f)
             "                       (index.json, else every subdirectory with meta.json)\n"
             "  --device D           OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
             "  --allow-unsupported  count cases clopt cannot express as skipped, not failed\n"
+            "  --version            print the versions of clopt-conform and the library\n"
             "  -h, --help           show this text\n");
 }
 
@@ -69,6 +70,11 @@ int main(int argc, char **argv)
                 allow_unsupported = 1;
             } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
                 usage(stdout);
+                free(dirs);
+                return 0;
+            } else if (strcmp(a, "--version") == 0) {
+                printf("clopt-conform %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+                       CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
                 free(dirs);
                 return 0;
             } else {
