@@ -2,12 +2,38 @@
 #include "internal.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define CLOPT_MAX_PLATFORMS 16
 #define CLOPT_MAX_DEVICES 64
+
+/* snprintf into why (may be NULL or zero-length) */
+static void say(char *why, size_t whylen, const char *fmt, ...) CLOPT_PRINTF(3, 4);
+static void say(char *why, size_t whylen, const char *fmt, ...)
+{
+    if (!why || whylen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+}
+
+/* Appends to why what still fits (truncates silently). */
+static void say_more(char *why, size_t whylen, const char *fmt, ...) CLOPT_PRINTF(3, 4);
+static void say_more(char *why, size_t whylen, const char *fmt, ...)
+{
+    if (!why || whylen == 0)
+        return;
+    size_t used = strlen(why); /* always terminated: say() or vsnprintf wrote it */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + used, whylen - used, fmt, ap);
+    va_end(ap);
+}
 
 static int contains_nocase(const char *hay, const char *needle)
 {
@@ -24,6 +50,14 @@ static int contains_nocase(const char *hay, const char *needle)
     return 0;
 }
 
+static int equals_nocase(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b))
+            return 0;
+    return *a == *b;
+}
+
 static int is_index(const char *s)
 {
     if (!*s)
@@ -34,72 +68,180 @@ static int is_index(const char *s)
     return 1;
 }
 
-/* Picks a device by selector (index or substring) or the default order GPU, CPU, any. */
-static clopt_status pick_device(const char *selector, cl_device_id *out, char *why, size_t whylen)
+/* What a selector is matched against, per device. */
+enum { DEV_NAME, DEV_VENDOR, PLAT_NAME, PLAT_VENDOR, PLAT_VERSION, NFIELDS };
+typedef struct device_info {
+    cl_device_id id;
+    cl_device_type type;
+    char field[NFIELDS][256];
+} device_info;
+
+static const char *type_word(cl_device_type t)
 {
+    if (t & CL_DEVICE_TYPE_GPU)
+        return "gpu";
+    if (t & CL_DEVICE_TYPE_CPU)
+        return "cpu";
+    if (t & CL_DEVICE_TYPE_ACCELERATOR)
+        return "accelerator";
+    return "other";
+}
+
+/* The type keywords of a selector: "cpu", "gpu", "accelerator" (any case). 0 if none. */
+static cl_device_type selector_type(const char *sel, const char **upper)
+{
+    static const struct {
+        const char *word, *upper;
+        cl_device_type type;
+    } words[] = {{"cpu", "CPU", CL_DEVICE_TYPE_CPU},
+                 {"gpu", "GPU", CL_DEVICE_TYPE_GPU},
+                 {"accelerator", "accelerator", CL_DEVICE_TYPE_ACCELERATOR}};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (equals_nocase(sel, words[i].word)) {
+            *upper = words[i].upper;
+            return words[i].type;
+        }
+    return 0;
+}
+
+/* Every device of every platform (at most CLOPT_MAX_DEVICES), in platform order. */
+static clopt_status list_devices(device_info **out, size_t *count, char *why, size_t whylen)
+{
+    *out = NULL;
+    *count = 0;
     cl_platform_id platforms[CLOPT_MAX_PLATFORMS];
     cl_uint nplat = 0;
     cl_int err = clGetPlatformIDs(CLOPT_MAX_PLATFORMS, platforms, &nplat);
     if (err != CL_SUCCESS || nplat == 0) {
-        snprintf(why, whylen, "no OpenCL platform found (clGetPlatformIDs: %d)", (int)err);
+        say(why, whylen, "no OpenCL platform found (clGetPlatformIDs: %s)",
+            err == CL_SUCCESS ? "0 platforms"
+                              : clopt_status_name((clopt_status)((int)CLOPT_ERR_OPENCL_BASE +
+                                                                 (int)err)));
         return CLOPT_ERR_NO_DEVICE;
     }
     if (nplat > CLOPT_MAX_PLATFORMS)
         nplat = CLOPT_MAX_PLATFORMS;
-    cl_device_id devices[CLOPT_MAX_DEVICES];
-    cl_device_type types[CLOPT_MAX_DEVICES];
-    char names[CLOPT_MAX_DEVICES][384];
+    device_info *dev = calloc(CLOPT_MAX_DEVICES, sizeof *dev);
+    if (!dev) {
+        say(why, whylen, "out of host memory listing the OpenCL devices");
+        return CLOPT_ERR_OUT_OF_MEMORY;
+    }
     size_t ndev = 0;
     for (cl_uint p = 0; p < nplat && ndev < CLOPT_MAX_DEVICES; p++) {
+        cl_device_id ids[CLOPT_MAX_DEVICES];
         cl_uint nd = 0;
-        if (clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, CLOPT_MAX_DEVICES - (cl_uint)ndev,
-                           devices + ndev, &nd) != CL_SUCCESS)
+        if (clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, (cl_uint)(CLOPT_MAX_DEVICES - ndev),
+                           ids, &nd) != CL_SUCCESS)
             continue;
         if (nd > CLOPT_MAX_DEVICES - ndev)
             nd = (cl_uint)(CLOPT_MAX_DEVICES - ndev);
-        char pname[128] = "";
-        clGetPlatformInfo(platforms[p], CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
         for (cl_uint d = 0; d < nd; d++) {
-            char dname[240] = "";
-            clGetDeviceInfo(devices[ndev + d], CL_DEVICE_NAME, sizeof dname - 1, dname, NULL);
-            clGetDeviceInfo(devices[ndev + d], CL_DEVICE_TYPE, sizeof types[0], &types[ndev + d],
-                            NULL);
-            snprintf(names[ndev + d], sizeof names[0], "%s | %s", dname, pname);
+            device_info *di = &dev[ndev + d];
+            size_t fl = sizeof di->field[0] - 1;
+            di->id = ids[d];
+            clGetDeviceInfo(ids[d], CL_DEVICE_TYPE, sizeof di->type, &di->type, NULL);
+            clGetDeviceInfo(ids[d], CL_DEVICE_NAME, fl, di->field[DEV_NAME], NULL);
+            clGetDeviceInfo(ids[d], CL_DEVICE_VENDOR, fl, di->field[DEV_VENDOR], NULL);
+            clGetPlatformInfo(platforms[p], CL_PLATFORM_NAME, fl, di->field[PLAT_NAME], NULL);
+            clGetPlatformInfo(platforms[p], CL_PLATFORM_VENDOR, fl, di->field[PLAT_VENDOR], NULL);
+            clGetPlatformInfo(platforms[p], CL_PLATFORM_VERSION, fl, di->field[PLAT_VERSION],
+                              NULL);
         }
         ndev += nd;
     }
     if (ndev == 0) {
-        snprintf(why, whylen, "no OpenCL device found on %u platform(s)", nplat);
+        free(dev);
+        say(why, whylen, "no OpenCL device found on %u platform(s)", nplat);
         return CLOPT_ERR_NO_DEVICE;
     }
-    if (selector && *selector) {
-        if (is_index(selector)) {
-            unsigned long idx = strtoul(selector, NULL, 10);
-            if (idx >= ndev) {
-                snprintf(why, whylen, "device index %lu out of range (%zu devices)", idx, ndev);
-                return CLOPT_ERR_NO_DEVICE;
-            }
-            *out = devices[idx];
-            return CLOPT_SUCCESS;
-        }
-        for (size_t i = 0; i < ndev; i++)
-            if (contains_nocase(names[i], selector)) {
-                *out = devices[i];
-                return CLOPT_SUCCESS;
-            }
-        snprintf(why, whylen, "no device name or platform name contains \"%s\"", selector);
-        return CLOPT_ERR_NO_DEVICE;
-    }
-    static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU,
-                                           CL_DEVICE_TYPE_ALL};
-    for (size_t o = 0; o < sizeof order / sizeof order[0]; o++)
-        for (size_t i = 0; i < ndev; i++)
-            if (types[i] & order[o]) {
-                *out = devices[i];
-                return CLOPT_SUCCESS;
-            }
-    *out = devices[0];
+    *out = dev;
+    *count = ndev;
     return CLOPT_SUCCESS;
+}
+
+/* "among 1 device(s): 0: pthread-... [cpu] (Portable Computing Language)" after a reason. */
+static void say_devices(char *why, size_t whylen, const device_info *dev, size_t ndev)
+{
+    say_more(why, whylen, " among %zu device(s):", ndev);
+    for (size_t i = 0; i < ndev; i++)
+        say_more(why, whylen, "%s %zu: %s [%s] (%s)", i ? ";" : "", i, dev[i].field[DEV_NAME],
+                 type_word(dev[i].type), dev[i].field[PLAT_NAME]);
+}
+
+/* Picks a device by selector (see clopt_ctx_create_device_ex in clopt.h) or, for NULL or
+   "", the default order GPU, CPU, any. label names where the selector came from. */
+static clopt_status pick_device(const char *selector, const char *label, cl_device_id *out,
+                                char *why, size_t whylen)
+{
+    device_info *dev = NULL;
+    size_t ndev = 0;
+    clopt_status s = list_devices(&dev, &ndev, why, whylen);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    /* surrounding blanks are not part of the selector ("CLOPT_DEVICE= gpu") */
+    char sel[256] = "";
+    if (selector) {
+        while (isspace((unsigned char)*selector))
+            selector++;
+        size_t n = strlen(selector);
+        while (n > 0 && isspace((unsigned char)selector[n - 1]))
+            n--;
+        if (n >= sizeof sel) {
+            free(dev);
+            say(why, whylen, "%s is longer than %zu characters", label, sizeof sel - 1);
+            return CLOPT_ERR_INVALID_ARGUMENT;
+        }
+        memcpy(sel, selector, n);
+        sel[n] = '\0';
+    }
+    s = CLOPT_ERR_NO_DEVICE;
+    const char *tname = NULL;
+    cl_device_type want;
+    if (!sel[0]) {
+        static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU,
+                                               CL_DEVICE_TYPE_ALL};
+        for (size_t o = 0; o < sizeof order / sizeof order[0] && s != CLOPT_SUCCESS; o++)
+            for (size_t i = 0; i < ndev && s != CLOPT_SUCCESS; i++)
+                if (dev[i].type & order[o]) {
+                    *out = dev[i].id;
+                    s = CLOPT_SUCCESS;
+                }
+        if (s != CLOPT_SUCCESS) {
+            *out = dev[0].id;
+            s = CLOPT_SUCCESS;
+        }
+    } else if (is_index(sel)) {
+        unsigned long idx = strtoul(sel, NULL, 10);
+        if (idx < ndev) {
+            *out = dev[idx].id;
+            s = CLOPT_SUCCESS;
+        } else {
+            say(why, whylen, "%s=\"%s\": device index %lu out of range", label, sel, idx);
+        }
+    } else if ((want = selector_type(sel, &tname)) != 0) {
+        for (size_t i = 0; i < ndev && s != CLOPT_SUCCESS; i++)
+            if (dev[i].type & want) {
+                *out = dev[i].id;
+                s = CLOPT_SUCCESS;
+            }
+        if (s != CLOPT_SUCCESS)
+            say(why, whylen, "%s=\"%s\": no %s device", label, sel, tname);
+    } else {
+        for (size_t i = 0; i < ndev && s != CLOPT_SUCCESS; i++)
+            for (int f = 0; f < NFIELDS; f++)
+                if (contains_nocase(dev[i].field[f], sel)) {
+                    *out = dev[i].id;
+                    s = CLOPT_SUCCESS;
+                    break;
+                }
+        if (s != CLOPT_SUCCESS)
+            say(why, whylen, "%s=\"%s\": in no device or platform name, vendor or version",
+                label, sel);
+    }
+    if (s != CLOPT_SUCCESS)
+        say_devices(why, whylen, dev, ndev);
+    free(dev);
+    return s;
 }
 
 static clopt_status ctx_init(clopt_ctx *ctx)
@@ -123,74 +265,125 @@ static clopt_status ctx_init(clopt_ctx *ctx)
     return CLOPT_SUCCESS;
 }
 
-clopt_status clopt_ctx_create(clopt_ctx **out)
+static const char *cl_name(cl_int err)
 {
-    return clopt_ctx_create_device(getenv("CLOPT_DEVICE"), out);
+    return clopt_status_name((clopt_status)((int)CLOPT_ERR_OPENCL_BASE + (int)err));
 }
 
-clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out)
+static clopt_status create_from(cl_context context, cl_device_id device, cl_command_queue queue,
+                                clopt_ctx **out, char *why, size_t whylen)
 {
-    if (!out)
+    if (!out) {
+        say(why, whylen, "out is NULL");
         return CLOPT_ERR_NULL_ARGUMENT;
+    }
     *out = NULL;
-    char why[256] = "";
-    cl_device_id dev = NULL;
-    clopt_status s = pick_device(selector, &dev, why, sizeof why);
-    if (s != CLOPT_SUCCESS)
-        return s;
-    cl_int err = CL_SUCCESS;
-    cl_context context = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
-    if (!context)
-        return clopt_fail_cl(NULL, err, "clCreateContext");
-    s = clopt_ctx_create_from(context, dev, NULL, out);
-    clReleaseContext(context); /* the clopt_ctx holds its own reference */
-    return s;
-}
-
-clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
-                                   cl_command_queue queue, clopt_ctx **out)
-{
-    if (!out)
+    if (!context || !device) {
+        say(why, whylen, "%s is NULL", context ? "device" : "context");
         return CLOPT_ERR_NULL_ARGUMENT;
-    *out = NULL;
-    if (!context || !device)
-        return CLOPT_ERR_NULL_ARGUMENT;
+    }
     clopt_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
+    if (!ctx) {
+        say(why, whylen, "out of host memory");
         return CLOPT_ERR_OUT_OF_MEMORY;
+    }
     cl_int err = clRetainContext(context);
     if (err != CL_SUCCESS) {
         free(ctx);
+        say(why, whylen, "clRetainContext: %s (%d)", cl_name(err), (int)err);
         return clopt_fail_cl(NULL, err, "clRetainContext");
     }
     ctx->context = context;
-    ctx->device = device;
     clopt_status s = CLOPT_SUCCESS;
-    if (queue) {
+    if ((err = clRetainDevice(device)) != CL_SUCCESS) {
+        say(why, whylen, "clRetainDevice: %s (%d)", cl_name(err), (int)err);
+        s = clopt_fail_cl(NULL, err, "clRetainDevice");
+    } else {
+        ctx->device = device;
+    }
+    if (s == CLOPT_SUCCESS && queue) {
         cl_context qctx = NULL;
         cl_device_id qdev = NULL;
         err = clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof qctx, &qctx, NULL);
         if (err == CL_SUCCESS)
             err = clGetCommandQueueInfo(queue, CL_QUEUE_DEVICE, sizeof qdev, &qdev, NULL);
-        if (err != CL_SUCCESS || qctx != context || qdev != device)
+        if (err != CL_SUCCESS || qctx != context || qdev != device) {
+            say(why, whylen, "the queue %s", err != CL_SUCCESS ? "is not a valid command queue"
+                                             : "belongs to another context or device");
             s = CLOPT_ERR_INVALID_ARGUMENT;
-        else if ((err = clRetainCommandQueue(queue)) != CL_SUCCESS)
+        } else if ((err = clRetainCommandQueue(queue)) != CL_SUCCESS) {
+            say(why, whylen, "clRetainCommandQueue: %s (%d)", cl_name(err), (int)err);
             s = clopt_fail_cl(NULL, err, "clRetainCommandQueue");
-        else
+        } else {
             ctx->queue = queue;
-    } else {
+        }
+    } else if (s == CLOPT_SUCCESS) {
         ctx->queue = clCreateCommandQueue(context, device, CL_QUEUE_PROFILING_ENABLE, &err);
-        if (!ctx->queue)
+        if (!ctx->queue) {
+            say(why, whylen, "clCreateCommandQueue: %s (%d)", cl_name(err), (int)err);
             s = clopt_fail_cl(NULL, err, "clCreateCommandQueue");
+        }
     }
-    if (s == CLOPT_SUCCESS)
-        s = ctx_init(ctx);
+    if (s == CLOPT_SUCCESS && (s = ctx_init(ctx)) != CLOPT_SUCCESS)
+        say(why, whylen, "%s", clopt_status_str(s));
     if (s != CLOPT_SUCCESS) {
         clopt_ctx_destroy(ctx);
         return s;
     }
     *out = ctx;
     return CLOPT_SUCCESS;
+}
+
+/* label: how the selector is named in the reason ("CLOPT_DEVICE", "selector"). */
+static clopt_status create_selected(const char *selector, const char *label, clopt_ctx **out,
+                                    char *why, size_t whylen)
+{
+    if (why && whylen)
+        why[0] = '\0';
+    if (!out) {
+        say(why, whylen, "out is NULL");
+        return CLOPT_ERR_NULL_ARGUMENT;
+    }
+    *out = NULL;
+    cl_device_id dev = NULL;
+    clopt_status s = pick_device(selector, label, &dev, why, whylen);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    cl_int err = CL_SUCCESS;
+    cl_context context = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
+    if (!context) {
+        char name[256] = "";
+        clGetDeviceInfo(dev, CL_DEVICE_NAME, sizeof name - 1, name, NULL);
+        say(why, whylen, "clCreateContext on %s: %s (%d)", name, cl_name(err), (int)err);
+        return clopt_fail_cl(NULL, err, "clCreateContext");
+    }
+    s = create_from(context, dev, NULL, out, why, whylen);
+    clReleaseContext(context); /* the clopt_ctx holds its own reference */
+    return s;
+}
+
+clopt_status clopt_ctx_create(clopt_ctx **out)
+{
+    return create_selected(getenv("CLOPT_DEVICE"), "CLOPT_DEVICE", out, NULL, 0);
+}
+
+clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out)
+{
+    return create_selected(selector, "selector", out, NULL, 0);
+}
+
+clopt_status clopt_ctx_create_device_ex(const char *selector, clopt_ctx **out, char *why,
+                                        size_t why_len)
+{
+    if (selector)
+        return create_selected(selector, "selector", out, why, why_len);
+    return create_selected(getenv("CLOPT_DEVICE"), "CLOPT_DEVICE", out, why, why_len);
+}
+
+clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
+                                   cl_command_queue queue, clopt_ctx **out)
+{
+    return create_from(context, device, queue, out, NULL, 0);
 }
 
 void clopt_ctx_destroy(clopt_ctx *ctx)
@@ -202,6 +395,8 @@ void clopt_ctx_destroy(clopt_ctx *ctx)
     clopt_programs_release(ctx);
     if (ctx->queue)
         clReleaseCommandQueue(ctx->queue);
+    if (ctx->device)
+        clReleaseDevice(ctx->device);
     if (ctx->context)
         clReleaseContext(ctx->context);
     free(ctx->build_log);

@@ -91,9 +91,14 @@ typedef enum clopt_status {
     CLOPT_ERR_OPENCL_BASE = -10000
 } clopt_status;
 
-/* Readable text for any status, including OpenCL pass-through codes. Never NULL. */
+/* Readable text for any status, including OpenCL pass-through codes ("OpenCL error
+   CL_INVALID_DEVICE_QUEUE (-70)"). Never NULL; static storage; never blocks. OpenCL codes
+   are named up to OpenCL 3.0 and for the KHR/EXT/vendor codes of the Khronos headers
+   (CL_PLATFORM_NOT_FOUND_KHR, CL_INVALID_COMMAND_BUFFER_KHR, ...), whatever OpenCL headers
+   the library or the caller was built with. */
 const char *clopt_status_str(clopt_status s);
-/* The enum name ("CLOPT_ERR_OUT_OF_BOUNDS", "CL_OUT_OF_RESOURCES", ...). Never NULL. */
+/* The enum name ("CLOPT_ERR_OUT_OF_BOUNDS", "CL_OUT_OF_RESOURCES", ...; "CL_UNKNOWN_ERROR"
+   for an OpenCL code without a known name). Never NULL; static storage. */
 const char *clopt_status_name(clopt_status s);
 /* Non-zero when s carries an OpenCL error code; clopt_status_cl_error() returns it. */
 int clopt_status_is_opencl(clopt_status s);
@@ -103,34 +108,78 @@ cl_int clopt_status_cl_error(clopt_status s);
 /* Context                                                                               */
 /* ------------------------------------------------------------------------------------ */
 
+/* A clopt_ctx holds one OpenCL device, a cl_context, a command queue, the compiled programs
+   and the tuning. Ownership and lifetime:
+    - The context retains its cl_context, device and queue and releases them in
+      clopt_ctx_destroy; the caller keeps (and releases) its own references.
+    - Buffers given to any call stay the caller's; the context never releases them.
+    - Every clopt_optimizer created on a context must be destroyed BEFORE the context.
+    - On any failure a create function sets *out to NULL and leaks nothing.
+   Creating a context lists the platforms and devices and creates OpenCL objects: it blocks
+   for as long as the driver takes (no kernel is compiled yet; programs are built lazily). */
 typedef struct clopt_ctx clopt_ctx;
 
-/* A context on the default device: the environment variable CLOPT_DEVICE picks one
-   (a decimal index into the list of all devices of all platforms, or a case-insensitive
-   substring of the device or platform name); without it, the first GPU; else the first
-   CPU device (PoCL in CI); else the first device of any type. The context creates its own
-   cl_context and an in-order profiling-enabled queue. */
+/* A context on the device the environment variable CLOPT_DEVICE selects, or by the
+   default rules when it is unset or empty: the first GPU, else the first CPU device (PoCL
+   in CI), else the first device of any type. Creates its own cl_context and an in-order
+   queue with profiling enabled. Same as clopt_ctx_create_device_ex(NULL, out, NULL, 0).
+   Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (out NULL), CLOPT_ERR_NO_DEVICE,
+   CLOPT_ERR_INVALID_ARGUMENT (selector too long), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
+   pass-through code (clCreateContext, clCreateCommandQueue). The reason text of a failure
+   is only available through clopt_ctx_create_device_ex. */
 clopt_status clopt_ctx_create(clopt_ctx **out);
 
-/* The same, with an explicit selector string (as CLOPT_DEVICE; NULL = default rules). */
+/* The same with an explicit selector, ignoring CLOPT_DEVICE; NULL or "" = the default
+   rules. A selector (surrounding blanks ignored) is, in this order of precedence:
+    - a decimal index into the list of all devices of all platforms ("0", "1");
+    - "cpu", "gpu" or "accelerator" (any case): the first device of that OpenCL type;
+    - otherwise a case-insensitive substring of the device name, device vendor, platform
+      name, platform vendor or platform version ("pocl" finds PoCL through its vendor "The
+      pocl project"; "nvidia", "intel", "skylake", ...): the first device that matches.
+   Statuses as clopt_ctx_create. */
 clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out);
 
-/* A context on the caller's cl_context, device and queue (retained, released on destroy).
-   queue may be NULL: the library then creates an in-order queue of its own. */
+/* clopt_ctx_create_device with the reason of a failure: on any status but CLOPT_SUCCESS,
+   why (if not NULL and why_len > 0) receives a NUL-terminated text, truncated to why_len,
+   e.g. 'CLOPT_DEVICE="gpu": no GPU device among 1 device(s): 0: pthread-skylake-...
+   [cpu] (Portable Computing Language)'; on success why is "". selector NULL reads
+   CLOPT_DEVICE as clopt_ctx_create does (so an engine gets the user's override and the
+   reason with one call); "" means the default rules. The text lives in the caller's buffer
+   because no context exists to hold it (and the library has no global state): 256 bytes
+   hold the reason, 1024 also the device list of a typical machine. Statuses as
+   clopt_ctx_create. */
+clopt_status clopt_ctx_create_device_ex(const char *selector, clopt_ctx **out, char *why,
+                                        size_t why_len);
+
+/* A context on the caller's cl_context, device and queue; all three are retained (so the
+   caller may release its references at once) and released on destroy. queue may be NULL:
+   the library then creates an in-order profiling queue of its own. A given queue must
+   belong to context and device; clopt enqueues on it (or on the queue passed to an op) and
+   never finishes it except in clopt_ctx_destroy. Returns CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (a queue of another context or
+   device, or not a queue), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. Does not block. */
 clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
                                    cl_command_queue queue, clopt_ctx **out);
 
+/* Blocks until the context's queue has finished (clFinish), then releases the programs,
+   kernels, queue, device and cl_context the context holds (the OpenCL objects live on
+   while the caller holds references). NULL is allowed. Destroy every optimizer of the
+   context first; cl_kernel handles from clopt_ctx_kernel are invalid afterwards. */
 void clopt_ctx_destroy(clopt_ctx *ctx);
 
+/* The context's OpenCL objects, NULL for a NULL ctx. Borrowed: valid until destroy; retain
+   them to keep them longer. Never block. */
 cl_context clopt_ctx_cl_context(const clopt_ctx *ctx);
 cl_device_id clopt_ctx_cl_device(const clopt_ctx *ctx);
 cl_command_queue clopt_ctx_cl_queue(const clopt_ctx *ctx);
-/* Device name as reported by OpenCL. */
+/* Device name as reported by OpenCL ("" for NULL); owned by the context. */
 const char *clopt_ctx_device_name(const clopt_ctx *ctx);
 
-/* Detail of the most recent failure of a call on this context ("" if none). */
+/* Detail of the most recent failure of a call on this context ("" if none); owned by the
+   context, overwritten by the next call that fails on it. */
 const char *clopt_ctx_last_error(const clopt_ctx *ctx);
-/* Build log of the most recent kernel compilation that failed ("" if none). */
+/* Build log of the most recent kernel compilation that failed ("" if none); owned by the
+   context. */
 const char *clopt_ctx_build_log(const clopt_ctx *ctx);
 
 /* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per vector), work-group
@@ -145,17 +194,25 @@ typedef struct clopt_tuning {
     size_t work_group_size;
     unsigned items_per_work_item;
 } clopt_tuning;
+/* clopt_tuning may grow: initialise one with clopt_ctx_get_tuning, then change fields.
+   get: CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT. set: also CLOPT_ERR_INVALID_ARGUMENT (a
+   value out of range, detail in clopt_ctx_last_error). Neither blocks. */
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out);
 clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning);
 /* clopt_ctx_get_rule_tuning is declared after clopt_hparams, below. */
 
 /* Number of programs compiled (or loaded from the on-disk cache) so far in this context,
-   and how many of those came from the on-disk binary cache (CLOPT_CACHE_DIR). */
+   and how many of those came from the on-disk binary cache (CLOPT_CACHE_DIR). Either
+   pointer may be NULL; never blocks. */
 void clopt_ctx_program_stats(const clopt_ctx *ctx, size_t *compiled, size_t *from_disk);
 
 /* Compile (or fetch) a kernel of the embedded library sources. For tools that run their
    own kernels next to clopt's (the benchmark); family is the file name without ".cl".
-   The returned kernel is owned by the context: do not release it. */
+   The returned kernel is owned by the context: do not release it (it lives until
+   clopt_ctx_destroy). Blocks while the program compiles (first use of family and options
+   on this device). Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INVALID_ARGUMENT (unknown family), CLOPT_ERR_BUILD_FAILED (log in
+   clopt_ctx_build_log), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *options,
                               const char *kernel_name, cl_kernel *out);
 

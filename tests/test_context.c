@@ -310,6 +310,244 @@ static void test_rule_names(void **state)
     assert_int_equal(clopt_rule_bytes_per_param(CLOPT_SGD, &hp), 20);
 }
 
+/* The OpenCL type of a context's device. */
+static cl_device_type ctx_type(const clopt_ctx *ctx)
+{
+    cl_device_type t = 0;
+    assert_int_equal(clGetDeviceInfo(clopt_ctx_cl_device(ctx), CL_DEVICE_TYPE, sizeof t, &t, NULL),
+                     CL_SUCCESS);
+    return t;
+}
+
+/* Whether any device of the machine has type t. */
+static int have_type(cl_device_type t)
+{
+    cl_platform_id plat[16];
+    cl_uint np = 0;
+    if (clGetPlatformIDs(16, plat, &np) != CL_SUCCESS)
+        return 0;
+    for (cl_uint p = 0; p < np && p < 16; p++) {
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plat[p], t, 0, NULL, &nd) == CL_SUCCESS && nd > 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* "cpu", "gpu", "accelerator" in any case pick the first device of that type, or fail with
+   a reason naming the type and listing the devices. */
+static void test_select_by_type(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *selector, *upper;
+        cl_device_type type;
+    } cases[] = {{"cpu", "CPU", CL_DEVICE_TYPE_CPU},
+                 {" Cpu ", "CPU", CL_DEVICE_TYPE_CPU},
+                 {"GPU", "GPU", CL_DEVICE_TYPE_GPU},
+                 {"accelerator", "accelerator", CL_DEVICE_TYPE_ACCELERATOR},
+                 {"ACCELERATOR", "accelerator", CL_DEVICE_TYPE_ACCELERATOR}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        clopt_ctx *ctx = (clopt_ctx *)&ctx;
+        char why[1024] = "stale";
+        clopt_status s = clopt_ctx_create_device_ex(cases[i].selector, &ctx, why, sizeof why);
+        if (have_type(cases[i].type)) {
+            assert_int_equal(s, CLOPT_SUCCESS);
+            assert_true(ctx_type(ctx) & cases[i].type);
+            assert_string_equal(why, "");
+            clopt_ctx_destroy(ctx);
+            assert_int_equal(clopt_ctx_create_device(cases[i].selector, &ctx), CLOPT_SUCCESS);
+            assert_true(ctx_type(ctx) & cases[i].type);
+            clopt_ctx_destroy(ctx);
+        } else {
+            assert_int_equal(s, CLOPT_ERR_NO_DEVICE);
+            assert_null(ctx);
+            char expect[64];
+            snprintf(expect, sizeof expect, "no %s device among ", cases[i].upper);
+            assert_non_null(strstr(why, expect));
+            assert_non_null(strstr(why, "selector=\""));
+            assert_non_null(strstr(why, " 0: ")); /* the device list */
+        }
+    }
+    /* PoCL's CPU device is called "pthread-<cpu>" (PoCL 3) or "cpu-<cpu>" (older): "cpu"
+       must find it by type whatever the name is */
+    if (have_type(CL_DEVICE_TYPE_CPU)) {
+        clopt_ctx *ctx = NULL;
+        assert_int_equal(clopt_ctx_create_device("cPu", &ctx), CLOPT_SUCCESS);
+        assert_true(ctx_type(ctx) & CL_DEVICE_TYPE_CPU);
+        clopt_ctx_destroy(ctx);
+    }
+}
+
+static int contains_lower(const char *hay, const char *needle)
+{
+    char buf[512];
+    size_t i = 0;
+    for (; hay[i] && i + 1 < sizeof buf; i++)
+        buf[i] = (char)((hay[i] >= 'A' && hay[i] <= 'Z') ? hay[i] + 32 : hay[i]);
+    buf[i] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* "pocl" finds PoCL through its platform vendor ("The pocl project") or version ("PoCL
+   3.1"), though neither the device name nor the platform name contains it. */
+static void test_select_pocl(void **state)
+{
+    (void)state;
+    cl_platform_id plat[16];
+    cl_uint np = 0;
+    assert_int_equal(clGetPlatformIDs(16, plat, &np), CL_SUCCESS);
+    int pocl = 0;
+    for (cl_uint p = 0; p < np && p < 16; p++) {
+        char vendor[256] = "", version[256] = "";
+        clGetPlatformInfo(plat[p], CL_PLATFORM_VENDOR, sizeof vendor - 1, vendor, NULL);
+        clGetPlatformInfo(plat[p], CL_PLATFORM_VERSION, sizeof version - 1, version, NULL);
+        cl_uint nd = 0;
+        if ((contains_lower(vendor, "pocl") || contains_lower(version, "pocl")) &&
+            clGetDeviceIDs(plat[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) == CL_SUCCESS && nd > 0)
+            pocl = 1;
+    }
+    clopt_ctx *ctx = (clopt_ctx *)&ctx;
+    char why[512];
+    clopt_status s = clopt_ctx_create_device_ex("POCL", &ctx, why, sizeof why);
+    if (!pocl) {
+        assert_int_equal(s, CLOPT_ERR_NO_DEVICE);
+        assert_null(ctx);
+        skip();
+    }
+    assert_int_equal(s, CLOPT_SUCCESS);
+    cl_platform_id p = NULL;
+    assert_int_equal(clGetDeviceInfo(clopt_ctx_cl_device(ctx), CL_DEVICE_PLATFORM, sizeof p, &p,
+                                     NULL),
+                     CL_SUCCESS);
+    char vendor[256] = "", version[256] = "";
+    clGetPlatformInfo(p, CL_PLATFORM_VENDOR, sizeof vendor - 1, vendor, NULL);
+    clGetPlatformInfo(p, CL_PLATFORM_VERSION, sizeof version - 1, version, NULL);
+    assert_true(contains_lower(vendor, "pocl") || contains_lower(version, "pocl"));
+    clopt_ctx_destroy(ctx);
+}
+
+/* A failed creation keeps its reason: in the caller's buffer, truncated to its size, naming
+   where the selector came from and listing the devices. */
+static void test_create_failure_reason(void **state)
+{
+    (void)state;
+    clopt_ctx *ctx = (clopt_ctx *)&ctx;
+    char why[1024];
+    assert_int_equal(clopt_ctx_create_device_ex("no such device anywhere", &ctx, why, sizeof why),
+                     CLOPT_ERR_NO_DEVICE);
+    assert_null(ctx);
+    assert_non_null(strstr(why, "selector=\"no such device anywhere\": "));
+    assert_non_null(strstr(why, " device(s): 0: "));
+    assert_non_null(strstr(why, "(")); /* the platform name of each device */
+
+    ctx = (clopt_ctx *)&ctx;
+    assert_int_equal(clopt_ctx_create_device_ex("999", &ctx, why, sizeof why), CLOPT_ERR_NO_DEVICE);
+    assert_null(ctx);
+    assert_non_null(strstr(why, "device index 999 out of range"));
+
+    /* truncated, still terminated; NULL or empty buffers are allowed */
+    char small[12];
+    memset(small, 'x', sizeof small);
+    assert_int_equal(clopt_ctx_create_device_ex("no such device", &ctx, small, sizeof small),
+                     CLOPT_ERR_NO_DEVICE);
+    assert_int_equal(strlen(small), sizeof small - 1);
+    assert_int_equal(clopt_ctx_create_device_ex("no such device", &ctx, NULL, 100),
+                     CLOPT_ERR_NO_DEVICE);
+    assert_int_equal(clopt_ctx_create_device_ex("no such device", &ctx, small, 0),
+                     CLOPT_ERR_NO_DEVICE);
+    assert_int_equal(clopt_ctx_create_device_ex("0", NULL, why, sizeof why),
+                     CLOPT_ERR_NULL_ARGUMENT);
+    assert_true(strlen(why) > 0);
+
+    /* NULL reads CLOPT_DEVICE, and the reason says so; "" is the default rules */
+    const char *saved = getenv("CLOPT_DEVICE");
+    char *copy = saved ? strdup(saved) : NULL;
+    assert_int_equal(setenv("CLOPT_DEVICE", "no such device either", 1), 0);
+    ctx = (clopt_ctx *)&ctx;
+    assert_int_equal(clopt_ctx_create_device_ex(NULL, &ctx, why, sizeof why), CLOPT_ERR_NO_DEVICE);
+    assert_null(ctx);
+    assert_non_null(strstr(why, "CLOPT_DEVICE=\"no such device either\": "));
+    assert_int_equal(clopt_ctx_create(&ctx), CLOPT_ERR_NO_DEVICE);
+    assert_int_equal(clopt_ctx_create_device_ex("", &ctx, why, sizeof why), CLOPT_SUCCESS);
+    assert_string_equal(why, "");
+    clopt_ctx_destroy(ctx);
+    if (copy)
+        assert_int_equal(setenv("CLOPT_DEVICE", copy, 1), 0);
+    else
+        assert_int_equal(unsetenv("CLOPT_DEVICE"), 0);
+    free(copy);
+    assert_int_equal(clopt_ctx_create_device_ex(NULL, &ctx, why, sizeof why), CLOPT_SUCCESS);
+    clopt_ctx_destroy(ctx);
+}
+
+/* OpenCL pass-through codes have their names up to OpenCL 3.0 and for the common KHR/vendor
+   extensions, with values spelled out (the library is built against the 1.2 API). */
+static void test_status_names(void **state)
+{
+    (void)state;
+    static const struct {
+        int cl;
+        const char *name;
+    } codes[] = {{-1, "CL_DEVICE_NOT_FOUND"},
+                 {-5, "CL_OUT_OF_RESOURCES"},
+                 {-11, "CL_BUILD_PROGRAM_FAILURE"},
+                 {-14, "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST"},
+                 {-15, "CL_COMPILE_PROGRAM_FAILURE"},
+                 {-16, "CL_LINKER_NOT_AVAILABLE"},
+                 {-17, "CL_LINK_PROGRAM_FAILURE"},
+                 {-18, "CL_DEVICE_PARTITION_FAILED"},
+                 {-19, "CL_KERNEL_ARG_INFO_NOT_AVAILABLE"},
+                 {-30, "CL_INVALID_VALUE"},
+                 {-68, "CL_INVALID_DEVICE_PARTITION_COUNT"},
+                 {-69, "CL_INVALID_PIPE_SIZE"},
+                 {-70, "CL_INVALID_DEVICE_QUEUE"},
+                 {-71, "CL_INVALID_SPEC_ID"},
+                 {-72, "CL_MAX_SIZE_RESTRICTION_EXCEEDED"},
+                 {-1000, "CL_INVALID_GL_SHAREGROUP_REFERENCE_KHR"},
+                 {-1001, "CL_PLATFORM_NOT_FOUND_KHR"},
+                 {-1057, "CL_DEVICE_PARTITION_FAILED_EXT"},
+                 {-1093, "CL_INVALID_EGL_OBJECT_KHR"},
+                 {-1121, "CL_CONTEXT_TERMINATED_KHR"},
+                 {-1138, "CL_INVALID_COMMAND_BUFFER_KHR"},
+                 {-1142, "CL_INVALID_SEMAPHORE_KHR"}};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        clopt_status s = (clopt_status)((int)CLOPT_ERR_OPENCL_BASE + codes[i].cl);
+        assert_true(clopt_status_is_opencl(s));
+        assert_int_equal(clopt_status_cl_error(s), codes[i].cl);
+        assert_string_equal(clopt_status_name(s), codes[i].name);
+        char text[128];
+        snprintf(text, sizeof text, "OpenCL error %s (%d)", codes[i].name, codes[i].cl);
+        assert_string_equal(clopt_status_str(s), text);
+    }
+    /* the 1.2 header's values agree with the table */
+    assert_string_equal(clopt_status_name((clopt_status)((int)CLOPT_ERR_OPENCL_BASE +
+                                                         CL_INVALID_KERNEL_ARGS)),
+                        "CL_INVALID_KERNEL_ARGS");
+    /* a code without a name */
+    clopt_status unknown = (clopt_status)((int)CLOPT_ERR_OPENCL_BASE - 9000);
+    assert_true(clopt_status_is_opencl(unknown));
+    assert_string_equal(clopt_status_name(unknown), "CL_UNKNOWN_ERROR");
+    assert_non_null(strstr(clopt_status_str(unknown), "OpenCL"));
+    /* clopt's own codes and codes outside every range */
+    assert_string_equal(clopt_status_name(CLOPT_ERR_NO_DEVICE), "CLOPT_ERR_NO_DEVICE");
+    assert_false(clopt_status_is_opencl(CLOPT_ERR_NO_DEVICE));
+    assert_string_equal(clopt_status_name((clopt_status)-55), "CLOPT_UNKNOWN_STATUS");
+    assert_string_equal(clopt_status_str((clopt_status)-55), "unknown status code");
+    assert_int_equal(clopt_status_cl_error(CLOPT_SUCCESS), CL_SUCCESS);
+}
+
+/* clopt_version() is the header's version for a library built from this tree. */
+static void test_version(void **state)
+{
+    (void)state;
+    char expect[32];
+    snprintf(expect, sizeof expect, "%d.%d.%d", CLOPT_VERSION_MAJOR, CLOPT_VERSION_MINOR,
+             CLOPT_VERSION_PATCH);
+    assert_string_equal(clopt_version(), expect);
+    assert_int_equal(clopt_version_number(), CLOPT_VERSION_NUMBER);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +558,11 @@ int main(void)
         cmocka_unit_test(test_disk_cache),
         cmocka_unit_test(test_tuning),
         cmocka_unit_test(test_rule_names),
+        cmocka_unit_test(test_select_by_type),
+        cmocka_unit_test(test_select_pocl),
+        cmocka_unit_test(test_create_failure_reason),
+        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_version),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
