@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The test command of the README (and of .ci/run): installs the Debian packages, builds with
 # warnings as errors, runs the cmocka suite through CTest, replays every golden case with
-# clopt-conform, installs the library and builds a consumer against the installed copy, then
-# builds and runs the suite again with -fsanitize=address,undefined.
+# clopt-conform, installs the library and builds consumers against the installed copy, builds
+# clopt inside a parent project (add_subdirectory) and without its optional dependencies,
+# then builds and runs the suite again with -fsanitize=address,undefined.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
 
 jobs=$(nproc)
 export CLOPT_DEVICE=${CLOPT_DEVICE:-}
+
+# License identifiers: enabled once the tree is stamped (bash ci/spdx.sh --fix).
+# echo "== SPDX-License-Identifier in every source file"
+# bash ci/spdx.sh --check
 
 echo "== build (Release, -Werror)"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Release -DCLOPT_WERROR=ON -DCMAKE_INSTALL_PREFIX="$PWD/build/ci-install"
@@ -20,15 +25,24 @@ ctest --test-dir build/ci --output-on-failure -j1
 echo "== conformance: every golden case of tests/data/golden"
 build/ci/host/conform/clopt-conform tests/data/golden
 
-echo "== install and build a consumer against the installed copy"
+echo "== install and build consumers against the installed copy"
+rm -rf build/ci-install
 cmake --install build/ci >/dev/null
-cmake -S ci/consumer -B build/ci-consumer -DCMAKE_PREFIX_PATH="$PWD/build/ci-install"
-cmake --build build/ci-consumer
-LD_LIBRARY_PATH="$PWD/build/ci-install/lib" build/ci-consumer/consumer_cmake
-PKG_CONFIG_PATH="$PWD/build/ci-install/lib/pkgconfig" \
-  sh -c 'cc -std=c11 -Wall -Wextra -Wpedantic -Werror ci/consumer/main.c -o build/ci-consumer/consumer_pc $(pkg-config --cflags --libs clopt) -lm'
-LD_LIBRARY_PATH="$PWD/build/ci-install/lib" build/ci-consumer/consumer_pc
+# find_package and pkg-config consumers; clopt.h under CL_TARGET_OPENCL_VERSION 120, 200,
+# 300 and unset with <CL/cl.h> first (-Werror); the installed tools' --version
+bash ci/check-consumer.sh build/ci-install build/ci-consumer
 "$PWD/build/ci-install/bin/clopt-conform" tests/data/golden/adamw >/dev/null
+
+echo "== clopt vendored by a parent project (add_subdirectory)"
+# the parent's static library stays static, CMAKE_BUILD_TYPE is not forced, no tests, bench
+# or examples are created, nothing is installed; the parent links and runs against clopt
+JOBS=$jobs bash ci/check-parent.sh build/ci-parent
+
+echo "== library only: no cJSON, cmocka or CLBlast needed"
+# the optional dependencies hidden from CMake: everything that needs them is skipped
+cmake -S . -B build/ci-minimal -DCLOPT_WERROR=ON -DCMAKE_DISABLE_FIND_PACKAGE_cJSON=ON \
+      -DCMAKE_DISABLE_FIND_PACKAGE_cmocka=ON -DCMAKE_DISABLE_FIND_PACKAGE_CLBlast=ON >/dev/null
+cmake --build build/ci-minimal -j"$jobs" >/dev/null
 
 echo "== sanitizers (address, undefined) on the host code"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DCLOPT_WERROR=ON -DCLOPT_SANITIZE=ON -DCLOPT_BUILD_BENCH=OFF
