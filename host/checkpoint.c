@@ -1,13 +1,20 @@
-/* Checkpoints: the complete optimizer state in a versioned little-endian file with a
- * CRC-32C (Castagnoli) trailer. The format is documented in docs/checkpoint-format.md.
+/* Checkpoints: the complete optimizer state as versioned little-endian bytes with a CRC-32C
+ * (Castagnoli) trailer, in a file or in the caller's memory. The format is documented in
+ * docs/checkpoint-format.md.
  *
  *   "CLOPTCKP" | u32 version | u32 section count | sections | u32 CRC-32C of all before it
  *   section:   u32 tag | u32 0 | u64 payload length | payload
  *   tags:      1 OPTM (once), 2 GRUP (per group, in order), 3 TENS (per tensor, in order)
  *
- * Saving builds the file in memory, writes it to "<path>.<pid>.tmp" and renames it over the
- * path. Loading reads and checks everything (CRC first, then every field and shape against
- * the optimizer) before it changes anything. */
+ * One builder writes version 2 for both the file (clopt_optimizer_save) and the bytes
+ * (clopt_optimizer_save_to); it runs twice, once only counting (clopt_optimizer_state_size,
+ * no device access) and once writing. One parser reads versions 1 and 2 for both
+ * clopt_optimizer_load and clopt_optimizer_load_from: it reads and checks everything (CRC
+ * first, then every field, value and shape against the optimizer) before it changes
+ * anything. Saving to a file writes "<path>.<pid>.tmp" and renames it over the path.
+ *
+ * Also here: the enumeration of state tensors for engines with their own container, and
+ * clopt_optimizer_write_state (the inverse of clopt_optimizer_read_state). */
 #define _POSIX_C_SOURCE 200809L
 #include "optimizer_internal.h"
 
@@ -18,8 +25,12 @@
 #include <unistd.h>
 
 #define CKP_MAGIC "CLOPTCKP"
-#define CKP_VERSION 1u
+#define CKP_VERSION 2u
 enum { TAG_OPTM = 1, TAG_GRUP = 2, TAG_TENS = 3 };
+/* OPTM flags (version 2) */
+enum { OPTM_STATE_TENSORS = 1u, OPTM_KNOWN = OPTM_STATE_TENSORS };
+/* TENS flags (version 2) */
+enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY };
 
 /* The hyperparameters, field by field, in file order. */
 #define CKP_DOUBLES(X)                                                                       \
@@ -47,32 +58,112 @@ uint32_t clopt_crc32c(const void *data, size_t n)
     return crc ^ 0xFFFFFFFFu;
 }
 
+/* float32 values are stored as little-endian bit patterns: on a little-endian host they are
+   copied between the device and the bytes as they are, otherwise swapped in place. */
+static int host_little_endian(void)
+{
+    const uint32_t one = 1;
+    unsigned char b;
+    memcpy(&b, &one, 1);
+    return b == 1;
+}
+
+static void swap_floats(unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 4) {
+        unsigned char t = p[0];
+        p[0] = p[3], p[3] = t;
+        t = p[1], p[1] = p[2], p[2] = t;
+    }
+}
+
+/* Lookahead's slow weights are θ until the tensor's first step copies them (as
+   clopt_optimizer_read_state); every other state is its own tensor. */
+static clopt_tensor state_source(const clopt_param *e, size_t k)
+{
+    return k >= e->nkernel && !e->slow_ready ? e->param : e->state[k];
+}
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+void clopt_save_options_init(clopt_save_options *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->state_tensors = 1;
+    o->arena_params = 1;
+}
+
+typedef struct ckp_options {
+    int state_tensors, arena_params;
+} ckp_options;
+
+/* A field the caller's struct_size covers. */
+#define KNOWS(o, field)                                                                      \
+    ((o)->struct_size >= offsetof(clopt_save_options, field) + sizeof((o)->field))
+
+static clopt_status take_options(clopt_ctx *ctx, const clopt_save_options *o, ckp_options *out)
+{
+    out->state_tensors = 1;
+    out->arena_params = 1;
+    if (!o)
+        return CLOPT_SUCCESS;
+    if (o->struct_size < sizeof o->struct_size)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "save options: struct_size %zu (use clopt_save_options_init)",
+                          o->struct_size);
+    /* A newer caller's fields this library does not know must be left at 0. */
+    if (o->struct_size > sizeof *o) {
+        const unsigned char *extra = (const unsigned char *)o + sizeof *o;
+        for (size_t i = 0; i < o->struct_size - sizeof *o; i++)
+            if (extra[i])
+                return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                                  "save options: a field past byte %zu is set; this library "
+                                  "knows %zu bytes",
+                                  sizeof *o + i, sizeof *o);
+    }
+    if (KNOWS(o, state_tensors))
+        out->state_tensors = o->state_tensors;
+    if (KNOWS(o, arena_params))
+        out->arena_params = o->arena_params;
+    if ((out->state_tensors != 0 && out->state_tensors != 1) ||
+        (out->arena_params != 0 && out->arena_params != 1))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "save options: state_tensors and arena_params must be 0 or 1");
+    return CLOPT_SUCCESS;
+}
+
 /* ---- writing ---------------------------------------------------------------------------- */
 
+/* data NULL: only count. Otherwise write into data[0 .. cap). */
 typedef struct wbuf {
     unsigned char *data;
     size_t len, cap;
-    int failed;
+    int overflow;
 } wbuf;
+
+static unsigned char *w_reserve(wbuf *w, size_t n)
+{
+    if (!w->data) {
+        w->len += n;
+        return NULL;
+    }
+    if (w->overflow || n > w->cap - w->len) {
+        w->overflow = 1;
+        return NULL;
+    }
+    unsigned char *p = w->data + w->len;
+    w->len += n;
+    return p;
+}
 
 static void w_bytes(wbuf *w, const void *p, size_t n)
 {
-    if (w->failed)
-        return;
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 4096;
-        while (cap < w->len + n)
-            cap *= 2;
-        unsigned char *d = realloc(w->data, cap);
-        if (!d) {
-            w->failed = 1;
-            return;
-        }
-        w->data = d;
-        w->cap = cap;
-    }
-    memcpy(w->data + w->len, p, n);
-    w->len += n;
+    unsigned char *d = w_reserve(w, n);
+    if (d)
+        memcpy(d, p, n);
 }
 
 static void w_u32(wbuf *w, uint32_t v)
@@ -95,6 +186,21 @@ static void w_f64(wbuf *w, double d)
     w_u64(w, v);
 }
 
+/* n floats of a device tensor, read straight into the bytes (blocking). */
+static clopt_status w_device(wbuf *w, clopt_ctx *ctx, clopt_tensor t, size_t n)
+{
+    unsigned char *d = w_reserve(w, n * 4);
+    if (!d)
+        return CLOPT_SUCCESS; /* counting, or an overflow the caller reports */
+    cl_int err = clEnqueueReadBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * sizeof(float),
+                                     n * sizeof(float), d, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, err, "reading the optimizer state");
+    if (!host_little_endian())
+        swap_floats(d, n);
+    return CLOPT_SUCCESS;
+}
+
 /* Starts a section; returns where its length goes (patched by end_section). */
 static size_t begin_section(wbuf *w, uint32_t tag)
 {
@@ -107,7 +213,7 @@ static size_t begin_section(wbuf *w, uint32_t tag)
 
 static void end_section(wbuf *w, size_t at)
 {
-    if (w->failed)
+    if (!w->data || w->overflow)
         return;
     uint64_t len = w->len - at - 8;
     for (int i = 0; i < 8; i++)
@@ -140,6 +246,144 @@ static void w_schedule(wbuf *w, const clopt_schedule *s)
     }
 }
 
+/* The parameters of tensor e go into the bytes: arena tensors, when asked. */
+static int saves_params(const clopt_optimizer *opt, const clopt_param *e, const ckp_options *o)
+{
+    return o->arena_params && opt->groups[e->group].arena;
+}
+
+/* Writes the version-2 checkpoint (w->data NULL: counts its bytes without device access).
+   The caller settled the optimizer before a writing run. */
+static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf *w)
+{
+    clopt_ctx *ctx = opt->ctx;
+    w_bytes(w, CKP_MAGIC, 8);
+    w_u32(w, CKP_VERSION);
+    w_u32(w, (uint32_t)(1 + opt->ngroups + opt->nparams));
+    size_t at = begin_section(w, TAG_OPTM);
+    w_u32(w, (uint32_t)opt->rule);
+    w_u32(w, (uint32_t)opt->ngroups);
+    w_u64(w, opt->nparams);
+    w_u64(w, opt->step);
+    w_f64(w, opt->max_grad_norm);
+    w_f64(w, opt->last_grad_norm);
+    w_f64(w, opt->grad_scale);
+    w_u32(w, (uint32_t)opt->found_inf);
+    w_u64(w, opt->rng_seed);
+    w_u64(w, opt->rng_counter);
+    w_u32(w, o->state_tensors ? OPTM_STATE_TENSORS : 0u);
+    end_section(w, at);
+    for (size_t gi = 0; gi < opt->ngroups; gi++) {
+        const clopt_group *g = &opt->groups[gi];
+        at = begin_section(w, TAG_GRUP);
+        w_hparams(w, &g->hp);
+        w_schedule(w, &g->sched);
+        w_u32(w, (uint32_t)g->arena);
+        w_u64(w, g->count);
+        end_section(w, at);
+    }
+    for (size_t i = 0; i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        const int params = saves_params(opt, e, o);
+        at = begin_section(w, TAG_TENS);
+        w_u64(w, e->group);
+        w_u32(w, (uint32_t)e->ndim);
+        for (size_t d = 0; d < e->ndim; d++)
+            w_u64(w, e->shape[d]);
+        w_u32(w, (params ? TENS_PARAMS : 0u) | (e->slow_ready ? TENS_SLOW_READY : 0u));
+        w_u64(w, e->step);
+        w_f64(w, e->mu_product);
+        w_u32(w, (uint32_t)e->nstate);
+        for (size_t k = 0; k < e->nstate; k++) {
+            size_t nl = strlen(e->state_name[k]);
+            w_u32(w, (uint32_t)nl);
+            w_bytes(w, e->state_name[k], nl);
+            w_u64(w, e->state_len[k]);
+            if (o->state_tensors) {
+                clopt_status s = w_device(w, ctx, state_source(e, k), e->state_len[k]);
+                if (s != CLOPT_SUCCESS)
+                    return s;
+            }
+        }
+        if (params) {
+            w_u64(w, e->n);
+            clopt_status s = w_device(w, ctx, e->param, e->n);
+            if (s != CLOPT_SUCCESS)
+                return s;
+        }
+        end_section(w, at);
+    }
+    if (w->data && !w->overflow) {
+        uint32_t crc = clopt_crc32c(w->data, w->len);
+        w_u32(w, crc);
+    } else {
+        w_u32(w, 0);
+    }
+    return CLOPT_SUCCESS;
+}
+
+/* Settles the optimizer and writes the checkpoint into buf, which holds exactly `size`
+   bytes (the counting run's result). */
+static clopt_status build_into(clopt_optimizer *opt, const ckp_options *o, unsigned char *buf,
+                               size_t size)
+{
+    clopt_status s = clopt_opt_settle(opt);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    wbuf w = {buf, 0, size, 0};
+    s = build(opt, o, &w);
+    if (s == CLOPT_SUCCESS && (w.overflow || w.len != size))
+        s = clopt_fail(opt->ctx, CLOPT_ERR_INVALID_SIZE,
+                       "internal: the checkpoint changed size while it was written");
+    return s;
+}
+
+clopt_status clopt_optimizer_state_size(const clopt_optimizer *opt, const clopt_save_options *o,
+                                        size_t *bytes)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!bytes)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "bytes is NULL");
+    ckp_options co;
+    clopt_status s = take_options(ctx, o, &co);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    wbuf w = {NULL, 0, 0, 0};
+    if ((s = build(opt, &co, &w)) != CLOPT_SUCCESS)
+        return s;
+    *bytes = w.len;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_options *o,
+                                     void *buf, size_t cap, size_t *written)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!buf)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "buf is NULL");
+    ckp_options co;
+    clopt_status s = take_options(ctx, o, &co);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    wbuf count = {NULL, 0, 0, 0};
+    if ((s = build(opt, &co, &count)) != CLOPT_SUCCESS)
+        return s;
+    if (cap < count.len)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
+                          "the checkpoint takes %zu bytes, the buffer has %zu", count.len, cap);
+    if ((s = build_into(opt, &co, buf, count.len)) != CLOPT_SUCCESS)
+        return s;
+    if (written)
+        *written = count.len;
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path)
 {
     if (!opt)
@@ -148,103 +392,41 @@ clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path)
     clopt_clear_error(ctx);
     if (!path)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "path is NULL");
-    wbuf w = {0};
-    w_bytes(&w, CKP_MAGIC, 8);
-    w_u32(&w, CKP_VERSION);
-    w_u32(&w, (uint32_t)(1 + opt->ngroups + opt->nparams));
-    size_t at = begin_section(&w, TAG_OPTM);
-    w_u32(&w, (uint32_t)opt->rule);
-    w_u32(&w, (uint32_t)opt->ngroups);
-    w_u64(&w, opt->nparams);
-    w_u64(&w, opt->step);
-    w_f64(&w, opt->max_grad_norm);
-    w_f64(&w, opt->last_grad_norm);
-    w_f64(&w, opt->grad_scale);
-    w_u32(&w, (uint32_t)opt->found_inf);
-    w_u64(&w, opt->rng_seed);
-    w_u64(&w, opt->rng_counter);
-    end_section(&w, at);
-    for (size_t gi = 0; gi < opt->ngroups; gi++) {
-        const clopt_group *g = &opt->groups[gi];
-        at = begin_section(&w, TAG_GRUP);
-        w_hparams(&w, &g->hp);
-        w_schedule(&w, &g->sched);
-        double mu = 1.0; /* version 1 keeps one product per group: its first tensor's */
-        for (size_t i = 0; i < opt->nparams; i++)
-            if (opt->params[i].group == gi) {
-                mu = opt->params[i].mu_product;
-                break;
-            }
-        w_f64(&w, mu);
-        w_u32(&w, (uint32_t)g->arena);
-        w_u64(&w, g->count);
-        end_section(&w, at);
-    }
-    clopt_status s = CLOPT_SUCCESS;
-    float *host = NULL;
-    size_t host_cap = 0;
-    for (size_t i = 0; i < opt->nparams && s == CLOPT_SUCCESS; i++) {
-        const clopt_param *e = &opt->params[i];
-        at = begin_section(&w, TAG_TENS);
-        w_u64(&w, e->group);
-        w_u32(&w, (uint32_t)e->ndim);
-        for (size_t d = 0; d < e->ndim; d++)
-            w_u64(&w, e->shape[d]);
-        w_u32(&w, (uint32_t)e->nstate);
-        for (size_t k = 0; k < e->nstate && s == CLOPT_SUCCESS; k++) {
-            size_t nl = strlen(e->state_name[k]);
-            w_u32(&w, (uint32_t)nl);
-            w_bytes(&w, e->state_name[k], nl);
-            w_u64(&w, e->state_len[k]);
-            if (e->state_len[k] > host_cap) {
-                float *h = realloc(host, e->state_len[k] * sizeof *h);
-                if (!h) {
-                    s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint buffer");
-                    break;
-                }
-                host = h;
-                host_cap = e->state_len[k];
-            }
-            if ((s = clopt_optimizer_read_state(opt, i, k, host, e->state_len[k])) !=
-                CLOPT_SUCCESS)
-                break;
-            for (size_t j = 0; j < e->state_len[k]; j++) {
-                uint32_t v;
-                memcpy(&v, &host[j], sizeof v);
-                w_u32(&w, v);
-            }
-        }
-        end_section(&w, at);
-    }
-    free(host);
-    if (s == CLOPT_SUCCESS && w.failed)
-        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint buffer");
-    if (s == CLOPT_SUCCESS) {
-        w_u32(&w, clopt_crc32c(w.data, w.len));
-        size_t plen = strlen(path) + 32;
-        char *tmp = malloc(plen);
-        FILE *f = NULL;
-        if (!tmp || w.failed) {
-            s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint buffer");
-        } else {
-            snprintf(tmp, plen, "%s.%ld.tmp", path, (long)getpid());
-            f = fopen(tmp, "wb");
-            if (!f)
-                s = clopt_fail(ctx, CLOPT_ERR_IO, "cannot create %s", tmp);
-        }
-        if (f) {
-            int ok = fwrite(w.data, 1, w.len, f) == w.len;
-            ok = fflush(f) == 0 && ok;
-            ok = fsync(fileno(f)) == 0 && ok;
-            ok = fclose(f) == 0 && ok;
-            if (!ok || rename(tmp, path) != 0) {
-                remove(tmp);
-                s = clopt_fail(ctx, CLOPT_ERR_IO, "writing %s failed", path);
-            }
-        }
+    ckp_options co;
+    clopt_status s = take_options(ctx, NULL, &co);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    wbuf count = {NULL, 0, 0, 0};
+    if ((s = build(opt, &co, &count)) != CLOPT_SUCCESS)
+        return s;
+    unsigned char *data = malloc(count.len);
+    size_t plen = strlen(path) + 32;
+    char *tmp = malloc(plen);
+    if (!data || !tmp) {
+        free(data);
         free(tmp);
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint buffer");
     }
-    free(w.data);
+    s = build_into(opt, &co, data, count.len);
+    FILE *f = NULL;
+    if (s == CLOPT_SUCCESS) {
+        snprintf(tmp, plen, "%s.%ld.tmp", path, (long)getpid());
+        f = fopen(tmp, "wb");
+        if (!f)
+            s = clopt_fail(ctx, CLOPT_ERR_IO, "cannot create %s", tmp);
+    }
+    if (f) {
+        int ok = fwrite(data, 1, count.len, f) == count.len;
+        ok = fflush(f) == 0 && ok;
+        ok = fsync(fileno(f)) == 0 && ok;
+        ok = fclose(f) == 0 && ok;
+        if (!ok || rename(tmp, path) != 0) {
+            remove(tmp);
+            s = clopt_fail(ctx, CLOPT_ERR_IO, "writing %s failed", path);
+        }
+    }
+    free(tmp);
+    free(data);
     return s;
 }
 
@@ -286,6 +468,16 @@ static double r_f64(rbuf *r)
     double d;
     memcpy(&d, &v, sizeof d);
     return d;
+}
+
+/* n floats: their place in the bytes (NULL when they run past the section). */
+static const unsigned char *r_floats(rbuf *r, uint64_t n)
+{
+    if (n > (r->len - r->pos) / 4) {
+        r->bad = 1;
+        return NULL;
+    }
+    return r_bytes(r, (size_t)n * 4);
 }
 
 /* Opens the next section, which must carry `tag`; the reader is limited to its payload. */
@@ -339,12 +531,289 @@ static void r_schedule(rbuf *r, clopt_schedule *s)
 typedef struct loaded_group {
     clopt_hparams hp;
     clopt_schedule sched;
-    double mu_product;
+    double mu_product; /* version 1 only */
 } loaded_group;
 
-static clopt_status format_error(clopt_ctx *ctx, const char *path, const char *what)
+typedef struct loaded_tensor {
+    uint64_t step;
+    double mu_product;
+    int slow_ready;
+    const unsigned char *state[CLOPT_OPT_MAX_STATE]; /* NULL: not in the bytes */
+    const unsigned char *params;                     /* NULL: not in the bytes */
+} loaded_tensor;
+
+/* Everything a checkpoint holds, checked, with pointers into the bytes for the tensors. */
+typedef struct loaded {
+    uint32_t version;
+    uint64_t step;
+    double max_grad_norm, last_grad_norm, grad_scale;
+    uint32_t found_inf;
+    uint64_t rng_seed, rng_counter;
+    int state_tensors;
+    loaded_group *groups;
+    loaded_tensor *tensors;
+} loaded;
+
+static clopt_status format_error(clopt_ctx *ctx, const char *src, const char *what)
 {
-    return clopt_fail(ctx, CLOPT_ERR_FORMAT, "%s: %s", path, what);
+    return clopt_fail(ctx, CLOPT_ERR_FORMAT, "%s: %s", src, what);
+}
+
+/* A step count's NAdam product (or the 1 every other rule keeps) is possible. */
+static int mu_possible(uint64_t step, double mu)
+{
+    return isfinite(mu) && mu > 0 && mu <= 1 && (step > 0 || mu == 1);
+}
+
+static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections,
+                               const char *src, loaded *L)
+{
+    clopt_ctx *ctx = opt->ctx;
+    rbuf sec;
+    if (!r_section(r, TAG_OPTM, &sec))
+        return format_error(ctx, src, "missing optimizer section");
+    uint32_t rule = r_u32(&sec), ngroups = r_u32(&sec);
+    uint64_t nparams = r_u64(&sec);
+    L->step = r_u64(&sec);
+    L->max_grad_norm = r_f64(&sec);
+    L->last_grad_norm = r_f64(&sec);
+    L->grad_scale = r_f64(&sec);
+    L->found_inf = r_u32(&sec);
+    L->rng_seed = r_u64(&sec);
+    L->rng_counter = r_u64(&sec);
+    uint32_t flags = L->version >= 2 ? r_u32(&sec) : OPTM_STATE_TENSORS;
+    if (sec.bad || sec.pos != sec.len)
+        return format_error(ctx, src, "malformed optimizer section");
+    if (rule != (uint32_t)opt->rule || ngroups != opt->ngroups || nparams != opt->nparams ||
+        nsections != 1 + (uint64_t)ngroups + nparams) {
+        const char *name = clopt_rule_name((clopt_rule)rule);
+        return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                          "%s holds %s with %u groups and %llu tensors; this optimizer is %s "
+                          "with %zu groups and %zu tensors",
+                          src, name ? name : "an unknown rule", ngroups,
+                          (unsigned long long)nparams, clopt_rule_name(opt->rule), opt->ngroups,
+                          opt->nparams);
+    }
+    if (!(isfinite(L->max_grad_norm) && L->max_grad_norm >= 0) ||
+        !(isfinite(L->grad_scale) && L->grad_scale >= 0))
+        return format_error(ctx, src, "invalid clipping or loss-scale setting");
+    /* the last norm is NaN before any clipped step (and after a step with an Inf or NaN) */
+    if (!(isnan(L->last_grad_norm) || L->last_grad_norm >= 0) || L->found_inf > 1)
+        return format_error(ctx, src, "invalid last gradient norm or found_inf flag");
+    if (flags & ~(uint32_t)OPTM_KNOWN)
+        return format_error(ctx, src, "unknown optimizer flags");
+    L->state_tensors = (flags & OPTM_STATE_TENSORS) != 0;
+    return CLOPT_SUCCESS;
+}
+
+static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const char *src,
+                                loaded *L)
+{
+    clopt_ctx *ctx = opt->ctx;
+    loaded_group *lg = &L->groups[gi];
+    const clopt_group *g = &opt->groups[gi];
+    rbuf sec;
+    if (!r_section(r, TAG_GRUP, &sec))
+        return format_error(ctx, src, "missing group section");
+    r_hparams(&sec, &lg->hp);
+    r_schedule(&sec, &lg->sched);
+    lg->mu_product = L->version == 1 ? r_f64(&sec) : 1.0;
+    uint32_t arena = r_u32(&sec);
+    uint64_t count = r_u64(&sec);
+    if (sec.bad || sec.pos != sec.len)
+        return format_error(ctx, src, "malformed group section");
+    if (clopt_hparams_validate(opt->rule, &lg->hp, NULL) != CLOPT_SUCCESS ||
+        clopt_schedule_validate(&lg->sched, NULL) != CLOPT_SUCCESS ||
+        !mu_possible(L->step, lg->mu_product))
+        return format_error(ctx, src, "invalid hyperparameters, schedule or NAdam product in a group");
+    if (arena != (uint32_t)g->arena || (g->arena && count != g->count))
+        return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH, "%s: group %zu is stored differently",
+                          src, gi);
+    return CLOPT_SUCCESS;
+}
+
+static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const char *src,
+                                 loaded *L)
+{
+    clopt_ctx *ctx = opt->ctx;
+    const clopt_param *e = &opt->params[i];
+    loaded_tensor *lt = &L->tensors[i];
+    rbuf sec;
+    if (!r_section(r, TAG_TENS, &sec))
+        return format_error(ctx, src, "missing tensor section");
+    uint64_t group = r_u64(&sec);
+    uint32_t ndim = r_u32(&sec);
+    int same = group == e->group && ndim == e->ndim;
+    for (size_t d = 0; d < ndim && d < CLOPT_MAX_DIMS; d++)
+        same = r_u64(&sec) == e->shape[d] && same;
+    uint32_t flags = 0;
+    if (L->version >= 2) {
+        flags = r_u32(&sec);
+        lt->step = r_u64(&sec);
+        lt->mu_product = r_f64(&sec);
+        lt->slow_ready = (flags & TENS_SLOW_READY) != 0;
+    } else { /* version 1: one count for everything, one product per group */
+        lt->step = L->step;
+        lt->mu_product = L->groups[e->group].mu_product;
+        lt->slow_ready = 1; /* the slow weights, if any, come from the file */
+    }
+    uint32_t nstate = r_u32(&sec);
+    same = same && ndim <= CLOPT_MAX_DIMS && nstate == e->nstate;
+    /* The layout the loaded hyperparameters give must be the one allocated here. */
+    clopt_param other = *e;
+    clopt_group lg = opt->groups[e->group];
+    lg.hp = L->groups[e->group].hp;
+    clopt_state_layout(opt, &lg, &other);
+    same = same && other.nstate == e->nstate;
+    for (size_t k = 0; same && k < nstate; k++) {
+        uint32_t nl = r_u32(&sec);
+        const unsigned char *name = r_bytes(&sec, nl);
+        uint64_t slen = r_u64(&sec);
+        same = name && nl == strlen(e->state_name[k]) &&
+               memcmp(name, e->state_name[k], nl) == 0 && slen == e->state_len[k] &&
+               strcmp(other.state_name[k], e->state_name[k]) == 0;
+        lt->state[k] = NULL;
+        if (same && L->state_tensors)
+            lt->state[k] = r_floats(&sec, slen);
+    }
+    lt->params = NULL;
+    if (same && (flags & TENS_PARAMS)) {
+        uint64_t n = r_u64(&sec);
+        same = n == e->n;
+        if (same)
+            lt->params = r_floats(&sec, n);
+    }
+    if (sec.bad)
+        return format_error(ctx, src, "malformed tensor section");
+    if (!same)
+        return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                          "%s: tensor %zu has another shape, group or state layout", src, i);
+    if (sec.pos != sec.len)
+        return format_error(ctx, src, "malformed tensor section");
+    if (flags & ~(uint32_t)TENS_KNOWN)
+        return format_error(ctx, src, "unknown tensor flags");
+    if ((flags & TENS_PARAMS) && !opt->groups[e->group].arena)
+        return format_error(ctx, src, "parameters of a tensor the engine owns");
+    /* A tensor steps with the optimizer or not at all, and an arena's tensors together. */
+    if (lt->step > L->step || !mu_possible(lt->step, lt->mu_product))
+        return format_error(ctx, src, "impossible step count or NAdam product of a tensor");
+    const clopt_group *g = &opt->groups[e->group];
+    if (g->arena && i > g->first) {
+        const loaded_tensor *first = &L->tensors[g->first];
+        if (lt->step != first->step || lt->mu_product != first->mu_product ||
+            (!clopt_rule_is_multipass(opt->rule) && lt->slow_ready != first->slow_ready))
+            return format_error(ctx, src, "the tensors of an arena group differ in their steps");
+    }
+    return CLOPT_SUCCESS;
+}
+
+/* n little-endian floats from the bytes into a device tensor (blocking). */
+static clopt_status write_floats(clopt_ctx *ctx, clopt_tensor t, const unsigned char *p,
+                                 size_t n)
+{
+    const void *src = p;
+    unsigned char *copy = NULL;
+    if (!host_little_endian()) {
+        copy = malloc(n * 4);
+        if (!copy)
+            return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "loading a checkpoint");
+        memcpy(copy, p, n * 4);
+        swap_floats(copy, n);
+        src = copy;
+    }
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * sizeof(float),
+                                      n * sizeof(float), src, 0, NULL, NULL);
+    free(copy);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "writing loaded state");
+}
+
+/* Parses and checks data[0 .. len) completely, then applies it. src names the bytes in
+   error messages. */
+static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, size_t len,
+                               const char *src)
+{
+    clopt_ctx *ctx = opt->ctx;
+    /* Integrity first: magic, CRC over everything before the trailer, version. */
+    if (len < 8 + 4 + 4 + 4 || memcmp(data, CKP_MAGIC, 8) != 0)
+        return format_error(ctx, src, "not a clopt checkpoint (bad magic or too short)");
+    uint32_t stored = (uint32_t)data[len - 4] | (uint32_t)data[len - 3] << 8 |
+                      (uint32_t)data[len - 2] << 16 | (uint32_t)data[len - 1] << 24;
+    if (clopt_crc32c(data, len - 4) != stored)
+        return format_error(ctx, src, "checksum mismatch (truncated or corrupted)");
+    rbuf r = {data, len - 4, 8, 0};
+    loaded L;
+    memset(&L, 0, sizeof L);
+    L.version = r_u32(&r);
+    if (L.version != 1 && L.version != CKP_VERSION)
+        return clopt_fail(ctx, CLOPT_ERR_FORMAT,
+                          "%s: format version %u, this library reads 1 and %u", src, L.version,
+                          CKP_VERSION);
+    uint32_t nsections = r_u32(&r);
+    clopt_status s = parse_optm(opt, &r, nsections, src, &L);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    L.groups = calloc(opt->ngroups ? opt->ngroups : 1, sizeof *L.groups);
+    L.tensors = calloc(opt->nparams ? opt->nparams : 1, sizeof *L.tensors);
+    if (!L.groups || !L.tensors) {
+        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "loading %s", src);
+        goto done;
+    }
+    for (size_t gi = 0; gi < opt->ngroups && s == CLOPT_SUCCESS; gi++)
+        s = parse_group(opt, &r, gi, src, &L);
+    for (size_t i = 0; i < opt->nparams && s == CLOPT_SUCCESS; i++)
+        s = parse_tensor(opt, &r, i, src, &L);
+    if (s == CLOPT_SUCCESS && r.pos != r.len)
+        s = format_error(ctx, src, "trailing bytes after the last section");
+    /* Everything checked: wait for the steps in flight, then apply. Only an OpenCL failure
+       can stop this half-way. */
+    if (s == CLOPT_SUCCESS)
+        s = clopt_opt_settle(opt);
+    for (size_t i = 0; i < opt->nparams && s == CLOPT_SUCCESS; i++) {
+        const clopt_param *e = &opt->params[i];
+        const loaded_tensor *lt = &L.tensors[i];
+        for (size_t k = 0; k < e->nstate && s == CLOPT_SUCCESS; k++)
+            if (lt->state[k])
+                s = write_floats(ctx, e->state[k], lt->state[k], e->state_len[k]);
+        if (s == CLOPT_SUCCESS && lt->params)
+            s = write_floats(ctx, e->param, lt->params, e->n);
+    }
+    if (s != CLOPT_SUCCESS)
+        goto done;
+    for (size_t gi = 0; gi < opt->ngroups; gi++) {
+        opt->groups[gi].hp = L.groups[gi].hp;
+        opt->groups[gi].sched = L.groups[gi].sched;
+    }
+    for (size_t i = 0; i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        e->step = L.tensors[i].step;
+        e->mu_product = L.tensors[i].mu_product;
+        /* Readiness belongs to the slow weights: without the state tensors it stays as it
+           is (clopt_optimizer_write_state sets it when the engine restores them). */
+        if (L.state_tensors)
+            e->slow_ready = L.tensors[i].slow_ready;
+    }
+    opt->step = L.step;
+    opt->max_grad_norm = L.max_grad_norm;
+    opt->last_grad_norm = L.last_grad_norm;
+    opt->grad_scale = L.grad_scale;
+    opt->found_inf = (int)L.found_inf;
+    opt->rng_seed = L.rng_seed;
+    opt->rng_counter = L.rng_counter;
+done:
+    free(L.groups);
+    free(L.tensors);
+    return s;
+}
+
+clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, size_t len)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!buf)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "buf is NULL");
+    return load_bytes(opt, buf, len, "checkpoint bytes");
 }
 
 clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
@@ -378,192 +847,112 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
     }
     int read_error = ferror(f);
     fclose(f);
-    clopt_status s = CLOPT_SUCCESS;
-    loaded_group *groups = NULL;
-    const unsigned char **tensor_data = NULL;
-    if (read_error) {
-        s = clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed", path);
-        goto done;
-    }
-    /* Integrity first: magic, CRC over everything before the trailer, version. */
-    if (len < 8 + 4 + 4 + 4 || memcmp(data, CKP_MAGIC, 8) != 0) {
-        s = format_error(ctx, path, "not a clopt checkpoint (bad magic or too short)");
-        goto done;
-    }
-    uint32_t stored = (uint32_t)data[len - 4] | (uint32_t)data[len - 3] << 8 |
-                      (uint32_t)data[len - 2] << 16 | (uint32_t)data[len - 1] << 24;
-    if (clopt_crc32c(data, len - 4) != stored) {
-        s = format_error(ctx, path, "checksum mismatch (truncated or corrupted)");
-        goto done;
-    }
-    rbuf r = {data, len - 4, 8, 0};
-    uint32_t version = r_u32(&r);
-    if (version != CKP_VERSION) {
-        s = clopt_fail(ctx, CLOPT_ERR_FORMAT, "%s: format version %u, this library reads %u",
-                       path, version, CKP_VERSION);
-        goto done;
-    }
-    uint32_t nsections = r_u32(&r);
-    rbuf sec;
-    if (!r_section(&r, TAG_OPTM, &sec)) {
-        s = format_error(ctx, path, "missing optimizer section");
-        goto done;
-    }
-    uint32_t rule = r_u32(&sec), ngroups = r_u32(&sec);
-    uint64_t nparams = r_u64(&sec), step = r_u64(&sec);
-    double max_grad_norm = r_f64(&sec), last_grad_norm = r_f64(&sec), grad_scale = r_f64(&sec);
-    uint32_t found_inf = r_u32(&sec);
-    uint64_t rng_seed = r_u64(&sec), rng_counter = r_u64(&sec);
-    if (sec.bad || sec.pos != sec.len) {
-        s = format_error(ctx, path, "malformed optimizer section");
-        goto done;
-    }
-    if (rule != (uint32_t)opt->rule || ngroups != opt->ngroups || nparams != opt->nparams ||
-        nsections != 1 + ngroups + nparams) {
-        s = clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
-                       "%s holds %s with %u groups and %llu tensors; this optimizer is %s with "
-                       "%zu groups and %zu tensors",
-                       path, clopt_rule_name((clopt_rule)rule) ? clopt_rule_name((clopt_rule)rule)
-                                                               : "an unknown rule",
-                       ngroups, (unsigned long long)nparams, clopt_rule_name(opt->rule),
-                       opt->ngroups, opt->nparams);
-        goto done;
-    }
-    if (!(isfinite(max_grad_norm) && max_grad_norm >= 0) ||
-        !(isfinite(grad_scale) && grad_scale >= 0)) {
-        s = format_error(ctx, path, "invalid clipping or loss-scale setting");
-        goto done;
-    }
-    groups = calloc(ngroups ? ngroups : 1, sizeof *groups);
-    tensor_data = calloc(nparams ? nparams : 1, sizeof *tensor_data);
-    if (!groups || !tensor_data) {
-        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "reading %s", path);
-        goto done;
-    }
-    for (size_t gi = 0; gi < ngroups; gi++) {
-        loaded_group *lg = &groups[gi];
-        const clopt_group *g = &opt->groups[gi];
-        if (!r_section(&r, TAG_GRUP, &sec)) {
-            s = format_error(ctx, path, "missing group section");
-            goto done;
-        }
-        r_hparams(&sec, &lg->hp);
-        r_schedule(&sec, &lg->sched);
-        lg->mu_product = r_f64(&sec);
-        uint32_t arena = r_u32(&sec);
-        uint64_t count = r_u64(&sec);
-        if (sec.bad || sec.pos != sec.len) {
-            s = format_error(ctx, path, "malformed group section");
-            goto done;
-        }
-        if (clopt_hparams_validate(opt->rule, &lg->hp, NULL) != CLOPT_SUCCESS ||
-            clopt_schedule_validate(&lg->sched, NULL) != CLOPT_SUCCESS ||
-            !isfinite(lg->mu_product)) {
-            s = format_error(ctx, path, "invalid hyperparameters or schedule in a group");
-            goto done;
-        }
-        if (arena != (uint32_t)g->arena || (g->arena && count != g->count)) {
-            s = clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH, "%s: group %zu is stored differently",
-                           path, gi);
-            goto done;
-        }
-    }
-    for (size_t i = 0; i < nparams; i++) {
-        const clopt_param *e = &opt->params[i];
-        if (!r_section(&r, TAG_TENS, &sec)) {
-            s = format_error(ctx, path, "missing tensor section");
-            goto done;
-        }
-        uint64_t group = r_u64(&sec);
-        uint32_t ndim = r_u32(&sec);
-        int same = group == e->group && ndim == e->ndim;
-        for (size_t d = 0; d < ndim && d < CLOPT_MAX_DIMS; d++)
-            same = r_u64(&sec) == e->shape[d] && same;
-        uint32_t nstate = r_u32(&sec);
-        same = same && ndim <= CLOPT_MAX_DIMS && nstate == e->nstate;
-        /* The layout the loaded hyperparameters give must be the one allocated here. */
-        clopt_param other = *e;
-        clopt_group lg = opt->groups[e->group];
-        lg.hp = groups[e->group].hp;
-        clopt_state_layout(opt, &lg, &other);
-        same = same && other.nstate == e->nstate;
-        tensor_data[i] = sec.p + sec.pos;
-        for (size_t k = 0; same && k < nstate; k++) {
-            uint32_t nl = r_u32(&sec);
-            const unsigned char *name = r_bytes(&sec, nl);
-            uint64_t slen = r_u64(&sec);
-            same = name && nl == strlen(e->state_name[k]) &&
-                   memcmp(name, e->state_name[k], nl) == 0 && slen == e->state_len[k] &&
-                   strcmp(other.state_name[k], e->state_name[k]) == 0;
-            same = same && r_bytes(&sec, (size_t)slen * 4) != NULL;
-        }
-        if (sec.bad) {
-            s = format_error(ctx, path, "malformed tensor section");
-            goto done;
-        }
-        if (!same) {
-            s = clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
-                           "%s: tensor %zu has another shape, group or state layout", path, i);
-            goto done;
-        }
-        if (sec.pos != sec.len) {
-            s = format_error(ctx, path, "malformed tensor section");
-            goto done;
-        }
-    }
-    if (r.pos != r.len) {
-        s = format_error(ctx, path, "trailing bytes after the last section");
-        goto done;
-    }
-    /* Everything checked: apply. Only an OpenCL failure can stop this half-way. */
-    for (size_t i = 0; i < nparams && s == CLOPT_SUCCESS; i++) {
-        clopt_param *e = &opt->params[i];
-        const unsigned char *p = tensor_data[i];
-        for (size_t k = 0; k < e->nstate; k++) {
-            p += 4 + strlen(e->state_name[k]) + 8; /* name length, name, state length */
-            float *host = malloc(e->state_len[k] * sizeof *host);
-            if (!host) {
-                s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "loading %s", path);
-                break;
-            }
-            for (size_t j = 0; j < e->state_len[k]; j++) {
-                uint32_t v = (uint32_t)p[4 * j] | (uint32_t)p[4 * j + 1] << 8 |
-                             (uint32_t)p[4 * j + 2] << 16 | (uint32_t)p[4 * j + 3] << 24;
-                memcpy(&host[j], &v, sizeof v);
-            }
-            p += e->state_len[k] * 4;
-            cl_int err = clEnqueueWriteBuffer(ctx->queue, e->state[k].buffer, CL_TRUE,
-                                              e->state[k].offset * sizeof(float),
-                                              e->state_len[k] * sizeof(float), host, 0, NULL,
-                                              NULL);
-            free(host);
-            if (err != CL_SUCCESS) {
-                s = clopt_fail_cl(ctx, err, "writing loaded state");
-                break;
-            }
-        }
-        e->slow_ready = 1; /* the slow weights, if any, come from the file */
-    }
-    if (s == CLOPT_SUCCESS) {
-        for (size_t gi = 0; gi < ngroups; gi++) {
-            opt->groups[gi].hp = groups[gi].hp;
-            opt->groups[gi].sched = groups[gi].sched;
-        }
-        for (size_t i = 0; i < opt->nparams; i++) {
-            opt->params[i].step = step;
-            opt->params[i].mu_product = groups[opt->params[i].group].mu_product;
-        }
-        opt->step = step;
-        opt->max_grad_norm = max_grad_norm;
-        opt->last_grad_norm = last_grad_norm;
-        opt->grad_scale = grad_scale;
-        opt->found_inf = (int)found_inf;
-        opt->rng_seed = rng_seed;
-        opt->rng_counter = rng_counter;
-    }
-done:
-    free(groups);
-    free(tensor_data);
+    clopt_status s = read_error ? clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed", path)
+                                : load_bytes(opt, data, len, path);
     free(data);
     return s;
+}
+
+/* ---- state tensors for the engine's own container ------------------------------------------ */
+
+size_t clopt_optimizer_state_entry_count(const clopt_optimizer *opt)
+{
+    size_t n = 0;
+    for (size_t i = 0; opt && i < opt->nparams; i++)
+        n += opt->params[i].nstate;
+    return n;
+}
+
+clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
+                                         clopt_state_entry *out)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!out)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
+    size_t p = 0, at = i;
+    while (p < opt->nparams && at >= opt->params[p].nstate)
+        at -= opt->params[p++].nstate;
+    if (p == opt->nparams)
+        return clopt_fail(ctx, CLOPT_ERR_INDEX, "no state entry %zu (the optimizer has %zu)", i,
+                          clopt_optimizer_state_entry_count(opt));
+    const clopt_param *e = &opt->params[p];
+    clopt_state_entry x;
+    memset(&x, 0, sizeof x);
+    x.group = e->group;
+    x.param = p;
+    x.index = at;
+    x.name = e->state_name[at];
+    int kl = snprintf(x.key, sizeof x.key, "state.%zu.%s", p, x.name);
+    if (kl < 0 || (size_t)kl >= sizeof x.key)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the key of state entry %zu is too long",
+                          i);
+    x.dtype = CLOPT_DTYPE_F32;
+    x.length = e->state_len[at];
+    if (x.length == e->n) {
+        x.ndim = e->ndim;
+        memcpy(x.shape, e->shape, sizeof x.shape);
+    } else {
+        x.ndim = 1;
+        x.shape[0] = x.length;
+    }
+    x.tensor = e->state[at];
+    *out = x;
+    return CLOPT_SUCCESS;
+}
+
+/* The inverse of clopt_optimizer_read_state. Writing Lookahead's slow weights of a tensor
+   that has not stepped yet makes them its slow weights from now on (its first step no longer
+   copies θ); in an arena group of an element-wise rule, whose tensors start their slow
+   weights together (one launch), the others that had not started take θ now. */
+clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
+                                         const float *host, size_t n)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!host)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "host is NULL");
+    if (param >= opt->nparams || index >= opt->params[param].nstate)
+        return clopt_fail(ctx, CLOPT_ERR_INDEX, "no state %zu of parameter %zu", index, param);
+    clopt_param *e = &opt->params[param];
+    if (n != e->state_len[index])
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
+                          "state %zu of parameter %zu has %zu elements, %zu given", index, param,
+                          e->state_len[index], n);
+    clopt_status s = clopt_opt_settle(opt);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    const int starts_slow = index >= e->nkernel && !e->slow_ready;
+    const clopt_group *g = &opt->groups[e->group];
+    const int together = g->arena && !clopt_rule_is_multipass(opt->rule);
+    if (starts_slow && together) {
+        /* the others' flags stay 0 until the write succeeded: a failure changes nothing */
+        for (size_t j = g->first; j < g->first + g->count; j++) {
+            const clopt_param *o = &opt->params[j];
+            if (j == param || o->slow_ready)
+                continue;
+            const clopt_tensor slow = o->state[o->nkernel];
+            cl_int err = clEnqueueCopyBuffer(ctx->queue, o->param.buffer, slow.buffer,
+                                             o->param.offset * sizeof(float),
+                                             slow.offset * sizeof(float),
+                                             o->n * sizeof(float), 0, NULL, NULL);
+            if (err != CL_SUCCESS)
+                return clopt_fail_cl(ctx, err, "starting the slow weights");
+        }
+    }
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, e->state[index].buffer, CL_TRUE,
+                                      e->state[index].offset * sizeof(float), n * sizeof(float),
+                                      host, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer");
+    if (starts_slow) {
+        e->slow_ready = 1;
+        for (size_t j = g->first; together && j < g->first + g->count; j++)
+            opt->params[j].slow_ready = 1;
+    }
+    return CLOPT_SUCCESS;
 }
