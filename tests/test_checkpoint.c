@@ -397,7 +397,8 @@ static void test_late_tensor_lookahead(void **state)
     for (int i = 0; i < N1; i++)
         p1[i] = (float)ref_normal(&seed);
     cl_mem pa[2] = {upload(f->ctx, p0, N0), upload(f->ctx, p1, N1)};
-    cl_mem pb[2] = {upload(f->ctx, p1, N0), upload(f->ctx, p0, N1)}; /* other values */
+    static const float zeros[N0];
+    cl_mem pb[2] = {upload(f->ctx, zeros, N0), upload(f->ctx, zeros, N1)}; /* other values */
     cl_mem ga[2] = {upload(f->ctx, NULL, N0), upload(f->ctx, NULL, N1)};
     cl_mem gb[2] = {upload(f->ctx, NULL, N0), upload(f->ctx, NULL, N1)};
     const size_t n[2] = {N0, N1};
