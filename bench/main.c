@@ -1343,7 +1343,8 @@ static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_
     cr->cloop_err = compare_all(ri, "c_loop", "fused", &x, &ref);
 
     if (with_opt) {
-        const int arena = (e->opt->variants & (1u << V_ARENA)) != 0;
+        /* Sophia's arena groups are refused (they would take no Hessian estimates) */
+        const int arena = (e->opt->variants & (1u << V_ARENA)) != 0 && r->rule != CLOPT_SOPHIA;
         const int sep = (e->opt->variants & (1u << V_SEPARATE)) != 0;
         const size_t T = CHECK_TENSORS;
         if (arena) {
@@ -1631,6 +1632,8 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         run &= ~(1u << V_ARENA); /* the same path as fused here; kept out of the default run */
     if (many && (o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE))))
         run |= 1u << V_ARENA; /* arena with 1 tensor: the reference of the ratios */
+    if (r->rule == CLOPT_SOPHIA)
+        run &= ~(1u << V_ARENA); /* refused: an arena group takes no Hessian estimates */
     if ((run & (1u << V_COPY)) && copy_bytes > e->max_alloc) {
         fprintf(stderr,
                 "clopt-bench: %s n=%zu: a copy of %zu bytes exceeds the device's maximum "
@@ -1673,7 +1676,7 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         if (bench_split_make(r, n, o->tensors[i], &sp)) /* says why */
             continue;
         bench_split_free(&sp);
-        if (o->variants & (1u << V_ARENA))
+        if ((o->variants & (1u << V_ARENA)) && r->rule != CLOPT_SOPHIA)
             units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
         if (o->variants & (1u << V_SEPARATE))
             units[nu++] = (unit){.variant = V_SEPARATE, .T = o->tensors[i]};
