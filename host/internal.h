@@ -81,6 +81,11 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event);
+/* Enqueue nchunks work-groups of the tuning's work-group size (64 when the driver may
+   choose), one per chunk of a RANGES launch. */
+clopt_status clopt_launch_chunks(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                 size_t nchunks, const clopt_tuning *t, cl_uint num_wait,
+                                 const cl_event *wait_list, cl_event *event);
 /* Kernel argument builder: each call sets the next argument unless an earlier one failed;
    err holds the first failure. */
 typedef struct clopt_args {
@@ -105,6 +110,10 @@ typedef struct clopt_ctl {
     cl_mem buffer;
     cl_ulong expect;
     int dry;
+    /* RANGES (kernels/common.cl): a table of nchunks ulong4 (θ, g, state offsets, length);
+       the tensors' (buffer, offset 0) are passed with n = 1. NULL: a plain launch. */
+    cl_mem ranges;
+    size_t nchunks;
 } clopt_ctl;
 /* The control arguments of a CTRL kernel (buffer, offset 0, expect), after all others. */
 void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c);

@@ -123,7 +123,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         return s;
     if (ctl) {
         size_t len = strlen(plan.options);
-        snprintf(plan.options + len, sizeof plan.options - len, " -DCTRL=1");
+        snprintf(plan.options + len, sizeof plan.options - len, " -DCTRL=1%s",
+                 ctl->ranges ? " -DRANGES=1" : "");
     }
     cl_kernel k = NULL, kgc = NULL;
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
@@ -157,6 +158,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_int(&a, plan.int_arg);
     for (cl_uint j = 0; j < plan.nscalars; j++)
         clopt_arg_float(&a, plan.scalars[j]);
+    if (ctl && ctl->ranges)
+        clopt_arg_mem(&a, ctl->ranges);
     if (ctl)
         clopt_arg_ctl(&a, ctl);
     if (a.err != CL_SUCCESS)
@@ -164,6 +167,9 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     cl_command_queue q = queue ? queue : ctx->queue;
     if (ctl && ctl->dry && !plan.gc)
         return CLOPT_SUCCESS;
+    if (ctl && ctl->ranges) /* the optimizer never combines RANGES with GC */
+        return clopt_launch_chunks(ctx, q, k, ctl->nchunks, &plan.tuning, num_wait, wait_list,
+                                   event);
     if (!plan.gc)
         return clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, num_wait, wait_list, event);
     /* Gradient centralization: row means first (after L2 decay, as the GC code), then the
@@ -340,4 +346,50 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
                                     wait_list, event);
+}
+
+clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                               size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count)
+{
+    if (!ctx)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(ctx);
+    if (!hp || !out || !count)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, out and count must not be NULL");
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
+        out[k] = (clopt_tensor){NULL, 0};
+    *count = 0;
+    if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
+                          (int)rule);
+    if (clopt_rule_is_multipass(rule))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "%s: optimizer level only",
+                          clopt_rule_name(rule));
+    const char *why = "";
+    clopt_status s = clopt_hparams_validate(rule, hp, &why);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail(ctx, s, "%s", why);
+    if (n == 0 || n > SIZE_MAX / sizeof(float))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1 (and fit in memory)");
+    const size_t ns = clopt_rule_state_count(rule, hp);
+    cl_mem made[CLOPT_MAX_STATE] = {NULL};
+    cl_int err = CL_SUCCESS;
+    for (size_t k = 0; k < ns && err == CL_SUCCESS; k++) {
+        made[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+        if (made[k]) {
+            float init = clopt_rule_state_init(rule, hp, k);
+            err = clEnqueueFillBuffer(ctx->queue, made[k], &init, sizeof init, 0,
+                                      n * sizeof(float), 0, NULL, NULL);
+        }
+    }
+    if (err != CL_SUCCESS) {
+        for (size_t k = 0; k < ns; k++)
+            if (made[k])
+                clReleaseMemObject(made[k]);
+        return clopt_fail_cl(ctx, err, "allocating state");
+    }
+    for (size_t k = 0; k < ns; k++)
+        out[k] = (clopt_tensor){made[k], 0};
+    *count = ns;
+    return CLOPT_SUCCESS;
 }

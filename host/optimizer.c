@@ -165,6 +165,8 @@ static void release_arena(clopt_group *g)
     for (size_t i = 0; i < CLOPT_OPT_MAX_STATE; i++)
         if (g->arena_state[i])
             clReleaseMemObject(g->arena_state[i]), g->arena_state[i] = NULL;
+    if (g->range_table)
+        clReleaseMemObject(g->range_table), g->range_table = NULL;
 }
 
 void clopt_optimizer_destroy(clopt_optimizer *opt)
@@ -382,6 +384,52 @@ static clopt_status alloc_states(clopt_optimizer *opt, clopt_param *e, size_t fr
     return CLOPT_SUCCESS;
 }
 
+/* ---- overlap checks and range groups --------------------------------------------------- */
+
+/* A range of floats in a buffer, for the overlap checks. */
+typedef struct span {
+    cl_mem buffer;
+    size_t lo, hi; /* [lo, hi) */
+    const char *what;
+    size_t tensor;
+} span;
+
+static int span_cmp(const void *a, const void *b)
+{
+    const span *x = a, *y = b;
+    if (x->buffer != y->buffer)
+        return (uintptr_t)x->buffer < (uintptr_t)y->buffer ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* The parameter and gradient ranges of the registered tensors plus `extra` more slots. */
+static span *spans_of(const clopt_optimizer *opt, size_t extra, size_t *count)
+{
+    span *s = malloc((2 * opt->nparams + extra + 1) * sizeof *s);
+    size_t k = 0;
+    for (size_t i = 0; s && i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        s[k++] = (span){e->param.buffer, e->param.offset, e->param.offset + e->n, "param", i};
+        s[k++] = (span){e->grad.buffer, e->grad.offset, e->grad.offset + e->n, "grad", i};
+    }
+    *count = k;
+    return s;
+}
+
+/* Refuses two ranges of one buffer that overlap (names both in the error). */
+static clopt_status check_disjoint(clopt_ctx *ctx, span *s, size_t count)
+{
+    qsort(s, count, sizeof *s, span_cmp);
+    for (size_t i = 1; i < count; i++)
+        if (s[i].buffer == s[i - 1].buffer && s[i].lo < s[i - 1].hi)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "the %s range of tensor %zu overlaps the %s range of tensor %zu "
+                              "(floats [%zu, %zu) and [%zu, %zu) of one buffer)",
+                              s[i].what, s[i].tensor, s[i - 1].what, s[i - 1].tensor, s[i].lo,
+                              s[i].hi, s[i - 1].lo, s[i - 1].hi);
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                                             const clopt_param_desc *desc, size_t *index)
 {
@@ -413,7 +461,17 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         if ((s = clopt_check_tensor(ctx, "hessian", desc->hessian, e.n)) != CLOPT_SUCCESS)
             return s;
     }
-    if ((s = reserve_params(opt, 1)) != CLOPT_SUCCESS)
+    size_t nspan = 0;
+    span *sp = spans_of(opt, 2, &nspan);
+    if (!sp)
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "overlap check");
+    sp[nspan++] = (span){desc->param.buffer, desc->param.offset, desc->param.offset + e.n,
+                         "param", opt->nparams};
+    sp[nspan++] = (span){desc->grad.buffer, desc->grad.offset, desc->grad.offset + e.n, "grad",
+                         opt->nparams};
+    s = check_disjoint(ctx, sp, nspan);
+    free(sp);
+    if (s != CLOPT_SUCCESS || (s = reserve_params(opt, 1)) != CLOPT_SUCCESS)
         return s;
     e.param = desc->param;
     e.grad = desc->grad;
@@ -590,6 +648,182 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     if (first_index)
         *first_index = g->first;
     return CLOPT_SUCCESS;
+}
+
+void clopt_range_group_init(clopt_range_group *g)
+{
+    if (!g)
+        return;
+    memset(g, 0, sizeof *g);
+    g->struct_size = sizeof *g;
+    g->init_state = 1;
+}
+
+/* Floats per chunk of a range launch (any length works with any tuning, common.cl). */
+#define RANGE_CHUNK 16384u
+
+clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                             const clopt_range_group *desc, size_t *group,
+                                             size_t *first_index)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!hp || !desc || !desc->tensors)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, desc and desc->tensors must "
+                                                        "not be NULL");
+    if (desc->struct_size < sizeof *desc)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "desc->struct_size %zu: initialise it with clopt_range_group_init",
+                          desc->struct_size);
+    const size_t T = desc->ntensors;
+    if (T == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
+    clopt_status s = check_hparams(ctx, opt->rule, hp);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_group probe;
+    memset(&probe, 0, sizeof probe);
+    probe.hp = *hp;
+    clopt_param layout;
+    memset(&layout, 0, sizeof layout);
+    layout.n = layout.ndim = layout.shape[0] = 1;
+    clopt_state_layout(opt, &probe, &layout);
+    const int own_state = desc->state[0] == NULL;
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
+        int need = !own_state && k < layout.nstate;
+        if ((desc->state[k] != NULL) != need && !(own_state && !desc->state[k]))
+            return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                              "%s with these hyperparameters has %zu state tensor(s): give a "
+                              "buffer for each (state[0..%zu)) or none",
+                              clopt_rule_name(opt->rule), layout.nstate, layout.nstate);
+    }
+    if (!own_state && (clopt_group_lookahead(opt, &probe) || layout.nstate != layout.nkernel ||
+                       clopt_rule_is_multipass(opt->rule)))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "the engine's own state buffers need an element-wise rule without "
+                          "Lookahead");
+    if (opt->rule == CLOPT_SOPHIA)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "sophia needs the engine's Hessian-estimate buffer per tensor: add "
+                          "its tensors with clopt_optimizer_add_param_desc");
+    clopt_param *ps = calloc(T, sizeof *ps);
+    size_t nspan = 0;
+    span *sp = spans_of(opt, (2 + layout.nstate) * T, &nspan);
+    size_t *soff = malloc(T * sizeof *soff);
+    if (!ps || !sp || !soff) {
+        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "range group");
+        goto fail;
+    }
+    const cl_mem P = desc->tensors[0].param.buffer, G = desc->tensors[0].grad.buffer;
+    size_t total = 0; /* library-owned state: compact, each tensor 16-float aligned */
+    for (size_t i = 0; i < T; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        clopt_param *e = &ps[i];
+        if ((s = take_shape(ctx, d, e)) != CLOPT_SUCCESS)
+            goto fail;
+        if (d->param.buffer != P || d->grad.buffer != G) {
+            s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                           "tensor %zu: every parameter of a range group must be in one "
+                           "cl_mem, and every gradient in one cl_mem", i);
+            goto fail;
+        }
+        if ((s = clopt_check_tensor(ctx, "param", d->param, e->n)) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor(ctx, "grad", d->grad, e->n)) != CLOPT_SUCCESS)
+            goto fail;
+        e->param = d->param;
+        e->grad = d->grad;
+        e->mu_product = 1.0;
+        const size_t idx = opt->nparams + i;
+        sp[nspan++] = (span){P, d->param.offset, d->param.offset + e->n, "param", idx};
+        sp[nspan++] = (span){G, d->grad.offset, d->grad.offset + e->n, "grad", idx};
+        if (own_state) {
+            soff[i] = total;
+            total += (e->n + 15) / 16 * 16;
+        } else {
+            soff[i] = desc->state_offsets ? desc->state_offsets[i] : d->param.offset;
+            for (size_t k = 0; k < layout.nstate; k++) {
+                clopt_tensor st = {desc->state[k], soff[i]};
+                if ((s = clopt_check_tensor(ctx, "state", st, e->n)) != CLOPT_SUCCESS)
+                    goto fail;
+                sp[nspan++] = (span){desc->state[k], soff[i], soff[i] + e->n, "state", idx};
+            }
+        }
+    }
+    if ((s = check_disjoint(ctx, sp, nspan)) != CLOPT_SUCCESS ||
+        (s = reserve_params(opt, T)) != CLOPT_SUCCESS ||
+        (s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS)
+        goto fail;
+    const size_t gi = opt->ngroups - 1;
+    clopt_group *g = &opt->groups[gi];
+    g->ranges = 1;
+    g->range_param = P;
+    g->range_grad = G;
+    cl_int err = CL_SUCCESS;
+    for (size_t k = 0; k < layout.nstate && err == CL_SUCCESS; k++) {
+        float init = k < layout.nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
+        if (own_state) {
+            g->arena_state[k] = make_filled(ctx, total, init, &err);
+            g->range_state[k] = g->arena_state[k];
+        } else {
+            g->range_state[k] = desc->state[k];
+            for (size_t i = 0; desc->init_state && i < T && err == CL_SUCCESS; i++)
+                err = clEnqueueFillBuffer(ctx->queue, desc->state[k], &init, sizeof init,
+                                          soff[i] * sizeof(float), ps[i].n * sizeof(float), 0,
+                                          NULL, NULL);
+        }
+    }
+    /* the chunk table: (θ offset, g offset, state offset, length) per chunk */
+    size_t nchunks = 0;
+    for (size_t i = 0; i < T; i++)
+        nchunks += (ps[i].n + RANGE_CHUNK - 1) / RANGE_CHUNK;
+    cl_ulong *tab = err == CL_SUCCESS ? malloc(nchunks * 4 * sizeof *tab) : NULL;
+    if (err == CL_SUCCESS && !tab)
+        err = CL_OUT_OF_HOST_MEMORY;
+    for (size_t i = 0, c = 0; tab && i < T; i++)
+        for (size_t at = 0; at < ps[i].n; at += RANGE_CHUNK, c++) {
+            tab[4 * c] = ps[i].param.offset + at;
+            tab[4 * c + 1] = ps[i].grad.offset + at;
+            tab[4 * c + 2] = soff[i] + at;
+            tab[4 * c + 3] = ps[i].n - at < RANGE_CHUNK ? ps[i].n - at : RANGE_CHUNK;
+        }
+    if (tab)
+        g->range_table = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                        nchunks * 4 * sizeof *tab, tab, &err);
+    free(tab);
+    g->nchunks = nchunks;
+    for (size_t i = 0; i < T; i++) {
+        clopt_param *e = &ps[i];
+        e->group = gi;
+        clopt_state_layout(opt, g, e);
+        for (size_t k = 0; k < e->nstate; k++)
+            e->state[k] = (clopt_tensor){g->range_state[k], soff[i]};
+    }
+    if (err == CL_SUCCESS) {
+        memcpy(opt->params + opt->nparams, ps, T * sizeof *ps);
+        opt->nparams += T;
+        if ((s = grow_scratch(opt)) != CLOPT_SUCCESS)
+            opt->nparams -= T;
+        else if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
+            opt->nparams -= T, s = clopt_fail_cl(ctx, err, "initialising the range group");
+    } else {
+        s = clopt_fail_cl(ctx, err, "allocating the range group");
+    }
+    if (s != CLOPT_SUCCESS) {
+        release_arena(g);
+        opt->ngroups--;
+        goto fail;
+    }
+    if (group)
+        *group = gi;
+    if (first_index)
+        *first_index = opt->nparams - T;
+fail:
+    free(ps);
+    free(sp);
+    free(soff);
+    return s;
 }
 
 clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param,
@@ -1042,6 +1276,19 @@ static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
     return 1;
 }
 
+/* A range group of an element-wise rule runs as one launch (no GC, no Lookahead, no
+   Sophia: those run per tensor). */
+static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
+{
+    if (!g->ranges || clopt_rule_is_multipass(opt->rule) || opt->rule == CLOPT_SOPHIA ||
+        clopt_group_lookahead(opt, g))
+        return 0;
+    for (size_t i = 0; i < opt->nparams; i++)
+        if (opt->params[i].group == (size_t)(g - opt->groups) && gc_rows(&g->hp, &opt->params[i]))
+            return 0;
+    return 1;
+}
+
 /* Group gi's launches for the outcome "d of the uncertain steps in flight were applied":
    every tensor's step t = its host count + 1 + d, schedules at the optimizer's count + d. */
 static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t d)
@@ -1065,6 +1312,24 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             s = step_views(opt, e0, P, G, states, g->arena_len, &hp, t, d, grad_scale, 0);
         if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
             s = lookahead_sync(opt, P, states[e0->nkernel], g->arena_len, hp.lookahead_alpha);
+        return s;
+    }
+    if (range_fused(opt, g)) {
+        size_t first = opt->nparams;
+        for (size_t i = 0; i < opt->nparams && first == opt->nparams; i++)
+            if (opt->params[i].group == gi)
+                first = i;
+        const clopt_param *e0 = &opt->params[first];
+        const uint64_t t = e0->step + 1 + d; /* a range group's tensors were added together */
+        clopt_tensor states[CLOPT_OPT_MAX_STATE];
+        for (size_t k = 0; k < e0->nstate; k++)
+            states[k] = (clopt_tensor){g->range_state[k], 0};
+        opt->cur.ranges = g->range_table;
+        opt->cur.nchunks = g->nchunks;
+        s = step_views(opt, e0, (clopt_tensor){g->range_param, 0},
+                       (clopt_tensor){g->range_grad, 0}, states, 1, &hp, t, d, grad_scale, 0);
+        opt->cur.ranges = NULL;
+        opt->cur.nchunks = 0;
         return s;
     }
     for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
@@ -1096,7 +1361,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
 static clopt_status step_body(clopt_optimizer *opt, double grad_scale, int amp,
                               uint64_t uncertain, int dry)
 {
-    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry};
+    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry, NULL, 0};
     clopt_status s = grad_check(opt, 1.0 / grad_scale, amp);
     for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= uncertain; d++) {
         opt->cur.expect = opt->step + d;
@@ -1225,6 +1490,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     }
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
         return s;
+    if (opt->nparams == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "no tensors are registered");
     for (size_t i = 0; i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
         if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||

@@ -14,7 +14,12 @@ typedef struct clopt_group {
     size_t first, count; /* arena groups: their tensors are params[first .. first+count) */
     size_t arena_len;    /* floats per arena buffer (tensors plus alignment padding) */
     cl_mem arena_param, arena_grad;
-    cl_mem arena_state[CLOPT_OPT_MAX_STATE];
+    cl_mem arena_state[CLOPT_OPT_MAX_STATE]; /* also a range group's library-owned state */
+    /* range groups (clopt_optimizer_add_range_group): the engine's buffers (not owned), the
+       state buffers used (owned when in arena_state) and the chunk table (owned) */
+    int ranges;
+    cl_mem range_param, range_grad, range_state[CLOPT_OPT_MAX_STATE], range_table;
+    size_t nchunks;
 } clopt_group;
 
 typedef struct clopt_param {

@@ -123,3 +123,18 @@ clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl
         return clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
     return CLOPT_SUCCESS;
 }
+
+clopt_status clopt_launch_chunks(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                 size_t nchunks, const clopt_tuning *t, cl_uint num_wait,
+                                 const cl_event *wait_list, cl_event *event)
+{
+    size_t local = t->work_group_size ? t->work_group_size : 64, kmax = 0;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
+                                 NULL) == CL_SUCCESS &&
+        kmax > 0 && local > kmax)
+        local = kmax;
+    size_t global = nchunks * local;
+    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &local, num_wait, wait_list,
+                                        event);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
+}

@@ -644,6 +644,48 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
                                         clopt_tensor *param_view, clopt_tensor *grad_view,
                                         cl_mem *param_sub, cl_mem *grad_sub);
 
+/* ---- engines that own their memory ------------------------------------------------------ */
+
+/* A group over ranges of the engine's own buffers (llm.c's and KANN's one flat array of
+   parameters and one of gradients): tensors[i].param and .grad are (buffer, offset) ranges,
+   every param range in ONE cl_mem and every grad range in ONE cl_mem (the same cl_mem for
+   both is allowed when no ranges overlap); shapes as in clopt_optimizer_add_param_desc. An
+   element-wise rule (without gradient centralization or Sophia's estimates) updates the
+   whole group in ONE launch over a small device table of chunks (the OpenCL 1.2 form of
+   multi-tensor apply); other rules run per tensor. Initialise with clopt_range_group_init
+   (the struct may grow; struct_size tells the library which fields the caller knows). */
+typedef struct clopt_range_group {
+    size_t struct_size;
+    size_t ntensors;
+    const clopt_param_desc *tensors;
+    /* The engine's own state buffers, in clopt_rule_state_name order (e.g. llm.c's m and v
+       arrays), or all NULL: the library allocates the state. Tensor i's states start at
+       state_offsets[i] in each buffer (NULL: at its parameter offset, as flat arrays laid
+       out like the parameters). Not with Lookahead (its slow weights are the library's). */
+    cl_mem state[CLOPT_MAX_STATE];
+    const size_t *state_offsets;
+    /* For the engine's state buffers: 1 (default) fills them with the rule's initial values
+       at registration; 0 adopts their contents (porting a trainer mid-run, with
+       clopt_optimizer_set_step_count). */
+    int init_state;
+} clopt_range_group;
+void clopt_range_group_init(clopt_range_group *g);
+/* Registers the group (validated, then the state and the chunk table are allocated and
+   written: blocking). Refused: a range past its buffer's end, two ranges of the group that
+   overlap, a gradient or state range overlapping a parameter range or another tensor's, a
+   parameter range already registered in this optimizer, state buffers of the wrong size.
+   *group and *first_index (either may be NULL) receive the group and its first tensor. */
+clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                             const clopt_range_group *desc, size_t *group,
+                                             size_t *first_index);
+
+/* Op level: allocates the state tensors rule needs for n elements with hp (one buffer each,
+   in clopt_rule_state_name order, filled with their initial values on the context's queue,
+   non-blocking) into out[0 .. *count); the rest of out is set to NULL. The caller releases
+   the buffers. Adafactor and LAMB: CLOPT_ERR_UNSUPPORTED (optimizer level only). */
+clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                               size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count);
+
 /* ---- checkpoints ------------------------------------------------------------------------- */
 
 /* Save the complete optimizer state (rule, groups with hyperparameters and schedules, step

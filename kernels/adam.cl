@@ -17,17 +17,18 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 #if AMSGRAD
                         __global float *vmax_, const ulong vmaxo,
 #endif
-                        GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
+                        GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
                         const float eps, const float weight_decay, const float decay,
-                        const float step_size, const float inv_sqrt_bc2 CTRL_PARAMS)
+                        const float step_size, const float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    v_ += vo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    v_ += vo + RS_;
 #if AMSGRAD
-    vmax_ += vmaxo;
+    vmax_ += vmaxo + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
@@ -58,15 +59,16 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
 __kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
-                          __global float *u_, const ulong uo, GC_PARAMS const ulong n, float gmul,
+                          __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG, float gmul,
                           const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                          const float weight_decay, const float clr CTRL_PARAMS)
+                          const float weight_decay, const float clr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    u_ += uo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    u_ += uo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -87,16 +89,17 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
 __kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong n, float gmul,
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG, float gmul,
                          const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
                          const float weight_decay, const float inv_bc2, const float c_grad,
-                         const float c_mom CTRL_PARAMS)
+                         const float c_mom RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    v_ += vo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    v_ += vo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -120,17 +123,18 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
  * Ranger (DECOUPLED): θ *= 1 - wd·lr first instead of L2 decay. */
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong n,
+                         __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG,
                          float gmul, const int rectified, const float beta1,
                          const float ombeta1, const float beta2, const float ombeta2,
                          const float eps, const float weight_decay, const float decay,
-                         const float c CTRL_PARAMS)
+                         const float c RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    v_ += vo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    v_ += vo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -158,16 +162,17 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 __kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
-                          const ulong so, GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1,
+                          const ulong so, GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float beta3, const float ombeta3, const float eps,
-                          const float decay, const float step_size CTRL_PARAMS)
+                          const float decay, const float step_size RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    v_ += vo;
-    s_ += so;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    v_ += vo + RS_;
+    s_ += so + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
@@ -188,16 +193,17 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
 __kernel void diffgrad_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *m_, const ulong mo,
                             __global float *v_, const ulong vo, __global float *prev_,
-                            const ulong prevo, GC_PARAMS const ulong n, float gmul,
+                            const ulong prevo, GC_PARAMS const ulong N_ARG, float gmul,
                             const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                            const float weight_decay, const float step_size CTRL_PARAMS)
+                            const float weight_decay, const float step_size RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    v_ += vo;
-    prev_ += prevo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    v_ += vo + RS_;
+    prev_ += prevo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);

@@ -10,14 +10,15 @@
 
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
 __kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
-                           const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong n,
+                           const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong N_ARG,
                            float gmul, const float eps, const float weight_decay,
-                           const float clr CTRL_PARAMS)
+                           const float clr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    s_ += so;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    s_ += so + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -35,15 +36,16 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
  * θ -= lr δ. */
 __kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *v_, const ulong vo,
-                            __global float *u_, const ulong uo, GC_PARAMS const ulong n,
+                            __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG,
                             float gmul, const float rho, const float omrho, const float eps,
-                            const float weight_decay, const float lr CTRL_PARAMS)
+                            const float weight_decay, const float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    v_ += vo;
-    u_ += uo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    v_ += vo + RS_;
+    u_ += uo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -74,19 +76,20 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #if CENTERED
                            __global float *a_, const ulong ao,
 #endif
-                           GC_PARAMS const ulong n, float gmul, const float alpha, const float omalpha,
+                           GC_PARAMS const ulong N_ARG, float gmul, const float alpha, const float omalpha,
                            const float eps, const float weight_decay, const float momentum,
-                           const float lr CTRL_PARAMS)
+                           const float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    v_ += vo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    v_ += vo + RS_;
 #if MOMENTUM
-    b_ += bo;
+    b_ += bo + RS_;
 #endif
 #if CENTERED
-    a_ += ao;
+    a_ += ao + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);

@@ -83,12 +83,44 @@ inline void tail_store(floatV x, __global float *p, uint rem)
  * that LLVM compiles without the per-item bookkeeping of the VW 1 form, which made the
  * rules with exp/sqrt/division compute-bound on 2 cores (diffGrad 0.74 -> 0.95 of its
  * stream kernel, clopt-bench at 2^25). */
+/* RANGES (optimizer level, groups over ranges of caller-owned buffers): one launch updates
+ * many tensors, the OpenCL 1.2 form of multi-tensor apply. The host splits every tensor into
+ * chunks and passes a table with one ulong4 per chunk: (θ offset, g offset, state offset,
+ * length), in elements. Work-group c takes chunk c; its work-items stride over the chunk's
+ * vectors, so any chunk length works with any tuning. In the kernels, n is the chunk's
+ * length and RP_, RG_, RS_ are added to the θ, g and state pointers (0 without RANGES). */
+#ifndef RANGES
+#define RANGES 0
+#endif
+#if RANGES
+#define N_ARG n_all_
+#define RANGES_PARAMS , __global const ulong *rt_
+#define RANGES_BEGIN                                                                       \
+    const ulong4 r_ = vload4(get_group_id(0), rt_);                                        \
+    const ulong RP_ = r_.x, RG_ = r_.y, RS_ = r_.z, n = r_.w;
+#define ITEM_LOOP_BEGIN                                                                    \
+    for (ulong it_ = get_local_id(0); it_ * IPW <= n / VW; it_ += get_local_size(0)) {
+#define ITEM_LOOP_END }
+#define ITEM_ID it_
+#else
+#define N_ARG n
+#define RANGES_PARAMS
+#define RANGES_BEGIN
+#define RP_ 0
+#define RG_ 0
+#define RS_ 0
+#define ITEM_LOOP_BEGIN
+#define ITEM_LOOP_END
+#define ITEM_ID get_global_id(0)
+#endif
+
 #ifndef IPW
 #define IPW 1
 #endif
 #if IPW == 1
 #define ELEMENTWISE_BEGIN                                                                  \
-    const ulong vi_ = get_global_id(0);                                                    \
+    ITEM_LOOP_BEGIN                                                                        \
+    const ulong vi_ = ITEM_ID;                                                             \
     const ulong nv_ = n / VW;                                                              \
     const uint rem_ = (uint)(n - nv_ * VW);                                                \
     _Pragma("unroll") for (int pass_ = 0; pass_ < 2; pass_++) {                            \
@@ -98,10 +130,12 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #define ELEMENTWISE_END                                                                    \
     break;                                                                                 \
     }                                                                                      \
-    }
+    }                                                                                      \
+    ITEM_LOOP_END
 #else
 #define ELEMENTWISE_BEGIN                                                                  \
-    const ulong lo_ = get_global_id(0) * IPW;                                              \
+    ITEM_LOOP_BEGIN                                                                        \
+    const ulong lo_ = ITEM_ID * IPW;                                                       \
     const ulong nv_ = n / VW;                                                              \
     const uint rem_ = (uint)(n - nv_ * VW);                                                \
     _Pragma("unroll") for (int pass_ = 0; pass_ < 2; pass_++) {                            \
@@ -113,7 +147,8 @@ inline void tail_store(floatV x, __global float *p, uint rem)
             const ulong base_ = vi_ * VW;
 #define ELEMENTWISE_END                                                                    \
     }                                                                                      \
-    }
+    }                                                                                      \
+    ITEM_LOOP_END
 #endif
 
 #define LOAD(p) (full_ ? VLOAD(vi_, p) : tail_load((p) + base_, rem_))

@@ -13,14 +13,15 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
 #if MOMENTUM
                        __global float *b_, const ulong bo,
 #endif
-                       GC_PARAMS const ulong n, float gmul, const int first, const float lr,
-                       const float weight_decay, const float momentum, const float dampening, const float omdampening CTRL_PARAMS)
+                       GC_PARAMS const ulong N_ARG, float gmul, const int first, const float lr,
+                       const float weight_decay, const float momentum, const float dampening, const float omdampening RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
 #if MOMENTUM
-    b_ += bo;
+    b_ += bo + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);

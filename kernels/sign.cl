@@ -6,14 +6,15 @@
 
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
 __kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
-                        const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong n,
+                        const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong N_ARG,
                         float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
-                        const float decay, const float lr CTRL_PARAMS)
+                        const float decay, const float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
@@ -35,15 +36,16 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #if HESS
                           __global const float *hh_, const ulong hho,
 #endif
-                          GC_PARAMS const ulong n, float gmul, const float beta1, const float ombeta1,
+                          GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1,
                           const float beta2, const float ombeta2, const float eps, const float gamma,
-                          const float decay, const float lr CTRL_PARAMS)
+                          const float decay, const float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    p_ += po;
-    g_ += go;
-    m_ += mo;
-    h_ += ho;
+    RANGES_BEGIN
+    p_ += po + RP_;
+    g_ += go + RG_;
+    m_ += mo + RS_;
+    h_ += ho + RS_;
 #if HESS
     hh_ += hho;
 #endif

@@ -1,0 +1,449 @@
+/* Engines that own their memory: range groups over one flat parameter buffer (llm.c, KANN),
+ * the engine's own state buffers, host memory without copies, the misuse that is refused,
+ * and the op-level state allocator. Every update is checked against the double references
+ * of tests/ref (independent of the library). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "ref.h"
+
+#define NT 6
+/* Sizes cross the 16384-float chunks of a range launch and every vector tail. */
+static const size_t sizes[NT] = {7, 1023, 40000, 1, 4099, 33};
+static const int two_d[NT] = {1, 0, 1, 0, 1, 0}; /* weights decay, biases do not */
+
+static void assert_close(const char *what, const float *x, const double *ref, size_t n,
+                         double rtol, double atol)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)x[i] - ref[i]) <= atol + rtol * fabs(ref[i]))) {
+            fprintf(stderr, "%s[%zu]: got %.9g, reference %.9g\n", what, i, (double)x[i],
+                    ref[i]);
+            fail();
+        }
+}
+
+typedef struct flat {
+    size_t off[NT], total; /* offsets in the flat buffer, with gaps between tensors */
+    float *p0;
+    double *ref_p;
+    double *ref_s[CLOPT_MAX_STATE];
+} flat;
+
+static void flat_init(flat *f, size_t nstate, const clopt_hparams *hp, clopt_rule rule)
+{
+    size_t at = 3; /* a gap before the first tensor */
+    for (size_t i = 0; i < NT; i++) {
+        f->off[i] = at;
+        at += sizes[i] + 5; /* gaps between tensors stay untouched */
+    }
+    f->total = at;
+    uint64_t seed = 42;
+    f->p0 = malloc(f->total * sizeof *f->p0);
+    f->ref_p = malloc(f->total * sizeof *f->ref_p);
+    assert_non_null(f->p0);
+    for (size_t i = 0; i < f->total; i++)
+        f->ref_p[i] = f->p0[i] = (float)ref_normal(&seed);
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
+        f->ref_s[k] = NULL;
+        if (k < nstate) {
+            f->ref_s[k] = malloc(f->total * sizeof(double));
+            for (size_t i = 0; i < f->total; i++)
+                f->ref_s[k][i] = ref_state_init(rule, hp, k);
+        }
+    }
+}
+
+static void flat_free(flat *f)
+{
+    free(f->p0);
+    free(f->ref_p);
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
+        free(f->ref_s[k]);
+}
+
+/* Gradients of step t: the same pseudo-random values in float and double. */
+static void make_grads(size_t total, uint64_t t, float *g, double *gd)
+{
+    uint64_t seed = 1000 + t;
+    for (size_t i = 0; i < total; i++)
+        gd[i] = g[i] = (float)(0.5 * ref_normal(&seed));
+}
+
+/* Two groups over one flat parameter buffer and one flat gradient buffer (decay on the
+   2-D tensors only, as llm.c), `steps` steps of `rule`, against the reference. */
+static void run_flat(fixture *fx, clopt_rule rule, const clopt_hparams *hp_in, int steps)
+{
+    clopt_ctx *ctx = fx->ctx;
+    clopt_hparams hp_decay = *hp_in, hp_plain = *hp_in;
+    hp_plain.weight_decay = 0;
+    const size_t ns = ref_state_count(rule, &hp_decay);
+    flat f;
+    flat_init(&f, ns, &hp_decay, rule);
+    cl_mem P = upload(ctx, f.p0, f.total), G = upload(ctx, NULL, f.total);
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, rule, &hp_decay, &opt), CLOPT_SUCCESS);
+    for (int grp = 0; grp < 2; grp++) {
+        clopt_param_desc d[NT];
+        size_t nd = 0;
+        for (size_t i = 0; i < NT; i++) {
+            if (two_d[i] != (grp == 0))
+                continue;
+            memset(&d[nd], 0, sizeof d[nd]);
+            d[nd].param = (clopt_tensor){P, f.off[i]};
+            d[nd].grad = (clopt_tensor){G, f.off[i]};
+            d[nd].ndim = 1;
+            d[nd].shape[0] = sizes[i];
+            nd++;
+        }
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = nd;
+        rg.tensors = d;
+        size_t gi = 99;
+        assert_int_equal(clopt_optimizer_add_range_group(opt, grp == 0 ? &hp_decay : &hp_plain,
+                                                         &rg, &gi, NULL),
+                         CLOPT_SUCCESS);
+        assert_int_equal(gi, (size_t)grp + 1);
+    }
+    assert_int_equal(clopt_optimizer_param_count(opt), (size_t)NT);
+    float *g = malloc(f.total * sizeof *g), *x = malloc(f.total * sizeof *x);
+    double *gd = malloc(f.total * sizeof *gd);
+    double mu[NT];
+    for (size_t i = 0; i < NT; i++)
+        mu[i] = 1.0;
+    for (int t = 1; t <= steps; t++) {
+        make_grads(f.total, (uint64_t)t, g, gd);
+        write_at(ctx, (clopt_tensor){G, 0}, g, f.total);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        for (size_t i = 0; i < NT; i++) {
+            double *st[CLOPT_MAX_STATE] = {NULL};
+            for (size_t k = 0; k < ns; k++)
+                st[k] = f.ref_s[k] + f.off[i];
+            ref_step(rule, two_d[i] ? &hp_decay : &hp_plain, (uint64_t)t, sizes[i],
+                     f.ref_p + f.off[i], gd + f.off[i], st, NULL, &mu[i], 0);
+        }
+    }
+    read_at(ctx, (clopt_tensor){P, 0}, x, f.total);
+    /* the gaps hold their initial values, bit for bit; the tensors follow the reference */
+    const double rtol = 2e-5 + 50 * ref_hparam_coeff_error(rule, &hp_decay);
+    for (size_t i = 0; i < f.total; i++) {
+        int inside = 0;
+        for (size_t k = 0; k < NT; k++)
+            inside |= i >= f.off[k] && i < f.off[k] + sizes[k];
+        if (!inside)
+            assert_true(x[i] == f.p0[i]);
+    }
+    assert_close(clopt_rule_name(rule), x, f.ref_p, f.total, rtol, 2e-5);
+    /* the states the optimizer allocated, through its views of each tensor */
+    for (size_t i = 0; i < NT; i++)
+        for (size_t k = 0; k < ns; k++) {
+            /* tensors are registered group by group: find this one's flat index */
+            size_t which = 0, seen = 0;
+            for (int grp = 0; grp < 2; grp++)
+                for (size_t j = 0; j < NT; j++)
+                    if (two_d[j] == (grp == 0) && seen++ == i)
+                        which = j;
+            float *s = malloc(sizes[which] * sizeof *s);
+            assert_int_equal(clopt_optimizer_read_state(opt, i, k, s, sizes[which]),
+                             CLOPT_SUCCESS);
+            assert_close("state", s, f.ref_s[k] + f.off[which], sizes[which], rtol, 2e-5);
+            free(s);
+        }
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(P);
+    clReleaseMemObject(G);
+    free(g);
+    free(x);
+    free(gd);
+    flat_free(&f);
+}
+
+static void test_range_groups_every_rule(void **state)
+{
+    static const clopt_rule rules[] = {CLOPT_SGD,     CLOPT_ADAM,     CLOPT_ADAMW,
+                                       CLOPT_ADAGRAD, CLOPT_ADADELTA, CLOPT_RMSPROP,
+                                       CLOPT_ADAMAX,  CLOPT_NADAM,    CLOPT_RADAM,
+                                       CLOPT_ADAMOD,  CLOPT_DIFFGRAD, CLOPT_LION};
+    for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
+        clopt_hparams hp;
+        assert_int_equal(clopt_hparams_default(rules[r], &hp), CLOPT_SUCCESS);
+        hp.lr = rules[r] == CLOPT_LION ? 1e-3 : 1e-2;
+        hp.weight_decay = 0.1;
+        if (rules[r] == CLOPT_SGD)
+            hp.momentum = 0.9, hp.nesterov = 1;
+        if (rules[r] == CLOPT_RMSPROP)
+            hp.momentum = 0.5, hp.centered = 1;
+        if (rules[r] == CLOPT_ADAM)
+            hp.amsgrad = 1;
+        run_flat(*state, rules[r], &hp, rules[r] == CLOPT_RADAM ? 7 : 3);
+    }
+}
+
+/* llm.c's trainer: flat θ, g, m and v arrays laid out alike; the optimizer adopts m and v
+   (and the step count) from a run in progress and continues it without changing numbers. */
+static void test_adopt_engine_state(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAMW, &hp);
+    hp.lr = 3e-3;
+    hp.weight_decay = 0.0; /* one group for all: the simplest port */
+    flat f;
+    flat_init(&f, 2, &hp, CLOPT_ADAMW);
+    uint64_t seed = 7;
+    float *m0 = malloc(f.total * sizeof *m0), *v0 = malloc(f.total * sizeof *v0);
+    for (size_t i = 0; i < f.total; i++) {
+        f.ref_s[0][i] = m0[i] = (float)(0.01 * ref_normal(&seed));
+        f.ref_s[1][i] = v0[i] = (float)(1e-4 * ref_uniform(&seed));
+    }
+    cl_mem P = upload(ctx, f.p0, f.total), G = upload(ctx, NULL, f.total);
+    cl_mem M = upload(ctx, m0, f.total), V = upload(ctx, v0, f.total);
+    clopt_param_desc d[NT];
+    for (size_t i = 0; i < NT; i++) {
+        memset(&d[i], 0, sizeof d[i]);
+        d[i].param = (clopt_tensor){P, f.off[i]};
+        d[i].grad = (clopt_tensor){G, f.off[i]};
+        d[i].ndim = 1;
+        d[i].shape[0] = sizes[i];
+    }
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = NT;
+    rg.tensors = d;
+    rg.state[0] = M;
+    rg.state[1] = V;
+    rg.init_state = 0;
+    /* the group's first tensor is at index 0: group 0 is empty, the range group is 1 */
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_step_count(opt, 10), CLOPT_SUCCESS);
+    float *g = malloc(f.total * sizeof *g), *x = malloc(f.total * sizeof *x);
+    double *gd = malloc(f.total * sizeof *gd);
+    for (uint64_t t = 11; t <= 13; t++) {
+        make_grads(f.total, t, g, gd);
+        write_at(ctx, (clopt_tensor){G, 0}, g, f.total);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        for (size_t i = 0; i < NT; i++) {
+            double *st[CLOPT_MAX_STATE] = {f.ref_s[0] + f.off[i], f.ref_s[1] + f.off[i]};
+            ref_step(CLOPT_ADAMW, &hp, t, sizes[i], f.ref_p + f.off[i], gd + f.off[i], st, NULL,
+                     NULL, 0);
+        }
+    }
+    uint64_t count = 0;
+    assert_int_equal(clopt_optimizer_param_step_count(opt, 2, &count), CLOPT_SUCCESS);
+    assert_int_equal(count, 13);
+    read_at(ctx, (clopt_tensor){P, 0}, x, f.total);
+    for (size_t i = 0; i < NT; i++)
+        assert_close("param", x + f.off[i], f.ref_p + f.off[i], sizes[i], 2e-5, 2e-6);
+    /* the engine's own m and v arrays hold the state */
+    read_at(ctx, (clopt_tensor){M, 0}, x, f.total);
+    for (size_t i = 0; i < NT; i++)
+        assert_close("m", x + f.off[i], f.ref_s[0] + f.off[i], sizes[i], 2e-5, 2e-7);
+    read_at(ctx, (clopt_tensor){V, 0}, x, f.total);
+    for (size_t i = 0; i < NT; i++)
+        assert_close("v", x + f.off[i], f.ref_s[1] + f.off[i], sizes[i], 2e-5, 2e-9);
+    clopt_optimizer_destroy(opt);
+    cl_mem all[] = {P, G, M, V};
+    for (size_t i = 0; i < 4; i++)
+        clReleaseMemObject(all[i]);
+    free(m0), free(v0), free(g), free(x), free(gd);
+    flat_free(&f);
+}
+
+/* Arrays in host memory, used by the device without copies (CL_MEM_USE_HOST_PTR), mapped
+   around the step: the engine's host arrays are the parameters. */
+static void test_host_memory_zero_copy(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    const size_t n = 5000;
+    float *hp_arr = NULL, *hg_arr = NULL;
+    assert_int_equal(posix_memalign((void **)&hp_arr, 4096, n * sizeof(float)), 0);
+    assert_int_equal(posix_memalign((void **)&hg_arr, 4096, n * sizeof(float)), 0);
+    double *ref = malloc(n * sizeof *ref), *gd = malloc(n * sizeof *gd), *m = calloc(n, 8);
+    uint64_t seed = 3;
+    for (size_t i = 0; i < n; i++)
+        ref[i] = hp_arr[i] = (float)ref_normal(&seed);
+    cl_int err;
+    cl_context c = clopt_ctx_cl_context(ctx);
+    cl_command_queue q = clopt_ctx_cl_queue(ctx);
+    cl_mem P = clCreateBuffer(c, CL_MEM_READ_WRITE | CL_MEM_USE_HOST_PTR, n * sizeof(float),
+                              hp_arr, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    cl_mem G = clCreateBuffer(c, CL_MEM_READ_WRITE | CL_MEM_USE_HOST_PTR, n * sizeof(float),
+                              hg_arr, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_SGD, &hp);
+    hp.lr = 0.1;
+    hp.momentum = 0.9;
+    clopt_param_desc d;
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){P, 0};
+    d.grad = (clopt_tensor){G, 0};
+    d.ndim = 1;
+    d.shape[0] = n;
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_SGD, &hp, &opt), CLOPT_SUCCESS);
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = 1;
+    rg.tensors = &d;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    for (uint64_t t = 1; t <= 3; t++) {
+        /* the engine writes its gradient into its host array between map and unmap */
+        float *gm = clEnqueueMapBuffer(q, G, CL_TRUE, CL_MAP_WRITE, 0, n * sizeof(float), 0,
+                                       NULL, NULL, &err);
+        assert_int_equal(err, CL_SUCCESS);
+        for (size_t i = 0; i < n; i++)
+            gd[i] = gm[i] = (float)sin((double)(i + t));
+        assert_int_equal(clEnqueueUnmapMemObject(q, G, gm, 0, NULL, NULL), CL_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        double *st[CLOPT_MAX_STATE] = {m};
+        ref_step(CLOPT_SGD, &hp, t, n, ref, gd, st, NULL, NULL, 0);
+    }
+    float *pm = clEnqueueMapBuffer(q, P, CL_TRUE, CL_MAP_READ, 0, n * sizeof(float), 0, NULL,
+                                   NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    assert_close("host param", pm, ref, n, 1e-5, 1e-6);
+    assert_int_equal(clEnqueueUnmapMemObject(q, P, pm, 0, NULL, NULL), CL_SUCCESS);
+    assert_int_equal(clFinish(q), CL_SUCCESS);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(P);
+    clReleaseMemObject(G);
+    free(hp_arr), free(hg_arr), free(ref), free(gd), free(m);
+}
+
+/* Misuse that is refused, each leaving the optimizer as it was. */
+static void test_misuse_refused(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    cl_mem B = upload(ctx, NULL, 1000), G = upload(ctx, NULL, 1000);
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAM, &hp, &opt), CLOPT_SUCCESS);
+    /* a step with no tensors */
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    clopt_param_desc d[2];
+    memset(d, 0, sizeof d);
+    d[0] = (clopt_param_desc){.param = {B, 0}, .grad = {G, 0}, .ndim = 1, .shape = {100}};
+    d[1] = (clopt_param_desc){.param = {B, 50}, .grad = {G, 100}, .ndim = 1, .shape = {100}};
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = 2;
+    rg.tensors = d;
+    /* two parameter ranges overlap */
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "overlaps"));
+    /* a gradient range inside the parameter range (one buffer for both) */
+    d[1] = (clopt_param_desc){.param = {B, 200}, .grad = {B, 250}, .ndim = 1, .shape = {100}};
+    d[0].grad = (clopt_tensor){B, 400};
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    /* the engine's state overlapping a parameter */
+    d[0] = (clopt_param_desc){.param = {B, 0}, .grad = {G, 0}, .ndim = 1, .shape = {100}};
+    d[1] = (clopt_param_desc){.param = {B, 100}, .grad = {G, 100}, .ndim = 1, .shape = {100}};
+    rg.state[0] = B;
+    rg.state[1] = G;
+    size_t offs[2] = {500, 150}; /* tensor 1's state at 150 overlaps tensor 1's θ in B */
+    rg.state_offsets = offs;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    /* state buffers for only one of Adam's two states */
+    rg.state[1] = NULL;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_STATE_MISMATCH);
+    assert_int_equal(clopt_optimizer_group_count(opt), 1);
+    assert_int_equal(clopt_optimizer_param_count(opt), 0);
+    /* fine: library-owned state */
+    rg.state[0] = NULL;
+    rg.state_offsets = NULL;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    /* the same tensor registered twice, as a range group or with add_param_desc */
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d[1], NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    /* a new tensor whose gradient is another tensor's gradient */
+    clopt_param_desc e = {.param = {B, 300}, .grad = {G, 150}, .ndim = 1, .shape = {10}};
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &e, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_param_count(opt), 2);
+    assert_int_equal(clopt_optimizer_group_count(opt), 2);
+    /* an uninitialised descriptor */
+    clopt_range_group bad;
+    memset(&bad, 0, sizeof bad);
+    bad.ntensors = 1;
+    bad.tensors = d;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &bad, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(B);
+    clReleaseMemObject(G);
+}
+
+/* The op level's state allocator: buffers filled with each state's initial value. */
+static void test_alloc_state(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAGRAD, &hp);
+    hp.initial_accumulator_value = 0.25;
+    clopt_tensor st[CLOPT_MAX_STATE];
+    size_t count = 9;
+    assert_int_equal(clopt_alloc_state(ctx, CLOPT_ADAGRAD, &hp, 37, st, &count), CLOPT_SUCCESS);
+    assert_int_equal(count, 1);
+    assert_null(st[1].buffer);
+    float x[37];
+    read_at(ctx, st[0], x, 37);
+    for (size_t i = 0; i < 37; i++)
+        assert_true(x[i] == 0.25f);
+    clReleaseMemObject(st[0].buffer);
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    hp.amsgrad = 1;
+    assert_int_equal(clopt_alloc_state(ctx, CLOPT_ADAM, &hp, 37, st, &count), CLOPT_SUCCESS);
+    assert_int_equal(count, 3);
+    for (size_t k = 0; k < 3; k++) {
+        read_at(ctx, st[k], x, 37);
+        for (size_t i = 0; i < 37; i++)
+            assert_true(x[i] == 0.0f);
+        clReleaseMemObject(st[k].buffer);
+    }
+    ref_hparams_default(CLOPT_LAMB, &hp);
+    assert_int_equal(clopt_alloc_state(ctx, CLOPT_LAMB, &hp, 37, st, &count),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_int_equal(count, 0);
+    assert_null(st[0].buffer);
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    assert_int_equal(clopt_alloc_state(ctx, CLOPT_ADAM, &hp, 0, st, &count),
+                     CLOPT_ERR_INVALID_SIZE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_range_groups_every_rule),
+        cmocka_unit_test(test_adopt_engine_state),
+        cmocka_unit_test(test_host_memory_zero_copy),
+        cmocka_unit_test(test_misuse_refused),
+        cmocka_unit_test(test_alloc_state),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
