@@ -226,7 +226,13 @@ double bench_now_ms(void);
 
 /* How the T tensors are registered: one clopt_optimizer_add_arena_group (the library's
    buffers), or T caller-owned buffers, each with clopt_optimizer_add_param_desc. */
-typedef enum optrun_mode { OPTRUN_SEPARATE = 0, OPTRUN_ARENA } optrun_mode;
+typedef enum optrun_mode {
+    OPTRUN_SEPARATE = 0,
+    OPTRUN_ARENA,
+    OPTRUN_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (bound 1e30) on */
+    OPTRUN_RANGES     /* two range groups over one flat caller-owned buffer (every other
+                         tensor in the second, with weight decay 0 as biases) */
+} optrun_mode;
 
 /* The split of a total of n elements into T tensors: vectors of n/T elements (the
    remainder spread over the first ones), or for matrices rows/T rows of `cols` each. */

@@ -3,7 +3,7 @@
  * For every rule and size it measures
  *   fused     clopt_enqueue_step (one launch), timed by its profiling event; for the rules that
  *             exist only at the optimizer level (Adafactor, LAMB, Lookahead, GC on matrices)
- *             clopt_optimizer_step on one tensor, timed by markers (optrun.c)
+ *             clopt_optimizer_step_on on one tensor, timed by markers (optrun.c)
  *   unfused   the same step as a chain of one-elementary-operation kernels (rules.c)
  *   c_loop    the same step as an OpenMP C loop over host arrays, timed by wall clock
  *   copy      clEnqueueCopyBuffer moving as many bytes as the step (bandwidth roofline)
@@ -11,6 +11,10 @@
  *   arena     clopt_optimizer_step over T tensors in one arena group (one launch for the
  *             element-wise rules), T = 1 included as the optimizer-level reference
  *   separate  clopt_optimizer_step over T caller-owned tensors (one launch per tensor)
+ *   arena_amp arena with AMP (loss scale 1) and global-norm clipping (bound never reached)
+ *             on: the gradient check and the verdict run on the device, nothing waits
+ *   ranges    two range groups over T tensors in one caller-owned flat buffer (even and odd
+ *             tensors, the odd ones without weight decay, as llm.c): one launch per group
  * and reports the median time over --reps timed repetitions after --warmup untimed ones.
  * A correctness check at a small n first makes sure every variant agrees with fused.
  * --sweep-tuning instead times fused (and stream) over vector widths x work-group sizes.
@@ -33,9 +37,26 @@
 
 /* ---- options ------------------------------------------------------------------------------ */
 
-enum { V_FUSED = 0, V_UNFUSED, V_C_LOOP, V_COPY, V_STREAM, V_ARENA, V_SEPARATE, V_COUNT };
-static const char *const variant_names[V_COUNT] = {"fused", "unfused", "c_loop", "copy",
-                                                    "stream", "arena", "separate"};
+enum {
+    V_FUSED = 0,
+    V_UNFUSED,
+    V_C_LOOP,
+    V_COPY,
+    V_STREAM,
+    V_ARENA,
+    V_SEPARATE,
+    V_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (a bound never reached) on */
+    V_RANGES,    /* two range groups over one caller-owned flat buffer, every other tensor */
+    V_COUNT
+};
+static const char *const variant_names[V_COUNT] = {
+    "fused", "unfused", "c_loop", "copy", "stream", "arena", "separate", "arena_amp", "ranges"};
+/* The many-tensor variants (timed only with T > 1, plus arena with 1 tensor as reference). */
+#define V_MANY ((1u << V_ARENA) | (1u << V_SEPARATE) | (1u << V_ARENA_AMP) | (1u << V_RANGES))
+/* Issue 11's targets: AMP and clipping within this factor of the same step without them;
+   a range group within this factor of one launch over the same elements. */
+#define AMP_TARGET 1.15
+#define RANGES_TARGET 1.2
 
 #define MAX_LIST 64
 #define MAX_N ((size_t)1 << 31)
@@ -88,8 +109,9 @@ static void usage(FILE *f)
             "                      1M, 64K, 1G (default 2^20,2^22,2^24; sweep: 2^24)\n"
             "  --tensors t1,...    split each size into T equal tensors (default 1); T > 1\n"
             "                      measures arena and separate against arena with 1 tensor\n"
-            "  --variants v,...    any of fused,unfused,c_loop,copy,stream,arena,separate\n"
-            "                      (default all)\n"
+            "  --variants v,...    any of fused,unfused,c_loop,copy,stream,arena,separate,\n"
+            "                      arena_amp,ranges (default all; arena_amp and ranges are\n"
+            "                      timed with --tensors T > 1)\n"
             "  --reps N            timed repetitions, the median is reported (default 5)\n"
             "  --warmup N          untimed repetitions before them (default 2)\n"
             "  --check-n N         size of the correctness check (default 10007; 0 = skip)\n"
@@ -1077,7 +1099,7 @@ static void cloop_step(const rule_info *ri, host_instance *h, uint64_t step, ben
 
 typedef struct check_result {
     /* worst |x - ref| / (atol + rtol*|ref|) of each variant; NAN = not run */
-    double unfused_err, cloop_err, arena_err, separate_err;
+    double unfused_err, cloop_err, arena_err, separate_err, amp_err, ranges_err;
     int arena_identical; /* arena and separate bit-identical (-1 = not compared) */
 } check_result;
 
@@ -1279,6 +1301,7 @@ static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_
 {
     const bench_rule *r = ri->r;
     cr->unfused_err = cr->cloop_err = cr->arena_err = cr->separate_err = NAN;
+    cr->amp_err = cr->ranges_err = NAN;
     cr->arena_identical = -1;
     int rc = -1;
     float *p0 = malloc(n * sizeof(float));
@@ -1372,6 +1395,27 @@ static int run_check(env *e, const rule_info *ri, size_t n, int with_opt, check_
             cr->separate_err = compare_all(ri, "separate (3 tensors)", "c_loop", &xs, &xc);
             if (arena)
                 cr->arena_identical = arrays_identical(&xa, &xs);
+            arrays_free(&xs);
+        }
+        /* AMP (scale 1) and clipping (never reached) change no number; range groups */
+        static const int extra[] = {V_ARENA_AMP, V_RANGES};
+        for (size_t k = 0; k < 2; k++) {
+            const int v = extra[k];
+            if (!(e->opt->variants & (1u << v)) || r->rule == CLOPT_SOPHIA ||
+                (v == V_RANGES && (r->flags & BENCH_OPT_LEVEL)))
+                continue;
+            arrays xs = {0};
+            if (arrays_alloc(ri, &many, &xs))
+                goto done;
+            if (run_optrun(e, ri, v == V_RANGES ? OPTRUN_RANGES : OPTRUN_ARENA_AMP, &many, p0, g,
+                           &xs)) {
+                arrays_free(&xs);
+                goto done;
+            }
+            double q = compare_all(ri, v == V_RANGES ? "ranges (3 tensors)" : "arena_amp (3 tensors)",
+                                   "c_loop", &xs, &xc);
+            double *err = v == V_RANGES ? &cr->ranges_err : &cr->amp_err;
+            *err = q;
             arrays_free(&xs);
         }
     }
@@ -1478,10 +1522,18 @@ static void fill_ratios(env *e, size_t first_row)
         w->copy_fraction = w->gbps / copy_gbps;
         w->stream_fraction = w->gbps / stream_gbps;
         w->fused_speedup = w->ms / fused_ms;
-        if (w->variant == V_ARENA || w->variant == V_SEPARATE) {
+        if (w->variant == V_ARENA || w->variant == V_SEPARATE || w->variant == V_RANGES) {
             w->tensor_ratio = w->ms / a1_ms;
             w->tensor_wall_ratio = w->wall_ms / a1_wall;
         }
+        if (w->variant == V_ARENA_AMP) /* vs the arena with as many tensors, AMP off */
+            for (size_t j = first_row; j < e->res.n; j++) {
+                const row *a = &e->res.rows[j];
+                if (a->variant == V_ARENA && a->tensors == w->tensors) {
+                    w->tensor_ratio = w->ms / a->ms;
+                    w->tensor_wall_ratio = w->wall_ms / a->wall_ms;
+                }
+            }
     }
 }
 
@@ -1496,15 +1548,16 @@ static void print_tensors(const env *e, const rule_info *ri, size_t n, size_t fi
     char nb[32];
     format_n(n, nb, sizeof nb);
     printf("\ntensors: %s n=%s split into T tensors of n/T (ms: device span between markers "
-           "around the step; wall: enqueue to completion; x1: / arena with 1 tensor)\n",
+           "around the step; wall: enqueue to completion; x1: / arena with 1 tensor; "
+           "arena_amp: / arena with as many tensors)\n",
            ri->r->name, nb);
     printf("%8s %-9s %7s %-16s %10s %6s %10s %6s\n", "T", "variant", "launch", "tensor", "ms",
            "x1", "wall_ms", "x1");
-    double worst = 0.0;
-    size_t worst_T = 0;
+    double worst = 0.0, amp_worst = 0.0, ranges_worst = 0.0;
+    size_t worst_T = 0, amp_T = 0, ranges_T = 0;
     for (size_t i = first_row; i < e->res.n; i++) {
         const row *w = &e->res.rows[i];
-        if (w->variant != V_ARENA && w->variant != V_SEPARATE)
+        if (!((1u << w->variant) & V_MANY))
             continue;
         char tb[48], ms[32], x1[32], wall[32], xw[32];
         if (w->shape[0])
@@ -1523,7 +1576,24 @@ static void print_tensors(const env *e, const rule_info *ri, size_t n, size_t fi
             worst = w->tensor_ratio;
             worst_T = w->tensors;
         }
+        if (w->variant == V_ARENA_AMP && !(w->tensor_ratio <= amp_worst)) {
+            amp_worst = w->tensor_ratio;
+            amp_T = w->tensors;
+        }
+        if (w->variant == V_RANGES && !(w->tensor_ratio <= ranges_worst)) {
+            ranges_worst = w->tensor_ratio;
+            ranges_T = w->tensors;
+        }
     }
+    if (amp_T)
+        printf("target (issue 11): AMP and clipping on <= %.2f x the same arena without them: "
+               "%s (worst: %zu tensors, %.2f x)\n",
+               AMP_TARGET, amp_worst <= AMP_TARGET ? "met" : "MISSED", amp_T, amp_worst);
+    if (ranges_T)
+        printf("target (issue 11): two range groups over one caller-owned buffer <= %.1f x one "
+               "launch over the same elements: %s (worst: %zu tensors, %.2f x)\n",
+               RANGES_TARGET, ranges_worst <= RANGES_TARGET ? "met" : "MISSED", ranges_T,
+               ranges_worst);
     if (worst_T)
         printf("target (issue 5): arena with many tensors <= %.1f x one tensor of the same "
                "size: %s (worst: %zu tensors, %.2f x)\n",
@@ -1624,13 +1694,14 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         many |= o->tensors[i] > 1;
 
     unsigned run = one ? o->variants : o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE));
+    run &= ~((1u << V_ARENA_AMP) | (1u << V_RANGES)); /* timed with T > 1 only */
     if (!r->chain)
         run &= ~(1u << V_UNFUSED);
     if (one)
         run &= ~(1u << V_SEPARATE); /* separate with 1 tensor: fused at the optimizer level */
     if (one && ri->opt_level && !many && !o->variants_given)
         run &= ~(1u << V_ARENA); /* the same path as fused here; kept out of the default run */
-    if (many && (o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE))))
+    if (many && (o->variants & V_MANY))
         run |= 1u << V_ARENA; /* arena with 1 tensor: the reference of the ratios */
     if (r->rule == CLOPT_SOPHIA)
         run &= ~(1u << V_ARENA); /* refused: an arena group takes no Hessian estimates */
@@ -1663,7 +1734,7 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         mask |= stream_mask(ri);
 
     /* the units, in measurement order: the references first */
-    unit units[V_COUNT + 2 * MAX_LIST];
+    unit units[V_COUNT + 4 * MAX_LIST];
     size_t nu = 0;
     static const int t1_order[] = {V_COPY, V_STREAM, V_FUSED, V_UNFUSED, V_C_LOOP, V_ARENA};
     for (size_t k = 0; k < sizeof t1_order / sizeof t1_order[0]; k++)
@@ -1680,6 +1751,11 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
             units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
         if (o->variants & (1u << V_SEPARATE))
             units[nu++] = (unit){.variant = V_SEPARATE, .T = o->tensors[i]};
+        if ((o->variants & (1u << V_ARENA_AMP)) && r->rule != CLOPT_SOPHIA)
+            units[nu++] = (unit){.variant = V_ARENA_AMP, .T = o->tensors[i]};
+        if ((o->variants & (1u << V_RANGES)) && !(r->flags & BENCH_OPT_LEVEL) &&
+            r->rule != CLOPT_SOPHIA)
+            units[nu++] = (unit){.variant = V_RANGES, .T = o->tensors[i]};
     }
 
     int rc = 0;
@@ -1704,11 +1780,14 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         }
         shape_text(&sp, u->shape, sizeof u->shape);
         const int is_opt = u->variant == V_ARENA || u->variant == V_SEPARATE ||
+                           u->variant == V_ARENA_AMP || u->variant == V_RANGES ||
                            (u->variant == V_FUSED && ri->opt_level);
         if (is_opt) {
-            rc = optrun_create(e->ctx, r, &ri->hp,
-                               u->variant == V_ARENA ? OPTRUN_ARENA : OPTRUN_SEPARATE, &sp, e->p0,
-                               e->g0, &u->opt);
+            const optrun_mode mode = u->variant == V_ARENA       ? OPTRUN_ARENA
+                                     : u->variant == V_ARENA_AMP ? OPTRUN_ARENA_AMP
+                                     : u->variant == V_RANGES    ? OPTRUN_RANGES
+                                                                 : OPTRUN_SEPARATE;
+            rc = optrun_create(e->ctx, r, &ri->hp, mode, &sp, e->p0, e->g0, &u->opt);
             if (!rc)
                 rc = optrun_warm(e, ri, u->opt);
         }
@@ -1805,6 +1884,8 @@ static int measure(env *e, const rule_info *ri, size_t n, const check_result *cr
         case V_UNFUSED: ck = check_word(cr->unfused_err); break;
         case V_ARENA: ck = check_word(cr->arena_err); break;
         case V_SEPARATE: ck = check_word(cr->separate_err); break;
+        case V_ARENA_AMP: ck = check_word(cr->amp_err); break;
+        case V_RANGES: ck = check_word(cr->ranges_err); break;
         default: break;
         }
         rc = finish_row(e, ri, u, n, ck);
@@ -2232,10 +2313,10 @@ static int write_plot(const env *e, const char *path)
     static const char *const color[V_COUNT] = {
         [V_FUSED] = "#7b2cbf", [V_UNFUSED] = "#2a9d8f", [V_C_LOOP] = "#1d6fd6",
         [V_COPY] = "#e07a00",  [V_STREAM] = "#222222",  [V_ARENA] = "#c9184a",
-        [V_SEPARATE] = "#6a994e"};
+        [V_SEPARATE] = "#6a994e", [V_ARENA_AMP] = "#ff006e", [V_RANGES] = "#8d6e63"};
     static const int point[V_COUNT] = {[V_FUSED] = 7,  [V_UNFUSED] = 5, [V_C_LOOP] = 9,
                                        [V_COPY] = 4,   [V_STREAM] = 6,  [V_ARENA] = 11,
-                                       [V_SEPARATE] = 13};
+                                       [V_SEPARATE] = 13, [V_ARENA_AMP] = 12, [V_RANGES] = 3};
     for (size_t ri = 0; ri < o->nrules; ri++) {
         const char *rule = o->rules[ri]->name;
         fprintf(gp, "set title '%s'\n", rule);
@@ -2307,12 +2388,12 @@ static int write_plot(const env *e, const char *path)
 static int check_rule(env *e, const rule_info *ri, check_result *cr)
 {
     const options *o = e->opt;
-    const int with_opt = (o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE))) != 0;
+    const int with_opt = (o->variants & V_MANY) != 0;
     const size_t n = check_size(ri, o->check_n);
     if (run_check(e, ri, n, with_opt, cr))
         return -1;
     int bad = cr->unfused_err > 1.0 || cr->cloop_err > 1.0 || cr->arena_err > 1.0 ||
-              cr->separate_err > 1.0;
+              cr->separate_err > 1.0 || cr->amp_err > 1.0 || cr->ranges_err > 1.0;
     char shape[64] = "";
     if (ri->r->flags & BENCH_MATRIX) {
         size_t R, C;
@@ -2331,6 +2412,10 @@ static int check_rule(env *e, const rule_info *ri, check_result *cr)
                cr->arena_identical == 1   ? ", arena = separate bit for bit"
                : cr->arena_identical == 0 ? ", arena and separate NOT bit-identical"
                                           : "");
+    if (!isnan(cr->amp_err))
+        printf(", arena_amp %s (%.3g)", check_word(cr->amp_err), cr->amp_err);
+    if (!isnan(cr->ranges_err))
+        printf(", ranges %s (%.3g)", check_word(cr->ranges_err), cr->ranges_err);
     printf("\n");
     if (bad) {
         fprintf(stderr,
@@ -2517,7 +2602,7 @@ int main(int argc, char **argv)
                 if (clopt_ctx_get_rule_tuning(e.ctx, ri.r->rule, &ri.hp, &rt) == CLOPT_SUCCESS)
                     bench_device_set_tuning(e.bd, &rt);
             }
-            check_result cr = {NAN, NAN, NAN, NAN, -1};
+            check_result cr = {NAN, NAN, NAN, NAN, NAN, NAN, -1};
             if (o.check_n && check_rule(&e, &ri, &cr))
                 goto out;
             for (size_t ni = 0; ni < o.nsizes; ni++) {

@@ -83,12 +83,23 @@ struct optrun {
     clopt_optimizer *opt;
     size_t T, n, first, cols;
     size_t *len, *rows, *off; /* per tensor; off = element offset in the concatenation */
-    cl_mem *bufs;             /* separate: param and grad buffer of each tensor */
+    cl_mem *bufs;             /* separate: param and grad buffer of each tensor; ranges: the
+                                 flat param and grad buffers */
+    size_t nbufs;
+    int ranges_order;         /* ranges: the even tensors were registered first */
     size_t nstate;
     size_t *slen;             /* state k of tensor i: slen[i * BENCH_MAX_STATE + k] */
     size_t alen[1 + BENCH_MAX_STATE];
     unsigned launches;
 };
+
+/* The optimizer's index of tensor i of the split. */
+static size_t opt_index(const optrun *o, size_t i)
+{
+    if (o->ranges_order)
+        return i % 2 ? (o->T + 1) / 2 + i / 2 : i / 2;
+    return o->first + i;
+}
 
 static int fail_clopt(clopt_ctx *ctx, const char *what, clopt_status s)
 {
@@ -111,7 +122,7 @@ void optrun_destroy(optrun *o)
     if (!o)
         return;
     clopt_optimizer_destroy(o->opt);
-    for (size_t i = 0; o->bufs && i < 2 * o->T; i++)
+    for (size_t i = 0; o->bufs && i < o->nbufs; i++)
         if (o->bufs[i])
             clReleaseMemObject(o->bufs[i]);
     free(o->bufs);
@@ -131,9 +142,18 @@ static unsigned count_launches(const optrun *o)
     else if (o->r->rule == CLOPT_LAMB)
         per = 3; /* partial, final, update */
     per += gc ? 1u : 0u; /* GC row means */
-    if (o->mode == OPTRUN_ARENA && !(o->r->flags & BENCH_OPT_LEVEL) && !gc)
-        return 1; /* the whole group in one launch */
-    return per * (unsigned)o->T;
+    if ((o->mode == OPTRUN_ARENA || o->mode == OPTRUN_ARENA_AMP) &&
+        !(o->r->flags & BENCH_OPT_LEVEL) && !gc)
+        per = 0, o->T > 0 ? per++ : 0; /* the whole group in one launch */
+    else if (o->mode == OPTRUN_RANGES && !(o->r->flags & BENCH_OPT_LEVEL) && !gc)
+        per = 0, per += o->T > 1 ? 2u : 1u; /* one launch per range group */
+    else
+        per *= (unsigned)o->T;
+    /* the step's own commands: start word, verdict, commit, read-back */
+    unsigned extra = 4;
+    if (o->mode == OPTRUN_ARENA_AMP)
+        extra += 1; /* the gradient check's partial sums (step_verdict adds them) */
+    return per + extra;
 }
 
 int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
@@ -187,16 +207,64 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         goto fail;
     }
     cl_int err = CL_SUCCESS;
-    if (mode == OPTRUN_ARENA) {
+    if (mode == OPTRUN_ARENA || mode == OPTRUN_ARENA_AMP) {
         s = clopt_optimizer_add_arena_group(o->opt, hp, o->T, desc, NULL, &o->first);
         if (s != CLOPT_SUCCESS) {
             fail_clopt(ctx, "clopt_optimizer_add_arena_group", s);
             goto fail;
         }
+        if (mode == OPTRUN_ARENA_AMP &&
+            ((s = clopt_optimizer_set_grad_scale(o->opt, 1.0)) != CLOPT_SUCCESS ||
+             (s = clopt_optimizer_set_grad_clip(o->opt, 1e30)) != CLOPT_SUCCESS)) {
+            fail_clopt(ctx, "AMP and clipping", s);
+            goto fail;
+        }
+    } else if (mode == OPTRUN_RANGES) {
+        /* one flat parameter buffer and one flat gradient buffer, tensors back to back;
+           group A: tensors 0, 2, 4, ... (the hyperparameters), group B: 1, 3, ... (no decay) */
+        o->bufs = calloc(2, sizeof *o->bufs);
+        if (!o->bufs)
+            goto oom;
+        o->nbufs = 2;
+        for (int k = 0; k < 2; k++) {
+            o->bufs[k] = clCreateBuffer(o->context, CL_MEM_READ_WRITE, o->n * sizeof(float),
+                                        NULL, &err);
+            if (!o->bufs[k]) {
+                fail_cl("clCreateBuffer", err);
+                goto fail;
+            }
+        }
+        clopt_param_desc *sorted = calloc(o->T, sizeof *sorted);
+        if (!sorted)
+            goto oom;
+        size_t na = 0, nb = (o->T + 1) / 2;
+        for (size_t i = 0; i < o->T; i++) {
+            desc[i].param = (clopt_tensor){o->bufs[0], o->off[i]};
+            desc[i].grad = (clopt_tensor){o->bufs[1], o->off[i]};
+            sorted[i % 2 ? nb++ : na++] = desc[i];
+        }
+        clopt_hparams hb = *hp;
+        hb.weight_decay = 0;
+        for (int grp = 0; grp < 2 && s == CLOPT_SUCCESS; grp++) {
+            clopt_range_group rg;
+            clopt_range_group_init(&rg);
+            rg.ntensors = grp ? o->T / 2 : (o->T + 1) / 2;
+            rg.tensors = sorted + (grp ? (o->T + 1) / 2 : 0);
+            if (rg.ntensors)
+                s = clopt_optimizer_add_range_group(o->opt, grp ? &hb : hp, &rg, NULL, NULL);
+        }
+        free(sorted);
+        if (s != CLOPT_SUCCESS) {
+            fail_clopt(ctx, "clopt_optimizer_add_range_group", s);
+            goto fail;
+        }
+        o->first = 0; /* tensors in registration order: the even ones, then the odd ones */
+        o->ranges_order = 1;
     } else {
         o->bufs = calloc(2 * o->T, sizeof *o->bufs);
         if (!o->bufs)
             goto oom;
+        o->nbufs = 2 * o->T;
         for (size_t i = 0; i < o->T; i++) {
             for (int k = 0; k < 2; k++) {
                 o->bufs[2 * i + k] = clCreateBuffer(o->context, CL_MEM_READ_WRITE,
@@ -221,7 +289,7 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
     /* initial parameters and gradients through the views (arena: (buffer, offset) pairs) */
     for (size_t i = 0; i < o->T && err == CL_SUCCESS; i++) {
         clopt_tensor pv, gv;
-        s = clopt_optimizer_param_view(o->opt, o->first + i, &pv, &gv, NULL, NULL);
+        s = clopt_optimizer_param_view(o->opt, opt_index(o, i), &pv, &gv, NULL, NULL);
         if (s != CLOPT_SUCCESS) {
             fail_clopt(ctx, "clopt_optimizer_param_view", s);
             goto fail;
@@ -245,14 +313,14 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         const char *names[BENCH_MAX_STATE];
         size_t ns = bench_state_layout(r, hp, o->len[i], o->rows ? o->rows[i] : 0, o->cols, sl,
                                        names);
-        size_t lns = clopt_optimizer_state_count(o->opt, o->first + i);
+        size_t lns = clopt_optimizer_state_count(o->opt, opt_index(o, i));
         if (i == 0)
             o->nstate = ns;
         int same = lns == ns && ns == o->nstate;
         for (size_t k = 0; same && k < ns; k++) {
             const char *nm = NULL;
             size_t l = 0;
-            same = clopt_optimizer_state_info(o->opt, o->first + i, k, &nm, &l) ==
+            same = clopt_optimizer_state_info(o->opt, opt_index(o, i), k, &nm, &l) ==
                        CLOPT_SUCCESS &&
                    l == sl[k] && nm && strcmp(nm, names[k]) == 0;
         }
@@ -287,7 +355,7 @@ int optrun_write_grad(optrun *o, const float *g)
     cl_int err = CL_SUCCESS;
     for (size_t i = 0; i < o->T && err == CL_SUCCESS; i++) {
         clopt_tensor gv;
-        clopt_status s = clopt_optimizer_param_view(o->opt, o->first + i, NULL, &gv, NULL, NULL);
+        clopt_status s = clopt_optimizer_param_view(o->opt, opt_index(o, i), NULL, &gv, NULL, NULL);
         if (s != CLOPT_SUCCESS)
             return fail_clopt(o->ctx, "clopt_optimizer_param_view", s);
         err = clEnqueueWriteBuffer(o->queue, gv.buffer, CL_FALSE, gv.offset * sizeof(float),
@@ -320,10 +388,11 @@ int optrun_step(optrun *o, unsigned steps, bench_timing *t)
         return fail_cl("clEnqueueMarkerWithWaitList", err);
     clFlush(o->queue);
     int rc = 0;
-    for (unsigned s = 0; s < steps && !rc; s++) {
-        clopt_status st = clopt_optimizer_step(o->opt, s + 1 == steps ? &b : NULL);
+    for (unsigned s = 0; s < steps && !rc; s++) { /* the engine's step: never waits */
+        clopt_status st = clopt_optimizer_step_on(o->opt, o->queue, 0, NULL,
+                                                  s + 1 == steps ? &b : NULL);
         if (st != CLOPT_SUCCESS)
-            rc = fail_clopt(o->ctx, "clopt_optimizer_step", st);
+            rc = fail_clopt(o->ctx, "clopt_optimizer_step_on", st);
     }
     err = b ? clWaitForEvents(1, &b) : clFinish(o->queue);
     const double w1 = bench_now_ms();
@@ -356,7 +425,7 @@ int optrun_read(optrun *o, float *const *out)
     size_t soff[BENCH_MAX_STATE] = {0};
     for (size_t i = 0; i < o->T; i++) {
         clopt_tensor pv;
-        clopt_status s = clopt_optimizer_param_view(o->opt, o->first + i, &pv, NULL, NULL, NULL);
+        clopt_status s = clopt_optimizer_param_view(o->opt, opt_index(o, i), &pv, NULL, NULL, NULL);
         if (s != CLOPT_SUCCESS)
             return fail_clopt(o->ctx, "clopt_optimizer_param_view", s);
         cl_int err = clEnqueueReadBuffer(o->queue, pv.buffer, CL_TRUE, pv.offset * sizeof(float),
@@ -366,7 +435,7 @@ int optrun_read(optrun *o, float *const *out)
             return fail_cl("clEnqueueReadBuffer", err);
         for (size_t k = 0; k < o->nstate; k++) {
             size_t l = o->slen[i * BENCH_MAX_STATE + k];
-            s = clopt_optimizer_read_state(o->opt, o->first + i, k, out[1 + k] + soff[k], l);
+            s = clopt_optimizer_read_state(o->opt, opt_index(o, i), k, out[1 + k] + soff[k], l);
             if (s != CLOPT_SUCCESS)
                 return fail_clopt(o->ctx, "clopt_optimizer_read_state", s);
             soff[k] += l;

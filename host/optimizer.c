@@ -79,7 +79,7 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
 }
 
 /* Scratch floats one tensor's step needs: partials (2 per item), 2 sums, Adafactor's row
-   means (one per batch) and GC row means. The gradient checks (2 per unit) come after. */
+   means (one per batch) and GC row means. */
 static size_t scratch_need(const clopt_param *e)
 {
     size_t b, r, c;
@@ -181,6 +181,8 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
     }
     if (opt->ctl)
         clReleaseMemObject(opt->ctl);
+    if (opt->check)
+        clReleaseMemObject(opt->check);
     for (size_t i = 0; i < opt->nparams; i++)
         release_param(&opt->params[i]);
     for (size_t i = 0; i < opt->ngroups; i++)
@@ -316,7 +318,6 @@ static clopt_status grow_scratch(clopt_optimizer *opt)
     for (size_t i = 0; i < opt->nparams; i++)
         if (scratch_need(&opt->params[i]) > need)
             need = scratch_need(&opt->params[i]);
-    need += 2 * opt->nparams; /* gradient checks: at most one unit per tensor */
     if (need <= opt->scratch_len)
         return CLOPT_SUCCESS;
     cl_int err = CL_SUCCESS;
@@ -922,10 +923,21 @@ static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsu
     return launch_items(opt, k, nsums);
 }
 
+/* Items of the gradient check of a unit of n floats: blocks of >= 2048 floats, at most
+   REDUCE_ITEMS (the partial sums of all units are added by step_verdict in one pass). */
+/* Work-group size of the gradient check (each work-item sums its own contiguous block). */
+#define CHECK_LOCAL 64
+static size_t check_items(size_t n)
+{
+    size_t items = (n + 2047) / 2048;
+    return items < REDUCE_ITEMS ? items : REDUCE_ITEMS;
+}
+
 /* The gradient check of AMP and clipping: per unit (an arena group's gradient buffer, or a
-   caller-owned tensor) Σ(g/scale)² and the count of non-finite values, reduced on the device
-   in a fixed order into scratch[base + 2u], then step_verdict adds the units in order and
-   decides (skip, clip coefficient) on the device: nothing is read back here. */
+   caller-owned tensor) one launch writes Σ(g/scale)² and a non-finite flag per block into
+   opt->check (sums first, then flags, all units back to back); step_verdict adds them in
+   that fixed order and decides (skip, clip coefficient) on the device: nothing is read back
+   here. The buffer grows in the dry pass, before anything is enqueued. */
 static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, int amp)
 {
     cl_kernel k, kv;
@@ -933,33 +945,56 @@ static clopt_status grad_check(clopt_optimizer *opt, double inv_scale, int amp)
     if ((s = kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k)) != CLOPT_SUCCESS ||
         (s = kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) != CLOPT_SUCCESS)
         return s;
-    const size_t base = opt->scratch_len - 2 * opt->nparams;
-    size_t units = 0;
     const int check = amp || opt->max_grad_norm > 0;
+    size_t total = 0;
+    for (size_t i = 0; check && i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        const clopt_group *g = &opt->groups[e->group];
+        if (!(g->arena && i != g->first))
+            total += check_items(g->arena ? g->arena_len : e->n);
+    }
+    if (opt->cur.dry && 2 * total > opt->check_len) {
+        cl_int err = CL_SUCCESS;
+        cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE,
+                                  2 * total * sizeof(float), NULL, &err);
+        if (!m)
+            return clopt_fail_cl(opt->ctx, err, "allocating the gradient check");
+        if (opt->check)
+            clReleaseMemObject(opt->check); /* deferred by OpenCL until its commands finish */
+        opt->check = m;
+        opt->check_len = 2 * total;
+    }
+    size_t at = 0;
     for (size_t i = 0; check && i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
         const clopt_group *g = &opt->groups[e->group];
         if (g->arena && i != g->first)
             continue; /* the arena's whole gradient buffer is one unit */
         clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
-        size_t n = g->arena ? g->arena_len : e->n, items = reduce_items(n);
+        size_t n = g->arena ? g->arena_len : e->n, items = check_items(n);
         clopt_args a = {k, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, grad);
         clopt_arg_ulong(&a, n);
         clopt_arg_ulong(&a, items);
         clopt_arg_float(&a, (float)inv_scale);
-        clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
+        clopt_arg_tensor(&a, (clopt_tensor){opt->check, at});
+        clopt_arg_ulong(&a, total + at);
         if (a.err != CL_SUCCESS)
             return set_failed(opt, &a);
-        if ((s = launch_items(opt, k, items)) != CLOPT_SUCCESS ||
-            (s = enqueue_final(opt, items, 2, base + 2 * units)) != CLOPT_SUCCESS)
-            return s;
-        units++;
+        if (!opt->cur.dry) {
+            size_t local = CHECK_LOCAL, global = (items + local - 1) / local * local;
+            cl_int err = clEnqueueNDRangeKernel(opt->q, k, 1, NULL, &global, &local, 0, NULL,
+                                                NULL);
+            if (err != CL_SUCCESS)
+                return clopt_fail_cl(opt->ctx, err, "clEnqueueNDRangeKernel");
+        }
+        at += items;
     }
     clopt_args v = {kv, 0, CL_SUCCESS};
     clopt_arg_tensor(&v, (clopt_tensor){opt->ctl, 0});
-    clopt_arg_tensor(&v, (clopt_tensor){opt->scratch, base});
-    clopt_arg_ulong(&v, units);
+    clopt_arg_tensor(&v, (clopt_tensor){total ? opt->check : opt->ctl, 0});
+    clopt_arg_ulong(&v, total);
+    clopt_arg_ulong(&v, total);
     clopt_arg_float(&v, (float)opt->max_grad_norm);
     clopt_arg_int(&v, amp);
     if (v.err != CL_SUCCESS)
@@ -1601,9 +1636,11 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
     clopt_status s = clopt_optimizer_step_on(opt, NULL, 0, NULL, event);
     if (s != CLOPT_SUCCESS || !check)
         return s;
-    /* the blocking convenience: wait for this step's verdict */
-    if ((s = collect(opt, 1)) != CLOPT_SUCCESS)
-        return s;
+    /* the blocking convenience: wait for this step's verdict. The step is enqueued (and will
+       run) whatever happens here: a failed wait is not the step's failure, and the verdict
+       then reaches the host through a later poll or call. */
+    if (collect(opt, 1) != CLOPT_SUCCESS)
+        return CLOPT_SUCCESS;
     if (opt->report.step_call == opt->calls && opt->report.skipped) {
         if (event && *event) {
             clReleaseEvent(*event);

@@ -60,7 +60,7 @@ struct clopt_optimizer {
     clopt_param *params;
     size_t nparams, cap_params;
     uint64_t step;  /* optimizer steps applied (schedules count these) */
-    cl_mem scratch; /* reduction partials, sums, GC row means, per-unit gradient checks */
+    cl_mem scratch; /* reduction partials, sums, GC row means */
     size_t scratch_len;
     double max_grad_norm, last_grad_norm;
     double grad_scale; /* AMP loss scale; 0 = off */
@@ -68,6 +68,8 @@ struct clopt_optimizer {
     uint64_t rng_seed, rng_counter;
     /* the engine contract (optimizer.c, the step) */
     cl_mem ctl;                 /* control words, see CTRL in kernels/common.cl */
+    cl_mem check;               /* the gradient check's partial sums and flags */
+    size_t check_len;           /* floats in check */
     cl_command_queue q;         /* the queue of the step being enqueued */
     clopt_ctl cur;              /* control of the launches being enqueued */
     clopt_step_record rec[CLOPT_MAX_IN_FLIGHT];
