@@ -501,6 +501,12 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
     return CLOPT_SUCCESS;
 }
 
+void clopt_param_desc_init(clopt_param_desc *d)
+{
+    if (d)
+        memset(d, 0, sizeof *d);
+}
+
 clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
                                        clopt_tensor grad, size_t n, const clopt_tensor *hessian,
                                        size_t *index)

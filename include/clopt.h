@@ -483,6 +483,9 @@ typedef struct clopt_param_desc {
     size_t ndim;
     size_t shape[CLOPT_MAX_DIMS];
 } clopt_param_desc;
+/* Zeroes a descriptor (ndim 0, no Hessian buffer). clopt_param_desc may grow: start from this
+   (or a designated initialiser, which zeroes the fields it does not name). */
+void clopt_param_desc_init(clopt_param_desc *d);
 
 /* Parameter groups, as torch's param_groups: group 0 exists from creation with the
    optimizer's hyperparameters; add_group appends one with its own (validated) copy. */
