@@ -14,13 +14,39 @@
  *    clopt_status_str() gives a readable text, clopt_ctx_last_error() the detail of the
  *    last failure on a context (which argument, which size).
  *  - Every argument is validated before anything is enqueued: a failed call changes no
- *    buffer and no state. The library never exits, aborts or prints.
+ *    buffer and no state (the one exception, an OpenCL failure half-way through applying a
+ *    checked checkpoint, is at clopt_optimizer_load). The library never exits, aborts or
+ *    prints.
  *  - No global state: everything lives in a clopt_ctx. A context (and everything created
  *    from it) must not be used from two threads at once; two contexts are independent.
  *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
  *  - Scalar hyperparameters are stored in double on the host and passed to the kernels as
  *    float; step-dependent factors (bias corrections, RAdam's rectification, NAdam's
  *    momentum schedule, Adagrad's lr decay) are computed on the host in double.
+ *  - Every function says whether it blocks (waits for the device: clFinish, clWaitForEvents,
+ *    a blocking read or write, or compiles a program) or only enqueues / only touches host
+ *    memory. Programs are compiled lazily: the first enqueue of a kernel variant in a
+ *    context compiles it (blocking, once per context; clopt_optimizer_prepare does it ahead
+ *    for an optimizer). Statuses are listed per function; "OpenCL codes" means OpenCL
+ *    pass-through errors (CLOPT_ERR_OPENCL_BASE + e) of the calls it makes.
+ *
+ * Ownership and lifetimes
+ *  - Destroy order: every clopt_optimizer before the clopt_ctx it was created on (the
+ *    optimizer keeps a plain pointer to its context); caller-owned buffers after the
+ *    optimizers that use them; the context last.
+ *  - Buffers the caller passes (parameters, gradients, Hessian estimates, op-level state, a
+ *    range group's buffers) stay the caller's: clopt never releases them, and the optimizer
+ *    keeps their cl_mem handles WITHOUT clRetainMemObject, so they must stay alive until
+ *    clopt_optimizer_destroy has returned. Queues passed to an op or a step are not retained
+ *    either: keep them alive until what was enqueued on them has finished.
+ *  - What clopt allocates is clopt's and is released by the matching destroy: an
+ *    optimizer's state tensors, arena buffers and their sub-buffers (param_view), chunk
+ *    tables, scratch and the events of steps in flight; a context's programs and kernels.
+ *    Never release them; handles to them are invalid after the destroy.
+ *  - The caller owns and must release: every cl_event returned through an `event` out
+ *    parameter (clReleaseEvent), and the buffers clopt_alloc_state creates
+ *    (clReleaseMemObject). Returned strings are static or owned by the context.
+ *  - A failed call returns no event and allocates nothing.
  *
  * Semantics follow torch.optim (PyTorch 1.13, and >= 2.0 for NAdam) where it has the
  * rule, otherwise the paper's official code. The differences are listed per rule at
@@ -295,7 +321,9 @@ typedef enum clopt_rule {
     CLOPT_RULE_COUNT
 } clopt_rule;
 
-/* Lower-case name ("adamw") of a rule, NULL when out of range; and the inverse. */
+/* Lower-case name ("adamw") of a rule, NULL when out of range (static storage); and the
+   inverse (exact, case-sensitive match): CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   CLOPT_ERR_INVALID_ARGUMENT (unknown name). Host only; never block. */
 const char *clopt_rule_name(clopt_rule rule);
 clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
 
@@ -348,20 +376,31 @@ typedef struct clopt_hparams {
     double n_sma_threshold;
 } clopt_hparams;
 
+/* Fills *out with rule's defaults. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   CLOPT_ERR_INVALID_ARGUMENT (rule out of range). Host only. */
 clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
-/* The tuning (see clopt_ctx_get_tuning) of rule's update kernel under hp in ctx. */
+/* The tuning (see clopt_ctx_get_tuning) of rule's update kernel under hp in ctx (the
+   context's default for Adafactor and LAMB). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   CLOPT_ERR_INVALID_ARGUMENT (rule out of range). Host only: compiles nothing. */
 clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
                                        const clopt_hparams *hp, clopt_tuning *out);
-/* Check hyperparameters for a rule; the detail goes to *why (may be NULL) as static text. */
+/* Check hyperparameters for a rule; the detail goes to *why (may be NULL) as static text.
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (hp), CLOPT_ERR_INVALID_ARGUMENT (rule out of
+   range) or CLOPT_ERR_INVALID_HYPERPARAM (also lookahead_alpha outside [0, 1] and, for
+   Ranger, n_sma_threshold < 4). Only the fields the rule reads are checked. Host only. */
 clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, const char **why);
 
 /* Number of state tensors the rule needs with these hyperparameters, their names (as in
-   the golden files: "exp_avg", "momentum_buffer", ...), and their initial value. */
+   the golden files: "exp_avg", "momentum_buffer", ...; static storage), and their initial
+   value. Rule out of range or hp NULL: 0 / NULL (name also NULL past the count). Adafactor:
+   the factored (matrix) layout; a tensor's own layout is clopt_optimizer_state_info's.
+   Lookahead's slow weights are not counted (optimizer level). Host only. */
 size_t clopt_rule_state_count(clopt_rule rule, const clopt_hparams *hp);
 const char *clopt_rule_state_name(clopt_rule rule, const clopt_hparams *hp, size_t index);
 float clopt_rule_state_init(clopt_rule rule, const clopt_hparams *hp, size_t index);
 /* Bytes moved per parameter per step by the fused kernel (reads + writes, float32). Sophia
-   counts its steady state, the steps without an estimate (h read, not written): 24. */
+   counts its steady state, the steps without an estimate (h read, not written): 24. 0 for a
+   rule out of range or hp NULL. Host only. */
 size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp);
 
 /* ------------------------------------------------------------------------------------ */
@@ -396,10 +435,11 @@ typedef struct clopt_step_args {
     clopt_tensor gc_scratch;
 } clopt_step_args;
 
-/* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1. */
+/* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1 (NULL: no-op). */
 void clopt_step_args_init(clopt_step_args *args);
 
-/* NAdam: μ_t = β1*(1 - 0.5*0.96^(t*ψ)); returns Π_{i<=t} μ_i (t = 0 gives 1). */
+/* NAdam: μ_t = β1*(1 - 0.5*0.96^(t*ψ)); returns Π_{i<=t} μ_i (t = 0 or hp NULL gives 1).
+   Host only; O(t). */
 double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
 
 /*
@@ -411,16 +451,21 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * mu_product outside (0, 1], a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
- * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only).
+ * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only),
+ * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
+ * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
- * out event (if non-NULL) must be released by the caller. Non-blocking.
+ * out event (if non-NULL) must be released by the caller. Retains nothing: the buffers and
+ * the queue are used only by the commands enqueued here. Non-blocking (it only enqueues),
+ * except that the first use of a kernel variant in the context compiles it (blocking).
  */
 clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                 const clopt_hparams *hp, const clopt_step_args *args,
                                 size_t n, uint64_t step, cl_uint num_wait,
                                 const cl_event *wait_list, cl_event *event);
 
-/* Named wrappers of clopt_enqueue_step for the commonest rules (same semantics). */
+/* Named wrappers of clopt_enqueue_step for the commonest rules (same semantics, statuses
+   and blocking). */
 clopt_status clopt_enqueue_sgd(clopt_ctx *ctx, cl_command_queue queue, const clopt_hparams *hp,
                                const clopt_step_args *args, size_t n, uint64_t step,
                                cl_uint num_wait, const cl_event *wait_list, cl_event *event);
@@ -435,7 +480,15 @@ clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const c
 /* Sophia's Hessian estimators and the device RNG                                        */
 /* ------------------------------------------------------------------------------------ */
 
-/* Fill out[0..n) with standard normal draws u ~ N(0, 1) from Philox-4x32-10 keyed by seed;
+/* The three ops below share clopt_enqueue_step's conventions: queue NULL = the context's
+   queue; the out event is the caller's to release; buffers and queue are not retained; they
+   only enqueue (one launch), except that the first use in the context compiles the kernel
+   (blocking). Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx or a buffer NULL, a NULL event in the
+   wait list), CLOPT_ERR_INVALID_SIZE (n = 0), CLOPT_ERR_INVALID_ARGUMENT (a buffer or queue
+   of another context, a bad wait list), CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_BUILD_FAILED,
+   CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
+
+   Fill out[0..n) with standard normal draws u ~ N(0, 1) from Philox-4x32-10 keyed by seed;
    element i uses counter (counter_base + i/4) and Box-Muller, so the same (seed, counter)
    gives the same values on every run and device (up to the device's log/sqrt/cos). */
 clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor out,
@@ -449,7 +502,8 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
                                       cl_event *event);
 
 /* Gauss-Newton-Bartlett: ĥ = B * ĝ ⊙ ĝ, with ĝ the gradient of the loss on labels sampled
-   from the model's own predictions, averaged over the B examples of the batch. */
+   from the model's own predictions, averaged over the B examples of the batch. Also
+   CLOPT_ERR_INVALID_HYPERPARAM (batch_size not finite or <= 0). */
 clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor ghat,
                                clopt_tensor out, size_t n, double batch_size,
                                cl_uint num_wait, const cl_event *wait_list, cl_event *event);
@@ -458,18 +512,41 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
 /* Optimizer level                                                                       */
 /* ------------------------------------------------------------------------------------ */
 
+/* An optimizer works on its context's queue (which must be in order), except the steps an
+   engine enqueues on its own queue with clopt_optimizer_step_on. Where the engine steps on
+   its own queue, ordering that queue with the context's queue (zero_grad, accumulate_grad,
+   randn, state initialisation) is the engine's job: events, or one queue for both.
+
+   The host's view: without AMP an enqueued step is counted at once; with AMP (the loss
+   scale set) whether a step was applied is decided on the device and reaches the host
+   later. Queries (step counts, clopt_optimizer_found_inf, clopt_optimizer_last_grad_norm,
+   clopt_optimizer_group_lr) give the state as known on the host: with AMP steps in flight
+   they may lag, and are exact after a blocking call (clopt_optimizer_step with AMP or
+   clipping, read_state, write_state, save*, load*, destroy) or once clopt_optimizer_poll
+   has seen every step. */
 typedef struct clopt_optimizer clopt_optimizer;
 
-/* An optimizer of one rule with default hyperparameters hp (copied). */
+/* An optimizer of one rule with default hyperparameters hp (copied): group 0 exists from
+   creation with these hyperparameters. The optimizer keeps ctx (not retained: destroy the
+   optimizer before the context). Allocates a small control buffer; does not block.
+   Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (ctx, hp or out), CLOPT_ERR_INVALID_ARGUMENT
+   (rule out of range), CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_UNSUPPORTED (the context's
+   queue is out of order), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; *out is NULL on
+   failure. */
 clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                     clopt_optimizer **out);
+/* Blocks until every step in flight has finished, on any queue (clFinish of the context's
+   queue, then a wait for each step's verdict), then releases everything the optimizer
+   allocated (state tensors, arena buffers and sub-buffers, chunk tables, scratch, events).
+   Caller-owned buffers are not touched: release them after this returns. NULL is allowed. */
 void clopt_optimizer_destroy(clopt_optimizer *opt);
 
-/* Register a parameter tensor of n elements and its gradient (caller-owned). The optimizer
-   allocates and initialises the rule's state tensors. hessian: Sophia only, the buffer the
-   engine writes Hessian-diagonal estimates into (buffer NULL = none: h stays 0); it is
-   consumed after every hess_interval-th step. *index (may be NULL) receives the tensor's
-   index, counted from 0 in registration order. */
+/* Register a parameter tensor of n elements and its gradient (caller-owned) in group 0:
+   clopt_optimizer_add_param_desc(opt, 0, {param, grad, *hessian, ndim 1, {n}}, index), with
+   its statuses and blocking. The optimizer allocates and initialises the rule's state
+   tensors. hessian: Sophia only, the buffer the engine writes Hessian-diagonal estimates
+   into (buffer NULL = none: h stays 0); it is consumed after every hess_interval-th step.
+   *index (may be NULL) receives the tensor's index, counted from 0 in registration order. */
 clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
                                        clopt_tensor grad, size_t n, const clopt_tensor *hessian,
                                        size_t *index);
@@ -484,11 +561,19 @@ typedef struct clopt_param_desc {
     size_t shape[CLOPT_MAX_DIMS];
 } clopt_param_desc;
 /* Zeroes a descriptor (ndim 0, no Hessian buffer). clopt_param_desc may grow: start from this
-   (or a designated initialiser, which zeroes the fields it does not name). */
+   (or a designated initialiser, which zeroes the fields it does not name). NULL: no-op. */
 void clopt_param_desc_init(clopt_param_desc *d);
 
 /* Parameter groups, as torch's param_groups: group 0 exists from creation with the
-   optimizer's hyperparameters; add_group appends one with its own (validated) copy. */
+   optimizer's hyperparameters; add_group appends one with its own (validated) copy and
+   returns its index in *group (may be NULL). All four are host only (never block).
+   add_group: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_HYPERPARAM,
+   CLOPT_ERR_OUT_OF_MEMORY. group_count: 0 for NULL. set_group_hparams (between steps; steps
+   already enqueued keep theirs): CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX,
+   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_STATE_MISMATCH (the change would alter a tensor's
+   state layout, e.g. amsgrad, momentum 0 <-> > 0, Lookahead on/off); a change that selects
+   other kernel variants compiles them at the next step (or clopt_optimizer_prepare).
+   get_group_hparams: CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded). */
 clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                        size_t *group);
 size_t clopt_optimizer_group_count(const clopt_optimizer *opt);
@@ -496,25 +581,45 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
                                                const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
                                                clopt_hparams *out);
-/* Register a tensor with its shape in a group. */
+/* Register a caller-owned tensor with its shape in a group (not an arena group). The
+   optimizer keeps desc's param, grad and hessian cl_mem handles WITHOUT retaining them (keep
+   them alive until clopt_optimizer_destroy) and allocates the tensor's state tensors (owned
+   by the optimizer), filled with their initial values on the context's queue; it then
+   blocks (clFinish of the context's queue). *index (may be NULL) receives the tensor's
+   index. Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (desc or a buffer NULL),
+   CLOPT_ERR_INDEX (no such group), CLOPT_ERR_INVALID_ARGUMENT (an arena group, a buffer of
+   another context, a param or grad range overlapping one already registered),
+   CLOPT_ERR_INVALID_SIZE (ndim > CLOPT_MAX_DIMS, a 0 or too large shape),
+   CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_STATE_MISMATCH (a Hessian buffer for a rule other than
+   Sophia), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; on failure nothing is registered. */
 clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                                             const clopt_param_desc *desc, size_t *index);
 
 /* Global gradient-norm clipping over all tensors of the optimizer, as
    torch.nn.utils.clip_grad_norm_ (L2 norm, coefficient max_norm / (norm + 1e-6) clamped to
-   1): the norm is reduced on the device in a fixed order, read back (one synchronisation per
-   step), and the coefficient is applied inside the update kernels. max_norm 0 turns it off. */
+   1): the norm is reduced on the device in a fixed order, the coefficient is decided on the
+   device and applied inside the update kernels; nothing is read back before the update
+   (clopt_optimizer_step still waits for the verdict, clopt_optimizer_step_on does not).
+   A non-finite norm leaves the gradients unscaled. max_norm 0 turns it off. Applies to the
+   steps enqueued afterwards. Host only; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   CLOPT_ERR_INVALID_HYPERPARAM (negative or not finite). */
 clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm);
-/* The total gradient norm measured by the last step (before clipping); NaN before any
-   step with clipping on. */
+/* The total gradient norm (before clipping) of the latest step taken with clipping on whose
+   verdict has reached the host (see clopt_optimizer_poll); NaN before any, when a gradient
+   was Inf or NaN, and for NULL. Host only; never blocks. */
 double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
 
 /* One step over every registered tensor, on the context's queue: one launch per tensor, or
-   one per arena group for the element-wise rules. Advances the step count by one.
-   Non-blocking unless clipping or AMP needs the gradient check (one read-back); *event (may
-   be NULL) receives an event that completes when the step's last launch does.
-   Returns CLOPT_STEP_SKIPPED (positive, not an error) when AMP is on and a gradient holds an
-   Inf or NaN: no parameter or state changes and the step count does not advance. */
+   one per arena or range group for the element-wise rules; clopt_optimizer_step_on(opt,
+   NULL, 0, NULL, event) with its statuses, plus: with AMP or clipping on it then BLOCKS
+   until this step's verdict (and those of every earlier step) reached the host, so the
+   queries are exact afterwards; otherwise it only enqueues (see step_on for compiles and the
+   bound on steps in flight). Advances the step count by one. *event (may be NULL; the
+   caller releases it) receives an event that completes with the step's last command.
+   Returns CLOPT_STEP_SKIPPED (positive, not an error; only with AMP) when a gradient holds an
+   Inf or NaN: no parameter or state changes, the step count does not advance and *event is
+   NULL. A failed wait for the verdict is not reported (the step was enqueued and runs:
+   CLOPT_SUCCESS); the verdict then reaches the host through a later poll or call. */
 clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
 
 /* The engine's form of a step: enqueued on `queue` (an in-order queue of the optimizer's
@@ -524,14 +629,26 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    read them from a device buffer. *event (may be NULL; release it) completes with the
    step's last command. Returns CLOPT_SUCCESS once enqueued: whether AMP skipped the step
    is known later (clopt_optimizer_poll). Never blocks (see clopt_optimizer_poll for the
-   one bound on steps in flight). */
+   one bound on steps in flight), once its kernels are built: without a prior
+   clopt_optimizer_prepare for the current settings, the first step compiles them
+   (blocking). The queue is not retained (keep it alive until the step has finished); the
+   optimizer keeps the event of the step's verdict read-back until the verdict is collected.
+   Statuses (on failure nothing runs: launches already enqueued are aborted on the device):
+   CLOPT_ERR_NULL_ARGUMENT (opt; a NULL event in wait_list), CLOPT_ERR_INVALID_ARGUMENT
+   (queue of another context or device, out-of-order or not a queue, a bad wait list, no
+   tensors registered, a registered buffer no longer valid), CLOPT_ERR_BUILD_FAILED,
+   CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes. */
 clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
                                      cl_uint num_wait, const cl_event *wait_list,
                                      cl_event *event);
 
 /* Compiles (or loads from the program cache) every kernel the optimizer's next steps need
    with its current groups, hyperparameters, AMP and clipping settings, so that the first
-   step pays no compile cost and cannot fail on a build. Blocking (compiles). */
+   step pays no compile cost and cannot fail on a build. Blocking (compiles); enqueues
+   nothing and does not wait for the device. Call it again after adding tensors or groups,
+   or after changing hyperparameters or the context's tuning. Returns CLOPT_SUCCESS (also
+   without tensors), CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_BUILD_FAILED (log in
+   clopt_ctx_build_log), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 
 /* What the device decided for one step (AMP skip, gradient norm), as it reaches the host. */
@@ -540,21 +657,30 @@ typedef struct clopt_step_report {
     int skipped;        /* 1: AMP found an Inf or NaN gradient; nothing changed */
     double grad_norm;   /* total gradient norm before clipping (NaN when not measured) */
 } clopt_step_report;
-/* The latest step call whose verdict has reached the host, without waiting for any other.
-   Returns CLOPT_SUCCESS with out->step_call = 0 when none has. Never blocks. */
+/* The latest step call whose verdict has reached the host, without waiting for any other:
+   collects the verdicts whose read-back has completed (oldest first), which also brings
+   the host's step counts, found_inf and last_grad_norm up to date. Returns CLOPT_SUCCESS
+   with out->step_call = 0 when none has, CLOPT_ERR_NULL_ARGUMENT, or an OpenCL code (a
+   verdict's event could not be queried; *out still gets the latest report). Never blocks.
+   The one bound on steps in flight: when 32 earlier step calls are in flight whose verdicts
+   have not reached the host, clopt_optimizer_step_on waits for the oldest of them. */
 clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out);
 
 /* ---- AMP ------------------------------------------------------------------------------- */
 
 /* Gradients arrive multiplied by `scale` (the loss scale); the kernels divide it out, and each
    step first checks every gradient for Inf/NaN (as PyTorch's fused Adam with grad_scale and
-   found_inf). scale 0 turns AMP off (the default). */
+   found_inf). scale 0 turns AMP off (the default). The skip is decided on the device.
+   Applies to the steps enqueued afterwards. Host only; CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (negative or not finite). */
 clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale);
-/* 1 when the last step found an Inf or NaN gradient (and was skipped). */
+/* 1 when the last step whose verdict reached the host was skipped by AMP (an Inf or NaN
+   gradient), else 0 (also for NULL). Host only; never blocks (see clopt_optimizer_poll). */
 int clopt_optimizer_found_inf(const clopt_optimizer *opt);
 
 /* Dynamic loss scaling, as torch.cuda.amp.GradScaler: back off on overflow, grow after
-   growth_interval clean steps. A plain struct: no device, no handle. */
+   growth_interval clean steps. A plain struct: no device, no handle; host only. init takes
+   65536 for an initial_scale that is not finite and > 0 (NULL: no-op). */
 typedef struct clopt_loss_scaler {
     double scale;           /* current loss scale (65536 by default) */
     double growth_factor;   /* 2 */
@@ -564,18 +690,24 @@ typedef struct clopt_loss_scaler {
 } clopt_loss_scaler;
 void clopt_loss_scaler_init(clopt_loss_scaler *s, double initial_scale);
 /* After a step: found_inf = 1 backs off (and resets the count), else counts a clean step
-   and grows the scale after growth_interval of them. Returns the new scale. */
+   and grows the scale after growth_interval of them. Returns the new scale (NaN for NULL). */
 double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
 
 /* ---- gradient accumulation ----------------------------------------------------------- */
 
 /* dst = beta·dst + alpha·src over n elements (one launch): with beta = 0 on the first
-   micro-batch and alpha = 1/k for each of k micro-batches, dst becomes their average. */
+   micro-batch and alpha = 1/k for each of k micro-batches, dst becomes their average.
+   Conventions and statuses as clopt_enqueue_randn (enqueues only; first use compiles),
+   plus CLOPT_ERR_INVALID_ARGUMENT when alpha or beta is not finite. */
 clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
                                  clopt_tensor src, size_t n, double alpha, double beta,
                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event);
 /* Optimizer helpers over the registered gradients: zero them all; or add weight·src to the
-   gradient of tensor `param` (src has that tensor's length). */
+   gradient of tensor `param` (src has that tensor's length). Both only enqueue, on the
+   context's queue (order them with an engine's own queue yourself); accumulate_grad's first
+   use in the context compiles axpby (blocking). zero_grad: CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT or an OpenCL code (zeroing may then be partial). accumulate_grad:
+   CLOPT_ERR_INDEX (no tensor `param`), otherwise as clopt_enqueue_axpby. */
 clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt);
 clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
                                              clopt_tensor src, double weight);
@@ -615,15 +747,23 @@ typedef struct clopt_schedule {
 } clopt_schedule;
 
 /* The multiplier after `count` completed steps; the optimizer's step t uses count = t - 1,
-   as torch's schedulers stepped once per optimizer step. NaN for an invalid schedule. */
+   as torch's schedulers stepped once per optimizer step. NaN for an invalid schedule.
+   Host only, as everything about schedules. */
 double clopt_schedule_factor(const clopt_schedule *s, uint64_t count);
+/* CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM; *why (may be NULL)
+   receives static text. */
 clopt_status clopt_schedule_validate(const clopt_schedule *s, const char **why);
+/* Sets group `group`'s schedule (copied; applies to the steps enqueued afterwards, counted
+   with the optimizer's step count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX
+   or CLOPT_ERR_INVALID_HYPERPARAM. */
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
                                                 const clopt_schedule *s);
-/* The lr group `group` uses at the next step (base lr times the schedule's factor). */
+/* The lr group `group` uses at the next step (base lr times the schedule's factor) by the
+   host's step count (may lag with AMP steps in flight); NaN for NULL or no such group. */
 double clopt_optimizer_group_lr(const clopt_optimizer *opt, size_t group);
 
-/* The lecture's batch-size rules: scale a learning rate tuned at base_batch to batch. */
+/* The lecture's batch-size rules: scale a learning rate tuned at base_batch to batch (N =
+   batch / base_batch; pure host arithmetic, no checks). */
 double clopt_lr_scale_linear(double lr, double batch, double base_batch); /* lr·N */
 double clopt_lr_scale_sqrt(double lr, double batch, double base_batch);   /* lr·sqrt(N) */
 
@@ -635,14 +775,23 @@ double clopt_lr_scale_sqrt(double lr, double batch, double base_batch);   /* lr�
    the device's base-address alignment, so it also gets a sub-buffer. The element-wise rules
    then update the whole group in ONE launch; GC, Adafactor and LAMB still run per tensor
    (through the views). Parameters and gradients start at 0: the engine writes its initial
-   weights through the views. *first_index receives the index of the group's first tensor.
-   Sophia's Hessian estimates need caller-owned tensors (add_param_desc): an arena group of
-   Sophia runs without estimates (h stays 0: sign steps). */
+   weights through the views. The group is appended with its own copy of hp: *group (may be
+   NULL) receives its index, *first_index (may be NULL) that of the group's first tensor.
+   Every buffer is owned by the optimizer (released by clopt_optimizer_destroy). Allocates,
+   fills on the context's queue, then blocks (clFinish of the context's queue).
+   Sophia is refused with CLOPT_ERR_UNSUPPORTED: its Hessian estimates need caller-owned
+   tensors (add_param_desc). Other statuses: CLOPT_ERR_NULL_ARGUMENT (hp, shapes),
+   CLOPT_ERR_INVALID_SIZE (ntensors 0, a 0 or too large shape, ndim > CLOPT_MAX_DIMS),
+   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes; on failure no group is
+   added. */
 clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              size_t ntensors, const clopt_param_desc *shapes,
                                              size_t *group, size_t *first_index);
 /* Views of tensor `param`: (buffer, offset) pairs and, for arena tensors, sub-buffers (the
-   engine must not release them; NULL for caller-owned tensors). Any pointer may be NULL. */
+   engine must not release them; NULL for caller-owned tensors and range groups). Arena
+   buffers and sub-buffers are owned by the optimizer and valid until its destroy; other
+   views are the caller's own buffers. Any pointer may be NULL. CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT (opt) or CLOPT_ERR_INDEX (no detail recorded). Host only. */
 clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param,
                                         clopt_tensor *param_view, clopt_tensor *grad_view,
                                         cl_mem *param_sub, cl_mem *grad_sub);
@@ -653,9 +802,11 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
    parameters and one of gradients): tensors[i].param and .grad are (buffer, offset) ranges,
    every param range in ONE cl_mem and every grad range in ONE cl_mem (the same cl_mem for
    both is allowed when no ranges overlap); shapes as in clopt_optimizer_add_param_desc. An
-   element-wise rule (without gradient centralization or Sophia's estimates) updates the
-   whole group in ONE launch over a small device table of chunks (the OpenCL 1.2 form of
-   multi-tensor apply); other rules run per tensor. Initialise with clopt_range_group_init
+   element-wise rule (without gradient centralization or Lookahead) updates the whole group
+   in ONE launch over a small device table of chunks (the OpenCL 1.2 form of multi-tensor
+   apply); other rules run per tensor. Sophia is refused (CLOPT_ERR_UNSUPPORTED: its
+   estimates need add_param_desc). The engine's buffers are kept WITHOUT being retained
+   (keep them alive until clopt_optimizer_destroy). Initialise with clopt_range_group_init
    (the struct may grow; struct_size tells the library which fields the caller knows). */
 typedef struct clopt_range_group {
     size_t struct_size;
@@ -672,20 +823,34 @@ typedef struct clopt_range_group {
        clopt_optimizer_set_step_count). */
     int init_state;
 } clopt_range_group;
+/* Zeroes g, sets struct_size and init_state = 1 (NULL: no-op). */
 void clopt_range_group_init(clopt_range_group *g);
-/* Registers the group (validated, then the state and the chunk table are allocated and
-   written: blocking). Refused: a range past its buffer's end, two ranges of the group that
-   overlap, a gradient or state range overlapping a parameter range or another tensor's, a
-   parameter range already registered in this optimizer, state buffers of the wrong size.
-   *group and *first_index (either may be NULL) receive the group and its first tensor. */
+/* Registers the group, appended with its own copy of hp (validated, then the state and the
+   chunk table are allocated and written on the context's queue, then clFinish: blocking).
+   Library-allocated state and the chunk table are owned by the optimizer; the engine's
+   state buffers stay the engine's (not retained). Refused: a range past its buffer's end or
+   state buffers too small (CLOPT_ERR_OUT_OF_BOUNDS); two ranges of the group that overlap,
+   a gradient or state range overlapping a parameter range or another tensor's, a parameter
+   or gradient range overlapping one already registered in this optimizer, params or grads
+   in more than one cl_mem, a buffer of another context, struct_size too small
+   (CLOPT_ERR_INVALID_ARGUMENT); a state buffer count other than 0 or the rule's
+   (CLOPT_ERR_STATE_MISMATCH); Sophia, or the engine's state with Lookahead, Adafactor or
+   LAMB (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
+   CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
+   CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
+   *first_index (either may be NULL) receive the group and its first tensor. */
 clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              const clopt_range_group *desc, size_t *group,
                                              size_t *first_index);
 
 /* Op level: allocates the state tensors rule needs for n elements with hp (one buffer each,
    in clopt_rule_state_name order, filled with their initial values on the context's queue,
-   non-blocking) into out[0 .. *count); the rest of out is set to NULL. The caller releases
-   the buffers. Adafactor and LAMB: CLOPT_ERR_UNSUPPORTED (optimizer level only). */
+   non-blocking: order them before use on another queue) into out[0 .. *count); the rest of
+   out is set to NULL (*count may be 0, e.g. SGD without momentum). The caller owns and
+   releases the buffers (clReleaseMemObject); on failure none is left allocated. Adafactor
+   and LAMB: CLOPT_ERR_UNSUPPORTED (optimizer level only). Also CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INVALID_ARGUMENT (rule out of range), CLOPT_ERR_INVALID_HYPERPARAM,
+   CLOPT_ERR_INVALID_SIZE (n = 0 or too large) and OpenCL codes. */
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count);
 
@@ -694,14 +859,23 @@ clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpar
 /* Save the complete optimizer state (rule, groups with hyperparameters and schedules, step
    count, NAdam products, clipping and AMP settings, the RNG position, every state tensor) to
    a versioned little-endian file with a CRC-32C, documented in docs/checkpoint-format.md.
-   Written to a temporary file in the same folder and renamed over `path`, so a failed save
-   never leaves a half-written file in place of a good one. Blocking. */
+   Written to a temporary file in the same folder ("<path>.<pid>.tmp", fsync'ed) and renamed
+   over `path`, so a failed save never leaves a half-written file in place of a good one.
+   Blocking: settles every step in flight (as clopt_optimizer_destroy), then reads the state
+   with blocking reads on the context's queue. Returns CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path);
 /* Load a checkpoint into an optimizer built the same way (same rule, groups and tensor
    shapes, possibly in another context or on another device). Everything is read and checked
    (magic, version, CRC, every section, every shape) before anything changes: a truncated,
    corrupted, wrong-version or mismatched file returns CLOPT_ERR_FORMAT (or
-   CLOPT_ERR_STATE_MISMATCH for other shapes) and leaves the optimizer as it was. Blocking. */
+   CLOPT_ERR_STATE_MISMATCH for another rule, group or tensor count, group kind, shape or
+   state layout) and leaves the optimizer as it was. Blocking: once everything is checked it
+   settles every step in flight, then writes the tensors with blocking writes on the
+   context's queue; only an OpenCL failure there can stop it half-way (some tensors written,
+   the host state unchanged). Replaces the hyperparameters, schedules, step counts, clipping
+   and AMP settings and RNG position. Also CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO,
+   CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes. */
 clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path);
 
 /* Checkpoints as bytes, for engines that keep one file of their own (GGUF, safetensors, a
@@ -721,16 +895,23 @@ typedef struct clopt_save_options {
     int state_tensors;
     int arena_params;
 } clopt_save_options;
+/* Sets struct_size and the defaults (NULL: no-op). */
 void clopt_save_options_init(clopt_save_options *o);
 /* Bytes clopt_optimizer_save_to will write with options o (NULL = defaults). No device
-   access; never blocks. */
+   access; never blocks. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT
+   (struct_size too small, a field not 0 or 1) or CLOPT_ERR_UNSUPPORTED (a field this
+   library does not know is set). */
 clopt_status clopt_optimizer_state_size(const clopt_optimizer *opt, const clopt_save_options *o,
                                         size_t *bytes);
 /* Writes the checkpoint into buf (cap bytes; CLOPT_ERR_INVALID_SIZE when too small, buf
-   untouched); *written (may be NULL) receives the length. Blocking (reads the device). */
+   untouched, checked before anything blocks); *written (may be NULL) receives the length.
+   Blocking: settles every step in flight, then reads the device (blocking reads on the
+   context's queue). Statuses as clopt_optimizer_state_size, plus CLOPT_ERR_INVALID_SIZE and
+   OpenCL codes. */
 clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_options *o,
                                      void *buf, size_t cap, size_t *written);
-/* Loads bytes written by save_to or save (the same checks as clopt_optimizer_load). Blocking. */
+/* Loads bytes written by save_to or save (the same checks, statuses except CLOPT_ERR_IO, and
+   blocking as clopt_optimizer_load). */
 clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, size_t len);
 
 /* Element types of state tensors (more storage types will follow). */
@@ -739,7 +920,10 @@ typedef enum clopt_dtype { CLOPT_DTYPE_F32 = 0 } clopt_dtype;
 /* One state tensor, for engines that write the optimizer state into their own container.
    key: "state.<param>.<name>" as torch's state_dict ("state.3.exp_avg"); shape: the
    tensor's shape for full-size states, {length} for shorter ones (Adafactor's factored
-   statistics); tensor: where it lives on the device (owned by the optimizer). */
+   statistics); tensor: where it lives on the device (owned by the optimizer, or the engine's
+   own buffer for a range group that adopted it), valid until clopt_optimizer_destroy.
+   Lookahead's slow weights of a tensor that has not stepped yet are θ, not the tensor's
+   contents: read them with clopt_optimizer_read_state. */
 typedef struct clopt_state_entry {
     size_t group, param, index; /* index: state number of the tensor (clopt_optimizer_state) */
     const char *name;           /* "exp_avg", ...; static storage */
@@ -750,8 +934,9 @@ typedef struct clopt_state_entry {
     size_t length;              /* elements */
     clopt_tensor tensor;
 } clopt_state_entry;
-/* Number of state tensors over all parameters, and entry i of them (ordered by parameter,
-   then state index). Never blocks. */
+/* Number of state tensors over all parameters (0 for NULL), and entry i of them (ordered by
+   parameter, then state index): CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX or
+   CLOPT_ERR_INVALID_SIZE (key longer than 63 characters). Host only; never block. */
 size_t clopt_optimizer_state_entry_count(const clopt_optimizer *opt);
 clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
                                          clopt_state_entry *out);
@@ -759,44 +944,68 @@ clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
 /* ---- randomness for the Hessian estimators ------------------------------------------------ */
 
 /* u ~ N(0, 1) into out[0..n) with the optimizer's Philox key and counter (which advances by
-   ceil(n/4) and is saved in checkpoints). seed: set the key and reset the counter. */
+   ceil(n/4) on success and is saved in checkpoints). seed: set the key and reset the counter
+   (host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT). randn: clopt_enqueue_randn on the
+   context's queue (order it with an engine's own queue yourself): only enqueues (first use
+   compiles), out is the caller's; its statuses. */
 clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed);
 clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_t n);
 
-/* Steps applied by the optimizer (skipped steps are not counted); the schedules count these. */
+/* Steps applied by the optimizer (skipped steps are not counted); the schedules count these.
+   The count as known on the host (see "The host's view" above: with AMP steps in flight it
+   may lag). 0 for NULL. Host only; never blocks. */
 uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
 /* Steps applied to tensor `param` (torch's state['step']): a tensor added after training
-   started counts from 0, so its bias corrections start at step 1. */
+   started counts from 0, so its bias corrections start at step 1. As known on the host.
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX. Never blocks. */
 clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t param,
                                               uint64_t *out);
 /* Takes an engine's step count when porting a trainer: the optimizer's count and every
-   tensor's become `count` (NAdam's products are recomputed for it). Nothing else changes. */
+   tensor's become `count` (NAdam's products are recomputed for it). Nothing else changes.
+   Host only: it does not wait for steps in flight, so call it before stepping (or after a
+   blocking call). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_OUT_OF_MEMORY. */
 clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count);
+/* The rule (CLOPT_RULE_COUNT for NULL) and the number of registered tensors (0 for NULL). */
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
 size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
 /* Change hyperparameters between steps (validated; a change of the state layout, e.g.
-   turning amsgrad on, is refused with CLOPT_ERR_STATE_MISMATCH). */
+   turning amsgrad on, is refused with CLOPT_ERR_STATE_MISMATCH). Both act on group 0:
+   clopt_optimizer_set_group_hparams / get_group_hparams(opt, 0, ...), same statuses; host
+   only. */
 clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hparams *out);
 
-/* Name and length (floats) of state `index` of parameter `param` (Adafactor's factored
-   statistics are shorter than the tensor). */
+/* Name (static storage) and length (floats) of state `index` of parameter `param`
+   (Adafactor's factored statistics are shorter than the tensor); either pointer may be
+   NULL. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded).
+   state_count: the number of states of `param` (with Lookahead's slow weights), 0 for NULL
+   or no such tensor. Host only; never block. */
 clopt_status clopt_optimizer_state_info(const clopt_optimizer *opt, size_t param, size_t index,
                                         const char **name, size_t *length);
 size_t clopt_optimizer_state_count(const clopt_optimizer *opt, size_t param);
 
-/* The device tensor of state `index` ("exp_avg", ...) of parameter `param`; and a blocking
-   copy of it (its length in floats, see clopt_optimizer_state_info) into host memory. */
+/* The device tensor of state `index` ("exp_avg", ...) of parameter `param` (owned as
+   clopt_state_entry.tensor; host only, never blocks; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT
+   or CLOPT_ERR_INDEX); and a blocking copy of it (n must be its length in floats, see
+   clopt_optimizer_state_info) into host memory: read_state settles every step in flight,
+   then reads on the context's queue (CL_TRUE). Lookahead's slow weights of a tensor that has
+   not stepped yet read as θ. read_state: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length) or an OpenCL code. */
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n);
 /* The inverse: a blocking write of n floats (the state's length) into state `index` of
-   parameter `param`, e.g. restoring a state saved in the engine's own container. */
+   parameter `param`, e.g. restoring a state saved in the engine's own container. Settles
+   every step in flight first, then writes on the context's queue (CL_TRUE). Writing the
+   slow weights of a tensor that has not stepped yet makes them its slow weights (in an
+   element-wise arena group, the group's other tensors then start theirs from θ). Statuses
+   as read_state. */
 clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
                                          const float *host, size_t n);
 /* Total bytes of device state the optimizer owns (optimizer state only: not the parameters,
-   gradients or its small reduction scratch). */
+   gradients or its small reduction scratch). Sums the tensors' state lengths: arena padding
+   is not counted, and a range group's adopted engine buffers are. 0 for NULL. Host only. */
 size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
 
 #if defined(__GNUC__)
