@@ -442,10 +442,15 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "desc is NULL");
     if (group >= opt->ngroups)
         return clopt_fail(ctx, CLOPT_ERR_INDEX, "no group %zu", group);
-    if (opt->groups[group].arena)
+    if (opt->groups[group].arena || opt->groups[group].ranges)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "group %zu is an arena group: its tensors are fixed at creation",
-                          group);
+                          "group %zu is an %s group: its tensors are fixed at creation", group,
+                          opt->groups[group].arena ? "arena" : "range");
+    /* the verdicts of steps in flight first: they advance the counts of the tensors that
+       were there (a new tensor starts at 0) */
+    clopt_status st = clopt_opt_settle(opt);
+    if (st != CLOPT_SUCCESS)
+        return st;
     clopt_param e;
     memset(&e, 0, sizeof e);
     e.mu_product = 1.0;
@@ -552,6 +557,8 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     if (ntensors == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "an arena group needs >= 1 tensor");
     clopt_status s = check_hparams(ctx, opt->rule, hp);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
     if (s != CLOPT_SUCCESS)
         return s;
     if (opt->rule == CLOPT_SOPHIA)
@@ -688,6 +695,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (T == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
     clopt_status s = check_hparams(ctx, opt->rule, hp);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_group probe;
@@ -1737,6 +1746,11 @@ clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
+    /* every step in flight first: their verdicts would add to the new count, and the next
+       step writes the device's count from the host's (no verdict outstanding) */
+    clopt_status st = clopt_opt_settle(opt);
+    if (st != CLOPT_SUCCESS)
+        return st;
     /* NAdam: the product is recomputed per group; checked before anything changes */
     double *mu = NULL;
     if (opt->rule == CLOPT_NADAM) {
@@ -1796,7 +1810,7 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
     clopt_clear_error(opt->ctx);
     clopt_tensor t;
     clopt_status s = clopt_optimizer_state(opt, param, index, &t);
-    if (s != CLOPT_SUCCESS || (s = clopt_opt_settle(opt)) != CLOPT_SUCCESS)
+    if (s != CLOPT_SUCCESS)
         return s;
     const clopt_param *e = &opt->params[param];
     size_t len = e->state_len[index];
@@ -1804,6 +1818,8 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_SIZE,
                           "state %zu of parameter %zu has %zu elements, %zu requested", index,
                           param, len, n);
+    if ((s = clopt_opt_settle(opt)) != CLOPT_SUCCESS)
+        return s;
     /* Lookahead's slow weights are θ until the tensor's first step copies them. */
     if (index >= e->nkernel && !e->slow_ready)
         t = e->param;

@@ -380,6 +380,10 @@ static void test_misuse_refused(void **state)
                      CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d[1], NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    /* a tensor added to a range group later (its chunk table is fixed) */
+    clopt_param_desc late = {.param = {B, 600}, .grad = {G, 600}, .ndim = 1, .shape = {10}};
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 1, &late, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
     /* a new tensor whose gradient is another tensor's gradient */
     clopt_param_desc e = {.param = {B, 300}, .grad = {G, 150}, .ndim = 1, .shape = {10}};
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &e, NULL),
@@ -396,6 +400,59 @@ static void test_misuse_refused(void **state)
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(B);
     clReleaseMemObject(G);
+}
+
+/* set_step_count while AMP steps are still in flight: their verdicts are taken first, and
+   the next step uses the new count's bias corrections (the device's count follows). */
+static void test_set_step_count_in_flight(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    const size_t n = 3000;
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    hp.lr = 1e-2;
+    float *p0 = malloc(n * sizeof *p0), *g = malloc(n * sizeof *g), *x = malloc(n * sizeof *x);
+    double *ref = malloc(n * sizeof *ref), *gd = malloc(n * sizeof *gd);
+    double *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+    uint64_t seed = 11;
+    for (size_t i = 0; i < n; i++) {
+        p0[i] = (float)ref_normal(&seed);
+        gd[i] = g[i] = (float)(0.1 * ref_normal(&seed));
+    }
+    cl_mem P = upload(ctx, p0, n), G = upload(ctx, g, n);
+    clopt_param_desc d = {.param = {P, 0}, .grad = {G, 0}, .ndim = 1, .shape = {n}};
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAM, &hp, &opt), CLOPT_SUCCESS);
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = 1;
+    rg.tensors = &d;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_scale(opt, 1.0), CLOPT_SUCCESS);
+    for (size_t i = 0; i < n; i++)
+        ref[i] = p0[i];
+    double *st[CLOPT_MAX_STATE] = {m, v};
+    for (uint64_t t = 1; t <= 3; t++) { /* no sync between them */
+        assert_int_equal(clopt_optimizer_step_on(opt, NULL, 0, NULL, NULL), CLOPT_SUCCESS);
+        ref_step(CLOPT_ADAM, &hp, t, n, ref, gd, st, NULL, NULL, 0);
+    }
+    assert_int_equal(clopt_optimizer_set_step_count(opt, 50), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step_on(opt, NULL, 0, NULL, NULL), CLOPT_SUCCESS);
+    ref_step(CLOPT_ADAM, &hp, 51, n, ref, gd, st, NULL, NULL, 0);
+    read_at(ctx, (clopt_tensor){P, 0}, x, n); /* blocking, on the same queue */
+    assert_close("param", x, ref, n, 2e-5, 2e-6);
+    float *sm = malloc(n * sizeof *sm);
+    assert_int_equal(clopt_optimizer_read_state(opt, 0, 1, sm, n), CLOPT_SUCCESS);
+    assert_close("v", sm, v, n, 2e-5, 1e-10);
+    uint64_t c = 0;
+    assert_int_equal(clopt_optimizer_param_step_count(opt, 0, &c), CLOPT_SUCCESS);
+    assert_int_equal(c, 51);
+    assert_int_equal(clopt_optimizer_step_count(opt), 51);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(P);
+    clReleaseMemObject(G);
+    free(p0), free(g), free(x), free(ref), free(gd), free(m), free(v), free(sm);
 }
 
 /* The op level's state allocator: buffers filled with each state's initial value. */
@@ -443,6 +500,7 @@ int main(void)
         cmocka_unit_test(test_adopt_engine_state),
         cmocka_unit_test(test_host_memory_zero_copy),
         cmocka_unit_test(test_misuse_refused),
+        cmocka_unit_test(test_set_step_count_in_flight),
         cmocka_unit_test(test_alloc_state),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
