@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: shared declarations of the benchmark (not part of the library).
  *
  * Layout

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: every rule as a plain C loop over host arrays, the CPU baseline the fused
  * kernel is compared with. Built with -O3 -march=native -fopenmp (bench/CMakeLists.txt):
  * one OpenMP parallel-for over the elements, float arithmetic, step-dependent scalars

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: the benchmark's own OpenCL kernels (bench/kernels, .cl files, embedded at build
  * time), compiled on the clopt context's cl_context/device with the SAME vector width,
  * vectors per work-item and work-group size the library uses (clopt_ctx_get_tuning), and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: how close the fused optimizer kernels come to the memory limit.
  *
  * For every rule and size it measures

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: the optimizer level. An optimizer with T tensors, either in one arena group
  * (clopt_optimizer_add_arena_group: the element-wise rules update the whole group in ONE
  * launch) or in T caller-owned buffer pairs registered one by one with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: the rule table and the unfused chains.
  *
  * An unfused chain is the sequence of one-elementary-operation kernels that a framework

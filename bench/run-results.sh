@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The committed benchmark results of one device: runs clopt-bench five times and writes into DIR
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The main job of the README: installs the Debian packages, builds clopt in Release and runs
 # clopt-bench's default set on the default device (CLOPT_DEVICE picks another one).
 # Extra arguments go to clopt-bench, e.g. bash ci/bench.sh --rules adamw --sizes 2^25

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Installs the Debian 12 packages clopt needs to build, test and benchmark.
 # Skips apt when everything is already there (a warm machine), so reruns are quick.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The test command of the README (and of .ci/run): installs the Debian packages, builds with
 # warnings as errors, runs the cmocka suite through CTest, replays every golden case with
 # clopt-conform, installs the library and builds consumers against the installed copy, builds
@@ -11,9 +12,8 @@ bash ci/install-deps.sh
 jobs=$(nproc)
 export CLOPT_DEVICE=${CLOPT_DEVICE:-}
 
-# License identifiers: enabled once the tree is stamped (bash ci/spdx.sh --fix).
-# echo "== SPDX-License-Identifier in every source file"
-# bash ci/spdx.sh --check
+echo "== SPDX-License-Identifier in every source file"
+bash ci/spdx.sh --check
 
 echo "== build (Release, -Werror)"
 cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Release -DCLOPT_WERROR=ON -DCMAKE_INSTALL_PREFIX="$PWD/build/ci-install"

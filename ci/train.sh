@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The training example of the README: installs the Debian packages (with
 # dataset-fashion-mnist), builds clopt and trains the 784-256-128-10 MLP on Fashion-MNIST with
 # CLBlast GEMMs and clopt updates. Extra arguments go to clopt-train-mlp, e.g.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The version numbers derived from project(clopt VERSION ...), and the ABI policy of README.md
 # ("ABI and versions"):
 #   CLOPT_VERSION_NUMBER         MAJOR*10000 + MINOR*100 + PATCH (clopt_version_number())

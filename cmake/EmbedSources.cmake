@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Turns text files into a C source with one byte array per file, at build time.
 #
 # As a function (included from CMakeLists.txt):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * clopt-trajectories: the paths of every clopt rule on two classic surfaces of optimizer
  * lectures, computed by clopt's kernels at the optimizer level and drawn with cairo.

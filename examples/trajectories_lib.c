@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Trajectories of every clopt rule on two surfaces. See trajectories_lib.h.
  */

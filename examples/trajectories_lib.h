@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Optimizer trajectories on two-dimensional test surfaces, computed with clopt's kernels at
  * the optimizer level. Used by the clopt-trajectories example (which draws the figures) and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Checkpoints: the complete optimizer state as versioned little-endian bytes with a CRC-32C
  * (Castagnoli) trailer, in a file or in the caller's memory. The format is documented in
  * docs/checkpoint-format.md.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Context: device choice, queue, tuning, error detail. No globals. */
 #include "internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Kernel sources turned into byte arrays at build time (cmake/EmbedSources.cmake). */
 #ifndef CLOPT_EMBEDDED_H
 #define CLOPT_EMBEDDED_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Internal declarations shared by the host files; not installed. */
 #ifndef CLOPT_INTERNAL_H
 #define CLOPT_INTERNAL_H

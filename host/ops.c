@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Op level: one enqueue call per fused kernel over caller-owned (cl_mem, offset) tensors.
  * Everything is validated before anything is enqueued. */
 #include "internal.h"

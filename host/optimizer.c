@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Optimizer level: owns state buffers, the step count, parameter groups (optionally stored
  * as arenas), schedules, Lookahead, AMP and clipping (torch.optim-like). Element-wise rules
  * run one clopt_enqueue_step per tensor, or one per arena group; Adafactor and LAMB run their

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The optimizer's internal layout, shared by optimizer.c and checkpoint.c. */
 #ifndef CLOPT_OPTIMIZER_INTERNAL_H
 #define CLOPT_OPTIMIZER_INTERNAL_H

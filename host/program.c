@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Kernel sources embedded at build time -> programs compiled lazily, cached per context,
  * optionally also as program binaries on disk (CLOPT_CACHE_DIR).
  *

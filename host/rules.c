@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The rule table: names, defaults, validation, state layout, memory model, and the plan of
  * one step (kernel, -D variant, per-step scalars computed in double on the host). */
 #include "internal.h"

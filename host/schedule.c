@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Learning-rate schedules (closed forms of torch.optim.lr_scheduler, as factors of the base
  * lr), the lecture's batch-size scaling rules and the dynamic loss scaler. Host-only, double. */
 #include "internal.h"

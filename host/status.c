@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Status codes: text and names generated from CLOPT_STATUS_LIST, plus OpenCL pass-through. */
 #include "internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Per-device-type kernel tuning, as CLBlast keeps a table with a default.
  *
  * vector_width: floats per vector (vloadN/vstoreN); work_group_size: 0 lets the driver pick;

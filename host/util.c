@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Argument checks and the element-wise launch shared by every op. */
 #include "internal.h"
 

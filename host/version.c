@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt_version, clopt_version_number: the version the library was built as, from the CMake
  * project version (CLOPT_BUILD_VERSION*, set on this file only by CMakeLists.txt). */
 #include "internal.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * clopt: fused OpenCL kernels for gradient-descent optimizers.
  *

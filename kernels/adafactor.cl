@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Adafactor (Shazeer & Stern 2018) with the semantics of Hugging Face transformers.
  *
  * A tensor with >= 2 dims is seen as B × R × C (B = product of the leading dims) and keeps

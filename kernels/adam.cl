@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Adam family, each rule one fused kernel: Adam / AdamW / AMSGrad, Adamax, NAdam, RAdam,
  * AdaMod, diffGrad. Per-step factors (bias corrections, schedules, rectification) arrive
  * as float arguments computed on the host in double.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Per-parameter adaptive rates without momentum-of-gradient bias correction:
  * Adagrad, Adadelta, RMSprop (torch.optim semantics). Defines: MOMENTUM, CENTERED
  * (RMSprop variants), MAXIMIZE. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared by every kernel family (prepended to each program).
  *
  * Element-wise kernels process vectors of VW consecutive floats with vloadN/vstoreN (any

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Sophia's diagonal-Hessian estimators and the counter-based RNG they draw u ~ N(0, I) from.
  *
  * randn: Philox-4x32-10 (Salmon et al. 2011, the Random123 constants). Work-item i encrypts

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* LAMB (You et al., Algorithm 2): Adam moments with bias correction, r = m̂/(sqrt(v̂)+eps) +
  * wd·θ, and a per-tensor trust ratio ‖θ‖/‖r‖ (1 when either norm is 0, applied also when
  * wd = 0). Two passes over the tensor: lamb_partial updates m and v and sums θ² and r²

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Deterministic reductions. The order of every sum is fixed by the data layout alone, never by
  * the work-group size or count the device picks, nor by the context's tuning:
  *  - partial sums: work-item i of a fixed number S of items takes the i-th contiguous block of

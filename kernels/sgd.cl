@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* SGD family: plain, momentum, dampening, Nesterov, L2 weight decay (torch.optim.SGD).
  * Defines: MOMENTUM (a momentum buffer is state), NESTEROV, MAXIMIZE.
  * first != 0 at step 1: the buffer is set to g without dampening, as torch does. */

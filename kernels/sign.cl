@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Sign-based rules: Lion and SophiaG. Both decay θ first (decoupled: decay = 1 - lr*wd).
  * Defines: HESS (Sophia: fold an estimate ĥ into h after the update), MAXIMIZE. */
 #ifndef HESS

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Small tensor operations of the optimizer level: gradient accumulation (axpby), the
  * Lookahead synchronisation, and the gradient check of AMP / clipping (fixed-order partials,
  * see reduce.cl for the final pass). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The OpenCL interposer of the tests: see clshim.h. Every wrapper runs
  *     gate g = enter(F_name);          count the call, maybe hit the fault
  *     if (g.fail) return the error;    without calling the real function

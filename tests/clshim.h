@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * clshim: an OpenCL interposer for the tests.
  *

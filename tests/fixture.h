@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared by the cmocka tests that run on one context per group (include after cmocka.h):
  * the fixture with its setup/teardown, and blocking transfers that assert success. */
 #ifndef CLOPT_TEST_FIXTURE_H

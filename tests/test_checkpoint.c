@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Checkpoints (format version 2, docs/checkpoint-format.md): as bytes and as files, resuming
  * bit for bit, the all-or-nothing load, arena parameters, state tensors saved by the engine
  * through the enumeration, per-tensor step counts, a version-1 file, and the enumeration. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Context, program cache (memory and disk), tuning and status plumbing. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_engine: the optimizer as a training engine drives it (clopt_optimizer_step_on,
  * _prepare, _poll), watched through tests/clshim (an OpenCL interposer linked into this

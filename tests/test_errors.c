@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_errors: every documented failure returns its status and leaves every buffer
  * bit-identical (read back and memcmp), at the op level and the optimizer level; status

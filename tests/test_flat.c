@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Engines that own their memory: range groups over one flat parameter buffer (llm.c, KANN),
  * the engine's own state buffers, host memory without copies, the misuse that is refused,
  * and the op-level state allocator. Every update is checked against the double references

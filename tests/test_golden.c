@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_golden: replays every vendored golden case (tests/data/golden) through clopt's
  * optimizer level with host/conform/golden.c, one cmocka test per case. A case whose

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_kernels: every rule's fused kernel, through clopt_enqueue_step (op level) and
  * clopt_optimizer_* (optimizer level), against the double-precision references of

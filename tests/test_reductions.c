@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The rules built on reductions (Adafactor, LAMB, gradient centralization, global-norm
  * clipping) against scalar double references written from the golden files' equations, on
  * shapes 1×1, 1×N, N×1, 7×13, 1000×1000, 4096×512; determinism (bit-identical reruns, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The optimizer level as an engine trains with it: parameter groups, arena storage,
  * learning-rate schedules, Lookahead, gradient accumulation, AMP and checkpoints. */
 #define _POSIX_C_SOURCE 200809L

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The paths drawn by examples/clopt-trajectories (every rule on Rosenbrock's valley and on a
  * saddle, through the optimizer level, float32 on the device) against an independent scalar
  * replay in double: the surfaces' gradients and Hessians are written again here; the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: prepended to every benchmark program.
  *
  * Same indexing as the library's element-wise kernels (kernels/common.cl): vectors of VW

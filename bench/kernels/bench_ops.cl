@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: one-elementary-operation kernels, as a framework without fusion launches
  * them (torch's eager mode: one kernel per tensor operation, each reading its input arrays
  * and writing its output array in full). d may alias x or y (in-place operations), so no

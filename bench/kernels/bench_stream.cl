@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* clopt-bench: the memory limit of a rule. Reads exactly the arrays the rule reads and
  * writes exactly the arrays it writes, once each, with no arithmetic beyond what keeps every
  * load alive: w_j = w_j + zero * (r_0 + r_1 + ...). The host passes zero = 0, so the arrays

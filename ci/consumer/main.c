@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Smallest real use of an installed clopt: one AdamW step on the default device, checked
  * against the closed form of a first Adam step (θ - lr·sign(g) for |g| >> eps). */
 #include <clopt.h>

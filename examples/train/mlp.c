@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The MLP of the training example: Fashion-MNIST IDX files through zlib, the model on the
  * device (CLBlast GEMMs plus the kernels of mlp.cl) and the training loop through clopt's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * The small kernels of the MLP example (examples/train/mlp.c); the GEMMs run in CLBlast.
  * Row-major activations: a batch of R rows times C columns, element (r, c) at r*C + c.

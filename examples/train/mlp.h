@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * A multi-layer perceptron trained on Fashion-MNIST with CLBlast GEMMs, a handful of OpenCL
  * kernels of its own (examples/train/mlp.cl) and clopt's optimizer level for every update.

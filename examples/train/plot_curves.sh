@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Loss and accuracy curves of several clopt optimizers training the Fashion-MNIST MLP, side by
 # side, drawn with gnuplot from the CSVs of clopt-train-mlp.
 #

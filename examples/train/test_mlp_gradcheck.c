@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Gradient check of the MLP's backward pass (CLBlast GEMMs + mlp.cl kernels, float32 on the
  * device) against central finite differences of a double-precision host re-implementation of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * A short training run of the Fashion-MNIST MLP (CLBlast + clopt), small enough for CI:
  *

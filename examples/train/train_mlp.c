@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * clopt-train-mlp: a 784-256-128-10 ReLU MLP trained on Fashion-MNIST with CLBlast GEMMs and
  * clopt's fused optimizer kernels (any rule clopt ships), mini-batch gradient descent with a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * clopt-conform: replay golden-vector cases through clopt's optimizer level.
  *

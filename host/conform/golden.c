@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * golden: replay one golden-vector case through clopt's optimizer level.
  * See golden.h and tests/data/golden/README.md for the format.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * golden: load one golden-vector case directory (tests/data/golden/README.md) and replay
  * it through clopt's optimizer-level API, comparing parameters and state with the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Scalar double-precision references of clopt's rules. See ref.h.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * Scalar double-precision references of every clopt rule, written from the equations in
  * tests/data/golden/<case>/meta.json ("equations") and tests/data/golden/README.md, and
