@@ -89,4 +89,56 @@ clopt_status clopt_opt_settle(clopt_optimizer *opt);
 /* CRC-32C (Castagnoli, reflected, as in iSCSI/ext4) of n bytes. */
 uint32_t clopt_crc32c(const void *data, size_t n);
 
+/* ---- shared by optimizer.c, ranges.c, passes.c and step.c ---------------------------- */
+
+/* Partial sums per reduction: a fixed number of items, so sums do not depend on the device.
+   Each item sums a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/common.cl). */
+#define REDUCE_ITEMS 4096u
+#define REDUCE_WIDTH 16u
+/* Elements per work-item of lamb_update and adafactor_update: RW · UPDATE_CHUNKS (common.cl);
+   columns per work-item of adafactor_cols: RW · COL_CHUNKS (adafactor.cl). */
+#define UPDATE_WIDTH (REDUCE_WIDTH * 4u)
+#define COLS_WIDTH (REDUCE_WIDTH * 4u)
+
+enum { SCR_SUMS = 2 * REDUCE_ITEMS, SCR_RMEAN = 2 * REDUCE_ITEMS + 2 };
+
+/* Adafactor's factored view B × R × C of a tensor with >= 2 dims (0 rows: not factored). */
+void clopt_o_factored_view(const clopt_param *e, size_t *b, size_t *r, size_t *c);
+/* Rows of the GC view (first dim × the rest), 0 when GC does not apply to this tensor. */
+size_t clopt_o_gc_rows(const clopt_hparams *hp, const clopt_param *e);
+/* Offset in the scratch of tensor e's GC row means. */
+size_t clopt_o_scr_gc(const clopt_param *e);
+clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp);
+void clopt_o_release_arena(clopt_group *g);
+clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);
+clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
+/* Shape checks shared by every way of adding tensors; fills e's shape and n. */
+clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e);
+/* A new buffer of `floats` floats filled with value (enqueued on the context's queue). */
+cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err);
+
+/* A range of floats in a buffer, for the overlap checks (ranges.c). */
+typedef struct clopt_span {
+    cl_mem buffer;
+    size_t lo, hi; /* [lo, hi) */
+    const char *what;
+    size_t tensor;
+} clopt_span;
+/* The parameter and gradient ranges of the registered tensors plus `extra` free slots. */
+clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *count);
+/* Refuses two ranges of one buffer that overlap (names both in the error). */
+clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count);
+
+/* Kernels and passes (passes.c). */
+clopt_status clopt_o_kernel_of(clopt_optimizer *opt, const char *family, const clopt_hparams *hp,
+                               int gc, const char *extra, const char *name, cl_kernel *k);
+clopt_status clopt_o_set_failed(clopt_optimizer *opt, const clopt_args *a);
+/* Enqueue count work-items on the step's queue (nothing in a dry pass). */
+clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t count);
+clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp);
+clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
+                               const clopt_hparams *hp, uint64_t t, float gmul);
+clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
+                                    const clopt_hparams *hp, uint64_t t, float gmul);
+
 #endif

@@ -1,0 +1,351 @@
+/* SPDX-License-Identifier: MIT */
+/* The optimizer level's kernels besides the fused updates: the gradient check of AMP and
+ * clipping, the deterministic reductions, gradient centralization's row means, and the
+ * multi-pass rules (LAMB, Adafactor). */
+#include "optimizer_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- kernels and reductions ------------------------------------------------------------ */
+
+static size_t reduce_items(size_t n) { return n < REDUCE_ITEMS ? n : REDUCE_ITEMS; }
+
+clopt_status clopt_o_kernel_of(clopt_optimizer *opt, const char *family, const clopt_hparams *hp,
+                              int gc, const char *extra, const char *name, cl_kernel *k)
+{
+    char options[192];
+    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1%s",
+             CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc, extra);
+    return clopt_get_kernel(opt->ctx, family, options, name, k);
+}
+
+clopt_status clopt_o_set_failed(clopt_optimizer *opt, const clopt_args *a)
+{
+    return clopt_fail_cl(opt->ctx, a->err, "clSetKernelArg");
+}
+
+/* Enqueue count work-items on the step's queue (nothing in a dry pass). */
+clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t count)
+{
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_items(opt->ctx, opt->q, k, count, 0, NULL, NULL);
+}
+
+/* scratch[dst .. dst+nsums) = sums of the nsums blocks of `items` partials at scratch[0]. */
+static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsums, size_t dst)
+{
+    cl_kernel k;
+    clopt_status s = clopt_o_kernel_of(opt, "reduce", NULL, 0, "", "sum_final", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
+    clopt_arg_ulong(&a, items);
+    clopt_arg_ulong(&a, nsums);
+    clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, dst});
+    if (a.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &a);
+    return clopt_o_launch_items(opt, k, nsums);
+}
+
+/* Items of the gradient check of a unit of n floats: blocks of >= 8192 floats, at most
+   REDUCE_ITEMS (the partial sums of all units are added by step_verdict in one pass). Blocks
+   of 4096-8192 floats read g fastest on PoCL (clopt-bench, arena_amp at 2^24: 1.18x the step
+   without the check; 32768: 1.28x; a work-group tree in local memory: 1.48x). */
+/* Work-group size of the gradient check (each work-item sums its own contiguous block). */
+#define CHECK_LOCAL 64
+static size_t check_items(size_t n)
+{
+    size_t items = (n + 8191) / 8192;
+    return items < REDUCE_ITEMS ? items : REDUCE_ITEMS;
+}
+
+/* The gradient check of AMP and clipping: per unit (an arena group's gradient buffer, or a
+   caller-owned tensor) one launch writes Σ(g/scale)² and a non-finite flag per block into
+   opt->check (sums first, then flags, all units back to back); step_verdict adds them in
+   that fixed order and decides (skip, clip coefficient) on the device: nothing is read back
+   here. The buffer grows in the dry pass, before anything is enqueued. */
+clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
+{
+    cl_kernel k, kv;
+    clopt_status s;
+    if ((s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k)) != CLOPT_SUCCESS ||
+        (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) != CLOPT_SUCCESS)
+        return s;
+    const int check = amp || opt->max_grad_norm > 0;
+    size_t total = 0;
+    for (size_t i = 0; check && i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        const clopt_group *g = &opt->groups[e->group];
+        if (!(g->arena && i != g->first))
+            total += check_items(g->arena ? g->arena_len : e->n);
+    }
+    if (opt->cur.dry && 2 * total > opt->check_len) {
+        cl_int err = CL_SUCCESS;
+        cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE,
+                                  2 * total * sizeof(float), NULL, &err);
+        if (!m)
+            return clopt_fail_cl(opt->ctx, err, "allocating the gradient check");
+        if (opt->check)
+            clReleaseMemObject(opt->check); /* deferred by OpenCL until its commands finish */
+        opt->check = m;
+        opt->check_len = 2 * total;
+    }
+    size_t at = 0;
+    for (size_t i = 0; check && i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        const clopt_group *g = &opt->groups[e->group];
+        if (g->arena && i != g->first)
+            continue; /* the arena's whole gradient buffer is one unit */
+        clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
+        size_t n = g->arena ? g->arena_len : e->n, items = check_items(n);
+        clopt_args a = {k, 0, CL_SUCCESS};
+        clopt_arg_tensor(&a, grad);
+        clopt_arg_ulong(&a, n);
+        clopt_arg_ulong(&a, items);
+        clopt_arg_float(&a, (float)inv_scale);
+        clopt_arg_tensor(&a, (clopt_tensor){opt->check, at});
+        clopt_arg_ulong(&a, total + at);
+        if (a.err != CL_SUCCESS)
+            return clopt_o_set_failed(opt, &a);
+        if (!opt->cur.dry) {
+            size_t local = CHECK_LOCAL, global = (items + local - 1) / local * local;
+            cl_int err = clEnqueueNDRangeKernel(opt->q, k, 1, NULL, &global, &local, 0, NULL,
+                                                NULL);
+            if (err != CL_SUCCESS)
+                return clopt_fail_cl(opt->ctx, err, "clEnqueueNDRangeKernel");
+        }
+        at += items;
+    }
+    clopt_args v = {kv, 0, CL_SUCCESS};
+    clopt_arg_tensor(&v, (clopt_tensor){opt->ctl, 0});
+    clopt_arg_tensor(&v, (clopt_tensor){total ? opt->check : opt->ctl, 0});
+    clopt_arg_ulong(&v, total);
+    clopt_arg_ulong(&v, total);
+    clopt_arg_float(&v, (float)opt->max_grad_norm);
+    clopt_arg_int(&v, amp);
+    if (v.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &v);
+    return clopt_o_launch_items(opt, kv, 1);
+}
+
+/* GC row means of tensor e into the scratch (after L2 decay); *rows = 0 when GC is off. */
+static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const clopt_hparams *hp,
+                             float gmul, size_t *rows)
+{
+    *rows = clopt_o_gc_rows(hp, e);
+    if (!*rows)
+        return CLOPT_SUCCESS;
+    cl_kernel k;
+    clopt_status s = clopt_o_kernel_of(opt, "reduce", hp, 0, "", "gc_rowmean", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, e->grad);
+    clopt_arg_tensor(&a, e->param);
+    clopt_arg_ulong(&a, *rows);
+    clopt_arg_ulong(&a, e->n / *rows);
+    clopt_arg_float(&a, gmul);
+    clopt_arg_float(&a, (float)clopt_rule_l2_decay(opt->rule, hp));
+    clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)});
+    clopt_arg_ctl(&a, &opt->cur);
+    if (a.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &a);
+    return clopt_o_launch_items(opt, k, *rows);
+}
+
+static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, size_t rows)
+{
+    if (!rows)
+        return;
+    clopt_arg_tensor(a, (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)});
+    clopt_arg_ulong(a, e->n / rows);
+}
+
+/* ---- multi-pass rules ------------------------------------------------------------------- */
+
+clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
+                              const clopt_hparams *hp, uint64_t t, float gmul)
+{
+    size_t rows;
+    clopt_status s = gc_means(opt, e, hp, gmul, &rows);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    cl_kernel kp, ku;
+    if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, "", "lamb_partial", &kp)) != CLOPT_SUCCESS ||
+        (s = clopt_o_kernel_of(opt, "lamb", hp, 0, "", "lamb_update", &ku)) != CLOPT_SUCCESS)
+        return s;
+    const double td = (double)t;
+    const double bc1 = hp->bias_correction ? 1.0 - pow(hp->beta1, td) : 1.0;
+    const double bc2 = hp->bias_correction ? 1.0 - pow(hp->beta2, td) : 1.0;
+    const size_t items = reduce_items(e->n);
+    clopt_args a = {kp, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, e->param);
+    clopt_arg_tensor(&a, e->grad);
+    clopt_arg_tensor(&a, e->state[0]);
+    clopt_arg_tensor(&a, e->state[1]);
+    gc_args(opt, &a, e, rows);
+    clopt_arg_ulong(&a, e->n);
+    clopt_arg_ulong(&a, items);
+    clopt_arg_float(&a, gmul);
+    clopt_arg_float(&a, (float)hp->beta1);
+    clopt_arg_float(&a, (float)(hp->grad_averaging ? 1.0 - hp->beta1 : 1.0));
+    clopt_arg_float(&a, (float)hp->beta2);
+    clopt_arg_float(&a, (float)(1.0 - hp->beta2));
+    clopt_arg_float(&a, (float)hp->eps);
+    clopt_arg_float(&a, (float)hp->weight_decay);
+    clopt_arg_float(&a, (float)(1.0 / bc1));
+    clopt_arg_float(&a, (float)(1.0 / bc2));
+    clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
+    clopt_args b = {ku, 0, CL_SUCCESS};
+    clopt_arg_tensor(&b, e->param);
+    clopt_arg_tensor(&b, e->state[0]);
+    clopt_arg_tensor(&b, e->state[1]);
+    clopt_arg_ulong(&b, e->n);
+    clopt_arg_tensor(&b, (clopt_tensor){opt->scratch, SCR_SUMS});
+    clopt_arg_float(&b, (float)hp->lr);
+    clopt_arg_float(&b, (float)hp->eps);
+    clopt_arg_float(&b, (float)hp->weight_decay);
+    clopt_arg_float(&b, (float)(1.0 / bc1));
+    clopt_arg_float(&b, (float)(1.0 / bc2));
+    clopt_arg_ctl(&a, &opt->cur);
+    clopt_arg_ctl(&b, &opt->cur);
+    if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
+    if ((s = clopt_o_launch_items(opt, kp, items)) !=
+            CLOPT_SUCCESS ||
+        (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
+        return s;
+    return clopt_o_launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
+}
+
+clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
+                                   const clopt_hparams *hp, uint64_t t, float gmul)
+{
+    size_t rows;
+    clopt_status s = gc_means(opt, e, hp, gmul, &rows);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    const int gc = rows > 0;
+    size_t B, R, C;
+    clopt_o_factored_view(e, &B, &R, &C);
+    const int factored = R > 0;
+    char extra[64];
+    snprintf(extra, sizeof extra, " -DFACTORED=%d -DBETA1=%d", factored, hp->use_beta1 ? 1 : 0);
+    cl_kernel kr = NULL, kc = NULL, km = NULL, kp, ku;
+    if (factored && ((s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_rows", &kr)) !=
+                         CLOPT_SUCCESS ||
+                     (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_cols", &kc)) !=
+                         CLOPT_SUCCESS ||
+                     (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_rmean", &km)) !=
+                         CLOPT_SUCCESS))
+        return s;
+    if ((s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_partial", &kp)) !=
+            CLOPT_SUCCESS ||
+        (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_update", &ku)) != CLOPT_SUCCESS)
+        return s;
+    const double td = (double)t;
+    const double beta2t = 1.0 - pow(td, hp->decay_rate);
+    double rho_t = hp->lr;
+    if (hp->relative_step) {
+        rho_t = hp->warmup_init ? 1e-6 * td : 1e-2;
+        if (1.0 / sqrt(td) < rho_t)
+            rho_t = 1.0 / sqrt(td);
+    }
+    const clopt_tensor s0 = e->state[0];
+    const clopt_tensor s1 = factored ? e->state[1] : s0;
+    const clopt_tensor rmean = {opt->scratch, SCR_RMEAN};
+    const size_t items = reduce_items(e->n);
+    const cl_ulong Rl = factored ? R : 1, Cl = factored ? C : 1;
+    if (factored) {
+        clopt_args a = {kr, 0, CL_SUCCESS};
+        clopt_arg_tensor(&a, e->grad);
+        clopt_arg_tensor(&a, s0);
+        gc_args(opt, &a, e, rows);
+        clopt_arg_ulong(&a, B * R);
+        clopt_arg_ulong(&a, C);
+        clopt_arg_float(&a, gmul);
+        clopt_arg_float(&a, (float)hp->eps);
+        clopt_arg_float(&a, (float)beta2t);
+        clopt_arg_float(&a, (float)(1.0 - beta2t));
+        clopt_args c = {kc, 0, CL_SUCCESS};
+        clopt_arg_tensor(&c, e->grad);
+        clopt_arg_tensor(&c, s1);
+        gc_args(opt, &c, e, rows);
+        clopt_arg_ulong(&c, B);
+        clopt_arg_ulong(&c, R);
+        clopt_arg_ulong(&c, C);
+        clopt_arg_float(&c, gmul);
+        clopt_arg_float(&c, (float)hp->eps);
+        clopt_arg_float(&c, (float)beta2t);
+        clopt_arg_float(&c, (float)(1.0 - beta2t));
+        clopt_args m = {km, 0, CL_SUCCESS};
+        clopt_arg_tensor(&m, s0);
+        clopt_arg_ulong(&m, B);
+        clopt_arg_ulong(&m, R);
+        clopt_arg_tensor(&m, rmean);
+        clopt_arg_ctl(&a, &opt->cur);
+        clopt_arg_ctl(&c, &opt->cur);
+        clopt_arg_ctl(&m, &opt->cur);
+        if (a.err != CL_SUCCESS || c.err != CL_SUCCESS || m.err != CL_SUCCESS)
+            return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : c.err != CL_SUCCESS ? &c : &m);
+        if ((s = clopt_o_launch_items(opt, kr, B * R)) !=
+                CLOPT_SUCCESS ||
+            (s = clopt_o_launch_items(opt, kc, B * ((C + COLS_WIDTH - 1) / COLS_WIDTH))) !=
+                CLOPT_SUCCESS ||
+            (s = clopt_o_launch_items(opt, km, B)) !=
+                CLOPT_SUCCESS)
+            return s;
+    }
+    clopt_args p = {kp, 0, CL_SUCCESS};
+    clopt_arg_tensor(&p, e->param);
+    clopt_arg_tensor(&p, e->grad);
+    clopt_arg_tensor(&p, s0);
+    clopt_arg_tensor(&p, s1);
+    clopt_arg_tensor(&p, rmean);
+    gc_args(opt, &p, e, rows);
+    clopt_arg_ulong(&p, e->n);
+    clopt_arg_ulong(&p, Rl);
+    clopt_arg_ulong(&p, Cl);
+    clopt_arg_ulong(&p, items);
+    clopt_arg_float(&p, gmul);
+    clopt_arg_float(&p, (float)hp->eps);
+    clopt_arg_float(&p, (float)beta2t);
+    clopt_arg_float(&p, (float)(1.0 - beta2t));
+    clopt_arg_tensor(&p, (clopt_tensor){opt->scratch, 0});
+    clopt_args u = {ku, 0, CL_SUCCESS};
+    clopt_arg_tensor(&u, e->param);
+    clopt_arg_tensor(&u, e->grad);
+    clopt_arg_tensor(&u, s0);
+    clopt_arg_tensor(&u, s1);
+    clopt_arg_tensor(&u, rmean);
+    if (hp->use_beta1)
+        clopt_arg_tensor(&u, e->state[e->nkernel - 1]);
+    gc_args(opt, &u, e, rows);
+    clopt_arg_ulong(&u, e->n);
+    clopt_arg_ulong(&u, Rl);
+    clopt_arg_ulong(&u, Cl);
+    clopt_arg_tensor(&u, (clopt_tensor){opt->scratch, SCR_SUMS});
+    clopt_arg_float(&u, gmul);
+    clopt_arg_float(&u, (float)rho_t);
+    clopt_arg_float(&u, (float)hp->eps2);
+    clopt_arg_float(&u, (float)hp->clip_threshold);
+    clopt_arg_int(&u, hp->scale_parameter ? 1 : 0);
+    clopt_arg_float(&u, (float)hp->weight_decay);
+    clopt_arg_float(&u, (float)hp->beta1);
+    clopt_arg_float(&u, (float)(1.0 - hp->beta1));
+    clopt_arg_ctl(&p, &opt->cur);
+    clopt_arg_ctl(&u, &opt->cur);
+    if (p.err != CL_SUCCESS || u.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, p.err != CL_SUCCESS ? &p : &u);
+    if ((s = clopt_o_launch_items(opt, kp, items)) !=
+            CLOPT_SUCCESS ||
+        (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
+        return s;
+    return clopt_o_launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
+}
+

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: MIT */
+/* Range groups over the engine's own buffers (one launch per group over a chunk table) and
+ * the overlap checks every registration runs. */
+#include "optimizer_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- overlap checks and range groups --------------------------------------------------- */
+
+static int span_cmp(const void *a, const void *b)
+{
+    const clopt_span *x = a, *y = b;
+    if (x->buffer != y->buffer)
+        return (uintptr_t)x->buffer < (uintptr_t)y->buffer ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* The parameter and gradient ranges of the registered tensors plus `extra` more slots. */
+clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *count)
+{
+    clopt_span *s = malloc((2 * opt->nparams + extra + 1) * sizeof *s);
+    size_t k = 0;
+    for (size_t i = 0; s && i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        s[k++] = (clopt_span){e->param.buffer, e->param.offset, e->param.offset + e->n, "param", i};
+        s[k++] = (clopt_span){e->grad.buffer, e->grad.offset, e->grad.offset + e->n, "grad", i};
+    }
+    *count = k;
+    return s;
+}
+
+/* Refuses two ranges of one buffer that overlap (names both in the error). */
+clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count)
+{
+    qsort(s, count, sizeof *s, span_cmp);
+    for (size_t i = 1; i < count; i++)
+        if (s[i].buffer == s[i - 1].buffer && s[i].lo < s[i - 1].hi)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "the %s range of tensor %zu overlaps the %s range of tensor %zu "
+                              "(floats [%zu, %zu) and [%zu, %zu) of one buffer)",
+                              s[i].what, s[i].tensor, s[i - 1].what, s[i - 1].tensor, s[i].lo,
+                              s[i].hi, s[i - 1].lo, s[i - 1].hi);
+    return CLOPT_SUCCESS;
+}
+
+void clopt_range_group_init(clopt_range_group *g)
+{
+    if (!g)
+        return;
+    memset(g, 0, sizeof *g);
+    g->struct_size = sizeof *g;
+    g->init_state = 1;
+}
+
+/* Floats per chunk of a range launch (any length works with any tuning, common.cl). */
+#define RANGE_CHUNK 16384u
+
+clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
+                                             const clopt_range_group *desc, size_t *group,
+                                             size_t *first_index)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    if (!hp || !desc || !desc->tensors)
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, desc and desc->tensors must "
+                                                        "not be NULL");
+    if (desc->struct_size < sizeof *desc)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "desc->struct_size %zu: initialise it with clopt_range_group_init",
+                          desc->struct_size);
+    const size_t T = desc->ntensors;
+    if (T == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
+    clopt_status s = clopt_o_check_hparams(ctx, opt->rule, hp);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_group probe;
+    memset(&probe, 0, sizeof probe);
+    probe.hp = *hp;
+    clopt_param layout;
+    memset(&layout, 0, sizeof layout);
+    layout.n = layout.ndim = layout.shape[0] = 1;
+    clopt_state_layout(opt, &probe, &layout);
+    const int own_state = desc->state[0] == NULL;
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
+        int need = !own_state && k < layout.nstate;
+        if ((desc->state[k] != NULL) != need && !(own_state && !desc->state[k]))
+            return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                              "%s with these hyperparameters has %zu state tensor(s): give a "
+                              "buffer for each (state[0..%zu)) or none",
+                              clopt_rule_name(opt->rule), layout.nstate, layout.nstate);
+    }
+    if (!own_state && (clopt_group_lookahead(opt, &probe) || layout.nstate != layout.nkernel ||
+                       clopt_rule_is_multipass(opt->rule)))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "the engine's own state buffers need an element-wise rule without "
+                          "Lookahead");
+    if (opt->rule == CLOPT_SOPHIA)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "sophia needs the engine's Hessian-estimate buffer per tensor: add "
+                          "its tensors with clopt_optimizer_add_param_desc");
+    clopt_param *ps = calloc(T, sizeof *ps);
+    size_t nspan = 0;
+    clopt_span *sp = clopt_o_spans_of(opt, (2 + layout.nstate) * T, &nspan);
+    size_t *soff = malloc(T * sizeof *soff);
+    if (!ps || !sp || !soff) {
+        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "range group");
+        goto fail;
+    }
+    const cl_mem P = desc->tensors[0].param.buffer, G = desc->tensors[0].grad.buffer;
+    size_t total = 0; /* library-owned state: compact, each tensor 16-float aligned */
+    for (size_t i = 0; i < T; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        clopt_param *e = &ps[i];
+        if ((s = clopt_o_take_shape(ctx, d, e)) != CLOPT_SUCCESS)
+            goto fail;
+        if (d->param.buffer != P || d->grad.buffer != G) {
+            s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                           "tensor %zu: every parameter of a range group must be in one "
+                           "cl_mem, and every gradient in one cl_mem", i);
+            goto fail;
+        }
+        if ((s = clopt_check_tensor(ctx, "param", d->param, e->n)) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor(ctx, "grad", d->grad, e->n)) != CLOPT_SUCCESS)
+            goto fail;
+        e->param = d->param;
+        e->grad = d->grad;
+        e->mu_product = 1.0;
+        const size_t idx = opt->nparams + i;
+        sp[nspan++] = (clopt_span){P, d->param.offset, d->param.offset + e->n, "param", idx};
+        sp[nspan++] = (clopt_span){G, d->grad.offset, d->grad.offset + e->n, "grad", idx};
+        if (own_state) {
+            soff[i] = total;
+            total += (e->n + 15) / 16 * 16;
+        } else {
+            soff[i] = desc->state_offsets ? desc->state_offsets[i] : d->param.offset;
+            for (size_t k = 0; k < layout.nstate; k++) {
+                clopt_tensor st = {desc->state[k], soff[i]};
+                if ((s = clopt_check_tensor(ctx, "state", st, e->n)) != CLOPT_SUCCESS)
+                    goto fail;
+                sp[nspan++] = (clopt_span){desc->state[k], soff[i], soff[i] + e->n, "state", idx};
+            }
+        }
+    }
+    if ((s = clopt_o_check_disjoint(ctx, sp, nspan)) != CLOPT_SUCCESS ||
+        (s = clopt_o_reserve_params(opt, T)) != CLOPT_SUCCESS ||
+        (s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS)
+        goto fail;
+    const size_t gi = opt->ngroups - 1;
+    clopt_group *g = &opt->groups[gi];
+    g->ranges = 1;
+    g->range_param = P;
+    g->range_grad = G;
+    cl_int err = CL_SUCCESS;
+    for (size_t k = 0; k < layout.nstate && err == CL_SUCCESS; k++) {
+        float init = k < layout.nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
+        if (own_state) {
+            g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
+            g->range_state[k] = g->arena_state[k];
+        } else {
+            g->range_state[k] = desc->state[k];
+            for (size_t i = 0; desc->init_state && i < T && err == CL_SUCCESS; i++)
+                err = clEnqueueFillBuffer(ctx->queue, desc->state[k], &init, sizeof init,
+                                          soff[i] * sizeof(float), ps[i].n * sizeof(float), 0,
+                                          NULL, NULL);
+        }
+    }
+    /* the chunk table: (θ offset, g offset, state offset, length) per chunk */
+    size_t nchunks = 0;
+    for (size_t i = 0; i < T; i++)
+        nchunks += (ps[i].n + RANGE_CHUNK - 1) / RANGE_CHUNK;
+    cl_ulong *tab = err == CL_SUCCESS ? malloc(nchunks * 4 * sizeof *tab) : NULL;
+    if (err == CL_SUCCESS && !tab)
+        err = CL_OUT_OF_HOST_MEMORY;
+    for (size_t i = 0, c = 0; tab && i < T; i++)
+        for (size_t at = 0; at < ps[i].n; at += RANGE_CHUNK, c++) {
+            tab[4 * c] = ps[i].param.offset + at;
+            tab[4 * c + 1] = ps[i].grad.offset + at;
+            tab[4 * c + 2] = soff[i] + at;
+            tab[4 * c + 3] = ps[i].n - at < RANGE_CHUNK ? ps[i].n - at : RANGE_CHUNK;
+        }
+    if (tab)
+        g->range_table = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                        nchunks * 4 * sizeof *tab, tab, &err);
+    free(tab);
+    g->nchunks = nchunks;
+    for (size_t i = 0; i < T; i++) {
+        clopt_param *e = &ps[i];
+        e->group = gi;
+        clopt_state_layout(opt, g, e);
+        for (size_t k = 0; k < e->nstate; k++)
+            e->state[k] = (clopt_tensor){g->range_state[k], soff[i]};
+    }
+    if (err == CL_SUCCESS) {
+        memcpy(opt->params + opt->nparams, ps, T * sizeof *ps);
+        opt->nparams += T;
+        if ((s = clopt_o_grow_scratch(opt)) != CLOPT_SUCCESS)
+            opt->nparams -= T;
+        else if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
+            opt->nparams -= T, s = clopt_fail_cl(ctx, err, "initialising the range group");
+    } else {
+        s = clopt_fail_cl(ctx, err, "allocating the range group");
+    }
+    if (s != CLOPT_SUCCESS) {
+        clopt_o_release_arena(g);
+        opt->ngroups--;
+        goto fail;
+    }
+    if (group)
+        *group = gi;
+    if (first_index)
+        *first_index = opt->nparams - T;
+fail:
+    free(ps);
+    free(sp);
+    free(soff);
+    return s;
+}
+

@@ -1,0 +1,444 @@
+/* SPDX-License-Identifier: MIT */
+/* The step: the engine contract (enqueued on the caller's queue, never waiting for the host;
+ * AMP and clipping decided on the device; atomic; exact step counts with verdicts in flight)
+ * and the launches of every group. */
+#include "optimizer_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- step ------------------------------------------------------------------------------- */
+
+/* NAdam's product of tensor e, d steps after the host's count. */
+static double mu_product_ahead(const clopt_optimizer *opt, const clopt_param *e, uint64_t d)
+{
+    double prod = e->mu_product;
+    if (opt->rule != CLOPT_NADAM)
+        return prod;
+    const clopt_hparams *hp = &opt->groups[e->group].hp;
+    for (uint64_t i = 1; i <= d && prod != 0.0; i++)
+        prod *= clopt_nadam_mu(hp, (double)(e->step + i));
+    return prod;
+}
+
+/* One element-wise launch over n elements of (param, grad, states) views, as step t of the
+   tensor (d steps after the host's count). */
+static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
+                               clopt_tensor grad, const clopt_tensor *states, size_t n,
+                               const clopt_hparams *hp, uint64_t t, uint64_t d,
+                               double grad_scale, size_t gc)
+{
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    a.param = param;
+    a.grad = grad;
+    for (size_t j = 0; j < e->nkernel; j++)
+        a.state[j] = states[j];
+    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
+        a.hessian = e->hessian;
+    a.mu_product = mu_product_ahead(opt, e, d);
+    a.grad_scale = grad_scale;
+    a.gc_rows = gc;
+    a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
+    clopt_status s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t,
+                                            &opt->cur, 0, NULL, NULL);
+    if (s == CLOPT_SUCCESS && opt->cur.dry == 2 && opt->rule == CLOPT_SOPHIA &&
+        e->hessian.buffer) { /* prepare: both Sophia variants (with and without ĥ) */
+        a.hessian = a.hessian.buffer ? (clopt_tensor){NULL, 0} : e->hessian;
+        s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t, &opt->cur, 0,
+                                   NULL, NULL);
+    }
+    return s;
+}
+
+/* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
+static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
+                                   size_t n)
+{
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
+                                     src.offset * sizeof(float), dst.offset * sizeof(float),
+                                     n * sizeof(float), 0, NULL, NULL);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "lookahead copy");
+}
+
+static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clopt_tensor slow,
+                                   size_t n, double alpha)
+{
+    cl_kernel k;
+    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "lookahead_sync", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, param);
+    clopt_arg_tensor(&a, slow);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)alpha);
+    clopt_arg_ctl(&a, &opt->cur);
+    if (a.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &a);
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+}
+
+/* Lookahead synchronises after step t (in prepare's dry pass: always, to build it). */
+static int lookahead_due(const clopt_optimizer *opt, const clopt_hparams *hp, uint64_t t)
+{
+    return opt->cur.dry == 2 || t % hp->lookahead_k == 0;
+}
+
+/* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */
+static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
+{
+    if (!g->arena || clopt_rule_is_multipass(opt->rule))
+        return 0;
+    for (size_t i = g->first; i < g->first + g->count; i++)
+        if (clopt_o_gc_rows(&g->hp, &opt->params[i]))
+            return 0;
+    return 1;
+}
+
+/* A range group of an element-wise rule runs as one launch (no GC, no Lookahead, no
+   Sophia: those run per tensor). */
+static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
+{
+    if (!g->ranges || clopt_rule_is_multipass(opt->rule) || opt->rule == CLOPT_SOPHIA ||
+        clopt_group_lookahead(opt, g))
+        return 0;
+    for (size_t i = 0; i < opt->nparams; i++)
+        if (opt->params[i].group == (size_t)(g - opt->groups) && clopt_o_gc_rows(&g->hp, &opt->params[i]))
+            return 0;
+    return 1;
+}
+
+/* Group gi's launches for the outcome "d of the uncertain steps in flight were applied":
+   every tensor's step t = its host count + 1 + d, schedules at the optimizer's count + d. */
+static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t d)
+{
+    clopt_group *g = &opt->groups[gi];
+    clopt_hparams hp = g->hp;
+    hp.lr *= clopt_schedule_factor(&g->sched, opt->step + d);
+    const float gmul = (float)(1.0 / grad_scale);
+    const int la = clopt_group_lookahead(opt, g);
+    clopt_status s = CLOPT_SUCCESS;
+    if (arena_fused(opt, g)) {
+        const clopt_param *e0 = &opt->params[g->first];
+        const uint64_t t = e0->step + 1 + d; /* an arena's tensors were added together */
+        clopt_tensor states[CLOPT_OPT_MAX_STATE];
+        for (size_t k = 0; k < e0->nstate; k++)
+            states[k] = (clopt_tensor){g->arena_state[k], 0};
+        const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
+        if (la && !e0->slow_ready && d == 0)
+            s = lookahead_copy(opt, P, states[e0->nkernel], g->arena_len);
+        if (s == CLOPT_SUCCESS)
+            s = step_views(opt, e0, P, G, states, g->arena_len, &hp, t, d, grad_scale, 0);
+        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
+            s = lookahead_sync(opt, P, states[e0->nkernel], g->arena_len, hp.lookahead_alpha);
+        return s;
+    }
+    if (range_fused(opt, g)) {
+        size_t first = opt->nparams;
+        for (size_t i = 0; i < opt->nparams && first == opt->nparams; i++)
+            if (opt->params[i].group == gi)
+                first = i;
+        const clopt_param *e0 = &opt->params[first];
+        const uint64_t t = e0->step + 1 + d; /* a range group's tensors were added together */
+        clopt_tensor states[CLOPT_OPT_MAX_STATE];
+        for (size_t k = 0; k < e0->nstate; k++)
+            states[k] = (clopt_tensor){g->range_state[k], 0};
+        opt->cur.ranges = g->range_table;
+        opt->cur.nchunks = g->nchunks;
+        s = step_views(opt, e0, (clopt_tensor){g->range_param, 0},
+                       (clopt_tensor){g->range_grad, 0}, states, 1, &hp, t, d, grad_scale, 0);
+        opt->cur.ranges = NULL;
+        opt->cur.nchunks = 0;
+        return s;
+    }
+    for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        if (e->group != gi)
+            continue;
+        const uint64_t t = e->step + 1 + d;
+        if (la && !e->slow_ready && d == 0)
+            s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
+        if (s != CLOPT_SUCCESS)
+            break;
+        if (opt->rule == CLOPT_LAMB)
+            s = clopt_o_step_lamb(opt, e, &hp, t, gmul);
+        else if (opt->rule == CLOPT_ADAFACTOR)
+            s = clopt_o_step_adafactor(opt, e, &hp, t, gmul);
+        else
+            s = step_views(opt, e, e->param, e->grad, e->state, e->n, &hp, t, d, grad_scale,
+                           clopt_o_gc_rows(&hp, e));
+        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
+            s = lookahead_sync(opt, e->param, e->state[e->nkernel], e->n, hp.lookahead_alpha);
+    }
+    return s;
+}
+
+/* Everything a step enqueues after its start: the gradient check and verdict, the launches
+   of every group for each possible outcome of the uncertain steps in flight, the commit.
+   dry 1: build kernels and set arguments only (the step's first pass); 2: also the variants
+   later steps need (prepare). */
+static clopt_status step_body(clopt_optimizer *opt, double grad_scale, int amp,
+                              uint64_t uncertain, int dry)
+{
+    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry, NULL, 0};
+    clopt_status s = clopt_o_grad_check(opt, 1.0 / grad_scale, amp);
+    for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= uncertain; d++) {
+        opt->cur.expect = opt->step + d;
+        for (size_t gi = 0; s == CLOPT_SUCCESS && gi < opt->ngroups; gi++)
+            s = step_group(opt, gi, grad_scale, d);
+    }
+    cl_kernel k;
+    if (s == CLOPT_SUCCESS &&
+        (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_commit", &k)) == CLOPT_SUCCESS) {
+        clopt_args a = {k, 0, CL_SUCCESS};
+        clopt_arg_tensor(&a, (clopt_tensor){opt->ctl, 0});
+        s = a.err != CL_SUCCESS ? clopt_o_set_failed(opt, &a) : clopt_o_launch_items(opt, k, 1);
+    }
+    opt->cur.dry = 0;
+    return s;
+}
+
+/* One applied step: every tensor's count and NAdam product, and the optimizer's count. */
+static void advance_counts(clopt_optimizer *opt)
+{
+    for (size_t i = 0; i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        e->step++;
+        if (opt->rule == CLOPT_NADAM)
+            e->mu_product *= clopt_nadam_mu(&opt->groups[e->group].hp, (double)e->step);
+    }
+    opt->step++;
+}
+
+/* The oldest record in flight has completed (status CL_COMPLETE) or failed (< 0). */
+static void retire_oldest(clopt_optimizer *opt, cl_int status)
+{
+    clopt_step_record *r = &opt->rec[opt->rec_head];
+    if (status == CL_COMPLETE && r->result[6] == 0) {
+        const int skipped = r->result[0] != 0;
+        float norm;
+        memcpy(&norm, &r->result[4], sizeof norm);
+        if (r->amp && !skipped)
+            advance_counts(opt);
+        opt->found_inf = skipped;
+        if (r->clip)
+            opt->last_grad_norm = norm;
+        opt->report.step_call = r->call;
+        opt->report.skipped = skipped;
+        opt->report.grad_norm = r->amp || r->clip ? (double)norm : NAN;
+    }
+    clReleaseEvent(r->done);
+    opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
+    opt->rec_count--;
+}
+
+/* Retires the records whose read-back has completed, oldest first; wait: block on each. */
+static clopt_status collect(clopt_optimizer *opt, int wait)
+{
+    while (opt->rec_count) {
+        clopt_step_record *r = &opt->rec[opt->rec_head];
+        cl_int st = CL_QUEUED, err = CL_SUCCESS;
+        if (wait)
+            err = clWaitForEvents(1, &r->done);
+        if (err == CL_SUCCESS || err == CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
+            err = clGetEventInfo(r->done, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st,
+                                 NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "checking a step's verdict");
+        if (st > CL_COMPLETE)
+            return CLOPT_SUCCESS; /* still running; later records too (in-order queue) */
+        retire_oldest(opt, st);
+    }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_opt_settle(clopt_optimizer *opt)
+{
+    cl_int err = clFinish(opt->ctx->queue);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(opt->ctx, err, "clFinish");
+    return collect(opt, 1);
+}
+
+clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    clopt_status s = collect(opt, 0);
+    *out = opt->report;
+    return s;
+}
+
+clopt_status clopt_optimizer_prepare(clopt_optimizer *opt)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    opt->q = opt->ctx->queue;
+    return step_body(opt, opt->grad_scale > 0 ? opt->grad_scale : 1.0, opt->grad_scale > 0, 0,
+                     2);
+}
+
+/* The step's start: after the caller's events and a user event the host completes only
+   once everything is enqueued, the control words 2..6 (or only the abort word while
+   uncertain steps are in flight, whose outcome sets the count) are written from r->gate.
+   A failure while enqueueing sets the abort word before the gate opens, so the launches
+   already enqueued do nothing. */
+clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
+                                     cl_uint num_wait, const cl_event *wait_list,
+                                     cl_event *event)
+{
+    if (event)
+        *event = NULL;
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_ctx *ctx = opt->ctx;
+    clopt_clear_error(ctx);
+    clopt_status s;
+    if (queue) {
+        if ((s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
+            return s;
+        cl_command_queue_properties props = 0;
+        cl_int err = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props,
+                                           NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(ctx, err, "clGetCommandQueueInfo");
+        if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "the step needs an in-order queue");
+    }
+    if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
+        return s;
+    if (opt->nparams == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "no tensors are registered");
+    for (size_t i = 0; i < opt->nparams; i++) {
+        const clopt_param *e = &opt->params[i];
+        if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor(ctx, "grad", e->grad, e->n)) != CLOPT_SUCCESS)
+            return s;
+    }
+    if ((s = collect(opt, 0)) != CLOPT_SUCCESS)
+        return s;
+    if (opt->rec_count == CLOPT_MAX_IN_FLIGHT) {
+        /* the one wait of a step: CLOPT_MAX_IN_FLIGHT steps without a known verdict */
+        cl_int err = clWaitForEvents(1, &opt->rec[opt->rec_head].done);
+        if (err != CL_SUCCESS && err != CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
+            return clopt_fail_cl(ctx, err, "waiting for the oldest step in flight");
+        if ((s = collect(opt, 0)) != CLOPT_SUCCESS)
+            return s;
+    }
+    const int amp = opt->grad_scale > 0, clip = opt->max_grad_norm > 0;
+    const double grad_scale = amp ? opt->grad_scale : 1.0;
+    uint64_t uncertain = 0;
+    for (size_t k = 0; k < opt->rec_count; k++)
+        uncertain += (uint64_t)opt->rec[(opt->rec_head + k) % CLOPT_MAX_IN_FLIGHT].amp;
+    cl_event waits_small[8], *waits = waits_small;
+    if (num_wait >= 8 && !(waits = malloc((num_wait + 1) * sizeof *waits)))
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "wait list");
+    /* every kernel built and every argument checked before the first enqueue */
+    opt->q = queue ? queue : ctx->queue;
+    if ((s = step_body(opt, grad_scale, amp, uncertain, 1)) != CLOPT_SUCCESS)
+        goto out;
+    clopt_step_record *r =
+        &opt->rec[(opt->rec_head + opt->rec_count) % CLOPT_MAX_IN_FLIGHT];
+    memset(r, 0, sizeof *r);
+    r->call = opt->calls + 1;
+    r->amp = amp;
+    r->clip = clip;
+    r->gate[0] = (cl_uint)opt->step;
+    r->gate[1] = (cl_uint)(opt->step >> 32);
+    cl_int err = CL_SUCCESS;
+    cl_event gate = clCreateUserEvent(ctx->context, &err), wrote = NULL;
+    if (!gate) {
+        s = clopt_fail_cl(ctx, err, "clCreateUserEvent");
+        goto out;
+    }
+    for (cl_uint i = 0; i < num_wait; i++)
+        waits[i] = wait_list[i];
+    waits[num_wait] = gate;
+    if (uncertain == 0)
+        err = clEnqueueWriteBuffer(opt->q, opt->ctl, CL_FALSE, 2 * sizeof(cl_uint),
+                                   5 * sizeof(cl_uint), r->gate, num_wait + 1, waits, &wrote);
+    else
+        err = clEnqueueWriteBuffer(opt->q, opt->ctl, CL_FALSE, 6 * sizeof(cl_uint),
+                                   sizeof(cl_uint), &r->gate[4], num_wait + 1, waits, &wrote);
+    if (err != CL_SUCCESS) {
+        clSetUserEventStatus(gate, CL_COMPLETE);
+        clReleaseEvent(gate);
+        s = clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer (the step's start)");
+        goto out;
+    }
+    s = step_body(opt, grad_scale, amp, uncertain, 0);
+    if (s == CLOPT_SUCCESS &&
+        (err = clEnqueueReadBuffer(opt->q, opt->ctl, CL_FALSE, 0, sizeof r->result, r->result,
+                                   0, NULL, &r->done)) != CL_SUCCESS)
+        s = clopt_fail_cl(ctx, err, "clEnqueueReadBuffer (the step's verdict)");
+    if (s != CLOPT_SUCCESS) {
+        /* abort: the launches already enqueued find the skip flag set and do nothing; the
+           abort word must be read before r's slot is reused */
+        r->gate[4] = 1;
+        clSetUserEventStatus(gate, CL_COMPLETE);
+        clReleaseEvent(gate);
+        clWaitForEvents(1, &wrote);
+        clReleaseEvent(wrote);
+        if (r->done) {
+            clWaitForEvents(1, &r->done);
+            clReleaseEvent(r->done);
+        }
+        goto out;
+    }
+    err = clSetUserEventStatus(gate, CL_COMPLETE);
+    clReleaseEvent(gate);
+    clReleaseEvent(wrote);
+    opt->rec_count++;
+    opt->calls++;
+    if (err != CL_SUCCESS) {
+        s = clopt_fail_cl(ctx, err, "clSetUserEventStatus (the queue may be stalled)");
+        goto out;
+    }
+    for (size_t i = 0; i < opt->nparams; i++)
+        opt->params[i].slow_ready = 1;
+    if (!amp)
+        advance_counts(opt); /* only AMP can skip a step that was enqueued */
+    if (event) {
+        *event = r->done;
+        clRetainEvent(r->done);
+    }
+out:
+    if (waits != waits_small)
+        free(waits);
+    return s;
+}
+
+clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
+{
+    if (event)
+        *event = NULL;
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    const int check = opt->grad_scale > 0 || opt->max_grad_norm > 0;
+    clopt_status s = clopt_optimizer_step_on(opt, NULL, 0, NULL, event);
+    if (s != CLOPT_SUCCESS || !check)
+        return s;
+    /* the blocking convenience: wait for this step's verdict. The step is enqueued (and will
+       run) whatever happens here: a failed wait is not the step's failure, and the verdict
+       then reaches the host through a later poll or call. */
+    if (collect(opt, 1) != CLOPT_SUCCESS)
+        return CLOPT_SUCCESS;
+    if (opt->report.step_call == opt->calls && opt->report.skipped) {
+        if (event && *event) {
+            clReleaseEvent(*event);
+            *event = NULL;
+        }
+        return CLOPT_STEP_SKIPPED;
+    }
+    return CLOPT_SUCCESS;
+}
+
