@@ -232,7 +232,7 @@ typedef enum optrun_mode {
     OPTRUN_ARENA,
     OPTRUN_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (bound 1e30) on */
     OPTRUN_RANGES     /* two range groups over one flat caller-owned buffer (every other
-                         tensor in the second, with weight decay 0 as biases) */
+                         tensor in the second, as an engine's biases) */
 } optrun_mode;
 
 /* The split of a total of n elements into T tensors: vectors of n/T elements (the

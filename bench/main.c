@@ -15,7 +15,7 @@
  *   arena_amp arena with AMP (loss scale 1) and global-norm clipping (bound never reached)
  *             on: the gradient check and the verdict run on the device, nothing waits
  *   ranges    two range groups over T tensors in one caller-owned flat buffer (even and odd
- *             tensors, the odd ones without weight decay, as llm.c): one launch per group
+ *             tensors, as an engine's weights and biases): one launch per group
  * and reports the median time over --reps timed repetitions after --warmup untimed ones.
  * A correctness check at a small n first makes sure every variant agrees with fused.
  * --sweep-tuning instead times fused (and stream) over vector widths x work-group sizes.

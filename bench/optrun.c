@@ -222,7 +222,7 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         }
     } else if (mode == OPTRUN_RANGES) {
         /* one flat parameter buffer and one flat gradient buffer, tensors back to back;
-           group A: tensors 0, 2, 4, ... (the hyperparameters), group B: 1, 3, ... (no decay) */
+           group A: tensors 0, 2, 4, ..., group B: 1, 3, ... */
         o->bufs = calloc(2, sizeof *o->bufs);
         if (!o->bufs)
             goto oom;
@@ -244,8 +244,9 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
             desc[i].grad = (clopt_tensor){o->bufs[1], o->off[i]};
             sorted[i % 2 ? nb++ : na++] = desc[i];
         }
+        /* two groups as an engine's weights and biases; the same hyperparameters, so the
+           check compares them with the C loop (decay costs the same either way) */
         clopt_hparams hb = *hp;
-        hb.weight_decay = 0;
         for (int grp = 0; grp < 2 && s == CLOPT_SUCCESS; grp++) {
             clopt_range_group rg;
             clopt_range_group_init(&rg);

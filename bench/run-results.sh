@@ -1,12 +1,15 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# The committed benchmark results of one device: runs clopt-bench five times and writes into DIR
+# The committed benchmark results of one device: runs clopt-bench six times and writes into DIR
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
 #   elementwise25.*               every rule at 2^25: fused, stream, unfused, c_loop, --reps 9
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
 #                                 --reps 7
+#   engine.*                      --rules adamw,sgd_momentum,lion --sizes 2^20,2^24
+#                                 --tensors 6,1000 --variants arena,separate,arena_amp,ranges
+#                                 --reps 15 (issue 11: AMP and clipping, range groups)
 #   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
@@ -93,6 +96,9 @@ rm -f "$MD.body"
         --rules "$ALL_RULES" --sizes 2^25 --reps 9 --variants fused,stream,unfused,c_loop $COMMON
     run tensors "Tensor counts: 1, 100 and 1000 tensors of the same total 2^24" \
         --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 --reps 7 $COMMON
+    run engine "The engine contract: AMP and clipping on the device, range groups over one flat buffer" \
+        --rules adamw,sgd_momentum,lion --sizes 2^20,2^24 --tensors 6,1000 \
+        --variants arena,separate,arena_amp,ranges --reps 15 $COMMON
     run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
         --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON
 }

@@ -24,12 +24,12 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    v_ += vo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    v_ += (long)vo + RS_;
 #if AMSGRAD
-    vmax_ += vmaxo + RS_;
+    vmax_ += (long)vmaxo + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
@@ -66,10 +66,10 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    u_ += uo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    u_ += (long)uo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -97,10 +97,10 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    v_ += vo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    v_ += (long)vo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -132,10 +132,10 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    v_ += vo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    v_ += (long)vo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -169,11 +169,11 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    v_ += vo + RS_;
-    s_ += so + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    v_ += (long)vo + RS_;
+    s_ += (long)so + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
@@ -200,11 +200,11 @@ __kernel void diffgrad_step(__global float *p_, const ulong po, __global const f
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    v_ += vo + RS_;
-    prev_ += prevo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    v_ += (long)vo + RS_;
+    prev_ += (long)prevo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);

@@ -17,9 +17,9 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    s_ += so + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    s_ += (long)so + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -43,10 +43,10 @@ __kernel void adadelta_step(__global float *p_, const ulong po, __global const f
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    v_ += vo + RS_;
-    u_ += uo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    v_ += (long)vo + RS_;
+    u_ += (long)uo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
@@ -83,14 +83,14 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    v_ += vo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    v_ += (long)vo + RS_;
 #if MOMENTUM
-    b_ += bo + RS_;
+    b_ += (long)bo + RS_;
 #endif
 #if CENTERED
-    a_ += ao + RS_;
+    a_ += (long)ao + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);

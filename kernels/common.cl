@@ -89,7 +89,9 @@ inline void tail_store(floatV x, __global float *p, uint rem)
  * chunks and passes a table with one ulong4 per chunk: (θ offset, g offset, state offset,
  * length), in elements. Work-group c takes chunk c; its work-items stride over the chunk's
  * vectors, so any chunk length works with any tuning. In the kernels, n is the chunk's
- * length and RP_, RG_, RS_ are added to the θ, g and state pointers (0 without RANGES). */
+ * length and RP_, RG_, RS_ are added to the θ, g and state pointers (0 without RANGES).
+ * (Work-groups that walk several chunks each cost a thousand tiny tensors less, but on a CPU
+ * each work-item then strides across chunks: 1.9x slower at 2^24, clopt-bench ranges.) */
 #ifndef RANGES
 #define RANGES 0
 #endif
@@ -98,7 +100,8 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #define RANGES_PARAMS , __global const ulong *rt_
 #define RANGES_BEGIN                                                                       \
     const ulong4 r_ = vload4(get_group_id(0), rt_);                                        \
-    const ulong RP_ = r_.x, RG_ = r_.y, RS_ = r_.z, n = r_.w;
+    const long RP_ = (long)r_.x, RG_ = (long)r_.y, RS_ = (long)r_.z;                       \
+    const ulong n = r_.w;
 #define ITEM_LOOP_BEGIN                                                                    \
     for (ulong it_ = get_local_id(0); it_ * IPW <= n / VW; it_ += get_local_size(0)) {
 #define ITEM_LOOP_END }

@@ -19,10 +19,10 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
 #if MOMENTUM
-    b_ += bo + RS_;
+    b_ += (long)bo + RS_;
 #endif
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_);

@@ -13,9 +13,9 @@ __kernel void lion_step(__global float *p_, const ulong po, __global const float
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
     ELEMENTWISE_BEGIN
     floatV p = LOAD(p_) * decay;
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
@@ -43,10 +43,10 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 {
     CTRL_GUARD(gmul);
     RANGES_BEGIN
-    p_ += po + RP_;
-    g_ += go + RG_;
-    m_ += mo + RS_;
-    h_ += ho + RS_;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    h_ += (long)ho + RS_;
 #if HESS
     hh_ += hho;
 #endif
