@@ -109,15 +109,21 @@ clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kerne
    nothing. */
 typedef struct clopt_ctl {
     cl_mem buffer;
-    cl_ulong expect;
+    cl_ulong expect; /* the step count of the first possible outcome */
     int dry;
+    cl_mem tab;      /* rows of per-step arguments, one per outcome (CTRL_ROW floats each) */
+    cl_ulong tabo;   /* the launch's first row, in floats */
+    cl_uint ncand;   /* outcomes covered: the launch runs for counts expect .. expect+ncand-1 */
     /* RANGES (kernels/common.cl): a table of nchunks ulong4 (θ, g, state offsets, length);
        the tensors' (buffer, offset 0) are passed with n = 1. NULL: a plain launch. */
     cl_mem ranges;
     size_t nchunks;
 } clopt_ctl;
-/* The control arguments of a CTRL kernel (buffer, offset 0, expect), after all others. */
+/* The control arguments of a CTRL kernel (buffer, offset 0, expect, table, its offset,
+   outcomes), after all others. */
 void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c);
+/* Floats per row of the per-step argument table (CTRL_ROW in kernels/common.cl). */
+#define CLOPT_CTRL_ROW 16
 /* clopt_enqueue_step with the optimizer's control (ctl NULL: the op level's plain launch). */
 clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                     const clopt_hparams *hp, const clopt_step_args *args,

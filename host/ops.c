@@ -89,6 +89,8 @@ void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c)
 {
     clopt_arg_tensor(a, (clopt_tensor){c->buffer, 0});
     clopt_arg_ulong(a, c->expect);
+    clopt_arg_tensor(a, (clopt_tensor){c->tab ? c->tab : c->buffer, c->tab ? c->tabo : 0});
+    clopt_arg_int(a, (cl_int)c->ncand);
 }
 
 clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,

@@ -165,6 +165,7 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
     clopt_opt_settle(opt); /* waits for every step in flight, on any queue */
     while (opt->rec_count) { /* only when waiting failed */
         clReleaseEvent(opt->rec[opt->rec_head].done);
+        free(opt->rec[opt->rec_head].tab);
         opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
         opt->rec_count--;
     }
@@ -172,6 +173,9 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
         clReleaseMemObject(opt->ctl);
     if (opt->check)
         clReleaseMemObject(opt->check);
+    if (opt->tab)
+        clReleaseMemObject(opt->tab);
+    free(opt->tab_host);
     for (size_t i = 0; i < opt->nparams; i++)
         release_param(&opt->params[i]);
     for (size_t i = 0; i < opt->ngroups; i++)

@@ -51,6 +51,7 @@ typedef struct clopt_step_record {
     cl_event done;       /* the read-back of the control words */
     cl_uint gate[5];     /* written to control words 2..6 when the step starts */
     cl_uint result[8];   /* the control words after the step */
+    float *tab;          /* the step's argument table, uploaded before its launches */
 } clopt_step_record;
 
 struct clopt_optimizer {
@@ -71,6 +72,11 @@ struct clopt_optimizer {
     cl_mem ctl;                 /* control words, see CTRL in kernels/common.cl */
     cl_mem check;               /* the gradient check's partial sums and flags */
     size_t check_len;           /* floats in check */
+    cl_mem tab;                 /* the per-step argument table (rows of CLOPT_CTRL_ROW) */
+    size_t tab_len;             /* floats in tab */
+    float *tab_host;            /* the table the dry pass fills */
+    size_t tab_host_cap;        /* floats in tab_host */
+    size_t tab_used;            /* rows reserved by the pass so far */
     cl_command_queue q;         /* the queue of the step being enqueued */
     clopt_ctl cur;              /* control of the launches being enqueued */
     clopt_step_record rec[CLOPT_MAX_IN_FLIGHT];

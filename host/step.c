@@ -23,11 +23,47 @@ static double mu_product_ahead(const clopt_optimizer *opt, const clopt_param *e,
     return prod;
 }
 
-/* One element-wise launch over n elements of (param, grad, states) views, as step t of the
-   tensor (d steps after the host's count). */
+/* Group g's hyperparameters for the outcome "d more steps applied": the schedule at the
+   optimizer's count + d. */
+static clopt_hparams outcome_hp(const clopt_optimizer *opt, const clopt_group *g, uint64_t d)
+{
+    clopt_hparams hp = g->hp;
+    hp.lr *= clopt_schedule_factor(&g->sched, opt->step + d);
+    return hp;
+}
+
+/* Reserves `rows` rows of the per-step argument table for the next launch (opt->cur.tabo);
+   the dry pass grows the host table, which the step uploads before its launches. */
+static clopt_status reserve_rows(clopt_optimizer *opt, size_t rows, float **out)
+{
+    const size_t at = opt->tab_used;
+    *out = NULL;
+    if (opt->cur.dry) {
+        size_t need = (at + rows) * CLOPT_CTRL_ROW;
+        if (need > opt->tab_host_cap) {
+            size_t cap = opt->tab_host_cap ? 2 * opt->tab_host_cap : 64 * CLOPT_CTRL_ROW;
+            while (cap < need)
+                cap *= 2;
+            float *h = realloc(opt->tab_host, cap * sizeof *h);
+            if (!h)
+                return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "step argument table");
+            opt->tab_host = h;
+            opt->tab_host_cap = cap;
+        }
+        *out = opt->tab_host + at * CLOPT_CTRL_ROW;
+    }
+    opt->tab_used = at + rows;
+    opt->cur.tabo = at * CLOPT_CTRL_ROW;
+    return CLOPT_SUCCESS;
+}
+
+/* One element-wise launch over n elements of (param, grad, states) views for the outcomes
+   d = dlo .. dhi of the steps in flight (the tensor's step t = its count + 1 + d): each
+   outcome's per-step arguments, computed on the host in double, are a row of the table; the
+   kernel takes the row of the device's count. */
 static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
                                clopt_tensor grad, const clopt_tensor *states, size_t n,
-                               const clopt_hparams *hp, uint64_t t, uint64_t d,
+                               const clopt_group *g, uint64_t dlo, uint64_t dhi,
                                double grad_scale, size_t gc)
 {
     clopt_step_args a;
@@ -36,20 +72,62 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.grad = grad;
     for (size_t j = 0; j < e->nkernel; j++)
         a.state[j] = states[j];
-    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
-        a.hessian = e->hessian;
-    a.mu_product = mu_product_ahead(opt, e, d);
     a.grad_scale = grad_scale;
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
-    clopt_status s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t,
-                                            &opt->cur, 0, NULL, NULL);
+    float *rows;
+    clopt_status s = reserve_rows(opt, (size_t)(dhi - dlo + 1), &rows);
+    for (uint64_t d = dlo; s == CLOPT_SUCCESS && rows && d <= dhi; d++) {
+        clopt_hparams hp = outcome_hp(opt, g, d);
+        const uint64_t t = e->step + 1 + d;
+        a.mu_product = mu_product_ahead(opt, e, d);
+        a.hessian = (clopt_tensor){NULL, 0};
+        if (opt->rule == CLOPT_SOPHIA && t % hp.hess_interval == 0)
+            a.hessian = e->hessian;
+        clopt_launch_plan plan;
+        if ((s = clopt_plan_step(opt->ctx, opt->rule, &hp, &a, t, &plan)) != CLOPT_SUCCESS)
+            break;
+        float *row = rows + (d - dlo) * CLOPT_CTRL_ROW;
+        cl_uint k = 0;
+        if (plan.has_int_arg)
+            row[k++] = (float)plan.int_arg;
+        for (cl_uint j = 0; j < plan.nscalars && k < CLOPT_CTRL_ROW; j++)
+            row[k++] = plan.scalars[j];
+        while (k < CLOPT_CTRL_ROW)
+            row[k++] = 0.0f;
+    }
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_hparams hp = outcome_hp(opt, g, dlo);
+    const uint64_t t = e->step + 1 + dlo;
+    a.mu_product = mu_product_ahead(opt, e, dlo);
+    a.hessian = (clopt_tensor){NULL, 0};
+    if (opt->rule == CLOPT_SOPHIA && t % hp.hess_interval == 0)
+        a.hessian = e->hessian;
+    opt->cur.expect = opt->step + dlo;
+    opt->cur.ncand = (cl_uint)(dhi - dlo + 1);
+    s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, &hp, &a, n, t, &opt->cur, 0, NULL,
+                               NULL);
     if (s == CLOPT_SUCCESS && opt->cur.dry == 2 && opt->rule == CLOPT_SOPHIA &&
         e->hessian.buffer) { /* prepare: both Sophia variants (with and without ĥ) */
         a.hessian = a.hessian.buffer ? (clopt_tensor){NULL, 0} : e->hessian;
-        s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, hp, &a, n, t, &opt->cur, 0,
+        s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, &hp, &a, n, t, &opt->cur, 0,
                                    NULL, NULL);
     }
+    return s;
+}
+
+/* The launches of tensor views for every outcome 0 .. k: one launch with a row per outcome,
+   except Sophia with estimates, whose kernel variant depends on the step (one per outcome). */
+static clopt_status step_outcomes(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
+                                  clopt_tensor grad, const clopt_tensor *states, size_t n,
+                                  const clopt_group *g, uint64_t k, double grad_scale, size_t gc)
+{
+    if (!(opt->rule == CLOPT_SOPHIA && e->hessian.buffer))
+        return step_views(opt, e, param, grad, states, n, g, 0, k, grad_scale, gc);
+    clopt_status s = CLOPT_SUCCESS;
+    for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++)
+        s = step_views(opt, e, param, grad, states, n, g, d, d, grad_scale, gc);
     return s;
 }
 
@@ -91,6 +169,23 @@ static int lookahead_due(const clopt_optimizer *opt, const clopt_hparams *hp, ui
     return opt->cur.dry == 2 || t % hp->lookahead_k == 0;
 }
 
+/* Lookahead after the update of a tensor (views param/slow of n floats whose count is
+   `count`): a sync launch for each outcome whose step is a multiple of k. */
+static clopt_status lookahead_outcomes(clopt_optimizer *opt, const clopt_group *g,
+                                       uint64_t count, clopt_tensor param, clopt_tensor slow,
+                                       size_t n, uint64_t k)
+{
+    clopt_status s = CLOPT_SUCCESS;
+    for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++) {
+        if (!lookahead_due(opt, &g->hp, count + 1 + d))
+            continue;
+        opt->cur.expect = opt->step + d;
+        opt->cur.ncand = 1;
+        s = lookahead_sync(opt, param, slow, n, g->hp.lookahead_alpha);
+    }
+    return s;
+}
+
 /* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */
 static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
 {
@@ -110,34 +205,35 @@ static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
         clopt_group_lookahead(opt, g))
         return 0;
     for (size_t i = 0; i < opt->nparams; i++)
-        if (opt->params[i].group == (size_t)(g - opt->groups) && clopt_o_gc_rows(&g->hp, &opt->params[i]))
+        if (opt->params[i].group == (size_t)(g - opt->groups) &&
+            clopt_o_gc_rows(&g->hp, &opt->params[i]))
             return 0;
     return 1;
 }
 
-/* Group gi's launches for the outcome "d of the uncertain steps in flight were applied":
-   every tensor's step t = its host count + 1 + d, schedules at the optimizer's count + d. */
-static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t d)
+/* Group gi's launches for every outcome of the k uncertain steps in flight ("d of them were
+   applied", d = 0 .. k): each tensor's step t = its host count + 1 + d, the schedules at the
+   optimizer's count + d. Element-wise rules: one launch per arena or range group (or per
+   tensor) with a row of arguments per outcome; LAMB, Adafactor and Lookahead's sync: one
+   launch per outcome, each running only if the device's count is its own. */
+static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t k)
 {
     clopt_group *g = &opt->groups[gi];
-    clopt_hparams hp = g->hp;
-    hp.lr *= clopt_schedule_factor(&g->sched, opt->step + d);
     const float gmul = (float)(1.0 / grad_scale);
     const int la = clopt_group_lookahead(opt, g);
     clopt_status s = CLOPT_SUCCESS;
     if (arena_fused(opt, g)) {
-        const clopt_param *e0 = &opt->params[g->first];
-        const uint64_t t = e0->step + 1 + d; /* an arena's tensors were added together */
+        const clopt_param *e0 = &opt->params[g->first]; /* added together: one count */
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
-        for (size_t k = 0; k < e0->nstate; k++)
-            states[k] = (clopt_tensor){g->arena_state[k], 0};
+        for (size_t j = 0; j < e0->nstate; j++)
+            states[j] = (clopt_tensor){g->arena_state[j], 0};
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
-        if (la && !e0->slow_ready && d == 0)
+        if (la && !e0->slow_ready)
             s = lookahead_copy(opt, P, states[e0->nkernel], g->arena_len);
         if (s == CLOPT_SUCCESS)
-            s = step_views(opt, e0, P, G, states, g->arena_len, &hp, t, d, grad_scale, 0);
-        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
-            s = lookahead_sync(opt, P, states[e0->nkernel], g->arena_len, hp.lookahead_alpha);
+            s = step_outcomes(opt, e0, P, G, states, g->arena_len, g, k, grad_scale, 0);
+        if (s == CLOPT_SUCCESS && la)
+            s = lookahead_outcomes(opt, g, e0->step, P, states[e0->nkernel], g->arena_len, k);
         return s;
     }
     if (range_fused(opt, g)) {
@@ -145,15 +241,14 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         for (size_t i = 0; i < opt->nparams && first == opt->nparams; i++)
             if (opt->params[i].group == gi)
                 first = i;
-        const clopt_param *e0 = &opt->params[first];
-        const uint64_t t = e0->step + 1 + d; /* a range group's tensors were added together */
+        const clopt_param *e0 = &opt->params[first]; /* added together: one count */
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
-        for (size_t k = 0; k < e0->nstate; k++)
-            states[k] = (clopt_tensor){g->range_state[k], 0};
+        for (size_t j = 0; j < e0->nstate; j++)
+            states[j] = (clopt_tensor){g->range_state[j], 0};
         opt->cur.ranges = g->range_table;
         opt->cur.nchunks = g->nchunks;
-        s = step_views(opt, e0, (clopt_tensor){g->range_param, 0},
-                       (clopt_tensor){g->range_grad, 0}, states, 1, &hp, t, d, grad_scale, 0);
+        s = step_outcomes(opt, e0, (clopt_tensor){g->range_param, 0},
+                          (clopt_tensor){g->range_grad, 0}, states, 1, g, k, grad_scale, 0);
         opt->cur.ranges = NULL;
         opt->cur.nchunks = 0;
         return s;
@@ -162,38 +257,41 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         clopt_param *e = &opt->params[i];
         if (e->group != gi)
             continue;
-        const uint64_t t = e->step + 1 + d;
-        if (la && !e->slow_ready && d == 0)
+        if (la && !e->slow_ready)
             s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
         if (s != CLOPT_SUCCESS)
             break;
-        if (opt->rule == CLOPT_LAMB)
-            s = clopt_o_step_lamb(opt, e, &hp, t, gmul);
-        else if (opt->rule == CLOPT_ADAFACTOR)
-            s = clopt_o_step_adafactor(opt, e, &hp, t, gmul);
-        else
-            s = step_views(opt, e, e->param, e->grad, e->state, e->n, &hp, t, d, grad_scale,
-                           clopt_o_gc_rows(&hp, e));
-        if (s == CLOPT_SUCCESS && la && lookahead_due(opt, &hp, t))
-            s = lookahead_sync(opt, e->param, e->state[e->nkernel], e->n, hp.lookahead_alpha);
+        if (opt->rule == CLOPT_LAMB || opt->rule == CLOPT_ADAFACTOR) {
+            for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++) {
+                const clopt_hparams hp = outcome_hp(opt, g, d);
+                opt->cur.expect = opt->step + d;
+                opt->cur.ncand = 1;
+                s = opt->rule == CLOPT_LAMB
+                        ? clopt_o_step_lamb(opt, e, &hp, e->step + 1 + d, gmul)
+                        : clopt_o_step_adafactor(opt, e, &hp, e->step + 1 + d, gmul);
+            }
+        } else {
+            s = step_outcomes(opt, e, e->param, e->grad, e->state, e->n, g, k, grad_scale,
+                              clopt_o_gc_rows(&g->hp, e));
+        }
+        if (s == CLOPT_SUCCESS && la)
+            s = lookahead_outcomes(opt, g, e->step, e->param, e->state[e->nkernel], e->n, k);
     }
     return s;
 }
 
 /* Everything a step enqueues after its start: the gradient check and verdict, the launches
-   of every group for each possible outcome of the uncertain steps in flight, the commit.
-   dry 1: build kernels and set arguments only (the step's first pass); 2: also the variants
-   later steps need (prepare). */
+   of every group for the outcomes of the uncertain steps in flight, the commit. dry 1: build
+   kernels, set arguments and fill the argument table only (the step's first pass); 2: also
+   the variants later steps need (prepare). */
 static clopt_status step_body(clopt_optimizer *opt, double grad_scale, int amp,
                               uint64_t uncertain, int dry)
 {
-    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry, NULL, 0};
+    opt->cur = (clopt_ctl){opt->ctl, opt->step, dry, opt->tab, 0, 1, NULL, 0};
+    opt->tab_used = 0;
     clopt_status s = clopt_o_grad_check(opt, 1.0 / grad_scale, amp);
-    for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= uncertain; d++) {
-        opt->cur.expect = opt->step + d;
-        for (size_t gi = 0; s == CLOPT_SUCCESS && gi < opt->ngroups; gi++)
-            s = step_group(opt, gi, grad_scale, d);
-    }
+    for (size_t gi = 0; s == CLOPT_SUCCESS && gi < opt->ngroups; gi++)
+        s = step_group(opt, gi, grad_scale, uncertain);
     cl_kernel k;
     if (s == CLOPT_SUCCESS &&
         (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_commit", &k)) == CLOPT_SUCCESS) {
@@ -235,6 +333,8 @@ static void retire_oldest(clopt_optimizer *opt, cl_int status)
         opt->report.grad_norm = r->amp || r->clip ? (double)norm : NAN;
     }
     clReleaseEvent(r->done);
+    free(r->tab);
+    r->tab = NULL;
     opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
     opt->rec_count--;
 }
@@ -346,9 +446,26 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     opt->q = queue ? queue : ctx->queue;
     if ((s = step_body(opt, grad_scale, amp, uncertain, 1)) != CLOPT_SUCCESS)
         goto out;
+    const size_t tab_floats = opt->tab_used * CLOPT_CTRL_ROW;
+    if (tab_floats > opt->tab_len) { /* still before the first enqueue */
+        cl_int e2 = CL_SUCCESS;
+        cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY, tab_floats * sizeof(float),
+                                  NULL, &e2);
+        if (!m) {
+            s = clopt_fail_cl(ctx, e2, "allocating the step's argument table");
+            goto out;
+        }
+        if (opt->tab)
+            clReleaseMemObject(opt->tab); /* deferred by OpenCL until its commands finish */
+        opt->tab = m;
+        opt->tab_len = tab_floats;
+    }
     clopt_step_record *r =
         &opt->rec[(opt->rec_head + opt->rec_count) % CLOPT_MAX_IN_FLIGHT];
     memset(r, 0, sizeof *r);
+    r->tab = opt->tab_host; /* the record keeps the table until the step is retired */
+    opt->tab_host = NULL;
+    opt->tab_host_cap = 0;
     r->call = opt->calls + 1;
     r->amp = amp;
     r->clip = clip;
@@ -358,6 +475,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     cl_event gate = clCreateUserEvent(ctx->context, &err), wrote = NULL;
     if (!gate) {
         s = clopt_fail_cl(ctx, err, "clCreateUserEvent");
+        free(r->tab);
+        r->tab = NULL;
         goto out;
     }
     for (cl_uint i = 0; i < num_wait; i++)
@@ -373,9 +492,17 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         clSetUserEventStatus(gate, CL_COMPLETE);
         clReleaseEvent(gate);
         s = clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer (the step's start)");
+        free(r->tab);
+        r->tab = NULL;
         goto out;
     }
-    s = step_body(opt, grad_scale, amp, uncertain, 0);
+    cl_event tabw = NULL;
+    if (tab_floats &&
+        (err = clEnqueueWriteBuffer(opt->q, opt->tab, CL_FALSE, 0, tab_floats * sizeof(float),
+                                    r->tab, 0, NULL, &tabw)) != CL_SUCCESS)
+        s = clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer (the step's argument table)");
+    else
+        s = step_body(opt, grad_scale, amp, uncertain, 0);
     if (s == CLOPT_SUCCESS &&
         (err = clEnqueueReadBuffer(opt->q, opt->ctl, CL_FALSE, 0, sizeof r->result, r->result,
                                    0, NULL, &r->done)) != CL_SUCCESS)
@@ -388,15 +515,23 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         clReleaseEvent(gate);
         clWaitForEvents(1, &wrote);
         clReleaseEvent(wrote);
+        if (tabw) { /* r's table must be read before it is freed */
+            clWaitForEvents(1, &tabw);
+            clReleaseEvent(tabw);
+        }
         if (r->done) {
             clWaitForEvents(1, &r->done);
             clReleaseEvent(r->done);
         }
+        free(r->tab);
+        r->tab = NULL;
         goto out;
     }
     err = clSetUserEventStatus(gate, CL_COMPLETE);
     clReleaseEvent(gate);
     clReleaseEvent(wrote);
+    if (tabw)
+        clReleaseEvent(tabw);
     opt->rec_count++;
     opt->calls++;
     if (err != CL_SUCCESS) {

@@ -18,11 +18,12 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 #if AMSGRAD
                         __global float *vmax_, const ulong vmaxo,
 #endif
-                        GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
-                        const float eps, const float weight_decay, const float decay,
-                        const float step_size, const float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS)
+                        GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
+                        float eps, float weight_decay, float decay,
+                        float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, decay, step_size, inv_sqrt_bc2);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -61,10 +62,11 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 __kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG, float gmul,
-                          const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                          const float weight_decay, const float clr RANGES_PARAMS CTRL_PARAMS)
+                          float beta1, float ombeta1, float beta2, float ombeta2, float eps,
+                          float weight_decay, float clr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, clr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -91,11 +93,12 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
 __kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG, float gmul,
-                         const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                         const float weight_decay, const float inv_bc2, const float c_grad,
-                         const float c_mom RANGES_PARAMS CTRL_PARAMS)
+                         float beta1, float ombeta1, float beta2, float ombeta2, float eps,
+                         float weight_decay, float inv_bc2, float c_grad,
+                         float c_mom RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, inv_bc2, c_grad, c_mom);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -125,12 +128,13 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG,
-                         float gmul, const int rectified, const float beta1,
-                         const float ombeta1, const float beta2, const float ombeta2,
-                         const float eps, const float weight_decay, const float decay,
-                         const float c RANGES_PARAMS CTRL_PARAMS)
+                         float gmul, int rectified, float beta1,
+                         float ombeta1, float beta2, float ombeta2,
+                         float eps, float weight_decay, float decay,
+                         float c RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(rectified, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, decay, c);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -163,11 +167,12 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 __kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
-                          const ulong so, GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1,
-                          const float beta2, const float ombeta2, const float beta3, const float ombeta3, const float eps,
-                          const float decay, const float step_size RANGES_PARAMS CTRL_PARAMS)
+                          const ulong so, GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
+                          float beta2, float ombeta2, float beta3, float ombeta3, float eps,
+                          float decay, float step_size RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, decay, step_size);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -195,10 +200,11 @@ __kernel void diffgrad_step(__global float *p_, const ulong po, __global const f
                             const ulong go, __global float *m_, const ulong mo,
                             __global float *v_, const ulong vo, __global float *prev_,
                             const ulong prevo, GC_PARAMS const ulong N_ARG, float gmul,
-                            const float beta1, const float ombeta1, const float beta2, const float ombeta2, const float eps,
-                            const float weight_decay, const float step_size RANGES_PARAMS CTRL_PARAMS)
+                            float beta1, float ombeta1, float beta2, float ombeta2, float eps,
+                            float weight_decay, float step_size RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, step_size);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;

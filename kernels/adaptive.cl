@@ -12,10 +12,11 @@
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
 __kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
                            const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong N_ARG,
-                           float gmul, const float eps, const float weight_decay,
-                           const float clr RANGES_PARAMS CTRL_PARAMS)
+                           float gmul, float eps, float weight_decay,
+                           float clr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(eps, weight_decay, clr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -38,10 +39,11 @@ __kernel void adagrad_step(__global float *p_, const ulong po, __global const fl
 __kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
                             const ulong go, __global float *v_, const ulong vo,
                             __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG,
-                            float gmul, const float rho, const float omrho, const float eps,
-                            const float weight_decay, const float lr RANGES_PARAMS CTRL_PARAMS)
+                            float gmul, float rho, float omrho, float eps,
+                            float weight_decay, float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(rho, omrho, eps, weight_decay, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -77,11 +79,12 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #if CENTERED
                            __global float *a_, const ulong ao,
 #endif
-                           GC_PARAMS const ulong N_ARG, float gmul, const float alpha, const float omalpha,
-                           const float eps, const float weight_decay, const float momentum,
-                           const float lr RANGES_PARAMS CTRL_PARAMS)
+                           GC_PARAMS const ulong N_ARG, float gmul, float alpha, float omalpha,
+                           float eps, float weight_decay, float momentum,
+                           float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(alpha, omalpha, eps, weight_decay, momentum, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;

@@ -14,28 +14,55 @@
 #endif
 
 /* CTRL (optimizer level): the kernel takes the step's control words (ctl_ + ctlo, written on
- * the device by step_verdict / step_commit in tensor.cl) and the optimizer step count it was
- * enqueued for. It does nothing when the step is skipped (AMP found Inf/NaN, or the host
- * aborted the step) or when the device's count differs from expect_ (the kernel was enqueued
- * for another outcome of the steps still in flight), and multiplies the gradient multiplier
- * by the clip coefficient. Words: 0 skip, 1 clip coefficient (float bits), 2-3 applied steps
- * (ulong, low word first), 4 gradient norm, 5 non-finite gradient seen, 6 abort. */
+ * the device by step_verdict / step_commit in tensor.cl), the optimizer step count expect_
+ * of the first of ncand_ possible outcomes of the steps still in flight, and a table of
+ * ncand_ rows of CTRL_ROW floats at tab_ + tabo: the per-step arguments for each outcome
+ * (computed on the host in double; the kernels with CTRL_SCALARS reload theirs from the row
+ * of the device's count, the others take no row). The kernel does nothing when the step is
+ * skipped (AMP found Inf/NaN, or the host aborted the step) or when the device's count is
+ * outside [expect_, expect_ + ncand_), and multiplies the gradient multiplier by the clip
+ * coefficient. Words: 0 skip, 1 clip coefficient (float bits), 2-3 applied steps (ulong, low
+ * word first), 4 gradient norm, 5 non-finite gradient seen, 6 abort. */
 #ifndef CTRL
 #define CTRL 0
 #endif
+#define CTRL_ROW 16
 #if CTRL
-#define CTRL_PARAMS , __global const uint *ctl_, const ulong ctlo, const ulong expect_
+#define CTRL_PARAMS                                                                        \
+    , __global const uint *ctl_, const ulong ctlo, const ulong expect_,                    \
+        __global const float *tab_, const ulong tabo, const uint ncand_
 #define CTRL_SKIP                                                                          \
-    if (ctl_[ctlo] != 0u ||                                                                \
-        ((((ulong)ctl_[ctlo + 3]) << 32) | (ulong)ctl_[ctlo + 2]) != expect_)               \
+    const ulong dc_ = (((ulong)ctl_[ctlo + 3]) << 32) | (ulong)ctl_[ctlo + 2];             \
+    if (ctl_[ctlo] != 0u || dc_ < expect_ || dc_ - expect_ >= (ulong)ncand_)               \
     return
 #define CTRL_GUARD(gm)                                                                     \
     CTRL_SKIP;                                                                             \
-    gm = gm * as_float(ctl_[ctlo + 1])
+    gm = gm * as_float(ctl_[ctlo + 1]);                                                    \
+    __global const float *row_ = tab_ + tabo + (dc_ - expect_) * CTRL_ROW
+/* CTRL_SCALARS(a, b, ...): a = row_[0], b = row_[1], ... (the kernel's per-step arguments,
+ * in argument order; an int argument converts from its float). */
+#define CTRL_S1(i, a) a = row_[i];
+#define CTRL_S2(i, a, ...) a = row_[i]; CTRL_S1(i + 1, __VA_ARGS__)
+#define CTRL_S3(i, a, ...) a = row_[i]; CTRL_S2(i + 1, __VA_ARGS__)
+#define CTRL_S4(i, a, ...) a = row_[i]; CTRL_S3(i + 1, __VA_ARGS__)
+#define CTRL_S5(i, a, ...) a = row_[i]; CTRL_S4(i + 1, __VA_ARGS__)
+#define CTRL_S6(i, a, ...) a = row_[i]; CTRL_S5(i + 1, __VA_ARGS__)
+#define CTRL_S7(i, a, ...) a = row_[i]; CTRL_S6(i + 1, __VA_ARGS__)
+#define CTRL_S8(i, a, ...) a = row_[i]; CTRL_S7(i + 1, __VA_ARGS__)
+#define CTRL_S9(i, a, ...) a = row_[i]; CTRL_S8(i + 1, __VA_ARGS__)
+#define CTRL_S10(i, a, ...) a = row_[i]; CTRL_S9(i + 1, __VA_ARGS__)
+#define CTRL_S11(i, a, ...) a = row_[i]; CTRL_S10(i + 1, __VA_ARGS__)
+#define CTRL_S12(i, a, ...) a = row_[i]; CTRL_S11(i + 1, __VA_ARGS__)
+#define CTRL_NARGS_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, N, ...) N
+#define CTRL_NARGS(...) CTRL_NARGS_(__VA_ARGS__, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define CTRL_SCALARS_(n, ...) CTRL_S##n(0, __VA_ARGS__)
+#define CTRL_SCALARS_N(n, ...) CTRL_SCALARS_(n, __VA_ARGS__)
+#define CTRL_SCALARS(...) CTRL_SCALARS_N(CTRL_NARGS(__VA_ARGS__), __VA_ARGS__)
 #else
 #define CTRL_PARAMS
 #define CTRL_SKIP
 #define CTRL_GUARD(gm)
+#define CTRL_SCALARS(...)
 #endif
 
 #define CLOPT_CAT_(a, b) a##b

@@ -14,10 +14,11 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
 #if MOMENTUM
                        __global float *b_, const ulong bo,
 #endif
-                       GC_PARAMS const ulong N_ARG, float gmul, const int first, const float lr,
-                       const float weight_decay, const float momentum, const float dampening, const float omdampening RANGES_PARAMS CTRL_PARAMS)
+                       GC_PARAMS const ulong N_ARG, float gmul, int first, float lr,
+                       float weight_decay, float momentum, float dampening, float omdampening RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(first, lr, weight_decay, momentum, dampening, omdampening);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;

@@ -8,10 +8,11 @@
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
 __kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
                         const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong N_ARG,
-                        float gmul, const float beta1, const float ombeta1, const float beta2, const float ombeta2,
-                        const float decay, const float lr RANGES_PARAMS CTRL_PARAMS)
+                        float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
+                        float decay, float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, decay, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -37,11 +38,12 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #if HESS
                           __global const float *hh_, const ulong hho,
 #endif
-                          GC_PARAMS const ulong N_ARG, float gmul, const float beta1, const float ombeta1,
-                          const float beta2, const float ombeta2, const float eps, const float gamma,
-                          const float decay, const float lr RANGES_PARAMS CTRL_PARAMS)
+                          GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
+                          float beta2, float ombeta2, float eps, float gamma,
+                          float decay, float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, gamma, decay, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
