@@ -582,14 +582,15 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
                                                const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
                                                clopt_hparams *out);
-/* Register a caller-owned tensor with its shape in a group (not an arena group). The
+/* Register a caller-owned tensor with its shape in a group (not an arena or range group). It
+   first settles every step in flight (their verdicts count only the tensors they had). The
    optimizer keeps desc's param, grad and hessian cl_mem handles WITHOUT retaining them (keep
    them alive until clopt_optimizer_destroy) and allocates the tensor's state tensors (owned
    by the optimizer), filled with their initial values on the context's queue; it then
    blocks (clFinish of the context's queue). *index (may be NULL) receives the tensor's
    index. Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (desc or a buffer NULL),
-   CLOPT_ERR_INDEX (no such group), CLOPT_ERR_INVALID_ARGUMENT (an arena group, a buffer of
-   another context, a param or grad range overlapping one already registered),
+   CLOPT_ERR_INDEX (no such group), CLOPT_ERR_INVALID_ARGUMENT (an arena or range group, a
+   buffer of another context, a param or grad range overlapping one already registered),
    CLOPT_ERR_INVALID_SIZE (ndim > CLOPT_MAX_DIMS, a 0 or too large shape),
    CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_STATE_MISMATCH (a Hessian buffer for a rule other than
    Sophia), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; on failure nothing is registered. */
@@ -963,8 +964,9 @@ clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t
                                               uint64_t *out);
 /* Takes an engine's step count when porting a trainer: the optimizer's count and every
    tensor's become `count` (NAdam's products are recomputed for it). Nothing else changes.
-   Host only: it does not wait for steps in flight, so call it before stepping (or after a
-   blocking call). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_OUT_OF_MEMORY. */
+   Blocking: it settles every step in flight first (their verdicts would otherwise move the
+   new count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
+   code. */
 clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count);
 /* The rule (CLOPT_RULE_COUNT for NULL) and the number of registered tensors (0 for NULL). */
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
