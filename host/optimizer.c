@@ -420,8 +420,8 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "overlap check");
     sp[nspan++] = (clopt_span){desc->param.buffer, desc->param.offset, desc->param.offset + e.n,
                          "param", opt->nparams};
-    sp[nspan++] = (clopt_span){desc->grad.buffer, desc->grad.offset, desc->grad.offset + e.n, "grad",
-                         opt->nparams};
+    sp[nspan++] = (clopt_span){desc->grad.buffer, desc->grad.offset,
+                               desc->grad.offset + e.n, "grad", opt->nparams};
     s = clopt_o_check_disjoint(ctx, sp, nspan);
     free(sp);
     if (s != CLOPT_SUCCESS || (s = clopt_o_reserve_params(opt, 1)) != CLOPT_SUCCESS)

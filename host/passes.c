@@ -73,8 +73,10 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
 {
     cl_kernel k, kv;
     clopt_status s;
-    if ((s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k)) != CLOPT_SUCCESS ||
-        (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) != CLOPT_SUCCESS)
+    if ((s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial", &k)) !=
+            CLOPT_SUCCESS ||
+        (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) !=
+            CLOPT_SUCCESS)
         return s;
     const int check = amp || opt->max_grad_norm > 0;
     size_t total = 0;
@@ -176,7 +178,8 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     if (s != CLOPT_SUCCESS)
         return s;
     cl_kernel kp, ku;
-    if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, "", "lamb_partial", &kp)) != CLOPT_SUCCESS ||
+    if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, "", "lamb_partial", &kp)) !=
+            CLOPT_SUCCESS ||
         (s = clopt_o_kernel_of(opt, "lamb", hp, 0, "", "lamb_update", &ku)) != CLOPT_SUCCESS)
         return s;
     const double td = (double)t;
@@ -237,17 +240,15 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     char extra[64];
     snprintf(extra, sizeof extra, " -DFACTORED=%d -DBETA1=%d", factored, hp->use_beta1 ? 1 : 0);
     cl_kernel kr = NULL, kc = NULL, km = NULL, kp, ku;
-    if (factored && ((s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_rows", &kr)) !=
-                         CLOPT_SUCCESS ||
-                     (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_cols", &kc)) !=
-                         CLOPT_SUCCESS ||
-                     (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_rmean", &km)) !=
-                         CLOPT_SUCCESS))
+#define AF_KERNEL(name, k) clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, name, k)
+    if (factored && ((s = AF_KERNEL("adafactor_rows", &kr)) != CLOPT_SUCCESS ||
+                     (s = AF_KERNEL("adafactor_cols", &kc)) != CLOPT_SUCCESS ||
+                     (s = AF_KERNEL("adafactor_rmean", &km)) != CLOPT_SUCCESS))
         return s;
-    if ((s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_partial", &kp)) !=
-            CLOPT_SUCCESS ||
-        (s = clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, "adafactor_update", &ku)) != CLOPT_SUCCESS)
+    if ((s = AF_KERNEL("adafactor_partial", &kp)) != CLOPT_SUCCESS ||
+        (s = AF_KERNEL("adafactor_update", &ku)) != CLOPT_SUCCESS)
         return s;
+#undef AF_KERNEL
     const double td = (double)t;
     const double beta2t = 1.0 - pow(td, hp->decay_rate);
     double rho_t = hp->lr;
