@@ -12,17 +12,26 @@
  * no device access) and once writing. One parser reads versions 1 and 2 for both
  * clopt_optimizer_load and clopt_optimizer_load_from: it reads and checks everything (CRC
  * first, then every field, value and shape against the optimizer) before it changes
- * anything. Saving to a file writes "<path>.<pid>.tmp" and renames it over the path.
+ * anything. Saving to a file writes a new file "<path>.<random>.tmp" (created exclusively,
+ * never through a symlink, mode 0600), syncs it and renames it over the path. Loading a file
+ * opens it without blocking, requires a regular file and reads at most the largest size a
+ * checkpoint of the optimizer can have.
  *
  * Also here: the enumeration of state tensors for engines with their own container, and
  * clopt_optimizer_write_state (the inverse of clopt_optimizer_read_state). */
 #define _POSIX_C_SOURCE 200809L
 #include "optimizer_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CKP_MAGIC "CLOPTCKP"
@@ -32,6 +41,16 @@ enum { TAG_OPTM = 1, TAG_GRUP = 2, TAG_TENS = 3 };
 enum { OPTM_STATE_TENSORS = 1u, OPTM_KNOWN = OPTM_STATE_TENSORS };
 /* TENS flags (version 2) */
 enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY };
+
+/* The largest step count a checkpoint may hold: 2^53 - 64. Every step the optimizer computes
+   from it (the count + 1 + d for the CLOPT_MAX_IN_FLIGHT = 32 steps in flight) is then an
+   integer below 2^53, exact and distinct as the double that the bias corrections, schedules
+   and Adafactor's t^decay_rate are computed from. 2^64 - 1 wrapped the next step to 0. */
+#define CKP_MAX_STEP ((UINT64_C(1) << 53) - 64)
+/* Bytes of one schedule stage and the most a group of a version-1 file adds (its μ product):
+   the slack between this optimizer's own checkpoint size and the largest file it can load. */
+#define CKP_STAGE_BYTES (4u + 3u * 8u + 4u * 8u)
+#define CKP_GROUP_SLACK (8u + CLOPT_MAX_STAGES * CKP_STAGE_BYTES)
 
 /* The hyperparameters, field by field, in file order. */
 #define CKP_DOUBLES(X)                                                                       \
@@ -385,6 +404,84 @@ clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_opti
     return CLOPT_SUCCESS;
 }
 
+/* 64 unpredictable bits for a temporary name: the kernel's random source, else (never on
+   Linux >= 3.17) a mix of the time, the pid, a counter and an address. */
+static uint64_t tmp_random(void)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r)
+        return r;
+    static unsigned counter;
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    r = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)getpid() << 40 ^
+        (uint64_t)(uintptr_t)&r ^ (uint64_t)++counter * 0x9E3779B97F4A7C15u;
+    r ^= r >> 31, r *= 0xBF58476D1CE4E5B9u, r ^= r >> 29;
+    return r;
+}
+
+/* Writes data to path atomically: a new file "<path>.<16 hex digits>.tmp" in the same folder,
+   created with O_CREAT|O_EXCL|O_NOFOLLOW (a name that exists, symlinks included, is never
+   opened: another name is drawn), mode 0600; written, synced, renamed over path, and the
+   folder synced. A failure removes the temporary file and leaves path as it was. */
+static clopt_status write_file(clopt_ctx *ctx, const char *path, const unsigned char *data,
+                               size_t len)
+{
+    size_t plen = strlen(path) + 32;
+    char *tmp = malloc(plen);
+    if (!tmp)
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint file name");
+    int fd = -1, err = 0;
+    for (int attempt = 0; attempt < 64 && fd < 0; attempt++) {
+        snprintf(tmp, plen, "%s.%016llx.tmp", path, (unsigned long long)tmp_random());
+        fd = open(tmp, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600);
+        err = fd < 0 ? errno : 0;
+        if (fd < 0 && err != EEXIST && err != EINTR)
+            break;
+    }
+    if (fd < 0) {
+        clopt_status s = clopt_fail(ctx, CLOPT_ERR_IO, "cannot create a temporary file for %s: %s",
+                                    path, strerror(err));
+        free(tmp);
+        return s;
+    }
+    int ok = 1;
+    for (size_t done = 0; ok && done < len;) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n > 0)
+            done += (size_t)n;
+        else if (n < 0 && errno == EINTR)
+            continue;
+        else
+            ok = 0, err = n < 0 ? errno : EIO;
+    }
+    if (ok && fsync(fd) != 0)
+        ok = 0, err = errno;
+    if (close(fd) != 0 && ok)
+        ok = 0, err = errno;
+    if (ok && rename(tmp, path) != 0)
+        ok = 0, err = errno;
+    if (!ok) {
+        unlink(tmp);
+        clopt_status s = clopt_fail(ctx, CLOPT_ERR_IO, "writing %s failed: %s", path,
+                                    strerror(err));
+        free(tmp);
+        return s;
+    }
+    /* the rename itself reaches the disk with the folder (best effort: not every file
+       system lets a folder be synced) */
+    char *slash = strrchr(tmp, '/');
+    if (slash)
+        slash[slash == tmp ? 1 : 0] = '\0';
+    int dfd = open(slash ? tmp : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    free(tmp);
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path)
 {
     if (!opt)
@@ -401,32 +498,11 @@ clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path)
     if ((s = build(opt, &co, &count)) != CLOPT_SUCCESS)
         return s;
     unsigned char *data = malloc(count.len);
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (!data || !tmp) {
-        free(data);
-        free(tmp);
+    if (!data)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint buffer");
-    }
     s = build_into(opt, &co, data, count.len);
-    FILE *f = NULL;
-    if (s == CLOPT_SUCCESS) {
-        snprintf(tmp, plen, "%s.%ld.tmp", path, (long)getpid());
-        f = fopen(tmp, "wb");
-        if (!f)
-            s = clopt_fail(ctx, CLOPT_ERR_IO, "cannot create %s", tmp);
-    }
-    if (f) {
-        int ok = fwrite(data, 1, count.len, f) == count.len;
-        ok = fflush(f) == 0 && ok;
-        ok = fsync(fileno(f)) == 0 && ok;
-        ok = fclose(f) == 0 && ok;
-        if (!ok || rename(tmp, path) != 0) {
-            remove(tmp);
-            s = clopt_fail(ctx, CLOPT_ERR_IO, "writing %s failed", path);
-        }
-    }
-    free(tmp);
+    if (s == CLOPT_SUCCESS)
+        s = write_file(ctx, path, data, count.len);
     free(data);
     return s;
 }
@@ -560,10 +636,22 @@ static clopt_status format_error(clopt_ctx *ctx, const char *src, const char *wh
     return clopt_fail(ctx, CLOPT_ERR_FORMAT, "%s: %s", src, what);
 }
 
-/* A step count's NAdam product (or the 1 every other rule keeps) is possible. */
-static int mu_possible(uint64_t step, double mu)
+/* A step count's NAdam product is possible: in (0, 1], and 1 at step 0. Every other rule
+   keeps 1. */
+static int mu_possible(clopt_rule rule, uint64_t step, double mu)
 {
+    if (rule != CLOPT_NADAM)
+        return mu == 1;
     return isfinite(mu) && mu > 0 && mu <= 1 && (step > 0 || mu == 1);
+}
+
+/* A clipping norm or loss scale: 0 (off), or a normal positive double that is finite in
+   float32 and whose reciprocal is finite in float32 (the kernels take max_norm, 1/scale and
+   the clip factor as floats: a subnormal scale made θ NaN, a subnormal max_norm failed
+   every step). */
+static int factor_possible(double x)
+{
+    return x == 0 || (isnormal(x) && x > 0 && x <= FLT_MAX && 1.0 / x <= FLT_MAX);
 }
 
 static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections,
@@ -595,9 +683,10 @@ static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections
                           (unsigned long long)nparams, clopt_rule_name(opt->rule), opt->ngroups,
                           opt->nparams);
     }
-    if (!(isfinite(L->max_grad_norm) && L->max_grad_norm >= 0) ||
-        !(isfinite(L->grad_scale) && L->grad_scale >= 0))
+    if (!factor_possible(L->max_grad_norm) || !factor_possible(L->grad_scale))
         return format_error(ctx, src, "invalid clipping or loss-scale setting");
+    if (L->step > CKP_MAX_STEP)
+        return format_error(ctx, src, "impossible step count (above 2^53 - 64)");
     /* the last norm is NaN before any clipped step (and after a step with an Inf or NaN) */
     if (!(isnan(L->last_grad_norm) || L->last_grad_norm >= 0) || L->found_inf > 1)
         return format_error(ctx, src, "invalid last gradient norm or found_inf flag");
@@ -625,7 +714,7 @@ static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const 
         return format_error(ctx, src, "malformed group section");
     if (clopt_hparams_validate(opt->rule, &lg->hp, NULL) != CLOPT_SUCCESS ||
         clopt_schedule_validate(&lg->sched, NULL) != CLOPT_SUCCESS ||
-        !mu_possible(L->step, lg->mu_product))
+        !mu_possible(opt->rule, L->step, lg->mu_product))
         return format_error(ctx, src, "invalid hyperparameters, schedule or NAdam product in a group");
     if (arena != (uint32_t)g->arena || (g->arena && count != g->count))
         return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH, "%s: group %zu is stored differently",
@@ -696,7 +785,7 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     if ((flags & TENS_PARAMS) && !opt->groups[e->group].arena)
         return format_error(ctx, src, "parameters of a tensor the engine owns");
     /* A tensor steps with the optimizer or not at all, and an arena's tensors together. */
-    if (lt->step > L->step || !mu_possible(lt->step, lt->mu_product))
+    if (lt->step > L->step || !mu_possible(opt->rule, lt->step, lt->mu_product))
         return format_error(ctx, src, "impossible step count or NAdam product of a tensor");
     const clopt_group *g = &opt->groups[e->group];
     if (g->arena && i > g->first) {
@@ -806,6 +895,20 @@ done:
     return s;
 }
 
+/* The largest checkpoint this optimizer can load: its own with every option on, plus per
+   group a full schedule and a version-1 μ product (the stages are the file's; the state
+   layout, names and shapes must be the optimizer's). Counts only, no device access. */
+static size_t max_load_size(const clopt_optimizer *opt)
+{
+    const ckp_options all = {1, 1};
+    wbuf w = {NULL, 0, 0, 0};
+    (void)build(opt, &all, &w); /* a counting run cannot fail */
+    size_t slack = CKP_GROUP_SLACK;
+    if (opt->ngroups > (SIZE_MAX - w.len) / slack)
+        return SIZE_MAX;
+    return w.len + opt->ngroups * slack;
+}
+
 clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, size_t len)
 {
     if (!opt)
@@ -814,6 +917,11 @@ clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, si
     clopt_clear_error(ctx);
     if (!buf)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "buf is NULL");
+    size_t max = max_load_size(opt);
+    if (len > max)
+        return clopt_fail(ctx, CLOPT_ERR_FORMAT,
+                          "checkpoint bytes: %zu bytes, more than any checkpoint of this "
+                          "optimizer (at most %zu)", len, max);
     return load_bytes(opt, buf, len, "checkpoint bytes");
 }
 
@@ -825,31 +933,58 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
     clopt_clear_error(ctx);
     if (!path)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "path is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot open %s", path);
-    unsigned char *data = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            unsigned char *d = realloc(data, cap);
-            if (!d) {
-                free(data);
-                fclose(f);
-                return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "reading %s", path);
-            }
-            data = d;
-        }
-        size_t got = fread(data + len, 1, cap - len, f);
-        len += got;
-        if (got == 0)
-            break;
+    /* Non-blocking: a FIFO or device opens at once and is refused by its type. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot stat %s: %s", path, strerror(e));
     }
-    int read_error = ferror(f);
-    fclose(f);
-    clopt_status s = read_error ? clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed", path)
-                                : load_bytes(opt, data, len, path);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return clopt_fail(ctx, CLOPT_ERR_IO, "%s is not a regular file", path);
+    }
+    const size_t max = max_load_size(opt);
+    if (st.st_size < 0 || (uintmax_t)st.st_size > (uintmax_t)max) {
+        close(fd);
+        return clopt_fail(ctx, CLOPT_ERR_FORMAT,
+                          "%s: %jd bytes, more than any checkpoint of this optimizer (at most "
+                          "%zu)", path, (intmax_t)st.st_size, max);
+    }
+    /* Read at most max + 1 bytes whatever the file does meanwhile (one byte more tells
+       that it grew past the bound). */
+    size_t cap = (size_t)st.st_size < max ? (size_t)st.st_size + 1 : max + (max < SIZE_MAX);
+    unsigned char *data = malloc(cap ? cap : 1);
+    if (!data) {
+        close(fd);
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "reading %s", path);
+    }
+    size_t len = 0;
+    int err = 0;
+    while (len < cap) {
+        ssize_t n = read(fd, data + len, cap - len);
+        if (n > 0)
+            len += (size_t)n;
+        else if (n < 0 && errno == EINTR)
+            continue;
+        else {
+            err = n < 0 ? errno : 0;
+            break;
+        }
+    }
+    close(fd);
+    clopt_status s;
+    if (err)
+        s = clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed: %s", path, strerror(err));
+    else if (len > max)
+        s = clopt_fail(ctx, CLOPT_ERR_FORMAT,
+                       "%s grew past any checkpoint of this optimizer (at most %zu bytes)",
+                       path, max);
+    else
+        s = load_bytes(opt, data, len, path);
     free(data);
     return s;
 }
