@@ -17,10 +17,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-/* Largest element count accepted for one file (1 GiB of float32). */
-#define GOLDEN_MAX_ELEMS ((size_t)1 << 28)
+/* Resource bounds (golden.h): a case is refused, with a message naming the limit, before
+   anything larger is allocated, read or replayed. */
+#define GOLDEN_MAX_ELEMS GOLDEN_LIMIT_ELEMENTS   /* elements of the parameter */
+#define GOLDEN_MAX_STEPS GOLDEN_LIMIT_STEPS      /* steps T */
+#define GOLDEN_MAX_FLOATS GOLDEN_LIMIT_FLOATS    /* float32 values of all files of a case */
+#define GOLDEN_MAX_FILES GOLDEN_LIMIT_FILES      /* entries of meta.json's files list */
+#define GOLDEN_MAX_JSON GOLDEN_LIMIT_JSON_BYTES  /* bytes of meta.json or index.json */
 /* Element offsets of the tensors inside their buffers (exercise non-zero offsets), and
    the guard elements after each tensor, which must come back unchanged. */
 #define OFF_PARAM 3u
@@ -370,65 +377,76 @@ static int file_exists(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* Read a whole regular file. Returns 0, or -1 with the reason naming path. The buffer
-   gets a terminating NUL byte (not counted in *size). */
-static int read_all(const char *path, char **data, size_t *size, char *reason, size_t len)
+/* Opens path for reading without blocking (a FIFO or device opens at once) and requires a
+   regular file; *size receives its size. Returns the descriptor, or -1 with the reason. */
+static int open_regular(const char *path, off_t *size, char *reason, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        put(reason, len, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        put(reason, len, "%s is not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    *size = sb.st_size;
+    return fd;
+}
+
+/* Reads exactly n bytes (fewer: the file shrank, an error). Returns 0 or -1. */
+static int read_exactly(int fd, void *buf, size_t n, const char *path, char *reason,
+                        size_t len)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = read(fd, (char *)buf + got, n - got);
+        if (k > 0) {
+            got += (size_t)k;
+        } else if (k < 0 && errno == EINTR) {
+            continue;
+        } else {
+            put(reason, len, "cannot read %s: %s", path,
+                k < 0 ? strerror(errno) : "shorter than its size");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Read a whole regular file of at most `max` bytes (its size checked before anything is
+   read). Returns 0, or -1 with the reason naming path. The buffer gets a terminating NUL
+   byte (not counted in *size). */
+static int read_all(const char *path, size_t max, char **data, size_t *size, char *reason,
+                    size_t len)
 {
     *data = NULL;
     *size = 0;
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        put(reason, len, "cannot open %s: %s", path, strerror(errno));
+    off_t fsize;
+    int fd = open_regular(path, &fsize, reason, len);
+    if (fd < 0)
+        return -1;
+    if (fsize < 0 || (uintmax_t)fsize > (uintmax_t)max) {
+        put(reason, len, "%s is too large (%jd bytes, at most %zu)", path, (intmax_t)fsize,
+            max);
+        close(fd);
         return -1;
     }
-    if (!S_ISREG(sb.st_mode)) {
-        put(reason, len, "%s is not a regular file", path);
-        return -1;
-    }
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        put(reason, len, "cannot open %s: %s", path, strerror(errno));
-        return -1;
-    }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
+    size_t n = (size_t)fsize;
+    char *buf = malloc(n + 1);
     if (buf == NULL) {
-        fclose(f);
         put(reason, len, "out of memory reading %s", path);
+        close(fd);
         return -1;
     }
-    for (;;) {
-        if (n + 1 >= cap) {
-            if (cap > ((size_t)1 << 31)) {
-                free(buf);
-                fclose(f);
-                put(reason, len, "%s is too large", path);
-                return -1;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                fclose(f);
-                put(reason, len, "out of memory reading %s", path);
-                return -1;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - 1 - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f)) {
-                int e = errno;
-                free(buf);
-                fclose(f);
-                put(reason, len, "cannot read %s: %s", path, strerror(e));
-                return -1;
-            }
-            break;
-        }
+    if (read_exactly(fd, buf, n, path, reason, len) != 0) {
+        free(buf);
+        close(fd);
+        return -1;
     }
-    fclose(f);
+    close(fd);
     buf[n] = '\0';
     *data = buf;
     *size = n;
@@ -439,7 +457,7 @@ static cJSON *read_json(const char *path, char *reason, size_t len)
 {
     char *text;
     size_t size;
-    if (read_all(path, &text, &size, reason, len) != 0)
+    if (read_all(path, GOLDEN_MAX_JSON, &text, &size, reason, len) != 0)
         return NULL;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, size, &end, 0);
@@ -452,32 +470,38 @@ static cJSON *read_json(const char *path, char *reason, size_t len)
     return j;
 }
 
-/* Load n little-endian float32 values; the byte count must be exactly n*4. */
+/* Load n little-endian float32 values; the file's size (checked before reading) must be
+   exactly n*4 bytes. */
 static float *load_f32(const char *path, size_t n, char *reason, size_t len)
 {
-    char *raw;
-    size_t size;
-    if (read_all(path, &raw, &size, reason, len) != 0)
+    off_t fsize;
+    int fd = open_regular(path, &fsize, reason, len);
+    if (fd < 0)
         return NULL;
-    if (size != n * 4) {
-        put(reason, len, "%s holds %zu bytes, expected %zu (%zu float32 values)", path, size,
-            n * 4, n);
-        free(raw);
+    if (fsize < 0 || (uintmax_t)fsize != (uintmax_t)n * 4) {
+        put(reason, len, "%s holds %jd bytes, expected %zu (%zu float32 values)", path,
+            (intmax_t)fsize, n * 4, n);
+        close(fd);
         return NULL;
     }
     float *v = malloc((n ? n : 1) * sizeof(float));
     if (v == NULL) {
         put(reason, len, "out of memory loading %s", path);
-        free(raw);
+        close(fd);
         return NULL;
     }
-    const unsigned char *b = (const unsigned char *)raw;
+    if (read_exactly(fd, v, n * 4, path, reason, len) != 0) {
+        free(v);
+        close(fd);
+        return NULL;
+    }
+    close(fd);
+    unsigned char *b = (unsigned char *)v;
     for (size_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 |
                      (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
         memcpy(&v[i], &u, sizeof u);
     }
-    free(raw);
     return v;
 }
 
@@ -715,8 +739,10 @@ static void shape_str(char *buf, size_t len, const uint64_t *s, size_t nd)
         snprintf(buf + pos, len - pos, "]");
 }
 
-/* Parse a JSON shape (array of positive integers). Returns 0 or -1. */
-static int parse_shape(const cJSON *a, uint64_t *shape, size_t *ndim, size_t *count)
+/* Parse a JSON shape (array of 1 to maxdims positive integers, at most GOLDEN_MAX_FLOATS
+   elements in all). Returns 0 or -1. */
+static int parse_shape(const cJSON *a, size_t maxdims, uint64_t *shape, size_t *ndim,
+                       size_t *count)
 {
     if (!cJSON_IsArray(a))
         return -1;
@@ -726,9 +752,9 @@ static int parse_shape(const cJSON *a, uint64_t *shape, size_t *ndim, size_t *co
     cJSON_ArrayForEach(d, a)
     {
         uint64_t v;
-        if (nd >= MAX_DIMS || !json_uint(d, &v) || v == 0)
+        if (nd >= maxdims || !json_uint(d, &v) || v == 0)
             return -1;
-        if (v > GOLDEN_MAX_ELEMS || n > GOLDEN_MAX_ELEMS / v)
+        if (v > GOLDEN_MAX_FLOATS || n > GOLDEN_MAX_FLOATS / v)
             return -1;
         n *= (size_t)v;
         shape[nd++] = v;
@@ -803,20 +829,30 @@ static int load_case(runner *r, gcase *c)
     const int sophia = c->rule == CLOPT_SOPHIA;
 
     uint64_t steps;
-    if (!json_uint(cJSON_GetObjectItemCaseSensitive(c->meta, "steps"), &steps) || steps == 0 ||
-        steps > GOLDEN_MAX_ELEMS) {
+    if (!json_uint(cJSON_GetObjectItemCaseSensitive(c->meta, "steps"), &steps) || steps == 0) {
         fail(r, "%s: \"steps\" is not a positive integer", mp);
         return -1;
     }
+    if (steps > GOLDEN_MAX_STEPS) {
+        fail(r, "%s: %llu steps, more than the limit of %llu", mp, (unsigned long long)steps,
+             (unsigned long long)GOLDEN_MAX_STEPS);
+        return -1;
+    }
     c->steps = (size_t)steps;
-    if (parse_shape(cJSON_GetObjectItemCaseSensitive(c->meta, "shape"), c->shape, &c->ndim,
-                    &c->n) != 0) {
+    if (parse_shape(cJSON_GetObjectItemCaseSensitive(c->meta, "shape"), MAX_DIMS, c->shape,
+                    &c->ndim, &c->n) != 0) {
         fail(r, "%s: \"shape\" is not a list of 1 to %d positive integers (or too large)", mp,
              MAX_DIMS);
         return -1;
     }
-    if (c->n > GOLDEN_MAX_ELEMS / c->steps) {
-        fail(r, "%s: steps * shape is too large", mp);
+    if (c->n > GOLDEN_MAX_ELEMS) {
+        fail(r, "%s: %zu elements, more than the limit of %zu per tensor", mp, c->n,
+             (size_t)GOLDEN_MAX_ELEMS);
+        return -1;
+    }
+    if (c->n > GOLDEN_MAX_FLOATS / c->steps) {
+        fail(r, "%s: steps * elements = %llu gradient values, more than the limit of %zu", mp,
+             (unsigned long long)c->steps * c->n, (size_t)GOLDEN_MAX_FLOATS);
         return -1;
     }
 
@@ -897,11 +933,38 @@ static int load_case(runner *r, gcase *c)
         return -1;
     }
     int nfiles = cJSON_GetArraySize(files);
+    if (nfiles > GOLDEN_MAX_FILES) {
+        fail(r, "%s: %d entries in files, more than the limit of %d", mp, nfiles,
+             GOLDEN_MAX_FILES);
+        return -1;
+    }
     c->exp = calloc((size_t)(nfiles > 0 ? nfiles : 1), sizeof(expected_file));
-    if (c->exp == NULL) {
+    /* The listed names, sorted: duplicates are neighbours, and the folder's files are looked
+       up by binary search (n log n, not n^2). */
+    const char **listed = calloc((size_t)(nfiles > 0 ? nfiles : 1), sizeof(char *));
+    if (c->exp == NULL || listed == NULL) {
+        free(listed);
         fail(r, "out of memory");
         return -1;
     }
+    size_t nlisted = 0;
+    {
+        const cJSON *g;
+        cJSON_ArrayForEach(g, files)
+        {
+            const cJSON *gn = cJSON_GetObjectItemCaseSensitive(g, "name");
+            if (cJSON_IsString(gn))
+                listed[nlisted++] = gn->valuestring;
+        }
+        qsort(listed, nlisted, sizeof *listed, cmp_str);
+        for (size_t k = 1; k < nlisted; k++)
+            if (strcmp(listed[k - 1], listed[k]) == 0) {
+                fail(r, "%s: %s is listed twice in files", mp, listed[k]);
+                free(listed);
+                return -1;
+            }
+    }
+    size_t floats = 0; /* float32 values loaded so far */
     int have_param1 = 0, have_paramT = 0;
     size_t idx = 0;
     const cJSON *f;
@@ -923,17 +986,6 @@ static int load_case(runner *r, gcase *c)
         }
         if (jd != NULL && (!cJSON_IsString(jd) || strcmp(jd->valuestring, "float32") != 0)) {
             fail(r, "%s: %s has a dtype other than float32", mp, name);
-            continue;
-        }
-        /* Duplicate names. */
-        int dup = 0;
-        for (const cJSON *g = files->child; g != NULL && g != f; g = g->next) {
-            const cJSON *gn = cJSON_GetObjectItemCaseSensitive(g, "name");
-            if (cJSON_IsString(gn) && strcmp(gn->valuestring, name) == 0)
-                dup = 1;
-        }
-        if (dup) {
-            fail(r, "%s: %s is listed twice in files", mp, name);
             continue;
         }
         const int input = strcmp(jr->valuestring, "input") == 0;
@@ -962,6 +1014,7 @@ static int load_case(runner *r, gcase *c)
             if (is_hess && !sophia) {
                 unsupported(r, "input %s given for %s: only sophia takes Hessian estimates",
                             name, res->optimizer);
+                free(listed);
                 return -1;
             }
             if (is_hess && hs == NULL) {
@@ -976,10 +1029,10 @@ static int load_case(runner *r, gcase *c)
             fail(r, "%s: unknown %s file %s", mp, input ? "input" : "expected", name);
             continue;
         }
-        uint64_t got[MAX_DIMS];
+        uint64_t got[MAX_DIMS + 1];
         size_t gnd = 0, gn = 0;
-        int shape_ok = parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"), got, &gnd,
-                                   &gn) == 0;
+        int shape_ok = parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"), MAX_DIMS + 1,
+                                   got, &gnd, &gn) == 0;
         /* A state file has the parameter's shape, except the factored statistics of
            Adafactor (vectors, at most as long as the parameter); a vector's length is then
            checked against the optimizer's state. */
@@ -997,12 +1050,18 @@ static int load_case(runner *r, gcase *c)
             fail(r, "%s: shape %s of %s in files, expected %s", mp, gs, name, ws);
             continue;
         }
-        size_t count = 1;
-        for (size_t k = 0; k < wnd; k++)
-            count *= (size_t)want[k];
+        size_t count = gn; /* the file's shape is the wanted one */
+        if (count > GOLDEN_MAX_FLOATS - floats) {
+            fail(r, "%s: the files hold more than the limit of %zu float32 values in all", mp,
+                 (size_t)GOLDEN_MAX_FLOATS);
+            free(listed);
+            return -1;
+        }
+        floats += count;
         char *path = path_join(c->dir, name);
         if (path == NULL) {
             fail(r, "out of memory");
+            free(listed);
             return -1;
         }
         float *data = load_f32(path, count, why, sizeof why);
@@ -1024,6 +1083,7 @@ static int load_case(runner *r, gcase *c)
         c->nexp++;
         if (e->name == NULL) {
             fail(r, "out of memory");
+            free(listed);
             return -1;
         }
         const cJSON *tol = cJSON_GetObjectItemCaseSensitive(f, "tolerance");
@@ -1045,8 +1105,10 @@ static int load_case(runner *r, gcase *c)
         if (strcmp(name, "param_T.f32") == 0)
             have_paramT = 1;
     }
-    if (res->verdict != GOLDEN_PASS)
+    if (res->verdict != GOLDEN_PASS) {
+        free(listed);
         return -1;
+    }
     /* Required files. */
     const char *missing = c->param0 == NULL   ? "param0.f32"
                           : c->grads == NULL  ? "grads.f32"
@@ -1056,6 +1118,7 @@ static int load_case(runner *r, gcase *c)
                                                                              : NULL;
     if (missing != NULL) {
         fail(r, "%s: files does not list %s", mp, missing);
+        free(listed);
         return -1;
     }
     /* Every .f32 file of the directory must be listed (an unlisted expected file would
@@ -1066,19 +1129,13 @@ static int load_case(runner *r, gcase *c)
         while ((de = readdir(d)) != NULL) {
             if (!name_ok(de->d_name))
                 continue;
-            int listed = 0;
-            const cJSON *g;
-            cJSON_ArrayForEach(g, files)
-            {
-                const cJSON *gn = cJSON_GetObjectItemCaseSensitive(g, "name");
-                if (cJSON_IsString(gn) && strcmp(gn->valuestring, de->d_name) == 0)
-                    listed = 1;
-            }
-            if (!listed)
+            const char *key = de->d_name;
+            if (bsearch(&key, listed, nlisted, sizeof *listed, cmp_str) == NULL)
                 fail(r, "%s/%s is not listed in meta.json files", c->dir, de->d_name);
         }
         closedir(d);
     }
+    free(listed);
     return res->verdict == GOLDEN_PASS ? 0 : -1;
 }
 
@@ -1358,7 +1415,7 @@ done:
     free(state);
 }
 
-void golden_run_case(clopt_ctx *ctx, const char *dir, golden_result *out)
+static void run_case(clopt_ctx *ctx, const char *dir, golden_result *out, int replay_it)
 {
     memset(out, 0, sizeof *out);
     out->verdict = GOLDEN_PASS;
@@ -1376,14 +1433,14 @@ void golden_run_case(clopt_ctx *ctx, const char *dir, golden_result *out)
         b--;
     snprintf(out->name, sizeof out->name, "%.*s", (int)(l - b), dir + b);
 
-    if (ctx == NULL) {
+    if (ctx == NULL && replay_it) {
         fail(&r, "no clopt context");
         return;
     }
     gcase c;
     memset(&c, 0, sizeof c);
     c.dir = dir;
-    if (load_case(&r, &c) == 0)
+    if (load_case(&r, &c) == 0 && replay_it)
         replay(&r, ctx, &c);
     gcase_free(&c);
 
@@ -1397,4 +1454,14 @@ void golden_run_case(clopt_ctx *ctx, const char *dir, golden_result *out)
             snprintf(out->reason + used, sizeof out->reason - used, " (+%zu more problem%s)",
                      r.more, r.more == 1 ? "" : "s");
     }
+}
+
+void golden_run_case(clopt_ctx *ctx, const char *dir, golden_result *out)
+{
+    run_case(ctx, dir, out, 1);
+}
+
+void golden_check_case(const char *dir, golden_result *out)
+{
+    run_case(NULL, dir, out, 0);
 }

@@ -28,6 +28,16 @@ typedef enum golden_verdict {
     GOLDEN_UNSUPPORTED /* optimizer, variant or hyperparameter that clopt cannot honour */
 } golden_verdict;
 
+/* Resource bounds: a case beyond any of them FAILs with a message naming the limit, before
+   anything larger is allocated, read or replayed. Memory stays below about twice
+   GOLDEN_LIMIT_FLOATS * 4 bytes (1 GiB of files, their copies on the device and the host). */
+#define GOLDEN_LIMIT_STEPS 1000000                /* steps T of a case */
+#define GOLDEN_LIMIT_ELEMENTS ((size_t)1 << 26)   /* elements of the parameter (256 MiB) */
+#define GOLDEN_LIMIT_FLOATS ((size_t)1 << 28)     /* float32 values of all files of a case */
+#define GOLDEN_LIMIT_FILES 1024                   /* entries of meta.json's files list */
+#define GOLDEN_LIMIT_JSON_BYTES ((size_t)16 << 20) /* meta.json, index.json */
+/* Shapes have 1 to 8 dimensions (CLOPT_MAX_DIMS); grads.f32 and hess.f32 one more. */
+
 #define GOLDEN_NAME_MAX 256
 #define GOLDEN_REASON_MAX 768
 
@@ -77,6 +87,11 @@ void golden_case_list_free(golden_case_list *list);
 
 /* Replay the case in dir on ctx and fill *out. Never crashes on malformed data. */
 void golden_run_case(clopt_ctx *ctx, const char *dir, golden_result *out);
+
+/* Parse and load the case in dir (meta.json and every file, with every check and bound of
+   golden_run_case) without replaying it: *out is GOLDEN_PASS when it could be replayed.
+   Needs no context or device (used by the fuzzer fuzz/fuzz_golden.c). */
+void golden_check_case(const char *dir, golden_result *out);
 
 #ifdef __cplusplus
 }
