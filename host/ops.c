@@ -3,6 +3,7 @@
  * Everything is validated before anything is enqueued. */
 #include "internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,12 +40,17 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
     if (step == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "step counts from 1");
-    if (!(isfinite(a->grad_scale) && a->grad_scale >= 0))
+    if (!(isfinite(a->grad_scale) && a->grad_scale >= 0) ||
+        (a->grad_scale != 0 && !(a->grad_scale >= FLT_MIN && a->grad_scale <= FLT_MAX &&
+                                 1.0 / a->grad_scale <= FLT_MAX)))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "grad_scale must be finite and > 0 (0 means 1)");
-    if (rule == CLOPT_NADAM && !(isfinite(a->mu_product) && a->mu_product > 0 &&
+                          "grad_scale must be 0 (means 1) or a normal float32 value whose "
+                          "reciprocal is finite in float32");
+    /* NAdam: the product of μ_1..μ_{t-1} underflows to 0 in long runs (β1 = 0: at once);
+       torch keeps going, the bias correction 1 - Π tends to 1 */
+    if (rule == CLOPT_NADAM && !(isfinite(a->mu_product) && a->mu_product >= 0 &&
                                  a->mu_product <= 1))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "mu_product must be in (0, 1]");
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "mu_product must be in [0, 1]");
     if (queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
         return s;
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)

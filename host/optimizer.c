@@ -5,6 +5,7 @@
  * multi-pass rules in passes.c, range groups and the overlap checks in ranges.c. */
 #include "optimizer_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -638,9 +639,11 @@ clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
-    if (!(isfinite(max_norm) && max_norm >= 0))
+    if (!(isfinite(max_norm) && max_norm >= 0) ||
+        (max_norm != 0 && !(max_norm >= FLT_MIN && max_norm <= FLT_MAX)))
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
-                          "max_norm must be finite and >= 0 (0 turns clipping off)");
+                          "max_norm must be 0 (clipping off) or a normal float32 value "
+                          "(1.2e-38 .. 3.4e38): the device compares it in float");
     opt->max_grad_norm = max_norm;
     return CLOPT_SUCCESS;
 }
@@ -655,14 +658,27 @@ clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale)
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
-    if (!(isfinite(scale) && scale >= 0))
+    if (!(isfinite(scale) && scale >= 0) ||
+        (scale != 0 && !(scale >= FLT_MIN && 1.0 / scale <= FLT_MAX && scale <= FLT_MAX)))
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
-                          "the loss scale must be finite and >= 0 (0 turns AMP off)");
+                          "the loss scale must be 0 (AMP off) or a normal float32 value whose "
+                          "reciprocal is finite in float32 (2.9e-39 .. 3.4e38 and >= 1.2e-38)");
     opt->grad_scale = scale;
     return CLOPT_SUCCESS;
 }
 
 int clopt_optimizer_found_inf(const clopt_optimizer *opt) { return opt ? opt->found_inf : 0; }
+
+clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (on != 0 && on != 1)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT, "on must be 0 or 1");
+    opt->check_finite = on;
+    return CLOPT_SUCCESS;
+}
 
 /* ---- gradients -------------------------------------------------------------------------- */
 

@@ -48,6 +48,7 @@ typedef struct clopt_step_record {
     uint64_t call;       /* 1-based step call */
     int amp;             /* the outcome was unknown at enqueue (AMP on) */
     int clip;            /* clipping was on: the norm is reported */
+    int checked;         /* the gradient was checked (AMP, clipping or check_finite) */
     cl_event done;       /* the read-back of the control words */
     cl_uint gate[5];     /* written to control words 2..6 when the step starts */
     cl_uint result[8];   /* the control words after the step */
@@ -66,6 +67,7 @@ struct clopt_optimizer {
     size_t scratch_len;
     double max_grad_norm, last_grad_norm;
     double grad_scale; /* AMP loss scale; 0 = off */
+    int check_finite;  /* the gradient check runs without AMP or clipping (reports only) */
     int found_inf;
     uint64_t rng_seed, rng_counter;
     /* the engine contract (optimizer.c, the step) */

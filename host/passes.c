@@ -64,9 +64,10 @@ static size_t check_items(size_t n)
     return items < REDUCE_ITEMS ? items : REDUCE_ITEMS;
 }
 
-/* The gradient check of AMP and clipping: per unit (an arena group's gradient buffer, or a
-   caller-owned tensor) one launch writes Σ(g/scale)² and a non-finite flag per block into
-   opt->check (sums first, then flags, all units back to back); step_verdict adds them in
+/* The gradient check of AMP, clipping and the opt-in finite check: per unit (an arena group's
+   gradient buffer, or a caller-owned tensor) one launch writes Σ(g/scale)², a non-finite
+   flag and Σ(g/scale·2^-80)² per block into opt->check (the sums, then the flags, then the
+   scaled sums, all units back to back in each); step_verdict adds them in
    that fixed order and decides (skip, clip coefficient) on the device: nothing is read back
    here. The buffer grows in the dry pass, before anything is enqueued. */
 clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
@@ -78,7 +79,7 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         (s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "step_verdict", &kv)) !=
             CLOPT_SUCCESS)
         return s;
-    const int check = amp || opt->max_grad_norm > 0;
+    const int check = amp || opt->max_grad_norm > 0 || opt->check_finite;
     size_t total = 0;
     for (size_t i = 0; check && i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
@@ -86,16 +87,16 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         if (!(g->arena && i != g->first))
             total += check_items(g->arena ? g->arena_len : e->n);
     }
-    if (opt->cur.dry && 2 * total > opt->check_len) {
+    if (opt->cur.dry && 3 * total > opt->check_len) {
         cl_int err = CL_SUCCESS;
         cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE,
-                                  2 * total * sizeof(float), NULL, &err);
+                                  3 * total * sizeof(float), NULL, &err);
         if (!m)
             return clopt_fail_cl(opt->ctx, err, "allocating the gradient check");
         if (opt->check)
             clReleaseMemObject(opt->check); /* deferred by OpenCL until its commands finish */
         opt->check = m;
-        opt->check_len = 2 * total;
+        opt->check_len = 3 * total;
     }
     size_t at = 0;
     for (size_t i = 0; check && i < opt->nparams; i++) {
@@ -112,6 +113,7 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         clopt_arg_float(&a, (float)inv_scale);
         clopt_arg_tensor(&a, (clopt_tensor){opt->check, at});
         clopt_arg_ulong(&a, total + at);
+        clopt_arg_ulong(&a, 2 * total + at);
         if (a.err != CL_SUCCESS)
             return clopt_o_set_failed(opt, &a);
         if (!opt->cur.dry) {
@@ -127,6 +129,7 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
     clopt_arg_tensor(&v, (clopt_tensor){opt->ctl, 0});
     clopt_arg_tensor(&v, (clopt_tensor){total ? opt->check : opt->ctl, 0});
     clopt_arg_ulong(&v, total);
+    clopt_arg_ulong(&v, 2 * total);
     clopt_arg_ulong(&v, total);
     clopt_arg_float(&v, (float)opt->max_grad_norm);
     clopt_arg_int(&v, amp);

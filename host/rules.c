@@ -3,6 +3,7 @@
  * one step (kernel, -D variant, per-step scalars computed in double on the host). */
 #include "internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -150,7 +151,24 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         return CLOPT_ERR_INVALID_ARGUMENT;
     }
     unsigned u = rules[rule].uses;
-    if (!nonneg(hp->lr))
+    /* Every double field, read by the rule or not: finite, and representable in float32
+       where it reaches the device (0, or a normal float: a subnormal eps or lr becomes 0 or
+       loses its precision, and its reciprocal overflows). */
+#define CLOPT_HP_DOUBLES(X)                                                                  \
+    X(lr) X(beta1) X(beta2) X(beta3) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha) \
+    X(rho) X(bs) X(lr_decay) X(initial_accumulator_value) X(momentum_decay) X(eps2)            \
+    X(clip_threshold) X(decay_rate) X(lookahead_alpha) X(n_sma_threshold)
+#define CLOPT_HP_CHECK(f)                                                                    \
+    if (!w && !isfinite(hp->f))                                                              \
+        w = #f " must be finite (NaN and Inf are refused in every field)";                   \
+    else if (!w && hp->f != 0.0 && (fabs(hp->f) < FLT_MIN || fabs(hp->f) > FLT_MAX))          \
+        w = #f " must be 0 or a normal float32 magnitude (1.2e-38 .. 3.4e38)";
+    CLOPT_HP_DOUBLES(CLOPT_HP_CHECK)
+#undef CLOPT_HP_CHECK
+#undef CLOPT_HP_DOUBLES
+    if (w)
+        ;
+    else if (!nonneg(hp->lr))
         w = "lr must be finite and >= 0";
     else if ((u & U_BETAS) && !in01(hp->beta1))
         w = "beta1 must be in [0, 1)";
@@ -364,7 +382,7 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     case CLOPT_ADAMW:
         snprintf(opt, room, " -DDECOUPLED=%d -DAMSGRAD=%d", rule == CLOPT_ADAMW,
                  hp->amsgrad != 0);
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(1.0 - lr * wd), PUSH(lr / bc1),
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(lr * wd), PUSH(lr / bc1),
             PUSH(1.0 / sqrt(bc2));
         break;
     case CLOPT_ADAGRAD:
@@ -402,23 +420,23 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
             c *= sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
                       ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) *
                  sqrt(bc2);
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(1.0 - lr * wd), PUSH(c);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(lr * wd), PUSH(c);
         break;
     }
     case CLOPT_ADAMOD:
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH_RATE(hp->beta3), PUSH(hp->eps), PUSH(1.0 - lr * wd),
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH_RATE(hp->beta3), PUSH(hp->eps), PUSH(lr * wd),
             PUSH(lr * sqrt(bc2) / bc1);
         break;
     case CLOPT_DIFFGRAD:
         PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(wd), PUSH(lr * sqrt(bc2) / bc1);
         break;
     case CLOPT_LION:
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(1.0 - lr * wd), PUSH(lr);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(lr * wd), PUSH(lr);
         break;
     case CLOPT_SOPHIA:
         plan->uses_hessian = args->hessian.buffer != NULL;
         snprintf(opt, room, " -DHESS=%d", plan->uses_hessian);
-        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(hp->rho * hp->bs), PUSH(1.0 - lr * wd), PUSH(lr);
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(hp->rho * hp->bs), PUSH(lr * wd), PUSH(lr);
         break;
     default:
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,

@@ -330,7 +330,8 @@ static void retire_oldest(clopt_optimizer *opt, cl_int status)
             opt->last_grad_norm = norm;
         opt->report.step_call = r->call;
         opt->report.skipped = skipped;
-        opt->report.grad_norm = r->amp || r->clip ? (double)norm : NAN;
+        opt->report.grad_norm = r->checked ? (double)norm : NAN;
+        opt->report.nonfinite = r->checked && r->result[5] != 0;
     }
     clReleaseEvent(r->done);
     free(r->tab);
@@ -469,6 +470,7 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     r->call = opt->calls + 1;
     r->amp = amp;
     r->clip = clip;
+    r->checked = amp || clip || opt->check_finite;
     r->gate[0] = (cl_uint)opt->step;
     r->gate[1] = (cl_uint)(opt->step >> 32);
     cl_int err = CL_SUCCESS;

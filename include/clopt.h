@@ -256,7 +256,11 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  * CLOPT_ADAM      torch.optim.Adam. State: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad).
  *                 weight_decay is L2 (added to g). θ -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
  *                 AMSGrad keeps the maximum of the raw v and Adam's bias corrections.
- * CLOPT_ADAMW     torch.optim.AdamW: as Adam with decoupled decay θ *= 1 - lr*weight_decay.
+ * CLOPT_ADAMW     torch.optim.AdamW: as Adam with decoupled decay θ -= (lr*weight_decay)*θ.
+ *                 Every decoupled decay (AdamW, AdaMod, Lion, Sophia, Ranger) is computed as
+ *                 θ - (lr·wd)·θ with the product rounded once to float; torch multiplies θ
+ *                 by float32(1 - lr·wd), whose rounding makes the decay 0.136% too strong at
+ *                 lr·wd = 1e-5 and vanish below lr·wd ≈ 3e-8 (a deliberate difference).
  * CLOPT_ADAGRAD   torch.optim.Adagrad. State: sum (starts at initial_accumulator_value).
  *                 clr = lr/(1+(t-1)*lr_decay); s += g²; θ -= clr*g/(sqrt(s)+eps).
  * CLOPT_ADADELTA  torch.optim.Adadelta. State: square_avg, acc_delta. eps inside both roots.
@@ -276,9 +280,9 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  * CLOPT_DIFFGRAD  diffGrad (Dubey et al. 2019, corrected v2 code): ξ = sigmoid(|g_{t-1}-g_t|),
  *                 previous gradient as state (0 at step 1); L2 weight decay.
  *                 State: exp_avg, exp_avg_sq, previous_grad.
- * CLOPT_LION      Lion (Chen et al. 2023): θ *= 1 - lr*wd; θ -= lr*sign(β1*m + (1-β1)*g)
+ * CLOPT_LION      Lion (Chen et al. 2023): θ -= (lr*wd)*θ; θ -= lr*sign(β1*m + (1-β1)*g)
  *                 (sign(0) = 0); m = β2*m + (1-β2)*g. State: exp_avg.
- * CLOPT_SOPHIA    SophiaG (Liu et al. 2023, official code): θ *= 1 - lr*wd; m EMA;
+ * CLOPT_SOPHIA    SophiaG (Liu et al. 2023, official code): θ -= (lr*wd)*θ; m EMA;
  *                 θ -= lr*sign(m)*min(|m|/(rho*bs*h + eps), 1). The paper's form is
  *                 clip(m/max(γ*h, ε), 1) with γ = rho*bs; the official code, followed here,
  *                 adds eps (1e-15) instead of taking the max. When a Hessian-diagonal
@@ -336,7 +340,8 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  * [0, 1];
  * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
  * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
- * momentum > 0 and dampening = 0 (as torch). Every value must be finite.
+ * momentum > 0 and dampening = 0 (as torch). Every double field, read by the rule or not, must
+ * be finite and 0 or a normal float32 magnitude (1.2e-38 .. 3.4e38): NaN and Inf are refused.
  */
 typedef struct clopt_hparams {
     double lr;
@@ -448,8 +453,9 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * kernel launch reading θ, g and each state tensor once and writing θ and each state once.
  * Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx, hp, args or a needed buffer NULL),
  * CLOPT_ERR_INVALID_HYPERPARAM (clopt_hparams_validate), CLOPT_ERR_INVALID_SIZE (n = 0),
- * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative or not finite,
- * mu_product outside (0, 1], a buffer or queue of another context, a bad wait list),
+ * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative, not finite or
+ * not a normal float32 with a finite reciprocal, mu_product outside [0, 1] (0 is the
+ * underflowed product of a long run), a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
  * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only),
@@ -658,6 +664,9 @@ typedef struct clopt_step_report {
     uint64_t step_call; /* 1-based number of the step call reported (0: none known yet) */
     int skipped;        /* 1: AMP found an Inf or NaN gradient; nothing changed */
     double grad_norm;   /* total gradient norm before clipping (NaN when not measured) */
+    int nonfinite;      /* 1: a gradient held an Inf or NaN (measured with AMP, clipping or
+                           clopt_optimizer_set_check_finite; without AMP the step was applied
+                           and the Inf/NaN reached the parameters, as in torch) */
 } clopt_step_report;
 /* The latest step call whose verdict has reached the host, without waiting for any other:
    collects the verdicts whose read-back has completed (oldest first), which also brings
@@ -667,6 +676,14 @@ typedef struct clopt_step_report {
    The one bound on steps in flight: when 32 earlier step calls are in flight whose verdicts
    have not reached the host, clopt_optimizer_step_on waits for the oldest of them. */
 clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out);
+
+/* Without AMP a non-finite gradient is applied as torch applies it: NaN spreads into the
+   parameters and state it touches (Adafactor's factored statistics: the whole tensor). This
+   opt-in check (on = 1) reads every gradient once per step on the device (4 bytes per
+   parameter, as AMP's check) and reports a non-finite gradient in clopt_step_report's
+   nonfinite without skipping anything; AMP (clopt_optimizer_set_grad_scale) skips instead.
+   Never blocks; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_ARGUMENT. */
+clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on);
 
 /* ---- AMP ------------------------------------------------------------------------------- */
 

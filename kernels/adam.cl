@@ -10,7 +10,7 @@
 #define AMSGRAD 0
 #endif
 
-/* Adam (L2 decay) and AdamW (decoupled decay: decay = 1 - lr*wd), torch 1.13:
+/* Adam (L2 decay) and AdamW (decoupled decay θ - (lr·wd)·θ, lrwd = lr·wd), torch 1.13:
  * θ -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), step_size = lr / bc1. */
 __kernel void adam_step(__global float *p_, const ulong po, __global const float *g_,
                         const ulong go, __global float *m_, const ulong mo,
@@ -19,11 +19,11 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
                         __global float *vmax_, const ulong vmaxo,
 #endif
                         GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
-                        float eps, float weight_decay, float decay,
+                        float eps, float weight_decay, float lrwd,
                         float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, decay, step_size, inv_sqrt_bc2);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, step_size, inv_sqrt_bc2);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -36,7 +36,7 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
 #if DECOUPLED
-    p = p * decay;
+    p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
 #else
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
@@ -124,17 +124,17 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
 
 /* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
  * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too.
- * Ranger (DECOUPLED): θ *= 1 - wd·lr first instead of L2 decay. */
+ * Ranger (DECOUPLED): θ -= (wd·lr)·θ first instead of L2 decay. */
 __kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG,
                          float gmul, int rectified, float beta1,
                          float ombeta1, float beta2, float ombeta2,
-                         float eps, float weight_decay, float decay,
+                         float eps, float weight_decay, float lrwd,
                          float c RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    CTRL_SCALARS(rectified, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, decay, c);
+    CTRL_SCALARS(rectified, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, c);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -144,7 +144,7 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
     floatV p = LOAD(p_);
     floatV g = read_grad(LOAD(g_), gmul);
 #if DECOUPLED
-    p = p * decay;
+    p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
 #else
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
@@ -163,16 +163,16 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
 }
 
 /* AdaMod (official code): η = step / (sqrt(v) + eps), step = lr sqrt(bc2) / bc1;
- * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ *= 1 - lr*wd first. */
+ * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ -= (lr·wd)·θ first. */
 __kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
                           const ulong so, GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
                           float beta2, float ombeta2, float beta3, float ombeta3, float eps,
-                          float decay, float step_size RANGES_PARAMS CTRL_PARAMS)
+                          float lrwd, float step_size RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, decay, step_size);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, lrwd, step_size);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -180,7 +180,8 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
     v_ += (long)vo + RS_;
     s_ += (long)so + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_) * decay;
+    floatV p = LOAD(p_);
+    p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;

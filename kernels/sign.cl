@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Sign-based rules: Lion and SophiaG. Both decay θ first (decoupled: decay = 1 - lr*wd).
+/* Sign-based rules: Lion and SophiaG. Both decay θ first (decoupled: θ -= lrwd·θ, lrwd = lr·wd).
  * Defines: HESS (Sophia: fold an estimate ĥ into h after the update), MAXIMIZE. */
 #ifndef HESS
 #define HESS 0
@@ -9,16 +9,17 @@
 __kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
                         const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong N_ARG,
                         float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
-                        float decay, float lr RANGES_PARAMS CTRL_PARAMS)
+                        float lrwd, float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, decay, lr);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, lrwd, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_) * decay;
+    floatV p = LOAD(p_);
+    p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = LOAD(m_);
     floatV c = beta1 * m + ombeta1 * g;
@@ -40,10 +41,10 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #endif
                           GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
                           float beta2, float ombeta2, float eps, float gamma,
-                          float decay, float lr RANGES_PARAMS CTRL_PARAMS)
+                          float lrwd, float lr RANGES_PARAMS CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, gamma, decay, lr);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, gamma, lrwd, lr);
     RANGES_BEGIN
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
@@ -53,7 +54,8 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
     hh_ += hho;
 #endif
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_) * decay;
+    floatV p = LOAD(p_);
+    p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
     floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV h = LOAD(h_);

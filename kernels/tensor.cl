@@ -32,25 +32,29 @@ __kernel void lookahead_sync(__global float *p_, const ulong po, __global float 
     ELEMENTWISE_END
 }
 
-/* One chunk of grad_check_partial: x = scale·g; Σx² lane-wise, and Σ(x - x), which stays 0
- * while every x is finite and turns NaN at the first Inf or NaN (padding lanes read 0). Plain
- * float sums (no compensation): each lane adds at most a few hundred squares per item, and
- * three operations per element keep the check at the memory's speed (the compensated form
- * made it compute-bound on a CPU: 1.4-1.7x an AdamW step instead of ~1.14x). */
+/* One chunk of grad_check_partial: x = scale·g; Σx² lane-wise, the same sum of (x·2^-80)²
+ * (it cannot overflow for finite x: the norm of gradients of 1e20 stays finite), and Σ(x - x),
+ * which stays 0 while every x is finite and turns NaN at the first Inf or NaN (padding lanes
+ * read 0). Plain float sums (no compensation): each lane adds a few hundred squares per item,
+ * and a few operations per element keep the check near the memory's speed (the compensated
+ * form made it compute-bound on a CPU: 1.4-1.7x an AdamW step instead of ~1.2x). */
+#define CHECK_DOWN 8.271806125530277e-25f /* 2^-80 */
 CHUNK_INLINE void grad_check_chunk(__global const float *g_, const ulong e, const uint cnt,
-                                   const float scale, floatR *acc, floatR *bad)
+                                   const float scale, floatR *acc, floatR *accs, floatR *bad)
 {
     const floatR x = loadR(g_ + e, cnt) * scale;
+    const floatR xs = x * CHECK_DOWN;
     *acc = x * x + *acc;
+    *accs = xs * xs + *accs;
     *bad += x - x;
 }
 
 /* Item i of `items` (see reduce_block in common.cl): Σ (scale·g)² over its block of g into
- * out[oo + i] (lanes added in a fixed order), and 1 into out[bo + i] when the block holds an
- * Inf or NaN (after scaling), else 0. */
+ * out[oo + i], Σ (scale·g·2^-80)² into out[so + i] (lanes added in a fixed order), and 1 into
+ * out[bo + i] when the block holds an Inf or NaN (after scaling), else 0. */
 __kernel void grad_check_partial(__global const float *g_, const ulong go, const ulong n,
                                  const ulong items, const float scale, __global float *out_,
-                                 const ulong oo, const ulong bo)
+                                 const ulong oo, const ulong bo, const ulong so)
 {
     const ulong i = get_global_id(0);
     if (i >= items)
@@ -58,44 +62,53 @@ __kernel void grad_check_partial(__global const float *g_, const ulong go, const
     g_ += go;
     ulong c0, c1;
     reduce_block(i, items, n, &c0, &c1);
-    floatR acc = (floatR)(0.0f), bad = (floatR)(0.0f);
+    floatR acc = (floatR)(0.0f), accs = (floatR)(0.0f), bad = (floatR)(0.0f);
     const ulong full = min(c1, n / RW);
     for (ulong c = c0; c < full; c++)
-        grad_check_chunk(g_, c * RW, RW, scale, &acc, &bad);
+        grad_check_chunk(g_, c * RW, RW, scale, &acc, &accs, &bad);
     if (c1 > full && full >= c0)
-        grad_check_chunk(g_, full * RW, (uint)(n - full * RW), scale, &acc, &bad);
-    float sum = 0.0f, b = 0.0f, t[RW], u[RW];
+        grad_check_chunk(g_, full * RW, (uint)(n - full * RW), scale, &acc, &accs, &bad);
+    float sum = 0.0f, sums = 0.0f, b = 0.0f, t[RW], u[RW], v[RW];
     vstore16(acc, 0, t);
-    for (uint l = 0; l < RW; l++)
-        sum += t[l];
+    vstore16(accs, 0, v);
     vstore16(bad, 0, u);
-    for (uint l = 0; l < RW; l++)
+    for (uint l = 0; l < RW; l++) {
+        sum += t[l];
+        sums += v[l];
         b += u[l];
+    }
     out_[oo + i] = sum;
+    out_[so + i] = sums;
     out_[bo + i] = isnan(b) ? 1.0f : 0.0f;
 }
 
 /* The verdict of an optimizer step (one work-item): the gradient check's `count` partial
- * sums of (g/scale)² at sums_[so..] (every unit's, in unit order) added in that order, the
+ * sums of (g/scale)² at sums_[so..] (every unit's, in unit order) added in that order (or,
+ * when that total overflows, the scaled sums at sums_[ss..], times 2^80 after the root), the
  * non-finite flags at sums_[bo..], the norm, the skip decision (abort word set by the host,
  * or AMP and a non-finite gradient) and the clip coefficient max_norm / (norm + 1e-6)
  * clamped to 1 (torch.nn.utils.clip_grad_norm_), into the control words (CTRL in
  * common.cl). count 0: no check; max_norm 0: no clipping. */
 __kernel void step_verdict(__global uint *ctl_, const ulong ctlo, __global const float *sums_,
-                           const ulong so, const ulong bo, const ulong count,
+                           const ulong so, const ulong bo, const ulong ss, const ulong count,
                            const float max_norm, const int amp)
 {
     if (get_global_id(0) != 0)
         return;
     __global uint *c = ctl_ + ctlo;
-    kahan acc = {0.0f, 0.0f};
+    kahan acc = {0.0f, 0.0f}, accs = {0.0f, 0.0f};
     float bad = 0.0f;
     for (ulong u = 0; u < count; u++) {
         kahan_add(&acc, sums_[so + u]);
+        kahan_add(&accs, sums_[ss + u]);
         bad += sums_[bo + u];
     }
     const int nonfinite = bad > 0.0f;
-    const float norm = count == 0 || nonfinite ? NAN : sqrt(acc.sum);
+    float norm = sqrt(acc.sum);
+    if (!isfinite(acc.sum))
+        norm = sqrt(accs.sum) * 1.2089258196146292e24f; /* 2^80 */
+    if (count == 0 || nonfinite)
+        norm = NAN;
     float mul = 1.0f;
     if (max_norm > 0.0f) {
         const float coef = max_norm / (norm + 1e-6f);

@@ -320,7 +320,7 @@ static void check_against_ref(eng *e, const char *what)
    none) may be reported skipped. */
 static clopt_step_report wait_verdict(clopt_optimizer *opt, uint64_t want, uint64_t skipped_call)
 {
-    clopt_step_report r = {0, 0, NAN};
+    clopt_step_report r = {0, 0, NAN, 0};
     uint64_t last = 0;
     struct timespec t0, now, nap = {0, 1000000};
     clock_gettime(CLOCK_MONOTONIC, &t0);
