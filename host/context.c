@@ -416,19 +416,29 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx)
     return ctx && ctx->build_log ? ctx->build_log : "";
 }
 
+/* The getters below take a const context but, like every call that returns a status, clear
+   its last error first (last_error is the one field they write; a context is always a
+   heap object of the library, never a const one). */
 clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
                                        const clopt_hparams *hp, clopt_tuning *out)
 {
+    clopt_ctx *c = (clopt_ctx *)ctx;
     if (!ctx || !hp || !out)
-        return CLOPT_ERR_NULL_ARGUMENT;
+        return clopt_fail(c, CLOPT_ERR_NULL_ARGUMENT, "clopt_ctx_get_rule_tuning: NULL argument");
+    clopt_clear_error(c);
+    if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT) {
+        *out = ctx->tuning;
+        return clopt_fail(c, CLOPT_ERR_INVALID_ARGUMENT,
+                          "clopt_ctx_get_rule_tuning: rule %d out of range", (int)rule);
+    }
     clopt_launch_plan plan;
     clopt_step_args a;
     clopt_step_args_init(&a);
-    if (clopt_rule_is_multipass(rule) || (int)rule < 0 || rule >= CLOPT_RULE_COUNT ||
-        clopt_plan_step((clopt_ctx *)ctx, rule, hp, &a, 1, &plan) != CLOPT_SUCCESS) {
+    if (clopt_rule_is_multipass(rule) ||
+        clopt_plan_step(c, rule, hp, &a, 1, &plan) != CLOPT_SUCCESS) {
         *out = ctx->tuning; /* the multi-pass rules' element-wise passes use the default */
-        return (int)rule < 0 || rule >= CLOPT_RULE_COUNT ? CLOPT_ERR_INVALID_ARGUMENT
-                                                          : CLOPT_SUCCESS;
+        clopt_clear_error(c); /* a plan that cannot be made is no failure of this call */
+        return CLOPT_SUCCESS;
     }
     *out = plan.tuning;
     return CLOPT_SUCCESS;
@@ -437,7 +447,9 @@ clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out)
 {
     if (!ctx || !out)
-        return CLOPT_ERR_NULL_ARGUMENT;
+        return clopt_fail((clopt_ctx *)ctx, CLOPT_ERR_NULL_ARGUMENT,
+                          "clopt_ctx_get_tuning: NULL argument");
+    clopt_clear_error((clopt_ctx *)ctx);
     *out = ctx->tuning;
     return CLOPT_SUCCESS;
 }
@@ -445,7 +457,7 @@ clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out)
 clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning)
 {
     if (!ctx || !tuning)
-        return CLOPT_ERR_NULL_ARGUMENT;
+        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "clopt_ctx_set_tuning: NULL argument");
     clopt_clear_error(ctx);
     unsigned vw = tuning->vector_width;
     if (vw != 1 && vw != 2 && vw != 4 && vw != 8 && vw != 16)

@@ -2,23 +2,45 @@
 /* Kernel sources embedded at build time -> programs compiled lazily, cached per context,
  * optionally also as program binaries on disk (CLOPT_CACHE_DIR).
  *
- * Disk cache entry (native byte order, a private cache of one machine):
- *   "CLOPTPB1" | u32 version | u32 key length | key | u64 binary size | u64 checksum | binary
- * The key holds the family, the build options, the device name, the driver and platform
- * versions and a hash of the source text; the checksum (FNV-1a 64) covers key and binary.
- * Entries are written to a temporary file and renamed into place, so a reader never sees
- * a half-written entry. Anything missing, stale or corrupt is ignored: we compile instead. */
+ * The cache folder is used only if it is a folder owned by the effective user and not
+ * writable by group or others (checked on an open descriptor, which every later access goes
+ * through); a missing folder is created, with its missing parents, mode 0700. Otherwise the
+ * context goes on without the disk cache, silently.
+ *
+ * Disk cache entry "clopt-<first 128 bits of SHA-256(key), hex>.bin" (native byte order, a
+ * private cache of one machine):
+ *   "CLOPTPB1" | u32 version | u32 key length | u64 binary size | key | binary | SHA-256
+ * The SHA-256 covers every byte before it. The key holds the family, the build options, the
+ * device name, the driver and platform versions and the SHA-256 of the source text. An entry
+ * is read only if it is a regular file of the user (opened without following symlinks and
+ * without blocking, so a FIFO cannot hang us) of at most CACHE_MAX_ENTRY bytes, and handed
+ * to clCreateProgramWithBinary only if its version, key and hash all match. The hash
+ * detects damaged, truncated and stale entries; the folder rules keep other users out (a
+ * process running as the user can forge any entry, as it can forge anything the user owns).
+ * Entries are written to a temporary file created exclusively (O_EXCL|O_NOFOLLOW, 0600)
+ * under a random name in the folder and renamed into place, so a reader never sees a
+ * half-written entry and a planted symlink is never followed. Anything missing, stale or
+ * corrupt is ignored: we compile instead (and write a good entry over it). */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "sha256.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CACHE_MAGIC "CLOPTPB1"
-#define CACHE_VERSION 1u
-#define CACHE_MAX_BINARY (256u << 20)
+#define CACHE_VERSION 2u /* 1: FNV-1a checksum; 2: SHA-256, header reordered */
+#define CACHE_HEADER (8u + 4u + 4u + 8u)
+#define CACHE_MAX_ENTRY ((size_t)64 << 20)
+#define CACHE_NAME_LEN 48 /* "clopt-" + 32 hex + ".bin" + NUL, with room */
+#define CACHE_TMP_TRIES 16
 
 static const clopt_embedded_file *find_source(const char *family)
 {
@@ -47,105 +69,238 @@ static void set_build_log(clopt_ctx *ctx, cl_program prog)
 
 /* ---- on-disk binary cache ------------------------------------------------------------- */
 
-static char *cache_path(const clopt_ctx *ctx, const char *key, size_t keylen)
+static void to_hex(const unsigned char *d, size_t n, char *out)
 {
-    uint64_t h = clopt_fnv1a(0xcbf29ce484222325ULL, key, keylen);
-    size_t len = strlen(ctx->cache_dir) + 40;
-    char *path = malloc(len);
-    if (path)
-        snprintf(path, len, "%s/clopt-%016llx.bin", ctx->cache_dir, (unsigned long long)h);
-    return path;
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[2 * n] = '\0';
 }
 
-static uint64_t cache_checksum(const char *key, uint32_t keylen, const unsigned char *bin,
-                               uint64_t binlen)
+/* mkdir -p with mode 0700 for every folder it creates. 0 on success. */
+static int make_folders(const char *path)
 {
-    uint64_t h = clopt_fnv1a(0xcbf29ce484222325ULL, key, keylen);
-    return clopt_fnv1a(h, bin, (size_t)binlen);
+    size_t len = strlen(path);
+    char *p = malloc(len + 1);
+    if (!p)
+        return -1;
+    memcpy(p, path, len + 1);
+    int rc = 0;
+    for (size_t i = 1; i <= len && rc == 0; i++) {
+        if (p[i] != '/' && p[i] != '\0')
+            continue;
+        char c = p[i];
+        p[i] = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            rc = -1;
+        p[i] = c;
+    }
+    free(p);
+    return rc;
+}
+
+/* The cache folder as an open descriptor, or -1: then the disk cache is off for this
+   context (silently). Creates a missing folder (mode 0700). */
+static int cache_open_folder(clopt_ctx *ctx)
+{
+    const int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    int fd = open(ctx->cache_dir, flags);
+    if (fd < 0 && errno == ENOENT && make_folders(ctx->cache_dir) == 0)
+        fd = open(ctx->cache_dir, flags);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() &&
+        (st.st_mode & (S_IWGRP | S_IWOTH)) == 0)
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    free(ctx->cache_dir);
+    ctx->cache_dir = NULL;
+    return -1;
+}
+
+static void cache_name(const char *key, char name[CACHE_NAME_LEN])
+{
+    unsigned char d[CLOPT_SHA256_SIZE];
+    char h[2 * 16 + 1];
+    clopt_sha256(key, strlen(key), d);
+    to_hex(d, 16, h);
+    snprintf(name, CACHE_NAME_LEN, "clopt-%s.bin", h);
+}
+
+/* The whole entry file if it is a regular file of the user, not empty and at most
+   CACHE_MAX_ENTRY bytes; NULL otherwise (FIFOs, devices, folders and symlinks included). */
+static unsigned char *cache_read(int dirfd, const char *name, size_t *len)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    unsigned char *buf = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        st.st_size <= 0 || (uint64_t)st.st_size > CACHE_MAX_ENTRY)
+        goto fail;
+    size_t n = (size_t)st.st_size, got = 0;
+    buf = malloc(n + 1);
+    if (!buf)
+        goto fail;
+    while (got <= n) { /* one byte more than expected must read as end of file */
+        ssize_t r = read(fd, buf + got, n + 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (got != n)
+        goto fail;
+    close(fd);
+    *len = n;
+    return buf;
+fail:
+    free(buf);
+    close(fd);
+    return NULL;
 }
 
 /* Returns a built program from the cache, or NULL (silently) for any problem. */
-static cl_program cache_load(clopt_ctx *ctx, const char *key, const char *options)
+static cl_program cache_load(clopt_ctx *ctx, int dirfd, const char *key, const char *options)
 {
-    char *path = cache_path(ctx, key, strlen(key));
-    if (!path)
-        return NULL;
-    FILE *f = fopen(path, "rb");
-    free(path);
-    if (!f)
+    char name[CACHE_NAME_LEN];
+    cache_name(key, name);
+    size_t len = 0;
+    unsigned char *buf = cache_read(dirfd, name, &len);
+    if (!buf)
         return NULL;
     cl_program prog = NULL;
-    unsigned char *bin = NULL;
-    char *fkey = NULL;
-    char magic[8];
     uint32_t version = 0, keylen = 0;
-    uint64_t binlen = 0, sum = 0;
+    uint64_t binlen = 0;
     size_t want = strlen(key);
-    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, CACHE_MAGIC, 8) != 0 ||
-        fread(&version, sizeof version, 1, f) != 1 || version != CACHE_VERSION ||
-        fread(&keylen, sizeof keylen, 1, f) != 1 || keylen != want)
+    unsigned char digest[CLOPT_SHA256_SIZE];
+    if (len < CACHE_HEADER + CLOPT_SHA256_SIZE || memcmp(buf, CACHE_MAGIC, 8) != 0)
         goto done;
-    fkey = malloc(keylen);
-    if (!fkey || fread(fkey, 1, keylen, f) != keylen || memcmp(fkey, key, keylen) != 0)
+    memcpy(&version, buf + 8, 4);
+    memcpy(&keylen, buf + 12, 4);
+    memcpy(&binlen, buf + 16, 8);
+    if (version != CACHE_VERSION || keylen != want ||
+        len - CACHE_HEADER - CLOPT_SHA256_SIZE < keylen ||
+        binlen != len - CACHE_HEADER - CLOPT_SHA256_SIZE - keylen || binlen == 0)
         goto done;
-    if (fread(&binlen, sizeof binlen, 1, f) != 1 || binlen == 0 || binlen > CACHE_MAX_BINARY ||
-        fread(&sum, sizeof sum, 1, f) != 1)
+    clopt_sha256(buf, len - CLOPT_SHA256_SIZE, digest);
+    if (memcmp(digest, buf + len - CLOPT_SHA256_SIZE, CLOPT_SHA256_SIZE) != 0 ||
+        memcmp(buf + CACHE_HEADER, key, keylen) != 0)
         goto done;
-    bin = malloc((size_t)binlen);
-    if (!bin || fread(bin, 1, (size_t)binlen, f) != binlen || fgetc(f) != EOF)
-        goto done;
-    if (cache_checksum(key, keylen, bin, binlen) != sum)
-        goto done;
-    size_t len = (size_t)binlen;
-    const unsigned char *bins[1] = {bin};
+    size_t blen = (size_t)binlen;
+    const unsigned char *bins[1] = {buf + CACHE_HEADER + keylen};
     cl_int status = CL_SUCCESS, err = CL_SUCCESS;
-    prog = clCreateProgramWithBinary(ctx->context, 1, &ctx->device, &len, bins, &status, &err);
+    prog = clCreateProgramWithBinary(ctx->context, 1, &ctx->device, &blen, bins, &status, &err);
     if (prog && (err != CL_SUCCESS || status != CL_SUCCESS ||
                  clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL) != CL_SUCCESS)) {
         clReleaseProgram(prog);
         prog = NULL;
     }
 done:
-    free(fkey);
-    free(bin);
-    fclose(f);
+    free(buf);
     return prog;
 }
 
-/* Best effort: a failure to write the cache never fails the call. */
-static void cache_store(clopt_ctx *ctx, const char *key, cl_program prog)
+/* A temporary name nobody can guess: 64 bits from /dev/urandom, mixed (through SHA-256)
+   with the clocks, the process id, the context's address and the attempt, so that it
+   still differs per attempt where /dev/urandom cannot be read. */
+static void cache_tmp_name(const clopt_ctx *ctx, const char *name, unsigned attempt,
+                           char *out, size_t outlen)
 {
-    size_t binlen = 0;
+    clopt_sha256_ctx s;
+    clopt_sha256_init(&s);
+    unsigned char seed[16] = {0};
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, seed, sizeof seed) != (ssize_t)sizeof seed)
+            memset(seed, 0, sizeof seed);
+        close(fd);
+    }
+    struct timespec t[2] = {{0, 0}, {0, 0}};
+    clock_gettime(CLOCK_REALTIME, &t[0]);
+    clock_gettime(CLOCK_MONOTONIC, &t[1]);
+    pid_t pid = getpid();
+    uintptr_t addr = (uintptr_t)ctx;
+    clopt_sha256_update(&s, seed, sizeof seed);
+    clopt_sha256_update(&s, t, sizeof t);
+    clopt_sha256_update(&s, &pid, sizeof pid);
+    clopt_sha256_update(&s, &addr, sizeof addr);
+    clopt_sha256_update(&s, &attempt, sizeof attempt);
+    unsigned char d[CLOPT_SHA256_SIZE];
+    clopt_sha256_final(&s, d);
+    char h[2 * 8 + 1];
+    to_hex(d, 8, h);
+    snprintf(out, outlen, "%s.%s.tmp", name, h);
+}
+
+static int write_full(int fd, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Best effort: a failure to write the cache never fails the call. */
+static void cache_store(clopt_ctx *ctx, int dirfd, const char *key, cl_program prog)
+{
+    size_t binlen = 0, keylen = strlen(key);
     if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof binlen, &binlen, NULL) !=
             CL_SUCCESS ||
-        binlen == 0 || binlen > CACHE_MAX_BINARY)
+        binlen == 0 || keylen > UINT32_MAX ||
+        binlen > CACHE_MAX_ENTRY - CACHE_HEADER - CLOPT_SHA256_SIZE - keylen)
         return;
     unsigned char *bin = malloc(binlen);
-    char *path = cache_path(ctx, key, strlen(key));
-    char *tmp = path ? malloc(strlen(path) + 32) : NULL;
     unsigned char *bins[1] = {bin};
-    if (!bin || !tmp ||
-        clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) != CL_SUCCESS)
-        goto done;
-    snprintf(tmp, strlen(path) + 32, "%s.%ld.%llx.tmp", path, (long)getpid(),
-             (unsigned long long)(uintptr_t)ctx & 0xffffffULL);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        goto done;
-    uint32_t version = CACHE_VERSION, keylen = (uint32_t)strlen(key);
-    uint64_t len64 = binlen, sum = cache_checksum(key, keylen, bin, len64);
-    int ok = fwrite(CACHE_MAGIC, 1, 8, f) == 8 && fwrite(&version, sizeof version, 1, f) == 1 &&
-             fwrite(&keylen, sizeof keylen, 1, f) == 1 && fwrite(key, 1, keylen, f) == keylen &&
-             fwrite(&len64, sizeof len64, 1, f) == 1 && fwrite(&sum, sizeof sum, 1, f) == 1 &&
-             fwrite(bin, 1, binlen, f) == binlen;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0)
-        remove(tmp);
-done:
+    if (!bin ||
+        clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) != CL_SUCCESS) {
+        free(bin);
+        return;
+    }
+    char name[CACHE_NAME_LEN], tmp[CACHE_NAME_LEN + 32];
+    cache_name(key, name);
+    int fd = -1;
+    for (unsigned attempt = 0; attempt < CACHE_TMP_TRIES && fd < 0; attempt++) {
+        cache_tmp_name(ctx, name, attempt, tmp, sizeof tmp);
+        fd = openat(dirfd, tmp, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0) {
+        free(bin);
+        return;
+    }
+    unsigned char header[CACHE_HEADER];
+    uint32_t version = CACHE_VERSION, klen = (uint32_t)keylen;
+    uint64_t len64 = binlen;
+    memcpy(header, CACHE_MAGIC, 8);
+    memcpy(header + 8, &version, 4);
+    memcpy(header + 12, &klen, 4);
+    memcpy(header + 16, &len64, 8);
+    clopt_sha256_ctx s;
+    clopt_sha256_init(&s);
+    clopt_sha256_update(&s, header, sizeof header);
+    clopt_sha256_update(&s, key, keylen);
+    clopt_sha256_update(&s, bin, binlen);
+    unsigned char digest[CLOPT_SHA256_SIZE];
+    clopt_sha256_final(&s, digest);
+    int ok = write_full(fd, header, sizeof header) == 0 && write_full(fd, key, keylen) == 0 &&
+             write_full(fd, bin, binlen) == 0 && write_full(fd, digest, sizeof digest) == 0;
+    ok = (close(fd) == 0) && ok;
+    if (!ok || renameat(dirfd, tmp, dirfd, name) != 0)
+        unlinkat(dirfd, tmp, 0);
     free(bin);
-    free(path);
-    free(tmp);
 }
 
 /* ---- in-memory cache -------------------------------------------------------------------- */
@@ -160,19 +315,33 @@ static clopt_status build_program(clopt_ctx *ctx, const char *family, const char
                           family);
     char *key = NULL;
     cl_program prog = NULL;
-    if (ctx->cache_dir) {
-        uint64_t h = clopt_fnv1a(0xcbf29ce484222325ULL, common->data, common->size);
-        h = clopt_fnv1a(h, src->data, src->size);
+    int dirfd = ctx->cache_dir ? cache_open_folder(ctx) : -1;
+    if (dirfd >= 0) {
+        /* the source text as it is compiled: both files, each after its length */
+        clopt_sha256_ctx s;
+        uint64_t n[2] = {common->size, src->size};
+        clopt_sha256_init(&s);
+        clopt_sha256_update(&s, &n[0], sizeof n[0]);
+        clopt_sha256_update(&s, common->data, common->size);
+        clopt_sha256_update(&s, &n[1], sizeof n[1]);
+        clopt_sha256_update(&s, src->data, src->size);
+        unsigned char d[CLOPT_SHA256_SIZE];
+        char h[2 * CLOPT_SHA256_SIZE + 1];
+        clopt_sha256_final(&s, d);
+        to_hex(d, sizeof d, h);
         size_t len = strlen(family) + strlen(options) + strlen(ctx->device_name) +
-                     strlen(ctx->driver_version) + strlen(ctx->platform_version) + 64;
+                     strlen(ctx->driver_version) + strlen(ctx->platform_version) + sizeof h + 8;
         key = malloc(len);
-        if (!key)
+        if (!key) {
+            close(dirfd);
             return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "program cache key");
-        snprintf(key, len, "%s\n%s\n%s\n%s\n%s\n%016llx", family, options, ctx->device_name,
-                 ctx->driver_version, ctx->platform_version, (unsigned long long)h);
-        prog = cache_load(ctx, key, options);
+        }
+        snprintf(key, len, "%s\n%s\n%s\n%s\n%s\n%s", family, options, ctx->device_name,
+                 ctx->driver_version, ctx->platform_version, h);
+        prog = cache_load(ctx, dirfd, key, options);
         if (prog) {
             free(key);
+            close(dirfd);
             ctx->compiled++;
             ctx->from_disk++;
             *out = prog;
@@ -185,6 +354,8 @@ static clopt_status build_program(clopt_ctx *ctx, const char *family, const char
     prog = clCreateProgramWithSource(ctx->context, 2, texts, lens, &err);
     if (!prog) {
         free(key);
+        if (dirfd >= 0)
+            close(dirfd);
         return clopt_fail_cl(ctx, err, "clCreateProgramWithSource");
     }
     err = clBuildProgram(prog, 1, &ctx->device, options, NULL, NULL);
@@ -192,15 +363,19 @@ static clopt_status build_program(clopt_ctx *ctx, const char *family, const char
         set_build_log(ctx, prog);
         clReleaseProgram(prog);
         free(key);
+        if (dirfd >= 0)
+            close(dirfd);
         return clopt_fail(ctx, CLOPT_ERR_BUILD_FAILED,
                           "building %s.cl with \"%s\" failed (%d); see clopt_ctx_build_log", family,
                           options, (int)err);
     }
     ctx->compiled++;
     if (key) {
-        cache_store(ctx, key, prog);
+        cache_store(ctx, dirfd, key, prog);
         free(key);
     }
+    if (dirfd >= 0)
+        close(dirfd);
     *out = prog;
     return CLOPT_SUCCESS;
 }
