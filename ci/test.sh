@@ -44,6 +44,10 @@ cmake -S . -B build/ci-minimal -DCLOPT_WERROR=ON -DCMAKE_DISABLE_FIND_PACKAGE_cJ
       -DCMAKE_DISABLE_FIND_PACKAGE_cmocka=ON -DCMAKE_DISABLE_FIND_PACKAGE_CLBlast=ON >/dev/null
 cmake --build build/ci-minimal -j"$jobs" >/dev/null
 
+echo "== fuzzers: checkpoint loader (bytes, file) and golden case loader, bounded time"
+# libFuzzer with ASan/UBSan/LSan, 30 s each by default (longer: FUZZ_SECONDS=3600 bash ci/fuzz.sh)
+timeout 240 bash ci/fuzz.sh
+
 echo "== sanitizers (address, undefined) on the host code"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DCLOPT_WERROR=ON -DCLOPT_SANITIZE=ON -DCLOPT_BUILD_BENCH=OFF
 cmake --build build/asan -j"$jobs"

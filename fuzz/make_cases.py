@@ -89,3 +89,41 @@ set_meta(bad + "/files_duplicate", m)
 m = sgd_case(bad + "/shape_9d", [4])
 m["shape"] = [1] * 8 + [4]
 set_meta(bad + "/shape_9d", m)
+
+# Seeds of fuzz/fuzz_golden.c: meta.json, NUL, then records u8 file | u16 length | bytes
+# (file indexes as kNames there). From the small cases above.
+NAMES = ["param0.f32", "grads.f32", "param_1.f32", "param_T.f32", "hess.f32",
+         "state_exp_avg.f32", "state_exp_avg_sq.f32", "state_momentum_buffer.f32",
+         "state_unlisted.f32", "index.json"]
+seeds = "fuzz/corpus/fuzz_golden"
+os.makedirs(seeds, exist_ok=True)
+for case in ["conform-8d/sgd_8d", "conform-bad/f32_wrong_size", "conform-bad/files_duplicate",
+             "conform-bad/shape_9d", "conform-bad/steps_over_limit"]:
+    d = root + "/" + case
+    blob = open(d + "/meta.json", "rb").read() + b"\0"
+    for i, name in enumerate(NAMES):
+        if os.path.exists(d + "/" + name):
+            data = open(d + "/" + name, "rb").read()
+            blob += bytes([i]) + struct.pack("<H", len(data)) + data
+    with open(seeds + "/" + case.replace("/", "-"), "wb") as f:
+        f.write(blob)
+# an Adam case with state files, 2x3, 3 steps (values need not match: the loader is fuzzed)
+d = "/tmp/clopt-adam-seed"
+shutil.rmtree(d, ignore_errors=True)
+m = sgd_case(d, [2, 3], steps=3)
+m["optimizer"] = "adam"
+m["hyper"] = {"lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+              "amsgrad": False}
+for st in ["state_exp_avg.f32", "state_exp_avg_sq.f32"]:
+    f32(d + "/" + st, rnd(3, 6))
+    m["files"].append({"name": st, "shape": [2, 3], "dtype": "float32", "role": "expected"})
+m["final_scalar_state"] = {"step": 3}
+set_meta(d, m)
+blob = open(d + "/meta.json", "rb").read() + b"\0"
+for i, name in enumerate(NAMES):
+    if os.path.exists(d + "/" + name):
+        data = open(d + "/" + name, "rb").read()
+        blob += bytes([i]) + struct.pack("<H", len(data)) + data
+with open(seeds + "/adam-2x3", "wb") as f:
+    f.write(blob)
+shutil.rmtree(d)
