@@ -143,7 +143,32 @@ cl_int clopt_status_cl_error(clopt_status s);
     - Every clopt_optimizer created on a context must be destroyed BEFORE the context.
     - On any failure a create function sets *out to NULL and leaks nothing.
    Creating a context lists the platforms and devices and creates OpenCL objects: it blocks
-   for as long as the driver takes (no kernel is compiled yet; programs are built lazily). */
+   for as long as the driver takes (no kernel is compiled yet; programs are built lazily).
+
+   Threads: creating contexts from several threads at once is unsafe on PoCL 3.1 (Debian
+   12's): a start-up race inside PoCL itself crashed 11 of 20 runs of two threads calling
+   clGetPlatformIDs together. Serialise context creation (one mutex around the
+   clopt_ctx_create* calls, or create every context from one thread) unless the driver is
+   known to be safe; contexts, once created, may be used from different threads (one thread
+   per context at a time, see the conventions above).
+
+   On-disk program cache: the environment variable CLOPT_CACHE_DIR, read when a context is
+   created, names a folder where compiled program binaries are kept across processes.
+    - A missing folder is created (with its missing parents), mode 0700.
+    - The folder is used only if it is owned by the effective user and not writable by group
+      or others; otherwise the context compiles without the disk cache (silently: no status,
+      no clopt_ctx_last_error).
+    - An entry is read only if it is a regular file of the user of at most 64 MiB, opened
+      without following symlinks and without blocking (a FIFO cannot hang the caller), and
+      is handed to the driver only if its SHA-256 over format version, key (source, build
+      options, device, driver) and binary matches. Stale, damaged or older-format entries are
+      recompiled and rewritten, silently; clopt_ctx_program_stats tells how many programs
+      came from disk.
+    - Entries are written to a temporary file created exclusively (O_EXCL, O_NOFOLLOW, mode
+      0600) under a random name in the folder, then renamed into place: readers never see a
+      half-written entry, and a planted symlink is never followed.
+    - The hash detects damage, the folder rules keep other users out; whoever can write into
+      the folder can forge entries, so never point CLOPT_CACHE_DIR at a shared folder. */
 typedef struct clopt_ctx clopt_ctx;
 
 /* A context on the device the environment variable CLOPT_DEVICE selects, or by the
@@ -202,8 +227,11 @@ cl_command_queue clopt_ctx_cl_queue(const clopt_ctx *ctx);
 /* Device name as reported by OpenCL ("" for NULL); owned by the context. */
 const char *clopt_ctx_device_name(const clopt_ctx *ctx);
 
-/* Detail of the most recent failure of a call on this context ("" if none); owned by the
-   context, overwritten by the next call that fails on it. */
+/* Detail of the most recent failure of a call on this context; owned by the context. Every
+   call that returns a clopt_status and is given this context (or an object created on it)
+   clears it when it starts, so it is "" after a call that succeeded and describes the
+   failure of the last call that failed. Calls that return no status (the accessors above,
+   clopt_ctx_last_error, clopt_ctx_build_log, clopt_ctx_program_stats) leave it alone. */
 const char *clopt_ctx_last_error(const clopt_ctx *ctx);
 /* Build log of the most recent kernel compilation that failed ("" if none); owned by the
    context. */
@@ -223,7 +251,7 @@ typedef struct clopt_tuning {
 } clopt_tuning;
 /* clopt_tuning may grow: initialise one with clopt_ctx_get_tuning, then change fields.
    get: CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT. set: also CLOPT_ERR_INVALID_ARGUMENT (a
-   value out of range, detail in clopt_ctx_last_error). Neither blocks. */
+   value out of range). Details in clopt_ctx_last_error. Neither blocks. */
 clopt_status clopt_ctx_get_tuning(const clopt_ctx *ctx, clopt_tuning *out);
 clopt_status clopt_ctx_set_tuning(clopt_ctx *ctx, const clopt_tuning *tuning);
 /* clopt_ctx_get_rule_tuning is declared after clopt_hparams, below. */
@@ -238,7 +266,7 @@ void clopt_ctx_program_stats(const clopt_ctx *ctx, size_t *compiled, size_t *fro
    The returned kernel is owned by the context: do not release it (it lives until
    clopt_ctx_destroy). Blocks while the program compiles (first use of family and options
    on this device). Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
-   CLOPT_ERR_INVALID_ARGUMENT (unknown family), CLOPT_ERR_BUILD_FAILED (log in
+   CLOPT_ERR_UNSUPPORTED (unknown family), CLOPT_ERR_BUILD_FAILED (log in
    clopt_ctx_build_log), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *options,
                               const char *kernel_name, cl_kernel *out);

@@ -72,7 +72,8 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-/* The names in dir ending in suffix ("": every name but . and ..), as a NULL-terminated list (free with free_names). */
+/* The names in dir ending in suffix ("": every name but . and ..), as a NULL-terminated
+   list (free with free_names). */
 static char **list_names(const char *dir, const char *suffix)
 {
     DIR *d = opendir(dir);
