@@ -636,22 +636,22 @@ static clopt_status format_error(clopt_ctx *ctx, const char *src, const char *wh
     return clopt_fail(ctx, CLOPT_ERR_FORMAT, "%s: %s", src, what);
 }
 
-/* A step count's NAdam product is possible: in (0, 1], and 1 at step 0. Every other rule
-   keeps 1. */
+/* A step count's NAdam product is possible: in [0, 1] (0 once it underflowed, as torch's),
+   and 1 at step 0. Every other rule keeps 1. */
 static int mu_possible(clopt_rule rule, uint64_t step, double mu)
 {
     if (rule != CLOPT_NADAM)
         return mu == 1;
-    return isfinite(mu) && mu > 0 && mu <= 1 && (step > 0 || mu == 1);
+    return isfinite(mu) && mu >= 0 && mu <= 1 && (step > 0 || mu == 1);
 }
 
-/* A clipping norm or loss scale: 0 (off), or a normal positive double that is finite in
-   float32 and whose reciprocal is finite in float32 (the kernels take max_norm, 1/scale and
-   the clip factor as floats: a subnormal scale made θ NaN, a subnormal max_norm failed
+/* A clipping norm or loss scale: 0 (off), or a normal float32 value, FLT_MIN .. FLT_MAX, as
+   clopt_optimizer_set_grad_clip and clopt_optimizer_set_grad_scale accept (the kernels take
+   max_norm and 1/scale as floats: a subnormal scale made θ NaN, a subnormal max_norm failed
    every step). */
 static int factor_possible(double x)
 {
-    return x == 0 || (isnormal(x) && x > 0 && x <= FLT_MAX && 1.0 / x <= FLT_MAX);
+    return x == 0 || (x >= FLT_MIN && x <= FLT_MAX);
 }
 
 static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections,

@@ -657,7 +657,7 @@ static void test_corrupted_bytes(void **state)
         {tens_flags(good, t0), 0, 1, "parameters of a caller-owned tensor"},
         {tens_flags(good, t0) + 4, 1, 6, "tensor step past the optimizer's"},
         {tens_flags(good, t0) + 12, 2, 1.5, "NAdam product above 1"},
-        {tens_flags(good, t0) + 12, 2, 0.0, "NAdam product 0"},
+        {tens_flags(good, t0) + 12, 2, -1e-300, "negative NAdam product"},
         {tens_flags(good, t0) + 12, 2, NAN, "NAdam product NaN"},
         {tens_flags(good, t4) + 4, 1, 4, "arena tensors with different steps"},
         {starts[1] + 16, 2, NAN, "lr NaN"},
@@ -1206,6 +1206,8 @@ static void test_impossible_values(void **state)
         {optm + 16, 1, -1, UINT64_C(1) << 60, "optimizer step 2^60"},
         {optm + 24, 2, 1e-320, 0, "subnormal max_grad_norm"},
         {optm + 24, 2, 1e-39, 0, "max_grad_norm whose reciprocal overflows float32"},
+        {optm + 24, 2, 1e-38, 0, "max_grad_norm subnormal in float32"},
+        {optm + 40, 2, 3e-39, 0, "loss scale subnormal in float32"},
         {optm + 24, 2, 1e39, 0, "max_grad_norm past float32"},
         {optm + 24, 2, NAN, 0, "NaN max_grad_norm"},
         {optm + 24, 2, -1e-3, 0, "negative max_grad_norm"},
@@ -1231,12 +1233,14 @@ static void test_impossible_values(void **state)
         reseal(copy, len);
         expect_rejected(&dst, copy, len, CLOPT_ERR_FORMAT, &before, bad[c].what);
     }
-    /* the possible extremes load: the smallest normal float32 reciprocal, a subnormal NAdam
-       product (β1 = 0.9 ends there), -0 as "off" */
+    /* the possible extremes load: the smallest and largest normal float32, -0 as "off", a
+       subnormal NAdam product and one that underflowed to 0 (as torch's, β1 = 0.5 after
+       step 556) */
     struct {
         size_t at;
         double value;
-    } fine[] = {{optm + 24, 1e-38}, {optm + 40, 3e38}, {optm + 40, -0.0}, {t0 + 12, 5e-324}};
+    } fine[] = {{optm + 24, 1.1754944e-38}, {optm + 40, 3.4e38}, {optm + 40, -0.0},
+                {t0 + 12, 5e-324}, {t0 + 12, 0.0}};
     for (size_t c = 0; c < sizeof fine / sizeof fine[0]; c++) {
         memcpy(copy, good, len);
         put_f64(copy + fine[c].at, fine[c].value);
