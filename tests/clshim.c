@@ -111,6 +111,10 @@ static size_t nsubs, cap_subs;
 
 static _Atomic(void *) real_fn[NFN];
 
+/* The function of every fallible call since the last reset (clshim_call_name), by id. */
+static unsigned char *call_log;
+static uint64_t call_log_len, call_log_cap;
+
 /* ---- resolution ------------------------------------------------------------------------ */
 
 static void *resolve(int id)
@@ -165,6 +169,14 @@ static gate enter(int id)
         return g;
     atomic_fetch_add(&n_calls, 1);
     pthread_mutex_lock(&lock);
+    if (call_log_len == call_log_cap) {
+        uint64_t cap = call_log_cap ? 2 * call_log_cap : 4096;
+        unsigned char *p = realloc(call_log, cap);
+        if (p)
+            call_log = p, call_log_cap = cap;
+    }
+    if (call_log_len < call_log_cap)
+        call_log[call_log_len++] = (unsigned char)id;
     if (fault_left > 0 && --fault_left == 0) {
         g.fail = 1;
         g.err = fault_err;
@@ -268,6 +280,17 @@ void clshim_reset(void)
     atomic_store(&n_blocking, 0);
     atomic_store(&n_builds, 0);
     clshim_fail_nth(0, CL_SUCCESS);
+    pthread_mutex_lock(&lock);
+    call_log_len = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+const char *clshim_call_name(uint64_t i)
+{
+    pthread_mutex_lock(&lock);
+    const char *name = i >= 1 && i <= call_log_len ? fn_info[call_log[i - 1]].name : "";
+    pthread_mutex_unlock(&lock);
+    return name;
 }
 
 int clshim_wraps(const char *name)

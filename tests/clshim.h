@@ -76,6 +76,9 @@ const char *clshim_fault_site(void);
 /* Fallible calls made while enabled on the enabled thread since the last reset: run an
    operation once, read this, and sweep n = 1..clshim_calls() over every call site. */
 uint64_t clshim_calls(void);
+/* The function ("clSetKernelArg") of the i-th fallible call (1-based, as clshim_calls counts
+   them) since the last reset; "" when there was no such call. */
+const char *clshim_call_name(uint64_t i);
 
 /* Objects: references taken (create, or retain) and given back (release) while enabled.
    Events are counted when an enqueue (or clCreateUserEvent) returns one. A released cl_mem
