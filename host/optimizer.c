@@ -264,10 +264,13 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
 clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
                                                clopt_hparams *out)
 {
-    if (!opt || !out)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (group >= opt->ngroups)
-        return CLOPT_ERR_INDEX;
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
     *out = opt->groups[group].hp;
     return CLOPT_SUCCESS;
 }
@@ -618,8 +621,9 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
     if (param >= opt->nparams)
-        return CLOPT_ERR_INDEX;
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
     const clopt_param *e = &opt->params[param];
     if (param_view)
         *param_view = e->param;
@@ -722,6 +726,7 @@ clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
     opt->rng_seed = seed;
     opt->rng_counter = 0;
     return CLOPT_SUCCESS;
@@ -745,8 +750,11 @@ uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt) { return opt ? o
 clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t param,
                                               uint64_t *out)
 {
-    if (!opt || !out)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (param >= opt->nparams)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
     *out = opt->params[param].step;
@@ -793,8 +801,9 @@ clopt_status clopt_optimizer_state_info(const clopt_optimizer *opt, size_t param
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
     if (param >= opt->nparams || index >= opt->params[param].nstate)
-        return CLOPT_ERR_INDEX;
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no state %zu of tensor %zu", index, param);
     if (name)
         *name = opt->params[param].state_name[index];
     if (length)
@@ -805,8 +814,11 @@ clopt_status clopt_optimizer_state_info(const clopt_optimizer *opt, size_t param
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out)
 {
-    if (!opt || !out)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (param >= opt->nparams || index >= opt->params[param].nstate)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no state %zu of parameter %zu", index,
                           param);
