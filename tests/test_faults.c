@@ -749,7 +749,7 @@ static int run_faulted(life *L, op target, uint64_t n, uint64_t *failed_here)
         op_pre(L, o);
         if (o == OP_DESTROY) {
             snprintf(msg, sizeof msg, "%s: fault %llu in %s", L->d->name, (unsigned long long)n,
-                     op_name[target]);
+                     target < NOPS ? op_name[target] : "nothing (trace run)");
             check_final(L, msg);
         }
         L->op_start[i] = clshim_calls();
@@ -758,7 +758,7 @@ static int run_faulted(life *L, op target, uint64_t n, uint64_t *failed_here)
             L->op_end[i] = clshim_calls();
             if (s < 0)
                 fail_msg("%s: %s failed without a fault (run of fault %llu in %s): %s (%s)",
-                         L->d->name, op_name[o], (unsigned long long)n, op_name[target],
+                         L->d->name, op_name[o], (unsigned long long)n, target < NOPS ? op_name[target] : "nothing",
                          clopt_status_name(s), L->opt ? clopt_ctx_last_error(L->ctx) : "");
             if (o == OP_SAVE || o == OP_SAVE_TO || o == OP_READ_STATE)
                 check_outputs(L, o, op_name[o]);
