@@ -758,7 +758,8 @@ static int run_faulted(life *L, op target, uint64_t n, uint64_t *failed_here)
             L->op_end[i] = clshim_calls();
             if (s < 0)
                 fail_msg("%s: %s failed without a fault (run of fault %llu in %s): %s (%s)",
-                         L->d->name, op_name[o], (unsigned long long)n, target < NOPS ? op_name[target] : "nothing",
+                         L->d->name, op_name[o], (unsigned long long)n,
+                         target < NOPS ? op_name[target] : "nothing",
                          clopt_status_name(s), L->opt ? clopt_ctx_last_error(L->ctx) : "");
             if (o == OP_SAVE || o == OP_SAVE_TO || o == OP_READ_STATE)
                 check_outputs(L, o, op_name[o]);
