@@ -38,7 +38,11 @@
 #define CKP_VERSION 2u
 enum { TAG_OPTM = 1, TAG_GRUP = 2, TAG_TENS = 3 };
 /* OPTM flags (version 2) */
-enum { OPTM_STATE_TENSORS = 1u, OPTM_KNOWN = OPTM_STATE_TENSORS };
+enum {
+    OPTM_STATE_TENSORS = 1u,
+    OPTM_CHECK_FINITE = 2u, /* clopt_optimizer_set_check_finite is on */
+    OPTM_KNOWN = OPTM_STATE_TENSORS | OPTM_CHECK_FINITE
+};
 /* TENS flags (version 2) */
 enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY };
 
@@ -291,7 +295,8 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
     w_u32(w, (uint32_t)opt->found_inf);
     w_u64(w, opt->rng_seed);
     w_u64(w, opt->rng_counter);
-    w_u32(w, o->state_tensors ? OPTM_STATE_TENSORS : 0u);
+    w_u32(w, (o->state_tensors ? OPTM_STATE_TENSORS : 0u) |
+                 (opt->check_finite ? OPTM_CHECK_FINITE : 0u));
     end_section(w, at);
     for (size_t gi = 0; gi < opt->ngroups; gi++) {
         const clopt_group *g = &opt->groups[gi];
@@ -626,7 +631,7 @@ typedef struct loaded {
     double max_grad_norm, last_grad_norm, grad_scale;
     uint32_t found_inf;
     uint64_t rng_seed, rng_counter;
-    int state_tensors;
+    int state_tensors, check_finite;
     loaded_group *groups;
     loaded_tensor *tensors;
 } loaded;
@@ -693,6 +698,7 @@ static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections
     if (flags & ~(uint32_t)OPTM_KNOWN)
         return format_error(ctx, src, "unknown optimizer flags");
     L->state_tensors = (flags & OPTM_STATE_TENSORS) != 0;
+    L->check_finite = (flags & OPTM_CHECK_FINITE) != 0;
     return CLOPT_SUCCESS;
 }
 
@@ -887,6 +893,7 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
     opt->last_grad_norm = L.last_grad_norm;
     opt->grad_scale = L.grad_scale;
     opt->found_inf = (int)L.found_inf;
+    opt->check_finite = L.check_finite;
     opt->rng_seed = L.rng_seed;
     opt->rng_counter = L.rng_counter;
 done:

@@ -326,6 +326,24 @@ static void test_check_finite_reports(void **state)
     assert_int_equal(r.step_call, 2);
     assert_int_equal(r.nonfinite, 0);
     assert_true(fabs(r.grad_norm - 5.0) < 1e-5);
+    /* the setting travels with a checkpoint: a fresh optimizer that loads it reports too */
+    size_t len = 0;
+    assert_int_equal(clopt_optimizer_state_size(opt, NULL, &len), CLOPT_SUCCESS);
+    unsigned char *blob = malloc(len);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, blob, len, NULL), CLOPT_SUCCESS);
+    clopt_optimizer *opt2 = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_SGD, &hp, &opt2), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_param(opt2, (clopt_tensor){P, 0}, (clopt_tensor){G, 0},
+                                               4, NULL, NULL),
+                     CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_load_from(opt2, blob, len), CLOPT_SUCCESS);
+    write_at(ctx, (clopt_tensor){G, 0}, g, 4); /* the NaN gradient again */
+    assert_int_equal(clopt_optimizer_step(opt2, NULL), CLOPT_SUCCESS);
+    read_at(ctx, (clopt_tensor){P, 0}, x, 4);
+    assert_int_equal(clopt_optimizer_poll(opt2, &r), CLOPT_SUCCESS);
+    assert_int_equal(r.nonfinite, 1);
+    clopt_optimizer_destroy(opt2);
+    free(blob);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(P);
     clReleaseMemObject(G);
