@@ -363,7 +363,7 @@ clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt
 }
 
 /* Allocates and initialises e's own state buffers from index `from` on. */
-static clopt_status alloc_states(clopt_optimizer *opt, clopt_param *e, size_t from)
+clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t from)
 {
     const clopt_hparams *hp = &opt->groups[e->group].hp;
     for (size_t i = from; i < e->nstate; i++) {
@@ -436,7 +436,7 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
     e.group = group;
     e.owns_state = 1;
     clopt_state_layout(opt, &opt->groups[group], &e);
-    s = alloc_states(opt, &e, 0);
+    s = clopt_o_alloc_states(opt, &e, 0);
     if (s == CLOPT_SUCCESS) {
         opt->params[opt->nparams++] = e; /* clopt_o_grow_scratch sizes for it */
         s = clopt_o_grow_scratch(opt);
@@ -519,8 +519,10 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
                           "take no estimates and degrade to sign steps)");
     /* Offsets: every tensor starts at a multiple of the device's base-address alignment. */
     cl_uint align_bits = 0;
-    clGetDeviceInfo(ctx->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits,
-                    NULL);
+    cl_int qerr = clGetDeviceInfo(ctx->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits,
+                                  &align_bits, NULL);
+    if (qerr != CL_SUCCESS)
+        return clopt_fail_cl(ctx, qerr, "clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)");
     size_t align = align_bits >= 32 ? align_bits / 32 : 1; /* in floats */
     clopt_param *ps = calloc(ntensors, sizeof *ps);
     if (!ps)
@@ -564,6 +566,7 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
     }
     size_t made = 0;
+    clopt_status as = CLOPT_SUCCESS;
     for (; err == CL_SUCCESS && made < ntensors; made++) {
         clopt_param *e = &ps[made];
         const size_t off = e->param.offset;
@@ -581,14 +584,13 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
                 e->state[k] = (clopt_tensor){g->arena_state[k], off};
         } else {
             e->owns_state = 1;
-            if (alloc_states(opt, e, 0) != CLOPT_SUCCESS) {
-                err = CL_OUT_OF_RESOURCES;
-                made++;
+            if ((as = clopt_o_alloc_states(opt, e, 0)) != CLOPT_SUCCESS)
                 break;
-            }
         }
     }
-    if (err == CL_SUCCESS) {
+    if (as != CLOPT_SUCCESS) {
+        s = as; /* its detail is recorded */
+    } else if (err == CL_SUCCESS) {
         memcpy(opt->params + opt->nparams, ps, ntensors * sizeof *ps);
         opt->nparams += ntensors;
         s = clopt_o_grow_scratch(opt);
@@ -600,7 +602,9 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         s = clopt_fail_cl(ctx, err, "allocating the arena");
     }
     if (s != CLOPT_SUCCESS) {
-        for (size_t i = 0; i < made && i < ntensors; i++)
+        /* every entry: the one that failed half way holds a sub-buffer or states too, and
+           the untouched ones are zeroed (calloc) */
+        for (size_t i = 0; i < ntensors; i++)
             release_param(&ps[i]);
         clopt_o_release_arena(g);
         opt->ngroups--;

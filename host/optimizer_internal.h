@@ -122,6 +122,8 @@ clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);
 clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
 /* Shape checks shared by every way of adding tensors; fills e's shape and n. */
 clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e);
+/* Allocates and initialises e's own state buffers from index `from` on (e->owns_state). */
+clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t from);
 /* A new buffer of `floats` floats filled with value (enqueued on the context's queue). */
 cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err);
 

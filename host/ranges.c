@@ -159,7 +159,10 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     g->range_param = P;
     g->range_grad = G;
     cl_int err = CL_SUCCESS;
-    for (size_t k = 0; k < layout.nstate && err == CL_SUCCESS; k++) {
+    /* the multi-pass rules run per tensor with a layout of each tensor's own (Adafactor's
+       factored statistics for matrices): their states are allocated per tensor below */
+    const int per_tensor = own_state && clopt_rule_is_multipass(opt->rule);
+    for (size_t k = 0; !per_tensor && k < layout.nstate && err == CL_SUCCESS; k++) {
         float init = k < layout.nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
         if (own_state) {
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
@@ -191,14 +194,23 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                                         nchunks * 4 * sizeof *tab, tab, &err);
     free(tab);
     g->nchunks = nchunks;
+    clopt_status as = CLOPT_SUCCESS;
     for (size_t i = 0; i < T; i++) {
         clopt_param *e = &ps[i];
         e->group = gi;
         clopt_state_layout(opt, g, e);
+        if (per_tensor) {
+            e->owns_state = 1;
+            if (err == CL_SUCCESS && as == CLOPT_SUCCESS)
+                as = clopt_o_alloc_states(opt, e, 0);
+            continue;
+        }
         for (size_t k = 0; k < e->nstate; k++)
             e->state[k] = (clopt_tensor){g->range_state[k], soff[i]};
     }
-    if (err == CL_SUCCESS) {
+    if (as != CLOPT_SUCCESS) {
+        s = as; /* its detail is recorded */
+    } else if (err == CL_SUCCESS) {
         memcpy(opt->params + opt->nparams, ps, T * sizeof *ps);
         opt->nparams += T;
         if ((s = clopt_o_grow_scratch(opt)) != CLOPT_SUCCESS)
@@ -209,6 +221,10 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         s = clopt_fail_cl(ctx, err, "allocating the range group");
     }
     if (s != CLOPT_SUCCESS) {
+        for (size_t i = 0; per_tensor && i < T; i++)
+            for (size_t k = 0; k < ps[i].nstate; k++)
+                if (ps[i].state[k].buffer)
+                    clReleaseMemObject(ps[i].state[k].buffer);
         clopt_o_release_arena(g);
         opt->ngroups--;
         goto fail;

@@ -17,9 +17,10 @@
  *  - the fault returns a negative status (or is absorbed: success, and the run must still end
  *    right); never a crash (the suite also runs under ASan/UBSan in CI);
  *  - a failed operation changed nothing: the snapshot equals the reference's before i. The
- *    one documented exception: clopt_optimizer_load/_from failing in its write phase
- *    (clEnqueueWriteBuffer) may have written some tensors, but not the host state (step
- *    counts, lrs);
+ *    two documented exceptions: clopt_optimizer_load/_from failing in its write phase
+ *    (clEnqueueWriteBuffer) may have written some tensors, and clopt_optimizer_zero_grad
+ *    failing in a fill may have zeroed some gradients (the engine's buffers, not the
+ *    optimizer's state), but neither the host state (step counts, lrs);
  *  - a failed save leaves no file behind (neither the target nor a temporary);
  *  - the operation is retried without fault and the rest of the life runs: the final
  *    snapshot equals the reference's bit for bit; what read_state, save_to and save return
@@ -808,8 +809,12 @@ static int run_faulted(life *L, op target, uint64_t n, uint64_t *failed_here)
         } else if (o != OP_DESTROY && have_tensors(L, o)) {
             snap now;
             take_snap(L, &now);
-            int load_write = (o == OP_LOAD || o == OP_LOAD_FROM) &&
-                             !strcmp(site, "clEnqueueWriteBuffer");
+            /* documented: load's write phase may have written some tensors; zero_grad's
+               fills may have zeroed some gradients (the engine's buffers, not the
+               optimizer's state) */
+            int load_write = ((o == OP_LOAD || o == OP_LOAD_FROM) &&
+                              !strcmp(site, "clEnqueueWriteBuffer")) ||
+                             (o == OP_ZERO_GRAD && !strcmp(site, "clEnqueueFillBuffer"));
             if (snap_diff(&now, &L->ref[i], load_write, why, sizeof why))
                 violation("%s: the failed call changed the optimizer: %s", msg, why);
             snap_free(&now);

@@ -403,6 +403,84 @@ static void test_misuse_refused(void **state)
     clReleaseMemObject(G);
 }
 
+/* The multi-pass rules in a range group run per tensor with each tensor's own state layout
+   (Adafactor's factored statistics for a matrix: rows + cols floats). The same tensors
+   registered one by one (add_param_desc, checked against the references in
+   test_reductions) must give the same bits. */
+static void test_range_group_multipass(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    static const clopt_rule rules[] = {CLOPT_ADAFACTOR, CLOPT_LAMB};
+    enum { R = 6, C = 9, V = 11, GAP = 3, TOTAL = GAP + R * C + GAP + V };
+    for (size_t r = 0; r < 2; r++) {
+        clopt_hparams hp;
+        assert_int_equal(clopt_hparams_default(rules[r], &hp), CLOPT_SUCCESS);
+        hp.lr = 1e-2;
+        float p0[TOTAL], g[TOTAL], a[TOTAL], b[TOTAL];
+        uint64_t seed = 5;
+        for (int i = 0; i < TOTAL; i++) {
+            p0[i] = (float)ref_normal(&seed);
+            g[i] = (float)(0.3 * ref_normal(&seed));
+        }
+        const size_t off[2] = {GAP, GAP + R * C + GAP};
+        clopt_param_desc d[2] = {
+            {.ndim = 2, .shape = {R, C}},
+            {.ndim = 1, .shape = {V}},
+        };
+        /* a: one range group over flat buffers */
+        cl_mem P = upload(ctx, p0, TOTAL), G = upload(ctx, g, TOTAL);
+        for (int i = 0; i < 2; i++) {
+            d[i].param = (clopt_tensor){P, off[i]};
+            d[i].grad = (clopt_tensor){G, off[i]};
+        }
+        clopt_optimizer *oa = NULL, *ob = NULL;
+        assert_int_equal(clopt_optimizer_create(ctx, rules[r], &hp, &oa), CLOPT_SUCCESS);
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = 2;
+        rg.tensors = d;
+        assert_int_equal(clopt_optimizer_add_range_group(oa, &hp, &rg, NULL, NULL),
+                         CLOPT_SUCCESS);
+        const char *name = NULL;
+        size_t len = 0;
+        if (rules[r] == CLOPT_ADAFACTOR) { /* the matrix's factored row statistics */
+            assert_int_equal(clopt_optimizer_state_info(oa, 0, 0, &name, &len), CLOPT_SUCCESS);
+            assert_string_equal(name, "exp_avg_sq_row");
+            assert_int_equal(len, R);
+        }
+        /* b: the same tensors in buffers of their own */
+        cl_mem Pb[2], Gb[2];
+        assert_int_equal(clopt_optimizer_create(ctx, rules[r], &hp, &ob), CLOPT_SUCCESS);
+        for (int i = 0; i < 2; i++) {
+            size_t n = i ? V : R * C;
+            Pb[i] = upload(ctx, p0 + off[i], n);
+            Gb[i] = upload(ctx, g + off[i], n);
+            clopt_param_desc e = d[i];
+            e.param = (clopt_tensor){Pb[i], 0};
+            e.grad = (clopt_tensor){Gb[i], 0};
+            assert_int_equal(clopt_optimizer_add_param_desc(ob, 0, &e, NULL), CLOPT_SUCCESS);
+        }
+        for (int t = 0; t < 4; t++) {
+            assert_int_equal(clopt_optimizer_step(oa, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(ob, NULL), CLOPT_SUCCESS);
+        }
+        read_at(ctx, (clopt_tensor){P, 0}, a, TOTAL);
+        memcpy(b, p0, sizeof b);
+        for (int i = 0; i < 2; i++)
+            read_at(ctx, (clopt_tensor){Pb[i], 0}, b + off[i], i ? V : R * C);
+        assert_memory_equal(a, b, sizeof a); /* the gaps untouched, the tensors alike */
+        clopt_optimizer_destroy(oa);
+        clopt_optimizer_destroy(ob);
+        clReleaseMemObject(P);
+        clReleaseMemObject(G);
+        for (int i = 0; i < 2; i++) {
+            clReleaseMemObject(Pb[i]);
+            clReleaseMemObject(Gb[i]);
+        }
+    }
+}
+
 /* set_step_count while AMP steps are still in flight: their verdicts are taken first, and
    the next step uses the new count's bias corrections (the device's count follows). */
 static void test_set_step_count_in_flight(void **state)
@@ -501,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_adopt_engine_state),
         cmocka_unit_test(test_host_memory_zero_copy),
         cmocka_unit_test(test_misuse_refused),
+        cmocka_unit_test(test_range_group_multipass),
         cmocka_unit_test(test_set_step_count_in_flight),
         cmocka_unit_test(test_alloc_state),
     };
