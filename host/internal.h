@@ -50,6 +50,9 @@ struct clopt_ctx {
     size_t compiled, from_disk;
 };
 
+/* The largest magnitude of a hyperparameter, clip bound or loss scale: 2^64, so its square
+   stays finite in float32 (the smallest is FLT_MIN, so its reciprocal does). */
+#define CLOPT_MAX_SETTING 18446744073709551616.0
 /* Records a formatted detail in ctx->last_error (ctx may be NULL) and returns s. */
 clopt_status clopt_fail(clopt_ctx *ctx, clopt_status s, const char *fmt, ...) CLOPT_PRINTF(3, 4);
 /* For an OpenCL error: records "what: CL_NAME (code)" and returns the pass-through status. */

@@ -151,9 +151,9 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         return CLOPT_ERR_INVALID_ARGUMENT;
     }
     unsigned u = rules[rule].uses;
-    /* Every double field, read by the rule or not: finite, and representable in float32
-       where it reaches the device (0, or a normal float: a subnormal eps or lr becomes 0 or
-       loses its precision, and its reciprocal overflows). */
+    /* Every double field, read by the rule or not: finite, and 0 or of a magnitude whose
+       reciprocal and square are finite in float32 (a subnormal eps or lr becomes 0 or loses
+       its precision on the device, and its reciprocal overflows). */
 #define CLOPT_HP_DOUBLES(X)                                                                  \
     X(lr) X(beta1) X(beta2) X(beta3) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha) \
     X(rho) X(bs) X(lr_decay) X(initial_accumulator_value) X(momentum_decay) X(eps2)            \
@@ -161,8 +161,10 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
 #define CLOPT_HP_CHECK(f)                                                                    \
     if (!w && !isfinite(hp->f))                                                              \
         w = #f " must be finite (NaN and Inf are refused in every field)";                   \
-    else if (!w && hp->f != 0.0 && (fabs(hp->f) < FLT_MIN || fabs(hp->f) > FLT_MAX))          \
-        w = #f " must be 0 or a normal float32 magnitude (1.2e-38 .. 3.4e38)";
+    else if (!w && hp->f != 0.0 &&                                                           \
+             (fabs(hp->f) < FLT_MIN || fabs(hp->f) > CLOPT_MAX_SETTING))                      \
+        w = #f " must be 0 or of magnitude 1.2e-38 .. 1.8e19 (its reciprocal and square "   \
+               "finite in float32)";
     CLOPT_HP_DOUBLES(CLOPT_HP_CHECK)
 #undef CLOPT_HP_CHECK
 #undef CLOPT_HP_DOUBLES

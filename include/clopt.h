@@ -369,7 +369,8 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
  * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
  * momentum > 0 and dampening = 0 (as torch). Every double field, read by the rule or not, must
- * be finite and 0 or a normal float32 magnitude (1.2e-38 .. 3.4e38): NaN and Inf are refused.
+ * be finite and 0 or of magnitude 1.2e-38 .. 1.8e19 (its reciprocal and square finite in
+ * float32): NaN and Inf are refused.
  */
 typedef struct clopt_hparams {
     double lr;
@@ -482,7 +483,7 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx, hp, args or a needed buffer NULL),
  * CLOPT_ERR_INVALID_HYPERPARAM (clopt_hparams_validate), CLOPT_ERR_INVALID_SIZE (n = 0),
  * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative, not finite or
- * not a normal float32 with a finite reciprocal, mu_product outside [0, 1] (0 is the
+ * outside 1.2e-38 .. 1.8e19 (0 means 1), mu_product outside [0, 1] (0 is the
  * underflowed product of a long run), a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
@@ -636,9 +637,11 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
    1): the norm is reduced on the device in a fixed order, the coefficient is decided on the
    device and applied inside the update kernels; nothing is read back before the update
    (clopt_optimizer_step still waits for the verdict, clopt_optimizer_step_on does not).
-   A non-finite norm leaves the gradients unscaled. max_norm 0 turns it off. Applies to the
+   The norm cannot overflow for finite gradients (a second sum of (g·2^-80)² takes over).
+   A non-finite gradient leaves the gradients unclipped (with AMP the step is skipped;
+   without, clopt_step_report.nonfinite says so). max_norm 0 turns it off. Applies to the
    steps enqueued afterwards. Host only; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
-   CLOPT_ERR_INVALID_HYPERPARAM (negative or not finite). */
+   CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside 1.2e-38 .. 1.8e19). */
 clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm);
 /* The total gradient norm (before clipping) of the latest step taken with clipping on whose
    verdict has reached the host (see clopt_optimizer_poll); NaN before any, when a gradient
@@ -719,7 +722,8 @@ clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on);
    step first checks every gradient for Inf/NaN (as PyTorch's fused Adam with grad_scale and
    found_inf). scale 0 turns AMP off (the default). The skip is decided on the device.
    Applies to the steps enqueued afterwards. Host only; CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (negative or not finite). */
+   CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside
+   1.2e-38 .. 1.8e19: the kernels take 1/scale as a float). */
 clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale);
 /* 1 when the last step whose verdict reached the host was skipped by AMP (an Inf or NaN
    gradient), else 0 (also for NULL). Host only; never blocks (see clopt_optimizer_poll). */
