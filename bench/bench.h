@@ -230,7 +230,7 @@ double bench_now_ms(void);
 typedef enum optrun_mode {
     OPTRUN_SEPARATE = 0,
     OPTRUN_ARENA,
-    OPTRUN_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (bound 1e30) on */
+    OPTRUN_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (bound 1e18) on */
     OPTRUN_RANGES     /* two range groups over one flat caller-owned buffer (every other
                          tensor in the second, as an engine's biases) */
 } optrun_mode;

@@ -12,7 +12,7 @@
  *   arena     clopt_optimizer_step over T tensors in one arena group (one launch for the
  *             element-wise rules), T = 1 included as the optimizer-level reference
  *   separate  clopt_optimizer_step over T caller-owned tensors (one launch per tensor)
- *   arena_amp arena with AMP (loss scale 1) and global-norm clipping (bound never reached)
+ *   arena_amp arena with AMP (loss scale 1) and global-norm clipping (bound 1e18, never reached)
  *             on: the gradient check and the verdict run on the device, nothing waits
  *   ranges    two range groups over T tensors in one caller-owned flat buffer (even and odd
  *             tensors, as an engine's weights and biases): one launch per group

@@ -216,7 +216,7 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         }
         if (mode == OPTRUN_ARENA_AMP &&
             ((s = clopt_optimizer_set_grad_scale(o->opt, 1.0)) != CLOPT_SUCCESS ||
-             (s = clopt_optimizer_set_grad_clip(o->opt, 1e30)) != CLOPT_SUCCESS)) {
+             (s = clopt_optimizer_set_grad_clip(o->opt, 1e18)) != CLOPT_SUCCESS)) {
             fail_clopt(ctx, "AMP and clipping", s);
             goto fail;
         }

@@ -8,7 +8,7 @@
 #   tensors.*                     --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000
 #                                 --reps 7
 #   engine.*                      --rules adamw,sgd_momentum,lion --sizes 2^20,2^24
-#                                 --tensors 6,1000 --variants arena,separate,arena_amp,ranges
+#                                 --tensors 6,1000 --variants arena,arena_amp,ranges
 #                                 --reps 15 (issue 11: AMP and clipping, range groups)
 #   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
@@ -98,7 +98,7 @@ rm -f "$MD.body"
         --rules adamw,sgd_momentum --sizes 2^24 --tensors 1,100,1000 --reps 7 $COMMON
     run engine "The engine contract: AMP and clipping on the device, range groups over one flat buffer" \
         --rules adamw,sgd_momentum,lion --sizes 2^20,2^24 --tensors 6,1000 \
-        --variants arena,separate,arena_amp,ranges --reps 15 $COMMON
+        --variants arena,arena_amp,ranges --reps 15 $COMMON
     run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
         --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON
 }
