@@ -650,13 +650,13 @@ static int mu_possible(clopt_rule rule, uint64_t step, double mu)
     return isfinite(mu) && mu >= 0 && mu <= 1 && (step > 0 || mu == 1);
 }
 
-/* A clipping norm or loss scale: 0 (off), or FLT_MIN .. CLOPT_MAX_SETTING (2^64), as
+/* A clipping norm or loss scale: 0 (off), or FLT_MIN .. CLOPT_MAX_FACTOR (2^126), as
    clopt_optimizer_set_grad_clip and clopt_optimizer_set_grad_scale accept (the kernels take
    max_norm and 1/scale as floats: a subnormal scale made θ NaN, a subnormal max_norm failed
    every step). */
 static int factor_possible(double x)
 {
-    return x == 0 || (x >= FLT_MIN && x <= CLOPT_MAX_SETTING);
+    return x == 0 || (x >= FLT_MIN && x <= CLOPT_MAX_FACTOR);
 }
 
 static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections,

@@ -50,9 +50,12 @@ struct clopt_ctx {
     size_t compiled, from_disk;
 };
 
-/* The largest magnitude of a hyperparameter, clip bound or loss scale: 2^64, so its square
-   stays finite in float32 (the smallest is FLT_MIN, so its reciprocal does). */
+/* The largest magnitude of a hyperparameter: 2^64, so its square stays finite in float32
+   (the smallest is FLT_MIN, so its reciprocal does). */
 #define CLOPT_MAX_SETTING 18446744073709551616.0
+/* The largest loss scale or clip bound: 2^126 = 1/FLT_MIN, so its reciprocal is a normal
+   float32 (the kernels take 1/scale and max_norm/norm as floats). */
+#define CLOPT_MAX_FACTOR 85070591730234615865843651857942052864.0
 /* Records a formatted detail in ctx->last_error (ctx may be NULL) and returns s. */
 clopt_status clopt_fail(clopt_ctx *ctx, clopt_status s, const char *fmt, ...) CLOPT_PRINTF(3, 4);
 /* For an OpenCL error: records "what: CL_NAME (code)" and returns the pass-through status. */

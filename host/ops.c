@@ -42,10 +42,10 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "step counts from 1");
     if (!(isfinite(a->grad_scale) && a->grad_scale >= 0) ||
         (a->grad_scale != 0 &&
-         !(a->grad_scale >= FLT_MIN && a->grad_scale <= CLOPT_MAX_SETTING)))
+         !(a->grad_scale >= FLT_MIN && a->grad_scale <= CLOPT_MAX_FACTOR)))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "grad_scale must be 0 (means 1) or in 1.2e-38 .. 1.8e19 (its "
-                          "reciprocal and square finite in float32)");
+                          "grad_scale must be 0 (means 1) or in 1.2e-38 .. 8.5e37 (it and its "
+                          "reciprocal normal in float32)");
     /* NAdam: the product of μ_1..μ_{t-1} underflows to 0 in long runs (β1 = 0: at once);
        torch keeps going, the bias correction 1 - Π tends to 1 */
     if (rule == CLOPT_NADAM && !(isfinite(a->mu_product) && a->mu_product >= 0 &&

@@ -648,10 +648,10 @@ clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
     if (!(isfinite(max_norm) && max_norm >= 0) ||
-        (max_norm != 0 && !(max_norm >= FLT_MIN && max_norm <= CLOPT_MAX_SETTING)))
+        (max_norm != 0 && !(max_norm >= FLT_MIN && max_norm <= CLOPT_MAX_FACTOR)))
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
-                          "max_norm must be 0 (clipping off) or in 1.2e-38 .. 1.8e19 (its "
-                          "reciprocal and square finite in float32)");
+                          "max_norm must be 0 (clipping off) or in 1.2e-38 .. 8.5e37 (it and "
+                          "its reciprocal normal in float32)");
     opt->max_grad_norm = max_norm;
     return CLOPT_SUCCESS;
 }
@@ -667,10 +667,10 @@ clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
     if (!(isfinite(scale) && scale >= 0) ||
-        (scale != 0 && !(scale >= FLT_MIN && scale <= CLOPT_MAX_SETTING)))
+        (scale != 0 && !(scale >= FLT_MIN && scale <= CLOPT_MAX_FACTOR)))
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
-                          "the loss scale must be 0 (AMP off) or in 1.2e-38 .. 1.8e19 (its "
-                          "reciprocal and square finite in float32)");
+                          "the loss scale must be 0 (AMP off) or in 1.2e-38 .. 8.5e37 (it and "
+                          "its reciprocal normal in float32)");
     opt->grad_scale = scale;
     return CLOPT_SUCCESS;
 }

@@ -483,7 +483,7 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx, hp, args or a needed buffer NULL),
  * CLOPT_ERR_INVALID_HYPERPARAM (clopt_hparams_validate), CLOPT_ERR_INVALID_SIZE (n = 0),
  * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative, not finite or
- * outside 1.2e-38 .. 1.8e19 (0 means 1), mu_product outside [0, 1] (0 is the
+ * outside 1.2e-38 .. 8.5e37 (0 means 1), mu_product outside [0, 1] (0 is the
  * underflowed product of a long run), a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
@@ -641,7 +641,7 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
    A non-finite gradient leaves the gradients unclipped (with AMP the step is skipped;
    without, clopt_step_report.nonfinite says so). max_norm 0 turns it off. Applies to the
    steps enqueued afterwards. Host only; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
-   CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside 1.2e-38 .. 1.8e19). */
+   CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside 1.2e-38 .. 8.5e37). */
 clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm);
 /* The total gradient norm (before clipping) of the latest step taken with clipping on whose
    verdict has reached the host (see clopt_optimizer_poll); NaN before any, when a gradient
@@ -723,7 +723,7 @@ clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on);
    found_inf). scale 0 turns AMP off (the default). The skip is decided on the device.
    Applies to the steps enqueued afterwards. Host only; CLOPT_SUCCESS,
    CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside
-   1.2e-38 .. 1.8e19: the kernels take 1/scale as a float). */
+   1.2e-38 .. 8.5e37: the kernels take 1/scale as a float). */
 clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale);
 /* 1 when the last step whose verdict reached the host was skipped by AMP (an Inf or NaN
    gradient), else 0 (also for NULL). Host only; never blocks (see clopt_optimizer_poll). */
