@@ -315,17 +315,23 @@ clopt_status clopt_o_grow_scratch(clopt_optimizer *opt)
     for (size_t i = 0; i < opt->nparams; i++)
         if (scratch_need(&opt->params[i]) > need)
             need = scratch_need(&opt->params[i]);
-    if (need <= opt->scratch_len)
+    return clopt_o_ensure_buffer(opt, &opt->scratch, &opt->scratch_len, need, CL_MEM_READ_WRITE,
+                                 "allocating reduction scratch");
+}
+
+clopt_status clopt_o_ensure_buffer(clopt_optimizer *opt, cl_mem *m, size_t *len, size_t floats,
+                                   cl_mem_flags flags, const char *what)
+{
+    if (floats <= *len)
         return CLOPT_SUCCESS;
     cl_int err = CL_SUCCESS;
-    cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE, need * sizeof(float), NULL,
-                              &err);
-    if (!m)
-        return clopt_fail_cl(opt->ctx, err, "allocating reduction scratch");
-    if (opt->scratch)
-        clReleaseMemObject(opt->scratch); /* deferred by OpenCL until its commands finish */
-    opt->scratch = m;
-    opt->scratch_len = need;
+    cl_mem b = clCreateBuffer(opt->ctx->context, flags, floats * sizeof(float), NULL, &err);
+    if (!b)
+        return clopt_fail_cl(opt->ctx, err, what);
+    if (*m)
+        clReleaseMemObject(*m); /* deferred by OpenCL until its commands finish */
+    *m = b;
+    *len = floats;
     return CLOPT_SUCCESS;
 }
 
@@ -690,6 +696,17 @@ clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on)
 
 /* ---- gradients -------------------------------------------------------------------------- */
 
+int clopt_o_grad_unit(const clopt_optimizer *opt, size_t i, clopt_tensor *grad, size_t *n)
+{
+    const clopt_param *e = &opt->params[i];
+    const clopt_group *g = &opt->groups[e->group];
+    if (g->arena && i != g->first)
+        return 0;
+    *grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
+    *n = g->arena ? g->arena_len : e->n;
+    return 1;
+}
+
 clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)
 {
     if (!opt)
@@ -697,12 +714,10 @@ clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)
     clopt_clear_error(opt->ctx);
     const float zero = 0.0f;
     for (size_t i = 0; i < opt->nparams; i++) {
-        const clopt_param *e = &opt->params[i];
-        const clopt_group *g = &opt->groups[e->group];
-        if (g->arena && i != g->first)
+        clopt_tensor grad;
+        size_t n;
+        if (!clopt_o_grad_unit(opt, i, &grad, &n))
             continue;
-        clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
-        size_t n = g->arena ? g->arena_len : e->n;
         cl_int err = clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
                                          grad.offset * sizeof(float), n * sizeof(float), 0, NULL,
                                          NULL);

@@ -119,11 +119,18 @@ size_t clopt_o_scr_gc(const clopt_param *e);
 clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp);
 void clopt_o_release_arena(clopt_group *g);
 clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);
+/* Makes *m hold at least `floats` floats: a new buffer replaces a smaller one (the old is
+   released, which OpenCL defers until its commands finish); *len tracks the size. */
+clopt_status clopt_o_ensure_buffer(clopt_optimizer *opt, cl_mem *m, size_t *len, size_t floats,
+                                   cl_mem_flags flags, const char *what);
 clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
 /* Shape checks shared by every way of adding tensors; fills e's shape and n. */
 clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e);
 /* Allocates and initialises e's own state buffers from index `from` on (e->owns_state). */
 clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t from);
+/* The gradient units: an arena group's whole gradient buffer (at its first tensor), or one
+   tensor's gradient. Returns 0 for the arena's other tensors; else *grad and *n. */
+int clopt_o_grad_unit(const clopt_optimizer *opt, size_t i, clopt_tensor *grad, size_t *n);
 /* A new buffer of `floats` floats filled with value (enqueued on the context's queue). */
 cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err);
 

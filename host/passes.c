@@ -52,12 +52,12 @@ static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsu
     return clopt_o_launch_items(opt, k, nsums);
 }
 
+/* Work-group size of the gradient check (each work-item sums its own contiguous block). */
+#define CHECK_LOCAL 64
 /* Items of the gradient check of a unit of n floats: blocks of >= 8192 floats, at most
    REDUCE_ITEMS (the partial sums of all units are added by step_verdict in one pass). Blocks
    of 4096-8192 floats read g fastest on PoCL (clopt-bench, arena_amp at 2^24: 1.18x the step
    without the check; 32768: 1.28x; a work-group tree in local memory: 1.48x). */
-/* Work-group size of the gradient check (each work-item sums its own contiguous block). */
-#define CHECK_LOCAL 64
 static size_t check_items(size_t n)
 {
     size_t items = (n + 8191) / 8192;
@@ -81,31 +81,21 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         return s;
     const int check = amp || opt->max_grad_norm > 0 || opt->check_finite;
     size_t total = 0;
-    for (size_t i = 0; check && i < opt->nparams; i++) {
-        const clopt_param *e = &opt->params[i];
-        const clopt_group *g = &opt->groups[e->group];
-        if (!(g->arena && i != g->first))
-            total += check_items(g->arena ? g->arena_len : e->n);
-    }
-    if (opt->cur.dry && 3 * total > opt->check_len) {
-        cl_int err = CL_SUCCESS;
-        cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE,
-                                  3 * total * sizeof(float), NULL, &err);
-        if (!m)
-            return clopt_fail_cl(opt->ctx, err, "allocating the gradient check");
-        if (opt->check)
-            clReleaseMemObject(opt->check); /* deferred by OpenCL until its commands finish */
-        opt->check = m;
-        opt->check_len = 3 * total;
-    }
+    clopt_tensor grad;
+    size_t n;
+    for (size_t i = 0; check && i < opt->nparams; i++)
+        if (clopt_o_grad_unit(opt, i, &grad, &n))
+            total += check_items(n);
+    if (opt->cur.dry &&
+        (s = clopt_o_ensure_buffer(opt, &opt->check, &opt->check_len, 3 * total,
+                                   CL_MEM_READ_WRITE, "allocating the gradient check")) !=
+            CLOPT_SUCCESS)
+        return s;
     size_t at = 0;
     for (size_t i = 0; check && i < opt->nparams; i++) {
-        const clopt_param *e = &opt->params[i];
-        const clopt_group *g = &opt->groups[e->group];
-        if (g->arena && i != g->first)
+        if (!clopt_o_grad_unit(opt, i, &grad, &n))
             continue; /* the arena's whole gradient buffer is one unit */
-        clopt_tensor grad = g->arena ? (clopt_tensor){g->arena_grad, 0} : e->grad;
-        size_t n = g->arena ? g->arena_len : e->n, items = check_items(n);
+        const size_t items = check_items(n);
         clopt_args a = {k, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, grad);
         clopt_arg_ulong(&a, n);

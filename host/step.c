@@ -57,6 +57,21 @@ static clopt_status reserve_rows(clopt_optimizer *opt, size_t rows, float **out)
     return CLOPT_SUCCESS;
 }
 
+/* The arguments of outcome d (d more steps applied) of tensor e in group g: its hyperparameters
+   (*hp), NAdam product and Sophia estimate into *a; returns the tensor's step t. */
+static uint64_t outcome_args(const clopt_optimizer *opt, const clopt_param *e,
+                             const clopt_group *g, uint64_t d, clopt_hparams *hp,
+                             clopt_step_args *a)
+{
+    const uint64_t t = e->step + 1 + d;
+    *hp = outcome_hp(opt, g, d);
+    a->mu_product = mu_product_ahead(opt, e, d);
+    a->hessian = (clopt_tensor){NULL, 0};
+    if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
+        a->hessian = e->hessian;
+    return t;
+}
+
 /* One element-wise launch over n elements of (param, grad, states) views for the outcomes
    d = dlo .. dhi of the steps in flight (the tensor's step t = its count + 1 + d): each
    outcome's per-step arguments, computed on the host in double, are a row of the table; the
@@ -77,13 +92,9 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
     float *rows;
     clopt_status s = reserve_rows(opt, (size_t)(dhi - dlo + 1), &rows);
+    clopt_hparams hp;
     for (uint64_t d = dlo; s == CLOPT_SUCCESS && rows && d <= dhi; d++) {
-        clopt_hparams hp = outcome_hp(opt, g, d);
-        const uint64_t t = e->step + 1 + d;
-        a.mu_product = mu_product_ahead(opt, e, d);
-        a.hessian = (clopt_tensor){NULL, 0};
-        if (opt->rule == CLOPT_SOPHIA && t % hp.hess_interval == 0)
-            a.hessian = e->hessian;
+        const uint64_t t = outcome_args(opt, e, g, d, &hp, &a);
         clopt_launch_plan plan;
         if ((s = clopt_plan_step(opt->ctx, opt->rule, &hp, &a, t, &plan)) != CLOPT_SUCCESS)
             break;
@@ -98,12 +109,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     }
     if (s != CLOPT_SUCCESS)
         return s;
-    clopt_hparams hp = outcome_hp(opt, g, dlo);
-    const uint64_t t = e->step + 1 + dlo;
-    a.mu_product = mu_product_ahead(opt, e, dlo);
-    a.hessian = (clopt_tensor){NULL, 0};
-    if (opt->rule == CLOPT_SOPHIA && t % hp.hess_interval == 0)
-        a.hessian = e->hessian;
+    const uint64_t t = outcome_args(opt, e, g, dlo, &hp, &a); /* the launch's own arguments */
     opt->cur.expect = opt->step + dlo;
     opt->cur.ncand = (cl_uint)(dhi - dlo + 1);
     s = clopt_enqueue_step_ctl(opt->ctx, opt->q, opt->rule, &hp, &a, n, t, &opt->cur, 0, NULL,
@@ -447,20 +453,10 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     opt->q = queue ? queue : ctx->queue;
     if ((s = step_body(opt, grad_scale, amp, uncertain, 1)) != CLOPT_SUCCESS)
         goto out;
-    const size_t tab_floats = opt->tab_used * CLOPT_CTRL_ROW;
-    if (tab_floats > opt->tab_len) { /* still before the first enqueue */
-        cl_int e2 = CL_SUCCESS;
-        cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY, tab_floats * sizeof(float),
-                                  NULL, &e2);
-        if (!m) {
-            s = clopt_fail_cl(ctx, e2, "allocating the step's argument table");
-            goto out;
-        }
-        if (opt->tab)
-            clReleaseMemObject(opt->tab); /* deferred by OpenCL until its commands finish */
-        opt->tab = m;
-        opt->tab_len = tab_floats;
-    }
+    const size_t tab_floats = opt->tab_used * CLOPT_CTRL_ROW; /* still before any enqueue */
+    if ((s = clopt_o_ensure_buffer(opt, &opt->tab, &opt->tab_len, tab_floats, CL_MEM_READ_ONLY,
+                                   "allocating the step's argument table")) != CLOPT_SUCCESS)
+        goto out;
     clopt_step_record *r =
         &opt->rec[(opt->rec_head + opt->rec_count) % CLOPT_MAX_IN_FLIGHT];
     memset(r, 0, sizeof *r);
