@@ -90,8 +90,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     clopt_state_layout(opt, &probe, &layout);
     const int own_state = desc->state[0] == NULL;
     for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
-        int need = !own_state && k < layout.nstate;
-        if ((desc->state[k] != NULL) != need && !(own_state && !desc->state[k]))
+        const int need = !own_state && k < layout.nstate;
+        if ((desc->state[k] != NULL) != need)
             return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                               "%s with these hyperparameters has %zu state tensor(s): give a "
                               "buffer for each (state[0..%zu)) or none",
