@@ -332,17 +332,27 @@ void cloop_sophia(const cloop_args *a)
 
 /* ---- optimizer-level rules ------------------------------------------------------------- */
 
-/* Sums run in double here (the kernels use compensated float sums in a fixed order). */
+/* The reductions sum in float with a fixed blocking, as an engine's own loop would: blocks of
+   CLOOP_BLK consecutive elements (a row where the rule works per row) are summed in float
+   SIMD lanes, the block sums added per thread and the threads' sums by OpenMP. A block that
+   spans rows finds its row once, with one division, and then advances row and column as it
+   walks (no per-element division or modulo). */
 #ifdef _OPENMP
-#define OMP_PRAGMA(text) _Pragma(#text)
-#define OMP_SUM2(x, y) OMP_PRAGMA(omp parallel for schedule(static) reduction(+ : x, y))
+#define OMP(text) _Pragma(#text)
 #else
-#define OMP_SUM2(x, y)
+#define OMP(text)
 #endif
+enum { CLOOP_BLK = 8192 };
+
+static inline ptrdiff_t min_pd(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 
 /* Adafactor (Hugging Face transformers): a rows x cols matrix keeps row and column averages
    of g² + eps1 (s[0], s[1]); a vector (rows 0) a full one (s[0]); s[last] = exp_avg when
-   use_beta1. u = g / sqrt(v̂), clipped by max(1, RMS(u)/d), scaled by α_t. */
+   use_beta1. u = g / sqrt(v̂), clipped by max(1, RMS(u)/d), scaled by α_t. The matrix's
+   statistics take one pass over g: each thread sums its rows and adds g² + eps1 into its
+   own column partial sums, which are then added in thread order. u = g·rf·cf with the row
+   factor rf = 1/sqrt(Rv[r]/mean(Rv)) per row and the column factors cf = 1/sqrt(Cv) computed
+   once (as the kernel's rsqrt of each). */
 void cloop_adafactor(const cloop_args *a)
 {
     const clopt_hparams *hp = a->hp;
@@ -357,75 +367,123 @@ void cloop_adafactor(const cloop_args *a)
     }
     const float eps1 = (float)hp->eps, neg = hp->maximize ? -1.0f : 1.0f;
     const int factored = a->rows > 0;
-    const ptrdiff_t n = (ptrdiff_t)a->n, R = (ptrdiff_t)a->rows, C = (ptrdiff_t)a->cols;
+    const ptrdiff_t n = (ptrdiff_t)a->n;
+    const ptrdiff_t R = factored ? (ptrdiff_t)a->rows : 1, C = factored ? (ptrdiff_t)a->cols : n;
     float *p = a->p, *rv = a->s[0], *cv = factored ? a->s[1] : NULL;
     float *m = hp->use_beta1 ? a->s[factored ? 2 : 1] : NULL;
     const float *gr = a->g;
+    /* factored: per thread C column partial sums, then the column factors in the first C */
+    const int nt = cloop_threads();
+    float *part = NULL, *cf = NULL;
     float rmean = 1.0f;
     if (factored) {
-        OMP_FOR
-        for (ptrdiff_t r = 0; r < R; r++) {
-            double acc = 0.0;
-            for (ptrdiff_t c = 0; c < C; c++) {
-                float g = neg * gr[r * C + c];
-                acc += (double)(g * g + eps1);
-            }
-            rv[r] = beta2t * rv[r] + omb2t * (float)(acc / (double)C);
-        }
-        /* columns in blocks, each walking the rows (contiguous within a row) */
-        enum { BLK = 64 };
-        const ptrdiff_t nblk = (C + BLK - 1) / BLK;
-        OMP_FOR
-        for (ptrdiff_t b = 0; b < nblk; b++) {
-            double acc[BLK] = {0};
-            const ptrdiff_t c0 = b * BLK, c1 = c0 + BLK < C ? c0 + BLK : C;
-            for (ptrdiff_t r = 0; r < R; r++)
-                for (ptrdiff_t c = c0; c < c1; c++) {
-                    float g = neg * gr[r * C + c];
-                    acc[c - c0] += (double)(g * g + eps1);
+        part = calloc((size_t)nt * (size_t)C, sizeof *part);
+        if (!part)
+            return; /* out of host memory: p unchanged, the correctness check says so */
+        const float inv_c = 1.0f / (float)C, inv_r = 1.0f / (float)R;
+        OMP(omp parallel num_threads(nt))
+        {
+#ifdef _OPENMP
+            float *cs = part + (size_t)omp_get_thread_num() * (size_t)C;
+#else
+            float *cs = part;
+#endif
+            OMP(omp for schedule(static))
+            for (ptrdiff_t r = 0; r < R; r++) {
+                const float *g_r = gr + r * C;
+                float acc = 0.0f;
+                OMP(omp simd reduction(+ : acc))
+                for (ptrdiff_t c = 0; c < C; c++) {
+                    float g = neg * g_r[c], q = g * g + eps1;
+                    acc += q;
+                    cs[c] += q;
                 }
-            for (ptrdiff_t c = c0; c < c1; c++)
-                cv[c] = beta2t * cv[c] + omb2t * (float)(acc[c - c0] / (double)R);
+                rv[r] = beta2t * rv[r] + omb2t * (acc * inv_c);
+            }
         }
-        double s = 0.0;
+        for (int k = 1; k < nt; k++) {
+            const float *cs = part + (size_t)k * (size_t)C;
+            OMP(omp simd)
+            for (ptrdiff_t c = 0; c < C; c++)
+                part[c] += cs[c];
+        }
+        cf = part;
+        OMP(omp parallel for simd schedule(static))
+        for (ptrdiff_t c = 0; c < C; c++) {
+            float v = beta2t * cv[c] + omb2t * (part[c] * inv_r);
+            cv[c] = v;
+            cf[c] = 1.0f / sqrtf(v);
+        }
+        float s = 0.0f;
+        OMP(omp simd reduction(+ : s))
         for (ptrdiff_t r = 0; r < R; r++)
             s += rv[r];
-        rmean = (float)(s / (double)R);
+        rmean = s * inv_r;
     }
-    double su = 0.0, sp = 0.0;
-    OMP_SUM2(su, sp)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float g = neg * gr[i], u;
+    /* RMS(u) and RMS(θ); a vector's second moment is updated here */
+    const ptrdiff_t nblk = (n + CLOOP_BLK - 1) / CLOOP_BLK;
+    float su = 0.0f, sp = 0.0f;
+    OMP(omp parallel for schedule(static) reduction(+ : su, sp))
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        const ptrdiff_t i1 = min_pd(b * CLOOP_BLK + CLOOP_BLK, n);
+        float bu = 0.0f, bp = 0.0f;
         if (factored) {
-            u = g / sqrtf(rv[i / C] / rmean) / sqrtf(cv[i % C]);
+            ptrdiff_t i = b * CLOOP_BLK, r = i / C, c = i - r * C;
+            for (; i < i1; i += C - c, r++, c = 0) {
+                const ptrdiff_t len = min_pd(C - c, i1 - i);
+                const float rf = 1.0f / sqrtf(rv[r] / rmean);
+                const float *g_i = gr + i, *p_i = p + i, *cf_c = cf + c;
+                OMP(omp simd reduction(+ : bu, bp))
+                for (ptrdiff_t j = 0; j < len; j++) {
+                    float u = neg * g_i[j] * rf * cf_c[j];
+                    bu += u * u;
+                    bp += p_i[j] * p_i[j];
+                }
+            }
         } else {
-            float v = beta2t * rv[i] + omb2t * (g * g + eps1);
-            rv[i] = v;
-            u = g / sqrtf(v);
+            OMP(omp simd reduction(+ : bu, bp))
+            for (ptrdiff_t i = b * CLOOP_BLK; i < i1; i++) {
+                float g = neg * gr[i];
+                float v = beta2t * rv[i] + omb2t * (g * g + eps1);
+                rv[i] = v;
+                float u = g / sqrtf(v);
+                bu += u * u;
+                bp += p[i] * p[i];
+            }
         }
-        su += (double)u * u;
-        sp += (double)p[i] * p[i];
+        su += bu;
+        sp += bp;
     }
-    const float rms_u = (float)sqrt(su / (double)n), rms_p = (float)sqrt(sp / (double)n);
+    const float rms_u = sqrtf(su / (float)n), rms_p = sqrtf(sp / (float)n);
     const float rho_f = (float)rho;
     const float alpha = hp->scale_parameter ? maxf((float)hp->eps2, rms_p) * rho_f : rho_f;
     const float scale = alpha / maxf(1.0f, rms_u / (float)hp->clip_threshold);
     const float wd = (float)hp->weight_decay, b1 = (float)hp->beta1,
-                c1 = (float)(1.0 - hp->beta1);
-    OMP_FOR
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float g = neg * gr[i];
-        float u = factored ? g / sqrtf(rv[i / C] / rmean) / sqrtf(cv[i % C]) : g / sqrtf(rv[i]);
-        u *= scale;
-        if (m) {
-            u = b1 * m[i] + c1 * u;
-            m[i] = u;
+                c1 = (float)(1.0 - hp->beta1), decay = 1.0f - wd * alpha;
+    /* the update, in the same blocks */
+    OMP(omp parallel for schedule(static))
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        const ptrdiff_t i1 = min_pd(b * CLOOP_BLK + CLOOP_BLK, n);
+        ptrdiff_t i = b * CLOOP_BLK, r = i / C, c = i - r * C;
+        for (; i < i1; i += C - c, r++, c = 0) {
+            const ptrdiff_t len = min_pd(C - c, i1 - i);
+            const float rf = factored ? 1.0f / sqrtf(rv[r] / rmean) * scale : scale;
+            const float *g_i = gr + i, *cf_c = factored ? cf + c : NULL,
+                        *rv_i = factored ? NULL : rv + i;
+            float *p_i = p + i, *m_i = m ? m + i : NULL;
+            OMP(omp simd)
+            for (ptrdiff_t j = 0; j < len; j++) {
+                float g = neg * g_i[j];
+                float u = factored ? g * rf * cf_c[j] : g / sqrtf(rv_i[j]) * rf;
+                if (m_i) {
+                    u = b1 * m_i[j] + c1 * u;
+                    m_i[j] = u;
+                }
+                p_i[j] = p_i[j] * decay - u;
+            }
         }
-        float th = p[i];
-        if (wd != 0.0f)
-            th = th - wd * alpha * th;
-        p[i] = th - u;
     }
+    free(part);
 }
 
 /* LAMB: pass 1 updates m, v and sums θ² and r² (r = m̂/(sqrt(v̂)+eps) + wd θ); pass 2
@@ -440,24 +498,31 @@ void cloop_lamb(const cloop_args *a)
     const float b1 = (float)hp->beta1, cg = (float)(hp->grad_averaging ? 1.0 - hp->beta1 : 1.0),
                 b2 = (float)hp->beta2, c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps,
                 wd = (float)hp->weight_decay, neg = hp->maximize ? -1.0f : 1.0f;
-    const ptrdiff_t n = (ptrdiff_t)a->n;
+    const ptrdiff_t n = (ptrdiff_t)a->n, nblk = (n + CLOOP_BLK - 1) / CLOOP_BLK;
     float *p = a->p, *m = a->s[0], *v = a->s[1];
     const float *gr = a->g;
-    double sp = 0.0, sr = 0.0;
-    OMP_SUM2(sp, sr)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float g = neg * gr[i], th = p[i];
-        float mm = b1 * m[i] + cg * g;
-        float vv = b2 * v[i] + c2 * g * g;
-        m[i] = mm;
-        v[i] = vv;
-        float r = (mm * ibc1) / (sqrtf(vv * ibc2) + eps) + wd * th;
-        sp += (double)th * th;
-        sr += (double)r * r;
+    float sp = 0.0f, sr = 0.0f;
+    OMP(omp parallel for schedule(static) reduction(+ : sp, sr))
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        const ptrdiff_t i1 = min_pd(b * CLOOP_BLK + CLOOP_BLK, n);
+        float bp = 0.0f, br = 0.0f;
+        OMP(omp simd reduction(+ : bp, br))
+        for (ptrdiff_t i = b * CLOOP_BLK; i < i1; i++) {
+            float g = neg * gr[i], th = p[i];
+            float mm = b1 * m[i] + cg * g;
+            float vv = b2 * v[i] + c2 * g * g;
+            m[i] = mm;
+            v[i] = vv;
+            float r = (mm * ibc1) / (sqrtf(vv * ibc2) + eps) + wd * th;
+            bp += th * th;
+            br += r * r;
+        }
+        sp += bp;
+        sr += br;
     }
-    const float wn = (float)sqrt(sp), rn = (float)sqrt(sr);
+    const float wn = sqrtf(sp), rn = sqrtf(sr);
     const float step = (float)hp->lr * ((wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f);
-    OMP_FOR
+    OMP(omp parallel for simd schedule(static))
     for (ptrdiff_t i = 0; i < n; i++) {
         float th = p[i];
         float r = (m[i] * ibc1) / (sqrtf(v[i] * ibc2) + eps) + wd * th;
@@ -467,7 +532,8 @@ void cloop_lamb(const cloop_args *a)
 
 /* Ranger's RAdam part (its code): decoupled decay, GC of the gradient rows (a matrix with
    grad_centralization), rectified when ρ_t > n_sma_threshold. The Lookahead sync is
-   cloop_lookahead, called by the driver every lookahead_k steps. */
+   cloop_lookahead, called by the driver every lookahead_k steps. The row means are float
+   sums per row; the update walks blocks that find their row once (as Adafactor's). */
 void cloop_ranger(const cloop_args *a)
 {
     const clopt_hparams *hp = a->hp;
@@ -492,24 +558,39 @@ void cloop_ranger(const cloop_args *a)
     const ptrdiff_t R = gc ? (ptrdiff_t)a->rows : 1, C = gc ? n / R : n;
     float *mean = calloc((size_t)R, sizeof *mean); /* a NULL here only turns GC off */
     if (gc && mean) {
-        OMP_FOR
+        const float inv_c = 1.0f / (float)C;
+        OMP(omp parallel for schedule(static))
         for (ptrdiff_t r = 0; r < R; r++) {
-            double acc = 0.0;
+            const float *g_r = gr + r * C;
+            float acc = 0.0f;
+            OMP(omp simd reduction(+ : acc))
             for (ptrdiff_t c = 0; c < C; c++)
-                acc += neg * gr[r * C + c];
-            mean[r] = (float)(acc / (double)C);
+                acc += neg * g_r[c];
+            mean[r] = acc * inv_c;
         }
     }
     const float *mu = gc ? mean : NULL;
-    LOOP(a)
-    {
-        float g = neg * gr[i] - (mu ? mu[i / C] : 0.0f);
-        float th = p[i] * decay;
-        float mm = b1 * m[i] + c1 * g;
-        float vv = b2 * v[i] + c2 * g * g;
-        m[i] = mm;
-        v[i] = vv;
-        p[i] = rect ? th - k * (mm / (sqrtf(vv) + eps)) : th - k * mm;
+    const ptrdiff_t nblk = (n + CLOOP_BLK - 1) / CLOOP_BLK;
+    OMP(omp parallel for schedule(static))
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        const ptrdiff_t i1 = min_pd(b * CLOOP_BLK + CLOOP_BLK, n);
+        ptrdiff_t i = b * CLOOP_BLK, r = i / C, c = i - r * C;
+        for (; i < i1; i += C - c, r++, c = 0) {
+            const ptrdiff_t len = min_pd(C - c, i1 - i);
+            const float mr = mu ? mu[r] : 0.0f;
+            const float *g_i = gr + i;
+            float *p_i = p + i, *m_i = m + i, *v_i = v + i;
+            OMP(omp simd)
+            for (ptrdiff_t j = 0; j < len; j++) {
+                float g = neg * g_i[j] - mr;
+                float th = p_i[j] * decay;
+                float mm = b1 * m_i[j] + c1 * g;
+                float vv = b2 * v_i[j] + c2 * g * g;
+                m_i[j] = mm;
+                v_i[j] = vv;
+                p_i[j] = rect ? th - k * (mm / (sqrtf(vv) + eps)) : th - k * mm;
+            }
+        }
     }
     free(mean);
 }
