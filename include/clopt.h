@@ -791,7 +791,16 @@ typedef struct clopt_schedule_stage {
 
 #define CLOPT_MAX_STAGES 4
 /* A schedule multiplies a group's lr by the product of its stages' factors (as torch's
-   ChainedScheduler), e.g. linear warmup for W steps times cosine decay starting at W. */
+   ChainedScheduler), e.g. linear warmup for W steps times cosine decay starting at W.
+   Every kind gives the factors torch's scheduler gives when stepped once per optimizer step
+   (tests/test_training.c replays torch's chainable forms step by step), with one deliberate
+   difference: past T the cosine holds eta_min (the factor is eta_min for every t >= T),
+   where torch's CosineAnnealingLR, its closed form and its chainable form alike, keeps
+   following eta_min + (base - eta_min)(1 + cos(π t/T))/2: it rises again after T_max, is
+   back at the base lr at 2·T_max and oscillates with period 2·T_max. Here T is the end of
+   the decay (training usually stops there); for cycles use CLOPT_SCHED_COSINE_RESTARTS.
+   Restarts also accept a non-integer t_mult (torch's CosineAnnealingWarmRestarts takes
+   integers only), with cycles of T·t_mult^i steps counted as torch counts them. */
 typedef struct clopt_schedule {
     size_t nstages; /* 0: constant lr */
     clopt_schedule_stage stage[CLOPT_MAX_STAGES];
