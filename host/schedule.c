@@ -28,9 +28,19 @@ static double stage_factor(const clopt_schedule_stage *st, uint64_t count)
         if (st->t_mult == 1.0) {
             cur = fmod(t, T);
         } else {
-            double n = floor(log(t / T * (st->t_mult - 1.0) + 1.0) / log(st->t_mult));
-            cur = t - T * (pow(st->t_mult, n) - 1.0) / (st->t_mult - 1.0);
-            len = T * pow(st->t_mult, n);
+            /* the logarithm estimates the cycle; at a cycle's first step it can round to
+               just below the integer (t_mult 3, T 1, t 121: 4.9999...), so the estimate is
+               moved to the cycle whose bounds hold t */
+            const double m = st->t_mult;
+            double n = floor(log(t / T * (m - 1.0) + 1.0) / log(m));
+            if (n < 0)
+                n = 0;
+            while (n > 0 && T * (pow(m, n) - 1.0) / (m - 1.0) > t)
+                n -= 1.0;
+            while (T * (pow(m, n + 1.0) - 1.0) / (m - 1.0) <= t)
+                n += 1.0;
+            cur = t - T * (pow(m, n) - 1.0) / (m - 1.0);
+            len = T * pow(m, n);
             if (cur < 0) /* rounding at a cycle boundary */
                 cur = 0;
         }
