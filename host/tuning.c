@@ -4,8 +4,9 @@
  * vector_width: floats per vector (vloadN/vstoreN); work_group_size: 0 lets the driver pick;
  * items_per_work_item: consecutive vectors one work-item updates (kernels/common.cl). A row
  * may name one rule's kernel: the first row that matches the device (type and name) and the
- * kernel wins, so per-kernel rows come before the device's default row.
- * The values come from clopt-bench --sweep-tuning runs (bench/results/):
+ * kernel wins, so per-kernel rows would come before the device's default row. The table has
+ * none today: one row per device type.
+ * Measured rows come from clopt-bench --sweep-tuning runs (bench/results/):
  *  - PoCL's CPU device: float16 vectors, 16 per work-item, work-groups of 64. Every
  *    work-item then runs a plain loop over 1024 consecutive floats, which LLVM compiles
  *    into straight vector code; every element-wise rule reaches 0.91-1.04 of its stream
@@ -15,8 +16,10 @@
  *    38-41 with VW 16 x 16 per work-item (sweep.txt). For AdamW, and over 4-64 vectors
  *    per work-item and work-groups of 64-1024, the configurations are within the
  *    run-to-run noise of each other; 16 x 64 keeps 2^20 floats in 16 work-groups.
- *  - GPUs get the common float4 / 256 / one vector per work-item choice (neighbouring
- *    work-items read neighbouring vectors; not measured here: no GPU was at hand). */
+ *  - GPUs: UNMEASURED. float4 / 256 / one vector per work-item is the common choice
+ *    (neighbouring work-items read neighbouring vectors), not a measurement: no GPU has run
+ *    clopt yet. Replace it from `clopt-bench --sweep-tuning` on the device (ci/gpu-check.sh
+ *    is the one command for a GPU machine). */
 #include "internal.h"
 
 #include <string.h>
