@@ -4,29 +4,44 @@
  * replay in double: the surfaces' gradients and Hessians are written again here; the
  * element-wise rules step with tests/ref (ref_step); Adafactor (1-D tensor: unfactored second
  * moment), LAMB and Ranger (RAdam + Lookahead; gradient centralization is a no-op in 1-D)
- * with the equations of tests/data/golden/{adafactor,lamb,ranger}/meta.json, written out
- * below.
+ * through tests/ref's ref_adafactor_step, ref_lamb_step and ref_ranger_step (the equations of
+ * tests/data/golden/{adafactor,lamb,ranger}/meta.json).
  *
- * Tolerance of a final point (see check_surface): max(floor, K·spread), where
- *  - floor = 2e-4·max(1, |θ_T|). In a well-conditioned path the device differs from the
- *    double replay only by float32 storage of θ, g and the state (2^-24 relative per step)
- *    and by hyperparameters sent as float32 (e.g. (1-β2) off by ~2e-5 relative, AdamW's
- *    decay 1 - lr·wd rounded to float: lr·wd off by ~1e-4); over the 3000 steps of a path,
- *    without amplification, that stays below ~2e-4 relative. Measured on PoCL: <= 1e-5.
- *  - spread: how far the replay's own final point moves under perturbations of that size,
- *    measured with the replay itself: θ, g and state stored as float32 after each step; the
- *    same with float32 hyperparameters; the start moved by 2^-23 in x; in y. The largest
- *    distance from the exact replay over the last 10% of the steps is the spread; K = 4.
- *    This is what makes the ill-conditioned paths checkable: Adadelta, RMSprop, NAdam,
- *    Adafactor and LAMB bounce across Rosenbrock's narrow valley and amplify a 1e-7
- *    difference to 1e-3 .. 1e-1 within a few hundred steps; Lion's sign decisions flip where
- *    β1·m + (1-β1)·g is near 0 (each flip moves the path by 2·lr) and it ends in a limit
- *    cycle around the minimum. The float32-storage replay goes through the same flips and
- *    the same divergence (on PoCL it follows the device's Lion path to 1e-7), and the
- *    device's distance from the exact replay is at most 1.0x the spread there.
- *    A well-conditioned path has a spread far below the floor, so there the floor decides:
- *    changing lr by 5% in the replay fails every rule that has an lr on at least one of the
- *    two surfaces (the saddle's paths are all well-conditioned), as does 2% on β1.
+ * Two checks per rule and surface (check_surface):
+ *
+ * 1. Per step, the whole path: the replay driven by the device's own path (replay_forced).
+ *    Step t starts from the device's θ_{t-1} and takes the gradient (and Sophia's estimate)
+ *    there, rounded to float32 as the device got them; only the replay's state is its own
+ *    (a function of those inputs). So nothing chaotic can amplify a difference: the valley's
+ *    sensitivity acts on θ, and θ is the device's at every step. Tolerance per coordinate:
+ *        ε|θ_t| + TOL_STEP_REL·|Δ_t| + TOL_K·s_t + 2^-126 (+ 2·lr at a sign near-tie),
+ *    ε = 2^-23: the float32 store of θ_t; |Δ_t| the replay's step (float32 arithmetic and
+ *    hyperparameters, e.g. (1-β2) 1.3e-5 off for β2 = 0.999, give a relative error of the
+ *    step up to ~1e-5 .. 1e-4); s_t the distance between this double replay and the same
+ *    replay with float32 state and hyperparameters (max over t ± SENS_WINDOW): the
+ *    conditioning of the step itself, large where a momentum is a small difference of large
+ *    gradients (Sophia's m in the valley: up to 6e-3 of the step); 2^-126: subnormals may be
+ *    flushed. Lion's and Sophia's sign decisions within TIE_MARGIN of 0 may flip (2·lr); none
+ *    occur on these paths. Every rule is within 0.8 of this tolerance on PoCL, and a wrong
+ *    reference fails it by 10^2 .. 10^7 (see below).
+ *
+ * 2. The free-running path up to its horizon. The device's path against the independent
+ *    double replay from the start, at every step up to the horizon: the last step before
+ *    which the replay's own sensitivity stays small, TOL_K·spread_t <= floor_t, with
+ *    floor_t = 2e-4·max(1, |θ_t|) and spread_t the largest distance from the exact replay
+ *    of the same replay with θ, g and the state stored as float32 after each step, with
+ *    float32 hyperparameters, or started 2^-23 (relative) off in x or in y. Adadelta,
+ *    RMSprop, NAdam, Lion, Sophia, Adafactor and LAMB bounce across Rosenbrock's narrow
+ *    valley and amplify a 1e-7 difference to 1e-3 .. 1e-1 (that is why the old end-point
+ *    tolerances grew to 0.16 .. 0.40): their horizons are 32 .. 2440 of 3000 steps; the other
+ *    paths are checked to the end point with the floor (a 5% change of lr fails it). The
+ *    horizon must be at least MIN_HORIZON steps.
+ *
+ * Breaking tests/ref shows that both can fail: NAdam without the bias correction of v,
+ * Adam/AdamW without 1/bc1, Adam with eps inside the root, Adadelta with eps outside the
+ * roots, RMSprop with eps inside the root, Lion with the wrong sign or β2 in place of β1,
+ * Adafactor without the eps2 floor of RMS(θ), Ranger rectifying one step early: each fails
+ * the per-step check of the rule (102 .. 10^7 times its tolerance).
  *
  * Set TRAJ_VERBOSE=1 to print, per rule and surface, the final points, distance, spread and
  * tolerance. */
@@ -77,99 +92,6 @@ static void surface_hess(traj_surface s, const double p[2], double h[2])
 /* Replays                                                                               */
 /* ------------------------------------------------------------------------------------ */
 
-static double rms2(const double a[2]) { return sqrt(0.5 * (a[0] * a[0] + a[1] * a[1])); }
-
-/* Adafactor, 1-D tensor (unfactored second moment), from the golden case's equations:
-   ρ_t = relative_step ? min(warmup_init ? 1e-6 t : 1e-2, 1/sqrt(t)) : lr;
-   α_t = scale_parameter ? max(eps2, RMS(θ_{t-1}))·ρ_t : ρ_t; β2t = 1 - t^decay_rate;
-   V = β2t V + (1-β2t)(g² + eps1); u = g/sqrt(V); u /= max(1, RMS(u)/clip_threshold); u *= α_t;
-   use_beta1: M = β1 M + (1-β1) u, u = M; θ -= weight_decay·α_t·θ; θ -= u. */
-static void adafactor_step(const clopt_hparams *hp, unsigned t, double th[2], const double g[2],
-                           double V[2], double M[2])
-{
-    const double td = (double)t;
-    double rho = hp->lr;
-    if (hp->relative_step)
-        rho = fmin(hp->warmup_init ? 1e-6 * td : 1e-2, 1.0 / sqrt(td));
-    const double alpha = hp->scale_parameter ? fmax(hp->eps2, rms2(th)) * rho : rho;
-    const double b2t = 1.0 - pow(td, hp->decay_rate);
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        V[i] = b2t * V[i] + (1.0 - b2t) * (g[i] * g[i] + hp->eps);
-        u[i] = g[i] / sqrt(V[i]);
-    }
-    const double clip = fmax(1.0, rms2(u) / hp->clip_threshold);
-    for (int i = 0; i < 2; i++) {
-        u[i] = u[i] / clip * alpha;
-        if (hp->use_beta1) {
-            M[i] = hp->beta1 * M[i] + (1.0 - hp->beta1) * u[i];
-            u[i] = M[i];
-        }
-    }
-    for (int i = 0; i < 2; i++) {
-        if (hp->weight_decay != 0.0)
-            th[i] -= hp->weight_decay * alpha * th[i];
-        th[i] -= u[i];
-    }
-}
-
-/* LAMB (Algorithm 2), from the golden case's equations: m, v EMAs (m = β1 m + g without
-   grad_averaging); bias correction optional; r = m̂/(sqrt(v̂)+eps) + wd·θ;
-   trust = ‖θ‖/‖r‖ (1 when either is 0); θ -= lr·trust·r. */
-static void lamb_step(const clopt_hparams *hp, unsigned t, double th[2], const double g[2],
-                      double m[2], double v[2])
-{
-    const double b1 = hp->beta1, b2 = hp->beta2;
-    const double bc1 = hp->bias_correction ? 1.0 - pow(b1, t) : 1.0;
-    const double bc2 = hp->bias_correction ? 1.0 - pow(b2, t) : 1.0;
-    double r[2], wn = 0.0, rn = 0.0;
-    for (int i = 0; i < 2; i++) {
-        m[i] = b1 * m[i] + (hp->grad_averaging ? 1.0 - b1 : 1.0) * g[i];
-        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-        r[i] = (m[i] / bc1) / (sqrt(v[i] / bc2) + hp->eps) + hp->weight_decay * th[i];
-        wn += th[i] * th[i];
-        rn += r[i] * r[i];
-    }
-    wn = sqrt(wn);
-    rn = sqrt(rn);
-    const double trust = wn > 0.0 && rn > 0.0 ? wn / rn : 1.0;
-    for (int i = 0; i < 2; i++)
-        th[i] -= hp->lr * trust * r[i];
-}
-
-/* Ranger 20.4.11, from the golden case's equations (gradient centralization is a no-op for
-   a 1-D tensor): m, v EMAs; ρ∞ = 2/(1-β2) - 1, ρ_t = ρ∞ - 2tβ2^t/(1-β2^t); rectified when
-   ρ_t > n_sma_threshold with step = sqrt((1-β2^t)(ρ_t-4)/(ρ∞-4)(ρ_t-2)/ρ_t·ρ∞/(ρ∞-2))/(1-β1^t)
-   and θ -= step·lr·m/(sqrt(v)+eps), else θ -= lr·m/(1-β1^t); decoupled decay θ -= wd·lr·θ
-   first; every lookahead_k-th step φ += α(θ - φ), θ = φ (φ_0 = θ_0). */
-static void ranger_step(const clopt_hparams *hp, unsigned t, double th[2], const double g[2],
-                        double m[2], double v[2], double phi[2])
-{
-    const double b1 = hp->beta1, b2 = hp->beta2, td = (double)t;
-    const double bc1 = 1.0 - pow(b1, td), bc2 = 1.0 - pow(b2, td);
-    const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
-    const double rho_t = rho_inf - 2.0 * td * pow(b2, td) / bc2;
-    const int rect = rho_t > hp->n_sma_threshold;
-    const double step = rect ? sqrt(bc2 * (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) /
-                                    rho_t * rho_inf / (rho_inf - 2.0)) / bc1
-                             : 1.0 / bc1;
-    for (int i = 0; i < 2; i++) {
-        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-        if (hp->weight_decay != 0.0)
-            th[i] -= hp->weight_decay * hp->lr * th[i];
-        if (rect)
-            th[i] -= step * hp->lr * m[i] / (sqrt(v[i]) + hp->eps);
-        else
-            th[i] -= step * hp->lr * m[i];
-    }
-    if (hp->lookahead_k && t % hp->lookahead_k == 0)
-        for (int i = 0; i < 2; i++) {
-            phi[i] += hp->lookahead_alpha * (th[i] - phi[i]);
-            th[i] = phi[i];
-        }
-}
-
 /* Variants of the replay, to measure how sensitive a path is to rounding (see the top of the
    file): EXACT is the reference; F32 stores θ, the gradient and every state value as float32
    after each step, as the device does; F32_HP also rounds the hyperparameters to float32;
@@ -185,9 +107,62 @@ static double f32(double x)
     return f;
 }
 
+/* The hyperparameters as the kernels get them (float32). */
+static void hparams_f32(clopt_hparams *hp)
+{
+    hp->lr = f32(hp->lr);
+    hp->beta1 = f32(hp->beta1);
+    hp->beta2 = f32(hp->beta2);
+    hp->beta3 = f32(hp->beta3);
+    hp->eps = f32(hp->eps);
+    hp->alpha = f32(hp->alpha);
+    hp->rho = f32(hp->rho);
+    hp->momentum = f32(hp->momentum);
+    hp->weight_decay = f32(hp->weight_decay);
+}
+
+/* Fresh replay state: the rule's initial values; Ranger's slow weights φ_0 = θ_0. */
+static void state_init(clopt_rule rule, const clopt_hparams *hp, const double th[2],
+                       double st[CLOPT_MAX_STATE][2])
+{
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
+        st[k][0] = st[k][1] = rule < CLOPT_ADAFACTOR && k < ref_state_count(rule, hp)
+                                  ? ref_state_init(rule, hp, k)
+                                  : 0.0;
+    if (rule == CLOPT_RANGER) {
+        st[2][0] = th[0];
+        st[2][1] = th[1];
+    }
+}
+
+/* One step t of rule at θ = th (updated) with gradient g, through tests/ref. Sophia's
+   Hessian estimate is the clamped exact diagonal at θ_{t-1}, folded in after every
+   hess_interval-th step (as the optimizer level does), rounded to float32 when in32 (what
+   the device is given). */
+static void rule_step(clopt_rule rule, const clopt_hparams *hp, unsigned t, traj_surface s,
+                      double th[2], const double g[2], double *state[CLOPT_MAX_STATE],
+                      double *mu_product, int in32)
+{
+    if (rule == CLOPT_ADAFACTOR) {
+        ref_adafactor_step(hp, t, 1, 0, 0, 2, th, g, state, 1.0);
+    } else if (rule == CLOPT_LAMB) {
+        ref_lamb_step(hp, t, 2, th, g, state, 1.0);
+    } else if (rule == CLOPT_RANGER) {
+        ref_ranger_step(hp, t, 2, th, g, state, 1.0);
+    } else {
+        double h[2];
+        const int fold = rule == CLOPT_SOPHIA && t % hp->hess_interval == 0;
+        if (fold) {
+            surface_hess(s, th, h);
+            if (in32)
+                h[0] = f32(h[0]), h[1] = f32(h[1]);
+        }
+        ref_step(rule, hp, t, 2, th, g, state, fold ? h : NULL, mu_product, 1.0);
+    }
+}
+
 /* The whole path in double from traj_start; path receives 2*(steps+1) values. The gradient
-   is taken at the replay's own θ; Sophia's Hessian estimate is the clamped exact diagonal at
-   θ_{t-1}, folded in after every hess_interval-th step (as the optimizer level does). */
+   is taken at the replay's own θ. */
 static void replay(clopt_rule rule, traj_surface s, const clopt_hparams *hp, unsigned steps,
                    int variant, double *path)
 {
@@ -199,60 +174,87 @@ static void replay(clopt_rule rule, traj_surface s, const clopt_hparams *hp, uns
         th[1] *= 1.0 + 0x1p-23;
     const int store32 = variant == F32 || variant == F32_HP;
     clopt_hparams hq = *hp;
-    if (variant == F32_HP) {
-        hq.lr = f32(hq.lr);
-        hq.beta1 = f32(hq.beta1);
-        hq.beta2 = f32(hq.beta2);
-        hq.beta3 = f32(hq.beta3);
-        hq.eps = f32(hq.eps);
-        hq.alpha = f32(hq.alpha);
-        hq.rho = f32(hq.rho);
-        hq.momentum = f32(hq.momentum);
-        hq.weight_decay = f32(hq.weight_decay);
-    }
+    if (variant == F32_HP)
+        hparams_f32(&hq);
     hp = &hq;
     if (store32) {
         th[0] = f32(th[0]);
         th[1] = f32(th[1]);
     }
-    double phi[2] = {th[0], th[1]};
     double st[CLOPT_MAX_STATE][2];
     double *state[CLOPT_MAX_STATE] = {st[0], st[1], st[2], st[3]};
-    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
-        st[k][0] = st[k][1] = rule < CLOPT_ADAFACTOR && k < ref_state_count(rule, hp)
-                                  ? ref_state_init(rule, hp, k)
-                                  : 0.0;
+    state_init(rule, hp, th, st);
     double mu_product = 1.0;
     path[0] = th[0];
     path[1] = th[1];
     for (unsigned t = 1; t <= steps; t++) {
-        double g[2], h[2];
+        double g[2];
         surface_grad(s, th, g);
         if (store32) {
             g[0] = f32(g[0]);
             g[1] = f32(g[1]);
         }
-        if (rule == CLOPT_ADAFACTOR) {
-            adafactor_step(hp, t, th, g, st[0], st[1]);
-        } else if (rule == CLOPT_LAMB) {
-            lamb_step(hp, t, th, g, st[0], st[1]);
-        } else if (rule == CLOPT_RANGER) {
-            ranger_step(hp, t, th, g, st[0], st[1], phi);
-        } else {
-            const int fold = rule == CLOPT_SOPHIA && t % hp->hess_interval == 0;
-            if (fold)
-                surface_hess(s, th, h);
-            ref_step(rule, hp, t, 2, th, g, state, fold ? h : NULL, &mu_product, 1.0);
-        }
+        rule_step(rule, hp, t, s, th, g, state, &mu_product, store32);
         if (store32)
             for (int i = 0; i < 2; i++) {
                 th[i] = f32(th[i]);
-                phi[i] = f32(phi[i]);
                 for (int k = 0; k < CLOPT_MAX_STATE; k++)
                     st[k][i] = f32(st[k][i]);
             }
         path[2 * t] = th[0];
         path[2 * t + 1] = th[1];
+    }
+}
+
+/* The per-step check (see the top of the file): the replay driven by the device's own path.
+   Step t starts from the device's θ_{t-1} (float32), takes the gradient (and Sophia's
+   estimate) there, rounded to float32 as the device was given them, and advances the
+   replay's own double state; forced receives θ_t^ref (2*(steps+1) values) and step the
+   replay's |Δ_t| = |θ_{t-1} - θ_t^ref| per coordinate. tie (may hold 0) receives, per step
+   and coordinate, 1 where a sign decision of Lion or Sophia was a near-tie: the decided
+   quantity within TIE_MARGIN (relative) of 0, where float32 and double may take different
+   signs. */
+#define TIE_MARGIN 1e-4
+static void replay_forced(clopt_rule rule, traj_surface s, const clopt_hparams *hp0,
+                          unsigned steps, const double *dev, int store32, double *forced,
+                          double *step, unsigned char *tie)
+{
+    clopt_hparams hq = *hp0;
+    if (store32)
+        hparams_f32(&hq);
+    const clopt_hparams *hp = &hq;
+    double st[CLOPT_MAX_STATE][2];
+    double *state[CLOPT_MAX_STATE] = {st[0], st[1], st[2], st[3]};
+    state_init(rule, hp, dev, st);
+    double mu_product = 1.0;
+    forced[0] = dev[0];
+    forced[1] = dev[1];
+    step[0] = step[1] = 0.0;
+    tie[0] = tie[1] = 0;
+    for (unsigned t = 1; t <= steps; t++) {
+        double th[2] = {dev[2 * (t - 1)], dev[2 * (t - 1) + 1]}, g[2];
+        surface_grad(s, th, g);
+        g[0] = f32(g[0]);
+        g[1] = f32(g[1]);
+        for (int i = 0; i < 2; i++) {
+            double a = 0.0, b = 1.0; /* the decided quantity a, its scale b */
+            if (rule == CLOPT_LION) { /* sign(β1 m + (1-β1) g) */
+                a = hp->beta1 * st[0][i] + (1.0 - hp->beta1) * g[i];
+                b = hp->beta1 * fabs(st[0][i]) + (1.0 - hp->beta1) * fabs(g[i]);
+            } else if (rule == CLOPT_SOPHIA) { /* sign(m) min(|m|/(γh + eps), 1) */
+                a = hp->beta1 * st[0][i] + (1.0 - hp->beta1) * g[i];
+                b = hp->beta1 * fabs(st[0][i]) + (1.0 - hp->beta1) * fabs(g[i]);
+            }
+            tie[2 * t + i] = (rule == CLOPT_LION || rule == CLOPT_SOPHIA) && fabs(a) <= TIE_MARGIN * b;
+        }
+        rule_step(rule, hp, t, s, th, g, state, &mu_product, 1);
+        if (store32)
+            for (int k = 0; k < CLOPT_MAX_STATE; k++)
+                st[k][0] = f32(st[k][0]), st[k][1] = f32(st[k][1]);
+        for (int i = 0; i < 2; i++) {
+            forced[2 * t + i] = th[i];
+            step[2 * t + i] = fabs(dev[2 * (t - 1) + i] - th[i]);
+        }
     }
 }
 
@@ -321,8 +323,13 @@ static void test_table_and_surfaces(void **state)
         }
 }
 
+#define TOL_STEP_REL 1e-5
+#define MIN_HORIZON 30
+#define SENS_WINDOW 2
 enum { TOL_K = 4 };
 static const double TOL_FLOOR = 2e-4;
+static const double EPS32 = 0x1p-23; /* FLT_EPSILON */
+static const double TOL_STEP = TOL_STEP_REL;
 
 static void check_surface(traj_surface s)
 {
@@ -336,9 +343,11 @@ static void check_surface(traj_surface s)
         double *dev = malloc(sizeof(double) * len);
         double *ref = malloc(sizeof(double) * len);
         double *alt = malloc(sizeof(double) * len);
-        assert_non_null(dev);
-        assert_non_null(ref);
-        assert_non_null(alt);
+        double *spread = calloc(steps + 1, sizeof(double));
+        double *dstep = malloc(sizeof(double) * len);
+        unsigned char *tie = malloc(len);
+        double *sens = malloc(sizeof(double) * len);
+        assert_true(dev && ref && alt && spread && dstep && tie && sens);
         clopt_status st = traj_run(ctx, rule, s, &hp, steps, dev);
         if (st != CLOPT_SUCCESS)
             fail_msg("%s on %s: %s (%s)", clopt_rule_name(rule), traj_surface_name(s),
@@ -348,28 +357,83 @@ static void check_surface(traj_surface s)
         traj_start(s, start);
         assert_true(dev[0] == (double)(float)start[0] && dev[1] == (double)(float)start[1]);
 
+        /* 1. The free-running replay up to the horizon. */
         replay(rule, s, &hp, steps, EXACT, ref);
-        const unsigned from = steps - steps / 10;
-        double spread = 0.0;
         for (int v = EXACT + 1; v < NVARIANTS; v++) {
             replay(rule, s, &hp, steps, v, alt);
-            for (unsigned t = from; t <= steps; t++)
-                spread = fmax(spread, hypot(alt[2 * t] - ref[2 * t], alt[2 * t + 1] - ref[2 * t + 1]));
+            for (unsigned t = 0; t <= steps; t++)
+                spread[t] = fmax(spread[t], hypot(alt[2 * t] - ref[2 * t],
+                                                  alt[2 * t + 1] - ref[2 * t + 1]));
         }
-        const double *a = dev + 2 * steps, *b = ref + 2 * steps;
-        const double d = hypot(a[0] - b[0], a[1] - b[1]);
-        const double tol_floor = TOL_FLOOR * fmax(1.0, hypot(b[0], b[1]));
-        const double tol = fmax(tol_floor, TOL_K * spread);
-        const int ok = isfinite(a[0]) && isfinite(a[1]) && d <= tol;
+        unsigned horizon = 0;
+        double dmax = 0.0, dmax_tol = 1.0;
+        int free_ok = 1;
+        for (unsigned t = 1; t <= steps; t++) {
+            const double *a = dev + 2 * t, *b = ref + 2 * t;
+            const double tol = TOL_FLOOR * fmax(1.0, hypot(b[0], b[1]));
+            if (TOL_K * spread[t] > tol)
+                break;
+            horizon = t;
+            const double d = hypot(a[0] - b[0], a[1] - b[1]);
+            if (!(d <= tol))
+                free_ok = 0;
+            if (!(d / tol <= dmax / dmax_tol))
+                dmax = d, dmax_tol = tol;
+        }
+        if (horizon < MIN_HORIZON)
+            free_ok = 0;
+
+        /* 2. The per-step check of the whole path. */
+        replay_forced(rule, s, &hp, steps, dev, 1, ref, dstep, tie);
+        for (size_t k = 0; k < len; k++)
+            sens[k] = ref[k];
+        replay_forced(rule, s, &hp, steps, dev, 0, alt, dstep, tie);
+        for (size_t k = 0; k < len; k++)
+            sens[k] = fabs(sens[k] - alt[k]);
+        double worst = 0.0, worst_rel = 0.0;
+        unsigned worst_t = 0, nties = 0;
+        for (unsigned t = 1; t <= steps; t++)
+            for (int i = 0; i < 2; i++) {
+                const double a = dev[2 * t + i], b = alt[2 * t + i];
+                double sw = 0.0; /* the float32 replay's distance, over t ± SENS_WINDOW */
+                for (unsigned u = t > SENS_WINDOW ? t - SENS_WINDOW : 1;
+                     u <= t + SENS_WINDOW && u <= steps; u++)
+                    sw = fmax(sw, sens[2 * u + i]);
+                const double tol = EPS32 * fabs(b) + TOL_STEP * dstep[2 * t + i] + TOL_K * sw +
+                                   0x1p-126 +
+                                   (tie[2 * t + i] ? 2.0 * hp.lr * (1.0 + TOL_STEP) : 0.0);
+                nties += tie[2 * t + i];
+                const double e = fabs(a - b);
+                const double q = !isfinite(a)  ? INFINITY
+                                 : tol > 0.0   ? e / tol
+                                 : e > 0.0     ? INFINITY
+                                               : 0.0;
+                if (!(q <= worst)) {
+                    worst = q;
+                    worst_t = t;
+                }
+                const double rel = dstep[2 * t + i] > 0.0
+                                       ? fmax(0.0, e - EPS32 * fabs(b)) / dstep[2 * t + i]
+                                       : 0.0;
+                if (!tie[2 * t + i])
+                    worst_rel = fmax(worst_rel, rel);
+            }
+        const int step_ok = worst <= 1.0;
+        const int ok = free_ok && step_ok;
         if (verbose || !ok)
-            printf("  %-10s %-10s device (%+.7f, %+.7f) replay (%+.7f, %+.7f) |d| %.2e "
-                   "spread %.2e floor %.2e tol %.2e%s\n",
-                   traj_surface_name(s), clopt_rule_name(rule), a[0], a[1], b[0], b[1], d,
-                   spread, tol_floor, tol, ok ? "" : "  FAILED");
+            printf("  %-10s %-10s free: horizon %4u/%u max|d| %.2e (tol %.2e)%s; per step: "
+                   "worst %.3f of tol at t=%u, |rel step err| %.2e, ties %u%s\n",
+                   traj_surface_name(s), clopt_rule_name(rule), horizon, steps, dmax, dmax_tol,
+                   free_ok ? "" : " FAILED", worst, worst_t, worst_rel, nties,
+                   step_ok ? "" : " FAILED");
         failures += !ok;
         free(dev);
         free(ref);
         free(alt);
+        free(spread);
+        free(dstep);
+        free(tie);
+        free(sens);
     }
     assert_int_equal(failures, 0);
 }

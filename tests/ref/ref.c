@@ -13,6 +13,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------------------------- */
@@ -448,6 +449,153 @@ void ref_step(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, do
     default:
         break;
     }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Optimizer-level rules                                                              */
+/* ---------------------------------------------------------------------------------- */
+
+static double rms(size_t n, const double *x)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += x[i] * x[i];
+    return sqrt(s / (double)n);
+}
+
+void ref_adafactor_step(const clopt_hparams *hp, uint64_t t, size_t B, size_t R, size_t C,
+                        size_t n, double *param, const double *grad,
+                        double *state[CLOPT_MAX_STATE], double grad_scale)
+{
+    /* ρ_t = relative_step ? min(warmup_init ? 1e-6 t : 1e-2, 1/sqrt(t)) : lr;
+       α_t = scale_parameter ? max(eps2, RMS(θ_{t-1}))·ρ_t : ρ_t; β2t = 1 - t^decay_rate;
+       q = g² + eps1; factored: row/col EMAs of the row/column means of q,
+       u = g / sqrt(row/mean(row)) / sqrt(col); else V EMA of q, u = g/sqrt(V);
+       u /= max(1, RMS(u)/clip_threshold); u *= α_t; use_beta1: M = β1 M + (1-β1) u, u = M;
+       θ -= wd·α_t·θ; θ -= u */
+    const double gs = grad_scale == 0.0 ? 1.0 : grad_scale;
+    const double td = (double)t;
+    double rho = hp->lr;
+    if (hp->relative_step) rho = fmin(hp->warmup_init ? 1e-6 * td : 1e-2, 1.0 / sqrt(td));
+    const double alpha = hp->scale_parameter ? fmax(hp->eps2, rms(n, param)) * rho : rho;
+    const double b2t = 1.0 - pow(td, hp->decay_rate);
+    const int factored = R > 0;
+    double *m = hp->use_beta1 ? state[factored ? 2 : 1] : NULL;
+    double *u = malloc(n * sizeof *u);
+    if (!u) return;
+    for (size_t i = 0; i < n; i++) u[i] = eff_grad(hp, grad[i], gs);
+    if (factored) {
+        double *row = state[0], *col = state[1];
+        for (size_t b = 0; b < B; b++) {
+            const double *g = u + b * R * C;
+            double *rb = row + b * R, *cb = col + b * C;
+            for (size_t r = 0; r < R; r++) {
+                double s = 0.0;
+                for (size_t c = 0; c < C; c++) s += g[r * C + c] * g[r * C + c] + hp->eps;
+                rb[r] = b2t * rb[r] + (1.0 - b2t) * s / (double)C;
+            }
+            for (size_t c = 0; c < C; c++) {
+                double s = 0.0;
+                for (size_t r = 0; r < R; r++) s += g[r * C + c] * g[r * C + c] + hp->eps;
+                cb[c] = b2t * cb[c] + (1.0 - b2t) * s / (double)R;
+            }
+        }
+        for (size_t b = 0; b < B; b++) {
+            double *g = u + b * R * C;
+            const double *rb = row + b * R, *cb = col + b * C;
+            double rmean = 0.0;
+            for (size_t r = 0; r < R; r++) rmean += rb[r];
+            rmean /= (double)R;
+            for (size_t r = 0; r < R; r++)
+                for (size_t c = 0; c < C; c++)
+                    g[r * C + c] = g[r * C + c] / sqrt(rb[r] / rmean) / sqrt(cb[c]);
+        }
+    } else {
+        double *v = state[0];
+        for (size_t i = 0; i < n; i++) {
+            v[i] = b2t * v[i] + (1.0 - b2t) * (u[i] * u[i] + hp->eps);
+            u[i] /= sqrt(v[i]);
+        }
+    }
+    const double clip = fmax(1.0, rms(n, u) / hp->clip_threshold);
+    for (size_t i = 0; i < n; i++) {
+        double d = u[i] / clip * alpha;
+        if (m) {
+            m[i] = hp->beta1 * m[i] + (1.0 - hp->beta1) * d;
+            d = m[i];
+        }
+        if (hp->weight_decay != 0.0) param[i] -= hp->weight_decay * alpha * param[i];
+        param[i] -= d;
+    }
+    free(u);
+}
+
+void ref_lamb_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                   const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale)
+{
+    /* m = β1 m + (grad_averaging ? 1-β1 : 1) g; v = β2 v + (1-β2) g²; bias correction
+       optional; r = m̂/(sqrt(v̂)+eps) + wd·θ; trust = ‖θ‖/‖r‖ (1 when either is 0);
+       θ -= lr·trust·r */
+    const double gs = grad_scale == 0.0 ? 1.0 : grad_scale;
+    const double b1 = hp->beta1, b2 = hp->beta2, td = (double)t;
+    const double bc1 = hp->bias_correction ? 1.0 - pow(b1, td) : 1.0;
+    const double bc2 = hp->bias_correction ? 1.0 - pow(b2, td) : 1.0;
+    double *m = state[0], *v = state[1];
+    double *r = malloc(n * sizeof *r);
+    if (!r) return;
+    double wn = 0.0, rn = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double g = eff_grad(hp, grad[i], gs);
+        m[i] = b1 * m[i] + (hp->grad_averaging ? 1.0 - b1 : 1.0) * g;
+        v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+        r[i] = (m[i] / bc1) / (sqrt(v[i] / bc2) + hp->eps) + hp->weight_decay * param[i];
+        wn += param[i] * param[i];
+        rn += r[i] * r[i];
+    }
+    wn = sqrt(wn);
+    rn = sqrt(rn);
+    const double trust = wn > 0.0 && rn > 0.0 ? wn / rn : 1.0;
+    for (size_t i = 0; i < n; i++) param[i] -= hp->lr * trust * r[i];
+    free(r);
+}
+
+void ref_ranger_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                     const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale)
+{
+    /* m, v EMAs; ρ∞ = 2/(1-β2) - 1, ρ_t = ρ∞ - 2tβ2^t/(1-β2^t); rectified when
+       ρ_t > n_sma_threshold: step = sqrt((1-β2^t)(ρ_t-4)/(ρ∞-4)(ρ_t-2)/ρ_t·ρ∞/(ρ∞-2))/(1-β1^t),
+       θ -= step·lr·m/(sqrt(v)+eps); else θ -= lr·m/(1-β1^t); decoupled decay θ -= wd·lr·θ
+       first; every lookahead_k-th step φ += α(θ - φ), θ = φ */
+    const double gs = grad_scale == 0.0 ? 1.0 : grad_scale;
+    const double b1 = hp->beta1, b2 = hp->beta2, td = (double)t;
+    const double bc1 = 1.0 - pow(b1, td), bc2 = 1.0 - pow(b2, td);
+    const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * td * pow(b2, td) / bc2;
+    const int rect = rho_t > hp->n_sma_threshold;
+    const double step = rect ? sqrt(bc2 * (rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) /
+                                    rho_t * rho_inf / (rho_inf - 2.0)) / bc1
+                             : 1.0 / bc1;
+    double *m = state[0], *v = state[1], *phi = state[2];
+    for (size_t i = 0; i < n; i++) {
+        const double g = eff_grad(hp, grad[i], gs);
+        m[i] = b1 * m[i] + (1.0 - b1) * g;
+        v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+        if (hp->weight_decay != 0.0) param[i] -= hp->weight_decay * hp->lr * param[i];
+        if (rect)
+            param[i] -= step * hp->lr * m[i] / (sqrt(v[i]) + hp->eps);
+        else
+            param[i] -= step * hp->lr * m[i];
+    }
+    if (hp->lookahead_k && t % hp->lookahead_k == 0)
+        for (size_t i = 0; i < n; i++) {
+            phi[i] += hp->lookahead_alpha * (param[i] - phi[i]);
+            param[i] = phi[i];
+        }
+}
+
+double ref_clip_coef(double total_norm, double max_norm)
+{
+    if (!(max_norm > 0.0)) return 1.0;
+    return fmin(1.0, max_norm / (total_norm + 1e-6));
 }
 
 void ref_hutchinson(size_t n, const double *u, const double *hvp, double *out)

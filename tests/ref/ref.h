@@ -49,6 +49,35 @@ void ref_step(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, do
               const double *grad, double *state[CLOPT_MAX_STATE], const double *hess,
               double *mu_product, double grad_scale);
 
+/*
+ * The optimizer-level rules, one step t (>= 1) of one tensor in double, with the same
+ * conventions as ref_step (g = grad/grad_scale, grad_scale 0 = 1, negated when maximize).
+ * Gradient centralization is not applied (it is a no-op for the 1-D tensors these are used
+ * on; centralize grad first for others).
+ *
+ * Adafactor (Hugging Face semantics, tests/data/golden/adafactor/meta.json): factored when
+ * R > 0, over B stacked R×C matrices (n = B·R·C; HF's row statistics are the mean over the
+ * last dim, the column statistics over the second-to-last, per leading index), else a 1-D
+ * tensor of n elements. state, in clopt order: factored exp_avg_sq_row (B·R),
+ * exp_avg_sq_col (B·C); 1-D exp_avg_sq (n); then exp_avg (n) with use_beta1. RMS(θ) and
+ * RMS(u) are over the whole tensor.
+ */
+void ref_adafactor_step(const clopt_hparams *hp, uint64_t t, size_t B, size_t R, size_t C,
+                        size_t n, double *param, const double *grad,
+                        double *state[CLOPT_MAX_STATE], double grad_scale);
+/* LAMB (tests/data/golden/lamb/meta.json): state exp_avg, exp_avg_sq; norms over the tensor. */
+void ref_lamb_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                   const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale);
+/* Ranger 20.4.11 (tests/data/golden/ranger/meta.json): state exp_avg, exp_avg_sq and the
+   slow weights φ (slow_buffer), which the caller sets to θ_0 before step 1. */
+void ref_ranger_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                     const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale);
+
+/* torch.nn.utils.clip_grad_norm_'s coefficient for gradients whose total L2 norm is
+   total_norm: min(1, max_norm/(total_norm + 1e-6)); 1 when max_norm is 0 (off). The
+   clipped gradient is g·coef, i.e. grad_scale = 1/coef in the ref_*step functions. */
+double ref_clip_coef(double total_norm, double max_norm);
+
 /* Sophia's Hessian-diagonal estimators. */
 void ref_hutchinson(size_t n, const double *u, const double *hvp, double *out);
 void ref_gnb(size_t n, const double *ghat, double batch_size, double *out);
