@@ -194,23 +194,30 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 /* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
  * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
  * code does) and the row length, and subtracts the mean of element e's row, e / gc_cols.
- * GC_PARAMS goes in a kernel's parameter list right before n. */
+ * GC_PARAMS goes in a kernel's parameter list right before n. GC_APPLY runs inside
+ * ELEMENTWISE_BEGIN/END and passes the count of real elements of the vector (VW, or rem_ for
+ * the tail), so that no mean past the last row is ever read. */
 #ifndef GC
 #define GC 0
 #endif
 #if GC
 #define GC_PARAMS __global const float *gcm_, const ulong gcmo, const ulong gc_cols,
-#define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols)
-inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols)
+#define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols, full_ ? (uint)VW : rem_)
+inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols,
+                          uint cnt)
 {
     /* one division per vector; a vector inside one row (the usual case, cols >= VW)
-       subtracts one mean, else the row advances as the column wraps */
+       subtracts one mean (row is base's, a real row even for the tail), else the row
+       advances as the column wraps. Only the cnt real elements read a mean: the tail's
+       padding lanes would otherwise read means of rows past the array (an N x 1 shape has
+       one row per element, so the tail ran up to VW - 1 floats past the means, which end
+       where the optimizer's scratch buffer may end); their results are never stored. */
     ulong row = base / cols, col = base - row * cols;
     if (col + VW <= cols)
         return g - mean[row];
     float t[VW];
     for (uint k = 0; k < VW; k++) {
-        t[k] = mean[row];
+        t[k] = k < cnt ? mean[row] : 0.0f;
         if (++col == cols)
             col = 0, row++;
     }
