@@ -16,7 +16,9 @@ echo "== SPDX-License-Identifier in every source file"
 bash ci/spdx.sh --check
 
 echo "== build (Release, -Werror)"
-cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Release -DCLOPT_WERROR=ON -DCMAKE_INSTALL_PREFIX="$PWD/build/ci-install"
+# CLOPT_KERNEL_WERROR: the kernels too are built with -Werror (by PoCL here, by Oclgrind below)
+cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Release -DCLOPT_WERROR=ON -DCLOPT_KERNEL_WERROR=ON \
+      -DCMAKE_INSTALL_PREFIX="$PWD/build/ci-install"
 cmake --build build/ci -j"$jobs"
 
 echo "== tests"
@@ -24,6 +26,11 @@ ctest --test-dir build/ci --output-on-failure -j1
 
 echo "== conformance: every golden case of tests/data/golden"
 build/ci/host/conform/clopt-conform tests/data/golden
+
+echo "== Oclgrind: kernel tests and golden replay on a simulated device that checks every access"
+# a second OpenCL implementation: reads and writes past a buffer (discarded ones included),
+# data races, API misuse; any report fails (~1.5 min on 2 cores, sizes shrunk: see the script)
+bash ci/oclgrind.sh build/ci
 
 echo "== install and build consumers against the installed copy"
 rm -rf build/ci-install

@@ -305,8 +305,26 @@ static void cache_store(clopt_ctx *ctx, int dirfd, const char *key, cl_program p
 
 /* ---- in-memory cache -------------------------------------------------------------------- */
 
-static clopt_status build_program(clopt_ctx *ctx, const char *family, const char *options,
-                                  cl_program *out)
+/* Put before the caller's options in every build (the disk cache key included):
+ *  - -cl-std=CL1.2: the kernels are OpenCL C 1.2 and use no extension, so every conformant
+ *    implementation (1.2, 2.x, 3.0) must accept them. The specification's default is
+ *    already the device's highest 1.x version; saying it makes the contract explicit (a
+ *    driver that defaults to 2.0 would accept code 1.2 forbids), and a device without
+ *    OpenCL C 1.2 fails the build with its log instead of compiling as 1.1.
+ *  - -Werror when the library is built with the CMake option CLOPT_KERNEL_WERROR (ON in
+ *    ci/test.sh: PoCL's and Oclgrind's clang then fail the tests on any kernel warning).
+ *    A build option, not a field of the context: vendors' compilers warn about different
+ *    things, so an application must not fail on a driver's new warning, and the choice
+ *    needs no global state and no API. */
+#ifdef CLOPT_KERNEL_WERROR
+#define BASE_OPTIONS "-cl-std=CL1.2 -Werror"
+#else
+#define BASE_OPTIONS "-cl-std=CL1.2"
+#endif
+
+/* options: the whole option string, BASE_OPTIONS included (build_program below). */
+static clopt_status build_with(clopt_ctx *ctx, const char *family, const char *options,
+                               cl_program *out)
 {
     const clopt_embedded_file *common = find_source("common");
     const clopt_embedded_file *src = find_source(family);
@@ -378,6 +396,19 @@ static clopt_status build_program(clopt_ctx *ctx, const char *family, const char
         close(dirfd);
     *out = prog;
     return CLOPT_SUCCESS;
+}
+
+static clopt_status build_program(clopt_ctx *ctx, const char *family, const char *options,
+                                  cl_program *out)
+{
+    const size_t len = sizeof BASE_OPTIONS + 1 + strlen(options);
+    char *all = malloc(len);
+    if (!all)
+        return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "build options");
+    snprintf(all, len, "%s %s", BASE_OPTIONS, options);
+    clopt_status s = build_with(ctx, family, all, out);
+    free(all);
+    return s;
 }
 
 static clopt_program_entry *find_program(clopt_ctx *ctx, const char *family, const char *options)

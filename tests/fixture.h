@@ -8,6 +8,16 @@
 
 #include "clopt.h"
 
+/* CLOPT_TEST_SMALL=1 (set by ci/oclgrind.sh, which runs the tests on a simulated device
+ * that checks every memory access and is thousands of times slower than PoCL): tests with
+ * big sizes shrink them, keeping the boundaries they exist to cross (test_flat, and
+ * test_kernels with its own copy of this check). */
+static inline int test_small(void)
+{
+    const char *s = getenv("CLOPT_TEST_SMALL");
+    return s && *s && *s != '0';
+}
+
 typedef struct fixture {
     clopt_ctx *ctx;
 } fixture;

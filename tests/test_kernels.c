@@ -1089,7 +1089,14 @@ static size_t run_cases(clopt_ctx *ctx, const kcase *cases, size_t count)
 }
 
 #define NCASES(a) (sizeof(a) / sizeof((a)[0]))
-#define BIG ((size_t)1 << 20)
+/* The "big" cases span many work-groups: 2^20 elements. CLOPT_TEST_SMALL=1 (set by
+   ci/oclgrind.sh: a simulated device that checks every memory access runs these kernels
+   thousands of times slower than PoCL) shrinks them to 2^13 + 5: 33 work-groups of the
+   one-vector tuning (op_level_one_vector, the group that then runs), not a multiple of any
+   vector width, so the tail path runs too. */
+#define BIG_DEFAULT ((size_t)1 << 20)
+static size_t g_big = BIG_DEFAULT;
+#define BIG g_big
 
 /* Exactly representable coefficients, so δ_hp = 0 and the tolerance is the tight one. */
 #define EXACT_B1 0.875
@@ -1914,10 +1921,12 @@ static void test_randn(void **state)
     double mean = sum / n, var = sum2 / n - mean * mean, kurt = sum4 / n;
     print_message("randn 2^20: mean %.5f var %.5f E[x^4] %.4f P(|x|>3) %.5f\n", mean, var, kurt,
                   (double)tail / n);
-    assert_true(fabs(mean) < 5e-3);
-    assert_true(fabs(var - 1.0) < 1e-2);
-    assert_true(fabs(kurt - 3.0) < 0.06);
-    assert_true(fabs((double)tail / n - 0.0026998) < 0.00025);
+    if (n == ((size_t)1 << 20)) { /* too few draws for these bounds under CLOPT_TEST_SMALL */
+        assert_true(fabs(mean) < 5e-3);
+        assert_true(fabs(var - 1.0) < 1e-2);
+        assert_true(fabs(kurt - 3.0) < 0.06);
+        assert_true(fabs((double)tail / n - 0.0026998) < 0.00025);
+    }
     /* the four lanes of one counter are not all the same distribution's copies */
     size_t lane_eq = 0;
     for (size_t i = 0; i + 4 <= n; i += 4) lane_eq += a[i] == a[i + 1];
@@ -2042,6 +2051,9 @@ int main(void)
 {
     const char *v = getenv("CLOPT_TEST_VERBOSE");
     g_verbose = v && *v && *v != '0';
+    const char *small = getenv("CLOPT_TEST_SMALL");
+    if (small && *small && *small != '0')
+        g_big = ((size_t)1 << 13) + 5;
 
     const struct CMUnitTest reference[] = {
         cmocka_unit_test(test_reference_vs_golden),
@@ -2065,7 +2077,9 @@ int main(void)
     };
     int fails = 0;
     fails += cmocka_run_group_tests_name("reference", reference, NULL, NULL);
-    fails += cmocka_run_group_tests_name("op_level", op, ctx_setup, ctx_teardown);
+    if (g_big == BIG_DEFAULT) /* under CLOPT_TEST_SMALL (Oclgrind) test_golden and test_flat
+                                 run the default tuning's form of every rule */
+        fails += cmocka_run_group_tests_name("op_level", op, ctx_setup, ctx_teardown);
     fails += cmocka_run_group_tests_name("op_level_one_vector", op, ctx_setup_one_vector,
                                          ctx_teardown);
     fails += cmocka_run_group_tests_name("optimizer_level", opt, ctx_setup, ctx_teardown);
