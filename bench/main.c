@@ -1982,7 +1982,7 @@ static int run_sweep(env *e)
                     u->dev = malloc(o->reps * sizeof(double));
                     u->wall = malloc(o->reps * sizeof(double));
                     u->kern = malloc(o->reps * sizeof(double));
-                    ctun[ncfg] = (clopt_tuning){o->sweep_vw[i], o->sweep_wg[j], o->sweep_ipw[l]};
+                    ctun[ncfg] = (clopt_tuning){.vector_width = o->sweep_vw[i], .work_group_size = o->sweep_wg[j], .items_per_work_item = o->sweep_ipw[l]};
                     ncfg++;
                     if (!u->dev || !u->wall || !u->kern) {
                         fprintf(stderr, "clopt-bench: out of host memory\n");

@@ -488,9 +488,9 @@ void bench_rule_traffic(const bench_rule *r, const clopt_hparams *hp, bench_traf
     memset(t, 0, sizeof *t);
     t->lib_bytes = clopt_rule_bytes_per_param(r->rule, hp);
     if (r->rule == CLOPT_ADAFACTOR) {
-        /* rows: g; cols: g; partial sums: g, θ; update: g, θ -> θ (and m -> m) */
+        /* row and column statistics: g; partial sums: g, θ; update: g, θ -> θ (and m -> m) */
         t->rw = 1 + (hp->use_beta1 ? 1u : 0u);
-        t->ro = 5;
+        t->ro = 4;
     } else if (r->rule == CLOPT_LAMB) {
         /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
         t->rw = 3;

@@ -42,6 +42,8 @@ struct clopt_ctx {
     char platform_version[256];
     clopt_tuning tuning; /* the device's default, or the caller's (tuning_fixed) */
     int tuning_fixed;    /* set by clopt_ctx_set_tuning: one tuning for every kernel */
+    cl_uint compute_units;   /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if the query failed) */
+    size_t max_work_group;   /* CL_DEVICE_MAX_WORK_GROUP_SIZE (0 if the query failed) */
     char last_error[1024];
     char *build_log;
     char *cache_dir; /* CLOPT_CACHE_DIR at creation, NULL when unset */
@@ -79,6 +81,13 @@ unsigned clopt_tuning_ipw(const clopt_tuning *t);
 #define CLOPT_TUNING_OPTIONS "-DVW=%u -DIPW=%u"
 #define CLOPT_TUNING_ARGS(t) (t)->vector_width, clopt_tuning_ipw(t)
 
+/* The reduction shape of ctx (context.c): work-items per work-group (RL in the kernels) and
+   the number of work-groups of a partial sum (compute units x the factor, 1..4096), from
+   the tuning's reduce_* fields or the device type's defaults. */
+void clopt_reduce_shape(const clopt_ctx *ctx, unsigned *local, size_t *groups);
+/* "-DRL=..." for ctx's reduction shape (at most 16 characters). */
+#define CLOPT_REDUCE_OPTIONS " -DRL=%u"
+
 /* Validation helpers (util.c). */
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
@@ -109,6 +118,10 @@ void clopt_arg_int(clopt_args *a, cl_int v);
 clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                 size_t count, cl_uint num_wait, const cl_event *wait_list,
                                 cl_event *event);
+/* Enqueue `groups` work-groups of `local` work-items each (the reductions: RL items). */
+clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                 size_t groups, unsigned local, cl_uint num_wait,
+                                 const cl_event *wait_list, cl_event *event);
 /* The optimizer level's step control (CTRL in kernels/common.cl): launches read the skip
    flag, the clip coefficient and the device's step count from `buffer` and run only when
    that count equals `expect`. dry: fetch (compile) kernels and set arguments, enqueue

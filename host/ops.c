@@ -136,12 +136,15 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
                  ctl->ranges ? " -DRANGES=1" : "");
     }
     cl_kernel k = NULL, kgc = NULL;
+    unsigned rl; /* gradient centralization's row means: one work-group of rl items per row */
+    size_t ngroups;
+    clopt_reduce_shape(ctx, &rl, &ngroups);
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
         return s;
     if (plan.gc) {
-        char gcopt[64];
-        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d -DCTRL=%d",
-                 ctx->tuning.vector_width, hp->maximize ? 1 : 0, ctl != NULL);
+        char gcopt[80];
+        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d -DCTRL=%d" CLOPT_REDUCE_OPTIONS,
+                 ctx->tuning.vector_width, hp->maximize ? 1 : 0, ctl != NULL, rl);
         if ((s = clopt_get_kernel(ctx, "reduce", gcopt, "gc_rowmean", &kgc)) != CLOPT_SUCCESS)
             return s;
     }
@@ -198,7 +201,7 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if (ctl && ctl->dry)
         return CLOPT_SUCCESS;
     cl_event means = NULL;
-    if ((s = clopt_launch_items(ctx, q, kgc, args->gc_rows, num_wait, wait_list, &means)) !=
+    if ((s = clopt_launch_groups(ctx, q, kgc, args->gc_rows, rl, num_wait, wait_list, &means)) !=
         CLOPT_SUCCESS)
         return s;
     s = clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, 1, &means, event);

@@ -68,13 +68,13 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
     e->nstate = k;
 }
 
-/* Scratch floats one tensor's step needs: partials (2 per item), 2 sums, Adafactor's row
-   means (one per batch) and GC row means. */
-static size_t scratch_need(const clopt_param *e)
+/* Scratch floats one tensor's step needs: partials (2 per work-group), 2 sums, Adafactor's
+   row means (one per batch), GC row means and Adafactor's statistics partials. */
+static size_t scratch_need(const clopt_optimizer *opt, const clopt_param *e)
 {
-    size_t b, r, c;
-    clopt_o_factored_view(e, &b, &r, &c);
-    return 2 * (size_t)REDUCE_ITEMS + 2 + b + (e->ndim > 1 ? e->shape[0] : 0);
+    clopt_af_tiles t;
+    clopt_o_af_tiles(opt, e, &t);
+    return clopt_o_scr_af(e) + (opt->rule == CLOPT_ADAFACTOR ? t.floats : 0);
 }
 
 size_t clopt_o_scr_gc(const clopt_param *e)
@@ -82,6 +82,11 @@ size_t clopt_o_scr_gc(const clopt_param *e)
     size_t b, r, c;
     clopt_o_factored_view(e, &b, &r, &c);
     return SCR_RMEAN + b;
+}
+
+size_t clopt_o_scr_af(const clopt_param *e)
+{
+    return clopt_o_scr_gc(e) + (e->ndim > 1 ? e->shape[0] : 0);
 }
 
 /* ---- create / destroy / groups ----------------------------------------------------------- */
@@ -313,8 +318,8 @@ clopt_status clopt_o_grow_scratch(clopt_optimizer *opt)
 {
     size_t need = 0;
     for (size_t i = 0; i < opt->nparams; i++)
-        if (scratch_need(&opt->params[i]) > need)
-            need = scratch_need(&opt->params[i]);
+        if (scratch_need(opt, &opt->params[i]) > need)
+            need = scratch_need(opt, &opt->params[i]);
     return clopt_o_ensure_buffer(opt, &opt->scratch, &opt->scratch_len, need, CL_MEM_READ_WRITE,
                                  "allocating reduction scratch");
 }

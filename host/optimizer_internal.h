@@ -99,14 +99,10 @@ uint32_t clopt_crc32c(const void *data, size_t n);
 
 /* ---- shared by optimizer.c, ranges.c, passes.c and step.c ---------------------------- */
 
-/* Partial sums per reduction: a fixed number of items, so sums do not depend on the device.
-   Each item sums a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/common.cl). */
+/* Partial sums per reduction: at most REDUCE_ITEMS work-groups (clopt_reduce_shape), each
+   summing a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/common.cl). */
 #define REDUCE_ITEMS 4096u
 #define REDUCE_WIDTH 16u
-/* Elements per work-item of lamb_update and adafactor_update: RW · UPDATE_CHUNKS (common.cl);
-   columns per work-item of adafactor_cols: RW · COL_CHUNKS (adafactor.cl). */
-#define UPDATE_WIDTH (REDUCE_WIDTH * 4u)
-#define COLS_WIDTH (REDUCE_WIDTH * 4u)
 
 enum { SCR_SUMS = 2 * REDUCE_ITEMS, SCR_RMEAN = 2 * REDUCE_ITEMS + 2 };
 
@@ -116,6 +112,14 @@ void clopt_o_factored_view(const clopt_param *e, size_t *b, size_t *r, size_t *c
 size_t clopt_o_gc_rows(const clopt_hparams *hp, const clopt_param *e);
 /* Offset in the scratch of tensor e's GC row means. */
 size_t clopt_o_scr_gc(const clopt_param *e);
+/* Offset in the scratch of Adafactor's statistics partials of tensor e (after the GC means). */
+size_t clopt_o_scr_af(const clopt_param *e);
+/* Adafactor's statistics tiles of a factored tensor (all 0 for a 1-D one): column tiles,
+   rows per band, bands per batch, and the scratch floats of the partials. */
+typedef struct clopt_af_tiles {
+    size_t ntc, band_rows, nbands, floats;
+} clopt_af_tiles;
+void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af_tiles *t);
 clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp);
 void clopt_o_release_arena(clopt_group *g);
 clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);

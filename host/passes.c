@@ -11,14 +11,33 @@
 
 /* ---- kernels and reductions ------------------------------------------------------------ */
 
-static size_t reduce_items(size_t n) { return n < REDUCE_ITEMS ? n : REDUCE_ITEMS; }
+/* Work-groups of a partial sum over n floats: the context's count (compute units x a
+   factor, see clopt_reduce_shape), at most one per RW-float chunk. */
+static size_t reduce_groups(const clopt_optimizer *opt, size_t n)
+{
+    unsigned rl;
+    size_t g;
+    clopt_reduce_shape(opt->ctx, &rl, &g);
+    const size_t chunks = (n + REDUCE_WIDTH - 1) / REDUCE_WIDTH;
+    return chunks < g ? (chunks ? chunks : 1) : g;
+}
+
+static unsigned reduce_local(const clopt_optimizer *opt)
+{
+    unsigned rl;
+    size_t g;
+    clopt_reduce_shape(opt->ctx, &rl, &g);
+    return rl;
+}
 
 clopt_status clopt_o_kernel_of(clopt_optimizer *opt, const char *family, const clopt_hparams *hp,
                               int gc, const char *extra, const char *name, cl_kernel *k)
 {
-    char options[192];
-    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1%s",
-             CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc, extra);
+    char options[208];
+    snprintf(options, sizeof options,
+             CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1" CLOPT_REDUCE_OPTIONS "%s",
+             CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc,
+             reduce_local(opt), extra);
     return clopt_get_kernel(opt->ctx, family, options, name, k);
 }
 
@@ -35,6 +54,35 @@ clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t coun
     return clopt_launch_items(opt->ctx, opt->q, k, count, 0, NULL, NULL);
 }
 
+/* Enqueue `groups` work-groups of the reduction shape's items (nothing in a dry pass). */
+static clopt_status launch_groups(clopt_optimizer *opt, cl_kernel k, size_t groups)
+{
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_groups(opt->ctx, opt->q, k, groups, reduce_local(opt), 0, NULL, NULL);
+}
+
+/* Enqueue the update pass of LAMB or Adafactor over n elements: one work-item per
+   UPDATE_WIDTH elements (FOR_ITEM_CHUNKS in common.cl), in work-groups of the tuning's size
+   (the kernels return past n). The driver's own choice of work-group for these ranges made
+   PoCL schedule tiny groups: 1.4-2x slower. */
+static clopt_status launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
+{
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    const clopt_tuning t = {.vector_width = 1, .work_group_size =
+                                opt->ctx->tuning.work_group_size ? opt->ctx->tuning.work_group_size
+                                                                 : 64,
+                            .items_per_work_item = 1};
+    /* FOR_ITEM_CHUNKS in common.cl: parts of ceil(chunks / streams) chunks, each item
+       takes UPDATE_CHUNKS of every part (4 parts and 16 chunks with RL 1, else 1 and 1) */
+    const int cpu = reduce_local(opt) == 1;
+    const size_t streams = cpu ? 4 : 1, per = cpu ? 16 : 1;
+    const size_t part = (n / REDUCE_WIDTH + streams - 1) / streams;
+    const size_t items = part ? (part + per - 1) / per : 1;
+    return clopt_launch_elementwise(opt->ctx, opt->q, k, items, &t, 0, NULL, NULL);
+}
+
 /* scratch[dst .. dst+nsums) = sums of the nsums blocks of `items` partials at scratch[0]. */
 static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsums, size_t dst)
 {
@@ -49,19 +97,16 @@ static clopt_status enqueue_final(clopt_optimizer *opt, size_t items, size_t nsu
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, dst});
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
-    return clopt_o_launch_items(opt, k, nsums);
+    return launch_groups(opt, k, nsums);
 }
 
-/* Work-group size of the gradient check (each work-item sums its own contiguous block). */
-#define CHECK_LOCAL 64
-/* Items of the gradient check of a unit of n floats: blocks of >= 8192 floats, at most
-   REDUCE_ITEMS (the partial sums of all units are added by step_verdict in one pass). Blocks
-   of 4096-8192 floats read g fastest on PoCL (clopt-bench, arena_amp at 2^24: 1.18x the step
-   without the check; 32768: 1.28x; a work-group tree in local memory: 1.48x). */
-static size_t check_items(size_t n)
+/* Work-groups of the gradient check of a unit of n floats: the reduction shape's count,
+   but blocks of at least 8192 floats (a unit of a thousand small tensors adds one partial
+   each; step_verdict adds the partials of all units in one pass). */
+static size_t check_groups(const clopt_optimizer *opt, size_t n)
 {
-    size_t items = (n + 8191) / 8192;
-    return items < REDUCE_ITEMS ? items : REDUCE_ITEMS;
+    const size_t g = reduce_groups(opt, n), min_blocks = (n + 8191) / 8192;
+    return g < min_blocks ? g : min_blocks;
 }
 
 /* The gradient check of AMP, clipping and the opt-in finite check: per unit (an arena group's
@@ -85,7 +130,7 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
     size_t n;
     for (size_t i = 0; check && i < opt->nparams; i++)
         if (clopt_o_grad_unit(opt, i, &grad, &n))
-            total += check_items(n);
+            total += check_groups(opt, n);
     if (opt->cur.dry &&
         (s = clopt_o_ensure_buffer(opt, &opt->check, &opt->check_len, 3 * total,
                                    CL_MEM_READ_WRITE, "allocating the gradient check")) !=
@@ -95,7 +140,7 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
     for (size_t i = 0; check && i < opt->nparams; i++) {
         if (!clopt_o_grad_unit(opt, i, &grad, &n))
             continue; /* the arena's whole gradient buffer is one unit */
-        const size_t items = check_items(n);
+        const size_t items = check_groups(opt, n);
         clopt_args a = {k, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, grad);
         clopt_arg_ulong(&a, n);
@@ -106,13 +151,8 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         clopt_arg_ulong(&a, 2 * total + at);
         if (a.err != CL_SUCCESS)
             return clopt_o_set_failed(opt, &a);
-        if (!opt->cur.dry) {
-            size_t local = CHECK_LOCAL, global = (items + local - 1) / local * local;
-            cl_int err = clEnqueueNDRangeKernel(opt->q, k, 1, NULL, &global, &local, 0, NULL,
-                                                NULL);
-            if (err != CL_SUCCESS)
-                return clopt_fail_cl(opt->ctx, err, "clEnqueueNDRangeKernel");
-        }
+        if ((s = launch_groups(opt, k, items)) != CLOPT_SUCCESS)
+            return s;
         at += items;
     }
     clopt_args v = {kv, 0, CL_SUCCESS};
@@ -150,7 +190,7 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     clopt_arg_ctl(&a, &opt->cur);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
-    return clopt_o_launch_items(opt, k, *rows);
+    return launch_groups(opt, k, *rows);
 }
 
 static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, size_t rows)
@@ -162,6 +202,31 @@ static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, s
 }
 
 /* ---- multi-pass rules ------------------------------------------------------------------- */
+
+/* Adafactor's statistics tiles (adafactor_stats in kernels/adafactor.cl): TC = max(RL, 64)·RW
+   columns (RL·AFCK·RW), and bands of rows enough for about twice the reduction shape's
+   work-groups (each tile's partials are separate, so the sums do not depend on it). */
+void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af_tiles *t)
+{
+    size_t B, R, C, g;
+    unsigned rl;
+    clopt_o_factored_view(e, &B, &R, &C);
+    memset(t, 0, sizeof *t);
+    if (R == 0)
+        return;
+    clopt_reduce_shape(opt->ctx, &rl, &g);
+    const size_t tc = (size_t)(rl > 64 ? rl : 64) * REDUCE_WIDTH;
+    t->ntc = (C + tc - 1) / tc;
+    size_t bands = (2 * g + B * t->ntc - 1) / (B * t->ntc);
+    if (bands > R)
+        bands = R;
+    if (bands < 1)
+        bands = 1;
+    t->band_rows = (R + bands - 1) / bands;
+    t->nbands = (R + t->band_rows - 1) / t->band_rows;
+    /* row partials, column partials, row factors, column factors */
+    t->floats = B * R * t->ntc + B * t->nbands * C + B * R + B * C;
+}
 
 clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                               const clopt_hparams *hp, uint64_t t, float gmul)
@@ -178,7 +243,7 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     const double td = (double)t;
     const double bc1 = hp->bias_correction ? 1.0 - pow(hp->beta1, td) : 1.0;
     const double bc2 = hp->bias_correction ? 1.0 - pow(hp->beta2, td) : 1.0;
-    const size_t items = reduce_items(e->n);
+    const size_t items = reduce_groups(opt, e->n);
     clopt_args a = {kp, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, e->param);
     clopt_arg_tensor(&a, e->grad);
@@ -212,11 +277,10 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_ctl(&b, &opt->cur);
     if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
-    if ((s = clopt_o_launch_items(opt, kp, items)) !=
-            CLOPT_SUCCESS ||
+    if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_o_launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
+    return launch_update(opt, ku, e->n);
 }
 
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -232,10 +296,10 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     const int factored = R > 0;
     char extra[64];
     snprintf(extra, sizeof extra, " -DFACTORED=%d -DBETA1=%d", factored, hp->use_beta1 ? 1 : 0);
-    cl_kernel kr = NULL, kc = NULL, km = NULL, kp, ku;
+    cl_kernel ks = NULL, kf = NULL, km = NULL, kp, ku;
 #define AF_KERNEL(name, k) clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, name, k)
-    if (factored && ((s = AF_KERNEL("adafactor_rows", &kr)) != CLOPT_SUCCESS ||
-                     (s = AF_KERNEL("adafactor_cols", &kc)) != CLOPT_SUCCESS ||
+    if (factored && ((s = AF_KERNEL("adafactor_stats", &ks)) != CLOPT_SUCCESS ||
+                     (s = AF_KERNEL("adafactor_stats_finish", &kf)) != CLOPT_SUCCESS ||
                      (s = AF_KERNEL("adafactor_rmean", &km)) != CLOPT_SUCCESS))
         return s;
     if ((s = AF_KERNEL("adafactor_partial", &kp)) != CLOPT_SUCCESS ||
@@ -253,54 +317,71 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     const clopt_tensor s0 = e->state[0];
     const clopt_tensor s1 = factored ? e->state[1] : s0;
     const clopt_tensor rmean = {opt->scratch, SCR_RMEAN};
-    const size_t items = reduce_items(e->n);
+    const size_t items = reduce_groups(opt, e->n);
     const cl_ulong Rl = factored ? R : 1, Cl = factored ? C : 1;
+    /* factored: the row and column factors rsqrt(Rv / mean), rsqrt(Cv) in the scratch, which
+       the partial sums and the update read instead of the statistics */
+    clopt_tensor rfac = s0, cfac = s1;
+    /* the tiles follow the reduction shape, which clopt_ctx_set_tuning may have changed */
+    if (factored && opt->cur.dry && (s = clopt_o_grow_scratch(opt)) != CLOPT_SUCCESS)
+        return s;
     if (factored) {
-        clopt_args a = {kr, 0, CL_SUCCESS};
+        clopt_af_tiles at;
+        clopt_o_af_tiles(opt, e, &at);
+        const size_t rpo = clopt_o_scr_af(e), cpo = rpo + B * R * at.ntc;
+        const size_t rfo = cpo + B * at.nbands * C, cfo = rfo + B * R;
+        rfac = (clopt_tensor){opt->scratch, rfo};
+        cfac = (clopt_tensor){opt->scratch, cfo};
+        clopt_args a = {ks, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, e->grad);
-        clopt_arg_tensor(&a, s0);
         gc_args(opt, &a, e, rows);
-        clopt_arg_ulong(&a, B * R);
+        clopt_arg_ulong(&a, B);
+        clopt_arg_ulong(&a, R);
         clopt_arg_ulong(&a, C);
+        clopt_arg_ulong(&a, at.band_rows);
+        clopt_arg_ulong(&a, at.nbands);
+        clopt_arg_ulong(&a, at.ntc);
         clopt_arg_float(&a, gmul);
         clopt_arg_float(&a, (float)hp->eps);
-        clopt_arg_float(&a, (float)beta2t);
-        clopt_arg_float(&a, (float)(1.0 - beta2t));
-        clopt_args c = {kc, 0, CL_SUCCESS};
-        clopt_arg_tensor(&c, e->grad);
-        clopt_arg_tensor(&c, s1);
-        gc_args(opt, &c, e, rows);
-        clopt_arg_ulong(&c, B);
-        clopt_arg_ulong(&c, R);
-        clopt_arg_ulong(&c, C);
-        clopt_arg_float(&c, gmul);
-        clopt_arg_float(&c, (float)hp->eps);
-        clopt_arg_float(&c, (float)beta2t);
-        clopt_arg_float(&c, (float)(1.0 - beta2t));
+        clopt_arg_mem(&a, opt->scratch);
+        clopt_arg_ulong(&a, rpo);
+        clopt_arg_ulong(&a, cpo);
+        clopt_args f = {kf, 0, CL_SUCCESS};
+        clopt_arg_tensor(&f, s0);
+        clopt_arg_tensor(&f, s1);
+        clopt_arg_ulong(&f, B);
+        clopt_arg_ulong(&f, R);
+        clopt_arg_ulong(&f, C);
+        clopt_arg_ulong(&f, at.nbands);
+        clopt_arg_ulong(&f, at.ntc);
+        clopt_arg_mem(&f, opt->scratch);
+        clopt_arg_ulong(&f, rpo);
+        clopt_arg_ulong(&f, cpo);
+        clopt_arg_ulong(&f, cfo);
+        clopt_arg_float(&f, (float)beta2t);
+        clopt_arg_float(&f, (float)(1.0 - beta2t));
         clopt_args m = {km, 0, CL_SUCCESS};
         clopt_arg_tensor(&m, s0);
         clopt_arg_ulong(&m, B);
         clopt_arg_ulong(&m, R);
         clopt_arg_tensor(&m, rmean);
+        clopt_arg_ulong(&m, rfo);
         clopt_arg_ctl(&a, &opt->cur);
-        clopt_arg_ctl(&c, &opt->cur);
+        clopt_arg_ctl(&f, &opt->cur);
         clopt_arg_ctl(&m, &opt->cur);
-        if (a.err != CL_SUCCESS || c.err != CL_SUCCESS || m.err != CL_SUCCESS)
-            return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : c.err != CL_SUCCESS ? &c : &m);
-        if ((s = clopt_o_launch_items(opt, kr, B * R)) !=
-                CLOPT_SUCCESS ||
-            (s = clopt_o_launch_items(opt, kc, B * ((C + COLS_WIDTH - 1) / COLS_WIDTH))) !=
-                CLOPT_SUCCESS ||
-            (s = clopt_o_launch_items(opt, km, B)) !=
-                CLOPT_SUCCESS)
+        if (a.err != CL_SUCCESS || f.err != CL_SUCCESS || m.err != CL_SUCCESS)
+            return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : f.err != CL_SUCCESS ? &f : &m);
+        if ((s = launch_groups(opt, ks, B * at.nbands * at.ntc)) != CLOPT_SUCCESS ||
+            (s = clopt_o_launch_items(opt, kf, B * (R + C))) != CLOPT_SUCCESS ||
+            (s = launch_groups(opt, km, B)) != CLOPT_SUCCESS)
             return s;
     }
     clopt_args p = {kp, 0, CL_SUCCESS};
     clopt_arg_tensor(&p, e->param);
     clopt_arg_tensor(&p, e->grad);
     clopt_arg_tensor(&p, s0);
-    clopt_arg_tensor(&p, s1);
-    clopt_arg_tensor(&p, rmean);
+    clopt_arg_tensor(&p, cfac);
+    clopt_arg_tensor(&p, rfac);
     gc_args(opt, &p, e, rows);
     clopt_arg_ulong(&p, e->n);
     clopt_arg_ulong(&p, Rl);
@@ -315,8 +396,8 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_tensor(&u, e->param);
     clopt_arg_tensor(&u, e->grad);
     clopt_arg_tensor(&u, s0);
-    clopt_arg_tensor(&u, s1);
-    clopt_arg_tensor(&u, rmean);
+    clopt_arg_tensor(&u, cfac);
+    clopt_arg_tensor(&u, rfac);
     if (hp->use_beta1)
         clopt_arg_tensor(&u, e->state[e->nkernel - 1]);
     gc_args(opt, &u, e, rows);
@@ -336,10 +417,9 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_ctl(&u, &opt->cur);
     if (p.err != CL_SUCCESS || u.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, p.err != CL_SUCCESS ? &p : &u);
-    if ((s = clopt_o_launch_items(opt, kp, items)) !=
-            CLOPT_SUCCESS ||
+    if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||
         (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
         return s;
-    return clopt_o_launch_items(opt, ku, (e->n + UPDATE_WIDTH - 1) / UPDATE_WIDTH);
+    return launch_update(opt, ku, e->n);
 }
 

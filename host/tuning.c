@@ -32,11 +32,11 @@ typedef struct tuning_row {
 } tuning_row;
 
 static const tuning_row tuning_table[] = {
-    {CL_DEVICE_TYPE_CPU, NULL, NULL, {16, 64, 16}},
-    {CL_DEVICE_TYPE_GPU, NULL, NULL, {4, 256, 1}},
+    {CL_DEVICE_TYPE_CPU, NULL, NULL, {16, 64, 16, 0, 0}},
+    {CL_DEVICE_TYPE_GPU, NULL, NULL, {4, 256, 1, 0, 0}},
 };
 
-static const clopt_tuning tuning_default = {4, 0, 1};
+static const clopt_tuning tuning_default = {4, 0, 1, 0, 0};
 
 clopt_tuning clopt_default_tuning(cl_device_type type, const char *device_name,
                                   const char *kernel)

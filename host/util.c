@@ -51,6 +51,16 @@ clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kerne
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
 }
 
+clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                 size_t groups, unsigned local, cl_uint num_wait,
+                                 const cl_event *wait_list, cl_event *event)
+{
+    size_t l = local ? local : 1, global = groups * l;
+    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &l, num_wait, wait_list,
+                                        event);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
+}
+
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n)
 {
     if (!t.buffer)

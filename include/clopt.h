@@ -240,14 +240,25 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx);
 /* Kernel tuning of a context: vector width (1, 2, 4, 8 or 16 floats per vector), work-group
    size (0 = let the driver choose) and vectors per work-item (consecutive vectors one
    work-item updates in a loop; 0 means 1, at most 1024). Defaults come from a small table
-   per device type, with rows for single kernels where they pay (see host/tuning.c).
+   with one row per device type and no per-kernel rows (see host/tuning.c; the GPU row is
+   unmeasured: no GPU has run clopt yet).
    get_tuning gives the device's default, get_rule_tuning what one rule's update kernel uses
    with these hyperparameters. set_tuning replaces the table by one tuning for every kernel
-   (programs compiled afterwards). Reductions do not depend on the tuning. */
+   (programs compiled afterwards).
+   The reductions (the gradient norm of AMP and clipping, LAMB's and Adafactor's sums and
+   statistics, gradient centralization's row means) have their own shape: reduce_local
+   work-items per work-group (a power of 2, 1-256; their sums are added by a fixed tree in
+   local memory) and reduce_groups_per_cu work-groups per compute unit for the partial sums;
+   0 picks the device type's default (CPU: 1 and 8, measured with clopt-bench; other devices:
+   256 and 4, capped by the device's work-group size, not yet measured on a GPU). Sums are bit-identical from run to run and do not depend on
+   the element-wise fields; their order (so the last bits) depends on these two fields and
+   on the device's compute units. */
 typedef struct clopt_tuning {
     unsigned vector_width;
     size_t work_group_size;
     unsigned items_per_work_item;
+    unsigned reduce_local;
+    unsigned reduce_groups_per_cu;
 } clopt_tuning;
 /* clopt_tuning may grow: initialise one with clopt_ctx_get_tuning, then change fields.
    get: CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT. set: also CLOPT_ERR_INVALID_ARGUMENT (a

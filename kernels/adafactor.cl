@@ -4,8 +4,8 @@
  * A tensor with >= 2 dims is seen as B × R × C (B = product of the leading dims) and keeps
  * row statistics Rv (B·R) and column statistics Cv (B·C): exponential averages of the row and
  * column means of g² + eps1. v̂ = Rv·Cvᵀ / mean(Rv) per batch, u = g / sqrt(v̂). A 1-D tensor
- * keeps a full V. Passes: rows, cols, row means (factored) -> partial sums of u² and θ² ->
- * sum_final -> update (u clipped by max(1, RMS(u)/d), scaled by α_t, optional first moment,
+ * keeps a full V. Passes: row and column statistics in one pass over g, their final sums,
+ * row means (factored) -> partial sums of u² and θ² -> sum_final -> update (u clipped by max(1, RMS(u)/d), scaled by α_t, optional first moment,
  * decoupled decay α_t·wd). Every sum runs in a fixed order (see reduce.cl): the kernels
  * read RW-float chunks (common.cl) whatever the context's tuning.
  * Defines: FACTORED, BETA1, GC, MAXIMIZE. */
@@ -16,107 +16,193 @@
 #define BETA1 0
 #endif
 
-/* Row statistics: item `row` of the B·R rows sums g² + eps1 along its row in RW-float chunks
- * (FOR_CHUNKS: RACC lane-wise Kahan sums over sub-blocks; a partial last chunk is masked). */
-__kernel void adafactor_rows(__global const float *g_, const ulong go, __global float *r_,
-                             const ulong ro, GC_PARAMS const ulong nrows, const ulong cols,
-                             float gmul, const float eps1, const float beta2t,
-                             const float ombeta2t CTRL_PARAMS)
+/* Row and column statistics in one pass over g (factored tensors). The B × R × C view is cut
+ * into tiles of band_rows rows × TC columns, TC = RL·AFCK·RW (1024 columns on a CPU with RL 1,
+ * 4096 on a GPU with RL 256); work-group t takes tile t = (b·nbands + band)·ntc + tc. Item l
+ * owns the chunks l, l + RL, ... (AFCK of them) of the tile's columns, so on a GPU the items of
+ * a row read one contiguous run, and walks down the band's rows: per column a lane-wise Kahan
+ * sum of x² + eps1 (x = the gradient as the update sees it) over the band, per row a sum over
+ * its chunks. The row sums of the RL items are added in item order in local memory (AFRB rows
+ * at a time). Outputs (part_): the row partial of row (b, r) and tile column tc at
+ * rpo + (b·R + r)·ntc + tc, the column partial of (b, band, col) at cpo + (b·nbands + band)·C +
+ * col; adafactor_stats_finish adds them in index order. So each statistic's order depends
+ * only on the shape and RL, never on the work-group count. */
+/* The RW lanes of x added in lane order. */
+inline float lane_sum(floatR x)
 {
-    CTRL_GUARD(gmul);
-    const ulong row = get_global_id(0);
-    if (row >= nrows)
-        return;
-    const ulong e0 = row * cols;
-    __global const float *g = g_ + go + e0;
-    kahanR acc[RACC];
-    kahanR_clear(acc);
-#define ROW_BODY(e, cnt, k)                                                                 \
-    do {                                                                                   \
-        floatR x = GC_APPLYR(read_gradR(loadR(g + (e), cnt), gmul), e0 + (e), cnt);         \
-        kahanR_add(&acc[k], maskR(x * x + eps1, cnt));                                     \
-    } while (0)
-    FOR_CHUNKS(0, (cols + RW - 1) / RW, cols, ROW_BODY);
-#undef ROW_BODY
-    r_[ro + row] = beta2t * r_[ro + row] + ombeta2t * (kahanR_total(acc) / (float)cols);
+    float lanes[RW], s = 0.0f;
+    vstore16(x, 0, lanes);
+    for (uint k = 0; k < RW; k++)
+        s += lanes[k];
+    return s;
 }
 
-/* Column statistics: item j takes COL_CHUNKS adjacent RW-column chunks of one batch (fewer
- * or narrower at the end of a row) and walks down the R rows, one Kahan sum per column in row
- * order, as a scalar loop per column would. Several chunks per row step keep several cache
- * lines of each row in flight: the walk down a column is latency-bound on a CPU. */
-#define COL_CHUNKS 4
-__kernel void adafactor_cols(__global const float *g_, const ulong go, __global float *c_,
-                             const ulong co, GC_PARAMS const ulong batches, const ulong rows,
-                             const ulong cols, float gmul, const float eps1,
-                             const float beta2t, const float ombeta2t CTRL_PARAMS)
+#ifndef AFCK
+#define AFCK (RL >= 64 ? 1 : 64 / RL)
+#endif
+#define AFRB (RL < 16 ? RL : 16)
+__kernel void adafactor_stats(__global const float *g_, const ulong go, GC_PARAMS
+                              const ulong batches, const ulong rows, const ulong cols,
+                              const ulong band_rows, const ulong nbands, const ulong ntc,
+                              float gmul, const float eps1, __global float *part_,
+                              const ulong rpo, const ulong cpo CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    const ulong cpr = (cols + COL_CHUNKS * RW - 1) / (COL_CHUNKS * RW); /* items per row */
-    const ulong j = get_global_id(0);
-    if (j >= batches * cpr)
-        return;
-    const ulong b = j / cpr, c0 = (j - b * cpr) * (COL_CHUNKS * RW);
-    uint w[COL_CHUNKS]; /* columns of each chunk, 0..RW */
-    for (uint k = 0; k < COL_CHUNKS; k++)
-        w[k] = (uint)clamp((long)cols - (long)(c0 + k * RW), 0L, (long)RW);
+#if RL > 1
+    __local float lrow_[AFRB * RL];
+    uint rb = 0;
+#endif
+    const ulong t = get_group_id(0);
+    const ulong tc = t % ntc, bb = t / ntc, band = bb % nbands, b = bb / nbands;
+    if (b >= batches)
+        return; /* whole work-groups only */
+    const uint l = RL == 1 ? 0 : get_local_id(0);
+    const ulong r0 = band * band_rows, r1 = min(r0 + band_rows, rows);
+    const ulong col0 = tc * (RL * AFCK * RW) + l * RW;
+    uint w[AFCK]; /* columns of each of the item's chunks, 0..RW (0 from some j on) */
+    kahanR acc[AFCK];
+    for (uint j = 0; j < AFCK; j++) {
+        w[j] = (uint)clamp((long)cols - (long)(col0 + j * RL * RW), 0L, (long)RW);
+        acc[j].sum = acc[j].c = (floatR)(0.0f);
+    }
+    const int whole = w[AFCK - 1] == RW; /* every chunk full: the common case */
     g_ += go;
-    kahanR acc[COL_CHUNKS];
-    for (uint k = 0; k < COL_CHUNKS; k++)
-        acc[k].sum = acc[k].c = (floatR)(0.0f);
-    ulong e = b * rows * cols + c0;
-#define COL_ADD(k, cnt)                                                                     \
+#define STATS_CHUNK(j, cnt, e0, racc)                                                       \
     do {                                                                                   \
-        floatR x = GC_APPLYR(read_gradR(loadR(g_ + e + (k) * RW, cnt), gmul),              \
-                             e + (k) * RW, cnt);                                           \
-        kahanR_add(&acc[k], x * x + eps1); /* lanes >= cnt are never stored */             \
+        const ulong e_ = (e0) + (ulong)(j) * (RL * RW);                                    \
+        const floatR x = GC_APPLYR(read_gradR(loadR(g_ + e_, cnt), gmul), e_, cnt);        \
+        const floatR y = x * x + eps1;                                                     \
+        kahanR_add(&acc[j], y); /* lanes >= cnt are never stored */                        \
+        racc = racc + maskR(y, cnt);                                                       \
     } while (0)
-    if (w[COL_CHUNKS - 1] == RW) { /* four whole chunks */
-        for (ulong r = 0; r < rows; r++, e += cols) {
-            COL_ADD(0, RW);
-            COL_ADD(1, RW);
-            COL_ADD(2, RW);
-            COL_ADD(3, RW);
+#if RL == 1
+    /* A CPU: the band's rows in 4 sub-bands walked in lockstep, rows r0 + i, r0 + qb + i,
+       ... (4 memory streams: one core's bandwidth on one stream is bounded by its
+       outstanding misses); each column adds their squares in that order. */
+    const ulong qb = (r1 - r0 + 3) / 4;
+    for (ulong i = 0; i < qb; i++) {
+        const ulong ra = r0 + i, rb = ra + qb, rc = rb + qb, rd = rc + qb;
+        const ulong ea = (b * rows + ra) * cols + col0, eb = ea + qb * cols,
+                    ec = eb + qb * cols, ed = ec + qb * cols;
+        floatR sa = (floatR)(0.0f), sb = sa, sc = sa, sd = sa;
+        if (whole && rd < r1) {
+            for (uint j = 0; j < AFCK; j++) {
+                STATS_CHUNK(j, RW, ea, sa);
+                STATS_CHUNK(j, RW, eb, sb);
+                STATS_CHUNK(j, RW, ec, sc);
+                STATS_CHUNK(j, RW, ed, sd);
+            }
+        } else {
+            for (uint j = 0; j < AFCK && w[j] != 0; j++) {
+                STATS_CHUNK(j, w[j], ea, sa);
+                if (rb < r1)
+                    STATS_CHUNK(j, w[j], eb, sb);
+                if (rc < r1)
+                    STATS_CHUNK(j, w[j], ec, sc);
+                if (rd < r1)
+                    STATS_CHUNK(j, w[j], ed, sd);
+            }
         }
-    } else {
-        for (ulong r = 0; r < rows; r++, e += cols)
-            for (uint k = 0; k < COL_CHUNKS; k++)
-                if (w[k])
-                    COL_ADD(k, w[k]);
+        part_[rpo + (b * rows + ra) * ntc + tc] = lane_sum(sa);
+        if (rb < r1)
+            part_[rpo + (b * rows + rb) * ntc + tc] = lane_sum(sb);
+        if (rc < r1)
+            part_[rpo + (b * rows + rc) * ntc + tc] = lane_sum(sc);
+        if (rd < r1)
+            part_[rpo + (b * rows + rd) * ntc + tc] = lane_sum(sd);
     }
-#undef COL_ADD
-    __global float *cv = c_ + co + b * cols + c0;
-    for (uint k = 0; k < COL_CHUNKS; k++) {
-        float sum[RW];
-        vstore16(acc[k].sum, 0, sum);
-        for (uint l = 0; l < w[k]; l++)
-            cv[k * RW + l] = beta2t * cv[k * RW + l] + ombeta2t * (sum[l] / (float)rows);
+#else
+    for (ulong r = r0; r < r1; r++) {
+        const ulong e0 = (b * rows + r) * cols + col0;
+        floatR racc = (floatR)(0.0f);
+        if (whole) {
+            for (uint j = 0; j < AFCK; j++)
+                STATS_CHUNK(j, RW, e0, racc);
+        } else {
+            for (uint j = 0; j < AFCK && w[j] != 0; j++)
+                STATS_CHUNK(j, w[j], e0, racc);
+        }
+        lrow_[rb * RL + l] = lane_sum(racc);
+        if (++rb == AFRB || r + 1 == r1) { /* the same rows in every item: uniform */
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (l < rb) {
+                float sum = 0.0f;
+                for (uint i = 0; i < RL; i++)
+                    sum += lrow_[l * RL + i];
+                part_[rpo + (b * rows + r + 1 - rb + l) * ntc + tc] = sum;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            rb = 0;
+        }
+    }
+#endif
+#undef STATS_CHUNK
+    __global float *cp = part_ + cpo + (b * nbands + band) * cols + col0;
+    for (uint j = 0; j < AFCK && w[j] != 0; j++) {
+        float sum[RW], c[RW];
+        vstore16(acc[j].sum, 0, sum);
+        vstore16(acc[j].c, 0, c);
+        for (uint k = 0; k < w[j]; k++)
+            cp[j * RL * RW + k] = sum[k] - c[k];
     }
 }
 
-/* out[b] = mean of Rv over batch b's R rows. */
-__kernel void adafactor_rmean(__global const float *r_, const ulong ro, const ulong batches,
-                              const ulong rows, __global float *out_, const ulong oo CTRL_PARAMS)
+/* The statistics from adafactor_stats' partials: item i < B·R updates row i, Rv = β Rv +
+ * (1-β)·(Σ_tc row partials / C); item B·R + k updates column k of B·C, Cv = β Cv + (1-β)·
+ * (Σ_band column partials / R) (Kahan sums in index order), and writes the column factor
+ * rsqrt(Cv) at part_[cfo + k]. */
+__kernel void adafactor_stats_finish(__global float *r_, const ulong ro, __global float *c_,
+                                     const ulong co, const ulong batches, const ulong rows,
+                                     const ulong cols, const ulong nbands, const ulong ntc,
+                                     __global float *part_, const ulong rpo, const ulong cpo,
+                                     const ulong cfo, const float beta2t,
+                                     const float ombeta2t CTRL_PARAMS)
 {
     CTRL_SKIP;
-    const ulong b = get_global_id(0);
+    const ulong i = get_global_id(0), nr = batches * rows;
+    kahan acc = {0.0f, 0.0f};
+    if (i < nr) {
+        for (ulong tc = 0; tc < ntc; tc++)
+            kahan_add(&acc, part_[rpo + i * ntc + tc]);
+        r_[ro + i] = beta2t * r_[ro + i] + ombeta2t * ((acc.sum - acc.c) / (float)cols);
+    } else if (i < nr + batches * cols) {
+        const ulong k = i - nr, b = k / cols, col = k - b * cols;
+        for (ulong band = 0; band < nbands; band++)
+            kahan_add(&acc, part_[cpo + (b * nbands + band) * cols + col]);
+        const float cv = beta2t * c_[co + k] + ombeta2t * ((acc.sum - acc.c) / (float)rows);
+        c_[co + k] = cv;
+        part_[cfo + k] = rsqrt(cv);
+    }
+}
+
+/* out[b] = mean of Rv over batch b's R rows: work-group b, items strided over the rows; then
+ * the row factors rf[row] = rsqrt(Rv[row] / mean) at out_[rfo + row]. */
+__kernel void adafactor_rmean(__global const float *r_, const ulong ro, const ulong batches,
+                              const ulong rows, __global float *out_, const ulong oo,
+                              const ulong rfo CTRL_PARAMS)
+{
+    CTRL_SKIP;
+    __local float red_[RL];
+    const ulong b = get_group_id(0);
     if (b >= batches)
-        return;
+        return; /* whole work-groups only */
     __global const float *r = r_ + ro + b * rows;
     kahan acc = {0.0f, 0.0f};
-    for (ulong k = 0; k < rows; k++)
+    for (ulong k = RL == 1 ? 0 : get_local_id(0); k < rows; k += RL)
         kahan_add(&acc, r[k]);
-    out_[oo + b] = acc.sum / (float)rows;
+    const float mean = group_sum(acc.sum - acc.c, red_) / (float)rows;
+    if (get_local_id(0) == 0)
+        out_[oo + b] = mean;
+    for (ulong k = RL == 1 ? 0 : get_local_id(0); k < rows; k += RL)
+        out_[rfo + b * rows + k] = rsqrt(r[k] / mean);
 }
 
 #if FACTORED
 /* Where an element lies in the B × R × C view: its row of the B·R rows, that row's batch b and
- * index rr in the batch, its column, and the row factor rf = rsqrt(Rv[row] / mean_b) (computed
- * when the row is first needed, rf_row = its row). Kept up to date while an item walks its
- * chunks, so the chunk loops need no integer division. */
+ * index rr in the batch, and its column. Kept up to date while an item walks its chunks, so
+ * the chunk loops need no integer division. */
 typedef struct afpos {
-    ulong row, b, rr, col, rf_row;
-    float rf;
+    ulong row, b, rr, col;
 } afpos;
 
 inline afpos afpos_of(ulong e, ulong rows, ulong cols)
@@ -131,8 +217,6 @@ inline afpos afpos_of(ulong e, ulong rows, ulong cols)
     }
     q.col = e - q.row * cols;
     q.rr = q.row - q.b * rows;
-    q.rf_row = ~(ulong)0;
-    q.rf = 0.0f;
     return q;
 }
 
@@ -149,23 +233,18 @@ inline void afpos_next(afpos *q, ulong k, ulong rows, ulong cols)
     }
 }
 
-/* The unclipped update u = g / sqrt(v̂) = g·rsqrt(Rv[row] / mean_b)·rsqrt(Cv[b, col]) of the cnt
- * elements from position q (s_ = Rv, t_ = Cv, rm_ = row means), then q moves past them. The
- * row factor is a scalar rsqrt (cached in q per row) and the column factors a float16 rsqrt in
- * both paths. With square set it returns u² = g²·(mean_b / Rv[row]) / Cv[b, col] instead:
- * one division, no square roots (the divider is the limit on a CPU), for the Σu² of RMS(u).
- * Inlined, so square and cnt fold to constants. */
-CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *s_, __global const float *t_,
-             __global const float *rm_, ulong rows, ulong cols, uint cnt, int square)
+/* The unclipped update u = g / sqrt(v̂) = g·rf[row]·cf[b, col] of the cnt elements from
+ * position q, with the row factors rf = rsqrt(Rv / mean_b) and the column factors cf =
+ * rsqrt(Cv) that adafactor_rmean and adafactor_stats_finish computed once per row and column
+ * (so no square root or division per element: on a CPU the divider was the limit), then q
+ * moves past them. With square set it returns u². Inlined, so square and cnt fold. */
+CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *rowf_,
+                                 __global const float *colf_, ulong rows, ulong cols, uint cnt,
+                                 int square)
 {
     floatR u;
     if (q->col + RW <= cols) { /* the chunk lies in one row */
-        if (q->rf_row != q->row) {
-            q->rf = square ? rm_[q->b] / s_[q->row] : rsqrt(s_[q->row] / rm_[q->b]);
-            q->rf_row = q->row;
-        }
-        const floatR cv = vload16(0, t_ + q->b * cols + q->col);
-        u = square ? g * g * q->rf / cv : g * q->rf * rsqrt(cv);
+        u = g * rowf_[q->row] * vload16(0, colf_ + q->b * cols + q->col);
         q->col += RW;
         if (q->col == cols)
             afpos_next(q, 0, rows, cols);
@@ -174,16 +253,14 @@ CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *s_, _
         for (uint k = 0; k < RW; k++) {
             rf[k] = cf[k] = 1.0f; /* lanes >= cnt: past the tensor's end, read nothing */
             if (k < cnt) {
-                const float sv = s_[q->row], rm = rm_[q->b];
-                rf[k] = square ? rm / sv : rsqrt(sv / rm);
-                cf[k] = t_[q->b * cols + q->col];
+                rf[k] = rowf_[q->row];
+                cf[k] = colf_[q->b * cols + q->col];
             }
             afpos_next(q, 1, rows, cols);
         }
-        const floatR cv = vload16(0, cf);
-        u = square ? g * g * vload16(0, rf) / cv : g * vload16(0, rf) * rsqrt(cv);
+        u = g * vload16(0, rf) * vload16(0, cf);
     }
-    return u;
+    return square ? u * u : u;
 }
 #define AF_POS_PARAM , afpos *q
 #define AF_POS_ARG(k) , &q[k]
@@ -194,8 +271,8 @@ CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *s_, _
 
 /* One chunk of adafactor_partial (1-D: also updates V = s_). */
 CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float *g_,
-                            __global float *s_, __global const float *t_,
-                            __global const float *rm_, GC_PARAMS const ulong e, const uint cnt,
+                            __global float *s_, __global const float *colf_,
+                            __global const float *rowf_, GC_PARAMS const ulong e, const uint cnt,
                             const ulong rows, const ulong cols, const float gmul,
                             const float eps1, const float beta2t, const float ombeta2t,
                             kahanR *acc_u, kahanR *acc_p AF_POS_PARAM)
@@ -203,9 +280,11 @@ CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float
     const floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
     (void)eps1, (void)beta2t, (void)ombeta2t;
-    const floatR u2 = adafactor_uR(g, q, s_, t_, rm_, rows, cols, cnt, 1);
+    if (q->row * cols + q->col != e) /* RL > 1: the item's chunks are RL apart */
+        *q = afpos_of(e, rows, cols);
+    const floatR u2 = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt, 1);
 #else
-    (void)t_, (void)rm_, (void)rows, (void)cols;
+    (void)colf_, (void)rowf_, (void)rows, (void)cols;
     const floatR s = beta2t * loadR(s_ + e, cnt) + ombeta2t * (g * g + eps1);
     storeR(s, s_ + e, cnt);
     const floatR u = g * rsqrt(s), u2 = u * u;
@@ -215,51 +294,55 @@ CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float
     kahanR_add(acc_p, maskR(p * p, cnt));
 }
 
-/* Item i of `items` (see reduce_block in common.cl): Σu² over its block into part[i], Σθ²
- * into part[items + i]. */
+/* Work-group g of `groups` (see group_block in common.cl): Σu² over its block into part[g],
+ * Σθ² into part[groups + g]. */
 __kernel void adafactor_partial(__global const float *p_, const ulong po,
                                 __global const float *g_, const ulong go, __global float *s_,
-                                const ulong so, __global const float *t_, const ulong to,
-                                __global const float *rm_, const ulong rmo, GC_PARAMS
+                                const ulong so, __global const float *colf_, const ulong cfo,
+                                __global const float *rowf_, const ulong rfo, GC_PARAMS
                                 const ulong n, const ulong rows, const ulong cols,
-                                const ulong items, float gmul, const float eps1,
+                                const ulong groups, float gmul, const float eps1,
                                 const float beta2t, const float ombeta2t,
                                 __global float *part_, const ulong parto CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    const ulong i = get_global_id(0);
-    if (i >= items)
-        return;
+    __local float red_[RL];
+    const ulong gi = get_group_id(0);
     p_ += po;
     g_ += go;
     s_ += so;
-    t_ += to;
-    rm_ += rmo;
+    colf_ += cfo;
+    rowf_ += rfo;
     ulong c0, c1;
-    reduce_block(i, items, n, &c0, &c1);
+    group_block(gi, groups, n, &c0, &c1);
     kahanR acc_u[RACC], acc_p[RACC];
     kahanR_clear(acc_u);
     kahanR_clear(acc_p);
 #if FACTORED
-    /* one position per accumulator: FOR_CHUNKS walks each sub-block in order */
-    const ulong sb = sub_block(c0, c1, n);
+    /* one position per accumulator: FOR_CHUNKS walks each run in order (with RL > 1 the
+       item's chunks are RL apart and adafactor_chunk locates each afresh) */
+    const ulong sb = sub_runs(c0, c1, n);
     afpos q[RACC];
     for (uint k = 0; k < RACC; k++)
-        q[k] = afpos_of((c0 + k * sb) * RW, rows, cols);
+        q[k] = afpos_of(ITEM_CHUNK(c0, k * sb) * RW, rows, cols);
 #endif
 #define PARTIAL_BODY(e, cnt, k)                                                             \
-    adafactor_chunk(p_, g_, s_, t_, rm_, GC_ARGS e, cnt, rows, cols, gmul, eps1, beta2t,   \
+    adafactor_chunk(p_, g_, s_, colf_, rowf_, GC_ARGS e, cnt, rows, cols, gmul, eps1, beta2t,   \
                     ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k))
     FOR_CHUNKS(c0, c1, n, PARTIAL_BODY);
 #undef PARTIAL_BODY
-    part_[parto + i] = kahanR_total(acc_u);
-    part_[parto + items + i] = kahanR_total(acc_p);
+    const float su = group_sum(kahanR_total(acc_u), red_);
+    const float sp = group_sum(kahanR_total(acc_p), red_);
+    if (get_local_id(0) == 0) {
+        part_[parto + gi] = su;
+        part_[parto + groups + gi] = sp;
+    }
 }
 
 /* One chunk of adafactor_update. */
 CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const float *g_,
-                                   __global const float *s_, __global const float *t_,
-                                   __global const float *rm_, __global float *m_, GC_PARAMS
+                                   __global const float *s_, __global const float *colf_,
+                                   __global const float *rowf_, __global float *m_, GC_PARAMS
                                    const ulong e, const uint cnt, const ulong rows,
                                    const ulong cols, const float gmul, const float scale,
                                    const float alpha, const float weight_decay,
@@ -267,9 +350,11 @@ CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const floa
 {
     const floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
-    floatR u = adafactor_uR(g, q, s_, t_, rm_, rows, cols, cnt, 0) * scale;
+    if (q->row * cols + q->col != e) /* the tail chunk, or a part's first */
+        *q = afpos_of(e, rows, cols);
+    floatR u = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt, 0) * scale;
 #else
-    (void)t_, (void)rm_, (void)rows, (void)cols;
+    (void)colf_, (void)rowf_, (void)rows, (void)cols;
     floatR u = g * rsqrt(loadR(s_ + e, cnt)) * scale; /* lanes >= cnt are never stored */
 #endif
 #if BETA1
@@ -288,8 +373,8 @@ CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const floa
  * Work-items take RW-element chunks (FOR_ITEM_CHUNKS in common.cl). */
 __kernel void adafactor_update(__global float *p_, const ulong po, __global const float *g_,
                                const ulong go, __global const float *s_, const ulong so,
-                               __global const float *t_, const ulong to,
-                               __global const float *rm_, const ulong rmo,
+                               __global const float *colf_, const ulong cfo,
+                               __global const float *rowf_, const ulong rfo,
 #if BETA1
                                __global float *m_, const ulong mo,
 #endif
@@ -301,14 +386,13 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
                                const float ombeta1 CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    const ulong e0 = get_global_id(0) * UPDATE_CHUNKS * RW;
-    if (e0 >= n)
+    if (!UPDATE_ITEMS_OK(n))
         return;
     p_ += po;
     g_ += go;
     s_ += so;
-    t_ += to;
-    rm_ += rmo;
+    colf_ += cfo;
+    rowf_ += rfo;
 #if BETA1
     m_ += mo;
 #else
@@ -320,11 +404,14 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
     const float alpha = scale_parameter ? fmax(eps2, rms_p) * rho_t : rho_t;
     const float scale = alpha / fmax(1.0f, rms_u / clip_threshold);
 #if FACTORED
-    afpos q[1] = {afpos_of(e0, rows, cols)}; /* chunks are visited in order */
+    afpos q[4]; /* one per part: each walks its chunks in order */
+    for (uint k = 0; k < 4; k++)
+        q[k] = afpos_of(((ulong)k * UPDATE_PART(n) + get_global_id(0) * UPDATE_CHUNKS) * RW,
+                        rows, cols);
 #endif
-#define UPDATE_BODY(e, cnt)                                                                 \
-    adafactor_update_chunk(p_, g_, s_, t_, rm_, m_, GC_ARGS e, cnt, rows, cols, gmul, scale, \
-                           alpha, weight_decay, beta1, ombeta1 AF_POS_ARG(0))
+#define UPDATE_BODY(e, cnt, s)                                                              \
+    adafactor_update_chunk(p_, g_, s_, colf_, rowf_, m_, GC_ARGS e, cnt, rows, cols, gmul, scale, \
+                           alpha, weight_decay, beta1, ombeta1 AF_POS_ARG(s))
     FOR_ITEM_CHUNKS(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

@@ -366,61 +366,154 @@ inline float kahanR_total(const kahanR *a)
     return acc.sum;
 }
 
-/* Fixed-order partial sums over n elements: ceil(n / RW) chunks (the last may be partial)
- * split into `items` contiguous blocks of ceil(chunks / items) chunks; item i sums the chunks
- * [*c0, *c1) of its block in order (an empty block when items exceed the chunks). Each item
- * streams through contiguous memory, which a CPU prefetches well; items is a host constant
- * (REDUCE_ITEMS or fewer for tiny n), never the work-group geometry. */
-inline void reduce_block(ulong i, ulong items, ulong n, ulong *c0, ulong *c1)
+/* ---- Reductions shaped for the device ----------------------------------------------------
+ * RL (define, a power of 2, default 1): work-items per work-group of every reduction kernel,
+ * launched with exactly that local size. A reduction over n elements runs on G work-groups
+ * (G = the device's compute units x a factor, a host value, never the driver's choice):
+ *  - work-group g takes the g-th contiguous block of the ceil(n / RW) chunks (group_block);
+ *  - inside it, item l takes the chunks l, l + RL, l + 2 RL, ... of the block, so on a GPU
+ *    neighbouring items read neighbouring 64-byte chunks (coalesced), and with RL = 1 (the
+ *    CPU default) the one item streams through its block;
+ *  - each item keeps RACC lane-wise Kahan sums (FOR_ITEM_CHUNKS_OF below), added lane by lane
+ *    in a fixed order (kahanR_total); the items' results are added by a fixed pairwise tree in
+ *    local memory (group_sum), and item 0 writes the group's partial;
+ *  - a final pass adds the G partials in index order.
+ * So the order of every sum depends only on n, G and RL: bit-identical from run to run, and
+ * independent of the context's element-wise tuning and of anything the driver picks. */
+#ifndef RL
+#define RL 1
+#endif
+
+/* The chunks [*c0, *c1) of work-group g of ng over n elements: contiguous blocks of
+ * ceil(chunks / ng) chunks (an empty block when ng exceeds the chunks). */
+inline void group_block(ulong g, ulong ng, ulong n, ulong *c0, ulong *c1)
 {
     const ulong chunks = (n + RW - 1) / RW;
-    const ulong per = (chunks + items - 1) / items;
-    *c0 = min(i * per, chunks);
+    const ulong per = (chunks + ng - 1) / ng;
+    *c0 = min(g * per, chunks);
     *c1 = min(*c0 + per, chunks);
 }
 
-/* The chunk driver of the sums: runs BODY(e, cnt, k) over the chunks [c0, c1) of an n-element
- * range: e = the chunk's first element, cnt = RW or the partial last chunk's length, k = the
- * accumulator (a literal in every expansion, so accumulator arrays stay in registers). The
- * range's full chunks are cut into RACC equal contiguous sub-blocks of sub_block() chunks,
- * walked in lockstep, sub-block k into accumulator k; the leftover full chunks and then the
- * partial chunk go to accumulator RACC-1 (so each accumulator sees its elements in address
- * order, and RACC streams in flight keep a CPU core's memory pipeline busy). The body is
- * expanded RACC + 2 times, with cnt a constant RW in all but the last. */
-inline ulong sub_block(ulong c0, ulong c1, ulong n)
+/* The chunk driver of the sums: runs BODY(e, cnt, k) over this item's chunks of the block
+ * [c0, c1) of an n-element range (chunks c0 + l, c0 + l + RL, ..., l = the local id): e = the
+ * chunk's first element, cnt = RW or the partial last chunk's length, k = the accumulator (a
+ * literal in every expansion, so accumulator arrays stay in registers). The item's full
+ * chunks are cut into RACC equal runs (in the item's own order), walked in lockstep, run k
+ * into accumulator k; the leftover full chunks and then the partial chunk (when it is this
+ * item's) go to accumulator RACC-1. So each accumulator sees its elements in address order,
+ * and RACC streams in flight keep a CPU core's memory pipeline busy. The body is expanded
+ * RACC + 2 times, with cnt a constant RW in all but the last. sub_runs gives the run length
+ * (a kernel that tracks positions per accumulator starts run k at item chunk k * runs). */
+inline ulong item_full_chunks(ulong c0, ulong c1, ulong n)
 {
-    return (max(c0, min(c1, n / RW)) - c0) / RACC;
+    const ulong l = RL == 1 ? 0 : get_local_id(0);
+    const ulong cf = max(c0, min(c1, n / RW)); /* the block's full chunks end here */
+    return cf > c0 + l ? (cf - c0 - l + RL - 1) / RL : 0;
 }
+
+inline ulong sub_runs(ulong c0, ulong c1, ulong n) { return item_full_chunks(c0, c1, n) / RACC; }
+
+/* The item's k-th chunk of the block from c0. */
+#define ITEM_CHUNK(c0, k) ((c0) + (RL == 1 ? 0 : (ulong)get_local_id(0)) + (ulong)(k) * RL)
 
 #define FOR_CHUNKS(c0, c1, n, BODY)                                                          \
     do {                                                                                   \
-        const ulong nfull_ = (n) / RW, cf_ = max((ulong)(c0), min((ulong)(c1), nfull_));   \
-        const ulong sb_ = sub_block(c0, c1, n);                                            \
-        for (ulong c_ = (c0); c_ < (c0) + sb_; c_++) {                                     \
-            BODY(c_ * RW, RW, 0);                                                          \
-            BODY((c_ + sb_) * RW, RW, 1);                                                  \
-            BODY((c_ + 2 * sb_) * RW, RW, 2);                                              \
-            BODY((c_ + 3 * sb_) * RW, RW, 3);                                              \
+        const ulong nfull_ = (n) / RW, mf_ = item_full_chunks(c0, c1, n);                  \
+        const ulong sb_ = mf_ / RACC;                                                      \
+        for (ulong k_ = 0; k_ < sb_; k_++) {                                               \
+            BODY(ITEM_CHUNK(c0, k_) * RW, RW, 0);                                          \
+            BODY(ITEM_CHUNK(c0, k_ + sb_) * RW, RW, 1);                                    \
+            BODY(ITEM_CHUNK(c0, k_ + 2 * sb_) * RW, RW, 2);                                \
+            BODY(ITEM_CHUNK(c0, k_ + 3 * sb_) * RW, RW, 3);                                \
         }                                                                                  \
-        for (ulong c_ = (c0) + RACC * sb_; c_ < cf_; c_++)                                 \
-            BODY(c_ * RW, RW, RACC - 1);                                                   \
-        if ((c0) < (c1) && (c1) > nfull_)                                                  \
+        for (ulong k_ = RACC * sb_; k_ < mf_; k_++)                                        \
+            BODY(ITEM_CHUNK(c0, k_) * RW, RW, RACC - 1);                                   \
+        if ((c0) < (c1) && (c1) > nfull_ && ITEM_CHUNK(c0, mf_) == nfull_)                 \
             BODY(nfull_ * RW, (uint)((n) - nfull_ * RW), RACC - 1);                        \
     } while (0)
 
-/* The chunk driver of the update kernels that follow a sum (lamb_update, adafactor_update):
- * work-item i takes the UPDATE_CHUNKS chunks from chunk i·UPDATE_CHUNKS (the host launches
- * ceil(n / (RW·UPDATE_CHUNKS)) items) and runs BODY(e, cnt) for each, as FOR_CHUNKS does.
- * Several chunks per item spread the item's own set-up (reading the sums, locating rows). */
-#define UPDATE_CHUNKS 4
+/* The sum of x over the work-group's RL items, added by a fixed pairwise tree in buf (RL
+ * floats of local memory); every item of the group must call it, and all get the result.
+ * With RL = 1 it is x. */
+inline float group_sum(float x, __local float *buf)
+{
+#if RL == 1
+    (void)buf;
+    return x;
+#else
+    const uint l = get_local_id(0);
+    barrier(CLK_LOCAL_MEM_FENCE); /* buf may still be read by a previous call */
+    buf[l] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = RL / 2; s > 0; s >>= 1) {
+        if (l < s)
+            buf[l] = buf[l] + buf[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    return buf[0];
+#endif
+}
+
+/* The same for a maximum (order-free, so any tree gives the same result). */
+inline float group_max(float x, __local float *buf)
+{
+#if RL == 1
+    (void)buf;
+    return x;
+#else
+    const uint l = get_local_id(0);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    buf[l] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = RL / 2; s > 0; s >>= 1) {
+        if (l < s)
+            buf[l] = fmax(buf[l], buf[l + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    return buf[0];
+#endif
+}
+
+/* The chunk driver of the update kernels that follow a sum (lamb_update, adafactor_update).
+ * The n / RW full chunks are cut into USTREAMS equal contiguous parts of Q chunks; work-item
+ * i takes the UPDATE_CHUNKS chunks from i·UPDATE_CHUNKS of every part, walking the parts in
+ * lockstep, and runs BODY(e, cnt, s) for each (s = the part, a literal; the host launches
+ * ceil(Q / UPDATE_CHUNKS) items, UPDATE_ITEMS_OK tells an item whether it has work); item 0
+ * also takes the partial last chunk, as part USTREAMS-1. On a CPU (RL 1) 4 parts keep 4
+ * times the memory streams in flight (a core's bandwidth on one or two streams is bounded
+ * by its outstanding misses) and 16 chunks per item spread its set-up (reading the sums,
+ * locating rows); on a GPU one chunk per item and one part keep neighbouring items on
+ * neighbouring chunks. */
+#if RL == 1
+#define UPDATE_CHUNKS 16
+#define USTREAMS 4
+#else
+#define UPDATE_CHUNKS 1
+#define USTREAMS 1
+#endif
+#define UPDATE_PART(n) (((n) / RW + USTREAMS - 1) / USTREAMS)
+#define UPDATE_ITEMS_OK(n)                                                                 \
+    (get_global_id(0) * UPDATE_CHUNKS < UPDATE_PART(n) || get_global_id(0) == 0)
+#define UPDATE_ONE(n, s, BODY)                                                             \
+    do {                                                                                   \
+        const ulong c_ = (ulong)(s) * q_ + i0_ + k_;                                       \
+        if (c_ < nfull_)                                                                   \
+            BODY(c_ * RW, RW, s);                                                          \
+    } while (0)
 #define FOR_ITEM_CHUNKS(n, BODY)                                                             \
     do {                                                                                   \
-        const ulong nfull_ = (n) / RW, c0_ = get_global_id(0) * UPDATE_CHUNKS;             \
-        const ulong cf_ = min(c0_ + UPDATE_CHUNKS, nfull_);                                \
-        for (ulong c_ = c0_; c_ < cf_; c_++)                                               \
-            BODY(c_ * RW, RW);                                                             \
-        if (c0_ <= nfull_ && nfull_ < c0_ + UPDATE_CHUNKS && (n) > nfull_ * RW)            \
-            BODY(nfull_ * RW, (uint)((n) - nfull_ * RW));                                  \
+        const ulong nfull_ = (n) / RW, q_ = UPDATE_PART(n);                                \
+        const ulong i0_ = get_global_id(0) * UPDATE_CHUNKS;                                \
+        for (ulong k_ = 0; k_ < UPDATE_CHUNKS && i0_ + k_ < q_; k_++) {                    \
+            UPDATE_ONE(n, 0, BODY);                                                        \
+            if (USTREAMS > 1) {                                                            \
+                UPDATE_ONE(n, 1, BODY);                                                    \
+                UPDATE_ONE(n, 2, BODY);                                                    \
+                UPDATE_ONE(n, 3, BODY);                                                    \
+            }                                                                              \
+        }                                                                                  \
+        if (get_global_id(0) == 0 && (n) > nfull_ * RW)                                    \
+            BODY(nfull_ * RW, (uint)((n) - nfull_ * RW), USTREAMS - 1);                    \
     } while (0)
 
 /* Gradient centralization of the cnt elements from element e (GC_PARAMS in scope): the row

@@ -25,26 +25,25 @@ CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_,
     kahanR_add(acc_r, maskR(r * r, cnt));
 }
 
-/* Item i of `items` (see reduce_block in common.cl) updates m and v of its block and writes
- * its Σθ² to part[i] and Σr² to part[items + i]. */
+/* Work-group g of `groups` (see group_block in common.cl) updates m and v of its block and
+ * writes its Σθ² to part[g] and Σr² to part[groups + g]. */
 __kernel void lamb_partial(__global const float *p_, const ulong po, __global const float *g_,
                            const ulong go, __global float *m_, const ulong mo,
                            __global float *v_, const ulong vo, GC_PARAMS const ulong n,
-                           const ulong items, float gmul, const float beta1,
+                           const ulong groups, float gmul, const float beta1,
                            const float c_grad, const float beta2, const float ombeta2,
                            const float eps, const float weight_decay, const float inv_bc1,
                            const float inv_bc2, __global float *part_, const ulong parto CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    const ulong i = get_global_id(0);
-    if (i >= items)
-        return;
+    __local float red_[RL];
+    const ulong gi = get_group_id(0);
     p_ += po;
     g_ += go;
     m_ += mo;
     v_ += vo;
     ulong c0, c1;
-    reduce_block(i, items, n, &c0, &c1);
+    group_block(gi, groups, n, &c0, &c1);
     kahanR acc_p[RACC], acc_r[RACC];
     kahanR_clear(acc_p);
     kahanR_clear(acc_r);
@@ -53,8 +52,12 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
                weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k])
     FOR_CHUNKS(c0, c1, n, LAMB_BODY);
 #undef LAMB_BODY
-    part_[parto + i] = kahanR_total(acc_p);
-    part_[parto + items + i] = kahanR_total(acc_r);
+    const float sp = group_sum(kahanR_total(acc_p), red_);
+    const float sr = group_sum(kahanR_total(acc_r), red_);
+    if (get_local_id(0) == 0) {
+        part_[parto + gi] = sp;
+        part_[parto + groups + gi] = sr;
+    }
 }
 
 /* One chunk of lamb_update. */
@@ -79,7 +82,7 @@ __kernel void lamb_update(__global float *p_, const ulong po, __global const flo
                           const float inv_bc1, const float inv_bc2 CTRL_PARAMS)
 {
     CTRL_SKIP;
-    if (get_global_id(0) * UPDATE_CHUNKS * RW >= n)
+    if (!UPDATE_ITEMS_OK(n))
         return;
     p_ += po;
     m_ += mo;
@@ -87,7 +90,7 @@ __kernel void lamb_update(__global float *p_, const ulong po, __global const flo
     const float wn = sqrt(sums_[so]), rn = sqrt(sums_[so + 1]);
     const float trust = (wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f;
     const float step = lr * trust;
-#define UPDATE_BODY(e, cnt)                                                                 \
+#define UPDATE_BODY(e, cnt, s)                                                              \
     lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1, inv_bc2)
     FOR_ITEM_CHUNKS(n, UPDATE_BODY);
 #undef UPDATE_BODY

@@ -1,38 +1,44 @@
 /* SPDX-License-Identifier: MIT */
-/* Deterministic reductions. The order of every sum is fixed by the data layout alone, never by
- * the work-group size or count the device picks, nor by the context's tuning:
- *  - partial sums: work-item i of a fixed number S of items takes the i-th contiguous block of
- *    16-float chunks and keeps lane-wise Kahan sums in a fixed pattern (reduce_block and
- *    FOR_CHUNKS in common.cl), added lane by lane in a fixed order at the end;
- *  - final pass: one work-item per sum adds its S partials in index order;
- *  - row / column statistics: one work-item per row (or group of columns) adds along it in
- *    a fixed order.
- * So the same input gives bit-identical output on every run and every device geometry. */
+/* Deterministic reductions, shaped for the device (RL items per work-group, see common.cl):
+ *  - partial sums: work-group g of a host-chosen count G (compute units x a factor) takes the
+ *    g-th contiguous block of 16-float chunks, its items interleaved over the block with
+ *    lane-wise Kahan sums, added by a fixed tree in local memory (group_block, FOR_CHUNKS,
+ *    group_sum in common.cl);
+ *  - final pass: work-group j adds the G partials of sum j in the same way;
+ *  - row statistics (gradient centralization's row means): one work-group per row.
+ * So the same input gives bit-identical output on every run, whatever the element-wise
+ * tuning or the driver's choices; the order depends on G and RL only. */
 
-/* out[j] = Σ_{i<count} in[j*count + i], for j < nsums. */
+/* out[j] = Σ_{i<count} in[j*count + i], for j < nsums: work-group j, items strided over the
+ * partials with a Kahan sum each, then the tree. */
 __kernel void sum_final(__global const float *in_, const ulong io, const ulong count,
                         const ulong nsums, __global float *out_, const ulong oo)
 {
-    const ulong j = get_global_id(0);
+    __local float red_[RL];
+    const ulong j = get_group_id(0);
     if (j >= nsums)
-        return;
+        return; /* whole work-groups only */
     __global const float *p = in_ + io + j * count;
     kahan acc = {0.0f, 0.0f};
-    for (ulong i = 0; i < count; i++)
+    for (ulong i = RL == 1 ? 0 : get_local_id(0); i < count; i += RL)
         kahan_add(&acc, p[i]);
-    out_[oo + j] = acc.sum;
+    const float s = group_sum(acc.sum - acc.c, red_);
+    if (get_local_id(0) == 0)
+        out_[oo + j] = s;
 }
 
 /* Gradient centralization: out[r] = mean over the row of (g·gmul·(maximize ? -1 : 1) +
- * wd_l2·θ), for a tensor seen as rows × cols (cols = product of all dims but the first). */
+ * wd_l2·θ), for a tensor seen as rows × cols (cols = product of all dims but the first).
+ * Work-group r takes row r. */
 __kernel void gc_rowmean(__global const float *g_, const ulong go, __global const float *p_,
                          const ulong po, const ulong rows, const ulong cols, float gmul,
                          const float wd_l2, __global float *out_, const ulong oo CTRL_PARAMS)
 {
     CTRL_GUARD(gmul);
-    const ulong r = get_global_id(0);
+    __local float red_[RL];
+    const ulong r = get_group_id(0);
     if (r >= rows)
-        return;
+        return; /* whole work-groups only */
     __global const float *g = g_ + go + r * cols;
     __global const float *p = p_ + po + r * cols;
     kahanR acc[RACC];
@@ -46,5 +52,7 @@ __kernel void gc_rowmean(__global const float *g_, const ulong go, __global cons
     } while (0)
     FOR_CHUNKS(0, (cols + RW - 1) / RW, cols, MEAN_BODY);
 #undef MEAN_BODY
-    out_[oo + r] = kahanR_total(acc) / (float)cols;
+    const float s = group_sum(kahanR_total(acc), red_);
+    if (get_local_id(0) == 0)
+        out_[oo + r] = s / (float)cols;
 }

@@ -48,25 +48,25 @@ CHUNK_INLINE void grad_check_chunk(__global const float *g_, const ulong e, cons
     *accs = xs * xs + *accs;
 }
 
-/* Item i of `items` (see reduce_block in common.cl): Σ (scale·g)² over its block of g into
- * out[oo + i], Σ (scale·g·2^-80)² into out[so + i] (lanes added in a fixed order), and 1 into
- * out[bo + i] when the block holds an Inf or NaN (after scaling), else 0. */
+/* Work-group g of `groups` (see group_block in common.cl): Σ (scale·g)² over its block of g
+ * into out[oo + g], Σ (scale·g·2^-80)² into out[so + g] (each item's lanes added in a fixed
+ * order, then the items by group_sum), and 1 into out[bo + g] when the block holds an Inf or
+ * NaN (after scaling), else 0. */
 __kernel void grad_check_partial(__global const float *g_, const ulong go, const ulong n,
-                                 const ulong items, const float scale, __global float *out_,
+                                 const ulong groups, const float scale, __global float *out_,
                                  const ulong oo, const ulong bo, const ulong so)
 {
-    const ulong i = get_global_id(0);
-    if (i >= items)
-        return;
+    __local float red_[RL];
+    const ulong gi = get_group_id(0);
     g_ += go;
     ulong c0, c1;
-    reduce_block(i, items, n, &c0, &c1);
+    group_block(gi, groups, n, &c0, &c1);
     floatR acc = (floatR)(0.0f), accs = (floatR)(0.0f);
-    const ulong full = min(c1, n / RW);
-    for (ulong c = c0; c < full; c++)
-        grad_check_chunk(g_, c * RW, RW, scale, &acc, &accs);
-    if (c1 > full && full >= c0)
-        grad_check_chunk(g_, full * RW, (uint)(n - full * RW), scale, &acc, &accs);
+    const ulong full = item_full_chunks(c0, c1, n), nfull = n / RW;
+    for (ulong k = 0; k < full; k++)
+        grad_check_chunk(g_, ITEM_CHUNK(c0, k) * RW, RW, scale, &acc, &accs);
+    if (c0 < c1 && c1 > nfull && ITEM_CHUNK(c0, full) == nfull)
+        grad_check_chunk(g_, nfull * RW, (uint)(n - nfull * RW), scale, &acc, &accs);
     float sum = 0.0f, sums = 0.0f, t[RW], v[RW];
     vstore16(acc, 0, t);
     vstore16(accs, 0, v);
@@ -74,9 +74,13 @@ __kernel void grad_check_partial(__global const float *g_, const ulong go, const
         sum += t[l];
         sums += v[l];
     }
-    out_[oo + i] = sum;
-    out_[so + i] = sums;
-    out_[bo + i] = isfinite(sums) ? 0.0f : 1.0f;
+    sum = group_sum(sum, red_);
+    sums = group_sum(sums, red_);
+    if (get_local_id(0) == 0) {
+        out_[oo + gi] = sum;
+        out_[so + gi] = sums;
+        out_[bo + gi] = isfinite(sums) ? 0.0f : 1.0f;
+    }
 }
 
 /* The verdict of an optimizer step (one work-item): the gradient check's `count` partial

@@ -2031,7 +2031,7 @@ static int ctx_setup_one_vector(void **state)
 {
     if (ctx_setup(state))
         return -1;
-    const clopt_tuning t = {4, 64, 1};
+    const clopt_tuning t = {.vector_width = 4, .work_group_size = 64, .items_per_work_item = 1};
     clopt_status s = clopt_ctx_set_tuning(*state, &t);
     if (s != CLOPT_SUCCESS) {
         print_error("clopt_ctx_set_tuning: %s\n", clopt_status_name(s));

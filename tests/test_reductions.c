@@ -2,7 +2,9 @@
 /* The rules built on reductions (Adafactor, LAMB, gradient centralization, global-norm
  * clipping) against scalar double references written from the golden files' equations, on
  * shapes 1×1, 1×N, N×1, 7×13, 1000×1000, 4096×512; determinism (bit-identical reruns, and
- * norms independent of the work-group geometry); bad shapes; Adafactor's state memory. */
+ * norms independent of the element-wise tuning); bad shapes; Adafactor's state memory. The
+ * reduction tests run twice: with the device's reduction shape and with a GPU's (64 items per
+ * work-group adding by a tree in local memory, 3 work-groups per compute unit). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -401,9 +403,13 @@ static void test_determinism(void **state)
     clopt_tuning t0, t;
     clopt_ctx_get_tuning(f->ctx, &t0);
     double norms[3];
-    const clopt_tuning tunings[3] = {t0, {1, 1, 1}, {4, 0, 8}};
+    const clopt_tuning tunings[3] = {
+        t0, {.vector_width = 1, .work_group_size = 1, .items_per_work_item = 1},
+        {.vector_width = 4, .work_group_size = 0, .items_per_work_item = 8}};
     for (int k = 0; k < 3; k++) {
         t = tunings[k];
+        t.reduce_local = t0.reduce_local; /* the reduction shape stays */
+        t.reduce_groups_per_cu = t0.reduce_groups_per_cu;
         assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_SUCCESS);
         clopt_hparams hp;
         clopt_hparams_default(CLOPT_SGD, &hp);
@@ -518,6 +524,21 @@ static void test_state_bytes(void **state)
     clReleaseMemObject(g);
 }
 
+/* The fixture with reductions of 64 items per work-group and 3 work-groups per compute unit. */
+static int setup_gpu_shaped(void **state)
+{
+    int r = setup(state);
+    if (r != 0)
+        return r;
+    fixture *f = *state;
+    clopt_tuning t;
+    if (clopt_ctx_get_tuning(f->ctx, &t) != CLOPT_SUCCESS)
+        return -1;
+    t.reduce_local = 64;
+    t.reduce_groups_per_cu = 3;
+    return clopt_ctx_set_tuning(f->ctx, &t) == CLOPT_SUCCESS ? 0 : -1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -529,5 +550,18 @@ int main(void)
         cmocka_unit_test(test_bad_shapes),
         cmocka_unit_test(test_state_bytes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    /* the same tests with the reduction shape of a GPU (work-group trees in local memory over
+       interleaved chunks, Adafactor's tiles of 1024 columns) on whatever device this is, and
+       an odd work-group count */
+    const struct CMUnitTest gpu_shaped[] = {
+        cmocka_unit_test(test_adafactor_vs_reference),
+        cmocka_unit_test(test_lamb_vs_reference),
+        cmocka_unit_test(test_gc_vs_reference),
+        cmocka_unit_test(test_clipping),
+        cmocka_unit_test(test_determinism),
+    };
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    failed += cmocka_run_group_tests_name("gpu_shaped_reductions", gpu_shaped, setup_gpu_shaped,
+                                          teardown);
+    return failed;
 }
