@@ -237,30 +237,27 @@ inline void afpos_next(afpos *q, ulong k, ulong rows, ulong cols)
  * position q, with the row factors rf = rsqrt(Rv / mean_b) and the column factors cf =
  * rsqrt(Cv) that adafactor_rmean and adafactor_stats_finish computed once per row and column
  * (so no square root or division per element: on a CPU the divider was the limit), then q
- * moves past them. With square set it returns u². Inlined, so square and cnt fold. */
+ * moves past them. Inlined, so cnt folds to a constant. */
 CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *rowf_,
-                                 __global const float *colf_, ulong rows, ulong cols, uint cnt,
-                                 int square)
+                                 __global const float *colf_, ulong rows, ulong cols, uint cnt)
 {
-    floatR u;
     if (q->col + RW <= cols) { /* the chunk lies in one row */
-        u = g * rowf_[q->row] * vload16(0, colf_ + q->b * cols + q->col);
+        const floatR u = g * rowf_[q->row] * vload16(0, colf_ + q->b * cols + q->col);
         q->col += RW;
         if (q->col == cols)
             afpos_next(q, 0, rows, cols);
-    } else {
-        float rf[RW], cf[RW];
-        for (uint k = 0; k < RW; k++) {
-            rf[k] = cf[k] = 1.0f; /* lanes >= cnt: past the tensor's end, read nothing */
-            if (k < cnt) {
-                rf[k] = rowf_[q->row];
-                cf[k] = colf_[q->b * cols + q->col];
-            }
-            afpos_next(q, 1, rows, cols);
-        }
-        u = g * vload16(0, rf) * vload16(0, cf);
+        return u;
     }
-    return square ? u * u : u;
+    float rf[RW], cf[RW];
+    for (uint k = 0; k < RW; k++) {
+        rf[k] = cf[k] = 1.0f; /* lanes >= cnt: past the tensor's end, read nothing */
+        if (k < cnt) {
+            rf[k] = rowf_[q->row];
+            cf[k] = colf_[q->b * cols + q->col];
+        }
+        afpos_next(q, 1, rows, cols);
+    }
+    return g * vload16(0, rf) * vload16(0, cf);
 }
 #define AF_POS_PARAM , afpos *q
 #define AF_POS_ARG(k) , &q[k]
@@ -275,23 +272,23 @@ CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float
                             __global const float *rowf_, GC_PARAMS const ulong e, const uint cnt,
                             const ulong rows, const ulong cols, const float gmul,
                             const float eps1, const float beta2t, const float ombeta2t,
-                            kahanR *acc_u, kahanR *acc_p AF_POS_PARAM)
+                            sumR *acc_u, sumR *acc_p AF_POS_PARAM)
 {
     const floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
     (void)eps1, (void)beta2t, (void)ombeta2t;
     if (q->row * cols + q->col != e) /* RL > 1: the item's chunks are RL apart */
         *q = afpos_of(e, rows, cols);
-    const floatR u2 = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt, 1);
+    const floatR u = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt);
 #else
     (void)colf_, (void)rowf_, (void)rows, (void)cols;
     const floatR s = beta2t * loadR(s_ + e, cnt) + ombeta2t * (g * g + eps1);
     storeR(s, s_ + e, cnt);
-    const floatR u = g * rsqrt(s), u2 = u * u;
+    const floatR u = g * rsqrt(s);
 #endif
     const floatR p = loadR(p_ + e, cnt);
-    kahanR_add(acc_u, maskR(u2, cnt));
-    kahanR_add(acc_p, maskR(p * p, cnt));
+    sumR_addsq(acc_u, maskR(u, cnt));
+    sumR_addsq(acc_p, maskR(p, cnt));
 }
 
 /* Work-group g of `groups` (see group_block in common.cl): Σu² over its block into part[g],
@@ -315,9 +312,9 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
     rowf_ += rfo;
     ulong c0, c1;
     group_block(gi, groups, n, &c0, &c1);
-    kahanR acc_u[RACC], acc_p[RACC];
-    kahanR_clear(acc_u);
-    kahanR_clear(acc_p);
+    sumR acc_u[RACC], acc_p[RACC];
+    sumR_clear(acc_u);
+    sumR_clear(acc_p);
 #if FACTORED
     /* one position per accumulator: FOR_CHUNKS walks each run in order (with RL > 1 the
        item's chunks are RL apart and adafactor_chunk locates each afresh) */
@@ -331,8 +328,8 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
                     ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k))
     FOR_CHUNKS(c0, c1, n, PARTIAL_BODY);
 #undef PARTIAL_BODY
-    const float su = group_sum(kahanR_total(acc_u), red_);
-    const float sp = group_sum(kahanR_total(acc_p), red_);
+    const float su = group_sum(sumR_total(acc_u), red_);
+    const float sp = group_sum(sumR_total(acc_p), red_);
     if (get_local_id(0) == 0) {
         part_[parto + gi] = su;
         part_[parto + groups + gi] = sp;
@@ -352,7 +349,7 @@ CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const floa
 #if FACTORED
     if (q->row * cols + q->col != e) /* the tail chunk, or a part's first */
         *q = afpos_of(e, rows, cols);
-    floatR u = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt, 0) * scale;
+    floatR u = adafactor_uR(g, q, rowf_, colf_, rows, cols, cnt) * scale;
 #else
     (void)colf_, (void)rowf_, (void)rows, (void)cols;
     floatR u = g * rsqrt(loadR(s_ + e, cnt)) * scale; /* lanes >= cnt are never stored */

@@ -366,6 +366,48 @@ inline float kahanR_total(const kahanR *a)
     return acc.sum;
 }
 
+/* Two-level sums for the hot loops (LAMB's and Adafactor's Σθ², Σr², Σu²): a plain float16
+ * collects the squares of SUMR_FOLD chunks by fused multiply-adds, then goes into a lane-wise
+ * Kahan sum. Per lane a plain run of 64 terms and compensated runs: the error of a compensated
+ * sum for one operation per element instead of four (the Kahan-only form made LAMB's first
+ * pass compute-bound on a CPU). The fold points depend only on the item's chunk sequence. */
+#define SUMR_FOLD 64
+typedef struct sumR {
+    kahanR k;
+    floatR p;
+    uint cnt;
+} sumR;
+
+inline void sumR_clear(sumR *a)
+{
+    for (uint i = 0; i < RACC; i++) {
+        a[i].k.sum = a[i].k.c = a[i].p = (floatR)(0.0f);
+        a[i].cnt = 0;
+    }
+}
+
+/* s += x² lane-wise (x already masked to its chunk's lanes). */
+inline void sumR_addsq(sumR *s, floatR x)
+{
+    s->p = fma(x, x, s->p);
+    if (++s->cnt == SUMR_FOLD) {
+        kahanR_add(&s->k, s->p);
+        s->p = (floatR)(0.0f);
+        s->cnt = 0;
+    }
+}
+
+/* The RACC sums' total in a fixed order (pending runs folded first). */
+inline float sumR_total(sumR *a)
+{
+    kahanR t[RACC];
+    for (uint i = 0; i < RACC; i++) {
+        kahanR_add(&a[i].k, a[i].p);
+        t[i] = a[i].k;
+    }
+    return kahanR_total(t);
+}
+
 /* ---- Reductions shaped for the device ----------------------------------------------------
  * RL (define, a power of 2, default 1): work-items per work-group of every reduction kernel,
  * launched with exactly that local size. A reduction over n elements runs on G work-groups
@@ -479,14 +521,15 @@ inline float group_max(float x, __local float *buf)
  * i takes the UPDATE_CHUNKS chunks from i·UPDATE_CHUNKS of every part, walking the parts in
  * lockstep, and runs BODY(e, cnt, s) for each (s = the part, a literal; the host launches
  * ceil(Q / UPDATE_CHUNKS) items, UPDATE_ITEMS_OK tells an item whether it has work); item 0
- * also takes the partial last chunk, as part USTREAMS-1. On a CPU (RL 1) 4 parts keep 4
- * times the memory streams in flight (a core's bandwidth on one or two streams is bounded
- * by its outstanding misses) and 16 chunks per item spread its set-up (reading the sums,
- * locating rows); on a GPU one chunk per item and one part keep neighbouring items on
- * neighbouring chunks. */
+ * also takes the partial last chunk, as part USTREAMS-1. On a CPU (RL 1) 2 parts keep twice
+ * the memory streams in flight (a core's bandwidth on few streams is bounded by its
+ * outstanding misses: clopt-bench at 2^25, Adafactor's update 7.3 -> 6.2 ms, LAMB's 6.9 ->
+ * 6.5; 4 parts were slower than 2) and 16 chunks per item spread its set-up (reading the
+ * sums, locating rows); on a GPU one chunk per item and one part keep neighbouring items on
+ * neighbouring chunks. At most 4 parts. */
 #if RL == 1
 #define UPDATE_CHUNKS 16
-#define USTREAMS 4
+#define USTREAMS 2
 #else
 #define UPDATE_CHUNKS 1
 #define USTREAMS 1
@@ -506,8 +549,9 @@ inline float group_max(float x, __local float *buf)
         const ulong i0_ = get_global_id(0) * UPDATE_CHUNKS;                                \
         for (ulong k_ = 0; k_ < UPDATE_CHUNKS && i0_ + k_ < q_; k_++) {                    \
             UPDATE_ONE(n, 0, BODY);                                                        \
-            if (USTREAMS > 1) {                                                            \
+            if (USTREAMS > 1)                                                              \
                 UPDATE_ONE(n, 1, BODY);                                                    \
+            if (USTREAMS > 2) {                                                            \
                 UPDATE_ONE(n, 2, BODY);                                                    \
                 UPDATE_ONE(n, 3, BODY);                                                    \
             }                                                                              \

@@ -12,7 +12,7 @@ CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_,
                        const float gmul, const float beta1, const float c_grad,
                        const float beta2, const float ombeta2, const float eps,
                        const float weight_decay, const float inv_bc1, const float inv_bc2,
-                       kahanR *acc_p, kahanR *acc_r)
+                       sumR *acc_p, sumR *acc_r)
 {
     floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
     floatR p = loadR(p_ + e, cnt);
@@ -21,8 +21,8 @@ CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_,
     storeR(m, m_ + e, cnt);
     storeR(v, v_ + e, cnt);
     floatR r = (m * inv_bc1) / (sqrt(v * inv_bc2) + eps) + weight_decay * p;
-    kahanR_add(acc_p, maskR(p * p, cnt));
-    kahanR_add(acc_r, maskR(r * r, cnt));
+    sumR_addsq(acc_p, maskR(p, cnt));
+    sumR_addsq(acc_r, maskR(r, cnt));
 }
 
 /* Work-group g of `groups` (see group_block in common.cl) updates m and v of its block and
@@ -44,16 +44,16 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
     v_ += vo;
     ulong c0, c1;
     group_block(gi, groups, n, &c0, &c1);
-    kahanR acc_p[RACC], acc_r[RACC];
-    kahanR_clear(acc_p);
-    kahanR_clear(acc_r);
+    sumR acc_p[RACC], acc_r[RACC];
+    sumR_clear(acc_p);
+    sumR_clear(acc_r);
 #define LAMB_BODY(e, cnt, k)                                                                \
     lamb_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, beta1, c_grad, beta2, ombeta2, eps,   \
                weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k])
     FOR_CHUNKS(c0, c1, n, LAMB_BODY);
 #undef LAMB_BODY
-    const float sp = group_sum(kahanR_total(acc_p), red_);
-    const float sr = group_sum(kahanR_total(acc_r), red_);
+    const float sp = group_sum(sumR_total(acc_p), red_);
+    const float sr = group_sum(sumR_total(acc_r), red_);
     if (get_local_id(0) == 0) {
         part_[parto + gi] = sp;
         part_[parto + groups + gi] = sr;
