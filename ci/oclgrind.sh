@@ -34,7 +34,12 @@
 #                 LAMB (lamb.cl), Adafactor (adafactor.cl), Lookahead and Ranger, Adam with
 #                 gradient centralization (GC), clipping, the copy passes;
 #   test_flat     range groups (RANGES: one launch over many tensors of shared buffers),
-#                 element-wise and multi-pass rules.
+#                 element-wise and multi-pass rules;
+#   test_reductions  Adafactor, LAMB, gradient centralization (N x 1 shapes too) and
+#                 clipping against double references, with the device's reduction shape and
+#                 with a GPU's (64-item work-groups adding by trees in local memory: the
+#                 race checker sees every barrier of reduce.cl, tensor.cl, lamb.cl and
+#                 adafactor.cl).
 # Fails when a test fails or when Oclgrind writes any report to stderr; the reports are
 # printed. Runtime on 2 cores: see the CHANGELOG / report of the change that added it.
 set -euo pipefail
@@ -85,6 +90,7 @@ run() {
 run test_kernels "$build/tests/test_kernels"
 run test_golden "$build/tests/test_golden"
 run test_flat "$build/tests/test_flat"
+run test_reductions "$build/tests/test_reductions"
 if [ "$fail" -ne 0 ]; then
   echo "ci/oclgrind.sh: FAILED" >&2
   exit 1
