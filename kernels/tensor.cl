@@ -61,18 +61,20 @@ __kernel void grad_check_partial(__global const float *g_, const ulong go, const
     g_ += go;
     ulong c0, c1;
     group_block(gi, groups, n, &c0, &c1);
-    floatR acc = (floatR)(0.0f), accs = (floatR)(0.0f);
-    const ulong full = item_full_chunks(c0, c1, n), nfull = n / RW;
-    for (ulong k = 0; k < full; k++)
-        grad_check_chunk(g_, ITEM_CHUNK(c0, k) * RW, RW, scale, &acc, &accs);
-    if (c0 < c1 && c1 > nfull && ITEM_CHUNK(c0, full) == nfull)
-        grad_check_chunk(g_, nfull * RW, (uint)(n - nfull * RW), scale, &acc, &accs);
+    floatR acc[RACC], accs[RACC];
+    for (uint k = 0; k < RACC; k++)
+        acc[k] = accs[k] = (floatR)(0.0f);
+#define CHECK_BODY(e, cnt, k) grad_check_chunk(g_, e, cnt, scale, &acc[k], &accs[k])
+    FOR_CHUNKS(c0, c1, n, CHECK_BODY); /* RACC runs in lockstep: more memory streams */
+#undef CHECK_BODY
     float sum = 0.0f, sums = 0.0f, t[RW], v[RW];
-    vstore16(acc, 0, t);
-    vstore16(accs, 0, v);
-    for (uint l = 0; l < RW; l++) {
-        sum += t[l];
-        sums += v[l];
+    for (uint k = 0; k < RACC; k++) {
+        vstore16(acc[k], 0, t);
+        vstore16(accs[k], 0, v);
+        for (uint l = 0; l < RW; l++) {
+            sum += t[l];
+            sums += v[l];
+        }
     }
     sum = group_sum(sum, red_);
     sums = group_sum(sums, red_);
