@@ -428,6 +428,21 @@ static void test_determinism(void **state)
         run_close(&r);
     }
     assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t0), CLOPT_SUCCESS);
+    /* a reduction shape out of range is refused and changes nothing */
+    const unsigned bad_local[3] = {3, 512, 96};
+    for (int k = 0; k < 3; k++) {
+        t = t0;
+        t.reduce_local = bad_local[k];
+        assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "reduce_local"));
+    }
+    t = t0;
+    t.reduce_groups_per_cu = 1025;
+    assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "reduce_groups_per_cu"));
+    assert_int_equal(clopt_ctx_get_tuning(f->ctx, &t), CLOPT_SUCCESS);
+    assert_int_equal(t.reduce_local, t0.reduce_local);
+    assert_int_equal(t.reduce_groups_per_cu, t0.reduce_groups_per_cu);
     assert_memory_equal(&norms[0], &norms[1], sizeof(double));
     assert_memory_equal(&norms[0], &norms[2], sizeof(double));
     free(p0), free(g), free(a), free(b);
