@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The rules built on reductions (Adafactor, LAMB, gradient centralization, global-norm
  * clipping) against scalar double references written from the golden files' equations, on
- * shapes 1×1, 1×N, N×1, 7×13, 1000×1000, 4096×512; determinism (bit-identical reruns, and
+ * shapes 1×1, 1×N, N×1, 7×13, 1000×1000, 4096×512, 5×8300; determinism (bit-identical reruns, and
  * norms independent of the element-wise tuning); bad shapes; Adafactor's state memory. The
  * reduction tests run twice: with the device's reduction shape and with a GPU's (64 items per
  * work-group adding by a tree in local memory, 3 work-groups per compute unit). */
@@ -181,13 +181,13 @@ static void run_close(run *r)
     clReleaseMemObject(r->g);
 }
 
-/* The last two shapes are big; with CLOPT_TEST_SMALL (ci/oclgrind.sh) they become 9×1100
-   (two of Adafactor's 1024-column tiles, the second cut short, and a partial chunk) and
-   33×70. */
+/* Shapes 5-6 are big; with CLOPT_TEST_SMALL (ci/oclgrind.sh) they become 9×1100 (two of
+   Adafactor's 1024-column tiles of a GPU's shape, the second cut short, and a partial chunk)
+   and 33×70. 5×8300 crosses two of the CPU shape's 8192-column tiles (2×1030 the GPU's). */
 static const size_t shapes_full[][2] = {{1, 1}, {1, 300}, {300, 1}, {7, 13}, {1000, 1000},
-                                        {4096, 512}};
+                                        {4096, 512}, {5, 8300}};
 static const size_t shapes_small[][2] = {{1, 1}, {1, 300}, {300, 1}, {7, 13}, {9, 1100},
-                                         {33, 70}};
+                                         {33, 70}, {2, 1030}};
 #define NSHAPES (sizeof shapes_full / sizeof shapes_full[0])
 #define shapes (test_small() ? shapes_small : shapes_full)
 
