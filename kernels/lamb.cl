@@ -50,7 +50,7 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
 #define LAMB_BODY(e, cnt, k)                                                                \
     lamb_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, beta1, c_grad, beta2, ombeta2, eps,   \
                weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k])
-    FOR_CHUNKS(c0, c1, n, LAMB_BODY);
+    FOR_CHUNKS_RUNS(c0, c1, n, LAMB_BODY, 2); /* 6 arrays: 2 runs are enough streams */
 #undef LAMB_BODY
     const float sp = group_sum(sumR_total(acc_p), red_);
     const float sr = group_sum(sumR_total(acc_r), red_);
