@@ -73,9 +73,9 @@ static clopt_status launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
                                                                  : 64,
                             .items_per_work_item = 1};
     /* FOR_ITEM_CHUNKS in common.cl: parts of ceil(chunks / streams) chunks, each item
-       takes UPDATE_CHUNKS of every part (2 parts and 16 chunks with RL 1, else 1 and 1) */
+       takes UPDATE_CHUNKS of every part (2 parts and 64 chunks with RL 1, else 1 and 1) */
     const int cpu = reduce_local(opt) == 1;
-    const size_t streams = cpu ? 2 : 1, per = cpu ? 16 : 1;
+    const size_t streams = cpu ? 2 : 1, per = cpu ? 64 : 1;
     const size_t part = (n / REDUCE_WIDTH + streams - 1) / streams;
     const size_t items = part ? (part + per - 1) / per : 1;
     return clopt_launch_elementwise(opt->ctx, opt->q, k, items, &t, 0, NULL, NULL);
