@@ -202,9 +202,10 @@ static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, s
 /* ---- multi-pass rules ------------------------------------------------------------------- */
 
 /* Adafactor's statistics tiles (adafactor_stats in kernels/adafactor.cl): TC = RL·AFCK·RW
-   columns (8192 with RL 1, max(RL, 64)·RW otherwise), and bands of rows enough for about
-   twice the reduction shape's work-groups (each tile's partials are separate, so the sums do
-   not depend on it). */
+   columns (8192 with RL 1, max(RL, 64)·RW otherwise), and bands of rows enough for about the
+   reduction shape's work-group count (each tile's partials are separate, so the sums do not
+   depend on it; twice as many bands made adafactor_stats_finish, which adds the bands'
+   column partials, 0.13 -> 0.35 ms at 4096 x 8192 on PoCL). */
 void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af_tiles *t)
 {
     size_t B, R, C, g;
@@ -216,7 +217,7 @@ void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af
     clopt_reduce_shape(opt->ctx, &rl, &g);
     const size_t tc = (size_t)(rl == 1 ? 512 : rl > 64 ? rl : 64) * REDUCE_WIDTH;
     t->ntc = (C + tc - 1) / tc;
-    size_t bands = (2 * g + B * t->ntc - 1) / (B * t->ntc);
+    size_t bands = (g + B * t->ntc - 1) / (B * t->ntc);
     if (bands > R)
         bands = R;
     if (bands < 1)
