@@ -72,9 +72,11 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
    row means (one per batch), GC row means and Adafactor's statistics partials. */
 static size_t scratch_need(const clopt_optimizer *opt, const clopt_param *e)
 {
+    if (opt->rule != CLOPT_ADAFACTOR)
+        return clopt_o_scr_af(e);
     clopt_af_tiles t;
     clopt_o_af_tiles(opt, e, &t);
-    return clopt_o_scr_af(e) + (opt->rule == CLOPT_ADAFACTOR ? t.floats : 0);
+    return clopt_o_scr_af(e) + t.floats;
 }
 
 size_t clopt_o_scr_gc(const clopt_param *e)

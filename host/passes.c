@@ -30,14 +30,42 @@ static unsigned reduce_local(const clopt_optimizer *opt)
     return rl;
 }
 
+/* The multi-pass kernels' shape, passed to them as defines (clopt_o_kernel_of) and used to
+   size their launches, so kernels and host cannot disagree:
+   - chunks (UPDATE_CHUNKS) and streams (USTREAMS, at most 4) of the update passes
+     (FOR_ITEM_CHUNKS in common.cl): on a CPU (RL 1) 2 parts walked in lockstep keep twice the
+     memory streams in flight (a core's bandwidth on few streams is bounded by its outstanding
+     misses: clopt-bench at 2^25, Adafactor's update 7.3 -> 6.2 ms, LAMB's 6.9 -> 6.5; 4 parts
+     were slower than 2), and 64 chunks per item spread its set-up (reading the sums, locating
+     rows: Adafactor's update 5.8 -> 5.1 ms against 16 chunks); on a GPU one chunk per item
+     and one part keep neighbouring items on neighbouring chunks;
+   - afck (AFCK), the chunks per item of Adafactor's statistics tiles (adafactor_stats): 512
+     with RL 1, so a tile spans 8192 columns and each row segment is a 32 KiB run (tiles of
+     1024 columns took 4.3 ms instead of 2.5 for a 4096 x 8192 gradient), the item's column
+     sums being 64 KiB of private memory; one chunk per item with RL >= 64. */
+typedef struct multipass_shape {
+    unsigned chunks, streams, afck;
+} multipass_shape;
+
+static multipass_shape multipass_shape_of(const clopt_optimizer *opt)
+{
+    const unsigned rl = reduce_local(opt);
+    multipass_shape m = {1, 1, rl >= 64 ? 1 : 64 / rl};
+    if (rl == 1)
+        m = (multipass_shape){64, 2, 512};
+    return m;
+}
+
 clopt_status clopt_o_kernel_of(clopt_optimizer *opt, const char *family, const clopt_hparams *hp,
                               int gc, const char *extra, const char *name, cl_kernel *k)
 {
-    char options[208];
+    char options[256];
+    const multipass_shape m = multipass_shape_of(opt);
     snprintf(options, sizeof options,
-             CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1" CLOPT_REDUCE_OPTIONS "%s",
+             CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d -DCTRL=1" CLOPT_REDUCE_OPTIONS
+                                  " -DUPDATE_CHUNKS=%u -DUSTREAMS=%u -DAFCK=%u%s",
              CLOPT_TUNING_ARGS(&opt->ctx->tuning), hp && hp->maximize ? 1 : 0, gc,
-             reduce_local(opt), extra);
+             reduce_local(opt), m.chunks, m.streams, m.afck, extra);
     return clopt_get_kernel(opt->ctx, family, options, name, k);
 }
 
@@ -73,11 +101,10 @@ static clopt_status launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
                                                                  : 64,
                             .items_per_work_item = 1};
     /* FOR_ITEM_CHUNKS in common.cl: parts of ceil(chunks / streams) chunks, each item
-       takes UPDATE_CHUNKS of every part (2 parts and 64 chunks with RL 1, else 1 and 1) */
-    const int cpu = reduce_local(opt) == 1;
-    const size_t streams = cpu ? 2 : 1, per = cpu ? 64 : 1;
-    const size_t part = (n / REDUCE_WIDTH + streams - 1) / streams;
-    const size_t items = part ? (part + per - 1) / per : 1;
+       takes m.chunks of every part */
+    const multipass_shape m = multipass_shape_of(opt);
+    const size_t part = (n / REDUCE_WIDTH + m.streams - 1) / m.streams;
+    const size_t items = part ? (part + m.chunks - 1) / m.chunks : 1;
     return clopt_launch_elementwise(opt->ctx, opt->q, k, items, &t, 0, NULL, NULL);
 }
 
@@ -215,7 +242,7 @@ void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af
     if (R == 0)
         return;
     clopt_reduce_shape(opt->ctx, &rl, &g);
-    const size_t tc = (size_t)(rl == 1 ? 512 : rl > 64 ? rl : 64) * REDUCE_WIDTH;
+    const size_t tc = (size_t)rl * multipass_shape_of(opt).afck * REDUCE_WIDTH;
     t->ntc = (C + tc - 1) / tc;
     size_t bands = (g + B * t->ntc - 1) / (B * t->ntc);
     if (bands > R)

@@ -37,14 +37,8 @@ inline float lane_sum(floatR x)
     return s;
 }
 
-#ifndef AFCK
-/* Chunks per item of a tile: with RL 1 (a CPU) 512, so a tile spans 8192 columns and each
- * row segment is a 32 KiB run (tiles of 1024 columns, 4 KiB runs, took 4.3 ms instead of 2.5
- * for the statistics of a 4096 x 8192 gradient: clopt-bench, PoCL); the item's column sums
- * are then 64 KiB of private memory. With RL >= 64 (a GPU) one chunk per item. The host's
- * tile width (clopt_o_af_tiles) follows this define. */
-#define AFCK (RL == 1 ? 512 : RL >= 64 ? 1 : 64 / RL)
-#endif
+/* AFCK, the chunks per item of a tile, is a define from the host (multipass_shape in
+ * host/passes.c, which also computes the tiles). */
 #define AFRB (RL < 16 ? RL : 16)
 __kernel void adafactor_stats(__global const float *g_, const ulong go, GC_PARAMS
                               const ulong batches, const ulong rows, const ulong cols,

@@ -506,45 +506,14 @@ inline float group_sum(float x, __local float *buf)
 #endif
 }
 
-/* The same for a maximum (order-free, so any tree gives the same result). */
-inline float group_max(float x, __local float *buf)
-{
-#if RL == 1
-    (void)buf;
-    return x;
-#else
-    const uint l = get_local_id(0);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    buf[l] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint s = RL / 2; s > 0; s >>= 1) {
-        if (l < s)
-            buf[l] = fmax(buf[l], buf[l + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    return buf[0];
-#endif
-}
-
 /* The chunk driver of the update kernels that follow a sum (lamb_update, adafactor_update).
  * The n / RW full chunks are cut into USTREAMS equal contiguous parts of Q chunks; work-item
  * i takes the UPDATE_CHUNKS chunks from i·UPDATE_CHUNKS of every part, walking the parts in
  * lockstep, and runs BODY(e, cnt, s) for each (s = the part, a literal; the host launches
  * ceil(Q / UPDATE_CHUNKS) items, UPDATE_ITEMS_OK tells an item whether it has work); item 0
- * also takes the partial last chunk, as part USTREAMS-1. On a CPU (RL 1) 2 parts keep twice
- * the memory streams in flight (a core's bandwidth on few streams is bounded by its
- * outstanding misses: clopt-bench at 2^25, Adafactor's update 7.3 -> 6.2 ms, LAMB's 6.9 ->
- * 6.5; 4 parts were slower than 2) and 64 chunks per item spread its set-up (reading the
- * sums, locating rows: Adafactor's update 5.8 -> 5.1 ms against 16 chunks); on a GPU one
- * chunk per item and one part keep neighbouring items on neighbouring chunks. At most 4
- * parts. */
-#if RL == 1
-#define UPDATE_CHUNKS 64
-#define USTREAMS 2
-#else
-#define UPDATE_CHUNKS 1
-#define USTREAMS 1
-#endif
+ * also takes the partial last chunk, as part USTREAMS-1. UPDATE_CHUNKS and USTREAMS (at
+ * most 4) are defines from the host (multipass_shape in host/passes.c, which also sizes the
+ * launch). */
 #define UPDATE_PART(n) (((n) / RW + USTREAMS - 1) / USTREAMS)
 #define UPDATE_ITEMS_OK(n)                                                                 \
     (get_global_id(0) * UPDATE_CHUNKS < UPDATE_PART(n) || get_global_id(0) == 0)
