@@ -90,6 +90,9 @@ void clopt_reduce_shape(const clopt_ctx *ctx, unsigned *local, size_t *groups);
 
 /* Validation helpers (util.c). */
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
+/* The same for a tensor of esize-byte elements (offset and n in elements). */
+clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n,
+                                   size_t esize);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
 /* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width and
@@ -141,6 +144,11 @@ typedef struct clopt_ctl {
 /* The control arguments of a CTRL kernel (buffer, offset 0, expect, table, its offset,
    outcomes), after all others. */
 void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c);
+/* Storage (ops.c): the -D defines of a θ/g storage combination ("" for float32 θ and g),
+   and the trailing arguments of a kernel with a 16-bit θ (STORAGE_PARAMS, common.cl). */
+void clopt_storage_options(char *out, size_t cap, clopt_dtype param, clopt_dtype grad,
+                           clopt_master master, int sr);
+void clopt_arg_storage(clopt_args *a, const clopt_step_args *s, uint64_t step);
 /* Floats per row of the per-step argument table (CTRL_ROW in kernels/common.cl). */
 #define CLOPT_CTRL_ROW 16
 /* clopt_enqueue_step with the optimizer's control (ctl NULL: the op level's plain launch). */

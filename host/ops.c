@@ -24,6 +24,73 @@ static const char *state_label(size_t i)
     return labels[i];
 }
 
+static int dtype_16(clopt_dtype t) { return t == CLOPT_DTYPE_F16 || t == CLOPT_DTYPE_BF16; }
+static int dtype_value(clopt_dtype t) { return t == CLOPT_DTYPE_F32 || dtype_16(t); }
+
+/* θ, g and the master with their storage types; the storage options of the step. */
+static clopt_status check_storage(clopt_ctx *ctx, const clopt_step_args *a, size_t n)
+{
+    if (!dtype_value(a->param_dtype) || !dtype_value(a->grad_dtype))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "param_dtype and grad_dtype must be CLOPT_DTYPE_F32, F16 or BF16 "
+                          "(got %d and %d)", (int)a->param_dtype, (int)a->grad_dtype);
+    clopt_status s;
+    if ((s = clopt_check_tensor_of(ctx, "param", a->param, n,
+                                   clopt_dtype_size(a->param_dtype))) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "grad", a->grad, n,
+                                   clopt_dtype_size(a->grad_dtype))) != CLOPT_SUCCESS)
+        return s;
+    const int p16 = dtype_16(a->param_dtype);
+    if ((int)a->master_kind < CLOPT_MASTER_NONE || a->master_kind > CLOPT_MASTER_REMAINDER)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "master_kind %d is not a clopt_master",
+                          (int)a->master_kind);
+    if (a->master_kind != CLOPT_MASTER_NONE && !p16)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "a master copy needs a 16-bit param (param_dtype is %s)",
+                          clopt_dtype_name(a->param_dtype));
+    if (a->master_kind == CLOPT_MASTER_REMAINDER && a->param_dtype != CLOPT_DTYPE_BF16)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "CLOPT_MASTER_REMAINDER needs a bf16 param (the remainder is the low "
+                          "half of the float32 master); use CLOPT_MASTER_F32 with f16");
+    if (a->master_kind == CLOPT_MASTER_NONE && a->master.buffer)
+        return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                          "args.master is set but master_kind is CLOPT_MASTER_NONE");
+    if (a->master_kind != CLOPT_MASTER_NONE &&
+        (s = clopt_check_tensor_of(ctx, "master", a->master, n,
+                                   a->master_kind == CLOPT_MASTER_F32 ? 4 : 2)) != CLOPT_SUCCESS)
+        return s;
+    if (a->stochastic_rounding != 0 && a->stochastic_rounding != 1)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "stochastic_rounding must be 0 or 1");
+    if (a->stochastic_rounding && (!p16 || a->master_kind != CLOPT_MASTER_NONE))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "stochastic rounding applies to a 16-bit param without a master "
+                          "(param_dtype %s, master_kind %d)",
+                          clopt_dtype_name(a->param_dtype), (int)a->master_kind);
+    return CLOPT_SUCCESS;
+}
+
+/* The -D defines of a storage combination ("" for float32 θ and g, whose programs stay the
+   ones they always were). */
+void clopt_storage_options(char *out, size_t cap, clopt_dtype param, clopt_dtype grad,
+                           clopt_master master, int sr)
+{
+    if (param == CLOPT_DTYPE_F32 && grad == CLOPT_DTYPE_F32)
+        out[0] = 0;
+    else
+        snprintf(out, cap, " -DPT=%d -DGT=%d -DMASTER=%d -DSR=%d", (int)param, (int)grad,
+                 (int)master, sr);
+}
+
+/* The arguments after all others of a kernel with a 16-bit θ (STORAGE_PARAMS in
+   kernels/common.cl): the master (θ's buffer when there is none) and the rounding key. */
+void clopt_arg_storage(clopt_args *a, const clopt_step_args *s, uint64_t step)
+{
+    clopt_arg_tensor(a, s->master_kind != CLOPT_MASTER_NONE ? s->master : s->param);
+    clopt_arg_ulong(a, s->sr_seed);
+    clopt_arg_int(a, (cl_int)s->sr_stream);
+    clopt_arg_int(a, (cl_int)(uint32_t)step);
+}
+
 /* Checks everything a step needs; *nstate receives the rule's state count. */
 static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                   const clopt_hparams *hp, const clopt_step_args *a, size_t n,
@@ -55,8 +122,7 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
         return s;
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
         return s;
-    if ((s = clopt_check_tensor(ctx, "param", a->param, n)) != CLOPT_SUCCESS ||
-        (s = clopt_check_tensor(ctx, "grad", a->grad, n)) != CLOPT_SUCCESS)
+    if ((s = check_storage(ctx, a, n)) != CLOPT_SUCCESS)
         return s;
     size_t nstate = clopt_rule_state_count(rule, hp);
     for (size_t i = 0; i < CLOPT_MAX_STATE; i++) {
@@ -72,6 +138,11 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
                               CLOPT_SUCCESS)
             return s;
     }
+    if (hp->grad_centralization && a->gc_rows > 0 &&
+        (a->param_dtype != CLOPT_DTYPE_F32 || a->grad_dtype != CLOPT_DTYPE_F32))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "gradient centralization takes float32 param and grad only (its row "
+                          "means pass reads them as float32)");
     if (hp->grad_centralization && a->gc_rows > 0) {
         if (n % a->gc_rows != 0)
             return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
@@ -135,6 +206,12 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         snprintf(plan.options + len, sizeof plan.options - len, " -DCTRL=1%s",
                  ctl->ranges ? " -DRANGES=1" : "");
     }
+    const int p16 = args->param_dtype != CLOPT_DTYPE_F32;
+    if (p16 || args->grad_dtype != CLOPT_DTYPE_F32) {
+        size_t len = strlen(plan.options);
+        clopt_storage_options(plan.options + len, sizeof plan.options - len, args->param_dtype,
+                              args->grad_dtype, args->master_kind, args->stochastic_rounding);
+    }
     cl_kernel k = NULL, kgc = NULL;
     unsigned rl; /* gradient centralization's row means: one work-group of rl items per row */
     size_t ngroups;
@@ -174,6 +251,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_mem(&a, ctl->ranges);
     if (ctl)
         clopt_arg_ctl(&a, ctl);
+    if (p16)
+        clopt_arg_storage(&a, args, step);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     cl_command_queue q = queue ? queue : ctx->queue;
@@ -404,4 +483,65 @@ clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpar
         out[k] = (clopt_tensor){made[k], 0};
     *count = ns;
     return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                   clopt_dtype dst_dtype, clopt_tensor src,
+                                   clopt_dtype src_dtype, size_t n, int stochastic_rounding,
+                                   uint64_t seed, uint32_t stream, uint64_t step,
+                                   cl_uint num_wait, const cl_event *wait_list,
+                                   cl_event *event)
+{
+    if (!ctx)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(ctx);
+    if (!dtype_value(dst_dtype) || !dtype_value(src_dtype))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "convert: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or "
+                          "BF16 (got %d and %d)", (int)dst_dtype, (int)src_dtype);
+    if (stochastic_rounding != 0 && stochastic_rounding != 1)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "convert: stochastic_rounding must be 0 or 1");
+    if (stochastic_rounding && !dtype_16(dst_dtype))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "convert: stochastic rounding needs a 16-bit dst");
+    if (n == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "convert: n must be >= 1");
+    clopt_status s;
+    if ((queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS) ||
+        (s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "dst", dst, n, clopt_dtype_size(dst_dtype))) !=
+            CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "src", src, n, clopt_dtype_size(src_dtype))) !=
+            CLOPT_SUCCESS)
+        return s;
+    const size_t ds = clopt_dtype_size(dst_dtype), ss = clopt_dtype_size(src_dtype);
+    if (dst.buffer == src.buffer && dst.offset * ds < (src.offset + n) * ss &&
+        src.offset * ss < (dst.offset + n) * ds)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "convert: dst and src overlap");
+    clopt_tuning t = ctx->tuning;
+    char options[192];
+    int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
+                       CLOPT_TUNING_ARGS(&t));
+    snprintf(options + len, sizeof options - (size_t)len, " -DPT=%d -DGT=%d -DMASTER=0 -DSR=%d",
+             (int)dst_dtype, (int)src_dtype, stochastic_rounding);
+    cl_kernel k;
+    if ((s = clopt_get_kernel(ctx, "tensor", options, "convert", &k)) != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, dst);
+    clopt_arg_tensor(&a, src);
+    clopt_arg_ulong(&a, n);
+    if (dst_dtype != CLOPT_DTYPE_F32) {
+        clopt_step_args sa;
+        clopt_step_args_init(&sa);
+        sa.param = dst;
+        sa.sr_seed = seed;
+        sa.sr_stream = stream;
+        clopt_arg_storage(&a, &sa, step);
+    }
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &t, num_wait,
+                                    wait_list, event);
 }

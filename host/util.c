@@ -63,6 +63,12 @@ clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kern
 
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n)
 {
+    return clopt_check_tensor_of(ctx, what, t, n, sizeof(float));
+}
+
+clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n,
+                                   size_t esize)
+{
     if (!t.buffer)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "%s: buffer is NULL", what);
     size_t bytes = 0;
@@ -76,11 +82,12 @@ clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t
     if (owner != ctx->context)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "%s: buffer belongs to another cl_context", what);
-    size_t elems = bytes / sizeof(float);
+    size_t elems = bytes / esize;
     if (t.offset > elems || n > elems - t.offset)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_BOUNDS,
-                          "%s: offset %zu + n %zu elements runs past the buffer (%zu floats)",
-                          what, t.offset, n, elems);
+                          "%s: offset %zu + n %zu elements runs past the buffer (%zu %s)",
+                          what, t.offset, n, elems,
+                          esize == sizeof(float) ? "floats" : "16-bit elements");
     return CLOPT_SUCCESS;
 }
 
@@ -148,4 +155,21 @@ clopt_status clopt_launch_chunks(clopt_ctx *ctx, cl_command_queue queue, cl_kern
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &local, num_wait, wait_list,
                                         event);
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
+}
+
+size_t clopt_dtype_size(clopt_dtype t)
+{
+    switch (t) {
+    case CLOPT_DTYPE_F32: return 4;
+    case CLOPT_DTYPE_F16:
+    case CLOPT_DTYPE_BF16:
+    case CLOPT_DTYPE_U16: return 2;
+    default: return 0;
+    }
+}
+
+const char *clopt_dtype_name(clopt_dtype t)
+{
+    static const char *names[] = {"f32", "f16", "bf16", "u16"};
+    return (int)t >= 0 && (int)t < 4 ? names[t] : NULL;
 }

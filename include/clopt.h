@@ -420,6 +420,14 @@ typedef struct clopt_hparams {
     double lookahead_alpha;
     /* Ranger: rectify when ρ_t > n_sma_threshold (5, as its code) */
     double n_sma_threshold;
+    /* Storage of the group's 16-bit parameters (optimizer level; see clopt_master and
+       clopt_step_args): master is a clopt_master (0 none: θ updated in place), kept per
+       tensor as the state "master" (float32, initialised from θ at registration) or
+       "master_remainder" (u16, zeros); stochastic_rounding 1 rounds θ stochastically (no
+       master only), keyed by the optimizer's seed (clopt_optimizer_seed), the tensor's
+       index as the stream and its step count. Both are ignored for float32 tensors. */
+    int master;
+    int stochastic_rounding;
 } clopt_hparams;
 
 /* Fills *out with rule's defaults. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
@@ -453,7 +461,41 @@ size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp);
 /* Op level                                                                              */
 /* ------------------------------------------------------------------------------------ */
 
-/* A tensor in a caller-owned buffer: element offset into a cl_mem of float32. */
+/* Storage (element) types. Arithmetic is float32 everywhere; only storage changes.
+   F16 is IEEE binary16 (read and written with vload_half/vstore_half_rte, core OpenCL 1.2:
+   no cl_khr_fp16 needed); BF16 is bfloat16 (the top 16 bits of a float32: stored rounded to
+   nearest even, a NaN kept NaN); U16 is raw 16-bit words (the low halves of a bf16
+   parameter's master, CLOPT_MASTER_REMAINDER). */
+typedef enum clopt_dtype {
+    CLOPT_DTYPE_F32 = 0,
+    CLOPT_DTYPE_F16 = 1,
+    CLOPT_DTYPE_BF16 = 2,
+    CLOPT_DTYPE_U16 = 3
+} clopt_dtype;
+/* Bytes per element (0 for a value out of range) and the name ("f32", "f16", "bf16", "u16";
+   NULL out of range). Host only. */
+size_t clopt_dtype_size(clopt_dtype t);
+const char *clopt_dtype_name(clopt_dtype t);
+
+/* Master weights of a 16-bit parameter (see clopt_step_args):
+   NONE       θ itself is updated: the new value is rounded to θ's type, to nearest even or,
+              with stochastic rounding, up or down with probabilities that make the
+              expected value the float32 result (unbiased);
+   F32        an fp32 master copy (a state tensor of n floats) is what the rule updates; the
+              same launch writes θ = the master rounded to nearest even (θ is not read);
+   REMAINDER  bf16 θ only: a 16-bit state r per element such that the master's bits are
+              (θ's bits << 16) + r as a signed 16-bit value, i.e. θ is the master rounded to
+              nearest (ties away from zero) and θ with r is exactly the fp32 master (2 bytes
+              of state per parameter instead of 4, as Transformer Engine's bf16 remainders).
+              A REMAINDER state of zeros makes the master equal θ. */
+typedef enum clopt_master {
+    CLOPT_MASTER_NONE = 0,
+    CLOPT_MASTER_F32 = 1,
+    CLOPT_MASTER_REMAINDER = 2
+} clopt_master;
+
+/* A tensor in a caller-owned buffer: an offset in elements (of the tensor's storage type,
+   float32 unless said otherwise) into a cl_mem. */
 typedef struct clopt_tensor {
     cl_mem buffer;
     size_t offset;
@@ -479,10 +521,44 @@ typedef struct clopt_step_args {
        two launches: the row means (a reduction), then the fused update. */
     size_t gc_rows;
     clopt_tensor gc_scratch;
+    /* Storage (all zero after clopt_step_args_init: float32 θ and g, no master). param and
+       grad offsets count elements of their own type; any rule takes any combination of F32,
+       F16 and BF16 for θ and g (the states stay float32). */
+    clopt_dtype param_dtype, grad_dtype;
+    /* 16-bit θ only: CLOPT_MASTER_F32 (master: n float32, the parameter the rule updates;
+       the caller initialises it from θ, e.g. with clopt_enqueue_convert) or
+       CLOPT_MASTER_REMAINDER (bf16 θ: master holds n U16 words, zeros at the start). */
+    clopt_master master_kind;
+    clopt_tensor master;
+    /* 16-bit θ without a master: 1 rounds θ stochastically. The random word of element e
+       (its index in param's buffer, offset included) is word e % 4 of Philox-4x32-10 with
+       counter (e/4 low 32 bits, e/4 high 32 bits, step low 32 bits, sr_stream) and key
+       (sr_seed low, high): deterministic for a given seed, stream, step and element. Give
+       tensors that share a buffer offset in different buffers different streams. */
+    int stochastic_rounding;
+    uint64_t sr_seed;
+    uint32_t sr_stream;
 } clopt_step_args;
 
-/* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1 (NULL: no-op). */
+/* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1, float32
+   storage (NULL: no-op). clopt_step_args grows between minor versions: start from this. */
 void clopt_step_args_init(clopt_step_args *args);
+
+/* dst = src converted between storage types over n elements (offsets in elements of each
+   tensor's own type): rounded to nearest even, or with stochastic_rounding 1 (16-bit dst
+   only) as in clopt_step_args with (seed, stream, step). For engines that keep bf16/f16
+   weights: the fp32 master from θ (F16/BF16 -> F32) or a 16-bit copy of float32 weights.
+   One launch; dst and src must not overlap. Statuses: CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, stochastic rounding with a
+   float32 dst, a buffer or queue of another context, a bad wait list),
+   CLOPT_ERR_INVALID_SIZE (n = 0), CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_BUILD_FAILED and
+   OpenCL codes. Non-blocking as clopt_enqueue_step (the first use compiles). */
+clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                   clopt_dtype dst_dtype, clopt_tensor src,
+                                   clopt_dtype src_dtype, size_t n, int stochastic_rounding,
+                                   uint64_t seed, uint32_t stream, uint64_t step,
+                                   cl_uint num_wait, const cl_event *wait_list,
+                                   cl_event *event);
 
 /* NAdam: μ_t = β1*(1 - 0.5*0.96^(t*ψ)); returns Π_{i<=t} μ_i (t = 0 or hp NULL gives 1).
    Host only; O(t). */
@@ -501,6 +577,11 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only),
  * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
+ * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
+ * θ, REMAINDER with an f16 θ, stochastic rounding with a master or a float32 θ),
+ * CLOPT_ERR_STATE_MISMATCH (master set with CLOPT_MASTER_NONE), CLOPT_ERR_OUT_OF_BOUNDS
+ * (sizes count elements of each tensor's type), CLOPT_ERR_UNSUPPORTED (gradient
+ * centralization with a 16-bit θ or g).
  * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
  * out event (if non-NULL) must be released by the caller. Retains nothing: the buffers and
  * the queue are used only by the commands enqueued here. Non-blocking (it only enqueues),
@@ -606,6 +687,11 @@ typedef struct clopt_param_desc {
     clopt_tensor hessian; /* Sophia only; buffer NULL = none */
     size_t ndim;
     size_t shape[CLOPT_MAX_DIMS];
+    /* Storage of param and grad (offsets in their elements): F32 (init), F16 or BF16, for
+       tensors registered with clopt_optimizer_add_param_desc (arena and range groups and
+       the rules with reductions, Adafactor, LAMB, gradient centralization and Lookahead,
+       take float32 only for now: CLOPT_ERR_UNSUPPORTED). */
+    clopt_dtype param_dtype, grad_dtype;
 } clopt_param_desc;
 /* Zeroes a descriptor (ndim 0, no Hessian buffer). clopt_param_desc may grow: start from this
    (or a designated initialiser, which zeroes the fields it does not name). NULL: no-op. */
@@ -985,8 +1071,6 @@ clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_opti
    blocking as clopt_optimizer_load). */
 clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, size_t len);
 
-/* Element types of state tensors (more storage types will follow). */
-typedef enum clopt_dtype { CLOPT_DTYPE_F32 = 0 } clopt_dtype;
 
 /* One state tensor, for engines that write the optimizer state into their own container.
    key: "state.<param>.<name>" as torch's state_dict ("state.3.exp_avg"); shape: the

@@ -12,7 +12,7 @@
 
 /* Adam (L2 decay) and AdamW (decoupled decay θ - (lr·wd)·θ, lrwd = lr·wd), torch 1.13:
  * θ -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), step_size = lr / bc1. */
-__kernel void adam_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                         const ulong go, __global float *m_, const ulong mo,
                         __global float *v_, const ulong vo,
 #if AMSGRAD
@@ -20,11 +20,12 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
 #endif
                         GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
                         float eps, float weight_decay, float lrwd,
-                        float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS)
+                        float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, step_size, inv_sqrt_bc2);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
@@ -33,8 +34,8 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
     vmax_ += (long)vmaxo + RS_;
 #endif
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
 #if DECOUPLED
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
 #else
@@ -54,27 +55,28 @@ __kernel void adam_step(__global float *p_, const ulong po, __global const float
     p = p - step_size * (m / denom);
     STORE(m, m_);
     STORE(v, v_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
-__kernel void adamax_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adamax_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG, float gmul,
                           float beta1, float ombeta1, float beta2, float ombeta2, float eps,
-                          float weight_decay, float clr RANGES_PARAMS CTRL_PARAMS)
+                          float weight_decay, float clr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, clr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     u_ += (long)uo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -83,30 +85,31 @@ __kernel void adamax_step(__global float *p_, const ulong po, __global const flo
     p = p - clr * (m / u);
     STORE(m, m_);
     STORE(u, u_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* NAdam (Dozat; torch >= 2.0): d = sqrt(v / bc2) + eps;
  * θ -= c_grad * g / d; θ -= c_mom * m / d, with c_grad = lr(1-μ_t)/(1-Π_t) and
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
-__kernel void nadam_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void nadam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG, float gmul,
                          float beta1, float ombeta1, float beta2, float ombeta2, float eps,
                          float weight_decay, float inv_bc2, float c_grad,
-                         float c_mom RANGES_PARAMS CTRL_PARAMS)
+                         float c_mom RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, inv_bc2, c_grad, c_mom);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     v_ += (long)vo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -118,31 +121,32 @@ __kernel void nadam_step(__global float *p_, const ulong po, __global const floa
     p = p - c_mom * (m * inv_denom);
     STORE(m, m_);
     STORE(v, v_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
  * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too.
  * Ranger (DECOUPLED): θ -= (wd·lr)·θ first instead of L2 decay. */
-__kernel void radam_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                          const ulong go, __global float *m_, const ulong mo,
                          __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG,
                          float gmul, int rectified, float beta1,
                          float ombeta1, float beta2, float ombeta2,
                          float eps, float weight_decay, float lrwd,
-                         float c RANGES_PARAMS CTRL_PARAMS)
+                         float c RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(rectified, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, c);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     v_ += (long)vo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
 #if DECOUPLED
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
 #else
@@ -158,31 +162,32 @@ __kernel void radam_step(__global float *p_, const ulong po, __global const floa
         p = p - c * m;
     STORE(m, m_);
     STORE(v, v_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* AdaMod (official code): η = step / (sqrt(v) + eps), step = lr sqrt(bc2) / bc1;
  * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ -= (lr·wd)·θ first. */
-__kernel void adamod_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adamod_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *v_, const ulong vo, __global float *s_,
                           const ulong so, GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
                           float beta2, float ombeta2, float beta3, float ombeta3, float eps,
-                          float lrwd, float step_size RANGES_PARAMS CTRL_PARAMS)
+                          float lrwd, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, lrwd, step_size);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     v_ += (long)vo + RS_;
     s_ += (long)so + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
+    floatV p = THETA_LOAD(p_);
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
-    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
+    floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
     floatV eta = step_size / (sqrt(v) + eps);
@@ -191,30 +196,31 @@ __kernel void adamod_step(__global float *p_, const ulong po, __global const flo
     STORE(m, m_);
     STORE(v, v_);
     STORE(s, s_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* diffGrad (v2 code): ξ = 1 / (1 + exp(-|g_prev - g|)); θ -= step * ξ m / (sqrt(v) + eps),
  * step = lr sqrt(bc2) / bc1; L2 decay; the previous gradient is state. */
-__kernel void diffgrad_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, __global float *m_, const ulong mo,
                             __global float *v_, const ulong vo, __global float *prev_,
                             const ulong prevo, GC_PARAMS const ulong N_ARG, float gmul,
                             float beta1, float ombeta1, float beta2, float ombeta2, float eps,
-                            float weight_decay, float step_size RANGES_PARAMS CTRL_PARAMS)
+                            float weight_decay, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, step_size);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     v_ += (long)vo + RS_;
     prev_ += (long)prevo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -226,6 +232,6 @@ __kernel void diffgrad_step(__global float *p_, const ulong po, __global const f
     STORE(m, m_);
     STORE(v, v_);
     STORE(g, prev_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }

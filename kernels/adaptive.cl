@@ -10,48 +10,50 @@
 #endif
 
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
-__kernel void adagrad_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adagrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, __global float *s_, const ulong so, GC_PARAMS const ulong N_ARG,
                            float gmul, float eps, float weight_decay,
-                           float clr RANGES_PARAMS CTRL_PARAMS)
+                           float clr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(eps, weight_decay, clr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     s_ += (long)so + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
     floatV s = LOAD(s_) + g * g;
     p = p - clr * (g / (sqrt(s) + eps));
     STORE(s, s_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* Adadelta: v = ρv + (1-ρ)g²; δ = sqrt(u + eps) / sqrt(v + eps) * g; u = ρu + (1-ρ)δ²;
  * θ -= lr δ. */
-__kernel void adadelta_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adadelta_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, __global float *v_, const ulong vo,
                             __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG,
                             float gmul, float rho, float omrho, float eps,
-                            float weight_decay, float lr RANGES_PARAMS CTRL_PARAMS)
+                            float weight_decay, float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(rho, omrho, eps, weight_decay, lr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     v_ += (long)vo + RS_;
     u_ += (long)uo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -64,14 +66,14 @@ __kernel void adadelta_step(__global float *p_, const ulong po, __global const f
     p = p - lr * delta;
     STORE(v, v_);
     STORE(u, u_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* RMSprop: v = αv + (1-α)g²; centered: a = αa + (1-α)g, d = sqrt(v - a²) + eps, else
  * d = sqrt(v) + eps; momentum: b = μb + g/d, θ -= lr b; else θ -= lr g/d.
  * State order: square_avg, [momentum_buffer], [grad_avg]. */
-__kernel void rmsprop_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void rmsprop_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, __global float *v_, const ulong vo,
 #if MOMENTUM
                            __global float *b_, const ulong bo,
@@ -81,11 +83,12 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #endif
                            GC_PARAMS const ulong N_ARG, float gmul, float alpha, float omalpha,
                            float eps, float weight_decay, float momentum,
-                           float lr RANGES_PARAMS CTRL_PARAMS)
+                           float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(alpha, omalpha, eps, weight_decay, momentum, lr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     v_ += (long)vo + RS_;
@@ -96,8 +99,8 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
     a_ += (long)ao + RS_;
 #endif
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -117,6 +120,6 @@ __kernel void rmsprop_step(__global float *p_, const ulong po, __global const fl
 #else
     p = p - lr * (g / d);
 #endif
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }

@@ -191,6 +191,297 @@ inline void tail_store(floatV x, __global float *p, uint rem)
             tail_store(x, (p) + base_, rem_);                                              \
     } while (0)
 
+/* ==== Storage types (defines PT, GT, MASTER, SR) ===========================================
+ * Arithmetic is float32 everywhere; only storage changes. PT is θ's storage, GT the
+ * gradient's: 0 float32, 1 float16 (vload_half / vstore_half_rte: core OpenCL 1.2, no
+ * cl_khr_fp16), 2 bfloat16 (16-bit words, a float's top half: loaded by a shift, stored
+ * rounded to nearest even, a NaN kept a quiet NaN).
+ * MASTER (PT != 0): 0 none: θ is the parameter, stored rounded to nearest even or, with
+ * SR 1, stochastically; 1 an fp32 master in the state tensor ms_: the update reads and
+ * writes the master, and θ (never read) is written as the master rounded to nearest even;
+ * 2 remainder (bf16 θ only): ms_ holds 16-bit words r with master bits = (θ bits << 16) +
+ * (short)r, so θ is the master rounded to nearest (ties away from zero) and θ with r is
+ * exactly the fp32 master.
+ * Kernels take STORAGE_PARAMS last when PT != 0: ms_ + mso (the master or remainder, laid
+ * out like the states; any buffer with MASTER 0) and the stochastic rounding key (seed,
+ * stream, step). The random word of element e (its index in θ's buffer) is word e % 4 of
+ * Philox-4x32-10 with counter (e / 4 low, high, step, stream) and key (seed low, high); at
+ * the optimizer level (CTRL) the step is the device's count of applied steps + 1. */
+#ifndef PT
+#define PT 0
+#endif
+#ifndef GT
+#define GT 0
+#endif
+#ifndef MASTER
+#define MASTER 0
+#endif
+#ifndef SR
+#define SR 0
+#endif
+
+/* Philox-4x32-10 (Salmon et al. 2011, the Random123 constants). */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+inline uint4 philox4x32_10(uint4 c, uint2 k)
+{
+    for (int r = 0; r < 10; r++) {
+        uint lo0 = PHILOX_M0 * c.x, hi0 = mul_hi(PHILOX_M0, c.x);
+        uint lo1 = PHILOX_M1 * c.z, hi1 = mul_hi(PHILOX_M1, c.z);
+        c = (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+    return c;
+}
+
+#if VW == 1
+typedef uint uintV;
+typedef int intV;
+typedef ushort ushortV;
+#define AS_FLOATV as_float
+#define AS_UINTV as_uint
+#define CONVERT_UINTV convert_uint
+#define CONVERT_USHORTV convert_ushort
+#define CONVERT_FLOATV convert_float
+#define VLOAD_HALF vload_half
+#define VSTORE_HALF_RTE vstore_half_rte
+#else
+typedef CLOPT_CAT(uint, VW) uintV;
+typedef CLOPT_CAT(int, VW) intV;
+typedef CLOPT_CAT(ushort, VW) ushortV;
+#define AS_FLOATV CLOPT_CAT(as_float, VW)
+#define AS_UINTV CLOPT_CAT(as_uint, VW)
+#define CONVERT_UINTV CLOPT_CAT(convert_uint, VW)
+#define CONVERT_USHORTV CLOPT_CAT(convert_ushort, VW)
+#define CONVERT_FLOATV CLOPT_CAT(convert_float, VW)
+#define VLOAD_HALF CLOPT_CAT(vload_half, VW)
+#define VSTORE_HALF_RTE CLOPT_CAT(CLOPT_CAT(vstore_half, VW), _rte)
+#endif
+
+inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
+
+/* Round to nearest even; a NaN stays a (quiet) NaN. */
+inline ushortV f32_to_bf16(floatV x)
+{
+    const uintV b = AS_UINTV(x);
+    const uintV r = (b + (uintV)(0x7FFFu) + ((b >> 16) & (uintV)(1u))) >> 16;
+    return CONVERT_USHORTV(select(r, (b >> 16) | (uintV)(0x40u), isnan(x)));
+}
+
+/* Stochastic rounding to bf16 with the random word r: up (in magnitude) with probability
+ * (low 16 bits of x) / 2^16, so the expected value is x; Inf stays Inf, NaN stays NaN. */
+inline ushortV f32_to_bf16_sr(floatV x, uintV r)
+{
+    const uintV b = AS_UINTV(x);
+    const uintV s = (b + (r & (uintV)(0xFFFFu))) >> 16;
+    return CONVERT_USHORTV(select(s, (b >> 16) | (uintV)(0x40u), isnan(x)));
+}
+
+/* Stochastic rounding to the float16 grid with the random word r (its top 24 bits a uniform
+ * u in [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
+ * e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q)) ulps.
+ * The result is a float16 value (stored exactly by vstore_half_rte), or >= 65536 and so Inf
+ * as a float16, as a value past the largest float16 rounds; Inf and NaN pass through. */
+inline floatV f16_sr_value(floatV x, uintV r)
+{
+    const floatV a = fabs(x);
+    const intV e = max(ilogb(a), (intV)(-14));
+    const floatV q = ldexp(a, (intV)(10) - e);
+    const floatV fl = floor(q);
+    const floatV u = CONVERT_FLOATV(r >> 8) * (1.0f / 16777216.0f);
+    const floatV y = ldexp(fl + select((floatV)(0.0f), (floatV)(1.0f), u < q - fl), e - (intV)(10));
+    return select(copysign(y, x), x, isnan(x) | isinf(x));
+}
+
+/* The random words of the VW elements from element e0 (see above). */
+inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
+{
+    const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
+    uint w[VW];
+#if VW >= 4
+    if ((e0 & 3u) == 0) {
+        for (uint k = 0; k < VW; k += 4) {
+            const ulong q = (e0 + k) >> 2;
+            const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+            w[k] = x.x, w[k + 1] = x.y, w[k + 2] = x.z, w[k + 3] = x.w;
+        }
+        return VLOAD(0, w);
+    }
+#endif
+    ulong q = e0 >> 2;
+    uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+    for (uint k = 0; k < VW; k++) {
+        const ulong e = e0 + k;
+        if ((e >> 2) != q) {
+            q = e >> 2;
+            x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+        }
+        const uint j = (uint)e & 3u;
+        w[k] = j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
+    }
+    return VLOAD(0, w);
+}
+
+/* Typed vector loads and stores (vector vi of VW elements, or the tail of rem). */
+inline floatV vload_f16(ulong i, __global const half *p) { return VLOAD_HALF(i, p); }
+inline floatV vload_bf16(ulong i, __global const ushort *p) { return bf16_to_f32(VLOAD(i, p)); }
+
+inline floatV tail_load_f16(__global const half *p, uint rem)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? vload_half(k, p) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline floatV tail_load_bf16(__global const ushort *p, uint rem)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? as_float((uint)p[k] << 16) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline ushortV tail_load_u16(__global const ushort *p, uint rem)
+{
+    ushort t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? p[k] : (ushort)0;
+    return VLOAD(0, t);
+}
+
+inline void tail_store_f16(floatV x, __global half *p, uint rem)
+{
+    float t[VW];
+    VSTORE(x, 0, t);
+    for (uint k = 0; k < rem; k++)
+        vstore_half_rte(t[k], k, p);
+}
+
+inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
+{
+    ushort t[VW];
+    VSTORE(x, 0, t);
+    for (uint k = 0; k < rem; k++)
+        p[k] = t[k];
+}
+
+#define LOAD_F16(p) (full_ ? vload_f16(vi_, p) : tail_load_f16((p) + base_, rem_))
+#define LOAD_BF16(p) (full_ ? vload_bf16(vi_, p) : tail_load_bf16((p) + base_, rem_))
+#define LOAD_U16(p) (full_ ? VLOAD(vi_, p) : tail_load_u16((p) + base_, rem_))
+#define STORE_U16(x, p)                                                                    \
+    do {                                                                                   \
+        if (full_)                                                                         \
+            VSTORE(x, vi_, p);                                                             \
+        else                                                                               \
+            tail_store_u16(x, (p) + base_, rem_);                                          \
+    } while (0)
+#define STORE_F16(x, p)                                                                    \
+    do {                                                                                   \
+        if (full_)                                                                         \
+            VSTORE_HALF_RTE(x, vi_, p);                                                    \
+        else                                                                               \
+            tail_store_f16(x, (p) + base_, rem_);                                          \
+    } while (0)
+
+/* The gradient: GSTORE its element type, LOADG one vector as floats, loadRG one RW chunk. */
+#if GT == 0
+#define GSTORE float
+#define LOADG(p) LOAD(p)
+#elif GT == 1
+#define GSTORE half
+#define LOADG(p) LOAD_F16(p)
+#else
+#define GSTORE ushort
+#define LOADG(p) LOAD_BF16(p)
+#endif
+
+/* θ: PSTORE its element type; STOREP rounds (nearest even, or stochastically with SR). */
+#if PT == 0
+#define PSTORE float
+#define LOADP(p) LOAD(p)
+#define STOREP(x, p) STORE(x, p)
+#else
+#if PT == 1
+#define PSTORE half
+#define LOADP(p) LOAD_F16(p)
+#define STOREP_RNE(x, p) STORE_F16(x, p)
+#define STOREP_SR(x, p, r) STORE_F16(f16_sr_value(x, r), p)
+#else
+#define PSTORE ushort
+#define LOADP(p) LOAD_BF16(p)
+#define STOREP_RNE(x, p) STORE_U16(f32_to_bf16(x), p)
+#define STOREP_SR(x, p, r) STORE_U16(f32_to_bf16_sr(x, r), p)
+#endif
+#if CTRL
+#define SR_STEP ((uint)(dc_ + 1))
+#else
+#define SR_STEP sr_step
+#endif
+#if SR
+#define STOREP(x, p) STOREP_SR(x, p, sr_words(pe_ + base_, sr_seed, sr_stream, SR_STEP))
+#else
+#define STOREP(x, p) STOREP_RNE(x, p)
+#endif
+#endif
+
+/* The update's view of θ: THETA_LOAD reads the parameter (the master when there is one),
+ * THETA_STORE writes it back (the master and θ rounded from it). STORAGE_BEGIN goes after
+ * RANGES_BEGIN (it advances ms_ like a state, by RS_). */
+#if PT == 0
+#define STORAGE_PARAMS
+#define STORAGE_BEGIN
+#define THETA_LOAD(p) LOAD(p)
+#define THETA_STORE(x, p) STORE(x, p)
+#else
+#if MASTER == 2
+#define MSTORE ushort
+#else
+#define MSTORE float
+#endif
+#define STORAGE_PARAMS                                                                     \
+    , __global MSTORE *ms_, const ulong mso, const ulong sr_seed, const uint sr_stream,    \
+        const uint sr_step
+#define STORAGE_BEGIN                                                                      \
+    ms_ += (long)mso + RS_;                                                                \
+    const ulong pe_ = (ulong)((long)po + RP_);                                             \
+    (void)pe_;                                                                             \
+    (void)sr_seed;                                                                         \
+    (void)sr_stream;                                                                       \
+    (void)sr_step
+#if MASTER == 1
+#define THETA_LOAD(p) LOAD(ms_)
+#define THETA_STORE(x, p)                                                                  \
+    do {                                                                                   \
+        const floatV x_ = (x);                                                             \
+        STORE(x_, ms_);                                                                    \
+        STOREP_RNE(x_, p);                                                                 \
+    } while (0)
+#elif MASTER == 2
+/* master bits = (θ << 16) + sign-extended r; θ = (bits + 0x8000) >> 16 (no carry reaches
+   the sign bit: the largest magnitude, a NaN's 0x7FFFFFFF, plus 0x8000 stays below it) */
+inline floatV remainder_join(ushortV hi, ushortV lo)
+{
+    return AS_FLOATV((CONVERT_UINTV(hi) << 16) +
+                     ((CONVERT_UINTV(lo) ^ (uintV)(0x8000u)) - (uintV)(0x8000u)));
+}
+#define THETA_LOAD(p) remainder_join(LOAD_U16(p), LOAD_U16(ms_))
+#define THETA_STORE(x, p)                                                                  \
+    do {                                                                                   \
+        const uintV b_ = AS_UINTV(x);                                                      \
+        const uintV h_ = (b_ + (uintV)(0x8000u)) >> 16;                                    \
+        STORE_U16(CONVERT_USHORTV(h_), p);                                                 \
+        STORE_U16(CONVERT_USHORTV((b_ - (h_ << 16)) & (uintV)(0xFFFFu)), ms_);             \
+    } while (0)
+#else
+#define THETA_LOAD(p) LOADP(p)
+#define THETA_STORE(x, p) STOREP(x, p)
+#endif
+#endif
+
 /* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
  * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
  * code does) and the row length, and subtracts the mean of element e's row, e / gc_cols.
@@ -297,6 +588,30 @@ inline floatR loadR(__global const float *p, uint cnt)
     for (uint k = 0; k < RW; k++)
         t[k] = k < cnt ? p[k] : 0.0f;
     return vload16(0, t);
+}
+
+/* loadR of the gradient in its storage type (GT). */
+inline floatR loadRG(__global const GSTORE *p, uint cnt)
+{
+#if GT == 0
+    return loadR(p, cnt);
+#else
+    float t[RW];
+    if (cnt == RW) {
+#if GT == 1
+        return vload_half16(0, p);
+#else
+        return as_float16(convert_uint16(vload16(0, p)) << 16);
+#endif
+    }
+    for (uint k = 0; k < RW; k++)
+#if GT == 1
+        t[k] = k < cnt ? vload_half(k, p) : 0.0f;
+#else
+        t[k] = k < cnt ? as_float((uint)p[k] << 16) : 0.0f;
+#endif
+    return vload16(0, t);
+#endif
 }
 
 inline void storeR(floatR x, __global float *p, uint cnt)

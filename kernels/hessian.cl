@@ -1,27 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Sophia's diagonal-Hessian estimators and the counter-based RNG they draw u ~ N(0, I) from.
  *
- * randn: Philox-4x32-10 (Salmon et al. 2011, the Random123 constants). Work-item i encrypts
+ * randn: Philox-4x32-10 (philox4x32_10 in common.cl). Work-item i encrypts
  * the counter c = counter_base + i, as (lo32(c), hi32(c), 0, 0), with the key (lo32(seed),
  * hi32(seed)), and turns the four 32-bit words (x0, x1, x2, x3) into out[4i .. 4i+3] by
  * Box-Muller on their top 24 bits: u1 = (x0>>8 + 1) 2^-24 in (0, 1], u2 = (x1>>8) 2^-24,
  * r = sqrt(-2 ln u1), out[4i] = r cos(2π u2), out[4i+1] = r sin(2π u2); likewise x2, x3. */
-
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
-inline uint4 philox4x32_10(uint4 c, uint2 k)
-{
-    for (int r = 0; r < 10; r++) {
-        uint lo0 = PHILOX_M0 * c.x, hi0 = mul_hi(PHILOX_M0, c.x);
-        uint lo1 = PHILOX_M1 * c.z, hi1 = mul_hi(PHILOX_M1, c.z);
-        c = (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-        k += (uint2)(PHILOX_W0, PHILOX_W1);
-    }
-    return c;
-}
 
 inline float2 box_muller(uint a, uint b)
 {

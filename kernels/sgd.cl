@@ -9,25 +9,26 @@
 #define NESTEROV 0
 #endif
 
-__kernel void sgd_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                        const ulong go,
 #if MOMENTUM
                        __global float *b_, const ulong bo,
 #endif
                        GC_PARAMS const ulong N_ARG, float gmul, int first, float lr,
-                       float weight_decay, float momentum, float dampening, float omdampening RANGES_PARAMS CTRL_PARAMS)
+                       float weight_decay, float momentum, float dampening, float omdampening RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(first, lr, weight_decay, momentum, dampening, omdampening);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
 #if MOMENTUM
     b_ += (long)bo + RS_;
 #endif
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
-    floatV g = read_grad(LOAD(g_), gmul);
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
@@ -47,6 +48,6 @@ __kernel void sgd_step(__global float *p_, const ulong po, __global const float 
     floatV d = g;
 #endif
     p = p - lr * d;
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }

@@ -6,34 +6,35 @@
 #endif
 
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
-__kernel void lion_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void lion_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                         const ulong go, __global float *m_, const ulong mo, GC_PARAMS const ulong N_ARG,
                         float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
-                        float lrwd, float lr RANGES_PARAMS CTRL_PARAMS)
+                        float lrwd, float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, lrwd, lr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
+    floatV p = THETA_LOAD(p_);
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
-    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
+    floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
     floatV m = LOAD(m_);
     floatV c = beta1 * m + ombeta1 * g;
     p = p - lr * sign(c);
     m = beta2 * m + ombeta2 * g;
     STORE(m, m_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
     ELEMENTWISE_END
 }
 
 /* SophiaG (official code): m = β1 m + (1-β1) g;
  * θ -= lr sign(m) min(|m| / (gamma h + eps), 1), gamma = rho * bs;
  * HESS: h = β2 h + (1-β2) ĥ AFTER the update (h is read once, written once). */
-__kernel void sophia_step(__global float *p_, const ulong po, __global const float *g_,
+__kernel void sophia_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, __global float *m_, const ulong mo,
                           __global float *h_, const ulong ho,
 #if HESS
@@ -41,11 +42,12 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
 #endif
                           GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
                           float beta2, float ombeta2, float eps, float gamma,
-                          float lrwd, float lr RANGES_PARAMS CTRL_PARAMS)
+                          float lrwd, float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, gamma, lrwd, lr);
     RANGES_BEGIN
+    STORAGE_BEGIN;
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
@@ -54,15 +56,15 @@ __kernel void sophia_step(__global float *p_, const ulong po, __global const flo
     hh_ += hho;
 #endif
     ELEMENTWISE_BEGIN
-    floatV p = LOAD(p_);
+    floatV p = THETA_LOAD(p_);
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
-    floatV g = GC_APPLY(read_grad(LOAD(g_), gmul));
+    floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
     floatV m = beta1 * LOAD(m_) + ombeta1 * g;
     floatV h = LOAD(h_);
     floatV ratio = fmin(fabs(m) / (gamma * h + eps), 1.0f);
     p = p - lr * (sign(m) * ratio);
     STORE(m, m_);
-    STORE(p, p_);
+    THETA_STORE(p, p_);
 #if HESS
     h = beta2 * h + ombeta2 * LOAD(hh_);
     STORE(h, h_);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Small tensor operations of the optimizer level: gradient accumulation (axpby), the
+/* Small tensor operations: storage conversion (convert), gradient accumulation (axpby), the
  * Lookahead synchronisation, and the gradient check of AMP / clipping (fixed-order partials,
  * see reduce.cl for the final pass). */
 
@@ -14,6 +14,28 @@ __kernel void axpby(__global float *d_, const ulong dof, __global const float *s
     if (beta != 0.0f)
         x = x + beta * LOAD(d_);
     STORE(x, d_);
+    ELEMENTWISE_END
+}
+
+/* dst (PT storage) = src (GT storage), rounded to nearest even or, with SR, stochastically
+ * (PT != 0: STORAGE_PARAMS, the master pointer unused); n elements. */
+__kernel void convert(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+                      const ulong go, const ulong n STORAGE_PARAMS)
+{
+    p_ += po;
+    g_ += go;
+#if PT != 0
+    (void)ms_, (void)mso;
+#endif
+    ELEMENTWISE_BEGIN
+#if PT != 0 && SR
+    STOREP_SR(LOADG(g_), p_, sr_words(po + base_, sr_seed, sr_stream, sr_step));
+#elif PT != 0
+    (void)sr_seed, (void)sr_stream, (void)sr_step;
+    STOREP_RNE(LOADG(g_), p_);
+#else
+    STORE(LOADG(g_), p_);
+#endif
     ELEMENTWISE_END
 }
 
@@ -39,10 +61,10 @@ __kernel void lookahead_sync(__global float *p_, const ulong po, __global float 
  * squares per item, and four operations per element keep the check near the memory's speed
  * (the compensated form made it compute-bound on a CPU: 1.4-1.7x an AdamW step). */
 #define CHECK_DOWN 8.271806125530277e-25f /* 2^-80 */
-CHUNK_INLINE void grad_check_chunk(__global const float *g_, const ulong e, const uint cnt,
+CHUNK_INLINE void grad_check_chunk(__global const GSTORE *g_, const ulong e, const uint cnt,
                                    const float scale, floatR *acc, floatR *accs)
 {
-    const floatR x = loadR(g_ + e, cnt) * scale;
+    const floatR x = loadRG(g_ + e, cnt) * scale;
     const floatR xs = x * CHECK_DOWN;
     *acc = x * x + *acc;
     *accs = xs * xs + *accs;
@@ -52,7 +74,7 @@ CHUNK_INLINE void grad_check_chunk(__global const float *g_, const ulong e, cons
  * into out[oo + g], Σ (scale·g·2^-80)² into out[so + g] (each item's lanes added in a fixed
  * order, then the items by group_sum), and 1 into out[bo + g] when the block holds an Inf or
  * NaN (after scaling), else 0. */
-__kernel void grad_check_partial(__global const float *g_, const ulong go, const ulong n,
+__kernel void grad_check_partial(__global const GSTORE *g_, const ulong go, const ulong n,
                                  const ulong groups, const float scale, __global float *out_,
                                  const ulong oo, const ulong bo, const ulong so)
 {
