@@ -7,9 +7,9 @@
  *   section:   u32 tag | u32 0 | u64 payload length | payload
  *   tags:      1 OPTM (once), 2 GRUP (per group, in order), 3 TENS (per tensor, in order)
  *
- * One builder writes version 2 for both the file (clopt_optimizer_save) and the bytes
+ * One builder writes version 3 for both the file (clopt_optimizer_save) and the bytes
  * (clopt_optimizer_save_to); it runs twice, once only counting (clopt_optimizer_state_size,
- * no device access) and once writing. One parser reads versions 1 and 2 for both
+ * no device access) and once writing. One parser reads versions 1 to 3 for both
  * clopt_optimizer_load and clopt_optimizer_load_from: it reads and checks everything (CRC
  * first, then every field, value and shape against the optimizer) before it changes
  * anything. Saving to a file writes a new file "<path>.<random>.tmp" (created exclusively,
@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 #define CKP_MAGIC "CLOPTCKP"
-#define CKP_VERSION 2u
+#define CKP_VERSION 3u
 enum { TAG_OPTM = 1, TAG_GRUP = 2, TAG_TENS = 3 };
 /* OPTM flags (version 2) */
 enum {
@@ -65,6 +65,8 @@ enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_S
     X(hess_interval) X(nesterov) X(amsgrad) X(maximize) X(centered) X(relative_step)          \
     X(scale_parameter) X(warmup_init) X(use_beta1) X(bias_correction) X(grad_averaging)       \
     X(grad_centralization) X(gc_conv_only) X(lookahead_k)
+/* Added in version 3 (0 when loading an older file). */
+#define CKP_INTS_V3(X) X(master) X(stochastic_rounding)
 
 uint32_t clopt_crc32c(const void *data, size_t n)
 {
@@ -92,6 +94,14 @@ static int host_little_endian(void)
     return b == 1;
 }
 
+static void swap_u16(unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += 2) {
+        unsigned char t = p[0];
+        p[0] = p[1], p[1] = t;
+    }
+}
+
 static void swap_floats(unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++, p += 4) {
@@ -105,7 +115,7 @@ static void swap_floats(unsigned char *p, size_t n)
    clopt_optimizer_read_state); every other state is its own tensor. */
 static clopt_tensor state_source(const clopt_param *e, size_t k)
 {
-    return k >= e->nkernel && !e->slow_ready ? e->param : e->state[k];
+    return clopt_is_slow(e, k) && !e->slow_ready ? e->param : e->state[k];
 }
 
 /* ---- options ------------------------------------------------------------------------------ */
@@ -210,18 +220,19 @@ static void w_f64(wbuf *w, double d)
     w_u64(w, v);
 }
 
-/* n floats of a device tensor, read straight into the bytes (blocking). */
-static clopt_status w_device(wbuf *w, clopt_ctx *ctx, clopt_tensor t, size_t n)
+/* n elements of es bytes (4: floats, 2: 16-bit words) of a device tensor, read straight
+   into the bytes (blocking). */
+static clopt_status w_device(wbuf *w, clopt_ctx *ctx, clopt_tensor t, size_t n, size_t es)
 {
-    unsigned char *d = w_reserve(w, n * 4);
+    unsigned char *d = w_reserve(w, n * es);
     if (!d)
         return CLOPT_SUCCESS; /* counting, or an overflow the caller reports */
-    cl_int err = clEnqueueReadBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * sizeof(float),
-                                     n * sizeof(float), d, 0, NULL, NULL);
+    cl_int err = clEnqueueReadBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * es, n * es, d,
+                                     0, NULL, NULL);
     if (err != CL_SUCCESS)
         return clopt_fail_cl(ctx, err, "reading the optimizer state");
     if (!host_little_endian())
-        swap_floats(d, n);
+        (es == 2 ? swap_u16 : swap_floats)(d, n);
     return CLOPT_SUCCESS;
 }
 
@@ -250,6 +261,7 @@ static void w_hparams(wbuf *w, const clopt_hparams *hp)
 #define W_I(f) w_u32(w, (uint32_t)hp->f);
     CKP_DOUBLES(W_D)
     CKP_INTS(W_I)
+    CKP_INTS_V3(W_I)
 #undef W_D
 #undef W_I
 }
@@ -276,7 +288,7 @@ static int saves_params(const clopt_optimizer *opt, const clopt_param *e, const 
     return o->arena_params && opt->groups[e->group].arena;
 }
 
-/* Writes the version-2 checkpoint (w->data NULL: counts its bytes without device access).
+/* Writes the version-3 checkpoint (w->data NULL: counts its bytes without device access).
    The caller settled the optimizer before a writing run. */
 static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf *w)
 {
@@ -316,6 +328,8 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
         for (size_t d = 0; d < e->ndim; d++)
             w_u64(w, e->shape[d]);
         w_u32(w, (params ? TENS_PARAMS : 0u) | (e->slow_ready ? TENS_SLOW_READY : 0u));
+        w_u32(w, (uint32_t)e->pdtype);
+        w_u32(w, (uint32_t)e->gdtype);
         w_u64(w, e->step);
         w_f64(w, e->mu_product);
         w_u32(w, (uint32_t)e->nstate);
@@ -324,15 +338,17 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
             w_u32(w, (uint32_t)nl);
             w_bytes(w, e->state_name[k], nl);
             w_u64(w, e->state_len[k]);
+            w_u32(w, (uint32_t)e->state_dtype[k]);
             if (o->state_tensors) {
-                clopt_status s = w_device(w, ctx, state_source(e, k), e->state_len[k]);
+                clopt_status s = w_device(w, ctx, state_source(e, k), e->state_len[k],
+                                          clopt_state_esize(e, k));
                 if (s != CLOPT_SUCCESS)
                     return s;
             }
         }
         if (params) {
             w_u64(w, e->n);
-            clopt_status s = w_device(w, ctx, e->param, e->n);
+            clopt_status s = w_device(w, ctx, e->param, e->n, clopt_dtype_size(e->pdtype));
             if (s != CLOPT_SUCCESS)
                 return s;
         }
@@ -553,13 +569,14 @@ static double r_f64(rbuf *r)
 }
 
 /* n floats: their place in the bytes (NULL when they run past the section). */
-static const unsigned char *r_floats(rbuf *r, uint64_t n)
+/* n elements of es bytes. */
+static const unsigned char *r_elems(rbuf *r, uint64_t n, size_t es)
 {
-    if (n > (r->len - r->pos) / 4) {
+    if (n > (r->len - r->pos) / es) {
         r->bad = 1;
         return NULL;
     }
-    return r_bytes(r, (size_t)n * 4);
+    return r_bytes(r, (size_t)n * es);
 }
 
 /* Opens the next section, which must carry `tag`; the reader is limited to its payload. */
@@ -577,13 +594,16 @@ static int r_section(rbuf *r, uint32_t tag, rbuf *sec)
     return 1;
 }
 
-static void r_hparams(rbuf *r, clopt_hparams *hp)
+static void r_hparams(rbuf *r, clopt_hparams *hp, uint32_t version)
 {
     memset(hp, 0, sizeof *hp);
 #define R_D(f) hp->f = r_f64(r);
 #define R_I(f) hp->f = r_u32(r);
     CKP_DOUBLES(R_D)
     CKP_INTS(R_I)
+    if (version >= 3) {
+        CKP_INTS_V3(R_I)
+    }
 #undef R_D
 #undef R_I
 }
@@ -711,7 +731,7 @@ static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const 
     rbuf sec;
     if (!r_section(r, TAG_GRUP, &sec))
         return format_error(ctx, src, "missing group section");
-    r_hparams(&sec, &lg->hp);
+    r_hparams(&sec, &lg->hp, L->version);
     r_schedule(&sec, &lg->sched);
     lg->mu_product = L->version == 1 ? r_f64(&sec) : 1.0;
     uint32_t arena = r_u32(&sec);
@@ -743,8 +763,15 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     for (size_t d = 0; d < ndim && d < CLOPT_MAX_DIMS; d++)
         same = r_u64(&sec) == e->shape[d] && same;
     uint32_t flags = 0;
-    if (L->version >= 2) {
+    if (L->version >= 2)
         flags = r_u32(&sec);
+    if (L->version >= 3) { /* the storage types: a file of other types does not load */
+        const uint32_t pt = r_u32(&sec), gt = r_u32(&sec);
+        same = same && pt == (uint32_t)e->pdtype && gt == (uint32_t)e->gdtype;
+    } else {
+        same = same && e->pdtype == CLOPT_DTYPE_F32 && e->gdtype == CLOPT_DTYPE_F32;
+    }
+    if (L->version >= 2) {
         lt->step = r_u64(&sec);
         lt->mu_product = r_f64(&sec);
         lt->slow_ready = (flags & TENS_SLOW_READY) != 0;
@@ -765,19 +792,21 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
         uint32_t nl = r_u32(&sec);
         const unsigned char *name = r_bytes(&sec, nl);
         uint64_t slen = r_u64(&sec);
-        same = name && nl == strlen(e->state_name[k]) &&
+        const uint32_t dt = L->version >= 3 ? r_u32(&sec) : (uint32_t)CLOPT_DTYPE_F32;
+        same = same && dt == (uint32_t)e->state_dtype[k];
+        same = same && name && nl == strlen(e->state_name[k]) &&
                memcmp(name, e->state_name[k], nl) == 0 && slen == e->state_len[k] &&
                strcmp(other.state_name[k], e->state_name[k]) == 0;
         lt->state[k] = NULL;
         if (same && L->state_tensors)
-            lt->state[k] = r_floats(&sec, slen);
+            lt->state[k] = r_elems(&sec, slen, clopt_state_esize(e, k));
     }
     lt->params = NULL;
     if (same && (flags & TENS_PARAMS)) {
         uint64_t n = r_u64(&sec);
         same = n == e->n;
         if (same)
-            lt->params = r_floats(&sec, n);
+            lt->params = r_elems(&sec, n, clopt_dtype_size(e->pdtype));
     }
     if (sec.bad)
         return format_error(ctx, src, "malformed tensor section");
@@ -803,22 +832,22 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     return CLOPT_SUCCESS;
 }
 
-/* n little-endian floats from the bytes into a device tensor (blocking). */
-static clopt_status write_floats(clopt_ctx *ctx, clopt_tensor t, const unsigned char *p,
-                                 size_t n)
+/* n little-endian elements of es bytes from the bytes into a device tensor (blocking). */
+static clopt_status write_elems(clopt_ctx *ctx, clopt_tensor t, const unsigned char *p,
+                                size_t n, size_t es)
 {
     const void *src = p;
     unsigned char *copy = NULL;
     if (!host_little_endian()) {
-        copy = malloc(n * 4);
+        copy = malloc(n * es);
         if (!copy)
             return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "loading a checkpoint");
-        memcpy(copy, p, n * 4);
-        swap_floats(copy, n);
+        memcpy(copy, p, n * es);
+        (es == 2 ? swap_u16 : swap_floats)(copy, n);
         src = copy;
     }
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * sizeof(float),
-                                      n * sizeof(float), src, 0, NULL, NULL);
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, t.buffer, CL_TRUE, t.offset * es, n * es,
+                                      src, 0, NULL, NULL);
     free(copy);
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "writing loaded state");
 }
@@ -869,9 +898,10 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
         const loaded_tensor *lt = &L.tensors[i];
         for (size_t k = 0; k < e->nstate && s == CLOPT_SUCCESS; k++)
             if (lt->state[k])
-                s = write_floats(ctx, e->state[k], lt->state[k], e->state_len[k]);
+                s = write_elems(ctx, e->state[k], lt->state[k], e->state_len[k],
+                                clopt_state_esize(e, k));
         if (s == CLOPT_SUCCESS && lt->params)
-            s = write_floats(ctx, e->param, lt->params, e->n);
+            s = write_elems(ctx, e->param, lt->params, e->n, clopt_dtype_size(e->pdtype));
     }
     if (s != CLOPT_SUCCESS)
         goto done;
@@ -1032,7 +1062,7 @@ clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
     if (kl < 0 || (size_t)kl >= sizeof x.key)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the key of state entry %zu is too long",
                           i);
-    x.dtype = CLOPT_DTYPE_F32;
+    x.dtype = e->state_dtype[at];
     x.length = e->state_len[at];
     if (x.length == e->n) {
         x.ndim = e->ndim;
@@ -1062,6 +1092,11 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
     if (param >= opt->nparams || index >= opt->params[param].nstate)
         return clopt_fail(ctx, CLOPT_ERR_INDEX, "no state %zu of parameter %zu", index, param);
     clopt_param *e = &opt->params[param];
+    if (e->state_dtype[index] != CLOPT_DTYPE_F32)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "state %zu of parameter %zu holds %s words, not floats: write its "
+                          "tensor (clopt_optimizer_state_entry gives it with its dtype)",
+                          index, param, clopt_dtype_name(e->state_dtype[index]));
     if (n != e->state_len[index])
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
                           "state %zu of parameter %zu has %zu elements, %zu given", index, param,
@@ -1069,7 +1104,7 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
     clopt_status s = clopt_opt_settle(opt);
     if (s != CLOPT_SUCCESS)
         return s;
-    const int starts_slow = index >= e->nkernel && !e->slow_ready;
+    const int starts_slow = clopt_is_slow(e, index) && !e->slow_ready;
     const clopt_group *g = &opt->groups[e->group];
     const int together = g->arena && !clopt_rule_is_multipass(opt->rule);
     if (starts_slow && together) {

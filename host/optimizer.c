@@ -61,6 +61,16 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
             e->state_name[k] = clopt_rule_state_name(opt->rule, hp, k), e->state_len[k] = e->n;
     }
     e->nkernel = k;
+    for (size_t j = 0; j < CLOPT_OPT_MAX_STATE; j++)
+        e->state_dtype[j] = CLOPT_DTYPE_F32;
+    e->master = e->pdtype != CLOPT_DTYPE_F32 ? hp->master : CLOPT_MASTER_NONE;
+    e->master_at = 0;
+    if (e->master) {
+        e->master_at = k;
+        e->state_dtype[k] = e->master == CLOPT_MASTER_F32 ? CLOPT_DTYPE_F32 : CLOPT_DTYPE_U16;
+        e->state_name[k] = e->master == CLOPT_MASTER_F32 ? "master" : "master_remainder";
+        e->state_len[k++] = e->n;
+    }
     if (clopt_group_lookahead(opt, g)) {
         e->state_name[k] = opt->rule == CLOPT_RANGER ? "slow_buffer" : "slow_params";
         e->state_len[k++] = e->n;
@@ -263,6 +273,11 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
         if (!same)
             return clopt_fail(opt->ctx, CLOPT_ERR_STATE_MISMATCH,
                               "these hyperparameters change the state layout of tensor %zu", i);
+        if ((e->pdtype != CLOPT_DTYPE_F32 || e->gdtype != CLOPT_DTYPE_F32) &&
+            clopt_o_gc_rows(hp, e))
+            return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
+                              "tensor %zu is 16-bit: gradient centralization takes float32 "
+                              "tensors only for now", i);
     }
     opt->groups[group].hp = *hp;
     return CLOPT_SUCCESS;
@@ -381,17 +396,78 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
     const clopt_hparams *hp = &opt->groups[e->group].hp;
     for (size_t i = from; i < e->nstate; i++) {
         cl_int err = CL_SUCCESS;
-        size_t bytes = e->state_len[i] * sizeof(float);
+        size_t bytes = e->state_len[i] * clopt_state_esize(e, i);
         cl_mem m = clCreateBuffer(opt->ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
         if (m) {
             e->state[i] = (clopt_tensor){m, 0};
             float init = i < e->nkernel ? clopt_rule_state_init(opt->rule, hp, i) : 0.0f;
-            err = clEnqueueFillBuffer(opt->ctx->queue, m, &init, sizeof init, 0, bytes, 0, NULL,
-                                      NULL);
+            if (e->master == CLOPT_MASTER_F32 && i == e->master_at) {
+                /* the master starts as θ */
+                clopt_status s = clopt_enqueue_convert(opt->ctx, NULL, e->state[i],
+                                                       CLOPT_DTYPE_F32, e->param, e->pdtype,
+                                                       e->n, 0, 0, 0, 0, 0, NULL, NULL);
+                if (s != CLOPT_SUCCESS)
+                    return s;
+                continue;
+            }
+            /* a remainder of zeros: the master is θ; other states their initial value */
+            const cl_ushort zero16 = 0;
+            err = clopt_state_esize(e, i) == 2
+                      ? clEnqueueFillBuffer(opt->ctx->queue, m, &zero16, sizeof zero16, 0, bytes,
+                                            0, NULL, NULL)
+                      : clEnqueueFillBuffer(opt->ctx->queue, m, &init, sizeof init, 0, bytes, 0,
+                                            NULL, NULL);
         }
         if (err != CL_SUCCESS)
             return clopt_fail_cl(opt->ctx, err, "allocating optimizer state");
     }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t i,
+                              const char *what)
+{
+    if (d->param_dtype == CLOPT_DTYPE_F32 && d->grad_dtype == CLOPT_DTYPE_F32)
+        return CLOPT_SUCCESS;
+    return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                      "tensor %zu: %s group takes float32 param and grad only for now (got "
+                      "param_dtype %d, grad_dtype %d); register 16-bit tensors with "
+                      "clopt_optimizer_add_param_desc", i, what, (int)d->param_dtype,
+                      (int)d->grad_dtype);
+}
+
+/* The storage of a caller-owned tensor: what the group's rule and options allow. */
+static clopt_status take_storage(clopt_optimizer *opt, const clopt_group *g,
+                                 const clopt_param_desc *d, clopt_param *e)
+{
+    clopt_ctx *ctx = opt->ctx;
+    const clopt_dtype p = d->param_dtype, q = d->grad_dtype;
+    if ((p != CLOPT_DTYPE_F32 && p != CLOPT_DTYPE_F16 && p != CLOPT_DTYPE_BF16) ||
+        (q != CLOPT_DTYPE_F32 && q != CLOPT_DTYPE_F16 && q != CLOPT_DTYPE_BF16))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "param_dtype and grad_dtype must be CLOPT_DTYPE_F32, F16 or BF16 "
+                          "(got %d and %d)", (int)p, (int)q);
+    e->pdtype = p;
+    e->gdtype = q;
+    if (p == CLOPT_DTYPE_F32 && q == CLOPT_DTYPE_F32)
+        return CLOPT_SUCCESS;
+    const clopt_hparams *hp = &g->hp;
+    const char *why = NULL;
+    if (clopt_rule_is_multipass(opt->rule))
+        why = "its reductions read float32";
+    else if (clopt_group_lookahead(opt, g))
+        why = "Lookahead's synchronisation is float32";
+    else if (hp->grad_centralization && clopt_o_gc_rows(hp, e))
+        why = "gradient centralization's row means read float32";
+    if (why)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s with %s param and %s grad is not supported yet: %s",
+                          clopt_rule_name(opt->rule), clopt_dtype_name(p), clopt_dtype_name(q),
+                          why);
+    if (hp->master == CLOPT_MASTER_REMAINDER && p == CLOPT_DTYPE_F16)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "the group keeps bf16 remainders (master = CLOPT_MASTER_REMAINDER): "
+                          "an f16 param needs CLOPT_MASTER_F32 or none");
     return CLOPT_SUCCESS;
 }
 
@@ -421,8 +497,12 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
     clopt_status s = clopt_o_take_shape(ctx, desc, &e);
     if (s != CLOPT_SUCCESS)
         return s;
-    if ((s = clopt_check_tensor(ctx, "param", desc->param, e.n)) != CLOPT_SUCCESS ||
-        (s = clopt_check_tensor(ctx, "grad", desc->grad, e.n)) != CLOPT_SUCCESS)
+    if ((s = take_storage(opt, &opt->groups[group], desc, &e)) != CLOPT_SUCCESS)
+        return s;
+    if ((s = clopt_check_tensor_of(ctx, "param", desc->param, e.n,
+                                   clopt_dtype_size(e.pdtype))) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "grad", desc->grad, e.n,
+                                   clopt_dtype_size(e.gdtype))) != CLOPT_SUCCESS)
         return s;
     if (desc->hessian.buffer) {
         if (opt->rule != CLOPT_SOPHIA)
@@ -435,10 +515,11 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
     clopt_span *sp = clopt_o_spans_of(opt, 2, &nspan);
     if (!sp)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "overlap check");
-    sp[nspan++] = (clopt_span){desc->param.buffer, desc->param.offset, desc->param.offset + e.n,
-                         "param", opt->nparams};
-    sp[nspan++] = (clopt_span){desc->grad.buffer, desc->grad.offset,
-                               desc->grad.offset + e.n, "grad", opt->nparams};
+    const size_t ps = clopt_dtype_size(e.pdtype), gs = clopt_dtype_size(e.gdtype);
+    sp[nspan++] = (clopt_span){desc->param.buffer, desc->param.offset * ps,
+                               (desc->param.offset + e.n) * ps, "param", opt->nparams};
+    sp[nspan++] = (clopt_span){desc->grad.buffer, desc->grad.offset * gs,
+                               (desc->grad.offset + e.n) * gs, "grad", opt->nparams};
     s = clopt_o_check_disjoint(ctx, sp, nspan);
     free(sp);
     if (s != CLOPT_SUCCESS || (s = clopt_o_reserve_params(opt, 1)) != CLOPT_SUCCESS)
@@ -542,7 +623,8 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "arena table");
     size_t total = 0;
     for (size_t i = 0; i < ntensors; i++) {
-        if ((s = clopt_o_take_shape(ctx, &shapes[i], &ps[i])) != CLOPT_SUCCESS) {
+        if ((s = clopt_o_take_shape(ctx, &shapes[i], &ps[i])) != CLOPT_SUCCESS ||
+            (s = clopt_o_f32_only(ctx, &shapes[i], i, "an arena")) != CLOPT_SUCCESS) {
             free(ps);
             return s;
         }
@@ -725,9 +807,14 @@ clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)
         size_t n;
         if (!clopt_o_grad_unit(opt, i, &grad, &n))
             continue;
-        cl_int err = clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
-                                         grad.offset * sizeof(float), n * sizeof(float), 0, NULL,
-                                         NULL);
+        /* zero bits are +0 in every storage type */
+        const size_t es = clopt_dtype_size(opt->params[i].gdtype);
+        cl_int err = es == sizeof zero
+                         ? clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
+                                               grad.offset * es, n * es, 0, NULL, NULL)
+                         : clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &(cl_ushort){0},
+                                               sizeof(cl_ushort), grad.offset * es, n * es, 0,
+                                               NULL, NULL);
         if (err != CL_SUCCESS)
             return clopt_fail_cl(opt->ctx, err, "clEnqueueFillBuffer");
     }
@@ -743,6 +830,10 @@ clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
     if (param >= opt->nparams)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
     const clopt_param *e = &opt->params[param];
+    if (e->gdtype != CLOPT_DTYPE_F32)
+        return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
+                          "tensor %zu has a %s gradient: accumulation takes float32 gradients "
+                          "only for now", param, clopt_dtype_name(e->gdtype));
     return clopt_enqueue_axpby(opt->ctx, NULL, e->grad, src, e->n, weight, 1.0, 0, NULL, NULL);
 }
 
@@ -864,6 +955,11 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
         return s;
     const clopt_param *e = &opt->params[param];
     size_t len = e->state_len[index];
+    if (e->state_dtype[index] != CLOPT_DTYPE_F32)
+        return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
+                          "state %zu of parameter %zu holds %s words, not floats: read its "
+                          "tensor (clopt_optimizer_state_entry gives it with its dtype)",
+                          index, param, clopt_dtype_name(e->state_dtype[index]));
     if (n != len)
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_SIZE,
                           "state %zu of parameter %zu has %zu elements, %zu requested", index,
@@ -871,7 +967,7 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
     if ((s = clopt_opt_settle(opt)) != CLOPT_SUCCESS)
         return s;
     /* Lookahead's slow weights are θ until the tensor's first step copies them. */
-    if (index >= e->nkernel && !e->slow_ready)
+    if (clopt_is_slow(e, index) && !e->slow_ready)
         t = e->param;
     cl_int err = clEnqueueReadBuffer(opt->ctx->queue, t.buffer, CL_TRUE,
                                      t.offset * sizeof(float), n * sizeof(float), host, 0, NULL,
@@ -884,6 +980,6 @@ size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt)
     size_t total = 0;
     for (size_t i = 0; opt && i < opt->nparams; i++)
         for (size_t k = 0; k < opt->params[i].nstate; k++)
-            total += opt->params[i].state_len[k] * sizeof(float);
+            total += opt->params[i].state_len[k] * clopt_state_esize(&opt->params[i], k);
     return total;
 }

@@ -35,6 +35,10 @@ typedef struct clopt_param {
     clopt_tensor state[CLOPT_OPT_MAX_STATE];
     int owns_state;    /* 0 for arena tensors: the group owns the buffers */
     int slow_ready;    /* Lookahead's slow weights hold θ (copied at the first step) */
+    clopt_dtype pdtype, gdtype;                    /* storage of param and grad */
+    clopt_dtype state_dtype[CLOPT_OPT_MAX_STATE];  /* F32, or U16 for a remainder */
+    int master;        /* clopt_master of a 16-bit param: its state at master_at */
+    size_t master_at;
     uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
@@ -87,6 +91,18 @@ struct clopt_optimizer {
     clopt_step_report report;   /* the latest verdict that reached the host */
 };
 
+/* State k of e is Lookahead's slow weights (the state after the kernel's, unless it is the
+   master of a 16-bit parameter, which never comes with Lookahead). */
+static inline int clopt_is_slow(const clopt_param *e, size_t k)
+{
+    return k >= e->nkernel && !(e->master && k == e->master_at);
+}
+/* Bytes per element of state k of e. */
+static inline size_t clopt_state_esize(const clopt_param *e, size_t k)
+{
+    return clopt_dtype_size(e->state_dtype[k]);
+}
+
 /* Lookahead is on for a group (the slow weights are the last state). */
 int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g);
 /* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
@@ -128,6 +144,9 @@ clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);
 clopt_status clopt_o_ensure_buffer(clopt_optimizer *opt, cl_mem *m, size_t *len, size_t floats,
                                    cl_mem_flags flags, const char *what);
 clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
+/* Refuses a 16-bit tensor i of desc in a group that takes float32 only (what: "an arena"). */
+clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t i,
+                              const char *what);
 /* Shape checks shared by every way of adding tensors; fills e's shape and n. */
 clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e);
 /* Allocates and initialises e's own state buffers from index `from` on (e->owns_state). */
@@ -138,7 +157,7 @@ int clopt_o_grad_unit(const clopt_optimizer *opt, size_t i, clopt_tensor *grad, 
 /* A new buffer of `floats` floats filled with value (enqueued on the context's queue). */
 cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err);
 
-/* A range of floats in a buffer, for the overlap checks (ranges.c). */
+/* A range of bytes in a buffer, for the overlap checks (ranges.c). */
 typedef struct clopt_span {
     cl_mem buffer;
     size_t lo, hi; /* [lo, hi) */

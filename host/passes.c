@@ -166,6 +166,17 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
         if (!clopt_o_grad_unit(opt, i, &grad, &n))
             continue; /* the arena's whole gradient buffer is one unit */
         const size_t items = check_groups(opt, n);
+        const clopt_dtype gt = opt->params[i].gdtype; /* arena units are float32 */
+        if (gt != CLOPT_DTYPE_F32) {
+            char extra[16];
+            snprintf(extra, sizeof extra, " -DGT=%d", (int)gt);
+            if ((s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "grad_check_partial",
+                                       &k)) != CLOPT_SUCCESS)
+                return s;
+        } else if ((s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "grad_check_partial",
+                                          &k)) != CLOPT_SUCCESS) {
+            return s;
+        }
         clopt_args a = {k, 0, CL_SUCCESS};
         clopt_arg_tensor(&a, grad);
         clopt_arg_ulong(&a, n);

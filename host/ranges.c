@@ -25,8 +25,11 @@ clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *c
     size_t k = 0;
     for (size_t i = 0; s && i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
-        s[k++] = (clopt_span){e->param.buffer, e->param.offset, e->param.offset + e->n, "param", i};
-        s[k++] = (clopt_span){e->grad.buffer, e->grad.offset, e->grad.offset + e->n, "grad", i};
+        const size_t ps = clopt_dtype_size(e->pdtype), gs = clopt_dtype_size(e->gdtype);
+        s[k++] = (clopt_span){e->param.buffer, e->param.offset * ps, (e->param.offset + e->n) * ps,
+                              "param", i};
+        s[k++] = (clopt_span){e->grad.buffer, e->grad.offset * gs, (e->grad.offset + e->n) * gs,
+                              "grad", i};
     }
     *count = k;
     return s;
@@ -40,7 +43,7 @@ clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count)
         if (s[i].buffer == s[i - 1].buffer && s[i].lo < s[i - 1].hi)
             return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                               "the %s range of tensor %zu overlaps the %s range of tensor %zu "
-                              "(floats [%zu, %zu) and [%zu, %zu) of one buffer)",
+                              "(bytes [%zu, %zu) and [%zu, %zu) of one buffer)",
                               s[i].what, s[i].tensor, s[i - 1].what, s[i - 1].tensor, s[i].lo,
                               s[i].hi, s[i - 1].lo, s[i - 1].hi);
     return CLOPT_SUCCESS;
@@ -119,7 +122,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     for (size_t i = 0; i < T; i++) {
         const clopt_param_desc *d = &desc->tensors[i];
         clopt_param *e = &ps[i];
-        if ((s = clopt_o_take_shape(ctx, d, e)) != CLOPT_SUCCESS)
+        if ((s = clopt_o_take_shape(ctx, d, e)) != CLOPT_SUCCESS ||
+            (s = clopt_o_f32_only(ctx, d, i, "a range")) != CLOPT_SUCCESS)
             goto fail;
         if (d->param.buffer != P || d->grad.buffer != G) {
             s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
@@ -134,8 +138,10 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         e->grad = d->grad;
         e->mu_product = 1.0;
         const size_t idx = opt->nparams + i;
-        sp[nspan++] = (clopt_span){P, d->param.offset, d->param.offset + e->n, "param", idx};
-        sp[nspan++] = (clopt_span){G, d->grad.offset, d->grad.offset + e->n, "grad", idx};
+        sp[nspan++] = (clopt_span){P, 4 * d->param.offset, 4 * (d->param.offset + e->n), "param",
+                                   idx};
+        sp[nspan++] = (clopt_span){G, 4 * d->grad.offset, 4 * (d->grad.offset + e->n), "grad",
+                                   idx};
         if (own_state) {
             soff[i] = total;
             total += (e->n + 15) / 16 * 16;
@@ -145,7 +151,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                 clopt_tensor st = {desc->state[k], soff[i]};
                 if ((s = clopt_check_tensor(ctx, "state", st, e->n)) != CLOPT_SUCCESS)
                     goto fail;
-                sp[nspan++] = (clopt_span){desc->state[k], soff[i], soff[i] + e->n, "state", idx};
+                sp[nspan++] = (clopt_span){desc->state[k], 4 * soff[i], 4 * (soff[i] + e->n),
+                                           "state", idx};
             }
         }
     }

@@ -217,6 +217,12 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
     else if (!(isfinite(hp->lookahead_alpha) && hp->lookahead_alpha >= 0 &&
                hp->lookahead_alpha <= 1))
         w = "lookahead_alpha must be in [0, 1]";
+    else if (hp->master < CLOPT_MASTER_NONE || hp->master > CLOPT_MASTER_REMAINDER)
+        w = "master must be a clopt_master (0 none, 1 f32, 2 remainder)";
+    else if (hp->stochastic_rounding != 0 && hp->stochastic_rounding != 1)
+        w = "stochastic_rounding must be 0 or 1";
+    else if (hp->stochastic_rounding && hp->master != CLOPT_MASTER_NONE)
+        w = "stochastic_rounding applies to parameters without a master (master must be 0)";
     else if (rule == CLOPT_RANGER && !(isfinite(hp->n_sma_threshold) && hp->n_sma_threshold >= 4))
         w = "n_sma_threshold must be finite and >= 4 (the rectification needs rho_t > 4)";
     if (why)

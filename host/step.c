@@ -88,6 +88,16 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     for (size_t j = 0; j < e->nkernel; j++)
         a.state[j] = states[j];
     a.grad_scale = grad_scale;
+    a.param_dtype = e->pdtype;
+    a.grad_dtype = e->gdtype;
+    if (e->master) {
+        a.master_kind = (clopt_master)e->master;
+        a.master = e->state[e->master_at];
+    }
+    a.stochastic_rounding = e->pdtype != CLOPT_DTYPE_F32 && !e->master &&
+                            g->hp.stochastic_rounding;
+    a.sr_seed = opt->rng_seed;
+    a.sr_stream = (uint32_t)(e - opt->params);
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
     float *rows;
@@ -427,8 +437,10 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "no tensors are registered");
     for (size_t i = 0; i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
-        if ((s = clopt_check_tensor(ctx, "param", e->param, e->n)) != CLOPT_SUCCESS ||
-            (s = clopt_check_tensor(ctx, "grad", e->grad, e->n)) != CLOPT_SUCCESS)
+        if ((s = clopt_check_tensor_of(ctx, "param", e->param, e->n,
+                                       clopt_dtype_size(e->pdtype))) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor_of(ctx, "grad", e->grad, e->n,
+                                       clopt_dtype_size(e->gdtype))) != CLOPT_SUCCESS)
             return s;
     }
     if ((s = collect(opt, 0)) != CLOPT_SUCCESS)

@@ -482,16 +482,16 @@ static size_t documented_size(net *m, int state_tensors, int arena_params)
     size += 16 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4; /* OPTM */
     for (size_t g = 0; g < clopt_optimizer_group_count(m->opt); g++) {
         size_t stages = g == 0 ? 1 : 0; /* net_build gives group 0 a one-stage schedule */
-        size += 16 + 19 * 8 + 14 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
+        size += 16 + 19 * 8 + 16 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
     }
     for (size_t k = 0; k < m->nt; k++) {
         size_t ndim = (k < 3 ? own_shape[k][1] : arena_shape[k - 3][1]) ? 2 : 1;
-        size += 16 + 8 + 4 + 8 * ndim + 4 + 8 + 8 + 4;
+        size += 16 + 8 + 4 + 8 * ndim + 4 + 4 + 4 + 8 + 8 + 4;
         for (size_t j = 0; j < clopt_optimizer_state_count(m->opt, k); j++) {
             const char *name;
             size_t len;
             clopt_optimizer_state_info(m->opt, k, j, &name, &len);
-            size += 4 + strlen(name) + 8 + (state_tensors ? 4 * len : 0);
+            size += 4 + strlen(name) + 8 + 4 + (state_tensors ? 4 * len : 0);
         }
         if (k >= 3 && arena_params)
             size += 8 + 4 * m->n[k];
@@ -530,7 +530,7 @@ static void test_file_and_bytes(void **state)
     assert_memory_equal(file, bytes, flen);
     assert_int_equal(flen, documented_size(&m, 1, 1));
     assert_memory_equal(bytes, "CLOPTCKP", 8);
-    assert_int_equal(get_u32(bytes + 8), 2);
+    assert_int_equal(get_u32(bytes + 8), 3);
     assert_int_equal(get_u32(bytes + 12), 1 + 3 + 6);
     assert_int_equal(get_u32(bytes + blen - 4), crc32c(bytes, blen - 4));
     /* explicit default options give the same bytes; the options' sizes as documented */
@@ -647,7 +647,7 @@ static void test_corrupted_bytes(void **state)
         double value;
         const char *what;
     } bad[] = {
-        {8, 0, 3, "version 3"},
+        {8, 0, 4, "version 4"},
         {8, 0, 0, "version 0"},
         {optm + 16 + 68, 0, 2, "unknown optimizer flag"},
         {optm + 16 + 48, 0, 2, "found_inf 2"},
@@ -655,11 +655,11 @@ static void test_corrupted_bytes(void **state)
         {optm + 16 + 24, 2, INFINITY, "infinite max_grad_norm"},
         {tens_flags(good, t0), 0, 4, "unknown tensor flag"},
         {tens_flags(good, t0), 0, 1, "parameters of a caller-owned tensor"},
-        {tens_flags(good, t0) + 4, 1, 6, "tensor step past the optimizer's"},
-        {tens_flags(good, t0) + 12, 2, 1.5, "NAdam product above 1"},
-        {tens_flags(good, t0) + 12, 2, -1e-300, "negative NAdam product"},
-        {tens_flags(good, t0) + 12, 2, NAN, "NAdam product NaN"},
-        {tens_flags(good, t4) + 4, 1, 4, "arena tensors with different steps"},
+        {tens_flags(good, t0) + 12, 1, 6, "tensor step past the optimizer's"},
+        {tens_flags(good, t0) + 20, 2, 1.5, "NAdam product above 1"},
+        {tens_flags(good, t0) + 20, 2, -1e-300, "negative NAdam product"},
+        {tens_flags(good, t0) + 20, 2, NAN, "NAdam product NaN"},
+        {tens_flags(good, t4) + 12, 1, 4, "arena tensors with different steps"},
         {starts[1] + 16, 2, NAN, "lr NaN"},
         {starts[1] + 16, 2, -0.5, "negative lr"},
     };
@@ -675,7 +675,7 @@ static void test_corrupted_bytes(void **state)
         expect_rejected(&dst, copy, len, CLOPT_ERR_FORMAT, &before, bad[c].what);
     }
     /* the offsets above are the fields they name: unchanged, the bytes load */
-    assert_int_equal(get_u64(good + tens_flags(good, t0) + 4), 5);
+    assert_int_equal(get_u64(good + tens_flags(good, t0) + 12), 5);
     assert_int_equal(get_u32(good + tens_flags(good, t4)), 1 | 2);
     assert_int_equal(get_u32(good + optm + 16 + 68), 1);
     assert_int_equal(get_u64(good + optm + 16 + 16), 5);
@@ -1061,12 +1061,12 @@ static void test_version1_file(void **state)
     read_at(f->ctx, (clopt_tensor){pb1, 0}, q1, 4);
     assert_close(q0, d0, 6, 1e-5, 1e-6, "v1 then step 4, tensor 0");
     assert_close(q1, d1, 4, 1e-5, 1e-6, "v1 then step 4, tensor 1");
-    /* saved again, it is version 2 */
+    /* saved again, it is version 3 */
     size_t size, written;
     assert_int_equal(clopt_optimizer_state_size(opt, NULL, &size), CLOPT_SUCCESS);
     unsigned char *v2 = malloc(size);
     assert_int_equal(clopt_optimizer_save_to(opt, NULL, v2, size, &written), CLOPT_SUCCESS);
-    assert_int_equal(get_u32(v2 + 8), 2);
+    assert_int_equal(get_u32(v2 + 8), 3);
     /* a corrupted version-1 file is refused like any other */
     file[len / 2] ^= 0x40;
     assert_int_equal(clopt_optimizer_load_from(opt, file, len), CLOPT_ERR_FORMAT);
@@ -1192,7 +1192,7 @@ static void test_impossible_values(void **state)
     assert_int_equal(sections(good, len, starts, 16), 1 + 3 + 6);
     const size_t optm = starts[0] + 16, t0 = tens_flags(good, starts[4]);
     assert_int_equal(get_u64(good + optm + 16), 3);          /* the optimizer's step count */
-    assert_int_equal(get_u64(good + t0 + 4), 3);              /* tensor 0's step count */
+    assert_int_equal(get_u64(good + t0 + 12), 3);              /* tensor 0's step count */
     const double max_step = 9007199254740992.0 - 64;          /* 2^53 - 64 */
     struct {
         size_t at;
@@ -1218,9 +1218,9 @@ static void test_impossible_values(void **state)
         {optm + 40, 2, 1e38, 0, "loss scale whose reciprocal is subnormal in float32"},
         {optm + 48, 0, -1, 0, "found_inf 2^32 - 1"},
         {optm + 32, 2, -1.0, 0, "negative last norm"},
-        {t0 + 12, 2, -0.25, 0, "negative NAdam product"},
-        {t0 + 12, 2, INFINITY, 0, "infinite NAdam product"},
-        {t0 + 12, 2, 1.0000000000000002, 0, "NAdam product just above 1"},
+        {t0 + 20, 2, -0.25, 0, "negative NAdam product"},
+        {t0 + 20, 2, INFINITY, 0, "infinite NAdam product"},
+        {t0 + 20, 2, 1.0000000000000002, 0, "NAdam product just above 1"},
     };
     unsigned char *copy = malloc(len);
     for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
@@ -1243,7 +1243,7 @@ static void test_impossible_values(void **state)
     } fine[] = {{optm + 24, 1.1754944e-38},
                 {optm + 40, 8.5e37},
                 {optm + 40, -0.0},
-                {t0 + 12, 5e-324}, {t0 + 12, 0.0}};
+                {t0 + 20, 5e-324}, {t0 + 20, 0.0}};
     for (size_t c = 0; c < sizeof fine / sizeof fine[0]; c++) {
         memcpy(copy, good, len);
         put_f64(copy + fine[c].at, fine[c].value);
@@ -1267,14 +1267,14 @@ static void test_impossible_values(void **state)
     before = net_snapshot(&b);
     assert_int_equal(sections(good, len, starts, 16), 1 + 3 + 6);
     memcpy(copy, good, len);
-    put_f64(copy + tens_flags(good, starts[4]) + 12, 0.5);
+    put_f64(copy + tens_flags(good, starts[4]) + 20, 0.5);
     reseal(copy, len);
     expect_rejected(&b, copy, len, CLOPT_ERR_FORMAT, &before, "Adam with a product 0.5");
     /* the largest step count: every tensor at 2^53 - 64, and a step from there works */
     memcpy(copy, good, len);
     put_u64(copy + starts[0] + 16 + 16, (uint64_t)max_step);
     for (size_t k = 0; k < 6; k++)
-        put_u64(copy + tens_flags(good, starts[4 + k]) + 4, (uint64_t)max_step);
+        put_u64(copy + tens_flags(good, starts[4 + k]) + 12, (uint64_t)max_step);
     reseal(copy, len);
     assert_int_equal(clopt_optimizer_load_from(b.opt, copy, len), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_step_count(b.opt), (uint64_t)max_step);

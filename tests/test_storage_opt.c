@@ -1,0 +1,462 @@
+/* SPDX-License-Identifier: MIT */
+/* 16-bit parameters at the optimizer level (clopt_param_desc.param_dtype / grad_dtype, the
+ * group's master and stochastic_rounding): each mode against the op-level float32 rule run
+ * on the same values (the float32 kernels are checked against the golden trajectories), AMP
+ * with f16 gradients, checkpoints of every mode resuming bit for bit, and what is refused. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+
+enum { N = 1037, OFF = 3, STEPS = 6 };
+
+static float bits_f(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static uint32_t f_bits(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
+
+/* Nearest bf16 by value (ties to the even word): an independent reference. */
+static uint16_t bf16_nearest(float x)
+{
+    uint32_t b = f_bits(x);
+    uint16_t lo = (uint16_t)(b >> 16), hi = (uint16_t)(lo + 1);
+    double dl = fabs((double)x - (double)bits_f((uint32_t)lo << 16));
+    double dh = fabs((double)bits_f((uint32_t)hi << 16) - (double)x);
+    if (dl < dh || (dl == dh && !(lo & 1)))
+        return lo;
+    return hi;
+}
+
+static cl_mem buf(clopt_ctx *ctx, size_t bytes, const void *data)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data)
+        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, data,
+                                              0, NULL, NULL),
+                         CL_SUCCESS);
+    return m;
+}
+
+static void get(clopt_ctx *ctx, cl_mem m, size_t bytes, void *out)
+{
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, out, 0,
+                                         NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static void put(clopt_ctx *ctx, cl_mem m, size_t bytes, const void *in)
+{
+    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, in, 0,
+                                          NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static uint32_t lcg(uint32_t *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return *s >> 8;
+}
+
+static float unif(uint32_t *s) { return (float)lcg(s) / 16777216.0f * 2.0f - 1.0f; }
+
+/* A bf16 tensor (θ, g) at element OFF of its buffers in an optimizer of rule with master
+   mode `master`. */
+typedef struct half_opt {
+    clopt_optimizer *opt;
+    cl_mem p, g;
+} half_opt;
+
+static void half_build(half_opt *h, clopt_ctx *ctx, clopt_rule rule, int master, int sr,
+                       const uint16_t *theta)
+{
+    clopt_hparams hp;
+    clopt_hparams_default(rule, &hp);
+    hp.lr = 1e-2;
+    hp.master = master;
+    hp.stochastic_rounding = sr;
+    assert_int_equal(clopt_optimizer_create(ctx, rule, &hp, &h->opt), CLOPT_SUCCESS);
+    h->p = buf(ctx, (N + OFF) * 2, theta);
+    h->g = buf(ctx, (N + OFF) * 2, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){h->p, OFF};
+    d.grad = (clopt_tensor){h->g, OFF};
+    d.ndim = 2, d.shape[0] = 17, d.shape[1] = N / 17;
+    d.ndim = 1, d.shape[0] = N;
+    d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+    clopt_status s = clopt_optimizer_add_param_desc(h->opt, 0, &d, NULL);
+    if (s != CLOPT_SUCCESS)
+        fprintf(stderr, "add_param_desc: %s\n", clopt_ctx_last_error(ctx));
+    assert_int_equal(s, CLOPT_SUCCESS);
+}
+
+static void half_free(half_opt *h)
+{
+    clopt_optimizer_destroy(h->opt);
+    clReleaseMemObject(h->p);
+    clReleaseMemObject(h->g);
+}
+
+/* The master of tensor 0 as floats (F32: the state; REMAINDER: θ and r joined). */
+static void master_of(clopt_ctx *ctx, half_opt *h, int master, float *out)
+{
+    uint16_t th[N + OFF];
+    get(ctx, h->p, sizeof th, th);
+    size_t idx = clopt_optimizer_state_count(h->opt, 0) - 1;
+    clopt_state_entry e;
+    size_t count = clopt_optimizer_state_entry_count(h->opt);
+    assert_int_equal(clopt_optimizer_state_entry(h->opt, count - 1, &e), CLOPT_SUCCESS);
+    assert_int_equal(e.index, idx);
+    if (master == CLOPT_MASTER_F32) {
+        assert_string_equal(e.name, "master");
+        assert_int_equal(e.dtype, CLOPT_DTYPE_F32);
+        assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, out, N), CLOPT_SUCCESS);
+        return;
+    }
+    assert_string_equal(e.name, "master_remainder");
+    assert_int_equal(e.dtype, CLOPT_DTYPE_U16);
+    float dummy[N];
+    assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, dummy, N),
+                     CLOPT_ERR_UNSUPPORTED);
+    uint16_t r[N];
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), e.tensor.buffer, CL_TRUE,
+                                         e.tensor.offset * 2, sizeof r, r, 0, NULL, NULL),
+                     CL_SUCCESS);
+    for (size_t i = 0; i < N; i++)
+        out[i] = bits_f(((uint32_t)th[OFF + i] << 16) + (uint32_t)(int32_t)(int16_t)r[i]);
+}
+
+/* Every master mode against the float32 rule (op level) fed the same bf16 gradients: the
+   master is bit-identical at every step, θ is the master rounded to nearest. */
+static void test_master_modes_match_f32(void **state)
+{
+    fixture *f = *state;
+    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_SGD, CLOPT_LION, CLOPT_RMSPROP};
+    for (size_t ri = 0; ri < sizeof rules / sizeof rules[0]; ri++)
+        for (int master = CLOPT_MASTER_F32; master <= CLOPT_MASTER_REMAINDER; master++) {
+            const clopt_rule rule = rules[ri];
+            uint32_t seed = 7u + (uint32_t)ri;
+            uint16_t th[N + OFF];
+            float ref[N];
+            for (size_t i = 0; i < N + OFF; i++)
+                th[i] = bf16_nearest(unif(&seed));
+            for (size_t i = 0; i < N; i++)
+                ref[i] = bits_f((uint32_t)th[OFF + i] << 16);
+            half_opt h;
+            half_build(&h, f->ctx, rule, master, 0, th);
+            /* the float32 reference: op level, state from clopt_alloc_state */
+            clopt_hparams hp;
+            clopt_optimizer_get_group_hparams(h.opt, 0, &hp);
+            hp.master = 0;
+            clopt_tensor st[CLOPT_MAX_STATE];
+            size_t ns;
+            assert_int_equal(clopt_alloc_state(f->ctx, rule, &hp, N, st, &ns), CLOPT_SUCCESS);
+            cl_mem rp = buf(f->ctx, sizeof ref, ref), rg = buf(f->ctx, sizeof ref, NULL);
+            for (uint64_t t = 1; t <= STEPS; t++) {
+                uint16_t g16[N + OFF];
+                float g32[N];
+                for (size_t i = 0; i < N + OFF; i++)
+                    g16[i] = bf16_nearest(unif(&seed) * 0.1f);
+                for (size_t i = 0; i < N; i++)
+                    g32[i] = bits_f((uint32_t)g16[OFF + i] << 16);
+                put(f->ctx, h.g, sizeof g16, g16);
+                put(f->ctx, rg, sizeof g32, g32);
+                assert_int_equal(clopt_optimizer_step(h.opt, NULL), CLOPT_SUCCESS);
+                clopt_step_args a;
+                clopt_step_args_init(&a);
+                a.param = (clopt_tensor){rp, 0};
+                a.grad = (clopt_tensor){rg, 0};
+                for (size_t k = 0; k < ns; k++)
+                    a.state[k] = st[k];
+                assert_int_equal(clopt_enqueue_step(f->ctx, NULL, rule, &hp, &a, N, t, 0, NULL,
+                                                    NULL),
+                                 CLOPT_SUCCESS);
+                float m[N], want[N];
+                uint16_t out[N + OFF];
+                master_of(f->ctx, &h, master, m);
+                get(f->ctx, rp, sizeof want, want);
+                get(f->ctx, h.p, sizeof out, out);
+                for (size_t i = 0; i < N; i++) {
+                    if (f_bits(m[i]) != f_bits(want[i])) {
+                        fprintf(stderr, "%s master %d step %llu [%zu]: %a, f32 rule %a\n",
+                                clopt_rule_name(rule), master, (unsigned long long)t, i, m[i],
+                                want[i]);
+                        fail();
+                    }
+                    /* F32: round to nearest even; REMAINDER: nearest, ties away from zero */
+                    uint16_t r = bf16_nearest(want[i]);
+                    if (master == CLOPT_MASTER_REMAINDER && (f_bits(want[i]) & 0xFFFFu) == 0x8000u)
+                        r = (uint16_t)((f_bits(want[i]) >> 16) + 1u);
+                    assert_int_equal(out[OFF + i], r);
+                }
+                for (size_t i = 0; i < OFF; i++) /* outside the tensor: untouched */
+                    assert_int_equal(out[i], th[i]);
+            }
+            for (size_t k = 0; k < ns; k++)
+                clReleaseMemObject(st[k].buffer);
+            clReleaseMemObject(rp);
+            clReleaseMemObject(rg);
+            half_free(&h);
+        }
+}
+
+/* AMP with f16 gradients: an Inf skips the step (θ, state and master unchanged), a finite
+   scaled gradient matches the float32 rule on the unscaled values. */
+static void test_amp_f16_grads(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAM, &hp);
+    hp.master = CLOPT_MASTER_F32;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAM, &hp, &opt), CLOPT_SUCCESS);
+    uint16_t th[N];
+    float th32[N];
+    uint32_t seed = 99;
+    for (size_t i = 0; i < N; i++) {
+        th[i] = bf16_nearest(unif(&seed));
+        th32[i] = bits_f((uint32_t)th[i] << 16);
+    }
+    cl_mem p = buf(f->ctx, sizeof th, th), g = buf(f->ctx, N * 2, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){p, 0};
+    d.grad = (clopt_tensor){g, 0};
+    d.shape[0] = N;
+    d.param_dtype = CLOPT_DTYPE_BF16;
+    d.grad_dtype = CLOPT_DTYPE_F16;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_scale(opt, 1024.0), CLOPT_SUCCESS);
+    /* f16 gradients: small integers times 1/8, scaled by 1024 (exact in f16) */
+    uint16_t g16[N];
+    float g32[N];
+    for (size_t i = 0; i < N; i++) {
+        int k = (int)(lcg(&seed) % 31) - 15;
+        float v = (float)k / 8.0f * 1024.0f;
+        g32[i] = (float)k / 8.0f;
+        /* f16 of v: sign, exponent, 10-bit mantissa (v = k * 128, |k| <= 15) */
+        uint16_t h = 0;
+        if (k != 0) {
+            int e = 0;
+            float m = frexpf(fabsf(v), &e); /* v = m 2^e, m in [0.5, 1) */
+            h = (uint16_t)(((e - 1 + 15) << 10) | ((uint16_t)((m * 2.0f - 1.0f) * 1024.0f)));
+            if (k < 0)
+                h |= 0x8000u;
+        }
+        g16[i] = h;
+    }
+    g16[5] = 0x7C00u; /* +Inf */
+    put(f->ctx, g, sizeof g16, g16);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_STEP_SKIPPED);
+    uint16_t out[N];
+    float m[N];
+    get(f->ctx, p, sizeof out, out);
+    assert_memory_equal(out, th, sizeof th);
+    assert_int_equal(clopt_optimizer_read_state(opt, 0, 2, m, N), CLOPT_SUCCESS);
+    assert_memory_equal(m, th32, sizeof m);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    /* finite: one step equal to the float32 rule on g32 */
+    g16[5] = 0;
+    g32[5] = 0.0f;
+    put(f->ctx, g, sizeof g16, g16);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step_count(opt), 1);
+    clopt_hparams rh = hp;
+    rh.master = 0;
+    clopt_tensor st[CLOPT_MAX_STATE];
+    size_t ns;
+    assert_int_equal(clopt_alloc_state(f->ctx, CLOPT_ADAM, &rh, N, st, &ns), CLOPT_SUCCESS);
+    cl_mem rp = buf(f->ctx, sizeof th32, th32), rg = buf(f->ctx, sizeof g32, g32);
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    a.param = (clopt_tensor){rp, 0};
+    a.grad = (clopt_tensor){rg, 0};
+    for (size_t k = 0; k < ns; k++)
+        a.state[k] = st[k];
+    assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &rh, &a, N, 1, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    float want[N];
+    get(f->ctx, rp, sizeof want, want);
+    assert_int_equal(clopt_optimizer_read_state(opt, 0, 2, m, N), CLOPT_SUCCESS);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(f_bits(m[i]), f_bits(want[i]));
+    for (size_t k = 0; k < ns; k++)
+        clReleaseMemObject(st[k].buffer);
+    clReleaseMemObject(rp);
+    clReleaseMemObject(rg);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}
+
+/* Checkpoints of every mode (none with and without stochastic rounding, f32, remainder)
+   resume bit for bit: steps after a load equal the steps of the run that was saved. */
+static void test_checkpoint_resume(void **state)
+{
+    fixture *f = *state;
+    for (int mode = 0; mode < 4; mode++) {
+        const int master = mode >= 2 ? mode - 1 : 0, sr = mode == 1;
+        uint32_t seed = 5;
+        uint16_t th[N + OFF], grads[4][N + OFF];
+        for (size_t i = 0; i < N + OFF; i++)
+            th[i] = bf16_nearest(unif(&seed));
+        for (int s = 0; s < 4; s++)
+            for (size_t i = 0; i < N + OFF; i++)
+                grads[s][i] = bf16_nearest(unif(&seed) * 0.1f);
+        half_opt a, b;
+        half_build(&a, f->ctx, CLOPT_ADAMW, master, sr, th);
+        assert_int_equal(clopt_optimizer_seed(a.opt, 1234), CLOPT_SUCCESS);
+        for (int s = 0; s < 2; s++) {
+            put(f->ctx, a.g, sizeof grads[s], grads[s]);
+            assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
+        }
+        size_t size, written;
+        assert_int_equal(clopt_optimizer_state_size(a.opt, NULL, &size), CLOPT_SUCCESS);
+        unsigned char *ck = malloc(size);
+        assert_int_equal(clopt_optimizer_save_to(a.opt, NULL, ck, size, &written), CLOPT_SUCCESS);
+        assert_int_equal(((uint32_t)ck[8]) | ((uint32_t)ck[9] << 8), 3);
+        uint16_t saved[N + OFF];
+        get(f->ctx, a.p, sizeof saved, saved); /* θ is the engine's to save */
+        for (int s = 2; s < 4; s++) {
+            put(f->ctx, a.g, sizeof grads[s], grads[s]);
+            assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
+        }
+        uint16_t want[N + OFF];
+        get(f->ctx, a.p, sizeof want, want);
+        /* a fresh optimizer (another seed: the checkpoint brings the saved one) */
+        half_build(&b, f->ctx, CLOPT_ADAMW, master, sr, saved);
+        assert_int_equal(clopt_optimizer_load_from(b.opt, ck, size), CLOPT_SUCCESS);
+        for (int s = 2; s < 4; s++) {
+            put(f->ctx, b.g, sizeof grads[s], grads[s]);
+            assert_int_equal(clopt_optimizer_step(b.opt, NULL), CLOPT_SUCCESS);
+        }
+        uint16_t got[N + OFF];
+        get(f->ctx, b.p, sizeof got, got);
+        assert_memory_equal(got, want, sizeof got);
+        if (mode == 1) { /* stochastic rounding moved θ off round-to-nearest somewhere */
+            half_opt c;
+            half_build(&c, f->ctx, CLOPT_ADAMW, 0, 0, th);
+            for (int s = 0; s < 4; s++) {
+                put(f->ctx, c.g, sizeof grads[s], grads[s]);
+                assert_int_equal(clopt_optimizer_step(c.opt, NULL), CLOPT_SUCCESS);
+            }
+            uint16_t rne[N + OFF];
+            get(f->ctx, c.p, sizeof rne, rne);
+            assert_true(memcmp(rne, want, sizeof rne) != 0);
+            half_free(&c);
+        }
+        /* a checkpoint of another master mode or dtype does not load, and changes nothing */
+        half_opt o;
+        half_build(&o, f->ctx, CLOPT_ADAMW, master == 1 ? 2 : 1, 0, saved);
+        clopt_status ls = clopt_optimizer_load_from(o.opt, ck, size);
+        /* (a file of f32 masters is also larger than any of remainders) */
+        assert_true(ls == CLOPT_ERR_STATE_MISMATCH || ls == CLOPT_ERR_FORMAT);
+        assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+        half_free(&o);
+        free(ck);
+        half_free(&a);
+        half_free(&b);
+    }
+}
+
+/* What 16-bit tensors cannot do yet is refused with a message, and nothing is added. */
+static void test_refused(void **state)
+{
+    fixture *f = *state;
+    cl_mem p = buf(f->ctx, 4096, NULL), g = buf(f->ctx, 4096, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){p, 0};
+    d.grad = (clopt_tensor){g, 0};
+    d.ndim = 2, d.shape[0] = 8, d.shape[1] = 16;
+    d.param_dtype = CLOPT_DTYPE_BF16;
+    struct {
+        clopt_rule rule;
+        int gc, lookahead, master;
+        clopt_status want;
+    } cases[] = {
+        {CLOPT_LAMB, 0, 0, 0, CLOPT_ERR_UNSUPPORTED},
+        {CLOPT_ADAFACTOR, 0, 0, 0, CLOPT_ERR_UNSUPPORTED},
+        {CLOPT_ADAMW, 1, 0, 0, CLOPT_ERR_UNSUPPORTED},
+        {CLOPT_ADAMW, 0, 5, 0, CLOPT_ERR_UNSUPPORTED},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        clopt_hparams hp;
+        clopt_hparams_default(cases[c].rule, &hp);
+        hp.grad_centralization = cases[c].gc;
+        hp.lookahead_k = (unsigned)cases[c].lookahead;
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, cases[c].rule, &hp, &opt), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), cases[c].want);
+        assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+        assert_int_equal(clopt_optimizer_param_count(opt), 0);
+        clopt_optimizer_destroy(opt);
+    }
+    /* an f16 param in a group of remainders; hparams out of range */
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.master = CLOPT_MASTER_REMAINDER;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    d.param_dtype = CLOPT_DTYPE_F16;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_INVALID_ARGUMENT);
+    d.param_dtype = (clopt_dtype)7;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_INVALID_ARGUMENT);
+    d.param_dtype = CLOPT_DTYPE_BF16;
+    d.shape[0] = 8 * 2048 / 16 + 1; /* 2049 · 16 bf16 elements: past the 4096 bytes */
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_ERR_OUT_OF_BOUNDS);
+    assert_int_equal(clopt_optimizer_param_count(opt), 0);
+    /* GC turned on later for a group with a 16-bit tensor */
+    d.shape[0] = 8;
+    hp.master = 0;
+    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &hp), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    clopt_hparams gc = hp;
+    gc.grad_centralization = 1;
+    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &gc), CLOPT_ERR_UNSUPPORTED);
+    clopt_hparams bad = hp;
+    bad.master = 3;
+    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &bad), CLOPT_ERR_INVALID_HYPERPARAM);
+    bad = hp;
+    bad.stochastic_rounding = 1;
+    bad.master = CLOPT_MASTER_F32;
+    assert_int_equal(clopt_hparams_validate(CLOPT_ADAMW, &bad, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
+    clopt_optimizer_destroy(opt);
+    /* arena groups take float32 only for now */
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_arena_group(opt, &hp, 1, &d, NULL, NULL),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_int_equal(clopt_optimizer_group_count(opt), 1);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_master_modes_match_f32),
+        cmocka_unit_test(test_amp_f16_grads),
+        cmocka_unit_test(test_checkpoint_resume),
+        cmocka_unit_test(test_refused),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
