@@ -22,7 +22,7 @@ cmake -S . -B build/ci -DCMAKE_BUILD_TYPE=Release -DCLOPT_WERROR=ON -DCLOPT_KERN
 cmake --build build/ci -j"$jobs"
 
 echo "== tests"
-ctest --test-dir build/ci --output-on-failure -j1
+ctest --test-dir build/ci --output-on-failure -j"$jobs"
 
 echo "== conformance: every golden case of tests/data/golden"
 build/ci/host/conform/clopt-conform tests/data/golden
@@ -69,5 +69,5 @@ export LSAN_OPTIONS=suppressions=$PWD/ci/lsan.supp:print_suppressions=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # The sanitizers check host code: the tests' big cases (2^20-element kernels, 40000-float
 # range groups) shrink (CLOPT_TEST_SMALL, as on Oclgrind); the native run above ran them.
-CLOPT_TEST_SMALL=1 ctest --test-dir build/asan --output-on-failure -j1
+CLOPT_TEST_SMALL=1 ctest --test-dir build/asan --output-on-failure -j"$jobs"
 build/asan/host/conform/clopt-conform tests/data/golden

@@ -530,11 +530,13 @@ typedef struct clopt_step_args {
        CLOPT_MASTER_REMAINDER (bf16 θ: master holds n U16 words, zeros at the start). */
     clopt_master master_kind;
     clopt_tensor master;
-    /* 16-bit θ without a master: 1 rounds θ stochastically. The random word of element e
-       (its index in param's buffer, offset included) is word e % 4 of Philox-4x32-10 with
-       counter (e/4 low 32 bits, e/4 high 32 bits, step low 32 bits, sr_stream) and key
-       (sr_seed low, high): deterministic for a given seed, stream, step and element. Give
-       tensors that share a buffer offset in different buffers different streams. */
+    /* 16-bit θ without a master: 1 rounds θ stochastically. The 16-bit random value r of
+       element e (its index in param's buffer, offset included) is half e % 2 (low half
+       first) of word (e/2) % 4 of Philox-4x32-10 with counter (e/8 low 32 bits, e/8 high 32
+       bits, step low 32 bits, sr_stream) and key (sr_seed low, high): deterministic for a
+       given seed, stream, step and element. bf16: x's bits + r, truncated (up with
+       probability low16(x) / 2^16); f16: up when r / 2^16 < the fraction of x between its
+       two float16 neighbours. Give tensors in different buffers different streams. */
     int stochastic_rounding;
     uint64_t sr_seed;
     uint32_t sr_stream;

@@ -204,9 +204,10 @@ inline void tail_store(floatV x, __global float *p, uint rem)
  * exactly the fp32 master.
  * Kernels take STORAGE_PARAMS last when PT != 0: ms_ + mso (the master or remainder, laid
  * out like the states; any buffer with MASTER 0) and the stochastic rounding key (seed,
- * stream, step). The random word of element e (its index in θ's buffer) is word e % 4 of
- * Philox-4x32-10 with counter (e / 4 low, high, step, stream) and key (seed low, high); at
- * the optimizer level (CTRL) the step is the device's count of applied steps + 1. */
+ * stream, step). The 16-bit random value of element e (its index in θ's buffer) is half
+ * e % 2 (the low half first) of word (e / 2) % 4 of Philox-4x32-10 with counter (e / 8 low,
+ * high, step, stream) and key (seed low, high); at the optimizer level (CTRL) the step is
+ * the device's count of applied steps + 1. */
 #ifndef PT
 #define PT 0
 #endif
@@ -271,18 +272,22 @@ inline ushortV f32_to_bf16(floatV x)
     return CONVERT_USHORTV(select(r, (b >> 16) | (uintV)(0x40u), isnan(x)));
 }
 
-/* Stochastic rounding to bf16 with the random word r: up (in magnitude) with probability
- * (low 16 bits of x) / 2^16, so the expected value is x; Inf stays Inf, NaN stays NaN. */
+/* Stochastic rounding to bf16 with the 16-bit random value r: up (in magnitude) with
+ * probability (low 16 bits of x) / 2^16, so the expected value is x; Inf stays Inf, NaN
+ * stays NaN. */
 inline ushortV f32_to_bf16_sr(floatV x, uintV r)
 {
     const uintV b = AS_UINTV(x);
-    const uintV s = (b + (r & (uintV)(0xFFFFu))) >> 16;
+    const uintV s = (b + r) >> 16;
     return CONVERT_USHORTV(select(s, (b >> 16) | (uintV)(0x40u), isnan(x)));
 }
 
-/* Stochastic rounding to the float16 grid with the random word r (its top 24 bits a uniform
- * u in [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
- * e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q)) ulps.
+/* Stochastic rounding to the float16 grid with the 16-bit random value r (u = r / 2^16 in
+ * [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
+ * e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q)) ulps:
+ * exactly unbiased when frac(q) has at most 16 bits (|x| >= 2^-17: every float32 in the
+ * float16 normal range and the larger subnormals); below that P(up) exceeds frac(q) by
+ * less than 2^-16.
  * The result is a float16 value (stored exactly by vstore_half_rte), or >= 65536 and so Inf
  * as a float16, as a value past the largest float16 rounds; Inf and NaN pass through. */
 inline floatV f16_sr_value(floatV x, uintV r)
@@ -291,37 +296,63 @@ inline floatV f16_sr_value(floatV x, uintV r)
     const intV e = max(ilogb(a), (intV)(-14));
     const floatV q = ldexp(a, (intV)(10) - e);
     const floatV fl = floor(q);
-    const floatV u = CONVERT_FLOATV(r >> 8) * (1.0f / 16777216.0f);
+    const floatV u = CONVERT_FLOATV(r) * (1.0f / 65536.0f);
     const floatV y = ldexp(fl + select((floatV)(0.0f), (floatV)(1.0f), u < q - fl), e - (intV)(10));
     return select(copysign(y, x), x, isnan(x) | isinf(x));
 }
 
-/* The random words of the VW elements from element e0 (see above). */
+/* Philox-4x32-10 on two counters at once (lane i of a, b, c, d: counter i's words). */
+inline void philox2_soa(uint2 *a, uint2 *b, uint2 *c, uint2 *d, uint2 k)
+{
+    for (int r = 0; r < 10; r++) {
+        const uint2 lo0 = PHILOX_M0 * *a, hi0 = mul_hi((uint2)(PHILOX_M0), *a);
+        const uint2 lo1 = PHILOX_M1 * *c, hi1 = mul_hi((uint2)(PHILOX_M1), *c);
+        *a = hi1 ^ *b ^ k.x;
+        *b = lo1;
+        *c = hi0 ^ *d ^ k.y;
+        *d = lo0;
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+}
+
+/* The 16-bit random value of element e: half e % 2 (low first) of word (e / 2) % 4 of
+   Philox-4x32-10 with counter (e / 8 low, high, step, stream) and key (seed low, high). */
+inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
+{
+    const ulong q = e >> 3;
+    const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+    const uint j = ((uint)e >> 1) & 3u;
+    const uint w = j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
+    return (w >> (16u * ((uint)e & 1u))) & 0xFFFFu;
+}
+
+/* The random values of the VW elements from element e0: one Philox call per 8 elements,
+   vector code when the vector starts on a multiple of 8 (the usual case). */
 inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
 {
     const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
-    uint w[VW];
-#if VW >= 4
-    if ((e0 & 3u) == 0) {
-        for (uint k = 0; k < VW; k += 4) {
-            const ulong q = (e0 + k) >> 2;
-            const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
-            w[k] = x.x, w[k + 1] = x.y, w[k + 2] = x.z, w[k + 3] = x.w;
-        }
-        return VLOAD(0, w);
+#if VW == 16
+    if ((e0 & 7u) == 0) {
+        const ulong q = e0 >> 3;
+        uint2 a = (uint2)((uint)q, (uint)(q + 1)), b = (uint2)((uint)(q >> 32), (uint)((q + 1) >> 32));
+        uint2 c = (uint2)(step), d = (uint2)(stream);
+        philox2_soa(&a, &b, &c, &d, key);
+        const uint16 v = (uint16)(a.s0, a.s0, b.s0, b.s0, c.s0, c.s0, d.s0, d.s0, a.s1, a.s1,
+                                  b.s1, b.s1, c.s1, c.s1, d.s1, d.s1);
+        return (v >> (uint16)(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16)) &
+               (uint16)(0xFFFFu);
+    }
+#elif VW == 8
+    if ((e0 & 7u) == 0) {
+        const ulong q = e0 >> 3;
+        const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+        const uint8 v = (uint8)(x.x, x.x, x.y, x.y, x.z, x.z, x.w, x.w);
+        return (v >> (uint8)(0, 16, 0, 16, 0, 16, 0, 16)) & (uint8)(0xFFFFu);
     }
 #endif
-    ulong q = e0 >> 2;
-    uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
-    for (uint k = 0; k < VW; k++) {
-        const ulong e = e0 + k;
-        if ((e >> 2) != q) {
-            q = e >> 2;
-            x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
-        }
-        const uint j = (uint)e & 3u;
-        w[k] = j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
-    }
+    uint w[VW];
+    for (uint k = 0; k < VW; k++)
+        w[k] = sr_word1(e0 + k, key, stream, step);
     return VLOAD(0, w);
 }
 

@@ -242,16 +242,16 @@ static void philox_host(const uint32_t ctr[4], const uint32_t key[2], uint32_t o
     memcpy(out, c, sizeof c);
 }
 
-/* The documented random word of element e: word e % 4 of Philox(counter (e/4 lo, e/4 hi,
-   step lo, stream), key (seed lo, seed hi)). */
+/* The documented 16-bit random value of element e: half e % 2 (low half first) of word
+   (e / 2) % 4 of Philox(counter (e/8 lo, e/8 hi, step lo, stream), key (seed lo, seed hi)). */
 static uint32_t sr_word(uint64_t e, uint64_t seed, uint32_t stream, uint64_t step)
 {
-    const uint64_t q = e / 4;
+    const uint64_t q = e / 8;
     const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)step, stream};
     const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     uint32_t out[4];
     philox_host(ctr, key, out);
-    return out[e % 4];
+    return (out[(e / 2) % 4] >> (16 * (e % 2))) & 0xFFFFu;
 }
 
 /* How well rounding decisions up[i] (rounded up with probability p) follow the words w[i]:
