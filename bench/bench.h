@@ -2,8 +2,8 @@
 /* clopt-bench: shared declarations of the benchmark (not part of the library).
  *
  * Layout
- *   main.c    options, the measurement driver, the correctness check, the tuning sweep,
- *             table/JSON/CSV/plot
+ *   driver.h  the driver: options.c, steps.c, check.c, measure.c, sweep.c, output.c, plot.c,
+ *             main.c (the command line, the measurement, the check, the sweep, the output)
  *   rules.c   the rule table: which arrays a rule reads/writes, its unfused chain
  *   optrun.c  optimizer-level instances: T tensors in one arena group or in T caller-owned
  *             buffers, timed with markers around clopt_optimizer_step

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/* clopt-bench: the driver's shared declarations (bench.h has the rule table, the benchmark's
+ * kernels and the optimizer-level instances it drives).
+ *
+ * Layout of the driver
+ *   options.c  the command line: options, usage, parsing
+ *   steps.c    what a rule needs (rule_info), its device and host arrays, one step (or
+ *              repetition) of each variant, the OpenCL helpers
+ *   check.c    the correctness check before a rule is timed
+ *   measure.c  one (rule, n): the interleaved repetitions, the rows and their ratios, the
+ *              tensor-count summary, the cache flush
+ *   sweep.c    the tuning sweep (--sweep-tuning)
+ *   output.c   the rows: the table, JSON, CSV
+ *   plot.c     the chart (--plot, gnuplot)
+ *   main.c     the context, the loop over rules and sizes
+ */
+#ifndef CLOPT_BENCH_DRIVER_H
+#define CLOPT_BENCH_DRIVER_H
+
+#include "bench.h"
+
+#include <stdio.h>
+
+/* ---- options (options.c) ---------------------------------------------------------------- */
+
+enum {
+    V_FUSED = 0,
+    V_UNFUSED,
+    V_C_LOOP,
+    V_COPY,
+    V_STREAM,
+    V_ARENA,
+    V_SEPARATE,
+    V_ARENA_AMP, /* arena with AMP (loss scale 1) and clipping (a bound never reached) on */
+    V_RANGES,    /* two range groups over one caller-owned flat buffer, every other tensor */
+    V_COUNT
+};
+extern const char *const variant_names[V_COUNT];
+/* The many-tensor variants (timed only with T > 1, plus arena with 1 tensor as reference). */
+#define V_MANY ((1u << V_ARENA) | (1u << V_SEPARATE) | (1u << V_ARENA_AMP) | (1u << V_RANGES))
+
+#define MAX_LIST 64
+/* Timed runs count steps from here, so that every rule is in its steady state (SGD's first
+   step copies g into the buffer, RAdam rectifies from step 6 on). */
+#define FIRST_TIMED_STEP 11
+
+typedef struct options {
+    const bench_rule *rules[MAX_LIST];
+    size_t nrules;
+    size_t sizes[MAX_LIST];
+    size_t nsizes;
+    size_t tensors[MAX_LIST];
+    size_t ntensors;
+    unsigned variants; /* bit per V_* */
+    int variants_given; /* --variants was given */
+    long reps, warmup;
+    size_t check_n;
+    long vw, wg, ipw; /* --vw / --wg / --ipw; -1 = the library's default */
+    int sweep;
+    int no_flush; /* --no-flush */
+    unsigned sweep_vw[MAX_LIST];
+    size_t nsweep_vw;
+    size_t sweep_wg[MAX_LIST];
+    size_t nsweep_wg;
+    unsigned sweep_ipw[MAX_LIST];
+    size_t nsweep_ipw;
+    const char *device, *json, *csv, *plot;
+} options;
+
+/* 0: run; 1: exit 0 (help/list/version); 2: bad options (printed). */
+int parse_options(int argc, char **argv, options *o);
+
+/* ---- results (output.c) ------------------------------------------------------------------ */
+
+typedef struct row {
+    const char *rule;
+    int variant;
+    size_t n, tensors;
+    double ms, ms_min, wall_ms, ms_kernels;
+    unsigned launches, steps_per_rep;
+    double bytes_per_param; /* a fraction only with Lookahead (its sync every k steps) */
+    size_t lib_bytes_per_param;
+    double gbps;
+    double copy_fraction, stream_fraction, fused_speedup; /* NAN = not measured */
+    double tensor_ratio, tensor_wall_ratio;               /* vs arena with 1 tensor */
+    const char *check;
+    char shape[48]; /* "4096x4096" per tensor (the first), "" for vectors */
+    unsigned vector_width;
+    size_t work_group_size;
+    unsigned items_per_work_item;
+    int sweep;
+} row;
+
+typedef struct results {
+    row *rows;
+    size_t n, cap;
+} results;
+
+/* A new row with every ratio NAN and check "-"; NULL when out of memory. */
+row *add_row(results *res);
+
+/* ---- the run's environment ---------------------------------------------------------------- */
+
+typedef struct env {
+    const options *opt;
+    clopt_ctx *ctx;
+    bench_device *bd;
+    cl_context context;
+    cl_command_queue queue;
+    cl_ulong max_alloc;
+    size_t max_wg;
+    cl_device_type device_type;
+    cl_ulong cache_bytes;   /* the device's global memory cache */
+    cl_mem flush_buf;       /* cache_bytes, filled to evict a GPU's cache */
+    uint64_t *flush_host;   /* cache_bytes, read to evict the host's (CPU device, C loop) */
+    clopt_tuning tuning; /* in effect (after --vw/--wg) */
+    float *p0, *g0;      /* host data of the largest size */
+    results res;
+    int check_failed;
+} env;
+
+/* ---- what a rule needs, its arrays, one step of each variant (steps.c) -------------------- */
+
+typedef struct rule_info {
+    const bench_rule *r;
+    clopt_hparams hp;
+    bench_traffic tr;
+    int opt_level; /* fused = clopt_optimizer_step */
+    int gc;
+    unsigned spr;   /* steps per repetition: a whole Lookahead cycle, else 1 */
+    size_t nkernel; /* clopt_rule_state_count */
+    size_t nstate;  /* states of a vector tensor at the optimizer level (slow weights too) */
+    /* stream kernel: slots read and written / only read each step; Lookahead's sync adds
+       one stream over (θ, φ) per cycle (la_slot = φ, -1 = none) */
+    int srw[BENCH_STREAM_MAX_RW], sro[BENCH_STREAM_MAX_RO];
+    size_t nsrw, nsro;
+    int la_slot;
+} rule_info;
+
+/* Prints and returns -1 when the rule's hyperparameters or arrays do not fit. */
+int rule_info_make(const bench_rule *r, rule_info *ri);
+
+/* Device arrays of one (rule, n) at the op level. */
+typedef struct instance {
+    size_t n, nstate;
+    cl_mem slot[BA_COUNT];
+} instance;
+
+/* The slots in `mask` (parameters and gradient always): parameters from p0, gradient from
+   g0, the rule's states at their initial values, Lookahead's slow weights from p0,
+   everything else 0. Blocking. */
+int instance_create(env *e, const rule_info *ri, size_t n, unsigned mask, const float *p0,
+                    const float *g0, instance *in);
+void instance_release(instance *in);
+/* Slots a chain uses; the state slots of the op-level fused step and of the unfused chain;
+   the slots of the stream kernel. */
+unsigned chain_mask(const bench_op *ops, size_t nops);
+unsigned state_mask(const rule_info *ri);
+unsigned stream_mask(const rule_info *ri);
+
+/* The chain of step `step`, Lookahead's sync appended at every k-th step; 0 on failure. */
+size_t build_chain(const rule_info *ri, uint64_t step, bench_op *ops);
+/* One step of each variant (t may be NULL); stream_rep is one repetition (spr steps). */
+int fused_step(env *e, const rule_info *ri, const instance *in, uint64_t step, bench_timing *t);
+int unfused_step(env *e, const rule_info *ri, const instance *in, uint64_t step,
+                 bench_timing *t);
+int stream_rep(env *e, const rule_info *ri, const instance *in, bench_timing *t);
+int copy_step(env *e, cl_mem src, cl_mem dst, size_t bytes, bench_timing *t);
+
+/* Host arrays of the C loop: T tensors (the split of n) with their states. */
+typedef struct host_instance {
+    bench_split sp;
+    size_t n, nstate;
+    size_t slen[BENCH_MAX_STATE]; /* concatenated over the tensors */
+    float *p, *s[BENCH_MAX_STATE];
+    const float *g;
+} host_instance;
+
+int host_create(const rule_info *ri, size_t n, size_t T, const float *p0, const float *g0,
+                host_instance *h);
+void host_release(host_instance *h);
+void cloop_step(const rule_info *ri, host_instance *h, uint64_t step, bench_timing *t);
+
+/* "4096x4096" (or "a-bxc" for two heights) of a matrix split, "" for vectors. */
+void shape_text(const bench_split *sp, char *buf, size_t len);
+/* Deterministic uniform values in [lo, hi) (splitmix64 of seed and index). */
+void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
+/* Print a failure and return -1. */
+int cl_fail(const char *what, cl_int err);
+int clopt_fail_msg(env *e, const char *what, clopt_status s);
+/* Start and end of an event's command (ns). */
+int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end);
+
+/* ---- correctness check (check.c) ---------------------------------------------------------- */
+
+typedef struct check_result {
+    /* worst |x - ref| / (atol + rtol*|ref|) of each variant; NAN = not run */
+    double unfused_err, cloop_err, arena_err, separate_err, amp_err, ranges_err;
+    int arena_identical; /* arena and separate bit-identical (-1 = not compared) */
+} check_result;
+
+/* Runs the check of a rule at --check-n and prints its line; a disagreement sets
+   e->check_failed. -1 on a run-time failure. */
+int check_rule(env *e, const rule_info *ri, check_result *cr);
+/* "ok", "FAIL" or "-" (not run) for an error in units of the tolerance. */
+const char *check_word(double err);
+
+/* ---- measuring (measure.c) ------------------------------------------------------------------ */
+
+/* One timed series: a variant with T tensors (or a tuning of the sweep). */
+typedef struct unit {
+    int variant;
+    size_t T;
+    optrun *opt; /* arena, separate, and fused at the optimizer level */
+    double *dev, *wall, *kern;
+    size_t ns;
+    unsigned launches;
+    double bytes;
+    char shape[48];
+} unit;
+
+/* Measures every selected variant and tensor count of one (rule, n) and adds their rows. */
+int measure(env *e, const rule_info *ri, size_t n, const check_result *cr);
+void record(unit *u, const bench_timing *t);
+/* The row of a unit: medians, GB/s, the tuning in effect. */
+int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char *check);
+/* Untimed optimizer steps up to about FIRST_TIMED_STEP. */
+int optrun_warm(const env *e, const rule_info *ri, optrun *o);
+/* The arena-vs-separate summary of one (rule, n) with tensor counts > 1 (its rows from
+   first_row on). */
+void print_tensors(const env *e, const rule_info *ri, size_t n, size_t first_row);
+/* Whether a step moving step_bytes is timed cold, and the flush before each timed step. */
+int wants_flush(const env *e, double step_bytes);
+int flush_device(env *e);
+
+/* ---- the tuning sweep (sweep.c) ------------------------------------------------------------ */
+
+int run_sweep(env *e);
+
+/* ---- output (output.c, plot.c) -------------------------------------------------------------- */
+
+/* "2^20" for powers of two, else the decimal count. */
+void format_n(size_t n, char *buf, size_t len);
+/* fmt of x, "-" for NaN and Inf. */
+void format_num(double x, const char *fmt, char *buf, size_t len);
+/* The rows from `from` on, with the header line first when header is set. */
+void print_table(const results *res, size_t from, int header);
+int write_json(const env *e, const char *path);
+int write_csv(const env *e, const char *path);
+int write_plot(const env *e, const char *path);
+
+#endif
