@@ -66,7 +66,7 @@ enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_S
     X(scale_parameter) X(warmup_init) X(use_beta1) X(bias_correction) X(grad_averaging)       \
     X(grad_centralization) X(gc_conv_only) X(lookahead_k)
 /* Added in version 3 (0 when loading an older file). */
-#define CKP_INTS_V3(X) X(master) X(stochastic_rounding)
+#define CKP_INTS_V3(X) X(master) X(stochastic_rounding) X(state_dtype)
 
 uint32_t clopt_crc32c(const void *data, size_t n)
 {
@@ -1113,7 +1113,7 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
             const clopt_param *o = &opt->params[j];
             if (j == param || o->slow_ready)
                 continue;
-            const clopt_tensor slow = o->state[o->nkernel];
+            const clopt_tensor slow = o->state[o->slow_at];
             cl_int err = clEnqueueCopyBuffer(ctx->queue, o->param.buffer, slow.buffer,
                                              o->param.offset * sizeof(float),
                                              slow.offset * sizeof(float),

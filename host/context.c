@@ -401,6 +401,8 @@ void clopt_ctx_destroy(clopt_ctx *ctx)
     if (ctx->queue)
         clFinish(ctx->queue);
     clopt_programs_release(ctx);
+    if (ctx->qmap)
+        clReleaseMemObject(ctx->qmap);
     if (ctx->queue)
         clReleaseCommandQueue(ctx->queue);
     if (ctx->device)

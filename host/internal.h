@@ -50,6 +50,7 @@ struct clopt_ctx {
     clopt_program_entry *programs;
     size_t nprograms, cap_programs;
     size_t compiled, from_disk;
+    cl_mem qmap; /* the 8-bit state maps (clopt_q8_map, signed then unsigned), made at first use */
 };
 
 /* The largest magnitude of a hyperparameter: 2^64, so its square stays finite in float32
@@ -64,6 +65,9 @@ clopt_status clopt_fail(clopt_ctx *ctx, clopt_status s, const char *fmt, ...) CL
 clopt_status clopt_fail_cl(clopt_ctx *ctx, cl_int err, const char *what);
 /* Clears the last error of a context (start of every public call). */
 void clopt_clear_error(clopt_ctx *ctx);
+
+/* The context's 8-bit state maps on the device (made and uploaded, blocking, at first use). */
+clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out);
 
 /* Program cache (program.c). */
 clopt_status clopt_get_kernel(clopt_ctx *ctx, const char *family, const char *options,
@@ -173,6 +177,17 @@ typedef struct clopt_launch_plan {
     int gc;               /* gradient centralization: row means are a kernel argument */
     clopt_tuning tuning;  /* the kernel's vector width (in options) and work-group size */
 } clopt_launch_plan;
+
+/* Rules whose kernels take 8-bit blockwise state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad). */
+int clopt_rule_q8_ok(clopt_rule rule, const clopt_hparams *hp);
+/* Whether state k of rule changes sign (the signed 8-bit map) or is non-negative. */
+int clopt_rule_state_signed(clopt_rule rule, const clopt_hparams *hp, size_t k);
+/* Fills state k (of dtype, with its absmax for U8) of n elements with its initial value. */
+clopt_status clopt_fill_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                              size_t k, clopt_dtype dtype, clopt_tensor state,
+                              clopt_tensor absmax, size_t n);
+/* Blocks of 256 elements of 8-bit state over n elements (absmax floats). */
+static inline size_t clopt_q8_blocks(size_t n) { return (n + 255) / 256; }
 
 /* Rules that need reductions over a tensor (Adafactor, LAMB): optimizer level only. */
 int clopt_rule_is_multipass(clopt_rule rule);

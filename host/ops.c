@@ -69,6 +69,24 @@ static clopt_status check_storage(clopt_ctx *ctx, const clopt_step_args *a, size
     return CLOPT_SUCCESS;
 }
 
+/* The state storage a rule takes. */
+static clopt_status check_state_storage(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                        const clopt_step_args *a)
+{
+    const clopt_dtype t = a->state_dtype;
+    if (t != CLOPT_DTYPE_F32 && t != CLOPT_DTYPE_BF16 && t != CLOPT_DTYPE_U8)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "state_dtype must be CLOPT_DTYPE_F32, BF16 or U8 (got %d)", (int)t);
+    if (t == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s has no 8-bit state (8-bit blockwise state: SGD with momentum, "
+                          "Adam, AdamW, Lion, RMSprop, Adagrad)", clopt_rule_name(rule));
+    if (t != CLOPT_DTYPE_F32 && hp->grad_centralization && a->gc_rows > 0)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "gradient centralization takes float32 state only for now");
+    return CLOPT_SUCCESS;
+}
+
 /* The -D defines of a storage combination ("" for float32 θ and g, whose programs stay the
    ones they always were). */
 void clopt_storage_options(char *out, size_t cap, clopt_dtype param, clopt_dtype grad,
@@ -122,7 +140,8 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
         return s;
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
         return s;
-    if ((s = check_storage(ctx, a, n)) != CLOPT_SUCCESS)
+    if ((s = check_storage(ctx, a, n)) != CLOPT_SUCCESS ||
+        (s = check_state_storage(ctx, rule, hp, a)) != CLOPT_SUCCESS)
         return s;
     size_t nstate = clopt_rule_state_count(rule, hp);
     for (size_t i = 0; i < CLOPT_MAX_STATE; i++) {
@@ -134,9 +153,17 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
             return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                               "%s: this variant has %zu state tensor(s), state[%zu] is set",
                               clopt_rule_name(rule), nstate, i);
-        if (i < nstate && (s = clopt_check_tensor(ctx, state_label(i), a->state[i], n)) !=
+        if (i < nstate && (s = clopt_check_tensor_of(ctx, state_label(i), a->state[i], n,
+                                                     clopt_dtype_size(a->state_dtype))) !=
                               CLOPT_SUCCESS)
             return s;
+        if (a->state_dtype == CLOPT_DTYPE_U8 && i < nstate &&
+            (s = clopt_check_tensor(ctx, "state_absmax", a->state_absmax[i],
+                                    clopt_q8_blocks(n))) != CLOPT_SUCCESS)
+            return s;
+        if ((a->state_dtype != CLOPT_DTYPE_U8 || i >= nstate) && a->state_absmax[i].buffer)
+            return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                              "state_absmax[%zu] is set but state %zu is not 8-bit", i, i);
     }
     if (hp->grad_centralization && a->gc_rows > 0 &&
         (a->param_dtype != CLOPT_DTYPE_F32 || a->grad_dtype != CLOPT_DTYPE_F32))
@@ -212,6 +239,15 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_storage_options(plan.options + len, sizeof plan.options - len, args->param_dtype,
                               args->grad_dtype, args->master_kind, args->stochastic_rounding);
     }
+    const int q8 = args->state_dtype == CLOPT_DTYPE_U8;
+    if (args->state_dtype != CLOPT_DTYPE_F32) {
+        size_t len = strlen(plan.options);
+        snprintf(plan.options + len, sizeof plan.options - len, " -DSQ=%d",
+                 q8 ? 4 : 2);
+    }
+    cl_mem qmap = NULL;
+    if (q8 && (s = clopt_ctx_qmap(ctx, &qmap)) != CLOPT_SUCCESS)
+        return s;
     cl_kernel k = NULL, kgc = NULL;
     unsigned rl; /* gradient centralization's row means: one work-group of rl items per row */
     size_t ngroups;
@@ -233,8 +269,11 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, args->param);
     clopt_arg_tensor(&a, args->grad);
-    for (size_t j = 0; j < nstate; j++)
+    for (size_t j = 0; j < nstate; j++) {
         clopt_arg_tensor(&a, args->state[j]);
+        if (q8)
+            clopt_arg_tensor(&a, args->state_absmax[j]);
+    }
     if (plan.uses_hessian)
         clopt_arg_tensor(&a, args->hessian);
     if (plan.gc) {
@@ -253,6 +292,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_ctl(&a, ctl);
     if (p16)
         clopt_arg_storage(&a, args, step);
+    if (q8)
+        clopt_arg_mem(&a, qmap);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     cl_command_queue q = queue ? queue : ctx->queue;
@@ -442,6 +483,52 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count)
 {
+    return clopt_alloc_state_ex(ctx, rule, hp, n, CLOPT_DTYPE_F32, out, NULL, count);
+}
+
+/* bf16 of x rounded to nearest even (host). */
+static cl_ushort bf16_of(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return (cl_ushort)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+clopt_status clopt_fill_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                              size_t k, clopt_dtype dtype, clopt_tensor state,
+                              clopt_tensor absmax, size_t n)
+{
+    const float init = clopt_rule_state_init(rule, hp, k);
+    cl_int err;
+    if (dtype == CLOPT_DTYPE_BF16) {
+        const cl_ushort w = bf16_of(init);
+        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &w, sizeof w, state.offset * 2, n * 2,
+                                  0, NULL, NULL);
+    } else if (dtype == CLOPT_DTYPE_U8) {
+        /* the code of 0 in the state's map, or init = 1.0 (code 255) times an absmax of init */
+        float map[256];
+        clopt_q8_map(clopt_rule_state_signed(rule, hp, k), map);
+        cl_uchar code = 0;
+        while (init == 0.0f && map[code] != 0.0f)
+            code++;
+        if (init != 0.0f)
+            code = 255;
+        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &code, 1, state.offset, n, 0, NULL,
+                                  NULL);
+        if (err == CL_SUCCESS)
+            err = clEnqueueFillBuffer(ctx->queue, absmax.buffer, &init, sizeof init,
+                                      absmax.offset * 4, clopt_q8_blocks(n) * 4, 0, NULL, NULL);
+    } else {
+        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &init, sizeof init, state.offset * 4,
+                                  n * 4, 0, NULL, NULL);
+    }
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "initialising state");
+}
+
+clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                  size_t n, clopt_dtype dtype, clopt_tensor out[CLOPT_MAX_STATE],
+                                  clopt_tensor absmax[CLOPT_MAX_STATE], size_t *count)
+{
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -449,7 +536,17 @@ clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpar
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, out and count must not be NULL");
     for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
         out[k] = (clopt_tensor){NULL, 0};
+    for (size_t k = 0; absmax && k < CLOPT_MAX_STATE; k++)
+        absmax[k] = (clopt_tensor){NULL, 0};
     *count = 0;
+    if (dtype != CLOPT_DTYPE_F32 && dtype != CLOPT_DTYPE_BF16 && dtype != CLOPT_DTYPE_U8)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "dtype must be CLOPT_DTYPE_F32, BF16 or U8 (got %d)", (int)dtype);
+    if (dtype == CLOPT_DTYPE_U8 && !absmax)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "8-bit state needs absmax");
+    if (dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "%s has no 8-bit state",
+                          clopt_rule_name(rule) ? clopt_rule_name(rule) : "rule");
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
                           (int)rule);
@@ -463,24 +560,34 @@ clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpar
     if (n == 0 || n > SIZE_MAX / sizeof(float))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1 (and fit in memory)");
     const size_t ns = clopt_rule_state_count(rule, hp);
-    cl_mem made[CLOPT_MAX_STATE] = {NULL};
+    const int q8 = dtype == CLOPT_DTYPE_U8;
+    cl_mem made[CLOPT_MAX_STATE] = {NULL}, abs[CLOPT_MAX_STATE] = {NULL};
     cl_int err = CL_SUCCESS;
     for (size_t k = 0; k < ns && err == CL_SUCCESS; k++) {
-        made[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
-        if (made[k]) {
-            float init = clopt_rule_state_init(rule, hp, k);
-            err = clEnqueueFillBuffer(ctx->queue, made[k], &init, sizeof init, 0,
-                                      n * sizeof(float), 0, NULL, NULL);
-        }
+        made[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * clopt_dtype_size(dtype),
+                                 NULL, &err);
+        if (made[k] && q8)
+            abs[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE,
+                                    clopt_q8_blocks(n) * sizeof(float), NULL, &err);
     }
-    if (err != CL_SUCCESS) {
-        for (size_t k = 0; k < ns; k++)
+    s = err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "allocating state");
+    for (size_t k = 0; k < ns && s == CLOPT_SUCCESS; k++)
+        s = clopt_fill_state(ctx, rule, hp, k, dtype, (clopt_tensor){made[k], 0},
+                             (clopt_tensor){abs[k], 0}, n);
+    if (s != CLOPT_SUCCESS) {
+        for (size_t k = 0; k < ns; k++) {
             if (made[k])
                 clReleaseMemObject(made[k]);
-        return clopt_fail_cl(ctx, err, "allocating state");
+            if (abs[k])
+                clReleaseMemObject(abs[k]);
+        }
+        return s;
     }
-    for (size_t k = 0; k < ns; k++)
+    for (size_t k = 0; k < ns; k++) {
         out[k] = (clopt_tensor){made[k], 0};
+        if (q8)
+            absmax[k] = (clopt_tensor){abs[k], 0};
+    }
     *count = ns;
     return CLOPT_SUCCESS;
 }

@@ -63,6 +63,23 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
     e->nkernel = k;
     for (size_t j = 0; j < CLOPT_OPT_MAX_STATE; j++)
         e->state_dtype[j] = CLOPT_DTYPE_F32;
+    /* the state's storage: the group's, except float32 for the 8-bit state of tensors under
+       4096 elements (as bitsandbytes) and in arena/range groups (refused at registration) */
+    e->sq = CLOPT_DTYPE_F32;
+    if (hp->state_dtype == CLOPT_DTYPE_BF16 ||
+        (hp->state_dtype == CLOPT_DTYPE_U8 && e->n >= CLOPT_Q8_MIN_SIZE))
+        e->sq = (clopt_dtype)hp->state_dtype;
+    e->absmax_at = 0;
+    if (opt->rule != CLOPT_ADAFACTOR)
+        for (size_t j = 0; j < k; j++)
+            e->state_dtype[j] = e->sq;
+    if (e->sq == CLOPT_DTYPE_U8) {
+        e->absmax_at = k;
+        for (size_t j = 0; j < e->nkernel; j++) {
+            e->state_name[k] = clopt_absmax_name(e->state_name[j]);
+            e->state_len[k++] = clopt_q8_blocks(e->n);
+        }
+    }
     e->master = e->pdtype != CLOPT_DTYPE_F32 ? hp->master : CLOPT_MASTER_NONE;
     e->master_at = 0;
     if (e->master) {
@@ -71,7 +88,9 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
         e->state_name[k] = e->master == CLOPT_MASTER_F32 ? "master" : "master_remainder";
         e->state_len[k++] = e->n;
     }
+    e->slow_at = 0;
     if (clopt_group_lookahead(opt, g)) {
+        e->slow_at = k;
         e->state_name[k] = opt->rule == CLOPT_RANGER ? "slow_buffer" : "slow_params";
         e->state_len[k++] = e->n;
     }
@@ -107,7 +126,17 @@ clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_
 {
     const char *why = "";
     clopt_status s = clopt_hparams_validate(rule, hp, &why);
-    return s == CLOPT_SUCCESS ? s : clopt_fail(ctx, s, "%s", why);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail(ctx, s, "%s", why);
+    if (hp->state_dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad do)",
+                          clopt_rule_name(rule));
+    if (hp->state_dtype != CLOPT_DTYPE_F32 && clopt_rule_is_multipass(rule))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "%s keeps float32 state only for now (its reductions read it)",
+                          clopt_rule_name(rule));
+    return CLOPT_SUCCESS;
 }
 
 clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
@@ -269,15 +298,17 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
         int same = other.nstate == e->nstate;
         for (size_t k = 0; same && k < e->nstate; k++)
             same = strcmp(other.state_name[k], e->state_name[k]) == 0 &&
-                   other.state_len[k] == e->state_len[k];
+                   other.state_len[k] == e->state_len[k] &&
+                   other.state_dtype[k] == e->state_dtype[k];
         if (!same)
             return clopt_fail(opt->ctx, CLOPT_ERR_STATE_MISMATCH,
                               "these hyperparameters change the state layout of tensor %zu", i);
-        if ((e->pdtype != CLOPT_DTYPE_F32 || e->gdtype != CLOPT_DTYPE_F32) &&
+        if ((e->pdtype != CLOPT_DTYPE_F32 || e->gdtype != CLOPT_DTYPE_F32 ||
+             e->sq != CLOPT_DTYPE_F32) &&
             clopt_o_gc_rows(hp, e))
             return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
-                              "tensor %zu is 16-bit: gradient centralization takes float32 "
-                              "tensors only for now", i);
+                              "tensor %zu has 16-bit storage or 8/16-bit state: gradient "
+                              "centralization takes float32 tensors and state only for now", i);
     }
     opt->groups[group].hp = *hp;
     return CLOPT_SUCCESS;
@@ -401,6 +432,26 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
         if (m) {
             e->state[i] = (clopt_tensor){m, 0};
             float init = i < e->nkernel ? clopt_rule_state_init(opt->rule, hp, i) : 0.0f;
+            if (i < e->nkernel && e->sq != CLOPT_DTYPE_F32 && opt->rule != CLOPT_ADAFACTOR) {
+                /* 16-bit or 8-bit state: its own initial codes (the absmax comes later) */
+                if (e->sq == CLOPT_DTYPE_BF16) {
+                    clopt_status s = clopt_fill_state(opt->ctx, opt->rule, hp, i, e->sq,
+                                                      e->state[i], (clopt_tensor){NULL, 0},
+                                                      e->n);
+                    if (s != CLOPT_SUCCESS)
+                        return s;
+                }
+                continue;
+            }
+            if (e->sq == CLOPT_DTYPE_U8 && i >= e->absmax_at && i < e->absmax_at + e->nkernel) {
+                /* the codes and the absmax of kernel state i - absmax_at, together */
+                clopt_status s = clopt_fill_state(opt->ctx, opt->rule, hp, i - e->absmax_at,
+                                                  e->sq, e->state[i - e->absmax_at],
+                                                  e->state[i], e->n);
+                if (s != CLOPT_SUCCESS)
+                    return s;
+                continue;
+            }
             if (e->master == CLOPT_MASTER_F32 && i == e->master_at) {
                 /* the master starts as θ */
                 clopt_status s = clopt_enqueue_convert(opt->ctx, NULL, e->state[i],
@@ -436,6 +487,23 @@ clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t 
                       (int)d->grad_dtype);
 }
 
+const char *clopt_absmax_name(const char *state)
+{
+    static const char *names[][2] = {
+        {"exp_avg", "exp_avg.absmax"},
+        {"exp_avg_sq", "exp_avg_sq.absmax"},
+        {"max_exp_avg_sq", "max_exp_avg_sq.absmax"},
+        {"momentum_buffer", "momentum_buffer.absmax"},
+        {"sum", "sum.absmax"},
+        {"square_avg", "square_avg.absmax"},
+        {"grad_avg", "grad_avg.absmax"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(state, names[i][0]) == 0)
+            return names[i][1];
+    return "absmax";
+}
+
 /* The storage of a caller-owned tensor: what the group's rule and options allow. */
 static clopt_status take_storage(clopt_optimizer *opt, const clopt_group *g,
                                  const clopt_param_desc *d, clopt_param *e)
@@ -449,9 +517,12 @@ static clopt_status take_storage(clopt_optimizer *opt, const clopt_group *g,
                           "(got %d and %d)", (int)p, (int)q);
     e->pdtype = p;
     e->gdtype = q;
+    const clopt_hparams *hp = &g->hp;
+    if (hp->state_dtype != CLOPT_DTYPE_F32 && hp->grad_centralization && clopt_o_gc_rows(hp, e))
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "gradient centralization takes float32 state only for now");
     if (p == CLOPT_DTYPE_F32 && q == CLOPT_DTYPE_F32)
         return CLOPT_SUCCESS;
-    const clopt_hparams *hp = &g->hp;
     const char *why = NULL;
     if (clopt_rule_is_multipass(opt->rule))
         why = "its reductions read float32";
@@ -606,6 +677,10 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
     if (s != CLOPT_SUCCESS)
         return s;
+    if (hp->state_dtype != CLOPT_DTYPE_F32)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "an arena group keeps float32 state only for now (state_dtype %d)",
+                          hp->state_dtype);
     if (opt->rule == CLOPT_SOPHIA)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "sophia needs the engine's Hessian-estimate buffer per tensor: add its "

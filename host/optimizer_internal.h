@@ -6,7 +6,9 @@
 #include "internal.h"
 
 /* State tensors per parameter at the optimizer level: the rule's own, plus Lookahead's. */
-#define CLOPT_OPT_MAX_STATE (CLOPT_MAX_STATE + 1)
+#define CLOPT_OPT_MAX_STATE (2 * CLOPT_MAX_STATE + 2)
+/* Tensors under this many elements keep float32 state in a group of 8-bit state. */
+#define CLOPT_Q8_MIN_SIZE 4096
 
 typedef struct clopt_group {
     clopt_hparams hp;
@@ -39,6 +41,9 @@ typedef struct clopt_param {
     clopt_dtype state_dtype[CLOPT_OPT_MAX_STATE];  /* F32, or U16 for a remainder */
     int master;        /* clopt_master of a 16-bit param: its state at master_at */
     size_t master_at;
+    clopt_dtype sq;    /* storage of the rule's states (F32, BF16, U8) */
+    size_t absmax_at;  /* U8: the absmax of kernel state j is state absmax_at + j */
+    size_t slow_at;    /* Lookahead's slow weights (0: none; never state 0) */
     uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
@@ -95,8 +100,10 @@ struct clopt_optimizer {
    master of a 16-bit parameter, which never comes with Lookahead). */
 static inline int clopt_is_slow(const clopt_param *e, size_t k)
 {
-    return k >= e->nkernel && !(e->master && k == e->master_at);
+    return e->slow_at && k == e->slow_at;
 }
+/* The name of the absmax state of a state ("exp_avg" -> "exp_avg.absmax"; static storage). */
+const char *clopt_absmax_name(const char *state);
 /* Bytes per element of state k of e. */
 static inline size_t clopt_state_esize(const clopt_param *e, size_t k)
 {

@@ -80,6 +80,10 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (T == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
     clopt_status s = clopt_o_check_hparams(ctx, opt->rule, hp);
+    if (s == CLOPT_SUCCESS && hp->state_dtype != CLOPT_DTYPE_F32)
+        s = clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                       "a range group keeps float32 state only for now (state_dtype %d)",
+                       hp->state_dtype);
     if (s == CLOPT_SUCCESS)
         s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
     if (s != CLOPT_SUCCESS)

@@ -53,6 +53,25 @@ static const rule_info rules[CLOPT_RULE_COUNT] = {
 
 static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
 
+int clopt_rule_q8_ok(clopt_rule rule, const clopt_hparams *hp)
+{
+    (void)hp;
+    return rule == CLOPT_SGD || rule == CLOPT_ADAM || rule == CLOPT_ADAMW ||
+           rule == CLOPT_LION || rule == CLOPT_RMSPROP || rule == CLOPT_ADAGRAD;
+}
+
+int clopt_rule_state_signed(clopt_rule rule, const clopt_hparams *hp, size_t k)
+{
+    const char *name = clopt_rule_state_name(rule, hp, k);
+    /* the non-negative states: second moments, accumulators and bounds */
+    static const char *unsigned_states[] = {"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg",
+                                            "acc_delta", "exp_inf", "exp_avg_lr"};
+    for (size_t i = 0; name && i < sizeof unsigned_states / sizeof unsigned_states[0]; i++)
+        if (strcmp(name, unsigned_states[i]) == 0)
+            return 0;
+    return 1;
+}
+
 int clopt_rule_is_multipass(clopt_rule rule)
 {
     return rule_ok(rule) && (rules[rule].uses & U_MULTIPASS);
@@ -221,6 +240,9 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         w = "master must be a clopt_master (0 none, 1 f32, 2 remainder)";
     else if (hp->stochastic_rounding != 0 && hp->stochastic_rounding != 1)
         w = "stochastic_rounding must be 0 or 1";
+    else if (hp->state_dtype != CLOPT_DTYPE_F32 && hp->state_dtype != CLOPT_DTYPE_BF16 &&
+             hp->state_dtype != CLOPT_DTYPE_U8)
+        w = "state_dtype must be CLOPT_DTYPE_F32, BF16 or U8";
     else if (hp->stochastic_rounding && hp->master != CLOPT_MASTER_NONE)
         w = "stochastic_rounding applies to parameters without a master (master must be 0)";
     else if (rule == CLOPT_RANGER && !(isfinite(hp->n_sma_threshold) && hp->n_sma_threshold >= 4))
@@ -369,6 +391,11 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     plan->kernel = rules[rule].kernel;
     plan->gc = hp->grad_centralization && args->gc_rows > 0;
     plan->tuning = clopt_kernel_tuning(ctx, plan->kernel);
+    /* 8-bit state: one work-item per block of 256 elements (kernels/common.cl) */
+    if (args->state_dtype == CLOPT_DTYPE_U8) {
+        plan->tuning.vector_width = 16;
+        plan->tuning.items_per_work_item = 16;
+    }
     /* GC looks up each element's row mean: with 16 elements per work-item that costs one
        integer division per 16 elements instead of one per element */
     if (plan->gc && !ctx->tuning_fixed && plan->tuning.vector_width < 16)

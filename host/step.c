@@ -98,6 +98,9 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
                             g->hp.stochastic_rounding;
     a.sr_seed = opt->rng_seed;
     a.sr_stream = (uint32_t)(e - opt->params);
+    a.state_dtype = e->sq;
+    for (size_t j = 0; e->sq == CLOPT_DTYPE_U8 && j < e->nkernel; j++)
+        a.state_absmax[j] = e->state[e->absmax_at + j];
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
     float *rows;
@@ -245,11 +248,11 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             states[j] = (clopt_tensor){g->arena_state[j], 0};
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
         if (la && !e0->slow_ready)
-            s = lookahead_copy(opt, P, states[e0->nkernel], g->arena_len);
+            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len);
         if (s == CLOPT_SUCCESS)
             s = step_outcomes(opt, e0, P, G, states, g->arena_len, g, k, grad_scale, 0);
         if (s == CLOPT_SUCCESS && la)
-            s = lookahead_outcomes(opt, g, e0->step, P, states[e0->nkernel], g->arena_len, k);
+            s = lookahead_outcomes(opt, g, e0->step, P, states[e0->slow_at], g->arena_len, k);
         return s;
     }
     if (range_fused(opt, g)) {
@@ -274,7 +277,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         if (e->group != gi)
             continue;
         if (la && !e->slow_ready)
-            s = lookahead_copy(opt, e->param, e->state[e->nkernel], e->n);
+            s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n);
         if (s != CLOPT_SUCCESS)
             break;
         if (opt->rule == CLOPT_LAMB || opt->rule == CLOPT_ADAFACTOR) {
@@ -291,7 +294,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
                               clopt_o_gc_rows(&g->hp, e));
         }
         if (s == CLOPT_SUCCESS && la)
-            s = lookahead_outcomes(opt, g, e->step, e->param, e->state[e->nkernel], e->n, k);
+            s = lookahead_outcomes(opt, g, e->step, e->param, e->state[e->slow_at], e->n, k);
     }
     return s;
 }

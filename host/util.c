@@ -2,6 +2,8 @@
 /* Argument checks and the element-wise launch shared by every op. */
 #include "internal.h"
 
+#include <math.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -164,12 +166,60 @@ size_t clopt_dtype_size(clopt_dtype t)
     case CLOPT_DTYPE_F16:
     case CLOPT_DTYPE_BF16:
     case CLOPT_DTYPE_U16: return 2;
+    case CLOPT_DTYPE_U8: return 1;
     default: return 0;
     }
 }
 
 const char *clopt_dtype_name(clopt_dtype t)
 {
-    static const char *names[] = {"f32", "f16", "bf16", "u16"};
-    return (int)t >= 0 && (int)t < 4 ? names[t] : NULL;
+    static const char *names[] = {"f32", "f16", "bf16", "u16", "u8"};
+    return (int)t >= 0 && (int)t < 5 ? names[t] : NULL;
+}
+
+/* bitsandbytes' create_dynamic_map(signed, max_exponent_bits 7, total_bits 8): for i = 0..6
+   the midpoints of linspace(0.1, 1, k + 1) (k = 2^i signed, 2^(i+1) unsigned) times
+   10^(i-6), mirrored when signed, plus 0 and 1, sorted. */
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+void clopt_q8_map(int signed_map, float out[256])
+{
+    if (!out)
+        return;
+    size_t k = 0;
+    for (int i = 0; i < 7; i++) {
+        const int items = signed_map ? 1 << i : 1 << (i + 1);
+        const double scale = pow(10.0, (double)(i - 6));
+        for (int j = 0; j < items; j++) {
+            const double lo = 0.1 + 0.9 * (double)j / items, hi = 0.1 + 0.9 * (double)(j + 1) / items;
+            const double mean = (lo + hi) / 2.0;
+            out[k++] = (float)(scale * mean);
+            if (signed_map)
+                out[k++] = (float)(-scale * mean);
+        }
+    }
+    out[k++] = 0.0f;
+    out[k++] = 1.0f;
+    qsort(out, k, sizeof out[0], cmp_float);
+}
+
+clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out)
+{
+    if (!ctx->qmap) {
+        float map[512];
+        clopt_q8_map(1, map);
+        clopt_q8_map(0, map + 256);
+        cl_int err = CL_SUCCESS;
+        cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                  sizeof map, map, &err);
+        if (!m)
+            return clopt_fail_cl(ctx, err, "the 8-bit state maps");
+        ctx->qmap = m;
+    }
+    *out = ctx->qmap;
+    return CLOPT_SUCCESS;
 }

@@ -428,6 +428,13 @@ typedef struct clopt_hparams {
        index as the stream and its step count. Both are ignored for float32 tensors. */
     int master;
     int stochastic_rounding;
+    /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =
+       8-bit blockwise, see clopt_step_args.state_dtype), for tensors registered with
+       clopt_optimizer_add_param_desc; as bitsandbytes, tensors under 4096 elements keep
+       float32 state. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad;
+       another rule, an arena or range group, or a rule with reductions is refused with
+       CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own ("exp_avg.absmax"). */
+    int state_dtype;
 } clopt_hparams;
 
 /* Fills *out with rule's defaults. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
@@ -465,15 +472,17 @@ size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp);
    F16 is IEEE binary16 (read and written with vload_half/vstore_half_rte, core OpenCL 1.2:
    no cl_khr_fp16 needed); BF16 is bfloat16 (the top 16 bits of a float32: stored rounded to
    nearest even, a NaN kept NaN); U16 is raw 16-bit words (the low halves of a bf16
-   parameter's master, CLOPT_MASTER_REMAINDER). */
+   parameter's master, CLOPT_MASTER_REMAINDER); U8 is bytes (the codes of 8-bit blockwise
+   optimizer state, see clopt_step_args.state_dtype). */
 typedef enum clopt_dtype {
     CLOPT_DTYPE_F32 = 0,
     CLOPT_DTYPE_F16 = 1,
     CLOPT_DTYPE_BF16 = 2,
-    CLOPT_DTYPE_U16 = 3
+    CLOPT_DTYPE_U16 = 3,
+    CLOPT_DTYPE_U8 = 4
 } clopt_dtype;
-/* Bytes per element (0 for a value out of range) and the name ("f32", "f16", "bf16", "u16";
-   NULL out of range). Host only. */
+/* Bytes per element (0 for a value out of range) and the name ("f32", "f16", "bf16", "u16",
+   "u8"; NULL out of range). Host only. */
 size_t clopt_dtype_size(clopt_dtype t);
 const char *clopt_dtype_name(clopt_dtype t);
 
@@ -540,7 +549,24 @@ typedef struct clopt_step_args {
     int stochastic_rounding;
     uint64_t sr_seed;
     uint32_t sr_stream;
+    /* Storage of the state tensors: CLOPT_DTYPE_F32 (init), BF16 (every element-wise rule:
+       16-bit words, stored rounded to nearest even) or U8, 8-bit blockwise (bitsandbytes'
+       scheme; SGD with momentum, Adam, AdamW, Lion, RMSprop and Adagrad): state[k] holds one
+       code per element and state_absmax[k] one float per block of 256 elements (blocks start
+       at the tensor's first element: ceil(n / 256) floats); element i is
+       clopt_q8_map(signed)[code] * absmax of its block, with the signed map for states that
+       change sign (exp_avg, momentum_buffer, grad_avg) and the unsigned one for the others.
+       The kernel dequantizes a block, updates it (θ's update reads the new state before it
+       is quantized), takes the block's new absmax and writes each value's nearest code, all
+       in the one launch. */
+    clopt_dtype state_dtype;
+    clopt_tensor state_absmax[CLOPT_MAX_STATE];
 } clopt_step_args;
+
+/* The 8-bit state map (bitsandbytes' create_dynamic_map(signed, 7, 8), computed in double and
+   rounded to float32): 256 increasing values in [-1, 1] (signed: 127 negative, 0, 127
+   positive and 1) or [0, 1] (unsigned: 0, 254 positive and 1), written to out. Host only. */
+void clopt_q8_map(int signed_map, float out[256]);
 
 /* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1, float32
    storage (NULL: no-op). clopt_step_args grows between minor versions: start from this. */
@@ -1012,6 +1038,14 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
    CLOPT_ERR_INVALID_SIZE (n = 0 or too large) and OpenCL codes. */
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count);
+/* The same in a storage type (CLOPT_DTYPE_F32, BF16 or U8): for U8 also absmax[0 .. *count)
+   (ceil(n / 256) floats each; absmax may be NULL otherwise), the codes of the initial value
+   (the code of 0, or Adagrad's initial_accumulator_value as the code of 1 times an absmax of
+   that value). Statuses as clopt_alloc_state, plus CLOPT_ERR_INVALID_ARGUMENT (another dtype,
+   absmax NULL with U8) and CLOPT_ERR_UNSUPPORTED (a rule without 8-bit state). */
+clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                  size_t n, clopt_dtype dtype, clopt_tensor out[CLOPT_MAX_STATE],
+                                  clopt_tensor absmax[CLOPT_MAX_STATE], size_t *count);
 
 /* ---- checkpoints ------------------------------------------------------------------------- */
 

@@ -13,14 +13,14 @@
 /* Adam (L2 decay) and AdamW (decoupled decay θ - (lr·wd)·θ, lrwd = lr·wd), torch 1.13:
  * θ -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), step_size = lr / bc1. */
 __kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                        const ulong go, __global float *m_, const ulong mo,
-                        __global float *v_, const ulong vo,
+                        const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                        STATE_PTR(v), const ulong vo, STATE_EXTRA(v)
 #if AMSGRAD
-                        __global float *vmax_, const ulong vmaxo,
+                        STATE_PTR(vmax), const ulong vmaxo, STATE_EXTRA(vmax)
 #endif
                         GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
                         float eps, float weight_decay, float lrwd,
-                        float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                        float step_size, float inv_sqrt_bc2 RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, step_size, inv_sqrt_bc2);
@@ -29,9 +29,12 @@ __kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTO
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
 #if AMSGRAD
     vmax_ += (long)vmaxo + RS_;
+    STATE_BEGIN(vmax);
 #endif
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
@@ -43,28 +46,33 @@ __kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTO
         g = g + weight_decay * p;
 #endif
     g = GC_APPLY(g);
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
 #if AMSGRAD
-    floatV vmax = fmax(LOAD(vmax_), v);
-    STORE(vmax, vmax_);
+    floatV vmax = fmax(LOADS(vmax, 0), v);
+    STORES(vmax, vmax, 0);
     floatV denom = sqrt(vmax) * inv_sqrt_bc2 + eps;
 #else
     floatV denom = sqrt(v) * inv_sqrt_bc2 + eps;
 #endif
     p = p - step_size * (m / denom);
-    STORE(m, m_);
-    STORE(v, v_);
+    STORES(m, m, 1);
+    STORES(v, v, 0);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
+#if AMSGRAD
+    STATE_END(vmax, 0);
+#endif
 }
 
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
 __kernel void adamax_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                          const ulong go, __global float *m_, const ulong mo,
-                          __global float *u_, const ulong uo, GC_PARAMS const ulong N_ARG, float gmul,
+                          const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                          STATE_PTR(u), const ulong uo, STATE_EXTRA(u) GC_PARAMS const ulong N_ARG, float gmul,
                           float beta1, float ombeta1, float beta2, float ombeta2, float eps,
-                          float weight_decay, float clr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                          float weight_decay, float clr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, clr);
@@ -73,31 +81,35 @@ __kernel void adamax_step(__global PSTORE *p_, const ulong po, __global const GS
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     u_ += (long)uo + RS_;
+    STATE_BEGIN(u);
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
     floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV u = fmax(beta2 * LOAD(u_), fabs(g) + eps);
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV u = fmax(beta2 * LOADS(u, 0), fabs(g) + eps);
     p = p - clr * (m / u);
-    STORE(m, m_);
-    STORE(u, u_);
+    STORES(m, m, 1);
+    STORES(u, u, 0);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(u, 0);
 }
 
 /* NAdam (Dozat; torch >= 2.0): d = sqrt(v / bc2) + eps;
  * θ -= c_grad * g / d; θ -= c_mom * m / d, with c_grad = lr(1-μ_t)/(1-Π_t) and
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
 __kernel void nadam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                         const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG, float gmul,
+                         const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                         STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG, float gmul,
                          float beta1, float ombeta1, float beta2, float ombeta2, float eps,
                          float weight_decay, float inv_bc2, float c_grad,
-                         float c_mom RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                         float c_mom RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, inv_bc2, c_grad, c_mom);
@@ -106,35 +118,39 @@ __kernel void nadam_step(__global PSTORE *p_, const ulong po, __global const GST
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
     floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
     /* torch's two addcdiv by the same denominator, with one division */
     floatV inv_denom = 1.0f / (sqrt(v * inv_bc2) + eps);
     p = p - c_grad * (g * inv_denom);
     p = p - c_mom * (m * inv_denom);
-    STORE(m, m_);
-    STORE(v, v_);
+    STORES(m, m, 1);
+    STORES(v, v, 0);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
 }
 
 /* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
  * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too.
  * Ranger (DECOUPLED): θ -= (wd·lr)·θ first instead of L2 decay. */
 __kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                         const ulong go, __global float *m_, const ulong mo,
-                         __global float *v_, const ulong vo, GC_PARAMS const ulong N_ARG,
+                         const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                         STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,
                          float gmul, int rectified, float beta1,
                          float ombeta1, float beta2, float ombeta2,
                          float eps, float weight_decay, float lrwd,
-                         float c RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                         float c RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(rectified, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, c);
@@ -143,7 +159,9 @@ __kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GST
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
     floatV g = read_grad(LOADG(g_), gmul);
@@ -154,26 +172,28 @@ __kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GST
         g = g + weight_decay * p;
 #endif
     g = GC_APPLY(g);
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
     if (rectified)
         p = p - c * (m / (sqrt(v) + eps));
     else
         p = p - c * m;
-    STORE(m, m_);
-    STORE(v, v_);
+    STORES(m, m, 1);
+    STORES(v, v, 0);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
 }
 
 /* AdaMod (official code): η = step / (sqrt(v) + eps), step = lr sqrt(bc2) / bc1;
  * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ -= (lr·wd)·θ first. */
 __kernel void adamod_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                          const ulong go, __global float *m_, const ulong mo,
-                          __global float *v_, const ulong vo, __global float *s_,
-                          const ulong so, GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
+                          const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                          STATE_PTR(v), const ulong vo, STATE_EXTRA(v) STATE_PTR(s),
+                          const ulong so, STATE_EXTRA(s) GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
                           float beta2, float ombeta2, float beta3, float ombeta3, float eps,
-                          float lrwd, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                          float lrwd, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, lrwd, step_size);
@@ -182,32 +202,38 @@ __kernel void adamod_step(__global PSTORE *p_, const ulong po, __global const GS
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
     s_ += (long)so + RS_;
+    STATE_BEGIN(s);
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
     p = p - lrwd * p; /* decoupled decay: θ - (lr·wd)·θ */
     floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
     floatV eta = step_size / (sqrt(v) + eps);
-    floatV s = beta3 * LOAD(s_) + ombeta3 * eta;
+    floatV s = beta3 * LOADS(s, 0) + ombeta3 * eta;
     p = p - fmin(eta, s) * m;
-    STORE(m, m_);
-    STORE(v, v_);
-    STORE(s, s_);
+    STORES(m, m, 1);
+    STORES(v, v, 0);
+    STORES(s, s, 0);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
+    STATE_END(s, 0);
 }
 
 /* diffGrad (v2 code): ξ = 1 / (1 + exp(-|g_prev - g|)); θ -= step * ξ m / (sqrt(v) + eps),
  * step = lr sqrt(bc2) / bc1; L2 decay; the previous gradient is state. */
 __kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                            const ulong go, __global float *m_, const ulong mo,
-                            __global float *v_, const ulong vo, __global float *prev_,
-                            const ulong prevo, GC_PARAMS const ulong N_ARG, float gmul,
+                            const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                            STATE_PTR(v), const ulong vo, STATE_EXTRA(v) STATE_PTR(prev),
+                            const ulong prevo, STATE_EXTRA(prev) GC_PARAMS const ulong N_ARG, float gmul,
                             float beta1, float ombeta1, float beta2, float ombeta2, float eps,
-                            float weight_decay, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                            float weight_decay, float step_size RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, eps, weight_decay, step_size);
@@ -216,22 +242,28 @@ __kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const 
     p_ += (long)po + RP_;
     g_ += (long)go + RG_;
     m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
     v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
     prev_ += (long)prevo + RS_;
+    STATE_BEGIN(prev);
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
     floatV g = read_grad(LOADG(g_), gmul);
     if (weight_decay != 0.0f)
         g = g + weight_decay * p;
     g = GC_APPLY(g);
-    floatV m = beta1 * LOAD(m_) + ombeta1 * g;
-    floatV v = beta2 * LOAD(v_) + ombeta2 * g * g;
+    floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
     /* ξ·m/d with ξ = 1/(1 + exp(-|Δg|)), written with one division: m / ((1 + e)·d) */
-    floatV friction = 1.0f + exp(-fabs(LOAD(prev_) - g));
+    floatV friction = 1.0f + exp(-fabs(LOADS(prev, 1) - g));
     p = p - step_size * (m / (friction * (sqrt(v) + eps)));
-    STORE(m, m_);
-    STORE(v, v_);
-    STORE(g, prev_);
+    STORES(m, m, 1);
+    STORES(v, v, 0);
+    STORES(g, prev, 1);
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
+    STATE_END(prev, 1);
 }

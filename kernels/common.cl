@@ -513,6 +513,123 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #endif
 #endif
 
+/* ==== State storage (define SQ) ================================================================
+ * 0 float32; 2 bfloat16 (16-bit words, stored rounded to nearest even); 4 8-bit blockwise
+ * (bitsandbytes' scheme): each state s is codes s_ (one byte per element) and s##a_, one
+ * float32 absmax per block of Q8_BLOCK = 256 consecutive elements of the tensor (blocks
+ * start at the tensor's first element); element i's value is map[code] * absmax of its
+ * block, map being bitsandbytes' dynamic map (256 sorted floats in [-1, 1], signed, for
+ * states that change sign such as m; in [0, 1], unsigned, for non-negative ones such as v),
+ * passed in qmap_ (signed at 0..255, unsigned at 256..511). One work-item owns one block
+ * (VW 16 x IPW 16): it dequantizes the block's state, runs the rule (the update reads the
+ * new state before it is quantized, as bitsandbytes), keeps the 256 new values in private
+ * memory with their absmax, then writes the absmax and each value's nearest code (ties to
+ * the lower code). In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
+ * (the absmax argument of 8-bit state) after `const ulong so,`; STATE_BEGIN(s) after the
+ * pointers are advanced, LOADS(s, sg) / STORES(x, s, sg) (sg 1 signed, 0 non-negative) in
+ * the element loop, STATE_END(s, sg) after it; Q8_PARAMS goes last in the signature. */
+#ifndef SQ
+#define SQ 0
+#endif
+#if SQ == 0
+#define STATE_PTR(s) __global float *s##_
+#define STATE_EXTRA(s)
+#define STATE_BEGIN(s)
+#define LOADS(s, sg) LOAD(s##_)
+#define STORES(x, s, sg) STORE(x, s##_)
+#define STATE_END(s, sg)
+#define Q8_PARAMS
+#elif SQ == 2
+#define STATE_PTR(s) __global ushort *s##_
+#define STATE_EXTRA(s)
+#define STATE_BEGIN(s)
+#define LOADS(s, sg) LOAD_BF16(s##_)
+#define STORES(x, s, sg) STORE_U16(f32_to_bf16(x), s##_)
+#define STATE_END(s, sg)
+#define Q8_PARAMS
+#elif SQ == 4
+#if VW != 16 || IPW != 16 || RANGES
+#error "8-bit state needs VW 16, IPW 16 and no RANGES: one work-item per block of 256"
+#endif
+#define Q8_BLOCK 256
+#define STATE_PTR(s) __global uchar *s##_
+#define STATE_EXTRA(s) __global float *s##a_, const ulong s##ao,
+#define Q8_PARAMS , __global const float *qmap_
+/* the work-item's block and whether it holds elements */
+#define STATE_BEGIN(s)                                                                     \
+    s##a_ += (long)s##ao;                                                                  \
+    const float s##am_ = q8_live(n) ? s##a_[get_global_id(0)] : 0.0f;                      \
+    float16 s##q_[IPW];                                                                    \
+    float s##mx_ = 0.0f
+#define LOADS(s, sg)                                                                       \
+    q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
+#define STORES(x, s, sg)                                                                   \
+    do {                                                                                   \
+        const float16 x_ = (x);                                                            \
+        s##q_[vi_ - lo_] = x_;                                                             \
+        s##mx_ = fmax(s##mx_, q8_absmax(x_, full_ ? (uint)VW : rem_));                     \
+    } while (0)
+#define STATE_END(s, sg)                                                                   \
+    if (q8_live(n))                                                                        \
+    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, qmap_ + ((sg) ? 0 : 256))
+
+inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
+
+inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
+                       float am, __global const float *map)
+{
+    uchar c[16];
+    if (full) {
+        vstore16(vload16(vi, p), 0, c);
+    } else {
+        for (uint k = 0; k < 16; k++)
+            c[k] = k < rem ? p[base + k] : (uchar)0;
+    }
+    float t[16];
+    for (uint k = 0; k < 16; k++)
+        t[k] = map[c[k]] * am;
+    return vload16(0, t);
+}
+
+/* max |x| over the first cnt lanes */
+inline float q8_absmax(float16 x, uint cnt)
+{
+    float t[16];
+    vstore16(fabs(x), 0, t);
+    float m = 0.0f;
+    for (uint k = 0; k < cnt; k++)
+        m = fmax(m, t[k]);
+    return m;
+}
+
+/* The nearest code of v in the sorted map (ties to the lower code). */
+inline uchar q8_code(float v, __global const float *map)
+{
+    uint lo = 0;
+    for (uint step = 128; step > 0; step >>= 1)
+        if (map[lo + step] <= v)
+            lo += step;
+    if (lo < 255 && map[lo + 1] - v < v - map[lo])
+        lo++;
+    return (uchar)lo;
+}
+
+/* Writes block b = the work-item's: its absmax and the codes of its elements. */
+inline void q8_store_block(__global uchar *p, __global float *abs, __private float16 *q,
+                           float mx, ulong n, __global const float *map)
+{
+    const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
+    const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
+    abs[b] = mx;
+    for (uint v = 0; v * 16 < cnt; v++) {
+        float t[16];
+        vstore16(mx > 0.0f ? q[v] / mx : (float16)(0.0f), 0, t);
+        for (uint k = 0; k < 16 && v * 16 + k < cnt; k++)
+            p[e0 + v * 16 + k] = q8_code(t[k], map);
+    }
+}
+#endif
+
 /* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
  * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
  * code does) and the row length, and subtracts the mean of element e's row, e / gc_cols.

@@ -12,10 +12,10 @@
 __kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                        const ulong go,
 #if MOMENTUM
-                       __global float *b_, const ulong bo,
+                       STATE_PTR(b), const ulong bo, STATE_EXTRA(b)
 #endif
                        GC_PARAMS const ulong N_ARG, float gmul, int first, float lr,
-                       float weight_decay, float momentum, float dampening, float omdampening RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS)
+                       float weight_decay, float momentum, float dampening, float omdampening RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
 {
     CTRL_GUARD(gmul);
     CTRL_SCALARS(first, lr, weight_decay, momentum, dampening, omdampening);
@@ -25,6 +25,7 @@ __kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTOR
     g_ += (long)go + RG_;
 #if MOMENTUM
     b_ += (long)bo + RS_;
+    STATE_BEGIN(b);
 #endif
     ELEMENTWISE_BEGIN
     floatV p = THETA_LOAD(p_);
@@ -37,8 +38,8 @@ __kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTOR
     if (first)
         b = g;
     else
-        b = momentum * LOAD(b_) + omdampening * g;
-    STORE(b, b_);
+        b = momentum * LOADS(b, 1) + omdampening * g;
+    STORES(b, b, 1);
 #if NESTEROV
     floatV d = g + momentum * b;
 #else
@@ -50,4 +51,7 @@ __kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTOR
     p = p - lr * d;
     THETA_STORE(p, p_);
     ELEMENTWISE_END
+#if MOMENTUM
+    STATE_END(b, 1);
+#endif
 }

@@ -482,7 +482,7 @@ static size_t documented_size(net *m, int state_tensors, int arena_params)
     size += 16 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4; /* OPTM */
     for (size_t g = 0; g < clopt_optimizer_group_count(m->opt); g++) {
         size_t stages = g == 0 ? 1 : 0; /* net_build gives group 0 a one-stage schedule */
-        size += 16 + 19 * 8 + 16 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
+        size += 16 + 19 * 8 + 17 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
     }
     for (size_t k = 0; k < m->nt; k++) {
         size_t ndim = (k < 3 ? own_shape[k][1] : arena_shape[k - 3][1]) ? 2 : 1;

@@ -285,13 +285,15 @@ static void test_dtype_basics(void **state)
     assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_F16), 2);
     assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_BF16), 2);
     assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_U16), 2);
-    assert_int_equal(clopt_dtype_size((clopt_dtype)4), 0);
+    assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_U8), 1);
+    assert_int_equal(clopt_dtype_size((clopt_dtype)5), 0);
     assert_int_equal(clopt_dtype_size((clopt_dtype)-1), 0);
     assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_F32), "f32");
     assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_F16), "f16");
     assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_BF16), "bf16");
     assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_U16), "u16");
-    assert_null(clopt_dtype_name((clopt_dtype)4));
+    assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_U8), "u8");
+    assert_null(clopt_dtype_name((clopt_dtype)5));
     assert_null(clopt_dtype_name((clopt_dtype)-1));
     clopt_step_args a;
     memset(&a, 0x5A, sizeof a);
