@@ -505,8 +505,8 @@ const char *clopt_absmax_name(const char *state)
 }
 
 /* The storage of a caller-owned tensor: what the group's rule and options allow. */
-static clopt_status take_storage(clopt_optimizer *opt, const clopt_group *g,
-                                 const clopt_param_desc *d, clopt_param *e)
+clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
+                                  const clopt_param_desc *d, clopt_param *e)
 {
     clopt_ctx *ctx = opt->ctx;
     const clopt_dtype p = d->param_dtype, q = d->grad_dtype;
@@ -568,7 +568,7 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
     clopt_status s = clopt_o_take_shape(ctx, desc, &e);
     if (s != CLOPT_SUCCESS)
         return s;
-    if ((s = take_storage(opt, &opt->groups[group], desc, &e)) != CLOPT_SUCCESS)
+    if ((s = clopt_o_take_storage(opt, &opt->groups[group], desc, &e)) != CLOPT_SUCCESS)
         return s;
     if ((s = clopt_check_tensor_of(ctx, "param", desc->param, e.n,
                                    clopt_dtype_size(e.pdtype))) != CLOPT_SUCCESS ||

@@ -151,6 +151,9 @@ clopt_status clopt_o_grow_scratch(clopt_optimizer *opt);
 clopt_status clopt_o_ensure_buffer(clopt_optimizer *opt, cl_mem *m, size_t *len, size_t floats,
                                    cl_mem_flags flags, const char *what);
 clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
+/* e's storage types from d, refused where group g's rule or options cannot take them. */
+clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
+                                  const clopt_param_desc *d, clopt_param *e);
 /* Refuses a 16-bit tensor i of desc in a group that takes float32 only (what: "an arena"). */
 clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t i,
                               const char *what);

@@ -94,6 +94,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     clopt_param layout;
     memset(&layout, 0, sizeof layout);
     layout.n = layout.ndim = layout.shape[0] = 1;
+    layout.pdtype = desc->tensors[0].param_dtype; /* a master is a state of its own */
     clopt_state_layout(opt, &probe, &layout);
     const int own_state = desc->state[0] == NULL;
     for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
@@ -127,25 +128,33 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         const clopt_param_desc *d = &desc->tensors[i];
         clopt_param *e = &ps[i];
         if ((s = clopt_o_take_shape(ctx, d, e)) != CLOPT_SUCCESS ||
-            (s = clopt_o_f32_only(ctx, d, i, "a range")) != CLOPT_SUCCESS)
+            (s = clopt_o_take_storage(opt, &probe, d, e)) != CLOPT_SUCCESS)
             goto fail;
+        if (d->param_dtype != desc->tensors[0].param_dtype ||
+            d->grad_dtype != desc->tensors[0].grad_dtype) {
+            s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                           "tensor %zu: the tensors of a range group share their storage "
+                           "types (one launch)", i);
+            goto fail;
+        }
         if (d->param.buffer != P || d->grad.buffer != G) {
             s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                            "tensor %zu: every parameter of a range group must be in one "
                            "cl_mem, and every gradient in one cl_mem", i);
             goto fail;
         }
-        if ((s = clopt_check_tensor(ctx, "param", d->param, e->n)) != CLOPT_SUCCESS ||
-            (s = clopt_check_tensor(ctx, "grad", d->grad, e->n)) != CLOPT_SUCCESS)
+        const size_t ps_ = clopt_dtype_size(e->pdtype), gs_ = clopt_dtype_size(e->gdtype);
+        if ((s = clopt_check_tensor_of(ctx, "param", d->param, e->n, ps_)) != CLOPT_SUCCESS ||
+            (s = clopt_check_tensor_of(ctx, "grad", d->grad, e->n, gs_)) != CLOPT_SUCCESS)
             goto fail;
         e->param = d->param;
         e->grad = d->grad;
         e->mu_product = 1.0;
         const size_t idx = opt->nparams + i;
-        sp[nspan++] = (clopt_span){P, 4 * d->param.offset, 4 * (d->param.offset + e->n), "param",
-                                   idx};
-        sp[nspan++] = (clopt_span){G, 4 * d->grad.offset, 4 * (d->grad.offset + e->n), "grad",
-                                   idx};
+        sp[nspan++] = (clopt_span){P, ps_ * d->param.offset, ps_ * (d->param.offset + e->n),
+                                   "param", idx};
+        sp[nspan++] = (clopt_span){G, gs_ * d->grad.offset, gs_ * (d->grad.offset + e->n),
+                                   "grad", idx};
         if (own_state) {
             soff[i] = total;
             total += (e->n + 15) / 16 * 16;
@@ -175,7 +184,22 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     const int per_tensor = own_state && clopt_rule_is_multipass(opt->rule);
     for (size_t k = 0; !per_tensor && k < layout.nstate && err == CL_SUCCESS; k++) {
         float init = k < layout.nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
-        if (own_state) {
+        if (own_state && layout.master && k == layout.master_at) {
+            /* the masters: float32 copies of θ, or 16-bit remainders of zeros */
+            const size_t es = clopt_dtype_size(layout.state_dtype[k]);
+            g->arena_state[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, total * es,
+                                               NULL, &err);
+            g->range_state[k] = g->arena_state[k];
+            const cl_ushort zero16 = 0;
+            if (err == CL_SUCCESS && es == 2)
+                err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &zero16, 2, 0,
+                                          total * 2, 0, NULL, NULL);
+            for (size_t i = 0; err == CL_SUCCESS && es == 4 && i < T; i++)
+                if (clopt_enqueue_convert(ctx, NULL, (clopt_tensor){g->arena_state[k], soff[i]},
+                                          CLOPT_DTYPE_F32, ps[i].param, ps[i].pdtype, ps[i].n, 0,
+                                          0, 0, 0, 0, NULL, NULL) != CLOPT_SUCCESS)
+                    err = CL_INVALID_VALUE; /* the detail is recorded */
+        } else if (own_state) {
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
             g->range_state[k] = g->arena_state[k];
         } else {

@@ -92,7 +92,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.grad_dtype = e->gdtype;
     if (e->master) {
         a.master_kind = (clopt_master)e->master;
-        a.master = e->state[e->master_at];
+        a.master = states[e->master_at];
     }
     a.stochastic_rounding = e->pdtype != CLOPT_DTYPE_F32 && !e->master &&
                             g->hp.stochastic_rounding;
@@ -100,7 +100,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.sr_stream = (uint32_t)(e - opt->params);
     a.state_dtype = e->sq;
     for (size_t j = 0; e->sq == CLOPT_DTYPE_U8 && j < e->nkernel; j++)
-        a.state_absmax[j] = e->state[e->absmax_at + j];
+        a.state_absmax[j] = states[e->absmax_at + j];
     a.gc_rows = gc;
     a.gc_scratch = (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)};
     float *rows;

@@ -450,6 +450,67 @@ static void test_refused(void **state)
     clReleaseMemObject(g);
 }
 
+/* A range group over one flat bf16 buffer (two tensors, one launch) equals the same tensors
+   registered one by one, for every master mode without stochastic rounding. */
+static void test_range_group_bf16(void **state)
+{
+    fixture *f = *state;
+    enum { N0 = 1000, N1 = 37, AT1 = 1003, TOT = 1040 };
+    for (int master = 0; master <= CLOPT_MASTER_REMAINDER; master++) {
+        uint32_t seed = 77;
+        uint16_t th[TOT], gr[TOT];
+        for (size_t i = 0; i < TOT; i++)
+            th[i] = bf16_nearest(unif(&seed));
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        hp.lr = 1e-2;
+        hp.master = master;
+        clopt_optimizer *ra, *ta;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ra), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ta), CLOPT_SUCCESS);
+        cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof gr, NULL);
+        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        clopt_param_desc d[2];
+        const size_t n[2] = {N0, N1}, at[2] = {0, AT1};
+        for (int k = 0; k < 2; k++) {
+            clopt_param_desc_init(&d[k]);
+            d[k].param = (clopt_tensor){P, at[k]};
+            d[k].grad = (clopt_tensor){G, at[k]};
+            d[k].shape[0] = n[k];
+            d[k].param_dtype = d[k].grad_dtype = CLOPT_DTYPE_BF16;
+        }
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = 2;
+        rg.tensors = d;
+        assert_int_equal(clopt_optimizer_add_range_group(ra, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+        for (int k = 0; k < 2; k++) {
+            clopt_param_desc e = d[k];
+            e.param.buffer = P2;
+            e.grad.buffer = G2;
+            assert_int_equal(clopt_optimizer_add_param_desc(ta, 0, &e, NULL), CLOPT_SUCCESS);
+        }
+        for (int t = 0; t < 5; t++) {
+            for (size_t i = 0; i < TOT; i++)
+                gr[i] = bf16_nearest(unif(&seed) * 0.1f);
+            put(f->ctx, G, sizeof gr, gr);
+            put(f->ctx, G2, sizeof gr, gr);
+            assert_int_equal(clopt_optimizer_step(ra, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(ta, NULL), CLOPT_SUCCESS);
+        }
+        uint16_t a[TOT], b[TOT];
+        get(f->ctx, P, sizeof a, a);
+        get(f->ctx, P2, sizeof b, b);
+        assert_memory_equal(a, b, sizeof a);
+        assert_true(memcmp(a, th, sizeof a) != 0);
+        for (size_t i = N0; i < AT1; i++) /* the gap between the tensors: untouched */
+            assert_int_equal(a[i], th[i]);
+        clopt_optimizer_destroy(ra);
+        clopt_optimizer_destroy(ta);
+        clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(P2), clReleaseMemObject(G2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -457,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_amp_f16_grads),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_range_group_bf16),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
