@@ -207,12 +207,33 @@ void clopt_q8_map(int signed_map, float out[256])
     qsort(out, k, sizeof out[0], cmp_float);
 }
 
+/* q8_code's table (kernels/common.cl) from the two maps, after them in map[512 ..]: the
+   decade boundaries B0..B7 signed and unsigned, 10^(6-i), k/0.9 signed and unsigned. */
+static void q8_code_table(const float *map, float *tab)
+{
+    for (int sg = 1; sg >= 0; sg--) {
+        const float *m = sg ? map : map + 256;
+        float *B = tab + (sg ? 0 : 8);
+        /* the first positive entry of each decade: signed 128 + 2^i - 1, unsigned 2^(i+1) - 1 */
+        for (int i = 0; i < 7; i++) {
+            const int first = sg ? 128 + (1 << i) - 1 : (1 << (i + 1)) - 1;
+            B[i] = i == 0 ? m[first] / 2.0f : (m[first - 1] + m[first]) / 2.0f;
+        }
+        B[7] = (m[254] + 1.0f) / 2.0f;
+        for (int i = 0; i < 7; i++)
+            tab[(sg ? 23 : 30) + i] = (float)((double)((sg ? 1 : 2) << i) / 0.9);
+    }
+    for (int i = 0; i < 7; i++)
+        tab[16 + i] = (float)pow(10.0, (double)(6 - i));
+}
+
 clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out)
 {
     if (!ctx->qmap) {
-        float map[512];
+        float map[512 + 37];
         clopt_q8_map(1, map);
         clopt_q8_map(0, map + 256);
+        q8_code_table(map, map + 512);
         cl_int err = CL_SUCCESS;
         cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                                   sizeof map, map, &err);

@@ -460,11 +460,12 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #endif
 
 /* The update's view of θ: THETA_LOAD reads the parameter (the master when there is one),
- * THETA_STORE writes it back (the master and θ rounded from it). STORAGE_BEGIN goes after
- * RANGES_BEGIN (it advances ms_ like a state, by RS_). */
+ * THETA_STORE writes it back (the master and θ rounded from it). STORAGE_BEGIN (defined
+ * with the state storage below) goes after RANGES_BEGIN (it advances ms_ like a state, by
+ * RS_). */
 #if PT == 0
 #define STORAGE_PARAMS
-#define STORAGE_BEGIN
+#define THETA_BEGIN
 #define THETA_LOAD(p) LOAD(p)
 #define THETA_STORE(x, p) STORE(x, p)
 #else
@@ -476,7 +477,7 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #define STORAGE_PARAMS                                                                     \
     , __global MSTORE *ms_, const ulong mso, const ulong sr_seed, const uint sr_stream,    \
         const uint sr_step
-#define STORAGE_BEGIN                                                                      \
+#define THETA_BEGIN                                                                      \
     ms_ += (long)mso + RS_;                                                                \
     const ulong pe_ = (ulong)((long)po + RP_);                                             \
     (void)pe_;                                                                             \
@@ -520,11 +521,11 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
  * start at the tensor's first element); element i's value is map[code] * absmax of its
  * block, map being bitsandbytes' dynamic map (256 sorted floats in [-1, 1], signed, for
  * states that change sign such as m; in [0, 1], unsigned, for non-negative ones such as v),
- * passed in qmap_ (signed at 0..255, unsigned at 256..511). One work-item owns one block
- * (VW 16 x IPW 16): it dequantizes the block's state, runs the rule (the update reads the
- * new state before it is quantized, as bitsandbytes), keeps the 256 new values in private
- * memory with their absmax, then writes the absmax and each value's nearest code (ties to
- * the lower code). In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
+ * passed in qmap_ (signed at 0..255, unsigned at 256..511, then q8_codes' table). One
+ * work-item owns one block (VW 16 x IPW 16, vectors of 16 all the way): it dequantizes the
+ * block's state, runs the rule (the update reads the new state before it is quantized, as
+ * bitsandbytes), keeps the 256 new values in private memory with their largest magnitude,
+ * then writes the block's absmax and each value's nearest code. In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
  * (the absmax argument of 8-bit state) after `const ulong so,`; STATE_BEGIN(s) after the
  * pointers are advanced, LOADS(s, sg) / STORES(x, s, sg) (sg 1 signed, 0 non-negative) in
  * the element loop, STATE_END(s, sg) after it; Q8_PARAMS goes last in the signature. */
@@ -555,26 +556,27 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_PTR(s) __global uchar *s##_
 #define STATE_EXTRA(s) __global float *s##a_, const ulong s##ao,
 #define Q8_PARAMS , __global const float *qmap_
-/* the work-item's block and whether it holds elements */
+/* the work-item's block: its absmax, the new values and their largest magnitude */
 #define STATE_BEGIN(s)                                                                     \
     s##a_ += (long)s##ao;                                                                  \
     const float s##am_ = q8_live(n) ? s##a_[get_global_id(0)] : 0.0f;                      \
     float16 s##q_[IPW];                                                                    \
-    float s##mx_ = 0.0f
+    float16 s##mx_ = (float16)(0.0f)
 #define LOADS(s, sg)                                                                       \
     q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
 #define STORES(x, s, sg)                                                                   \
     do {                                                                                   \
         const float16 x_ = (x);                                                            \
         s##q_[vi_ - lo_] = x_;                                                             \
-        s##mx_ = fmax(s##mx_, q8_absmax(x_, full_ ? (uint)VW : rem_));                     \
+        s##mx_ = fmax(s##mx_, full_ ? fabs(x_) : maskR(fabs(x_), rem_));                    \
     } while (0)
 #define STATE_END(s, sg)                                                                   \
     if (q8_live(n))                                                                        \
-    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, qmap_ + ((sg) ? 0 : 256))
+    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, qmap_ + 512, sg)
 
 inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
 
+/* The 16 values from vector vi (or the tail's rem) of the codes at p. */
 inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
                        float am, __global const float *map)
 {
@@ -587,48 +589,78 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
     }
     float t[16];
     for (uint k = 0; k < 16; k++)
-        t[k] = map[c[k]] * am;
-    return vload16(0, t);
+        t[k] = map[c[k]];
+    return vload16(0, t) * am;
 }
 
-/* max |x| over the first cnt lanes */
-inline float q8_absmax(float16 x, uint cnt)
+/* The codes of 16 values v in [-1, 1], computed rather than searched: the map's entries
+   are, per decade i = 0..6, the midpoints of k = 2^i (signed) or 2^(i+1) (unsigned) equal
+   bins covering 10^(i-6) [0.1, 1], so once the decade is known the nearest entry is the one
+   whose bin holds |v|. tab (after the two maps in qmap_, filled by the host from them):
+   the boundaries B0..B7 for signed and for unsigned (B0 half the smallest entry, Bi the
+   midpoint of the entries facing each other across decades, B7 the midpoint of the largest
+   entry and 1), 10^(6-i), then k/0.9 signed and unsigned. So each code is the nearest
+   entry's, up to float rounding at a bin's edge. Codes: unsigned 0 (0.0),
+   1 + 2^(i+1) - 2 + j, 255 (1.0); signed 127 (0.0), 128 + 2^i - 1 + j for v > 0,
+   126 - (2^i - 1 + j) for v < 0, 255 (1.0). */
+inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
 {
-    float t[16];
-    vstore16(fabs(x), 0, t);
-    float m = 0.0f;
-    for (uint k = 0; k < cnt; k++)
-        m = fmax(m, t[k]);
-    return m;
+    const float16 a = fabs(v);
+    __global const float *B = tab + (sg ? 0 : 8);
+    int16 i = (int16)(0);
+    float16 sc = (float16)(tab[16]), km = (float16)(tab[sg ? 23 : 30]);
+    for (int d = 1; d < 7; d++) {
+        const int16 up = a >= (float16)(B[d]);
+        i -= up; /* true is -1 */
+        sc = select(sc, (float16)(tab[16 + d]), up);
+        km = select(km, (float16)(tab[(sg ? 23 : 30) + d]), up);
+    }
+    const uint16 k = as_uint16((int16)(sg ? 1 : 2) << i);
+    const uint16 before = k - (uint16)(sg ? 1u : 2u);
+    const float16 jf = clamp(floor((a * sc - 0.1f) * km), 0.0f, convert_float16(k - 1u));
+    const uint16 j = convert_uint16(jf);
+    uint16 code;
+    if (sg)
+        code = select((uint16)(126u) - (before + j), (uint16)(128u) + before + j,
+                      as_uint16(v > 0.0f));
+    else
+        code = (uint16)(1u) + before + j;
+    code = select(code, (uint16)(sg ? 127u : 0u), as_uint16(a < (float16)(B[0])));
+    return select(code, (uint16)(255u), as_uint16(v >= (float16)(B[7])));
 }
 
-/* The nearest code of v in the sorted map (ties to the lower code). */
-inline uchar q8_code(float v, __global const float *map)
-{
-    uint lo = 0;
-    for (uint step = 128; step > 0; step >>= 1)
-        if (map[lo + step] <= v)
-            lo += step;
-    if (lo < 255 && map[lo + 1] - v < v - map[lo])
-        lo++;
-    return (uchar)lo;
-}
-
-/* Writes block b = the work-item's: its absmax and the codes of its elements. */
+/* Writes the work-item's block: its absmax and the codes of its elements. */
 inline void q8_store_block(__global uchar *p, __global float *abs, __private float16 *q,
-                           float mx, ulong n, __global const float *map)
+                           float16 mx16, ulong n, __global const float *tab, int sg)
 {
     const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
     const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
+    float m[16];
+    vstore16(mx16, 0, m);
+    float mx = 0.0f;
+    for (uint k = 0; k < 16; k++)
+        mx = fmax(mx, m[k]);
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
-        float t[16];
-        vstore16(mx > 0.0f ? q[v] / mx : (float16)(0.0f), 0, t);
-        for (uint k = 0; k < 16 && v * 16 + k < cnt; k++)
-            p[e0 + v * 16 + k] = q8_code(t[k], map);
+        const uchar16 c = convert_uchar16(q8_codes(mx > 0.0f ? q[v] / mx : (float16)(0.0f),
+                                                   tab, sg));
+        if (v * 16 + 16 <= cnt) {
+            vstore16(c, 0, p + e0 + v * 16);
+        } else {
+            uchar t[16];
+            vstore16(c, 0, t);
+            for (uint k = 0; v * 16 + k < cnt; k++)
+                p[e0 + v * 16 + k] = t[k];
+        }
     }
 }
 #endif
+#ifndef Q8_DECL
+#define Q8_DECL
+#endif
+#define STORAGE_BEGIN                                                                      \
+    THETA_BEGIN;                                                                           \
+    Q8_DECL
 
 /* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
  * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
