@@ -81,9 +81,6 @@ static clopt_status check_state_storage(clopt_ctx *ctx, clopt_rule rule, const c
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "%s has no 8-bit state (8-bit blockwise state: SGD with momentum, "
                           "Adam, AdamW, Lion, RMSprop, Adagrad)", clopt_rule_name(rule));
-    if (t != CLOPT_DTYPE_F32 && hp->grad_centralization && a->gc_rows > 0)
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "gradient centralization takes float32 state only for now");
     return CLOPT_SUCCESS;
 }
 
@@ -165,11 +162,6 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
             return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                               "state_absmax[%zu] is set but state %zu is not 8-bit", i, i);
     }
-    if (hp->grad_centralization && a->gc_rows > 0 &&
-        (a->param_dtype != CLOPT_DTYPE_F32 || a->grad_dtype != CLOPT_DTYPE_F32))
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "gradient centralization takes float32 param and grad only (its row "
-                          "means pass reads them as float32)");
     if (hp->grad_centralization && a->gc_rows > 0) {
         if (n % a->gc_rows != 0)
             return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
@@ -255,9 +247,11 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
         return s;
     if (plan.gc) {
-        char gcopt[80];
-        snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d -DCTRL=%d" CLOPT_REDUCE_OPTIONS,
-                 ctx->tuning.vector_width, hp->maximize ? 1 : 0, ctl != NULL, rl);
+        char gcopt[192];
+        int gl = snprintf(gcopt, sizeof gcopt, "-DVW=%u -DMAXIMIZE=%d -DCTRL=%d" CLOPT_REDUCE_OPTIONS,
+                          ctx->tuning.vector_width, hp->maximize ? 1 : 0, ctl != NULL, rl);
+        clopt_storage_options(gcopt + gl, sizeof gcopt - (size_t)gl, args->param_dtype,
+                              args->grad_dtype, args->master_kind, args->stochastic_rounding);
         if ((s = clopt_get_kernel(ctx, "reduce", gcopt, "gc_rowmean", &kgc)) != CLOPT_SUCCESS)
             return s;
     }
@@ -316,6 +310,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     clopt_arg_tensor(&b, args->gc_scratch);
     if (ctl)
         clopt_arg_ctl(&b, ctl);
+    if (p16)
+        clopt_arg_storage(&b, args, step);
     if (b.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, b.err, "clSetKernelArg");
     if (ctl && ctl->dry)

@@ -303,12 +303,6 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
         if (!same)
             return clopt_fail(opt->ctx, CLOPT_ERR_STATE_MISMATCH,
                               "these hyperparameters change the state layout of tensor %zu", i);
-        if ((e->pdtype != CLOPT_DTYPE_F32 || e->gdtype != CLOPT_DTYPE_F32 ||
-             e->sq != CLOPT_DTYPE_F32) &&
-            clopt_o_gc_rows(hp, e))
-            return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
-                              "tensor %zu has 16-bit storage or 8/16-bit state: gradient "
-                              "centralization takes float32 tensors and state only for now", i);
     }
     opt->groups[group].hp = *hp;
     return CLOPT_SUCCESS;
@@ -518,18 +512,13 @@ clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
     e->pdtype = p;
     e->gdtype = q;
     const clopt_hparams *hp = &g->hp;
-    if (hp->state_dtype != CLOPT_DTYPE_F32 && hp->grad_centralization && clopt_o_gc_rows(hp, e))
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "gradient centralization takes float32 state only for now");
     if (p == CLOPT_DTYPE_F32 && q == CLOPT_DTYPE_F32)
         return CLOPT_SUCCESS;
     const char *why = NULL;
-    if (clopt_rule_is_multipass(opt->rule))
-        why = "its reductions read float32";
+    if (opt->rule == CLOPT_ADAFACTOR)
+        why = "its factored statistics read float32";
     else if (clopt_group_lookahead(opt, g))
         why = "Lookahead's synchronisation is float32";
-    else if (hp->grad_centralization && clopt_o_gc_rows(hp, e))
-        why = "gradient centralization's row means read float32";
     if (why)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "%s with %s param and %s grad is not supported yet: %s",

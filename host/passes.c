@@ -204,6 +204,37 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
     return clopt_o_launch_items(opt, kv, 1);
 }
 
+/* Stochastic rounding of tensor e's θ under hp. */
+static int theta_sr(const clopt_param *e, const clopt_hparams *hp)
+{
+    return e->pdtype != CLOPT_DTYPE_F32 && !e->master && hp->stochastic_rounding;
+}
+
+/* The storage of tensor e as kernel defines (appended to extra; nothing for float32). */
+static void storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
+                          size_t cap)
+{
+    const size_t len = strlen(extra);
+    clopt_storage_options(extra + len, cap - len, e->pdtype, e->gdtype,
+                          (clopt_master)e->master, theta_sr(e, hp));
+}
+
+/* The trailing storage arguments (STORAGE_PARAMS) of a kernel over tensor e's θ. */
+static void storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt_param *e)
+{
+    if (e->pdtype == CLOPT_DTYPE_F32)
+        return;
+    clopt_step_args sa;
+    clopt_step_args_init(&sa);
+    sa.param = e->param;
+    sa.master_kind = (clopt_master)e->master;
+    if (e->master)
+        sa.master = e->state[e->master_at];
+    sa.sr_seed = opt->rng_seed;
+    sa.sr_stream = (uint32_t)(e - opt->params);
+    clopt_arg_storage(a, &sa, 0); /* at the optimizer level the step is the device's */
+}
+
 /* GC row means of tensor e into the scratch (after L2 decay); *rows = 0 when GC is off. */
 static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const clopt_hparams *hp,
                              float gmul, size_t *rows)
@@ -212,7 +243,9 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     if (!*rows)
         return CLOPT_SUCCESS;
     cl_kernel k;
-    clopt_status s = clopt_o_kernel_of(opt, "reduce", hp, 0, "", "gc_rowmean", &k);
+    char extra[96] = "";
+    storage_extra(e, hp, extra, sizeof extra);
+    clopt_status s = clopt_o_kernel_of(opt, "reduce", hp, 0, extra, "gc_rowmean", &k);
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
@@ -224,6 +257,7 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     clopt_arg_float(&a, (float)clopt_rule_l2_decay(opt->rule, hp));
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)});
     clopt_arg_ctl(&a, &opt->cur);
+    storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
     return launch_groups(opt, k, *rows);
@@ -274,9 +308,11 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     if (s != CLOPT_SUCCESS)
         return s;
     cl_kernel kp, ku;
-    if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, "", "lamb_partial", &kp)) !=
+    char extra[96] = "";
+    storage_extra(e, hp, extra, sizeof extra);
+    if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, extra, "lamb_partial", &kp)) !=
             CLOPT_SUCCESS ||
-        (s = clopt_o_kernel_of(opt, "lamb", hp, 0, "", "lamb_update", &ku)) != CLOPT_SUCCESS)
+        (s = clopt_o_kernel_of(opt, "lamb", hp, 0, extra, "lamb_update", &ku)) != CLOPT_SUCCESS)
         return s;
     const double td = (double)t;
     const double bc1 = hp->bias_correction ? 1.0 - pow(hp->beta1, td) : 1.0;
@@ -313,6 +349,8 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)(1.0 / bc2));
     clopt_arg_ctl(&a, &opt->cur);
     clopt_arg_ctl(&b, &opt->cur);
+    storage_args(opt, &a, e);
+    storage_args(opt, &b, e);
     if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
     if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||

@@ -264,42 +264,52 @@ typedef CLOPT_CAT(ushort, VW) ushortV;
 
 inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
 
-/* Round to nearest even; a NaN stays a (quiet) NaN. */
-inline ushortV f32_to_bf16(floatV x)
-{
-    const uintV b = AS_UINTV(x);
-    const uintV r = (b + (uintV)(0x7FFFu) + ((b >> 16) & (uintV)(1u))) >> 16;
-    return CONVERT_USHORTV(select(r, (b >> 16) | (uintV)(0x40u), isnan(x)));
-}
-
-/* Stochastic rounding to bf16 with the 16-bit random value r: up (in magnitude) with
- * probability (low 16 bits of x) / 2^16, so the expected value is x; Inf stays Inf, NaN
- * stays NaN. */
-inline ushortV f32_to_bf16_sr(floatV x, uintV r)
-{
-    const uintV b = AS_UINTV(x);
-    const uintV s = (b + r) >> 16;
-    return CONVERT_USHORTV(select(s, (b >> 16) | (uintV)(0x40u), isnan(x)));
-}
-
-/* Stochastic rounding to the float16 grid with the 16-bit random value r (u = r / 2^16 in
- * [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
- * e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q)) ulps:
- * exactly unbiased when frac(q) has at most 16 bits (|x| >= 2^-17: every float32 in the
- * float16 normal range and the larger subnormals); below that P(up) exceeds frac(q) by
- * less than 2^-16.
- * The result is a float16 value (stored exactly by vstore_half_rte), or >= 65536 and so Inf
- * as a float16, as a value past the largest float16 rounds; Inf and NaN pass through. */
-inline floatV f16_sr_value(floatV x, uintV r)
-{
-    const floatV a = fabs(x);
-    const intV e = max(ilogb(a), (intV)(-14));
-    const floatV q = ldexp(a, (intV)(10) - e);
-    const floatV fl = floor(q);
-    const floatV u = CONVERT_FLOATV(r) * (1.0f / 65536.0f);
-    const floatV y = ldexp(fl + select((floatV)(0.0f), (floatV)(1.0f), u < q - fl), e - (intV)(10));
-    return select(copysign(y, x), x, isnan(x) | isinf(x));
-}
+/* The roundings, defined for the element-wise vectors (floatV: VW lanes) and, when VW is not
+ * 16, again for the 16-lane chunks of the multi-pass kernels:
+ * NAME_rne: to bf16, nearest even, a NaN kept a (quiet) NaN.
+ * NAME_sr: to bf16 stochastically with the 16-bit random value r: up (in magnitude) with
+ *   probability (low 16 bits of x) / 2^16, so the expected value is x; Inf and NaN kept.
+ * NAME_f16sr: to the float16 grid stochastically with the 16-bit random value r (u = r/2^16
+ *   in [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
+ *   e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q))
+ *   ulps: exactly unbiased when frac(q) has at most 16 bits (|x| >= 2^-17: every float32 in
+ *   the float16 normal range and the larger subnormals), below that P(up) exceeds frac(q) by
+ *   less than 2^-16. The result is a float16 value (stored exactly by vstore_half_rte), or
+ *   >= 65536 and so Inf as a float16, as a value past the largest float16 rounds. */
+#define CLOPT_ROUNDINGS(F, U, I, US, AS_U, CVT_US, CVT_F, NAME)                             \
+    inline US NAME##_rne(F x)                                                              \
+    {                                                                                      \
+        const U b = AS_U(x);                                                               \
+        const U r = (b + (U)(0x7FFFu) + ((b >> 16) & (U)(1u))) >> 16;                       \
+        return CVT_US(select(r, (b >> 16) | (U)(0x40u), isnan(x)));                        \
+    }                                                                                      \
+    inline US NAME##_sr(F x, U r)                                                          \
+    {                                                                                      \
+        const U b = AS_U(x);                                                               \
+        return CVT_US(select((b + r) >> 16, (b >> 16) | (U)(0x40u), isnan(x)));            \
+    }                                                                                      \
+    inline F NAME##_f16sr(F x, U r)                                                        \
+    {                                                                                      \
+        const F a = fabs(x);                                                               \
+        const I e = max(ilogb(a), (I)(-14));                                               \
+        const F q = ldexp(a, (I)(10) - e);                                                 \
+        const F fl = floor(q);                                                             \
+        const F u = CVT_F(r) * (1.0f / 65536.0f);                                          \
+        const F y = ldexp(fl + select((F)(0.0f), (F)(1.0f), u < q - fl), e - (I)(10));     \
+        return select(copysign(y, x), x, isnan(x) | isinf(x));                             \
+    }
+CLOPT_ROUNDINGS(floatV, uintV, intV, ushortV, AS_UINTV, CONVERT_USHORTV, CONVERT_FLOATV, rndV)
+#if VW == 16
+#define rndR_rne rndV_rne
+#define rndR_sr rndV_sr
+#define rndR_f16sr rndV_f16sr
+#else
+CLOPT_ROUNDINGS(float16, uint16, int16, ushort16, as_uint16, convert_ushort16, convert_float16,
+                rndR)
+#endif
+#define f32_to_bf16 rndV_rne
+#define f32_to_bf16_sr rndV_sr
+#define f16_sr_value rndV_f16sr
 
 /* Philox-4x32-10 on two counters at once (lane i of a, b, c, d: counter i's words). */
 inline void philox2_soa(uint2 *a, uint2 *b, uint2 *c, uint2 *d, uint2 k)
@@ -560,14 +570,14 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_BEGIN(s)                                                                     \
     s##a_ += (long)s##ao;                                                                  \
     const float s##am_ = q8_live(n) ? s##a_[get_global_id(0)] : 0.0f;                      \
-    float16 s##q_[IPW];                                                                    \
+    float s##q_[Q8_BLOCK];                                                                 \
     float16 s##mx_ = (float16)(0.0f)
 #define LOADS(s, sg)                                                                       \
     q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
 #define STORES(x, s, sg)                                                                   \
     do {                                                                                   \
         const float16 x_ = (x);                                                            \
-        s##q_[vi_ - lo_] = x_;                                                             \
+        vstore16(x_, vi_ - lo_, s##q_);                                                    \
         s##mx_ = fmax(s##mx_, full_ ? fabs(x_) : maskR(fabs(x_), rem_));                    \
     } while (0)
 #define STATE_END(s, sg)                                                                   \
@@ -630,7 +640,7 @@ inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
 }
 
 /* Writes the work-item's block: its absmax and the codes of its elements. */
-inline void q8_store_block(__global uchar *p, __global float *abs, __private float16 *q,
+inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
                            float16 mx16, ulong n, __global const float *tab, int sg)
 {
     const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
@@ -642,8 +652,8 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private flo
         mx = fmax(mx, m[k]);
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
-        const uchar16 c = convert_uchar16(q8_codes(mx > 0.0f ? q[v] / mx : (float16)(0.0f),
-                                                   tab, sg));
+        const uchar16 c = convert_uchar16(
+            q8_codes(mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f), tab, sg));
         if (v * 16 + 16 <= cnt) {
             vstore16(c, 0, p + e0 + v * 16);
         } else {
@@ -805,6 +815,124 @@ inline void storeR(floatR x, __global float *p, uint cnt)
     for (uint k = 0; k < cnt; k++)
         p[k] = t[k];
 }
+
+/* θ's chunk of RW elements at e as the update sees it, and its store, for the kernels that
+ * walk chunks (LAMB, Adafactor, GC's row means): THETA_LOADR / THETA_STORER, with
+ * THETA_FN_PARAMS / THETA_FN_ARGS handing the master and the rounding key down to the chunk
+ * functions (the kernel's STORAGE_BEGIN defines pe_, advances ms_). Same storage as
+ * THETA_LOAD / THETA_STORE above. */
+#if PT == 0
+#define THETA_FN_PARAMS
+#define THETA_FN_ARGS
+#define THETA_LOADR(p, e, cnt) loadR((p) + (e), cnt)
+#define THETA_STORER(x, p, e, cnt) storeR(x, (p) + (e), cnt)
+#else
+#define THETA_FN_PARAMS                                                                    \
+    , __global MSTORE *ms_, const ulong pe_, const ulong sr_seed, const uint sr_stream,    \
+        const uint sr_step_
+#define THETA_FN_ARGS , ms_, pe_, sr_seed, sr_stream, SR_STEP
+#define THETA_LOADR(p, e, cnt) theta_loadR(p, ms_, e, cnt)
+#define THETA_STORER(x, p, e, cnt) theta_storeR(x, p, ms_, e, cnt, pe_, sr_seed, sr_stream, sr_step_)
+
+inline ushort16 loadR16(__global const ushort *p, uint cnt)
+{
+    if (cnt == RW)
+        return vload16(0, p);
+    ushort t[RW];
+    for (uint k = 0; k < RW; k++)
+        t[k] = k < cnt ? p[k] : (ushort)0;
+    return vload16(0, t);
+}
+
+inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
+{
+    if (cnt == RW) {
+        vstore16(x, 0, p);
+        return;
+    }
+    ushort t[RW];
+    vstore16(x, 0, t);
+    for (uint k = 0; k < cnt; k++)
+        p[k] = t[k];
+}
+
+inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ulong e,
+                          uint cnt)
+{
+#if MASTER == 1
+    (void)p;
+    return loadR(m + e, cnt);
+#elif MASTER == 2
+    const uint16 hi = convert_uint16(loadR16(p + e, cnt)), lo = convert_uint16(loadR16(m + e, cnt));
+    return as_float16((hi << 16) + ((lo ^ (uint16)(0x8000u)) - (uint16)(0x8000u)));
+#else
+    (void)m;
+#if PT == 1
+    if (cnt == RW)
+        return vload_half16(0, p + e);
+    float t[RW];
+    for (uint k = 0; k < RW; k++)
+        t[k] = k < cnt ? vload_half(k, p + e) : 0.0f;
+    return vload16(0, t);
+#else
+    return as_float16(convert_uint16(loadR16(p + e, cnt)) << 16);
+#endif
+#endif
+}
+
+/* the chunk's 16 stochastic-rounding values (16-bit, as sr_words) */
+inline uint16 sr_wordsR(ulong e0, ulong seed, uint stream, uint step)
+{
+    uint w[RW];
+    const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
+    for (uint k = 0; k < RW; k++)
+        w[k] = sr_word1(e0 + k, key, stream, step);
+    return vload16(0, w);
+}
+
+inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m, ulong e, uint cnt,
+                         ulong pe, ulong seed, uint stream, uint step)
+{
+#if MASTER == 2
+    (void)pe, (void)seed, (void)stream, (void)step;
+    const uint16 b = as_uint16(x), h = (b + (uint16)(0x8000u)) >> 16;
+    storeR16(convert_ushort16(h), p + e, cnt);
+    storeR16(convert_ushort16((b - (h << 16)) & (uint16)(0xFFFFu)), m + e, cnt);
+#else
+#if MASTER == 1
+    storeR(x, m + e, cnt);
+#else
+    (void)m;
+#endif
+#if SR && MASTER == 0
+    const uint16 r = sr_wordsR(pe + e, seed, stream, step);
+#if PT == 1
+    float t[RW];
+    vstore16(rndR_f16sr(x, r), 0, t);
+    for (uint k = 0; k < cnt; k++)
+        vstore_half_rte(t[k], k, p + e);
+#else
+    storeR16(rndR_sr(x, r), p + e, cnt);
+#endif
+#else
+    (void)pe, (void)seed, (void)stream, (void)step;
+#if PT == 1
+    if (cnt == RW) {
+        vstore_half16_rte(x, 0, p + e);
+    } else {
+        float t[RW];
+        vstore16(x, 0, t);
+        for (uint k = 0; k < cnt; k++)
+            vstore_half_rte(t[k], k, p + e);
+    }
+#else
+    storeR16(rndR_rne(x), p + e, cnt);
+#endif
+#endif
+#endif
+}
+#endif
+
 
 /* Zero the lanes >= cnt (a partial chunk's padding) before they reach a sum. */
 inline floatR maskR(floatR x, uint cnt)

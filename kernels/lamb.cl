@@ -7,15 +7,15 @@
  * Defines: GC, MAXIMIZE. */
 
 /* One chunk of lamb_partial: cnt = RW (constant in the main loop) or the tail's length. */
-CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_, __global float *m_,
+CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g_, __global float *m_,
                        __global float *v_, GC_PARAMS const ulong e, const uint cnt,
                        const float gmul, const float beta1, const float c_grad,
                        const float beta2, const float ombeta2, const float eps,
                        const float weight_decay, const float inv_bc1, const float inv_bc2,
-                       sumR *acc_p, sumR *acc_r)
+                       sumR *acc_p, sumR *acc_r THETA_FN_PARAMS)
 {
-    floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
-    floatR p = loadR(p_ + e, cnt);
+    floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
+    floatR p = THETA_LOADR(p_, e, cnt);
     floatR m = beta1 * loadR(m_ + e, cnt) + c_grad * g;
     floatR v = beta2 * loadR(v_ + e, cnt) + ombeta2 * g * g;
     storeR(m, m_ + e, cnt);
@@ -27,13 +27,14 @@ CHUNK_INLINE void lamb_chunk(__global const float *p_, __global const float *g_,
 
 /* Work-group g of `groups` (see group_block in common.cl) updates m and v of its block and
  * writes its Σθ² to part[g] and Σr² to part[groups + g]. */
-__kernel void lamb_partial(__global const float *p_, const ulong po, __global const float *g_,
+__kernel void lamb_partial(__global const PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, __global float *m_, const ulong mo,
                            __global float *v_, const ulong vo, GC_PARAMS const ulong n,
                            const ulong groups, float gmul, const float beta1,
                            const float c_grad, const float beta2, const float ombeta2,
                            const float eps, const float weight_decay, const float inv_bc1,
-                           const float inv_bc2, __global float *part_, const ulong parto CTRL_PARAMS)
+                           const float inv_bc2, __global float *part_,
+                           const ulong parto CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     __local float red_[RL];
@@ -42,6 +43,7 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
     g_ += go;
     m_ += mo;
     v_ += vo;
+    STORAGE_BEGIN;
     ulong c0, c1;
     group_block(gi, groups, n, &c0, &c1);
     sumR acc_p[RACC], acc_r[RACC];
@@ -49,7 +51,7 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
     sumR_clear(acc_r);
 #define LAMB_BODY(e, cnt, k)                                                                \
     lamb_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, beta1, c_grad, beta2, ombeta2, eps,   \
-               weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k])
+               weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k] THETA_FN_ARGS)
     FOR_CHUNKS_RUNS(c0, c1, n, LAMB_BODY, 2); /* 6 arrays: 2 runs are enough streams */
 #undef LAMB_BODY
     const float sp = group_sum(sumR_total(acc_p), red_);
@@ -61,25 +63,25 @@ __kernel void lamb_partial(__global const float *p_, const ulong po, __global co
 }
 
 /* One chunk of lamb_update. */
-CHUNK_INLINE void lamb_update_chunk(__global float *p_, __global const float *m_,
+CHUNK_INLINE void lamb_update_chunk(__global PSTORE *p_, __global const float *m_,
                               __global const float *v_, const ulong e, const uint cnt,
                               const float step, const float eps, const float weight_decay,
-                              const float inv_bc1, const float inv_bc2)
+                              const float inv_bc1, const float inv_bc2 THETA_FN_PARAMS)
 {
-    floatR p = loadR(p_ + e, cnt);
+    floatR p = THETA_LOADR(p_, e, cnt);
     floatR r = (loadR(m_ + e, cnt) * inv_bc1) / (sqrt(loadR(v_ + e, cnt) * inv_bc2) + eps) +
                weight_decay * p;
-    storeR(p - step * r, p_ + e, cnt);
+    THETA_STORER(p - step * r, p_, e, cnt);
 }
 
 /* sums_[so] = Σθ², sums_[so+1] = Σr² from sum_final. Work-items take RW-element chunks
  * (FOR_ITEM_CHUNKS): PoCL does not vectorise this kernel across work-items (the trust ratio's
  * test defeats it: 4x slower at VW 1), so each work-item works on float16s itself. */
-__kernel void lamb_update(__global float *p_, const ulong po, __global const float *m_,
+__kernel void lamb_update(__global PSTORE *p_, const ulong po, __global const float *m_,
                           const ulong mo, __global const float *v_, const ulong vo,
                           const ulong n, __global const float *sums_, const ulong so,
                           const float lr, const float eps, const float weight_decay,
-                          const float inv_bc1, const float inv_bc2 CTRL_PARAMS)
+                          const float inv_bc1, const float inv_bc2 CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_SKIP;
     if (!UPDATE_ITEMS_OK(n))
@@ -87,11 +89,13 @@ __kernel void lamb_update(__global float *p_, const ulong po, __global const flo
     p_ += po;
     m_ += mo;
     v_ += vo;
+    STORAGE_BEGIN;
     const float wn = sqrt(sums_[so]), rn = sqrt(sums_[so + 1]);
     const float trust = (wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f;
     const float step = lr * trust;
 #define UPDATE_BODY(e, cnt, s)                                                              \
-    lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1, inv_bc2)
+    lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1,                \
+                      inv_bc2 THETA_FN_ARGS)
     FOR_ITEM_CHUNKS(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

@@ -30,24 +30,29 @@ __kernel void sum_final(__global const float *in_, const ulong io, const ulong c
 /* Gradient centralization: out[r] = mean over the row of (g·gmul·(maximize ? -1 : 1) +
  * wd_l2·θ), for a tensor seen as rows × cols (cols = product of all dims but the first).
  * Work-group r takes row r. */
-__kernel void gc_rowmean(__global const float *g_, const ulong go, __global const float *p_,
+__kernel void gc_rowmean(__global const GSTORE *g_, const ulong go, __global const PSTORE *p_,
                          const ulong po, const ulong rows, const ulong cols, float gmul,
-                         const float wd_l2, __global float *out_, const ulong oo CTRL_PARAMS)
+                         const float wd_l2, __global float *out_,
+                         const ulong oo CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     __local float red_[RL];
+    STORAGE_BEGIN;
     const ulong r = get_group_id(0);
     if (r >= rows)
         return; /* whole work-groups only */
-    __global const float *g = g_ + go + r * cols;
-    __global const float *p = p_ + po + r * cols;
+    __global const GSTORE *g = g_ + go + r * cols;
+    __global const PSTORE *p = p_ + po + r * cols;
+#if PT != 0
+    ms_ += r * cols; /* θ's row in the master too */
+#endif
     kahanR acc[RACC];
     kahanR_clear(acc);
 #define MEAN_BODY(e, cnt, k)                                                                \
     do {                                                                                   \
-        floatR x = read_gradR(loadR(g + (e), cnt), gmul);                                  \
+        floatR x = read_gradR(loadRG(g + (e), cnt), gmul);                                 \
         if (wd_l2 != 0.0f)                                                                 \
-            x = x + wd_l2 * loadR(p + (e), cnt);                                           \
+            x = x + wd_l2 * THETA_LOADR(p, e, cnt);                                        \
         kahanR_add(&acc[k], maskR(x, cnt));                                                \
     } while (0)
     FOR_CHUNKS(0, (cols + RW - 1) / RW, cols, MEAN_BODY);

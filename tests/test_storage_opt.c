@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -115,11 +116,14 @@ static void half_free(half_opt *h)
     clReleaseMemObject(h->g);
 }
 
-/* The master of tensor 0 as floats (F32: the state; REMAINDER: θ and r joined). */
-static void master_of(clopt_ctx *ctx, half_opt *h, int master, float *out)
+/* The master of tensor 0 (n elements from element off of θ's buffer) as floats (F32: the
+   state; REMAINDER: θ and r joined). */
+static void master_of_n(clopt_ctx *ctx, half_opt *h, int master, float *out, size_t n,
+                        size_t off)
 {
-    uint16_t th[N + OFF];
-    get(ctx, h->p, sizeof th, th);
+    uint16_t *th = malloc((n + off) * 2);
+    assert_non_null(th);
+    get(ctx, h->p, (n + off) * 2, th);
     size_t idx = clopt_optimizer_state_count(h->opt, 0) - 1;
     clopt_state_entry e;
     size_t count = clopt_optimizer_state_entry_count(h->opt);
@@ -128,20 +132,27 @@ static void master_of(clopt_ctx *ctx, half_opt *h, int master, float *out)
     if (master == CLOPT_MASTER_F32) {
         assert_string_equal(e.name, "master");
         assert_int_equal(e.dtype, CLOPT_DTYPE_F32);
-        assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, out, N), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, out, n), CLOPT_SUCCESS);
+        free(th);
         return;
     }
     assert_string_equal(e.name, "master_remainder");
     assert_int_equal(e.dtype, CLOPT_DTYPE_U16);
-    float dummy[N];
-    assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, dummy, N),
-                     CLOPT_ERR_UNSUPPORTED);
-    uint16_t r[N];
+    assert_int_equal(clopt_optimizer_read_state(h->opt, 0, idx, out, n), CLOPT_ERR_UNSUPPORTED);
+    uint16_t *r = malloc(n * 2);
+    assert_non_null(r);
     assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), e.tensor.buffer, CL_TRUE,
-                                         e.tensor.offset * 2, sizeof r, r, 0, NULL, NULL),
+                                         e.tensor.offset * 2, n * 2, r, 0, NULL, NULL),
                      CL_SUCCESS);
-    for (size_t i = 0; i < N; i++)
-        out[i] = bits_f(((uint32_t)th[OFF + i] << 16) + (uint32_t)(int32_t)(int16_t)r[i]);
+    for (size_t i = 0; i < n; i++)
+        out[i] = bits_f(((uint32_t)th[off + i] << 16) + (uint32_t)(int32_t)(int16_t)r[i]);
+    free(r);
+    free(th);
+}
+
+static void master_of(clopt_ctx *ctx, half_opt *h, int master, float *out)
+{
+    master_of_n(ctx, h, master, out, N, OFF);
 }
 
 /* Every master mode against the float32 rule (op level) fed the same bf16 gradients: the
@@ -393,9 +404,7 @@ static void test_refused(void **state)
         int gc, lookahead, master;
         clopt_status want;
     } cases[] = {
-        {CLOPT_LAMB, 0, 0, 0, CLOPT_ERR_UNSUPPORTED},
         {CLOPT_ADAFACTOR, 0, 0, 0, CLOPT_ERR_UNSUPPORTED},
-        {CLOPT_ADAMW, 1, 0, 0, CLOPT_ERR_UNSUPPORTED},
         {CLOPT_ADAMW, 0, 5, 0, CLOPT_ERR_UNSUPPORTED},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -429,9 +438,9 @@ static void test_refused(void **state)
     hp.master = 0;
     assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &hp), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
-    clopt_hparams gc = hp;
-    gc.grad_centralization = 1;
-    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &gc), CLOPT_ERR_UNSUPPORTED);
+    clopt_hparams la = hp;
+    la.lookahead_k = 5; /* Lookahead adds a state: a layout change */
+    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &la), CLOPT_ERR_STATE_MISMATCH);
     clopt_hparams bad = hp;
     bad.master = 3;
     assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &bad), CLOPT_ERR_INVALID_HYPERPARAM);
@@ -448,6 +457,79 @@ static void test_refused(void **state)
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(p);
     clReleaseMemObject(g);
+}
+
+/* The rules with passes over the tensor (LAMB, gradient centralization with L2 decay) on a
+   17 x 61 matrix: the 16-bit optimizer's master is bit-identical to a float32 optimizer's θ
+   fed the same bf16 gradients, for both master modes. */
+static void test_passes_match_f32(void **state)
+{
+    fixture *f = *state;
+    enum { R = 17, C = 61, M = R * C };
+    struct {
+        clopt_rule rule;
+        int gc;
+        double wd;
+    } cases[] = {{CLOPT_LAMB, 0, 0.01}, {CLOPT_ADAM, 1, 0.01}, {CLOPT_SGD, 1, 0.05}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int master = CLOPT_MASTER_F32; master <= CLOPT_MASTER_REMAINDER; master++) {
+            uint32_t seed = 31u + (uint32_t)c;
+            uint16_t th[M], g16[M];
+            float th32[M], g32[M];
+            for (size_t i = 0; i < M; i++) {
+                th[i] = bf16_nearest(unif(&seed));
+                th32[i] = bits_f((uint32_t)th[i] << 16);
+            }
+            clopt_hparams hp;
+            clopt_hparams_default(cases[c].rule, &hp);
+            hp.lr = 1e-2;
+            hp.momentum = cases[c].rule == CLOPT_SGD ? 0.9 : 0.0;
+            hp.weight_decay = cases[c].wd;
+            hp.grad_centralization = cases[c].gc;
+            clopt_optimizer *o16, *o32;
+            assert_int_equal(clopt_optimizer_create(f->ctx, cases[c].rule, &hp, &o32),
+                             CLOPT_SUCCESS);
+            hp.master = master;
+            assert_int_equal(clopt_optimizer_create(f->ctx, cases[c].rule, &hp, &o16),
+                             CLOPT_SUCCESS);
+            cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof g16, NULL);
+            cl_mem P32 = buf(f->ctx, sizeof th32, th32), G32 = buf(f->ctx, sizeof g32, NULL);
+            clopt_param_desc d;
+            clopt_param_desc_init(&d);
+            d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+            d.param = (clopt_tensor){P32, 0};
+            d.grad = (clopt_tensor){G32, 0};
+            assert_int_equal(clopt_optimizer_add_param_desc(o32, 0, &d, NULL), CLOPT_SUCCESS);
+            d.param = (clopt_tensor){P, 0};
+            d.grad = (clopt_tensor){G, 0};
+            d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+            assert_int_equal(clopt_optimizer_add_param_desc(o16, 0, &d, NULL), CLOPT_SUCCESS);
+            half_opt h = {o16, P, G};
+            for (int t = 1; t <= 5; t++) {
+                for (size_t i = 0; i < M; i++) {
+                    g16[i] = bf16_nearest(unif(&seed) * 0.1f + 0.02f * (float)(i % C) / C);
+                    g32[i] = bits_f((uint32_t)g16[i] << 16);
+                }
+                put(f->ctx, G, sizeof g16, g16);
+                put(f->ctx, G32, sizeof g32, g32);
+                assert_int_equal(clopt_optimizer_step(o16, NULL), CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_step(o32, NULL), CLOPT_SUCCESS);
+                float m[M], want[M];
+                master_of_n(f->ctx, &h, master, m, M, 0);
+                get(f->ctx, P32, sizeof want, want);
+                for (size_t i = 0; i < M; i++)
+                    if (f_bits(m[i]) != f_bits(want[i])) {
+                        fprintf(stderr, "%s gc %d master %d step %d [%zu]: %a, float32 %a\n",
+                                clopt_rule_name(cases[c].rule), cases[c].gc, master, t, i, m[i],
+                                want[i]);
+                        fail();
+                    }
+            }
+            clopt_optimizer_destroy(o16);
+            clopt_optimizer_destroy(o32);
+            clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(P32),
+                clReleaseMemObject(G32);
+        }
 }
 
 /* A range group over one flat bf16 buffer (two tensors, one launch) equals the same tensors
@@ -519,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_range_group_bf16),
+        cmocka_unit_test(test_passes_match_f32),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

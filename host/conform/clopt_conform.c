@@ -2,13 +2,16 @@
 /*
  * clopt-conform: replay golden-vector cases through clopt's optimizer level.
  *
- *   clopt-conform [--device D] [--allow-unsupported] DIR...
+ *   clopt-conform [--device D] [--allow-unsupported] [--verbose] DIR...
  *
  * Each DIR is a case directory (holding meta.json) or a folder of cases (listed by its
  * index.json, else every subdirectory holding meta.json, in name order). One line per
  * case: name, max abs error, max rel error, verdict (and the reason of a FAIL or an
  * UNSUPPORTED). The last line is "N passed, N failed" (", N skipped" with
  * --allow-unsupported, which counts unsupported cases as skipped instead of failed).
+ * --verbose adds, under each case, one line per compared file: the largest fraction of its
+ * tolerance an element used, and how many elements differ from the expected values (of how
+ * many the tolerance allows).
  * Exit status: 0 when nothing failed, 1 otherwise, 2 for a usage error.
  */
 #include "golden.h"
@@ -21,13 +24,15 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: clopt-conform [--device D] [--allow-unsupported] DIR...\n"
+            "usage: clopt-conform [--device D] [--allow-unsupported] [--verbose] DIR...\n"
             "\n"
             "Replays golden optimizer cases through clopt and compares the results.\n"
             "  DIR                  a case directory (with meta.json) or a folder of cases\n"
             "                       (index.json, else every subdirectory with meta.json)\n"
             "  --device D           OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
             "  --allow-unsupported  count cases clopt cannot express as skipped, not failed\n"
+            "  --verbose            per compared file: the fraction of its tolerance used and\n"
+            "                       the elements that differ from the expected values\n"
             "  --version            print the versions of clopt-conform and the library\n"
             "  -h, --help           show this text\n");
 }
@@ -42,10 +47,24 @@ static void fmt_err(char *buf, size_t len, const golden_result *r, double v)
         snprintf(buf, len, "%.3e", v);
 }
 
+static void print_reports(const golden_result *r)
+{
+    for (size_t i = 0; i < r->nreports; i++) {
+        const golden_file_report *p = &r->report[i];
+        char allowed[32];
+        if (p->allowed >= p->count)
+            snprintf(allowed, sizeof allowed, "any");
+        else
+            snprintf(allowed, sizeof allowed, "%zu", p->allowed);
+        printf("    %-32s %8.3g of tolerance, %zu of %zu differ (%s allowed)\n", p->name, p->used,
+               p->mismatches, p->count, allowed);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *device = NULL;
-    int allow_unsupported = 0, options_done = 0;
+    int allow_unsupported = 0, verbose = 0, options_done = 0;
     const char **dirs = calloc((size_t)(argc > 0 ? argc : 1), sizeof(char *));
     size_t ndirs = 0;
     if (dirs == NULL) {
@@ -69,6 +88,8 @@ int main(int argc, char **argv)
                 device = a + 9;
             } else if (strcmp(a, "--allow-unsupported") == 0) {
                 allow_unsupported = 1;
+            } else if (strcmp(a, "--verbose") == 0) {
+                verbose = 1;
             } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
                 usage(stdout);
                 free(dirs);
@@ -148,6 +169,8 @@ int main(int argc, char **argv)
                 }
                 break;
             }
+            if (verbose)
+                print_reports(&r);
             fflush(stdout);
         }
         golden_case_list_free(&list);

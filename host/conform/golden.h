@@ -2,7 +2,9 @@
 /*
  * golden: load one golden-vector case directory (tests/data/golden/README.md) and replay
  * it through clopt's optimizer-level API, comparing parameters and state with the
- * expected files under each file's tolerance.
+ * expected files under each file's tolerance. Cases with a "storage" object (16-bit
+ * parameters and gradients, fp32 or remainder masters, stochastic rounding, bf16 or 8-bit
+ * state: tests/data/golden_storage) replay with those storage types.
  *
  * Used by the clopt-conform tool and by tests/test_golden.c. Not part of the library.
  * Every failure (missing file, bad JSON, wrong byte count, OpenCL error, out-of-tolerance
@@ -30,16 +32,27 @@ typedef enum golden_verdict {
 
 /* Resource bounds: a case beyond any of them FAILs with a message naming the limit, before
    anything larger is allocated, read or replayed. Memory stays below about twice
-   GOLDEN_LIMIT_FLOATS * 4 bytes (1 GiB of files, their copies on the device and the host). */
+   GOLDEN_LIMIT_FLOATS * 4 bytes (1 GiB of files, their copies on the device and the host).
+   GOLDEN_LIMIT_FLOATS counts the values of every storage type (4 bytes or fewer each). */
 #define GOLDEN_LIMIT_STEPS 1000000                /* steps T of a case */
 #define GOLDEN_LIMIT_ELEMENTS ((size_t)1 << 26)   /* elements of the parameter (256 MiB) */
-#define GOLDEN_LIMIT_FLOATS ((size_t)1 << 28)     /* float32 values of all files of a case */
+#define GOLDEN_LIMIT_FLOATS ((size_t)1 << 28)     /* values of all files of a case */
 #define GOLDEN_LIMIT_FILES 1024                   /* entries of meta.json's files list */
 #define GOLDEN_LIMIT_JSON_BYTES ((size_t)16 << 20) /* meta.json, index.json */
 /* Shapes have 1 to 8 dimensions (CLOPT_MAX_DIMS); grads.f32 and hess.f32 one more. */
 
 #define GOLDEN_NAME_MAX 256
 #define GOLDEN_REASON_MAX 768
+
+/* One compared expected file, for reports (clopt-conform --verbose). */
+#define GOLDEN_REPORT_FILES 16
+typedef struct golden_file_report {
+    char name[64];        /* "param_T.bf16" */
+    double used;          /* largest error / tolerance of an element (Inf: NaN) */
+    size_t mismatches;    /* elements not identical to the expected value */
+    size_t allowed;       /* mismatches the tolerance allows (the element count: any) */
+    size_t count;         /* elements */
+} golden_file_report;
 
 typedef struct golden_result {
     golden_verdict verdict;
@@ -52,6 +65,12 @@ typedef struct golden_result {
     size_t files_compared;           /* expected files compared (param_1 counts once) */
     size_t files_failed;             /* of those, how many had an element out of tolerance */
     char reason[GOLDEN_REASON_MAX];  /* why FAIL or UNSUPPORTED ("" on PASS) */
+    /* The largest fraction of a tolerance used by an element of a compared file: |x - e| /
+       (atol + rtol*|e|), or the distance in ulps / ulps for the storage form (Inf for a
+       NaN). Meaningful only when files_compared > 0. */
+    double max_tol_used;
+    size_t nreports;                 /* the first GOLDEN_REPORT_FILES compared files */
+    golden_file_report report[GOLDEN_REPORT_FILES];
 } golden_result;
 
 const char *golden_verdict_str(golden_verdict v);

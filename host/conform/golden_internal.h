@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * golden's internals, shared by its four sources (not installed, not part of the library):
+ *   golden.c          a case: meta.json and its files, the replay, the verdict;
+ *   golden_map.c      optimizer ids and hyperparameters -> clopt_rule / clopt_hparams;
+ *   golden_io.c       messages, paths, bounded file and JSON reading, typed arrays, case lists;
+ *   golden_storage.c  storage types (float32, float16, bfloat16, uint16, uint8), the
+ *                     "storage" object of meta.json, tolerances and element comparisons.
+ * The format is tests/data/golden/README.md.
+ */
+#ifndef CLOPT_GOLDEN_INTERNAL_H
+#define CLOPT_GOLDEN_INTERNAL_H
+
+#include "golden.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cJSON;
+
+#if defined(__GNUC__)
+#define GOLDEN_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define GOLDEN_PRINTF(f, a)
+#endif
+
+/* ---- golden_io.c ---------------------------------------------------------------------- */
+
+/* snprintf into buf[len] (nothing when buf is NULL or len 0). */
+void golden_put(char *buf, size_t len, const char *fmt, ...) GOLDEN_PRINTF(3, 4);
+/* A JSON number that is an integer in [0, 2^53]: 1 and *out, else 0. */
+int golden_json_uint(const struct cJSON *item, uint64_t *out);
+/* a + "/" + b (trailing slashes of a dropped); malloc'ed, NULL when out of memory. */
+char *golden_path_join(const char *a, const char *b);
+int golden_file_exists(const char *path);
+/* The JSON in path (a regular file of at most GOLDEN_LIMIT_JSON_BYTES), or NULL with the
+   reason naming path. */
+struct cJSON *golden_read_json(const char *path, char *reason, size_t len);
+
+/* count values of a storage type, in host byte order: float for F32, uint16_t for F16, BF16
+   and U16 (the raw 16-bit words), uint8_t for U8. */
+typedef struct golden_array {
+    clopt_dtype dtype;
+    size_t count;
+    void *data;
+} golden_array;
+/* Loads a raw little-endian file of exactly n values of dtype (its size is checked before
+   anything is read). Returns 0, or -1 with the reason naming path. */
+int golden_load_array(const char *path, clopt_dtype dtype, size_t n, golden_array *out,
+                      char *reason, size_t len);
+void golden_array_free(golden_array *a);
+
+/* ---- golden_storage.c ----------------------------------------------------------------- */
+
+/* The format's names ("float32", "float16", "bfloat16", "uint16", "uint8") and file
+   extensions ("f32", "f16", "bf16", "u16", "u8"); NULL for a value out of range. */
+const char *golden_dtype_name(clopt_dtype t);
+const char *golden_dtype_ext(clopt_dtype t);
+/* 1 and *t for a known name, else 0. */
+int golden_dtype_parse(const char *name, clopt_dtype *t);
+/* A plain file name (no '/', no '\\', not hidden) ending in ".<ext>" of a storage type:
+   returns 1 with its dtype and the length of the name without the extension, else 0. */
+int golden_file_dtype(const char *name, clopt_dtype *t, size_t *stem_len);
+
+/* The "storage" object of meta.json (absent: everything float32, no master, no AMP). */
+typedef struct golden_storage {
+    int present;
+    clopt_dtype param, grad, state;
+    clopt_master master;
+    int stochastic_rounding;
+    uint64_t sr_seed;
+    uint32_t sr_stream;
+    int has_grad_scale;
+    double grad_scale;
+} golden_storage;
+/* GOLDEN_PASS, GOLDEN_FAIL (malformed) or GOLDEN_UNSUPPORTED (an unknown key); the reason
+   goes to reason[len]. s may be NULL (no storage object). */
+golden_verdict golden_parse_storage(const struct cJSON *s, golden_storage *out, char *reason,
+                                    size_t len);
+
+/* A file's tolerance: the value form |x - e| <= atol + rtol*|e| and/or the storage form, at
+   most `ulps` apart in the type's order (adjacent values are 1 apart), and at most
+   floor(mismatch_fraction * count) elements not identical to the expected value. */
+typedef struct golden_tolerance {
+    int has_value;
+    double rtol, atol;
+    int has_ulps;
+    double ulps;
+    double mismatch_fraction; /* 1 when not given */
+} golden_tolerance;
+/* Parses {rtol, atol} and/or {ulps, mismatch_fraction}: 0, or -1 when malformed. */
+int golden_parse_tolerance(const struct cJSON *t, golden_tolerance *out);
+
+/* Comparison of a result with an expected file (same dtype and count). */
+typedef struct golden_comparison {
+    size_t bad;           /* elements out of tolerance */
+    size_t mismatches;    /* elements not identical to the expected value (+0 = -0) */
+    size_t allowed;       /* mismatches allowed */
+    size_t worst;         /* element with the largest error / tolerance */
+    double used;          /* that ratio over all elements (Inf for a NaN or a 0 tolerance) */
+    double max_abs, max_rel; /* of the values (float types only; -1 otherwise) */
+    int any_nan;
+} golden_comparison;
+void golden_compare(const golden_tolerance *tol, const golden_array *expected,
+                    const golden_array *got, golden_comparison *out);
+/* Value of element i as a double (the integer for U8 and U16). */
+double golden_value(const golden_array *a, size_t i);
+
+#endif /* CLOPT_GOLDEN_INTERNAL_H */
