@@ -517,8 +517,6 @@ clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
     const char *why = NULL;
     if (opt->rule == CLOPT_ADAFACTOR)
         why = "its factored statistics read float32";
-    else if (clopt_group_lookahead(opt, g))
-        why = "Lookahead's synchronisation is float32";
     if (why)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "%s with %s param and %s grad is not supported yet: %s",

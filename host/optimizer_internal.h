@@ -186,6 +186,11 @@ clopt_status clopt_o_set_failed(clopt_optimizer *opt, const clopt_args *a);
 /* Enqueue count work-items on the step's queue (nothing in a dry pass). */
 clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t count);
 clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp);
+/* Tensor e's storage as kernel defines appended to extra ("" for float32), and the trailing
+   storage arguments (STORAGE_PARAMS) of a kernel over its θ (none for float32). */
+void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
+                           size_t cap);
+void clopt_o_storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt_param *e);
 clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                                const clopt_hparams *hp, uint64_t t, float gmul);
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,

@@ -211,7 +211,7 @@ static int theta_sr(const clopt_param *e, const clopt_hparams *hp)
 }
 
 /* The storage of tensor e as kernel defines (appended to extra; nothing for float32). */
-static void storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
+void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
                           size_t cap)
 {
     const size_t len = strlen(extra);
@@ -220,7 +220,7 @@ static void storage_extra(const clopt_param *e, const clopt_hparams *hp, char *e
 }
 
 /* The trailing storage arguments (STORAGE_PARAMS) of a kernel over tensor e's θ. */
-static void storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt_param *e)
+void clopt_o_storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt_param *e)
 {
     if (e->pdtype == CLOPT_DTYPE_F32)
         return;
@@ -244,7 +244,7 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
         return CLOPT_SUCCESS;
     cl_kernel k;
     char extra[96] = "";
-    storage_extra(e, hp, extra, sizeof extra);
+    clopt_o_storage_extra(e, hp, extra, sizeof extra);
     clopt_status s = clopt_o_kernel_of(opt, "reduce", hp, 0, extra, "gc_rowmean", &k);
     if (s != CLOPT_SUCCESS)
         return s;
@@ -257,7 +257,7 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     clopt_arg_float(&a, (float)clopt_rule_l2_decay(opt->rule, hp));
     clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, clopt_o_scr_gc(e)});
     clopt_arg_ctl(&a, &opt->cur);
-    storage_args(opt, &a, e);
+    clopt_o_storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
     return launch_groups(opt, k, *rows);
@@ -309,7 +309,7 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
         return s;
     cl_kernel kp, ku;
     char extra[96] = "";
-    storage_extra(e, hp, extra, sizeof extra);
+    clopt_o_storage_extra(e, hp, extra, sizeof extra);
     if ((s = clopt_o_kernel_of(opt, "lamb", hp, rows > 0, extra, "lamb_partial", &kp)) !=
             CLOPT_SUCCESS ||
         (s = clopt_o_kernel_of(opt, "lamb", hp, 0, extra, "lamb_update", &ku)) != CLOPT_SUCCESS)
@@ -349,8 +349,8 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)(1.0 / bc2));
     clopt_arg_ctl(&a, &opt->cur);
     clopt_arg_ctl(&b, &opt->cur);
-    storage_args(opt, &a, e);
-    storage_args(opt, &b, e);
+    clopt_o_storage_args(opt, &a, e);
+    clopt_o_storage_args(opt, &b, e);
     if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
     if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||

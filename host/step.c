@@ -152,8 +152,26 @@ static clopt_status step_outcomes(clopt_optimizer *opt, const clopt_param *e, cl
 
 /* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
 static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
-                                   size_t n)
+                                   size_t n, const clopt_param *e)
 {
+    if (e && e->pdtype != CLOPT_DTYPE_F32) { /* θ (or its master) to float32 */
+        cl_kernel k;
+        char extra[96] = "";
+        clopt_o_storage_extra(e, &opt->groups[e->group].hp, extra, sizeof extra);
+        clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "theta_copy", &k);
+        if (s != CLOPT_SUCCESS)
+            return s;
+        clopt_args a = {k, 0, CL_SUCCESS};
+        clopt_arg_tensor(&a, src);
+        clopt_arg_tensor(&a, dst);
+        clopt_arg_ulong(&a, n);
+        clopt_o_storage_args(opt, &a, e);
+        if (a.err != CL_SUCCESS)
+            return clopt_o_set_failed(opt, &a);
+        if (opt->cur.dry)
+            return CLOPT_SUCCESS;
+        return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+    }
     if (opt->cur.dry)
         return CLOPT_SUCCESS;
     cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
@@ -163,10 +181,13 @@ static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt
 }
 
 static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clopt_tensor slow,
-                                   size_t n, double alpha)
+                                   size_t n, double alpha, const clopt_param *e)
 {
     cl_kernel k;
-    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, "", "lookahead_sync", &k);
+    char extra[96] = "";
+    if (e)
+        clopt_o_storage_extra(e, &opt->groups[e->group].hp, extra, sizeof extra);
+    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "lookahead_sync", &k);
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
@@ -175,6 +196,8 @@ static clopt_status lookahead_sync(clopt_optimizer *opt, clopt_tensor param, clo
     clopt_arg_ulong(&a, n);
     clopt_arg_float(&a, (float)alpha);
     clopt_arg_ctl(&a, &opt->cur);
+    if (e)
+        clopt_o_storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
     if (opt->cur.dry)
@@ -192,7 +215,7 @@ static int lookahead_due(const clopt_optimizer *opt, const clopt_hparams *hp, ui
    `count`): a sync launch for each outcome whose step is a multiple of k. */
 static clopt_status lookahead_outcomes(clopt_optimizer *opt, const clopt_group *g,
                                        uint64_t count, clopt_tensor param, clopt_tensor slow,
-                                       size_t n, uint64_t k)
+                                       size_t n, uint64_t k, const clopt_param *e)
 {
     clopt_status s = CLOPT_SUCCESS;
     for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++) {
@@ -200,7 +223,7 @@ static clopt_status lookahead_outcomes(clopt_optimizer *opt, const clopt_group *
             continue;
         opt->cur.expect = opt->step + d;
         opt->cur.ncand = 1;
-        s = lookahead_sync(opt, param, slow, n, g->hp.lookahead_alpha);
+        s = lookahead_sync(opt, param, slow, n, g->hp.lookahead_alpha, e);
     }
     return s;
 }
@@ -248,11 +271,12 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             states[j] = (clopt_tensor){g->arena_state[j], 0};
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
         if (la && !e0->slow_ready)
-            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len);
+            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len, NULL);
         if (s == CLOPT_SUCCESS)
             s = step_outcomes(opt, e0, P, G, states, g->arena_len, g, k, grad_scale, 0);
         if (s == CLOPT_SUCCESS && la)
-            s = lookahead_outcomes(opt, g, e0->step, P, states[e0->slow_at], g->arena_len, k);
+            s = lookahead_outcomes(opt, g, e0->step, P, states[e0->slow_at], g->arena_len, k,
+                                   NULL);
         return s;
     }
     if (range_fused(opt, g)) {
@@ -277,7 +301,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         if (e->group != gi)
             continue;
         if (la && !e->slow_ready)
-            s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n);
+            s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
         if (s != CLOPT_SUCCESS)
             break;
         if (opt->rule == CLOPT_LAMB || opt->rule == CLOPT_ADAFACTOR) {
@@ -294,7 +318,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
                               clopt_o_gc_rows(&g->hp, e));
         }
         if (s == CLOPT_SUCCESS && la)
-            s = lookahead_outcomes(opt, g, e->step, e->param, e->state[e->slow_at], e->n, k);
+            s = lookahead_outcomes(opt, g, e->step, e->param, e->state[e->slow_at], e->n, k, e);
     }
     return s;
 }

@@ -39,18 +39,32 @@ __kernel void convert(__global PSTORE *p_, const ulong po, __global const GSTORE
     ELEMENTWISE_END
 }
 
-/* Lookahead: θ = φ + α(θ - φ); φ = θ. */
-__kernel void lookahead_sync(__global float *p_, const ulong po, __global float *s_,
-                             const ulong so, const ulong n, const float alpha CTRL_PARAMS)
+/* Lookahead: θ = φ + α(θ - φ); φ = θ (θ: the master when there is one, STORAGE_PARAMS). */
+__kernel void lookahead_sync(__global PSTORE *p_, const ulong po, __global float *s_,
+                             const ulong so, const ulong n,
+                             const float alpha CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_SKIP;
+    STORAGE_BEGIN;
     p_ += po;
     s_ += so;
     ELEMENTWISE_BEGIN
     floatV s = LOAD(s_);
-    floatV p = s + alpha * (LOAD(p_) - s);
-    STORE(p, p_);
+    floatV p = s + alpha * (THETA_LOAD(p_) - s);
+    THETA_STORE(p, p_);
     STORE(p, s_);
+    ELEMENTWISE_END
+}
+
+/* Lookahead's first slow weights: φ = θ (the master when there is one) as float32. */
+__kernel void theta_copy(__global PSTORE *p_, const ulong po, __global float *s_,
+                         const ulong so, const ulong n STORAGE_PARAMS)
+{
+    STORAGE_BEGIN;
+    p_ += po;
+    s_ += so;
+    ELEMENTWISE_BEGIN
+    STORE(THETA_LOAD(p_), s_);
     ELEMENTWISE_END
 }
 
