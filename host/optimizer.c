@@ -514,14 +514,6 @@ clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
     const clopt_hparams *hp = &g->hp;
     if (p == CLOPT_DTYPE_F32 && q == CLOPT_DTYPE_F32)
         return CLOPT_SUCCESS;
-    const char *why = NULL;
-    if (opt->rule == CLOPT_ADAFACTOR)
-        why = "its factored statistics read float32";
-    if (why)
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s with %s param and %s grad is not supported yet: %s",
-                          clopt_rule_name(opt->rule), clopt_dtype_name(p), clopt_dtype_name(q),
-                          why);
     if (hp->master == CLOPT_MASTER_REMAINDER && p == CLOPT_DTYPE_F16)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "the group keeps bf16 remainders (master = CLOPT_MASTER_REMAINDER): "

@@ -370,8 +370,9 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     size_t B, R, C;
     clopt_o_factored_view(e, &B, &R, &C);
     const int factored = R > 0;
-    char extra[64];
+    char extra[160];
     snprintf(extra, sizeof extra, " -DFACTORED=%d -DBETA1=%d", factored, hp->use_beta1 ? 1 : 0);
+    clopt_o_storage_extra(e, hp, extra, sizeof extra);
     cl_kernel ks = NULL, kf = NULL, km = NULL, kp, ku;
 #define AF_KERNEL(name, k) clopt_o_kernel_of(opt, "adafactor", hp, gc, extra, name, k)
     if (factored && ((s = AF_KERNEL("adafactor_stats", &ks)) != CLOPT_SUCCESS ||
@@ -491,6 +492,8 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&u, (float)(1.0 - hp->beta1));
     clopt_arg_ctl(&p, &opt->cur);
     clopt_arg_ctl(&u, &opt->cur);
+    clopt_o_storage_args(opt, &p, e);
+    clopt_o_storage_args(opt, &u, e);
     if (p.err != CL_SUCCESS || u.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, p.err != CL_SUCCESS ? &p : &u);
     if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||

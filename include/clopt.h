@@ -718,9 +718,9 @@ typedef struct clopt_param_desc {
     /* Storage of param and grad (offsets in their elements): F32 (init), F16 or BF16, for
        tensors registered with clopt_optimizer_add_param_desc or in a range group (whose
        tensors share one pair of types: one launch). The group's master is allocated and
-       initialised from θ at registration: write the weights first. Arena groups and the
-       rules with reductions (Adafactor, LAMB), gradient centralization and Lookahead take
-       float32 only for now (CLOPT_ERR_UNSUPPORTED). */
+       initialised from θ at registration: write the weights first. Every rule takes them,
+       with gradient centralization and Lookahead; arena groups (whose weights the engine
+       writes after registration) take float32 only for now (CLOPT_ERR_UNSUPPORTED). */
     clopt_dtype param_dtype, grad_dtype;
 } clopt_param_desc;
 /* Zeroes a descriptor (ndim 0, no Hessian buffer). clopt_param_desc may grow: start from this

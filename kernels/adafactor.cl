@@ -40,7 +40,7 @@ inline float lane_sum(floatR x)
 /* AFCK, the chunks per item of a tile, is a define from the host (multipass_shape in
  * host/passes.c, which also computes the tiles). */
 #define AFRB (RL < 16 ? RL : 16)
-__kernel void adafactor_stats(__global const float *g_, const ulong go, GC_PARAMS
+__kernel void adafactor_stats(__global const GSTORE *g_, const ulong go, GC_PARAMS
                               const ulong batches, const ulong rows, const ulong cols,
                               const ulong band_rows, const ulong nbands, const ulong ntc,
                               float gmul, const float eps1, __global float *part_,
@@ -69,7 +69,7 @@ __kernel void adafactor_stats(__global const float *g_, const ulong go, GC_PARAM
 #define STATS_CHUNK(j, cnt, e0, racc)                                                       \
     do {                                                                                   \
         const ulong e_ = (e0) + (ulong)(j) * (RL * RW);                                    \
-        const floatR x = GC_APPLYR(read_gradR(loadR(g_ + e_, cnt), gmul), e_, cnt);        \
+        const floatR x = GC_APPLYR(read_gradR(loadRG(g_ + e_, cnt), gmul), e_, cnt);       \
         const floatR y = x * x + eps1;                                                     \
         kahanR_add(&acc[j], y); /* lanes >= cnt are never stored */                        \
         racc = racc + maskR(y, cnt);                                                       \
@@ -266,14 +266,14 @@ CHUNK_INLINE floatR adafactor_uR(floatR g, afpos *q, __global const float *rowf_
 #endif
 
 /* One chunk of adafactor_partial (1-D: also updates V = s_). */
-CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float *g_,
+CHUNK_INLINE void adafactor_chunk(__global const PSTORE *p_, __global const GSTORE *g_,
                             __global float *s_, __global const float *colf_,
                             __global const float *rowf_, GC_PARAMS const ulong e, const uint cnt,
                             const ulong rows, const ulong cols, const float gmul,
                             const float eps1, const float beta2t, const float ombeta2t,
-                            sumR *acc_u, sumR *acc_p AF_POS_PARAM)
+                            sumR *acc_u, sumR *acc_p AF_POS_PARAM THETA_FN_PARAMS)
 {
-    const floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
+    const floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
     (void)eps1, (void)beta2t, (void)ombeta2t;
     if (q->row * cols + q->col != e) /* RL > 1: the item's chunks are RL apart */
@@ -285,7 +285,7 @@ CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float
     storeR(s, s_ + e, cnt);
     const floatR u = g * rsqrt(s);
 #endif
-    const floatR p = loadR(p_ + e, cnt);
+    const floatR p = THETA_LOADR(p_, e, cnt);
     sumR_addsq(acc_u, maskR(u, cnt));
     sumR_addsq(acc_p, maskR(p, cnt));
 }
@@ -295,14 +295,15 @@ CHUNK_INLINE void adafactor_chunk(__global const float *p_, __global const float
 #define AF_RUNS 2
 /* Work-group g of `groups` (see group_block in common.cl): Σu² over its block into part[g],
  * Σθ² into part[groups + g]. */
-__kernel void adafactor_partial(__global const float *p_, const ulong po,
-                                __global const float *g_, const ulong go, __global float *s_,
+__kernel void adafactor_partial(__global const PSTORE *p_, const ulong po,
+                                __global const GSTORE *g_, const ulong go, __global float *s_,
                                 const ulong so, __global const float *colf_, const ulong cfo,
                                 __global const float *rowf_, const ulong rfo, GC_PARAMS
                                 const ulong n, const ulong rows, const ulong cols,
                                 const ulong groups, float gmul, const float eps1,
                                 const float beta2t, const float ombeta2t,
-                                __global float *part_, const ulong parto CTRL_PARAMS)
+                                __global float *part_,
+                                const ulong parto CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     __local float red_[RL];
@@ -312,6 +313,7 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
     s_ += so;
     colf_ += cfo;
     rowf_ += rfo;
+    STORAGE_BEGIN;
     ulong c0, c1;
     group_block(gi, groups, n, &c0, &c1);
     sumR acc_u[RACC], acc_p[RACC];
@@ -327,7 +329,7 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
 #endif
 #define PARTIAL_BODY(e, cnt, k)                                                             \
     adafactor_chunk(p_, g_, s_, colf_, rowf_, GC_ARGS e, cnt, rows, cols, gmul, eps1, beta2t,   \
-                    ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k))
+                    ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k) THETA_FN_ARGS)
     FOR_CHUNKS_RUNS(c0, c1, n, PARTIAL_BODY, AF_RUNS);
 #undef PARTIAL_BODY
     const float su = group_sum(sumR_total(acc_u), red_);
@@ -339,15 +341,16 @@ __kernel void adafactor_partial(__global const float *p_, const ulong po,
 }
 
 /* One chunk of adafactor_update. */
-CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const float *g_,
+CHUNK_INLINE void adafactor_update_chunk(__global PSTORE *p_, __global const GSTORE *g_,
                                    __global const float *s_, __global const float *colf_,
                                    __global const float *rowf_, __global float *m_, GC_PARAMS
                                    const ulong e, const uint cnt, const ulong rows,
                                    const ulong cols, const float gmul, const float scale,
                                    const float alpha, const float weight_decay,
-                                   const float beta1, const float ombeta1 AF_POS_PARAM)
+                                   const float beta1,
+                                   const float ombeta1 AF_POS_PARAM THETA_FN_PARAMS)
 {
-    const floatR g = GC_APPLYR(read_gradR(loadR(g_ + e, cnt), gmul), e, cnt);
+    const floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
     if (q->row * cols + q->col != e) /* the tail chunk, or a part's first */
         *q = afpos_of(e, rows, cols);
@@ -362,15 +365,15 @@ CHUNK_INLINE void adafactor_update_chunk(__global float *p_, __global const floa
 #else
     (void)m_, (void)beta1, (void)ombeta1;
 #endif
-    floatR p = loadR(p_ + e, cnt);
+    floatR p = THETA_LOADR(p_, e, cnt);
     if (weight_decay != 0.0f)
         p = p - weight_decay * alpha * p;
-    storeR(p - u, p_ + e, cnt);
+    THETA_STORER(p - u, p_, e, cnt);
 }
 
 /* sums_[so] = Σu², sums_[so+1] = Σθ² (θ before this step). rho_t: relative step size or lr.
  * Work-items take RW-element chunks (FOR_ITEM_CHUNKS in common.cl). */
-__kernel void adafactor_update(__global float *p_, const ulong po, __global const float *g_,
+__kernel void adafactor_update(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                                const ulong go, __global const float *s_, const ulong so,
                                __global const float *colf_, const ulong cfo,
                                __global const float *rowf_, const ulong rfo,
@@ -382,7 +385,7 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
                                float gmul, const float rho_t, const float eps2,
                                const float clip_threshold, const int scale_parameter,
                                const float weight_decay, const float beta1,
-                               const float ombeta1 CTRL_PARAMS)
+                               const float ombeta1 CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     if (!UPDATE_ITEMS_OK(n))
@@ -392,6 +395,7 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
     s_ += so;
     colf_ += cfo;
     rowf_ += rfo;
+    STORAGE_BEGIN;
 #if BETA1
     m_ += mo;
 #else
@@ -410,7 +414,7 @@ __kernel void adafactor_update(__global float *p_, const ulong po, __global cons
 #endif
 #define UPDATE_BODY(e, cnt, s)                                                              \
     adafactor_update_chunk(p_, g_, s_, colf_, rowf_, m_, GC_ARGS e, cnt, rows, cols, gmul, scale, \
-                           alpha, weight_decay, beta1, ombeta1 AF_POS_ARG(s))
+                           alpha, weight_decay, beta1, ombeta1 AF_POS_ARG(s) THETA_FN_ARGS)
     FOR_ITEM_CHUNKS(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

@@ -513,8 +513,9 @@ static int load_files(runner *r, gcase *c)
         const cJSON *tol = cJSON_GetObjectItemCaseSensitive(f, "tolerance");
         if (tol != NULL) {
             if (golden_parse_tolerance(tol, &e->tol) != 0) {
-                fail(r, "%s: tolerance of %s is not {rtol, atol} and/or {ulps, "
-                        "mismatch_fraction} with finite values >= 0", mp, name);
+                fail(r, "%s: tolerance of %s is not {rtol, atol} and/or {ulps} (with "
+                        "mismatch_fraction, mismatch_rtol, mismatch_atol), finite and >= 0",
+                     mp, name);
                 continue;
             }
         } else if (has_top_tol) {
@@ -651,9 +652,11 @@ static void compare(runner *r, const expected_file *e, const golden_array *got)
     const size_t w = k.worst;
     const double x = golden_value(got, w), ev = golden_value(&e->data, w);
     if (k.bad == 0) {
-        fail(r, "%s: %zu of %zu values differ from the expected ones, more than the %zu that "
-                "mismatch_fraction %g allows",
-             e->path, k.mismatches, e->data.count, k.allowed, e->tol.mismatch_fraction);
+        fail(r, "%s: %zu of %zu values differ from the expected ones%s, more than the %zu "
+                "that mismatch_fraction %g allows",
+             e->path, k.mismatches, e->data.count,
+             e->tol.has_mismatch_value ? " beyond mismatch_rtol/mismatch_atol" : "", k.allowed,
+             e->tol.mismatch_fraction);
     } else if (e->tol.has_ulps) {
         fail(r, "%s: %zu of %zu values out of tolerance; worst [%zu] got %.9g expected %.9g "
                 "(%.3g of the tolerance of %g ulps%s)",

@@ -78,23 +78,28 @@ typedef struct golden_storage {
 golden_verdict golden_parse_storage(const struct cJSON *s, golden_storage *out, char *reason,
                                     size_t len);
 
-/* A file's tolerance: the value form |x - e| <= atol + rtol*|e| and/or the storage form, at
-   most `ulps` apart in the type's order (adjacent values are 1 apart), and at most
-   floor(mismatch_fraction * count) elements not identical to the expected value. */
+/* A file's tolerance: every element within the value form |x - e| <= atol + rtol*|e| and/or
+   the storage form, at most `ulps` apart in the type's order (adjacent values are 1 apart);
+   and at most floor(mismatch_fraction * count) mismatches: elements not identical to the
+   expected value or, with mismatch_rtol/mismatch_atol, beyond |x - e| <= mismatch_atol +
+   mismatch_rtol*|e|. */
 typedef struct golden_tolerance {
     int has_value;
     double rtol, atol;
     int has_ulps;
     double ulps;
     double mismatch_fraction; /* 1 when not given */
+    int has_mismatch_value;
+    double mismatch_rtol, mismatch_atol;
 } golden_tolerance;
-/* Parses {rtol, atol} and/or {ulps, mismatch_fraction}: 0, or -1 when malformed. */
+/* Parses {rtol, atol} and/or {ulps}, with {mismatch_fraction, mismatch_rtol, mismatch_atol}:
+   0, or -1 when malformed. */
 int golden_parse_tolerance(const struct cJSON *t, golden_tolerance *out);
 
 /* Comparison of a result with an expected file (same dtype and count). */
 typedef struct golden_comparison {
     size_t bad;           /* elements out of tolerance */
-    size_t mismatches;    /* elements not identical to the expected value (+0 = -0) */
+    size_t mismatches;    /* mismatches (see golden_tolerance; +0 = -0) */
     size_t allowed;       /* mismatches allowed */
     size_t worst;         /* element with the largest error / tolerance */
     double used;          /* that ratio over all elements (Inf for a NaN or a 0 tolerance) */

@@ -226,6 +226,13 @@ int golden_parse_tolerance(const cJSON *t, golden_tolerance *out)
     }
     if (f != NULL && (!number_ge0(f, &out->mismatch_fraction) || out->mismatch_fraction > 1))
         return -1;
+    const cJSON *mr = cJSON_GetObjectItemCaseSensitive(t, "mismatch_rtol");
+    const cJSON *ma = cJSON_GetObjectItemCaseSensitive(t, "mismatch_atol");
+    if (mr != NULL || ma != NULL) {
+        if (!number_ge0(mr, &out->mismatch_rtol) || !number_ge0(ma, &out->mismatch_atol))
+            return -1;
+        out->has_mismatch_value = 1;
+    }
     return out->has_value || out->has_ulps ? 0 : -1;
 }
 
@@ -311,10 +318,12 @@ void golden_compare(const golden_tolerance *tol, const golden_array *expected,
             ok = 0;
         } else {
             const double dist = distance(expected, got, i);
-            if (dist > 0)
-                out->mismatches++;
+            const double d = x == e ? 0.0 : fabs(x - e);
+            if (fl && tol->has_mismatch_value)
+                out->mismatches += d > tol->mismatch_atol + tol->mismatch_rtol * fabs(e);
+            else
+                out->mismatches += dist > 0;
             if (fl) {
-                const double d = x == e ? 0.0 : fabs(x - e);
                 if (d > out->max_abs)
                     out->max_abs = d;
                 if (e != 0.0 && d / fabs(e) > out->max_rel)
