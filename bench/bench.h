@@ -205,14 +205,26 @@ void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t);
 /* Enqueues one operation over n elements of the slot arrays; *ev may be NULL. */
 cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slots, size_t n,
                         cl_event *ev);
-/* Enqueues the stream kernel: rw[0..nrw) read and written, ro[0..nro) read only. */
-cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_mem const *ro,
-                            size_t nro, size_t n, cl_event *ev);
-/* Last error text of the device helpers (build log included). */
-const char *bench_device_error(const bench_device *bd);
-
 #define BENCH_STREAM_MAX_RW 6
 #define BENCH_STREAM_MAX_RO 6
+#define BENCH_STREAM_MAX_WO 2
+
+/* The arrays of a stream kernel: rw read and written, ro read only, wo written only, each
+   with its element size in bytes (4 float, 2 a 16-bit type, 1 an 8-bit one; 0 means 4). */
+typedef struct bench_stream_arrays {
+    size_t nrw, nro, nwo;
+    cl_mem rw[BENCH_STREAM_MAX_RW], ro[BENCH_STREAM_MAX_RO], wo[BENCH_STREAM_MAX_WO];
+    unsigned rw_size[BENCH_STREAM_MAX_RW], ro_size[BENCH_STREAM_MAX_RO],
+        wo_size[BENCH_STREAM_MAX_WO];
+} bench_stream_arrays;
+
+/* Bytes one element of the arrays moves: 2 x size per rw array, size per ro and wo one. */
+double bench_stream_bytes(const bench_stream_arrays *a);
+/* Enqueues the stream kernel over n elements of the arrays (a program per shape and sizes). */
+cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size_t n,
+                            cl_event *ev);
+/* Last error text of the device helpers (build log included). */
+const char *bench_device_error(const bench_device *bd);
 
 /* ---- timing of one step (or one repetition of several steps) ----------------------------- */
 

@@ -17,7 +17,7 @@
 
 /* Worst error of x against ref; *where receives its index, *bad the number of elements out
    of tolerance. */
-static double compare(const float *x, const float *ref, size_t n, size_t *where, size_t *bad)
+double check_compare(const float *x, const float *ref, size_t n, size_t *where, size_t *bad)
 {
     double ss = 0.0;
     for (size_t i = 0; i < n; i++)
@@ -107,7 +107,7 @@ static double compare_all(const rule_info *ri, const char *variant, const char *
             return INFINITY;
         }
         size_t at = 0, bad = 0;
-        double q = compare(x->x[k], ref->x[k], x->len[k], &at, &bad);
+        double q = check_compare(x->x[k], ref->x[k], x->len[k], &at, &bad);
         bad_total += bad;
         if (bad)
             fprintf(allowed ? stdout : stderr,
@@ -362,11 +362,11 @@ const char *check_word(double err)
     return err <= 1.0 ? "ok" : "FAIL";
 }
 
-int check_rule(env *e, const rule_info *ri, check_result *cr)
+/* The check of the float32 variants (prints its line). */
+static int check_f32(env *e, const rule_info *ri, size_t n, check_result *cr)
 {
     const options *o = e->opt;
     const int with_opt = (o->variants & V_MANY) != 0;
-    const size_t n = check_size(ri, o->check_n);
     if (run_check(e, ri, n, with_opt, cr))
         return -1;
     int bad = cr->unfused_err > 1.0 || cr->cloop_err > 1.0 || cr->arena_err > 1.0 ||
@@ -402,4 +402,12 @@ int check_rule(env *e, const rule_info *ri, check_result *cr)
         e->check_failed = 1;
     }
     return 0;
+}
+
+int check_rule(env *e, const rule_info *ri, check_result *cr)
+{
+    const size_t n = check_size(ri, e->opt->check_n);
+    if (e->opt->with_f32 && check_f32(e, ri, n, cr))
+        return -1;
+    return storage_check(e, ri, n, cr->storage_err);
 }

@@ -17,7 +17,7 @@ extern const size_t clopt_bench_sources_count;
 #define MAX_STREAM_PROGRAMS 64
 
 typedef struct stream_prog {
-    size_t nrw, nro;
+    char shape[160]; /* the build options of its shape: counts and element sizes */
     unsigned vw, ipw;
     cl_program program;
     cl_kernel kernel;
@@ -218,10 +218,41 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
     return launch(bd, k, n, ev);
 }
 
-static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
+static unsigned elem_size(unsigned size) { return size ? size : 4u; }
+
+double bench_stream_bytes(const bench_stream_arrays *a)
 {
+    double b = 0.0;
+    for (size_t j = 0; j < a->nrw; j++)
+        b += 2.0 * elem_size(a->rw_size[j]);
+    for (size_t j = 0; j < a->nro; j++)
+        b += elem_size(a->ro_size[j]);
+    for (size_t j = 0; j < a->nwo; j++)
+        b += elem_size(a->wo_size[j]);
+    return b;
+}
+
+/* -DNRW.. -DNWO and every array's -DT..: the element sizes of the arrays in use, 4 for the
+   unused ones (never touched). */
+static void stream_shape(const bench_stream_arrays *a, char *buf, size_t len)
+{
+    int off = snprintf(buf, len, "-DNRW=%zu -DNRO=%zu -DNWO=%zu", a->nrw, a->nro, a->nwo);
+    static const char *const cls[3] = {"W", "R", "O"};
+    const size_t count[3] = {a->nrw, a->nro, a->nwo};
+    const size_t cap[3] = {BENCH_STREAM_MAX_RW, BENCH_STREAM_MAX_RO, BENCH_STREAM_MAX_WO};
+    const unsigned *size[3] = {a->rw_size, a->ro_size, a->wo_size};
+    for (int c = 0; c < 3; c++)
+        for (size_t j = 0; j < cap[c] && off > 0 && (size_t)off < len; j++)
+            off += snprintf(buf + off, len - (size_t)off, " -DT%s%zu=%u", cls[c], j,
+                            j < count[c] ? elem_size(size[c][j]) : 4u);
+}
+
+static stream_prog *stream_kernel(bench_device *bd, const bench_stream_arrays *a)
+{
+    char shape[sizeof bd->streams[0].shape];
+    stream_shape(a, shape, sizeof shape);
     for (size_t i = 0; i < bd->nstreams; i++)
-        if (bd->streams[i].nrw == nrw && bd->streams[i].nro == nro &&
+        if (!strcmp(bd->streams[i].shape, shape) &&
             bd->streams[i].vw == bd->tuning.vector_width &&
             bd->streams[i].ipw == bench_tuning_ipw(&bd->tuning))
             return &bd->streams[i];
@@ -229,9 +260,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
         snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
         return NULL;
     }
-    char extra[64];
-    snprintf(extra, sizeof extra, "-DNRW=%zu -DNRO=%zu", nrw, nro);
-    cl_program prog = build(bd, "bench_stream", extra);
+    cl_program prog = build(bd, "bench_stream", shape);
     if (!prog)
         return NULL;
     cl_int err = CL_SUCCESS;
@@ -242,8 +271,7 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
         return NULL;
     }
     stream_prog *sp = &bd->streams[bd->nstreams++];
-    sp->nrw = nrw;
-    sp->nro = nro;
+    snprintf(sp->shape, sizeof sp->shape, "%s", shape);
     sp->vw = bd->tuning.vector_width;
     sp->ipw = bench_tuning_ipw(&bd->tuning);
     sp->program = prog;
@@ -251,25 +279,30 @@ static stream_prog *stream_kernel(bench_device *bd, size_t nrw, size_t nro)
     return sp;
 }
 
-cl_int bench_enqueue_stream(bench_device *bd, cl_mem const *rw, size_t nrw, cl_mem const *ro,
-                            size_t nro, size_t n, cl_event *ev)
+cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size_t n,
+                            cl_event *ev)
 {
-    if (nrw < 1 || nrw > BENCH_STREAM_MAX_RW || nro > BENCH_STREAM_MAX_RO) {
+    if (a->nrw < 1 || a->nrw > BENCH_STREAM_MAX_RW || a->nro > BENCH_STREAM_MAX_RO ||
+        a->nwo > BENCH_STREAM_MAX_WO) {
         snprintf(bd->error, sizeof bd->error,
-                 "stream kernel shape %zu read-write + %zu read-only arrays not supported", nrw,
-                 nro);
+                 "stream kernel shape %zu read-write + %zu read-only + %zu write-only arrays "
+                 "not supported",
+                 a->nrw, a->nro, a->nwo);
         return CL_INVALID_VALUE;
     }
-    stream_prog *sp = stream_kernel(bd, nrw, nro);
+    stream_prog *sp = stream_kernel(bd, a);
     if (!sp)
         return CL_BUILD_PROGRAM_FAILURE;
     cl_int err = CL_SUCCESS;
     cl_uint arg = 0;
+    /* unused pointers: the first rw array (never touched) */
     for (size_t j = 0; j < BENCH_STREAM_MAX_RW; j++, arg++)
-        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nrw ? &rw[j] : &rw[0]);
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nrw ? &a->rw[j] : &a->rw[0]);
     for (size_t j = 0; j < BENCH_STREAM_MAX_RO; j++, arg++)
-        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < nro ? &ro[j] : &rw[0]);
-    const float zero = 0.0f;
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nro ? &a->ro[j] : &a->rw[0]);
+    for (size_t j = 0; j < BENCH_STREAM_MAX_WO; j++, arg++)
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nwo ? &a->wo[j] : &a->rw[0]);
+    const cl_uint zero = 0;
     err |= clSetKernelArg(sp->kernel, arg++, sizeof zero, &zero);
     cl_ulong nn = n;
     err |= clSetKernelArg(sp->kernel, arg, sizeof nn, &nn);

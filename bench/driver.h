@@ -9,6 +9,7 @@
  *   check.c    the correctness check before a rule is timed
  *   measure.c  one (rule, n): the interleaved repetitions, the rows and their ratios, the
  *              tensor-count summary, the cache flush
+ *   storage.c  storage combinations (--dtypes): their buffers, steps, stream kernels, check
  *   sweep.c    the tuning sweep (--sweep-tuning)
  *   output.c   the rows: the table, JSON, CSV
  *   plot.c     the chart (--plot, gnuplot)
@@ -20,6 +21,29 @@
 #include "bench.h"
 
 #include <stdio.h>
+
+/* ---- storage combinations (storage.c) ---------------------------------------------------- */
+
+/* How one step stores θ, g, its master and its states (--dtypes). Arithmetic is float32
+   throughout; only storage changes. */
+typedef struct storage {
+    clopt_dtype p, g;      /* θ and g: CLOPT_DTYPE_F32, F16 or BF16 */
+    clopt_master master;   /* NONE; F32 (16-bit p); REMAINDER (bf16 p) */
+    int sr;                /* stochastic rounding of a 16-bit p without a master */
+    int state;             /* the states' type: an index in storage.c's table, 0 = f32 */
+    char name[64];         /* "p=bf16,g=bf16,master=remainder,state=f32" (",sr=1" after master) */
+} storage;
+
+#define MAX_DTYPES 32
+/* The name of float32 storage, the rows of every variant but the storage rows. */
+#define STORAGE_F32_NAME "p=f32,g=f32,master=none,state=f32"
+
+int storage_is_f32(const storage *c);
+/* --dtypes: "all" (every combination a rule supports) or combinations separated by ';', each
+   of keys p, g, master, sr, state separated by ',' (defaults p=f32, g=f32, master=none,
+   sr=0, state=f32). 0, or 2 after printing why (unknown keys and values, combinations the
+   library does not support). */
+int storage_parse(const char *list, storage *out, size_t cap, size_t *count);
 
 /* ---- options (options.c) ---------------------------------------------------------------- */
 
@@ -65,8 +89,13 @@ typedef struct options {
     unsigned sweep_ipw[MAX_LIST];
     size_t nsweep_ipw;
     const char *device, *json, *csv, *plot;
+    storage dtypes[MAX_DTYPES]; /* --dtypes, in order; default: float32 alone */
+    size_t ndtypes;
+    int with_f32; /* float32 is among them: every variant runs, not just the storage rows */
 } options;
 
+/* Prints "clopt-bench: <message>" and a pointer to --help on stderr; returns 2. */
+int opt_error(const char *fmt, ...);
 /* 0: run; 1: exit 0 (help/list/version); 2: bad options (printed). */
 int parse_options(int argc, char **argv, options *o);
 
@@ -75,6 +104,7 @@ int parse_options(int argc, char **argv, options *o);
 typedef struct row {
     const char *rule;
     int variant;
+    const char *dtype; /* the storage combination's name (STORAGE_F32_NAME for float32) */
     size_t n, tensors;
     double ms, ms_min, wall_ms, ms_kernels;
     unsigned launches, steps_per_rep;
@@ -158,6 +188,17 @@ unsigned chain_mask(const bench_op *ops, size_t nops);
 unsigned state_mask(const rule_info *ri);
 unsigned stream_mask(const rule_info *ri);
 
+/* The op-level arguments of a float32 step on an instance (its θ, g and states). */
+void step_args(const instance *in, const rule_info *ri, uint64_t step, clopt_step_args *a);
+/* One clopt_enqueue_step of n elements with arguments a, timed by its event. */
+int fused_launch(env *e, const rule_info *ri, const clopt_step_args *a, size_t n, uint64_t step,
+                 bench_timing *t);
+/* After `done` enqueued launches (the wall clock read as w0 before the first): waits for the
+   last, fills t (NULL: not wanted) with the span from the first start to the last end, the sum
+   of the launches' own times and the wall clock, each divided by `steps`, and `launches`, and
+   releases the events. Returns rc, or the first failure when rc was 0. */
+int time_events(cl_event *evs, size_t done, int rc, double w0, unsigned steps,
+                unsigned launches, bench_timing *t);
 /* The chain of step `step`, Lookahead's sync appended at every k-th step; 0 on failure. */
 size_t build_chain(const rule_info *ri, uint64_t step, bench_op *ops);
 /* One step of each variant (t may be NULL); stream_rep is one repetition (spr steps). */
@@ -191,12 +232,49 @@ int clopt_fail_msg(env *e, const char *what, clopt_status s);
 /* Start and end of an event's command (ns). */
 int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end);
 
+/* ---- storage rows (storage.c) -------------------------------------------------------------- */
+
+/* Rules whose steps have storage rows: the element-wise ones at the op level. */
+#define STORAGE_RULE(ri) (!(ri)->opt_level)
+
+/* The 16-bit copies of θ and g, the master or remainder and the stream's write-only θ of the
+   combinations of one (rule, n); the states are the instance's. */
+typedef struct storage_bufs {
+    size_t n;
+    cl_mem p16[3], g16[3]; /* indexed by clopt_dtype (F16, BF16) */
+    cl_mem master;         /* n floats, from θ */
+    cl_mem remainder;      /* n 16-bit words, zeros */
+    cl_mem sink;           /* n 16-bit words: what the stream writes for a θ never read */
+} storage_bufs;
+
+/* The buffers of combos[0..count) (float32 ones need none) next to instance in, which holds
+   θ, g and the states: θ and g converted from the instance's (rounded to nearest even), the
+   master from θ. Blocking. */
+int storage_bufs_create(env *e, const instance *in, const storage *combos, size_t count,
+                        storage_bufs *sb);
+void storage_bufs_release(storage_bufs *sb);
+/* Bytes per parameter one step of combination c moves (its stream kernel's); < 0 when its
+   arrays do not fit the stream kernel. */
+double storage_bytes(const rule_info *ri, const storage *c);
+/* One fused step (one clopt_enqueue_step) or one stream kernel of combination c. */
+int storage_fused_step(env *e, const rule_info *ri, const instance *in, const storage_bufs *sb,
+                       const storage *c, uint64_t step, bench_timing *t);
+int storage_stream_step(env *e, const rule_info *ri, const instance *in, const storage_bufs *sb,
+                        const storage *c, bench_timing *t);
+
+/* The check of every storage combination but float32 (e->opt->dtypes) of an element-wise
+   rule at n: one step against the float32 step on the same (rounded) values. err[i]: the
+   worst error of combination i in units of its tolerance (NAN: float32, not checked); prints
+   one line, and every failure. -1 on a run-time failure. */
+int storage_check(env *e, const rule_info *ri, size_t n, double *err);
+
 /* ---- correctness check (check.c) ---------------------------------------------------------- */
 
 typedef struct check_result {
     /* worst |x - ref| / (atol + rtol*|ref|) of each variant; NAN = not run */
     double unfused_err, cloop_err, arena_err, separate_err, amp_err, ranges_err;
     int arena_identical; /* arena and separate bit-identical (-1 = not compared) */
+    double storage_err[MAX_DTYPES]; /* per --dtypes combination (NAN: float32 or not run) */
 } check_result;
 
 /* Runs the check of a rule at --check-n and prints its line; a disagreement sets
@@ -204,6 +282,9 @@ typedef struct check_result {
 int check_rule(env *e, const rule_info *ri, check_result *cr);
 /* "ok", "FAIL" or "-" (not run) for an error in units of the tolerance. */
 const char *check_word(double err);
+/* Worst |x - ref| / (atol + rtol |ref|) with the check's tolerance (atol from the rms of
+   ref); *where its index, *bad the count out of tolerance. */
+double check_compare(const float *x, const float *ref, size_t n, size_t *where, size_t *bad);
 
 /* ---- measuring (measure.c) ------------------------------------------------------------------ */
 
@@ -211,6 +292,8 @@ const char *check_word(double err);
 typedef struct unit {
     int variant;
     size_t T;
+    const storage *st; /* a storage row (fused or stream) of this combination; NULL: float32 */
+    size_t dtype;      /* its index in the options' dtypes */
     optrun *opt; /* arena, separate, and fused at the optimizer level */
     double *dev, *wall, *kern;
     size_t ns;
@@ -219,6 +302,8 @@ typedef struct unit {
     char shape[48];
 } unit;
 
+/* Median (sorts v in place). */
+double median(double *v, size_t n);
 /* Measures every selected variant and tensor count of one (rule, n) and adds their rows. */
 int measure(env *e, const rule_info *ri, size_t n, const check_result *cr);
 void record(unit *u, const bench_timing *t);

@@ -54,6 +54,17 @@ static void traffic_note(const rule_info *ri)
     printf("\n");
 }
 
+/* Whether a rule has rows to measure; a note when its storage rows are left out. */
+static int rule_runs(const options *o, const rule_info *ri)
+{
+    if (o->ndtypes == (o->with_f32 ? 1u : 0u) || STORAGE_RULE(ri))
+        return 1;
+    printf("note: %s runs at the optimizer level; storage rows (dtype other than f32) are "
+           "measured for the element-wise rules at the op level%s\n",
+           ri->r->name, o->with_f32 ? "" : ": nothing to measure");
+    return o->with_f32;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -189,7 +200,13 @@ int main(int argc, char **argv)
                "chain); the optimizer level (arena, separate, and fused of the rules that only "
                "exist there) from the end of a marker before clopt_optimizer_step to the end "
                "of the step's marker; wall clock for c_loop; copy/stream: fraction of their "
-               "GB/s; fused_x: ms / fused ms; T: tensors\n\n");
+               "GB/s; fused_x: ms / fused ms; T: tensors\n%s\n",
+               o.with_f32 && o.ndtypes == 1
+                   ? ""
+                   : "storage rows (dtype other than f32): fused = one clopt_enqueue_step with "
+                     "those storage types, stream = the stream kernel of the same arrays in the "
+                     "same element sizes, B/p counted from them; stream: fraction of the stream "
+                     "of the same dtype; fused_x: ms / the f32 fused ms\n");
         int header = 0;
         for (size_t ri_i = 0; ri_i < o.nrules; ri_i++) {
             const double t_rule = bench_now_ms();
@@ -205,7 +222,11 @@ int main(int argc, char **argv)
                 if (clopt_ctx_get_rule_tuning(e.ctx, ri.r->rule, &ri.hp, &rt) == CLOPT_SUCCESS)
                     bench_device_set_tuning(e.bd, &rt);
             }
-            check_result cr = {NAN, NAN, NAN, NAN, NAN, NAN, -1};
+            if (!rule_runs(&o, &ri))
+                continue;
+            check_result cr = {NAN, NAN, NAN, NAN, NAN, NAN, -1, {0}};
+            for (size_t i = 0; i < MAX_DTYPES; i++)
+                cr.storage_err[i] = NAN;
             if (o.check_n && check_rule(&e, &ri, &cr))
                 goto out;
             for (size_t ni = 0; ni < o.nsizes; ni++) {

@@ -27,7 +27,7 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Median (sorts v in place). */
-static double median(double *v, size_t n)
+double median(double *v, size_t n)
 {
     qsort(v, n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
@@ -51,6 +51,7 @@ int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char 
     }
     w->rule = ri->r->name;
     w->variant = u->variant;
+    w->dtype = u->st ? u->st->name : STORAGE_F32_NAME;
     w->n = n;
     w->tensors = u->T;
     w->launches = u->launches;
@@ -82,23 +83,27 @@ int optrun_warm(const env *e, const rule_info *ri, optrun *o)
     return pre > 0 ? optrun_step(o, (unsigned)pre, NULL) : 0;
 }
 
-/* Ratios within the rows of one (rule, n): to copy, stream, fused, and arena with 1 tensor. */
+/* Ratios within the rows of one (rule, n): to copy, to the stream kernel of the same storage,
+   to fused (float32), and to arena with 1 tensor. */
 static void fill_ratios(env *e, size_t first_row)
 {
-    double copy_gbps = NAN, stream_gbps = NAN, fused_ms = NAN, a1_ms = NAN, a1_wall = NAN;
+    double copy_gbps = NAN, fused_ms = NAN, a1_ms = NAN, a1_wall = NAN;
     for (size_t i = first_row; i < e->res.n; i++) {
         const row *w = &e->res.rows[i];
+        const int f32 = !strcmp(w->dtype, STORAGE_F32_NAME);
         if (w->variant == V_COPY)
             copy_gbps = w->gbps;
-        else if (w->variant == V_STREAM)
-            stream_gbps = w->gbps;
-        else if (w->variant == V_FUSED)
+        else if (w->variant == V_FUSED && f32)
             fused_ms = w->ms;
         else if (w->variant == V_ARENA && w->tensors == 1)
             a1_ms = w->ms, a1_wall = w->wall_ms;
     }
     for (size_t i = first_row; i < e->res.n; i++) {
         row *w = &e->res.rows[i];
+        double stream_gbps = NAN;
+        for (size_t j = first_row; j < e->res.n; j++)
+            if (e->res.rows[j].variant == V_STREAM && !strcmp(e->res.rows[j].dtype, w->dtype))
+                stream_gbps = e->res.rows[j].gbps;
         w->copy_fraction = w->gbps / copy_gbps;
         w->stream_fraction = w->gbps / stream_gbps;
         w->fused_speedup = w->ms / fused_ms;
@@ -255,24 +260,18 @@ int flush_device(env *e)
     return err == CL_SUCCESS ? 0 : cl_fail("filling the cache-flush buffer", err);
 }
 
-/* Measures every selected variant and tensor count of one (rule, n). The device variants are
-   interleaved: each repetition runs one repetition of every one in turn, so a slow drift of
-   the machine (other tenants, frequency) hits all of them alike and their ratios stay
-   meaningful. fused, unfused and stream work on the same device arrays (the stream kernel
-   leaves them unchanged); copy and every optimizer have their own. The C loop takes its turn
-   in each repetition too, on its own host arrays. A repetition is spr steps (a whole
-   Lookahead cycle). */
-int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
+/* The float32 variants timed with one tensor for this rule (none without float32 in
+   --dtypes). */
+static unsigned t1_variants(const env *e, const rule_info *ri, size_t n, size_t copy_bytes)
 {
     const options *o = e->opt;
     const bench_rule *r = ri->r;
-    const size_t total = (size_t)(o->warmup + o->reps);
-    const size_t copy_bytes = ((size_t)(ri->tr.bytes * (double)n) / 2 + 3) / 4 * 4;
     const int one = has_tensors(o, 1);
     int many = 0;
     for (size_t i = 0; i < o->ntensors; i++)
         many |= o->tensors[i] > 1;
-
+    if (!o->with_f32)
+        return 0;
     unsigned run = one ? o->variants : o->variants & ((1u << V_ARENA) | (1u << V_SEPARATE));
     run &= ~((1u << V_ARENA_AMP) | (1u << V_RANGES)); /* timed with T > 1 only */
     if (!r->chain)
@@ -292,6 +291,120 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
                 r->name, n, copy_bytes);
         run &= ~(1u << V_COPY);
     }
+    return run;
+}
+
+/* The units, in measurement order: the float32 references and variants with one tensor, the
+   storage rows (stream, then fused, of every other --dtypes combination), the tensor counts. */
+static size_t plan_units(const env *e, const rule_info *ri, size_t n, unsigned run, unit *units)
+{
+    const options *o = e->opt;
+    const bench_rule *r = ri->r;
+    size_t nu = 0;
+    static const int t1_order[] = {V_COPY, V_STREAM, V_FUSED, V_UNFUSED, V_C_LOOP, V_ARENA};
+    for (size_t k = 0; k < sizeof t1_order / sizeof t1_order[0]; k++)
+        if (run & (1u << t1_order[k]))
+            units[nu++] = (unit){.variant = t1_order[k], .T = 1};
+    for (size_t i = 0; i < o->ndtypes && STORAGE_RULE(ri) && has_tensors(o, 1); i++) {
+        if (storage_is_f32(&o->dtypes[i]))
+            continue;
+        static const int storage_order[] = {V_STREAM, V_FUSED};
+        for (size_t k = 0; k < 2; k++)
+            if (o->variants & (1u << storage_order[k]))
+                units[nu++] = (unit){.variant = storage_order[k], .T = 1, .st = &o->dtypes[i],
+                                     .dtype = i};
+    }
+    for (size_t i = 0; i < o->ntensors && o->with_f32; i++) {
+        if (o->tensors[i] == 1)
+            continue;
+        bench_split sp;
+        if (bench_split_make(r, n, o->tensors[i], &sp)) /* says why */
+            continue;
+        bench_split_free(&sp);
+        if ((o->variants & (1u << V_ARENA)) && r->rule != CLOPT_SOPHIA)
+            units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
+        if (o->variants & (1u << V_SEPARATE))
+            units[nu++] = (unit){.variant = V_SEPARATE, .T = o->tensors[i]};
+        if ((o->variants & (1u << V_ARENA_AMP)) && r->rule != CLOPT_SOPHIA)
+            units[nu++] = (unit){.variant = V_ARENA_AMP, .T = o->tensors[i]};
+        if ((o->variants & (1u << V_RANGES)) && !(r->flags & BENCH_OPT_LEVEL) &&
+            r->rule != CLOPT_SOPHIA)
+            units[nu++] = (unit){.variant = V_RANGES, .T = o->tensors[i]};
+    }
+    return nu;
+}
+
+/* What the units of one (rule, n) run on: the op-level arrays, the storage buffers, the copy
+   buffers and the C loop's host arrays. */
+typedef struct arrays_of {
+    instance in;
+    storage_bufs sb;
+    host_instance h;
+    cl_mem cbuf[2];
+    size_t copy_bytes;
+} arrays_of;
+
+/* One repetition of a device unit (not the C loop). */
+static int unit_rep(env *e, const rule_info *ri, const unit *u, const arrays_of *a,
+                    uint64_t step, bench_timing *t)
+{
+    switch (u->variant) {
+    case V_COPY: return copy_step(e, a->cbuf[0], a->cbuf[1], a->copy_bytes, t);
+    case V_STREAM:
+        return u->st ? storage_stream_step(e, ri, &a->in, &a->sb, u->st, t)
+                     : stream_rep(e, ri, &a->in, t);
+    case V_FUSED:
+        return u->st    ? storage_fused_step(e, ri, &a->in, &a->sb, u->st, step, t)
+               : u->opt ? optrun_step(u->opt, ri->spr, t)
+                        : fused_step(e, ri, &a->in, step, t);
+    case V_UNFUSED: {
+        int rc = 0;
+        for (unsigned s = 0; s < ri->spr && !rc; s++) {
+            bench_timing ts;
+            rc = unfused_step(e, ri, &a->in, step + s, &ts);
+            t->dev_ms += ts.dev_ms / ri->spr;
+            t->wall_ms += ts.wall_ms / ri->spr;
+            t->kernels_ms += ts.kernels_ms / ri->spr;
+            if (s == 0)
+                t->launches = ts.launches;
+        }
+        return rc;
+    }
+    default: return optrun_step(u->opt, ri->spr, t);
+    }
+}
+
+/* Check word of a unit's row. */
+static const char *unit_check(const unit *u, const check_result *cr)
+{
+    if (u->st)
+        return u->variant == V_FUSED ? check_word(cr->storage_err[u->dtype]) : "-";
+    switch (u->variant) {
+    case V_FUSED:
+    case V_C_LOOP: return check_word(cr->cloop_err);
+    case V_UNFUSED: return check_word(cr->unfused_err);
+    case V_ARENA: return check_word(cr->arena_err);
+    case V_SEPARATE: return check_word(cr->separate_err);
+    case V_ARENA_AMP: return check_word(cr->amp_err);
+    case V_RANGES: return check_word(cr->ranges_err);
+    default: return "-";
+    }
+}
+
+/* Measures every selected variant and tensor count of one (rule, n). The device variants are
+   interleaved: each repetition runs one repetition of every one in turn, so a slow drift of
+   the machine (other tenants, frequency) hits all of them alike and their ratios stay
+   meaningful. fused, unfused, stream and the storage rows work on the same device arrays
+   (the stream kernel leaves them unchanged; the storage rows have their own θ and g); copy
+   and every optimizer have their own. The C loop takes its turn in each repetition too, on
+   its own host arrays. A repetition is spr steps (a whole Lookahead cycle). */
+int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
+{
+    const options *o = e->opt;
+    const bench_rule *r = ri->r;
+    const size_t total = (size_t)(o->warmup + o->reps);
+    arrays_of a = {.copy_bytes = ((size_t)(ri->tr.bytes * (double)n) / 2 + 3) / 4 * 4};
+    const unsigned run = t1_variants(e, ri, n, a.copy_bytes);
 
     bench_op ops[BENCH_MAX_OPS];
     double chain_bytes = 0.0;
@@ -313,35 +426,9 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
     if (run & (1u << V_STREAM))
         mask |= stream_mask(ri);
 
-    /* the units, in measurement order: the references first */
-    unit units[V_COUNT + 4 * MAX_LIST];
-    size_t nu = 0;
-    static const int t1_order[] = {V_COPY, V_STREAM, V_FUSED, V_UNFUSED, V_C_LOOP, V_ARENA};
-    for (size_t k = 0; k < sizeof t1_order / sizeof t1_order[0]; k++)
-        if (run & (1u << t1_order[k]))
-            units[nu++] = (unit){.variant = t1_order[k], .T = 1};
-    for (size_t i = 0; i < o->ntensors; i++) {
-        if (o->tensors[i] == 1)
-            continue;
-        bench_split sp;
-        if (bench_split_make(r, n, o->tensors[i], &sp)) /* says why */
-            continue;
-        bench_split_free(&sp);
-        if ((o->variants & (1u << V_ARENA)) && r->rule != CLOPT_SOPHIA)
-            units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
-        if (o->variants & (1u << V_SEPARATE))
-            units[nu++] = (unit){.variant = V_SEPARATE, .T = o->tensors[i]};
-        if ((o->variants & (1u << V_ARENA_AMP)) && r->rule != CLOPT_SOPHIA)
-            units[nu++] = (unit){.variant = V_ARENA_AMP, .T = o->tensors[i]};
-        if ((o->variants & (1u << V_RANGES)) && !(r->flags & BENCH_OPT_LEVEL) &&
-            r->rule != CLOPT_SOPHIA)
-            units[nu++] = (unit){.variant = V_RANGES, .T = o->tensors[i]};
-    }
-
-    int rc = 0;
-    instance in = {0};
-    host_instance h = {0};
-    cl_mem cbuf[2] = {NULL, NULL};
+    unit units[V_COUNT + 4 * MAX_LIST + 2 * MAX_DTYPES];
+    const size_t nu = plan_units(e, ri, n, run, units);
+    int rc = 0, storage_rows = 0;
     for (size_t k = 0; k < nu && !rc; k++) {
         unit *u = &units[k];
         u->dev = malloc(o->reps * sizeof(double));
@@ -352,9 +439,14 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
             rc = -1;
             break;
         }
-        u->bytes = u->variant == V_UNFUSED ? chain_bytes : ri->tr.bytes;
+        u->bytes = u->st                    ? storage_bytes(ri, u->st)
+                   : u->variant == V_UNFUSED ? chain_bytes
+                                             : ri->tr.bytes;
+        if (u->bytes < 0.0)
+            rc = -1;
+        storage_rows |= u->st != NULL;
         bench_split sp;
-        if (bench_split_make(r, n, u->T, &sp)) {
+        if (rc || bench_split_make(r, n, u->T, &sp)) {
             u->T = 0; /* skipped */
             continue;
         }
@@ -373,23 +465,27 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
         }
         bench_split_free(&sp);
     }
-    if (!rc && mask)
-        rc = instance_create(e, ri, n, mask, e->p0, e->g0, &in);
+    if (storage_rows)
+        mask |= state_mask(ri);
+    if (!rc && (mask || storage_rows))
+        rc = instance_create(e, ri, n, mask, e->p0, e->g0, &a.in);
+    if (!rc && storage_rows)
+        rc = storage_bufs_create(e, &a.in, o->dtypes, o->ndtypes, &a.sb);
     if (!rc && (run & (1u << V_COPY))) {
         cl_int err = CL_SUCCESS;
         for (int k = 0; k < 2 && err == CL_SUCCESS; k++)
-            cbuf[k] = clCreateBuffer(e->context, CL_MEM_READ_WRITE, copy_bytes, NULL, &err);
+            a.cbuf[k] = clCreateBuffer(e->context, CL_MEM_READ_WRITE, a.copy_bytes, NULL, &err);
         float zero = 0.0f;
         for (int k = 0; k < 2 && err == CL_SUCCESS; k++)
-            err = clEnqueueFillBuffer(e->queue, cbuf[k], &zero, sizeof zero, 0, copy_bytes, 0,
-                                      NULL, NULL);
+            err = clEnqueueFillBuffer(e->queue, a.cbuf[k], &zero, sizeof zero, 0, a.copy_bytes,
+                                      0, NULL, NULL);
         if (err == CL_SUCCESS)
             err = clFinish(e->queue);
         if (err != CL_SUCCESS)
             rc = cl_fail("allocating the copy buffers", err);
     }
     if (!rc && (run & (1u << V_C_LOOP)))
-        rc = host_create(ri, n, 1, e->p0, e->g0, &h);
+        rc = host_create(ri, n, 1, e->p0, e->g0, &a.h);
 
     /* Every variant once per repetition, so that a slow drift of the machine (other tenants,
        frequency) hits them all alike. The C loop's OpenMP threads and the device's worker
@@ -406,25 +502,7 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
             if (flush && (rc = flush_device(e)) != 0)
                 break;
             bench_timing t = {0};
-            switch (u->variant) {
-            case V_COPY: rc = copy_step(e, cbuf[0], cbuf[1], copy_bytes, &t); break;
-            case V_STREAM: rc = stream_rep(e, ri, &in, &t); break;
-            case V_FUSED:
-                rc = u->opt ? optrun_step(u->opt, ri->spr, &t) : fused_step(e, ri, &in, step, &t);
-                break;
-            case V_UNFUSED:
-                for (unsigned s = 0; s < ri->spr && !rc; s++) {
-                    bench_timing ts;
-                    rc = unfused_step(e, ri, &in, step + s, &ts);
-                    t.dev_ms += ts.dev_ms / ri->spr;
-                    t.wall_ms += ts.wall_ms / ri->spr;
-                    t.kernels_ms += ts.kernels_ms / ri->spr;
-                    if (s == 0)
-                        t.launches = ts.launches;
-                }
-                break;
-            default: rc = optrun_step(u->opt, ri->spr, &t); break;
-            }
+            rc = unit_rep(e, ri, u, &a, step, &t);
             if (!rc && it >= (size_t)o->warmup)
                 record(u, &t);
         }
@@ -436,7 +514,7 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
         bench_timing t = {0};
         for (unsigned s = 0; s < ri->spr; s++) {
             bench_timing ts;
-            cloop_step(ri, &h, step + s, &ts);
+            cloop_step(ri, &a.h, step + s, &ts);
             t.dev_ms += ts.dev_ms / ri->spr;
             t.wall_ms += ts.wall_ms / ri->spr;
             t.kernels_ms += ts.kernels_ms / ri->spr;
@@ -446,30 +524,17 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
                 record(&units[k], &t);
         settle();
     }
-    instance_release(&in);
-    host_release(&h);
+    storage_bufs_release(&a.sb);
+    instance_release(&a.in);
+    host_release(&a.h);
     for (int k = 0; k < 2; k++)
-        if (cbuf[k])
-            clReleaseMemObject(cbuf[k]);
+        if (a.cbuf[k])
+            clReleaseMemObject(a.cbuf[k]);
 
     const size_t first_row = e->res.n;
-    for (size_t k = 0; k < nu && !rc; k++) {
-        const unit *u = &units[k];
-        if (!u->T)
-            continue;
-        const char *ck = "-";
-        switch (u->variant) {
-        case V_FUSED:
-        case V_C_LOOP: ck = check_word(cr->cloop_err); break;
-        case V_UNFUSED: ck = check_word(cr->unfused_err); break;
-        case V_ARENA: ck = check_word(cr->arena_err); break;
-        case V_SEPARATE: ck = check_word(cr->separate_err); break;
-        case V_ARENA_AMP: ck = check_word(cr->amp_err); break;
-        case V_RANGES: ck = check_word(cr->ranges_err); break;
-        default: break;
-        }
-        rc = finish_row(e, ri, u, n, ck);
-    }
+    for (size_t k = 0; k < nu && !rc; k++)
+        if (units[k].T)
+            rc = finish_row(e, ri, &units[k], n, unit_check(&units[k], cr));
     for (size_t k = 0; k < nu; k++) {
         free(units[k].dev);
         free(units[k].wall);

@@ -37,6 +37,13 @@ static void usage(FILE *f)
             "  --variants v,...    any of fused,unfused,c_loop,copy,stream,arena,separate,\n"
             "                      arena_amp,ranges (default all; arena_amp and ranges are\n"
             "                      timed with --tensors T > 1)\n"
+            "  --dtypes LIST       storage combinations, separated by ';', each of keys\n"
+            "                      p, g (f32, f16, bf16), master (none, f32, remainder),\n"
+            "                      sr (0, 1: stochastic rounding), state (f32 only yet),\n"
+            "                      e.g. 'p=bf16,g=bf16,master=remainder;p=f32' (default f32\n"
+            "                      only); 'all': every combination the library supports.\n"
+            "                      Other than f32: fused and stream of the element-wise\n"
+            "                      rules at the op level, with 1 tensor\n"
             "  --reps N            timed repetitions, the median is reported (default 5)\n"
             "  --warmup N          untimed repetitions before them (default 2)\n"
             "  --check-n N         size of the correctness check (default 10007; 0 = skip)\n"
@@ -59,11 +66,12 @@ static void usage(FILE *f)
             "  --list              list the rules and exit\n"
             "  --version           print the versions of clopt-bench and the library, exit\n"
             "  --help              this text\n\n"
-            "Fields: rule, variant, n, tensors, ms (median; profiling events for device\n"
-            "variants, marker to marker for the optimizer level, wall clock for c_loop),\n"
-            "wall_ms, bytes_per_param, gbps (= bytes_per_param*n/ms), copy_fraction (gbps /\n"
-            "copy gbps), stream_fraction (gbps / the rule's stream gbps), fused_speedup\n"
-            "(ms / fused ms), tensor_ratio (ms / arena ms with 1 tensor), check.\n"
+            "Fields: rule, variant, dtype (the storage combination), n, tensors, ms (median;\n"
+            "profiling events for device variants, marker to marker for the optimizer\n"
+            "level, wall clock for c_loop), wall_ms, bytes_per_param, gbps\n"
+            "(= bytes_per_param*n/ms), copy_fraction (gbps / copy gbps), stream_fraction\n"
+            "(gbps / the gbps of the stream kernel of the rule and storage), fused_speedup\n"
+            "(ms / f32 fused ms), tensor_ratio (ms / arena ms with 1 tensor), check.\n"
             "Exit status: 0 ok, 1 run-time error, 2 bad options, 3 a variant disagrees\n"
             "with the fused result in the correctness check.\n\nrules:");
     for (size_t i = 0; i < bench_rule_count; i++)
@@ -71,7 +79,7 @@ static void usage(FILE *f)
     fprintf(f, "\n");
 }
 
-static int opt_error(const char *fmt, ...)
+int opt_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -295,7 +303,8 @@ static void list_rules(void)
         int opt = bench_rule_hparams(r, &hp) == CLOPT_SUCCESS && bench_rule_opt_level(r, &hp);
         printf("%-14s %-10s %-8s %-16s %s%s\n", r->name, clopt_rule_name(r->rule),
                r->flags & BENCH_MATRIX ? "matrix" : "vector",
-               r->chain ? "unfused chain" : "no unfused chain", opt ? "optimizer level" : "op level",
+               r->chain ? "unfused chain" : "no unfused chain",
+               opt ? "optimizer level" : "op level",
                r->in_default_run ? ", default" : "");
     }
 }
@@ -331,6 +340,8 @@ static int set_option(options *o, const char *name, const char *val)
         o->check_n = n;
         return 0;
     }
+    if (!strcmp(name, "--dtypes"))
+        return storage_parse(val, o->dtypes, MAX_DTYPES, &o->ndtypes);
     if (!strcmp(name, "--plot") && strpbrk(val, "\"'\\\n"))
         return opt_error("--plot: file name must not contain quotes or backslashes");
     for (size_t k = 0; k < COUNT_OF(string_opts); k++)
@@ -344,7 +355,7 @@ static int set_option(options *o, const char *name, const char *val)
 /* Whether option `name` takes a value. */
 static int takes_value(const char *name)
 {
-    int known = !strcmp(name, "--check-n");
+    int known = !strcmp(name, "--check-n") || !strcmp(name, "--dtypes");
     for (size_t k = 0; k < COUNT_OF(list_opts); k++)
         known |= !strcmp(name, list_opts[k].name);
     for (size_t k = 0; k < COUNT_OF(long_opts); k++)
@@ -381,6 +392,10 @@ static void fill_defaults(options *o)
     }
     if (!o->variants)
         o->variants = (1u << V_COUNT) - 1;
+    if (!o->ndtypes)
+        storage_parse("p=f32", o->dtypes, MAX_DTYPES, &o->ndtypes);
+    for (size_t i = 0; i < o->ndtypes; i++)
+        o->with_f32 |= storage_is_f32(&o->dtypes[i]);
     if (!o->nsweep_vw) {
         memcpy(o->sweep_vw, sweep_vw_default, sizeof sweep_vw_default);
         o->nsweep_vw = COUNT_OF(sweep_vw_default);
@@ -456,5 +471,7 @@ int parse_options(int argc, char **argv, options *o)
     if (o->sweep && o->ntensors)
         return opt_error("--sweep-tuning times one tensor; --tensors does not apply");
     fill_defaults(o);
+    if (o->sweep && (o->ndtypes != 1 || !o->with_f32))
+        return opt_error("--sweep-tuning times float32 storage; --dtypes does not apply");
     return 0;
 }

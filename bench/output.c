@@ -49,9 +49,9 @@ void format_num(double x, const char *fmt, char *buf, size_t len)
 void print_table(const results *res, size_t from, int header)
 {
     if (header)
-        printf("%-14s %-8s %6s %5s %10s %10s %6s %6s %8s %6s %6s %7s %5s\n", "rule", "variant",
-               "n", "T", "ms", "wall_ms", "launch", "B/p", "GB/s", "copy", "stream", "fused_x",
-               "check");
+        printf("%-14s %-8s %6s %5s %10s %10s %6s %6s %8s %6s %6s %7s %5s %s\n", "rule",
+               "variant", "n", "T", "ms", "wall_ms", "launch", "B/p", "GB/s", "copy", "stream",
+               "fused_x", "check", "dtype");
     for (size_t i = from; i < res->n; i++) {
         const row *w = &res->rows[i];
         char nb[32], ms[32], wall[32], gb[32], cf[32], sf[32], fx[32], bp[32];
@@ -63,19 +63,20 @@ void print_table(const results *res, size_t from, int header)
         format_num(w->stream_fraction, "%.2f", sf, sizeof sf);
         format_num(w->fused_speedup, "%.2f", fx, sizeof fx);
         format_num(w->bytes_per_param, "%.4g", bp, sizeof bp);
-        printf("%-14s %-8s %6s %5zu %10s %10s %6u %6s %8s %6s %6s %7s %5s\n", w->rule,
+        printf("%-14s %-8s %6s %5zu %10s %10s %6u %6s %8s %6s %6s %7s %5s %s\n", w->rule,
                variant_names[w->variant], nb, w->tensors, ms, wall, w->launches, bp, gb, cf, sf,
-               fx, w->check);
+               fx, w->check, w->dtype);
     }
     fflush(stdout);
 }
 
-/* ---- JSON and CSV ----------------------------------------------------------------------------- */
+/* ---- JSON and CSV ---------------------------------------------------------------------------- */
 
 /* Every field of a row, in the JSON order; the CSV has them in csv_order (no device). */
 enum {
     F_RULE,
     F_VARIANT,
+    F_DTYPE,
     F_N,
     F_TENSORS,
     F_MS,
@@ -112,6 +113,7 @@ static const struct {
 } fields[F_COUNT] = {
     [F_RULE] = {"rule", K_STR},
     [F_VARIANT] = {"variant", K_STR},
+    [F_DTYPE] = {"dtype", K_STR},
     [F_N] = {"n", K_INT},
     [F_TENSORS] = {"tensors", K_INT},
     [F_MS] = {"ms", K_NUM},
@@ -148,7 +150,7 @@ static const int csv_order[] = {
     F_REPS,          F_VECTOR_WIDTH,   F_WORK_GROUP_SIZE,
     F_OMP_THREADS,   F_TENSOR_RATIO,   F_TENSOR_WALL_RATIO,
     F_STEPS_PER_REP, F_LIB_BYTES_PER_PARAM, F_SHAPE,
-    F_SWEEP,         F_ITEMS_PER_WORK_ITEM};
+    F_SWEEP,         F_ITEMS_PER_WORK_ITEM, F_DTYPE};
 
 typedef struct field_value {
     double num;             /* K_NUM */
@@ -162,6 +164,7 @@ static field_value value_of(const env *e, const row *w, int f)
     switch (f) {
     case F_RULE: v.s = w->rule; break;
     case F_VARIANT: v.s = variant_names[w->variant]; break;
+    case F_DTYPE: v.s = w->dtype; break;
     case F_N: v.i = w->n; break;
     case F_TENSORS: v.i = w->tensors; break;
     case F_MS: v.num = w->ms; break;
@@ -207,6 +210,23 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* A CSV field: as it is, or quoted with its quotes doubled (RFC 4180) when it holds a comma
+   (a dtype), a quote or a line break. */
+static void csv_str(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\n")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 /* One field's value: JSON (null for a missing number, true/false) or CSV (empty, 0/1). */
 static void put_value(FILE *f, int json, field_kind k, const field_value *v)
 {
@@ -223,7 +243,7 @@ static void put_value(FILE *f, int json, field_kind k, const field_value *v)
         if (json)
             json_str(f, v->s);
         else
-            fprintf(f, "%s", v->s);
+            csv_str(f, v->s);
         break;
     }
 }

@@ -58,8 +58,8 @@ int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end)
    last, fills t (NULL: not wanted) with the span from the first start to the last end, the sum
    of the launches' own times and the wall clock, each divided by `steps`, and `launches`, and
    releases the events. Returns rc, or the first failure when rc was 0. */
-static int time_events(cl_event *evs, size_t done, int rc, double w0, unsigned steps,
-                       unsigned launches, bench_timing *t)
+int time_events(cl_event *evs, size_t done, int rc, double w0, unsigned steps,
+                unsigned launches, bench_timing *t)
 {
     if (done) {
         cl_int err = clWaitForEvents(1, &evs[done - 1]);
@@ -229,7 +229,7 @@ unsigned stream_mask(const rule_info *ri)
     return m;
 }
 
-static void step_args(const instance *in, const rule_info *ri, uint64_t step, clopt_step_args *a)
+void step_args(const instance *in, const rule_info *ri, uint64_t step, clopt_step_args *a)
 {
     clopt_step_args_init(a);
     a->param.buffer = in->slot[BA_P];
@@ -241,17 +241,23 @@ static void step_args(const instance *in, const rule_info *ri, uint64_t step, cl
 
 /* ---- one step of each variant ---------------------------------------------------------- */
 
+int fused_launch(env *e, const rule_info *ri, const clopt_step_args *a, size_t n, uint64_t step,
+                 bench_timing *t)
+{
+    cl_event ev = NULL;
+    double w0 = bench_now_ms();
+    clopt_status s =
+        clopt_enqueue_step(e->ctx, NULL, ri->r->rule, &ri->hp, a, n, step, 0, NULL, &ev);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail_msg(e, "clopt_enqueue_step", s);
+    return time_events(&ev, 1, 0, w0, 1, 1, t);
+}
+
 int fused_step(env *e, const rule_info *ri, const instance *in, uint64_t step, bench_timing *t)
 {
     clopt_step_args a;
     step_args(in, ri, step, &a);
-    cl_event ev = NULL;
-    double w0 = bench_now_ms();
-    clopt_status s =
-        clopt_enqueue_step(e->ctx, NULL, ri->r->rule, &ri->hp, &a, in->n, step, 0, NULL, &ev);
-    if (s != CLOPT_SUCCESS)
-        return clopt_fail_msg(e, "clopt_enqueue_step", s);
-    return time_events(&ev, 1, 0, w0, 1, 1, t);
+    return fused_launch(e, ri, &a, in->n, step, t);
 }
 
 /* The chain of step `step`, with Lookahead's sync appended at every k-th step:
@@ -310,11 +316,11 @@ int unfused_step(env *e, const rule_info *ri, const instance *in, uint64_t step,
 /* One stream kernel per step of the repetition, plus Lookahead's (θ, φ) stream once. */
 int stream_rep(env *e, const rule_info *ri, const instance *in, bench_timing *t)
 {
-    cl_mem rw[BENCH_STREAM_MAX_RW], ro[BENCH_STREAM_MAX_RO];
+    bench_stream_arrays step = {.nrw = ri->nsrw, .nro = ri->nsro};
     for (size_t k = 0; k < ri->nsrw; k++)
-        rw[k] = in->slot[ri->srw[k]];
+        step.rw[k] = in->slot[ri->srw[k]];
     for (size_t k = 0; k < ri->nsro; k++)
-        ro[k] = in->slot[ri->sro[k]];
+        step.ro[k] = in->slot[ri->sro[k]];
     const unsigned nk = ri->spr + (ri->la_slot >= 0 ? 1u : 0u);
     cl_event evs[64];
     if (nk > 64) {
@@ -325,14 +331,13 @@ int stream_rep(env *e, const rule_info *ri, const instance *in, bench_timing *t)
     unsigned done = 0;
     int rc = 0;
     for (; done < nk; done++) {
-        cl_int err;
-        if (done < ri->spr) {
-            err = bench_enqueue_stream(e->bd, rw, ri->nsrw, ro, ri->nsro, in->n, &evs[done]);
-        } else {
-            cl_mem la[2] = {in->slot[BA_P], in->slot[ri->la_slot]};
-            err = bench_enqueue_stream(e->bd, la, 2, NULL, 0, in->n, &evs[done]);
+        bench_stream_arrays la = {.nrw = 2};
+        if (done >= ri->spr) {
+            la.rw[0] = in->slot[BA_P];
+            la.rw[1] = in->slot[ri->la_slot];
         }
-        if (err != CL_SUCCESS) {
+        if (bench_enqueue_stream(e->bd, done < ri->spr ? &step : &la, in->n, &evs[done]) !=
+            CL_SUCCESS) {
             fprintf(stderr, "clopt-bench: %s\n", bench_device_error(e->bd));
             rc = -1;
             break;

@@ -1,77 +1,149 @@
 /* SPDX-License-Identifier: MIT */
 /* clopt-bench: the memory limit of a rule. Reads exactly the arrays the rule reads and
  * writes exactly the arrays it writes, once each, with no arithmetic beyond what keeps every
- * load alive: w_j = w_j + zero * (r_0 + r_1 + ...). The host passes zero = 0, so the arrays
- * keep their values (the fused and unfused steps run on the same arrays between stream
- * runs), and the compiler cannot drop the loads of r.
+ * load alive: on the elements' bits, w_j = w_j | (zero & (r_0 ^ r_1 ^ ...)). The host passes
+ * zero = 0, so the arrays keep their values (the fused and unfused steps run on the same
+ * arrays between stream runs), and the compiler cannot drop the loads of r. Bit operations
+ * cost no conversion for any element type (a float's bits are its lane; 16- and 8-bit words
+ * are widened and narrowed), so the stream stays a memory limit for 16-bit storage too.
  *
- * NRW (1..6) read-write arrays, NRO (0..6) read-only arrays, set with -D at build time.
- * Unused pointer arguments are never touched. With NRO 0 (Lookahead's sync: θ and φ read
- * and written) the loads of w are kept alive by the stores alone. */
+ * NRW (1..6) read-write arrays w, NRO (0..6) read-only arrays r and NWO (0..2) write-only
+ * arrays o (written with zeros, never read: a 16-bit θ that a step writes from its fp32
+ * master), set with -D at build time. Unused pointer arguments are never touched. With NRO 0
+ * (Lookahead's sync: θ and φ read and written) the loads of w are kept alive by the stores
+ * alone.
+ *
+ * Element types: TW0..TW5, TR0..TR5 and TO0, TO1 (-D, all of them) give each array's
+ * element size in bytes: 4 (float), 2 (ushort: a 16-bit θ, gradient or bf16 remainder) or 1
+ * (uchar: an 8-bit state), so that the stream moves the bytes of a step in 16-bit or 8-bit
+ * storage in as many arrays as the step. */
 #ifndef NRW
 #define NRW 1
 #endif
 #ifndef NRO
 #define NRO 1
 #endif
-
-#if NRO == 0
-#define RSUM(T, LD) ((T)(1.0f))
-#elif NRO == 1
-#define RSUM(T, LD) (LD(r0))
-#elif NRO == 2
-#define RSUM(T, LD) (LD(r0) + LD(r1))
-#elif NRO == 3
-#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2))
-#elif NRO == 4
-#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3))
-#elif NRO == 5
-#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3) + LD(r4))
-#else
-#define RSUM(T, LD) (LD(r0) + LD(r1) + LD(r2) + LD(r3) + LD(r4) + LD(r5))
+#ifndef NWO
+#define NWO 0
 #endif
 
-#define W(j, T, LD, ST) ST(LD(w##j) + R, w##j);
+#ifndef TO1 /* the host passes all of them */
+#error "bench_stream.cl needs -DTW0..TW5, -DTR0..TR5, -DTO0, -DTO1"
+#endif
+
+/* The element type of a size, and its loads and stores as raw bits in uint lanes (a float's
+   bits, a 16- or 8-bit word zero-extended): FULL_* a vector of VW elements, TAIL_* one
+   element of the tail; *_UT the lane type. */
+#define ETYPE_4 float
+#define ETYPE_2 ushort
+#define ETYPE_1 uchar
+#define ETYPE(c) BCAT(ETYPE_, c)
+
+#if VW == 1
+typedef uint lanesV;
+#define CVT_UI(x) convert_uint(x)
+#define AS_UI(x) as_uint(x)
+#define AS_F(x) as_float(x)
+#define CVT_U16(x) convert_ushort(x)
+#define CVT_U8(x) convert_uchar(x)
+#else
+typedef BCAT(uint, VW) lanesV;
+#define CVT_UI(x) BCAT(convert_uint, VW)(x)
+#define AS_UI(x) BCAT(as_uint, VW)(x)
+#define AS_F(x) BCAT(as_float, VW)(x)
+#define CVT_U16(x) BCAT(convert_ushort, VW)(x)
+#define CVT_U8(x) BCAT(convert_uchar, VW)(x)
+#endif
+#define FULL_LD_UT lanesV /* no BCAT here: it would be expanded inside one */
+#define TAIL_LD_UT uint
+
+#define FULL_LD_4(p) AS_UI(VLOAD(gid_, p))
+#define FULL_LD_2(p) CVT_UI(VLOAD(gid_, p))
+#define FULL_LD_1(p) CVT_UI(VLOAD(gid_, p))
+#define FULL_ST_4(x, p) VSTORE(AS_F(x), gid_, p)
+#define FULL_ST_2(x, p) VSTORE(CVT_U16(x), gid_, p)
+#define FULL_ST_1(x, p) VSTORE(CVT_U8(x), gid_, p)
+#define TAIL_LD_4(p) as_uint((p)[k_])
+#define TAIL_LD_2(p) convert_uint((p)[k_])
+#define TAIL_LD_1(p) convert_uint((p)[k_])
+#define TAIL_ST_4(x, p) ((p)[k_] = as_float(x))
+#define TAIL_ST_2(x, p) ((p)[k_] = convert_ushort(x))
+#define TAIL_ST_1(x, p) ((p)[k_] = convert_uchar(x))
+
+/* LD / ST are FULL_LD or TAIL_LD (FULL_ST, TAIL_ST); c the element size. */
+#define LDT(LD, c, p) BCAT(LD, BCAT(_, c))(p)
+#define STT(ST, c, x, p) BCAT(ST, BCAT(_, c))(x, p)
+
+#define RL(LD, j) LDT(LD, TR##j, r##j)
+#if NRO == 0
+#define RSUM(LD) (1u)
+#elif NRO == 1
+#define RSUM(LD) (RL(LD, 0))
+#elif NRO == 2
+#define RSUM(LD) (RL(LD, 0) ^ RL(LD, 1))
+#elif NRO == 3
+#define RSUM(LD) (RL(LD, 0) ^ RL(LD, 1) ^ RL(LD, 2))
+#elif NRO == 4
+#define RSUM(LD) (RL(LD, 0) ^ RL(LD, 1) ^ RL(LD, 2) ^ RL(LD, 3))
+#elif NRO == 5
+#define RSUM(LD) (RL(LD, 0) ^ RL(LD, 1) ^ RL(LD, 2) ^ RL(LD, 3) ^ RL(LD, 4))
+#else
+#define RSUM(LD) (RL(LD, 0) ^ RL(LD, 1) ^ RL(LD, 2) ^ RL(LD, 3) ^ RL(LD, 4) ^ RL(LD, 5))
+#endif
+
+#define W(j, LD, ST) STT(ST, TW##j, LDT(LD, TW##j, w##j) | R, w##j);
 
 #if NRW >= 2
-#define W1(T, LD, ST) W(1, T, LD, ST)
+#define W1(LD, ST) W(1, LD, ST)
 #else
-#define W1(T, LD, ST)
+#define W1(LD, ST)
 #endif
 #if NRW >= 3
-#define W2(T, LD, ST) W(2, T, LD, ST)
+#define W2(LD, ST) W(2, LD, ST)
 #else
-#define W2(T, LD, ST)
+#define W2(LD, ST)
 #endif
 #if NRW >= 4
-#define W3(T, LD, ST) W(3, T, LD, ST)
+#define W3(LD, ST) W(3, LD, ST)
 #else
-#define W3(T, LD, ST)
+#define W3(LD, ST)
 #endif
 #if NRW >= 5
-#define W4(T, LD, ST) W(4, T, LD, ST)
+#define W4(LD, ST) W(4, LD, ST)
 #else
-#define W4(T, LD, ST)
+#define W4(LD, ST)
 #endif
 #if NRW >= 6
-#define W5(T, LD, ST) W(5, T, LD, ST)
+#define W5(LD, ST) W(5, LD, ST)
 #else
-#define W5(T, LD, ST)
+#define W5(LD, ST)
+#endif
+#if NWO >= 1
+#define O0(ST) STT(ST, TO0, R, o0);
+#else
+#define O0(ST)
+#endif
+#if NWO >= 2
+#define O1(ST) STT(ST, TO1, R, o1);
+#else
+#define O1(ST)
 #endif
 
 #define STREAM_BODY(T, LD, ST)                                                             \
     {                                                                                      \
-        const T R = zero * RSUM(T, LD);                                                    \
-        W(0, T, LD, ST)                                                                    \
-        W1(T, LD, ST) W2(T, LD, ST) W3(T, LD, ST) W4(T, LD, ST) W5(T, LD, ST)               \
+        const BCAT(LD, _UT) R = zero & RSUM(LD);                                           \
+        W(0, LD, ST)                                                                       \
+        W1(LD, ST) W2(LD, ST) W3(LD, ST) W4(LD, ST) W5(LD, ST) O0(ST) O1(ST)               \
     }
 
-__kernel void bench_stream(__global float *w0, __global float *w1, __global float *w2,
-                           __global float *w3, __global float *w4, __global float *w5,
-                           __global const float *r0, __global const float *r1,
-                           __global const float *r2, __global const float *r3,
-                           __global const float *r4, __global const float *r5,
-                           const float zero, const ulong n)
+__kernel void bench_stream(__global ETYPE(TW0) *w0, __global ETYPE(TW1) *w1,
+                           __global ETYPE(TW2) *w2, __global ETYPE(TW3) *w3,
+                           __global ETYPE(TW4) *w4, __global ETYPE(TW5) *w5,
+                           __global const ETYPE(TR0) *r0, __global const ETYPE(TR1) *r1,
+                           __global const ETYPE(TR2) *r2, __global const ETYPE(TR3) *r3,
+                           __global const ETYPE(TR4) *r4, __global const ETYPE(TR5) *r5,
+                           __global ETYPE(TO0) *o0, __global ETYPE(TO1) *o1, const uint zero,
+                           const ulong n)
 {
     BENCH_ELEMENTWISE(STREAM_BODY)
 }
