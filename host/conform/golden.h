@@ -49,7 +49,8 @@ typedef enum golden_verdict {
 typedef struct golden_file_report {
     char name[64];        /* "param_T.bf16" */
     double used;          /* largest error / tolerance of an element (Inf: NaN) */
-    size_t mismatches;    /* elements not identical to the expected value */
+    size_t mismatches;    /* elements not identical to the expected value (or beyond the
+                             tolerance's mismatch_rtol/mismatch_atol) */
     size_t allowed;       /* mismatches the tolerance allows (the element count: any) */
     size_t count;         /* elements */
 } golden_file_report;
