@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# The committed benchmark results of one device: runs clopt-bench six times and writes into DIR
+# The committed benchmark results of one device: runs clopt-bench seven times and writes into DIR
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
@@ -10,6 +10,8 @@
 #   engine.*                      --rules adamw,sgd_momentum,lion --sizes 2^20,2^24
 #                                 --tensors 6,1000 --variants arena,arena_amp,ranges
 #                                 --reps 15 (issue 11: AMP and clipping, range groups)
+#   storage.*                     --rules adamw,sgd_momentum --sizes 2^25 --dtypes all
+#                                 --variants fused,stream --reps 5 (16-bit storage)
 #   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
@@ -21,7 +23,7 @@
 set -u
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ $# -lt 1 ] && exit 2
     exit 0
 fi
@@ -99,6 +101,8 @@ rm -f "$MD.body"
     run engine "The engine contract: AMP and clipping on the device, range groups over one flat buffer" \
         --rules adamw,sgd_momentum,lion --sizes 2^20,2^24 --tensors 6,1000 \
         --variants arena,arena_amp,ranges --reps 15 $COMMON
+    run storage "16-bit storage: every combination of parameter, gradient and master types at 2^25 (fused and its stream kernel)" \
+        --rules adamw,sgd_momentum --sizes 2^25 --dtypes all --variants fused,stream --reps 5 $COMMON
     run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
         --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON
 }
