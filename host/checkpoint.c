@@ -44,7 +44,12 @@ enum {
     OPTM_KNOWN = OPTM_STATE_TENSORS | OPTM_CHECK_FINITE
 };
 /* TENS flags (version 2) */
-enum { TENS_PARAMS = 1u, TENS_SLOW_READY = 2u, TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY };
+enum {
+    TENS_PARAMS = 1u,
+    TENS_SLOW_READY = 2u,
+    TENS_MASTER_READY = 4u, /* version 3: the F32 master holds values (the tensor stepped) */
+    TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY | TENS_MASTER_READY
+};
 
 /* The largest step count a checkpoint may hold: 2^53 - 64. Every step the optimizer computes
    from it (the count + 1 + d for the CLOPT_MAX_IN_FLIGHT = 32 steps in flight) is then an
@@ -327,7 +332,8 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
         w_u32(w, (uint32_t)e->ndim);
         for (size_t d = 0; d < e->ndim; d++)
             w_u64(w, e->shape[d]);
-        w_u32(w, (params ? TENS_PARAMS : 0u) | (e->slow_ready ? TENS_SLOW_READY : 0u));
+        w_u32(w, (params ? TENS_PARAMS : 0u) | (e->slow_ready ? TENS_SLOW_READY : 0u) |
+                     (e->master_ready ? TENS_MASTER_READY : 0u));
         w_u32(w, (uint32_t)e->pdtype);
         w_u32(w, (uint32_t)e->gdtype);
         w_u64(w, e->step);
@@ -639,7 +645,7 @@ typedef struct loaded_group {
 typedef struct loaded_tensor {
     uint64_t step;
     double mu_product;
-    int slow_ready;
+    int slow_ready, master_ready;
     const unsigned char *state[CLOPT_OPT_MAX_STATE]; /* NULL: not in the bytes */
     const unsigned char *params;                     /* NULL: not in the bytes */
 } loaded_tensor;
@@ -775,6 +781,7 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
         lt->step = r_u64(&sec);
         lt->mu_product = r_f64(&sec);
         lt->slow_ready = (flags & TENS_SLOW_READY) != 0;
+        lt->master_ready = (flags & TENS_MASTER_READY) != 0;
     } else { /* version 1: one count for everything, one product per group */
         lt->step = L->step;
         lt->mu_product = L->groups[e->group].mu_product;
@@ -915,8 +922,10 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
         e->mu_product = L.tensors[i].mu_product;
         /* Readiness belongs to the slow weights: without the state tensors it stays as it
            is (clopt_optimizer_write_state sets it when the engine restores them). */
-        if (L.state_tensors)
+        if (L.state_tensors) {
             e->slow_ready = L.tensors[i].slow_ready;
+            e->master_ready = L.tensors[i].master_ready;
+        }
     }
     opt->step = L.step;
     opt->max_grad_norm = L.max_grad_norm;
@@ -1132,5 +1141,7 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
         for (size_t j = g->first; together && j < g->first + g->count; j++)
             opt->params[j].slow_ready = 1;
     }
+    if (e->master && index == e->master_at) /* the engine's master: no copy of θ later */
+        e->master_ready = 1;
     return CLOPT_SUCCESS;
 }

@@ -446,15 +446,6 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
                     return s;
                 continue;
             }
-            if (e->master == CLOPT_MASTER_F32 && i == e->master_at) {
-                /* the master starts as θ */
-                clopt_status s = clopt_enqueue_convert(opt->ctx, NULL, e->state[i],
-                                                       CLOPT_DTYPE_F32, e->param, e->pdtype,
-                                                       e->n, 0, 0, 0, 0, 0, NULL, NULL);
-                if (s != CLOPT_SUCCESS)
-                    return s;
-                continue;
-            }
             /* a remainder of zeros: the master is θ; other states their initial value */
             const cl_ushort zero16 = 0;
             err = clopt_state_esize(e, i) == 2
@@ -467,18 +458,6 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
             return clopt_fail_cl(opt->ctx, err, "allocating optimizer state");
     }
     return CLOPT_SUCCESS;
-}
-
-clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t i,
-                              const char *what)
-{
-    if (d->param_dtype == CLOPT_DTYPE_F32 && d->grad_dtype == CLOPT_DTYPE_F32)
-        return CLOPT_SUCCESS;
-    return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                      "tensor %zu: %s group takes float32 param and grad only for now (got "
-                      "param_dtype %d, grad_dtype %d); register 16-bit tensors with "
-                      "clopt_optimizer_add_param_desc", i, what, (int)d->param_dtype,
-                      (int)d->grad_dtype);
 }
 
 const char *clopt_absmax_name(const char *state)
@@ -633,9 +612,23 @@ cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *e
     return m;
 }
 
-static cl_mem sub_buffer(cl_mem parent, size_t offset, size_t n, cl_int *err)
+cl_mem clopt_o_make_zeros(clopt_ctx *ctx, size_t n, size_t es, cl_int *err)
 {
-    cl_buffer_region r = {offset * sizeof(float), n * sizeof(float)};
+    if (es == sizeof(float))
+        return clopt_o_make_filled(ctx, n, 0.0f, err);
+    cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * es, NULL, err);
+    const cl_ushort zero = 0;
+    if (m && (*err = clEnqueueFillBuffer(ctx->queue, m, &zero, sizeof zero, 0, n * es, 0, NULL,
+                                         NULL)) != CL_SUCCESS) {
+        clReleaseMemObject(m);
+        m = NULL;
+    }
+    return m;
+}
+
+static cl_mem sub_buffer(cl_mem parent, size_t offset, size_t n, size_t es, cl_int *err)
+{
+    cl_buffer_region r = {offset * es, n * es};
     return clCreateSubBuffer(parent, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &r, err);
 }
 
@@ -671,16 +664,30 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
                                   &align_bits, NULL);
     if (qerr != CL_SUCCESS)
         return clopt_fail_cl(ctx, qerr, "clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)");
-    size_t align = align_bits >= 32 ? align_bits / 32 : 1; /* in floats */
+    /* in elements of the smallest type among θ, g (1 or 2 bytes narrower) and the states */
+    const clopt_dtype pt = shapes[0].param_dtype, gt = shapes[0].grad_dtype;
+    const size_t pes = clopt_dtype_size(pt), ges = clopt_dtype_size(gt);
+    const size_t min_es = pes < ges ? pes : ges;
+    const size_t align_bytes = align_bits >= 8 ? align_bits / 8 : 1;
+    size_t align = align_bytes >= min_es ? align_bytes / (min_es ? min_es : 4) : 1;
     clopt_param *ps = calloc(ntensors, sizeof *ps);
     if (!ps)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "arena table");
+    clopt_group probe;
+    memset(&probe, 0, sizeof probe);
+    probe.hp = *hp;
     size_t total = 0;
     for (size_t i = 0; i < ntensors; i++) {
         if ((s = clopt_o_take_shape(ctx, &shapes[i], &ps[i])) != CLOPT_SUCCESS ||
-            (s = clopt_o_f32_only(ctx, &shapes[i], i, "an arena")) != CLOPT_SUCCESS) {
+            (s = clopt_o_take_storage(opt, &probe, &shapes[i], &ps[i])) != CLOPT_SUCCESS) {
             free(ps);
             return s;
+        }
+        if (shapes[i].param_dtype != pt || shapes[i].grad_dtype != gt) {
+            free(ps);
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "tensor %zu: the tensors of an arena group share their storage "
+                              "types (one buffer each)", i);
         }
         ps[i].mu_product = 1.0;
         ps[i].param.offset = total;
@@ -707,12 +714,15 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     clopt_state_layout(opt, g, &ps[0]);
     const int shared_state = !clopt_rule_is_multipass(opt->rule);
     cl_int err = CL_SUCCESS;
-    g->arena_param = clopt_o_make_filled(ctx, total, 0.0f, &err);
+    g->arena_param = clopt_o_make_zeros(ctx, total, pes, &err);
     if (g->arena_param)
-        g->arena_grad = clopt_o_make_filled(ctx, total, 0.0f, &err);
+        g->arena_grad = clopt_o_make_zeros(ctx, total, ges, &err);
     for (size_t k = 0; shared_state && err == CL_SUCCESS && k < ps[0].nstate; k++) {
         float init = k < ps[0].nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
-        g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
+        g->arena_state[k] = clopt_state_esize(&ps[0], k) == sizeof(float)
+                                ? clopt_o_make_filled(ctx, total, init, &err)
+                                : clopt_o_make_zeros(ctx, total, clopt_state_esize(&ps[0], k),
+                                                     &err);
     }
     size_t made = 0;
     clopt_status as = CLOPT_SUCCESS;
@@ -723,9 +733,9 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         clopt_state_layout(opt, g, e);
         e->param = (clopt_tensor){g->arena_param, off};
         e->grad = (clopt_tensor){g->arena_grad, off};
-        e->param_sub = sub_buffer(g->arena_param, off, e->n, &err);
+        e->param_sub = sub_buffer(g->arena_param, off, e->n, pes, &err);
         if (err == CL_SUCCESS)
-            e->grad_sub = sub_buffer(g->arena_grad, off, e->n, &err);
+            e->grad_sub = sub_buffer(g->arena_grad, off, e->n, ges, &err);
         if (err != CL_SUCCESS)
             break;
         if (shared_state) {

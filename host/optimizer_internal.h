@@ -44,6 +44,7 @@ typedef struct clopt_param {
     clopt_dtype sq;    /* storage of the rule's states (F32, BF16, U8) */
     size_t absmax_at;  /* U8: the absmax of kernel state j is state absmax_at + j */
     size_t slow_at;    /* Lookahead's slow weights (0: none; never state 0) */
+    int master_ready;  /* the F32 master holds θ (copied at the tensor's first step) */
     uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
@@ -154,9 +155,6 @@ clopt_status clopt_o_reserve_params(clopt_optimizer *opt, size_t more);
 /* e's storage types from d, refused where group g's rule or options cannot take them. */
 clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
                                   const clopt_param_desc *d, clopt_param *e);
-/* Refuses a 16-bit tensor i of desc in a group that takes float32 only (what: "an arena"). */
-clopt_status clopt_o_f32_only(clopt_ctx *ctx, const clopt_param_desc *d, size_t i,
-                              const char *what);
 /* Shape checks shared by every way of adding tensors; fills e's shape and n. */
 clopt_status clopt_o_take_shape(clopt_ctx *ctx, const clopt_param_desc *d, clopt_param *e);
 /* Allocates and initialises e's own state buffers from index `from` on (e->owns_state). */
@@ -166,6 +164,8 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
 int clopt_o_grad_unit(const clopt_optimizer *opt, size_t i, clopt_tensor *grad, size_t *n);
 /* A new buffer of `floats` floats filled with value (enqueued on the context's queue). */
 cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err);
+/* A new buffer of n zero elements of es bytes (4 or 2). */
+cl_mem clopt_o_make_zeros(clopt_ctx *ctx, size_t n, size_t es, cl_int *err);
 
 /* A range of bytes in a buffer, for the overlap checks (ranges.c). */
 typedef struct clopt_span {

@@ -185,20 +185,11 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     for (size_t k = 0; !per_tensor && k < layout.nstate && err == CL_SUCCESS; k++) {
         float init = k < layout.nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
         if (own_state && layout.master && k == layout.master_at) {
-            /* the masters: float32 copies of θ, or 16-bit remainders of zeros */
-            const size_t es = clopt_dtype_size(layout.state_dtype[k]);
-            g->arena_state[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, total * es,
-                                               NULL, &err);
+            /* the masters: float32 copies of θ (made at the first step), or 16-bit
+               remainders of zeros */
+            g->arena_state[k] =
+                clopt_o_make_zeros(ctx, total, clopt_dtype_size(layout.state_dtype[k]), &err);
             g->range_state[k] = g->arena_state[k];
-            const cl_ushort zero16 = 0;
-            if (err == CL_SUCCESS && es == 2)
-                err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &zero16, 2, 0,
-                                          total * 2, 0, NULL, NULL);
-            for (size_t i = 0; err == CL_SUCCESS && es == 4 && i < T; i++)
-                if (clopt_enqueue_convert(ctx, NULL, (clopt_tensor){g->arena_state[k], soff[i]},
-                                          CLOPT_DTYPE_F32, ps[i].param, ps[i].pdtype, ps[i].n, 0,
-                                          0, 0, 0, 0, NULL, NULL) != CLOPT_SUCCESS)
-                    err = CL_INVALID_VALUE; /* the detail is recorded */
         } else if (own_state) {
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
             g->range_state[k] = g->arena_state[k];

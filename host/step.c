@@ -258,6 +258,44 @@ static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
    optimizer's count + d. Element-wise rules: one launch per arena or range group (or per
    tensor) with a row of arguments per outcome; LAMB, Adafactor and Lookahead's sync: one
    launch per outcome, each running only if the device's count is its own. */
+/* An F32 master takes θ's value at its tensor's first step (so the engine may write its
+   weights at any time before): float32(θ) over n elements into master (theta_copy without a
+   master). Marks the tensors ready outside a dry pass. */
+static clopt_status master_init(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
+                                clopt_tensor master, size_t n)
+{
+    cl_kernel k;
+    char extra[96];
+    clopt_storage_options(extra, sizeof extra, e->pdtype, CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, 0);
+    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "theta_copy", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_step_args sa;
+    clopt_step_args_init(&sa);
+    sa.param = param;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, param);
+    clopt_arg_tensor(&a, master);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_storage(&a, &sa, 0);
+    if (a.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &a);
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+}
+
+static int needs_master(const clopt_param *e)
+{
+    return e->master == CLOPT_MASTER_F32 && !e->master_ready;
+}
+
+static void mark_master(clopt_optimizer *opt, clopt_param *e)
+{
+    if (!opt->cur.dry)
+        e->master_ready = 1;
+}
+
 static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t k)
 {
     clopt_group *g = &opt->groups[gi];
@@ -270,13 +308,19 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         for (size_t j = 0; j < e0->nstate; j++)
             states[j] = (clopt_tensor){g->arena_state[j], 0};
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
-        if (la && !e0->slow_ready)
-            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len, NULL);
+        const clopt_param *typed = e0->pdtype != CLOPT_DTYPE_F32 ? e0 : NULL;
+        if (needs_master(e0)) {
+            s = master_init(opt, e0, P, states[e0->master_at], g->arena_len);
+            for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
+                mark_master(opt, &opt->params[i]);
+        }
+        if (s == CLOPT_SUCCESS && la && !e0->slow_ready)
+            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len, typed);
         if (s == CLOPT_SUCCESS)
             s = step_outcomes(opt, e0, P, G, states, g->arena_len, g, k, grad_scale, 0);
         if (s == CLOPT_SUCCESS && la)
             s = lookahead_outcomes(opt, g, e0->step, P, states[e0->slow_at], g->arena_len, k,
-                                   NULL);
+                                   typed);
         return s;
     }
     if (range_fused(opt, g)) {
@@ -288,6 +332,15 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
         for (size_t j = 0; j < e0->nstate; j++)
             states[j] = (clopt_tensor){g->range_state[j], 0};
+        for (size_t i = first; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
+            clopt_param *e = &opt->params[i];
+            if (e->group == gi && needs_master(e) &&
+                (s = master_init(opt, e, e->param, e->state[e->master_at], e->n)) ==
+                    CLOPT_SUCCESS)
+                mark_master(opt, e);
+        }
+        if (s != CLOPT_SUCCESS)
+            return s;
         opt->cur.ranges = g->range_table;
         opt->cur.nchunks = g->nchunks;
         s = step_outcomes(opt, e0, (clopt_tensor){g->range_param, 0},
@@ -300,7 +353,10 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         clopt_param *e = &opt->params[i];
         if (e->group != gi)
             continue;
-        if (la && !e->slow_ready)
+        if (needs_master(e) &&
+            (s = master_init(opt, e, e->param, e->state[e->master_at], e->n)) == CLOPT_SUCCESS)
+            mark_master(opt, e);
+        if (s == CLOPT_SUCCESS && la && !e->slow_ready)
             s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
         if (s != CLOPT_SUCCESS)
             break;

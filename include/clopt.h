@@ -422,7 +422,7 @@ typedef struct clopt_hparams {
     double n_sma_threshold;
     /* Storage of the group's 16-bit parameters (optimizer level; see clopt_master and
        clopt_step_args): master is a clopt_master (0 none: θ updated in place), kept per
-       tensor as the state "master" (float32, initialised from θ at registration) or
+       tensor as the state "master" (float32, taken from θ at the tensor's first step) or
        "master_remainder" (u16, zeros); stochastic_rounding 1 rounds θ stochastically (no
        master only), keyed by the optimizer's seed (clopt_optimizer_seed), the tensor's
        index as the stream and its step count. Both are ignored for float32 tensors. */
@@ -717,10 +717,9 @@ typedef struct clopt_param_desc {
     size_t shape[CLOPT_MAX_DIMS];
     /* Storage of param and grad (offsets in their elements): F32 (init), F16 or BF16, for
        tensors registered with clopt_optimizer_add_param_desc or in a range group (whose
-       tensors share one pair of types: one launch). The group's master is allocated and
-       initialised from θ at registration: write the weights first. Every rule takes them,
-       with gradient centralization and Lookahead; arena groups (whose weights the engine
-       writes after registration) take float32 only for now (CLOPT_ERR_UNSUPPORTED). */
+       tensors share one pair of types: one launch) or in an arena group (likewise). Every
+       rule takes them, with gradient centralization and Lookahead. An F32 master takes θ's
+       value at the tensor's first step: the engine writes its weights any time before. */
     clopt_dtype param_dtype, grad_dtype;
 } clopt_param_desc;
 /* Zeroes a descriptor (ndim 0, no Hessian buffer). clopt_param_desc may grow: start from this

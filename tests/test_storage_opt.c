@@ -450,10 +450,16 @@ static void test_refused(void **state)
     bad.master = CLOPT_MASTER_F32;
     assert_int_equal(clopt_hparams_validate(CLOPT_ADAMW, &bad, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
     clopt_optimizer_destroy(opt);
-    /* arena groups take float32 only for now */
+    /* arena groups keep float32 state only for now; their tensors share one pair of types */
     assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
-    assert_int_equal(clopt_optimizer_add_arena_group(opt, &hp, 1, &d, NULL, NULL),
+    clopt_hparams q8 = hp;
+    q8.state_dtype = CLOPT_DTYPE_U8;
+    assert_int_equal(clopt_optimizer_add_arena_group(opt, &q8, 1, &d, NULL, NULL),
                      CLOPT_ERR_UNSUPPORTED);
+    clopt_param_desc two[2] = {d, d};
+    two[1].param_dtype = CLOPT_DTYPE_F16;
+    assert_int_equal(clopt_optimizer_add_arena_group(opt, &hp, 2, two, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_optimizer_group_count(opt), 1);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(p);
@@ -540,6 +546,81 @@ static void test_passes_match_f32(void **state)
         }
 }
 
+/* An arena group of bf16 tensors (one launch), its weights written through the views after
+   registration (the F32 master takes them at the first step), with Lookahead: equal to the
+   same tensors registered one by one, for every master mode. */
+static void test_arena_bf16(void **state)
+{
+    fixture *f = *state;
+    enum { N0 = 1000, N1 = 91, TOT = N0 + N1 };
+    for (int master = 0; master <= CLOPT_MASTER_REMAINDER; master++) {
+        uint32_t seed = 99;
+        uint16_t th[TOT], gr[TOT];
+        for (size_t i = 0; i < TOT; i++)
+            th[i] = bf16_nearest(unif(&seed));
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        hp.lr = 1e-2;
+        hp.master = master;
+        hp.lookahead_k = 2;
+        clopt_optimizer *ar, *ta;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ar), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ta), CLOPT_SUCCESS);
+        clopt_param_desc d[2];
+        const size_t at[2] = {0, N0};
+        for (int k = 0; k < 2; k++)
+            clopt_param_desc_init(&d[k]);
+        d[0].shape[0] = N0;
+        d[1].ndim = 2, d[1].shape[0] = 7, d[1].shape[1] = 13;
+        for (int k = 0; k < 2; k++)
+            d[k].param_dtype = d[k].grad_dtype = CLOPT_DTYPE_BF16;
+        size_t first;
+        assert_int_equal(clopt_optimizer_add_arena_group(ar, &hp, 2, d, NULL, &first),
+                         CLOPT_SUCCESS);
+        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        clopt_tensor pv[2], gv[2];
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(clopt_optimizer_param_view(ar, first + k, &pv[k], &gv[k], NULL,
+                                                        NULL),
+                             CLOPT_SUCCESS);
+            /* the weights arrive after registration, through the view */
+            assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(f->ctx), pv[k].buffer,
+                                                  CL_TRUE, pv[k].offset * 2,
+                                                  (k ? N1 : N0) * 2, th + at[k], 0, NULL, NULL),
+                             CL_SUCCESS);
+            clopt_param_desc e = d[k];
+            e.param = (clopt_tensor){P2, at[k]};
+            e.grad = (clopt_tensor){G2, at[k]};
+            assert_int_equal(clopt_optimizer_add_param_desc(ta, 0, &e, NULL), CLOPT_SUCCESS);
+        }
+        for (int t = 0; t < 5; t++) {
+            for (size_t i = 0; i < TOT; i++)
+                gr[i] = bf16_nearest(unif(&seed) * 0.1f);
+            for (int k = 0; k < 2; k++)
+                assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(f->ctx), gv[k].buffer,
+                                                      CL_TRUE, gv[k].offset * 2,
+                                                      (k ? N1 : N0) * 2, gr + at[k], 0, NULL,
+                                                      NULL),
+                                 CL_SUCCESS);
+            put(f->ctx, G2, sizeof gr, gr);
+            assert_int_equal(clopt_optimizer_step(ar, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(ta, NULL), CLOPT_SUCCESS);
+        }
+        uint16_t a[TOT], b[TOT];
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(f->ctx), pv[k].buffer,
+                                                 CL_TRUE, pv[k].offset * 2, (k ? N1 : N0) * 2,
+                                                 a + at[k], 0, NULL, NULL),
+                             CL_SUCCESS);
+        get(f->ctx, P2, sizeof b, b);
+        assert_memory_equal(a, b, sizeof a);
+        assert_true(memcmp(a, th, sizeof a) != 0);
+        clopt_optimizer_destroy(ar);
+        clopt_optimizer_destroy(ta);
+        clReleaseMemObject(P2), clReleaseMemObject(G2);
+    }
+}
+
 /* A range group over one flat bf16 buffer (two tensors, one launch) equals the same tensors
    registered one by one, for every master mode without stochastic rounding. */
 static void test_range_group_bf16(void **state)
@@ -610,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_range_group_bf16),
         cmocka_unit_test(test_passes_match_f32),
+        cmocka_unit_test(test_arena_bf16),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
