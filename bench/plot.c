@@ -163,7 +163,7 @@ int write_plot(const env *e, const char *path)
         if (*c == '\'' || *c == '"' || *c == '\\')
             *c = ' ';
     /* wide enough for a bar per series in each rule's cluster, and the key */
-    const size_t width = 160 + o->nrules * (ns * 9 + 24), key_rows = (ns + 3) / 4;
+    const size_t width = 160 + o->nrules * (ns * 9 + 24), key_rows = (ns + 1) / 2;
     fprintf(gp, "set terminal pngcairo noenhanced size %zu,%zu font ',10'\n",
             width < 1100 ? 1100 : width > 6000 ? 6000 : width,
             (400 + 16 * key_rows) * o->nsizes + 70);
@@ -176,7 +176,8 @@ int write_plot(const env *e, const char *path)
                 "set style histogram clustered gap 1\nset style fill solid 0.9 border -1\n"
                 "set boxwidth 0.9\nset grid ytics\nset yrange [0:%.2f]\n"
                 "set ylabel 'fraction of the stream kernel'\nset xtics nomirror rotate by -30\n"
-                "set key outside bottom center horizontal font ',9' samplen 2\nset rmargin 10\n"
+                "set key outside bottom center horizontal font ',9' samplen 2 height 3\n"
+                "set rmargin 10\n"
                 "set arrow 1 from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 "
                 "lc rgb '#222222' front\n",
             PLOT_YMAX * 1.05);
