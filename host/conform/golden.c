@@ -116,50 +116,6 @@ static void gcase_free(gcase *c)
     free(c->exp);
 }
 
-static void shape_str(char *buf, size_t len, const uint64_t *s, size_t nd)
-{
-    size_t pos = 0;
-    buf[0] = '\0';
-    pos += (size_t)snprintf(buf + pos, len - pos, "[");
-    for (size_t i = 0; i < nd && pos < len; i++)
-        pos += (size_t)snprintf(buf + pos, len - pos, "%s%llu", i ? ", " : "",
-                                (unsigned long long)s[i]);
-    if (pos < len)
-        snprintf(buf + pos, len - pos, "]");
-}
-
-/* Parse a JSON shape (array of 1 to maxdims positive integers, at most GOLDEN_MAX_FLOATS
-   elements in all). Returns 0 or -1. */
-static int parse_shape(const cJSON *a, size_t maxdims, uint64_t *shape, size_t *ndim,
-                       size_t *count)
-{
-    if (!cJSON_IsArray(a))
-        return -1;
-    size_t nd = 0;
-    size_t n = 1;
-    const cJSON *d;
-    cJSON_ArrayForEach(d, a)
-    {
-        uint64_t v;
-        if (nd >= maxdims || !golden_json_uint(d, &v) || v == 0)
-            return -1;
-        if (v > GOLDEN_MAX_FLOATS || n > GOLDEN_MAX_FLOATS / v)
-            return -1;
-        n *= (size_t)v;
-        shape[nd++] = v;
-    }
-    if (nd == 0)
-        return -1;
-    *ndim = nd;
-    *count = n;
-    return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* 1 when name (without its extension, stem characters) is `want`. */
 static int stem_is(const char *name, size_t stem, const char *want)
 {
@@ -190,8 +146,8 @@ static int parse_scalars(runner *r, gcase *c)
         return -1;
     }
     c->steps = (size_t)steps;
-    if (parse_shape(cJSON_GetObjectItemCaseSensitive(c->meta, "shape"), MAX_DIMS, c->shape,
-                    &c->ndim, &c->n) != 0) {
+    if (golden_parse_shape(cJSON_GetObjectItemCaseSensitive(c->meta, "shape"), MAX_DIMS,
+                           c->shape, &c->ndim, &c->n) != 0) {
         fail(r, "%s: \"shape\" is not a list of 1 to %d positive integers (or too large)", mp,
              MAX_DIMS);
         return -1;
@@ -355,7 +311,7 @@ static int load_files(runner *r, gcase *c)
             if (cJSON_IsString(gn))
                 listed[nlisted++] = gn->valuestring;
         }
-        qsort(listed, nlisted, sizeof *listed, cmp_str);
+        qsort(listed, nlisted, sizeof *listed, golden_cmp_str);
         for (size_t k = 1; k < nlisted; k++)
             if (strcmp(listed[k - 1], listed[k]) == 0) {
                 fail(r, "%s: %s is listed twice in files", mp, listed[k]);
@@ -455,8 +411,8 @@ static int load_files(runner *r, gcase *c)
         }
         uint64_t got[MAX_DIMS + 1];
         size_t gnd = 0, gn = 0;
-        int shape_ok = parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"), MAX_DIMS + 1,
-                                   got, &gnd, &gn) == 0;
+        int shape_ok = golden_parse_shape(cJSON_GetObjectItemCaseSensitive(f, "shape"),
+                                          MAX_DIMS + 1, got, &gnd, &gn) == 0;
         /* A state file has the parameter's shape, except the factored statistics of
            Adafactor and the absmaxes of 8-bit state (vectors, at most as long as the
            parameter); a vector's length is then checked against the optimizer's state. */
@@ -466,9 +422,9 @@ static int load_files(runner *r, gcase *c)
         }
         if (!shape_ok || gnd != wnd || memcmp(got, want, wnd * sizeof(uint64_t)) != 0) {
             char ws[128], gs[128];
-            shape_str(ws, sizeof ws, want, wnd);
+            golden_shape_str(ws, sizeof ws, want, wnd);
             if (shape_ok)
-                shape_str(gs, sizeof gs, got, gnd);
+                golden_shape_str(gs, sizeof gs, got, gnd);
             else
                 snprintf(gs, sizeof gs, "(invalid)");
             fail(r, "%s: shape %s of %s in files, expected %s", mp, gs, name, ws);
@@ -476,7 +432,7 @@ static int load_files(runner *r, gcase *c)
         }
         size_t count = gn; /* the file's shape is the wanted one */
         if (count > GOLDEN_MAX_FLOATS - floats) {
-            fail(r, "%s: the files hold more than the limit of %zu float32 values in all", mp,
+            fail(r, "%s: the files hold more than the limit of %zu values in all", mp,
                  (size_t)GOLDEN_MAX_FLOATS);
             free(listed);
             return -1;
@@ -565,7 +521,7 @@ static int load_files(runner *r, gcase *c)
             if (!golden_file_dtype(de->d_name, &t, &stem))
                 continue;
             const char *key = de->d_name;
-            if (bsearch(&key, listed, nlisted, sizeof *listed, cmp_str) == NULL)
+            if (bsearch(&key, listed, nlisted, sizeof *listed, golden_cmp_str) == NULL)
                 fail(r, "%s/%s is not listed in meta.json files", c->dir, de->d_name);
         }
         closedir(d);

@@ -3,7 +3,8 @@
  * golden's internals, shared by its four sources (not installed, not part of the library):
  *   golden.c          a case: meta.json and its files, the replay, the verdict;
  *   golden_map.c      optimizer ids and hyperparameters -> clopt_rule / clopt_hparams;
- *   golden_io.c       messages, paths, bounded file and JSON reading, typed arrays, case lists;
+ *   golden_io.c       messages, paths, shapes, bounded file and JSON reading, typed arrays,
+ *                     case lists;
  *   golden_storage.c  storage types (float32, float16, bfloat16, uint16, uint8), the
  *                     "storage" object of meta.json, tolerances and element comparisons.
  * The format is tests/data/golden/README.md.
@@ -33,6 +34,14 @@ int golden_json_uint(const struct cJSON *item, uint64_t *out);
 /* a + "/" + b (trailing slashes of a dropped); malloc'ed, NULL when out of memory. */
 char *golden_path_join(const char *a, const char *b);
 int golden_file_exists(const char *path);
+/* strcmp of two char * (qsort, bsearch). */
+int golden_cmp_str(const void *a, const void *b);
+/* A JSON shape: 1 to maxdims positive integers, at most GOLDEN_LIMIT_FLOATS elements in all;
+   0 with the dims, their count and product, or -1. */
+int golden_parse_shape(const struct cJSON *a, size_t maxdims, uint64_t *shape, size_t *ndim,
+                       size_t *count);
+/* "[d0, d1, ...]" into buf[len]. */
+void golden_shape_str(char *buf, size_t len, const uint64_t *s, size_t nd);
 /* The JSON in path (a regular file of at most GOLDEN_LIMIT_JSON_BYTES), or NULL with the
    reason naming path. */
 struct cJSON *golden_read_json(const char *path, char *reason, size_t len);

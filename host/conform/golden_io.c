@@ -162,6 +162,43 @@ cJSON *golden_read_json(const char *path, char *reason, size_t len)
 
 /* Load n little-endian float32 values; the file's size (checked before reading) must be
    exactly n*4 bytes. */
+void golden_shape_str(char *buf, size_t len, const uint64_t *s, size_t nd)
+{
+    size_t pos = 0;
+    buf[0] = '\0';
+    pos += (size_t)snprintf(buf + pos, len - pos, "[");
+    for (size_t i = 0; i < nd && pos < len; i++)
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s%llu", i ? ", " : "",
+                                (unsigned long long)s[i]);
+    if (pos < len)
+        snprintf(buf + pos, len - pos, "]");
+}
+
+int golden_parse_shape(const cJSON *a, size_t maxdims, uint64_t *shape, size_t *ndim,
+                       size_t *count)
+{
+    if (!cJSON_IsArray(a))
+        return -1;
+    size_t nd = 0;
+    size_t n = 1;
+    const cJSON *d;
+    cJSON_ArrayForEach(d, a)
+    {
+        uint64_t v;
+        if (nd >= maxdims || !golden_json_uint(d, &v) || v == 0)
+            return -1;
+        if (v > GOLDEN_LIMIT_FLOATS || n > GOLDEN_LIMIT_FLOATS / v)
+            return -1;
+        n *= (size_t)v;
+        shape[nd++] = v;
+    }
+    if (nd == 0)
+        return -1;
+    *ndim = nd;
+    *count = n;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Typed arrays                                                                          */
 /* ------------------------------------------------------------------------------------ */
@@ -267,7 +304,7 @@ static int list_push(golden_case_list *l, size_t *cap, char *dir)
     return 0;
 }
 
-static int cmp_str(const void *a, const void *b)
+int golden_cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -363,7 +400,7 @@ int golden_list_cases(const char *dir, golden_case_list *out, char *reason, size
         golden_put(reason, len, "%s holds no meta.json, index.json or case subdirectory", dir);
         return -1;
     }
-    qsort(out->dirs, out->count, sizeof(char *), cmp_str);
+    qsort(out->dirs, out->count, sizeof(char *), golden_cmp_str);
     return 0;
 oom:
     golden_case_list_free(out);

@@ -13,35 +13,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The format's names; the extensions are clopt_dtype_name's ("f32", "bf16", ...). */
 static const struct dtype_row {
     clopt_dtype dtype;
-    const char *name, *ext;
+    const char *name;
 } dtype_rows[] = {
-    {CLOPT_DTYPE_F32, "float32", "f32"}, {CLOPT_DTYPE_F16, "float16", "f16"},
-    {CLOPT_DTYPE_BF16, "bfloat16", "bf16"}, {CLOPT_DTYPE_U16, "uint16", "u16"},
-    {CLOPT_DTYPE_U8, "uint8", "u8"},
+    {CLOPT_DTYPE_F32, "float32"}, {CLOPT_DTYPE_F16, "float16"}, {CLOPT_DTYPE_BF16, "bfloat16"},
+    {CLOPT_DTYPE_U16, "uint16"},  {CLOPT_DTYPE_U8, "uint8"},
 };
 #define NDTYPES (sizeof dtype_rows / sizeof dtype_rows[0])
 
-static const struct dtype_row *dtype_row(clopt_dtype t)
+const char *golden_dtype_name(clopt_dtype t)
 {
     for (size_t i = 0; i < NDTYPES; i++)
         if (dtype_rows[i].dtype == t)
-            return &dtype_rows[i];
+            return dtype_rows[i].name;
     return NULL;
 }
 
-const char *golden_dtype_name(clopt_dtype t)
-{
-    const struct dtype_row *r = dtype_row(t);
-    return r ? r->name : NULL;
-}
-
-const char *golden_dtype_ext(clopt_dtype t)
-{
-    const struct dtype_row *r = dtype_row(t);
-    return r ? r->ext : NULL;
-}
+const char *golden_dtype_ext(clopt_dtype t) { return clopt_dtype_name(t); }
 
 int golden_dtype_parse(const char *name, clopt_dtype *t)
 {
@@ -62,7 +52,7 @@ int golden_file_dtype(const char *name, clopt_dtype *t, size_t *stem_len)
     if (dot == NULL || dot == name)
         return 0;
     for (size_t i = 0; i < NDTYPES; i++)
-        if (strcmp(dot + 1, dtype_rows[i].ext) == 0) {
+        if (strcmp(dot + 1, clopt_dtype_name(dtype_rows[i].dtype)) == 0) {
             *t = dtype_rows[i].dtype;
             *stem_len = (size_t)(dot - name);
             return 1;

@@ -83,12 +83,6 @@ static const char *dtype_name(clopt_dtype t)
     return names[t];
 }
 
-static const char *dtype_ext(clopt_dtype t)
-{
-    static const char *const ext[] = {"f32", "f16", "bf16", "u16", "u8"};
-    return ext[t];
-}
-
 /* ---- files ------------------------------------------------------------------------------ */
 
 /* A file of the case: values as doubles (codes and words as integers), the reference's and,
@@ -350,7 +344,7 @@ static gfile *add_file(gfile *files, size_t *nf, const char *stem, clopt_dtype t
 {
     gfile *f = &files[(*nf)++];
     memset(f, 0, sizeof *f);
-    snprintf(f->name, sizeof f->name, "%s.%s", stem, dtype_ext(t));
+    snprintf(f->name, sizeof f->name, "%s.%s", stem, clopt_dtype_name(t)); /* "f32", ... */
     f->dtype = t;
     f->input = input;
     f->count = count;
