@@ -824,6 +824,8 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
         return format_error(ctx, src, "malformed tensor section");
     if (flags & ~(uint32_t)TENS_KNOWN)
         return format_error(ctx, src, "unknown tensor flags");
+    if ((flags & TENS_MASTER_READY) && e->master != CLOPT_MASTER_F32)
+        return format_error(ctx, src, "a ready master for a tensor without an fp32 master");
     if ((flags & TENS_PARAMS) && !opt->groups[e->group].arena)
         return format_error(ctx, src, "parameters of a tensor the engine owns");
     /* A tensor steps with the optimizer or not at all, and an arena's tensors together. */
