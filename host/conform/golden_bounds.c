@@ -3,7 +3,11 @@
  * built at run time: a 2 GiB sparse .f32 file is refused by its size without being read (the
  * process's peak memory stays far below it), a FIFO is refused at once, a files list of
  * 40,000 entries is refused by the limit and one of 1,024 with a duplicate is checked in
- * n log n, meta.json beyond 16 MiB is refused unread, and an 8-D case loads.
+ * n log n, meta.json beyond 16 MiB is refused unread, and an 8-D case loads. Also the
+ * storage extension's checks (README "Storage types") on a bfloat16 case: a valid one loads;
+ * a storage type other than the files', an unknown storage key, stochastic rounding with a
+ * master, a uint8 file without "ulps", an unlisted .u8 file and a short .bf16 file are
+ * refused with the verdict and message they call for.
  *   golden-bounds SOURCE_DIR   (SOURCE_DIR/tests/data/conform-8d/sgd_8d is the 8-D case)
  * Exit 0 when every check holds; each failed check prints one line. */
 #define _POSIX_C_SOURCE 200809L
@@ -74,6 +78,86 @@ static void sgd_case(const char *dir, const char *extra)
              extra);
     write_file(dir, "meta.json", meta, strlen(meta));
     free(meta);
+}
+
+/* A bfloat16 SGD case in its own folder dir/name: storage object `storage`, `extra` appended
+   to its files list (which then names files this writes: state_momentum_buffer.u8). */
+static void bf16_case(char *out, size_t len, const char *dir, const char *name,
+                      const char *storage, const char *extra)
+{
+    snprintf(out, len, "%s/%s", dir, name);
+    if (mkdir(out, 0700) != 0) {
+        fprintf(stderr, "golden-bounds: cannot create %s\n", out);
+        exit(2);
+    }
+    const unsigned char w[16] = {0x00, 0x3F, 0x80, 0xBE, 0x00, 0x3E, 0x80, 0x3F,
+                                 0x00, 0x3F, 0x00, 0x3F, 0x00, 0x3F, 0x00, 0x3F};
+    write_file(out, "param0.bf16", w, 8);
+    write_file(out, "grads.bf16", w, 16);
+    write_file(out, "param_1.bf16", w, 8);
+    write_file(out, "param_T.bf16", w, 8);
+    write_file(out, "state_momentum_buffer.u8", w, 4);
+    char meta[2048];
+    snprintf(meta, sizeof meta,
+             "{\"optimizer\": \"sgd\", \"hyper\": {\"lr\": 0.1}, \"steps\": 2, \"shape\": [4],"
+             " \"storage\": %s, \"tolerance\": {\"rtol\": 0, \"atol\": 1, \"ulps\": 1},"
+             " \"files\": [{\"name\": \"param0.bf16\", \"shape\": [4], \"role\": \"input\","
+             " \"dtype\": \"bfloat16\"}, {\"name\": \"grads.bf16\", \"shape\": [2, 4],"
+             " \"role\": \"input\", \"dtype\": \"bfloat16\"}, {\"name\": \"param_1.bf16\","
+             " \"shape\": [4], \"role\": \"expected\", \"dtype\": \"bfloat16\"},"
+             " {\"name\": \"param_T.bf16\", \"shape\": [4], \"role\": \"expected\","
+             " \"dtype\": \"bfloat16\"}%s]}",
+             storage, extra);
+    write_file(out, "meta.json", meta, strlen(meta));
+}
+
+static void storage_checks(const char *dir)
+{
+    static const char *const base = "{\"grad\": \"bfloat16\", \"state\": \"uint8\", ";
+    static const char *const u8 = ", {\"name\": \"state_momentum_buffer.u8\", \"shape\": [4], "
+                                  "\"role\": \"expected\", \"dtype\": \"uint8\"%s}";
+    static const char *const ulps = ", \"tolerance\": {\"ulps\": 1}";
+    static const struct {
+        const char *storage_tail, *u8_tolerance; /* NULL: the .u8 file is not listed */
+        golden_verdict verdict;
+        const char *reason;
+    } cases[] = {
+        {"\"param\": \"bfloat16\"}", ulps, GOLDEN_PASS, ""},
+        {"\"param\": \"bfloat16\", \"master\": \"remainder\"}", ulps, GOLDEN_PASS, ""},
+        {"\"param\": \"float16\"}", ulps, GOLDEN_FAIL,
+         "param0.bf16 holds bfloat16 values, the storage object gives float16"},
+        {"\"param\": \"bfloat16\", \"colour\": 1}", ulps, GOLDEN_UNSUPPORTED,
+         "storage key 'colour'"},
+        {"\"param\": \"bfloat16\", \"master\": \"float32\", \"stochastic_rounding\": "
+         "{\"seed\": 1}}",
+         ulps, GOLDEN_FAIL, "without a master"},
+        {"\"param\": \"bfloat16\"}", ", \"tolerance\": {\"rtol\": 0, \"atol\": 1}", GOLDEN_FAIL,
+         "state_momentum_buffer.u8 (uint8) needs \"ulps\""},
+        {"\"param\": \"bfloat16\"}", NULL, GOLDEN_FAIL, "state_momentum_buffer.u8 is not listed"},
+    };
+    char path[700], extra[512], storage[256];
+    golden_result r;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "storage%zu", i);
+        snprintf(storage, sizeof storage, "%s%s", base, cases[i].storage_tail);
+        extra[0] = '\0';
+        if (cases[i].u8_tolerance != NULL)
+            snprintf(extra, sizeof extra, u8, cases[i].u8_tolerance);
+        bf16_case(path, sizeof path, dir, name, storage, extra);
+        golden_check_case(path, &r);
+        CHECK(r.verdict == cases[i].verdict && strstr(r.reason, cases[i].reason) != NULL,
+              "storage case %zu: %s %s", i, golden_verdict_str(r.verdict), r.reason);
+    }
+    /* a .bf16 file one byte short */
+    snprintf(storage, sizeof storage, "%s%s", base, cases[0].storage_tail);
+    snprintf(extra, sizeof extra, u8, ulps);
+    bf16_case(path, sizeof path, dir, "storage_short", storage, extra);
+    write_file(path, "param_T.bf16", "abcdefg", 7);
+    golden_check_case(path, &r);
+    CHECK(r.verdict == GOLDEN_FAIL &&
+              strstr(r.reason, "param_T.bf16 holds 7 bytes, expected 8 (4 bfloat16 values)"),
+          "short .bf16: %s", r.reason);
 }
 
 static char *entries(size_t n, int duplicate)
@@ -161,6 +245,8 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/tests/data/conform-8d/sgd_8d", argv[1]);
     golden_check_case(path, &r);
     CHECK(r.verdict == GOLDEN_PASS, "8-D case: %s", r.reason);
+
+    storage_checks(dir);
 
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
