@@ -430,8 +430,9 @@ typedef struct clopt_hparams {
     int stochastic_rounding;
     /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =
        8-bit blockwise, see clopt_step_args.state_dtype), for tensors registered with
-       clopt_optimizer_add_param_desc; as bitsandbytes, tensors under 4096 elements keep
-       float32 state. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad;
+       clopt_optimizer_add_param_desc; with U8, as bitsandbytes, tensors under 4096 elements
+       keep float32 state (bf16 applies to every tensor). 8-bit state: SGD (with momentum),
+       Adam, AdamW, Lion, RMSprop, Adagrad;
        another rule, an arena or range group, or a rule with reductions is refused with
        CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own ("exp_avg.absmax"). */
     int state_dtype;
@@ -557,8 +558,8 @@ typedef struct clopt_step_args {
        clopt_q8_map(signed)[code] * absmax of its block, with the signed map for states that
        change sign (exp_avg, momentum_buffer, grad_avg) and the unsigned one for the others.
        The kernel dequantizes a block, updates it (θ's update reads the new state before it
-       is quantized), takes the block's new absmax and writes each value's nearest code, all
-       in the one launch. */
+       is quantized), takes the block's new absmax and writes each value's nearest code
+       (ties to the lower code), all in the one launch. */
     clopt_dtype state_dtype;
     clopt_tensor state_absmax[CLOPT_MAX_STATE];
 } clopt_step_args;

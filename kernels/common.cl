@@ -535,7 +535,7 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
  * work-item owns one block (VW 16 x IPW 16, vectors of 16 all the way): it dequantizes the
  * block's state, runs the rule (the update reads the new state before it is quantized, as
  * bitsandbytes), keeps the 256 new values in private memory with their largest magnitude,
- * then writes the block's absmax and each value's nearest code. In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
+ * then writes the block's absmax and each value's nearest code (ties to the lower code). In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
  * (the absmax argument of 8-bit state) after `const ulong so,`; STATE_BEGIN(s) after the
  * pointers are advanced, LOADS(s, sg) / STORES(x, s, sg) (sg 1 signed, 0 non-negative) in
  * the element loop, STATE_END(s, sg) after it; Q8_PARAMS goes last in the signature. */
@@ -610,7 +610,8 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
    the boundaries B0..B7 for signed and for unsigned (B0 half the smallest entry, Bi the
    midpoint of the entries facing each other across decades, B7 the midpoint of the largest
    entry and 1), 10^(6-i), then k/0.9 signed and unsigned. So each code is the nearest
-   entry's, up to float rounding at a bin's edge. Codes: unsigned 0 (0.0),
+   entry's up to float rounding at a bin's edge, which q8_nearest then settles against the
+   map itself (ties to the lower code). Codes: unsigned 0 (0.0),
    1 + 2^(i+1) - 2 + j, 255 (1.0); signed 127 (0.0), 128 + 2^i - 1 + j for v > 0,
    126 - (2^i - 1 + j) for v < 0, 255 (1.0). */
 inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
@@ -639,10 +640,20 @@ inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
     return select(code, (uint16)(255u), as_uint16(v >= (float16)(B[7])));
 }
 
+/* The nearest of code c and its two neighbours to v (ties to the lower code): makes the
+   computed code exact where float rounding put it one bin off next to a bin's edge. */
+inline uchar q8_nearest(float v, uint c, __global const float *map)
+{
+    const uint lo = c > 0u ? c - 1u : c, hi = c < 255u ? c + 1u : c;
+    const float dl = fabs(v - map[lo]), dc = fabs(v - map[c]), dh = fabs(v - map[hi]);
+    return (uchar)(dl <= dc ? lo : (dh < dc ? hi : c));
+}
+
 /* Writes the work-item's block: its absmax and the codes of its elements. */
 inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
                            float16 mx16, ulong n, __global const float *tab, int sg)
 {
+    __global const float *map = tab - 512 + (sg ? 0 : 256);
     const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
     const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
     float m[16];
@@ -652,13 +663,17 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
         mx = fmax(mx, m[k]);
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
-        const uchar16 c = convert_uchar16(
-            q8_codes(mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f), tab, sg));
+        const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
+        uint c[16];
+        float xs[16];
+        vstore16(q8_codes(x, tab, sg), 0, c);
+        vstore16(x, 0, xs);
+        uchar t[16];
+        for (uint k = 0; k < 16; k++)
+            t[k] = q8_nearest(xs[k], c[k], map);
         if (v * 16 + 16 <= cnt) {
-            vstore16(c, 0, p + e0 + v * 16);
+            vstore16(vload16(0, t), 0, p + e0 + v * 16);
         } else {
-            uchar t[16];
-            vstore16(c, 0, t);
             for (uint k = 0; v * 16 + k < cnt; k++)
                 p[e0 + v * 16 + k] = t[k];
         }

@@ -1,0 +1,2029 @@
+/* SPDX-License-Identifier: MIT */
+/* Optimizer state in bf16 or 8-bit blockwise (clopt_step_args.state_dtype and state_absmax,
+ * clopt_alloc_state_ex, clopt_q8_map, clopt_hparams.state_dtype), against references written
+ * here from the documented semantics and from bitsandbytes' scheme, never from the kernels
+ * (the library's map is read back only to compare it with the transcription below):
+ *  - the maps against a transcription of bitsandbytes' create_dynamic_map(signed, 7, 8);
+ *  - one step from a known 8-bit state (random codes, random absmaxes with zero blocks,
+ *    nonzero offsets, guards) of SGD, Adam, AdamW, Lion, RMSprop and Adagrad over sizes
+ *    around the block of 256 and the optimizer level's 4096, against a double-precision
+ *    transcription: dequantize, the rule (tests/ref, torch semantics), the block's absmax, the
+ *    nearest code; θ from the new state before it is quantized;
+ *  - 100 steps against the double transcription of the whole 8-bit algorithm and, looser,
+ *    against the float32 rule;
+ *  - blocks cut by a tensor's end, zero blocks that stay zero, 1-element tensors, the
+ *    initial states of clopt_alloc_state_ex;
+ *  - exact ties (the lower code) and values one ulp off a midpoint (the nearer code), in both
+ *    maps;
+ *  - bf16 state of every element-wise rule, bit for bit the float32 rule on the same values
+ *    with the new state rounded to nearest even;
+ *  - the optimizer level: float32 state under 4096 elements, state entries and bytes, bit for
+ *    bit the op level, checkpoints resuming bit for bit, what is refused;
+ *  - bad op-level arguments refused with every buffer unchanged. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "ref.h"
+
+#define EPSF 0x1p-24 /* float32's unit roundoff */
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+static uint32_t f2u(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float u2f(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static cl_mem buf_new(clopt_ctx *ctx, size_t bytes, const void *data)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data)
+        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, data,
+                                              0, NULL, NULL),
+                         CL_SUCCESS);
+    return m;
+}
+
+static void buf_get(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, void *out)
+{
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, out, 0,
+                                         NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static void buf_put(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, const void *in)
+{
+    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, in, 0,
+                                          NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static size_t buf_bytes(cl_mem m)
+{
+    size_t s = 0;
+    assert_int_equal(clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof s, &s, NULL), CL_SUCCESS);
+    return s;
+}
+
+static void step_ok(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                    const clopt_step_args *a, size_t n, uint64_t t, const char *label)
+{
+    const clopt_status s = clopt_enqueue_step(ctx, NULL, rule, hp, a, n, t, 0, NULL, NULL);
+    if (s != CLOPT_SUCCESS)
+        print_error("%s (n %zu, step %llu): %s (%s)\n", label, n, (unsigned long long)t,
+                    clopt_status_name(s), clopt_ctx_last_error(ctx));
+    assert_int_equal(s, CLOPT_SUCCESS);
+}
+
+static double unif(uint64_t *s, double lo, double hi) { return lo + (hi - lo) * ref_uniform(s); }
+
+static size_t nblocks(size_t n) { return (n + 255) / 256; }
+
+/* The states that change sign take the signed map (exp_avg, momentum_buffer, grad_avg), the
+   non-negative ones the unsigned map (previous_grad, diffGrad's, has no 8-bit state; it is
+   listed for the bf16 test's random states). */
+static int state_signed(const char *name)
+{
+    return strcmp(name, "exp_avg") == 0 || strcmp(name, "momentum_buffer") == 0 ||
+           strcmp(name, "grad_avg") == 0 || strcmp(name, "previous_grad") == 0;
+}
+
+/* bf16 by value: the word of x's top half and the next one, the nearer (ties to the even
+   word). Finite x only. */
+static float bf16_val(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+static uint16_t bf16_rne(float x)
+{
+    const uint16_t lo = (uint16_t)(f2u(x) >> 16), hi = (uint16_t)(lo + 1u);
+    const double dl = fabs((double)x - (double)bf16_val(lo));
+    const double dh = fabs((double)bf16_val(hi) - (double)x);
+    return (dl < dh || (dl == dh && !(lo & 1u))) ? lo : hi;
+}
+
+/* ---- bitsandbytes' dynamic map, transcribed ---------------------------------------------- */
+
+static double QMAPD[2][256]; /* [signed]: the transcription in double */
+static float QMAP[2][256];   /* rounded to float32, as the library documents its map */
+static unsigned QZERO[2];    /* the code of 0 */
+static int QMAP_READY;
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* bitsandbytes/functional.py:
+     def create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8):
+         data = []
+         non_sign_bits = total_bits - (1 if signed else 1)
+         additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+         for i in range(max_exponent_bits):
+             fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                                  else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+             boundaries = torch.linspace(0.1, 1, fraction_items)
+             means = (boundaries[:-1] + boundaries[1:]) / 2.0
+             data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+             if signed:
+                 data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+         if additional_items > 0: ...            (0 items with these arguments)
+         data.append(0)
+         data.append(1.0)
+         ... data.sort()
+   computed here in double (torch works in float32: the values differ in the last bits). */
+static void bnb_dynamic_map(int sgn, double out[256])
+{
+    const int total_bits = 8, max_exponent_bits = 7;
+    const int non_sign_bits = total_bits - 1;
+    const int additional_items = (1 << (non_sign_bits - max_exponent_bits)) - 1;
+    assert_int_equal(additional_items, 0);
+    size_t k = 0;
+    for (int i = 0; i < max_exponent_bits; i++) {
+        const int fraction_items = sgn ? (1 << (i + non_sign_bits - max_exponent_bits)) + 1
+                                       : (1 << (i + non_sign_bits - max_exponent_bits + 1)) + 1;
+        const double scale = pow(10.0, (double)(-(max_exponent_bits - 1) + i));
+        double boundaries[130];
+        assert_true(fraction_items <= 130);
+        for (int j = 0; j < fraction_items; j++) /* torch.linspace(start, end, steps) */
+            boundaries[j] = 0.1 + (1.0 - 0.1) * (double)j / (double)(fraction_items - 1);
+        for (int j = 0; j + 1 < fraction_items; j++) {
+            const double mean = (boundaries[j] + boundaries[j + 1]) / 2.0;
+            assert_true(k + 2 <= 256);
+            out[k++] = scale * mean;
+            if (sgn)
+                out[k++] = -scale * mean;
+        }
+    }
+    out[k++] = 0.0;
+    out[k++] = 1.0;
+    assert_int_equal(k, 256);
+    qsort(out, 256, sizeof out[0], cmp_double);
+}
+
+/* The last code whose value is <= x (0 when x lies below the map). */
+static unsigned map_floor(const float *map, double x)
+{
+    unsigned lo = 0, hi = 256; /* the first index with map[i] > x lies in [lo, hi] */
+    while (lo < hi) {
+        const unsigned mid = (lo + hi) / 2;
+        if ((double)map[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo ? lo - 1 : 0;
+}
+
+/* The code nearest to x, ties to the lower code. */
+static unsigned map_nearest(const float *map, double x)
+{
+    const unsigned a = map_floor(map, x);
+    if (a == 255)
+        return a;
+    const double da = fabs(x - (double)map[a]), db = fabs((double)map[a + 1] - x);
+    return db < da ? a + 1 : a;
+}
+
+static void maps_init(void)
+{
+    if (QMAP_READY)
+        return;
+    for (int sg = 0; sg < 2; sg++) {
+        bnb_dynamic_map(sg, QMAPD[sg]);
+        for (int i = 0; i < 256; i++)
+            QMAP[sg][i] = (float)QMAPD[sg][i];
+        QZERO[sg] = map_nearest(QMAP[sg], 0.0);
+        assert_true(QMAP[sg][QZERO[sg]] == 0.0f);
+    }
+    QMAP_READY = 1;
+}
+
+/* ---- 1. the maps ------------------------------------------------------------------------- */
+
+static void test_map(void **state)
+{
+    (void)state;
+    maps_init();
+    assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_U8), 1);
+    assert_string_equal(clopt_dtype_name(CLOPT_DTYPE_U8), "u8");
+    assert_int_equal(clopt_dtype_size(CLOPT_DTYPE_BF16), 2);
+    for (int sg = 0; sg < 2; sg++) {
+        float lib[257];
+        lib[256] = 12345.0f; /* exactly 256 values written */
+        clopt_q8_map(sg, lib);
+        assert_true(lib[256] == 12345.0f);
+        size_t zeros = 0, ones = 0, neg = 0, bad = 0;
+        for (int i = 0; i < 256; i++) {
+            if (i > 0 && !(lib[i] > lib[i - 1]))
+                bad++, print_error("map %d: [%d] %a not above [%d] %a\n", sg, i, (double)lib[i],
+                                   i - 1, (double)lib[i - 1]);
+            /* within float rounding: torch's float32 linspace/means or a double computation
+               rounded once */
+            const double want = QMAPD[sg][i];
+            if (!(fabs((double)lib[i] - want) <= 2 * EPSF * fabs(want)))
+                bad++, print_error("map %d: [%d] %.9g, bitsandbytes %.9g\n", sg, i,
+                                   (double)lib[i], want);
+            zeros += lib[i] == 0.0f, ones += lib[i] == 1.0f, neg += lib[i] < 0.0f;
+            assert_true(lib[i] >= -1.0f && lib[i] <= 1.0f);
+        }
+        assert_int_equal(bad, 0);
+        assert_int_equal(zeros, 1);
+        assert_int_equal(ones, 1);
+        assert_int_equal(neg, sg ? 127 : 0);
+        assert_true(lib[255] == 1.0f);
+        assert_true(lib[QZERO[sg]] == 0.0f);
+        assert_int_equal(QZERO[sg], sg ? 127u : 0u);
+    }
+    /* by hand: the smallest positive value is 10^-6 times the first midpoint of
+       linspace(0.1, 1, 2) (signed: 0.55) or linspace(0.1, 1, 3) (unsigned: 0.325); the
+       largest below 1 is the last midpoint of 64 (signed: 0.99296875) or 128 intervals
+       (unsigned: 0.996484375); the signed map has no -1 */
+    const struct {
+        int sg, i;
+        double v;
+    } known[] = {{1, 128, 0.55e-6},      {1, 126, -0.55e-6},     {1, 254, 0.99296875},
+                 {1, 0, -0.99296875},    {1, 255, 1.0},          {0, 1, 0.325e-6},
+                 {0, 2, 0.775e-6},       {0, 254, 0.996484375},  {0, 0, 0.0}};
+    for (size_t j = 0; j < sizeof known / sizeof known[0]; j++) {
+        float lib[256];
+        clopt_q8_map(known[j].sg, lib);
+        assert_true(fabs((double)lib[known[j].i] - known[j].v) <= 2 * EPSF * fabs(known[j].v));
+    }
+}
+
+/* ---- 8-bit blockwise state, by value ------------------------------------------------------ */
+
+typedef struct q8s {
+    size_t n;
+    int sg;
+    unsigned char *code;
+    float *amax;
+} q8s;
+
+static void q8_alloc(q8s *s, size_t n, int sg)
+{
+    s->n = n;
+    s->sg = sg;
+    s->code = xmalloc(n);
+    s->amax = xmalloc(nblocks(n) * sizeof(float));
+}
+
+static void q8_free(q8s *s)
+{
+    free(s->code);
+    free(s->amax);
+    memset(s, 0, sizeof *s);
+}
+
+/* Element i is map[code] * absmax of its block. */
+static void q8_dequant(const q8s *s, double *out)
+{
+    for (size_t i = 0; i < s->n; i++)
+        out[i] = (double)QMAP[s->sg][s->code[i]] * (double)s->amax[i / 256];
+}
+
+/* Each block's absmax is max |v| over its elements; each code the nearest of v / absmax (the
+   code of 0 for an absmax of 0). */
+static void q8_quant(q8s *s, const double *v)
+{
+    for (size_t b = 0; b < nblocks(s->n); b++) {
+        const size_t i0 = b * 256, i1 = i0 + 256 < s->n ? i0 + 256 : s->n;
+        double A = 0.0;
+        for (size_t i = i0; i < i1; i++)
+            A = fmax(A, fabs(v[i]));
+        s->amax[b] = (float)A;
+        for (size_t i = i0; i < i1; i++)
+            s->code[i] = (unsigned char)(A > 0 ? map_nearest(QMAP[s->sg], v[i] / A) : QZERO[s->sg]);
+    }
+}
+
+/* ---- the rules with 8-bit state, with hyperparameters exact in float32 --------------------- */
+
+static int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const char **label)
+{
+    switch (i) {
+    case 0:
+        *rule = CLOPT_ADAM, *label = "adam amsgrad L2", *t = 3;
+        break;
+    case 1:
+        *rule = CLOPT_ADAMW, *label = "adamw maximize", *t = 5;
+        break;
+    case 2:
+        *rule = CLOPT_SGD, *label = "sgd momentum dampening", *t = 4;
+        break;
+    case 3:
+        *rule = CLOPT_SGD, *label = "sgd nesterov", *t = 2;
+        break;
+    case 4:
+        *rule = CLOPT_SGD, *label = "sgd step 1 (b = g)", *t = 1;
+        break;
+    case 5:
+        *rule = CLOPT_LION, *label = "lion", *t = 7;
+        break;
+    case 6:
+        *rule = CLOPT_RMSPROP, *label = "rmsprop momentum", *t = 3;
+        break;
+    case 7:
+        *rule = CLOPT_RMSPROP, *label = "rmsprop centered momentum", *t = 3;
+        break;
+    case 8:
+        *rule = CLOPT_RMSPROP, *label = "rmsprop", *t = 2;
+        break;
+    case 9:
+        *rule = CLOPT_ADAGRAD, *label = "adagrad lr_decay L2", *t = 4;
+        break;
+    default:
+        return 0;
+    }
+    assert_int_equal(clopt_hparams_default(*rule, hp), CLOPT_SUCCESS);
+    switch (i) {
+    case 0:
+        hp->lr = 0x1p-8, hp->beta1 = 0.875, hp->beta2 = 1 - 0x1p-10, hp->amsgrad = 1;
+        hp->weight_decay = 0x1p-7;
+        break;
+    case 1:
+        hp->lr = 0x1p-8, hp->beta1 = 0.875, hp->beta2 = 1 - 0x1p-10, hp->weight_decay = 0x1p-4;
+        hp->maximize = 1;
+        break;
+    case 2:
+    case 4:
+        hp->lr = 0x1p-6, hp->momentum = 0.875, hp->dampening = 0.25, hp->weight_decay = 0x1p-7;
+        break;
+    case 3:
+        hp->lr = 0x1p-6, hp->momentum = 0.75, hp->nesterov = 1;
+        break;
+    case 5:
+        hp->lr = 0x1p-10, hp->weight_decay = 0x1p-3, hp->beta1 = 0.875, hp->beta2 = 1 - 0x1p-6;
+        break;
+    case 6:
+    case 7:
+        hp->lr = 0x1p-8, hp->alpha = 1 - 0x1p-7, hp->momentum = 0.875, hp->weight_decay = 0x1p-7;
+        hp->centered = i == 7;
+        break;
+    case 8:
+        hp->lr = 0x1p-8, hp->alpha = 1 - 0x1p-5;
+        break;
+    case 9:
+        hp->lr = 0x1p-5, hp->lr_decay = 0x1p-5, hp->weight_decay = 0x1p-7;
+        hp->initial_accumulator_value = 0.125;
+        break;
+    default:
+        break;
+    }
+    const char *why = "";
+    assert_int_equal(clopt_hparams_validate(*rule, hp, &why), CLOPT_SUCCESS);
+    return 1;
+}
+
+/* Bounds for one step's rounding errors: the same step with every term taken by its
+   magnitude (|θ|, |g|, |state|), so that no sum cancels: sabs[k] bounds the terms of state
+   k's new value, dth the terms of θ's change. RMSprop is written out, with the true
+   denominator (centered: sqrt(v - a²) is not monotonic in the terms). */
+static void abs_bounds(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, size_t ns,
+                       const float *theta0, const double *g, double *const old[], double *dth,
+                       double *sabs[])
+{
+    double *th = xmalloc(n * sizeof *th), *ga = xmalloc(n * sizeof *ga);
+    for (size_t i = 0; i < n; i++)
+        th[i] = fabs((double)theta0[i]), ga[i] = fabs(g[i]);
+    for (size_t k = 0; k < ns; k++)
+        for (size_t i = 0; i < n; i++)
+            sabs[k][i] = fabs(old[k][i]);
+    if (rule == CLOPT_RMSPROP) {
+        size_t k = 0;
+        const size_t kv = k++, kb = hp->momentum > 0 ? k++ : 99, ka = hp->centered ? k++ : 99;
+        const double al = hp->alpha, wd = hp->weight_decay;
+        for (size_t i = 0; i < n; i++) {
+            const double ge = (hp->maximize ? -g[i] : g[i]) + wd * (double)theta0[i];
+            const double gabs = ga[i] + wd * th[i];
+            const double vn = al * old[kv][i] + (1 - al) * ge * ge;
+            double d;
+            if (ka != 99) {
+                const double an = al * old[ka][i] + (1 - al) * ge;
+                d = sqrt(vn - an * an) + hp->eps;
+                sabs[ka][i] = al * fabs(old[ka][i]) + (1 - al) * gabs;
+            } else {
+                d = sqrt(vn) + hp->eps;
+            }
+            sabs[kv][i] = al * old[kv][i] + (1 - al) * gabs * gabs;
+            if (kb != 99) {
+                sabs[kb][i] = hp->momentum * fabs(old[kb][i]) + gabs / d;
+                dth[i] = hp->lr * sabs[kb][i];
+            } else {
+                dth[i] = hp->lr * gabs / d;
+            }
+        }
+    } else {
+        clopt_hparams h = *hp;
+        h.maximize = 0;
+        ref_step(rule, &h, t, n, th, ga, sabs, NULL, NULL, 1.0);
+        for (size_t i = 0; i < n; i++)
+            dth[i] = fabs(fabs((double)theta0[i]) - th[i]);
+    }
+    free(th);
+    free(ga);
+}
+
+typedef struct q8stats {
+    size_t values, ties, skipped;
+    double theta_worst; /* largest θ error in units of EPSF·(|θ0| + |Δθ| terms) */
+    double state_worst; /* largest |dequantized - reference| in code steps */
+} q8stats;
+
+/* One step's result against the reference: rnew[k] the reference's new state (before
+   quantization), sabs its error bounds, got the device's codes and absmaxes; θ: gth against
+   rth. amb: elements whose θ is not checked (Lion's sign of a sum that nearly cancels). */
+static size_t q8_compare(const char *label, size_t n, size_t ns, const int *sg, double coeff,
+                         double *const rnew[], double *const sabs[], const q8s *got,
+                         const float *theta0, const double *rth, const double *dth,
+                         const float *gth, const unsigned char *amb, q8stats *st)
+{
+    size_t bad = 0;
+    const double kst = 16 * EPSF + coeff;
+    for (size_t k = 0; k < ns; k++) {
+        const float *map = QMAP[sg[k]];
+        for (size_t b = 0; b < nblocks(n); b++) {
+            const size_t i0 = b * 256, i1 = i0 + 256 < n ? i0 + 256 : n;
+            double A = 0, dmax = 0;
+            for (size_t i = i0; i < i1; i++)
+                A = fmax(A, fabs(rnew[k][i])), dmax = fmax(dmax, kst * sabs[k][i]);
+            const double tolA = 1e-6 * A + dmax, Ag = (double)got[k].amax[b];
+            if (!(fabs(Ag - A) <= tolA) && bad++ < 8)
+                print_error("%s n %zu state %zu block %zu: absmax %.9g, reference %.9g "
+                            "(tol %.3g)\n",
+                            label, n, k, b, Ag, A, tolA);
+            for (size_t i = i0; i < i1; i++) {
+                const double r = rnew[k][i], delta = kst * sabs[k][i];
+                const unsigned c = got[k].code[i];
+                st->values++;
+                if (A == 0) {
+                    if (c != QZERO[sg[k]] && bad++ < 8)
+                        print_error("%s n %zu state %zu [%zu]: code %u in a block of absmax 0\n",
+                                    label, n, k, i, c);
+                    continue;
+                }
+                const double x = r / A;
+                const unsigned kr = map_nearest(map, x);
+                if (c != kr) {
+                    const int adj = c + 1 == kr || kr + 1 == c;
+                    const double mid = ((double)map[c] + (double)map[kr]) / 2;
+                    const double w = (delta + fabs(x) * tolA) / A + 8 * EPSF * fabs(mid);
+                    if (adj && fabs(x - mid) <= w)
+                        st->ties++;
+                    else if (bad++ < 8)
+                        print_error("%s n %zu state %zu [%zu]: code %u (%.9g), nearest of %.9g is "
+                                    "%u (%.9g)\n",
+                                    label, n, k, i, c, (double)map[c], x, kr, (double)map[kr]);
+                }
+                unsigned lo = map_floor(map, x);
+                if (lo == 255)
+                    lo = 254;
+                const double gap = ((double)map[lo + 1] - (double)map[lo]) * A;
+                const double e = fabs((double)map[c] * Ag - r);
+                if (!(e <= gap + tolA + delta) && bad++ < 8)
+                    print_error("%s n %zu state %zu [%zu]: %.9g dequantized, reference %.9g (one "
+                                "code step %.3g)\n",
+                                label, n, k, i, (double)map[c] * Ag, r, gap);
+                if (gap > 0)
+                    st->state_worst = fmax(st->state_worst, e / gap);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (amb && amb[i]) {
+            st->skipped++;
+            continue;
+        }
+        const double scale = fabs((double)theta0[i]) + dth[i];
+        const double err = fabs((double)gth[i] - rth[i]);
+        if (!(err <= 32 * EPSF * scale + coeff * dth[i]) && bad++ < 8)
+            print_error("%s n %zu θ[%zu]: %.9g, reference %.9g (θ0 %.9g)\n", label, n, i,
+                        (double)gth[i], rth[i], (double)theta0[i]);
+        if (scale > 0)
+            st->theta_worst = fmax(st->theta_worst, err / (EPSF * scale));
+    }
+    return bad;
+}
+
+/* ---- an 8-bit run on the device, with offsets and guards --------------------------------- */
+
+enum { PO = 5, GO = 3, GUARD = 24 };
+#define GUARD_THETA 1234.5f
+#define GUARD_GRAD 1000.0f  /* a gradient that would dominate any absmax it reached */
+#define GUARD_AMAX 1.0e6f
+#define GUARD_CODE 0xFFu
+
+typedef struct q8dev {
+    size_t n, ns;
+    cl_mem p, g, c[CLOPT_MAX_STATE], a[CLOPT_MAX_STATE];
+    size_t co[CLOPT_MAX_STATE], ao[CLOPT_MAX_STATE];
+    size_t pb, gb, cb[CLOPT_MAX_STATE], ab[CLOPT_MAX_STATE]; /* bytes */
+    unsigned char *pimg, *gimg, *cimg[CLOPT_MAX_STATE], *aimg[CLOPT_MAX_STATE];
+    clopt_step_args args;
+} q8dev;
+
+static void fill_f(unsigned char *dst, size_t count, float v)
+{
+    for (size_t i = 0; i < count; i++)
+        memcpy(dst + i * 4, &v, 4);
+}
+
+static void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, const float *grad,
+                       size_t ns, const q8s *st)
+{
+    memset(d, 0, sizeof *d);
+    d->n = n, d->ns = ns;
+    const size_t nb = nblocks(n);
+    d->pb = (PO + n + GUARD) * 4;
+    d->pimg = xmalloc(d->pb);
+    fill_f(d->pimg, PO, GUARD_THETA);
+    memcpy(d->pimg + PO * 4, theta, n * 4);
+    fill_f(d->pimg + (PO + n) * 4, GUARD, -GUARD_THETA);
+    d->p = buf_new(ctx, d->pb, d->pimg);
+    d->gb = (GO + n + GUARD) * 4;
+    d->gimg = xmalloc(d->gb);
+    fill_f(d->gimg, GO, -GUARD_GRAD);
+    memcpy(d->gimg + GO * 4, grad, n * 4);
+    fill_f(d->gimg + (GO + n) * 4, GUARD, GUARD_GRAD);
+    d->g = buf_new(ctx, d->gb, d->gimg);
+    clopt_step_args_init(&d->args);
+    d->args.param = (clopt_tensor){d->p, PO};
+    d->args.grad = (clopt_tensor){d->g, GO};
+    d->args.state_dtype = CLOPT_DTYPE_U8;
+    for (size_t k = 0; k < ns; k++) {
+        d->co[k] = 7 + 3 * k, d->ao[k] = 2 + k;
+        d->cb[k] = d->co[k] + n + GUARD;
+        d->cimg[k] = xmalloc(d->cb[k]);
+        memset(d->cimg[k], (int)GUARD_CODE, d->cb[k]);
+        memcpy(d->cimg[k] + d->co[k], st[k].code, n);
+        d->c[k] = buf_new(ctx, d->cb[k], d->cimg[k]);
+        d->ab[k] = (d->ao[k] + nb + GUARD) * 4;
+        d->aimg[k] = xmalloc(d->ab[k]);
+        fill_f(d->aimg[k], d->ao[k] + nb + GUARD, GUARD_AMAX);
+        memcpy(d->aimg[k] + d->ao[k] * 4, st[k].amax, nb * 4);
+        d->a[k] = buf_new(ctx, d->ab[k], d->aimg[k]);
+        d->args.state[k] = (clopt_tensor){d->c[k], d->co[k]};
+        d->args.state_absmax[k] = (clopt_tensor){d->a[k], d->ao[k]};
+    }
+}
+
+static void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st)
+{
+    buf_get(ctx, d->p, PO * 4, d->n * 4, theta);
+    for (size_t k = 0; k < d->ns; k++) {
+        buf_get(ctx, d->c[k], d->co[k], d->n, st[k].code);
+        buf_get(ctx, d->a[k], d->ao[k] * 4, nblocks(d->n) * 4, st[k].amax);
+    }
+}
+
+/* Everything outside the tensors still holds its first contents; the gradient is untouched. */
+static size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label)
+{
+    size_t bad = 0;
+    const size_t n = d->n, nb = nblocks(n);
+    unsigned char *b = xmalloc(d->pb > d->gb ? d->pb : d->gb);
+    buf_get(ctx, d->p, 0, d->pb, b);
+    if (memcmp(b, d->pimg, PO * 4) || memcmp(b + (PO + n) * 4, d->pimg + (PO + n) * 4, GUARD * 4))
+        bad++, print_error("%s n %zu: θ's buffer written outside the tensor\n", label, n);
+    buf_get(ctx, d->g, 0, d->gb, b);
+    if (memcmp(b, d->gimg, d->gb))
+        bad++, print_error("%s n %zu: the gradient's buffer changed\n", label, n);
+    free(b);
+    for (size_t k = 0; k < d->ns; k++) {
+        unsigned char *c = xmalloc(d->cb[k]), *a = xmalloc(d->ab[k]);
+        buf_get(ctx, d->c[k], 0, d->cb[k], c);
+        buf_get(ctx, d->a[k], 0, d->ab[k], a);
+        if (memcmp(c, d->cimg[k], d->co[k]) ||
+            memcmp(c + d->co[k] + n, d->cimg[k] + d->co[k] + n, GUARD))
+            bad++, print_error("%s n %zu: state %zu's codes written outside the tensor\n", label,
+                               n, k);
+        if (memcmp(a, d->aimg[k], d->ao[k] * 4) ||
+            memcmp(a + (d->ao[k] + nb) * 4, d->aimg[k] + (d->ao[k] + nb) * 4, GUARD * 4))
+            bad++, print_error("%s n %zu: state %zu's absmaxes written outside its blocks\n", label,
+                               n, k);
+        free(c);
+        free(a);
+    }
+    return bad;
+}
+
+static void q8dev_free(q8dev *d)
+{
+    clReleaseMemObject(d->p);
+    clReleaseMemObject(d->g);
+    free(d->pimg);
+    free(d->gimg);
+    for (size_t k = 0; k < d->ns; k++) {
+        clReleaseMemObject(d->c[k]);
+        clReleaseMemObject(d->a[k]);
+        free(d->cimg[k]);
+        free(d->aimg[k]);
+    }
+}
+
+/* ---- 2. one step from a known state ------------------------------------------------------- */
+
+/* A random 8-bit state for the rule: random codes, absmaxes in a range per state kind, block 1
+   at absmax 0 in every state and block 2 in state 0 (zeroed together for centered RMSprop,
+   whose square_avg is built above 2·grad_avg² so that sqrt(v - a²) stays real). */
+static void random_state(uint64_t *s, clopt_rule rule, const clopt_hparams *hp, size_t n,
+                         size_t ns, const int *sg, q8s *st)
+{
+    const size_t nb = nblocks(n);
+    for (size_t k = 0; k < ns; k++) {
+        q8_alloc(&st[k], n, sg[k]);
+        for (size_t i = 0; i < n; i++)
+            st[k].code[i] = (unsigned char)(ref_splitmix64(s) & 0xFF);
+        for (size_t b = 0; b < nb; b++)
+            st[k].amax[b] = (float)(sg[k] ? unif(s, 0.05, 0.5) : unif(s, 0.002, 0.02));
+        if (nb > 1)
+            st[k].amax[1] = 0.0f;
+    }
+    const int centered = rule == CLOPT_RMSPROP && hp->centered;
+    if (nb > 2)
+        for (size_t k = 0; k < (centered ? ns : 1); k++)
+            st[k].amax[2] = 0.0f;
+    if (centered) { /* v (state 0) >= 2 a² (state ns - 1) element by element */
+        q8s *v = &st[0];
+        const q8s *a = &st[ns - 1];
+        for (size_t b = 0; b < nb; b++) {
+            const size_t i0 = b * 256, i1 = i0 + 256 < n ? i0 + 256 : n;
+            double m = 0;
+            for (size_t i = i0; i < i1; i++) {
+                const double ai = (double)QMAP[1][a->code[i]] * (double)a->amax[b];
+                m = fmax(m, ai * ai);
+            }
+            if (a->amax[b] == 0.0f)
+                continue;
+            v->amax[b] = (float)fmax((double)v->amax[b], 4 * m);
+            for (size_t i = i0; i < i1; i++) {
+                const double ai = (double)QMAP[1][a->code[i]] * (double)a->amax[b];
+                unsigned c = 0;
+                while ((double)QMAP[0][c] * (double)v->amax[b] < 2 * ai * ai)
+                    c++;
+                v->code[i] = (unsigned char)(c + (unsigned)(ref_splitmix64(s) % (256 - c)));
+            }
+        }
+    }
+}
+
+static void random_tensor(uint64_t *s, size_t n, float *theta, float *grad)
+{
+    double sigma = 0.1;
+    for (size_t i = 0; i < n; i++) {
+        if (i % 256 == 0)
+            sigma = unif(s, 0.02, 0.2);
+        theta[i] = (float)ref_normal(s);
+        grad[i] = ref_splitmix64(s) % 16 == 0 ? 0.0f : (float)(sigma * ref_normal(s));
+    }
+}
+
+static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, q8stats *stats)
+{
+    clopt_rule rule = CLOPT_SGD;
+    clopt_hparams hp;
+    uint64_t t = 1;
+    const char *label = "";
+    assert_true(q8_config(ci, &rule, &hp, &t, &label));
+    const size_t ns = ref_state_count(rule, &hp);
+    assert_int_equal(clopt_rule_state_count(rule, &hp), ns);
+    int sg[CLOPT_MAX_STATE];
+    for (size_t k = 0; k < ns; k++)
+        sg[k] = state_signed(ref_state_name(rule, &hp, k));
+    uint64_t s = seed;
+    float *theta0 = xmalloc(n * 4), *grad = xmalloc(n * 4), *gth = xmalloc(n * 4);
+    random_tensor(&s, n, theta0, grad);
+    q8s st0[CLOPT_MAX_STATE], got[CLOPT_MAX_STATE];
+    random_state(&s, rule, &hp, n, ns, sg, st0);
+    for (size_t k = 0; k < ns; k++)
+        q8_alloc(&got[k], n, sg[k]);
+
+    q8dev d;
+    q8dev_make(ctx, &d, n, theta0, grad, ns, st0);
+    step_ok(ctx, rule, &hp, &d.args, n, t, label);
+    q8dev_read(ctx, &d, gth, got);
+    size_t bad = q8dev_guards(ctx, &d, label);
+    q8dev_free(&d);
+
+    /* the reference: dequantize, one step of the rule in double; θ from the new state */
+    double *old[CLOPT_MAX_STATE] = {0}, *rnew[CLOPT_MAX_STATE] = {0}, *sabs[CLOPT_MAX_STATE] = {0};
+    double *rth = xmalloc(n * sizeof(double)), *gd = xmalloc(n * sizeof(double)),
+           *dth = xmalloc(n * sizeof(double));
+    for (size_t k = 0; k < ns; k++) {
+        old[k] = xmalloc(n * sizeof(double));
+        rnew[k] = xmalloc(n * sizeof(double));
+        sabs[k] = xmalloc(n * sizeof(double));
+        q8_dequant(&st0[k], old[k]);
+        memcpy(rnew[k], old[k], n * sizeof(double));
+    }
+    for (size_t i = 0; i < n; i++)
+        rth[i] = theta0[i], gd[i] = grad[i];
+    ref_step(rule, &hp, t, n, rth, gd, rnew, NULL, NULL, 1.0);
+    abs_bounds(rule, &hp, t, n, ns, theta0, gd, old, dth, sabs);
+    unsigned char *amb = NULL;
+    if (rule == CLOPT_LION) { /* sign(β1 m + (1-β1) g) of a sum that cancels is either sign */
+        amb = xmalloc(n);
+        for (size_t i = 0; i < n; i++) {
+            const double ge = hp.maximize ? -gd[i] : gd[i];
+            const double c = hp.beta1 * old[0][i] + (1 - hp.beta1) * ge;
+            const double cabs = hp.beta1 * fabs(old[0][i]) + (1 - hp.beta1) * fabs(ge);
+            amb[i] = cabs > 0 && fabs(c) <= 16 * EPSF * cabs;
+        }
+    }
+    bad += q8_compare(label, n, ns, sg, ref_hparam_coeff_error(rule, &hp), rnew, sabs, got,
+                      theta0, rth, dth, gth, amb, stats);
+    for (size_t k = 0; k < ns; k++) {
+        free(old[k]), free(rnew[k]), free(sabs[k]);
+        q8_free(&st0[k]);
+        q8_free(&got[k]);
+    }
+    free(amb);
+    free(rth), free(gd), free(dth);
+    free(theta0), free(grad), free(gth);
+    return bad;
+}
+
+static void test_q8_one_step(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    static const size_t full[] = {1, 255, 256, 257, 1000, 4095, 4096};
+    static const size_t small[] = {1, 255, 257, 1000};
+    const size_t *sizes = test_small() ? small : full;
+    const size_t nsizes =
+        test_small() ? sizeof small / sizeof small[0] : sizeof full / sizeof full[0];
+    size_t bad = 0;
+    clopt_rule rule;
+    clopt_hparams hp;
+    uint64_t t;
+    const char *label;
+    for (int ci = 0; q8_config(ci, &rule, &hp, &t, &label); ci++) {
+        q8stats st = {0};
+        size_t b = 0;
+        for (size_t j = 0; j < nsizes; j++)
+            b += q8_one_step_case(f->ctx, ci, sizes[j], 1000u + 17u * (uint64_t)ci + sizes[j], &st);
+        print_message("  %-26s %7zu values, %zu near ties, %zu θ skipped (sign); worst θ error "
+                      "%.2f u, state %.3f code steps%s\n",
+                      label, st.values, st.ties, st.skipped, st.theta_worst, st.state_worst,
+                      b ? "  FAILED" : "");
+        bad += b;
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 3. 100 steps ------------------------------------------------------------------------- */
+
+/* A run of T steps from the initial state (clopt_alloc_state_ex) of n elements: the device's
+   8-bit run against the double transcription of the 8-bit algorithm (same map, same blocks),
+   and against the device's float32 rule. The device's codes are compared with the
+   reference's after every step.
+   Tolerances (calibrated on PoCL; the worst values are printed):
+    - vs the 8-bit transcription, elements whose codes never differed from the reference's:
+      |θ - θ_ref| <= 32 u · S_i with S_i = Σ_t (|θ_{t-1}| + |Δθ_t|), the one-step test's
+      bound accumulated over the steps.
+    - a state value that falls within float rounding of the midpoint between two codes can
+      take either (a near tie; the first ones seen were 2e-6 of a code step from the
+      midpoint), and the two runs then carry that element's state one code apart, often for
+      tens of steps (an EMA moves slowly and both values keep being requantized a cell apart).
+      Such elements (seen: 0 to 2 of 1000 per rule over 100 steps; allowed: 1%) are held to
+      |θ - θ_ref| <= 10% of their path P_i = Σ_t |Δθ_t|: one code step is 0.7% of the value
+      near the absmax and up to ~10% low in the map, and it moves the update by about half
+      that through Adam's sqrt(v).
+    - vs the float32 rule: the RMS over elements of θ8 - θ32 is at most 10% of the RMS path
+      (8-bit noise), and the 8-bit transcription is as far from the double float rule (same
+      bound), so the noise is the algorithm's. */
+static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64_t seed)
+{
+    clopt_rule rule = CLOPT_SGD;
+    clopt_hparams hp;
+    uint64_t t0 = 1;
+    const char *label = "";
+    assert_true(q8_config(ci, &rule, &hp, &t0, &label));
+    const size_t ns = ref_state_count(rule, &hp), nb = nblocks(n);
+    int sg[CLOPT_MAX_STATE];
+    for (size_t k = 0; k < ns; k++)
+        sg[k] = state_signed(ref_state_name(rule, &hp, k));
+    uint64_t s = seed;
+    float *theta0 = xmalloc(n * 4), *g = xmalloc(n * 4), *th8 = xmalloc(n * 4),
+          *th32 = xmalloc(n * 4);
+    double *mu = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        theta0[i] = (float)ref_normal(&s), mu[i] = 0.05 * ref_normal(&s);
+
+    /* device: 8-bit state from clopt_alloc_state_ex, float32 state from clopt_alloc_state */
+    clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE], f32s[CLOPT_MAX_STATE];
+    size_t cnt = 99, cnt32 = 99;
+    assert_int_equal(clopt_alloc_state_ex(ctx, rule, &hp, n, CLOPT_DTYPE_U8, q, am, &cnt),
+                     CLOPT_SUCCESS);
+    assert_int_equal(cnt, ns);
+    assert_int_equal(clopt_alloc_state(ctx, rule, &hp, n, f32s, &cnt32), CLOPT_SUCCESS);
+    assert_int_equal(cnt32, ns);
+    cl_mem p8 = buf_new(ctx, n * 4, theta0), p32 = buf_new(ctx, n * 4, theta0),
+           gb = buf_new(ctx, n * 4, NULL);
+    clopt_step_args a8, a32;
+    clopt_step_args_init(&a8);
+    clopt_step_args_init(&a32);
+    a8.param = (clopt_tensor){p8, 0};
+    a32.param = (clopt_tensor){p32, 0};
+    a8.grad = a32.grad = (clopt_tensor){gb, 0};
+    a8.state_dtype = CLOPT_DTYPE_U8;
+    for (size_t k = 0; k < ns; k++) {
+        a8.state[k] = q[k], a8.state_absmax[k] = am[k];
+        a32.state[k] = f32s[k];
+    }
+
+    /* references: the 8-bit algorithm in double from the documented initial state (codes of
+       0, absmax 0; Adagrad: code of 1 and absmax = initial_accumulator_value), and the plain
+       rule in double */
+    q8s rs[CLOPT_MAX_STATE];
+    double *tmp[CLOPT_MAX_STATE] = {0}, *plain[CLOPT_MAX_STATE] = {0};
+    double *r8 = xmalloc(n * sizeof(double)), *rp = xmalloc(n * sizeof(double)),
+           *gd = xmalloc(n * sizeof(double)), *path = xmalloc(n * sizeof(double)),
+           *scale = xmalloc(n * sizeof(double)), *before = xmalloc(n * sizeof(double));
+    for (size_t k = 0; k < ns; k++) {
+        q8_alloc(&rs[k], n, sg[k]);
+        const double init = ref_state_init(rule, &hp, k);
+        memset(rs[k].code, (int)(init > 0 ? map_nearest(QMAP[sg[k]], 1.0) : QZERO[sg[k]]), n);
+        for (size_t b = 0; b < nb; b++)
+            rs[k].amax[b] = (float)init;
+        tmp[k] = xmalloc(n * sizeof(double));
+        plain[k] = xmalloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++)
+            plain[k][i] = init;
+    }
+    for (size_t i = 0; i < n; i++)
+        r8[i] = rp[i] = theta0[i], path[i] = scale[i] = 0;
+    unsigned char *cdev = xmalloc(n);
+    unsigned *first_div = calloc(n, sizeof *first_div); /* step of the first differing code */
+    assert_non_null(first_div);
+    size_t diverged = 0; /* (state, element, step) triples whose codes differed */
+
+    for (unsigned t = 1; t <= T; t++) {
+        const double sigma = 0.1 * (1 + 0.5 * sin(t));
+        for (size_t i = 0; i < n; i++) {
+            g[i] = (i % 97 == 5) ? 0.0f : (float)(mu[i] + sigma * ref_normal(&s));
+            gd[i] = g[i];
+        }
+        buf_put(ctx, gb, 0, n * 4, g);
+        step_ok(ctx, rule, &hp, &a8, n, t, label);
+        step_ok(ctx, rule, &hp, &a32, n, t, label);
+        /* the 8-bit algorithm: dequantize, the rule, requantize */
+        for (size_t k = 0; k < ns; k++)
+            q8_dequant(&rs[k], tmp[k]);
+        memcpy(before, r8, n * sizeof(double));
+        ref_step(rule, &hp, t, n, r8, gd, tmp, NULL, NULL, 1.0);
+        for (size_t i = 0; i < n; i++) {
+            path[i] += fabs(r8[i] - before[i]);
+            scale[i] += fabs(before[i]) + fabs(r8[i] - before[i]);
+        }
+        for (size_t k = 0; k < ns; k++)
+            q8_quant(&rs[k], tmp[k]);
+        ref_step(rule, &hp, t, n, rp, gd, plain, NULL, NULL, 1.0);
+        for (size_t k = 0; k < ns; k++) {
+            buf_get(ctx, q[k].buffer, q[k].offset, n, cdev);
+            for (size_t i = 0; i < n; i++)
+                if (cdev[i] != rs[k].code[i]) {
+                    diverged++;
+                    if (!first_div[i])
+                        first_div[i] = t;
+                }
+        }
+    }
+    buf_get(ctx, p8, 0, n * 4, th8);
+    buf_get(ctx, p32, 0, n * 4, th32);
+
+    size_t bad = 0, codes_differ = 0, elems_div = 0;
+    double worst_u = 0, worst_div = 0, d8_32 = 0, dref = 0, moved = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double e = fabs((double)th8[i] - r8[i]);
+        const double tol = first_div[i] ? 0.1 * path[i] : 32 * EPSF * scale[i];
+        if (!(e <= tol) && bad++ < 8)
+            print_error("%s step %u θ[%zu]: %.9g, 8-bit reference %.9g (path %.3g; codes first "
+                        "differed at step %u)\n",
+                        label, T, i, (double)th8[i], r8[i], path[i], first_div[i]);
+        if (first_div[i]) {
+            elems_div++;
+            if (path[i] > 0)
+                worst_div = fmax(worst_div, e / path[i]);
+        } else if (scale[i] > 0) {
+            worst_u = fmax(worst_u, e / (EPSF * scale[i]));
+        }
+        d8_32 += ((double)th8[i] - th32[i]) * ((double)th8[i] - th32[i]);
+        dref += (r8[i] - rp[i]) * (r8[i] - rp[i]);
+        moved += path[i] * path[i];
+    }
+    for (size_t k = 0; k < ns; k++) {
+        buf_get(ctx, q[k].buffer, q[k].offset, n, cdev);
+        for (size_t i = 0; i < n; i++)
+            codes_differ += cdev[i] != rs[k].code[i];
+    }
+    if (elems_div > n / 100)
+        bad++, print_error("%s: %zu elements took a near tie the other way (1%% allowed)\n", label,
+                           elems_div);
+    d8_32 = sqrt(d8_32 / (double)n), dref = sqrt(dref / (double)n), moved = sqrt(moved / (double)n);
+    if (!(d8_32 <= 0.1 * moved) || !(dref <= 0.1 * moved))
+        bad++, print_error("%s: RMS(θ8 - θ32) %.3g, reference %.3g, above 10%% of the RMS "
+                           "path %.3g\n",
+                           label, d8_32, dref, moved);
+    print_message("  %-26s %u steps: θ vs 8-bit ref worst %.2f u·S; %zu elements with codes "
+                  "differing (%zu code-steps, %zu at the end), θ within %.2e of their path; RMS "
+                  "θ8-θ32 %.3g (ref %.3g), RMS path %.3g%s\n",
+                  label, T, worst_u, elems_div, diverged, codes_differ, worst_div, d8_32, dref,
+                  moved, bad ? "  FAILED" : "");
+    free(cdev), free(first_div);
+    for (size_t k = 0; k < ns; k++) {
+        clReleaseMemObject(q[k].buffer), clReleaseMemObject(am[k].buffer);
+        clReleaseMemObject(f32s[k].buffer);
+        q8_free(&rs[k]);
+        free(tmp[k]), free(plain[k]);
+    }
+    clReleaseMemObject(p8), clReleaseMemObject(p32), clReleaseMemObject(gb);
+    free(theta0), free(g), free(th8), free(th32), free(mu);
+    free(r8), free(rp), free(gd), free(path), free(scale), free(before);
+    return bad;
+}
+
+static void test_q8_trajectory(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    const int configs[] = {0, 1, 2, 5, 6, 9};
+    const size_t n = test_small() ? 300 : 1000;
+    const unsigned T = test_small() ? 20 : 100;
+    size_t bad = 0;
+    for (size_t j = 0; j < sizeof configs / sizeof configs[0]; j++)
+        bad += q8_trajectory(f->ctx, configs[j], n, T, 77u + (uint64_t)j);
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 4. edges: initial states, zero blocks, 1 element -------------------------------------- */
+
+/* clopt_alloc_state_ex's initial states: codes of 0 and absmax 0, Adagrad's
+   initial_accumulator_value as the code of 1 times an absmax of that value; bf16 words of the
+   initial value; and what it refuses. */
+static void test_alloc_state_ex(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    const size_t n = 1000, nb = nblocks(n);
+    clopt_rule rule;
+    clopt_hparams hp;
+    uint64_t t;
+    const char *label;
+    for (int ci = 0; q8_config(ci, &rule, &hp, &t, &label); ci++) {
+        const size_t ns = ref_state_count(rule, &hp);
+        clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
+        memset(q, 0xAB, sizeof q), memset(am, 0xAB, sizeof am);
+        size_t cnt = 99;
+        assert_int_equal(clopt_alloc_state_ex(f->ctx, rule, &hp, n, CLOPT_DTYPE_U8, q, am, &cnt),
+                         CLOPT_SUCCESS);
+        assert_int_equal(cnt, ns);
+        for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
+            if (k >= ns) { /* "the rest of out is set to NULL" */
+                assert_null(q[k].buffer);
+                continue;
+            }
+            const int sg = state_signed(ref_state_name(rule, &hp, k));
+            const double init = ref_state_init(rule, &hp, k);
+            assert_true(buf_bytes(q[k].buffer) >= q[k].offset + n);
+            assert_true(buf_bytes(am[k].buffer) >= (am[k].offset + nb) * 4);
+            unsigned char c[1000];
+            float a[4];
+            buf_get(f->ctx, q[k].buffer, q[k].offset, n, c);
+            buf_get(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, a);
+            const unsigned want = init > 0 ? map_nearest(QMAP[sg], 1.0) : QZERO[sg];
+            if (init > 0)
+                assert_int_equal(want, 255);
+            for (size_t i = 0; i < n; i++)
+                assert_int_equal(c[i], want);
+            for (size_t b = 0; b < nb; b++)
+                assert_int_equal(f2u(a[b]), f2u((float)init));
+            clReleaseMemObject(q[k].buffer);
+            clReleaseMemObject(am[k].buffer);
+        }
+        /* bf16: the words of the initial value */
+        assert_int_equal(clopt_alloc_state_ex(f->ctx, rule, &hp, n, CLOPT_DTYPE_BF16, q, NULL,
+                                              &cnt),
+                         CLOPT_SUCCESS);
+        assert_int_equal(cnt, ns);
+        for (size_t k = 0; k < ns; k++) {
+            uint16_t w[1000];
+            assert_true(buf_bytes(q[k].buffer) >= (q[k].offset + n) * 2);
+            buf_get(f->ctx, q[k].buffer, q[k].offset * 2, n * 2, w);
+            const uint16_t want = bf16_rne((float)ref_state_init(rule, &hp, k));
+            for (size_t i = 0; i < n; i++)
+                assert_int_equal(w[i], want);
+            clReleaseMemObject(q[k].buffer);
+        }
+    }
+    /* refused, nothing allocated */
+    clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
+    size_t cnt = 99;
+    assert_int_equal(clopt_hparams_default(CLOPT_NADAM, &hp), CLOPT_SUCCESS);
+    assert_int_equal(clopt_alloc_state_ex(f->ctx, CLOPT_NADAM, &hp, n, CLOPT_DTYPE_U8, q, am, &cnt),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAM, &hp), CLOPT_SUCCESS);
+    assert_int_equal(
+        clopt_alloc_state_ex(f->ctx, CLOPT_ADAM, &hp, n, CLOPT_DTYPE_U8, q, NULL, &cnt),
+        CLOPT_ERR_INVALID_ARGUMENT);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    assert_int_equal(clopt_alloc_state_ex(f->ctx, CLOPT_ADAM, &hp, n, CLOPT_DTYPE_F16, q, am, &cnt),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_alloc_state_ex(f->ctx, CLOPT_ADAM, &hp, n, (clopt_dtype)9, q, am, &cnt),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+}
+
+/* A block with zero state and zero gradients stays exactly zero (absmax 0, the code of 0, θ
+   unchanged without weight decay), also when it is the block cut by the tensor's end; blocks
+   with gradients get an absmax. */
+static void test_q8_zero_blocks(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    /* the one-step test's rules and variants (no new kernels), without weight decay and with
+       Adagrad's sum starting at 0 */
+    const int configs[] = {0, 1, 2, 3, 5, 6, 7, 9};
+    const size_t n = 1000, nb = nblocks(n); /* blocks 2 and 3 (the cut one) get g = 0 */
+    for (size_t r = 0; r < sizeof configs / sizeof configs[0]; r++) {
+        clopt_rule rule = CLOPT_SGD;
+        clopt_hparams hp;
+        uint64_t t0 = 1;
+        const char *name = "";
+        assert_true(q8_config(configs[r], &rule, &hp, &t0, &name));
+        hp.weight_decay = 0;
+        hp.initial_accumulator_value = 0;
+        const size_t ns = ref_state_count(rule, &hp);
+        clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
+        size_t cnt;
+        assert_int_equal(clopt_alloc_state_ex(f->ctx, rule, &hp, n, CLOPT_DTYPE_U8, q, am, &cnt),
+                         CLOPT_SUCCESS);
+        assert_int_equal(cnt, ns);
+        uint64_t s = 4242 + r;
+        float theta0[1000], g[1000], th[1000];
+        for (size_t i = 0; i < n; i++)
+            theta0[i] = (float)ref_normal(&s);
+        cl_mem p = buf_new(f->ctx, sizeof theta0, theta0), gb = buf_new(f->ctx, sizeof g, NULL);
+        clopt_step_args a;
+        clopt_step_args_init(&a);
+        a.param = (clopt_tensor){p, 0};
+        a.grad = (clopt_tensor){gb, 0};
+        a.state_dtype = CLOPT_DTYPE_U8;
+        for (size_t k = 0; k < ns; k++)
+            a.state[k] = q[k], a.state_absmax[k] = am[k];
+        for (uint64_t t = 1; t <= 3; t++) {
+            for (size_t i = 0; i < n; i++)
+                g[i] = i >= 512 ? 0.0f : (float)(0.1 * ref_normal(&s));
+            buf_put(f->ctx, gb, 0, sizeof g, g);
+            step_ok(f->ctx, rule, &hp, &a, n, t, name);
+        }
+        buf_get(f->ctx, p, 0, sizeof th, th);
+        for (size_t i = 512; i < n; i++)
+            if (f2u(th[i]) != f2u(theta0[i])) {
+                print_error("%s: θ[%zu] %a moved from %a with zero state and gradient\n", name, i,
+                            (double)th[i], (double)theta0[i]);
+                fail();
+            }
+        for (size_t k = 0; k < ns; k++) {
+            const int sg = state_signed(ref_state_name(rule, &hp, k));
+            unsigned char c[1000];
+            float ab[4];
+            buf_get(f->ctx, q[k].buffer, q[k].offset, n, c);
+            buf_get(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, ab);
+            assert_true(ab[0] > 0 && ab[1] > 0);
+            assert_int_equal(f2u(ab[2]), 0);
+            assert_int_equal(f2u(ab[3]), 0);
+            for (size_t i = 512; i < n; i++)
+                assert_int_equal(c[i], QZERO[sg]);
+            clReleaseMemObject(q[k].buffer), clReleaseMemObject(am[k].buffer);
+        }
+        clReleaseMemObject(p), clReleaseMemObject(gb);
+    }
+}
+
+/* One element: its block's absmax is |value|, its code that of ±1: +1 is code 255, and -1,
+   below the signed map, takes its lowest code (-0.99296875), as bitsandbytes. SGD with
+   momentum 0.5, lr 1/16: step 1 b = g = -0.5; step 2 (g = 0) b = 0.5 · map[0] · 0.5. */
+static void test_q8_one_element(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_SGD, &hp), CLOPT_SUCCESS);
+    hp.lr = 0.0625, hp.momentum = 0.5;
+    const float theta0 = 0.75f;
+    q8s st;
+    q8_alloc(&st, 1, 1);
+    st.code[0] = 200, st.amax[0] = 3.0f; /* ignored at step 1 (b = g) */
+    const float g1 = -0.5f, g0 = 0.0f;
+    q8dev d;
+    q8dev_make(f->ctx, &d, 1, &theta0, &g1, 1, &st);
+    step_ok(f->ctx, CLOPT_SGD, &hp, &d.args, 1, 1, "sgd n 1");
+    float th;
+    q8dev_read(f->ctx, &d, &th, &st);
+    assert_int_equal(st.code[0], 0);
+    assert_true(st.amax[0] == 0.5f);
+    assert_true(th == 0.75f + 0.03125f); /* θ from b = -0.5 before it is quantized */
+    buf_put(f->ctx, d.g, GO * 4, 4, &g0);
+    memcpy(d.gimg + GO * 4, &g0, 4);
+    step_ok(f->ctx, CLOPT_SGD, &hp, &d.args, 1, 2, "sgd n 1");
+    q8dev_read(f->ctx, &d, &th, &st);
+    const double b = 0.5 * ((double)QMAP[1][0] * 0.5); /* the dequantized -0.4964..., halved */
+    assert_int_equal(st.code[0], 0);
+    assert_true(fabs((double)st.amax[0] - fabs(b)) <= 2 * EPSF * fabs(b));
+    assert_true(fabs((double)th - (0.78125 - 0.0625 * b)) <= 2 * EPSF);
+    assert_int_equal(q8dev_guards(f->ctx, &d, "sgd n 1"), 0);
+    q8dev_free(&d);
+    q8_free(&st);
+}
+
+/* Exact ties go to the lower code, and a value one ulp off a midpoint to its nearer code. The
+   block's first value is 1, so its absmax is 1 and the value to quantize is the stored value
+   itself: SGD's step 1 stores b = g (signed map); Adagrad from a zero sum stores s = g·g
+   rounded once (unsigned map; g is chosen so that it is the wanted value). The values: every
+   midpoint between two neighbouring map entries that float32 holds exactly (where the
+   library's map equals the transcription bit for bit, so that it is a tie for both), and,
+   for the signed map where the two entries are within a factor 2 (the distances to them are
+   then exact in float32), the midpoint one ulp up (the upper code) and one ulp down (the
+   lower). */
+static size_t ties_run(clopt_ctx *ctx, int sg, size_t *nties)
+{
+    float lib[256];
+    clopt_q8_map(sg, lib);
+    const float *map = QMAP[sg];
+    const size_t cap = 3 * 255;
+    float *gv = xmalloc(cap * 4), *vals = xmalloc(cap * 4);
+    unsigned *want = xmalloc(cap * sizeof *want);
+    size_t nv = 0;
+    *nties = 0;
+    for (unsigned k = 0; k < 255; k++) {
+        const float m0 = map[k], m1 = map[k + 1];
+        if (f2u(lib[k]) != f2u(m0) || f2u(lib[k + 1]) != f2u(m1) || m1 == 1.0f)
+            continue;
+        const double mid = ((double)m0 + (double)m1) / 2;
+        const float fm = (float)mid;
+        if ((double)fm != mid)
+            continue;
+        if (sg) {
+            gv[nv] = vals[nv] = fm, want[nv++] = k, (*nties)++;
+            if ((m0 > 0 && m1 <= 2 * m0) || (m1 < 0 && -m0 <= -2 * m1)) {
+                gv[nv] = vals[nv] = nextafterf(fm, 2.0f), want[nv++] = k + 1;
+                gv[nv] = vals[nv] = nextafterf(fm, -2.0f), want[nv++] = k;
+            }
+        } else { /* a g whose square rounds to the midpoint */
+            float r = nextafterf(nextafterf(sqrtf(fm), 0.0f), 0.0f);
+            for (int u = 0; u < 5; u++, r = nextafterf(r, 2.0f)) {
+                const volatile float sq = r * r;
+                if (sq == fm) {
+                    gv[nv] = r, vals[nv] = fm, want[nv++] = k, (*nties)++;
+                    break;
+                }
+            }
+        }
+    }
+    /* blocks of 1 + 255 values */
+    const size_t nb = (nv + 254) / 255, n = nv + nb;
+    float *g = xmalloc(n * 4), *v = xmalloc(n * 4), *theta = xmalloc(n * 4), *th = xmalloc(n * 4);
+    unsigned *wc = xmalloc(n * sizeof *wc);
+    for (size_t i = 0, j = 0; i < n; i++) {
+        theta[i] = 0.5f;
+        if (i % 256 == 0)
+            g[i] = v[i] = 1.0f, wc[i] = 255;
+        else
+            g[i] = gv[j], v[i] = vals[j], wc[i] = want[j], j++;
+    }
+    const clopt_rule rule = sg ? CLOPT_SGD : CLOPT_ADAGRAD;
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
+    hp.lr = 0x1p-10, hp.weight_decay = 0, hp.initial_accumulator_value = 0;
+    if (sg)
+        hp.momentum = 0.5;
+    q8s st;
+    q8_alloc(&st, n, sg);
+    memset(st.code, (int)QZERO[sg], n);
+    memset(st.amax, 0, nblocks(n) * 4);
+    q8dev d;
+    const char *label = sg ? "ties, signed map (sgd)" : "ties, unsigned map (adagrad)";
+    q8dev_make(ctx, &d, n, theta, g, 1, &st);
+    step_ok(ctx, rule, &hp, &d.args, n, 1, label);
+    q8dev_read(ctx, &d, th, &st);
+    size_t bad = q8dev_guards(ctx, &d, label);
+    for (size_t b = 0; b < nblocks(n); b++)
+        if (st.amax[b] != 1.0f)
+            bad++, print_error("%s: block %zu absmax %a, want 1\n", label, b, (double)st.amax[b]);
+    size_t wrong = 0, wrong_ties = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (st.code[i] == wc[i])
+            continue;
+        const double mid = ((double)map[wc[i]] + (double)map[st.code[i]]) / 2;
+        const int tie = (double)v[i] == mid;
+        wrong++, wrong_ties += tie;
+        if (wrong <= 6)
+            print_error("%s: %a %s between %a (code %u) and %a (code %u) got code %u\n", label,
+                        (double)v[i],
+                        tie ? "exactly midway" : "nearer to the first, 1 ulp off midway",
+                        (double)map[wc[i]], wc[i], (double)map[st.code[i]], st.code[i], st.code[i]);
+    }
+    if (wrong)
+        print_error("%s: %zu of %zu values not given the nearest code (%zu of %zu exact ties not "
+                    "the lower code)\n",
+                    label, wrong, nv, wrong_ties, *nties);
+    q8dev_free(&d);
+    q8_free(&st);
+    free(gv), free(vals), free(want), free(g), free(v), free(theta), free(th), free(wc);
+    return bad + wrong;
+}
+
+static void test_q8_ties(void **state)
+{
+    fixture *f = *state;
+    maps_init();
+    size_t ns = 0, nu = 0;
+    const size_t bad = ties_run(f->ctx, 1, &ns) + ties_run(f->ctx, 0, &nu);
+    print_message("  exact ties: %zu in the signed map, %zu in the unsigned map\n", ns, nu);
+    assert_true(ns >= 20 && nu >= 20);
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 5. bf16 state of every element-wise rule ---------------------------------------------- */
+
+static int bf16_config(int i, clopt_rule *rule, clopt_hparams *hp, const char **label)
+{
+    static const struct {
+        clopt_rule rule;
+        const char *label;
+    } rules[] = {
+        {CLOPT_SGD, "sgd nesterov"}, {CLOPT_ADAM, "adam amsgrad"}, {CLOPT_ADAMW, "adamw"},
+        {CLOPT_ADAGRAD, "adagrad"},  {CLOPT_ADADELTA, "adadelta"},  {CLOPT_RMSPROP, "rmsprop c+m"},
+        {CLOPT_ADAMAX, "adamax"},    {CLOPT_NADAM, "nadam"},        {CLOPT_RADAM, "radam"},
+        {CLOPT_ADAMOD, "adamod"},    {CLOPT_DIFFGRAD, "diffgrad"},  {CLOPT_LION, "lion"},
+        {CLOPT_SOPHIA, "sophia"},    {CLOPT_RANGER, "ranger"},
+    };
+    if (i >= (int)(sizeof rules / sizeof rules[0]))
+        return 0;
+    *rule = rules[i].rule;
+    *label = rules[i].label;
+    assert_int_equal(clopt_hparams_default(*rule, hp), CLOPT_SUCCESS);
+    hp->lr = 0.01;
+    switch (*rule) {
+    case CLOPT_SGD:
+        hp->lr = 0.05, hp->momentum = 0.9, hp->nesterov = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_ADAM:
+        hp->amsgrad = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_ADAMW:
+        hp->weight_decay = 0.1, hp->maximize = 1;
+        break;
+    case CLOPT_ADAGRAD:
+        hp->lr = 0.05, hp->lr_decay = 0.01, hp->weight_decay = 0.01;
+        hp->initial_accumulator_value = 0.1;
+        break;
+    case CLOPT_ADADELTA:
+        hp->lr = 1.0, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_RMSPROP:
+        hp->momentum = 0.9, hp->centered = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_NADAM:
+    case CLOPT_ADAMOD:
+        hp->weight_decay = 0.01;
+        break;
+    case CLOPT_LION:
+        hp->lr = 0.005, hp->weight_decay = 0.1;
+        break;
+    case CLOPT_RANGER: /* GC on by default: gc_rows 0 takes the tensor as 1-D */
+        hp->weight_decay = 0.01;
+        break;
+    default:
+        break;
+    }
+    const char *why = "";
+    assert_int_equal(clopt_hparams_validate(*rule, hp, &why), CLOPT_SUCCESS);
+    return 1;
+}
+
+enum { BN = 301, BSTEPS = 3 };
+
+/* Steps 4..6 (RAdam and Ranger rectify from step 6 with β2 = 0.999: both branches) of the
+   bf16-state kernel against the float32 kernel run from the same θ and the bf16 state's
+   values: θ bit for bit, every state the float32 state rounded to nearest even. */
+static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
+{
+    clopt_rule rule = CLOPT_SGD;
+    clopt_hparams hp;
+    const char *label = "";
+    assert_true(bf16_config(ci, &rule, &hp, &label));
+    const size_t ns = clopt_rule_state_count(rule, &hp);
+    uint64_t s = 900u + (uint64_t)ci;
+    float theta[BN], g[BN], hess[BN];
+    for (size_t i = 0; i < BN; i++)
+        theta[i] = (float)ref_normal(&s);
+    /* bf16 states: signed ones N(0, 0.1), the others positive; centered RMSprop's square_avg
+       above 2·grad_avg² */
+    uint16_t st[CLOPT_MAX_STATE][BN];
+    for (size_t k = 0; k < ns; k++) {
+        const char *name = clopt_rule_state_name(rule, &hp, k);
+        for (size_t i = 0; i < BN; i++) {
+            double v = state_signed(name) ? 0.1 * ref_normal(&s) : unif(&s, 0.001, 0.05);
+            if (strcmp(name, "exp_avg_lr") == 0)
+                v = unif(&s, 1e-4, 1e-2);
+            st[k][i] = bf16_rne((float)v);
+        }
+    }
+    if (rule == CLOPT_RMSPROP) {
+        assert_int_equal(ns, 3);
+        for (size_t i = 0; i < BN; i++) {
+            const double a = (double)bf16_val(st[2][i]);
+            uint16_t w = bf16_rne((float)(2 * a * a + unif(&s, 0.001, 0.02)));
+            while ((double)bf16_val(w) < 2 * a * a)
+                w++;
+            st[0][i] = w;
+        }
+    }
+    /* bf16 run: θ at PO, g at GO, state k at k + 1 (bf16 elements) with guards */
+    const size_t so[CLOPT_MAX_STATE] = {1, 2, 3, 4};
+    cl_mem pb = buf_new(ctx, (PO + BN) * 4, NULL), gbuf = buf_new(ctx, (GO + BN) * 4, NULL),
+           hb = buf_new(ctx, BN * 4, NULL);
+    buf_put(ctx, pb, PO * 4, sizeof theta, theta);
+    cl_mem sb[CLOPT_MAX_STATE], sf[CLOPT_MAX_STATE];
+    uint16_t guard[4 + BN + 8];
+    for (size_t i = 0; i < sizeof guard / 2; i++)
+        guard[i] = 0x7E7E;
+    for (size_t k = 0; k < ns; k++) {
+        sb[k] = buf_new(ctx, sizeof guard, guard);
+        buf_put(ctx, sb[k], so[k] * 2, BN * 2, st[k]);
+        sf[k] = buf_new(ctx, BN * 4, NULL);
+    }
+    cl_mem pf = buf_new(ctx, BN * 4, NULL);
+    clopt_step_args ab, af;
+    clopt_step_args_init(&ab);
+    clopt_step_args_init(&af);
+    ab.param = (clopt_tensor){pb, PO}, ab.grad = (clopt_tensor){gbuf, GO};
+    af.param = (clopt_tensor){pf, 0}, af.grad = (clopt_tensor){gbuf, GO};
+    ab.state_dtype = CLOPT_DTYPE_BF16;
+    for (size_t k = 0; k < ns; k++)
+        ab.state[k] = (clopt_tensor){sb[k], so[k]}, af.state[k] = (clopt_tensor){sf[k], 0};
+    size_t bad = 0, moved = 0;
+    for (uint64_t t = 4; t < 4 + BSTEPS; t++) {
+        for (size_t i = 0; i < BN; i++)
+            g[i] = (float)(0.1 * ref_normal(&s)), hess[i] = (float)unif(&s, 0.0, 0.1);
+        buf_put(ctx, gbuf, GO * 4, sizeof g, g);
+        /* the float32 run from the same θ and the bf16 state's values */
+        float th0[BN], sv[BN];
+        buf_get(ctx, pb, PO * 4, sizeof th0, th0);
+        buf_put(ctx, pf, 0, sizeof th0, th0);
+        for (size_t k = 0; k < ns; k++) {
+            for (size_t i = 0; i < BN; i++)
+                sv[i] = bf16_val(st[k][i]);
+            buf_put(ctx, sf[k], 0, sizeof sv, sv);
+        }
+        if (rule == CLOPT_SOPHIA && t == 5) { /* an estimate folded in at this step */
+            buf_put(ctx, hb, 0, sizeof hess, hess);
+            ab.hessian = af.hessian = (clopt_tensor){hb, 0};
+        } else {
+            ab.hessian = af.hessian = (clopt_tensor){NULL, 0};
+        }
+        if (rule == CLOPT_NADAM)
+            ab.mu_product = af.mu_product = clopt_nadam_mu_product(&hp, t - 1);
+        step_ok(ctx, rule, &hp, &ab, BN, t, label);
+        step_ok(ctx, rule, &hp, &af, BN, t, label);
+        float thb[BN], thf[BN];
+        buf_get(ctx, pb, PO * 4, sizeof thb, thb);
+        buf_get(ctx, pf, 0, sizeof thf, thf);
+        for (size_t i = 0; i < BN; i++) {
+            moved += f2u(thb[i]) != f2u(th0[i]);
+            if (f2u(thb[i]) != f2u(thf[i]) && bad++ < 5)
+                print_error("%s step %llu θ[%zu]: %a, float32 rule %a\n", label,
+                            (unsigned long long)t, i, (double)thb[i], (double)thf[i]);
+        }
+        for (size_t k = 0; k < ns; k++) {
+            uint16_t all[sizeof guard / 2];
+            float vf[BN];
+            buf_get(ctx, sb[k], 0, sizeof all, all);
+            buf_get(ctx, sf[k], 0, sizeof vf, vf);
+            for (size_t i = 0; i < sizeof guard / 2; i++)
+                if ((i < so[k] || i >= so[k] + BN) && all[i] != guard[i] && bad++ < 5)
+                    print_error("%s: state %zu written outside the tensor at %zu\n", label, k, i);
+            for (size_t i = 0; i < BN; i++) {
+                const uint16_t want = bf16_rne(vf[i]);
+                if (all[so[k] + i] != want && bad++ < 5)
+                    print_error("%s step %llu %s[%zu]: 0x%04x, float32 rule %a (RNE 0x%04x)\n",
+                                label, (unsigned long long)t, clopt_rule_state_name(rule, &hp, k),
+                                i, all[so[k] + i], (double)vf[i], want);
+                st[k][i] = all[so[k] + i];
+            }
+        }
+    }
+    if (moved == 0)
+        bad++, print_error("%s: θ never moved (vacuous)\n", label);
+    for (size_t k = 0; k < ns; k++)
+        clReleaseMemObject(sb[k]), clReleaseMemObject(sf[k]);
+    clReleaseMemObject(pb), clReleaseMemObject(pf), clReleaseMemObject(gbuf);
+    clReleaseMemObject(hb);
+    return bad;
+}
+
+static void test_bf16_rules(void **state)
+{
+    fixture *f = *state;
+    clopt_rule rule;
+    clopt_hparams hp;
+    const char *label;
+    size_t bad = 0;
+    for (int ci = 0; bf16_config(ci, &rule, &hp, &label); ci++) {
+        const size_t b = bf16_rule_run(f->ctx, ci);
+        if (b)
+            print_error("  bf16 %s: %zu differences\n", label, b);
+        bad += b;
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 6. the optimizer level ---------------------------------------------------------------- */
+
+enum { BIG = 10000, SMALL = 100, OB = 3, OS = BIG + 11, PLEN = OS + SMALL + 5 };
+
+typedef struct orun {
+    clopt_optimizer *opt;
+    cl_mem p, g;
+} orun;
+
+/* AdamW (lr 1e-2, state_dtype sd) with a 100×100 tensor at OB and a 100-element one at OS of
+   the same buffers. */
+static void orun_make(clopt_ctx *ctx, orun *o, int sd, const float *theta)
+{
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
+    hp.lr = 1e-2;
+    hp.state_dtype = sd;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAMW, &hp, &o->opt), CLOPT_SUCCESS);
+    o->p = buf_new(ctx, PLEN * 4, theta);
+    o->g = buf_new(ctx, PLEN * 4, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){o->p, OB}, d.grad = (clopt_tensor){o->g, OB};
+    d.ndim = 2, d.shape[0] = 100, d.shape[1] = 100;
+    size_t idx = 9;
+    assert_int_equal(clopt_optimizer_add_param_desc(o->opt, 0, &d, &idx), CLOPT_SUCCESS);
+    assert_int_equal(idx, 0);
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){o->p, OS}, d.grad = (clopt_tensor){o->g, OS};
+    d.ndim = 1, d.shape[0] = SMALL;
+    assert_int_equal(clopt_optimizer_add_param_desc(o->opt, 0, &d, &idx), CLOPT_SUCCESS);
+    assert_int_equal(idx, 1);
+}
+
+static void orun_free(orun *o)
+{
+    clopt_optimizer_destroy(o->opt);
+    clReleaseMemObject(o->p);
+    clReleaseMemObject(o->g);
+}
+
+/* The raw bytes of every state entry, concatenated (*len receives the length). */
+static unsigned char *orun_states(clopt_ctx *ctx, const orun *o, size_t *len)
+{
+    const size_t ne = clopt_optimizer_state_entry_count(o->opt);
+    size_t total = 0;
+    for (size_t i = 0; i < ne; i++) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(o->opt, i, &e), CLOPT_SUCCESS);
+        total += e.length * clopt_dtype_size(e.dtype);
+    }
+    unsigned char *out = xmalloc(total), *at = out;
+    for (size_t i = 0; i < ne; i++) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(o->opt, i, &e), CLOPT_SUCCESS);
+        const size_t es = clopt_dtype_size(e.dtype);
+        buf_get(ctx, e.tensor.buffer, e.tensor.offset * es, e.length * es, at);
+        at += e.length * es;
+    }
+    *len = total;
+    return out;
+}
+
+static void random_grads(uint64_t *s, float *g)
+{
+    for (size_t i = 0; i < PLEN; i++)
+        g[i] = (float)(0.1 * ref_normal(s));
+}
+
+/* The big tensor has u8 codes and f32 absmaxes, the small one f32 state; state_bytes counts
+   the real bytes (2.03 per parameter for the big one); the steps equal the op level's with
+   clopt_alloc_state_ex bit for bit; the 8-bit states can't be read or written as floats. */
+static void test_opt_q8(void **state)
+{
+    fixture *f = *state;
+    uint64_t s = 606;
+    float *theta = xmalloc(PLEN * 4), *g = xmalloc(PLEN * 4), *a = xmalloc(PLEN * 4),
+          *b = xmalloc(PLEN * 4);
+    for (size_t i = 0; i < PLEN; i++)
+        theta[i] = (float)ref_normal(&s);
+    orun o;
+    orun_make(f->ctx, &o, CLOPT_DTYPE_U8, theta);
+    /* the entries */
+    assert_int_equal(clopt_optimizer_state_count(o.opt, 0), 4);
+    assert_int_equal(clopt_optimizer_state_count(o.opt, 1), 2);
+    assert_int_equal(clopt_optimizer_state_entry_count(o.opt), 6);
+    static const struct {
+        size_t param;
+        const char *name;
+        clopt_dtype dtype;
+        size_t length;
+    } want[] = {
+        {0, "exp_avg", CLOPT_DTYPE_U8, BIG},          {0, "exp_avg_sq", CLOPT_DTYPE_U8, BIG},
+        {0, "exp_avg.absmax", CLOPT_DTYPE_F32, 40},   {0, "exp_avg_sq.absmax", CLOPT_DTYPE_F32, 40},
+        {1, "exp_avg", CLOPT_DTYPE_F32, SMALL},       {1, "exp_avg_sq", CLOPT_DTYPE_F32, SMALL},
+    };
+    size_t idx[6] = {0}; /* entry index of want[j] */
+    for (size_t j = 0; j < 6; j++) {
+        size_t found = 0;
+        for (size_t i = 0; i < 6; i++) {
+            clopt_state_entry e;
+            assert_int_equal(clopt_optimizer_state_entry(o.opt, i, &e), CLOPT_SUCCESS);
+            if (e.param != want[j].param || strcmp(e.name, want[j].name) != 0)
+                continue;
+            found++, idx[j] = i;
+            char key[64];
+            snprintf(key, sizeof key, "state.%zu.%s", want[j].param, want[j].name);
+            assert_string_equal(e.key, key);
+            assert_int_equal(e.dtype, want[j].dtype);
+            assert_int_equal(e.length, want[j].length);
+            if (want[j].length == BIG) {
+                assert_int_equal(e.ndim, 2);
+                assert_int_equal(e.shape[0], 100);
+                assert_int_equal(e.shape[1], 100);
+            } else if (want[j].length == 40) { /* shorter than the tensor: {length} */
+                assert_int_equal(e.ndim, 1);
+                assert_int_equal(e.shape[0], 40);
+            }
+            const char *nm = NULL;
+            size_t len = 0;
+            assert_int_equal(clopt_optimizer_state_info(o.opt, e.param, e.index, &nm, &len),
+                             CLOPT_SUCCESS);
+            assert_string_equal(nm, want[j].name);
+            assert_int_equal(len, want[j].length);
+        }
+        assert_int_equal(found, 1);
+    }
+    const size_t bytes = clopt_optimizer_state_bytes(o.opt);
+    assert_int_equal(bytes, BIG * 2 + 2 * 40 * 4 + SMALL * 2 * 4);
+    assert_true((double)(bytes - SMALL * 2 * 4) / BIG <= 2.1);
+
+    /* the op level on the same data: 8-bit state for the big tensor, float32 for the small */
+    clopt_hparams hp;
+    assert_int_equal(clopt_optimizer_get_group_hparams(o.opt, 0, &hp), CLOPT_SUCCESS);
+    assert_int_equal(hp.state_dtype, CLOPT_DTYPE_U8);
+    hp.state_dtype = CLOPT_DTYPE_F32; /* the op level takes the storage from the args */
+    clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE], sm[CLOPT_MAX_STATE];
+    size_t cnt;
+    assert_int_equal(
+        clopt_alloc_state_ex(f->ctx, CLOPT_ADAMW, &hp, BIG, CLOPT_DTYPE_U8, q, am, &cnt),
+        CLOPT_SUCCESS);
+    assert_int_equal(cnt, 2);
+    assert_int_equal(clopt_alloc_state(f->ctx, CLOPT_ADAMW, &hp, SMALL, sm, &cnt), CLOPT_SUCCESS);
+    cl_mem p = buf_new(f->ctx, PLEN * 4, theta), gb = buf_new(f->ctx, PLEN * 4, NULL);
+    clopt_step_args big, sml;
+    clopt_step_args_init(&big);
+    clopt_step_args_init(&sml);
+    big.param = (clopt_tensor){p, OB}, big.grad = (clopt_tensor){gb, OB};
+    sml.param = (clopt_tensor){p, OS}, sml.grad = (clopt_tensor){gb, OS};
+    big.state_dtype = CLOPT_DTYPE_U8;
+    for (size_t k = 0; k < 2; k++)
+        big.state[k] = q[k], big.state_absmax[k] = am[k], sml.state[k] = sm[k];
+    for (uint64_t t = 1; t <= 4; t++) {
+        random_grads(&s, g);
+        buf_put(f->ctx, o.g, 0, PLEN * 4, g);
+        buf_put(f->ctx, gb, 0, PLEN * 4, g);
+        assert_int_equal(clopt_optimizer_step(o.opt, NULL), CLOPT_SUCCESS);
+        step_ok(f->ctx, CLOPT_ADAMW, &hp, &big, BIG, t, "adamw op level 8-bit");
+        step_ok(f->ctx, CLOPT_ADAMW, &hp, &sml, SMALL, t, "adamw op level f32");
+        buf_get(f->ctx, o.p, 0, PLEN * 4, a);
+        buf_get(f->ctx, p, 0, PLEN * 4, b);
+        assert_memory_equal(a, b, PLEN * 4);
+    }
+    /* the states, bit for bit */
+    const struct {
+        clopt_tensor t;
+        size_t bytes;
+    } opst[6] = {{q[0], BIG}, {q[1], BIG}, {am[0], 160}, {am[1], 160}, {sm[0], 400}, {sm[1], 400}};
+    for (size_t j = 0; j < 6; j++) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(o.opt, idx[j], &e), CLOPT_SUCCESS);
+        const size_t es = clopt_dtype_size(e.dtype);
+        unsigned char *x = xmalloc(opst[j].bytes), *y = xmalloc(opst[j].bytes);
+        buf_get(f->ctx, e.tensor.buffer, e.tensor.offset * es, opst[j].bytes, x);
+        buf_get(f->ctx, opst[j].t.buffer, opst[j].t.offset * es, opst[j].bytes, y);
+        assert_memory_equal(x, y, opst[j].bytes);
+        free(x), free(y);
+    }
+    assert_true(a[OB] != theta[OB]);
+
+    /* floats in and out: refused for the codes, allowed for the absmaxes and f32 state */
+    size_t slen;
+    unsigned char *before = orun_states(f->ctx, &o, &slen);
+    float *host = xmalloc(BIG * 4);
+    memset(host, 0x5C, BIG * 4);
+    assert_int_equal(clopt_optimizer_read_state(o.opt, 0, 0, host, BIG), CLOPT_ERR_UNSUPPORTED);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    for (size_t i = 0; i < BIG; i++)
+        assert_int_equal(f2u(host[i]), 0x5C5C5C5Cu);
+    assert_int_equal(clopt_optimizer_write_state(o.opt, 0, 1, host, BIG), CLOPT_ERR_UNSUPPORTED);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    clopt_state_entry e;
+    assert_int_equal(clopt_optimizer_state_entry(o.opt, idx[2], &e), CLOPT_SUCCESS);
+    float amx[40], amr[40];
+    assert_int_equal(clopt_optimizer_read_state(o.opt, 0, e.index, amx, 40), CLOPT_SUCCESS);
+    buf_get(f->ctx, e.tensor.buffer, e.tensor.offset * 4, sizeof amr, amr);
+    assert_memory_equal(amx, amr, sizeof amx);
+    assert_int_equal(clopt_optimizer_read_state(o.opt, 1, 0, host, SMALL), CLOPT_SUCCESS);
+    size_t slen2;
+    unsigned char *after = orun_states(f->ctx, &o, &slen2);
+    assert_int_equal(slen, slen2);
+    assert_memory_equal(before, after, slen);
+    /* a change of the state's storage changes the layout of the registered tensors */
+    clopt_hparams gh;
+    assert_int_equal(clopt_optimizer_get_group_hparams(o.opt, 0, &gh), CLOPT_SUCCESS);
+    gh.state_dtype = CLOPT_DTYPE_F32;
+    assert_int_equal(clopt_optimizer_set_group_hparams(o.opt, 0, &gh), CLOPT_ERR_STATE_MISMATCH);
+    assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+    gh.state_dtype = CLOPT_DTYPE_BF16;
+    assert_int_equal(clopt_optimizer_set_group_hparams(o.opt, 0, &gh), CLOPT_ERR_STATE_MISMATCH);
+    assert_int_equal(clopt_optimizer_get_group_hparams(o.opt, 0, &gh), CLOPT_SUCCESS);
+    assert_int_equal(gh.state_dtype, CLOPT_DTYPE_U8);
+    free(before), free(after), free(host);
+    for (size_t k = 0; k < 2; k++)
+        clReleaseMemObject(q[k].buffer), clReleaseMemObject(am[k].buffer),
+            clReleaseMemObject(sm[k].buffer);
+    clReleaseMemObject(p), clReleaseMemObject(gb);
+    orun_free(&o);
+    free(theta), free(g), free(a), free(b);
+}
+
+/* A checkpoint saved after 3 steps and loaded into a fresh optimizer (θ restored by the
+   caller) resumes bit for bit for 3 more, with u8 and with bf16 state; it does not load into
+   an optimizer whose state is stored otherwise. */
+static void test_opt_checkpoint(void **state)
+{
+    fixture *f = *state;
+    const int dtypes[] = {CLOPT_DTYPE_U8, CLOPT_DTYPE_BF16};
+    for (size_t m = 0; m < 2; m++) {
+        uint64_t s = 707 + m;
+        float *theta = xmalloc(PLEN * 4), *saved = xmalloc(PLEN * 4), *want = xmalloc(PLEN * 4),
+              *got = xmalloc(PLEN * 4), (*g)[PLEN] = xmalloc(6 * sizeof *g);
+        for (size_t i = 0; i < PLEN; i++)
+            theta[i] = (float)ref_normal(&s);
+        for (int k = 0; k < 6; k++)
+            random_grads(&s, g[k]);
+        orun a, b, c;
+        orun_make(f->ctx, &a, dtypes[m], theta);
+        for (int k = 0; k < 3; k++) {
+            buf_put(f->ctx, a.g, 0, PLEN * 4, g[k]);
+            assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
+        }
+        size_t size = 0, written = 0;
+        assert_int_equal(clopt_optimizer_state_size(a.opt, NULL, &size), CLOPT_SUCCESS);
+        unsigned char *ck = xmalloc(size);
+        assert_int_equal(clopt_optimizer_save_to(a.opt, NULL, ck, size, &written), CLOPT_SUCCESS);
+        assert_int_equal(written, size);
+        buf_get(f->ctx, a.p, 0, PLEN * 4, saved);
+        for (int k = 3; k < 6; k++) {
+            buf_put(f->ctx, a.g, 0, PLEN * 4, g[k]);
+            assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
+        }
+        buf_get(f->ctx, a.p, 0, PLEN * 4, want);
+        size_t wl, gl;
+        unsigned char *wst = orun_states(f->ctx, &a, &wl);
+
+        orun_make(f->ctx, &b, dtypes[m], saved);
+        const clopt_status ls = clopt_optimizer_load_from(b.opt, ck, size);
+        if (ls != CLOPT_SUCCESS)
+            print_error("load (%s state): %s (%s)\n", clopt_dtype_name((clopt_dtype)dtypes[m]),
+                        clopt_status_name(ls), clopt_ctx_last_error(f->ctx));
+        assert_int_equal(ls, CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step_count(b.opt), 3);
+        for (int k = 3; k < 6; k++) {
+            buf_put(f->ctx, b.g, 0, PLEN * 4, g[k]);
+            assert_int_equal(clopt_optimizer_step(b.opt, NULL), CLOPT_SUCCESS);
+        }
+        buf_get(f->ctx, b.p, 0, PLEN * 4, got);
+        assert_memory_equal(got, want, PLEN * 4);
+        unsigned char *gst = orun_states(f->ctx, &b, &gl);
+        assert_int_equal(gl, wl);
+        assert_memory_equal(gst, wst, wl);
+        assert_true(memcmp(want, saved, PLEN * 4) != 0);
+
+        /* not into float32 state (or the other storage), and nothing changes */
+        for (int other = 0; other < 2; other++) {
+            const int od = other == 0 ? CLOPT_DTYPE_F32 : dtypes[1 - m];
+            orun_make(f->ctx, &c, od, saved);
+            size_t cl0, cl1;
+            unsigned char *c0 = orun_states(f->ctx, &c, &cl0);
+            const clopt_status cs = clopt_optimizer_load_from(c.opt, ck, size);
+            if (cs != CLOPT_ERR_STATE_MISMATCH && cs != CLOPT_ERR_FORMAT)
+                print_error("a %s checkpoint into %s state: %s\n",
+                            clopt_dtype_name((clopt_dtype)dtypes[m]),
+                            clopt_dtype_name((clopt_dtype)od), clopt_status_name(cs));
+            assert_true(cs == CLOPT_ERR_STATE_MISMATCH || cs == CLOPT_ERR_FORMAT);
+            assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+            assert_int_equal(clopt_optimizer_step_count(c.opt), 0);
+            unsigned char *c1 = orun_states(f->ctx, &c, &cl1);
+            assert_int_equal(cl0, cl1);
+            assert_memory_equal(c0, c1, cl0);
+            free(c0), free(c1);
+            orun_free(&c);
+        }
+        free(wst), free(gst), free(ck);
+        orun_free(&a), orun_free(&b);
+        free(theta), free(saved), free(want), free(got), free(g);
+    }
+}
+
+/* Refused at the optimizer level with a message, nothing added or changed: arena and range
+   groups with 16- or 8-bit state, LAMB and Adafactor with non-f32 state, 8-bit state for a
+   rule without it, a state_dtype out of range. */
+static void test_opt_refused(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp, bad;
+    clopt_optimizer *opt = NULL;
+#define REFUSED(call, want)                                                                 \
+    do {                                                                                    \
+        const clopt_status s_ = (call);                                                     \
+        if (s_ != (want))                                                                   \
+            print_error("%s: %s (%s), want %s\n", #call, clopt_status_name(s_),             \
+                        clopt_ctx_last_error(f->ctx), clopt_status_name(want));             \
+        assert_int_equal(s_, (want));                                                       \
+        assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);                              \
+    } while (0)
+    static char sentinel;
+    const int narrow[] = {CLOPT_DTYPE_BF16, CLOPT_DTYPE_U8};
+    const clopt_rule multipass[] = {CLOPT_LAMB, CLOPT_ADAFACTOR};
+    for (size_t r = 0; r < 2; r++) {
+        for (size_t j = 0; j < 2; j++) {
+            const int sd = narrow[j];
+            assert_int_equal(clopt_hparams_default(multipass[r], &hp), CLOPT_SUCCESS);
+            hp.state_dtype = sd;
+            opt = (clopt_optimizer *)(void *)&sentinel;
+            REFUSED(clopt_optimizer_create(f->ctx, multipass[r], &hp, &opt), CLOPT_ERR_UNSUPPORTED);
+            assert_null(opt);
+            hp.state_dtype = CLOPT_DTYPE_F32;
+            assert_int_equal(clopt_optimizer_create(f->ctx, multipass[r], &hp, &opt),
+                             CLOPT_SUCCESS);
+            bad = hp;
+            bad.state_dtype = sd;
+            size_t gi = 77;
+            REFUSED(clopt_optimizer_add_group(opt, &bad, &gi), CLOPT_ERR_UNSUPPORTED);
+            assert_int_equal(clopt_optimizer_group_count(opt), 1);
+            /* set_group_hparams: refused (the status is not specified) */
+            assert_true(clopt_optimizer_set_group_hparams(opt, 0, &bad) < 0);
+            assert_true(strlen(clopt_ctx_last_error(f->ctx)) > 0);
+            clopt_hparams now;
+            assert_int_equal(clopt_optimizer_get_group_hparams(opt, 0, &now), CLOPT_SUCCESS);
+            assert_int_equal(now.state_dtype, CLOPT_DTYPE_F32);
+            clopt_optimizer_destroy(opt);
+        }
+    }
+    /* 8-bit state for rules without it; bf16 is fine for them */
+    const clopt_rule no8[] = {CLOPT_NADAM, CLOPT_ADADELTA, CLOPT_RADAM, CLOPT_SOPHIA};
+    for (size_t r = 0; r < sizeof no8 / sizeof no8[0]; r++) {
+        assert_int_equal(clopt_hparams_default(no8[r], &hp), CLOPT_SUCCESS);
+        hp.state_dtype = CLOPT_DTYPE_U8;
+        REFUSED(clopt_optimizer_create(f->ctx, no8[r], &hp, &opt), CLOPT_ERR_UNSUPPORTED);
+        assert_null(opt);
+        hp.state_dtype = CLOPT_DTYPE_BF16;
+        assert_int_equal(clopt_optimizer_create(f->ctx, no8[r], &hp, &opt), CLOPT_SUCCESS);
+        bad = hp;
+        bad.state_dtype = CLOPT_DTYPE_U8;
+        REFUSED(clopt_optimizer_add_group(opt, &bad, NULL), CLOPT_ERR_UNSUPPORTED);
+        assert_int_equal(clopt_optimizer_group_count(opt), 1);
+        clopt_optimizer_destroy(opt);
+    }
+    /* out of range */
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
+    bad = hp;
+    bad.state_dtype = 9;
+    REFUSED(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &bad, &opt), CLOPT_ERR_INVALID_HYPERPARAM);
+    bad.state_dtype = CLOPT_DTYPE_F16;
+    REFUSED(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &bad, &opt), CLOPT_ERR_INVALID_HYPERPARAM);
+    bad.state_dtype = -1;
+    REFUSED(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &bad, &opt), CLOPT_ERR_INVALID_HYPERPARAM);
+    /* arena and range groups keep float32 state */
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    cl_mem p = buf_new(f->ctx, 8192 * 4, NULL), g = buf_new(f->ctx, 8192 * 4, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){p, 0}, d.grad = (clopt_tensor){g, 0};
+    d.ndim = 1, d.shape[0] = 8192;
+    for (size_t j = 0; j < 2; j++) {
+        bad = hp;
+        bad.state_dtype = narrow[j];
+        size_t gi = 77, first = 77;
+        REFUSED(clopt_optimizer_add_arena_group(opt, &bad, 1, &d, &gi, &first),
+                CLOPT_ERR_UNSUPPORTED);
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = 1;
+        rg.tensors = &d;
+        REFUSED(clopt_optimizer_add_range_group(opt, &bad, &rg, &gi, &first),
+                CLOPT_ERR_UNSUPPORTED);
+        assert_int_equal(clopt_optimizer_group_count(opt), 1);
+        assert_int_equal(clopt_optimizer_param_count(opt), 0);
+        assert_int_equal(clopt_optimizer_state_bytes(opt), 0);
+    }
+    /* the same tensor in a plain group with 8-bit state is taken */
+    bad = hp;
+    bad.state_dtype = CLOPT_DTYPE_U8;
+    size_t gi;
+    assert_int_equal(clopt_optimizer_add_group(opt, &bad, &gi), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, gi, &d, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_state_bytes(opt), 8192 * 2 + 2 * 32 * 4);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p), clReleaseMemObject(g);
+#undef REFUSED
+}
+
+/* ---- 7. bad op-level arguments ------------------------------------------------------------- */
+
+typedef struct bad_env {
+    clopt_ctx *ctx;
+    cl_mem bufs[16];
+    unsigned char *snap[16];
+    size_t sizes[16];
+    size_t nbufs;
+} bad_env;
+
+static cl_mem env_buf(bad_env *e, size_t bytes, uint64_t *s)
+{
+    assert_true(e->nbufs < 16);
+    unsigned char *init = xmalloc(bytes);
+    for (size_t i = 0; i < bytes; i++)
+        init[i] = (unsigned char)(ref_splitmix64(s) & 0x3F); /* small finite floats */
+    cl_mem m = buf_new(e->ctx, bytes, init);
+    e->bufs[e->nbufs] = m, e->snap[e->nbufs] = init, e->sizes[e->nbufs] = bytes;
+    e->nbufs++;
+    return m;
+}
+
+static void env_check(bad_env *e, const char *what)
+{
+    assert_int_equal(clFinish(clopt_ctx_cl_queue(e->ctx)), CL_SUCCESS);
+    for (size_t b = 0; b < e->nbufs; b++) {
+        unsigned char *now = xmalloc(e->sizes[b]);
+        buf_get(e->ctx, e->bufs[b], 0, e->sizes[b], now);
+        if (memcmp(now, e->snap[b], e->sizes[b]) != 0)
+            print_error("%s: buffer %zu changed\n", what, b);
+        assert_memory_equal(now, e->snap[b], e->sizes[b]);
+        free(now);
+    }
+}
+
+static void expect_step(bad_env *e, clopt_rule rule, const clopt_hparams *hp,
+                        const clopt_step_args *a, size_t n, clopt_status want, const char *what)
+{
+    const clopt_status s = clopt_enqueue_step(e->ctx, NULL, rule, hp, a, n, 2, 0, NULL, NULL);
+    if (s != want)
+        print_error("%s: got %s (%s), want %s\n", what, clopt_status_name(s),
+                    clopt_ctx_last_error(e->ctx), clopt_status_name(want));
+    assert_int_equal(s, want);
+    assert_true(strlen(clopt_ctx_last_error(e->ctx)) > 0);
+    env_check(e, what);
+}
+
+static void test_bad_args(void **state)
+{
+    fixture *f = *state;
+    bad_env e = {f->ctx, {0}, {0}, {0}, 0};
+    uint64_t s = 8086;
+    const size_t n = 300, nb = nblocks(n); /* two blocks, the second cut */
+    cl_mem p = env_buf(&e, n * 4, &s), g = env_buf(&e, n * 4, &s), c0 = env_buf(&e, n, &s),
+           c1 = env_buf(&e, n, &s), a0 = env_buf(&e, nb * 4, &s), a1 = env_buf(&e, nb * 4, &s),
+           cshort = env_buf(&e, n - 1, &s), ashort = env_buf(&e, (nb - 1) * 4, &s),
+           f0 = env_buf(&e, n * 4, &s), f1 = env_buf(&e, n * 4, &s), h0 = env_buf(&e, n * 2, &s),
+           h1 = env_buf(&e, n * 2, &s), hshort = env_buf(&e, n * 2 - 2, &s),
+           a2 = env_buf(&e, nb * 4, &s);
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAM, &hp), CLOPT_SUCCESS);
+    clopt_step_args base;
+    clopt_step_args_init(&base);
+    base.param = (clopt_tensor){p, 0};
+    base.grad = (clopt_tensor){g, 0};
+    base.state[0] = (clopt_tensor){c0, 0};
+    base.state[1] = (clopt_tensor){c1, 0};
+    base.state_absmax[0] = (clopt_tensor){a0, 0};
+    base.state_absmax[1] = (clopt_tensor){a1, 0};
+    base.state_dtype = CLOPT_DTYPE_U8;
+    clopt_step_args a;
+    clopt_rule rule;
+    clopt_hparams h;
+#define CASE(setup, want, what)                                                             \
+    do {                                                                                    \
+        a = base;                                                                           \
+        rule = CLOPT_ADAM;                                                                  \
+        h = hp;                                                                             \
+        setup;                                                                              \
+        expect_step(&e, rule, &h, &a, n, want, what);                                       \
+    } while (0)
+    CASE((a.state_dtype = (clopt_dtype)5), CLOPT_ERR_INVALID_ARGUMENT, "state_dtype 5");
+    CASE((a.state_dtype = (clopt_dtype)-1), CLOPT_ERR_INVALID_ARGUMENT, "state_dtype -1");
+    CASE((a.state_dtype = CLOPT_DTYPE_F16), CLOPT_ERR_INVALID_ARGUMENT, "f16 state");
+    CASE((a.state_dtype = CLOPT_DTYPE_U16), CLOPT_ERR_INVALID_ARGUMENT, "u16 state");
+    CASE((rule = CLOPT_NADAM, clopt_hparams_default(rule, &h)),
+         CLOPT_ERR_UNSUPPORTED, "u8 state for nadam");
+    CASE((rule = CLOPT_ADADELTA, clopt_hparams_default(rule, &h)),
+         CLOPT_ERR_UNSUPPORTED, "u8 state for adadelta");
+    CASE((a.state_absmax[1] = (clopt_tensor){ashort, 0}), CLOPT_ERR_OUT_OF_BOUNDS,
+         "absmax of nb - 1 floats");
+    CASE((a.state_absmax[0] = (clopt_tensor){a0, 1}), CLOPT_ERR_OUT_OF_BOUNDS,
+         "absmax at offset 1 of nb floats");
+    CASE((a.state[1] = (clopt_tensor){cshort, 0}), CLOPT_ERR_OUT_OF_BOUNDS, "codes of n - 1 bytes");
+    CASE((a.state[0] = (clopt_tensor){c0, 1}), CLOPT_ERR_OUT_OF_BOUNDS,
+         "codes at offset 1 of n bytes");
+    CASE((a.state_dtype = CLOPT_DTYPE_F32, a.state[0] = (clopt_tensor){f0, 0},
+          a.state[1] = (clopt_tensor){f1, 0}, a.state_absmax[1].buffer = NULL),
+         CLOPT_ERR_STATE_MISMATCH, "absmax with f32 state");
+    CASE((a.state_dtype = CLOPT_DTYPE_BF16, a.state[0] = (clopt_tensor){h0, 0},
+          a.state[1] = (clopt_tensor){h1, 0}),
+         CLOPT_ERR_STATE_MISMATCH, "absmax with bf16 state");
+    CASE((a.state_absmax[2] = (clopt_tensor){a2, 0}), CLOPT_ERR_STATE_MISMATCH,
+         "absmax for a third state adam does not have");
+    CASE((a.state_dtype = CLOPT_DTYPE_BF16, a.state[0] = (clopt_tensor){h0, 0},
+          a.state[1] = (clopt_tensor){hshort, 0}, a.state_absmax[0].buffer = NULL,
+          a.state_absmax[1].buffer = NULL),
+         CLOPT_ERR_OUT_OF_BOUNDS, "bf16 state of n - 1 elements");
+    CASE((a.state_dtype = CLOPT_DTYPE_F32, a.state[0] = (clopt_tensor){h0, 0},
+          a.state[1] = (clopt_tensor){h1, 0}, a.state_absmax[0].buffer = NULL,
+          a.state_absmax[1].buffer = NULL),
+         CLOPT_ERR_OUT_OF_BOUNDS, "f32 state in 2n bytes");
+    CASE((h.state_dtype = 9), CLOPT_ERR_INVALID_HYPERPARAM, "hparams state_dtype 9");
+    /* a needed buffer NULL: the absmax of an 8-bit state */
+    CASE((a.state_absmax[1].buffer = NULL), CLOPT_ERR_NULL_ARGUMENT, "u8 state without its absmax");
+#undef CASE
+    /* the accepted neighbours (these write) */
+    a = base;
+    assert_int_equal(clopt_enqueue_step(e.ctx, NULL, CLOPT_ADAM, &hp, &a, n, 2, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    assert_string_equal(clopt_ctx_last_error(e.ctx), "");
+    a.state[1] = (clopt_tensor){cshort, 0};
+    assert_int_equal(clopt_enqueue_step(e.ctx, NULL, CLOPT_ADAM, &hp, &a, n - 1, 2, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    a = base;
+    a.state_dtype = CLOPT_DTYPE_BF16;
+    a.state[0] = (clopt_tensor){h0, 0}, a.state[1] = (clopt_tensor){h1, 0};
+    a.state_absmax[0].buffer = a.state_absmax[1].buffer = NULL;
+    assert_int_equal(clopt_enqueue_step(e.ctx, NULL, CLOPT_ADAM, &hp, &a, n, 2, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    assert_int_equal(clFinish(clopt_ctx_cl_queue(e.ctx)), CL_SUCCESS);
+    for (size_t b = 0; b < e.nbufs; b++) {
+        clReleaseMemObject(e.bufs[b]);
+        free(e.snap[b]);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_map),
+        cmocka_unit_test(test_q8_one_step),
+        cmocka_unit_test(test_q8_trajectory),
+        cmocka_unit_test(test_alloc_state_ex),
+        cmocka_unit_test(test_q8_zero_blocks),
+        cmocka_unit_test(test_q8_one_element),
+        cmocka_unit_test(test_q8_ties),
+        cmocka_unit_test(test_bf16_rules),
+        cmocka_unit_test(test_opt_q8),
+        cmocka_unit_test(test_opt_checkpoint),
+        cmocka_unit_test(test_opt_refused),
+        cmocka_unit_test(test_bad_args),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
