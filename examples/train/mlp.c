@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The MLP of the training example: Fashion-MNIST IDX files through zlib, the model on the
- * device (CLBlast GEMMs plus the kernels of mlp.cl) and the training loop through clopt's
- * optimizer level. See mlp.h.
+ * The MLP of the training example: the model on the device (CLBlast GEMMs plus the kernels of
+ * mlp.cl, weights in float32 or in 16-bit storage with a float32 copy for the GEMMs) and the
+ * training loop through clopt's optimizer level. The data are in mlp_data.c. See mlp.h.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mlp.h"
@@ -10,251 +10,15 @@
 #include "embedded.h"
 
 #include <clblast_c.h>
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <zlib.h>
 
 /* mlp.cl, embedded at build time (clopt_embed_sources in CMakeLists.txt). */
 extern const clopt_embedded_file mlp_cl_sources[];
 extern const size_t mlp_cl_sources_count;
-
-/* ------------------------------------------------------------------------------------ */
-/* Small helpers                                                                         */
-/* ------------------------------------------------------------------------------------ */
-
-static void put_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Data                                                                                  */
-/* ------------------------------------------------------------------------------------ */
-
-const char *mlp_data_dir(const char *dir)
-{
-    if (dir && *dir)
-        return dir;
-    const char *env = getenv(MLP_DATA_ENV);
-    if (env && *env)
-        return env;
-    return MLP_DEFAULT_DATA_DIR;
-}
-
-/* An IDX file (gzip or plain: gzread reads both). */
-typedef struct idx_file {
-    gzFile f;
-    char path[1024];
-} idx_file;
-
-static int idx_open(idx_file *x, const char *dir, const char *name, char *err, size_t errlen)
-{
-    struct stat st;
-    snprintf(x->path, sizeof x->path, "%s/%s.gz", dir, name);
-    if (stat(x->path, &st) != 0) {
-        char plain[1024];
-        snprintf(plain, sizeof plain, "%s/%s", dir, name);
-        if (stat(plain, &st) != 0) {
-            put_err(err, errlen,
-                    "Fashion-MNIST file %s(.gz) not found (install Debian's "
-                    "dataset-fashion-mnist package, e.g. with ci/install-deps.sh, or point "
-                    "--data / $" MLP_DATA_ENV " at a folder with the IDX files)",
-                    plain);
-            return -1;
-        }
-        memcpy(x->path, plain, sizeof plain);
-    }
-    x->f = gzopen(x->path, "rb");
-    if (!x->f) {
-        put_err(err, errlen, "%s: cannot open: %s", x->path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-static int idx_read(idx_file *x, void *dst, size_t n, char *err, size_t errlen)
-{
-    unsigned char *p = dst;
-    while (n > 0) {
-        const unsigned chunk = n > (1u << 30) ? (1u << 30) : (unsigned)n;
-        const int got = gzread(x->f, p, chunk);
-        if (got <= 0) {
-            int zerr = 0;
-            const char *msg = gzerror(x->f, &zerr);
-            put_err(err, errlen, "%s: truncated or unreadable (%s)", x->path,
-                    zerr ? msg : "unexpected end of file");
-            return -1;
-        }
-        p += got;
-        n -= (size_t)got;
-    }
-    return 0;
-}
-
-static uint32_t be32(const unsigned char *b)
-{
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-int mlp_dataset_load(const char *dir, int train, size_t limit, mlp_dataset *out, char *err,
-                     size_t errlen)
-{
-    if (!out) {
-        put_err(err, errlen, "mlp_dataset_load: NULL output");
-        return -1;
-    }
-    memset(out, 0, sizeof *out);
-    dir = mlp_data_dir(dir);
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        put_err(err, errlen,
-                "Fashion-MNIST folder %s not found (install Debian's dataset-fashion-mnist "
-                "package, e.g. with ci/install-deps.sh, or pass --data DIR / set $" MLP_DATA_ENV
-                ")",
-                dir);
-        return -1;
-    }
-    const char *pre = train ? "train" : "t10k";
-    char name[64];
-    idx_file im = {0}, lb = {0};
-    unsigned char h[16];
-    int rc = -1;
-
-    snprintf(name, sizeof name, "%s-images-idx3-ubyte", pre);
-    if (idx_open(&im, dir, name, err, errlen) != 0)
-        goto done;
-    snprintf(name, sizeof name, "%s-labels-idx1-ubyte", pre);
-    if (idx_open(&lb, dir, name, err, errlen) != 0)
-        goto done;
-    if (idx_read(&im, h, 16, err, errlen) != 0)
-        goto done;
-    if (be32(h) != 0x803) {
-        put_err(err, errlen, "%s: not an IDX image file (magic 0x%08x, expected 0x00000803)",
-                im.path, (unsigned)be32(h));
-        goto done;
-    }
-    const size_t n = be32(h + 4), rows = be32(h + 8), cols = be32(h + 12);
-    if (n == 0 || rows * cols != MLP_IMAGE_DIM) {
-        put_err(err, errlen, "%s: %zu images of %zux%zu pixels (expected 28x28)", im.path, n,
-                rows, cols);
-        goto done;
-    }
-    if (idx_read(&lb, h, 8, err, errlen) != 0)
-        goto done;
-    if (be32(h) != 0x801) {
-        put_err(err, errlen, "%s: not an IDX label file (magic 0x%08x, expected 0x00000801)",
-                lb.path, (unsigned)be32(h));
-        goto done;
-    }
-    if (be32(h + 4) != n) {
-        put_err(err, errlen, "%s has %u labels but %s has %zu images", lb.path,
-                (unsigned)be32(h + 4), im.path, n);
-        goto done;
-    }
-    const size_t keep = (limit == 0 || limit > n) ? n : limit;
-    out->n = keep;
-    out->dim = MLP_IMAGE_DIM;
-    out->pixels = malloc(keep * MLP_IMAGE_DIM);
-    out->labels = malloc(keep);
-    if (!out->pixels || !out->labels) {
-        put_err(err, errlen, "out of memory for %zu images", keep);
-        goto done;
-    }
-    if (idx_read(&im, out->pixels, keep * MLP_IMAGE_DIM, err, errlen) != 0 ||
-        idx_read(&lb, out->labels, keep, err, errlen) != 0)
-        goto done;
-    for (size_t i = 0; i < keep; i++)
-        if (out->labels[i] >= MLP_CLASSES) {
-            put_err(err, errlen, "%s: label %u of image %zu is out of range", lb.path,
-                    out->labels[i], i);
-            goto done;
-        }
-    rc = 0;
-done:
-    if (im.f)
-        gzclose(im.f);
-    if (lb.f)
-        gzclose(lb.f);
-    if (rc != 0)
-        mlp_dataset_free(out);
-    return rc;
-}
-
-void mlp_dataset_free(mlp_dataset *d)
-{
-    if (!d)
-        return;
-    free(d->pixels);
-    free(d->labels);
-    memset(d, 0, sizeof *d);
-}
-
-void mlp_dataset_pixel_stats(const mlp_dataset *d, double *mean, double *std)
-{
-    double s = 0.0, s2 = 0.0;
-    const size_t total = d->n * d->dim;
-    for (size_t i = 0; i < total; i++) {
-        const double v = d->pixels[i] / 255.0;
-        s += v;
-        s2 += v * v;
-    }
-    const double mu = total ? s / (double)total : 0.0;
-    const double var = total ? s2 / (double)total - mu * mu : 1.0;
-    if (mean)
-        *mean = mu;
-    if (std)
-        *std = var > 0 ? sqrt(var) : 1.0;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Host random numbers                                                                   */
-/* ------------------------------------------------------------------------------------ */
-
-void mlp_rng_seed(mlp_rng *r, uint64_t seed) { r->s = seed; }
-
-uint64_t mlp_rng_next(mlp_rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-double mlp_rng_uniform(mlp_rng *r) { return (double)(mlp_rng_next(r) >> 11) * 0x1.0p-53; }
-
-double mlp_rng_normal(mlp_rng *r)
-{
-    const double two_pi = 6.283185307179586476925286766559;
-    double u1;
-    do
-        u1 = mlp_rng_uniform(r);
-    while (u1 <= 0.0);
-    const double u2 = mlp_rng_uniform(r);
-    return sqrt(-2.0 * log(u1)) * cos(two_pi * u2);
-}
-
-void mlp_rng_permutation(mlp_rng *r, int *perm, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        perm[i] = (int)i;
-    for (size_t i = n; i > 1; i--) {
-        /* j uniform in [0, i): the multiply-shift of a 32-bit draw, bias < i / 2^32 */
-        const size_t j = (size_t)(((mlp_rng_next(r) >> 32) * (uint64_t)i) >> 32);
-        const int t = perm[i - 1];
-        perm[i - 1] = perm[j];
-        perm[j] = t;
-    }
-}
 
 /* ------------------------------------------------------------------------------------ */
 /* Model                                                                                 */
@@ -271,7 +35,8 @@ struct mlp {
     mlp_config cfg;
     cl_program program;
     cl_kernel k[K_COUNT];
-    cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters */
+    cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters (float32: what the GEMMs read) */
+    cl_mem w16[MLP_MAX_LAYERS], b16[MLP_MAX_LAYERS]; /* 16-bit θ (param_dtype F16/BF16), or NULL */
     cl_mem gw[MLP_MAX_LAYERS], gb[MLP_MAX_LAYERS]; /* gradients */
     cl_mem hw[MLP_MAX_LAYERS], hb[MLP_MAX_LAYERS]; /* Sophia's Hessian estimates */
     cl_mem act[MLP_MAX_LAYERS + 1];  /* act[0] input, act[i+1] output of layer i (logits last) */
@@ -378,23 +143,29 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
                size_t errlen)
 {
     if (!ctx || !cfg || !out) {
-        put_err(err, errlen, "mlp_create: NULL argument");
+        mlp_put_err(err, errlen, "mlp_create: NULL argument");
         return -1;
     }
     *out = NULL;
     if (cfg->nlayers < 1 || cfg->nlayers > MLP_MAX_LAYERS || cfg->batch == 0) {
-        put_err(err, errlen, "mlp_create: %zu layers (1..%d) and batch %zu (> 0)",
-                cfg->nlayers, MLP_MAX_LAYERS, cfg->batch);
+        mlp_put_err(err, errlen, "mlp_create: %zu layers (1..%d) and batch %zu (> 0)",
+                    cfg->nlayers, MLP_MAX_LAYERS, cfg->batch);
         return -1;
     }
     for (size_t i = 0; i <= cfg->nlayers; i++)
         if (cfg->dims[i] == 0) {
-            put_err(err, errlen, "mlp_create: dims[%zu] is 0", i);
+            mlp_put_err(err, errlen, "mlp_create: dims[%zu] is 0", i);
             return -1;
         }
+    if (cfg->param_dtype != CLOPT_DTYPE_F32 && cfg->param_dtype != CLOPT_DTYPE_F16 &&
+        cfg->param_dtype != CLOPT_DTYPE_BF16) {
+        mlp_put_err(err, errlen, "mlp_create: parameter storage %d is not f32, f16 or bf16",
+                    (int)cfg->param_dtype);
+        return -1;
+    }
     mlp *m = calloc(1, sizeof *m);
     if (!m) {
-        put_err(err, errlen, "out of memory");
+        mlp_put_err(err, errlen, "out of memory");
         return -1;
     }
     m->ctx = ctx;
@@ -412,6 +183,10 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
         m->b[i] = new_buffer(m, bn * sizeof(float), &ok);
         m->gw[i] = new_buffer(m, wn * sizeof(float), &ok);
         m->gb[i] = new_buffer(m, bn * sizeof(float), &ok);
+        if (cfg->param_dtype != CLOPT_DTYPE_F32) { /* 2 bytes each, whole words for the fill */
+            m->w16[i] = new_buffer(m, (wn * 2 + 3) / 4 * 4, &ok);
+            m->b16[i] = new_buffer(m, (bn * 2 + 3) / 4 * 4, &ok);
+        }
         if (hessian) {
             m->hw[i] = new_buffer(m, wn * sizeof(float), &ok);
             m->hb[i] = new_buffer(m, bn * sizeof(float), &ok);
@@ -433,7 +208,7 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
             ok = fail_cl(m, e, "clFinish") == 0;
     }
     if (!ok) {
-        put_err(err, errlen, "%s", m->err);
+        mlp_put_err(err, errlen, "%s", m->err);
         mlp_destroy(m);
         return -1;
     }
@@ -454,6 +229,8 @@ void mlp_destroy(mlp *m)
         release_mem(&m->gb[i]);
         release_mem(&m->hw[i]);
         release_mem(&m->hb[i]);
+        release_mem(&m->w16[i]);
+        release_mem(&m->b16[i]);
     }
     for (size_t i = 0; i <= MLP_MAX_LAYERS; i++) {
         release_mem(&m->act[i]);
@@ -504,6 +281,38 @@ int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb)
     return check_layer(m, l) ? -1 : read_pair(m, m->gw[l], m->gb[l], l, gw, gb);
 }
 
+/* 16-bit storage: θ of layer l from its float32 copy (to_16: rounded to nearest even), or the
+   float32 copy from θ (exact). Enqueued on the model's queue. */
+static int convert_layer(mlp *m, size_t l, int to_16)
+{
+    const size_t n[2] = {m->cfg.dims[l + 1] * m->cfg.dims[l], m->cfg.dims[l + 1]};
+    const cl_mem f32[2] = {m->w[l], m->b[l]}, p16[2] = {m->w16[l], m->b16[l]};
+    const clopt_dtype t = m->cfg.param_dtype;
+    for (int i = 0; i < 2; i++) {
+        const clopt_tensor a = {f32[i], 0}, h = {p16[i], 0};
+        const clopt_status s =
+            to_16 ? clopt_enqueue_convert(m->ctx, m->queue, h, t, a, CLOPT_DTYPE_F32, n[i], 0, 0,
+                                          0, 0, 0, NULL, NULL)
+                  : clopt_enqueue_convert(m->ctx, m->queue, a, CLOPT_DTYPE_F32, h, t, n[i], 0, 0,
+                                          0, 0, 0, NULL, NULL);
+        if (s != CLOPT_SUCCESS)
+            return fail(m, "clopt_enqueue_convert: %s (%s)", clopt_status_str(s),
+                        clopt_ctx_last_error(m->ctx));
+    }
+    return 0;
+}
+
+/* After an optimizer step: the float32 copies of every layer from the 16-bit θ. */
+static int sync_weights(mlp *m)
+{
+    if (m->cfg.param_dtype == CLOPT_DTYPE_F32)
+        return 0;
+    for (size_t l = 0; l < m->cfg.nlayers; l++)
+        if (convert_layer(m, l, 0))
+            return -1;
+    return 0;
+}
+
 int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b)
 {
     if (check_layer(m, l))
@@ -516,7 +325,15 @@ int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b)
     if (e == CL_SUCCESS && b)
         e = clEnqueueWriteBuffer(m->queue, m->b[l], CL_TRUE, 0, bn * sizeof(float), b, 0, NULL,
                                  NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueWriteBuffer");
+    if (e != CL_SUCCESS)
+        return fail_cl(m, e, "clEnqueueWriteBuffer");
+    if (m->cfg.param_dtype == CLOPT_DTYPE_F32)
+        return 0;
+    /* θ rounded to its storage, and the float32 copy the passes read set to exactly θ */
+    if (convert_layer(m, l, 1) || convert_layer(m, l, 0))
+        return -1;
+    e = clFinish(m->queue);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clFinish");
 }
 
 int mlp_init_he(mlp *m, uint64_t seed)
@@ -838,6 +655,37 @@ void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay)
         *weight_decay = wd;
 }
 
+int mlp_check_storage(clopt_dtype param_dtype, clopt_dtype state_dtype, clopt_master master,
+                      int stochastic_rounding, char *err, size_t errlen)
+{
+    const int p16 = param_dtype == CLOPT_DTYPE_F16 || param_dtype == CLOPT_DTYPE_BF16;
+    const char *why = NULL;
+    if (!p16 && param_dtype != CLOPT_DTYPE_F32)
+        why = "the weights' storage must be f32, f16 or bf16";
+    else if (state_dtype != CLOPT_DTYPE_F32 && state_dtype != CLOPT_DTYPE_BF16 &&
+             state_dtype != CLOPT_DTYPE_U8)
+        why = "the optimizer state's storage must be f32, bf16 or int8 (--state-dtype)";
+    else if (master < CLOPT_MASTER_NONE || master > CLOPT_MASTER_REMAINDER)
+        why = "--master must be none, f32 or remainder";
+    else if (stochastic_rounding != 0 && stochastic_rounding != 1)
+        why = "stochastic rounding is on (1) or off (0)";
+    else if (master != CLOPT_MASTER_NONE && !p16)
+        why = "--master keeps the float32 precision of 16-bit weights: it needs --param-dtype f16 "
+              "or bf16 (float32 weights need no master)";
+    else if (master == CLOPT_MASTER_REMAINDER && param_dtype != CLOPT_DTYPE_BF16)
+        why = "--master remainder needs --param-dtype bf16 (the 16-bit remainder completes a "
+              "bf16 weight to float32, not an f16 one); use --master f32 with f16";
+    else if (stochastic_rounding && master != CLOPT_MASTER_NONE)
+        why = "--stochastic-rounding rounds the weights themselves and needs --master none (a "
+              "master copy keeps the update's precision already)";
+    else if (stochastic_rounding && !p16)
+        why = "--stochastic-rounding needs --param-dtype f16 or bf16 (float32 weights are not "
+              "rounded)";
+    if (why)
+        mlp_put_err(err, errlen, "%s", why);
+    return why ? -1 : 0;
+}
+
 int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp)
 {
     clopt_status s = clopt_hparams_default(tc->rule, hp);
@@ -862,6 +710,13 @@ int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *h
     case CLOPT_SOPHIA: hp->bs = (double)m->cfg.batch; break;
     default: break;
     }
+    char serr[256];
+    if (mlp_check_storage(m->cfg.param_dtype, tc->state_dtype, tc->master,
+                          tc->stochastic_rounding, serr, sizeof serr))
+        return fail((mlp *)m, "%s", serr);
+    hp->master = (int)tc->master;
+    hp->stochastic_rounding = tc->stochastic_rounding;
+    hp->state_dtype = (int)tc->state_dtype;
     const char *why = NULL;
     if ((s = clopt_hparams_validate(tc->rule, hp, &why)) != CLOPT_SUCCESS)
         return fail((mlp *)m, "hyperparameters for %s: %s", clopt_rule_name(tc->rule), why);
@@ -886,15 +741,20 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
     clopt_hparams hb = hp;
     hb.weight_decay = 0.0;
     size_t bias_group = 0;
-    if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS)
+    if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS ||
+        (tc->stochastic_rounding &&
+         (s = clopt_optimizer_seed(opt, tc->sr_seed)) != CLOPT_SUCCESS))
         goto fail;
+    const int p16 = m->cfg.param_dtype != CLOPT_DTYPE_F32;
     const int sophia = tc->rule == CLOPT_SOPHIA && m->hessian;
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < m->cfg.nlayers; i++) {
             clopt_param_desc d;
             memset(&d, 0, sizeof d);
+            d.param_dtype = m->cfg.param_dtype;
+            d.grad_dtype = CLOPT_DTYPE_F32;
             if (pass == 0) { /* weights [out, in]: 2-D, so Adafactor factors them */
-                d.param = (clopt_tensor){m->w[i], 0};
+                d.param = (clopt_tensor){p16 ? m->w16[i] : m->w[i], 0};
                 d.grad = (clopt_tensor){m->gw[i], 0};
                 if (sophia)
                     d.hessian = (clopt_tensor){m->hw[i], 0};
@@ -902,7 +762,7 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
                 d.shape[0] = m->cfg.dims[i + 1];
                 d.shape[1] = m->cfg.dims[i];
             } else {
-                d.param = (clopt_tensor){m->b[i], 0};
+                d.param = (clopt_tensor){p16 ? m->b16[i] : m->b[i], 0};
                 d.grad = (clopt_tensor){m->gb[i], 0};
                 if (sophia)
                     d.hessian = (clopt_tensor){m->hb[i], 0};
@@ -1009,6 +869,8 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
             fail_clopt(m, cs, "clopt_optimizer_step");
             goto done;
         }
+        if (sync_weights(m))
+            goto done;
         if (progress && ((s + 1) % progress_every == 0 || s + 1 == steps)) {
             if (mlp_read_stats(m, read, s + 1 - read, st + 2 * read))
                 goto done;

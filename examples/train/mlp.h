@@ -16,6 +16,15 @@
  *
  * Functions return 0 on success and -1 on failure, with a message in mlp_last_error().
  * Everything runs on the clopt context's in-order queue.
+ *
+ * Storage: the parameters θ the optimizer updates are float32 (default) or 16-bit (f16,
+ * bf16; mlp_config.param_dtype). With 16-bit θ the model also keeps a float32 copy of every
+ * weight and bias, which is what the GEMMs and kernels read: clopt_enqueue_convert writes it
+ * from θ after every optimizer step (exact, both 16-bit types are subsets of float32).
+ * Gradients stay float32; the optimizer's state is float32 unless
+ * mlp_train_config.state_dtype asks for bf16 or 8-bit state.
+ *
+ * The data (mlp_dataset_*) and the host random numbers are in mlp_data.c, the rest in mlp.c.
  */
 #ifndef CLOPT_EXAMPLE_MLP_H
 #define CLOPT_EXAMPLE_MLP_H
@@ -38,6 +47,14 @@ extern "C" {
 #define MLP_DATA_ENV "CLOPT_FASHION_MNIST_DIR"
 
 /* ---- data ------------------------------------------------------------------------------ */
+
+/* The error reporting of the functions below that take (err, errlen): a vsnprintf into err,
+   nothing when err is NULL or errlen 0. */
+void mlp_put_err(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
 
 /* Images as stored in the IDX files: n rows of dim uint8 pixels, labels 0..9. */
 typedef struct mlp_dataset {
@@ -77,14 +94,18 @@ typedef struct mlp_config {
     size_t nlayers;                      /* weight layers: 3 for 784-256-128-10 */
     size_t dims[MLP_MAX_LAYERS + 1];     /* dims[0] inputs ... dims[nlayers] classes */
     size_t batch;                        /* the largest batch the model is asked to run */
+    /* Storage of the weights and biases the optimizer updates: CLOPT_DTYPE_F32 (0, the
+       default), CLOPT_DTYPE_F16 or CLOPT_DTYPE_BF16 (see "Storage" above). */
+    clopt_dtype param_dtype;
 } mlp_config;
 
-/* 784-256-128-10 with the given batch size. */
+/* 784-256-128-10 with the given batch size, float32 weights. */
 mlp_config mlp_config_default(size_t batch);
 
 typedef struct mlp mlp;
 
-/* Buffers for weights, gradients and activations, and the kernels of mlp.cl compiled on
+/* Buffers for weights (and their 16-bit storage when cfg->param_dtype is F16 or BF16),
+   gradients and activations, and the kernels of mlp.cl compiled on
    clopt_ctx_cl_context(ctx). Weights start at zero: call mlp_init_he (or mlp_set_layer).
    With hessian != 0 a Hessian-estimate buffer per tensor is allocated too (Sophia). */
 int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, char *err,
@@ -95,11 +116,14 @@ const mlp_config *mlp_get_config(const mlp *m);
 clopt_ctx *mlp_get_ctx(const mlp *m);
 
 /* He initialisation: W_l ~ N(0, 2 / in_l) from the host generator seeded with seed,
-   b_l = 0. Blocking. */
+   b_l = 0 (rounded to nearest in 16-bit storage, see mlp_set_layer). Blocking. */
 int mlp_init_he(mlp *m, uint64_t seed);
 
 /* Host copies of layer l's weights (out*in) and bias (out), either pointer may be NULL;
-   blocking. get_grads reads the gradients of the last backward pass. */
+   blocking. get_grads reads the gradients of the last backward pass. With 16-bit storage
+   set_layer rounds the values to it (to nearest even) and get_layer returns the rounded
+   values; an optimizer with a master copy (mlp_train_config.master) initialises it when it
+   is created, so set the weights before mlp_optimizer_create. */
 int mlp_get_layer(mlp *m, size_t l, float *w, float *b);
 int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b);
 int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb);
@@ -136,7 +160,25 @@ typedef struct mlp_train_config {
     double weight_decay; /* < 0: the table's; applies to the weights (group 0) only */
     size_t warmup_steps; /* linear warmup from 1% of lr, then cosine decay to 0 */
     size_t total_steps;  /* the whole run (epochs * steps per epoch) */
+    /* 16-bit weights only (see mlp_check_storage): the master copy the rule updates
+       (CLOPT_MASTER_NONE = 0: θ itself, rounded after every update) and stochastic rounding
+       of θ (no master), seeded with sr_seed (clopt_optimizer_seed). */
+    clopt_master master;
+    int stochastic_rounding;
+    uint64_t sr_seed;
+    /* Storage of the optimizer state (clopt_hparams.state_dtype): CLOPT_DTYPE_F32 (0), BF16
+       or U8 (8-bit blockwise, for the rules the library has it for; tensors under 4096
+       elements, the biases here, keep float32 state). */
+    clopt_dtype state_dtype;
 } mlp_train_config;
+
+/* Whether the storage settings go together: θ in F32, F16 or BF16 and the state in F32, BF16
+   or U8; a master needs 16-bit θ, REMAINDER needs bf16 θ, stochastic rounding needs 16-bit θ
+   and no master. 0, or -1 with the reason in err (written in the command line's terms:
+   --param-dtype, --state-dtype, --master, --stochastic-rounding). Which rules have 8-bit
+   state is the library's to say (mlp_optimizer_create fails for the others). */
+int mlp_check_storage(clopt_dtype param_dtype, clopt_dtype state_dtype, clopt_master master,
+                      int stochastic_rounding, char *err, size_t errlen);
 
 /* The table: learning rate and weight decay this example uses for rule by default. */
 void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay);
@@ -146,7 +188,9 @@ void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay);
 int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp);
 
 /* clopt_optimizer of tc->rule over the model: weights (shape [out, in]) in group 0 with weight
-   decay, biases in group 1 without; warmup + cosine schedule on both groups. */
+   decay, biases in group 1 without; warmup + cosine schedule on both groups. The tensors are
+   registered in the model's storage type (float32 gradients) with tc's master, stochastic
+   rounding and state storage (checked with mlp_check_storage). */
 int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **out);
 
 typedef struct mlp_epoch_stats {
@@ -159,11 +203,12 @@ typedef struct mlp_epoch_stats {
 typedef void (*mlp_progress_fn)(void *user, size_t done, size_t steps, double loss);
 
 /* One epoch over d in a random order drawn from rng, ceil(n / batch) steps (the last one
-   shorter), one clopt_optimizer_step each. For Sophia, every hess_interval-th step first
-   computes a Gauss-Newton-Bartlett Hessian estimate (a backward pass on labels sampled from
-   the model) into the Hessian buffers. step_loss (may be NULL; `steps` entries) receives
-   each step's mean batch loss. progress (may be NULL) is called every progress_every steps
-   (each call waits for the device). Returns at the end of the epoch with the queue finished. */
+   shorter), one clopt_optimizer_step each (then, with 16-bit weights, their float32 copy).
+   For Sophia, every hess_interval-th step first computes a Gauss-Newton-Bartlett Hessian
+   estimate (a backward pass on labels sampled from the model) into the Hessian buffers.
+   step_loss (may be NULL; `steps` entries) receives each step's mean batch loss. progress
+   (may be NULL) is called every progress_every steps (each call waits for the device).
+   Returns at the end of the epoch with the queue finished. */
 int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
                     float *step_loss, mlp_progress_fn progress, void *user,
                     size_t progress_every, mlp_epoch_stats *out);

@@ -7,6 +7,8 @@
  *   clopt-train-mlp [--optimizer NAME] [--epochs N] [--batch B] [--lr X] [--wd X]
  *                   [--warmup STEPS] [--train-limit N] [--test-limit N] [--seed S]
  *                   [--device D] [--data DIR] [--csv FILE] [--steps-csv FILE] [--quiet]
+ *                   [--param-dtype f32|f16|bf16] [--state-dtype f32|bf16|int8]
+ *                   [--master none|f32|remainder] [--stochastic-rounding]
  *
  * One line per epoch on stdout:
  *   epoch E loss L train_acc A test_acc B seconds S
@@ -45,10 +47,41 @@ static void usage(FILE *f)
             "  --csv FILE         one row per epoch\n"
             "  --steps-csv FILE   one row per step (the batch's mean loss)\n"
             "  --quiet            no progress bar and no per-epoch lines, only a final summary\n"
+            "  --param-dtype T    storage of the weights the optimizer updates: f32 (default),\n"
+            "                     f16 or bf16; the forward and backward passes read them\n"
+            "                     converted to f32, gradients stay f32\n"
+            "  --state-dtype T    storage of the optimizer state: f32 (default), bf16, or int8\n"
+            "                     (8-bit blockwise: sgd, adam, adamw, lion, rmsprop, adagrad);\n"
+            "                     tensors under 4096 elements (the biases) keep f32\n"
+            "  --master M         16-bit weights: none (default: the update is rounded into\n"
+            "                     them), f32 (a float32 master copy) or remainder (bf16 only:\n"
+            "                     16-bit remainders that complete the weights to float32)\n"
+            "  --stochastic-rounding  16-bit weights without a master: round each update\n"
+            "                     stochastically (unbiased) instead of to nearest (--seed)\n"
             "  --list             the rules with their default lr and weight decay\n"
             "  --version          the versions of clopt-train-mlp and the library\n",
             MLP_DATA_ENV, MLP_DEFAULT_DATA_DIR);
 }
+
+/* Index of s in names[0..n), or -1 with a message naming the option and the choices. */
+static int parse_choice(const char *opt, const char *s, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    fprintf(stderr, "clopt-train-mlp: %s expects one of", opt);
+    for (int i = 0; i < n; i++)
+        fprintf(stderr, "%s %s", i ? "," : "", names[i]);
+    fprintf(stderr, ", not '%s'\n", s);
+    return -1;
+}
+
+/* The choices of --param-dtype (clopt_dtype order), --state-dtype (STATE_TYPES' order) and
+   --master (clopt_master order). */
+static const char *const PARAM_DTYPES[] = {"f32", "f16", "bf16"};
+static const char *const STATE_DTYPES[] = {"f32", "bf16", "int8"};
+static const clopt_dtype STATE_TYPES[] = {CLOPT_DTYPE_F32, CLOPT_DTYPE_BF16, CLOPT_DTYPE_U8};
+static const char *const MASTERS[] = {"none", "f32", "remainder"};
 
 static double now_s(void)
 {
@@ -111,7 +144,8 @@ int main(int argc, char **argv)
     size_t epochs = 10, batch = 128, train_limit = 0, test_limit = 0, warmup = (size_t)-1;
     double lr = 0.0, wd = -1.0;
     uint64_t seed = 1;
-    int quiet = 0;
+    int quiet = 0, sr = 0, param_dtype = CLOPT_DTYPE_F32, state_dtype = 0,
+        master = CLOPT_MASTER_NONE;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -135,6 +169,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--quiet")) {
             quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--stochastic-rounding")) {
+            sr = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -172,6 +210,12 @@ int main(int argc, char **argv)
             csv_path = v;
         else if (!strcmp(a, "--steps-csv"))
             steps_path = v;
+        else if (!strcmp(a, "--param-dtype"))
+            bad = (param_dtype = parse_choice(a, v, PARAM_DTYPES, 3)) < 0;
+        else if (!strcmp(a, "--state-dtype"))
+            bad = (state_dtype = parse_choice(a, v, STATE_DTYPES, 3)) < 0;
+        else if (!strcmp(a, "--master"))
+            bad = (master = parse_choice(a, v, MASTERS, 3)) < 0;
         else {
             fprintf(stderr, "clopt-train-mlp: unknown option %s\n", a);
             usage(stderr);
@@ -192,8 +236,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "clopt-train-mlp: --epochs and --batch must be > 0\n");
         return 2;
     }
-
     char err[1024];
+    if (mlp_check_storage((clopt_dtype)param_dtype, STATE_TYPES[state_dtype],
+                          (clopt_master)master, sr, err, sizeof err)) {
+        fprintf(stderr, "clopt-train-mlp: %s\n", err);
+        return 2;
+    }
+
     mlp_dataset train = {0}, test = {0};
     if (mlp_dataset_load(data, 1, train_limit, &train, err, sizeof err) != 0 ||
         mlp_dataset_load(data, 0, test_limit, &test, err, sizeof err) != 0) {
@@ -216,7 +265,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "clopt-train-mlp: no OpenCL context: %s\n", clopt_status_str(s));
         goto out;
     }
-    const mlp_config cfg = mlp_config_default(batch);
+    mlp_config cfg = mlp_config_default(batch);
+    cfg.param_dtype = (clopt_dtype)param_dtype;
     if (mlp_create(ctx, &cfg, rule == CLOPT_SOPHIA, &m, err, sizeof err) != 0) {
         fprintf(stderr, "clopt-train-mlp: %s\n", err);
         goto out;
@@ -225,7 +275,8 @@ int main(int argc, char **argv)
     mlp_dataset_pixel_stats(&train, &mean, &sd);
     mlp_set_normalization(m, mean, sd);
     const size_t steps = mlp_steps_per_epoch(train.n, batch);
-    mlp_train_config tc = {rule, lr, wd, 0, epochs * steps};
+    mlp_train_config tc = {rule, lr, wd, 0, epochs * steps, (clopt_master)master, sr, seed,
+                           STATE_TYPES[state_dtype]};
     tc.warmup_steps = warmup != (size_t)-1 ? warmup : (size_t)llround(0.05 * (double)tc.total_steps);
     clopt_hparams hp;
     if (mlp_init_he(m, seed) || mlp_upload(m, &train, &dtrain) || mlp_upload(m, &test, &dtest) ||
@@ -239,6 +290,10 @@ int main(int argc, char **argv)
                 "steps, warmup %zu steps then cosine; %zu train / %zu test images\n",
                 rule_name, clopt_ctx_device_name(ctx), hp.lr, hp.weight_decay, batch, epochs,
                 steps, tc.warmup_steps, train.n, test.n);
+    if (!quiet && (param_dtype != CLOPT_DTYPE_F32 || state_dtype != 0))
+        fprintf(stderr, "# weights in %s (master %s%s), optimizer state in %s, gradients in f32\n",
+                PARAM_DTYPES[param_dtype], MASTERS[master],
+                sr ? ", stochastic rounding" : "", STATE_DTYPES[state_dtype]);
     if (csv_path) {
         csv = fopen(csv_path, "w");
         if (!csv) {
