@@ -24,8 +24,9 @@ cmake --build build/ci -j"$jobs"
 echo "== tests"
 ctest --test-dir build/ci --output-on-failure -j"$jobs"
 
-echo "== conformance: every golden case of tests/data/golden"
+echo "== conformance: every golden case of tests/data/golden and tests/data/golden_storage"
 build/ci/host/conform/clopt-conform tests/data/golden
+build/ci/host/conform/clopt-conform tests/data/golden_storage
 
 echo "== Oclgrind: kernel tests and golden replay on a simulated device that checks every access"
 # a second OpenCL implementation: reads and writes past a buffer (discarded ones included),
