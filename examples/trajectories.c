@@ -3,12 +3,15 @@
  * clopt-trajectories: the paths of every clopt rule on two classic surfaces of optimizer
  * lectures, computed by clopt's kernels at the optimizer level and drawn with cairo.
  *
- *   clopt-trajectories [--out DIR] [--csv FILE] [--device D]
+ *   clopt-trajectories [--out DIR] [--csv FILE] [--device D] [--bf16 MODE]
  *
  *   --out DIR     where the figures go (default docs/): DIR/trajectories_rosenbrock.png and
  *                 DIR/trajectories_saddle.png (DIR is created if missing, not its parents)
  *   --csv FILE    also write every point: rule,surface,step,x,y
  *   --device D    the OpenCL device (an index or a name substring, as CLOPT_DEVICE)
+ *   --bf16 MODE   θ stored in bfloat16, MODE nearest (no master, round to nearest),
+ *                 stochastic (no master, stochastic rounding), master (an fp32 master) or
+ *                 remainder (a 16-bit remainder): figures ..._bf16-MODE.png
  *
  * The paths themselves (surfaces, the per-rule table of learning rates and step counts, the
  * device loop) are in trajectories_lib.c; tests/test_trajectories.c replays them in double.
@@ -311,7 +314,7 @@ static void path_summary(traj_surface s, const path *p, char *buf, size_t len)
 }
 
 static int draw_figure(traj_surface s, const path *paths, size_t npaths, const char *device,
-                       const char *file)
+                       const char *storage, const char *file)
 {
     view v;
     traj_window(s, v.win);
@@ -418,9 +421,9 @@ static int draw_figure(traj_surface s, const path *paths, size_t npaths, const c
                  npaths);
     text_at(cr, PLOT_X, 38, 26, 1, 0.0, title);
     char sub[512];
-    snprintf(sub, sizeof sub, "%s   \xc2\xb7   %s   \xc2\xb7   float32 on %s",
+    snprintf(sub, sizeof sub, "%s   \xc2\xb7   %s   \xc2\xb7   %s on %s",
              traj_surface_formula(s),
-             s == TRAJ_ROSENBROCK ? "contours 3 per decade" : "contours every 0.25",
+             s == TRAJ_ROSENBROCK ? "contours 3 per decade" : "contours every 0.25", storage,
              device);
     cairo_set_source_rgb(cr, 0.25, 0.25, 0.25);
     text_at(cr, PLOT_X, 68, 16, 0, 0.0, sub);
@@ -472,15 +475,17 @@ static int draw_figure(traj_surface s, const path *paths, size_t npaths, const c
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: clopt-trajectories [--out DIR] [--csv FILE] [--device D] [--version]\n"
+    fprintf(f, "usage: clopt-trajectories [--out DIR] [--csv FILE] [--device D] [--bf16 MODE]"
+               " [--version]\n"
                "  --out DIR    directory of the PNG figures (default docs/)\n"
                "  --csv FILE   write every point as rule,surface,step,x,y\n"
-               "  --device D   OpenCL device: index or name substring (as CLOPT_DEVICE)\n");
+               "  --device D   OpenCL device: index or name substring (as CLOPT_DEVICE)\n"
+               "  --bf16 MODE  θ in bfloat16: nearest, stochastic, master or remainder\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *out = "docs/", *csv = NULL, *device = NULL;
+    const char *out = "docs/", *csv = NULL, *device = NULL, *bf16 = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
@@ -495,6 +500,10 @@ int main(int argc, char **argv)
             csv = argv[++i];
         } else if (i + 1 < argc && !strcmp(argv[i], "--device")) {
             device = argv[++i];
+        } else if (i + 1 < argc && !strcmp(argv[i], "--bf16") &&
+                   (!strcmp(argv[i + 1], "nearest") || !strcmp(argv[i + 1], "stochastic") ||
+                    !strcmp(argv[i + 1], "master") || !strcmp(argv[i + 1], "remainder"))) {
+            bf16 = argv[++i];
         } else {
             fprintf(stderr, "clopt-trajectories: unknown or incomplete argument '%s'\n", argv[i]);
             usage(stderr);
@@ -548,7 +557,15 @@ int main(int argc, char **argv)
                 break;
             }
             np++;
-            if ((st = traj_run(ctx, p->rule, s, &p->hp, p->steps, p->xy)) != CLOPT_SUCCESS) {
+            if (bf16) {
+                p->hp.master = !strcmp(bf16, "master")      ? CLOPT_MASTER_F32
+                               : !strcmp(bf16, "remainder") ? CLOPT_MASTER_REMAINDER
+                                                            : CLOPT_MASTER_NONE;
+                p->hp.stochastic_rounding = !strcmp(bf16, "stochastic");
+            }
+            if ((st = traj_run_typed(ctx, p->rule, s, &p->hp, p->steps, p->xy,
+                                     bf16 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32)) !=
+                CLOPT_SUCCESS) {
                 fprintf(stderr, "clopt-trajectories: %s on %s: %s (%s)\n",
                         clopt_rule_name(p->rule), traj_surface_name(s), clopt_status_str(st),
                         clopt_ctx_last_error(ctx));
@@ -566,9 +583,13 @@ int main(int argc, char **argv)
         if (rc == 0) {
             char file[4096];
             const size_t ol = strlen(out);
-            snprintf(file, sizeof file, "%s%strajectories_%s.png", out,
-                     ol && out[ol - 1] == '/' ? "" : "/", traj_surface_name(s));
-            if (draw_figure(s, paths, np, clopt_ctx_device_name(ctx), file) != 0)
+            char storage[64] = "float32";
+            if (bf16)
+                snprintf(storage, sizeof storage, "bf16 \xce\xb8 (%s)", bf16);
+            snprintf(file, sizeof file, "%s%strajectories_%s%s%s.png", out,
+                     ol && out[ol - 1] == '/' ? "" : "/", traj_surface_name(s),
+                     bf16 ? "_bf16-" : "", bf16 ? bf16 : "");
+            if (draw_figure(s, paths, np, clopt_ctx_device_name(ctx), storage, file) != 0)
                 rc = 1;
             else
                 printf("wrote %s\n", file);

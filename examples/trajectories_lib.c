@@ -4,6 +4,8 @@
  */
 #include "trajectories_lib.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,14 +263,54 @@ static clopt_status cl_status(cl_int err)
 clopt_status traj_run(clopt_ctx *ctx, clopt_rule rule, traj_surface s, const clopt_hparams *hp,
                       unsigned steps, double *xy)
 {
+    return traj_run_typed(ctx, rule, s, hp, steps, xy, CLOPT_DTYPE_F32);
+}
+
+/* θ's two values as stored (es 4: floats; 2: f16 or bf16 words) to floats, and back (the
+   16-bit start rounded to nearest even through clopt_enqueue_convert). */
+static double half_value(uint16_t h)
+{
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, e - 25);
+    return (h & 0x8000u) ? -v : v;
+}
+
+static float bf16_value(uint16_t w)
+{
+    uint32_t b = (uint32_t)w << 16;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+static clopt_status theta_read(cl_command_queue q, cl_mem m, clopt_dtype t, float theta[2],
+                               cl_int *err)
+{
+    uint16_t w[2];
+    if (t == CLOPT_DTYPE_F32) {
+        *err = clEnqueueReadBuffer(q, m, CL_TRUE, 0, 2 * sizeof(float), theta, 0, NULL, NULL);
+        return CLOPT_SUCCESS;
+    }
+    *err = clEnqueueReadBuffer(q, m, CL_TRUE, 0, sizeof w, w, 0, NULL, NULL);
+    for (int i = 0; i < 2; i++)
+        theta[i] = t == CLOPT_DTYPE_BF16 ? bf16_value(w[i]) : (float)half_value(w[i]);
+    return CLOPT_SUCCESS;
+}
+
+clopt_status traj_run_typed(clopt_ctx *ctx, clopt_rule rule, traj_surface s,
+                            const clopt_hparams *hp, unsigned steps, double *xy,
+                            clopt_dtype param_dtype)
+{
     if (!ctx || !hp || !xy)
         return CLOPT_ERR_NULL_ARGUMENT;
-    if ((unsigned)s >= TRAJ_SURFACE_COUNT || (unsigned)rule >= CLOPT_RULE_COUNT)
+    if ((unsigned)s >= TRAJ_SURFACE_COUNT || (unsigned)rule >= CLOPT_RULE_COUNT ||
+        (param_dtype != CLOPT_DTYPE_F32 && param_dtype != CLOPT_DTYPE_F16 &&
+         param_dtype != CLOPT_DTYPE_BF16))
         return CLOPT_ERR_INVALID_ARGUMENT;
 
     cl_context cc = clopt_ctx_cl_context(ctx);
     cl_command_queue q = clopt_ctx_cl_queue(ctx);
-    cl_mem buf[3] = {NULL, NULL, NULL}; /* θ, gradient, Hessian diagonal */
+    cl_mem buf[4] = {NULL, NULL, NULL, NULL}; /* θ, gradient, Hessian diagonal, θ's start */
     clopt_optimizer *opt = NULL;
     clopt_status st = CLOPT_SUCCESS;
     cl_int err = CL_SUCCESS;
@@ -277,23 +319,38 @@ clopt_status traj_run(clopt_ctx *ctx, clopt_rule rule, traj_surface s, const clo
     traj_start(s, start);
     float theta[2] = {(float)start[0], (float)start[1]};
     float grad[2], hess[2];
-    for (int i = 0; i < 3 && err == CL_SUCCESS; i++)
+    for (int i = 0; i < 4 && err == CL_SUCCESS; i++)
         buf[i] = clCreateBuffer(cc, CL_MEM_READ_WRITE, sizeof theta, NULL, &err);
+    if (err == CL_SUCCESS)
+        err = clEnqueueWriteBuffer(q, param_dtype == CLOPT_DTYPE_F32 ? buf[0] : buf[3], CL_TRUE,
+                                   0, sizeof theta, theta, 0, NULL, NULL);
     if (err != CL_SUCCESS) {
         st = cl_status(err);
         goto done;
     }
-    err = clEnqueueWriteBuffer(q, buf[0], CL_TRUE, 0, sizeof theta, theta, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        st = cl_status(err);
+    if (param_dtype != CLOPT_DTYPE_F32 && /* the 16-bit start, rounded to nearest */
+        ((st = clopt_enqueue_convert(ctx, NULL, (clopt_tensor){buf[0], 0}, param_dtype,
+                                     (clopt_tensor){buf[3], 0}, CLOPT_DTYPE_F32, 2, 0, 0, 0, 0,
+                                     0, NULL, NULL)) != CLOPT_SUCCESS ||
+         (st = theta_read(q, buf[0], param_dtype, theta, &err)) != CLOPT_SUCCESS ||
+         err != CL_SUCCESS)) {
+        if (err != CL_SUCCESS)
+            st = cl_status(err);
         goto done;
     }
 
     const int sophia = rule == CLOPT_SOPHIA;
     const clopt_tensor tp = {buf[0], 0}, tg = {buf[1], 0}, th = {buf[2], 0};
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = tp;
+    d.grad = tg;
+    d.hessian = sophia ? th : (clopt_tensor){NULL, 0};
+    d.ndim = 1;
+    d.shape[0] = 2;
+    d.param_dtype = param_dtype;
     if ((st = clopt_optimizer_create(ctx, rule, hp, &opt)) != CLOPT_SUCCESS ||
-        (st = clopt_optimizer_add_param(opt, tp, tg, 2, sophia ? &th : NULL, NULL)) !=
-            CLOPT_SUCCESS)
+        (st = clopt_optimizer_add_param_desc(opt, 0, &d, NULL)) != CLOPT_SUCCESS)
         goto done;
 
     xy[0] = theta[0];
@@ -318,7 +375,7 @@ clopt_status traj_run(clopt_ctx *ctx, clopt_rule rule, traj_surface s, const clo
         }
         if ((st = clopt_optimizer_step(opt, NULL)) != CLOPT_SUCCESS)
             goto done;
-        err = clEnqueueReadBuffer(q, buf[0], CL_TRUE, 0, sizeof theta, theta, 0, NULL, NULL);
+        theta_read(q, buf[0], param_dtype, theta, &err);
         if (err != CL_SUCCESS) {
             st = cl_status(err);
             goto done;
@@ -331,7 +388,7 @@ done:
     if (st != CLOPT_SUCCESS)
         clFinish(q); /* nothing may still read the host arrays or the buffers */
     clopt_optimizer_destroy(opt);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (buf[i])
             clReleaseMemObject(buf[i]);
     return st;

@@ -63,6 +63,12 @@ const char *traj_setup_label(clopt_rule rule, traj_surface s);
  */
 clopt_status traj_run(clopt_ctx *ctx, clopt_rule rule, traj_surface s, const clopt_hparams *hp,
                       unsigned steps, double *xy);
+/* The same with θ stored as param_dtype (CLOPT_DTYPE_F32, F16 or BF16; the 16-bit start is
+   traj_start rounded to nearest): the group's hp->master and hp->stochastic_rounding choose
+   how updates reach it; xy receives θ's stored values. */
+clopt_status traj_run_typed(clopt_ctx *ctx, clopt_rule rule, traj_surface s,
+                            const clopt_hparams *hp, unsigned steps, double *xy,
+                            clopt_dtype param_dtype);
 
 #ifdef __cplusplus
 }
