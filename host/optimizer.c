@@ -64,10 +64,11 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
     for (size_t j = 0; j < CLOPT_OPT_MAX_STATE; j++)
         e->state_dtype[j] = CLOPT_DTYPE_F32;
     /* the state's storage: the group's, except float32 for the 8-bit state of tensors under
-       4096 elements (as bitsandbytes) and in arena/range groups (refused at registration) */
+       4096 elements (as bitsandbytes) outside arena groups (whose tensors share one launch,
+       so every one of them gets the group's) */
     e->sq = CLOPT_DTYPE_F32;
     if (hp->state_dtype == CLOPT_DTYPE_BF16 ||
-        (hp->state_dtype == CLOPT_DTYPE_U8 && e->n >= CLOPT_Q8_MIN_SIZE))
+        (hp->state_dtype == CLOPT_DTYPE_U8 && (e->n >= CLOPT_Q8_MIN_SIZE || g->arena)))
         e->sq = (clopt_dtype)hp->state_dtype;
     e->absmax_at = 0;
     if (opt->rule != CLOPT_ADAFACTOR)
@@ -649,10 +650,6 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
     if (s != CLOPT_SUCCESS)
         return s;
-    if (hp->state_dtype != CLOPT_DTYPE_F32)
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "an arena group keeps float32 state only for now (state_dtype %d)",
-                          hp->state_dtype);
     if (opt->rule == CLOPT_SOPHIA)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "sophia needs the engine's Hessian-estimate buffer per tensor: add its "
@@ -670,6 +667,9 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     const size_t min_es = pes < ges ? pes : ges;
     const size_t align_bytes = align_bits >= 8 ? align_bits / 8 : 1;
     size_t align = align_bytes >= min_es ? align_bytes / (min_es ? min_es : 4) : 1;
+    /* 8-bit state: every tensor starts a block of 256, so no block mixes two tensors */
+    if (hp->state_dtype == CLOPT_DTYPE_U8 && align < 256)
+        align = 256 % align == 0 ? 256 : align * 256;
     clopt_param *ps = calloc(ntensors, sizeof *ps);
     if (!ps)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "arena table");
@@ -713,20 +713,39 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
     ps[0].group = gi;
     clopt_state_layout(opt, g, &ps[0]);
     const int shared_state = !clopt_rule_is_multipass(opt->rule);
+    clopt_status as = CLOPT_SUCCESS;
     cl_int err = CL_SUCCESS;
     g->arena_param = clopt_o_make_zeros(ctx, total, pes, &err);
     if (g->arena_param)
         g->arena_grad = clopt_o_make_zeros(ctx, total, ges, &err);
-    for (size_t k = 0; shared_state && err == CL_SUCCESS && k < ps[0].nstate; k++) {
-        float init = k < ps[0].nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
-        g->arena_state[k] = clopt_state_esize(&ps[0], k) == sizeof(float)
-                                ? clopt_o_make_filled(ctx, total, init, &err)
-                                : clopt_o_make_zeros(ctx, total, clopt_state_esize(&ps[0], k),
-                                                     &err);
+    const clopt_param *l0 = &ps[0];
+    const int q8 = l0->sq == CLOPT_DTYPE_U8;
+    for (size_t k = 0; shared_state && err == CL_SUCCESS && k < l0->nstate; k++) {
+        float init = k < l0->nkernel ? clopt_rule_state_init(opt->rule, hp, k) : 0.0f;
+        const size_t es = clopt_state_esize(l0, k);
+        const int absmax = q8 && k >= l0->absmax_at && k < l0->absmax_at + l0->nkernel;
+        const size_t len = absmax ? clopt_q8_blocks(total) : total;
+        g->arena_state[k] = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, len * es, NULL, &err);
+        if (err != CL_SUCCESS || absmax)
+            continue; /* filled with their codes below */
+        if (k < l0->nkernel && l0->sq != CLOPT_DTYPE_F32)
+            continue;
+        if (es == sizeof(float))
+            err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &init, sizeof init, 0,
+                                      total * es, 0, NULL, NULL);
+        else
+            err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &(cl_ushort){0}, 2, 0,
+                                      total * es, 0, NULL, NULL);
     }
+    /* bf16 or 8-bit state: its initial words or codes (and absmaxes) over the whole arena */
+    for (size_t k = 0; shared_state && err == CL_SUCCESS && l0->sq != CLOPT_DTYPE_F32 &&
+                       k < l0->nkernel && as == CLOPT_SUCCESS;
+         k++)
+        as = clopt_fill_state(ctx, opt->rule, hp, k, l0->sq, (clopt_tensor){g->arena_state[k], 0},
+                              (clopt_tensor){q8 ? g->arena_state[l0->absmax_at + k] : NULL, 0},
+                              total);
     size_t made = 0;
-    clopt_status as = CLOPT_SUCCESS;
-    for (; err == CL_SUCCESS && made < ntensors; made++) {
+    for (; err == CL_SUCCESS && as == CLOPT_SUCCESS && made < ntensors; made++) {
         clopt_param *e = &ps[made];
         const size_t off = e->param.offset;
         e->group = gi;
@@ -740,7 +759,11 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
             break;
         if (shared_state) {
             for (size_t k = 0; k < e->nstate; k++)
-                e->state[k] = (clopt_tensor){g->arena_state[k], off};
+                e->state[k] = (clopt_tensor){g->arena_state[k],
+                                             q8 && k >= e->absmax_at &&
+                                                     k < e->absmax_at + e->nkernel
+                                                 ? off / 256
+                                                 : off};
         } else {
             e->owns_state = 1;
             if ((as = clopt_o_alloc_states(opt, e, 0)) != CLOPT_SUCCESS)

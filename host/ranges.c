@@ -80,9 +80,13 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (T == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
     clopt_status s = clopt_o_check_hparams(ctx, opt->rule, hp);
-    if (s == CLOPT_SUCCESS && hp->state_dtype != CLOPT_DTYPE_F32)
+    if (s == CLOPT_SUCCESS && hp->state_dtype == CLOPT_DTYPE_U8)
         s = clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                       "a range group keeps float32 state only for now (state_dtype %d)",
+                       "a range group keeps float32 or bf16 state (8-bit blocks would cut "
+                       "across its chunks): use an arena group or add_param_desc");
+    if (s == CLOPT_SUCCESS && hp->state_dtype != CLOPT_DTYPE_F32 && desc->state[0])
+        s = clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                       "the engine's own state buffers are float32 (state_dtype %d)",
                        hp->state_dtype);
     if (s == CLOPT_SUCCESS)
         s = clopt_opt_settle(opt); /* steps in flight count only the tensors they had */
@@ -190,6 +194,15 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
             g->arena_state[k] =
                 clopt_o_make_zeros(ctx, total, clopt_dtype_size(layout.state_dtype[k]), &err);
             g->range_state[k] = g->arena_state[k];
+        } else if (own_state && k < layout.nkernel && layout.sq != CLOPT_DTYPE_F32) {
+            /* bf16 state: its initial words */
+            g->arena_state[k] = clopt_o_make_zeros(ctx, total, 2, &err);
+            g->range_state[k] = g->arena_state[k];
+            if (err == CL_SUCCESS &&
+                clopt_fill_state(ctx, opt->rule, hp, k, layout.sq,
+                                 (clopt_tensor){g->arena_state[k], 0}, (clopt_tensor){NULL, 0},
+                                 total) != CLOPT_SUCCESS)
+                err = CL_INVALID_VALUE; /* the detail is recorded */
         } else if (own_state) {
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
             g->range_state[k] = g->arena_state[k];

@@ -429,12 +429,14 @@ typedef struct clopt_hparams {
     int master;
     int stochastic_rounding;
     /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =
-       8-bit blockwise, see clopt_step_args.state_dtype), for tensors registered with
-       clopt_optimizer_add_param_desc; with U8, as bitsandbytes, tensors under 4096 elements
-       keep float32 state (bf16 applies to every tensor). 8-bit state: SGD (with momentum),
-       Adam, AdamW, Lion, RMSprop, Adagrad;
-       another rule, an arena or range group, or a rule with reductions is refused with
-       CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own ("exp_avg.absmax"). */
+       8-bit blockwise, see clopt_step_args.state_dtype). With U8, as bitsandbytes, tensors
+       under 4096 elements keep float32 state, except in an arena group, whose tensors share
+       one launch (each starts a block of 256 there); bf16 applies to every tensor. 8-bit
+       state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad, in caller-owned
+       tensors and arena groups; another rule, a range group (its chunks would cut blocks),
+       or LAMB and Adafactor with any non-float32 state (their reductions read float32) are
+       refused with CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own
+       ("exp_avg.absmax"). */
     int state_dtype;
 } clopt_hparams;
 

@@ -450,12 +450,8 @@ static void test_refused(void **state)
     bad.master = CLOPT_MASTER_F32;
     assert_int_equal(clopt_hparams_validate(CLOPT_ADAMW, &bad, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
     clopt_optimizer_destroy(opt);
-    /* arena groups keep float32 state only for now; their tensors share one pair of types */
+    /* the tensors of an arena group share one pair of types */
     assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
-    clopt_hparams q8 = hp;
-    q8.state_dtype = CLOPT_DTYPE_U8;
-    assert_int_equal(clopt_optimizer_add_arena_group(opt, &q8, 1, &d, NULL, NULL),
-                     CLOPT_ERR_UNSUPPORTED);
     clopt_param_desc two[2] = {d, d};
     two[1].param_dtype = CLOPT_DTYPE_F16;
     assert_int_equal(clopt_optimizer_add_arena_group(opt, &hp, 2, two, NULL, NULL),
@@ -621,6 +617,110 @@ static void test_arena_bf16(void **state)
     }
 }
 
+/* bf16 and 8-bit state in arena groups (8-bit: every tensor starts a block of 256) and bf16
+   state in range groups: equal, bit for bit, to the same tensors registered one by one. */
+static void test_group_state_types(void **state)
+{
+    fixture *f = *state;
+    enum { N0 = 5000, N1 = 4200, TOT = N0 + N1 };
+    const size_t n[2] = {N0, N1}, at[2] = {0, N0};
+    for (int c = 0; c < 3; c++) {
+        const int arena = c < 2, sd = c == 1 ? CLOPT_DTYPE_U8 : CLOPT_DTYPE_BF16;
+        uint32_t seed = 5u + (uint32_t)c;
+        float th[TOT], gr[TOT];
+        for (size_t i = 0; i < TOT; i++)
+            th[i] = unif(&seed);
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        hp.state_dtype = sd;
+        clopt_optimizer *grp, *one;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &grp), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &one), CLOPT_SUCCESS);
+        cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof gr, NULL);
+        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        clopt_param_desc d[2];
+        for (int k = 0; k < 2; k++) {
+            clopt_param_desc_init(&d[k]);
+            d[k].shape[0] = n[k];
+            d[k].param = (clopt_tensor){P, at[k]};
+            d[k].grad = (clopt_tensor){G, at[k]};
+        }
+        clopt_tensor pv[2], gv[2];
+        size_t first = 0;
+        if (arena) {
+            assert_int_equal(clopt_optimizer_add_arena_group(grp, &hp, 2, d, NULL, &first),
+                             CLOPT_SUCCESS);
+        } else {
+            clopt_range_group rg;
+            clopt_range_group_init(&rg);
+            rg.ntensors = 2;
+            rg.tensors = d;
+            assert_int_equal(clopt_optimizer_add_range_group(grp, &hp, &rg, NULL, &first),
+                             CLOPT_SUCCESS);
+        }
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(clopt_optimizer_param_view(grp, first + k, &pv[k], &gv[k], NULL,
+                                                        NULL),
+                             CLOPT_SUCCESS);
+            assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(f->ctx), pv[k].buffer,
+                                                  CL_TRUE, pv[k].offset * 4, n[k] * 4,
+                                                  th + at[k], 0, NULL, NULL),
+                             CL_SUCCESS);
+            clopt_param_desc e = d[k];
+            e.param.buffer = P2;
+            e.grad.buffer = G2;
+            assert_int_equal(clopt_optimizer_add_param_desc(one, 0, &e, NULL), CLOPT_SUCCESS);
+        }
+        for (int t = 0; t < 5; t++) {
+            for (size_t i = 0; i < TOT; i++)
+                gr[i] = unif(&seed) * (1.0f + (float)(i % 7));
+            for (int k = 0; k < 2; k++)
+                assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(f->ctx), gv[k].buffer,
+                                                      CL_TRUE, gv[k].offset * 4, n[k] * 4,
+                                                      gr + at[k], 0, NULL, NULL),
+                                 CL_SUCCESS);
+            put(f->ctx, G2, sizeof gr, gr);
+            assert_int_equal(clopt_optimizer_step(grp, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(one, NULL), CLOPT_SUCCESS);
+        }
+        float a[TOT], b[TOT];
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(f->ctx), pv[k].buffer,
+                                                 CL_TRUE, pv[k].offset * 4, n[k] * 4, a + at[k],
+                                                 0, NULL, NULL),
+                             CL_SUCCESS);
+        get(f->ctx, P2, sizeof b, b);
+        assert_memory_equal(a, b, sizeof a);
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(grp, 0, &e), CLOPT_SUCCESS);
+        assert_int_equal(e.dtype, sd);
+        clopt_optimizer_destroy(grp);
+        clopt_optimizer_destroy(one);
+        clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(P2), clReleaseMemObject(G2);
+    }
+    /* 8-bit state in a range group: refused */
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    cl_mem P = buf(f->ctx, 4096 * 4, NULL), G = buf(f->ctx, 4096 * 4, NULL);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.shape[0] = 4096;
+    d.param = (clopt_tensor){P, 0};
+    d.grad = (clopt_tensor){G, 0};
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = 1;
+    rg.tensors = &d;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_int_equal(clopt_optimizer_group_count(opt), 1);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(P), clReleaseMemObject(G);
+}
+
 /* A range group over one flat bf16 buffer (two tensors, one launch) equals the same tensors
    registered one by one, for every master mode without stochastic rounding. */
 static void test_range_group_bf16(void **state)
@@ -692,6 +792,7 @@ int main(void)
         cmocka_unit_test(test_range_group_bf16),
         cmocka_unit_test(test_passes_match_f32),
         cmocka_unit_test(test_arena_bf16),
+        cmocka_unit_test(test_group_state_types),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
