@@ -208,17 +208,28 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
 #define BENCH_STREAM_MAX_RW 6
 #define BENCH_STREAM_MAX_RO 6
 #define BENCH_STREAM_MAX_WO 2
+#define BENCH_STREAM_MAX_AB 4
+/* 8-bit blockwise state: elements per absmax entry, and the geometry of the library's 8-bit
+   kernels (host/rules.c clopt_plan_step), one work-item per block: vectors of 16, 16 of them
+   per work-item. */
+#define BENCH_Q8_BLOCK 256
+#define BENCH_Q8_VW 16
+#define BENCH_Q8_IPW (BENCH_Q8_BLOCK / BENCH_Q8_VW)
 
 /* The arrays of a stream kernel: rw read and written, ro read only, wo written only, each
-   with its element size in bytes (4 float, 2 a 16-bit type, 1 an 8-bit one; 0 means 4). */
+   with its element size in bytes (4 float, 2 a 16-bit type, 1 an 8-bit one; 0 means 4), and
+   ab, absmax arrays of 8-bit state (ceil(n / 256) floats, read and written; with any, the
+   kernel runs one work-item per block of 256 elements, as the library's 8-bit kernels). */
 typedef struct bench_stream_arrays {
-    size_t nrw, nro, nwo;
-    cl_mem rw[BENCH_STREAM_MAX_RW], ro[BENCH_STREAM_MAX_RO], wo[BENCH_STREAM_MAX_WO];
+    size_t nrw, nro, nwo, nab;
+    cl_mem rw[BENCH_STREAM_MAX_RW], ro[BENCH_STREAM_MAX_RO], wo[BENCH_STREAM_MAX_WO],
+        ab[BENCH_STREAM_MAX_AB];
     unsigned rw_size[BENCH_STREAM_MAX_RW], ro_size[BENCH_STREAM_MAX_RO],
         wo_size[BENCH_STREAM_MAX_WO];
 } bench_stream_arrays;
 
-/* Bytes one element of the arrays moves: 2 x size per rw array, size per ro and wo one. */
+/* Bytes one element of the arrays moves: 2 x size per rw array, size per ro and wo one,
+   2 x 4 / 256 per absmax array. */
 double bench_stream_bytes(const bench_stream_arrays *a);
 /* Enqueues the stream kernel over n elements of the arrays (a program per shape and sizes). */
 cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size_t n,

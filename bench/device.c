@@ -58,7 +58,9 @@ static const clopt_embedded_file *find_source(const char *name)
     return NULL;
 }
 
-static cl_program build(bench_device *bd, const char *family, const char *extra)
+/* family.cl (after bench_common.cl) with tuning t and the options extra. */
+static cl_program build(bench_device *bd, const clopt_tuning *t, const char *family,
+                        const char *extra)
 {
     const clopt_embedded_file *common = find_source("bench_common");
     const clopt_embedded_file *src = find_source(family);
@@ -67,8 +69,8 @@ static cl_program build(bench_device *bd, const char *family, const char *extra)
         return NULL;
     }
     char options[256];
-    snprintf(options, sizeof options, "-DVW=%u -DIPW=%u %s", bd->tuning.vector_width,
-             bench_tuning_ipw(&bd->tuning), extra);
+    snprintf(options, sizeof options, "-DVW=%u -DIPW=%u %s", t->vector_width,
+             bench_tuning_ipw(t), extra);
     const char *texts[2] = {common->data, src->data};
     size_t lens[2] = {common->size, src->size};
     cl_int err = CL_SUCCESS;
@@ -143,15 +145,16 @@ size_t bench_device_work_group_size(const bench_device *bd) { return bd->tuning.
 const char *bench_device_error(const bench_device *bd) { return bd->error; }
 void bench_device_set_tuning(bench_device *bd, const clopt_tuning *t) { bd->tuning = *t; }
 
-/* The library's launch geometry (host/util.c clopt_launch_elementwise): one work-item per
-   IPW vectors, the tail counting as one more vector; the tuned work-group size unless the
-   kernel cannot take it. */
-static cl_int launch(bench_device *bd, cl_kernel k, size_t n, cl_event *ev)
+/* The library's launch geometry (host/util.c clopt_launch_elementwise) with tuning t: one
+   work-item per IPW vectors, the tail counting as one more vector; the tuned work-group size
+   unless the kernel cannot take it. */
+static cl_int launch(bench_device *bd, const clopt_tuning *t, cl_kernel k, size_t n,
+                     cl_event *ev)
 {
-    size_t vw = bd->tuning.vector_width, ipw = bench_tuning_ipw(&bd->tuning);
+    size_t vw = t->vector_width, ipw = bench_tuning_ipw(t);
     size_t vectors = n / vw + (n % vw ? 1 : 0);
     size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
-    size_t local = bd->tuning.work_group_size;
+    size_t local = t->work_group_size;
     if (local) {
         size_t kmax = 0;
         if (clGetKernelWorkGroupInfo(k, bd->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax,
@@ -184,7 +187,7 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
             snprintf(bd->error, sizeof bd->error, "too many tunings");
             return CL_OUT_OF_RESOURCES;
         }
-        cl_program prog = build(bd, "bench_ops", "");
+        cl_program prog = build(bd, &bd->tuning, "bench_ops", "");
         if (!prog)
             return CL_BUILD_PROGRAM_FAILURE;
         op_prog = &bd->ops[bd->nops++];
@@ -215,7 +218,7 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
                  bench_op_kernel(op->kind));
         return CL_INVALID_KERNEL_ARGS;
     }
-    return launch(bd, k, n, ev);
+    return launch(bd, &bd->tuning, k, n, ev);
 }
 
 static unsigned elem_size(unsigned size) { return size ? size : 4u; }
@@ -229,14 +232,15 @@ double bench_stream_bytes(const bench_stream_arrays *a)
         b += elem_size(a->ro_size[j]);
     for (size_t j = 0; j < a->nwo; j++)
         b += elem_size(a->wo_size[j]);
-    return b;
+    return b + (double)a->nab * 2.0 * sizeof(float) / BENCH_Q8_BLOCK;
 }
 
-/* -DNRW.. -DNWO and every array's -DT..: the element sizes of the arrays in use, 4 for the
+/* -DNRW.. -DNAB and every array's -DT..: the element sizes of the arrays in use, 4 for the
    unused ones (never touched). */
 static void stream_shape(const bench_stream_arrays *a, char *buf, size_t len)
 {
-    int off = snprintf(buf, len, "-DNRW=%zu -DNRO=%zu -DNWO=%zu", a->nrw, a->nro, a->nwo);
+    int off = snprintf(buf, len, "-DNRW=%zu -DNRO=%zu -DNWO=%zu -DNAB=%zu", a->nrw, a->nro,
+                       a->nwo, a->nab);
     static const char *const cls[3] = {"W", "R", "O"};
     const size_t count[3] = {a->nrw, a->nro, a->nwo};
     const size_t cap[3] = {BENCH_STREAM_MAX_RW, BENCH_STREAM_MAX_RO, BENCH_STREAM_MAX_WO};
@@ -247,20 +251,20 @@ static void stream_shape(const bench_stream_arrays *a, char *buf, size_t len)
                             j < count[c] ? elem_size(size[c][j]) : 4u);
 }
 
-static stream_prog *stream_kernel(bench_device *bd, const bench_stream_arrays *a)
+static stream_prog *stream_kernel(bench_device *bd, const clopt_tuning *t,
+                                  const bench_stream_arrays *a)
 {
     char shape[sizeof bd->streams[0].shape];
     stream_shape(a, shape, sizeof shape);
     for (size_t i = 0; i < bd->nstreams; i++)
-        if (!strcmp(bd->streams[i].shape, shape) &&
-            bd->streams[i].vw == bd->tuning.vector_width &&
-            bd->streams[i].ipw == bench_tuning_ipw(&bd->tuning))
+        if (!strcmp(bd->streams[i].shape, shape) && bd->streams[i].vw == t->vector_width &&
+            bd->streams[i].ipw == bench_tuning_ipw(t))
             return &bd->streams[i];
     if (bd->nstreams == MAX_STREAM_PROGRAMS) {
         snprintf(bd->error, sizeof bd->error, "too many stream kernel shapes");
         return NULL;
     }
-    cl_program prog = build(bd, "bench_stream", shape);
+    cl_program prog = build(bd, t, "bench_stream", shape);
     if (!prog)
         return NULL;
     cl_int err = CL_SUCCESS;
@@ -272,8 +276,8 @@ static stream_prog *stream_kernel(bench_device *bd, const bench_stream_arrays *a
     }
     stream_prog *sp = &bd->streams[bd->nstreams++];
     snprintf(sp->shape, sizeof sp->shape, "%s", shape);
-    sp->vw = bd->tuning.vector_width;
-    sp->ipw = bench_tuning_ipw(&bd->tuning);
+    sp->vw = t->vector_width;
+    sp->ipw = bench_tuning_ipw(t);
     sp->program = prog;
     sp->kernel = k;
     return sp;
@@ -283,14 +287,21 @@ cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size
                             cl_event *ev)
 {
     if (a->nrw < 1 || a->nrw > BENCH_STREAM_MAX_RW || a->nro > BENCH_STREAM_MAX_RO ||
-        a->nwo > BENCH_STREAM_MAX_WO) {
+        a->nwo > BENCH_STREAM_MAX_WO || a->nab > BENCH_STREAM_MAX_AB) {
         snprintf(bd->error, sizeof bd->error,
-                 "stream kernel shape %zu read-write + %zu read-only + %zu write-only arrays "
-                 "not supported",
-                 a->nrw, a->nro, a->nwo);
+                 "stream kernel shape %zu read-write + %zu read-only + %zu write-only + %zu "
+                 "absmax arrays not supported",
+                 a->nrw, a->nro, a->nwo, a->nab);
         return CL_INVALID_VALUE;
     }
-    stream_prog *sp = stream_kernel(bd, a);
+    /* absmax arrays: one work-item per block, as the library's 8-bit kernels (with the
+       rule's work-group size) */
+    clopt_tuning t = bd->tuning;
+    if (a->nab) {
+        t.vector_width = BENCH_Q8_VW;
+        t.items_per_work_item = BENCH_Q8_IPW;
+    }
+    stream_prog *sp = stream_kernel(bd, &t, a);
     if (!sp)
         return CL_BUILD_PROGRAM_FAILURE;
     cl_int err = CL_SUCCESS;
@@ -302,6 +313,8 @@ cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size
         err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nro ? &a->ro[j] : &a->rw[0]);
     for (size_t j = 0; j < BENCH_STREAM_MAX_WO; j++, arg++)
         err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nwo ? &a->wo[j] : &a->rw[0]);
+    for (size_t j = 0; j < BENCH_STREAM_MAX_AB; j++, arg++)
+        err |= clSetKernelArg(sp->kernel, arg, sizeof(cl_mem), j < a->nab ? &a->ab[j] : &a->rw[0]);
     const cl_uint zero = 0;
     err |= clSetKernelArg(sp->kernel, arg++, sizeof zero, &zero);
     cl_ulong nn = n;
@@ -310,5 +323,5 @@ cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size
         snprintf(bd->error, sizeof bd->error, "clSetKernelArg(bench_stream) failed");
         return CL_INVALID_KERNEL_ARGS;
     }
-    return launch(bd, sp->kernel, n, ev);
+    return launch(bd, &t, sp->kernel, n, ev);
 }

@@ -30,15 +30,19 @@ typedef struct storage {
     clopt_dtype p, g;      /* θ and g: CLOPT_DTYPE_F32, F16 or BF16 */
     clopt_master master;   /* NONE; F32 (16-bit p); REMAINDER (bf16 p) */
     int sr;                /* stochastic rounding of a 16-bit p without a master */
-    int state;             /* the states' type: an index in storage.c's table, 0 = f32 */
+    int state;             /* the states' type: an index in storage.c's table, 0 = f32, 1 =
+                              bf16, 2 = int8 (8-bit blockwise) */
     char name[64];         /* "p=bf16,g=bf16,master=remainder,state=f32" (",sr=1" after master) */
 } storage;
 
-#define MAX_DTYPES 32
+/* every valid combination: 24 per state type */
+#define MAX_DTYPES 72
 /* The name of float32 storage, the rows of every variant but the storage rows. */
 #define STORAGE_F32_NAME "p=f32,g=f32,master=none,state=f32"
 
 int storage_is_f32(const storage *c);
+/* The states in 8-bit blockwise storage (int8): the step runs one work-item per block. */
+int storage_is_q8(const storage *c);
 /* --dtypes: "all" (every combination a rule supports) or combinations separated by ';', each
    of keys p, g, master, sr, state separated by ',' (defaults p=f32, g=f32, master=none,
    sr=0, state=f32). 0, or 2 after printing why (unknown keys and values, combinations the
@@ -165,6 +169,9 @@ typedef struct rule_info {
     int srw[BENCH_STREAM_MAX_RW], sro[BENCH_STREAM_MAX_RO];
     size_t nsrw, nsro;
     int la_slot;
+    /* storage.c's state types the op-level step takes, a bit per index (storage_rule_types;
+       float32, bit 0, always) */
+    unsigned state_types;
 } rule_info;
 
 /* Prints and returns -1 when the rule's hyperparameters or arrays do not fit. */
@@ -237,21 +244,34 @@ int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end);
 /* Rules whose steps have storage rows: the element-wise ones at the op level. */
 #define STORAGE_RULE(ri) (!(ri)->opt_level)
 
-/* The 16-bit copies of θ and g, the master or remainder and the stream's write-only θ of the
-   combinations of one (rule, n); the states are the instance's. */
+/* Sets ri->state_types from what the library takes (clopt_alloc_state_ex of one element)
+   and prints a note per state type of --dtypes that the rule does not take. */
+void storage_rule_types(env *e, rule_info *ri);
+/* Whether the rule's step takes combination c (its state type). */
+int storage_runs(const rule_info *ri, const storage *c);
+
+#define STORAGE_STATE_TYPES 3
+/* The 16-bit copies of θ and g, the master or remainder, the stream's write-only θ and the
+   states in bf16 and int8 of the combinations of one (rule, n); the f32 states are the
+   instance's. */
 typedef struct storage_bufs {
     size_t n;
     cl_mem p16[3], g16[3]; /* indexed by clopt_dtype (F16, BF16) */
     cl_mem master;         /* n floats, from θ */
     cl_mem remainder;      /* n 16-bit words, zeros */
     cl_mem sink;           /* n 16-bit words: what the stream writes for a θ never read */
+    /* by state type (1 bf16, 2 int8): clopt_alloc_state_ex's states at their initial values
+       and, int8, their absmaxes */
+    cl_mem state[STORAGE_STATE_TYPES][CLOPT_MAX_STATE];
+    cl_mem absmax[STORAGE_STATE_TYPES][CLOPT_MAX_STATE];
 } storage_bufs;
 
-/* The buffers of combos[0..count) (float32 ones need none) next to instance in, which holds
-   θ, g and the states: θ and g converted from the instance's (rounded to nearest even), the
-   master from θ. Blocking. */
-int storage_bufs_create(env *e, const instance *in, const storage *combos, size_t count,
-                        storage_bufs *sb);
+/* The buffers of the combinations of combos[0..count) the rule runs (float32 ones need none)
+   next to instance in, which holds θ, g and the f32 states: θ and g converted from the
+   instance's (rounded to nearest even), the master from θ, bf16 and int8 states from
+   clopt_alloc_state_ex. Blocking. */
+int storage_bufs_create(env *e, const rule_info *ri, const instance *in, const storage *combos,
+                        size_t count, storage_bufs *sb);
 void storage_bufs_release(storage_bufs *sb);
 /* Bytes per parameter one step of combination c moves (its stream kernel's); < 0 when its
    arrays do not fit the stream kernel. */

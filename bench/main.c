@@ -54,11 +54,20 @@ static void traffic_note(const rule_info *ri)
     printf("\n");
 }
 
-/* Whether a rule has rows to measure; a note when its storage rows are left out. */
-static int rule_runs(const options *o, const rule_info *ri)
+/* Whether a rule has rows to measure; a note when its storage rows are left out (all of them,
+   or a state type the rule does not take: storage_rule_types). */
+static int rule_runs(env *e, rule_info *ri)
 {
-    if (o->ndtypes == (o->with_f32 ? 1u : 0u) || STORAGE_RULE(ri))
+    const options *o = e->opt;
+    if (o->ndtypes == (o->with_f32 ? 1u : 0u))
         return 1;
+    if (STORAGE_RULE(ri)) {
+        storage_rule_types(e, ri);
+        int any = o->with_f32;
+        for (size_t i = 0; i < o->ndtypes; i++)
+            any |= storage_runs(ri, &o->dtypes[i]);
+        return any;
+    }
     printf("note: %s runs at the optimizer level; storage rows (dtype other than f32) are "
            "measured for the element-wise rules at the op level%s\n",
            ri->r->name, o->with_f32 ? "" : ": nothing to measure");
@@ -222,7 +231,7 @@ int main(int argc, char **argv)
                 if (clopt_ctx_get_rule_tuning(e.ctx, ri.r->rule, &ri.hp, &rt) == CLOPT_SUCCESS)
                     bench_device_set_tuning(e.bd, &rt);
             }
-            if (!rule_runs(&o, &ri))
+            if (!rule_runs(&e, &ri))
                 continue;
             check_result cr = {NAN, NAN, NAN, NAN, NAN, NAN, -1, {0}};
             for (size_t i = 0; i < MAX_DTYPES; i++)

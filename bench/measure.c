@@ -65,9 +65,10 @@ int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char 
     w->gbps = w->ms > 0.0 ? u->bytes * (double)n / (w->ms * 1e6) : NAN;
     w->check = check;
     snprintf(w->shape, sizeof w->shape, "%s", u->shape);
-    w->vector_width = bench_device_vector_width(e->bd);
+    const int q8 = u->st && storage_is_q8(u->st); /* one work-item per block */
+    w->vector_width = q8 ? BENCH_Q8_VW : bench_device_vector_width(e->bd);
     w->work_group_size = bench_device_work_group_size(e->bd);
-    w->items_per_work_item = bench_device_items_per_work_item(e->bd);
+    w->items_per_work_item = q8 ? BENCH_Q8_IPW : bench_device_items_per_work_item(e->bd);
     return 0;
 }
 
@@ -306,7 +307,7 @@ static size_t plan_units(const env *e, const rule_info *ri, size_t n, unsigned r
         if (run & (1u << t1_order[k]))
             units[nu++] = (unit){.variant = t1_order[k], .T = 1};
     for (size_t i = 0; i < o->ndtypes && STORAGE_RULE(ri) && has_tensors(o, 1); i++) {
-        if (storage_is_f32(&o->dtypes[i]))
+        if (storage_is_f32(&o->dtypes[i]) || !storage_runs(ri, &o->dtypes[i]))
             continue;
         static const int storage_order[] = {V_STREAM, V_FUSED};
         for (size_t k = 0; k < 2; k++)
@@ -470,7 +471,7 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
     if (!rc && (mask || storage_rows))
         rc = instance_create(e, ri, n, mask, e->p0, e->g0, &a.in);
     if (!rc && storage_rows)
-        rc = storage_bufs_create(e, &a.in, o->dtypes, o->ndtypes, &a.sb);
+        rc = storage_bufs_create(e, ri, &a.in, o->dtypes, o->ndtypes, &a.sb);
     if (!rc && (run & (1u << V_COPY))) {
         cl_int err = CL_SUCCESS;
         for (int k = 0; k < 2 && err == CL_SUCCESS; k++)

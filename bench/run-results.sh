@@ -11,7 +11,8 @@
 #                                 --tensors 6,1000 --variants arena,arena_amp,ranges
 #                                 --reps 15 (issue 11: AMP and clipping, range groups)
 #   storage.*                     --rules adamw,sgd_momentum --sizes 2^25 --dtypes all
-#                                 --variants fused,stream --reps 5 (16-bit storage)
+#                                 --variants fused,stream --reps 5 (16-bit storage, bf16
+#                                 and 8-bit states: 72 combinations each)
 #   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
@@ -101,7 +102,7 @@ rm -f "$MD.body"
     run engine "The engine contract: AMP and clipping on the device, range groups over one flat buffer" \
         --rules adamw,sgd_momentum,lion --sizes 2^20,2^24 --tensors 6,1000 \
         --variants arena,arena_amp,ranges --reps 15 $COMMON
-    run storage "16-bit storage: every combination of parameter, gradient and master types at 2^25 (fused and its stream kernel)" \
+    run storage "Storage: every combination of parameter, gradient, master and state types at 2^25 (fused and its stream kernel)" \
         --rules adamw,sgd_momentum --sizes 2^25 --dtypes all --variants fused,stream --reps 5 $COMMON
     run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
         --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON

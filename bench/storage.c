@@ -6,9 +6,9 @@
  *
  * A storage row is a `fused` step at the op level (one launch, its profiling event) with its
  * `stream` kernel, for the element-wise rules; the f32 combination is the rows of every
- * variant. A new state type the library supports (8-bit blockwise state) is its entry in
- * state_types (supported 1) and its buffers in storage_args and stream_arrays: the counts
- * of bytes and the stream kernel follow from the element size. */
+ * variant. The states are the instance's (f32) or clopt_alloc_state_ex's (bf16; int8: 8-bit
+ * blockwise codes and one absmax per block of 256), for the rules the library takes them
+ * for (storage_rule_types asks it). */
 #define _POSIX_C_SOURCE 200809L
 
 #include "driver.h"
@@ -20,18 +20,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The types the states may be stored in. size: bytes per element the step reads and writes;
-   supported: by the library (clopt_step_args). */
+/* The types the states may be stored in (clopt_step_args.state_dtype); the step reads and
+   writes clopt_dtype_size(dtype) bytes per element of each. */
 static const struct {
     const char *name;
-    unsigned size;
-    int supported;
+    clopt_dtype dtype;
 } state_types[] = {
-    {"f32", 4, 1},
-    {"bf16", 2, 0},
-    {"int8", 1, 0}, /* blockwise: one code per element (and an absmax per block) */
+    {"f32", CLOPT_DTYPE_F32},
+    {"bf16", CLOPT_DTYPE_BF16},
+    {"int8", CLOPT_DTYPE_U8}, /* blockwise: one code per element and an absmax per block */
 };
 #define STATE_TYPES (sizeof state_types / sizeof state_types[0])
+_Static_assert(STATE_TYPES == STORAGE_STATE_TYPES, "storage_bufs holds a slot per state type");
+
+/* The states that take the signed 8-bit map: those that change sign (clopt.h,
+   clopt_step_args.state_dtype); the others take the unsigned one. */
+static const char *const q8_signed_states[] = {"exp_avg", "momentum_buffer", "grad_avg"};
 
 static const clopt_dtype param_types[] = {CLOPT_DTYPE_F32, CLOPT_DTYPE_F16, CLOPT_DTYPE_BF16};
 static const char *const master_names[] = {"none", "f32", "remainder"}; /* clopt_master */
@@ -44,6 +48,10 @@ int storage_is_f32(const storage *c)
     return c->p == CLOPT_DTYPE_F32 && c->g == CLOPT_DTYPE_F32 &&
            c->master == CLOPT_MASTER_NONE && !c->sr && c->state == 0;
 }
+
+int storage_is_q8(const storage *c) { return state_types[c->state].dtype == CLOPT_DTYPE_U8; }
+
+static clopt_dtype state_dtype(const storage *c) { return state_types[c->state].dtype; }
 
 static void storage_name(storage *c)
 {
@@ -138,26 +146,23 @@ static int parse_one(char *item, storage *c)
             return rc;
     }
     storage_name(c);
-    if (!state_types[c->state].supported)
-        return opt_error("--dtypes: state=%s: not supported by this library yet (its states are "
-                            "float32: state=f32)",
-                            state_types[c->state].name);
     const char *why = unsupported(c);
     return why ? opt_error("--dtypes: %s: %s", c->name, why) : 0;
 }
 
-/* Every combination the library runs, float32 first. */
+/* Every combination the library runs, float32 first, by state type (a rule without a state
+   type leaves its combinations out: storage_rule_types). */
 static size_t storage_all(storage *out, size_t cap)
 {
     size_t count = 0;
-    for (size_t p = 0; p < 3; p++)
-        for (size_t g = 0; g < 3; g++)
-            for (int m = CLOPT_MASTER_NONE; m <= CLOPT_MASTER_REMAINDER; m++)
-                for (int sr = 0; sr <= 1; sr++)
-                    for (size_t st = 0; st < STATE_TYPES; st++) {
+    for (size_t st = 0; st < STATE_TYPES; st++)
+        for (size_t p = 0; p < 3; p++)
+            for (size_t g = 0; g < 3; g++)
+                for (int m = CLOPT_MASTER_NONE; m <= CLOPT_MASTER_REMAINDER; m++)
+                    for (int sr = 0; sr <= 1; sr++) {
                         storage c = {param_types[p], param_types[g], (clopt_master)m, sr,
                                      (int)st, ""};
-                        if (!state_types[st].supported || unsupported(&c) || count == cap)
+                        if (unsupported(&c) || count == cap)
                             continue;
                         storage_name(&c);
                         out[count++] = c;
@@ -194,6 +199,52 @@ int storage_parse(const char *list, storage *out, size_t cap, size_t *count)
     return *count ? 0 : opt_error("--dtypes: no combination in \"%s\"", list);
 }
 
+/* ---- the state types of a rule ------------------------------------------------------------- */
+
+/* Why the library does not take state type st for the rule, NULL when it does: a rule
+   without state has nothing to store; otherwise clopt_alloc_state_ex of one element says. */
+static const char *state_refusal(env *e, const rule_info *ri, size_t st)
+{
+    if (!ri->nkernel)
+        return "the rule has no state";
+    clopt_tensor out[CLOPT_MAX_STATE] = {{0}}, absmax[CLOPT_MAX_STATE] = {{0}};
+    size_t count = 0;
+    clopt_status s = clopt_alloc_state_ex(e->ctx, ri->r->rule, &ri->hp, 1, state_types[st].dtype,
+                                          out, absmax, &count);
+    for (size_t k = 0; k < CLOPT_MAX_STATE && s == CLOPT_SUCCESS; k++) {
+        if (out[k].buffer)
+            clReleaseMemObject(out[k].buffer);
+        if (absmax[k].buffer)
+            clReleaseMemObject(absmax[k].buffer);
+    }
+    if (s == CLOPT_SUCCESS)
+        return NULL;
+    const char *detail = clopt_ctx_last_error(e->ctx);
+    return *detail ? detail : clopt_status_str(s);
+}
+
+void storage_rule_types(env *e, rule_info *ri)
+{
+    const options *o = e->opt;
+    ri->state_types = 1u;
+    size_t asked[STATE_TYPES] = {0};
+    for (size_t i = 0; i < o->ndtypes; i++)
+        asked[o->dtypes[i].state]++;
+    for (size_t st = 1; st < STATE_TYPES && STORAGE_RULE(ri); st++) {
+        const char *why = asked[st] ? state_refusal(e, ri, st) : NULL;
+        if (!why)
+            ri->state_types |= 1u << st;
+        else
+            printf("note: %s: state=%s not measured (%zu combination%s of --dtypes): %s\n",
+                   ri->r->name, state_types[st].name, asked[st], asked[st] == 1 ? "" : "s", why);
+    }
+}
+
+int storage_runs(const rule_info *ri, const storage *c)
+{
+    return ((ri->state_types | 1u) >> c->state) & 1u;
+}
+
 /* ---- device buffers and one step ------------------------------------------------------------- */
 
 static cl_mem theta_of(const instance *in, const storage_bufs *sb, const storage *c)
@@ -213,6 +264,13 @@ void storage_bufs_release(storage_bufs *sb)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (*all[i])
             clReleaseMemObject(*all[i]);
+    for (size_t st = 0; st < STATE_TYPES; st++)
+        for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
+            if (sb->state[st][k])
+                clReleaseMemObject(sb->state[st][k]);
+            if (sb->absmax[st][k])
+                clReleaseMemObject(sb->absmax[st][k]);
+        }
     memset(sb, 0, sizeof *sb);
 }
 
@@ -234,8 +292,24 @@ static cl_mem alloc(env *e, size_t bytes, int *rc)
     return m;
 }
 
-int storage_bufs_create(env *e, const instance *in, const storage *combos, size_t count,
-                        storage_bufs *sb)
+/* The states of type st at their initial values (clopt_alloc_state_ex). */
+static int alloc_states(env *e, const rule_info *ri, size_t n, size_t st, storage_bufs *sb)
+{
+    clopt_tensor out[CLOPT_MAX_STATE] = {{0}}, absmax[CLOPT_MAX_STATE] = {{0}};
+    size_t count = 0;
+    clopt_status s = clopt_alloc_state_ex(e->ctx, ri->r->rule, &ri->hp, n, state_types[st].dtype,
+                                          out, absmax, &count);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail_msg(e, "clopt_alloc_state_ex", s);
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++) { /* offsets 0: buffers of their own */
+        sb->state[st][k] = out[k].buffer;
+        sb->absmax[st][k] = absmax[k].buffer;
+    }
+    return 0;
+}
+
+int storage_bufs_create(env *e, const rule_info *ri, const instance *in, const storage *combos,
+                        size_t count, storage_bufs *sb)
 {
     memset(sb, 0, sizeof *sb);
     const size_t n = in->n;
@@ -243,7 +317,11 @@ int storage_bufs_create(env *e, const instance *in, const storage *combos, size_
     int rc = 0;
     for (size_t i = 0; i < count && !rc; i++) {
         const storage *c = &combos[i];
-        if (c->p != CLOPT_DTYPE_F32 && !sb->p16[c->p]) {
+        if (!storage_runs(ri, c))
+            continue;
+        if (c->state && !sb->state[c->state][0])
+            rc = alloc_states(e, ri, n, (size_t)c->state, sb);
+        if (!rc && c->p != CLOPT_DTYPE_F32 && !sb->p16[c->p]) {
             sb->p16[c->p] = alloc(e, n * 2, &rc);
             if (!rc)
                 rc = convert(e, sb->p16[c->p], c->p, in->slot[BA_P], CLOPT_DTYPE_F32, n);
@@ -291,7 +369,12 @@ static void storage_args(const rule_info *ri, const instance *in, const storage_
         a->master.buffer = c->master == CLOPT_MASTER_F32 ? sb->master : sb->remainder;
     a->stochastic_rounding = c->sr;
     a->sr_seed = SR_SEED;
-    /* the states: float32, the only type state_types supports yet */
+    a->state_dtype = state_dtype(c);
+    for (size_t k = 0; k < ri->nkernel && c->state; k++) {
+        a->state[k] = (clopt_tensor){sb->state[c->state][k], 0};
+        if (storage_is_q8(c))
+            a->state_absmax[k] = (clopt_tensor){sb->absmax[c->state][k], 0};
+    }
 }
 
 int storage_fused_step(env *e, const rule_info *ri, const instance *in, const storage_bufs *sb,
@@ -304,7 +387,9 @@ int storage_fused_step(env *e, const rule_info *ri, const instance *in, const st
 
 /* The arrays the step reads and writes, with their element sizes: θ (read unless an fp32
    master replaces it, written), the master (f32) or remainder (16-bit) read and written, g
-   read, each state read and written (read only: Sophia's h without an estimate). */
+   read, each state read and written (read only: Sophia's h without an estimate), in its type,
+   and the absmaxes of 8-bit states read and written (no rule with 8-bit state has a
+   read-only one). */
 static int stream_arrays(const rule_info *ri, const instance *in, const storage_bufs *sb,
                          const storage *c, bench_stream_arrays *a)
 {
@@ -332,13 +417,17 @@ static int stream_arrays(const rule_info *ri, const instance *in, const storage_
                     ri->r->name, c->name);
             return -1;
         }
+        const cl_mem st = c->state ? sb->state[c->state][k] : in->slot[BA_S((int)k)];
+        const unsigned size = (unsigned)clopt_dtype_size(state_dtype(c));
         if (ro) {
-            a->ro[a->nro] = in->slot[BA_S((int)k)];
-            a->ro_size[a->nro++] = state_types[c->state].size;
+            a->ro[a->nro] = st;
+            a->ro_size[a->nro++] = size;
         } else {
-            a->rw[a->nrw] = in->slot[BA_S((int)k)];
-            a->rw_size[a->nrw++] = state_types[c->state].size;
+            a->rw[a->nrw] = st;
+            a->rw_size[a->nrw++] = size;
         }
+        if (storage_is_q8(c))
+            a->ab[a->nab++] = sb->absmax[c->state][k];
     }
     return 0;
 }
@@ -423,29 +512,123 @@ typedef struct check_out {
     double err;         /* the worst of everything in units of its tolerance */
 } check_out;
 
-/* Host arrays of one run: θ before and after the f32 step, the 16-bit run's θ (raw) and
-   master, the states of both. */
+/* Host arrays of one run: θ before and after the f32 step, the combination's θ and master
+   (raw), with bf16 or int8 states those of the same combination with f32 states (θ0,
+   master0), the states of the f32 step and of the combination (f32; raw bf16 words or 8-bit
+   codes, with the absmaxes in am). */
 typedef struct check_host {
-    float *before, *ref, *master;
-    void *theta;
-    float *state_ref[CLOPT_MAX_STATE], *state[CLOPT_MAX_STATE];
+    float *before, *ref, *master, *master0;
+    void *theta, *theta0;
+    float *state_ref[CLOPT_MAX_STATE], *state[CLOPT_MAX_STATE], *am[CLOPT_MAX_STATE];
     double *upd;
 } check_host;
 
-/* The states (against the f32 step's, the usual tolerance) and the master (bit for bit). */
-static double compare_rest(const rule_info *ri, const storage *c, const check_host *h, size_t n)
+/* bfloat16 bits of x rounded to nearest even (x not NaN). */
+static uint16_t bf16_bits(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+/* The nearest of the 256 increasing entries of map to v, the lower one on a tie. */
+static unsigned q8_nearest(const float *map, float v)
+{
+    unsigned lo = 0, hi = 255; /* the first entry >= v, or the last */
+    while (lo < hi) {
+        const unsigned mid = (lo + hi) / 2;
+        if (map[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && fabsf(v - map[lo - 1]) <= fabsf(v - map[lo]) ? lo - 1 : lo;
+}
+
+/* 8-bit state k against the f32 step's: each block's absmax its largest |state| bit for bit,
+   each code the nearest map entry to state / absmax (up to the rounding of that quotient,
+   which OpenCL does not require to be exact). 0 or INFINITY. */
+static double compare_q8(const rule_info *ri, const storage *c, const check_host *h, size_t k,
+                         size_t n)
+{
+    const char *name = clopt_rule_state_name(ri->r->rule, &ri->hp, k);
+    int sg = 0;
+    for (size_t j = 0; j < sizeof q8_signed_states / sizeof q8_signed_states[0]; j++)
+        sg |= !strcmp(name, q8_signed_states[j]);
+    float map[256];
+    clopt_q8_map(sg, map);
+    const uint8_t *code = (const uint8_t *)(const void *)h->state[k];
+    for (size_t b = 0; b * BENCH_Q8_BLOCK < n; b++) {
+        const size_t e0 = b * BENCH_Q8_BLOCK;
+        const size_t e1 = n - e0 < BENCH_Q8_BLOCK ? n : e0 + BENCH_Q8_BLOCK;
+        float mx = 0.0f;
+        for (size_t i = e0; i < e1; i++)
+            mx = fmaxf(mx, fabsf(h->state_ref[k][i]));
+        const float am = h->am[k][b];
+        if (memcmp(&am, &mx, sizeof am)) {
+            fprintf(stderr, "clopt-bench: check %s %s: %s absmax of block %zu = %.9g, the "
+                            "largest |f32 state| of the block %.9g\n",
+                    ri->r->name, c->name, name, b, (double)am, (double)mx);
+            return INFINITY;
+        }
+        for (size_t i = e0; i < e1; i++) {
+            const float x = am > 0.0f ? h->state_ref[k][i] / am : 0.0f;
+            const unsigned want = q8_nearest(map, x);
+            const double slack = 1e-6 * fabs((double)x);
+            if (code[i] != want &&
+                fabs((double)x - map[code[i]]) > fabs((double)x - map[want]) + slack) {
+                fprintf(stderr, "clopt-bench: check %s %s: %s[%zu] has code %u (%.9g), the "
+                                "f32 state %.9g / absmax %.9g = %.9g has code %u (%.9g)\n",
+                        ri->r->name, c->name, name, i, (unsigned)code[i], (double)map[code[i]] * am,
+                        (double)h->state_ref[k][i], (double)am, (double)x, want,
+                        (double)map[want] * am);
+                return INFINITY;
+            }
+        }
+    }
+    return 0.0;
+}
+
+/* The states: f32 against the f32 step's with the usual tolerance; bf16 exactly the f32
+   step's rounded to nearest even; int8 compare_q8. */
+static double compare_states(const rule_info *ri, const storage *c, const check_host *h,
+                             size_t n)
 {
     double err = 0.0;
     for (size_t k = 0; k < ri->nkernel; k++) {
+        const char *name = clopt_rule_state_name(ri->r->rule, &ri->hp, k);
+        double q = 0.0;
         size_t at = 0, bad = 0;
-        double q = check_compare(h->state[k], h->state_ref[k], n, &at, &bad);
-        if (bad)
-            fprintf(stderr, "clopt-bench: check %s %s: %zu element(s) of %s out of tolerance, "
-                            "[%zu] = %.9g, f32 step %.9g\n",
-                    ri->r->name, c->name, bad, clopt_rule_state_name(ri->r->rule, &ri->hp, k),
-                    at, (double)h->state[k][at], (double)h->state_ref[k][at]);
+        if (storage_is_q8(c)) {
+            q = compare_q8(ri, c, h, k, n);
+        } else if (c->state) {
+            const uint16_t *w = (const uint16_t *)(const void *)h->state[k];
+            for (size_t i = 0; i < n; i++)
+                if (w[i] != bf16_bits(h->state_ref[k][i]) && !bad++)
+                    at = i;
+            q = bad ? INFINITY : 0.0;
+            if (bad)
+                fprintf(stderr, "clopt-bench: check %s %s: %zu element(s) of %s not the f32 "
+                                "state rounded to bf16, [%zu] = 0x%04x, f32 step %.9g\n",
+                        ri->r->name, c->name, bad, name, at, (unsigned)w[at],
+                        (double)h->state_ref[k][at]);
+        } else {
+            q = check_compare(h->state[k], h->state_ref[k], n, &at, &bad);
+            if (bad)
+                fprintf(stderr, "clopt-bench: check %s %s: %zu element(s) of %s out of "
+                                "tolerance, [%zu] = %.9g, f32 step %.9g\n",
+                        ri->r->name, c->name, bad, name, at, (double)h->state[k][at],
+                        (double)h->state_ref[k][at]);
+        }
         err = q > err || isnan(q) ? (isnan(q) ? INFINITY : q) : err;
     }
+    return err;
+}
+
+/* The master bit for bit the f32 step's θ; with bf16 or int8 states θ and the master bit for
+   bit those of the combination with f32 states. 0 or INFINITY. */
+static double compare_bits(const rule_info *ri, const storage *c, const check_host *h, size_t n)
+{
     for (size_t i = 0; i < n && c->master != CLOPT_MASTER_NONE; i++) {
         uint32_t ref, got;
         memcpy(&ref, &h->ref[i], sizeof ref);
@@ -462,25 +645,62 @@ static double compare_rest(const rule_info *ri, const storage *c, const check_ho
             return INFINITY;
         }
     }
-    return err;
+    if (!c->state)
+        return 0.0;
+    const size_t ps = clopt_dtype_size(c->p), ms = c->master == CLOPT_MASTER_F32 ? 4 : 2;
+    const struct {
+        const char *what;
+        const void *x, *x0;
+        size_t size;
+    } cmp[2] = {{"θ", h->theta, h->theta0, ps},
+                {"the master", h->master, h->master0, c->master ? ms : 0}};
+    for (size_t j = 0; j < 2; j++)
+        for (size_t i = 0; i < n && cmp[j].size; i++)
+            if (memcmp((const char *)cmp[j].x + i * cmp[j].size,
+                       (const char *)cmp[j].x0 + i * cmp[j].size, cmp[j].size)) {
+                fprintf(stderr, "clopt-bench: check %s %s: %s[%zu] is not bit for bit that of "
+                                "state=f32\n",
+                        ri->r->name, c->name, cmp[j].what, i);
+                return INFINITY;
+            }
+    return 0.0;
 }
 
-/* One step of c and of float32 on the same rounded values; reads everything into h. */
+/* Arrays of combination c from p0 and g (rounded to its types), for one step. */
+static int combo_create(env *e, const rule_info *ri, const storage *c, size_t n, const float *p0,
+                        const float *g, instance *x, storage_bufs *sb)
+{
+    int rc = instance_create(e, ri, n, state_mask(ri), p0, g, x);
+    if (!rc)
+        rc = storage_bufs_create(e, ri, x, c, 1, sb);
+    return rc;
+}
+
+/* Reads θ (raw) and the master (raw) of combination c after its step. */
+static int read_theta(env *e, const storage *c, const instance *x, const storage_bufs *sb,
+                      size_t n, void *theta, void *master)
+{
+    int rc = read_buf(e, theta_of(x, sb, c), n * clopt_dtype_size(c->p), theta);
+    if (!rc && c->master != CLOPT_MASTER_NONE)
+        rc = read_buf(e, c->master == CLOPT_MASTER_F32 ? sb->master : sb->remainder,
+                      n * (c->master == CLOPT_MASTER_F32 ? 4 : 2), master);
+    return rc;
+}
+
+/* One step of c, of float32 on the same rounded values and, with bf16 or int8 states, of c
+   with f32 states; reads everything into h. */
 static int check_run(env *e, const rule_info *ri, const storage *c, size_t n, const float *p0,
                      const float *g, check_host *h)
 {
-    instance ref, x;
-    storage_bufs sb = {0};
-    const unsigned mask = state_mask(ri);
-    int rc = instance_create(e, ri, n, mask, p0, g, &ref);
-    if (rc)
-        return rc;
-    rc = instance_create(e, ri, n, mask, p0, g, &x);
-    if (rc) {
-        instance_release(&ref);
-        return rc;
-    }
-    rc = storage_bufs_create(e, &x, c, 1, &sb);
+    instance ref = {0}, x = {0}, x0 = {0};
+    storage_bufs sb = {0}, sb0 = {0};
+    storage c0 = *c; /* c with f32 states */
+    c0.state = 0;
+    int rc = instance_create(e, ri, n, state_mask(ri), p0, g, &ref);
+    if (!rc)
+        rc = combo_create(e, ri, c, n, p0, g, &x, &sb);
+    if (!rc && c->state)
+        rc = combo_create(e, ri, &c0, n, p0, g, &x0, &sb0);
     if (!rc && c->p != CLOPT_DTYPE_F32) /* the f32 step sees the values c's step sees */
         rc = convert(e, ref.slot[BA_P], CLOPT_DTYPE_F32, sb.p16[c->p], c->p, n);
     if (!rc && c->g != CLOPT_DTYPE_F32)
@@ -491,19 +711,26 @@ static int check_run(env *e, const rule_info *ri, const storage *c, size_t n, co
         rc = fused_step(e, ri, &ref, 1, NULL);
     if (!rc)
         rc = storage_fused_step(e, ri, &x, &sb, c, 1, NULL);
+    if (!rc && c->state)
+        rc = storage_fused_step(e, ri, &x0, &sb0, &c0, 1, NULL);
     if (!rc)
         rc = read_buf(e, ref.slot[BA_P], n * sizeof(float), h->ref);
     if (!rc)
-        rc = read_buf(e, theta_of(&x, &sb, c), n * clopt_dtype_size(c->p), h->theta);
-    if (!rc && c->master != CLOPT_MASTER_NONE)
-        rc = read_buf(e, c->master == CLOPT_MASTER_F32 ? sb.master : sb.remainder,
-                      n * (c->master == CLOPT_MASTER_F32 ? 4 : 2), h->master);
+        rc = read_theta(e, c, &x, &sb, n, h->theta, h->master);
+    if (!rc && c->state)
+        rc = read_theta(e, &c0, &x0, &sb0, n, h->theta0, h->master0);
+    const size_t blocks = (n + BENCH_Q8_BLOCK - 1) / BENCH_Q8_BLOCK;
     for (size_t k = 0; k < ri->nkernel && !rc; k++) {
         rc = read_buf(e, ref.slot[BA_S((int)k)], n * sizeof(float), h->state_ref[k]);
         if (!rc)
-            rc = read_buf(e, x.slot[BA_S((int)k)], n * sizeof(float), h->state[k]);
+            rc = read_buf(e, c->state ? sb.state[c->state][k] : x.slot[BA_S((int)k)],
+                          n * clopt_dtype_size(state_dtype(c)), h->state[k]);
+        if (!rc && storage_is_q8(c))
+            rc = read_buf(e, sb.absmax[c->state][k], blocks * sizeof(float), h->am[k]);
     }
+    storage_bufs_release(&sb0);
     storage_bufs_release(&sb);
+    instance_release(&x0);
     instance_release(&x);
     instance_release(&ref);
     return rc;
@@ -532,7 +759,7 @@ static int check_one(env *e, const rule_info *ri, const storage *c, size_t n, co
                         "of %s apart (at most 1)\n",
                 ri->r->name, c->name, at, value_at(h->theta, at, c->p), (double)h->ref[at],
                 worst, clopt_dtype_name(c->p));
-    const double rest = compare_rest(ri, c, h, n);
+    const double rest = fmax(compare_states(ri, c, h, n), compare_bits(ri, c, h, n));
     out->err = worst > rest ? worst : rest;
     return 0;
 }
@@ -542,11 +769,14 @@ static void check_host_free(check_host *h)
     free(h->before);
     free(h->ref);
     free(h->master);
+    free(h->master0);
     free(h->theta);
+    free(h->theta0);
     free(h->upd);
     for (size_t k = 0; k < CLOPT_MAX_STATE; k++) {
         free(h->state_ref[k]);
         free(h->state[k]);
+        free(h->am[k]);
     }
 }
 
@@ -557,21 +787,25 @@ int storage_check(env *e, const rule_info *ri, size_t n, double *err)
         err[i] = NAN;
     size_t todo = 0;
     for (size_t i = 0; i < o->ndtypes; i++)
-        todo += !storage_is_f32(&o->dtypes[i]);
+        todo += !storage_is_f32(&o->dtypes[i]) && storage_runs(ri, &o->dtypes[i]);
     if (!todo || !STORAGE_RULE(ri))
         return 0;
     check_host h = {0};
     float *p0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
-    h.before = malloc(n * sizeof(float));
-    h.ref = malloc(n * sizeof(float));
-    h.master = malloc(n * sizeof(float));
-    h.theta = malloc(n * sizeof(float));
-    h.upd = malloc(n * sizeof(double));
-    int rc = !p0 || !g || !h.before || !h.ref || !h.master || !h.theta || !h.upd;
+    float **f32s[] = {&h.before, &h.ref, &h.master, &h.master0};
+    void **raws[] = {&h.theta, &h.theta0};
+    int rc = !p0 || !g;
+    for (size_t j = 0; j < sizeof f32s / sizeof f32s[0] && !rc; j++)
+        rc = !(*f32s[j] = malloc(n * sizeof(float)));
+    for (size_t j = 0; j < sizeof raws / sizeof raws[0] && !rc; j++)
+        rc = !(*raws[j] = malloc(n * sizeof(float)));
+    if (!rc)
+        rc = !(h.upd = malloc(n * sizeof(double)));
     for (size_t k = 0; k < ri->nkernel && !rc; k++) {
         h.state_ref[k] = malloc(n * sizeof(float));
         h.state[k] = malloc(n * sizeof(float));
-        rc = !h.state_ref[k] || !h.state[k];
+        h.am[k] = malloc((n / BENCH_Q8_BLOCK + 1) * sizeof(float));
+        rc = !h.state_ref[k] || !h.state[k] || !h.am[k];
     }
     if (rc) {
         fprintf(stderr, "clopt-bench: out of host memory\n");
@@ -585,7 +819,8 @@ int storage_check(env *e, const rule_info *ri, size_t n, double *err)
     for (size_t i = 0; i < o->ndtypes && !rc; i++) {
         const storage *c = &o->dtypes[i];
         check_out co;
-        if (storage_is_f32(c) || (rc = check_one(e, ri, c, n, p0, g, &h, &co)) != 0)
+        if (storage_is_f32(c) || !storage_runs(ri, c) ||
+            (rc = check_one(e, ri, c, n, p0, g, &h, &co)) != 0)
             continue;
         err[i] = co.err;
         ok += co.err <= 1.0;
@@ -597,8 +832,10 @@ int storage_check(env *e, const rule_info *ri, size_t n, double *err)
     if (!rc) {
         printf("check %s storage (n=%zu, 1 step of each combination against the f32 step on "
                "the same rounded θ and g; θ within 1 ulp of its type, the master bit for bit, "
-               "states as above): %zu ok%s; worst θ %.3g ulp (%s); median update %.3g ulp or "
-               "more (least: %s)\n",
+               "f32 states as above; with bf16 or int8 states θ and the master bit for bit "
+               "those of state=f32, bf16 states the f32 ones rounded, int8 states their "
+               "blockwise quantization): %zu ok%s; worst θ %.3g ulp (%s); median update %.3g "
+               "ulp or more (least: %s)\n",
                ri->r->name, n, ok, ok == todo ? "" : ", some FAIL", worst,
                o->dtypes[worst_i].name, weakest, o->dtypes[weak_i].name);
         if (weakest < CHECK_MIN_UPDATE_ULPS)

@@ -16,7 +16,12 @@
  * Element types: TW0..TW5, TR0..TR5 and TO0, TO1 (-D, all of them) give each array's
  * element size in bytes: 4 (float), 2 (ushort: a 16-bit θ, gradient or bf16 remainder) or 1
  * (uchar: an 8-bit state), so that the stream moves the bytes of a step in 16-bit or 8-bit
- * storage in as many arrays as the step. */
+ * storage in as many arrays as the step.
+ *
+ * NAB (0..4) absmax arrays a (float, read and written, -D): the per-block scales of 8-bit
+ * blockwise state, one float per block of 256 elements. As the library's 8-bit kernels, the
+ * kernel then runs one work-item per block (VW 16 x IPW 16, which the host sets), and each
+ * work-item holding elements reads and writes its block's entry, a_j[b] |= zero. */
 #ifndef NRW
 #define NRW 1
 #endif
@@ -25,6 +30,13 @@
 #endif
 #ifndef NWO
 #define NWO 0
+#endif
+
+#ifndef NAB
+#define NAB 0
+#endif
+#if NAB > 0 && VW * IPW != 256
+#error "absmax arrays need one work-item per block of 256 elements (VW * IPW = 256)"
 #endif
 
 #ifndef TO1 /* the host passes all of them */
@@ -136,14 +148,44 @@ typedef BCAT(uint, VW) lanesV;
         W1(LD, ST) W2(LD, ST) W3(LD, ST) W4(LD, ST) W5(LD, ST) O0(ST) O1(ST)               \
     }
 
+/* the absmax of this work-item's block, kept alive as the arrays' elements */
+#define AB(j) a##j[b_] = as_float(as_uint(a##j[b_]) | zero);
+#if NAB >= 1
+#define AB0 AB(0)
+#else
+#define AB0
+#endif
+#if NAB >= 2
+#define AB1 AB(1)
+#else
+#define AB1
+#endif
+#if NAB >= 3
+#define AB2 AB(2)
+#else
+#define AB2
+#endif
+#if NAB >= 4
+#define AB3 AB(3)
+#else
+#define AB3
+#endif
+
 __kernel void bench_stream(__global ETYPE(TW0) *w0, __global ETYPE(TW1) *w1,
                            __global ETYPE(TW2) *w2, __global ETYPE(TW3) *w3,
                            __global ETYPE(TW4) *w4, __global ETYPE(TW5) *w5,
                            __global const ETYPE(TR0) *r0, __global const ETYPE(TR1) *r1,
                            __global const ETYPE(TR2) *r2, __global const ETYPE(TR3) *r3,
                            __global const ETYPE(TR4) *r4, __global const ETYPE(TR5) *r5,
-                           __global ETYPE(TO0) *o0, __global ETYPE(TO1) *o1, const uint zero,
-                           const ulong n)
+                           __global ETYPE(TO0) *o0, __global ETYPE(TO1) *o1,
+                           __global float *a0, __global float *a1, __global float *a2,
+                           __global float *a3, const uint zero, const ulong n)
 {
     BENCH_ELEMENTWISE(STREAM_BODY)
+#if NAB > 0
+    const ulong b_ = get_global_id(0);
+    if (b_ * 256 < n) {
+        AB0 AB1 AB2 AB3
+    }
+#endif
 }
