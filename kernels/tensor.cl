@@ -60,6 +60,10 @@ __kernel void lookahead_sync(__global PSTORE *p_, const ulong po, __global float
 __kernel void theta_copy(__global PSTORE *p_, const ulong po, __global float *s_,
                          const ulong so, const ulong n STORAGE_PARAMS)
 {
+#if CTRL
+    const ulong dc_ = 0; /* no step here: the rounding key's step is never used */
+    (void)dc_;
+#endif
     STORAGE_BEGIN;
     p_ += po;
     s_ += so;
