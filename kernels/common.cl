@@ -659,21 +659,26 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 
 inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
 
+/* map[i] for the 16 lanes of i (a gather where the device has one). */
+#define Q8_GATHER(m, i)                                                                    \
+    ((float16)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
+               (m)[(i).s6], (m)[(i).s7], (m)[(i).s8], (m)[(i).s9], (m)[(i).sa], (m)[(i).sb], \
+               (m)[(i).sc], (m)[(i).sd], (m)[(i).se], (m)[(i).sf]))
+
 /* The 16 values from vector vi (or the tail's rem) of the codes at p. */
 inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
                        float am, __global const float *map)
 {
-    uchar c[16];
+    uint16 c;
     if (full) {
-        vstore16(vload16(vi, p), 0, c);
+        c = convert_uint16(vload16(vi, p));
     } else {
+        uint t[16];
         for (uint k = 0; k < 16; k++)
-            c[k] = k < rem ? p[base + k] : (uchar)0;
+            t[k] = k < rem ? p[base + k] : 0u;
+        c = vload16(0, t);
     }
-    float t[16];
-    for (uint k = 0; k < 16; k++)
-        t[k] = map[c[k]];
-    return vload16(0, t) * am;
+    return Q8_GATHER(map, c) * am;
 }
 
 /* The codes of 16 values v in [-1, 1], computed rather than searched: the map's entries
@@ -713,13 +718,14 @@ inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
     return select(code, (uint16)(255u), as_uint16(v >= (float16)(B[7])));
 }
 
-/* The nearest of code c and its two neighbours to v (ties to the lower code): makes the
+/* The nearest of codes c and their two neighbours to v (ties to the lower code): makes each
    computed code exact where float rounding put it one bin off next to a bin's edge. */
-inline uchar q8_nearest(float v, uint c, __global const float *map)
+inline uint16 q8_nearest(float16 v, uint16 c, __global const float *map)
 {
-    const uint lo = c > 0u ? c - 1u : c, hi = c < 255u ? c + 1u : c;
-    const float dl = fabs(v - map[lo]), dc = fabs(v - map[c]), dh = fabs(v - map[hi]);
-    return (uchar)(dl <= dc ? lo : (dh < dc ? hi : c));
+    const uint16 lo = select(c - 1u, c, c == (uint16)(0u)), hi = min(c + 1u, (uint16)(255u));
+    const float16 dl = fabs(v - Q8_GATHER(map, lo)), dc = fabs(v - Q8_GATHER(map, c)),
+                  dh = fabs(v - Q8_GATHER(map, hi));
+    return select(select(c, hi, as_uint16(dh < dc)), lo, as_uint16(dl <= dc));
 }
 
 /* Writes the work-item's block: its absmax and the codes of its elements. */
@@ -737,16 +743,12 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
         const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
-        uint c[16];
-        float xs[16];
-        vstore16(q8_codes(x, tab, sg), 0, c);
-        vstore16(x, 0, xs);
-        uchar t[16];
-        for (uint k = 0; k < 16; k++)
-            t[k] = q8_nearest(xs[k], c[k], map);
+        const uchar16 c = convert_uchar16(q8_nearest(x, q8_codes(x, tab, sg), map));
         if (v * 16 + 16 <= cnt) {
-            vstore16(vload16(0, t), 0, p + e0 + v * 16);
+            vstore16(c, 0, p + e0 + v * 16);
         } else {
+            uchar t[16];
+            vstore16(c, 0, t);
             for (uint k = 0; v * 16 + k < cnt; k++)
                 p[e0 + v * 16 + k] = t[k];
         }
