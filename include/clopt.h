@@ -535,7 +535,7 @@ typedef struct clopt_step_args {
     clopt_tensor gc_scratch;
     /* Storage (all zero after clopt_step_args_init: float32 θ and g, no master). param and
        grad offsets count elements of their own type; any rule takes any combination of F32,
-       F16 and BF16 for θ and g (the states stay float32). */
+       F16 and BF16 for θ and g (the state's storage is state_dtype's, below). */
     clopt_dtype param_dtype, grad_dtype;
     /* 16-bit θ only: CLOPT_MASTER_F32 (master: n float32, the parameter the rule updates;
        the caller initialises it from θ, e.g. with clopt_enqueue_convert) or
