@@ -878,9 +878,9 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
     loaded L;
     memset(&L, 0, sizeof L);
     L.version = r_u32(&r);
-    if (L.version != 1 && L.version != CKP_VERSION)
+    if (L.version < 1 || L.version > CKP_VERSION)
         return clopt_fail(ctx, CLOPT_ERR_FORMAT,
-                          "%s: format version %u, this library reads 1 and %u", src, L.version,
+                          "%s: format version %u, this library reads 1 to %u", src, L.version,
                           CKP_VERSION);
     uint32_t nsections = r_u32(&r);
     clopt_status s = parse_optm(opt, &r, nsections, src, &L);

@@ -966,13 +966,13 @@ static void test_per_tensor_steps(void **state)
     }
 }
 
-/* ---- (g) a version-1 file ------------------------------------------------------------------- */
+/* ---- (g) files of earlier versions --------------------------------------------------------- */
 
-/* tests/data/checkpoint-v1-adam.bin was written by the version-1 code: Adam, group 0 (lr 0.01)
-   with a 2x3 tensor, group 1 (lr 0.005, beta1 0.8) with a 4-vector, 3 steps of constant
-   gradients g0[i] = 0.1(i+1) - 0.3 and g1 = (0.5, -0.25, 1, 2) from p0[i] = 0.1 i,
-   p1 = (1, -1, 2, -2). */
-static void test_version1_file(void **state)
+/* tests/data/checkpoint-v1-adam.bin was written by the version-1 code, checkpoint-v2-adam.bin
+   by the version-2 code (commit abf4df1): Adam, group 0 (lr 0.01) with a 2x3 tensor, group 1
+   (lr 0.005, beta1 0.8) with a 4-vector, 3 steps of constant gradients
+   g0[i] = 0.1(i+1) - 0.3 and g1 = (0.5, -0.25, 1, 2) from p0[i] = 0.1 i, p1 = (1, -1, 2, -2). */
+static void check_old_file(void **state, const char *name, uint32_t version)
 {
     fixture *f = *state;
     float p0[6], g0[6], p1[4] = {1, -1, 2, -2}, g1[4] = {0.5f, -0.25f, 1.0f, 2.0f};
@@ -1020,10 +1020,11 @@ static void test_version1_file(void **state)
     d.param = (clopt_tensor){pb1, 0}, d.grad = (clopt_tensor){gb1, 0};
     d.ndim = 1, d.shape[0] = 4;
     assert_int_equal(clopt_optimizer_add_param_desc(opt, g, &d, NULL), CLOPT_SUCCESS);
-    const char *path = CLOPT_TEST_DATA_DIR "/checkpoint-v1-adam.bin";
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CLOPT_TEST_DATA_DIR, name);
     size_t len;
     unsigned char *file = slurp(path, &len);
-    assert_int_equal(get_u32(file + 8), 1);
+    assert_int_equal(get_u32(file + 8), version);
     assert_int_equal(clopt_optimizer_load(opt, path), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_step_count(opt), 3);
     for (size_t k = 0; k < 2; k++) {
@@ -1076,6 +1077,9 @@ static void test_version1_file(void **state)
     clReleaseMemObject(pb0), clReleaseMemObject(gb0);
     clReleaseMemObject(pb1), clReleaseMemObject(gb1);
 }
+
+static void test_version1_file(void **state) { check_old_file(state, "checkpoint-v1-adam.bin", 1); }
+static void test_version2_file(void **state) { check_old_file(state, "checkpoint-v2-adam.bin", 2); }
 
 /* ---- (h) the enumeration ----------------------------------------------------------------------- */
 
@@ -1431,6 +1435,7 @@ int main(void)
         cmocka_unit_test(test_write_slow_weights_before_first_step),
         cmocka_unit_test(test_per_tensor_steps),
         cmocka_unit_test(test_version1_file),
+        cmocka_unit_test(test_version2_file),
         cmocka_unit_test(test_entries),
         cmocka_unit_test(test_impossible_values),
         cmocka_unit_test(test_hostile_files),
