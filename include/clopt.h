@@ -886,8 +886,10 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
    gradient of tensor `param` (src has that tensor's length). Both only enqueue, on the
    context's queue (order them with an engine's own queue yourself); accumulate_grad's first
    use in the context compiles axpby (blocking). zero_grad: CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT or an OpenCL code (zeroing may then be partial). accumulate_grad:
-   CLOPT_ERR_INDEX (no tensor `param`), otherwise as clopt_enqueue_axpby. */
+   CLOPT_ERR_NULL_ARGUMENT or an OpenCL code (zeroing may then be partial; 16-bit gradients
+   are zeroed in their own size). accumulate_grad: CLOPT_ERR_INDEX (no tensor `param`),
+   CLOPT_ERR_UNSUPPORTED (an f16/bf16 gradient: float32 only for now), otherwise as
+   clopt_enqueue_axpby. */
 clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt);
 clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
                                              clopt_tensor src, double weight);
