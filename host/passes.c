@@ -214,9 +214,12 @@ static int theta_sr(const clopt_param *e, const clopt_hparams *hp)
 void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
                           size_t cap)
 {
-    const size_t len = strlen(extra);
+    size_t len = strlen(extra);
     clopt_storage_options(extra + len, cap - len, e->pdtype, e->gdtype,
                           (clopt_master)e->master, theta_sr(e, hp));
+    len = strlen(extra);
+    if (e->sq == CLOPT_DTYPE_BF16) /* LAMB's moments in bf16 (SSTORE in common.cl) */
+        snprintf(extra + len, cap - len, " -DSQ=2");
 }
 
 /* The trailing storage arguments (STORAGE_PARAMS) of a kernel over tensor e's θ. */

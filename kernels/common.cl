@@ -906,24 +906,7 @@ inline void storeR(floatR x, __global float *p, uint cnt)
         p[k] = t[k];
 }
 
-/* θ's chunk of RW elements at e as the update sees it, and its store, for the kernels that
- * walk chunks (LAMB, Adafactor, GC's row means): THETA_LOADR / THETA_STORER, with
- * THETA_FN_PARAMS / THETA_FN_ARGS handing the master and the rounding key down to the chunk
- * functions (the kernel's STORAGE_BEGIN defines pe_, advances ms_). Same storage as
- * THETA_LOAD / THETA_STORE above. */
-#if PT == 0
-#define THETA_FN_PARAMS
-#define THETA_FN_ARGS
-#define THETA_LOADR(p, e, cnt) loadR((p) + (e), cnt)
-#define THETA_STORER(x, p, e, cnt) storeR(x, (p) + (e), cnt)
-#else
-#define THETA_FN_PARAMS                                                                    \
-    , __global MSTORE *ms_, const ulong pe_, const ulong sr_seed, const uint sr_stream,    \
-        const uint sr_step_
-#define THETA_FN_ARGS , ms_, pe_, sr_seed, sr_stream, SR_STEP
-#define THETA_LOADR(p, e, cnt) theta_loadR(p, ms_, e, cnt)
-#define THETA_STORER(x, p, e, cnt) theta_storeR(x, p, ms_, e, cnt, pe_, sr_seed, sr_stream, sr_step_)
-
+/* RW 16-bit words at p (lanes >= cnt read as 0) / store only the first cnt. */
 inline ushort16 loadR16(__global const ushort *p, uint cnt)
 {
     if (cnt == RW)
@@ -945,6 +928,36 @@ inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
     for (uint k = 0; k < cnt; k++)
         p[k] = t[k];
 }
+
+/* A state's chunk of RW elements at e in its storage (SQ 0 float32, 2 bf16), for the chunk
+ * kernels (LAMB): SSTORE its element type. */
+#if SQ == 2
+#define SSTORE ushort
+#define LOADRS(p, e, cnt) as_float16(convert_uint16(loadR16((p) + (e), cnt)) << 16)
+#define STORERS(x, p, e, cnt) storeR16(rndR_rne(x), (p) + (e), cnt)
+#else
+#define SSTORE float
+#define LOADRS(p, e, cnt) loadR((p) + (e), cnt)
+#define STORERS(x, p, e, cnt) storeR(x, (p) + (e), cnt)
+#endif
+
+/* θ's chunk of RW elements at e as the update sees it, and its store, for the kernels that
+ * walk chunks (LAMB, Adafactor, GC's row means): THETA_LOADR / THETA_STORER, with
+ * THETA_FN_PARAMS / THETA_FN_ARGS handing the master and the rounding key down to the chunk
+ * functions (the kernel's STORAGE_BEGIN defines pe_, advances ms_). Same storage as
+ * THETA_LOAD / THETA_STORE above. */
+#if PT == 0
+#define THETA_FN_PARAMS
+#define THETA_FN_ARGS
+#define THETA_LOADR(p, e, cnt) loadR((p) + (e), cnt)
+#define THETA_STORER(x, p, e, cnt) storeR(x, (p) + (e), cnt)
+#else
+#define THETA_FN_PARAMS                                                                    \
+    , __global MSTORE *ms_, const ulong pe_, const ulong sr_seed, const uint sr_stream,    \
+        const uint sr_step_
+#define THETA_FN_ARGS , ms_, pe_, sr_seed, sr_stream, SR_STEP
+#define THETA_LOADR(p, e, cnt) theta_loadR(p, ms_, e, cnt)
+#define THETA_STORER(x, p, e, cnt) theta_storeR(x, p, ms_, e, cnt, pe_, sr_seed, sr_stream, sr_step_)
 
 inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ulong e,
                           uint cnt)

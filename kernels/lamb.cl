@@ -7,8 +7,8 @@
  * Defines: GC, MAXIMIZE. */
 
 /* One chunk of lamb_partial: cnt = RW (constant in the main loop) or the tail's length. */
-CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g_, __global float *m_,
-                       __global float *v_, GC_PARAMS const ulong e, const uint cnt,
+CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g_, __global SSTORE *m_,
+                       __global SSTORE *v_, GC_PARAMS const ulong e, const uint cnt,
                        const float gmul, const float beta1, const float c_grad,
                        const float beta2, const float ombeta2, const float eps,
                        const float weight_decay, const float inv_bc1, const float inv_bc2,
@@ -16,10 +16,10 @@ CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g
 {
     floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
     floatR p = THETA_LOADR(p_, e, cnt);
-    floatR m = beta1 * loadR(m_ + e, cnt) + c_grad * g;
-    floatR v = beta2 * loadR(v_ + e, cnt) + ombeta2 * g * g;
-    storeR(m, m_ + e, cnt);
-    storeR(v, v_ + e, cnt);
+    floatR m = beta1 * LOADRS(m_, e, cnt) + c_grad * g;
+    floatR v = beta2 * LOADRS(v_, e, cnt) + ombeta2 * g * g;
+    STORERS(m, m_, e, cnt);
+    STORERS(v, v_, e, cnt);
     floatR r = (m * inv_bc1) / (sqrt(v * inv_bc2) + eps) + weight_decay * p;
     sumR_addsq(acc_p, maskR(p, cnt));
     sumR_addsq(acc_r, maskR(r, cnt));
@@ -28,8 +28,8 @@ CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g
 /* Work-group g of `groups` (see group_block in common.cl) updates m and v of its block and
  * writes its Σθ² to part[g] and Σr² to part[groups + g]. */
 __kernel void lamb_partial(__global const PSTORE *p_, const ulong po, __global const GSTORE *g_,
-                           const ulong go, __global float *m_, const ulong mo,
-                           __global float *v_, const ulong vo, GC_PARAMS const ulong n,
+                           const ulong go, __global SSTORE *m_, const ulong mo,
+                           __global SSTORE *v_, const ulong vo, GC_PARAMS const ulong n,
                            const ulong groups, float gmul, const float beta1,
                            const float c_grad, const float beta2, const float ombeta2,
                            const float eps, const float weight_decay, const float inv_bc1,
@@ -63,13 +63,13 @@ __kernel void lamb_partial(__global const PSTORE *p_, const ulong po, __global c
 }
 
 /* One chunk of lamb_update. */
-CHUNK_INLINE void lamb_update_chunk(__global PSTORE *p_, __global const float *m_,
-                              __global const float *v_, const ulong e, const uint cnt,
+CHUNK_INLINE void lamb_update_chunk(__global PSTORE *p_, __global const SSTORE *m_,
+                              __global const SSTORE *v_, const ulong e, const uint cnt,
                               const float step, const float eps, const float weight_decay,
                               const float inv_bc1, const float inv_bc2 THETA_FN_PARAMS)
 {
     floatR p = THETA_LOADR(p_, e, cnt);
-    floatR r = (loadR(m_ + e, cnt) * inv_bc1) / (sqrt(loadR(v_ + e, cnt) * inv_bc2) + eps) +
+    floatR r = (LOADRS(m_, e, cnt) * inv_bc1) / (sqrt(LOADRS(v_, e, cnt) * inv_bc2) + eps) +
                weight_decay * p;
     THETA_STORER(p - step * r, p_, e, cnt);
 }
@@ -77,8 +77,8 @@ CHUNK_INLINE void lamb_update_chunk(__global PSTORE *p_, __global const float *m
 /* sums_[so] = Σθ², sums_[so+1] = Σr² from sum_final. Work-items take RW-element chunks
  * (FOR_ITEM_CHUNKS): PoCL does not vectorise this kernel across work-items (the trust ratio's
  * test defeats it: 4x slower at VW 1), so each work-item works on float16s itself. */
-__kernel void lamb_update(__global PSTORE *p_, const ulong po, __global const float *m_,
-                          const ulong mo, __global const float *v_, const ulong vo,
+__kernel void lamb_update(__global PSTORE *p_, const ulong po, __global const SSTORE *m_,
+                          const ulong mo, __global const SSTORE *v_, const ulong vo,
                           const ulong n, __global const float *sums_, const ulong so,
                           const float lr, const float eps, const float weight_decay,
                           const float inv_bc1, const float inv_bc2 CTRL_PARAMS STORAGE_PARAMS)

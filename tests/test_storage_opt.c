@@ -407,7 +407,8 @@ static void test_refused(void **state)
     struct {
         clopt_rule rule;
         int state_dtype;
-    } cases[] = {{CLOPT_LAMB, CLOPT_DTYPE_BF16},
+    } cases[] = {{CLOPT_LAMB, CLOPT_DTYPE_U8},
+                 {CLOPT_ADAFACTOR, CLOPT_DTYPE_BF16},
                  {CLOPT_ADAFACTOR, CLOPT_DTYPE_U8},
                  {CLOPT_NADAM, CLOPT_DTYPE_U8}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -721,6 +722,73 @@ static void test_group_state_types(void **state)
     clReleaseMemObject(P), clReleaseMemObject(G);
 }
 
+/* LAMB with bf16 moments: the states are the float32 run's rounded to bf16 after the first
+   step (both start at 0), and over 10 steps θ stays within 3% of the update's RMS of the
+   float32-state run (the moments' rounding, 2^-9 relative, is all that differs). */
+static void test_lamb_bf16_state(void **state)
+{
+    fixture *f = *state;
+    enum { R = 33, C = 40, M = R * C };
+    uint32_t seed = 17;
+    float th[M], gr[M];
+    for (size_t i = 0; i < M; i++)
+        th[i] = unif(&seed);
+    clopt_optimizer *o[2];
+    cl_mem P[2], G[2];
+    for (int k = 0; k < 2; k++) {
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_LAMB, &hp);
+        hp.state_dtype = k ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_LAMB, &hp, &o[k]), CLOPT_SUCCESS);
+        P[k] = buf(f->ctx, sizeof th, th), G[k] = buf(f->ctx, sizeof gr, NULL);
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.param = (clopt_tensor){P[k], 0};
+        d.grad = (clopt_tensor){G[k], 0};
+        d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+        assert_int_equal(clopt_optimizer_add_param_desc(o[k], 0, &d, NULL), CLOPT_SUCCESS);
+    }
+    for (int t = 1; t <= 10; t++) {
+        for (size_t i = 0; i < M; i++)
+            gr[i] = unif(&seed) * 0.1f;
+        for (int k = 0; k < 2; k++) {
+            put(f->ctx, G[k], sizeof gr, gr);
+            assert_int_equal(clopt_optimizer_step(o[k], NULL), CLOPT_SUCCESS);
+        }
+        if (t == 1) {
+            clopt_state_entry e;
+            for (size_t s = 0; s < 2; s++) {
+                float m32[M];
+                uint16_t m16[M];
+                assert_int_equal(clopt_optimizer_read_state(o[0], 0, s, m32, M), CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_state_entry(o[1], s, &e), CLOPT_SUCCESS);
+                assert_int_equal(e.dtype, CLOPT_DTYPE_BF16);
+                assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(f->ctx),
+                                                     e.tensor.buffer, CL_TRUE,
+                                                     e.tensor.offset * 2, sizeof m16, m16, 0,
+                                                     NULL, NULL),
+                                 CL_SUCCESS);
+                for (size_t i = 0; i < M; i++)
+                    assert_int_equal(m16[i], bf16_nearest(m32[i]));
+            }
+        }
+    }
+    float a[M], b[M];
+    get(f->ctx, P[0], sizeof a, a);
+    get(f->ctx, P[1], sizeof b, b);
+    double du = 0, dd = 0;
+    for (size_t i = 0; i < M; i++) {
+        du += ((double)a[i] - th[i]) * ((double)a[i] - th[i]);
+        dd += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    }
+    assert_true(du > 0);
+    assert_true(sqrt(dd) <= 0.03 * sqrt(du));
+    for (int k = 0; k < 2; k++) {
+        clopt_optimizer_destroy(o[k]);
+        clReleaseMemObject(P[k]), clReleaseMemObject(G[k]);
+    }
+}
+
 /* A range group over one flat bf16 buffer (two tensors, one launch) equals the same tensors
    registered one by one, for every master mode without stochastic rounding. */
 static void test_range_group_bf16(void **state)
@@ -793,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_passes_match_f32),
         cmocka_unit_test(test_arena_bf16),
         cmocka_unit_test(test_group_state_types),
+        cmocka_unit_test(test_lamb_bf16_state),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
