@@ -39,7 +39,14 @@
 #                 clipping against double references, with the device's reduction shape and
 #                 with a GPU's (64-item work-groups adding by trees in local memory: the
 #                 race checker sees every barrier of reduce.cl, tensor.cl, lamb.cl and
-#                 adafactor.cl).
+#                 adafactor.cl);
+#   test_storage_opt  16-bit θ and g with fp32 and bf16-remainder masters in every kind of
+#                 group and in LAMB, Adafactor, GC and Lookahead (the typed loads and stores
+#                 of common.cl, theta_copy), bf16 and 8-bit state in arena groups;
+#   test_q8       8-bit blockwise state (one work-item per 256-element block, blocks cut by
+#                 a tensor's end) and bf16 state for every element-wise rule.
+# (tests/test_storage.c, ~1 min here, is left to PoCL: its kernels are the ones above in
+# more combinations.)
 # Fails when a test fails or when Oclgrind writes any report to stderr; the reports are
 # printed. Runtime on 2 cores: see the CHANGELOG / report of the change that added it.
 set -euo pipefail
@@ -91,6 +98,8 @@ run test_kernels "$build/tests/test_kernels"
 run test_golden "$build/tests/test_golden"
 run test_flat "$build/tests/test_flat"
 run test_reductions "$build/tests/test_reductions"
+run test_storage_opt "$build/tests/test_storage_opt"
+run test_q8 "$build/tests/test_q8"
 if [ "$fail" -ne 0 ]; then
   echo "ci/oclgrind.sh: FAILED" >&2
   exit 1
