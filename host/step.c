@@ -150,28 +150,37 @@ static clopt_status step_outcomes(clopt_optimizer *opt, const clopt_param *e, cl
     return s;
 }
 
+/* float32 copy of tensor e's 16-bit θ over n elements from src into dst (theta_copy):
+   through its master when it has one and `master` is set, else θ's own values (an F32
+   master takes them at the tensor's first step). Only PT and MASTER shape the kernel. */
+static clopt_status theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
+                               clopt_tensor src, clopt_tensor dst, size_t n)
+{
+    cl_kernel k;
+    char extra[96];
+    clopt_storage_options(extra, sizeof extra, e->pdtype, CLOPT_DTYPE_F32,
+                          master ? (clopt_master)e->master : CLOPT_MASTER_NONE, 0);
+    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "theta_copy", &k);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, src);
+    clopt_arg_tensor(&a, dst);
+    clopt_arg_ulong(&a, n);
+    clopt_o_storage_args(opt, &a, e);
+    if (a.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, &a);
+    if (opt->cur.dry)
+        return CLOPT_SUCCESS;
+    return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
+}
+
 /* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
 static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
                                    size_t n, const clopt_param *e)
 {
-    if (e && e->pdtype != CLOPT_DTYPE_F32) { /* θ (or its master) to float32 */
-        cl_kernel k;
-        char extra[96] = "";
-        clopt_o_storage_extra(e, &opt->groups[e->group].hp, extra, sizeof extra);
-        clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "theta_copy", &k);
-        if (s != CLOPT_SUCCESS)
-            return s;
-        clopt_args a = {k, 0, CL_SUCCESS};
-        clopt_arg_tensor(&a, src);
-        clopt_arg_tensor(&a, dst);
-        clopt_arg_ulong(&a, n);
-        clopt_o_storage_args(opt, &a, e);
-        if (a.err != CL_SUCCESS)
-            return clopt_o_set_failed(opt, &a);
-        if (opt->cur.dry)
-            return CLOPT_SUCCESS;
-        return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
-    }
+    if (e && e->pdtype != CLOPT_DTYPE_F32) /* θ (or its master) to float32 */
+        return theta_copy(opt, e, 1, src, dst, n);
     if (opt->cur.dry)
         return CLOPT_SUCCESS;
     cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
@@ -253,38 +262,8 @@ static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
     return 1;
 }
 
-/* Group gi's launches for every outcome of the k uncertain steps in flight ("d of them were
-   applied", d = 0 .. k): each tensor's step t = its host count + 1 + d, the schedules at the
-   optimizer's count + d. Element-wise rules: one launch per arena or range group (or per
-   tensor) with a row of arguments per outcome; LAMB, Adafactor and Lookahead's sync: one
-   launch per outcome, each running only if the device's count is its own. */
 /* An F32 master takes θ's value at its tensor's first step (so the engine may write its
-   weights at any time before): float32(θ) over n elements into master (theta_copy without a
-   master). Marks the tensors ready outside a dry pass. */
-static clopt_status master_init(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
-                                clopt_tensor master, size_t n)
-{
-    cl_kernel k;
-    char extra[96];
-    clopt_storage_options(extra, sizeof extra, e->pdtype, CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, 0);
-    clopt_status s = clopt_o_kernel_of(opt, "tensor", NULL, 0, extra, "theta_copy", &k);
-    if (s != CLOPT_SUCCESS)
-        return s;
-    clopt_step_args sa;
-    clopt_step_args_init(&sa);
-    sa.param = param;
-    clopt_args a = {k, 0, CL_SUCCESS};
-    clopt_arg_tensor(&a, param);
-    clopt_arg_tensor(&a, master);
-    clopt_arg_ulong(&a, n);
-    clopt_arg_storage(&a, &sa, 0);
-    if (a.err != CL_SUCCESS)
-        return clopt_o_set_failed(opt, &a);
-    if (opt->cur.dry)
-        return CLOPT_SUCCESS;
-    return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
-}
-
+   weights at any time before); marked ready outside a dry pass. */
 static int needs_master(const clopt_param *e)
 {
     return e->master == CLOPT_MASTER_F32 && !e->master_ready;
@@ -296,6 +275,22 @@ static void mark_master(clopt_optimizer *opt, clopt_param *e)
         e->master_ready = 1;
 }
 
+/* The same for one tensor through its own views (caller-owned and range-group tensors). */
+static clopt_status start_master(clopt_optimizer *opt, clopt_param *e)
+{
+    if (!needs_master(e))
+        return CLOPT_SUCCESS;
+    clopt_status s = theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
+    if (s == CLOPT_SUCCESS)
+        mark_master(opt, e);
+    return s;
+}
+
+/* Group gi's launches for every outcome of the k uncertain steps in flight ("d of them were
+   applied", d = 0 .. k): each tensor's step t = its host count + 1 + d, the schedules at the
+   optimizer's count + d. Element-wise rules: one launch per arena or range group (or per
+   tensor) with a row of arguments per outcome; LAMB, Adafactor and Lookahead's sync: one
+   launch per outcome, each running only if the device's count is its own. */
 static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scale, uint64_t k)
 {
     clopt_group *g = &opt->groups[gi];
@@ -310,7 +305,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
         const clopt_param *typed = e0->pdtype != CLOPT_DTYPE_F32 ? e0 : NULL;
         if (needs_master(e0)) {
-            s = master_init(opt, e0, P, states[e0->master_at], g->arena_len);
+            s = theta_copy(opt, e0, 0, P, states[e0->master_at], g->arena_len);
             for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
                 mark_master(opt, &opt->params[i]);
         }
@@ -332,13 +327,9 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         clopt_tensor states[CLOPT_OPT_MAX_STATE];
         for (size_t j = 0; j < e0->nstate; j++)
             states[j] = (clopt_tensor){g->range_state[j], 0};
-        for (size_t i = first; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
-            clopt_param *e = &opt->params[i];
-            if (e->group == gi && needs_master(e) &&
-                (s = master_init(opt, e, e->param, e->state[e->master_at], e->n)) ==
-                    CLOPT_SUCCESS)
-                mark_master(opt, e);
-        }
+        for (size_t i = first; s == CLOPT_SUCCESS && i < opt->nparams; i++)
+            if (opt->params[i].group == gi)
+                s = start_master(opt, &opt->params[i]);
         if (s != CLOPT_SUCCESS)
             return s;
         opt->cur.ranges = g->range_table;
@@ -353,9 +344,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         clopt_param *e = &opt->params[i];
         if (e->group != gi)
             continue;
-        if (needs_master(e) &&
-            (s = master_init(opt, e, e->param, e->state[e->master_at], e->n)) == CLOPT_SUCCESS)
-            mark_master(opt, e);
+        s = start_master(opt, e);
         if (s == CLOPT_SUCCESS && la && !e->slow_ready)
             s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
         if (s != CLOPT_SUCCESS)
