@@ -19,28 +19,12 @@
 
 #include "clopt.h"
 #include "fixture.h"
+#include "ref.h"
 
 /* kernels/ next to tests/data in the source tree */
 #define KERNEL_DIR CLOPT_TEST_DATA_DIR "/../../kernels"
 
 /* ---- Philox-4x32-10 on the host ---------------------------------------------------------- */
-
-/* Salmon et al. 2011 / Random123's philox.h, written from the paper: per round the two
-   products M0·c0 and M1·c2 (64-bit), out = (hi(M1·c2) ^ c1 ^ k0, lo(M1·c2), hi(M0·c0) ^ c3 ^ k1,
-   lo(M0·c0)), then the key bumped by the Weyl constants. */
-static void philox_host(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
-{
-    uint32_t c[4] = {ctr[0], ctr[1], ctr[2], ctr[3]}, k0 = key[0], k1 = key[1];
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n1 = (uint32_t)p1;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1, n3 = (uint32_t)p0;
-        c[0] = n0, c[1] = n1, c[2] = n2, c[3] = n3;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    memcpy(out, c, sizeof c);
-}
 
 /* Random123's tests/kat_vectors, philox4x32 10 (the same three tuples are in TensorFlow's
    and other ports' tests): counter, key, result. */
@@ -67,7 +51,7 @@ static void test_host_philox_kat(void **state)
     (void)state;
     for (int v = 0; v < 3; v++) {
         uint32_t out[4];
-        philox_host(kat[v], kat[v] + 4, out);
+        ref_philox4x32_10(kat[v], kat[v] + 4, out);
         assert_memory_equal(out, kat[v] + 6, sizeof out);
     }
 }
@@ -138,7 +122,7 @@ static void test_device_philox_kat(void **state)
         if (i < 3)
             memcpy(want[i], kat[i] + 6, sizeof want[i]);
         else
-            philox_host(ctr[i], key[i], want[i]);
+            ref_philox4x32_10(ctr[i], key[i], want[i]);
     }
     cl_mem bc = clCreateBuffer(cx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof ctr, ctr, &err);
     assert_int_equal(err, CL_SUCCESS);
@@ -180,7 +164,7 @@ static void randn_want(uint64_t seed, uint64_t counter_base, size_t n, double *w
         const uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), 0, 0};
         const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
         uint32_t x[4];
-        philox_host(ctr, key, x);
+        ref_philox4x32_10(ctr, key, x);
         for (int h = 0; h < 2; h++) {
             double u1 = ((x[2 * h] >> 8) + 1.0) / 16777216.0, u2 = (x[2 * h + 1] >> 8) / 16777216.0;
             double r = sqrt(-2.0 * log(u1)), z[2] = {r * cos(two_pi * u2), r * sin(two_pi * u2)};

@@ -28,6 +28,7 @@
 
 #include "clopt.h"
 #include "fixture.h"
+#include "ref.h"
 
 #ifdef __FLT16_MAX__
 __extension__ typedef _Float16 host_f16;
@@ -224,34 +225,6 @@ static uint16_t f16_ref(float x)
 #else
     return round16(&F16, x, 0);
 #endif
-}
-
-/* ---- Philox-4x32-10 on the host (as tests/test_rng.c, checked there against Random123) ---- */
-
-static void philox_host(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
-{
-    uint32_t c[4] = {ctr[0], ctr[1], ctr[2], ctr[3]}, k0 = key[0], k1 = key[1];
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n1 = (uint32_t)p1;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1, n3 = (uint32_t)p0;
-        c[0] = n0, c[1] = n1, c[2] = n2, c[3] = n3;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    memcpy(out, c, sizeof c);
-}
-
-/* The documented 16-bit random value of element e: half e % 2 (low half first) of word
-   (e / 2) % 4 of Philox(counter (e/8 lo, e/8 hi, step lo, stream), key (seed lo, seed hi)). */
-static uint32_t sr_word(uint64_t e, uint64_t seed, uint32_t stream, uint64_t step)
-{
-    const uint64_t q = e / 8;
-    const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)step, stream};
-    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    uint32_t out[4];
-    philox_host(ctr, key, out);
-    return (out[(e / 2) % 4] >> (16 * (e % 2))) & 0xFFFFu;
 }
 
 /* How well rounding decisions up[i] (rounded up with probability p) follow the words w[i]:
@@ -706,8 +679,8 @@ static void check_sr_words(clopt_ctx *ctx, const sr_case *cases, size_t ncases)
             assert_true(o == dn || o == upw);
             up[i] = o == upw;
             nup += up[i];
-            w[i] = sr_word(OFF + i, seed, stream, step);
-            w2[i] = sr_word(OFF + i + 1, seed, stream, step); /* a wrong word: the control */
+            w[i] = ref_sr_value(OFF + i, seed, stream, step);
+            w2[i] = ref_sr_value(OFF + i + 1, seed, stream, step); /* a wrong word: the control */
         }
         const double p = cases[c].p, sd = sqrt(p * (1 - p) / N);
         const size_t agree = best_agreement(w, up, N, p), control = best_agreement(w2, up, N, p);
@@ -907,8 +880,8 @@ static void test_sr_step_words(void **state)
             assert_true(th[OFF + i] == dn || th[OFF + i] == upw);
             up[i] = th[OFF + i] == upw;
             nup += up[i];
-            w[i] = sr_word(OFF + i, seed, stream, step);
-            w2[i] = sr_word(i, seed, stream, step); /* without the offset: the control */
+            w[i] = ref_sr_value(OFF + i, seed, stream, step);
+            w2[i] = ref_sr_value(i, seed, stream, step); /* without the offset: the control */
         }
         const size_t agree = best_agreement(w, up, N, cases[c].p),
                      control = best_agreement(w2, up, N, cases[c].p);

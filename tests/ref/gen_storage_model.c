@@ -28,17 +28,7 @@ static void *xcalloc(size_t n, size_t s)
     return p;
 }
 
-/* ---- Philox-4x32-10 (Salmon et al. 2011, Random123's constants and key schedule) ------- */
-
-static void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1)
-{
-    for (int r = 0; r < 10; r++) {
-        const uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
-        c[0] = n0, c[1] = (uint32_t)p1, c[2] = n2, c[3] = (uint32_t)p0;
-        k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
-    }
-}
+/* ---- Philox-4x32-10 (ref_philox4x32_10) against Random123's known answers -------------- */
 
 int gen_check_philox(void)
 {
@@ -49,8 +39,8 @@ int gen_check_philox(void)
          0x94fdcceb, 0x5001e420, 0x24126ea1},
     };
     for (int i = 0; i < 3; i++) {
-        uint32_t c[4] = {kat[i][0], kat[i][1], kat[i][2], kat[i][3]};
-        philox4x32_10(c, kat[i][4], kat[i][5]);
+        uint32_t c[4];
+        ref_philox4x32_10(kat[i], kat[i] + 4, c);
         if (memcmp(c, kat[i] + 6, sizeof c) != 0) {
             fprintf(stderr, "gen_storage_cases: Philox-4x32-10 fails Random123's known-answer "
                             "test %d\n", i);
@@ -58,17 +48,6 @@ int gen_check_philox(void)
         }
     }
     return 0;
-}
-
-/* The 16-bit random value of element e (clopt_step_args.stochastic_rounding): half e % 2
-   (low first) of word (e/2) % 4 of Philox with counter (e/8 low, high, step, stream) and key
-   (seed low, high). */
-static unsigned sr_bits(uint64_t e, uint64_t seed, uint32_t stream, uint64_t step)
-{
-    const uint64_t q = e >> 3;
-    uint32_t c[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)step, stream};
-    philox4x32_10(c, (uint32_t)seed, (uint32_t)(seed >> 32));
-    return (c[(e >> 1) & 3] >> (16 * (e & 1))) & 0xFFFFu;
 }
 
 /* ---- storage types, from an exact (float64) value -------------------------------------- */
@@ -456,7 +435,7 @@ size_t gen_model_step(model *md, const spec *s, const clopt_hparams *hp, uint64_
             md->theta[i] = f32_of_bits(h << 16);
             md->rem[i] = (uint16_t)((b - (h << 16)) & 0xFFFFu);
         } else {
-            const unsigned r = s->sr ? sr_bits(i, s->sr_seed, s->sr_stream, t) : 0;
+            const unsigned r = s->sr ? ref_sr_value(i, s->sr_seed, s->sr_stream, t) : 0;
             md->theta[i] = to_dtype(th[i], s->param, s->sr ? SR : RNE, r);
         }
     }

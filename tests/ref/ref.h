@@ -90,6 +90,16 @@ void ref_gnb(size_t n, const double *ghat, double batch_size, double *out);
  */
 double ref_hparam_coeff_error(clopt_rule rule, const clopt_hparams *hp);
 
+/* Philox-4x32-10 (Salmon et al. 2011, Random123's philox.h, written from the paper): per
+   round the two products M0·c0 and M1·c2 (64-bit), out = (hi(M1·c2) ^ c1 ^ k0, lo(M1·c2),
+   hi(M0·c0) ^ c3 ^ k1, lo(M0·c0)), then the key bumped by the Weyl constants. Checked
+   against Random123's known answers in tests/test_rng.c. */
+void ref_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+/* The documented 16-bit stochastic-rounding value of element e (clopt_step_args
+   .stochastic_rounding): half e % 2 (low half first) of word (e / 2) % 4 of Philox with
+   counter (e/8 low, high, step low, stream) and key (seed low, high). */
+uint32_t ref_sr_value(uint64_t e, uint64_t seed, uint32_t stream, uint64_t step);
+
 /* A small fixed-seed generator for test data: splitmix64, uniform in [0, 1), N(0, 1). */
 uint64_t ref_splitmix64(uint64_t *s);
 double ref_uniform(uint64_t *s);
