@@ -4,7 +4,9 @@
 #ifndef CLOPT_TEST_FIXTURE_H
 #define CLOPT_TEST_FIXTURE_H
 
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "clopt.h"
 
@@ -59,6 +61,53 @@ static inline void write_at(clopt_ctx *ctx, clopt_tensor t, const float *data, s
                                           t.offset * sizeof(float), n * sizeof(float), data, 0,
                                           NULL, NULL),
                      CL_SUCCESS);
+}
+
+/* A float32's bits and back; malloc that asserts; buffers of any element type in bytes. */
+static inline uint32_t f2u(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float u2f(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static inline void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+static inline void buf_write(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, const void *data)
+{
+    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, data,
+                                          0, NULL, NULL),
+                     CL_SUCCESS);
+}
+
+static inline void buf_read(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, void *out)
+{
+    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, out, 0,
+                                         NULL, NULL),
+                     CL_SUCCESS);
+}
+
+/* A new buffer of `bytes`, filled from data unless it is NULL. */
+static inline cl_mem buf_new(clopt_ctx *ctx, size_t bytes, const void *data)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data)
+        buf_write(ctx, m, 0, bytes, data);
+    return m;
 }
 
 static inline void read_at(clopt_ctx *ctx, clopt_tensor t, float *out, size_t n)

@@ -38,53 +38,6 @@
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    assert_non_null(p);
-    return p;
-}
-
-static uint32_t f2u(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float u2f(uint32_t u)
-{
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-static cl_mem buf_new(clopt_ctx *ctx, size_t bytes, const void *data)
-{
-    cl_int err;
-    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    if (data)
-        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, data,
-                                              0, NULL, NULL),
-                         CL_SUCCESS);
-    return m;
-}
-
-static void buf_get(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, void *out)
-{
-    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, out, 0,
-                                         NULL, NULL),
-                     CL_SUCCESS);
-}
-
-static void buf_put(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, const void *in)
-{
-    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, in, 0,
-                                          NULL, NULL),
-                     CL_SUCCESS);
-}
-
 static size_t buf_bytes(cl_mem m)
 {
     size_t s = 0;
@@ -596,10 +549,10 @@ static void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, c
 
 static void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st)
 {
-    buf_get(ctx, d->p, PO * 4, d->n * 4, theta);
+    buf_read(ctx, d->p, PO * 4, d->n * 4, theta);
     for (size_t k = 0; k < d->ns; k++) {
-        buf_get(ctx, d->c[k], d->co[k], d->n, st[k].code);
-        buf_get(ctx, d->a[k], d->ao[k] * 4, nblocks(d->n) * 4, st[k].amax);
+        buf_read(ctx, d->c[k], d->co[k], d->n, st[k].code);
+        buf_read(ctx, d->a[k], d->ao[k] * 4, nblocks(d->n) * 4, st[k].amax);
     }
 }
 
@@ -609,17 +562,17 @@ static size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label)
     size_t bad = 0;
     const size_t n = d->n, nb = nblocks(n);
     unsigned char *b = xmalloc(d->pb > d->gb ? d->pb : d->gb);
-    buf_get(ctx, d->p, 0, d->pb, b);
+    buf_read(ctx, d->p, 0, d->pb, b);
     if (memcmp(b, d->pimg, PO * 4) || memcmp(b + (PO + n) * 4, d->pimg + (PO + n) * 4, GUARD * 4))
         bad++, print_error("%s n %zu: θ's buffer written outside the tensor\n", label, n);
-    buf_get(ctx, d->g, 0, d->gb, b);
+    buf_read(ctx, d->g, 0, d->gb, b);
     if (memcmp(b, d->gimg, d->gb))
         bad++, print_error("%s n %zu: the gradient's buffer changed\n", label, n);
     free(b);
     for (size_t k = 0; k < d->ns; k++) {
         unsigned char *c = xmalloc(d->cb[k]), *a = xmalloc(d->ab[k]);
-        buf_get(ctx, d->c[k], 0, d->cb[k], c);
-        buf_get(ctx, d->a[k], 0, d->ab[k], a);
+        buf_read(ctx, d->c[k], 0, d->cb[k], c);
+        buf_read(ctx, d->a[k], 0, d->ab[k], a);
         if (memcmp(c, d->cimg[k], d->co[k]) ||
             memcmp(c + d->co[k] + n, d->cimg[k] + d->co[k] + n, GUARD))
             bad++, print_error("%s n %zu: state %zu's codes written outside the tensor\n", label,
@@ -891,7 +844,7 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
             g[i] = (i % 97 == 5) ? 0.0f : (float)(mu[i] + sigma * ref_normal(&s));
             gd[i] = g[i];
         }
-        buf_put(ctx, gb, 0, n * 4, g);
+        buf_write(ctx, gb, 0, n * 4, g);
         step_ok(ctx, rule, &hp, &a8, n, t, label);
         step_ok(ctx, rule, &hp, &a32, n, t, label);
         /* the 8-bit algorithm: dequantize, the rule, requantize */
@@ -907,7 +860,7 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
             q8_quant(&rs[k], tmp[k]);
         ref_step(rule, &hp, t, n, rp, gd, plain, NULL, NULL, 1.0);
         for (size_t k = 0; k < ns; k++) {
-            buf_get(ctx, q[k].buffer, q[k].offset, n, cdev);
+            buf_read(ctx, q[k].buffer, q[k].offset, n, cdev);
             for (size_t i = 0; i < n; i++)
                 if (cdev[i] != rs[k].code[i]) {
                     diverged++;
@@ -916,8 +869,8 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
                 }
         }
     }
-    buf_get(ctx, p8, 0, n * 4, th8);
-    buf_get(ctx, p32, 0, n * 4, th32);
+    buf_read(ctx, p8, 0, n * 4, th8);
+    buf_read(ctx, p32, 0, n * 4, th32);
 
     size_t bad = 0, codes_differ = 0, elems_div = 0;
     double worst_u = 0, worst_div = 0, d8_32 = 0, dref = 0, moved = 0;
@@ -940,7 +893,7 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
         moved += path[i] * path[i];
     }
     for (size_t k = 0; k < ns; k++) {
-        buf_get(ctx, q[k].buffer, q[k].offset, n, cdev);
+        buf_read(ctx, q[k].buffer, q[k].offset, n, cdev);
         for (size_t i = 0; i < n; i++)
             codes_differ += cdev[i] != rs[k].code[i];
     }
@@ -1016,8 +969,8 @@ static void test_alloc_state_ex(void **state)
             assert_true(buf_bytes(am[k].buffer) >= (am[k].offset + nb) * 4);
             unsigned char c[1000];
             float a[4];
-            buf_get(f->ctx, q[k].buffer, q[k].offset, n, c);
-            buf_get(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, a);
+            buf_read(f->ctx, q[k].buffer, q[k].offset, n, c);
+            buf_read(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, a);
             const unsigned want = init > 0 ? map_nearest(QMAP[sg], 1.0) : QZERO[sg];
             if (init > 0)
                 assert_int_equal(want, 255);
@@ -1036,7 +989,7 @@ static void test_alloc_state_ex(void **state)
         for (size_t k = 0; k < ns; k++) {
             uint16_t w[1000];
             assert_true(buf_bytes(q[k].buffer) >= (q[k].offset + n) * 2);
-            buf_get(f->ctx, q[k].buffer, q[k].offset * 2, n * 2, w);
+            buf_read(f->ctx, q[k].buffer, q[k].offset * 2, n * 2, w);
             const uint16_t want = bf16_rne((float)ref_state_init(rule, &hp, k));
             for (size_t i = 0; i < n; i++)
                 assert_int_equal(w[i], want);
@@ -1102,10 +1055,10 @@ static void test_q8_zero_blocks(void **state)
         for (uint64_t t = 1; t <= 3; t++) {
             for (size_t i = 0; i < n; i++)
                 g[i] = i >= 512 ? 0.0f : (float)(0.1 * ref_normal(&s));
-            buf_put(f->ctx, gb, 0, sizeof g, g);
+            buf_write(f->ctx, gb, 0, sizeof g, g);
             step_ok(f->ctx, rule, &hp, &a, n, t, name);
         }
-        buf_get(f->ctx, p, 0, sizeof th, th);
+        buf_read(f->ctx, p, 0, sizeof th, th);
         for (size_t i = 512; i < n; i++)
             if (f2u(th[i]) != f2u(theta0[i])) {
                 print_error("%s: θ[%zu] %a moved from %a with zero state and gradient\n", name, i,
@@ -1116,8 +1069,8 @@ static void test_q8_zero_blocks(void **state)
             const int sg = state_signed(ref_state_name(rule, &hp, k));
             unsigned char c[1000];
             float ab[4];
-            buf_get(f->ctx, q[k].buffer, q[k].offset, n, c);
-            buf_get(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, ab);
+            buf_read(f->ctx, q[k].buffer, q[k].offset, n, c);
+            buf_read(f->ctx, am[k].buffer, am[k].offset * 4, nb * 4, ab);
             assert_true(ab[0] > 0 && ab[1] > 0);
             assert_int_equal(f2u(ab[2]), 0);
             assert_int_equal(f2u(ab[3]), 0);
@@ -1152,7 +1105,7 @@ static void test_q8_one_element(void **state)
     assert_int_equal(st.code[0], 0);
     assert_true(st.amax[0] == 0.5f);
     assert_true(th == 0.75f + 0.03125f); /* θ from b = -0.5 before it is quantized */
-    buf_put(f->ctx, d.g, GO * 4, 4, &g0);
+    buf_write(f->ctx, d.g, GO * 4, 4, &g0);
     memcpy(d.gimg + GO * 4, &g0, 4);
     step_ok(f->ctx, CLOPT_SGD, &hp, &d.args, 1, 2, "sgd n 1");
     q8dev_read(f->ctx, &d, &th, &st);
@@ -1373,14 +1326,14 @@ static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
     const size_t so[CLOPT_MAX_STATE] = {1, 2, 3, 4};
     cl_mem pb = buf_new(ctx, (PO + BN) * 4, NULL), gbuf = buf_new(ctx, (GO + BN) * 4, NULL),
            hb = buf_new(ctx, BN * 4, NULL);
-    buf_put(ctx, pb, PO * 4, sizeof theta, theta);
+    buf_write(ctx, pb, PO * 4, sizeof theta, theta);
     cl_mem sb[CLOPT_MAX_STATE], sf[CLOPT_MAX_STATE];
     uint16_t guard[4 + BN + 8];
     for (size_t i = 0; i < sizeof guard / 2; i++)
         guard[i] = 0x7E7E;
     for (size_t k = 0; k < ns; k++) {
         sb[k] = buf_new(ctx, sizeof guard, guard);
-        buf_put(ctx, sb[k], so[k] * 2, BN * 2, st[k]);
+        buf_write(ctx, sb[k], so[k] * 2, BN * 2, st[k]);
         sf[k] = buf_new(ctx, BN * 4, NULL);
     }
     cl_mem pf = buf_new(ctx, BN * 4, NULL);
@@ -1396,18 +1349,18 @@ static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
     for (uint64_t t = 4; t < 4 + BSTEPS; t++) {
         for (size_t i = 0; i < BN; i++)
             g[i] = (float)(0.1 * ref_normal(&s)), hess[i] = (float)unif(&s, 0.0, 0.1);
-        buf_put(ctx, gbuf, GO * 4, sizeof g, g);
+        buf_write(ctx, gbuf, GO * 4, sizeof g, g);
         /* the float32 run from the same θ and the bf16 state's values */
         float th0[BN], sv[BN];
-        buf_get(ctx, pb, PO * 4, sizeof th0, th0);
-        buf_put(ctx, pf, 0, sizeof th0, th0);
+        buf_read(ctx, pb, PO * 4, sizeof th0, th0);
+        buf_write(ctx, pf, 0, sizeof th0, th0);
         for (size_t k = 0; k < ns; k++) {
             for (size_t i = 0; i < BN; i++)
                 sv[i] = bf16_val(st[k][i]);
-            buf_put(ctx, sf[k], 0, sizeof sv, sv);
+            buf_write(ctx, sf[k], 0, sizeof sv, sv);
         }
         if (rule == CLOPT_SOPHIA && t == 5) { /* an estimate folded in at this step */
-            buf_put(ctx, hb, 0, sizeof hess, hess);
+            buf_write(ctx, hb, 0, sizeof hess, hess);
             ab.hessian = af.hessian = (clopt_tensor){hb, 0};
         } else {
             ab.hessian = af.hessian = (clopt_tensor){NULL, 0};
@@ -1417,8 +1370,8 @@ static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
         step_ok(ctx, rule, &hp, &ab, BN, t, label);
         step_ok(ctx, rule, &hp, &af, BN, t, label);
         float thb[BN], thf[BN];
-        buf_get(ctx, pb, PO * 4, sizeof thb, thb);
-        buf_get(ctx, pf, 0, sizeof thf, thf);
+        buf_read(ctx, pb, PO * 4, sizeof thb, thb);
+        buf_read(ctx, pf, 0, sizeof thf, thf);
         for (size_t i = 0; i < BN; i++) {
             moved += f2u(thb[i]) != f2u(th0[i]);
             if (f2u(thb[i]) != f2u(thf[i]) && bad++ < 5)
@@ -1428,8 +1381,8 @@ static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
         for (size_t k = 0; k < ns; k++) {
             uint16_t all[sizeof guard / 2];
             float vf[BN];
-            buf_get(ctx, sb[k], 0, sizeof all, all);
-            buf_get(ctx, sf[k], 0, sizeof vf, vf);
+            buf_read(ctx, sb[k], 0, sizeof all, all);
+            buf_read(ctx, sf[k], 0, sizeof vf, vf);
             for (size_t i = 0; i < sizeof guard / 2; i++)
                 if ((i < so[k] || i >= so[k] + BN) && all[i] != guard[i] && bad++ < 5)
                     print_error("%s: state %zu written outside the tensor at %zu\n", label, k, i);
@@ -1524,7 +1477,7 @@ static unsigned char *orun_states(clopt_ctx *ctx, const orun *o, size_t *len)
         clopt_state_entry e;
         assert_int_equal(clopt_optimizer_state_entry(o->opt, i, &e), CLOPT_SUCCESS);
         const size_t es = clopt_dtype_size(e.dtype);
-        buf_get(ctx, e.tensor.buffer, e.tensor.offset * es, e.length * es, at);
+        buf_read(ctx, e.tensor.buffer, e.tensor.offset * es, e.length * es, at);
         at += e.length * es;
     }
     *len = total;
@@ -1622,13 +1575,13 @@ static void test_opt_q8(void **state)
         big.state[k] = q[k], big.state_absmax[k] = am[k], sml.state[k] = sm[k];
     for (uint64_t t = 1; t <= 4; t++) {
         random_grads(&s, g);
-        buf_put(f->ctx, o.g, 0, PLEN * 4, g);
-        buf_put(f->ctx, gb, 0, PLEN * 4, g);
+        buf_write(f->ctx, o.g, 0, PLEN * 4, g);
+        buf_write(f->ctx, gb, 0, PLEN * 4, g);
         assert_int_equal(clopt_optimizer_step(o.opt, NULL), CLOPT_SUCCESS);
         step_ok(f->ctx, CLOPT_ADAMW, &hp, &big, BIG, t, "adamw op level 8-bit");
         step_ok(f->ctx, CLOPT_ADAMW, &hp, &sml, SMALL, t, "adamw op level f32");
-        buf_get(f->ctx, o.p, 0, PLEN * 4, a);
-        buf_get(f->ctx, p, 0, PLEN * 4, b);
+        buf_read(f->ctx, o.p, 0, PLEN * 4, a);
+        buf_read(f->ctx, p, 0, PLEN * 4, b);
         assert_memory_equal(a, b, PLEN * 4);
     }
     /* the states, bit for bit */
@@ -1641,8 +1594,8 @@ static void test_opt_q8(void **state)
         assert_int_equal(clopt_optimizer_state_entry(o.opt, idx[j], &e), CLOPT_SUCCESS);
         const size_t es = clopt_dtype_size(e.dtype);
         unsigned char *x = xmalloc(opst[j].bytes), *y = xmalloc(opst[j].bytes);
-        buf_get(f->ctx, e.tensor.buffer, e.tensor.offset * es, opst[j].bytes, x);
-        buf_get(f->ctx, opst[j].t.buffer, opst[j].t.offset * es, opst[j].bytes, y);
+        buf_read(f->ctx, e.tensor.buffer, e.tensor.offset * es, opst[j].bytes, x);
+        buf_read(f->ctx, opst[j].t.buffer, opst[j].t.offset * es, opst[j].bytes, y);
         assert_memory_equal(x, y, opst[j].bytes);
         free(x), free(y);
     }
@@ -1663,7 +1616,7 @@ static void test_opt_q8(void **state)
     assert_int_equal(clopt_optimizer_state_entry(o.opt, idx[2], &e), CLOPT_SUCCESS);
     float amx[40], amr[40];
     assert_int_equal(clopt_optimizer_read_state(o.opt, 0, e.index, amx, 40), CLOPT_SUCCESS);
-    buf_get(f->ctx, e.tensor.buffer, e.tensor.offset * 4, sizeof amr, amr);
+    buf_read(f->ctx, e.tensor.buffer, e.tensor.offset * 4, sizeof amr, amr);
     assert_memory_equal(amx, amr, sizeof amx);
     assert_int_equal(clopt_optimizer_read_state(o.opt, 1, 0, host, SMALL), CLOPT_SUCCESS);
     size_t slen2;
@@ -1707,7 +1660,7 @@ static void test_opt_checkpoint(void **state)
         orun a, b, c;
         orun_make(f->ctx, &a, dtypes[m], theta);
         for (int k = 0; k < 3; k++) {
-            buf_put(f->ctx, a.g, 0, PLEN * 4, g[k]);
+            buf_write(f->ctx, a.g, 0, PLEN * 4, g[k]);
             assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
         }
         size_t size = 0, written = 0;
@@ -1715,12 +1668,12 @@ static void test_opt_checkpoint(void **state)
         unsigned char *ck = xmalloc(size);
         assert_int_equal(clopt_optimizer_save_to(a.opt, NULL, ck, size, &written), CLOPT_SUCCESS);
         assert_int_equal(written, size);
-        buf_get(f->ctx, a.p, 0, PLEN * 4, saved);
+        buf_read(f->ctx, a.p, 0, PLEN * 4, saved);
         for (int k = 3; k < 6; k++) {
-            buf_put(f->ctx, a.g, 0, PLEN * 4, g[k]);
+            buf_write(f->ctx, a.g, 0, PLEN * 4, g[k]);
             assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
         }
-        buf_get(f->ctx, a.p, 0, PLEN * 4, want);
+        buf_read(f->ctx, a.p, 0, PLEN * 4, want);
         size_t wl, gl;
         unsigned char *wst = orun_states(f->ctx, &a, &wl);
 
@@ -1732,10 +1685,10 @@ static void test_opt_checkpoint(void **state)
         assert_int_equal(ls, CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_step_count(b.opt), 3);
         for (int k = 3; k < 6; k++) {
-            buf_put(f->ctx, b.g, 0, PLEN * 4, g[k]);
+            buf_write(f->ctx, b.g, 0, PLEN * 4, g[k]);
             assert_int_equal(clopt_optimizer_step(b.opt, NULL), CLOPT_SUCCESS);
         }
-        buf_get(f->ctx, b.p, 0, PLEN * 4, got);
+        buf_read(f->ctx, b.p, 0, PLEN * 4, got);
         assert_memory_equal(got, want, PLEN * 4);
         unsigned char *gst = orun_states(f->ctx, &b, &gl);
         assert_int_equal(gl, wl);
@@ -1900,7 +1853,7 @@ static void env_check(bad_env *e, const char *what)
     assert_int_equal(clFinish(clopt_ctx_cl_queue(e->ctx)), CL_SUCCESS);
     for (size_t b = 0; b < e->nbufs; b++) {
         unsigned char *now = xmalloc(e->sizes[b]);
-        buf_get(e->ctx, e->bufs[b], 0, e->sizes[b], now);
+        buf_read(e->ctx, e->bufs[b], 0, e->sizes[b], now);
         if (memcmp(now, e->snap[b], e->sizes[b]) != 0)
             print_error("%s: buffer %zu changed\n", what, b);
         assert_memory_equal(now, e->snap[b], e->sizes[b]);

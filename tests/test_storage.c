@@ -49,52 +49,7 @@ static uint64_t mix(uint64_t *s)
 
 static double unif(uint64_t *s) { return (double)(mix(s) >> 11) / 9007199254740992.0; }
 
-static uint32_t f2u(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float u2f(uint32_t u)
-{
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    assert_non_null(p);
-    return p;
-}
-
 static size_t dsize(clopt_dtype t) { return t == CLOPT_DTYPE_F32 ? 4 : 2; }
-
-static void buf_write(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, const void *data)
-{
-    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, data,
-                                          0, NULL, NULL),
-                     CL_SUCCESS);
-}
-
-static void buf_read(clopt_ctx *ctx, cl_mem m, size_t off, size_t bytes, void *out)
-{
-    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, off, bytes, out, 0,
-                                         NULL, NULL),
-                     CL_SUCCESS);
-}
-
-static cl_mem buf_new(clopt_ctx *ctx, size_t bytes, const void *data)
-{
-    cl_int err;
-    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    if (data)
-        buf_write(ctx, m, 0, bytes, data);
-    return m;
-}
 
 static void convert_ok(clopt_ctx *ctx, cl_mem dst, size_t doff, clopt_dtype dt, cl_mem src,
                        size_t soff, clopt_dtype st, size_t n, int sr, uint64_t seed,

@@ -18,56 +18,16 @@
 
 enum { N = 1037, OFF = 3, STEPS = 6 };
 
-static float bits_f(uint32_t b)
-{
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
-
-static uint32_t f_bits(float f)
-{
-    uint32_t b;
-    memcpy(&b, &f, 4);
-    return b;
-}
-
 /* Nearest bf16 by value (ties to the even word): an independent reference. */
 static uint16_t bf16_nearest(float x)
 {
-    uint32_t b = f_bits(x);
+    uint32_t b = f2u(x);
     uint16_t lo = (uint16_t)(b >> 16), hi = (uint16_t)(lo + 1);
-    double dl = fabs((double)x - (double)bits_f((uint32_t)lo << 16));
-    double dh = fabs((double)bits_f((uint32_t)hi << 16) - (double)x);
+    double dl = fabs((double)x - (double)u2f((uint32_t)lo << 16));
+    double dh = fabs((double)u2f((uint32_t)hi << 16) - (double)x);
     if (dl < dh || (dl == dh && !(lo & 1)))
         return lo;
     return hi;
-}
-
-static cl_mem buf(clopt_ctx *ctx, size_t bytes, const void *data)
-{
-    cl_int err;
-    cl_mem m = clCreateBuffer(clopt_ctx_cl_context(ctx), CL_MEM_READ_WRITE, bytes, NULL, &err);
-    assert_int_equal(err, CL_SUCCESS);
-    if (data)
-        assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, data,
-                                              0, NULL, NULL),
-                         CL_SUCCESS);
-    return m;
-}
-
-static void get(clopt_ctx *ctx, cl_mem m, size_t bytes, void *out)
-{
-    assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, out, 0,
-                                         NULL, NULL),
-                     CL_SUCCESS);
-}
-
-static void put(clopt_ctx *ctx, cl_mem m, size_t bytes, const void *in)
-{
-    assert_int_equal(clEnqueueWriteBuffer(clopt_ctx_cl_queue(ctx), m, CL_TRUE, 0, bytes, in, 0,
-                                          NULL, NULL),
-                     CL_SUCCESS);
 }
 
 static uint32_t lcg(uint32_t *s)
@@ -94,8 +54,8 @@ static void half_build(half_opt *h, clopt_ctx *ctx, clopt_rule rule, int master,
     hp.master = master;
     hp.stochastic_rounding = sr;
     assert_int_equal(clopt_optimizer_create(ctx, rule, &hp, &h->opt), CLOPT_SUCCESS);
-    h->p = buf(ctx, (N + OFF) * 2, theta);
-    h->g = buf(ctx, (N + OFF) * 2, NULL);
+    h->p = buf_new(ctx, (N + OFF) * 2, theta);
+    h->g = buf_new(ctx, (N + OFF) * 2, NULL);
     clopt_param_desc d;
     clopt_param_desc_init(&d);
     d.param = (clopt_tensor){h->p, OFF};
@@ -123,7 +83,7 @@ static void master_of_n(clopt_ctx *ctx, half_opt *h, int master, float *out, siz
 {
     uint16_t *th = malloc((n + off) * 2);
     assert_non_null(th);
-    get(ctx, h->p, (n + off) * 2, th);
+    buf_read(ctx, h->p, 0, (n + off) * 2, th);
     clopt_state_entry e;
     size_t count = clopt_optimizer_state_entry_count(h->opt), at = count;
     for (size_t i = 0; i < count && at == count; i++) {
@@ -149,7 +109,7 @@ static void master_of_n(clopt_ctx *ctx, half_opt *h, int master, float *out, siz
                                          e.tensor.offset * 2, n * 2, r, 0, NULL, NULL),
                      CL_SUCCESS);
     for (size_t i = 0; i < n; i++)
-        out[i] = bits_f(((uint32_t)th[off + i] << 16) + (uint32_t)(int32_t)(int16_t)r[i]);
+        out[i] = u2f(((uint32_t)th[off + i] << 16) + (uint32_t)(int32_t)(int16_t)r[i]);
     free(r);
     free(th);
 }
@@ -174,7 +134,7 @@ static void test_master_modes_match_f32(void **state)
             for (size_t i = 0; i < N + OFF; i++)
                 th[i] = bf16_nearest(unif(&seed));
             for (size_t i = 0; i < N; i++)
-                ref[i] = bits_f((uint32_t)th[OFF + i] << 16);
+                ref[i] = u2f((uint32_t)th[OFF + i] << 16);
             half_opt h;
             half_build(&h, f->ctx, rule, master, 0, th);
             /* the float32 reference: op level, state from clopt_alloc_state */
@@ -184,16 +144,16 @@ static void test_master_modes_match_f32(void **state)
             clopt_tensor st[CLOPT_MAX_STATE];
             size_t ns;
             assert_int_equal(clopt_alloc_state(f->ctx, rule, &hp, N, st, &ns), CLOPT_SUCCESS);
-            cl_mem rp = buf(f->ctx, sizeof ref, ref), rg = buf(f->ctx, sizeof ref, NULL);
+            cl_mem rp = buf_new(f->ctx, sizeof ref, ref), rg = buf_new(f->ctx, sizeof ref, NULL);
             for (uint64_t t = 1; t <= STEPS; t++) {
                 uint16_t g16[N + OFF];
                 float g32[N];
                 for (size_t i = 0; i < N + OFF; i++)
                     g16[i] = bf16_nearest(unif(&seed) * 0.1f);
                 for (size_t i = 0; i < N; i++)
-                    g32[i] = bits_f((uint32_t)g16[OFF + i] << 16);
-                put(f->ctx, h.g, sizeof g16, g16);
-                put(f->ctx, rg, sizeof g32, g32);
+                    g32[i] = u2f((uint32_t)g16[OFF + i] << 16);
+                buf_write(f->ctx, h.g, 0, sizeof g16, g16);
+                buf_write(f->ctx, rg, 0, sizeof g32, g32);
                 assert_int_equal(clopt_optimizer_step(h.opt, NULL), CLOPT_SUCCESS);
                 clopt_step_args a;
                 clopt_step_args_init(&a);
@@ -207,10 +167,10 @@ static void test_master_modes_match_f32(void **state)
                 float m[N], want[N];
                 uint16_t out[N + OFF];
                 master_of(f->ctx, &h, master, m);
-                get(f->ctx, rp, sizeof want, want);
-                get(f->ctx, h.p, sizeof out, out);
+                buf_read(f->ctx, rp, 0, sizeof want, want);
+                buf_read(f->ctx, h.p, 0, sizeof out, out);
                 for (size_t i = 0; i < N; i++) {
-                    if (f_bits(m[i]) != f_bits(want[i])) {
+                    if (f2u(m[i]) != f2u(want[i])) {
                         fprintf(stderr, "%s master %d step %llu [%zu]: %a, f32 rule %a\n",
                                 clopt_rule_name(rule), master, (unsigned long long)t, i, m[i],
                                 want[i]);
@@ -218,8 +178,8 @@ static void test_master_modes_match_f32(void **state)
                     }
                     /* F32: round to nearest even; REMAINDER: nearest, ties away from zero */
                     uint16_t r = bf16_nearest(want[i]);
-                    if (master == CLOPT_MASTER_REMAINDER && (f_bits(want[i]) & 0xFFFFu) == 0x8000u)
-                        r = (uint16_t)((f_bits(want[i]) >> 16) + 1u);
+                    if (master == CLOPT_MASTER_REMAINDER && (f2u(want[i]) & 0xFFFFu) == 0x8000u)
+                        r = (uint16_t)((f2u(want[i]) >> 16) + 1u);
                     assert_int_equal(out[OFF + i], r);
                 }
                 for (size_t i = 0; i < OFF; i++) /* outside the tensor: untouched */
@@ -248,9 +208,9 @@ static void test_amp_f16_grads(void **state)
     uint32_t seed = 99;
     for (size_t i = 0; i < N; i++) {
         th[i] = bf16_nearest(unif(&seed));
-        th32[i] = bits_f((uint32_t)th[i] << 16);
+        th32[i] = u2f((uint32_t)th[i] << 16);
     }
-    cl_mem p = buf(f->ctx, sizeof th, th), g = buf(f->ctx, N * 2, NULL);
+    cl_mem p = buf_new(f->ctx, sizeof th, th), g = buf_new(f->ctx, N * 2, NULL);
     clopt_param_desc d;
     clopt_param_desc_init(&d);
     d.param = (clopt_tensor){p, 0};
@@ -279,11 +239,11 @@ static void test_amp_f16_grads(void **state)
         g16[i] = h;
     }
     g16[5] = 0x7C00u; /* +Inf */
-    put(f->ctx, g, sizeof g16, g16);
+    buf_write(f->ctx, g, 0, sizeof g16, g16);
     assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_STEP_SKIPPED);
     uint16_t out[N];
     float m[N];
-    get(f->ctx, p, sizeof out, out);
+    buf_read(f->ctx, p, 0, sizeof out, out);
     assert_memory_equal(out, th, sizeof th);
     assert_int_equal(clopt_optimizer_read_state(opt, 0, 2, m, N), CLOPT_SUCCESS);
     assert_memory_equal(m, th32, sizeof m);
@@ -291,7 +251,7 @@ static void test_amp_f16_grads(void **state)
     /* finite: one step equal to the float32 rule on g32 */
     g16[5] = 0;
     g32[5] = 0.0f;
-    put(f->ctx, g, sizeof g16, g16);
+    buf_write(f->ctx, g, 0, sizeof g16, g16);
     assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_step_count(opt), 1);
     clopt_hparams rh = hp;
@@ -299,7 +259,7 @@ static void test_amp_f16_grads(void **state)
     clopt_tensor st[CLOPT_MAX_STATE];
     size_t ns;
     assert_int_equal(clopt_alloc_state(f->ctx, CLOPT_ADAM, &rh, N, st, &ns), CLOPT_SUCCESS);
-    cl_mem rp = buf(f->ctx, sizeof th32, th32), rg = buf(f->ctx, sizeof g32, g32);
+    cl_mem rp = buf_new(f->ctx, sizeof th32, th32), rg = buf_new(f->ctx, sizeof g32, g32);
     clopt_step_args a;
     clopt_step_args_init(&a);
     a.param = (clopt_tensor){rp, 0};
@@ -309,10 +269,10 @@ static void test_amp_f16_grads(void **state)
     assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &rh, &a, N, 1, 0, NULL, NULL),
                      CLOPT_SUCCESS);
     float want[N];
-    get(f->ctx, rp, sizeof want, want);
+    buf_read(f->ctx, rp, 0, sizeof want, want);
     assert_int_equal(clopt_optimizer_read_state(opt, 0, 2, m, N), CLOPT_SUCCESS);
     for (size_t i = 0; i < N; i++)
-        assert_int_equal(f_bits(m[i]), f_bits(want[i]));
+        assert_int_equal(f2u(m[i]), f2u(want[i]));
     for (size_t k = 0; k < ns; k++)
         clReleaseMemObject(st[k].buffer);
     clReleaseMemObject(rp);
@@ -340,7 +300,7 @@ static void test_checkpoint_resume(void **state)
         half_build(&a, f->ctx, CLOPT_ADAMW, master, sr, th);
         assert_int_equal(clopt_optimizer_seed(a.opt, 1234), CLOPT_SUCCESS);
         for (int s = 0; s < 2; s++) {
-            put(f->ctx, a.g, sizeof grads[s], grads[s]);
+            buf_write(f->ctx, a.g, 0, sizeof grads[s], grads[s]);
             assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
         }
         size_t size, written;
@@ -349,32 +309,32 @@ static void test_checkpoint_resume(void **state)
         assert_int_equal(clopt_optimizer_save_to(a.opt, NULL, ck, size, &written), CLOPT_SUCCESS);
         assert_int_equal(((uint32_t)ck[8]) | ((uint32_t)ck[9] << 8), 3);
         uint16_t saved[N + OFF];
-        get(f->ctx, a.p, sizeof saved, saved); /* θ is the engine's to save */
+        buf_read(f->ctx, a.p, 0, sizeof saved, saved); /* θ is the engine's to save */
         for (int s = 2; s < 4; s++) {
-            put(f->ctx, a.g, sizeof grads[s], grads[s]);
+            buf_write(f->ctx, a.g, 0, sizeof grads[s], grads[s]);
             assert_int_equal(clopt_optimizer_step(a.opt, NULL), CLOPT_SUCCESS);
         }
         uint16_t want[N + OFF];
-        get(f->ctx, a.p, sizeof want, want);
+        buf_read(f->ctx, a.p, 0, sizeof want, want);
         /* a fresh optimizer (another seed: the checkpoint brings the saved one) */
         half_build(&b, f->ctx, CLOPT_ADAMW, master, sr, saved);
         assert_int_equal(clopt_optimizer_load_from(b.opt, ck, size), CLOPT_SUCCESS);
         for (int s = 2; s < 4; s++) {
-            put(f->ctx, b.g, sizeof grads[s], grads[s]);
+            buf_write(f->ctx, b.g, 0, sizeof grads[s], grads[s]);
             assert_int_equal(clopt_optimizer_step(b.opt, NULL), CLOPT_SUCCESS);
         }
         uint16_t got[N + OFF];
-        get(f->ctx, b.p, sizeof got, got);
+        buf_read(f->ctx, b.p, 0, sizeof got, got);
         assert_memory_equal(got, want, sizeof got);
         if (mode == 1) { /* stochastic rounding moved θ off round-to-nearest somewhere */
             half_opt c;
             half_build(&c, f->ctx, CLOPT_ADAMW, 0, 0, th);
             for (int s = 0; s < 4; s++) {
-                put(f->ctx, c.g, sizeof grads[s], grads[s]);
+                buf_write(f->ctx, c.g, 0, sizeof grads[s], grads[s]);
                 assert_int_equal(clopt_optimizer_step(c.opt, NULL), CLOPT_SUCCESS);
             }
             uint16_t rne[N + OFF];
-            get(f->ctx, c.p, sizeof rne, rne);
+            buf_read(f->ctx, c.p, 0, sizeof rne, rne);
             assert_true(memcmp(rne, want, sizeof rne) != 0);
             half_free(&c);
         }
@@ -396,7 +356,7 @@ static void test_checkpoint_resume(void **state)
 static void test_refused(void **state)
 {
     fixture *f = *state;
-    cl_mem p = buf(f->ctx, 4096, NULL), g = buf(f->ctx, 4096, NULL);
+    cl_mem p = buf_new(f->ctx, 4096, NULL), g = buf_new(f->ctx, 4096, NULL);
     clopt_param_desc d;
     clopt_param_desc_init(&d);
     d.param = (clopt_tensor){p, 0};
@@ -488,7 +448,7 @@ static void test_passes_match_f32(void **state)
             float th32[M], g32[M];
             for (size_t i = 0; i < M; i++) {
                 th[i] = bf16_nearest(unif(&seed));
-                th32[i] = bits_f((uint32_t)th[i] << 16);
+                th32[i] = u2f((uint32_t)th[i] << 16);
             }
             clopt_hparams hp;
             clopt_hparams_default(cases[c].rule, &hp);
@@ -503,8 +463,8 @@ static void test_passes_match_f32(void **state)
             hp.master = master;
             assert_int_equal(clopt_optimizer_create(f->ctx, cases[c].rule, &hp, &o16),
                              CLOPT_SUCCESS);
-            cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof g16, NULL);
-            cl_mem P32 = buf(f->ctx, sizeof th32, th32), G32 = buf(f->ctx, sizeof g32, NULL);
+            cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof g16, NULL);
+            cl_mem P32 = buf_new(f->ctx, sizeof th32, th32), G32 = buf_new(f->ctx, sizeof g32, NULL);
             clopt_param_desc d;
             clopt_param_desc_init(&d);
             d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
@@ -519,17 +479,17 @@ static void test_passes_match_f32(void **state)
             for (int t = 1; t <= 5; t++) {
                 for (size_t i = 0; i < M; i++) {
                     g16[i] = bf16_nearest(unif(&seed) * 0.1f + 0.02f * (float)(i % C) / C);
-                    g32[i] = bits_f((uint32_t)g16[i] << 16);
+                    g32[i] = u2f((uint32_t)g16[i] << 16);
                 }
-                put(f->ctx, G, sizeof g16, g16);
-                put(f->ctx, G32, sizeof g32, g32);
+                buf_write(f->ctx, G, 0, sizeof g16, g16);
+                buf_write(f->ctx, G32, 0, sizeof g32, g32);
                 assert_int_equal(clopt_optimizer_step(o16, NULL), CLOPT_SUCCESS);
                 assert_int_equal(clopt_optimizer_step(o32, NULL), CLOPT_SUCCESS);
                 float m[M], want[M];
                 master_of_n(f->ctx, &h, master, m, M, 0);
-                get(f->ctx, P32, sizeof want, want);
+                buf_read(f->ctx, P32, 0, sizeof want, want);
                 for (size_t i = 0; i < M; i++)
-                    if (f_bits(m[i]) != f_bits(want[i])) {
+                    if (f2u(m[i]) != f2u(want[i])) {
                         fprintf(stderr, "%s gc %d master %d step %d [%zu]: %a, float32 %a\n",
                                 clopt_rule_name(cases[c].rule), cases[c].gc, master, t, i, m[i],
                                 want[i]);
@@ -574,7 +534,7 @@ static void test_arena_bf16(void **state)
         size_t first;
         assert_int_equal(clopt_optimizer_add_arena_group(ar, &hp, 2, d, NULL, &first),
                          CLOPT_SUCCESS);
-        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        cl_mem P2 = buf_new(f->ctx, sizeof th, th), G2 = buf_new(f->ctx, sizeof gr, NULL);
         clopt_tensor pv[2], gv[2];
         for (int k = 0; k < 2; k++) {
             assert_int_equal(clopt_optimizer_param_view(ar, first + k, &pv[k], &gv[k], NULL,
@@ -599,7 +559,7 @@ static void test_arena_bf16(void **state)
                                                       (k ? N1 : N0) * 2, gr + at[k], 0, NULL,
                                                       NULL),
                                  CL_SUCCESS);
-            put(f->ctx, G2, sizeof gr, gr);
+            buf_write(f->ctx, G2, 0, sizeof gr, gr);
             assert_int_equal(clopt_optimizer_step(ar, NULL), CLOPT_SUCCESS);
             assert_int_equal(clopt_optimizer_step(ta, NULL), CLOPT_SUCCESS);
         }
@@ -609,7 +569,7 @@ static void test_arena_bf16(void **state)
                                                  CL_TRUE, pv[k].offset * 2, (k ? N1 : N0) * 2,
                                                  a + at[k], 0, NULL, NULL),
                              CL_SUCCESS);
-        get(f->ctx, P2, sizeof b, b);
+        buf_read(f->ctx, P2, 0, sizeof b, b);
         assert_memory_equal(a, b, sizeof a);
         assert_true(memcmp(a, th, sizeof a) != 0);
         clopt_optimizer_destroy(ar);
@@ -637,8 +597,8 @@ static void test_group_state_types(void **state)
         clopt_optimizer *grp, *one;
         assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &grp), CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &one), CLOPT_SUCCESS);
-        cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof gr, NULL);
-        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof gr, NULL);
+        cl_mem P2 = buf_new(f->ctx, sizeof th, th), G2 = buf_new(f->ctx, sizeof gr, NULL);
         clopt_param_desc d[2];
         for (int k = 0; k < 2; k++) {
             clopt_param_desc_init(&d[k]);
@@ -680,7 +640,7 @@ static void test_group_state_types(void **state)
                                                       CL_TRUE, gv[k].offset * 4, n[k] * 4,
                                                       gr + at[k], 0, NULL, NULL),
                                  CL_SUCCESS);
-            put(f->ctx, G2, sizeof gr, gr);
+            buf_write(f->ctx, G2, 0, sizeof gr, gr);
             assert_int_equal(clopt_optimizer_step(grp, NULL), CLOPT_SUCCESS);
             assert_int_equal(clopt_optimizer_step(one, NULL), CLOPT_SUCCESS);
         }
@@ -690,7 +650,7 @@ static void test_group_state_types(void **state)
                                                  CL_TRUE, pv[k].offset * 4, n[k] * 4, a + at[k],
                                                  0, NULL, NULL),
                              CL_SUCCESS);
-        get(f->ctx, P2, sizeof b, b);
+        buf_read(f->ctx, P2, 0, sizeof b, b);
         assert_memory_equal(a, b, sizeof a);
         clopt_state_entry e;
         assert_int_equal(clopt_optimizer_state_entry(grp, 0, &e), CLOPT_SUCCESS);
@@ -705,7 +665,7 @@ static void test_group_state_types(void **state)
     hp.state_dtype = CLOPT_DTYPE_U8;
     clopt_optimizer *opt;
     assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
-    cl_mem P = buf(f->ctx, 4096 * 4, NULL), G = buf(f->ctx, 4096 * 4, NULL);
+    cl_mem P = buf_new(f->ctx, 4096 * 4, NULL), G = buf_new(f->ctx, 4096 * 4, NULL);
     clopt_param_desc d;
     clopt_param_desc_init(&d);
     d.shape[0] = 4096;
@@ -740,7 +700,7 @@ static void test_lamb_bf16_state(void **state)
         clopt_hparams_default(CLOPT_LAMB, &hp);
         hp.state_dtype = k ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32;
         assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_LAMB, &hp, &o[k]), CLOPT_SUCCESS);
-        P[k] = buf(f->ctx, sizeof th, th), G[k] = buf(f->ctx, sizeof gr, NULL);
+        P[k] = buf_new(f->ctx, sizeof th, th), G[k] = buf_new(f->ctx, sizeof gr, NULL);
         clopt_param_desc d;
         clopt_param_desc_init(&d);
         d.param = (clopt_tensor){P[k], 0};
@@ -752,7 +712,7 @@ static void test_lamb_bf16_state(void **state)
         for (size_t i = 0; i < M; i++)
             gr[i] = unif(&seed) * 0.1f;
         for (int k = 0; k < 2; k++) {
-            put(f->ctx, G[k], sizeof gr, gr);
+            buf_write(f->ctx, G[k], 0, sizeof gr, gr);
             assert_int_equal(clopt_optimizer_step(o[k], NULL), CLOPT_SUCCESS);
         }
         if (t == 1) {
@@ -774,8 +734,8 @@ static void test_lamb_bf16_state(void **state)
         }
     }
     float a[M], b[M];
-    get(f->ctx, P[0], sizeof a, a);
-    get(f->ctx, P[1], sizeof b, b);
+    buf_read(f->ctx, P[0], 0, sizeof a, a);
+    buf_read(f->ctx, P[1], 0, sizeof b, b);
     double du = 0, dd = 0;
     for (size_t i = 0; i < M; i++) {
         du += ((double)a[i] - th[i]) * ((double)a[i] - th[i]);
@@ -807,8 +767,8 @@ static void test_range_group_bf16(void **state)
         clopt_optimizer *ra, *ta;
         assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ra), CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &ta), CLOPT_SUCCESS);
-        cl_mem P = buf(f->ctx, sizeof th, th), G = buf(f->ctx, sizeof gr, NULL);
-        cl_mem P2 = buf(f->ctx, sizeof th, th), G2 = buf(f->ctx, sizeof gr, NULL);
+        cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof gr, NULL);
+        cl_mem P2 = buf_new(f->ctx, sizeof th, th), G2 = buf_new(f->ctx, sizeof gr, NULL);
         clopt_param_desc d[2];
         const size_t n[2] = {N0, N1}, at[2] = {0, AT1};
         for (int k = 0; k < 2; k++) {
@@ -832,14 +792,14 @@ static void test_range_group_bf16(void **state)
         for (int t = 0; t < 5; t++) {
             for (size_t i = 0; i < TOT; i++)
                 gr[i] = bf16_nearest(unif(&seed) * 0.1f);
-            put(f->ctx, G, sizeof gr, gr);
-            put(f->ctx, G2, sizeof gr, gr);
+            buf_write(f->ctx, G, 0, sizeof gr, gr);
+            buf_write(f->ctx, G2, 0, sizeof gr, gr);
             assert_int_equal(clopt_optimizer_step(ra, NULL), CLOPT_SUCCESS);
             assert_int_equal(clopt_optimizer_step(ta, NULL), CLOPT_SUCCESS);
         }
         uint16_t a[TOT], b[TOT];
-        get(f->ctx, P, sizeof a, a);
-        get(f->ctx, P2, sizeof b, b);
+        buf_read(f->ctx, P, 0, sizeof a, a);
+        buf_read(f->ctx, P2, 0, sizeof b, b);
         assert_memory_equal(a, b, sizeof a);
         assert_true(memcmp(a, th, sizeof a) != 0);
         for (size_t i = N0; i < AT1; i++) /* the gap between the tensors: untouched */
