@@ -118,4 +118,64 @@ static inline void read_at(clopt_ctx *ctx, clopt_tensor t, float *out, size_t n)
                      CL_SUCCESS);
 }
 
+/* Variant i of the element-wise rules (0 .. 13; 0 past the last) for the storage tests:
+   each rule with the options that reach its kernel's branches and learning rates that move
+   16-bit weights; hp is validated. */
+static inline int elementwise_variant(int i, clopt_rule *rule, clopt_hparams *hp,
+                                      const char **label)
+{
+    static const struct {
+        clopt_rule rule;
+        const char *label;
+    } rules[] = {
+        {CLOPT_SGD, "sgd nesterov"}, {CLOPT_ADAM, "adam amsgrad"}, {CLOPT_ADAMW, "adamw"},
+        {CLOPT_ADAGRAD, "adagrad"},  {CLOPT_ADADELTA, "adadelta"},  {CLOPT_RMSPROP, "rmsprop c+m"},
+        {CLOPT_ADAMAX, "adamax"},    {CLOPT_NADAM, "nadam"},        {CLOPT_RADAM, "radam"},
+        {CLOPT_ADAMOD, "adamod"},    {CLOPT_DIFFGRAD, "diffgrad"},  {CLOPT_LION, "lion"},
+        {CLOPT_SOPHIA, "sophia"},    {CLOPT_RANGER, "ranger"},
+    };
+    if (i >= (int)(sizeof rules / sizeof rules[0]))
+        return 0;
+    *rule = rules[i].rule;
+    *label = rules[i].label;
+    assert_int_equal(clopt_hparams_default(*rule, hp), CLOPT_SUCCESS);
+    hp->lr = 0.01;
+    switch (*rule) {
+    case CLOPT_SGD:
+        hp->lr = 0.05, hp->momentum = 0.9, hp->nesterov = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_ADAM:
+        hp->amsgrad = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_ADAMW:
+        hp->weight_decay = 0.1, hp->maximize = 1;
+        break;
+    case CLOPT_ADAGRAD:
+        hp->lr = 0.05, hp->lr_decay = 0.01, hp->weight_decay = 0.01;
+        hp->initial_accumulator_value = 0.1;
+        break;
+    case CLOPT_ADADELTA:
+        hp->lr = 1.0, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_RMSPROP:
+        hp->momentum = 0.9, hp->centered = 1, hp->weight_decay = 0.01;
+        break;
+    case CLOPT_NADAM:
+    case CLOPT_ADAMOD:
+        hp->weight_decay = 0.01;
+        break;
+    case CLOPT_LION:
+        hp->lr = 0.005, hp->weight_decay = 0.1;
+        break;
+    case CLOPT_RANGER: /* GC on by default: gc_rows 0 takes the tensor as 1-D */
+        hp->weight_decay = 0.01;
+        break;
+    default:
+        break;
+    }
+    const char *why = "";
+    assert_int_equal(clopt_hparams_validate(*rule, hp, &why), CLOPT_SUCCESS);
+    return 1;
+}
+
 #endif

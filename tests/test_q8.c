@@ -1228,62 +1228,6 @@ static void test_q8_ties(void **state)
 
 /* ---- 5. bf16 state of every element-wise rule ---------------------------------------------- */
 
-static int bf16_config(int i, clopt_rule *rule, clopt_hparams *hp, const char **label)
-{
-    static const struct {
-        clopt_rule rule;
-        const char *label;
-    } rules[] = {
-        {CLOPT_SGD, "sgd nesterov"}, {CLOPT_ADAM, "adam amsgrad"}, {CLOPT_ADAMW, "adamw"},
-        {CLOPT_ADAGRAD, "adagrad"},  {CLOPT_ADADELTA, "adadelta"},  {CLOPT_RMSPROP, "rmsprop c+m"},
-        {CLOPT_ADAMAX, "adamax"},    {CLOPT_NADAM, "nadam"},        {CLOPT_RADAM, "radam"},
-        {CLOPT_ADAMOD, "adamod"},    {CLOPT_DIFFGRAD, "diffgrad"},  {CLOPT_LION, "lion"},
-        {CLOPT_SOPHIA, "sophia"},    {CLOPT_RANGER, "ranger"},
-    };
-    if (i >= (int)(sizeof rules / sizeof rules[0]))
-        return 0;
-    *rule = rules[i].rule;
-    *label = rules[i].label;
-    assert_int_equal(clopt_hparams_default(*rule, hp), CLOPT_SUCCESS);
-    hp->lr = 0.01;
-    switch (*rule) {
-    case CLOPT_SGD:
-        hp->lr = 0.05, hp->momentum = 0.9, hp->nesterov = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_ADAM:
-        hp->amsgrad = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_ADAMW:
-        hp->weight_decay = 0.1, hp->maximize = 1;
-        break;
-    case CLOPT_ADAGRAD:
-        hp->lr = 0.05, hp->lr_decay = 0.01, hp->weight_decay = 0.01;
-        hp->initial_accumulator_value = 0.1;
-        break;
-    case CLOPT_ADADELTA:
-        hp->lr = 1.0, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_RMSPROP:
-        hp->momentum = 0.9, hp->centered = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_NADAM:
-    case CLOPT_ADAMOD:
-        hp->weight_decay = 0.01;
-        break;
-    case CLOPT_LION:
-        hp->lr = 0.005, hp->weight_decay = 0.1;
-        break;
-    case CLOPT_RANGER: /* GC on by default: gc_rows 0 takes the tensor as 1-D */
-        hp->weight_decay = 0.01;
-        break;
-    default:
-        break;
-    }
-    const char *why = "";
-    assert_int_equal(clopt_hparams_validate(*rule, hp, &why), CLOPT_SUCCESS);
-    return 1;
-}
-
 enum { BN = 301, BSTEPS = 3 };
 
 /* Steps 4..6 (RAdam and Ranger rectify from step 6 with β2 = 0.999: both branches) of the
@@ -1294,7 +1238,7 @@ static size_t bf16_rule_run(clopt_ctx *ctx, int ci)
     clopt_rule rule = CLOPT_SGD;
     clopt_hparams hp;
     const char *label = "";
-    assert_true(bf16_config(ci, &rule, &hp, &label));
+    assert_true(elementwise_variant(ci, &rule, &hp, &label));
     const size_t ns = clopt_rule_state_count(rule, &hp);
     uint64_t s = 900u + (uint64_t)ci;
     float theta[BN], g[BN], hess[BN];
@@ -1412,7 +1356,7 @@ static void test_bf16_rules(void **state)
     clopt_hparams hp;
     const char *label;
     size_t bad = 0;
-    for (int ci = 0; bf16_config(ci, &rule, &hp, &label); ci++) {
+    for (int ci = 0; elementwise_variant(ci, &rule, &hp, &label); ci++) {
         const size_t b = bf16_rule_run(f->ctx, ci);
         if (b)
             print_error("  bf16 %s: %zu differences\n", label, b);

@@ -981,63 +981,6 @@ static size_t cmp_bits(const char *label, const char *what, unsigned t, const fl
     return bad;
 }
 
-/* The element-wise rules and variants, with learning rates that move bf16 weights. */
-static int master_config(int i, clopt_rule *rule, clopt_hparams *hp, const char **label)
-{
-    static const struct {
-        clopt_rule rule;
-        const char *label;
-    } rules[] = {
-        {CLOPT_SGD, "sgd nesterov"}, {CLOPT_ADAM, "adam amsgrad"}, {CLOPT_ADAMW, "adamw"},
-        {CLOPT_ADAGRAD, "adagrad"},  {CLOPT_ADADELTA, "adadelta"},  {CLOPT_RMSPROP, "rmsprop"},
-        {CLOPT_ADAMAX, "adamax"},    {CLOPT_NADAM, "nadam"},        {CLOPT_RADAM, "radam"},
-        {CLOPT_ADAMOD, "adamod"},    {CLOPT_DIFFGRAD, "diffgrad"},  {CLOPT_LION, "lion"},
-        {CLOPT_SOPHIA, "sophia"},    {CLOPT_RANGER, "ranger"},
-    };
-    if (i >= (int)(sizeof rules / sizeof rules[0]))
-        return 0;
-    *rule = rules[i].rule;
-    *label = rules[i].label;
-    assert_int_equal(clopt_hparams_default(*rule, hp), CLOPT_SUCCESS);
-    hp->lr = 0.01;
-    switch (*rule) {
-    case CLOPT_SGD:
-        hp->lr = 0.05, hp->momentum = 0.9, hp->nesterov = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_ADAM:
-        hp->amsgrad = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_ADAMW:
-        hp->weight_decay = 0.1, hp->maximize = 1;
-        break;
-    case CLOPT_ADAGRAD:
-        hp->lr = 0.05, hp->lr_decay = 0.01, hp->weight_decay = 0.01;
-        hp->initial_accumulator_value = 0.1;
-        break;
-    case CLOPT_ADADELTA:
-        hp->lr = 1.0, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_RMSPROP:
-        hp->momentum = 0.9, hp->centered = 1, hp->weight_decay = 0.01;
-        break;
-    case CLOPT_NADAM:
-    case CLOPT_ADAMOD:
-        hp->weight_decay = 0.01;
-        break;
-    case CLOPT_LION:
-        hp->lr = 0.005, hp->weight_decay = 0.1;
-        break;
-    case CLOPT_RANGER: /* GC is on by default: gc_rows 0 takes the tensor as 1-D */
-        hp->weight_decay = 0.01;
-        break;
-    default:
-        break;
-    }
-    const char *why = "";
-    assert_int_equal(clopt_hparams_validate(*rule, hp, &why), CLOPT_SUCCESS);
-    return 1;
-}
-
 /* For rule ci, ten steps (or `steps`) with fresh gradients of nine runs side by side:
      A  f32 θ, f32 g (bf16 values)                      the float32 rule
      B  bf16 θ, bf16 g, fp32 master                     (a) master == A's θ, θ == RNE(master)
@@ -1058,7 +1001,7 @@ static size_t master_rule_run(clopt_ctx *ctx, int ci, unsigned steps, int with_j
     clopt_rule rule;
     clopt_hparams hp;
     const char *label;
-    if (!master_config(ci, &rule, &hp, &label))
+    if (!elementwise_variant(ci, &rule, &hp, &label))
         return 0;
     const size_t n = MN;
     uint16_t *tb = xmalloc(n * 2), *th = xmalloc(n * 2), *gb = xmalloc(n * 2),
@@ -1252,7 +1195,7 @@ static void test_master_rules(void **state)
     clopt_hparams hp;
     const char *label;
     /* the f16 θ runs J, K on every third rule (each storage variant is a compile) */
-    for (int ci = 0; master_config(ci, &rule, &hp, &label); ci++)
+    for (int ci = 0; elementwise_variant(ci, &rule, &hp, &label); ci++)
         bad += master_rule_run(f->ctx, ci, steps, ci % 3 == 0);
     assert_int_equal(bad, 0);
 }
