@@ -35,13 +35,14 @@
 #include <unistd.h>
 
 #define CKP_MAGIC "CLOPTCKP"
-#define CKP_VERSION 3u
+#define CKP_VERSION 4u
 enum { TAG_OPTM = 1, TAG_GRUP = 2, TAG_TENS = 3 };
 /* OPTM flags (version 2) */
 enum {
     OPTM_STATE_TENSORS = 1u,
     OPTM_CHECK_FINITE = 2u, /* clopt_optimizer_set_check_finite is on */
-    OPTM_KNOWN = OPTM_STATE_TENSORS | OPTM_CHECK_FINITE
+    OPTM_EVAL_MODE = 4u,    /* version 4: Schedule-Free in eval mode (the parameters hold x) */
+    OPTM_KNOWN = OPTM_STATE_TENSORS | OPTM_CHECK_FINITE | OPTM_EVAL_MODE
 };
 /* TENS flags (version 2) */
 enum {
@@ -72,6 +73,10 @@ enum {
     X(grad_centralization) X(gc_conv_only) X(lookahead_k)
 /* Added in version 3 (0 when loading an older file). */
 #define CKP_INTS_V3(X) X(master) X(stochastic_rounding) X(state_dtype)
+/* Added in version 4 (the rules of 2024-2025; their defaults when loading an older file). */
+#define CKP_DOUBLES_V4(X) X(r) X(weight_lr_power) X(clip_exponent)
+#define CKP_INTS_V4(X)                                                                       \
+    X(warmup_steps) X(decouple) X(alpha_warmup) X(beta3_warmup) X(cautious) X(ns_steps)
 
 uint32_t clopt_crc32c(const void *data, size_t n)
 {
@@ -267,6 +272,8 @@ static void w_hparams(wbuf *w, const clopt_hparams *hp)
     CKP_DOUBLES(W_D)
     CKP_INTS(W_I)
     CKP_INTS_V3(W_I)
+    CKP_DOUBLES_V4(W_D)
+    CKP_INTS_V4(W_I)
 #undef W_D
 #undef W_I
 }
@@ -313,7 +320,8 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
     w_u64(w, opt->rng_seed);
     w_u64(w, opt->rng_counter);
     w_u32(w, (o->state_tensors ? OPTM_STATE_TENSORS : 0u) |
-                 (opt->check_finite ? OPTM_CHECK_FINITE : 0u));
+                 (opt->check_finite ? OPTM_CHECK_FINITE : 0u) |
+                 (opt->eval_mode ? OPTM_EVAL_MODE : 0u));
     end_section(w, at);
     for (size_t gi = 0; gi < opt->ngroups; gi++) {
         const clopt_group *g = &opt->groups[gi];
@@ -338,6 +346,8 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
         w_u32(w, (uint32_t)e->gdtype);
         w_u64(w, e->step);
         w_f64(w, e->mu_product);
+        w_f64(w, e->sf_lr_max);
+        w_f64(w, e->sf_weight_sum);
         w_u32(w, (uint32_t)e->nstate);
         for (size_t k = 0; k < e->nstate; k++) {
             size_t nl = strlen(e->state_name[k]);
@@ -610,6 +620,14 @@ static void r_hparams(rbuf *r, clopt_hparams *hp, uint32_t version)
     if (version >= 3) {
         CKP_INTS_V3(R_I)
     }
+    if (version >= 4) {
+        CKP_DOUBLES_V4(R_D)
+        CKP_INTS_V4(R_I)
+    } else {
+        hp->weight_lr_power = 2.0;
+        hp->clip_exponent = 0.25;
+        hp->ns_steps = 5;
+    }
 #undef R_D
 #undef R_I
 }
@@ -645,6 +663,7 @@ typedef struct loaded_group {
 typedef struct loaded_tensor {
     uint64_t step;
     double mu_product;
+    double sf_lr_max, sf_weight_sum;
     int slow_ready, master_ready;
     const unsigned char *state[CLOPT_OPT_MAX_STATE]; /* NULL: not in the bytes */
     const unsigned char *params;                     /* NULL: not in the bytes */
@@ -657,7 +676,7 @@ typedef struct loaded {
     double max_grad_norm, last_grad_norm, grad_scale;
     uint32_t found_inf;
     uint64_t rng_seed, rng_counter;
-    int state_tensors, check_finite;
+    int state_tensors, check_finite, eval_mode;
     loaded_group *groups;
     loaded_tensor *tensors;
 } loaded;
@@ -725,6 +744,9 @@ static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections
         return format_error(ctx, src, "unknown optimizer flags");
     L->state_tensors = (flags & OPTM_STATE_TENSORS) != 0;
     L->check_finite = (flags & OPTM_CHECK_FINITE) != 0;
+    L->eval_mode = (flags & OPTM_EVAL_MODE) != 0;
+    if (L->eval_mode && (L->version < 4 || !clopt_rule_is_sf(opt->rule)))
+        return format_error(ctx, src, "eval mode for a rule without one");
     return CLOPT_SUCCESS;
 }
 
@@ -780,6 +802,10 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     if (L->version >= 2) {
         lt->step = r_u64(&sec);
         lt->mu_product = r_f64(&sec);
+        if (L->version >= 4) {
+            lt->sf_lr_max = r_f64(&sec);
+            lt->sf_weight_sum = r_f64(&sec);
+        }
         lt->slow_ready = (flags & TENS_SLOW_READY) != 0;
         lt->master_ready = (flags & TENS_MASTER_READY) != 0;
     } else { /* version 1: one count for everything, one product per group */
@@ -831,6 +857,10 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     /* A tensor steps with the optimizer or not at all, and an arena's tensors together. */
     if (lt->step > L->step || !mu_possible(opt->rule, lt->step, lt->mu_product))
         return format_error(ctx, src, "impossible step count or NAdam product of a tensor");
+    if (!(isfinite(lt->sf_lr_max) && lt->sf_lr_max >= 0 && isfinite(lt->sf_weight_sum) &&
+          lt->sf_weight_sum >= 0) ||
+        (!clopt_rule_is_sf(opt->rule) && (lt->sf_lr_max != 0 || lt->sf_weight_sum != 0)))
+        return format_error(ctx, src, "impossible Schedule-Free scalars of a tensor");
     const clopt_group *g = &opt->groups[e->group];
     if (g->arena && i > g->first) {
         const loaded_tensor *first = &L->tensors[g->first];
@@ -922,6 +952,8 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
         clopt_param *e = &opt->params[i];
         e->step = L.tensors[i].step;
         e->mu_product = L.tensors[i].mu_product;
+        e->sf_lr_max = L.tensors[i].sf_lr_max;
+        e->sf_weight_sum = L.tensors[i].sf_weight_sum;
         /* Readiness belongs to the slow weights: without the state tensors it stays as it
            is (clopt_optimizer_write_state sets it when the engine restores them). */
         if (L.state_tensors) {
@@ -935,6 +967,7 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
     opt->grad_scale = L.grad_scale;
     opt->found_inf = (int)L.found_inf;
     opt->check_finite = L.check_finite;
+    opt->eval_mode = L.eval_mode;
     opt->rng_seed = L.rng_seed;
     opt->rng_counter = L.rng_counter;
 done:

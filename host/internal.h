@@ -191,6 +191,13 @@ static inline size_t clopt_q8_blocks(size_t n) { return (n + 255) / 256; }
 
 /* Rules that need reductions over a tensor (Adafactor, LAMB): optimizer level only. */
 int clopt_rule_is_multipass(clopt_rule rule);
+/* The rule runs tensor by tensor at the optimizer level (multi-pass, or cautious masking):
+   no fused arena or range launch, no op level. */
+int clopt_rule_per_tensor(clopt_rule rule, const clopt_hparams *hp);
+/* Everything clopt_enqueue_step checks before it plans the launch (ops.c). */
+clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
+                                 const clopt_hparams *hp, const clopt_step_args *a, size_t n,
+                                 uint64_t step, cl_uint num_wait, const cl_event *wait_list);
 /* The L2 weight decay a rule adds to the gradient (0 for decoupled rules). */
 double clopt_rule_l2_decay(clopt_rule rule, const clopt_hparams *hp);
 

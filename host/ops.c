@@ -107,9 +107,9 @@ void clopt_arg_storage(clopt_args *a, const clopt_step_args *s, uint64_t step)
 }
 
 /* Checks everything a step needs; *nstate receives the rule's state count. */
-static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
-                                  const clopt_hparams *hp, const clopt_step_args *a, size_t n,
-                                  uint64_t step, cl_uint num_wait, const cl_event *wait_list)
+clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
+                                 const clopt_hparams *hp, const clopt_step_args *a, size_t n,
+                                 uint64_t step, cl_uint num_wait, const cl_event *wait_list)
 {
     if (!hp || !a)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams and args must not be NULL");
@@ -133,6 +133,11 @@ static clopt_status validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_
     if (rule == CLOPT_NADAM && !(isfinite(a->mu_product) && a->mu_product >= 0 &&
                                  a->mu_product <= 1))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "mu_product must be in [0, 1]");
+    if ((rule == CLOPT_SCHEDULE_FREE_ADAMW || rule == CLOPT_SCHEDULE_FREE_SGD) &&
+        !(isfinite(a->sf_lr_max) && a->sf_lr_max >= 0 && isfinite(a->sf_weight_sum) &&
+          a->sf_weight_sum >= 0))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "sf_lr_max and sf_weight_sum must be finite and >= 0");
     if (queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
         return s;
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
@@ -210,11 +215,11 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
                           (int)rule);
-    if (clopt_rule_is_multipass(rule))
+    if (clopt_rule_per_tensor(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s needs reductions over the whole tensor: use the optimizer level",
-                          clopt_rule_name(rule));
-    clopt_status s = validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
+                          "%s%s needs reductions over the whole tensor: use the optimizer level",
+                          hp && hp->cautious ? "cautious " : "", clopt_rule_name(rule));
+    clopt_status s = clopt_validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
     if (s != CLOPT_SUCCESS)
         return s;
     clopt_launch_plan plan;

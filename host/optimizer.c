@@ -986,6 +986,15 @@ clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count
     for (size_t i = 0; i < opt->nparams; i++) {
         opt->params[i].step = count;
         opt->params[i].mu_product = mu ? mu[opt->params[i].group] : 1.0;
+        size_t j = 0; /* one replay per group: its tensors share the result */
+        while (j < i && opt->params[j].group != opt->params[i].group)
+            j++;
+        if (j < i) {
+            opt->params[i].sf_lr_max = opt->params[j].sf_lr_max;
+            opt->params[i].sf_weight_sum = opt->params[j].sf_weight_sum;
+        } else {
+            clopt_o_sf_replay(opt, &opt->params[i], count);
+        }
     }
     opt->step = count;
     free(mu);

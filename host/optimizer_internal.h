@@ -48,6 +48,7 @@ typedef struct clopt_param {
     uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
+    double sf_lr_max, sf_weight_sum; /* Schedule-Free's scalars after `step` steps (0, 0) */
 } clopt_param;
 
 /* Steps enqueued whose verdict (AMP skip, gradient norm) has not reached the host yet; when
@@ -95,7 +96,16 @@ struct clopt_optimizer {
     size_t rec_head, rec_count; /* ring of records in flight, oldest first */
     uint64_t calls;             /* step calls enqueued */
     clopt_step_report report;   /* the latest verdict that reached the host */
+    int eval_mode;              /* Schedule-Free: the parameters hold x (clopt_optimizer_eval) */
 };
+
+static inline int clopt_rule_is_sf(clopt_rule r)
+{
+    return r == CLOPT_SCHEDULE_FREE_ADAMW || r == CLOPT_SCHEDULE_FREE_SGD;
+}
+/* Schedule-Free's scalars of tensor e carried over `count` steps from 0 under group g's
+   current hyperparameters (the schedule at each step): after set_step_count. */
+void clopt_o_sf_replay(const clopt_optimizer *opt, clopt_param *e, uint64_t count);
 
 /* State k of e is Lookahead's slow weights (the state after the kernel's, unless it is the
    master of a 16-bit parameter, which never comes with Lookahead). */
@@ -195,5 +205,11 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                                const clopt_hparams *hp, uint64_t t, float gmul);
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
                                     const clopt_hparams *hp, uint64_t t, float gmul);
+/* Cautious Adam/AdamW/Lion and StableAdamW: a reduction, then the fused update (passes.c). */
+clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
+                                  const clopt_hparams *hp, uint64_t t, float gmul);
+/* Muon: momentum, Newton-Schulz with CLBlast GEMMs, the update (muon.c). */
+clopt_status clopt_o_step_muon(clopt_optimizer *opt, const clopt_param *e,
+                               const clopt_hparams *hp, uint64_t t, float gmul);
 
 #endif

@@ -505,3 +505,79 @@ clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
     return launch_update(opt, ku, e->n);
 }
 
+
+/* Cautious Adam/AdamW/Lion and StableAdamW (kernels/reduced.cl): the sum of the mask (or of
+   g²/max(u, eps²)) over the tensor, then the fused update that reads it. */
+clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
+                                  const clopt_hparams *hp, uint64_t t, float gmul)
+{
+    size_t rows;
+    clopt_status s = gc_means(opt, e, hp, gmul, &rows);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    const int lion = opt->rule == CLOPT_LION, stable = opt->rule == CLOPT_STABLE_ADAMW;
+    const int decoupled = opt->rule != CLOPT_ADAM;
+    char extra[128];
+    snprintf(extra, sizeof extra, " -DVARIANT=%d -DDECOUPLED=%d", stable ? 3 : lion ? 2 : 1,
+             decoupled);
+    clopt_o_storage_extra(e, hp, extra, sizeof extra);
+    cl_kernel kp, ku;
+    if ((s = clopt_o_kernel_of(opt, "reduced", hp, rows > 0, extra, "reduced_partial", &kp)) !=
+            CLOPT_SUCCESS ||
+        (s = clopt_o_kernel_of(opt, "reduced", hp, rows > 0, extra, "reduced_update", &ku)) !=
+            CLOPT_SUCCESS)
+        return s;
+    const double td = (double)t, b1 = hp->beta1, b2 = hp->beta2, lr = hp->lr;
+    double c1 = b1, c2 = b2, step = lr;
+    if (stable) { /* β̂ = β(1 - β^(t-1))/(1 - β^t): the moments are bias-corrected means */
+        c1 = b1 * (1.0 - pow(b1, td - 1.0)) / (1.0 - pow(b1, td));
+        c2 = b2 * (1.0 - pow(b2, td - 1.0)) / (1.0 - pow(b2, td));
+    } else if (!lion) { /* C-Optim's AdamW: the corrections in the step size */
+        step = lr * sqrt(1.0 - pow(b2, td)) / (1.0 - pow(b1, td));
+    }
+    const double l2 = decoupled ? 0.0 : hp->weight_decay;
+    const double lrwd = decoupled ? lr * hp->weight_decay : 0.0;
+    const size_t items = reduce_groups(opt, e->n);
+    const clopt_tensor ps = stable ? e->state[1] : e->state[0]; /* u, or m */
+    clopt_args a = {kp, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, e->param);
+    clopt_arg_tensor(&a, e->grad);
+    clopt_arg_tensor(&a, ps);
+    gc_args(opt, &a, e, rows);
+    clopt_arg_ulong(&a, e->n);
+    clopt_arg_ulong(&a, items);
+    clopt_arg_float(&a, gmul);
+    clopt_arg_float(&a, (float)(stable ? c2 : c1));
+    clopt_arg_float(&a, (float)(1.0 - (stable ? c2 : c1)));
+    clopt_arg_float(&a, (float)l2);
+    clopt_arg_float(&a, (float)(hp->eps * hp->eps));
+    clopt_arg_tensor(&a, (clopt_tensor){opt->scratch, 0});
+    clopt_args b = {ku, 0, CL_SUCCESS};
+    clopt_arg_tensor(&b, e->param);
+    clopt_arg_tensor(&b, e->grad);
+    clopt_arg_tensor(&b, e->state[0]);
+    clopt_arg_tensor(&b, lion ? e->state[0] : e->state[1]); /* Lion: v unused */
+    gc_args(opt, &b, e, rows);
+    clopt_arg_ulong(&b, e->n);
+    clopt_arg_tensor(&b, (clopt_tensor){opt->scratch, SCR_SUMS});
+    clopt_arg_float(&b, gmul);
+    clopt_arg_float(&b, (float)c1);
+    clopt_arg_float(&b, (float)(1.0 - c1));
+    clopt_arg_float(&b, (float)c2);
+    clopt_arg_float(&b, (float)(1.0 - c2));
+    clopt_arg_float(&b, (float)hp->eps);
+    clopt_arg_float(&b, (float)l2);
+    clopt_arg_float(&b, (float)lrwd);
+    clopt_arg_float(&b, (float)step);
+    clopt_arg_float(&b, (float)hp->clip_threshold);
+    clopt_arg_ctl(&a, &opt->cur);
+    clopt_arg_ctl(&b, &opt->cur);
+    clopt_o_storage_args(opt, &a, e);
+    clopt_o_storage_args(opt, &b, e);
+    if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
+    if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||
+        (s = enqueue_final(opt, items, 1, SCR_SUMS)) != CLOPT_SUCCESS)
+        return s;
+    return launch_update(opt, ku, e->n);
+}

@@ -22,7 +22,13 @@ enum {
     U_SOPHIA = 1 << 9,   /* rho > 0, bs > 0, hess_interval >= 1 */
     U_ADAFACTOR = 1 << 10, /* eps2 > 0, clip_threshold > 0, decay_rate <= 0, beta1 if used */
     U_L2 = 1 << 11,      /* weight decay is L2: added to the gradient (GC sees it) */
-    U_MULTIPASS = 1 << 12 /* needs reductions over the tensor: optimizer level only */
+    U_MULTIPASS = 1 << 12, /* needs reductions over the tensor: optimizer level only */
+    U_SF = 1 << 13,      /* Schedule-Free: warmup_steps, r, weight_lr_power */
+    U_ADOPT = 1 << 14,   /* clip_exponent >= 0, decouple */
+    U_ADEMAMIX = 1 << 15, /* alpha >= 0, beta3 in [0, 1), warmups */
+    U_CLIPT = 1 << 16,   /* clip_threshold > 0 */
+    U_MUON = 1 << 17,    /* momentum in [0, 1), ns_steps in 1 .. 100 */
+    U_CAUTIOUS = 1 << 18 /* takes the cautious option */
 };
 
 typedef struct rule_info {
@@ -34,8 +40,8 @@ typedef struct rule_info {
 
 static const rule_info rules[CLOPT_RULE_COUNT] = {
     [CLOPT_SGD] = {"sgd", "sgd", "sgd_step", U_WD | U_SGD | U_L2},
-    [CLOPT_ADAM] = {"adam", "adam", "adam_step", U_BETAS | U_EPS | U_WD | U_L2},
-    [CLOPT_ADAMW] = {"adamw", "adam", "adam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_ADAM] = {"adam", "adam", "adam_step", U_BETAS | U_EPS | U_WD | U_L2 | U_CAUTIOUS},
+    [CLOPT_ADAMW] = {"adamw", "adam", "adam_step", U_BETAS | U_EPS | U_WD | U_CAUTIOUS},
     [CLOPT_ADAGRAD] = {"adagrad", "adaptive", "adagrad_step", U_EPS | U_WD | U_ADAGRAD | U_L2},
     [CLOPT_ADADELTA] = {"adadelta", "adaptive", "adadelta_step", U_EPS | U_WD | U_RHO01 | U_L2},
     [CLOPT_RMSPROP] = {"rmsprop", "adaptive", "rmsprop_step", U_EPS | U_WD | U_ALPHA | U_L2},
@@ -44,11 +50,21 @@ static const rule_info rules[CLOPT_RULE_COUNT] = {
     [CLOPT_RADAM] = {"radam", "adam", "radam_step", U_BETAS | U_EPS | U_WD | U_L2},
     [CLOPT_ADAMOD] = {"adamod", "adam", "adamod_step", U_BETAS | U_BETA3 | U_EPS | U_WD},
     [CLOPT_DIFFGRAD] = {"diffgrad", "adam", "diffgrad_step", U_BETAS | U_EPS | U_WD | U_L2},
-    [CLOPT_LION] = {"lion", "sign", "lion_step", U_BETAS | U_WD},
+    [CLOPT_LION] = {"lion", "sign", "lion_step", U_BETAS | U_WD | U_CAUTIOUS},
     [CLOPT_SOPHIA] = {"sophia", "sign", "sophia_step", U_BETAS | U_EPS | U_WD | U_SOPHIA},
     [CLOPT_ADAFACTOR] = {"adafactor", "adafactor", NULL, U_EPS | U_WD | U_ADAFACTOR | U_MULTIPASS},
     [CLOPT_LAMB] = {"lamb", "lamb", NULL, U_BETAS | U_EPS | U_WD | U_MULTIPASS},
     [CLOPT_RANGER] = {"ranger", "adam", "radam_step", U_BETAS | U_EPS | U_WD},
+    [CLOPT_SCHEDULE_FREE_ADAMW] = {"schedule_free_adamw", "schedule_free", "sf_adamw_step",
+                                   U_BETAS | U_EPS | U_WD | U_SF},
+    [CLOPT_SCHEDULE_FREE_SGD] = {"schedule_free_sgd", "schedule_free", "sf_sgd_step",
+                                 U_WD | U_SF | U_L2},
+    [CLOPT_ADOPT] = {"adopt", "adam", "adopt_step", U_BETAS | U_EPS | U_WD | U_ADOPT},
+    [CLOPT_ADEMAMIX] = {"ademamix", "adam", "ademamix_step",
+                        U_BETAS | U_EPS | U_WD | U_ADEMAMIX},
+    [CLOPT_STABLE_ADAMW] = {"stable_adamw", "reduced", NULL,
+                            U_BETAS | U_EPS | U_WD | U_CLIPT | U_MULTIPASS},
+    [CLOPT_MUON] = {"muon", "muon", NULL, U_WD | U_MUON | U_MULTIPASS},
 };
 
 static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
@@ -77,8 +93,15 @@ int clopt_rule_is_multipass(clopt_rule rule)
     return rule_ok(rule) && (rules[rule].uses & U_MULTIPASS);
 }
 
+int clopt_rule_per_tensor(clopt_rule rule, const clopt_hparams *hp)
+{
+    return clopt_rule_is_multipass(rule) || (hp && hp->cautious);
+}
+
 double clopt_rule_l2_decay(clopt_rule rule, const clopt_hparams *hp)
 {
+    if (rule == CLOPT_ADOPT)
+        return hp->decouple ? 0.0 : hp->weight_decay;
     return rule_ok(rule) && (rules[rule].uses & U_L2) ? hp->weight_decay : 0.0;
 }
 
@@ -147,8 +170,17 @@ clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *hp)
         hp->eps = 1e-15;
         hp->weight_decay = 1e-1;
         break;
+    case CLOPT_SCHEDULE_FREE_ADAMW: hp->lr = 0.0025; break;
+    case CLOPT_SCHEDULE_FREE_SGD: hp->lr = 1.0; hp->momentum = 0.9; break;
+    case CLOPT_ADOPT: hp->beta2 = 0.9999; hp->eps = 1e-6; break;
+    case CLOPT_ADEMAMIX: hp->beta3 = 0.9999; hp->alpha = 2.0; break;
+    case CLOPT_STABLE_ADAMW: hp->lr = 2e-3; hp->beta2 = 0.99; hp->weight_decay = 0.2; break;
+    case CLOPT_MUON: hp->lr = 0.02; hp->momentum = 0.95; hp->nesterov = 1; break;
     default: break;
     }
+    hp->weight_lr_power = 2.0;
+    hp->clip_exponent = 0.25;
+    hp->ns_steps = 5;
     return CLOPT_SUCCESS;
 }
 
@@ -176,7 +208,8 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
 #define CLOPT_HP_DOUBLES(X)                                                                  \
     X(lr) X(beta1) X(beta2) X(beta3) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha) \
     X(rho) X(bs) X(lr_decay) X(initial_accumulator_value) X(momentum_decay) X(eps2)            \
-    X(clip_threshold) X(decay_rate) X(lookahead_alpha) X(n_sma_threshold)
+    X(clip_threshold) X(decay_rate) X(lookahead_alpha) X(n_sma_threshold) X(r)                \
+    X(weight_lr_power) X(clip_exponent)
 #define CLOPT_HP_CHECK(f)                                                                    \
     if (!w && !isfinite(hp->f))                                                              \
         w = #f " must be finite (NaN and Inf are refused in every field)";                   \
@@ -247,6 +280,34 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         w = "stochastic_rounding applies to parameters without a master (master must be 0)";
     else if (rule == CLOPT_RANGER && !(isfinite(hp->n_sma_threshold) && hp->n_sma_threshold >= 4))
         w = "n_sma_threshold must be finite and >= 4 (the rectification needs rho_t > 4)";
+    else if (rule == CLOPT_SCHEDULE_FREE_ADAMW && hp->beta1 <= 0)
+        w = "beta1 must be in (0, 1): eval mode's x = lerp(y, z, 1 - 1/beta1) needs it";
+    else if (rule == CLOPT_SCHEDULE_FREE_SGD && !(in01(hp->momentum) && hp->momentum > 0))
+        w = "momentum must be in (0, 1): eval mode's x = lerp(y, z, 1 - 1/momentum) needs it";
+    else if ((u & U_SF) && !nonneg(hp->r))
+        w = "r must be finite and >= 0";
+    else if ((u & U_SF) && !nonneg(hp->weight_lr_power))
+        w = "weight_lr_power must be finite and >= 0";
+    else if ((u & U_ADOPT) && !nonneg(hp->clip_exponent))
+        w = "clip_exponent must be finite and >= 0 (0: no clipping)";
+    else if ((u & U_ADOPT) && hp->decouple != 0 && hp->decouple != 1)
+        w = "decouple must be 0 or 1";
+    else if ((u & U_ADEMAMIX) && !nonneg(hp->alpha))
+        w = "alpha must be finite and >= 0";
+    else if ((u & U_ADEMAMIX) && !in01(hp->beta3))
+        w = "beta3 must be in [0, 1)";
+    else if ((u & U_CLIPT) && !positive(hp->clip_threshold))
+        w = "clip_threshold must be finite and > 0";
+    else if ((u & U_MUON) && !in01(hp->momentum))
+        w = "momentum must be in [0, 1)";
+    else if ((u & U_MUON) && (hp->ns_steps < 1 || hp->ns_steps > 100))
+        w = "ns_steps must be in 1 .. 100";
+    else if (hp->cautious != 0 && hp->cautious != 1)
+        w = "cautious must be 0 or 1";
+    else if (hp->cautious && !(u & U_CAUTIOUS))
+        w = "cautious applies to adam, adamw and lion";
+    else if (hp->cautious && hp->amsgrad)
+        w = "cautious does not combine with amsgrad (C-Optim's AdamW has no amsgrad)";
     if (why)
         *why = w ? w : "";
     return w ? CLOPT_ERR_INVALID_HYPERPARAM : CLOPT_SUCCESS;
@@ -312,9 +373,22 @@ static size_t state_names(clopt_rule rule, const clopt_hparams *hp, const char *
             names[k++] = "exp_avg";
         break;
     case CLOPT_LAMB:
+    case CLOPT_ADOPT:
+    case CLOPT_STABLE_ADAMW:
         names[k++] = "exp_avg";
         names[k++] = "exp_avg_sq";
         break;
+    case CLOPT_SCHEDULE_FREE_ADAMW:
+        names[k++] = "z";
+        names[k++] = "exp_avg_sq";
+        break;
+    case CLOPT_SCHEDULE_FREE_SGD: names[k++] = "z"; break;
+    case CLOPT_ADEMAMIX:
+        names[k++] = "exp_avg_fast";
+        names[k++] = "exp_avg_slow";
+        names[k++] = "exp_avg_sq";
+        break;
+    case CLOPT_MUON: names[k++] = "momentum_buffer"; break;
     default: break;
     }
     return k;
@@ -357,6 +431,14 @@ size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp)
         reads = 7, writes = 3;
     if (rule == CLOPT_ADAFACTOR) /* (matrix) g for rows, g for cols, g θ, then g θ -> θ */
         reads = 6 + (hp->use_beta1 ? 1 : 0), writes = 1 + (hp->use_beta1 ? 1 : 0);
+    /* Cautious and StableAdamW: a first pass reads g and one state (the mask's mean, the
+       update's RMS), then the fused update */
+    if (hp->cautious || rule == CLOPT_STABLE_ADAMW)
+        reads += 2;
+    /* Muon's element-wise passes (the GEMMs' traffic is not counted): g b -> b U (with the
+       norm's partials), U -> X (normalised), then θ X -> θ */
+    if (rule == CLOPT_MUON)
+        reads = 5, writes = 4;
     return sizeof(float) * (reads + writes);
 }
 
@@ -373,6 +455,42 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t)
     for (uint64_t i = 1; hp && i <= t && prod != 0.0; i++) /* 0 stays 0: stop there */
         prod *= clopt_nadam_mu(hp, (double)i);
     return prod;
+}
+
+double clopt_schedule_free_advance(const clopt_hparams *hp, uint64_t t, double *lr_max,
+                                   double *weight_sum, double *lr_t)
+{
+    if (!hp || !lr_max || !weight_sum || t == 0)
+        return 0.0;
+    const double td = (double)t;
+    const double lr = hp->lr * (hp->warmup_steps && td <= hp->warmup_steps
+                                    ? td / (double)hp->warmup_steps
+                                    : 1.0);
+    if (lr > *lr_max)
+        *lr_max = lr;
+    const double w = pow(td, hp->r) * pow(*lr_max, hp->weight_lr_power);
+    *weight_sum += w;
+    if (lr_t)
+        *lr_t = lr;
+    return *weight_sum != 0.0 ? w / *weight_sum : 0.0;
+}
+
+/* AdEMAMix's schedulers (apple/ml-ademamix): α_t linear, β3_t linear on the half-life scale
+   f(β) = ln(0.5)/ln(β + 1e-8) - 1, both while t < their warmup. */
+static double ademamix_alpha(const clopt_hparams *hp, double t)
+{
+    return hp->alpha_warmup && t < hp->alpha_warmup ? t / hp->alpha_warmup * hp->alpha
+                                                    : hp->alpha;
+}
+
+static double ademamix_beta3(const clopt_hparams *hp, double t)
+{
+    if (!(hp->beta3_warmup && t < hp->beta3_warmup))
+        return hp->beta3;
+    const double a = t / hp->beta3_warmup;
+    const double f1 = log(0.5) / log(hp->beta1 + 1e-8) - 1.0;
+    const double f3 = log(0.5) / log(hp->beta3 + 1e-8) - 1.0;
+    return pow(0.5, 1.0 / ((1.0 - a) * f1 + a * f3 + 1.0));
 }
 
 #define PUSH(x) (plan->scalars[plan->nscalars++] = (float)(x))
@@ -472,6 +590,30 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
         plan->uses_hessian = args->hessian.buffer != NULL;
         snprintf(opt, room, " -DHESS=%d", plan->uses_hessian);
         PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(hp->rho * hp->bs), PUSH(lr * wd), PUSH(lr);
+        break;
+    case CLOPT_SCHEDULE_FREE_ADAMW:
+    case CLOPT_SCHEDULE_FREE_SGD: {
+        double lr_max = args->sf_lr_max, wsum = args->sf_weight_sum, lr_t;
+        const double c = clopt_schedule_free_advance(hp, step, &lr_max, &wsum, &lr_t);
+        const double beta = rule == CLOPT_SCHEDULE_FREE_SGD ? hp->momentum : b1;
+        plan->has_int_arg = 1;
+        plan->int_arg = step == 1; /* z_0 = θ_0: the kernel takes θ for z */
+        if (rule == CLOPT_SCHEDULE_FREE_ADAMW)
+            PUSH_RATE(b2), PUSH(hp->eps), PUSH(1.0 / bc2);
+        PUSH(wd), PUSH(c), PUSH(1.0 - c), PUSH(lr_t * (beta * (1.0 - c) - 1.0)), PUSH(lr_t);
+        break;
+    }
+    case CLOPT_ADOPT: {
+        plan->has_int_arg = 1;
+        plan->int_arg = step == 1; /* the first call only sets v = g² */
+        const double bound = hp->clip_exponent > 0 ? pow(t - 1.0, hp->clip_exponent) : HUGE_VAL;
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH(hp->eps), PUSH(clopt_rule_l2_decay(rule, hp)),
+            PUSH(hp->decouple ? lr * wd : 0.0), PUSH(bound), PUSH(lr);
+        break;
+    }
+    case CLOPT_ADEMAMIX:
+        PUSH_RATE(b1), PUSH_RATE(b2), PUSH_RATE(ademamix_beta3(hp, t)), PUSH(hp->eps), PUSH(wd),
+            PUSH(lr), PUSH(1.0 / bc1), PUSH(1.0 / sqrt(bc2)), PUSH(ademamix_alpha(hp, t));
         break;
     default:
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,

@@ -32,6 +32,39 @@ static clopt_hparams outcome_hp(const clopt_optimizer *opt, const clopt_group *g
     return hp;
 }
 
+/* Schedule-Free's scalars of tensor e, d steps after the host's count. */
+static void sf_ahead(const clopt_optimizer *opt, const clopt_param *e, uint64_t d,
+                     double *lr_max, double *wsum)
+{
+    *lr_max = e->sf_lr_max;
+    *wsum = e->sf_weight_sum;
+    for (uint64_t i = 0; clopt_rule_is_sf(opt->rule) && i < d; i++) {
+        const clopt_hparams hp = outcome_hp(opt, &opt->groups[e->group], i);
+        clopt_schedule_free_advance(&hp, e->step + 1 + i, lr_max, wsum, NULL);
+    }
+}
+
+/* Exact step by step up to 2^20 steps; past them the weights t^r·lr_max^p are summed as the
+   midpoint integral of t^r (relative error below 1e-12 there) with the last lr_max. */
+void clopt_o_sf_replay(const clopt_optimizer *opt, clopt_param *e, uint64_t count)
+{
+    const clopt_group *g = &opt->groups[e->group];
+    const uint64_t exact = count < (UINT64_C(1) << 20) ? count : (UINT64_C(1) << 20);
+    e->sf_lr_max = e->sf_weight_sum = 0.0;
+    if (!clopt_rule_is_sf(opt->rule))
+        return;
+    for (uint64_t t = 1; t <= exact; t++) {
+        clopt_hparams hp = g->hp;
+        hp.lr *= clopt_schedule_factor(&g->sched, t - 1);
+        clopt_schedule_free_advance(&hp, t, &e->sf_lr_max, &e->sf_weight_sum, NULL);
+    }
+    if (count > exact) {
+        const double r1 = g->hp.r + 1.0, a = (double)exact + 0.5, b = (double)count + 0.5;
+        e->sf_weight_sum += pow(e->sf_lr_max, g->hp.weight_lr_power) *
+                            (pow(b, r1) - pow(a, r1)) / r1;
+    }
+}
+
 /* Reserves `rows` rows of the per-step argument table for the next launch (opt->cur.tabo);
    the dry pass grows the host table, which the step uploads before its launches. */
 static clopt_status reserve_rows(clopt_optimizer *opt, size_t rows, float **out)
@@ -66,6 +99,7 @@ static uint64_t outcome_args(const clopt_optimizer *opt, const clopt_param *e,
     const uint64_t t = e->step + 1 + d;
     *hp = outcome_hp(opt, g, d);
     a->mu_product = mu_product_ahead(opt, e, d);
+    sf_ahead(opt, e, d, &a->sf_lr_max, &a->sf_weight_sum);
     a->hessian = (clopt_tensor){NULL, 0};
     if (opt->rule == CLOPT_SOPHIA && t % hp->hess_interval == 0)
         a->hessian = e->hessian;
@@ -240,7 +274,7 @@ static clopt_status lookahead_outcomes(clopt_optimizer *opt, const clopt_group *
 /* An arena group of an element-wise rule runs as one launch unless GC applies to a tensor. */
 static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
 {
-    if (!g->arena || clopt_rule_is_multipass(opt->rule))
+    if (!g->arena || clopt_rule_per_tensor(opt->rule, &g->hp))
         return 0;
     for (size_t i = g->first; i < g->first + g->count; i++)
         if (clopt_o_gc_rows(&g->hp, &opt->params[i]))
@@ -252,7 +286,7 @@ static int arena_fused(const clopt_optimizer *opt, const clopt_group *g)
    Sophia: those run per tensor). */
 static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
 {
-    if (!g->ranges || clopt_rule_is_multipass(opt->rule) || opt->rule == CLOPT_SOPHIA ||
+    if (!g->ranges || clopt_rule_per_tensor(opt->rule, &g->hp) || opt->rule == CLOPT_SOPHIA ||
         clopt_group_lookahead(opt, g))
         return 0;
     for (size_t i = 0; i < opt->nparams; i++)
@@ -349,14 +383,18 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
         if (s != CLOPT_SUCCESS)
             break;
-        if (opt->rule == CLOPT_LAMB || opt->rule == CLOPT_ADAFACTOR) {
+        if (clopt_rule_per_tensor(opt->rule, &g->hp)) {
             for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++) {
                 const clopt_hparams hp = outcome_hp(opt, g, d);
+                const uint64_t t = e->step + 1 + d;
                 opt->cur.expect = opt->step + d;
                 opt->cur.ncand = 1;
-                s = opt->rule == CLOPT_LAMB
-                        ? clopt_o_step_lamb(opt, e, &hp, e->step + 1 + d, gmul)
-                        : clopt_o_step_adafactor(opt, e, &hp, e->step + 1 + d, gmul);
+                switch (opt->rule) {
+                case CLOPT_LAMB: s = clopt_o_step_lamb(opt, e, &hp, t, gmul); break;
+                case CLOPT_ADAFACTOR: s = clopt_o_step_adafactor(opt, e, &hp, t, gmul); break;
+                case CLOPT_MUON: s = clopt_o_step_muon(opt, e, &hp, t, gmul); break;
+                default: s = clopt_o_step_reduced(opt, e, &hp, t, gmul); break;
+                }
             }
         } else {
             s = step_outcomes(opt, e, e->param, e->grad, e->state, e->n, g, k, grad_scale,
@@ -396,6 +434,11 @@ static void advance_counts(clopt_optimizer *opt)
 {
     for (size_t i = 0; i < opt->nparams; i++) {
         clopt_param *e = &opt->params[i];
+        if (clopt_rule_is_sf(opt->rule)) {
+            const clopt_hparams hp = outcome_hp(opt, &opt->groups[e->group], 0);
+            clopt_schedule_free_advance(&hp, e->step + 1, &e->sf_lr_max, &e->sf_weight_sum,
+                                        NULL);
+        }
         e->step++;
         if (opt->rule == CLOPT_NADAM)
             e->mu_product *= clopt_nadam_mu(&opt->groups[e->group].hp, (double)e->step);
@@ -507,6 +550,10 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         return s;
     if (opt->nparams == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "no tensors are registered");
+    if (opt->eval_mode)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "the optimizer is in eval mode (the parameters hold x): call "
+                          "clopt_optimizer_train before stepping");
     for (size_t i = 0; i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
         if ((s = clopt_check_tensor_of(ctx, "param", e->param, e->n,

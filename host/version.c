@@ -18,3 +18,8 @@
 const char *clopt_version(void) { return CLOPT_BUILD_VERSION; }
 
 unsigned clopt_version_number(void) { return (unsigned)CLOPT_BUILD_VERSION_NUMBER; }
+
+#ifndef CLOPT_HAVE_CLBLAST
+#define CLOPT_HAVE_CLBLAST 0
+#endif
+int clopt_has_muon(void) { return CLOPT_HAVE_CLBLAST; }

@@ -344,6 +344,43 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 eps added to sqrt(v)), defaults lr 1e-3, betas (0.95, 0.999), eps 1e-5,
  *                 lookahead k = 6, α = 0.5, GC on. State: exp_avg, exp_avg_sq, slow_buffer
  *                 (the slow weights exist at the optimizer level only).
+ *
+ * Rules of 2024-2025 (issue 15; each follows its official code, see docs/rules-modern.md):
+ * CLOPT_SCHEDULE_FREE_ADAMW  Schedule-Free AdamW (Defazio et al. 2024, facebookresearch/
+ *                 schedule_free AdamWScheduleFree): the engine's parameters hold y while
+ *                 training; state z, exp_avg_sq; lr_t = lr·min(1, t/warmup_steps),
+ *                 c_t = w_t/Σw with w_t = t^r·max lr^weight_lr_power; decay wd·y added to the
+ *                 normalised gradient. clopt_optimizer_eval/train switch the parameters to x
+ *                 and back. Scalar state: lr_max, weight_sum (clopt_step_args). No maximize.
+ *                 Defaults lr 0.0025, betas (0.9, 0.999), eps 1e-8, wd 0, warmup 0, r 0,
+ *                 weight_lr_power 2.
+ * CLOPT_SCHEDULE_FREE_SGD    Schedule-Free SGD (SGDScheduleFree): momentum is the
+ *                 interpolation β, L2 decay at y; state z. Defaults lr 1.0, momentum 0.9.
+ * CLOPT_ADOPT     ADOPT (Taniguchi et al. 2024, iShohei220/adopt): step 1 only sets v = g²;
+ *                 then d = max(sqrt(v), eps), u = clip(g/d, ±(t-1)^clip_exponent), m = lerp(m,
+ *                 u, 1-β1), θ -= lr·m, v updated after θ. L2 decay, or decoupled (decouple).
+ *                 State: exp_avg, exp_avg_sq. Defaults lr 1e-3, betas (0.9, 0.9999), eps 1e-6.
+ * CLOPT_ADEMAMIX  AdEMAMix (Pagliardini et al. 2024, apple/ml-ademamix): Adam's m1 and v
+ *                 plus a slow EMA m2 (beta3, never bias corrected); θ -= lr·((m̂1 + α_t m2)/
+ *                 (sqrt(v̂) + eps) + wd·θ); α and β3 warm up over alpha_warmup / beta3_warmup
+ *                 steps (0: none). State: exp_avg_fast, exp_avg_slow, exp_avg_sq. Defaults lr
+ *                 1e-3, betas (0.9, 0.999), beta3 0.9999, alpha 2, eps 1e-8, wd 0.
+ * CLOPT_STABLE_ADAMW StableAdamW (Wortsman et al. 2023, the first author's code): moments
+ *                 with the bias correction in their coefficients, update divided by
+ *                 max(1, RMS(g²/max(u, eps²))/clip_threshold) per tensor; decay lr·wd·θ.
+ *                 State: exp_avg, exp_avg_sq. Defaults lr 2e-3, betas (0.9, 0.99), eps 1e-8,
+ *                 wd 0.2, clip_threshold 1. Optimizer level (a reduction before the update).
+ * CLOPT_MUON      Muon (K. Jordan et al. 2024, KellerJordan/Muon SingleDeviceMuon): for 2-D
+ *                 tensors only; b = lerp(b, g, 1-momentum), U = nesterov ? lerp(g, b,
+ *                 momentum) : b, ns_steps Newton-Schulz quintic iterations (3.4445, -4.7750,
+ *                 2.0315) on U/(‖U‖_F + 1e-7) in float32 with CLBlast GEMMs on the step's
+ *                 queue, scaled by sqrt(max(1, rows/cols)); θ *= 1 - lr·wd; θ -= lr·O.
+ *                 State: momentum_buffer. Defaults lr 0.02, momentum 0.95, nesterov 1, wd 0,
+ *                 ns_steps 5. Optimizer level; CLOPT_ERR_UNSUPPORTED when the library was
+ *                 built without CLBlast (clopt_has_muon).
+ * Cautious masking (Liang et al. 2024, kyleliang919/C-Optim) is the option `cautious` of
+ * CLOPT_ADAM, CLOPT_ADAMW and CLOPT_LION (optimizer level: a per-tensor mean between two
+ * passes).
  */
 typedef enum clopt_rule {
     CLOPT_SGD = 0,
@@ -362,6 +399,12 @@ typedef enum clopt_rule {
     CLOPT_ADAFACTOR,
     CLOPT_LAMB,
     CLOPT_RANGER,
+    CLOPT_SCHEDULE_FREE_ADAMW,
+    CLOPT_SCHEDULE_FREE_SGD,
+    CLOPT_ADOPT,
+    CLOPT_ADEMAMIX,
+    CLOPT_STABLE_ADAMW,
+    CLOPT_MUON,
     CLOPT_RULE_COUNT
 } clopt_rule;
 
@@ -438,6 +481,26 @@ typedef struct clopt_hparams {
        factored statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own
        ("exp_avg.absmax"). */
     int state_dtype;
+    /* Schedule-Free AdamW and SGD (the reference's keywords): lr_t = lr·min(1, t/warmup_steps)
+       (0: no warmup); the averaging weight of step t is t^r · lr_max^weight_lr_power. */
+    unsigned warmup_steps;       /* 0 */
+    double r;                    /* 0 */
+    double weight_lr_power;      /* 2 */
+    /* ADOPT: clip the normalised gradient to ±(t-1)^clip_exponent (0.25; 0 = no clipping);
+       decouple 1: θ *= 1 - lr·wd (from step 2) instead of L2 decay. */
+    double clip_exponent;
+    int decouple;
+    /* AdEMAMix: alpha (the field above, 2 by default) and beta3 (0.9999) warm up linearly
+       (beta3 on the half-life scale, as the code) over these many steps; 0 = none. */
+    unsigned alpha_warmup, beta3_warmup;
+    /* Cautious masking for Adam, AdamW and Lion (kyleliang919/C-Optim): the update is kept
+       where it agrees in sign with the gradient, then divided by max(mean of the mask over
+       the tensor, 1e-3). Adam/AdamW then follow C-Optim's AdamW arithmetic (HF style: eps
+       added to the raw sqrt(v), the bias corrections folded into the step size). Optimizer
+       level only (a reduction before the update). */
+    int cautious;
+    /* Muon: Newton-Schulz iterations (5). */
+    unsigned ns_steps;
 } clopt_hparams;
 
 /* Fills *out with rule's defaults. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
@@ -564,7 +627,33 @@ typedef struct clopt_step_args {
        (ties to the lower code), all in the one launch. */
     clopt_dtype state_dtype;
     clopt_tensor state_absmax[CLOPT_MAX_STATE];
+    /* Schedule-Free: the scalar state before this step (both 0 at step 1; the reference's
+       lr_max starts at -1, the same for lr >= 0), advanced by clopt_schedule_free_advance. */
+    double sf_lr_max, sf_weight_sum;
 } clopt_step_args;
+
+/* Schedule-Free's host scalars of step t (>= 1) under hp with the step's lr (a schedule's
+   factor included): lr_t = lr·min(1, t/warmup_steps); *lr_max = max(*lr_max, lr_t);
+   *weight_sum += t^r·(*lr_max)^weight_lr_power. Returns the averaging coefficient
+   c_t = w_t / weight_sum (0 when weight_sum is 0) and lr_t in *lr_t (may be NULL). Call it
+   once per applied step, after the step, to carry the scalars to the next (clopt_step_args'
+   sf_lr_max, sf_weight_sum). Host only; NULL arguments give 0. */
+double clopt_schedule_free_advance(const clopt_hparams *hp, uint64_t t, double *lr_max,
+                                   double *weight_sum, double *lr_t);
+
+/* Schedule-Free at the op level: switches a tensor's parameters between the training point
+   y and the averaged point x (as the reference's optimizer.eval()/train()): train = 0
+   writes x = lerp(y, z, 1 - 1/β) into θ, train = 1 writes y = lerp(x, z, 1 - β) back, with
+   β = beta1 (AdamW) or momentum (SGD) and z = args->state[0]. θ's storage (param_dtype, a
+   master) is args'. One launch; queue, wait list and event as clopt_enqueue_step; statuses
+   as clopt_enqueue_step, plus CLOPT_ERR_INVALID_ARGUMENT for a rule other than the two
+   schedule-free ones. The caller tracks the mode (stepping in eval mode is the caller's
+   error at this level). */
+clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue queue,
+                                              clopt_rule rule, const clopt_hparams *hp,
+                                              const clopt_step_args *args, size_t n, int train,
+                                              cl_uint num_wait, const cl_event *wait_list,
+                                              cl_event *event);
 
 /* The 8-bit state map (bitsandbytes' create_dynamic_map(signed, 7, 8), computed in double and
    rounded to float32): 256 increasing values in [-1, 1] (signed: 127 negative, 0, 127
@@ -1205,6 +1294,29 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
    gradients or its small reduction scratch). Sums the tensors' state lengths: arena padding
    is not counted, and a range group's adopted engine buffers are. 0 for NULL. Host only. */
 size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
+
+/* ---- Schedule-Free: train and eval modes -------------------------------------------- */
+
+/* The parameters of Schedule-Free groups hold y while training; eval writes the averaged
+   x = lerp(y, z, 1 - 1/β) into them (what the reference's optimizer.eval() does, for
+   evaluation and for saving the model), train writes y back. One launch per arena or range
+   group (one per tensor otherwise) on the context's queue (`_on`: on queue after wait_list,
+   *event completing with the last launch), never blocking once built; groups of other rules
+   are untouched. Switching to the mode the optimizer is in does nothing. A step in eval
+   mode is refused (CLOPT_ERR_INVALID_ARGUMENT: call train first), as the reference raises.
+   The mode is saved in checkpoints; a new optimizer starts in train mode. Statuses:
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (queue or wait list as step_on),
+   CLOPT_ERR_BUILD_FAILED, OpenCL codes; on failure the mode is unchanged. */
+clopt_status clopt_optimizer_eval(clopt_optimizer *opt);
+clopt_status clopt_optimizer_train(clopt_optimizer *opt);
+clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_command_queue queue,
+                                         cl_uint num_wait, const cl_event *wait_list,
+                                         cl_event *event);
+/* 1 in train mode (also for NULL), 0 after clopt_optimizer_eval. Host only. */
+int clopt_optimizer_training(const clopt_optimizer *opt);
+
+/* 1 when the library was built with CLBlast (Muon available), else 0. Host only. */
+int clopt_has_muon(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Adam family, each rule one fused kernel: Adam / AdamW / AMSGrad, Adamax, NAdam, RAdam,
- * AdaMod, diffGrad. Per-step factors (bias corrections, schedules, rectification) arrive
+ * AdaMod, diffGrad, ADOPT, AdEMAMix. Per-step factors (bias corrections, schedules, rectification) arrive
  * as float arguments computed on the host in double.
  * Defines: DECOUPLED (AdamW decay), AMSGRAD, MAXIMIZE. */
 #ifndef DECOUPLED
@@ -266,4 +266,95 @@ __kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const 
     STATE_END(m, 1);
     STATE_END(v, 0);
     STATE_END(prev, 1);
+}
+
+/* ADOPT (iShohei220/adopt): first != 0 (the first call) only sets v = g² and leaves θ and m.
+ * Later: decoupled decay θ -= lrwd·θ (lrwd 0 with L2 decay, weight_decay 0 when decoupled);
+ * u = clamp(g / max(sqrt(v), eps), ±bound) with v of the earlier steps only; m = lerp(m, u,
+ * 1-β1); θ -= lr·m; then v = β2 v + (1-β2) g². No bias correction. */
+__kernel void adopt_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+                         const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
+                         STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,
+                         float gmul, int first, float beta1, float ombeta1, float beta2,
+                         float ombeta2, float eps, float weight_decay, float lrwd, float bound,
+                         float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
+{
+    CTRL_GUARD(gmul);
+    CTRL_SCALARS(first, beta1, ombeta1, beta2, ombeta2, eps, weight_decay, lrwd, bound, lr);
+    RANGES_BEGIN
+    STORAGE_BEGIN;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m_ += (long)mo + RS_;
+    STATE_BEGIN(m);
+    v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
+    ELEMENTWISE_BEGIN
+    floatV p = THETA_LOAD(p_);
+    floatV g = read_grad(LOADG(g_), gmul);
+    if (weight_decay != 0.0f)
+        g = g + weight_decay * p;
+    g = GC_APPLY(g);
+    floatV m = LOADS(m, 1);
+    floatV v = LOADS(v, 0);
+    if (first) {
+        v = g * g;
+    } else {
+        p = p - lrwd * p; /* decoupled decay (lrwd 0 otherwise) */
+        floatV u = clamp(g / fmax(sqrt(v), eps), -bound, bound);
+        m = ombeta1 < 0.5f ? m + ombeta1 * (u - m) : u - (u - m) * beta1;
+        p = p - lr * m;
+        v = beta2 * v + ombeta2 * g * g; /* after the update: g never normalises itself */
+    }
+    STORES(m, m, 1);
+    STORES(v, v, 0);
+    THETA_STORE(p, p_);
+    ELEMENTWISE_END
+    STATE_END(m, 1);
+    STATE_END(v, 0);
+}
+
+/* AdEMAMix (apple/ml-ademamix): m1, v as Adam, m2 = β3_t m2 + (1-β3_t) g never bias
+ * corrected; θ -= lr·((m1/bc1 + α_t m2) / (sqrt(v)/sqrt(bc2) + eps) + wd·θ). α_t and β3_t
+ * (the warmup schedulers) arrive from the host. */
+__kernel void ademamix_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+                            const ulong go, STATE_PTR(m1), const ulong m1o, STATE_EXTRA(m1)
+                            STATE_PTR(m2), const ulong m2o, STATE_EXTRA(m2) STATE_PTR(v),
+                            const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,
+                            float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
+                            float beta3, float ombeta3, float eps, float weight_decay, float lr,
+                            float inv_bc1, float inv_sqrt_bc2,
+                            float alpha RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
+{
+    CTRL_GUARD(gmul);
+    CTRL_SCALARS(beta1, ombeta1, beta2, ombeta2, beta3, ombeta3, eps, weight_decay, lr, inv_bc1,
+                 inv_sqrt_bc2, alpha);
+    RANGES_BEGIN
+    STORAGE_BEGIN;
+    p_ += (long)po + RP_;
+    g_ += (long)go + RG_;
+    m1_ += (long)m1o + RS_;
+    STATE_BEGIN(m1);
+    m2_ += (long)m2o + RS_;
+    STATE_BEGIN(m2);
+    v_ += (long)vo + RS_;
+    STATE_BEGIN(v);
+    ELEMENTWISE_BEGIN
+    floatV p = THETA_LOAD(p_);
+    floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
+    floatV m1 = beta1 * LOADS(m1, 1) + ombeta1 * g;
+    floatV m2 = beta3 * LOADS(m2, 1) + ombeta3 * g;
+    floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
+    floatV u = (m1 * inv_bc1 + alpha * m2) / (sqrt(v) * inv_sqrt_bc2 + eps);
+    if (weight_decay != 0.0f)
+        u = u + weight_decay * p;
+    p = p - lr * u;
+    STORES(m1, m1, 1);
+    STORES(m2, m2, 1);
+    STORES(v, v, 0);
+    THETA_STORE(p, p_);
+    ELEMENTWISE_END
+    STATE_END(m1, 1);
+    STATE_END(m2, 1);
+    STATE_END(v, 0);
 }

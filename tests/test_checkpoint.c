@@ -482,11 +482,11 @@ static size_t documented_size(net *m, int state_tensors, int arena_params)
     size += 16 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4; /* OPTM */
     for (size_t g = 0; g < clopt_optimizer_group_count(m->opt); g++) {
         size_t stages = g == 0 ? 1 : 0; /* net_build gives group 0 a one-stage schedule */
-        size += 16 + 19 * 8 + 17 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
+        size += 16 + 22 * 8 + 23 * 4 + 4 + stages * (4 + 3 * 8 + 4 * 8) + 4 + 8;
     }
     for (size_t k = 0; k < m->nt; k++) {
         size_t ndim = (k < 3 ? own_shape[k][1] : arena_shape[k - 3][1]) ? 2 : 1;
-        size += 16 + 8 + 4 + 8 * ndim + 4 + 4 + 4 + 8 + 8 + 4;
+        size += 16 + 8 + 4 + 8 * ndim + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4;
         for (size_t j = 0; j < clopt_optimizer_state_count(m->opt, k); j++) {
             const char *name;
             size_t len;
@@ -530,7 +530,7 @@ static void test_file_and_bytes(void **state)
     assert_memory_equal(file, bytes, flen);
     assert_int_equal(flen, documented_size(&m, 1, 1));
     assert_memory_equal(bytes, "CLOPTCKP", 8);
-    assert_int_equal(get_u32(bytes + 8), 3);
+    assert_int_equal(get_u32(bytes + 8), 4);
     assert_int_equal(get_u32(bytes + 12), 1 + 3 + 6);
     assert_int_equal(get_u32(bytes + blen - 4), crc32c(bytes, blen - 4));
     /* explicit default options give the same bytes; the options' sizes as documented */
@@ -647,7 +647,7 @@ static void test_corrupted_bytes(void **state)
         double value;
         const char *what;
     } bad[] = {
-        {8, 0, 4, "version 4"},
+        {8, 0, 5, "version 5"},
         {8, 0, 0, "version 0"},
         {optm + 16 + 68, 0, 2, "unknown optimizer flag"},
         {optm + 16 + 48, 0, 2, "found_inf 2"},
@@ -1062,12 +1062,12 @@ static void check_old_file(void **state, const char *name, uint32_t version)
     read_at(f->ctx, (clopt_tensor){pb1, 0}, q1, 4);
     assert_close(q0, d0, 6, 1e-5, 1e-6, "v1 then step 4, tensor 0");
     assert_close(q1, d1, 4, 1e-5, 1e-6, "v1 then step 4, tensor 1");
-    /* saved again, it is version 3 */
+    /* saved again, it is version 4 */
     size_t size, written;
     assert_int_equal(clopt_optimizer_state_size(opt, NULL, &size), CLOPT_SUCCESS);
     unsigned char *v2 = malloc(size);
     assert_int_equal(clopt_optimizer_save_to(opt, NULL, v2, size, &written), CLOPT_SUCCESS);
-    assert_int_equal(get_u32(v2 + 8), 3);
+    assert_int_equal(get_u32(v2 + 8), 4);
     /* a corrupted version-1 file is refused like any other */
     file[len / 2] ^= 0x40;
     assert_int_equal(clopt_optimizer_load_from(opt, file, len), CLOPT_ERR_FORMAT);

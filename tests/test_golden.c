@@ -39,7 +39,8 @@ static const char *const k_supported[] = {
     "sgd",   "sgd_momentum", "sgd_nesterov", "adagrad", "adadelta", "rmsprop",
     "rmsprop_centered", "adam", "adam_l2", "amsgrad", "adamw", "adamax",
     "nadam", "radam", "lion", "sophia", "adamod", "diffgrad", "adafactor", "lamb",
-    "lookahead_adam", "ranger", "adam_gc",
+    "lookahead_adam", "ranger", "adam_gc", "schedule_free_adamw", "schedule_free_sgd",
+    "adopt", "ademamix", "cautious_adamw", "stable_adamw", "muon",
 };
 /* Optimizers of other libraries that clopt does not implement. */
 static const char *const k_unsupported[] = {"shampoo", "adahessian", "sm3"};

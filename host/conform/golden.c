@@ -253,7 +253,7 @@ static clopt_dtype wanted_dtype(const gcase *c, const char *name, size_t stem)
 {
     const golden_storage *s = &c->storage;
     if (stem_is(name, stem, "param0") || stem_is(name, stem, "param_1") ||
-        stem_is(name, stem, "param_T"))
+        stem_is(name, stem, "param_T") || stem_is(name, stem, "param_eval_T"))
         return s->param;
     if (stem_is(name, stem, "grads"))
         return s->grad;
@@ -360,7 +360,8 @@ static int load_files(runner *r, gcase *c)
         golden_array *dst = NULL;
         const int is_state = strncmp(name, "state_", 6) == 0 && stem > 6;
         if (stem_is(name, stem, "param0") || stem_is(name, stem, "param_1") ||
-            stem_is(name, stem, "param_T") || is_state) {
+            stem_is(name, stem, "param_T") || stem_is(name, stem, "param_eval_T") ||
+            is_state) {
             int want_input = stem_is(name, stem, "param0");
             if (input != want_input) {
                 fail(r, "%s: %s should have role \"%s\"", mp, name,
@@ -913,6 +914,30 @@ static void replay(runner *r, clopt_ctx *ctx, gcase *c)
     for (size_t i = 0; i < c->nexp; i++)
         if (strncmp(c->exp[i].name, "state_", 6) == 0)
             check_state(r, ctx, opt, c, index, &c->exp[i], state);
+
+    /* Schedule-Free: eval mode's x, then back to train mode's y (the same values up to the
+       rounding of the two interpolations) */
+    const expected_file *ev = find_expected(c, "param_eval_T");
+    if (ev != NULL) {
+        if (c->rule != CLOPT_SCHEDULE_FREE_ADAMW && c->rule != CLOPT_SCHEDULE_FREE_SGD) {
+            fail(r, "%s: param_eval_T is for the schedule-free rules", c->meta_path);
+            goto done;
+        }
+        if ((st = clopt_optimizer_eval(opt)) != CLOPT_SUCCESS) {
+            clopt_fail(r, ctx, "clopt_optimizer_eval", st);
+            goto done;
+        }
+        if (read_back(r, ctx, pbuf, off_p, n, ps, scratch, "param") != 0)
+            goto done;
+        compare(r, ev, &theta);
+        if ((st = clopt_optimizer_train(opt)) != CLOPT_SUCCESS) {
+            clopt_fail(r, ctx, "clopt_optimizer_train", st);
+            goto done;
+        }
+        if (read_back(r, ctx, pbuf, off_p, n, ps, scratch, "param") != 0)
+            goto done;
+        compare(r, find_expected(c, "param_T"), &theta);
+    }
 
     uint64_t count = clopt_optimizer_step_count(opt);
     uint64_t want = c->has_final_step ? c->final_step : (uint64_t)c->steps;

@@ -17,8 +17,10 @@
 /* ------------------------------------------------------------------------------------ */
 
 /* HK_TRUE: the key must be true (clopt's fixed behaviour); HK_NONE: only null/0 (a feature
-   the case leaves off). */
-enum hkind { HK_DOUBLE, HK_BOOL, HK_UINT, HK_TRUE, HK_NONE };
+   the case leaves off).
+   HK_FIXED: only the value `fixed` (a constant of clopt's implementation). A key in
+   null0_keys takes null as 0 (the feature off). */
+enum hkind { HK_DOUBLE, HK_BOOL, HK_UINT, HK_TRUE, HK_NONE, HK_FIXED };
 
 enum hkey {
     K_LR, K_BETA1, K_BETA2, K_BETA3, K_EPS, K_WD, K_MOMENTUM, K_DAMPENING, K_NESTEROV,
@@ -26,13 +28,18 @@ enum hkey {
     K_MOMENTUM_DECAY, K_HESS_INTERVAL, K_EPS1, K_EPS2, K_CLIP_THRESHOLD, K_DECAY_RATE,
     K_SCALE_PARAMETER, K_RELATIVE_STEP, K_WARMUP_INIT, K_BIAS_CORRECTION, K_GRAD_AVERAGING,
     K_USE_GC, K_GC_CONV_ONLY, K_TRUST_RATIO_ALWAYS, K_MAX_GRAD_NORM, K_LOOKAHEAD_K,
-    K_LOOKAHEAD_ALPHA, K_N_SMA_THRESHOLD, K_COUNT
+    K_LOOKAHEAD_ALPHA, K_N_SMA_THRESHOLD, K_WARMUP_STEPS, K_R, K_WEIGHT_LR_POWER,
+    K_INNER_MOMENTUM, K_DECOUPLE, K_CLIP_EXPONENT, K_ALPHA_WARMUP, K_BETA3_WARMUP,
+    K_CORRECT_BIAS, K_MASK_MEAN_MIN, K_CLIP_THRESH, K_NS_STEPS, K_NS_A, K_NS_B, K_NS_C,
+    K_NS_EPS, K_COUNT
 };
+#define NULL0_KEYS ((1ull << K_CLIP_EXPONENT) | (1ull << K_ALPHA_WARMUP) | (1ull << K_BETA3_WARMUP))
 
 static const struct hyper_key {
     const char *name;
     enum hkind kind;
     size_t offset;
+    double fixed;
 } hyper_keys[K_COUNT] = {
     [K_LR] = {"lr", HK_DOUBLE, offsetof(clopt_hparams, lr)},
     [K_BETA1] = {"beta1", HK_DOUBLE, offsetof(clopt_hparams, beta1)},
@@ -72,6 +79,25 @@ static const struct hyper_key {
     [K_LOOKAHEAD_K] = {"lookahead_k", HK_UINT, offsetof(clopt_hparams, lookahead_k)},
     [K_LOOKAHEAD_ALPHA] = {"lookahead_alpha", HK_DOUBLE, offsetof(clopt_hparams, lookahead_alpha)},
     [K_N_SMA_THRESHOLD] = {"n_sma_threshold", HK_DOUBLE, offsetof(clopt_hparams, n_sma_threshold)},
+    [K_WARMUP_STEPS] = {"warmup_steps", HK_UINT, offsetof(clopt_hparams, warmup_steps)},
+    [K_R] = {"r", HK_DOUBLE, offsetof(clopt_hparams, r)},
+    [K_WEIGHT_LR_POWER] = {"weight_lr_power", HK_DOUBLE, offsetof(clopt_hparams, weight_lr_power)},
+    /* Schedule-Free's optional first moment (2026): not implemented, only 0 */
+    [K_INNER_MOMENTUM] = {"inner_momentum", HK_NONE, 0},
+    [K_DECOUPLE] = {"decouple", HK_BOOL, offsetof(clopt_hparams, decouple)},
+    [K_CLIP_EXPONENT] = {"clip_exponent", HK_DOUBLE, offsetof(clopt_hparams, clip_exponent)},
+    [K_ALPHA_WARMUP] = {"alpha_warmup", HK_UINT, offsetof(clopt_hparams, alpha_warmup)},
+    [K_BETA3_WARMUP] = {"beta3_warmup", HK_UINT, offsetof(clopt_hparams, beta3_warmup)},
+    /* Cautious AdamW: bias correction always on, the mask's floor is C-Optim's 1e-3 */
+    [K_CORRECT_BIAS] = {"correct_bias", HK_TRUE, 0},
+    [K_MASK_MEAN_MIN] = {"mask_mean_min", HK_FIXED, 0, 1e-3},
+    [K_CLIP_THRESH] = {"clip_thresh", HK_DOUBLE, offsetof(clopt_hparams, clip_threshold)},
+    [K_NS_STEPS] = {"ns_steps", HK_UINT, offsetof(clopt_hparams, ns_steps)},
+    /* Muon's Newton-Schulz coefficients and normalisation eps: Keller Jordan's constants */
+    [K_NS_A] = {"ns_a", HK_FIXED, 0, 3.4445},
+    [K_NS_B] = {"ns_b", HK_FIXED, 0, -4.7750},
+    [K_NS_C] = {"ns_c", HK_FIXED, 0, 2.0315},
+    [K_NS_EPS] = {"ns_eps", HK_FIXED, 0, 1e-7},
 };
 
 #define B(k) (1ull << (k))
@@ -96,40 +122,60 @@ static const struct hyper_key {
     (KEYS_ADAMLIKE | B(K_BIAS_CORRECTION) | B(K_GRAD_AVERAGING) | B(K_TRUST_RATIO_ALWAYS) |   \
      B(K_MAX_GRAD_NORM))
 
+#define KEYS_SF (B(K_LR) | B(K_WD) | B(K_WARMUP_STEPS) | B(K_R) | B(K_WEIGHT_LR_POWER) | \
+                 B(K_INNER_MOMENTUM))
+#define KEYS_ADOPT (KEYS_ADAMLIKE | B(K_DECOUPLE) | B(K_CLIP_EXPONENT))
+#define KEYS_ADEMAMIX \
+    (KEYS_ADAMLIKE | B(K_BETA3) | B(K_ALPHA) | B(K_ALPHA_WARMUP) | B(K_BETA3_WARMUP))
+#define KEYS_MUON                                                                           \
+    (B(K_LR) | B(K_WD) | B(K_MOMENTUM) | B(K_NESTEROV) | B(K_NS_STEPS) | B(K_NS_A) |         \
+     B(K_NS_B) | B(K_NS_C) | B(K_NS_EPS))
+
 /* One row per golden optimizer id. keys: the hyper keys the rule honours (a known key
    outside the set is accepted only with a neutral value: false or 0). variant: the only
    accepted value of hyper.variant (NULL: the key is not accepted). gc: the id implies
-   gradient centralization. New rules slot in as new rows. */
+   gradient centralization; cautious: the id implies cautious masking. New rules slot in as
+   new rows. */
 static const struct rule_map {
     const char *optimizer;
     clopt_rule rule;
     unsigned long long keys;
     const char *variant;
     int gc;
+    int cautious;
 } rule_map[] = {
-    {"sgd", CLOPT_SGD, KEYS_SGD, NULL, 0},
-    {"sgd_momentum", CLOPT_SGD, KEYS_SGD, NULL, 0},
-    {"sgd_nesterov", CLOPT_SGD, KEYS_SGD, NULL, 0},
-    {"adam", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
-    {"adam_l2", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
-    {"amsgrad", CLOPT_ADAM, KEYS_ADAM, NULL, 0},
-    {"adamw", CLOPT_ADAMW, KEYS_ADAM, NULL, 0},
-    {"adagrad", CLOPT_ADAGRAD, KEYS_ADAGRAD, NULL, 0},
-    {"adadelta", CLOPT_ADADELTA, KEYS_ADADELTA, NULL, 0},
-    {"rmsprop", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0},
-    {"rmsprop_centered", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0},
-    {"adamax", CLOPT_ADAMAX, KEYS_ADAMLIKE, NULL, 0},
-    {"nadam", CLOPT_NADAM, KEYS_NADAM, "dozat", 0},
-    {"radam", CLOPT_RADAM, KEYS_ADAMLIKE, NULL, 0},
-    {"adamod", CLOPT_ADAMOD, KEYS_ADAMOD, NULL, 0},
-    {"diffgrad", CLOPT_DIFFGRAD, KEYS_ADAMLIKE, NULL, 0},
-    {"lion", CLOPT_LION, KEYS_LION, NULL, 0},
-    {"sophia", CLOPT_SOPHIA, KEYS_SOPHIA, NULL, 0},
-    {"adafactor", CLOPT_ADAFACTOR, KEYS_ADAFACTOR, NULL, 0},
-    {"lamb", CLOPT_LAMB, KEYS_LAMB, NULL, 0},
-    {"adam_gc", CLOPT_ADAM, KEYS_ADAM | B(K_GC_CONV_ONLY), NULL, 1},
-    {"lookahead_adam", CLOPT_ADAM, KEYS_ADAM | KEYS_LOOKAHEAD, NULL, 0},
-    {"ranger", CLOPT_RANGER, KEYS_RANGER, NULL, 0},
+    {"sgd", CLOPT_SGD, KEYS_SGD, NULL, 0, 0},
+    {"sgd_momentum", CLOPT_SGD, KEYS_SGD, NULL, 0, 0},
+    {"sgd_nesterov", CLOPT_SGD, KEYS_SGD, NULL, 0, 0},
+    {"adam", CLOPT_ADAM, KEYS_ADAM, NULL, 0, 0},
+    {"adam_l2", CLOPT_ADAM, KEYS_ADAM, NULL, 0, 0},
+    {"amsgrad", CLOPT_ADAM, KEYS_ADAM, NULL, 0, 0},
+    {"adamw", CLOPT_ADAMW, KEYS_ADAM, NULL, 0, 0},
+    {"adagrad", CLOPT_ADAGRAD, KEYS_ADAGRAD, NULL, 0, 0},
+    {"adadelta", CLOPT_ADADELTA, KEYS_ADADELTA, NULL, 0, 0},
+    {"rmsprop", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0, 0},
+    {"rmsprop_centered", CLOPT_RMSPROP, KEYS_RMSPROP, NULL, 0, 0},
+    {"adamax", CLOPT_ADAMAX, KEYS_ADAMLIKE, NULL, 0, 0},
+    {"nadam", CLOPT_NADAM, KEYS_NADAM, "dozat", 0, 0},
+    {"radam", CLOPT_RADAM, KEYS_ADAMLIKE, NULL, 0, 0},
+    {"adamod", CLOPT_ADAMOD, KEYS_ADAMOD, NULL, 0, 0},
+    {"diffgrad", CLOPT_DIFFGRAD, KEYS_ADAMLIKE, NULL, 0, 0},
+    {"lion", CLOPT_LION, KEYS_LION, NULL, 0, 0},
+    {"sophia", CLOPT_SOPHIA, KEYS_SOPHIA, NULL, 0, 0},
+    {"adafactor", CLOPT_ADAFACTOR, KEYS_ADAFACTOR, NULL, 0, 0},
+    {"lamb", CLOPT_LAMB, KEYS_LAMB, NULL, 0, 0},
+    {"adam_gc", CLOPT_ADAM, KEYS_ADAM | B(K_GC_CONV_ONLY), NULL, 1, 0},
+    {"lookahead_adam", CLOPT_ADAM, KEYS_ADAM | KEYS_LOOKAHEAD, NULL, 0, 0},
+    {"ranger", CLOPT_RANGER, KEYS_RANGER, NULL, 0, 0},
+    {"schedule_free_adamw", CLOPT_SCHEDULE_FREE_ADAMW,
+     KEYS_SF | B(K_BETA1) | B(K_BETA2) | B(K_EPS), NULL, 0, 0},
+    {"schedule_free_sgd", CLOPT_SCHEDULE_FREE_SGD, KEYS_SF | B(K_MOMENTUM), NULL, 0, 0},
+    {"adopt", CLOPT_ADOPT, KEYS_ADOPT, NULL, 0, 0},
+    {"ademamix", CLOPT_ADEMAMIX, KEYS_ADEMAMIX, NULL, 0, 0},
+    {"cautious_adamw", CLOPT_ADAMW, KEYS_ADAMLIKE | B(K_CORRECT_BIAS) | B(K_MASK_MEAN_MIN),
+     NULL, 0, 1},
+    {"stable_adamw", CLOPT_STABLE_ADAMW, KEYS_ADAMLIKE | B(K_CLIP_THRESH), NULL, 0, 0},
+    {"muon", CLOPT_MUON, KEYS_MUON, NULL, 0, 0},
 };
 #define RULE_MAP_COUNT (sizeof(rule_map) / sizeof(rule_map[0]))
 
@@ -193,6 +239,7 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
         return st == CLOPT_ERR_UNSUPPORTED ? GOLDEN_UNSUPPORTED : GOLDEN_FAIL;
     }
     h.grad_centralization = m->gc;
+    h.cautious = m->cautious;
     if (hyper != NULL && !cJSON_IsNull(hyper)) {
         if (!cJSON_IsObject(hyper)) {
             golden_put(reason, len, "'hyper' is not an object");
@@ -253,6 +300,21 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
                            clopt_rule_name(m->rule));
                 return GOLDEN_UNSUPPORTED;
             }
+            if (hyper_keys[k].kind == HK_FIXED) {
+                if (cJSON_IsNumber(it) && it->valuedouble == hyper_keys[k].fixed)
+                    continue;
+                golden_put(reason, len, "hyper.%s must be %g for clopt rule %s", key,
+                           hyper_keys[k].fixed, clopt_rule_name(m->rule));
+                return GOLDEN_UNSUPPORTED;
+            }
+            if (cJSON_IsNull(it) && (NULL0_KEYS & B(k))) {
+                char *f0 = (char *)&h + hyper_keys[k].offset;
+                if (hyper_keys[k].kind == HK_DOUBLE)
+                    *(double *)(void *)f0 = 0.0;
+                else
+                    *(unsigned *)(void *)f0 = 0;
+                continue;
+            }
             if (cJSON_IsNull(it)) {
                 golden_put(reason, len, "hyper.%s = null is not supported by clopt", key);
                 return GOLDEN_UNSUPPORTED;
@@ -279,6 +341,7 @@ golden_verdict golden_map_hyper(const char *optimizer, const cJSON *hyper, clopt
                 break;
             case HK_TRUE:
             case HK_NONE:
+            case HK_FIXED:
                 break;
             case HK_UINT: {
                 uint64_t u;
