@@ -483,6 +483,14 @@ clopt_status clopt_o_take_storage(clopt_optimizer *opt, const clopt_group *g,
 {
     clopt_ctx *ctx = opt->ctx;
     const clopt_dtype p = d->param_dtype, q = d->grad_dtype;
+    if (opt->rule == CLOPT_MUON && e->ndim != 2)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "muon takes 2-D tensors (matrices) only (this one has %zu dims): put "
+                          "vectors, biases, norms and embeddings into an AdamW optimizer (the "
+                          "usual hybrid)", e->ndim);
+    if (opt->rule == CLOPT_MUON && !clopt_has_muon())
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "muon needs CLBlast, and this library was built without it");
     if ((p != CLOPT_DTYPE_F32 && p != CLOPT_DTYPE_F16 && p != CLOPT_DTYPE_BF16) ||
         (q != CLOPT_DTYPE_F32 && q != CLOPT_DTYPE_F16 && q != CLOPT_DTYPE_BF16))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
