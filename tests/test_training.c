@@ -990,7 +990,7 @@ static void test_checkpoint_rejects_bad_files(void **state)
     copy[0] = 'X';
     expect_rejected(&dst, bad, copy, len, CLOPT_ERR_FORMAT, "magic");
     memcpy(copy, d, len);
-    put_u32(copy + 8, 4);
+    put_u32(copy + 8, 5); /* the next format version */
     put_u32(copy + len - 4, crc32c(copy, len - 4));
     expect_rejected(&dst, bad, copy, len, CLOPT_ERR_FORMAT, "version");
     expect_rejected(&dst, bad, d, 0, CLOPT_ERR_FORMAT, "empty");
