@@ -62,6 +62,9 @@ typedef enum bench_opkind {
     OP_EXP,      /* d = exp(x) */
     OP_RECIP,    /* d = a / x */
     OP_MINS,     /* d = min(x, a) */
+    OP_MAXS,     /* d = max(x, a) (torch.clamp(x, min=a)) */
+    OP_CLAMP,    /* d = min(max(x, a), b) (torch.clamp(x, a, b)) */
+    OP_LERP,     /* d = x + a*(y - x), as torch.lerp: y - (y - x)*b (b = 1 - a) when a >= 0.5 */
     OP_KIND_COUNT
 } bench_opkind;
 
@@ -180,6 +183,22 @@ void cloop_sophia(const cloop_args *a);
 void cloop_adafactor(const cloop_args *a);
 void cloop_lamb(const cloop_args *a);
 void cloop_ranger(const cloop_args *a);
+void cloop_sf_adamw(const cloop_args *a);
+void cloop_sf_sgd(const cloop_args *a);
+void cloop_adopt(const cloop_args *a);
+void cloop_ademamix(const cloop_args *a);
+void cloop_cautious_adamw(const cloop_args *a);
+void cloop_cautious_lion(const cloop_args *a);
+void cloop_stable_adamw(const cloop_args *a);
+
+/* Schedule-Free's scalars of step `step` (rules.c): the averaging coefficient c_t (returned)
+   and lr_t, and the scalar state before the step (lr_max, weight_sum; clopt_step_args'
+   sf_lr_max, sf_weight_sum), replayed from step 1 with clopt_schedule_free_advance. */
+double bench_sf_scalars(const clopt_hparams *hp, uint64_t step, double *lr_t, double *lr_max,
+                        double *weight_sum);
+/* AdEMAMix's α_t and β3_t (the warmup schedulers of apple/ml-ademamix, as clopt.h). */
+double bench_ademamix_alpha(const clopt_hparams *hp, uint64_t step);
+double bench_ademamix_beta3(const clopt_hparams *hp, uint64_t step);
 /* Lookahead's sync: θ = φ + alpha (θ - φ); φ = θ. */
 void cloop_lookahead(float *p, float *slow, size_t n, float alpha);
 

@@ -605,3 +605,194 @@ void cloop_lookahead(float *p, float *slow, size_t n, float alpha)
         slow[i] = th;
     }
 }
+
+/* ---- the rules of 2024-2025 (issue 15) ---------------------------------------------------- */
+
+/* torch.lerp(x, y, w): x + w(y - x) for w < 0.5, else y - (y - x)(1 - w). */
+static inline float lerpf(float x, float y, float w, float omw)
+{
+    return w < 0.5f ? x + w * (y - x) : y - (y - x) * omw;
+}
+
+/* Schedule-Free AdamW: the parameters hold y; z_0 = θ_0 (taken from θ at step 1). */
+void cloop_sf_adamw(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    double lr_t = 0.0;
+    const double ck = bench_sf_scalars(hp, a->step, &lr_t, NULL, NULL);
+    const double bc2 = 1.0 - pow(hp->beta2, (double)a->step);
+    const float b2 = (float)hp->beta2, c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps,
+                ib2 = (float)(1.0 / bc2), wd = (float)hp->weight_decay, c = (float)ck,
+                omc = (float)(1.0 - ck), ycoef = (float)(lr_t * (hp->beta1 * (1.0 - ck) - 1.0)),
+                lr = (float)lr_t;
+    const int first = a->step == 1;
+    float *p = a->p, *z = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float y = p[i], g = gr[i];
+        float zz = first ? y : z[i];
+        float vv = b2 * v[i] + c2 * g * g;
+        float u = g / (sqrtf(vv * ib2) + eps) + wd * y;
+        y = lerpf(y, zz, c, omc) + ycoef * u;
+        z[i] = zz - lr * u;
+        v[i] = vv;
+        p[i] = y;
+    }
+}
+
+/* Schedule-Free SGD: L2 decay at y; z_0 = θ_0. */
+void cloop_sf_sgd(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    double lr_t = 0.0;
+    const double ck = bench_sf_scalars(hp, a->step, &lr_t, NULL, NULL);
+    const float wd = (float)hp->weight_decay, c = (float)ck, omc = (float)(1.0 - ck),
+                ycoef = (float)(lr_t * (hp->momentum * (1.0 - ck) - 1.0)), lr = (float)lr_t;
+    const int first = a->step == 1;
+    float *p = a->p, *z = a->s[0];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float y = p[i];
+        float g = gr[i] + wd * y;
+        float zz = first ? y : z[i];
+        p[i] = lerpf(y, zz, c, omc) + ycoef * g;
+        z[i] = zz - lr * g;
+    }
+}
+
+/* ADOPT: step 1 sets v = g² only; v is updated after θ. */
+void cloop_adopt(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const float b1 = (float)hp->beta1, omb1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), eps = (float)hp->eps, lr = (float)hp->lr,
+                neg = hp->maximize ? -1.0f : 1.0f;
+    const float l2 = hp->decouple ? 0.0f : (float)hp->weight_decay;
+    const float lrwd = hp->decouple ? (float)(hp->lr * hp->weight_decay) : 0.0f;
+    const float bound = hp->clip_exponent > 0.0
+                            ? (float)pow((double)a->step - 1.0, hp->clip_exponent)
+                            : INFINITY;
+    const int first = a->step == 1;
+    float *p = a->p, *m = a->s[0], *v = a->s[1];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float th = p[i];
+        float g = neg * gr[i] + l2 * th;
+        if (first) {
+            v[i] = g * g;
+            continue;
+        }
+        th = th - lrwd * th;
+        float u = g / maxf(sqrtf(v[i]), eps);
+        u = minf(maxf(u, -bound), bound);
+        float mm = lerpf(m[i], u, omb1, b1);
+        m[i] = mm;
+        p[i] = th - lr * mm;
+        v[i] = b2 * v[i] + c2 * g * g;
+    }
+}
+
+/* AdEMAMix: Adam's m1 and v with bias correction, the slow m2 without. */
+void cloop_ademamix(const cloop_args *a)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step;
+    const double b3d = bench_ademamix_beta3(hp, a->step);
+    const float b1 = (float)hp->beta1, c1 = (float)(1.0 - hp->beta1), b2 = (float)hp->beta2,
+                c2 = (float)(1.0 - hp->beta2), b3 = (float)b3d, c3 = (float)(1.0 - b3d),
+                eps = (float)hp->eps, wd = (float)hp->weight_decay, lr = (float)hp->lr,
+                ibc1 = (float)(1.0 / (1.0 - pow(hp->beta1, t))),
+                isbc2 = (float)(1.0 / sqrt(1.0 - pow(hp->beta2, t))),
+                al = (float)bench_ademamix_alpha(hp, a->step), neg = hp->maximize ? -1.0f : 1.0f;
+    float *p = a->p, *m1 = a->s[0], *m2 = a->s[1], *v = a->s[2];
+    const float *gr = a->g;
+    LOOP(a)
+    {
+        float g = neg * gr[i], th = p[i];
+        float f = b1 * m1[i] + c1 * g;
+        float s = b3 * m2[i] + c3 * g;
+        float vv = b2 * v[i] + c2 * g * g;
+        float u = (f * ibc1 + al * s) / (sqrtf(vv) * isbc2 + eps) + wd * th;
+        m1[i] = f;
+        m2[i] = s;
+        v[i] = vv;
+        p[i] = th - lr * u;
+    }
+}
+
+/* The two passes of cautious AdamW/Lion and StableAdamW: variant 1 cautious AdamW (C-Optim's
+   arithmetic), 2 cautious Lion, 3 StableAdamW. Pass 1 sums the mask (or g²/max(u, eps²) with
+   the new u) in float blocks as cloop_lamb; pass 2 updates. */
+static void reduced_two_pass(const cloop_args *a, int variant)
+{
+    const clopt_hparams *hp = a->hp;
+    const double t = (double)a->step, b1d = hp->beta1, b2d = hp->beta2;
+    double c1d = b1d, c2d = b2d, stepd = hp->lr;
+    if (variant == 3) {
+        c1d = b1d * (1.0 - pow(b1d, t - 1.0)) / (1.0 - pow(b1d, t));
+        c2d = b2d * (1.0 - pow(b2d, t - 1.0)) / (1.0 - pow(b2d, t));
+    } else if (variant == 1) {
+        stepd = hp->lr * sqrt(1.0 - pow(b2d, t)) / (1.0 - pow(b1d, t));
+    }
+    const float b1 = (float)c1d, omb1 = (float)(1.0 - c1d), b2 = (float)c2d,
+                omb2 = (float)(1.0 - c2d), eps = (float)hp->eps, eps2 = (float)(hp->eps * hp->eps),
+                lrwd = (float)(hp->lr * hp->weight_decay), neg = hp->maximize ? -1.0f : 1.0f;
+    const float rb1 = (float)b1d, romb1 = (float)(1.0 - b1d); /* Lion's interpolation */
+    const ptrdiff_t n = (ptrdiff_t)a->n, nblk = (n + CLOOP_BLK - 1) / CLOOP_BLK;
+    float *p = a->p, *m = a->s[0], *v = variant == 2 ? NULL : a->s[1];
+    const float *gr = a->g;
+    float sum = 0.0f;
+    OMP(omp parallel for schedule(static) reduction(+ : sum))
+    for (ptrdiff_t b = 0; b < nblk; b++) {
+        const ptrdiff_t i1 = min_pd(b * CLOOP_BLK + CLOOP_BLK, n);
+        float bs = 0.0f;
+        OMP(omp simd reduction(+ : bs))
+        for (ptrdiff_t i = b * CLOOP_BLK; i < i1; i++) {
+            float g = neg * gr[i];
+            if (variant == 3) {
+                float u = b2 * v[i] + omb2 * g * g;
+                bs += g * g / maxf(u, eps2);
+            } else {
+                float c = variant == 2 ? rb1 * m[i] + romb1 * g : b1 * m[i] + omb1 * g;
+                bs += c * g > 0.0f ? 1.0f : 0.0f;
+            }
+        }
+        sum += bs;
+    }
+    const float mean = sum / (float)n;
+    const float scale = variant == 3
+                            ? (float)stepd / maxf(1.0f, sqrtf(mean) / (float)hp->clip_threshold)
+                            : 1.0f / maxf(mean, 1e-3f);
+    const float step = (float)stepd;
+    const float lb2 = (float)hp->beta2, lomb2 = (float)(1.0 - hp->beta2);
+    LOOP(a)
+    {
+        float th = p[i], g = neg * gr[i];
+        th = th - lrwd * th;
+        if (variant == 2) {
+            float c = rb1 * m[i] + romb1 * g;
+            float phi = c * g > 0.0f ? scale : 0.0f;
+            th = th - step * (signf(c) * phi);
+            m[i] = lb2 * m[i] + lomb2 * g;
+        } else {
+            float mm = b1 * m[i] + omb1 * g;
+            float vv = b2 * v[i] + omb2 * g * g;
+            if (variant == 1) {
+                float phi = mm * g > 0.0f ? scale : 0.0f;
+                th = th - step * ((mm * phi) / (sqrtf(vv) + eps));
+            } else {
+                th = th - scale * (mm / (sqrtf(vv) + eps));
+            }
+            m[i] = mm;
+            v[i] = vv;
+        }
+        p[i] = th;
+    }
+}
+
+void cloop_cautious_adamw(const cloop_args *a) { reduced_two_pass(a, 1); }
+void cloop_cautious_lion(const cloop_args *a) { reduced_two_pass(a, 2); }
+void cloop_stable_adamw(const cloop_args *a) { reduced_two_pass(a, 3); }

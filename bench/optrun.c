@@ -140,7 +140,7 @@ static unsigned count_launches(const optrun *o)
     unsigned per = 1;
     if (o->r->rule == CLOPT_ADAFACTOR)
         per = (o->rows ? 3u : 0u) + 3u; /* rows, cols, row means; partial, final, update */
-    else if (o->r->rule == CLOPT_LAMB)
+    else if (o->r->rule == CLOPT_LAMB || o->hp.cautious || o->r->rule == CLOPT_STABLE_ADAMW)
         per = 3; /* partial, final, update */
     per += gc ? 1u : 0u; /* GC row means */
     if ((o->mode == OPTRUN_ARENA || o->mode == OPTRUN_ARENA_AMP) &&

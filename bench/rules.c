@@ -21,6 +21,7 @@ static const struct {
     [OP_DIV] = {"op_div", 2},     [OP_MAX] = {"op_max", 2},     [OP_MIN] = {"op_min", 2},
     [OP_SQRT] = {"op_sqrt", 1},   [OP_ABS] = {"op_abs", 1},     [OP_SIGN] = {"op_sign", 1},
     [OP_EXP] = {"op_exp", 1},     [OP_RECIP] = {"op_recip", 1}, [OP_MINS] = {"op_mins", 1},
+    [OP_MAXS] = {"op_maxs", 1},   [OP_CLAMP] = {"op_clamp", 1}, [OP_LERP] = {"op_lerp", 2},
 };
 
 const char *bench_op_kernel(bench_opkind k)
@@ -410,6 +411,152 @@ static size_t chain_sophia(const clopt_hparams *hp, uint64_t step, double mu_pro
     return finish(&c);
 }
 
+/* ---- the rules of 2024-2025 (issue 15) ---------------------------------------------------- */
+
+double bench_sf_scalars(const clopt_hparams *hp, uint64_t step, double *lr_t, double *lr_max,
+                        double *weight_sum)
+{
+    double lm = 0.0, ws = 0.0;
+    for (uint64_t t = 1; t < step; t++)
+        clopt_schedule_free_advance(hp, t, &lm, &ws, NULL);
+    if (lr_max)
+        *lr_max = lm;
+    if (weight_sum)
+        *weight_sum = ws;
+    return clopt_schedule_free_advance(hp, step, &lm, &ws, lr_t);
+}
+
+double bench_ademamix_alpha(const clopt_hparams *hp, uint64_t step)
+{
+    const double t = (double)step;
+    return hp->alpha_warmup && t < hp->alpha_warmup ? t / hp->alpha_warmup * hp->alpha
+                                                    : hp->alpha;
+}
+
+double bench_ademamix_beta3(const clopt_hparams *hp, uint64_t step)
+{
+    const double t = (double)step;
+    if (!(hp->beta3_warmup && t < hp->beta3_warmup))
+        return hp->beta3;
+    const double a = t / hp->beta3_warmup;
+    const double f1 = log(0.5) / log(hp->beta1 + 1e-8) - 1.0;
+    const double f3 = log(0.5) / log(hp->beta3 + 1e-8) - 1.0;
+    return pow(0.5, 1.0 / ((1.0 - a) * f1 + a * f3 + 1.0));
+}
+
+/* Schedule-Free AdamW (AdamWScheduleFree.step, non-foreach): [step 1: z = clone(y)];
+   v *= b2; v += (1-b2)*g*g; d = sqrt(v/bc2) + eps (div, sqrt_, add_); u = g/d;
+   [u += wd*y]; y.lerp_(z, c); y += lr_t*(b1*(1-c) - 1)*u; z -= lr_t*u. */
+static size_t chain_sf_adamw(const clopt_hparams *hp, uint64_t step, double mu_product,
+                             bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double lr_t = 0.0;
+    const double ck = bench_sf_scalars(hp, step, &lr_t, NULL, NULL);
+    const double bc2 = 1.0 - pow(hp->beta2, (double)step);
+    if (step == 1)
+        emit(&c, OP_COPY, BA_S0, BA_P, -1, 0.0, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, hp->beta2, 0.0);
+    emit(&c, OP_MUL, BA_T0, BA_G, BA_G, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S1, BA_S1, BA_T0, 1.0 - hp->beta2, 0.0);
+    emit(&c, OP_SCALE, BA_T1, BA_S1, -1, 1.0 / bc2, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_T1, -1, 0.0, 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_G, BA_T1, 0.0, 0.0);
+    if (hp->weight_decay != 0.0)
+        emit(&c, OP_AXPY, BA_T0, BA_T0, BA_P, hp->weight_decay, 0.0);
+    emit(&c, OP_LERP, BA_P, BA_P, BA_S0, ck, 1.0 - ck);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, lr_t * (hp->beta1 * (1.0 - ck) - 1.0), 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, BA_T0, -lr_t, 0.0);
+    return finish(&c);
+}
+
+/* Schedule-Free SGD (SGDScheduleFree.step): [step 1: z = clone(y)]; [g += wd*y];
+   y.lerp_(z, c); y += lr_t*(momentum*(1-c) - 1)*g; z -= lr_t*g. */
+static size_t chain_sf_sgd(const clopt_hparams *hp, uint64_t step, double mu_product,
+                           bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    double lr_t = 0.0;
+    const double ck = bench_sf_scalars(hp, step, &lr_t, NULL, NULL);
+    if (step == 1)
+        emit(&c, OP_COPY, BA_S0, BA_P, -1, 0.0, 0.0);
+    int g = BA_G;
+    if (hp->weight_decay != 0.0) {
+        emit(&c, OP_AXPY, BA_T2, BA_G, BA_P, hp->weight_decay, 0.0);
+        g = BA_T2;
+    }
+    emit(&c, OP_LERP, BA_P, BA_P, BA_S0, ck, 1.0 - ck);
+    emit(&c, OP_AXPY, BA_P, BA_P, g, lr_t * (hp->momentum * (1.0 - ck) - 1.0), 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, -lr_t, 0.0);
+    return finish(&c);
+}
+
+/* ADOPT (_single_tensor_adopt): [maximize, L2]; step 1: v.addcmul_(g, g) (v = 0) only;
+   then [θ *= 1-lr*wd (decouple)]; d = clamp(sqrt(v), min=eps); u = g/d;
+   u.clamp_(-b, b) with b = (t-1)^clip_exponent; m.lerp_(u, 1-b1); θ -= lr*m;
+   v *= b2; v += (1-b2)*g*g. */
+static size_t chain_adopt(const clopt_hparams *hp, uint64_t step, double mu_product,
+                          bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    int g = grad_slot(&c, hp, !hp->decouple, BA_T2);
+    if (step == 1) {
+        emit(&c, OP_MUL, BA_S1, g, g, 0.0, 0.0);
+        return finish(&c);
+    }
+    if (hp->decouple && hp->weight_decay != 0.0)
+        emit(&c, OP_SCALE, BA_P, BA_P, -1, 1.0 - hp->lr * hp->weight_decay, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_S1, -1, 0.0, 0.0);
+    emit(&c, OP_MAXS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_DIV, BA_T0, g, BA_T1, 0.0, 0.0);
+    if (hp->clip_exponent > 0.0) {
+        const double b = pow((double)step - 1.0, hp->clip_exponent);
+        emit(&c, OP_CLAMP, BA_T0, BA_T0, -1, -b, b);
+    }
+    emit(&c, OP_LERP, BA_S0, BA_S0, BA_T0, 1.0 - hp->beta1, hp->beta1);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_S0, -hp->lr, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, hp->beta2, 0.0);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S1, BA_S1, BA_T0, 1.0 - hp->beta2, 0.0);
+    return finish(&c);
+}
+
+/* AdEMAMix (apple/ml-ademamix): m1 *= b1; m1 += (1-b1)*g; m2 *= b3; m2 += (1-b3)*g;
+   v *= b2; v += (1-b2)*g*g; d = sqrt(v) / sqrt(bc2) + eps; u = m1/bc1 + alpha*m2 (div,
+   mul, add); u = u/d; [u += wd*θ]; θ -= lr*u. */
+static size_t chain_ademamix(const clopt_hparams *hp, uint64_t step, double mu_product,
+                             bench_op *ops, size_t cap)
+{
+    (void)mu_product;
+    chain c = {ops, 0, cap, 0};
+    const double t = (double)step;
+    const double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    const double b3 = bench_ademamix_beta3(hp, step), al = bench_ademamix_alpha(hp, step);
+    int g = grad_slot(&c, hp, 0, BA_T2);
+    emit(&c, OP_SCALE, BA_S0, BA_S0, -1, hp->beta1, 0.0);
+    emit(&c, OP_AXPY, BA_S0, BA_S0, g, 1.0 - hp->beta1, 0.0);
+    emit(&c, OP_SCALE, BA_S1, BA_S1, -1, b3, 0.0);
+    emit(&c, OP_AXPY, BA_S1, BA_S1, g, 1.0 - b3, 0.0);
+    emit(&c, OP_SCALE, BA_S2, BA_S2, -1, hp->beta2, 0.0);
+    emit(&c, OP_MUL, BA_T0, g, g, 0.0, 0.0);
+    emit(&c, OP_AXPY, BA_S2, BA_S2, BA_T0, 1.0 - hp->beta2, 0.0);
+    emit(&c, OP_SQRT, BA_T1, BA_S2, -1, 0.0, 0.0);
+    emit(&c, OP_SCALE, BA_T1, BA_T1, -1, 1.0 / sqrt(bc2), 0.0);
+    emit(&c, OP_ADDS, BA_T1, BA_T1, -1, hp->eps, 0.0);
+    emit(&c, OP_SCALE, BA_T0, BA_S0, -1, 1.0 / bc1, 0.0);
+    emit(&c, OP_SCALE, BA_T3, BA_S1, -1, al, 0.0);
+    emit(&c, OP_AXPY, BA_T0, BA_T0, BA_T3, 1.0, 0.0);
+    emit(&c, OP_DIV, BA_T0, BA_T0, BA_T1, 0.0, 0.0);
+    if (hp->weight_decay != 0.0)
+        emit(&c, OP_AXPY, BA_T0, BA_T0, BA_P, hp->weight_decay, 0.0);
+    emit(&c, OP_AXPY, BA_P, BA_P, BA_T0, -hp->lr, 0.0);
+    return finish(&c);
+}
+
 /* ---- the table --------------------------------------------------------------------------- */
 
 static void setup_sgd_momentum(clopt_hparams *hp) { hp->momentum = 0.9; }
@@ -423,6 +570,10 @@ static void setup_lookahead(clopt_hparams *hp)
 /* Sophia's hessian EMA h is read by every step but written only at steps that fold in an
    estimate; the benchmark measures the common step without one. */
 #define SOPHIA_HESSIAN_READONLY (1u << 1)
+
+/* Cautious masking (C-Optim) on AdamW or Lion: optimizer level, a per-tensor mean of the
+   mask between two passes. */
+static void setup_cautious(clopt_hparams *hp) { hp->cautious = 1; }
 
 /* name, rule, setup, read-only states, C loop, unfused chain, flags, in the default run */
 const bench_rule bench_rules[] = {
@@ -447,6 +598,17 @@ const bench_rule bench_rules[] = {
     {"lamb", CLOPT_LAMB, NULL, 0, cloop_lamb, NULL, BENCH_OPT_LEVEL, 1},
     {"ranger", CLOPT_RANGER, NULL, 0, cloop_ranger, NULL, BENCH_MATRIX, 1},
     {"adam_lookahead", CLOPT_ADAM, setup_lookahead, 0, cloop_adam, chain_adam, 0, 0},
+    /* the rules of 2024-2025 (issue 15), not in the default run: Schedule-Free AdamW/SGD,
+       ADOPT and AdEMAMix are element-wise (one launch); cautious AdamW/Lion and StableAdamW
+       run at the optimizer level (a per-tensor sum, then the update: two passes, the first
+       reading g and one state) and have no unfused chain (it would need a reduction) */
+    {"schedule_free_adamw", CLOPT_SCHEDULE_FREE_ADAMW, NULL, 0, cloop_sf_adamw, chain_sf_adamw, 0, 0},
+    {"schedule_free_sgd", CLOPT_SCHEDULE_FREE_SGD, NULL, 0, cloop_sf_sgd, chain_sf_sgd, 0, 0},
+    {"adopt", CLOPT_ADOPT, NULL, 0, cloop_adopt, chain_adopt, 0, 0},
+    {"ademamix", CLOPT_ADEMAMIX, NULL, 0, cloop_ademamix, chain_ademamix, 0, 0},
+    {"cautious_adamw", CLOPT_ADAMW, setup_cautious, 0, cloop_cautious_adamw, NULL, BENCH_OPT_LEVEL | BENCH_SIGN, 0},
+    {"cautious_lion", CLOPT_LION, setup_cautious, 0, cloop_cautious_lion, NULL, BENCH_OPT_LEVEL | BENCH_SIGN, 0},
+    {"stable_adamw", CLOPT_STABLE_ADAMW, NULL, 0, cloop_stable_adamw, NULL, BENCH_OPT_LEVEL, 0},
 };
 const size_t bench_rule_count = sizeof bench_rules / sizeof bench_rules[0];
 
@@ -495,6 +657,11 @@ void bench_rule_traffic(const bench_rule *r, const clopt_hparams *hp, bench_traf
         /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
         t->rw = 3;
         t->ro = 4;
+    } else if (hp->cautious || r->rule == CLOPT_STABLE_ADAMW) {
+        /* pass 1: g and m (cautious) or v (StableAdamW) -> a sum; pass 2: the element-wise
+           update, θ g and every state -> θ and every state */
+        bench_rule_arrays(r, hp, &t->rw, &t->ro);
+        t->ro += 2;
     } else {
         bench_rule_arrays(r, hp, &t->rw, &t->ro);
     }

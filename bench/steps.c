@@ -237,6 +237,8 @@ void step_args(const instance *in, const rule_info *ri, uint64_t step, clopt_ste
     for (size_t s = 0; s < ri->nkernel; s++)
         a->state[s].buffer = in->slot[BA_S(s)];
     a->mu_product = clopt_nadam_mu_product(&ri->hp, step - 1);
+    if (ri->r->rule == CLOPT_SCHEDULE_FREE_ADAMW || ri->r->rule == CLOPT_SCHEDULE_FREE_SGD)
+        bench_sf_scalars(&ri->hp, step, NULL, &a->sf_lr_max, &a->sf_weight_sum);
 }
 
 /* ---- one step of each variant ---------------------------------------------------------- */

@@ -30,6 +30,10 @@
 #define op_exp_body(T, LD, ST) UNARY_BODY(T, LD, ST, exp(X))
 #define op_recip_body(T, LD, ST) UNARY_BODY(T, LD, ST, a / X)
 #define op_mins_body(T, LD, ST) UNARY_BODY(T, LD, ST, fmin(X, a))
+#define op_maxs_body(T, LD, ST) UNARY_BODY(T, LD, ST, fmax(X, a))
+#define op_clamp_body(T, LD, ST) UNARY_BODY(T, LD, ST, fmin(fmax(X, a), b))
+/* torch.lerp's two forms (weight a, b = 1 - a): the same value up to rounding */
+#define op_lerp_body(T, LD, ST) BINARY_BODY(T, LD, ST, a < 0.5f ? X + a * (Y - X) : Y - (Y - X) * b)
 
 BENCH_OP(op_copy)
 BENCH_OP(op_scale)
@@ -46,3 +50,6 @@ BENCH_OP(op_sign)
 BENCH_OP(op_exp)
 BENCH_OP(op_recip)
 BENCH_OP(op_mins)
+BENCH_OP(op_maxs)
+BENCH_OP(op_clamp)
+BENCH_OP(op_lerp)
