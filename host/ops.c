@@ -215,13 +215,17 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
                           (int)rule);
-    if (clopt_rule_per_tensor(rule, hp))
+    if (clopt_rule_is_multipass(rule))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s%s needs reductions over the whole tensor: use the optimizer level",
-                          hp && hp->cautious ? "cautious " : "", clopt_rule_name(rule));
+                          "%s needs reductions over the whole tensor: use the optimizer level",
+                          clopt_rule_name(rule));
     clopt_status s = clopt_validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
     if (s != CLOPT_SUCCESS)
         return s;
+    if (clopt_rule_per_tensor(rule, hp)) /* valid hyperparameters with cautious masking */
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "cautious %s needs the mask's mean over the whole tensor: use the "
+                          "optimizer level", clopt_rule_name(rule));
     clopt_launch_plan plan;
     if ((s = clopt_plan_step(ctx, rule, hp, args, step, &plan)) != CLOPT_SUCCESS)
         return s;

@@ -694,7 +694,8 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * underflowed product of a long run), a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
- * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor and LAMB: optimizer level only),
+ * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW, Muon and valid
+ * hyperparameters with cautious = 1: optimizer level only; checked after the hyperparameters),
  * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
