@@ -7,9 +7,9 @@
  *   section:   u32 tag | u32 0 | u64 payload length | payload
  *   tags:      1 OPTM (once), 2 GRUP (per group, in order), 3 TENS (per tensor, in order)
  *
- * One builder writes version 3 for both the file (clopt_optimizer_save) and the bytes
+ * One builder writes version 4 for both the file (clopt_optimizer_save) and the bytes
  * (clopt_optimizer_save_to); it runs twice, once only counting (clopt_optimizer_state_size,
- * no device access) and once writing. One parser reads versions 1 to 3 for both
+ * no device access) and once writing. One parser reads versions 1 to 4 for both
  * clopt_optimizer_load and clopt_optimizer_load_from: it reads and checks everything (CRC
  * first, then every field, value and shape against the optimizer) before it changes
  * anything. Saving to a file writes a new file "<path>.<random>.tmp" (created exclusively,
@@ -300,7 +300,7 @@ static int saves_params(const clopt_optimizer *opt, const clopt_param *e, const 
     return o->arena_params && opt->groups[e->group].arena;
 }
 
-/* Writes the version-3 checkpoint (w->data NULL: counts its bytes without device access).
+/* Writes the version-4 checkpoint (w->data NULL: counts its bytes without device access).
    The caller settled the optimizer before a writing run. */
 static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf *w)
 {

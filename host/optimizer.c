@@ -131,8 +131,9 @@ clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_
         return clopt_fail(ctx, s, "%s", why);
     if (hp->state_dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad do)",
-                          clopt_rule_name(rule));
+                          "%s%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad "
+                          "without cautious masking do)",
+                          hp->cautious ? "cautious " : "", clopt_rule_name(rule));
     if (hp->state_dtype != CLOPT_DTYPE_F32 && rule == CLOPT_ADAFACTOR)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "adafactor keeps float32 state (its factored statistics are small)");
@@ -229,6 +230,7 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
         clopt_o_release_arena(&opt->groups[i]);
     if (opt->scratch)
         clReleaseMemObject(opt->scratch);
+    clopt_o_muon_release(opt);
     free(opt->params);
     free(opt->groups);
     free(opt);

@@ -71,7 +71,8 @@ static int rule_ok(clopt_rule r) { return (int)r >= 0 && r < CLOPT_RULE_COUNT; }
 
 int clopt_rule_q8_ok(clopt_rule rule, const clopt_hparams *hp)
 {
-    (void)hp;
+    if (hp && hp->cautious) /* the two-pass kernels (reduced.cl) read f32 or bf16 state */
+        return 0;
     return rule == CLOPT_SGD || rule == CLOPT_ADAM || rule == CLOPT_ADAMW ||
            rule == CLOPT_LION || rule == CLOPT_RMSPROP || rule == CLOPT_ADAGRAD;
 }

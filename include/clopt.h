@@ -351,7 +351,8 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 training; state z, exp_avg_sq; lr_t = lr·min(1, t/warmup_steps),
  *                 c_t = w_t/Σw with w_t = t^r·max lr^weight_lr_power; decay wd·y added to the
  *                 normalised gradient. clopt_optimizer_eval/train switch the parameters to x
- *                 and back. Scalar state: lr_max, weight_sum (clopt_step_args). No maximize.
+ *                 and back. Scalar state: lr_max, weight_sum (clopt_step_args). The reference
+ *                 has no maximize (clopt's generic one applies).
  *                 Defaults lr 0.0025, betas (0.9, 0.999), eps 1e-8, wd 0, warmup 0, r 0,
  *                 weight_lr_power 2.
  * CLOPT_SCHEDULE_FREE_SGD    Schedule-Free SGD (SGDScheduleFree): momentum is the
@@ -374,7 +375,7 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 tensors only; b = lerp(b, g, 1-momentum), U = nesterov ? lerp(g, b,
  *                 momentum) : b, ns_steps Newton-Schulz quintic iterations (3.4445, -4.7750,
  *                 2.0315) on U/(‖U‖_F + 1e-7) in float32 with CLBlast GEMMs on the step's
- *                 queue, scaled by sqrt(max(1, rows/cols)); θ *= 1 - lr·wd; θ -= lr·O.
+ *                 queue, scaled by sqrt(max(1, rows/cols)); θ -= (lr·wd)·θ; θ -= lr·O.
  *                 State: momentum_buffer. Defaults lr 0.02, momentum 0.95, nesterov 1, wd 0,
  *                 ns_steps 5. Optimizer level; CLOPT_ERR_UNSUPPORTED when the library was
  *                 built without CLBlast (clopt_has_muon).
@@ -418,7 +419,8 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  * Hyperparameters of every rule in one struct; each rule reads the fields it has.
  * Always start from clopt_hparams_default(rule, &hp), which fills torch's defaults (or the
  * paper's), then change fields. Validation (CLOPT_ERR_INVALID_HYPERPARAM): lr >= 0 and
- * finite; beta1, beta2, beta3, alpha, momentum and Adadelta's rho in [0, 1); dampening in
+ * finite; beta1, beta2, beta3, alpha (RMSprop; AdEMAMix's alpha is >= 0), momentum and
+ * Adadelta's rho in [0, 1); dampening in
  * [0, 1];
  * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
  * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
@@ -428,11 +430,11 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  */
 typedef struct clopt_hparams {
     double lr;
-    double beta1, beta2, beta3;  /* beta3: AdaMod */
+    double beta1, beta2, beta3;  /* beta3: AdaMod, AdEMAMix (slow EMA) */
     double eps;
     double weight_decay;
     double momentum, dampening;  /* SGD; RMSprop uses momentum */
-    double alpha;                /* RMSprop smoothing constant */
+    double alpha;                /* RMSprop smoothing constant; AdEMAMix's slow-EMA weight */
     double rho;                  /* Adadelta decay; Sophia clipping scale (gamma = rho*bs) */
     double bs;                   /* Sophia batch-size factor */
     double lr_decay;             /* Adagrad */
