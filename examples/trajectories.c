@@ -15,6 +15,9 @@
  *
  * The paths themselves (surfaces, the per-rule table of learning rates and step counts, the
  * device loop) are in trajectories_lib.c; tests/test_trajectories.c replays them in double.
+ * Besides every rule, the cautious variants of AdamW and Lion (clopt_hparams.cautious, with
+ * their base rule's settings) are drawn. Muon is left out, with a note, when the library
+ * was built without it (clopt_has_muon).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "trajectories_lib.h"
@@ -33,6 +36,9 @@
 /* ------------------------------------------------------------------------------------ */
 
 enum { FIG_W = 1200, FIG_H = 900 };
+/* Legend rows (name and setting, then where the path went); the figure grows below the plot
+   when the rows need it. */
+static const double LEGEND_ROW = 36.0;
 static const double PLOT_X = 86, PLOT_Y = 92, PLOT_W = 740, PLOT_H = 740;
 static const double LEGEND_X = 856;
 static const char *FONT = "DejaVu Sans";
@@ -79,6 +85,7 @@ static void set_dash(cairo_t *cr, int style)
 /* ------------------------------------------------------------------------------------ */
 
 typedef struct path {
+    const char *name; /* the rule's, or cautious_adamw / cautious_lion */
     clopt_rule rule;
     clopt_hparams hp;
     unsigned steps;
@@ -313,15 +320,24 @@ static void path_summary(traj_surface s, const path *p, char *buf, size_t len)
     }
 }
 
+/* Where a legend row's setting starts after its name (16 pt bold, ~10 px a character). */
+static double label_dx(const char *name)
+{
+    const double w = 10.5 * (double)strlen(name) + 14.0;
+    return w > 106.0 ? w : 106.0;
+}
+
 static int draw_figure(traj_surface s, const path *paths, size_t npaths, const char *device,
                        const char *storage, const char *file)
 {
+    const double need = PLOT_Y + 6 + LEGEND_ROW * (double)(npaths + 1) + 24;
+    const int fig_h = need > FIG_H ? (int)ceil(need) : FIG_H;
     view v;
     traj_window(s, v.win);
     double lv[32];
     const size_t nlv = levels_of(s, lv, 32);
 
-    cairo_surface_t *surf = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, FIG_W, FIG_H);
+    cairo_surface_t *surf = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, FIG_W, fig_h);
     cairo_t *cr = cairo_create(surf);
     cairo_set_source_rgb(cr, 1, 1, 1);
     cairo_paint(cr);
@@ -430,7 +446,7 @@ static int draw_figure(traj_surface s, const path *paths, size_t npaths, const c
 
     /* Legend: colour sample, rule name, its setting and where it ended. */
     double ly = PLOT_Y + 6;
-    const double row = 44.5;
+    const double row = LEGEND_ROW;
     for (size_t k = 0; k < npaths; k++) {
         const path *p = &paths[k];
         const rgb c = PALETTE[k % NPALETTE];
@@ -442,9 +458,10 @@ static int draw_figure(traj_surface s, const path *paths, size_t npaths, const c
         cairo_stroke(cr);
         cairo_set_dash(cr, NULL, 0, 0);
         cairo_set_source_rgb(cr, 0, 0, 0);
-        text_at(cr, LEGEND_X + 44, ly + 14, 16, 1, 0.0, clopt_rule_name(p->rule));
+        text_at(cr, LEGEND_X + 44, ly + 14, 16, 1, 0.0, p->name);
         cairo_set_source_rgb(cr, 0.3, 0.3, 0.3);
-        text_at(cr, LEGEND_X + 150, ly + 14, 13, 0, 0.0, traj_setup_label(p->rule, s));
+        text_at(cr, LEGEND_X + 44 + label_dx(p->name), ly + 14, 13, 0, 0.0,
+                traj_setup_label(p->rule, s));
         char sum[128];
         path_summary(s, p, sum, sizeof sum);
         text_at(cr, LEGEND_X + 44, ly + 32, 12.5, 0, 0.0, sum);
@@ -535,22 +552,34 @@ int main(int argc, char **argv)
     printf("device: %s\n", clopt_ctx_device_name(ctx));
 
     int rc = 0;
-    path paths[CLOPT_RULE_COUNT];
+    /* every rule, then the cautious variants of AdamW and Lion */
+    static const clopt_rule cautious_rules[] = {CLOPT_ADAMW, CLOPT_LION};
+    static const char *const cautious_names[] = {"cautious_adamw", "cautious_lion"};
+    enum { NCAUTIOUS = 2 };
+    path paths[CLOPT_RULE_COUNT + NCAUTIOUS];
     for (int si = 0; si < TRAJ_SURFACE_COUNT && rc == 0; si++) {
         const traj_surface s = (traj_surface)si;
         size_t np = 0;
         printf("%s:\n", traj_surface_name(s));
-        for (int r = 0; r < CLOPT_RULE_COUNT && rc == 0; r++) {
+        for (int r = 0; r < CLOPT_RULE_COUNT + NCAUTIOUS && rc == 0; r++) {
             path *p = &paths[np];
-            p->rule = (clopt_rule)r;
-            if (!clopt_rule_name(p->rule))
+            const int cautious = r >= CLOPT_RULE_COUNT;
+            p->rule = cautious ? cautious_rules[r - CLOPT_RULE_COUNT] : (clopt_rule)r;
+            p->name = cautious ? cautious_names[r - CLOPT_RULE_COUNT] : clopt_rule_name(p->rule);
+            if (!p->name)
                 continue;
+            if (p->rule == CLOPT_MUON && !clopt_has_muon()) {
+                printf("  %-19s left out: this library was built without Muon (CLBlast)\n",
+                       p->name);
+                continue;
+            }
             if ((st = traj_setup(p->rule, s, &p->hp, &p->steps)) != CLOPT_SUCCESS) {
-                fprintf(stderr, "clopt-trajectories: no setting for %s: %s\n",
-                        clopt_rule_name(p->rule), clopt_status_str(st));
+                fprintf(stderr, "clopt-trajectories: no setting for %s: %s\n", p->name,
+                        clopt_status_str(st));
                 rc = 1;
                 break;
             }
+            p->hp.cautious = cautious;
             p->xy = malloc(sizeof(double) * 2 * ((size_t)p->steps + 1));
             if (!p->xy) {
                 rc = 1;
@@ -566,18 +595,17 @@ int main(int argc, char **argv)
             if ((st = traj_run_typed(ctx, p->rule, s, &p->hp, p->steps, p->xy,
                                      bf16 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32)) !=
                 CLOPT_SUCCESS) {
-                fprintf(stderr, "clopt-trajectories: %s on %s: %s (%s)\n",
-                        clopt_rule_name(p->rule), traj_surface_name(s), clopt_status_str(st),
-                        clopt_ctx_last_error(ctx));
+                fprintf(stderr, "clopt-trajectories: %s on %s: %s (%s)\n", p->name,
+                        traj_surface_name(s), clopt_status_str(st), clopt_ctx_last_error(ctx));
                 rc = 1;
                 break;
             }
             const double x = p->xy[2 * p->steps], y = p->xy[2 * p->steps + 1];
-            printf("  %-10s %5u steps  end (%+.6f, %+.6f)  f = %.3e\n",
-                   clopt_rule_name(p->rule), p->steps, x, y, traj_f(s, x, y));
+            printf("  %-19s %5u steps  end (%+.6f, %+.6f)  f = %.3e\n", p->name, p->steps, x,
+                   y, traj_f(s, x, y));
             if (fcsv)
                 for (unsigned t = 0; t <= p->steps; t++)
-                    fprintf(fcsv, "%s,%s,%u,%.9g,%.9g\n", clopt_rule_name(p->rule),
+                    fprintf(fcsv, "%s,%s,%u,%.9g,%.9g\n", p->name,
                             traj_surface_name(s), t, p->xy[2 * t], p->xy[2 * t + 1]);
         }
         if (rc == 0) {

@@ -174,6 +174,21 @@ void traj_window(traj_surface s, double win[4])
  *  adafactor  | relative | 3000              | 600    | HF defaults
  *  lamb       | 0.01     | 3000              | 600    |
  *  ranger     | 8e-3     | 3000              | 600    | lookahead k 6, α 0.5 (default)
+ *  schedule_free_adamw | 0.02 | 3000           | 600    | the path is y (train mode)
+ *  schedule_free_sgd | 1e-3 | 3000             | 600    | z is plain SGD: SGD's limit
+ *  adopt      | 0.02     | 3000              | 600    | step 1 only sets v (no move)
+ *  ademamix   | 0.02     | 3000              | 600    | α 2, β3 0.9999 (defaults)
+ *  stable_adamw | 0.02   | 3000              | 600    | wd 0 (as every rule but AdamW)
+ *  muon       | 0.02     | 3000              | 600    | θ as a 1×2 matrix (below)
+ *
+ * The rules of 2024-2025 take the Adam family's 0.02 (their updates are normalised as
+ * Adam's), except Schedule-Free SGD, whose z sequence is plain SGD and so has SGD's
+ * stability limit. Schedule-Free paths are the training point y the parameters hold
+ * (gradients are taken there); the averaged x = lerp(y, z, 1 - 1/β) that
+ * clopt_optimizer_eval would show lies on the segment from y towards z. Muon needs a 2-D
+ * tensor: θ is registered as a 1×2 matrix, whose Newton-Schulz orthogonalisation is the
+ * momentum direction scaled to about unit length (a normalised-gradient method with
+ * Nesterov momentum: steps of about lr).
  */
 typedef struct traj_row {
     clopt_rule rule;
@@ -198,6 +213,12 @@ static const traj_row table[] = {
     {CLOPT_ADAFACTOR, -1.0, {3000, 600}},
     {CLOPT_LAMB, 0.01, {3000, 600}},
     {CLOPT_RANGER, 8e-3, {3000, 600}},
+    {CLOPT_SCHEDULE_FREE_ADAMW, 0.02, {3000, 600}},
+    {CLOPT_SCHEDULE_FREE_SGD, 1e-3, {3000, 600}},
+    {CLOPT_ADOPT, 0.02, {3000, 600}},
+    {CLOPT_ADEMAMIX, 0.02, {3000, 600}},
+    {CLOPT_STABLE_ADAMW, 0.02, {3000, 600}},
+    {CLOPT_MUON, 0.02, {3000, 600}},
 };
 
 static const traj_row *row_of(clopt_rule rule)
@@ -348,6 +369,11 @@ clopt_status traj_run_typed(clopt_ctx *ctx, clopt_rule rule, traj_surface s,
     d.hessian = sophia ? th : (clopt_tensor){NULL, 0};
     d.ndim = 1;
     d.shape[0] = 2;
+    if (rule == CLOPT_MUON) { /* 2-D tensors only: a 1×2 matrix */
+        d.ndim = 2;
+        d.shape[0] = 1;
+        d.shape[1] = 2;
+    }
     d.param_dtype = param_dtype;
     if ((st = clopt_optimizer_create(ctx, rule, hp, &opt)) != CLOPT_SUCCESS ||
         (st = clopt_optimizer_add_param_desc(opt, 0, &d, NULL)) != CLOPT_SUCCESS)
