@@ -97,6 +97,7 @@ struct clopt_optimizer {
     uint64_t calls;             /* step calls enqueued */
     clopt_step_report report;   /* the latest verdict that reached the host */
     int eval_mode;              /* Schedule-Free: the parameters hold x (clopt_optimizer_eval) */
+    struct clopt_muon_work *muon; /* Muon's Newton-Schulz work buffers (muon.c), or NULL */
 };
 
 static inline int clopt_rule_is_sf(clopt_rule r)
@@ -211,5 +212,15 @@ clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
 /* Muon: momentum, Newton-Schulz with CLBlast GEMMs, the update (muon.c). */
 clopt_status clopt_o_step_muon(clopt_optimizer *opt, const clopt_param *e,
                                const clopt_hparams *hp, uint64_t t, float gmul);
+/* Releases Muon's work buffers (clopt_optimizer_destroy). */
+void clopt_o_muon_release(clopt_optimizer *opt);
+/* passes.c's launch helpers, for muon.c: the partial sums' work-group count over n floats,
+   a launch of that many groups, the update pass over n floats (FOR_ITEM_CHUNKS), and
+   scratch[dst .. dst+nsums) = the sums of nsums blocks of `items` partials at scratch[0]
+   (all enqueue nothing in a dry pass). */
+size_t clopt_o_reduce_groups(const clopt_optimizer *opt, size_t n);
+clopt_status clopt_o_launch_groups(clopt_optimizer *opt, cl_kernel k, size_t groups);
+clopt_status clopt_o_launch_update(clopt_optimizer *opt, cl_kernel k, size_t n);
+clopt_status clopt_o_enqueue_final(clopt_optimizer *opt, size_t items, size_t nsums, size_t dst);
 
 #endif

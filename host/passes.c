@@ -581,3 +581,24 @@ clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
         return s;
     return launch_update(opt, ku, e->n);
 }
+
+/* The helpers above for Muon's passes (muon.c). */
+size_t clopt_o_reduce_groups(const clopt_optimizer *opt, size_t n)
+{
+    return reduce_groups(opt, n);
+}
+
+clopt_status clopt_o_launch_groups(clopt_optimizer *opt, cl_kernel k, size_t groups)
+{
+    return launch_groups(opt, k, groups);
+}
+
+clopt_status clopt_o_launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
+{
+    return launch_update(opt, k, n);
+}
+
+clopt_status clopt_o_enqueue_final(clopt_optimizer *opt, size_t items, size_t nsums, size_t dst)
+{
+    return enqueue_final(opt, items, nsums, dst);
+}
