@@ -453,7 +453,7 @@ static void test_long_run(void **state)
     uint64_t seed = 0xD21F7;
     char what[64];
     /* the lecture's rules (ref_step, ref_lamb_step, ...); the rules of 2024-2025 have their
-       own references and long runs in test_modern */
+       own references and 1000-step runs in test_modern (test_op_long_runs) */
     for (int rr = 0; rr <= CLOPT_RANGER; rr++) {
         run r;
         memset(&r, 0, sizeof r);
