@@ -49,6 +49,9 @@ struct mlp {
     size_t last_rows;
     float mean, inv_std;
     int hessian;
+    /* Muon's hybrid: the AdamW optimizer of the biases (mlp_optimizer_create), stepped with
+       the caller's after every step and destroyed with the model or the next optimizer. */
+    clopt_optimizer *aux;
     char err[1024];
 };
 
@@ -222,6 +225,7 @@ void mlp_destroy(mlp *m)
         return;
     if (m->queue)
         clFinish(m->queue);
+    clopt_optimizer_destroy(m->aux);
     for (size_t i = 0; i < MLP_MAX_LAYERS; i++) {
         release_mem(&m->w[i]);
         release_mem(&m->b[i]);
@@ -621,71 +625,6 @@ int mlp_read_stats(mlp *m, size_t first, size_t count, float *out)
 
 size_t mlp_steps_per_epoch(size_t n, size_t batch) { return batch ? (n + batch - 1) / batch : 0; }
 
-/* Learning rate and weight decay per rule for this MLP with batch 128 and the warmup + cosine
-   schedule, from a coarse sweep (2 epochs on 20,000 images, lr in steps of about 3x; the
-   smaller of two nearly equal choices is kept, as longer runs prefer it). Weight decay is
-   decoupled (θ *= 1 - lr·wd) for AdamW, AdaMod, Lion, Sophia, Adafactor (HF: θ -= wd·lr·θ),
-   LAMB (inside the trust ratio) and Ranger, and L2 (added to g) for the rest. Lion and
-   Sophia take a larger wd so that lr·wd stays near AdamW's. */
-void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay)
-{
-    double l = 1e-3, wd = 0.0;
-    switch (rule) {
-    case CLOPT_SGD: l = 0.05; wd = 5e-4; break; /* momentum 0.9 */
-    case CLOPT_ADAM: l = 1e-3; break;
-    case CLOPT_ADAMW: l = 1e-3; wd = 0.05; break;
-    case CLOPT_ADAGRAD: l = 1e-2; break;
-    case CLOPT_ADADELTA: l = 1.0; break;
-    case CLOPT_RMSPROP: l = 5e-4; break;
-    case CLOPT_ADAMAX: l = 2e-3; break;
-    case CLOPT_NADAM: l = 2e-3; break;
-    case CLOPT_RADAM: l = 2e-3; break;
-    case CLOPT_ADAMOD: l = 2e-3; wd = 0.05; break;
-    case CLOPT_DIFFGRAD: l = 1e-3; break;
-    case CLOPT_LION: l = 3e-4; wd = 0.2; break;
-    case CLOPT_SOPHIA: l = 3e-4; wd = 0.2; break;
-    case CLOPT_ADAFACTOR: l = 2e-3; break;
-    case CLOPT_LAMB: l = 5e-3; wd = 0.01; break;
-    case CLOPT_RANGER: l = 3e-3; break;
-    default: break;
-    }
-    if (lr)
-        *lr = l;
-    if (weight_decay)
-        *weight_decay = wd;
-}
-
-int mlp_check_storage(clopt_dtype param_dtype, clopt_dtype state_dtype, clopt_master master,
-                      int stochastic_rounding, char *err, size_t errlen)
-{
-    const int p16 = param_dtype == CLOPT_DTYPE_F16 || param_dtype == CLOPT_DTYPE_BF16;
-    const char *why = NULL;
-    if (!p16 && param_dtype != CLOPT_DTYPE_F32)
-        why = "the weights' storage must be f32, f16 or bf16";
-    else if (state_dtype != CLOPT_DTYPE_F32 && state_dtype != CLOPT_DTYPE_BF16 &&
-             state_dtype != CLOPT_DTYPE_U8)
-        why = "the optimizer state's storage must be f32, bf16 or int8 (--state-dtype)";
-    else if (master < CLOPT_MASTER_NONE || master > CLOPT_MASTER_REMAINDER)
-        why = "--master must be none, f32 or remainder";
-    else if (stochastic_rounding != 0 && stochastic_rounding != 1)
-        why = "stochastic rounding is on (1) or off (0)";
-    else if (master != CLOPT_MASTER_NONE && !p16)
-        why = "--master keeps the float32 precision of 16-bit weights: it needs --param-dtype f16 "
-              "or bf16 (float32 weights need no master)";
-    else if (master == CLOPT_MASTER_REMAINDER && param_dtype != CLOPT_DTYPE_BF16)
-        why = "--master remainder needs --param-dtype bf16 (the 16-bit remainder completes a "
-              "bf16 weight to float32, not an f16 one); use --master f32 with f16";
-    else if (stochastic_rounding && master != CLOPT_MASTER_NONE)
-        why = "--stochastic-rounding rounds the weights themselves and needs --master none (a "
-              "master copy keeps the update's precision already)";
-    else if (stochastic_rounding && !p16)
-        why = "--stochastic-rounding needs --param-dtype f16 or bf16 (float32 weights are not "
-              "rounded)";
-    if (why)
-        mlp_put_err(err, errlen, "%s", why);
-    return why ? -1 : 0;
-}
-
 int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp)
 {
     clopt_status s = clopt_hparams_default(tc->rule, hp);
@@ -708,8 +647,19 @@ int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *h
         hp->warmup_init = 0;
         break;
     case CLOPT_SOPHIA: hp->bs = (double)m->cfg.batch; break;
+    /* Schedule-Free: its own linear warmup instead of the schedule (no decay: the point) */
+    case CLOPT_SCHEDULE_FREE_ADAMW:
+    case CLOPT_SCHEDULE_FREE_SGD: hp->warmup_steps = (unsigned)tc->warmup_steps; break;
+    /* AdEMAMix: α and β3 warm up over the whole run, as the paper does (T_α,β3 = T); β3
+       0.999 (half-life ~700 steps) instead of 0.9999 (~6900, more than the 4690 steps of
+       10 epochs here: the paper sizes β3 to the run, its 0.9999 is for ~10^5 steps) */
+    case CLOPT_ADEMAMIX:
+        hp->beta3 = 0.999;
+        hp->alpha_warmup = hp->beta3_warmup = (unsigned)tc->total_steps;
+        break;
     default: break;
     }
+    hp->cautious = tc->cautious;
     char serr[256];
     if (mlp_check_storage(m->cfg.param_dtype, tc->state_dtype, tc->master,
                           tc->stochastic_rounding, serr, sizeof serr))
@@ -741,9 +691,22 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
     clopt_hparams hb = hp;
     hb.weight_decay = 0.0;
     size_t bias_group = 0;
-    if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS ||
-        (tc->stochastic_rounding &&
-         (s = clopt_optimizer_seed(opt, tc->sr_seed)) != CLOPT_SUCCESS))
+    clopt_optimizer_destroy(m->aux);
+    m->aux = NULL;
+    clopt_optimizer *bopt = opt; /* the biases' optimizer */
+    if (tc->rule == CLOPT_MUON) {
+        /* Muon takes 2-D tensors only: the biases go to an AdamW optimizer of their own
+           (group 0 there), the usual hybrid, stepped together with Muon's */
+        mlp_muon_bias_hparams(&hp, &hb);
+        if ((s = clopt_optimizer_create(m->ctx, CLOPT_ADAMW, &hb, &m->aux)) != CLOPT_SUCCESS)
+            goto fail;
+        bopt = m->aux;
+    } else if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS) {
+        goto fail;
+    }
+    if (tc->stochastic_rounding &&
+        ((s = clopt_optimizer_seed(opt, tc->sr_seed)) != CLOPT_SUCCESS ||
+         (m->aux && (s = clopt_optimizer_seed(m->aux, tc->sr_seed + 1)) != CLOPT_SUCCESS)))
         goto fail;
     const int p16 = m->cfg.param_dtype != CLOPT_DTYPE_F32;
     const int sophia = tc->rule == CLOPT_SOPHIA && m->hessian;
@@ -769,11 +732,17 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
                 d.ndim = 1;
                 d.shape[0] = m->cfg.dims[i + 1];
             }
-            if ((s = clopt_optimizer_add_param_desc(opt, pass == 0 ? 0 : bias_group, &d, NULL)) !=
+            if ((s = clopt_optimizer_add_param_desc(pass == 0 ? opt : bopt,
+                                                     pass == 0 ? 0 : bias_group, &d, NULL)) !=
                 CLOPT_SUCCESS)
                 goto fail;
         }
-    /* linear warmup from 1% of lr over warmup_steps, then cosine decay to 0 at total_steps */
+    /* linear warmup from 1% of lr over warmup_steps, then cosine decay to 0 at total_steps
+       (Schedule-Free: none, its own warmup; mlp_train_hparams) */
+    if (tc->rule == CLOPT_SCHEDULE_FREE_ADAMW || tc->rule == CLOPT_SCHEDULE_FREE_SGD) {
+        *out = opt;
+        return 0;
+    }
     clopt_schedule sch;
     memset(&sch, 0, sizeof sch);
     const uint64_t W = tc->warmup_steps, T = tc->total_steps > W ? tc->total_steps - W : 1;
@@ -790,14 +759,24 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
     sch.stage[sch.nstages].eta_min = 0.0;
     sch.nstages++;
     if ((s = clopt_optimizer_set_group_schedule(opt, 0, &sch)) != CLOPT_SUCCESS ||
-        (s = clopt_optimizer_set_group_schedule(opt, bias_group, &sch)) != CLOPT_SUCCESS)
+        (s = clopt_optimizer_set_group_schedule(bopt, bias_group, &sch)) != CLOPT_SUCCESS)
         goto fail;
     *out = opt;
     return 0;
 fail:
     fail_clopt(m, s, "setting up the optimizer");
     clopt_optimizer_destroy(opt);
+    clopt_optimizer_destroy(m->aux);
+    m->aux = NULL;
     return -1;
+}
+
+int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval)
+{
+    clopt_status s = eval ? clopt_optimizer_eval(opt) : clopt_optimizer_train(opt);
+    if (s != CLOPT_SUCCESS)
+        return fail_clopt(m, s, eval ? "clopt_optimizer_eval" : "clopt_optimizer_train");
+    return sync_weights(m);
 }
 
 /* Sophia's Gauss-Newton-Bartlett estimate of the Hessian diagonal: the gradient ĝ of the loss
@@ -864,7 +843,9 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
             goto done;
         if (loss(m, rows, 0, 0) || stats(m, rows, s) || backward(m, rows))
             goto done;
-        const clopt_status cs = clopt_optimizer_step(opt, NULL);
+        clopt_status cs = clopt_optimizer_step(opt, NULL);
+        if (cs == CLOPT_SUCCESS && m->aux)
+            cs = clopt_optimizer_step(m->aux, NULL);
         if (cs != CLOPT_SUCCESS) {
             fail_clopt(m, cs, "clopt_optimizer_step");
             goto done;

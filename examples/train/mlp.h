@@ -170,7 +170,13 @@ typedef struct mlp_train_config {
        or U8 (8-bit blockwise, for the rules the library has it for; tensors under 4096
        elements, the biases here, keep float32 state). */
     clopt_dtype state_dtype;
+    /* Cautious masking (clopt_hparams.cautious; Adam, AdamW and Lion). */
+    int cautious;
 } mlp_train_config;
+
+/* The rule of a command-line name: clopt_rule_name's names, and cautious_adam,
+   cautious_adamw, cautious_lion (*cautious = 1). 0, or -1 for an unknown name. */
+int mlp_rule_from_name(const char *name, clopt_rule *rule, int *cautious);
 
 /* Whether the storage settings go together: θ in F32, F16 or BF16 and the state in F32, BF16
    or U8; a master needs 16-bit θ, REMAINDER needs bf16 θ, stochastic rounding needs 16-bit θ
@@ -188,10 +194,21 @@ void mlp_default_lr_wd(clopt_rule rule, double *lr, double *weight_decay);
 int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp);
 
 /* clopt_optimizer of tc->rule over the model: weights (shape [out, in]) in group 0 with weight
-   decay, biases in group 1 without; warmup + cosine schedule on both groups. The tensors are
-   registered in the model's storage type (float32 gradients) with tc's master, stochastic
-   rounding and state storage (checked with mlp_check_storage). */
+   decay, biases in group 1 without; warmup + cosine schedule on both groups (Schedule-Free:
+   no schedule, hp.warmup_steps instead). The tensors are registered in the model's storage
+   type (float32 gradients) with tc's master, stochastic rounding and state storage (checked
+   with mlp_check_storage). Muon takes 2-D tensors only: the weights go to the returned Muon
+   optimizer and the biases to an AdamW optimizer (mlp_muon_bias_hparams) that the model owns
+   and mlp_train_epoch steps after the returned one (the usual hybrid). */
 int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **out);
+/* The biases' AdamW of Muon's hybrid: the example's AdamW lr, no weight decay, the storage
+   settings of muon's hyperparameters. */
+void mlp_muon_bias_hparams(const clopt_hparams *muon, clopt_hparams *out);
+/* Schedule-Free: eval != 0 switches the parameters to the averaged point x
+   (clopt_optimizer_eval) for evaluating or saving the model, 0 back to y for training
+   (clopt_optimizer_train); the float32 copies of 16-bit weights follow. Nothing happens for
+   the other rules. */
+int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval);
 
 typedef struct mlp_epoch_stats {
     double loss;      /* mean training loss over the epoch's examples */

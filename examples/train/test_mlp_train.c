@@ -151,9 +151,14 @@ static void check_q8_state(clopt_optimizer *opt)
     assert_int_equal(u8, 4);
 }
 
+/* Cautious masking for the runs of train() (every_rule_trains sets it for its cautious
+   variants). */
+static int train_cautious;
+
 /* Train `epochs` epochs (only the last one's step losses are kept) of rule on the first
-   train_n training images; evaluate on the test images when evaluate != 0. st: the
-   weights' storage (NULL: float32). */
+   train_n training images; evaluate on the test images when evaluate != 0 (Schedule-Free:
+   at x, between mlp_set_eval_mode's eval and train). st: the weights' storage (NULL:
+   float32). */
 static void train(fixture *f, clopt_rule rule, size_t train_n, size_t epochs, int evaluate,
                   uint64_t seed, const storage *st, run *out)
 {
@@ -178,12 +183,14 @@ static void train(fixture *f, clopt_rule rule, size_t train_n, size_t epochs, in
     mlp_train_config tc = {rule, 0.0, -1.0, out->steps / 20, epochs * out->steps,
                            st ? st->master : CLOPT_MASTER_NONE,
                            st ? st->stochastic_rounding : 0, seed,
-                           st ? st->state : CLOPT_DTYPE_F32};
+                           st ? st->state : CLOPT_DTYPE_F32, train_cautious};
     clopt_optimizer *opt = NULL;
     if (mlp_optimizer_create(m, &tc, &opt) != 0)
         fail_msg("mlp_optimizer_create(%s): %s", clopt_rule_name(rule), mlp_last_error(m));
-    assert_int_equal(clopt_optimizer_group_count(opt), 2);
-    assert_int_equal(clopt_optimizer_param_count(opt), 2 * cfg.nlayers);
+    /* Muon holds the weights only (the biases are in the model's AdamW of the hybrid) */
+    const size_t muon = rule == CLOPT_MUON;
+    assert_int_equal(clopt_optimizer_group_count(opt), muon ? 1 : 2);
+    assert_int_equal(clopt_optimizer_param_count(opt), (muon ? 1 : 2) * cfg.nlayers);
     out->step_loss = malloc(out->steps * sizeof *out->step_loss);
     assert_non_null(out->step_loss);
     mlp_rng rng;
@@ -195,7 +202,9 @@ static void train(fixture *f, clopt_rule rule, size_t train_n, size_t epochs, in
             out->epoch_loss[e] = out->stats.loss;
     }
     assert_int_equal(clopt_optimizer_step_count(opt), epochs * out->steps);
-    if (evaluate && mlp_evaluate(m, &dte, &out->test_loss, &out->test_acc) != 0)
+    if (evaluate && (mlp_set_eval_mode(m, opt, 1) != 0 ||
+                     mlp_evaluate(m, &dte, &out->test_loss, &out->test_acc) != 0 ||
+                     mlp_set_eval_mode(m, opt, 0) != 0))
         fail_msg("mlp_evaluate: %s", mlp_last_error(m));
     if (st && st->param == CLOPT_DTYPE_BF16)
         check_bf16_storage(m, opt, st);
@@ -251,16 +260,29 @@ static void same_seed_same_losses(void **state)
 }
 
 /* Every rule, two epochs of 10 steps (warmup 0, cosine over the 20 steps): the second
-   epoch's mean training loss is below the first's. */
+   epoch's mean training loss is below the first's. Then the cautious variants of Adam,
+   AdamW and Lion. Muon (with AdamW for the biases) only in a library built with CLBlast's
+   Muon (clopt_has_muon). */
 static void every_rule_trains(void **state)
 {
     fixture *f = *state;
-    for (int i = 0; i < CLOPT_RULE_COUNT; i++) {
-        const clopt_rule rule = (clopt_rule)i;
+    static const clopt_rule cautious_rules[] = {CLOPT_ADAM, CLOPT_ADAMW, CLOPT_LION};
+    const int n = CLOPT_RULE_COUNT + 3;
+    for (int i = 0; i < n; i++) {
+        const clopt_rule rule = i < CLOPT_RULE_COUNT ? (clopt_rule)i
+                                                     : cautious_rules[i - CLOPT_RULE_COUNT];
+        if (rule == CLOPT_MUON && !clopt_has_muon()) {
+            print_message("%-10s skipped: the library was built without Muon\n",
+                          clopt_rule_name(rule));
+            continue;
+        }
+        train_cautious = i >= CLOPT_RULE_COUNT;
         run r;
         train(f, rule, 10 * BATCH, 2, 0, 3, NULL, &r);
+        train_cautious = 0;
         free(r.step_loss);
-        print_message("%-10s epoch 1 loss %.4f, epoch 2 loss %.4f\n", clopt_rule_name(rule),
+        print_message("%s%-10s epoch 1 loss %.4f, epoch 2 loss %.4f\n",
+                      i >= CLOPT_RULE_COUNT ? "cautious " : "", clopt_rule_name(rule),
                       r.epoch_loss[0], r.epoch_loss[1]);
         if (!(isfinite(r.epoch_loss[1]) && r.epoch_loss[1] < r.epoch_loss[0]))
             fail_msg("%s does not train: mean loss %.4f in epoch 1, %.4f in epoch 2",
@@ -335,14 +357,14 @@ static void storage_combinations_refused(void **state)
     if (mlp_create(f->ctx, &cfg, 0, &m, err, sizeof err) != 0)
         fail_msg("mlp_create: %s", err);
     const mlp_train_config tc = {CLOPT_ADAMW, 0.0, -1.0, 0, 10, CLOPT_MASTER_REMAINDER, 0, 1,
-                                 CLOPT_DTYPE_F32};
+                                 CLOPT_DTYPE_F32, 0};
     clopt_optimizer *opt = NULL;
     assert_int_equal(mlp_optimizer_create(m, &tc, &opt), -1);
     assert_null(opt);
     assert_non_null(strstr(mlp_last_error(m), "--master remainder"));
     /* the library's refusal: NAdam has no 8-bit state */
     const mlp_train_config q8 = {CLOPT_NADAM, 0.0, -1.0, 0, 10, CLOPT_MASTER_NONE, 0, 1,
-                                 CLOPT_DTYPE_U8};
+                                 CLOPT_DTYPE_U8, 0};
     assert_int_equal(mlp_optimizer_create(m, &q8, &opt), -1);
     assert_null(opt);
     print_message("nadam with 8-bit state: %s\n", mlp_last_error(m));

@@ -8,12 +8,14 @@
  *                   [--warmup STEPS] [--train-limit N] [--test-limit N] [--seed S]
  *                   [--device D] [--data DIR] [--csv FILE] [--steps-csv FILE] [--quiet]
  *                   [--param-dtype f32|f16|bf16] [--state-dtype f32|bf16|int8]
- *                   [--master none|f32|remainder] [--stochastic-rounding]
+ *                   [--master none|f32|remainder] [--stochastic-rounding] [--cautious]
  *
  * One line per epoch on stdout:
  *   epoch E loss L train_acc A test_acc B seconds S
  * (L and A over the epoch's training batches, B on the test set, S the epoch's training time
  * without the evaluation). When stdout is a terminal a progress bar is drawn on stderr.
+ * Schedule-Free rules are evaluated at the averaged point x (clopt_optimizer_eval before the
+ * test pass, clopt_optimizer_train after it).
  * The model and the loop are in mlp.c; this file is the command line only.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -32,7 +34,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: clopt-train-mlp [options]\n"
-            "  --optimizer NAME   any clopt rule (default adamw; --list prints them)\n"
+            "  --optimizer NAME   any clopt rule (default adamw; --list prints them), or\n"
+            "                     cautious_adam, cautious_adamw, cautious_lion\n"
+            "  --cautious         cautious masking (C-Optim) of adam, adamw or lion\n"
             "  --epochs N         passes over the training set (default 10)\n"
             "  --batch B          mini-batch size (default 128)\n"
             "  --lr X             base learning rate (default: per rule, see --list)\n"
@@ -144,7 +148,7 @@ int main(int argc, char **argv)
     size_t epochs = 10, batch = 128, train_limit = 0, test_limit = 0, warmup = (size_t)-1;
     double lr = 0.0, wd = -1.0;
     uint64_t seed = 1;
-    int quiet = 0, sr = 0, param_dtype = CLOPT_DTYPE_F32, state_dtype = 0,
+    int quiet = 0, sr = 0, cautious = 0, param_dtype = CLOPT_DTYPE_F32, state_dtype = 0,
         master = CLOPT_MASTER_NONE;
 
     for (int i = 1; i < argc; i++) {
@@ -159,11 +163,22 @@ int main(int argc, char **argv)
             return 0;
         }
         if (!strcmp(a, "--list")) {
-            printf("%-10s %-10s %s\n", "rule", "lr", "weight_decay");
+            printf("%-20s %-10s %s\n", "rule", "lr", "weight_decay");
             for (int r = 0; r < CLOPT_RULE_COUNT; r++) {
                 double l, w;
                 mlp_default_lr_wd((clopt_rule)r, &l, &w);
-                printf("%-10s %-10g %g\n", clopt_rule_name((clopt_rule)r), l, w);
+                printf("%-20s %-10g %g%s\n", clopt_rule_name((clopt_rule)r), l, w,
+                       r == CLOPT_MUON ? " (weights; biases: adamw, no decay)" : "");
+            }
+            static const char *const cautious_names[] = {"cautious_adam", "cautious_adamw",
+                                                         "cautious_lion"};
+            for (size_t k = 0; k < 3; k++) {
+                clopt_rule r;
+                int c;
+                double l, w;
+                mlp_rule_from_name(cautious_names[k], &r, &c);
+                mlp_default_lr_wd(r, &l, &w);
+                printf("%-20s %-10g %g\n", cautious_names[k], l, w);
             }
             return 0;
         }
@@ -173,6 +188,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--stochastic-rounding")) {
             sr = 1;
+            continue;
+        }
+        if (!strcmp(a, "--cautious")) {
+            cautious = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -225,11 +244,18 @@ int main(int argc, char **argv)
             return 2;
     }
     clopt_rule rule;
-    if (clopt_rule_from_name(rule_name, &rule) != CLOPT_SUCCESS) {
+    int named_cautious = 0;
+    if (mlp_rule_from_name(rule_name, &rule, &named_cautious) != 0) {
         fprintf(stderr, "clopt-train-mlp: unknown optimizer '%s'; one of:", rule_name);
         for (int r = 0; r < CLOPT_RULE_COUNT; r++)
             fprintf(stderr, " %s", clopt_rule_name((clopt_rule)r));
-        fprintf(stderr, "\n");
+        fprintf(stderr, " cautious_adam cautious_adamw cautious_lion\n");
+        return 2;
+    }
+    cautious |= named_cautious;
+    if (cautious && rule != CLOPT_ADAM && rule != CLOPT_ADAMW && rule != CLOPT_LION) {
+        fprintf(stderr, "clopt-train-mlp: --cautious applies to adam, adamw and lion, not %s\n",
+                rule_name);
         return 2;
     }
     if (epochs == 0 || batch == 0) {
@@ -276,7 +302,7 @@ int main(int argc, char **argv)
     mlp_set_normalization(m, mean, sd);
     const size_t steps = mlp_steps_per_epoch(train.n, batch);
     mlp_train_config tc = {rule, lr, wd, 0, epochs * steps, (clopt_master)master, sr, seed,
-                           STATE_TYPES[state_dtype]};
+                           STATE_TYPES[state_dtype], cautious};
     tc.warmup_steps = warmup != (size_t)-1 ? warmup : (size_t)llround(0.05 * (double)tc.total_steps);
     clopt_hparams hp;
     if (mlp_init_he(m, seed) || mlp_upload(m, &train, &dtrain) || mlp_upload(m, &test, &dtest) ||
@@ -286,10 +312,15 @@ int main(int argc, char **argv)
     }
     if (!quiet)
         fprintf(stderr,
-                "# %s on %s: lr %g, weight decay %g (weights), batch %zu, %zu epochs of %zu "
-                "steps, warmup %zu steps then cosine; %zu train / %zu test images\n",
-                rule_name, clopt_ctx_device_name(ctx), hp.lr, hp.weight_decay, batch, epochs,
-                steps, tc.warmup_steps, train.n, test.n);
+                "# %s%s on %s: lr %g, weight decay %g (weights), batch %zu, %zu epochs of %zu "
+                "steps, warmup %zu steps then %s; %zu train / %zu test images\n",
+                rule_name, cautious && !named_cautious ? " (cautious)" : "",
+                clopt_ctx_device_name(ctx), hp.lr, hp.weight_decay, batch, epochs, steps,
+                tc.warmup_steps,
+                rule == CLOPT_SCHEDULE_FREE_ADAMW || rule == CLOPT_SCHEDULE_FREE_SGD
+                    ? "constant (Schedule-Free)"
+                    : "cosine",
+                train.n, test.n);
     if (!quiet && (param_dtype != CLOPT_DTYPE_F32 || state_dtype != 0))
         fprintf(stderr, "# weights in %s (master %s%s), optimizer state in %s, gradients in f32\n",
                 PARAM_DTYPES[param_dtype], MASTERS[master],
@@ -333,7 +364,10 @@ int main(int argc, char **argv)
         }
         const double t1 = now_s();
         double test_loss = 0.0;
-        if (mlp_evaluate(m, &dtest, &test_loss, &test_acc) != 0) {
+        /* Schedule-Free: evaluate (or save) the averaged point x, then back to y */
+        if (mlp_set_eval_mode(m, opt, 1) != 0 ||
+            mlp_evaluate(m, &dtest, &test_loss, &test_acc) != 0 ||
+            mlp_set_eval_mode(m, opt, 0) != 0) {
             fprintf(stderr, "clopt-train-mlp: evaluation: %s\n", mlp_last_error(m));
             goto out;
         }
