@@ -5,7 +5,8 @@
  * element-wise rules step with tests/ref (ref_step); Adafactor (1-D tensor: unfactored second
  * moment), LAMB and Ranger (RAdam + Lookahead; gradient centralization is a no-op in 1-D)
  * through tests/ref's ref_adafactor_step, ref_lamb_step and ref_ranger_step (the equations of
- * tests/data/golden/{adafactor,lamb,ranger}/meta.json).
+ * tests/data/golden/{adafactor,lamb,ranger}/meta.json); the rules of 2024-2025 through
+ * tests/ref/ref_modern.c, Muon (θ as a 1×2 matrix) through muon_row_step below.
  *
  * Two checks per rule and surface (check_surface):
  *
@@ -57,6 +58,7 @@
 
 #include "clopt.h"
 #include "ref.h"
+#include "ref_modern.h"
 #include "trajectories_lib.h"
 
 /* ------------------------------------------------------------------------------------ */
@@ -139,11 +141,46 @@ static void state_init(clopt_rule rule, const clopt_hparams *hp, const double th
    Hessian estimate is the clamped exact diagonal at θ_{t-1}, folded in after every
    hess_interval-th step (as the optimizer level does), rounded to float32 when in32 (what
    the device is given). */
+/* Muon on θ as a 1×2 matrix, in double from the equations of tests/data/golden/muon: the
+   Gram matrix X·Xᵀ is the 1×1 ‖X‖², so each Newton-Schulz iteration multiplies X by
+   a + b‖X‖² + c‖X‖⁴; the shape scale sqrt(max(1, rows/cols)) is 1. */
+static void muon_row_step(const clopt_hparams *hp, double th[2], const double g[2], double *b)
+{
+    const double mu = hp->momentum;
+    double u[2], nrm = 0.0;
+    for (int i = 0; i < 2; i++) {
+        b[i] = b[i] + (1.0 - mu) * (g[i] - b[i]);
+        u[i] = hp->nesterov ? g[i] + mu * (b[i] - g[i]) : b[i];
+        nrm += u[i] * u[i];
+    }
+    nrm = sqrt(nrm);
+    double x[2] = {u[0] / (nrm + 1e-7), u[1] / (nrm + 1e-7)};
+    for (unsigned k = 0; k < hp->ns_steps; k++) {
+        const double a2 = x[0] * x[0] + x[1] * x[1];
+        const double c = 3.4445 - 4.7750 * a2 + 2.0315 * a2 * a2;
+        x[0] *= c, x[1] *= c;
+    }
+    for (int i = 0; i < 2; i++)
+        th[i] = th[i] - hp->lr * hp->weight_decay * th[i] - hp->lr * x[i];
+}
+
 static void rule_step(clopt_rule rule, const clopt_hparams *hp, unsigned t, traj_surface s,
                       double th[2], const double g[2], double *state[CLOPT_MAX_STATE],
-                      double *mu_product, int in32)
+                      double *mu_product, ref_sf_scalars *sf, int in32)
 {
-    if (rule == CLOPT_ADAFACTOR) {
+    if (rule == CLOPT_SCHEDULE_FREE_ADAMW) {
+        ref_sf_adamw_step(hp, t, 2, th, g, state, sf, 1.0);
+    } else if (rule == CLOPT_SCHEDULE_FREE_SGD) {
+        ref_sf_sgd_step(hp, t, 2, th, g, state, sf, 1.0);
+    } else if (rule == CLOPT_ADOPT) {
+        ref_adopt_step(hp, t, 2, th, g, state, 1.0);
+    } else if (rule == CLOPT_ADEMAMIX) {
+        ref_ademamix_step(hp, t, 2, th, g, state, 1.0);
+    } else if (rule == CLOPT_STABLE_ADAMW) {
+        ref_stable_adamw_step(hp, t, 2, th, g, state, 1.0);
+    } else if (rule == CLOPT_MUON) {
+        muon_row_step(hp, th, g, state[0]);
+    } else if (rule == CLOPT_ADAFACTOR) {
         ref_adafactor_step(hp, t, 1, 0, 0, 2, th, g, state, 1.0);
     } else if (rule == CLOPT_LAMB) {
         ref_lamb_step(hp, t, 2, th, g, state, 1.0);
@@ -185,6 +222,8 @@ static void replay(clopt_rule rule, traj_surface s, const clopt_hparams *hp, uns
     double *state[CLOPT_MAX_STATE] = {st[0], st[1], st[2], st[3]};
     state_init(rule, hp, th, st);
     double mu_product = 1.0;
+    ref_sf_scalars sf;
+    ref_sf_init(&sf);
     path[0] = th[0];
     path[1] = th[1];
     for (unsigned t = 1; t <= steps; t++) {
@@ -194,7 +233,7 @@ static void replay(clopt_rule rule, traj_surface s, const clopt_hparams *hp, uns
             g[0] = f32(g[0]);
             g[1] = f32(g[1]);
         }
-        rule_step(rule, hp, t, s, th, g, state, &mu_product, store32);
+        rule_step(rule, hp, t, s, th, g, state, &mu_product, &sf, store32);
         if (store32)
             for (int i = 0; i < 2; i++) {
                 th[i] = f32(th[i]);
@@ -227,6 +266,8 @@ static void replay_forced(clopt_rule rule, traj_surface s, const clopt_hparams *
     double *state[CLOPT_MAX_STATE] = {st[0], st[1], st[2], st[3]};
     state_init(rule, hp, dev, st);
     double mu_product = 1.0;
+    ref_sf_scalars sf;
+    ref_sf_init(&sf);
     forced[0] = dev[0];
     forced[1] = dev[1];
     step[0] = step[1] = 0.0;
@@ -247,7 +288,7 @@ static void replay_forced(clopt_rule rule, traj_surface s, const clopt_hparams *
             }
             tie[2 * t + i] = (rule == CLOPT_LION || rule == CLOPT_SOPHIA) && fabs(a) <= TIE_MARGIN * b;
         }
-        rule_step(rule, hp, t, s, th, g, state, &mu_product, 1);
+        rule_step(rule, hp, t, s, th, g, state, &mu_product, &sf, 1);
         if (store32)
             for (int k = 0; k < CLOPT_MAX_STATE; k++)
                 st[k][0] = f32(st[k][0]), st[k][1] = f32(st[k][1]);
