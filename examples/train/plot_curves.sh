@@ -12,6 +12,7 @@
 #                OUT/mlp_curves/, RULE.csv (clopt-train-mlp --csv, one row per epoch) and
 #                RULE_steps.csv (the training loss averaged over windows of 1/WINDOWS epoch)
 #   WINDOWS      loss windows per epoch (default 10)
+#   LOSS_YMIN    lower end of the training-loss axis (default 0.15; log scale)
 #   PLOT_ONLY=1  redraw the PNG from the CSVs already in OUT/mlp_curves/ (no training)
 #   EXTRA        more options for clopt-train-mlp (e.g. "--train-limit 10000 --device 0")
 # The data come from Debian's dataset-fashion-mnist package (or --data in EXTRA).
@@ -29,6 +30,7 @@ OPTIMIZERS="${OPTIMIZERS:-adamw sgd lion adafactor sophia lamb}"
 EPOCHS="${EPOCHS:-5}"
 OUT="${OUT:-$root/docs}"
 WINDOWS="${WINDOWS:-10}"
+LOSS_YMIN="${LOSS_YMIN:-0.15}"
 EXTRA="${EXTRA:-}"
 command -v gnuplot >/dev/null || { echo "plot_curves.sh: gnuplot not found (apt-get install gnuplot-nox)" >&2; exit 1; }
 dir="$OUT/mlp_curves"
@@ -62,9 +64,10 @@ for r in $OPTIMIZERS; do
   c="${colors[$((i % ${#colors[@]}))]}"
   sep=""
   if [ $i -gt 0 ]; then sep=", "; fi
-  plots_loss+="$sep'$dir/${r}_steps.csv' using 2:3 with lines lw 2 lc rgb '$c' title '$r'"
-  plots_tloss+="$sep'$dir/$r.csv' using 2:7 with linespoints lw 2 pt 7 ps 0.8 lc rgb '$c' title '$r'"
-  plots_acc+="$sep'$dir/$r.csv' using 2:(100*\$8) with linespoints lw 2 pt 7 ps 0.8 lc rgb '$c' title '$r'"
+  # noenhanced: rule names keep their underscores (not subscripts)
+  plots_loss+="$sep'$dir/${r}_steps.csv' using 2:3 with lines lw 2 lc rgb '$c' title '$r' noenhanced"
+  plots_tloss+="$sep'$dir/$r.csv' using 2:7 with linespoints lw 2 pt 7 ps 0.8 lc rgb '$c' title '$r' noenhanced"
+  plots_acc+="$sep'$dir/$r.csv' using 2:(100*\$8) with linespoints lw 2 pt 7 ps 0.8 lc rgb '$c' title '$r' noenhanced"
   i=$((i + 1))
 done
 
@@ -83,8 +86,8 @@ set key top right box opaque
 set title 'training loss (mean over 1/$WINDOWS epoch)'
 set ylabel 'cross-entropy'
 set logscale y
-set yrange [0.15:3]
-set ytics (0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3)
+set yrange [$LOSS_YMIN:3]
+set ytics (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3)
 plot $plots_loss
 unset logscale y
 set yrange [*:*]
