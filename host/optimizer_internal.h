@@ -190,6 +190,11 @@ clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *c
 /* Refuses two ranges of one buffer that overlap (names both in the error). */
 clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count);
 
+/* A queue (NULL: the context's) and wait list a step or mode switch may use: of the context's
+   cl_context and device, in order; the events valid (step.c). */
+clopt_status clopt_o_check_step_queue(clopt_ctx *ctx, cl_command_queue queue, cl_uint num_wait,
+                                      const cl_event *wait_list);
+
 /* Kernels and passes (passes.c). */
 clopt_status clopt_o_kernel_of(clopt_optimizer *opt, const char *family, const clopt_hparams *hp,
                                int gc, const char *extra, const char *name, cl_kernel *k);

@@ -303,6 +303,25 @@ void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af
     t->floats = B * R * t->ntc + B * t->nbands * C + B * R + B * C;
 }
 
+/* The launches of a rule with one reduction between two passes (LAMB, cautious, StableAdamW):
+   a (the partial sums, `items` work-groups, nsums sums each) and b (the update over e), whose
+   arguments up to the control and storage ones are set; then the final sums into SCR_SUMS. */
+static clopt_status two_pass(clopt_optimizer *opt, const clopt_param *e, clopt_args *a,
+                             clopt_args *b, size_t items, size_t nsums)
+{
+    clopt_arg_ctl(a, &opt->cur);
+    clopt_arg_ctl(b, &opt->cur);
+    clopt_o_storage_args(opt, a, e);
+    clopt_o_storage_args(opt, b, e);
+    if (a->err != CL_SUCCESS || b->err != CL_SUCCESS)
+        return clopt_o_set_failed(opt, a->err != CL_SUCCESS ? a : b);
+    clopt_status s;
+    if ((s = launch_groups(opt, a->k, items)) != CLOPT_SUCCESS ||
+        (s = enqueue_final(opt, items, nsums, SCR_SUMS)) != CLOPT_SUCCESS)
+        return s;
+    return launch_update(opt, b->k, e->n);
+}
+
 clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                               const clopt_hparams *hp, uint64_t t, float gmul)
 {
@@ -350,16 +369,7 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)hp->weight_decay);
     clopt_arg_float(&b, (float)(1.0 / bc1));
     clopt_arg_float(&b, (float)(1.0 / bc2));
-    clopt_arg_ctl(&a, &opt->cur);
-    clopt_arg_ctl(&b, &opt->cur);
-    clopt_o_storage_args(opt, &a, e);
-    clopt_o_storage_args(opt, &b, e);
-    if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
-        return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
-    if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||
-        (s = enqueue_final(opt, items, 2, SCR_SUMS)) != CLOPT_SUCCESS)
-        return s;
-    return launch_update(opt, ku, e->n);
+    return two_pass(opt, e, &a, &b, items, 2);
 }
 
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -570,16 +580,7 @@ clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)lrwd);
     clopt_arg_float(&b, (float)step);
     clopt_arg_float(&b, (float)hp->clip_threshold);
-    clopt_arg_ctl(&a, &opt->cur);
-    clopt_arg_ctl(&b, &opt->cur);
-    clopt_o_storage_args(opt, &a, e);
-    clopt_o_storage_args(opt, &b, e);
-    if (a.err != CL_SUCCESS || b.err != CL_SUCCESS)
-        return clopt_o_set_failed(opt, a.err != CL_SUCCESS ? &a : &b);
-    if ((s = launch_groups(opt, kp, items)) != CLOPT_SUCCESS ||
-        (s = enqueue_final(opt, items, 1, SCR_SUMS)) != CLOPT_SUCCESS)
-        return s;
-    return launch_update(opt, ku, e->n);
+    return two_pass(opt, e, &a, &b, items, 1);
 }
 
 /* The helpers above for Muon's passes (muon.c). */

@@ -145,10 +145,8 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_ctx *ctx = opt->ctx;
     clopt_clear_error(ctx);
-    clopt_status s;
-    if (queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
-        return s;
-    if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
+    clopt_status s = clopt_o_check_step_queue(ctx, queue, num_wait, wait_list);
+    if (s != CLOPT_SUCCESS)
         return s;
     train = train != 0;
     opt->q = queue ? queue : ctx->queue;

@@ -519,6 +519,24 @@ clopt_status clopt_optimizer_prepare(clopt_optimizer *opt)
                      2);
 }
 
+clopt_status clopt_o_check_step_queue(clopt_ctx *ctx, cl_command_queue queue, cl_uint num_wait,
+                                      const cl_event *wait_list)
+{
+    clopt_status s;
+    if (queue) {
+        if ((s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
+            return s;
+        cl_command_queue_properties props = 0;
+        cl_int err = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props,
+                                           NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(ctx, err, "clGetCommandQueueInfo");
+        if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "the step needs an in-order queue");
+    }
+    return clopt_check_wait_list(ctx, num_wait, wait_list);
+}
+
 /* The step's start: after the caller's events and a user event the host completes only
    once everything is enqueued, the control words 2..6 (or only the abort word while
    uncertain steps are in flight, whose outcome sets the count) are written from r->gate.
@@ -534,19 +552,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_ctx *ctx = opt->ctx;
     clopt_clear_error(ctx);
-    clopt_status s;
-    if (queue) {
-        if ((s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS)
-            return s;
-        cl_command_queue_properties props = 0;
-        cl_int err = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props,
-                                           NULL);
-        if (err != CL_SUCCESS)
-            return clopt_fail_cl(ctx, err, "clGetCommandQueueInfo");
-        if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
-            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "the step needs an in-order queue");
-    }
-    if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
+    clopt_status s = clopt_o_check_step_queue(ctx, queue, num_wait, wait_list);
+    if (s != CLOPT_SUCCESS)
         return s;
     if (opt->nparams == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "no tensors are registered");
