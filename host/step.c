@@ -320,6 +320,16 @@ static clopt_status start_master(clopt_optimizer *opt, clopt_param *e)
     return s;
 }
 
+/* Muon's outcomes 0 .. k of group g are one: the same scheduled lr for all. */
+static int muon_one_outcome(const clopt_optimizer *opt, const clopt_group *g, uint64_t k)
+{
+    const double lr0 = outcome_hp(opt, g, 0).lr;
+    for (uint64_t d = 1; d <= k; d++)
+        if (outcome_hp(opt, g, d).lr != lr0)
+            return 0;
+    return 1;
+}
+
 /* Group gi's launches for every outcome of the k uncertain steps in flight ("d of them were
    applied", d = 0 .. k): each tensor's step t = its host count + 1 + d, the schedules at the
    optimizer's count + d. Element-wise rules: one launch per arena or range group (or per
@@ -383,7 +393,14 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
         if (s != CLOPT_SUCCESS)
             break;
-        if (clopt_rule_per_tensor(opt->rule, &g->hp)) {
+        if (opt->rule == CLOPT_MUON && muon_one_outcome(opt, g, k)) {
+            /* Muon's step does not depend on the count (no bias correction): when every
+               outcome has the same lr, one pass serves them all (each costs its GEMMs) */
+            const clopt_hparams hp = outcome_hp(opt, g, 0);
+            opt->cur.expect = opt->step;
+            opt->cur.ncand = (cl_uint)(k + 1);
+            s = clopt_o_step_muon(opt, e, &hp, e->step + 1, gmul);
+        } else if (clopt_rule_per_tensor(opt->rule, &g->hp)) {
             for (uint64_t d = 0; s == CLOPT_SUCCESS && d <= k; d++) {
                 const clopt_hparams hp = outcome_hp(opt, g, d);
                 const uint64_t t = e->step + 1 + d;

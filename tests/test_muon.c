@@ -369,6 +369,43 @@ static void test_amp_skip(void **state)
         clReleaseMemObject(gs[t]);
         free(grads[t]);
     }
+    /* in flight again with a schedule (lr halves every applied step): each outcome has its
+       own lr, so Muon runs one pass per outcome, and only the device's count's one acts (the
+       third gradient holds an Inf: the fourth step takes the third's lr) */
+    clopt_schedule sc;
+    memset(&sc, 0, sizeof sc);
+    sc.nstages = 1;
+    sc.stage[0].kind = CLOPT_SCHED_EXPONENTIAL;
+    sc.stage[0].gamma = 0.5;
+    assert_int_equal(clopt_optimizer_set_group_schedule(opt, 0, &sc), CLOPT_SUCCESS);
+    uint64_t count = 5;
+    for (int t = 0; t < 4; t++) {
+        grads[t] = random_floats(n, 0.5f);
+        for (size_t i = 0; i < n; i++)
+            scaled[i] = grads[t][i] * 256.0f;
+        if (t == 2)
+            scaled[11] = INFINITY;
+        gs[t] = upload(f->ctx, scaled, n);
+    }
+    for (int t = 0; t < 4; t++) {
+        assert_int_equal(clEnqueueCopyBuffer(q, gs[t], g, 0, 0, n * sizeof(float), 0, NULL,
+                                             NULL),
+                         CL_SUCCESS);
+        assert_int_equal(clopt_optimizer_step_on(opt, q, 0, NULL, NULL), CLOPT_SUCCESS);
+        if (t != 2)
+            ref_step(&ref, grads[t], 1.0, 0, hp.lr * pow(0.5, (double)count++), hp.momentum, 1,
+                     0.01, hp.ns_steps);
+    }
+    assert_int_equal(clFinish(q), CL_SUCCESS);
+    read_at(f->ctx, (clopt_tensor){p, 0}, got, n);
+    assert_close(got, ref.theta, n, 2e-5, 1e-5, "theta (in flight, scheduled)");
+    clopt_step_report rep;
+    assert_int_equal(clopt_optimizer_poll(opt, &rep), CLOPT_SUCCESS); /* every verdict is in */
+    assert_int_equal(clopt_optimizer_step_count(opt), 8);
+    for (int t = 0; t < 4; t++) {
+        clReleaseMemObject(gs[t]);
+        free(grads[t]);
+    }
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(p);
     clReleaseMemObject(g);
