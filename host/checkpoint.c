@@ -16,9 +16,7 @@
  * never through a symlink, mode 0600), syncs it and renames it over the path. Loading a file
  * opens it without blocking, requires a regular file and reads at most the largest size a
  * checkpoint of the optimizer can have.
- *
- * Also here: the enumeration of state tensors for engines with their own container, and
- * clopt_optimizer_write_state (the inverse of clopt_optimizer_read_state). */
+ * (The state tensors one by one, for engines with their own container: state_access.c.) */
 #define _POSIX_C_SOURCE 200809L
 #include "optimizer_internal.h"
 
@@ -1068,115 +1066,4 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
         s = load_bytes(opt, data, len, path);
     free(data);
     return s;
-}
-
-/* ---- state tensors for the engine's own container ------------------------------------------ */
-
-size_t clopt_optimizer_state_entry_count(const clopt_optimizer *opt)
-{
-    size_t n = 0;
-    for (size_t i = 0; opt && i < opt->nparams; i++)
-        n += opt->params[i].nstate;
-    return n;
-}
-
-clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
-                                         clopt_state_entry *out)
-{
-    if (!opt)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    clopt_ctx *ctx = opt->ctx;
-    clopt_clear_error(ctx);
-    if (!out)
-        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
-    size_t p = 0, at = i;
-    while (p < opt->nparams && at >= opt->params[p].nstate)
-        at -= opt->params[p++].nstate;
-    if (p == opt->nparams)
-        return clopt_fail(ctx, CLOPT_ERR_INDEX, "no state entry %zu (the optimizer has %zu)", i,
-                          clopt_optimizer_state_entry_count(opt));
-    const clopt_param *e = &opt->params[p];
-    clopt_state_entry x;
-    memset(&x, 0, sizeof x);
-    x.group = e->group;
-    x.param = p;
-    x.index = at;
-    x.name = e->state_name[at];
-    int kl = snprintf(x.key, sizeof x.key, "state.%zu.%s", p, x.name);
-    if (kl < 0 || (size_t)kl >= sizeof x.key)
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "the key of state entry %zu is too long",
-                          i);
-    x.dtype = e->state_dtype[at];
-    x.length = e->state_len[at];
-    if (x.length == e->n) {
-        x.ndim = e->ndim;
-        memcpy(x.shape, e->shape, sizeof x.shape);
-    } else {
-        x.ndim = 1;
-        x.shape[0] = x.length;
-    }
-    x.tensor = e->state[at];
-    *out = x;
-    return CLOPT_SUCCESS;
-}
-
-/* The inverse of clopt_optimizer_read_state. Writing Lookahead's slow weights of a tensor
-   that has not stepped yet makes them its slow weights from now on (its first step no longer
-   copies θ); in an arena group of an element-wise rule, whose tensors start their slow
-   weights together (one launch), the others that had not started take θ now. */
-clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
-                                         const float *host, size_t n)
-{
-    if (!opt)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    clopt_ctx *ctx = opt->ctx;
-    clopt_clear_error(ctx);
-    if (!host)
-        return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "host is NULL");
-    if (param >= opt->nparams || index >= opt->params[param].nstate)
-        return clopt_fail(ctx, CLOPT_ERR_INDEX, "no state %zu of parameter %zu", index, param);
-    clopt_param *e = &opt->params[param];
-    if (e->state_dtype[index] != CLOPT_DTYPE_F32)
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "state %zu of parameter %zu holds %s words, not floats: write its "
-                          "tensor (clopt_optimizer_state_entry gives it with its dtype)",
-                          index, param, clopt_dtype_name(e->state_dtype[index]));
-    if (n != e->state_len[index])
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE,
-                          "state %zu of parameter %zu has %zu elements, %zu given", index, param,
-                          e->state_len[index], n);
-    clopt_status s = clopt_opt_settle(opt);
-    if (s != CLOPT_SUCCESS)
-        return s;
-    const int starts_slow = clopt_is_slow(e, index) && !e->slow_ready;
-    const clopt_group *g = &opt->groups[e->group];
-    const int together = g->arena && !clopt_rule_is_multipass(opt->rule);
-    if (starts_slow && together) {
-        /* the others' flags stay 0 until the write succeeded: a failure changes nothing */
-        for (size_t j = g->first; j < g->first + g->count; j++) {
-            const clopt_param *o = &opt->params[j];
-            if (j == param || o->slow_ready)
-                continue;
-            const clopt_tensor slow = o->state[o->slow_at];
-            cl_int err = clEnqueueCopyBuffer(ctx->queue, o->param.buffer, slow.buffer,
-                                             o->param.offset * sizeof(float),
-                                             slow.offset * sizeof(float),
-                                             o->n * sizeof(float), 0, NULL, NULL);
-            if (err != CL_SUCCESS)
-                return clopt_fail_cl(ctx, err, "starting the slow weights");
-        }
-    }
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, e->state[index].buffer, CL_TRUE,
-                                      e->state[index].offset * sizeof(float), n * sizeof(float),
-                                      host, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, err, "clEnqueueWriteBuffer");
-    if (starts_slow) {
-        e->slow_ready = 1;
-        for (size_t j = g->first; together && j < g->first + g->count; j++)
-            opt->params[j].slow_ready = 1;
-    }
-    if (e->master && index == e->master_at) /* the engine's master: no copy of θ later */
-        e->master_ready = 1;
-    return CLOPT_SUCCESS;
 }
