@@ -45,9 +45,11 @@
  * element-wise rules (SGD, Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam,
  * AdaMod, diffGrad, Lion, Ranger without gradient centralization, Schedule-Free AdamW/SGD
  * (training mode), ADOPT, AdEMAMix), Lookahead, bf16 state, schedules, global-norm clipping,
- * AMP. Refused with CLOPT_ERR_UNSUPPORTED: LAMB, Adafactor, StableAdamW, cautious masking,
- * gradient centralization, Muon, Sophia (their per-tensor reductions are not combined across
- * shards yet), 16-bit parameters or gradients, engine-owned state buffers.
+ * AMP. The rules with per-tensor reductions (LAMB, Adafactor, StableAdamW, cautious masking,
+ * gradient centralization, Muon) only with tensor-aligned shards (clopt_mpi_options
+ * .shard_tensors = 1): their per-tensor sums are not combined across ranks yet, so a tensor
+ * must not be cut. Refused with CLOPT_ERR_UNSUPPORTED: those rules with shard_tensors 0,
+ * Sophia, 16-bit parameters or gradients, engine-owned state buffers.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its
@@ -113,6 +115,13 @@ typedef struct clopt_mpi_options {
        algorithm; 0 uses MPI_Reduce_scatter (the MPI library's algorithm and order:
        deterministic run to run on one MPI build and world size, possibly faster). */
     int ordered_sum;
+    /* 0 (default): rank r owns exactly [r·total/N, (r+1)·total/N), cutting tensors anywhere
+       (the element-wise rules). 1: shard boundaries move to the nearest tensor boundary, so
+       every tensor lives whole on one rank: the rules with per-tensor reductions (LAMB,
+       Adafactor, StableAdamW, cautious masking, gradient centralization, Muon) then run
+       exactly as unsharded (bit-identical in engine mode), at the price of a less even split
+       (a tensor larger than total/N makes its rank hold more, and ranks may own nothing). */
+    int shard_tensors;
 } clopt_mpi_options;
 /* Defaults as above (NULL: no-op). */
 void clopt_mpi_options_init(clopt_mpi_options *o);
@@ -183,8 +192,8 @@ clopt_status clopt_mpi_optimizer_shard(const clopt_mpi_optimizer *opt, size_t *f
 size_t clopt_mpi_optimizer_state_bytes(const clopt_mpi_optimizer *opt);
 
 /* Local. The internal optimizer of this rank's shard (borrowed; NULL for NULL): its tensors
-   are the slice's pieces of the engine's tensors, in order (a piece of tensor i registered as
-   1-D). For reading the shard's state (clopt_optimizer_read_state, state entries). Do not
+   are the slice's pieces of the engine's tensors, in order (a whole tensor with its shape, a
+   cut one as 1-D). For reading the shard's state (clopt_optimizer_read_state, state entries). Do not
    step it, add tensors to it or change its settings: use the calls above. */
 clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt);
 

@@ -99,35 +99,39 @@ void clopt_mpi_options_init(clopt_mpi_options *o)
 /* ---- validation ------------------------------------------------------------------------------ */
 
 /* Rules and options whose update is element-wise (a shard may cut a tensor anywhere). */
-static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const clopt_hparams *hp)
+static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const clopt_hparams *hp,
+                               int whole)
 {
     const char *why = NULL;
     clopt_status s = clopt_hparams_validate(rule, hp, &why);
     if (s != CLOPT_SUCCESS)
         return clopt_mpi_fail(opt, s, "hyperparameters: %s", why ? why : "invalid");
+    if (rule == CLOPT_SOPHIA)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
+    if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
+        return CLOPT_SUCCESS;
     switch (rule) {
     case CLOPT_LAMB:
     case CLOPT_ADAFACTOR:
     case CLOPT_STABLE_ADAMW:
     case CLOPT_MUON:
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "%s needs per-tensor reductions across shards (not implemented "
-                              "yet in clopt_mpi)",
+                              "%s needs per-tensor reductions: shard by whole tensors "
+                              "(shard_tensors = 1); cut tensors are not combined across ranks "
+                              "yet",
                               clopt_rule_name(rule));
-    case CLOPT_SOPHIA:
-        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
     default:
         break;
     }
     if (hp->grad_centralization)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "gradient centralization's row means are not combined across "
-                              "shards yet (set grad_centralization = 0)");
+                              "shards yet (set grad_centralization = 0, or shard_tensors = 1)");
     if (hp->cautious)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "cautious masking's per-tensor mean is not combined across shards "
-                              "yet");
+                              "yet (shard_tensors = 1)");
     return CLOPT_SUCCESS;
 }
 
@@ -152,13 +156,14 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, const 
         return clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "ctx, hp or desc is NULL");
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "rule %d out of range", (int)rule);
-    clopt_status s = check_rule(opt, rule, hp);
-    if (s != CLOPT_SUCCESS)
-        return s;
     if (o && (o->struct_size < sizeof *o || (unsigned)o->grad_mode > 1u ||
-              (unsigned)o->reduce_op > 1u || (o->ordered_sum != 0 && o->ordered_sum != 1)))
+              (unsigned)o->reduce_op > 1u || (o->ordered_sum != 0 && o->ordered_sum != 1) ||
+              (o->shard_tensors != 0 && o->shard_tensors != 1)))
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
                               "options: struct_size too small or a field out of range");
+    clopt_status s = check_rule(opt, rule, hp, o ? o->shard_tensors : 0);
+    if (s != CLOPT_SUCCESS)
+        return s;
     if (desc->struct_size < sizeof *desc)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "desc->struct_size too small");
     for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
@@ -215,6 +220,7 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     MIX(o ? o->grad_mode : 0);
     MIX(o ? o->reduce_op : 0);
     MIX(o ? o->ordered_sum : 1);
+    MIX(o ? o->shard_tensors : 0);
     /* a spot check of the hyperparameters most often set per rank by mistake */
     MIXD(hp->lr);
     MIXD(hp->beta1);
@@ -284,12 +290,27 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
     if (!opt->counts || !opt->displs || !opt->prun || !opt->grun || !opt->host_p || !opt->host_g)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
+    size_t prev = 0, maxc = 0;
     for (size_t r = 0; r < N; r++) {
-        const size_t lo = r * opt->total / N, hi = (r + 1) * opt->total / N;
-        opt->displs[r] = (int)lo;
-        opt->counts[r] = (int)(hi - lo);
+        size_t hi = (r + 1) * opt->total / N;
+        if (opt->o.shard_tensors && r + 1 < N) { /* the tensor boundary nearest to hi */
+            size_t flat = 0, best = 0;
+            for (size_t i = 0; i <= desc->ntensors; i++) {
+                const size_t d1 = flat > hi ? flat - hi : hi - flat;
+                const size_t d0 = best > hi ? best - hi : hi - best;
+                if (d1 < d0)
+                    best = flat;
+                if (i < desc->ntensors)
+                    flat += desc_len(&desc->tensors[i]);
+            }
+            hi = best < prev ? prev : best;
+        }
+        opt->displs[r] = (int)prev;
+        opt->counts[r] = (int)(hi - prev);
+        maxc = hi - prev > maxc ? hi - prev : maxc;
+        prev = hi;
     }
-    if (opt->o.ordered_sum && (size_t)opt->counts[N - 1] > (size_t)INT_MAX / N)
+    if (opt->o.ordered_sum && maxc > (size_t)INT_MAX / N)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE,
                               "ordered_sum needs world size x slice <= INT_MAX elements");
     opt->first = (size_t)opt->displs[opt->rank];
@@ -330,8 +351,13 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
             p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
             p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
                          : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
-            p->ndim = 1;
-            p->shape[0] = hi - lo;
+            if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor, LAMB, Muon) */
+                p->ndim = d->ndim;
+                memcpy(p->shape, d->shape, sizeof p->shape);
+            } else {
+                p->ndim = 1;
+                p->shape[0] = hi - lo;
+            }
         }
         flat += n;
     }
@@ -407,6 +433,7 @@ clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const c
         opt->o.grad_mode = o->grad_mode;
         opt->o.reduce_op = o->reduce_op;
         opt->o.ordered_sum = o->ordered_sum;
+        opt->o.shard_tensors = o->shard_tensors;
     }
     /* agreement 1: arguments valid everywhere and the same signature */
     double *all = malloc((size_t)opt->size * 3 * sizeof *all);
@@ -486,7 +513,7 @@ clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clo
     if (!opt || !hp)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
-    clopt_status s = check_rule(opt, opt->rule, hp);
+    clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
     if (s != CLOPT_SUCCESS)
         return s;
     /* the range group first: it refuses a change of the state layout */

@@ -5,7 +5,8 @@
  * slice of the unsharded state, and the state bytes (the ranks' sum is the unsharded
  * optimizer's). Layouts: five tensors of 46 elements (the shards cut tensors) and one
  * vector of world-1 elements (rank 0 owns nothing). Also a change of hyperparameters and
- * a schedule mid-run. */
+ * a schedule mid-run. Then the rules with per-tensor reductions (LAMB, Adafactor,
+ * StableAdamW, cautious, gradient centralization) on tensor-aligned shards, bit for bit. */
 #include "mpi_fixture.h"
 
 #include <string.h>
@@ -90,6 +91,22 @@ static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_
     return (unsigned char *)f;
 }
 
+/* The rules with per-tensor reductions, on tensor-aligned shards (shard_tensors = 1). */
+static void t_cautious(clopt_hparams *hp) { hp->cautious = 1; }
+static void t_gc(clopt_hparams *hp) { hp->grad_centralization = 1; }
+static void t_adafactor_b1(clopt_hparams *hp) { hp->use_beta1 = 1; }
+static const rule_case whole_cases[] = {
+    {"lamb", CLOPT_LAMB, t_none},
+    {"adafactor", CLOPT_ADAFACTOR, t_none},
+    {"adafactor beta1", CLOPT_ADAFACTOR, t_adafactor_b1},
+    {"stable_adamw", CLOPT_STABLE_ADAMW, t_none},
+    {"adamw cautious", CLOPT_ADAMW, t_cautious},
+    {"lion cautious", CLOPT_LION, t_cautious},
+    {"adamw GC", CLOPT_ADAMW, t_gc},
+    {"ranger (GC)", CLOPT_RANGER, t_none},
+    {"adamw (whole tensors)", CLOPT_ADAMW, t_none},
+};
+
 /* Every state of every piece of the shard equals the same slice of the unsharded state. */
 static void check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
                          const fx_layout *L)
@@ -109,7 +126,9 @@ static void check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimi
                 const char *rname = NULL, *lname = NULL;
                 CHECK_OK(clopt_optimizer_state_info(ref, i, k, &rname, &rlen));
                 CHECK_OK(clopt_optimizer_state_info(loc, piece, k, &lname, &llen));
-                CHECK(strcmp(rname, lname) == 0 && llen == hi - lo && rlen == L->n[i],
+                const int whole = hi - lo == L->n[i]; /* Adafactor: factored lengths */
+                CHECK(strcmp(rname, lname) == 0 &&
+                          (whole ? llen == rlen : llen == hi - lo && rlen == L->n[i]),
                       "%s: state %zu layout", what, k);
                 size_t es = 0, es2 = 0;
                 unsigned char *r = read_raw(ref, i, k, rlen, &es);
@@ -128,10 +147,14 @@ static void check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimi
     CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
 }
 
-static void run_case(const rule_case *c, const fx_layout *L, int midrun)
+static void run_case(const rule_case *c, const fx_layout *L, int midrun, int whole)
 {
-    char what[128];
-    snprintf(what, sizeof what, "%s, %zu elements", c->name, L->total);
+    char what[160];
+    snprintf(what, sizeof what, "%s, %zu elements%s", c->name, L->total,
+             whole ? ", whole tensors" : "");
+    clopt_mpi_options o;
+    clopt_mpi_options_init(&o);
+    o.shard_tensors = whole;
     clopt_hparams hp;
     CHECK_OK(clopt_hparams_default(c->rule, &hp));
     c->tweak(&hp);
@@ -151,7 +174,7 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun)
     clopt_mpi_optimizer *sh = NULL;
     char why[512];
     const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, c->rule, &hp, MPI_COMM_WORLD, &desc,
-                                                      NULL, &sh, why, sizeof why);
+                                                      &o, &sh, why, sizeof why);
     CHECK(s == CLOPT_SUCCESS, "%s: create: %s: %s", what, clopt_mpi_status_name(s), why);
     clopt_optimizer *ref = fx_reference(c->rule, &hp, L, rp, rg);
 
@@ -214,8 +237,12 @@ int main(int argc, char **argv)
     fx_layout_main(&main_l);
     fx_layout_vector(&tiny, (size_t)(fx_size > 1 ? fx_size - 1 : 1));
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        run_case(&cases[c], &main_l, c == 3);
-        run_case(&cases[c], &tiny, 0);
+        run_case(&cases[c], &main_l, c == 3, 0);
+        run_case(&cases[c], &tiny, 0, 0);
+    }
+    for (size_t c = 0; c < sizeof whole_cases / sizeof whole_cases[0]; c++) {
+        run_case(&whole_cases[c], &main_l, c == 0, 1);
+        run_case(&whole_cases[c], &tiny, 0, 1);
     }
     return fx_finish("test_mpi_elementwise");
 }
