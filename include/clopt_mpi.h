@@ -197,6 +197,32 @@ size_t clopt_mpi_optimizer_state_bytes(const clopt_mpi_optimizer *opt);
    step it, add tensors to it or change its settings: use the calls above. */
 clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt);
 
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+/* Collective. Rank 0 gathers every rank's shard state and writes one file at path (only rank
+   0's path is used; written to "<path>.<pid>.tmp", fsync'ed, renamed): each tensor's whole
+   state as the unsharded optimizer lays it out, the step count, a manifest of the world size
+   and shard ranges, a CRC-32C. The parameters are the engine's to save. Blocking. Returns
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_INVALID_SIZE (a shard's
+   state over 2 GiB: MPI counts), CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes,
+   CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI, the same on every rank. */
+clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path);
+/* Collective. Rank 0 reads a file of clopt_mpi_optimizer_save (written with any world size)
+   and broadcasts it; every rank checks it (CRC, version, rule, total size, tensor shapes,
+   every state's name, type and length) before any rank writes its slice of each state and
+   the step count. A bad file is CLOPT_ERR_FORMAT or CLOPT_ERR_STATE_MISMATCH on every rank
+   and changes nothing; a rank that fails makes every rank fail (CLOPT_MPI_ERR_REMOTE). The
+   hyperparameters, schedule, clipping and AMP settings stay the caller's. Blocking. Also
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes and
+   CLOPT_MPI_ERR_MPI. */
+clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path);
+/* Not collective. Loads such a file into an unsharded optimizer whose registered tensors are
+   the checkpoint's, in order (e.g. one range group over the same layout) on context ctx:
+   every state and the step count, after checking everything. why (may be NULL) gets the
+   reason of a failure. Statuses as clopt_mpi_optimizer_load without the MPI ones. */
+clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer *opt,
+                                                 const char *path, char *why, size_t why_len);
+
 /* Local. Detail of the last failure of a call on opt ("" after a success; owned by opt). */
 const char *clopt_mpi_optimizer_last_error(const clopt_mpi_optimizer *opt);
 

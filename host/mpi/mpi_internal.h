@@ -15,6 +15,17 @@ typedef struct clopt_mpi_run {
     size_t flat, off, len;
 } clopt_mpi_run;
 
+/* A tensor's shape as registered (the checkpoint's layout). */
+typedef struct clopt_mpi_shape {
+    size_t ndim, shape[CLOPT_MAX_DIMS], n, flat; /* flat: its first flattened element */
+} clopt_mpi_shape;
+
+/* A piece of the slice: elements [off, off + len) of tensor `tensor` (the internal
+   optimizer's parameter of the same index). */
+typedef struct clopt_mpi_piece {
+    size_t tensor, off, len;
+} clopt_mpi_piece;
+
 struct clopt_mpi_optimizer {
     clopt_ctx *ctx;
     MPI_Comm comm; /* the library's duplicate (MPI_ERRORS_RETURN) */
@@ -35,6 +46,10 @@ struct clopt_mpi_optimizer {
                                the local gradient, total floats */
     float *host_s;          /* reduce-scatter: count floats of the reduced slice */
     float *host_recv;       /* ordered sum: size * count floats from every rank */
+    size_t ntensors;
+    clopt_mpi_shape *shapes;  /* ntensors */
+    clopt_mpi_piece *pieces;  /* npieces, in tensor order */
+    size_t npieces;
     double max_norm, scale, last_norm;
     uint64_t steps;
     char err[512];

@@ -275,6 +275,8 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->host_g);
     free(opt->host_s);
     free(opt->host_recv);
+    free(opt->shapes);
+    free(opt->pieces);
 }
 
 /* The internal optimizer over the slice's pieces, the staging buffers. */
@@ -288,8 +290,22 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
     opt->grun = make_runs(desc, 1, &opt->ngrun);
     opt->host_p = malloc(opt->total * sizeof *opt->host_p);
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
-    if (!opt->counts || !opt->displs || !opt->prun || !opt->grun || !opt->host_p || !opt->host_g)
+    opt->ntensors = desc->ntensors;
+    opt->shapes = calloc(desc->ntensors, sizeof *opt->shapes);
+    opt->pieces = calloc(desc->ntensors, sizeof *opt->pieces);
+    if (!opt->counts || !opt->displs || !opt->prun || !opt->grun || !opt->host_p || !opt->host_g ||
+        !opt->shapes || !opt->pieces)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
+    for (size_t i = 0, flat = 0; i < desc->ntensors; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        clopt_mpi_shape *t = &opt->shapes[i];
+        t->ndim = d->ndim ? d->ndim : 1;
+        for (size_t k = 0; k < t->ndim; k++)
+            t->shape[k] = d->shape[k];
+        t->n = desc_len(d);
+        t->flat = flat;
+        flat += t->n;
+    }
     size_t prev = 0, maxc = 0;
     for (size_t r = 0; r < N; r++) {
         size_t hi = (r + 1) * opt->total / N;
@@ -346,6 +362,7 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
         const clopt_param_desc *d = &desc->tensors[i];
         const size_t n = desc_len(d), lo = flat > a ? flat : a, hi = flat + n < b ? flat + n : b;
         if (lo < hi) {
+            opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
             clopt_param_desc *p = &pieces[np++];
             clopt_param_desc_init(p);
             p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
@@ -371,6 +388,7 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
         return clopt_mpi_fail(opt, s, "the shard's range group: %s",
                               clopt_ctx_last_error(opt->ctx));
     opt->has_group = 1;
+    opt->npieces = np;
     return CLOPT_SUCCESS;
 }
 
