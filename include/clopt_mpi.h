@@ -191,6 +191,18 @@ clopt_status clopt_mpi_optimizer_shard(const clopt_mpi_optimizer *opt, size_t *f
                                        size_t *count, size_t *total);
 size_t clopt_mpi_optimizer_state_bytes(const clopt_mpi_optimizer *opt);
 
+/* Local. Where the last successful (or skipped) step's wall time went on this rank (MPI_Wtime,
+   seconds): reading the gradient to the host, the reduce-scatter (0 in engine mode), the
+   partials and the agreement (one MPI_Allgather of a few doubles), the update of the shard
+   (writing its gradient, the fused kernel, reading the shard back), the MPI_Allgatherv of
+   the parameters, writing the gathered parameters to the device; total = the whole call.
+   Communication = reduce + agree + gather (they include waiting for slower ranks). */
+typedef struct clopt_mpi_step_timing {
+    double read_s, reduce_s, agree_s, update_s, gather_s, write_s, total_s;
+} clopt_mpi_step_timing;
+clopt_status clopt_mpi_optimizer_last_timing(const clopt_mpi_optimizer *opt,
+                                             clopt_mpi_step_timing *out);
+
 /* Local. The internal optimizer of this rank's shard (borrowed; NULL for NULL): its tensors
    are the slice's pieces of the engine's tensors, in order (a whole tensor with its shape, a
    cut one as 1-D). For reading the shard's state (clopt_optimizer_read_state, state entries). Do not

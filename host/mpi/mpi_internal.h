@@ -52,6 +52,7 @@ struct clopt_mpi_optimizer {
     size_t npieces;
     double max_norm, scale, last_norm;
     uint64_t steps;
+    clopt_mpi_step_timing timing; /* the last step's */
     char err[512];
 };
 

@@ -108,6 +108,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
     const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
     const int amp = opt->scale > 0, clip = opt->max_norm > 0, check = amp || clip;
     const size_t a = opt->first, n = opt->count;
+    clopt_mpi_step_timing tm = {0};
+    const double t0 = MPI_Wtime();
+    double t = t0, t1;
+#define LAP(field) (t1 = MPI_Wtime(), tm.field += t1 - t, t = t1)
 
     /* phase 1 (changes nothing): the gradient slice on the host, its partials */
     clopt_status s = queue ? check_queue(opt, queue) : CLOPT_SUCCESS;
@@ -120,13 +124,15 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         if (e != CL_SUCCESS)
             s = clopt_mpi_cl_fail(opt, e, "reading the gradient");
     }
+    LAP(read_s);
     if (rs) {
         if (s != CLOPT_SUCCESS) /* take part anyway (zeros), the agreement below stops all */
             memset(opt->host_g, 0, opt->total * sizeof *opt->host_g);
-        clopt_status t = reduce_scatter(opt);
+        clopt_status r = reduce_scatter(opt);
         if (s == CLOPT_SUCCESS)
-            s = t;
+            s = r;
     }
+    LAP(reduce_s);
     const float inv = amp ? (float)(1.0 / opt->scale) : 1.0f;
     double part[2] = {0.0, 0.0}; /* Σ (inv·g)² in double in element order; non-finite count */
     if (s == CLOPT_SUCCESS && check) {
@@ -149,12 +155,16 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         bad += all[3 * (size_t)r + 2];
     }
     free(all);
+    LAP(agree_s);
     if (s != CLOPT_SUCCESS)
         return s;
     if (clip)
         opt->last_norm = bad > 0 ? NAN : sqrt(sumsq);
-    if (amp && bad > 0)
+    if (amp && bad > 0) {
+        tm.total_s = MPI_Wtime() - t0;
+        opt->timing = tm;
         return CLOPT_STEP_SKIPPED; /* every rank saw the same count: nothing changes anywhere */
+    }
 
     /* phase 2: the update of the slice (the clip coefficient as the device computes it) */
     float mul = 1.0f;
@@ -188,6 +198,7 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         if (s == CLOPT_SUCCESS)
             clopt_optimizer_poll(opt->local, &rep); /* the host's counts exact again */
     }
+    LAP(update_s);
     int failed = s != CLOPT_SUCCESS, any = 0;
     int rc = MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, opt->comm);
     if (rc != MPI_SUCCESS)
@@ -204,6 +215,7 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
                         MPI_FLOAT, opt->comm);
     if (rc != MPI_SUCCESS)
         return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
+    LAP(gather_s);
     e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, 0);
     if (e == CL_SUCCESS)
         e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p, 0);
@@ -211,6 +223,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         e = clFinish(q);
     if (e != CL_SUCCESS)
         return clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
+    LAP(write_s);
+#undef LAP
+    tm.total_s = t - t0;
+    opt->timing = tm;
     opt->steps++;
     return CLOPT_SUCCESS;
 }

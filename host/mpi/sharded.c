@@ -596,6 +596,15 @@ size_t clopt_mpi_optimizer_state_bytes(const clopt_mpi_optimizer *opt)
     return opt ? clopt_optimizer_state_bytes(opt->local) : 0;
 }
 
+clopt_status clopt_mpi_optimizer_last_timing(const clopt_mpi_optimizer *opt,
+                                             clopt_mpi_step_timing *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    *out = opt->timing;
+    return CLOPT_SUCCESS;
+}
+
 clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt)
 {
     return opt ? opt->local : NULL;
