@@ -8,230 +8,72 @@
  *   u32 saved_world_size u32 shard_tensors, saved_world_size x (u64 first, u64 count),
  *   per tensor: u64 ndim, u64 shape[8], u32 nstate, per state: char name[32], u32 esize,
  *   u64 length, length·esize bytes;  then u32 CRC-32C of everything before it. */
-#define _POSIX_C_SOURCE 200809L /* fileno, fsync, getpid */
 #include "mpi_internal.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define CKPT_MAGIC "CLOPTMPI"
 #define CKPT_VERSION 1u
-#define NAME_LEN 32
-
-/* ---- bytes ----------------------------------------------------------------------------------- */
-
-typedef struct blob {
-    unsigned char *p;
-    size_t len, cap;
-    int oom;
-} blob;
-
-static void put(blob *b, const void *src, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        unsigned char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-static void put_u32(blob *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(blob *b, uint64_t v) { put(b, &v, 8); }
-
-typedef struct reader {
-    const unsigned char *p;
-    size_t len, at;
-    int bad;
-} reader;
-
-static const void *get(reader *r, size_t n)
-{
-    if (r->bad || n > r->len - r->at) {
-        r->bad = 1;
-        return NULL;
-    }
-    const void *q = r->p + r->at;
-    r->at += n;
-    return q;
-}
-static uint32_t get_u32(reader *r)
-{
-    uint32_t v = 0;
-    const void *q = get(r, 4);
-    if (q)
-        memcpy(&v, q, 4);
-    return v;
-}
-static uint64_t get_u64(reader *r)
-{
-    uint64_t v = 0;
-    const void *q = get(r, 8);
-    if (q)
-        memcpy(&v, q, 8);
-    return v;
-}
-
-/* CRC-32C (Castagnoli, reflected), table-driven. */
-static uint32_t crc32c(const unsigned char *p, size_t n)
-{
-    static uint32_t table[256];
-    static int ready;
-    if (!ready) { /* idempotent: racing threads compute the same table */
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-            table[i] = c;
-        }
-        ready = 1;
-    }
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++)
-        c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
-
-/* ---- one state tensor of the internal optimizer, raw ------------------------------------- */
-
-/* The dtype of state k of parameter `param` (from the state entries). */
-static clopt_dtype state_dtype(const clopt_optimizer *o, size_t param, size_t k)
-{
-    const size_t n = clopt_optimizer_state_entry_count(o);
-    clopt_state_entry e;
-    for (size_t i = 0; i < n; i++)
-        if (clopt_optimizer_state_entry(o, i, &e) == CLOPT_SUCCESS && e.param == param &&
-            e.index == k)
-            return e.dtype;
-    return CLOPT_DTYPE_F32;
-}
-
-/* Reads (or writes) len elements of esize bytes of state k of `param`: float32 states through
-   read_state/write_state (Lookahead's slow weights of a fresh tensor read as θ), 16-bit ones
-   from their tensor directly. */
-static clopt_status state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
-                             void *host, size_t len, size_t esize, int write)
-{
-    if (esize == 4)
-        return write ? clopt_optimizer_write_state(o, param, k, host, len)
-                     : clopt_optimizer_read_state(o, param, k, host, len);
-    clopt_tensor t;
-    clopt_status s = clopt_optimizer_state(o, param, k, &t);
-    if (s != CLOPT_SUCCESS)
-        return s;
-    cl_command_queue q = clopt_ctx_cl_queue(ctx);
-    const cl_int e = write ? clEnqueueWriteBuffer(q, t.buffer, CL_TRUE, t.offset * esize,
-                                                  len * esize, host, 0, NULL, NULL)
-                           : clEnqueueReadBuffer(q, t.buffer, CL_TRUE, t.offset * esize,
-                                                 len * esize, host, 0, NULL, NULL);
-    return e == CL_SUCCESS ? CLOPT_SUCCESS : (clopt_status)(CLOPT_ERR_OPENCL_BASE + e);
-}
 
 /* ---- save ------------------------------------------------------------------------------------ */
 
-/* This rank's pieces: u64 tensor, u64 off, u64 len, u32 nstate, per state name[32], u32 esize,
-   u64 length, bytes. */
-static clopt_status pack_pieces(clopt_mpi_optimizer *opt, blob *b)
-{
-    for (size_t j = 0; j < opt->npieces; j++) {
-        const clopt_mpi_piece *pc = &opt->pieces[j];
-        const size_t ns = clopt_optimizer_state_count(opt->local, j);
-        put_u64(b, pc->tensor);
-        put_u64(b, pc->off);
-        put_u64(b, pc->len);
-        put_u32(b, (uint32_t)ns);
-        for (size_t k = 0; k < ns; k++) {
-            const char *name = NULL;
-            size_t len = 0;
-            clopt_status s = clopt_optimizer_state_info(opt->local, j, k, &name, &len);
-            if (s != CLOPT_SUCCESS)
-                return clopt_mpi_fail(opt, s, "state %zu of piece %zu", k, j);
-            const size_t es = clopt_dtype_size(state_dtype(opt->local, j, k));
-            char nm[NAME_LEN] = {0};
-            strncpy(nm, name, NAME_LEN - 1);
-            put(b, nm, NAME_LEN);
-            put_u32(b, (uint32_t)es);
-            put_u64(b, len);
-            unsigned char *data = malloc(len * es + 1);
-            if (!data)
-                return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-            s = state_io(opt->local, opt->ctx, j, k, data, len, es, 0);
-            put(b, data, len * es);
-            free(data);
-            if (s != CLOPT_SUCCESS)
-                return clopt_mpi_fail(opt, s, "reading state %s of piece %zu", name, j);
-        }
-    }
-    return b->oom ? clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory")
-                  : CLOPT_SUCCESS;
-}
-
 /* Rank 0: the gathered pieces (in rank order = flattened order) -> the file's bytes. */
-static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, size_t len, blob *out)
+static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, size_t len, clopt_mpi_blob *out)
 {
     out->len = 0;
-    put(out, CKPT_MAGIC, 8);
-    put_u32(out, CKPT_VERSION);
-    put_u32(out, (uint32_t)opt->rule);
-    put_u64(out, opt->total);
-    put_u64(out, opt->ntensors);
-    put_u64(out, opt->steps);
-    put_u32(out, (uint32_t)opt->size);
-    put_u32(out, (uint32_t)opt->o.shard_tensors);
+    clopt_mpi_put(out, CKPT_MAGIC, 8);
+    clopt_mpi_put_u32(out, CKPT_VERSION);
+    clopt_mpi_put_u32(out, (uint32_t)opt->rule);
+    clopt_mpi_put_u64(out, opt->total);
+    clopt_mpi_put_u64(out, opt->ntensors);
+    clopt_mpi_put_u64(out, opt->steps);
+    clopt_mpi_put_u32(out, (uint32_t)opt->size);
+    clopt_mpi_put_u32(out, (uint32_t)opt->o.shard_tensors);
     for (int r = 0; r < opt->size; r++) {
-        put_u64(out, (uint64_t)opt->displs[r]);
-        put_u64(out, (uint64_t)opt->counts[r]);
+        clopt_mpi_put_u64(out, (uint64_t)opt->displs[r]);
+        clopt_mpi_put_u64(out, (uint64_t)opt->counts[r]);
     }
-    reader rd = {all, len, 0, 0};
+    clopt_mpi_reader rd = {all, len, 0, 0};
     for (size_t i = 0; i < opt->ntensors; i++) {
         const clopt_mpi_shape *t = &opt->shapes[i];
-        put_u64(out, t->ndim);
+        clopt_mpi_put_u64(out, t->ndim);
         for (size_t k = 0; k < CLOPT_MAX_DIMS; k++)
-            put_u64(out, k < t->ndim ? t->shape[k] : 0);
+            clopt_mpi_put_u64(out, k < t->ndim ? t->shape[k] : 0);
         /* the tensor's pieces follow one another; a cut tensor's states are per element */
         const size_t start = rd.at;
-        const uint64_t ti = get_u64(&rd), off = get_u64(&rd), plen = get_u64(&rd);
-        const uint32_t ns = get_u32(&rd);
+        const uint64_t ti = clopt_mpi_get_u64(&rd), off = clopt_mpi_get_u64(&rd), plen = clopt_mpi_get_u64(&rd);
+        const uint32_t ns = clopt_mpi_get_u32(&rd);
         if (rd.bad || ti != i || off != 0)
             return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "gathered pieces out of order at tensor %zu", i);
-        put_u32(out, ns);
+        clopt_mpi_put_u32(out, ns);
         const int whole = plen == t->n;
         for (uint32_t k = 0; k < ns; k++) {
             /* walk every piece of tensor i for state k */
-            reader pr = rd;
+            clopt_mpi_reader pr = rd;
             pr.at = start;
             size_t covered = 0;
             int first = 1;
             while (covered < t->n) {
-                const uint64_t pti = get_u64(&pr), poff = get_u64(&pr), pl = get_u64(&pr);
-                const uint32_t pns = get_u32(&pr);
+                const uint64_t pti = clopt_mpi_get_u64(&pr), poff = clopt_mpi_get_u64(&pr), pl = clopt_mpi_get_u64(&pr);
+                const uint32_t pns = clopt_mpi_get_u32(&pr);
                 if (pr.bad || pti != i || poff != covered || pns != ns)
                     return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "tensor %zu: pieces disagree", i);
                 for (uint32_t m = 0; m < pns; m++) {
-                    const char *nm = get(&pr, NAME_LEN);
-                    const uint32_t es = get_u32(&pr);
-                    const uint64_t sl = get_u64(&pr);
-                    const void *data = get(&pr, (size_t)sl * es);
+                    const char *nm = clopt_mpi_get(&pr, CLOPT_MPI_NAME_LEN);
+                    const uint32_t es = clopt_mpi_get_u32(&pr);
+                    const uint64_t sl = clopt_mpi_get_u64(&pr);
+                    const void *data = clopt_mpi_get(&pr, (size_t)sl * es);
                     if (pr.bad)
                         return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "tensor %zu: short piece", i);
                     if (m != k)
                         continue;
                     if (first) {
-                        put(out, nm, NAME_LEN);
-                        put_u32(out, es);
-                        put_u64(out, whole ? sl : t->n);
+                        clopt_mpi_put(out, nm, CLOPT_MPI_NAME_LEN);
+                        clopt_mpi_put_u32(out, es);
+                        clopt_mpi_put_u64(out, whole ? sl : t->n);
                         first = 0;
                     }
                     if (!whole && sl != pl)
@@ -239,7 +81,7 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
                                               "tensor %zu is cut but its state %u is not per "
                                               "element",
                                               i, k);
-                    put(out, data, (size_t)sl * es);
+                    clopt_mpi_put(out, data, (size_t)sl * es);
                 }
                 covered += pl;
             }
@@ -247,39 +89,22 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
         /* skip every piece of tensor i */
         rd.at = start;
         for (size_t covered = 0; covered < t->n;) {
-            get(&rd, 16);
-            const uint64_t pl = get_u64(&rd);
-            const uint32_t pns = get_u32(&rd);
+            clopt_mpi_get(&rd, 16);
+            const uint64_t pl = clopt_mpi_get_u64(&rd);
+            const uint32_t pns = clopt_mpi_get_u32(&rd);
             for (uint32_t m = 0; m < pns && !rd.bad; m++) {
-                get(&rd, NAME_LEN);
-                const uint32_t es = get_u32(&rd);
-                get(&rd, (size_t)get_u64(&rd) * es);
+                clopt_mpi_get(&rd, CLOPT_MPI_NAME_LEN);
+                const uint32_t es = clopt_mpi_get_u32(&rd);
+                clopt_mpi_get(&rd, (size_t)clopt_mpi_get_u64(&rd) * es);
             }
             if (rd.bad || pl == 0)
                 return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "tensor %zu: short piece", i);
             covered += pl;
         }
     }
-    put_u32(out, crc32c(out->p, out->len));
+    clopt_mpi_put_u32(out, clopt_mpi_crc32c(out->p, out->len));
     return out->oom ? clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory")
                     : CLOPT_SUCCESS;
-}
-
-static clopt_status write_file(clopt_mpi_optimizer *opt, const char *path, const blob *b)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
-        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "path too long");
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", tmp);
-    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 &&
-                   fsync(fileno(f)) == 0;
-    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
-        remove(tmp);
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "writing %s failed", path);
-    }
-    return CLOPT_SUCCESS;
 }
 
 clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path)
@@ -290,9 +115,9 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
     clopt_status s = opt->rank == 0 && !path
                          ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "path is NULL on rank 0")
                          : CLOPT_SUCCESS;
-    blob mine = {0}, file = {0};
+    clopt_mpi_blob mine = {0}, file = {0};
     if (s == CLOPT_SUCCESS)
-        s = pack_pieces(opt, &mine);
+        s = clopt_mpi_pack_pieces(opt, &mine);
     if (s == CLOPT_SUCCESS && mine.len > INT_MAX)
         s = clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "a shard's state over 2 GiB (MPI counts)");
     const int n = s == CLOPT_SUCCESS ? (int)mine.len : 0;
@@ -331,7 +156,7 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
         if (s == CLOPT_SUCCESS && opt->rank == 0) {
             s = merge(opt, all, tot, &file);
             if (s == CLOPT_SUCCESS)
-                s = write_file(opt, path, &file);
+                s = clopt_mpi_write_file(opt, path, &file);
         }
         s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* rank 0's verdict for all */
     }
@@ -347,7 +172,7 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
 
 /* A parsed checkpoint: its header and where each tensor's states are. */
 typedef struct ckpt_state {
-    char name[NAME_LEN];
+    char name[CLOPT_MPI_NAME_LEN];
     uint32_t esize;
     uint64_t len;
     const unsigned char *data;
@@ -367,7 +192,7 @@ typedef struct ckpt {
 static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const char **why)
 {
     memset(c, 0, sizeof *c);
-    reader r = {p, len, 0, 0};
+    clopt_mpi_reader r = {p, len, 0, 0};
     *why = "truncated";
     if (len < 12 + 4)
         return CLOPT_ERR_FORMAT;
@@ -375,21 +200,21 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
     memcpy(&crc, p + len - 4, 4);
     if (memcmp(p, CKPT_MAGIC, 8) != 0)
         return (*why = "not a clopt_mpi checkpoint (magic)"), CLOPT_ERR_FORMAT;
-    if (crc32c(p, len - 4) != crc)
+    if (clopt_mpi_crc32c(p, len - 4) != crc)
         return (*why = "CRC-32C mismatch (damaged file)"), CLOPT_ERR_FORMAT;
     r.len = len - 4;
-    get(&r, 8);
-    if (get_u32(&r) != CKPT_VERSION)
+    clopt_mpi_get(&r, 8);
+    if (clopt_mpi_get_u32(&r) != CKPT_VERSION)
         return (*why = "unknown version"), CLOPT_ERR_FORMAT;
-    c->rule = get_u32(&r);
-    c->total = get_u64(&r);
-    c->ntensors = get_u64(&r);
-    c->steps = get_u64(&r);
-    const uint32_t world = get_u32(&r);
-    get_u32(&r);
+    c->rule = clopt_mpi_get_u32(&r);
+    c->total = clopt_mpi_get_u64(&r);
+    c->ntensors = clopt_mpi_get_u64(&r);
+    c->steps = clopt_mpi_get_u64(&r);
+    const uint32_t world = clopt_mpi_get_u32(&r);
+    clopt_mpi_get_u32(&r);
     if (r.bad || world == 0 || world > (1u << 24))
         return CLOPT_ERR_FORMAT;
-    get(&r, (size_t)world * 16);
+    clopt_mpi_get(&r, (size_t)world * 16);
     if (r.bad || c->ntensors == 0 || c->ntensors > c->total || c->total > INT_MAX)
         return CLOPT_ERR_FORMAT;
     c->t = calloc(c->ntensors, sizeof *c->t);
@@ -397,23 +222,23 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
         return (*why = "out of host memory"), CLOPT_ERR_OUT_OF_MEMORY;
     for (uint64_t i = 0; i < c->ntensors; i++) {
         ckpt_tensor *t = &c->t[i];
-        t->ndim = get_u64(&r);
+        t->ndim = clopt_mpi_get_u64(&r);
         for (size_t k = 0; k < CLOPT_MAX_DIMS; k++)
-            t->shape[k] = get_u64(&r);
-        t->nstate = get_u32(&r);
+            t->shape[k] = clopt_mpi_get_u64(&r);
+        t->nstate = clopt_mpi_get_u32(&r);
         if (r.bad || t->nstate > 2 * CLOPT_MAX_STATE + 2)
             return CLOPT_ERR_FORMAT;
         for (uint32_t k = 0; k < t->nstate; k++) {
             ckpt_state *s = &t->st[k];
-            const void *nm = get(&r, NAME_LEN);
-            s->esize = get_u32(&r);
-            s->len = get_u64(&r);
+            const void *nm = clopt_mpi_get(&r, CLOPT_MPI_NAME_LEN);
+            s->esize = clopt_mpi_get_u32(&r);
+            s->len = clopt_mpi_get_u64(&r);
             if (r.bad || (s->esize != 1 && s->esize != 2 && s->esize != 4) ||
                 s->len > (r.len - r.at) / s->esize)
                 return CLOPT_ERR_FORMAT;
-            memcpy(s->name, nm, NAME_LEN);
-            s->name[NAME_LEN - 1] = '\0';
-            s->data = get(&r, (size_t)s->len * s->esize);
+            memcpy(s->name, nm, CLOPT_MPI_NAME_LEN);
+            s->name[CLOPT_MPI_NAME_LEN - 1] = '\0';
+            s->data = clopt_mpi_get(&r, (size_t)s->len * s->esize);
         }
     }
     if (r.bad || r.at != r.len)
@@ -438,7 +263,7 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
         const char *name = NULL;
         size_t sl = 0;
         clopt_optimizer_state_info(o, param, k, &name, &sl);
-        const size_t es = clopt_dtype_size(state_dtype(o, param, k));
+        const size_t es = clopt_dtype_size(clopt_mpi_state_dtype(o, param, k));
         const int whole = len == n;
         if (strcmp(name, cs->name) != 0 || es != cs->esize ||
             (whole ? sl != cs->len : (sl != len || cs->len != n))) {
@@ -454,7 +279,7 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
         if (!tmp)
             return CLOPT_ERR_OUT_OF_MEMORY;
         memcpy(tmp, cs->data + (whole ? 0 : off * es), sl * es);
-        clopt_status s = state_io(o, ctx, param, k, tmp, sl, es, 1);
+        clopt_status s = clopt_mpi_state_io(o, ctx, param, k, tmp, sl, es, 1);
         free(tmp);
         if (s != CLOPT_SUCCESS) {
             snprintf(detail, dlen, "writing state %s of parameter %zu: %s", name, param,
@@ -475,41 +300,6 @@ static int same_shape(const ckpt_tensor *t, const clopt_mpi_shape *s)
     return 1;
 }
 
-/* Reads a file whole (rank 0). */
-static clopt_status read_file(const char *path, unsigned char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return CLOPT_ERR_IO;
-    unsigned char *p = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            unsigned char *q = cap > (size_t)INT_MAX + 1u ? NULL : realloc(p, cap);
-            if (!q) {
-                free(p);
-                fclose(f);
-                return CLOPT_ERR_OUT_OF_MEMORY;
-            }
-            p = q;
-        }
-        const size_t got = fread(p + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    const int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(p);
-        return CLOPT_ERR_IO;
-    }
-    *out = p;
-    *len = n;
-    return CLOPT_SUCCESS;
-}
-
 clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path)
 {
     if (!opt)
@@ -521,7 +311,7 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     clopt_status s = CLOPT_SUCCESS;
     if (opt->rank == 0) {
         s = !path ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "path is NULL on rank 0")
-                  : read_file(path, &bytes, &len);
+                  : clopt_mpi_read_file(path, &bytes, &len);
         if (s != CLOPT_SUCCESS && !opt->err[0])
             clopt_mpi_fail(opt, s, "cannot read %s", path);
     }
@@ -605,7 +395,7 @@ clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer
     size_t len = 0;
     ckpt c = {0};
     const char *pw = "";
-    clopt_status s = read_file(path, &bytes, &len);
+    clopt_status s = clopt_mpi_read_file(path, &bytes, &len);
     if (s != CLOPT_SUCCESS)
         snprintf(detail, sizeof detail, "cannot read %s", path);
     if (s == CLOPT_SUCCESS && (s = parse(bytes, len, &c, &pw)) != CLOPT_SUCCESS)

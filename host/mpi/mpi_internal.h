@@ -70,4 +70,42 @@ clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *w
 clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
                              size_t n, double *all);
 
+/* ---- bytes for the checkpoints (mpi_bytes.c) ------------------------------------------ */
+
+#define CLOPT_MPI_NAME_LEN 32 /* a state's name in a file, NUL-padded */
+
+/* A growable byte buffer: oom 1 once an allocation failed (later puts do nothing). */
+typedef struct clopt_mpi_blob {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+} clopt_mpi_blob;
+void clopt_mpi_put(clopt_mpi_blob *b, const void *src, size_t n);
+void clopt_mpi_put_u32(clopt_mpi_blob *b, uint32_t v);
+void clopt_mpi_put_u64(clopt_mpi_blob *b, uint64_t v);
+/* A bounds-checked reader: bad 1 once a read ran past len (later reads give NULL / 0). */
+typedef struct clopt_mpi_reader {
+    const unsigned char *p;
+    size_t len, at;
+    int bad;
+} clopt_mpi_reader;
+const void *clopt_mpi_get(clopt_mpi_reader *r, size_t n);
+uint32_t clopt_mpi_get_u32(clopt_mpi_reader *r);
+uint64_t clopt_mpi_get_u64(clopt_mpi_reader *r);
+/* CRC-32C (Castagnoli) of n bytes. */
+uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n);
+/* The storage type of state k of `param` of an optimizer (its state entries). */
+clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t k);
+/* Blocking read (write 0) or write of len elements of esize bytes of state k of `param`:
+   float32 through clopt_optimizer_read_state/write_state, 16-bit words directly. */
+clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
+                                void *host, size_t len, size_t esize, int write);
+/* This rank's pieces and their states: per piece u64 tensor, u64 offset in the tensor, u64
+   length, u32 nstate, per state char name[32], u32 esize, u64 length, the bytes. */
+clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b);
+/* path written atomically ("<path>.<pid>.tmp", fsync, rename); a whole file read. */
+clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
+                                  const clopt_mpi_blob *b);
+clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len);
+
 #endif
