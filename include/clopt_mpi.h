@@ -228,7 +228,19 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
    CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes and
    CLOPT_MPI_ERR_MPI. */
 clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path);
-/* Not collective. Loads such a file into an unsharded optimizer whose registered tensors are
+/* Collective. The other form, nothing gathered through one rank: every rank writes its
+   pieces' states to "<prefix>.<rank>" and rank 0 writes "<prefix>.manifest" (world size,
+   each rank's shard range, each part's size and CRC-32C, rule, shapes, step count). Every
+   rank's prefix names the same files (a shared file system). Statuses as
+   clopt_mpi_optimizer_save. */
+clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const char *prefix);
+/* Collective. Loads such a set written with any world size: rank 0 reads the manifest and
+   broadcasts it; each rank reads only the parts that overlap its slice, checks each against
+   the manifest (size, CRC) and assembles its pieces' states; every rank checks everything
+   before any rank writes. Statuses and all-or-nothing as clopt_mpi_optimizer_load
+   (CLOPT_ERR_FORMAT also for a part that does not match the manifest). */
+clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const char *prefix);
+/* Not collective. Loads a file of clopt_mpi_optimizer_save into an unsharded optimizer whose registered tensors are
    the checkpoint's, in order (e.g. one range group over the same layout) on context ctx:
    every state and the step count, after checking everything. why (may be NULL) gets the
    reason of a failure. Statuses as clopt_mpi_optimizer_load without the MPI ones. */

@@ -203,3 +203,51 @@ clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *
     return CLOPT_SUCCESS;
 }
 
+
+clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
+                                  size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    /* rank 0 reads; every rank gets {status, length}, then the bytes */
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    clopt_status s = CLOPT_SUCCESS;
+    if (opt->rank == 0) {
+        s = !path ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "path is NULL on rank 0")
+                  : clopt_mpi_read_file(path, &bytes, &len);
+        if (s != CLOPT_SUCCESS && !opt->err[0])
+            clopt_mpi_fail(opt, s, "cannot read %s", path);
+    }
+    double head[2] = {(double)s, (double)len};
+    int rc = MPI_Bcast(head, 2, MPI_DOUBLE, 0, opt->comm);
+    if (rc != MPI_SUCCESS) {
+        free(bytes);
+        return clopt_mpi_check(opt, rc, "MPI_Bcast");
+    }
+    if (head[0] != 0.0) {
+        free(bytes);
+        return opt->rank == 0 ? s
+                              : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                                               "rank 0 could not read %s", path ? path : "the file");
+    }
+    len = (size_t)head[1];
+    if (opt->rank != 0 && !(bytes = malloc(len ? len : 1)))
+        s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    double *agree = malloc((size_t)opt->size * sizeof *agree);
+    if (!agree) {
+        free(bytes);
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* every rank has its buffer */
+    free(agree);
+    if (s == CLOPT_SUCCESS && (rc = MPI_Bcast(bytes, (int)len, MPI_BYTE, 0, opt->comm)) != MPI_SUCCESS)
+        s = clopt_mpi_check(opt, rc, "MPI_Bcast (file)");
+    if (s != CLOPT_SUCCESS) {
+        free(bytes);
+        return s;
+    }
+    *out = bytes;
+    *out_len = len;
+    return CLOPT_SUCCESS;
+}

@@ -107,5 +107,9 @@ clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b);
 clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
                                   const clopt_mpi_blob *b);
 clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len);
+/* Collective: rank 0 reads path, every rank receives the bytes (*out, malloc'ed); the same
+   status on every rank (CLOPT_MPI_ERR_REMOTE where another rank failed). */
+clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
+                                  size_t *len);
 
 #endif

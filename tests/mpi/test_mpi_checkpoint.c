@@ -3,7 +3,8 @@
  * loads and continues bit-identically to the run that went on, saves again, and one rank
  * (MPI_COMM_SELF) as well as the unsharded optimizer load that and continue bit-identically
  * (2 -> 2 -> 1 with 2 ranks, 2 -> 3 -> 1 with 3). Damaged, missing and mismatched files fail
- * on every rank and change nothing. */
+ * on every rank and change nothing. Both forms: one gathered file, and a file per rank with
+ * a manifest (the unsharded load takes the gathered form only). */
 #define _POSIX_C_SOURCE 200809L /* getpid */
 #include "mpi_fixture.h"
 
@@ -27,6 +28,16 @@ static const ck_case cases[] = {
 
 static fx_layout L;
 static char path1[256], path2[256];
+static int shards; /* 1: clopt_mpi_optimizer_save_shards / load_shards (path = prefix) */
+
+static clopt_status save(clopt_mpi_optimizer *sh, const char *path)
+{
+    return shards ? clopt_mpi_optimizer_save_shards(sh, path) : clopt_mpi_optimizer_save(sh, path);
+}
+static clopt_status load(clopt_mpi_optimizer *sh, const char *path)
+{
+    return shards ? clopt_mpi_optimizer_load_shards(sh, path) : clopt_mpi_optimizer_load(sh, path);
+}
 
 static void hparams(const ck_case *c, clopt_hparams *hp)
 {
@@ -113,7 +124,7 @@ static void run_case(const ck_case *c)
         run_open(&R, c, a, init);
         run_steps(&R, c, 1, 3);
         fx_read(R.p, saved, L.plen);
-        CHECK_OK(clopt_mpi_optimizer_save(R.sh, path1));
+        CHECK_OK(save(R.sh, path1));
         run_steps(&R, c, 4, 5);
         fx_read(R.p, cont, L.plen);
         run_close(&R);
@@ -125,11 +136,11 @@ static void run_case(const ck_case *c)
     /* B: the whole world loads it (resharding), continues, saves again */
     run B;
     run_open(&B, c, MPI_COMM_WORLD, saved);
-    CHECK_OK(clopt_mpi_optimizer_load(B.sh, path1));
+    CHECK_OK(load(B.sh, path1));
     CHECK(clopt_mpi_optimizer_step_count(B.sh) == 3, "%s: step count after load", c->name);
     run_steps(&B, c, 4, 5);
     check_params(c, "resumed on the world", B.p, cont);
-    CHECK_OK(clopt_mpi_optimizer_save(B.sh, path2));
+    CHECK_OK(save(B.sh, path2));
     run_steps(&B, c, 6, 7);
     fx_read(B.p, cont2, L.plen);
     run_close(&B);
@@ -138,11 +149,12 @@ static void run_case(const ck_case *c)
     if (fx_rank == 0) {
         run C;
         run_open(&C, c, MPI_COMM_SELF, cont);
-        CHECK_OK(clopt_mpi_optimizer_load(C.sh, path2));
+        CHECK_OK(load(C.sh, path2));
         run_steps(&C, c, 6, 7);
         check_params(c, "resumed on one rank", C.p, cont2);
         run_close(&C);
-
+    }
+    if (fx_rank == 0 && !shards) {
         clopt_hparams hp;
         hparams(c, &hp);
         cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
@@ -183,7 +195,7 @@ static void test_failures(void)
     run R;
     run_open(&R, c, MPI_COMM_WORLD, init);
     run_steps(&R, c, 1, 1);
-    CHECK_OK(clopt_mpi_optimizer_save(R.sh, path1));
+    CHECK_OK(save(R.sh, path1));
     clopt_optimizer *loc = clopt_mpi_optimizer_local(R.sh);
     size_t len = 0;
     float *before = NULL, *after = NULL;
@@ -194,8 +206,10 @@ static void test_failures(void)
         CHECK(before && after, "malloc");
         CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, before, len));
     }
-    if (fx_rank == 0) { /* flip one byte in the middle */
-        FILE *f = fopen(path1, "r+b");
+    if (fx_rank == 0) { /* flip one byte in the middle (of rank 0's part) */
+        char part[300];
+        snprintf(part, sizeof part, "%s.0", path1);
+        FILE *f = fopen(shards ? part : path1, "r+b");
         CHECK(f != NULL, "open %s", path1);
         fseek(f, 200, SEEK_SET);
         const int ch = fgetc(f);
@@ -204,8 +218,17 @@ static void test_failures(void)
         fclose(f);
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    CHECK_STATUS(clopt_mpi_optimizer_load(R.sh, path1), CLOPT_ERR_FORMAT);
-    CHECK_STATUS(clopt_mpi_optimizer_load(R.sh, "/nonexistent/clopt.ckpt"),
+    if (!shards) {
+        CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_FORMAT);
+    } else { /* the damaged part is read by the ranks whose slice overlaps rank 0's */
+        const clopt_status s = load(R.sh, path1);
+        CHECK(s == CLOPT_ERR_FORMAT || s == (clopt_status)CLOPT_MPI_ERR_REMOTE,
+              "damaged part: %s", clopt_mpi_status_name(s));
+        int mine = s == CLOPT_ERR_FORMAT, any = 0;
+        MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        CHECK(any, "no rank reported the damaged part");
+    }
+    CHECK_STATUS(load(R.sh, "/nonexistent/clopt.ckpt"),
                  fx_rank == 0 ? CLOPT_ERR_IO : (clopt_status)CLOPT_MPI_ERR_REMOTE);
     if (before) {
         CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, after, len));
@@ -213,18 +236,18 @@ static void test_failures(void)
     }
     CHECK(clopt_mpi_optimizer_step_count(R.sh) == 1, "a failed load changed the step count");
     /* a checkpoint of another layout */
-    CHECK_OK(clopt_mpi_optimizer_save(R.sh, path1));
+    CHECK_OK(save(R.sh, path1));
     run_close(&R);
     fx_layout keep = L;
     fx_layout_vector(&L, 5);
     run_open(&R, c, MPI_COMM_WORLD, init);
-    CHECK_STATUS(clopt_mpi_optimizer_load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
+    CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
     run_close(&R);
     L = keep;
     /* another rule */
     const ck_case nadam = {"nadam", CLOPT_NADAM, 0, 0};
     run_open(&R, &nadam, MPI_COMM_WORLD, init);
-    CHECK_STATUS(clopt_mpi_optimizer_load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
+    CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
     run_close(&R);
     free(before);
     free(after);
@@ -240,12 +263,24 @@ int main(int argc, char **argv)
     const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     snprintf(path1, sizeof path1, "%s/clopt_mpi_ckpt_%ld_a.bin", dir, pid);
     snprintf(path2, sizeof path2, "%s/clopt_mpi_ckpt_%ld_b.bin", dir, pid);
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
-        run_case(&cases[c]);
-    test_failures();
-    if (fx_rank == 0) {
+    for (shards = 0; shards < 2; shards++) {
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            run_case(&cases[c]);
+        test_failures();
+    }
+    if (fx_rank == 0) { /* the files of both forms */
+        char f[300];
         remove(path1);
         remove(path2);
+        for (int r = -1; r < fx_size; r++)
+            for (int k = 0; k < 2; k++) {
+                const char *pre = k ? path2 : path1;
+                if (r < 0)
+                    snprintf(f, sizeof f, "%s.manifest", pre);
+                else
+                    snprintf(f, sizeof f, "%s.%d", pre, r);
+                remove(f);
+            }
     }
     return fx_finish("test_mpi_checkpoint");
 }
