@@ -41,7 +41,8 @@
  * reduce-scatter and the all-gather and skip both copies; OpenCL 1.2 buffers are not
  * pointers, so this version always stages.
  *
- * Supported now: float32 parameters and gradients, one group (the range group), the
+ * Supported now: float32 parameters and gradients, one or more groups over one parameter
+ * and one gradient buffer (clopt_mpi_optimizer_create_groups), the
  * element-wise rules (SGD, Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam,
  * AdaMod, diffGrad, Lion, Ranger without gradient centralization, Schedule-Free AdamW/SGD
  * (training mode), ADOPT, AdEMAMix), Lookahead, bf16 state, schedules, global-norm clipping,
@@ -145,6 +146,19 @@ clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const c
                                         MPI_Comm comm, const clopt_range_group *desc,
                                         const clopt_mpi_options *o, clopt_mpi_optimizer **out,
                                         char *why, size_t why_len);
+/* Collective. The same with several parameter groups (as torch's param_groups: e.g. weights
+   with weight decay, biases without), each with its own hyperparameters hps[g] and tensors
+   descs[g]; every tensor of every group in the same parameter cl_mem and the same gradient
+   cl_mem. The flattened vector is group 0's tensors, then group 1's, ...: shards cut across
+   groups as across tensors, and the global norm (clipping) and AMP check cover all groups.
+   clopt_mpi_optimizer_create is this with one group. Statuses as create (also
+   CLOPT_ERR_INVALID_SIZE for ngroups 0). */
+clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, MPI_Comm comm,
+                                               size_t ngroups, const clopt_hparams *hps,
+                                               const clopt_range_group *descs,
+                                               const clopt_mpi_options *o,
+                                               clopt_mpi_optimizer **out, char *why,
+                                               size_t why_len);
 /* Collective (frees the duplicated communicator). Blocks until the shard's steps finished,
    then releases everything the sharded optimizer allocated. NULL allowed (then local). */
 void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt);
@@ -173,9 +187,15 @@ clopt_status clopt_mpi_optimizer_set_grad_scale(clopt_mpi_optimizer *opt, double
    clipping on (NaN before, when the gradient was not finite, and for NULL). */
 double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
 
-/* Local (same value on every rank). Change the hyperparameters or the lr schedule between
-   steps, as clopt_optimizer_set_group_hparams / set_group_schedule (same statuses; a change
-   to a refused variant, e.g. gradient centralization, is CLOPT_ERR_UNSUPPORTED). */
+/* Local (same value on every rank). Change a group's hyperparameters (set_hparams: every
+   group's) or the lr schedule (every group's) between steps, as
+   clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
+   no such group; a change to a refused variant, e.g. gradient centralization with cut
+   tensors, is CLOPT_ERR_UNSUPPORTED). get: the group's hyperparameters as last set. */
+clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                                   const clopt_hparams *hp);
+clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,
+                                                   clopt_hparams *out);
 clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp);
 clopt_status clopt_mpi_optimizer_get_hparams(const clopt_mpi_optimizer *opt, clopt_hparams *out);
 clopt_status clopt_mpi_optimizer_set_schedule(clopt_mpi_optimizer *opt, const clopt_schedule *s);
@@ -205,7 +225,8 @@ clopt_status clopt_mpi_optimizer_last_timing(const clopt_mpi_optimizer *opt,
 
 /* Local. The internal optimizer of this rank's shard (borrowed; NULL for NULL): its tensors
    are the slice's pieces of the engine's tensors, in order (a whole tensor with its shape, a
-   cut one as 1-D). For reading the shard's state (clopt_optimizer_read_state, state entries). Do not
+   cut one as 1-D), in one range group per group that has pieces here (after an empty
+   group 0). For reading the shard's state (clopt_optimizer_read_state, state entries). Do not
    step it, add tensors to it or change its settings: use the calls above. */
 clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt);
 

@@ -32,8 +32,9 @@ struct clopt_mpi_optimizer {
     int rank, size;
     clopt_rule rule;
     clopt_mpi_options o;
-    clopt_optimizer *local; /* the shard's optimizer: group 0 empty, group 1 the range group */
-    int has_group;          /* group 1 exists (the rank owns elements) */
+    clopt_optimizer *local; /* the shard's optimizer: group 0 empty, then one range group per
+                               group that has pieces here (lgroup) */
+    int has_group;          /* the rank owns elements (the internal optimizer has tensors) */
     size_t total;           /* flattened elements */
     size_t first, count;    /* this rank's slice */
     int *counts, *displs;   /* every rank's slice, for MPI (total <= INT_MAX) */
@@ -46,7 +47,13 @@ struct clopt_mpi_optimizer {
                                the local gradient, total floats */
     float *host_s;          /* reduce-scatter: count floats of the reduced slice */
     float *host_recv;       /* ordered sum: size * count floats from every rank */
-    size_t ntensors;
+    size_t ngroups;
+    clopt_hparams *hps;       /* every group's hyperparameters (as last set) */
+    int *lgroup;              /* group g's range group in the internal optimizer, -1: none here */
+    clopt_param_desc *cat;    /* every group's tensors, concatenated (the flattened order) */
+    size_t *tgroup;           /* the group of each */
+    size_t ncat;
+    size_t ntensors;          /* = ncat once built */
     clopt_mpi_shape *shapes;  /* ntensors */
     clopt_mpi_piece *pieces;  /* npieces, in tensor order */
     size_t npieces;

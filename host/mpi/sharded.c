@@ -147,13 +147,17 @@ static size_t desc_len(const clopt_param_desc *d)
     return n;
 }
 
-/* The local checks of create's arguments; the signature the ranks compare. */
-static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, const clopt_hparams *hp,
-                               const clopt_range_group *desc, const clopt_mpi_options *o,
-                               uint64_t *sig)
+/* The local checks of create's arguments (every group), the groups' tensors concatenated
+   into opt->cat (tensor i of the flattened vector, its group in opt->tgroup[i]); the
+   signature the ranks compare. */
+static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t ngroups,
+                               const clopt_hparams *hps, const clopt_range_group *descs,
+                               const clopt_mpi_options *o, uint64_t *sig)
 {
-    if (!opt->ctx || !hp || !desc)
+    if (!opt->ctx || !hps || !descs)
         return clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "ctx, hp or desc is NULL");
+    if (ngroups == 0)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "no groups");
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "rule %d out of range", (int)rule);
     if (o && (o->struct_size < sizeof *o || (unsigned)o->grad_mode > 1u ||
@@ -161,19 +165,48 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, const 
               (o->shard_tensors != 0 && o->shard_tensors != 1)))
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
                               "options: struct_size too small or a field out of range");
-    clopt_status s = check_rule(opt, rule, hp, o ? o->shard_tensors : 0);
-    if (s != CLOPT_SUCCESS)
-        return s;
-    if (desc->struct_size < sizeof *desc)
-        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "desc->struct_size too small");
-    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
-        if (desc->state[k])
-            return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                                  "engine-owned state buffers are not supported when sharded "
-                                  "(each rank keeps only its slice's state)");
-    if (desc->ntensors == 0 || !desc->tensors)
-        return clopt_mpi_fail(opt, desc->ntensors ? CLOPT_ERR_NULL_ARGUMENT : CLOPT_ERR_INVALID_SIZE,
-                              "no tensors");
+    size_t nt = 0;
+    for (size_t gi = 0; gi < ngroups; gi++) {
+        const clopt_range_group *desc = &descs[gi];
+        clopt_status s = check_rule(opt, rule, &hps[gi], o ? o->shard_tensors : 0);
+        if (s != CLOPT_SUCCESS)
+            return s;
+        if (desc->struct_size < sizeof *desc)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "group %zu: struct_size too small",
+                                  gi);
+        for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
+            if (desc->state[k])
+                return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                                      "engine-owned state buffers are not supported when sharded "
+                                      "(each rank keeps only its slice's state)");
+        if (desc->ntensors == 0 || !desc->tensors)
+            return clopt_mpi_fail(opt, desc->ntensors ? CLOPT_ERR_NULL_ARGUMENT : CLOPT_ERR_INVALID_SIZE,
+                                  "group %zu: no tensors", gi);
+        if (nt > SIZE_MAX / 2 - desc->ntensors)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "too many tensors");
+        nt += desc->ntensors;
+    }
+    opt->cat = malloc(nt * sizeof *opt->cat);
+    opt->tgroup = malloc(nt * sizeof *opt->tgroup);
+    opt->lgroup = malloc(ngroups * sizeof *opt->lgroup);
+    opt->hps = malloc(ngroups * sizeof *opt->hps);
+    opt->ngroups = ngroups;
+    opt->ncat = nt;
+    if (!opt->cat || !opt->tgroup || !opt->lgroup || !opt->hps)
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t gi = 0, at = 0; gi < ngroups; gi++) {
+        opt->lgroup[gi] = -1;
+        opt->hps[gi] = hps[gi];
+        for (size_t i = 0; i < descs[gi].ntensors; i++, at++) {
+            opt->cat[at] = descs[gi].tensors[i];
+            opt->tgroup[at] = gi;
+        }
+    }
+    clopt_range_group catg;
+    clopt_range_group_init(&catg);
+    catg.ntensors = nt;
+    catg.tensors = opt->cat;
+    const clopt_range_group *desc = &catg;
     /* FNV-1a over what every rank must share */
     uint64_t h = 1469598103934665603ull;
 #define MIX(v)                                                                               \
@@ -221,20 +254,25 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     MIX(o ? o->reduce_op : 0);
     MIX(o ? o->ordered_sum : 1);
     MIX(o ? o->shard_tensors : 0);
-    /* a spot check of the hyperparameters most often set per rank by mistake */
-    MIXD(hp->lr);
-    MIXD(hp->beta1);
-    MIXD(hp->beta2);
-    MIXD(hp->beta3);
-    MIXD(hp->eps);
-    MIXD(hp->weight_decay);
-    MIXD(hp->momentum);
-    MIXD(hp->alpha);
-    MIX(hp->amsgrad);
-    MIX(hp->nesterov);
-    MIX(hp->maximize);
-    MIX(hp->state_dtype);
-    MIX(hp->lookahead_k);
+    MIX(ngroups);
+    for (size_t gi = 0; gi < ngroups; gi++) {
+        const clopt_hparams *hp = &hps[gi];
+        MIX(descs[gi].ntensors);
+        /* a spot check of the hyperparameters most often set per rank by mistake */
+        MIXD(hp->lr);
+        MIXD(hp->beta1);
+        MIXD(hp->beta2);
+        MIXD(hp->beta3);
+        MIXD(hp->eps);
+        MIXD(hp->weight_decay);
+        MIXD(hp->momentum);
+        MIXD(hp->alpha);
+        MIX(hp->amsgrad);
+        MIX(hp->nesterov);
+        MIX(hp->maximize);
+        MIX(hp->state_dtype);
+        MIX(hp->lookahead_k);
+    }
 #undef MIX
 #undef MIXD
     opt->total = total;
@@ -277,12 +315,21 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->host_recv);
     free(opt->shapes);
     free(opt->pieces);
+    free(opt->cat);
+    free(opt->tgroup);
+    free(opt->lgroup);
+    free(opt->hps);
 }
 
 /* The internal optimizer over the slice's pieces, the staging buffers. */
-static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
-                          const clopt_range_group *desc)
+static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
 {
+    clopt_range_group catg;
+    clopt_range_group_init(&catg);
+    catg.tensors = opt->cat;
+    catg.ntensors = opt->ncat;
+    const clopt_range_group *desc = &catg;
+    const clopt_hparams *hp = &hps[0]; /* the internal optimizer's (empty) group 0 */
     const size_t N = (size_t)opt->size;
     opt->counts = malloc(N * sizeof *opt->counts);
     opt->displs = malloc(N * sizeof *opt->displs);
@@ -352,42 +399,52 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hp,
         if (!opt->shard_grad)
             return clopt_mpi_cl_fail(opt, e, "allocating the shard's gradient");
     }
-    /* the pieces: tensor i's part of [first, first + count), as 1-D tensors */
+    /* the pieces: tensor i's part of [first, first + count), as 1-D tensors (whole tensors
+       keep their shapes); one internal range group per group with pieces here */
     clopt_param_desc *pieces = calloc(desc->ntensors, sizeof *pieces);
     if (!pieces)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the pieces");
     size_t np = 0, flat = 0;
     const size_t a = opt->first, b = opt->first + opt->count;
-    for (size_t i = 0; i < desc->ntensors; i++) {
-        const clopt_param_desc *d = &desc->tensors[i];
-        const size_t n = desc_len(d), lo = flat > a ? flat : a, hi = flat + n < b ? flat + n : b;
-        if (lo < hi) {
-            opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
-            clopt_param_desc *p = &pieces[np++];
-            clopt_param_desc_init(p);
-            p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
-            p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
-                         : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
-            if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor, LAMB, Muon) */
-                p->ndim = d->ndim;
-                memcpy(p->shape, d->shape, sizeof p->shape);
-            } else {
-                p->ndim = 1;
-                p->shape[0] = hi - lo;
+    for (size_t gi = 0, i = 0; gi < opt->ngroups; gi++) {
+        const size_t first_piece = np;
+        for (; i < desc->ntensors && opt->tgroup[i] == gi; i++) {
+            const clopt_param_desc *d = &desc->tensors[i];
+            const size_t n = desc_len(d), lo = flat > a ? flat : a, hi = flat + n < b ? flat + n : b;
+            if (lo < hi) {
+                opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
+                clopt_param_desc *p = &pieces[np++];
+                clopt_param_desc_init(p);
+                p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
+                p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
+                             : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
+                if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor, LAMB) */
+                    p->ndim = d->ndim;
+                    memcpy(p->shape, d->shape, sizeof p->shape);
+                } else {
+                    p->ndim = 1;
+                    p->shape[0] = hi - lo;
+                }
             }
+            flat += n;
         }
-        flat += n;
+        if (np == first_piece)
+            continue; /* no piece of this group here */
+        clopt_range_group g;
+        clopt_range_group_init(&g);
+        g.ntensors = np - first_piece;
+        g.tensors = pieces + first_piece;
+        size_t lg = 0;
+        s = clopt_optimizer_add_range_group(opt->local, &hps[gi], &g, &lg, NULL);
+        if (s != CLOPT_SUCCESS) {
+            free(pieces);
+            return clopt_mpi_fail(opt, s, "the shard's range group %zu: %s", gi,
+                                  clopt_ctx_last_error(opt->ctx));
+        }
+        opt->lgroup[gi] = (int)lg;
     }
-    clopt_range_group g;
-    clopt_range_group_init(&g);
-    g.ntensors = np;
-    g.tensors = pieces;
-    s = clopt_optimizer_add_range_group(opt->local, hp, &g, NULL, NULL);
     free(pieces);
-    if (s != CLOPT_SUCCESS)
-        return clopt_mpi_fail(opt, s, "the shard's range group: %s",
-                              clopt_ctx_last_error(opt->ctx));
-    opt->has_group = 1;
+    opt->has_group = np > 0;
     opt->npieces = np;
     return CLOPT_SUCCESS;
 }
@@ -402,6 +459,16 @@ clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const c
                                         MPI_Comm comm, const clopt_range_group *desc,
                                         const clopt_mpi_options *o, clopt_mpi_optimizer **out,
                                         char *why, size_t why_len)
+{
+    return clopt_mpi_optimizer_create_groups(ctx, rule, comm, 1, hp, desc, o, out, why, why_len);
+}
+
+clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, MPI_Comm comm,
+                                               size_t ngroups, const clopt_hparams *hps,
+                                               const clopt_range_group *descs,
+                                               const clopt_mpi_options *o,
+                                               clopt_mpi_optimizer **out, char *why,
+                                               size_t why_len)
 {
     copy_why(why, why_len, "");
     if (out)
@@ -446,7 +513,7 @@ clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const c
     clopt_status s = out ? CLOPT_SUCCESS
                          : clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (s == CLOPT_SUCCESS)
-        s = check_args(opt, rule, hp, desc, o, &sig);
+        s = check_args(opt, rule, ngroups, hps, descs, o, &sig);
     if (s == CLOPT_SUCCESS && o) {
         opt->o.grad_mode = o->grad_mode;
         opt->o.reduce_op = o->reduce_op;
@@ -471,7 +538,7 @@ clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const c
     }
     /* agreement 2: every rank built its shard */
     if (s == CLOPT_SUCCESS && all) {
-        s = build(opt, hp, desc);
+        s = build(opt, hps);
         s = clopt_mpi_agree(opt, s, NULL, 0, all);
     }
     free(all);
@@ -526,27 +593,57 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt)
     return opt ? opt->last_norm : NAN;
 }
 
-clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp)
+clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                                   const clopt_hparams *hp)
 {
     if (!opt || !hp)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
+    if (group >= opt->ngroups)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INDEX, "no group %zu", group);
     clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
     if (s != CLOPT_SUCCESS)
         return s;
-    /* the range group first: it refuses a change of the state layout */
-    if (opt->has_group && (s = clopt_optimizer_set_group_hparams(opt->local, 1, hp)) != CLOPT_SUCCESS)
+    /* the range group first: it refuses a change of the state layout; group 0 of the
+       internal optimizer (empty) follows group 0, as get_group_hparams reads it there when
+       this rank holds none of it */
+    if (opt->lgroup[group] >= 0 &&
+        (s = clopt_optimizer_set_group_hparams(opt->local, (size_t)opt->lgroup[group], hp)) !=
+            CLOPT_SUCCESS)
         return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
-    if ((s = clopt_optimizer_set_group_hparams(opt->local, 0, hp)) != CLOPT_SUCCESS)
+    if (group == 0 && (s = clopt_optimizer_set_group_hparams(opt->local, 0, hp)) != CLOPT_SUCCESS)
         return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+    opt->hps[group] = *hp;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp)
+{
+    if (!opt || !hp)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    for (size_t g = 0; g < opt->ngroups; g++) {
+        const clopt_status s = clopt_mpi_optimizer_set_group_hparams(opt, g, hp);
+        if (s != CLOPT_SUCCESS)
+            return s; /* groups before g were changed: refused changes are layout ones, the
+                         same for every group, so g is 0 in practice */
+    }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,
+                                                   clopt_hparams *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (group >= opt->ngroups)
+        return CLOPT_ERR_INDEX;
+    *out = opt->hps[group];
     return CLOPT_SUCCESS;
 }
 
 clopt_status clopt_mpi_optimizer_get_hparams(const clopt_mpi_optimizer *opt, clopt_hparams *out)
 {
-    if (!opt || !out)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    return clopt_optimizer_get_group_hparams(opt->local, 0, out);
+    return clopt_mpi_optimizer_get_group_hparams(opt, 0, out);
 }
 
 clopt_status clopt_mpi_optimizer_set_schedule(clopt_mpi_optimizer *opt, const clopt_schedule *sc)
@@ -554,9 +651,15 @@ clopt_status clopt_mpi_optimizer_set_schedule(clopt_mpi_optimizer *opt, const cl
     if (!opt || !sc)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
-    clopt_status s = clopt_optimizer_set_group_schedule(opt->local, 0, sc);
-    if (s == CLOPT_SUCCESS && opt->has_group)
-        s = clopt_optimizer_set_group_schedule(opt->local, 1, sc);
+    const char *why = NULL;
+    clopt_status s = clopt_schedule_validate(sc, &why);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "schedule: %s", why ? why : "invalid");
+    for (size_t g = 0; s == CLOPT_SUCCESS && g < opt->ngroups; g++)
+        if (opt->lgroup[g] >= 0)
+            s = clopt_optimizer_set_group_schedule(opt->local, (size_t)opt->lgroup[g], sc);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_optimizer_set_group_schedule(opt->local, 0, sc);
     if (s != CLOPT_SUCCESS)
         return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
     return CLOPT_SUCCESS;

@@ -6,7 +6,8 @@
  * optimizer's). Layouts: five tensors of 46 elements (the shards cut tensors) and one
  * vector of world-1 elements (rank 0 owns nothing). Also a change of hyperparameters and
  * a schedule mid-run. Then the rules with per-tensor reductions (LAMB, Adafactor,
- * StableAdamW, cautious, gradient centralization) on tensor-aligned shards, bit for bit. */
+ * StableAdamW, cautious, gradient centralization) on tensor-aligned shards, bit for bit, and
+ * two parameter groups over one pair of buffers. */
 #include "mpi_fixture.h"
 
 #include <string.h>
@@ -230,6 +231,92 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
     free(b);
 }
 
+/* Two groups over the same buffers (tensors 0-1 with weight decay, 2-4 without, as an
+   engine's decay / no-decay split): shards cut across the group boundary; a group's lr
+   changed mid-run; bit for bit against the unsharded optimizer with the same two groups. */
+static void run_groups(clopt_rule rule, int clip)
+{
+    fx_layout Lm;
+    fx_layout_main(&Lm);
+    const fx_layout *L = &Lm;
+    char what[96];
+    snprintf(what, sizeof what, "%s, two groups%s", clopt_rule_name(rule), clip ? ", clip" : "");
+    clopt_hparams hps[2];
+    CHECK_OK(clopt_hparams_default(rule, &hps[0]));
+    hps[0].weight_decay = 0.1;
+    hps[1] = hps[0];
+    hps[1].weight_decay = 0.0;
+    hps[1].lr *= 2;
+    cl_mem p = fx_buffer(L->plen, 1234.5f), g = fx_buffer(L->glen, -77.0f);
+    cl_mem rp = fx_buffer(L->plen, 1234.5f), rg = fx_buffer(L->glen, -77.0f);
+    float *flat = malloc(L->total * sizeof *flat);
+    float *a = malloc(L->plen * sizeof *a), *b = malloc(L->plen * sizeof *b);
+    CHECK(flat && a && b, "malloc");
+    for (size_t i = 0; i < L->total; i++)
+        flat[i] = fx_val(2, i);
+    fx_scatter(L, 0, p, flat);
+    fx_scatter(L, 0, rp, flat);
+    clopt_param_desc d[FX_MAX_T], rd[FX_MAX_T];
+    clopt_range_group all, rall, descs[2];
+    fx_range_group(L, p, g, d, &all);
+    fx_range_group(L, rp, rg, rd, &rall);
+    descs[0] = all;
+    descs[0].ntensors = 2;
+    descs[1] = all;
+    descs[1].tensors = d + 2;
+    descs[1].ntensors = L->nt - 2;
+    clopt_mpi_optimizer *sh = NULL;
+    char why[512];
+    const clopt_status s = clopt_mpi_optimizer_create_groups(fx_ctx, rule, MPI_COMM_WORLD, 2, hps,
+                                                             descs, NULL, &sh, why, sizeof why);
+    CHECK(s == CLOPT_SUCCESS, "%s: create: %s: %s", what, clopt_mpi_status_name(s), why);
+    clopt_optimizer *ref = NULL;
+    CHECK_OK(clopt_optimizer_create(fx_ctx, rule, &hps[0], &ref));
+    clopt_range_group r0 = rall, r1 = rall;
+    r0.ntensors = 2;
+    r1.tensors = rd + 2;
+    r1.ntensors = L->nt - 2;
+    CHECK_OK(clopt_optimizer_add_range_group(ref, &hps[0], &r0, NULL, NULL));
+    CHECK_OK(clopt_optimizer_add_range_group(ref, &hps[1], &r1, NULL, NULL));
+    if (clip) { /* an inactive clip: the norm is measured over both groups, bits unchanged */
+        CHECK_OK(clopt_mpi_optimizer_set_grad_clip(sh, 1e6));
+        CHECK_OK(clopt_optimizer_set_grad_clip(ref, 1e6));
+    }
+    for (unsigned t = 1; t <= 4; t++) {
+        if (t == 3) {
+            clopt_hparams h = hps[1];
+            h.lr *= 0.25;
+            CHECK_OK(clopt_mpi_optimizer_set_group_hparams(sh, 1, &h));
+            CHECK_OK(clopt_optimizer_set_group_hparams(ref, 2, &h));
+            clopt_hparams back;
+            CHECK_OK(clopt_mpi_optimizer_get_group_hparams(sh, 1, &back));
+            CHECK(back.lr == h.lr, "%s: get_group_hparams", what);
+        }
+        for (size_t i = 0; i < L->total; i++)
+            flat[i] = fx_val(200 + t, i);
+        fx_scatter(L, 1, g, flat);
+        fx_scatter(L, 1, rg, flat);
+        const clopt_status st = clopt_mpi_optimizer_step(sh, NULL);
+        CHECK(st == CLOPT_SUCCESS, "%s: step %u: %s: %s", what, t, clopt_mpi_status_name(st),
+              clopt_mpi_optimizer_last_error(sh));
+        CHECK_OK(clopt_optimizer_step(ref, NULL));
+        fx_read(p, a, L->plen);
+        fx_read(rp, b, L->plen);
+        CHECK(memcmp(a, b, L->plen * sizeof *a) == 0, "%s: step %u differs from unsharded", what, t);
+    }
+    check_states(what, sh, ref, L);
+    CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, 2, &hps[0]), CLOPT_ERR_INDEX);
+    clopt_mpi_optimizer_destroy(sh);
+    clopt_optimizer_destroy(ref);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+    clReleaseMemObject(rp);
+    clReleaseMemObject(rg);
+    free(flat);
+    free(a);
+    free(b);
+}
+
 int main(int argc, char **argv)
 {
     fx_init(&argc, &argv);
@@ -244,5 +331,7 @@ int main(int argc, char **argv)
         run_case(&whole_cases[c], &main_l, c == 0, 1);
         run_case(&whole_cases[c], &tiny, 0, 1);
     }
+    run_groups(CLOPT_ADAMW, 0);
+    run_groups(CLOPT_SGD, 1);
     return fx_finish("test_mpi_elementwise");
 }
