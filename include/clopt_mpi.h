@@ -45,7 +45,7 @@
  * and one gradient buffer (clopt_mpi_optimizer_create_groups), the
  * element-wise rules (SGD, Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam,
  * AdaMod, diffGrad, Lion, Ranger without gradient centralization, Schedule-Free AdamW/SGD
- * (training mode), ADOPT, AdEMAMix), Lookahead, bf16 state, schedules, global-norm clipping,
+ * (with clopt_mpi_optimizer_set_mode), ADOPT, AdEMAMix), Lookahead, bf16 state, schedules, global-norm clipping,
  * AMP. The rules with per-tensor reductions (LAMB, Adafactor, StableAdamW, cautious masking,
  * gradient centralization, Muon) only with tensor-aligned shards (clopt_mpi_options
  * .shard_tensors = 1): their per-tensor sums are not combined across ranks yet, so a tensor
@@ -175,6 +175,15 @@ void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt);
    rank unchanged; an OpenCL or MPI failure during the update or the all-gather (after the
    ranks agreed) can leave some shards updated: every rank then reports it. */
 clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue queue);
+
+/* Collective. Schedule-Free: train = 0 writes the averaged point x into the parameters
+   (evaluation, saving the model), 1 writes y back, as clopt_optimizer_eval / train, on the
+   shard, then all-gathers the parameters; other rules: the parameters are gathered unchanged.
+   A step in eval mode fails on every rank (CLOPT_ERR_INVALID_ARGUMENT).
+   Blocking, on the context's queue. training: 1 in train mode. Statuses as
+   clopt_optimizer_set_mode_on, plus CLOPT_MPI_ERR_REMOTE / _MPI. */
+clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train);
+int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt);
 
 /* Local (call it on every rank with the same value). Global-norm clipping (as
    clopt_optimizer_set_grad_clip, over the whole flattened gradient) and AMP's loss scale (as

@@ -59,6 +59,7 @@ struct clopt_mpi_optimizer {
     size_t npieces;
     double max_norm, scale, last_norm;
     uint64_t steps;
+    int eval_mode;          /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
     clopt_mpi_step_timing timing; /* the last step's */
     char err[512];
 };

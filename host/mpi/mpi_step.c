@@ -99,11 +99,81 @@ static double local_scale(double amp_scale, float inv, float mul)
     return 1.0 / (double)(inv * mul);
 }
 
+/* Every rank's updated slice (in host_p[first .. first + count) after `s`, this rank's
+   status of the update) into every rank's full parameter buffer: an agreement on s, the
+   MPI_Allgatherv, the writes of the other slices. Timings added to *tg and *tw. */
+static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, clopt_status s,
+                                  double *tg, double *tw)
+{
+    const size_t a = opt->first, n = opt->count;
+    const double t0 = MPI_Wtime();
+    int failed = s != CLOPT_SUCCESS, any = 0;
+    int rc = MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, opt->comm);
+    if (rc != MPI_SUCCESS)
+        return s != CLOPT_SUCCESS ? s : clopt_mpi_check(opt, rc, "MPI_Allreduce");
+    if (any)
+        return s != CLOPT_SUCCESS ? s
+                                  : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                                                   "another rank's update failed (this shard "
+                                                   "was updated; the parameters were not "
+                                                   "gathered)");
+    rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
+                        MPI_FLOAT, opt->comm);
+    if (rc != MPI_SUCCESS)
+        return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
+    const double t1 = MPI_Wtime();
+    *tg += t1 - t0;
+    cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, 0);
+    if (e == CL_SUCCESS)
+        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p, 0);
+    if (e == CL_SUCCESS)
+        e = clFinish(q);
+    if (e != CL_SUCCESS)
+        return clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
+    *tw += MPI_Wtime() - t1;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    cl_command_queue q = clopt_ctx_cl_queue(opt->ctx);
+    clopt_status s = CLOPT_SUCCESS;
+    if (opt->has_group) {
+        if ((s = clopt_optimizer_set_mode_on(opt->local, train != 0, q, 0, NULL, NULL)) !=
+            CLOPT_SUCCESS)
+            clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+        if (s == CLOPT_SUCCESS) {
+            cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
+                                opt->first + opt->count, opt->host_p, 1);
+            if (e == CL_SUCCESS)
+                e = clFinish(q);
+            if (e != CL_SUCCESS)
+                s = clopt_mpi_cl_fail(opt, e, "reading the shard");
+        }
+    }
+    double tg = 0, tw = 0;
+    s = gather_params(opt, q, s, &tg, &tw);
+    if (s == CLOPT_SUCCESS)
+        opt->eval_mode = !train;
+    return s;
+}
+
+int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt)
+{
+    return opt ? !opt->eval_mode : 1;
+}
+
 clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue queue)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
+    if (opt->eval_mode) /* the same on every rank: all return here */
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "the optimizer is in eval mode: clopt_mpi_optimizer_set_mode(opt, 1)");
     cl_command_queue q = queue ? queue : clopt_ctx_cl_queue(opt->ctx);
     const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
     const int amp = opt->scale > 0, clip = opt->max_norm > 0, check = amp || clip;
@@ -199,31 +269,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
             clopt_optimizer_poll(opt->local, &rep); /* the host's counts exact again */
     }
     LAP(update_s);
-    int failed = s != CLOPT_SUCCESS, any = 0;
-    int rc = MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, opt->comm);
-    if (rc != MPI_SUCCESS)
-        return s != CLOPT_SUCCESS ? s : clopt_mpi_check(opt, rc, "MPI_Allreduce");
-    if (any)
-        return s != CLOPT_SUCCESS ? s
-                                  : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
-                                                   "another rank's update failed (this shard "
-                                                   "was updated; the parameters were not "
-                                                   "gathered)");
-
-    /* phase 3: every rank's slice into every rank's full parameter buffer */
-    rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
-                        MPI_FLOAT, opt->comm);
-    if (rc != MPI_SUCCESS)
-        return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
-    LAP(gather_s);
-    e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, 0);
-    if (e == CL_SUCCESS)
-        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p, 0);
-    if (e == CL_SUCCESS)
-        e = clFinish(q);
-    if (e != CL_SUCCESS)
-        return clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
-    LAP(write_s);
+    s = gather_params(opt, q, s, &tm.gather_s, &tm.write_s);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    t = MPI_Wtime();
 #undef LAP
     tm.total_s = t - t0;
     opt->timing = tm;

@@ -215,6 +215,20 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
     }
     CHECK(clopt_mpi_optimizer_step_count(sh) == STEPS, "%s: step count", what);
     check_states(what, sh, ref, L);
+    if (c->rule == CLOPT_SCHEDULE_FREE_ADAMW || c->rule == CLOPT_SCHEDULE_FREE_SGD) {
+        /* eval writes x on every rank's full buffer, train writes y back: as unsharded */
+        for (int train = 0; train < 2; train++) {
+            CHECK_OK(clopt_mpi_optimizer_set_mode(sh, train));
+            CHECK_OK(train ? clopt_optimizer_train(ref) : clopt_optimizer_eval(ref));
+            CHECK(clopt_mpi_optimizer_training(sh) == train, "%s: mode", what);
+            fx_read(p, a, L->plen);
+            fx_read(rp, b, L->plen);
+            CHECK(memcmp(a, b, L->plen * sizeof *a) == 0, "%s: %s mode differs", what,
+                  train ? "train" : "eval");
+            if (!train)
+                CHECK_STATUS(clopt_mpi_optimizer_step(sh, NULL), CLOPT_ERR_INVALID_ARGUMENT);
+        }
+    }
     unsigned long long mine = clopt_mpi_optimizer_state_bytes(sh), sum = 0;
     MPI_Allreduce(&mine, &sum, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
     CHECK(sum == clopt_optimizer_state_bytes(ref), "%s: state bytes %llu over the ranks, %zu "
