@@ -117,6 +117,8 @@ static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, 
                                                    "another rank's update failed (this shard "
                                                    "was updated; the parameters were not "
                                                    "gathered)");
+    if (opt->size == 1)
+        return CLOPT_SUCCESS; /* one rank: the buffer already holds every parameter */
     rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
                         MPI_FLOAT, opt->comm);
     if (rc != MPI_SUCCESS)
@@ -145,8 +147,9 @@ clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
         if ((s = clopt_optimizer_set_mode_on(opt->local, train != 0, q, 0, NULL, NULL)) !=
             CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
-        if (s == CLOPT_SUCCESS) {
-            cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
+        if (s == CLOPT_SUCCESS) { /* clFinish also when one rank skips the gather */
+            cl_int e = opt->size == 1 ? CL_SUCCESS
+                                      : transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
                                 opt->first + opt->count, opt->host_p, 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
@@ -257,8 +260,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         if (s == CLOPT_SUCCESS &&
             (s = clopt_optimizer_step_on(opt->local, q, 0, NULL, NULL)) != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "the shard's step: %s", clopt_ctx_last_error(opt->ctx));
-        if (s == CLOPT_SUCCESS) {
-            e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n, opt->host_p, 1);
+        if (s == CLOPT_SUCCESS) { /* the shard for the all-gather (one rank: none) */
+            e = opt->size == 1 ? CL_SUCCESS
+                               : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n,
+                                          opt->host_p, 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
             if (e != CL_SUCCESS)
