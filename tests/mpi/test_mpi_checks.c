@@ -5,7 +5,9 @@
  *    rounding, and an inactive clip leaves the step bit-identical;
  *  - AMP: with a loss scale the steps are bit-identical to the unsharded optimizer's; an Inf
  *    in one rank's shard skips the step on every rank (nothing changes, the count stays);
- *  - a failure on one rank fails the call on every rank (MISMATCH, REMOTE), refused rules. */
+ *  - a failure on one rank fails the call on every rank (MISMATCH, REMOTE; a step with a bad
+ *    queue on one rank changes nothing anywhere), reduce-scatter + AMP skips everywhere,
+ *    refused rules. */
 #include "mpi_fixture.h"
 
 #include <math.h>
@@ -174,6 +176,73 @@ static void test_amp(void)
     pair_close(&P);
 }
 
+/* A step that fails on one rank (a queue of another context there) fails on every rank and
+   changes nothing anywhere; then reduce-scatter mode with AMP: an Inf in one rank's local
+   gradient reaches one shard after the reduction, and every rank skips. */
+static void test_step_agreement(void)
+{
+    clopt_hparams hp;
+    CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &hp));
+    pair P;
+    pair_open(&P, CLOPT_ADAMW, &hp);
+    pair_grad(&P, 1, 1.0f);
+    CHECK_OK(clopt_mpi_optimizer_step(P.sh, NULL));
+    fx_read(P.p, P.a, P.L.plen);
+    clopt_ctx *other = NULL;
+    if (fx_rank == fx_size - 1)
+        CHECK_OK(clopt_ctx_create(&other));
+    pair_grad(&P, 2, 1.0f);
+    const clopt_status s = clopt_mpi_optimizer_step(P.sh, other ? clopt_ctx_cl_queue(other) : NULL);
+    CHECK(s == (other ? CLOPT_ERR_INVALID_ARGUMENT : (clopt_status)CLOPT_MPI_ERR_REMOTE),
+          "a bad queue on the last rank: %s", clopt_mpi_status_name(s));
+    fx_read(P.p, P.b, P.L.plen);
+    CHECK(memcmp(P.a, P.b, P.L.plen * sizeof *P.a) == 0, "a failed step changed the parameters");
+    CHECK(clopt_mpi_optimizer_step_count(P.sh) == 1, "a failed step was counted");
+    CHECK_OK(clopt_mpi_optimizer_step(P.sh, NULL)); /* and the next one works */
+    clopt_ctx_destroy(other);
+    pair_close(&P);
+
+    /* reduce-scatter + AMP */
+    fx_layout L;
+    fx_layout_main(&L);
+    cl_mem p = fx_buffer(L.plen, 0.5f), g = fx_buffer(L.glen, 0.0f);
+    clopt_param_desc d[FX_MAX_T];
+    clopt_range_group desc;
+    fx_range_group(&L, p, g, d, &desc);
+    clopt_mpi_options o;
+    clopt_mpi_options_init(&o);
+    o.grad_mode = CLOPT_MPI_GRAD_REDUCE_SCATTER;
+    clopt_mpi_optimizer *sh = NULL;
+    char why[256];
+    const clopt_status cs = clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAMW, &hp, MPI_COMM_WORLD,
+                                                       &desc, &o, &sh, why, sizeof why);
+    CHECK(cs == CLOPT_SUCCESS, "create: %s", why);
+    CHECK_OK(clopt_mpi_optimizer_set_grad_scale(sh, 256.0));
+    float *flat = malloc(L.total * sizeof *flat), *before = malloc(L.plen * sizeof *before);
+    float *after = malloc(L.plen * sizeof *after);
+    CHECK(flat && before && after, "malloc");
+    for (size_t i = 0; i < L.total; i++)
+        flat[i] = 256.0f * fx_val(70 + (unsigned)fx_rank, i);
+    if (fx_rank == 0)
+        flat[L.total - 1] = NAN; /* in the last rank's shard after the reduction */
+    fx_scatter(&L, 1, g, flat);
+    fx_read(p, before, L.plen);
+    CHECK_STATUS(clopt_mpi_optimizer_step(sh, NULL), CLOPT_STEP_SKIPPED);
+    fx_read(p, after, L.plen);
+    CHECK(memcmp(before, after, L.plen * sizeof *after) == 0, "a skipped step changed θ");
+    CHECK(clopt_mpi_optimizer_step_count(sh) == 0, "a skipped step was counted");
+    flat[L.total - 1] = 1.0f;
+    fx_scatter(&L, 1, g, flat);
+    CHECK_OK(clopt_mpi_optimizer_step(sh, NULL));
+    CHECK(clopt_mpi_optimizer_step_count(sh) == 1, "step count");
+    clopt_mpi_optimizer_destroy(sh);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+    free(flat);
+    free(before);
+    free(after);
+}
+
 /* A create that fails on some ranks fails on all, with *out NULL everywhere. */
 static void expect_create(clopt_rule rule, const clopt_hparams *hp, clopt_dtype pdt,
                           clopt_status want_here)
@@ -250,6 +319,7 @@ int main(int argc, char **argv)
     fx_init(&argc, &argv);
     test_clip();
     test_amp();
+    test_step_agreement();
     test_errors();
     return fx_finish("test_mpi_checks");
 }
