@@ -9,9 +9,10 @@
  * KANN), described as a clopt_range_group (tensor shapes and (buffer, offset) ranges). The
  * tensors, concatenated in their order, form the flattened parameter vector of `total`
  * elements; rank r of N owns the contiguous slice [r·total/N, (r+1)·total/N) of it (shard
- * boundaries cut tensors freely; a rank may own nothing when total < N). Each rank keeps the
+ * boundaries cut tensors freely; a rank may own nothing when total < N; with
+ * clopt_mpi_options.shard_tensors they move to tensor boundaries). Each rank keeps the
  * rule's state for its slice only (1/N of the state bytes) in an internal clopt_optimizer
- * whose range group covers the slice's pieces of the engine's buffers, so the update is the
+ * whose range groups cover the slice's pieces of the engine's buffers, so the update is the
  * core library's fused kernel. A step:
  *   1. gradient: CLOPT_MPI_GRAD_ENGINE: every rank passes the already reduced full gradient
  *      (the engine's own allreduce), the rank reads its slice; CLOPT_MPI_GRAD_REDUCE_SCATTER:
@@ -42,15 +43,18 @@
  * pointers, so this version always stages.
  *
  * Supported now: float32 parameters and gradients, one or more groups over one parameter
- * and one gradient buffer (clopt_mpi_optimizer_create_groups), the
- * element-wise rules (SGD, Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam,
- * AdaMod, diffGrad, Lion, Ranger without gradient centralization, Schedule-Free AdamW/SGD
- * (with clopt_mpi_optimizer_set_mode), ADOPT, AdEMAMix), Lookahead, bf16 state, schedules, global-norm clipping,
- * AMP. The rules with per-tensor reductions (LAMB, Adafactor, StableAdamW, cautious masking,
- * gradient centralization, Muon) only with tensor-aligned shards (clopt_mpi_options
- * .shard_tensors = 1): their per-tensor sums are not combined across ranks yet, so a tensor
- * must not be cut. Refused with CLOPT_ERR_UNSUPPORTED: those rules with shard_tensors 0,
- * Sophia, 16-bit parameters or gradients, engine-owned state buffers.
+ * and one gradient buffer (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
+ * Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaMod, diffGrad, Lion,
+ * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
+ * clopt_mpi_optimizer_set_mode, ADOPT, AdEMAMix), Lookahead, bf16 state, schedules,
+ * global-norm clipping, AMP, checkpoints (one gathered file, or a file per rank and a
+ * manifest; any world size loads them). The rules with per-tensor reductions (LAMB,
+ * Adafactor, StableAdamW, cautious masking, gradient centralization, Muon) only with
+ * tensor-aligned shards (clopt_mpi_options.shard_tensors = 1): their per-tensor sums are
+ * not combined across ranks yet, so a tensor must not be cut (Muon there is allowed but
+ * untested). Refused with CLOPT_ERR_UNSUPPORTED: those rules with shard_tensors 0, Sophia,
+ * 16-bit parameters or gradients, engine-owned state buffers. Status and plans:
+ * docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its
@@ -270,10 +274,11 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
    before any rank writes. Statuses and all-or-nothing as clopt_mpi_optimizer_load
    (CLOPT_ERR_FORMAT also for a part that does not match the manifest). */
 clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const char *prefix);
-/* Not collective. Loads a file of clopt_mpi_optimizer_save into an unsharded optimizer whose registered tensors are
-   the checkpoint's, in order (e.g. one range group over the same layout) on context ctx:
-   every state and the step count, after checking everything. why (may be NULL) gets the
-   reason of a failure. Statuses as clopt_mpi_optimizer_load without the MPI ones. */
+/* Not collective. Loads a file of clopt_mpi_optimizer_save into an unsharded optimizer (on
+   context ctx) whose registered tensors are the checkpoint's, in order (e.g. the same range
+   groups over the same layout): every state and the step count, after checking everything.
+   why (may be NULL) gets the reason of a failure. Statuses as clopt_mpi_optimizer_load
+   without the MPI ones. */
 clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer *opt,
                                                  const char *path, char *why, size_t why_len);
 

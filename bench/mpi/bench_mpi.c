@@ -56,8 +56,10 @@ int main(int argc, char **argv)
             unsharded = 1;
         else {
             if (rank == 0)
-                fprintf(stderr, "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] "
-                                "[--reduce-scatter] [--unsharded]\n", argv[0]);
+                fprintf(stderr,
+                        "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] "
+                        "[--reduce-scatter] [--unsharded]\n",
+                        argv[0]);
             MPI_Finalize();
             return 2;
         }
@@ -129,8 +131,8 @@ int main(int argc, char **argv)
         double slowest = 0;
         MPI_Allreduce(&tm.total_s, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         tot[t - warm] = slowest;
-        const double v[7] = {tm.read_s, tm.reduce_s, tm.agree_s, tm.update_s,
-                             tm.gather_s, tm.write_s, tm.total_s};
+        const double v[7] = {tm.read_s,   tm.reduce_s, tm.agree_s, tm.update_s,
+                             tm.gather_s, tm.write_s,  tm.total_s};
         for (int k = 0; k < 7; k++)
             ph[k][t - warm] = v[k];
     }
@@ -167,9 +169,8 @@ int main(int argc, char **argv)
                "MiB)  step %.2f ms  [read %.2f reduce %.2f agree %.2f update %.2f gather %.2f "
                "write %.2f]  comm %.0f%%",
                size, n, rule_name, rs ? "reduce-scatter" : "engine", (double)most / 1048576.0,
-               (double)ref_bytes / 1048576.0, step * 1e3, med[0] * 1e3, med[1] * 1e3,
-               med[2] * 1e3, med[3] * 1e3, med[4] * 1e3, med[5] * 1e3,
-               med[6] > 0 ? 100.0 * comm / med[6] : 0.0);
+               (double)ref_bytes / 1048576.0, step * 1e3, med[0] * 1e3, med[1] * 1e3, med[2] * 1e3,
+               med[3] * 1e3, med[4] * 1e3, med[5] * 1e3, med[6] > 0 ? 100.0 * comm / med[6] : 0.0);
         if (unsharded)
             printf("  unsharded step %.2f ms", ref_ms);
         printf("\n");

@@ -32,8 +32,14 @@ void clopt_mpi_put(clopt_mpi_blob *b, const void *src, size_t n)
     memcpy(b->p + b->len, src, n);
     b->len += n;
 }
-void clopt_mpi_put_u32(clopt_mpi_blob *b, uint32_t v) { clopt_mpi_put(b, &v, 4); }
-void clopt_mpi_put_u64(clopt_mpi_blob *b, uint64_t v) { clopt_mpi_put(b, &v, 8); }
+void clopt_mpi_put_u32(clopt_mpi_blob *b, uint32_t v)
+{
+    clopt_mpi_put(b, &v, 4);
+}
+void clopt_mpi_put_u64(clopt_mpi_blob *b, uint64_t v)
+{
+    clopt_mpi_put(b, &v, 8);
+}
 
 const void *clopt_mpi_get(clopt_mpi_reader *r, size_t n)
 {
@@ -97,7 +103,7 @@ clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t
    read_state/write_state (Lookahead's slow weights of a fresh tensor read as θ), 16-bit ones
    from their tensor directly. */
 clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
-                             void *host, size_t len, size_t esize, int write)
+                                void *host, size_t len, size_t esize, int write)
 {
     if (esize == 4)
         return write ? clopt_optimizer_write_state(o, param, k, host, len)
@@ -151,7 +157,8 @@ clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b)
                   : CLOPT_SUCCESS;
 }
 
-clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path, const clopt_mpi_blob *b)
+clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
+                                  const clopt_mpi_blob *b)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
@@ -159,8 +166,7 @@ clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path, co
     FILE *f = fopen(tmp, "wb");
     if (!f)
         return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", tmp);
-    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 &&
-                   fsync(fileno(f)) == 0;
+    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
         remove(tmp);
         return clopt_mpi_fail(opt, CLOPT_ERR_IO, "writing %s failed", path);
@@ -203,7 +209,6 @@ clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *
     return CLOPT_SUCCESS;
 }
 
-
 clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
                                   size_t *out_len)
 {
@@ -227,9 +232,10 @@ clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, un
     }
     if (head[0] != 0.0) {
         free(bytes);
-        return opt->rank == 0 ? s
-                              : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
-                                               "rank 0 could not read %s", path ? path : "the file");
+        return opt->rank == 0
+                   ? s
+                   : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                                    "rank 0 could not read %s", path ? path : "the file");
     }
     len = (size_t)head[1];
     if (opt->rank != 0 && !(bytes = malloc(len ? len : 1)))
@@ -241,7 +247,8 @@ clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, un
     }
     s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* every rank has its buffer */
     free(agree);
-    if (s == CLOPT_SUCCESS && (rc = MPI_Bcast(bytes, (int)len, MPI_BYTE, 0, opt->comm)) != MPI_SUCCESS)
+    if (s == CLOPT_SUCCESS &&
+        (rc = MPI_Bcast(bytes, (int)len, MPI_BYTE, 0, opt->comm)) != MPI_SUCCESS)
         s = clopt_mpi_check(opt, rc, "MPI_Bcast (file)");
     if (s != CLOPT_SUCCESS) {
         free(bytes);

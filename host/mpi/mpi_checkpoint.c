@@ -21,7 +21,8 @@
 /* ---- save ------------------------------------------------------------------------------------ */
 
 /* Rank 0: the gathered pieces (in rank order = flattened order) -> the file's bytes. */
-static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, size_t len, clopt_mpi_blob *out)
+static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, size_t len,
+                          clopt_mpi_blob *out)
 {
     out->len = 0;
     clopt_mpi_put(out, CKPT_MAGIC, 8);
@@ -44,10 +45,12 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
             clopt_mpi_put_u64(out, k < t->ndim ? t->shape[k] : 0);
         /* the tensor's pieces follow one another; a cut tensor's states are per element */
         const size_t start = rd.at;
-        const uint64_t ti = clopt_mpi_get_u64(&rd), off = clopt_mpi_get_u64(&rd), plen = clopt_mpi_get_u64(&rd);
+        const uint64_t ti = clopt_mpi_get_u64(&rd), off = clopt_mpi_get_u64(&rd),
+                       plen = clopt_mpi_get_u64(&rd);
         const uint32_t ns = clopt_mpi_get_u32(&rd);
         if (rd.bad || ti != i || off != 0)
-            return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "gathered pieces out of order at tensor %zu", i);
+            return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT,
+                                  "gathered pieces out of order at tensor %zu", i);
         clopt_mpi_put_u32(out, ns);
         const int whole = plen == t->n;
         for (uint32_t k = 0; k < ns; k++) {
@@ -57,7 +60,8 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
             size_t covered = 0;
             int first = 1;
             while (covered < t->n) {
-                const uint64_t pti = clopt_mpi_get_u64(&pr), poff = clopt_mpi_get_u64(&pr), pl = clopt_mpi_get_u64(&pr);
+                const uint64_t pti = clopt_mpi_get_u64(&pr), poff = clopt_mpi_get_u64(&pr),
+                               pl = clopt_mpi_get_u64(&pr);
                 const uint32_t pns = clopt_mpi_get_u32(&pr);
                 if (pr.bad || pti != i || poff != covered || pns != ns)
                     return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "tensor %zu: pieces disagree", i);
@@ -149,8 +153,8 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
                     sizes[r] = 0;
             }
         }
-        int rc2 = MPI_Gatherv(mine.p, n, MPI_BYTE, all, sizes, opt->rank == 0 ? sizes + opt->size : NULL,
-                              MPI_BYTE, 0, opt->comm);
+        int rc2 = MPI_Gatherv(mine.p, n, MPI_BYTE, all, sizes,
+                              opt->rank == 0 ? sizes + opt->size : NULL, MPI_BYTE, 0, opt->comm);
         if (rc != MPI_SUCCESS || rc2 != MPI_SUCCESS)
             s = clopt_mpi_check(opt, rc != MPI_SUCCESS ? rc : rc2, "gathering the shards");
         if (s == CLOPT_SUCCESS && opt->rank == 0) {
@@ -255,7 +259,8 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
 {
     const size_t ns = clopt_optimizer_state_count(o, param);
     if (ns != t->nstate) {
-        snprintf(detail, dlen, "parameter %zu: %zu states, the checkpoint %u", param, ns, t->nstate);
+        snprintf(detail, dlen, "parameter %zu: %zu states, the checkpoint %u", param, ns,
+                 t->nstate);
         return CLOPT_ERR_STATE_MISMATCH;
     }
     for (size_t k = 0; k < ns; k++) {
@@ -267,9 +272,10 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
         const int whole = len == n;
         if (strcmp(name, cs->name) != 0 || es != cs->esize ||
             (whole ? sl != cs->len : (sl != len || cs->len != n))) {
-            snprintf(detail, dlen, "parameter %zu: state %zu is %s (%zu x %zu bytes), the "
-                     "checkpoint's %s (%llu x %u)", param, k, name, sl, es, cs->name,
-                     (unsigned long long)cs->len, cs->esize);
+            snprintf(detail, dlen,
+                     "parameter %zu: state %zu is %s (%zu x %zu bytes), the "
+                     "checkpoint's %s (%llu x %u)",
+                     param, k, name, sl, es, cs->name, (unsigned long long)cs->len, cs->esize);
             return CLOPT_ERR_STATE_MISMATCH;
         }
         if (!write)
@@ -321,8 +327,8 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
         if (s != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "checkpoint: %s", why);
     }
-    if (s == CLOPT_SUCCESS && (c.rule != (uint32_t)opt->rule || c.total != opt->total ||
-                               c.ntensors != opt->ntensors))
+    if (s == CLOPT_SUCCESS &&
+        (c.rule != (uint32_t)opt->rule || c.total != opt->total || c.ntensors != opt->ntensors))
         s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
                            "checkpoint of another rule, size or tensor count");
     for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->ntensors; i++)
@@ -345,7 +351,8 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
         if (s != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "%s", detail);
     }
-    if (s == CLOPT_SUCCESS && (s = clopt_optimizer_set_step_count(opt->local, c.steps)) != CLOPT_SUCCESS)
+    if (s == CLOPT_SUCCESS &&
+        (s = clopt_optimizer_set_step_count(opt->local, c.steps)) != CLOPT_SUCCESS)
         clopt_mpi_fail(opt, s, "set_step_count: %s", clopt_ctx_last_error(opt->ctx));
     if (s == CLOPT_SUCCESS)
         opt->steps = c.steps;

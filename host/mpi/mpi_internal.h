@@ -32,34 +32,34 @@ struct clopt_mpi_optimizer {
     int rank, size;
     clopt_rule rule;
     clopt_mpi_options o;
-    clopt_optimizer *local; /* the shard's optimizer: group 0 empty, then one range group per
-                               group that has pieces here (lgroup) */
-    int has_group;          /* the rank owns elements (the internal optimizer has tensors) */
-    size_t total;           /* flattened elements */
-    size_t first, count;    /* this rank's slice */
-    int *counts, *displs;   /* every rank's slice, for MPI (total <= INT_MAX) */
-    cl_mem pbuf, gbuf;      /* the engine's parameter and gradient buffers (not owned) */
+    clopt_optimizer *local;     /* the shard's optimizer: group 0 empty, then one range group per
+                                   group that has pieces here (lgroup) */
+    int has_group;              /* the rank owns elements (the internal optimizer has tensors) */
+    size_t total;               /* flattened elements */
+    size_t first, count;        /* this rank's slice */
+    int *counts, *displs;       /* every rank's slice, for MPI (total <= INT_MAX) */
+    cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (not owned) */
     clopt_mpi_run *prun, *grun; /* coalesced runs of the parameters and gradients */
     size_t nprun, ngrun;
-    cl_mem shard_grad;      /* reduce-scatter mode: the slice's reduced gradient (owned) */
-    float *host_p;          /* total floats: the all-gather's staging */
-    float *host_g;          /* engine mode: total floats (the slice is used); reduce-scatter:
-                               the local gradient, total floats */
-    float *host_s;          /* reduce-scatter: count floats of the reduced slice */
-    float *host_recv;       /* ordered sum: size * count floats from every rank */
+    cl_mem shard_grad; /* reduce-scatter mode: the slice's reduced gradient (owned) */
+    float *host_p;     /* total floats: the all-gather's staging */
+    float *host_g;     /* engine mode: total floats (the slice is used); reduce-scatter:
+                          the local gradient, total floats */
+    float *host_s;     /* reduce-scatter: count floats of the reduced slice */
+    float *host_recv;  /* ordered sum: size * count floats from every rank */
     size_t ngroups;
-    clopt_hparams *hps;       /* every group's hyperparameters (as last set) */
-    int *lgroup;              /* group g's range group in the internal optimizer, -1: none here */
-    clopt_param_desc *cat;    /* every group's tensors, concatenated (the flattened order) */
-    size_t *tgroup;           /* the group of each */
+    clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
+    int *lgroup;           /* group g's range group in the internal optimizer, -1: none here */
+    clopt_param_desc *cat; /* every group's tensors, concatenated (the flattened order) */
+    size_t *tgroup;        /* the group of each */
     size_t ncat;
-    size_t ntensors;          /* = ncat once built */
-    clopt_mpi_shape *shapes;  /* ntensors */
-    clopt_mpi_piece *pieces;  /* npieces, in tensor order */
+    size_t ntensors;         /* = ncat once built */
+    clopt_mpi_shape *shapes; /* ntensors */
+    clopt_mpi_piece *pieces; /* npieces, in tensor order */
     size_t npieces;
     double max_norm, scale, last_norm;
     uint64_t steps;
-    int eval_mode;          /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
+    int eval_mode;                /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
     clopt_mpi_step_timing timing; /* the last step's */
     char err[512];
 };

@@ -23,8 +23,8 @@
 
 static int part_path(char *buf, size_t cap, const char *prefix, long r)
 {
-    const int n = r < 0 ? snprintf(buf, cap, "%s.manifest", prefix)
-                        : snprintf(buf, cap, "%s.%ld", prefix, r);
+    const int n =
+        r < 0 ? snprintf(buf, cap, "%s.manifest", prefix) : snprintf(buf, cap, "%s.%ld", prefix, r);
     return n > 0 && (size_t)n < cap;
 }
 
@@ -62,7 +62,7 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     s = clopt_mpi_agree(opt, s, extra, 2, all); /* every part written, their sizes and CRCs */
-    const int go = s == CLOPT_SUCCESS; /* the same on every rank after an agreement */
+    const int go = s == CLOPT_SUCCESS;          /* the same on every rank after an agreement */
     if (go && opt->rank == 0) {
         clopt_mpi_blob m = {0};
         clopt_mpi_put(&m, MAN_MAGIC, 8);
@@ -258,8 +258,7 @@ static clopt_status parse_manifest(clopt_mpi_optimizer *opt, const unsigned char
 
 /* Reads the parts overlapping this rank's slice; every part checked against the manifest. */
 static clopt_status read_parts(clopt_mpi_optimizer *opt, const char *prefix, uint32_t world,
-                               const uint64_t *g, unsigned char **files, rec **recs,
-                               size_t *nrecs)
+                               const uint64_t *g, unsigned char **files, rec **recs, size_t *nrecs)
 {
     size_t cap = 0;
     char path[4096];
@@ -345,11 +344,12 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
         /* the saved records of this tensor must hold exactly as many states */
         for (size_t q = 0; s == CLOPT_SUCCESS && q < nrecs; q++)
             if (recs[q].tensor == opt->pieces[j].tensor && recs[q].nstate != ns)
-                s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "tensor %zu: %u saved states, %zu here",
-                                   opt->pieces[j].tensor, recs[q].nstate, ns);
+                s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
+                                   "tensor %zu: %u saved states, %zu here", opt->pieces[j].tensor,
+                                   recs[q].nstate, ns);
     }
     s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* everything checked on every rank */
-    const int go = s == CLOPT_SUCCESS; /* the same on every rank after an agreement */
+    const int go = s == CLOPT_SUCCESS;           /* the same on every rank after an agreement */
     for (size_t j = 0; s == CLOPT_SUCCESS && j < opt->npieces; j++) {
         const size_t ns = clopt_optimizer_state_count(opt->local, j);
         for (size_t k = 0; s == CLOPT_SUCCESS && k < ns; k++) {
@@ -361,7 +361,8 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
                 clopt_mpi_fail(opt, s, "writing state %zu of piece %zu", k, j);
         }
     }
-    if (s == CLOPT_SUCCESS && (s = clopt_optimizer_set_step_count(opt->local, steps)) != CLOPT_SUCCESS)
+    if (s == CLOPT_SUCCESS &&
+        (s = clopt_optimizer_set_step_count(opt->local, steps)) != CLOPT_SUCCESS)
         clopt_mpi_fail(opt, s, "set_step_count: %s", clopt_ctx_last_error(opt->ctx));
     if (s == CLOPT_SUCCESS)
         opt->steps = steps;

@@ -20,10 +20,11 @@ static cl_int transfer(cl_command_queue q, cl_mem buf, const clopt_mpi_run *runs
         const size_t hi = r->flat + r->len < b ? r->flat + r->len : b;
         if (lo >= hi)
             continue;
-        const size_t off = (r->off + (lo - r->flat)) * sizeof(float), bytes = (hi - lo) * sizeof(float);
-        const cl_int e = to_host
-                             ? clEnqueueReadBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL)
-                             : clEnqueueWriteBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL);
+        const size_t off = (r->off + (lo - r->flat)) * sizeof(float),
+                     bytes = (hi - lo) * sizeof(float);
+        const cl_int e =
+            to_host ? clEnqueueReadBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL)
+                    : clEnqueueWriteBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL);
         if (e != CL_SUCCESS)
             return e;
     }
@@ -150,7 +151,7 @@ clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
         if (s == CLOPT_SUCCESS) { /* clFinish also when one rank skips the gather */
             cl_int e = opt->size == 1 ? CL_SUCCESS
                                       : transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
-                                opt->first + opt->count, opt->host_p, 1);
+                                                 opt->first + opt->count, opt->host_p, 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
             if (e != CL_SUCCESS)
@@ -175,8 +176,9 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
     if (opt->eval_mode) /* the same on every rank: all return here */
-        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
-                              "the optimizer is in eval mode: clopt_mpi_optimizer_set_mode(opt, 1)");
+        return clopt_mpi_fail(
+            opt, CLOPT_ERR_INVALID_ARGUMENT,
+            "the optimizer is in eval mode: clopt_mpi_optimizer_set_mode(opt, 1)");
     cl_command_queue q = queue ? queue : clopt_ctx_cl_queue(opt->ctx);
     const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
     const int amp = opt->scale > 0, clip = opt->max_norm > 0, check = amp || clip;
@@ -248,22 +250,23 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
     }
     if (opt->has_group) {
         if (rs) {
-            e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE, 0, n * sizeof(float),
-                                     opt->host_s, 0, NULL, NULL);
+            e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE, 0, n * sizeof(float), opt->host_s,
+                                     0, NULL, NULL);
             if (e != CL_SUCCESS)
                 s = clopt_mpi_cl_fail(opt, e, "writing the shard's gradient");
         }
         if (s == CLOPT_SUCCESS &&
             (s = clopt_optimizer_set_grad_scale(opt->local, local_scale(opt->scale, inv, mul))) !=
                 CLOPT_SUCCESS)
-            clopt_mpi_fail(opt, s, "the clip coefficient %g is out of the core's range", (double)mul);
+            clopt_mpi_fail(opt, s, "the clip coefficient %g is out of the core's range",
+                           (double)mul);
         if (s == CLOPT_SUCCESS &&
             (s = clopt_optimizer_step_on(opt->local, q, 0, NULL, NULL)) != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "the shard's step: %s", clopt_ctx_last_error(opt->ctx));
         if (s == CLOPT_SUCCESS) { /* the shard for the all-gather (one rank: none) */
-            e = opt->size == 1 ? CL_SUCCESS
-                               : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n,
-                                          opt->host_p, 1);
+            e = opt->size == 1
+                    ? CL_SUCCESS
+                    : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n, opt->host_p, 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
             if (e != CL_SUCCESS)

@@ -15,8 +15,8 @@
 const char *clopt_mpi_status_str(clopt_status s)
 {
     switch ((int)s) {
-#define CLOPT_MPI_X_STR(name, value, text)                                                   \
-    case value:                                                                            \
+#define CLOPT_MPI_X_STR(name, value, text)                                                         \
+    case value:                                                                                    \
         return text;
         CLOPT_MPI_STATUS_LIST(CLOPT_MPI_X_STR)
 #undef CLOPT_MPI_X_STR
@@ -28,8 +28,8 @@ const char *clopt_mpi_status_str(clopt_status s)
 const char *clopt_mpi_status_name(clopt_status s)
 {
     switch ((int)s) {
-#define CLOPT_MPI_X_NAME(name, value, text)                                                  \
-    case value:                                                                            \
+#define CLOPT_MPI_X_NAME(name, value, text)                                                        \
+    case value:                                                                                    \
         return #name;
         CLOPT_MPI_STATUS_LIST(CLOPT_MPI_X_NAME)
 #undef CLOPT_MPI_X_NAME
@@ -71,16 +71,15 @@ clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const
     mine[0] = (double)local;
     for (size_t i = 0; i < n; i++)
         mine[1 + i] = extra[i];
-    const int rc = MPI_Allgather(mine, (int)(n + 1), MPI_DOUBLE, all, (int)(n + 1), MPI_DOUBLE,
-                                 opt->comm);
+    const int rc =
+        MPI_Allgather(mine, (int)(n + 1), MPI_DOUBLE, all, (int)(n + 1), MPI_DOUBLE, opt->comm);
     if (rc != MPI_SUCCESS)
         return local != CLOPT_SUCCESS ? local : clopt_mpi_check(opt, rc, "MPI_Allgather");
     if (local != CLOPT_SUCCESS)
         return local;
     for (int r = 0; r < opt->size; r++)
         if (all[(size_t)r * (n + 1)] != 0.0)
-            return clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
-                                  "rank %d failed: %s", r,
+            return clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE, "rank %d failed: %s", r,
                                   clopt_mpi_status_name((clopt_status)all[(size_t)r * (n + 1)]));
     return CLOPT_SUCCESS;
 }
@@ -172,15 +171,16 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         if (s != CLOPT_SUCCESS)
             return s;
         if (desc->struct_size < sizeof *desc)
-            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "group %zu: struct_size too small",
-                                  gi);
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "group %zu: struct_size too small", gi);
         for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
             if (desc->state[k])
                 return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                                       "engine-owned state buffers are not supported when sharded "
                                       "(each rank keeps only its slice's state)");
         if (desc->ntensors == 0 || !desc->tensors)
-            return clopt_mpi_fail(opt, desc->ntensors ? CLOPT_ERR_NULL_ARGUMENT : CLOPT_ERR_INVALID_SIZE,
+            return clopt_mpi_fail(opt,
+                                  desc->ntensors ? CLOPT_ERR_NULL_ARGUMENT : CLOPT_ERR_INVALID_SIZE,
                                   "group %zu: no tensors", gi);
         if (nt > SIZE_MAX / 2 - desc->ntensors)
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "too many tensors");
@@ -209,17 +209,17 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
     const clopt_range_group *desc = &catg;
     /* FNV-1a over what every rank must share */
     uint64_t h = 1469598103934665603ull;
-#define MIX(v)                                                                               \
-    do {                                                                                     \
-        h ^= (uint64_t)(v);                                                                  \
-        h *= 1099511628211ull;                                                               \
+#define MIX(v)                                                                                     \
+    do {                                                                                           \
+        h ^= (uint64_t)(v);                                                                        \
+        h *= 1099511628211ull;                                                                     \
     } while (0)
-#define MIXD(d)                                                                              \
-    do {                                                                                     \
-        double d_ = (d);                                                                     \
-        uint64_t u_;                                                                         \
-        memcpy(&u_, &d_, sizeof u_);                                                         \
-        MIX(u_);                                                                             \
+#define MIXD(d)                                                                                    \
+    do {                                                                                           \
+        double d_ = (d);                                                                           \
+        uint64_t u_;                                                                               \
+        memcpy(&u_, &d_, sizeof u_);                                                               \
+        MIX(u_);                                                                                   \
     } while (0)
     MIX(rule);
     MIX(desc->ntensors);
@@ -232,8 +232,7 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
             return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                                   "tensor %zu: only float32 parameters and gradients for now", i);
         if (d->hessian.buffer)
-            return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "tensor %zu: a Hessian buffer",
-                                  i);
+            return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "tensor %zu: a Hessian buffer", i);
         if (d->ndim > CLOPT_MAX_DIMS)
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "tensor %zu: ndim > %d", i,
                                   CLOPT_MAX_DIMS);
@@ -410,7 +409,8 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
         const size_t first_piece = np;
         for (; i < desc->ntensors && opt->tgroup[i] == gi; i++) {
             const clopt_param_desc *d = &desc->tensors[i];
-            const size_t n = desc_len(d), lo = flat > a ? flat : a, hi = flat + n < b ? flat + n : b;
+            const size_t n = desc_len(d), lo = flat > a ? flat : a,
+                         hi = flat + n < b ? flat + n : b;
             if (lo < hi) {
                 opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
                 clopt_param_desc *p = &pieces[np++];
@@ -467,8 +467,7 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
                                                size_t ngroups, const clopt_hparams *hps,
                                                const clopt_range_group *descs,
                                                const clopt_mpi_options *o,
-                                               clopt_mpi_optimizer **out, char *why,
-                                               size_t why_len)
+                                               clopt_mpi_optimizer **out, char *why, size_t why_len)
 {
     copy_why(why, why_len, "");
     if (out)
@@ -510,8 +509,8 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
     opt->last_norm = NAN;
     clopt_mpi_options_init(&opt->o);
     uint64_t sig = 0;
-    clopt_status s = out ? CLOPT_SUCCESS
-                         : clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
+    clopt_status s =
+        out ? CLOPT_SUCCESS : clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (s == CLOPT_SUCCESS)
         s = check_args(opt, rule, ngroups, hps, descs, o, &sig);
     if (s == CLOPT_SUCCESS && o) {
@@ -569,7 +568,8 @@ clopt_status clopt_mpi_optimizer_set_grad_clip(clopt_mpi_optimizer *opt, double 
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
-    if (!isfinite(max_norm) || max_norm < 0 || (max_norm > 0 && (max_norm < 1.2e-38 || max_norm > 8.5e37)))
+    if (!isfinite(max_norm) || max_norm < 0 ||
+        (max_norm > 0 && (max_norm < 1.2e-38 || max_norm > 8.5e37)))
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_HYPERPARAM,
                               "max_norm must be 0 or finite in 1.2e-38 .. 8.5e37");
     opt->max_norm = max_norm;
@@ -680,8 +680,8 @@ int clopt_mpi_optimizer_world_size(const clopt_mpi_optimizer *opt)
     return opt ? opt->size : 0;
 }
 
-clopt_status clopt_mpi_optimizer_shard(const clopt_mpi_optimizer *opt, size_t *first,
-                                       size_t *count, size_t *total)
+clopt_status clopt_mpi_optimizer_shard(const clopt_mpi_optimizer *opt, size_t *first, size_t *count,
+                                       size_t *total)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;

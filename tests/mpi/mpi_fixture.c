@@ -117,9 +117,9 @@ void fx_scatter(const fx_layout *L, int grad, cl_mem b, const float *flat)
     size_t at = 0;
     for (size_t i = 0; i < L->nt; i++) {
         const size_t off = grad ? L->goff[i] : L->poff[i];
-        const cl_int e = clEnqueueWriteBuffer(clopt_ctx_cl_queue(fx_ctx), b, CL_TRUE,
-                                              off * sizeof(float), L->n[i] * sizeof(float),
-                                              flat + at, 0, NULL, NULL);
+        const cl_int e =
+            clEnqueueWriteBuffer(clopt_ctx_cl_queue(fx_ctx), b, CL_TRUE, off * sizeof(float),
+                                 L->n[i] * sizeof(float), flat + at, 0, NULL, NULL);
         CHECK(e == CL_SUCCESS, "clEnqueueWriteBuffer: %d", (int)e);
         at += L->n[i];
     }

@@ -15,22 +15,22 @@ extern clopt_ctx *fx_ctx;
 
 /* A failed check prints where and why, then ends every rank (MPI_Abort): no rank is left
    waiting in a collective. */
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", fx_rank, __FILE__,        \
-                    __LINE__, #cond);                                                        \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fprintf(stderr, "\n");                                                           \
-            fflush(stderr);                                                                  \
-            MPI_Abort(MPI_COMM_WORLD, 1);                                                    \
-        }                                                                                    \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", fx_rank, __FILE__, __LINE__,     \
+                    #cond);                                                                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            fflush(stderr);                                                                        \
+            MPI_Abort(MPI_COMM_WORLD, 1);                                                          \
+        }                                                                                          \
     } while (0)
-#define CHECK_STATUS(expr, want)                                                             \
-    do {                                                                                     \
-        const clopt_status s_ = (expr);                                                      \
-        CHECK(s_ == (want), "%s (%d), wanted %s", clopt_mpi_status_name(s_), (int)s_,        \
-              clopt_mpi_status_name(want));                                                  \
+#define CHECK_STATUS(expr, want)                                                                   \
+    do {                                                                                           \
+        const clopt_status s_ = (expr);                                                            \
+        CHECK(s_ == (want), "%s (%d), wanted %s", clopt_mpi_status_name(s_), (int)s_,              \
+              clopt_mpi_status_name(want));                                                        \
     } while (0)
 #define CHECK_OK(expr) CHECK_STATUS(expr, CLOPT_SUCCESS)
 

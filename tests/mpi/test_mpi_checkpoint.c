@@ -161,8 +161,10 @@ static void run_case(const ck_case *c)
         fx_write(p, cont, L.plen);
         clopt_optimizer *ref = fx_reference(c->rule, &hp, &L, p, g);
         char why[256];
-        const clopt_status s = clopt_mpi_checkpoint_load_unsharded(fx_ctx, ref, path2, why, sizeof why);
-        CHECK(s == CLOPT_SUCCESS, "%s: unsharded load: %s: %s", c->name, clopt_mpi_status_name(s), why);
+        const clopt_status s =
+            clopt_mpi_checkpoint_load_unsharded(fx_ctx, ref, path2, why, sizeof why);
+        CHECK(s == CLOPT_SUCCESS, "%s: unsharded load: %s: %s", c->name, clopt_mpi_status_name(s),
+              why);
         float *flat = malloc(L.total * sizeof *flat);
         CHECK(flat != NULL, "malloc");
         for (unsigned t = 6; t <= 7; t++) {
@@ -222,8 +224,8 @@ static void test_failures(void)
         CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_FORMAT);
     } else { /* the damaged part is read by the ranks whose slice overlaps rank 0's */
         const clopt_status s = load(R.sh, path1);
-        CHECK(s == CLOPT_ERR_FORMAT || s == (clopt_status)CLOPT_MPI_ERR_REMOTE,
-              "damaged part: %s", clopt_mpi_status_name(s));
+        CHECK(s == CLOPT_ERR_FORMAT || s == (clopt_status)CLOPT_MPI_ERR_REMOTE, "damaged part: %s",
+              clopt_mpi_status_name(s));
         int mine = s == CLOPT_ERR_FORMAT, any = 0;
         MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         CHECK(any, "no rank reported the damaged part");

@@ -42,8 +42,8 @@ static void pair_open(pair *P, clopt_rule rule, const clopt_hparams *hp)
     clopt_range_group desc;
     fx_range_group(L, P->p, P->g, d, &desc);
     char why[512];
-    const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc,
-                                                      NULL, &P->sh, why, sizeof why);
+    const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL,
+                                                      &P->sh, why, sizeof why);
     CHECK(s == CLOPT_SUCCESS, "create: %s: %s", clopt_mpi_status_name(s), why);
     P->ref = fx_reference(rule, hp, L, P->rp, P->rg);
 }
@@ -104,8 +104,8 @@ static void test_clip(void)
         CHECK_OK(clopt_mpi_optimizer_step(P.sh, NULL));
         CHECK_OK(clopt_optimizer_step(P.ref, NULL));
         const double got = clopt_mpi_optimizer_last_grad_norm(P.sh);
-        CHECK(fabs(got - norm) <= 1e-12 * norm, "step %u: global norm %.17g, wanted %.17g", t,
-              got, norm);
+        CHECK(fabs(got - norm) <= 1e-12 * norm, "step %u: global norm %.17g, wanted %.17g", t, got,
+              norm);
         const double rn = clopt_optimizer_last_grad_norm(P.ref);
         CHECK(fabs(got - rn) <= 1e-6 * norm, "step %u: norm %.9g, unsharded %.9g", t, got, rn);
         const double d = pair_diff(&P, &bitwise);
@@ -256,8 +256,8 @@ static void expect_create(clopt_rule rule, const clopt_hparams *hp, clopt_dtype 
     d[0].param_dtype = pdt;
     clopt_mpi_optimizer *sh = (clopt_mpi_optimizer *)&L; /* must be reset to NULL */
     char why[512];
-    const clopt_status s =
-        clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL, &sh, why, sizeof why);
+    const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL,
+                                                      &sh, why, sizeof why);
     CHECK(s == want_here, "create: %s (%s), wanted %s", clopt_mpi_status_name(s), why,
           clopt_mpi_status_name(want_here));
     CHECK(sh == NULL, "*out not NULL after a failure");
@@ -308,7 +308,8 @@ static void test_errors(void)
     CHECK_STATUS(clopt_mpi_optimizer_set_hparams(P.sh, &ha), CLOPT_ERR_STATE_MISMATCH);
     CHECK_STATUS(clopt_mpi_optimizer_step(NULL, NULL), CLOPT_ERR_NULL_ARGUMENT);
     CHECK(strcmp(clopt_mpi_status_str((clopt_status)CLOPT_MPI_ERR_REMOTE),
-                 "the call failed on another rank (nothing changed here)") == 0, "status text");
+                 "the call failed on another rank (nothing changed here)") == 0,
+          "status text");
     CHECK(strcmp(clopt_mpi_status_name(CLOPT_ERR_UNSUPPORTED), "CLOPT_ERR_UNSUPPORTED") == 0,
           "status name");
     pair_close(&P);

@@ -20,8 +20,14 @@ typedef struct rule_case {
     void (*tweak)(clopt_hparams *hp);
 } rule_case;
 
-static void t_none(clopt_hparams *hp) { (void)hp; }
-static void t_sgd(clopt_hparams *hp) { hp->lr = 0.05; }
+static void t_none(clopt_hparams *hp)
+{
+    (void)hp;
+}
+static void t_sgd(clopt_hparams *hp)
+{
+    hp->lr = 0.05;
+}
 static void t_sgd_nesterov(clopt_hparams *hp)
 {
     hp->lr = 0.05;
@@ -39,14 +45,23 @@ static void t_adamw_la(clopt_hparams *hp)
     hp->lookahead_k = 2;
     hp->lookahead_alpha = 0.5;
 }
-static void t_adamw_bf16(clopt_hparams *hp) { hp->state_dtype = CLOPT_DTYPE_BF16; }
+static void t_adamw_bf16(clopt_hparams *hp)
+{
+    hp->state_dtype = CLOPT_DTYPE_BF16;
+}
 static void t_rmsprop(clopt_hparams *hp)
 {
     hp->momentum = 0.9;
     hp->centered = 1;
 }
-static void t_ranger(clopt_hparams *hp) { hp->grad_centralization = 0; }
-static void t_maximize(clopt_hparams *hp) { hp->maximize = 1; }
+static void t_ranger(clopt_hparams *hp)
+{
+    hp->grad_centralization = 0;
+}
+static void t_maximize(clopt_hparams *hp)
+{
+    hp->maximize = 1;
+}
 
 static const rule_case cases[] = {
     {"sgd", CLOPT_SGD, t_sgd},
@@ -93,9 +108,18 @@ static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_
 }
 
 /* The rules with per-tensor reductions, on tensor-aligned shards (shard_tensors = 1). */
-static void t_cautious(clopt_hparams *hp) { hp->cautious = 1; }
-static void t_gc(clopt_hparams *hp) { hp->grad_centralization = 1; }
-static void t_adafactor_b1(clopt_hparams *hp) { hp->use_beta1 = 1; }
+static void t_cautious(clopt_hparams *hp)
+{
+    hp->cautious = 1;
+}
+static void t_gc(clopt_hparams *hp)
+{
+    hp->grad_centralization = 1;
+}
+static void t_adafactor_b1(clopt_hparams *hp)
+{
+    hp->use_beta1 = 1;
+}
 static const rule_case whole_cases[] = {
     {"lamb", CLOPT_LAMB, t_none},
     {"adafactor", CLOPT_ADAFACTOR, t_none},
@@ -136,8 +160,7 @@ static void check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimi
                 unsigned char *l = read_raw(loc, piece, k, llen, &es2);
                 CHECK(es == es2, "%s: state %zu element sizes", what, k);
                 CHECK(memcmp(r + (lo - flat) * es, l, llen * es) == 0,
-                      "%s: state %s of tensor %zu differs from the unsharded one", what, rname,
-                      i);
+                      "%s: state %s of tensor %zu differs from the unsharded one", what, rname, i);
                 free(r);
                 free(l);
             }
@@ -201,8 +224,8 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
         fx_read(rp, b, L->plen);
         for (size_t i = 0; i < L->plen; i++)
             CHECK(memcmp(&a[i], &b[i], sizeof *a) == 0,
-                  "%s: step %u: element %zu of the buffer: sharded %.9g, unsharded %.9g", what,
-                  t, i, (double)a[i], (double)b[i]);
+                  "%s: step %u: element %zu of the buffer: sharded %.9g, unsharded %.9g", what, t,
+                  i, (double)a[i], (double)b[i]);
     }
     /* the steps moved every tensor and left the gaps between them alone */
     for (size_t i = 0; i < L->nt; i++) {
@@ -231,8 +254,10 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
     }
     unsigned long long mine = clopt_mpi_optimizer_state_bytes(sh), sum = 0;
     MPI_Allreduce(&mine, &sum, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
-    CHECK(sum == clopt_optimizer_state_bytes(ref), "%s: state bytes %llu over the ranks, %zu "
-          "unsharded", what, sum, clopt_optimizer_state_bytes(ref));
+    CHECK(sum == clopt_optimizer_state_bytes(ref),
+          "%s: state bytes %llu over the ranks, %zu "
+          "unsharded",
+          what, sum, clopt_optimizer_state_bytes(ref));
 
     clopt_mpi_optimizer_destroy(sh);
     clopt_optimizer_destroy(ref);
@@ -316,7 +341,8 @@ static void run_groups(clopt_rule rule, int clip)
         CHECK_OK(clopt_optimizer_step(ref, NULL));
         fx_read(p, a, L->plen);
         fx_read(rp, b, L->plen);
-        CHECK(memcmp(a, b, L->plen * sizeof *a) == 0, "%s: step %u differs from unsharded", what, t);
+        CHECK(memcmp(a, b, L->plen * sizeof *a) == 0, "%s: step %u differs from unsharded", what,
+              t);
     }
     check_states(what, sh, ref, L);
     CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, 2, &hps[0]), CLOPT_ERR_INDEX);
