@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(cmake make gcc pkg-config ocl-icd-opencl-dev opencl-headers pocl-opencl-icd
       libclblast-dev libcmocka-dev libcjson-dev clinfo gnuplot-nox libcairo2-dev
-      zlib1g-dev dataset-fashion-mnist oclgrind)
+      zlib1g-dev dataset-fashion-mnist oclgrind openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

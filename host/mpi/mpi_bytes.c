@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: MIT */
+/* Bytes for the checkpoints (mpi_checkpoint.c: one gathered file; mpi_shards.c: a file per
+ * rank and a manifest): growable buffers and a bounds-checked reader, CRC-32C, whole files,
+ * the raw state of the shard's pieces. */
+#define _POSIX_C_SOURCE 200809L /* fileno, fsync, getpid */
+#include "mpi_internal.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- bytes ----------------------------------------------------------------------------------- */
+
+void clopt_mpi_put(clopt_mpi_blob *b, const void *src, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        unsigned char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+void clopt_mpi_put_u32(clopt_mpi_blob *b, uint32_t v)
+{
+    clopt_mpi_put(b, &v, 4);
+}
+void clopt_mpi_put_u64(clopt_mpi_blob *b, uint64_t v)
+{
+    clopt_mpi_put(b, &v, 8);
+}
+
+const void *clopt_mpi_get(clopt_mpi_reader *r, size_t n)
+{
+    if (r->bad || n > r->len - r->at) {
+        r->bad = 1;
+        return NULL;
+    }
+    const void *q = r->p + r->at;
+    r->at += n;
+    return q;
+}
+uint32_t clopt_mpi_get_u32(clopt_mpi_reader *r)
+{
+    uint32_t v = 0;
+    const void *q = clopt_mpi_get(r, 4);
+    if (q)
+        memcpy(&v, q, 4);
+    return v;
+}
+uint64_t clopt_mpi_get_u64(clopt_mpi_reader *r)
+{
+    uint64_t v = 0;
+    const void *q = clopt_mpi_get(r, 8);
+    if (q)
+        memcpy(&v, q, 8);
+    return v;
+}
+
+/* CRC-32C (Castagnoli, reflected), table-driven; the table is built per call (2048
+   operations; no global state). */
+uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n)
+{
+    uint32_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        table[i] = c;
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++)
+        c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* ---- one state tensor of the internal optimizer, raw ------------------------------------- */
+
+/* The dtype of state k of parameter `param` (from the state entries). */
+clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t k)
+{
+    const size_t n = clopt_optimizer_state_entry_count(o);
+    clopt_state_entry e;
+    for (size_t i = 0; i < n; i++)
+        if (clopt_optimizer_state_entry(o, i, &e) == CLOPT_SUCCESS && e.param == param &&
+            e.index == k)
+            return e.dtype;
+    return CLOPT_DTYPE_F32;
+}
+
+/* Reads (or writes) len elements of esize bytes of state k of `param`: float32 states through
+   read_state/write_state (Lookahead's slow weights of a fresh tensor read as θ), 16-bit ones
+   from their tensor directly. */
+clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
+                                void *host, size_t len, size_t esize, int write)
+{
+    if (esize == 4)
+        return write ? clopt_optimizer_write_state(o, param, k, host, len)
+                     : clopt_optimizer_read_state(o, param, k, host, len);
+    clopt_tensor t;
+    clopt_status s = clopt_optimizer_state(o, param, k, &t);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    cl_command_queue q = clopt_ctx_cl_queue(ctx);
+    const cl_int e = write ? clEnqueueWriteBuffer(q, t.buffer, CL_TRUE, t.offset * esize,
+                                                  len * esize, host, 0, NULL, NULL)
+                           : clEnqueueReadBuffer(q, t.buffer, CL_TRUE, t.offset * esize,
+                                                 len * esize, host, 0, NULL, NULL);
+    return e == CL_SUCCESS ? CLOPT_SUCCESS : (clopt_status)(CLOPT_ERR_OPENCL_BASE + e);
+}
+
+/* This rank's pieces: u64 tensor, u64 off, u64 len, u32 nstate, per state name[32], u32 esize,
+   u64 length, bytes. */
+clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b)
+{
+    for (size_t j = 0; j < opt->npieces; j++) {
+        const clopt_mpi_piece *pc = &opt->pieces[j];
+        const size_t ns = clopt_optimizer_state_count(opt->local, j);
+        clopt_mpi_put_u64(b, pc->tensor);
+        clopt_mpi_put_u64(b, pc->off);
+        clopt_mpi_put_u64(b, pc->len);
+        clopt_mpi_put_u32(b, (uint32_t)ns);
+        for (size_t k = 0; k < ns; k++) {
+            const char *name = NULL;
+            size_t len = 0;
+            clopt_status s = clopt_optimizer_state_info(opt->local, j, k, &name, &len);
+            if (s != CLOPT_SUCCESS)
+                return clopt_mpi_fail(opt, s, "state %zu of piece %zu", k, j);
+            const size_t es = clopt_dtype_size(clopt_mpi_state_dtype(opt->local, j, k));
+            char nm[CLOPT_MPI_NAME_LEN] = {0};
+            strncpy(nm, name, CLOPT_MPI_NAME_LEN - 1);
+            clopt_mpi_put(b, nm, CLOPT_MPI_NAME_LEN);
+            clopt_mpi_put_u32(b, (uint32_t)es);
+            clopt_mpi_put_u64(b, len);
+            unsigned char *data = malloc(len * es + 1);
+            if (!data)
+                return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+            s = clopt_mpi_state_io(opt->local, opt->ctx, j, k, data, len, es, 0);
+            clopt_mpi_put(b, data, len * es);
+            free(data);
+            if (s != CLOPT_SUCCESS)
+                return clopt_mpi_fail(opt, s, "reading state %s of piece %zu", name, j);
+        }
+    }
+    return b->oom ? clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory")
+                  : CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
+                                  const clopt_mpi_blob *b)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "path too long");
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", tmp);
+    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "writing %s failed", path);
+    }
+    return CLOPT_SUCCESS;
+}
+
+/* Reads a file whole (rank 0). */
+clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return CLOPT_ERR_IO;
+    unsigned char *p = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1 << 16;
+            unsigned char *q = cap > (size_t)INT_MAX + 1u ? NULL : realloc(p, cap);
+            if (!q) {
+                free(p);
+                fclose(f);
+                return CLOPT_ERR_OUT_OF_MEMORY;
+            }
+            p = q;
+        }
+        const size_t got = fread(p + n, 1, cap - n, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    const int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(p);
+        return CLOPT_ERR_IO;
+    }
+    *out = p;
+    *len = n;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
+                                  size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    /* rank 0 reads; every rank gets {status, length}, then the bytes */
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    clopt_status s = CLOPT_SUCCESS;
+    if (opt->rank == 0) {
+        s = !path ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "path is NULL on rank 0")
+                  : clopt_mpi_read_file(path, &bytes, &len);
+        if (s != CLOPT_SUCCESS && !opt->err[0])
+            clopt_mpi_fail(opt, s, "cannot read %s", path);
+    }
+    double head[2] = {(double)s, (double)len};
+    int rc = MPI_Bcast(head, 2, MPI_DOUBLE, 0, opt->comm);
+    if (rc != MPI_SUCCESS) {
+        free(bytes);
+        return clopt_mpi_check(opt, rc, "MPI_Bcast");
+    }
+    if (head[0] != 0.0) {
+        free(bytes);
+        return opt->rank == 0
+                   ? s
+                   : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                                    "rank 0 could not read %s", path ? path : "the file");
+    }
+    len = (size_t)head[1];
+    if (opt->rank != 0 && !(bytes = malloc(len ? len : 1)))
+        s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    double *agree = malloc((size_t)opt->size * sizeof *agree);
+    if (!agree) {
+        free(bytes);
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
+    s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* every rank has its buffer */
+    free(agree);
+    if (s == CLOPT_SUCCESS &&
+        (rc = MPI_Bcast(bytes, (int)len, MPI_BYTE, 0, opt->comm)) != MPI_SUCCESS)
+        s = clopt_mpi_check(opt, rc, "MPI_Bcast (file)");
+    if (s != CLOPT_SUCCESS) {
+        free(bytes);
+        return s;
+    }
+    *out = bytes;
+    *out_len = len;
+    return CLOPT_SUCCESS;
+}

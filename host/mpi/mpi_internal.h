@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: MIT */
+/* The sharded optimizer's layout, shared by host/mpi/sharded.c (lifecycle, settings) and
+ * host/mpi/mpi_step.c (the step and its transfers). Only clopt's public API is used: the
+ * core library exports nothing else. */
+#ifndef CLOPT_MPI_INTERNAL_H
+#define CLOPT_MPI_INTERNAL_H
+
+#include "clopt_mpi.h"
+
+#include <stdarg.h>
+
+/* A run of the flattened vector that lies contiguously in a device buffer: flattened
+   elements [flat, flat + len) are at buffer offsets [off, off + len). */
+typedef struct clopt_mpi_run {
+    size_t flat, off, len;
+} clopt_mpi_run;
+
+/* A tensor's shape as registered (the checkpoint's layout). */
+typedef struct clopt_mpi_shape {
+    size_t ndim, shape[CLOPT_MAX_DIMS], n, flat; /* flat: its first flattened element */
+} clopt_mpi_shape;
+
+/* A piece of the slice: elements [off, off + len) of tensor `tensor` (the internal
+   optimizer's parameter of the same index). */
+typedef struct clopt_mpi_piece {
+    size_t tensor, off, len;
+} clopt_mpi_piece;
+
+struct clopt_mpi_optimizer {
+    clopt_ctx *ctx;
+    MPI_Comm comm; /* the library's duplicate (MPI_ERRORS_RETURN) */
+    int rank, size;
+    clopt_rule rule;
+    clopt_mpi_options o;
+    clopt_optimizer *local;     /* the shard's optimizer: group 0 empty, then one range group per
+                                   group that has pieces here (lgroup) */
+    int has_group;              /* the rank owns elements (the internal optimizer has tensors) */
+    size_t total;               /* flattened elements */
+    size_t first, count;        /* this rank's slice */
+    int *counts, *displs;       /* every rank's slice, for MPI (total <= INT_MAX) */
+    cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (not owned) */
+    clopt_mpi_run *prun, *grun; /* coalesced runs of the parameters and gradients */
+    size_t nprun, ngrun;
+    cl_mem shard_grad; /* reduce-scatter mode: the slice's reduced gradient (owned) */
+    float *host_p;     /* total floats: the all-gather's staging */
+    float *host_g;     /* engine mode: total floats (the slice is used); reduce-scatter:
+                          the local gradient, total floats */
+    float *host_s;     /* reduce-scatter: count floats of the reduced slice */
+    float *host_recv;  /* ordered sum: size * count floats from every rank */
+    size_t ngroups;
+    clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
+    int *lgroup;           /* group g's range group in the internal optimizer, -1: none here */
+    clopt_param_desc *cat; /* every group's tensors, concatenated (the flattened order) */
+    size_t *tgroup;        /* the group of each */
+    size_t ncat;
+    size_t ntensors;         /* = ncat once built */
+    clopt_mpi_shape *shapes; /* ntensors */
+    clopt_mpi_piece *pieces; /* npieces, in tensor order */
+    size_t npieces;
+    double max_norm, scale, last_norm;
+    uint64_t steps;
+    int eval_mode;                /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
+    clopt_mpi_step_timing timing; /* the last step's */
+    char err[512];
+};
+
+/* Records a failure's detail on opt (printf format) and returns s. */
+clopt_status clopt_mpi_fail(clopt_mpi_optimizer *opt, clopt_status s, const char *fmt, ...);
+/* The status of an MPI return code, with its text in opt's detail (what: the call). */
+clopt_status clopt_mpi_check(clopt_mpi_optimizer *opt, int rc, const char *what);
+/* Status of an OpenCL code (CLOPT_ERR_OPENCL_BASE + e), with the detail. */
+clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *what);
+
+/* Every rank's status after a phase: MPI_Allgather of the local status plus extra doubles
+   (n per rank, may be 0) into all[size * (n + 1)] (rank r's at r * (n + 1): status first).
+   Returns the local status when it failed, CLOPT_MPI_ERR_REMOTE when another rank's did,
+   CLOPT_MPI_ERR_MPI when the allgather itself failed, else CLOPT_SUCCESS. */
+clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
+                             size_t n, double *all);
+
+/* ---- bytes for the checkpoints (mpi_bytes.c) ------------------------------------------ */
+
+#define CLOPT_MPI_NAME_LEN 32 /* a state's name in a file, NUL-padded */
+
+/* A growable byte buffer: oom 1 once an allocation failed (later puts do nothing). */
+typedef struct clopt_mpi_blob {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+} clopt_mpi_blob;
+void clopt_mpi_put(clopt_mpi_blob *b, const void *src, size_t n);
+void clopt_mpi_put_u32(clopt_mpi_blob *b, uint32_t v);
+void clopt_mpi_put_u64(clopt_mpi_blob *b, uint64_t v);
+/* A bounds-checked reader: bad 1 once a read ran past len (later reads give NULL / 0). */
+typedef struct clopt_mpi_reader {
+    const unsigned char *p;
+    size_t len, at;
+    int bad;
+} clopt_mpi_reader;
+const void *clopt_mpi_get(clopt_mpi_reader *r, size_t n);
+uint32_t clopt_mpi_get_u32(clopt_mpi_reader *r);
+uint64_t clopt_mpi_get_u64(clopt_mpi_reader *r);
+/* CRC-32C (Castagnoli) of n bytes. */
+uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n);
+/* The storage type of state k of `param` of an optimizer (its state entries). */
+clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t k);
+/* Blocking read (write 0) or write of len elements of esize bytes of state k of `param`:
+   float32 through clopt_optimizer_read_state/write_state, 16-bit words directly. */
+clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
+                                void *host, size_t len, size_t esize, int write);
+/* This rank's pieces and their states: per piece u64 tensor, u64 offset in the tensor, u64
+   length, u32 nstate, per state char name[32], u32 esize, u64 length, the bytes. */
+clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b);
+/* path written atomically ("<path>.<pid>.tmp", fsync, rename); a whole file read. */
+clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
+                                  const clopt_mpi_blob *b);
+clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len);
+/* Collective: rank 0 reads path, every rank receives the bytes (*out, malloc'ed); the same
+   status on every rank (CLOPT_MPI_ERR_REMOTE where another rank failed). */
+clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
+                                  size_t *len);
+
+#endif

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/* One sharded step: the gradient slice (the engine's reduced gradient, or clopt's
+ * reduce-scatter), one small allgather that agrees on errors and combines the partials of the
+ * global norm and the Inf/NaN check, the fused update of the slice by the internal optimizer,
+ * and the all-gather of the parameters. Everything crosses host memory (see clopt_mpi.h). */
+#include "mpi_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Enqueue reads (to_host 1) or writes of flattened [a, b) between the buffer's runs and
+   host[a .. b) on q (non-blocking; the caller finishes q). */
+static cl_int transfer(cl_command_queue q, cl_mem buf, const clopt_mpi_run *runs, size_t nruns,
+                       size_t a, size_t b, float *host, int to_host)
+{
+    for (size_t i = 0; i < nruns; i++) {
+        const clopt_mpi_run *r = &runs[i];
+        const size_t lo = r->flat > a ? r->flat : a;
+        const size_t hi = r->flat + r->len < b ? r->flat + r->len : b;
+        if (lo >= hi)
+            continue;
+        const size_t off = (r->off + (lo - r->flat)) * sizeof(float),
+                     bytes = (hi - lo) * sizeof(float);
+        const cl_int e =
+            to_host ? clEnqueueReadBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL)
+                    : clEnqueueWriteBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL);
+        if (e != CL_SUCCESS)
+            return e;
+    }
+    return CL_SUCCESS;
+}
+
+/* The queue a step may use: the context's, or one of its cl_context and device. */
+static clopt_status check_queue(clopt_mpi_optimizer *opt, cl_command_queue q)
+{
+    cl_context c = NULL;
+    cl_device_id d = NULL;
+    cl_command_queue_properties p = 0;
+    if (clGetCommandQueueInfo(q, CL_QUEUE_CONTEXT, sizeof c, &c, NULL) != CL_SUCCESS ||
+        clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof d, &d, NULL) != CL_SUCCESS ||
+        clGetCommandQueueInfo(q, CL_QUEUE_PROPERTIES, sizeof p, &p, NULL) != CL_SUCCESS)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "queue is not a command queue");
+    if (c != clopt_ctx_cl_context(opt->ctx) || d != clopt_ctx_cl_device(opt->ctx))
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "queue belongs to another context or device");
+    if (p & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "queue is out of order");
+    return CLOPT_SUCCESS;
+}
+
+/* Reduce-scatter mode: every rank's local gradient in host_g (total floats) -> this rank's
+   reduced slice in host_s. */
+static clopt_status reduce_scatter(clopt_mpi_optimizer *opt)
+{
+    const size_t n = opt->count, N = (size_t)opt->size;
+    int rc;
+    if (opt->o.ordered_sum) {
+        /* every rank sends slice r of its gradient to rank r; the sum runs in rank order */
+        int *rcounts = malloc(2 * N * sizeof *rcounts);
+        if (!rcounts)
+            return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+        int *rdispls = rcounts + N;
+        for (size_t r = 0; r < N; r++) {
+            rcounts[r] = (int)n;
+            rdispls[r] = (int)(r * n); /* size * count <= INT_MAX is checked at create */
+        }
+        rc = MPI_Alltoallv(opt->host_g, opt->counts, opt->displs, MPI_FLOAT, opt->host_recv,
+                           rcounts, rdispls, MPI_FLOAT, opt->comm);
+        free(rcounts);
+        if (rc != MPI_SUCCESS)
+            return clopt_mpi_check(opt, rc, "MPI_Alltoallv (reduce-scatter)");
+        for (size_t i = 0; i < n; i++) {
+            float s = opt->host_recv[i];
+            for (size_t r = 1; r < N; r++)
+                s += opt->host_recv[r * n + i];
+            opt->host_s[i] = s;
+        }
+    } else {
+        rc = MPI_Reduce_scatter(opt->host_g, opt->host_s, opt->counts, MPI_FLOAT, MPI_SUM,
+                                opt->comm);
+        if (rc != MPI_SUCCESS)
+            return clopt_mpi_check(opt, rc, "MPI_Reduce_scatter");
+    }
+    if (opt->o.reduce_op == CLOPT_MPI_MEAN) {
+        const float fn = (float)N;
+        for (size_t i = 0; i < n; i++)
+            opt->host_s[i] = opt->host_s[i] / fn;
+    }
+    return CLOPT_SUCCESS;
+}
+
+/* The internal optimizer's grad scale whose float reciprocal is exactly gm (the unsharded
+   kernel's multiplier float(1/scale) · clip coefficient): 0 for 1 without AMP, the loss scale
+   itself without clipping, else 1/gm in double (whose reciprocal rounds back to gm). */
+static double local_scale(double amp_scale, float inv, float mul)
+{
+    if (mul == 1.0f)
+        return amp_scale;
+    return 1.0 / (double)(inv * mul);
+}
+
+/* Every rank's updated slice (in host_p[first .. first + count) after `s`, this rank's
+   status of the update) into every rank's full parameter buffer: an agreement on s, the
+   MPI_Allgatherv, the writes of the other slices. Timings added to *tg and *tw. */
+static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, clopt_status s,
+                                  double *tg, double *tw)
+{
+    const size_t a = opt->first, n = opt->count;
+    const double t0 = MPI_Wtime();
+    int failed = s != CLOPT_SUCCESS, any = 0;
+    int rc = MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, opt->comm);
+    if (rc != MPI_SUCCESS)
+        return s != CLOPT_SUCCESS ? s : clopt_mpi_check(opt, rc, "MPI_Allreduce");
+    if (any)
+        return s != CLOPT_SUCCESS ? s
+                                  : clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                                                   "another rank's update failed (this shard "
+                                                   "was updated; the parameters were not "
+                                                   "gathered)");
+    if (opt->size == 1)
+        return CLOPT_SUCCESS; /* one rank: the buffer already holds every parameter */
+    rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
+                        MPI_FLOAT, opt->comm);
+    if (rc != MPI_SUCCESS)
+        return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
+    const double t1 = MPI_Wtime();
+    *tg += t1 - t0;
+    cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, 0);
+    if (e == CL_SUCCESS)
+        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p, 0);
+    if (e == CL_SUCCESS)
+        e = clFinish(q);
+    if (e != CL_SUCCESS)
+        return clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
+    *tw += MPI_Wtime() - t1;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    cl_command_queue q = clopt_ctx_cl_queue(opt->ctx);
+    clopt_status s = CLOPT_SUCCESS;
+    if (opt->has_group) {
+        if ((s = clopt_optimizer_set_mode_on(opt->local, train != 0, q, 0, NULL, NULL)) !=
+            CLOPT_SUCCESS)
+            clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+        if (s == CLOPT_SUCCESS) { /* clFinish also when one rank skips the gather */
+            cl_int e = opt->size == 1 ? CL_SUCCESS
+                                      : transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
+                                                 opt->first + opt->count, opt->host_p, 1);
+            if (e == CL_SUCCESS)
+                e = clFinish(q);
+            if (e != CL_SUCCESS)
+                s = clopt_mpi_cl_fail(opt, e, "reading the shard");
+        }
+    }
+    double tg = 0, tw = 0;
+    s = gather_params(opt, q, s, &tg, &tw);
+    if (s == CLOPT_SUCCESS)
+        opt->eval_mode = !train;
+    return s;
+}
+
+int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt)
+{
+    return opt ? !opt->eval_mode : 1;
+}
+
+clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue queue)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    if (opt->eval_mode) /* the same on every rank: all return here */
+        return clopt_mpi_fail(
+            opt, CLOPT_ERR_INVALID_ARGUMENT,
+            "the optimizer is in eval mode: clopt_mpi_optimizer_set_mode(opt, 1)");
+    cl_command_queue q = queue ? queue : clopt_ctx_cl_queue(opt->ctx);
+    const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
+    const int amp = opt->scale > 0, clip = opt->max_norm > 0, check = amp || clip;
+    const size_t a = opt->first, n = opt->count;
+    clopt_mpi_step_timing tm = {0};
+    const double t0 = MPI_Wtime();
+    double t = t0, t1;
+#define LAP(field) (t1 = MPI_Wtime(), tm.field += t1 - t, t = t1)
+
+    /* phase 1 (changes nothing): the gradient slice on the host, its partials */
+    clopt_status s = queue ? check_queue(opt, queue) : CLOPT_SUCCESS;
+    cl_int e;
+    if (s == CLOPT_SUCCESS && (rs || (check && n))) {
+        const size_t lo = rs ? 0 : a, hi = rs ? opt->total : a + n;
+        e = transfer(q, opt->gbuf, opt->grun, opt->ngrun, lo, hi, opt->host_g, 1);
+        if (e == CL_SUCCESS)
+            e = clFinish(q);
+        if (e != CL_SUCCESS)
+            s = clopt_mpi_cl_fail(opt, e, "reading the gradient");
+    }
+    LAP(read_s);
+    if (rs) {
+        if (s != CLOPT_SUCCESS) /* take part anyway (zeros), the agreement below stops all */
+            memset(opt->host_g, 0, opt->total * sizeof *opt->host_g);
+        clopt_status r = reduce_scatter(opt);
+        if (s == CLOPT_SUCCESS)
+            s = r;
+    }
+    LAP(reduce_s);
+    const float inv = amp ? (float)(1.0 / opt->scale) : 1.0f;
+    double part[2] = {0.0, 0.0}; /* Σ (inv·g)² in double in element order; non-finite count */
+    if (s == CLOPT_SUCCESS && check) {
+        const float *g = rs ? opt->host_s : opt->host_g + a;
+        for (size_t i = 0; i < n; i++) {
+            const float x = g[i] * inv;
+            if (!isfinite(x))
+                part[1] += 1.0;
+            else
+                part[0] += (double)x * (double)x;
+        }
+    }
+    double *all = malloc((size_t)opt->size * 3 * sizeof *all);
+    if (!all) /* cannot agree without the buffer: fail alone (the others fail in MPI) */
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    s = clopt_mpi_agree(opt, s, part, 2, all);
+    double sumsq = 0.0, bad = 0.0;
+    for (int r = 0; r < opt->size; r++) { /* rank order: the same sum on every rank */
+        sumsq += all[3 * (size_t)r + 1];
+        bad += all[3 * (size_t)r + 2];
+    }
+    free(all);
+    LAP(agree_s);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    if (clip)
+        opt->last_norm = bad > 0 ? NAN : sqrt(sumsq);
+    if (amp && bad > 0) {
+        tm.total_s = MPI_Wtime() - t0;
+        opt->timing = tm;
+        return CLOPT_STEP_SKIPPED; /* every rank saw the same count: nothing changes anywhere */
+    }
+
+    /* phase 2: the update of the slice (the clip coefficient as the device computes it) */
+    float mul = 1.0f;
+    if (clip && bad == 0) {
+        const float coef = (float)opt->max_norm / ((float)sqrt(sumsq) + 1e-6f);
+        if (isfinite(coef) && coef < 1.0f)
+            mul = coef;
+    }
+    if (opt->has_group) {
+        if (rs) {
+            e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE, 0, n * sizeof(float), opt->host_s,
+                                     0, NULL, NULL);
+            if (e != CL_SUCCESS)
+                s = clopt_mpi_cl_fail(opt, e, "writing the shard's gradient");
+        }
+        if (s == CLOPT_SUCCESS &&
+            (s = clopt_optimizer_set_grad_scale(opt->local, local_scale(opt->scale, inv, mul))) !=
+                CLOPT_SUCCESS)
+            clopt_mpi_fail(opt, s, "the clip coefficient %g is out of the core's range",
+                           (double)mul);
+        if (s == CLOPT_SUCCESS &&
+            (s = clopt_optimizer_step_on(opt->local, q, 0, NULL, NULL)) != CLOPT_SUCCESS)
+            clopt_mpi_fail(opt, s, "the shard's step: %s", clopt_ctx_last_error(opt->ctx));
+        if (s == CLOPT_SUCCESS) { /* the shard for the all-gather (one rank: none) */
+            e = opt->size == 1
+                    ? CL_SUCCESS
+                    : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n, opt->host_p, 1);
+            if (e == CL_SUCCESS)
+                e = clFinish(q);
+            if (e != CL_SUCCESS)
+                s = clopt_mpi_cl_fail(opt, e, "reading the updated shard");
+        }
+        clopt_step_report rep;
+        if (s == CLOPT_SUCCESS)
+            clopt_optimizer_poll(opt->local, &rep); /* the host's counts exact again */
+    }
+    LAP(update_s);
+    s = gather_params(opt, q, s, &tm.gather_s, &tm.write_s);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    t = MPI_Wtime();
+#undef LAP
+    tm.total_s = t - t0;
+    opt->timing = tm;
+    opt->steps++;
+    return CLOPT_SUCCESS;
+}

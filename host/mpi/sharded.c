@@ -1,0 +1,719 @@
+/* SPDX-License-Identifier: MIT */
+/* The sharded optimizer's lifecycle: validation, the ranks' agreement, the slice and its
+ * internal clopt_optimizer over the slice's pieces of the engine's buffers, settings and
+ * queries. The step is in mpi_step.c. */
+#include "mpi_internal.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- statuses and details ----------------------------------------------------------------- */
+
+const char *clopt_mpi_status_str(clopt_status s)
+{
+    switch ((int)s) {
+#define CLOPT_MPI_X_STR(name, value, text)                                                         \
+    case value:                                                                                    \
+        return text;
+        CLOPT_MPI_STATUS_LIST(CLOPT_MPI_X_STR)
+#undef CLOPT_MPI_X_STR
+    default:
+        return clopt_status_str(s);
+    }
+}
+
+const char *clopt_mpi_status_name(clopt_status s)
+{
+    switch ((int)s) {
+#define CLOPT_MPI_X_NAME(name, value, text)                                                        \
+    case value:                                                                                    \
+        return #name;
+        CLOPT_MPI_STATUS_LIST(CLOPT_MPI_X_NAME)
+#undef CLOPT_MPI_X_NAME
+    default:
+        return clopt_status_name(s);
+    }
+}
+
+clopt_status clopt_mpi_fail(clopt_mpi_optimizer *opt, clopt_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(opt->err, sizeof opt->err, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+clopt_status clopt_mpi_check(clopt_mpi_optimizer *opt, int rc, const char *what)
+{
+    if (rc == MPI_SUCCESS)
+        return CLOPT_SUCCESS;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
+        snprintf(text, sizeof text, "MPI error %d", rc);
+    return clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_MPI, "%s failed: %s", what, text);
+}
+
+clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *what)
+{
+    const clopt_status s = (clopt_status)(CLOPT_ERR_OPENCL_BASE + e);
+    return clopt_mpi_fail(opt, s, "%s: %s", what, clopt_status_str(s));
+}
+
+clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
+                             size_t n, double *all)
+{
+    double mine[8];
+    mine[0] = (double)local;
+    for (size_t i = 0; i < n; i++)
+        mine[1 + i] = extra[i];
+    const int rc =
+        MPI_Allgather(mine, (int)(n + 1), MPI_DOUBLE, all, (int)(n + 1), MPI_DOUBLE, opt->comm);
+    if (rc != MPI_SUCCESS)
+        return local != CLOPT_SUCCESS ? local : clopt_mpi_check(opt, rc, "MPI_Allgather");
+    if (local != CLOPT_SUCCESS)
+        return local;
+    for (int r = 0; r < opt->size; r++)
+        if (all[(size_t)r * (n + 1)] != 0.0)
+            return clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_REMOTE, "rank %d failed: %s", r,
+                                  clopt_mpi_status_name((clopt_status)all[(size_t)r * (n + 1)]));
+    return CLOPT_SUCCESS;
+}
+
+void clopt_mpi_options_init(clopt_mpi_options *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->grad_mode = CLOPT_MPI_GRAD_ENGINE;
+    o->reduce_op = CLOPT_MPI_SUM;
+    o->ordered_sum = 1;
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+
+/* Rules and options whose update is element-wise (a shard may cut a tensor anywhere). */
+static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const clopt_hparams *hp,
+                               int whole)
+{
+    const char *why = NULL;
+    clopt_status s = clopt_hparams_validate(rule, hp, &why);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "hyperparameters: %s", why ? why : "invalid");
+    if (rule == CLOPT_SOPHIA)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
+    if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
+        return CLOPT_SUCCESS;
+    switch (rule) {
+    case CLOPT_LAMB:
+    case CLOPT_ADAFACTOR:
+    case CLOPT_STABLE_ADAMW:
+    case CLOPT_MUON:
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "%s needs per-tensor reductions: shard by whole tensors "
+                              "(shard_tensors = 1); cut tensors are not combined across ranks "
+                              "yet",
+                              clopt_rule_name(rule));
+    default:
+        break;
+    }
+    if (hp->grad_centralization)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "gradient centralization's row means are not combined across "
+                              "shards yet (set grad_centralization = 0, or shard_tensors = 1)");
+    if (hp->cautious)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "cautious masking's per-tensor mean is not combined across shards "
+                              "yet (shard_tensors = 1)");
+    return CLOPT_SUCCESS;
+}
+
+static size_t desc_len(const clopt_param_desc *d)
+{
+    size_t n = 1;
+    const size_t nd = d->ndim ? d->ndim : 1;
+    for (size_t k = 0; k < nd && k < CLOPT_MAX_DIMS; k++) {
+        if (d->shape[k] == 0 || n > SIZE_MAX / d->shape[k])
+            return 0;
+        n *= d->shape[k];
+    }
+    return n;
+}
+
+/* The local checks of create's arguments (every group), the groups' tensors concatenated
+   into opt->cat (tensor i of the flattened vector, its group in opt->tgroup[i]); the
+   signature the ranks compare. */
+static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t ngroups,
+                               const clopt_hparams *hps, const clopt_range_group *descs,
+                               const clopt_mpi_options *o, uint64_t *sig)
+{
+    if (!opt->ctx || !hps || !descs)
+        return clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "ctx, hp or desc is NULL");
+    if (ngroups == 0)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "no groups");
+    if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "rule %d out of range", (int)rule);
+    if (o && (o->struct_size < sizeof *o || (unsigned)o->grad_mode > 1u ||
+              (unsigned)o->reduce_op > 1u || (o->ordered_sum != 0 && o->ordered_sum != 1) ||
+              (o->shard_tensors != 0 && o->shard_tensors != 1)))
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "options: struct_size too small or a field out of range");
+    size_t nt = 0;
+    for (size_t gi = 0; gi < ngroups; gi++) {
+        const clopt_range_group *desc = &descs[gi];
+        clopt_status s = check_rule(opt, rule, &hps[gi], o ? o->shard_tensors : 0);
+        if (s != CLOPT_SUCCESS)
+            return s;
+        if (desc->struct_size < sizeof *desc)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "group %zu: struct_size too small", gi);
+        for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
+            if (desc->state[k])
+                return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                                      "engine-owned state buffers are not supported when sharded "
+                                      "(each rank keeps only its slice's state)");
+        if (desc->ntensors == 0 || !desc->tensors)
+            return clopt_mpi_fail(opt,
+                                  desc->ntensors ? CLOPT_ERR_NULL_ARGUMENT : CLOPT_ERR_INVALID_SIZE,
+                                  "group %zu: no tensors", gi);
+        if (nt > SIZE_MAX / 2 - desc->ntensors)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "too many tensors");
+        nt += desc->ntensors;
+    }
+    opt->cat = malloc(nt * sizeof *opt->cat);
+    opt->tgroup = malloc(nt * sizeof *opt->tgroup);
+    opt->lgroup = malloc(ngroups * sizeof *opt->lgroup);
+    opt->hps = malloc(ngroups * sizeof *opt->hps);
+    opt->ngroups = ngroups;
+    opt->ncat = nt;
+    if (!opt->cat || !opt->tgroup || !opt->lgroup || !opt->hps)
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (size_t gi = 0, at = 0; gi < ngroups; gi++) {
+        opt->lgroup[gi] = -1;
+        opt->hps[gi] = hps[gi];
+        for (size_t i = 0; i < descs[gi].ntensors; i++, at++) {
+            opt->cat[at] = descs[gi].tensors[i];
+            opt->tgroup[at] = gi;
+        }
+    }
+    clopt_range_group catg;
+    clopt_range_group_init(&catg);
+    catg.ntensors = nt;
+    catg.tensors = opt->cat;
+    const clopt_range_group *desc = &catg;
+    /* FNV-1a over what every rank must share */
+    uint64_t h = 1469598103934665603ull;
+#define MIX(v)                                                                                     \
+    do {                                                                                           \
+        h ^= (uint64_t)(v);                                                                        \
+        h *= 1099511628211ull;                                                                     \
+    } while (0)
+#define MIXD(d)                                                                                    \
+    do {                                                                                           \
+        double d_ = (d);                                                                           \
+        uint64_t u_;                                                                               \
+        memcpy(&u_, &d_, sizeof u_);                                                               \
+        MIX(u_);                                                                                   \
+    } while (0)
+    MIX(rule);
+    MIX(desc->ntensors);
+    size_t total = 0;
+    for (size_t i = 0; i < desc->ntensors; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        if (!d->param.buffer || !d->grad.buffer)
+            return clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "tensor %zu: a buffer is NULL", i);
+        if (d->param_dtype != CLOPT_DTYPE_F32 || d->grad_dtype != CLOPT_DTYPE_F32)
+            return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                                  "tensor %zu: only float32 parameters and gradients for now", i);
+        if (d->hessian.buffer)
+            return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "tensor %zu: a Hessian buffer", i);
+        if (d->ndim > CLOPT_MAX_DIMS)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "tensor %zu: ndim > %d", i,
+                                  CLOPT_MAX_DIMS);
+        if (d->param.buffer != desc->tensors[0].param.buffer ||
+            d->grad.buffer != desc->tensors[0].grad.buffer)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "tensor %zu: params (or grads) in more than one cl_mem", i);
+        const size_t n = desc_len(d);
+        if (n == 0 || total > (size_t)INT_MAX - n)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE,
+                                  "tensor %zu: a 0 shape, or more than INT_MAX elements in all "
+                                  "(MPI counts are int)",
+                                  i);
+        total += n;
+        MIX(n);
+    }
+    MIX(o ? o->grad_mode : 0);
+    MIX(o ? o->reduce_op : 0);
+    MIX(o ? o->ordered_sum : 1);
+    MIX(o ? o->shard_tensors : 0);
+    MIX(ngroups);
+    for (size_t gi = 0; gi < ngroups; gi++) {
+        const clopt_hparams *hp = &hps[gi];
+        MIX(descs[gi].ntensors);
+        /* a spot check of the hyperparameters most often set per rank by mistake */
+        MIXD(hp->lr);
+        MIXD(hp->beta1);
+        MIXD(hp->beta2);
+        MIXD(hp->beta3);
+        MIXD(hp->eps);
+        MIXD(hp->weight_decay);
+        MIXD(hp->momentum);
+        MIXD(hp->alpha);
+        MIX(hp->amsgrad);
+        MIX(hp->nesterov);
+        MIX(hp->maximize);
+        MIX(hp->state_dtype);
+        MIX(hp->lookahead_k);
+    }
+#undef MIX
+#undef MIXD
+    opt->total = total;
+    *sig = h;
+    return CLOPT_SUCCESS;
+}
+
+/* ---- the slice and its pieces ------------------------------------------------------------ */
+
+/* Coalesced runs of the flattened vector in one buffer (offsets from off[i]). */
+static clopt_mpi_run *make_runs(const clopt_range_group *desc, int grad, size_t *nruns)
+{
+    clopt_mpi_run *r = malloc(desc->ntensors * sizeof *r);
+    size_t k = 0, flat = 0;
+    for (size_t i = 0; r && i < desc->ntensors; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        const size_t off = grad ? d->grad.offset : d->param.offset, n = desc_len(d);
+        if (k && r[k - 1].off + r[k - 1].len == off && r[k - 1].flat + r[k - 1].len == flat)
+            r[k - 1].len += n;
+        else
+            r[k++] = (clopt_mpi_run){flat, off, n};
+        flat += n;
+    }
+    *nruns = k;
+    return r;
+}
+
+static void release(clopt_mpi_optimizer *opt)
+{
+    clopt_optimizer_destroy(opt->local);
+    if (opt->shard_grad)
+        clReleaseMemObject(opt->shard_grad);
+    free(opt->counts);
+    free(opt->displs);
+    free(opt->prun);
+    free(opt->grun);
+    free(opt->host_p);
+    free(opt->host_g);
+    free(opt->host_s);
+    free(opt->host_recv);
+    free(opt->shapes);
+    free(opt->pieces);
+    free(opt->cat);
+    free(opt->tgroup);
+    free(opt->lgroup);
+    free(opt->hps);
+}
+
+/* The internal optimizer over the slice's pieces, the staging buffers. */
+static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
+{
+    clopt_range_group catg;
+    clopt_range_group_init(&catg);
+    catg.tensors = opt->cat;
+    catg.ntensors = opt->ncat;
+    const clopt_range_group *desc = &catg;
+    const clopt_hparams *hp = &hps[0]; /* the internal optimizer's (empty) group 0 */
+    const size_t N = (size_t)opt->size;
+    opt->counts = malloc(N * sizeof *opt->counts);
+    opt->displs = malloc(N * sizeof *opt->displs);
+    opt->prun = make_runs(desc, 0, &opt->nprun);
+    opt->grun = make_runs(desc, 1, &opt->ngrun);
+    opt->host_p = malloc(opt->total * sizeof *opt->host_p);
+    opt->host_g = malloc(opt->total * sizeof *opt->host_g);
+    opt->ntensors = desc->ntensors;
+    opt->shapes = calloc(desc->ntensors, sizeof *opt->shapes);
+    opt->pieces = calloc(desc->ntensors, sizeof *opt->pieces);
+    if (!opt->counts || !opt->displs || !opt->prun || !opt->grun || !opt->host_p || !opt->host_g ||
+        !opt->shapes || !opt->pieces)
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
+    for (size_t i = 0, flat = 0; i < desc->ntensors; i++) {
+        const clopt_param_desc *d = &desc->tensors[i];
+        clopt_mpi_shape *t = &opt->shapes[i];
+        t->ndim = d->ndim ? d->ndim : 1;
+        for (size_t k = 0; k < t->ndim; k++)
+            t->shape[k] = d->shape[k];
+        t->n = desc_len(d);
+        t->flat = flat;
+        flat += t->n;
+    }
+    size_t prev = 0, maxc = 0;
+    for (size_t r = 0; r < N; r++) {
+        size_t hi = (r + 1) * opt->total / N;
+        if (opt->o.shard_tensors && r + 1 < N) { /* the tensor boundary nearest to hi */
+            size_t flat = 0, best = 0;
+            for (size_t i = 0; i <= desc->ntensors; i++) {
+                const size_t d1 = flat > hi ? flat - hi : hi - flat;
+                const size_t d0 = best > hi ? best - hi : hi - best;
+                if (d1 < d0)
+                    best = flat;
+                if (i < desc->ntensors)
+                    flat += desc_len(&desc->tensors[i]);
+            }
+            hi = best < prev ? prev : best;
+        }
+        opt->displs[r] = (int)prev;
+        opt->counts[r] = (int)(hi - prev);
+        maxc = hi - prev > maxc ? hi - prev : maxc;
+        prev = hi;
+    }
+    if (opt->o.ordered_sum && maxc > (size_t)INT_MAX / N)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE,
+                              "ordered_sum needs world size x slice <= INT_MAX elements");
+    opt->first = (size_t)opt->displs[opt->rank];
+    opt->count = (size_t)opt->counts[opt->rank];
+    opt->pbuf = desc->tensors[0].param.buffer;
+    opt->gbuf = desc->tensors[0].grad.buffer;
+    const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
+    if (rs) {
+        opt->host_s = malloc((opt->count ? opt->count : 1) * sizeof *opt->host_s);
+        opt->host_recv = malloc((opt->count ? opt->count * N : 1) * sizeof *opt->host_recv);
+        if (!opt->host_s || !opt->host_recv)
+            return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
+    }
+    clopt_status s = clopt_optimizer_create(opt->ctx, opt->rule, hp, &opt->local);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "clopt_optimizer_create: %s", clopt_status_str(s));
+    if (opt->count == 0)
+        return CLOPT_SUCCESS; /* this rank owns nothing: no group, no state */
+    if (rs) {
+        cl_int e;
+        opt->shard_grad = clCreateBuffer(clopt_ctx_cl_context(opt->ctx), CL_MEM_READ_WRITE,
+                                         opt->count * sizeof(float), NULL, &e);
+        if (!opt->shard_grad)
+            return clopt_mpi_cl_fail(opt, e, "allocating the shard's gradient");
+    }
+    /* the pieces: tensor i's part of [first, first + count), as 1-D tensors (whole tensors
+       keep their shapes); one internal range group per group with pieces here */
+    clopt_param_desc *pieces = calloc(desc->ntensors, sizeof *pieces);
+    if (!pieces)
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the pieces");
+    size_t np = 0, flat = 0;
+    const size_t a = opt->first, b = opt->first + opt->count;
+    for (size_t gi = 0, i = 0; gi < opt->ngroups; gi++) {
+        const size_t first_piece = np;
+        for (; i < desc->ntensors && opt->tgroup[i] == gi; i++) {
+            const clopt_param_desc *d = &desc->tensors[i];
+            const size_t n = desc_len(d), lo = flat > a ? flat : a,
+                         hi = flat + n < b ? flat + n : b;
+            if (lo < hi) {
+                opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
+                clopt_param_desc *p = &pieces[np++];
+                clopt_param_desc_init(p);
+                p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
+                p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
+                             : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
+                if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor, LAMB) */
+                    p->ndim = d->ndim;
+                    memcpy(p->shape, d->shape, sizeof p->shape);
+                } else {
+                    p->ndim = 1;
+                    p->shape[0] = hi - lo;
+                }
+            }
+            flat += n;
+        }
+        if (np == first_piece)
+            continue; /* no piece of this group here */
+        clopt_range_group g;
+        clopt_range_group_init(&g);
+        g.ntensors = np - first_piece;
+        g.tensors = pieces + first_piece;
+        size_t lg = 0;
+        s = clopt_optimizer_add_range_group(opt->local, &hps[gi], &g, &lg, NULL);
+        if (s != CLOPT_SUCCESS) {
+            free(pieces);
+            return clopt_mpi_fail(opt, s, "the shard's range group %zu: %s", gi,
+                                  clopt_ctx_last_error(opt->ctx));
+        }
+        opt->lgroup[gi] = (int)lg;
+    }
+    free(pieces);
+    opt->has_group = np > 0;
+    opt->npieces = np;
+    return CLOPT_SUCCESS;
+}
+
+static void copy_why(char *why, size_t why_len, const char *text)
+{
+    if (why && why_len)
+        snprintf(why, why_len, "%s", text);
+}
+
+clopt_status clopt_mpi_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                        MPI_Comm comm, const clopt_range_group *desc,
+                                        const clopt_mpi_options *o, clopt_mpi_optimizer **out,
+                                        char *why, size_t why_len)
+{
+    return clopt_mpi_optimizer_create_groups(ctx, rule, comm, 1, hp, desc, o, out, why, why_len);
+}
+
+clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, MPI_Comm comm,
+                                               size_t ngroups, const clopt_hparams *hps,
+                                               const clopt_range_group *descs,
+                                               const clopt_mpi_options *o,
+                                               clopt_mpi_optimizer **out, char *why, size_t why_len)
+{
+    copy_why(why, why_len, "");
+    if (out)
+        *out = NULL;
+    if (comm == MPI_COMM_NULL) {
+        copy_why(why, why_len, "comm is MPI_COMM_NULL");
+        return CLOPT_ERR_INVALID_ARGUMENT;
+    }
+    clopt_mpi_optimizer *opt = calloc(1, sizeof *opt);
+    MPI_Comm dup = MPI_COMM_NULL;
+    int rc = MPI_Comm_dup(comm, &dup); /* collective: every rank takes part, even failing ones */
+    if (!opt) {
+        if (rc == MPI_SUCCESS) {
+            /* still agree, so that the other ranks fail too instead of hanging */
+            double mine[2] = {(double)CLOPT_ERR_OUT_OF_MEMORY, 0.0};
+            int size = 1;
+            MPI_Comm_size(dup, &size);
+            double *all = malloc((size_t)size * 2 * sizeof *all);
+            if (all)
+                MPI_Allgather(mine, 2, MPI_DOUBLE, all, 2, MPI_DOUBLE, dup);
+            free(all);
+            MPI_Comm_free(&dup);
+        }
+        copy_why(why, why_len, "out of host memory");
+        return CLOPT_ERR_OUT_OF_MEMORY;
+    }
+    if (rc != MPI_SUCCESS) {
+        clopt_status s = clopt_mpi_check(opt, rc, "MPI_Comm_dup");
+        copy_why(why, why_len, opt->err);
+        free(opt);
+        return s;
+    }
+    opt->comm = dup;
+    MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(dup, &opt->rank);
+    MPI_Comm_size(dup, &opt->size);
+    opt->ctx = ctx;
+    opt->rule = rule;
+    opt->last_norm = NAN;
+    clopt_mpi_options_init(&opt->o);
+    uint64_t sig = 0;
+    clopt_status s =
+        out ? CLOPT_SUCCESS : clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
+    if (s == CLOPT_SUCCESS)
+        s = check_args(opt, rule, ngroups, hps, descs, o, &sig);
+    if (s == CLOPT_SUCCESS && o) {
+        opt->o.grad_mode = o->grad_mode;
+        opt->o.reduce_op = o->reduce_op;
+        opt->o.ordered_sum = o->ordered_sum;
+        opt->o.shard_tensors = o->shard_tensors;
+    }
+    /* agreement 1: arguments valid everywhere and the same signature */
+    double *all = malloc((size_t)opt->size * 3 * sizeof *all);
+    if (!all && s == CLOPT_SUCCESS)
+        s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    double extra[2];
+    memcpy(&extra[0], &sig, sizeof sig); /* the bits travel as a double, compared bitwise */
+    extra[1] = (double)opt->total;
+    if (all) {
+        s = clopt_mpi_agree(opt, s, extra, 2, all);
+        for (int r = 1; s == CLOPT_SUCCESS && r < opt->size; r++)
+            if (memcmp(&all[3 * (size_t)r + 1], &all[1], 2 * sizeof(double)) != 0)
+                s = clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
+                                   "rank %d's rule, shapes, options or hyperparameters differ "
+                                   "from rank 0's",
+                                   r);
+    }
+    /* agreement 2: every rank built its shard */
+    if (s == CLOPT_SUCCESS && all) {
+        s = build(opt, hps);
+        s = clopt_mpi_agree(opt, s, NULL, 0, all);
+    }
+    free(all);
+    if (s != CLOPT_SUCCESS) {
+        copy_why(why, why_len, opt->err);
+        release(opt);
+        MPI_Comm_free(&opt->comm);
+        free(opt);
+        return s;
+    }
+    *out = opt;
+    return CLOPT_SUCCESS;
+}
+
+void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt)
+{
+    if (!opt)
+        return;
+    release(opt);
+    MPI_Comm_free(&opt->comm);
+    free(opt);
+}
+
+/* ---- settings and queries ----------------------------------------------------------------- */
+
+clopt_status clopt_mpi_optimizer_set_grad_clip(clopt_mpi_optimizer *opt, double max_norm)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    if (!isfinite(max_norm) || max_norm < 0 ||
+        (max_norm > 0 && (max_norm < 1.2e-38 || max_norm > 8.5e37)))
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_HYPERPARAM,
+                              "max_norm must be 0 or finite in 1.2e-38 .. 8.5e37");
+    opt->max_norm = max_norm;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_set_grad_scale(clopt_mpi_optimizer *opt, double scale)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    if (!isfinite(scale) || scale < 0 || (scale > 0 && (scale < 1.2e-38 || scale > 8.5e37)))
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_HYPERPARAM,
+                              "scale must be 0 or finite in 1.2e-38 .. 8.5e37");
+    opt->scale = scale;
+    return CLOPT_SUCCESS;
+}
+
+double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->last_norm : NAN;
+}
+
+clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                                   const clopt_hparams *hp)
+{
+    if (!opt || !hp)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    if (group >= opt->ngroups)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INDEX, "no group %zu", group);
+    clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
+    if (s != CLOPT_SUCCESS)
+        return s;
+    /* the range group first: it refuses a change of the state layout; group 0 of the
+       internal optimizer (empty) follows group 0, as get_group_hparams reads it there when
+       this rank holds none of it */
+    if (opt->lgroup[group] >= 0 &&
+        (s = clopt_optimizer_set_group_hparams(opt->local, (size_t)opt->lgroup[group], hp)) !=
+            CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+    if (group == 0 && (s = clopt_optimizer_set_group_hparams(opt->local, 0, hp)) != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+    opt->hps[group] = *hp;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp)
+{
+    if (!opt || !hp)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    for (size_t g = 0; g < opt->ngroups; g++) {
+        const clopt_status s = clopt_mpi_optimizer_set_group_hparams(opt, g, hp);
+        if (s != CLOPT_SUCCESS)
+            return s; /* groups before g were changed: refused changes are layout ones, the
+                         same for every group, so g is 0 in practice */
+    }
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,
+                                                   clopt_hparams *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (group >= opt->ngroups)
+        return CLOPT_ERR_INDEX;
+    *out = opt->hps[group];
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_mpi_optimizer_get_hparams(const clopt_mpi_optimizer *opt, clopt_hparams *out)
+{
+    return clopt_mpi_optimizer_get_group_hparams(opt, 0, out);
+}
+
+clopt_status clopt_mpi_optimizer_set_schedule(clopt_mpi_optimizer *opt, const clopt_schedule *sc)
+{
+    if (!opt || !sc)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    const char *why = NULL;
+    clopt_status s = clopt_schedule_validate(sc, &why);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "schedule: %s", why ? why : "invalid");
+    for (size_t g = 0; s == CLOPT_SUCCESS && g < opt->ngroups; g++)
+        if (opt->lgroup[g] >= 0)
+            s = clopt_optimizer_set_group_schedule(opt->local, (size_t)opt->lgroup[g], sc);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_optimizer_set_group_schedule(opt->local, 0, sc);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+    return CLOPT_SUCCESS;
+}
+
+uint64_t clopt_mpi_optimizer_step_count(const clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->steps : 0;
+}
+
+int clopt_mpi_optimizer_rank(const clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->rank : 0;
+}
+
+int clopt_mpi_optimizer_world_size(const clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->size : 0;
+}
+
+clopt_status clopt_mpi_optimizer_shard(const clopt_mpi_optimizer *opt, size_t *first, size_t *count,
+                                       size_t *total)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    if (first)
+        *first = opt->first;
+    if (count)
+        *count = opt->count;
+    if (total)
+        *total = opt->total;
+    return CLOPT_SUCCESS;
+}
+
+size_t clopt_mpi_optimizer_state_bytes(const clopt_mpi_optimizer *opt)
+{
+    return opt ? clopt_optimizer_state_bytes(opt->local) : 0;
+}
+
+clopt_status clopt_mpi_optimizer_last_timing(const clopt_mpi_optimizer *opt,
+                                             clopt_mpi_step_timing *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    *out = opt->timing;
+    return CLOPT_SUCCESS;
+}
+
+clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->local : NULL;
+}
+
+const char *clopt_mpi_optimizer_last_error(const clopt_mpi_optimizer *opt)
+{
+    return opt ? opt->err : "";
+}

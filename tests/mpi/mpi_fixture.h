@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared by the MPI tests: checks that abort the whole job, a context per rank, flat layouts
+ * with gaps (tensors at offsets in one parameter and one gradient buffer, as an engine's
+ * flat arrays), deterministic values, and the unsharded reference optimizer. */
+#ifndef CLOPT_MPI_FIXTURE_H
+#define CLOPT_MPI_FIXTURE_H
+
+#include "clopt_mpi.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+extern int fx_rank, fx_size;
+extern clopt_ctx *fx_ctx;
+
+/* A failed check prints where and why, then ends every rank (MPI_Abort): no rank is left
+   waiting in a collective. */
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", fx_rank, __FILE__, __LINE__,     \
+                    #cond);                                                                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            fflush(stderr);                                                                        \
+            MPI_Abort(MPI_COMM_WORLD, 1);                                                          \
+        }                                                                                          \
+    } while (0)
+#define CHECK_STATUS(expr, want)                                                                   \
+    do {                                                                                           \
+        const clopt_status s_ = (expr);                                                            \
+        CHECK(s_ == (want), "%s (%d), wanted %s", clopt_mpi_status_name(s_), (int)s_,              \
+              clopt_mpi_status_name(want));                                                        \
+    } while (0)
+#define CHECK_OK(expr) CHECK_STATUS(expr, CLOPT_SUCCESS)
+
+/* MPI_Init, the rank's context (CLOPT_DEVICE or the default device). */
+void fx_init(int *argc, char ***argv);
+/* Destroys the context, MPI_Finalize, prints "<name>: ok" on rank 0; returns 0. */
+int fx_finish(const char *name);
+
+/* A flat layout: ntensors shapes; parameters at poff[i] (with gaps of 3 floats, starting at
+   5), gradients packed from offset 2; plen / glen the buffer lengths; total the flattened
+   elements. */
+#define FX_MAX_T 8
+typedef struct fx_layout {
+    size_t nt, total, plen, glen;
+    size_t ndim[FX_MAX_T], shape[FX_MAX_T][3], n[FX_MAX_T], poff[FX_MAX_T], goff[FX_MAX_T];
+} fx_layout;
+/* The main layout: 3x5, 7, 2x2x3, 1, 11 (46 elements, shards cut tensors). */
+void fx_layout_main(fx_layout *L);
+/* One vector of n elements (n < world size: some rank owns nothing). */
+void fx_layout_vector(fx_layout *L, size_t n);
+/* The range group of L over buffers p and g (descs must hold FX_MAX_T). */
+void fx_range_group(const fx_layout *L, cl_mem p, cl_mem g, clopt_param_desc *descs,
+                    clopt_range_group *rg);
+
+/* A float buffer of n elements filled with `fill`. */
+cl_mem fx_buffer(size_t n, float fill);
+void fx_write(cl_mem b, const float *host, size_t n);
+void fx_read(cl_mem b, float *host, size_t n);
+/* Flattened values (total) into / out of a buffer laid out as L (params: 0, grads: 1). */
+void fx_scatter(const fx_layout *L, int grad, cl_mem b, const float *flat);
+/* Deterministic value in [-1, 1) of (seed, i). */
+float fx_val(unsigned seed, size_t i);
+
+/* The unsharded optimizer over the same layout (the reference). */
+clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
+                              cl_mem p, cl_mem g);
+
+#endif

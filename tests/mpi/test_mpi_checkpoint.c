@@ -1,0 +1,288 @@
+/* SPDX-License-Identifier: MIT */
+/* Checkpoints across world sizes: a run on 2 ranks saves, the whole world (2 or 3 ranks)
+ * loads and continues bit-identically to the run that went on, saves again, and one rank
+ * (MPI_COMM_SELF) as well as the unsharded optimizer load that and continue bit-identically
+ * (2 -> 2 -> 1 with 2 ranks, 2 -> 3 -> 1 with 3). Damaged, missing and mismatched files fail
+ * on every rank and change nothing. Both forms: one gathered file, and a file per rank with
+ * a manifest (the unsharded load takes the gathered form only). */
+#define _POSIX_C_SOURCE 200809L /* getpid */
+#include "mpi_fixture.h"
+
+#include <string.h>
+#include <unistd.h>
+
+typedef struct ck_case {
+    const char *name;
+    clopt_rule rule;
+    int whole;   /* shard_tensors */
+    int variant; /* 1: bf16 state, 2: Lookahead */
+} ck_case;
+
+static const ck_case cases[] = {
+    {"adamw", CLOPT_ADAMW, 0, 0},
+    {"nadam", CLOPT_NADAM, 0, 0},
+    {"adamw bf16 state", CLOPT_ADAMW, 0, 1},
+    {"adamw lookahead", CLOPT_ADAMW, 0, 2},
+    {"adafactor (whole tensors)", CLOPT_ADAFACTOR, 1, 0},
+};
+
+static fx_layout L;
+static char path1[256], path2[256];
+static int shards; /* 1: clopt_mpi_optimizer_save_shards / load_shards (path = prefix) */
+
+static clopt_status save(clopt_mpi_optimizer *sh, const char *path)
+{
+    return shards ? clopt_mpi_optimizer_save_shards(sh, path) : clopt_mpi_optimizer_save(sh, path);
+}
+static clopt_status load(clopt_mpi_optimizer *sh, const char *path)
+{
+    return shards ? clopt_mpi_optimizer_load_shards(sh, path) : clopt_mpi_optimizer_load(sh, path);
+}
+
+static void hparams(const ck_case *c, clopt_hparams *hp)
+{
+    CHECK_OK(clopt_hparams_default(c->rule, hp));
+    if (c->variant == 1)
+        hp->state_dtype = CLOPT_DTYPE_BF16;
+    if (c->variant == 2) {
+        hp->lookahead_k = 3;
+        hp->lookahead_alpha = 0.5;
+    }
+}
+
+/* A sharded optimizer on comm over fresh buffers holding params (plen floats). */
+typedef struct run {
+    cl_mem p, g;
+    clopt_mpi_optimizer *sh;
+} run;
+
+static void run_open(run *R, const ck_case *c, MPI_Comm comm, const float *params)
+{
+    clopt_hparams hp;
+    hparams(c, &hp);
+    R->p = fx_buffer(L.plen, 0.0f);
+    R->g = fx_buffer(L.glen, 0.0f);
+    fx_write(R->p, params, L.plen);
+    clopt_param_desc d[FX_MAX_T];
+    clopt_range_group desc;
+    fx_range_group(&L, R->p, R->g, d, &desc);
+    clopt_mpi_options o;
+    clopt_mpi_options_init(&o);
+    o.shard_tensors = c->whole;
+    char why[512];
+    const clopt_status s =
+        clopt_mpi_optimizer_create(fx_ctx, c->rule, &hp, comm, &desc, &o, &R->sh, why, sizeof why);
+    CHECK(s == CLOPT_SUCCESS, "%s: create: %s: %s", c->name, clopt_mpi_status_name(s), why);
+}
+
+static void run_steps(run *R, const ck_case *c, unsigned from, unsigned to)
+{
+    float *flat = malloc(L.total * sizeof *flat);
+    CHECK(flat != NULL, "malloc");
+    for (unsigned t = from; t <= to; t++) {
+        for (size_t i = 0; i < L.total; i++)
+            flat[i] = fx_val(300 + t, i);
+        fx_scatter(&L, 1, R->g, flat);
+        const clopt_status s = clopt_mpi_optimizer_step(R->sh, NULL);
+        CHECK(s == CLOPT_SUCCESS, "%s: step %u: %s: %s", c->name, t, clopt_mpi_status_name(s),
+              clopt_mpi_optimizer_last_error(R->sh));
+    }
+    free(flat);
+}
+
+static void run_close(run *R)
+{
+    clopt_mpi_optimizer_destroy(R->sh);
+    clReleaseMemObject(R->p);
+    clReleaseMemObject(R->g);
+}
+
+static void check_params(const ck_case *c, const char *what, cl_mem p, const float *want)
+{
+    float *a = malloc(L.plen * sizeof *a);
+    CHECK(a != NULL, "malloc");
+    fx_read(p, a, L.plen);
+    for (size_t i = 0; i < L.plen; i++)
+        CHECK(memcmp(&a[i], &want[i], sizeof *a) == 0, "%s: %s: element %zu: %.9g, wanted %.9g",
+              c->name, what, i, (double)a[i], (double)want[i]);
+    free(a);
+}
+
+static void run_case(const ck_case *c)
+{
+    float *init = malloc(L.plen * sizeof *init), *saved = malloc(L.plen * sizeof *saved);
+    float *cont = malloc(L.plen * sizeof *cont), *cont2 = malloc(L.plen * sizeof *cont2);
+    CHECK(init && saved && cont && cont2, "malloc");
+    for (size_t i = 0; i < L.plen; i++)
+        init[i] = fx_val(11, i);
+
+    /* A: the first two ranks train 3 steps, save, train 2 more */
+    MPI_Comm a;
+    MPI_Comm_split(MPI_COMM_WORLD, fx_rank < 2 ? 0 : MPI_UNDEFINED, fx_rank, &a);
+    if (a != MPI_COMM_NULL) {
+        run R;
+        run_open(&R, c, a, init);
+        run_steps(&R, c, 1, 3);
+        fx_read(R.p, saved, L.plen);
+        CHECK_OK(save(R.sh, path1));
+        run_steps(&R, c, 4, 5);
+        fx_read(R.p, cont, L.plen);
+        run_close(&R);
+        MPI_Comm_free(&a);
+    }
+    MPI_Bcast(saved, (int)L.plen, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    MPI_Bcast(cont, (int)L.plen, MPI_FLOAT, 0, MPI_COMM_WORLD);
+
+    /* B: the whole world loads it (resharding), continues, saves again */
+    run B;
+    run_open(&B, c, MPI_COMM_WORLD, saved);
+    CHECK_OK(load(B.sh, path1));
+    CHECK(clopt_mpi_optimizer_step_count(B.sh) == 3, "%s: step count after load", c->name);
+    run_steps(&B, c, 4, 5);
+    check_params(c, "resumed on the world", B.p, cont);
+    CHECK_OK(save(B.sh, path2));
+    run_steps(&B, c, 6, 7);
+    fx_read(B.p, cont2, L.plen);
+    run_close(&B);
+
+    /* C: one rank alone, and the unsharded optimizer */
+    if (fx_rank == 0) {
+        run C;
+        run_open(&C, c, MPI_COMM_SELF, cont);
+        CHECK_OK(load(C.sh, path2));
+        run_steps(&C, c, 6, 7);
+        check_params(c, "resumed on one rank", C.p, cont2);
+        run_close(&C);
+    }
+    if (fx_rank == 0 && !shards) {
+        clopt_hparams hp;
+        hparams(c, &hp);
+        cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
+        fx_write(p, cont, L.plen);
+        clopt_optimizer *ref = fx_reference(c->rule, &hp, &L, p, g);
+        char why[256];
+        const clopt_status s =
+            clopt_mpi_checkpoint_load_unsharded(fx_ctx, ref, path2, why, sizeof why);
+        CHECK(s == CLOPT_SUCCESS, "%s: unsharded load: %s: %s", c->name, clopt_mpi_status_name(s),
+              why);
+        float *flat = malloc(L.total * sizeof *flat);
+        CHECK(flat != NULL, "malloc");
+        for (unsigned t = 6; t <= 7; t++) {
+            for (size_t i = 0; i < L.total; i++)
+                flat[i] = fx_val(300 + t, i);
+            fx_scatter(&L, 1, g, flat);
+            CHECK_OK(clopt_optimizer_step(ref, NULL));
+        }
+        check_params(c, "resumed unsharded", p, cont2);
+        free(flat);
+        clopt_optimizer_destroy(ref);
+        clReleaseMemObject(p);
+        clReleaseMemObject(g);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    free(init);
+    free(saved);
+    free(cont);
+    free(cont2);
+}
+
+/* Damaged, missing and mismatched files: the same failure on every rank, nothing changes. */
+static void test_failures(void)
+{
+    const ck_case *c = &cases[0];
+    float *init = malloc(L.plen * sizeof *init);
+    CHECK(init != NULL, "malloc");
+    for (size_t i = 0; i < L.plen; i++)
+        init[i] = fx_val(11, i);
+    run R;
+    run_open(&R, c, MPI_COMM_WORLD, init);
+    run_steps(&R, c, 1, 1);
+    CHECK_OK(save(R.sh, path1));
+    clopt_optimizer *loc = clopt_mpi_optimizer_local(R.sh);
+    size_t len = 0;
+    float *before = NULL, *after = NULL;
+    if (clopt_optimizer_param_count(loc)) {
+        CHECK_OK(clopt_optimizer_state_info(loc, 0, 0, NULL, &len));
+        before = malloc(len * sizeof *before);
+        after = malloc(len * sizeof *after);
+        CHECK(before && after, "malloc");
+        CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, before, len));
+    }
+    if (fx_rank == 0) { /* flip one byte in the middle (of rank 0's part) */
+        char part[300];
+        snprintf(part, sizeof part, "%s.0", path1);
+        FILE *f = fopen(shards ? part : path1, "r+b");
+        CHECK(f != NULL, "open %s", path1);
+        fseek(f, 200, SEEK_SET);
+        const int ch = fgetc(f);
+        fseek(f, 200, SEEK_SET);
+        fputc(ch ^ 0x10, f);
+        fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (!shards) {
+        CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_FORMAT);
+    } else { /* the damaged part is read by the ranks whose slice overlaps rank 0's */
+        const clopt_status s = load(R.sh, path1);
+        CHECK(s == CLOPT_ERR_FORMAT || s == (clopt_status)CLOPT_MPI_ERR_REMOTE, "damaged part: %s",
+              clopt_mpi_status_name(s));
+        int mine = s == CLOPT_ERR_FORMAT, any = 0;
+        MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        CHECK(any, "no rank reported the damaged part");
+    }
+    CHECK_STATUS(load(R.sh, "/nonexistent/clopt.ckpt"),
+                 fx_rank == 0 ? CLOPT_ERR_IO : (clopt_status)CLOPT_MPI_ERR_REMOTE);
+    if (before) {
+        CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, after, len));
+        CHECK(memcmp(before, after, len * sizeof *after) == 0, "a failed load changed the state");
+    }
+    CHECK(clopt_mpi_optimizer_step_count(R.sh) == 1, "a failed load changed the step count");
+    /* a checkpoint of another layout */
+    CHECK_OK(save(R.sh, path1));
+    run_close(&R);
+    fx_layout keep = L;
+    fx_layout_vector(&L, 5);
+    run_open(&R, c, MPI_COMM_WORLD, init);
+    CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
+    run_close(&R);
+    L = keep;
+    /* another rule */
+    const ck_case nadam = {"nadam", CLOPT_NADAM, 0, 0};
+    run_open(&R, &nadam, MPI_COMM_WORLD, init);
+    CHECK_STATUS(load(R.sh, path1), CLOPT_ERR_STATE_MISMATCH);
+    run_close(&R);
+    free(before);
+    free(after);
+    free(init);
+}
+
+int main(int argc, char **argv)
+{
+    fx_init(&argc, &argv);
+    fx_layout_main(&L);
+    long pid = (long)getpid();
+    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(path1, sizeof path1, "%s/clopt_mpi_ckpt_%ld_a.bin", dir, pid);
+    snprintf(path2, sizeof path2, "%s/clopt_mpi_ckpt_%ld_b.bin", dir, pid);
+    for (shards = 0; shards < 2; shards++) {
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            run_case(&cases[c]);
+        test_failures();
+    }
+    if (fx_rank == 0) { /* the files of both forms */
+        char f[300];
+        remove(path1);
+        remove(path2);
+        for (int r = -1; r < fx_size; r++)
+            for (int k = 0; k < 2; k++) {
+                const char *pre = k ? path2 : path1;
+                if (r < 0)
+                    snprintf(f, sizeof f, "%s.manifest", pre);
+                else
+                    snprintf(f, sizeof f, "%s.%d", pre, r);
+                remove(f);
+            }
+    }
+    return fx_finish("test_mpi_checkpoint");
+}
