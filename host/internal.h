@@ -194,6 +194,16 @@ int clopt_rule_is_multipass(clopt_rule rule);
 /* The rule runs tensor by tensor at the optimizer level (multi-pass, or cautious masking):
    no fused arena or range launch, no op level. */
 int clopt_rule_per_tensor(clopt_rule rule, const clopt_hparams *hp);
+/* Schedule-Free AdamW or SGD, and its β: the interpolation weight between y and z (beta1 for
+   AdamW, momentum for SGD). */
+static inline int clopt_rule_is_sf(clopt_rule r)
+{
+    return r == CLOPT_SCHEDULE_FREE_ADAMW || r == CLOPT_SCHEDULE_FREE_SGD;
+}
+static inline double clopt_sf_beta(clopt_rule r, const clopt_hparams *hp)
+{
+    return r == CLOPT_SCHEDULE_FREE_SGD ? hp->momentum : hp->beta1;
+}
 /* Everything clopt_enqueue_step checks before it plans the launch (ops.c). */
 clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                  const clopt_hparams *hp, const clopt_step_args *a, size_t n,

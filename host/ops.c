@@ -133,7 +133,7 @@ clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_r
     if (rule == CLOPT_NADAM && !(isfinite(a->mu_product) && a->mu_product >= 0 &&
                                  a->mu_product <= 1))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "mu_product must be in [0, 1]");
-    if ((rule == CLOPT_SCHEDULE_FREE_ADAMW || rule == CLOPT_SCHEDULE_FREE_SGD) &&
+    if (clopt_rule_is_sf(rule) &&
         !(isfinite(a->sf_lr_max) && a->sf_lr_max >= 0 && isfinite(a->sf_weight_sum) &&
           a->sf_weight_sum >= 0))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,

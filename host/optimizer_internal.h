@@ -100,10 +100,6 @@ struct clopt_optimizer {
     struct clopt_muon_work *muon; /* Muon's Newton-Schulz work buffers (muon.c), or NULL */
 };
 
-static inline int clopt_rule_is_sf(clopt_rule r)
-{
-    return r == CLOPT_SCHEDULE_FREE_ADAMW || r == CLOPT_SCHEDULE_FREE_SGD;
-}
 /* Schedule-Free's scalars of tensor e carried over `count` steps from 0 under group g's
    current hyperparameters (the schedule at each step): after set_step_count. */
 void clopt_o_sf_replay(const clopt_optimizer *opt, clopt_param *e, uint64_t count);

@@ -596,7 +596,7 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     case CLOPT_SCHEDULE_FREE_SGD: {
         double lr_max = args->sf_lr_max, wsum = args->sf_weight_sum, lr_t;
         const double c = clopt_schedule_free_advance(hp, step, &lr_max, &wsum, &lr_t);
-        const double beta = rule == CLOPT_SCHEDULE_FREE_SGD ? hp->momentum : b1;
+        const double beta = clopt_sf_beta(rule, hp);
         plan->has_int_arg = 1;
         plan->int_arg = step == 1; /* z_0 = θ_0: the kernel takes θ for z */
         if (rule == CLOPT_SCHEDULE_FREE_ADAMW)

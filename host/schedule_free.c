@@ -6,17 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
-/* β of the rule: the interpolation weight between y and z. */
-static double sf_beta(clopt_rule rule, const clopt_hparams *hp)
-{
-    return rule == CLOPT_SCHEDULE_FREE_SGD ? hp->momentum : hp->beta1;
-}
-
 /* The weights of θ = lerp(θ, z, w): eval w = 1 - 1/β (x from y), train w = 1 - β. */
 static void mode_weights(clopt_rule rule, const clopt_hparams *hp, int train, float *w,
                          float *omw)
 {
-    const double b = sf_beta(rule, hp);
+    const double b = clopt_sf_beta(rule, hp);
     *w = (float)(train ? 1.0 - b : 1.0 - 1.0 / b);
     *omw = (float)(train ? b : 1.0 / b);
 }
