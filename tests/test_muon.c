@@ -297,6 +297,42 @@ static void test_arena_group(void **state)
 /* AMP: gradients arrive × 256 and the step divides it out; an Inf gradient skips the step
    (θ and b unchanged, CLOPT_STEP_SKIPPED). Then the same with steps in flight (step_on):
    each step enqueues its launches once per possible outcome of the steps before it. */
+/* Four clopt_optimizer_step_on calls in flight (loss scale 256) on the context's queue, the
+   gradients copied in from buffers written before (as an engine's queue would order them);
+   step `bad` holds `bad_value` at element bad_at (AMP skips it). The reference takes the other
+   three with lr = hp->lr·gamma^count, *count being the optimizer's applied steps. */
+static void steps_in_flight(clopt_ctx *ctx, clopt_optimizer *opt, cl_mem g, size_t n,
+                            ref_muon *ref, const clopt_hparams *hp, int bad, size_t bad_at,
+                            float bad_value, double gamma, uint64_t *count)
+{
+    cl_mem gs[4];
+    float *grads[4], *scaled = xmalloc(n * sizeof(float));
+    for (int t = 0; t < 4; t++) {
+        grads[t] = random_floats(n, 0.5f);
+        for (size_t i = 0; i < n; i++)
+            scaled[i] = grads[t][i] * 256.0f;
+        if (t == bad)
+            scaled[bad_at] = bad_value;
+        gs[t] = upload(ctx, scaled, n);
+    }
+    cl_command_queue q = clopt_ctx_cl_queue(ctx);
+    for (int t = 0; t < 4; t++) {
+        assert_int_equal(clEnqueueCopyBuffer(q, gs[t], g, 0, 0, n * sizeof(float), 0, NULL,
+                                             NULL),
+                         CL_SUCCESS);
+        assert_int_equal(clopt_optimizer_step_on(opt, q, 0, NULL, NULL), CLOPT_SUCCESS);
+        if (t != bad)
+            ref_step(ref, grads[t], 1.0, 0, hp->lr * pow(gamma, (double)(*count)++),
+                     hp->momentum, 1, 0.01, hp->ns_steps);
+    }
+    assert_int_equal(clFinish(q), CL_SUCCESS);
+    for (int t = 0; t < 4; t++) {
+        clReleaseMemObject(gs[t]);
+        free(grads[t]);
+    }
+    free(scaled);
+}
+
 static void test_amp_skip(void **state)
 {
     fixture *f = *state;
@@ -338,37 +374,14 @@ static void test_amp_skip(void **state)
         }
         free(grad);
     }
-    /* steps in flight: four step_on calls, the second with a NaN gradient; the gradients go
-       into separate buffers written before (an engine's queue would order them) */
-    cl_mem gs[4];
-    float *grads[4];
-    for (int t = 0; t < 4; t++) {
-        grads[t] = random_floats(n, 0.5f);
-        for (size_t i = 0; i < n; i++)
-            scaled[i] = grads[t][i] * 256.0f;
-        if (t == 1)
-            scaled[7] = NAN;
-        gs[t] = upload(f->ctx, scaled, n);
-    }
-    cl_command_queue q = clopt_ctx_cl_queue(f->ctx);
-    for (int t = 0; t < 4; t++) {
-        assert_int_equal(clEnqueueCopyBuffer(q, gs[t], g, 0, 0, n * sizeof(float), 0, NULL,
-                                             NULL),
-                         CL_SUCCESS);
-        assert_int_equal(clopt_optimizer_step_on(opt, q, 0, NULL, NULL), CLOPT_SUCCESS);
-        if (t != 1)
-            ref_step(&ref, grads[t], 1.0, 0, hp.lr, hp.momentum, 1, 0.01, hp.ns_steps);
-    }
-    assert_int_equal(clFinish(q), CL_SUCCESS);
+    /* steps in flight: four step_on calls, the second with a NaN gradient */
+    uint64_t count = 2;
+    steps_in_flight(f->ctx, opt, g, n, &ref, &hp, 1, 7, NAN, 1.0, &count);
     read_at(f->ctx, (clopt_tensor){p, 0}, got, n);
     assert_close(got, ref.theta, n, 2e-5, 1e-5, "theta (in flight)");
     assert_int_equal(clopt_optimizer_read_state(opt, 0, 0, got_b, n), CLOPT_SUCCESS);
     assert_close(got_b, ref.b, n, 1e-6, 1e-5, "momentum_buffer (in flight)");
     assert_int_equal(clopt_optimizer_step_count(opt), 5);
-    for (int t = 0; t < 4; t++) {
-        clReleaseMemObject(gs[t]);
-        free(grads[t]);
-    }
     /* in flight again with a schedule (lr halves every applied step): each outcome has its
        own lr, so Muon runs one pass per outcome, and only the device's count's one acts (the
        third gradient holds an Inf: the fourth step takes the third's lr) */
@@ -378,34 +391,12 @@ static void test_amp_skip(void **state)
     sc.stage[0].kind = CLOPT_SCHED_EXPONENTIAL;
     sc.stage[0].gamma = 0.5;
     assert_int_equal(clopt_optimizer_set_group_schedule(opt, 0, &sc), CLOPT_SUCCESS);
-    uint64_t count = 5;
-    for (int t = 0; t < 4; t++) {
-        grads[t] = random_floats(n, 0.5f);
-        for (size_t i = 0; i < n; i++)
-            scaled[i] = grads[t][i] * 256.0f;
-        if (t == 2)
-            scaled[11] = INFINITY;
-        gs[t] = upload(f->ctx, scaled, n);
-    }
-    for (int t = 0; t < 4; t++) {
-        assert_int_equal(clEnqueueCopyBuffer(q, gs[t], g, 0, 0, n * sizeof(float), 0, NULL,
-                                             NULL),
-                         CL_SUCCESS);
-        assert_int_equal(clopt_optimizer_step_on(opt, q, 0, NULL, NULL), CLOPT_SUCCESS);
-        if (t != 2)
-            ref_step(&ref, grads[t], 1.0, 0, hp.lr * pow(0.5, (double)count++), hp.momentum, 1,
-                     0.01, hp.ns_steps);
-    }
-    assert_int_equal(clFinish(q), CL_SUCCESS);
+    steps_in_flight(f->ctx, opt, g, n, &ref, &hp, 2, 11, INFINITY, 0.5, &count);
     read_at(f->ctx, (clopt_tensor){p, 0}, got, n);
     assert_close(got, ref.theta, n, 2e-5, 1e-5, "theta (in flight, scheduled)");
     clopt_step_report rep;
     assert_int_equal(clopt_optimizer_poll(opt, &rep), CLOPT_SUCCESS); /* every verdict is in */
     assert_int_equal(clopt_optimizer_step_count(opt), 8);
-    for (int t = 0; t < 4; t++) {
-        clReleaseMemObject(gs[t]);
-        free(grads[t]);
-    }
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(p);
     clReleaseMemObject(g);
