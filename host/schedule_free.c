@@ -6,13 +6,19 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The weights of θ = lerp(θ, z, w): eval w = 1 - 1/β (x from y), train w = 1 - β. */
-static void mode_weights(clopt_rule rule, const clopt_hparams *hp, int train, float *w,
-                         float *omw)
+/* The arguments of sf_mode before the storage ones: θ = lerp(θ, z, w) over n elements with
+   eval w = 1 - 1/β (x from y) or train w = 1 - β, and w's complement; `step` keys the
+   stochastic rounding of a 16-bit θ. */
+static void mode_args(clopt_args *a, clopt_rule rule, const clopt_hparams *hp, int train,
+                      clopt_tensor param, clopt_tensor z, size_t n, uint64_t step)
 {
     const double b = clopt_sf_beta(rule, hp);
-    *w = (float)(train ? 1.0 - b : 1.0 - 1.0 / b);
-    *omw = (float)(train ? b : 1.0 / b);
+    clopt_arg_tensor(a, param);
+    clopt_arg_tensor(a, z);
+    clopt_arg_ulong(a, n);
+    clopt_arg_float(a, (float)(train ? 1.0 - b : 1.0 - 1.0 / b));
+    clopt_arg_float(a, (float)(train ? b : 1.0 / b));
+    clopt_arg_ulong(a, step);
 }
 
 clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue queue,
@@ -48,15 +54,8 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
     cl_kernel k;
     if ((s = clopt_get_kernel(ctx, "schedule_free", options, "sf_mode", &k)) != CLOPT_SUCCESS)
         return s;
-    float w, omw;
-    mode_weights(rule, hp, train, &w, &omw);
     clopt_args a = {k, 0, CL_SUCCESS};
-    clopt_arg_tensor(&a, args->param);
-    clopt_arg_tensor(&a, args->state[0]);
-    clopt_arg_ulong(&a, n);
-    clopt_arg_float(&a, w);
-    clopt_arg_float(&a, omw);
-    clopt_arg_ulong(&a, 0);
+    mode_args(&a, rule, hp, train, args->param, args->state[0], n, 0);
     if (args->param_dtype != CLOPT_DTYPE_F32)
         clopt_arg_storage(&a, args, 0);
     if (a.err != CL_SUCCESS)
@@ -66,7 +65,9 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
 }
 
 /* One mode launch of tensor e's storage over the views param/z of n elements (dry: build
-   and set arguments only). *pending carries the caller's wait list to the first launch. */
+   only). *num_wait / *wait_list carry the caller's wait list to the first launch (then they
+   are cleared), *event (may be NULL) ends up with the last launch's event, *launched counts
+   the launches. */
 static clopt_status mode_launch(clopt_optimizer *opt, const clopt_param *e, clopt_tensor param,
                                 clopt_tensor z, size_t n, int train, int dry,
                                 cl_uint *num_wait, const cl_event **wait_list, cl_event *event,
@@ -79,15 +80,8 @@ static clopt_status mode_launch(clopt_optimizer *opt, const clopt_param *e, clop
     clopt_status s = clopt_o_kernel_of(opt, "schedule_free", hp, 0, extra, "sf_mode", &k);
     if (s != CLOPT_SUCCESS || dry)
         return s;
-    float w, omw;
-    mode_weights(opt->rule, hp, train, &w, &omw);
     clopt_args a = {k, 0, CL_SUCCESS};
-    clopt_arg_tensor(&a, param);
-    clopt_arg_tensor(&a, z);
-    clopt_arg_ulong(&a, n);
-    clopt_arg_float(&a, w);
-    clopt_arg_float(&a, omw);
-    clopt_arg_ulong(&a, e->step);
+    mode_args(&a, opt->rule, hp, train, param, z, n, e->step);
     clopt_o_storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
