@@ -2,6 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Consumers of an installed clopt (called by ci/test.sh after `cmake --install`):
 #  - ci/consumer through find_package(clopt) and through pkg-config, run on the device;
+#  - ci/consumer/mpi through find_package(clopt COMPONENTS mpi) and pkg-config clopt_mpi,
+#    compiled, linked and run (no mpirun: the calls need no MPI_Init) when the tree has
+#    libclopt_mpi; without it, checks that asking for the component fails saying why;
 #  - clopt.h under each OpenCL API level a consumer may choose (CL_TARGET_OPENCL_VERSION
 #    120, 200, 300, or unset with <CL/cl.h> first), -Werror, linked and run;
 #  - the installed tools' --version.
@@ -29,6 +32,45 @@ fi
 # shellcheck disable=SC2046
 cc "${cflags[@]}" ci/consumer/main.c -o "$out/consumer_pc" $(pkg-config --cflags --libs clopt) -lm
 "$out/consumer_pc"
+
+echo "-- consumer: libclopt_mpi (find_package(clopt COMPONENTS mpi), pkg-config clopt_mpi)"
+if compgen -G "$libdir/libclopt_mpi.*" >/dev/null; then
+    cmake -S ci/consumer/mpi -B "$out/mpi" -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCONSUMER_MPI_OPTIONAL=OFF >/dev/null
+    cmake --build "$out/mpi" >/dev/null
+    "$out/mpi/consumer_mpi_cmake"
+    # a static libclopt_mpi pulls in more of libclopt (and CLBlast): Libs.private too
+    pc_static=()
+    compgen -G "$libdir/libclopt_mpi.so*" >/dev/null || pc_static=(--static)
+    # shellcheck disable=SC2046
+    cc "${cflags[@]}" ci/consumer/mpi/main.c -o "$out/consumer_mpi_pc" \
+        $(pkg-config "${pc_static[@]}" --cflags --libs clopt_mpi)
+    "$out/consumer_mpi_pc"
+else
+    echo "skipped: no libclopt_mpi in $libdir (clopt was built without MPI)"
+    # nothing of it installed, find_package(clopt COMPONENTS mpi) fails saying why, and
+    # OPTIONAL_COMPONENTS mpi finds clopt without it
+    for f in "$libdir/pkgconfig/clopt_mpi.pc" "$libdir/cmake/clopt/clopt-mpi-targets.cmake" \
+        $(find "$prefix" -name clopt_mpi.h); do
+        if [ -e "$f" ]; then
+            echo "$f is installed without libclopt_mpi" >&2
+            exit 1
+        fi
+    done
+    rm -rf "$out/mpi-missing" "$out/mpi-optional"
+    if cmake -S ci/consumer/mpi -B "$out/mpi-missing" -DCMAKE_PREFIX_PATH="$prefix" \
+        >"$out/mpi-missing.log" 2>&1; then
+        echo "find_package(clopt REQUIRED COMPONENTS mpi) succeeded without libclopt_mpi" >&2
+        exit 1
+    fi
+    if ! grep -q "without libclopt_mpi" "$out/mpi-missing.log"; then
+        echo "find_package(clopt REQUIRED COMPONENTS mpi) failed without saying why:" >&2
+        cat "$out/mpi-missing.log" >&2
+        exit 1
+    fi
+    cmake -S ci/consumer/mpi -B "$out/mpi-optional" -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCONSUMER_MPI_OPTIONAL=ON -DCONSUMER_EXPECT_MPI=OFF >/dev/null
+fi
 
 echo "-- consumer: clopt.h with OpenCL 1.2, 2.0, 3.0 headers and with <CL/cl.h> first"
 for mode in 120 200 300 cl-first; do
