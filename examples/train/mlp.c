@@ -38,6 +38,9 @@ struct mlp {
     cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters (float32: what the GEMMs read) */
     cl_mem w16[MLP_MAX_LAYERS], b16[MLP_MAX_LAYERS]; /* 16-bit θ (param_dtype F16/BF16), or NULL */
     cl_mem gw[MLP_MAX_LAYERS], gb[MLP_MAX_LAYERS]; /* gradients */
+    /* The float32 parameters and gradients live in one flat buffer each (mlp_flat); w, b, gw
+       and gb above are sub-buffers of them at the offsets of `flat`. */
+    mlp_flat flat;
     cl_mem hw[MLP_MAX_LAYERS], hb[MLP_MAX_LAYERS]; /* Sophia's Hessian estimates */
     cl_mem act[MLP_MAX_LAYERS + 1];  /* act[0] input, act[i+1] output of layer i (logits last) */
     cl_mem dact[MLP_MAX_LAYERS + 1]; /* dact[i+1]: gradient of the loss w.r.t. act[i+1] */
@@ -106,6 +109,23 @@ static cl_mem new_buffer(mlp *m, size_t bytes, int *ok)
         *ok = 0;
     }
     return b;
+}
+
+/* A sub-buffer of n floats at element offset off of a flat buffer (off is a multiple of the
+   device's base-address alignment: mlp_create's layout). */
+static cl_mem sub_buffer(mlp *m, cl_mem parent, size_t off, size_t n, int *ok)
+{
+    if (!*ok)
+        return NULL;
+    const cl_buffer_region r = {off * sizeof(float), n * sizeof(float)};
+    cl_int e = CL_SUCCESS;
+    cl_mem s = clCreateSubBuffer(parent, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &r, &e);
+    if (e != CL_SUCCESS || !s) {
+        fail_cl(m, e, "clCreateSubBuffer");
+        *ok = 0;
+        return NULL;
+    }
+    return s;
 }
 
 static void release_mem(cl_mem *b)
@@ -180,12 +200,36 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
     m->inv_std = 1.0f;
     int ok = build_program(m) == 0;
     const size_t B = cfg->batch, L = cfg->nlayers;
+    /* The flat layout: W_0 .. W_{L-1}, then b_0 .. b_{L-1}, each starting at a multiple of the
+       device's base-address alignment (what clCreateSubBuffer needs; 128 bytes on PoCL, up to
+       512 on GPUs), the gaps zero and never read */
+    cl_uint align_bits = 0;
+    if (ok) {
+        const cl_int e = clGetDeviceInfo(clopt_ctx_cl_device(ctx), CL_DEVICE_MEM_BASE_ADDR_ALIGN,
+                                         sizeof align_bits, &align_bits, NULL);
+        if (e != CL_SUCCESS)
+            ok = fail_cl(m, e, "clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)") == 0;
+    }
+    const size_t align = align_bits >= 8 * sizeof(float) ? align_bits / (8 * sizeof(float)) : 1;
+    size_t pos = 0;
+    for (size_t pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < L; i++) {
+            const size_t n = pass == 0 ? cfg->dims[i + 1] * cfg->dims[i] : cfg->dims[i + 1];
+            *(pass == 0 ? &m->flat.weight_offset[i] : &m->flat.bias_offset[i]) = pos;
+            pos = (pos + n + align - 1) / align * align;
+        }
+    m->flat.floats = pos;
+    if (ok) {
+        m->flat.params = new_buffer(m, pos * sizeof(float), &ok);
+        m->flat.grads = new_buffer(m, pos * sizeof(float), &ok);
+    }
     for (size_t i = 0; ok && i < L; i++) {
         const size_t wn = cfg->dims[i + 1] * cfg->dims[i], bn = cfg->dims[i + 1];
-        m->w[i] = new_buffer(m, wn * sizeof(float), &ok);
-        m->b[i] = new_buffer(m, bn * sizeof(float), &ok);
-        m->gw[i] = new_buffer(m, wn * sizeof(float), &ok);
-        m->gb[i] = new_buffer(m, bn * sizeof(float), &ok);
+        const size_t wo = m->flat.weight_offset[i], bo = m->flat.bias_offset[i];
+        m->w[i] = sub_buffer(m, m->flat.params, wo, wn, &ok);
+        m->b[i] = sub_buffer(m, m->flat.params, bo, bn, &ok);
+        m->gw[i] = sub_buffer(m, m->flat.grads, wo, wn, &ok);
+        m->gb[i] = sub_buffer(m, m->flat.grads, bo, bn, &ok);
         if (cfg->param_dtype != CLOPT_DTYPE_F32) { /* 2 bytes each, whole words for the fill */
             m->w16[i] = new_buffer(m, (wn * 2 + 3) / 4 * 4, &ok);
             m->b16[i] = new_buffer(m, (bn * 2 + 3) / 4 * 4, &ok);
@@ -236,6 +280,8 @@ void mlp_destroy(mlp *m)
         release_mem(&m->w16[i]);
         release_mem(&m->b16[i]);
     }
+    release_mem(&m->flat.params); /* after their sub-buffers */
+    release_mem(&m->flat.grads);
     for (size_t i = 0; i <= MLP_MAX_LAYERS; i++) {
         release_mem(&m->act[i]);
         release_mem(&m->dact[i]);
@@ -251,6 +297,26 @@ void mlp_destroy(mlp *m)
     if (m->program)
         clReleaseProgram(m->program);
     free(m);
+}
+
+const mlp_flat *mlp_get_flat(const mlp *m) { return &m->flat; }
+
+void mlp_flat_descs(const mlp *m, clopt_param_desc *weights, clopt_param_desc *biases)
+{
+    for (size_t i = 0; i < m->cfg.nlayers; i++) {
+        clopt_param_desc *w = &weights[i], *b = &biases[i];
+        memset(w, 0, sizeof *w);
+        memset(b, 0, sizeof *b);
+        w->param = (clopt_tensor){m->flat.params, m->flat.weight_offset[i]};
+        w->grad = (clopt_tensor){m->flat.grads, m->flat.weight_offset[i]};
+        w->ndim = 2;
+        w->shape[0] = m->cfg.dims[i + 1];
+        w->shape[1] = m->cfg.dims[i];
+        b->param = (clopt_tensor){m->flat.params, m->flat.bias_offset[i]};
+        b->grad = (clopt_tensor){m->flat.grads, m->flat.bias_offset[i]};
+        b->ndim = 1;
+        b->shape[0] = m->cfg.dims[i + 1];
+    }
 }
 
 void mlp_set_normalization(mlp *m, double mean, double std)
@@ -511,13 +577,15 @@ static int forward(mlp *m, size_t rows)
     return 0;
 }
 
-/* Loss gradient of the logits (and per-row loss / correct); sample: Sophia's sampled labels. */
-static int loss(mlp *m, size_t rows, int sample, uint32_t seed)
+/* Loss gradient of the logits (and per-row loss / correct); sample: Sophia's sampled labels.
+   The gradient is that of the loss sum over the rows divided by denom (rows: the batch mean;
+   data-parallel shares: see mlp_train_epoch_dp). */
+static int loss(mlp *m, size_t rows, double denom, int sample, uint32_t seed)
 {
     const size_t L = m->cfg.nlayers;
     const cl_uint ur = (cl_uint)rows, uc = (cl_uint)m->cfg.dims[L], us = (cl_uint)(sample != 0),
                   useed = (cl_uint)seed;
-    const float scale = (float)(1.0 / (double)rows);
+    const float scale = (float)(1.0 / denom);
     SET_ARG(m, K_SOFTMAX, 0, m->act[L]);
     SET_ARG(m, K_SOFTMAX, 1, m->y);
     SET_ARG(m, K_SOFTMAX, 2, ur);
@@ -592,7 +660,8 @@ int mlp_batch(mlp *m, const mlp_device_data *d, const int *idx, size_t off, size
         if (e != CL_SUCCESS)
             return fail_cl(m, e, "clEnqueueWriteBuffer (indices)");
     }
-    if (gather(m, d, idx != NULL, idx ? 0 : off, rows) || forward(m, rows) || loss(m, rows, 0, 0) ||
+    if (gather(m, d, idx != NULL, idx ? 0 : off, rows) || forward(m, rows) ||
+        loss(m, rows, (double)rows, 0, 0) ||
         stats(m, rows, slot))
         return -1;
     return backward_pass ? backward(m, rows) : 0;
@@ -737,27 +806,12 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
                 CLOPT_SUCCESS)
                 goto fail;
         }
-    /* linear warmup from 1% of lr over warmup_steps, then cosine decay to 0 at total_steps
-       (Schedule-Free: none, its own warmup; mlp_train_hparams) */
-    if (tc->rule == CLOPT_SCHEDULE_FREE_ADAMW || tc->rule == CLOPT_SCHEDULE_FREE_SGD) {
+    /* linear warmup + cosine decay (Schedule-Free: none, its own warmup; mlp_train_hparams) */
+    clopt_schedule sch;
+    if (!mlp_schedule(tc, &sch)) {
         *out = opt;
         return 0;
     }
-    clopt_schedule sch;
-    memset(&sch, 0, sizeof sch);
-    const uint64_t W = tc->warmup_steps, T = tc->total_steps > W ? tc->total_steps - W : 1;
-    if (W > 0) {
-        sch.stage[sch.nstages].kind = CLOPT_SCHED_LINEAR_WARMUP;
-        sch.stage[sch.nstages].start = 0;
-        sch.stage[sch.nstages].total_steps = W;
-        sch.stage[sch.nstages].factor = 0.01;
-        sch.nstages++;
-    }
-    sch.stage[sch.nstages].kind = CLOPT_SCHED_COSINE;
-    sch.stage[sch.nstages].start = W;
-    sch.stage[sch.nstages].total_steps = T;
-    sch.stage[sch.nstages].eta_min = 0.0;
-    sch.nstages++;
     if ((s = clopt_optimizer_set_group_schedule(opt, 0, &sch)) != CLOPT_SUCCESS ||
         (s = clopt_optimizer_set_group_schedule(bopt, bias_group, &sch)) != CLOPT_SUCCESS)
         goto fail;
@@ -769,6 +823,27 @@ fail:
     clopt_optimizer_destroy(m->aux);
     m->aux = NULL;
     return -1;
+}
+
+int mlp_schedule(const mlp_train_config *tc, clopt_schedule *out)
+{
+    memset(out, 0, sizeof *out);
+    if (tc->rule == CLOPT_SCHEDULE_FREE_ADAMW || tc->rule == CLOPT_SCHEDULE_FREE_SGD)
+        return 0;
+    const uint64_t W = tc->warmup_steps, T = tc->total_steps > W ? tc->total_steps - W : 1;
+    if (W > 0) {
+        out->stage[out->nstages].kind = CLOPT_SCHED_LINEAR_WARMUP;
+        out->stage[out->nstages].start = 0;
+        out->stage[out->nstages].total_steps = W;
+        out->stage[out->nstages].factor = 0.01;
+        out->nstages++;
+    }
+    out->stage[out->nstages].kind = CLOPT_SCHED_COSINE;
+    out->stage[out->nstages].start = W;
+    out->stage[out->nstages].total_steps = T;
+    out->stage[out->nstages].eta_min = 0.0;
+    out->nstages++;
+    return 1;
 }
 
 int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval)
@@ -783,7 +858,7 @@ int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval)
    on labels sampled from the model's softmax, ĥ = rows·ĝ⊙ĝ into the Hessian buffers. */
 static int sophia_estimate(mlp *m, size_t rows, uint32_t seed)
 {
-    if (loss(m, rows, 1, seed) || backward(m, rows))
+    if (loss(m, rows, (double)rows, 1, seed) || backward(m, rows))
         return -1;
     for (size_t i = 0; i < m->cfg.nlayers; i++) {
         const size_t wn = m->cfg.dims[i + 1] * m->cfg.dims[i], bn = m->cfg.dims[i + 1];
@@ -799,9 +874,31 @@ static int sophia_estimate(mlp *m, size_t rows, uint32_t seed)
     return 0;
 }
 
-int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
-                    float *step_loss, mlp_progress_fn progress, void *user,
-                    size_t progress_every, mlp_epoch_stats *out)
+/* Process dp->rank's share [*lo, *hi) of a batch of `rows` rows (dp NULL: all of them). */
+static void share_of(const mlp_data_parallel *dp, size_t rows, size_t *lo, size_t *hi)
+{
+    *lo = dp ? rows * dp->rank / dp->world : 0;
+    *hi = dp ? rows * (dp->rank + 1) / dp->world : rows;
+}
+
+/* A process without rows in a batch: zero gradients (the mean over the processes then counts
+   only the others' rows) and a zero stats slot. */
+static int empty_share(mlp *m, size_t slot)
+{
+    const float zero = 0.0f;
+    cl_int e = clEnqueueFillBuffer(m->queue, m->flat.grads, &zero, sizeof zero, 0,
+                                   m->flat.floats * sizeof(float), 0, NULL, NULL);
+    if (e == CL_SUCCESS)
+        e = clEnqueueFillBuffer(m->queue, m->stats, &zero, sizeof zero,
+                                2 * slot * sizeof(float), 2 * sizeof(float), 0, NULL, NULL);
+    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueFillBuffer");
+}
+
+/* mlp_train_epoch (dp NULL, opt the optimizer) and mlp_train_epoch_dp (opt NULL). */
+static int train_epoch(mlp *m, clopt_optimizer *opt, const mlp_data_parallel *dp,
+                       const mlp_device_data *d, mlp_rng *rng, float *step_loss,
+                       mlp_progress_fn progress, void *user, size_t progress_every,
+                       mlp_epoch_stats *out)
 {
     const size_t B = m->cfg.batch, n = d->n, steps = mlp_steps_per_epoch(n, B);
     if (n == 0)
@@ -810,9 +907,11 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
         return -1;
     int *perm = malloc(n * sizeof *perm);
     float *st = malloc(2 * steps * sizeof *st);
-    if (!perm || !st) {
+    double *sums = dp ? malloc(2 * steps * sizeof *sums) : NULL;
+    if (!perm || !st || (dp && !sums)) {
         free(perm);
         free(st);
+        free(sums);
         return fail(m, "out of memory");
     }
     int rc = -1;
@@ -823,7 +922,7 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
         fail_cl(m, e, "clEnqueueWriteBuffer (permutation)");
         goto done;
     }
-    const int sophia = clopt_optimizer_rule(opt) == CLOPT_SOPHIA && m->hessian;
+    const int sophia = opt && clopt_optimizer_rule(opt) == CLOPT_SOPHIA && m->hessian;
     unsigned k = 1;
     if (sophia) {
         clopt_hparams hp;
@@ -836,19 +935,34 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
     double run_loss = 0.0;
     for (size_t s = 0; s < steps; s++) {
         const size_t off = s * B, rows = n - off < B ? n - off : B;
-        if (gather(m, d, 1, off, rows) || forward(m, rows))
-            goto done;
-        if (sophia && (clopt_optimizer_step_count(opt) + 1) % k == 0 &&
-            sophia_estimate(m, rows, (uint32_t)mlp_rng_next(rng)))
-            goto done;
-        if (loss(m, rows, 0, 0) || stats(m, rows, s) || backward(m, rows))
-            goto done;
-        clopt_status cs = clopt_optimizer_step(opt, NULL);
-        if (cs == CLOPT_SUCCESS && m->aux)
-            cs = clopt_optimizer_step(m->aux, NULL);
-        if (cs != CLOPT_SUCCESS) {
-            fail_clopt(m, cs, "clopt_optimizer_step");
-            goto done;
+        size_t lo, hi;
+        share_of(dp, rows, &lo, &hi);
+        /* the loss gradient of this share: its loss sum / (rows / world), so that the mean
+           of the processes' gradients is the batch's mean (1 process: the batch mean) */
+        const double denom = dp ? (double)rows / (double)dp->world : (double)rows;
+        if (hi == lo) {
+            if (empty_share(m, s))
+                goto done;
+        } else {
+            if (gather(m, d, 1, off + lo, hi - lo) || forward(m, hi - lo))
+                goto done;
+            if (sophia && (clopt_optimizer_step_count(opt) + 1) % k == 0 &&
+                sophia_estimate(m, rows, (uint32_t)mlp_rng_next(rng)))
+                goto done;
+            if (loss(m, hi - lo, denom, 0, 0) || stats(m, hi - lo, s) || backward(m, hi - lo))
+                goto done;
+        }
+        if (dp) {
+            if (dp->step(dp->user, m->err, sizeof m->err))
+                goto done;
+        } else {
+            clopt_status cs = clopt_optimizer_step(opt, NULL);
+            if (cs == CLOPT_SUCCESS && m->aux)
+                cs = clopt_optimizer_step(m->aux, NULL);
+            if (cs != CLOPT_SUCCESS) {
+                fail_clopt(m, cs, "clopt_optimizer_step");
+                goto done;
+            }
         }
         if (sync_weights(m))
             goto done;
@@ -856,23 +970,33 @@ int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_
             if (mlp_read_stats(m, read, s + 1 - read, st + 2 * read))
                 goto done;
             for (; read <= s; read++) {
+                const size_t r = n - read * B < B ? n - read * B : B;
+                size_t rlo, rhi;
+                share_of(dp, r, &rlo, &rhi);
                 run_loss += st[2 * read];
-                seen_rows += n - read * B < B ? n - read * B : B;
+                seen_rows += rhi - rlo;
             }
-            progress(user, s + 1, steps, run_loss / (double)seen_rows);
+            progress(user, s + 1, steps, seen_rows ? run_loss / (double)seen_rows : 0.0);
         } else if ((s + 1) % 8 == 0) {
             clFlush(m->queue);
         }
     }
     if (mlp_read_stats(m, 0, steps, st))
         goto done;
+    if (dp) { /* the whole batches' sums: every process's share added */
+        for (size_t i = 0; i < 2 * steps; i++)
+            sums[i] = st[i];
+        if (dp->sum(dp->user, sums, 2 * steps, m->err, sizeof m->err))
+            goto done;
+    }
     double lsum = 0.0, correct = 0.0;
     for (size_t s = 0; s < steps; s++) {
         const size_t rows = n - s * B < B ? n - s * B : B;
-        lsum += st[2 * s];
-        correct += st[2 * s + 1];
+        const double ls = dp ? sums[2 * s] : st[2 * s];
+        lsum += ls;
+        correct += dp ? sums[2 * s + 1] : st[2 * s + 1];
         if (step_loss)
-            step_loss[s] = st[2 * s] / (float)rows;
+            step_loss[s] = dp ? (float)(ls / (double)rows) : st[2 * s] / (float)rows;
     }
     if (out) {
         out->loss = lsum / (double)n;
@@ -890,7 +1014,30 @@ done:
         clFinish(m->queue);
     free(perm);
     free(st);
+    free(sums);
     return rc;
+}
+
+int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
+                    float *step_loss, mlp_progress_fn progress, void *user,
+                    size_t progress_every, mlp_epoch_stats *out)
+{
+    if (!opt)
+        return fail(m, "mlp_train_epoch: no optimizer");
+    return train_epoch(m, opt, NULL, d, rng, step_loss, progress, user, progress_every, out);
+}
+
+int mlp_train_epoch_dp(mlp *m, const mlp_data_parallel *dp, const mlp_device_data *d,
+                       mlp_rng *rng, float *step_loss, mlp_progress_fn progress, void *user,
+                       size_t progress_every, mlp_epoch_stats *out)
+{
+    if (!dp || dp->world == 0 || dp->rank >= dp->world || !dp->step || !dp->sum)
+        return fail(m, "mlp_train_epoch_dp: a rank below a world size > 0, a step and a sum");
+    if (m->hessian)
+        return fail(m, "mlp_train_epoch_dp: no Sophia (its Hessian estimates are per process)");
+    if (m->aux)
+        return fail(m, "mlp_train_epoch_dp: no Muon hybrid (two optimizers)");
+    return train_epoch(m, NULL, dp, d, rng, step_loss, progress, user, progress_every, out);
 }
 
 int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss_out, double *accuracy)
@@ -902,7 +1049,7 @@ int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss_out, double *acc
         return -1;
     for (size_t s = 0; s < steps; s++) {
         const size_t off = s * B, rows = n - off < B ? n - off : B;
-        if (gather(m, d, 0, off, rows) || forward(m, rows) || loss(m, rows, 0, 0) ||
+        if (gather(m, d, 0, off, rows) || forward(m, rows) || loss(m, rows, (double)rows, 0, 0) ||
             stats(m, rows, s))
             return -1;
         if ((s + 1) % 8 == 0)

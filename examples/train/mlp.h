@@ -128,6 +128,22 @@ int mlp_get_layer(mlp *m, size_t l, float *w, float *b);
 int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b);
 int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb);
 
+/* The float32 weights and biases (what the GEMMs read; with 16-bit storage their float32
+   copies) and their gradients live in one flat buffer each, as an engine such as llm.c keeps
+   them: W_0 .. W_{L-1}, then b_0 .. b_{L-1}, every tensor starting at a multiple of the
+   device's CL_DEVICE_MEM_BASE_ADDR_ALIGN, the gaps zero. The passes use sub-buffers at those
+   offsets (so CLBlast and the kernels are unchanged); libclopt_mpi takes the flat buffers
+   with the offsets (mlp_flat_descs). Both buffers belong to the model. */
+typedef struct mlp_flat {
+    cl_mem params, grads;
+    size_t floats; /* length of each buffer in floats, the gaps included */
+    size_t weight_offset[MLP_MAX_LAYERS], bias_offset[MLP_MAX_LAYERS]; /* in floats */
+} mlp_flat;
+const mlp_flat *mlp_get_flat(const mlp *m);
+/* The tensors over the flat buffers, for clopt_range_group: weights[l] ([out, in], 2-D) and
+   biases[l] (1-D), float32 parameters and gradients, nlayers entries each. */
+void mlp_flat_descs(const mlp *m, clopt_param_desc *weights, clopt_param_desc *biases);
+
 /* Input normalisation x = (pixel/255 - mean) / std applied by the gather kernel. */
 void mlp_set_normalization(mlp *m, double mean, double std);
 
@@ -204,6 +220,11 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
 /* The biases' AdamW of Muon's hybrid: the example's AdamW lr, no weight decay, the storage
    settings of muon's hyperparameters. */
 void mlp_muon_bias_hparams(const clopt_hparams *muon, clopt_hparams *out);
+/* The learning-rate schedule of tc (linear warmup from 1% of lr over warmup_steps, then
+   cosine decay to 0 at total_steps) into *out; returns 0 for the Schedule-Free rules, which
+   take none (*out is then constant), 1 otherwise. */
+int mlp_schedule(const mlp_train_config *tc, clopt_schedule *out);
+
 /* Schedule-Free: eval != 0 switches the parameters to the averaged point x
    (clopt_optimizer_eval) for evaluating or saving the model, 0 back to y for training
    (clopt_optimizer_train); the float32 copies of 16-bit weights follow. Nothing happens for
@@ -229,6 +250,30 @@ typedef void (*mlp_progress_fn)(void *user, size_t done, size_t steps, double lo
 int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
                     float *step_loss, mlp_progress_fn progress, void *user,
                     size_t progress_every, mlp_epoch_stats *out);
+
+/* Data-parallel training (clopt-train-mlp --shard): `world` processes run the same epoch
+   (the same order, drawn from the same rng) and process `rank` computes the gradient of its
+   share of every batch: rows [R·rank/world, R·(rank+1)/world) of a batch of R rows. The loss
+   gradient is scaled by world/R (not 1/share), so the mean of the processes' gradients is
+   the whole batch's mean gradient also when R is odd or smaller than world (a process with
+   no rows contributes zeros). After each backward pass `step` applies the update instead of
+   clopt_optimizer_step (e.g. libclopt_mpi's reduce-scatter with the mean, the update of the
+   shard, the all-gather of the parameters). `sum` adds `count` doubles over the processes in
+   place, the same result on every process (the epoch's loss sums and correct counts). Both
+   return 0, or -1 with a message in err. */
+typedef struct mlp_data_parallel {
+    size_t rank, world;
+    int (*step)(void *user, char *err, size_t errlen);
+    int (*sum)(void *user, double *v, size_t count, char *err, size_t errlen);
+    void *user;
+} mlp_data_parallel;
+
+/* mlp_train_epoch's loop for one process of dp (not with Muon's hybrid or Sophia):
+   the epoch's loss, accuracy and step losses are those of the whole batches (summed over the
+   processes); progress reports this process's share. */
+int mlp_train_epoch_dp(mlp *m, const mlp_data_parallel *dp, const mlp_device_data *d,
+                       mlp_rng *rng, float *step_loss, mlp_progress_fn progress, void *user,
+                       size_t progress_every, mlp_epoch_stats *out);
 
 /* Mean loss and accuracy over d (forward only). */
 int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss, double *accuracy);

@@ -3,8 +3,9 @@
 # The storage options of clopt-train-mlp at the command line: settings that do not go
 # together and unknown values are refused before anything is loaded (no dataset or device
 # needed): exit status 2 and a message that names the option to change. Valid settings get
-# past the checks. test_mlp_train checks the same rules through the library
-# (mlp_check_storage) and trains with bf16 weights and 8-bit state.
+# past the checks. Also --shard's refusals (16-bit weights, 8-bit state, Sophia, Muon), or
+# in a build without MPI the refusal of --shard itself. test_mlp_train checks the same rules
+# through the library (mlp_check_storage) and trains with bf16 weights and 8-bit state.
 #   test_cli_storage.sh path/to/clopt-train-mlp
 set -uo pipefail
 bin=${1:?usage: test_cli_storage.sh path/to/clopt-train-mlp}
@@ -47,4 +48,20 @@ for args in "--param-dtype bf16 --master remainder" "--param-dtype f16 --stochas
         echo "ok: $args accepted"
     fi
 done
+# --shard: in a build with MPI (libclopt_mpi), what libclopt_mpi does not shard is refused
+# with exit status 2 before anything is loaded (run here as a one-process MPI job, no
+# mpirun needed); in a build without MPI, --shard itself is refused.
+if "$bin" --help | grep -q -- "--shard .*"; then
+    if "$bin" --help | grep -q "not in this build"; then
+        refused "--shard is not available: this build has no libclopt_mpi" --shard
+    else
+        refused "--shard needs --param-dtype f32" --shard --param-dtype bf16 --master f32
+        refused "--shard takes --state-dtype f32 or bf16" --shard --state-dtype int8
+        refused "--shard does not take sophia" --shard --optimizer sophia
+        refused "--shard does not take muon" --shard --optimizer muon
+    fi
+else
+    echo "FAIL: clopt-train-mlp --help does not list --shard" >&2
+    fails=$((fails + 1))
+fi
 exit $((fails > 0))

@@ -9,6 +9,7 @@
  *                   [--device D] [--data DIR] [--csv FILE] [--steps-csv FILE] [--quiet]
  *                   [--param-dtype f32|f16|bf16] [--state-dtype f32|bf16|int8]
  *                   [--master none|f32|remainder] [--stochastic-rounding] [--cautious]
+ *                   [--shard]
  *
  * One line per epoch on stdout:
  *   epoch E loss L train_acc A test_acc B seconds S
@@ -16,10 +17,16 @@
  * without the evaluation). When stdout is a terminal a progress bar is drawn on stderr.
  * Schedule-Free rules are evaluated at the averaged point x (clopt_optimizer_eval before the
  * test pass, clopt_optimizer_train after it).
+ * With --shard, under mpirun (builds with MPI only): data-parallel training, each process
+ * computing the gradient of its share of every batch, the optimizer state sharded over the
+ * processes by libclopt_mpi (mlp_mpi.c); rank 0 prints.
  * The model and the loop are in mlp.c; this file is the command line only.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mlp.h"
+#ifdef CLOPT_MLP_MPI
+#include "mlp_mpi.h"
+#endif
 
 #include <errno.h>
 #include <inttypes.h>
@@ -62,10 +69,30 @@ static void usage(FILE *f)
             "                     16-bit remainders that complete the weights to float32)\n"
             "  --stochastic-rounding  16-bit weights without a master: round each update\n"
             "                     stochastically (unbiased) instead of to nearest (--seed)\n"
+            "  --shard            data-parallel over the MPI processes (mpirun -np N\n"
+            "                     clopt-train-mlp --shard): each computes the gradient of 1/N\n"
+            "                     of every batch, the optimizer state is sharded over them\n"
+            "                     (libclopt_mpi, ZeRO-1)%s\n"
             "  --list             the rules with their default lr and weight decay\n"
             "  --version          the versions of clopt-train-mlp and the library\n",
-            MLP_DATA_ENV, MLP_DEFAULT_DATA_DIR);
+            MLP_DATA_ENV, MLP_DEFAULT_DATA_DIR,
+#ifdef CLOPT_MLP_MPI
+            ""
+#else
+            "; not in this build (no MPI)"
+#endif
+    );
 }
+
+#ifdef CLOPT_MLP_MPI
+static void finalize_mpi(void)
+{
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done)
+        MPI_Finalize();
+}
+#endif
 
 /* Index of s in names[0..n), or -1 with a message naming the option and the choices. */
 static int parse_choice(const char *opt, const char *s, const char *const *names, int n)
@@ -149,7 +176,31 @@ int main(int argc, char **argv)
     double lr = 0.0, wd = -1.0;
     uint64_t seed = 1;
     int quiet = 0, sr = 0, cautious = 0, param_dtype = CLOPT_DTYPE_F32, state_dtype = 0,
-        master = CLOPT_MASTER_NONE;
+        master = CLOPT_MASTER_NONE, shard = 0;
+    /* --shard: MPI starts before anything else (every process parses the same options) */
+    for (int i = 1; i < argc; i++)
+        shard |= !strcmp(argv[i], "--shard");
+    int rank = 0, nproc = 1;
+    (void)nproc; /* used by --shard only */
+#ifdef CLOPT_MLP_MPI
+    if (shard) {
+        if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+            fprintf(stderr, "clopt-train-mlp: MPI_Init failed\n");
+            return 1;
+        }
+        atexit(finalize_mpi);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &nproc);
+    }
+#else
+    if (shard) {
+        fprintf(stderr, "clopt-train-mlp: --shard is not available: this build has no "
+                        "libclopt_mpi (CMake did not find MPI; install libopenmpi-dev and "
+                        "reconfigure)\n");
+        return 2;
+    }
+#endif
+    const int lead = rank == 0; /* prints the results */
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -194,6 +245,8 @@ int main(int argc, char **argv)
             cautious = 1;
             continue;
         }
+        if (!strcmp(a, "--shard"))
+            continue;
         if (i + 1 >= argc) {
             fprintf(stderr, "clopt-train-mlp: unknown option or missing value: %s\n", a);
             usage(stderr);
@@ -268,6 +321,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "clopt-train-mlp: %s\n", err);
         return 2;
     }
+#ifdef CLOPT_MLP_MPI
+    int shard_tensors = 0;
+    if (shard) {
+        const mlp_train_config probe = {rule, lr, wd, 0, 0, (clopt_master)master, sr, seed,
+                                        STATE_TYPES[state_dtype], cautious};
+        if (mlp_mpi_check(&probe, (clopt_dtype)param_dtype, &shard_tensors, err, sizeof err)) {
+            if (lead)
+                fprintf(stderr, "clopt-train-mlp: %s\n", err);
+            return 2;
+        }
+    }
+#endif
 
     mlp_dataset train = {0}, test = {0};
     if (mlp_dataset_load(data, 1, train_limit, &train, err, sizeof err) != 0 ||
@@ -282,9 +347,14 @@ int main(int argc, char **argv)
     mlp *m = NULL;
     clopt_optimizer *opt = NULL;
     mlp_device_data dtrain = {0}, dtest = {0};
+#ifdef CLOPT_MLP_MPI
+    clopt_mpi_optimizer *sopt = NULL;
+    clopt_schedule sched;
+#endif
     FILE *csv = NULL, *scsv = NULL;
     float *step_loss = NULL;
-    const int tty = !quiet && isatty(STDOUT_FILENO);
+    /* no bar with --shard: mpirun forwards stdout through a pty, even when redirected */
+    const int tty = !quiet && !shard && isatty(STDOUT_FILENO);
 
     clopt_status s = clopt_ctx_create_device(device, &ctx);
     if (s != CLOPT_SUCCESS) {
@@ -305,12 +375,51 @@ int main(int argc, char **argv)
                            STATE_TYPES[state_dtype], cautious};
     tc.warmup_steps = warmup != (size_t)-1 ? warmup : (size_t)llround(0.05 * (double)tc.total_steps);
     clopt_hparams hp;
-    if (mlp_init_he(m, seed) || mlp_upload(m, &train, &dtrain) || mlp_upload(m, &test, &dtest) ||
-        mlp_train_hparams(m, &tc, &hp) || mlp_optimizer_create(m, &tc, &opt)) {
+    /* --shard: each process evaluates its part of the test set */
+    mlp_dataset test_part = test;
+#ifdef CLOPT_MLP_MPI
+    if (shard) {
+        size_t first, end;
+        mlp_mpi_part(test.n, rank, nproc, &first, &end);
+        test_part.n = end - first;
+        test_part.pixels = test.pixels + first * test.dim;
+        test_part.labels = test.labels + first;
+    }
+#endif
+    if (mlp_init_he(m, seed) || mlp_upload(m, &train, &dtrain) ||
+        (test_part.n > 0 && mlp_upload(m, &test_part, &dtest)) ||
+        mlp_train_hparams(m, &tc, &hp) || (!shard && mlp_optimizer_create(m, &tc, &opt))) {
         fprintf(stderr, "clopt-train-mlp: %s\n", mlp_last_error(m));
         goto out;
     }
-    if (!quiet)
+#ifdef CLOPT_MLP_MPI
+    if (shard) {
+        /* the same seed, data and initialisation everywhere: check that the ranks start from
+           bit-identical parameters */
+        const int same = mlp_mpi_params_identical(m, MPI_COMM_WORLD, NULL, err, sizeof err);
+        if (same != 1) {
+            fprintf(stderr, "clopt-train-mlp: rank %d: %s\n", rank,
+                    same < 0 ? err : "the processes' initial parameters differ");
+            goto out;
+        }
+        if (mlp_mpi_optimizer_create(m, &tc, MPI_COMM_WORLD, &sopt, err, sizeof err)) {
+            fprintf(stderr, "clopt-train-mlp: rank %d: %s\n", rank, err);
+            goto out;
+        }
+        mlp_schedule(&tc, &sched);
+        size_t first, count, total;
+        clopt_mpi_optimizer_shard(sopt, &first, &count, &total);
+        unsigned long long bytes = clopt_mpi_optimizer_state_bytes(sopt), all_bytes = 0;
+        MPI_Allreduce(&bytes, &all_bytes, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+        if (!quiet)
+            fprintf(stderr,
+                    "# rank %d of %d: 1/%d of every batch; optimizer state for parameters "
+                    "[%zu, %zu) of %zu%s: %llu of %llu bytes\n",
+                    rank, nproc, nproc, first, first + count, total,
+                    shard_tensors ? " (whole tensors per rank)" : "", bytes, all_bytes);
+    }
+#endif
+    if (!quiet && lead)
         fprintf(stderr,
                 "# %s%s on %s: lr %g, weight decay %g (weights), batch %zu, %zu epochs of %zu "
                 "steps, warmup %zu steps then %s; %zu train / %zu test images\n",
@@ -321,11 +430,11 @@ int main(int argc, char **argv)
                     ? "constant (Schedule-Free)"
                     : "cosine",
                 train.n, test.n);
-    if (!quiet && (param_dtype != CLOPT_DTYPE_F32 || state_dtype != 0))
+    if (!quiet && lead && (param_dtype != CLOPT_DTYPE_F32 || state_dtype != 0))
         fprintf(stderr, "# weights in %s (master %s%s), optimizer state in %s, gradients in f32\n",
                 PARAM_DTYPES[param_dtype], MASTERS[master],
                 sr ? ", stochastic rounding" : "", STATE_DTYPES[state_dtype]);
-    if (csv_path) {
+    if (csv_path && lead) {
         csv = fopen(csv_path, "w");
         if (!csv) {
             fprintf(stderr, "clopt-train-mlp: %s: %s\n", csv_path, strerror(errno));
@@ -334,7 +443,7 @@ int main(int argc, char **argv)
         fprintf(csv, "optimizer,epoch,step,next_lr,loss,train_acc,test_loss,test_acc,seconds,"
                      "eval_seconds\n");
     }
-    if (steps_path) {
+    if (steps_path && lead) {
         scsv = fopen(steps_path, "w");
         if (!scsv) {
             fprintf(stderr, "clopt-train-mlp: %s: %s\n", steps_path, strerror(errno));
@@ -355,27 +464,48 @@ int main(int argc, char **argv)
         bar b = {ep, epochs, now_s()};
         mlp_epoch_stats es;
         const double t0 = now_s();
-        if (mlp_train_epoch(m, opt, &dtrain, &rng, step_loss, tty ? draw_bar : NULL, &b,
-                            steps / 100 + 1, &es) != 0) {
+        int bad = 0;
+        if (!shard)
+            bad = mlp_train_epoch(m, opt, &dtrain, &rng, step_loss, tty ? draw_bar : NULL, &b,
+                                  steps / 100 + 1, &es) != 0;
+#ifdef CLOPT_MLP_MPI
+        else
+            bad = mlp_mpi_train_epoch(m, sopt, MPI_COMM_WORLD, &dtrain, &rng, step_loss,
+                                      tty ? draw_bar : NULL, &b, steps / 100 + 1, &es, err,
+                                      sizeof err) != 0;
+#endif
+        if (bad) {
             if (tty)
                 fprintf(stderr, "\n");
-            fprintf(stderr, "clopt-train-mlp: epoch %zu: %s\n", ep, mlp_last_error(m));
+            if (shard)
+                fprintf(stderr, "clopt-train-mlp: rank %d: epoch %zu: %s\n", rank, ep, err);
+            else
+                fprintf(stderr, "clopt-train-mlp: epoch %zu: %s\n", ep, mlp_last_error(m));
             goto out;
         }
         const double t1 = now_s();
         double test_loss = 0.0;
         /* Schedule-Free: evaluate (or save) the averaged point x, then back to y */
-        if (mlp_set_eval_mode(m, opt, 1) != 0 ||
-            mlp_evaluate(m, &dtest, &test_loss, &test_acc) != 0 ||
-            mlp_set_eval_mode(m, opt, 0) != 0) {
+        if (!shard && (mlp_set_eval_mode(m, opt, 1) != 0 ||
+                       mlp_evaluate(m, &dtest, &test_loss, &test_acc) != 0 ||
+                       mlp_set_eval_mode(m, opt, 0) != 0)) {
             fprintf(stderr, "clopt-train-mlp: evaluation: %s\n", mlp_last_error(m));
             goto out;
         }
+#ifdef CLOPT_MLP_MPI
+        if (shard && (mlp_mpi_set_eval_mode(sopt, rule, 1, err, sizeof err) != 0 ||
+                      mlp_mpi_evaluate(m, MPI_COMM_WORLD, &dtest, test.n, &test_loss, &test_acc,
+                                       err, sizeof err) != 0 ||
+                      mlp_mpi_set_eval_mode(sopt, rule, 0, err, sizeof err) != 0)) {
+            fprintf(stderr, "clopt-train-mlp: rank %d: evaluation: %s\n", rank, err);
+            goto out;
+        }
+#endif
         const double t2 = now_s();
         total_train += t1 - t0;
         if (tty)
             fprintf(stderr, "\r\033[K");
-        if (!quiet) {
+        if (!quiet && lead) {
             printf("epoch %zu loss %.4f train_acc %.4f test_acc %.4f seconds %.2f\n", ep, es.loss,
                    es.accuracy, test_acc, t1 - t0);
             fflush(stdout);
@@ -386,9 +516,21 @@ int main(int argc, char **argv)
             goto out;
         }
         if (csv) {
+            uint64_t step_count = 0;
+            double next_lr = 0.0;
+            if (!shard) {
+                step_count = clopt_optimizer_step_count(opt);
+                next_lr = clopt_optimizer_group_lr(opt, 0);
+            }
+#ifdef CLOPT_MLP_MPI
+            else {
+                step_count = clopt_mpi_optimizer_step_count(sopt);
+                next_lr = hp.lr * (sched.nstages ? clopt_schedule_factor(&sched, step_count) : 1.0);
+            }
+#endif
             fprintf(csv, "%s,%zu,%" PRIu64 ",%.6g,%.6f,%.6f,%.6f,%.6f,%.3f,%.3f\n", rule_name, ep,
-                    clopt_optimizer_step_count(opt), clopt_optimizer_group_lr(opt, 0), es.loss,
-                    es.accuracy, test_loss, test_acc, t1 - t0, t2 - t1);
+                    step_count, next_lr, es.loss, es.accuracy, test_loss, test_acc, t1 - t0,
+                    t2 - t1);
             fflush(csv);
         }
         if (scsv)
@@ -396,7 +538,19 @@ int main(int argc, char **argv)
                 fprintf(scsv, "%s,%zu,%.6f,%.6f\n", rule_name, (ep - 1) * steps + i + 1,
                         (double)(ep - 1) + (double)(i + 1) / (double)steps, step_loss[i]);
     }
-    if (quiet)
+#ifdef CLOPT_MLP_MPI
+    if (shard) { /* the all-gathers keep every rank's parameters identical */
+        const int same = mlp_mpi_params_identical(m, MPI_COMM_WORLD, NULL, err, sizeof err);
+        if (same != 1) {
+            fprintf(stderr, "clopt-train-mlp: rank %d: %s\n", rank,
+                    same < 0 ? err : "the processes' final parameters differ");
+            goto out;
+        }
+        if (!quiet && lead)
+            fprintf(stderr, "# final parameters bit-identical on all %d processes\n", nproc);
+    }
+#endif
+    if (quiet && lead)
         printf("final optimizer %s epochs %zu test_acc %.4f seconds_per_epoch %.2f\n", rule_name,
                epochs, test_acc, total_train / (double)epochs);
     rc = 0;
@@ -410,6 +564,14 @@ out:
         rc = 1;
     }
     free(step_loss);
+#ifdef CLOPT_MLP_MPI
+    if (shard && rc != 0) { /* the other processes may wait in a collective: end the job */
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    clopt_mpi_optimizer_destroy(sopt);
+#endif
     clopt_optimizer_destroy(opt);
     mlp_device_data_free(&dtrain);
     mlp_device_data_free(&dtest);
