@@ -98,6 +98,10 @@ struct clopt_optimizer {
     clopt_step_report report;   /* the latest verdict that reached the host */
     int eval_mode;              /* Schedule-Free: the parameters hold x (clopt_optimizer_eval) */
     struct clopt_muon_work *muon; /* Muon's Newton-Schulz work buffers (muon.c), or NULL */
+    clopt_tensor_sums_fn sums_hook; /* clopt_optimizer_set_tensor_sums_hook, or NULL */
+    void *sums_user;
+    cl_event gate;   /* the step's start event while its launches are enqueued, else NULL */
+    int gate_opened; /* the tensor-sums hook opened it (its reads need the launches to run) */
 };
 
 /* Schedule-Free's scalars of tensor e carried over `count` steps from 0 under group g's

@@ -303,11 +303,62 @@ void clopt_o_af_tiles(const clopt_optimizer *opt, const clopt_param *e, clopt_af
     t->floats = B * R * t->ntc + B * t->nbands * C + B * R + B * C;
 }
 
+clopt_status clopt_optimizer_set_tensor_sums_hook(clopt_optimizer *opt, clopt_tensor_sums_fn fn,
+                                                  void *user)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    opt->sums_hook = fn;
+    opt->sums_user = fn ? user : NULL;
+    return CLOPT_SUCCESS;
+}
+
+/* The tensor-sums hook on SCR_SUMS's nsums floats of tensor e (outside a dry pass); the
+   element count it returns goes to argument count_at of the update b (a float; none for
+   count_at < 0). */
+static clopt_status sums_hook(clopt_optimizer *opt, const clopt_param *e, clopt_args *b,
+                              size_t nsums, int count_at)
+{
+    if (opt->cur.dry || !opt->sums_hook)
+        return CLOPT_SUCCESS;
+    if (opt->gate && !opt->gate_opened) { /* the hook waits for the sums: start the step */
+        const cl_int err = clSetUserEventStatus(opt->gate, CL_COMPLETE);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "clSetUserEventStatus (the step's start)");
+        opt->gate_opened = 1;
+    }
+    clopt_tensor_sums ts;
+    memset(&ts, 0, sizeof ts);
+    ts.struct_size = sizeof ts;
+    ts.param = (size_t)(e - opt->params);
+    ts.rule = opt->rule;
+    ts.count = nsums;
+    ts.sums = (clopt_tensor){opt->scratch, SCR_SUMS};
+    ts.queue = opt->q;
+    ts.elements = (double)e->n;
+    clopt_status s = opt->sums_hook(opt->sums_user, &ts);
+    if (s != CLOPT_SUCCESS)
+        return clopt_fail(opt->ctx, s < 0 ? s : CLOPT_ERR_INVALID_ARGUMENT,
+                          "the tensor-sums hook failed on tensor %zu (%s)", ts.param,
+                          clopt_status_name(s));
+    if (count_at < 0 || ts.elements == (double)e->n)
+        return CLOPT_SUCCESS;
+    if (!(ts.elements >= 1.0 && ts.elements <= 1e30))
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "the tensor-sums hook returned %g elements for tensor %zu",
+                          ts.elements, ts.param);
+    const float f = (float)ts.elements;
+    const cl_int err = clSetKernelArg(b->k, (cl_uint)count_at, sizeof f, &f);
+    return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(opt->ctx, err, "clSetKernelArg");
+}
+
 /* The launches of a rule with one reduction between two passes (LAMB, cautious, StableAdamW):
    a (the partial sums, `items` work-groups, nsums sums each) and b (the update over e), whose
-   arguments up to the control and storage ones are set; then the final sums into SCR_SUMS. */
+   arguments up to the control and storage ones are set; then the final sums into SCR_SUMS,
+   the tensor-sums hook, the update (count_at: b's element-count argument, or -1). */
 static clopt_status two_pass(clopt_optimizer *opt, const clopt_param *e, clopt_args *a,
-                             clopt_args *b, size_t items, size_t nsums)
+                             clopt_args *b, size_t items, size_t nsums, int count_at)
 {
     clopt_arg_ctl(a, &opt->cur);
     clopt_arg_ctl(b, &opt->cur);
@@ -317,7 +368,8 @@ static clopt_status two_pass(clopt_optimizer *opt, const clopt_param *e, clopt_a
         return clopt_o_set_failed(opt, a->err != CL_SUCCESS ? a : b);
     clopt_status s;
     if ((s = launch_groups(opt, a->k, items)) != CLOPT_SUCCESS ||
-        (s = enqueue_final(opt, items, nsums, SCR_SUMS)) != CLOPT_SUCCESS)
+        (s = enqueue_final(opt, items, nsums, SCR_SUMS)) != CLOPT_SUCCESS ||
+        (s = sums_hook(opt, e, b, nsums, count_at)) != CLOPT_SUCCESS)
         return s;
     return launch_update(opt, b->k, e->n);
 }
@@ -369,7 +421,7 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)hp->weight_decay);
     clopt_arg_float(&b, (float)(1.0 / bc1));
     clopt_arg_float(&b, (float)(1.0 / bc2));
-    return two_pass(opt, e, &a, &b, items, 2);
+    return two_pass(opt, e, &a, &b, items, 2, -1);
 }
 
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -580,7 +632,9 @@ clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)lrwd);
     clopt_arg_float(&b, (float)step);
     clopt_arg_float(&b, (float)hp->clip_threshold);
-    return two_pass(opt, e, &a, &b, items, 1);
+    const int count_at = (int)b.i; /* the mean's element count (the hook may change it) */
+    clopt_arg_float(&b, (float)e->n);
+    return two_pass(opt, e, &a, &b, items, 1, count_at);
 }
 
 /* The helpers above for Muon's passes (muon.c). */

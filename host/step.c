@@ -650,6 +650,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         goto out;
     }
     cl_event tabw = NULL;
+    opt->gate = gate; /* the tensor-sums hook may open it (passes.c) */
+    opt->gate_opened = 0;
     if (tab_floats &&
         (err = clEnqueueWriteBuffer(opt->q, opt->tab, CL_FALSE, 0, tab_floats * sizeof(float),
                                     r->tab, 0, NULL, &tabw)) != CL_SUCCESS)
@@ -660,11 +662,16 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         (err = clEnqueueReadBuffer(opt->q, opt->ctl, CL_FALSE, 0, sizeof r->result, r->result,
                                    0, NULL, &r->done)) != CL_SUCCESS)
         s = clopt_fail_cl(ctx, err, "clEnqueueReadBuffer (the step's verdict)");
+    const int opened = opt->gate_opened;
+    opt->gate = NULL;
+    opt->gate_opened = 0;
     if (s != CLOPT_SUCCESS) {
-        /* abort: the launches already enqueued find the skip flag set and do nothing; the
-           abort word must be read before r's slot is reused */
+        /* abort: the launches already enqueued find the skip flag set and do nothing (unless
+           a tensor-sums hook started them: then the tensors before the failure were
+           updated); the abort word must be read before r's slot is reused */
         r->gate[4] = 1;
-        clSetUserEventStatus(gate, CL_COMPLETE);
+        if (!opened)
+            clSetUserEventStatus(gate, CL_COMPLETE);
         clReleaseEvent(gate);
         clWaitForEvents(1, &wrote);
         clReleaseEvent(wrote);
@@ -680,7 +687,7 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         r->tab = NULL;
         goto out;
     }
-    err = clSetUserEventStatus(gate, CL_COMPLETE);
+    err = opened ? CL_SUCCESS : clSetUserEventStatus(gate, CL_COMPLETE);
     clReleaseEvent(gate);
     clReleaseEvent(wrote);
     if (tabw)

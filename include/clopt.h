@@ -1318,6 +1318,47 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
 /* 1 in train mode (also for NULL), 0 after clopt_optimizer_eval. Host only. */
 int clopt_optimizer_training(const clopt_optimizer *opt);
 
+/* ---- per-tensor sums across processes ------------------------------------------------ */
+
+/* The sums a rule reduces over a whole tensor before its update (LAMB: Σθ² and Σr²; cautious
+   Adam/AdamW/Lion: the number of elements whose update agrees in sign with the gradient;
+   StableAdamW: Σ g²/max(u, eps²)), handed to a hook between the pass that computes them and
+   the update that reads them. An engine (or libclopt_mpi) that splits one logical tensor into
+   pieces over processes combines the pieces' sums there, so each piece is updated with the
+   whole tensor's trust ratio, mask mean or RMS. The struct may grow (struct_size). */
+typedef struct clopt_tensor_sums {
+    size_t struct_size; /* sizeof(clopt_tensor_sums) of the library calling the hook */
+    size_t param;       /* the tensor's index (order of registration) */
+    clopt_rule rule;
+    size_t count;         /* floats at sums: 2 for LAMB, 1 for cautious and StableAdamW */
+    clopt_tensor sums;    /* the floats on the device, already enqueued; replace them in place */
+    cl_command_queue queue; /* the step's queue (in order): read and write the sums on it */
+    /* In: the tensor's elements. Out: the element count the means divide by (the cautious
+       mask's mean, StableAdamW's RMS): a hook combining pieces sets the whole tensor's. */
+    double elements;
+} clopt_tensor_sums;
+
+/* Returns CLOPT_SUCCESS, or a status that fails the step (see the setter). */
+typedef clopt_status (*clopt_tensor_sums_fn)(void *user, clopt_tensor_sums *sums);
+
+/* Installs fn (NULL: removes it) for the steps enqueued afterwards: during each step, for each
+   tensor of LAMB, cautious Adam/AdamW/Lion or StableAdamW, after its sums are enqueued and
+   before its update is, on the host. The hook may enqueue on `queue` (e.g. a blocking read,
+   a combination with other processes, a write back; the step's launches are released before
+   the first call, so blocking calls return); it must not call clopt on the optimizer's
+   context (the step's kernels hold their arguments until it returns). It is
+   called once per tensor per possible outcome of the AMP steps still in flight (one when
+   the host knows every earlier verdict: after clopt_optimizer_step, or once
+   clopt_optimizer_poll saw the earlier steps complete), also
+   when the device will skip the step (the update then changes nothing), and never while
+   clopt_optimizer_prepare builds kernels. A failing hook fails the step with its status
+   (negative; a positive one reads as CLOPT_ERR_INVALID_ARGUMENT), and unlike the step's own
+   checks it is not atomic: the tensors before it were updated, and this tensor's first
+   pass has run (LAMB's moments are written there). Not for Adafactor (its factored statistics are more than sums) or Muon (needs the
+   whole matrix). Host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT (opt). */
+clopt_status clopt_optimizer_set_tensor_sums_hook(clopt_optimizer *opt, clopt_tensor_sums_fn fn,
+                                                  void *user);
+
 /* 1 when the library was built with CLBlast (Muon available), else 0. Host only. */
 int clopt_has_muon(void);
 

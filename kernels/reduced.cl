@@ -140,7 +140,8 @@ CHUNK_INLINE void reduced_chunk(__global PSTORE *p_, __global const GSTORE *g_,
     THETA_STORER(p, p_, e, cnt);
 }
 
-/* sums_[so]: the first pass's total. step: lr·sqrt(bc2)/bc1 (cautious Adam), lr (Lion,
+/* sums_[so]: the first pass's total, count: the elements it was taken over (n, or the whole
+ * tensor's when the host combines the sums of pieces). step: lr·sqrt(bc2)/bc1 (cautious Adam), lr (Lion,
  * StableAdamW). b1..omb2: the EMA coefficients (β̂ for StableAdamW). */
 __kernel void reduced_update(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                              const ulong go, __global SSTORE *m_, const ulong mo,
@@ -148,8 +149,8 @@ __kernel void reduced_update(__global PSTORE *p_, const ulong po, __global const
                              __global const float *sums_, const ulong so, float gmul,
                              const float b1, const float omb1, const float b2, const float omb2,
                              const float eps, const float weight_decay, const float lrwd,
-                             const float step,
-                             const float clip_threshold CTRL_PARAMS STORAGE_PARAMS)
+                             const float step, const float clip_threshold,
+                             const float count CTRL_PARAMS STORAGE_PARAMS)
 {
     CTRL_GUARD(gmul);
     if (!UPDATE_ITEMS_OK(n))
@@ -159,7 +160,7 @@ __kernel void reduced_update(__global PSTORE *p_, const ulong po, __global const
     m_ += mo;
     v_ += vo;
     STORAGE_BEGIN;
-    const float mean = sums_[so] / (float)n;
+    const float mean = sums_[so] / count;
 #if VARIANT == 3
     const float scale = step / fmax(1.0f, sqrt(mean) / clip_threshold);
 #else

@@ -29,11 +29,18 @@ void test_opt_sf_modes(void **state);
 void test_opt_sf_checkpoint(void **state);
 void test_opt_sf_step_count(void **state);
 void test_opt_sf_amp(void **state);
+void test_hook_lamb(void **state);
+void test_hook_stable_adamw(void **state);
+void test_hook_cautious(void **state);
+void test_hook_needed(void **state);
+void test_hook_errors(void **state);
 
 #define MODERN_OPT_TESTS                                                                     \
     cmocka_unit_test(test_opt_cautious), cmocka_unit_test(test_opt_cautious_arena),          \
         cmocka_unit_test(test_opt_stable_adamw), cmocka_unit_test(test_opt_sf_modes),        \
         cmocka_unit_test(test_opt_sf_checkpoint), cmocka_unit_test(test_opt_sf_step_count),  \
-        cmocka_unit_test(test_opt_sf_amp)
+        cmocka_unit_test(test_opt_sf_amp), cmocka_unit_test(test_hook_lamb),                 \
+        cmocka_unit_test(test_hook_stable_adamw), cmocka_unit_test(test_hook_cautious),      \
+        cmocka_unit_test(test_hook_needed), cmocka_unit_test(test_hook_errors)
 
 #endif

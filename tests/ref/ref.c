@@ -558,6 +558,25 @@ void ref_lamb_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
     free(r);
 }
 
+void ref_lamb_sums(const clopt_hparams *hp, uint64_t t, size_t n, const double *param,
+                   const double *grad, double *const state[CLOPT_MAX_STATE], double grad_scale,
+                   double sums[2])
+{
+    const double gs = grad_scale == 0.0 ? 1.0 : grad_scale;
+    const double b1 = hp->beta1, b2 = hp->beta2, td = (double)t;
+    const double bc1 = hp->bias_correction ? 1.0 - pow(b1, td) : 1.0;
+    const double bc2 = hp->bias_correction ? 1.0 - pow(b2, td) : 1.0;
+    sums[0] = sums[1] = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double g = eff_grad(hp, grad[i], gs);
+        const double m = b1 * state[0][i] + (hp->grad_averaging ? 1.0 - b1 : 1.0) * g;
+        const double v = b2 * state[1][i] + (1.0 - b2) * g * g;
+        const double r = (m / bc1) / (sqrt(v / bc2) + hp->eps) + hp->weight_decay * param[i];
+        sums[0] += param[i] * param[i];
+        sums[1] += r * r;
+    }
+}
+
 void ref_ranger_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
                      const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale)
 {

@@ -68,6 +68,11 @@ void ref_adafactor_step(const clopt_hparams *hp, uint64_t t, size_t B, size_t R,
 /* LAMB (tests/data/golden/lamb/meta.json): state exp_avg, exp_avg_sq; norms over the tensor. */
 void ref_lamb_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
                    const double *grad, double *state[CLOPT_MAX_STATE], double grad_scale);
+/* The two sums LAMB's step t takes over these n elements (a piece of a tensor), Σθ² and Σr²
+   with the moments step t would write, into sums[0..1]; nothing is changed. */
+void ref_lamb_sums(const clopt_hparams *hp, uint64_t t, size_t n, const double *param,
+                   const double *grad, double *const state[CLOPT_MAX_STATE], double grad_scale,
+                   double sums[2]);
 /* Ranger 20.4.11 (tests/data/golden/ranger/meta.json): state exp_avg, exp_avg_sq and the
    slow weights φ (slow_buffer), which the caller sets to θ_0 before step 1. */
 void ref_ranger_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
