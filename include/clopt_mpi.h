@@ -48,13 +48,17 @@
  * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
  * clopt_mpi_optimizer_set_mode, ADOPT, AdEMAMix), Lookahead, bf16 state, schedules,
  * global-norm clipping, AMP, checkpoints (one gathered file, or a file per rank and a
- * manifest; any world size loads them). The rules with per-tensor reductions (LAMB,
- * Adafactor, StableAdamW, cautious masking, gradient centralization, Muon) only with
- * tensor-aligned shards (clopt_mpi_options.shard_tensors = 1): their per-tensor sums are
- * not combined across ranks yet, so a tensor must not be cut (Muon there is allowed but
- * untested). Refused with CLOPT_ERR_UNSUPPORTED: those rules with shard_tensors 0, Sophia,
- * 16-bit parameters or gradients, engine-owned state buffers. Status and plans:
- * docs/mpi-status.md.
+ * manifest; any world size loads them). Rules with per-tensor reductions on shards that
+ * cut tensors: LAMB, StableAdamW and cautious masking combine the pieces' sums (‖θ‖², ‖r‖²,
+ * the RMS's sum, the mask count) over a communicator of the ranks holding the tensor,
+ * added in rank order in double inside the step (clopt_optimizer_set_tensor_sums_hook), so
+ * a cut tensor gets the whole tensor's trust ratio, RMS or mask mean (cautious: bit for bit;
+ * LAMB, StableAdamW: to the float rounding of the sums); gradient centralization moves the
+ * shard boundaries inside the tensors it applies to onto row boundaries, so every row mean
+ * is one rank's (bit for bit). Adafactor and Muon need whole tensors (shard_tensors = 1;
+ * Muon there is allowed but untested). Refused with CLOPT_ERR_UNSUPPORTED: Adafactor and Muon
+ * with shard_tensors 0, Sophia, 16-bit parameters or gradients, engine-owned state buffers.
+ * Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its
@@ -120,10 +124,11 @@ typedef struct clopt_mpi_options {
        algorithm; 0 uses MPI_Reduce_scatter (the MPI library's algorithm and order:
        deterministic run to run on one MPI build and world size, possibly faster). */
     int ordered_sum;
-    /* 0 (default): rank r owns exactly [r·total/N, (r+1)·total/N), cutting tensors anywhere
-       (the element-wise rules). 1: shard boundaries move to the nearest tensor boundary, so
-       every tensor lives whole on one rank: the rules with per-tensor reductions (LAMB,
-       Adafactor, StableAdamW, cautious masking, gradient centralization, Muon) then run
+    /* 0 (default): rank r owns [r·total/N, (r+1)·total/N), cutting tensors anywhere (the
+       boundaries inside a tensor under gradient centralization move to its nearest row
+       boundary; LAMB, StableAdamW and cautious combine a cut tensor's sums across ranks).
+       1: shard boundaries move to the nearest tensor boundary, so every tensor lives whole
+       on one rank: every rule with per-tensor reductions (also Adafactor and Muon) then runs
        exactly as unsharded (bit-identical in engine mode), at the price of a less even split
        (a tensor larger than total/N makes its rank hold more, and ranks may own nothing). */
     int shard_tensors;

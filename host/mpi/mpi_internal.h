@@ -57,6 +57,12 @@ struct clopt_mpi_optimizer {
     clopt_mpi_shape *shapes; /* ntensors */
     clopt_mpi_piece *pieces; /* npieces, in tensor order */
     size_t npieces;
+    /* cut tensors (mpi_sums.c): per piece, the communicator of the ranks holding pieces of its
+       tensor (MPI_COMM_NULL when the tensor is whole here), and whether this step's sums of
+       the piece were combined */
+    MPI_Comm *piece_comm;
+    int *piece_done;
+    double *sums_all; /* size * 3 doubles: a cut tensor's gathered {status, sums} */
     double max_norm, scale, last_norm;
     uint64_t steps;
     int eval_mode;                /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
@@ -77,6 +83,23 @@ clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *w
    CLOPT_MPI_ERR_MPI when the allgather itself failed, else CLOPT_SUCCESS. */
 clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
                              size_t n, double *all);
+
+/* ---- per-tensor sums of cut tensors (mpi_sums.c) --------------------------------------- */
+
+/* Rows of tensor t under hp's gradient centralization (0: GC does not apply to it). */
+size_t clopt_mpi_gc_rows(const clopt_hparams *hp, const clopt_mpi_shape *t);
+/* Collective, after the slice is built (every rank calls it, also after a local failure,
+   passing it as `local`): one communicator per tensor that two or more ranks hold pieces of,
+   and the internal optimizer's tensor-sums hook that combines those pieces' sums (LAMB,
+   StableAdamW, cautious masking). Returns the local status (not agreed). */
+clopt_status clopt_mpi_sums_setup(clopt_mpi_optimizer *opt, clopt_status local);
+void clopt_mpi_sums_release(clopt_mpi_optimizer *opt);
+/* Before the internal step: no piece combined yet. */
+void clopt_mpi_sums_begin(clopt_mpi_optimizer *opt);
+/* After the internal step returned s: the pieces whose sums the step should have combined
+   but did not (it failed before) take part in their collectives with a failure, so the
+   other ranks holding those tensors fail too instead of waiting. */
+void clopt_mpi_sums_finish(clopt_mpi_optimizer *opt, clopt_status s);
 
 /* ---- bytes for the checkpoints (mpi_bytes.c) ------------------------------------------ */
 

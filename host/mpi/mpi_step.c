@@ -249,6 +249,7 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
             mul = coef;
     }
     if (opt->has_group) {
+        clopt_mpi_sums_begin(opt);
         if (rs) {
             e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE, 0, n * sizeof(float), opt->host_s,
                                      0, NULL, NULL);
@@ -261,8 +262,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
             clopt_mpi_fail(opt, s, "the clip coefficient %g is out of the core's range",
                            (double)mul);
         if (s == CLOPT_SUCCESS &&
-            (s = clopt_optimizer_step_on(opt->local, q, 0, NULL, NULL)) != CLOPT_SUCCESS)
+            (s = clopt_optimizer_step_on(opt->local, q, 0, NULL, NULL)) != CLOPT_SUCCESS &&
+            s != (clopt_status)CLOPT_MPI_ERR_REMOTE) /* (the hook's detail is already there) */
             clopt_mpi_fail(opt, s, "the shard's step: %s", clopt_ctx_last_error(opt->ctx));
+        clopt_mpi_sums_finish(opt, s); /* cut tensors the step did not reach */
         if (s == CLOPT_SUCCESS) { /* the shard for the all-gather (one rank: none) */
             e = opt->size == 1
                     ? CL_SUCCESS

@@ -97,7 +97,10 @@ void clopt_mpi_options_init(clopt_mpi_options *o)
 
 /* ---- validation ------------------------------------------------------------------------------ */
 
-/* Rules and options whose update is element-wise (a shard may cut a tensor anywhere). */
+/* Rules and options a shard may cut tensors under: the element-wise ones, those whose
+   per-tensor sums mpi_sums.c combines (LAMB, StableAdamW, cautious masking), and gradient
+   centralization (the boundaries fall between its rows). Adafactor and Muon need whole
+   tensors (whole = 1). */
 static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const clopt_hparams *hp,
                                int whole)
 {
@@ -110,27 +113,36 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
                               "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
     if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
         return CLOPT_SUCCESS;
-    switch (rule) {
-    case CLOPT_LAMB:
-    case CLOPT_ADAFACTOR:
-    case CLOPT_STABLE_ADAMW:
-    case CLOPT_MUON:
+    if (rule == CLOPT_ADAFACTOR || rule == CLOPT_MUON)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "%s needs per-tensor reductions: shard by whole tensors "
-                              "(shard_tensors = 1); cut tensors are not combined across ranks "
-                              "yet",
-                              clopt_rule_name(rule));
-    default:
-        break;
+                              "%s needs whole tensors (%s): shard by whole tensors "
+                              "(shard_tensors = 1)",
+                              clopt_rule_name(rule),
+                              rule == CLOPT_MUON ? "Newton-Schulz orthogonalises whole matrices"
+                                                 : "its factored row and column statistics are "
+                                                   "not combined across ranks");
+    return CLOPT_SUCCESS;
+}
+
+/* Gradient centralization turned on for group g after create: every boundary inside one of
+   g's tensors that GC applies to must fall between its rows (create put them there for the
+   groups that had GC then). */
+static clopt_status check_gc_rows(clopt_mpi_optimizer *opt, size_t g, const clopt_hparams *hp)
+{
+    for (size_t i = 0; hp->grad_centralization && i < opt->ntensors; i++) {
+        const clopt_mpi_shape *t = &opt->shapes[i];
+        const size_t rows = opt->tgroup[i] == g ? clopt_mpi_gc_rows(hp, t) : 0;
+        for (int r = 1; rows && r < opt->size; r++) {
+            const size_t b = (size_t)opt->displs[r];
+            if (b > t->flat && b < t->flat + t->n && (b - t->flat) % (t->n / rows) != 0)
+                return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                                      "gradient centralization on tensor %zu, which a shard "
+                                      "boundary cuts inside a row (create the optimizer with "
+                                      "grad_centralization on to put the boundaries between "
+                                      "rows, or shard_tensors = 1)",
+                                      i);
+        }
     }
-    if (hp->grad_centralization)
-        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "gradient centralization's row means are not combined across "
-                              "shards yet (set grad_centralization = 0, or shard_tensors = 1)");
-    if (hp->cautious)
-        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "cautious masking's per-tensor mean is not combined across shards "
-                              "yet (shard_tensors = 1)");
     return CLOPT_SUCCESS;
 }
 
@@ -271,6 +283,9 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         MIX(hp->maximize);
         MIX(hp->state_dtype);
         MIX(hp->lookahead_k);
+        MIX(hp->grad_centralization); /* GC moves the shard boundaries between rows */
+        MIX(hp->gc_conv_only);
+        MIX(hp->cautious);
     }
 #undef MIX
 #undef MIXD
@@ -301,6 +316,7 @@ static clopt_mpi_run *make_runs(const clopt_range_group *desc, int grad, size_t 
 
 static void release(clopt_mpi_optimizer *opt)
 {
+    clopt_mpi_sums_release(opt);
     clopt_optimizer_destroy(opt->local);
     if (opt->shard_grad)
         clReleaseMemObject(opt->shard_grad);
@@ -366,6 +382,17 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                     flat += desc_len(&desc->tensors[i]);
             }
             hi = best < prev ? prev : best;
+        } else if (r + 1 < N) { /* inside a tensor under GC: the row boundary nearest to hi */
+            for (size_t i = 0; i < desc->ntensors; i++) {
+                const clopt_mpi_shape *t = &opt->shapes[i];
+                const size_t rows = clopt_mpi_gc_rows(&hps[opt->tgroup[i]], t);
+                if (!rows || hi <= t->flat || hi >= t->flat + t->n)
+                    continue;
+                const size_t len = t->n / rows, k = (hi - t->flat + len / 2) / len;
+                hi = t->flat + k * len;
+                break;
+            }
+            hi = hi < prev ? prev : hi;
         }
         opt->displs[r] = (int)prev;
         opt->counts[r] = (int)(hi - prev);
@@ -418,9 +445,16 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                 p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
                 p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
                              : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
-                if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor, LAMB) */
+                const clopt_mpi_shape *t = &opt->shapes[i];
+                const size_t row = t->ndim > 1 ? n / t->shape[0] : 0;
+                if (hi - lo == n) { /* a whole tensor keeps its shape (GC, Adafactor) */
                     p->ndim = d->ndim;
                     memcpy(p->shape, d->shape, sizeof p->shape);
+                } else if (row && (lo - flat) % row == 0 && (hi - lo) % row == 0) {
+                    /* whole rows: the tensor's shape with fewer rows (GC's row means) */
+                    p->ndim = d->ndim;
+                    memcpy(p->shape, d->shape, sizeof p->shape);
+                    p->shape[0] = (hi - lo) / row;
                 } else {
                     p->ndim = 1;
                     p->shape[0] = hi - lo;
@@ -535,10 +569,14 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
                                    "from rank 0's",
                                    r);
     }
-    /* agreement 2: every rank built its shard */
+    /* agreement 2: every rank built its shard; 3: the communicators of the cut tensors */
     if (s == CLOPT_SUCCESS && all) {
         s = build(opt, hps);
         s = clopt_mpi_agree(opt, s, NULL, 0, all);
+        if (s == CLOPT_SUCCESS) {
+            s = clopt_mpi_sums_setup(opt, s);
+            s = clopt_mpi_agree(opt, s, NULL, 0, all);
+        }
     }
     free(all);
     if (s != CLOPT_SUCCESS) {
@@ -602,6 +640,8 @@ clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, siz
     if (group >= opt->ngroups)
         return clopt_mpi_fail(opt, CLOPT_ERR_INDEX, "no group %zu", group);
     clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
+    if (s == CLOPT_SUCCESS && !opt->o.shard_tensors)
+        s = check_gc_rows(opt, group, hp);
     if (s != CLOPT_SUCCESS)
         return s;
     /* the range group first: it refuses a change of the state layout; group 0 of the

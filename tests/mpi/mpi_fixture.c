@@ -58,6 +58,19 @@ void fx_layout_main(fx_layout *L)
     finish_layout(L);
 }
 
+void fx_layout_wide(fx_layout *L)
+{
+    static const size_t nd[] = {2, 1, 3};
+    static const size_t sh[][3] = {{8, 40, 0}, {33, 0, 0}, {6, 7, 5}};
+    memset(L, 0, sizeof *L);
+    L->nt = 3;
+    for (size_t i = 0; i < L->nt; i++) {
+        L->ndim[i] = nd[i];
+        memcpy(L->shape[i], sh[i], sizeof sh[i]);
+    }
+    finish_layout(L);
+}
+
 void fx_layout_vector(fx_layout *L, size_t n)
 {
     memset(L, 0, sizeof *L);
@@ -145,4 +158,64 @@ clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx
     const clopt_status s = clopt_optimizer_add_range_group(o, hp, &rg, NULL, NULL);
     CHECK(s == CLOPT_SUCCESS, "reference range group: %s", clopt_ctx_last_error(fx_ctx));
     return o;
+}
+
+/* State k of tensor `param` as raw bytes (float32, or the bf16 words of bf16 state). */
+static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_t len,
+                               size_t *esize)
+{
+    float *f = malloc(len * sizeof *f);
+    CHECK(f != NULL, "malloc");
+    clopt_status s = clopt_optimizer_read_state(o, param, k, f, len);
+    *esize = 4;
+    if (s == CLOPT_ERR_UNSUPPORTED) { /* 16-bit words */
+        clopt_tensor t;
+        CHECK_OK(clopt_optimizer_state(o, param, k, &t));
+        *esize = 2;
+        const cl_int e = clEnqueueReadBuffer(clopt_ctx_cl_queue(fx_ctx), t.buffer, CL_TRUE,
+                                             t.offset * 2, len * 2, f, 0, NULL, NULL);
+        CHECK(e == CL_SUCCESS, "clEnqueueReadBuffer: %d", (int)e);
+        s = CLOPT_SUCCESS;
+    }
+    CHECK_OK(s);
+    return (unsigned char *)f;
+}
+
+/* Every state of every piece of the shard equals the same slice of the unsharded state. */
+void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
+                         const fx_layout *L)
+{
+    size_t first, count;
+    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
+    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
+    size_t flat = 0, piece = 0;
+    for (size_t i = 0; i < L->nt; i++) {
+        const size_t lo = flat > first ? flat : first;
+        const size_t hi = flat + L->n[i] < first + count ? flat + L->n[i] : first + count;
+        if (lo < hi) {
+            const size_t ns = clopt_optimizer_state_count(ref, i);
+            CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
+            for (size_t k = 0; k < ns; k++) {
+                size_t rlen = 0, llen = 0;
+                const char *rname = NULL, *lname = NULL;
+                CHECK_OK(clopt_optimizer_state_info(ref, i, k, &rname, &rlen));
+                CHECK_OK(clopt_optimizer_state_info(loc, piece, k, &lname, &llen));
+                const int whole = hi - lo == L->n[i]; /* Adafactor: factored lengths */
+                CHECK(strcmp(rname, lname) == 0 &&
+                          (whole ? llen == rlen : llen == hi - lo && rlen == L->n[i]),
+                      "%s: state %zu layout", what, k);
+                size_t es = 0, es2 = 0;
+                unsigned char *r = read_raw(ref, i, k, rlen, &es);
+                unsigned char *l = read_raw(loc, piece, k, llen, &es2);
+                CHECK(es == es2, "%s: state %zu element sizes", what, k);
+                CHECK(memcmp(r + (lo - flat) * es, l, llen * es) == 0,
+                      "%s: state %s of tensor %zu differs from the unsharded one", what, rname, i);
+                free(r);
+                free(l);
+            }
+            piece++;
+        }
+        flat += L->n[i];
+    }
+    CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
 }

@@ -49,6 +49,9 @@ typedef struct fx_layout {
 } fx_layout;
 /* The main layout: 3x5, 7, 2x2x3, 1, 11 (46 elements, shards cut tensors). */
 void fx_layout_main(fx_layout *L);
+/* 8x40, 33, 6x7x5 (563 elements): with 2 or 3 ranks the shards cut the matrices, also
+   where gradient centralization moves the boundaries between rows. */
+void fx_layout_wide(fx_layout *L);
 /* One vector of n elements (n < world size: some rank owns nothing). */
 void fx_layout_vector(fx_layout *L, size_t n);
 /* The range group of L over buffers p and g (descs must hold FX_MAX_T). */
@@ -67,5 +70,8 @@ float fx_val(unsigned seed, size_t i);
 /* The unsharded optimizer over the same layout (the reference). */
 clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
                               cl_mem p, cl_mem g);
+/* Every state of every piece of sh's shard equals the same slice of ref's state (bytes). */
+void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
+                     const fx_layout *L);
 
 #endif

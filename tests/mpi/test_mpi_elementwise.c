@@ -86,27 +86,6 @@ static const rule_case cases[] = {
     {"ademamix", CLOPT_ADEMAMIX, t_none},
 };
 
-/* State k of tensor `param` as raw bytes (float32, or the bf16 words of bf16 state). */
-static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_t len,
-                               size_t *esize)
-{
-    float *f = malloc(len * sizeof *f);
-    CHECK(f != NULL, "malloc");
-    clopt_status s = clopt_optimizer_read_state(o, param, k, f, len);
-    *esize = 4;
-    if (s == CLOPT_ERR_UNSUPPORTED) { /* 16-bit words */
-        clopt_tensor t;
-        CHECK_OK(clopt_optimizer_state(o, param, k, &t));
-        *esize = 2;
-        const cl_int e = clEnqueueReadBuffer(clopt_ctx_cl_queue(fx_ctx), t.buffer, CL_TRUE,
-                                             t.offset * 2, len * 2, f, 0, NULL, NULL);
-        CHECK(e == CL_SUCCESS, "clEnqueueReadBuffer: %d", (int)e);
-        s = CLOPT_SUCCESS;
-    }
-    CHECK_OK(s);
-    return (unsigned char *)f;
-}
-
 /* The rules with per-tensor reductions, on tensor-aligned shards (shard_tensors = 1). */
 static void t_cautious(clopt_hparams *hp)
 {
@@ -131,45 +110,6 @@ static const rule_case whole_cases[] = {
     {"ranger (GC)", CLOPT_RANGER, t_none},
     {"adamw (whole tensors)", CLOPT_ADAMW, t_none},
 };
-
-/* Every state of every piece of the shard equals the same slice of the unsharded state. */
-static void check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
-                         const fx_layout *L)
-{
-    size_t first, count;
-    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
-    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
-    size_t flat = 0, piece = 0;
-    for (size_t i = 0; i < L->nt; i++) {
-        const size_t lo = flat > first ? flat : first;
-        const size_t hi = flat + L->n[i] < first + count ? flat + L->n[i] : first + count;
-        if (lo < hi) {
-            const size_t ns = clopt_optimizer_state_count(ref, i);
-            CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
-            for (size_t k = 0; k < ns; k++) {
-                size_t rlen = 0, llen = 0;
-                const char *rname = NULL, *lname = NULL;
-                CHECK_OK(clopt_optimizer_state_info(ref, i, k, &rname, &rlen));
-                CHECK_OK(clopt_optimizer_state_info(loc, piece, k, &lname, &llen));
-                const int whole = hi - lo == L->n[i]; /* Adafactor: factored lengths */
-                CHECK(strcmp(rname, lname) == 0 &&
-                          (whole ? llen == rlen : llen == hi - lo && rlen == L->n[i]),
-                      "%s: state %zu layout", what, k);
-                size_t es = 0, es2 = 0;
-                unsigned char *r = read_raw(ref, i, k, rlen, &es);
-                unsigned char *l = read_raw(loc, piece, k, llen, &es2);
-                CHECK(es == es2, "%s: state %zu element sizes", what, k);
-                CHECK(memcmp(r + (lo - flat) * es, l, llen * es) == 0,
-                      "%s: state %s of tensor %zu differs from the unsharded one", what, rname, i);
-                free(r);
-                free(l);
-            }
-            piece++;
-        }
-        flat += L->n[i];
-    }
-    CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
-}
 
 static void run_case(const rule_case *c, const fx_layout *L, int midrun, int whole)
 {
@@ -237,7 +177,7 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
             CHECK(a[j] == 1234.5f, "%s: the gap after tensor %zu was written", what, i);
     }
     CHECK(clopt_mpi_optimizer_step_count(sh) == STEPS, "%s: step count", what);
-    check_states(what, sh, ref, L);
+    fx_check_states(what, sh, ref, L);
     if (c->rule == CLOPT_SCHEDULE_FREE_ADAMW || c->rule == CLOPT_SCHEDULE_FREE_SGD) {
         /* eval writes x on every rank's full buffer, train writes y back: as unsharded */
         for (int train = 0; train < 2; train++) {
@@ -344,7 +284,7 @@ static void run_groups(clopt_rule rule, int clip)
         CHECK(memcmp(a, b, L->plen * sizeof *a) == 0, "%s: step %u differs from unsharded", what,
               t);
     }
-    check_states(what, sh, ref, L);
+    fx_check_states(what, sh, ref, L);
     CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, 2, &hps[0]), CLOPT_ERR_INDEX);
     clopt_mpi_optimizer_destroy(sh);
     clopt_optimizer_destroy(ref);
