@@ -55,10 +55,13 @@
  * a cut tensor gets the whole tensor's trust ratio, RMS or mask mean (cautious: bit for bit;
  * LAMB, StableAdamW: to the float rounding of the sums); gradient centralization moves the
  * shard boundaries inside the tensors it applies to onto row boundaries, so every row mean
- * is one rank's (bit for bit). Adafactor and Muon need whole tensors (shard_tensors = 1;
- * Muon there is allowed but untested). Refused with CLOPT_ERR_UNSUPPORTED: Adafactor and Muon
- * with shard_tensors 0, Sophia, 16-bit parameters or gradients, engine-owned state buffers.
- * Status and plans: docs/mpi-status.md.
+ * is one rank's (bit for bit). Adafactor keeps its factored statistics replicated: each rank
+ * holding part of a cut tensor updates the whole tensor (its state, O(rows + cols), and the
+ * first moment with use_beta1, on every holder; in reduce-scatter mode the holders first
+ * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
+ * value: bit for bit. Muon needs whole tensors (shard_tensors = 1; allowed there but
+ * untested). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia, 16-bit
+ * parameters or gradients, engine-owned state buffers. Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its
@@ -126,9 +129,10 @@ typedef struct clopt_mpi_options {
     int ordered_sum;
     /* 0 (default): rank r owns [r·total/N, (r+1)·total/N), cutting tensors anywhere (the
        boundaries inside a tensor under gradient centralization move to its nearest row
-       boundary; LAMB, StableAdamW and cautious combine a cut tensor's sums across ranks).
-       1: shard boundaries move to the nearest tensor boundary, so every tensor lives whole
-       on one rank: every rule with per-tensor reductions (also Adafactor and Muon) then runs
+       boundary; LAMB, StableAdamW and cautious combine a cut tensor's sums across ranks;
+       Adafactor updates a cut tensor whole on each holder). 1: shard boundaries move to the
+       nearest tensor boundary, so every tensor lives whole on one rank: every rule with
+       per-tensor reductions (also Muon) then runs
        exactly as unsharded (bit-identical in engine mode), at the price of a less even split
        (a tensor larger than total/N makes its rank hold more, and ranks may own nothing). */
     int shard_tensors;

@@ -39,15 +39,11 @@ int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shar
                     "optimizers (Muon on the weights, AdamW on the biases), and libclopt_mpi's "
                     "Muon is untested");
         return -1;
-    /* per-tensor reductions: each tensor whole on one process (libclopt_mpi refuses them
-       with cut tensors) */
-    case CLOPT_LAMB:
-    case CLOPT_ADAFACTOR:
-    case CLOPT_STABLE_ADAMW: *shard_tensors = 1; break;
-    default: break;
+    default: /* every other rule shards cut tensors: LAMB, StableAdamW and cautious combine
+                their per-tensor sums across processes, Adafactor replicates a cut tensor's
+                statistics (libclopt_mpi) */
+        break;
     }
-    if (tc->cautious)
-        *shard_tensors = 1;
     return 0;
 }
 

@@ -22,10 +22,11 @@
  * (its update scales with the gradient, so a sum instead of the mean, or a share's loss
  * scaled by 1/share instead of N/R, fails: both mutations were tried), 640 images, and 129
  * images (the last batch of 1 row: one process has no rows and contributes zeros); LAMB
- * (whole tensors per process, shard_tensors = 1) and Schedule-Free AdamW (compared at x
+ * (the 784 x 256 weights cut between the processes: their norms combined) and
+ * Schedule-Free AdamW (compared at x
  * through clopt_mpi_optimizer_set_mode, then back to y), 640 images. Before them:
- * mlp_mpi_check's refusals (16-bit weights, 8-bit state, Sophia, Muon) and the rules it
- * shards by whole tensors, then AdamW sharded over one process (MPI_COMM_SELF), which must
+ * mlp_mpi_check's refusals (16-bit weights, 8-bit state, Sophia, Muon) and that LAMB,
+ * Adafactor, StableAdamW and cautious cut tensors, then AdamW sharded over one process (MPI_COMM_SELF), which must
  * be bit-identical to the unsharded run (step losses and parameters). About 3 s with 2
  * processes on 2 cores.
  *
@@ -296,16 +297,17 @@ static void refusals(void)
                   strstr(err, clopt_rule_name(refused[i])),
               "%s: %s", clopt_rule_name(refused[i]), err);
     }
-    static const clopt_rule wholes[] = {CLOPT_LAMB, CLOPT_ADAFACTOR, CLOPT_STABLE_ADAMW};
+    /* the rules with per-tensor reductions shard cut tensors too (libclopt_mpi) */
+    static const clopt_rule cut[] = {CLOPT_LAMB, CLOPT_ADAFACTOR, CLOPT_STABLE_ADAMW};
     for (size_t i = 0; i < 3; i++) {
-        tc.rule = wholes[i];
-        CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 1,
-              "%s: whole tensors", clopt_rule_name(wholes[i]));
+        tc.rule = cut[i];
+        CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 0,
+              "%s: cut tensors", clopt_rule_name(cut[i]));
     }
     tc.rule = CLOPT_ADAMW;
     tc.cautious = 1;
-    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 1,
-          "cautious: whole tensors");
+    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 0,
+          "cautious: cut tensors");
 }
 
 int main(int argc, char **argv)

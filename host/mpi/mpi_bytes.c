@@ -126,6 +126,8 @@ clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b)
 {
     for (size_t j = 0; j < opt->npieces; j++) {
         const clopt_mpi_piece *pc = &opt->pieces[j];
+        if (pc->rep == 2)
+            continue; /* a replicated tensor: its first holder saves it */
         const size_t ns = clopt_optimizer_state_count(opt->local, j);
         clopt_mpi_put_u64(b, pc->tensor);
         clopt_mpi_put_u64(b, pc->off);

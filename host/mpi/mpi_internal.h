@@ -24,6 +24,14 @@ typedef struct clopt_mpi_shape {
    optimizer's parameter of the same index). */
 typedef struct clopt_mpi_piece {
     size_t tensor, off, len;
+    /* Adafactor, a tensor the shards cut: every rank holding part of it updates it whole
+       (off 0, len n; its statistics replicated): 1 on the tensor's first holder, which saves
+       it in checkpoints, 2 on the others; 0 otherwise. [slo, shi): the tensor's elements in
+       this rank's slice. */
+    int rep;
+    size_t slo, shi;
+    size_t rep_goff; /* rep, reduce-scatter mode: the tensor's whole reduced gradient in
+                        shard_grad (after the slice's) */
 } clopt_mpi_piece;
 
 struct clopt_mpi_optimizer {
@@ -41,7 +49,8 @@ struct clopt_mpi_optimizer {
     cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (not owned) */
     clopt_mpi_run *prun, *grun; /* coalesced runs of the parameters and gradients */
     size_t nprun, ngrun;
-    cl_mem shard_grad; /* reduce-scatter mode: the slice's reduced gradient (owned) */
+    cl_mem shard_grad; /* reduce-scatter mode: the slice's reduced gradient, then the whole
+                          reduced gradients of replicated pieces (owned) */
     float *host_p;     /* total floats: the all-gather's staging */
     float *host_g;     /* engine mode: total floats (the slice is used); reduce-scatter:
                           the local gradient, total floats */
@@ -100,6 +109,10 @@ void clopt_mpi_sums_begin(clopt_mpi_optimizer *opt);
    but did not (it failed before) take part in their collectives with a failure, so the
    other ranks holding those tensors fail too instead of waiting. */
 void clopt_mpi_sums_finish(clopt_mpi_optimizer *opt, clopt_status s);
+/* Reduce-scatter mode, collective over the holders of each replicated piece (every rank
+   calls it, passing a local failure as `local`): the tensor's reduced gradient gathered from
+   its holders' slices (host_s) into shard_grad at the piece's rep_goff on q. */
+clopt_status clopt_mpi_rep_grads(clopt_mpi_optimizer *opt, cl_command_queue q, clopt_status local);
 
 /* ---- bytes for the checkpoints (mpi_bytes.c) ------------------------------------------ */
 

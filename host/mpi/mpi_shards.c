@@ -262,9 +262,19 @@ static clopt_status read_parts(clopt_mpi_optimizer *opt, const char *prefix, uin
 {
     size_t cap = 0;
     char path[4096];
+    /* the elements whose state this rank needs: its slice, and the whole of a replicated
+       tensor (Adafactor's cut tensors, which their first holder saved) */
+    size_t need_lo = opt->first, need_hi = opt->first + opt->count;
+    for (size_t j = 0; j < opt->npieces; j++) {
+        const clopt_mpi_shape *t = &opt->shapes[opt->pieces[j].tensor];
+        if (opt->pieces[j].rep) {
+            need_lo = t->flat < need_lo ? t->flat : need_lo;
+            need_hi = t->flat + t->n > need_hi ? t->flat + t->n : need_hi;
+        }
+    }
     for (uint32_t w = 0; w < world; w++) {
         const uint64_t lo = g[4 * w], hi = lo + g[4 * w + 1];
-        if (opt->count == 0 || hi <= opt->first || lo >= opt->first + opt->count)
+        if (opt->count == 0 || hi <= need_lo || lo >= need_hi)
             continue;
         size_t len = 0;
         if (!part_path(path, sizeof path, prefix, (long)w))

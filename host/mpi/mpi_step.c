@@ -248,6 +248,8 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         if (isfinite(coef) && coef < 1.0f)
             mul = coef;
     }
+    if (rs) /* Adafactor's cut tensors: their whole reduced gradient on each holder */
+        s = clopt_mpi_rep_grads(opt, q, s);
     if (opt->has_group) {
         clopt_mpi_sums_begin(opt);
         if (rs) {

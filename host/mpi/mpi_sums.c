@@ -190,3 +190,48 @@ void clopt_mpi_sums_finish(clopt_mpi_optimizer *opt, clopt_status s)
         memcpy(opt->err, keep, sizeof keep);
     }
 }
+
+clopt_status clopt_mpi_rep_grads(clopt_mpi_optimizer *opt, cl_command_queue q, clopt_status local)
+{
+    clopt_status s = local;
+    for (size_t p = 0; opt->piece_comm && p < opt->npieces; p++) {
+        const clopt_mpi_piece *pc = &opt->pieces[p];
+        if (!pc->rep || opt->piece_comm[p] == MPI_COMM_NULL)
+            continue;
+        const clopt_mpi_shape *t = &opt->shapes[pc->tensor];
+        /* the holders in rank order (the communicator's order): their parts of the tensor */
+        int *cnt = malloc(2 * (size_t)opt->size * sizeof *cnt);
+        float *whole = malloc(t->n * sizeof *whole);
+        int nh = 0;
+        for (int r = 0; cnt && r < opt->size; r++) {
+            const size_t a = (size_t)opt->displs[r], b = a + (size_t)opt->counts[r];
+            const size_t lo = a > t->flat ? a : t->flat, hi = b < t->flat + t->n ? b : t->flat + t->n;
+            if (lo < hi) {
+                cnt[nh] = (int)(hi - lo);
+                cnt[opt->size + nh] = (int)(lo - t->flat);
+                nh++;
+            }
+        }
+        /* a failure still takes part (with this rank's zeros), so no holder waits */
+        static float none[1];
+        const float *mine = opt->host_s ? opt->host_s + (t->flat + pc->slo - opt->first) : none;
+        int rc = MPI_ERR_NO_MEM;
+        if (cnt && whole)
+            rc = MPI_Allgatherv(mine, (int)(pc->shi - pc->slo), MPI_FLOAT, whole, cnt,
+                                cnt + opt->size, MPI_FLOAT, opt->piece_comm[p]);
+        if (s == CLOPT_SUCCESS && (!cnt || !whole))
+            s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+        else if (s == CLOPT_SUCCESS && rc != MPI_SUCCESS)
+            s = clopt_mpi_check(opt, rc, "MPI_Allgatherv (a cut tensor's gradient)");
+        if (s == CLOPT_SUCCESS) {
+            const cl_int e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE,
+                                                  pc->rep_goff * sizeof(float),
+                                                  t->n * sizeof(float), whole, 0, NULL, NULL);
+            if (e != CL_SUCCESS)
+                s = clopt_mpi_cl_fail(opt, e, "writing a cut tensor's gradient");
+        }
+        free(cnt);
+        free(whole);
+    }
+    return s;
+}

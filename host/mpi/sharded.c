@@ -113,14 +113,10 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
                               "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
     if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
         return CLOPT_SUCCESS;
-    if (rule == CLOPT_ADAFACTOR || rule == CLOPT_MUON)
+    if (rule == CLOPT_MUON)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "%s needs whole tensors (%s): shard by whole tensors "
-                              "(shard_tensors = 1)",
-                              clopt_rule_name(rule),
-                              rule == CLOPT_MUON ? "Newton-Schulz orthogonalises whole matrices"
-                                                 : "its factored row and column statistics are "
-                                                   "not combined across ranks");
+                              "muon needs whole tensors (Newton-Schulz orthogonalises whole "
+                              "matrices): shard by whole tensors (shard_tensors = 1)");
     return CLOPT_SUCCESS;
 }
 
@@ -418,10 +414,18 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
         return clopt_mpi_fail(opt, s, "clopt_optimizer_create: %s", clopt_status_str(s));
     if (opt->count == 0)
         return CLOPT_SUCCESS; /* this rank owns nothing: no group, no state */
+    size_t rep_floats = 0; /* Adafactor's cut tensors: their whole gradients after the slice */
+    for (size_t i = 0, f = 0; rs && opt->rule == CLOPT_ADAFACTOR && i < desc->ntensors; i++) {
+        const size_t n = desc_len(&desc->tensors[i]);
+        if (f < opt->first + opt->count && f + n > opt->first &&
+            (f < opt->first || f + n > opt->first + opt->count))
+            rep_floats += n;
+        f += n;
+    }
     if (rs) {
         cl_int e;
         opt->shard_grad = clCreateBuffer(clopt_ctx_cl_context(opt->ctx), CL_MEM_READ_WRITE,
-                                         opt->count * sizeof(float), NULL, &e);
+                                         (opt->count + rep_floats) * sizeof(float), NULL, &e);
         if (!opt->shard_grad)
             return clopt_mpi_cl_fail(opt, e, "allocating the shard's gradient");
     }
@@ -430,7 +434,7 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     clopt_param_desc *pieces = calloc(desc->ntensors, sizeof *pieces);
     if (!pieces)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the pieces");
-    size_t np = 0, flat = 0;
+    size_t np = 0, flat = 0, rep_at = opt->count;
     const size_t a = opt->first, b = opt->first + opt->count;
     for (size_t gi = 0, i = 0; gi < opt->ngroups; gi++) {
         const size_t first_piece = np;
@@ -438,8 +442,25 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
             const clopt_param_desc *d = &desc->tensors[i];
             const size_t n = desc_len(d), lo = flat > a ? flat : a,
                          hi = flat + n < b ? flat + n : b;
-            if (lo < hi) {
-                opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo};
+            /* Adafactor's statistics need the whole tensor: a cut one is updated whole by
+               each of its holders (the same values; the all-gather keeps the owners') */
+            const int rep = lo < hi && hi - lo != n && opt->rule == CLOPT_ADAFACTOR;
+            if (rep) {
+                clopt_mpi_piece *pc = &opt->pieces[np];
+                *pc = (clopt_mpi_piece){i, 0, n, lo == flat ? 1 : 2, lo - flat, hi - flat, 0};
+                clopt_param_desc *p = &pieces[np++];
+                clopt_param_desc_init(p);
+                p->param = d->param;
+                p->grad = d->grad;
+                p->ndim = d->ndim;
+                memcpy(p->shape, d->shape, sizeof p->shape);
+                if (rs) {
+                    pc->rep_goff = rep_at;
+                    p->grad = (clopt_tensor){opt->shard_grad, rep_at};
+                    rep_at += n;
+                }
+            } else if (lo < hi) {
+                opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo, 0, 0, 0, 0};
                 clopt_param_desc *p = &pieces[np++];
                 clopt_param_desc_init(p);
                 p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};

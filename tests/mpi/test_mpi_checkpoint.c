@@ -15,7 +15,7 @@ typedef struct ck_case {
     const char *name;
     clopt_rule rule;
     int whole;   /* shard_tensors */
-    int variant; /* 1: bf16 state, 2: Lookahead */
+    int variant; /* 1: bf16 state, 2: Lookahead, 3: Adafactor's first moment */
 } ck_case;
 
 static const ck_case cases[] = {
@@ -24,6 +24,8 @@ static const ck_case cases[] = {
     {"adamw bf16 state", CLOPT_ADAMW, 0, 1},
     {"adamw lookahead", CLOPT_ADAMW, 0, 2},
     {"adafactor (whole tensors)", CLOPT_ADAFACTOR, 1, 0},
+    {"adafactor (cut tensors: replicated)", CLOPT_ADAFACTOR, 0, 0},
+    {"adafactor beta1 (cut tensors: replicated)", CLOPT_ADAFACTOR, 0, 3},
 };
 
 static fx_layout L;
@@ -48,6 +50,8 @@ static void hparams(const ck_case *c, clopt_hparams *hp)
         hp->lookahead_k = 3;
         hp->lookahead_alpha = 0.5;
     }
+    if (c->variant == 3)
+        hp->use_beta1 = 1;
 }
 
 /* A sharded optimizer on comm over fresh buffers holding params (plen floats). */

@@ -284,11 +284,9 @@ static void test_errors(void)
         h2.beta1 = 1.5;
     expect_create(CLOPT_ADAMW, &h2, CLOPT_DTYPE_F32,
                   fx_rank == 0 ? CLOPT_ERR_INVALID_HYPERPARAM : (clopt_status)CLOPT_MPI_ERR_REMOTE);
-    /* the rules that need whole tensors, on shards that cut them (LAMB, StableAdamW, cautious
-       and GC work there: test_mpi_cut) */
+    /* Muon needs whole tensors, on shards that cut them (LAMB, StableAdamW, cautious, GC and
+       Adafactor work there: test_mpi_cut) */
     clopt_hparams hl;
-    CHECK_OK(clopt_hparams_default(CLOPT_ADAFACTOR, &hl));
-    expect_create(CLOPT_ADAFACTOR, &hl, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
     CHECK_OK(clopt_hparams_default(CLOPT_MUON, &hl));
     expect_create(CLOPT_MUON, &hl, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
     /* local setters validate */

@@ -9,7 +9,11 @@
  *    runs are bit-identical;
  *  - cautious AdamW and Lion (the pieces' mask counts are integers, added exactly), AdamW and
  *    Ranger with gradient centralization (the boundaries move between rows, so every row
- *    mean is a rank's own): bit for bit.
+ *    mean is a rank's own): bit for bit;
+ *  - Adafactor, with and without its first moment (a cut tensor is updated whole by each of
+ *    its holders, statistics replicated): bit for bit, every holder's whole state equal to the
+ *    unsharded one; also with clopt's reduce-scatter (rank 0's gradient plus zeros, so the
+ *    sum is exact).
  * Layouts: 8x40, 33, 6x7x5 (both matrices cut with 2 and 3 ranks, also between rows under
  * GC) and the main one of the other tests. */
 #include "mpi_fixture.h"
@@ -25,17 +29,54 @@ typedef struct cut_case {
     int exact;                                  /* bit-identical to unsharded */
     int gc, cautious;
     double clip_threshold;                      /* StableAdamW (0: the default) */
+    int beta1;                                  /* Adafactor's first moment */
 } cut_case;
 
 static const cut_case cases[] = {
-    {"lamb", CLOPT_LAMB, 0, 0, 0, 0},
-    {"lamb GC", CLOPT_LAMB, 0, 1, 0, 0},
-    {"stable_adamw", CLOPT_STABLE_ADAMW, 0, 0, 0, 0.5},
-    {"adamw cautious", CLOPT_ADAMW, 1, 0, 1, 0},
-    {"lion cautious", CLOPT_LION, 1, 0, 1, 0},
-    {"adamw GC", CLOPT_ADAMW, 1, 1, 0, 0},
-    {"ranger (GC)", CLOPT_RANGER, 1, 1, 0, 0},
+    {"lamb", CLOPT_LAMB, 0, 0, 0, 0, 0},
+    {"lamb GC", CLOPT_LAMB, 0, 1, 0, 0, 0},
+    {"stable_adamw", CLOPT_STABLE_ADAMW, 0, 0, 0, 0.5, 0},
+    {"adamw cautious", CLOPT_ADAMW, 1, 0, 1, 0, 0},
+    {"lion cautious", CLOPT_LION, 1, 0, 1, 0, 0},
+    {"adamw GC", CLOPT_ADAMW, 1, 1, 0, 0, 0},
+    {"ranger (GC)", CLOPT_RANGER, 1, 1, 0, 0, 0},
+    {"adafactor", CLOPT_ADAFACTOR, 1, 0, 0, 0, 0},
+    {"adafactor beta1", CLOPT_ADAFACTOR, 1, 0, 0, 0, 1},
 };
+
+/* Adafactor: every piece of the shard is a whole tensor (cut ones replicated): its states
+   equal the unsharded tensor's, byte for byte. */
+static void check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
+                               const fx_layout *L)
+{
+    size_t first, count;
+    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
+    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
+    size_t piece = 0;
+    for (size_t i = 0, flat = 0; i < L->nt; flat += L->n[i++]) {
+        if (!count || flat + L->n[i] <= first || flat >= first + count)
+            continue;
+        const size_t ns = clopt_optimizer_state_count(ref, i);
+        CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
+        for (size_t k = 0; k < ns; k++) {
+            size_t rl = 0, ll = 0;
+            CHECK_OK(clopt_optimizer_state_info(ref, i, k, NULL, &rl));
+            CHECK_OK(clopt_optimizer_state_info(loc, piece, k, NULL, &ll));
+            CHECK(rl == ll, "%s: tensor %zu: state %zu length %zu, unsharded %zu", what, i, k, ll,
+                  rl);
+            float *r = malloc(rl * sizeof *r), *l = malloc(rl * sizeof *l);
+            CHECK(r && l, "malloc");
+            CHECK_OK(clopt_optimizer_read_state(ref, i, k, r, rl));
+            CHECK_OK(clopt_optimizer_read_state(loc, piece, k, l, ll));
+            CHECK(memcmp(r, l, rl * sizeof *r) == 0, "%s: tensor %zu: state %zu differs", what,
+                  i, k);
+            free(r);
+            free(l);
+        }
+        piece++;
+    }
+    CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
+}
 
 /* 1 on every rank when some shard boundary falls strictly inside a tensor of L. */
 static int any_cut(clopt_mpi_optimizer *sh, const fx_layout *L)
@@ -52,14 +93,16 @@ static int any_cut(clopt_mpi_optimizer *sh, const fx_layout *L)
 typedef struct run_opts {
     double clip;    /* max_norm on both (0: off) */
     int amp_inf;    /* AMP on; step 2's gradient has an Inf in the last rank's shard */
+    int rs;         /* clopt's reduce-scatter (sum): rank 0 passes g, the others zeros */
 } run_opts;
 
 /* Runs case c on layout L sharded and unsharded; the sharded final buffer into out (plen). */
 static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float *out)
 {
     char what[160];
-    snprintf(what, sizeof what, "%s, %zu elements%s%s", c->name, L->total,
-             ro->clip > 0 ? ", clip" : "", ro->amp_inf ? ", AMP" : "");
+    snprintf(what, sizeof what, "%s, %zu elements%s%s%s", c->name, L->total,
+             ro->clip > 0 ? ", clip" : "", ro->amp_inf ? ", AMP" : "",
+             ro->rs ? ", reduce-scatter" : "");
     clopt_hparams hp;
     CHECK_OK(clopt_hparams_default(c->rule, &hp));
     hp.grad_centralization = c->gc;
@@ -68,6 +111,13 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
         hp.clip_threshold = c->clip_threshold;
     if (c->rule == CLOPT_LAMB)
         hp.weight_decay = 0.01;
+    hp.use_beta1 = c->beta1;
+    clopt_mpi_options o;
+    clopt_mpi_options_init(&o);
+    if (ro->rs) {
+        o.grad_mode = CLOPT_MPI_GRAD_REDUCE_SCATTER;
+        o.reduce_op = CLOPT_MPI_SUM;
+    }
     cl_mem p = fx_buffer(L->plen, 1234.5f), g = fx_buffer(L->glen, -77.0f);
     cl_mem rp = fx_buffer(L->plen, 1234.5f), rg = fx_buffer(L->glen, -77.0f);
     float *flat = malloc(L->total * sizeof *flat), *b = malloc(L->plen * sizeof *b);
@@ -84,7 +134,7 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
     clopt_mpi_optimizer *sh = NULL;
     char why[512];
     const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, c->rule, &hp, MPI_COMM_WORLD, &desc,
-                                                      NULL, &sh, why, sizeof why);
+                                                      &o, &sh, why, sizeof why);
     CHECK(s == CLOPT_SUCCESS, "%s: create: %s: %s", what, clopt_mpi_status_name(s), why);
     CHECK(fx_size == 1 || any_cut(sh, L), "%s: no tensor is cut", what);
     clopt_optimizer *ref = fx_reference(c->rule, &hp, L, rp, rg);
@@ -105,8 +155,11 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
                       (float)(scale > 0 ? scale : 1.0);
         if (inf)
             flat[L->total - 1] = INFINITY; /* in the last rank's shard */
-        fx_scatter(L, 1, g, flat);
         fx_scatter(L, 1, rg, flat);
+        if (ro->rs && fx_rank != 0) /* g + 0 + ... + 0 = g, exactly */
+            for (size_t i = 0; i < L->total; i++)
+                flat[i] = 0.0f;
+        fx_scatter(L, 1, g, flat);
         float *before = malloc(L->plen * sizeof *before);
         CHECK(before != NULL, "malloc");
         fx_read(p, before, L->plen);
@@ -141,8 +194,10 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
               what, t, worst, moved);
     }
     CHECK(clopt_mpi_optimizer_step_count(sh) == applied, "%s: step count", what);
-    if (ro->clip == 0) /* the moments do not depend on the sums (but on the clip's norm,
-                          which is summed in another order: see test_mpi_checks) */
+    if (c->rule == CLOPT_ADAFACTOR)
+        check_whole_states(what, sh, ref, L);
+    else if (ro->clip == 0) /* the moments do not depend on the sums (but on the clip's norm,
+                               which is summed in another order: see test_mpi_checks) */
         fx_check_states(what, sh, ref, L);
     clopt_mpi_optimizer_destroy(sh);
     clopt_optimizer_destroy(ref);
@@ -163,11 +218,14 @@ int main(int argc, char **argv)
     fx_layout_main(&main_l);
     float *a = malloc(wide.plen * sizeof *a), *a2 = malloc(wide.plen * sizeof *a2);
     CHECK(a && a2, "malloc");
-    const run_opts plain = {0, 0}, clip = {0.5, 0}, amp = {0, 1};
+    const run_opts plain = {0, 0, 0}, clip = {0.5, 0, 0}, amp = {0, 1, 0}, rs = {0, 0, 1};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         run(&cases[c], &wide, &plain, a);
     run(&cases[0], &main_l, &plain, a); /* five small tensors, cut with 2 and 3 ranks */
     run(&cases[3], &main_l, &plain, a);
+    run(&cases[7], &main_l, &plain, a);
+    run(&cases[8], &wide, &rs, a); /* Adafactor's cut tensors' gradients gathered */
+    run(&cases[0], &wide, &rs, a); /* LAMB's sums after clopt's reduce-scatter */
     /* LAMB: run to run bit-identical; an active clip; an AMP skip decided on every rank */
     run(&cases[0], &wide, &plain, a);
     run(&cases[0], &wide, &plain, a2);
