@@ -177,82 +177,70 @@ static void run_split(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp, 
     split_free(&s);
 }
 
-/* LAMB: A steps with the whole tensor's trust ratio ‖θ‖/‖r‖. */
+/* The three cases: LAMB (A steps with the whole tensor's trust ratio ‖θ‖/‖r‖), StableAdamW
+   (A's step size uses the RMS over all N elements; clip_threshold 0.5, so the RMS clamps the
+   step on every step, else the sums would not matter), cautious AdamW (the mask's mean is the
+   count over N elements divided by N). */
+static const clopt_rule HOOK_RULES[3] = {CLOPT_LAMB, CLOPT_STABLE_ADAMW, CLOPT_ADAMW};
+static const char *const HOOK_LABELS[3] = {"lamb piece", "stable_adamw piece",
+                                           "cautious adamw piece"};
+
+static clopt_hparams hook_hparams(int k)
+{
+    clopt_hparams hp;
+    clopt_hparams_default(HOOK_RULES[k], &hp);
+    hp.lr = 1e-2;
+    hp.weight_decay = 0.01;
+    if (HOOK_RULES[k] == CLOPT_STABLE_ADAMW)
+        hp.clip_threshold = 0.5;
+    hp.cautious = HOOK_RULES[k] == CLOPT_ADAMW;
+    return hp;
+}
+
 void test_hook_lamb(void **state)
 {
-    fixture *f = *state;
-    clopt_hparams hp;
-    clopt_hparams_default(CLOPT_LAMB, &hp);
-    hp.lr = 1e-2;
-    hp.weight_decay = 0.01;
-    run_split(f->ctx, CLOPT_LAMB, &hp, "lamb piece");
+    const clopt_hparams hp = hook_hparams(0);
+    run_split(((fixture *)*state)->ctx, HOOK_RULES[0], &hp, HOOK_LABELS[0]);
 }
 
-/* StableAdamW: A's step size uses the RMS over all N elements. clip_threshold small enough
-   that the RMS clamps the step on every step (else the sums would not matter). */
 void test_hook_stable_adamw(void **state)
 {
-    fixture *f = *state;
-    clopt_hparams hp;
-    clopt_hparams_default(CLOPT_STABLE_ADAMW, &hp);
-    hp.lr = 1e-2;
-    hp.weight_decay = 0.01;
-    hp.clip_threshold = 0.5;
-    run_split(f->ctx, CLOPT_STABLE_ADAMW, &hp, "stable_adamw piece");
+    const clopt_hparams hp = hook_hparams(1);
+    run_split(((fixture *)*state)->ctx, HOOK_RULES[1], &hp, HOOK_LABELS[1]);
 }
 
-/* Cautious AdamW: the mask's mean is the count over N elements divided by N. */
 void test_hook_cautious(void **state)
 {
-    fixture *f = *state;
-    clopt_hparams hp;
-    clopt_hparams_default(CLOPT_ADAMW, &hp);
-    hp.lr = 1e-2;
-    hp.weight_decay = 0.01;
-    hp.cautious = 1;
-    run_split(f->ctx, CLOPT_ADAMW, &hp, "cautious adamw piece");
+    const clopt_hparams hp = hook_hparams(2);
+    run_split(((fixture *)*state)->ctx, HOOK_RULES[2], &hp, HOOK_LABELS[2]);
 }
 
 /* Without the combination A follows its own sums and leaves the whole tensor's path by far
    more than the tolerance (so the tests above see the combination): the hook only reads. */
-static void run_alone(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp)
-{
-    split s;
-    split_new(ctx, &s, rule, hp);
-    s.observe = 1;
-    assert_int_equal(clopt_optimizer_set_tensor_sums_hook(s.opt, hook, &s), CLOPT_SUCCESS);
-    uint64_t seed = 5;
-    for (int k = 0; k < STEPS; k++)
-        assert_int_equal(split_step(&s, &seed), CLOPT_SUCCESS);
-    assert_int_equal(s.bad, 0);
-    float dev[NA];
-    read_at(s.ctx, (clopt_tensor){s.p, 0}, dev, NA);
-    double worst = 0.0, ms = 0.0;
-    for (size_t i = 0; i < NA; i++)
-        ms += s.rp[i] * s.rp[i];
-    ms = sqrt(ms / NA);
-    for (size_t i = 0; i < NA; i++)
-        worst = fmax(worst, fabs(dev[i] - s.rp[i]) / (fabs(s.rp[i]) + ms));
-    assert_true(worst > 10.0 * modern_rtol(hp));
-    split_free(&s);
-}
-
 void test_hook_needed(void **state)
 {
     fixture *f = *state;
-    clopt_hparams hp;
-    clopt_hparams_default(CLOPT_LAMB, &hp);
-    hp.lr = 1e-2;
-    hp.weight_decay = 0.01;
-    run_alone(f->ctx, CLOPT_LAMB, &hp);
-    clopt_hparams_default(CLOPT_STABLE_ADAMW, &hp);
-    hp.lr = 1e-2;
-    hp.clip_threshold = 0.5;
-    run_alone(f->ctx, CLOPT_STABLE_ADAMW, &hp);
-    clopt_hparams_default(CLOPT_ADAMW, &hp);
-    hp.lr = 1e-2;
-    hp.cautious = 1;
-    run_alone(f->ctx, CLOPT_ADAMW, &hp);
+    for (int k = 0; k < 3; k++) {
+        const clopt_hparams hp = hook_hparams(k);
+        split s;
+        split_new(f->ctx, &s, HOOK_RULES[k], &hp);
+        s.observe = 1;
+        assert_int_equal(clopt_optimizer_set_tensor_sums_hook(s.opt, hook, &s), CLOPT_SUCCESS);
+        uint64_t seed = 5;
+        for (int t = 0; t < STEPS; t++)
+            assert_int_equal(split_step(&s, &seed), CLOPT_SUCCESS);
+        assert_int_equal(s.bad, 0);
+        float dev[NA];
+        read_at(s.ctx, (clopt_tensor){s.p, 0}, dev, NA);
+        double worst = 0.0, ms = 0.0;
+        for (size_t i = 0; i < NA; i++)
+            ms += s.rp[i] * s.rp[i];
+        ms = sqrt(ms / NA);
+        for (size_t i = 0; i < NA; i++)
+            worst = fmax(worst, fabs(dev[i] - s.rp[i]) / (fabs(s.rp[i]) + ms));
+        assert_true(worst > 10.0 * modern_rtol(&hp));
+        split_free(&s);
+    }
 }
 
 /* A failing hook fails the step with its status (and a message); NULL removes the hook;

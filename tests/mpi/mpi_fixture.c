@@ -45,30 +45,29 @@ static void finish_layout(fx_layout *L)
     L->glen = g + 1;
 }
 
-void fx_layout_main(fx_layout *L)
+static void set_layout(fx_layout *L, size_t nt, const size_t *nd, const size_t (*sh)[3])
 {
-    static const size_t nd[] = {2, 1, 3, 1, 1};
-    static const size_t sh[][3] = {{3, 5, 0}, {7, 0, 0}, {2, 2, 3}, {1, 0, 0}, {11, 0, 0}};
     memset(L, 0, sizeof *L);
-    L->nt = 5;
-    for (size_t i = 0; i < L->nt; i++) {
+    L->nt = nt;
+    for (size_t i = 0; i < nt; i++) {
         L->ndim[i] = nd[i];
         memcpy(L->shape[i], sh[i], sizeof sh[i]);
     }
     finish_layout(L);
 }
 
+void fx_layout_main(fx_layout *L)
+{
+    static const size_t nd[] = {2, 1, 3, 1, 1};
+    static const size_t sh[][3] = {{3, 5, 0}, {7, 0, 0}, {2, 2, 3}, {1, 0, 0}, {11, 0, 0}};
+    set_layout(L, 5, nd, sh);
+}
+
 void fx_layout_wide(fx_layout *L)
 {
     static const size_t nd[] = {2, 1, 3};
     static const size_t sh[][3] = {{8, 40, 0}, {33, 0, 0}, {6, 7, 5}};
-    memset(L, 0, sizeof *L);
-    L->nt = 3;
-    for (size_t i = 0; i < L->nt; i++) {
-        L->ndim[i] = nd[i];
-        memcpy(L->shape[i], sh[i], sizeof sh[i]);
-    }
-    finish_layout(L);
+    set_layout(L, 3, nd, sh);
 }
 
 void fx_layout_vector(fx_layout *L, size_t n)
@@ -109,6 +108,17 @@ cl_mem fx_buffer(size_t n, float fill)
     fx_write(b, h, n);
     free(h);
     return b;
+}
+
+void fx_release(clopt_mpi_optimizer *sh, clopt_optimizer *ref, cl_mem p, cl_mem g, cl_mem rp,
+                cl_mem rg)
+{
+    clopt_mpi_optimizer_destroy(sh);
+    clopt_optimizer_destroy(ref);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+    clReleaseMemObject(rp);
+    clReleaseMemObject(rg);
 }
 
 void fx_write(cl_mem b, const float *host, size_t n)

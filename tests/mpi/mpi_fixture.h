@@ -60,6 +60,9 @@ void fx_range_group(const fx_layout *L, cl_mem p, cl_mem g, clopt_param_desc *de
 
 /* A float buffer of n elements filled with `fill`. */
 cl_mem fx_buffer(size_t n, float fill);
+/* Destroys a sharded optimizer and its unsharded reference, releases their buffers. */
+void fx_release(clopt_mpi_optimizer *sh, clopt_optimizer *ref, cl_mem p, cl_mem g, cl_mem rp,
+                cl_mem rg);
 void fx_write(cl_mem b, const float *host, size_t n);
 void fx_read(cl_mem b, float *host, size_t n);
 /* Flattened values (total) into / out of a buffer laid out as L (params: 0, grads: 1). */

@@ -199,12 +199,7 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
     else if (ro->clip == 0) /* the moments do not depend on the sums (but on the clip's norm,
                                which is summed in another order: see test_mpi_checks) */
         fx_check_states(what, sh, ref, L);
-    clopt_mpi_optimizer_destroy(sh);
-    clopt_optimizer_destroy(ref);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-    clReleaseMemObject(rp);
-    clReleaseMemObject(rg);
+    fx_release(sh, ref, p, g, rp, rg);
     free(flat);
     free(b);
     free(init);

@@ -199,12 +199,7 @@ static void run_case(const rule_case *c, const fx_layout *L, int midrun, int who
           "unsharded",
           what, sum, clopt_optimizer_state_bytes(ref));
 
-    clopt_mpi_optimizer_destroy(sh);
-    clopt_optimizer_destroy(ref);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-    clReleaseMemObject(rp);
-    clReleaseMemObject(rg);
+    fx_release(sh, ref, p, g, rp, rg);
     free(flat);
     free(a);
     free(b);
@@ -286,12 +281,7 @@ static void run_groups(clopt_rule rule, int clip)
     }
     fx_check_states(what, sh, ref, L);
     CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, 2, &hps[0]), CLOPT_ERR_INDEX);
-    clopt_mpi_optimizer_destroy(sh);
-    clopt_optimizer_destroy(ref);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-    clReleaseMemObject(rp);
-    clReleaseMemObject(rg);
+    fx_release(sh, ref, p, g, rp, rg);
     free(flat);
     free(a);
     free(b);
