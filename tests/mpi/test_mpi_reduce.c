@@ -69,12 +69,7 @@ static void run(clopt_rule rule, const fx_layout *L, const clopt_mpi_options *o,
     fx_read(p, out, L->plen);
     if (ref)
         fx_read(rp, ref_out, L->plen);
-    clopt_mpi_optimizer_destroy(sh);
-    clopt_optimizer_destroy(ref);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-    clReleaseMemObject(rp);
-    clReleaseMemObject(rg);
+    fx_release(sh, ref, p, g, rp, rg);
     free(flat);
     free(sum);
     free(gb);
