@@ -46,7 +46,7 @@
 #                 adafactor.cl);
 #   test_storage_opt  16-bit θ and g with fp32 and bf16-remainder masters in every kind of
 #                 group and in LAMB, Adafactor, GC and Lookahead (the typed loads and stores
-#                 of common.cl, theta_copy), bf16 and 8-bit state in arena groups;
+#                 of storage.cl, theta_copy), bf16 and 8-bit state in arena groups;
 #   test_q8       8-bit blockwise state (one work-item per 256-element block, blocks cut by
 #                 a tensor's end) and bf16 state for every element-wise rule.
 # (tests/test_storage.c, ~1 min here, is left to PoCL: its kernels are the ones above in

@@ -149,7 +149,7 @@ typedef struct clopt_ctl {
    outcomes), after all others. */
 void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c);
 /* Storage (ops.c): the -D defines of a θ/g storage combination ("" for float32 θ and g),
-   and the trailing arguments of a kernel with a 16-bit θ (STORAGE_PARAMS, common.cl). */
+   and the trailing arguments of a kernel with a 16-bit θ (STORAGE_PARAMS, storage.cl). */
 void clopt_storage_options(char *out, size_t cap, clopt_dtype param, clopt_dtype grad,
                            clopt_master master, int sr);
 void clopt_arg_storage(clopt_args *a, const clopt_step_args *s, uint64_t step);

@@ -97,7 +97,7 @@ void clopt_storage_options(char *out, size_t cap, clopt_dtype param, clopt_dtype
 }
 
 /* The arguments after all others of a kernel with a 16-bit θ (STORAGE_PARAMS in
-   kernels/common.cl): the master (θ's buffer when there is none) and the rounding key. */
+   kernels/storage.cl): the master (θ's buffer when there is none) and the rounding key. */
 void clopt_arg_storage(clopt_args *a, const clopt_step_args *s, uint64_t step)
 {
     clopt_arg_tensor(a, s->master_kind != CLOPT_MASTER_NONE ? s->master : s->param);

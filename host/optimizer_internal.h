@@ -135,7 +135,7 @@ uint32_t clopt_crc32c(const void *data, size_t n);
 /* ---- shared by optimizer.c, ranges.c, passes.c and step.c ---------------------------- */
 
 /* Partial sums per reduction: at most REDUCE_ITEMS work-groups (clopt_reduce_shape), each
-   summing a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/common.cl). */
+   summing a contiguous block of REDUCE_WIDTH-float chunks (RW in kernels/chunks.cl). */
 #define REDUCE_ITEMS 4096u
 #define REDUCE_WIDTH 16u
 

@@ -33,7 +33,7 @@ static unsigned reduce_local(const clopt_optimizer *opt)
 /* The multi-pass kernels' shape, passed to them as defines (clopt_o_kernel_of) and used to
    size their launches, so kernels and host cannot disagree:
    - chunks (UPDATE_CHUNKS) and streams (USTREAMS, at most 4) of the update passes
-     (FOR_ITEM_CHUNKS in common.cl): on a CPU (RL 1) 2 parts walked in lockstep keep twice the
+     (FOR_ITEM_CHUNKS in chunks.cl): on a CPU (RL 1) 2 parts walked in lockstep keep twice the
      memory streams in flight (a core's bandwidth on few streams is bounded by its outstanding
      misses: clopt-bench at 2^25, Adafactor's update 7.3 -> 6.2 ms, LAMB's 6.9 -> 6.5; 4 parts
      were slower than 2), and 64 chunks per item spread its set-up (reading the sums, locating
@@ -91,7 +91,7 @@ static clopt_status launch_groups(clopt_optimizer *opt, cl_kernel k, size_t grou
 }
 
 /* Enqueue the update pass of LAMB or Adafactor over n elements (FOR_ITEM_CHUNKS in
-   common.cl), in work-groups of the tuning's size (the kernels return past their work). */
+   chunks.cl), in work-groups of the tuning's size (the kernels return past their work). */
 static clopt_status launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
 {
     if (opt->cur.dry)
@@ -100,7 +100,7 @@ static clopt_status launch_update(clopt_optimizer *opt, cl_kernel k, size_t n)
                                 opt->ctx->tuning.work_group_size ? opt->ctx->tuning.work_group_size
                                                                  : 64,
                             .items_per_work_item = 1};
-    /* FOR_ITEM_CHUNKS in common.cl: parts of ceil(chunks / streams) chunks, each item
+    /* FOR_ITEM_CHUNKS in chunks.cl: parts of ceil(chunks / streams) chunks, each item
        takes m.chunks of every part */
     const multipass_shape m = multipass_shape_of(opt);
     const size_t part = (n / REDUCE_WIDTH + m.streams - 1) / m.streams;
@@ -218,7 +218,7 @@ void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *
     clopt_storage_options(extra + len, cap - len, e->pdtype, e->gdtype,
                           (clopt_master)e->master, theta_sr(e, hp));
     len = strlen(extra);
-    if (e->sq == CLOPT_DTYPE_BF16) /* LAMB's moments in bf16 (SSTORE in common.cl) */
+    if (e->sq == CLOPT_DTYPE_BF16) /* LAMB's moments in bf16 (SSTORE in chunks.cl) */
         snprintf(extra + len, cap - len, " -DSQ=2");
 }
 

@@ -322,27 +322,33 @@ static void cache_store(clopt_ctx *ctx, int dirfd, const char *key, cl_program p
 #define BASE_OPTIONS "-cl-std=CL1.2"
 #endif
 
+/* The files of a program: the three of the shared prelude and the family's. */
+#define PROGRAM_FILES 4
+
 /* options: the whole option string, BASE_OPTIONS included (build_program below). */
 static clopt_status build_with(clopt_ctx *ctx, const char *family, const char *options,
                                cl_program *out)
 {
-    const clopt_embedded_file *common = find_source("common");
-    const clopt_embedded_file *src = find_source(family);
-    if (!src || !common)
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "no embedded kernel source \"%s.cl\"",
-                          family);
+    /* the shared prelude (kernels/common.cl, storage.cl, chunks.cl), then the family */
+    const clopt_embedded_file *files[PROGRAM_FILES] = {find_source("common"),
+                                                       find_source("storage"),
+                                                       find_source("chunks"), find_source(family)};
+    for (size_t i = 0; i < PROGRAM_FILES; i++)
+        if (!files[i])
+            return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "no embedded kernel source \"%s.cl\"",
+                              i + 1 < PROGRAM_FILES ? "common, storage or chunks" : family);
     char *key = NULL;
     cl_program prog = NULL;
     int dirfd = ctx->cache_dir ? cache_open_folder(ctx) : -1;
     if (dirfd >= 0) {
-        /* the source text as it is compiled: both files, each after its length */
+        /* the source text as it is compiled: every file, each after its length */
         clopt_sha256_ctx s;
-        uint64_t n[2] = {common->size, src->size};
         clopt_sha256_init(&s);
-        clopt_sha256_update(&s, &n[0], sizeof n[0]);
-        clopt_sha256_update(&s, common->data, common->size);
-        clopt_sha256_update(&s, &n[1], sizeof n[1]);
-        clopt_sha256_update(&s, src->data, src->size);
+        for (size_t i = 0; i < PROGRAM_FILES; i++) {
+            const uint64_t n = files[i]->size;
+            clopt_sha256_update(&s, &n, sizeof n);
+            clopt_sha256_update(&s, files[i]->data, files[i]->size);
+        }
         unsigned char d[CLOPT_SHA256_SIZE];
         char h[2 * CLOPT_SHA256_SIZE + 1];
         clopt_sha256_final(&s, d);
@@ -366,10 +372,12 @@ static clopt_status build_with(clopt_ctx *ctx, const char *family, const char *o
             return CLOPT_SUCCESS;
         }
     }
-    const char *texts[2] = {common->data, src->data};
-    size_t lens[2] = {common->size, src->size};
+    const char *texts[PROGRAM_FILES];
+    size_t lens[PROGRAM_FILES];
+    for (size_t i = 0; i < PROGRAM_FILES; i++)
+        texts[i] = files[i]->data, lens[i] = files[i]->size;
     cl_int err = CL_SUCCESS;
-    prog = clCreateProgramWithSource(ctx->context, 2, texts, lens, &err);
+    prog = clCreateProgramWithSource(ctx->context, PROGRAM_FILES, texts, lens, &err);
     if (!prog) {
         free(key);
         if (dirfd >= 0)

@@ -510,7 +510,7 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     plan->kernel = rules[rule].kernel;
     plan->gc = hp->grad_centralization && args->gc_rows > 0;
     plan->tuning = clopt_kernel_tuning(ctx, plan->kernel);
-    /* 8-bit state: one work-item per block of 256 elements (kernels/common.cl) */
+    /* 8-bit state: one work-item per block of 256 elements (kernels/storage.cl) */
     if (args->state_dtype == CLOPT_DTYPE_U8) {
         plan->tuning.vector_width = 16;
         plan->tuning.items_per_work_item = 16;

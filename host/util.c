@@ -207,7 +207,7 @@ void clopt_q8_map(int signed_map, float out[256])
     qsort(out, k, sizeof out[0], cmp_float);
 }
 
-/* q8_code's table (kernels/common.cl) from the two maps, after them in map[512 ..]: the
+/* q8_code's table (kernels/storage.cl) from the two maps, after them in map[512 ..]: the
    decade boundaries B0..B7 signed and unsigned, 10^(6-i), k/0.9 signed and unsigned. */
 static void q8_code_table(const float *map, float *tab)
 {

@@ -7,7 +7,7 @@
  * keeps a full V. Passes: row and column statistics in one pass over g, their final sums,
  * row means (factored) -> partial sums of u² and θ² -> sum_final -> update (u clipped by max(1, RMS(u)/d), scaled by α_t, optional first moment,
  * decoupled decay α_t·wd). Every sum runs in a fixed order (see reduce.cl): the kernels
- * read RW-float chunks (common.cl) whatever the context's tuning.
+ * read RW-float chunks (chunks.cl) whatever the context's tuning.
  * Defines: FACTORED, BETA1, GC, MAXIMIZE. */
 #ifndef FACTORED
 #define FACTORED 1
@@ -293,7 +293,7 @@ CHUNK_INLINE void adafactor_chunk(__global const PSTORE *p_, __global const GSTO
 /* Runs in lockstep per item (FOR_CHUNKS_RUNS): 2 over g and θ (4.3 ms against 5.0 with 4 at
  * 2^25 on PoCL). */
 #define AF_RUNS 2
-/* Work-group g of `groups` (see group_block in common.cl): Σu² over its block into part[g],
+/* Work-group g of `groups` (see group_block in chunks.cl): Σu² over its block into part[g],
  * Σθ² into part[groups + g]. */
 __kernel void adafactor_partial(__global const PSTORE *p_, const ulong po,
                                 __global const GSTORE *g_, const ulong go, __global float *s_,
@@ -372,7 +372,7 @@ CHUNK_INLINE void adafactor_update_chunk(__global PSTORE *p_, __global const GST
 }
 
 /* sums_[so] = Σu², sums_[so+1] = Σθ² (θ before this step). rho_t: relative step size or lr.
- * Work-items take RW-element chunks (FOR_ITEM_CHUNKS in common.cl). */
+ * Work-items take RW-element chunks (FOR_ITEM_CHUNKS in chunks.cl). */
 __kernel void adafactor_update(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                                const ulong go, __global const float *s_, const ulong so,
                                __global const float *colf_, const ulong cfo,

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Sophia's diagonal-Hessian estimators and the counter-based RNG they draw u ~ N(0, I) from.
  *
- * randn: Philox-4x32-10 (philox4x32_10 in common.cl). Work-item i encrypts
+ * randn: Philox-4x32-10 (philox4x32_10 in storage.cl). Work-item i encrypts
  * the counter c = counter_base + i, as (lo32(c), hi32(c), 0, 0), with the key (lo32(seed),
  * hi32(seed)), and turns the four 32-bit words (x0, x1, x2, x3) into out[4i .. 4i+3] by
  * Box-Muller on their top 24 bits: u1 = (x0>>8 + 1) 2^-24 in (0, 1], u2 = (x1>>8) 2^-24,

@@ -3,7 +3,7 @@
  * wd·θ, and a per-tensor trust ratio ‖θ‖/‖r‖ (1 when either norm is 0, applied also when
  * wd = 0). Two passes over the tensor: lamb_partial updates m and v and sums θ² and r²
  * (fixed-order partials, see reduce.cl); after sum_final, lamb_update applies the step. Both
- * work on RW-float chunks (common.cl) whatever the context's tuning.
+ * work on RW-float chunks (chunks.cl) whatever the context's tuning.
  * Defines: GC, MAXIMIZE. */
 
 /* One chunk of lamb_partial: cnt = RW (constant in the main loop) or the tail's length. */
@@ -25,7 +25,7 @@ CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g
     sumR_addsq(acc_r, maskR(r, cnt));
 }
 
-/* Work-group g of `groups` (see group_block in common.cl) updates m and v of its block and
+/* Work-group g of `groups` (see group_block in chunks.cl) updates m and v of its block and
  * writes its Σθ² to part[g] and Σr² to part[groups + g]. */
 __kernel void lamb_partial(__global const PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, __global SSTORE *m_, const ulong mo,

@@ -30,7 +30,7 @@ CHUNK_INLINE void muon_chunk(__global const GSTORE *g_, __global SSTORE *b_, __g
     sumR_addsq(acc, maskR(u, cnt));
 }
 
-/* Work-group gi of `groups` (group_block in common.cl) updates b over its block, writes U and
+/* Work-group gi of `groups` (group_block in chunks.cl) updates b over its block, writes U and
  * its ΣU² to part[gi]. w = 1-μ (the buffer's lerp weight), omw = μ; mu = μ, ommu = 1-μ. */
 __kernel void muon_partial(__global const GSTORE *g_, const ulong go, __global SSTORE *b_,
                            const ulong bo, __global float *u_, const ulong uo, const ulong n,

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* Deterministic reductions, shaped for the device (RL items per work-group, see common.cl):
+/* Deterministic reductions, shaped for the device (RL items per work-group, see chunks.cl):
  *  - partial sums: work-group g of a host-chosen count G (compute units x a factor) takes the
  *    g-th contiguous block of 16-float chunks, its items interleaved over the block with
  *    lane-wise Kahan sums, added by a fixed tree in local memory (group_block, FOR_CHUNKS,
- *    group_sum in common.cl);
+ *    group_sum in chunks.cl);
  *  - final pass: work-group j adds the G partials of sum j in the same way;
  *  - row statistics (gradient centralization's row means): one work-group per row.
  * So the same input gives bit-identical output on every run, whatever the element-wise

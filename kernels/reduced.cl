@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Element-wise rules with one per-tensor reduction before the update, two passes each:
  * reduced_partial sums a per-element value over the tensor (fixed-order partials, see
- * "Reductions shaped for the device" in common.cl; sum_final adds them), then reduced_update
+ * "Reductions shaped for the device" in chunks.cl; sum_final adds them), then reduced_update
  * applies the fused update with the sum. The first pass writes nothing but its partials, so
  * the state is read and written once by the update.
  * VARIANT 1: Cautious Adam/AdamW (kyleliang919/C-Optim's AdamW arithmetic: eps added to the
@@ -12,7 +12,7 @@
  * VARIANT 3: StableAdamW (Wortsman et al., the first author's code): moments with the bias
  *            correction in their coefficients (β̂), the sum is Σ g²/max(u, eps²) with the
  *            new u; the step is lr / max(1, RMS/clip_threshold), the decay uses plain lr.
- * Both kernels work on RW-float chunks (common.cl) whatever the context's tuning. Defines:
+ * Both kernels work on RW-float chunks (chunks.cl) whatever the context's tuning. Defines:
  * VARIANT, DECOUPLED, GC, MAXIMIZE. */
 #ifndef VARIANT
 #define VARIANT 1

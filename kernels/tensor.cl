@@ -99,7 +99,7 @@ CHUNK_INLINE void grad_check_chunk(__global const GSTORE *g_, const ulong e, con
 #define CHECK_RUNS RACC
 #endif
 
-/* Work-group g of `groups` (see group_block in common.cl): Σ (scale·g)² over its block of g
+/* Work-group g of `groups` (see group_block in chunks.cl): Σ (scale·g)² over its block of g
  * into out[oo + g], Σ (scale·g·2^-80)² into out[so + g] (each item's lanes added in a fixed
  * order, then the items by group_sum), and 1 into out[bo + g] when the block holds an Inf or
  * NaN (after scaling), else 0. */
@@ -115,7 +115,7 @@ __kernel void grad_check_partial(__global const GSTORE *g_, const ulong go, cons
     floatR acc[CHECK_RUNS], accs[CHECK_RUNS];
     for (uint k = 0; k < CHECK_RUNS; k++)
         acc[k] = accs[k] = (floatR)(0.0f);
-    /* as FOR_CHUNKS_RUNS (common.cl) with CHECK_RUNS runs in lockstep */
+    /* as FOR_CHUNKS_RUNS (chunks.cl) with CHECK_RUNS runs in lockstep */
     const ulong nfull = n / RW, mf = item_full_chunks(c0, c1, n), sb = mf / CHECK_RUNS;
     for (ulong k = 0; k < sb; k++) {
 #pragma unroll

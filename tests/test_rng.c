@@ -74,8 +74,9 @@ static char *slurp_text(const char *path, size_t *len)
     return d;
 }
 
-/* The program the library builds for the "hessian" family (common.cl, then hessian.cl, read
-   from the source tree) plus a kernel that returns philox4x32_10's raw words. */
+/* The program the library builds for the "hessian" family (common.cl, storage.cl, chunks.cl,
+   then hessian.cl, read from the source tree) plus a kernel that returns philox4x32_10's raw
+   words. */
 static const char kat_kernel[] =
     "\n__kernel void philox_raw(__global const uint *ctr, __global const uint *key,\n"
     "                         __global uint *out)\n"
@@ -87,17 +88,19 @@ static const char kat_kernel[] =
 static void test_device_philox_kat(void **state)
 {
     fixture *f = *state;
-    size_t lens[3];
-    char *texts[3];
+    size_t lens[5];
+    char *texts[5];
     texts[0] = slurp_text(KERNEL_DIR "/common.cl", &lens[0]);
-    texts[1] = slurp_text(KERNEL_DIR "/hessian.cl", &lens[1]);
-    texts[2] = (char *)kat_kernel;
-    lens[2] = sizeof kat_kernel - 1;
+    texts[1] = slurp_text(KERNEL_DIR "/storage.cl", &lens[1]);
+    texts[2] = slurp_text(KERNEL_DIR "/chunks.cl", &lens[2]);
+    texts[3] = slurp_text(KERNEL_DIR "/hessian.cl", &lens[3]);
+    texts[4] = (char *)kat_kernel;
+    lens[4] = sizeof kat_kernel - 1;
     cl_context cx = clopt_ctx_cl_context(f->ctx);
     cl_device_id dev = clopt_ctx_cl_device(f->ctx);
     cl_command_queue q = clopt_ctx_cl_queue(f->ctx);
     cl_int err;
-    cl_program prog = clCreateProgramWithSource(cx, 3, (const char **)texts, lens, &err);
+    cl_program prog = clCreateProgramWithSource(cx, 5, (const char **)texts, lens, &err);
     assert_int_equal(err, CL_SUCCESS);
     err = clBuildProgram(prog, 1, &dev, "", NULL, NULL);
     if (err != CL_SUCCESS) {
@@ -148,7 +151,7 @@ static void test_device_philox_kat(void **state)
     clReleaseMemObject(bc), clReleaseMemObject(bk), clReleaseMemObject(bo);
     clReleaseKernel(k);
     clReleaseProgram(prog);
-    free(texts[0]), free(texts[1]);
+    free(texts[0]), free(texts[1]), free(texts[2]), free(texts[3]);
 }
 
 /* ---- the randn kernel: layout and transform ----------------------------------------------- */

@@ -1,0 +1,646 @@
+/* SPDX-License-Identifier: MIT */
+/* Storage types, prepended to every kernel family after common.cl (host/program.c). */
+
+/* ==== Storage types (defines PT, GT, MASTER, SR) ===========================================
+ * Arithmetic is float32 everywhere; only storage changes. PT is θ's storage, GT the
+ * gradient's: 0 float32, 1 float16 (vload_half / vstore_half_rte: core OpenCL 1.2, no
+ * cl_khr_fp16), 2 bfloat16 (16-bit words, a float's top half: loaded by a shift, stored
+ * rounded to nearest even, a NaN kept a quiet NaN).
+ * MASTER (PT != 0): 0 none: θ is the parameter, stored rounded to nearest even or, with
+ * SR 1, stochastically; 1 an fp32 master in the state tensor ms_: the update reads and
+ * writes the master, and θ (never read) is written as the master rounded to nearest even;
+ * 2 remainder (bf16 θ only): ms_ holds 16-bit words r with master bits = (θ bits << 16) +
+ * (short)r, so θ is the master rounded to nearest (ties away from zero) and θ with r is
+ * exactly the fp32 master.
+ * Kernels take STORAGE_PARAMS last when PT != 0: ms_ + mso (the master or remainder, laid
+ * out like the states; any buffer with MASTER 0) and the stochastic rounding key (seed,
+ * stream, step). The 16-bit random value of element e (its index in θ's buffer) is half
+ * e % 2 (the low half first) of word (e / 2) % 4 of Philox-4x32-10 with counter (e / 8 low,
+ * high, step, stream) and key (seed low, high); at the optimizer level (CTRL) the step is
+ * the device's count of applied steps + 1. */
+#ifndef PT
+#define PT 0
+#endif
+#ifndef GT
+#define GT 0
+#endif
+#ifndef MASTER
+#define MASTER 0
+#endif
+#ifndef SR
+#define SR 0
+#endif
+
+/* Philox-4x32-10 (Salmon et al. 2011, the Random123 constants). */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+inline uint4 philox4x32_10(uint4 c, uint2 k)
+{
+    for (int r = 0; r < 10; r++) {
+        uint lo0 = PHILOX_M0 * c.x, hi0 = mul_hi(PHILOX_M0, c.x);
+        uint lo1 = PHILOX_M1 * c.z, hi1 = mul_hi(PHILOX_M1, c.z);
+        c = (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+    return c;
+}
+
+#if VW == 1
+typedef uint uintV;
+typedef int intV;
+typedef ushort ushortV;
+#define AS_FLOATV as_float
+#define AS_UINTV as_uint
+#define CONVERT_UINTV convert_uint
+#define CONVERT_USHORTV convert_ushort
+#define CONVERT_FLOATV convert_float
+#define VLOAD_HALF vload_half
+#define VSTORE_HALF_RTE vstore_half_rte
+#else
+typedef CLOPT_CAT(uint, VW) uintV;
+typedef CLOPT_CAT(int, VW) intV;
+typedef CLOPT_CAT(ushort, VW) ushortV;
+#define AS_FLOATV CLOPT_CAT(as_float, VW)
+#define AS_UINTV CLOPT_CAT(as_uint, VW)
+#define CONVERT_UINTV CLOPT_CAT(convert_uint, VW)
+#define CONVERT_USHORTV CLOPT_CAT(convert_ushort, VW)
+#define CONVERT_FLOATV CLOPT_CAT(convert_float, VW)
+#define VLOAD_HALF CLOPT_CAT(vload_half, VW)
+#define VSTORE_HALF_RTE CLOPT_CAT(CLOPT_CAT(vstore_half, VW), _rte)
+#endif
+
+inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
+
+/* The roundings, defined for the element-wise vectors (floatV: VW lanes) and, when VW is not
+ * 16, again for the 16-lane chunks of the multi-pass kernels:
+ * NAME_rne: to bf16, nearest even, a NaN kept a (quiet) NaN.
+ * NAME_sr: to bf16 stochastically with the 16-bit random value r: up (in magnitude) with
+ *   probability (low 16 bits of x) / 2^16, so the expected value is x; Inf and NaN kept.
+ * NAME_f16sr: to the float16 grid stochastically with the 16-bit random value r (u = r/2^16
+ *   in [0, 1)): with q = |x| / ulp (exact: ulp is the float16 spacing at x, 2^(e-10) with
+ *   e = max(exponent, -14), subnormals included), |x| goes to floor(q) + (u < frac(q))
+ *   ulps: exactly unbiased when frac(q) has at most 16 bits (|x| >= 2^-17: every float32 in
+ *   the float16 normal range and the larger subnormals), below that P(up) exceeds frac(q) by
+ *   less than 2^-16. The result is a float16 value (stored exactly by vstore_half_rte), or
+ *   >= 65536 and so Inf as a float16, as a value past the largest float16 rounds. */
+#define CLOPT_ROUNDINGS(F, U, I, US, AS_U, CVT_US, CVT_F, NAME)                             \
+    inline US NAME##_rne(F x)                                                              \
+    {                                                                                      \
+        const U b = AS_U(x);                                                               \
+        const U r = (b + (U)(0x7FFFu) + ((b >> 16) & (U)(1u))) >> 16;                       \
+        return CVT_US(select(r, (b >> 16) | (U)(0x40u), isnan(x)));                        \
+    }                                                                                      \
+    inline US NAME##_sr(F x, U r)                                                          \
+    {                                                                                      \
+        const U b = AS_U(x);                                                               \
+        return CVT_US(select((b + r) >> 16, (b >> 16) | (U)(0x40u), isnan(x)));            \
+    }                                                                                      \
+    inline F NAME##_f16sr(F x, U r)                                                        \
+    {                                                                                      \
+        const F a = fabs(x);                                                               \
+        const I e = max(ilogb(a), (I)(-14));                                               \
+        const F q = ldexp(a, (I)(10) - e);                                                 \
+        const F fl = floor(q);                                                             \
+        const F u = CVT_F(r) * (1.0f / 65536.0f);                                          \
+        const F y = ldexp(fl + select((F)(0.0f), (F)(1.0f), u < q - fl), e - (I)(10));     \
+        return select(copysign(y, x), x, isnan(x) | isinf(x));                             \
+    }
+CLOPT_ROUNDINGS(floatV, uintV, intV, ushortV, AS_UINTV, CONVERT_USHORTV, CONVERT_FLOATV, rndV)
+#if VW == 16
+#define rndR_rne rndV_rne
+#define rndR_sr rndV_sr
+#define rndR_f16sr rndV_f16sr
+#else
+CLOPT_ROUNDINGS(float16, uint16, int16, ushort16, as_uint16, convert_ushort16, convert_float16,
+                rndR)
+#endif
+#define f32_to_bf16 rndV_rne
+#define f32_to_bf16_sr rndV_sr
+#define f16_sr_value rndV_f16sr
+
+/* Philox-4x32-10 on two counters at once (lane i of a, b, c, d: counter i's words). */
+inline void philox2_soa(uint2 *a, uint2 *b, uint2 *c, uint2 *d, uint2 k)
+{
+    for (int r = 0; r < 10; r++) {
+        const uint2 lo0 = PHILOX_M0 * *a, hi0 = mul_hi((uint2)(PHILOX_M0), *a);
+        const uint2 lo1 = PHILOX_M1 * *c, hi1 = mul_hi((uint2)(PHILOX_M1), *c);
+        *a = hi1 ^ *b ^ k.x;
+        *b = lo1;
+        *c = hi0 ^ *d ^ k.y;
+        *d = lo0;
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+}
+
+/* The 16-bit random value of element e: half e % 2 (low first) of word (e / 2) % 4 of
+   Philox-4x32-10 with counter (e / 8 low, high, step, stream) and key (seed low, high). */
+inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
+{
+    const ulong q = e >> 3;
+    const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+    const uint j = ((uint)e >> 1) & 3u;
+    const uint w = j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
+    return (w >> (16u * ((uint)e & 1u))) & 0xFFFFu;
+}
+
+/* The random values of the VW elements from element e0: one Philox call per 8 elements,
+   vector code when the vector starts on a multiple of 8 (the usual case). */
+inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
+{
+    const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
+#if VW == 16
+    if ((e0 & 7u) == 0) {
+        const ulong q = e0 >> 3;
+        uint2 a = (uint2)((uint)q, (uint)(q + 1)), b = (uint2)((uint)(q >> 32), (uint)((q + 1) >> 32));
+        uint2 c = (uint2)(step), d = (uint2)(stream);
+        philox2_soa(&a, &b, &c, &d, key);
+        const uint16 v = (uint16)(a.s0, a.s0, b.s0, b.s0, c.s0, c.s0, d.s0, d.s0, a.s1, a.s1,
+                                  b.s1, b.s1, c.s1, c.s1, d.s1, d.s1);
+        return (v >> (uint16)(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16)) &
+               (uint16)(0xFFFFu);
+    }
+#elif VW == 8
+    if ((e0 & 7u) == 0) {
+        const ulong q = e0 >> 3;
+        const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+        const uint8 v = (uint8)(x.x, x.x, x.y, x.y, x.z, x.z, x.w, x.w);
+        return (v >> (uint8)(0, 16, 0, 16, 0, 16, 0, 16)) & (uint8)(0xFFFFu);
+    }
+#endif
+    uint w[VW];
+    for (uint k = 0; k < VW; k++)
+        w[k] = sr_word1(e0 + k, key, stream, step);
+    return VLOAD(0, w);
+}
+
+/* Typed vector loads and stores (vector vi of VW elements, or the tail of rem). */
+inline floatV vload_f16(ulong i, __global const half *p) { return VLOAD_HALF(i, p); }
+inline floatV vload_bf16(ulong i, __global const ushort *p) { return bf16_to_f32(VLOAD(i, p)); }
+
+inline floatV tail_load_f16(__global const half *p, uint rem)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? vload_half(k, p) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline floatV tail_load_bf16(__global const ushort *p, uint rem)
+{
+    float t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? as_float((uint)p[k] << 16) : 0.0f;
+    return VLOAD(0, t);
+}
+
+inline ushortV tail_load_u16(__global const ushort *p, uint rem)
+{
+    ushort t[VW];
+    for (uint k = 0; k < VW; k++)
+        t[k] = k < rem ? p[k] : (ushort)0;
+    return VLOAD(0, t);
+}
+
+inline void tail_store_f16(floatV x, __global half *p, uint rem)
+{
+    float t[VW];
+    VSTORE(x, 0, t);
+    for (uint k = 0; k < rem; k++)
+        vstore_half_rte(t[k], k, p);
+}
+
+inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
+{
+    ushort t[VW];
+    VSTORE(x, 0, t);
+    for (uint k = 0; k < rem; k++)
+        p[k] = t[k];
+}
+
+#define LOAD_F16(p) (full_ ? vload_f16(vi_, p) : tail_load_f16((p) + base_, rem_))
+#define LOAD_BF16(p) (full_ ? vload_bf16(vi_, p) : tail_load_bf16((p) + base_, rem_))
+#define LOAD_U16(p) (full_ ? VLOAD(vi_, p) : tail_load_u16((p) + base_, rem_))
+#define STORE_U16(x, p)                                                                    \
+    do {                                                                                   \
+        if (full_)                                                                         \
+            VSTORE(x, vi_, p);                                                             \
+        else                                                                               \
+            tail_store_u16(x, (p) + base_, rem_);                                          \
+    } while (0)
+#define STORE_F16(x, p)                                                                    \
+    do {                                                                                   \
+        if (full_)                                                                         \
+            VSTORE_HALF_RTE(x, vi_, p);                                                    \
+        else                                                                               \
+            tail_store_f16(x, (p) + base_, rem_);                                          \
+    } while (0)
+
+/* The gradient: GSTORE its element type, LOADG one vector as floats, loadRG one RW chunk. */
+#if GT == 0
+#define GSTORE float
+#define LOADG(p) LOAD(p)
+#elif GT == 1
+#define GSTORE half
+#define LOADG(p) LOAD_F16(p)
+#else
+#define GSTORE ushort
+#define LOADG(p) LOAD_BF16(p)
+#endif
+
+/* θ: PSTORE its element type; STOREP rounds (nearest even, or stochastically with SR). */
+#if PT == 0
+#define PSTORE float
+#define LOADP(p) LOAD(p)
+#define STOREP(x, p) STORE(x, p)
+#else
+#if PT == 1
+#define PSTORE half
+#define LOADP(p) LOAD_F16(p)
+#define STOREP_RNE(x, p) STORE_F16(x, p)
+#define STOREP_SR(x, p, r) STORE_F16(f16_sr_value(x, r), p)
+#else
+#define PSTORE ushort
+#define LOADP(p) LOAD_BF16(p)
+#define STOREP_RNE(x, p) STORE_U16(f32_to_bf16(x), p)
+#define STOREP_SR(x, p, r) STORE_U16(f32_to_bf16_sr(x, r), p)
+#endif
+#if CTRL
+#define SR_STEP ((uint)(dc_ + 1))
+#else
+#define SR_STEP sr_step
+#endif
+#if SR && VW == 16 && IPW == 16 && !RANGES
+/* A CPU's tuning (a work-item walks 16 vectors of 16): the work-item's random values come
+   from one batch of 33 Philox instances computed 16 at a time in vector lanes before its
+   loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of two instances per vector. The values are
+   the same as sr_words'. */
+#define SR_BATCH 1
+inline void philox16_soa(uint16 *a, uint16 *b, uint16 *c, uint16 *d, uint2 k)
+{
+    for (int r = 0; r < 10; r++) {
+        const uint16 lo0 = PHILOX_M0 * *a, hi0 = mul_hi((uint16)(PHILOX_M0), *a);
+        const uint16 lo1 = PHILOX_M1 * *c, hi1 = mul_hi((uint16)(PHILOX_M1), *c);
+        *a = hi1 ^ *b ^ k.x;
+        *b = lo1;
+        *c = hi0 ^ *d ^ k.y;
+        *d = lo0;
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+}
+
+/* w[4j + i]: word i of Philox instance q0 + j, j = 0 .. 32 (the 256 elements from e0 span at
+   most 33 instances of 8). */
+inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uint *w)
+{
+    const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
+    const ulong q0 = e0 >> 3;
+    for (uint h = 0; h < 2; h++) {
+        const ulong qb = q0 + 16 * h;
+        const uint16 j = (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        uint16 a = (uint16)((uint)qb) + j;
+        /* the high word carries when the low one wraps */
+        uint16 b = (uint16)((uint)(qb >> 32)) + as_uint16(-(as_int16(a < (uint16)((uint)qb))));
+        uint16 c = (uint16)(step), d = (uint16)(stream);
+        philox16_soa(&a, &b, &c, &d, key);
+        uint t[4][16];
+        vstore16(a, 0, t[0]);
+        vstore16(b, 0, t[1]);
+        vstore16(c, 0, t[2]);
+        vstore16(d, 0, t[3]);
+        for (uint l = 0; l < 16; l++)
+            for (uint i = 0; i < 4; i++)
+                w[4 * (16 * h + l) + i] = t[i][l];
+    }
+    const ulong q = q0 + 32;
+    const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+    w[128] = x.x, w[129] = x.y, w[130] = x.z, w[131] = x.w;
+}
+
+/* The 16-bit values of the 16 elements from element off of the batch (off = e - 8 q0). */
+inline uint16 sr_from_batch(__private const uint *w, ulong off)
+{
+    if ((off & 7u) == 0) { /* 8 consecutive words, low halves first */
+        const uint8 u = vload8(0, w + 4 * (off >> 3));
+        const uint16 d = (uint16)(u.s0, u.s0, u.s1, u.s1, u.s2, u.s2, u.s3, u.s3, u.s4, u.s4,
+                                  u.s5, u.s5, u.s6, u.s6, u.s7, u.s7);
+        return (d >> (uint16)(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16)) &
+               (uint16)(0xFFFFu);
+    }
+    uint v[16];
+    for (uint k = 0; k < 16; k++) {
+        const ulong e = off + k;
+        v[k] = (w[4 * (e >> 3) + ((e >> 1) & 3)] >> (16 * (uint)(e & 1))) & 0xFFFFu;
+    }
+    return vload16(0, v);
+}
+#define SR_BATCH_BEGIN                                                                     \
+    uint srw_[4 * 33];                                                                     \
+    const ulong sre0_ = pe_ + get_global_id(0) * (ulong)(IPW * VW);                        \
+    sr_batch(sre0_, sr_seed, sr_stream, SR_STEP, srw_)
+#define STOREP(x, p) STOREP_SR(x, p, sr_from_batch(srw_, pe_ + base_ - ((sre0_ >> 3) << 3)))
+#elif SR
+#define STOREP(x, p) STOREP_SR(x, p, sr_words(pe_ + base_, sr_seed, sr_stream, SR_STEP))
+#else
+#define STOREP(x, p) STOREP_RNE(x, p)
+#endif
+#endif
+
+/* The update's view of θ: THETA_LOAD reads the parameter (the master when there is one),
+ * THETA_STORE writes it back (the master and θ rounded from it). STORAGE_BEGIN (defined
+ * with the state storage below) goes after RANGES_BEGIN (it advances ms_ like a state, by
+ * RS_). */
+#if PT == 0
+#define STORAGE_PARAMS
+#define THETA_BEGIN
+#define THETA_LOAD(p) LOAD(p)
+#define THETA_STORE(x, p) STORE(x, p)
+#else
+#if MASTER == 2
+#define MSTORE ushort
+#else
+#define MSTORE float
+#endif
+#define STORAGE_PARAMS                                                                     \
+    , __global MSTORE *ms_, const ulong mso, const ulong sr_seed, const uint sr_stream,    \
+        const uint sr_step
+#ifndef SR_BATCH_BEGIN
+#define SR_BATCH_BEGIN (void)0
+#endif
+#define THETA_BEGIN                                                                      \
+    ms_ += (long)mso + RS_;                                                                \
+    const ulong pe_ = (ulong)((long)po + RP_);                                             \
+    (void)pe_;                                                                             \
+    (void)sr_seed;                                                                         \
+    (void)sr_stream;                                                                       \
+    (void)sr_step;                                                                         \
+    SR_BATCH_BEGIN
+#if MASTER == 1
+#define THETA_LOAD(p) LOAD(ms_)
+#define THETA_STORE(x, p)                                                                  \
+    do {                                                                                   \
+        const floatV x_ = (x);                                                             \
+        STORE(x_, ms_);                                                                    \
+        STOREP_RNE(x_, p);                                                                 \
+    } while (0)
+#elif MASTER == 2
+/* master bits = (θ << 16) + sign-extended r; θ = (bits + 0x8000) >> 16 (no carry reaches
+   the sign bit: the largest magnitude, a NaN's 0x7FFFFFFF, plus 0x8000 stays below it) */
+inline floatV remainder_join(ushortV hi, ushortV lo)
+{
+    return AS_FLOATV((CONVERT_UINTV(hi) << 16) +
+                     ((CONVERT_UINTV(lo) ^ (uintV)(0x8000u)) - (uintV)(0x8000u)));
+}
+#define THETA_LOAD(p) remainder_join(LOAD_U16(p), LOAD_U16(ms_))
+#define THETA_STORE(x, p)                                                                  \
+    do {                                                                                   \
+        const uintV b_ = AS_UINTV(x);                                                      \
+        const uintV h_ = (b_ + (uintV)(0x8000u)) >> 16;                                    \
+        STORE_U16(CONVERT_USHORTV(h_), p);                                                 \
+        STORE_U16(CONVERT_USHORTV((b_ - (h_ << 16)) & (uintV)(0xFFFFu)), ms_);             \
+    } while (0)
+#else
+#define THETA_LOAD(p) LOADP(p)
+#define THETA_STORE(x, p) STOREP(x, p)
+#endif
+#endif
+
+/* ==== State storage (define SQ) ================================================================
+ * 0 float32; 2 bfloat16 (16-bit words, stored rounded to nearest even); 4 8-bit blockwise
+ * (bitsandbytes' scheme): each state s is codes s_ (one byte per element) and s##a_, one
+ * float32 absmax per block of Q8_BLOCK = 256 consecutive elements of the tensor (blocks
+ * start at the tensor's first element); element i's value is map[code] * absmax of its
+ * block, map being bitsandbytes' dynamic map (256 sorted floats in [-1, 1], signed, for
+ * states that change sign such as m; in [0, 1], unsigned, for non-negative ones such as v),
+ * passed in qmap_ (signed at 0..255, unsigned at 256..511, then q8_codes' table). One
+ * work-item owns one block (VW 16 x IPW 16, vectors of 16 all the way): it dequantizes the
+ * block's state, runs the rule (the update reads the new state before it is quantized, as
+ * bitsandbytes), keeps the 256 new values in private memory with their largest magnitude,
+ * then writes the block's absmax and each value's nearest code (ties to the lower code). In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
+ * (the absmax argument of 8-bit state) after `const ulong so,`; STATE_BEGIN(s) after the
+ * pointers are advanced, LOADS(s, sg) / STORES(x, s, sg) (sg 1 signed, 0 non-negative) in
+ * the element loop, STATE_END(s, sg) after it; Q8_PARAMS goes last in the signature. */
+#ifndef SQ
+#define SQ 0
+#endif
+#if SQ == 0
+#define STATE_PTR(s) __global float *s##_
+#define STATE_EXTRA(s)
+#define STATE_BEGIN(s)
+#define LOADS(s, sg) LOAD(s##_)
+#define STORES(x, s, sg) STORE(x, s##_)
+#define STATE_END(s, sg)
+#define Q8_PARAMS
+#elif SQ == 2
+#define STATE_PTR(s) __global ushort *s##_
+#define STATE_EXTRA(s)
+#define STATE_BEGIN(s)
+#define LOADS(s, sg) LOAD_BF16(s##_)
+#define STORES(x, s, sg) STORE_U16(f32_to_bf16(x), s##_)
+#define STATE_END(s, sg)
+#define Q8_PARAMS
+#elif SQ == 4
+#if VW != 16 || IPW != 16 || RANGES
+#error "8-bit state needs VW 16, IPW 16 and no RANGES: one work-item per block of 256"
+#endif
+#define Q8_BLOCK 256
+#define STATE_PTR(s) __global uchar *s##_
+#define STATE_EXTRA(s) __global float *s##a_, const ulong s##ao,
+#define Q8_PARAMS , __global const float *qmap_
+/* the work-item's block: its absmax, the new values and their largest magnitude */
+#define STATE_BEGIN(s)                                                                     \
+    s##a_ += (long)s##ao;                                                                  \
+    const float s##am_ = q8_live(n) ? s##a_[get_global_id(0)] : 0.0f;                      \
+    float s##q_[Q8_BLOCK];                                                                 \
+    float16 s##mx_ = (float16)(0.0f)
+#define LOADS(s, sg)                                                                       \
+    q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
+#define STORES(x, s, sg)                                                                   \
+    do {                                                                                   \
+        const float16 x_ = (x);                                                            \
+        vstore16(x_, vi_ - lo_, s##q_);                                                    \
+        s##mx_ = fmax(s##mx_, full_ ? fabs(x_) : maskR(fabs(x_), rem_));                    \
+    } while (0)
+#define STATE_END(s, sg)                                                                   \
+    if (q8_live(n))                                                                        \
+    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, qmap_ + 512, sg)
+
+inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
+
+/* map[i] for the 16 lanes of i (a gather where the device has one). */
+#define Q8_GATHER(m, i)                                                                    \
+    ((float16)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
+               (m)[(i).s6], (m)[(i).s7], (m)[(i).s8], (m)[(i).s9], (m)[(i).sa], (m)[(i).sb], \
+               (m)[(i).sc], (m)[(i).sd], (m)[(i).se], (m)[(i).sf]))
+
+/* The 16 values from vector vi (or the tail's rem) of the codes at p. */
+inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
+                       float am, __global const float *map)
+{
+    uint16 c;
+    if (full) {
+        c = convert_uint16(vload16(vi, p));
+    } else {
+        uint t[16];
+        for (uint k = 0; k < 16; k++)
+            t[k] = k < rem ? p[base + k] : 0u;
+        c = vload16(0, t);
+    }
+    return Q8_GATHER(map, c) * am;
+}
+
+/* The codes of 16 values v in [-1, 1], computed rather than searched: the map's entries
+   are, per decade i = 0..6, the midpoints of k = 2^i (signed) or 2^(i+1) (unsigned) equal
+   bins covering 10^(i-6) [0.1, 1], so once the decade is known the nearest entry is the one
+   whose bin holds |v|. tab (after the two maps in qmap_, filled by the host from them):
+   the boundaries B0..B7 for signed and for unsigned (B0 half the smallest entry, Bi the
+   midpoint of the entries facing each other across decades, B7 the midpoint of the largest
+   entry and 1), 10^(6-i), then k/0.9 signed and unsigned. So each code is the nearest
+   entry's up to float rounding at a bin's edge, which q8_nearest then settles against the
+   map itself (ties to the lower code). Codes: unsigned 0 (0.0),
+   1 + 2^(i+1) - 2 + j, 255 (1.0); signed 127 (0.0), 128 + 2^i - 1 + j for v > 0,
+   126 - (2^i - 1 + j) for v < 0, 255 (1.0). */
+inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
+{
+    const float16 a = fabs(v);
+    __global const float *B = tab + (sg ? 0 : 8);
+    int16 i = (int16)(0);
+    float16 sc = (float16)(tab[16]), km = (float16)(tab[sg ? 23 : 30]);
+    for (int d = 1; d < 7; d++) {
+        const int16 up = a >= (float16)(B[d]);
+        i -= up; /* true is -1 */
+        sc = select(sc, (float16)(tab[16 + d]), up);
+        km = select(km, (float16)(tab[(sg ? 23 : 30) + d]), up);
+    }
+    const uint16 k = as_uint16((int16)(sg ? 1 : 2) << i);
+    const uint16 before = k - (uint16)(sg ? 1u : 2u);
+    const float16 jf = clamp(floor((a * sc - 0.1f) * km), 0.0f, convert_float16(k - 1u));
+    const uint16 j = convert_uint16(jf);
+    uint16 code;
+    if (sg)
+        code = select((uint16)(126u) - (before + j), (uint16)(128u) + before + j,
+                      as_uint16(v > 0.0f));
+    else
+        code = (uint16)(1u) + before + j;
+    code = select(code, (uint16)(sg ? 127u : 0u), as_uint16(a < (float16)(B[0])));
+    return select(code, (uint16)(255u), as_uint16(v >= (float16)(B[7])));
+}
+
+/* The nearest of codes c and their two neighbours to v (ties to the lower code): makes each
+   computed code exact where float rounding put it one bin off next to a bin's edge. */
+inline uint16 q8_nearest(float16 v, uint16 c, __global const float *map)
+{
+    const uint16 lo = select(c - 1u, c, c == (uint16)(0u)), hi = min(c + 1u, (uint16)(255u));
+    const float16 dl = fabs(v - Q8_GATHER(map, lo)), dc = fabs(v - Q8_GATHER(map, c)),
+                  dh = fabs(v - Q8_GATHER(map, hi));
+    return select(select(c, hi, as_uint16(dh < dc)), lo, as_uint16(dl <= dc));
+}
+
+/* Writes the work-item's block: its absmax and the codes of its elements. */
+inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
+                           float16 mx16, ulong n, __global const float *tab, int sg)
+{
+    __global const float *map = tab - 512 + (sg ? 0 : 256);
+    const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
+    const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
+    float m[16];
+    vstore16(mx16, 0, m);
+    float mx = 0.0f;
+    for (uint k = 0; k < 16; k++)
+        mx = fmax(mx, m[k]);
+    abs[b] = mx;
+    for (uint v = 0; v * 16 < cnt; v++) {
+        const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
+        const uchar16 c = convert_uchar16(q8_nearest(x, q8_codes(x, tab, sg), map));
+        if (v * 16 + 16 <= cnt) {
+            vstore16(c, 0, p + e0 + v * 16);
+        } else {
+            uchar t[16];
+            vstore16(c, 0, t);
+            for (uint k = 0; v * 16 + k < cnt; k++)
+                p[e0 + v * 16 + k] = t[k];
+        }
+    }
+}
+#endif
+#ifndef Q8_DECL
+#define Q8_DECL
+#endif
+#define STORAGE_BEGIN                                                                      \
+    THETA_BEGIN;                                                                           \
+    Q8_DECL
+
+/* Gradient centralization (Yong et al. 2020), define GC: the kernel takes the row means of
+ * the gradient (computed by gc_rowmean in reduce.cl, after L2 decay was added, as the GC
+ * code does) and the row length, and subtracts the mean of element e's row, e / gc_cols.
+ * GC_PARAMS goes in a kernel's parameter list right before n. GC_APPLY runs inside
+ * ELEMENTWISE_BEGIN/END and passes the count of real elements of the vector (VW, or rem_ for
+ * the tail), so that no mean past the last row is ever read. */
+#ifndef GC
+#define GC 0
+#endif
+#if GC
+#define GC_PARAMS __global const float *gcm_, const ulong gcmo, const ulong gc_cols,
+#define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols, full_ ? (uint)VW : rem_)
+inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols,
+                          uint cnt)
+{
+    /* one division per vector; a vector inside one row (the usual case, cols >= VW)
+       subtracts one mean (row is base's, a real row even for the tail), else the row
+       advances as the column wraps. Only the cnt real elements read a mean: the tail's
+       padding lanes would otherwise read means of rows past the array (an N x 1 shape has
+       one row per element, so the tail ran up to VW - 1 floats past the means, which end
+       where the optimizer's scratch buffer may end); their results are never stored. */
+    ulong row = base / cols, col = base - row * cols;
+    if (col + VW <= cols)
+        return g - mean[row];
+    float t[VW];
+    for (uint k = 0; k < VW; k++) {
+        t[k] = k < cnt ? mean[row] : 0.0f;
+        if (++col == cols)
+            col = 0, row++;
+    }
+    return g - VLOAD(0, t);
+}
+#define GC_APPLY1(g, e) ((g) - (gcm_ + gcmo)[(e) / gc_cols])
+#else
+#define GC_PARAMS
+#define GC_APPLY(g) (g)
+#define GC_APPLY1(g, e) (g)
+#endif
+
+/* The gradient as the update sees it: unscaled (AMP / clipping multiplier), maximize. */
+inline floatV read_grad(floatV g, float gmul)
+{
+    g = g * gmul;
+#if MAXIMIZE
+    g = -g;
+#endif
+    return g;
+}
+
+inline float read_grad1(float g, float gmul)
+{
+    g = g * gmul;
+#if MAXIMIZE
+    g = -g;
+#endif
+    return g;
+}
+
+/* Compensated (Kahan) accumulation: the rounding error of each addition is carried into the
+ * next, so long sequential sums (a 4096-element row) stay accurate to a few ulp. Strict IEEE
+ * arithmetic (no fast-math) keeps the compensation from being optimised away. */
+typedef struct kahan {
+    float sum, c;
+} kahan;
+
+inline void kahan_add(kahan *k, float x)
+{
+    float y = x - k->c;
+    float t = k->sum + y;
+    k->c = (t - k->sum) - y;
+    k->sum = t;
+}
