@@ -554,6 +554,34 @@ clopt_status clopt_o_check_step_queue(clopt_ctx *ctx, cl_command_queue queue, cl
     return clopt_check_wait_list(ctx, num_wait, wait_list);
 }
 
+/* With a tensor-sums hook, whose blocking reads need the step's launches to run while the
+   step is being enqueued: no user event of the caller's that is not complete yet in the
+   wait list (it would complete only after the step returns: a deadlock), and every earlier
+   step's verdict on the host (one outcome per step: the hook is called once per tensor, the
+   same number of times in every process). Blocks (the hook makes the step synchronous). */
+static clopt_status hook_ready(clopt_optimizer *opt, cl_uint num_wait, const cl_event *wait_list)
+{
+    if (!opt->sums_hook)
+        return CLOPT_SUCCESS;
+    for (cl_uint i = 0; i < num_wait; i++) {
+        cl_command_type type = 0;
+        cl_int st = CL_COMPLETE;
+        cl_int err = clGetEventInfo(wait_list[i], CL_EVENT_COMMAND_TYPE, sizeof type, &type, NULL);
+        if (err == CL_SUCCESS)
+            err = clGetEventInfo(wait_list[i], CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st,
+                                 NULL);
+        if (err != CL_SUCCESS)
+            return clopt_fail_cl(opt->ctx, err, "clGetEventInfo (the wait list)");
+        if (type == CL_COMMAND_USER && st > CL_COMPLETE)
+            return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "wait_list[%u] is a user event not complete yet: with a "
+                              "tensor-sums hook the step runs while it is enqueued, so it "
+                              "cannot wait for an event completed after it returns",
+                              (unsigned)i);
+    }
+    return collect(opt, 1);
+}
+
 /* The step's start: after the caller's events and a user event the host completes only
    once everything is enqueued, the control words 2..6 (or only the abort word while
    uncertain steps are in flight, whose outcome sets the count) are written from r->gate.
@@ -586,7 +614,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
                                        clopt_dtype_size(e->gdtype))) != CLOPT_SUCCESS)
             return s;
     }
-    if ((s = collect(opt, 0)) != CLOPT_SUCCESS)
+    if ((s = collect(opt, 0)) != CLOPT_SUCCESS || (s = hook_ready(opt, num_wait, wait_list)) !=
+                                                        CLOPT_SUCCESS)
         return s;
     if (opt->rec_count == CLOPT_MAX_IN_FLIGHT) {
         /* the one wait of a step: CLOPT_MAX_IN_FLIGHT steps without a known verdict */
@@ -669,9 +698,10 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         /* abort: the launches already enqueued find the skip flag set and do nothing (unless
            a tensor-sums hook started them: then the tensors before the failure were
            updated); the abort word must be read before r's slot is reused */
-        r->gate[4] = 1;
-        if (!opened)
+        if (!opened) { /* (once opened, the runtime may be reading r->gate) */
+            r->gate[4] = 1;
             clSetUserEventStatus(gate, CL_COMPLETE);
+        }
         clReleaseEvent(gate);
         clWaitForEvents(1, &wrote);
         clReleaseEvent(wrote);

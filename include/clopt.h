@@ -1346,16 +1346,17 @@ typedef clopt_status (*clopt_tensor_sums_fn)(void *user, clopt_tensor_sums *sums
    before its update is, on the host. The hook may enqueue on `queue` (e.g. a blocking read,
    a combination with other processes, a write back; the step's launches are released before
    the first call, so blocking calls return); it must not call clopt on the optimizer's
-   context (the step's kernels hold their arguments until it returns). It is
-   called once per tensor per possible outcome of the AMP steps still in flight (one when
-   the host knows every earlier verdict: after clopt_optimizer_step, or once
-   clopt_optimizer_poll saw the earlier steps complete), also
-   when the device will skip the step (the update then changes nothing), and never while
-   clopt_optimizer_prepare builds kernels. A failing hook fails the step with its status
-   (negative; a positive one reads as CLOPT_ERR_INVALID_ARGUMENT), and unlike the step's own
-   checks it is not atomic: the tensors before it were updated, and this tensor's first
-   pass has run (LAMB's moments are written there). Not for Adafactor (its factored statistics are more than sums) or Muon (needs the
-   whole matrix). Host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT (opt). */
+   context (the step's kernels hold their arguments until it returns). With a hook installed
+   a step blocks: it first waits for the verdicts of the steps in flight, so the hook is
+   called exactly once per tensor and step (also when the device will skip the step: the
+   update then changes nothing), and it refuses a wait list holding a user event that is not
+   complete yet (CLOPT_ERR_INVALID_ARGUMENT: the step's launches would wait for it while the
+   hook waits for them). Never called while clopt_optimizer_prepare builds kernels. A failing
+   hook fails the step with its status (negative; a positive one reads as
+   CLOPT_ERR_INVALID_ARGUMENT), and unlike the step's own checks it is not atomic: the
+   tensors before it were updated, and this tensor's first pass has run (LAMB's moments are
+   written there). Not for Adafactor (its factored statistics are more than sums) or Muon
+   (needs the whole matrix). Host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT (opt). */
 clopt_status clopt_optimizer_set_tensor_sums_hook(clopt_optimizer *opt, clopt_tensor_sums_fn fn,
                                                   void *user);
 

@@ -186,7 +186,11 @@ void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt);
    CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes, the statuses of clopt_optimizer_step_on,
    CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI. Before the update every failure leaves every
    rank unchanged; an OpenCL or MPI failure during the update or the all-gather (after the
-   ranks agreed) can leave some shards updated: every rank then reports it. */
+   ranks agreed) can leave some shards updated: every rank then reports it (also as
+   CLOPT_MPI_ERR_REMOTE, whose "nothing changed here" then does not hold: a rank holding a
+   piece of a tensor cut under LAMB, StableAdamW or cautious learns of its partner's failure
+   inside its own update, after the tensors before it and that piece's first pass ran).
+   Restore a checkpoint after such a failure rather than repeating the step. */
 clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue queue);
 
 /* Collective. Schedule-Free: train = 0 writes the averaged point x into the parameters

@@ -264,6 +264,34 @@ void test_hook_errors(void **state)
     assert_int_equal(split_step(&s, &seed), CLOPT_SUCCESS);
     assert_int_equal(s.calls, 1);
     split_free(&s);
+    /* with a hook, steps in flight under AMP do not multiply the calls: each step first
+       waits for the earlier verdicts, so one call per tensor and step */
+    clopt_hparams_default(CLOPT_LAMB, &hp);
+    split_new(f->ctx, &s, CLOPT_LAMB, &hp);
+    s.observe = 1;
+    assert_int_equal(clopt_optimizer_set_tensor_sums_hook(s.opt, hook, &s), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_scale(s.opt, 1024.0), CLOPT_SUCCESS);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(clopt_optimizer_step_on(s.opt, NULL, 0, NULL, NULL), CLOPT_SUCCESS);
+    assert_int_equal(s.calls, 3);
+    /* a user event not complete yet in the wait list is refused (the hook would wait for the
+       step, the step for the event), nothing changed; once complete it is taken */
+    cl_int err;
+    cl_event ue = clCreateUserEvent(clopt_ctx_cl_context(f->ctx), &err);
+    assert_int_equal(err, CL_SUCCESS);
+    float before[NA], after[NA];
+    read_at(f->ctx, (clopt_tensor){s.p, 0}, before, NA);
+    assert_int_equal(clopt_optimizer_step_on(s.opt, NULL, 1, &ue, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "user event"));
+    read_at(f->ctx, (clopt_tensor){s.p, 0}, after, NA);
+    assert_memory_equal(before, after, sizeof before);
+    assert_int_equal(s.calls, 3);
+    assert_int_equal(clSetUserEventStatus(ue, CL_COMPLETE), CL_SUCCESS);
+    assert_int_equal(clopt_optimizer_step_on(s.opt, NULL, 1, &ue, NULL), CLOPT_SUCCESS);
+    assert_int_equal(s.calls, 4);
+    clReleaseEvent(ue);
+    split_free(&s);
     /* an element-wise rule has no per-tensor sums: never called */
     clopt_hparams_default(CLOPT_ADAMW, &hp);
     split_new(f->ctx, &s, CLOPT_ADAMW, &hp);

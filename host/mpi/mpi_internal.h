@@ -72,6 +72,8 @@ struct clopt_mpi_optimizer {
     MPI_Comm *piece_comm;
     int *piece_done;
     double *sums_all; /* size * 3 doubles: a cut tensor's gathered {status, sums} */
+    int *rep_cnt;     /* reduce-scatter, replicated pieces: 2 * size ints (Allgatherv) */
+    float *rep_host;  /* ... and the largest replicated tensor's floats */
     double max_norm, scale, last_norm;
     uint64_t steps;
     int eval_mode;                /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */

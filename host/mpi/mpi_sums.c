@@ -164,6 +164,10 @@ void clopt_mpi_sums_release(clopt_mpi_optimizer *opt)
     free(opt->piece_comm);
     free(opt->piece_done);
     free(opt->sums_all);
+    free(opt->rep_cnt);
+    free(opt->rep_host);
+    opt->rep_cnt = NULL;
+    opt->rep_host = NULL;
     opt->piece_comm = NULL;
     opt->piece_done = NULL;
     opt->sums_all = NULL;
@@ -199,11 +203,12 @@ clopt_status clopt_mpi_rep_grads(clopt_mpi_optimizer *opt, cl_command_queue q, c
         if (!pc->rep || opt->piece_comm[p] == MPI_COMM_NULL)
             continue;
         const clopt_mpi_shape *t = &opt->shapes[pc->tensor];
-        /* the holders in rank order (the communicator's order): their parts of the tensor */
-        int *cnt = malloc(2 * (size_t)opt->size * sizeof *cnt);
-        float *whole = malloc(t->n * sizeof *whole);
+        /* the holders in rank order (the communicator's order): their parts of the tensor
+           (the buffers were allocated with the slice: every holder reaches the collective) */
+        int *cnt = opt->rep_cnt;
+        float *whole = opt->rep_host;
         int nh = 0;
-        for (int r = 0; cnt && r < opt->size; r++) {
+        for (int r = 0; r < opt->size; r++) {
             const size_t a = (size_t)opt->displs[r], b = a + (size_t)opt->counts[r];
             const size_t lo = a > t->flat ? a : t->flat, hi = b < t->flat + t->n ? b : t->flat + t->n;
             if (lo < hi) {
@@ -212,16 +217,11 @@ clopt_status clopt_mpi_rep_grads(clopt_mpi_optimizer *opt, cl_command_queue q, c
                 nh++;
             }
         }
-        /* a failure still takes part (with this rank's zeros), so no holder waits */
-        static float none[1];
-        const float *mine = opt->host_s ? opt->host_s + (t->flat + pc->slo - opt->first) : none;
-        int rc = MPI_ERR_NO_MEM;
-        if (cnt && whole)
-            rc = MPI_Allgatherv(mine, (int)(pc->shi - pc->slo), MPI_FLOAT, whole, cnt,
-                                cnt + opt->size, MPI_FLOAT, opt->piece_comm[p]);
-        if (s == CLOPT_SUCCESS && (!cnt || !whole))
-            s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-        else if (s == CLOPT_SUCCESS && rc != MPI_SUCCESS)
+        /* a failure still takes part (with whatever host_s holds), so no holder waits */
+        const float *mine = opt->host_s + (t->flat + pc->slo - opt->first);
+        const int rc = MPI_Allgatherv(mine, (int)(pc->shi - pc->slo), MPI_FLOAT, whole, cnt,
+                                      cnt + opt->size, MPI_FLOAT, opt->piece_comm[p]);
+        if (s == CLOPT_SUCCESS && rc != MPI_SUCCESS)
             s = clopt_mpi_check(opt, rc, "MPI_Allgatherv (a cut tensor's gradient)");
         if (s == CLOPT_SUCCESS) {
             const cl_int e = clEnqueueWriteBuffer(q, opt->shard_grad, CL_TRUE,
@@ -230,8 +230,6 @@ clopt_status clopt_mpi_rep_grads(clopt_mpi_optimizer *opt, cl_command_queue q, c
             if (e != CL_SUCCESS)
                 s = clopt_mpi_cl_fail(opt, e, "writing a cut tensor's gradient");
         }
-        free(cnt);
-        free(whole);
     }
     return s;
 }

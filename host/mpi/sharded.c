@@ -501,6 +501,16 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     free(pieces);
     opt->has_group = np > 0;
     opt->npieces = np;
+    size_t rep_max = 0; /* reduce-scatter: the gathers of replicated tensors' gradients */
+    for (size_t j = 0; rs && j < np; j++)
+        if (opt->pieces[j].rep && opt->pieces[j].len > rep_max)
+            rep_max = opt->pieces[j].len;
+    if (rep_max) {
+        opt->rep_cnt = malloc(2 * N * sizeof *opt->rep_cnt);
+        opt->rep_host = malloc(rep_max * sizeof *opt->rep_host);
+        if (!opt->rep_cnt || !opt->rep_host)
+            return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
+    }
     return CLOPT_SUCCESS;
 }
 

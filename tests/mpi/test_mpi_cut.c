@@ -14,9 +14,15 @@
  *    its holders, statistics replicated): bit for bit, every holder's whole state equal to the
  *    unsharded one; also with clopt's reduce-scatter (rank 0's gradient plus zeros, so the
  *    sum is exact).
- * Layouts: 8x40, 33, 6x7x5 (both matrices cut with 2 and 3 ranks, also between rows under
- * GC) and the main one of the other tests. */
+ * Faults: an OpenCL failure injected at every fallible call of the last rank's step (LAMB
+ * with cut tensors, tests/clshim.c): no rank waits forever in a cut tensor's collective
+ * (the test would hang), most faults fail the step, and every rank's step works again
+ * afterwards.
+ * Layouts: 8x40, 33, 6x7x5 (the 8x40 matrix cut with 2 ranks, both matrices with 3, also
+ * between rows under GC) and the main one of the other tests. */
 #include "mpi_fixture.h"
+
+#include "clshim.h"
 
 #include <math.h>
 #include <string.h>
@@ -205,6 +211,65 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
     free(init);
 }
 
+/* LAMB on the wide layout; the last rank fails its k-th fallible OpenCL call of a step, for
+   every k of a step's calls. */
+static void run_faults(void)
+{
+    fx_layout Lw;
+    fx_layout_wide(&Lw);
+    const fx_layout *L = &Lw;
+    clopt_hparams hp;
+    CHECK_OK(clopt_hparams_default(CLOPT_LAMB, &hp));
+    cl_mem p = fx_buffer(L->plen, 0.5f), g = fx_buffer(L->glen, 0.25f);
+    clopt_param_desc d[FX_MAX_T];
+    clopt_range_group desc;
+    fx_range_group(L, p, g, d, &desc);
+    clopt_mpi_optimizer *sh = NULL;
+    char why[512];
+    CHECK_OK(clopt_mpi_optimizer_create(fx_ctx, CLOPT_LAMB, &hp, MPI_COMM_WORLD, &desc, NULL,
+                                        &sh, why, sizeof why));
+    const int last = fx_rank == fx_size - 1;
+    CHECK_OK(clopt_mpi_optimizer_step(sh, NULL)); /* kernels built: a step's calls only */
+    unsigned long long calls = 0;
+    if (last) {
+        clshim_reset();
+        clshim_enable(1);
+    }
+    CHECK_OK(clopt_mpi_optimizer_step(sh, NULL)); /* collective: every rank */
+    if (last) {
+        clshim_enable(0);
+        calls = clshim_calls();
+    }
+    MPI_Bcast(&calls, 1, MPI_UNSIGNED_LONG_LONG, fx_size - 1, MPI_COMM_WORLD);
+    CHECK(calls > 10, "%llu fallible calls in a step", calls);
+    unsigned long long failed_here = 0;
+    for (unsigned long long k = 1; k <= calls; k++) {
+        if (last) {
+            clshim_reset();
+            clshim_fail_nth(k, CL_OUT_OF_RESOURCES);
+            clshim_enable(1);
+        }
+        const clopt_status s = clopt_mpi_optimizer_step(sh, NULL);
+        if (last) { /* (some calls have fallbacks: a failed query need not fail the step) */
+            clshim_enable(0);
+            CHECK(clshim_fault_fired(), "call %llu of %llu: no fault", k, calls);
+            failed_here += s != CLOPT_SUCCESS;
+            clshim_fail_nth(0, CL_SUCCESS);
+        }
+        /* every rank steps again (the collectives still pair up) */
+        MPI_Barrier(MPI_COMM_WORLD);
+        const clopt_status s2 = clopt_mpi_optimizer_step(sh, NULL);
+        CHECK(s2 == CLOPT_SUCCESS, "after the fault at call %llu: %s: %s", k,
+              clopt_mpi_status_name(s2), clopt_mpi_optimizer_last_error(sh));
+    }
+    CHECK(!last || failed_here > 0, "no injected fault failed a step");
+    if (last && getenv("FX_TRACE"))
+        fprintf(stderr, "faults: %llu calls, %llu failed steps\n", calls, failed_here);
+    clopt_mpi_optimizer_destroy(sh);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}
+
 int main(int argc, char **argv)
 {
     fx_init(&argc, &argv);
@@ -229,5 +294,6 @@ int main(int argc, char **argv)
     run(&cases[0], &wide, &amp, a);
     free(a);
     free(a2);
+    run_faults();
     return fx_finish("test_mpi_cut");
 }
