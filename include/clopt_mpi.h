@@ -59,8 +59,8 @@
  * holding part of a cut tensor updates the whole tensor (its state, O(rows + cols), and the
  * first moment with use_beta1, on every holder; in reduce-scatter mode the holders first
  * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
- * value: bit for bit. Muon needs whole tensors (shard_tensors = 1; allowed there but
- * untested). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia, 16-bit
+ * value: bit for bit. Muon needs whole tensors (shard_tensors = 1: bit for bit, with every
+ * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia, 16-bit
  * parameters or gradients, engine-owned state buffers. Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,

@@ -36,8 +36,8 @@ int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shar
     case CLOPT_MUON:
         mlp_put_err(err, errlen,
                     "--shard does not take muon: the example's Muon is a hybrid of two "
-                    "optimizers (Muon on the weights, AdamW on the biases), and libclopt_mpi's "
-                    "Muon is untested");
+                    "optimizers (Muon on the weights, AdamW on the biases), whose sharded "
+                    "form (two sharded optimizers over the flat buffers) is not written");
         return -1;
     default: /* every other rule shards cut tensors: LAMB, StableAdamW and cautious combine
                 their per-tensor sums across processes, Adafactor replicates a cut tensor's

@@ -70,6 +70,13 @@ void fx_layout_wide(fx_layout *L)
     set_layout(L, 3, nd, sh);
 }
 
+void fx_layout_matrices(fx_layout *L)
+{
+    static const size_t nd[] = {2, 2, 2};
+    static const size_t sh[][3] = {{12, 20, 0}, {16, 8, 0}, {5, 30, 0}};
+    set_layout(L, 3, nd, sh);
+}
+
 void fx_layout_vector(fx_layout *L, size_t n)
 {
     memset(L, 0, sizeof *L);

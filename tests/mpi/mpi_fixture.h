@@ -52,6 +52,8 @@ void fx_layout_main(fx_layout *L);
 /* 8x40, 33, 6x7x5 (563 elements): with 2 or 3 ranks the shards cut the matrices, also
    where gradient centralization moves the boundaries between rows. */
 void fx_layout_wide(fx_layout *L);
+/* Matrices only, 12x20, 16x8 (wide, tall), 5x30: Muon's layout. */
+void fx_layout_matrices(fx_layout *L);
 /* One vector of n elements (n < world size: some rank owns nothing). */
 void fx_layout_vector(fx_layout *L, size_t n);
 /* The range group of L over buffers p and g (descs must hold FX_MAX_T). */

@@ -7,7 +7,8 @@
  * vector of world-1 elements (rank 0 owns nothing). Also a change of hyperparameters and
  * a schedule mid-run. Then the rules with per-tensor reductions (LAMB, Adafactor,
  * StableAdamW, cautious, gradient centralization) on tensor-aligned shards, bit for bit, and
- * two parameter groups over one pair of buffers. */
+ * two parameter groups over one pair of buffers, and Muon on matrices (whole tensors) in a
+ * build with CLBlast. */
 #include "mpi_fixture.h"
 
 #include <string.h>
@@ -300,6 +301,12 @@ int main(int argc, char **argv)
     for (size_t c = 0; c < sizeof whole_cases / sizeof whole_cases[0]; c++) {
         run_case(&whole_cases[c], &main_l, c == 0, 1);
         run_case(&whole_cases[c], &tiny, 0, 1);
+    }
+    if (clopt_has_muon()) { /* Muon (a CLBlast build): 2-D tensors, each whole on one rank */
+        fx_layout mats;
+        fx_layout_matrices(&mats);
+        const rule_case muon = {"muon", CLOPT_MUON, t_none};
+        run_case(&muon, &mats, 1, 1);
     }
     run_groups(CLOPT_ADAMW, 0);
     run_groups(CLOPT_SGD, 1);
