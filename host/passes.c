@@ -314,6 +314,22 @@ clopt_status clopt_optimizer_set_tensor_sums_hook(clopt_optimizer *opt, clopt_te
     return CLOPT_SUCCESS;
 }
 
+size_t clopt_rule_tensor_sums(clopt_rule rule, const clopt_hparams *hp)
+{
+    switch (rule) {
+    case CLOPT_LAMB:
+        return 2; /* Σθ², Σr² */
+    case CLOPT_STABLE_ADAMW:
+        return 1; /* Σ g²/max(u, eps²) */
+    case CLOPT_ADAM:
+    case CLOPT_ADAMW:
+    case CLOPT_LION:
+        return hp && hp->cautious ? 1 : 0; /* the mask's count */
+    default:
+        return 0;
+    }
+}
+
 /* The tensor-sums hook on SCR_SUMS's nsums floats of tensor e (outside a dry pass); the
    element count it returns goes to argument count_at of the update b (a float; none for
    count_at < 0). */
@@ -421,7 +437,7 @@ clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)hp->weight_decay);
     clopt_arg_float(&b, (float)(1.0 / bc1));
     clopt_arg_float(&b, (float)(1.0 / bc2));
-    return two_pass(opt, e, &a, &b, items, 2, -1);
+    return two_pass(opt, e, &a, &b, items, clopt_rule_tensor_sums(opt->rule, hp), -1);
 }
 
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,
@@ -634,7 +650,7 @@ clopt_status clopt_o_step_reduced(clopt_optimizer *opt, const clopt_param *e,
     clopt_arg_float(&b, (float)hp->clip_threshold);
     const int count_at = (int)b.i; /* the mean's element count (the hook may change it) */
     clopt_arg_float(&b, (float)e->n);
-    return two_pass(opt, e, &a, &b, items, 1, count_at);
+    return two_pass(opt, e, &a, &b, items, clopt_rule_tensor_sums(opt->rule, hp), count_at);
 }
 
 /* The helpers above for Muon's passes (muon.c). */

@@ -1330,7 +1330,7 @@ typedef struct clopt_tensor_sums {
     size_t struct_size; /* sizeof(clopt_tensor_sums) of the library calling the hook */
     size_t param;       /* the tensor's index (order of registration) */
     clopt_rule rule;
-    size_t count;         /* floats at sums: 2 for LAMB, 1 for cautious and StableAdamW */
+    size_t count;         /* floats at sums: clopt_rule_tensor_sums(rule, group's hp) */
     clopt_tensor sums;    /* the floats on the device, already enqueued; replace them in place */
     cl_command_queue queue; /* the step's queue (in order): read and write the sums on it */
     /* In: the tensor's elements. Out: the element count the means divide by (the cautious
@@ -1359,6 +1359,10 @@ typedef clopt_status (*clopt_tensor_sums_fn)(void *user, clopt_tensor_sums *sums
    (needs the whole matrix). Host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT (opt). */
 clopt_status clopt_optimizer_set_tensor_sums_hook(clopt_optimizer *opt, clopt_tensor_sums_fn fn,
                                                   void *user);
+/* The sums per tensor a step of `rule` under hp hands to the hook (clopt_tensor_sums.count):
+   2 for LAMB, 1 for StableAdamW and for cautious Adam/AdamW/Lion, 0 for every other rule
+   (the hook is not called; hp may be NULL: no cautious masking). Host only. */
+size_t clopt_rule_tensor_sums(clopt_rule rule, const clopt_hparams *hp);
 
 /* 1 when the library was built with CLBlast (Muon available), else 0. Host only. */
 int clopt_has_muon(void);

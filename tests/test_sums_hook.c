@@ -75,7 +75,7 @@ static clopt_status hook(void *user, clopt_tensor_sums *ts)
     s->calls++;
     if (s->fail != CLOPT_SUCCESS)
         return s->fail;
-    const size_t want_count = s->rule == CLOPT_LAMB ? 2 : 1;
+    const size_t want_count = s->rule == CLOPT_LAMB ? 2 : 1; /* Σθ² and Σr², or one sum */
     float f[2] = {0.0f, 0.0f};
     if (ts->struct_size != sizeof *ts || ts->param != 0 || ts->rule != s->rule ||
         ts->count != want_count || ts->elements != (double)NA ||
@@ -250,6 +250,17 @@ void test_hook_errors(void **state)
     fixture *f = *state;
     assert_int_equal(clopt_optimizer_set_tensor_sums_hook(NULL, hook, NULL),
                      CLOPT_ERR_NULL_ARGUMENT);
+    /* the sums per tensor the rules hand over (the count the hook above checks) */
+    clopt_hparams hc;
+    clopt_hparams_default(CLOPT_ADAMW, &hc);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_LAMB, NULL), 2);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_STABLE_ADAMW, NULL), 1);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_ADAMW, &hc), 0);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_ADAFACTOR, NULL), 0);
+    hc.cautious = 1;
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_ADAMW, &hc), 1);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_LION, &hc), 1);
+    assert_int_equal(clopt_rule_tensor_sums(CLOPT_SGD, &hc), 0);
     clopt_hparams hp;
     clopt_hparams_default(CLOPT_LAMB, &hp);
     split s;

@@ -22,21 +22,11 @@ size_t clopt_mpi_gc_rows(const clopt_hparams *hp, const clopt_mpi_shape *t)
     return t->shape[0];
 }
 
-/* The internal tensor of piece p has per-tensor sums under its group's hyperparameters. */
+/* The internal tensor of piece p has per-tensor sums under its group's hyperparameters (the
+   core's own answer: the hook is called exactly for these). */
 static int piece_has_sums(const clopt_mpi_optimizer *opt, size_t p)
 {
-    const clopt_hparams *hp = &opt->hps[opt->tgroup[opt->pieces[p].tensor]];
-    switch (opt->rule) {
-    case CLOPT_LAMB:
-    case CLOPT_STABLE_ADAMW:
-        return 1;
-    case CLOPT_ADAM:
-    case CLOPT_ADAMW:
-    case CLOPT_LION:
-        return hp->cautious != 0;
-    default:
-        return 0;
-    }
+    return clopt_rule_tensor_sums(opt->rule, &opt->hps[opt->tgroup[opt->pieces[p].tensor]]) > 0;
 }
 
 /* One piece's part of its tensor's collective: {status, sums} from every holder, added in
