@@ -520,6 +520,14 @@ void clopt_reduce_shape(const clopt_ctx *ctx, unsigned *local, size_t *groups)
     *groups = g ? g : 1;
 }
 
+size_t clopt_gc_groups(const clopt_ctx *ctx, size_t rows)
+{
+    unsigned rl;
+    size_t g;
+    clopt_reduce_shape(ctx, &rl, &g);
+    return rl == 1 && g < rows ? g : rows;
+}
+
 void clopt_ctx_program_stats(const clopt_ctx *ctx, size_t *compiled, size_t *from_disk)
 {
     if (compiled)

@@ -89,6 +89,9 @@ unsigned clopt_tuning_ipw(const clopt_tuning *t);
    the number of work-groups of a partial sum (compute units x the factor, 1..4096), from
    the tuning's reduce_* fields or the device type's defaults. */
 void clopt_reduce_shape(const clopt_ctx *ctx, unsigned *local, size_t *groups);
+/* Work-groups of gc_rowmean (kernels/reduce.cl) over `rows` rows: bands of rows on G groups
+   with one item each (RL 1), one group per row otherwise. */
+size_t clopt_gc_groups(const clopt_ctx *ctx, size_t rows);
 /* "-DRL=..." for ctx's reduction shape (at most 16 characters). */
 #define CLOPT_REDUCE_OPTIONS " -DRL=%u"
 

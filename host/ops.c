@@ -250,7 +250,7 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if (q8 && (s = clopt_ctx_qmap(ctx, &qmap)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL, kgc = NULL;
-    unsigned rl; /* gradient centralization's row means: one work-group of rl items per row */
+    unsigned rl; /* gradient centralization's row means (clopt_gc_groups) */
     size_t ngroups;
     clopt_reduce_shape(ctx, &rl, &ngroups);
     if ((s = clopt_get_kernel(ctx, plan.family, plan.options, plan.kernel, &k)) != CLOPT_SUCCESS)
@@ -326,7 +326,7 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if (ctl && ctl->dry)
         return CLOPT_SUCCESS;
     cl_event means = NULL;
-    if ((s = clopt_launch_groups(ctx, q, kgc, args->gc_rows, rl, num_wait, wait_list, &means)) !=
+    if ((s = clopt_launch_groups(ctx, q, kgc, clopt_gc_groups(ctx, args->gc_rows), rl, num_wait, wait_list, &means)) !=
         CLOPT_SUCCESS)
         return s;
     s = clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, 1, &means, event);

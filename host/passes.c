@@ -263,7 +263,7 @@ static clopt_status gc_means(clopt_optimizer *opt, const clopt_param *e, const c
     clopt_o_storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);
-    return launch_groups(opt, k, *rows);
+    return launch_groups(opt, k, clopt_gc_groups(opt->ctx, *rows));
 }
 
 static void gc_args(clopt_optimizer *opt, clopt_args *a, const clopt_param *e, size_t rows)

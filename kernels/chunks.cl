@@ -290,6 +290,18 @@ inline void sumR_addsq(sumR *s, floatR x)
     }
 }
 
+/* s += x lane-wise (x already masked), the same two levels (GC's row means, cautious
+ * masking's sums). */
+inline void sumR_add(sumR *s, floatR x)
+{
+    s->p = s->p + x;
+    if (++s->cnt == SUMR_FOLD) {
+        kahanR_add(&s->k, s->p);
+        s->p = (floatR)(0.0f);
+        s->cnt = 0;
+    }
+}
+
 /* The RACC sums' total in a fixed order (pending runs folded first). */
 inline float sumR_total(sumR *a)
 {

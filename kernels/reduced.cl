@@ -22,17 +22,6 @@
 #endif
 #define CAUTION_FLOOR 1e-3f
 
-/* s += x lane-wise (x masked to its chunk's lanes), folded as sumR_addsq. */
-inline void sumR_add(sumR *s, floatR x)
-{
-    s->p = s->p + x;
-    if (++s->cnt == SUMR_FOLD) {
-        kahanR_add(&s->k, s->p);
-        s->p = (floatR)(0.0f);
-        s->cnt = 0;
-    }
-}
-
 /* The gradient of a chunk as the rule sees it: scaled, L2 decay (cautious Adam), GC. */
 CHUNK_INLINE floatR rule_grad(__global const PSTORE *p_, __global const GSTORE *g_,
                               GC_PARAMS const ulong e, const uint cnt, const float gmul,
