@@ -87,7 +87,7 @@ inline ushort16 loadR16(__global const ushort *p, uint cnt)
 inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
 {
     if (cnt == RW) {
-        vstore16(x, 0, p);
+        store_u16x16(x, p);
         return;
     }
     ushort t[RW];

@@ -74,6 +74,48 @@ typedef CLOPT_CAT(ushort, VW) ushortV;
 
 inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
 
+/* Stores of 16-bit words: PoCL 3.1 (LLVM 15) turns a vstoreN of ushort into N two-byte
+ * stores (extract, shift, store per lane: a bf16 AdamW step at 0.71 of its stream kernel),
+ * while a vstore of uint is a vector store; so where the destination is 4-byte aligned (any
+ * tensor at an even element offset) the words go out as pairs in 32-bit lanes, the same
+ * bytes (little- or big-endian alike: as_type keeps memory order). */
+inline void store_u16x16(ushort16 x, __global ushort *p)
+{
+    if (((uintptr_t)p & 3u) == 0)
+        vstore8(as_uint8(x), 0, (__global uint *)p);
+    else
+        vstore16(x, 0, p);
+}
+/* The same for 16 bytes (8-bit state's codes). */
+inline void store_u8x16(uchar16 x, __global uchar *p)
+{
+    if (((uintptr_t)p & 3u) == 0)
+        vstore4(as_uint4(x), 0, (__global uint *)p);
+    else
+        vstore16(x, 0, p);
+}
+#if VW == 16
+#define store_u16v store_u16x16
+#elif VW == 8
+inline void store_u16v(ushort8 x, __global ushort *p)
+{
+    if (((uintptr_t)p & 3u) == 0)
+        vstore4(as_uint4(x), 0, (__global uint *)p);
+    else
+        vstore8(x, 0, p);
+}
+#elif VW == 4
+inline void store_u16v(ushort4 x, __global ushort *p)
+{
+    if (((uintptr_t)p & 3u) == 0)
+        vstore2(as_uint2(x), 0, (__global uint *)p);
+    else
+        vstore4(x, 0, p);
+}
+#else
+#define store_u16v(x, p) VSTORE(x, 0, p)
+#endif
+
 /* The roundings, defined for the element-wise vectors (floatV: VW lanes) and, when VW is not
  * 16, again for the 16-lane chunks of the multi-pass kernels:
  * NAME_rne: to bf16, nearest even, a NaN kept a (quiet) NaN.
@@ -226,7 +268,7 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #define STORE_U16(x, p)                                                                    \
     do {                                                                                   \
         if (full_)                                                                         \
-            VSTORE(x, vi_, p);                                                             \
+            store_u16v(x, (p) + vi_ * VW);                                                 \
         else                                                                               \
             tail_store_u16(x, (p) + base_, rem_);                                          \
     } while (0)
@@ -555,7 +597,7 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
         const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
         const uchar16 c = convert_uchar16(q8_nearest(x, q8_codes(x, tab, sg), map));
         if (v * 16 + 16 <= cnt) {
-            vstore16(c, 0, p + e0 + v * 16);
+            store_u8x16(c, p + e0 + v * 16);
         } else {
             uchar t[16];
             vstore16(c, 0, t);

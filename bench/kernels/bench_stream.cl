@@ -73,14 +73,48 @@ typedef BCAT(uint, VW) lanesV;
 #define FULL_LD_2(p) CVT_UI(VLOAD(gid_, p))
 #define FULL_LD_1(p) CVT_UI(VLOAD(gid_, p))
 #define FULL_ST_4(x, p) VSTORE(AS_F(x), gid_, p)
-#define FULL_ST_2(x, p) VSTORE(CVT_U16(x), gid_, p)
-#define FULL_ST_1(x, p) VSTORE(CVT_U8(x), gid_, p)
+#define FULL_ST_2(x, p) st_u16(CVT_U16(x), (p) + gid_ * VW)
+#define FULL_ST_1(x, p) st_u8(CVT_U8(x), (p) + gid_ * VW)
 #define TAIL_LD_4(p) as_uint((p)[k_])
 #define TAIL_LD_2(p) convert_uint((p)[k_])
 #define TAIL_LD_1(p) convert_uint((p)[k_])
 #define TAIL_ST_4(x, p) ((p)[k_] = as_float(x))
 #define TAIL_ST_2(x, p) ((p)[k_] = convert_ushort(x))
 #define TAIL_ST_1(x, p) ((p)[k_] = convert_uchar(x))
+
+/* Vectors of 16- and 8-bit words stored as 32-bit lanes where the address is 4-byte aligned,
+   as the library's kernels do (store_u16v in kernels/storage.cl: PoCL 3.1 turns a vstoreN
+   of ushort or uchar into N scalar stores, which made this kernel, the roofline, slower
+   than the 16-bit steps themselves). */
+#if VW >= 4
+#define ST_WORDS(NAME, T, N, M)                                                            \
+    inline void NAME(BCAT(T, N) x, __global T *p)                                          \
+    {                                                                                      \
+        if (((uintptr_t)p & 3u) == 0)                                                      \
+            BCAT(vstore, M)(BCAT(as_uint, M)(x), 0, (__global uint *)p);                   \
+        else                                                                               \
+            BCAT(vstore, N)(x, 0, p);                                                      \
+    }
+#if VW == 16
+ST_WORDS(st_u16, ushort, 16, 8)
+ST_WORDS(st_u8, uchar, 16, 4)
+#elif VW == 8
+ST_WORDS(st_u16, ushort, 8, 4)
+ST_WORDS(st_u8, uchar, 8, 2)
+#else
+ST_WORDS(st_u16, ushort, 4, 2)
+inline void st_u8(uchar4 x, __global uchar *p)
+{
+    if (((uintptr_t)p & 3u) == 0)
+        *(__global uint *)p = as_uint(x);
+    else
+        vstore4(x, 0, p);
+}
+#endif
+#else
+#define st_u16(x, p) VSTORE(x, 0, p)
+#define st_u8(x, p) VSTORE(x, 0, p)
+#endif
 
 /* LD / ST are FULL_LD or TAIL_LD (FULL_ST, TAIL_ST); c the element size. */
 #define LDT(LD, c, p) BCAT(LD, BCAT(_, c))(p)
