@@ -127,8 +127,11 @@ inline void store_u16v(ushort4 x, __global ushort *p)
  *   ulps: exactly unbiased when frac(q) has at most 16 bits (|x| >= 2^-17: every float32 in
  *   the float16 normal range and the larger subnormals), below that P(up) exceeds frac(q) by
  *   less than 2^-16. The result is a float16 value (stored exactly by vstore_half_rte), or
- *   >= 65536 and so Inf as a float16, as a value past the largest float16 rounds. */
-#define CLOPT_ROUNDINGS(F, U, I, US, AS_U, CVT_US, CVT_F, NAME)                             \
+ *   >= 65536 and so Inf as a float16, as a value past the largest float16 rounds. The
+ *   scalings by 2^(10-e) and 2^(e-10) are exact multiplications by powers of two built from
+ *   their bits (eb = the biased exponent max(exponent, -14) + 127; ilogb and ldexp were
+ *   library calls per lane on PoCL, a third of the f16 step's speed). */
+#define CLOPT_ROUNDINGS(F, U, US, AS_U, AS_F, CVT_US, CVT_F, NAME)                       \
     inline US NAME##_rne(F x)                                                              \
     {                                                                                      \
         const U b = AS_U(x);                                                               \
@@ -143,21 +146,23 @@ inline void store_u16v(ushort4 x, __global ushort *p)
     inline F NAME##_f16sr(F x, U r)                                                        \
     {                                                                                      \
         const F a = fabs(x);                                                               \
-        const I e = max(ilogb(a), (I)(-14));                                               \
-        const F q = ldexp(a, (I)(10) - e);                                                 \
+        const U eb = max(AS_U(a) >> 23, (U)(113u));                                        \
+        const F q = a * AS_F(((U)(264u) - eb) << 23);                                      \
         const F fl = floor(q);                                                             \
         const F u = CVT_F(r) * (1.0f / 65536.0f);                                          \
-        const F y = ldexp(fl + select((F)(0.0f), (F)(1.0f), u < q - fl), e - (I)(10));     \
+        const F y = (fl + select((F)(0.0f), (F)(1.0f), u < q - fl)) *                      \
+                    AS_F((eb - (U)(10u)) << 23);                                           \
         return select(copysign(y, x), x, isnan(x) | isinf(x));                             \
     }
-CLOPT_ROUNDINGS(floatV, uintV, intV, ushortV, AS_UINTV, CONVERT_USHORTV, CONVERT_FLOATV, rndV)
+CLOPT_ROUNDINGS(floatV, uintV, ushortV, AS_UINTV, AS_FLOATV, CONVERT_USHORTV, CONVERT_FLOATV,
+                rndV)
 #if VW == 16
 #define rndR_rne rndV_rne
 #define rndR_sr rndV_sr
 #define rndR_f16sr rndV_f16sr
 #else
-CLOPT_ROUNDINGS(float16, uint16, int16, ushort16, as_uint16, convert_ushort16, convert_float16,
-                rndR)
+CLOPT_ROUNDINGS(float16, uint16, ushort16, as_uint16, as_float16, convert_ushort16,
+                convert_float16, rndR)
 #endif
 #define f32_to_bf16 rndV_rne
 #define f32_to_bf16_sr rndV_sr
@@ -322,9 +327,13 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #define SR_BATCH 1
 inline void philox16_soa(uint16 *a, uint16 *b, uint16 *c, uint16 *d, uint2 k)
 {
+    /* both halves of each product from one 64-bit multiply (a 32 x 32 -> 64 instruction
+       where the device has one; PoCL 3.1's mul_hi for uint16 went through 16-bit parts) */
     for (int r = 0; r < 10; r++) {
-        const uint16 lo0 = PHILOX_M0 * *a, hi0 = mul_hi((uint16)(PHILOX_M0), *a);
-        const uint16 lo1 = PHILOX_M1 * *c, hi1 = mul_hi((uint16)(PHILOX_M1), *c);
+        const ulong16 p0 = convert_ulong16(*a) * (ulong16)(PHILOX_M0);
+        const ulong16 p1 = convert_ulong16(*c) * (ulong16)(PHILOX_M1);
+        const uint16 lo0 = convert_uint16(p0), hi0 = convert_uint16(p0 >> 32);
+        const uint16 lo1 = convert_uint16(p1), hi1 = convert_uint16(p1 >> 32);
         *a = hi1 ^ *b ^ k.x;
         *b = lo1;
         *c = hi0 ^ *d ^ k.y;
@@ -347,18 +356,25 @@ inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uin
         uint16 b = (uint16)((uint)(qb >> 32)) + as_uint16(-(as_int16(a < (uint16)((uint)qb))));
         uint16 c = (uint16)(step), d = (uint16)(stream);
         philox16_soa(&a, &b, &c, &d, key);
-        uint t[4][16];
-        vstore16(a, 0, t[0]);
-        vstore16(b, 0, t[1]);
-        vstore16(c, 0, t[2]);
-        vstore16(d, 0, t[3]);
-        for (uint l = 0; l < 16; l++)
-            for (uint i = 0; i < 4; i++)
-                w[4 * (16 * h + l) + i] = t[i][l];
+        /* to instance order, 4 instances per vector (vector shuffles: the lane-by-lane
+           copy took more time than the generator) */
+        __private uint *o = w + 64 * h;
+#define SR_AOS(k, i0, i1, i2, i3)                                                          \
+    vstore16((uint16)(a.s##i0, b.s##i0, c.s##i0, d.s##i0, a.s##i1, b.s##i1, c.s##i1,        \
+                      d.s##i1, a.s##i2, b.s##i2, c.s##i2, d.s##i2, a.s##i3, b.s##i3,        \
+                      c.s##i3, d.s##i3),                                                   \
+             k, o)
+        SR_AOS(0, 0, 1, 2, 3);
+        SR_AOS(1, 4, 5, 6, 7);
+        SR_AOS(2, 8, 9, a, b);
+        SR_AOS(3, c, d, e, f);
+#undef SR_AOS
     }
-    const ulong q = q0 + 32;
-    const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
-    w[128] = x.x, w[129] = x.y, w[130] = x.z, w[131] = x.w;
+    if (e0 & 7u) { /* a batch that does not start on an instance spans a 33rd */
+        const ulong q = q0 + 32;
+        const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+        w[128] = x.x, w[129] = x.y, w[130] = x.z, w[131] = x.w;
+    }
 }
 
 /* The 16-bit values of the 16 elements from element off of the batch (off = e - 8 q0). */
