@@ -78,11 +78,23 @@ inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16);
  * stores (extract, shift, store per lane: a bf16 AdamW step at 0.71 of its stream kernel),
  * while a vstore of uint is a vector store; so where the destination is 4-byte aligned (any
  * tensor at an even element offset) the words go out as pairs in 32-bit lanes, the same
- * bytes (little- or big-endian alike: as_type keeps memory order). */
+ * bytes. The lanes are built explicitly in the device's byte order (as_type between vectors
+ * of different lengths is implementation-defined in OpenCL C); LLVM folds it into nothing. */
+#ifdef __ENDIAN_LITTLE__
+#define U16_PAIRS(N, x) (convert_uint##N((x).even) | (convert_uint##N((x).odd) << 16))
+#define U8_QUADS(N, x)                                                                     \
+    (convert_uint##N((x).even.even) | (convert_uint##N((x).odd.even) << 8) |                \
+     (convert_uint##N((x).even.odd) << 16) | (convert_uint##N((x).odd.odd) << 24))
+#else
+#define U16_PAIRS(N, x) ((convert_uint##N((x).even) << 16) | convert_uint##N((x).odd))
+#define U8_QUADS(N, x)                                                                     \
+    ((convert_uint##N((x).even.even) << 24) | (convert_uint##N((x).odd.even) << 16) |       \
+     (convert_uint##N((x).even.odd) << 8) | convert_uint##N((x).odd.odd))
+#endif
 inline void store_u16x16(ushort16 x, __global ushort *p)
 {
     if (((uintptr_t)p & 3u) == 0)
-        vstore8(as_uint8(x), 0, (__global uint *)p);
+        vstore8(U16_PAIRS(8, x), 0, (__global uint *)p);
     else
         vstore16(x, 0, p);
 }
@@ -90,7 +102,7 @@ inline void store_u16x16(ushort16 x, __global ushort *p)
 inline void store_u8x16(uchar16 x, __global uchar *p)
 {
     if (((uintptr_t)p & 3u) == 0)
-        vstore4(as_uint4(x), 0, (__global uint *)p);
+        vstore4(U8_QUADS(4, x), 0, (__global uint *)p);
     else
         vstore16(x, 0, p);
 }
@@ -100,7 +112,7 @@ inline void store_u8x16(uchar16 x, __global uchar *p)
 inline void store_u16v(ushort8 x, __global ushort *p)
 {
     if (((uintptr_t)p & 3u) == 0)
-        vstore4(as_uint4(x), 0, (__global uint *)p);
+        vstore4(U16_PAIRS(4, x), 0, (__global uint *)p);
     else
         vstore8(x, 0, p);
 }
@@ -108,7 +120,7 @@ inline void store_u16v(ushort8 x, __global ushort *p)
 inline void store_u16v(ushort4 x, __global ushort *p)
 {
     if (((uintptr_t)p & 3u) == 0)
-        vstore2(as_uint2(x), 0, (__global uint *)p);
+        vstore2(U16_PAIRS(2, x), 0, (__global uint *)p);
     else
         vstore4(x, 0, p);
 }

@@ -447,23 +447,28 @@ static void test_determinism(void **state)
     assert_memory_equal(&norms[0], &norms[2], sizeof(double));
     /* gradient centralization's row means do not depend on the work-group count (bands of
        rows per group, 1, 3 and 64 groups per compute unit: uneven bands, groups past the
-       rows): Adam with GC, bit for bit */
+       rows): Adam with GC, bit for bit, on the R x C matrix and on 7 rows of 450 (fewer
+       rows than groups, rows not a multiple of the 4 sub-bands, a partial chunk per row) */
     const unsigned per_cu[3] = {1, 3, 64};
-    for (int k = 0; k < 3; k++) {
-        t = t0;
-        t.reduce_groups_per_cu = per_cu[k];
-        assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_SUCCESS);
-        clopt_hparams hp;
-        clopt_hparams_default(CLOPT_ADAM, &hp);
-        hp.grad_centralization = 1;
-        run r;
-        run_open(&r, f->ctx, CLOPT_ADAM, &hp, R, C, 1, p0);
-        run_step(&r, f->ctx, g);
-        run_step(&r, f->ctx, g);
-        read_at(f->ctx, (clopt_tensor){r.p, 0}, k ? b : a, n);
-        run_close(&r);
-        if (k)
-            assert_memory_equal(a, b, n * sizeof *a);
+    const size_t gc_shapes[2][2] = {{R, C}, {7, 450}};
+    for (int sh = 0; sh < 2; sh++) {
+        const size_t rr = gc_shapes[sh][0], cc = gc_shapes[sh][1];
+        for (int k = 0; k < 3; k++) {
+            t = t0;
+            t.reduce_groups_per_cu = per_cu[k];
+            assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t), CLOPT_SUCCESS);
+            clopt_hparams hp;
+            clopt_hparams_default(CLOPT_ADAM, &hp);
+            hp.grad_centralization = 1;
+            run r;
+            run_open(&r, f->ctx, CLOPT_ADAM, &hp, rr, cc, 1, p0);
+            run_step(&r, f->ctx, g);
+            run_step(&r, f->ctx, g);
+            read_at(f->ctx, (clopt_tensor){r.p, 0}, k ? b : a, rr * cc);
+            run_close(&r);
+            if (k)
+                assert_memory_equal(a, b, rr * cc * sizeof *a);
+        }
     }
     assert_int_equal(clopt_ctx_set_tuning(f->ctx, &t0), CLOPT_SUCCESS);
     free(p0), free(g), free(a), free(b);

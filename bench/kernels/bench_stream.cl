@@ -85,28 +85,44 @@ typedef BCAT(uint, VW) lanesV;
 /* Vectors of 16- and 8-bit words stored as 32-bit lanes where the address is 4-byte aligned,
    as the library's kernels do (store_u16v in kernels/storage.cl: PoCL 3.1 turns a vstoreN
    of ushort or uchar into N scalar stores, which made this kernel, the roofline, slower
-   than the 16-bit steps themselves). */
+   than the 16-bit steps themselves). The lanes are built in the device's byte order (as_type
+   between vectors of different lengths is implementation-defined). */
 #if VW >= 4
-#define ST_WORDS(NAME, T, N, M)                                                            \
+#ifdef __ENDIAN_LITTLE__
+#define U16_PAIRS(M, x) (BCAT(convert_uint, M)((x).even) | (BCAT(convert_uint, M)((x).odd) << 16))
+#define U8_QUADS(M, x)                                                                     \
+    (BCAT(convert_uint, M)((x).even.even) | (BCAT(convert_uint, M)((x).odd.even) << 8) |    \
+     (BCAT(convert_uint, M)((x).even.odd) << 16) | (BCAT(convert_uint, M)((x).odd.odd) << 24))
+#else
+#define U16_PAIRS(M, x) ((BCAT(convert_uint, M)((x).even) << 16) | BCAT(convert_uint, M)((x).odd))
+#define U8_QUADS(M, x)                                                                     \
+    ((BCAT(convert_uint, M)((x).even.even) << 24) | (BCAT(convert_uint, M)((x).odd.even) << 16) | \
+     (BCAT(convert_uint, M)((x).even.odd) << 8) | BCAT(convert_uint, M)((x).odd.odd))
+#endif
+#define ST_WORDS(NAME, T, N, M, LANES)                                                     \
     inline void NAME(BCAT(T, N) x, __global T *p)                                          \
     {                                                                                      \
         if (((uintptr_t)p & 3u) == 0)                                                      \
-            BCAT(vstore, M)(BCAT(as_uint, M)(x), 0, (__global uint *)p);                   \
+            BCAT(vstore, M)(LANES(M, x), 0, (__global uint *)p);                           \
         else                                                                               \
             BCAT(vstore, N)(x, 0, p);                                                      \
     }
 #if VW == 16
-ST_WORDS(st_u16, ushort, 16, 8)
-ST_WORDS(st_u8, uchar, 16, 4)
+ST_WORDS(st_u16, ushort, 16, 8, U16_PAIRS)
+ST_WORDS(st_u8, uchar, 16, 4, U8_QUADS)
 #elif VW == 8
-ST_WORDS(st_u16, ushort, 8, 4)
-ST_WORDS(st_u8, uchar, 8, 2)
+ST_WORDS(st_u16, ushort, 8, 4, U16_PAIRS)
+ST_WORDS(st_u8, uchar, 8, 2, U8_QUADS)
 #else
-ST_WORDS(st_u16, ushort, 4, 2)
+ST_WORDS(st_u16, ushort, 4, 2, U16_PAIRS)
 inline void st_u8(uchar4 x, __global uchar *p)
 {
     if (((uintptr_t)p & 3u) == 0)
-        *(__global uint *)p = as_uint(x);
+#ifdef __ENDIAN_LITTLE__
+        *(__global uint *)p = (uint)x.s0 | ((uint)x.s1 << 8) | ((uint)x.s2 << 16) | ((uint)x.s3 << 24);
+#else
+        *(__global uint *)p = ((uint)x.s0 << 24) | ((uint)x.s1 << 16) | ((uint)x.s2 << 8) | (uint)x.s3;
+#endif
     else
         vstore4(x, 0, p);
 }
