@@ -91,39 +91,23 @@ inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16);
     ((convert_uint##N((x).even.even) << 24) | (convert_uint##N((x).odd.even) << 16) |       \
      (convert_uint##N((x).even.odd) << 8) | convert_uint##N((x).odd.odd))
 #endif
-inline void store_u16x16(ushort16 x, __global ushort *p)
-{
-    if (((uintptr_t)p & 3u) == 0)
-        vstore8(U16_PAIRS(8, x), 0, (__global uint *)p);
-    else
-        vstore16(x, 0, p);
-}
-/* The same for 16 bytes (8-bit state's codes). */
-inline void store_u8x16(uchar16 x, __global uchar *p)
-{
-    if (((uintptr_t)p & 3u) == 0)
-        vstore4(U8_QUADS(4, x), 0, (__global uint *)p);
-    else
-        vstore16(x, 0, p);
-}
+/* NAME(x, p): T##N x at p, as M 32-bit lanes (LANES) where p is 4-byte aligned. */
+#define CLOPT_WORD_STORE(NAME, T, N, M, LANES)                                             \
+    inline void NAME(T##N x, __global T *p)                                                \
+    {                                                                                      \
+        if (((uintptr_t)p & 3u) == 0)                                                      \
+            vstore##M(LANES(M, x), 0, (__global uint *)p);                                 \
+        else                                                                               \
+            vstore##N(x, 0, p);                                                            \
+    }
+CLOPT_WORD_STORE(store_u16x16, ushort, 16, 8, U16_PAIRS)
+CLOPT_WORD_STORE(store_u8x16, uchar, 16, 4, U8_QUADS) /* 8-bit state's codes */
 #if VW == 16
 #define store_u16v store_u16x16
 #elif VW == 8
-inline void store_u16v(ushort8 x, __global ushort *p)
-{
-    if (((uintptr_t)p & 3u) == 0)
-        vstore4(U16_PAIRS(4, x), 0, (__global uint *)p);
-    else
-        vstore8(x, 0, p);
-}
+CLOPT_WORD_STORE(store_u16v, ushort, 8, 4, U16_PAIRS)
 #elif VW == 4
-inline void store_u16v(ushort4 x, __global ushort *p)
-{
-    if (((uintptr_t)p & 3u) == 0)
-        vstore2(U16_PAIRS(2, x), 0, (__global uint *)p);
-    else
-        vstore4(x, 0, p);
-}
+CLOPT_WORD_STORE(store_u16v, ushort, 4, 2, U16_PAIRS)
 #else
 #define store_u16v(x, p) VSTORE(x, 0, p)
 #endif
