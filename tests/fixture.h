@@ -178,4 +178,52 @@ static inline int elementwise_variant(int i, clopt_rule *rule, clopt_hparams *hp
     return 1;
 }
 
+/* ---- bad input changes nothing ----------------------------------------------------------
+ * Buffers registered with their first contents; after a refused call every one still holds
+ * them. The caller releases bufs and frees snap. */
+typedef struct bad_env {
+    clopt_ctx *ctx;
+    cl_mem bufs[16];
+    unsigned char *snap[16];
+    size_t sizes[16];
+    size_t nbufs;
+} bad_env;
+
+/* A buffer of `bytes` holding init (kept as its snapshot). */
+static inline cl_mem bad_env_buf(bad_env *e, size_t bytes, unsigned char *init)
+{
+    assert_true(e->nbufs < 16);
+    cl_mem m = buf_new(e->ctx, bytes, init);
+    e->bufs[e->nbufs] = m, e->snap[e->nbufs] = init, e->sizes[e->nbufs] = bytes;
+    e->nbufs++;
+    return m;
+}
+
+static inline void bad_env_check(bad_env *e, const char *what)
+{
+    assert_int_equal(clFinish(clopt_ctx_cl_queue(e->ctx)), CL_SUCCESS);
+    for (size_t b = 0; b < e->nbufs; b++) {
+        unsigned char *now = (unsigned char *)xmalloc(e->sizes[b]);
+        buf_read(e->ctx, e->bufs[b], 0, e->sizes[b], now);
+        if (memcmp(now, e->snap[b], e->sizes[b]) != 0)
+            print_error("%s: buffer %zu changed\n", what, b);
+        assert_memory_equal(now, e->snap[b], e->sizes[b]);
+        free(now);
+    }
+}
+
+/* clopt_enqueue_step at step t refused with `want` and a message, nothing changed. */
+static inline void bad_env_expect_step(bad_env *e, clopt_rule rule, const clopt_hparams *hp,
+                                       const clopt_step_args *a, size_t n, uint64_t t,
+                                       clopt_status want, const char *what)
+{
+    const clopt_status s = clopt_enqueue_step(e->ctx, NULL, rule, hp, a, n, t, 0, NULL, NULL);
+    if (s != want)
+        print_error("%s: got %s (%s), want %s\n", what, clopt_status_name(s),
+                    clopt_ctx_last_error(e->ctx), clopt_status_name(want));
+    assert_int_equal(s, want);
+    assert_true(strlen(clopt_ctx_last_error(e->ctx)) > 0);
+    bad_env_check(e, what);
+}
+
 #endif

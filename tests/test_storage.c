@@ -1351,50 +1351,18 @@ static void test_master_ties(void **state)
 
 enum { BN = 64 };
 
-typedef struct bad_env {
-    clopt_ctx *ctx;
-    cl_mem bufs[12];
-    size_t sizes[12];
-    unsigned char *snap[12];
-    size_t nbufs;
-} bad_env;
-
 static cl_mem env_buf(bad_env *e, size_t bytes, uint64_t *s)
 {
     unsigned char *d = xmalloc(bytes);
     for (size_t i = 0; i < bytes; i++)
         d[i] = (unsigned char)mix(s);
-    cl_mem m = buf_new(e->ctx, bytes, d);
-    e->bufs[e->nbufs] = m;
-    e->sizes[e->nbufs] = bytes;
-    e->snap[e->nbufs++] = d;
-    return m;
+    return bad_env_buf(e, bytes, d);
 }
 
-static void env_check(bad_env *e, const char *what)
-{
-    assert_int_equal(clFinish(clopt_ctx_cl_queue(e->ctx)), CL_SUCCESS);
-    for (size_t b = 0; b < e->nbufs; b++) {
-        unsigned char *now = xmalloc(e->sizes[b]);
-        buf_read(e->ctx, e->bufs[b], 0, e->sizes[b], now);
-        if (memcmp(now, e->snap[b], e->sizes[b]) != 0)
-            print_error("%s: buffer %zu changed\n", what, b);
-        assert_memory_equal(now, e->snap[b], e->sizes[b]);
-        free(now);
-    }
-}
-
-static void expect_step(bad_env *e, clopt_rule rule, const clopt_hparams *hp,
-                        const clopt_step_args *a, size_t n, clopt_status want, const char *what)
-{
-    const clopt_status s = clopt_enqueue_step(e->ctx, NULL, rule, hp, a, n, 1, 0, NULL, NULL);
-    if (s != want)
-        print_error("%s: got %s (%s), want %s\n", what, clopt_status_name(s),
-                    clopt_ctx_last_error(e->ctx), clopt_status_name(want));
-    assert_int_equal(s, want);
-    assert_true(strlen(clopt_ctx_last_error(e->ctx)) > 0);
-    env_check(e, what);
-}
+/* a step at step 1 */
+#define expect_step(e, rule, hp, a, n, want, what)                                         \
+    bad_env_expect_step(e, rule, hp, a, n, 1, want, what)
+#define env_check bad_env_check
 
 static void expect_convert(bad_env *e, clopt_tensor dst, clopt_dtype dt, clopt_tensor src,
                            clopt_dtype st, size_t n, int sr, clopt_status want,
