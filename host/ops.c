@@ -326,7 +326,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if (ctl && ctl->dry)
         return CLOPT_SUCCESS;
     cl_event means = NULL;
-    if ((s = clopt_launch_groups(ctx, q, kgc, clopt_gc_groups(ctx, args->gc_rows), rl, num_wait, wait_list, &means)) !=
+    const size_t gc_groups = clopt_gc_groups(ctx, args->gc_rows);
+    if ((s = clopt_launch_groups(ctx, q, kgc, gc_groups, rl, num_wait, wait_list, &means)) !=
         CLOPT_SUCCESS)
         return s;
     s = clopt_launch_elementwise(ctx, q, k, n, &plan.tuning, 1, &means, event);

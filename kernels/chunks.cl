@@ -210,27 +210,10 @@ inline floatR maskR(floatR x, uint cnt)
     return cnt == RW ? x : select((floatR)(0.0f), x, lanes_below(cnt));
 }
 
-inline floatR read_gradR(floatR g, float gmul)
-{
-    g = g * gmul;
-#if MAXIMIZE
-    g = -g;
-#endif
-    return g;
-}
+CLOPT_READ_GRAD(read_gradR, floatR)
 
 /* Kahan accumulation lane by lane (see kahan_add). */
-typedef struct kahanR {
-    floatR sum, c;
-} kahanR;
-
-inline void kahanR_add(kahanR *k, floatR x)
-{
-    floatR y = x - k->c;
-    floatR t = k->sum + y;
-    k->c = (t - k->sum) - y;
-    k->sum = t;
-}
+CLOPT_KAHAN(kahanR, kahanR_add, floatR)
 
 /* A sum keeps RACC such accumulators (FOR_CHUNKS below assumes 4): RACC independent Kahan
  * chains hide the latency of the dependent additions (one chain limits a core to ~4 bytes a

@@ -669,36 +669,31 @@ inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulon
 #define GC_APPLY1(g, e) (g)
 #endif
 
-/* The gradient as the update sees it: unscaled (AMP / clipping multiplier), maximize. */
-inline floatV read_grad(floatV g, float gmul)
-{
-    g = g * gmul;
+/* The gradient as the update sees it: unscaled (AMP / clipping multiplier), maximize; one
+ * function per lane type T (read_grad: floatV, read_grad1: float; read_gradR in chunks.cl). */
 #if MAXIMIZE
-    g = -g;
+#define CLOPT_READ_GRAD(NAME, T)                                                           \
+    inline T NAME(T g, float gmul) { return -(g * gmul); }
+#else
+#define CLOPT_READ_GRAD(NAME, T)                                                           \
+    inline T NAME(T g, float gmul) { return g * gmul; }
 #endif
-    return g;
-}
-
-inline float read_grad1(float g, float gmul)
-{
-    g = g * gmul;
-#if MAXIMIZE
-    g = -g;
-#endif
-    return g;
-}
+CLOPT_READ_GRAD(read_grad, floatV)
+CLOPT_READ_GRAD(read_grad1, float)
 
 /* Compensated (Kahan) accumulation: the rounding error of each addition is carried into the
  * next, so long sequential sums (a 4096-element row) stay accurate to a few ulp. Strict IEEE
- * arithmetic (no fast-math) keeps the compensation from being optimised away. */
-typedef struct kahan {
-    float sum, c;
-} kahan;
-
-inline void kahan_add(kahan *k, float x)
-{
-    float y = x - k->c;
-    float t = k->sum + y;
-    k->c = (t - k->sum) - y;
-    k->sum = t;
-}
+ * arithmetic (no fast-math) keeps the compensation from being optimised away. One type per
+ * lane type T (kahan: float; kahanR, lane by lane, in chunks.cl). */
+#define CLOPT_KAHAN(NAME, ADD, T)                                                          \
+    typedef struct NAME {                                                                  \
+        T sum, c;                                                                          \
+    } NAME;                                                                                \
+    inline void ADD(NAME *k, T x)                                                          \
+    {                                                                                      \
+        T y = x - k->c;                                                                    \
+        T t = k->sum + y;                                                                  \
+        k->c = (t - k->sum) - y;                                                           \
+        k->sum = t;                                                                        \
+    }
+CLOPT_KAHAN(kahan, kahan_add, float)
