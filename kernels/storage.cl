@@ -523,13 +523,13 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
     } while (0)
 #define STATE_END(s, sg)                                                                   \
     if (q8_live(n))                                                                        \
-    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, qmap_ + 512, sg)
+    q8_store_block(s##_, s##a_, s##q_, s##mx_, n, (__global const uint *)(qmap_ + 512), sg)
 
 inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
 
-/* map[i] for the 16 lanes of i (a gather where the device has one). */
-#define Q8_GATHER(m, i)                                                                    \
-    ((float16)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
+/* m[i] (vector type T) for the 16 lanes of i (a gather where the device has one). */
+#define Q8_GATHER(T, m, i)                                                                 \
+    ((T)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
                (m)[(i).s6], (m)[(i).s7], (m)[(i).s8], (m)[(i).s9], (m)[(i).sa], (m)[(i).sb], \
                (m)[(i).sc], (m)[(i).sd], (m)[(i).se], (m)[(i).sf]))
 
@@ -546,61 +546,39 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
             t[k] = k < rem ? p[base + k] : 0u;
         c = vload16(0, t);
     }
-    return Q8_GATHER(map, c) * am;
+    return Q8_GATHER(float16, map, c) * am;
 }
 
-/* The codes of 16 values v in [-1, 1], computed rather than searched: the map's entries
-   are, per decade i = 0..6, the midpoints of k = 2^i (signed) or 2^(i+1) (unsigned) equal
-   bins covering 10^(i-6) [0.1, 1], so once the decade is known the nearest entry is the one
-   whose bin holds |v|. tab (after the two maps in qmap_, filled by the host from them):
-   the boundaries B0..B7 for signed and for unsigned (B0 half the smallest entry, Bi the
-   midpoint of the entries facing each other across decades, B7 the midpoint of the largest
-   entry and 1), 10^(6-i), then k/0.9 signed and unsigned. So each code is the nearest
-   entry's up to float rounding at a bin's edge, which q8_nearest then settles against the
-   map itself (ties to the lower code). Codes: unsigned 0 (0.0),
-   1 + 2^(i+1) - 2 + j, 255 (1.0); signed 127 (0.0), 128 + 2^i - 1 + j for v > 0,
-   126 - (2^i - 1 + j) for v < 0, 255 (1.0). */
-inline uint16 q8_codes(float16 v, __global const float *tab, int sg)
+/* The codes of 16 values v in [-1, 1]: each the nearest map entry (ties to the lower code),
+   found with one table load per lane. The table (after the two maps in qmap_, built by the
+   host, host/util.c) cuts magnitudes into buckets of equal top 16 bits (exponent and 7
+   mantissa bits), from Q8_TLO to Q8_THI (1.0), bucket 0 holding everything below; each map's
+   midpoints are at least two buckets apart, so a bucket has one code or two: its entry is
+   the code at the bucket's bottom (bits 24-31) and the low 16 bits from which the next code
+   (one up for v >= 0, one down for v < 0) is the nearer (bits 0-16, 0x10000 when none).
+   Three regions of Q8_TN entries: signed map for v >= 0, signed for v < 0, unsigned. A NaN,
+   and a negative v in the unsigned map, take the code of 0. */
+#define Q8_TLO 0x3300u /* 2^-25 */
+#define Q8_THI 0x3F80u /* 1.0 */
+#define Q8_TN (Q8_THI - Q8_TLO + 2u)
+inline uint16 q8_codes(float16 v, __global const uint *tab, int sg)
 {
-    const float16 a = fabs(v);
-    __global const float *B = tab + (sg ? 0 : 8);
-    int16 i = (int16)(0);
-    float16 sc = (float16)(tab[16]), km = (float16)(tab[sg ? 23 : 30]);
-    for (int d = 1; d < 7; d++) {
-        const int16 up = a >= (float16)(B[d]);
-        i -= up; /* true is -1 */
-        sc = select(sc, (float16)(tab[16 + d]), up);
-        km = select(km, (float16)(tab[(sg ? 23 : 30) + d]), up);
-    }
-    const uint16 k = as_uint16((int16)(sg ? 1 : 2) << i);
-    const uint16 before = k - (uint16)(sg ? 1u : 2u);
-    const float16 jf = clamp(floor((a * sc - 0.1f) * km), 0.0f, convert_float16(k - 1u));
-    const uint16 j = convert_uint16(jf);
-    uint16 code;
-    if (sg)
-        code = select((uint16)(126u) - (before + j), (uint16)(128u) + before + j,
-                      as_uint16(v > 0.0f));
-    else
-        code = (uint16)(1u) + before + j;
-    code = select(code, (uint16)(sg ? 127u : 0u), as_uint16(a < (float16)(B[0])));
-    return select(code, (uint16)(255u), as_uint16(v >= (float16)(B[7])));
-}
-
-/* The nearest of codes c and their two neighbours to v (ties to the lower code): makes each
-   computed code exact where float rounding put it one bin off next to a bin's edge. */
-inline uint16 q8_nearest(float16 v, uint16 c, __global const float *map)
-{
-    const uint16 lo = select(c - 1u, c, c == (uint16)(0u)), hi = min(c + 1u, (uint16)(255u));
-    const float16 dl = fabs(v - Q8_GATHER(map, lo)), dc = fabs(v - Q8_GATHER(map, c)),
-                  dh = fabs(v - Q8_GATHER(map, hi));
-    return select(select(c, hi, as_uint16(dh < dc)), lo, as_uint16(dl <= dc));
+    const uint16 b = as_uint16(v), mag = b & (uint16)(0x7FFFFFFFu);
+    const uint16 neg = sg ? as_uint16(as_int16(b) >> 31) : (uint16)(0u); /* all ones: v < 0 */
+    const uint16 h = clamp(mag >> 16, (uint16)(Q8_TLO - 1u), (uint16)(Q8_THI)) -
+                     (uint16)(Q8_TLO - 1u) + (neg & (uint16)(Q8_TN));
+    /* an int index: a dword gather where the device has one (unsigned ones widen to 64 bits) */
+    const uint16 e = Q8_GATHER(uint16, tab + (sg ? 0u : 2u * Q8_TN), as_int16(h));
+    const uint16 up = as_uint16((mag & (uint16)(0xFFFFu)) >= (e & (uint16)(0x1FFFFu)));
+    const uint16 code = (e >> 24) - select(up, -up, neg); /* up is 0 or all ones */
+    const int16 zero = isnan(v) | (sg ? (int16)(0) : v < 0.0f);
+    return select(code, (uint16)(sg ? 127u : 0u), as_uint16(zero));
 }
 
 /* Writes the work-item's block: its absmax and the codes of its elements. */
 inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
-                           float16 mx16, ulong n, __global const float *tab, int sg)
+                           float16 mx16, ulong n, __global const uint *tab, int sg)
 {
-    __global const float *map = tab - 512 + (sg ? 0 : 256);
     const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
     const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
     float m[16];
@@ -611,7 +589,7 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
         const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
-        const uchar16 c = convert_uchar16(q8_nearest(x, q8_codes(x, tab, sg), map));
+        const uchar16 c = convert_uchar16(q8_codes(x, tab, sg));
         if (v * 16 + 16 <= cnt) {
             store_u8x16(c, p + e0 + v * 16);
         } else {

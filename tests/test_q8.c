@@ -85,8 +85,8 @@ uint16_t bf16_rne(float x)
 /* ---- bitsandbytes' dynamic map, transcribed ---------------------------------------------- */
 
 static double QMAPD[2][256]; /* [signed]: the transcription in double */
-static float QMAP[2][256];   /* rounded to float32, as the library documents its map */
-static unsigned QZERO[2];    /* the code of 0 */
+float QMAP[2][256]; /* rounded to float32, as the library documents its map */
+unsigned QZERO[2];   /* the code of 0 */
 static int QMAP_READY;
 
 static int cmp_double(const void *a, const void *b)
@@ -157,7 +157,7 @@ static unsigned map_floor(const float *map, double x)
 }
 
 /* The code nearest to x, ties to the lower code. */
-static unsigned map_nearest(const float *map, double x)
+unsigned map_nearest(const float *map, double x)
 {
     const unsigned a = map_floor(map, x);
     if (a == 255)
@@ -166,7 +166,7 @@ static unsigned map_nearest(const float *map, double x)
     return db < da ? a + 1 : a;
 }
 
-static void maps_init(void)
+void maps_init(void)
 {
     if (QMAP_READY)
         return;
@@ -235,14 +235,8 @@ static void test_map(void **state)
 
 /* ---- 8-bit blockwise state, by value ------------------------------------------------------ */
 
-typedef struct q8s {
-    size_t n;
-    int sg;
-    unsigned char *code;
-    float *amax;
-} q8s;
 
-static void q8_alloc(q8s *s, size_t n, int sg)
+void q8_alloc(q8s *s, size_t n, int sg)
 {
     s->n = n;
     s->sg = sg;
@@ -250,7 +244,7 @@ static void q8_alloc(q8s *s, size_t n, int sg)
     s->amax = xmalloc(nblocks(n) * sizeof(float));
 }
 
-static void q8_free(q8s *s)
+void q8_free(q8s *s)
 {
     free(s->code);
     free(s->amax);
@@ -494,14 +488,6 @@ static size_t q8_compare(const char *label, size_t n, size_t ns, const int *sg, 
 #define GUARD_AMAX 1.0e6f
 #define GUARD_CODE 0xFFu
 
-typedef struct q8dev {
-    size_t n, ns;
-    cl_mem p, g, c[CLOPT_MAX_STATE], a[CLOPT_MAX_STATE];
-    size_t co[CLOPT_MAX_STATE], ao[CLOPT_MAX_STATE];
-    size_t pb, gb, cb[CLOPT_MAX_STATE], ab[CLOPT_MAX_STATE]; /* bytes */
-    unsigned char *pimg, *gimg, *cimg[CLOPT_MAX_STATE], *aimg[CLOPT_MAX_STATE];
-    clopt_step_args args;
-} q8dev;
 
 static void fill_f(unsigned char *dst, size_t count, float v)
 {
@@ -509,7 +495,7 @@ static void fill_f(unsigned char *dst, size_t count, float v)
         memcpy(dst + i * 4, &v, 4);
 }
 
-static void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, const float *grad,
+void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, const float *grad,
                        size_t ns, const q8s *st)
 {
     memset(d, 0, sizeof *d);
@@ -548,7 +534,7 @@ static void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, c
     }
 }
 
-static void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st)
+void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st)
 {
     buf_read(ctx, d->p, PO * 4, d->n * 4, theta);
     for (size_t k = 0; k < d->ns; k++) {
@@ -557,8 +543,7 @@ static void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st)
     }
 }
 
-/* Everything outside the tensors still holds its first contents; the gradient is untouched. */
-static size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label)
+size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label)
 {
     size_t bad = 0;
     const size_t n = d->n, nb = nblocks(n);
@@ -588,7 +573,7 @@ static size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label)
     return bad;
 }
 
-static void q8dev_free(q8dev *d)
+void q8dev_free(q8dev *d)
 {
     clReleaseMemObject(d->p);
     clReleaseMemObject(d->g);
@@ -675,6 +660,7 @@ static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, 
     float *theta0 = xmalloc(n * 4), *grad = xmalloc(n * 4), *gth = xmalloc(n * 4);
     random_tensor(&s, n, theta0, grad);
     q8s st0[CLOPT_MAX_STATE], got[CLOPT_MAX_STATE];
+    memset(st0, 0, sizeof st0); /* q8_alloc fills them, out of gcc's sight */
     random_state(&s, rule, &hp, n, ns, sg, st0);
     for (size_t k = 0; k < ns; k++)
         q8_alloc(&got[k], n, sg[k]);
@@ -1119,114 +1105,6 @@ static void test_q8_one_element(void **state)
     q8_free(&st);
 }
 
-/* Exact ties go to the lower code, and a value one ulp off a midpoint to its nearer code. The
-   block's first value is 1, so its absmax is 1 and the value to quantize is the stored value
-   itself: SGD's step 1 stores b = g (signed map); Adagrad from a zero sum stores s = g·g
-   rounded once (unsigned map; g is chosen so that it is the wanted value). The values: every
-   midpoint between two neighbouring map entries that float32 holds exactly (where the
-   library's map equals the transcription bit for bit, so that it is a tie for both), and,
-   for the signed map where the two entries are within a factor 2 (the distances to them are
-   then exact in float32), the midpoint one ulp up (the upper code) and one ulp down (the
-   lower). */
-static size_t ties_run(clopt_ctx *ctx, int sg, size_t *nties)
-{
-    float lib[256];
-    clopt_q8_map(sg, lib);
-    const float *map = QMAP[sg];
-    const size_t cap = 3 * 255;
-    float *gv = xmalloc(cap * 4), *vals = xmalloc(cap * 4);
-    unsigned *want = xmalloc(cap * sizeof *want);
-    size_t nv = 0;
-    *nties = 0;
-    for (unsigned k = 0; k < 255; k++) {
-        const float m0 = map[k], m1 = map[k + 1];
-        if (f2u(lib[k]) != f2u(m0) || f2u(lib[k + 1]) != f2u(m1) || m1 == 1.0f)
-            continue;
-        const double mid = ((double)m0 + (double)m1) / 2;
-        const float fm = (float)mid;
-        if ((double)fm != mid)
-            continue;
-        if (sg) {
-            gv[nv] = vals[nv] = fm, want[nv++] = k, (*nties)++;
-            if ((m0 > 0 && m1 <= 2 * m0) || (m1 < 0 && -m0 <= -2 * m1)) {
-                gv[nv] = vals[nv] = nextafterf(fm, 2.0f), want[nv++] = k + 1;
-                gv[nv] = vals[nv] = nextafterf(fm, -2.0f), want[nv++] = k;
-            }
-        } else { /* a g whose square rounds to the midpoint */
-            float r = nextafterf(nextafterf(sqrtf(fm), 0.0f), 0.0f);
-            for (int u = 0; u < 5; u++, r = nextafterf(r, 2.0f)) {
-                const volatile float sq = r * r;
-                if (sq == fm) {
-                    gv[nv] = r, vals[nv] = fm, want[nv++] = k, (*nties)++;
-                    break;
-                }
-            }
-        }
-    }
-    /* blocks of 1 + 255 values */
-    const size_t nb = (nv + 254) / 255, n = nv + nb;
-    float *g = xmalloc(n * 4), *v = xmalloc(n * 4), *theta = xmalloc(n * 4), *th = xmalloc(n * 4);
-    unsigned *wc = xmalloc(n * sizeof *wc);
-    for (size_t i = 0, j = 0; i < n; i++) {
-        theta[i] = 0.5f;
-        if (i % 256 == 0)
-            g[i] = v[i] = 1.0f, wc[i] = 255;
-        else
-            g[i] = gv[j], v[i] = vals[j], wc[i] = want[j], j++;
-    }
-    const clopt_rule rule = sg ? CLOPT_SGD : CLOPT_ADAGRAD;
-    clopt_hparams hp;
-    assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
-    hp.lr = 0x1p-10, hp.weight_decay = 0, hp.initial_accumulator_value = 0;
-    if (sg)
-        hp.momentum = 0.5;
-    q8s st;
-    q8_alloc(&st, n, sg);
-    memset(st.code, (int)QZERO[sg], n);
-    memset(st.amax, 0, nblocks(n) * 4);
-    q8dev d;
-    const char *label = sg ? "ties, signed map (sgd)" : "ties, unsigned map (adagrad)";
-    q8dev_make(ctx, &d, n, theta, g, 1, &st);
-    step_ok(ctx, rule, &hp, &d.args, n, 1, label);
-    q8dev_read(ctx, &d, th, &st);
-    size_t bad = q8dev_guards(ctx, &d, label);
-    for (size_t b = 0; b < nblocks(n); b++)
-        if (st.amax[b] != 1.0f)
-            bad++, print_error("%s: block %zu absmax %a, want 1\n", label, b, (double)st.amax[b]);
-    size_t wrong = 0, wrong_ties = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (st.code[i] == wc[i])
-            continue;
-        const double mid = ((double)map[wc[i]] + (double)map[st.code[i]]) / 2;
-        const int tie = (double)v[i] == mid;
-        wrong++, wrong_ties += tie;
-        if (wrong <= 6)
-            print_error("%s: %a %s between %a (code %u) and %a (code %u) got code %u\n", label,
-                        (double)v[i],
-                        tie ? "exactly midway" : "nearer to the first, 1 ulp off midway",
-                        (double)map[wc[i]], wc[i], (double)map[st.code[i]], st.code[i], st.code[i]);
-    }
-    if (wrong)
-        print_error("%s: %zu of %zu values not given the nearest code (%zu of %zu exact ties not "
-                    "the lower code)\n",
-                    label, wrong, nv, wrong_ties, *nties);
-    q8dev_free(&d);
-    q8_free(&st);
-    free(gv), free(vals), free(want), free(g), free(v), free(theta), free(th), free(wc);
-    return bad + wrong;
-}
-
-static void test_q8_ties(void **state)
-{
-    fixture *f = *state;
-    maps_init();
-    size_t ns = 0, nu = 0;
-    const size_t bad = ties_run(f->ctx, 1, &ns) + ties_run(f->ctx, 0, &nu);
-    print_message("  exact ties: %zu in the signed map, %zu in the unsigned map\n", ns, nu);
-    assert_true(ns >= 20 && nu >= 20);
-    assert_int_equal(bad, 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1236,7 +1114,7 @@ int main(void)
         cmocka_unit_test(test_alloc_state_ex),
         cmocka_unit_test(test_q8_zero_blocks),
         cmocka_unit_test(test_q8_one_element),
-        cmocka_unit_test(test_q8_ties),
+        Q8_CODES_TESTS,
         Q8_OPT_TESTS,
     };
     return cmocka_run_group_tests(tests, setup, teardown);

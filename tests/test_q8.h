@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared between test_q8.c (the maps, 8-bit steps against the blockwise transcription, edge
-   cases) and test_q8_opt.c (bf16 state, the optimizer level, bad arguments). */
+   cases), test_q8_codes.c (the code of each value: ties, the boundaries between codes) and
+   test_q8_opt.c (bf16 state, the optimizer level, bad arguments). */
 #ifndef CLOPT_TEST_Q8_H
 #define CLOPT_TEST_Q8_H
 
@@ -24,6 +25,43 @@ int state_signed(const char *name);
 /* bf16 word h as a float / the nearest bf16 word of finite x (ties to even). */
 float bf16_val(uint16_t h);
 uint16_t bf16_rne(float x);
+
+/* bitsandbytes' maps transcribed (test_q8.c): [signed], rounded to float32; the code of 0. */
+extern float QMAP[2][256];
+extern unsigned QZERO[2];
+void maps_init(void);
+/* The code nearest to x, ties to the lower code. */
+unsigned map_nearest(const float *map, double x);
+
+/* One 8-bit state by value: element i is map[code] * the absmax of its block. */
+typedef struct q8s {
+    size_t n;
+    int sg;
+    unsigned char *code;
+    float *amax;
+} q8s;
+void q8_alloc(q8s *s, size_t n, int sg);
+void q8_free(q8s *s);
+
+/* An 8-bit run on the device: θ, g and ns states at element offsets, guards after them. */
+typedef struct q8dev {
+    size_t n, ns;
+    cl_mem p, g, c[CLOPT_MAX_STATE], a[CLOPT_MAX_STATE];
+    size_t co[CLOPT_MAX_STATE], ao[CLOPT_MAX_STATE];
+    size_t pb, gb, cb[CLOPT_MAX_STATE], ab[CLOPT_MAX_STATE]; /* bytes */
+    unsigned char *pimg, *gimg, *cimg[CLOPT_MAX_STATE], *aimg[CLOPT_MAX_STATE];
+    clopt_step_args args;
+} q8dev;
+void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, const float *grad,
+                size_t ns, const q8s *st);
+void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st);
+/* Everything outside the tensors still holds its first contents; the gradient is untouched. */
+size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label);
+void q8dev_free(q8dev *d);
+
+void test_q8_ties(void **state);
+void test_q8_boundaries(void **state);
+#define Q8_CODES_TESTS cmocka_unit_test(test_q8_ties), cmocka_unit_test(test_q8_boundaries)
 
 void test_bf16_rules(void **state);
 void test_opt_q8(void **state);
