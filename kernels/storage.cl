@@ -79,7 +79,8 @@ inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16);
  * while a vstore of uint is a vector store; so where the destination is 4-byte aligned (any
  * tensor at an even element offset) the words go out as pairs in 32-bit lanes, the same
  * bytes. The lanes are built explicitly in the device's byte order (as_type between vectors
- * of different lengths is implementation-defined in OpenCL C); LLVM folds it into nothing. */
+ * of different lengths is implementation-defined in OpenCL C); LLVM folds it into nothing.
+ * 8-bit state's codes go out the same way (q8_store_block, from their uint lanes). */
 #ifdef __ENDIAN_LITTLE__
 #define U16_PAIRS(N, x) (convert_uint##N((x).even) | (convert_uint##N((x).odd) << 16))
 #define U8_QUADS(N, x)                                                                     \
@@ -101,7 +102,6 @@ inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16);
             vstore##N(x, 0, p);                                                            \
     }
 CLOPT_WORD_STORE(store_u16x16, ushort, 16, 8, U16_PAIRS)
-CLOPT_WORD_STORE(store_u8x16, uchar, 16, 4, U8_QUADS) /* 8-bit state's codes */
 #if VW == 16
 #define store_u16v store_u16x16
 #elif VW == 8
@@ -589,9 +589,13 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
     abs[b] = mx;
     for (uint v = 0; v * 16 < cnt; v++) {
         const float16 x = mx > 0.0f ? vload16(v, q) / mx : (float16)(0.0f);
-        const uchar16 c = convert_uchar16(q8_codes(x, tab, sg));
-        if (v * 16 + 16 <= cnt) {
-            store_u8x16(c, p + e0 + v * 16);
+        const uint16 cu = q8_codes(x, tab, sg);
+        const uchar16 c = convert_uchar16(cu);
+        __global uchar *d = p + e0 + v * 16;
+        if (v * 16 + 16 <= cnt && ((uintptr_t)d & 3u) == 0) { /* 32-bit lanes from the uints */
+            vstore4(U8_QUADS(4, cu), 0, (__global uint *)d);
+        } else if (v * 16 + 16 <= cnt) {
+            vstore16(c, 0, d);
         } else {
             uchar t[16];
             vstore16(c, 0, t);

@@ -518,7 +518,7 @@ void q8dev_make(clopt_ctx *ctx, q8dev *d, size_t n, const float *theta, const fl
     d->args.grad = (clopt_tensor){d->g, GO};
     d->args.state_dtype = CLOPT_DTYPE_U8;
     for (size_t k = 0; k < ns; k++) {
-        d->co[k] = 7 + 3 * k, d->ao[k] = 2 + k;
+        d->co[k] = 8 + 3 * k, d->ao[k] = 2 + k; /* codes at 0, 3, 2 mod 4: word and byte stores */
         d->cb[k] = d->co[k] + n + GUARD;
         d->cimg[k] = xmalloc(d->cb[k]);
         memset(d->cimg[k], (int)GUARD_CODE, d->cb[k]);
