@@ -185,7 +185,11 @@ inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
     const ulong q = e >> 3;
     const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
     const uint j = ((uint)e >> 1) & 3u;
-    const uint w = j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
+    /* word j by halves: Oclgrind 21.10 with optimisation on returned word 3 for j 0 and 1 of
+       every counter but the first from the chain j == 0 ? x.x : j == 1 ? ... (not with
+       -cl-opt-disable; PoCL right either way) */
+    const uint2 h = (j & 2u) ? x.zw : x.xy;
+    const uint w = (j & 1u) ? h.y : h.x;
     return (w >> (16u * ((uint)e & 1u))) & 0xFFFFu;
 }
 
