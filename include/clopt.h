@@ -626,7 +626,7 @@ typedef struct clopt_step_args {
        change sign (exp_avg, momentum_buffer, grad_avg) and the unsigned one for the others.
        The kernel dequantizes a block, updates it (θ's update reads the new state before it
        is quantized), takes the block's new absmax and writes each value's nearest code
-       (ties to the lower code), all in the one launch. */
+       (ties to the lower code; a NaN takes the code of 0), all in the one launch. */
     clopt_dtype state_dtype;
     clopt_tensor state_absmax[CLOPT_MAX_STATE];
     /* Schedule-Free: the scalar state before this step (both 0 at step 1; the reference's

@@ -556,8 +556,8 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
 /* The codes of 16 values v in [-1, 1]: each the nearest map entry (ties to the lower code),
    found with one table load per lane. The table (after the two maps in qmap_, built by the
    host, host/util.c) cuts magnitudes into buckets of equal top 16 bits (exponent and 7
-   mantissa bits), from Q8_TLO to Q8_THI (1.0), bucket 0 holding everything below; each map's
-   midpoints are at least two buckets apart, so a bucket has one code or two: its entry is
+   mantissa bits), from Q8_TLO to Q8_THI (1.0), bucket 0 holding everything below; no bucket
+   holds two changes of code (the host checks), so a bucket has one code or two: its entry is
    the code at the bucket's bottom (bits 24-31) and the low 16 bits from which the next code
    (one up for v >= 0, one down for v < 0) is the nearer (bits 0-16, 0x10000 when none).
    Three regions of Q8_TN entries: signed map for v >= 0, signed for v < 0, unsigned. A NaN,
