@@ -574,7 +574,9 @@ inline uint16 q8_codes(float16 v, __global const uint *tab, int sg)
     /* an int index: a dword gather where the device has one (unsigned ones widen to 64 bits) */
     const uint16 e = Q8_GATHER(uint16, tab + (sg ? 0u : 2u * Q8_TN), as_int16(h));
     const uint16 up = as_uint16((mag & (uint16)(0xFFFFu)) >= (e & (uint16)(0x1FFFFu)));
-    const uint16 code = (e >> 24) - select(up, -up, neg); /* up is 0 or all ones */
+    /* up and neg are 0 or all ones: + 1 (up, v >= 0), - 1 (up, v < 0); as select(up, -up,
+       neg) Oclgrind 21.10 with optimisation on got 255 for -up */
+    const uint16 code = (e >> 24) - (up ^ neg) + neg;
     const int16 zero = isnan(v) | (sg ? (int16)(0) : v < 0.0f);
     return select(code, (uint16)(sg ? 127u : 0u), as_uint16(zero));
 }
