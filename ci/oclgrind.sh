@@ -49,7 +49,7 @@
 #                 of storage.cl, theta_copy), bf16 and 8-bit state in arena groups;
 #   test_q8       8-bit blockwise state (one work-item per 256-element block, blocks cut by
 #                 a tensor's end) and bf16 state for every element-wise rule.
-# (tests/test_storage.c, ~1 min here, is left to PoCL: its kernels are the ones above in
+# (tests/test_storage*.c, ~1 min here, are left to PoCL: its kernels are the ones above in
 # more combinations.)
 # Fails when a test fails or when Oclgrind writes any report to stderr; the reports are
 # printed. Runtime on 2 cores: about 100 s (two tests side by side; 180 s one after another).

@@ -1,0 +1,460 @@
+/* SPDX-License-Identifier: MIT */
+/* Checkpoints, continued (one executable with test_checkpoint.c, which has the model and the
+ * format helpers of test_checkpoint.h): state tensors saved by the engine through the
+ * enumeration and written back, per-tensor step counts, files of earlier versions (1 and 2),
+ * and the enumeration itself. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clopt.h"
+#include "fixture.h"
+#include "ref.h"
+#include "test_checkpoint.h"
+
+static void assert_close(const float *x, const double *ref, size_t n, double rtol, double atol,
+                         const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)x[i] - ref[i]) <= atol + rtol * fabs(ref[i]))) {
+            fprintf(stderr, "%s: [%zu] got %.9g want %.9g\n", what, i, (double)x[i], ref[i]);
+            fail();
+        }
+}
+
+/* ---- (e) state tensors saved by the engine ------------------------------------------------ */
+
+typedef struct engine_tensor {
+    char key[64];
+    size_t length;
+    float *data;
+} engine_tensor;
+
+void test_engine_state_tensors(void **state)
+{
+    fixture *f = *state;
+    net a, b;
+    /* AdamW with Lookahead (k = 2) and an arena group: slow weights and arena states too */
+    net_build(&a, f->ctx, CLOPT_ADAMW, 2, 1, 9);
+    net_steps(&a, 0, 3);
+    clopt_save_options o;
+    clopt_save_options_init(&o);
+    o.state_tensors = 0;
+    size_t len, full;
+    unsigned char *blob = save_bytes(&a, &o, &len);
+    unsigned char *all = save_bytes(&a, NULL, &full);
+    /* the engine's own container: every entry by key */
+    size_t count = clopt_optimizer_state_entry_count(a.opt);
+    assert_int_equal(count, 6 * 3); /* exp_avg, exp_avg_sq, slow_params per tensor */
+    engine_tensor *store = calloc(count, sizeof *store);
+    size_t floats = 0;
+    for (size_t i = 0; i < count; i++) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(a.opt, i, &e), CLOPT_SUCCESS);
+        snprintf(store[i].key, sizeof store[i].key, "%s", e.key);
+        store[i].length = e.length;
+        store[i].data = malloc(e.length * sizeof(float));
+        assert_int_equal(clopt_optimizer_read_state(a.opt, e.param, e.index, store[i].data,
+                                                    e.length),
+                         CLOPT_SUCCESS);
+        floats += e.length;
+    }
+    assert_int_equal(full - len, floats * 4);
+    size_t np = net_param_floats(&a);
+    float *params = malloc(np * sizeof *params);
+    net_get_params(&a, 0, a.nt, params);
+    net_steps(&a, 3, 8);
+    /* a fresh optimizer: the blob leaves its state tensors as they are */
+    net_build(&b, f->ctx, CLOPT_ADAMW, 2, 1, 10);
+    float zeros[64] = {0}, tmp[64];
+    assert_int_equal(clopt_optimizer_load_from(b.opt, blob, len), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step_count(b.opt), 3);
+    assert_int_equal(clopt_optimizer_read_state(b.opt, 0, 0, tmp, 30), CLOPT_SUCCESS);
+    assert_memory_equal(tmp, zeros, 30 * sizeof *tmp);
+    /* b has not stepped: its slow weights are still its own θ, not the (absent) saved ones */
+    float theta[64];
+    net_get_params(&b, 0, 1, theta);
+    assert_int_equal(clopt_optimizer_read_state(b.opt, 0, 2, tmp, 30), CLOPT_SUCCESS);
+    assert_memory_equal(tmp, theta, 30 * sizeof *tmp);
+    /* the engine restores each entry by key (in reverse order: the order does not matter) */
+    for (size_t i = count; i-- > 0;) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(b.opt, i, &e), CLOPT_SUCCESS);
+        const engine_tensor *t = NULL;
+        for (size_t j = 0; j < count; j++)
+            if (strcmp(store[j].key, e.key) == 0)
+                t = &store[j];
+        assert_non_null(t);
+        assert_int_equal(t->length, e.length);
+        assert_int_equal(clopt_optimizer_write_state(b.opt, e.param, e.index, t->data, e.length),
+                         CLOPT_SUCCESS);
+        float back[64];
+        assert_int_equal(clopt_optimizer_read_state(b.opt, e.param, e.index, back, e.length),
+                         CLOPT_SUCCESS);
+        assert_memory_equal(back, t->data, e.length * sizeof *back);
+    }
+    net_set_params(&b, 0, 3, params); /* the arena's came with the blob */
+    net_steps(&b, 3, 8);
+    snapshot sa = net_snapshot(&a), sb = net_snapshot(&b);
+    assert_same(&sa, &sb);
+    /* write_state validates and changes nothing on failure */
+    float before[64], after[64];
+    assert_int_equal(clopt_optimizer_read_state(b.opt, 1, 0, before, 7), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_write_state(b.opt, 1, 0, zeros, 6), CLOPT_ERR_INVALID_SIZE);
+    assert_int_equal(clopt_optimizer_write_state(b.opt, 1, 3, zeros, 7), CLOPT_ERR_INDEX);
+    assert_int_equal(clopt_optimizer_write_state(b.opt, 6, 0, zeros, 7), CLOPT_ERR_INDEX);
+    assert_int_equal(clopt_optimizer_write_state(b.opt, 1, 0, NULL, 7), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_write_state(NULL, 1, 0, zeros, 7), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_read_state(b.opt, 1, 0, after, 7), CLOPT_SUCCESS);
+    assert_memory_equal(before, after, 7 * sizeof *before);
+    snapshot_free(&sa), snapshot_free(&sb);
+    for (size_t i = 0; i < count; i++)
+        free(store[i].data);
+    free(store), free(params), free(blob), free(all);
+    net_free(&a), net_free(&b);
+}
+
+/* Lookahead's slow weights of a tensor that has not stepped yet are θ (read_state); written
+   back they are its slow weights, and training goes on as if it had started with them. */
+void test_write_slow_weights_before_first_step(void **state)
+{
+    fixture *f = *state;
+    net a, b;
+    net_build(&a, f->ctx, CLOPT_ADAMW, 2, 1, 11);
+    net_build(&b, f->ctx, CLOPT_ADAMW, 2, 1, 11); /* the same parameters */
+    /* b: the slow weights of T0 and of the arena's T4 written from read_state before any step */
+    const size_t which[2] = {0, 4};
+    for (int w = 0; w < 2; w++) {
+        size_t k = which[w], len;
+        const char *name;
+        assert_int_equal(clopt_optimizer_state_info(b.opt, k, 2, &name, &len), CLOPT_SUCCESS);
+        assert_string_equal(name, "slow_params");
+        float buf[64];
+        assert_int_equal(clopt_optimizer_read_state(b.opt, k, 2, buf, len), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_write_state(b.opt, k, 2, buf, len), CLOPT_SUCCESS);
+    }
+    net_steps(&a, 0, 5);
+    net_steps(&b, 0, 5);
+    snapshot sa = net_snapshot(&a), sb = net_snapshot(&b);
+    assert_same(&sa, &sb);
+    snapshot_free(&sa), snapshot_free(&sb);
+    net_free(&a), net_free(&b);
+}
+
+/* ---- (f) per-tensor step counts ----------------------------------------------------------- */
+
+/* A tensor added after 3 steps counts from 0: its bias corrections (Adam) and its μ product
+   (NAdam) start at step 1, as a reference optimizer started then; the counts survive a save. */
+void test_per_tensor_steps(void **state)
+{
+    fixture *f = *state;
+    enum { N0 = 40, N1 = 25 };
+    const clopt_rule rules[2] = {CLOPT_ADAM, CLOPT_NADAM};
+    for (int r = 0; r < 2; r++) {
+        clopt_rule rule = rules[r];
+        clopt_hparams hp;
+        ref_hparams_default(rule, &hp);
+        hp.lr = 0.01;
+        uint64_t seed = 500 + (uint64_t)r;
+        float p0[N0], p1[N1], g0[N0], g1[N1];
+        double d0[N0], d1[N1], gd0[N0], gd1[N1];
+        double s0[2][N0] = {{0}}, s1[2][N1] = {{0}};
+        double *st0[CLOPT_MAX_STATE] = {s0[0], s0[1]}, *st1[CLOPT_MAX_STATE] = {s1[0], s1[1]};
+        double mu0 = 1.0, mu1 = 1.0;
+        for (int i = 0; i < N0; i++)
+            p0[i] = (float)ref_normal(&seed), d0[i] = p0[i];
+        for (int i = 0; i < N1; i++)
+            p1[i] = (float)ref_normal(&seed), d1[i] = p1[i];
+        cl_mem pb0 = upload(f->ctx, p0, N0), gb0 = upload(f->ctx, NULL, N0);
+        cl_mem pb1 = upload(f->ctx, p1, N1), gb1 = upload(f->ctx, NULL, N1);
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rule, &hp, &opt), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){pb0, 0},
+                                                   (clopt_tensor){gb0, 0}, N0, NULL, NULL),
+                         CLOPT_SUCCESS);
+        for (uint64_t t = 1; t <= 8; t++) {
+            if (t == 4) {
+                size_t idx;
+                assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){pb1, 0},
+                                                           (clopt_tensor){gb1, 0}, N1, NULL,
+                                                           &idx),
+                                 CLOPT_SUCCESS);
+                assert_int_equal(idx, 1);
+                uint64_t c;
+                assert_int_equal(clopt_optimizer_param_step_count(opt, 1, &c), CLOPT_SUCCESS);
+                assert_int_equal(c, 0);
+                assert_int_equal(clopt_optimizer_param_step_count(opt, 0, &c), CLOPT_SUCCESS);
+                assert_int_equal(c, 3);
+            }
+            for (int i = 0; i < N0; i++)
+                g0[i] = (float)ref_normal(&seed), gd0[i] = g0[i];
+            write_at(f->ctx, (clopt_tensor){gb0, 0}, g0, N0);
+            ref_step(rule, &hp, t, N0, d0, gd0, st0, NULL, &mu0, 1.0);
+            if (t >= 4) {
+                for (int i = 0; i < N1; i++)
+                    g1[i] = (float)ref_normal(&seed), gd1[i] = g1[i];
+                write_at(f->ctx, (clopt_tensor){gb1, 0}, g1, N1);
+                ref_step(rule, &hp, t - 3, N1, d1, gd1, st1, NULL, &mu1, 1.0);
+            }
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+            if (t == 6) { /* save and load into a fresh optimizer, which takes over */
+                size_t size, written;
+                assert_int_equal(clopt_optimizer_state_size(opt, NULL, &size), CLOPT_SUCCESS);
+                unsigned char *bytes = malloc(size);
+                assert_int_equal(clopt_optimizer_save_to(opt, NULL, bytes, size, &written),
+                                 CLOPT_SUCCESS);
+                clopt_optimizer *fresh;
+                clopt_hparams other = hp;
+                other.lr = 0.5; /* the bytes bring the saved hyperparameters */
+                assert_int_equal(clopt_optimizer_create(f->ctx, rule, &other, &fresh),
+                                 CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_add_param(fresh, (clopt_tensor){pb0, 0},
+                                                           (clopt_tensor){gb0, 0}, N0, NULL,
+                                                           NULL),
+                                 CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_add_param(fresh, (clopt_tensor){pb1, 0},
+                                                           (clopt_tensor){gb1, 0}, N1, NULL,
+                                                           NULL),
+                                 CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_load_from(fresh, bytes, written),
+                                 CLOPT_SUCCESS);
+                uint64_t c0, c1;
+                assert_int_equal(clopt_optimizer_param_step_count(fresh, 0, &c0), CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_param_step_count(fresh, 1, &c1), CLOPT_SUCCESS);
+                assert_int_equal(c0, 6);
+                assert_int_equal(c1, 3);
+                assert_int_equal(clopt_optimizer_step_count(fresh), 6);
+                clopt_optimizer_destroy(opt);
+                opt = fresh;
+                free(bytes);
+            }
+        }
+        uint64_t c0, c1;
+        assert_int_equal(clopt_optimizer_param_step_count(opt, 0, &c0), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_param_step_count(opt, 1, &c1), CLOPT_SUCCESS);
+        assert_int_equal(c0, 8);
+        assert_int_equal(c1, 5);
+        read_at(f->ctx, (clopt_tensor){pb0, 0}, p0, N0);
+        read_at(f->ctx, (clopt_tensor){pb1, 0}, p1, N1);
+        assert_close(p0, d0, N0, 1e-5, 1e-6, "first tensor");
+        assert_close(p1, d1, N1, 1e-5, 1e-6, "late tensor");
+        float sv[N1];
+        assert_int_equal(clopt_optimizer_read_state(opt, 1, 1, sv, N1), CLOPT_SUCCESS);
+        /* 1e-4: beta2 = 0.999 reaches the device as a float (1 - β2 off by 1.3e-5) */
+        assert_close(sv, s1[1], N1, 1e-4, 1e-12, "late tensor exp_avg_sq");
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(pb0), clReleaseMemObject(gb0);
+        clReleaseMemObject(pb1), clReleaseMemObject(gb1);
+    }
+}
+
+/* ---- (g) files of earlier versions --------------------------------------------------------- */
+
+/* tests/data/checkpoint-v1-adam.bin was written by the version-1 code, checkpoint-v2-adam.bin
+   by the version-2 code (commit abf4df1): Adam, group 0 (lr 0.01) with a 2x3 tensor, group 1
+   (lr 0.005, beta1 0.8) with a 4-vector, 3 steps of constant gradients
+   g0[i] = 0.1(i+1) - 0.3 and g1 = (0.5, -0.25, 1, 2) from p0[i] = 0.1 i, p1 = (1, -1, 2, -2). */
+static void check_old_file(void **state, const char *name, uint32_t version)
+{
+    fixture *f = *state;
+    float p0[6], g0[6], p1[4] = {1, -1, 2, -2}, g1[4] = {0.5f, -0.25f, 1.0f, 2.0f};
+    for (int i = 0; i < 6; i++)
+        p0[i] = 0.1f * (float)i, g0[i] = 0.1f * (float)(i + 1) - 0.3f;
+    clopt_hparams hp, h1;
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    hp.lr = 0.01;
+    h1 = hp;
+    h1.lr = 0.005;
+    h1.beta1 = 0.8;
+    /* the reference: three steps, then one more */
+    double d0[6], d1[4], gd0[6], gd1[4], s0[2][6] = {{0}}, s1[2][4] = {{0}};
+    double *st0[CLOPT_MAX_STATE] = {s0[0], s0[1]}, *st1[CLOPT_MAX_STATE] = {s1[0], s1[1]};
+    for (int i = 0; i < 6; i++)
+        d0[i] = p0[i], gd0[i] = g0[i];
+    for (int i = 0; i < 4; i++)
+        d1[i] = p1[i], gd1[i] = g1[i];
+    for (uint64_t t = 1; t <= 3; t++) {
+        ref_step(CLOPT_ADAM, &hp, t, 6, d0, gd0, st0, NULL, NULL, 1.0);
+        ref_step(CLOPT_ADAM, &h1, t, 4, d1, gd1, st1, NULL, NULL, 1.0);
+    }
+    /* closed form with a constant gradient: m = (1-β1³) g, v = (1-β2³) g² */
+    for (int i = 0; i < 6; i++) {
+        assert_true(fabs(s0[0][i] - (1 - 0.9 * 0.9 * 0.9) * gd0[i]) < 1e-12);
+        assert_true(fabs(s0[1][i] - (1 - 0.999 * 0.999 * 0.999) * gd0[i] * gd0[i]) < 1e-12);
+    }
+    for (int i = 0; i < 4; i++)
+        assert_true(fabs(s1[0][i] - (1 - 0.8 * 0.8 * 0.8) * gd1[i]) < 1e-12);
+    /* an optimizer built the same way, with other hyperparameters: the file brings its own */
+    clopt_hparams def;
+    clopt_hparams_default(CLOPT_ADAM, &def);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAM, &def, &opt), CLOPT_SUCCESS);
+    size_t g;
+    assert_int_equal(clopt_optimizer_add_group(opt, &def, &g), CLOPT_SUCCESS);
+    cl_mem pb0 = upload(f->ctx, p0, 6), gb0 = upload(f->ctx, g0, 6);
+    cl_mem pb1 = upload(f->ctx, p1, 4), gb1 = upload(f->ctx, g1, 4);
+    clopt_param_desc d;
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){pb0, 0}, d.grad = (clopt_tensor){gb0, 0};
+    d.ndim = 2, d.shape[0] = 2, d.shape[1] = 3;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    memset(&d, 0, sizeof d);
+    d.param = (clopt_tensor){pb1, 0}, d.grad = (clopt_tensor){gb1, 0};
+    d.ndim = 1, d.shape[0] = 4;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, g, &d, NULL), CLOPT_SUCCESS);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CLOPT_TEST_DATA_DIR, name);
+    size_t len;
+    unsigned char *file = slurp(path, &len);
+    assert_int_equal(get_u32(file + 8), version);
+    assert_int_equal(clopt_optimizer_load(opt, path), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step_count(opt), 3);
+    for (size_t k = 0; k < 2; k++) {
+        uint64_t c;
+        assert_int_equal(clopt_optimizer_param_step_count(opt, k, &c), CLOPT_SUCCESS);
+        assert_int_equal(c, 3);
+    }
+    clopt_hparams got;
+    assert_int_equal(clopt_optimizer_get_group_hparams(opt, 0, &got), CLOPT_SUCCESS);
+    assert_true(got.lr == 0.01 && got.beta1 == 0.9);
+    assert_int_equal(clopt_optimizer_get_group_hparams(opt, 1, &got), CLOPT_SUCCESS);
+    assert_true(got.lr == 0.005 && got.beta1 == 0.8 && got.beta2 == 0.999);
+    float s[6];
+    assert_int_equal(clopt_optimizer_read_state(opt, 0, 0, s, 6), CLOPT_SUCCESS);
+    assert_close(s, s0[0], 6, 1e-6, 1e-9, "v1 exp_avg 0");
+    assert_int_equal(clopt_optimizer_read_state(opt, 0, 1, s, 6), CLOPT_SUCCESS);
+    assert_close(s, s0[1], 6, 1e-4, 1e-12, "v1 exp_avg_sq 0"); /* 1 - float(β2) is off by 1.3e-5 */
+    assert_int_equal(clopt_optimizer_read_state(opt, 1, 0, s, 4), CLOPT_SUCCESS);
+    assert_close(s, s1[0], 4, 1e-6, 1e-9, "v1 exp_avg 1");
+    assert_int_equal(clopt_optimizer_read_state(opt, 1, 1, s, 4), CLOPT_SUCCESS);
+    assert_close(s, s1[1], 4, 1e-4, 1e-12, "v1 exp_avg_sq 1");
+    /* the same bytes through load_from; then step 4 from the reference's parameters */
+    assert_int_equal(clopt_optimizer_load_from(opt, file, len), CLOPT_SUCCESS);
+    float q0[6], q1[4];
+    for (int i = 0; i < 6; i++)
+        q0[i] = (float)d0[i];
+    for (int i = 0; i < 4; i++)
+        q1[i] = (float)d1[i];
+    write_at(f->ctx, (clopt_tensor){pb0, 0}, q0, 6);
+    write_at(f->ctx, (clopt_tensor){pb1, 0}, q1, 4);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    ref_step(CLOPT_ADAM, &hp, 4, 6, d0, gd0, st0, NULL, NULL, 1.0);
+    ref_step(CLOPT_ADAM, &h1, 4, 4, d1, gd1, st1, NULL, NULL, 1.0);
+    read_at(f->ctx, (clopt_tensor){pb0, 0}, q0, 6);
+    read_at(f->ctx, (clopt_tensor){pb1, 0}, q1, 4);
+    assert_close(q0, d0, 6, 1e-5, 1e-6, "v1 then step 4, tensor 0");
+    assert_close(q1, d1, 4, 1e-5, 1e-6, "v1 then step 4, tensor 1");
+    /* saved again, it is version 4 */
+    size_t size, written;
+    assert_int_equal(clopt_optimizer_state_size(opt, NULL, &size), CLOPT_SUCCESS);
+    unsigned char *v2 = malloc(size);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, v2, size, &written), CLOPT_SUCCESS);
+    assert_int_equal(get_u32(v2 + 8), 4);
+    /* a corrupted version-1 file is refused like any other */
+    file[len / 2] ^= 0x40;
+    assert_int_equal(clopt_optimizer_load_from(opt, file, len), CLOPT_ERR_FORMAT);
+    assert_int_equal(clopt_optimizer_step_count(opt), 4);
+    free(v2), free(file);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb0), clReleaseMemObject(gb0);
+    clReleaseMemObject(pb1), clReleaseMemObject(gb1);
+}
+
+void test_version1_file(void **state) { check_old_file(state, "checkpoint-v1-adam.bin", 1); }
+void test_version2_file(void **state) { check_old_file(state, "checkpoint-v2-adam.bin", 2); }
+
+/* ---- (h) the enumeration --------------------------------------------------------------------- */
+
+static void expect_entry(clopt_optimizer *opt, size_t i, size_t param, size_t index,
+                         const char *key, size_t ndim, size_t s0, size_t s1, size_t length)
+{
+    clopt_state_entry e;
+    assert_int_equal(clopt_optimizer_state_entry(opt, i, &e), CLOPT_SUCCESS);
+    assert_int_equal(e.param, param);
+    assert_int_equal(e.index, index);
+    assert_string_equal(e.key, key);
+    assert_string_equal(e.name, strrchr(key, '.') + 1);
+    assert_int_equal(e.dtype, CLOPT_DTYPE_F32);
+    assert_int_equal(e.ndim, ndim);
+    assert_int_equal(e.shape[0], s0);
+    if (ndim > 1)
+        assert_int_equal(e.shape[1], s1);
+    assert_int_equal(e.length, length);
+    clopt_tensor t;
+    assert_int_equal(clopt_optimizer_state(opt, param, index, &t), CLOPT_SUCCESS);
+    assert_ptr_equal(e.tensor.buffer, t.buffer);
+    assert_int_equal(e.tensor.offset, t.offset);
+}
+
+void test_entries(void **state)
+{
+    fixture *f = *state;
+    /* Adam: two states per tensor, full-size, the tensor's shape */
+    net m;
+    net_build(&m, f->ctx, CLOPT_ADAM, 0, 1, 12);
+    assert_int_equal(clopt_optimizer_state_entry_count(m.opt), 2 * 6);
+    expect_entry(m.opt, 0, 0, 0, "state.0.exp_avg", 2, 6, 5, 30);
+    expect_entry(m.opt, 1, 0, 1, "state.0.exp_avg_sq", 2, 6, 5, 30);
+    expect_entry(m.opt, 2, 1, 0, "state.1.exp_avg", 1, 7, 0, 7);
+    expect_entry(m.opt, 5, 2, 1, "state.2.exp_avg_sq", 1, 9, 0, 9);
+    expect_entry(m.opt, 9, 4, 1, "state.4.exp_avg_sq", 2, 3, 4, 12);
+    expect_entry(m.opt, 11, 5, 1, "state.5.exp_avg_sq", 1, 11, 0, 11);
+    clopt_state_entry e;
+    assert_int_equal(clopt_optimizer_state_entry(m.opt, 5, &e), CLOPT_SUCCESS);
+    assert_int_equal(e.group, 1);
+    assert_int_equal(clopt_optimizer_state_entry(m.opt, 9, &e), CLOPT_SUCCESS);
+    assert_int_equal(e.group, 2);
+    assert_int_equal(clopt_optimizer_state_entry(m.opt, 12, &e), CLOPT_ERR_INDEX);
+    assert_int_equal(clopt_optimizer_state_entry(m.opt, 0, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_state_entry(NULL, 0, &e), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_state_entry_count(NULL), 0);
+    net_free(&m);
+    /* Adafactor with a first moment: factored row/column statistics of the matrices (rows:
+       leading dims × rows, columns: leading dims × columns), a full one for the vector */
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAFACTOR, &hp);
+    hp.use_beta1 = 1;
+    hp.beta1 = 0.9;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAFACTOR, &hp, &opt), CLOPT_SUCCESS);
+    const size_t shapes[3][3] = {{4, 6, 0}, {3, 4, 5}, {10, 0, 0}};
+    const size_t ndims[3] = {2, 3, 1}, ns[3] = {24, 60, 10};
+    cl_mem bufs[6];
+    for (int k = 0; k < 3; k++) {
+        clopt_param_desc d;
+        memset(&d, 0, sizeof d);
+        bufs[2 * k] = upload(f->ctx, NULL, ns[k]);
+        bufs[2 * k + 1] = upload(f->ctx, NULL, ns[k]);
+        d.param = (clopt_tensor){bufs[2 * k], 0};
+        d.grad = (clopt_tensor){bufs[2 * k + 1], 0};
+        d.ndim = ndims[k];
+        memcpy(d.shape, shapes[k], sizeof shapes[k]);
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    }
+    assert_int_equal(clopt_optimizer_state_entry_count(opt), 3 + 3 + 2);
+    expect_entry(opt, 0, 0, 0, "state.0.exp_avg_sq_row", 1, 4, 0, 4);
+    expect_entry(opt, 1, 0, 1, "state.0.exp_avg_sq_col", 1, 6, 0, 6);
+    expect_entry(opt, 2, 0, 2, "state.0.exp_avg", 2, 4, 6, 24);
+    expect_entry(opt, 3, 1, 0, "state.1.exp_avg_sq_row", 1, 12, 0, 12);
+    expect_entry(opt, 4, 1, 1, "state.1.exp_avg_sq_col", 1, 15, 0, 15);
+    assert_int_equal(clopt_optimizer_state_entry(opt, 5, &e), CLOPT_SUCCESS);
+    assert_string_equal(e.key, "state.1.exp_avg");
+    assert_int_equal(e.ndim, 3);
+    assert_int_equal(e.shape[0], 3);
+    assert_int_equal(e.shape[1], 4);
+    assert_int_equal(e.shape[2], 5);
+    assert_int_equal(e.length, 60);
+    expect_entry(opt, 6, 2, 0, "state.2.exp_avg_sq", 1, 10, 0, 10);
+    expect_entry(opt, 7, 2, 1, "state.2.exp_avg", 1, 10, 0, 10);
+    assert_int_equal(clopt_optimizer_state_entry(opt, 8, &e), CLOPT_ERR_INDEX);
+    clopt_optimizer_destroy(opt);
+    for (int k = 0; k < 6; k++)
+        clReleaseMemObject(bufs[k]);
+}
