@@ -2,6 +2,7 @@
 /* Op level: one enqueue call per fused kernel over caller-owned (cl_mem, offset) tensors.
  * Everything is validated before anything is enqueued. */
 #include "internal.h"
+#include "q8_table.h"
 
 #include <float.h>
 #include <math.h>
@@ -243,8 +244,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     const int q8 = args->state_dtype == CLOPT_DTYPE_U8;
     if (args->state_dtype != CLOPT_DTYPE_F32) {
         size_t len = strlen(plan.options);
-        snprintf(plan.options + len, sizeof plan.options - len, " -DSQ=%d",
-                 q8 ? 4 : 2);
+        snprintf(plan.options + len, sizeof plan.options - len, " -DSQ=%d%s",
+                 q8 ? 4 : 2, q8 ? CLOPT_Q8_TABLE_OPTIONS : "");
     }
     cl_mem qmap = NULL;
     if (q8 && (s = clopt_ctx_qmap(ctx, &qmap)) != CLOPT_SUCCESS)

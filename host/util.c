@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Argument checks and the element-wise launch shared by every op. */
 #include "internal.h"
+#include "q8_table.h"
 
 #include <math.h>
 
@@ -207,71 +208,10 @@ void clopt_q8_map(int signed_map, float out[256])
     qsort(out, k, sizeof out[0], cmp_float);
 }
 
-/* q8_codes' table (kernels/storage.cl): magnitudes in buckets of equal top 16 bits, TLO to
-   THI (1.0) after bucket 0 (everything below); per bucket the code at its bottom (bits
-   24-31) and the low 16 bits from which the next code is the nearer (0x10000: none). Regions:
-   signed map for v >= 0, signed for v < 0, unsigned. Nearest: ties to the lower code,
-   distances exact (double). */
-enum { Q8_TLO = 0x3300, Q8_THI = 0x3F80, Q8_TN = Q8_THI - Q8_TLO + 2 };
-
-static unsigned q8_nearest(const float *map, double x)
-{
-    unsigned lo = 0, hi = 256; /* the first entry above x */
-    while (lo < hi) {
-        const unsigned mid = (lo + hi) / 2;
-        if ((double)map[mid] <= x)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    const unsigned a = lo ? lo - 1 : 0;
-    if (a == 255)
-        return a;
-    return (double)map[a + 1] - x < fabs(x - (double)map[a]) ? a + 1 : a;
-}
-
-static double q8_value(uint32_t bits, int neg)
-{
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return neg ? -(double)f : (double)f;
-}
-
-/* 0, or -1 where a bucket would hold more than one change of code (not with these maps). */
-static int q8_code_table(const float *map, uint32_t *tab)
-{
-    for (int r = 0; r < 3; r++) {
-        const float *m = r < 2 ? map : map + 256;
-        const int neg = r == 1;
-        for (uint32_t i = 0; i < Q8_TN; i++) {
-            const uint32_t lo = i ? (Q8_TLO - 1 + i) << 16 : 0,
-                           hi = i ? lo | 0xFFFFu : ((uint32_t)Q8_TLO << 16) - 1;
-            const unsigned c0 = q8_nearest(m, q8_value(lo, neg)),
-                           c1 = q8_nearest(m, q8_value(hi, neg));
-            uint32_t thr = 0x10000;
-            if (c0 != c1) {
-                if (!i || c1 != (neg ? c0 - 1 : c0 + 1))
-                    return -1;
-                uint32_t a = 1, b = 0xFFFF; /* the first low part whose code is c1 */
-                while (a < b) {
-                    const uint32_t mid = (a + b) / 2;
-                    if (q8_nearest(m, q8_value(lo | mid, neg)) == c1)
-                        b = mid;
-                    else
-                        a = mid + 1;
-                }
-                thr = a;
-            }
-            tab[r * Q8_TN + i] = (uint32_t)c0 << 24 | thr;
-        }
-    }
-    return 0;
-}
-
 clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out)
 {
     if (!ctx->qmap) {
-        const size_t words = 512 + 3 * Q8_TN;
+        const size_t words = 512 + 3 * (size_t)Q8_TN;
         uint32_t *buf = malloc(words * sizeof *buf);
         if (!buf)
             return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "the 8-bit state maps");
@@ -279,7 +219,7 @@ clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out)
         clopt_q8_map(1, map);
         clopt_q8_map(0, map + 256);
         memcpy(buf, map, sizeof map);
-        if (q8_code_table(map, buf + 512) != 0) {
+        if (clopt_q8_code_table(map, buf + 512) != 0) {
             free(buf);
             return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "the 8-bit code table: a bucket with two "
                               "changes of code");

@@ -562,8 +562,9 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
    (one up for v >= 0, one down for v < 0) is the nearer (bits 0-16, 0x10000 when none).
    Three regions of Q8_TN entries: signed map for v >= 0, signed for v < 0, unsigned. A NaN,
    and a negative v in the unsigned map, take the code of 0. */
-#define Q8_TLO 0x3300u /* 2^-25 */
-#define Q8_THI 0x3F80u /* 1.0 */
+#if !defined(Q8_TLO) || !defined(Q8_THI) /* from the host (host/q8_table.h) */
+#error "8-bit state needs Q8_TLO and Q8_THI"
+#endif
 #define Q8_TN (Q8_THI - Q8_TLO + 2u)
 inline uint16 q8_codes(float16 v, __global const uint *tab, int sg)
 {

@@ -61,7 +61,10 @@ void q8dev_free(q8dev *d);
 
 void test_q8_ties(void **state);
 void test_q8_boundaries(void **state);
-#define Q8_CODES_TESTS cmocka_unit_test(test_q8_ties), cmocka_unit_test(test_q8_boundaries)
+void test_q8_table(void **state);
+#define Q8_CODES_TESTS                                                                       \
+    cmocka_unit_test(test_q8_ties), cmocka_unit_test(test_q8_boundaries),                    \
+        cmocka_unit_test(test_q8_table)
 
 void test_bf16_rules(void **state);
 void test_opt_q8(void **state);

@@ -8,8 +8,13 @@
  *  - exact ties (the lower code) and values one ulp off a midpoint (the nearer code);
  *  - every boundary between two neighbouring codes (the first float that takes the upper
  *    code, and the float below it; in the unsigned map the nearest squares on each side,
- *    within 3 ulps), 0, -0, a subnormal, -1, NaN (the code of 0, as documented)
- *    and values spread over 28 binades with both signs. */
+ *    within 3 ulps), the first and last float of every run of 2^16 floats with the same top
+ *    16 bits from 2^-26 to 1 (the kernels' table has one entry per such run), 0, -0, a subnormal, -1, NaN (the code of 0, as documented)
+ *    and values spread over 28 binades with both signs;
+ *  - the table itself (host/q8_table.h, built here as the library builds it), read as the
+ *    kernels read it, against the count of midpoints below each value: at each entry's
+ *    first and last value, its threshold and the value below it, and 2 x 10^6 random floats,
+ *    both maps and signs. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,6 +29,7 @@
 #include "fixture.h"
 #include "ref.h"
 #include "test_q8.h"
+#include "../host/q8_table.h"
 
 /* Floats in increasing order as integers (-0 just below +0) and back. */
 static int64_t ord(float x)
@@ -207,7 +213,7 @@ static size_t boundaries_run(clopt_ctx *ctx, int sg, size_t *nvalues, size_t *ns
 {
     const float *map = QMAP[sg];
     codes c;
-    codes_init(&c, 2 * 255 + 8 + 4000);
+    codes_init(&c, 2 * 255 + 8 + 4000 + 4 * (0x3F81 - 0x3280));
     for (unsigned k = 0; k < 255; k++) {
         const float b = boundary(map, k);
         codes_near(&c, sg, b, 1);
@@ -222,6 +228,15 @@ static size_t boundaries_run(clopt_ctx *ctx, int sg, size_t *nvalues, size_t *ns
         codes_add(&c, sg, -1.0f, 0);
     }
     uint64_t s = 0x5eed0c0de5ull + (uint64_t)sg;
+    /* the first and the last float of every run of 2^16 with the same top 16 bits, from
+       2^-26 to 1, both signs (in the unsigned map the nearest squares inside the run) */
+    for (uint32_t t = 0x3280; t <= 0x3F80; t++)
+        for (int neg = 0; neg <= sg; neg++) {
+            const uint32_t s16 = neg ? 0x80000000u : 0u;
+            codes_near(&c, sg, u2f(s16 | t << 16), neg ? -1 : 1);
+            if (t < 0x3F80)
+                codes_near(&c, sg, u2f(s16 | t << 16 | 0xFFFFu), neg ? 1 : -1);
+        }
     for (int i = 0; i < 4000; i++) {
         float v = (float)exp2(unif(&s, -28.0, 0.0));
         if (sg && ref_uniform(&s) < 0.5)
@@ -247,7 +262,93 @@ void test_q8_boundaries(void **state)
         bad += boundaries_run(f->ctx, sg, &nv, &ns);
         print_message("  %s map: %zu values (%zu left out: no float squares to them)\n",
                       sg ? "signed" : "unsigned", nv, ns);
-        assert_true(nv >= 4000);
+        assert_true(nv >= 4000 + (sg ? 4 : 2) * 3000);
     }
+    assert_int_equal(bad, 0);
+}
+
+/* ---- the table, on the host ---------------------------------------------------------------- */
+
+/* The reference: the code of v is the number of midpoints between neighbouring entries that
+   v is above (a value on a midpoint takes the lower code); NaN and, in the unsigned map,
+   negative values take the code of 0. The midpoints are exact in double. */
+static unsigned ref_code(const double *mid, int sg, float v)
+{
+    if (isnan(v) || (!sg && v < 0.0f))
+        return QZERO[sg];
+    unsigned lo = 0, hi = 255; /* the first midpoint >= v */
+    while (lo < hi) {
+        const unsigned m = (lo + hi) / 2;
+        if (mid[m] < (double)v)
+            lo = m + 1;
+        else
+            hi = m;
+    }
+    return lo;
+}
+
+/* v's code as q8_codes (kernels/storage.cl) reads it from the table. */
+static unsigned table_code(const uint32_t *tab, int sg, float v)
+{
+    const uint32_t b = f2u(v), mag = b & 0x7FFFFFFFu, neg = sg && (b >> 31);
+    uint32_t t = mag >> 16;
+    t = t < Q8_TLO - 1 ? Q8_TLO - 1 : t > Q8_THI ? Q8_THI : t;
+    const uint32_t e = tab[(sg ? 0 : 2 * Q8_TN) + (t - (Q8_TLO - 1)) + (neg ? Q8_TN : 0)];
+    const unsigned up = (mag & 0xFFFFu) >= (e & 0x1FFFFu);
+    if (isnan(v) || (!sg && v < 0.0f))
+        return sg ? 127 : 0;
+    return (e >> 24) + (up ? (neg ? -1u : 1u) : 0u);
+}
+
+void test_q8_table(void **state)
+{
+    (void)state;
+    maps_init();
+    float map[512];
+    clopt_q8_map(1, map);
+    clopt_q8_map(0, map + 256);
+    uint32_t *tab = xmalloc(3 * Q8_TN * sizeof *tab);
+    assert_int_equal(clopt_q8_code_table(map, tab), 0);
+    size_t bad = 0, checked = 0;
+    uint64_t s = 0x7ab1e5eedull;
+    for (int sg = 0; sg < 2; sg++) {
+        const float *m = sg ? map : map + 256;
+        double mid[255];
+        for (int k = 0; k < 255; k++)
+            mid[k] = ((double)m[k] + (double)m[k + 1]) / 2;
+        for (int r = 0; r < (sg ? 2 : 1); r++) { /* the sign */
+            const uint32_t sb = r ? 0x80000000u : 0u;
+            for (uint32_t i = 0; i < Q8_TN; i++) {
+                const uint32_t e = tab[(sg ? 0 : 2 * Q8_TN) + (r ? Q8_TN : 0) + i];
+                const uint32_t lo = i ? (Q8_TLO - 1 + i) << 16 : 0,
+                               hi = i ? lo | 0xFFFFu : ((uint32_t)Q8_TLO << 16) - 1;
+                uint32_t pts[4] = {lo, hi, lo, lo};
+                size_t np = 2;
+                if ((e & 0x1FFFFu) <= 0xFFFFu) /* the threshold and the value below it */
+                    pts[np++] = lo | (e & 0xFFFFu), pts[np++] = (lo | (e & 0xFFFFu)) - 1;
+                for (size_t j = 0; j < np; j++) {
+                    const float v = u2f(sb | pts[j]);
+                    const unsigned got = table_code(tab, sg, v), want = ref_code(mid, sg, v);
+                    checked++;
+                    if (got != want && ++bad <= 6)
+                        print_error("%s map: %a has code %u in the table, nearest %u\n",
+                                    sg ? "signed" : "unsigned", (double)v, got, want);
+                }
+            }
+        }
+        for (int i = 0; i < 1000000; i++) { /* any bits; half of them in [2^-26, 1) */
+            uint32_t b = (uint32_t)ref_splitmix64(&s);
+            if (i & 1)
+                b = (b & 0x807FFFFFu) | (uint32_t)(101 + (b >> 23 & 0xFF) % 26) << 23;
+            const float v = u2f(b);
+            const unsigned got = table_code(tab, sg, v), want = ref_code(mid, sg, v);
+            checked++;
+            if (got != want && ++bad <= 6)
+                print_error("%s map: %a has code %u in the table, nearest %u\n",
+                            sg ? "signed" : "unsigned", (double)v, got, want);
+        }
+    }
+    print_message("  table: %zu values checked, %zu wrong\n", checked, bad);
+    free(tab);
     assert_int_equal(bad, 0);
 }
