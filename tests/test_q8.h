@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared between test_q8.c (the maps, 8-bit steps against the blockwise transcription, edge
-   cases), test_q8_codes.c (the code of each value: ties, the boundaries between codes) and
-   test_q8_opt.c (bf16 state, the optimizer level, bad arguments). */
+   cases), test_q8_edges.c (initial states, zero blocks, 1 element), test_q8_codes.c (the code
+   of each value: ties, the boundaries between codes, the table) and test_q8_opt.c (bf16 state, the optimizer level, bad arguments). */
 #ifndef CLOPT_TEST_Q8_H
 #define CLOPT_TEST_Q8_H
 
@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include "clopt.h"
+
+#define EPSF 0x1p-24 /* float32's unit roundoff */
 
 /* Element offsets of θ and g in the device runs' buffers, and the guard elements after them. */
 enum { PO = 5, GO = 3, GUARD = 24 };
@@ -25,6 +27,12 @@ int state_signed(const char *name);
 /* bf16 word h as a float / the nearest bf16 word of finite x (ties to even). */
 float bf16_val(uint16_t h);
 uint16_t bf16_rne(float x);
+
+/* The size of buffer m in bytes. */
+size_t buf_bytes(cl_mem m);
+/* Configuration i of the rules with 8-bit state (0 past the last), hyperparameters exact in
+   float32, the step number and a label. */
+int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const char **label);
 
 /* bitsandbytes' maps transcribed (test_q8.c): [signed], rounded to float32; the code of 0. */
 extern float QMAP[2][256];
@@ -58,6 +66,13 @@ void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st);
 /* Everything outside the tensors still holds its first contents; the gradient is untouched. */
 size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label);
 void q8dev_free(q8dev *d);
+
+void test_alloc_state_ex(void **state);
+void test_q8_zero_blocks(void **state);
+void test_q8_one_element(void **state);
+#define Q8_EDGES_TESTS                                                                       \
+    cmocka_unit_test(test_alloc_state_ex), cmocka_unit_test(test_q8_zero_blocks),            \
+        cmocka_unit_test(test_q8_one_element)
 
 void test_q8_ties(void **state);
 void test_q8_boundaries(void **state);
