@@ -9,7 +9,7 @@
  *  - every boundary between two neighbouring codes (the first float that takes the upper
  *    code, and the float below it; in the unsigned map the nearest squares on each side,
  *    within 3 ulps), the first and last float of every run of 2^16 floats with the same top
- *    16 bits from 2^-26 to 1 (the kernels' table has one entry per such run), 0, -0, a subnormal, -1, NaN (the code of 0, as documented)
+ *    16 bits from 2^-26 to 1 (the kernels' table has one entry per such run), 0, -0, a subnormal, -1, NaN of both signs (the code of 0, as documented)
  *    and values spread over 28 binades with both signs;
  *  - the table itself (host/q8_table.h, built here as the library builds it), read as the
  *    kernels read it, against the count of midpoints below each value: at each entry's
@@ -213,7 +213,7 @@ static size_t boundaries_run(clopt_ctx *ctx, int sg, size_t *nvalues, size_t *ns
 {
     const float *map = QMAP[sg];
     codes c;
-    codes_init(&c, 2 * 255 + 8 + 4000 + 4 * (0x3F81 - 0x3280));
+    codes_init(&c, 2 * 255 + 9 + 4000 + 4 * (0x3F81 - 0x3280));
     for (unsigned k = 0; k < 255; k++) {
         const float b = boundary(map, k);
         codes_near(&c, sg, b, 1);
@@ -226,6 +226,7 @@ static size_t boundaries_run(clopt_ctx *ctx, int sg, size_t *nvalues, size_t *ns
         codes_add(&c, sg, -0.0f, QZERO[sg]);
         codes_add(&c, sg, -0x1p-140f, QZERO[sg]);
         codes_add(&c, sg, -1.0f, 0);
+        codes_add(&c, sg, -NAN, QZERO[sg]);
     }
     uint64_t s = 0x5eed0c0de5ull + (uint64_t)sg;
     /* the first and the last float of every run of 2^16 with the same top 16 bits, from
