@@ -4,13 +4,14 @@
  * first value is 1, so its absmax is 1 and the value to quantize is the stored value itself:
  * SGD's step 1 stores b = g (signed map); Adagrad from a zero sum stores s = g·g rounded once
  * (unsigned map; g is searched so that its square is the wanted value, values with no such g
- * are left out and counted). Two tests:
+ * are left out and counted). Three tests:
  *  - exact ties (the lower code) and values one ulp off a midpoint (the nearer code);
  *  - every boundary between two neighbouring codes (the first float that takes the upper
  *    code, and the float below it; in the unsigned map the nearest squares on each side,
  *    within 3 ulps), the first and last float of every run of 2^16 floats with the same top
- *    16 bits from 2^-26 to 1 (the kernels' table has one entry per such run), 0, -0, a subnormal, -1, NaN of both signs (the code of 0, as documented)
- *    and values spread over 28 binades with both signs;
+ *    16 bits from 2^-26 to 1 (the kernels' table has one entry per such run), 0, -0, a
+ *    subnormal, -1, NaN of both signs (the code of 0, as documented) and values spread over
+ *    28 binades with both signs;
  *  - the table itself (host/q8_table.h, built here as the library builds it), read as the
  *    kernels read it, against the count of midpoints below each value: at each entry's
  *    first and last value, its threshold and the value below it, and 2 x 10^6 random floats,
