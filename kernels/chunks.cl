@@ -151,14 +151,7 @@ inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ul
 }
 
 /* the chunk's 16 stochastic-rounding values (16-bit, as sr_words) */
-inline uint16 sr_wordsR(ulong e0, ulong seed, uint stream, uint step)
-{
-    uint w[RW];
-    const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
-    for (uint k = 0; k < RW; k++)
-        w[k] = sr_word1(e0 + k, key, stream, step);
-    return vload16(0, w);
-}
+#define sr_wordsR sr_words16
 
 inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m, ulong e, uint cnt,
                          ulong pe, ulong seed, uint stream, uint step)

@@ -2,7 +2,9 @@
 /* 16-bit parameters at the optimizer level (clopt_param_desc.param_dtype / grad_dtype, the
  * group's master and stochastic_rounding): each mode against the op-level float32 rule run
  * on the same values (the float32 kernels are checked against the golden trajectories), AMP
- * with f16 gradients, checkpoints of every mode resuming bit for bit, and what is refused. */
+ * with f16 gradients, checkpoints of every mode resuming bit for bit, the random values of
+ * stochastic rounding in the multi-pass rules (LAMB, Adafactor, StableAdamW) against the
+ * documented Philox words, and what is refused. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <cmocka.h>
 
 #include "fixture.h"
+#include "ref.h"
 
 enum { N = 1037, OFF = 3, STEPS = 6 };
 
@@ -509,6 +512,79 @@ static void test_passes_match_f32(void **state)
         }
 }
 
+/* Stochastic rounding in the multi-pass rules (their chunk kernels round θ themselves): one
+   step of bf16 θ at an odd element offset, master none with SR, against the float32 rule on
+   the same values: each θ must be the float32 result's bits plus the documented random value
+   of its element (ref_sr_value: element = index in θ's buffer, stream = the tensor's index,
+   step 1, the optimizer's seed), truncated to bf16. */
+static void test_passes_sr_words(void **state)
+{
+    fixture *f = *state;
+    enum { R = 17, C = 61, M = R * C, PO = 3 };
+    const clopt_rule rules[] = {CLOPT_LAMB, CLOPT_ADAFACTOR, CLOPT_STABLE_ADAMW};
+    const uint64_t seed = 0x5EEDF00Dull;
+    for (size_t c = 0; c < sizeof rules / sizeof rules[0]; c++) {
+        uint32_t s = 77u + (uint32_t)c;
+        uint16_t th[M + PO], g16[M + PO];
+        float th32[M], g32[M];
+        for (size_t i = 0; i < PO; i++)
+            th[i] = g16[i] = 0x7FC1; /* NaNs next to the tensors: never read */
+        for (size_t i = 0; i < M; i++) {
+            th[PO + i] = bf16_nearest(unif(&s));
+            th32[i] = u2f((uint32_t)th[PO + i] << 16);
+            g16[PO + i] = bf16_nearest(unif(&s) * 0.1f);
+            g32[i] = u2f((uint32_t)g16[PO + i] << 16);
+        }
+        clopt_hparams hp;
+        clopt_hparams_default(rules[c], &hp);
+        hp.lr = 1e-2;
+        hp.weight_decay = 0.01;
+        clopt_optimizer *o16, *o32;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rules[c], &hp, &o32), CLOPT_SUCCESS);
+        hp.stochastic_rounding = 1;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rules[c], &hp, &o16), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_seed(o16, seed), CLOPT_SUCCESS);
+        cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof g16, g16);
+        cl_mem P32 = buf_new(f->ctx, sizeof th32, th32), G32 = buf_new(f->ctx, sizeof g32, g32);
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+        d.param = (clopt_tensor){P32, 0};
+        d.grad = (clopt_tensor){G32, 0};
+        assert_int_equal(clopt_optimizer_add_param_desc(o32, 0, &d, NULL), CLOPT_SUCCESS);
+        d.param = (clopt_tensor){P, PO};
+        d.grad = (clopt_tensor){G, PO};
+        d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+        assert_int_equal(clopt_optimizer_add_param_desc(o16, 0, &d, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(o16, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(o32, NULL), CLOPT_SUCCESS);
+        uint16_t now[M + PO];
+        float want[M];
+        buf_read(f->ctx, P, 0, sizeof now, now);
+        buf_read(f->ctx, P32, 0, sizeof want, want);
+        size_t bad = 0, up = 0, moved = 0;
+        for (size_t i = 0; i < PO; i++)
+            bad += now[i] != 0x7FC1;
+        for (size_t i = 0; i < M; i++) {
+            const uint32_t r = ref_sr_value(PO + i, seed, 0, 1);
+            const uint16_t w = (uint16_t)((f2u(want[i]) + r) >> 16);
+            up += w != (uint16_t)(f2u(want[i]) >> 16);
+            moved += now[PO + i] != th[PO + i];
+            if (now[PO + i] != w && bad++ < 4)
+                fprintf(stderr, "%s [%zu]: bf16 %04x, float32 %a with r %04x gives %04x\n",
+                        clopt_rule_name(rules[c]), i, now[PO + i], want[i], r, w);
+        }
+        print_message("  %s: %zu of %d rounded up, %zu moved\n", clopt_rule_name(rules[c]), up, M,
+                      moved);
+        assert_int_equal(bad, 0);
+        assert_true(up > M / 8 && moved > M / 8); /* not vacuous */
+        clopt_optimizer_destroy(o16);
+        clopt_optimizer_destroy(o32);
+        clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(P32),
+            clReleaseMemObject(G32);
+    }
+}
+
 /* An arena group of bf16 tensors (one launch), its weights written through the views after
    registration (the F32 master takes them at the first step), with Lookahead: equal to the
    same tensors registered one by one, for every master mode. */
@@ -825,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_range_group_bf16),
         cmocka_unit_test(test_passes_match_f32),
+        cmocka_unit_test(test_passes_sr_words),
         cmocka_unit_test(test_arena_bf16),
         cmocka_unit_test(test_group_state_types),
         cmocka_unit_test(test_lamb_bf16_state),
