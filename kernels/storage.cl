@@ -252,6 +252,13 @@ inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
         const uint8 v = (uint8)(x.x, x.x, x.y, x.y, x.z, x.z, x.w, x.w);
         return (v >> (uint8)(0, 16, 0, 16, 0, 16, 0, 16)) & (uint8)(0xFFFFu);
     }
+#elif VW == 4
+    if ((e0 & 3u) == 0) { /* half an instance: words 0-1 or 2-3 */
+        const ulong q = e0 >> 3;
+        const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
+        const uint2 h = (e0 & 4u) ? x.zw : x.xy;
+        return ((uint4)(h.x, h.x, h.y, h.y) >> (uint4)(0, 16, 0, 16)) & (uint4)(0xFFFFu);
+    }
 #endif
     uint w[VW];
     for (uint k = 0; k < VW; k++)

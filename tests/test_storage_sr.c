@@ -321,10 +321,8 @@ void test_sr_sgd_bias(void **state)
 
 /* At the step level the random word of θ's element e (its index in θ's buffer, offset
    included) uses the step argument: the decisions follow the host Philox words. */
-void test_sr_step_words(void **state)
+static void check_sr_step_words(clopt_ctx *ctx)
 {
-    fixture *f = *state;
-    clopt_ctx *ctx = f->ctx;
     fmt_init(&F16);
     fmt_init(&BF16);
     enum { N = 4096, OFF = 3 };
@@ -383,4 +381,33 @@ void test_sr_step_words(void **state)
         clReleaseMemObject(bg), clReleaseMemObject(bp);
     }
     free(g), free(th), free(w), free(w2), free(up);
+}
+
+void test_sr_step_words(void **state)
+{
+    fixture *f = *state;
+    check_sr_step_words(f->ctx);
+}
+
+/* The random words under the other vector widths' code (16 wide, one vector per work-item;
+   8 and 4 wide), each on a context of its own: conversions at two offsets and an SGD step at
+   an odd one, against the documented words. */
+void test_sr_words_tunings(void **state)
+{
+    (void)state;
+    const unsigned tun[][2] = {{16, 1}, {8, 2}, {4, 1}};
+    const sr_case cases[] = {{&BF16, 0x1.01p0f, 0.5}, {&F16, 0x1.001p0f, 0.25}};
+    for (size_t k = 0; k < sizeof tun / sizeof tun[0]; k++) {
+        clopt_ctx *ctx;
+        assert_int_equal(clopt_ctx_create(&ctx), CLOPT_SUCCESS);
+        clopt_tuning t;
+        assert_int_equal(clopt_ctx_get_tuning(ctx, &t), CLOPT_SUCCESS);
+        t.vector_width = tun[k][0];
+        t.work_group_size = 0;
+        t.items_per_work_item = tun[k][1];
+        assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_SUCCESS);
+        check_sr_words(ctx, cases, 2);
+        check_sr_step_words(ctx);
+        clopt_ctx_destroy(ctx);
+    }
 }
