@@ -426,6 +426,23 @@ static void test_refused(void **state)
     clReleaseMemObject(g);
 }
 
+/* An R x C matrix into o32 (float32 θ and g at P32, G32) and o16 (bf16 at P, G from element
+   po). */
+static void add_matrix_pair(clopt_optimizer *o32, cl_mem P32, cl_mem G32, clopt_optimizer *o16,
+                            cl_mem P, cl_mem G, size_t po, size_t R, size_t C)
+{
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+    d.param = (clopt_tensor){P32, 0};
+    d.grad = (clopt_tensor){G32, 0};
+    assert_int_equal(clopt_optimizer_add_param_desc(o32, 0, &d, NULL), CLOPT_SUCCESS);
+    d.param = (clopt_tensor){P, po};
+    d.grad = (clopt_tensor){G, po};
+    d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+    assert_int_equal(clopt_optimizer_add_param_desc(o16, 0, &d, NULL), CLOPT_SUCCESS);
+}
+
 /* The rules with passes over the tensor (LAMB, Adafactor factored, gradient centralization
    with L2 decay) and Lookahead on a 17 x 61 matrix: the 16-bit optimizer's master is bit-identical to a float32 optimizer's θ
    fed the same bf16 gradients, for both master modes. */
@@ -471,16 +488,7 @@ static void test_passes_match_f32(void **state)
                              CLOPT_SUCCESS);
             cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof g16, NULL);
             cl_mem P32 = buf_new(f->ctx, sizeof th32, th32), G32 = buf_new(f->ctx, sizeof g32, NULL);
-            clopt_param_desc d;
-            clopt_param_desc_init(&d);
-            d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
-            d.param = (clopt_tensor){P32, 0};
-            d.grad = (clopt_tensor){G32, 0};
-            assert_int_equal(clopt_optimizer_add_param_desc(o32, 0, &d, NULL), CLOPT_SUCCESS);
-            d.param = (clopt_tensor){P, PO};
-            d.grad = (clopt_tensor){G, PO};
-            d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
-            assert_int_equal(clopt_optimizer_add_param_desc(o16, 0, &d, NULL), CLOPT_SUCCESS);
+            add_matrix_pair(o32, P32, G32, o16, P, G, PO, R, C);
             half_opt h = {o16, P, G};
             for (int t = 1; t <= 5; t++) {
                 for (size_t i = 0; i < M; i++) {
@@ -546,16 +554,7 @@ static void test_passes_sr_words(void **state)
         assert_int_equal(clopt_optimizer_seed(o16, seed), CLOPT_SUCCESS);
         cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof g16, g16);
         cl_mem P32 = buf_new(f->ctx, sizeof th32, th32), G32 = buf_new(f->ctx, sizeof g32, g32);
-        clopt_param_desc d;
-        clopt_param_desc_init(&d);
-        d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
-        d.param = (clopt_tensor){P32, 0};
-        d.grad = (clopt_tensor){G32, 0};
-        assert_int_equal(clopt_optimizer_add_param_desc(o32, 0, &d, NULL), CLOPT_SUCCESS);
-        d.param = (clopt_tensor){P, PO};
-        d.grad = (clopt_tensor){G, PO};
-        d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
-        assert_int_equal(clopt_optimizer_add_param_desc(o16, 0, &d, NULL), CLOPT_SUCCESS);
+        add_matrix_pair(o32, P32, G32, o16, P, G, PO, R, C);
         assert_int_equal(clopt_optimizer_step(o16, NULL), CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_step(o32, NULL), CLOPT_SUCCESS);
         uint16_t now[M + PO];
