@@ -23,7 +23,6 @@ enum { Q8_TLO = CLOPT_Q8_TLO, Q8_THI = CLOPT_Q8_THI, Q8_TN = Q8_THI - Q8_TLO + 2
 #define CLOPT_Q8_TABLE_OPTIONS                                                             \
     " -DQ8_TLO=" CLOPT_Q8_STR(CLOPT_Q8_TLO) " -DQ8_THI=" CLOPT_Q8_STR(CLOPT_Q8_THI)
 
-
 static inline unsigned clopt_q8_nearest(const float *map, double x)
 {
     unsigned lo = 0, hi = 256; /* the first entry above x */

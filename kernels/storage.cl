@@ -164,19 +164,45 @@ CLOPT_ROUNDINGS(float16, uint16, ushort16, as_uint16, as_float16, convert_ushort
 #define f32_to_bf16_sr rndV_sr
 #define f16_sr_value rndV_f16sr
 
-/* Philox-4x32-10 on two counters at once (lane i of a, b, c, d: counter i's words). */
-inline void philox2_soa(uint2 *a, uint2 *b, uint2 *c, uint2 *d, uint2 k)
-{
-    for (int r = 0; r < 10; r++) {
-        const uint2 lo0 = PHILOX_M0 * *a, hi0 = mul_hi((uint2)(PHILOX_M0), *a);
-        const uint2 lo1 = PHILOX_M1 * *c, hi1 = mul_hi((uint2)(PHILOX_M1), *c);
-        *a = hi1 ^ *b ^ k.x;
-        *b = lo1;
-        *c = hi0 ^ *d ^ k.y;
-        *d = lo0;
-        k += (uint2)(PHILOX_W0, PHILOX_W1);
-    }
-}
+/* One Philox-4x32-10 round on N counters at once (lane i of a, b, c, d: counter i's words;
+   N = 2 H). Both halves of each product come from one 64-bit multiply (a 32 x 32 -> 64
+   instruction where the device has one; PoCL 3.1's mul_hi on vectors went through 16-bit
+   parts): on a little-endian device the even and odd lanes are the low and high words of H
+   ulongs, each set multiplied in place and the halves put back with masks and shifts (as_type
+   between vectors of different lengths is implementation-defined in OpenCL C, but it is the
+   bytes in order wherever __ENDIAN_LITTLE__ is defined; the SR word tests compare with the C
+   Philox). Widening all N lanes to ulongs instead took a third more instructions (16 lanes:
+   SR at 0.54-0.56 -> 0.56-0.57 of the stream kernel for bf16 θ, 0.35-0.36 -> 0.38-0.39 for
+   f16, interleaved runs). */
+#define PHILOX_U(N) CLOPT_CAT(uint, N)
+#define PHILOX_UL(N) CLOPT_CAT(ulong, N)
+#ifdef __ENDIAN_LITTLE__
+#define PHILOX_MUL(N, H, x, M, hi, lo)                                                     \
+    do {                                                                                   \
+        const PHILOX_UL(H) w_ = CLOPT_CAT(as_ulong, H)(x);                                 \
+        const PHILOX_UL(H) pe_ = (w_ & (PHILOX_UL(H))(0xFFFFFFFFul)) * (PHILOX_UL(H))(M);  \
+        const PHILOX_UL(H) po_ = (w_ >> 32) * (PHILOX_UL(H))(M);                           \
+        hi = CLOPT_CAT(as_uint, N)((pe_ >> 32) | (po_ & (PHILOX_UL(H))(0xFFFFFFFF00000000ul))); \
+        lo = CLOPT_CAT(as_uint, N)((pe_ & (PHILOX_UL(H))(0xFFFFFFFFul)) | (po_ << 32));    \
+    } while (0)
+#else
+#define PHILOX_MUL(N, H, x, M, hi, lo)                                                     \
+    do {                                                                                   \
+        const PHILOX_UL(N) p_ = CLOPT_CAT(convert_ulong, N)(x) * (PHILOX_UL(N))(M);        \
+        hi = CLOPT_CAT(convert_uint, N)(p_ >> 32);                                         \
+        lo = CLOPT_CAT(convert_uint, N)(p_);                                               \
+    } while (0)
+#endif
+#define PHILOX_ROUND(N, H, a, b, c, d, k)                                                  \
+    do {                                                                                   \
+        PHILOX_U(N) h0_, l0_, h1_, l1_;                                                    \
+        PHILOX_MUL(N, H, a, PHILOX_M0, h0_, l0_);                                          \
+        PHILOX_MUL(N, H, c, PHILOX_M1, h1_, l1_);                                          \
+        a = h1_ ^ b ^ (k).x;                                                               \
+        b = l1_;                                                                           \
+        c = h0_ ^ d ^ (k).y;                                                               \
+        d = l0_;                                                                           \
+    } while (0)
 
 /* The 16-bit random value of element e: half e % 2 (low first) of word (e / 2) % 4 of
    Philox-4x32-10 with counter (e / 8 low, high, step, stream) and key (seed low, high). */
@@ -195,9 +221,9 @@ inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
 
 /* The random values of the 16 elements from element e0 (as sr_word1), from the Philox
    instances q0 .. q0 + 3 (q0 = e0 / 8; the 16 elements need two or three of them) computed in
-   the four lanes of a vector, each product's halves from one 64-bit multiply. For the chunk
-   kernels (sr_wordsR) and a 16-wide vector that does not start on a multiple of 8: it was
-   one scalar instance per element (LAMB with bf16 SR at 2^24 on PoCL took 611 ms, 56x the
+   the four lanes of a vector (PHILOX_ROUND). For the chunk kernels (sr_wordsR) and 16-wide
+   vectors: it was one scalar instance per element for a chunk or a vector not starting on a
+   multiple of 8 (LAMB with bf16 SR at 2^24 on PoCL took 611 ms, 56x the
    step without SR; now 29 ms). */
 inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
 {
@@ -208,12 +234,7 @@ inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
     uint4 b = (uint4)((uint)(q0 >> 32)) + as_uint4(-(as_int4(a < (uint4)((uint)q0)))); /* carry */
     uint4 c = (uint4)(step), d = (uint4)(stream);
     for (int r = 0; r < 10; r++) {
-        const ulong4 p0 = convert_ulong4(a) * (ulong4)(PHILOX_M0);
-        const ulong4 p1 = convert_ulong4(c) * (ulong4)(PHILOX_M1);
-        a = convert_uint4(p1 >> 32) ^ b ^ key.x;
-        b = convert_uint4(p1);
-        c = convert_uint4(p0 >> 32) ^ d ^ key.y;
-        d = convert_uint4(p0);
+        PHILOX_ROUND(4, 2, a, b, c, d, key);
         key += (uint2)(PHILOX_W0, PHILOX_W1);
     }
     uint w[16]; /* word i of instance q0 + j at 4 j + i */
@@ -228,22 +249,14 @@ inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
     return vload16(0, v);
 }
 
-/* The random values of the VW elements from element e0: one Philox call per 8 elements,
-   vector code when the vector starts on a multiple of 8 (the usual case). */
+/* The random values of the VW elements from element e0: 16 lanes from sr_words16; 8 and 4
+   from one Philox call when the vector starts on a multiple of 8 (4: of 4), else one call
+   per element. */
 inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
 {
     const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
 #if VW == 16
-    if ((e0 & 7u) == 0) {
-        const ulong q = e0 >> 3;
-        uint2 a = (uint2)((uint)q, (uint)(q + 1)), b = (uint2)((uint)(q >> 32), (uint)((q + 1) >> 32));
-        uint2 c = (uint2)(step), d = (uint2)(stream);
-        philox2_soa(&a, &b, &c, &d, key);
-        const uint16 v = (uint16)(a.s0, a.s0, b.s0, b.s0, c.s0, c.s0, d.s0, d.s0, a.s1, a.s1,
-                                  b.s1, b.s1, c.s1, c.s1, d.s1, d.s1);
-        return (v >> (uint16)(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16)) &
-               (uint16)(0xFFFFu);
-    }
+    (void)key;
     return sr_words16(e0, seed, stream, step);
 #elif VW == 8
     if ((e0 & 7u) == 0) {
@@ -365,47 +378,11 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #if SR && VW == 16 && IPW == 16 && !RANGES
 /* A CPU's tuning (a work-item walks 16 vectors of 16): the work-item's random values come
    from one batch of 33 Philox instances computed 16 at a time in vector lanes before its
-   loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of two instances per vector. The values are
-   the same as sr_words'. */
+   loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of instances per vector. The batch's two
+   halves of 16 go through the rounds together: one half's rounds are a chain of dependent
+   multiplies, two keep a core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 ->
+   12.0 ms). The values are the same as sr_words'. */
 #define SR_BATCH 1
-/* Philox-4x32-10 on 32 counters at once, two sets of 16 lanes (the two halves of a batch)
-   whose rounds interleave: one set's rounds are a chain of dependent multiplies, two keep a
-   core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 -> 12.0 ms). Both
-   halves of each product come from one 64-bit multiply (a 32 x 32 -> 64 instruction where
-   the device has one; PoCL 3.1's mul_hi for uint16 went through 16-bit parts): on a
-   little-endian device the even and odd lanes are the low and high words of 8 ulongs, each
-   set multiplied in place and the halves put back with masks and shifts (as_ulong8 of a
-   uint16 is implementation-defined in OpenCL C, but it is the bytes in order wherever
-   __ENDIAN_LITTLE__ is defined; the SR word tests compare with the C Philox). Widening all
-   16 lanes to ulong16 instead took a third more instructions: SR at 0.54-0.56 -> 0.56-0.57
-   of the stream kernel for bf16 θ, 0.35-0.36 -> 0.38-0.39 for f16, interleaved runs. */
-#ifdef __ENDIAN_LITTLE__
-#define PHILOX16_MUL(x, M, hi, lo)                                                         \
-    do {                                                                                   \
-        const ulong8 w_ = as_ulong8(x);                                                    \
-        const ulong8 pe_ = (w_ & (ulong8)(0xFFFFFFFFul)) * (ulong8)(M);                    \
-        const ulong8 po_ = (w_ >> 32) * (ulong8)(M);                                       \
-        hi = as_uint16((pe_ >> 32) | (po_ & (ulong8)(0xFFFFFFFF00000000ul)));              \
-        lo = as_uint16((pe_ & (ulong8)(0xFFFFFFFFul)) | (po_ << 32));                      \
-    } while (0)
-#else
-#define PHILOX16_MUL(x, M, hi, lo)                                                         \
-    do {                                                                                   \
-        const ulong16 p_ = convert_ulong16(x) * (ulong16)(M);                              \
-        hi = convert_uint16(p_ >> 32);                                                     \
-        lo = convert_uint16(p_);                                                           \
-    } while (0)
-#endif
-#define PHILOX16_ROUND(a, b, c, d, k)                                                      \
-    do {                                                                                   \
-        uint16 h0_, l0_, h1_, l1_;                                                         \
-        PHILOX16_MUL(a, PHILOX_M0, h0_, l0_);                                              \
-        PHILOX16_MUL(c, PHILOX_M1, h1_, l1_);                                              \
-        a = h1_ ^ b ^ (k).x;                                                               \
-        b = l1_;                                                                           \
-        c = h0_ ^ d ^ (k).y;                                                               \
-        d = l0_;                                                                           \
-    } while (0)
 
 /* w[4j + i]: word i of Philox instance q0 + j, j = 0 .. 32 (the 256 elements from e0 span at
    most 33 instances of 8). */
@@ -420,8 +397,8 @@ inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uin
     uint16 b1 = (uint16)((uint)(q1 >> 32)) + as_uint16(-(as_int16(a1 < (uint16)((uint)q1))));
     uint16 c0 = (uint16)(step), d0 = (uint16)(stream), c1 = c0, d1 = d0;
     for (int r = 0; r < 10; r++) {
-        PHILOX16_ROUND(a0, b0, c0, d0, key);
-        PHILOX16_ROUND(a1, b1, c1, d1, key);
+        PHILOX_ROUND(16, 8, a0, b0, c0, d0, key);
+        PHILOX_ROUND(16, 8, a1, b1, c1, d1, key);
         key += (uint2)(PHILOX_W0, PHILOX_W1);
     }
     /* to instance order, 4 instances per vector (vector shuffles: the lane-by-lane copy took
