@@ -599,7 +599,7 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
 
 /* The codes of 16 values v in [-1, 1]: each the nearest map entry (ties to the lower code),
    found with one table load per lane. The table (after the two maps in qmap_, built by the
-   host, host/util.c) cuts magnitudes into buckets of equal top 16 bits (exponent and 7
+   host, host/q8_table.h) cuts magnitudes into buckets of equal top 16 bits (exponent and 7
    mantissa bits), from Q8_TLO to Q8_THI (1.0), bucket 0 holding everything below; no bucket
    holds two changes of code (the host checks), so a bucket has one code or two: its entry is
    the code at the bucket's bottom (bits 24-31) and the low 16 bits from which the next code
