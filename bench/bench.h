@@ -141,9 +141,13 @@ void bench_rule_arrays(const bench_rule *r, const clopt_hparams *hp, size_t *rea
    element-wise rules read rw + ro arrays and write rw (bench_rule_arrays); Adafactor and LAMB
    as clopt_rule_bytes_per_param counts their passes (reads - writes arrays read only); GC's
    row-mean pass reads g once more; Lookahead reads and writes θ and the slow weights every
-   la_k steps. lib_bytes is clopt_rule_bytes_per_param. */
+   la_k steps. lib_bytes is clopt_rule_bytes_per_param. The multi-pass rules' read-only
+   arrays beyond g are arrays read again by another pass: θ re_theta times, g re_grad times
+   and re_states of the read-write states once each (ro = 1 + the three; the storage rows
+   give each its element size, storage_opt.c). */
 typedef struct bench_traffic {
     size_t rw, ro, lib_bytes, gc_bytes;
+    size_t re_theta, re_grad, re_states;
     unsigned la_k;
     double bytes;
 } bench_traffic;
@@ -296,6 +300,20 @@ typedef struct optrun optrun;
 int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
                   optrun_mode mode, const bench_split *sp, const float *p0, const float *g0,
                   optrun **out);
+/* The same with caller-owned tensors (OPTRUN_SEPARATE) whose θ and g are stored as pt and gt
+   (p0 and g0 rounded to nearest even into them), and hp's master, stochastic rounding and
+   state type: a storage row. optrun_read and the state layout check are float32 only. */
+int optrun_create_typed(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
+                        const bench_split *sp, const float *p0, const float *g0,
+                        clopt_dtype pt, clopt_dtype gt, optrun **out);
+/* Raw bytes of tensor 0's θ (its length x its type's size) into out. Blocking. */
+int optrun_read_theta_raw(optrun *o, void *out);
+/* Raw bytes of tensor 0's state `name` into out (cap bytes); *dtype receives its type.
+   Returns the bytes read, or -1 (printed) when there is no such state or it does not fit. */
+long optrun_read_state_raw(optrun *o, const char *name, void *out, size_t cap,
+                           clopt_dtype *dtype);
+/* The optimizer (for probes of what it takes). */
+clopt_optimizer *optrun_optimizer(const optrun *o);
 void optrun_destroy(optrun *o);
 /* Overwrites every gradient with g (n floats, concatenated). Blocking. */
 int optrun_write_grad(optrun *o, const float *g);

@@ -409,5 +409,6 @@ int check_rule(env *e, const rule_info *ri, check_result *cr)
     const size_t n = check_size(ri, e->opt->check_n);
     if (e->opt->with_f32 && check_f32(e, ri, n, cr))
         return -1;
-    return storage_check(e, ri, n, cr->storage_err);
+    return ri->opt_level ? storage_opt_check(e, ri, n, cr->storage_err)
+                         : storage_check(e, ri, n, cr->storage_err);
 }

@@ -14,7 +14,7 @@
 extern const clopt_embedded_file clopt_bench_sources[];
 extern const size_t clopt_bench_sources_count;
 
-#define MAX_STREAM_PROGRAMS 64
+#define MAX_STREAM_PROGRAMS 512
 
 typedef struct stream_prog {
     char shape[160]; /* the build options of its shape: counts and element sizes */

@@ -241,8 +241,17 @@ int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end);
 
 /* ---- storage rows (storage.c) -------------------------------------------------------------- */
 
-/* Rules whose steps have storage rows: the element-wise ones at the op level. */
+/* Rules whose steps have storage rows at the op level: the element-wise ones (the others'
+   are storage_opt.c's, at the optimizer level). */
 #define STORAGE_RULE(ri) (!(ri)->opt_level)
+
+/* The states' type of combination c; whether a state of this name takes the signed 8-bit
+   map (a state that changes sign); a value of an array of type t as a double; the spacing
+   of type t's values at x (subnormals included). */
+clopt_dtype storage_state_dtype(const storage *c);
+int storage_q8_signed(const char *state);
+double storage_value_at(const void *x, size_t i, clopt_dtype t);
+double storage_ulp_of(double x, clopt_dtype t);
 
 /* Sets ri->state_types from what the library takes (clopt_alloc_state_ex of one element)
    and prints a note per state type of --dtypes that the rule does not take. */
@@ -287,6 +296,23 @@ int storage_stream_step(env *e, const rule_info *ri, const instance *in, const s
    worst error of combination i in units of its tolerance (NAN: float32, not checked); prints
    one line, and every failure. -1 on a run-time failure. */
 int storage_check(env *e, const rule_info *ri, size_t n, double *err);
+
+/* ---- storage rows of the optimizer-level rules (storage_opt.c) ----------------------------- */
+
+struct check_result;
+
+/* storage_rule_types for a rule that runs at the optimizer level: what clopt_optimizer_create
+   takes. */
+void storage_opt_rule_types(env *e, rule_info *ri);
+/* Bytes per parameter of combination c's stream kernel (its passes' arrays in its element
+   sizes, Lookahead's sync spread over its period); < 0 when they do not fit. */
+double storage_opt_bytes(const rule_info *ri, const storage *c);
+/* Measures the fused (clopt_optimizer_step_on over one caller-owned tensor of c's types)
+   and stream rows of every storage combination but float32, one combination at a time, and
+   adds their rows. */
+int storage_opt_measure(env *e, const rule_info *ri, size_t n, const struct check_result *cr);
+/* storage_check for a rule that runs at the optimizer level. */
+int storage_opt_check(env *e, const rule_info *ri, size_t n, double *err);
 
 /* ---- correctness check (check.c) ---------------------------------------------------------- */
 

@@ -61,17 +61,14 @@ static int rule_runs(env *e, rule_info *ri)
     const options *o = e->opt;
     if (o->ndtypes == (o->with_f32 ? 1u : 0u))
         return 1;
-    if (STORAGE_RULE(ri)) {
+    if (STORAGE_RULE(ri))
         storage_rule_types(e, ri);
-        int any = o->with_f32;
-        for (size_t i = 0; i < o->ndtypes; i++)
-            any |= storage_runs(ri, &o->dtypes[i]);
-        return any;
-    }
-    printf("note: %s runs at the optimizer level; storage rows (dtype other than f32) are "
-           "measured for the element-wise rules at the op level%s\n",
-           ri->r->name, o->with_f32 ? "" : ": nothing to measure");
-    return o->with_f32;
+    else
+        storage_opt_rule_types(e, ri);
+    int any = o->with_f32;
+    for (size_t i = 0; i < o->ndtypes; i++)
+        any |= storage_runs(ri, &o->dtypes[i]);
+    return any;
 }
 
 int main(int argc, char **argv)
@@ -213,9 +210,11 @@ int main(int argc, char **argv)
                o.with_f32 && o.ndtypes == 1
                    ? ""
                    : "storage rows (dtype other than f32): fused = one clopt_enqueue_step with "
-                     "those storage types, stream = the stream kernel of the same arrays in the "
-                     "same element sizes, B/p counted from them; stream: fraction of the stream "
-                     "of the same dtype; fused_x: ms / the f32 fused ms\n");
+                     "those storage types (the rules that run at the optimizer level: "
+                     "clopt_optimizer_step_on over one tensor of those types, each combination "
+                     "timed on its own with its stream), stream = the stream kernel of the same "
+                     "arrays in the same element sizes, B/p counted from them; stream: fraction "
+                     "of the stream of the same dtype; fused_x: ms / the f32 fused ms\n");
         int header = 0;
         for (size_t ri_i = 0; ri_i < o.nrules; ri_i++) {
             const double t_rule = bench_now_ms();

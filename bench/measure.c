@@ -542,6 +542,8 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
         free(units[k].kern);
         optrun_destroy(units[k].opt);
     }
+    if (!rc)
+        rc = storage_opt_measure(e, ri, n, cr);
     if (rc)
         return rc;
     fill_ratios(e, first_row);

@@ -92,6 +92,8 @@ struct optrun {
     size_t *slen;             /* state k of tensor i: slen[i * BENCH_MAX_STATE + k] */
     size_t alen[1 + BENCH_MAX_STATE];
     unsigned launches;
+    clopt_dtype pt, gt; /* storage of θ and g (caller-owned tensors) */
+    int typed;          /* a storage row: no float32 layout (optrun_create_typed) */
 };
 
 /* The optimizer's index of tensor i of the split. */
@@ -157,15 +159,43 @@ static unsigned count_launches(const optrun *o)
     return per + extra;
 }
 
-int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
+/* Writes n floats of src into the tensor (buffer, element offset) stored as t: directly, or
+   through a staging buffer and clopt_enqueue_convert (rounded to nearest even). Blocking
+   when converting. */
+static cl_int write_typed(optrun *o, clopt_tensor dst, clopt_dtype t, const float *src,
+                          size_t n)
+{
+    if (t == CLOPT_DTYPE_F32)
+        return clEnqueueWriteBuffer(o->queue, dst.buffer, CL_FALSE, dst.offset * sizeof(float),
+                                    n * sizeof(float), src, 0, NULL, NULL);
+    cl_int err = CL_SUCCESS;
+    cl_mem stage = clCreateBuffer(o->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+    if (!stage)
+        return err;
+    err = clEnqueueWriteBuffer(o->queue, stage, CL_FALSE, 0, n * sizeof(float), src, 0, NULL,
+                               NULL);
+    if (err == CL_SUCCESS &&
+        clopt_enqueue_convert(o->ctx, NULL, dst, t, (clopt_tensor){stage, 0}, CLOPT_DTYPE_F32, n,
+                              0, 0, 0, 1, 0, NULL, NULL) != CLOPT_SUCCESS)
+        err = CL_INVALID_OPERATION;
+    if (err == CL_SUCCESS)
+        err = clFinish(o->queue);
+    clReleaseMemObject(stage);
+    return err;
+}
+
+static int create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
                   optrun_mode mode, const bench_split *sp, const float *p0, const float *g0,
-                  optrun **out)
+                  clopt_dtype pt, clopt_dtype gt, int typed, optrun **out)
 {
     *out = NULL;
     optrun *o = calloc(1, sizeof *o);
     clopt_param_desc *desc = NULL;
     if (!o)
         goto oom;
+    o->pt = pt;
+    o->gt = gt;
+    o->typed = typed;
     o->ctx = ctx;
     o->context = clopt_ctx_cl_context(ctx);
     o->queue = clopt_ctx_cl_queue(ctx);
@@ -269,8 +299,9 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         o->nbufs = 2 * o->T;
         for (size_t i = 0; i < o->T; i++) {
             for (int k = 0; k < 2; k++) {
+                const size_t es = clopt_dtype_size(k ? gt : pt);
                 o->bufs[2 * i + k] = clCreateBuffer(o->context, CL_MEM_READ_WRITE,
-                                                    o->len[i] * sizeof(float), NULL, &err);
+                                                    o->len[i] * es, NULL, &err);
                 if (!o->bufs[2 * i + k]) {
                     fail_cl("clCreateBuffer", err);
                     goto fail;
@@ -278,6 +309,8 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
             }
             desc[i].param = (clopt_tensor){o->bufs[2 * i], 0};
             desc[i].grad = (clopt_tensor){o->bufs[2 * i + 1], 0};
+            desc[i].param_dtype = pt;
+            desc[i].grad_dtype = gt;
             size_t idx = 0;
             s = clopt_optimizer_add_param_desc(o->opt, 0, &desc[i], &idx);
             if (s != CLOPT_SUCCESS) {
@@ -296,12 +329,9 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
             fail_clopt(ctx, "clopt_optimizer_param_view", s);
             goto fail;
         }
-        err = clEnqueueWriteBuffer(o->queue, pv.buffer, CL_FALSE, pv.offset * sizeof(float),
-                                   o->len[i] * sizeof(float), p0 + o->off[i], 0, NULL, NULL);
+        err = write_typed(o, pv, pt, p0 + o->off[i], o->len[i]);
         if (err == CL_SUCCESS)
-            err = clEnqueueWriteBuffer(o->queue, gv.buffer, CL_FALSE, gv.offset * sizeof(float),
-                                       o->len[i] * sizeof(float), g0 + o->off[i], 0, NULL,
-                                       NULL);
+            err = write_typed(o, gv, gt, g0 + o->off[i], o->len[i]);
     }
     if (err == CL_SUCCESS)
         err = clFinish(o->queue);
@@ -309,8 +339,9 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
         fail_cl("writing the initial tensors", err);
         goto fail;
     }
-    /* the state layout the benchmark expects (the C loop's) must be the library's */
-    for (size_t i = 0; i < o->T; i++) {
+    /* the state layout the benchmark expects (the C loop's) must be the library's (a storage
+       row's has a master, absmaxes: not the C loop's, and is not read) */
+    for (size_t i = 0; i < o->T && !typed; i++) {
         size_t *sl = &o->slen[i * BENCH_MAX_STATE];
         const char *names[BENCH_MAX_STATE];
         size_t ns = bench_state_layout(r, hp, o->len[i], o->rows ? o->rows[i] : 0, o->cols, sl,
@@ -336,6 +367,8 @@ int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
     }
     memset(o->alen, 0, sizeof o->alen);
     for (size_t i = 0; i < o->T; i++) {
+        if (typed)
+            o->slen[i * BENCH_MAX_STATE] = 0;
         o->alen[0] += o->len[i];
         for (size_t k = 0; k < o->nstate; k++)
             o->alen[1 + k] += o->slen[i * BENCH_MAX_STATE + k];
@@ -349,6 +382,62 @@ oom:
 fail:
     free(desc);
     optrun_destroy(o);
+    return -1;
+}
+
+int optrun_create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
+                  optrun_mode mode, const bench_split *sp, const float *p0, const float *g0,
+                  optrun **out)
+{
+    return create(ctx, r, hp, mode, sp, p0, g0, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, out);
+}
+
+int optrun_create_typed(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
+                        const bench_split *sp, const float *p0, const float *g0,
+                        clopt_dtype pt, clopt_dtype gt, optrun **out)
+{
+    return create(ctx, r, hp, OPTRUN_SEPARATE, sp, p0, g0, pt, gt, 1, out);
+}
+
+clopt_optimizer *optrun_optimizer(const optrun *o) { return o->opt; }
+
+int optrun_read_theta_raw(optrun *o, void *out)
+{
+    clopt_tensor pv;
+    clopt_status s = clopt_optimizer_param_view(o->opt, opt_index(o, 0), &pv, NULL, NULL, NULL);
+    if (s != CLOPT_SUCCESS)
+        return fail_clopt(o->ctx, "clopt_optimizer_param_view", s);
+    const size_t es = clopt_dtype_size(o->pt);
+    cl_int err = clEnqueueReadBuffer(o->queue, pv.buffer, CL_TRUE, pv.offset * es,
+                                     o->len[0] * es, out, 0, NULL, NULL);
+    return err == CL_SUCCESS ? 0 : fail_cl("clEnqueueReadBuffer", err);
+}
+
+long optrun_read_state_raw(optrun *o, const char *name, void *out, size_t cap,
+                           clopt_dtype *dtype)
+{
+    const size_t count = clopt_optimizer_state_entry_count(o->opt);
+    for (size_t i = 0; i < count; i++) {
+        clopt_state_entry se;
+        clopt_status s = clopt_optimizer_state_entry(o->opt, i, &se);
+        if (s != CLOPT_SUCCESS)
+            return fail_clopt(o->ctx, "clopt_optimizer_state_entry", s);
+        if (se.param != opt_index(o, 0) || strcmp(se.name, name))
+            continue;
+        const size_t es = clopt_dtype_size(se.dtype), bytes = se.length * es;
+        if (bytes > cap) {
+            fprintf(stderr, "clopt-bench: state %s: %zu bytes, room for %zu\n", name, bytes, cap);
+            return -1;
+        }
+        /* settles the steps in flight: the queue is in order and this read blocks */
+        cl_int err = clEnqueueReadBuffer(o->queue, se.tensor.buffer, CL_TRUE,
+                                         se.tensor.offset * es, bytes, out, 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            return fail_cl("clEnqueueReadBuffer", err);
+        *dtype = se.dtype;
+        return (long)bytes;
+    }
+    fprintf(stderr, "clopt-bench: the optimizer has no state %s\n", name);
     return -1;
 }
 

@@ -653,15 +653,21 @@ void bench_rule_traffic(const bench_rule *r, const clopt_hparams *hp, bench_traf
         /* row and column statistics: g; partial sums: g, θ; update: g, θ -> θ (and m -> m) */
         t->rw = 1 + (hp->use_beta1 ? 1u : 0u);
         t->ro = 4;
+        t->re_theta = 1;
+        t->re_grad = 2;
     } else if (r->rule == CLOPT_LAMB) {
         /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
         t->rw = 3;
         t->ro = 4;
+        t->re_theta = 1;
+        t->re_states = 2;
     } else if (hp->cautious || r->rule == CLOPT_STABLE_ADAMW) {
         /* pass 1: g and m (cautious) or v (StableAdamW) -> a sum; pass 2: the element-wise
            update, θ g and every state -> θ and every state */
         bench_rule_arrays(r, hp, &t->rw, &t->ro);
         t->ro += 2;
+        t->re_grad = 1;
+        t->re_states = 1;
     } else {
         bench_rule_arrays(r, hp, &t->rw, &t->ro);
     }

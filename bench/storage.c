@@ -53,6 +53,16 @@ int storage_is_q8(const storage *c) { return state_types[c->state].dtype == CLOP
 
 static clopt_dtype state_dtype(const storage *c) { return state_types[c->state].dtype; }
 
+clopt_dtype storage_state_dtype(const storage *c) { return state_dtype(c); }
+
+int storage_q8_signed(const char *state)
+{
+    int sg = 0;
+    for (size_t j = 0; j < sizeof q8_signed_states / sizeof q8_signed_states[0]; j++)
+        sg |= !strcmp(state, q8_signed_states[j]);
+    return sg;
+}
+
 static void storage_name(storage *c)
 {
     snprintf(c->name, sizeof c->name, "p=%s,g=%s,master=%s%s,state=%s", clopt_dtype_name(c->p),
@@ -474,8 +484,7 @@ static double f16_value(uint16_t h)
     return h & 0x8000 ? -v : v;
 }
 
-/* Element i of an array of type t, as a double. */
-static double value_at(const void *x, size_t i, clopt_dtype t)
+double storage_value_at(const void *x, size_t i, clopt_dtype t)
 {
     if (t == CLOPT_DTYPE_F32)
         return ((const float *)x)[i];
@@ -488,8 +497,7 @@ static double value_at(const void *x, size_t i, clopt_dtype t)
     return f;
 }
 
-/* The spacing of type t's values at x (subnormals included). */
-static double ulp_of(double x, clopt_dtype t)
+double storage_ulp_of(double x, clopt_dtype t)
 {
     int e = 0;
     const double m = frexp(fabs(x), &e);
@@ -552,11 +560,8 @@ static double compare_q8(const rule_info *ri, const storage *c, const check_host
                          size_t n)
 {
     const char *name = clopt_rule_state_name(ri->r->rule, &ri->hp, k);
-    int sg = 0;
-    for (size_t j = 0; j < sizeof q8_signed_states / sizeof q8_signed_states[0]; j++)
-        sg |= !strcmp(name, q8_signed_states[j]);
     float map[256];
-    clopt_q8_map(sg, map);
+    clopt_q8_map(storage_q8_signed(name), map);
     const uint8_t *code = (const uint8_t *)(const void *)h->state[k];
     for (size_t b = 0; b * BENCH_Q8_BLOCK < n; b++) {
         const size_t e0 = b * BENCH_Q8_BLOCK;
@@ -744,8 +749,8 @@ static int check_one(env *e, const rule_info *ri, const storage *c, size_t n, co
     double worst = 0.0;
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        const double r = h->ref[i], u = ulp_of(r, c->p);
-        const double q = fabs(value_at(h->theta, i, c->p) - r) / u;
+        const double r = h->ref[i], u = storage_ulp_of(r, c->p);
+        const double q = fabs(storage_value_at(h->theta, i, c->p) - r) / u;
         if (!(q <= worst)) {
             worst = isnan(q) ? INFINITY : q;
             at = i;
@@ -757,8 +762,8 @@ static int check_one(env *e, const rule_info *ri, const storage *c, size_t n, co
     if (worst > 1.0)
         fprintf(stderr, "clopt-bench: check %s %s: θ[%zu] = %.9g, the f32 step %.9g: %.3g ulp "
                         "of %s apart (at most 1)\n",
-                ri->r->name, c->name, at, value_at(h->theta, at, c->p), (double)h->ref[at],
-                worst, clopt_dtype_name(c->p));
+                ri->r->name, c->name, at, storage_value_at(h->theta, at, c->p),
+                (double)h->ref[at], worst, clopt_dtype_name(c->p));
     const double rest = fmax(compare_states(ri, c, h, n), compare_bits(ri, c, h, n));
     out->err = worst > rest ? worst : rest;
     return 0;
