@@ -271,7 +271,7 @@ CHUNK_INLINE void adafactor_chunk(__global const PSTORE *p_, __global const GSTO
                             __global const float *rowf_, GC_PARAMS const ulong e, const uint cnt,
                             const ulong rows, const ulong cols, const float gmul,
                             const float eps1, const float beta2t, const float ombeta2t,
-                            sumR *acc_u, sumR *acc_p AF_POS_PARAM THETA_FN_PARAMS)
+                            sumR *acc_u, sumR *acc_p AF_POS_PARAM THETA_LOAD_FN_PARAMS)
 {
     const floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
 #if FACTORED
@@ -329,7 +329,7 @@ __kernel void adafactor_partial(__global const PSTORE *p_, const ulong po,
 #endif
 #define PARTIAL_BODY(e, cnt, k)                                                             \
     adafactor_chunk(p_, g_, s_, colf_, rowf_, GC_ARGS e, cnt, rows, cols, gmul, eps1, beta2t,   \
-                    ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k) THETA_FN_ARGS)
+                    ombeta2t, &acc_u[k], &acc_p[k] AF_POS_ARG(k) THETA_LOAD_FN_ARGS)
     FOR_CHUNKS_RUNS(c0, c1, n, PARTIAL_BODY, AF_RUNS);
 #undef PARTIAL_BODY
     const float su = group_sum(sumR_total(acc_u), red_);
@@ -415,6 +415,6 @@ __kernel void adafactor_update(__global PSTORE *p_, const ulong po, __global con
 #define UPDATE_BODY(e, cnt, s)                                                              \
     adafactor_update_chunk(p_, g_, s_, colf_, rowf_, m_, GC_ARGS e, cnt, rows, cols, gmul, scale, \
                            alpha, weight_decay, beta1, ombeta1 AF_POS_ARG(s) THETA_FN_ARGS)
-    FOR_ITEM_CHUNKS(n, UPDATE_BODY);
+    FOR_ITEM_CHUNKS_THETA(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

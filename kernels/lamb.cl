@@ -12,7 +12,7 @@ CHUNK_INLINE void lamb_chunk(__global const PSTORE *p_, __global const GSTORE *g
                        const float gmul, const float beta1, const float c_grad,
                        const float beta2, const float ombeta2, const float eps,
                        const float weight_decay, const float inv_bc1, const float inv_bc2,
-                       sumR *acc_p, sumR *acc_r THETA_FN_PARAMS)
+                       sumR *acc_p, sumR *acc_r THETA_LOAD_FN_PARAMS)
 {
     floatR g = GC_APPLYR(read_gradR(loadRG(g_ + e, cnt), gmul), e, cnt);
     floatR p = THETA_LOADR(p_, e, cnt);
@@ -51,7 +51,7 @@ __kernel void lamb_partial(__global const PSTORE *p_, const ulong po, __global c
     sumR_clear(acc_r);
 #define LAMB_BODY(e, cnt, k)                                                                \
     lamb_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, beta1, c_grad, beta2, ombeta2, eps,   \
-               weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k] THETA_FN_ARGS)
+               weight_decay, inv_bc1, inv_bc2, &acc_p[k], &acc_r[k] THETA_LOAD_FN_ARGS)
     FOR_CHUNKS_RUNS(c0, c1, n, LAMB_BODY, 2); /* 6 arrays: 2 runs are enough streams */
 #undef LAMB_BODY
     const float sp = group_sum(sumR_total(acc_p), red_);
@@ -96,6 +96,6 @@ __kernel void lamb_update(__global PSTORE *p_, const ulong po, __global const SS
 #define UPDATE_BODY(e, cnt, s)                                                              \
     lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1,                \
                       inv_bc2 THETA_FN_ARGS)
-    FOR_ITEM_CHUNKS(n, UPDATE_BODY);
+    FOR_ITEM_CHUNKS_THETA(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

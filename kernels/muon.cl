@@ -109,6 +109,6 @@ __kernel void muon_update(__global PSTORE *p_, const ulong po, __global const fl
     x_ += xo;
     STORAGE_BEGIN;
 #define UPDATE_BODY(e, cnt, s) muon_update_chunk(p_, x_, e, cnt, lrwd, lr, scale THETA_FN_ARGS)
-    FOR_ITEM_CHUNKS(n, UPDATE_BODY);
+    FOR_ITEM_CHUNKS_THETA(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

@@ -25,7 +25,7 @@
 /* The gradient of a chunk as the rule sees it: scaled, L2 decay (cautious Adam), GC. */
 CHUNK_INLINE floatR rule_grad(__global const PSTORE *p_, __global const GSTORE *g_,
                               GC_PARAMS const ulong e, const uint cnt, const float gmul,
-                              const float weight_decay THETA_FN_PARAMS)
+                              const float weight_decay THETA_LOAD_FN_PARAMS)
 {
     floatR g = read_gradR(loadRG(g_ + e, cnt), gmul);
 #if VARIANT == 1 && !DECOUPLED
@@ -75,7 +75,7 @@ __kernel void reduced_partial(__global const PSTORE *p_, const ulong po,
 #define PARTIAL_BODY(e, cnt, k)                                                             \
     sumR_add(&acc[k],                                                                      \
              maskR(reduced_value(rule_grad(p_, g_, GC_ARGS e, cnt, gmul,                   \
-                                           weight_decay THETA_FN_ARGS),                    \
+                                           weight_decay THETA_LOAD_FN_ARGS),                    \
                                  LOADRS(s_, e, cnt), a, oma, eps2),                        \
                    cnt))
     FOR_CHUNKS_RUNS(c0, c1, n, PARTIAL_BODY, 2);
@@ -159,6 +159,6 @@ __kernel void reduced_update(__global PSTORE *p_, const ulong po, __global const
 #define UPDATE_BODY(e, cnt, s)                                                              \
     reduced_chunk(p_, g_, m_, v_, GC_ARGS e, cnt, gmul, b1, omb1, b2, omb2, eps, weight_decay, \
                   lrwd, step, scale THETA_FN_ARGS)
-    FOR_ITEM_CHUNKS(n, UPDATE_BODY);
+    FOR_ITEM_CHUNKS_THETA(n, UPDATE_BODY);
 #undef UPDATE_BODY
 }

@@ -375,21 +375,17 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #else
 #define SR_STEP sr_step
 #endif
-#if SR && VW == 16 && IPW == 16 && !RANGES
-/* A CPU's tuning (a work-item walks 16 vectors of 16): the work-item's random values come
-   from one batch of 33 Philox instances computed 16 at a time in vector lanes before its
-   loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of instances per vector. The batch's two
-   halves of 16 go through the rounds together: one half's rounds are a chain of dependent
-   multiplies, two keep a core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 ->
-   12.0 ms). The values are the same as sr_words'. */
-#define SR_BATCH 1
-
-/* w[4j + i]: word i of Philox instance q0 + j, j = 0 .. 32 (the 256 elements from e0 span at
-   most 33 instances of 8). */
-inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uint *w)
+#if SR
+/* Batches of Philox instances in vector lanes, for the work-items that round many elements
+ * (sr_batch below, and the chunk kernels' SR_CHUNK_WORDS in chunks.cl): wa[4j + i] = word i
+ * of instance qa + j and wb[4j + i] = word i of instance qb + j, j = 0 .. 15. The two sets go
+ * through the rounds together: one set's rounds are a chain of dependent multiplies, two keep
+ * a core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 -> 12.0 ms). */
+inline void sr_instances32(ulong qa, ulong qb, ulong seed, uint stream, uint step,
+                           __private uint *wa, __private uint *wb)
 {
     uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
-    const ulong q0 = e0 >> 3, q1 = q0 + 16;
+    const ulong q0 = qa, q1 = qb;
     const uint16 j = (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     /* the counters' low words, and the high words with the carry where a low one wraps */
     uint16 a0 = (uint16)((uint)q0) + j, a1 = (uint16)((uint)q1) + j;
@@ -403,29 +399,32 @@ inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uin
     }
     /* to instance order, 4 instances per vector (vector shuffles: the lane-by-lane copy took
        more time than the generator) */
-#define SR_AOS(h, k, i0, i1, i2, i3)                                                       \
+#define SR_AOS(h, w, k, i0, i1, i2, i3)                                                    \
     vstore16((uint16)(a##h.s##i0, b##h.s##i0, c##h.s##i0, d##h.s##i0, a##h.s##i1, b##h.s##i1, \
                       c##h.s##i1, d##h.s##i1, a##h.s##i2, b##h.s##i2, c##h.s##i2, d##h.s##i2, \
                       a##h.s##i3, b##h.s##i3, c##h.s##i3, d##h.s##i3),                     \
-             k, w + 64 * h)
-    SR_AOS(0, 0, 0, 1, 2, 3);
-    SR_AOS(0, 1, 4, 5, 6, 7);
-    SR_AOS(0, 2, 8, 9, a, b);
-    SR_AOS(0, 3, c, d, e, f);
-    SR_AOS(1, 0, 0, 1, 2, 3);
-    SR_AOS(1, 1, 4, 5, 6, 7);
-    SR_AOS(1, 2, 8, 9, a, b);
-    SR_AOS(1, 3, c, d, e, f);
+             k, w)
+    SR_AOS(0, wa, 0, 0, 1, 2, 3);
+    SR_AOS(0, wa, 1, 4, 5, 6, 7);
+    SR_AOS(0, wa, 2, 8, 9, a, b);
+    SR_AOS(0, wa, 3, c, d, e, f);
+    SR_AOS(1, wb, 0, 0, 1, 2, 3);
+    SR_AOS(1, wb, 1, 4, 5, 6, 7);
+    SR_AOS(1, wb, 2, 8, 9, a, b);
+    SR_AOS(1, wb, 3, c, d, e, f);
 #undef SR_AOS
-    if (e0 & 7u) { /* a batch that does not start on an instance spans a 33rd */
-        const ulong q = q0 + 32;
-        const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream),
-                                      (uint2)((uint)seed, (uint)(seed >> 32)));
-        w[128] = x.x, w[129] = x.y, w[130] = x.z, w[131] = x.w;
-    }
 }
 
-/* The 16-bit values of the 16 elements from element off of the batch (off = e - 8 q0). */
+/* w[0..3] = the words of Philox instance q. */
+inline void sr_instance(ulong q, ulong seed, uint stream, uint step, __private uint *w)
+{
+    const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream),
+                                  (uint2)((uint)seed, (uint)(seed >> 32)));
+    w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+}
+
+/* The 16-bit values of the 16 elements from element off of a batch (off = e - 8 q0, q0 the
+   batch's first instance, w[4j + i] word i of instance q0 + j). */
 inline uint16 sr_from_batch(__private const uint *w, ulong off)
 {
     if ((off & 7u) == 0) { /* 8 consecutive words, low halves first */
@@ -442,6 +441,25 @@ inline uint16 sr_from_batch(__private const uint *w, ulong off)
     }
     return vload16(0, v);
 }
+#endif
+
+#if SR && VW == 16 && IPW == 16 && !RANGES
+/* A CPU's tuning (a work-item walks 16 vectors of 16): the work-item's random values come
+   from one batch of 33 Philox instances computed 16 at a time in vector lanes before its
+   loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of instances per vector. The values are the
+   same as sr_words'. */
+#define SR_BATCH 1
+
+/* w[4j + i]: word i of Philox instance q0 + j, j = 0 .. 32 (the 256 elements from e0 span at
+   most 33 instances of 8). */
+inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uint *w)
+{
+    const ulong q0 = e0 >> 3;
+    sr_instances32(q0, q0 + 16, seed, stream, step, w, w + 64);
+    if (e0 & 7u) /* a batch that does not start on an instance spans a 33rd */
+        sr_instance(q0 + 32, seed, stream, step, w + 128);
+}
+
 #define SR_BATCH_BEGIN                                                                     \
     uint srw_[4 * 33];                                                                     \
     const ulong sre0_ = pe_ + get_global_id(0) * (ulong)(IPW * VW);                        \
