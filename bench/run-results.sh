@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# The committed benchmark results of one device: runs clopt-bench seven times and writes into DIR
+# The committed benchmark results of one device: runs clopt-bench eight times and writes into DIR
 #
 #   default.txt .json .csv .png   clopt-bench            (the default rules at 2^20, 2^22, 2^24)
 #   large.*                       --rules adamw --sizes 2^25 --reps 7
@@ -13,6 +13,9 @@
 #   storage.*                     --rules adamw,sgd_momentum --sizes 2^25 --dtypes all
 #                                 --variants fused,stream --reps 5 (16-bit storage, bf16
 #                                 and 8-bit states: 72 combinations each)
+#   storage_multipass.*           --rules lamb,adafactor,stable_adamw,ranger --sizes 2^24
+#                                 --dtypes all --variants fused,stream --reps 5 (the same at
+#                                 the optimizer level: 24 or 48 combinations each)
 #   sweep.txt .json .csv          --sweep-tuning   (AdamW, diffGrad at 2^24 over VW x WG x IPW)
 #   results.md                    device, date, commit, host, the command lines and every table
 #
@@ -24,7 +27,7 @@
 set -u
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
     [ $# -lt 1 ] && exit 2
     exit 0
 fi
@@ -104,6 +107,8 @@ rm -f "$MD.body"
         --variants arena,arena_amp,ranges --reps 15 $COMMON
     run storage "Storage: every combination of parameter, gradient, master and state types at 2^25 (fused and its stream kernel)" \
         --rules adamw,sgd_momentum --sizes 2^25 --dtypes all --variants fused,stream --reps 5 $COMMON
+    run storage_multipass "Storage at the optimizer level: every combination of LAMB, Adafactor, StableAdamW and Ranger at 2^24 (fused and its stream kernel, one combination at a time)" \
+        --rules lamb,adafactor,stable_adamw,ranger --sizes 2^24 --dtypes all --variants fused,stream --reps 5 $COMMON
     run sweep "Tuning sweep: fused AdamW and diffGrad at 2^24 over VW x work-group x vectors per item" \
         --sweep-tuning --rules adamw,diffgrad --sizes 2^24 $COMMON
 }
