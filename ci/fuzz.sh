@@ -33,16 +33,31 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export POCL_AFFINITY=${POCL_AFFINITY:-0}
 summary=()
 status=0
+# One run of harness $1 into log $2; 0 when it found nothing.
+fuzz_run() {
+  # -rss_limit_mb: the loaders must never need much; -max_len 64 KiB covers the seeds
+  "$build/fuzz/$1" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 \
+    -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/artifacts/$1/" \
+    "$build/corpus/$1" "fuzz/corpus/$1" >"$2" 2>&1
+}
+# LeakSanitizer's own failure: its tracer thread crashed while stopping the process's threads
+# for a leak check (seen once in CI, at the exit of a run that had finished every input: the
+# OpenCL runtime's worker threads were alive), with no report of a leak, a memory error or
+# undefined behaviour. Not a finding: the harness is run once more.
+lsan_broke() {
+  grep -q "LeakSanitizer has encountered a fatal error" "$1" &&
+    ! grep -q "ERROR: LeakSanitizer: detected\|ERROR: AddressSanitizer\|runtime error:\|deadly signal" "$1"
+}
 for h in $harnesses; do
   work=$build/corpus/$h
   mkdir -p "$work" "$build/artifacts/$h"
   log=$build/$h.log
   echo "== $h: ${secs}s"
-  # -rss_limit_mb: the loaders must never need much; -max_len 64 KiB covers the seeds
-  if "$build/fuzz/$h" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 \
-       -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/artifacts/$h/" \
-       "$work" "fuzz/corpus/$h" >"$log" 2>&1; then
+  if fuzz_run "$h" "$log"; then
     result=ok
+  elif lsan_broke "$log" && echo "== $h: LeakSanitizer failed (its tracer crashed, nothing reported); again" &&
+       mv "$log" "$log.lsan-failure" && fuzz_run "$h" "$log"; then
+    result="ok (second run: LeakSanitizer's tracer crashed in the first)"
   else
     result=FAILED
     status=1
