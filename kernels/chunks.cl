@@ -410,12 +410,6 @@ inline float group_sum(float x, __local float *buf)
 #define UPDATE_PART(n) (((n) / RW + USTREAMS - 1) / USTREAMS)
 #define UPDATE_ITEMS_OK(n)                                                                 \
     (get_global_id(0) * UPDATE_CHUNKS < UPDATE_PART(n) || get_global_id(0) == 0)
-#define UPDATE_ONE(n, s, BODY)                                                             \
-    do {                                                                                   \
-        const ulong c_ = (ulong)(s) * q_ + i0_ + k_;                                       \
-        if (c_ < nfull_)                                                                   \
-            BODY(c_ * RW, RW, s);                                                          \
-    } while (0)
 /* FOR_ITEM_CHUNKS for the update kernels that store θ (THETA_STORER): with stochastic
  * rounding it sets srv_, the 16-bit random values of the chunk's elements (as sr_words: the
  * element's index in θ's buffer, pe_ + e, picks them). With UPDATE_CHUNKS a multiple of 8 (a
@@ -465,51 +459,42 @@ inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint stream
 #define SR_CHUNK_SET(e, s)
 #define SR_TAIL_SET(e)
 #endif
-#define UPDATE_ONE_THETA(n, s, BODY)                                                       \
+/* The driver with hooks: DECL declares what they share, GROUP(k) runs before the chunks of
+   step k, SET(e, s) before the chunk at e of part s, TAIL(e) before the partial last one. */
+#define CHUNK_NOP1(a)
+#define CHUNK_NOP2(a, b)
+#define UPDATE_ONE(n, s, BODY, SET)                                                        \
     do {                                                                                   \
         const ulong c_ = (ulong)(s) * q_ + i0_ + k_;                                       \
         if (c_ < nfull_) {                                                                 \
-            SR_CHUNK_SET(c_ * RW, s);                                                      \
+            SET(c_ * RW, s);                                                               \
             BODY(c_ * RW, RW, s);                                                          \
         }                                                                                  \
     } while (0)
-#define FOR_ITEM_CHUNKS_THETA(n, BODY)                                                       \
+#define FOR_ITEM_CHUNKS_HOOKED(n, BODY, DECL, GROUP, SET, TAIL)                             \
     do {                                                                                   \
         const ulong nfull_ = (n) / RW, q_ = UPDATE_PART(n);                                \
         const ulong i0_ = get_global_id(0) * UPDATE_CHUNKS;                                \
-        SR_CHUNK_DECL;                                                                     \
+        DECL;                                                                              \
         for (ulong k_ = 0; k_ < UPDATE_CHUNKS && i0_ + k_ < q_; k_++) {                    \
-            SR_CHUNK_GROUP(k_);                                                            \
-            UPDATE_ONE_THETA(n, 0, BODY);                                                  \
+            GROUP(k_);                                                                     \
+            UPDATE_ONE(n, 0, BODY, SET);                                                   \
             if (USTREAMS > 1)                                                              \
-                UPDATE_ONE_THETA(n, 1, BODY);                                              \
+                UPDATE_ONE(n, 1, BODY, SET);                                               \
             if (USTREAMS > 2) {                                                            \
-                UPDATE_ONE_THETA(n, 2, BODY);                                              \
-                UPDATE_ONE_THETA(n, 3, BODY);                                              \
+                UPDATE_ONE(n, 2, BODY, SET);                                               \
+                UPDATE_ONE(n, 3, BODY, SET);                                               \
             }                                                                              \
         }                                                                                  \
         if (get_global_id(0) == 0 && (n) > nfull_ * RW) {                                  \
-            SR_TAIL_SET(nfull_ * RW);                                                      \
+            TAIL(nfull_ * RW);                                                             \
             BODY(nfull_ * RW, (uint)((n) - nfull_ * RW), USTREAMS - 1);                    \
         }                                                                                  \
     } while (0)
-
-#define FOR_ITEM_CHUNKS(n, BODY)                                                             \
-    do {                                                                                   \
-        const ulong nfull_ = (n) / RW, q_ = UPDATE_PART(n);                                \
-        const ulong i0_ = get_global_id(0) * UPDATE_CHUNKS;                                \
-        for (ulong k_ = 0; k_ < UPDATE_CHUNKS && i0_ + k_ < q_; k_++) {                    \
-            UPDATE_ONE(n, 0, BODY);                                                        \
-            if (USTREAMS > 1)                                                              \
-                UPDATE_ONE(n, 1, BODY);                                                    \
-            if (USTREAMS > 2) {                                                            \
-                UPDATE_ONE(n, 2, BODY);                                                    \
-                UPDATE_ONE(n, 3, BODY);                                                    \
-            }                                                                              \
-        }                                                                                  \
-        if (get_global_id(0) == 0 && (n) > nfull_ * RW)                                    \
-            BODY(nfull_ * RW, (uint)((n) - nfull_ * RW), USTREAMS - 1);                    \
-    } while (0)
+#define FOR_ITEM_CHUNKS(n, BODY)                                                           \
+    FOR_ITEM_CHUNKS_HOOKED(n, BODY, (void)0, CHUNK_NOP1, CHUNK_NOP2, CHUNK_NOP1)
+#define FOR_ITEM_CHUNKS_THETA(n, BODY)                                                     \
+    FOR_ITEM_CHUNKS_HOOKED(n, BODY, SR_CHUNK_DECL, SR_CHUNK_GROUP, SR_CHUNK_SET, SR_TAIL_SET)
 
 /* Gradient centralization of the cnt elements from element e (GC_PARAMS in scope): the row
  * mean of each, one load when the chunk lies in one row. */
