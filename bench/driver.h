@@ -297,6 +297,25 @@ int storage_stream_step(env *e, const rule_info *ri, const instance *in, const s
    one line, and every failure. -1 on a run-time failure. */
 int storage_check(env *e, const rule_info *ri, size_t n, double *err);
 
+/* Shared by the two checks: err[i] = NAN for every combination, and how many of them the
+   rule runs other than float32; a tally of the results and the check's line (what: the
+   requirements; unit: of the worst θ error), which marks the run failed when one failed. */
+size_t storage_check_begin(const env *e, const rule_info *ri, double *err);
+/* θ and g of both checks (n each): θ from U(-1e-5, 1e-5), small, so that one step moves it
+   by many ulps of a 16-bit type and a step that left θ alone would fail (at |θ| ~ 1 an AdamW
+   step is a fraction of a bf16 ulp; AdaMod's first step, ~1e-6, is 16 bf16 ulps at 1e-5); g
+   from U(-0.5, 0.5). */
+#define STORAGE_CHECK_P_RANGE 1e-5f
+void storage_check_inputs(float *p0, float *g, size_t n);
+typedef struct storage_tally {
+    size_t todo, ok, worst_i, weak_i;
+    double worst, weakest;
+} storage_tally;
+#define STORAGE_TALLY_INIT(todo) {(todo), 0, 0, 0, -1.0, INFINITY}
+void storage_tally_add(storage_tally *t, size_t i, double err, double theta, double update);
+void storage_tally_print(env *e, const rule_info *ri, size_t n, const char *what,
+                         const char *unit, const storage_tally *t);
+
 /* ---- storage rows of the optimizer-level rules (storage_opt.c) ----------------------------- */
 
 struct check_result;
@@ -353,6 +372,8 @@ double median(double *v, size_t n);
 /* Measures every selected variant and tensor count of one (rule, n) and adds their rows. */
 int measure(env *e, const rule_info *ri, size_t n, const check_result *cr);
 void record(unit *u, const bench_timing *t);
+/* Room for reps samples in u (dev, wall, kern); -1 (printed) when out of memory. */
+int unit_samples(unit *u, size_t reps);
 /* The row of a unit: medians, GB/s, the tuning in effect. */
 int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char *check);
 /* Untimed optimizer steps up to about FIRST_TIMED_STEP. */

@@ -33,6 +33,17 @@ double median(double *v, size_t n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+int unit_samples(unit *u, size_t reps)
+{
+    u->dev = malloc(reps * sizeof(double));
+    u->wall = malloc(reps * sizeof(double));
+    u->kern = malloc(reps * sizeof(double));
+    if (u->dev && u->wall && u->kern)
+        return 0;
+    fprintf(stderr, "clopt-bench: out of host memory\n");
+    return -1;
+}
+
 void record(unit *u, const bench_timing *t)
 {
     u->dev[u->ns] = t->dev_ms;
@@ -432,14 +443,8 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
     int rc = 0, storage_rows = 0;
     for (size_t k = 0; k < nu && !rc; k++) {
         unit *u = &units[k];
-        u->dev = malloc(o->reps * sizeof(double));
-        u->wall = malloc(o->reps * sizeof(double));
-        u->kern = malloc(o->reps * sizeof(double));
-        if (!u->dev || !u->wall || !u->kern) {
-            fprintf(stderr, "clopt-bench: out of host memory\n");
-            rc = -1;
+        if ((rc = unit_samples(u, (size_t)o->reps)) != 0)
             break;
-        }
         u->bytes = u->st                    ? storage_bytes(ri, u->st)
                    : u->variant == V_UNFUSED ? chain_bytes
                                              : ri->tr.bytes;

@@ -467,10 +467,6 @@ int storage_stream_step(env *e, const rule_info *ri, const instance *in, const s
 
 /* ---- the check ------------------------------------------------------------------------------- */
 
-/* θ of the check: small, so that one step moves it by many ulps of a 16-bit type and a step
-   that left θ alone would fail (at |θ| ~ 1 an AdamW step is a fraction of a bf16 ulp; AdaMod's
-   first step, ~1e-6, is 16 bf16 ulps at 1e-5). */
-#define CHECK_P_RANGE 1e-5f
 /* An update below this many ulps (the median over the elements) is reported: the check could
    not tell it from no update. */
 #define CHECK_MIN_UPDATE_ULPS 4.0
@@ -785,14 +781,52 @@ static void check_host_free(check_host *h)
     }
 }
 
+void storage_check_inputs(float *p0, float *g, size_t n)
+{
+    fill_uniform(p0, n, 11, -STORAGE_CHECK_P_RANGE, STORAGE_CHECK_P_RANGE);
+    fill_uniform(g, n, 100, -0.5f, 0.5f);
+}
+
+size_t storage_check_begin(const env *e, const rule_info *ri, double *err)
+{
+    const options *o = e->opt;
+    size_t todo = 0;
+    for (size_t i = 0; i < o->ndtypes; i++) {
+        err[i] = NAN;
+        todo += !storage_is_f32(&o->dtypes[i]) && storage_runs(ri, &o->dtypes[i]);
+    }
+    return todo;
+}
+
+void storage_tally_add(storage_tally *t, size_t i, double err, double theta, double update)
+{
+    t->ok += err <= 1.0;
+    if (!(theta <= t->worst))
+        t->worst = theta, t->worst_i = i;
+    if (update < t->weakest)
+        t->weakest = update, t->weak_i = i;
+}
+
+void storage_tally_print(env *e, const rule_info *ri, size_t n, const char *what,
+                         const char *unit, const storage_tally *t)
+{
+    const storage *d = e->opt->dtypes;
+    printf("check %s storage (n=%zu, %s): %zu ok%s; worst θ %.3g %s (%s); median update %.3g "
+           "ulp or more (least: %s)\n",
+           ri->r->name, n, what, t->ok, t->ok == t->todo ? "" : ", some FAIL", t->worst, unit,
+           d[t->worst_i].name, t->weakest, d[t->weak_i].name);
+    if (t->weakest < CHECK_MIN_UPDATE_ULPS)
+        printf("note: check %s storage: the median update of %s is %.3g ulp: a step that left "
+               "θ alone might pass\n",
+               ri->r->name, d[t->weak_i].name, t->weakest);
+    if (t->ok != t->todo)
+        e->check_failed = 1;
+}
+
 int storage_check(env *e, const rule_info *ri, size_t n, double *err)
 {
     const options *o = e->opt;
-    for (size_t i = 0; i < o->ndtypes; i++)
-        err[i] = NAN;
-    size_t todo = 0;
-    for (size_t i = 0; i < o->ndtypes; i++)
-        todo += !storage_is_f32(&o->dtypes[i]) && storage_runs(ri, &o->dtypes[i]);
+    const size_t todo = storage_check_begin(e, ri, err);
     if (!todo || !STORAGE_RULE(ri))
         return 0;
     check_host h = {0};
@@ -816,11 +850,9 @@ int storage_check(env *e, const rule_info *ri, size_t n, double *err)
         fprintf(stderr, "clopt-bench: out of host memory\n");
         rc = -1;
     } else {
-        fill_uniform(p0, n, 11, -CHECK_P_RANGE, CHECK_P_RANGE);
-        fill_uniform(g, n, 100, -0.5f, 0.5f);
+        storage_check_inputs(p0, g, n);
     }
-    size_t ok = 0, worst_i = 0, weak_i = 0;
-    double worst = -1.0, weakest = INFINITY;
+    storage_tally t = STORAGE_TALLY_INIT(todo);
     for (size_t i = 0; i < o->ndtypes && !rc; i++) {
         const storage *c = &o->dtypes[i];
         check_out co;
@@ -828,28 +860,16 @@ int storage_check(env *e, const rule_info *ri, size_t n, double *err)
             (rc = check_one(e, ri, c, n, p0, g, &h, &co)) != 0)
             continue;
         err[i] = co.err;
-        ok += co.err <= 1.0;
-        if (!(co.theta_ulps <= worst))
-            worst = co.theta_ulps, worst_i = i;
-        if (co.update_ulps < weakest)
-            weakest = co.update_ulps, weak_i = i;
+        storage_tally_add(&t, i, co.err, co.theta_ulps, co.update_ulps);
     }
-    if (!rc) {
-        printf("check %s storage (n=%zu, 1 step of each combination against the f32 step on "
-               "the same rounded θ and g; θ within 1 ulp of its type, the master bit for bit, "
-               "f32 states as above; with bf16 or int8 states θ and the master bit for bit "
-               "those of state=f32, bf16 states the f32 ones rounded, int8 states their "
-               "blockwise quantization): %zu ok%s; worst θ %.3g ulp (%s); median update %.3g "
-               "ulp or more (least: %s)\n",
-               ri->r->name, n, ok, ok == todo ? "" : ", some FAIL", worst,
-               o->dtypes[worst_i].name, weakest, o->dtypes[weak_i].name);
-        if (weakest < CHECK_MIN_UPDATE_ULPS)
-            printf("note: check %s storage: the median update of %s is %.3g ulp: a step "
-                   "that left θ alone might pass\n",
-                   ri->r->name, o->dtypes[weak_i].name, weakest);
-        if (ok != todo)
-            e->check_failed = 1;
-    }
+    if (!rc)
+        storage_tally_print(e, ri, n,
+                            "1 step of each combination against the f32 step on the same "
+                            "rounded θ and g; θ within 1 ulp of its type, the master bit for "
+                            "bit, f32 states as above; with bf16 or int8 states θ and the "
+                            "master bit for bit those of state=f32, bf16 states the f32 ones "
+                            "rounded, int8 states their blockwise quantization",
+                            "ulp", &t);
     check_host_free(&h);
     free(p0);
     free(g);

@@ -248,16 +248,9 @@ static int measure_one(env *e, const rule_info *ri, size_t n, size_t i, const ch
     if (rc || bench_split_make(ri->r, n, 1, &sp))
         return -1;
     for (int k = 0; k < 2 && !rc; k++) {
-        unit *u = &us[k];
-        u->bytes = storage_opt_bytes(ri, c);
-        shape_text(&sp, u->shape, sizeof u->shape);
-        u->dev = malloc(o->reps * sizeof(double));
-        u->wall = malloc(o->reps * sizeof(double));
-        u->kern = malloc(o->reps * sizeof(double));
-        if (!u->dev || !u->wall || !u->kern) {
-            fprintf(stderr, "clopt-bench: out of host memory\n");
-            rc = -1;
-        }
+        us[k].bytes = storage_opt_bytes(ri, c);
+        shape_text(&sp, us[k].shape, sizeof us[k].shape);
+        rc = unit_samples(&us[k], (size_t)o->reps);
     }
     if (!rc && want[1]) {
         const clopt_hparams hp = hparams_of(ri, c);
@@ -308,10 +301,6 @@ int storage_opt_measure(env *e, const rule_info *ri, size_t n, const check_resul
 
 /* ---- the check --------------------------------------------------------------------------- */
 
-/* θ of the check: small, as storage.c's (one step moves it by several ulps of a 16-bit type
-   where the rule's step is not relative to θ). */
-#define CHECK_P_RANGE 1e-5f
-#define CHECK_MIN_UPDATE_ULPS 4.0
 
 /* x = x rounded to nearest even to type t and back, on the device (the library's converter,
    which the optimizer's tensors were filled with). */
@@ -446,6 +435,12 @@ static double compare_master(const rule_info *ri, const storage *c, const uint32
     return 0.0;
 }
 
+/* What the check requires (its line). */
+#define OPT_CHECK_RULES                                                                    \
+    "θ within 1 ulp of its type (with bf16 or int8 states plus 1/16 of the step); the master " \
+    "bit for bit with f32 states, within 1/16 of the step with others; f32 states as above, " \
+    "bf16 ones within 1 bf16 ulp, int8 ones within one step of the map"
+
 typedef struct opt_check_out {
     double theta_ulps, update_ulps, err;
 } opt_check_out;
@@ -548,11 +543,7 @@ int storage_opt_check(env *e, const rule_info *ri_rule, size_t n, double *err)
     if (ck.r->rule == CLOPT_LAMB)
         ck.hp.lr = 0.05;
     const rule_info *ri = &ck;
-    for (size_t i = 0; i < o->ndtypes; i++)
-        err[i] = NAN;
-    size_t todo = 0;
-    for (size_t i = 0; i < o->ndtypes; i++)
-        todo += !storage_is_f32(&o->dtypes[i]) && storage_runs(ri, &o->dtypes[i]);
+    const size_t todo = storage_check_begin(e, ri, err);
     if (!todo || !ri->opt_level)
         return 0;
     bench_split sp;
@@ -565,11 +556,9 @@ int storage_opt_check(env *e, const rule_info *ri_rule, size_t n, double *err)
     if (rc) {
         fprintf(stderr, "clopt-bench: out of host memory\n");
     } else {
-        fill_uniform(p0, n, 11, -CHECK_P_RANGE, CHECK_P_RANGE);
-        fill_uniform(g, n, 100, -0.5f, 0.5f);
+        storage_check_inputs(p0, g, n);
     }
-    size_t ok = 0, worst_i = 0, weak_i = 0;
-    double worst = -1.0, weakest = INFINITY;
+    storage_tally t = STORAGE_TALLY_INIT(todo);
     for (size_t i = 0; i < o->ndtypes && !rc; i++) {
         const storage *c = &o->dtypes[i];
         opt_check_out co;
@@ -577,30 +566,17 @@ int storage_opt_check(env *e, const rule_info *ri_rule, size_t n, double *err)
             (rc = check_one(e, ri, c, &sp, p0, g, &r, &co)) != 0)
             continue;
         err[i] = co.err;
-        ok += co.err <= 1.0;
-        if (!(co.theta_ulps <= worst))
-            worst = co.theta_ulps, worst_i = i;
-        if (co.update_ulps < weakest)
-            weakest = co.update_ulps, weak_i = i;
+        storage_tally_add(&t, i, co.err, co.theta_ulps, co.update_ulps);
     }
-    if (!rc) {
-        printf("check %s storage (n=%zu, 1 optimizer step of each combination on one tensor "
-               "against the f32 optimizer on the same rounded θ and g; θ within 1 ulp of its "
-               "type (with bf16 or int8 states plus 1/16 of the step); the master bit for bit "
-               "with f32 states, within 1/16 of the step with others; f32 states as above, "
-               "bf16 ones within 1 bf16 ulp, int8 ones within one step of the map%s): %zu "
-               "ok%s; worst θ %.3g x its tolerance (%s); median update %.3g ulp or more "
-               "(least: %s)\n",
-               ri->r->name, n, ri->r->rule == CLOPT_LAMB ? "; lr 0.05" : "", ok,
-               ok == todo ? "" : ", some FAIL", worst,
-               o->dtypes[worst_i].name, weakest, o->dtypes[weak_i].name);
-        if (weakest < CHECK_MIN_UPDATE_ULPS)
-            printf("note: check %s storage: the median update of %s is %.3g ulp: a step "
-                   "that left θ alone might pass\n",
-                   ri->r->name, o->dtypes[weak_i].name, weakest);
-        if (ok != todo)
-            e->check_failed = 1;
-    }
+    if (!rc)
+        storage_tally_print(e, ri, n,
+                            ri->r->rule == CLOPT_LAMB
+                                ? "1 optimizer step of each combination on one tensor against "
+                                  "the f32 optimizer on the same rounded θ and g; " OPT_CHECK_RULES
+                                  "; lr 0.05"
+                                : "1 optimizer step of each combination on one tensor against "
+                                  "the f32 optimizer on the same rounded θ and g; " OPT_CHECK_RULES,
+                            "x its tolerance", &t);
     for (size_t k = 0; k <= BENCH_MAX_STATE; k++)
         free(r.x[k]);
     bench_split_free(&sp);
