@@ -420,7 +420,8 @@ inline float group_sum(float x, __local float *buf)
  * (clopt-bench --dtypes 'p=bf16,g=bf16,sr=1', optimizer level): LAMB 29.9 -> 11.9 ms (6.5
  * without SR), Adafactor 26.1 -> 7.8 (5.7), StableAdamW 27.0 -> 8.5 (6.4). */
 #if PT != 0 && SR && MASTER == 0 && defined(USTREAMS) /* USTREAMS: a multi-pass program */
-#define SR_CHUNK_BATCH (UPDATE_CHUNKS % 8 == 0)
+#define SR_TAIL_SET(e) srv_ = sr_words16(pe_ + (e), sr_seed, sr_stream, SR_STEP)
+#if UPDATE_CHUNKS % 8 == 0
 #define SR_PARTS (USTREAMS > 2 ? 4 : USTREAMS)
 /* The instances of the 8 chunks from chunk c of every part s (chunk s q + c): part s's first
    instance in q0[s], its words in w[s] (17 instances: 128 elements not starting on an
@@ -446,13 +447,15 @@ inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint stream
     ulong srq_[SR_PARTS]
 #define SR_CHUNK_GROUP(k)                                                                  \
     do {                                                                                   \
-        if (SR_CHUNK_BATCH && ((k) & 7u) == 0)                                             \
+        if (((k) & 7u) == 0)                                                               \
             sr_chunk_batches(pe_, q_, i0_ + (k), sr_seed, sr_stream, SR_STEP, srb_, srq_);  \
     } while (0)
-#define SR_CHUNK_SET(e, s)                                                                 \
-    srv_ = SR_CHUNK_BATCH ? sr_from_batch(srb_[s], pe_ + (e) - (srq_[s] << 3))            \
-                          : sr_words16(pe_ + (e), sr_seed, sr_stream, SR_STEP)
-#define SR_TAIL_SET(e) srv_ = sr_words16(pe_ + (e), sr_seed, sr_stream, SR_STEP)
+#define SR_CHUNK_SET(e, s) srv_ = sr_from_batch(srb_[s], pe_ + (e) - (srq_[s] << 3))
+#else /* a GPU's shape (one chunk per item): each chunk its own instances */
+#define SR_CHUNK_DECL uint16 srv_
+#define SR_CHUNK_GROUP(k)
+#define SR_CHUNK_SET(e, s) srv_ = sr_words16(pe_ + (e), sr_seed, sr_stream, SR_STEP)
+#endif
 #else
 #define SR_CHUNK_DECL
 #define SR_CHUNK_GROUP(k)

@@ -525,9 +525,8 @@ static void test_passes_match_f32(void **state)
    the same values: each θ must be the float32 result's bits plus the documented random value
    of its element (ref_sr_value: element = index in θ's buffer, stream = the tensor's index,
    step 1, the optimizer's seed), truncated to bf16. */
-static void test_passes_sr_words(void **state)
+static void passes_sr_words(clopt_ctx *ctx)
 {
-    fixture *f = *state;
     enum { R = 17, C = 61, M = R * C, PO = 3 };
     const clopt_rule rules[] = {CLOPT_LAMB, CLOPT_ADAFACTOR, CLOPT_STABLE_ADAMW};
     const uint64_t seed = 0x5EEDF00Dull;
@@ -548,19 +547,19 @@ static void test_passes_sr_words(void **state)
         hp.lr = 1e-2;
         hp.weight_decay = 0.01;
         clopt_optimizer *o16, *o32;
-        assert_int_equal(clopt_optimizer_create(f->ctx, rules[c], &hp, &o32), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(ctx, rules[c], &hp, &o32), CLOPT_SUCCESS);
         hp.stochastic_rounding = 1;
-        assert_int_equal(clopt_optimizer_create(f->ctx, rules[c], &hp, &o16), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(ctx, rules[c], &hp, &o16), CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_seed(o16, seed), CLOPT_SUCCESS);
-        cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof g16, g16);
-        cl_mem P32 = buf_new(f->ctx, sizeof th32, th32), G32 = buf_new(f->ctx, sizeof g32, g32);
+        cl_mem P = buf_new(ctx, sizeof th, th), G = buf_new(ctx, sizeof g16, g16);
+        cl_mem P32 = buf_new(ctx, sizeof th32, th32), G32 = buf_new(ctx, sizeof g32, g32);
         add_matrix_pair(o32, P32, G32, o16, P, G, PO, R, C);
         assert_int_equal(clopt_optimizer_step(o16, NULL), CLOPT_SUCCESS);
         assert_int_equal(clopt_optimizer_step(o32, NULL), CLOPT_SUCCESS);
         uint16_t now[M + PO];
         float want[M];
-        buf_read(f->ctx, P, 0, sizeof now, now);
-        buf_read(f->ctx, P32, 0, sizeof want, want);
+        buf_read(ctx, P, 0, sizeof now, now);
+        buf_read(ctx, P32, 0, sizeof want, want);
         size_t bad = 0, up = 0, moved = 0;
         for (size_t i = 0; i < PO; i++)
             bad += now[i] != 0x7FC1;
@@ -582,6 +581,23 @@ static void test_passes_sr_words(void **state)
         clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(P32),
             clReleaseMemObject(G32);
     }
+}
+
+/* With the CPU's shape of the update passes (64 chunks per item in 2 parts: the random values
+   of 8 chunks at a time) and a GPU's (reductions of 64 items: one chunk per item, each its
+   own instances). */
+static void test_passes_sr_words(void **state)
+{
+    fixture *f = *state;
+    passes_sr_words(f->ctx);
+    clopt_ctx *ctx;
+    assert_int_equal(clopt_ctx_create(&ctx), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(ctx, &t), CLOPT_SUCCESS);
+    t.reduce_local = 64;
+    assert_int_equal(clopt_ctx_set_tuning(ctx, &t), CLOPT_SUCCESS);
+    passes_sr_words(ctx);
+    clopt_ctx_destroy(ctx);
 }
 
 /* An arena group of bf16 tensors (one launch), its weights written through the views after
