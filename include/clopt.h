@@ -478,10 +478,11 @@ typedef struct clopt_hparams {
        under 4096 elements keep float32 state, except in an arena group, whose tensors share
        one launch (each starts a block of 256 there); bf16 applies to every tensor. 8-bit
        state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad, in caller-owned
-       tensors and arena groups; bf16 also for LAMB. Another rule with U8, a range group
-       with U8 (its chunks would cut blocks), or Adafactor with any non-float32 state (its
-       factored statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are states of their own
-       ("exp_avg.absmax"). */
+       tensors and arena groups; bf16: every rule but Adafactor (the multi-pass ones too:
+       LAMB, StableAdamW, cautious masking, Muon). Another rule with U8, a range group with U8
+       (its chunks would cut blocks), or Adafactor with any non-float32 state (its factored
+       statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are
+       states of their own ("exp_avg.absmax"). */
     int state_dtype;
     /* Schedule-Free AdamW and SGD (the reference's keywords): lr_t = lr·min(1, t/warmup_steps)
        (0: no warmup); the averaging weight of step t is t^r · lr_max^weight_lr_power. */

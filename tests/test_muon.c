@@ -23,7 +23,19 @@
 typedef struct ref_muon {
     size_t rows, cols;
     double *theta, *b;
+    int b_bf16; /* the momentum stored as bf16 (rounded to nearest even) after each step */
 } ref_muon;
+
+static float ref_bf16(double x)
+{
+    uint32_t u;
+    const float f = (float)x;
+    memcpy(&u, &f, sizeof u);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    float y;
+    memcpy(&y, &u, sizeof y);
+    return y;
+}
 
 static void ref_init(ref_muon *r, size_t rows, size_t cols, const float *theta)
 {
@@ -32,6 +44,7 @@ static void ref_init(ref_muon *r, size_t rows, size_t cols, const float *theta)
     r->cols = cols;
     r->theta = calloc(n, sizeof(double));
     r->b = calloc(n, sizeof(double));
+    r->b_bf16 = 0;
     assert_non_null(r->theta);
     assert_non_null(r->b);
     for (size_t i = 0; i < n; i++)
@@ -63,6 +76,8 @@ static void ref_step(ref_muon *r, const float *gin, double gmul, int maximize, d
             const double g = (double)gin[e] * gmul * (maximize ? -1.0 : 1.0);
             r->b[e] = mu * r->b[e] + (1.0 - mu) * g;
             const double u = nesterov ? (1.0 - mu) * g + mu * r->b[e] : r->b[e];
+            if (r->b_bf16) /* the update uses the new momentum before it is stored */
+                r->b[e] = ref_bf16(r->b[e]);
             x[tall ? j * N + i : i * N + j] = u;
             norm += u * u;
         }
@@ -473,6 +488,60 @@ static void test_bf16_master(void **state)
     free(p16);
 }
 
+/* The momentum in bf16 (state_dtype): θ follows the reference whose momentum is rounded to
+   bf16 after each step, and the stored words are that momentum (within one bf16 ulp: the
+   kernel's float32 momentum and the reference's double one may round to neighbours). */
+static void test_bf16_state(void **state)
+{
+    fixture *f = *state;
+    const size_t R = 41, C = 67, n = R * C;
+    clopt_hparams hp = muon_hp(1, 0.02, 0);
+    hp.state_dtype = CLOPT_DTYPE_BF16;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_MUON, &hp, &opt), CLOPT_SUCCESS);
+    float *theta = random_floats(n, 1.0f), *got = xmalloc(n * sizeof(float));
+    uint16_t *words = xmalloc(n * sizeof(uint16_t));
+    cl_mem p = upload(f->ctx, theta, n), g = upload(f->ctx, NULL, n);
+    add_matrix(opt, p, g, R, C);
+    clopt_state_entry se;
+    assert_int_equal(clopt_optimizer_state_entry(opt, 0, &se), CLOPT_SUCCESS);
+    assert_string_equal(se.name, "momentum_buffer");
+    assert_int_equal(se.dtype, CLOPT_DTYPE_BF16);
+    ref_muon ref, ref32;
+    ref_init(&ref, R, C, theta);
+    ref_init(&ref32, R, C, theta);
+    ref.b_bf16 = 1;
+    for (int t = 0; t < 4; t++) {
+        float *grad = random_floats(n, 0.5f);
+        write_at(f->ctx, (clopt_tensor){g, 0}, grad, n);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        ref_step(&ref, grad, 1.0, 0, hp.lr, hp.momentum, 1, 0.02, hp.ns_steps);
+        ref_step(&ref32, grad, 1.0, 0, hp.lr, hp.momentum, 1, 0.02, hp.ns_steps);
+        free(grad);
+    }
+    buf_read(f->ctx, p, 0, n * sizeof(float), got);
+    assert_close(got, ref.theta, n, 2e-5, 1e-5, "theta");
+    buf_read(f->ctx, se.tensor.buffer, se.tensor.offset * sizeof(uint16_t),
+             n * sizeof(uint16_t), words);
+    size_t bad = 0, apart = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int d = (int)words[i] - (int)(f2u((float)ref.b[i]) >> 16);
+        bad += d < -1 || d > 1;
+        apart += ref_bf16(ref32.b[i]) != (float)ref.b[i];
+    }
+    assert_int_equal(bad, 0);
+    /* not vacuous: the bf16 momentum's trajectory differs from the float32 one's */
+    assert_true(apart > n / 10);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+    ref_free(&ref);
+    ref_free(&ref32);
+    free(theta);
+    free(got);
+    free(words);
+}
+
 /* 1-D and 3-D tensors are refused at registration; the op level refuses Muon. */
 static void test_refusals(void **state)
 {
@@ -582,6 +651,7 @@ int main(void)
         cmocka_unit_test(test_arena_group),
         cmocka_unit_test(test_amp_skip),
         cmocka_unit_test(test_bf16_master),
+        cmocka_unit_test(test_bf16_state),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_checkpoint_round_trip),
     };
