@@ -312,8 +312,6 @@ int optrun_read_theta_raw(optrun *o, void *out);
    Returns the bytes read, or -1 (printed) when there is no such state or it does not fit. */
 long optrun_read_state_raw(optrun *o, const char *name, void *out, size_t cap,
                            clopt_dtype *dtype);
-/* The optimizer (for probes of what it takes). */
-clopt_optimizer *optrun_optimizer(const optrun *o);
 void optrun_destroy(optrun *o);
 /* Overwrites every gradient with g (n floats, concatenated). Blocking. */
 int optrun_write_grad(optrun *o, const float *g);

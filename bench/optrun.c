@@ -399,8 +399,6 @@ int optrun_create_typed(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams
     return create(ctx, r, hp, OPTRUN_SEPARATE, sp, p0, g0, pt, gt, 1, out);
 }
 
-clopt_optimizer *optrun_optimizer(const optrun *o) { return o->opt; }
-
 int optrun_read_theta_raw(optrun *o, void *out)
 {
     clopt_tensor pv;

@@ -75,7 +75,7 @@ __kernel void reduced_partial(__global const PSTORE *p_, const ulong po,
 #define PARTIAL_BODY(e, cnt, k)                                                             \
     sumR_add(&acc[k],                                                                      \
              maskR(reduced_value(rule_grad(p_, g_, GC_ARGS e, cnt, gmul,                   \
-                                           weight_decay THETA_LOAD_FN_ARGS),                    \
+                                           weight_decay THETA_LOAD_FN_ARGS),               \
                                  LOADRS(s_, e, cnt), a, oma, eps2),                        \
                    cnt))
     FOR_CHUNKS_RUNS(c0, c1, n, PARTIAL_BODY, 2);

@@ -377,8 +377,8 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #endif
 #if SR
 /* Batches of Philox instances in vector lanes, for the work-items that round many elements
- * (sr_batch below, and the chunk kernels' SR_CHUNK_WORDS in chunks.cl): wa[4j + i] = word i
- * of instance qa + j and wb[4j + i] = word i of instance qb + j, j = 0 .. 15. The two sets go
+ * (sr_batch below, and the chunk kernels' sr_chunk_batches in chunks.cl): wa[4j + i] = word
+ * i of instance qa + j and wb[4j + i] = word i of instance qb + j, j = 0 .. 15. The two sets go
  * through the rounds together: one set's rounds are a chain of dependent multiplies, two keep
  * a core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 -> 12.0 ms). */
 inline void sr_instances32(ulong qa, ulong qb, ulong seed, uint stream, uint step,
