@@ -26,16 +26,15 @@ typedef struct ref_muon {
     int b_bf16; /* the momentum stored as bf16 (rounded to nearest even) after each step */
 } ref_muon;
 
-static float ref_bf16(double x)
+/* bfloat16 bits of x rounded to nearest even (x finite), and that value as a float. */
+static uint16_t bf16_rne(float x)
 {
-    uint32_t u;
-    const float f = (float)x;
-    memcpy(&u, &f, sizeof u);
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    float y;
-    memcpy(&y, &u, sizeof y);
-    return y;
+    uint32_t u = f2u(x);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
 }
+
+static float ref_bf16(double x) { return u2f((uint32_t)bf16_rne((float)x) << 16); }
 
 static void ref_init(ref_muon *r, size_t rows, size_t cols, const float *theta)
 {
@@ -422,13 +421,6 @@ static void test_amp_skip(void **state)
     free(before);
     free(before_b);
     free(scaled);
-}
-
-static uint16_t bf16_rne(float x)
-{
-    uint32_t u = f2u(x);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 
 /* A bf16 θ with a float32 master: the master follows the float32 reference; θ is the master
