@@ -372,8 +372,10 @@ double median(double *v, size_t n);
 /* Measures every selected variant and tensor count of one (rule, n) and adds their rows. */
 int measure(env *e, const rule_info *ri, size_t n, const check_result *cr);
 void record(unit *u, const bench_timing *t);
-/* Room for reps samples in u (dev, wall, kern); -1 (printed) when out of memory. */
+/* Room for reps samples in u (dev, wall, kern); -1 (printed) when out of memory. unit_free
+   releases them and u's optimizer. */
 int unit_samples(unit *u, size_t reps);
+void unit_free(unit *u);
 /* The row of a unit: medians, GB/s, the tuning in effect. */
 int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char *check);
 /* Untimed optimizer steps up to about FIRST_TIMED_STEP. */

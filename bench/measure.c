@@ -44,6 +44,16 @@ int unit_samples(unit *u, size_t reps)
     return -1;
 }
 
+void unit_free(unit *u)
+{
+    free(u->dev);
+    free(u->wall);
+    free(u->kern);
+    optrun_destroy(u->opt);
+    u->dev = u->wall = u->kern = NULL;
+    u->opt = NULL;
+}
+
 void record(unit *u, const bench_timing *t)
 {
     u->dev[u->ns] = t->dev_ms;
@@ -541,12 +551,8 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
     for (size_t k = 0; k < nu && !rc; k++)
         if (units[k].T)
             rc = finish_row(e, ri, &units[k], n, unit_check(&units[k], cr));
-    for (size_t k = 0; k < nu; k++) {
-        free(units[k].dev);
-        free(units[k].wall);
-        free(units[k].kern);
-        optrun_destroy(units[k].opt);
-    }
+    for (size_t k = 0; k < nu; k++)
+        unit_free(&units[k]);
     if (!rc)
         rc = storage_opt_measure(e, ri, n, cr);
     if (rc)

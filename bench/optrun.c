@@ -367,8 +367,6 @@ static int create(clopt_ctx *ctx, const bench_rule *r, const clopt_hparams *hp,
     }
     memset(o->alen, 0, sizeof o->alen);
     for (size_t i = 0; i < o->T; i++) {
-        if (typed)
-            o->slen[i * BENCH_MAX_STATE] = 0;
         o->alen[0] += o->len[i];
         for (size_t k = 0; k < o->nstate; k++)
             o->alen[1 + k] += o->slen[i * BENCH_MAX_STATE + k];

@@ -51,9 +51,7 @@ int storage_is_f32(const storage *c)
 
 int storage_is_q8(const storage *c) { return state_types[c->state].dtype == CLOPT_DTYPE_U8; }
 
-static clopt_dtype state_dtype(const storage *c) { return state_types[c->state].dtype; }
-
-clopt_dtype storage_state_dtype(const storage *c) { return state_dtype(c); }
+clopt_dtype storage_state_dtype(const storage *c) { return state_types[c->state].dtype; }
 
 int storage_q8_signed(const char *state)
 {
@@ -379,7 +377,7 @@ static void storage_args(const rule_info *ri, const instance *in, const storage_
         a->master.buffer = c->master == CLOPT_MASTER_F32 ? sb->master : sb->remainder;
     a->stochastic_rounding = c->sr;
     a->sr_seed = SR_SEED;
-    a->state_dtype = state_dtype(c);
+    a->state_dtype = storage_state_dtype(c);
     for (size_t k = 0; k < ri->nkernel && c->state; k++) {
         a->state[k] = (clopt_tensor){sb->state[c->state][k], 0};
         if (storage_is_q8(c))
@@ -428,7 +426,7 @@ static int stream_arrays(const rule_info *ri, const instance *in, const storage_
             return -1;
         }
         const cl_mem st = c->state ? sb->state[c->state][k] : in->slot[BA_S((int)k)];
-        const unsigned size = (unsigned)clopt_dtype_size(state_dtype(c));
+        const unsigned size = (unsigned)clopt_dtype_size(storage_state_dtype(c));
         if (ro) {
             a->ro[a->nro] = st;
             a->ro_size[a->nro++] = size;
@@ -725,7 +723,7 @@ static int check_run(env *e, const rule_info *ri, const storage *c, size_t n, co
         rc = read_buf(e, ref.slot[BA_S((int)k)], n * sizeof(float), h->state_ref[k]);
         if (!rc)
             rc = read_buf(e, c->state ? sb.state[c->state][k] : x.slot[BA_S((int)k)],
-                          n * clopt_dtype_size(state_dtype(c)), h->state[k]);
+                          n * clopt_dtype_size(storage_state_dtype(c)), h->state[k]);
         if (!rc && storage_is_q8(c))
             rc = read_buf(e, sb.absmax[c->state][k], blocks * sizeof(float), h->am[k]);
     }

@@ -223,15 +223,6 @@ void storage_opt_rule_types(env *e, rule_info *ri)
 
 /* ---- measurement ------------------------------------------------------------------------- */
 
-static void unit_free(unit *u)
-{
-    free(u->dev);
-    free(u->wall);
-    free(u->kern);
-    optrun_destroy(u->opt);
-    u->opt = NULL;
-}
-
 /* Fused and stream of combination i, interleaved, then their rows. */
 static int measure_one(env *e, const rule_info *ri, size_t n, size_t i, const check_result *cr)
 {
