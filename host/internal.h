@@ -144,7 +144,8 @@ typedef struct clopt_ctl {
     cl_ulong tabo;   /* the launch's first row, in floats */
     cl_uint ncand;   /* outcomes covered: the launch runs for counts expect .. expect+ncand-1 */
     /* RANGES (kernels/common.cl): a table of nchunks ulong4 (θ, g, state offsets, length);
-       the tensors' (buffer, offset 0) are passed with n = 1. NULL: a plain launch. */
+       the tensors' (buffer, offset 0) are passed with n = 1. NULL: a plain launch. With
+       8-bit state a row is a block of 256 and the launch a work-item per row. */
     cl_mem ranges;
     size_t nchunks;
 } clopt_ctl;

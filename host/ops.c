@@ -284,7 +284,9 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_tensor(&a, args->gc_scratch);
         clopt_arg_ulong(&a, gc_cols);
     }
-    clopt_arg_ulong(&a, n);
+    /* a range launch with 8-bit state: n is the table's number of rows (kernels/common.cl) */
+    const int q8_rows = q8 && ctl && ctl->ranges;
+    clopt_arg_ulong(&a, q8_rows ? (cl_ulong)ctl->nchunks : n);
     clopt_arg_float(&a, gmul);
     if (plan.has_int_arg)
         clopt_arg_int(&a, plan.int_arg);
@@ -303,6 +305,9 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     cl_command_queue q = queue ? queue : ctx->queue;
     if (ctl && ctl->dry && !plan.gc)
         return CLOPT_SUCCESS;
+    if (q8_rows) /* a work-item per row: the launch of nchunks blocks of 256 */
+        return clopt_launch_elementwise(ctx, q, k, ctl->nchunks * 256, &plan.tuning, num_wait,
+                                        wait_list, event);
     if (ctl && ctl->ranges) /* the optimizer never combines RANGES with GC */
         return clopt_launch_chunks(ctx, q, k, ctl->nchunks, &plan.tuning, num_wait, wait_list,
                                    event);

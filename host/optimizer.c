@@ -65,11 +65,12 @@ void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_
     for (size_t j = 0; j < CLOPT_OPT_MAX_STATE; j++)
         e->state_dtype[j] = CLOPT_DTYPE_F32;
     /* the state's storage: the group's, except float32 for the 8-bit state of tensors under
-       4096 elements (as bitsandbytes) outside arena groups (whose tensors share one launch,
-       so every one of them gets the group's) */
+       4096 elements (as bitsandbytes) outside arena and range groups (whose tensors share
+       one launch, so every one of them gets the group's) */
     e->sq = CLOPT_DTYPE_F32;
     if (hp->state_dtype == CLOPT_DTYPE_BF16 ||
-        (hp->state_dtype == CLOPT_DTYPE_U8 && (e->n >= CLOPT_Q8_MIN_SIZE || g->arena)))
+        (hp->state_dtype == CLOPT_DTYPE_U8 &&
+         (e->n >= CLOPT_Q8_MIN_SIZE || g->arena || g->ranges)))
         e->sq = (clopt_dtype)hp->state_dtype;
     e->absmax_at = 0;
     if (opt->rule != CLOPT_ADAFACTOR)

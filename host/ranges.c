@@ -80,10 +80,6 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (T == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
     clopt_status s = clopt_o_check_hparams(ctx, opt->rule, hp);
-    if (s == CLOPT_SUCCESS && hp->state_dtype == CLOPT_DTYPE_U8)
-        s = clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                       "a range group keeps float32 or bf16 state (8-bit blocks would cut "
-                       "across its chunks): use an arena group or add_param_desc");
     if (s == CLOPT_SUCCESS && hp->state_dtype != CLOPT_DTYPE_F32 && desc->state[0])
         s = clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                        "the engine's own state buffers are float32 (state_dtype %d)",
@@ -95,6 +91,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     clopt_group probe;
     memset(&probe, 0, sizeof probe);
     probe.hp = *hp;
+    probe.ranges = 1;
     clopt_param layout;
     memset(&layout, 0, sizeof layout);
     layout.n = layout.ndim = layout.shape[0] = 1;
@@ -127,7 +124,11 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         goto fail;
     }
     const cl_mem P = desc->tensors[0].param.buffer, G = desc->tensors[0].grad.buffer;
-    size_t total = 0; /* library-owned state: compact, each tensor 16-float aligned */
+    /* library-owned state: compact, each tensor 16-float aligned; 8-bit state: each tensor
+       at a block of 256 (its blocks start at its first element, as everywhere) */
+    const int q8 = layout.sq == CLOPT_DTYPE_U8;
+    const size_t salign = q8 ? 256 : 16;
+    size_t total = 0;
     for (size_t i = 0; i < T; i++) {
         const clopt_param_desc *d = &desc->tensors[i];
         clopt_param *e = &ps[i];
@@ -161,7 +162,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                                    "grad", idx};
         if (own_state) {
             soff[i] = total;
-            total += (e->n + 15) / 16 * 16;
+            total += (e->n + salign - 1) / salign * salign;
         } else {
             soff[i] = desc->state_offsets ? desc->state_offsets[i] : d->param.offset;
             for (size_t k = 0; k < layout.nstate; k++) {
@@ -194,13 +195,22 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
             g->arena_state[k] =
                 clopt_o_make_zeros(ctx, total, clopt_dtype_size(layout.state_dtype[k]), &err);
             g->range_state[k] = g->arena_state[k];
+        } else if (own_state && q8 && k >= layout.absmax_at &&
+                   k < layout.absmax_at + layout.nkernel) {
+            continue; /* made with its codes */
         } else if (own_state && k < layout.nkernel && layout.sq != CLOPT_DTYPE_F32) {
-            /* bf16 state: its initial words */
-            g->arena_state[k] = clopt_o_make_zeros(ctx, total, 2, &err);
+            /* bf16 state: its initial words; 8-bit: its codes and absmaxes */
+            const size_t a = layout.absmax_at + k;
+            g->arena_state[k] = clopt_o_make_zeros(ctx, total, q8 ? 1 : 2, &err);
             g->range_state[k] = g->arena_state[k];
+            if (q8 && err == CL_SUCCESS) {
+                g->arena_state[a] = clopt_o_make_zeros(ctx, total / 256, sizeof(float), &err);
+                g->range_state[a] = g->arena_state[a];
+            }
             if (err == CL_SUCCESS &&
                 clopt_fill_state(ctx, opt->rule, hp, k, layout.sq,
-                                 (clopt_tensor){g->arena_state[k], 0}, (clopt_tensor){NULL, 0},
+                                 (clopt_tensor){g->arena_state[k], 0},
+                                 (clopt_tensor){q8 ? g->arena_state[a] : NULL, 0},
                                  total) != CLOPT_SUCCESS)
                 err = CL_INVALID_VALUE; /* the detail is recorded */
         } else if (own_state) {
@@ -214,19 +224,21 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                                           NULL, NULL);
         }
     }
-    /* the chunk table: (θ offset, g offset, state offset, length) per chunk */
+    /* the chunk table: (θ offset, g offset, state offset, length) per chunk; with 8-bit
+       state a chunk per block (kernels/common.cl) */
+    const size_t chunk = q8 ? 256 : RANGE_CHUNK;
     size_t nchunks = 0;
     for (size_t i = 0; i < T; i++)
-        nchunks += (ps[i].n + RANGE_CHUNK - 1) / RANGE_CHUNK;
+        nchunks += (ps[i].n + chunk - 1) / chunk;
     cl_ulong *tab = err == CL_SUCCESS ? malloc(nchunks * 4 * sizeof *tab) : NULL;
     if (err == CL_SUCCESS && !tab)
         err = CL_OUT_OF_HOST_MEMORY;
     for (size_t i = 0, c = 0; tab && i < T; i++)
-        for (size_t at = 0; at < ps[i].n; at += RANGE_CHUNK, c++) {
+        for (size_t at = 0; at < ps[i].n; at += chunk, c++) {
             tab[4 * c] = ps[i].param.offset + at;
             tab[4 * c + 1] = ps[i].grad.offset + at;
             tab[4 * c + 2] = soff[i] + at;
-            tab[4 * c + 3] = ps[i].n - at < RANGE_CHUNK ? ps[i].n - at : RANGE_CHUNK;
+            tab[4 * c + 3] = ps[i].n - at < chunk ? ps[i].n - at : chunk;
         }
     if (tab)
         g->range_table = clCreateBuffer(ctx->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
@@ -245,7 +257,11 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
             continue;
         }
         for (size_t k = 0; k < e->nstate; k++)
-            e->state[k] = (clopt_tensor){g->range_state[k], soff[i]};
+            e->state[k] = (clopt_tensor){g->range_state[k],
+                                         q8 && k >= e->absmax_at &&
+                                                 k < e->absmax_at + e->nkernel
+                                             ? soff[i] / 256
+                                             : soff[i]};
     }
     if (as != CLOPT_SUCCESS) {
         s = as; /* its detail is recorded */

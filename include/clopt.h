@@ -475,14 +475,15 @@ typedef struct clopt_hparams {
     int stochastic_rounding;
     /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =
        8-bit blockwise, see clopt_step_args.state_dtype). With U8, as bitsandbytes, tensors
-       under 4096 elements keep float32 state, except in an arena group, whose tensors share
-       one launch (each starts a block of 256 there); bf16 applies to every tensor. 8-bit
-       state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad, in caller-owned
-       tensors and arena groups; bf16: every rule but Adafactor (the multi-pass ones too:
-       LAMB, StableAdamW, cautious masking, Muon). Another rule with U8, a range group with U8
-       (its chunks would cut blocks), or Adafactor with any non-float32 state (its factored
-       statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit absmaxes are
-       states of their own ("exp_avg.absmax"). */
+       under 4096 elements keep float32 state, except in arena and range groups, whose
+       tensors share one launch (each starts a block of 256 of the state there); bf16 applies
+       to every tensor. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad,
+       in caller-owned tensors, arena groups and range groups (library-allocated state); bf16:
+       every rule but Adafactor (the multi-pass ones too: LAMB, StableAdamW, cautious
+       masking, Muon). Another rule with U8, U8 in a range group with the engine's own state
+       buffers (float32 only), in clopt_mpi, or Adafactor with any non-float32 state (its
+       factored statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit
+       absmaxes are states of their own ("exp_avg.absmax"). */
     int state_dtype;
     /* Schedule-Free AdamW and SGD (the reference's keywords): lr_t = lr·min(1, t/warmup_steps)
        (0: no warmup); the averaging weight of step t is t^r · lr_max^weight_lr_power. */
@@ -1088,8 +1089,9 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
    both is allowed when no ranges overlap); shapes as in clopt_optimizer_add_param_desc. An
    element-wise rule (without gradient centralization or Lookahead) updates the whole group
    in ONE launch over a small device table of chunks (the OpenCL 1.2 form of multi-tensor
-   apply); other rules run per tensor. Sophia is refused (CLOPT_ERR_UNSUPPORTED: its
-   estimates need add_param_desc). The engine's buffers are kept WITHOUT being retained
+   apply); other rules run per tensor. With 8-bit state (hp->state_dtype U8) the table has
+   a row (32 bytes, 1/8 byte per parameter) per block of 256 of each tensor. Sophia is
+   refused (CLOPT_ERR_UNSUPPORTED: its estimates need add_param_desc). The engine's buffers are kept WITHOUT being retained
    (keep them alive until clopt_optimizer_destroy). Initialise with clopt_range_group_init
    (the struct may grow; struct_size tells the library which fields the caller knows). */
 typedef struct clopt_range_group {
@@ -1118,8 +1120,8 @@ void clopt_range_group_init(clopt_range_group *g);
    or gradient range overlapping one already registered in this optimizer, params or grads
    in more than one cl_mem, a buffer of another context, struct_size too small
    (CLOPT_ERR_INVALID_ARGUMENT); a state buffer count other than 0 or the rule's
-   (CLOPT_ERR_STATE_MISMATCH); Sophia, or the engine's state with Lookahead, Adafactor or
-   LAMB (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
+   (CLOPT_ERR_STATE_MISMATCH); Sophia, the engine's state with Lookahead, Adafactor or
+   LAMB, or with a state_dtype other than F32 (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
    CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
    CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
    *first_index (either may be NULL) receive the group and its first tensor. */

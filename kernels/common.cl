@@ -122,11 +122,30 @@ inline void tail_store(floatV x, __global float *p, uint rem)
  * vectors, so any chunk length works with any tuning. In the kernels, n is the chunk's
  * length and RP_, RG_, RS_ are added to the θ, g and state pointers (0 without RANGES).
  * (Work-groups that walk several chunks each cost a thousand tiny tensors less, but on a CPU
- * each work-item then strides across chunks: 1.9x slower at 2^24, clopt-bench ranges.) */
+ * each work-item then strides across chunks: 1.9x slower at 2^24, clopt-bench ranges.)
+ * With 8-bit state (SQ 4: a work-item owns a block of 256, storage.cl) the table has a row
+ * per block of a tensor instead (blocks start at each tensor's first element, so none mixes
+ * two tensors; the host puts every tensor's state at a multiple of 256) and work-item i
+ * takes row i, as it takes block i without RANGES; n_all_ is then the number of rows
+ * (RANGES_ROWS). */
 #ifndef RANGES
 #define RANGES 0
 #endif
-#if RANGES
+#if RANGES && defined(SQ) && SQ == 4
+#define RANGES_ROWS 1
+#define N_ARG n_all_
+#define RANGES_PARAMS , __global const ulong *rt_
+#define RANGES_BEGIN                                                                       \
+    if (get_global_id(0) >= n_all_)                                                        \
+        return;                                                                            \
+    const ulong4 r_ = vload4(get_global_id(0), rt_);                                       \
+    const long RP_ = (long)r_.x, RG_ = (long)r_.y, RS_ = (long)r_.z;                       \
+    const ulong n = r_.w;
+#define ITEM_LOOP_BEGIN {
+#define ITEM_LOOP_END }
+#define ITEM_ID 0
+#elif RANGES
+#define RANGES_ROWS 0
 #define N_ARG n_all_
 #define RANGES_PARAMS , __global const ulong *rt_
 #define RANGES_BEGIN                                                                       \
@@ -138,6 +157,7 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #define ITEM_LOOP_END }
 #define ITEM_ID it_
 #else
+#define RANGES_ROWS 0
 #define N_ARG n
 #define RANGES_PARAMS
 #define RANGES_BEGIN

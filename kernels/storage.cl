@@ -443,7 +443,7 @@ inline uint16 sr_from_batch(__private const uint *w, ulong off)
 }
 #endif
 
-#if SR && VW == 16 && IPW == 16 && !RANGES
+#if SR && VW == 16 && IPW == 16 && (!RANGES || RANGES_ROWS)
 /* A CPU's tuning (a work-item walks 16 vectors of 16): the work-item's random values come
    from one batch of 33 Philox instances computed 16 at a time in vector lanes before its
    loop (SR_BATCH_BEGIN in THETA_BEGIN), instead of instances per vector. The values are the
@@ -462,7 +462,7 @@ inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uin
 
 #define SR_BATCH_BEGIN                                                                     \
     uint srw_[4 * 33];                                                                     \
-    const ulong sre0_ = pe_ + get_global_id(0) * (ulong)(IPW * VW);                        \
+    const ulong sre0_ = pe_ + ITEM_ID * (ulong)(IPW * VW);                                 \
     sr_batch(sre0_, sr_seed, sr_stream, SR_STEP, srw_)
 #define STOREP(x, p) STOREP_SR(x, p, sr_from_batch(srw_, pe_ + base_ - ((sre0_ >> 3) << 3)))
 #elif SR
@@ -542,7 +542,10 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
  * work-item owns one block (VW 16 x IPW 16, vectors of 16 all the way): it dequantizes the
  * block's state, runs the rule (the update reads the new state before it is quantized, as
  * bitsandbytes), keeps the 256 new values in private memory with their largest magnitude,
- * then writes the block's absmax and each value's nearest code (ties to the lower code). In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
+ * then writes the block's absmax and each value's nearest code (ties to the lower code).
+ * With RANGES the work-item's row of the table is its block (common.cl): the codes pointer
+ * is advanced to it by RS_, the absmax pointer by RS_ / 256, and Q8_ITEM is 0.
+ * In the rule bodies: STATE_PTR(s) in the signature, then STATE_EXTRA(s)
  * (the absmax argument of 8-bit state) after `const ulong so,`; STATE_BEGIN(s) after the
  * pointers are advanced, LOADS(s, sg) / STORES(x, s, sg) (sg 1 signed, 0 non-negative) in
  * the element loop, STATE_END(s, sg) after it; Q8_PARAMS goes last in the signature. */
@@ -566,17 +569,24 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_END(s, sg)
 #define Q8_PARAMS
 #elif SQ == 4
-#if VW != 16 || IPW != 16 || RANGES
-#error "8-bit state needs VW 16, IPW 16 and no RANGES: one work-item per block of 256"
+#if VW != 16 || IPW != 16 || (RANGES && !RANGES_ROWS)
+#error "8-bit state needs VW 16, IPW 16 and a table row per block: one work-item per block"
 #endif
 #define Q8_BLOCK 256
+#if RANGES
+#define Q8_ITEM 0
+#define Q8_ABS_AT (RS_ / Q8_BLOCK)
+#else
+#define Q8_ITEM get_global_id(0)
+#define Q8_ABS_AT 0
+#endif
 #define STATE_PTR(s) __global uchar *s##_
 #define STATE_EXTRA(s) __global float *s##a_, const ulong s##ao,
 #define Q8_PARAMS , __global const float *qmap_
 /* the work-item's block: its absmax, the new values and their largest magnitude */
 #define STATE_BEGIN(s)                                                                     \
-    s##a_ += (long)s##ao;                                                                  \
-    const float s##am_ = q8_live(n) ? s##a_[get_global_id(0)] : 0.0f;                      \
+    s##a_ += (long)s##ao + Q8_ABS_AT;                                                      \
+    const float s##am_ = q8_live(n) ? s##a_[Q8_ITEM] : 0.0f;                               \
     float s##q_[Q8_BLOCK];                                                                 \
     float16 s##mx_ = (float16)(0.0f)
 #define LOADS(s, sg)                                                                       \
@@ -591,7 +601,7 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
     if (q8_live(n))                                                                        \
     q8_store_block(s##_, s##a_, s##q_, s##mx_, n, (__global const uint *)(qmap_ + 512), sg)
 
-inline int q8_live(ulong n) { return get_global_id(0) * Q8_BLOCK < n; }
+inline int q8_live(ulong n) { return Q8_ITEM * Q8_BLOCK < n; }
 
 /* m[i] (vector type T) for the 16 lanes of i (a gather where the device has one). */
 #define Q8_GATHER(T, m, i)                                                                 \
@@ -648,7 +658,7 @@ inline uint16 q8_codes(float16 v, __global const uint *tab, int sg)
 inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
                            float16 mx16, ulong n, __global const uint *tab, int sg)
 {
-    const ulong b = get_global_id(0), e0 = b * Q8_BLOCK;
+    const ulong b = Q8_ITEM, e0 = b * Q8_BLOCK;
     const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
     float m[16];
     vstore16(mx16, 0, m);

@@ -458,9 +458,153 @@ void test_opt_checkpoint(void **state)
     }
 }
 
-/* Refused at the optimizer level with a message, nothing added or changed: arena and range
-   groups with 16- or 8-bit state, LAMB and Adafactor with non-f32 state, 8-bit state for a
-   rule without it, a state_dtype out of range. */
+/* 8-bit state in a range group (one launch, a table row per block of 256): tensors of 1,
+   255, 256, 257, 4095 and 600 elements at odd offsets of one flat buffer (all 8-bit, as in
+   an arena group) equal, bit for bit, the same tensors in an arena group (a launch over the
+   arena, blocks by work-item): θ and every state's bytes after 3 steps of AdamW and of Lion,
+   the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
+   for bit in a new optimizer. */
+enum { RT = 6, RGAP = 3 };
+static const size_t rn[RT] = {1, 255, 256, 257, 4095, 600};
+
+static void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, size_t *len)
+{
+    size_t off = 5;
+    for (size_t i = 0; i < RT; i++) {
+        clopt_param_desc_init(&d[i]);
+        d[i].shape[0] = rn[i];
+        at[i] = off;
+        d[i].param = (clopt_tensor){p, off}, d[i].grad = (clopt_tensor){g, off};
+        off += rn[i] + RGAP;
+    }
+    *len = off;
+}
+
+static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, cl_mem p, cl_mem g)
+{
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
+    hp.lr = 1e-2;
+    hp.weight_decay = 0.01;
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(ctx, rule, &hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d[RT];
+    size_t at[RT], len, first = 9;
+    range_descs(p, g, d, at, &len);
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = RT;
+    rg.tensors = d;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, &first),
+                     CLOPT_SUCCESS);
+    assert_int_equal(first, 0);
+    return opt;
+}
+
+void test_opt_q8_range(void **state)
+{
+    fixture *f = *state;
+    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_LION};
+    for (size_t r = 0; r < 2; r++) {
+        uint64_t s = 31u + r;
+        clopt_param_desc d[RT];
+        size_t at[RT], len;
+        range_descs(NULL, NULL, d, at, &len);
+        float *theta = xmalloc(len * 4), *g = xmalloc(len * 4), *a = xmalloc(len * 4);
+        for (size_t i = 0; i < len; i++)
+            theta[i] = (float)ref_normal(&s);
+        cl_mem P = buf_new(f->ctx, len * 4, theta), G = buf_new(f->ctx, len * 4, NULL);
+        clopt_optimizer *ro = range_q8_opt(f->ctx, rules[r], P, G);
+        /* the arena: the same hyperparameters and tensors, written through its views */
+        clopt_hparams hp;
+        assert_int_equal(clopt_optimizer_get_group_hparams(ro, 1, &hp), CLOPT_SUCCESS);
+        clopt_optimizer *ao;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rules[r], &hp, &ao), CLOPT_SUCCESS);
+        size_t first = 9;
+        assert_int_equal(clopt_optimizer_add_arena_group(ao, &hp, RT, d, NULL, &first),
+                         CLOPT_SUCCESS);
+        clopt_tensor pv[RT], gv[RT];
+        for (size_t i = 0; i < RT; i++) {
+            assert_int_equal(clopt_optimizer_param_view(ao, first + i, &pv[i], &gv[i], NULL,
+                                                        NULL),
+                             CLOPT_SUCCESS);
+            buf_write(f->ctx, pv[i].buffer, pv[i].offset * 4, rn[i] * 4, theta + at[i]);
+        }
+        for (int t = 0; t < 3; t++) {
+            for (size_t i = 0; i < len; i++)
+                g[i] = (float)(0.1 * ref_normal(&s));
+            buf_write(f->ctx, G, 0, len * 4, g);
+            for (size_t i = 0; i < RT; i++)
+                buf_write(f->ctx, gv[i].buffer, gv[i].offset * 4, rn[i] * 4, g + at[i]);
+            assert_int_equal(clopt_optimizer_step(ro, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(ao, NULL), CLOPT_SUCCESS);
+        }
+        buf_read(f->ctx, P, 0, len * 4, a);
+        size_t moved = 0;
+        for (size_t i = 0; i < RT; i++) {
+            float *b = xmalloc(rn[i] * 4);
+            buf_read(f->ctx, pv[i].buffer, pv[i].offset * 4, rn[i] * 4, b);
+            assert_memory_equal(a + at[i], b, rn[i] * 4);
+            for (size_t j = 0; j < rn[i]; j++)
+                moved += a[at[i] + j] != theta[at[i] + j];
+            for (size_t j = 0; j < RGAP; j++) /* the gap after the tensor */
+                assert_true(a[at[i] + rn[i] + j] == theta[at[i] + rn[i] + j]);
+            free(b);
+        }
+        assert_true(moved > len * 9 / 10);
+        for (size_t i = 0; i < 5; i++)
+            assert_true(a[i] == theta[i]);
+        const size_t ne = clopt_optimizer_state_entry_count(ro);
+        assert_int_equal(ne, clopt_optimizer_state_entry_count(ao));
+        assert_int_equal(ne, RT * 2 * clopt_rule_state_count(rules[r], &hp));
+        orun rw = {ro, P, G}, aw = {ao, NULL, NULL};
+        size_t rl, al;
+        unsigned char *rs = orun_states(f->ctx, &rw, &rl), *as = orun_states(f->ctx, &aw, &al);
+        assert_int_equal(rl, al);
+        assert_memory_equal(rs, as, rl);
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(ro, 0, &e), CLOPT_SUCCESS);
+        assert_int_equal(e.dtype, CLOPT_DTYPE_U8); /* a 1-element tensor: 8-bit in the group */
+        /* a checkpoint of the range group, loaded into a new one over a copy of θ */
+        size_t size = 0;
+        assert_int_equal(clopt_optimizer_state_size(ro, NULL, &size), CLOPT_SUCCESS);
+        unsigned char *ck = xmalloc(size);
+        assert_int_equal(clopt_optimizer_save_to(ro, NULL, ck, size, NULL), CLOPT_SUCCESS);
+        cl_mem P2 = buf_new(f->ctx, len * 4, a), G2 = buf_new(f->ctx, len * 4, NULL);
+        clopt_optimizer *lo = range_q8_opt(f->ctx, rules[r], P2, G2);
+        assert_int_equal(clopt_optimizer_load_from(lo, ck, size), CLOPT_SUCCESS);
+        for (int t = 0; t < 2; t++) {
+            for (size_t i = 0; i < len; i++)
+                g[i] = (float)(0.1 * ref_normal(&s));
+            buf_write(f->ctx, G, 0, len * 4, g);
+            buf_write(f->ctx, G2, 0, len * 4, g);
+            assert_int_equal(clopt_optimizer_step(ro, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(lo, NULL), CLOPT_SUCCESS);
+        }
+        float *b = xmalloc(len * 4);
+        buf_read(f->ctx, P, 0, len * 4, a);
+        buf_read(f->ctx, P2, 0, len * 4, b);
+        assert_memory_equal(a, b, len * 4);
+        orun lw = {lo, P2, G2};
+        free(rs), free(as);
+        rs = orun_states(f->ctx, &rw, &rl);
+        unsigned char *ls = orun_states(f->ctx, &lw, &al);
+        assert_int_equal(rl, al);
+        assert_memory_equal(rs, ls, rl);
+        free(rs), free(ls), free(ck), free(b);
+        clopt_optimizer_destroy(lo);
+        clopt_optimizer_destroy(ro);
+        clopt_optimizer_destroy(ao);
+        clReleaseMemObject(P), clReleaseMemObject(G);
+        clReleaseMemObject(P2), clReleaseMemObject(G2);
+        free(theta), free(g), free(a);
+    }
+}
+
+/* Refused at the optimizer level with a message, nothing added or changed: a range group
+   with the engine's own state buffers and 8-bit state, LAMB and Adafactor with non-f32
+   state, 8-bit state for a rule without it, a state_dtype out of range. */
 void test_opt_refused(void **state)
 {
     fixture *f = *state;
@@ -529,10 +673,11 @@ void test_opt_refused(void **state)
     REFUSED(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &bad, &opt), CLOPT_ERR_INVALID_HYPERPARAM);
     bad.state_dtype = -1;
     REFUSED(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &bad, &opt), CLOPT_ERR_INVALID_HYPERPARAM);
-    /* a range group keeps float32 or bf16 state: 8-bit blocks would cut across its chunks
-       (arena groups take both: tests/test_storage_opt.c) */
+    /* a range group over the engine's own state buffers (float32) with 8-bit state (the
+       library's own 8-bit state in range groups: tests/test_storage_opt.c) */
     assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
     cl_mem p = buf_new(f->ctx, 8192 * 4, NULL), g = buf_new(f->ctx, 8192 * 4, NULL);
+    cl_mem m = buf_new(f->ctx, 8192 * 4, NULL), v = buf_new(f->ctx, 8192 * 4, NULL);
     clopt_param_desc d;
     clopt_param_desc_init(&d);
     d.param = (clopt_tensor){p, 0}, d.grad = (clopt_tensor){g, 0};
@@ -545,6 +690,7 @@ void test_opt_refused(void **state)
         clopt_range_group_init(&rg);
         rg.ntensors = 1;
         rg.tensors = &d;
+        rg.state[0] = m, rg.state[1] = v;
         REFUSED(clopt_optimizer_add_range_group(opt, &bad, &rg, &gi, &first),
                 CLOPT_ERR_UNSUPPORTED);
         assert_int_equal(clopt_optimizer_group_count(opt), 1);
@@ -559,7 +705,7 @@ void test_opt_refused(void **state)
     assert_int_equal(clopt_optimizer_add_param_desc(opt, gi, &d, NULL), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_state_bytes(opt), 8192 * 2 + 2 * 32 * 4);
     clopt_optimizer_destroy(opt);
-    clReleaseMemObject(p), clReleaseMemObject(g);
+    clReleaseMemObject(p), clReleaseMemObject(g), clReleaseMemObject(m), clReleaseMemObject(v);
 #undef REFUSED
 }
 

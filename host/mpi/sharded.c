@@ -111,6 +111,9 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     if (rule == CLOPT_SOPHIA)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
+    if (hp->state_dtype == CLOPT_DTYPE_U8)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "8-bit state is not in clopt_mpi yet (float32 or bf16 state)");
     if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
         return CLOPT_SUCCESS;
     if (rule == CLOPT_MUON)

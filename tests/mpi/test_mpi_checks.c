@@ -289,6 +289,10 @@ static void test_errors(void)
     clopt_hparams hl;
     CHECK_OK(clopt_hparams_default(CLOPT_MUON, &hl));
     expect_create(CLOPT_MUON, &hl, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
+    /* 8-bit state (range groups of the core take it; not clopt_mpi yet) */
+    clopt_hparams h8 = hp;
+    h8.state_dtype = CLOPT_DTYPE_U8;
+    expect_create(CLOPT_ADAMW, &h8, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
     /* local setters validate */
     pair P;
     pair_open(&P, CLOPT_ADAMW, &hp);
