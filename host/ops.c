@@ -492,6 +492,58 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
                                     wait_list, event);
 }
 
+clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                    clopt_dtype dst_dtype, clopt_tensor src,
+                                    clopt_dtype src_dtype, size_t n, double alpha, double beta,
+                                    cl_uint num_wait, const cl_event *wait_list,
+                                    cl_event *event)
+{
+    if (!ctx)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(ctx);
+    if (!dtype_value(dst_dtype) || !dtype_value(src_dtype))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "axpby: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or "
+                          "BF16 (got %d and %d)", (int)dst_dtype, (int)src_dtype);
+    if (dst_dtype == CLOPT_DTYPE_F32 && src_dtype == CLOPT_DTYPE_F32)
+        return clopt_enqueue_axpby(ctx, queue, dst, src, n, alpha, beta, num_wait, wait_list,
+                                   event);
+    if (!isfinite(alpha) || !isfinite(beta))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
+    if (n == 0)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
+    const size_t ds = clopt_dtype_size(dst_dtype), ss = clopt_dtype_size(src_dtype);
+    clopt_status s;
+    if ((queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS) ||
+        (s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
+        return s;
+    /* one array read and written in place is fine; any other overlap is a race */
+    const int same = dst_dtype == src_dtype && dst.offset == src.offset;
+    if (dst.buffer == src.buffer && !same && dst.offset * ds < (src.offset + n) * ss &&
+        src.offset * ss < (dst.offset + n) * ds)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
+    char options[192];
+    int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
+                       CLOPT_TUNING_ARGS(&ctx->tuning));
+    snprintf(options + len, sizeof options - (size_t)len, " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0",
+             (int)dst_dtype, (int)src_dtype);
+    cl_kernel k;
+    if ((s = clopt_get_kernel(ctx, "tensor", options, "axpby_typed", &k)) != CLOPT_SUCCESS)
+        return s;
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, dst);
+    clopt_arg_tensor(&a, src);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)alpha);
+    clopt_arg_float(&a, (float)beta);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
+                                    wait_list, event);
+}
+
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                size_t n, clopt_tensor out[CLOPT_MAX_STATE], size_t *count)
 {

@@ -105,11 +105,8 @@ clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
     if (param >= opt->nparams)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no tensor %zu", param);
     const clopt_param *e = &opt->params[param];
-    if (e->gdtype != CLOPT_DTYPE_F32)
-        return clopt_fail(opt->ctx, CLOPT_ERR_UNSUPPORTED,
-                          "tensor %zu has a %s gradient: accumulation takes float32 gradients "
-                          "only for now", param, clopt_dtype_name(e->gdtype));
-    return clopt_enqueue_axpby(opt->ctx, NULL, e->grad, src, e->n, weight, 1.0, 0, NULL, NULL);
+    return clopt_enqueue_axpby_ex(opt->ctx, NULL, e->grad, e->gdtype, src, e->gdtype, e->n,
+                                  weight, 1.0, 0, NULL, NULL);
 }
 
 /* ---- randomness ------------------------------------------------------------------------- */

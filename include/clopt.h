@@ -976,14 +976,26 @@ double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
 clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
                                  clopt_tensor src, size_t n, double alpha, double beta,
                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event);
+/* The same with dst and src in any of CLOPT_DTYPE_F32, F16 and BF16 (offsets in elements of
+   each tensor's own type): computed in float32, a 16-bit dst rounded to nearest even (as
+   torch's `+=` on bf16 gradients; many micro-batches of small values lose the bits below
+   half an ulp: accumulate in float32 and convert once where that matters). F32 with F32 is
+   clopt_enqueue_axpby. dst and src may be the same range of the same type, else must not
+   overlap. Statuses as clopt_enqueue_axpby, plus CLOPT_ERR_INVALID_ARGUMENT for a dtype out
+   of range (U8, U16) or overlapping tensors. */
+clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                    clopt_dtype dst_dtype, clopt_tensor src,
+                                    clopt_dtype src_dtype, size_t n, double alpha, double beta,
+                                    cl_uint num_wait, const cl_event *wait_list,
+                                    cl_event *event);
 /* Optimizer helpers over the registered gradients: zero them all; or add weight·src to the
-   gradient of tensor `param` (src has that tensor's length). Both only enqueue, on the
-   context's queue (order them with an engine's own queue yourself); accumulate_grad's first
-   use in the context compiles axpby (blocking). zero_grad: CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT or an OpenCL code (zeroing may then be partial; 16-bit gradients
-   are zeroed in their own size). accumulate_grad: CLOPT_ERR_INDEX (no tensor `param`),
-   CLOPT_ERR_UNSUPPORTED (an f16/bf16 gradient: float32 only for now), otherwise as
-   clopt_enqueue_axpby. */
+   gradient of tensor `param` (src has that tensor's length and its gradient's storage type;
+   a 16-bit gradient is rounded to nearest even, clopt_enqueue_axpby_ex). Both only enqueue,
+   on the context's queue (order them with an engine's own queue yourself);
+   accumulate_grad's first use in the context (per gradient type) compiles its kernel
+   (blocking). zero_grad: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or an OpenCL code (zeroing
+   may then be partial; 16-bit gradients are zeroed in their own size). accumulate_grad:
+   CLOPT_ERR_INDEX (no tensor `param`), otherwise as clopt_enqueue_axpby_ex. */
 clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt);
 clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
                                              clopt_tensor src, double weight);

@@ -17,6 +17,25 @@ __kernel void axpby(__global float *d_, const ulong dof, __global const float *s
     ELEMENTWISE_END
 }
 
+/* The same with dst in PT storage and src in GT storage: computed in float32, dst rounded to
+ * nearest even (f16, bf16). */
+__kernel void axpby_typed(__global PSTORE *d_, const ulong dof, __global const GSTORE *s_,
+                          const ulong sof, const ulong n, const float alpha, const float beta)
+{
+    d_ += dof;
+    s_ += sof;
+    ELEMENTWISE_BEGIN
+    floatV x = alpha * LOADG(s_);
+    if (beta != 0.0f)
+        x = x + beta * LOADP(d_);
+#if PT == 0
+    STORE(x, d_);
+#else
+    STOREP_RNE(x, d_);
+#endif
+    ELEMENTWISE_END
+}
+
 /* dst (PT storage) = src (GT storage), rounded to nearest even or, with SR, stochastically
  * (PT != 0: STORAGE_PARAMS, the master pointer unused); n elements. */
 __kernel void convert(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,

@@ -14,8 +14,8 @@
  *    against their float32 values, plain RNE / SR stores against the float32 result;
  *  - invalid combinations refused with nothing changed.
  * Stochastic rounding is in test_storage_sr.c, master weights (and the scalar kernels' run of
- * conversions, stochastic rounding and master weights) in test_storage_master.c (one
- * executable; shared helpers in test_storage.h). */
+ * conversions, stochastic rounding and master weights) in test_storage_master.c, accumulation
+ * between types in test_storage_axpby.c (one executable; shared helpers in test_storage.h). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
 #include <stddef.h>
@@ -681,6 +681,7 @@ int main(void)
         cmocka_unit_test(test_convert_offsets),
         STORAGE_SR_TESTS,
         STORAGE_MASTER_TESTS,
+        STORAGE_AXPBY_TESTS,
         cmocka_unit_test(test_bad_storage_args),
     };
     const int failed = cmocka_run_group_tests(tests, setup, teardown);

@@ -76,6 +76,16 @@ void test_sr_words_tunings(void **state);
         cmocka_unit_test(test_sr_mean), cmocka_unit_test(test_sr_sgd_bias),                  \
         cmocka_unit_test(test_sr_step_words), cmocka_unit_test(test_sr_words_tunings)
 
+/* ---- test_storage_axpby.c ---------------------------------------------------------------- */
+
+void test_axpby_typed(void **state);
+void test_axpby_typed_place(void **state);
+void test_accumulate_grad_16(void **state);
+
+#define STORAGE_AXPBY_TESTS                                                                  \
+    cmocka_unit_test(test_axpby_typed), cmocka_unit_test(test_axpby_typed_place),            \
+        cmocka_unit_test(test_accumulate_grad_16)
+
 /* ---- test_storage_master.c --------------------------------------------------------------- */
 
 void test_master_ties(void **state);
