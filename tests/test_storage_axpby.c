@@ -146,6 +146,9 @@ void test_axpby_typed_place(void **state)
     assert_memory_equal(got + 54, raw + 54, 10 * 2);
     memcpy(raw, got, sizeof raw);
     /* refused, nothing written */
+    assert_int_equal(clopt_enqueue_axpby_ex(NULL, NULL, t, CLOPT_DTYPE_BF16, t, CLOPT_DTYPE_F16,
+                                            8, 1.0, 1.0, 0, NULL, NULL),
+                     CLOPT_ERR_NULL_ARGUMENT);
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_U8, t,
                                             CLOPT_DTYPE_BF16, 8, 1.0, 1.0, 0, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
