@@ -35,7 +35,8 @@ _Static_assert(STATE_TYPES == STORAGE_STATE_TYPES, "storage_bufs holds a slot pe
 
 /* The states that take the signed 8-bit map: those that change sign (clopt.h,
    clopt_step_args.state_dtype); the others take the unsigned one. */
-static const char *const q8_signed_states[] = {"exp_avg", "momentum_buffer", "grad_avg"};
+static const char *const q8_signed_states[] = {"exp_avg",         "exp_avg_fast", "exp_avg_slow",
+                                                "momentum_buffer", "grad_avg"};
 
 static const clopt_dtype param_types[] = {CLOPT_DTYPE_F32, CLOPT_DTYPE_F16, CLOPT_DTYPE_BF16};
 static const char *const master_names[] = {"none", "f32", "remainder"}; /* clopt_master */

@@ -182,7 +182,8 @@ typedef struct clopt_launch_plan {
     clopt_tuning tuning;  /* the kernel's vector width (in options) and work-group size */
 } clopt_launch_plan;
 
-/* Rules whose kernels take 8-bit blockwise state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad). */
+/* Rules whose kernels take 8-bit blockwise state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad,
+   AdEMAMix). */
 int clopt_rule_q8_ok(clopt_rule rule, const clopt_hparams *hp);
 /* Whether state k of rule changes sign (the signed 8-bit map) or is non-negative. */
 int clopt_rule_state_signed(clopt_rule rule, const clopt_hparams *hp, size_t k);

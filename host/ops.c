@@ -81,7 +81,8 @@ static clopt_status check_state_storage(clopt_ctx *ctx, clopt_rule rule, const c
     if (t == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "%s has no 8-bit state (8-bit blockwise state: SGD with momentum, "
-                          "Adam, AdamW, Lion, RMSprop, Adagrad)", clopt_rule_name(rule));
+                          "Adam, AdamW, Lion, RMSprop, Adagrad, AdEMAMix)",
+                          clopt_rule_name(rule));
     return CLOPT_SUCCESS;
 }
 

@@ -133,8 +133,8 @@ clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_
         return clopt_fail(ctx, s, "%s", why);
     if (hp->state_dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad "
-                          "without cautious masking do)",
+                          "%s%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad, "
+                          "AdEMAMix without cautious masking do)",
                           hp->cautious ? "cautious " : "", clopt_rule_name(rule));
     if (hp->state_dtype != CLOPT_DTYPE_F32 && rule == CLOPT_ADAFACTOR)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
@@ -474,6 +474,8 @@ const char *clopt_absmax_name(const char *state)
         {"sum", "sum.absmax"},
         {"square_avg", "square_avg.absmax"},
         {"grad_avg", "grad_avg.absmax"},
+        {"exp_avg_fast", "exp_avg_fast.absmax"},
+        {"exp_avg_slow", "exp_avg_slow.absmax"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcmp(state, names[i][0]) == 0)

@@ -478,6 +478,7 @@ typedef struct clopt_hparams {
        under 4096 elements keep float32 state, except in arena and range groups, whose
        tensors share one launch (each starts a block of 256 of the state there); bf16 applies
        to every tensor. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad,
+       AdEMAMix (bitsandbytes' AdEMAMix8bit),
        in caller-owned tensors, arena groups and range groups (library-allocated state); bf16:
        every rule but Adafactor (the multi-pass ones too: LAMB, StableAdamW, cautious
        masking, Muon). Another rule with U8, U8 in a range group with the engine's own state
@@ -621,14 +622,15 @@ typedef struct clopt_step_args {
     uint32_t sr_stream;
     /* Storage of the state tensors: CLOPT_DTYPE_F32 (init), BF16 (every element-wise rule:
        16-bit words, stored rounded to nearest even) or U8, 8-bit blockwise (bitsandbytes'
-       scheme; SGD with momentum, Adam, AdamW, Lion, RMSprop and Adagrad): state[k] holds one
-       code per element and state_absmax[k] one float per block of 256 elements (blocks start
-       at the tensor's first element: ceil(n / 256) floats); element i is
+       scheme; SGD with momentum, Adam, AdamW, Lion, RMSprop, Adagrad and AdEMAMix): state[k]
+       holds one code per element and state_absmax[k] one float per block of 256 elements
+       (blocks start at the tensor's first element: ceil(n / 256) floats); element i is
        clopt_q8_map(signed)[code] * absmax of its block, with the signed map for states that
-       change sign (exp_avg, momentum_buffer, grad_avg) and the unsigned one for the others.
-       The kernel dequantizes a block, updates it (θ's update reads the new state before it
-       is quantized), takes the block's new absmax and writes each value's nearest code
-       (ties to the lower code; a NaN takes the code of 0), all in the one launch. */
+       change sign (exp_avg, exp_avg_fast, exp_avg_slow, momentum_buffer, grad_avg) and the
+       unsigned one for the others. The kernel dequantizes a block, updates it (θ's update
+       reads the new state before it is quantized), takes the block's new absmax and writes
+       each value's nearest code (ties to the lower code; a NaN takes the code of 0), all in
+       the one launch. */
     clopt_dtype state_dtype;
     clopt_tensor state_absmax[CLOPT_MAX_STATE];
     /* Schedule-Free: the scalar state before this step (both 0 at step 1; the reference's

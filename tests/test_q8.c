@@ -5,10 +5,11 @@
  * (the library's map is read back only to compare it with the transcription below):
  *  - the maps against a transcription of bitsandbytes' create_dynamic_map(signed, 7, 8);
  *  - one step from a known 8-bit state (random codes, random absmaxes with zero blocks,
- *    nonzero offsets, guards) of SGD, Adam, AdamW, Lion, RMSprop and Adagrad over sizes
- *    around the block of 256 and the optimizer level's 4096, against a double-precision
- *    transcription: dequantize, the rule (tests/ref, torch semantics), the block's absmax, the
- *    nearest code; θ from the new state before it is quantized;
+ *    nonzero offsets, guards) of SGD, Adam, AdamW, Lion, RMSprop, Adagrad and AdEMAMix over
+ *    sizes around the block of 256 and the optimizer level's 4096, against a double-precision
+ *    transcription: dequantize, the rule (tests/ref: torch semantics, AdEMAMix's official
+ *    code), the block's absmax, the nearest code; θ from the new state before it is
+ *    quantized;
  *  - 100 steps against the double transcription of the whole 8-bit algorithm and, looser,
  *    against the float32 rule;
  *  - blocks cut by a tensor's end, zero blocks that stay zero, 1-element tensors, the
@@ -36,6 +37,7 @@
 
 #include "fixture.h"
 #include "ref.h"
+#include "ref_modern.h"
 #include "test_q8.h"
 
 
@@ -68,7 +70,31 @@ size_t nblocks(size_t n) { return (n + 255) / 256; }
 int state_signed(const char *name)
 {
     return strcmp(name, "exp_avg") == 0 || strcmp(name, "momentum_buffer") == 0 ||
-           strcmp(name, "grad_avg") == 0 || strcmp(name, "previous_grad") == 0;
+           strcmp(name, "grad_avg") == 0 || strcmp(name, "previous_grad") == 0 ||
+           strcmp(name, "exp_avg_fast") == 0 || strcmp(name, "exp_avg_slow") == 0;
+}
+
+static const char *const ademamix_states[] = {"exp_avg_fast", "exp_avg_slow", "exp_avg_sq"};
+
+size_t q8_state_count(clopt_rule rule, const clopt_hparams *hp)
+{
+    return rule == CLOPT_ADEMAMIX ? 3 : ref_state_count(rule, hp);
+}
+
+const char *q8_state_name(clopt_rule rule, const clopt_hparams *hp, size_t k)
+{
+    if (rule == CLOPT_ADEMAMIX)
+        return k < 3 ? ademamix_states[k] : NULL;
+    return ref_state_name(rule, hp, k);
+}
+
+void q8_ref_step(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                 const double *grad, double *state[CLOPT_MAX_STATE])
+{
+    if (rule == CLOPT_ADEMAMIX)
+        ref_ademamix_step(hp, t, n, param, grad, state, 1.0);
+    else
+        ref_step(rule, hp, t, n, param, grad, state, NULL, NULL, 1.0);
 }
 
 /* bf16 by value: the word of x's top half and the next one, the nearer (ties to the even
@@ -309,6 +335,9 @@ int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const cha
     case 9:
         *rule = CLOPT_ADAGRAD, *label = "adagrad lr_decay L2", *t = 4;
         break;
+    case 10:
+        *rule = CLOPT_ADEMAMIX, *label = "ademamix", *t = 6;
+        break;
     default:
         return 0;
     }
@@ -343,6 +372,10 @@ int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const cha
     case 9:
         hp->lr = 0x1p-5, hp->lr_decay = 0x1p-5, hp->weight_decay = 0x1p-7;
         hp->initial_accumulator_value = 0.125;
+        break;
+    case 10:
+        hp->lr = 0x1p-8, hp->beta1 = 0.875, hp->beta2 = 1 - 0x1p-10, hp->beta3 = 1 - 0x1p-8;
+        hp->alpha = 2.0, hp->weight_decay = 0x1p-4;
         break;
     default:
         break;
@@ -393,7 +426,7 @@ static void abs_bounds(clopt_rule rule, const clopt_hparams *hp, uint64_t t, siz
     } else {
         clopt_hparams h = *hp;
         h.maximize = 0;
-        ref_step(rule, &h, t, n, th, ga, sabs, NULL, NULL, 1.0);
+        q8_ref_step(rule, &h, t, n, th, ga, sabs);
         for (size_t i = 0; i < n; i++)
             dth[i] = fabs(fabs((double)theta0[i]) - th[i]);
     }
@@ -652,11 +685,11 @@ static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, 
     uint64_t t = 1;
     const char *label = "";
     assert_true(q8_config(ci, &rule, &hp, &t, &label));
-    const size_t ns = ref_state_count(rule, &hp);
+    const size_t ns = q8_state_count(rule, &hp);
     assert_int_equal(clopt_rule_state_count(rule, &hp), ns);
     int sg[CLOPT_MAX_STATE];
     for (size_t k = 0; k < ns; k++)
-        sg[k] = state_signed(ref_state_name(rule, &hp, k));
+        sg[k] = state_signed(q8_state_name(rule, &hp, k));
     uint64_t s = seed;
     float *theta0 = xmalloc(n * 4), *grad = xmalloc(n * 4), *gth = xmalloc(n * 4);
     random_tensor(&s, n, theta0, grad);
@@ -686,7 +719,7 @@ static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, 
     }
     for (size_t i = 0; i < n; i++)
         rth[i] = theta0[i], gd[i] = grad[i];
-    ref_step(rule, &hp, t, n, rth, gd, rnew, NULL, NULL, 1.0);
+    q8_ref_step(rule, &hp, t, n, rth, gd, rnew);
     abs_bounds(rule, &hp, t, n, ns, theta0, gd, old, dth, sabs);
     unsigned char *amb = NULL;
     if (rule == CLOPT_LION) { /* sign(β1 m + (1-β1) g) of a sum that cancels is either sign */
@@ -767,10 +800,10 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
     uint64_t t0 = 1;
     const char *label = "";
     assert_true(q8_config(ci, &rule, &hp, &t0, &label));
-    const size_t ns = ref_state_count(rule, &hp), nb = nblocks(n);
+    const size_t ns = q8_state_count(rule, &hp), nb = nblocks(n);
     int sg[CLOPT_MAX_STATE];
     for (size_t k = 0; k < ns; k++)
-        sg[k] = state_signed(ref_state_name(rule, &hp, k));
+        sg[k] = state_signed(q8_state_name(rule, &hp, k));
     uint64_t s = seed;
     float *theta0 = xmalloc(n * 4), *g = xmalloc(n * 4), *th8 = xmalloc(n * 4),
           *th32 = xmalloc(n * 4);
@@ -839,14 +872,14 @@ static size_t q8_trajectory(clopt_ctx *ctx, int ci, size_t n, unsigned T, uint64
         for (size_t k = 0; k < ns; k++)
             q8_dequant(&rs[k], tmp[k]);
         memcpy(before, r8, n * sizeof(double));
-        ref_step(rule, &hp, t, n, r8, gd, tmp, NULL, NULL, 1.0);
+        q8_ref_step(rule, &hp, t, n, r8, gd, tmp);
         for (size_t i = 0; i < n; i++) {
             path[i] += fabs(r8[i] - before[i]);
             scale[i] += fabs(before[i]) + fabs(r8[i] - before[i]);
         }
         for (size_t k = 0; k < ns; k++)
             q8_quant(&rs[k], tmp[k]);
-        ref_step(rule, &hp, t, n, rp, gd, plain, NULL, NULL, 1.0);
+        q8_ref_step(rule, &hp, t, n, rp, gd, plain);
         for (size_t k = 0; k < ns; k++) {
             buf_read(ctx, q[k].buffer, q[k].offset, n, cdev);
             for (size_t i = 0; i < n; i++)
@@ -915,7 +948,7 @@ static void test_q8_trajectory(void **state)
 {
     fixture *f = *state;
     maps_init();
-    const int configs[] = {0, 1, 2, 5, 6, 9};
+    const int configs[] = {0, 1, 2, 5, 6, 9, 10};
     const size_t n = test_small() ? 300 : 1000;
     const unsigned T = test_small() ? 20 : 100;
     size_t bad = 0;

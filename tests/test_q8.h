@@ -24,6 +24,12 @@ double unif(uint64_t *s, double lo, double hi);
 size_t nblocks(size_t n);
 /* 1 for the states that take the signed map (they change sign). */
 int state_signed(const char *name);
+/* The references of the rules with 8-bit state: tests/ref's (torch semantics) and AdEMAMix's
+   (tests/ref/ref_modern.c, apple/ml-ademamix). */
+size_t q8_state_count(clopt_rule rule, const clopt_hparams *hp);
+const char *q8_state_name(clopt_rule rule, const clopt_hparams *hp, size_t k);
+void q8_ref_step(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, double *param,
+                 const double *grad, double *state[CLOPT_MAX_STATE]);
 /* bf16 word h as a float / the nearest bf16 word of finite x (ties to even). */
 float bf16_val(uint16_t h);
 uint16_t bf16_rne(float x);

@@ -32,7 +32,7 @@ void test_alloc_state_ex(void **state)
     uint64_t t;
     const char *label;
     for (int ci = 0; q8_config(ci, &rule, &hp, &t, &label); ci++) {
-        const size_t ns = ref_state_count(rule, &hp);
+        const size_t ns = q8_state_count(rule, &hp);
         clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
         memset(q, 0xAB, sizeof q), memset(am, 0xAB, sizeof am);
         size_t cnt = 99;
@@ -44,7 +44,7 @@ void test_alloc_state_ex(void **state)
                 assert_null(q[k].buffer);
                 continue;
             }
-            const int sg = state_signed(ref_state_name(rule, &hp, k));
+            const int sg = state_signed(q8_state_name(rule, &hp, k));
             const double init = ref_state_init(rule, &hp, k);
             assert_true(buf_bytes(q[k].buffer) >= q[k].offset + n);
             assert_true(buf_bytes(am[k].buffer) >= (am[k].offset + nb) * 4);
@@ -115,7 +115,7 @@ void test_q8_zero_blocks(void **state)
         assert_true(q8_config(configs[r], &rule, &hp, &t0, &name));
         hp.weight_decay = 0;
         hp.initial_accumulator_value = 0;
-        const size_t ns = ref_state_count(rule, &hp);
+        const size_t ns = q8_state_count(rule, &hp);
         clopt_tensor q[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
         size_t cnt;
         assert_int_equal(clopt_alloc_state_ex(f->ctx, rule, &hp, n, CLOPT_DTYPE_U8, q, am, &cnt),
@@ -147,7 +147,7 @@ void test_q8_zero_blocks(void **state)
                 fail();
             }
         for (size_t k = 0; k < ns; k++) {
-            const int sg = state_signed(ref_state_name(rule, &hp, k));
+            const int sg = state_signed(q8_state_name(rule, &hp, k));
             unsigned char c[1000];
             float ab[4];
             buf_read(f->ctx, q[k].buffer, q[k].offset, n, c);

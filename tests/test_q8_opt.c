@@ -461,8 +461,8 @@ void test_opt_checkpoint(void **state)
 /* 8-bit state in a range group (one launch, a table row per block of 256): tensors of 1,
    255, 256, 257, 4095 and 600 elements at odd offsets of one flat buffer (all 8-bit, as in
    an arena group) equal, bit for bit, the same tensors in an arena group (a launch over the
-   arena, blocks by work-item): θ and every state's bytes after 3 steps of AdamW and of Lion,
-   the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
+   arena, blocks by work-item): θ and every state's bytes after 3 steps of AdamW, Lion and
+   AdEMAMix (its slow momentum's absmaxes named), the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
    for bit in a new optimizer. */
 enum { RT = 6, RGAP = 3 };
 static const size_t rn[RT] = {1, 255, 256, 257, 4095, 600};
@@ -505,8 +505,8 @@ static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, cl_mem p, 
 void test_opt_q8_range(void **state)
 {
     fixture *f = *state;
-    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_LION};
-    for (size_t r = 0; r < 2; r++) {
+    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_LION, CLOPT_ADEMAMIX};
+    for (size_t r = 0; r < 3; r++) {
         uint64_t s = 31u + r;
         clopt_param_desc d[RT];
         size_t at[RT], len;
@@ -566,6 +566,16 @@ void test_opt_q8_range(void **state)
         clopt_state_entry e;
         assert_int_equal(clopt_optimizer_state_entry(ro, 0, &e), CLOPT_SUCCESS);
         assert_int_equal(e.dtype, CLOPT_DTYPE_U8); /* a 1-element tensor: 8-bit in the group */
+        if (rules[r] == CLOPT_ADEMAMIX) {
+            static const char *const keys[] = {"state.0.exp_avg_fast.absmax",
+                                               "state.0.exp_avg_slow.absmax",
+                                               "state.0.exp_avg_sq.absmax"};
+            for (size_t k = 0; k < 3; k++) {
+                assert_int_equal(clopt_optimizer_state_entry(ro, 3 + k, &e), CLOPT_SUCCESS);
+                assert_string_equal(e.key, keys[k]);
+                assert_int_equal(e.dtype, CLOPT_DTYPE_F32);
+            }
+        }
         /* a checkpoint of the range group, loaded into a new one over a copy of θ */
         size_t size = 0;
         assert_int_equal(clopt_optimizer_state_size(ro, NULL, &size), CLOPT_SUCCESS);
