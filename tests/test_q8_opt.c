@@ -461,8 +461,9 @@ void test_opt_checkpoint(void **state)
 /* 8-bit state in a range group (one launch, a table row per block of 256): tensors of 1,
    255, 256, 257, 4095 and 600 elements at odd offsets of one flat buffer (all 8-bit, as in
    an arena group) equal, bit for bit, the same tensors in an arena group (a launch over the
-   arena, blocks by work-item): θ and every state's bytes after 3 steps of AdamW, Lion and
-   AdEMAMix (its slow momentum's absmaxes named), the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
+   arena, blocks by work-item): θ and every state's bytes after 3 steps of AdamW, Lion,
+   AdEMAMix (its absmaxes named) and AdamW in Lookahead (k 2: the range group then runs per
+   tensor through its views), the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
    for bit in a new optimizer. */
 enum { RT = 6, RGAP = 3 };
 static const size_t rn[RT] = {1, 255, 256, 257, 4095, 600};
@@ -480,13 +481,16 @@ static void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, siz
     *len = off;
 }
 
-static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, cl_mem p, cl_mem g)
+static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, int la, cl_mem p,
+                                     cl_mem g)
 {
     clopt_hparams hp;
     assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
     hp.lr = 1e-2;
     hp.weight_decay = 0.01;
     hp.state_dtype = CLOPT_DTYPE_U8;
+    if (la)
+        hp.lookahead_k = 2, hp.lookahead_alpha = 0.5;
     clopt_optimizer *opt;
     assert_int_equal(clopt_optimizer_create(ctx, rule, &hp, &opt), CLOPT_SUCCESS);
     clopt_param_desc d[RT];
@@ -505,8 +509,9 @@ static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, cl_mem p, 
 void test_opt_q8_range(void **state)
 {
     fixture *f = *state;
-    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_LION, CLOPT_ADEMAMIX};
-    for (size_t r = 0; r < 3; r++) {
+    const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_LION, CLOPT_ADEMAMIX, CLOPT_ADAMW};
+    for (size_t r = 0; r < 4; r++) {
+        const int la = r == 3;
         uint64_t s = 31u + r;
         clopt_param_desc d[RT];
         size_t at[RT], len;
@@ -515,7 +520,7 @@ void test_opt_q8_range(void **state)
         for (size_t i = 0; i < len; i++)
             theta[i] = (float)ref_normal(&s);
         cl_mem P = buf_new(f->ctx, len * 4, theta), G = buf_new(f->ctx, len * 4, NULL);
-        clopt_optimizer *ro = range_q8_opt(f->ctx, rules[r], P, G);
+        clopt_optimizer *ro = range_q8_opt(f->ctx, rules[r], la, P, G);
         /* the arena: the same hyperparameters and tensors, written through its views */
         clopt_hparams hp;
         assert_int_equal(clopt_optimizer_get_group_hparams(ro, 1, &hp), CLOPT_SUCCESS);
@@ -557,7 +562,7 @@ void test_opt_q8_range(void **state)
             assert_true(a[i] == theta[i]);
         const size_t ne = clopt_optimizer_state_entry_count(ro);
         assert_int_equal(ne, clopt_optimizer_state_entry_count(ao));
-        assert_int_equal(ne, RT * 2 * clopt_rule_state_count(rules[r], &hp));
+        assert_int_equal(ne, RT * (2 * clopt_rule_state_count(rules[r], &hp) + (size_t)la));
         orun rw = {ro, P, G}, aw = {ao, NULL, NULL};
         size_t rl, al;
         unsigned char *rs = orun_states(f->ctx, &rw, &rl), *as = orun_states(f->ctx, &aw, &al);
@@ -582,7 +587,7 @@ void test_opt_q8_range(void **state)
         unsigned char *ck = xmalloc(size);
         assert_int_equal(clopt_optimizer_save_to(ro, NULL, ck, size, NULL), CLOPT_SUCCESS);
         cl_mem P2 = buf_new(f->ctx, len * 4, a), G2 = buf_new(f->ctx, len * 4, NULL);
-        clopt_optimizer *lo = range_q8_opt(f->ctx, rules[r], P2, G2);
+        clopt_optimizer *lo = range_q8_opt(f->ctx, rules[r], la, P2, G2);
         assert_int_equal(clopt_optimizer_load_from(lo, ck, size), CLOPT_SUCCESS);
         for (int t = 0; t < 2; t++) {
             for (size_t i = 0; i < len; i++)
