@@ -506,9 +506,6 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "axpby: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or "
                           "BF16 (got %d and %d)", (int)dst_dtype, (int)src_dtype);
-    if (dst_dtype == CLOPT_DTYPE_F32 && src_dtype == CLOPT_DTYPE_F32)
-        return clopt_enqueue_axpby(ctx, queue, dst, src, n, alpha, beta, num_wait, wait_list,
-                                   event);
     if (!isfinite(alpha) || !isfinite(beta))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
     if (n == 0)
@@ -520,11 +517,15 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
         (s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||
         (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
         return s;
-    /* one array read and written in place is fine; any other overlap is a race */
+    /* one array read and written in place is fine; any other overlap is a race (the byte
+       ranges are inside their buffers: checked above) */
     const int same = dst_dtype == src_dtype && dst.offset == src.offset;
     if (dst.buffer == src.buffer && !same && dst.offset * ds < (src.offset + n) * ss &&
         src.offset * ss < (dst.offset + n) * ds)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
+    if (dst_dtype == CLOPT_DTYPE_F32 && src_dtype == CLOPT_DTYPE_F32)
+        return clopt_enqueue_axpby(ctx, queue, dst, src, n, alpha, beta, num_wait, wait_list,
+                                   event);
     char options[192];
     int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
                        CLOPT_TUNING_ARGS(&ctx->tuning));

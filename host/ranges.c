@@ -126,7 +126,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     const cl_mem P = desc->tensors[0].param.buffer, G = desc->tensors[0].grad.buffer;
     /* library-owned state: compact, each tensor 16-float aligned; 8-bit state: each tensor
        at a block of 256 (its blocks start at its first element, as everywhere) */
-    const int q8 = layout.sq == CLOPT_DTYPE_U8;
+    /* (SGD without momentum has no state, so no blocks: its launches are plain ones) */
+    const int q8 = layout.sq == CLOPT_DTYPE_U8 && layout.nkernel > 0;
     const size_t salign = q8 ? 256 : 16;
     size_t total = 0;
     for (size_t i = 0; i < T; i++) {
@@ -184,6 +185,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     g->range_param = P;
     g->range_grad = G;
     cl_int err = CL_SUCCESS;
+    clopt_status fs = CLOPT_SUCCESS; /* the initial bf16 words or 8-bit codes */
     /* the multi-pass rules run per tensor with a layout of each tensor's own (Adafactor's
        factored statistics for matrices): their states are allocated per tensor below */
     const int per_tensor = own_state && clopt_rule_is_multipass(opt->rule);
@@ -208,11 +210,11 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                 g->range_state[a] = g->arena_state[a];
             }
             if (err == CL_SUCCESS &&
-                clopt_fill_state(ctx, opt->rule, hp, k, layout.sq,
-                                 (clopt_tensor){g->arena_state[k], 0},
-                                 (clopt_tensor){q8 ? g->arena_state[a] : NULL, 0},
-                                 total) != CLOPT_SUCCESS)
-                err = CL_INVALID_VALUE; /* the detail is recorded */
+                (fs = clopt_fill_state(ctx, opt->rule, hp, k, layout.sq,
+                                       (clopt_tensor){g->arena_state[k], 0},
+                                       (clopt_tensor){q8 ? g->arena_state[a] : NULL, 0},
+                                       total)) != CLOPT_SUCCESS)
+                err = CL_INVALID_VALUE; /* stops the loops; fs is the status */
         } else if (own_state) {
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
             g->range_state[k] = g->arena_state[k];
@@ -263,8 +265,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                                              ? soff[i] / 256
                                              : soff[i]};
     }
-    if (as != CLOPT_SUCCESS) {
-        s = as; /* its detail is recorded */
+    if (as != CLOPT_SUCCESS || fs != CLOPT_SUCCESS) {
+        s = as != CLOPT_SUCCESS ? as : fs; /* its detail is recorded */
     } else if (err == CL_SUCCESS) {
         memcpy(opt->params + opt->nparams, ps, T * sizeof *ps);
         opt->nparams += T;

@@ -132,7 +132,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
                             g->hp.stochastic_rounding;
     a.sr_seed = opt->rng_seed;
     a.sr_stream = (uint32_t)(e - opt->params);
-    a.state_dtype = e->sq;
+    a.state_dtype = e->nkernel ? e->sq : CLOPT_DTYPE_F32; /* no state: no storage */
     for (size_t j = 0; e->sq == CLOPT_DTYPE_U8 && j < e->nkernel; j++)
         a.state_absmax[j] = states[e->absmax_at + j];
     a.gc_rows = gc;

@@ -982,8 +982,8 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
    each tensor's own type): computed in float32, a 16-bit dst rounded to nearest even (as
    torch's `+=` on bf16 gradients; many micro-batches of small values lose the bits below
    half an ulp: accumulate in float32 and convert once where that matters). F32 with F32 is
-   clopt_enqueue_axpby. dst and src may be the same range of the same type, else must not
-   overlap. Statuses as clopt_enqueue_axpby, plus CLOPT_ERR_INVALID_ARGUMENT for a dtype out
+   clopt_enqueue_axpby's kernel. dst and src may be the same range of the same type, else
+   must not overlap (checked for every pair of types, F32 with F32 included). Statuses as clopt_enqueue_axpby, plus CLOPT_ERR_INVALID_ARGUMENT for a dtype out
    of range (U8, U16) or overlapping tensors. */
 clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
                                     clopt_dtype dst_dtype, clopt_tensor src,
@@ -1311,8 +1311,9 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
 clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
                                          const float *host, size_t n);
 /* Total bytes of device state the optimizer owns (optimizer state only: not the parameters,
-   gradients or its small reduction scratch). Sums the tensors' state lengths: arena padding
-   is not counted, and a range group's adopted engine buffers are. 0 for NULL. Host only. */
+   gradients or its small reduction scratch). Sums the tensors' state lengths: the padding
+   of arena and range groups (and a range group's table) is not counted, and a range
+   group's adopted engine buffers are. 0 for NULL. Host only. */
 size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
 
 /* ---- Schedule-Free: train and eval modes -------------------------------------------- */

@@ -61,7 +61,7 @@
  * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
  * value: bit for bit. Muon needs whole tensors (shard_tensors = 1: bit for bit, with every
  * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia, 16-bit
- * parameters or gradients, engine-owned state buffers. Status and plans: docs/mpi-status.md.
+ * parameters or gradients, 8-bit state, engine-owned state buffers. Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its

@@ -92,11 +92,13 @@ void test_opt_q8(void **state);
 void test_opt_checkpoint(void **state);
 void test_opt_refused(void **state);
 void test_opt_q8_range(void **state);
+void test_opt_q8_range_half(void **state);
 void test_bad_args(void **state);
 
 #define Q8_OPT_TESTS                                                                         \
     cmocka_unit_test(test_bf16_rules), cmocka_unit_test(test_opt_q8),                        \
         cmocka_unit_test(test_opt_checkpoint), cmocka_unit_test(test_opt_refused),           \
-        cmocka_unit_test(test_opt_q8_range), cmocka_unit_test(test_bad_args)
+        cmocka_unit_test(test_opt_q8_range), cmocka_unit_test(test_opt_q8_range_half),     \
+        cmocka_unit_test(test_bad_args)
 
 #endif

@@ -617,6 +617,128 @@ void test_opt_q8_range(void **state)
     }
 }
 
+/* An 8-bit range group over 16-bit weights: one tensor of 5000 elements at element 7 of the
+   engine's buffers (a range group) equals the same tensor added with add_param_desc (8-bit
+   too at this size): θ and every state's bytes (masters included), for bf16 θ without a
+   master (nearest and stochastic rounding), with an f32 and a remainder master, f16 θ with
+   an f32 master and with stochastic rounding, under AMP (loss scale 4) with an Inf gradient
+   at step 3 that both skip; and SGD without momentum (no state, so plain launches) with
+   state_dtype U8. */
+enum { HN = 5000, HO = 7, HLEN = HO + HN + 3 };
+
+typedef struct half_case {
+    clopt_rule rule;
+    clopt_dtype pt;
+    int master, sr;
+} half_case;
+
+static clopt_optimizer *half_q8_opt(clopt_ctx *ctx, const half_case *c, cl_mem p, cl_mem g,
+                                    int range)
+{
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(c->rule, &hp), CLOPT_SUCCESS);
+    hp.lr = c->rule == CLOPT_SGD ? 0.5 : 1e-2; /* SGD's steps lr·g: over half a 16-bit ulp */
+    hp.weight_decay = 0.01;
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    hp.master = c->master;
+    hp.stochastic_rounding = c->sr;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(ctx, c->rule, &hp, &opt), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_scale(opt, 4.0), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.shape[0] = HN;
+    d.param = (clopt_tensor){p, HO}, d.grad = (clopt_tensor){g, HO};
+    d.param_dtype = c->pt;
+    size_t first = 9;
+    if (range) {
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = 1;
+        rg.tensors = &d;
+        assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, &first),
+                         CLOPT_SUCCESS);
+    } else {
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, &first), CLOPT_SUCCESS);
+    }
+    assert_int_equal(first, 0);
+    return opt;
+}
+
+void test_opt_q8_range_half(void **state)
+{
+    fixture *f = *state;
+    const half_case cases[] = {
+        {CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_MASTER_NONE, 0},
+        {CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_MASTER_NONE, 1},
+        {CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_MASTER_F32, 0},
+        {CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_MASTER_REMAINDER, 0},
+        {CLOPT_ADAMW, CLOPT_DTYPE_F16, CLOPT_MASTER_F32, 0},
+        {CLOPT_ADAMW, CLOPT_DTYPE_F16, CLOPT_MASTER_NONE, 1},
+        {CLOPT_SGD, CLOPT_DTYPE_BF16, CLOPT_MASTER_NONE, 0},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const half_case *c = &cases[ci];
+        uint64_t s = 400u + ci;
+        float *t32 = xmalloc(HLEN * 4), *g = xmalloc(HLEN * 4);
+        for (size_t i = 0; i < HLEN; i++)
+            t32[i] = (float)ref_normal(&s);
+        /* θ in its type (converted by the library, the same words in both pairs of buffers) */
+        cl_mem T32 = buf_new(f->ctx, HLEN * 4, t32), P[2], G[2];
+        uint16_t th[HLEN], a[HLEN], b[HLEN];
+        P[0] = buf_new(f->ctx, HLEN * 2, NULL);
+        assert_int_equal(clopt_enqueue_convert(f->ctx, NULL, (clopt_tensor){P[0], 0}, c->pt,
+                                               (clopt_tensor){T32, 0}, CLOPT_DTYPE_F32, HLEN, 0,
+                                               0, 0, 0, 0, NULL, NULL),
+                         CLOPT_SUCCESS);
+        buf_read(f->ctx, P[0], 0, sizeof th, th);
+        P[1] = buf_new(f->ctx, HLEN * 2, th);
+        clopt_optimizer *o[2];
+        for (int k = 0; k < 2; k++) {
+            G[k] = buf_new(f->ctx, HLEN * 4, NULL);
+            o[k] = half_q8_opt(f->ctx, c, P[k], G[k], k == 0);
+        }
+        for (int t = 1; t <= 4; t++) {
+            for (size_t i = 0; i < HLEN; i++)
+                g[i] = (float)(0.4 * ref_normal(&s)); /* the loss scale 4 times 0.1 */
+            if (t == 3)
+                g[HO + 1234] = INFINITY;
+            for (int k = 0; k < 2; k++) {
+                buf_write(f->ctx, G[k], 0, HLEN * 4, g);
+                assert_int_equal(clopt_optimizer_step(o[k], NULL),
+                                 t == 3 ? CLOPT_STEP_SKIPPED : CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_found_inf(o[k]), t == 3);
+            }
+        }
+        buf_read(f->ctx, P[0], 0, sizeof a, a);
+        buf_read(f->ctx, P[1], 0, sizeof b, b);
+        assert_memory_equal(a, b, sizeof a);
+        size_t moved = 0;
+        for (size_t i = HO; i < HO + HN; i++)
+            moved += a[i] != th[i];
+        if (moved <= HN / 2)
+            print_error("case %zu: %zu of %d weights moved\n", ci, moved, HN);
+        assert_true(moved > HN / 2);
+        assert_memory_equal(a, th, HO * 2); /* outside the tensor */
+        assert_memory_equal(a + HO + HN, th + HO + HN, 3 * 2);
+        assert_int_equal(clopt_optimizer_step_count(o[0]), 3);
+        const size_t ne = clopt_optimizer_state_entry_count(o[0]);
+        assert_int_equal(ne, clopt_optimizer_state_entry_count(o[1]));
+        orun ra = {o[0], P[0], G[0]}, rb = {o[1], P[1], G[1]};
+        size_t la, lb;
+        unsigned char *sa = orun_states(f->ctx, &ra, &la), *sb = orun_states(f->ctx, &rb, &lb);
+        assert_int_equal(la, lb);
+        assert_memory_equal(sa, sb, la);
+        free(sa), free(sb);
+        for (int k = 0; k < 2; k++) {
+            clopt_optimizer_destroy(o[k]);
+            clReleaseMemObject(P[k]), clReleaseMemObject(G[k]);
+        }
+        clReleaseMemObject(T32);
+        free(t32), free(g);
+    }
+}
+
 /* Refused at the optimizer level with a message, nothing added or changed: a range group
    with the engine's own state buffers and 8-bit state, LAMB and Adafactor with non-f32
    state, 8-bit state for a rule without it, a state_dtype out of range. */

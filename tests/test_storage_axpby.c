@@ -92,12 +92,12 @@ void test_axpby_typed(void **state)
                 double *sv = xmalloc((AS + AN) * sizeof(double));
                 fill(dt, &s, draw, dv, AD + AN + 2);
                 fill(st, &s, sraw, sv, AS + AN);
-                if (betas[b] == 0.0) /* NaNs where dst is: never read */
+                if (betas[b] == 0.0) /* NaNs where dst is (0x7FC1 in f16 and bf16): never read */
                     for (size_t k = AD; k < AD + AN; k++) {
                         if (des == 4)
                             ((float *)draw)[k] = NAN;
                         else
-                            ((uint16_t *)draw)[k] = 0x7E01;
+                            ((uint16_t *)draw)[k] = 0x7FC1;
                     }
                 cl_mem D = buf_new(f->ctx, dlen, draw), S = buf_new(f->ctx, slen, sraw);
                 const float alpha = 0.37f, beta = (float)betas[b];
@@ -155,12 +155,17 @@ void test_axpby_typed_place(void **state)
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_BF16, t,
                                             CLOPT_DTYPE_U16, 8, 1.0, 1.0, 0, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
-    /* bf16 dst at elements 4..11 (bytes 8..24), f32 src from float 5 (bytes 20..52) */
+    /* bf16 dst at elements 4..11 (bytes 8..24), f32 src from float 5 (bytes 20..52); f32
+       ranges that overlap (the f32 path of clopt_enqueue_axpby takes any) */
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_BF16,
                                             (clopt_tensor){B, 5}, CLOPT_DTYPE_F32, 8, 1.0, 1.0,
                                             0, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
     assert_true(strstr(clopt_ctx_last_error(f->ctx), "overlap") != NULL);
+    assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, (clopt_tensor){B, 0}, CLOPT_DTYPE_F32,
+                                            (clopt_tensor){B, 4}, CLOPT_DTYPE_F32, 8, 1.0, 1.0,
+                                            0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_BF16,
                                             (clopt_tensor){B, 0}, CLOPT_DTYPE_F16, 60, NAN, 1.0,
                                             0, NULL, NULL),
