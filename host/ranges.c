@@ -125,8 +125,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     }
     const cl_mem P = desc->tensors[0].param.buffer, G = desc->tensors[0].grad.buffer;
     /* library-owned state: compact, each tensor 16-float aligned; 8-bit state: each tensor
-       at a block of 256 (its blocks start at its first element, as everywhere) */
-    /* (SGD without momentum has no state, so no blocks: its launches are plain ones) */
+       at a block of 256 (its blocks start at its first element, as everywhere; SGD without
+       momentum has no state, so no blocks: its launches are plain ones) */
     const int q8 = layout.sq == CLOPT_DTYPE_U8 && layout.nkernel > 0;
     const size_t salign = q8 ? 256 : 16;
     size_t total = 0;
