@@ -28,6 +28,25 @@ static const char *state_label(size_t i)
 static int dtype_16(clopt_dtype t) { return t == CLOPT_DTYPE_F16 || t == CLOPT_DTYPE_BF16; }
 static int dtype_value(clopt_dtype t) { return t == CLOPT_DTYPE_F32 || dtype_16(t); }
 
+/* The storage types of an op between two tensors (convert, axpby): F32, F16 or BF16. */
+static clopt_status check_op_dtypes(clopt_ctx *ctx, const char *op, clopt_dtype dst_dtype,
+                                    clopt_dtype src_dtype)
+{
+    if (dtype_value(dst_dtype) && dtype_value(src_dtype))
+        return CLOPT_SUCCESS;
+    return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                      "%s: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or BF16 (got %d "
+                      "and %d)", op, (int)dst_dtype, (int)src_dtype);
+}
+
+/* Whether n elements of dst (ds bytes each) and of src (ss) share bytes of one buffer (both
+   inside their buffers: no overflow). */
+static int op_overlap(clopt_tensor dst, size_t ds, clopt_tensor src, size_t ss, size_t n)
+{
+    return dst.buffer == src.buffer && dst.offset * ds < (src.offset + n) * ss &&
+           src.offset * ss < (dst.offset + n) * ds;
+}
+
 /* θ, g and the master with their storage types; the storage options of the step. */
 static clopt_status check_storage(clopt_ctx *ctx, const clopt_step_args *a, size_t n)
 {
@@ -464,6 +483,24 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
                                     wait_list, event);
 }
 
+/* axpby's arguments and launch (kernels/tensor.cl; its storage types are its program's). */
+static clopt_status axpby_launch(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
+                                 clopt_tensor dst, clopt_tensor src, size_t n, double alpha,
+                                 double beta, cl_uint num_wait, const cl_event *wait_list,
+                                 cl_event *event)
+{
+    clopt_args a = {k, 0, CL_SUCCESS};
+    clopt_arg_tensor(&a, dst);
+    clopt_arg_tensor(&a, src);
+    clopt_arg_ulong(&a, n);
+    clopt_arg_float(&a, (float)alpha);
+    clopt_arg_float(&a, (float)beta);
+    if (a.err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
+                                    wait_list, event);
+}
+
 clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
                                  clopt_tensor src, size_t n, double alpha, double beta,
                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event)
@@ -481,16 +518,7 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k)) !=
         CLOPT_SUCCESS)
         return s;
-    clopt_args a = {k, 0, CL_SUCCESS};
-    clopt_arg_tensor(&a, dst);
-    clopt_arg_tensor(&a, src);
-    clopt_arg_ulong(&a, n);
-    clopt_arg_float(&a, (float)alpha);
-    clopt_arg_float(&a, (float)beta);
-    if (a.err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
-                                    wait_list, event);
+    return axpby_launch(ctx, queue, k, dst, src, n, alpha, beta, num_wait, wait_list, event);
 }
 
 clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
@@ -502,26 +530,22 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
-    if (!dtype_value(dst_dtype) || !dtype_value(src_dtype))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "axpby: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or "
-                          "BF16 (got %d and %d)", (int)dst_dtype, (int)src_dtype);
+    clopt_status s = check_op_dtypes(ctx, "axpby", dst_dtype, src_dtype);
+    if (s != CLOPT_SUCCESS)
+        return s;
     if (!isfinite(alpha) || !isfinite(beta))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
     if (n == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
     const size_t ds = clopt_dtype_size(dst_dtype), ss = clopt_dtype_size(src_dtype);
-    clopt_status s;
     if ((queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS) ||
         (s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS ||
         (s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||
         (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
         return s;
-    /* one array read and written in place is fine; any other overlap is a race (the byte
-       ranges are inside their buffers: checked above) */
+    /* one array read and written in place is fine; any other overlap is a race */
     const int same = dst_dtype == src_dtype && dst.offset == src.offset;
-    if (dst.buffer == src.buffer && !same && dst.offset * ds < (src.offset + n) * ss &&
-        src.offset * ss < (dst.offset + n) * ds)
+    if (!same && op_overlap(dst, ds, src, ss, n))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
     if (dst_dtype == CLOPT_DTYPE_F32 && src_dtype == CLOPT_DTYPE_F32)
         return clopt_enqueue_axpby(ctx, queue, dst, src, n, alpha, beta, num_wait, wait_list,
@@ -532,18 +556,9 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
     snprintf(options + len, sizeof options - (size_t)len, " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0",
              (int)dst_dtype, (int)src_dtype);
     cl_kernel k;
-    if ((s = clopt_get_kernel(ctx, "tensor", options, "axpby_typed", &k)) != CLOPT_SUCCESS)
+    if ((s = clopt_get_kernel(ctx, "tensor", options, "axpby", &k)) != CLOPT_SUCCESS)
         return s;
-    clopt_args a = {k, 0, CL_SUCCESS};
-    clopt_arg_tensor(&a, dst);
-    clopt_arg_tensor(&a, src);
-    clopt_arg_ulong(&a, n);
-    clopt_arg_float(&a, (float)alpha);
-    clopt_arg_float(&a, (float)beta);
-    if (a.err != CL_SUCCESS)
-        return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
-    return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &ctx->tuning, num_wait,
-                                    wait_list, event);
+    return axpby_launch(ctx, queue, k, dst, src, n, alpha, beta, num_wait, wait_list, event);
 }
 
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
@@ -668,10 +683,8 @@ clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
-    if (!dtype_value(dst_dtype) || !dtype_value(src_dtype))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "convert: dst_dtype and src_dtype must be CLOPT_DTYPE_F32, F16 or "
-                          "BF16 (got %d and %d)", (int)dst_dtype, (int)src_dtype);
+    if (check_op_dtypes(ctx, "convert", dst_dtype, src_dtype) != CLOPT_SUCCESS)
+        return CLOPT_ERR_INVALID_ARGUMENT;
     if (stochastic_rounding != 0 && stochastic_rounding != 1)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "convert: stochastic_rounding must be 0 or 1");
@@ -688,9 +701,7 @@ clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt
         (s = clopt_check_tensor_of(ctx, "src", src, n, clopt_dtype_size(src_dtype))) !=
             CLOPT_SUCCESS)
         return s;
-    const size_t ds = clopt_dtype_size(dst_dtype), ss = clopt_dtype_size(src_dtype);
-    if (dst.buffer == src.buffer && dst.offset * ds < (src.offset + n) * ss &&
-        src.offset * ss < (dst.offset + n) * ds)
+    if (op_overlap(dst, clopt_dtype_size(dst_dtype), src, clopt_dtype_size(src_dtype), n))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "convert: dst and src overlap");
     clopt_tuning t = ctx->tuning;
     char options[192];

@@ -3,24 +3,11 @@
  * Lookahead synchronisation, and the gradient check of AMP / clipping (fixed-order partials,
  * see reduce.cl for the final pass). */
 
-/* dst = beta·dst + alpha·src (beta = 0 never reads dst, so it may hold garbage or NaN). */
-__kernel void axpby(__global float *d_, const ulong dof, __global const float *s_,
+/* dst = beta·dst + alpha·src (beta = 0 never reads dst, so it may hold garbage or NaN), dst
+ * in PT storage and src in GT storage (float32 without the defines): computed in float32, a
+ * 16-bit dst rounded to nearest even. */
+__kernel void axpby(__global PSTORE *d_, const ulong dof, __global const GSTORE *s_,
                     const ulong sof, const ulong n, const float alpha, const float beta)
-{
-    d_ += dof;
-    s_ += sof;
-    ELEMENTWISE_BEGIN
-    floatV x = alpha * LOAD(s_);
-    if (beta != 0.0f)
-        x = x + beta * LOAD(d_);
-    STORE(x, d_);
-    ELEMENTWISE_END
-}
-
-/* The same with dst in PT storage and src in GT storage: computed in float32, dst rounded to
- * nearest even (f16, bf16). */
-__kernel void axpby_typed(__global PSTORE *d_, const ulong dof, __global const GSTORE *s_,
-                          const ulong sof, const ulong n, const float alpha, const float beta)
 {
     d_ += dof;
     s_ += sof;
