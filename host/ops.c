@@ -483,12 +483,42 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
                                     wait_list, event);
 }
 
-/* axpby's arguments and launch (kernels/tensor.cl; its storage types are its program's). */
-static clopt_status axpby_launch(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
-                                 clopt_tensor dst, clopt_tensor src, size_t n, double alpha,
-                                 double beta, cl_uint num_wait, const cl_event *wait_list,
-                                 cl_event *event)
+/* dst (dt) = beta·dst + alpha·src (st), validated once for both entry points: float32 with
+   float32 is axpby's program built with the tuning alone (no storage defines); refuse_overlap
+   (axpby_ex) refuses ranges of one buffer that share bytes, except the same range of one
+   type. */
+static clopt_status axpby_enqueue(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
+                                  clopt_dtype dt, clopt_tensor src, clopt_dtype st, size_t n,
+                                  double alpha, double beta, int refuse_overlap,
+                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event)
 {
+    if (!isfinite(alpha) || !isfinite(beta))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
+    const size_t ds = clopt_dtype_size(dt), ss = clopt_dtype_size(st);
+    clopt_status s;
+    if ((s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||
+        (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
+        return s;
+    /* one array read and written in place is fine; any other overlap is a race */
+    const int same = dt == st && dst.offset == src.offset;
+    if (refuse_overlap && !same && op_overlap(dst, ds, src, ss, n))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
+    cl_kernel k = NULL;
+    if (dt == CLOPT_DTYPE_F32 && st == CLOPT_DTYPE_F32) {
+        s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k);
+    } else if (n == 0) {
+        s = clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
+    } else if ((!queue || (s = clopt_check_queue(ctx, queue)) == CLOPT_SUCCESS) &&
+               (s = clopt_check_wait_list(ctx, num_wait, wait_list)) == CLOPT_SUCCESS) {
+        char options[192];
+        int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
+                           CLOPT_TUNING_ARGS(&ctx->tuning));
+        snprintf(options + len, sizeof options - (size_t)len,
+                 " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0", (int)dt, (int)st);
+        s = clopt_get_kernel(ctx, "tensor", options, "axpby", &k);
+    }
+    if (s != CLOPT_SUCCESS)
+        return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, dst);
     clopt_arg_tensor(&a, src);
@@ -508,17 +538,8 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
-    if (!isfinite(alpha) || !isfinite(beta))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
-    clopt_status s;
-    if ((s = clopt_check_tensor(ctx, "dst", dst, n)) != CLOPT_SUCCESS ||
-        (s = clopt_check_tensor(ctx, "src", src, n)) != CLOPT_SUCCESS)
-        return s;
-    cl_kernel k = NULL;
-    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k)) !=
-        CLOPT_SUCCESS)
-        return s;
-    return axpby_launch(ctx, queue, k, dst, src, n, alpha, beta, num_wait, wait_list, event);
+    return axpby_enqueue(ctx, queue, dst, CLOPT_DTYPE_F32, src, CLOPT_DTYPE_F32, n, alpha, beta,
+                         0, num_wait, wait_list, event);
 }
 
 clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
@@ -533,32 +554,8 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
     clopt_status s = check_op_dtypes(ctx, "axpby", dst_dtype, src_dtype);
     if (s != CLOPT_SUCCESS)
         return s;
-    if (!isfinite(alpha) || !isfinite(beta))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
-    if (n == 0)
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
-    const size_t ds = clopt_dtype_size(dst_dtype), ss = clopt_dtype_size(src_dtype);
-    if ((queue && (s = clopt_check_queue(ctx, queue)) != CLOPT_SUCCESS) ||
-        (s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS ||
-        (s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||
-        (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
-        return s;
-    /* one array read and written in place is fine; any other overlap is a race */
-    const int same = dst_dtype == src_dtype && dst.offset == src.offset;
-    if (!same && op_overlap(dst, ds, src, ss, n))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
-    if (dst_dtype == CLOPT_DTYPE_F32 && src_dtype == CLOPT_DTYPE_F32)
-        return clopt_enqueue_axpby(ctx, queue, dst, src, n, alpha, beta, num_wait, wait_list,
-                                   event);
-    char options[192];
-    int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
-                       CLOPT_TUNING_ARGS(&ctx->tuning));
-    snprintf(options + len, sizeof options - (size_t)len, " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0",
-             (int)dst_dtype, (int)src_dtype);
-    cl_kernel k;
-    if ((s = clopt_get_kernel(ctx, "tensor", options, "axpby", &k)) != CLOPT_SUCCESS)
-        return s;
-    return axpby_launch(ctx, queue, k, dst, src, n, alpha, beta, num_wait, wait_list, event);
+    return axpby_enqueue(ctx, queue, dst, dst_dtype, src, src_dtype, n, alpha, beta, 1,
+                         num_wait, wait_list, event);
 }
 
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
