@@ -92,7 +92,10 @@ __kernel void sf_sgd_step(__global PSTORE *p_, const ulong po, __global const GS
 #endif
 
 /* θ = lerp(θ, z, w): eval (w = 1 - 1/β: x from y) or train (w = 1 - β: y from x). z is only
- * read. mstep: the step count used as the stochastic-rounding key's step. */
+ * read. mstep: the step count used as the stochastic-rounding key's step. Launched per
+ * tensor, from a program without RANGES (a range group's step program has no chunk table
+ * for it, and its 16-bit storage macros would refer to the table's offsets). */
+#if !RANGES
 __kernel void sf_mode(__global PSTORE *p_, const ulong po, __global const SSTORE *z_,
                       const ulong zo, const ulong n, const float w, const float omw,
                       const ulong mstep STORAGE_PARAMS)
@@ -111,3 +114,4 @@ __kernel void sf_mode(__global PSTORE *p_, const ulong po, __global const SSTORE
     THETA_STORE(w < 0.5f ? y + w * (z - y) : z - (z - y) * omw, p_);
     ELEMENTWISE_END
 }
+#endif
