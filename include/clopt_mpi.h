@@ -42,7 +42,19 @@
  * reduce-scatter and the all-gather and skip both copies; OpenCL 1.2 buffers are not
  * pointers, so this version always stages.
  *
- * Supported now: float32 parameters and gradients, one or more groups over one parameter
+ * Storage: the parameters in float32, f16 or bf16 and the gradients in float32, f16 or bf16
+ * (param_dtype / grad_dtype of the descriptors: one type for every tensor of the parameter
+ * buffer, one for the gradient buffer), with the groups' master (none: rounded to nearest;
+ * CLOPT_MASTER_F32; CLOPT_MASTER_REMAINDER for bf16), sharded like any state: bit for bit
+ * as the unsharded optimizer. The all-gather moves the parameters in their own type (2
+ * bytes each for 16-bit). clopt's reduce-scatter sends 16-bit gradients as they are (with
+ * ordered_sum; MPI_Reduce_scatter takes them converted to float32), sums them as floats and
+ * keeps the shard's reduced gradient in float32 (not rounded back to 16 bits). Stochastic
+ * rounding is refused: its random stream is keyed on the tensor's index, which a piece
+ * does not keep. A gathered checkpoint saved before the first step holds no fp32 master:
+ * a load then leaves it to be taken from θ at the first step, and refuses (STATE_MISMATCH)
+ * a tensor whose master was already taken.
+ * Supported now: one or more groups over one parameter
  * and one gradient buffer (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
  * Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaMod, diffGrad, Lion,
  * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
@@ -60,8 +72,9 @@
  * first moment with use_beta1, on every holder; in reduce-scatter mode the holders first
  * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
  * value: bit for bit. Muon needs whole tensors (shard_tensors = 1: bit for bit, with every
- * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia, 16-bit
- * parameters or gradients, 8-bit state, engine-owned state buffers. Status and plans: docs/mpi-status.md.
+ * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia,
+ * stochastic rounding of 16-bit parameters, 8-bit state, engine-owned state buffers.
+ * Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,
  * no exit). A call that fails on one rank fails on every rank: the failing rank returns its
@@ -144,9 +157,11 @@ typedef struct clopt_mpi_optimizer clopt_mpi_optimizer;
 
 /* Collective over comm. Creates a sharded optimizer of `rule` with hyperparameters hp (the
    group's) over the engine's flat buffers described by desc (as clopt_optimizer_add_range_group:
-   every param range in one cl_mem, every grad range in one cl_mem; state buffers must be NULL),
-   options o (NULL: defaults). Every rank must pass the same rule, hyperparameters, shapes and
-   options (checked: CLOPT_MPI_ERR_MISMATCH); the buffers and offsets are each rank's own.
+   every param range in one cl_mem, every grad range in one cl_mem, each of one storage type
+   (another tensor's param_dtype or grad_dtype than tensor 0's: CLOPT_ERR_INVALID_ARGUMENT);
+   state buffers must be NULL), options o (NULL: defaults). Every rank must pass the same
+   rule, hyperparameters, shapes, storage types and options (checked:
+   CLOPT_MPI_ERR_MISMATCH); the buffers and offsets are each rank's own.
    The library duplicates comm (MPI_Comm_dup; the caller may free comm afterwards). Blocking
    (allocates and initialises the shard's state, clFinish). why (may be NULL, why_len bytes)
    receives the reason of a failure ("" on success). Returns CLOPT_SUCCESS,
@@ -217,7 +232,8 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    group's) or the lr schedule (every group's) between steps, as
    clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
    no such group; a change to a refused variant, e.g. gradient centralization with cut
-   tensors, is CLOPT_ERR_UNSUPPORTED). get: the group's hyperparameters as last set. */
+   tensors or stochastic rounding of 16-bit parameters, is CLOPT_ERR_UNSUPPORTED). get: the
+   group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);
 clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,

@@ -85,6 +85,56 @@ uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
+float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h)
+{
+    uint32_t bits;
+    if (dt == CLOPT_DTYPE_BF16) {
+        bits = (uint32_t)h << 16; /* bf16 is a float's top half */
+    } else {                      /* IEEE binary16: 1 sign, 5 exponent, 10 fraction bits */
+        const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1Fu;
+        uint32_t fr = h & 0x3FFu;
+        if (ex == 0x1F) {
+            bits = sign | 0x7F800000u | (fr << 13); /* Inf, NaN (payload kept) */
+        } else if (ex) {
+            bits = sign | ((ex + 112u) << 23) | (fr << 13);
+        } else if (fr) { /* subnormal: fr * 2^-24, normalised */
+            uint32_t e = 113u;
+            while (!(fr & 0x400u)) {
+                fr <<= 1;
+                e--;
+            }
+            bits = sign | (e << 23) | ((fr & 0x3FFu) << 13);
+        } else {
+            bits = sign;
+        }
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+int clopt_mpi_master_unset(const clopt_optimizer *o, size_t param, size_t k, uint64_t steps)
+{
+    const char *name = NULL;
+    return steps == 0 && clopt_optimizer_state_info(o, param, k, &name, NULL) == CLOPT_SUCCESS &&
+           name && strcmp(name, "master") == 0;
+}
+
+clopt_status clopt_mpi_check_master(const clopt_optimizer *o, size_t param, uint64_t steps,
+                                    const char **why)
+{
+    uint64_t done = 0;
+    for (size_t k = 0; k < clopt_optimizer_state_count(o, param); k++)
+        if (clopt_mpi_master_unset(o, param, k, steps) &&
+            clopt_optimizer_param_step_count(o, param, &done) == CLOPT_SUCCESS && done > 0) {
+            *why = "a checkpoint saved before the first step holds no float32 master, and this "
+                   "tensor's was already taken from its parameters: load it into a new "
+                   "optimizer";
+            return CLOPT_ERR_STATE_MISMATCH;
+        }
+    return CLOPT_SUCCESS;
+}
+
 /* ---- one state tensor of the internal optimizer, raw ------------------------------------- */
 
 /* The dtype of state k of parameter `param` (from the state entries). */

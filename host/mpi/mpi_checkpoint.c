@@ -252,15 +252,21 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
 }
 
 /* Checks the state k of the checkpoint's tensor against the optimizer's parameter `param`
-   holding elements [off, off + len) of it (cut: per-element state); then optionally writes. */
+   holding elements [off, off + len) of it (cut: per-element state); then optionally writes
+   (an fp32 master saved before the first step is skipped: see clopt_mpi_master_unset). */
 static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param,
-                                const ckpt_tensor *t, size_t n, size_t off, size_t len, int write,
-                                char *detail, size_t dlen)
+                                const ckpt_tensor *t, size_t n, size_t off, size_t len,
+                                uint64_t steps, int write, char *detail, size_t dlen)
 {
     const size_t ns = clopt_optimizer_state_count(o, param);
     if (ns != t->nstate) {
         snprintf(detail, dlen, "parameter %zu: %zu states, the checkpoint %u", param, ns,
                  t->nstate);
+        return CLOPT_ERR_STATE_MISMATCH;
+    }
+    const char *mw = NULL;
+    if (!write && clopt_mpi_check_master(o, param, steps, &mw) != CLOPT_SUCCESS) {
+        snprintf(detail, dlen, "parameter %zu: %s", param, mw);
         return CLOPT_ERR_STATE_MISMATCH;
     }
     for (size_t k = 0; k < ns; k++) {
@@ -278,7 +284,7 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
                      param, k, name, sl, es, cs->name, (unsigned long long)cs->len, cs->esize);
             return CLOPT_ERR_STATE_MISMATCH;
         }
-        if (!write)
+        if (!write || clopt_mpi_master_unset(o, param, k, steps))
             continue;
         /* a copy: write_state takes floats, the file's bytes need not be aligned */
         void *tmp = malloc(sl * es + 1);
@@ -338,7 +344,7 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     for (size_t j = 0; s == CLOPT_SUCCESS && j < opt->npieces; j++) {
         const clopt_mpi_piece *pc = &opt->pieces[j];
         s = apply_state(opt->local, opt->ctx, j, &c.t[pc->tensor], opt->shapes[pc->tensor].n,
-                        pc->off, pc->len, 0, detail, sizeof detail);
+                        pc->off, pc->len, c.steps, 0, detail, sizeof detail);
         if (s != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "%s", detail);
     }
@@ -347,7 +353,7 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     for (size_t j = 0; s == CLOPT_SUCCESS && j < opt->npieces; j++) {
         const clopt_mpi_piece *pc = &opt->pieces[j];
         s = apply_state(opt->local, opt->ctx, j, &c.t[pc->tensor], opt->shapes[pc->tensor].n,
-                        pc->off, pc->len, 1, detail, sizeof detail);
+                        pc->off, pc->len, c.steps, 1, detail, sizeof detail);
         if (s != CLOPT_SUCCESS)
             clopt_mpi_fail(opt, s, "%s", detail);
     }
@@ -391,7 +397,8 @@ clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer
             size_t n = 1;
             for (size_t k = 0; k < c.t[i].ndim && k < CLOPT_MAX_DIMS; k++)
                 n *= (size_t)c.t[i].shape[k];
-            s = apply_state(opt, ctx, i, &c.t[i], n, 0, n, write, detail, sizeof detail);
+            s = apply_state(opt, ctx, i, &c.t[i], n, 0, n, c.steps, write, detail,
+                            sizeof detail);
         }
     if (s == CLOPT_SUCCESS && (s = clopt_optimizer_set_step_count(opt, c.steps)) != CLOPT_SUCCESS)
         snprintf(detail, sizeof detail, "set_step_count failed");

@@ -8,6 +8,7 @@
 #include "clopt_mpi.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 
 /* A run of the flattened vector that lies contiguously in a device buffer: flattened
    elements [flat, flat + len) are at buffer offsets [off, off + len). */
@@ -49,13 +50,20 @@ struct clopt_mpi_optimizer {
     cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (not owned) */
     clopt_mpi_run *prun, *grun; /* coalesced runs of the parameters and gradients */
     size_t nprun, ngrun;
+    /* the engine's storage of the parameters and of the gradients (every tensor's: F32, F16
+       or BF16) and their bytes per element */
+    clopt_dtype pdt, gdt;
+    size_t pes, ges;
     cl_mem shard_grad; /* reduce-scatter mode: the slice's reduced gradient, then the whole
-                          reduced gradients of replicated pieces (owned) */
-    float *host_p;     /* total floats: the all-gather's staging */
-    float *host_g;     /* engine mode: total floats (the slice is used); reduce-scatter:
-                          the local gradient, total floats */
-    float *host_s;     /* reduce-scatter: count floats of the reduced slice */
-    float *host_recv;  /* ordered sum: size * count floats from every rank */
+                          reduced gradients of replicated pieces (owned; float32 whatever
+                          gdt is) */
+    unsigned char *host_p; /* total elements of pes bytes: the all-gather's staging */
+    float *host_g;         /* engine mode: total floats (the slice is used); reduce-scatter:
+                              the local gradient, total floats (16-bit: converted) */
+    uint16_t *host_g16;    /* 16-bit gradients: the words as read (total) */
+    float *host_s;         /* reduce-scatter: count floats of the reduced slice */
+    float *host_recv;      /* ordered sum, float32 gradients: size * count floats */
+    uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
     int *lgroup;           /* group g's range group in the internal optimizer, -1: none here */
@@ -140,6 +148,16 @@ uint32_t clopt_mpi_get_u32(clopt_mpi_reader *r);
 uint64_t clopt_mpi_get_u64(clopt_mpi_reader *r);
 /* CRC-32C (Castagnoli) of n bytes. */
 uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n);
+/* Exact float value of a 16-bit gradient word of type dt (F16 or BF16). */
+float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h);
+/* A checkpoint saved before the first step holds no value for the float32 master of 16-bit
+   parameters (the tensor's first step takes it from θ): state k of `param` is such a master
+   and steps (the checkpoint's count) is 0. Loads skip it. */
+int clopt_mpi_master_unset(const clopt_optimizer *o, size_t param, size_t k, uint64_t steps);
+/* The check before such a load: that master cannot be restored into a tensor that has
+   stepped (its master was taken): CLOPT_ERR_STATE_MISMATCH with the reason in *why. */
+clopt_status clopt_mpi_check_master(const clopt_optimizer *o, size_t param, uint64_t steps,
+                                    const char **why);
 /* The storage type of state k of `param` of an optimizer (its state entries). */
 clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t k);
 /* Blocking read (write 0) or write of len elements of esize bytes of state k of `param`:

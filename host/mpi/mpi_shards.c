@@ -351,6 +351,9 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
             s = b ? assemble(opt, recs, nrecs, j, k, name, es, len, b)
                   : clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
         }
+        const char *mw = NULL;
+        if (s == CLOPT_SUCCESS && clopt_mpi_check_master(opt->local, j, steps, &mw))
+            s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "piece %zu: %s", j, mw);
         /* the saved records of this tensor must hold exactly as many states */
         for (size_t q = 0; s == CLOPT_SUCCESS && q < nrecs; q++)
             if (recs[q].tensor == opt->pieces[j].tensor && recs[q].nstate != ns)
@@ -366,6 +369,8 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
             size_t len = 0;
             clopt_optimizer_state_info(opt->local, j, k, NULL, &len);
             const size_t es = clopt_dtype_size(clopt_mpi_state_dtype(opt->local, j, k));
+            if (clopt_mpi_master_unset(opt->local, j, k, steps))
+                continue; /* taken from θ at the first step */
             if ((s = clopt_mpi_state_io(opt->local, opt->ctx, j, k, bufs[j * MAX_ST + k], len, es,
                                         1)) != CLOPT_SUCCESS)
                 clopt_mpi_fail(opt, s, "writing state %zu of piece %zu", k, j);

@@ -10,21 +10,22 @@
 #include <string.h>
 
 /* Enqueue reads (to_host 1) or writes of flattened [a, b) between the buffer's runs and
-   host[a .. b) on q (non-blocking; the caller finishes q). */
+   elements a .. b of host (es bytes each) on q (non-blocking; the caller finishes q). */
 static cl_int transfer(cl_command_queue q, cl_mem buf, const clopt_mpi_run *runs, size_t nruns,
-                       size_t a, size_t b, float *host, int to_host)
+                       size_t a, size_t b, void *host, size_t es, int to_host)
 {
+    unsigned char *h = host;
     for (size_t i = 0; i < nruns; i++) {
         const clopt_mpi_run *r = &runs[i];
         const size_t lo = r->flat > a ? r->flat : a;
         const size_t hi = r->flat + r->len < b ? r->flat + r->len : b;
         if (lo >= hi)
             continue;
-        const size_t off = (r->off + (lo - r->flat)) * sizeof(float),
-                     bytes = (hi - lo) * sizeof(float);
+        const size_t off = (r->off + (lo - r->flat)) * es, bytes = (hi - lo) * es;
         const cl_int e =
-            to_host ? clEnqueueReadBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL)
-                    : clEnqueueWriteBuffer(q, buf, CL_FALSE, off, bytes, host + lo, 0, NULL, NULL);
+            to_host ? clEnqueueReadBuffer(q, buf, CL_FALSE, off, bytes, h + lo * es, 0, NULL, NULL)
+                    : clEnqueueWriteBuffer(q, buf, CL_FALSE, off, bytes, h + lo * es, 0, NULL,
+                                           NULL);
         if (e != CL_SUCCESS)
             return e;
     }
@@ -65,12 +66,22 @@ static clopt_status reduce_scatter(clopt_mpi_optimizer *opt)
             rcounts[r] = (int)n;
             rdispls[r] = (int)(r * n); /* size * count <= INT_MAX is checked at create */
         }
-        rc = MPI_Alltoallv(opt->host_g, opt->counts, opt->displs, MPI_FLOAT, opt->host_recv,
-                           rcounts, rdispls, MPI_FLOAT, opt->comm);
+        /* 16-bit gradients travel as they are (half the bytes) and are summed as floats */
+        const int half = opt->ges == 2;
+        rc = half ? MPI_Alltoallv(opt->host_g16, opt->counts, opt->displs, MPI_UINT16_T,
+                                  opt->host_recv16, rcounts, rdispls, MPI_UINT16_T, opt->comm)
+                  : MPI_Alltoallv(opt->host_g, opt->counts, opt->displs, MPI_FLOAT,
+                                  opt->host_recv, rcounts, rdispls, MPI_FLOAT, opt->comm);
         free(rcounts);
         if (rc != MPI_SUCCESS)
             return clopt_mpi_check(opt, rc, "MPI_Alltoallv (reduce-scatter)");
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; half && i < n; i++) {
+            float s = clopt_mpi_half_to_float(opt->gdt, opt->host_recv16[i]);
+            for (size_t r = 1; r < N; r++)
+                s += clopt_mpi_half_to_float(opt->gdt, opt->host_recv16[r * n + i]);
+            opt->host_s[i] = s;
+        }
+        for (size_t i = 0; !half && i < n; i++) {
             float s = opt->host_recv[i];
             for (size_t r = 1; r < N; r++)
                 s += opt->host_recv[r * n + i];
@@ -121,14 +132,15 @@ static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, 
     if (opt->size == 1)
         return CLOPT_SUCCESS; /* one rank: the buffer already holds every parameter */
     rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
-                        MPI_FLOAT, opt->comm);
+                        opt->pes == 2 ? MPI_UINT16_T : MPI_FLOAT, opt->comm);
     if (rc != MPI_SUCCESS)
         return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
     const double t1 = MPI_Wtime();
     *tg += t1 - t0;
-    cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, 0);
+    cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, opt->pes, 0);
     if (e == CL_SUCCESS)
-        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p, 0);
+        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p,
+                     opt->pes, 0);
     if (e == CL_SUCCESS)
         e = clFinish(q);
     if (e != CL_SUCCESS)
@@ -151,7 +163,8 @@ clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
         if (s == CLOPT_SUCCESS) { /* clFinish also when one rank skips the gather */
             cl_int e = opt->size == 1 ? CL_SUCCESS
                                       : transfer(q, opt->pbuf, opt->prun, opt->nprun, opt->first,
-                                                 opt->first + opt->count, opt->host_p, 1);
+                                                 opt->first + opt->count, opt->host_p, opt->pes,
+                                                 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
             if (e != CL_SUCCESS)
@@ -193,16 +206,25 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
     cl_int e;
     if (s == CLOPT_SUCCESS && (rs || (check && n))) {
         const size_t lo = rs ? 0 : a, hi = rs ? opt->total : a + n;
-        e = transfer(q, opt->gbuf, opt->grun, opt->ngrun, lo, hi, opt->host_g, 1);
+        const int half = opt->ges == 2;
+        e = transfer(q, opt->gbuf, opt->grun, opt->ngrun, lo, hi,
+                     half ? (void *)opt->host_g16 : (void *)opt->host_g, opt->ges, 1);
         if (e == CL_SUCCESS)
             e = clFinish(q);
         if (e != CL_SUCCESS)
             s = clopt_mpi_cl_fail(opt, e, "reading the gradient");
+        /* 16-bit words to floats, except those the ordered sum sends as they are */
+        for (size_t i = lo; s == CLOPT_SUCCESS && half && !(rs && opt->o.ordered_sum) && i < hi;
+             i++)
+            opt->host_g[i] = clopt_mpi_half_to_float(opt->gdt, opt->host_g16[i]);
     }
     LAP(read_s);
     if (rs) {
-        if (s != CLOPT_SUCCESS) /* take part anyway (zeros), the agreement below stops all */
+        if (s != CLOPT_SUCCESS) { /* take part anyway (zeros), the agreement below stops all */
             memset(opt->host_g, 0, opt->total * sizeof *opt->host_g);
+            if (opt->host_g16)
+                memset(opt->host_g16, 0, opt->total * sizeof *opt->host_g16);
+        }
         clopt_status r = reduce_scatter(opt);
         if (s == CLOPT_SUCCESS)
             s = r;
@@ -271,7 +293,8 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         if (s == CLOPT_SUCCESS) { /* the shard for the all-gather (one rank: none) */
             e = opt->size == 1
                     ? CL_SUCCESS
-                    : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n, opt->host_p, 1);
+                    : transfer(q, opt->pbuf, opt->prun, opt->nprun, a, a + n, opt->host_p,
+                               opt->pes, 1);
             if (e == CL_SUCCESS)
                 e = clFinish(q);
             if (e != CL_SUCCESS)

@@ -114,6 +114,13 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     if (hp->state_dtype == CLOPT_DTYPE_U8)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "8-bit state is not in clopt_mpi yet (float32 or bf16 state)");
+    if (opt->pdt != CLOPT_DTYPE_F32 && hp->master == CLOPT_MASTER_NONE &&
+        hp->stochastic_rounding)
+        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
+                              "stochastic rounding of 16-bit parameters is not in clopt_mpi (its "
+                              "random stream is keyed on the tensor's index, which a shard's "
+                              "piece does not keep): use master = CLOPT_MASTER_F32 or "
+                              "REMAINDER, whose state is sharded too");
     if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
         return CLOPT_SUCCESS;
     if (rule == CLOPT_MUON)
@@ -175,6 +182,21 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
               (o->shard_tensors != 0 && o->shard_tensors != 1)))
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
                               "options: struct_size too small or a field out of range");
+    /* one storage type for the parameters and one for the gradients (one buffer each) */
+    if (descs[0].ntensors && descs[0].tensors) {
+        opt->pdt = descs[0].tensors[0].param_dtype;
+        opt->gdt = descs[0].tensors[0].grad_dtype;
+    }
+    if (opt->pdt != CLOPT_DTYPE_F32 && opt->pdt != CLOPT_DTYPE_F16 &&
+        opt->pdt != CLOPT_DTYPE_BF16)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "param_dtype must be F32, F16 or BF16");
+    if (opt->gdt != CLOPT_DTYPE_F32 && opt->gdt != CLOPT_DTYPE_F16 &&
+        opt->gdt != CLOPT_DTYPE_BF16)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "grad_dtype must be F32, F16 or BF16");
+    opt->pes = clopt_dtype_size(opt->pdt);
+    opt->ges = clopt_dtype_size(opt->gdt);
     size_t nt = 0;
     for (size_t gi = 0; gi < ngroups; gi++) {
         const clopt_range_group *desc = &descs[gi];
@@ -234,14 +256,19 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
     } while (0)
     MIX(rule);
     MIX(desc->ntensors);
+    MIX(opt->pdt);
+    MIX(opt->gdt);
     size_t total = 0;
     for (size_t i = 0; i < desc->ntensors; i++) {
         const clopt_param_desc *d = &desc->tensors[i];
         if (!d->param.buffer || !d->grad.buffer)
             return clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "tensor %zu: a buffer is NULL", i);
-        if (d->param_dtype != CLOPT_DTYPE_F32 || d->grad_dtype != CLOPT_DTYPE_F32)
-            return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                                  "tensor %zu: only float32 parameters and gradients for now", i);
+        if (d->param_dtype != opt->pdt || d->grad_dtype != opt->gdt)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "tensor %zu: another param_dtype or grad_dtype than tensor 0's "
+                                  "(the parameters, and the gradients, are one buffer of one "
+                                  "type)",
+                                  i);
         if (d->hessian.buffer)
             return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH, "tensor %zu: a Hessian buffer", i);
         if (d->ndim > CLOPT_MAX_DIMS)
@@ -281,6 +308,8 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         MIX(hp->nesterov);
         MIX(hp->maximize);
         MIX(hp->state_dtype);
+        MIX(hp->master);
+        MIX(hp->stochastic_rounding);
         MIX(hp->lookahead_k);
         MIX(hp->grad_centralization); /* GC moves the shard boundaries between rows */
         MIX(hp->gc_conv_only);
@@ -325,8 +354,10 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->grun);
     free(opt->host_p);
     free(opt->host_g);
+    free(opt->host_g16);
     free(opt->host_s);
     free(opt->host_recv);
+    free(opt->host_recv16);
     free(opt->shapes);
     free(opt->pieces);
     free(opt->cat);
@@ -349,8 +380,10 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     opt->displs = malloc(N * sizeof *opt->displs);
     opt->prun = make_runs(desc, 0, &opt->nprun);
     opt->grun = make_runs(desc, 1, &opt->ngrun);
-    opt->host_p = malloc(opt->total * sizeof *opt->host_p);
+    opt->host_p = malloc(opt->total * opt->pes);
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
+    if (opt->ges == 2 && !(opt->host_g16 = malloc(opt->total * sizeof *opt->host_g16)))
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     opt->ntensors = desc->ntensors;
     opt->shapes = calloc(desc->ntensors, sizeof *opt->shapes);
     opt->pieces = calloc(desc->ntensors, sizeof *opt->pieces);
@@ -408,8 +441,12 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
     if (rs) {
         opt->host_s = malloc((opt->count ? opt->count : 1) * sizeof *opt->host_s);
-        opt->host_recv = malloc((opt->count ? opt->count * N : 1) * sizeof *opt->host_recv);
-        if (!opt->host_s || !opt->host_recv)
+        const size_t nr = opt->count ? opt->count * N : 1;
+        if (opt->ges == 2)
+            opt->host_recv16 = malloc(nr * sizeof *opt->host_recv16);
+        else
+            opt->host_recv = malloc(nr * sizeof *opt->host_recv);
+        if (!opt->host_s || (!opt->host_recv && !opt->host_recv16))
             return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     }
     clopt_status s = clopt_optimizer_create(opt->ctx, opt->rule, hp, &opt->local);
@@ -453,6 +490,8 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                 *pc = (clopt_mpi_piece){i, 0, n, lo == flat ? 1 : 2, lo - flat, hi - flat, 0};
                 clopt_param_desc *p = &pieces[np++];
                 clopt_param_desc_init(p);
+                p->param_dtype = opt->pdt; /* a reduced gradient of clopt's is float32 */
+                p->grad_dtype = rs ? CLOPT_DTYPE_F32 : opt->gdt;
                 p->param = d->param;
                 p->grad = d->grad;
                 p->ndim = d->ndim;
@@ -466,6 +505,8 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                 opt->pieces[np] = (clopt_mpi_piece){i, lo - flat, hi - lo, 0, 0, 0, 0};
                 clopt_param_desc *p = &pieces[np++];
                 clopt_param_desc_init(p);
+                p->param_dtype = opt->pdt; /* a reduced gradient of clopt's is float32 */
+                p->grad_dtype = rs ? CLOPT_DTYPE_F32 : opt->gdt;
                 p->param = (clopt_tensor){opt->pbuf, d->param.offset + (lo - flat)};
                 p->grad = rs ? (clopt_tensor){opt->shard_grad, lo - a}
                              : (clopt_tensor){opt->gbuf, d->grad.offset + (lo - flat)};
