@@ -73,7 +73,11 @@
  * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
  * value: bit for bit. Muon needs whole tensors (shard_tensors = 1: bit for bit, with every
  * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia,
- * stochastic rounding of 16-bit parameters, 8-bit state, engine-owned state buffers.
+ * stochastic rounding of 16-bit parameters, engine-owned state buffers. 8-bit state (the
+ * rules the core has it for): inside a tensor of a group with 8-bit state a shard boundary
+ * moves to the nearest multiple of 256 from the tensor's start (the core's blocks start
+ * there), so each piece's codes and absmaxes are the unsharded ones, bit for bit; the
+ * checkpoints slice the absmaxes by block.
  * Status and plans: docs/mpi-status.md.
  *
  * Errors follow clopt's conventions (clopt_status, validate before acting, nothing printed,

@@ -113,6 +113,19 @@ float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h)
     return f;
 }
 
+size_t clopt_mpi_state_unit(const char *name)
+{
+    static const char sfx[] = ".absmax";
+    const size_t n = name ? strlen(name) : 0, k = sizeof sfx - 1;
+    return n > k && strcmp(name + n - k, sfx) == 0 ? CLOPT_MPI_Q8_BLOCK : 1;
+}
+
+size_t clopt_mpi_state_units(const char *name, size_t n)
+{
+    const size_t u = clopt_mpi_state_unit(name);
+    return n / u + (n % u != 0);
+}
+
 int clopt_mpi_master_unset(const clopt_optimizer *o, size_t param, size_t k, uint64_t steps)
 {
     const char *name = NULL;

@@ -43,7 +43,8 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
         clopt_mpi_put_u64(out, t->ndim);
         for (size_t k = 0; k < CLOPT_MAX_DIMS; k++)
             clopt_mpi_put_u64(out, k < t->ndim ? t->shape[k] : 0);
-        /* the tensor's pieces follow one another; a cut tensor's states are per element */
+        /* the tensor's pieces follow one another; a cut tensor's states are per element
+           (an 8-bit absmax: per block of 256, the pieces starting on blocks) */
         const size_t start = rd.at;
         const uint64_t ti = clopt_mpi_get_u64(&rd), off = clopt_mpi_get_u64(&rd),
                        plen = clopt_mpi_get_u64(&rd);
@@ -74,16 +75,20 @@ static clopt_status merge(clopt_mpi_optimizer *opt, const unsigned char *all, si
                         return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "tensor %zu: short piece", i);
                     if (m != k)
                         continue;
+                    char name[CLOPT_MPI_NAME_LEN + 1] = {0};
+                    memcpy(name, nm, CLOPT_MPI_NAME_LEN);
+                    const size_t u = clopt_mpi_state_unit(name); /* 256: an 8-bit absmax */
                     if (first) {
                         clopt_mpi_put(out, nm, CLOPT_MPI_NAME_LEN);
                         clopt_mpi_put_u32(out, es);
-                        clopt_mpi_put_u64(out, whole ? sl : t->n);
+                        clopt_mpi_put_u64(out, whole ? sl : clopt_mpi_state_units(name, t->n));
                         first = 0;
                     }
-                    if (!whole && sl != pl)
+                    if (!whole && (sl != clopt_mpi_state_units(name, pl) || poff % u != 0))
                         return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT,
                                               "tensor %zu is cut but its state %u is not per "
-                                              "element",
+                                              "element (or per block of 256 from a block's "
+                                              "start)",
                                               i, k);
                     clopt_mpi_put(out, data, (size_t)sl * es);
                 }
@@ -276,8 +281,11 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
         clopt_optimizer_state_info(o, param, k, &name, &sl);
         const size_t es = clopt_dtype_size(clopt_mpi_state_dtype(o, param, k));
         const int whole = len == n;
+        const size_t u = clopt_mpi_state_unit(name); /* an 8-bit absmax: one per 256 */
         if (strcmp(name, cs->name) != 0 || es != cs->esize ||
-            (whole ? sl != cs->len : (sl != len || cs->len != n))) {
+            (whole ? sl != cs->len
+                   : (sl != clopt_mpi_state_units(name, len) ||
+                      cs->len != clopt_mpi_state_units(name, n) || off % u != 0))) {
             snprintf(detail, dlen,
                      "parameter %zu: state %zu is %s (%zu x %zu bytes), the "
                      "checkpoint's %s (%llu x %u)",
@@ -290,7 +298,7 @@ static clopt_status apply_state(clopt_optimizer *o, clopt_ctx *ctx, size_t param
         void *tmp = malloc(sl * es + 1);
         if (!tmp)
             return CLOPT_ERR_OUT_OF_MEMORY;
-        memcpy(tmp, cs->data + (whole ? 0 : off * es), sl * es);
+        memcpy(tmp, cs->data + (whole ? 0 : off / u * es), sl * es);
         clopt_status s = clopt_mpi_state_io(o, ctx, param, k, tmp, sl, es, 1);
         free(tmp);
         if (s != CLOPT_SUCCESS) {

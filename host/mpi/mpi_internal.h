@@ -148,6 +148,14 @@ uint32_t clopt_mpi_get_u32(clopt_mpi_reader *r);
 uint64_t clopt_mpi_get_u64(clopt_mpi_reader *r);
 /* CRC-32C (Castagnoli) of n bytes. */
 uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n);
+/* 8-bit state: one absmax per block of 256 elements (the core's blocks start at each
+   tensor's first element, hence at each piece's: shard boundaries inside a tensor with
+   8-bit state fall on multiples of 256 from its start). */
+#define CLOPT_MPI_Q8_BLOCK 256
+/* Elements per entry of a state named `name`: CLOPT_MPI_Q8_BLOCK for an absmax
+   ("<state>.absmax"), else 1; and the entries of such a state over n elements. */
+size_t clopt_mpi_state_unit(const char *name);
+size_t clopt_mpi_state_units(const char *name, size_t n);
 /* Exact float value of a 16-bit gradient word of type dt (F16 or BF16). */
 float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h);
 /* A checkpoint saved before the first step holds no value for the float32 master of 16-bit

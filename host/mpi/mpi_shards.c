@@ -158,7 +158,10 @@ static clopt_status assemble(clopt_mpi_optimizer *opt, const rec *recs, size_t n
                              unsigned char *out)
 {
     const clopt_mpi_piece *pc = &opt->pieces[j];
-    const int per_element = len == pc->len;
+    /* per element, or per block of 256 elements (an 8-bit absmax, u = 256): pieces and saved
+       parts then start on block boundaries of the tensor */
+    const size_t u = clopt_mpi_state_unit(name);
+    const int per_element = len == clopt_mpi_state_units(name, pc->len) && pc->off % u == 0;
     size_t covered = 0;
     for (size_t q = 0; q < nrecs; q++) {
         const rec *x = &recs[q];
@@ -177,15 +180,17 @@ static clopt_status assemble(clopt_mpi_optimizer *opt, const rec *recs, size_t n
             memcpy(out, st->data, len * esize);
             return CLOPT_SUCCESS;
         }
-        if (st->len != x->len)
+        if (st->len != clopt_mpi_state_units(name, x->len) || x->off % u != 0)
             return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
-                                  "tensor %zu: state %s is not per element in the saved part",
+                                  "tensor %zu: state %s is not per element (or per block) in the "
+                                  "saved part",
                                   pc->tensor, name);
-        const size_t lo = x->off > pc->off ? x->off : pc->off;
-        const size_t hi = x->off + x->len < pc->off + pc->len ? x->off + x->len : pc->off + pc->len;
+        const size_t xa = x->off / u, pa = pc->off / u; /* in the state's entries */
+        const size_t lo = xa > pa ? xa : pa;
+        const size_t hi = xa + st->len < pa + len ? xa + st->len : pa + len;
         if (lo >= hi)
             continue;
-        memcpy(out + (lo - pc->off) * esize, st->data + (lo - x->off) * esize, (hi - lo) * esize);
+        memcpy(out + (lo - pa) * esize, st->data + (lo - xa) * esize, (hi - lo) * esize);
         covered += hi - lo;
     }
     if (covered != len)

@@ -111,9 +111,6 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     if (rule == CLOPT_SOPHIA)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
-    if (hp->state_dtype == CLOPT_DTYPE_U8)
-        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "8-bit state is not in clopt_mpi yet (float32 or bf16 state)");
     if (opt->pdt != CLOPT_DTYPE_F32 && hp->master == CLOPT_MASTER_NONE &&
         hp->stochastic_rounding)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
@@ -414,14 +411,28 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                     flat += desc_len(&desc->tensors[i]);
             }
             hi = best < prev ? prev : best;
-        } else if (r + 1 < N) { /* inside a tensor under GC: the row boundary nearest to hi */
+        } else if (r + 1 < N) {
+            /* inside a tensor under GC, the row boundary nearest to hi; with 8-bit state, the
+               nearest block boundary (a multiple of 256 from the tensor's start: the pieces'
+               blocks are the tensor's); both: a multiple of both */
             for (size_t i = 0; i < desc->ntensors; i++) {
                 const clopt_mpi_shape *t = &opt->shapes[i];
-                const size_t rows = clopt_mpi_gc_rows(&hps[opt->tgroup[i]], t);
-                if (!rows || hi <= t->flat || hi >= t->flat + t->n)
+                const clopt_hparams *gh = &hps[opt->tgroup[i]];
+                const size_t rows = clopt_mpi_gc_rows(gh, t);
+                size_t unit = rows ? t->n / rows : 1;
+                if (gh->state_dtype == CLOPT_DTYPE_U8) {
+                    size_t a = unit, b = CLOPT_MPI_Q8_BLOCK;
+                    while (b) {
+                        const size_t c = a % b;
+                        a = b;
+                        b = c;
+                    }
+                    unit = unit / a * CLOPT_MPI_Q8_BLOCK; /* lcm(unit, 256) */
+                }
+                if (unit == 1 || hi <= t->flat || hi >= t->flat + t->n)
                     continue;
-                const size_t len = t->n / rows, k = (hi - t->flat + len / 2) / len;
-                hi = t->flat + k * len;
+                const size_t k = (hi - t->flat + unit / 2) / unit;
+                hi = k * unit < t->n ? t->flat + k * unit : t->flat + t->n;
                 break;
             }
             hi = hi < prev ? prev : hi;

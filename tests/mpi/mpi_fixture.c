@@ -177,7 +177,8 @@ clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx
     return o;
 }
 
-/* State k of tensor `param` as raw bytes (float32, or the bf16 words of bf16 state). */
+/* State k of tensor `param` as raw bytes (float32, the 16-bit words of bf16 state and
+   remainders, the codes of 8-bit state). */
 static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_t len,
                                size_t *esize)
 {
@@ -185,12 +186,19 @@ static unsigned char *read_raw(clopt_optimizer *o, size_t param, size_t k, size_
     CHECK(f != NULL, "malloc");
     clopt_status s = clopt_optimizer_read_state(o, param, k, f, len);
     *esize = 4;
-    if (s == CLOPT_ERR_UNSUPPORTED) { /* 16-bit words */
+    if (s == CLOPT_ERR_UNSUPPORTED) { /* 16-bit words or 8-bit codes */
         clopt_tensor t;
         CHECK_OK(clopt_optimizer_state(o, param, k, &t));
-        *esize = 2;
+        clopt_state_entry en;
+        *esize = 0;
+        for (size_t i = 0; i < clopt_optimizer_state_entry_count(o); i++)
+            if (clopt_optimizer_state_entry(o, i, &en) == CLOPT_SUCCESS && en.param == param &&
+                en.index == k)
+                *esize = clopt_dtype_size(en.dtype);
+        CHECK(*esize == 1 || *esize == 2, "state %zu of tensor %zu: no 8/16-bit entry", k, param);
         const cl_int e = clEnqueueReadBuffer(clopt_ctx_cl_queue(fx_ctx), t.buffer, CL_TRUE,
-                                             t.offset * 2, len * 2, f, 0, NULL, NULL);
+                                             t.offset * *esize, len * *esize, f, 0, NULL,
+                                             NULL);
         CHECK(e == CL_SUCCESS, "clEnqueueReadBuffer: %d", (int)e);
         s = CLOPT_SUCCESS;
     }
@@ -218,14 +226,20 @@ void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer 
                 CHECK_OK(clopt_optimizer_state_info(ref, i, k, &rname, &rlen));
                 CHECK_OK(clopt_optimizer_state_info(loc, piece, k, &lname, &llen));
                 const int whole = hi - lo == L->n[i]; /* Adafactor: factored lengths */
+                /* an 8-bit state's absmax: one float per block of 256 from the tensor's start
+                   (a piece starts on a block) */
+                const size_t len = strstr(rname, ".absmax") ? 256 : 1;
                 CHECK(strcmp(rname, lname) == 0 &&
-                          (whole ? llen == rlen : llen == hi - lo && rlen == L->n[i]),
+                          (whole ? llen == rlen
+                                 : llen == (hi - lo + len - 1) / len &&
+                                       rlen == (L->n[i] + len - 1) / len &&
+                                       (lo - flat) % len == 0),
                       "%s: state %zu layout", what, k);
                 size_t es = 0, es2 = 0;
                 unsigned char *r = read_raw(ref, i, k, rlen, &es);
                 unsigned char *l = read_raw(loc, piece, k, llen, &es2);
                 CHECK(es == es2, "%s: state %zu element sizes", what, k);
-                CHECK(memcmp(r + (lo - flat) * es, l, llen * es) == 0,
+                CHECK(memcmp(r + (lo - flat) / len * es, l, llen * es) == 0,
                       "%s: state %s of tensor %zu differs from the unsharded one", what, rname, i);
                 free(r);
                 free(l);

@@ -276,7 +276,7 @@ static void test_errors(void)
         h1.lr *= 2;
     expect_create(CLOPT_ADAMW, &h1, CLOPT_DTYPE_F32, (clopt_status)CLOPT_MPI_ERR_MISMATCH);
     /* rank 0 makes tensor 0 bf16 and the others float32 (one buffer holds one type): rank 0
-       says why, the others REMOTE (16-bit storage itself: test_mpi_half) */
+       says why, the others REMOTE (16-bit storage itself: test_mpi_storage) */
     expect_create(CLOPT_ADAMW, &hp, fx_rank == 0 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32,
                   fx_rank == 0 ? CLOPT_ERR_INVALID_ARGUMENT : (clopt_status)CLOPT_MPI_ERR_REMOTE);
     /* rank 0 passes an invalid hyperparameter */
@@ -290,10 +290,12 @@ static void test_errors(void)
     clopt_hparams hl;
     CHECK_OK(clopt_hparams_default(CLOPT_MUON, &hl));
     expect_create(CLOPT_MUON, &hl, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
-    /* 8-bit state (range groups of the core take it; not clopt_mpi yet) */
-    clopt_hparams h8 = hp;
+    /* 8-bit state for a rule without it (LAMB): the core's refusal, on every rank (8-bit
+       state itself: test_mpi_storage) */
+    clopt_hparams h8;
+    CHECK_OK(clopt_hparams_default(CLOPT_LAMB, &h8));
     h8.state_dtype = CLOPT_DTYPE_U8;
-    expect_create(CLOPT_ADAMW, &h8, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
+    expect_create(CLOPT_LAMB, &h8, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
     /* local setters validate */
     pair P;
     pair_open(&P, CLOPT_ADAMW, &hp);

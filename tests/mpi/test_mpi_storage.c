@@ -1,14 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* 16-bit parameters and gradients sharded (the engine's bf16/f16 flat buffers): every case
+/* Storage types sharded: 16-bit parameters and gradients (the engine's bf16/f16 flat
+ * buffers) and 8-bit blockwise state (shard boundaries inside a tensor on its blocks of 256).
+ * Every case
  * against the unsharded optimizer over the same layout and storage, bit for bit, after each
  * of 7 steps (the whole parameter buffer, gaps included), then every state of every piece
  * (fp32 masters and bf16 remainders included) against the same slice of the unsharded
  * state. Masters none (rounded to nearest), f32 and remainder; f16 and bf16; gradients in
  * 16 bits or float32; shards that cut tensors under cautious masking (the sums hook) and
  * Adafactor (replicated); Lookahead; Schedule-Free's eval/train; AMP with f16 gradients and
- * a skipped step. Reduce-scatter of bf16 gradients (summed as floats in rank order: the
+ * a skipped step; 8-bit state for AdamW, Lion, AdEMAMix, SGD with momentum, with 16-bit θ and
+ * with gradient centralization, on shards that cut tensors of 1500 and 320 elements (the
+ * absmaxes sliced by block). Reduce-scatter of bf16 gradients (summed as floats in rank order: the
  * reference takes that float sum). Checkpoints of masters and remainders in both forms,
  * across world sizes and into the unsharded optimizer, also one saved before the first step.
+ * 8-bit checkpoints resharded 2 -> 3 -> 1 ranks (the saved parts' blocks reassembled).
  * Refusals: stochastic rounding, mixed storage types, storage differing between ranks. */
 #define _POSIX_C_SOURCE 200809L /* getpid */
 #include "mpi_fixture.h"
@@ -24,8 +29,10 @@ typedef struct half_case {
     clopt_rule rule;
     clopt_dtype pdt, gdt;
     int master;  /* clopt_master */
-    int wide;    /* fx_layout_wide (the shards cut its matrices) instead of fx_layout_main */
-    int variant; /* 1 weight decay, 2 Lookahead, 3 cautious, 4 Nesterov, 5 bf16 state, 6 AMP */
+    int layout;  /* 0 fx_layout_main, 1 fx_layout_wide (the shards cut its matrices), 2 one
+                    vector of 1500 (cut at 768; at 512 and 1024 with 3 ranks) */
+    int variant; /* 1 weight decay, 2 Lookahead, 3 cautious, 4 Nesterov, 5 bf16 state, 6 AMP,
+                    7 8-bit state, 8 8-bit state and gradient centralization */
 } half_case;
 
 static const half_case cases[] = {
@@ -43,7 +50,25 @@ static const half_case cases[] = {
      1, 3},
     {"adafactor bf16, f32 master (cut: replicated)", CLOPT_ADAFACTOR, CLOPT_DTYPE_BF16,
      CLOPT_DTYPE_BF16, 1, 1, 0},
+    {"adamw 8-bit state, vector", CLOPT_ADAMW, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, 2, 7},
+    {"adamw 8-bit state, wide", CLOPT_ADAMW, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, 1, 7},
+    {"lion 8-bit state, bf16 f32 master", CLOPT_LION, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, 1, 2,
+     7},
+    {"ademamix 8-bit state", CLOPT_ADEMAMIX, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, 2, 7},
+    {"sgd momentum 8-bit state, bf16 remainder", CLOPT_SGD, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
+     2, 1, 7},
+    {"adamw 8-bit state, GC", CLOPT_ADAMW, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, 1, 8},
 };
+
+static void layout_of(const half_case *c, fx_layout *L)
+{
+    if (c->layout == 1)
+        fx_layout_wide(L);
+    else if (c->layout == 2)
+        fx_layout_vector(L, 1500);
+    else
+        fx_layout_main(L);
+}
 
 static cl_command_queue queue(void)
 {
@@ -104,6 +129,11 @@ static void hparams(const half_case *c, clopt_hparams *hp)
     }
     if (c->variant == 5)
         hp->state_dtype = CLOPT_DTYPE_BF16;
+    if (c->variant >= 7) {
+        hp->state_dtype = CLOPT_DTYPE_U8;
+        hp->momentum = c->rule == CLOPT_SGD ? 0.9 : hp->momentum;
+        hp->grad_centralization = c->variant == 8;
+    }
 }
 
 /* The unsharded reference: one range group over the same layout and storage. */
@@ -179,10 +209,7 @@ static void grad_values(float *flat, size_t n, unsigned t, float mul)
 static void run_case(const half_case *c)
 {
     fx_layout L;
-    if (c->wide)
-        fx_layout_wide(&L);
-    else
-        fx_layout_main(&L);
+    layout_of(c, &L);
     const size_t pes = clopt_dtype_size(c->pdt), pbytes = L.plen * pes;
     clopt_hparams hp;
     hparams(c, &hp);
@@ -501,14 +528,20 @@ static void ck_close(clopt_mpi_optimizer *sh, cl_mem p, cl_mem g)
 
 /* Two ranks train 3 steps and save, then 2 more; the whole world loads the file into fresh
    buffers holding the parameters saved with it and continues bit-identically; one rank and
-   (gathered form) the unsharded optimizer too. */
-static void test_checkpoint(int master, int shards, const char *path)
+   (gathered form) the unsharded optimizer too. q8: 8-bit state over one vector of 1500
+   (saved from [0, 768) and [768, 1500), loaded on 3 ranks as [0, 512), [512, 1024),
+   [1024, 1500): each piece's codes and absmaxes come from both saved parts). */
+static void test_checkpoint(int master, int shards, int q8, const char *path)
 {
     ck k;
     memset(&k, 0, sizeof k);
-    fx_layout_main(&k.L);
+    if (q8)
+        fx_layout_vector(&k.L, 1500);
+    else
+        fx_layout_main(&k.L);
     CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &k.hp));
     k.hp.master = master;
+    k.hp.state_dtype = q8 ? CLOPT_DTYPE_U8 : CLOPT_DTYPE_F32;
     k.hp.weight_decay = 0.05;
     k.pdt = CLOPT_DTYPE_BF16;
     k.pbytes = k.L.plen * 2;
@@ -688,10 +721,11 @@ int main(int argc, char **argv)
     char path[256];
     long pid = (long)getpid();
     MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    snprintf(path, sizeof path, "/tmp/clopt_mpi_half_%ld.ckpt", pid);
+    snprintf(path, sizeof path, "/tmp/clopt_mpi_storage_%ld.ckpt", pid);
     for (int shards = 0; shards < 2; shards++) {
-        test_checkpoint(CLOPT_MASTER_F32, shards, path);
-        test_checkpoint(CLOPT_MASTER_REMAINDER, shards, path);
+        test_checkpoint(CLOPT_MASTER_F32, shards, 0, path);
+        test_checkpoint(CLOPT_MASTER_REMAINDER, shards, 0, path);
+        test_checkpoint(CLOPT_MASTER_F32, shards, 1, path);
     }
     if (fx_rank == 0) {
         char part[300];
@@ -704,5 +738,5 @@ int main(int argc, char **argv)
         }
     }
     test_refusals();
-    return fx_finish("test_mpi_half");
+    return fx_finish("test_mpi_storage");
 }
