@@ -36,10 +36,10 @@ struct mlp {
     cl_program program;
     cl_kernel k[K_COUNT];
     cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters (float32: what the GEMMs read) */
-    cl_mem w16[MLP_MAX_LAYERS], b16[MLP_MAX_LAYERS]; /* 16-bit θ (param_dtype F16/BF16), or NULL */
     cl_mem gw[MLP_MAX_LAYERS], gb[MLP_MAX_LAYERS]; /* gradients */
     /* The float32 parameters and gradients live in one flat buffer each (mlp_flat); w, b, gw
-       and gb above are sub-buffers of them at the offsets of `flat`. */
+       and gb above are sub-buffers of them at the offsets of `flat`. 16-bit θ (param_dtype
+       F16/BF16) is flat.params16, at the same element offsets. */
     mlp_flat flat;
     cl_mem hw[MLP_MAX_LAYERS], hb[MLP_MAX_LAYERS]; /* Sophia's Hessian estimates */
     cl_mem act[MLP_MAX_LAYERS + 1];  /* act[0] input, act[i+1] output of layer i (logits last) */
@@ -222,6 +222,8 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
     if (ok) {
         m->flat.params = new_buffer(m, pos * sizeof(float), &ok);
         m->flat.grads = new_buffer(m, pos * sizeof(float), &ok);
+        if (cfg->param_dtype != CLOPT_DTYPE_F32) /* 2 bytes each, whole words */
+            m->flat.params16 = new_buffer(m, (pos * 2 + 3) / 4 * 4, &ok);
     }
     for (size_t i = 0; ok && i < L; i++) {
         const size_t wn = cfg->dims[i + 1] * cfg->dims[i], bn = cfg->dims[i + 1];
@@ -230,10 +232,6 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
         m->b[i] = sub_buffer(m, m->flat.params, bo, bn, &ok);
         m->gw[i] = sub_buffer(m, m->flat.grads, wo, wn, &ok);
         m->gb[i] = sub_buffer(m, m->flat.grads, bo, bn, &ok);
-        if (cfg->param_dtype != CLOPT_DTYPE_F32) { /* 2 bytes each, whole words for the fill */
-            m->w16[i] = new_buffer(m, (wn * 2 + 3) / 4 * 4, &ok);
-            m->b16[i] = new_buffer(m, (bn * 2 + 3) / 4 * 4, &ok);
-        }
         if (hessian) {
             m->hw[i] = new_buffer(m, wn * sizeof(float), &ok);
             m->hb[i] = new_buffer(m, bn * sizeof(float), &ok);
@@ -277,10 +275,9 @@ void mlp_destroy(mlp *m)
         release_mem(&m->gb[i]);
         release_mem(&m->hw[i]);
         release_mem(&m->hb[i]);
-        release_mem(&m->w16[i]);
-        release_mem(&m->b16[i]);
     }
     release_mem(&m->flat.params); /* after their sub-buffers */
+    release_mem(&m->flat.params16);
     release_mem(&m->flat.grads);
     for (size_t i = 0; i <= MLP_MAX_LAYERS; i++) {
         release_mem(&m->act[i]);
@@ -307,12 +304,16 @@ void mlp_flat_descs(const mlp *m, clopt_param_desc *weights, clopt_param_desc *b
         clopt_param_desc *w = &weights[i], *b = &biases[i];
         memset(w, 0, sizeof *w);
         memset(b, 0, sizeof *b);
-        w->param = (clopt_tensor){m->flat.params, m->flat.weight_offset[i]};
+        const int p16 = m->cfg.param_dtype != CLOPT_DTYPE_F32;
+        w->param = (clopt_tensor){p16 ? m->flat.params16 : m->flat.params,
+                                  m->flat.weight_offset[i]};
+        w->param_dtype = b->param_dtype = m->cfg.param_dtype;
         w->grad = (clopt_tensor){m->flat.grads, m->flat.weight_offset[i]};
         w->ndim = 2;
         w->shape[0] = m->cfg.dims[i + 1];
         w->shape[1] = m->cfg.dims[i];
-        b->param = (clopt_tensor){m->flat.params, m->flat.bias_offset[i]};
+        b->param = (clopt_tensor){p16 ? m->flat.params16 : m->flat.params,
+                                  m->flat.bias_offset[i]};
         b->grad = (clopt_tensor){m->flat.grads, m->flat.bias_offset[i]};
         b->ndim = 1;
         b->shape[0] = m->cfg.dims[i + 1];
@@ -356,10 +357,11 @@ int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb)
 static int convert_layer(mlp *m, size_t l, int to_16)
 {
     const size_t n[2] = {m->cfg.dims[l + 1] * m->cfg.dims[l], m->cfg.dims[l + 1]};
-    const cl_mem f32[2] = {m->w[l], m->b[l]}, p16[2] = {m->w16[l], m->b16[l]};
+    const cl_mem f32[2] = {m->w[l], m->b[l]};
+    const size_t at[2] = {m->flat.weight_offset[l], m->flat.bias_offset[l]};
     const clopt_dtype t = m->cfg.param_dtype;
     for (int i = 0; i < 2; i++) {
-        const clopt_tensor a = {f32[i], 0}, h = {p16[i], 0};
+        const clopt_tensor a = {f32[i], 0}, h = {m->flat.params16, at[i]};
         const clopt_status s =
             to_16 ? clopt_enqueue_convert(m->ctx, m->queue, h, t, a, CLOPT_DTYPE_F32, n[i], 0, 0,
                                           0, 0, 0, NULL, NULL)
@@ -373,7 +375,7 @@ static int convert_layer(mlp *m, size_t l, int to_16)
 }
 
 /* After an optimizer step: the float32 copies of every layer from the 16-bit θ. */
-static int sync_weights(mlp *m)
+int mlp_sync_weights(mlp *m)
 {
     if (m->cfg.param_dtype == CLOPT_DTYPE_F32)
         return 0;
@@ -786,7 +788,8 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
             d.param_dtype = m->cfg.param_dtype;
             d.grad_dtype = CLOPT_DTYPE_F32;
             if (pass == 0) { /* weights [out, in]: 2-D, so Adafactor factors them */
-                d.param = (clopt_tensor){p16 ? m->w16[i] : m->w[i], 0};
+                d.param = p16 ? (clopt_tensor){m->flat.params16, m->flat.weight_offset[i]}
+                              : (clopt_tensor){m->w[i], 0};
                 d.grad = (clopt_tensor){m->gw[i], 0};
                 if (sophia)
                     d.hessian = (clopt_tensor){m->hw[i], 0};
@@ -794,7 +797,8 @@ int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **o
                 d.shape[0] = m->cfg.dims[i + 1];
                 d.shape[1] = m->cfg.dims[i];
             } else {
-                d.param = (clopt_tensor){p16 ? m->b16[i] : m->b[i], 0};
+                d.param = p16 ? (clopt_tensor){m->flat.params16, m->flat.bias_offset[i]}
+                              : (clopt_tensor){m->b[i], 0};
                 d.grad = (clopt_tensor){m->gb[i], 0};
                 if (sophia)
                     d.hessian = (clopt_tensor){m->hb[i], 0};
@@ -851,7 +855,7 @@ int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval)
     clopt_status s = eval ? clopt_optimizer_eval(opt) : clopt_optimizer_train(opt);
     if (s != CLOPT_SUCCESS)
         return fail_clopt(m, s, eval ? "clopt_optimizer_eval" : "clopt_optimizer_train");
-    return sync_weights(m);
+    return mlp_sync_weights(m);
 }
 
 /* Sophia's Gauss-Newton-Bartlett estimate of the Hessian diagonal: the gradient ĝ of the loss
@@ -964,7 +968,7 @@ static int train_epoch(mlp *m, clopt_optimizer *opt, const mlp_data_parallel *dp
                 goto done;
             }
         }
-        if (sync_weights(m))
+        if (mlp_sync_weights(m))
             goto done;
         if (progress && ((s + 1) % progress_every == 0 || s + 1 == steps)) {
             if (mlp_read_stats(m, read, s + 1 - read, st + 2 * read))

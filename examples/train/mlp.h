@@ -137,11 +137,19 @@ int mlp_get_grads(mlp *m, size_t l, float *gw, float *gb);
 typedef struct mlp_flat {
     cl_mem params, grads;
     size_t floats; /* length of each buffer in floats, the gaps included */
-    size_t weight_offset[MLP_MAX_LAYERS], bias_offset[MLP_MAX_LAYERS]; /* in floats */
+    size_t weight_offset[MLP_MAX_LAYERS], bias_offset[MLP_MAX_LAYERS]; /* in elements */
+    /* 16-bit weights (param_dtype F16 or BF16): θ itself, `floats` 16-bit elements at the
+       same offsets; params then holds its float32 copy (what the GEMMs read, refreshed from
+       θ by mlp_sync_weights). NULL for float32 weights. */
+    cl_mem params16;
 } mlp_flat;
 const mlp_flat *mlp_get_flat(const mlp *m);
+/* The float32 copy of 16-bit weights from θ (after an optimizer changed θ; no-op for float32
+   weights). 0, or -1 with the reason in mlp_last_error. */
+int mlp_sync_weights(mlp *m);
 /* The tensors over the flat buffers, for clopt_range_group: weights[l] ([out, in], 2-D) and
-   biases[l] (1-D), float32 parameters and gradients, nlayers entries each. */
+   biases[l] (1-D), nlayers entries each: θ in the model's storage type (params16 for 16-bit
+   weights), float32 gradients. */
 void mlp_flat_descs(const mlp *m, clopt_param_desc *weights, clopt_param_desc *biases);
 
 /* Input normalisation x = (pixel/255 - mean) / std applied by the gather kernel. */

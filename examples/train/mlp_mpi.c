@@ -14,17 +14,12 @@ int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shar
                   char *err, size_t errlen)
 {
     *shard_tensors = 0;
-    if (param_dtype != CLOPT_DTYPE_F32) {
+    if (param_dtype != CLOPT_DTYPE_F32 && tc->master == CLOPT_MASTER_NONE &&
+        tc->stochastic_rounding) {
         mlp_put_err(err, errlen,
-                    "--shard needs --param-dtype f32: libclopt_mpi shards float32 parameters "
-                    "and gradients only (16-bit weights, --master and --stochastic-rounding "
-                    "are not sharded)");
-        return -1;
-    }
-    if (tc->state_dtype == CLOPT_DTYPE_U8) {
-        mlp_put_err(err, errlen,
-                    "--shard takes --state-dtype f32 or bf16: 8-bit blockwise state is not "
-                    "sharded (a shard boundary would cut its blocks of 256)");
+                    "--shard does not take --stochastic-rounding: libclopt_mpi keys its random "
+                    "values on the tensor, which a shard's piece is not (use --master f32 or "
+                    "remainder: the master is sharded too)");
         return -1;
     }
     switch (tc->rule) {
@@ -100,7 +95,7 @@ int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
 {
     *out = NULL;
     int whole = 0;
-    clopt_hparams hp[2];
+    clopt_hparams hp[1];
     int ok = mlp_mpi_check(tc, mlp_get_config(m)->param_dtype, &whole, err, errlen) == 0;
     if (ok && mlp_train_hparams(m, tc, &hp[0]) != 0) {
         mlp_put_err(err, errlen, "%s", mlp_last_error(m));
@@ -113,16 +108,37 @@ int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
             mlp_put_err(err, errlen, "another process could not set up the optimizer");
         return -1;
     }
-    hp[1] = hp[0];
-    hp[1].weight_decay = 0.0; /* the biases */
     const size_t L = mlp_get_config(m)->nlayers;
     clopt_param_desc w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];
     mlp_flat_descs(m, w, b);
-    clopt_range_group g[2];
-    for (int i = 0; i < 2; i++) {
-        clopt_range_group_init(&g[i]);
-        g[i].ntensors = L;
-        g[i].tensors = i == 0 ? w : b;
+    /* the weights with weight decay, the biases without; with 8-bit state, as the
+       one-process optimizer, tensors under 4096 elements keep float32 state (a group of
+       their own: a group's tensors share one state type) */
+    clopt_param_desc d[4][MLP_MAX_LAYERS];
+    size_t nd[4] = {0, 0, 0, 0};
+    for (size_t l = 0; l < L; l++)
+        for (int bias = 0; bias < 2; bias++) {
+            const clopt_param_desc *t = bias ? &b[l] : &w[l];
+            const size_t n = t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+            const int small = tc->state_dtype == CLOPT_DTYPE_U8 && n < 4096;
+            const int k = 2 * bias + small;
+            d[k][nd[k]++] = *t;
+        }
+    clopt_hparams hp4[4];
+    clopt_range_group g[4];
+    size_t ng = 0;
+    for (int k = 0; k < 4; k++) {
+        if (!nd[k])
+            continue;
+        hp4[ng] = hp[0];
+        if (k >= 2)
+            hp4[ng].weight_decay = 0.0; /* the biases */
+        if (k % 2)
+            hp4[ng].state_dtype = CLOPT_DTYPE_F32;
+        clopt_range_group_init(&g[ng]);
+        g[ng].ntensors = nd[k];
+        g[ng].tensors = d[k];
+        ng++;
     }
     clopt_mpi_options o;
     clopt_mpi_options_init(&o);
@@ -132,8 +148,8 @@ int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
     o.shard_tensors = whole;
     char why[512] = "";
     clopt_mpi_optimizer *opt = NULL;
-    clopt_status s = clopt_mpi_optimizer_create_groups(mlp_get_ctx(m), tc->rule, comm, 2, hp, g,
-                                                       &o, &opt, why, sizeof why);
+    clopt_status s = clopt_mpi_optimizer_create_groups(mlp_get_ctx(m), tc->rule, comm, ng, hp4,
+                                                       g, &o, &opt, why, sizeof why);
     if (s != CLOPT_SUCCESS) {
         mlp_put_err(err, errlen, "clopt_mpi_optimizer_create_groups (%s): %s (%s)",
                     clopt_rule_name(tc->rule), clopt_mpi_status_str(s), why);
@@ -194,15 +210,19 @@ int mlp_mpi_train_epoch(mlp *m, clopt_mpi_optimizer *opt, MPI_Comm comm,
     return 0;
 }
 
-int mlp_mpi_set_eval_mode(clopt_mpi_optimizer *opt, clopt_rule rule, int eval, char *err,
-                          size_t errlen)
+int mlp_mpi_set_eval_mode(mlp *m, clopt_mpi_optimizer *opt, clopt_rule rule, int eval,
+                          char *err, size_t errlen)
 {
     /* other rules: set_mode would only all-gather unchanged parameters */
     if (rule != CLOPT_SCHEDULE_FREE_ADAMW && rule != CLOPT_SCHEDULE_FREE_SGD)
         return 0;
     const clopt_status s = clopt_mpi_optimizer_set_mode(opt, !eval);
-    if (s == CLOPT_SUCCESS)
-        return 0;
+    if (s == CLOPT_SUCCESS) {
+        if (mlp_sync_weights(m) == 0) /* 16-bit weights: the float32 copy from θ */
+            return 0;
+        mlp_put_err(err, errlen, "%s", mlp_last_error(m));
+        return -1;
+    }
     mlp_put_err(err, errlen, "clopt_mpi_optimizer_set_mode: %s (%s)", clopt_mpi_status_str(s),
                 clopt_mpi_optimizer_last_error(opt));
     return -1;

@@ -14,10 +14,14 @@
  * (1/N of the state), and all-gathers the parameters into every process's flat buffer.
  *
  * The model's flat buffers (mlp_get_flat) are two groups over the same buffers: the weights
- * (2-D, with weight decay) and the biases (no decay), as the single-process optimizer.
- * Refused (mlp_mpi_check, with a message in the command line's terms): 16-bit weights,
- * 8-bit state, Sophia and Muon. LAMB, Adafactor, StableAdamW and cautious masking shard by
- * whole tensors (clopt_mpi_options.shard_tensors = 1), the other rules cut tensors anywhere.
+ * (2-D, with weight decay) and the biases (no decay), as the single-process optimizer; with
+ * 8-bit state the tensors under 4096 elements keep float32 state in groups of their own (as
+ * the one-process optimizer keeps them). 16-bit weights are sharded in their flat 16-bit
+ * buffer with their master (--master f32 or remainder: sharded like the state). Refused
+ * (mlp_mpi_check, with a message in the command line's terms): stochastic rounding, Sophia
+ * and Muon. Every other rule cuts tensors (libclopt_mpi combines LAMB's, StableAdamW's and
+ * cautious masking's per-tensor sums and replicates Adafactor's statistics; with 8-bit
+ * state the boundaries fall on blocks of 256).
  */
 #ifndef CLOPT_EXAMPLE_MLP_MPI_H
 #define CLOPT_EXAMPLE_MLP_MPI_H
@@ -35,7 +39,8 @@ int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shar
                   char *err, size_t errlen);
 
 /* Collective. The sharded optimizer of tc over m's flat buffers: group 0 the weights with
-   tc's (or the table's) weight decay, group 1 the biases without, reduce-scatter with the
+   tc's (or the table's) weight decay, group 1 the biases without (8-bit state: each split
+   into the tensors of 4096 elements or more and the smaller ones, with float32 state), reduce-scatter with the
    mean, and tc's schedule (mlp_schedule). 0, or -1 with a message in err (the same failure
    on every process). */
 int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
@@ -49,10 +54,10 @@ int mlp_mpi_train_epoch(mlp *m, clopt_mpi_optimizer *opt, MPI_Comm comm,
                         mlp_epoch_stats *out, char *err, size_t errlen);
 
 /* Collective. Schedule-Free: eval != 0 writes the averaged point x into every process's
-   parameters, 0 writes y back (clopt_mpi_optimizer_set_mode); other rules (opt's rule):
-   nothing. */
-int mlp_mpi_set_eval_mode(clopt_mpi_optimizer *opt, clopt_rule rule, int eval, char *err,
-                          size_t errlen);
+   parameters, 0 writes y back (clopt_mpi_optimizer_set_mode), then m's float32 copy of
+   16-bit weights; other rules (opt's rule): nothing. */
+int mlp_mpi_set_eval_mode(mlp *m, clopt_mpi_optimizer *opt, clopt_rule rule, int eval,
+                          char *err, size_t errlen);
 
 /* The first and one-past-last example of process rank's part of n examples (an even split). */
 void mlp_mpi_part(size_t n, int rank, int size, size_t *first, size_t *end);

@@ -3,7 +3,8 @@
 # The storage options of clopt-train-mlp at the command line: settings that do not go
 # together and unknown values are refused before anything is loaded (no dataset or device
 # needed): exit status 2 and a message that names the option to change. Valid settings get
-# past the checks. Also --shard's refusals (16-bit weights, 8-bit state, Sophia, Muon), or
+# past the checks. Also --shard's refusals (stochastic rounding, Sophia, Muon; 16-bit weights
+# with a master and 8-bit state get past them), or
 # in a build without MPI the refusal of --shard itself. test_mlp_train checks the same rules
 # through the library (mlp_check_storage) and trains with bf16 weights and 8-bit state.
 #   test_cli_storage.sh path/to/clopt-train-mlp
@@ -36,8 +37,13 @@ refused "--param-dtype expects one of f32, f16, bf16" --param-dtype fp8
 refused "--master expects one of none, f32, remainder" --master fp32
 
 # Valid settings get past the checks: the missing dataset is the next error (exit 1).
-for args in "--param-dtype bf16 --master remainder" "--param-dtype f16 --stochastic-rounding" \
-            "--param-dtype bf16 --master f32 --state-dtype bf16" "--state-dtype int8"; do
+valid=("--param-dtype bf16 --master remainder" "--param-dtype f16 --stochastic-rounding"
+       "--param-dtype bf16 --master f32 --state-dtype bf16" "--state-dtype int8")
+if "$bin" --help | grep -q -- "--shard .*" && ! "$bin" --help | grep -q "not in this build"; then
+    valid+=("--shard --param-dtype bf16 --master remainder --state-dtype int8"
+            "--shard --param-dtype f16")
+fi
+for args in "${valid[@]}"; do
     # shellcheck disable=SC2086
     out=$("$bin" --data /nonexistent/fashion-mnist $args 2>&1 >/dev/null)
     rc=$?
@@ -55,8 +61,8 @@ if "$bin" --help | grep -q -- "--shard .*"; then
     if "$bin" --help | grep -q "not in this build"; then
         refused "--shard is not available: this build has no libclopt_mpi" --shard
     else
-        refused "--shard needs --param-dtype f32" --shard --param-dtype bf16 --master f32
-        refused "--shard takes --state-dtype f32 or bf16" --shard --state-dtype int8
+        refused "--shard does not take --stochastic-rounding" --shard --param-dtype bf16 \
+            --stochastic-rounding
         refused "--shard does not take sophia" --shard --optimizer sophia
         refused "--shard does not take muon" --shard --optimizer muon
     fi

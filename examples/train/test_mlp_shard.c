@@ -24,8 +24,11 @@
  * images (the last batch of 1 row: one process has no rows and contributes zeros); LAMB
  * (the 784 x 256 weights cut between the processes: their norms combined) and
  * Schedule-Free AdamW (compared at x
- * through clopt_mpi_optimizer_set_mode, then back to y), 640 images. Before them:
- * mlp_mpi_check's refusals (16-bit weights, 8-bit state, Sophia, Muon) and that LAMB,
+ * through clopt_mpi_optimizer_set_mode, then back to y), 640 images; AdamW with bf16 weights,
+ * a remainder and 8-bit state, and Schedule-Free AdamW with f16 weights and an fp32 master
+ * (the parameters within 1e-3 of the distance travelled: see compare). Before them:
+ * mlp_mpi_check's refusals (stochastic rounding, Sophia, Muon; 16-bit weights and 8-bit
+ * state accepted) and that LAMB,
  * Adafactor, StableAdamW and cautious cut tensors, then AdamW sharded over one process (MPI_COMM_SELF), which must
  * be bit-identical to the unsharded run (step losses and parameters). About 3 s with 2
  * processes on 2 cores.
@@ -45,6 +48,13 @@
 enum { BATCH = 128, TEST_N = 1000 };
 
 static int g_rank = 0, g_size = 1;
+
+/* The storage of the runs: the weights' type, their master, the optimizer state. */
+static struct {
+    clopt_dtype param;
+    clopt_master master;
+    clopt_dtype state;
+} g_st = {CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, CLOPT_DTYPE_F32};
 
 #define CHECK(cond, ...)                                                                    \
     do {                                                                                    \
@@ -103,6 +113,7 @@ static void train(clopt_ctx *ctx, const mlp_dataset *train_set, size_t n,
     mlp_dataset tr = *train_set;
     tr.n = n;
     mlp_config cfg = mlp_config_default(BATCH);
+    cfg.param_dtype = g_st.param;
     mlp *m = NULL;
     char err[1024] = "";
     CHECK(mlp_create(ctx, &cfg, 0, &m, err, sizeof err) == 0, "mlp_create: %s", err);
@@ -128,7 +139,7 @@ static void train(clopt_ctx *ctx, const mlp_dataset *train_set, size_t n,
     out->floats = mlp_get_flat(m)->floats;
     out->steps = mlp_steps_per_epoch(n, BATCH);
     mlp_train_config tc = {rule, 0.0, -1.0, out->steps / 4, epochs * out->steps,
-                           CLOPT_MASTER_NONE, 0, 7, CLOPT_DTYPE_F32, 0};
+                           g_st.master, 0, 7, g_st.state, 0};
     out->step_loss = malloc(epochs * out->steps * sizeof *out->step_loss);
     CHECK(out->step_loss != NULL, "out of memory");
     mlp_rng rng;
@@ -161,7 +172,7 @@ static void train(clopt_ctx *ctx, const mlp_dataset *train_set, size_t n,
     double test_loss = 0.0;
     if (sharded) {
         CHECK(clopt_mpi_optimizer_step_count(sopt) == epochs * out->steps, "step count");
-        CHECK(mlp_mpi_set_eval_mode(sopt, rule, 1, err, sizeof err) == 0, "%s", err);
+        CHECK(mlp_mpi_set_eval_mode(m, sopt, rule, 1, err, sizeof err) == 0, "%s", err);
         out->theta = read_flat(m);
         if (evaluate)
             CHECK(mlp_mpi_evaluate(m, comm, &dte, test_set->n, &test_loss,
@@ -169,7 +180,7 @@ static void train(clopt_ctx *ctx, const mlp_dataset *train_set, size_t n,
                   "%s", err);
         CHECK(mlp_mpi_params_identical(m, comm, NULL, err, sizeof err) == 1,
               "the processes end with different parameters (%s)", err);
-        CHECK(mlp_mpi_set_eval_mode(sopt, rule, 0, err, sizeof err) == 0, "%s", err);
+        CHECK(mlp_mpi_set_eval_mode(m, sopt, rule, 0, err, sizeof err) == 0, "%s", err);
         if (is_sf(rule)) { /* back at y: not x any more */
             float *y = read_flat(m);
             CHECK(memcmp(y, out->theta, mlp_get_flat(m)->floats * sizeof *y) != 0,
@@ -218,7 +229,9 @@ static void compare(const char *name, clopt_ctx *ctx, const mlp_dataset *train_s
         maxabs = fmax(maxabs, fabs(d));
     }
     const double rel = sqrt(diff) / sqrt(travel);
-    CHECK(rel <= 1e-4, "%s: ||theta_shard - theta_ref|| / ||theta_ref - theta_0|| = %g", name,
+    /* 16-bit weights: a master that differs in its last float bits rounds some weights one
+       16-bit step apart (seen: 7.6e-5 bf16 with a remainder, 1.1e-4 f16 Schedule-Free at x) */
+    CHECK(rel <= (g_st.param == CLOPT_DTYPE_F32 ? 1e-4 : 1e-3), "%s: ||theta_shard - theta_ref|| / ||theta_ref - theta_0|| = %g", name,
           rel);
     /* the state: about 1/N per process, all of it over the processes */
     unsigned long long mine = sh.state_bytes, all = 0;
@@ -279,12 +292,18 @@ static void refusals(void)
     char err[512];
     int whole = -1;
     mlp_train_config tc = {CLOPT_ADAMW, 0, -1, 0, 0, CLOPT_MASTER_NONE, 0, 0, CLOPT_DTYPE_F32, 0};
-    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_BF16, &whole, err, sizeof err) == -1 &&
-              strstr(err, "--param-dtype f32"),
+    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_BF16, &whole, err, sizeof err) == 0 && whole == 0,
           "bf16 weights: %s", err);
+    tc.stochastic_rounding = 1; /* refused (its random values are keyed on whole tensors) */
+    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_BF16, &whole, err, sizeof err) == -1 &&
+              strstr(err, "--stochastic-rounding"),
+          "bf16 weights with stochastic rounding: %s", err);
+    tc.master = CLOPT_MASTER_F32; /* ignored with a master, as in the library */
+    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_BF16, &whole, err, sizeof err) == 0, "%s", err);
+    tc.master = CLOPT_MASTER_NONE;
+    tc.stochastic_rounding = 0;
     tc.state_dtype = CLOPT_DTYPE_U8;
-    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == -1 &&
-              strstr(err, "--state-dtype"),
+    CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 0,
           "int8 state: %s", err);
     tc.state_dtype = CLOPT_DTYPE_BF16;
     CHECK(mlp_mpi_check(&tc, CLOPT_DTYPE_F32, &whole, err, sizeof err) == 0 && whole == 0,
@@ -339,6 +358,17 @@ int main(int argc, char **argv)
     compare("sgd, 1-row batch", ctx, &train_set, 129, &test_set, CLOPT_SGD, 1, 0);
     compare("lamb (whole tensors)", ctx, &train_set, 640, &test_set, CLOPT_LAMB, 1, 0);
     compare("schedule_free_adamw", ctx, &train_set, 640, &test_set, CLOPT_SCHEDULE_FREE_ADAMW, 1,
+            0);
+    /* 16-bit weights with their master, 8-bit state (the one-process optimizer keeps the
+       tensors under 4096 elements in float32 state: so does the sharded one) */
+    g_st.param = CLOPT_DTYPE_BF16;
+    g_st.master = CLOPT_MASTER_REMAINDER;
+    g_st.state = CLOPT_DTYPE_U8;
+    compare("adamw bf16+rem, int8", ctx, &train_set, 640, &test_set, CLOPT_ADAMW, 1, 0);
+    g_st.param = CLOPT_DTYPE_F16;
+    g_st.master = CLOPT_MASTER_F32;
+    g_st.state = CLOPT_DTYPE_F32;
+    compare("sf_adamw f16+master", ctx, &train_set, 640, &test_set, CLOPT_SCHEDULE_FREE_ADAMW, 1,
             0);
     clopt_ctx_destroy(ctx);
     mlp_dataset_free(&train_set);

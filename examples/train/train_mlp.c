@@ -494,10 +494,10 @@ int main(int argc, char **argv)
             goto out;
         }
 #ifdef CLOPT_MLP_MPI
-        if (shard && (mlp_mpi_set_eval_mode(sopt, rule, 1, err, sizeof err) != 0 ||
+        if (shard && (mlp_mpi_set_eval_mode(m, sopt, rule, 1, err, sizeof err) != 0 ||
                       mlp_mpi_evaluate(m, MPI_COMM_WORLD, &dtest, test.n, &test_loss, &test_acc,
                                        err, sizeof err) != 0 ||
-                      mlp_mpi_set_eval_mode(sopt, rule, 0, err, sizeof err) != 0)) {
+                      mlp_mpi_set_eval_mode(m, sopt, rule, 0, err, sizeof err) != 0)) {
             fprintf(stderr, "clopt-train-mlp: rank %d: evaluation: %s\n", rank, err);
             goto out;
         }
