@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* clopt-bench-mpi: the sharded optimizer's memory and time per rank.
  *   mpirun -np N clopt-bench-mpi [--n ELEMENTS] [--tensors T] [--steps S] [--rule NAME]
- *                                [--reduce-scatter] [--unsharded]
- * One flat parameter buffer of ELEMENTS floats (T equal tensors, default 2^22 and 8), the
+ *                                [--reduce-scatter] [--unsharded] [--param-dtype f32|f16|bf16]
+ *                                [--grad-dtype f32|f16|bf16] [--master none|f32|remainder]
+ *                                [--state-dtype f32|bf16|int8]
+ * One flat parameter buffer of ELEMENTS (T equal tensors, default 2^22 and 8; float32, or the
+ * storage types given: the all-gather and clopt's reduce-scatter then move 16-bit words), the
  * gradient the same on every rank (engine mode) or each rank's own (--reduce-scatter). Prints
  * one line on rank 0: world size, elements, optimizer state bytes on each rank (max) and
  * unsharded, the median step time (the slowest rank's), its phases (clopt_mpi_step_timing,
@@ -26,6 +29,24 @@ static double median(double *v, int n)
     return n ? v[n / 2] : 0.0;
 }
 
+/* A storage type's name (f32, f16, bf16, int8 for U8) -> *out; 0, or -1 if unknown. */
+static int dtype_of(const char *name, clopt_dtype *out)
+{
+    static const struct {
+        const char *name;
+        clopt_dtype t;
+    } k[] = {{"f32", CLOPT_DTYPE_F32},
+             {"f16", CLOPT_DTYPE_F16},
+             {"bf16", CLOPT_DTYPE_BF16},
+             {"int8", CLOPT_DTYPE_U8}};
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (!strcmp(name, k[i].name)) {
+            *out = k[i].t;
+            return 0;
+        }
+    return -1;
+}
+
 static void die(int rank, const char *what, clopt_status s)
 {
     fprintf(stderr, "rank %d: %s: %s\n", rank, what, clopt_mpi_status_str(s));
@@ -39,8 +60,10 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     size_t n = (size_t)1 << 22, nt = 8;
-    int steps = 20, rs = 0, unsharded = 0;
+    int steps = 20, rs = 0, unsharded = 0, bad = 0;
     const char *rule_name = "adamw";
+    clopt_dtype pdt = CLOPT_DTYPE_F32, gdt = CLOPT_DTYPE_F32, sdt = CLOPT_DTYPE_F32;
+    clopt_master master = CLOPT_MASTER_NONE;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--n") && i + 1 < argc)
             n = strtoull(argv[++i], NULL, 0);
@@ -52,19 +75,33 @@ int main(int argc, char **argv)
             rule_name = argv[++i];
         else if (!strcmp(argv[i], "--reduce-scatter"))
             rs = 1;
-        else if (!strcmp(argv[i], "--unsharded"))
+        else if (!strcmp(argv[i], "--param-dtype") && i + 1 < argc)
+            bad |= dtype_of(argv[++i], &pdt) != 0 || pdt == CLOPT_DTYPE_U8;
+        else if (!strcmp(argv[i], "--grad-dtype") && i + 1 < argc)
+            bad |= dtype_of(argv[++i], &gdt) != 0 || gdt == CLOPT_DTYPE_U8;
+        else if (!strcmp(argv[i], "--state-dtype") && i + 1 < argc)
+            bad |= dtype_of(argv[++i], &sdt) != 0 || sdt == CLOPT_DTYPE_F16;
+        else if (!strcmp(argv[i], "--master") && i + 1 < argc) {
+            const char *m = argv[++i];
+            master = !strcmp(m, "f32") ? CLOPT_MASTER_F32
+                     : !strcmp(m, "remainder") ? CLOPT_MASTER_REMAINDER
+                                               : CLOPT_MASTER_NONE;
+            bad |= master == CLOPT_MASTER_NONE && strcmp(m, "none") != 0;
+        } else if (!strcmp(argv[i], "--unsharded"))
             unsharded = 1;
         else {
             if (rank == 0)
                 fprintf(stderr,
                         "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] "
-                        "[--reduce-scatter] [--unsharded]\n",
+                        "[--reduce-scatter] [--unsharded] [--param-dtype f32|f16|bf16] "
+                        "[--grad-dtype f32|f16|bf16] [--master none|f32|remainder] "
+                        "[--state-dtype f32|bf16|int8]\n",
                         argv[0]);
             MPI_Finalize();
             return 2;
         }
     }
-    if (nt == 0 || n < nt || steps < 1)
+    if (bad || nt == 0 || n < nt || steps < 1)
         die(rank, "arguments", CLOPT_ERR_INVALID_ARGUMENT);
     clopt_rule rule;
     clopt_status s = clopt_rule_from_name(rule_name, &rule);
@@ -75,18 +112,28 @@ int main(int argc, char **argv)
         die(rank, "context", s);
     cl_int e;
     cl_context cc = clopt_ctx_cl_context(ctx);
-    cl_mem p = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * 4, NULL, &e);
-    cl_mem g = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * 4, NULL, &e);
+    cl_mem p = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * clopt_dtype_size(pdt), NULL, &e);
+    cl_mem g = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * clopt_dtype_size(gdt), NULL, &e);
+    cl_mem f = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * 4, NULL, &e); /* float32 values */
     float *h = malloc(n * sizeof *h);
-    if (!p || !g || !h)
+    if (!p || !g || !f || !h)
         die(rank, "buffers", CLOPT_ERR_OUT_OF_MEMORY);
     for (size_t i = 0; i < n; i++)
         h[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
     cl_command_queue q = clopt_ctx_cl_queue(ctx);
-    clEnqueueWriteBuffer(q, p, CL_TRUE, 0, n * 4, h, 0, NULL, NULL);
+    clEnqueueWriteBuffer(q, f, CL_TRUE, 0, n * 4, h, 0, NULL, NULL);
+    if ((s = clopt_enqueue_convert(ctx, q, (clopt_tensor){p, 0}, pdt, (clopt_tensor){f, 0},
+                                   CLOPT_DTYPE_F32, n, 0, 0, 0, 0, 0, NULL, NULL)) != CLOPT_SUCCESS)
+        die(rank, "parameters", s);
+    clFinish(q);
     for (size_t i = 0; i < n; i++)
         h[i] *= rs ? (float)(rank + 1) * 1e-2f : 1e-2f;
-    clEnqueueWriteBuffer(q, g, CL_TRUE, 0, n * 4, h, 0, NULL, NULL);
+    clEnqueueWriteBuffer(q, f, CL_TRUE, 0, n * 4, h, 0, NULL, NULL);
+    if ((s = clopt_enqueue_convert(ctx, q, (clopt_tensor){g, 0}, gdt, (clopt_tensor){f, 0},
+                                   CLOPT_DTYPE_F32, n, 0, 0, 0, 0, 0, NULL, NULL)) != CLOPT_SUCCESS)
+        die(rank, "gradients", s);
+    clFinish(q);
+    clReleaseMemObject(f);
     clopt_param_desc *d = calloc(nt, sizeof *d);
     if (!d)
         die(rank, "descs", CLOPT_ERR_OUT_OF_MEMORY);
@@ -97,6 +144,8 @@ int main(int argc, char **argv)
         d[i].grad = (clopt_tensor){g, at};
         d[i].ndim = 1;
         d[i].shape[0] = len;
+        d[i].param_dtype = pdt;
+        d[i].grad_dtype = gdt;
         at += len;
     }
     clopt_range_group rg;
@@ -106,6 +155,8 @@ int main(int argc, char **argv)
     clopt_hparams hp;
     clopt_hparams_default(rule, &hp);
     hp.grad_centralization = 0;
+    hp.master = (int)master;
+    hp.state_dtype = (int)sdt;
     clopt_mpi_options o;
     clopt_mpi_options_init(&o);
     o.grad_mode = rs ? CLOPT_MPI_GRAD_REDUCE_SCATTER : CLOPT_MPI_GRAD_ENGINE;
@@ -165,10 +216,15 @@ int main(int argc, char **argv)
     clopt_optimizer_destroy(ref);
     if (rank == 0) {
         const double comm = med[1] + med[2] + med[4];
-        printf("ranks %d  elements %zu  rule %s  mode %s  state/rank %.2f MiB (unsharded %.2f "
+        static const char *mn[] = {"none", "f32", "remainder"};
+        printf("ranks %d  elements %zu  rule %s  mode %s  storage p=%s,g=%s,master=%s,state=%s  "
+               "state/rank %.2f MiB (unsharded %.2f "
                "MiB)  step %.2f ms  [read %.2f reduce %.2f agree %.2f update %.2f gather %.2f "
                "write %.2f]  comm %.0f%%",
-               size, n, rule_name, rs ? "reduce-scatter" : "engine", (double)most / 1048576.0,
+               size, n, rule_name, rs ? "reduce-scatter" : "engine", clopt_dtype_name(pdt),
+               clopt_dtype_name(gdt), mn[master], sdt == CLOPT_DTYPE_U8 ? "int8"
+                                                                        : clopt_dtype_name(sdt),
+               (double)most / 1048576.0,
                (double)ref_bytes / 1048576.0, step * 1e3, med[0] * 1e3, med[1] * 1e3, med[2] * 1e3,
                med[3] * 1e3, med[4] * 1e3, med[5] * 1e3, med[6] > 0 ? 100.0 * comm / med[6] : 0.0);
         if (unsharded)

@@ -85,34 +85,6 @@ uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h)
-{
-    uint32_t bits;
-    if (dt == CLOPT_DTYPE_BF16) {
-        bits = (uint32_t)h << 16; /* bf16 is a float's top half */
-    } else {                      /* IEEE binary16: 1 sign, 5 exponent, 10 fraction bits */
-        const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1Fu;
-        uint32_t fr = h & 0x3FFu;
-        if (ex == 0x1F) {
-            bits = sign | 0x7F800000u | (fr << 13); /* Inf, NaN (payload kept) */
-        } else if (ex) {
-            bits = sign | ((ex + 112u) << 23) | (fr << 13);
-        } else if (fr) { /* subnormal: fr * 2^-24, normalised */
-            uint32_t e = 113u;
-            while (!(fr & 0x400u)) {
-                fr <<= 1;
-                e--;
-            }
-            bits = sign | (e << 23) | ((fr & 0x3FFu) << 13);
-        } else {
-            bits = sign;
-        }
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 size_t clopt_mpi_state_unit(const char *name)
 {
     static const char sfx[] = ".absmax";

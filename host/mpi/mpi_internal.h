@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A run of the flattened vector that lies contiguously in a device buffer: flattened
    elements [flat, flat + len) are at buffer offsets [off, off + len). */
@@ -62,8 +63,8 @@ struct clopt_mpi_optimizer {
                               the local gradient, total floats (16-bit: converted) */
     uint16_t *host_g16;    /* 16-bit gradients: the words as read (total) */
     float *host_s;         /* reduce-scatter: count floats of the reduced slice */
-    float *host_recv;      /* ordered sum, float32 gradients: size * count floats */
-    uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words */
+    float *host_recv;      /* ordered sum: size * count floats (16-bit: widened) */
+    uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words received */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
     int *lgroup;           /* group g's range group in the internal optimizer, -1: none here */
@@ -156,8 +157,30 @@ uint32_t clopt_mpi_crc32c(const unsigned char *p, size_t n);
    ("<state>.absmax"), else 1; and the entries of such a state over n elements. */
 size_t clopt_mpi_state_unit(const char *name);
 size_t clopt_mpi_state_units(const char *name, size_t n);
-/* Exact float value of a 16-bit gradient word of type dt (F16 or BF16). */
-float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h);
+/* Exact float value of a 16-bit gradient word of type dt (F16 or BF16), without branches
+   (f16: 0.4 ns per value in a loop on the 2-core CI machine, 3x the version with them).
+   f16: the exponent rebased from 15 to 127 (Inf/NaN: to 255, the payload kept); a
+   subnormal or zero (exponent 0) is its 10-bit fraction times 2^-24, converted exactly.
+   Checked against GCC's _Float16 on all 65536 values. */
+static inline float clopt_mpi_half_to_float(clopt_dtype dt, uint16_t h)
+{
+    uint32_t u;
+    float f;
+    if (dt == CLOPT_DTYPE_BF16) {
+        u = (uint32_t)h << 16; /* bf16 is a float's top half */
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+    const uint32_t em = (uint32_t)(h & 0x7FFFu) << 13, ex = em & 0x0F800000u;
+    const uint32_t special = 0u - (uint32_t)(ex == 0x0F800000u), sub = 0u - (uint32_t)(ex == 0);
+    const uint32_t norm = em + 0x38000000u + (special & 0x38000000u);
+    const float sf = (float)(int32_t)(h & 0x3FFu) * 5.9604644775390625e-08f; /* m · 2^-24 */
+    uint32_t sb;
+    memcpy(&sb, &sf, sizeof sb);
+    u = (sb & sub) | (norm & ~sub) | (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 /* A checkpoint saved before the first step holds no value for the float32 master of 16-bit
    parameters (the tensor's first step takes it from θ): state k of `param` is such a master
    and steps (the checkpoint's count) is 0. Loads skip it. */

@@ -453,11 +453,10 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     if (rs) {
         opt->host_s = malloc((opt->count ? opt->count : 1) * sizeof *opt->host_s);
         const size_t nr = opt->count ? opt->count * N : 1;
-        if (opt->ges == 2)
+        if (opt->ges == 2) /* received as 16-bit words, widened, then summed */
             opt->host_recv16 = malloc(nr * sizeof *opt->host_recv16);
-        else
-            opt->host_recv = malloc(nr * sizeof *opt->host_recv);
-        if (!opt->host_s || (!opt->host_recv && !opt->host_recv16))
+        opt->host_recv = malloc(nr * sizeof *opt->host_recv);
+        if (!opt->host_s || !opt->host_recv || (opt->ges == 2 && !opt->host_recv16))
             return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     }
     clopt_status s = clopt_optimizer_create(opt->ctx, opt->rule, hp, &opt->local);
