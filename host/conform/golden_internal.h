@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * golden's internals, shared by its four sources (not installed, not part of the library):
- *   golden.c          a case: meta.json and its files, the replay, the verdict;
+ * golden's internals, shared by its five sources (not installed, not part of the library):
+ *   golden_case.c     a case: meta.json and its files, checked against the bounds;
+ *   golden.c          the replay of a case, the verdict;
  *   golden_map.c      optimizer ids and hyperparameters -> clopt_rule / clopt_hparams;
  *   golden_io.c       messages, paths, shapes, bounded file and JSON reading, typed arrays,
  *                     case lists;
@@ -119,5 +120,56 @@ void golden_compare(const golden_tolerance *tol, const golden_array *expected,
                     const golden_array *got, golden_comparison *out);
 /* Value of element i as a double (the integer for U8 and U16). */
 double golden_value(const golden_array *a, size_t i);
+
+/* ---- golden_case.c: a case as loaded, replayed by golden.c ------------------------------ */
+
+#define GOLDEN_CASE_MAX_DIMS 8
+
+typedef struct expected_file {
+    char *name;            /* "param_T.bf16" */
+    char *path;
+    size_t stem;           /* length of the name without its extension */
+    golden_array data;
+    golden_tolerance tol;
+} expected_file;
+
+typedef struct gcase {
+    const char *dir;
+    char *meta_path;
+    struct cJSON *meta;
+    clopt_rule rule;
+    clopt_hparams hp;
+    golden_storage storage;
+    size_t ndim;
+    uint64_t shape[GOLDEN_CASE_MAX_DIMS];
+    size_t n;              /* elements of the parameter */
+    size_t steps;          /* T */
+    golden_array param0, grads, hess;
+    size_t hess_blocks;    /* K */
+    expected_file *exp;
+    size_t nexp;
+    int has_final_step;
+    uint64_t final_step;
+    int has_mu_product;
+    double mu_product;
+} gcase;
+
+typedef struct runner {
+    golden_result *res;
+    size_t more;           /* problems beyond the first one reported */
+    int any_nan;
+} runner;
+
+
+/* The first problem of a case into r's result (FAIL; later ones only counted), or the
+   reason it cannot be replayed (UNSUPPORTED, unless it already failed). */
+void golden_fail(runner *r, const char *fmt, ...) GOLDEN_PRINTF(2, 3);
+void golden_unsupported(runner *r, const char *fmt, ...) GOLDEN_PRINTF(2, 3);
+void golden_case_free(gcase *c);
+/* 1 when name (without its extension, stem characters) is `want`. */
+int golden_stem_is(const char *name, size_t stem, const char *want);
+/* c->dir's meta.json and every file it lists into c, checked (the bounds of golden.h, the
+   shapes, dtypes and tolerances): 0, or -1 with the reason in r. */
+int golden_load_case(runner *r, gcase *c);
 
 #endif /* CLOPT_GOLDEN_INTERNAL_H */
