@@ -23,6 +23,7 @@ typedef struct clopt_group {
     int ranges;
     cl_mem range_param, range_grad, range_state[CLOPT_OPT_MAX_STATE], range_table;
     size_t nchunks;
+    uint32_t sr_stream; /* range groups: the stochastic-rounding stream of all its tensors */
 } clopt_group;
 
 typedef struct clopt_param {
@@ -207,6 +208,9 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
 void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,
                            size_t cap);
 void clopt_o_storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt_param *e);
+/* The stochastic-rounding stream of tensor e: its range group's (one for all its tensors),
+   else its index. */
+uint32_t clopt_o_sr_stream(const clopt_optimizer *opt, const clopt_param *e);
 clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                                const clopt_hparams *hp, uint64_t t, float gmul);
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,

@@ -234,8 +234,14 @@ void clopt_o_storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt
     if (e->master)
         sa.master = e->state[e->master_at];
     sa.sr_seed = opt->rng_seed;
-    sa.sr_stream = (uint32_t)(e - opt->params);
+    sa.sr_stream = clopt_o_sr_stream(opt, e);
     clopt_arg_storage(a, &sa, 0); /* at the optimizer level the step is the device's */
+}
+
+uint32_t clopt_o_sr_stream(const clopt_optimizer *opt, const clopt_param *e)
+{
+    const clopt_group *g = &opt->groups[e->group];
+    return g->ranges ? g->sr_stream : (uint32_t)(e - opt->params);
 }
 
 /* GC row means of tensor e into the scratch (after L2 decay); *rows = 0 when GC is off. */

@@ -56,7 +56,14 @@ void clopt_range_group_init(clopt_range_group *g)
     memset(g, 0, sizeof *g);
     g->struct_size = sizeof *g;
     g->init_state = 1;
+    g->sr_stream = -1;
 }
+
+/* A field of clopt_range_group the caller's struct_size covers (the struct grows: a caller
+   built with an older header passes a smaller size, and the newer fields keep their
+   defaults). */
+#define RG_HAS(d, field)                                                                   \
+    ((d)->struct_size >= offsetof(clopt_range_group, field) + sizeof((d)->field))
 
 /* Floats per chunk of a range launch (any length works with any tuning, common.cl). */
 #define RANGE_CHUNK 16384u
@@ -72,10 +79,16 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (!hp || !desc || !desc->tensors)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, desc and desc->tensors must "
                                                         "not be NULL");
-    if (desc->struct_size < sizeof *desc)
+    if (!RG_HAS(desc, init_state))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "desc->struct_size %zu: initialise it with clopt_range_group_init",
                           desc->struct_size);
+    const long long srs = RG_HAS(desc, sr_stream) ? desc->sr_stream : -1;
+    if (srs < -1 || srs > (long long)UINT32_MAX)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "desc->sr_stream %lld: -1 (the first tensor's index) or a 32-bit "
+                          "stream",
+                          srs);
     const size_t T = desc->ntensors;
     if (T == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "a range group needs >= 1 tensor");
@@ -182,6 +195,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     const size_t gi = opt->ngroups - 1;
     clopt_group *g = &opt->groups[gi];
     g->ranges = 1;
+    g->sr_stream = srs >= 0 ? (uint32_t)srs : (uint32_t)opt->nparams; /* its first tensor */
     g->range_param = P;
     g->range_grad = G;
     cl_int err = CL_SUCCESS;

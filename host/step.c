@@ -131,7 +131,7 @@ static clopt_status step_views(clopt_optimizer *opt, const clopt_param *e, clopt
     a.stochastic_rounding = e->pdtype != CLOPT_DTYPE_F32 && !e->master &&
                             g->hp.stochastic_rounding;
     a.sr_seed = opt->rng_seed;
-    a.sr_stream = (uint32_t)(e - opt->params);
+    a.sr_stream = clopt_o_sr_stream(opt, e);
     a.state_dtype = e->nkernel ? e->sq : CLOPT_DTYPE_F32; /* no state: no storage */
     for (size_t j = 0; e->sq == CLOPT_DTYPE_U8 && j < e->nkernel; j++)
         a.state_absmax[j] = states[e->absmax_at + j];

@@ -470,7 +470,9 @@ typedef struct clopt_hparams {
        tensor as the state "master" (float32, taken from θ at the tensor's first step) or
        "master_remainder" (u16, zeros); stochastic_rounding 1 rounds θ stochastically (no
        master only), keyed by the optimizer's seed (clopt_optimizer_seed), the tensor's
-       index as the stream and its step count. Both are ignored for float32 tensors. */
+       index as the stream (a range group: one stream for all its tensors,
+       clopt_range_group.sr_stream) and its step count. Both are ignored for float32
+       tensors. */
     int master;
     int stochastic_rounding;
     /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =
@@ -1122,8 +1124,15 @@ typedef struct clopt_range_group {
        at registration; 0 adopts their contents (porting a trainer mid-run, with
        clopt_optimizer_set_step_count). */
     int init_state;
+    /* Stochastic rounding of 16-bit θ (hp->stochastic_rounding, no master): every tensor of
+       the group draws from one stream, so that the random value of an element depends on
+       the seed, the step and its index in θ's buffer (unique within the group) only. -1
+       (clopt_range_group_init): the stream is the index of the group's first tensor; 0 ..
+       2^32 - 1: this stream, e.g. an engine that splits a group over processes gives each
+       process's part the stream of the whole group (libclopt_mpi does). */
+    long long sr_stream;
 } clopt_range_group;
-/* Zeroes g, sets struct_size and init_state = 1 (NULL: no-op). */
+/* Zeroes g, sets struct_size, init_state = 1 and sr_stream = -1 (NULL: no-op). */
 void clopt_range_group_init(clopt_range_group *g);
 /* Registers the group, appended with its own copy of hp (validated, then the state and the
    chunk table are allocated and written on the context's queue, then clFinish: blocking).

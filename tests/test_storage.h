@@ -70,11 +70,13 @@ void test_sr_mean(void **state);
 void test_sr_sgd_bias(void **state);
 void test_sr_step_words(void **state);
 void test_sr_words_tunings(void **state);
+void test_sr_range_stream(void **state);
 
 #define STORAGE_SR_TESTS                                                                     \
     cmocka_unit_test(test_sr_convert), cmocka_unit_test(test_sr_convert_words),              \
         cmocka_unit_test(test_sr_mean), cmocka_unit_test(test_sr_sgd_bias),                  \
-        cmocka_unit_test(test_sr_step_words), cmocka_unit_test(test_sr_words_tunings)
+        cmocka_unit_test(test_sr_step_words), cmocka_unit_test(test_sr_words_tunings),      \
+        cmocka_unit_test(test_sr_range_stream)
 
 /* ---- test_storage_axpby.c ---------------------------------------------------------------- */
 

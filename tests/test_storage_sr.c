@@ -389,6 +389,89 @@ void test_sr_step_words(void **state)
     check_sr_step_words(f->ctx);
 }
 
+/* A range group draws from one stream (clopt_range_group.sr_stream): a bf16 tensor in a range
+   group given stream 5 rounds as the same tensor registered alone after five others (its
+   index, hence its stream, is then 5), with the fused launch and with Lookahead's per-tensor
+   path; the default stream (the group's first tensor, 0 here) draws otherwise. Out-of-range
+   streams are refused. */
+void test_sr_range_stream(void **state)
+{
+    fixture *f = *state;
+    enum { N = 600, OFF = 3, STEPS = 3 };
+    uint64_t rs = 5;
+    uint16_t th[N + OFF], gr[N + OFF];
+    for (size_t i = 0; i < N + OFF; i++) {
+        th[i] = round16(&BF16, 1.0 + unif(&rs), 0);
+        gr[i] = round16(&BF16, unif(&rs) - 0.5, 0);
+    }
+    /* run 0: alone at index 5; 1: a range group with stream 5; 2: its default stream; 3:
+       stream 5 after refused streams. la 1: with Lookahead (the per-tensor path). */
+    static uint16_t out[2][4][N + OFF];
+    for (int run = 0; run < 4; run++) {
+        for (int la = 0; la < 2; la++) {
+            clopt_hparams hp;
+            clopt_hparams_default(CLOPT_ADAMW, &hp);
+            hp.lr = 3e-3; /* steps below a bf16 ulp: the rounding decides */
+            hp.stochastic_rounding = 1;
+            hp.lookahead_k = la ? 2 : 0;
+            hp.lookahead_alpha = 0.5;
+            clopt_optimizer *o;
+            assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &o), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_seed(o, 77), CLOPT_SUCCESS);
+            cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof gr, gr);
+            cl_mem D = buf_new(f->ctx, 2 * 5 * sizeof(float), NULL);
+            clopt_param_desc d;
+            clopt_param_desc_init(&d);
+            d.param = (clopt_tensor){P, OFF};
+            d.grad = (clopt_tensor){G, OFF};
+            d.shape[0] = N;
+            d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+            if (run == 0) {
+                for (size_t k = 0; k < 5; k++) /* float32 tensors 0 .. 4 */
+                    assert_int_equal(clopt_optimizer_add_param(o, (clopt_tensor){D, k},
+                                                               (clopt_tensor){D, 5 + k}, 1,
+                                                               NULL, NULL),
+                                     CLOPT_SUCCESS);
+                size_t idx = 0;
+                assert_int_equal(clopt_optimizer_add_param_desc(o, 0, &d, &idx), CLOPT_SUCCESS);
+                assert_int_equal(idx, 5);
+            } else {
+                clopt_range_group rg;
+                clopt_range_group_init(&rg);
+                assert_int_equal(rg.sr_stream, -1);
+                rg.ntensors = 1;
+                rg.tensors = &d;
+                rg.sr_stream = run == 1 ? 5 : -1;
+                if (run == 3) { /* out of range: refused, nothing added */
+                    const long long bad[] = {-2, 1ll << 32};
+                    for (int b = 0; b < 2; b++) {
+                        rg.sr_stream = bad[b];
+                        assert_int_equal(clopt_optimizer_add_range_group(o, &hp, &rg, NULL, NULL),
+                                         CLOPT_ERR_INVALID_ARGUMENT);
+                        assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "sr_stream"));
+                    }
+                    assert_int_equal(clopt_optimizer_param_count(o), 0);
+                    rg.sr_stream = 5;
+                }
+                assert_int_equal(clopt_optimizer_add_range_group(o, &hp, &rg, NULL, NULL),
+                                 CLOPT_SUCCESS);
+            }
+            for (int t = 0; t < STEPS; t++)
+                assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
+            buf_read(f->ctx, P, 0, sizeof out[la][run], out[la][run]);
+            clopt_optimizer_destroy(o);
+            clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(D);
+        }
+    }
+    for (int la = 0; la < 2; la++) {
+        assert_memory_equal(out[la][1], out[la][0], sizeof th); /* stream 5 */
+        assert_memory_equal(out[la][3], out[la][0], sizeof th);
+        assert_true(memcmp(out[la][2], out[la][0], sizeof th) != 0); /* stream 0 */
+        assert_true(memcmp(out[la][0], th, sizeof th) != 0);
+    }
+    assert_true(memcmp(out[1][0], out[0][0], sizeof th) != 0); /* Lookahead moved θ back */
+}
+
 /* The random words under the other vector widths' code (16 wide, one vector per work-item;
    8 and 4 wide), each on a context of its own: conversions at two offsets and an SGD step at
    an odd one, against the documented words. */
