@@ -405,9 +405,10 @@ void test_sr_range_stream(void **state)
         gr[i] = round16(&BF16, unif(&rs) - 0.5, 0);
     }
     /* run 0: alone at index 5; 1: a range group with stream 5; 2: its default stream; 3:
-       stream 5 after refused streams. la 1: with Lookahead (the per-tensor path). */
-    static uint16_t out[2][4][N + OFF];
-    for (int run = 0; run < 4; run++) {
+       stream 5 after refused streams; 4: stream 5 in a struct_size from before the field
+       (ignored: the default). la 1: with Lookahead (the per-tensor path). */
+    static uint16_t out[2][5][N + OFF];
+    for (int run = 0; run < 5; run++) {
         for (int la = 0; la < 2; la++) {
             clopt_hparams hp;
             clopt_hparams_default(CLOPT_ADAMW, &hp);
@@ -441,7 +442,9 @@ void test_sr_range_stream(void **state)
                 assert_int_equal(rg.sr_stream, -1);
                 rg.ntensors = 1;
                 rg.tensors = &d;
-                rg.sr_stream = run == 1 ? 5 : -1;
+                rg.sr_stream = run == 2 ? -1 : 5;
+                if (run == 4)
+                    rg.struct_size = offsetof(clopt_range_group, sr_stream);
                 if (run == 3) { /* out of range: refused, nothing added */
                     const long long bad[] = {-2, 1ll << 32};
                     for (int b = 0; b < 2; b++) {
@@ -467,6 +470,7 @@ void test_sr_range_stream(void **state)
         assert_memory_equal(out[la][1], out[la][0], sizeof th); /* stream 5 */
         assert_memory_equal(out[la][3], out[la][0], sizeof th);
         assert_true(memcmp(out[la][2], out[la][0], sizeof th) != 0); /* stream 0 */
+        assert_memory_equal(out[la][4], out[la][2], sizeof th);
         assert_true(memcmp(out[la][0], th, sizeof th) != 0);
     }
     assert_true(memcmp(out[1][0], out[0][0], sizeof th) != 0); /* Lookahead moved θ back */
