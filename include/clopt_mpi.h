@@ -50,8 +50,11 @@
  * bytes each for 16-bit). clopt's reduce-scatter sends 16-bit gradients as they are (with
  * ordered_sum; MPI_Reduce_scatter takes them converted to float32), sums them as floats and
  * keeps the shard's reduced gradient in float32 (not rounded back to 16 bits). Stochastic
- * rounding is refused: its random stream is keyed on the tensor's index, which a piece
- * does not keep. A gathered checkpoint saved before the first step holds no fp32 master:
+ * rounding (no master) draws as unsharded: the random value of an element depends on the
+ * seed (clopt_mpi_optimizer_seed), the step, its index in the parameter buffer and its
+ * group's stream, which is desc->sr_stream or, at -1 (clopt_range_group_init), the index of
+ * the group's first tensor in the flattened order: what a fresh clopt_optimizer with the
+ * same range groups added in order draws. A gathered checkpoint saved before the first step holds no fp32 master:
  * a load then leaves it to be taken from θ at the first step, and refuses (STATE_MISMATCH)
  * a tensor whose master was already taken.
  * Supported now: one or more groups over one parameter
@@ -73,7 +76,7 @@
  * all-gather the tensor's reduced gradient), the all-gather keeping each element's owner's
  * value: bit for bit. Muon needs whole tensors (shard_tensors = 1: bit for bit, with every
  * tensor 2-D). Refused with CLOPT_ERR_UNSUPPORTED: Muon with shard_tensors 0, Sophia,
- * stochastic rounding of 16-bit parameters, engine-owned state buffers. 8-bit state (the
+ * engine-owned state buffers. 8-bit state (the
  * rules the core has it for): inside a tensor of a group with 8-bit state a shard boundary
  * moves to the nearest multiple of 256 from the tensor's start (the core's blocks start
  * there), so each piece's codes and absmaxes are the unsharded ones, bit for bit; the
@@ -228,6 +231,9 @@ int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt);
    CLOPT_ERR_INVALID_HYPERPARAM. */
 clopt_status clopt_mpi_optimizer_set_grad_clip(clopt_mpi_optimizer *opt, double max_norm);
 clopt_status clopt_mpi_optimizer_set_grad_scale(clopt_mpi_optimizer *opt, double scale);
+/* Local (call it on every rank with the same value). The seed of stochastic rounding (as
+   clopt_optimizer_seed; not in the checkpoints: set it again after a load). */
+clopt_status clopt_mpi_optimizer_seed(clopt_mpi_optimizer *opt, uint64_t seed);
 /* Local. The global gradient norm (after AMP's unscaling) of the last step taken with
    clipping on (NaN before, when the gradient was not finite, and for NULL). */
 double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
@@ -236,7 +242,7 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    group's) or the lr schedule (every group's) between steps, as
    clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
    no such group; a change to a refused variant, e.g. gradient centralization with cut
-   tensors or stochastic rounding of 16-bit parameters, is CLOPT_ERR_UNSUPPORTED). get: the
+   tensors, is CLOPT_ERR_UNSUPPORTED). get: the
    group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);

@@ -14,14 +14,7 @@ int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shar
                   char *err, size_t errlen)
 {
     *shard_tensors = 0;
-    if (param_dtype != CLOPT_DTYPE_F32 && tc->master == CLOPT_MASTER_NONE &&
-        tc->stochastic_rounding) {
-        mlp_put_err(err, errlen,
-                    "--shard does not take --stochastic-rounding: libclopt_mpi keys its random "
-                    "values on the tensor, which a shard's piece is not (use --master f32 or "
-                    "remainder: the master is sharded too)");
-        return -1;
-    }
+    (void)param_dtype; /* every storage type shards (libclopt_mpi) */
     switch (tc->rule) {
     case CLOPT_SOPHIA:
         mlp_put_err(err, errlen,
@@ -153,6 +146,12 @@ int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
     if (s != CLOPT_SUCCESS) {
         mlp_put_err(err, errlen, "clopt_mpi_optimizer_create_groups (%s): %s (%s)",
                     clopt_rule_name(tc->rule), clopt_mpi_status_str(s), why);
+        return -1;
+    }
+    if (tc->stochastic_rounding &&
+        (s = clopt_mpi_optimizer_seed(opt, tc->sr_seed)) != CLOPT_SUCCESS) {
+        mlp_put_err(err, errlen, "clopt_mpi_optimizer_seed: %s", clopt_mpi_status_str(s));
+        clopt_mpi_optimizer_destroy(opt);
         return -1;
     }
     clopt_schedule sch;

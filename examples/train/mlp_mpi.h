@@ -17,9 +17,9 @@
  * (2-D, with weight decay) and the biases (no decay), as the single-process optimizer; with
  * 8-bit state the tensors under 4096 elements keep float32 state in groups of their own (as
  * the one-process optimizer keeps them). 16-bit weights are sharded in their flat 16-bit
- * buffer with their master (--master f32 or remainder: sharded like the state). Refused
- * (mlp_mpi_check, with a message in the command line's terms): stochastic rounding, Sophia
- * and Muon. Every other rule cuts tensors (libclopt_mpi combines LAMB's, StableAdamW's and
+ * buffer with their master (--master f32 or remainder: sharded like the state) or with
+ * stochastic rounding (seeded with --seed). Refused (mlp_mpi_check, with a message in the
+ * command line's terms): Sophia and Muon. Every other rule cuts tensors (libclopt_mpi combines LAMB's, StableAdamW's and
  * cautious masking's per-tensor sums and replicates Adafactor's statistics; with 8-bit
  * state the boundaries fall on blocks of 256).
  */

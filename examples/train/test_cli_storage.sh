@@ -3,8 +3,8 @@
 # The storage options of clopt-train-mlp at the command line: settings that do not go
 # together and unknown values are refused before anything is loaded (no dataset or device
 # needed): exit status 2 and a message that names the option to change. Valid settings get
-# past the checks. Also --shard's refusals (stochastic rounding, Sophia, Muon; 16-bit weights
-# with a master and 8-bit state get past them), or
+# past the checks. Also --shard's refusals (Sophia, Muon; 16-bit weights, stochastic rounding
+# and 8-bit state get past them), or
 # in a build without MPI the refusal of --shard itself. test_mlp_train checks the same rules
 # through the library (mlp_check_storage) and trains with bf16 weights and 8-bit state.
 #   test_cli_storage.sh path/to/clopt-train-mlp
@@ -41,7 +41,7 @@ valid=("--param-dtype bf16 --master remainder" "--param-dtype f16 --stochastic-r
        "--param-dtype bf16 --master f32 --state-dtype bf16" "--state-dtype int8")
 if "$bin" --help | grep -q -- "--shard .*" && ! "$bin" --help | grep -q "not in this build"; then
     valid+=("--shard --param-dtype bf16 --master remainder --state-dtype int8"
-            "--shard --param-dtype f16")
+            "--shard --param-dtype f16" "--shard --param-dtype bf16 --stochastic-rounding")
 fi
 for args in "${valid[@]}"; do
     # shellcheck disable=SC2086
@@ -61,8 +61,6 @@ if "$bin" --help | grep -q -- "--shard .*"; then
     if "$bin" --help | grep -q "not in this build"; then
         refused "--shard is not available: this build has no libclopt_mpi" --shard
     else
-        refused "--shard does not take --stochastic-rounding" --shard --param-dtype bf16 \
-            --stochastic-rounding
         refused "--shard does not take sophia" --shard --optimizer sophia
         refused "--shard does not take muon" --shard --optimizer muon
     fi

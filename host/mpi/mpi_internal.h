@@ -67,6 +67,7 @@ struct clopt_mpi_optimizer {
     uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words received */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
+    uint32_t *gstream;     /* every group's stochastic-rounding stream (clopt_range_group) */
     int *lgroup;           /* group g's range group in the internal optimizer, -1: none here */
     clopt_param_desc *cat; /* every group's tensors, concatenated (the flattened order) */
     size_t *tgroup;        /* the group of each */

@@ -6,6 +6,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,13 +112,6 @@ static clopt_status check_rule(clopt_mpi_optimizer *opt, clopt_rule rule, const 
     if (rule == CLOPT_SOPHIA)
         return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
                               "sophia needs Hessian estimates per tensor (not in clopt_mpi yet)");
-    if (opt->pdt != CLOPT_DTYPE_F32 && hp->master == CLOPT_MASTER_NONE &&
-        hp->stochastic_rounding)
-        return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
-                              "stochastic rounding of 16-bit parameters is not in clopt_mpi (its "
-                              "random stream is keyed on the tensor's index, which a shard's "
-                              "piece does not keep): use master = CLOPT_MASTER_F32 or "
-                              "REMAINDER, whose state is sharded too");
     if (whole) /* every tensor whole on one rank: the core's per-tensor reductions hold */
         return CLOPT_SUCCESS;
     if (rule == CLOPT_MUON)
@@ -161,6 +155,15 @@ static size_t desc_len(const clopt_param_desc *d)
     return n;
 }
 
+/* The stochastic-rounding stream a group's desc asks for (-1: the default; a desc from a
+   header before the field: -1). */
+static long long group_sr_stream(const clopt_range_group *desc)
+{
+    return desc->struct_size >= offsetof(clopt_range_group, sr_stream) + sizeof desc->sr_stream
+               ? desc->sr_stream
+               : -1;
+}
+
 /* The local checks of create's arguments (every group), the groups' tensors concatenated
    into opt->cat (tensor i of the flattened vector, its group in opt->tgroup[i]); the
    signature the ranks compare. */
@@ -200,9 +203,13 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         clopt_status s = check_rule(opt, rule, &hps[gi], o ? o->shard_tensors : 0);
         if (s != CLOPT_SUCCESS)
             return s;
-        if (desc->struct_size < sizeof *desc)
+        if (desc->struct_size < offsetof(clopt_range_group, init_state) + sizeof(int))
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
                                   "group %zu: struct_size too small", gi);
+        const long long srs = group_sr_stream(desc);
+        if (srs < -1 || srs > (long long)UINT32_MAX)
+            return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "group %zu: sr_stream %lld: -1 or a 32-bit stream", gi, srs);
         for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
             if (desc->state[k])
                 return clopt_mpi_fail(opt, CLOPT_ERR_UNSUPPORTED,
@@ -220,13 +227,16 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
     opt->tgroup = malloc(nt * sizeof *opt->tgroup);
     opt->lgroup = malloc(ngroups * sizeof *opt->lgroup);
     opt->hps = malloc(ngroups * sizeof *opt->hps);
+    opt->gstream = malloc(ngroups * sizeof *opt->gstream);
     opt->ngroups = ngroups;
     opt->ncat = nt;
-    if (!opt->cat || !opt->tgroup || !opt->lgroup || !opt->hps)
+    if (!opt->cat || !opt->tgroup || !opt->lgroup || !opt->hps || !opt->gstream)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
     for (size_t gi = 0, at = 0; gi < ngroups; gi++) {
         opt->lgroup[gi] = -1;
         opt->hps[gi] = hps[gi];
+        const long long srs = group_sr_stream(&descs[gi]); /* -1: its first tensor's index */
+        opt->gstream[gi] = srs >= 0 ? (uint32_t)srs : (uint32_t)at;
         for (size_t i = 0; i < descs[gi].ntensors; i++, at++) {
             opt->cat[at] = descs[gi].tensors[i];
             opt->tgroup[at] = gi;
@@ -292,6 +302,7 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
     for (size_t gi = 0; gi < ngroups; gi++) {
         const clopt_hparams *hp = &hps[gi];
         MIX(descs[gi].ntensors);
+        MIX(group_sr_stream(&descs[gi]));
         /* a spot check of the hyperparameters most often set per rank by mistake */
         MIXD(hp->lr);
         MIXD(hp->beta1);
@@ -361,6 +372,7 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->tgroup);
     free(opt->lgroup);
     free(opt->hps);
+    free(opt->gstream);
 }
 
 /* The internal optimizer over the slice's pieces, the staging buffers. */
@@ -543,6 +555,7 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
         clopt_range_group_init(&g);
         g.ntensors = np - first_piece;
         g.tensors = pieces + first_piece;
+        g.sr_stream = opt->gstream[gi]; /* the whole group's: pieces draw as unsharded */
         size_t lg = 0;
         s = clopt_optimizer_add_range_group(opt->local, &hps[gi], &g, &lg, NULL);
         if (s != CLOPT_SUCCESS) {
@@ -714,6 +727,15 @@ clopt_status clopt_mpi_optimizer_set_grad_scale(clopt_mpi_optimizer *opt, double
 double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt)
 {
     return opt ? opt->last_norm : NAN;
+}
+
+clopt_status clopt_mpi_optimizer_seed(clopt_mpi_optimizer *opt, uint64_t seed)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    const clopt_status s = clopt_optimizer_seed(opt->local, seed);
+    return s == CLOPT_SUCCESS ? s : clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
 }
 
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,

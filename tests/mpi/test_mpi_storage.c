@@ -10,11 +10,14 @@
  * Adafactor (replicated); Lookahead; Schedule-Free's eval/train; AMP with f16 gradients and
  * a skipped step; 8-bit state for AdamW, Lion, AdEMAMix, SGD with momentum, with 16-bit θ and
  * with gradient centralization, on shards that cut tensors of 1500 and 320 elements (the
- * absmaxes sliced by block). Reduce-scatter of bf16 gradients (summed as floats in rank order: the
+ * absmaxes sliced by block); stochastic rounding (bf16 on cut matrices, f16 with Lookahead's
+ * per-tensor path, with 8-bit state; two groups, whose streams are their first tensors'
+ * indices, the second group's given explicitly too). Reduce-scatter of bf16 gradients (summed as floats in rank order: the
  * reference takes that float sum). Checkpoints of masters and remainders in both forms,
  * across world sizes and into the unsharded optimizer, also one saved before the first step.
  * 8-bit checkpoints resharded 2 -> 3 -> 1 ranks (the saved parts' blocks reassembled).
- * Refusals: stochastic rounding, mixed storage types, storage differing between ranks. */
+ * Refusals: mixed storage types, storage or streams differing between ranks, a stream out of
+ * range. */
 #define _POSIX_C_SOURCE 200809L /* getpid */
 #include "mpi_fixture.h"
 
@@ -32,7 +35,8 @@ typedef struct half_case {
     int layout;  /* 0 fx_layout_main, 1 fx_layout_wide (the shards cut its matrices), 2 one
                     vector of 1500 (cut at 768; at 512 and 1024 with 3 ranks) */
     int variant; /* 1 weight decay, 2 Lookahead, 3 cautious, 4 Nesterov, 5 bf16 state, 6 AMP,
-                    7 8-bit state, 8 8-bit state and gradient centralization */
+                    7 8-bit state, 8 8-bit state and gradient centralization, 9 stochastic
+                    rounding, 10 the same with Lookahead, 11 the same with 8-bit state */
 } half_case;
 
 static const half_case cases[] = {
@@ -58,6 +62,9 @@ static const half_case cases[] = {
     {"sgd momentum 8-bit state, bf16 remainder", CLOPT_SGD, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
      2, 1, 7},
     {"adamw 8-bit state, GC", CLOPT_ADAMW, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, 0, 1, 8},
+    {"adamw bf16 SR (cut)", CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, 0, 1, 9},
+    {"lion f16 SR, lookahead", CLOPT_LION, CLOPT_DTYPE_F16, CLOPT_DTYPE_F16, 0, 0, 10},
+    {"adamw bf16 SR, 8-bit state", CLOPT_ADAMW, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32, 0, 2, 11},
 };
 
 static void layout_of(const half_case *c, fx_layout *L)
@@ -129,10 +136,15 @@ static void hparams(const half_case *c, clopt_hparams *hp)
     }
     if (c->variant == 5)
         hp->state_dtype = CLOPT_DTYPE_BF16;
-    if (c->variant >= 7) {
+    if (c->variant == 7 || c->variant == 8 || c->variant == 11) {
         hp->state_dtype = CLOPT_DTYPE_U8;
         hp->momentum = c->rule == CLOPT_SGD ? 0.9 : hp->momentum;
         hp->grad_centralization = c->variant == 8;
+    }
+    if (c->variant >= 9) {
+        hp->stochastic_rounding = 1;
+        hp->lookahead_k = c->variant == 10 ? 2 : 0;
+        hp->lookahead_alpha = 0.5;
     }
 }
 
@@ -229,6 +241,8 @@ static void run_case(const half_case *c)
     clopt_mpi_optimizer *sh =
         sharded(c->rule, &hp, MPI_COMM_WORLD, &L, p, g, c->pdt, c->gdt, NULL, c->name);
     clopt_optimizer *ref = reference(c->rule, &hp, &L, rp, rg, c->pdt, c->gdt);
+    CHECK_OK(clopt_mpi_optimizer_seed(sh, 1234)); /* stochastic rounding's */
+    CHECK_OK(clopt_optimizer_seed(ref, 1234));
     const int amp = c->variant == 6;
     if (amp) {
         CHECK_OK(clopt_mpi_optimizer_set_grad_scale(sh, 1024.0));
@@ -294,6 +308,81 @@ static void run_case(const half_case *c)
     free(b);
     free(init);
     free(prev);
+}
+
+/* Stochastic rounding in two groups (weights with decay, the rest without, another lr):
+   group 1's stream is the index of its first tensor (3) by default, or the one given
+   (explicit: 40 in both); bit for bit against an unsharded optimizer with the same two range
+   groups added in order. */
+static void test_sr_groups(int explicit_stream)
+{
+    const char *what = explicit_stream ? "SR, two groups, stream 40" : "SR, two groups";
+    fx_layout L;
+    fx_layout_main(&L);
+    clopt_hparams hp[2];
+    CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &hp[0]));
+    hp[0].lr = 0.02;
+    hp[0].stochastic_rounding = 1;
+    hp[1] = hp[0];
+    hp[1].weight_decay = 0.0;
+    hp[1].lr = 0.01;
+    const clopt_dtype B = CLOPT_DTYPE_BF16;
+    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
+    cl_mem rp = fx_buffer(L.plen, 0.0f), rg = fx_buffer(L.glen, 0.0f);
+    float *flat = malloc(L.total * sizeof *flat);
+    uint16_t *a = malloc(L.plen * 2), *b = malloc(L.plen * 2);
+    CHECK(flat && a && b, "malloc");
+    for (size_t i = 0; i < L.total; i++)
+        flat[i] = fx_val(3, i);
+    scatter_t(&L, 0, p, B, flat);
+    scatter_t(&L, 0, rp, B, flat);
+    clopt_param_desc d[FX_MAX_T], rd[FX_MAX_T];
+    clopt_range_group gs[2], rgs[2];
+    clopt_range_group all;
+    fx_range_group(&L, p, g, d, &all);
+    fx_range_group(&L, rp, rg, rd, &all);
+    set_dtypes(d, L.nt, B, B);
+    set_dtypes(rd, L.nt, B, B);
+    for (int k = 0; k < 2; k++) {
+        clopt_range_group_init(&gs[k]);
+        gs[k].tensors = k ? d + 3 : d;
+        gs[k].ntensors = k ? L.nt - 3 : 3;
+        rgs[k] = gs[k];
+        rgs[k].tensors = k ? rd + 3 : rd;
+        if (explicit_stream && k == 1)
+            gs[k].sr_stream = rgs[k].sr_stream = 40;
+    }
+    clopt_mpi_optimizer *sh = NULL;
+    char why[512];
+    const clopt_status s = clopt_mpi_optimizer_create_groups(fx_ctx, CLOPT_ADAMW, MPI_COMM_WORLD,
+                                                             2, hp, gs, NULL, &sh, why,
+                                                             sizeof why);
+    CHECK(s == CLOPT_SUCCESS, "%s: create: %s: %s", what, clopt_mpi_status_name(s), why);
+    clopt_optimizer *ref = NULL;
+    CHECK_OK(clopt_optimizer_create(fx_ctx, CLOPT_ADAMW, &hp[0], &ref));
+    for (int k = 0; k < 2; k++)
+        CHECK_OK(clopt_optimizer_add_range_group(ref, &hp[k], &rgs[k], NULL, NULL));
+    CHECK_OK(clopt_mpi_optimizer_seed(sh, 5));
+    CHECK_OK(clopt_optimizer_seed(ref, 5));
+    for (unsigned t = 1; t <= 5; t++) {
+        grad_values(flat, L.total, 40 + t, 1.0f);
+        scatter_t(&L, 1, g, B, flat);
+        scatter_t(&L, 1, rg, B, flat);
+        const clopt_status st = clopt_mpi_optimizer_step(sh, NULL);
+        CHECK(st == CLOPT_SUCCESS, "%s: step %u: %s", what, t,
+              clopt_mpi_optimizer_last_error(sh));
+        CHECK_OK(clopt_optimizer_step(ref, NULL));
+        read_bytes(p, a, L.plen * 2);
+        read_bytes(rp, b, L.plen * 2);
+        for (size_t i = 0; i < L.plen; i++)
+            CHECK(a[i] == b[i], "%s: step %u: element %zu: %04x, unsharded %04x", what, t, i,
+                  a[i], b[i]);
+    }
+    fx_check_states(what, sh, ref, &L);
+    fx_release(sh, ref, p, g, rp, rg);
+    free(flat);
+    free(a);
+    free(b);
 }
 
 /* bf16 of a finite float, rounded to nearest even (C, by its bits). */
@@ -646,7 +735,8 @@ static void test_checkpoint(int master, int shards, int q8, const char *path)
 /* ---- refusals ------------------------------------------------------------------------------- */
 
 static void expect_create(const char *what, clopt_rule rule, const clopt_hparams *hp,
-                          clopt_dtype pdt0, clopt_dtype pdt1, clopt_status want, const char *text)
+                          clopt_dtype pdt0, clopt_dtype pdt1, long long sr_stream,
+                          clopt_status want, const char *text)
 {
     fx_layout L;
     fx_layout_main(&L);
@@ -656,6 +746,7 @@ static void expect_create(const char *what, clopt_rule rule, const clopt_hparams
     fx_range_group(&L, p, g, d, &desc);
     set_dtypes(d, L.nt, pdt1, CLOPT_DTYPE_BF16);
     d[0].param_dtype = pdt0;
+    desc.sr_stream = sr_stream;
     clopt_mpi_optimizer *sh = NULL;
     char why[512];
     const clopt_status s =
@@ -673,41 +764,24 @@ static void test_refusals(void)
 {
     clopt_hparams hp;
     CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &hp));
-    clopt_hparams sr = hp;
-    sr.stochastic_rounding = 1;
-    expect_create("stochastic rounding", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
-                  CLOPT_ERR_UNSUPPORTED, "stochastic rounding");
-    /* stochastic rounding is ignored for float32 parameters, as in the core */
-    fx_layout L;
-    fx_layout_main(&L);
-    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
-    clopt_mpi_optimizer *sh = sharded(CLOPT_ADAMW, &sr, MPI_COMM_WORLD, &L, p, g,
-                                      CLOPT_DTYPE_F32, CLOPT_DTYPE_BF16, NULL, "f32 with SR");
-    clopt_mpi_optimizer_destroy(sh);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
     expect_create("tensor 0 f16, the others bf16", CLOPT_ADAMW, &hp, CLOPT_DTYPE_F16,
-                  CLOPT_DTYPE_BF16, CLOPT_ERR_INVALID_ARGUMENT, "param_dtype");
+                  CLOPT_DTYPE_BF16, -1, CLOPT_ERR_INVALID_ARGUMENT, "param_dtype");
     const clopt_dtype mine = fx_rank == 1 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F16;
-    expect_create("storage differing between ranks", CLOPT_ADAMW, &hp, mine, mine,
+    expect_create("storage differing between ranks", CLOPT_ADAMW, &hp, mine, mine, -1,
                   (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
     /* a remainder for f16 parameters: the core refuses it, on every rank with a piece */
     clopt_hparams rem = hp;
     rem.master = CLOPT_MASTER_REMAINDER;
-    expect_create("remainder with f16", CLOPT_ADAMW, &rem, CLOPT_DTYPE_F16, CLOPT_DTYPE_F16,
+    expect_create("remainder with f16", CLOPT_ADAMW, &rem, CLOPT_DTYPE_F16, CLOPT_DTYPE_F16, -1,
                   CLOPT_ERR_INVALID_ARGUMENT, NULL);
-    /* turning stochastic rounding on later is refused too, nothing changed */
-    p = fx_buffer(L.plen, 0.0f);
-    g = fx_buffer(L.glen, 0.0f);
-    sh = sharded(CLOPT_ADAMW, &hp, MPI_COMM_WORLD, &L, p, g, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
-                 NULL, "bf16");
-    CHECK_STATUS(clopt_mpi_optimizer_set_hparams(sh, &sr), CLOPT_ERR_UNSUPPORTED);
-    clopt_hparams now;
-    CHECK_OK(clopt_mpi_optimizer_get_hparams(sh, &now));
-    CHECK(now.stochastic_rounding == 0, "the refused change was kept");
-    clopt_mpi_optimizer_destroy(sh);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
+    /* stochastic rounding's stream: out of range, or another on one rank */
+    clopt_hparams sr = hp;
+    sr.stochastic_rounding = 1;
+    expect_create("sr_stream -5", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, -5,
+                  CLOPT_ERR_INVALID_ARGUMENT, "sr_stream");
+    expect_create("sr_stream differing between ranks", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16,
+                  CLOPT_DTYPE_BF16, fx_rank == 1 ? 7 : -1, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
+                  NULL);
 }
 
 int main(int argc, char **argv)
@@ -718,6 +792,8 @@ int main(int argc, char **argv)
     test_reduce_scatter(1);
     test_reduce_scatter(0);
     test_clip_f16();
+    test_sr_groups(0);
+    test_sr_groups(1);
     char path[256];
     long pid = (long)getpid();
     MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
