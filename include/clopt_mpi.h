@@ -45,20 +45,20 @@
  * Storage: the parameters in float32, f16 or bf16 and the gradients in float32, f16 or bf16
  * (param_dtype / grad_dtype of the descriptors: one type for every tensor of the parameter
  * buffer, one for the gradient buffer), with the groups' master (none: rounded to nearest;
- * CLOPT_MASTER_F32; CLOPT_MASTER_REMAINDER for bf16), sharded like any state: bit for bit
- * as the unsharded optimizer. The all-gather moves the parameters in their own type (2
- * bytes each for 16-bit). clopt's reduce-scatter sends 16-bit gradients as they are (with
- * ordered_sum; MPI_Reduce_scatter takes them converted to float32), sums them as floats and
- * keeps the shard's reduced gradient in float32 (not rounded back to 16 bits). Stochastic
- * rounding (no master) draws as unsharded: the random value of an element depends on the
- * seed (clopt_mpi_optimizer_seed), the step, its index in the parameter buffer and its
- * group's stream, which is desc->sr_stream or, at -1 (clopt_range_group_init), the index of
- * the group's first tensor in the flattened order: what a fresh clopt_optimizer with the
- * same range groups added in order draws. A gathered checkpoint saved before the first step holds no fp32 master:
- * a load then leaves it to be taken from θ at the first step, and refuses (STATE_MISMATCH)
- * a tensor whose master was already taken.
- * Supported now: one or more groups over one parameter
- * and one gradient buffer (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
+ * CLOPT_MASTER_F32; CLOPT_MASTER_REMAINDER for bf16), sharded like any state: bit for bit as
+ * the unsharded optimizer. The all-gather moves the parameters in their own type (2 bytes each
+ * for 16-bit). clopt's reduce-scatter sends 16-bit gradients as they are (with ordered_sum;
+ * MPI_Reduce_scatter takes them converted to float32), sums them as floats and keeps the
+ * shard's reduced gradient in float32 (not rounded back to 16 bits). Stochastic rounding (no
+ * master) draws as unsharded: the random value of an element depends on the seed
+ * (clopt_mpi_optimizer_seed), the step, its index in the parameter buffer and its group's
+ * stream, which is desc->sr_stream or, at -1 (clopt_range_group_init), the index of the group's
+ * first tensor in the flattened order: what a fresh clopt_optimizer with the same range groups
+ * added in order draws. A gathered checkpoint saved before the first step holds no fp32 master:
+ * a load then leaves it to be taken from θ at the first step, and refuses (STATE_MISMATCH) a
+ * tensor whose master was already taken.
+ *
+ * Supported now: one or more groups over one parameter and one gradient buffer (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
  * Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaMod, diffGrad, Lion,
  * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
  * clopt_mpi_optimizer_set_mode, ADOPT, AdEMAMix), Lookahead, bf16 state, schedules,

@@ -19,9 +19,9 @@
  * the one-process optimizer keeps them). 16-bit weights are sharded in their flat 16-bit
  * buffer with their master (--master f32 or remainder: sharded like the state) or with
  * stochastic rounding (seeded with --seed). Refused (mlp_mpi_check, with a message in the
- * command line's terms): Sophia and Muon. Every other rule cuts tensors (libclopt_mpi combines LAMB's, StableAdamW's and
- * cautious masking's per-tensor sums and replicates Adafactor's statistics; with 8-bit
- * state the boundaries fall on blocks of 256).
+ * command line's terms): Sophia and Muon. Every other rule cuts tensors (libclopt_mpi
+ * combines LAMB's, StableAdamW's and cautious masking's per-tensor sums and replicates
+ * Adafactor's statistics; with 8-bit state the boundaries fall on blocks of 256).
  */
 #ifndef CLOPT_EXAMPLE_MLP_MPI_H
 #define CLOPT_EXAMPLE_MLP_MPI_H
@@ -38,11 +38,11 @@ extern "C" {
 int mlp_mpi_check(const mlp_train_config *tc, clopt_dtype param_dtype, int *shard_tensors,
                   char *err, size_t errlen);
 
-/* Collective. The sharded optimizer of tc over m's flat buffers: group 0 the weights with
-   tc's (or the table's) weight decay, group 1 the biases without (8-bit state: each split
-   into the tensors of 4096 elements or more and the smaller ones, with float32 state), reduce-scatter with the
-   mean, and tc's schedule (mlp_schedule). 0, or -1 with a message in err (the same failure
-   on every process). */
+/* Collective. The sharded optimizer of tc over m's flat buffers: group 0 the weights with tc's
+   (or the table's) weight decay, group 1 the biases without (8-bit state: each split into the
+   tensors of 4096 elements or more and the smaller ones, with float32 state), reduce-scatter
+   with the mean, and tc's schedule (mlp_schedule). 0, or -1 with a message in err (the same
+   failure on every process). */
 int mlp_mpi_optimizer_create(mlp *m, const mlp_train_config *tc, MPI_Comm comm,
                              clopt_mpi_optimizer **out, char *err, size_t errlen);
 

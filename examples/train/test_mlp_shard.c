@@ -18,20 +18,18 @@
  *     tensors each holds at most 1/N + 5% of them.
  * Cases: AdamW (the default), 2 epochs of 1,999 images (16 steps per epoch; the last batch of
  * 79 rows splits 39/40), then the test accuracy on 1,000 images, evaluated split over the
- * processes: >= 0.65 (seen: 0.727) and within 0.01 of the reference's; SGD with momentum
- * (its update scales with the gradient, so a sum instead of the mean, or a share's loss
- * scaled by 1/share instead of N/R, fails: both mutations were tried), 640 images, and 129
- * images (the last batch of 1 row: one process has no rows and contributes zeros); LAMB
- * (the 784 x 256 weights cut between the processes: their norms combined) and
- * Schedule-Free AdamW (compared at x
- * through clopt_mpi_optimizer_set_mode, then back to y), 640 images; AdamW with bf16 weights,
- * a remainder and 8-bit state, and Schedule-Free AdamW with f16 weights and an fp32 master
- * (the parameters within 1e-3 of the distance travelled: see compare). Before them:
- * mlp_mpi_check's refusals (Sophia, Muon; 16-bit weights, stochastic rounding and 8-bit
- * state accepted) and that LAMB,
- * Adafactor, StableAdamW and cautious cut tensors, then AdamW sharded over one process (MPI_COMM_SELF), which must
- * be bit-identical to the unsharded run (step losses and parameters). About 3 s with 2
- * processes on 2 cores.
+ * processes: >= 0.65 (seen: 0.727) and within 0.01 of the reference's; SGD with momentum (its
+ * update scales with the gradient, so a sum instead of the mean, or a share's loss scaled by
+ * 1/share instead of N/R, fails: both mutations were tried), 640 images, and 129 images (the
+ * last batch of 1 row: one process has no rows and contributes zeros); LAMB (the 784 x 256
+ * weights cut between the processes: their norms combined) and Schedule-Free AdamW (compared at
+ * x through clopt_mpi_optimizer_set_mode, then back to y), 640 images; AdamW with bf16 weights,
+ * a remainder and 8-bit state, and Schedule-Free AdamW with f16 weights and an fp32 master (the
+ * parameters within 1e-3 of the distance travelled: see compare). Before them: mlp_mpi_check's
+ * refusals (Sophia, Muon; 16-bit weights, stochastic rounding and 8-bit state accepted) and
+ * that LAMB, Adafactor, StableAdamW and cautious cut tensors, then AdamW sharded over one
+ * process (MPI_COMM_SELF), which must be bit-identical to the unsharded run (step losses and
+ * parameters). About 3 s with 2 processes on 2 cores.
  *
  * Without the Fashion-MNIST data (Debian's dataset-fashion-mnist, or
  * $CLOPT_FASHION_MNIST_DIR) every process exits with 77: CTest reports the test as skipped.
@@ -231,8 +229,8 @@ static void compare(const char *name, clopt_ctx *ctx, const mlp_dataset *train_s
     const double rel = sqrt(diff) / sqrt(travel);
     /* 16-bit weights: a master that differs in its last float bits rounds some weights one
        16-bit step apart (seen: 7.6e-5 bf16 with a remainder, 1.1e-4 f16 Schedule-Free at x) */
-    CHECK(rel <= (g_st.param == CLOPT_DTYPE_F32 ? 1e-4 : 1e-3), "%s: ||theta_shard - theta_ref|| / ||theta_ref - theta_0|| = %g", name,
-          rel);
+    CHECK(rel <= (g_st.param == CLOPT_DTYPE_F32 ? 1e-4 : 1e-3),
+          "%s: ||theta_shard - theta_ref|| / ||theta_ref - theta_0|| = %g", name, rel);
     /* the state: about 1/N per process, all of it over the processes */
     unsigned long long mine = sh.state_bytes, all = 0;
     MPI_Allreduce(&mine, &all, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);

@@ -1,23 +1,21 @@
 /* SPDX-License-Identifier: MIT */
-/* Storage types sharded: 16-bit parameters and gradients (the engine's bf16/f16 flat
- * buffers) and 8-bit blockwise state (shard boundaries inside a tensor on its blocks of 256).
- * Every case
- * against the unsharded optimizer over the same layout and storage, bit for bit, after each
- * of 7 steps (the whole parameter buffer, gaps included), then every state of every piece
- * (fp32 masters and bf16 remainders included) against the same slice of the unsharded
- * state. Masters none (rounded to nearest), f32 and remainder; f16 and bf16; gradients in
- * 16 bits or float32; shards that cut tensors under cautious masking (the sums hook) and
- * Adafactor (replicated); Lookahead; Schedule-Free's eval/train; AMP with f16 gradients and
- * a skipped step; 8-bit state for AdamW, Lion, AdEMAMix, SGD with momentum, with 16-bit θ and
- * with gradient centralization, on shards that cut tensors of 1500 and 320 elements (the
- * absmaxes sliced by block); stochastic rounding (bf16 on cut matrices, f16 with Lookahead's
- * per-tensor path, with 8-bit state; two groups, whose streams are their first tensors'
- * indices, the second group's given explicitly too). Reduce-scatter of bf16 gradients (summed as floats in rank order: the
- * reference takes that float sum). Checkpoints of masters and remainders in both forms,
- * across world sizes and into the unsharded optimizer, also one saved before the first step.
- * 8-bit checkpoints resharded 2 -> 3 -> 1 ranks (the saved parts' blocks reassembled).
- * Refusals: mixed storage types, storage or streams differing between ranks, a stream out of
- * range. */
+/* Storage types sharded: 16-bit parameters and gradients (the engine's bf16/f16 flat buffers)
+ * and 8-bit blockwise state (shard boundaries inside a tensor on its blocks of 256). Every case
+ * against the unsharded optimizer over the same layout and storage, bit for bit, after each of
+ * 7 steps (the whole parameter buffer, gaps included), then every state of every piece (fp32
+ * masters and bf16 remainders included) against the same slice of the unsharded state. Masters
+ * none (rounded to nearest), f32 and remainder; f16 and bf16; gradients in 16 bits or float32;
+ * shards that cut tensors under cautious masking (the sums hook) and Adafactor (replicated);
+ * Lookahead; Schedule-Free's eval/train; AMP with f16 gradients and a skipped step; 8-bit state
+ * for AdamW, Lion, AdEMAMix, SGD with momentum, with 16-bit θ and with gradient centralization,
+ * on shards that cut tensors of 1500 and 320 elements (the absmaxes sliced by block);
+ * stochastic rounding (bf16 on cut matrices, f16 with Lookahead's per-tensor path, with 8-bit
+ * state; two groups, whose streams are their first tensors' indices, the second group's given
+ * explicitly too). Reduce-scatter of bf16 gradients (summed as floats in rank order: the
+ * reference takes that float sum). Checkpoints of masters and remainders in both forms, across
+ * world sizes and into the unsharded optimizer, also one saved before the first step. 8-bit
+ * checkpoints resharded 2 -> 3 -> 1 ranks (the saved parts' blocks reassembled). Refusals:
+ * mixed storage types, storage or streams differing between ranks, a stream out of range. */
 #define _POSIX_C_SOURCE 200809L /* getpid */
 #include "mpi_fixture.h"
 
