@@ -250,3 +250,37 @@ void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer 
     }
     CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
 }
+
+/* Adafactor: every piece of the shard is a whole tensor (cut ones replicated): its states
+   equal the unsharded tensor's, byte for byte. */
+void fx_check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
+                           const fx_layout *L)
+{
+    size_t first, count;
+    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
+    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
+    size_t piece = 0;
+    for (size_t i = 0, flat = 0; i < L->nt; flat += L->n[i++]) {
+        if (!count || flat + L->n[i] <= first || flat >= first + count)
+            continue;
+        const size_t ns = clopt_optimizer_state_count(ref, i);
+        CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
+        for (size_t k = 0; k < ns; k++) {
+            size_t rl = 0, ll = 0;
+            CHECK_OK(clopt_optimizer_state_info(ref, i, k, NULL, &rl));
+            CHECK_OK(clopt_optimizer_state_info(loc, piece, k, NULL, &ll));
+            CHECK(rl == ll, "%s: tensor %zu: state %zu length %zu, unsharded %zu", what, i, k, ll,
+                  rl);
+            float *r = malloc(rl * sizeof *r), *l = malloc(rl * sizeof *l);
+            CHECK(r && l, "malloc");
+            CHECK_OK(clopt_optimizer_read_state(ref, i, k, r, rl));
+            CHECK_OK(clopt_optimizer_read_state(loc, piece, k, l, ll));
+            CHECK(memcmp(r, l, rl * sizeof *r) == 0, "%s: tensor %zu: state %zu differs", what,
+                  i, k);
+            free(r);
+            free(l);
+        }
+        piece++;
+    }
+    CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
+}

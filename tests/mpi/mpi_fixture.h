@@ -78,5 +78,9 @@ clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx
 /* Every state of every piece of sh's shard equals the same slice of ref's state (bytes). */
 void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
                      const fx_layout *L);
+/* Adafactor: every piece of sh's shard is a whole tensor (cut ones replicated on their
+   holders): its float32 states equal ref's for that tensor, byte for byte. */
+void fx_check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
+                           const fx_layout *L);
 
 #endif

@@ -50,40 +50,6 @@ static const cut_case cases[] = {
     {"adafactor beta1", CLOPT_ADAFACTOR, 1, 0, 0, 0, 1},
 };
 
-/* Adafactor: every piece of the shard is a whole tensor (cut ones replicated): its states
-   equal the unsharded tensor's, byte for byte. */
-static void check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
-                               const fx_layout *L)
-{
-    size_t first, count;
-    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
-    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
-    size_t piece = 0;
-    for (size_t i = 0, flat = 0; i < L->nt; flat += L->n[i++]) {
-        if (!count || flat + L->n[i] <= first || flat >= first + count)
-            continue;
-        const size_t ns = clopt_optimizer_state_count(ref, i);
-        CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
-        for (size_t k = 0; k < ns; k++) {
-            size_t rl = 0, ll = 0;
-            CHECK_OK(clopt_optimizer_state_info(ref, i, k, NULL, &rl));
-            CHECK_OK(clopt_optimizer_state_info(loc, piece, k, NULL, &ll));
-            CHECK(rl == ll, "%s: tensor %zu: state %zu length %zu, unsharded %zu", what, i, k, ll,
-                  rl);
-            float *r = malloc(rl * sizeof *r), *l = malloc(rl * sizeof *l);
-            CHECK(r && l, "malloc");
-            CHECK_OK(clopt_optimizer_read_state(ref, i, k, r, rl));
-            CHECK_OK(clopt_optimizer_read_state(loc, piece, k, l, ll));
-            CHECK(memcmp(r, l, rl * sizeof *r) == 0, "%s: tensor %zu: state %zu differs", what,
-                  i, k);
-            free(r);
-            free(l);
-        }
-        piece++;
-    }
-    CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
-}
-
 /* 1 on every rank when some shard boundary falls strictly inside a tensor of L. */
 static int any_cut(clopt_mpi_optimizer *sh, const fx_layout *L)
 {
@@ -201,7 +167,7 @@ static void run(const cut_case *c, const fx_layout *L, const run_opts *ro, float
     }
     CHECK(clopt_mpi_optimizer_step_count(sh) == applied, "%s: step count", what);
     if (c->rule == CLOPT_ADAFACTOR)
-        check_whole_states(what, sh, ref, L);
+        fx_check_whole_states(what, sh, ref, L);
     else if (ro->clip == 0) /* the moments do not depend on the sums (but on the clip's norm,
                                which is summed in another order: see test_mpi_checks) */
         fx_check_states(what, sh, ref, L);

@@ -177,38 +177,6 @@ static clopt_mpi_optimizer *sharded(clopt_rule rule, const clopt_hparams *hp, MP
     return sh;
 }
 
-/* Adafactor on cut tensors: every holder keeps the whole tensor's state (replicated), equal
-   to the unsharded one byte for byte (its fp32 master too). */
-static void check_states_replicated(const char *what, clopt_mpi_optimizer *sh,
-                                    clopt_optimizer *ref, const fx_layout *L)
-{
-    size_t first, count;
-    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
-    clopt_optimizer *loc = clopt_mpi_optimizer_local(sh);
-    for (size_t i = 0, flat = 0, piece = 0; i < L->nt; flat += L->n[i], i++) {
-        if (flat >= first + count || flat + L->n[i] <= first)
-            continue;
-        const size_t ns = clopt_optimizer_state_count(ref, i);
-        CHECK(clopt_optimizer_state_count(loc, piece) == ns, "%s: state count", what);
-        for (size_t k = 0; k < ns; k++) {
-            size_t rlen = 0, llen = 0;
-            CHECK_OK(clopt_optimizer_state_info(ref, i, k, NULL, &rlen));
-            CHECK_OK(clopt_optimizer_state_info(loc, piece, k, NULL, &llen));
-            CHECK(rlen == llen, "%s: tensor %zu state %zu: %zu elements, unsharded %zu", what, i,
-                  k, llen, rlen);
-            float *r = malloc(rlen * sizeof *r), *l = malloc(rlen * sizeof *l);
-            CHECK(r && l, "malloc");
-            CHECK_OK(clopt_optimizer_read_state(ref, i, k, r, rlen));
-            CHECK_OK(clopt_optimizer_read_state(loc, piece, k, l, llen));
-            CHECK(memcmp(r, l, rlen * sizeof *r) == 0, "%s: tensor %zu state %zu differs", what,
-                  i, k);
-            free(r);
-            free(l);
-        }
-        piece++;
-    }
-}
-
 /* The gradient of step t (before the loss scale): small and large entries. */
 static void grad_values(float *flat, size_t n, unsigned t, float mul)
 {
@@ -280,7 +248,7 @@ static void run_case(const half_case *c)
     CHECK(memcmp(a, init, 5 * pes) == 0, "%s: the words before tensor 0 were written", c->name);
     CHECK(clopt_mpi_optimizer_step_count(sh) == applied, "%s: step count", c->name);
     if (c->rule == CLOPT_ADAFACTOR)
-        check_states_replicated(c->name, sh, ref, &L);
+        fx_check_whole_states(c->name, sh, ref, &L);
     else
         fx_check_states(c->name, sh, ref, &L);
     if (c->rule == CLOPT_SCHEDULE_FREE_ADAMW) { /* eval (x) and train (y) gather 16-bit words */
