@@ -284,3 +284,31 @@ void fx_check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_opti
     }
     CHECK(clopt_optimizer_param_count(loc) == piece, "%s: %zu pieces", what, piece);
 }
+
+void fx_expect_create(const char *what, clopt_rule rule, const clopt_hparams *hp,
+                      clopt_dtype pdt0, clopt_dtype pdt, clopt_dtype gdt, long long sr_stream,
+                      clopt_status want, const char *text)
+{
+    fx_layout L;
+    fx_layout_main(&L);
+    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
+    clopt_param_desc d[FX_MAX_T];
+    clopt_range_group desc;
+    fx_range_group(&L, p, g, d, &desc);
+    for (size_t i = 0; i < L.nt; i++) {
+        d[i].param_dtype = i ? pdt : pdt0;
+        d[i].grad_dtype = gdt;
+    }
+    desc.sr_stream = sr_stream;
+    clopt_mpi_optimizer *sh = (clopt_mpi_optimizer *)&L; /* must be reset to NULL */
+    char why[512];
+    const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL,
+                                                      &sh, why, sizeof why);
+    CHECK(s == want, "%s: create: %s (%s), wanted %s", what, clopt_mpi_status_name(s), why,
+          clopt_mpi_status_name(want));
+    CHECK(sh == NULL, "%s: *out not NULL after a failure", what);
+    CHECK(why[0] != '\0', "%s: no reason given", what);
+    CHECK(!text || strstr(why, text), "%s: the reason: %s", what, why);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}

@@ -78,6 +78,12 @@ clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx
 /* Every state of every piece of sh's shard equals the same slice of ref's state (bytes). */
 void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
                      const fx_layout *L);
+/* A create over fx_layout_main that must fail with `want` on this rank (*out NULL, a reason
+   given, containing text unless NULL): tensor 0's parameters in pdt0, the others' in pdt,
+   the gradients in gdt, the group's sr_stream. */
+void fx_expect_create(const char *what, clopt_rule rule, const clopt_hparams *hp,
+                      clopt_dtype pdt0, clopt_dtype pdt, clopt_dtype gdt, long long sr_stream,
+                      clopt_status want, const char *text);
 /* Adafactor: every piece of sh's shard is a whole tensor (cut ones replicated on their
    holders): its float32 states equal ref's for that tensor, byte for byte. */
 void fx_check_whole_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,

@@ -243,29 +243,6 @@ static void test_step_agreement(void)
     free(after);
 }
 
-/* A create that fails on some ranks fails on all, with *out NULL everywhere. */
-static void expect_create(clopt_rule rule, const clopt_hparams *hp, clopt_dtype pdt,
-                          clopt_status want_here)
-{
-    fx_layout L;
-    fx_layout_main(&L);
-    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
-    clopt_param_desc d[FX_MAX_T];
-    clopt_range_group desc;
-    fx_range_group(&L, p, g, d, &desc);
-    d[0].param_dtype = pdt;
-    clopt_mpi_optimizer *sh = (clopt_mpi_optimizer *)&L; /* must be reset to NULL */
-    char why[512];
-    const clopt_status s = clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL,
-                                                      &sh, why, sizeof why);
-    CHECK(s == want_here, "create: %s (%s), wanted %s", clopt_mpi_status_name(s), why,
-          clopt_mpi_status_name(want_here));
-    CHECK(sh == NULL, "*out not NULL after a failure");
-    CHECK(why[0] != '\0', "no reason given");
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-}
-
 static void test_errors(void)
 {
     clopt_hparams hp;
@@ -274,28 +251,37 @@ static void test_errors(void)
     clopt_hparams h1 = hp;
     if (fx_rank == 1)
         h1.lr *= 2;
-    expect_create(CLOPT_ADAMW, &h1, CLOPT_DTYPE_F32, (clopt_status)CLOPT_MPI_ERR_MISMATCH);
+    fx_expect_create("another lr on rank 1", CLOPT_ADAMW, &h1, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
+                     CLOPT_DTYPE_F32, -1, (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
     /* rank 0 makes tensor 0 bf16 and the others float32 (one buffer holds one type): rank 0
        says why, the others REMOTE (16-bit storage itself: test_mpi_storage) */
-    expect_create(CLOPT_ADAMW, &hp, fx_rank == 0 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32,
-                  fx_rank == 0 ? CLOPT_ERR_INVALID_ARGUMENT : (clopt_status)CLOPT_MPI_ERR_REMOTE);
+    fx_expect_create("tensor 0 bf16 on rank 0", CLOPT_ADAMW, &hp,
+                     fx_rank == 0 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
+                     CLOPT_DTYPE_F32, -1,
+                     fx_rank == 0 ? CLOPT_ERR_INVALID_ARGUMENT : (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                     NULL);
     /* rank 0 passes an invalid hyperparameter */
     clopt_hparams h2 = hp;
     if (fx_rank == 0)
         h2.beta1 = 1.5;
-    expect_create(CLOPT_ADAMW, &h2, CLOPT_DTYPE_F32,
-                  fx_rank == 0 ? CLOPT_ERR_INVALID_HYPERPARAM : (clopt_status)CLOPT_MPI_ERR_REMOTE);
+    fx_expect_create("beta1 1.5 on rank 0", CLOPT_ADAMW, &h2, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
+                     CLOPT_DTYPE_F32, -1,
+                     fx_rank == 0 ? CLOPT_ERR_INVALID_HYPERPARAM
+                                  : (clopt_status)CLOPT_MPI_ERR_REMOTE,
+                     NULL);
     /* Muon needs whole tensors, on shards that cut them (LAMB, StableAdamW, cautious, GC and
        Adafactor work there: test_mpi_cut) */
     clopt_hparams hl;
     CHECK_OK(clopt_hparams_default(CLOPT_MUON, &hl));
-    expect_create(CLOPT_MUON, &hl, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
+    fx_expect_create("muon, cut tensors", CLOPT_MUON, &hl, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
+                     CLOPT_DTYPE_F32, -1, CLOPT_ERR_UNSUPPORTED, NULL);
     /* 8-bit state for a rule without it (LAMB): the core's refusal, on every rank (8-bit
        state itself: test_mpi_storage) */
     clopt_hparams h8;
     CHECK_OK(clopt_hparams_default(CLOPT_LAMB, &h8));
     h8.state_dtype = CLOPT_DTYPE_U8;
-    expect_create(CLOPT_LAMB, &h8, CLOPT_DTYPE_F32, CLOPT_ERR_UNSUPPORTED);
+    fx_expect_create("lamb, 8-bit state", CLOPT_LAMB, &h8, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
+                     CLOPT_DTYPE_F32, -1, CLOPT_ERR_UNSUPPORTED, NULL);
     /* local setters validate */
     pair P;
     pair_open(&P, CLOPT_ADAMW, &hp);

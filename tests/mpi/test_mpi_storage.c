@@ -698,56 +698,29 @@ static void test_checkpoint(int master, int shards, int q8, const char *path)
     free(got);
 }
 
-/* ---- refusals ------------------------------------------------------------------------------- */
-
-static void expect_create(const char *what, clopt_rule rule, const clopt_hparams *hp,
-                          clopt_dtype pdt0, clopt_dtype pdt1, long long sr_stream,
-                          clopt_status want, const char *text)
-{
-    fx_layout L;
-    fx_layout_main(&L);
-    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
-    clopt_param_desc d[FX_MAX_T];
-    clopt_range_group desc;
-    fx_range_group(&L, p, g, d, &desc);
-    set_dtypes(d, L.nt, pdt1, CLOPT_DTYPE_BF16);
-    d[0].param_dtype = pdt0;
-    desc.sr_stream = sr_stream;
-    clopt_mpi_optimizer *sh = NULL;
-    char why[512];
-    const clopt_status s =
-        clopt_mpi_optimizer_create(fx_ctx, rule, hp, MPI_COMM_WORLD, &desc, NULL, &sh, why,
-                                   sizeof why);
-    CHECK(s == want, "%s: %s (%s), wanted %s", what, clopt_mpi_status_name(s), why,
-          clopt_mpi_status_name(want));
-    CHECK(sh == NULL, "%s: *out not NULL", what);
-    CHECK(!text || strstr(why, text), "%s: the reason: %s", what, why);
-    clReleaseMemObject(p);
-    clReleaseMemObject(g);
-}
-
 static void test_refusals(void)
 {
     clopt_hparams hp;
     CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &hp));
-    expect_create("tensor 0 f16, the others bf16", CLOPT_ADAMW, &hp, CLOPT_DTYPE_F16,
-                  CLOPT_DTYPE_BF16, -1, CLOPT_ERR_INVALID_ARGUMENT, "param_dtype");
+    fx_expect_create("tensor 0 f16, the others bf16", CLOPT_ADAMW, &hp, CLOPT_DTYPE_F16,
+                     CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, -1, CLOPT_ERR_INVALID_ARGUMENT,
+                     "param_dtype");
     const clopt_dtype mine = fx_rank == 1 ? CLOPT_DTYPE_BF16 : CLOPT_DTYPE_F16;
-    expect_create("storage differing between ranks", CLOPT_ADAMW, &hp, mine, mine, -1,
-                  (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
+    fx_expect_create("storage differing between ranks", CLOPT_ADAMW, &hp, mine, mine,
+                     CLOPT_DTYPE_BF16, -1, (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
     /* a remainder for f16 parameters: the core refuses it, on every rank with a piece */
     clopt_hparams rem = hp;
     rem.master = CLOPT_MASTER_REMAINDER;
-    expect_create("remainder with f16", CLOPT_ADAMW, &rem, CLOPT_DTYPE_F16, CLOPT_DTYPE_F16, -1,
-                  CLOPT_ERR_INVALID_ARGUMENT, NULL);
+    fx_expect_create("remainder with f16", CLOPT_ADAMW, &rem, CLOPT_DTYPE_F16, CLOPT_DTYPE_F16,
+                     CLOPT_DTYPE_BF16, -1, CLOPT_ERR_INVALID_ARGUMENT, NULL);
     /* stochastic rounding's stream: out of range, or another on one rank */
     clopt_hparams sr = hp;
     sr.stochastic_rounding = 1;
-    expect_create("sr_stream -5", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, -5,
-                  CLOPT_ERR_INVALID_ARGUMENT, "sr_stream");
-    expect_create("sr_stream differing between ranks", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16,
-                  CLOPT_DTYPE_BF16, fx_rank == 1 ? 7 : -1, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
-                  NULL);
+    fx_expect_create("sr_stream -5", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
+                     CLOPT_DTYPE_BF16, -5, CLOPT_ERR_INVALID_ARGUMENT, "sr_stream");
+    fx_expect_create("sr_stream differing between ranks", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16,
+                     CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, fx_rank == 1 ? 7 : -1,
+                     (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
 }
 
 int main(int argc, char **argv)
