@@ -167,6 +167,26 @@ static clopt_status w_device(wbuf *w, clopt_ctx *ctx, clopt_tensor t, size_t n, 
     return CLOPT_SUCCESS;
 }
 
+/* Lookahead's slow weights of a 16-bit tensor that has not stepped: θ, widened to the n
+   floats of the state (as clopt_optimizer_read_state gives them). */
+static clopt_status w_theta(wbuf *w, const clopt_optimizer *opt, const clopt_param *e, size_t n)
+{
+    unsigned char *d = w_reserve(w, n * sizeof(float));
+    if (!d)
+        return CLOPT_SUCCESS; /* counting, or an overflow the caller reports */
+    float *f = malloc(n * sizeof *f + 1);
+    if (!f)
+        return clopt_fail(opt->ctx, CLOPT_ERR_OUT_OF_MEMORY, "saving the slow weights");
+    clopt_status s = clopt_o_read_theta_f32(opt, e, f, n);
+    if (s == CLOPT_SUCCESS) {
+        memcpy(d, f, n * sizeof *f);
+        if (!host_little_endian())
+            swap_floats(d, n);
+    }
+    free(f);
+    return s;
+}
+
 /* Starts a section; returns where its length goes (patched by end_section). */
 static size_t begin_section(wbuf *w, uint32_t tag)
 {
@@ -277,8 +297,11 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
             w_u64(w, e->state_len[k]);
             w_u32(w, (uint32_t)e->state_dtype[k]);
             if (o->state_tensors) {
-                clopt_status s = w_device(w, ctx, state_source(e, k), e->state_len[k],
-                                          clopt_state_esize(e, k));
+                const int theta16 = clopt_is_slow(e, k) && !e->slow_ready &&
+                                    e->pdtype != CLOPT_DTYPE_F32;
+                clopt_status s = theta16 ? w_theta(w, opt, e, e->state_len[k])
+                                         : w_device(w, ctx, state_source(e, k), e->state_len[k],
+                                                    clopt_state_esize(e, k));
                 if (s != CLOPT_SUCCESS)
                     return s;
             }

@@ -211,6 +211,10 @@ void clopt_o_storage_args(const clopt_optimizer *opt, clopt_args *a, const clopt
 /* The stochastic-rounding stream of tensor e: its range group's (one for all its tensors),
    else its index. */
 uint32_t clopt_o_sr_stream(const clopt_optimizer *opt, const clopt_param *e);
+/* n floats of tensor e's θ into host (state_access.c): read as they are, or (16-bit θ)
+   widened on the device into a temporary buffer. Blocking, on the context's queue. */
+clopt_status clopt_o_read_theta_f32(const clopt_optimizer *opt, const clopt_param *e,
+                                    float *host, size_t n);
 clopt_status clopt_o_step_lamb(clopt_optimizer *opt, const clopt_param *e,
                                const clopt_hparams *hp, uint64_t t, float gmul);
 clopt_status clopt_o_step_adafactor(clopt_optimizer *opt, const clopt_param *e,

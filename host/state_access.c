@@ -43,6 +43,32 @@ clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, siz
     return CLOPT_SUCCESS;
 }
 
+clopt_status clopt_o_read_theta_f32(const clopt_optimizer *opt, const clopt_param *e,
+                                    float *host, size_t n)
+{
+    clopt_ctx *ctx = opt->ctx;
+    cl_int err;
+    if (e->pdtype == CLOPT_DTYPE_F32) {
+        err = clEnqueueReadBuffer(ctx->queue, e->param.buffer, CL_TRUE,
+                                  e->param.offset * sizeof(float), n * sizeof(float), host, 0,
+                                  NULL, NULL);
+        return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueReadBuffer");
+    }
+    /* 16-bit θ: widened on the device (exact) into a temporary buffer */
+    cl_mem tmp = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+    if (!tmp)
+        return clopt_fail_cl(ctx, err, "clCreateBuffer (θ as floats)");
+    clopt_status s = clopt_enqueue_convert(ctx, ctx->queue, (clopt_tensor){tmp, 0},
+                                           CLOPT_DTYPE_F32, e->param, e->pdtype, n, 0, 0, 0, 0, 0,
+                                           NULL, NULL);
+    if (s == CLOPT_SUCCESS &&
+        (err = clEnqueueReadBuffer(ctx->queue, tmp, CL_TRUE, 0, n * sizeof(float), host, 0, NULL,
+                                   NULL)) != CL_SUCCESS)
+        s = clopt_fail_cl(ctx, err, "clEnqueueReadBuffer (θ as floats)");
+    clReleaseMemObject(tmp);
+    return s;
+}
+
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n)
 {
@@ -68,7 +94,7 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
         return s;
     /* Lookahead's slow weights are θ until the tensor's first step copies them. */
     if (clopt_is_slow(e, index) && !e->slow_ready)
-        t = e->param;
+        return clopt_o_read_theta_f32(opt, e, host, n);
     cl_int err = clEnqueueReadBuffer(opt->ctx->queue, t.buffer, CL_TRUE,
                                      t.offset * sizeof(float), n * sizeof(float), host, 0, NULL,
                                      NULL);

@@ -484,7 +484,7 @@ typedef struct clopt_hparams {
        in caller-owned tensors, arena groups and range groups (library-allocated state); bf16:
        every rule but Adafactor (the multi-pass ones too: LAMB, StableAdamW, cautious
        masking, Muon). Another rule with U8, U8 in a range group with the engine's own state
-       buffers (float32 only), in clopt_mpi, or Adafactor with any non-float32 state (its
+       buffers (float32 only), or Adafactor with any non-float32 state (its
        factored statistics are small) are refused with CLOPT_ERR_UNSUPPORTED. The 8-bit
        absmaxes are states of their own ("exp_avg.absmax"). */
     int state_dtype;

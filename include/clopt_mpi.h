@@ -58,7 +58,8 @@
  * a load then leaves it to be taken from θ at the first step, and refuses (STATE_MISMATCH) a
  * tensor whose master was already taken.
  *
- * Supported now: one or more groups over one parameter and one gradient buffer (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
+ * Supported now: one or more groups over one parameter and one gradient buffer
+ * (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
  * Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaMod, diffGrad, Lion,
  * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
  * clopt_mpi_optimizer_set_mode, ADOPT, AdEMAMix), Lookahead, bf16 state, schedules,

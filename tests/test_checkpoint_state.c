@@ -148,6 +148,71 @@ void test_write_slow_weights_before_first_step(void **state)
     net_free(&a), net_free(&b);
 }
 
+/* The same with a bf16 θ (its own buffer, exactly its size): the slow weights before the
+   first step read as θ widened (bf16 bits << 16), a checkpoint saved then and loaded into a
+   fresh optimizer resumes as the run that never saved (they read θ itself as floats before:
+   past the end of the 16-bit buffer). */
+void test_slow_weights_bf16_before_first_step(void **state)
+{
+    fixture *f = *state;
+    enum { N = 300, STEPS = 5 };
+    uint16_t th[N], gr[N];
+    uint32_t x = 3;
+    for (size_t i = 0; i < N; i++) { /* bf16 values of +-[1, 2) and small gradients */
+        x = x * 1664525u + 1013904223u;
+        th[i] = (uint16_t)((0x3F80u + ((x >> 9) & 0x7Fu)) | ((i & 1u) << 15));
+        gr[i] = (uint16_t)(0x3C00u + ((x >> 20) & 0xFFu) - 0x80u * (i % 3 == 0));
+    }
+    uint16_t out[2][N];
+    for (int run = 0; run < 2; run++) { /* 0: no checkpoint; 1: saved and loaded at step 0 */
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        hp.lr = 0.01;
+        hp.lookahead_k = 2;
+        hp.lookahead_alpha = 0.5;
+        cl_mem P = buf_new(f->ctx, sizeof th, th), G = buf_new(f->ctx, sizeof gr, gr);
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.param = (clopt_tensor){P, 0};
+        d.grad = (clopt_tensor){G, 0};
+        d.shape[0] = N;
+        d.param_dtype = d.grad_dtype = CLOPT_DTYPE_BF16;
+        clopt_optimizer *o;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &o), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_param_desc(o, 0, &d, NULL), CLOPT_SUCCESS);
+        const size_t slow = clopt_optimizer_state_count(o, 0) - 1;
+        float sw[N];
+        assert_int_equal(clopt_optimizer_read_state(o, 0, slow, sw, N), CLOPT_SUCCESS);
+        for (size_t i = 0; i < N; i++) {
+            uint32_t u;
+            memcpy(&u, &sw[i], sizeof u);
+            assert_int_equal(u, (uint32_t)th[i] << 16);
+        }
+        if (run == 1) {
+            size_t len = 0;
+            assert_int_equal(clopt_optimizer_state_size(o, NULL, &len), CLOPT_SUCCESS);
+            unsigned char *blob = malloc(len);
+            assert_non_null(blob);
+            assert_int_equal(clopt_optimizer_save_to(o, NULL, blob, len, &len), CLOPT_SUCCESS);
+            clopt_optimizer *fresh;
+            assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &fresh),
+                             CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_add_param_desc(fresh, 0, &d, NULL), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_load_from(fresh, blob, len), CLOPT_SUCCESS);
+            free(blob);
+            clopt_optimizer_destroy(o);
+            o = fresh;
+        }
+        for (int t = 0; t < STEPS; t++)
+            assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
+        buf_read(f->ctx, P, 0, sizeof out[run], out[run]);
+        clopt_optimizer_destroy(o);
+        clReleaseMemObject(P), clReleaseMemObject(G);
+    }
+    assert_memory_equal(out[1], out[0], sizeof out[0]);
+    assert_true(memcmp(out[0], th, sizeof th) != 0);
+}
+
 /* ---- (f) per-tensor step counts ----------------------------------------------------------- */
 
 /* A tensor added after 3 steps counts from 0: its bias corrections (Adam) and its μ product

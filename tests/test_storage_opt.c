@@ -854,9 +854,9 @@ static void test_range_group_bf16(void **state)
     /* Schedule-Free: its range-group step program also holds sf_mode (eval/train), which
        did not build with 16-bit θ there */
     static const clopt_rule rules[] = {CLOPT_ADAMW, CLOPT_SCHEDULE_FREE_ADAMW};
-    for (int ri = 0; ri < 2; ri++)
-    for (int master = 0; master <= CLOPT_MASTER_REMAINDER; master++) {
-        const clopt_rule rule = rules[ri];
+    for (int k = 0; k < 6; k++) { /* each rule with each master */
+        const clopt_rule rule = rules[k / 3];
+        const int master = k % 3;
         uint32_t seed = 77;
         uint16_t th[TOT], gr[TOT];
         for (size_t i = 0; i < TOT; i++)

@@ -135,8 +135,8 @@ clopt_dtype clopt_mpi_state_dtype(const clopt_optimizer *o, size_t param, size_t
 }
 
 /* Reads (or writes) len elements of esize bytes of state k of `param`: float32 states through
-   read_state/write_state (Lookahead's slow weights of a fresh tensor read as θ), 16-bit ones
-   from their tensor directly. */
+   read_state/write_state (Lookahead's slow weights of a fresh tensor read as θ), 8- and
+   16-bit ones from their tensor directly. */
 clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param, size_t k,
                                 void *host, size_t len, size_t esize, int write)
 {

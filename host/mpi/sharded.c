@@ -302,7 +302,10 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
     for (size_t gi = 0; gi < ngroups; gi++) {
         const clopt_hparams *hp = &hps[gi];
         MIX(descs[gi].ntensors);
-        MIX(group_sr_stream(&descs[gi]));
+        /* the stream as resolved, where it matters (16-bit θ rounded stochastically) */
+        const int sr = opt->pdt != CLOPT_DTYPE_F32 && hp->master == CLOPT_MASTER_NONE &&
+                       hp->stochastic_rounding;
+        MIX(sr ? opt->gstream[gi] : 0u);
         /* a spot check of the hyperparameters most often set per rank by mistake */
         MIXD(hp->lr);
         MIXD(hp->beta1);
@@ -749,6 +752,14 @@ clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, siz
     clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
     if (s == CLOPT_SUCCESS && !opt->o.shard_tensors)
         s = check_gc_rows(opt, group, hp);
+    /* the storage of the state is fixed at create; refused here on every rank, also on those
+       that hold no piece of the group (their internal optimizer would take it) */
+    if (s == CLOPT_SUCCESS && (hp->state_dtype != opt->hps[group].state_dtype ||
+                               hp->master != opt->hps[group].master))
+        s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
+                           "group %zu: state_dtype and master are fixed at create (the shards' "
+                           "state layout)",
+                           group);
     if (s != CLOPT_SUCCESS)
         return s;
     /* the range group first: it refuses a change of the state layout; group 0 of the

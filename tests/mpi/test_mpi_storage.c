@@ -597,6 +597,10 @@ static void test_checkpoint(int master, int shards, int q8, const char *path)
     CHECK_OK(clopt_hparams_default(CLOPT_ADAMW, &k.hp));
     k.hp.master = master;
     k.hp.state_dtype = q8 ? CLOPT_DTYPE_U8 : CLOPT_DTYPE_F32;
+    if (master == CLOPT_MASTER_REMAINDER) { /* slow weights of a 16-bit θ, saved at step 0 too */
+        k.hp.lookahead_k = 2;
+        k.hp.lookahead_alpha = 0.5;
+    }
     k.hp.weight_decay = 0.05;
     k.pdt = CLOPT_DTYPE_BF16;
     k.pbytes = k.L.plen * 2;
@@ -721,6 +725,28 @@ static void test_refusals(void)
     fx_expect_create("sr_stream differing between ranks", CLOPT_ADAMW, &sr, CLOPT_DTYPE_BF16,
                      CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, fx_rank == 1 ? 7 : -1,
                      (clopt_status)CLOPT_MPI_ERR_MISMATCH, NULL);
+    /* the state's storage is fixed at create: refused on every rank, also on rank 0, which
+       owns nothing of a vector of world - 1 elements */
+    fx_layout L;
+    fx_layout_vector(&L, (size_t)fx_size - 1);
+    cl_mem p = fx_buffer(L.plen, 0.0f), g = fx_buffer(L.glen, 0.0f);
+    clopt_mpi_optimizer *sh = sharded(CLOPT_ADAMW, &hp, MPI_COMM_WORLD, &L, p, g,
+                                      CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16, NULL, "vector");
+    size_t first = 0, count = 0;
+    CHECK_OK(clopt_mpi_optimizer_shard(sh, &first, &count, NULL));
+    CHECK(fx_rank != 0 || count == 0, "rank 0 owns %zu elements", count);
+    clopt_hparams h8 = hp, hm = hp;
+    h8.state_dtype = CLOPT_DTYPE_BF16;
+    hm.master = CLOPT_MASTER_F32;
+    CHECK_STATUS(clopt_mpi_optimizer_set_hparams(sh, &h8), CLOPT_ERR_STATE_MISMATCH);
+    CHECK_STATUS(clopt_mpi_optimizer_set_hparams(sh, &hm), CLOPT_ERR_STATE_MISMATCH);
+    clopt_hparams now;
+    CHECK_OK(clopt_mpi_optimizer_get_hparams(sh, &now));
+    CHECK(now.state_dtype == CLOPT_DTYPE_F32 && now.master == CLOPT_MASTER_NONE,
+          "a refused change was kept");
+    clopt_mpi_optimizer_destroy(sh);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
 }
 
 int main(int argc, char **argv)
