@@ -1305,8 +1305,9 @@ size_t clopt_optimizer_state_count(const clopt_optimizer *opt, size_t param);
    or CLOPT_ERR_INDEX); and a blocking copy of it (n must be its length in floats, see
    clopt_optimizer_state_info) into host memory: read_state settles every step in flight,
    then reads on the context's queue (CL_TRUE). Lookahead's slow weights of a tensor that has
-   not stepped yet read as θ. read_state: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
-   CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length) or an OpenCL code. */
+   not stepped yet read as θ (16-bit θ widened). read_state: CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length) or
+   an OpenCL code. */
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,

@@ -243,7 +243,8 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    group's) or the lr schedule (every group's) between steps, as
    clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
    no such group; a change to a refused variant, e.g. gradient centralization with cut
-   tensors, is CLOPT_ERR_UNSUPPORTED). get: the
+   tensors, is CLOPT_ERR_UNSUPPORTED; a change of state_dtype or master, fixed at create, is
+   CLOPT_ERR_STATE_MISMATCH on every rank). get: the
    group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);
