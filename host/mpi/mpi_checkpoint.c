@@ -134,12 +134,7 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
     unsigned char *all = NULL;
     if (opt->rank == 0 && !sizes && s == CLOPT_SUCCESS)
         s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    double *agree = malloc((size_t)opt->size * sizeof *agree);
-    if (!agree) {
-        free(sizes);
-        free(mine.p);
-        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
+    double *agree = opt->step_all; /* allocated at create: no rank drops out */
     /* everyone packed: then gather (every rank takes part, a failed one with 0 bytes) */
     s = clopt_mpi_agree(opt, s, NULL, 0, agree);
     if (s == CLOPT_SUCCESS) {
@@ -169,7 +164,6 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
         }
         s = clopt_mpi_agree(opt, s, NULL, 0, agree); /* rank 0's verdict for all */
     }
-    free(agree);
     free(all);
     free(sizes);
     free(mine.p);
@@ -328,11 +322,7 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     unsigned char *bytes = NULL;
     size_t len = 0;
     clopt_status s = clopt_mpi_bcast_file(opt, path, &bytes, &len);
-    double *agree = malloc((size_t)opt->size * sizeof *agree);
-    if (!agree) { /* the ranks agreed on the file: only this malloc can fail alone here */
-        free(bytes);
-        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
+    double *agree = opt->step_all; /* allocated at create: no rank drops out */
     /* every rank checks everything it will write before any rank writes */
     ckpt c = {0};
     if (s == CLOPT_SUCCESS) {
@@ -371,7 +361,6 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     if (s == CLOPT_SUCCESS)
         opt->steps = c.steps;
     s = clopt_mpi_agree(opt, s, NULL, 0, agree);
-    free(agree);
     free(c.t);
     free(bytes);
     return s;

@@ -65,6 +65,9 @@ struct clopt_mpi_optimizer {
     float *host_s;         /* reduce-scatter: count floats of the reduced slice */
     float *host_recv;      /* ordered sum: size * count floats (16-bit: widened) */
     uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words received */
+    int *rs_counts;        /* ordered sum: what every rank sends here (count), then where it
+                              lands in host_recv (r * count): 2 * size ints */
+    double *step_all;      /* the step's agreement: size * 3 doubles */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
     uint32_t *gstream;     /* every group's stochastic-rounding stream (clopt_range_group) */

@@ -55,12 +55,7 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
                      : clopt_mpi_write_file(opt, path, &part);
     }
     const double extra[2] = {(double)part.len, (double)crc};
-    double *all = malloc((size_t)opt->size * 3 * sizeof *all);
-    if (!all) {
-        free(blob.p);
-        free(part.p);
-        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
+    double *all = opt->step_all; /* size * 3 doubles, allocated at create */
     s = clopt_mpi_agree(opt, s, extra, 2, all); /* every part written, their sizes and CRCs */
     const int go = s == CLOPT_SUCCESS;          /* the same on every rank after an agreement */
     if (go && opt->rank == 0) {
@@ -93,7 +88,6 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
     }
     if (go)
         s = clopt_mpi_agree(opt, s, NULL, 0, all); /* rank 0's manifest verdict for all */
-    free(all);
     free(blob.p);
     free(part.p);
     return s;
@@ -318,15 +312,9 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
     unsigned char *man = NULL;
     size_t mlen = 0;
     clopt_status s = clopt_mpi_bcast_file(opt, ok_path ? path : NULL, &man, &mlen);
-    double *agree = malloc((size_t)opt->size * sizeof *agree);
-    if (!agree) {
-        free(man);
-        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
-    if (s != CLOPT_SUCCESS) {
-        free(agree);
+    double *agree = opt->step_all; /* allocated at create: no rank drops out */
+    if (s != CLOPT_SUCCESS)
         return s;
-    }
     uint64_t steps = 0, *g = NULL;
     uint32_t world = 0;
     unsigned char **files = NULL;
@@ -397,6 +385,5 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
     free(recs);
     free(g);
     free(man);
-    free(agree);
     return s;
 }

@@ -69,21 +69,13 @@ static clopt_status reduce_scatter(clopt_mpi_optimizer *opt)
     int rc;
     if (opt->o.ordered_sum) {
         /* every rank sends slice r of its gradient to rank r; the sum runs in rank order */
-        int *rcounts = malloc(2 * N * sizeof *rcounts);
-        if (!rcounts)
-            return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-        int *rdispls = rcounts + N;
-        for (size_t r = 0; r < N; r++) {
-            rcounts[r] = (int)n;
-            rdispls[r] = (int)(r * n); /* size * count <= INT_MAX is checked at create */
-        }
+        const int *rcounts = opt->rs_counts, *rdispls = opt->rs_counts + N;
         /* 16-bit gradients travel as they are (half the bytes) and are summed as floats */
         const int half = opt->ges == 2;
         rc = half ? MPI_Alltoallv(opt->host_g16, opt->counts, opt->displs, MPI_UINT16_T,
                                   opt->host_recv16, rcounts, rdispls, MPI_UINT16_T, opt->comm)
                   : MPI_Alltoallv(opt->host_g, opt->counts, opt->displs, MPI_FLOAT,
                                   opt->host_recv, rcounts, rdispls, MPI_FLOAT, opt->comm);
-        free(rcounts);
         if (rc != MPI_SUCCESS)
             return clopt_mpi_check(opt, rc, "MPI_Alltoallv (reduce-scatter)");
         if (half)
@@ -248,16 +240,13 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
                 part[0] += (double)x * (double)x;
         }
     }
-    double *all = malloc((size_t)opt->size * 3 * sizeof *all);
-    if (!all) /* cannot agree without the buffer: fail alone (the others fail in MPI) */
-        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+    double *all = opt->step_all; /* allocated at create: no rank can drop out here */
     s = clopt_mpi_agree(opt, s, part, 2, all);
     double sumsq = 0.0, bad = 0.0;
     for (int r = 0; r < opt->size; r++) { /* rank order: the same sum on every rank */
         sumsq += all[3 * (size_t)r + 1];
         bad += all[3 * (size_t)r + 2];
     }
-    free(all);
     LAP(agree_s);
     if (s != CLOPT_SUCCESS)
         return s;

@@ -369,6 +369,8 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->host_s);
     free(opt->host_recv);
     free(opt->host_recv16);
+    free(opt->rs_counts);
+    free(opt->step_all);
     free(opt->shapes);
     free(opt->pieces);
     free(opt->cat);
@@ -394,6 +396,9 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     opt->grun = make_runs(desc, 1, &opt->ngrun);
     opt->host_p = malloc(opt->total * opt->pes);
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
+    opt->step_all = malloc(N * 3 * sizeof *opt->step_all);
+    if (!opt->step_all)
+        return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     if (opt->ges == 2 && !(opt->host_g16 = malloc(opt->total * sizeof *opt->host_g16)))
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     opt->ntensors = desc->ntensors;
@@ -471,7 +476,14 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
         if (opt->ges == 2) /* received as 16-bit words, widened, then summed */
             opt->host_recv16 = malloc(nr * sizeof *opt->host_recv16);
         opt->host_recv = malloc(nr * sizeof *opt->host_recv);
-        if (!opt->host_s || !opt->host_recv || (opt->ges == 2 && !opt->host_recv16))
+        if ((opt->rs_counts = malloc(2 * N * sizeof *opt->rs_counts)) != NULL)
+            for (size_t r = 0; r < N; r++) {
+                opt->rs_counts[r] = (int)opt->count;
+                /* used by the ordered sum only, whose size * count <= INT_MAX (above) */
+                opt->rs_counts[N + r] = opt->o.ordered_sum ? (int)(r * opt->count) : 0;
+            }
+        if (!opt->host_s || !opt->host_recv || (opt->ges == 2 && !opt->host_recv16) ||
+            !opt->rs_counts)
             return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     }
     clopt_status s = clopt_optimizer_create(opt->ctx, opt->rule, hp, &opt->local);
