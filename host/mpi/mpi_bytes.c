@@ -277,7 +277,7 @@ clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, un
     len = (size_t)head[1];
     if (opt->rank != 0 && !(bytes = malloc(len ? len : 1)))
         s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    s = clopt_mpi_agree(opt, s, NULL, 0, opt->step_all); /* every rank has its buffer */
+    s = clopt_mpi_agree(opt, s, NULL, 0, opt->agree_all); /* every rank has its buffer */
     if (s == CLOPT_SUCCESS &&
         (rc = MPI_Bcast(bytes, (int)len, MPI_BYTE, 0, opt->comm)) != MPI_SUCCESS)
         s = clopt_mpi_check(opt, rc, "MPI_Bcast (file)");

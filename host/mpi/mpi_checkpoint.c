@@ -134,7 +134,7 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
     unsigned char *all = NULL;
     if (opt->rank == 0 && !sizes && s == CLOPT_SUCCESS)
         s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    double *agree = opt->step_all; /* allocated at create: no rank drops out */
+    double *agree = opt->agree_all; /* allocated at create: no rank drops out */
     /* everyone packed: then gather (every rank takes part, a failed one with 0 bytes) */
     s = clopt_mpi_agree(opt, s, NULL, 0, agree);
     if (s == CLOPT_SUCCESS) {
@@ -322,7 +322,7 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     unsigned char *bytes = NULL;
     size_t len = 0;
     clopt_status s = clopt_mpi_bcast_file(opt, path, &bytes, &len);
-    double *agree = opt->step_all; /* allocated at create: no rank drops out */
+    double *agree = opt->agree_all; /* allocated at create: no rank drops out */
     /* every rank checks everything it will write before any rank writes */
     ckpt c = {0};
     if (s == CLOPT_SUCCESS) {

@@ -67,7 +67,9 @@ struct clopt_mpi_optimizer {
     uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words received */
     int *rs_counts;        /* ordered sum: what every rank sends here (count), then where it
                               lands in host_recv (r * count): 2 * size ints */
-    double *step_all;      /* the step's agreement: size * 3 doubles */
+    double *agree_all;     /* size * 3 doubles, allocated at create (so that no rank drops out
+                              of a collective): every phase's agreement, a cut tensor's
+                              gathered {status, sums} */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
     uint32_t *gstream;     /* every group's stochastic-rounding stream (clopt_range_group) */
@@ -84,7 +86,6 @@ struct clopt_mpi_optimizer {
        the piece were combined */
     MPI_Comm *piece_comm;
     int *piece_done;
-    double *sums_all; /* size * 3 doubles: a cut tensor's gathered {status, sums} */
     int *rep_cnt;     /* reduce-scatter, replicated pieces: 2 * size ints (Allgatherv) */
     float *rep_host;  /* ... and the largest replicated tensor's floats */
     double max_norm, scale, last_norm;

@@ -55,7 +55,7 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
                      : clopt_mpi_write_file(opt, path, &part);
     }
     const double extra[2] = {(double)part.len, (double)crc};
-    double *all = opt->step_all; /* size * 3 doubles, allocated at create */
+    double *all = opt->agree_all; /* size * 3 doubles, allocated at create */
     s = clopt_mpi_agree(opt, s, extra, 2, all); /* every part written, their sizes and CRCs */
     const int go = s == CLOPT_SUCCESS;          /* the same on every rank after an agreement */
     if (go && opt->rank == 0) {
@@ -312,7 +312,7 @@ clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const cha
     unsigned char *man = NULL;
     size_t mlen = 0;
     clopt_status s = clopt_mpi_bcast_file(opt, ok_path ? path : NULL, &man, &mlen);
-    double *agree = opt->step_all; /* allocated at create: no rank drops out */
+    double *agree = opt->agree_all; /* allocated at create: no rank drops out */
     if (s != CLOPT_SUCCESS)
         return s;
     uint64_t steps = 0, *g = NULL;

@@ -240,7 +240,7 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
                 part[0] += (double)x * (double)x;
         }
     }
-    double *all = opt->step_all; /* allocated at create: no rank can drop out here */
+    double *all = opt->agree_all; /* allocated at create: no rank can drop out here */
     s = clopt_mpi_agree(opt, s, part, 2, all);
     double sumsq = 0.0, bad = 0.0;
     for (int r = 0; r < opt->size; r++) { /* rank order: the same sum on every rank */

@@ -36,7 +36,7 @@ static clopt_status combine(clopt_mpi_optimizer *opt, size_t p, clopt_status loc
                             const float *mine, size_t count, double *total)
 {
     MPI_Comm c = opt->piece_comm[p];
-    double *all = opt->sums_all; /* room for every rank of opt->comm */
+    double *all = opt->agree_all; /* room for every rank of opt->comm */
     int n = 0;
     int rc = MPI_Comm_size(c, &n);
     double send[3] = {(double)local, 0.0, 0.0};
@@ -98,8 +98,7 @@ clopt_status clopt_mpi_sums_setup(clopt_mpi_optimizer *opt, clopt_status local)
     if (s == CLOPT_SUCCESS && opt->npieces) {
         opt->piece_comm = malloc(opt->npieces * sizeof *opt->piece_comm);
         opt->piece_done = calloc(opt->npieces, sizeof *opt->piece_done);
-        opt->sums_all = malloc((size_t)opt->size * 3 * sizeof *opt->sums_all);
-        if (!opt->piece_comm || !opt->piece_done || !opt->sums_all)
+        if (!opt->piece_comm || !opt->piece_done)
             s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
         for (size_t p = 0; opt->piece_comm && p < opt->npieces; p++)
             opt->piece_comm[p] = MPI_COMM_NULL;
@@ -153,14 +152,12 @@ void clopt_mpi_sums_release(clopt_mpi_optimizer *opt)
             MPI_Comm_free(&opt->piece_comm[p]);
     free(opt->piece_comm);
     free(opt->piece_done);
-    free(opt->sums_all);
     free(opt->rep_cnt);
     free(opt->rep_host);
     opt->rep_cnt = NULL;
     opt->rep_host = NULL;
     opt->piece_comm = NULL;
     opt->piece_done = NULL;
-    opt->sums_all = NULL;
 }
 
 void clopt_mpi_sums_begin(clopt_mpi_optimizer *opt)

@@ -370,7 +370,7 @@ static void release(clopt_mpi_optimizer *opt)
     free(opt->host_recv);
     free(opt->host_recv16);
     free(opt->rs_counts);
-    free(opt->step_all);
+    free(opt->agree_all);
     free(opt->shapes);
     free(opt->pieces);
     free(opt->cat);
@@ -396,8 +396,8 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     opt->grun = make_runs(desc, 1, &opt->ngrun);
     opt->host_p = malloc(opt->total * opt->pes);
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
-    opt->step_all = malloc(N * 3 * sizeof *opt->step_all);
-    if (!opt->step_all)
+    opt->agree_all = malloc(N * 3 * sizeof *opt->agree_all);
+    if (!opt->agree_all)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     if (opt->ges == 2 && !(opt->host_g16 = malloc(opt->total * sizeof *opt->host_g16)))
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
