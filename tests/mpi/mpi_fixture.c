@@ -167,11 +167,21 @@ float fx_val(unsigned seed, size_t i)
 clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
                               cl_mem p, cl_mem g)
 {
+    return fx_reference_typed(rule, hp, L, p, g, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32);
+}
+
+clopt_optimizer *fx_reference_typed(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
+                                    cl_mem p, cl_mem g, clopt_dtype pdt, clopt_dtype gdt)
+{
     clopt_optimizer *o = NULL;
     CHECK_OK(clopt_optimizer_create(fx_ctx, rule, hp, &o));
     clopt_param_desc d[FX_MAX_T];
     clopt_range_group rg;
     fx_range_group(L, p, g, d, &rg);
+    for (size_t i = 0; i < L->nt; i++) {
+        d[i].param_dtype = pdt;
+        d[i].grad_dtype = gdt;
+    }
     const clopt_status s = clopt_optimizer_add_range_group(o, hp, &rg, NULL, NULL);
     CHECK(s == CLOPT_SUCCESS, "reference range group: %s", clopt_ctx_last_error(fx_ctx));
     return o;

@@ -75,6 +75,10 @@ float fx_val(unsigned seed, size_t i);
 /* The unsharded optimizer over the same layout (the reference). */
 clopt_optimizer *fx_reference(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
                               cl_mem p, cl_mem g);
+/* The same with the parameters in pdt and the gradients in gdt (elements of their types at
+   L's offsets). */
+clopt_optimizer *fx_reference_typed(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
+                                    cl_mem p, cl_mem g, clopt_dtype pdt, clopt_dtype gdt);
 /* Every state of every piece of sh's shard equals the same slice of ref's state (bytes). */
 void fx_check_states(const char *what, clopt_mpi_optimizer *sh, clopt_optimizer *ref,
                      const fx_layout *L);

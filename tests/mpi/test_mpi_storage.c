@@ -146,21 +146,6 @@ static void hparams(const half_case *c, clopt_hparams *hp)
     }
 }
 
-/* The unsharded reference: one range group over the same layout and storage. */
-static clopt_optimizer *reference(clopt_rule rule, const clopt_hparams *hp, const fx_layout *L,
-                                  cl_mem p, cl_mem g, clopt_dtype pdt, clopt_dtype gdt)
-{
-    clopt_optimizer *o = NULL;
-    CHECK_OK(clopt_optimizer_create(fx_ctx, rule, hp, &o));
-    clopt_param_desc d[FX_MAX_T];
-    clopt_range_group rg;
-    fx_range_group(L, p, g, d, &rg);
-    set_dtypes(d, L->nt, pdt, gdt);
-    const clopt_status s = clopt_optimizer_add_range_group(o, hp, &rg, NULL, NULL);
-    CHECK(s == CLOPT_SUCCESS, "reference range group: %s", clopt_ctx_last_error(fx_ctx));
-    return o;
-}
-
 static clopt_mpi_optimizer *sharded(clopt_rule rule, const clopt_hparams *hp, MPI_Comm comm,
                                     const fx_layout *L, cl_mem p, cl_mem g, clopt_dtype pdt,
                                     clopt_dtype gdt, const clopt_mpi_options *o, const char *what)
@@ -206,7 +191,7 @@ static void run_case(const half_case *c)
 
     clopt_mpi_optimizer *sh =
         sharded(c->rule, &hp, MPI_COMM_WORLD, &L, p, g, c->pdt, c->gdt, NULL, c->name);
-    clopt_optimizer *ref = reference(c->rule, &hp, &L, rp, rg, c->pdt, c->gdt);
+    clopt_optimizer *ref = fx_reference_typed(c->rule, &hp, &L, rp, rg, c->pdt, c->gdt);
     CHECK_OK(clopt_mpi_optimizer_seed(sh, 1234)); /* stochastic rounding's */
     CHECK_OK(clopt_optimizer_seed(ref, 1234));
     const int amp = c->variant == 6;
@@ -397,7 +382,7 @@ static void test_reduce_scatter(int ordered)
         sharded(CLOPT_ADAMW, &hp, MPI_COMM_WORLD, &L, p, g, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
                 &o, what);
     clopt_optimizer *ref =
-        reference(CLOPT_ADAMW, &hp, &L, rp, rg, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32);
+        fx_reference_typed(CLOPT_ADAMW, &hp, &L, rp, rg, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32);
     for (unsigned t = 1; t <= 5; t++) {
         for (size_t i = 0; i < L.total; i++) {
             float s = 0.0f;
@@ -469,7 +454,7 @@ static void test_clip_f16(void)
     scatter_t(&L, 0, rp, F16, flat);
     clopt_mpi_optimizer *sh = sharded(CLOPT_SGD, &hp, MPI_COMM_WORLD, &L, p, g, F16, F16, NULL,
                                       what);
-    clopt_optimizer *ref = reference(CLOPT_SGD, &hp, &L, rp, rg, F16, F16);
+    clopt_optimizer *ref = fx_reference_typed(CLOPT_SGD, &hp, &L, rp, rg, F16, F16);
     CHECK_OK(clopt_mpi_optimizer_set_grad_clip(sh, 0.01));
     CHECK_OK(clopt_optimizer_set_grad_clip(ref, 0.01));
     for (unsigned t = 1; t <= 3; t++) {
@@ -652,7 +637,8 @@ static void test_checkpoint(int master, int shards, int q8, const char *path)
         const cl_int e =
             clEnqueueWriteBuffer(queue(), p, CL_TRUE, 0, k.pbytes, saved, 0, NULL, NULL);
         CHECK(e == CL_SUCCESS, "clEnqueueWriteBuffer: %d", (int)e);
-        clopt_optimizer *un = reference(CLOPT_ADAMW, &k.hp, &k.L, p, g, k.pdt, CLOPT_DTYPE_BF16);
+        clopt_optimizer *un =
+            fx_reference_typed(CLOPT_ADAMW, &k.hp, &k.L, p, g, k.pdt, CLOPT_DTYPE_BF16);
         char why[256];
         const clopt_status s = clopt_mpi_checkpoint_load_unsharded(fx_ctx, un, path, why,
                                                                    sizeof why);
