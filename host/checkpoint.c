@@ -167,8 +167,9 @@ static clopt_status w_device(wbuf *w, clopt_ctx *ctx, clopt_tensor t, size_t n, 
     return CLOPT_SUCCESS;
 }
 
-/* Lookahead's slow weights of a 16-bit tensor that has not stepped: θ, widened to the n
-   floats of the state (as clopt_optimizer_read_state gives them). */
+/* Lookahead's slow weights of a tensor that has not stepped: θ (they are θ until its first
+   step copies them), as the n floats of the state (a 16-bit θ widened), as
+   clopt_optimizer_read_state gives them. */
 static clopt_status w_theta(wbuf *w, const clopt_optimizer *opt, const clopt_param *e, size_t n)
 {
     unsigned char *d = w_reserve(w, n * sizeof(float));
@@ -297,11 +298,10 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
             w_u64(w, e->state_len[k]);
             w_u32(w, (uint32_t)e->state_dtype[k]);
             if (o->state_tensors) {
-                const int theta16 = clopt_is_slow(e, k) && !e->slow_ready &&
-                                    e->pdtype != CLOPT_DTYPE_F32;
-                clopt_status s = theta16 ? w_theta(w, opt, e, e->state_len[k])
-                                         : w_device(w, ctx, state_source(e, k), e->state_len[k],
-                                                    clopt_state_esize(e, k));
+                clopt_status s = clopt_is_slow(e, k) && !e->slow_ready
+                                     ? w_theta(w, opt, e, e->state_len[k])
+                                     : w_device(w, ctx, e->state[k], e->state_len[k],
+                                                clopt_state_esize(e, k));
                 if (s != CLOPT_SUCCESS)
                     return s;
             }

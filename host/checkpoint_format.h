@@ -79,14 +79,6 @@ static inline void swap_floats(unsigned char *p, size_t n)
     }
 }
 
-/* Lookahead's slow weights are θ until the tensor's first step copies them (as
-   clopt_optimizer_read_state; a 16-bit θ is widened: checkpoint.c's w_theta); every other
-   state is its own tensor. */
-static inline clopt_tensor state_source(const clopt_param *e, size_t k)
-{
-    return clopt_is_slow(e, k) && !e->slow_ready ? e->param : e->state[k];
-}
-
 /* The size of this optimizer's own checkpoint with every save option on (checkpoint.c;
    counts only, no device access). */
 size_t clopt_ckp_full_size(const clopt_optimizer *opt);
