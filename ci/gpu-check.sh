@@ -13,7 +13,8 @@
 #    clopt's default; every later stage runs on that device (CLOPT_DEVICE=<its index>).
 # 4. The cmocka suite (ctest) and clopt-conform tests/data/golden on it.
 # 5. clopt-bench for AdamW, SGD momentum, Adam, Lion, Adafactor and LAMB at 2^20 ... 2^28
-#    (fused, unfused, copy and stream), the largest size capped by the device's memory.
+#    (fused, unfused, copy and stream), the largest size capped by the device's memory; and
+#    AdamW's storage combinations (bf16 and 8-bit state, 16-bit weights) at that size.
 # 6. If a Python with PyTorch and CUDA is there: bench/torch_adamw.py at the same sizes
 #    (torch.optim.AdamW fused=True and foreach=True).
 # Everything goes to bench/results/<device>/ (logs, JSON, CSV, README.md with the tables).
@@ -32,8 +33,8 @@
 #                           it as it is (built elsewhere and carried: no cmake or gcc needed)
 #   GPU_CHECK_OUT           results folder (default bench/results/<device>)
 #   GPU_CHECK_PYTHON        the Python for PyTorch (default python3)
-#   GPU_CHECK_LIMIT_BUILD, _CTEST, _CONFORM, _BENCH, _TORCH   stage limits in seconds
-#                           (default 900, 300, 120, 300, 180)
+#   GPU_CHECK_LIMIT_BUILD, _CTEST, _CONFORM, _BENCH, _STORAGE, _TORCH   stage limits in
+#                           seconds (default 900, 300, 120, 300, 180, 180)
 # Try it without a GPU (PoCL, a few minutes on 2 cores):
 #   GPU_CHECK_QUICK=1 GPU_CHECK_MAX_SIZE=2^22 GPU_CHECK_REPS=3 GPU_CHECK_OUT=/tmp/gc bash ci/gpu-check.sh
 set -u
@@ -42,7 +43,7 @@ ROOT=$PWD
 T_START=$(date +%s)
 
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
-    sed -n '3,36p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '3,39p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 
@@ -296,6 +297,12 @@ fi
 stage clopt-bench "${GPU_CHECK_LIMIT_BENCH:-300}" "$OUT/bench.txt" 0 \
     "$BUILD/bench/clopt-bench" --rules "$RULES" --sizes "$SIZES" --variants "$VARIANTS" \
     --reps "$REPS" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
+# storage: AdamW at the largest size with bf16 and 8-bit state (on a GPU 8-bit state runs a
+# work-group per block of 256) and 16-bit weights, each against a stream kernel of its bytes
+stage clopt-bench-storage "${GPU_CHECK_LIMIT_STORAGE:-180}" "$OUT/storage.txt" 0 \
+    "$BUILD/bench/clopt-bench" --rules adamw --sizes "2^$EMAX" --variants fused,stream \
+    --dtypes 'p=f32;p=f32,state=bf16;p=f32,state=int8;p=bf16,g=bf16,master=remainder;p=bf16,g=bf16,master=remainder,state=int8;p=bf16,g=bf16,master=none,sr=1' \
+    --reps "$REPS" --json "$OUT/storage.json" --csv "$OUT/storage.csv"
 
 # ---- 6. PyTorch ---------------------------------------------------------------------------
 TORCH_NOTE=""

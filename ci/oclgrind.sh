@@ -48,7 +48,9 @@
 #                 group and in LAMB, Adafactor, GC and Lookahead (the typed loads and stores
 #                 of storage.cl, theta_copy), bf16 and 8-bit state in arena groups;
 #   test_q8       8-bit blockwise state (one work-item per 256-element block, blocks cut by
-#                 a tensor's end) and bf16 state for every element-wise rule.
+#                 a tensor's end; and a GPU's shape, a work-group per block with the absmax
+#                 reduced in local memory between barriers: races and divergent barriers
+#                 are reported) and bf16 state for every element-wise rule.
 # (tests/test_storage*.c, ~1 min here, are left to PoCL: its kernels are the ones above in
 # more combinations.)
 # Fails when a test fails or when Oclgrind writes any report to stderr; the reports are

@@ -179,6 +179,7 @@ typedef struct clopt_launch_plan {
     int has_int_arg;
     int uses_hessian;     /* Sophia: an estimate is folded into h at this step */
     int gc;               /* gradient centralization: row means are a kernel argument */
+    int q8_group;         /* 8-bit state: a work-group per block (Q8WG), not a work-item */
     clopt_tuning tuning;  /* the kernel's vector width (in options) and work-group size */
 } clopt_launch_plan;
 

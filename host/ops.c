@@ -215,6 +215,27 @@ void clopt_arg_ctl(clopt_args *a, const clopt_ctl *c)
     clopt_arg_int(a, (cl_int)c->ncand);
 }
 
+/* 8-bit state in work-groups (kernels/storage.cl, Q8WG): a block's work-group must be
+   launched whole, so a kernel that cannot run 256 / VW work-items per group (its
+   CL_KERNEL_WORK_GROUP_SIZE, e.g. a register-heavy variant on a GPU) is refused before
+   anything is enqueued, never launched with the driver's group size. */
+static clopt_status check_q8_group(clopt_ctx *ctx, cl_kernel k, const clopt_tuning *t)
+{
+    size_t kmax = 0;
+    cl_int err = clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                          sizeof kmax, &kmax, NULL);
+    if (err != CL_SUCCESS)
+        return clopt_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
+    if (kmax < t->work_group_size)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "8-bit state: the kernel runs at most %zu work-items per work-group "
+                          "on this device, a block of 256 needs %zu with vector width %u; set "
+                          "a wider vector_width (clopt_ctx_set_tuning) or "
+                          "items_per_work_item > 1 (a work-item per block)",
+                          kmax, t->work_group_size, t->vector_width);
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                 const clopt_hparams *hp, const clopt_step_args *args,
                                 size_t n, uint64_t step, cl_uint num_wait,
@@ -264,8 +285,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     const int q8 = args->state_dtype == CLOPT_DTYPE_U8;
     if (args->state_dtype != CLOPT_DTYPE_F32) {
         size_t len = strlen(plan.options);
-        snprintf(plan.options + len, sizeof plan.options - len, " -DSQ=%d%s",
-                 q8 ? 4 : 2, q8 ? CLOPT_Q8_TABLE_OPTIONS : "");
+        snprintf(plan.options + len, sizeof plan.options - len, " -DSQ=%d%s%s", q8 ? 4 : 2,
+                 q8 ? CLOPT_Q8_TABLE_OPTIONS : "", plan.q8_group ? " -DQ8WG=1" : "");
     }
     cl_mem qmap = NULL;
     if (q8 && (s = clopt_ctx_qmap(ctx, &qmap)) != CLOPT_SUCCESS)
@@ -322,6 +343,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_mem(&a, qmap);
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
+    if (plan.q8_group && (s = check_q8_group(ctx, k, &plan.tuning)) != CLOPT_SUCCESS)
+        return s;
     cl_command_queue q = queue ? queue : ctx->queue;
     if (ctl && ctl->dry && !plan.gc)
         return CLOPT_SUCCESS;

@@ -35,14 +35,30 @@
 #define CTRL_PARAMS                                                                        \
     , __global const uint *ctl_, const ulong ctlo, const ulong expect_,                    \
         __global const float *tab_, const ulong tabo, const uint ncand_
-#define CTRL_SKIP                                                                          \
+#define CTRL_SKIPPED                                                                       \
     const ulong dc_ = (((ulong)ctl_[ctlo + 3]) << 32) | (ulong)ctl_[ctlo + 2];             \
-    if (ctl_[ctlo] != 0u || dc_ < expect_ || dc_ - expect_ >= (ulong)ncand_)               \
+    const int skip_ = ctl_[ctlo] != 0u || dc_ < expect_ || dc_ - expect_ >= (ulong)ncand_
+#if defined(SQ) && SQ == 4 && defined(Q8WG) && Q8WG
+/* 8-bit state in work-groups (storage.cl) has barriers after the update: no work-item may
+   return before them, not even where the whole group would (a return that depends on a
+   load from memory before a barrier is divergent to a compiler that cannot prove it
+   uniform; PoCL 3.1 corrupted its heap on it). A skipped step runs the group with nothing
+   to load or store (CTRL_LIVE 0), reading row 0 of the table. */
+#define CTRL_SKIP CTRL_SKIPPED
+#define CTRL_LIVE (!skip_)
+#define CTRL_ROW_AT (skip_ ? 0 : dc_ - expect_)
+#else
+#define CTRL_SKIP                                                                          \
+    CTRL_SKIPPED;                                                                          \
+    if (skip_)                                                                             \
     return
+#define CTRL_LIVE 1
+#define CTRL_ROW_AT (dc_ - expect_)
+#endif
 #define CTRL_GUARD(gm)                                                                     \
     CTRL_SKIP;                                                                             \
     gm = gm * as_float(ctl_[ctlo + 1]);                                                    \
-    __global const float *row_ = tab_ + tabo + (dc_ - expect_) * CTRL_ROW
+    __global const float *row_ = tab_ + tabo + CTRL_ROW_AT * CTRL_ROW
 /* CTRL_SCALARS(a, b, ...): a = row_[0], b = row_[1], ... (the kernel's per-step arguments,
  * in argument order; an int argument converts from its float). */
 #define CTRL_S1(i, a) a = row_[i];
@@ -65,6 +81,7 @@
 #else
 #define CTRL_PARAMS
 #define CTRL_SKIP
+#define CTRL_LIVE 1
 #define CTRL_GUARD(gm)
 #define CTRL_SCALARS(...)
 #endif
@@ -123,15 +140,29 @@ inline void tail_store(floatV x, __global float *p, uint rem)
  * length and RP_, RG_, RS_ are added to the θ, g and state pointers (0 without RANGES).
  * (Work-groups that walk several chunks each cost a thousand tiny tensors less, but on a CPU
  * each work-item then strides across chunks: 1.9x slower at 2^24, clopt-bench ranges.)
- * With 8-bit state (SQ 4: a work-item owns a block of 256, storage.cl) the table has a row
- * per block of a tensor instead (blocks start at each tensor's first element, so none mixes
- * two tensors; the host puts every tensor's state at a multiple of 256) and work-item i
- * takes row i, as it takes block i without RANGES; n_all_ is then the number of rows
- * (RANGES_ROWS). */
+ * With 8-bit state (SQ 4: a work-item, or with Q8WG a work-group, owns a block of 256,
+ * storage.cl) the table has a row per block of a tensor instead (blocks start at each
+ * tensor's first element, so none mixes two tensors; the host puts every tensor's state at a
+ * multiple of 256) and work-item (work-group) i takes row i, as it takes block i without
+ * RANGES; n_all_ is then the number of rows (RANGES_ROWS). */
 #ifndef RANGES
 #define RANGES 0
 #endif
-#if RANGES && defined(SQ) && SQ == 4
+#if RANGES && defined(SQ) && SQ == 4 && defined(Q8WG) && Q8WG
+/* 8-bit state in work-groups: work-group i takes row i, its work-item j the row's vector j */
+#define RANGES_ROWS 1
+#define N_ARG n_all_
+#define RANGES_PARAMS , __global const ulong *rt_
+#define RANGES_BEGIN                                                                       \
+    if (get_group_id(0) >= n_all_)                                                         \
+        return;                                                                            \
+    const ulong4 r_ = vload4(get_group_id(0), rt_);                                        \
+    const long RP_ = (long)r_.x, RG_ = (long)r_.y, RS_ = (long)r_.z;                       \
+    const ulong n = r_.w;
+#define ITEM_LOOP_BEGIN {
+#define ITEM_LOOP_END }
+#define ITEM_ID get_local_id(0)
+#elif RANGES && defined(SQ) && SQ == 4
 #define RANGES_ROWS 1
 #define N_ARG n_all_
 #define RANGES_PARAMS , __global const ulong *rt_
@@ -180,7 +211,7 @@ inline void tail_store(floatV x, __global float *p, uint rem)
     const uint rem_ = (uint)(n - nv_ * VW);                                                \
     _Pragma("unroll") for (int pass_ = 0; pass_ < 2; pass_++) {                            \
         const int full_ = pass_ == 0;                                                      \
-        if (full_ ? vi_ < nv_ : (vi_ == nv_ && rem_ != 0)) {                               \
+        if (CTRL_LIVE && (full_ ? vi_ < nv_ : (vi_ == nv_ && rem_ != 0))) {                \
             const ulong base_ = vi_ * VW;
 #define ELEMENTWISE_END                                                                    \
     break;                                                                                 \

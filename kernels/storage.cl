@@ -569,13 +569,34 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_END(s, sg)
 #define Q8_PARAMS
 #elif SQ == 4
-#if VW != 16 || IPW != 16 || (RANGES && !RANGES_ROWS)
+/* Two shapes of the same computation (Q8WG, chosen by the host from the tuning):
+ * 0: a work-item per block (VW 16 x IPW 16, the CPU shape above);
+ * 1: a work-group per block (bitsandbytes' shape, for GPUs): IPW 1 and Q8_LANES = 256 / VW
+ *    work-items, each dequantizing and updating one vector of the block and keeping its new
+ *    values in registers; the block's absmax is reduced in local memory (a fixed tree of
+ *    fmax: exact, so both shapes give the same absmax and the same codes bit for bit), then
+ *    each work-item writes its vector's codes and work-item 0 the absmax. The launch is
+ *    exactly one work-group of Q8_LANES per block (host/ops.c), so every work-item of a
+ *    group reaches the barriers: the kernels return early only where the whole group does
+ *    (CTRL_GUARD; RANGES_BEGIN on the group's row). */
+#ifndef Q8WG
+#define Q8WG 0
+#endif
+#if Q8WG
+#if IPW != 1 || (RANGES && !RANGES_ROWS)
+#error "8-bit state in work-groups needs IPW 1 and a table row per block"
+#endif
+#define Q8_LANES (256 / VW)
+#elif VW != 16 || IPW != 16 || (RANGES && !RANGES_ROWS)
 #error "8-bit state needs VW 16, IPW 16 and a table row per block: one work-item per block"
 #endif
 #define Q8_BLOCK 256
 #if RANGES
 #define Q8_ITEM 0
 #define Q8_ABS_AT (RS_ / Q8_BLOCK)
+#elif Q8WG
+#define Q8_ITEM get_group_id(0)
+#define Q8_ABS_AT 0
 #else
 #define Q8_ITEM get_global_id(0)
 #define Q8_ABS_AT 0
@@ -583,14 +604,30 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_PTR(s) __global uchar *s##_
 #define STATE_EXTRA(s) __global float *s##a_, const ulong s##ao,
 #define Q8_PARAMS , __global const float *qmap_
+#if Q8WG
+/* the block's absmax; the work-item's new values, their largest magnitude, the group's
+   reduction */
+#define STATE_BEGIN(s)                                                                     \
+    s##a_ += (long)s##ao + Q8_ABS_AT;                                                      \
+    const float s##am_ = q8_live(n) ? s##a_[Q8_ITEM] : 0.0f;                               \
+    __local float s##r_[Q8_LANES];                                                         \
+    floatV s##q_ = (floatV)(0.0f);                                                         \
+    float s##mx_ = 0.0f
+#define STORES(x, s, sg)                                                                   \
+    do {                                                                                   \
+        s##q_ = (x);                                                                       \
+        s##mx_ = q8_hmax(s##q_, full_ ? (uint)VW : rem_);                                  \
+    } while (0)
+#define STATE_END(s, sg)                                                                   \
+    q8_group_store(s##_, s##a_, s##r_, s##q_, s##mx_, CTRL_LIVE ? n : 0,                  \
+                   (__global const uint *)(qmap_ + 512), sg)
+#else
 /* the work-item's block: its absmax, the new values and their largest magnitude */
 #define STATE_BEGIN(s)                                                                     \
     s##a_ += (long)s##ao + Q8_ABS_AT;                                                      \
     const float s##am_ = q8_live(n) ? s##a_[Q8_ITEM] : 0.0f;                               \
     float s##q_[Q8_BLOCK];                                                                 \
     float16 s##mx_ = (float16)(0.0f)
-#define LOADS(s, sg)                                                                       \
-    q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
 #define STORES(x, s, sg)                                                                   \
     do {                                                                                   \
         const float16 x_ = (x);                                                            \
@@ -600,32 +637,60 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define STATE_END(s, sg)                                                                   \
     if (q8_live(n))                                                                        \
     q8_store_block(s##_, s##a_, s##q_, s##mx_, n, (__global const uint *)(qmap_ + 512), sg)
+#endif
+#define LOADS(s, sg)                                                                       \
+    q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
 
 inline int q8_live(ulong n) { return Q8_ITEM * Q8_BLOCK < n; }
 
-/* m[i] (vector type T) for the 16 lanes of i (a gather where the device has one). */
+/* m[i] (vector type T) for the VW lanes of i (a gather where the device has one); the
+   vector types of VW lanes; VTRUE(c): a comparison's result as 0 or all ones (a vector's
+   already is, a scalar's is 0 or 1). */
+#if VW == 16
 #define Q8_GATHER(T, m, i)                                                                 \
     ((T)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
                (m)[(i).s6], (m)[(i).s7], (m)[(i).s8], (m)[(i).s9], (m)[(i).sa], (m)[(i).sb], \
                (m)[(i).sc], (m)[(i).sd], (m)[(i).se], (m)[(i).sf]))
+#elif VW == 8
+#define Q8_GATHER(T, m, i)                                                                 \
+    ((T)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3], (m)[(i).s4], (m)[(i).s5], \
+               (m)[(i).s6], (m)[(i).s7]))
+#elif VW == 4
+#define Q8_GATHER(T, m, i) ((T)((m)[(i).s0], (m)[(i).s1], (m)[(i).s2], (m)[(i).s3]))
+#elif VW == 2
+#define Q8_GATHER(T, m, i) ((T)((m)[(i).s0], (m)[(i).s1]))
+#else
+#define Q8_GATHER(T, m, i) ((T)((m)[i]))
+#endif
+#if VW == 1
+typedef uchar ucharV;
+#define AS_INTV as_int
+#define CONVERT_UCHARV convert_uchar
+#define VTRUE(c) ((uint)(-(int)(c)))
+#else
+typedef CLOPT_CAT(uchar, VW) ucharV;
+#define AS_INTV CLOPT_CAT(as_int, VW)
+#define CONVERT_UCHARV CLOPT_CAT(convert_uchar, VW)
+#define VTRUE(c) AS_UINTV(c)
+#endif
 
-/* The 16 values from vector vi (or the tail's rem) of the codes at p. */
-inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
-                       float am, __global const float *map)
+/* The VW values from vector vi (or the tail's rem) of the codes at p. */
+inline floatV q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
+                      float am, __global const float *map)
 {
-    uint16 c;
+    uintV c;
     if (full) {
-        c = convert_uint16(vload16(vi, p));
+        c = CONVERT_UINTV(VLOAD(vi, p));
     } else {
-        uint t[16];
-        for (uint k = 0; k < 16; k++)
+        uint t[VW];
+        for (uint k = 0; k < VW; k++)
             t[k] = k < rem ? p[base + k] : 0u;
-        c = vload16(0, t);
+        c = VLOAD(0, t);
     }
-    return Q8_GATHER(float16, map, c) * am;
+    return Q8_GATHER(floatV, map, c) * am;
 }
 
-/* The codes of 16 values v in [-1, 1]: each the nearest map entry (ties to the lower code),
+/* The codes of VW values v in [-1, 1]: each the nearest map entry (ties to the lower code),
    found with one table load per lane. The table (after the two maps in qmap_, built by the
    host, host/q8_table.h) cuts magnitudes into buckets of equal top 16 bits (exponent and 7
    mantissa bits), from Q8_TLO to Q8_THI (1.0), bucket 0 holding everything below; no bucket
@@ -638,22 +703,23 @@ inline float16 q8_load(__global const uchar *p, ulong vi, int full, uint rem, ul
 #error "8-bit state needs Q8_TLO and Q8_THI"
 #endif
 #define Q8_TN (Q8_THI - Q8_TLO + 2u)
-inline uint16 q8_codes(float16 v, __global const uint *tab, int sg)
+inline uintV q8_codes(floatV v, __global const uint *tab, int sg)
 {
-    const uint16 b = as_uint16(v), mag = b & (uint16)(0x7FFFFFFFu);
-    const uint16 neg = sg ? as_uint16(as_int16(b) >> 31) : (uint16)(0u); /* all ones: v < 0 */
-    const uint16 h = clamp(mag >> 16, (uint16)(Q8_TLO - 1u), (uint16)(Q8_THI)) -
-                     (uint16)(Q8_TLO - 1u) + (neg & (uint16)(Q8_TN));
+    const uintV b = AS_UINTV(v), mag = b & (uintV)(0x7FFFFFFFu);
+    const uintV neg = sg ? AS_UINTV(AS_INTV(b) >> 31) : (uintV)(0u); /* all ones: v < 0 */
+    const uintV h = clamp(mag >> 16, (uintV)(Q8_TLO - 1u), (uintV)(Q8_THI)) -
+                    (uintV)(Q8_TLO - 1u) + (neg & (uintV)(Q8_TN));
     /* an int index: a dword gather where the device has one (unsigned ones widen to 64 bits) */
-    const uint16 e = Q8_GATHER(uint16, tab + (sg ? 0u : 2u * Q8_TN), as_int16(h));
-    const uint16 up = as_uint16((mag & (uint16)(0xFFFFu)) >= (e & (uint16)(0x1FFFFu)));
+    const uintV e = Q8_GATHER(uintV, tab + (sg ? 0u : 2u * Q8_TN), AS_INTV(h));
+    const uintV up = VTRUE((mag & (uintV)(0xFFFFu)) >= (e & (uintV)(0x1FFFFu)));
     /* up and neg are 0 or all ones: + 1 (up, v >= 0), - 1 (up, v < 0); as select(up, -up,
        neg) Oclgrind 21.10 with optimisation on got 255 for -up */
-    const uint16 code = (e >> 24) - (up ^ neg) + neg;
-    const int16 zero = isnan(v) | (sg ? (int16)(0) : v < 0.0f);
-    return select(code, (uint16)(sg ? 127u : 0u), as_uint16(zero));
+    const uintV code = (e >> 24) - (up ^ neg) + neg;
+    const uintV zero = VTRUE(isnan(v)) | (sg ? (uintV)(0u) : VTRUE(v < 0.0f));
+    return select(code, (uintV)(sg ? 127u : 0u), zero);
 }
 
+#if !Q8WG
 /* Writes the work-item's block: its absmax and the codes of its elements. */
 inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
                            float16 mx16, ulong n, __global const uint *tab, int sg)
@@ -683,6 +749,51 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
         }
     }
 }
+#else
+/* The largest magnitude of x's first cnt lanes (from 0, as the work-item shape's fmax over
+   its block: a lane's NaN is passed over unless every lane is NaN, and then it is 0). */
+inline float q8_hmax(floatV x, uint cnt)
+{
+    float t[VW];
+    VSTORE(fabs(x), 0, t);
+    float m = 0.0f;
+    for (uint k = 0; k < cnt; k++)
+        m = fmax(m, t[k]);
+    return m;
+}
+
+/* The work-group's block: the absmax reduced over the work-items' largest magnitudes mx
+   (r: Q8_LANES floats of local memory), written by work-item 0; each work-item's new values
+   q quantized against it, their codes written. Every work-item of the group calls it; n 0
+   (a skipped step) writes nothing. */
+inline void q8_group_store(__global uchar *p, __global float *abs, __local float *r, floatV q,
+                           float mx, ulong n, __global const uint *tab, int sg)
+{
+    const uint lid = (uint)get_local_id(0);
+    r[lid] = mx;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = Q8_LANES / 2; h > 0; h >>= 1) {
+        if (lid < h)
+            r[lid] = fmax(r[lid], r[lid + h]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float m = r[0];
+    if (lid == 0 && q8_live(n))
+        abs[Q8_ITEM] = m;
+    /* the work-item's vector: its index in the tensor (in the table's row with RANGES) */
+    const ulong vi = RANGES ? (ulong)lid : get_global_id(0), e = vi * VW;
+    const floatV x = m > 0.0f ? q / m : (floatV)(0.0f);
+    const ucharV c = CONVERT_UCHARV(q8_codes(x, tab, sg));
+    if (e + VW <= n) {
+        VSTORE(c, vi, p);
+    } else if (e < n) {
+        uchar t[VW];
+        VSTORE(c, 0, t);
+        for (uint k = 0; e + k < n; k++)
+            p[e + k] = t[k];
+    }
+}
+#endif
 #endif
 #ifndef Q8_DECL
 #define Q8_DECL

@@ -104,6 +104,7 @@ static uint64_t fault_left; /* 0: disarmed */
 static cl_int fault_err;
 static int fault_fired;
 static const char *fault_site = "";
+static size_t wg_cap; /* clshim_cap_work_group */
 
 /* cl_mem handles seen created by clCreateSubBuffer (and not reused by clCreateBuffer since) */
 static cl_mem *subs;
@@ -320,6 +321,13 @@ void clshim_fail_nth(uint64_t n, cl_int err)
     fault_err = err;
     fault_fired = 0;
     fault_site = "";
+    pthread_mutex_unlock(&lock);
+}
+
+void clshim_cap_work_group(size_t cap)
+{
+    pthread_mutex_lock(&lock);
+    wg_cap = cap;
     pthread_mutex_unlock(&lock);
 }
 
@@ -736,6 +744,12 @@ CL_API_ENTRY cl_int CL_API_CALL clGetKernelWorkGroupInfo(cl_kernel kernel, cl_de
     cl_int r;
     FORWARD(r, clGetKernelWorkGroupInfo, kernel, device, param_name, param_value_size,
             param_value, param_value_size_ret);
+    pthread_mutex_lock(&lock);
+    const size_t cap = wg_cap;
+    pthread_mutex_unlock(&lock);
+    if (r == CL_SUCCESS && cap && param_name == CL_KERNEL_WORK_GROUP_SIZE && param_value &&
+        atomic_load(&enabled) && *(size_t *)param_value > cap)
+        *(size_t *)param_value = cap;
     return r;
 }
 

@@ -80,6 +80,10 @@ uint64_t clshim_calls(void);
    them) since the last reset; "" when there was no such call. */
 const char *clshim_call_name(uint64_t i);
 
+/* clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE) reports at most cap (0: the real
+   value), while enabled: a device whose kernels run fewer work-items per group. */
+void clshim_cap_work_group(size_t cap);
+
 /* Objects: references taken (create, or retain) and given back (release) while enabled.
    Events are counted when an enqueue (or clCreateUserEvent) returns one. A released cl_mem
    counts as a sub-buffer when the shim saw it created by clCreateSubBuffer. */

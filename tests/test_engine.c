@@ -761,6 +761,76 @@ static void test_param_step_counts(void **state)
     clReleaseMemObject(bbuf), clReleaseMemObject(bgrad);
 }
 
+/* ---- (f): 8-bit state in work-groups on a device with small work-groups ---------------- */
+
+/* With one vector per work-item (a GPU's tuning) a block of 256 is a work-group of 256 / VW
+   work-items. Where the update kernel cannot run that many per group (the shim caps
+   CL_KERNEL_WORK_GROUP_SIZE at 128), a step with VW 1 (256 per group) is refused with
+   CLOPT_ERR_UNSUPPORTED before anything is enqueued and changes nothing; with VW 2 (128)
+   the same optimizer steps. */
+static void test_q8_group_too_small(void **state)
+{
+    (void)state;
+    enum { NQ = 5000 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.vector_width = 1, t.items_per_work_item = 1, t.work_group_size = 0;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    static float p0[NQ], g[NQ], p1[NQ];
+    uint64_t seed = 5;
+    for (size_t i = 0; i < NQ; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    cl_mem pb = upload(c, p0, NQ), gb = upload(c, g, NQ);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0}, d.shape[0] = NQ;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    /* the state as the checkpoint's bytes (codes, absmaxes, step counts) */
+    size_t ck = 0;
+    assert_int_equal(clopt_optimizer_state_size(opt, NULL, &ck), CLOPT_SUCCESS);
+    unsigned char *ck0 = malloc(ck), *ck1 = malloc(ck);
+    assert_non_null(ck0), assert_non_null(ck1);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck0, ck, NULL), CLOPT_SUCCESS);
+    clshim_reset();
+    clshim_cap_work_group(128);
+    clshim_enable(1);
+    const clopt_status s = clopt_optimizer_step(opt, NULL);
+    const uint64_t launches = clshim_count("clEnqueueNDRangeKernel");
+    clshim_enable(0);
+    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(c), "a block of 256 needs 256"));
+    assert_int_equal(launches, 0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    read_at(c, (clopt_tensor){pb, 0}, p1, NQ);
+    assert_memory_equal(p0, p1, sizeof p0);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck1, ck, NULL), CLOPT_SUCCESS);
+    assert_memory_equal(ck0, ck1, ck);
+    free(ck0), free(ck1);
+    /* 128 work-items per block fit */
+    t.vector_width = 2;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    clshim_enable(0);
+    clshim_cap_work_group(0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 1);
+    read_at(c, (clopt_tensor){pb, 0}, p1, NQ);
+    size_t moved = 0;
+    for (size_t i = 0; i < NQ; i++)
+        moved += p1[i] != p0[i];
+    assert_true(moved > NQ * 9 / 10);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -772,6 +842,7 @@ int main(void)
         cmocka_unit_test(test_skip_on_device),
         cmocka_unit_test(test_atomic_step),
         cmocka_unit_test(test_atomic_step_on),
+        cmocka_unit_test(test_q8_group_too_small),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");

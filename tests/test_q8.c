@@ -278,6 +278,14 @@ void q8_free(q8s *s)
     memset(s, 0, sizeof *s);
 }
 
+void q8run_free(q8run *r)
+{
+    free(r->theta);
+    for (size_t k = 0; k < r->ns; k++)
+        q8_free(&r->st[k]);
+    memset(r, 0, sizeof *r);
+}
+
 /* Element i is map[code] * absmax of its block. */
 static void q8_dequant(const q8s *s, double *out)
 {
@@ -434,11 +442,6 @@ static void abs_bounds(clopt_rule rule, const clopt_hparams *hp, uint64_t t, siz
     free(ga);
 }
 
-typedef struct q8stats {
-    size_t values, ties, skipped;
-    double theta_worst; /* largest θ error in units of EPSF·(|θ0| + |Δθ| terms) */
-    double state_worst; /* largest |dequantized - reference| in code steps */
-} q8stats;
 
 /* One step's result against the reference: rnew[k] the reference's new state (before
    quantization), sabs its error bounds, got the device's codes and absmaxes; θ: gth against
@@ -678,7 +681,8 @@ static void random_tensor(uint64_t *s, size_t n, float *theta, float *grad)
     }
 }
 
-static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, q8stats *stats)
+size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, q8stats *stats,
+                        q8run *keep)
 {
     clopt_rule rule = CLOPT_SGD;
     clopt_hparams hp;
@@ -704,6 +708,16 @@ static size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, 
     step_ok(ctx, rule, &hp, &d.args, n, t, label);
     q8dev_read(ctx, &d, gth, got);
     size_t bad = q8dev_guards(ctx, &d, label);
+    if (keep) { /* copies of the device's θ and states */
+        keep->n = n, keep->ns = ns;
+        keep->theta = xmalloc(n * 4);
+        memcpy(keep->theta, gth, n * 4);
+        for (size_t k = 0; k < ns; k++) {
+            q8_alloc(&keep->st[k], n, sg[k]);
+            memcpy(keep->st[k].code, got[k].code, n);
+            memcpy(keep->st[k].amax, got[k].amax, nblocks(n) * sizeof(float));
+        }
+    }
     q8dev_free(&d);
 
     /* the reference: dequantize, one step of the rule in double; θ from the new state */
@@ -762,7 +776,8 @@ static void test_q8_one_step(void **state)
         q8stats st = {0};
         size_t b = 0;
         for (size_t j = 0; j < nsizes; j++)
-            b += q8_one_step_case(f->ctx, ci, sizes[j], 1000u + 17u * (uint64_t)ci + sizes[j], &st);
+            b += q8_one_step_case(f->ctx, ci, sizes[j], 1000u + 17u * (uint64_t)ci + sizes[j], &st,
+                                  NULL);
         print_message("  %-26s %7zu values, %zu near ties, %zu θ skipped (sign); worst θ error "
                       "%.2f u, state %.3f code steps%s\n",
                       label, st.values, st.ties, st.skipped, st.theta_worst, st.state_worst,
@@ -966,6 +981,7 @@ int main(void)
         Q8_EDGES_TESTS,
         Q8_CODES_TESTS,
         Q8_OPT_TESTS,
+        Q8_SHAPES_TESTS,
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -73,6 +73,26 @@ void q8dev_read(clopt_ctx *ctx, const q8dev *d, float *theta, q8s *st);
 size_t q8dev_guards(clopt_ctx *ctx, const q8dev *d, const char *label);
 void q8dev_free(q8dev *d);
 
+/* One step's figures against the reference (test_q8_one_step prints them). */
+typedef struct q8stats {
+    size_t values, ties, skipped;
+    double theta_worst; /* largest θ error in units of EPSF·(|θ0| + |Δθ| terms) */
+    double state_worst; /* largest |dequantized - reference| in code steps */
+} q8stats;
+/* A device step's result: θ and the states (q8run_free releases them). */
+typedef struct q8run {
+    size_t n, ns;
+    float *theta;
+    q8s st[CLOPT_MAX_STATE];
+} q8run;
+void q8run_free(q8run *r);
+/* One step of configuration ci (q8_config) on n elements from a random θ, gradient and 8-bit
+   state (seeded), on ctx with its tuning, against the double transcription of the blockwise
+   algorithm; the number of failures (printed). The device's result goes to *keep when not
+   NULL. */
+size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, q8stats *stats,
+                        q8run *keep);
+
 void test_alloc_state_ex(void **state);
 void test_q8_zero_blocks(void **state);
 void test_q8_one_element(void **state);
@@ -86,6 +106,29 @@ void test_q8_table(void **state);
 #define Q8_CODES_TESTS                                                                       \
     cmocka_unit_test(test_q8_ties), cmocka_unit_test(test_q8_boundaries),                    \
         cmocka_unit_test(test_q8_table)
+
+/* The optimizer level (test_q8_opt.c). orun: AdamW (lr 1e-2, state_dtype sd) with a
+   100×100 tensor at OB and a 100-element one at OS of the buffers p and g (PLEN floats). */
+enum { BIG = 10000, SMALL = 100, OB = 3, OS = BIG + 11, PLEN = OS + SMALL + 5 };
+typedef struct orun {
+    clopt_optimizer *opt;
+    cl_mem p, g;
+} orun;
+void orun_make(clopt_ctx *ctx, orun *o, int sd, const float *theta);
+void orun_free(orun *o);
+/* The raw bytes of every state entry, concatenated (*len receives the length). */
+unsigned char *orun_states(clopt_ctx *ctx, const orun *o, size_t *len);
+/* RT tensors of 1, 255, 256, 257, 4095 and 600 elements from element 5 of buffers p and g,
+   RGAP elements apart (at[i] their offsets, *len the floats they span), and a range group of
+   them with 8-bit state (rule, lr 1e-2, weight decay 0.01, Lookahead k 2 with la). */
+enum { RT = 6, RGAP = 3 };
+void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, size_t *len);
+clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, int la, cl_mem p, cl_mem g);
+
+void test_q8_group_one_step(void **state);
+void test_q8_group_optimizer(void **state);
+#define Q8_SHAPES_TESTS                                                                      \
+    cmocka_unit_test(test_q8_group_one_step), cmocka_unit_test(test_q8_group_optimizer)
 
 void test_bf16_rules(void **state);
 void test_opt_q8(void **state);

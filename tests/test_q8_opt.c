@@ -160,16 +160,10 @@ void test_bf16_rules(void **state)
 
 /* ---- 6. the optimizer level ---------------------------------------------------------------- */
 
-enum { BIG = 10000, SMALL = 100, OB = 3, OS = BIG + 11, PLEN = OS + SMALL + 5 };
-
-typedef struct orun {
-    clopt_optimizer *opt;
-    cl_mem p, g;
-} orun;
 
 /* AdamW (lr 1e-2, state_dtype sd) with a 100×100 tensor at OB and a 100-element one at OS of
    the same buffers. */
-static void orun_make(clopt_ctx *ctx, orun *o, int sd, const float *theta)
+void orun_make(clopt_ctx *ctx, orun *o, int sd, const float *theta)
 {
     clopt_hparams hp;
     assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
@@ -192,7 +186,7 @@ static void orun_make(clopt_ctx *ctx, orun *o, int sd, const float *theta)
     assert_int_equal(idx, 1);
 }
 
-static void orun_free(orun *o)
+void orun_free(orun *o)
 {
     clopt_optimizer_destroy(o->opt);
     clReleaseMemObject(o->p);
@@ -200,7 +194,7 @@ static void orun_free(orun *o)
 }
 
 /* The raw bytes of every state entry, concatenated (*len receives the length). */
-static unsigned char *orun_states(clopt_ctx *ctx, const orun *o, size_t *len)
+unsigned char *orun_states(clopt_ctx *ctx, const orun *o, size_t *len)
 {
     const size_t ne = clopt_optimizer_state_entry_count(o->opt);
     size_t total = 0;
@@ -465,10 +459,9 @@ void test_opt_checkpoint(void **state)
    AdEMAMix (its absmaxes named) and AdamW in Lookahead (k 2: the range group then runs per
    tensor through its views), the gaps between the tensors untouched. Then a checkpoint of the range group resumes bit
    for bit in a new optimizer. */
-enum { RT = 6, RGAP = 3 };
 static const size_t rn[RT] = {1, 255, 256, 257, 4095, 600};
 
-static void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, size_t *len)
+void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, size_t *len)
 {
     size_t off = 5;
     for (size_t i = 0; i < RT; i++) {
@@ -481,8 +474,7 @@ static void range_descs(cl_mem p, cl_mem g, clopt_param_desc *d, size_t *at, siz
     *len = off;
 }
 
-static clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, int la, cl_mem p,
-                                     cl_mem g)
+clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, int la, cl_mem p, cl_mem g)
 {
     clopt_hparams hp;
     assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
