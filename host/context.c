@@ -443,9 +443,11 @@ clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
     clopt_launch_plan plan;
     clopt_step_args a;
     clopt_step_args_init(&a);
-    /* the group's state storage (8-bit state has its own shapes) and, under gradient
-       centralization, a matrix's launch */
-    if (hp->state_dtype == CLOPT_DTYPE_BF16 || hp->state_dtype == CLOPT_DTYPE_U8)
+    /* a tensor with the group's state storage (8-bit state, where the rule has it, has its
+       own shapes) and, under gradient centralization, a matrix's launch */
+    if (hp->state_dtype == CLOPT_DTYPE_BF16 ||
+        (hp->state_dtype == CLOPT_DTYPE_U8 && clopt_rule_q8_ok(rule, hp) &&
+         clopt_rule_state_count(rule, hp) > 0))
         a.state_dtype = hp->state_dtype;
     a.gc_rows = hp->grad_centralization ? 1 : 0;
     if (clopt_rule_is_multipass(rule) ||

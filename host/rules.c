@@ -511,21 +511,21 @@ clopt_status clopt_plan_step(clopt_ctx *ctx, clopt_rule rule, const clopt_hparam
     plan->kernel = rules[rule].kernel;
     plan->gc = hp->grad_centralization && args->gc_rows > 0;
     plan->tuning = clopt_kernel_tuning(ctx, plan->kernel);
-    /* GC looks up each element's row mean: with 16 elements per work-item that costs one
-       integer division per 16 elements instead of one per element */
-    if (plan->gc && !ctx->tuning_fixed && plan->tuning.vector_width < 16)
-        plan->tuning.vector_width = 16;
     /* 8-bit state (kernels/storage.cl): a tuning of one vector per work-item (GPUs) gives a
        work-group of 256 / VW work-items per block of 256 elements; any other (the CPU's 16
        vectors per work-item) one work-item per block, VW 16 x IPW 16 */
-    if (args->state_dtype == CLOPT_DTYPE_U8) {
-        plan->q8_group = clopt_tuning_ipw(&plan->tuning) == 1;
-        if (plan->q8_group) {
-            plan->tuning.work_group_size = 256 / plan->tuning.vector_width;
-        } else {
-            plan->tuning.vector_width = 16;
-            plan->tuning.items_per_work_item = 16;
-        }
+    const int q8 = args->state_dtype == CLOPT_DTYPE_U8;
+    plan->q8_group = q8 && clopt_tuning_ipw(&plan->tuning) == 1;
+    /* GC looks up each element's row mean: with 16 elements per work-item that costs one
+       integer division per 16 elements instead of one per element (not for the work-group
+       shape of 8-bit state, where VW 16 would leave 16 work-items per group) */
+    if (plan->gc && !ctx->tuning_fixed && !plan->q8_group && plan->tuning.vector_width < 16)
+        plan->tuning.vector_width = 16;
+    if (plan->q8_group) {
+        plan->tuning.work_group_size = 256 / plan->tuning.vector_width;
+    } else if (q8) {
+        plan->tuning.vector_width = 16;
+        plan->tuning.items_per_work_item = 16;
     }
     int len = snprintf(plan->options, sizeof plan->options,
                        CLOPT_TUNING_OPTIONS " -DMAXIMIZE=%d -DGC=%d",

@@ -249,7 +249,9 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx);
    items_per_work_item 1 (the GPU row) gives a work-group of 256 / vector_width work-items
    per block of 256 elements (work_group_size is then that; a kernel that cannot run so
    many per group on the device is refused with CLOPT_ERR_UNSUPPORTED), any other a
-   work-item per block (vector_width 16, items_per_work_item 16: the CPU row's).
+   work-item per block (vector_width 16, items_per_work_item 16: the CPU row's, which keeps
+   a block's 256 new values per state in private memory: on a GPU keep one vector per
+   work-item).
    The reductions (the gradient norm of AMP and clipping, LAMB's and Adafactor's sums and
    statistics, gradient centralization's row means) have their own shape: reduce_local
    work-items per work-group (a power of 2, 1-256; their sums are added by a fixed tree in
@@ -519,8 +521,10 @@ typedef struct clopt_hparams {
    CLOPT_ERR_INVALID_ARGUMENT (rule out of range). Host only. */
 clopt_status clopt_hparams_default(clopt_rule rule, clopt_hparams *out);
 /* The tuning (see clopt_ctx_get_tuning) of rule's update kernel under hp in ctx (the
-   context's default for Adafactor and LAMB; with hp->state_dtype, under
-   hp->grad_centralization that of a matrix). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   context's default for Adafactor and LAMB): for a tensor with hp->state_dtype's state (8-bit
+   state where the rule has any: not for tensors under 4096 elements outside arena and range
+   groups, which keep float32 state) and, under hp->grad_centralization, for a matrix.
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
    CLOPT_ERR_INVALID_ARGUMENT (rule out of range). Host only: compiles nothing. */
 clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
                                        const clopt_hparams *hp, clopt_tuning *out);

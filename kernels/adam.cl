@@ -12,7 +12,7 @@
 
 /* Adam (L2 decay) and AdamW (decoupled decay θ - (lr·wd)·θ, lrwd = lr·wd), torch 1.13:
  * θ -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), step_size = lr / bc1. */
-__kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                         const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                         STATE_PTR(v), const ulong vo, STATE_EXTRA(v)
 #if AMSGRAD
@@ -68,7 +68,7 @@ __kernel void adam_step(__global PSTORE *p_, const ulong po, __global const GSTO
 }
 
 /* Adamax (torch 1.13): u = max(β2*u, |g| + eps); θ -= (lr/bc1) * m / u. */
-__kernel void adamax_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adamax_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                           STATE_PTR(u), const ulong uo, STATE_EXTRA(u) GC_PARAMS const ulong N_ARG, float gmul,
                           float beta1, float ombeta1, float beta2, float ombeta2, float eps,
@@ -104,7 +104,7 @@ __kernel void adamax_step(__global PSTORE *p_, const ulong po, __global const GS
 /* NAdam (Dozat; torch >= 2.0): d = sqrt(v / bc2) + eps;
  * θ -= c_grad * g / d; θ -= c_mom * m / d, with c_grad = lr(1-μ_t)/(1-Π_t) and
  * c_mom = lr μ_{t+1} / (1 - Π_t μ_{t+1}). */
-__kernel void nadam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void nadam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                          const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                          STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG, float gmul,
                          float beta1, float ombeta1, float beta2, float ombeta2, float eps,
@@ -144,7 +144,7 @@ __kernel void nadam_step(__global PSTORE *p_, const ulong po, __global const GST
 /* RAdam (torch 1.13): rectified (ρ_t > 5): θ -= c * m / (sqrt(v) + eps) with
  * c = lr * r_t * sqrt(bc2) / bc1; otherwise θ -= (lr / bc1) * m, given as c too.
  * Ranger (DECOUPLED): θ -= (wd·lr)·θ first instead of L2 decay. */
-__kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void radam_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                          const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                          STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,
                          float gmul, int rectified, float beta1,
@@ -188,7 +188,7 @@ __kernel void radam_step(__global PSTORE *p_, const ulong po, __global const GST
 
 /* AdaMod (official code): η = step / (sqrt(v) + eps), step = lr sqrt(bc2) / bc1;
  * s = β3 s + (1-β3) η; θ -= min(η, s) * m; decoupled decay θ -= (lr·wd)·θ first. */
-__kernel void adamod_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adamod_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                           STATE_PTR(v), const ulong vo, STATE_EXTRA(v) STATE_PTR(s),
                           const ulong so, STATE_EXTRA(s) GC_PARAMS const ulong N_ARG, float gmul, float beta1, float ombeta1,
@@ -228,7 +228,7 @@ __kernel void adamod_step(__global PSTORE *p_, const ulong po, __global const GS
 
 /* diffGrad (v2 code): ξ = 1 / (1 + exp(-|g_prev - g|)); θ -= step * ξ m / (sqrt(v) + eps),
  * step = lr sqrt(bc2) / bc1; L2 decay; the previous gradient is state. */
-__kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void diffgrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                             STATE_PTR(v), const ulong vo, STATE_EXTRA(v) STATE_PTR(prev),
                             const ulong prevo, STATE_EXTRA(prev) GC_PARAMS const ulong N_ARG, float gmul,
@@ -272,7 +272,7 @@ __kernel void diffgrad_step(__global PSTORE *p_, const ulong po, __global const 
  * Later: decoupled decay θ -= lrwd·θ (lrwd 0 with L2 decay, weight_decay 0 when decoupled);
  * u = clamp(g / max(sqrt(v), eps), ±bound) with v of the earlier steps only; m = lerp(m, u,
  * 1-β1); θ -= lr·m; then v = β2 v + (1-β2) g². No bias correction. */
-__kernel void adopt_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adopt_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                          const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                          STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,
                          float gmul, int first, float beta1, float ombeta1, float beta2,
@@ -317,7 +317,7 @@ __kernel void adopt_step(__global PSTORE *p_, const ulong po, __global const GST
 /* AdEMAMix (apple/ml-ademamix): m1, v as Adam, m2 = β3_t m2 + (1-β3_t) g never bias
  * corrected; θ -= lr·((m1/bc1 + α_t m2) / (sqrt(v)/sqrt(bc2) + eps) + wd·θ). α_t and β3_t
  * (the warmup schedulers) arrive from the host. */
-__kernel void ademamix_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void ademamix_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, STATE_PTR(m1), const ulong m1o, STATE_EXTRA(m1)
                             STATE_PTR(m2), const ulong m2o, STATE_EXTRA(m2) STATE_PTR(v),
                             const ulong vo, STATE_EXTRA(v) GC_PARAMS const ulong N_ARG,

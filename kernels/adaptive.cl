@@ -10,7 +10,7 @@
 #endif
 
 /* Adagrad: s += g²; θ -= clr * g / (sqrt(s) + eps), clr = lr / (1 + (t-1) lr_decay). */
-__kernel void adagrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adagrad_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, STATE_PTR(s), const ulong so, STATE_EXTRA(s) GC_PARAMS const ulong N_ARG,
                            float gmul, float eps, float weight_decay,
                            float clr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
@@ -39,7 +39,7 @@ __kernel void adagrad_step(__global PSTORE *p_, const ulong po, __global const G
 
 /* Adadelta: v = ρv + (1-ρ)g²; δ = sqrt(u + eps) / sqrt(v + eps) * g; u = ρu + (1-ρ)δ²;
  * θ -= lr δ. */
-__kernel void adadelta_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void adadelta_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, STATE_PTR(v), const ulong vo, STATE_EXTRA(v)
                             STATE_PTR(u), const ulong uo, STATE_EXTRA(u) GC_PARAMS const ulong N_ARG,
                             float gmul, float rho, float omrho, float eps,
@@ -79,7 +79,7 @@ __kernel void adadelta_step(__global PSTORE *p_, const ulong po, __global const 
 /* RMSprop: v = αv + (1-α)g²; centered: a = αa + (1-α)g, d = sqrt(v - a²) + eps, else
  * d = sqrt(v) + eps; momentum: b = μb + g/d, θ -= lr b; else θ -= lr g/d.
  * State order: square_avg, [momentum_buffer], [grad_avg]. */
-__kernel void rmsprop_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void rmsprop_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                            const ulong go, STATE_PTR(v), const ulong vo, STATE_EXTRA(v)
 #if MOMENTUM
                            STATE_PTR(b), const ulong bo, STATE_EXTRA(b)

@@ -9,7 +9,7 @@
 
 /* AdamW: v = β2 v + (1-β2) g²; u = g / (sqrt(v/bc2) + eps) + wd·y; y = lerp(y, z, c);
  * y += ycoef·u; z -= lr·u. */
-__kernel void sf_adamw_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void sf_adamw_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                             const ulong go, STATE_PTR(z), const ulong zo, STATE_EXTRA(z)
                             STATE_PTR(v), const ulong vo, STATE_EXTRA(v) GC_PARAMS
                             const ulong N_ARG, float gmul, int first, float beta2,
@@ -51,7 +51,7 @@ __kernel void sf_adamw_step(__global PSTORE *p_, const ulong po, __global const 
 }
 
 /* SGD: g += wd·y (L2 at y); y = lerp(y, z, c); y += ycoef·g; z -= lr·g. */
-__kernel void sf_sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void sf_sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, STATE_PTR(z), const ulong zo, STATE_EXTRA(z)
                           GC_PARAMS const ulong N_ARG, float gmul, int first,
                           float weight_decay, float c, float omc, float ycoef,

@@ -9,7 +9,7 @@
 #define NESTEROV 0
 #endif
 
-__kernel void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void sgd_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                        const ulong go,
 #if MOMENTUM
                        STATE_PTR(b), const ulong bo, STATE_EXTRA(b)

@@ -6,7 +6,7 @@
 #endif
 
 /* Lion: θ -= lr sign(β1 m + (1-β1) g); then m = β2 m + (1-β2) g. sign(0) = 0. */
-__kernel void lion_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void lion_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                         const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m) GC_PARAMS const ulong N_ARG,
                         float gmul, float beta1, float ombeta1, float beta2, float ombeta2,
                         float lrwd, float lr RANGES_PARAMS CTRL_PARAMS STORAGE_PARAMS Q8_PARAMS)
@@ -36,7 +36,7 @@ __kernel void lion_step(__global PSTORE *p_, const ulong po, __global const GSTO
 /* SophiaG (official code): m = β1 m + (1-β1) g;
  * θ -= lr sign(m) min(|m| / (gamma h + eps), 1), gamma = rho * bs;
  * HESS: h = β2 h + (1-β2) ĥ AFTER the update (h is read once, written once). */
-__kernel void sophia_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
+__kernel Q8_WG_ATTR void sophia_step(__global PSTORE *p_, const ulong po, __global const GSTORE *g_,
                           const ulong go, STATE_PTR(m), const ulong mo, STATE_EXTRA(m)
                           STATE_PTR(h), const ulong ho, STATE_EXTRA(h)
 #if HESS

@@ -587,6 +587,9 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #error "8-bit state in work-groups needs IPW 1 and a table row per block"
 #endif
 #define Q8_LANES (256 / VW)
+/* on the kernels that take 8-bit state: the driver then enforces the launch's group size
+   and the compiler fits the kernel's registers to it (or fails the build) */
+#define Q8_WG_ATTR __attribute__((reqd_work_group_size(Q8_LANES, 1, 1)))
 #elif VW != 16 || IPW != 16 || (RANGES && !RANGES_ROWS)
 #error "8-bit state needs VW 16, IPW 16 and a table row per block: one work-item per block"
 #endif
@@ -797,6 +800,9 @@ inline void q8_group_store(__global uchar *p, __global float *abs, __local float
 #endif
 #ifndef Q8_DECL
 #define Q8_DECL
+#endif
+#ifndef Q8_WG_ATTR
+#define Q8_WG_ATTR
 #endif
 #define STORAGE_BEGIN                                                                      \
     THETA_BEGIN;                                                                           \

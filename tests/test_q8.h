@@ -127,8 +127,10 @@ clopt_optimizer *range_q8_opt(clopt_ctx *ctx, clopt_rule rule, int la, cl_mem p,
 
 void test_q8_group_one_step(void **state);
 void test_q8_group_optimizer(void **state);
+void test_q8_group_storage(void **state);
 #define Q8_SHAPES_TESTS                                                                      \
-    cmocka_unit_test(test_q8_group_one_step), cmocka_unit_test(test_q8_group_optimizer)
+    cmocka_unit_test(test_q8_group_one_step), cmocka_unit_test(test_q8_group_optimizer),     \
+        cmocka_unit_test(test_q8_group_storage)
 
 void test_bf16_rules(void **state);
 void test_opt_q8(void **state);

@@ -11,6 +11,10 @@
       Lookahead (per-tensor launches through the views), and an arena group with a tensor
       kept in float32, with AMP on and a step skipped for an Inf gradient, bit for bit the
       work-item shape's θ (gaps included) and states after every step;
+    - with the storage around 8-bit state (gradient centralization, 16-bit θ and g with
+      stochastic rounding, an fp32 master or a bf16 remainder; AMSGrad, centered RMSprop)
+      three steps from clopt_alloc_state_ex's initial state, bit for bit the work-item
+      shape's θ, master, codes and absmaxes;
     - clopt_ctx_get_rule_tuning reports the shape (work-group size 256 / VW). */
 #include <math.h>
 #include <stdarg.h>
@@ -126,6 +130,145 @@ void test_q8_group_one_step(void **state)
     free(ref);
     default_shape(&f->ctx);
     assert_int_equal(bad, 0);
+}
+
+/* ---- the storage around 8-bit state ----------------------------------------------------- */
+
+enum { SR = 40, SC = 129, SN = SR * SC }; /* a 40 x 129 matrix: blocks cut by its end */
+
+typedef struct combo {
+    const char *label;
+    clopt_rule rule;
+    int gc, amsgrad, centered;
+    clopt_dtype p, g;
+    clopt_master master;
+    int sr;
+} combo;
+
+static const combo combos[] = {
+    {"adamw GC", CLOPT_ADAMW, 1, 0, 0, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, 0},
+    {"adamw amsgrad bf16 θ g SR", CLOPT_ADAMW, 0, 1, 0, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
+     CLOPT_MASTER_NONE, 1},
+    {"adamw bf16 θ remainder", CLOPT_ADAMW, 0, 0, 0, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32,
+     CLOPT_MASTER_REMAINDER, 0},
+    {"rmsprop centered GC f16 θ f32 master", CLOPT_RMSPROP, 1, 0, 1, CLOPT_DTYPE_F16,
+     CLOPT_DTYPE_F16, CLOPT_MASTER_F32, 0},
+};
+
+/* float16 by the compiler's _Float16 (round to nearest even) */
+__extension__ typedef _Float16 host_f16;
+static uint16_t f32_to_f16_rne(float x)
+{
+    const host_f16 h = (host_f16)x;
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+
+static float f16_to_f32(uint16_t u)
+{
+    host_f16 h;
+    memcpy(&h, &u, 2);
+    return (float)h;
+}
+
+/* Every byte the three steps write, in one allocation: θ, the master, codes, absmaxes. */
+static unsigned char *combo_run(clopt_ctx *ctx, const combo *c, size_t *len)
+{
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(c->rule, &hp), CLOPT_SUCCESS);
+    hp.lr = 1e-2, hp.weight_decay = 0.01;
+    hp.grad_centralization = c->gc, hp.amsgrad = c->amsgrad, hp.centered = c->centered;
+    if (c->rule == CLOPT_RMSPROP)
+        hp.momentum = 0.9;
+    const size_t ps = c->p == CLOPT_DTYPE_F32 ? 4 : 2, gs = c->g == CLOPT_DTYPE_F32 ? 4 : 2;
+    const size_t ms = c->master == CLOPT_MASTER_F32 ? 4 : c->master ? 2 : 0;
+    uint64_t s = 71;
+    unsigned char *pi = xmalloc(SN * 4), *gi = xmalloc(SN * 4), *mi = xmalloc(SN * 4);
+    memset(mi, 0, SN * 4);
+    for (size_t i = 0; i < SN; i++) { /* θ's words from floats, the master from θ */
+        const float x = (float)ref_normal(&s);
+        const uint32_t b = f2u(x);
+        const uint16_t h = c->p == CLOPT_DTYPE_BF16 ? (uint16_t)(b >> 16) : f32_to_f16_rne(x);
+        if (ps == 4)
+            memcpy(pi + 4 * i, &b, 4);
+        else
+            memcpy(pi + 2 * i, &h, 2);
+        if (ms == 4) {
+            const float w = f16_to_f32(h);
+            memcpy(mi + 4 * i, &w, 4);
+        }
+    }
+    cl_mem p = buf_new(ctx, SN * ps, pi), g = buf_new(ctx, SN * gs, NULL),
+           m = buf_new(ctx, SN * 4, mi), sc = buf_new(ctx, SR * 4, NULL);
+    clopt_tensor st[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
+    size_t ns = 0;
+    assert_int_equal(clopt_alloc_state_ex(ctx, c->rule, &hp, SN, CLOPT_DTYPE_U8, st, am, &ns),
+                     CLOPT_SUCCESS);
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    a.param = (clopt_tensor){p, 0}, a.grad = (clopt_tensor){g, 0};
+    a.param_dtype = c->p, a.grad_dtype = c->g, a.master_kind = c->master;
+    a.master = (clopt_tensor){c->master ? m : NULL, 0};
+    a.stochastic_rounding = c->sr, a.sr_seed = 1234, a.sr_stream = 5;
+    a.gc_rows = c->gc ? SR : 0, a.gc_scratch = (clopt_tensor){c->gc ? sc : NULL, 0};
+    a.state_dtype = CLOPT_DTYPE_U8;
+    for (size_t k = 0; k < ns; k++)
+        a.state[k] = st[k], a.state_absmax[k] = am[k];
+    for (uint64_t t = 1; t <= 3; t++) {
+        for (size_t i = 0; i < SN; i++) {
+            const float x = (float)(0.1 * ref_normal(&s) + 0.02 * (double)(i % SC) / SC);
+            const uint16_t h = c->g == CLOPT_DTYPE_BF16 ? bf16_rne(x) : f32_to_f16_rne(x);
+            if (gs == 4)
+                memcpy(gi + 4 * i, &x, 4);
+            else
+                memcpy(gi + 2 * i, &h, 2);
+        }
+        buf_write(ctx, g, 0, SN * gs, gi);
+        step_ok(ctx, c->rule, &hp, &a, SN, t, c->label);
+    }
+    const size_t nb = nblocks(SN);
+    *len = SN * ps + SN * ms + ns * (SN + nb * 4);
+    unsigned char *out = xmalloc(*len), *at = out;
+    buf_read(ctx, p, 0, SN * ps, at);
+    size_t moved = 0; /* the steps moved θ */
+    for (size_t i = 0; i < SN; i++)
+        moved += memcmp(at + i * ps, pi + i * ps, ps) != 0;
+    assert_true(moved > SN * 9 / 10);
+    at += SN * ps;
+    if (ms)
+        buf_read(ctx, m, 0, SN * ms, at), at += SN * ms;
+    for (size_t k = 0; k < ns; k++) {
+        buf_read(ctx, st[k].buffer, 0, SN, at), at += SN;
+        buf_read(ctx, am[k].buffer, 0, nb * 4, at), at += nb * 4;
+        clReleaseMemObject(st[k].buffer), clReleaseMemObject(am[k].buffer);
+    }
+    clReleaseMemObject(p), clReleaseMemObject(g), clReleaseMemObject(m), clReleaseMemObject(sc);
+    free(pi), free(gi), free(mi);
+    return out;
+}
+
+void test_q8_group_storage(void **state)
+{
+    fixture *f = *state;
+    for (size_t c = 0; c < sizeof combos / sizeof combos[0]; c++) {
+        size_t la = 0, lb = 0;
+        set_shape(f->ctx, 0);
+        unsigned char *a = combo_run(f->ctx, &combos[c], &la);
+        for (size_t w = 0; w < (test_small() ? 1u : 2u); w++) { /* the simulator: VW 4 */
+            set_shape(f->ctx, widths[w]);
+            unsigned char *b = combo_run(f->ctx, &combos[c], &lb);
+            assert_int_equal(la, lb);
+            if (memcmp(a, b, la))
+                fail_msg("%s, VW %u: differs from the work-item shape's", combos[c].label,
+                         widths[w]);
+            free(b);
+        }
+        print_message("  %-38s 3 steps equal to the work-item shape's (VW 4%s)\n",
+                      combos[c].label, test_small() ? "" : ", 1");
+        free(a);
+    }
+    default_shape(&f->ctx);
 }
 
 /* θ (the whole buffer) and every state's bytes after each of 4 steps, AMP on (scale 256;
