@@ -148,33 +148,25 @@ inline void tail_store(floatV x, __global float *p, uint rem)
 #ifndef RANGES
 #define RANGES 0
 #endif
-#if RANGES && defined(SQ) && SQ == 4 && defined(Q8WG) && Q8WG
-/* 8-bit state in work-groups: work-group i takes row i, its work-item j the row's vector j */
-#define RANGES_ROWS 1
-#define N_ARG n_all_
-#define RANGES_PARAMS , __global const ulong *rt_
-#define RANGES_BEGIN                                                                       \
-    if (get_group_id(0) >= n_all_)                                                         \
-        return;                                                                            \
-    const ulong4 r_ = vload4(get_group_id(0), rt_);                                        \
-    const long RP_ = (long)r_.x, RG_ = (long)r_.y, RS_ = (long)r_.z;                       \
-    const ulong n = r_.w;
-#define ITEM_LOOP_BEGIN {
-#define ITEM_LOOP_END }
+#if RANGES && defined(SQ) && SQ == 4
+#if defined(Q8WG) && Q8WG /* work-group i takes row i, its work-item j the row's vector j */
+#define RANGES_ROW get_group_id(0)
 #define ITEM_ID get_local_id(0)
-#elif RANGES && defined(SQ) && SQ == 4
+#else
+#define RANGES_ROW get_global_id(0)
+#define ITEM_ID 0
+#endif
 #define RANGES_ROWS 1
 #define N_ARG n_all_
 #define RANGES_PARAMS , __global const ulong *rt_
 #define RANGES_BEGIN                                                                       \
-    if (get_global_id(0) >= n_all_)                                                        \
+    if (RANGES_ROW >= n_all_)                                                              \
         return;                                                                            \
-    const ulong4 r_ = vload4(get_global_id(0), rt_);                                       \
+    const ulong4 r_ = vload4(RANGES_ROW, rt_);                                             \
     const long RP_ = (long)r_.x, RG_ = (long)r_.y, RS_ = (long)r_.z;                       \
     const ulong n = r_.w;
 #define ITEM_LOOP_BEGIN {
 #define ITEM_LOOP_END }
-#define ITEM_ID 0
 #elif RANGES
 #define RANGES_ROWS 0
 #define N_ARG n_all_

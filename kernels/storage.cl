@@ -774,7 +774,9 @@ inline void q8_group_store(__global uchar *p, __global float *abs, __local float
 {
     const uint lid = (uint)get_local_id(0);
     r[lid] = mx;
-    barrier(CLK_LOCAL_MEM_FENCE);
+    /* the global fence orders every work-item's read of the old absmax (STATE_BEGIN) before
+       work-item 0 writes the new one */
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     for (uint h = Q8_LANES / 2; h > 0; h >>= 1) {
         if (lid < h)
             r[lid] = fmax(r[lid], r[lid + h]);
