@@ -28,9 +28,9 @@
  *  - after destroy, every OpenCL object clopt took while the shim was on was released
  *    (created == released per kind; the test's own objects are made with the shim off).
  * Lives: AdamW; LAMB and Adafactor (reductions, per-tensor passes); AdamW with Lookahead.
- * A second sweep fails every call of clopt_optimizer_prepare in a fresh context (program
- * creation, builds, kernels), then prepares again, steps, and checks for leaks after
- * destroying the context too.
+ * A second sweep (test_faults_prepare.c) fails every call of clopt_optimizer_prepare in a
+ * fresh context (program creation, builds, kernels), then prepares again, steps, and checks
+ * for leaks after destroying the context too.
  *
  * TEST_FAULTS_FILTER (a cmocka pattern) runs a subset; CLSHIM_TRACE=1 prints every fault.
  */
@@ -52,20 +52,17 @@
 #include "clopt.h"
 #include "clshim.h"
 #include "fixture.h"
+#include "test_faults.h"
 
-/* ---- totals over the whole test ------------------------------------------------------- */
+/* ---- totals over the whole test (test_faults.h) ------------------------------------------ */
 
-static uint64_t g_faults;   /* runs in which the injected fault fired */
-static uint64_t g_failed;   /* ... and the operation returned an error */
-static uint64_t g_absorbed; /* ... and the operation returned success */
-static uint64_t g_leaks;    /* runs that leaked an OpenCL object */
+uint64_t g_faults, g_failed, g_absorbed, g_leaks, g_errors;
 
-/* distinct call sites hit: (life, operation, OpenCL function) */
 #define MAX_SITES 1024
 static char g_site[MAX_SITES][96];
 static size_t g_nsites;
 
-static void note_site(const char *life, const char *op, const char *fn)
+void note_site(const char *life, const char *op, const char *fn)
 {
     char key[96];
     snprintf(key, sizeof key, "%s/%s/%s", life, op, fn);
@@ -76,11 +73,7 @@ static void note_site(const char *life, const char *op, const char *fn)
         memcpy(g_site[g_nsites++], key, sizeof key);
 }
 
-/* A violation: fails the test at once, or with TEST_FAULTS_KEEP_GOING set is printed and
-   counted (the test then fails at its end), to list every defect of a sweep in one run. */
-static uint64_t g_errors;
-
-__attribute__((format(printf, 1, 2))) static void violation(const char *fmt, ...)
+void violation(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -109,17 +102,8 @@ static void note_other_status(const char *life, const char *op, const char *fn, 
         memcpy(g_other[g_nother++], key, sizeof key);
 }
 
-/* The shim off around the test's own OpenCL calls (not counted, never faulted). */
-#define OWN(...)                                                                             \
-    do {                                                                                     \
-        int on_ = clshim_enabled();                                                          \
-        clshim_enable(0);                                                                    \
-        __VA_ARGS__;                                                                         \
-        if (on_)                                                                             \
-            clshim_enable(1);                                                                \
-    } while (0)
 
-static int leaked(void)
+int leaked(void)
 {
     for (int k = 0; k < CLSHIM_NOBJ; k++)
         if (clshim_created((clshim_obj)k) != clshim_released((clshim_obj)k))
@@ -930,95 +914,6 @@ static void test_life_lookahead(void **state)
     fixture *f = *state;
     static const life_desc d = {"adamw+lookahead", CLOPT_ADAMW, 2};
     sweep_life(f->ctx, &d);
-}
-
-/* ---- prepare in a fresh context: program creation, builds, kernels ---------------------- */
-
-static void test_prepare_fresh_context(void **state)
-{
-    (void)state;
-    const uint64_t errors0 = g_errors;
-    uint64_t n = 1, failed = 0;
-    for (;; n++) {
-        clshim_reset();
-        clshim_enable(1);
-        clopt_ctx *c = NULL;
-        assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
-        cl_mem p = NULL, g = NULL;
-        float init[40];
-        for (int i = 0; i < 40; i++)
-            init[i] = 0.1f * (float)(i % 7) - 0.3f;
-        OWN({
-            p = upload(c, init, 40);
-            g = upload(c, init, 40);
-        });
-        clopt_hparams hp;
-        clopt_hparams_default(CLOPT_ADAMW, &hp);
-        clopt_optimizer *opt = NULL;
-        assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
-        clopt_param_desc d;
-        clopt_param_desc_init(&d);
-        d.param = (clopt_tensor){p, 0};
-        d.grad = (clopt_tensor){g, 0};
-        d.ndim = 2, d.shape[0] = 5, d.shape[1] = 8;
-        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
-        assert_int_equal(clopt_optimizer_set_grad_scale(opt, 2.0), CLOPT_SUCCESS);
-        assert_int_equal(clopt_optimizer_set_grad_clip(opt, 1.0), CLOPT_SUCCESS);
-        clshim_fail_nth(n, CL_OUT_OF_RESOURCES);
-        clopt_status s = clopt_optimizer_prepare(opt);
-        int fired = clshim_fault_fired();
-        const char *site = clshim_fault_site();
-        clshim_fail_nth(0, CL_SUCCESS);
-        if (fired) {
-            g_faults++;
-            note_site("fresh-context", "prepare", site);
-            if (s < 0) {
-                g_failed++;
-                failed++;
-            } else {
-                g_absorbed++;
-            }
-        } else if (s != CLOPT_SUCCESS) {
-            fail_msg("prepare failed without a fault: %s", clopt_status_name(s));
-        }
-        /* prepare again, then steps that compile nothing */
-        s = clopt_optimizer_prepare(opt);
-        if (s != CLOPT_SUCCESS)
-            fail_msg("prepare after a fault at call %llu (%s): %s (%s)", (unsigned long long)n,
-                     site, clopt_status_name(s), clopt_ctx_last_error(c));
-        uint64_t builds = clshim_builds();
-        for (int t = 0; t < 2; t++) {
-            s = clopt_optimizer_step(opt, NULL);
-            if (s != CLOPT_SUCCESS)
-                fail_msg("step after a fault at call %llu of prepare (%s): %s (%s)",
-                         (unsigned long long)n, site, clopt_status_name(s),
-                         clopt_ctx_last_error(c));
-        }
-        if (clshim_builds() != builds)
-            fail_msg("the steps after a fault at call %llu of prepare (%s) built programs",
-                     (unsigned long long)n, site);
-        clopt_optimizer_destroy(opt);
-        OWN({
-            clReleaseMemObject(p);
-            clReleaseMemObject(g);
-        });
-        clopt_ctx_destroy(c);
-        clshim_enable(0);
-        if (leaked()) {
-            g_leaks++;
-            clshim_dump(stderr);
-            violation("prepare with call %llu (%s) failing leaked OpenCL objects",
-                     (unsigned long long)n, site);
-        }
-        if (!fired)
-            break;
-        if (n > 2000)
-            fail_msg("the sweep of prepare does not end");
-    }
-    fprintf(stderr, "    fresh-context prepare: %llu faults, %llu failed cleanly\n",
-            (unsigned long long)(n - 1), (unsigned long long)failed);
-    assert_true(n > 1);
-    assert_int_equal(g_errors, errors0);
 }
 
 int main(void)
