@@ -21,8 +21,8 @@
  *    clopt yet. With one vector per work-item 8-bit state runs a work-group of 256 / VW
  *    work-items per block (host/rules.c, kernels/storage.cl); on PoCL that shape is 3-13x
  *    slower than a work-item per block (AdamW 2^24: 34-301 ms against 23), so the CPU row
- *    keeps 16 vectors per work-item. Replace it from `clopt-bench --sweep-tuning` on the device (ci/gpu-check.sh
- *    is the one command for a GPU machine). */
+ *    keeps 16 vectors per work-item. Replace the GPU row from `clopt-bench --sweep-tuning`
+ *    on the device (ci/gpu-check.sh is the one command for a GPU machine). */
 #include "internal.h"
 
 #include <string.h>

@@ -785,8 +785,8 @@ inline void q8_group_store(__global uchar *p, __global float *abs, __local float
     const float m = r[0];
     if (lid == 0 && q8_live(n))
         abs[Q8_ITEM] = m;
-    /* the work-item's vector: its index in the tensor (in the table's row with RANGES) */
-    const ulong vi = RANGES ? (ulong)lid : get_global_id(0), e = vi * VW;
+    /* the work-item's vector (ELEMENTWISE's vi_: in the table's row with RANGES) */
+    const ulong vi = ITEM_ID, e = vi * VW;
     const floatV x = m > 0.0f ? q / m : (floatV)(0.0f);
     const ucharV c = CONVERT_UCHARV(q8_codes(x, tab, sg));
     if (e + VW <= n) {

@@ -155,21 +155,20 @@ static const combo combos[] = {
      CLOPT_DTYPE_F16, CLOPT_MASTER_F32, 0},
 };
 
-/* float16 by the compiler's _Float16 (round to nearest even) */
-__extension__ typedef _Float16 host_f16;
-static uint16_t f32_to_f16_rne(float x)
+/* n floats into dst, a buffer of type dt: 16-bit ones rounded to nearest even by the
+   library's convert (on the context's queue, in order with the steps) */
+static void put_typed(clopt_ctx *ctx, cl_mem dst, clopt_dtype dt, const float *x, size_t n)
 {
-    const host_f16 h = (host_f16)x;
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
-}
-
-static float f16_to_f32(uint16_t u)
-{
-    host_f16 h;
-    memcpy(&h, &u, 2);
-    return (float)h;
+    if (dt == CLOPT_DTYPE_F32) {
+        buf_write(ctx, dst, 0, n * 4, x);
+        return;
+    }
+    cl_mem tmp = buf_new(ctx, n * 4, x);
+    assert_int_equal(clopt_enqueue_convert(ctx, NULL, (clopt_tensor){dst, 0}, dt,
+                                           (clopt_tensor){tmp, 0}, CLOPT_DTYPE_F32, n, 0, 0, 0, 0,
+                                           0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    clReleaseMemObject(tmp);
 }
 
 /* Every byte the three steps write, in one allocation: θ, the master, codes, absmaxes. */
@@ -184,23 +183,21 @@ static unsigned char *combo_run(clopt_ctx *ctx, const combo *c, size_t *len)
     const size_t ps = c->p == CLOPT_DTYPE_F32 ? 4 : 2, gs = c->g == CLOPT_DTYPE_F32 ? 4 : 2;
     const size_t ms = c->master == CLOPT_MASTER_F32 ? 4 : c->master ? 2 : 0;
     uint64_t s = 71;
-    unsigned char *pi = xmalloc(SN * 4), *gi = xmalloc(SN * 4), *mi = xmalloc(SN * 4);
-    memset(mi, 0, SN * 4);
-    for (size_t i = 0; i < SN; i++) { /* θ's words from floats, the master from θ */
-        const float x = (float)ref_normal(&s);
-        const uint32_t b = f2u(x);
-        const uint16_t h = c->p == CLOPT_DTYPE_BF16 ? (uint16_t)(b >> 16) : f32_to_f16_rne(x);
-        if (ps == 4)
-            memcpy(pi + 4 * i, &b, 4);
-        else
-            memcpy(pi + 2 * i, &h, 2);
-        if (ms == 4) {
-            const float w = f16_to_f32(h);
-            memcpy(mi + 4 * i, &w, 4);
-        }
-    }
-    cl_mem p = buf_new(ctx, SN * ps, pi), g = buf_new(ctx, SN * gs, NULL),
-           m = buf_new(ctx, SN * 4, mi), sc = buf_new(ctx, SR * 4, NULL);
+    float *x = xmalloc(SN * 4);
+    unsigned char *pi = xmalloc(SN * ps), *zero = xmalloc(SN * 4);
+    memset(zero, 0, SN * 4);
+    for (size_t i = 0; i < SN; i++)
+        x[i] = (float)ref_normal(&s);
+    /* θ in its type; the master θ widened (fp32) or zero remainders */
+    cl_mem p = buf_new(ctx, SN * ps, NULL), g = buf_new(ctx, SN * gs, NULL),
+           m = buf_new(ctx, SN * 4, zero), sc = buf_new(ctx, SR * 4, NULL);
+    put_typed(ctx, p, c->p, x, SN);
+    if (ms == 4)
+        assert_int_equal(clopt_enqueue_convert(ctx, NULL, (clopt_tensor){m, 0}, CLOPT_DTYPE_F32,
+                                               (clopt_tensor){p, 0}, c->p, SN, 0, 0, 0, 0, 0,
+                                               NULL, NULL),
+                         CLOPT_SUCCESS);
+    buf_read(ctx, p, 0, SN * ps, pi);
     clopt_tensor st[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
     size_t ns = 0;
     assert_int_equal(clopt_alloc_state_ex(ctx, c->rule, &hp, SN, CLOPT_DTYPE_U8, st, am, &ns),
@@ -216,15 +213,9 @@ static unsigned char *combo_run(clopt_ctx *ctx, const combo *c, size_t *len)
     for (size_t k = 0; k < ns; k++)
         a.state[k] = st[k], a.state_absmax[k] = am[k];
     for (uint64_t t = 1; t <= 3; t++) {
-        for (size_t i = 0; i < SN; i++) {
-            const float x = (float)(0.1 * ref_normal(&s) + 0.02 * (double)(i % SC) / SC);
-            const uint16_t h = c->g == CLOPT_DTYPE_BF16 ? bf16_rne(x) : f32_to_f16_rne(x);
-            if (gs == 4)
-                memcpy(gi + 4 * i, &x, 4);
-            else
-                memcpy(gi + 2 * i, &h, 2);
-        }
-        buf_write(ctx, g, 0, SN * gs, gi);
+        for (size_t i = 0; i < SN; i++)
+            x[i] = (float)(0.1 * ref_normal(&s) + 0.02 * (double)(i % SC) / SC);
+        put_typed(ctx, g, c->g, x, SN);
         step_ok(ctx, c->rule, &hp, &a, SN, t, c->label);
     }
     const size_t nb = nblocks(SN);
@@ -244,7 +235,7 @@ static unsigned char *combo_run(clopt_ctx *ctx, const combo *c, size_t *len)
         clReleaseMemObject(st[k].buffer), clReleaseMemObject(am[k].buffer);
     }
     clReleaseMemObject(p), clReleaseMemObject(g), clReleaseMemObject(m), clReleaseMemObject(sc);
-    free(pi), free(gi), free(mi);
+    free(x), free(pi), free(zero);
     return out;
 }
 
