@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The MLP of the training example: the model on the device (CLBlast GEMMs plus the kernels of
- * mlp.cl, weights in float32 or in 16-bit storage with a float32 copy for the GEMMs) and the
- * training loop through clopt's optimizer level. The data are in mlp_data.c. See mlp.h.
+ * mlp.cl, weights in float32 or in 16-bit storage with a float32 copy for the GEMMs) and its
+ * passes on the device. The training loop is in mlp_train.c, the data in mlp_data.c. See
+ * mlp.h.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "mlp.h"
+#include "mlp_internal.h"
 
 #include "embedded.h"
 
@@ -24,41 +25,10 @@ extern const size_t mlp_cl_sources_count;
 /* Model                                                                                 */
 /* ------------------------------------------------------------------------------------ */
 
-enum { K_GATHER, K_BIAS_ACT, K_RELU_BW, K_COL_SUMS, K_SOFTMAX, K_STATS, K_COUNT };
 static const char *const KERNEL_NAMES[K_COUNT] = {"gather_batch", "bias_act", "relu_backward",
                                                   "col_sums", "softmax_xent", "batch_stats"};
 
-struct mlp {
-    clopt_ctx *ctx;
-    cl_context cl;
-    cl_command_queue queue;
-    mlp_config cfg;
-    cl_program program;
-    cl_kernel k[K_COUNT];
-    cl_mem w[MLP_MAX_LAYERS], b[MLP_MAX_LAYERS];   /* parameters (float32: what the GEMMs read) */
-    cl_mem gw[MLP_MAX_LAYERS], gb[MLP_MAX_LAYERS]; /* gradients */
-    /* The float32 parameters and gradients live in one flat buffer each (mlp_flat); w, b, gw
-       and gb above are sub-buffers of them at the offsets of `flat`. 16-bit θ (param_dtype
-       F16/BF16) is flat.params16, at the same element offsets. */
-    mlp_flat flat;
-    cl_mem hw[MLP_MAX_LAYERS], hb[MLP_MAX_LAYERS]; /* Sophia's Hessian estimates */
-    cl_mem act[MLP_MAX_LAYERS + 1];  /* act[0] input, act[i+1] output of layer i (logits last) */
-    cl_mem dact[MLP_MAX_LAYERS + 1]; /* dact[i+1]: gradient of the loss w.r.t. act[i+1] */
-    cl_mem y, row_loss, row_correct;
-    cl_mem stats;   /* 2 floats per slot */
-    size_t stats_slots;
-    cl_mem perm;    /* int batch indices */
-    size_t perm_len;
-    size_t last_rows;
-    float mean, inv_std;
-    int hessian;
-    /* Muon's hybrid: the AdamW optimizer of the biases (mlp_optimizer_create), stepped with
-       the caller's after every step and destroyed with the model or the next optimizer. */
-    clopt_optimizer *aux;
-    char err[1024];
-};
-
-static int fail(mlp *m, const char *fmt, ...)
+int mlp_fail(mlp *m, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -67,9 +37,9 @@ static int fail(mlp *m, const char *fmt, ...)
     return -1;
 }
 
-static int fail_cl(mlp *m, cl_int e, const char *what)
+int mlp_fail_cl(mlp *m, cl_int e, const char *what)
 {
-    return fail(m, "%s failed: OpenCL error %d", what, (int)e);
+    return mlp_fail(m, "%s failed: OpenCL error %d", what, (int)e);
 }
 
 const char *mlp_last_error(const mlp *m) { return m ? m->err : "no model"; }
@@ -95,7 +65,7 @@ static cl_mem new_buffer(mlp *m, size_t bytes, int *ok)
     cl_mem b = clCreateBuffer(m->cl, CL_MEM_READ_WRITE, bytes, NULL, &e);
     if (e != CL_SUCCESS || !b) {
         if (*ok)
-            fail_cl(m, e, "clCreateBuffer");
+            mlp_fail_cl(m, e, "clCreateBuffer");
         *ok = 0;
         return NULL;
     }
@@ -105,7 +75,7 @@ static cl_mem new_buffer(mlp *m, size_t bytes, int *ok)
     e = clEnqueueFillBuffer(m->queue, b, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
     if (e != CL_SUCCESS) {
         if (*ok)
-            fail_cl(m, e, "clEnqueueFillBuffer");
+            mlp_fail_cl(m, e, "clEnqueueFillBuffer");
         *ok = 0;
     }
     return b;
@@ -121,7 +91,7 @@ static cl_mem sub_buffer(mlp *m, cl_mem parent, size_t off, size_t n, int *ok)
     cl_int e = CL_SUCCESS;
     cl_mem s = clCreateSubBuffer(parent, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &r, &e);
     if (e != CL_SUCCESS || !s) {
-        fail_cl(m, e, "clCreateSubBuffer");
+        mlp_fail_cl(m, e, "clCreateSubBuffer");
         *ok = 0;
         return NULL;
     }
@@ -142,22 +112,22 @@ static int build_program(mlp *m)
         if (strcmp(mlp_cl_sources[i].name, "mlp") == 0)
             src = mlp_cl_sources[i].data;
     if (!src)
-        return fail(m, "mlp.cl is not embedded in this build");
+        return mlp_fail(m, "mlp.cl is not embedded in this build");
     cl_int e = CL_SUCCESS;
     m->program = clCreateProgramWithSource(m->cl, 1, &src, NULL, &e);
     if (e != CL_SUCCESS)
-        return fail_cl(m, e, "clCreateProgramWithSource(mlp.cl)");
+        return mlp_fail_cl(m, e, "clCreateProgramWithSource(mlp.cl)");
     cl_device_id dev = clopt_ctx_cl_device(m->ctx);
     e = clBuildProgram(m->program, 1, &dev, "-cl-std=CL1.2", NULL, NULL);
     if (e != CL_SUCCESS) {
         char log[768] = "";
         clGetProgramBuildInfo(m->program, dev, CL_PROGRAM_BUILD_LOG, sizeof log - 1, log, NULL);
-        return fail(m, "building mlp.cl failed (OpenCL error %d): %s", (int)e, log);
+        return mlp_fail(m, "building mlp.cl failed (OpenCL error %d): %s", (int)e, log);
     }
     for (int i = 0; i < K_COUNT; i++) {
         m->k[i] = clCreateKernel(m->program, KERNEL_NAMES[i], &e);
         if (e != CL_SUCCESS)
-            return fail_cl(m, e, KERNEL_NAMES[i]);
+            return mlp_fail_cl(m, e, KERNEL_NAMES[i]);
     }
     return 0;
 }
@@ -208,7 +178,7 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
         const cl_int e = clGetDeviceInfo(clopt_ctx_cl_device(ctx), CL_DEVICE_MEM_BASE_ADDR_ALIGN,
                                          sizeof align_bits, &align_bits, NULL);
         if (e != CL_SUCCESS)
-            ok = fail_cl(m, e, "clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)") == 0;
+            ok = mlp_fail_cl(m, e, "clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)") == 0;
     }
     const size_t align = align_bits >= 8 * sizeof(float) ? align_bits / (8 * sizeof(float)) : 1;
     size_t pos = 0;
@@ -250,7 +220,7 @@ int mlp_create(clopt_ctx *ctx, const mlp_config *cfg, int hessian, mlp **out, ch
     if (ok) {
         const cl_int e = clFinish(m->queue);
         if (e != CL_SUCCESS)
-            ok = fail_cl(m, e, "clFinish") == 0;
+            ok = mlp_fail_cl(m, e, "clFinish") == 0;
     }
     if (!ok) {
         mlp_put_err(err, errlen, "%s", m->err);
@@ -328,7 +298,7 @@ void mlp_set_normalization(mlp *m, double mean, double std)
 
 static int check_layer(mlp *m, size_t l)
 {
-    return l < m->cfg.nlayers ? 0 : fail(m, "layer %zu out of range", l);
+    return l < m->cfg.nlayers ? 0 : mlp_fail(m, "layer %zu out of range", l);
 }
 
 static int read_pair(mlp *m, cl_mem a, cl_mem b, size_t l, float *ha, float *hb)
@@ -339,7 +309,7 @@ static int read_pair(mlp *m, cl_mem a, cl_mem b, size_t l, float *ha, float *hb)
         e = clEnqueueReadBuffer(m->queue, a, CL_TRUE, 0, wn * sizeof(float), ha, 0, NULL, NULL);
     if (e == CL_SUCCESS && hb)
         e = clEnqueueReadBuffer(m->queue, b, CL_TRUE, 0, bn * sizeof(float), hb, 0, NULL, NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer");
+    return e == CL_SUCCESS ? 0 : mlp_fail_cl(m, e, "clEnqueueReadBuffer");
 }
 
 int mlp_get_layer(mlp *m, size_t l, float *w, float *b)
@@ -368,7 +338,7 @@ static int convert_layer(mlp *m, size_t l, int to_16)
                   : clopt_enqueue_convert(m->ctx, m->queue, a, CLOPT_DTYPE_F32, h, t, n[i], 0, 0,
                                           0, 0, 0, NULL, NULL);
         if (s != CLOPT_SUCCESS)
-            return fail(m, "clopt_enqueue_convert: %s (%s)", clopt_status_str(s),
+            return mlp_fail(m, "clopt_enqueue_convert: %s (%s)", clopt_status_str(s),
                         clopt_ctx_last_error(m->ctx));
     }
     return 0;
@@ -398,14 +368,14 @@ int mlp_set_layer(mlp *m, size_t l, const float *w, const float *b)
         e = clEnqueueWriteBuffer(m->queue, m->b[l], CL_TRUE, 0, bn * sizeof(float), b, 0, NULL,
                                  NULL);
     if (e != CL_SUCCESS)
-        return fail_cl(m, e, "clEnqueueWriteBuffer");
+        return mlp_fail_cl(m, e, "clEnqueueWriteBuffer");
     if (m->cfg.param_dtype == CLOPT_DTYPE_F32)
         return 0;
     /* θ rounded to its storage, and the float32 copy the passes read set to exactly θ */
     if (convert_layer(m, l, 1) || convert_layer(m, l, 0))
         return -1;
     e = clFinish(m->queue);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clFinish");
+    return e == CL_SUCCESS ? 0 : mlp_fail_cl(m, e, "clFinish");
 }
 
 int mlp_init_he(mlp *m, uint64_t seed)
@@ -419,7 +389,7 @@ int mlp_init_he(mlp *m, uint64_t seed)
         if (!w || !b) {
             free(w);
             free(b);
-            return fail(m, "out of memory");
+            return mlp_fail(m, "out of memory");
         }
         const double sd = sqrt(2.0 / (double)in);
         for (size_t i = 0; i < in * outd; i++)
@@ -435,7 +405,7 @@ int mlp_upload(mlp *m, const mlp_dataset *d, mlp_device_data *out)
 {
     memset(out, 0, sizeof *out);
     if (!d || d->n == 0 || d->dim != m->cfg.dims[0])
-        return fail(m, "dataset of %zu images of %zu values for a %zu-input model",
+        return mlp_fail(m, "dataset of %zu images of %zu values for a %zu-input model",
                     d ? d->n : 0, d ? d->dim : 0, m->cfg.dims[0]);
     cl_int e = CL_SUCCESS;
     out->pixels = clCreateBuffer(m->cl, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
@@ -445,7 +415,7 @@ int mlp_upload(mlp *m, const mlp_dataset *d, mlp_device_data *out)
                                      d->labels, &e);
     if (e != CL_SUCCESS) {
         mlp_device_data_free(out);
-        return fail_cl(m, e, "clCreateBuffer (dataset)");
+        return mlp_fail_cl(m, e, "clCreateBuffer (dataset)");
     }
     out->n = d->n;
     out->dim = d->dim;
@@ -472,14 +442,14 @@ static int launch(mlp *m, int k, size_t items)
     const size_t local = items == 1 ? 1 : 64, global = (items + local - 1) / local * local;
     const cl_int e = clEnqueueNDRangeKernel(m->queue, m->k[k], 1, NULL, &global, &local, 0,
                                             NULL, NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, KERNEL_NAMES[k]);
+    return e == CL_SUCCESS ? 0 : mlp_fail_cl(m, e, KERNEL_NAMES[k]);
 }
 
 #define SET_ARG(m, kern, i, v)                                                            \
     do {                                                                                  \
         const cl_int e_ = clSetKernelArg((m)->k[kern], (i), sizeof(v), &(v));             \
         if (e_ != CL_SUCCESS)                                                             \
-            return fail_cl((m), e_, "clSetKernelArg");                                    \
+            return mlp_fail_cl((m), e_, "clSetKernelArg");                                    \
     } while (0)
 
 /* C[m x n] = op(A) op(B), row-major, beta 0, on the context's queue. */
@@ -492,13 +462,13 @@ static int gemm(mlp *m, int ta, int tb, size_t M, size_t N, size_t K, cl_mem a, 
         tb ? CLBlastTransposeYes : CLBlastTransposeNo, M, N, K, 1.0f, a, 0, lda, b, 0, ldb, 0.0f,
         c, 0, ldc, &q, NULL);
     if (s != CLBlastSuccess)
-        return fail(m, "CLBlastSgemm(%zu x %zu x %zu) failed: CLBlast status %d", M, N, K,
+        return mlp_fail(m, "CLBlastSgemm(%zu x %zu x %zu) failed: CLBlast status %d", M, N, K,
                     (int)s);
     return 0;
 }
 
 /* Grow the stats buffer to `slots` slots, keeping what the old one holds. */
-static int ensure_stats(mlp *m, size_t slots)
+int mlp_ensure_stats(mlp *m, size_t slots)
 {
     if (slots <= m->stats_slots)
         return 0;
@@ -514,7 +484,7 @@ static int ensure_stats(mlp *m, size_t slots)
                                              2 * m->stats_slots * sizeof(float), 0, NULL, NULL);
         if (e != CL_SUCCESS) {
             clReleaseMemObject(nb);
-            return fail_cl(m, e, "clEnqueueCopyBuffer");
+            return mlp_fail_cl(m, e, "clEnqueueCopyBuffer");
         }
     }
     release_mem(&m->stats);
@@ -523,7 +493,7 @@ static int ensure_stats(mlp *m, size_t slots)
     return 0;
 }
 
-static int ensure_perm(mlp *m, size_t n)
+int mlp_ensure_perm(mlp *m, size_t n)
 {
     if (n <= m->perm_len)
         return 0;
@@ -537,10 +507,10 @@ static int ensure_perm(mlp *m, size_t n)
     return 0;
 }
 
-static int gather(mlp *m, const mlp_device_data *d, int use_idx, size_t off, size_t rows)
+int mlp_pass_gather(mlp *m, const mlp_device_data *d, int use_idx, size_t off, size_t rows)
 {
     if (rows == 0 || rows > m->cfg.batch || off + rows > (use_idx ? m->perm_len : d->n))
-        return fail(m, "batch of %zu rows at %zu (batch size %zu, %zu images)", rows, off,
+        return mlp_fail(m, "batch of %zu rows at %zu (batch size %zu, %zu images)", rows, off,
                     m->cfg.batch, d->n);
     const cl_uint ui = (cl_uint)(use_idx != 0), uo = (cl_uint)off, ur = (cl_uint)rows,
                   ud = (cl_uint)d->dim;
@@ -560,7 +530,7 @@ static int gather(mlp *m, const mlp_device_data *d, int use_idx, size_t off, siz
     return launch(m, K_GATHER, rows * d->dim);
 }
 
-static int forward(mlp *m, size_t rows)
+int mlp_pass_forward(mlp *m, size_t rows)
 {
     const size_t L = m->cfg.nlayers;
     for (size_t i = 0; i < L; i++) {
@@ -582,7 +552,7 @@ static int forward(mlp *m, size_t rows)
 /* Loss gradient of the logits (and per-row loss / correct); sample: Sophia's sampled labels.
    The gradient is that of the loss sum over the rows divided by denom (rows: the batch mean;
    data-parallel shares: see mlp_train_epoch_dp). */
-static int loss(mlp *m, size_t rows, double denom, int sample, uint32_t seed)
+int mlp_pass_loss(mlp *m, size_t rows, double denom, int sample, uint32_t seed)
 {
     const size_t L = m->cfg.nlayers;
     const cl_uint ur = (cl_uint)rows, uc = (cl_uint)m->cfg.dims[L], us = (cl_uint)(sample != 0),
@@ -601,9 +571,9 @@ static int loss(mlp *m, size_t rows, double denom, int sample, uint32_t seed)
     return launch(m, K_SOFTMAX, rows);
 }
 
-static int stats(mlp *m, size_t rows, size_t slot)
+int mlp_pass_stats(mlp *m, size_t rows, size_t slot)
 {
-    if (ensure_stats(m, slot + 1))
+    if (mlp_ensure_stats(m, slot + 1))
         return -1;
     const cl_uint ur = (cl_uint)rows, us = (cl_uint)slot;
     SET_ARG(m, K_STATS, 0, m->row_loss);
@@ -614,7 +584,7 @@ static int stats(mlp *m, size_t rows, size_t slot)
     return launch(m, K_STATS, 1);
 }
 
-static int backward(mlp *m, size_t rows)
+int mlp_pass_backward(mlp *m, size_t rows)
 {
     const size_t L = m->cfg.nlayers;
     for (size_t i = L; i-- > 0;) {
@@ -648,34 +618,33 @@ int mlp_batch(mlp *m, const mlp_device_data *d, const int *idx, size_t off, size
               int backward_pass, size_t slot)
 {
     if (!d || !d->pixels)
-        return fail(m, "mlp_batch: no data");
+        return mlp_fail(m, "mlp_batch: no data");
     if (idx) {
         if (rows == 0 || rows > m->cfg.batch)
-            return fail(m, "batch of %zu rows (batch size %zu)", rows, m->cfg.batch);
+            return mlp_fail(m, "batch of %zu rows (batch size %zu)", rows, m->cfg.batch);
         for (size_t r = 0; r < rows; r++)
             if (idx[r] < 0 || (size_t)idx[r] >= d->n)
-                return fail(m, "index %d out of range (%zu images)", idx[r], d->n);
-        if (ensure_perm(m, rows))
+                return mlp_fail(m, "index %d out of range (%zu images)", idx[r], d->n);
+        if (mlp_ensure_perm(m, rows))
             return -1;
         const cl_int e = clEnqueueWriteBuffer(m->queue, m->perm, CL_TRUE, 0, rows * sizeof(cl_int),
                                               idx, 0, NULL, NULL);
         if (e != CL_SUCCESS)
-            return fail_cl(m, e, "clEnqueueWriteBuffer (indices)");
+            return mlp_fail_cl(m, e, "clEnqueueWriteBuffer (indices)");
     }
-    if (gather(m, d, idx != NULL, idx ? 0 : off, rows) || forward(m, rows) ||
-        loss(m, rows, (double)rows, 0, 0) ||
-        stats(m, rows, slot))
+    if (mlp_pass_gather(m, d, idx != NULL, idx ? 0 : off, rows) || mlp_pass_forward(m, rows) ||
+        mlp_pass_loss(m, rows, (double)rows, 0, 0) || mlp_pass_stats(m, rows, slot))
         return -1;
-    return backward_pass ? backward(m, rows) : 0;
+    return backward_pass ? mlp_pass_backward(m, rows) : 0;
 }
 
 int mlp_read_input(mlp *m, float *x, size_t rows)
 {
     if (rows > m->last_rows)
-        return fail(m, "the last batch had %zu rows, not %zu", m->last_rows, rows);
+        return mlp_fail(m, "the last batch had %zu rows, not %zu", m->last_rows, rows);
     const cl_int e = clEnqueueReadBuffer(m->queue, m->act[0], CL_TRUE, 0,
                                          rows * m->cfg.dims[0] * sizeof(float), x, 0, NULL, NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer (input)");
+    return e == CL_SUCCESS ? 0 : mlp_fail_cl(m, e, "clEnqueueReadBuffer (input)");
 }
 
 int mlp_read_stats(mlp *m, size_t first, size_t count, float *out)
@@ -683,398 +652,9 @@ int mlp_read_stats(mlp *m, size_t first, size_t count, float *out)
     if (count == 0)
         return 0;
     if (first + count > m->stats_slots)
-        return fail(m, "stats slots %zu..%zu beyond the %zu written", first, first + count - 1,
+        return mlp_fail(m, "stats slots %zu..%zu beyond the %zu written", first, first + count - 1,
                     m->stats_slots);
     const cl_int e = clEnqueueReadBuffer(m->queue, m->stats, CL_TRUE, 2 * first * sizeof(float),
                                          2 * count * sizeof(float), out, 0, NULL, NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueReadBuffer (stats)");
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Training                                                                              */
-/* ------------------------------------------------------------------------------------ */
-
-size_t mlp_steps_per_epoch(size_t n, size_t batch) { return batch ? (n + batch - 1) / batch : 0; }
-
-int mlp_train_hparams(const mlp *m, const mlp_train_config *tc, clopt_hparams *hp)
-{
-    clopt_status s = clopt_hparams_default(tc->rule, hp);
-    if (s != CLOPT_SUCCESS)
-        return fail((mlp *)m, "unknown rule %d", (int)tc->rule);
-    double lr, wd;
-    mlp_default_lr_wd(tc->rule, &lr, &wd);
-    if (tc->lr > 0)
-        lr = tc->lr;
-    if (tc->weight_decay >= 0)
-        wd = tc->weight_decay;
-    hp->lr = lr;
-    hp->weight_decay = wd;
-    switch (tc->rule) {
-    case CLOPT_SGD: hp->momentum = 0.9; break;
-    case CLOPT_ADAFACTOR:
-        /* an explicit lr (so the schedule applies), as HF's recommended fine-tuning setting */
-        hp->relative_step = 0;
-        hp->scale_parameter = 0;
-        hp->warmup_init = 0;
-        break;
-    case CLOPT_SOPHIA: hp->bs = (double)m->cfg.batch; break;
-    /* Schedule-Free: its own linear warmup instead of the schedule (no decay: the point) */
-    case CLOPT_SCHEDULE_FREE_ADAMW:
-    case CLOPT_SCHEDULE_FREE_SGD: hp->warmup_steps = (unsigned)tc->warmup_steps; break;
-    /* AdEMAMix: α and β3 warm up over the whole run, as the paper does (T_α,β3 = T); β3
-       0.999 (half-life ~700 steps) instead of 0.9999 (~6900, more than the 4690 steps of
-       10 epochs here: the paper sizes β3 to the run, its 0.9999 is for ~10^5 steps) */
-    case CLOPT_ADEMAMIX:
-        hp->beta3 = 0.999;
-        hp->alpha_warmup = hp->beta3_warmup = (unsigned)tc->total_steps;
-        break;
-    default: break;
-    }
-    hp->cautious = tc->cautious;
-    char serr[256];
-    if (mlp_check_storage(m->cfg.param_dtype, tc->state_dtype, tc->master,
-                          tc->stochastic_rounding, serr, sizeof serr))
-        return fail((mlp *)m, "%s", serr);
-    hp->master = (int)tc->master;
-    hp->stochastic_rounding = tc->stochastic_rounding;
-    hp->state_dtype = (int)tc->state_dtype;
-    const char *why = NULL;
-    if ((s = clopt_hparams_validate(tc->rule, hp, &why)) != CLOPT_SUCCESS)
-        return fail((mlp *)m, "hyperparameters for %s: %s", clopt_rule_name(tc->rule), why);
-    return 0;
-}
-
-static int fail_clopt(mlp *m, clopt_status s, const char *what)
-{
-    return fail(m, "%s: %s (%s)", what, clopt_status_str(s), clopt_ctx_last_error(m->ctx));
-}
-
-int mlp_optimizer_create(mlp *m, const mlp_train_config *tc, clopt_optimizer **out)
-{
-    *out = NULL;
-    clopt_hparams hp;
-    if (mlp_train_hparams(m, tc, &hp))
-        return -1;
-    clopt_optimizer *opt = NULL;
-    clopt_status s = clopt_optimizer_create(m->ctx, tc->rule, &hp, &opt);
-    if (s != CLOPT_SUCCESS)
-        return fail_clopt(m, s, "clopt_optimizer_create");
-    clopt_hparams hb = hp;
-    hb.weight_decay = 0.0;
-    size_t bias_group = 0;
-    clopt_optimizer_destroy(m->aux);
-    m->aux = NULL;
-    clopt_optimizer *bopt = opt; /* the biases' optimizer */
-    if (tc->rule == CLOPT_MUON) {
-        /* Muon takes 2-D tensors only: the biases go to an AdamW optimizer of their own
-           (group 0 there), the usual hybrid, stepped together with Muon's */
-        mlp_muon_bias_hparams(&hp, &hb);
-        if ((s = clopt_optimizer_create(m->ctx, CLOPT_ADAMW, &hb, &m->aux)) != CLOPT_SUCCESS)
-            goto fail;
-        bopt = m->aux;
-    } else if ((s = clopt_optimizer_add_group(opt, &hb, &bias_group)) != CLOPT_SUCCESS) {
-        goto fail;
-    }
-    if (tc->stochastic_rounding &&
-        ((s = clopt_optimizer_seed(opt, tc->sr_seed)) != CLOPT_SUCCESS ||
-         (m->aux && (s = clopt_optimizer_seed(m->aux, tc->sr_seed + 1)) != CLOPT_SUCCESS)))
-        goto fail;
-    const int p16 = m->cfg.param_dtype != CLOPT_DTYPE_F32;
-    const int sophia = tc->rule == CLOPT_SOPHIA && m->hessian;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < m->cfg.nlayers; i++) {
-            clopt_param_desc d;
-            memset(&d, 0, sizeof d);
-            d.param_dtype = m->cfg.param_dtype;
-            d.grad_dtype = CLOPT_DTYPE_F32;
-            if (pass == 0) { /* weights [out, in]: 2-D, so Adafactor factors them */
-                d.param = p16 ? (clopt_tensor){m->flat.params16, m->flat.weight_offset[i]}
-                              : (clopt_tensor){m->w[i], 0};
-                d.grad = (clopt_tensor){m->gw[i], 0};
-                if (sophia)
-                    d.hessian = (clopt_tensor){m->hw[i], 0};
-                d.ndim = 2;
-                d.shape[0] = m->cfg.dims[i + 1];
-                d.shape[1] = m->cfg.dims[i];
-            } else {
-                d.param = p16 ? (clopt_tensor){m->flat.params16, m->flat.bias_offset[i]}
-                              : (clopt_tensor){m->b[i], 0};
-                d.grad = (clopt_tensor){m->gb[i], 0};
-                if (sophia)
-                    d.hessian = (clopt_tensor){m->hb[i], 0};
-                d.ndim = 1;
-                d.shape[0] = m->cfg.dims[i + 1];
-            }
-            if ((s = clopt_optimizer_add_param_desc(pass == 0 ? opt : bopt,
-                                                     pass == 0 ? 0 : bias_group, &d, NULL)) !=
-                CLOPT_SUCCESS)
-                goto fail;
-        }
-    /* linear warmup + cosine decay (Schedule-Free: none, its own warmup; mlp_train_hparams) */
-    clopt_schedule sch;
-    if (!mlp_schedule(tc, &sch)) {
-        *out = opt;
-        return 0;
-    }
-    if ((s = clopt_optimizer_set_group_schedule(opt, 0, &sch)) != CLOPT_SUCCESS ||
-        (s = clopt_optimizer_set_group_schedule(bopt, bias_group, &sch)) != CLOPT_SUCCESS)
-        goto fail;
-    *out = opt;
-    return 0;
-fail:
-    fail_clopt(m, s, "setting up the optimizer");
-    clopt_optimizer_destroy(opt);
-    clopt_optimizer_destroy(m->aux);
-    m->aux = NULL;
-    return -1;
-}
-
-int mlp_schedule(const mlp_train_config *tc, clopt_schedule *out)
-{
-    memset(out, 0, sizeof *out);
-    if (tc->rule == CLOPT_SCHEDULE_FREE_ADAMW || tc->rule == CLOPT_SCHEDULE_FREE_SGD)
-        return 0;
-    const uint64_t W = tc->warmup_steps, T = tc->total_steps > W ? tc->total_steps - W : 1;
-    if (W > 0) {
-        out->stage[out->nstages].kind = CLOPT_SCHED_LINEAR_WARMUP;
-        out->stage[out->nstages].start = 0;
-        out->stage[out->nstages].total_steps = W;
-        out->stage[out->nstages].factor = 0.01;
-        out->nstages++;
-    }
-    out->stage[out->nstages].kind = CLOPT_SCHED_COSINE;
-    out->stage[out->nstages].start = W;
-    out->stage[out->nstages].total_steps = T;
-    out->stage[out->nstages].eta_min = 0.0;
-    out->nstages++;
-    return 1;
-}
-
-int mlp_set_eval_mode(mlp *m, clopt_optimizer *opt, int eval)
-{
-    clopt_status s = eval ? clopt_optimizer_eval(opt) : clopt_optimizer_train(opt);
-    if (s != CLOPT_SUCCESS)
-        return fail_clopt(m, s, eval ? "clopt_optimizer_eval" : "clopt_optimizer_train");
-    return mlp_sync_weights(m);
-}
-
-/* Sophia's Gauss-Newton-Bartlett estimate of the Hessian diagonal: the gradient ĝ of the loss
-   on labels sampled from the model's softmax, ĥ = rows·ĝ⊙ĝ into the Hessian buffers. */
-static int sophia_estimate(mlp *m, size_t rows, uint32_t seed)
-{
-    if (loss(m, rows, (double)rows, 1, seed) || backward(m, rows))
-        return -1;
-    for (size_t i = 0; i < m->cfg.nlayers; i++) {
-        const size_t wn = m->cfg.dims[i + 1] * m->cfg.dims[i], bn = m->cfg.dims[i + 1];
-        clopt_status s = clopt_enqueue_gnb(m->ctx, NULL, (clopt_tensor){m->gw[i], 0},
-                                           (clopt_tensor){m->hw[i], 0}, wn, (double)rows, 0,
-                                           NULL, NULL);
-        if (s == CLOPT_SUCCESS)
-            s = clopt_enqueue_gnb(m->ctx, NULL, (clopt_tensor){m->gb[i], 0},
-                                  (clopt_tensor){m->hb[i], 0}, bn, (double)rows, 0, NULL, NULL);
-        if (s != CLOPT_SUCCESS)
-            return fail_clopt(m, s, "clopt_enqueue_gnb");
-    }
-    return 0;
-}
-
-/* Process dp->rank's share [*lo, *hi) of a batch of `rows` rows (dp NULL: all of them). */
-static void share_of(const mlp_data_parallel *dp, size_t rows, size_t *lo, size_t *hi)
-{
-    *lo = dp ? rows * dp->rank / dp->world : 0;
-    *hi = dp ? rows * (dp->rank + 1) / dp->world : rows;
-}
-
-/* A process without rows in a batch: zero gradients (the mean over the processes then counts
-   only the others' rows) and a zero stats slot. */
-static int empty_share(mlp *m, size_t slot)
-{
-    const float zero = 0.0f;
-    cl_int e = clEnqueueFillBuffer(m->queue, m->flat.grads, &zero, sizeof zero, 0,
-                                   m->flat.floats * sizeof(float), 0, NULL, NULL);
-    if (e == CL_SUCCESS)
-        e = clEnqueueFillBuffer(m->queue, m->stats, &zero, sizeof zero,
-                                2 * slot * sizeof(float), 2 * sizeof(float), 0, NULL, NULL);
-    return e == CL_SUCCESS ? 0 : fail_cl(m, e, "clEnqueueFillBuffer");
-}
-
-/* mlp_train_epoch (dp NULL, opt the optimizer) and mlp_train_epoch_dp (opt NULL). */
-static int train_epoch(mlp *m, clopt_optimizer *opt, const mlp_data_parallel *dp,
-                       const mlp_device_data *d, mlp_rng *rng, float *step_loss,
-                       mlp_progress_fn progress, void *user, size_t progress_every,
-                       mlp_epoch_stats *out)
-{
-    const size_t B = m->cfg.batch, n = d->n, steps = mlp_steps_per_epoch(n, B);
-    if (n == 0)
-        return fail(m, "no training images");
-    if (ensure_stats(m, steps) || ensure_perm(m, n))
-        return -1;
-    int *perm = malloc(n * sizeof *perm);
-    float *st = malloc(2 * steps * sizeof *st);
-    double *sums = dp ? malloc(2 * steps * sizeof *sums) : NULL;
-    if (!perm || !st || (dp && !sums)) {
-        free(perm);
-        free(st);
-        free(sums);
-        return fail(m, "out of memory");
-    }
-    int rc = -1;
-    mlp_rng_permutation(rng, perm, n);
-    cl_int e = clEnqueueWriteBuffer(m->queue, m->perm, CL_TRUE, 0, n * sizeof(cl_int), perm, 0,
-                                    NULL, NULL);
-    if (e != CL_SUCCESS) {
-        fail_cl(m, e, "clEnqueueWriteBuffer (permutation)");
-        goto done;
-    }
-    const int sophia = opt && clopt_optimizer_rule(opt) == CLOPT_SOPHIA && m->hessian;
-    unsigned k = 1;
-    if (sophia) {
-        clopt_hparams hp;
-        if (clopt_optimizer_get_group_hparams(opt, 0, &hp) == CLOPT_SUCCESS && hp.hess_interval)
-            k = hp.hess_interval;
-    }
-    if (progress_every == 0)
-        progress_every = steps;
-    size_t read = 0, seen_rows = 0;
-    double run_loss = 0.0;
-    for (size_t s = 0; s < steps; s++) {
-        const size_t off = s * B, rows = n - off < B ? n - off : B;
-        size_t lo, hi;
-        share_of(dp, rows, &lo, &hi);
-        /* the loss gradient of this share: its loss sum / (rows / world), so that the mean
-           of the processes' gradients is the batch's mean (1 process: the batch mean) */
-        const double denom = dp ? (double)rows / (double)dp->world : (double)rows;
-        if (hi == lo) {
-            if (empty_share(m, s))
-                goto done;
-        } else {
-            if (gather(m, d, 1, off + lo, hi - lo) || forward(m, hi - lo))
-                goto done;
-            if (sophia && (clopt_optimizer_step_count(opt) + 1) % k == 0 &&
-                sophia_estimate(m, rows, (uint32_t)mlp_rng_next(rng)))
-                goto done;
-            if (loss(m, hi - lo, denom, 0, 0) || stats(m, hi - lo, s) || backward(m, hi - lo))
-                goto done;
-        }
-        if (dp) {
-            if (dp->step(dp->user, m->err, sizeof m->err))
-                goto done;
-        } else {
-            clopt_status cs = clopt_optimizer_step(opt, NULL);
-            if (cs == CLOPT_SUCCESS && m->aux)
-                cs = clopt_optimizer_step(m->aux, NULL);
-            if (cs != CLOPT_SUCCESS) {
-                fail_clopt(m, cs, "clopt_optimizer_step");
-                goto done;
-            }
-        }
-        if (mlp_sync_weights(m))
-            goto done;
-        if (progress && ((s + 1) % progress_every == 0 || s + 1 == steps)) {
-            if (mlp_read_stats(m, read, s + 1 - read, st + 2 * read))
-                goto done;
-            for (; read <= s; read++) {
-                const size_t r = n - read * B < B ? n - read * B : B;
-                size_t rlo, rhi;
-                share_of(dp, r, &rlo, &rhi);
-                run_loss += st[2 * read];
-                seen_rows += rhi - rlo;
-            }
-            progress(user, s + 1, steps, seen_rows ? run_loss / (double)seen_rows : 0.0);
-        } else if ((s + 1) % 8 == 0) {
-            clFlush(m->queue);
-        }
-    }
-    if (mlp_read_stats(m, 0, steps, st))
-        goto done;
-    if (dp) { /* the whole batches' sums: every process's share added */
-        for (size_t i = 0; i < 2 * steps; i++)
-            sums[i] = st[i];
-        if (dp->sum(dp->user, sums, 2 * steps, m->err, sizeof m->err))
-            goto done;
-    }
-    double lsum = 0.0, correct = 0.0;
-    for (size_t s = 0; s < steps; s++) {
-        const size_t rows = n - s * B < B ? n - s * B : B;
-        const double ls = dp ? sums[2 * s] : st[2 * s];
-        lsum += ls;
-        correct += dp ? sums[2 * s + 1] : st[2 * s + 1];
-        if (step_loss)
-            step_loss[s] = dp ? (float)(ls / (double)rows) : st[2 * s] / (float)rows;
-    }
-    if (out) {
-        out->loss = lsum / (double)n;
-        out->accuracy = correct / (double)n;
-        out->steps = steps;
-    }
-    e = clFinish(m->queue);
-    if (e != CL_SUCCESS) {
-        fail_cl(m, e, "clFinish");
-        goto done;
-    }
-    rc = 0;
-done:
-    if (rc != 0)
-        clFinish(m->queue);
-    free(perm);
-    free(st);
-    free(sums);
-    return rc;
-}
-
-int mlp_train_epoch(mlp *m, clopt_optimizer *opt, const mlp_device_data *d, mlp_rng *rng,
-                    float *step_loss, mlp_progress_fn progress, void *user,
-                    size_t progress_every, mlp_epoch_stats *out)
-{
-    if (!opt)
-        return fail(m, "mlp_train_epoch: no optimizer");
-    return train_epoch(m, opt, NULL, d, rng, step_loss, progress, user, progress_every, out);
-}
-
-int mlp_train_epoch_dp(mlp *m, const mlp_data_parallel *dp, const mlp_device_data *d,
-                       mlp_rng *rng, float *step_loss, mlp_progress_fn progress, void *user,
-                       size_t progress_every, mlp_epoch_stats *out)
-{
-    if (!dp || dp->world == 0 || dp->rank >= dp->world || !dp->step || !dp->sum)
-        return fail(m, "mlp_train_epoch_dp: a rank below a world size > 0, a step and a sum");
-    if (m->hessian)
-        return fail(m, "mlp_train_epoch_dp: no Sophia (its Hessian estimates are per process)");
-    if (m->aux)
-        return fail(m, "mlp_train_epoch_dp: no Muon hybrid (two optimizers)");
-    return train_epoch(m, NULL, dp, d, rng, step_loss, progress, user, progress_every, out);
-}
-
-int mlp_evaluate(mlp *m, const mlp_device_data *d, double *loss_out, double *accuracy)
-{
-    const size_t B = m->cfg.batch, n = d->n, steps = mlp_steps_per_epoch(n, B);
-    if (n == 0)
-        return fail(m, "no images to evaluate");
-    if (ensure_stats(m, steps))
-        return -1;
-    for (size_t s = 0; s < steps; s++) {
-        const size_t off = s * B, rows = n - off < B ? n - off : B;
-        if (gather(m, d, 0, off, rows) || forward(m, rows) || loss(m, rows, (double)rows, 0, 0) ||
-            stats(m, rows, s))
-            return -1;
-        if ((s + 1) % 8 == 0)
-            clFlush(m->queue);
-    }
-    float *st = malloc(2 * steps * sizeof *st);
-    if (!st)
-        return fail(m, "out of memory");
-    if (mlp_read_stats(m, 0, steps, st)) {
-        free(st);
-        return -1;
-    }
-    double lsum = 0.0, correct = 0.0;
-    for (size_t s = 0; s < steps; s++) {
-        lsum += st[2 * s];
-        correct += st[2 * s + 1];
-    }
-    free(st);
-    if (loss_out)
-        *loss_out = lsum / (double)n;
-    if (accuracy)
-        *accuracy = correct / (double)n;
-    return 0;
+    return e == CL_SUCCESS ? 0 : mlp_fail_cl(m, e, "clEnqueueReadBuffer (stats)");
 }

@@ -24,7 +24,8 @@
  * Gradients stay float32; the optimizer's state is float32 unless
  * mlp_train_config.state_dtype asks for bf16 or 8-bit state.
  *
- * The data (mlp_dataset_*) and the host random numbers are in mlp_data.c, the rest in mlp.c.
+ * The data (mlp_dataset_*) and the host random numbers are in mlp_data.c, the rule names and
+ * defaults in mlp_optim.c, the training loop in mlp_train.c, the model in mlp.c.
  */
 #ifndef CLOPT_EXAMPLE_MLP_H
 #define CLOPT_EXAMPLE_MLP_H
@@ -177,7 +178,7 @@ int mlp_read_stats(mlp *m, size_t first, size_t count, float *out);
 /* ---- training -------------------------------------------------------------------------- */
 
 /* The optimizer configuration of the example: lr and weight decay per rule (a table of
-   values that train this MLP well, see mlp.c), with overrides. */
+   values that train this MLP well, see mlp_optim.c), with overrides. */
 typedef struct mlp_train_config {
     clopt_rule rule;
     double lr;           /* <= 0: the rule's entry in the table */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * clopt-train-mlp --shard's training (mlp_mpi.c) under mpirun with 2 (or more) processes,
- * against the one-process training of the same batches (mlp.c, the unsharded optimizer).
+ * against the one-process training of the same batches (mlp_train.c, the unsharded optimizer).
  *
  * Every process first trains the reference alone (no MPI), then the data-parallel run:
  * each process computes the gradient of its share of every batch, libclopt_mpi averages the

@@ -20,7 +20,7 @@
  * With --shard, under mpirun (builds with MPI only): data-parallel training, each process
  * computing the gradient of its share of every batch, the optimizer state sharded over the
  * processes by libclopt_mpi (mlp_mpi.c); rank 0 prints.
- * The model and the loop are in mlp.c; this file is the command line only.
+ * The model is in mlp.c, the loop in mlp_train.c; this file is the command line only.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mlp.h"
