@@ -6,6 +6,7 @@
  * per series: a variant (and tensor count, T > 1) in float32, then every other storage
  * combination (fused). The stream kernel itself is the dashed line at 1; copy is left out (it
  * is in the table). */
+#define _POSIX_C_SOURCE 200809L /* popen, pclose */
 #include "driver.h"
 
 #include <errno.h>
