@@ -203,6 +203,10 @@ clopt_status clopt_o_set_failed(clopt_optimizer *opt, const clopt_args *a);
 /* Enqueue count work-items on the step's queue (nothing in a dry pass). */
 clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t count);
 clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp);
+/* A float32 copy of tensor e's 16-bit θ (n elements, src to dst) on opt->q: through its
+   master when `master` is set and it has one, else θ widened (step.c). */
+clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
+                                clopt_tensor src, clopt_tensor dst, size_t n);
 /* Tensor e's storage as kernel defines appended to extra ("" for float32), and the trailing
    storage arguments (STORAGE_PARAMS) of a kernel over its θ (none for float32). */
 void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,

@@ -181,12 +181,24 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
     const clopt_group *g = &opt->groups[e->group];
     const int together = g->arena && !clopt_rule_is_multipass(opt->rule);
     if (starts_slow && together) {
-        /* the others' flags stay 0 until the write succeeded: a failure changes nothing */
+        /* the others' flags stay 0 until the write succeeded: a failure changes nothing.
+           Their slow weights are θ as the step's first copy takes it: 16-bit θ widened (from
+           its master once that holds θ: a remainder always, an F32 master after its first
+           step) */
+        opt->q = ctx->queue;
         for (size_t j = g->first; j < g->first + g->count; j++) {
             const clopt_param *o = &opt->params[j];
             if (j == param || o->slow_ready)
                 continue;
             const clopt_tensor slow = o->state[o->slow_at];
+            if (o->pdtype != CLOPT_DTYPE_F32) {
+                const int master =
+                    o->master == CLOPT_MASTER_REMAINDER || (o->master && o->master_ready);
+                if ((s = clopt_o_theta_copy(opt, o, master, o->param, slow, o->n)) !=
+                    CLOPT_SUCCESS)
+                    return s;
+                continue;
+            }
             cl_int err = clEnqueueCopyBuffer(ctx->queue, o->param.buffer, slow.buffer,
                                              o->param.offset * sizeof(float),
                                              slow.offset * sizeof(float),

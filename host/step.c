@@ -184,11 +184,11 @@ static clopt_status step_outcomes(clopt_optimizer *opt, const clopt_param *e, cl
     return s;
 }
 
-/* float32 copy of tensor e's 16-bit θ over n elements from src into dst (theta_copy):
-   through its master when it has one and `master` is set, else θ's own values (an F32
-   master takes them at the tensor's first step). Only PT and MASTER shape the kernel. */
-static clopt_status theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
-                               clopt_tensor src, clopt_tensor dst, size_t n)
+/* float32 copy of tensor e's 16-bit θ over n elements from src into dst (theta_copy) on
+   opt->q: through its master when it has one and `master` is set, else θ's own values (an
+   F32 master takes them at the tensor's first step). Only PT and MASTER shape the kernel. */
+clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
+                                clopt_tensor src, clopt_tensor dst, size_t n)
 {
     cl_kernel k;
     char extra[96];
@@ -214,7 +214,7 @@ static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt
                                    size_t n, const clopt_param *e)
 {
     if (e && e->pdtype != CLOPT_DTYPE_F32) /* θ (or its master) to float32 */
-        return theta_copy(opt, e, 1, src, dst, n);
+        return clopt_o_theta_copy(opt, e, 1, src, dst, n);
     if (opt->cur.dry)
         return CLOPT_SUCCESS;
     cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
@@ -314,7 +314,7 @@ static clopt_status start_master(clopt_optimizer *opt, clopt_param *e)
 {
     if (!needs_master(e))
         return CLOPT_SUCCESS;
-    clopt_status s = theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
+    clopt_status s = clopt_o_theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
     if (s == CLOPT_SUCCESS)
         mark_master(opt, e);
     return s;
@@ -349,7 +349,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
         const clopt_param *typed = e0->pdtype != CLOPT_DTYPE_F32 ? e0 : NULL;
         if (needs_master(e0)) {
-            s = theta_copy(opt, e0, 0, P, states[e0->master_at], g->arena_len);
+            s = clopt_o_theta_copy(opt, e0, 0, P, states[e0->master_at], g->arena_len);
             for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
                 mark_master(opt, &opt->params[i]);
         }

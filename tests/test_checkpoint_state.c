@@ -213,6 +213,86 @@ void test_slow_weights_bf16_before_first_step(void **state)
     assert_true(memcmp(out[0], th, sizeof th) != 0);
 }
 
+/* A bf16 arena group with Lookahead (tensors of 64, 64 and 1024), for every master mode:
+   writing tensor 2's slow weights before the first step starts the other tensors' from θ as
+   the step would, θ widened (bf16 bits << 16; they were copied as floats, two bf16 words read
+   as one, past their own tensor: wrong values, kept as ready), and training then goes on bit
+   for bit as an optimizer where nothing was written. */
+void test_slow_weights_bf16_arena_write(void **state)
+{
+    fixture *f = *state;
+    enum { T = 3, N = 64 + 64 + 1024, STEPS = 4 };
+    const size_t len[T] = {64, 64, 1024};
+    uint16_t th[N], gr[N];
+    uint32_t x = 7;
+    for (size_t i = 0; i < N; i++) { /* bf16 values of +-[1, 2) and small gradients */
+        x = x * 1664525u + 1013904223u;
+        th[i] = (uint16_t)((0x3F80u + ((x >> 9) & 0x7Fu)) | ((i & 1u) << 15));
+        gr[i] = (uint16_t)(0x3C00u + ((x >> 20) & 0xFFu) - 0x80u * (i % 3 == 0));
+    }
+    const clopt_master modes[3] = {CLOPT_MASTER_NONE, CLOPT_MASTER_F32, CLOPT_MASTER_REMAINDER};
+    for (int mi = 0; mi < 3; mi++) {
+        uint16_t out[2][N];
+        for (int run = 0; run < 2; run++) { /* 0: nothing written; 1: tensor 2's slow weights */
+            clopt_hparams hp;
+            clopt_hparams_default(CLOPT_ADAMW, &hp);
+            hp.lr = 0.01;
+            hp.lookahead_k = 2;
+            hp.lookahead_alpha = 0.5;
+            hp.master = modes[mi];
+            clopt_param_desc d[T];
+            for (size_t t = 0; t < T; t++) {
+                clopt_param_desc_init(&d[t]);
+                d[t].shape[0] = len[t];
+                d[t].param_dtype = d[t].grad_dtype = CLOPT_DTYPE_BF16;
+            }
+            clopt_optimizer *o;
+            size_t first;
+            assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &o), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_add_arena_group(o, &hp, T, d, NULL, &first),
+                             CLOPT_SUCCESS);
+            size_t at = 0;
+            for (size_t t = 0; t < T; t++) {
+                clopt_tensor pv, gv;
+                assert_int_equal(clopt_optimizer_param_view(o, first + t, &pv, &gv, NULL, NULL),
+                                 CLOPT_SUCCESS);
+                buf_write(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, th + at);
+                buf_write(f->ctx, gv.buffer, gv.offset * 2, len[t] * 2, gr + at);
+                at += len[t];
+            }
+            const size_t slow = clopt_optimizer_state_count(o, first) - 1;
+            if (run == 1) {
+                float sw[1024];
+                assert_int_equal(clopt_optimizer_read_state(o, first + 2, slow, sw, 1024),
+                                 CLOPT_SUCCESS);
+                assert_int_equal(clopt_optimizer_write_state(o, first + 2, slow, sw, 1024),
+                                 CLOPT_SUCCESS);
+                at = 0;
+                for (size_t t = 0; t < 2; t++) { /* the others started from θ, widened */
+                    assert_int_equal(clopt_optimizer_read_state(o, first + t, slow, sw, len[t]),
+                                     CLOPT_SUCCESS);
+                    for (size_t i = 0; i < len[t]; i++)
+                        assert_int_equal(f2u(sw[i]), (uint32_t)th[at + i] << 16);
+                    at += len[t];
+                }
+            }
+            for (int s = 0; s < STEPS; s++)
+                assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
+            at = 0;
+            for (size_t t = 0; t < T; t++) {
+                clopt_tensor pv;
+                assert_int_equal(clopt_optimizer_param_view(o, first + t, &pv, NULL, NULL, NULL),
+                                 CLOPT_SUCCESS);
+                buf_read(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, out[run] + at);
+                at += len[t];
+            }
+            clopt_optimizer_destroy(o);
+        }
+        assert_memory_equal(out[1], out[0], sizeof out[0]);
+        assert_true(memcmp(out[0], th, sizeof th) != 0);
+    }
+}
+
 /* ---- (f) per-tensor step counts ----------------------------------------------------------- */
 
 /* A tensor added after 3 steps counts from 0: its bias corrections (Adam) and its μ product
