@@ -435,11 +435,9 @@ clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
     if (!ctx || !hp || !out)
         return clopt_fail(c, CLOPT_ERR_NULL_ARGUMENT, "clopt_ctx_get_rule_tuning: NULL argument");
     clopt_clear_error(c);
-    if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT) {
-        *out = ctx->tuning;
+    if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT) /* *out untouched */
         return clopt_fail(c, CLOPT_ERR_INVALID_ARGUMENT,
                           "clopt_ctx_get_rule_tuning: rule %d out of range", (int)rule);
-    }
     clopt_launch_plan plan;
     clopt_step_args a;
     clopt_step_args_init(&a);

@@ -68,6 +68,24 @@ void clopt_range_group_init(clopt_range_group *g)
 /* Floats per chunk of a range launch (any length works with any tuning, common.cl). */
 #define RANGE_CHUNK 16384u
 
+/* The engine's state buffers (float32, one per state of the layout) filled with the rule's
+   initial values over each tensor's range, on the context's queue: the last thing a range
+   group's registration enqueues, so that a failure before it leaves them as they were. */
+static cl_int fill_engine_state(clopt_optimizer *opt, const clopt_hparams *hp,
+                                const clopt_param *layout, const clopt_range_group *desc,
+                                size_t T, const clopt_param *ps, const size_t *soff)
+{
+    cl_int err = CL_SUCCESS;
+    for (size_t k = 0; k < layout->nstate && err == CL_SUCCESS; k++) {
+        const float init = clopt_rule_state_init(opt->rule, hp, k);
+        for (size_t i = 0; i < T && err == CL_SUCCESS; i++)
+            err = clEnqueueFillBuffer(opt->ctx->queue, desc->state[k], &init, sizeof init,
+                                      soff[i] * sizeof(float), ps[i].n * sizeof(float), 0, NULL,
+                                      NULL);
+    }
+    return err;
+}
+
 clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              const clopt_range_group *desc, size_t *group,
                                              size_t *first_index)
@@ -233,11 +251,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
             g->arena_state[k] = clopt_o_make_filled(ctx, total, init, &err);
             g->range_state[k] = g->arena_state[k];
         } else {
-            g->range_state[k] = desc->state[k];
-            for (size_t i = 0; desc->init_state && i < T && err == CL_SUCCESS; i++)
-                err = clEnqueueFillBuffer(ctx->queue, desc->state[k], &init, sizeof init,
-                                          soff[i] * sizeof(float), ps[i].n * sizeof(float), 0,
-                                          NULL, NULL);
+            g->range_state[k] = desc->state[k]; /* filled (init_state) once nothing can fail */
         }
     }
     /* the chunk table: (θ offset, g offset, state offset, length) per chunk; with 8-bit
@@ -286,6 +300,9 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         opt->nparams += T;
         if ((s = clopt_o_grow_scratch(opt)) != CLOPT_SUCCESS)
             opt->nparams -= T;
+        else if (!own_state && desc->init_state &&
+                 (err = fill_engine_state(opt, hp, &layout, desc, T, ps, soff)) != CL_SUCCESS)
+            opt->nparams -= T, s = clopt_fail_cl(ctx, err, "initialising the engine's state");
         else if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
             opt->nparams -= T, s = clopt_fail_cl(ctx, err, "initialising the range group");
     } else {

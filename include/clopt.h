@@ -1131,7 +1131,9 @@ typedef struct clopt_range_group {
     cl_mem state[CLOPT_MAX_STATE];
     const size_t *state_offsets;
     /* For the engine's state buffers: 1 (default) fills them with the rule's initial values
-       at registration; 0 adopts their contents (porting a trainer mid-run, with
+       at registration, the last thing it enqueues (a registration that fails before leaves
+       them as they were; one whose fills or final clFinish fail may leave them partly
+       filled); 0 adopts their contents (porting a trainer mid-run, with
        clopt_optimizer_set_step_count). */
     int init_state;
     /* Stochastic rounding of 16-bit θ (hp->stochastic_rounding, no master): every tensor of

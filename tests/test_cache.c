@@ -651,8 +651,11 @@ static void test_last_error_cleared(void **state)
     assert_int_equal(clopt_ctx_kernel(ctx, "sgd", "-DVW=4", "no_such_kernel", &k),
                      CLOPT_ERR_OPENCL_BASE + CL_INVALID_KERNEL_NAME);
     assert_non_null(strstr(clopt_ctx_last_error(ctx), "clCreateKernel"));
+    memset(&t, 0xA5, sizeof t); /* a failed call leaves *out as it was */
+    clopt_tuning t0 = t;
     assert_int_equal(clopt_ctx_get_rule_tuning(ctx, (clopt_rule)-1, &hp, &t),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    assert_memory_equal(&t, &t0, sizeof t);
     assert_null(strstr(clopt_ctx_last_error(ctx), "clCreateKernel"));
     assert_true(strlen(clopt_ctx_last_error(ctx)) > 0);
     clopt_ctx_destroy(ctx);

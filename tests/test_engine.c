@@ -831,6 +831,83 @@ static void test_q8_group_too_small(void **state)
     clopt_ctx_destroy(c);
 }
 
+/* A range group over the engine's own m and v (init_state 1: filled with the rule's initial
+   values) registered with a fault injected at every OpenCL call site in turn: a failed
+   registration adds no group and leaves the engine's m and v as they were (they were filled
+   before the chunk table and the scratch buffer were made), unless the fills themselves or
+   the final clFinish failed (enqueued fills cannot be taken back); the one that succeeds
+   fills them (AdamW: zeros; Adagrad: its initial accumulator). */
+static void test_range_group_engine_state_faults(void **state)
+{
+    fixture *f = *state;
+    enum { NT = 3, N = 700 };
+    const size_t off[NT + 1] = {0, 100, 350, N};
+    static float m0[N], v0[N], x[N];
+    for (size_t i = 0; i < N; i++)
+        m0[i] = 1.0f + (float)i, v0[i] = -2.0f - (float)i;
+    cl_mem P = upload(f->ctx, m0, N), G = upload(f->ctx, v0, N);
+    cl_mem M = upload(f->ctx, m0, N), V = upload(f->ctx, v0, N);
+    clopt_param_desc d[NT];
+    for (size_t i = 0; i < NT; i++) {
+        clopt_param_desc_init(&d[i]);
+        d[i].param = (clopt_tensor){P, off[i]}, d[i].grad = (clopt_tensor){G, off[i]};
+        d[i].shape[0] = off[i + 1] - off[i];
+    }
+    const clopt_rule rules[2] = {CLOPT_ADAMW, CLOPT_ADAGRAD};
+    for (int r = 0; r < 2; r++) {
+        clopt_hparams hp;
+        clopt_hparams_default(rules[r], &hp);
+        hp.initial_accumulator_value = 0.25;
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rules[r], &hp, &opt), CLOPT_SUCCESS);
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = NT, rg.tensors = d;
+        rg.state[0] = M;
+        if (rules[r] == CLOPT_ADAMW)
+            rg.state[1] = V;
+        clopt_status s = CLOPT_ERR_OPENCL_BASE;
+        uint64_t faults = 0;
+        for (uint64_t n = 1; s != CLOPT_SUCCESS; n++) {
+            write_at(f->ctx, (clopt_tensor){M, 0}, m0, N);
+            write_at(f->ctx, (clopt_tensor){V, 0}, v0, N);
+            clshim_reset();
+            clshim_enable(1);
+            clshim_fail_nth(n, CL_OUT_OF_RESOURCES);
+            s = clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL);
+            const int fired = clshim_fault_fired();
+            char site[64];
+            snprintf(site, sizeof site, "%s", clshim_fault_site());
+            clshim_fail_nth(0, CL_SUCCESS);
+            clshim_enable(0);
+            if (s == CLOPT_SUCCESS)
+                break;
+            assert_true(fired);
+            faults++;
+            assert_int_equal(clopt_optimizer_group_count(opt), 1);
+            assert_int_equal(clopt_optimizer_param_count(opt), 0);
+            if (!strcmp(site, "clEnqueueFillBuffer") || !strcmp(site, "clFinish"))
+                continue;
+            read_at(f->ctx, (clopt_tensor){M, 0}, x, N);
+            int changed = memcmp(x, m0, sizeof x) != 0;
+            read_at(f->ctx, (clopt_tensor){V, 0}, x, N);
+            changed |= memcmp(x, v0, sizeof x) != 0;
+            if (changed)
+                fail_msg("%s: a registration failed at %s (call %llu) changed the engine's "
+                         "state",
+                         clopt_rule_name(rules[r]), site, (unsigned long long)n);
+        }
+        assert_true(faults > 3);
+        assert_int_equal(clopt_optimizer_param_count(opt), NT);
+        read_at(f->ctx, (clopt_tensor){M, 0}, x, N);
+        const float want = rules[r] == CLOPT_ADAGRAD ? 0.25f : 0.0f;
+        for (size_t i = 0; i < N; i++)
+            assert_true(x[i] == want);
+        clopt_optimizer_destroy(opt);
+    }
+    clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(M), clReleaseMemObject(V);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -843,6 +920,7 @@ int main(void)
         cmocka_unit_test(test_atomic_step),
         cmocka_unit_test(test_atomic_step_on),
         cmocka_unit_test(test_q8_group_too_small),
+        cmocka_unit_test(test_range_group_engine_state_faults),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");
