@@ -410,8 +410,12 @@ static void check_old_file(void **state, const char *name, uint32_t version)
 {
     fixture *f = *state;
     float p0[6], g0[6], p1[4] = {1, -1, 2, -2}, g1[4] = {0.5f, -0.25f, 1.0f, 2.0f};
-    for (int i = 0; i < 6; i++)
-        p0[i] = 0.1f * (float)i, g0[i] = 0.1f * (float)(i + 1) - 0.3f;
+    for (int i = 0; i < 6; i++) { /* two statements: a product rounded to float, as the code
+                                      that wrote the files had it (clang contracts a*b - c
+                                      within one expression into an FMA: g0[2] -7.45e-9, not 0) */
+        const float x = 0.1f * (float)(i + 1);
+        p0[i] = 0.1f * (float)i, g0[i] = x - 0.3f;
+    }
     clopt_hparams hp, h1;
     ref_hparams_default(CLOPT_ADAM, &hp);
     hp.lr = 0.01;
