@@ -219,6 +219,8 @@ void clopt_optimizer_destroy(clopt_optimizer *opt)
         opt->rec_head = (opt->rec_head + 1) % CLOPT_MAX_IN_FLIGHT;
         opt->rec_count--;
     }
+    for (size_t i = 0; i < CLOPT_MAX_IN_FLIGHT; i++)
+        free(opt->rec[i].gate);
     if (opt->ctl)
         clReleaseMemObject(opt->ctl);
     if (opt->check)

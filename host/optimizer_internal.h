@@ -62,7 +62,9 @@ typedef struct clopt_step_record {
     int clip;            /* clipping was on: the norm is reported */
     int checked;         /* the gradient was checked (AMP, clipping or check_finite) */
     cl_event done;       /* the read-back of the control words */
-    cl_uint gate[5];     /* written to control words 2..6 when the step starts */
+    cl_uint *gate;       /* 5 words written to control words 2..6 when the step starts: on
+                            the heap, kept by the slot; a step abandoned while that write
+                            waits for the caller's events hands them to a callback */
     cl_uint result[8];   /* the control words after the step */
     float *tab;          /* the step's argument table, uploaded before its launches */
 } clopt_step_record;

@@ -582,6 +582,43 @@ static clopt_status hook_ready(clopt_optimizer *opt, cl_uint num_wait, const cl_
     return collect(opt, 1);
 }
 
+/* The host memory of an abandoned step that writes still read (its start words and argument
+   table), freed when the last of them has run. */
+typedef struct abandoned_step {
+    cl_uint *gate;
+    float *tab;
+} abandoned_step;
+
+static void CL_CALLBACK free_abandoned(cl_event e, cl_int status, void *user)
+{
+    (void)e, (void)status;
+    abandoned_step *a = user;
+    free(a->gate);
+    free(a->tab);
+    free(a);
+}
+
+/* A failed step's record r gives up its start words and table to a callback on `last`, the
+   last write that reads them (an in-order queue runs the earlier ones first): the slot takes
+   new words at its next step. Where no callback can be set, it waits for `last` (only then
+   can this block). */
+static void abandon(clopt_step_record *r, cl_event last)
+{
+    abandoned_step *a = malloc(sizeof *a);
+    if (a) {
+        a->gate = r->gate;
+        a->tab = r->tab;
+    }
+    if (a && clSetEventCallback(last, CL_COMPLETE, free_abandoned, a) == CL_SUCCESS) {
+        r->gate = NULL;
+    } else {
+        free(a);
+        clWaitForEvents(1, &last);
+        free(r->tab);
+    }
+    r->tab = NULL;
+}
+
 /* The step's start: after the caller's events and a user event the host completes only
    once everything is enqueued, the control words 2..6 (or only the abort word while
    uncertain steps are in flight, whose outcome sets the count) are written from r->gate.
@@ -643,7 +680,14 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         goto out;
     clopt_step_record *r =
         &opt->rec[(opt->rec_head + opt->rec_count) % CLOPT_MAX_IN_FLIGHT];
+    cl_uint *gw = r->gate; /* the slot's words, or new ones after an abandoned step */
+    if (!gw && !(gw = malloc(5 * sizeof *gw))) {
+        s = clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "the step's start words");
+        goto out;
+    }
     memset(r, 0, sizeof *r);
+    memset(gw, 0, 5 * sizeof *gw);
+    r->gate = gw;
     r->tab = opt->tab_host; /* the record keeps the table until the step is retired */
     opt->tab_host = NULL;
     opt->tab_host_cap = 0;
@@ -697,24 +741,17 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     if (s != CLOPT_SUCCESS) {
         /* abort: the launches already enqueued find the skip flag set and do nothing (unless
            a tensor-sums hook started them: then the tensors before the failure were
-           updated); the abort word must be read before r's slot is reused */
+           updated). No wait: the start write waits for the caller's events, which may be
+           user events the caller completes after this call returns */
         if (!opened) { /* (once opened, the runtime may be reading r->gate) */
             r->gate[4] = 1;
             clSetUserEventStatus(gate, CL_COMPLETE);
         }
         clReleaseEvent(gate);
-        clWaitForEvents(1, &wrote);
+        abandon(r, tabw ? tabw : wrote); /* (r->done is NULL: its read is the last enqueue) */
         clReleaseEvent(wrote);
-        if (tabw) { /* r's table must be read before it is freed */
-            clWaitForEvents(1, &tabw);
+        if (tabw)
             clReleaseEvent(tabw);
-        }
-        if (r->done) {
-            clWaitForEvents(1, &r->done);
-            clReleaseEvent(r->done);
-        }
-        free(r->tab);
-        r->tab = NULL;
         goto out;
     }
     err = opened ? CL_SUCCESS : clSetUserEventStatus(gate, CL_COMPLETE);

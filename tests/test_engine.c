@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clopt.h"
 #include "clshim.h"
@@ -615,6 +616,69 @@ static void test_atomic_step_on(void **state)
     atomic_sweep(f->ctx, 1);
 }
 
+/* A step_on after the engine's own user event (its backward pass, completed only after the
+   call returns) that fails at its first kernel launch: it returns the error at once (it waited
+   for its start write before, which waits for that event: a deadlock; SIGALRM ends the test
+   if it blocks), changes nothing once the event completes, and the retry steps. */
+static void test_step_on_fails_before_user_event(void **state)
+{
+    fixture *f = *state;
+    size_t total = total_len();
+    float *scaled = malloc(total * sizeof *scaled);
+    double *plain = malloc(total * sizeof *plain);
+    eng e; /* the clean run, which also finds the call number of the step's first launch */
+    eng_build(&e, f->ctx, 1, 1);
+    grads_of(1, scaled, plain, 1024);
+    write_grads(&e, scaled);
+    assert_int_equal(clopt_optimizer_prepare(e.opt), CLOPT_SUCCESS);
+    cl_event ev = NULL;
+    clshim_reset();
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step_on(e.opt, NULL, 0, NULL, &ev), CLOPT_SUCCESS);
+    clshim_enable(0);
+    uint64_t launch = 0;
+    for (uint64_t i = 1; i <= clshim_calls() && !launch; i++)
+        if (!strcmp(clshim_call_name(i), "clEnqueueNDRangeKernel"))
+            launch = i;
+    assert_true(launch > 0);
+    clWaitForEvents(1, &ev);
+    clReleaseEvent(ev);
+    eng e2; /* the same, its step failing */
+    eng_build(&e2, f->ctx, 1, 1);
+    write_grads(&e2, scaled);
+    assert_int_equal(clopt_optimizer_prepare(e2.opt), CLOPT_SUCCESS);
+    snap before = take_snap(&e2);
+    cl_int err;
+    cl_event backward = clCreateUserEvent(clopt_ctx_cl_context(f->ctx), &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clshim_reset();
+    clshim_enable(1);
+    clshim_fail_nth(launch, CL_OUT_OF_RESOURCES);
+    alarm(60);
+    ev = NULL;
+    clopt_status s = clopt_optimizer_step_on(e2.opt, NULL, 1, &backward, &ev);
+    alarm(0);
+    const int fired = clshim_fault_fired();
+    clshim_fail_nth(0, CL_SUCCESS);
+    clshim_enable(0);
+    assert_true(fired);
+    assert_int_equal(s, CLOPT_ERR_OPENCL_BASE + CL_OUT_OF_RESOURCES);
+    assert_null(ev);
+    assert_int_equal(clSetUserEventStatus(backward, CL_COMPLETE), CL_SUCCESS);
+    clReleaseEvent(backward);
+    snap after = take_snap(&e2);
+    snap_equal(&before, &after, "step_on failed before the engine's event but changed", launch);
+    free(after.v);
+    assert_int_equal(clopt_optimizer_step_on(e2.opt, NULL, 0, NULL, &ev), CLOPT_SUCCESS);
+    clReleaseEvent(ev);
+    after = take_snap(&e2);
+    snap want = take_snap(&e);
+    snap_equal(&after, &want, "the retried step differs from the clean one", launch);
+    free(after.v), free(want.v), free(before.v);
+    eng_free(&e), eng_free(&e2);
+    free(scaled), free(plain);
+}
+
 /* ---- (d): prepare ----------------------------------------------------------------------- */
 
 /* In a fresh context: prepare compiles what the steps need, so neither form of step compiles
@@ -919,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_skip_on_device),
         cmocka_unit_test(test_atomic_step),
         cmocka_unit_test(test_atomic_step_on),
+        cmocka_unit_test(test_step_on_fails_before_user_event),
         cmocka_unit_test(test_q8_group_too_small),
         cmocka_unit_test(test_range_group_engine_state_faults),
     };
