@@ -65,6 +65,10 @@ clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *w
     return clopt_mpi_fail(opt, s, "%s: %s", what, clopt_status_str(s));
 }
 
+/* The values every rank adds to the status in create's first agreement (its signature and
+   its element count): a rank that fails before it still takes part with as many. */
+#define AGREE1_EXTRA 2
+
 clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
                              size_t n, double *all)
 {
@@ -628,13 +632,15 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
     int rc = MPI_Comm_dup(comm, &dup); /* collective: every rank takes part, even failing ones */
     if (!opt) {
         if (rc == MPI_SUCCESS) {
-            /* still agree, so that the other ranks fail too instead of hanging */
-            double mine[2] = {(double)CLOPT_ERR_OUT_OF_MEMORY, 0.0};
+            /* still agree, so that the other ranks fail too instead of hanging: the status
+               and the two values of the others' first agreement (AGREE1_EXTRA below) */
+            double mine[1 + AGREE1_EXTRA] = {(double)CLOPT_ERR_OUT_OF_MEMORY};
             int size = 1;
             MPI_Comm_size(dup, &size);
-            double *all = malloc((size_t)size * 2 * sizeof *all);
+            double *all = malloc((size_t)size * (1 + AGREE1_EXTRA) * sizeof *all);
             if (all)
-                MPI_Allgather(mine, 2, MPI_DOUBLE, all, 2, MPI_DOUBLE, dup);
+                MPI_Allgather(mine, 1 + AGREE1_EXTRA, MPI_DOUBLE, all, 1 + AGREE1_EXTRA,
+                              MPI_DOUBLE, dup);
             free(all);
             MPI_Comm_free(&dup);
         }
@@ -667,16 +673,17 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
         opt->o.shard_tensors = o->shard_tensors;
     }
     /* agreement 1: arguments valid everywhere and the same signature */
-    double *all = malloc((size_t)opt->size * 3 * sizeof *all);
+    double *all = malloc((size_t)opt->size * (1 + AGREE1_EXTRA) * sizeof *all);
     if (!all && s == CLOPT_SUCCESS)
         s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
-    double extra[2];
+    double extra[AGREE1_EXTRA];
     memcpy(&extra[0], &sig, sizeof sig); /* the bits travel as a double, compared bitwise */
     extra[1] = (double)opt->total;
     if (all) {
-        s = clopt_mpi_agree(opt, s, extra, 2, all);
+        s = clopt_mpi_agree(opt, s, extra, AGREE1_EXTRA, all);
         for (int r = 1; s == CLOPT_SUCCESS && r < opt->size; r++)
-            if (memcmp(&all[3 * (size_t)r + 1], &all[1], 2 * sizeof(double)) != 0)
+            if (memcmp(&all[(1 + AGREE1_EXTRA) * (size_t)r + 1], &all[1],
+                       AGREE1_EXTRA * sizeof(double)) != 0)
                 s = clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
                                    "rank %d's rule, shapes, options or hyperparameters differ "
                                    "from rank 0's",
@@ -753,30 +760,44 @@ clopt_status clopt_mpi_optimizer_seed(clopt_mpi_optimizer *opt, uint64_t seed)
     return s == CLOPT_SUCCESS ? s : clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
 }
 
-clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
-                                                   const clopt_hparams *hp)
+/* hp for group `group` as every rank judges it, whatever pieces it holds: valid for the rule
+   and the shards (GC rows), and the same state layout as the group's (its storage, the
+   rule's states under hp, Lookahead's slow weights). A rank that holds none of the group
+   would otherwise take a layout change its internal optimizer cannot see. */
+static clopt_status check_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                        const clopt_hparams *hp)
 {
-    if (!opt || !hp)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    opt->err[0] = '\0';
     if (group >= opt->ngroups)
         return clopt_mpi_fail(opt, CLOPT_ERR_INDEX, "no group %zu", group);
     clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
     if (s == CLOPT_SUCCESS && !opt->o.shard_tensors)
         s = check_gc_rows(opt, group, hp);
-    /* the storage of the state is fixed at create; refused here on every rank, also on those
-       that hold no piece of the group (their internal optimizer would take it) */
-    if (s == CLOPT_SUCCESS && (hp->state_dtype != opt->hps[group].state_dtype ||
-                               hp->master != opt->hps[group].master))
-        s = clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
-                           "group %zu: state_dtype and master are fixed at create (the shards' "
-                           "state layout)",
-                           group);
     if (s != CLOPT_SUCCESS)
         return s;
-    /* the range group first: it refuses a change of the state layout; group 0 of the
-       internal optimizer (empty) follows group 0, as get_group_hparams reads it there when
-       this rank holds none of it */
+    const clopt_hparams *was = &opt->hps[group];
+    const size_t ns = clopt_rule_state_count(opt->rule, hp);
+    int same = hp->state_dtype == was->state_dtype && hp->master == was->master &&
+               (hp->lookahead_k > 0) == (was->lookahead_k > 0) &&
+               ns == clopt_rule_state_count(opt->rule, was);
+    for (size_t k = 0; same && k < ns; k++)
+        same = !strcmp(clopt_rule_state_name(opt->rule, hp, k),
+                       clopt_rule_state_name(opt->rule, was, k));
+    if (!same)
+        return clopt_mpi_fail(opt, CLOPT_ERR_STATE_MISMATCH,
+                              "group %zu: these hyperparameters change the state layout (the "
+                              "state's storage, the rule's states and Lookahead are fixed at "
+                              "create)",
+                              group);
+    return CLOPT_SUCCESS;
+}
+
+/* hp into group `group` (check_group_hparams passed): its range group in the internal
+   optimizer, and group 0 of the internal optimizer (empty) for group 0, as
+   get_group_hparams reads it there when this rank holds none of it. */
+static clopt_status apply_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                        const clopt_hparams *hp)
+{
+    clopt_status s;
     if (opt->lgroup[group] >= 0 &&
         (s = clopt_optimizer_set_group_hparams(opt->local, (size_t)opt->lgroup[group], hp)) !=
             CLOPT_SUCCESS)
@@ -787,17 +808,28 @@ clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, siz
     return CLOPT_SUCCESS;
 }
 
+clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
+                                                   const clopt_hparams *hp)
+{
+    if (!opt || !hp)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    opt->err[0] = '\0';
+    const clopt_status s = check_group_hparams(opt, group, hp);
+    return s != CLOPT_SUCCESS ? s : apply_group_hparams(opt, group, hp);
+}
+
+/* Every group checked before any changes: a refusal leaves them all as they were. */
 clopt_status clopt_mpi_optimizer_set_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp)
 {
     if (!opt || !hp)
         return CLOPT_ERR_NULL_ARGUMENT;
-    for (size_t g = 0; g < opt->ngroups; g++) {
-        const clopt_status s = clopt_mpi_optimizer_set_group_hparams(opt, g, hp);
-        if (s != CLOPT_SUCCESS)
-            return s; /* groups before g were changed: refused changes are layout ones, the
-                         same for every group, so g is 0 in practice */
-    }
-    return CLOPT_SUCCESS;
+    opt->err[0] = '\0';
+    clopt_status s = CLOPT_SUCCESS;
+    for (size_t g = 0; s == CLOPT_SUCCESS && g < opt->ngroups; g++)
+        s = check_group_hparams(opt, g, hp);
+    for (size_t g = 0; s == CLOPT_SUCCESS && g < opt->ngroups; g++)
+        s = apply_group_hparams(opt, g, hp);
+    return s;
 }
 
 clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,

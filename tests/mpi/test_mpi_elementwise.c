@@ -282,6 +282,21 @@ static void run_groups(clopt_rule rule, int clip)
     }
     fx_check_states(what, sh, ref, L);
     CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, 2, &hps[0]), CLOPT_ERR_INDEX);
+    /* a new state layout (Lookahead's slow weights) is refused for each group on every rank,
+       also on one that holds none of the group (its internal optimizer saw no tensor to
+       refuse it for), by set_hparams too; nothing changes */
+    for (size_t gi = 0; gi < 2; gi++) {
+        clopt_hparams hl, before, after;
+        CHECK_OK(clopt_mpi_optimizer_get_group_hparams(sh, gi, &before));
+        hl = before;
+        hl.lookahead_k = 5;
+        CHECK_STATUS(clopt_mpi_optimizer_set_group_hparams(sh, gi, &hl),
+                     CLOPT_ERR_STATE_MISMATCH);
+        CHECK_STATUS(clopt_mpi_optimizer_set_hparams(sh, &hl), CLOPT_ERR_STATE_MISMATCH);
+        CHECK_OK(clopt_mpi_optimizer_get_group_hparams(sh, gi, &after));
+        CHECK(after.lookahead_k == before.lookahead_k && after.lr == before.lr,
+              "%s: group %zu changed by a refused call", what, gi);
+    }
     fx_release(sh, ref, p, g, rp, rg);
     free(flat);
     free(a);
