@@ -328,7 +328,9 @@ static clopt_status build(const clopt_optimizer *opt, const ckp_options *o, wbuf
 static clopt_status build_into(clopt_optimizer *opt, const ckp_options *o, unsigned char *buf,
                                size_t size)
 {
-    clopt_status s = clopt_opt_settle(opt);
+    clopt_status s = clopt_o_check_mode_whole(opt); /* the file has one mode */
+    if (s == CLOPT_SUCCESS)
+        s = clopt_opt_settle(opt);
     if (s != CLOPT_SUCCESS)
         return s;
     wbuf w = {buf, 0, size, 0};

@@ -441,6 +441,8 @@ static clopt_status load_bytes(clopt_optimizer *opt, const unsigned char *data, 
     opt->found_inf = (int)L.found_inf;
     opt->check_finite = L.check_finite;
     opt->eval_mode = L.eval_mode;
+    for (size_t i = 0; i < opt->nparams; i++) /* the file's mode is every tensor's */
+        opt->params[i].sf_switched = 0;
     opt->rng_seed = L.rng_seed;
     opt->rng_counter = L.rng_counter;
 done:

@@ -50,6 +50,8 @@ typedef struct clopt_param {
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */
     double sf_lr_max, sf_weight_sum; /* Schedule-Free's scalars after `step` steps (0, 0) */
+    int sf_switched; /* a mode switch that failed part way switched this tensor: its mode is
+                        the other one than the optimizer's (schedule_free.c) */
 } clopt_param;
 
 /* Steps enqueued whose verdict (AMP skip, gradient norm) has not reached the host yet; when
@@ -205,6 +207,9 @@ clopt_status clopt_o_set_failed(clopt_optimizer *opt, const clopt_args *a);
 /* Enqueue count work-items on the step's queue (nothing in a dry pass). */
 clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t count);
 clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp);
+/* A Schedule-Free mode switch failed part way (some tensors switched): steps and saves are
+   refused until eval/train finishes it (schedule_free.c). CLOPT_SUCCESS or the refusal. */
+clopt_status clopt_o_check_mode_whole(clopt_optimizer *opt);
 /* A float32 copy of tensor e's 16-bit θ (n elements, src to dst) on opt->q: through its
    master when `master` is set and it has one, else θ widened (step.c). */
 clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,

@@ -64,6 +64,26 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
                                     wait_list, event);
 }
 
+/* The mode a tensor is in: the optimizer's, unless a switch that failed part way switched it
+   (1: eval, the parameters hold x). */
+static int tensor_eval(const clopt_optimizer *opt, const clopt_param *e)
+{
+    return opt->eval_mode ^ (e->sf_switched != 0);
+}
+
+clopt_status clopt_o_check_mode_whole(clopt_optimizer *opt)
+{
+    for (size_t i = 0; i < opt->nparams; i++)
+        if (opt->params[i].sf_switched)
+            return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "a switch to %s mode failed part way (tensor %zu holds %s): call "
+                              "clopt_optimizer_eval or clopt_optimizer_train again to finish "
+                              "it",
+                              opt->eval_mode ? "train" : "eval", i,
+                              opt->eval_mode ? "y" : "x");
+    return CLOPT_SUCCESS;
+}
+
 /* One mode launch of tensor e's storage over the views param/z of n elements (dry: build
    only). *num_wait / *wait_list carry the caller's wait list to the first launch (then they
    are cleared), *event (may be NULL) ends up with the last launch's event, *launched counts
@@ -98,26 +118,35 @@ static clopt_status mode_launch(clopt_optimizer *opt, const clopt_param *e, clop
 }
 
 /* Every launch of a mode switch (dry: build them all first, so that a failed build changes
-   nothing). Tensors that have not stepped yet hold θ_0 = y = x: nothing to do. */
+   nothing). Tensors that have not stepped yet hold θ_0 = y = x: nothing to do; tensors
+   already in the target mode (a switch that failed part way) are skipped, and each launched
+   one is marked, so that calling again finishes the switch with every tensor switched once. */
 static clopt_status mode_pass(clopt_optimizer *opt, int train, int dry, cl_uint *num_wait,
                               const cl_event **wait_list, cl_event *event, int *launched)
 {
     clopt_status s = CLOPT_SUCCESS;
+    const int to_eval = !train;
     for (size_t gi = 0; s == CLOPT_SUCCESS && gi < opt->ngroups; gi++) {
         const clopt_group *g = &opt->groups[gi];
         if (g->arena) { /* one launch: its tensors were added together and share a count */
             const clopt_param *e0 = &opt->params[g->first];
-            if (e0->step > 0)
+            if (e0->step > 0 && (dry || tensor_eval(opt, e0) != to_eval))
                 s = mode_launch(opt, e0, (clopt_tensor){g->arena_param, 0},
                                 (clopt_tensor){g->arena_state[0], 0}, g->arena_len, train, dry,
                                 num_wait, wait_list, event, launched);
+            for (size_t i = g->first; !dry && s == CLOPT_SUCCESS && i < g->first + g->count; i++)
+                opt->params[i].sf_switched = to_eval != opt->eval_mode;
             continue;
         }
         for (size_t i = 0; s == CLOPT_SUCCESS && i < opt->nparams; i++) {
-            const clopt_param *e = &opt->params[i];
-            if (e->group == gi && e->step > 0)
+            clopt_param *e = &opt->params[i];
+            if (e->group != gi)
+                continue;
+            if (e->step > 0 && (dry || tensor_eval(opt, e) != to_eval))
                 s = mode_launch(opt, e, e->param, e->state[0], e->n, train, dry, num_wait,
                                 wait_list, event, launched);
+            if (!dry && s == CLOPT_SUCCESS)
+                e->sf_switched = to_eval != opt->eval_mode;
         }
     }
     return s;
@@ -138,7 +167,10 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
         return s;
     train = train != 0;
     opt->q = queue ? queue : ctx->queue;
-    const int to_do = clopt_rule_is_sf(opt->rule) && train == opt->eval_mode;
+    int partial = 0; /* a switch that failed part way: finished (or undone) here */
+    for (size_t i = 0; i < opt->nparams; i++)
+        partial |= opt->params[i].sf_switched;
+    const int to_do = clopt_rule_is_sf(opt->rule) && (train == opt->eval_mode || partial);
     if (to_do) {
         /* a tensor whose first step is still in flight: its count decides whether it has a
            z to interpolate with (a rare wait: a switch right after the first step) */
@@ -155,9 +187,17 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
         nw = num_wait;
         wl = wait_list;
         s = mode_pass(opt, train, 0, &nw, &wl, event, &launched);
-        if (s != CLOPT_SUCCESS)
-            return s; /* only an OpenCL failure of a launch gets here */
+        if (s != CLOPT_SUCCESS) { /* an OpenCL failure of a launch: the tensors before it are
+                                     switched and marked (a call again finishes the switch) */
+            if (event && *event) {
+                clReleaseEvent(*event);
+                *event = NULL;
+            }
+            return s;
+        }
         opt->eval_mode = !train;
+        for (size_t i = 0; i < opt->nparams; i++)
+            opt->params[i].sf_switched = 0;
         if (launched)
             return CLOPT_SUCCESS; /* the first launch took the wait list, the last gave *event */
     }

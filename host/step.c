@@ -643,6 +643,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "the optimizer is in eval mode (the parameters hold x): call "
                           "clopt_optimizer_train before stepping");
+    if ((s = clopt_o_check_mode_whole(opt)) != CLOPT_SUCCESS)
+        return s;
     for (size_t i = 0; i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
         if ((s = clopt_check_tensor_of(ctx, "param", e->param, e->n,

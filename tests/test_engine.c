@@ -679,6 +679,137 @@ static void test_step_on_fails_before_user_event(void **state)
     free(scaled), free(plain);
 }
 
+/* Schedule-Free AdamW over three tensors of their own (three mode launches) and an arena
+   group, after 3 steps. */
+typedef struct sf_net {
+    clopt_optimizer *opt;
+    cl_mem p[3], g[3];
+    size_t arena;
+} sf_net;
+
+enum { SF_N = 300 };
+
+static void sf_net_build(sf_net *s, clopt_ctx *c)
+{
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SCHEDULE_FREE_ADAMW, &hp);
+    hp.lr = 0.01;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_SCHEDULE_FREE_ADAMW, &hp, &s->opt),
+                     CLOPT_SUCCESS);
+    static float v[SF_N];
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t i = 0; i < SF_N; i++)
+            v[i] = (float)(k + 1) * 0.01f * (float)((i * 7 + k) % 23) - 0.1f;
+        s->p[k] = upload(c, v, SF_N);
+        for (size_t i = 0; i < SF_N; i++)
+            v[i] = 0.5f - 0.03f * (float)((i * 5 + 3 * k) % 31);
+        s->g[k] = upload(c, v, SF_N);
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.param = (clopt_tensor){s->p[k], 0}, d.grad = (clopt_tensor){s->g[k], 0};
+        d.shape[0] = SF_N;
+        assert_int_equal(clopt_optimizer_add_param_desc(s->opt, 0, &d, NULL), CLOPT_SUCCESS);
+    }
+    clopt_param_desc a;
+    clopt_param_desc_init(&a);
+    a.shape[0] = 64;
+    assert_int_equal(clopt_optimizer_add_arena_group(s->opt, &hp, 1, &a, NULL, &s->arena),
+                     CLOPT_SUCCESS);
+    clopt_tensor gv;
+    assert_int_equal(clopt_optimizer_param_view(s->opt, s->arena, NULL, &gv, NULL, NULL),
+                     CLOPT_SUCCESS);
+    for (size_t i = 0; i < 64; i++)
+        v[i] = 0.2f - 0.01f * (float)i;
+    write_at(c, gv, v, 64);
+    for (int t = 0; t < 3; t++)
+        assert_int_equal(clopt_optimizer_step(s->opt, NULL), CLOPT_SUCCESS);
+}
+
+/* Every θ of s (the three tensors, then the arena tensor) into out. */
+static void sf_net_read(sf_net *s, clopt_ctx *c, float *out)
+{
+    for (size_t k = 0; k < 3; k++)
+        read_at(c, (clopt_tensor){s->p[k], 0}, out + k * SF_N, SF_N);
+    clopt_tensor pv;
+    assert_int_equal(clopt_optimizer_param_view(s->opt, s->arena, &pv, NULL, NULL, NULL),
+                     CLOPT_SUCCESS);
+    read_at(c, pv, out + 3 * SF_N, 64);
+}
+
+static void sf_net_free(sf_net *s)
+{
+    clopt_optimizer_destroy(s->opt);
+    for (size_t k = 0; k < 3; k++)
+        clReleaseMemObject(s->p[k]), clReleaseMemObject(s->g[k]);
+}
+
+/* A Schedule-Free switch to eval mode with a fault at each OpenCL call in turn: a switch that
+   failed after some of its launches leaves those tensors switched; steps and saves are then
+   refused, and calling eval again finishes the switch (each tensor switched once: θ equals a
+   clean switch bit for bit; before, the switch was undone by nothing and a second eval
+   switched the first tensors twice), or calling train switches them back. */
+static void test_sf_mode_switch_faults(void **state)
+{
+    fixture *f = *state;
+    static float want_eval[3 * SF_N + 64], want_train[3 * SF_N + 64], got[3 * SF_N + 64];
+    sf_net clean;
+    sf_net_build(&clean, f->ctx);
+    sf_net_read(&clean, f->ctx, want_train);
+    assert_int_equal(clopt_optimizer_eval(clean.opt), CLOPT_SUCCESS);
+    sf_net_read(&clean, f->ctx, want_eval);
+    sf_net_free(&clean);
+    assert_true(memcmp(want_eval, want_train, sizeof want_eval) != 0);
+    uint64_t partial = 0;
+    for (uint64_t n = 1;; n++) {
+        sf_net s;
+        sf_net_build(&s, f->ctx);
+        clshim_reset();
+        clshim_enable(1);
+        clshim_fail_nth(n, CL_OUT_OF_RESOURCES);
+        clopt_status st = clopt_optimizer_eval(s.opt);
+        const int fired = clshim_fault_fired();
+        clshim_fail_nth(0, CL_SUCCESS);
+        clshim_enable(0);
+        if (st == CLOPT_SUCCESS) { /* the fault absorbed, or past the switch's last call */
+            sf_net_read(&s, f->ctx, got);
+            assert_memory_equal(got, want_eval, sizeof got);
+            sf_net_free(&s);
+            if (!fired)
+                break;
+            continue;
+        }
+        assert_true(fired);
+        assert_true(clopt_optimizer_training(s.opt));
+        sf_net_read(&s, f->ctx, got);
+        if (memcmp(got, want_train, sizeof got) != 0) { /* switched part way */
+            partial++;
+            assert_int_equal(clopt_optimizer_step(s.opt, NULL), CLOPT_ERR_INVALID_ARGUMENT);
+            assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "failed part way"));
+            size_t len = 0;
+            assert_int_equal(clopt_optimizer_state_size(s.opt, NULL, &len), CLOPT_SUCCESS);
+            unsigned char *buf = malloc(len);
+            assert_int_equal(clopt_optimizer_save_to(s.opt, NULL, buf, len, NULL),
+                             CLOPT_ERR_INVALID_ARGUMENT);
+            free(buf);
+        }
+        if (n % 2) { /* finish it */
+            assert_int_equal(clopt_optimizer_eval(s.opt), CLOPT_SUCCESS);
+            assert_false(clopt_optimizer_training(s.opt));
+            sf_net_read(&s, f->ctx, got);
+            assert_memory_equal(got, want_eval, sizeof got);
+        } else { /* or go back */
+            assert_int_equal(clopt_optimizer_train(s.opt), CLOPT_SUCCESS);
+            assert_true(clopt_optimizer_training(s.opt));
+            sf_net_read(&s, f->ctx, got);
+            for (size_t i = 0; i < 3 * SF_N + 64; i++) /* y -> x -> y: float rounding */
+                assert_true(fabsf(got[i] - want_train[i]) <= 1e-6f + 1e-5f * fabsf(want_train[i]));
+            assert_int_equal(clopt_optimizer_step(s.opt, NULL), CLOPT_SUCCESS);
+        }
+        sf_net_free(&s);
+    }
+    assert_true(partial >= 2);
+}
+
 /* ---- (d): prepare ----------------------------------------------------------------------- */
 
 /* In a fresh context: prepare compiles what the steps need, so neither form of step compiles
@@ -984,6 +1115,7 @@ int main(void)
         cmocka_unit_test(test_atomic_step),
         cmocka_unit_test(test_atomic_step_on),
         cmocka_unit_test(test_step_on_fails_before_user_event),
+        cmocka_unit_test(test_sf_mode_switch_faults),
         cmocka_unit_test(test_q8_group_too_small),
         cmocka_unit_test(test_range_group_engine_state_faults),
     };
