@@ -206,8 +206,10 @@ clopt_status clopt_ctx_create_device_ex(const char *selector, clopt_ctx **out, c
 /* A context on the caller's cl_context, device and queue; all three are retained (so the
    caller may release its references at once) and released on destroy. queue may be NULL:
    the library then creates an in-order profiling queue of its own. A given queue must
-   belong to context and device; clopt enqueues on it (or on the queue passed to an op) and
-   never finishes it except in clopt_ctx_destroy. Returns CLOPT_SUCCESS,
+   belong to context and device; clopt enqueues on it (or on the queue passed to an op). The
+   context's own calls and the op level never finish it (clopt_ctx_destroy does); optimizer
+   calls documented as blocking (registering tensors, state reads and writes, checkpoints,
+   destroy) finish it. Returns CLOPT_SUCCESS,
    CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (a queue of another context or
    device, or not a queue), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. Does not block. */
 clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
@@ -257,9 +259,9 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx);
    work-items per work-group (a power of 2, 1-256; their sums are added by a fixed tree in
    local memory) and reduce_groups_per_cu work-groups per compute unit for the partial sums;
    0 picks the device type's default (CPU: 1 and 8, measured with clopt-bench; other devices:
-   256 and 4, capped by the device's work-group size, not yet measured on a GPU). Sums are bit-identical from run to run and do not depend on
-   the element-wise fields; their order (so the last bits) depends on these two fields and
-   on the device's compute units. */
+   256 and 4, capped by the device's work-group size, not yet measured on a GPU). Sums are
+   bit-identical from run to run and do not depend on the element-wise fields; their order
+   (so the last bits) depends on these two fields and on the device's compute units. */
 typedef struct clopt_tuning {
     unsigned vector_width;
     size_t work_group_size;
@@ -431,7 +433,12 @@ clopt_status clopt_rule_from_name(const char *name, clopt_rule *out);
  * [0, 1];
  * eps > 0 for every rule that has one; weight_decay, lr_decay, initial_accumulator_value
  * and momentum_decay >= 0; Sophia rho > 0, bs > 0, hess_interval >= 1; SGD nesterov needs
- * momentum > 0 and dampening = 0 (as torch). Every double field, read by the rule or not, must
+ * momentum > 0 and dampening = 0 (as torch); Adafactor eps2 and clip_threshold > 0,
+ * decay_rate <= 0; Schedule-Free AdamW beta1 > 0, Schedule-Free SGD momentum > 0, both r and
+ * weight_lr_power >= 0; ADOPT clip_exponent >= 0 and decouple 0 or 1; StableAdamW
+ * clip_threshold > 0; Muon ns_steps 1 .. 100; cautious 0 or 1, only for Adam, AdamW and Lion
+ * and not with amsgrad; master a clopt_master, stochastic_rounding 0 or 1 (and not with a
+ * master), state_dtype F32, BF16 or U8. Every double field, read by the rule or not, must
  * be finite and 0 or of magnitude 1.2e-38 .. 1.8e19 (its reciprocal and square finite in
  * float32): NaN and Inf are refused.
  */
@@ -530,8 +537,10 @@ clopt_status clopt_ctx_get_rule_tuning(const clopt_ctx *ctx, clopt_rule rule,
                                        const clopt_hparams *hp, clopt_tuning *out);
 /* Check hyperparameters for a rule; the detail goes to *why (may be NULL) as static text.
    CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (hp), CLOPT_ERR_INVALID_ARGUMENT (rule out of
-   range) or CLOPT_ERR_INVALID_HYPERPARAM (also lookahead_alpha outside [0, 1] and, for
-   Ranger, n_sma_threshold < 4). Only the fields the rule reads are checked. Host only. */
+   range) or CLOPT_ERR_INVALID_HYPERPARAM (the checks listed at clopt_hparams; also
+   lookahead_alpha outside [0, 1] and, for Ranger, n_sma_threshold < 4). The range checks of
+   a field apply where the rule reads it; the finiteness of every double field, and the
+   storage, master, cautious and Lookahead fields, for every rule. Host only. */
 clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, const char **why);
 
 /* Number of state tensors the rule needs with these hyperparameters, their names (as in
@@ -709,18 +718,19 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * CLOPT_ERR_INVALID_HYPERPARAM (clopt_hparams_validate), CLOPT_ERR_INVALID_SIZE (n = 0),
  * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative, not finite or
  * outside 1.2e-38 .. 8.5e37 (0 means 1), mu_product outside [0, 1] (0 is the
- * underflowed product of a long run), a buffer or queue of another context, a bad wait list),
+ * underflowed product of a long run), Schedule-Free's sf_lr_max or sf_weight_sum negative or
+ * not finite, a buffer or queue of another context, a bad wait list),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
- * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW, Muon and valid
- * hyperparameters with cautious = 1: optimizer level only; checked after the hyperparameters),
+ * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW and Muon: optimizer
+ * level only, checked first, after the rule's range; cautious = 1: optimizer level only,
+ * checked after the hyperparameters),
  * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
  * θ, REMAINDER with an f16 θ, stochastic rounding with a master or a float32 θ),
  * CLOPT_ERR_STATE_MISMATCH (master set with CLOPT_MASTER_NONE), CLOPT_ERR_OUT_OF_BOUNDS
- * (sizes count elements of each tensor's type), CLOPT_ERR_UNSUPPORTED (gradient
- * centralization with a 16-bit θ or g).
+ * (sizes count elements of each tensor's type).
  * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
  * out event (if non-NULL) must be released by the caller. Retains nothing: the buffers and
  * the queue are used only by the commands enqueued here. Non-blocking (it only enqueues),
@@ -841,9 +851,11 @@ void clopt_param_desc_init(clopt_param_desc *d);
    optimizer's hyperparameters; add_group appends one with its own (validated) copy and
    returns its index in *group (may be NULL). All four are host only (never block).
    add_group: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_HYPERPARAM,
-   CLOPT_ERR_OUT_OF_MEMORY. group_count: 0 for NULL. set_group_hparams (between steps; steps
-   already enqueued keep theirs): CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX,
-   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_STATE_MISMATCH (the change would alter a tensor's
+   CLOPT_ERR_UNSUPPORTED (state_dtype U8 for a rule without 8-bit state, or other than F32
+   for Adafactor), CLOPT_ERR_OUT_OF_MEMORY. group_count: 0 for NULL. set_group_hparams
+   (between steps; steps already enqueued keep theirs): CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_UNSUPPORTED (as add_group),
+   CLOPT_ERR_STATE_MISMATCH (the change would alter a tensor's
    state layout, e.g. amsgrad, momentum 0 <-> > 0, Lookahead on/off); a change that selects
    other kernel variants compiles them at the next step (or clopt_optimizer_prepare).
    get_group_hparams: CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded). */
@@ -865,7 +877,8 @@ clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_
    buffer of another context, a param or grad range overlapping one already registered),
    CLOPT_ERR_INVALID_SIZE (ndim > CLOPT_MAX_DIMS, a 0 or too large shape),
    CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_STATE_MISMATCH (a Hessian buffer for a rule other than
-   Sophia), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; on failure nothing is registered. */
+   Sophia), CLOPT_ERR_UNSUPPORTED (Muon: a tensor that is not 2-D, or a build without
+   CLBlast), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; on failure nothing is registered. */
 clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                                             const clopt_param_desc *desc, size_t *index);
 
@@ -912,8 +925,11 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    Statuses (on failure nothing runs: launches already enqueued are aborted on the device):
    CLOPT_ERR_NULL_ARGUMENT (opt; a NULL event in wait_list), CLOPT_ERR_INVALID_ARGUMENT
    (queue of another context or device, out-of-order or not a queue, a bad wait list, no
-   tensors registered, a registered buffer no longer valid), CLOPT_ERR_BUILD_FAILED,
-   CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes. */
+   tensors registered, a registered buffer no longer valid, eval mode, a mode switch left
+   incomplete), CLOPT_ERR_UNSUPPORTED (an 8-bit state kernel needs 256/VW work-items per
+   work-group and the device allows fewer), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY,
+   OpenCL codes. A step that fails after its first enqueue does not wait for the caller's
+   events (its start is abandoned on the device). */
 clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
                                      cl_uint num_wait, const cl_event *wait_list,
                                      cl_event *event);
@@ -924,7 +940,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
    nothing and does not wait for the device. Call it again after adding tensors or groups,
    or after changing hyperparameters or the context's tuning. Returns CLOPT_SUCCESS (also
    without tensors), CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_BUILD_FAILED (log in
-   clopt_ctx_build_log), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
+   clopt_ctx_build_log), CLOPT_ERR_UNSUPPORTED (as clopt_optimizer_step_on: an 8-bit state
+   work-group too large for the device), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 
 /* What the device decided for one step (AMP skip, gradient norm), as it reaches the host. */
@@ -995,8 +1012,9 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
    torch's `+=` on bf16 gradients; many micro-batches of small values lose the bits below
    half an ulp: accumulate in float32 and convert once where that matters). F32 with F32 is
    clopt_enqueue_axpby's kernel. dst and src may be the same range of the same type, else
-   must not overlap (checked for every pair of types, F32 with F32 included). Statuses as clopt_enqueue_axpby, plus CLOPT_ERR_INVALID_ARGUMENT for a dtype out
-   of range (U8, U16) or overlapping tensors. */
+   must not overlap (checked for every pair of types, F32 with F32 included). Statuses as
+   clopt_enqueue_axpby, plus CLOPT_ERR_INVALID_ARGUMENT for a dtype out of range (U8, U16) or
+   overlapping tensors. */
 clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clopt_tensor dst,
                                     clopt_dtype dst_dtype, clopt_tensor src,
                                     clopt_dtype src_dtype, size_t n, double alpha, double beta,
@@ -1093,8 +1111,10 @@ double clopt_lr_scale_sqrt(double lr, double batch, double base_batch);   /* lr�
    Sophia is refused with CLOPT_ERR_UNSUPPORTED: its Hessian estimates need caller-owned
    tensors (add_param_desc). Other statuses: CLOPT_ERR_NULL_ARGUMENT (hp, shapes),
    CLOPT_ERR_INVALID_SIZE (ntensors 0, a 0 or too large shape, ndim > CLOPT_MAX_DIMS),
-   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes; on failure no group is
-   added. */
+   CLOPT_ERR_INVALID_ARGUMENT (a storage dtype out of range, a REMAINDER master with f16 θ,
+   tensors whose storage types differ: one launch), CLOPT_ERR_INVALID_HYPERPARAM,
+   CLOPT_ERR_UNSUPPORTED (as clopt_optimizer_add_group; Muon as add_param_desc),
+   CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes; on failure no group is added. */
 clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              size_t ntensors, const clopt_param_desc *shapes,
                                              size_t *group, size_t *first_index);
@@ -1117,9 +1137,10 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
    in ONE launch over a small device table of chunks (the OpenCL 1.2 form of multi-tensor
    apply); other rules run per tensor. With 8-bit state (hp->state_dtype U8) the table has
    a row (32 bytes, 1/8 byte per parameter) per block of 256 of each tensor. Sophia is
-   refused (CLOPT_ERR_UNSUPPORTED: its estimates need add_param_desc). The engine's buffers are kept WITHOUT being retained
-   (keep them alive until clopt_optimizer_destroy). Initialise with clopt_range_group_init
-   (the struct may grow; struct_size tells the library which fields the caller knows). */
+   refused (CLOPT_ERR_UNSUPPORTED: its estimates need add_param_desc). The engine's buffers
+   are kept WITHOUT being retained (keep them alive until clopt_optimizer_destroy).
+   Initialise with clopt_range_group_init (the struct may grow; struct_size tells the library
+   which fields the caller knows). */
 typedef struct clopt_range_group {
     size_t struct_size;
     size_t ntensors;
@@ -1153,10 +1174,12 @@ void clopt_range_group_init(clopt_range_group *g);
    state buffers too small (CLOPT_ERR_OUT_OF_BOUNDS); two ranges of the group that overlap,
    a gradient or state range overlapping a parameter range or another tensor's, a parameter
    or gradient range overlapping one already registered in this optimizer, params or grads
-   in more than one cl_mem, a buffer of another context, struct_size too small
-   (CLOPT_ERR_INVALID_ARGUMENT); a state buffer count other than 0 or the rule's
-   (CLOPT_ERR_STATE_MISMATCH); Sophia, the engine's state with Lookahead, Adafactor or
-   LAMB, or with a state_dtype other than F32 (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
+   in more than one cl_mem, a buffer of another context, struct_size too small, sr_stream
+   outside -1 .. 2^32 - 1, tensors whose storage types differ (CLOPT_ERR_INVALID_ARGUMENT); a
+   state buffer count other than 0 or the rule's (CLOPT_ERR_STATE_MISMATCH); Sophia, the
+   engine's state with Lookahead, with a multi-pass rule (Adafactor, LAMB, StableAdamW,
+   Muon), with a master (a state of the library's) or with a state_dtype other than F32
+   (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
    CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
    CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
    *first_index (either may be NULL) receive the group and its first tensor. */
@@ -1168,8 +1191,9 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
    in clopt_rule_state_name order, filled with their initial values on the context's queue,
    non-blocking: order them before use on another queue) into out[0 .. *count); the rest of
    out is set to NULL (*count may be 0, e.g. SGD without momentum). The caller owns and
-   releases the buffers (clReleaseMemObject); on failure none is left allocated. Adafactor
-   and LAMB: CLOPT_ERR_UNSUPPORTED (optimizer level only). Also CLOPT_ERR_NULL_ARGUMENT,
+   releases the buffers (clReleaseMemObject); on failure none is left allocated. The
+   multi-pass rules (Adafactor, LAMB, StableAdamW, Muon): CLOPT_ERR_UNSUPPORTED (optimizer
+   level only). Also CLOPT_ERR_NULL_ARGUMENT,
    CLOPT_ERR_INVALID_ARGUMENT (rule out of range), CLOPT_ERR_INVALID_HYPERPARAM,
    CLOPT_ERR_INVALID_SIZE (n = 0 or too large) and OpenCL codes. */
 clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
@@ -1178,7 +1202,8 @@ clopt_status clopt_alloc_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpar
    (ceil(n / 256) floats each; absmax may be NULL otherwise), the codes of the initial value
    (the code of 0, or Adagrad's initial_accumulator_value as the code of 1 times an absmax of
    that value). Statuses as clopt_alloc_state, plus CLOPT_ERR_INVALID_ARGUMENT (another dtype,
-   absmax NULL with U8) and CLOPT_ERR_UNSUPPORTED (a rule without 8-bit state). */
+   absmax NULL with U8) and CLOPT_ERR_UNSUPPORTED (a rule without 8-bit state; checked
+   before the rule's range). */
 clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                   size_t n, clopt_dtype dtype, clopt_tensor out[CLOPT_MAX_STATE],
                                   clopt_tensor absmax[CLOPT_MAX_STATE], size_t *count);
@@ -1188,8 +1213,9 @@ clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_h
 /* Save the complete optimizer state (rule, groups with hyperparameters and schedules, step
    count, NAdam products, clipping and AMP settings, the RNG position, every state tensor) to
    a versioned little-endian file with a CRC-32C, documented in docs/checkpoint-format.md.
-   Written to a temporary file in the same folder ("<path>.<pid>.tmp", fsync'ed) and renamed
-   over `path`, so a failed save never leaves a half-written file in place of a good one.
+   Written to a temporary file in the same folder ("<path>.<16 random hex digits>.tmp",
+   created exclusively, never through a symlink, mode 0600, fsync'ed) and renamed over
+   `path`, so a failed save never leaves a half-written file in place of a good one.
    Blocking: settles every step in flight (as clopt_optimizer_destroy), then reads the state
    with blocking reads on the context's queue. Returns CLOPT_SUCCESS,
    CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
@@ -1303,8 +1329,9 @@ size_t clopt_optimizer_param_count(const clopt_optimizer *opt);
 clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp);
 clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hparams *out);
 
-/* Name (static storage) and length (floats) of state `index` of parameter `param`
-   (Adafactor's factored statistics are shorter than the tensor); either pointer may be
+/* Name (static storage) and length (elements of the state's dtype: floats, bf16 words,
+   8-bit codes; clopt_optimizer_state_entry gives the dtype) of state `index` of parameter
+   `param` (Adafactor's factored statistics are shorter than the tensor); either pointer may be
    NULL. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded).
    state_count: the number of states of `param` (with Lookahead's slow weights), 0 for NULL
    or no such tensor. Host only; never block. */
@@ -1318,8 +1345,9 @@ size_t clopt_optimizer_state_count(const clopt_optimizer *opt, size_t param);
    clopt_optimizer_state_info) into host memory: read_state settles every step in flight,
    then reads on the context's queue (CL_TRUE). Lookahead's slow weights of a tensor that has
    not stepped yet read as θ (16-bit θ widened). read_state: CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length) or
-   an OpenCL code. */
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length),
+   CLOPT_ERR_UNSUPPORTED (a state that does not hold floats: bf16 or 8-bit state, absmaxes,
+   a bf16 remainder; read its tensor from clopt_optimizer_state_entry) or an OpenCL code. */
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
@@ -1344,12 +1372,18 @@ size_t clopt_optimizer_state_bytes(const clopt_optimizer *opt);
    x = lerp(y, z, 1 - 1/β) into them (what the reference's optimizer.eval() does, for
    evaluation and for saving the model), train writes y back. One launch per arena or range
    group (one per tensor otherwise) on the context's queue (`_on`: on queue after wait_list,
-   *event completing with the last launch), never blocking once built; groups of other rules
-   are untouched. Switching to the mode the optimizer is in does nothing. A step in eval
-   mode is refused (CLOPT_ERR_INVALID_ARGUMENT: call train first), as the reference raises.
-   The mode is saved in checkpoints; a new optimizer starts in train mode. Statuses:
-   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (queue or wait list as step_on),
-   CLOPT_ERR_BUILD_FAILED, OpenCL codes; on failure the mode is unchanged. */
+   *event completing with the last launch); groups of other rules are untouched. Once built
+   it does not block, except right after a tensor's first step (or a tensor added later)
+   while that step is still in flight: its count decides whether it has a z yet, so the
+   call settles the steps in flight (as clopt_optimizer_destroy). Switching to the mode the
+   optimizer is in does nothing. A step in eval mode is refused (CLOPT_ERR_INVALID_ARGUMENT:
+   call train first), as the reference raises. The mode is saved in checkpoints; a new
+   optimizer starts in train mode. Statuses: CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INVALID_ARGUMENT (queue or wait list as step_on), CLOPT_ERR_BUILD_FAILED,
+   OpenCL codes. A failure before the first launch changes nothing; an OpenCL failure of a
+   later launch leaves the tensors before it switched and the mode unchanged: steps and saves
+   are then refused until eval or train is called again, which finishes (or undoes) the
+   switch with every tensor switched once. */
 clopt_status clopt_optimizer_eval(clopt_optimizer *opt);
 clopt_status clopt_optimizer_train(clopt_optimizer *opt);
 clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_command_queue queue,

@@ -290,7 +290,8 @@ clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt);
    0's path is used; written to "<path>.<pid>.tmp", fsync'ed, renamed): each tensor's whole
    state as the unsharded optimizer lays it out, the step count, a manifest of the world size
    and shard ranges, a CRC-32C. The parameters are the engine's to save. Blocking. Returns
-   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_INVALID_SIZE (a shard's
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_INVALID_ARGUMENT (a path
+   of 4 KiB or more with its suffix), CLOPT_ERR_INVALID_SIZE (a shard's
    state over 2 GiB: MPI counts), CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes,
    CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI, the same on every rank. */
 clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path);
