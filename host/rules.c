@@ -431,8 +431,9 @@ size_t clopt_rule_bytes_per_param(clopt_rule rule, const clopt_hparams *hp)
         writes -= 1;
     if (rule == CLOPT_LAMB) /* pass 1: θ g m v -> m v; pass 2: θ m v -> θ */
         reads = 7, writes = 3;
-    if (rule == CLOPT_ADAFACTOR) /* (matrix) g for rows, g for cols, g θ, then g θ -> θ */
-        reads = 6 + (hp->use_beta1 ? 1 : 0), writes = 1 + (hp->use_beta1 ? 1 : 0);
+    if (rule == CLOPT_ADAFACTOR) /* (matrix) g for the row and column statistics in one
+                                    pass, g θ for the partial sums, then g θ (m) -> θ (m) */
+        reads = 5 + (hp->use_beta1 ? 1 : 0), writes = 1 + (hp->use_beta1 ? 1 : 0);
     /* Cautious and StableAdamW: a first pass reads g and one state (the mask's mean, the
        update's RMS), then the fused update */
     if (hp->cautious || rule == CLOPT_STABLE_ADAMW)

@@ -309,6 +309,12 @@ static void test_rule_names(void **state)
     assert_int_equal(clopt_rule_bytes_per_param(CLOPT_SGD, &hp), 12);
     hp.momentum = 0.9;
     assert_int_equal(clopt_rule_bytes_per_param(CLOPT_SGD, &hp), 20);
+    /* Adafactor (matrix): g for the statistics, g θ for the partial sums, g θ -> θ; with
+       beta1 its m read and written in the update */
+    clopt_hparams_default(CLOPT_ADAFACTOR, &hp);
+    assert_int_equal(clopt_rule_bytes_per_param(CLOPT_ADAFACTOR, &hp), 24);
+    hp.use_beta1 = 1;
+    assert_int_equal(clopt_rule_bytes_per_param(CLOPT_ADAFACTOR, &hp), 32);
 }
 
 /* The OpenCL type of a context's device. */
