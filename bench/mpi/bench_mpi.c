@@ -4,6 +4,7 @@
  *                                [--reduce-scatter] [--unsharded] [--param-dtype f32|f16|bf16]
  *                                [--grad-dtype f32|f16|bf16] [--master none|f32|remainder]
  *                                [--state-dtype f32|bf16|int8]
+ *   clopt-bench-mpi --version     (the tool's and the library's versions; no MPI needed)
  * One flat parameter buffer of ELEMENTS (T equal tensors, default 2^22 and 8; float32, or the
  * storage types given: the all-gather and clopt's reduce-scatter then move 16-bit words), the
  * gradient the same on every rank (engine mode) or each rank's own (--reduce-scatter). Prints
@@ -55,6 +56,13 @@ static void die(int rank, const char *what, clopt_status s)
 
 int main(int argc, char **argv)
 {
+    /* before MPI_Init: a version query needs no MPI run (under mpirun every rank answers) */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--version")) {
+            printf("clopt-bench-mpi %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+                   CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
+            return 0;
+        }
     MPI_Init(&argc, &argv);
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -95,7 +103,7 @@ int main(int argc, char **argv)
                         "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] "
                         "[--reduce-scatter] [--unsharded] [--param-dtype f32|f16|bf16] "
                         "[--grad-dtype f32|f16|bf16] [--master none|f32|remainder] "
-                        "[--state-dtype f32|bf16|int8]\n",
+                        "[--state-dtype f32|bf16|int8] [--version]\n",
                         argv[0]);
             MPI_Finalize();
             return 2;
