@@ -20,14 +20,15 @@
 #   results.md                    device, date, commit, host, the command lines and every table
 #
 # usage: bench/run-results.sh DIR [clopt-bench options added to every run, e.g. --device 1]
-# The executable: $CLOPT_BENCH, else build-bench2/bench/clopt-bench or build/bench/clopt-bench
+# The executable: $CLOPT_BENCH, else build/bench/bench/clopt-bench (where ci/bench.sh builds
+# it, with CLOPT_BENCH_NATIVE) or build/bench/clopt-bench (a build in build/, as the README's)
 # of this checkout, else clopt-bench on the PATH. The plots need gnuplot (skipped without).
 # Exit status: 0 when every run succeeded, else the last failing run's status (the other runs
 # still happen; results.md records each status).
 set -u
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '3,27p' "$0" | sed 's/^# \{0,1\}//'
     [ $# -lt 1 ] && exit 2
     exit 0
 fi
@@ -37,7 +38,7 @@ shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${CLOPT_BENCH:-}
 if [ -z "$BENCH" ]; then
-    for b in "$ROOT/build-bench2/bench/clopt-bench" "$ROOT/build/bench/clopt-bench"; do
+    for b in "$ROOT/build/bench/bench/clopt-bench" "$ROOT/build/bench/clopt-bench"; do
         if [ -x "$b" ]; then
             BENCH=$b
             break

@@ -54,7 +54,8 @@
 # (tests/test_storage*.c, ~1 min here, are left to PoCL: its kernels are the ones above in
 # more combinations.)
 # Fails when a test fails or when Oclgrind writes any report to stderr; the reports are
-# printed. Runtime on 2 cores: about 100 s (two tests side by side; 180 s one after another).
+# printed. Runtime on 2 cores: about 3 minutes (two tests side by side; one after another
+# they take 5-6 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/ci}

@@ -29,7 +29,8 @@ ctest --test-dir build/ci --output-on-failure -j"$jobs"
 
 echo "== Oclgrind: kernel tests and golden replay on a simulated device that checks every access"
 # a second OpenCL implementation: reads and writes past a buffer (discarded ones included),
-# data races, API misuse; any report fails (~1.5 min on 2 cores, sizes shrunk: see the script)
+# data races, API misuse; any report fails (about 3 minutes on 2 cores, sizes shrunk: see the
+# script)
 bash ci/oclgrind.sh build/ci
 
 echo "== install and build consumers against the installed copy"

@@ -3,6 +3,8 @@
 # The sharded optimizer at N = 1, 2, 4 ranks (4 on a 2-core machine needs oversubscription:
 # the ranks then share cores, so step times measure contention as much as sharding).
 #   bash bench/mpi/run.sh [BUILD_DIR] [extra clopt-bench-mpi arguments]
+# BUILD_DIR (default build/dev) holds bench/clopt-bench-mpi, e.g. build after the README's
+# `cmake -S . -B build`.
 set -euo pipefail
 build=${1:-build/dev}
 shift || true
