@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "clopt.h"
@@ -138,6 +139,11 @@ static int cmp(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--version")) {
+        printf("clopt-q8-floor %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
+               CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
+        return 0;
+    }
     const int lg = argc > 1 ? atoi(argv[1]) : 25;
     if (lg < 8 || lg > 30) {
         fprintf(stderr, "usage: clopt-q8-floor [log2 n, 8..30]\n");
