@@ -148,6 +148,16 @@ void test_write_slow_weights_before_first_step(void **state)
     net_free(&a), net_free(&b);
 }
 
+/* n bf16 parameters of +-[1, 2) and small bf16 gradients from a seed (an LCG). */
+static void bf16_data(uint16_t *th, uint16_t *gr, size_t n, uint32_t x)
+{
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        th[i] = (uint16_t)((0x3F80u + ((x >> 9) & 0x7Fu)) | ((i & 1u) << 15));
+        gr[i] = (uint16_t)(0x3C00u + ((x >> 20) & 0xFFu) - 0x80u * (i % 3 == 0));
+    }
+}
+
 /* The same with a bf16 θ (its own buffer, exactly its size): the slow weights before the
    first step read as θ widened (bf16 bits << 16), a checkpoint saved then and loaded into a
    fresh optimizer resumes as the run that never saved (they read θ itself as floats before:
@@ -157,12 +167,7 @@ void test_slow_weights_bf16_before_first_step(void **state)
     fixture *f = *state;
     enum { N = 300, STEPS = 5 };
     uint16_t th[N], gr[N];
-    uint32_t x = 3;
-    for (size_t i = 0; i < N; i++) { /* bf16 values of +-[1, 2) and small gradients */
-        x = x * 1664525u + 1013904223u;
-        th[i] = (uint16_t)((0x3F80u + ((x >> 9) & 0x7Fu)) | ((i & 1u) << 15));
-        gr[i] = (uint16_t)(0x3C00u + ((x >> 20) & 0xFFu) - 0x80u * (i % 3 == 0));
-    }
+    bf16_data(th, gr, N, 3);
     uint16_t out[2][N];
     for (int run = 0; run < 2; run++) { /* 0: no checkpoint; 1: saved and loaded at step 0 */
         clopt_hparams hp;
@@ -224,12 +229,7 @@ void test_slow_weights_bf16_arena_write(void **state)
     enum { T = 3, N = 64 + 64 + 1024, STEPS = 4 };
     const size_t len[T] = {64, 64, 1024};
     uint16_t th[N], gr[N];
-    uint32_t x = 7;
-    for (size_t i = 0; i < N; i++) { /* bf16 values of +-[1, 2) and small gradients */
-        x = x * 1664525u + 1013904223u;
-        th[i] = (uint16_t)((0x3F80u + ((x >> 9) & 0x7Fu)) | ((i & 1u) << 15));
-        gr[i] = (uint16_t)(0x3C00u + ((x >> 20) & 0xFFu) - 0x80u * (i % 3 == 0));
-    }
+    bf16_data(th, gr, N, 7);
     const clopt_master modes[3] = {CLOPT_MASTER_NONE, CLOPT_MASTER_F32, CLOPT_MASTER_REMAINDER};
     for (int mi = 0; mi < 3; mi++) {
         uint16_t out[2][N];
