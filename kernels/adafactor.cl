@@ -28,7 +28,7 @@
  * col; adafactor_stats_finish adds them in index order. So each statistic's order depends
  * only on the shape and RL, never on the work-group count. */
 /* The RW lanes of x added in lane order. */
-inline float lane_sum(floatR x)
+static inline float lane_sum(floatR x)
 {
     float lanes[RW], s = 0.0f;
     vstore16(x, 0, lanes);
@@ -204,7 +204,7 @@ typedef struct afpos {
     ulong row, b, rr, col;
 } afpos;
 
-inline afpos afpos_of(ulong e, ulong rows, ulong cols)
+static inline afpos afpos_of(ulong e, ulong rows, ulong cols)
 {
     afpos q;
     if ((e | rows | cols) >> 32 == 0) { /* 32-bit division is several times cheaper */
@@ -219,7 +219,7 @@ inline afpos afpos_of(ulong e, ulong rows, ulong cols)
     return q;
 }
 
-inline void afpos_next(afpos *q, ulong k, ulong rows, ulong cols)
+static inline void afpos_next(afpos *q, ulong k, ulong rows, ulong cols)
 {
     q->col += k;
     while (q->col >= cols) {

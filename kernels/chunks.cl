@@ -16,10 +16,10 @@ typedef float16 floatR;
 typedef int16 intR;
 
 /* The per-chunk helpers are big; PoCL's inliner would otherwise call them once per chunk. */
-#define CHUNK_INLINE __attribute__((always_inline)) inline
+#define CHUNK_INLINE static __attribute__((always_inline)) inline
 
 /* Mask of the lanes k < cnt (all set for a full chunk), for select(). */
-inline intR lanes_below(uint cnt)
+static inline intR lanes_below(uint cnt)
 {
     const intR lane = (intR)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     return lane < (intR)((int)cnt);
@@ -27,7 +27,7 @@ inline intR lanes_below(uint cnt)
 
 /* The cnt <= RW elements at p (lanes >= cnt read as 0) / store only the first cnt lanes.
  * Called with a constant cnt = RW in the hot loops, where they are a plain vload16/vstore16. */
-inline floatR loadR(__global const float *p, uint cnt)
+static inline floatR loadR(__global const float *p, uint cnt)
 {
     if (cnt == RW)
         return vload16(0, p);
@@ -38,7 +38,7 @@ inline floatR loadR(__global const float *p, uint cnt)
 }
 
 /* loadR of the gradient in its storage type (GT). */
-inline floatR loadRG(__global const GSTORE *p, uint cnt)
+static inline floatR loadRG(__global const GSTORE *p, uint cnt)
 {
 #if GT == 0
     return loadR(p, cnt);
@@ -61,7 +61,7 @@ inline floatR loadRG(__global const GSTORE *p, uint cnt)
 #endif
 }
 
-inline void storeR(floatR x, __global float *p, uint cnt)
+static inline void storeR(floatR x, __global float *p, uint cnt)
 {
     if (cnt == RW) {
         vstore16(x, 0, p);
@@ -74,7 +74,7 @@ inline void storeR(floatR x, __global float *p, uint cnt)
 }
 
 /* RW 16-bit words at p (lanes >= cnt read as 0) / store only the first cnt. */
-inline ushort16 loadR16(__global const ushort *p, uint cnt)
+static inline ushort16 loadR16(__global const ushort *p, uint cnt)
 {
     if (cnt == RW)
         return vload16(0, p);
@@ -84,7 +84,7 @@ inline ushort16 loadR16(__global const ushort *p, uint cnt)
     return vload16(0, t);
 }
 
-inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
+static inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
 {
     if (cnt == RW) {
         store_u16x16(x, p);
@@ -137,8 +137,8 @@ inline void storeR16(ushort16 x, __global ushort *p, uint cnt)
 #endif
 #define THETA_LOADR(p, e, cnt) theta_loadR(p, ms_, e, cnt)
 
-inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ulong e,
-                          uint cnt)
+static inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ulong e,
+                                 uint cnt)
 {
 #if MASTER == 1
     (void)p;
@@ -162,8 +162,8 @@ inline floatR theta_loadR(__global const PSTORE *p, __global const MSTORE *m, ul
 }
 
 /* r: the chunk's 16 stochastic-rounding values (16-bit, as sr_words; unused without SR) */
-inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m, ulong e, uint cnt,
-                         uint16 r)
+static inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m, ulong e, uint cnt,
+                                uint16 r)
 {
 #if MASTER == 2
     (void)r;
@@ -210,7 +210,7 @@ inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m, ulong
 
 
 /* Zero the lanes >= cnt (a partial chunk's padding) before they reach a sum. */
-inline floatR maskR(floatR x, uint cnt)
+static inline floatR maskR(floatR x, uint cnt)
 {
     return cnt == RW ? x : select((floatR)(0.0f), x, lanes_below(cnt));
 }
@@ -226,13 +226,13 @@ CLOPT_KAHAN(kahanR, kahanR_add, floatR)
  * accumulator 1, ..., each lane's pending compensation included. */
 #define RACC 4
 
-inline void kahanR_clear(kahanR *a)
+static inline void kahanR_clear(kahanR *a)
 {
     for (uint i = 0; i < RACC; i++)
         a[i].sum = a[i].c = (floatR)(0.0f);
 }
 
-inline float kahanR_total(const kahanR *a)
+static inline float kahanR_total(const kahanR *a)
 {
     kahan acc = {0.0f, 0.0f};
     for (uint i = 0; i < RACC; i++) {
@@ -259,7 +259,7 @@ typedef struct sumR {
     uint cnt;
 } sumR;
 
-inline void sumR_clear(sumR *a)
+static inline void sumR_clear(sumR *a)
 {
     for (uint i = 0; i < RACC; i++) {
         a[i].k.sum = a[i].k.c = a[i].p = (floatR)(0.0f);
@@ -268,7 +268,7 @@ inline void sumR_clear(sumR *a)
 }
 
 /* s += x² lane-wise (x already masked to its chunk's lanes). */
-inline void sumR_addsq(sumR *s, floatR x)
+static inline void sumR_addsq(sumR *s, floatR x)
 {
     s->p = fma(x, x, s->p);
     if (++s->cnt == SUMR_FOLD) {
@@ -280,7 +280,7 @@ inline void sumR_addsq(sumR *s, floatR x)
 
 /* s += x lane-wise (x already masked), the same two levels (GC's row means, cautious
  * masking's sums). */
-inline void sumR_add(sumR *s, floatR x)
+static inline void sumR_add(sumR *s, floatR x)
 {
     s->p = s->p + x;
     if (++s->cnt == SUMR_FOLD) {
@@ -291,7 +291,7 @@ inline void sumR_add(sumR *s, floatR x)
 }
 
 /* The RACC sums' total in a fixed order (pending runs folded first). */
-inline float sumR_total(sumR *a)
+static inline float sumR_total(sumR *a)
 {
     kahanR t[RACC];
     for (uint i = 0; i < RACC; i++) {
@@ -321,7 +321,7 @@ inline float sumR_total(sumR *a)
 
 /* The chunks [*c0, *c1) of work-group g of ng over n elements: contiguous blocks of
  * ceil(chunks / ng) chunks (an empty block when ng exceeds the chunks). */
-inline void group_block(ulong g, ulong ng, ulong n, ulong *c0, ulong *c1)
+static inline void group_block(ulong g, ulong ng, ulong n, ulong *c0, ulong *c1)
 {
     const ulong chunks = (n + RW - 1) / RW;
     const ulong per = (chunks + ng - 1) / ng;
@@ -339,14 +339,14 @@ inline void group_block(ulong g, ulong ng, ulong n, ulong *c0, ulong *c1)
  * and RACC streams in flight keep a CPU core's memory pipeline busy. The body is expanded
  * RACC + 2 times, with cnt a constant RW in all but the last. sub_runs gives the run length
  * (a kernel that tracks positions per accumulator starts run k at item chunk k * runs). */
-inline ulong item_full_chunks(ulong c0, ulong c1, ulong n)
+static inline ulong item_full_chunks(ulong c0, ulong c1, ulong n)
 {
     const ulong l = RL == 1 ? 0 : get_local_id(0);
     const ulong cf = max(c0, min(c1, n / RW)); /* the block's full chunks end here */
     return cf > c0 + l ? (cf - c0 - l + RL - 1) / RL : 0;
 }
 
-inline ulong sub_runs(ulong c0, ulong c1, ulong n, ulong runs)
+static inline ulong sub_runs(ulong c0, ulong c1, ulong n, ulong runs)
 {
     return item_full_chunks(c0, c1, n) / runs;
 }
@@ -380,7 +380,7 @@ inline ulong sub_runs(ulong c0, ulong c1, ulong n, ulong runs)
 /* The sum of x over the work-group's RL items, added by a fixed pairwise tree in buf (RL
  * floats of local memory); every item of the group must call it, and all get the result.
  * With RL = 1 it is x. */
-inline float group_sum(float x, __local float *buf)
+static inline float group_sum(float x, __local float *buf)
 {
 #if RL == 1
     (void)buf;
@@ -426,8 +426,8 @@ inline float group_sum(float x, __local float *buf)
 /* The instances of the 8 chunks from chunk c of every part s (chunk s q + c): part s's first
    instance in q0[s], its words in w[s] (17 instances: 128 elements not starting on an
    instance span a 17th). */
-inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint stream, uint step,
-                             __private uint (*w)[68], __private ulong *q0)
+static inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint stream, uint step,
+                                    __private uint (*w)[68], __private ulong *q0)
 {
     const uint odd = (uint)pe & 7u; /* the parts' starts differ by whole chunks */
     for (uint s = 0; s < USTREAMS; s++)
@@ -502,7 +502,8 @@ inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint stream
 /* Gradient centralization of the cnt elements from element e (GC_PARAMS in scope): the row
  * mean of each, one load when the chunk lies in one row. */
 #if GC
-inline floatR gc_subtractR(floatR g, __global const float *mean, ulong e, ulong cols, uint cnt)
+static inline floatR gc_subtractR(floatR g, __global const float *mean, ulong e, ulong cols,
+                                  uint cnt)
 {
     const ulong r = e / cols;
     if (e + cnt <= (r + 1) * cols)

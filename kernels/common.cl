@@ -100,7 +100,7 @@ typedef CLOPT_CAT(float, VW) floatV;
 #endif
 
 /* Tail helpers: load rem < VW elements (the rest zero) / store only rem elements. */
-inline floatV tail_load(__global const float *p, uint rem)
+static inline floatV tail_load(__global const float *p, uint rem)
 {
     float t[VW];
     for (uint k = 0; k < VW; k++)
@@ -108,7 +108,7 @@ inline floatV tail_load(__global const float *p, uint rem)
     return VLOAD(0, t);
 }
 
-inline void tail_store(floatV x, __global float *p, uint rem)
+static inline void tail_store(floatV x, __global float *p, uint rem)
 {
     float t[VW];
     VSTORE(x, 0, t);

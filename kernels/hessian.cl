@@ -7,7 +7,7 @@
  * Box-Muller on their top 24 bits: u1 = (x0>>8 + 1) 2^-24 in (0, 1], u2 = (x1>>8) 2^-24,
  * r = sqrt(-2 ln u1), out[4i] = r cos(2π u2), out[4i+1] = r sin(2π u2); likewise x2, x3. */
 
-inline float2 box_muller(uint a, uint b)
+static inline float2 box_muller(uint a, uint b)
 {
     const float two_pi = 6.28318530717958647692f;
     float u1 = (float)((a >> 8) + 1u) * (1.0f / 16777216.0f);

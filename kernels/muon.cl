@@ -11,7 +11,7 @@
  * The kernels that write θ, b or U skip a step the device skipped (CTRL); the GEMMs and
  * muon_poly touch only the work buffers. Defines: MAXIMIZE, GT/SQ and θ's storage. */
 
-inline floatR muon_lerpR(floatR a, floatR b, float w, float omw)
+static inline floatR muon_lerpR(floatR a, floatR b, float w, float omw)
 {
     return w < 0.5f ? a + w * (b - a) : b - (b - a) * omw;
 }

@@ -39,7 +39,7 @@ __kernel void sum_final(__global const float *in_, const ulong io, const ulong c
 #ifndef GC_SB
 #define GC_SB 4
 #endif
-inline float gc_row_total(sumR *s)
+static inline float gc_row_total(sumR *s)
 {
     kahanR_add(&s->k, s->p);
     float sum[RW], c[RW];

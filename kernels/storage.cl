@@ -37,7 +37,7 @@
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
-inline uint4 philox4x32_10(uint4 c, uint2 k)
+static inline uint4 philox4x32_10(uint4 c, uint2 k)
 {
     for (int r = 0; r < 10; r++) {
         uint lo0 = PHILOX_M0 * c.x, hi0 = mul_hi(PHILOX_M0, c.x);
@@ -72,7 +72,7 @@ typedef CLOPT_CAT(ushort, VW) ushortV;
 #define VSTORE_HALF_RTE CLOPT_CAT(CLOPT_CAT(vstore_half, VW), _rte)
 #endif
 
-inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
+static inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16); }
 
 /* Stores of 16-bit words: PoCL 3.1 (LLVM 15) turns a vstoreN of ushort into N two-byte
  * stores (extract, shift, store per lane: a bf16 AdamW step at 0.71 of its stream kernel),
@@ -94,7 +94,7 @@ inline floatV bf16_to_f32(ushortV u) { return AS_FLOATV(CONVERT_UINTV(u) << 16);
 #endif
 /* NAME(x, p): T##N x at p, as M 32-bit lanes (LANES) where p is 4-byte aligned. */
 #define CLOPT_WORD_STORE(NAME, T, N, M, LANES)                                             \
-    inline void NAME(T##N x, __global T *p)                                                \
+    static inline void NAME(T##N x, __global T *p)                                         \
     {                                                                                      \
         if (((uintptr_t)p & 3u) == 0)                                                      \
             vstore##M(LANES(M, x), 0, (__global uint *)p);                                 \
@@ -128,18 +128,18 @@ CLOPT_WORD_STORE(store_u16v, ushort, 4, 2, U16_PAIRS)
  *   their bits (eb = the biased exponent max(exponent, -14) + 127; ilogb and ldexp were
  *   library calls per lane on PoCL, a third of the f16 step's speed). */
 #define CLOPT_ROUNDINGS(F, U, US, AS_U, AS_F, CVT_US, CVT_F, NAME)                       \
-    inline US NAME##_rne(F x)                                                              \
+    static inline US NAME##_rne(F x)                                                       \
     {                                                                                      \
         const U b = AS_U(x);                                                               \
         const U r = (b + (U)(0x7FFFu) + ((b >> 16) & (U)(1u))) >> 16;                       \
         return CVT_US(select(r, (b >> 16) | (U)(0x40u), isnan(x)));                        \
     }                                                                                      \
-    inline US NAME##_sr(F x, U r)                                                          \
+    static inline US NAME##_sr(F x, U r)                                                   \
     {                                                                                      \
         const U b = AS_U(x);                                                               \
         return CVT_US(select((b + r) >> 16, (b >> 16) | (U)(0x40u), isnan(x)));            \
     }                                                                                      \
-    inline F NAME##_f16sr(F x, U r)                                                        \
+    static inline F NAME##_f16sr(F x, U r)                                                 \
     {                                                                                      \
         const F a = fabs(x);                                                               \
         const U eb = max(AS_U(a) >> 23, (U)(113u));                                        \
@@ -206,7 +206,7 @@ CLOPT_ROUNDINGS(float16, uint16, ushort16, as_uint16, as_float16, convert_ushort
 
 /* The 16-bit random value of element e: half e % 2 (low first) of word (e / 2) % 4 of
    Philox-4x32-10 with counter (e / 8 low, high, step, stream) and key (seed low, high). */
-inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
+static inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
 {
     const ulong q = e >> 3;
     const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream), key);
@@ -225,7 +225,7 @@ inline uint sr_word1(ulong e, uint2 key, uint stream, uint step)
    vectors: it was one scalar instance per element for a chunk or a vector not starting on a
    multiple of 8 (LAMB with bf16 SR at 2^24 on PoCL took 611 ms, 56x the
    step without SR; now 29 ms). */
-inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
+static inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
 {
     uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
     const ulong q0 = e0 >> 3;
@@ -252,7 +252,7 @@ inline uint16 sr_words16(ulong e0, ulong seed, uint stream, uint step)
 /* The random values of the VW elements from element e0: 16 lanes from sr_words16; 8 and 4
    from one Philox call when the vector starts on a multiple of 8 (4: of 4), else one call
    per element. */
-inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
+static inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
 {
     const uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
 #if VW == 16
@@ -280,10 +280,13 @@ inline uintV sr_words(ulong e0, ulong seed, uint stream, uint step)
 }
 
 /* Typed vector loads and stores (vector vi of VW elements, or the tail of rem). */
-inline floatV vload_f16(ulong i, __global const half *p) { return VLOAD_HALF(i, p); }
-inline floatV vload_bf16(ulong i, __global const ushort *p) { return bf16_to_f32(VLOAD(i, p)); }
+static inline floatV vload_f16(ulong i, __global const half *p) { return VLOAD_HALF(i, p); }
+static inline floatV vload_bf16(ulong i, __global const ushort *p)
+{
+    return bf16_to_f32(VLOAD(i, p));
+}
 
-inline floatV tail_load_f16(__global const half *p, uint rem)
+static inline floatV tail_load_f16(__global const half *p, uint rem)
 {
     float t[VW];
     for (uint k = 0; k < VW; k++)
@@ -291,7 +294,7 @@ inline floatV tail_load_f16(__global const half *p, uint rem)
     return VLOAD(0, t);
 }
 
-inline floatV tail_load_bf16(__global const ushort *p, uint rem)
+static inline floatV tail_load_bf16(__global const ushort *p, uint rem)
 {
     float t[VW];
     for (uint k = 0; k < VW; k++)
@@ -299,7 +302,7 @@ inline floatV tail_load_bf16(__global const ushort *p, uint rem)
     return VLOAD(0, t);
 }
 
-inline ushortV tail_load_u16(__global const ushort *p, uint rem)
+static inline ushortV tail_load_u16(__global const ushort *p, uint rem)
 {
     ushort t[VW];
     for (uint k = 0; k < VW; k++)
@@ -307,7 +310,7 @@ inline ushortV tail_load_u16(__global const ushort *p, uint rem)
     return VLOAD(0, t);
 }
 
-inline void tail_store_f16(floatV x, __global half *p, uint rem)
+static inline void tail_store_f16(floatV x, __global half *p, uint rem)
 {
     float t[VW];
     VSTORE(x, 0, t);
@@ -315,7 +318,7 @@ inline void tail_store_f16(floatV x, __global half *p, uint rem)
         vstore_half_rte(t[k], k, p);
 }
 
-inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
+static inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 {
     ushort t[VW];
     VSTORE(x, 0, t);
@@ -381,8 +384,8 @@ inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
  * i of instance qa + j and wb[4j + i] = word i of instance qb + j, j = 0 .. 15. The two sets go
  * through the rounds together: one set's rounds are a chain of dependent multiplies, two keep
  * a core's multipliers busy (bf16 AdamW with SR at 2^25 on PoCL: 13.6 -> 12.0 ms). */
-inline void sr_instances32(ulong qa, ulong qb, ulong seed, uint stream, uint step,
-                           __private uint *wa, __private uint *wb)
+static inline void sr_instances32(ulong qa, ulong qb, ulong seed, uint stream, uint step,
+                                  __private uint *wa, __private uint *wb)
 {
     uint2 key = (uint2)((uint)seed, (uint)(seed >> 32));
     const ulong q0 = qa, q1 = qb;
@@ -416,7 +419,7 @@ inline void sr_instances32(ulong qa, ulong qb, ulong seed, uint stream, uint ste
 }
 
 /* w[0..3] = the words of Philox instance q. */
-inline void sr_instance(ulong q, ulong seed, uint stream, uint step, __private uint *w)
+static inline void sr_instance(ulong q, ulong seed, uint stream, uint step, __private uint *w)
 {
     const uint4 x = philox4x32_10((uint4)((uint)q, (uint)(q >> 32), step, stream),
                                   (uint2)((uint)seed, (uint)(seed >> 32)));
@@ -425,7 +428,7 @@ inline void sr_instance(ulong q, ulong seed, uint stream, uint step, __private u
 
 /* The 16-bit values of the 16 elements from element off of a batch (off = e - 8 q0, q0 the
    batch's first instance, w[4j + i] word i of instance q0 + j). */
-inline uint16 sr_from_batch(__private const uint *w, ulong off)
+static inline uint16 sr_from_batch(__private const uint *w, ulong off)
 {
     if ((off & 7u) == 0) { /* 8 consecutive words, low halves first */
         const uint8 u = vload8(0, w + 4 * (off >> 3));
@@ -452,7 +455,7 @@ inline uint16 sr_from_batch(__private const uint *w, ulong off)
 
 /* w[4j + i]: word i of Philox instance q0 + j, j = 0 .. 32 (the 256 elements from e0 span at
    most 33 instances of 8). */
-inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uint *w)
+static inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uint *w)
 {
     const ulong q0 = e0 >> 3;
     sr_instances32(q0, q0 + 16, seed, stream, step, w, w + 64);
@@ -512,7 +515,7 @@ inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __private uin
 #elif MASTER == 2
 /* master bits = (θ << 16) + sign-extended r; θ = (bits + 0x8000) >> 16 (no carry reaches
    the sign bit: the largest magnitude, a NaN's 0x7FFFFFFF, plus 0x8000 stays below it) */
-inline floatV remainder_join(ushortV hi, ushortV lo)
+static inline floatV remainder_join(ushortV hi, ushortV lo)
 {
     return AS_FLOATV((CONVERT_UINTV(hi) << 16) +
                      ((CONVERT_UINTV(lo) ^ (uintV)(0x8000u)) - (uintV)(0x8000u)));
@@ -644,7 +647,7 @@ inline floatV remainder_join(ushortV hi, ushortV lo)
 #define LOADS(s, sg)                                                                       \
     q8_load(s##_, vi_, full_, rem_, base_, s##am_, qmap_ + ((sg) ? 0 : 256))
 
-inline int q8_live(ulong n) { return Q8_ITEM * Q8_BLOCK < n; }
+static inline int q8_live(ulong n) { return Q8_ITEM * Q8_BLOCK < n; }
 
 /* m[i] (vector type T) for the VW lanes of i (a gather where the device has one); the
    vector types of VW lanes; VTRUE(c): a comparison's result as 0 or all ones (a vector's
@@ -678,8 +681,8 @@ typedef CLOPT_CAT(uchar, VW) ucharV;
 #endif
 
 /* The VW values from vector vi (or the tail's rem) of the codes at p. */
-inline floatV q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
-                      float am, __global const float *map)
+static inline floatV q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulong base,
+                             float am, __global const float *map)
 {
     uintV c;
     if (full) {
@@ -706,7 +709,7 @@ inline floatV q8_load(__global const uchar *p, ulong vi, int full, uint rem, ulo
 #error "8-bit state needs Q8_TLO and Q8_THI"
 #endif
 #define Q8_TN (Q8_THI - Q8_TLO + 2u)
-inline uintV q8_codes(floatV v, __global const uint *tab, int sg)
+static inline uintV q8_codes(floatV v, __global const uint *tab, int sg)
 {
     const uintV b = AS_UINTV(v), mag = b & (uintV)(0x7FFFFFFFu);
     const uintV neg = sg ? AS_UINTV(AS_INTV(b) >> 31) : (uintV)(0u); /* all ones: v < 0 */
@@ -724,8 +727,8 @@ inline uintV q8_codes(floatV v, __global const uint *tab, int sg)
 
 #if !Q8WG
 /* Writes the work-item's block: its absmax and the codes of its elements. */
-inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
-                           float16 mx16, ulong n, __global const uint *tab, int sg)
+static inline void q8_store_block(__global uchar *p, __global float *abs, __private const float *q,
+                                  float16 mx16, ulong n, __global const uint *tab, int sg)
 {
     const ulong b = Q8_ITEM, e0 = b * Q8_BLOCK;
     const uint cnt = (uint)min((ulong)Q8_BLOCK, n - e0);
@@ -755,7 +758,7 @@ inline void q8_store_block(__global uchar *p, __global float *abs, __private con
 #else
 /* The largest magnitude of x's first cnt lanes (from 0, as the work-item shape's fmax over
    its block: a lane's NaN is passed over unless every lane is NaN, and then it is 0). */
-inline float q8_hmax(floatV x, uint cnt)
+static inline float q8_hmax(floatV x, uint cnt)
 {
     float t[VW];
     VSTORE(fabs(x), 0, t);
@@ -769,8 +772,8 @@ inline float q8_hmax(floatV x, uint cnt)
    (r: Q8_LANES floats of local memory), written by work-item 0; each work-item's new values
    q quantized against it, their codes written. Every work-item of the group calls it; n 0
    (a skipped step) writes nothing. */
-inline void q8_group_store(__global uchar *p, __global float *abs, __local float *r, floatV q,
-                           float mx, ulong n, __global const uint *tab, int sg)
+static inline void q8_group_store(__global uchar *p, __global float *abs, __local float *r,
+                                  floatV q, float mx, ulong n, __global const uint *tab, int sg)
 {
     const uint lid = (uint)get_local_id(0);
     r[lid] = mx;
@@ -822,8 +825,8 @@ inline void q8_group_store(__global uchar *p, __global float *abs, __local float
 #if GC
 #define GC_PARAMS __global const float *gcm_, const ulong gcmo, const ulong gc_cols,
 #define GC_APPLY(g) gc_subtract(g, gcm_ + gcmo, base_, gc_cols, full_ ? (uint)VW : rem_)
-inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols,
-                          uint cnt)
+static inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulong cols,
+                                 uint cnt)
 {
     /* one division per vector; a vector inside one row (the usual case, cols >= VW)
        subtracts one mean (row is base's, a real row even for the tail), else the row
@@ -853,10 +856,10 @@ inline floatV gc_subtract(floatV g, __global const float *mean, ulong base, ulon
  * function per lane type T (read_grad: floatV, read_grad1: float; read_gradR in chunks.cl). */
 #if MAXIMIZE
 #define CLOPT_READ_GRAD(NAME, T)                                                           \
-    inline T NAME(T g, float gmul) { return -(g * gmul); }
+    static inline T NAME(T g, float gmul) { return -(g * gmul); }
 #else
 #define CLOPT_READ_GRAD(NAME, T)                                                           \
-    inline T NAME(T g, float gmul) { return g * gmul; }
+    static inline T NAME(T g, float gmul) { return g * gmul; }
 #endif
 CLOPT_READ_GRAD(read_grad, floatV)
 CLOPT_READ_GRAD(read_grad1, float)
@@ -869,7 +872,7 @@ CLOPT_READ_GRAD(read_grad1, float)
     typedef struct NAME {                                                                  \
         T sum, c;                                                                          \
     } NAME;                                                                                \
-    inline void ADD(NAME *k, T x)                                                          \
+    static inline void ADD(NAME *k, T x)                                                   \
     {                                                                                      \
         T y = x - k->c;                                                                    \
         T t = k->sum + y;                                                                  \
