@@ -264,6 +264,11 @@ static clopt_status ctx_init(clopt_ctx *ctx)
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof ctx->max_work_group,
                         &ctx->max_work_group, NULL) != CL_SUCCESS)
         ctx->max_work_group = 0;
+    cl_device_fp_config fp = 0;
+    ctx->divsqrt_cr =
+        clGetDeviceInfo(ctx->device, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fp, &fp, NULL) ==
+            CL_SUCCESS &&
+        (fp & CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT) != 0;
     const char *dir = getenv("CLOPT_CACHE_DIR");
     if (dir && *dir) {
         ctx->cache_dir = clopt_strdup(dir);

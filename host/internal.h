@@ -44,6 +44,8 @@ struct clopt_ctx {
     int tuning_fixed;    /* set by clopt_ctx_set_tuning: one tuning for every kernel */
     cl_uint compute_units;   /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if the query failed) */
     size_t max_work_group;   /* CL_DEVICE_MAX_WORK_GROUP_SIZE (0 if the query failed) */
+    int divsqrt_cr; /* the device offers correctly rounded float division and sqrt
+                       (CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT): every build asks for them */
     char last_error[1024];
     char *build_log;
     char *cache_dir; /* CLOPT_CACHE_DIR at creation, NULL when unset */

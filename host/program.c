@@ -315,7 +315,13 @@ static void cache_store(clopt_ctx *ctx, int dirfd, const char *key, cl_program p
  *    ci/test.sh: PoCL's and Oclgrind's clang then fail the tests on any kernel warning).
  *    A build option, not a field of the context: vendors' compilers warn about different
  *    things, so an application must not fail on a driver's new warning, and the choice
- *    needs no global state and no API. */
+ *    needs no global state and no API.
+ *  - -cl-fp32-correctly-rounded-divide-sqrt where the device offers it (ctx->divsqrt_cr,
+ *    build_program): OpenCL C otherwise allows 2.5 ulp for x / y and 3 ulp for sqrt, which
+ *    GPU compilers use (approximate division); every rule divides and takes a square root
+ *    per element, and the tests' bounds and the golden trajectories assume IEEE results, as
+ *    a CPU gives them (the kernels are memory-bound: the exact operations should cost little;
+ *    not measured on a GPU yet). */
 #ifdef CLOPT_KERNEL_WERROR
 #define BASE_OPTIONS "-cl-std=CL1.2 -Werror"
 #else
@@ -409,11 +415,12 @@ static clopt_status build_with(clopt_ctx *ctx, const char *family, const char *o
 static clopt_status build_program(clopt_ctx *ctx, const char *family, const char *options,
                                   cl_program *out)
 {
-    const size_t len = sizeof BASE_OPTIONS + 1 + strlen(options);
+    static const char divsqrt[] = " -cl-fp32-correctly-rounded-divide-sqrt";
+    const size_t len = sizeof BASE_OPTIONS + sizeof divsqrt + 1 + strlen(options);
     char *all = malloc(len);
     if (!all)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "build options");
-    snprintf(all, len, "%s %s", BASE_OPTIONS, options);
+    snprintf(all, len, "%s%s %s", BASE_OPTIONS, ctx->divsqrt_cr ? divsqrt : "", options);
     clopt_status s = build_with(ctx, family, all, out);
     free(all);
     return s;

@@ -189,6 +189,35 @@ static void truncate_file(const char *path)
 
 static void remove_file(const char *path) { remove(path); }
 
+/* The options every program is built with: OpenCL C 1.2, and correctly rounded division and
+   square root where the device offers them (read back from the built program, against the
+   device's own CL_DEVICE_SINGLE_FP_CONFIG). */
+static void test_build_options(void **state)
+{
+    (void)state;
+    clopt_ctx *ctx = NULL;
+    assert_int_equal(clopt_ctx_create(&ctx), CLOPT_SUCCESS);
+    cl_kernel k = NULL;
+    assert_int_equal(clopt_ctx_kernel(ctx, "sgd", "-DVW=4", "sgd_step", &k), CLOPT_SUCCESS);
+    cl_program prog = NULL;
+    assert_int_equal(clGetKernelInfo(k, CL_KERNEL_PROGRAM, sizeof prog, &prog, NULL),
+                     CL_SUCCESS);
+    char opts[1024] = "";
+    assert_int_equal(clGetProgramBuildInfo(prog, clopt_ctx_cl_device(ctx),
+                                           CL_PROGRAM_BUILD_OPTIONS, sizeof opts - 1, opts, NULL),
+                     CL_SUCCESS);
+    cl_device_fp_config fp = 0;
+    assert_int_equal(clGetDeviceInfo(clopt_ctx_cl_device(ctx), CL_DEVICE_SINGLE_FP_CONFIG,
+                                     sizeof fp, &fp, NULL),
+                     CL_SUCCESS);
+    assert_non_null(strstr(opts, "-cl-std=CL1.2"));
+    const int cr = strstr(opts, "-cl-fp32-correctly-rounded-divide-sqrt") != NULL;
+    if (cr != ((fp & CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT) != 0))
+        fail_msg("build options \"%s\" for a device whose fp config is 0x%llx", opts,
+                 (unsigned long long)fp);
+    clopt_ctx_destroy(ctx);
+}
+
 static void test_disk_cache(void **state)
 {
     (void)state;
@@ -562,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_selectors),
         cmocka_unit_test(test_caller_context_and_two_contexts),
         cmocka_unit_test(test_build_failure_has_log),
+        cmocka_unit_test(test_build_options),
         cmocka_unit_test(test_disk_cache),
         cmocka_unit_test(test_tuning),
         cmocka_unit_test(test_rule_names),
