@@ -131,11 +131,18 @@ clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl
     size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
     size_t local = t->work_group_size;
     if (local) {
+        /* a kernel that runs fewer work-items per group than the tuning asks: the tuning's
+           size halved until the kernel runs it (the kernels check their bounds, so the
+           global size is rounded up to it); without a local size the runtime may pick any
+           divisor of the global size, 1 for a prime one. Only a failed query leaves it to
+           the runtime. */
         size_t kmax = 0;
         if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
                                      NULL) != CL_SUCCESS ||
-            local > kmax)
+            kmax == 0)
             local = 0;
+        while (local > kmax)
+            local /= 2;
     }
     size_t global = local ? (items + local - 1) / local * local : items;
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,

@@ -37,6 +37,7 @@ static cl_int fault_err;
 static int fault_fired;
 static const char *fault_site = "";
 static size_t wg_cap; /* clshim_cap_work_group */
+static _Atomic uint64_t null_local; /* launches without a local size (clshim_null_local) */
 
 /* cl_mem handles seen created by clCreateSubBuffer (and not reused by clCreateBuffer since) */
 static cl_mem *subs;
@@ -188,6 +189,7 @@ void clshim_reset(void)
     atomic_store(&n_calls, 0);
     atomic_store(&clshim_n_blocking_, 0);
     atomic_store(&clshim_n_builds_, 0);
+    atomic_store(&null_local, 0);
     clshim_fail_nth(0, CL_SUCCESS);
     pthread_mutex_lock(&lock);
     call_log_len = 0;
@@ -246,6 +248,14 @@ size_t clshim_wg_cap_(void)
     pthread_mutex_unlock(&lock);
     return atomic_load(&enabled) ? cap : 0;
 }
+
+void clshim_note_local_(const size_t *local)
+{
+    if (!local && atomic_load(&enabled))
+        atomic_fetch_add(&null_local, 1);
+}
+
+uint64_t clshim_null_local(void) { return atomic_load(&null_local); }
 
 int clshim_fault_fired(void)
 {

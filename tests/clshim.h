@@ -83,6 +83,9 @@ const char *clshim_call_name(uint64_t i);
 /* clGetKernelWorkGroupInfo(CL_KERNEL_WORK_GROUP_SIZE) reports at most cap (0: the real
    value), while enabled: a device whose kernels run fewer work-items per group. */
 void clshim_cap_work_group(size_t cap);
+/* clEnqueueNDRangeKernel calls without a local size (the runtime picks one: on a GPU possibly
+   1 for an odd global size) while enabled since the last reset. */
+uint64_t clshim_null_local(void);
 
 /* Objects: references taken (create, or retain) and given back (release) while enabled.
    Events are counted when an enqueue (or clCreateUserEvent) returns one. A released cl_mem

@@ -102,6 +102,8 @@ void clshim_remember_sub_(cl_mem m);
 clshim_obj clshim_mem_kind_(cl_mem m);
 /* clshim_cap_work_group's cap while enabled (0 otherwise) */
 size_t clshim_wg_cap_(void);
+/* clEnqueueNDRangeKernel's local size (NULL counted apart), while enabled. */
+void clshim_note_local_(const size_t *local);
 
 /* The real function `name`, as a pointer of its own type (through a union: ISO C has no
    conversion between object and function pointers). */

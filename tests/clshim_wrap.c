@@ -654,6 +654,7 @@ CL_API_ENTRY cl_int CL_API_CALL clEnqueueNDRangeKernel(
     const cl_event *event_wait_list, cl_event *event)
 {
     ENTER(clEnqueueNDRangeKernel);
+    clshim_note_local_(local_work_size);
     cl_int r;
     FORWARD(r, clEnqueueNDRangeKernel, command_queue, kernel, work_dim, global_work_offset,
             global_work_size, local_work_size, num_events_in_wait_list, event_wait_list, event);

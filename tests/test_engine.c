@@ -1103,6 +1103,61 @@ static void test_range_group_engine_state_faults(void **state)
     clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(M), clReleaseMemObject(V);
 }
 
+/* A GPU-like tuning (256 work-items per group) on a device whose kernels run at most 100
+   (the shim caps CL_KERNEL_WORK_GROUP_SIZE): the element-wise launches take 64 work-items
+   per group instead of leaving the size to the runtime (which may pick 1 for an odd global
+   size): as many launches without a local size as uncapped (the step's one-work-item
+   launches), and the steps equal uncapped ones bit for bit. */
+static void test_work_group_fallback(void **state)
+{
+    (void)state;
+    enum { N0 = 1001, N1 = 4099 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.vector_width = 4, t.work_group_size = 256, t.items_per_work_item = 1;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    static float p0[N0 + N1], g[N0 + N1], out[2][N0 + N1];
+    uint64_t unsized[2];
+    uint64_t seed = 11;
+    for (size_t i = 0; i < N0 + N1; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    for (int capped = 0; capped < 2; capped++) {
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+        cl_mem pb = upload(c, p0, N0 + N1), gb = upload(c, g, N0 + N1);
+        const size_t off[2] = {0, N0}, len[2] = {N0, N1};
+        for (size_t k = 0; k < 2; k++) {
+            clopt_param_desc d;
+            clopt_param_desc_init(&d);
+            d.param = (clopt_tensor){pb, off[k]}, d.grad = (clopt_tensor){gb, off[k]};
+            d.shape[0] = len[k];
+            assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+        }
+        clshim_reset();
+        clshim_cap_work_group(capped ? 100 : 0);
+        clshim_enable(1);
+        for (int s = 0; s < 3; s++)
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        const uint64_t launches = clshim_count("clEnqueueNDRangeKernel");
+        unsized[capped] = clshim_null_local();
+        clshim_enable(0);
+        clshim_cap_work_group(0);
+        assert_true(launches >= 6 + unsized[capped]);
+        read_at(c, (clopt_tensor){pb, 0}, out[capped], N0 + N1);
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(pb), clReleaseMemObject(gb);
+    }
+    if (unsized[1] != unsized[0])
+        fail_msg("capped: %llu launches left the work-group size to the runtime, uncapped %llu",
+                 (unsigned long long)unsized[1], (unsigned long long)unsized[0]);
+    assert_memory_equal(out[0], out[1], sizeof out[0]);
+    clopt_ctx_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1118,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_sf_mode_switch_faults),
         cmocka_unit_test(test_q8_group_too_small),
         cmocka_unit_test(test_range_group_engine_state_faults),
+        cmocka_unit_test(test_work_group_fallback),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");
