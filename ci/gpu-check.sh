@@ -247,6 +247,11 @@ DEV_TYPE=$(field type)
 GLOBAL_MEM=$(field global_mem)
 MAX_ALLOC=$(field max_alloc)
 [ "$DEV_INDEX" -ge 0 ] && export CLOPT_DEVICE=$DEV_INDEX
+# on a GPU, one program cache for every stage (the suite builds hundreds of programs; a
+# driver that takes seconds per build then pays once, not in every test executable and bench
+# run). Not on PoCL: a program's binary makes it compile every kernel of the program at
+# once, which cost test_q8 379 s against 96 s without the cache (README, the cache)
+[ "$DEV_TYPE" = gpu ] && export CLOPT_CACHE_DIR=${CLOPT_CACHE_DIR:-$LOGDIR/program-cache}
 echo "selected: device ${DEV_INDEX}: $DEV_NAME [$DEV_TYPE] (CLOPT_DEVICE=${CLOPT_DEVICE:-})"
 [ "$DEV_TYPE" = gpu ] ||
     echo "note: not a GPU: the check runs on this $DEV_TYPE device; its numbers are no GPU result"
