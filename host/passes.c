@@ -85,8 +85,8 @@ clopt_status clopt_o_launch_items(clopt_optimizer *opt, cl_kernel k, size_t coun
 /* Enqueue `groups` work-groups of the reduction shape's items (nothing in a dry pass). */
 static clopt_status launch_groups(clopt_optimizer *opt, cl_kernel k, size_t groups)
 {
-    if (opt->cur.dry)
-        return CLOPT_SUCCESS;
+    if (opt->cur.dry) /* refused before the step enqueues anything */
+        return clopt_check_work_group(opt->ctx, k, reduce_local(opt));
     return clopt_launch_groups(opt->ctx, opt->q, k, groups, reduce_local(opt), 0, NULL, NULL);
 }
 

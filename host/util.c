@@ -54,10 +54,31 @@ clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kerne
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
 }
 
+clopt_status clopt_check_work_group(clopt_ctx *ctx, cl_kernel k, size_t local)
+{
+    size_t kmax = 0;
+    if (local <= 1 ||
+        clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
+                                 NULL) != CL_SUCCESS ||
+        kmax == 0 || local <= kmax)
+        return CLOPT_SUCCESS; /* a failed query: the launch says what is wrong */
+    size_t fit = 1;
+    while (2 * fit <= kmax)
+        fit *= 2;
+    return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                      "a reduction kernel runs at most %zu work-items per work-group on this "
+                      "device and the tuning's reduce_local is %zu: set "
+                      "clopt_tuning.reduce_local to %zu or less (clopt_ctx_set_tuning)",
+                      kmax, local, fit);
+}
+
 clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                  size_t groups, unsigned local, cl_uint num_wait,
                                  const cl_event *wait_list, cl_event *event)
 {
+    clopt_status s = clopt_check_work_group(ctx, k, local);
+    if (s != CLOPT_SUCCESS)
+        return s;
     size_t l = local ? local : 1, global = groups * l;
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &l, num_wait, wait_list,
                                         event);

@@ -927,9 +927,10 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    (queue of another context or device, out-of-order or not a queue, a bad wait list, no
    tensors registered, a registered buffer no longer valid, eval mode, a mode switch left
    incomplete), CLOPT_ERR_UNSUPPORTED (an 8-bit state kernel needs 256/VW work-items per
-   work-group and the device allows fewer), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY,
-   OpenCL codes. A step that fails after its first enqueue does not wait for the caller's
-   events (its start is abandoned on the device). */
+   work-group, or a reduction kernel the tuning's reduce_local, and the device allows fewer),
+   CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes. A step that fails after
+   its first enqueue does not wait for the caller's events (its start is abandoned on the
+   device). */
 clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queue,
                                      cl_uint num_wait, const cl_event *wait_list,
                                      cl_event *event);
@@ -941,7 +942,8 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
    or after changing hyperparameters or the context's tuning. Returns CLOPT_SUCCESS (also
    without tensors), CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_BUILD_FAILED (log in
    clopt_ctx_build_log), CLOPT_ERR_UNSUPPORTED (as clopt_optimizer_step_on: an 8-bit state
-   work-group too large for the device), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
+   or reduction work-group too large for the device), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
+   code. */
 clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 
 /* What the device decided for one step (AMP skip, gradient norm), as it reaches the host. */

@@ -1158,6 +1158,60 @@ static void test_work_group_fallback(void **state)
     clopt_ctx_destroy(c);
 }
 
+/* Reductions of 256 work-items per group (reduce_local 256, a GPU's) on a device whose
+   kernels run at most 128 (the shim's cap): a LAMB step (its first pass reduces) is refused
+   with CLOPT_ERR_UNSUPPORTED naming reduce_local, before anything is enqueued, and changes
+   nothing; reduce_local 128 then steps. */
+static void test_reduce_local_too_large(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.reduce_local = 256;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    static float p0[N], g[N], p1[N];
+    uint64_t seed = 13;
+    for (size_t i = 0; i < N; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_LAMB, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_LAMB, &hp, &opt), CLOPT_SUCCESS);
+    cl_mem pb = upload(c, p0, N), gb = upload(c, g, N);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0}, d.shape[0] = N;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    clshim_reset();
+    clshim_cap_work_group(128);
+    clshim_enable(1);
+    const clopt_status s = clopt_optimizer_step(opt, NULL);
+    const uint64_t enqueued = clshim_count("clEnqueueNDRangeKernel") +
+                              clshim_count("clEnqueueWriteBuffer");
+    clshim_enable(0);
+    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(c), "reduce_local to 128 or less"));
+    assert_int_equal(enqueued, 0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    read_at(c, (clopt_tensor){pb, 0}, p1, N);
+    assert_memory_equal(p0, p1, sizeof p0);
+    t.reduce_local = 128;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    clshim_enable(0);
+    clshim_cap_work_group(0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 1);
+    read_at(c, (clopt_tensor){pb, 0}, p1, N);
+    assert_true(memcmp(p0, p1, sizeof p0) != 0);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1174,6 +1228,7 @@ int main(void)
         cmocka_unit_test(test_q8_group_too_small),
         cmocka_unit_test(test_range_group_engine_state_faults),
         cmocka_unit_test(test_work_group_fallback),
+        cmocka_unit_test(test_reduce_local_too_large),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");
