@@ -958,6 +958,65 @@ static void test_param_step_counts(void **state)
 
 /* ---- (f): 8-bit state in work-groups on a device with small work-groups ---------------- */
 
+/* n parameters (normal) and gradients (0.1 x normal) drawn from seed into p0 and g,
+   uploaded to *pb and *gb and registered as the one tensor of a new optimizer of rule under
+   hp in c. */
+static clopt_optimizer *one_tensor_opt(clopt_ctx *c, clopt_rule rule, const clopt_hparams *hp,
+                                       float *p0, float *g, size_t n, uint64_t seed,
+                                       cl_mem *pb, cl_mem *gb)
+{
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, rule, hp, &opt), CLOPT_SUCCESS);
+    for (size_t i = 0; i < n; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    *pb = upload(c, p0, n), *gb = upload(c, g, n);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){*pb, 0}, d.grad = (clopt_tensor){*gb, 0}, d.shape[0] = n;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    return opt;
+}
+
+/* With the shim capping every kernel at 128 work-items per group, a step of opt is refused
+   with CLOPT_ERR_UNSUPPORTED (the message containing `why`) before anything is enqueued, and
+   θ (n floats at pb, p0 before the step) and the step count are as they were; p1 is room
+   for n floats. The cap stays on (capped_step lifts it). */
+static void expect_refused_step(clopt_ctx *c, clopt_optimizer *opt, const char *why, cl_mem pb,
+                                const float *p0, float *p1, size_t n)
+{
+    clshim_reset();
+    clshim_cap_work_group(128);
+    clshim_enable(1);
+    const clopt_status s = clopt_optimizer_step(opt, NULL);
+    const uint64_t enqueued =
+        clshim_count("clEnqueueNDRangeKernel") + clshim_count("clEnqueueWriteBuffer");
+    clshim_enable(0);
+    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(c), why));
+    assert_int_equal(enqueued, 0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    read_at(c, (clopt_tensor){pb, 0}, p1, n);
+    assert_memory_equal(p0, p1, n * sizeof *p0);
+}
+
+/* The same optimizer steps once the tuning (t, set into c) fits under the cap: the count
+   advances and θ moves. Lifts the cap. */
+static void capped_step(clopt_ctx *c, const clopt_tuning *t, clopt_optimizer *opt, cl_mem pb,
+                        const float *p0, float *p1, size_t n)
+{
+    assert_int_equal(clopt_ctx_set_tuning(c, t), CLOPT_SUCCESS);
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    clshim_enable(0);
+    clshim_cap_work_group(0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 1);
+    read_at(c, (clopt_tensor){pb, 0}, p1, n);
+    size_t moved = 0;
+    for (size_t i = 0; i < n; i++)
+        moved += p1[i] != p0[i];
+    assert_true(moved > n * 9 / 10);
+}
+
 /* With one vector per work-item (a GPU's tuning) a block of 256 is a work-group of 256 / VW
    work-items. Where the update kernel cannot run that many per group (the shim caps
    CL_KERNEL_WORK_GROUP_SIZE at 128), a step with VW 1 (256 per group) is refused with
@@ -976,51 +1035,21 @@ static void test_q8_group_too_small(void **state)
     clopt_hparams hp;
     clopt_hparams_default(CLOPT_ADAMW, &hp);
     hp.state_dtype = CLOPT_DTYPE_U8;
-    clopt_optimizer *opt;
-    assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
     static float p0[NQ], g[NQ], p1[NQ];
-    uint64_t seed = 5;
-    for (size_t i = 0; i < NQ; i++)
-        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
-    cl_mem pb = upload(c, p0, NQ), gb = upload(c, g, NQ);
-    clopt_param_desc d;
-    clopt_param_desc_init(&d);
-    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0}, d.shape[0] = NQ;
-    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    cl_mem pb, gb;
+    clopt_optimizer *opt = one_tensor_opt(c, CLOPT_ADAMW, &hp, p0, g, NQ, 5, &pb, &gb);
     /* the state as the checkpoint's bytes (codes, absmaxes, step counts) */
     size_t ck = 0;
     assert_int_equal(clopt_optimizer_state_size(opt, NULL, &ck), CLOPT_SUCCESS);
     unsigned char *ck0 = malloc(ck), *ck1 = malloc(ck);
     assert_non_null(ck0), assert_non_null(ck1);
     assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck0, ck, NULL), CLOPT_SUCCESS);
-    clshim_reset();
-    clshim_cap_work_group(128);
-    clshim_enable(1);
-    const clopt_status s = clopt_optimizer_step(opt, NULL);
-    const uint64_t launches = clshim_count("clEnqueueNDRangeKernel");
-    clshim_enable(0);
-    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(clopt_ctx_last_error(c), "a block of 256 needs 256"));
-    assert_int_equal(launches, 0);
-    assert_int_equal(clopt_optimizer_step_count(opt), 0);
-    read_at(c, (clopt_tensor){pb, 0}, p1, NQ);
-    assert_memory_equal(p0, p1, sizeof p0);
+    expect_refused_step(c, opt, "a block of 256 needs 256", pb, p0, p1, NQ);
     assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck1, ck, NULL), CLOPT_SUCCESS);
     assert_memory_equal(ck0, ck1, ck);
     free(ck0), free(ck1);
-    /* 128 work-items per block fit */
-    t.vector_width = 2;
-    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
-    clshim_enable(1);
-    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
-    clshim_enable(0);
-    clshim_cap_work_group(0);
-    assert_int_equal(clopt_optimizer_step_count(opt), 1);
-    read_at(c, (clopt_tensor){pb, 0}, p1, NQ);
-    size_t moved = 0;
-    for (size_t i = 0; i < NQ; i++)
-        moved += p1[i] != p0[i];
-    assert_true(moved > NQ * 9 / 10);
+    t.vector_width = 2; /* 128 work-items per block fit */
+    capped_step(c, &t, opt, pb, p0, p1, NQ);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(pb), clReleaseMemObject(gb);
     clopt_ctx_destroy(c);
@@ -1173,40 +1202,13 @@ static void test_reduce_local_too_large(void **state)
     t.reduce_local = 256;
     assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
     static float p0[N], g[N], p1[N];
-    uint64_t seed = 13;
-    for (size_t i = 0; i < N; i++)
-        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
     clopt_hparams hp;
     clopt_hparams_default(CLOPT_LAMB, &hp);
-    clopt_optimizer *opt;
-    assert_int_equal(clopt_optimizer_create(c, CLOPT_LAMB, &hp, &opt), CLOPT_SUCCESS);
-    cl_mem pb = upload(c, p0, N), gb = upload(c, g, N);
-    clopt_param_desc d;
-    clopt_param_desc_init(&d);
-    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0}, d.shape[0] = N;
-    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
-    clshim_reset();
-    clshim_cap_work_group(128);
-    clshim_enable(1);
-    const clopt_status s = clopt_optimizer_step(opt, NULL);
-    const uint64_t enqueued = clshim_count("clEnqueueNDRangeKernel") +
-                              clshim_count("clEnqueueWriteBuffer");
-    clshim_enable(0);
-    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(clopt_ctx_last_error(c), "reduce_local to 128 or less"));
-    assert_int_equal(enqueued, 0);
-    assert_int_equal(clopt_optimizer_step_count(opt), 0);
-    read_at(c, (clopt_tensor){pb, 0}, p1, N);
-    assert_memory_equal(p0, p1, sizeof p0);
+    cl_mem pb, gb;
+    clopt_optimizer *opt = one_tensor_opt(c, CLOPT_LAMB, &hp, p0, g, N, 13, &pb, &gb);
+    expect_refused_step(c, opt, "reduce_local to 128 or less", pb, p0, p1, N);
     t.reduce_local = 128;
-    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
-    clshim_enable(1);
-    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
-    clshim_enable(0);
-    clshim_cap_work_group(0);
-    assert_int_equal(clopt_optimizer_step_count(opt), 1);
-    read_at(c, (clopt_tensor){pb, 0}, p1, N);
-    assert_true(memcmp(p0, p1, sizeof p0) != 0);
+    capped_step(c, &t, opt, pb, p0, p1, N);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(pb), clReleaseMemObject(gb);
     clopt_ctx_destroy(c);
