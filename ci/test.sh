@@ -4,7 +4,8 @@
 # warnings as errors, runs the cmocka suite through CTest, replays every golden case with
 # clopt-conform, installs the library and builds consumers against the installed copy, builds
 # clopt inside a parent project (add_subdirectory) and, with clang, without its optional
-# dependencies, fuzzes the loaders, then builds and runs the suite again with -fsanitize=address,undefined.
+# dependencies, fuzzes the loaders, then builds and runs the suite again with
+# -fsanitize=address,undefined.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
