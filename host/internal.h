@@ -133,8 +133,8 @@ clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kerne
 /* CLOPT_ERR_UNSUPPORTED with a message when kernel k runs fewer than `local` work-items per
    work-group on the device (the reductions need exactly RL); a failed query passes. */
 clopt_status clopt_check_work_group(clopt_ctx *ctx, cl_kernel k, size_t local);
-/* Enqueue `groups` work-groups of `local` work-items each (the reductions: RL items), after
-   clopt_check_work_group. */
+/* Enqueue `groups` work-groups of `local` work-items each (the reductions: RL items; the
+   caller has run clopt_check_work_group, at the optimizer level in the step's dry pass). */
 clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                  size_t groups, unsigned local, cl_uint num_wait,
                                  const cl_event *wait_list, cl_event *event);

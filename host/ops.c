@@ -372,8 +372,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
         clopt_arg_storage(&b, args, step);
     if (b.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, b.err, "clSetKernelArg");
-    if (ctl && ctl->dry)
-        return CLOPT_SUCCESS;
+    if ((s = clopt_check_work_group(ctx, kgc, rl)) != CLOPT_SUCCESS || (ctl && ctl->dry))
+        return s; /* (at the optimizer level: in the step's dry pass) */
     cl_event means = NULL;
     const size_t gc_groups = clopt_gc_groups(ctx, args->gc_rows);
     if ((s = clopt_launch_groups(ctx, q, kgc, gc_groups, rl, num_wait, wait_list, &means)) !=

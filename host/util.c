@@ -76,9 +76,6 @@ clopt_status clopt_launch_groups(clopt_ctx *ctx, cl_command_queue queue, cl_kern
                                  size_t groups, unsigned local, cl_uint num_wait,
                                  const cl_event *wait_list, cl_event *event)
 {
-    clopt_status s = clopt_check_work_group(ctx, k, local);
-    if (s != CLOPT_SUCCESS)
-        return s;
     size_t l = local ? local : 1, global = groups * l;
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, &l, num_wait, wait_list,
                                         event);
