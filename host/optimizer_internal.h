@@ -210,10 +210,11 @@ clopt_status clopt_o_grad_check(clopt_optimizer *opt, double inv_scale, int amp)
 /* A Schedule-Free mode switch failed part way (some tensors switched): steps and saves are
    refused until eval/train finishes it (schedule_free.c). CLOPT_SUCCESS or the refusal. */
 clopt_status clopt_o_check_mode_whole(clopt_optimizer *opt);
-/* A float32 copy of tensor e's 16-bit θ (n elements, src to dst) on opt->q: through its
-   master when `master` is set and it has one, else θ widened (step.c). */
-clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
-                                clopt_tensor src, clopt_tensor dst, size_t n);
+/* Lookahead's first slow weights: θ (n elements at src) as float32 into dst on opt->q (step.c):
+   a copy, or for tensor e's 16-bit θ (e NULL: float32) θ widened, through its master when
+   `master` is set and it has one (nothing is enqueued in a dry pass). */
+clopt_status clopt_o_slow_start(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
+                                size_t n, const clopt_param *e, int master);
 /* Tensor e's storage as kernel defines appended to extra ("" for float32), and the trailing
    storage arguments (STORAGE_PARAMS) of a kernel over its θ (none for float32). */
 void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,

@@ -190,21 +190,11 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
             const clopt_param *o = &opt->params[j];
             if (j == param || o->slow_ready)
                 continue;
-            const clopt_tensor slow = o->state[o->slow_at];
-            if (o->pdtype != CLOPT_DTYPE_F32) {
-                const int master =
-                    o->master == CLOPT_MASTER_REMAINDER || (o->master && o->master_ready);
-                if ((s = clopt_o_theta_copy(opt, o, master, o->param, slow, o->n)) !=
-                    CLOPT_SUCCESS)
-                    return s;
-                continue;
-            }
-            cl_int err = clEnqueueCopyBuffer(ctx->queue, o->param.buffer, slow.buffer,
-                                             o->param.offset * sizeof(float),
-                                             slow.offset * sizeof(float),
-                                             o->n * sizeof(float), 0, NULL, NULL);
-            if (err != CL_SUCCESS)
-                return clopt_fail_cl(ctx, err, "starting the slow weights");
+            const int master =
+                o->master == CLOPT_MASTER_REMAINDER || (o->master && o->master_ready);
+            if ((s = clopt_o_slow_start(opt, o->param, o->state[o->slow_at], o->n, o, master)) !=
+                CLOPT_SUCCESS)
+                return s;
         }
     }
     cl_int err = clEnqueueWriteBuffer(ctx->queue, e->state[index].buffer, CL_TRUE,

@@ -187,8 +187,8 @@ static clopt_status step_outcomes(clopt_optimizer *opt, const clopt_param *e, cl
 /* float32 copy of tensor e's 16-bit θ over n elements from src into dst (theta_copy) on
    opt->q: through its master when it has one and `master` is set, else θ's own values (an
    F32 master takes them at the tensor's first step). Only PT and MASTER shape the kernel. */
-clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
-                                clopt_tensor src, clopt_tensor dst, size_t n)
+static clopt_status theta_copy(clopt_optimizer *opt, const clopt_param *e, int master,
+                               clopt_tensor src, clopt_tensor dst, size_t n)
 {
     cl_kernel k;
     char extra[96];
@@ -209,12 +209,13 @@ clopt_status clopt_o_theta_copy(clopt_optimizer *opt, const clopt_param *e, int 
     return clopt_launch_elementwise(opt->ctx, opt->q, k, n, &opt->ctx->tuning, 0, NULL, NULL);
 }
 
-/* Lookahead: slow weights copy θ at a tensor's first step; sync every k steps. */
-static clopt_status lookahead_copy(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
-                                   size_t n, const clopt_param *e)
+/* Lookahead: slow weights copy θ at a tensor's first step (clopt_o_slow_start); sync every k
+   steps. */
+clopt_status clopt_o_slow_start(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
+                                size_t n, const clopt_param *e, int master)
 {
     if (e && e->pdtype != CLOPT_DTYPE_F32) /* θ (or its master) to float32 */
-        return clopt_o_theta_copy(opt, e, 1, src, dst, n);
+        return theta_copy(opt, e, master, src, dst, n);
     if (opt->cur.dry)
         return CLOPT_SUCCESS;
     cl_int err = clEnqueueCopyBuffer(opt->q, src.buffer, dst.buffer,
@@ -314,7 +315,7 @@ static clopt_status start_master(clopt_optimizer *opt, clopt_param *e)
 {
     if (!needs_master(e))
         return CLOPT_SUCCESS;
-    clopt_status s = clopt_o_theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
+    clopt_status s = theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
     if (s == CLOPT_SUCCESS)
         mark_master(opt, e);
     return s;
@@ -349,12 +350,12 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
         const clopt_tensor P = {g->arena_param, 0}, G = {g->arena_grad, 0};
         const clopt_param *typed = e0->pdtype != CLOPT_DTYPE_F32 ? e0 : NULL;
         if (needs_master(e0)) {
-            s = clopt_o_theta_copy(opt, e0, 0, P, states[e0->master_at], g->arena_len);
+            s = theta_copy(opt, e0, 0, P, states[e0->master_at], g->arena_len);
             for (size_t i = g->first; s == CLOPT_SUCCESS && i < g->first + g->count; i++)
                 mark_master(opt, &opt->params[i]);
         }
         if (s == CLOPT_SUCCESS && la && !e0->slow_ready)
-            s = lookahead_copy(opt, P, states[e0->slow_at], g->arena_len, typed);
+            s = clopt_o_slow_start(opt, P, states[e0->slow_at], g->arena_len, typed, 1);
         if (s == CLOPT_SUCCESS)
             s = step_outcomes(opt, e0, P, G, states, g->arena_len, g, k, grad_scale, 0);
         if (s == CLOPT_SUCCESS && la)
@@ -390,7 +391,7 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
             continue;
         s = start_master(opt, e);
         if (s == CLOPT_SUCCESS && la && !e->slow_ready)
-            s = lookahead_copy(opt, e->param, e->state[e->slow_at], e->n, e);
+            s = clopt_o_slow_start(opt, e->param, e->state[e->slow_at], e->n, e, 1);
         if (s != CLOPT_SUCCESS)
             break;
         if (opt->rule == CLOPT_MUON && muon_one_outcome(opt, g, k)) {
