@@ -71,17 +71,24 @@ static int tensor_eval(const clopt_optimizer *opt, const clopt_param *e)
     return opt->eval_mode ^ (e->sf_switched != 0);
 }
 
+/* The first tensor a switch that failed part way left switched, or nparams. */
+static size_t first_switched(const clopt_optimizer *opt)
+{
+    size_t i = 0;
+    while (i < opt->nparams && !opt->params[i].sf_switched)
+        i++;
+    return i;
+}
+
 clopt_status clopt_o_check_mode_whole(clopt_optimizer *opt)
 {
-    for (size_t i = 0; i < opt->nparams; i++)
-        if (opt->params[i].sf_switched)
-            return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                              "a switch to %s mode failed part way (tensor %zu holds %s): call "
-                              "clopt_optimizer_eval or clopt_optimizer_train again to finish "
-                              "it",
-                              opt->eval_mode ? "train" : "eval", i,
-                              opt->eval_mode ? "y" : "x");
-    return CLOPT_SUCCESS;
+    const size_t i = first_switched(opt);
+    if (i == opt->nparams)
+        return CLOPT_SUCCESS;
+    return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                      "a switch to %s mode failed part way (tensor %zu holds %s): call "
+                      "clopt_optimizer_eval or clopt_optimizer_train again to finish it",
+                      opt->eval_mode ? "train" : "eval", i, opt->eval_mode ? "y" : "x");
 }
 
 /* One mode launch of tensor e's storage over the views param/z of n elements (dry: build
@@ -167,9 +174,8 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
         return s;
     train = train != 0;
     opt->q = queue ? queue : ctx->queue;
-    int partial = 0; /* a switch that failed part way: finished (or undone) here */
-    for (size_t i = 0; i < opt->nparams; i++)
-        partial |= opt->params[i].sf_switched;
+    /* a switch that failed part way is finished (or undone) here */
+    const int partial = first_switched(opt) < opt->nparams;
     const int to_do = clopt_rule_is_sf(opt->rule) && (train == opt->eval_mode || partial);
     if (to_do) {
         /* a tensor whose first step is still in flight: its count decides whether it has a
