@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared by test_engine.c (the engine's step, atomicity, prepare, step counts; main) and
+   test_engine_limits.c (a device's limits: capped work-groups, and a range group's fills of
+   the engine's own state under faults). */
+#ifndef CLOPT_TEST_ENGINE_H
+#define CLOPT_TEST_ENGINE_H
+
+void test_q8_group_too_small(void **state);
+void test_range_group_engine_state_faults(void **state);
+void test_work_group_fallback(void **state);
+void test_reduce_local_too_large(void **state);
+
+#endif

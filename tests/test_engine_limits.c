@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_engine (continued): the optimizer on a device with small limits, watched through
+ * tests/clshim: 8-bit blocks and reductions refused before anything is enqueued when a kernel
+ * runs fewer work-items per group than they need, element-wise launches that halve their
+ * local size, and a range group's fills of the engine's own state under injected faults.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clopt.h"
+#include "clshim.h"
+#include "fixture.h"
+#include "ref.h"
+#include "test_engine.h"
+
+/* ---- (f): 8-bit state in work-groups on a device with small work-groups ---------------- */
+
+/* n parameters (normal) and gradients (0.1 x normal) drawn from seed into p0 and g,
+   uploaded to *pb and *gb and registered as the one tensor of a new optimizer of rule under
+   hp in c. */
+static clopt_optimizer *one_tensor_opt(clopt_ctx *c, clopt_rule rule, const clopt_hparams *hp,
+                                       float *p0, float *g, size_t n, uint64_t seed,
+                                       cl_mem *pb, cl_mem *gb)
+{
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, rule, hp, &opt), CLOPT_SUCCESS);
+    for (size_t i = 0; i < n; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    *pb = upload(c, p0, n), *gb = upload(c, g, n);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){*pb, 0}, d.grad = (clopt_tensor){*gb, 0}, d.shape[0] = n;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    return opt;
+}
+
+/* With the shim capping every kernel at 128 work-items per group, a step of opt is refused
+   with CLOPT_ERR_UNSUPPORTED (the message containing `why`) before anything is enqueued, and
+   θ (n floats at pb, p0 before the step) and the step count are as they were; p1 is room
+   for n floats. The cap stays on (capped_step lifts it). */
+static void expect_refused_step(clopt_ctx *c, clopt_optimizer *opt, const char *why, cl_mem pb,
+                                const float *p0, float *p1, size_t n)
+{
+    clshim_reset();
+    clshim_cap_work_group(128);
+    clshim_enable(1);
+    const clopt_status s = clopt_optimizer_step(opt, NULL);
+    const uint64_t enqueued =
+        clshim_count("clEnqueueNDRangeKernel") + clshim_count("clEnqueueWriteBuffer");
+    clshim_enable(0);
+    assert_int_equal(s, CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(c), why));
+    assert_int_equal(enqueued, 0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    read_at(c, (clopt_tensor){pb, 0}, p1, n);
+    assert_memory_equal(p0, p1, n * sizeof *p0);
+}
+
+/* The same optimizer steps once the tuning (t, set into c) fits under the cap: the count
+   advances and θ moves. Lifts the cap. */
+static void capped_step(clopt_ctx *c, const clopt_tuning *t, clopt_optimizer *opt, cl_mem pb,
+                        const float *p0, float *p1, size_t n)
+{
+    assert_int_equal(clopt_ctx_set_tuning(c, t), CLOPT_SUCCESS);
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    clshim_enable(0);
+    clshim_cap_work_group(0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 1);
+    read_at(c, (clopt_tensor){pb, 0}, p1, n);
+    size_t moved = 0;
+    for (size_t i = 0; i < n; i++)
+        moved += p1[i] != p0[i];
+    assert_true(moved > n * 9 / 10);
+}
+
+/* With one vector per work-item (a GPU's tuning) a block of 256 is a work-group of 256 / VW
+   work-items. Where the update kernel cannot run that many per group (the shim caps
+   CL_KERNEL_WORK_GROUP_SIZE at 128), a step with VW 1 (256 per group) is refused with
+   CLOPT_ERR_UNSUPPORTED before anything is enqueued and changes nothing; with VW 2 (128)
+   the same optimizer steps. */
+void test_q8_group_too_small(void **state)
+{
+    (void)state;
+    enum { NQ = 5000 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.vector_width = 1, t.items_per_work_item = 1, t.work_group_size = 0;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    static float p0[NQ], g[NQ], p1[NQ];
+    cl_mem pb, gb;
+    clopt_optimizer *opt = one_tensor_opt(c, CLOPT_ADAMW, &hp, p0, g, NQ, 5, &pb, &gb);
+    /* the state as the checkpoint's bytes (codes, absmaxes, step counts) */
+    size_t ck = 0;
+    assert_int_equal(clopt_optimizer_state_size(opt, NULL, &ck), CLOPT_SUCCESS);
+    unsigned char *ck0 = malloc(ck), *ck1 = malloc(ck);
+    assert_non_null(ck0), assert_non_null(ck1);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck0, ck, NULL), CLOPT_SUCCESS);
+    expect_refused_step(c, opt, "a block of 256 needs 256", pb, p0, p1, NQ);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck1, ck, NULL), CLOPT_SUCCESS);
+    assert_memory_equal(ck0, ck1, ck);
+    free(ck0), free(ck1);
+    t.vector_width = 2; /* 128 work-items per block fit */
+    capped_step(c, &t, opt, pb, p0, p1, NQ);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+}
+
+/* A range group over the engine's own m and v (init_state 1: filled with the rule's initial
+   values) registered with a fault injected at every OpenCL call site in turn: a failed
+   registration adds no group and leaves the engine's m and v as they were (they were filled
+   before the chunk table and the scratch buffer were made), unless the fills themselves or
+   the final clFinish failed (enqueued fills cannot be taken back); the one that succeeds
+   fills them (AdamW: zeros; Adagrad: its initial accumulator). */
+void test_range_group_engine_state_faults(void **state)
+{
+    fixture *f = *state;
+    enum { NT = 3, N = 700 };
+    const size_t off[NT + 1] = {0, 100, 350, N};
+    static float m0[N], v0[N], x[N];
+    for (size_t i = 0; i < N; i++)
+        m0[i] = 1.0f + (float)i, v0[i] = -2.0f - (float)i;
+    cl_mem P = upload(f->ctx, m0, N), G = upload(f->ctx, v0, N);
+    cl_mem M = upload(f->ctx, m0, N), V = upload(f->ctx, v0, N);
+    clopt_param_desc d[NT];
+    for (size_t i = 0; i < NT; i++) {
+        clopt_param_desc_init(&d[i]);
+        d[i].param = (clopt_tensor){P, off[i]}, d[i].grad = (clopt_tensor){G, off[i]};
+        d[i].shape[0] = off[i + 1] - off[i];
+    }
+    const clopt_rule rules[2] = {CLOPT_ADAMW, CLOPT_ADAGRAD};
+    for (int r = 0; r < 2; r++) {
+        clopt_hparams hp;
+        clopt_hparams_default(rules[r], &hp);
+        hp.initial_accumulator_value = 0.25;
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, rules[r], &hp, &opt), CLOPT_SUCCESS);
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = NT, rg.tensors = d;
+        rg.state[0] = M;
+        if (rules[r] == CLOPT_ADAMW)
+            rg.state[1] = V;
+        clopt_status s = CLOPT_ERR_OPENCL_BASE;
+        uint64_t faults = 0;
+        for (uint64_t n = 1; s != CLOPT_SUCCESS; n++) {
+            write_at(f->ctx, (clopt_tensor){M, 0}, m0, N);
+            write_at(f->ctx, (clopt_tensor){V, 0}, v0, N);
+            clshim_reset();
+            clshim_enable(1);
+            clshim_fail_nth(n, CL_OUT_OF_RESOURCES);
+            s = clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL);
+            const int fired = clshim_fault_fired();
+            char site[64];
+            snprintf(site, sizeof site, "%s", clshim_fault_site());
+            clshim_fail_nth(0, CL_SUCCESS);
+            clshim_enable(0);
+            if (s == CLOPT_SUCCESS)
+                break;
+            assert_true(fired);
+            faults++;
+            assert_int_equal(clopt_optimizer_group_count(opt), 1);
+            assert_int_equal(clopt_optimizer_param_count(opt), 0);
+            if (!strcmp(site, "clEnqueueFillBuffer") || !strcmp(site, "clFinish"))
+                continue;
+            read_at(f->ctx, (clopt_tensor){M, 0}, x, N);
+            int changed = memcmp(x, m0, sizeof x) != 0;
+            read_at(f->ctx, (clopt_tensor){V, 0}, x, N);
+            changed |= memcmp(x, v0, sizeof x) != 0;
+            if (changed)
+                fail_msg("%s: a registration failed at %s (call %llu) changed the engine's "
+                         "state",
+                         clopt_rule_name(rules[r]), site, (unsigned long long)n);
+        }
+        assert_true(faults > 3);
+        assert_int_equal(clopt_optimizer_param_count(opt), NT);
+        read_at(f->ctx, (clopt_tensor){M, 0}, x, N);
+        const float want = rules[r] == CLOPT_ADAGRAD ? 0.25f : 0.0f;
+        for (size_t i = 0; i < N; i++)
+            assert_true(x[i] == want);
+        clopt_optimizer_destroy(opt);
+    }
+    clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(M), clReleaseMemObject(V);
+}
+
+/* A GPU-like tuning (256 work-items per group) on a device whose kernels run at most 100
+   (the shim caps CL_KERNEL_WORK_GROUP_SIZE): the element-wise launches take 64 work-items
+   per group instead of leaving the size to the runtime (which may pick 1 for an odd global
+   size): as many launches without a local size as uncapped (the step's one-work-item
+   launches), and the steps equal uncapped ones bit for bit. */
+void test_work_group_fallback(void **state)
+{
+    (void)state;
+    enum { N0 = 1001, N1 = 4099 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.vector_width = 4, t.work_group_size = 256, t.items_per_work_item = 1;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    static float p0[N0 + N1], g[N0 + N1], out[2][N0 + N1];
+    uint64_t unsized[2];
+    uint64_t seed = 11;
+    for (size_t i = 0; i < N0 + N1; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    for (int capped = 0; capped < 2; capped++) {
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_ADAMW, &hp);
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+        cl_mem pb = upload(c, p0, N0 + N1), gb = upload(c, g, N0 + N1);
+        const size_t off[2] = {0, N0}, len[2] = {N0, N1};
+        for (size_t k = 0; k < 2; k++) {
+            clopt_param_desc d;
+            clopt_param_desc_init(&d);
+            d.param = (clopt_tensor){pb, off[k]}, d.grad = (clopt_tensor){gb, off[k]};
+            d.shape[0] = len[k];
+            assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+        }
+        clshim_reset();
+        clshim_cap_work_group(capped ? 100 : 0);
+        clshim_enable(1);
+        for (int s = 0; s < 3; s++)
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        const uint64_t launches = clshim_count("clEnqueueNDRangeKernel");
+        unsized[capped] = clshim_null_local();
+        clshim_enable(0);
+        clshim_cap_work_group(0);
+        assert_true(launches >= 6 + unsized[capped]);
+        read_at(c, (clopt_tensor){pb, 0}, out[capped], N0 + N1);
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(pb), clReleaseMemObject(gb);
+    }
+    if (unsized[1] != unsized[0])
+        fail_msg("capped: %llu launches left the work-group size to the runtime, uncapped %llu",
+                 (unsigned long long)unsized[1], (unsigned long long)unsized[0]);
+    assert_memory_equal(out[0], out[1], sizeof out[0]);
+    clopt_ctx_destroy(c);
+}
+
+/* Reductions of 256 work-items per group (reduce_local 256, a GPU's) on a device whose
+   kernels run at most 128 (the shim's cap): a LAMB step (its first pass reduces) is refused
+   with CLOPT_ERR_UNSUPPORTED naming reduce_local, before anything is enqueued, and changes
+   nothing; reduce_local 128 then steps. */
+void test_reduce_local_too_large(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.reduce_local = 256;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    static float p0[N], g[N], p1[N];
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_LAMB, &hp);
+    cl_mem pb, gb;
+    clopt_optimizer *opt = one_tensor_opt(c, CLOPT_LAMB, &hp, p0, g, N, 13, &pb, &gb);
+    expect_refused_step(c, opt, "reduce_local to 128 or less", pb, p0, p1, N);
+    t.reduce_local = 128;
+    capped_step(c, &t, opt, pb, p0, p1, N);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+}
