@@ -502,15 +502,21 @@ static inline void sr_chunk_batches(ulong pe, ulong q, ulong c, ulong seed, uint
 /* Gradient centralization of the cnt elements from element e (GC_PARAMS in scope): the row
  * mean of each, one load when the chunk lies in one row. */
 #if GC
+/* e / cols, in 32 bits where both fit (a 64-bit division is a long software routine on GPUs,
+ * and a chunk of a few elements on a GPU takes one) */
+static inline ulong gc_row(const ulong e, const ulong cols)
+{
+    return ((e | cols) >> 32) == 0 ? (ulong)((uint)e / (uint)cols) : e / cols;
+}
 static inline floatR gc_subtractR(floatR g, __global const float *mean, ulong e, ulong cols,
                                   uint cnt)
 {
-    const ulong r = e / cols;
+    const ulong r = gc_row(e, cols);
     if (e + cnt <= (r + 1) * cols)
         return g - mean[r];
     float t[RW];
     for (uint k = 0; k < RW; k++)
-        t[k] = k < cnt ? mean[(e + k) / cols] : 0.0f;
+        t[k] = k < cnt ? mean[gc_row(e + k, cols)] : 0.0f;
     return g - vload16(0, t);
 }
 #define GC_APPLYR(g, e, cnt) gc_subtractR(g, gcm_ + gcmo, e, gc_cols, cnt)
