@@ -215,6 +215,9 @@ clopt_status clopt_o_check_mode_whole(clopt_optimizer *opt);
    `master` is set and it has one (nothing is enqueued in a dry pass). */
 clopt_status clopt_o_slow_start(clopt_optimizer *opt, clopt_tensor src, clopt_tensor dst,
                                 size_t n, const clopt_param *e, int master);
+/* Tensor e's F32 master set to θ widened (its first step's copy) on opt->q (step.c); the
+   caller marks it ready. */
+clopt_status clopt_o_master_start(clopt_optimizer *opt, const clopt_param *e);
 /* Tensor e's storage as kernel defines appended to extra ("" for float32), and the trailing
    storage arguments (STORAGE_PARAMS) of a kernel over its θ (none for float32). */
 void clopt_o_storage_extra(const clopt_param *e, const clopt_hparams *hp, char *extra,

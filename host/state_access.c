@@ -69,6 +69,12 @@ clopt_status clopt_o_read_theta_f32(const clopt_optimizer *opt, const clopt_para
     return s;
 }
 
+/* State index of e is its F32 master, not yet taken from θ (its first step does that). */
+static int unset_master(const clopt_param *e, size_t index)
+{
+    return e->master == CLOPT_MASTER_F32 && index == e->master_at && !e->master_ready;
+}
+
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n)
 {
@@ -92,8 +98,9 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
                           param, len, n);
     if ((s = clopt_opt_settle(opt)) != CLOPT_SUCCESS)
         return s;
-    /* Lookahead's slow weights are θ until the tensor's first step copies them. */
-    if (clopt_is_slow(e, index) && !e->slow_ready)
+    /* Lookahead's slow weights and an F32 master are θ until the tensor's first step copies
+       them. */
+    if ((clopt_is_slow(e, index) && !e->slow_ready) || unset_master(e, index))
         return clopt_o_read_theta_f32(opt, e, host, n);
     cl_int err = clEnqueueReadBuffer(opt->ctx->queue, t.buffer, CL_TRUE,
                                      t.offset * sizeof(float), n * sizeof(float), host, 0, NULL,
@@ -149,10 +156,11 @@ clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
     return CLOPT_SUCCESS;
 }
 
-/* The inverse of clopt_optimizer_read_state. Writing Lookahead's slow weights of a tensor
-   that has not stepped yet makes them its slow weights from now on (its first step no longer
-   copies θ); in an arena group of an element-wise rule, whose tensors start their slow
-   weights together (one launch), the others that had not started take θ now. */
+/* The inverse of clopt_optimizer_read_state. Writing Lookahead's slow weights (or an F32
+   master) of a tensor that has not stepped yet makes them its slow weights (master) from now
+   on: its first step no longer copies θ. In an arena group of an element-wise rule, whose
+   tensors start them together (one launch, decided by the group's first tensor), the others
+   that had not started take θ now, so that every tensor of the group is started. */
 clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
                                          const float *host, size_t n)
 {
@@ -178,8 +186,19 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
     if (s != CLOPT_SUCCESS)
         return s;
     const int starts_slow = clopt_is_slow(e, index) && !e->slow_ready;
+    const int starts_master = unset_master(e, index);
     const clopt_group *g = &opt->groups[e->group];
     const int together = g->arena && !clopt_rule_is_multipass(opt->rule);
+    if (starts_master && together) {
+        /* as the slow weights below: the others' flags stay 0 until the write succeeded */
+        opt->q = ctx->queue;
+        for (size_t j = g->first; j < g->first + g->count; j++) {
+            const clopt_param *o = &opt->params[j];
+            if (j != param && unset_master(o, o->master_at) &&
+                (s = clopt_o_master_start(opt, o)) != CLOPT_SUCCESS)
+                return s;
+        }
+    }
     if (starts_slow && together) {
         /* the others' flags stay 0 until the write succeeded: a failure changes nothing.
            Their slow weights are θ as the step's first copy takes it: 16-bit θ widened (from
@@ -209,5 +228,7 @@ clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, siz
     }
     if (e->master && index == e->master_at) /* the engine's master: no copy of θ later */
         e->master_ready = 1;
+    for (size_t j = g->first; starts_master && together && j < g->first + g->count; j++)
+        opt->params[j].master_ready = 1;
     return CLOPT_SUCCESS;
 }

@@ -321,6 +321,13 @@ static clopt_status start_master(clopt_optimizer *opt, clopt_param *e)
     return s;
 }
 
+/* Tensor e's F32 master taken from θ now, through its own views, on opt->q (write_state:
+   the masters of an arena group start together); does not mark it ready. */
+clopt_status clopt_o_master_start(clopt_optimizer *opt, const clopt_param *e)
+{
+    return theta_copy(opt, e, 0, e->param, e->state[e->master_at], e->n);
+}
+
 /* Muon's outcomes 0 .. k of group g are one: the same scheduled lr for all. */
 static int muon_one_outcome(const clopt_optimizer *opt, const clopt_group *g, uint64_t k)
 {

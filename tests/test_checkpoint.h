@@ -75,6 +75,7 @@ void test_engine_state_tensors(void **state);
 void test_write_slow_weights_before_first_step(void **state);
 void test_slow_weights_bf16_before_first_step(void **state);
 void test_slow_weights_bf16_arena_write(void **state);
+void test_master_bf16_arena_write(void **state);
 void test_per_tensor_steps(void **state);
 void test_version1_file(void **state);
 void test_version2_file(void **state);
@@ -85,6 +86,7 @@ void test_entries(void **state);
         cmocka_unit_test(test_write_slow_weights_before_first_step),                         \
         cmocka_unit_test(test_slow_weights_bf16_before_first_step),                          \
         cmocka_unit_test(test_slow_weights_bf16_arena_write),                                \
+        cmocka_unit_test(test_master_bf16_arena_write),                                      \
         cmocka_unit_test(test_per_tensor_steps), cmocka_unit_test(test_version1_file),       \
         cmocka_unit_test(test_version2_file), cmocka_unit_test(test_entries)
 

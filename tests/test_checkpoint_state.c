@@ -218,6 +218,48 @@ void test_slow_weights_bf16_before_first_step(void **state)
     assert_true(memcmp(out[0], th, sizeof th) != 0);
 }
 
+/* An optimizer of rule under hp with one arena group of T bf16 tensors (len[t] elements), θ and
+   g from th and gr (all tensors one after the other); its first tensor's index to *first. */
+static clopt_optimizer *arena16_make(fixture *f, clopt_rule rule, const clopt_hparams *hp,
+                                     size_t T, const size_t *len, const uint16_t *th,
+                                     const uint16_t *gr, size_t *first)
+{
+    clopt_param_desc d[4];
+    assert_true(T <= 4);
+    for (size_t t = 0; t < T; t++) {
+        clopt_param_desc_init(&d[t]);
+        d[t].shape[0] = len[t];
+        d[t].param_dtype = d[t].grad_dtype = CLOPT_DTYPE_BF16;
+    }
+    clopt_optimizer *o;
+    assert_int_equal(clopt_optimizer_create(f->ctx, rule, hp, &o), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_arena_group(o, hp, T, d, NULL, first), CLOPT_SUCCESS);
+    size_t at = 0;
+    for (size_t t = 0; t < T; t++) {
+        clopt_tensor pv, gv;
+        assert_int_equal(clopt_optimizer_param_view(o, *first + t, &pv, &gv, NULL, NULL),
+                         CLOPT_SUCCESS);
+        buf_write(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, th + at);
+        buf_write(f->ctx, gv.buffer, gv.offset * 2, len[t] * 2, gr + at);
+        at += len[t];
+    }
+    return o;
+}
+
+/* The bf16 θ of that group's T tensors into out, one after the other. */
+static void arena16_theta(fixture *f, clopt_optimizer *o, size_t first, size_t T,
+                          const size_t *len, uint16_t *out)
+{
+    size_t at = 0;
+    for (size_t t = 0; t < T; t++) {
+        clopt_tensor pv;
+        assert_int_equal(clopt_optimizer_param_view(o, first + t, &pv, NULL, NULL, NULL),
+                         CLOPT_SUCCESS);
+        buf_read(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, out + at);
+        at += len[t];
+    }
+}
+
 /* A bf16 arena group with Lookahead (tensors of 64, 64 and 1024), for every master mode:
    writing tensor 2's slow weights before the first step starts the other tensors' from θ as
    the step would, θ widened (bf16 bits << 16; they were copied as floats, two bf16 words read
@@ -240,26 +282,8 @@ void test_slow_weights_bf16_arena_write(void **state)
             hp.lookahead_k = 2;
             hp.lookahead_alpha = 0.5;
             hp.master = modes[mi];
-            clopt_param_desc d[T];
-            for (size_t t = 0; t < T; t++) {
-                clopt_param_desc_init(&d[t]);
-                d[t].shape[0] = len[t];
-                d[t].param_dtype = d[t].grad_dtype = CLOPT_DTYPE_BF16;
-            }
-            clopt_optimizer *o;
-            size_t first;
-            assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAMW, &hp, &o), CLOPT_SUCCESS);
-            assert_int_equal(clopt_optimizer_add_arena_group(o, &hp, T, d, NULL, &first),
-                             CLOPT_SUCCESS);
-            size_t at = 0;
-            for (size_t t = 0; t < T; t++) {
-                clopt_tensor pv, gv;
-                assert_int_equal(clopt_optimizer_param_view(o, first + t, &pv, &gv, NULL, NULL),
-                                 CLOPT_SUCCESS);
-                buf_write(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, th + at);
-                buf_write(f->ctx, gv.buffer, gv.offset * 2, len[t] * 2, gr + at);
-                at += len[t];
-            }
+            size_t first, at;
+            clopt_optimizer *o = arena16_make(f, CLOPT_ADAMW, &hp, T, len, th, gr, &first);
             const size_t slow = clopt_optimizer_state_count(o, first) - 1;
             if (run == 1) {
                 float sw[1024];
@@ -278,18 +302,83 @@ void test_slow_weights_bf16_arena_write(void **state)
             }
             for (int s = 0; s < STEPS; s++)
                 assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
-            at = 0;
-            for (size_t t = 0; t < T; t++) {
-                clopt_tensor pv;
-                assert_int_equal(clopt_optimizer_param_view(o, first + t, &pv, NULL, NULL, NULL),
-                                 CLOPT_SUCCESS);
-                buf_read(f->ctx, pv.buffer, pv.offset * 2, len[t] * 2, out[run] + at);
-                at += len[t];
-            }
+            arena16_theta(f, o, first, T, len, out[run]);
             clopt_optimizer_destroy(o);
         }
         assert_memory_equal(out[1], out[0], sizeof out[0]);
         assert_true(memcmp(out[0], th, sizeof th) != 0);
+    }
+}
+
+/* A bf16 arena group with F32 masters (tensors of 64, 64 and 1024, AdamW): before the first
+   step every master reads as θ widened (it read as zeros, and an engine writing that back
+   trained from 0); writing one tensor's master (the first, or another) starts the others' from
+   θ as the step would (their masters stayed zero, or the written one was overwritten by θ, as
+   the step decides for the whole group from its first tensor), and training then goes on bit
+   for bit as an optimizer where nothing was written. Last, a written master is the one the
+   step uses: SGD (lr 0.5, g 1) from a master of θ + 1 moves θ to θ + 0.5 in that tensor only. */
+void test_master_bf16_arena_write(void **state)
+{
+    fixture *f = *state;
+    enum { T = 3, N = 64 + 64 + 1024, STEPS = 3 };
+    const size_t len[T] = {64, 64, 1024};
+    uint16_t th[N], gr[N], out[3][N];
+    bf16_data(th, gr, N, 11);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.lr = 0.01;
+    hp.master = CLOPT_MASTER_F32;
+    float m[1024];
+    for (int run = 0; run < 3; run++) { /* 0: nothing written; 1, 2: tensor 0's, tensor 2's */
+        size_t first;
+        clopt_optimizer *o = arena16_make(f, CLOPT_ADAMW, &hp, T, len, th, gr, &first);
+        const size_t ms = clopt_optimizer_state_count(o, first) - 1; /* "master", last */
+        const char *name;
+        assert_int_equal(clopt_optimizer_state_info(o, first, ms, &name, NULL), CLOPT_SUCCESS);
+        assert_string_equal(name, "master");
+        if (run > 0) {
+            const size_t w = run == 1 ? 0 : 2;
+            assert_int_equal(clopt_optimizer_read_state(o, first + w, ms, m, len[w]),
+                             CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_write_state(o, first + w, ms, m, len[w]),
+                             CLOPT_SUCCESS);
+        }
+        size_t at = 0;
+        for (size_t t = 0; t < T; t++) { /* θ widened, before the first step */
+            assert_int_equal(clopt_optimizer_read_state(o, first + t, ms, m, len[t]),
+                             CLOPT_SUCCESS);
+            for (size_t i = 0; i < len[t]; i++)
+                assert_int_equal(f2u(m[i]), (uint32_t)th[at + i] << 16);
+            at += len[t];
+        }
+        for (int s = 0; s < STEPS; s++)
+            assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
+        arena16_theta(f, o, first, T, len, out[run]);
+        clopt_optimizer_destroy(o);
+    }
+    assert_memory_equal(out[1], out[0], sizeof out[0]);
+    assert_memory_equal(out[2], out[0], sizeof out[0]);
+    assert_true(memcmp(out[0], th, sizeof th) != 0);
+
+    clopt_hparams sg;
+    clopt_hparams_default(CLOPT_SGD, &sg);
+    sg.lr = 0.5;
+    sg.master = CLOPT_MASTER_F32;
+    for (size_t i = 0; i < N; i++)
+        th[i] = 0x4000u, gr[i] = 0x3F80u; /* θ 2, g 1 */
+    for (size_t w = 0; w < T; w++) {
+        size_t first;
+        clopt_optimizer *o = arena16_make(f, CLOPT_SGD, &sg, T, len, th, gr, &first);
+        for (size_t i = 0; i < len[w]; i++)
+            m[i] = 3.0f;
+        assert_int_equal(clopt_optimizer_write_state(o, first + w, 0, m, len[w]), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
+        arena16_theta(f, o, first, T, len, out[0]);
+        size_t at = 0;
+        for (size_t t = 0; t < T; t++, at += len[t - 1])
+            for (size_t i = 0; i < len[t]; i++) /* 2.5 or 1.5 */
+                assert_int_equal(out[0][at + i], t == w ? 0x4020u : 0x3FC0u);
+        clopt_optimizer_destroy(o);
     }
 }
 
