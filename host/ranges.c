@@ -18,10 +18,12 @@ static int span_cmp(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
-/* The parameter and gradient ranges of the registered tensors plus `extra` more slots. */
+/* The parameter, gradient and state ranges of the registered tensors (a range group's state
+   may be the engine's own buffers, which a later registration must not overlap either) plus
+   `extra` more slots. */
 clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *count)
 {
-    clopt_span *s = malloc((2 * opt->nparams + extra + 1) * sizeof *s);
+    clopt_span *s = malloc(((2 + CLOPT_OPT_MAX_STATE) * opt->nparams + extra + 1) * sizeof *s);
     size_t k = 0;
     for (size_t i = 0; s && i < opt->nparams; i++) {
         const clopt_param *e = &opt->params[i];
@@ -30,6 +32,12 @@ clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *c
                               "param", i};
         s[k++] = (clopt_span){e->grad.buffer, e->grad.offset * gs, (e->grad.offset + e->n) * gs,
                               "grad", i};
+        for (size_t j = 0; j < e->nstate; j++) {
+            const size_t es = clopt_state_esize(e, j), at = e->state[j].offset;
+            if (e->state[j].buffer && e->state_len[j])
+                s[k++] = (clopt_span){e->state[j].buffer, at * es, (at + e->state_len[j]) * es,
+                                      "state", i};
+        }
     }
     *count = k;
     return s;

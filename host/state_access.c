@@ -78,9 +78,11 @@ static int unset_master(const clopt_param *e, size_t index)
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
                                         float *host, size_t n)
 {
-    if (!opt || !host)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
+    if (!host)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "host is NULL");
     clopt_tensor t;
     clopt_status s = clopt_optimizer_state(opt, param, index, &t);
     if (s != CLOPT_SUCCESS)

@@ -858,7 +858,7 @@ void clopt_param_desc_init(clopt_param_desc *d);
    CLOPT_ERR_STATE_MISMATCH (the change would alter a tensor's
    state layout, e.g. amsgrad, momentum 0 <-> > 0, Lookahead on/off); a change that selects
    other kernel variants compiles them at the next step (or clopt_optimizer_prepare).
-   get_group_hparams: CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded). */
+   get_group_hparams: CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (with a detail). */
 clopt_status clopt_optimizer_add_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                        size_t *group);
 size_t clopt_optimizer_group_count(const clopt_optimizer *opt);
@@ -874,7 +874,8 @@ clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_
    blocks (clFinish of the context's queue). *index (may be NULL) receives the tensor's
    index. Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (desc or a buffer NULL),
    CLOPT_ERR_INDEX (no such group), CLOPT_ERR_INVALID_ARGUMENT (an arena or range group, a
-   buffer of another context, a param or grad range overlapping one already registered),
+   buffer of another context, a param or grad range overlapping a param, grad or state
+   range already registered),
    CLOPT_ERR_INVALID_SIZE (ndim > CLOPT_MAX_DIMS, a 0 or too large shape),
    CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_STATE_MISMATCH (a Hessian buffer for a rule other than
    Sophia), CLOPT_ERR_UNSUPPORTED (Muon: a tensor that is not 2-D, or a build without
@@ -1124,7 +1125,7 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
    engine must not release them; NULL for caller-owned tensors and range groups). Arena
    buffers and sub-buffers are owned by the optimizer and valid until its destroy; other
    views are the caller's own buffers. Any pointer may be NULL. CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT (opt) or CLOPT_ERR_INDEX (no detail recorded). Host only. */
+   CLOPT_ERR_NULL_ARGUMENT (opt) or CLOPT_ERR_INDEX (with a detail). Host only. */
 clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param,
                                         clopt_tensor *param_view, clopt_tensor *grad_view,
                                         cl_mem *param_sub, cl_mem *grad_sub);
@@ -1174,8 +1175,9 @@ void clopt_range_group_init(clopt_range_group *g);
    Library-allocated state and the chunk table are owned by the optimizer; the engine's
    state buffers stay the engine's (not retained). Refused: a range past its buffer's end or
    state buffers too small (CLOPT_ERR_OUT_OF_BOUNDS); two ranges of the group that overlap,
-   a gradient or state range overlapping a parameter range or another tensor's, a parameter
-   or gradient range overlapping one already registered in this optimizer, params or grads
+   a gradient or state range overlapping a parameter range or another tensor's, a parameter,
+   gradient or state range overlapping one already registered in this optimizer (another
+   group's engine-owned state included), params or grads
    in more than one cl_mem, a buffer of another context, struct_size too small, sr_stream
    outside -1 .. 2^32 - 1, tensors whose storage types differ (CLOPT_ERR_INVALID_ARGUMENT); a
    state buffer count other than 0 or the rule's (CLOPT_ERR_STATE_MISMATCH); Sophia, the
@@ -1277,8 +1279,8 @@ clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, si
    tensor's shape for full-size states, {length} for shorter ones (Adafactor's factored
    statistics); tensor: where it lives on the device (owned by the optimizer, or the engine's
    own buffer for a range group that adopted it), valid until clopt_optimizer_destroy.
-   Lookahead's slow weights of a tensor that has not stepped yet are θ, not the tensor's
-   contents: read them with clopt_optimizer_read_state. */
+   Lookahead's slow weights and an F32 master of a tensor that has not stepped yet are θ, not
+   the tensor's contents: read them with clopt_optimizer_read_state. */
 typedef struct clopt_state_entry {
     size_t group, param, index; /* index: state number of the tensor (clopt_optimizer_state) */
     const char *name;           /* "exp_avg", ...; static storage */
@@ -1334,7 +1336,7 @@ clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hpara
 /* Name (static storage) and length (elements of the state's dtype: floats, bf16 words,
    8-bit codes; clopt_optimizer_state_entry gives the dtype) of state `index` of parameter
    `param` (Adafactor's factored statistics are shorter than the tensor); either pointer may be
-   NULL. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (no detail recorded).
+   NULL. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX (with a detail).
    state_count: the number of states of `param` (with Lookahead's slow weights), 0 for NULL
    or no such tensor. Host only; never block. */
 clopt_status clopt_optimizer_state_info(const clopt_optimizer *opt, size_t param, size_t index,
@@ -1345,11 +1347,12 @@ size_t clopt_optimizer_state_count(const clopt_optimizer *opt, size_t param);
    clopt_state_entry.tensor; host only, never blocks; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT
    or CLOPT_ERR_INDEX); and a blocking copy of it (n must be its length in floats, see
    clopt_optimizer_state_info) into host memory: read_state settles every step in flight,
-   then reads on the context's queue (CL_TRUE). Lookahead's slow weights of a tensor that has
-   not stepped yet read as θ (16-bit θ widened). read_state: CLOPT_SUCCESS,
+   then reads on the context's queue (CL_TRUE). Lookahead's slow weights and an F32 master of
+   a tensor that has not stepped yet read as θ (16-bit θ widened). read_state: CLOPT_SUCCESS,
    CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_SIZE (n is not the length),
-   CLOPT_ERR_UNSUPPORTED (a state that does not hold floats: bf16 or 8-bit state, absmaxes,
-   a bf16 remainder; read its tensor from clopt_optimizer_state_entry) or an OpenCL code. */
+   CLOPT_ERR_UNSUPPORTED (a state that does not hold floats: bf16 or 8-bit codes, a bf16
+   remainder; read its tensor from clopt_optimizer_state_entry; 8-bit absmaxes are floats)
+   or an OpenCL code. */
 clopt_status clopt_optimizer_state(const clopt_optimizer *opt, size_t param, size_t index,
                                    clopt_tensor *out);
 clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size_t index,
@@ -1357,9 +1360,10 @@ clopt_status clopt_optimizer_read_state(clopt_optimizer *opt, size_t param, size
 /* The inverse: a blocking write of n floats (the state's length) into state `index` of
    parameter `param`, e.g. restoring a state saved in the engine's own container. Settles
    every step in flight first, then writes on the context's queue (CL_TRUE). Writing the
-   slow weights of a tensor that has not stepped yet makes them its slow weights (in an
-   element-wise arena group, the group's other tensors then start theirs from θ). Statuses
-   as read_state. */
+   slow weights (the F32 master) of a tensor that has not stepped yet makes them its slow
+   weights (master): its first step no longer takes them from θ; in an element-wise arena
+   group, the group's other tensors then start theirs from θ at once. Statuses as
+   read_state. */
 clopt_status clopt_optimizer_write_state(clopt_optimizer *opt, size_t param, size_t index,
                                          const float *host, size_t n);
 /* Total bytes of device state the optimizer owns (optimizer state only: not the parameters,

@@ -404,6 +404,65 @@ static void test_misuse_refused(void **state)
     clReleaseMemObject(G);
 }
 
+/* The engine's own state buffers, once a range group adopted them, are refused as another
+   group's state ranges or as a parameter (they were accepted: a second group's init_state
+   refilled the first group's live moments, and both updated one m); the refused calls leave
+   m and v as they were. Disjoint state ranges of the same buffers are fine. */
+static void test_engine_state_overlap_refused(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    enum { N = 100 };
+    float ones[4 * N];
+    for (size_t i = 0; i < 4 * N; i++)
+        ones[i] = 1.0f;
+    cl_mem P = upload(ctx, NULL, 4 * N), G = upload(ctx, NULL, 4 * N);
+    cl_mem M = upload(ctx, NULL, 4 * N), V = upload(ctx, NULL, 4 * N);
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAM, &hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d = {.param = {P, 0}, .grad = {G, 0}, .ndim = 1, .shape = {N}};
+    clopt_range_group rg;
+    clopt_range_group_init(&rg);
+    rg.ntensors = 1;
+    rg.tensors = &d;
+    rg.state[0] = M, rg.state[1] = V;
+    size_t off = 0;
+    rg.state_offsets = &off;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    /* the first group's moments as an engine that trained a while would have them */
+    write_at(ctx, (clopt_tensor){M, 0}, ones, 4 * N);
+    write_at(ctx, (clopt_tensor){V, 0}, ones, 4 * N);
+    /* a second group over other parameters whose state ranges overlap the first one's */
+    d = (clopt_param_desc){.param = {P, N}, .grad = {G, N}, .ndim = 1, .shape = {N}};
+    off = N / 2;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "state range"));
+    /* a parameter (or a gradient) inside the adopted m */
+    clopt_param_desc in_m = {.param = {M, 10}, .grad = {G, 3 * N}, .ndim = 1, .shape = {10}};
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &in_m, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    in_m = (clopt_param_desc){.param = {P, 3 * N}, .grad = {V, 90}, .ndim = 1, .shape = {20}};
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &in_m, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_param_count(opt), 1);
+    float got[4 * N];
+    read_at(ctx, (clopt_tensor){M, 0}, got, 4 * N);
+    assert_memory_equal(got, ones, sizeof ones);
+    read_at(ctx, (clopt_tensor){V, 0}, got, 4 * N);
+    assert_memory_equal(got, ones, sizeof ones);
+    /* disjoint ranges of the same buffers: accepted, and only they are filled */
+    off = N;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+    read_at(ctx, (clopt_tensor){M, 0}, got, 4 * N);
+    for (size_t i = 0; i < 4 * N; i++)
+        assert_true(got[i] == (i >= N && i < 2 * N ? 0.0f : 1.0f));
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(P), clReleaseMemObject(G), clReleaseMemObject(M), clReleaseMemObject(V);
+}
+
 /* The multi-pass rules in a range group run per tensor with each tensor's own state layout
    (Adafactor's factored statistics for a matrix: rows + cols floats). The same tensors
    registered one by one (add_param_desc, checked against the references in
@@ -580,6 +639,7 @@ int main(void)
         cmocka_unit_test(test_adopt_engine_state),
         cmocka_unit_test(test_host_memory_zero_copy),
         cmocka_unit_test(test_misuse_refused),
+        cmocka_unit_test(test_engine_state_overlap_refused),
         cmocka_unit_test(test_range_group_multipass),
         cmocka_unit_test(test_set_step_count_in_flight),
         cmocka_unit_test(test_alloc_state),
