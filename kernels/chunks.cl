@@ -167,7 +167,7 @@ static inline void theta_storeR(floatR x, __global PSTORE *p, __global MSTORE *m
 {
 #if MASTER == 2
     (void)r;
-    const uint16 b = as_uint16(x), h = (b + (uint16)(0x8000u)) >> 16;
+    const uint16 b = as_uint16(x), h = (b + REMAINDER_ADD(b, uint16)) >> 16;
     storeR16(convert_ushort16(h), p + e, cnt);
     storeR16(convert_ushort16((b - (h << 16)) & (uint16)(0xFFFFu)), m + e, cnt);
 #else

@@ -30,6 +30,10 @@
 #ifndef SR
 #define SR 0
 #endif
+/* The rounding increment of θ from a remainder master's bits b (MASTER 2, vectors of type T):
+   0x8000, or 0 for the NaNs whose magnitude bits are 0x7FFF8000 or more (see THETA_STORE). */
+#define REMAINDER_ADD(b, T)                                                                \
+    select((T)(0x8000u), (T)(0u), ((b) & (T)(0x7FFFFFFFu)) >= (T)(0x7FFF8000u))
 
 /* Philox-4x32-10 (Salmon et al. 2011, the Random123 constants). */
 #define PHILOX_M0 0xD2511F53u
@@ -513,8 +517,10 @@ static inline void sr_batch(ulong e0, ulong seed, uint stream, uint step, __priv
         STOREP_RNE(x_, p);                                                                 \
     } while (0)
 #elif MASTER == 2
-/* master bits = (θ << 16) + sign-extended r; θ = (bits + 0x8000) >> 16 (no carry reaches
-   the sign bit: the largest magnitude, a NaN's 0x7FFFFFFF, plus 0x8000 stays below it) */
+/* master bits = (θ << 16) + sign-extended r; θ = (bits + 0x8000) >> 16, except for the NaNs
+   whose magnitude bits are 0x7FFF8000 or more (0x7FFFFFFF is a GPU's usual NaN): the carry
+   would reach the sign bit (θ -0 or +0), so θ = bits >> 16 (a NaN) and the master, no longer
+   exact, stays a NaN (REMAINDER_ADD) */
 static inline floatV remainder_join(ushortV hi, ushortV lo)
 {
     return AS_FLOATV((CONVERT_UINTV(hi) << 16) +
@@ -524,7 +530,7 @@ static inline floatV remainder_join(ushortV hi, ushortV lo)
 #define THETA_STORE(x, p)                                                                  \
     do {                                                                                   \
         const uintV b_ = AS_UINTV(x);                                                      \
-        const uintV h_ = (b_ + (uintV)(0x8000u)) >> 16;                                    \
+        const uintV h_ = (b_ + REMAINDER_ADD(b_, uintV)) >> 16;                             \
         STORE_U16(CONVERT_USHORTV(h_), p);                                                 \
         STORE_U16(CONVERT_USHORTV((b_ - (h_ << 16)) & (uintV)(0xFFFFu)), ms_);             \
     } while (0)

@@ -93,9 +93,10 @@ void test_accumulate_grad_16(void **state);
 void test_master_ties(void **state);
 void test_master_rules(void **state);
 void test_scalar_tuning(void **state);
+void test_remainder_nan(void **state);
 
 #define STORAGE_MASTER_TESTS                                                                 \
     cmocka_unit_test(test_master_ties), cmocka_unit_test(test_master_rules),                 \
-        cmocka_unit_test(test_scalar_tuning)
+        cmocka_unit_test(test_scalar_tuning), cmocka_unit_test(test_remainder_nan)
 
 #endif

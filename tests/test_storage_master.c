@@ -518,3 +518,62 @@ void test_master_ties(void **state)
     }
     clReleaseMemObject(bg);
 }
+
+/* A remainder master that becomes a NaN whose magnitude bits are 0x7FFF8000 or more (a GPU's
+   usual NaN is 0x7FFFFFFF) keeps θ a NaN: rounding by adding 0x8000 carried into the sign
+   bit and gave θ -0 or +0 (the weights the model reads), while the same step without a master
+   gave a NaN. SGD (lr 1, element-wise store) and LAMB (the chunked store of the multi-pass
+   rules), bf16 θ of 1, float32 gradients of NaN bit patterns: every θ is a NaN, θ with its
+   remainder too, and at least one θ is 0x7FFF or 0xFFFF (the case that carried). */
+void test_remainder_nan(void **state)
+{
+    fixture *f = *state;
+    clopt_ctx *ctx = f->ctx;
+    enum { N = 6 };
+    const uint32_t gbits[N] = {0xFFFFFFFFu, 0x7FFFFFFFu, 0x7FFF8000u,
+                               0xFFFF8000u, 0x7FC00000u, 0xFFC00000u};
+    const clopt_rule rules[2] = {CLOPT_SGD, CLOPT_LAMB};
+    for (int ri = 0; ri < 2; ri++) {
+        clopt_hparams hp;
+        assert_int_equal(clopt_hparams_default(rules[ri], &hp), CLOPT_SUCCESS);
+        hp.lr = 1.0;
+        hp.master = CLOPT_MASTER_REMAINDER;
+        uint16_t th[N];
+        for (int i = 0; i < N; i++)
+            th[i] = 0x3F80u;
+        cl_mem bp = buf_new(ctx, sizeof th, th), bg = buf_new(ctx, sizeof gbits, gbits);
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(ctx, rules[ri], &hp, &opt), CLOPT_SUCCESS);
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.param = (clopt_tensor){bp, 0};
+        d.grad = (clopt_tensor){bg, 0};
+        d.shape[0] = N;
+        d.param_dtype = CLOPT_DTYPE_BF16;
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        const size_t ns = clopt_optimizer_state_count(opt, 0);
+        clopt_tensor rt = {NULL, 0};
+        for (size_t k = 0; k < ns; k++) {
+            const char *name;
+            assert_int_equal(clopt_optimizer_state_info(opt, 0, k, &name, NULL), CLOPT_SUCCESS);
+            if (strcmp(name, "master_remainder") == 0)
+                assert_int_equal(clopt_optimizer_state(opt, 0, k, &rt), CLOPT_SUCCESS);
+        }
+        assert_non_null(rt.buffer);
+        uint16_t r[N];
+        buf_read(ctx, bp, 0, sizeof th, th);
+        buf_read(ctx, rt.buffer, rt.offset * 2, sizeof r, r);
+        int carried = 0;
+        for (int i = 0; i < N; i++) {
+            const uint32_t m = ((uint32_t)th[i] << 16) + (uint32_t)(int32_t)(int16_t)r[i];
+            if (!isnan16(&BF16, th[i]) || !isnan(u2f(m)))
+                fail_msg("%s, g 0x%08x: θ 0x%04x, master 0x%08x (not NaN)",
+                         clopt_rule_name(rules[ri]), gbits[i], th[i], m);
+            carried += (th[i] & 0x7FFFu) == 0x7FFFu;
+        }
+        assert_true(carried > 0);
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(bp), clReleaseMemObject(bg);
+    }
+}

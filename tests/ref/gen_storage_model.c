@@ -430,8 +430,10 @@ size_t gen_model_step(model *md, const spec *s, const clopt_hparams *hp, uint64_
             md->master[i] = (float)th[i];
             md->theta[i] = to_dtype(md->master[i], s->param, RNE, 0);
         } else if (md->rem) {
-            /* θ: the float32 master rounded to nearest, ties away from zero; r: the rest */
-            const uint32_t b = f32_bits((float)th[i]), h = (b + 0x8000u) >> 16;
+            /* θ: the float32 master rounded to nearest, ties away from zero; r: the rest
+               (a NaN that would carry into the sign bit: truncated, still a NaN) */
+            const uint32_t b = f32_bits((float)th[i]);
+            const uint32_t h = (b + ((b & 0x7FFFFFFFu) >= 0x7FFF8000u ? 0u : 0x8000u)) >> 16;
             md->theta[i] = f32_of_bits(h << 16);
             md->rem[i] = (uint16_t)((b - (h << 16)) & 0xFFFFu);
         } else {
