@@ -99,8 +99,10 @@ static clopt_status check_state_storage(clopt_ctx *ctx, clopt_rule rule, const c
                           "state_dtype must be CLOPT_DTYPE_F32, BF16 or U8 (got %d)", (int)t);
     if (t == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s has no 8-bit state (8-bit blockwise state: SGD with momentum, "
-                          "Adam, AdamW, Lion, RMSprop, Adagrad, AdEMAMix)",
+                          "%s%s has no 8-bit state (8-bit blockwise state: SGD with momentum, "
+                          "Adam, AdamW, Lion, RMSprop not centered, Adagrad, AdEMAMix, none "
+                          "with cautious masking)",
+                          rule == CLOPT_RMSPROP && hp->centered ? "centered " : "",
                           clopt_rule_name(rule));
     return CLOPT_SUCCESS;
 }
@@ -635,18 +637,14 @@ clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_h
     clopt_clear_error(ctx);
     if (!hp || !out || !count)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, out and count must not be NULL");
-    for (size_t k = 0; k < CLOPT_MAX_STATE; k++)
-        out[k] = (clopt_tensor){NULL, 0};
-    for (size_t k = 0; absmax && k < CLOPT_MAX_STATE; k++)
-        absmax[k] = (clopt_tensor){NULL, 0};
-    *count = 0;
     if (dtype != CLOPT_DTYPE_F32 && dtype != CLOPT_DTYPE_BF16 && dtype != CLOPT_DTYPE_U8)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "dtype must be CLOPT_DTYPE_F32, BF16 or U8 (got %d)", (int)dtype);
     if (dtype == CLOPT_DTYPE_U8 && !absmax)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "8-bit state needs absmax");
     if (dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
-        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "%s has no 8-bit state",
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED, "%s%s has no 8-bit state",
+                          hp && rule == CLOPT_RMSPROP && hp->centered ? "centered " : "",
                           clopt_rule_name(rule) ? clopt_rule_name(rule) : "rule");
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "rule %d is not a clopt_rule",
@@ -684,9 +682,9 @@ clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_h
         }
         return s;
     }
-    for (size_t k = 0; k < ns; k++) {
+    for (size_t k = 0; k < CLOPT_MAX_STATE; k++) { /* (made[k] NULL for k >= ns) */
         out[k] = (clopt_tensor){made[k], 0};
-        if (q8)
+        if (absmax)
             absmax[k] = (clopt_tensor){abs[k], 0};
     }
     *count = ns;

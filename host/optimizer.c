@@ -133,9 +133,11 @@ clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_
         return clopt_fail(ctx, s, "%s", why);
     if (hp->state_dtype == CLOPT_DTYPE_U8 && !clopt_rule_q8_ok(rule, hp))
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                          "%s%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop, Adagrad, "
-                          "AdEMAMix without cautious masking do)",
-                          hp->cautious ? "cautious " : "", clopt_rule_name(rule));
+                          "%s%s%s has no 8-bit state (SGD, Adam, AdamW, Lion, RMSprop not "
+                          "centered, Adagrad, AdEMAMix without cautious masking do)",
+                          hp->cautious ? "cautious " : "",
+                          rule == CLOPT_RMSPROP && hp->centered ? "centered " : "",
+                          clopt_rule_name(rule));
     if (hp->state_dtype != CLOPT_DTYPE_F32 && rule == CLOPT_ADAFACTOR)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "adafactor keeps float32 state (its factored statistics are small)");

@@ -73,6 +73,10 @@ int clopt_rule_q8_ok(clopt_rule rule, const clopt_hparams *hp)
 {
     if (hp && hp->cautious) /* the two-pass kernels (reduced.cl) read f32 or bf16 state */
         return 0;
+    /* centered RMSprop: sqrt(v - a²) of two separately quantized states goes imaginary (NaN
+       θ) once the gradient's variance is below their code steps; bitsandbytes refuses it */
+    if (rule == CLOPT_RMSPROP && hp && hp->centered)
+        return 0;
     return rule == CLOPT_SGD || rule == CLOPT_ADAM || rule == CLOPT_ADAMW ||
            rule == CLOPT_LION || rule == CLOPT_RMSPROP || rule == CLOPT_ADAGRAD ||
            rule == CLOPT_ADEMAMIX; /* bitsandbytes' AdEMAMix8bit: m1, m2 signed, nu not */

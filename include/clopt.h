@@ -493,7 +493,8 @@ typedef struct clopt_hparams {
        8-bit blockwise, see clopt_step_args.state_dtype). With U8, as bitsandbytes, tensors
        under 4096 elements keep float32 state, except in arena and range groups, whose
        tensors share one launch (each starts a block of 256 of the state there); bf16 applies
-       to every tensor. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop, Adagrad,
+       to every tensor. 8-bit state: SGD (with momentum), Adam, AdamW, Lion, RMSprop (not
+       centered, as bitsandbytes: sqrt(v - a²) of two quantized states turns NaN), Adagrad,
        AdEMAMix (bitsandbytes' AdEMAMix8bit),
        in caller-owned tensors, arena groups and range groups (library-allocated state); bf16:
        every rule but Adafactor (the multi-pass ones too: LAMB, StableAdamW, cautious
@@ -1195,7 +1196,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
    in clopt_rule_state_name order, filled with their initial values on the context's queue,
    non-blocking: order them before use on another queue) into out[0 .. *count); the rest of
    out is set to NULL (*count may be 0, e.g. SGD without momentum). The caller owns and
-   releases the buffers (clReleaseMemObject); on failure none is left allocated. The
+   releases the buffers (clReleaseMemObject); on failure none is left allocated and out and
+   *count are not written. The
    multi-pass rules (Adafactor, LAMB, StableAdamW, Muon): CLOPT_ERR_UNSUPPORTED (optimizer
    level only). Also CLOPT_ERR_NULL_ARGUMENT,
    CLOPT_ERR_INVALID_ARGUMENT (rule out of range), CLOPT_ERR_INVALID_HYPERPARAM,

@@ -622,14 +622,23 @@ static void test_alloc_state(void **state)
             assert_true(x[i] == 0.0f);
         clReleaseMemObject(st[k].buffer);
     }
+    /* a failed call writes neither out nor count (they were cleared first) */
+    static char mark;
+    cl_mem const sentinel = (cl_mem)(void *)&mark;
+    st[0] = (clopt_tensor){sentinel, 5};
+    count = 99;
     ref_hparams_default(CLOPT_LAMB, &hp);
     assert_int_equal(clopt_alloc_state(ctx, CLOPT_LAMB, &hp, 37, st, &count),
                      CLOPT_ERR_UNSUPPORTED);
-    assert_int_equal(count, 0);
-    assert_null(st[0].buffer);
     ref_hparams_default(CLOPT_ADAM, &hp);
     assert_int_equal(clopt_alloc_state(ctx, CLOPT_ADAM, &hp, 0, st, &count),
                      CLOPT_ERR_INVALID_SIZE);
+    hp.lr = -1;
+    assert_int_equal(clopt_alloc_state(ctx, CLOPT_ADAM, &hp, 37, st, &count),
+                     CLOPT_ERR_INVALID_HYPERPARAM);
+    assert_int_equal(count, 99);
+    assert_ptr_equal(st[0].buffer, sentinel);
+    assert_int_equal(st[0].offset, 5);
 }
 
 int main(void)

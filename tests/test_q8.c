@@ -335,7 +335,7 @@ int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const cha
         *rule = CLOPT_RMSPROP, *label = "rmsprop momentum", *t = 3;
         break;
     case 7:
-        *rule = CLOPT_RMSPROP, *label = "rmsprop centered momentum", *t = 3;
+        *rule = CLOPT_RMSPROP, *label = "rmsprop momentum maximize", *t = 3;
         break;
     case 8:
         *rule = CLOPT_RMSPROP, *label = "rmsprop", *t = 2;
@@ -372,7 +372,7 @@ int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const cha
     case 6:
     case 7:
         hp->lr = 0x1p-8, hp->alpha = 1 - 0x1p-7, hp->momentum = 0.875, hp->weight_decay = 0x1p-7;
-        hp->centered = i == 7;
+        hp->maximize = i == 7; /* (centered RMSprop has no 8-bit state) */
         break;
     case 8:
         hp->lr = 0x1p-8, hp->alpha = 1 - 0x1p-5;
@@ -396,7 +396,7 @@ int q8_config(int i, clopt_rule *rule, clopt_hparams *hp, uint64_t *t, const cha
 /* Bounds for one step's rounding errors: the same step with every term taken by its
    magnitude (|θ|, |g|, |state|), so that no sum cancels: sabs[k] bounds the terms of state
    k's new value, dth the terms of θ's change. RMSprop is written out, with the true
-   denominator (centered: sqrt(v - a²) is not monotonic in the terms). */
+   denominator. */
 static void abs_bounds(clopt_rule rule, const clopt_hparams *hp, uint64_t t, size_t n, size_t ns,
                        const float *theta0, const double *g, double *const old[], double *dth,
                        double *sabs[])
@@ -409,20 +409,13 @@ static void abs_bounds(clopt_rule rule, const clopt_hparams *hp, uint64_t t, siz
             sabs[k][i] = fabs(old[k][i]);
     if (rule == CLOPT_RMSPROP) {
         size_t k = 0;
-        const size_t kv = k++, kb = hp->momentum > 0 ? k++ : 99, ka = hp->centered ? k++ : 99;
+        const size_t kv = k++, kb = hp->momentum > 0 ? k++ : 99;
         const double al = hp->alpha, wd = hp->weight_decay;
         for (size_t i = 0; i < n; i++) {
             const double ge = (hp->maximize ? -g[i] : g[i]) + wd * (double)theta0[i];
             const double gabs = ga[i] + wd * th[i];
             const double vn = al * old[kv][i] + (1 - al) * ge * ge;
-            double d;
-            if (ka != 99) {
-                const double an = al * old[ka][i] + (1 - al) * ge;
-                d = sqrt(vn - an * an) + hp->eps;
-                sabs[ka][i] = al * fabs(old[ka][i]) + (1 - al) * gabs;
-            } else {
-                d = sqrt(vn) + hp->eps;
-            }
+            const double d = sqrt(vn) + hp->eps;
             sabs[kv][i] = al * old[kv][i] + (1 - al) * gabs * gabs;
             if (kb != 99) {
                 sabs[kb][i] = hp->momentum * fabs(old[kb][i]) + gabs / d;
@@ -626,11 +619,9 @@ void q8dev_free(q8dev *d)
 
 /* ---- 2. one step from a known state ------------------------------------------------------- */
 
-/* A random 8-bit state for the rule: random codes, absmaxes in a range per state kind, block 1
-   at absmax 0 in every state and block 2 in state 0 (zeroed together for centered RMSprop,
-   whose square_avg is built above 2·grad_avg² so that sqrt(v - a²) stays real). */
-static void random_state(uint64_t *s, clopt_rule rule, const clopt_hparams *hp, size_t n,
-                         size_t ns, const int *sg, q8s *st)
+/* A random 8-bit state: random codes, absmaxes in a range per state kind, block 1 at absmax 0
+   in every state and block 2 in state 0. */
+static void random_state(uint64_t *s, size_t n, size_t ns, const int *sg, q8s *st)
 {
     const size_t nb = nblocks(n);
     for (size_t k = 0; k < ns; k++) {
@@ -642,32 +633,8 @@ static void random_state(uint64_t *s, clopt_rule rule, const clopt_hparams *hp, 
         if (nb > 1)
             st[k].amax[1] = 0.0f;
     }
-    const int centered = rule == CLOPT_RMSPROP && hp->centered;
     if (nb > 2)
-        for (size_t k = 0; k < (centered ? ns : 1); k++)
-            st[k].amax[2] = 0.0f;
-    if (centered) { /* v (state 0) >= 2 a² (state ns - 1) element by element */
-        q8s *v = &st[0];
-        const q8s *a = &st[ns - 1];
-        for (size_t b = 0; b < nb; b++) {
-            const size_t i0 = b * 256, i1 = i0 + 256 < n ? i0 + 256 : n;
-            double m = 0;
-            for (size_t i = i0; i < i1; i++) {
-                const double ai = (double)QMAP[1][a->code[i]] * (double)a->amax[b];
-                m = fmax(m, ai * ai);
-            }
-            if (a->amax[b] == 0.0f)
-                continue;
-            v->amax[b] = (float)fmax((double)v->amax[b], 4 * m);
-            for (size_t i = i0; i < i1; i++) {
-                const double ai = (double)QMAP[1][a->code[i]] * (double)a->amax[b];
-                unsigned c = 0;
-                while ((double)QMAP[0][c] * (double)v->amax[b] < 2 * ai * ai)
-                    c++;
-                v->code[i] = (unsigned char)(c + (unsigned)(ref_splitmix64(s) % (256 - c)));
-            }
-        }
-    }
+        st[0].amax[2] = 0.0f;
 }
 
 static void random_tensor(uint64_t *s, size_t n, float *theta, float *grad)
@@ -699,7 +666,7 @@ size_t q8_one_step_case(clopt_ctx *ctx, int ci, size_t n, uint64_t seed, q8stats
     random_tensor(&s, n, theta0, grad);
     q8s st0[CLOPT_MAX_STATE], got[CLOPT_MAX_STATE];
     memset(st0, 0, sizeof st0); /* q8_alloc fills them, out of gcc's sight */
-    random_state(&s, rule, &hp, n, ns, sg, st0);
+    random_state(&s, n, ns, sg, st0);
     for (size_t k = 0; k < ns; k++)
         q8_alloc(&got[k], n, sg[k]);
 

@@ -797,6 +797,31 @@ void test_opt_refused(void **state)
         assert_int_equal(clopt_optimizer_group_count(opt), 1);
         clopt_optimizer_destroy(opt);
     }
+    /* centered RMSprop (sqrt(v - a²) of two quantized states turns NaN): refused by the
+       optimizer, the op-level step and the state allocation; bf16 state is taken */
+    assert_int_equal(clopt_hparams_default(CLOPT_RMSPROP, &hp), CLOPT_SUCCESS);
+    hp.centered = 1;
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    REFUSED(clopt_optimizer_create(f->ctx, CLOPT_RMSPROP, &hp, &opt), CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "centered rmsprop"));
+    {
+        cl_mem pb = buf_new(f->ctx, 8192 * 4, NULL), gb = buf_new(f->ctx, 8192 * 4, NULL);
+        clopt_step_args a;
+        clopt_step_args_init(&a);
+        a.param = (clopt_tensor){pb, 0}, a.grad = (clopt_tensor){gb, 0};
+        a.state_dtype = CLOPT_DTYPE_U8;
+        REFUSED(clopt_enqueue_step(f->ctx, NULL, CLOPT_RMSPROP, &hp, &a, 8192, 1, 0, NULL, NULL),
+                CLOPT_ERR_UNSUPPORTED);
+        clopt_tensor st[CLOPT_MAX_STATE], am[CLOPT_MAX_STATE];
+        size_t cnt = 0;
+        REFUSED(clopt_alloc_state_ex(f->ctx, CLOPT_RMSPROP, &hp, 8192, CLOPT_DTYPE_U8, st, am,
+                                     &cnt),
+                CLOPT_ERR_UNSUPPORTED);
+        clReleaseMemObject(pb), clReleaseMemObject(gb);
+    }
+    hp.state_dtype = CLOPT_DTYPE_BF16;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_RMSPROP, &hp, &opt), CLOPT_SUCCESS);
+    clopt_optimizer_destroy(opt);
     /* out of range */
     assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
     bad = hp;

@@ -12,7 +12,7 @@
       kept in float32, with AMP on and a step skipped for an Inf gradient, bit for bit the
       work-item shape's θ (gaps included) and states after every step;
     - with the storage around 8-bit state (gradient centralization, 16-bit θ and g with
-      stochastic rounding, an fp32 master or a bf16 remainder; AMSGrad, centered RMSprop)
+      stochastic rounding, an fp32 master or a bf16 remainder; AMSGrad, RMSprop with momentum)
       three steps from clopt_alloc_state_ex's initial state, bit for bit the work-item
       shape's θ, master, codes and absmaxes;
     - clopt_ctx_get_rule_tuning reports the shape (work-group size 256 / VW). */
@@ -139,19 +139,19 @@ enum { SR = 40, SC = 129, SN = SR * SC }; /* a 40 x 129 matrix: blocks cut by it
 typedef struct combo {
     const char *label;
     clopt_rule rule;
-    int gc, amsgrad, centered;
+    int gc, amsgrad;
     clopt_dtype p, g;
     clopt_master master;
     int sr;
 } combo;
 
 static const combo combos[] = {
-    {"adamw GC", CLOPT_ADAMW, 1, 0, 0, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, 0},
-    {"adamw amsgrad bf16 θ g SR", CLOPT_ADAMW, 0, 1, 0, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
+    {"adamw GC", CLOPT_ADAMW, 1, 0, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32, CLOPT_MASTER_NONE, 0},
+    {"adamw amsgrad bf16 θ g SR", CLOPT_ADAMW, 0, 1, CLOPT_DTYPE_BF16, CLOPT_DTYPE_BF16,
      CLOPT_MASTER_NONE, 1},
-    {"adamw bf16 θ remainder", CLOPT_ADAMW, 0, 0, 0, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32,
+    {"adamw bf16 θ remainder", CLOPT_ADAMW, 0, 0, CLOPT_DTYPE_BF16, CLOPT_DTYPE_F32,
      CLOPT_MASTER_REMAINDER, 0},
-    {"rmsprop centered GC f16 θ f32 master", CLOPT_RMSPROP, 1, 0, 1, CLOPT_DTYPE_F16,
+    {"rmsprop GC f16 θ f32 master", CLOPT_RMSPROP, 1, 0, CLOPT_DTYPE_F16,
      CLOPT_DTYPE_F16, CLOPT_MASTER_F32, 0},
 };
 
@@ -177,7 +177,7 @@ static unsigned char *combo_run(clopt_ctx *ctx, const combo *c, size_t *len)
     clopt_hparams hp;
     assert_int_equal(clopt_hparams_default(c->rule, &hp), CLOPT_SUCCESS);
     hp.lr = 1e-2, hp.weight_decay = 0.01;
-    hp.grad_centralization = c->gc, hp.amsgrad = c->amsgrad, hp.centered = c->centered;
+    hp.grad_centralization = c->gc, hp.amsgrad = c->amsgrad;
     if (c->rule == CLOPT_RMSPROP)
         hp.momentum = 0.9;
     const size_t ps = c->p == CLOPT_DTYPE_F32 ? 4 : 2, gs = c->g == CLOPT_DTYPE_F32 ? 4 : 2;
