@@ -6,9 +6,20 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The stochastic-rounding key's step word of a switch (a 16-bit θ without a master): the
+   step's own (the tensor's count + 1 at the optimizer level, 0 at the op level) with its top
+   bits 01 for eval and 11 for train (Lookahead's sync has 10, kernels/tensor.cl; updates,
+   below 2^30 steps, 00), so that the two roundings of an eval/train round trip are
+   independent of each other and of the step's update (sharing one word, the round trip
+   came back biased: +0.2 ulp on average in the review's case). */
+static uint32_t sr_key_step(uint64_t step, int train)
+{
+    return (uint32_t)step ^ (train ? 0xC0000000u : 0x40000000u);
+}
+
 /* The arguments of sf_mode before the storage ones: θ = lerp(θ, z, w) over n elements with
-   eval w = 1 - 1/β (x from y) or train w = 1 - β, and w's complement; `step` keys the
-   stochastic rounding of a 16-bit θ. */
+   eval w = 1 - 1/β (x from y) or train w = 1 - β, and w's complement; `step` + 1 is the
+   optimizer level's rounding key step word (unused at the op level). */
 static void mode_args(clopt_args *a, clopt_rule rule, const clopt_hparams *hp, int train,
                       clopt_tensor param, clopt_tensor z, size_t n, uint64_t step)
 {
@@ -57,7 +68,7 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
     clopt_args a = {k, 0, CL_SUCCESS};
     mode_args(&a, rule, hp, train, args->param, args->state[0], n, 0);
     if (args->param_dtype != CLOPT_DTYPE_F32)
-        clopt_arg_storage(&a, args, 0);
+        clopt_arg_storage(&a, args, sr_key_step(0, train));
     if (a.err != CL_SUCCESS)
         return clopt_fail_cl(ctx, a.err, "clSetKernelArg");
     return clopt_launch_elementwise(ctx, queue ? queue : ctx->queue, k, n, &t, num_wait,
@@ -108,7 +119,8 @@ static clopt_status mode_launch(clopt_optimizer *opt, const clopt_param *e, clop
     if (s != CLOPT_SUCCESS || dry)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
-    mode_args(&a, opt->rule, hp, train, param, z, n, e->step);
+    mode_args(&a, opt->rule, hp, train, param, z, n,
+              (uint32_t)(sr_key_step(e->step + 1, train) - 1u));
     clopt_o_storage_args(opt, &a, e);
     if (a.err != CL_SUCCESS)
         return clopt_o_set_failed(opt, &a);

@@ -485,8 +485,9 @@ typedef struct clopt_hparams {
        "master_remainder" (u16, zeros); stochastic_rounding 1 rounds θ stochastically (no
        master only), keyed by the optimizer's seed (clopt_optimizer_seed), the tensor's
        index as the stream (a range group: one stream for all its tensors,
-       clopt_range_group.sr_stream) and its step count. Both are ignored for float32
-       tensors. */
+       clopt_range_group.sr_stream) and its step count (Lookahead's sync and Schedule-Free's
+       eval/train switches draw other values of that step, README "Storage"). Both are
+       ignored for float32 tensors. */
     int master;
     int stochastic_rounding;
     /* Storage of the group's optimizer state (a clopt_dtype: CLOPT_DTYPE_F32, BF16 or U8 =

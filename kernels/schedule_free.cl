@@ -92,7 +92,9 @@ __kernel Q8_WG_ATTR void sf_sgd_step(__global PSTORE *p_, const ulong po, __glob
 #endif
 
 /* θ = lerp(θ, z, w): eval (w = 1 - 1/β: x from y) or train (w = 1 - β: y from x). z is only
- * read. mstep: the step count used as the stochastic-rounding key's step. Launched per
+ * read. mstep + 1: the stochastic-rounding key's step word at the optimizer level (the host
+ * sets its top bits per direction, host/schedule_free.c; the op level passes the word as the
+ * storage arguments' step). Launched per
  * tensor, from a program without RANGES (a range group's step program has no chunk table
  * for it, and its 16-bit storage macros would refer to the table's offsets). */
 #if !RANGES

@@ -377,11 +377,17 @@ static inline void tail_store_u16(ushortV x, __global ushort *p, uint rem)
 #define STOREP_RNE(x, p) STORE_U16(f32_to_bf16(x), p)
 #define STOREP_SR(x, p, r) STORE_U16(f32_to_bf16_sr(x, r), p)
 #endif
+/* The rounding key's step word: the step's (the device's count + 1, or the op level's
+   argument). A kernel that rounds θ again in the same step redefines SR_STEP around itself
+   with the word's top two bits set (Lookahead's sync 10, tensor.cl; Schedule-Free's switch
+   01 / 11, from the host), so that its random values are not the update's (updates below
+   2^30 steps keep them 00). */
 #if CTRL
-#define SR_STEP ((uint)(dc_ + 1))
+#define SR_STEP_COUNTED ((uint)(dc_ + 1))
 #else
-#define SR_STEP sr_step
+#define SR_STEP_COUNTED sr_step
 #endif
+#define SR_STEP SR_STEP_COUNTED
 #if SR
 /* Batches of Philox instances in vector lanes, for the work-items that round many elements
  * (sr_batch below, and the chunk kernels' sr_chunk_batches in chunks.cl): wa[4j + i] = word

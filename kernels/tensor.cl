@@ -45,7 +45,12 @@ __kernel void convert(__global PSTORE *p_, const ulong po, __global const GSTORE
     ELEMENTWISE_END
 }
 
-/* Lookahead: θ = φ + α(θ - φ); φ = θ (θ: the master when there is one, STORAGE_PARAMS). */
+/* Lookahead: θ = φ + α(θ - φ); φ = θ (θ: the master when there is one, STORAGE_PARAMS). A
+ * 16-bit θ without a master rounds stochastically with random values of its own (SR_STEP's
+ * top bits 10): with the update's, which it follows in the same step, the two roundings were
+ * one, and the sync's average came out biased by up to half an ulp. */
+#undef SR_STEP
+#define SR_STEP (SR_STEP_COUNTED ^ 0x80000000u)
 __kernel void lookahead_sync(__global PSTORE *p_, const ulong po, __global float *s_,
                              const ulong so, const ulong n,
                              const float alpha CTRL_PARAMS STORAGE_PARAMS)
@@ -61,6 +66,8 @@ __kernel void lookahead_sync(__global PSTORE *p_, const ulong po, __global float
     STORE(p, s_);
     ELEMENTWISE_END
 }
+#undef SR_STEP
+#define SR_STEP SR_STEP_COUNTED
 
 /* Lookahead's first slow weights: φ = θ (the master when there is one) as float32. */
 __kernel void theta_copy(__global PSTORE *p_, const ulong po, __global float *s_,

@@ -71,12 +71,15 @@ void test_sr_sgd_bias(void **state);
 void test_sr_step_words(void **state);
 void test_sr_words_tunings(void **state);
 void test_sr_range_stream(void **state);
+void test_sr_lookahead_own_draws(void **state);
+void test_sr_schedule_free_round_trip(void **state);
 
 #define STORAGE_SR_TESTS                                                                     \
     cmocka_unit_test(test_sr_convert), cmocka_unit_test(test_sr_convert_words),              \
         cmocka_unit_test(test_sr_mean), cmocka_unit_test(test_sr_sgd_bias),                  \
         cmocka_unit_test(test_sr_step_words), cmocka_unit_test(test_sr_words_tunings),      \
-        cmocka_unit_test(test_sr_range_stream)
+        cmocka_unit_test(test_sr_range_stream), cmocka_unit_test(test_sr_lookahead_own_draws), \
+        cmocka_unit_test(test_sr_schedule_free_round_trip)
 
 /* ---- test_storage_axpby.c ---------------------------------------------------------------- */
 

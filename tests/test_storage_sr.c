@@ -498,3 +498,103 @@ void test_sr_words_tunings(void **state)
         clopt_ctx_destroy(ctx);
     }
 }
+
+/* ---- second roundings in a step: their own random values ------------------------------- */
+
+/* An optimizer of rule under hp (bf16 θ of n elements, all `theta`, stochastic rounding, no
+   master; g float32, all `grad`) with one tensor; its buffers to *pb, *gb. */
+static clopt_optimizer *sr_opt(clopt_ctx *ctx, clopt_rule rule, clopt_hparams *hp, size_t n,
+                               uint16_t theta, float grad, cl_mem *pb, cl_mem *gb)
+{
+    uint16_t *th = xmalloc(n * 2);
+    float *g = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        th[i] = theta, g[i] = grad;
+    *pb = buf_new(ctx, n * 2, th), *gb = buf_new(ctx, n * 4, g);
+    free(th), free(g);
+    hp->stochastic_rounding = 1;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(ctx, rule, hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){*pb, 0}, d.grad = (clopt_tensor){*gb, 0};
+    d.shape[0] = n;
+    d.param_dtype = CLOPT_DTYPE_BF16;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    return opt;
+}
+
+/* The mean of bf16 θ (n elements in pb) minus 1, in ulps of 1 (2^-7). */
+static double mean_ulps(clopt_ctx *ctx, cl_mem pb, size_t n)
+{
+    uint16_t *th = xmalloc(n * 2);
+    buf_read(ctx, pb, 0, n * 2, th);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += (val16(&BF16, th[i]) - 1.0) * 128.0;
+    free(th);
+    return sum / (double)n;
+}
+
+/* Lookahead's sync rounds θ with random values other than the update's it follows. SGD
+   (lr 1) moves bf16 θ = 1 half an ulp up (g = -2^-8): θ' is 1 or 1 + ulp, each with
+   probability 1/2; the sync (k 1, α 1/2) from φ = 1 gives 1, or 1 + ulp/2 rounded up with
+   probability 1/2: a mean of 1/4 ulp. With the update's random values the second rounding
+   went up exactly when the first had: 1/2 ulp. */
+void test_sr_lookahead_own_draws(void **state)
+{
+    fixture *f = *state;
+    fmt_init(&BF16);
+    const size_t N = test_small() ? 16384 : 65536;
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_SGD, &hp), CLOPT_SUCCESS);
+    hp.lr = 1.0;
+    hp.lookahead_k = 1;
+    hp.lookahead_alpha = 0.5;
+    cl_mem pb, gb;
+    clopt_optimizer *opt = sr_opt(f->ctx, CLOPT_SGD, &hp, N, 0x3F80u, -0x1p-8f, &pb, &gb);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    const double m = mean_ulps(f->ctx, pb, N);
+    print_message("  lookahead after an SR update: mean θ - 1 = %.4f ulp (1/4 expected)\n", m);
+    assert_true(fabs(m - 0.25) < 8 * sqrt(0.25 * 0.75 / (double)N)); /* 8 sigma */
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+}
+
+/* A Schedule-Free eval/train round trip is exact in real arithmetic, and stochastic rounding
+   keeps it unbiased when its two roundings draw independently. Schedule-Free SGD (β 0.9)
+   after a step with g = 0 (y = z = 1), z then set to 1 - 4.5 ulp: eval's x = 1 + ulp/2, train's
+   y = x + 0.1 (z - x) = 1 -+ 0.45 ulp: a mean of 0. Sharing one random word, the two roundings
+   came back +0.2 ulp on average. */
+void test_sr_schedule_free_round_trip(void **state)
+{
+    fixture *f = *state;
+    fmt_init(&BF16);
+    const size_t N = test_small() ? 16384 : 65536;
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_SCHEDULE_FREE_SGD, &hp), CLOPT_SUCCESS);
+    cl_mem pb, gb;
+    clopt_optimizer *opt =
+        sr_opt(f->ctx, CLOPT_SCHEDULE_FREE_SGD, &hp, N, 0x3F80u, 0.0f, &pb, &gb);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    float *z = xmalloc(N * 4);
+    for (size_t i = 0; i < N; i++)
+        z[i] = 1.0f - 4.5f * 0x1p-7f;
+    const char *name;
+    assert_int_equal(clopt_optimizer_state_info(opt, 0, 0, &name, NULL),
+                     CLOPT_SUCCESS);
+    assert_string_equal(name, "z");
+    assert_int_equal(clopt_optimizer_write_state(opt, 0, 0, z, N), CLOPT_SUCCESS);
+    assert_true(fabs(mean_ulps(f->ctx, pb, N)) == 0.0);
+    assert_int_equal(clopt_optimizer_eval(opt), CLOPT_SUCCESS);
+    const double mx = mean_ulps(f->ctx, pb, N);
+    assert_int_equal(clopt_optimizer_train(opt), CLOPT_SUCCESS);
+    const double my = mean_ulps(f->ctx, pb, N);
+    print_message("  schedule-free round trip: mean x - 1 = %.4f ulp (1/2), y - 1 = %.4f ulp "
+                  "(0)\n", mx, my);
+    assert_true(fabs(mx - 0.5) < 8 * sqrt(0.25 / (double)N));
+    assert_true(fabs(my) < 8 * sqrt(0.25 / (double)N));
+    free(z);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+}
