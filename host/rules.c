@@ -459,8 +459,14 @@ double clopt_nadam_mu(const clopt_hparams *hp, double t)
 double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t)
 {
     double prod = 1.0;
-    for (uint64_t i = 1; hp && i <= t && prod != 0.0; i++) /* 0 stays 0: stop there */
+    for (uint64_t i = 1; hp && i <= t && prod != 0.0; i++) { /* 0 stays 0: stop there */
+        /* once 0.5·0.96^(iψ) is below half an ulp of 1, every later μ is β1 itself: the
+           rest in one pow (set_step_count or a load with a huge count took one multiply
+           per step: hours; with ψ 0.004 that is past step 229,000) */
+        if (0.5 * pow(0.96, (double)i * hp->momentum_decay) < 0x1p-54)
+            return prod * pow(hp->beta1, (double)(t - i + 1));
         prod *= clopt_nadam_mu(hp, (double)i);
+    }
     return prod;
 }
 

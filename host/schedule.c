@@ -35,14 +35,18 @@ static double stage_factor(const clopt_schedule_stage *st, uint64_t count)
             double n = floor(log(t / T * (m - 1.0) + 1.0) / log(m));
             if (n < 0)
                 n = 0;
-            while (n > 0 && T * (pow(m, n) - 1.0) / (m - 1.0) > t)
+            /* (a few moves at most: with t_mult barely above 1 and a huge t the cycle number
+               passes 2^53, where n ± 1 is n, and the loops never ended) */
+            for (int k = 0; k < 4 && n > 0 && T * (pow(m, n) - 1.0) / (m - 1.0) > t; k++)
                 n -= 1.0;
-            while (T * (pow(m, n + 1.0) - 1.0) / (m - 1.0) <= t)
+            for (int k = 0; k < 4 && T * (pow(m, n + 1.0) - 1.0) / (m - 1.0) <= t; k++)
                 n += 1.0;
             cur = t - T * (pow(m, n) - 1.0) / (m - 1.0);
             len = T * pow(m, n);
-            if (cur < 0) /* rounding at a cycle boundary */
+            if (!(cur >= 0)) /* rounding at a cycle boundary (or NaN) */
                 cur = 0;
+            if (!(cur <= len))
+                cur = len;
         }
         return st->eta_min + (1.0 - st->eta_min) * (1.0 + cos(pi * cur / len)) / 2.0;
     }

@@ -609,6 +609,22 @@ static void test_state_layout_and_defaults(void **state)
             bad++;
         }
     }
+    /* past the step where 0.96^(tψ) no longer changes μ (step 92 with ψ 10) the product is
+       still the chain's (within the chain's own rounding over 10^5 multiplies); and a huge
+       count returns at once (one multiply per step took hours): with ψ 1e19 every μ is β1,
+       the product β1^t. (β1 near 1: the products stay normal) */
+    hp.beta1 = 0.99999;
+    hp.momentum_decay = 10.0;
+    P = 1.0;
+    for (uint64_t t = 1; t <= 100000; t++)
+        P *= ref_nadam_mu(&hp, t);
+    assert_true(P > 1e-10);
+    assert_true(fabs(clopt_nadam_mu_product(&hp, 100000) - P) <= 1e-10 * P);
+    hp.beta1 = 1.0 - 1e-12;
+    hp.momentum_decay = 1e19;
+    const long double want = expl(1e13L * log1pl((long double)hp.beta1 - 1.0L));
+    assert_true(fabsl((long double)clopt_nadam_mu_product(&hp, 10000000000000ull) - want) <=
+                1e-9L * want);
     assert_int_equal(bad, 0);
 }
 

@@ -726,6 +726,7 @@ int main(void)
         cmocka_unit_test(test_arena_matches_separate),
         cmocka_unit_test(test_schedules_torch_chainable),
         cmocka_unit_test(test_schedules_restarts_stepped),
+        cmocka_unit_test(test_schedules_restarts_huge_counts),
         cmocka_unit_test(test_schedules_edges),
         cmocka_unit_test(test_schedule_in_optimizer),
         cmocka_unit_test(test_accumulation),

@@ -5,6 +5,7 @@
 
 void test_schedules_torch_chainable(void **state);
 void test_schedules_restarts_stepped(void **state);
+void test_schedules_restarts_huge_counts(void **state);
 void test_schedules_edges(void **state);
 void test_schedule_in_optimizer(void **state);
 

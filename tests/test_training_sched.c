@@ -171,6 +171,30 @@ void test_schedules_restarts_stepped(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* Restarts with t_mult barely above 1 at huge step counts (an engine's set_step_count, a
+   loaded count): the cycle's number passes 2^53, where the search for it never ended; the
+   factor stays within [eta_min, 1]. */
+void test_schedules_restarts_huge_counts(void **state)
+{
+    (void)state;
+    const double mults[3] = {1.0000000000000002, 1.5, 2.0};
+    const uint64_t counts[6] = {10, 1000000, 1000000000000ull, 100000000000000000ull,
+                                10000000000000000000ull, UINT64_MAX};
+    for (int m = 0; m < 3; m++) {
+        clopt_schedule s = one_stage((clopt_schedule_stage){.kind = CLOPT_SCHED_COSINE_RESTARTS,
+                                                            .total_steps = 1,
+                                                            .t_mult = mults[m],
+                                                            .eta_min = 0.25});
+        assert_int_equal(clopt_schedule_validate(&s, NULL), CLOPT_SUCCESS);
+        for (int c = 0; c < 6; c++) {
+            const double f = clopt_schedule_factor(&s, counts[c]);
+            if (!(f >= 0.25 && f <= 1.0))
+                fail_msg("t_mult %.17g, count %llu: factor %g", mults[m],
+                         (unsigned long long)counts[c], f);
+        }
+    }
+}
+
 /* Literal values at the edges (bc -l for the cosines), and the cosine past T: clopt holds
    eta_min where torch's CosineAnnealingLR (closed and chainable forms alike) keeps following
    the cosine, back up to the base lr at 2T (documented in clopt.h as a deliberate
