@@ -47,6 +47,48 @@ static int op_overlap(clopt_tensor dst, size_t ds, clopt_tensor src, size_t ss, 
            src.offset * ss < (dst.offset + n) * ds;
 }
 
+/* The op-level step's tensors (validated) must not share bytes: a work-item's reads and
+   writes of one element would race with another's (the optimizer level checks its tensors
+   once, at registration, and may hand a launch whole buffers). */
+typedef struct op_span {
+    const char *what;
+    cl_mem buffer;
+    size_t lo, hi; /* bytes */
+} op_span;
+
+static clopt_status check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                        const clopt_step_args *a, size_t n)
+{
+    op_span r[3 + 2 * CLOPT_MAX_STATE + 2];
+    size_t k = 0;
+#define SPAN(w, tensor, count, esize)                                                      \
+    r[k++] = (op_span){w, (tensor).buffer, (tensor).offset * (esize),                      \
+                       ((tensor).offset + (count)) * (esize)}
+    SPAN("param", a->param, n, clopt_dtype_size(a->param_dtype));
+    SPAN("grad", a->grad, n, clopt_dtype_size(a->grad_dtype));
+    if (a->master_kind != CLOPT_MASTER_NONE)
+        SPAN("master", a->master, n, a->master_kind == CLOPT_MASTER_F32 ? 4u : 2u);
+    const size_t ns = clopt_rule_state_count(rule, hp);
+    for (size_t i = 0; i < ns; i++) {
+        SPAN(state_label(i), a->state[i], n, clopt_dtype_size(a->state_dtype));
+        if (a->state_dtype == CLOPT_DTYPE_U8)
+            SPAN("state_absmax", a->state_absmax[i], clopt_q8_blocks(n), sizeof(float));
+    }
+    if (a->hessian.buffer)
+        SPAN("hessian", a->hessian, n, sizeof(float));
+    if (hp->grad_centralization && a->gc_rows > 0)
+        SPAN("gc_scratch", a->gc_scratch, a->gc_rows, sizeof(float));
+#undef SPAN
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < i; j++)
+            if (r[i].buffer == r[j].buffer && r[i].lo < r[j].hi && r[j].lo < r[i].hi)
+                return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                                  "%s and %s overlap (bytes [%zu, %zu) and [%zu, %zu) of one "
+                                  "buffer)", r[j].what, r[i].what, r[j].lo, r[j].hi, r[i].lo,
+                                  r[i].hi);
+    return CLOPT_SUCCESS;
+}
+
 /* θ, g and the master with their storage types; the storage options of the step. */
 static clopt_status check_storage(clopt_ctx *ctx, const clopt_step_args *a, size_t n)
 {
@@ -264,6 +306,8 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
                           "%s needs reductions over the whole tensor: use the optimizer level",
                           clopt_rule_name(rule));
     clopt_status s = clopt_validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
+    if (s == CLOPT_SUCCESS && !ctl)
+        s = check_step_disjoint(ctx, rule, hp, args, n);
     if (s != CLOPT_SUCCESS)
         return s;
     if (clopt_rule_per_tensor(rule, hp)) /* valid hyperparameters with cautious masking */
@@ -488,8 +532,9 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
-    if (!(isfinite(batch_size) && batch_size > 0))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_HYPERPARAM, "batch_size must be finite and > 0");
+    if (!(isfinite(batch_size) && batch_size > 0 && batch_size <= FLT_MAX))
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_HYPERPARAM,
+                          "batch_size must be > 0 and finite as a float (the kernel's)");
     clopt_status s;
     if ((s = clopt_check_tensor(ctx, "ghat", ghat, n)) != CLOPT_SUCCESS ||
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
@@ -517,8 +562,9 @@ static clopt_status axpby_enqueue(clopt_ctx *ctx, cl_command_queue queue, clopt_
                                   double alpha, double beta, int refuse_overlap,
                                   cl_uint num_wait, const cl_event *wait_list, cl_event *event)
 {
-    if (!isfinite(alpha) || !isfinite(beta))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "alpha and beta must be finite");
+    if (!(fabs(alpha) <= FLT_MAX && fabs(beta) <= FLT_MAX)) /* (NaN fails too) */
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "alpha and beta must be finite as floats (the kernel's)");
     const size_t ds = clopt_dtype_size(dt), ss = clopt_dtype_size(st);
     clopt_status s;
     if ((s = clopt_check_tensor_of(ctx, "dst", dst, n, ds)) != CLOPT_SUCCESS ||

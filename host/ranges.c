@@ -175,6 +175,12 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         if ((s = clopt_o_take_shape(ctx, d, e)) != CLOPT_SUCCESS ||
             (s = clopt_o_take_storage(opt, &probe, d, e)) != CLOPT_SUCCESS)
             goto fail;
+        if (d->hessian.buffer) { /* (add_param_desc refuses it for these rules too) */
+            s = clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                           "tensor %zu: %s takes no Hessian estimate (tensors[%zu].hessian is "
+                           "set)", i, clopt_rule_name(opt->rule), i);
+            goto fail;
+        }
         if (d->param_dtype != desc->tensors[0].param_dtype ||
             d->grad_dtype != desc->tensors[0].grad_dtype) {
             s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,

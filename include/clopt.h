@@ -721,7 +721,8 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * CLOPT_ERR_INVALID_ARGUMENT (rule out of range, step 0, grad_scale negative, not finite or
  * outside 1.2e-38 .. 8.5e37 (0 means 1), mu_product outside [0, 1] (0 is the
  * underflowed product of a long run), Schedule-Free's sf_lr_max or sf_weight_sum negative or
- * not finite, a buffer or queue of another context, a bad wait list),
+ * not finite, a buffer or queue of another context, a bad wait list, two of the step's
+ * tensors that share bytes of one buffer),
  * CLOPT_ERR_OUT_OF_BOUNDS (offset + n past a buffer's end), CLOPT_ERR_STATE_MISMATCH (a state
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
  * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW and Muon: optimizer
@@ -1179,14 +1180,14 @@ void clopt_range_group_init(clopt_range_group *g);
    state buffers too small (CLOPT_ERR_OUT_OF_BOUNDS); two ranges of the group that overlap,
    a gradient or state range overlapping a parameter range or another tensor's, a parameter,
    gradient or state range overlapping one already registered in this optimizer (another
-   group's engine-owned state included), params or grads
-   in more than one cl_mem, a buffer of another context, struct_size too small, sr_stream
-   outside -1 .. 2^32 - 1, tensors whose storage types differ (CLOPT_ERR_INVALID_ARGUMENT); a
-   state buffer count other than 0 or the rule's (CLOPT_ERR_STATE_MISMATCH); Sophia, the
+   group's engine-owned state included), params or grads in more than one cl_mem, a buffer
+   of another context, struct_size too small, sr_stream outside -1 .. 2^32 - 1, tensors
+   whose storage types differ (CLOPT_ERR_INVALID_ARGUMENT); a state buffer count other than
+   0 or the rule's, a tensor's hessian set (CLOPT_ERR_STATE_MISMATCH); Sophia, the
    engine's state with Lookahead, with a multi-pass rule (Adafactor, LAMB, StableAdamW,
    Muon), with a master (a state of the library's) or with a state_dtype other than F32
-   (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors),
-   CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
+   (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors, a
+   tensor's param or grad buffer), CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
    CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
    *first_index (either may be NULL) receive the group and its first tensor. */
 clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,

@@ -497,6 +497,40 @@ static void test_op_arguments(void **state)
                     "param buffer too small", CLOPT_ERR_OUT_OF_BOUNDS);
     }
 
+    /* tensors sharing bytes (a race between work-items; they were enqueued); disjoint ranges
+       of one buffer are fine */
+    {
+        clopt_step_args c = a;
+        c.state[0] = c.param;
+        EXPECT_FAIL(f, clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &hp, &c, FN, 1, 0, NULL, NULL),
+                    "exp_avg = param", CLOPT_ERR_INVALID_ARGUMENT);
+        cl_int err;
+        cl_mem big = clCreateBuffer(clopt_ctx_cl_context(f->ctx), CL_MEM_READ_WRITE, 3 * FN * sizeof(float), NULL, &err);
+        assert_non_null(big);
+        const float zero = 0.0f;
+        assert_int_equal(clEnqueueFillBuffer(f->q, big, &zero, sizeof zero, 0,
+                                             3 * FN * sizeof(float), 0, NULL, NULL),
+                         CL_SUCCESS);
+        c = a;
+        c.param = (clopt_tensor){big, 0};
+        c.state[1] = (clopt_tensor){big, FN - 1};
+        EXPECT_FAIL(f, clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &hp, &c, FN, 1, 0, NULL, NULL),
+                    "exp_avg_sq over param's last float", CLOPT_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "overlap"));
+        c.state[1] = a.state[1];
+        c.grad = (clopt_tensor){big, FN};
+        c.state[0] = (clopt_tensor){big, 2 * FN - 2};
+        EXPECT_FAIL(f, clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &hp, &c, FN, 1, 0, NULL, NULL),
+                    "exp_avg over grad's last two floats", CLOPT_ERR_INVALID_ARGUMENT);
+        c.state[0] = a.state[0];
+        assert_int_equal(clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &hp, &c, FN, 1, 0, NULL,
+                                            NULL),
+                         CLOPT_SUCCESS);
+        assert_int_equal(clFinish(f->q), CL_SUCCESS);
+        fx_restore(f);
+        clReleaseMemObject(big);
+    }
+
     /* state tensors */
     {
         clopt_step_args c = a;
@@ -637,8 +671,8 @@ static void test_estimator_arguments(void **state)
                 CLOPT_ERR_INVALID_SIZE);
     EXPECT_FAIL(f, clopt_enqueue_gnb(f->ctx, NULL, u, o, FN + 1, 4.0, 0, NULL, NULL),
                 "gnb out of bounds", CLOPT_ERR_OUT_OF_BOUNDS);
-    const double bad_b[3] = {0.0, -1.0, NAN};
-    for (int i = 0; i < 3; i++) {
+    const double bad_b[4] = {0.0, -1.0, NAN, 1e300}; /* 1e300: Inf as the kernel's float */
+    for (int i = 0; i < 4; i++) {
         char label[64];
         snprintf(label, sizeof label, "gnb batch_size = %g", bad_b[i]);
         EXPECT_FAIL(f, clopt_enqueue_gnb(f->ctx, NULL, u, o, FN, bad_b[i], 0, NULL, NULL), label,

@@ -399,6 +399,15 @@ static void test_misuse_refused(void **state)
     bad.tensors = d;
     assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &bad, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    /* a Hessian estimate for a rule that takes none (it was ignored; add_param_desc refuses) */
+    clopt_param_desc h = {.param = {B, 700}, .grad = {G, 700}, .hessian = {G, 800}, .ndim = 1,
+                          .shape = {10}};
+    rg.ntensors = 1;
+    rg.tensors = &h;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_STATE_MISMATCH);
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &h, NULL), CLOPT_ERR_STATE_MISMATCH);
+    assert_int_equal(clopt_optimizer_group_count(opt), 2);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(B);
     clReleaseMemObject(G);

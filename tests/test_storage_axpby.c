@@ -152,6 +152,12 @@ void test_axpby_typed_place(void **state)
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_U8, t,
                                             CLOPT_DTYPE_BF16, 8, 1.0, 1.0, 0, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    /* finite doubles that are Inf as the kernel's floats */
+    assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_BF16, t,
+                                            CLOPT_DTYPE_BF16, 8, 1e39, 1.0, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_enqueue_axpby(f->ctx, NULL, t, t, 8, 1.0, -1e300, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
     assert_int_equal(clopt_enqueue_axpby_ex(f->ctx, NULL, t, CLOPT_DTYPE_BF16, t,
                                             CLOPT_DTYPE_U16, 8, 1.0, 1.0, 0, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
