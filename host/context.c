@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Context: device choice, queue, tuning, error detail. No globals. */
+#define _POSIX_C_SOURCE 200809L /* getcwd */
 #include "internal.h"
 
 #include <ctype.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CLOPT_MAX_PLATFORMS 16
 #define CLOPT_MAX_DEVICES 64
@@ -34,6 +36,36 @@ static void say_more(char *why, size_t whylen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why + used, whylen - used, fmt, ap);
     va_end(ap);
+}
+
+/* A device (dev) or platform (plat) string into buf (cap bytes), cut to fit: a longer one
+   made the query into the fixed buffer fail (CL_INVALID_VALUE) and left "", e.g. a driver
+   version missing from the program cache's key. */
+static void info_string(cl_device_id dev, cl_platform_id plat, cl_uint what, char *buf,
+                        size_t cap)
+{
+    buf[0] = '\0';
+    size_t len = 0;
+    cl_int err = dev ? clGetDeviceInfo(dev, what, 0, NULL, &len)
+                     : clGetPlatformInfo(plat, what, 0, NULL, &len);
+    if (err != CL_SUCCESS || len == 0)
+        return;
+    char *tmp = len <= cap ? buf : malloc(len);
+    if (!tmp)
+        return;
+    err = dev ? clGetDeviceInfo(dev, what, len, tmp, NULL)
+              : clGetPlatformInfo(plat, what, len, tmp, NULL);
+    if (tmp != buf) {
+        if (err == CL_SUCCESS) {
+            memcpy(buf, tmp, cap - 1);
+            buf[cap - 1] = '\0';
+        }
+        free(tmp);
+    } else if (err != CL_SUCCESS) {
+        buf[0] = '\0';
+    } else {
+        buf[len - 1] = '\0';
+    }
 }
 
 static int contains_nocase(const char *hay, const char *needle)
@@ -105,6 +137,21 @@ static cl_device_type selector_type(const char *sel, const char **upper)
     return 0;
 }
 
+/* The first of the ndev devices of kind `want` (CPU, GPU or accelerator), with `exact` one
+   that claims no other kind: a simulator such as Oclgrind reports all three. */
+static int find_type(const device_info *dev, size_t ndev, cl_device_type want, int exact,
+                     size_t *at)
+{
+    const cl_device_type kinds =
+        CL_DEVICE_TYPE_CPU | CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR;
+    for (size_t i = 0; i < ndev; i++)
+        if ((dev[i].type & want) && (!exact || (dev[i].type & kinds) == want)) {
+            *at = i;
+            return 1;
+        }
+    return 0;
+}
+
 /* Every device of every platform (at most CLOPT_MAX_DEVICES), in platform order. */
 static clopt_status list_devices(device_info **out, size_t *count, char *why, size_t whylen)
 {
@@ -138,15 +185,14 @@ static clopt_status list_devices(device_info **out, size_t *count, char *why, si
             nd = (cl_uint)(CLOPT_MAX_DEVICES - ndev);
         for (cl_uint d = 0; d < nd; d++) {
             device_info *di = &dev[ndev + d];
-            size_t fl = sizeof di->field[0] - 1;
+            const size_t fl = sizeof di->field[0];
             di->id = ids[d];
             clGetDeviceInfo(ids[d], CL_DEVICE_TYPE, sizeof di->type, &di->type, NULL);
-            clGetDeviceInfo(ids[d], CL_DEVICE_NAME, fl, di->field[DEV_NAME], NULL);
-            clGetDeviceInfo(ids[d], CL_DEVICE_VENDOR, fl, di->field[DEV_VENDOR], NULL);
-            clGetPlatformInfo(platforms[p], CL_PLATFORM_NAME, fl, di->field[PLAT_NAME], NULL);
-            clGetPlatformInfo(platforms[p], CL_PLATFORM_VENDOR, fl, di->field[PLAT_VENDOR], NULL);
-            clGetPlatformInfo(platforms[p], CL_PLATFORM_VERSION, fl, di->field[PLAT_VERSION],
-                              NULL);
+            info_string(ids[d], NULL, CL_DEVICE_NAME, di->field[DEV_NAME], fl);
+            info_string(ids[d], NULL, CL_DEVICE_VENDOR, di->field[DEV_VENDOR], fl);
+            info_string(NULL, platforms[p], CL_PLATFORM_NAME, di->field[PLAT_NAME], fl);
+            info_string(NULL, platforms[p], CL_PLATFORM_VENDOR, di->field[PLAT_VENDOR], fl);
+            info_string(NULL, platforms[p], CL_PLATFORM_VERSION, di->field[PLAT_VERSION], fl);
         }
         ndev += nd;
     }
@@ -198,19 +244,14 @@ static clopt_status pick_device(const char *selector, const char *label, cl_devi
     s = CLOPT_ERR_NO_DEVICE;
     const char *tname = NULL;
     cl_device_type want;
-    if (!sel[0]) {
-        static const cl_device_type order[] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU,
-                                               CL_DEVICE_TYPE_ALL};
-        for (size_t o = 0; o < sizeof order / sizeof order[0] && s != CLOPT_SUCCESS; o++)
-            for (size_t i = 0; i < ndev && s != CLOPT_SUCCESS; i++)
-                if (dev[i].type & order[o]) {
-                    *out = dev[i].id;
-                    s = CLOPT_SUCCESS;
-                }
-        if (s != CLOPT_SUCCESS) {
-            *out = dev[0].id;
-            s = CLOPT_SUCCESS;
-        }
+    size_t at = 0;
+    if (!sel[0]) { /* a GPU, else a CPU (devices of one kind first), else the first device */
+        const int found = find_type(dev, ndev, CL_DEVICE_TYPE_GPU, 1, &at) ||
+                          find_type(dev, ndev, CL_DEVICE_TYPE_CPU, 1, &at) ||
+                          find_type(dev, ndev, CL_DEVICE_TYPE_GPU, 0, &at) ||
+                          find_type(dev, ndev, CL_DEVICE_TYPE_CPU, 0, &at);
+        *out = dev[found ? at : 0].id;
+        s = CLOPT_SUCCESS;
     } else if (is_index(sel)) {
         unsigned long idx = strtoul(sel, NULL, 10);
         if (idx < ndev) {
@@ -220,11 +261,10 @@ static clopt_status pick_device(const char *selector, const char *label, cl_devi
             say(why, whylen, "%s=\"%s\": device index %lu out of range", label, sel, idx);
         }
     } else if ((want = selector_type(sel, &tname)) != 0) {
-        for (size_t i = 0; i < ndev && s != CLOPT_SUCCESS; i++)
-            if (dev[i].type & want) {
-                *out = dev[i].id;
-                s = CLOPT_SUCCESS;
-            }
+        if (find_type(dev, ndev, want, 1, &at) || find_type(dev, ndev, want, 0, &at)) {
+            *out = dev[at].id;
+            s = CLOPT_SUCCESS;
+        }
         if (s != CLOPT_SUCCESS)
             say(why, whylen, "%s=\"%s\": no %s device", label, sel, tname);
     } else {
@@ -247,15 +287,14 @@ static clopt_status pick_device(const char *selector, const char *label, cl_devi
 
 static clopt_status ctx_init(clopt_ctx *ctx)
 {
-    clGetDeviceInfo(ctx->device, CL_DEVICE_NAME, sizeof ctx->device_name - 1, ctx->device_name,
-                    NULL);
-    clGetDeviceInfo(ctx->device, CL_DRIVER_VERSION, sizeof ctx->driver_version - 1,
-                    ctx->driver_version, NULL);
+    info_string(ctx->device, NULL, CL_DEVICE_NAME, ctx->device_name, sizeof ctx->device_name);
+    info_string(ctx->device, NULL, CL_DRIVER_VERSION, ctx->driver_version,
+                sizeof ctx->driver_version);
     clGetDeviceInfo(ctx->device, CL_DEVICE_TYPE, sizeof ctx->device_type, &ctx->device_type, NULL);
     cl_platform_id plat = NULL;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS)
-        clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof ctx->platform_version - 1,
-                          ctx->platform_version, NULL);
+        info_string(NULL, plat, CL_PLATFORM_VERSION, ctx->platform_version,
+                    sizeof ctx->platform_version);
     ctx->tuning = clopt_default_tuning(ctx->device_type, ctx->device_name, NULL);
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof ctx->compute_units,
                         &ctx->compute_units, NULL) != CL_SUCCESS ||
@@ -271,7 +310,17 @@ static clopt_status ctx_init(clopt_ctx *ctx)
         (fp & CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT) != 0;
     const char *dir = getenv("CLOPT_CACHE_DIR");
     if (dir && *dir) {
-        ctx->cache_dir = clopt_strdup(dir);
+        /* a relative folder is taken from the working directory of now (a later chdir of
+           the engine must not move the cache); without a working directory, as given */
+        char cwd[4096];
+        if (dir[0] != '/' && getcwd(cwd, sizeof cwd)) {
+            const size_t len = strlen(cwd) + 1 + strlen(dir) + 1;
+            ctx->cache_dir = malloc(len);
+            if (ctx->cache_dir)
+                snprintf(ctx->cache_dir, len, "%s/%s", cwd, dir);
+        } else {
+            ctx->cache_dir = clopt_strdup(dir);
+        }
         if (!ctx->cache_dir)
             return CLOPT_ERR_OUT_OF_MEMORY;
     }

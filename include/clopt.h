@@ -173,7 +173,9 @@ typedef struct clopt_ctx clopt_ctx;
 
 /* A context on the device the environment variable CLOPT_DEVICE selects, or by the
    default rules when it is unset or empty: the first GPU, else the first CPU device (PoCL
-   in CI), else the first device of any type. Creates its own cl_context and an in-order
+   in CI), else the first device of any type; a device that reports several of the types
+   CPU, GPU and accelerator (a simulator: Oclgrind reports all three) only after the
+   devices of one type. Creates its own cl_context and an in-order
    queue with profiling enabled. Same as clopt_ctx_create_device_ex(NULL, out, NULL, 0).
    Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (out NULL), CLOPT_ERR_NO_DEVICE,
    CLOPT_ERR_INVALID_ARGUMENT (selector too long), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
@@ -184,10 +186,13 @@ clopt_status clopt_ctx_create(clopt_ctx **out);
 /* The same with an explicit selector, ignoring CLOPT_DEVICE; NULL or "" = the default
    rules. A selector (surrounding blanks ignored) is, in this order of precedence:
     - a decimal index into the list of all devices of all platforms ("0", "1");
-    - "cpu", "gpu" or "accelerator" (any case): the first device of that OpenCL type;
+    - "cpu", "gpu" or "accelerator" (any case): the first device of that OpenCL type (one
+      of that type only before one that reports several, as above);
     - otherwise a case-insensitive substring of the device name, device vendor, platform
       name, platform vendor or platform version ("pocl" finds PoCL through its vendor "The
       pocl project"; "nvidia", "intel", "skylake", ...): the first device that matches.
+      PoCL's device name holds the host CPU's model ("pthread-skylake-avx512-AMD EPYC"), so
+      "amd" or "intel" can match it: a GPU is chosen safely by "gpu" or an index.
    Statuses as clopt_ctx_create. */
 clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out);
 

@@ -326,6 +326,33 @@ static void test_missing_folder_created(void **state)
     free(base);
 }
 
+/* A relative CLOPT_CACHE_DIR is the folder of the working directory when the context is
+   created: an engine that changes directory before its first step still uses it (the folder
+   was resolved at each lazy build, under whatever directory was current then). */
+static void test_relative_folder_at_creation(void **state)
+{
+    (void)state;
+    char old[4096];
+    assert_non_null(getcwd(old, sizeof old));
+    char *base = make_temp_dir(), *other = make_temp_dir();
+    assert_int_equal(chdir(base), 0);
+    setenv("CLOPT_CACHE_DIR", "rel", 1);
+    clopt_ctx *ctx = NULL;
+    assert_int_equal(clopt_ctx_create(&ctx), CLOPT_SUCCESS);
+    unsetenv("CLOPT_CACHE_DIR");
+    assert_int_equal(chdir(other), 0);
+    cl_kernel k = NULL;
+    assert_int_equal(clopt_ctx_kernel(ctx, "sgd", "-DVW=4", "sgd_step", &k), CLOPT_SUCCESS);
+    clopt_ctx_destroy(ctx);
+    assert_int_equal(chdir(old), 0);
+    char *want = path_join(base, "rel"), *wrong = path_join(other, "rel");
+    assert_int_equal(count_suffix(want, ".bin"), 1);
+    struct stat st;
+    assert_int_equal(lstat(wrong, &st), -1);
+    remove_tree(base), remove_tree(other);
+    free(want), free(wrong), free(base), free(other);
+}
+
 /* A folder writable by group or others, or owned by someone else, is not used: nothing is
    read from it or written to it, and the context compiles as if no cache were set. */
 static void test_insecure_folder_skipped(void **state)
@@ -667,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_last_error_cleared),
         cmocka_unit_test(test_missing_folder_created),
+        cmocka_unit_test(test_relative_folder_at_creation),
         cmocka_unit_test(test_insecure_folder_skipped),
         cmocka_unit_test(test_planted_symlinks),
         cmocka_unit_test(test_corrupt_entries_rebuilt),
