@@ -141,6 +141,10 @@ clopt_status clopt_o_check_hparams(clopt_ctx *ctx, clopt_rule rule, const clopt_
     if (hp->state_dtype != CLOPT_DTYPE_F32 && rule == CLOPT_ADAFACTOR)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "adafactor keeps float32 state (its factored statistics are small)");
+    if (rule == CLOPT_MUON && hp->grad_centralization) /* (it was accepted and ignored) */
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "muon has no gradient centralization (its update is the "
+                          "orthogonalized momentum of the whole matrix)");
     return CLOPT_SUCCESS;
 }
 

@@ -346,8 +346,9 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  *                 exp_avg_sq_row, exp_avg_sq_col: rows + cols floats per matrix), a full one
  *                 (exp_avg_sq) for 1-D tensors, exp_avg with use_beta1. Optimizer level only
  *                 (it needs the shape and row/column reductions). torch.optim.Adafactor (2.5+)
- *                 differs: it has no update clipping, no first moment, no relative step by
- *                 default, uses eps1 = None -> finfo.eps and lr-scaled weight decay.
+ *                 differs: no first moment, always the relative step min(lr, 1/sqrt(t)),
+ *                 eps1 = None -> finfo.eps applied after the factoring, lr-scaled weight
+ *                 decay (its update clipping d = 1 is HF's clip_threshold).
  * CLOPT_LAMB      LAMB (You et al., Algorithm 2): Adam moments with bias correction (optional),
  *                 r = m̂/(sqrt(v̂)+eps) + wd·θ, θ -= lr·(‖θ‖/‖r‖)·r per tensor, the ratio taken
  *                 as 1 when either norm is 0 and applied also when wd = 0 (apex applies it

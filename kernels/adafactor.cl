@@ -405,7 +405,10 @@ __kernel void adafactor_update(__global PSTORE *p_, const ulong po, __global con
     const float rms_u = sqrt(sums_[sumo] * inv_n);
     const float rms_p = sqrt(sums_[sumo + 1] * inv_n);
     const float alpha = scale_parameter ? fmax(eps2, rms_p) * rho_t : rho_t;
-    const float scale = alpha / fmax(1.0f, rms_u / clip_threshold);
+    /* HF's clamp(min=1) of RMS(u)/d keeps a NaN (fmax dropped it: the finite elements took
+       unclipped steps) */
+    const float over = rms_u / clip_threshold;
+    const float scale = alpha / (isnan(over) ? over : fmax(1.0f, over));
 #if FACTORED
     afpos q[4]; /* one per part: each walks its chunks in order */
     for (uint k = 0; k < 4; k++)

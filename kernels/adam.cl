@@ -49,7 +49,7 @@ __kernel Q8_WG_ATTR void adam_step(__global PSTORE *p_, const ulong po, __global
     floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
     floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
 #if AMSGRAD
-    floatV vmax = fmax(LOADS(vmax, 0), v);
+    floatV vmax = MAX_NAN(LOADS(vmax, 0), v);
     STORES(vmax, vmax, 0);
     floatV denom = sqrt(vmax) * inv_sqrt_bc2 + eps;
 #else
@@ -91,7 +91,7 @@ __kernel Q8_WG_ATTR void adamax_step(__global PSTORE *p_, const ulong po, __glob
         g = g + weight_decay * p;
     g = GC_APPLY(g);
     floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
-    floatV u = fmax(beta2 * LOADS(u, 0), fabs(g) + eps);
+    floatV u = MAX_NAN(beta2 * LOADS(u, 0), fabs(g) + eps);
     p = p - clr * (m / u);
     STORES(m, m, 1);
     STORES(u, u, 0);
@@ -215,7 +215,7 @@ __kernel Q8_WG_ATTR void adamod_step(__global PSTORE *p_, const ulong po, __glob
     floatV v = beta2 * LOADS(v, 0) + ombeta2 * g * g;
     floatV eta = step_size / (sqrt(v) + eps);
     floatV s = beta3 * LOADS(s, 0) + ombeta3 * eta;
-    p = p - fmin(eta, s) * m;
+    p = p - MIN_NAN(eta, s) * m;
     STORES(m, m, 1);
     STORES(v, v, 0);
     STORES(s, s, 0);
@@ -301,7 +301,7 @@ __kernel Q8_WG_ATTR void adopt_step(__global PSTORE *p_, const ulong po, __globa
         v = g * g;
     } else {
         p = p - lrwd * p; /* decoupled decay (lrwd 0 otherwise) */
-        floatV u = clamp(g / fmax(sqrt(v), eps), -bound, bound);
+        floatV u = CLAMP_NAN(g / MAX_NAN(sqrt(v), eps), -bound, bound);
         m = ombeta1 < 0.5f ? m + ombeta1 * (u - m) : u - (u - m) * beta1;
         p = p - lr * m;
         v = beta2 * v + ombeta2 * g * g; /* after the update: g never normalises itself */

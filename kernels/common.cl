@@ -89,6 +89,17 @@
 #define CLOPT_CAT_(a, b) a##b
 #define CLOPT_CAT(a, b) CLOPT_CAT_(a, b)
 
+/* sign, max, min and clamp that keep a NaN, as torch.sign, maximum, minimum and clamp do
+ * (the references): OpenCL's sign(NaN) is 0 and fmax/fmin/clamp return the other operand,
+ * which froze a Lion weight with a NaN gradient for good (finite, its state NaN), stepped a
+ * Sophia weight by a whole lr, or turned ADOPT's NaN into ±bound. For float and its vectors;
+ * in MAX_NAN/MIN_NAN a scalar b must be a constant that is no NaN (its isnan is 1, not -1). */
+#define SIGN_NAN(x) select(sign(x), (x), isnan(x))
+#define NAN_OR_(r, a, b) select((r), (a) + (b), isnan(a) | isnan(b))
+#define MAX_NAN(a, b) NAN_OR_(fmax((a), (b)), (a), (b))
+#define MIN_NAN(a, b) NAN_OR_(fmin((a), (b)), (a), (b))
+#define CLAMP_NAN(x, lo, hi) select(clamp((x), (lo), (hi)), (x), isnan(x))
+
 #if VW == 1
 typedef float floatV;
 #define VLOAD(i, p) ((p)[i])

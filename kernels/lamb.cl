@@ -91,7 +91,9 @@ __kernel void lamb_update(__global PSTORE *p_, const ulong po, __global const SS
     v_ += vo;
     STORAGE_BEGIN;
     const float wn = sqrt(sums_[so]), rn = sqrt(sums_[so + 1]);
-    const float trust = (wn > 0.0f && rn > 0.0f) ? wn / rn : 1.0f;
+    /* 1 when a norm is 0 (apex's FusedLAMB); a NaN norm stays NaN, as there (it was 1: the
+       other elements took finite steps of the wrong size) */
+    const float trust = (wn == 0.0f || rn == 0.0f) ? 1.0f : wn / rn;
     const float step = lr * trust;
 #define UPDATE_BODY(e, cnt, s)                                                              \
     lamb_update_chunk(p_, m_, v_, e, cnt, step, eps, weight_decay, inv_bc1,                \

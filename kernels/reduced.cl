@@ -109,7 +109,7 @@ CHUNK_INLINE void reduced_chunk(__global PSTORE *p_, __global const GSTORE *g_,
     (void)v_, (void)b2, (void)omb2, (void)eps, (void)step;
     const floatR c = b1 * m + omb1 * g;
     const floatR phi = scale * -convert_float16(c * g > 0.0f);
-    p = p - step * (sign(c) * phi);
+    p = p - step * (SIGN_NAN(c) * phi);
     m = b2 * m + omb2 * g;
     STORERS(m, m_, e, cnt);
 #else

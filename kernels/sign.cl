@@ -25,7 +25,7 @@ __kernel Q8_WG_ATTR void lion_step(__global PSTORE *p_, const ulong po, __global
     floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
     floatV m = LOADS(m, 1);
     floatV c = beta1 * m + ombeta1 * g;
-    p = p - lr * sign(c);
+    p = p - lr * SIGN_NAN(c);
     m = beta2 * m + ombeta2 * g;
     STORES(m, m, 1);
     THETA_STORE(p, p_);
@@ -65,8 +65,8 @@ __kernel Q8_WG_ATTR void sophia_step(__global PSTORE *p_, const ulong po, __glob
     floatV g = GC_APPLY(read_grad(LOADG(g_), gmul));
     floatV m = beta1 * LOADS(m, 1) + ombeta1 * g;
     floatV h = LOADS(h, 1);
-    floatV ratio = fmin(fabs(m) / (gamma * h + eps), 1.0f);
-    p = p - lr * (sign(m) * ratio);
+    floatV ratio = MIN_NAN(fabs(m) / (gamma * h + eps), 1.0f);
+    p = p - lr * (SIGN_NAN(m) * ratio);
     STORES(m, m, 1);
     THETA_STORE(p, p_);
 #if HESS

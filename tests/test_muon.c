@@ -534,7 +534,8 @@ static void test_bf16_state(void **state)
     free(words);
 }
 
-/* 1-D and 3-D tensors are refused at registration; the op level refuses Muon. */
+/* 1-D and 3-D tensors are refused at registration; the op level refuses Muon; gradient
+   centralization is refused (it was accepted and ignored: θ came out bit-identical). */
 static void test_refusals(void **state)
 {
     fixture *f = *state;
@@ -560,7 +561,15 @@ static void test_refusals(void **state)
     d.shape[0] = 8;
     d.shape[1] = 8;
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    clopt_hparams gc = hp;
+    gc.grad_centralization = 1;
+    assert_int_equal(clopt_optimizer_add_group(opt, &gc, NULL), CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "centralization"));
+    assert_int_equal(clopt_optimizer_set_group_hparams(opt, 0, &gc), CLOPT_ERR_UNSUPPORTED);
     clopt_optimizer_destroy(opt);
+    clopt_optimizer *bad = (clopt_optimizer *)(void *)&gc;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_MUON, &gc, &bad), CLOPT_ERR_UNSUPPORTED);
+    assert_null(bad);
     clopt_step_args a;
     clopt_step_args_init(&a);
     a.param = (clopt_tensor){p, 0};

@@ -349,6 +349,69 @@ static void test_check_finite_reports(void **state)
     clReleaseMemObject(G);
 }
 
+/* A NaN gradient spreads to θ in every rule, as in the references (torch.sign, maximum,
+   minimum and clamp keep NaN): one NaN at element 5 of step 1, then two finite steps; θ[5] is
+   NaN after them. LAMB (the trust ratio of a NaN norm), Muon (Newton-Schulz of the whole
+   matrix) and Adafactor (update clipping by the tensor's RMS) make the whole tensor NaN.
+   Before, OpenCL's sign(NaN) = 0 and fmax/fmin/clamp(NaN, y) = y left a finite θ[5] in Lion,
+   cautious Lion, Sophia and ADOPT, and LAMB and a 3-D Adafactor stepped the other elements. */
+static void test_nan_gradient_spreads(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    enum { N = 64 };
+    size_t checked = 0;
+    for (int ri = 0; ri <= (int)CLOPT_RULE_COUNT + 1; ri++) {
+        /* every rule, then cautious Lion and AMSGrad */
+        const clopt_rule rule = ri == (int)CLOPT_RULE_COUNT       ? CLOPT_LION
+                                : ri == (int)CLOPT_RULE_COUNT + 1 ? CLOPT_ADAM
+                                                                  : (clopt_rule)ri;
+        clopt_hparams hp;
+        assert_int_equal(clopt_hparams_default(rule, &hp), CLOPT_SUCCESS);
+        hp.cautious = ri == (int)CLOPT_RULE_COUNT;
+        hp.amsgrad = ri == (int)CLOPT_RULE_COUNT + 1;
+        float p0[N], g[N], x[N];
+        for (int i = 0; i < N; i++)
+            p0[i] = 1.0f + 0.01f * (float)i, g[i] = 0.1f * (float)((i % 7) - 3) + 0.05f;
+        cl_mem P = upload(ctx, p0, N), G = upload(ctx, g, N);
+        clopt_optimizer *opt = NULL;
+        if (clopt_optimizer_create(ctx, rule, &hp, &opt) != CLOPT_SUCCESS) {
+            assert_int_equal(rule, CLOPT_MUON); /* a build without CLBlast */
+            clReleaseMemObject(P), clReleaseMemObject(G);
+            continue;
+        }
+        clopt_param_desc d;
+        clopt_param_desc_init(&d);
+        d.param = (clopt_tensor){P, 0}, d.grad = (clopt_tensor){G, 0};
+        const int whole = rule == CLOPT_LAMB || rule == CLOPT_MUON || rule == CLOPT_ADAFACTOR;
+        if (rule == CLOPT_MUON)
+            d.ndim = 2, d.shape[0] = 8, d.shape[1] = 8;
+        else if (rule == CLOPT_ADAFACTOR)
+            d.ndim = 3, d.shape[0] = d.shape[1] = d.shape[2] = 4;
+        else
+            d.shape[0] = N;
+        assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+        float gn[N];
+        memcpy(gn, g, sizeof g);
+        gn[5] = NAN;
+        write_at(ctx, (clopt_tensor){G, 0}, gn, N);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        write_at(ctx, (clopt_tensor){G, 0}, g, N);
+        for (int t = 0; t < 2; t++)
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        read_at(ctx, (clopt_tensor){P, 0}, x, N);
+        for (int i = 0; i < N; i++)
+            if ((i == 5 || whole) && !isnan(x[i]))
+                fail_msg("%s%s%s: θ[%d] = %g after a NaN gradient at element 5",
+                         hp.cautious ? "cautious " : "", clopt_rule_name(rule),
+                         hp.amsgrad ? " amsgrad" : "", i, (double)x[i]);
+        checked++;
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(P), clReleaseMemObject(G);
+    }
+    assert_true(checked >= (size_t)CLOPT_RULE_COUNT + 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -359,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_unrepresentable_settings_refused),
         cmocka_unit_test(test_every_field_validated),
         cmocka_unit_test(test_check_finite_reports),
+        cmocka_unit_test(test_nan_gradient_spreads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
