@@ -396,17 +396,17 @@ clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_opti
 }
 
 /* 64 unpredictable bits for a temporary name: the kernel's random source, else (never on
-   Linux >= 3.17) a mix of the time, the pid, a counter and an address. */
-static uint64_t tmp_random(void)
+   Linux >= 3.17) a mix of the time, the pid, the caller's attempt number and an address (no
+   static counter: the library keeps no global state, and two threads would race on it). */
+static uint64_t tmp_random(unsigned attempt)
 {
     uint64_t r;
     if (getrandom(&r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r)
         return r;
-    static unsigned counter;
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
     r = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)getpid() << 40 ^
-        (uint64_t)(uintptr_t)&r ^ (uint64_t)++counter * 0x9E3779B97F4A7C15u;
+        (uint64_t)(uintptr_t)&r ^ (uint64_t)(attempt + 1u) * 0x9E3779B97F4A7C15u;
     r ^= r >> 31, r *= 0xBF58476D1CE4E5B9u, r ^= r >> 29;
     return r;
 }
@@ -423,8 +423,8 @@ static clopt_status write_file(clopt_ctx *ctx, const char *path, const unsigned 
     if (!tmp)
         return clopt_fail(ctx, CLOPT_ERR_OUT_OF_MEMORY, "checkpoint file name");
     int fd = -1, err = 0;
-    for (int attempt = 0; attempt < 64 && fd < 0; attempt++) {
-        snprintf(tmp, plen, "%s.%016llx.tmp", path, (unsigned long long)tmp_random());
+    for (unsigned attempt = 0; attempt < 64 && fd < 0; attempt++) {
+        snprintf(tmp, plen, "%s.%016llx.tmp", path, (unsigned long long)tmp_random(attempt));
         fd = open(tmp, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600);
         err = fd < 0 ? errno : 0;
         if (fd < 0 && err != EEXIST && err != EINTR)

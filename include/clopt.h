@@ -960,7 +960,9 @@ clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 typedef struct clopt_step_report {
     uint64_t step_call; /* 1-based number of the step call reported (0: none known yet) */
     int skipped;        /* 1: AMP found an Inf or NaN gradient; nothing changed */
-    double grad_norm;   /* total gradient norm before clipping (NaN when not measured) */
+    double grad_norm;   /* total gradient norm before clipping (NaN when not measured; 0
+                           when every square underflows float32, |g| below about 1e-19 per
+                           element, 1e-23 with denormals: the check sums in float32) */
     int nonfinite;      /* 1: a gradient held an Inf or NaN (measured with AMP, clipping or
                            clopt_optimizer_set_check_finite; without AMP the step was applied
                            and the Inf/NaN reached the parameters, as in torch) */
