@@ -21,10 +21,11 @@
  *   2. one small collective (MPI_Allgather of a few doubles per rank) agrees on errors and
  *      combines the per-rank partials of the global gradient norm (clipping) and the
  *      Inf/NaN check (AMP), summed in rank order on every rank: deterministic, and the same
- *      verdict on every rank;
+ *      verdict on every rank (it also checks that every rank set the same clip and scale);
  *   3. the rule's fused kernel updates the slice (internal clopt_optimizer_step_on);
  *   4. MPI_Allgatherv brings every rank's updated slice into every rank's full parameter
- *      buffer (host-staged).
+ *      buffer (host-staged); a last small agreement makes a rank's failure to write them
+ *      every rank's.
  * Every call that takes the sharded optimizer is collective (all ranks, same order, same
  * arguments) unless it says "local".
  *
@@ -208,8 +209,9 @@ void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt);
    rank), CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (a queue of another context),
    CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes, the statuses of clopt_optimizer_step_on,
    CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI. Before the update every failure leaves every
-   rank unchanged; an OpenCL or MPI failure during the update or the all-gather (after the
-   ranks agreed) can leave some shards updated: every rank then reports it (also as
+   rank unchanged; an OpenCL or MPI failure during the update, the all-gather or the writes
+   of the gathered parameters (after the ranks agreed) can leave some shards updated: every
+   rank then reports it and counts no step (also as
    CLOPT_MPI_ERR_REMOTE, whose "nothing changed here" then does not hold: a rank holding a
    piece of a tensor cut under LAMB, StableAdamW or cautious learns of its partner's failure
    inside its own update, after the tensors before it and that piece's first pass ran).
@@ -221,7 +223,12 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
    shard, then all-gathers the parameters; other rules: the parameters are gathered unchanged.
    A step in eval mode fails on every rank (CLOPT_ERR_INVALID_ARGUMENT).
    Blocking, on the context's queue. training: 1 in train mode. Statuses as
-   clopt_optimizer_set_mode_on, plus CLOPT_MPI_ERR_REMOTE / _MPI. */
+   clopt_optimizer_set_mode_on, plus CLOPT_MPI_ERR_REMOTE / _MPI. A failure on any rank
+   (switching its shard, or gathering and writing the parameters) fails the call on every
+   rank and leaves the mode (training) unchanged everywhere, but some shards may have
+   switched and the parameters are not all gathered: every rank's step then fails
+   (CLOPT_ERR_INVALID_ARGUMENT) until a set_mode succeeds (call it again: it finishes the
+   switch and gathers the parameters). */
 clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train);
 int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt);
 
@@ -229,7 +236,9 @@ int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt);
    clopt_optimizer_set_grad_clip, over the whole flattened gradient) and AMP's loss scale (as
    clopt_optimizer_set_grad_scale: 0 = off; a step with an Inf/NaN gradient anywhere is
    skipped on every rank). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
-   CLOPT_ERR_INVALID_HYPERPARAM. */
+   CLOPT_ERR_INVALID_HYPERPARAM. The step compares every rank's values in its agreement: a
+   step after different values on some ranks fails on every rank with CLOPT_MPI_ERR_MISMATCH
+   and changes nothing. */
 clopt_status clopt_mpi_optimizer_set_grad_clip(clopt_mpi_optimizer *opt, double max_norm);
 clopt_status clopt_mpi_optimizer_set_grad_scale(clopt_mpi_optimizer *opt, double scale);
 /* Local (call it on every rank with the same value). The seed of stochastic rounding (as
@@ -244,8 +253,9 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
    no such group; a change to a refused variant, e.g. gradient centralization with cut
    tensors, is CLOPT_ERR_UNSUPPORTED; a change of state_dtype or master, fixed at create, is
-   CLOPT_ERR_STATE_MISMATCH on every rank). get: the
-   group's hyperparameters as last set. */
+   CLOPT_ERR_STATE_MISMATCH on every rank). Every rank judges the change alike, with the
+   core's checks (e.g. cautious masking with 8-bit state: CLOPT_ERR_UNSUPPORTED), also a rank
+   that holds none of the group. get: the group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);
 clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,
@@ -291,9 +301,11 @@ clopt_optimizer *clopt_mpi_optimizer_local(clopt_mpi_optimizer *opt);
    state as the unsharded optimizer lays it out, the step count, a manifest of the world size
    and shard ranges, a CRC-32C. The parameters are the engine's to save. Blocking. Returns
    CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_INVALID_ARGUMENT (a path
-   of 4 KiB or more with its suffix), CLOPT_ERR_INVALID_SIZE (a shard's
-   state over 2 GiB: MPI counts), CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes,
-   CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI, the same on every rank. */
+   of 4 KiB or more with its suffix), CLOPT_ERR_INVALID_SIZE (every rank's state together,
+   or the file, over 2 GiB - 1 byte: MPI counts are int; the ranks refuse before any state
+   is sent, every rank with this status; save_shards has no such limit),
+   CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes, CLOPT_MPI_ERR_REMOTE or CLOPT_MPI_ERR_MPI, the same
+   on every rank. */
 clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path);
 /* Collective. Rank 0 reads a file of clopt_mpi_optimizer_save (written with any world size)
    and broadcasts it; every rank checks it (CRC, version, rule, total size, tensor shapes,
@@ -307,8 +319,13 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
 /* Collective. The other form, nothing gathered through one rank: every rank writes its
    pieces' states to "<prefix>.<rank>" and rank 0 writes "<prefix>.manifest" (world size,
    each rank's shard range, each part's size and CRC-32C, rule, shapes, step count). Every
-   rank's prefix names the same files (a shared file system). Statuses as
-   clopt_mpi_optimizer_save. */
+   rank's prefix names the same files (a shared file system). Each file is written under a
+   temporary name ("<file>.<pid>.tmp", fsync'ed) and renamed only after every rank wrote its
+   part and rank 0 the manifest (the parts first, the manifest last): a failure on any rank
+   before that leaves the checkpoint already at prefix as it was (only a failed rename itself
+   can leave a mix of old and new parts). A part may be of any size (no 2 GiB limit: each
+   rank writes and reads its own files); the manifest is small. Statuses as
+   clopt_mpi_optimizer_save, without its CLOPT_ERR_INVALID_SIZE. */
 clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const char *prefix);
 /* Collective. Loads such a set written with any world size: rank 0 reads the manifest and
    broadcasts it; each rank reads only the parts that overlap its slice, checks each against
@@ -318,9 +335,10 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
 clopt_status clopt_mpi_optimizer_load_shards(clopt_mpi_optimizer *opt, const char *prefix);
 /* Not collective. Loads a file of clopt_mpi_optimizer_save into an unsharded optimizer (on
    context ctx) whose registered tensors are the checkpoint's, in order (e.g. the same range
-   groups over the same layout): every state and the step count, after checking everything.
-   why (may be NULL) gets the reason of a failure. Statuses as clopt_mpi_optimizer_load
-   without the MPI ones. */
+   groups over the same layout): every state and the step count, after checking everything
+   (the rule, the tensor count, each tensor's shape as its full-size states show it, each
+   state's name, type and length). why (may be NULL) gets the reason of a failure. Statuses
+   as clopt_mpi_optimizer_load without the MPI ones. */
 clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer *opt,
                                                  const char *path, char *why, size_t why_len);
 

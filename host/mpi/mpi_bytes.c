@@ -2,7 +2,7 @@
 /* Bytes for the checkpoints (mpi_checkpoint.c: one gathered file; mpi_shards.c: a file per
  * rank and a manifest): growable buffers and a bounds-checked reader, CRC-32C, whole files,
  * the raw state of the shard's pieces. */
-#define _POSIX_C_SOURCE 200809L /* fileno, fsync, getpid */
+#define _POSIX_C_SOURCE 200809L /* fileno, fsync, getpid, fseeko, ftello */
 #include "mpi_internal.h"
 
 #include <limits.h>
@@ -194,52 +194,89 @@ clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b)
                   : CLOPT_SUCCESS;
 }
 
+clopt_status clopt_mpi_write_tmp(clopt_mpi_optimizer *opt, const char *path,
+                                 const clopt_mpi_blob *b, char *tmp)
+{
+    tmp[0] = '\0';
+    char name[4096];
+    if (snprintf(name, sizeof name, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof name)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "path too long");
+    FILE *f = fopen(name, "wb");
+    if (!f)
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", name);
+    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0 || !ok) {
+        remove(name);
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "writing %s failed", name);
+    }
+    memcpy(tmp, name, strlen(name) + 1);
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
                                   const clopt_mpi_blob *b)
 {
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof tmp)
-        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "path too long");
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", tmp);
-    const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+    clopt_status s = clopt_mpi_write_tmp(opt, path, b, tmp);
+    if (s == CLOPT_SUCCESS && rename(tmp, path) != 0) {
         remove(tmp);
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "writing %s failed", path);
+        s = clopt_mpi_fail(opt, CLOPT_ERR_IO, "renaming %s to %s failed", tmp, path);
     }
-    return CLOPT_SUCCESS;
+    return s;
 }
 
-/* Reads a file whole (rank 0). */
-clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len)
+/* One fread at most this long: read(2) takes at most 0x7ffff000 bytes on Linux, and C
+   libraries differ in how they split longer reads. */
+#define READ_CHUNK ((size_t)1 << 30)
+
+/* Reads a file whole (rank 0's gathered checkpoint or manifest, each rank's parts), of any
+   size up to max: the buffer is sized from the file's length (a file over max is refused
+   before anything is allocated or read), then grows if the file was longer. */
+clopt_status clopt_mpi_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return CLOPT_ERR_IO;
-    unsigned char *p = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            unsigned char *q = cap > (size_t)INT_MAX + 1u ? NULL : realloc(p, cap);
-            if (!q) {
-                free(p);
-                fclose(f);
-                return CLOPT_ERR_OUT_OF_MEMORY;
-            }
-            p = q;
+    size_t cap = (size_t)1 << 16;
+    if (fseeko(f, 0, SEEK_END) == 0) {
+        const off_t end = ftello(f);
+        if (end >= 0 && (uintmax_t)end > max) {
+            fclose(f);
+            return CLOPT_ERR_INVALID_SIZE;
         }
-        const size_t got = fread(p + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
+        if (end >= 0)
+            cap = (size_t)end + 1; /* +1: the read that meets the end fits without growing */
+        if (fseeko(f, 0, SEEK_SET) != 0) {
+            fclose(f);
+            return CLOPT_ERR_IO;
+        }
     }
-    const int err = ferror(f);
+    unsigned char *p = malloc(cap);
+    size_t n = 0;
+    while (p && n <= max) {
+        if (n == cap) {
+            unsigned char *q = cap > SIZE_MAX / 2 ? NULL : realloc(p, 2 * cap);
+            if (!q)
+                break;
+            p = q;
+            cap *= 2;
+        }
+        const size_t want = cap - n < READ_CHUNK ? cap - n : READ_CHUNK;
+        const size_t got = fread(p + n, 1, want, f);
+        n += got;
+        if (got < want)
+            break; /* the end, or an error (ferror below) */
+    }
+    const int err = ferror(f), full = n == cap;
     fclose(f);
-    if (err) {
+    clopt_status s = !p        ? CLOPT_ERR_OUT_OF_MEMORY
+                     : err     ? CLOPT_ERR_IO
+                     : n > max ? CLOPT_ERR_INVALID_SIZE  /* it grew since its length was read */
+                     : full    ? CLOPT_ERR_OUT_OF_MEMORY /* it could not grow */
+                               : CLOPT_SUCCESS;
+    if (s != CLOPT_SUCCESS) {
         free(p);
-        return CLOPT_ERR_IO;
+        return s;
     }
     *out = p;
     *len = n;
@@ -256,8 +293,11 @@ clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, un
     size_t len = 0;
     clopt_status s = CLOPT_SUCCESS;
     if (opt->rank == 0) {
+        /* MPI_Bcast's count is int */
         s = !path ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "path is NULL on rank 0")
-                  : clopt_mpi_read_file(path, &bytes, &len);
+                  : clopt_mpi_read_file(path, INT_MAX, &bytes, &len);
+        if (s == CLOPT_ERR_INVALID_SIZE)
+            clopt_mpi_fail(opt, s, "%s is 2 GiB or more (MPI counts are int)", path);
         if (s != CLOPT_SUCCESS && !opt->err[0])
             clopt_mpi_fail(opt, s, "cannot read %s", path);
     }

@@ -127,38 +127,51 @@ clopt_status clopt_mpi_optimizer_save(clopt_mpi_optimizer *opt, const char *path
     clopt_mpi_blob mine = {0}, file = {0};
     if (s == CLOPT_SUCCESS)
         s = clopt_mpi_pack_pieces(opt, &mine);
-    if (s == CLOPT_SUCCESS && mine.len > INT_MAX)
-        s = clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "a shard's state over 2 GiB (MPI counts)");
-    const int n = s == CLOPT_SUCCESS ? (int)mine.len : 0;
-    int *sizes = opt->rank == 0 ? malloc(2 * (size_t)opt->size * sizeof *sizes) : NULL;
-    unsigned char *all = NULL;
-    if (opt->rank == 0 && !sizes && s == CLOPT_SUCCESS)
-        s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
     double *agree = opt->agree_all; /* allocated at create: no rank drops out */
-    /* everyone packed: then gather (every rank takes part, a failed one with 0 bytes) */
-    s = clopt_mpi_agree(opt, s, NULL, 0, agree);
+    /* everyone packed, and everyone learns every shard's size (exact in a double) */
+    const double mine_len = s == CLOPT_SUCCESS ? (double)mine.len : 0.0;
+    s = clopt_mpi_agree(opt, s, &mine_len, 1, agree);
+    size_t tot = 0;
+    for (int r = 0; s == CLOPT_SUCCESS && r < opt->size; r++)
+        tot += (size_t)agree[2 * (size_t)r + 1];
+    /* every rank sums the same sizes, so every rank refuses alike without a collective (and
+       no rank sends what rank 0 could not take: MPI_Gatherv's counts are int) */
+    if (s == CLOPT_SUCCESS && tot > opt->gather_max)
+        s = clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE,
+                           "the gathered state is %zu bytes, over %zu (MPI counts are int): use "
+                           "clopt_mpi_optimizer_save_shards",
+                           tot, opt->gather_max);
+    int *sizes = NULL;
+    unsigned char *all = NULL;
     if (s == CLOPT_SUCCESS) {
-        int rc = MPI_Gather(&n, 1, MPI_INT, sizes, 1, MPI_INT, 0, opt->comm);
-        size_t tot = 0;
-        if (rc == MPI_SUCCESS && opt->rank == 0) {
-            int *displs = sizes + opt->size;
-            for (int r = 0; r < opt->size; r++) {
-                displs[r] = (int)tot;
-                tot += (size_t)sizes[r];
-            }
-            if (tot > INT_MAX || !(all = malloc(tot ? tot : 1))) {
-                rc = MPI_ERR_NO_MEM; /* every rank still calls Gatherv: rank 0 takes nothing */
-                tot = 0;
-                for (int r = 0; r < 2 * opt->size; r++)
-                    sizes[r] = 0;
+        if (opt->rank == 0) {
+            sizes = malloc(2 * (size_t)opt->size * sizeof *sizes);
+            all = malloc(tot ? tot : 1);
+            if (!sizes || !all)
+                s = clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory");
+            for (int r = 0, at = 0; s == CLOPT_SUCCESS && r < opt->size; r++) {
+                sizes[r] = (int)agree[2 * (size_t)r + 1];
+                sizes[opt->size + r] = at; /* tot <= INT_MAX: no overflow */
+                at += sizes[r];
             }
         }
-        int rc2 = MPI_Gatherv(mine.p, n, MPI_BYTE, all, sizes,
-                              opt->rank == 0 ? sizes + opt->size : NULL, MPI_BYTE, 0, opt->comm);
-        if (rc != MPI_SUCCESS || rc2 != MPI_SUCCESS)
-            s = clopt_mpi_check(opt, rc != MPI_SUCCESS ? rc : rc2, "gathering the shards");
+        /* rank 0 can receive: only then does any rank send */
+        s = clopt_mpi_agree(opt, s, NULL, 0, agree);
+    }
+    if (s == CLOPT_SUCCESS) {
+        const int rc = MPI_Gatherv(mine.p, (int)mine.len, MPI_BYTE, all, sizes,
+                                   opt->rank == 0 ? sizes + opt->size : NULL, MPI_BYTE, 0,
+                                   opt->comm);
+        if (rc != MPI_SUCCESS)
+            s = clopt_mpi_check(opt, rc, "gathering the shards");
         if (s == CLOPT_SUCCESS && opt->rank == 0) {
             s = merge(opt, all, tot, &file);
+            /* a load broadcasts the file whole (MPI_Bcast's count is int) */
+            if (s == CLOPT_SUCCESS && file.len > opt->gather_max)
+                s = clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE,
+                                   "the file would be %zu bytes, over %zu (MPI counts are "
+                                   "int): use clopt_mpi_optimizer_save_shards",
+                                   file.len, opt->gather_max);
             if (s == CLOPT_SUCCESS)
                 s = clopt_mpi_write_file(opt, path, &file);
         }
@@ -223,14 +236,22 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
     c->t = calloc(c->ntensors, sizeof *c->t);
     if (!c->t)
         return (*why = "out of host memory"), CLOPT_ERR_OUT_OF_MEMORY;
+    uint64_t sum = 0; /* the shapes' elements: the total, as save wrote them */
     for (uint64_t i = 0; i < c->ntensors; i++) {
         ckpt_tensor *t = &c->t[i];
         t->ndim = clopt_mpi_get_u64(&r);
-        for (size_t k = 0; k < CLOPT_MAX_DIMS; k++)
+        uint64_t n = 1;
+        for (size_t k = 0; k < CLOPT_MAX_DIMS; k++) {
             t->shape[k] = clopt_mpi_get_u64(&r);
+            if (k < t->ndim)
+                n = t->shape[k] == 0 || n > c->total / t->shape[k] ? c->total + 1
+                                                                    : n * t->shape[k];
+        }
+        sum += n;
         t->nstate = clopt_mpi_get_u32(&r);
-        if (r.bad || t->nstate > 2 * CLOPT_MAX_STATE + 2)
-            return CLOPT_ERR_FORMAT;
+        if (r.bad || t->ndim == 0 || t->ndim > CLOPT_MAX_DIMS || sum > c->total ||
+            t->nstate > 2 * CLOPT_MAX_STATE + 2)
+            return (*why = "bad tensor header"), CLOPT_ERR_FORMAT;
         for (uint32_t k = 0; k < t->nstate; k++) {
             ckpt_state *s = &t->st[k];
             const void *nm = clopt_mpi_get(&r, CLOPT_MPI_NAME_LEN);
@@ -246,6 +267,8 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
     }
     if (r.bad || r.at != r.len)
         return (*why = "trailing or missing bytes"), CLOPT_ERR_FORMAT;
+    if (sum != c->total)
+        return (*why = "the tensors' shapes do not add up to the total"), CLOPT_ERR_FORMAT;
     *why = "";
     return CLOPT_SUCCESS;
 }
@@ -366,6 +389,40 @@ clopt_status clopt_mpi_optimizer_load(clopt_mpi_optimizer *opt, const char *path
     return s;
 }
 
+static size_t shape_elems(const ckpt_tensor *t)
+{
+    size_t n = 1;
+    for (size_t k = 0; k < t->ndim && k < CLOPT_MAX_DIMS; k++)
+        n *= (size_t)t->shape[k];
+    return n;
+}
+
+/* The unsharded optimizer's tensors against the checkpoint's shapes (parse checked that they
+   add up to its total). The core shows a tensor's shape only in its full-size state entries
+   (those of its element count): a tensor of another size or shape has a full-size state of
+   another shape, or the length checks of apply_state refuse it. */
+static clopt_status check_unsharded_shapes(const clopt_optimizer *o, const ckpt *c, char *detail,
+                                           size_t dlen)
+{
+    const size_t ne = clopt_optimizer_state_entry_count(o);
+    for (size_t i = 0; i < ne; i++) {
+        clopt_state_entry e;
+        if (clopt_optimizer_state_entry(o, i, &e) != CLOPT_SUCCESS || e.param >= c->ntensors)
+            continue; /* (a key too long: the other checks still hold) */
+        const ckpt_tensor *t = &c->t[e.param];
+        if (e.length != shape_elems(t))
+            continue; /* a shorter state (Adafactor's statistics, absmaxes): apply_state's */
+        int same = e.ndim == t->ndim;
+        for (size_t k = 0; same && k < e.ndim; k++)
+            same = e.shape[k] == t->shape[k];
+        if (!same) {
+            snprintf(detail, dlen, "tensor %zu: another shape than the checkpoint's", e.param);
+            return CLOPT_ERR_STATE_MISMATCH;
+        }
+    }
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer *opt,
                                                  const char *path, char *why, size_t why_len)
 {
@@ -378,7 +435,7 @@ clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer
     size_t len = 0;
     ckpt c = {0};
     const char *pw = "";
-    clopt_status s = clopt_mpi_read_file(path, &bytes, &len);
+    clopt_status s = clopt_mpi_read_file(path, SIZE_MAX, &bytes, &len);
     if (s != CLOPT_SUCCESS)
         snprintf(detail, sizeof detail, "cannot read %s", path);
     if (s == CLOPT_SUCCESS && (s = parse(bytes, len, &c, &pw)) != CLOPT_SUCCESS)
@@ -388,12 +445,12 @@ clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer
         s = CLOPT_ERR_STATE_MISMATCH;
         snprintf(detail, sizeof detail, "another rule or tensor count");
     }
+    if (s == CLOPT_SUCCESS)
+        s = check_unsharded_shapes(opt, &c, detail, sizeof detail);
     /* check every tensor, then write (the optimizer's tensors are the checkpoint's, in order) */
     for (int write = 0; write < 2 && s == CLOPT_SUCCESS; write++)
         for (size_t i = 0; s == CLOPT_SUCCESS && i < c.ntensors; i++) {
-            size_t n = 1;
-            for (size_t k = 0; k < c.t[i].ndim && k < CLOPT_MAX_DIMS; k++)
-                n *= (size_t)c.t[i].shape[k];
+            const size_t n = shape_elems(&c.t[i]);
             s = apply_state(opt, ctx, i, &c.t[i], n, 0, n, c.steps, write, detail,
                             sizeof detail);
         }

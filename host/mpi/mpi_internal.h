@@ -67,9 +67,9 @@ struct clopt_mpi_optimizer {
     uint16_t *host_recv16; /* ordered sum, 16-bit gradients: size * count words received */
     int *rs_counts;        /* ordered sum: what every rank sends here (count), then where it
                               lands in host_recv (r * count): 2 * size ints */
-    double *agree_all;     /* size * 3 doubles, allocated at create (so that no rank drops out
-                              of a collective): every phase's agreement, a cut tensor's
-                              gathered {status, sums} */
+    double *agree_all;     /* size * CLOPT_MPI_AGREE_MAX doubles, allocated at create (so that
+                              no rank drops out of a collective): every phase's agreement, a
+                              cut tensor's gathered {status, sums} */
     size_t ngroups;
     clopt_hparams *hps;    /* every group's hyperparameters (as last set) */
     uint32_t *gstream;     /* every group's stochastic-rounding stream (clopt_range_group) */
@@ -91,6 +91,15 @@ struct clopt_mpi_optimizer {
     double max_norm, scale, last_norm;
     uint64_t steps;
     int eval_mode;                /* Schedule-Free: the parameters hold x (set_mode(opt, 0)) */
+    /* the last set_mode failed (on every rank alike: its outcome is agreed): some shards may
+       have switched and others not, or the parameters were not gathered, so steps refuse
+       until a set_mode succeeds */
+    int mode_failed;
+    /* The gathered save's largest state and file, in bytes: INT_MAX (MPI_Gatherv's and
+       MPI_Bcast's counts are int). Every rank judges the gathered total against its own
+       value, so it must be the same everywhere; tests lower it on every rank to reach the
+       refusal without gigabytes of state. */
+    size_t gather_max;
     clopt_mpi_step_timing timing; /* the last step's */
     char err[512];
 };
@@ -102,8 +111,12 @@ clopt_status clopt_mpi_check(clopt_mpi_optimizer *opt, int rc, const char *what)
 /* Status of an OpenCL code (CLOPT_ERR_OPENCL_BASE + e), with the detail. */
 clopt_status clopt_mpi_cl_fail(clopt_mpi_optimizer *opt, cl_int e, const char *what);
 
+/* Doubles per rank in agree_all: the status and up to 4 values (the step's). */
+#define CLOPT_MPI_AGREE_MAX 5
+
 /* Every rank's status after a phase: MPI_Allgather of the local status plus extra doubles
-   (n per rank, may be 0) into all[size * (n + 1)] (rank r's at r * (n + 1): status first).
+   (n per rank, at most CLOPT_MPI_AGREE_MAX - 1) into all[size * (n + 1)] (rank r's at
+   r * (n + 1): status first).
    Returns the local status when it failed, CLOPT_MPI_ERR_REMOTE when another rank's did,
    CLOPT_MPI_ERR_MPI when the allgather itself failed, else CLOPT_SUCCESS. */
 clopt_status clopt_mpi_agree(clopt_mpi_optimizer *opt, clopt_status local, const double *extra,
@@ -203,12 +216,21 @@ clopt_status clopt_mpi_state_io(clopt_optimizer *o, clopt_ctx *ctx, size_t param
 /* This rank's pieces and their states: per piece u64 tensor, u64 offset in the tensor, u64
    length, u32 nstate, per state char name[32], u32 esize, u64 length, the bytes. */
 clopt_status clopt_mpi_pack_pieces(clopt_mpi_optimizer *opt, clopt_mpi_blob *b);
-/* path written atomically ("<path>.<pid>.tmp", fsync, rename); a whole file read. */
+/* b written to "<path>.<pid>.tmp" and fsync'ed; its name in tmp (4096 bytes; "" when nothing
+   was left behind). The caller renames it over path, or removes it. */
+clopt_status clopt_mpi_write_tmp(clopt_mpi_optimizer *opt, const char *path,
+                                 const clopt_mpi_blob *b, char *tmp);
+/* path written atomically (clopt_mpi_write_tmp, then rename). */
 clopt_status clopt_mpi_write_file(clopt_mpi_optimizer *opt, const char *path,
                                   const clopt_mpi_blob *b);
-clopt_status clopt_mpi_read_file(const char *path, unsigned char **out, size_t *len);
+/* A whole file of up to max bytes (any size: SIZE_MAX) read into *out (malloc'ed; *len
+   bytes): CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY or CLOPT_ERR_INVALID_SIZE (over max: refused
+   before it is read), *out and *len untouched then. */
+clopt_status clopt_mpi_read_file(const char *path, size_t max, unsigned char **out,
+                                 size_t *len);
 /* Collective: rank 0 reads path, every rank receives the bytes (*out, malloc'ed); the same
-   status on every rank (CLOPT_MPI_ERR_REMOTE where another rank failed). */
+   status on every rank (CLOPT_MPI_ERR_REMOTE where another rank failed; a file over INT_MAX
+   bytes, MPI_Bcast's count: CLOPT_ERR_INVALID_SIZE on rank 0). */
 clopt_status clopt_mpi_bcast_file(clopt_mpi_optimizer *opt, const char *path, unsigned char **out,
                                   size_t *len);
 

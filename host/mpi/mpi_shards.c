@@ -28,15 +28,29 @@ static int part_path(char *buf, size_t cap, const char *prefix, long r)
     return n > 0 && (size_t)n < cap;
 }
 
+/* Renames tmp over path ("" tmp: nothing to do); tmp emptied once renamed. */
+static clopt_status publish(clopt_mpi_optimizer *opt, char *tmp, const char *path)
+{
+    if (tmp[0] && rename(tmp, path) != 0)
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "renaming %s to %s failed", tmp, path);
+    tmp[0] = '\0';
+    return CLOPT_SUCCESS;
+}
+
+/* Every file is written under a temporary name first and renamed only once every rank wrote
+   its part and rank 0 the manifest: a failure before that (an OpenCL read, memory, a full
+   disk on any rank) leaves a previous checkpoint at the prefix as it was. The parts are
+   renamed before the manifest, whose sizes and CRCs are theirs. */
 clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const char *prefix)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
-    char path[4096];
+    char path[4096], mpath[4096], tmp[4096] = "", mtmp[4096] = "";
     clopt_mpi_blob blob = {0}, part = {0};
     clopt_status s = !prefix ? clopt_mpi_fail(opt, CLOPT_ERR_NULL_ARGUMENT, "prefix is NULL")
-                     : !part_path(path, sizeof path, prefix, opt->rank)
+                     : !part_path(path, sizeof path, prefix, opt->rank) ||
+                             !part_path(mpath, sizeof mpath, prefix, -1)
                          ? clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "prefix too long")
                          : CLOPT_SUCCESS;
     if (s == CLOPT_SUCCESS)
@@ -52,10 +66,10 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
         crc = part.oom ? 0 : clopt_mpi_crc32c(part.p, part.len);
         clopt_mpi_put_u32(&part, crc);
         s = part.oom ? clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory")
-                     : clopt_mpi_write_file(opt, path, &part);
+                     : clopt_mpi_write_tmp(opt, path, &part, tmp);
     }
     const double extra[2] = {(double)part.len, (double)crc};
-    double *all = opt->agree_all; /* size * 3 doubles, allocated at create */
+    double *all = opt->agree_all; /* allocated at create: no rank drops out */
     s = clopt_mpi_agree(opt, s, extra, 2, all); /* every part written, their sizes and CRCs */
     const int go = s == CLOPT_SUCCESS;          /* the same on every rank after an agreement */
     if (go && opt->rank == 0) {
@@ -81,13 +95,19 @@ clopt_status clopt_mpi_optimizer_save_shards(clopt_mpi_optimizer *opt, const cha
         }
         clopt_mpi_put_u32(&m, m.oom ? 0 : clopt_mpi_crc32c(m.p, m.len));
         s = m.oom ? clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "out of host memory")
-            : !part_path(path, sizeof path, prefix, -1)
-                ? clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "prefix too long")
-                : clopt_mpi_write_file(opt, path, &m);
+                  : clopt_mpi_write_tmp(opt, mpath, &m, mtmp);
         free(m.p);
     }
     if (go)
-        s = clopt_mpi_agree(opt, s, NULL, 0, all); /* rank 0's manifest verdict for all */
+        s = clopt_mpi_agree(opt, s, NULL, 0, all); /* rank 0's manifest written */
+    if (s == CLOPT_SUCCESS) /* the same on every rank after an agreement */
+        s = clopt_mpi_agree(opt, publish(opt, tmp, path), NULL, 0, all);
+    if (s == CLOPT_SUCCESS) /* the manifest last: it describes the parts now in place */
+        s = clopt_mpi_agree(opt, publish(opt, mtmp, mpath), NULL, 0, all);
+    if (tmp[0])
+        remove(tmp);
+    if (mtmp[0])
+        remove(mtmp);
     free(blob.p);
     free(part.p);
     return s;
@@ -278,7 +298,7 @@ static clopt_status read_parts(clopt_mpi_optimizer *opt, const char *prefix, uin
         size_t len = 0;
         if (!part_path(path, sizeof path, prefix, (long)w))
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "prefix too long");
-        clopt_status s = clopt_mpi_read_file(path, &files[w], &len);
+        clopt_status s = clopt_mpi_read_file(path, SIZE_MAX, &files[w], &len);
         if (s != CLOPT_SUCCESS)
             return clopt_mpi_fail(opt, s, "cannot read %s", path);
         const unsigned char *p = files[w];

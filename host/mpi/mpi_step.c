@@ -112,7 +112,9 @@ static double local_scale(double amp_scale, float inv, float mul)
 
 /* Every rank's updated slice (in host_p[first .. first + count) after `s`, this rank's
    status of the update) into every rank's full parameter buffer: an agreement on s, the
-   MPI_Allgatherv, the writes of the other slices. Timings added to *tg and *tw. */
+   MPI_Allgatherv, the writes of the other slices, and an agreement on those (a rank whose
+   writes failed holds others' old slices: every rank reports it). Timings added to *tg and
+   *tw. */
 static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, clopt_status s,
                                   double *tg, double *tw)
 {
@@ -132,20 +134,27 @@ static clopt_status gather_params(clopt_mpi_optimizer *opt, cl_command_queue q, 
         return CLOPT_SUCCESS; /* one rank: the buffer already holds every parameter */
     rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, opt->host_p, opt->counts, opt->displs,
                         opt->pes == 2 ? MPI_UINT16_T : MPI_FLOAT, opt->comm);
-    if (rc != MPI_SUCCESS)
-        return clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
     const double t1 = MPI_Wtime();
     *tg += t1 - t0;
-    cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, opt->pes, 0);
-    if (e == CL_SUCCESS)
-        e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p,
-                     opt->pes, 0);
-    if (e == CL_SUCCESS)
-        e = clFinish(q);
-    if (e != CL_SUCCESS)
-        return clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
-    *tw += MPI_Wtime() - t1;
-    return CLOPT_SUCCESS;
+    if (rc != MPI_SUCCESS) {
+        s = clopt_mpi_check(opt, rc, "MPI_Allgatherv (parameters)");
+    } else {
+        cl_int e = transfer(q, opt->pbuf, opt->prun, opt->nprun, 0, a, opt->host_p, opt->pes, 0);
+        if (e == CL_SUCCESS)
+            e = transfer(q, opt->pbuf, opt->prun, opt->nprun, a + n, opt->total, opt->host_p,
+                         opt->pes, 0);
+        if (e == CL_SUCCESS)
+            e = clFinish(q);
+        if (e != CL_SUCCESS)
+            s = clopt_mpi_cl_fail(opt, e, "writing the gathered parameters");
+    }
+    const double t2 = MPI_Wtime();
+    *tw += t2 - t1;
+    /* a failure here is one rank's: without this the others would count the step (or take
+       set_mode's new mode) while it does not, and their next collectives would not pair up */
+    s = clopt_mpi_agree(opt, s, NULL, 0, opt->agree_all);
+    *tg += MPI_Wtime() - t2;
+    return s;
 }
 
 clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
@@ -172,6 +181,12 @@ clopt_status clopt_mpi_optimizer_set_mode(clopt_mpi_optimizer *opt, int train)
     }
     double tg = 0, tw = 0;
     s = gather_params(opt, q, s, &tg, &tw);
+    /* the outcome is the same on every rank (gather_params agreed). A failure can leave some
+       shards switched and others not (a rank's switch failed: the shards that did switch are
+       not switched back, which could fail as well), or every parameter buffer without some
+       slices: steps refuse on every rank until a set_mode succeeds (it finishes a switch that
+       failed part way and gathers the parameters again) */
+    opt->mode_failed = s != CLOPT_SUCCESS;
     if (s == CLOPT_SUCCESS)
         opt->eval_mode = !train;
     return s;
@@ -187,6 +202,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     opt->err[0] = '\0';
+    if (opt->mode_failed) /* the same on every rank: all return here */
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "the last clopt_mpi_optimizer_set_mode failed (the shards may be "
+                              "in different modes, the parameters not gathered): call it again");
     if (opt->eval_mode) /* the same on every rank: all return here */
         return clopt_mpi_fail(
             opt, CLOPT_ERR_INVALID_ARGUMENT,
@@ -229,7 +248,10 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
     }
     LAP(reduce_s);
     const float inv = amp ? (float)(1.0 / opt->scale) : 1.0f;
-    double part[2] = {0.0, 0.0}; /* Σ (inv·g)² in double in element order; non-finite count */
+    /* Σ (inv·g)² in double in element order; the non-finite count; the clip threshold and
+       the loss scale, which every rank must have set alike (checked below: a rank with
+       another AMP verdict would skip while the others wait in the update's collectives) */
+    double part[4] = {0.0, 0.0, opt->max_norm, opt->scale};
     if (s == CLOPT_SUCCESS && check) {
         const float *g = rs ? opt->host_s : opt->host_g + a;
         for (size_t i = 0; i < n; i++) {
@@ -241,12 +263,18 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         }
     }
     double *all = opt->agree_all; /* allocated at create: no rank can drop out here */
-    s = clopt_mpi_agree(opt, s, part, 2, all);
+    s = clopt_mpi_agree(opt, s, part, 4, all);
     double sumsq = 0.0, bad = 0.0;
     for (int r = 0; r < opt->size; r++) { /* rank order: the same sum on every rank */
-        sumsq += all[3 * (size_t)r + 1];
-        bad += all[3 * (size_t)r + 2];
+        sumsq += all[5 * (size_t)r + 1];
+        bad += all[5 * (size_t)r + 2];
     }
+    for (int r = 1; s == CLOPT_SUCCESS && r < opt->size; r++) /* every rank judges alike */
+        if (memcmp(&all[5 * (size_t)r + 3], &all[3], 2 * sizeof *all) != 0)
+            s = clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
+                               "rank %d's grad clip or grad scale (%g, %g) differs from rank "
+                               "0's (%g, %g): set them alike on every rank",
+                               r, all[5 * (size_t)r + 3], all[5 * (size_t)r + 4], all[3], all[4]);
     LAP(agree_s);
     if (s != CLOPT_SUCCESS)
         return s;

@@ -296,7 +296,12 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
                                   "(MPI counts are int)",
                                   i);
         total += n;
-        MIX(n);
+        /* the shape, not only its element count: ranks that passed [7, 30] and [30, 7] would
+           cut different rows (GC), factor differently (Adafactor) and save other layouts */
+        const size_t nd = d->ndim ? d->ndim : 1;
+        MIX(nd);
+        for (size_t k = 0; k < nd; k++)
+            MIX(d->shape[k]);
     }
     MIX(o ? o->grad_mode : 0);
     MIX(o ? o->reduce_op : 0);
@@ -400,7 +405,7 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
     opt->grun = make_runs(desc, 1, &opt->ngrun);
     opt->host_p = malloc(opt->total * opt->pes);
     opt->host_g = malloc(opt->total * sizeof *opt->host_g);
-    opt->agree_all = malloc(N * 3 * sizeof *opt->agree_all);
+    opt->agree_all = malloc(N * CLOPT_MPI_AGREE_MAX * sizeof *opt->agree_all);
     if (!opt->agree_all)
         return clopt_mpi_fail(opt, CLOPT_ERR_OUT_OF_MEMORY, "allocating the staging buffers");
     if (opt->ges == 2 && !(opt->host_g16 = malloc(opt->total * sizeof *opt->host_g16)))
@@ -660,6 +665,7 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
     opt->ctx = ctx;
     opt->rule = rule;
     opt->last_norm = NAN;
+    opt->gather_max = INT_MAX;
     clopt_mpi_options_init(&opt->o);
     uint64_t sig = 0;
     clopt_status s =
@@ -760,16 +766,35 @@ clopt_status clopt_mpi_optimizer_seed(clopt_mpi_optimizer *opt, uint64_t seed)
     return s == CLOPT_SUCCESS ? s : clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
 }
 
-/* hp for group `group` as every rank judges it, whatever pieces it holds: valid for the rule
-   and the shards (GC rows), and the same state layout as the group's (its storage, the
-   rule's states under hp, Lookahead's slow weights). A rank that holds none of the group
-   would otherwise take a layout change its internal optimizer cannot see. */
+/* The core's own checks of hp beyond clopt_hparams_validate (8-bit state only for the rules
+   and variants that have it, Adafactor's float32 state, ...), judged on the internal
+   optimizer's group 0: every rank has it and it holds no tensors, so the verdict does not
+   depend on the pieces a rank holds. Group 0's hyperparameters (hps[0], which the core
+   accepted) are put back at once. The core exports no predicate of its own for this. */
+static clopt_status check_core_hparams(clopt_mpi_optimizer *opt, const clopt_hparams *hp)
+{
+    clopt_status s = clopt_optimizer_set_group_hparams(opt->local, 0, hp);
+    if (s != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "%s", clopt_ctx_last_error(opt->ctx));
+    if ((s = clopt_optimizer_set_group_hparams(opt->local, 0, &opt->hps[0])) != CLOPT_SUCCESS)
+        return clopt_mpi_fail(opt, s, "restoring group 0's hyperparameters: %s",
+                              clopt_ctx_last_error(opt->ctx));
+    return CLOPT_SUCCESS;
+}
+
+/* hp for group `group` as every rank judges it, whatever pieces it holds: valid for the rule,
+   the core and the shards (GC rows), and the same state layout as the group's (its storage,
+   the rule's states under hp, Lookahead's slow weights). A rank that holds none of the group
+   would otherwise take a change its internal optimizer cannot see, while the ranks holding
+   pieces of it refuse. */
 static clopt_status check_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                         const clopt_hparams *hp)
 {
     if (group >= opt->ngroups)
         return clopt_mpi_fail(opt, CLOPT_ERR_INDEX, "no group %zu", group);
     clopt_status s = check_rule(opt, opt->rule, hp, opt->o.shard_tensors);
+    if (s == CLOPT_SUCCESS)
+        s = check_core_hparams(opt, hp);
     if (s == CLOPT_SUCCESS && !opt->o.shard_tensors)
         s = check_gc_rows(opt, group, hp);
     if (s != CLOPT_SUCCESS)
