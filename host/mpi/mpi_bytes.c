@@ -2,13 +2,16 @@
 /* Bytes for the checkpoints (mpi_checkpoint.c: one gathered file; mpi_shards.c: a file per
  * rank and a manifest): growable buffers and a bounds-checked reader, CRC-32C, whole files,
  * the raw state of the shard's pieces. */
-#define _POSIX_C_SOURCE 200809L /* fileno, fsync, getpid, fseeko, ftello */
+#define _POSIX_C_SOURCE 200809L /* fdopen, fsync, getpid, fseeko, ftello */
 #include "mpi_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- bytes ----------------------------------------------------------------------------------- */
@@ -201,9 +204,26 @@ clopt_status clopt_mpi_write_tmp(clopt_mpi_optimizer *opt, const char *path,
     char name[4096];
     if (snprintf(name, sizeof name, "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof name)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "path too long");
-    FILE *f = fopen(name, "wb");
-    if (!f)
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s", name);
+    /* a new file, private to the user (0600), never opened through a symlink nor over
+       something else of that name (fopen followed a planted link and wrote where it
+       pointed); a regular file of ours there is a crashed run's leftover: replaced */
+    int fd = -1, err = 0;
+    for (int attempt = 0; attempt < 2 && fd < 0; attempt++) {
+        fd = open(name, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600);
+        err = fd < 0 ? errno : 0;
+        struct stat st;
+        if (fd >= 0 || err != EEXIST || lstat(name, &st) != 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != geteuid() || unlink(name) != 0)
+            break;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!f) {
+        if (fd >= 0) {
+            close(fd);
+            remove(name);
+        }
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s (%s)", name, strerror(err));
+    }
     const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (fclose(f) != 0 || !ok) {
         remove(name);

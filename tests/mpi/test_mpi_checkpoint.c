@@ -241,6 +241,29 @@ static void test_failures(void)
         CHECK(memcmp(before, after, len * sizeof *after) == 0, "a failed load changed the state");
     }
     CHECK(clopt_mpi_optimizer_step_count(R.sh) == 1, "a failed load changed the step count");
+    /* a symlink planted at rank 0's temporary name (path.<pid>.tmp, the part's for the
+       per-rank form): the save fails and writes nothing through it (fopen followed it) */
+    char victim[300] = "", link_at[400] = "";
+    if (fx_rank == 0) {
+        snprintf(victim, sizeof victim, "%s.victim", path2);
+        FILE *v = fopen(victim, "wb");
+        CHECK(v != NULL && fputs("keep", v) >= 0 && fclose(v) == 0, "writing %s", victim);
+        snprintf(link_at, sizeof link_at, "%s%s.%ld.tmp", path2, shards ? ".0" : "",
+                 (long)getpid());
+        CHECK(symlink(victim, link_at) == 0, "symlink %s", link_at);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    CHECK_STATUS(save(R.sh, path2),
+                 fx_rank == 0 ? CLOPT_ERR_IO : (clopt_status)CLOPT_MPI_ERR_REMOTE);
+    if (fx_rank == 0) {
+        char got[16] = "";
+        FILE *v = fopen(victim, "rb");
+        CHECK(v != NULL && fgets(got, sizeof got, v) != NULL && strcmp(got, "keep") == 0,
+              "the save wrote through the planted link");
+        fclose(v);
+        remove(link_at);
+        remove(victim);
+    }
     /* a checkpoint of another layout */
     CHECK_OK(save(R.sh, path1));
     run_close(&R);
