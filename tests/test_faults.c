@@ -923,7 +923,7 @@ int main(void)
         cmocka_unit_test(test_life_lamb),
         cmocka_unit_test(test_life_lookahead),
         cmocka_unit_test(test_prepare_fresh_context),
-        /* last: today Adafactor's range group crashes the device (see the report of issue 12) */
+        /* last: Adafactor's range group once crashed the device (the report of issue 12) */
         cmocka_unit_test(test_life_adafactor),
     };
     const char *filter = getenv("TEST_FAULTS_FILTER");

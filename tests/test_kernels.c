@@ -244,6 +244,12 @@ static void golden_hparams(const char *meta, clopt_hparams *hp)
         const char *key;
         double *dst;
     } dk[] = {{"lr", &hp->lr},
+              {"eps1", &hp->eps}, /* Adafactor's (HF's eps[0]) */
+              {"eps2", &hp->eps2},
+              {"clip_threshold", &hp->clip_threshold},
+              {"decay_rate", &hp->decay_rate},
+              {"lookahead_alpha", &hp->lookahead_alpha},
+              {"n_sma_threshold", &hp->n_sma_threshold},
               {"beta1", &hp->beta1},
               {"beta2", &hp->beta2},
               {"beta3", &hp->beta3},
@@ -265,6 +271,11 @@ static void golden_hparams(const char *meta, clopt_hparams *hp)
         const char *key;
         int *dst;
     } ik[] = {{"nesterov", &hp->nesterov},
+              {"scale_parameter", &hp->scale_parameter},
+              {"relative_step", &hp->relative_step},
+              {"warmup_init", &hp->warmup_init},
+              {"bias_correction", &hp->bias_correction},
+              {"grad_averaging", &hp->grad_averaging},
               {"amsgrad", &hp->amsgrad},
               {"maximize", &hp->maximize},
               {"centered", &hp->centered}};
@@ -274,6 +285,9 @@ static void golden_hparams(const char *meta, clopt_hparams *hp)
     }
     double v;
     if (json_number(json_member(hy, hend, "hess_interval"), &v)) hp->hess_interval = (unsigned)v;
+    if (json_number(json_member(hy, hend, "lookahead_k"), &v)) hp->lookahead_k = (unsigned)v;
+    /* Adafactor's beta1: null (no first moment) or a number (use_beta1) */
+    hp->use_beta1 = json_number(json_member(hy, hend, "beta1"), &v) && strstr(meta, "adafactor");
 }
 
 /* rtol/atol of file `name` from meta.json files[]. */
@@ -429,6 +443,64 @@ static int golden_replay(const golden_case *gc)
     return bad;
 }
 
+/* The references of the rules with per-tensor reductions (ref_adafactor_step, ref_lamb_step,
+   ref_ranger_step, which test_drift, test_trajectories and test_reductions trust) against
+   their golden cases, as golden_replay does for ref_step: θ after step 1 and T, and every
+   state. Adafactor's case is a 48 x 70 matrix (factored), Ranger's a 1-D tensor (GC is a
+   no-op there, as the reference assumes). */
+static int golden_replay_multipass(const char *name, clopt_rule rule)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/golden/%s/meta.json", CLOPT_TEST_DATA_DIR, name);
+    char *meta = read_text(path);
+    assert_non_null(meta);
+    clopt_hparams hp;
+    golden_hparams(meta, &hp);
+    size_t n = 0, ng = 0;
+    float *p0 = read_f32(name, "param0.f32", &n), *gr = read_f32(name, "grads.f32", &ng);
+    assert_non_null(p0);
+    assert_non_null(gr);
+    assert_true(n > 0 && ng % n == 0);
+    const size_t R = rule == CLOPT_ADAFACTOR ? 48 : 0, C = rule == CLOPT_ADAFACTOR ? 70 : 0;
+    assert_true(!R || R * C == n);
+    const char *names[3];
+    size_t len[3], ns = 0;
+    if (rule == CLOPT_ADAFACTOR)
+        names[0] = "exp_avg_sq_row", len[0] = R, names[1] = "exp_avg_sq_col", len[1] = C, ns = 2;
+    else
+        names[0] = "exp_avg", names[1] = "exp_avg_sq", len[0] = len[1] = n, ns = 2;
+    if (rule == CLOPT_RANGER)
+        names[2] = "slow_buffer", len[2] = n, ns = 3;
+    double *theta = xmalloc(n * sizeof(double)), *g = xmalloc(n * sizeof(double));
+    double *st[CLOPT_MAX_STATE] = {0};
+    for (size_t k = 0; k < ns; k++) {
+        st[k] = xmalloc(len[k] * sizeof(double));
+        for (size_t i = 0; i < len[k]; i++)
+            st[k][i] = k == 2 ? (double)p0[i] : 0.0; /* φ starts as θ_0 */
+    }
+    for (size_t i = 0; i < n; i++) theta[i] = p0[i];
+    int bad = 0;
+    for (size_t t = 1; t <= ng / n; t++) {
+        for (size_t i = 0; i < n; i++) g[i] = gr[(t - 1) * n + i];
+        if (rule == CLOPT_ADAFACTOR)
+            ref_adafactor_step(&hp, t, 1, R, C, n, theta, g, st, 1.0);
+        else if (rule == CLOPT_LAMB)
+            ref_lamb_step(&hp, t, n, theta, g, st, 1.0);
+        else
+            ref_ranger_step(&hp, t, n, theta, g, st, 1.0);
+        if (t == 1) bad += golden_compare(name, meta, "param_1.f32", theta, n);
+    }
+    bad += golden_compare(name, meta, "param_T.f32", theta, n);
+    for (size_t k = 0; k < ns; k++) {
+        char file[96];
+        snprintf(file, sizeof file, "state_%s.f32", names[k]);
+        bad += golden_compare(name, meta, file, st[k], len[k]);
+    }
+    for (size_t k = 0; k < ns; k++) free(st[k]);
+    free(theta), free(g), free(p0), free(gr), free(meta);
+    return bad;
+}
+
 static void test_reference_vs_golden(void **state)
 {
     (void)state;
@@ -436,6 +508,15 @@ static void test_reference_vs_golden(void **state)
     for (size_t c = 0; c < sizeof k_golden / sizeof k_golden[0]; c++) {
         int b = golden_replay(&k_golden[c]);
         if (b) print_error("golden case %s: %d mismatching files\n", k_golden[c].name, b);
+        bad += b;
+    }
+    const struct {
+        const char *name;
+        clopt_rule rule;
+    } mp[] = {{"adafactor", CLOPT_ADAFACTOR}, {"lamb", CLOPT_LAMB}, {"ranger", CLOPT_RANGER}};
+    for (size_t c = 0; c < sizeof mp / sizeof mp[0]; c++) {
+        int b = golden_replay_multipass(mp[c].name, mp[c].rule);
+        if (b) print_error("golden case %s: %d mismatching files\n", mp[c].name, b);
         bad += b;
     }
     assert_int_equal(bad, 0);

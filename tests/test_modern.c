@@ -137,7 +137,12 @@ static float *read_f32(const char *gcase, const char *file, size_t *count)
     return v;
 }
 
-/* numpy.allclose with the file's convention atol = rtol·rms(expected), rtol 1e-5. */
+/* The reference within 2% of the file's tolerance (numpy.allclose with the convention atol =
+   rtol·rms(expected), rtol 1e-5), as test_kernels' replay of the other references: it
+   computes what the golden reference computed, in double on the same float32 inputs, so only
+   the float32 rounding of the expected files separates them (the whole tolerance let a
+   reference off by a tenth of it pass). */
+#define GOLDEN_FRACTION 0.02
 static void golden_expect(const char *gcase, const char *file, const double *x, size_t n)
 {
     size_t m;
@@ -146,14 +151,13 @@ static void golden_expect(const char *gcase, const char *file, const double *x, 
     double ss = 0.0;
     for (size_t i = 0; i < n; i++)
         ss += (double)e[i] * e[i];
-    double atol = 1e-5 * sqrt(ss / (double)n), worst = 0.0;
+    const double atol = 1e-5 * sqrt(ss / (double)n);
     for (size_t i = 0; i < n; i++) {
-        double err = fabs(x[i] - e[i]) - (atol + 1e-5 * fabs((double)e[i]));
-        if (err > worst)
-            worst = err;
-        if (!(err <= 0.0))
-            fail_msg("golden %s/%s: element %zu reference %.9g expected %.9g", gcase, file, i,
-                     x[i], (double)e[i]);
+        const double r = fabs(x[i] - e[i]) / (atol + 1e-5 * fabs((double)e[i]));
+        if (!(r <= GOLDEN_FRACTION))
+            fail_msg("golden %s/%s: element %zu reference %.9g expected %.9g (%.3g of the "
+                     "tolerance, limit %.2g)",
+                     gcase, file, i, x[i], (double)e[i], r, GOLDEN_FRACTION);
     }
     free(e);
 }

@@ -130,10 +130,11 @@ void test_schedules_torch_chainable(void **state)
 
 /* CosineAnnealingWarmRestarts stepped as torch steps it (T_cur += 1; at T_i a restart with
    T_cur -= T_i, T_i *= T_mult), also with the non-integer t_mult clopt allows; T_0 = 1 with
-   t_mult 3 and 10 reaches restarts at 121 (= (3^5 - 1)/2) and 111 (= (10^3 - 1)/9). Fails
-   today at 121 and 111 (and at 12100 for T_0 = 100, t_mult 3): host/schedule.c finds the
-   cycle as floor(log(t/T·(m-1) + 1) / log(m)), which rounds to 4.999... at t = 121, so the
-   step that restarts gets the end of the previous cycle, eta_min, instead of 1. */
+   t_mult 3 and 10 reaches restarts at 121 (= (3^5 - 1)/2) and 111 (= (10^3 - 1)/9). The
+   cycle estimate floor(log(t/T·(m-1) + 1) / log(m)) rounds to 4.999... at t = 121 (and at
+   111, and 12100 for T_0 = 100, t_mult 3), which gave the step that restarts the end of the
+   previous cycle, eta_min, instead of 1, until host/schedule.c moved the estimate to the
+   cycle whose bounds hold t. */
 void test_schedules_restarts_stepped(void **state)
 {
     (void)state;
