@@ -719,6 +719,15 @@ clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_h
     for (size_t k = 0; k < ns && s == CLOPT_SUCCESS; k++)
         s = clopt_fill_state(ctx, rule, hp, k, dtype, (clopt_tensor){made[k], 0},
                              (clopt_tensor){abs[k], 0}, n);
+    /* a context's out-of-order queue (clopt_ctx_create_from) orders nothing by itself: a
+       barrier puts the fills before whatever the caller enqueues on it next */
+    cl_command_queue_properties props = 0;
+    if (s == CLOPT_SUCCESS && ns > 0 &&
+        clGetCommandQueueInfo(ctx->queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL) ==
+            CL_SUCCESS &&
+        (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE) &&
+        (err = clEnqueueBarrierWithWaitList(ctx->queue, 0, NULL, NULL)) != CL_SUCCESS)
+        s = clopt_fail_cl(ctx, err, "clEnqueueBarrierWithWaitList");
     if (s != CLOPT_SUCCESS) {
         for (size_t k = 0; k < ns; k++) {
             if (made[k])

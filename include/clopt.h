@@ -153,7 +153,8 @@ cl_int clopt_status_cl_error(clopt_status s);
    per context at a time, see the conventions above).
 
    On-disk program cache: the environment variable CLOPT_CACHE_DIR, read when a context is
-   created, names a folder where compiled program binaries are kept across processes.
+   created (a relative path from the working directory of then), names a folder where
+   compiled program binaries are kept across processes.
     - A missing folder is created (with its missing parents), mode 0700.
     - The folder is used only if it is owned by the effective user and not writable by group
       or others; otherwise the context compiles without the disk cache (silently: no status,
@@ -168,7 +169,10 @@ cl_int clopt_status_cl_error(clopt_status s);
       0600) under a random name in the folder, then renamed into place: readers never see a
       half-written entry, and a planted symlink is never followed.
     - The hash detects damage, the folder rules keep other users out; whoever can write into
-      the folder can forge entries, so never point CLOPT_CACHE_DIR at a shared folder. */
+      the folder can forge entries, so never point CLOPT_CACHE_DIR at a shared folder.
+    - The key does not see a driver's own environment variables that change its compiler
+      (OCLGRIND_BUILD_OPTIONS, PoCL's POCL_* settings): clear the folder, or leave
+      CLOPT_CACHE_DIR unset, when changing them (ci/oclgrind.sh unsets it). */
 typedef struct clopt_ctx clopt_ctx;
 
 /* A context on the device the environment variable CLOPT_DEVICE selects, or by the
@@ -1204,7 +1208,8 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
 
 /* Op level: allocates the state tensors rule needs for n elements with hp (one buffer each,
    in clopt_rule_state_name order, filled with their initial values on the context's queue,
-   non-blocking: order them before use on another queue) into out[0 .. *count); the rest of
+   non-blocking: order them before use on another queue; an out-of-order context queue gets
+   a barrier after them) into out[0 .. *count); the rest of
    out is set to NULL (*count may be 0, e.g. SGD without momentum). The caller owns and
    releases the buffers (clReleaseMemObject); on failure none is left allocated and out and
    *count are not written. The

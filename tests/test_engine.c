@@ -974,6 +974,7 @@ int main(void)
         cmocka_unit_test(test_range_group_engine_state_faults),
         cmocka_unit_test(test_work_group_fallback),
         cmocka_unit_test(test_reduce_local_too_large),
+        cmocka_unit_test(test_alloc_state_out_of_order),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");

@@ -9,5 +9,6 @@ void test_q8_group_too_small(void **state);
 void test_range_group_engine_state_faults(void **state);
 void test_work_group_fallback(void **state);
 void test_reduce_local_too_large(void **state);
+void test_alloc_state_out_of_order(void **state);
 
 #endif

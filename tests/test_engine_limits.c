@@ -279,3 +279,50 @@ void test_reduce_local_too_large(void **state)
     clReleaseMemObject(pb), clReleaseMemObject(gb);
     clopt_ctx_destroy(c);
 }
+
+/* The op level's state allocation on a context whose queue is out of order (an engine's, via
+   clopt_ctx_create_from): the fills are followed by a barrier, so that what the engine
+   enqueues next on that queue sees the initial values (an out-of-order queue ordered nothing
+   and no event was handed out); an in-order queue needs none. */
+void test_alloc_state_out_of_order(void **state)
+{
+    (void)state;
+    clopt_ctx *base;
+    assert_int_equal(clopt_ctx_create(&base), CLOPT_SUCCESS);
+    cl_context cc = clopt_ctx_cl_context(base);
+    cl_device_id dev = clopt_ctx_cl_device(base);
+    cl_int err = CL_SUCCESS;
+    cl_command_queue q =
+        clCreateCommandQueue(cc, dev, CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE, &err);
+    if (!q) { /* a device without out-of-order queues: nothing to order */
+        clopt_ctx_destroy(base);
+        skip();
+    }
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAGRAD, &hp);
+    hp.initial_accumulator_value = 0.5;
+    for (int ooo = 0; ooo < 2; ooo++) {
+        clopt_ctx *c;
+        assert_int_equal(clopt_ctx_create_from(cc, dev, ooo ? q : NULL, &c), CLOPT_SUCCESS);
+        clopt_tensor st[CLOPT_MAX_STATE];
+        size_t count = 0;
+        clshim_reset();
+        clshim_enable(1);
+        assert_int_equal(clopt_alloc_state(c, CLOPT_ADAGRAD, &hp, 1000, st, &count),
+                         CLOPT_SUCCESS);
+        clshim_enable(0);
+        assert_int_equal(count, 1);
+        assert_int_equal(clshim_count("clEnqueueBarrierWithWaitList"), ooo ? 1 : 0);
+        float x[1000];
+        assert_int_equal(clEnqueueReadBuffer(clopt_ctx_cl_queue(c), st[0].buffer, CL_TRUE, 0,
+                                             sizeof x, x, 0, NULL, NULL),
+                         CL_SUCCESS);
+        for (size_t i = 0; i < 1000; i++)
+            assert_true(x[i] == 0.5f);
+        clReleaseMemObject(st[0].buffer);
+        clopt_ctx_destroy(c);
+    }
+    clReleaseCommandQueue(q);
+    clopt_ctx_destroy(base);
+}
+
