@@ -142,15 +142,20 @@ static void test_read_big(const char *prefix)
         CHECK(file_size(path) == size, "%s: %lld bytes", path, file_size(path));
         unsigned char *bytes = NULL;
         size_t len = 0;
-        CHECK_OK(clopt_mpi_read_file(path, SIZE_MAX, &bytes, &len));
-        CHECK(len == (size_t)size, "read %zu bytes of %lld", len, size);
-        CHECK(memcmp(bytes, "CLOPTMPM", 8) == 0 && memcmp(bytes + at2g, "straddle", 8) == 0 &&
-                  memcmp(bytes + end, "the end.", 8) == 0,
-              "the marks were not read back");
-        CHECK(bytes[8] == 0 && bytes[1ll << 30] == 0 && bytes[at2g - 1] == 0 &&
-                  bytes[at2g + 8] == 0 && bytes[end - 1] == 0,
-              "the holes read back as non-zero");
-        free(bytes);
+        /* the whole read: 2 GiB in memory, skipped in the sanitizer stage (CLOPT_TEST_SMALL:
+           LeakSanitizer's tracer crashed at exit once after it, under load) */
+        const char *small_run = getenv("CLOPT_TEST_SMALL");
+        if (!(small_run && *small_run && *small_run != '0')) {
+            CHECK_OK(clopt_mpi_read_file(path, SIZE_MAX, &bytes, &len));
+            CHECK(len == (size_t)size, "read %zu bytes of %lld", len, size);
+            CHECK(memcmp(bytes, "CLOPTMPM", 8) == 0 && memcmp(bytes + at2g, "straddle", 8) == 0 &&
+                      memcmp(bytes + end, "the end.", 8) == 0,
+                  "the marks were not read back");
+            CHECK(bytes[8] == 0 && bytes[1ll << 30] == 0 && bytes[at2g - 1] == 0 &&
+                      bytes[at2g + 8] == 0 && bytes[end - 1] == 0,
+                  "the holes read back as non-zero");
+            free(bytes);
+        }
         /* a max under the file's length: refused before anything is read */
         bytes = NULL;
         len = 7;
