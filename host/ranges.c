@@ -181,6 +181,11 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
                            "set)", i, clopt_rule_name(opt->rule), i);
             goto fail;
         }
+        if (!d->param.buffer || !d->grad.buffer) { /* (before the one-cl_mem check below) */
+            s = clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "tensor %zu: %s buffer is NULL", i,
+                           d->param.buffer ? "grad" : "param");
+            goto fail;
+        }
         if (d->param_dtype != desc->tensors[0].param_dtype ||
             d->grad_dtype != desc->tensors[0].grad_dtype) {
             s = clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,

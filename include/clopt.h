@@ -687,7 +687,9 @@ double clopt_schedule_free_advance(const clopt_hparams *hp, uint64_t t, double *
    master) is args'. One launch; queue, wait list and event as clopt_enqueue_step; statuses
    as clopt_enqueue_step, plus CLOPT_ERR_INVALID_ARGUMENT for a rule other than the two
    schedule-free ones. The caller tracks the mode (stepping in eval mode is the caller's
-   error at this level). */
+   error at this level). A 16-bit θ rounded stochastically draws with the step word 0 and
+   its direction's top bits (README "Storage"): the same values at every switch of that
+   direction unless the caller changes args->sr_seed or sr_stream between switches. */
 clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue queue,
                                               clopt_rule rule, const clopt_hparams *hp,
                                               const clopt_step_args *args, size_t n, int train,
@@ -1199,8 +1201,8 @@ void clopt_range_group_init(clopt_range_group *g);
    engine's state with Lookahead, with a multi-pass rule (Adafactor, LAMB, StableAdamW,
    Muon), with a master (a state of the library's) or with a state_dtype other than F32
    (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors, a
-   tensor's param or grad buffer), CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes), CLOPT_ERR_INVALID_HYPERPARAM,
-   CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
+   tensor's param or grad buffer), CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes),
+   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
    *first_index (either may be NULL) receive the group and its first tensor. */
 clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              const clopt_range_group *desc, size_t *group,

@@ -253,8 +253,9 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    clopt_optimizer_set_group_hparams / set_group_schedule (same statuses, CLOPT_ERR_INDEX for
    no such group; a change to a refused variant, e.g. gradient centralization with cut
    tensors, is CLOPT_ERR_UNSUPPORTED; a change of state_dtype or master, fixed at create, is
-   CLOPT_ERR_STATE_MISMATCH on every rank). Every rank judges the change alike, with the
-   core's checks (e.g. cautious masking with 8-bit state: CLOPT_ERR_UNSUPPORTED), also a rank
+   CLOPT_ERR_STATE_MISMATCH on every rank, or CLOPT_ERR_UNSUPPORTED where the core refuses
+   the new storage first, e.g. 8-bit state for Adamax). Every rank judges the change alike,
+   with the core's checks (e.g. cautious masking with 8-bit state: CLOPT_ERR_UNSUPPORTED), also a rank
    that holds none of the group. get: the group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);

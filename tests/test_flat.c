@@ -409,6 +409,15 @@ static void test_misuse_refused(void **state)
     bad.tensors = d;
     assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &bad, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    /* a later tensor's NULL buffer is NULL_ARGUMENT, as the first's (it was the one-cl_mem
+       refusal, INVALID_ARGUMENT) */
+    clopt_param_desc two[2] = {
+        {.param = {B, 700}, .grad = {G, 700}, .ndim = 1, .shape = {10}},
+        {.param = {NULL, 0}, .grad = {G, 720}, .ndim = 1, .shape = {10}}};
+    rg.ntensors = 2;
+    rg.tensors = two;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                     CLOPT_ERR_NULL_ARGUMENT);
     /* a Hessian estimate for a rule that takes none (it was ignored; add_param_desc refuses) */
     clopt_param_desc h = {.param = {B, 700}, .grad = {G, 700}, .hessian = {G, 800}, .ndim = 1,
                           .shape = {10}};

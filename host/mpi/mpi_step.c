@@ -270,7 +270,7 @@ clopt_status clopt_mpi_optimizer_step(clopt_mpi_optimizer *opt, cl_command_queue
         bad += all[5 * (size_t)r + 2];
     }
     for (int r = 1; s == CLOPT_SUCCESS && r < opt->size; r++) /* every rank judges alike */
-        if (memcmp(&all[5 * (size_t)r + 3], &all[3], 2 * sizeof *all) != 0)
+        if (all[5 * (size_t)r + 3] != all[3] || all[5 * (size_t)r + 4] != all[4]) /* -0 = 0 */
             s = clopt_mpi_fail(opt, (clopt_status)CLOPT_MPI_ERR_MISMATCH,
                                "rank %d's grad clip or grad scale (%g, %g) differs from rank "
                                "0's (%g, %g): set them alike on every rank",
