@@ -162,7 +162,8 @@ void print_tensors(const env *e, const rule_info *ri, size_t n, size_t first_row
            "x1", "wall_ms", "x1");
     double worst = 0.0, amp_worst = 0.0, ranges_worst = 0.0;
     size_t worst_T = 0, amp_T = 0, ranges_T = 0;
-    int amp_rows = 0, ranges_rows = 0; /* rows whose ratio had no reference row: NaN */
+    int amp_rows = 0, ranges_rows = 0, unjudged = 0; /* unjudged: a ratio without its
+                                                        reference row (NaN) */
     for (size_t i = first_row; i < e->res.n; i++) {
         const row *w = &e->res.rows[i];
         if (!((1u << w->variant) & V_MANY))
@@ -182,8 +183,10 @@ void print_tensors(const env *e, const rule_info *ri, size_t n, size_t first_row
                w->launches, tb, ms, x1, wall, xw);
         amp_rows |= w->variant == V_ARENA_AMP;
         ranges_rows |= w->variant == V_RANGES;
-        if (!isfinite(w->tensor_ratio))
-            continue; /* (its reference row was not timed: judged below) */
+        if (!isfinite(w->tensor_ratio)) {
+            unjudged++;
+            continue; /* (its reference row was not timed: said below) */
+        }
         if (w->variant == V_ARENA && w->tensors > 1 && w->tensor_ratio > worst) {
             worst = w->tensor_ratio;
             worst_T = w->tensors;
@@ -204,6 +207,9 @@ void print_tensors(const env *e, const rule_info *ri, size_t n, size_t first_row
     else if (amp_rows)
         printf("target (issue 11): AMP and clipping: not judged (time arena too: the ratio is "
                "to the arena with as many tensors)\n");
+    if (unjudged && (amp_T || ranges_T || worst_T))
+        printf("note: %d row(s) above have no reference row in this run and are not judged\n",
+               unjudged);
     if (!ranges_T && ranges_rows)
         printf("target (issue 11): range groups: not judged (time arena with --tensors 1 too: "
                "the ratio is to one launch over the same elements)\n");
