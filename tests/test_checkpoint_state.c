@@ -246,6 +246,27 @@ static clopt_optimizer *arena16_make(fixture *f, clopt_rule rule, const clopt_hp
     return o;
 }
 
+/* State `state` of tensors first + which[0 .. count) (of len[] elements, θ from th, the
+   group's tensors one after the other) reads as θ widened (bf16 bits << 16): the slow
+   weights or the F32 master of a tensor that has not stepped yet. */
+static void expect_reads_theta(clopt_optimizer *o, size_t first, size_t state,
+                               const size_t *which, size_t count, const size_t *len,
+                               const uint16_t *th)
+{
+    float v[1024];
+    for (size_t k = 0; k < count; k++) {
+        const size_t t = which[k];
+        size_t at = 0;
+        for (size_t j = 0; j < t; j++)
+            at += len[j];
+        assert_true(len[t] <= 1024);
+        assert_int_equal(clopt_optimizer_read_state(o, first + t, state, v, len[t]),
+                         CLOPT_SUCCESS);
+        for (size_t i = 0; i < len[t]; i++)
+            assert_int_equal(f2u(v[i]), (uint32_t)th[at + i] << 16);
+    }
+}
+
 /* The bf16 θ of that group's T tensors into out, one after the other. */
 static void arena16_theta(fixture *f, clopt_optimizer *o, size_t first, size_t T,
                           const size_t *len, uint16_t *out)
@@ -282,7 +303,7 @@ void test_slow_weights_bf16_arena_write(void **state)
             hp.lookahead_k = 2;
             hp.lookahead_alpha = 0.5;
             hp.master = modes[mi];
-            size_t first, at;
+            size_t first;
             clopt_optimizer *o = arena16_make(f, CLOPT_ADAMW, &hp, T, len, th, gr, &first);
             const size_t slow = clopt_optimizer_state_count(o, first) - 1;
             if (run == 1) {
@@ -291,14 +312,8 @@ void test_slow_weights_bf16_arena_write(void **state)
                                  CLOPT_SUCCESS);
                 assert_int_equal(clopt_optimizer_write_state(o, first + 2, slow, sw, 1024),
                                  CLOPT_SUCCESS);
-                at = 0;
-                for (size_t t = 0; t < 2; t++) { /* the others started from θ, widened */
-                    assert_int_equal(clopt_optimizer_read_state(o, first + t, slow, sw, len[t]),
-                                     CLOPT_SUCCESS);
-                    for (size_t i = 0; i < len[t]; i++)
-                        assert_int_equal(f2u(sw[i]), (uint32_t)th[at + i] << 16);
-                    at += len[t];
-                }
+                /* the others started from θ, widened */
+                expect_reads_theta(o, first, slow, (const size_t[]){0, 1}, 2, len, th);
             }
             for (int s = 0; s < STEPS; s++)
                 assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
@@ -343,14 +358,8 @@ void test_master_bf16_arena_write(void **state)
             assert_int_equal(clopt_optimizer_write_state(o, first + w, ms, m, len[w]),
                              CLOPT_SUCCESS);
         }
-        size_t at = 0;
-        for (size_t t = 0; t < T; t++) { /* θ widened, before the first step */
-            assert_int_equal(clopt_optimizer_read_state(o, first + t, ms, m, len[t]),
-                             CLOPT_SUCCESS);
-            for (size_t i = 0; i < len[t]; i++)
-                assert_int_equal(f2u(m[i]), (uint32_t)th[at + i] << 16);
-            at += len[t];
-        }
+        /* θ widened, before the first step */
+        expect_reads_theta(o, first, ms, (const size_t[]){0, 1, 2}, T, len, th);
         for (int s = 0; s < STEPS; s++)
             assert_int_equal(clopt_optimizer_step(o, NULL), CLOPT_SUCCESS);
         arena16_theta(f, o, first, T, len, out[run]);

@@ -38,6 +38,9 @@ extern clopt_ctx *fx_ctx;
 void fx_init(int *argc, char ***argv);
 /* Destroys the context, MPI_Finalize, prints "<name>: ok" on rank 0; returns 0. */
 int fx_finish(const char *name);
+/* A SIGALRM handler for alarm() around collectives: a rank left waiting in one (the bugs
+   the agreement tests cover) fails the test at once instead of at CTest's timeout. */
+void fx_watchdog(void);
 
 /* A flat layout: ntensors shapes; parameters at poff[i] (with gaps of 3 floats, starting at
    5), gradients packed from offset 2; plen / glen the buffer lengths; total the flattened
