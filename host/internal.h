@@ -98,6 +98,17 @@ size_t clopt_gc_groups(const clopt_ctx *ctx, size_t rows);
 #define CLOPT_REDUCE_OPTIONS " -DRL=%u"
 
 /* Validation helpers (util.c). */
+/* A range of bytes in a buffer, for the overlap checks: `what` of tensor `tensor` (SIZE_MAX:
+   one op's own arguments, named by `what` alone). */
+typedef struct clopt_span {
+    cl_mem buffer;
+    size_t lo, hi; /* [lo, hi) */
+    const char *what;
+    size_t tensor;
+} clopt_span;
+/* Refuses two ranges of one buffer that overlap, naming both (CLOPT_ERR_INVALID_ARGUMENT);
+   sorts s. */
+clopt_status clopt_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count);
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
 /* The same for a tensor of esize-byte elements (offset and n in elements). */
 clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n,

@@ -50,20 +50,14 @@ static int op_overlap(clopt_tensor dst, size_t ds, clopt_tensor src, size_t ss, 
 /* The op-level step's tensors (validated) must not share bytes: a work-item's reads and
    writes of one element would race with another's (the optimizer level checks its tensors
    once, at registration, and may hand a launch whole buffers). */
-typedef struct op_span {
-    const char *what;
-    cl_mem buffer;
-    size_t lo, hi; /* bytes */
-} op_span;
-
 static clopt_status check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                         const clopt_step_args *a, size_t n)
 {
-    op_span r[3 + 2 * CLOPT_MAX_STATE + 2];
+    clopt_span r[3 + 2 * CLOPT_MAX_STATE + 2];
     size_t k = 0;
 #define SPAN(w, tensor, count, esize)                                                      \
-    r[k++] = (op_span){w, (tensor).buffer, (tensor).offset * (esize),                      \
-                       ((tensor).offset + (count)) * (esize)}
+    r[k++] = (clopt_span){(tensor).buffer, (tensor).offset * (esize),                      \
+                          ((tensor).offset + (count)) * (esize), w, SIZE_MAX}
     SPAN("param", a->param, n, clopt_dtype_size(a->param_dtype));
     SPAN("grad", a->grad, n, clopt_dtype_size(a->grad_dtype));
     if (a->master_kind != CLOPT_MASTER_NONE)
@@ -79,14 +73,7 @@ static clopt_status check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const c
     if (hp->grad_centralization && a->gc_rows > 0)
         SPAN("gc_scratch", a->gc_scratch, a->gc_rows, sizeof(float));
 #undef SPAN
-    for (size_t i = 0; i < k; i++)
-        for (size_t j = 0; j < i; j++)
-            if (r[i].buffer == r[j].buffer && r[i].lo < r[j].hi && r[j].lo < r[i].hi)
-                return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                                  "%s and %s overlap (bytes [%zu, %zu) and [%zu, %zu) of one "
-                                  "buffer)", r[j].what, r[i].what, r[j].lo, r[j].hi, r[i].lo,
-                                  r[i].hi);
-    return CLOPT_SUCCESS;
+    return clopt_check_disjoint(ctx, r, k);
 }
 
 /* θ, g and the master with their storage types; the storage options of the step. */

@@ -571,7 +571,7 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
                                (desc->param.offset + e.n) * ps, "param", opt->nparams};
     sp[nspan++] = (clopt_span){desc->grad.buffer, desc->grad.offset * gs,
                                (desc->grad.offset + e.n) * gs, "grad", opt->nparams};
-    s = clopt_o_check_disjoint(ctx, sp, nspan);
+    s = clopt_check_disjoint(ctx, sp, nspan);
     free(sp);
     if (s != CLOPT_SUCCESS || (s = clopt_o_reserve_params(opt, 1)) != CLOPT_SUCCESS)
         return s;

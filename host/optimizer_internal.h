@@ -183,17 +183,9 @@ cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *e
 /* A new buffer of n zero elements of es bytes (4 or 2). */
 cl_mem clopt_o_make_zeros(clopt_ctx *ctx, size_t n, size_t es, cl_int *err);
 
-/* A range of bytes in a buffer, for the overlap checks (ranges.c). */
-typedef struct clopt_span {
-    cl_mem buffer;
-    size_t lo, hi; /* [lo, hi) */
-    const char *what;
-    size_t tensor;
-} clopt_span;
-/* The parameter and gradient ranges of the registered tensors plus `extra` free slots. */
+/* The parameter, gradient and state ranges of the registered tensors plus `extra` free slots
+   (ranges.c; checked with clopt_check_disjoint). */
 clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *count);
-/* Refuses two ranges of one buffer that overlap (names both in the error). */
-clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count);
 
 /* A queue (NULL: the context's) and wait list a step or mode switch may use: of the context's
    cl_context and device, in order; the events valid (step.c). */

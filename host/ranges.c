@@ -10,14 +10,6 @@
 
 /* ---- overlap checks and range groups --------------------------------------------------- */
 
-static int span_cmp(const void *a, const void *b)
-{
-    const clopt_span *x = a, *y = b;
-    if (x->buffer != y->buffer)
-        return (uintptr_t)x->buffer < (uintptr_t)y->buffer ? -1 : 1;
-    return x->lo < y->lo ? -1 : x->lo > y->lo;
-}
-
 /* The parameter, gradient and state ranges of the registered tensors (a range group's state
    may be the engine's own buffers, which a later registration must not overlap either) plus
    `extra` more slots. */
@@ -41,20 +33,6 @@ clopt_span *clopt_o_spans_of(const clopt_optimizer *opt, size_t extra, size_t *c
     }
     *count = k;
     return s;
-}
-
-/* Refuses two ranges of one buffer that overlap (names both in the error). */
-clopt_status clopt_o_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count)
-{
-    qsort(s, count, sizeof *s, span_cmp);
-    for (size_t i = 1; i < count; i++)
-        if (s[i].buffer == s[i - 1].buffer && s[i].lo < s[i - 1].hi)
-            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                              "the %s range of tensor %zu overlaps the %s range of tensor %zu "
-                              "(bytes [%zu, %zu) and [%zu, %zu) of one buffer)",
-                              s[i].what, s[i].tensor, s[i - 1].what, s[i - 1].tensor, s[i].lo,
-                              s[i].hi, s[i - 1].lo, s[i - 1].hi);
-    return CLOPT_SUCCESS;
 }
 
 void clopt_range_group_init(clopt_range_group *g)
@@ -225,7 +203,7 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
             }
         }
     }
-    if ((s = clopt_o_check_disjoint(ctx, sp, nspan)) != CLOPT_SUCCESS ||
+    if ((s = clopt_check_disjoint(ctx, sp, nspan)) != CLOPT_SUCCESS ||
         (s = clopt_o_reserve_params(opt, T)) != CLOPT_SUCCESS ||
         (s = clopt_optimizer_add_group(opt, hp, NULL)) != CLOPT_SUCCESS)
         goto fail;

@@ -112,6 +112,33 @@ clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tenso
     return CLOPT_SUCCESS;
 }
 
+static int span_cmp(const void *a, const void *b)
+{
+    const clopt_span *x = a, *y = b;
+    if (x->buffer != y->buffer)
+        return (uintptr_t)x->buffer < (uintptr_t)y->buffer ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+clopt_status clopt_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count)
+{
+    qsort(s, count, sizeof *s, span_cmp);
+    for (size_t i = 1; i < count; i++) {
+        const clopt_span *a = &s[i], *b = &s[i - 1];
+        if (a->buffer != b->buffer || a->lo >= b->hi)
+            continue;
+        if (a->tensor == SIZE_MAX) /* one op's arguments */
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "%s and %s overlap (bytes [%zu, %zu) and [%zu, %zu) of one buffer)",
+                              b->what, a->what, b->lo, b->hi, a->lo, a->hi);
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "the %s range of tensor %zu overlaps the %s range of tensor %zu "
+                          "(bytes [%zu, %zu) and [%zu, %zu) of one buffer)",
+                          a->what, a->tensor, b->what, b->tensor, a->lo, a->hi, b->lo, b->hi);
+    }
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue)
 {
     cl_context qctx = NULL;
