@@ -19,6 +19,15 @@ static void on_alarm(int sig)
 
 void fx_watchdog(void) { signal(SIGALRM, on_alarm); }
 
+void fx_tmp_path(char *buf, size_t cap, const char *stem, const char *suffix)
+{
+    long pid = (long)getpid();
+    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    CHECK(snprintf(buf, cap, "%s/%s_%ld%s", dir, stem, pid, suffix) < (int)cap,
+          "%s: path too long", stem);
+}
+
 void fx_init(int *argc, char ***argv)
 {
     MPI_Init(argc, argv);

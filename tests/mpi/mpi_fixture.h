@@ -41,6 +41,9 @@ int fx_finish(const char *name);
 /* A SIGALRM handler for alarm() around collectives: a rank left waiting in one (the bugs
    the agreement tests cover) fails the test at once instead of at CTest's timeout. */
 void fx_watchdog(void);
+/* "<TMPDIR or /tmp>/<stem>_<rank 0's pid><suffix>" into buf, the same name on every rank (a
+   collective: every rank calls it, in the same order). */
+void fx_tmp_path(char *buf, size_t cap, const char *stem, const char *suffix);
 
 /* A flat layout: ntensors shapes; parameters at poff[i] (with gaps of 3 floats, starting at
    5), gradients packed from offset 2; plen / glen the buffer lengths; total the flattened

@@ -539,12 +539,9 @@ int main(int argc, char **argv)
 {
     fx_init(&argc, &argv);
     fx_watchdog();
-    long pid = (long)getpid();
-    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     char prefix[256], path[256];
-    snprintf(prefix, sizeof prefix, "%s/clopt_mpi_agree_%ld", dir, pid);
-    snprintf(path, sizeof path, "%s/clopt_mpi_agree_%ld.ckpt", dir, pid);
+    fx_tmp_path(prefix, sizeof prefix, "clopt_mpi_agree", "");
+    fx_tmp_path(path, sizeof path, "clopt_mpi_agree", ".ckpt");
     test_step_faults();
     test_set_mode_faults();
     test_shards_keep_previous(prefix);

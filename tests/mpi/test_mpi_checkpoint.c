@@ -287,11 +287,8 @@ int main(int argc, char **argv)
 {
     fx_init(&argc, &argv);
     fx_layout_main(&L);
-    long pid = (long)getpid();
-    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(path1, sizeof path1, "%s/clopt_mpi_ckpt_%ld_a.bin", dir, pid);
-    snprintf(path2, sizeof path2, "%s/clopt_mpi_ckpt_%ld_b.bin", dir, pid);
+    fx_tmp_path(path1, sizeof path1, "clopt_mpi_ckpt", "_a.bin");
+    fx_tmp_path(path2, sizeof path2, "clopt_mpi_ckpt", "_b.bin");
     for (shards = 0; shards < 2; shards++) {
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
             run_case(&cases[c]);

@@ -26,6 +26,19 @@ static long long file_size(const char *path)
     return stat(path, &st) == 0 ? (long long)st.st_size : -1;
 }
 
+/* A sharded Adam (default hyperparameters) over rg on every rank, asserted created. */
+static clopt_mpi_optimizer *adam_over(const clopt_range_group *rg)
+{
+    clopt_hparams hp;
+    CHECK_OK(clopt_hparams_default(CLOPT_ADAM, &hp));
+    clopt_mpi_optimizer *sh = NULL;
+    char why[512];
+    const clopt_status cs = clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAM, &hp, MPI_COMM_WORLD,
+                                                       rg, NULL, &sh, why, sizeof why);
+    CHECK(cs == CLOPT_SUCCESS, "create: %s", why);
+    return sh;
+}
+
 /* Eight vectors of 8192 elements (Adam: 128 KiB of state per rank and more, above the eager
    sizes of Open MPI's transports, so a send rank 0 does not take blocks). */
 static void test_gather_limit(const char *path, const char *path2)
@@ -50,13 +63,7 @@ static void test_gather_limit(const char *path, const char *path2)
     clopt_range_group_init(&rg);
     rg.ntensors = NT;
     rg.tensors = d;
-    clopt_hparams hp;
-    CHECK_OK(clopt_hparams_default(CLOPT_ADAM, &hp));
-    clopt_mpi_optimizer *sh = NULL;
-    char why[512];
-    const clopt_status cs = clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAM, &hp, MPI_COMM_WORLD,
-                                                       &rg, NULL, &sh, why, sizeof why);
-    CHECK(cs == CLOPT_SUCCESS, "create: %s", why);
+    clopt_mpi_optimizer *sh = adam_over(&rg);
     CHECK(sh->gather_max == INT_MAX, "the limit in use: %zu", sh->gather_max);
     CHECK_OK(clopt_mpi_optimizer_step(sh, NULL));
     /* the bytes every rank sends: its packed pieces */
@@ -169,13 +176,7 @@ static void test_read_big(const char *prefix)
     clopt_param_desc d[FX_MAX_T];
     clopt_range_group rg;
     fx_range_group(&L, p, g, d, &rg);
-    clopt_hparams hp;
-    CHECK_OK(clopt_hparams_default(CLOPT_ADAM, &hp));
-    clopt_mpi_optimizer *sh = NULL;
-    char why[512];
-    const clopt_status cs = clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAM, &hp, MPI_COMM_WORLD,
-                                                       &rg, NULL, &sh, why, sizeof why);
-    CHECK(cs == CLOPT_SUCCESS, "create: %s", why);
+    clopt_mpi_optimizer *sh = adam_over(&rg);
     const clopt_status s = clopt_mpi_optimizer_load_shards(sh, prefix);
     CHECK(s == (fx_rank == 0 ? CLOPT_ERR_INVALID_SIZE : (clopt_status)CLOPT_MPI_ERR_REMOTE),
           "a manifest over 2 GiB: %s (%s)", clopt_mpi_status_name(s),
@@ -192,13 +193,10 @@ int main(int argc, char **argv)
 {
     fx_init(&argc, &argv);
     fx_watchdog();
-    long pid = (long)getpid();
-    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     char path[256], path2[256], prefix[256];
-    snprintf(path, sizeof path, "%s/clopt_mpi_limits_%ld_a.ckpt", dir, pid);
-    snprintf(path2, sizeof path2, "%s/clopt_mpi_limits_%ld_b.ckpt", dir, pid);
-    snprintf(prefix, sizeof prefix, "%s/clopt_mpi_limits_%ld_big", dir, pid);
+    fx_tmp_path(path, sizeof path, "clopt_mpi_limits", "_a.ckpt");
+    fx_tmp_path(path2, sizeof path2, "clopt_mpi_limits", "_b.ckpt");
+    fx_tmp_path(prefix, sizeof prefix, "clopt_mpi_limits", "_big");
     test_gather_limit(path, path2);
     test_read_big(prefix);
     return fx_finish("test_mpi_limits");
