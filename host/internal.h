@@ -117,6 +117,13 @@ clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
 /* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width and
    vectors per work-item it was compiled with). */
+/* clEnqueueFillBuffer(q, buf, pattern, psize, offset, size, no events) in pieces of at most
+   CLOPT_FILL_PIECE bytes: NVIDIA's OpenCL hangs or fails on fills of 2 GiB or more
+   (pyopencl#395; pyopencl still avoids them). offset and size are multiples of psize; size
+   0 enqueues nothing. Returns the first error. */
+#define CLOPT_FILL_PIECE ((size_t)1 << 30)
+cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
+                  size_t offset, size_t size);
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event);
@@ -233,6 +240,14 @@ clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_r
                                  uint64_t step, cl_uint num_wait, const cl_event *wait_list);
 /* The L2 weight decay a rule adds to the gradient (0 for decoupled rules). */
 double clopt_rule_l2_decay(clopt_rule rule, const clopt_hparams *hp);
+
+/* An AMP step's verdict for the loss scaler when the step ran with step_scale, which may be
+   an older scale than s's (steps enqueued before earlier verdicts reached the host): an
+   overflow backs off only when the step ran at the current scale or below (one at a higher
+   scale says nothing about the current one), a clean step counts only when it ran at the
+   current scale or above. Without lag (step_scale = s->scale) it is
+   clopt_loss_scaler_update. */
+void clopt_loss_scaler_update_at(clopt_loss_scaler *s, int found_inf, double step_scale);
 
 /* NAdam's momentum schedule μ_t = β1 (1 - 0.5 * 0.96^(t ψ)). */
 double clopt_nadam_mu(const clopt_hparams *hp, double t);

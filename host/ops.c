@@ -638,8 +638,7 @@ clopt_status clopt_fill_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpara
     cl_int err;
     if (dtype == CLOPT_DTYPE_BF16) {
         const cl_ushort w = bf16_of(init);
-        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &w, sizeof w, state.offset * 2, n * 2,
-                                  0, NULL, NULL);
+        err = clopt_fill(ctx->queue, state.buffer, &w, sizeof w, state.offset * 2, n * 2);
     } else if (dtype == CLOPT_DTYPE_U8) {
         /* the code of 0 in the state's map, or init = 1.0 (code 255) times an absmax of init */
         float map[256];
@@ -649,14 +648,12 @@ clopt_status clopt_fill_state(clopt_ctx *ctx, clopt_rule rule, const clopt_hpara
             code++;
         if (init != 0.0f)
             code = 255;
-        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &code, 1, state.offset, n, 0, NULL,
-                                  NULL);
+        err = clopt_fill(ctx->queue, state.buffer, &code, 1, state.offset, n);
         if (err == CL_SUCCESS)
-            err = clEnqueueFillBuffer(ctx->queue, absmax.buffer, &init, sizeof init,
-                                      absmax.offset * 4, clopt_q8_blocks(n) * 4, 0, NULL, NULL);
+            err = clopt_fill(ctx->queue, absmax.buffer, &init, sizeof init, absmax.offset * 4,
+                             clopt_q8_blocks(n) * 4);
     } else {
-        err = clEnqueueFillBuffer(ctx->queue, state.buffer, &init, sizeof init, state.offset * 4,
-                                  n * 4, 0, NULL, NULL);
+        err = clopt_fill(ctx->queue, state.buffer, &init, sizeof init, state.offset * 4, n * 4);
     }
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "initialising state");
 }

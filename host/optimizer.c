@@ -461,10 +461,8 @@ clopt_status clopt_o_alloc_states(clopt_optimizer *opt, clopt_param *e, size_t f
             /* a remainder of zeros: the master is θ; other states their initial value */
             const cl_ushort zero16 = 0;
             err = clopt_state_esize(e, i) == 2
-                      ? clEnqueueFillBuffer(opt->ctx->queue, m, &zero16, sizeof zero16, 0, bytes,
-                                            0, NULL, NULL)
-                      : clEnqueueFillBuffer(opt->ctx->queue, m, &init, sizeof init, 0, bytes, 0,
-                                            NULL, NULL);
+                      ? clopt_fill(opt->ctx->queue, m, &zero16, sizeof zero16, 0, bytes)
+                      : clopt_fill(opt->ctx->queue, m, &init, sizeof init, 0, bytes);
         }
         if (err != CL_SUCCESS)
             return clopt_fail_cl(opt->ctx, err, "allocating optimizer state");
@@ -626,8 +624,8 @@ clopt_status clopt_optimizer_add_param(clopt_optimizer *opt, clopt_tensor param,
 cl_mem clopt_o_make_filled(clopt_ctx *ctx, size_t floats, float value, cl_int *err)
 {
     cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, err);
-    if (m && (*err = clEnqueueFillBuffer(ctx->queue, m, &value, sizeof value, 0,
-                                         floats * sizeof(float), 0, NULL, NULL)) != CL_SUCCESS) {
+    if (m && (*err = clopt_fill(ctx->queue, m, &value, sizeof value, 0,
+                                floats * sizeof(float))) != CL_SUCCESS) {
         clReleaseMemObject(m);
         m = NULL;
     }
@@ -640,8 +638,7 @@ cl_mem clopt_o_make_zeros(clopt_ctx *ctx, size_t n, size_t es, cl_int *err)
         return clopt_o_make_filled(ctx, n, 0.0f, err);
     cl_mem m = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, n * es, NULL, err);
     const cl_ushort zero = 0;
-    if (m && (*err = clEnqueueFillBuffer(ctx->queue, m, &zero, sizeof zero, 0, n * es, 0, NULL,
-                                         NULL)) != CL_SUCCESS) {
+    if (m && (*err = clopt_fill(ctx->queue, m, &zero, sizeof zero, 0, n * es)) != CL_SUCCESS) {
         clReleaseMemObject(m);
         m = NULL;
     }
@@ -752,11 +749,9 @@ clopt_status clopt_optimizer_add_arena_group(clopt_optimizer *opt, const clopt_h
         if (k < l0->nkernel && l0->sq != CLOPT_DTYPE_F32)
             continue;
         if (es == sizeof(float))
-            err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &init, sizeof init, 0,
-                                      total * es, 0, NULL, NULL);
+            err = clopt_fill(ctx->queue, g->arena_state[k], &init, sizeof init, 0, total * es);
         else
-            err = clEnqueueFillBuffer(ctx->queue, g->arena_state[k], &(cl_ushort){0}, 2, 0,
-                                      total * es, 0, NULL, NULL);
+            err = clopt_fill(ctx->queue, g->arena_state[k], &(cl_ushort){0}, 2, 0, total * es);
     }
     /* bf16 or 8-bit state: its initial words or codes (and absmaxes) over the whole arena */
     for (size_t k = 0; shared_state && err == CL_SUCCESS && l0->sq != CLOPT_DTYPE_F32 &&

@@ -61,6 +61,7 @@ typedef struct clopt_param {
 typedef struct clopt_step_record {
     uint64_t call;       /* 1-based step call */
     int amp;             /* the outcome was unknown at enqueue (AMP on) */
+    double scale;        /* AMP's loss scale the step ran with */
     int clip;            /* clipping was on: the norm is reported */
     int checked;         /* the gradient was checked (AMP, clipping or check_finite) */
     cl_event done;       /* the read-back of the control words */
@@ -101,6 +102,8 @@ struct clopt_optimizer {
     size_t rec_head, rec_count; /* ring of records in flight, oldest first */
     uint64_t calls;             /* step calls enqueued */
     clopt_step_report report;   /* the latest verdict that reached the host */
+    clopt_loss_scaler scaler;   /* clopt_optimizer_set_loss_scaler's, fed by every verdict */
+    int has_scaler;
     int eval_mode;              /* Schedule-Free: the parameters hold x (clopt_optimizer_eval) */
     struct clopt_muon_work *muon; /* Muon's Newton-Schulz work buffers (muon.c), or NULL */
     clopt_tensor_sums_fn sums_hook; /* clopt_optimizer_set_tensor_sums_hook, or NULL */

@@ -65,9 +65,8 @@ static cl_int fill_engine_state(clopt_optimizer *opt, const clopt_hparams *hp,
     for (size_t k = 0; k < layout->nstate && err == CL_SUCCESS; k++) {
         const float init = clopt_rule_state_init(opt->rule, hp, k);
         for (size_t i = 0; i < T && err == CL_SUCCESS; i++)
-            err = clEnqueueFillBuffer(opt->ctx->queue, desc->state[k], &init, sizeof init,
-                                      soff[i] * sizeof(float), ps[i].n * sizeof(float), 0, NULL,
-                                      NULL);
+            err = clopt_fill(opt->ctx->queue, desc->state[k], &init, sizeof init,
+                             soff[i] * sizeof(float), ps[i].n * sizeof(float));
     }
     return err;
 }

@@ -3,6 +3,7 @@
  * lr), the lecture's batch-size scaling rules and the dynamic loss scaler. Host-only, double. */
 #include "internal.h"
 
+#include <float.h>
 #include <math.h>
 
 static const double pi = 3.14159265358979323846;
@@ -140,12 +141,24 @@ double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf)
 {
     if (!s)
         return NAN;
-    if (found_inf) {
-        s->scale *= s->backoff_factor;
+    if (found_inf) { /* (torch has no floor; a scale below FLT_MIN cannot be set) */
+        const double x = s->scale * s->backoff_factor;
+        if (x >= FLT_MIN)
+            s->scale = x;
         s->clean_steps = 0;
-    } else if (++s->clean_steps >= s->growth_interval) {
-        s->scale *= s->growth_factor;
+    } else if (++s->clean_steps >= s->growth_interval && s->growth_interval) {
+        /* torch grows while the float32 scale stays finite (2^127); clopt's AMP takes up
+           to 2^126 (1/scale a normal float) */
+        const double x = s->scale * s->growth_factor;
+        if (x <= CLOPT_MAX_FACTOR)
+            s->scale = x;
         s->clean_steps = 0;
     }
     return s->scale;
+}
+
+void clopt_loss_scaler_update_at(clopt_loss_scaler *s, int found_inf, double step_scale)
+{
+    if (found_inf ? step_scale <= s->scale : step_scale >= s->scale)
+        clopt_loss_scaler_update(s, found_inf);
 }

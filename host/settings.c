@@ -47,6 +47,32 @@ clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale)
 
 int clopt_optimizer_found_inf(const clopt_optimizer *opt) { return opt ? opt->found_inf : 0; }
 
+clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_loss_scaler *s)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!s) {
+        opt->has_scaler = 0;
+        return CLOPT_SUCCESS;
+    }
+    const char *why = NULL;
+    if (!(s->scale >= FLT_MIN && s->scale <= CLOPT_MAX_FACTOR))
+        why = "scale must be in 1.2e-38 .. 8.5e37 (it and its reciprocal normal in float32)";
+    else if (!(s->growth_factor > 1.0 && s->growth_factor <= CLOPT_MAX_FACTOR))
+        why = "growth_factor must be > 1 (and finite), as torch's GradScaler asserts";
+    else if (!(s->backoff_factor > 0.0 && s->backoff_factor < 1.0))
+        why = "backoff_factor must be in (0, 1), as torch's GradScaler asserts";
+    else if (s->growth_interval == 0)
+        why = "growth_interval must be at least 1";
+    if (why)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM, "loss scaler: %s", why);
+    opt->scaler = *s;
+    opt->has_scaler = 1;
+    opt->grad_scale = s->scale;
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_set_check_finite(clopt_optimizer *opt, int on)
 {
     if (!opt)
@@ -85,11 +111,10 @@ clopt_status clopt_optimizer_zero_grad(clopt_optimizer *opt)
         /* zero bits are +0 in every storage type */
         const size_t es = clopt_dtype_size(opt->params[i].gdtype);
         cl_int err = es == sizeof zero
-                         ? clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
-                                               grad.offset * es, n * es, 0, NULL, NULL)
-                         : clEnqueueFillBuffer(opt->ctx->queue, grad.buffer, &(cl_ushort){0},
-                                               sizeof(cl_ushort), grad.offset * es, n * es, 0,
-                                               NULL, NULL);
+                         ? clopt_fill(opt->ctx->queue, grad.buffer, &zero, sizeof zero,
+                                      grad.offset * es, n * es)
+                         : clopt_fill(opt->ctx->queue, grad.buffer, &(cl_ushort){0},
+                                      sizeof(cl_ushort), grad.offset * es, n * es);
         if (err != CL_SUCCESS)
             return clopt_fail_cl(opt->ctx, err, "clEnqueueFillBuffer");
     }

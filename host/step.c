@@ -481,6 +481,8 @@ static void retire_oldest(clopt_optimizer *opt, cl_int status)
         memcpy(&norm, &r->result[4], sizeof norm);
         if (r->amp && !skipped)
             advance_counts(opt);
+        if (r->amp && opt->has_scaler)
+            clopt_loss_scaler_update_at(&opt->scaler, skipped, r->scale);
         opt->found_inf = skipped;
         if (r->clip)
             opt->last_grad_norm = norm;
@@ -531,6 +533,19 @@ clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out)
     clopt_clear_error(opt->ctx);
     clopt_status s = collect(opt, 0);
     *out = opt->report;
+    return s;
+}
+
+clopt_status clopt_optimizer_get_loss_scaler(clopt_optimizer *opt, clopt_loss_scaler *out)
+{
+    if (!opt || !out)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!opt->has_scaler)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "no loss scaler is set (clopt_optimizer_set_loss_scaler)");
+    clopt_status s = collect(opt, 0);
+    *out = opt->scaler;
     return s;
 }
 
@@ -703,6 +718,7 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
     opt->tab_host_cap = 0;
     r->call = opt->calls + 1;
     r->amp = amp;
+    r->scale = grad_scale;
     r->clip = clip;
     r->checked = amp || clip || opt->check_finite;
     r->gate[0] = (cl_uint)opt->step;
@@ -765,6 +781,10 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         goto out;
     }
     err = opened ? CL_SUCCESS : clSetUserEventStatus(gate, CL_COMPLETE);
+    /* submit the step: a driver may hold enqueued commands until a flush, and an engine that
+       polls (clopt_optimizer_poll) instead of waiting would then never see the verdict. A
+       failed flush changes nothing enqueued (the next blocking call flushes). */
+    clFlush(opt->q);
     clReleaseEvent(gate);
     clReleaseEvent(wrote);
     if (tabw)

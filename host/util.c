@@ -165,6 +165,17 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
     return CLOPT_SUCCESS;
 }
 
+cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
+                  size_t offset, size_t size)
+{
+    const size_t piece = CLOPT_FILL_PIECE; /* a multiple of every pattern size */
+    cl_int err = CL_SUCCESS;
+    for (size_t at = 0; err == CL_SUCCESS && at < size; at += piece)
+        err = clEnqueueFillBuffer(q, buf, pattern, psize, offset + at,
+                                  size - at < piece ? size - at : piece, 0, NULL, NULL);
+    return err;
+}
+
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event)

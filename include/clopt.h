@@ -903,15 +903,19 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
    1): the norm is reduced on the device in a fixed order, the coefficient is decided on the
    device and applied inside the update kernels; nothing is read back before the update
    (clopt_optimizer_step still waits for the verdict, clopt_optimizer_step_on does not).
-   The norm cannot overflow for finite gradients (a second sum of (g·2^-80)² takes over).
-   A non-finite gradient leaves the gradients unclipped (with AMP the step is skipped;
-   without, clopt_step_report.nonfinite says so). max_norm 0 turns it off. Applies to the
+   The norm cannot overflow for finite gradients (a second sum of (g·2^-80)² takes over;
+   torch's float32 sum of squares overflows to Inf above about 1.8e19 and then zeroes every
+   gradient). A non-finite gradient gives torch's result: the norm is NaN when a gradient
+   holds a NaN, else Inf, and the coefficient NaN or 0 multiplies every gradient (with AMP
+   the step is skipped instead; without, clopt_step_report.nonfinite says so). max_norm 0
+   turns it off. Applies to the
    steps enqueued afterwards. Host only; CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
    CLOPT_ERR_INVALID_HYPERPARAM (negative, not finite, or outside 1.2e-38 .. 8.5e37). */
 clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm);
 /* The total gradient norm (before clipping) of the latest step taken with clipping on whose
-   verdict has reached the host (see clopt_optimizer_poll); NaN before any, when a gradient
-   was Inf or NaN, and for NULL. Host only; never blocks. */
+   verdict has reached the host (see clopt_optimizer_poll); Inf when a gradient held an Inf
+   (and none a NaN) and NaN when one held a NaN, as torch; NaN before any and for NULL. Host
+   only; never blocks. */
 double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
 
 /* One step over every registered tensor, on the context's queue: one launch per tensor, or
@@ -932,8 +936,9 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    returns at once, also with AMP and clipping on: the Inf/NaN check, the gradient norm,
    the skip decision and the clip coefficient stay on the device, and the update kernels
    read them from a device buffer. *event (may be NULL; release it) completes with the
-   step's last command. Returns CLOPT_SUCCESS once enqueued: whether AMP skipped the step
-   is known later (clopt_optimizer_poll). Never blocks (see clopt_optimizer_poll for the
+   step's last command. Returns CLOPT_SUCCESS once enqueued and flushed (clFlush: a driver
+   may otherwise hold the commands until a blocking call): whether AMP skipped the step is
+   known later (clopt_optimizer_poll). Never blocks (see clopt_optimizer_poll for the
    one bound on steps in flight), once its kernels are built: without a prior
    clopt_optimizer_prepare for the current settings, the first step compiles them
    (blocking). The queue is not retained (keep it alive until the step has finished); the
@@ -966,7 +971,8 @@ clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 typedef struct clopt_step_report {
     uint64_t step_call; /* 1-based number of the step call reported (0: none known yet) */
     int skipped;        /* 1: AMP found an Inf or NaN gradient; nothing changed */
-    double grad_norm;   /* total gradient norm before clipping (NaN when not measured; 0
+    double grad_norm;   /* total gradient norm before clipping (NaN when not measured; Inf
+                           or NaN for a non-finite gradient, as clopt_optimizer_last_grad_norm; 0
                            when every square underflows float32, |g| below about 1e-19 per
                            element, 1e-23 with denormals: the check sums in float32) */
     int nonfinite;      /* 1: a gradient held an Inf or NaN (measured with AMP, clipping or
@@ -975,9 +981,12 @@ typedef struct clopt_step_report {
 } clopt_step_report;
 /* The latest step call whose verdict has reached the host, without waiting for any other:
    collects the verdicts whose read-back has completed (oldest first), which also brings
-   the host's step counts, found_inf and last_grad_norm up to date. Returns CLOPT_SUCCESS
-   with out->step_call = 0 when none has, CLOPT_ERR_NULL_ARGUMENT, or an OpenCL code (a
-   verdict's event could not be queried; *out still gets the latest report). Never blocks.
+   the host's step counts, found_inf, last_grad_norm and an attached loss scaler up to date.
+   Verdicts that reach the host between two polls are not reported one by one (a loss
+   scaler fed from polls would miss them: attach it with clopt_optimizer_set_loss_scaler).
+   Returns CLOPT_SUCCESS with out->step_call = 0 when none has, CLOPT_ERR_NULL_ARGUMENT, or
+   an OpenCL code (a verdict's event could not be queried; *out still gets the latest
+   report). Never blocks.
    The one bound on steps in flight: when 32 earlier step calls are in flight whose verdicts
    have not reached the host, clopt_optimizer_step_on waits for the oldest of them. */
 clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out);
@@ -1005,7 +1014,9 @@ int clopt_optimizer_found_inf(const clopt_optimizer *opt);
 
 /* Dynamic loss scaling, as torch.cuda.amp.GradScaler: back off on overflow, grow after
    growth_interval clean steps. A plain struct: no device, no handle; host only. init takes
-   65536 for an initial_scale that is not finite and > 0 (NULL: no-op). */
+   65536 for an initial_scale that is not finite and > 0 (NULL: no-op). Fed from
+   clopt_optimizer_step's status (it blocks for each verdict) it is torch's scaler; with
+   clopt_optimizer_step_on attach it to the optimizer (clopt_optimizer_set_loss_scaler). */
 typedef struct clopt_loss_scaler {
     double scale;           /* current loss scale (65536 by default) */
     double growth_factor;   /* 2 */
@@ -1015,8 +1026,32 @@ typedef struct clopt_loss_scaler {
 } clopt_loss_scaler;
 void clopt_loss_scaler_init(clopt_loss_scaler *s, double initial_scale);
 /* After a step: found_inf = 1 backs off (and resets the count), else counts a clean step
-   and grows the scale after growth_interval of them. Returns the new scale (NaN for NULL). */
+   and grows the scale after growth_interval of them (torch's rule; growth_interval 0 never
+   grows). The scale stays within what clopt_optimizer_set_grad_scale takes: a growth past
+   2^126 (torch: past float32's 2^127) or a back-off below 1.2e-38 (torch: none) leaves it
+   as it is. Returns the new scale (NaN for NULL). */
 double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
+/* Attaches a copy of *s to the optimizer (NULL detaches it) and sets the AMP loss scale to
+   s->scale. Every AMP step's verdict then updates the copy as it reaches the host (in step
+   order, none lost between two polls): the dynamic loss scaling of an engine whose steps
+   (clopt_optimizer_step_on) return before their verdicts. Each iteration reads the current
+   scale with clopt_optimizer_get_loss_scaler, scales its loss by it and passes the same
+   value to clopt_optimizer_set_grad_scale before the step. A verdict arrives one or more
+   steps late, so a step may have run with an older scale than the current one: an overflow
+   backs off only when the step ran at the current scale or below, a clean step counts only
+   when it ran at the current scale or above (with no step in flight this is torch's rule
+   exactly; torch would have run the later step at the lower scale, clopt skips it without
+   backing off twice). Not in the optimizer's checkpoints (torch's GradScaler has its own
+   state_dict): save the struct and attach it again after a load. Host only; never blocks.
+   CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (scale outside
+   1.2e-38 .. 8.5e37, growth_factor not > 1, backoff_factor not in (0, 1), growth_interval 0;
+   nothing changes). */
+clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_loss_scaler *s);
+/* The attached scaler as the verdicts so far leave it (collects those whose read-back has
+   completed, as clopt_optimizer_poll; never blocks). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
+   CLOPT_ERR_INVALID_ARGUMENT (none attached) or an OpenCL code (a verdict's event could not
+   be queried; *out still gets the scaler as far as known). */
+clopt_status clopt_optimizer_get_loss_scaler(clopt_optimizer *opt, clopt_loss_scaler *out);
 
 /* ---- gradient accumulation ----------------------------------------------------------- */
 
@@ -1079,8 +1114,11 @@ typedef struct clopt_schedule_stage {
 } clopt_schedule_stage;
 
 #define CLOPT_MAX_STAGES 4
-/* A schedule multiplies a group's lr by the product of its stages' factors (as torch's
-   ChainedScheduler), e.g. linear warmup for W steps times cosine decay starting at W.
+/* A schedule multiplies a group's lr by the product of its stages' factors, e.g. linear
+   warmup for W steps times cosine decay starting at W (torch's ChainedScheduler gives the
+   same product when the stages do not overlap, as there; while a warmup overlaps a cosine
+   with eta_min > 0 torch's chained recursion differs from the product, 0.13% for a 10-step
+   warmup from 0.1 under a 100-step cosine to 0.1).
    Every kind gives the factors torch's scheduler gives when stepped once per optimizer step
    (tests/test_training.c replays torch's chainable forms step by step), with one deliberate
    difference: past T the cosine holds eta_min (the factor is eta_min for every t >= T),
@@ -1202,8 +1240,9 @@ void clopt_range_group_init(clopt_range_group *g);
    Muon), with a master (a state of the library's) or with a state_dtype other than F32
    (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors, a
    tensor's param or grad buffer), CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes),
-   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no group is added. *group and
-   *first_index (either may be NULL) receive the group and its first tensor. */
+   CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no
+   group is added. *group and *first_index (either may be NULL) receive the group and its
+   first tensor. */
 clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_hparams *hp,
                                              const clopt_range_group *desc, size_t *group,
                                              size_t *first_index);

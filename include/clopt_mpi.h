@@ -235,7 +235,9 @@ int clopt_mpi_optimizer_training(const clopt_mpi_optimizer *opt);
 /* Local (call it on every rank with the same value). Global-norm clipping (as
    clopt_optimizer_set_grad_clip, over the whole flattened gradient) and AMP's loss scale (as
    clopt_optimizer_set_grad_scale: 0 = off; a step with an Inf/NaN gradient anywhere is
-   skipped on every rank). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or
+   skipped on every rank; without AMP such a step is applied unclipped, where the
+   single-device clipping follows torch's coefficient of 0 or NaN). CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT or
    CLOPT_ERR_INVALID_HYPERPARAM. The step compares every rank's values in its agreement: a
    step after different values on some ranks fails on every rank with CLOPT_MPI_ERR_MISMATCH
    and changes nothing. */
@@ -255,8 +257,8 @@ double clopt_mpi_optimizer_last_grad_norm(const clopt_mpi_optimizer *opt);
    tensors, is CLOPT_ERR_UNSUPPORTED; a change of state_dtype or master, fixed at create, is
    CLOPT_ERR_STATE_MISMATCH on every rank, or CLOPT_ERR_UNSUPPORTED where the core refuses
    the new storage first, e.g. 8-bit state for Adamax). Every rank judges the change alike,
-   with the core's checks (e.g. cautious masking with 8-bit state: CLOPT_ERR_UNSUPPORTED), also a rank
-   that holds none of the group. get: the group's hyperparameters as last set. */
+   with the core's checks (e.g. cautious masking with 8-bit state: CLOPT_ERR_UNSUPPORTED),
+   also a rank that holds none of the group. get: the group's hyperparameters as last set. */
 clopt_status clopt_mpi_optimizer_set_group_hparams(clopt_mpi_optimizer *opt, size_t group,
                                                    const clopt_hparams *hp);
 clopt_status clopt_mpi_optimizer_get_group_hparams(const clopt_mpi_optimizer *opt, size_t group,

@@ -114,8 +114,8 @@ CHUNK_INLINE void grad_check_chunk(__global const GSTORE *g_, const ulong e, con
 
 /* Work-group g of `groups` (see group_block in chunks.cl): Σ (scale·g)² over its block of g
  * into out[oo + g], Σ (scale·g·2^-80)² into out[so + g] (each item's lanes added in a fixed
- * order, then the items by group_sum), and 1 into out[bo + g] when the block holds an Inf or
- * NaN (after scaling), else 0. */
+ * order, then the items by group_sum), and into out[bo + g] 2 when the block holds a NaN, 1
+ * when it holds an Inf and no NaN (after scaling), else 0. */
 __kernel void grad_check_partial(__global const GSTORE *g_, const ulong go, const ulong n,
                                  const ulong groups, const float scale, __global float *out_,
                                  const ulong oo, const ulong bo, const ulong so)
@@ -155,17 +155,19 @@ __kernel void grad_check_partial(__global const GSTORE *g_, const ulong go, cons
     if (get_local_id(0) == 0) {
         out_[oo + gi] = sum;
         out_[so + gi] = sums;
-        out_[bo + gi] = isfinite(sums) ? 0.0f : 1.0f;
+        out_[bo + gi] = isfinite(sums) ? 0.0f : isnan(sums) ? 2.0f : 1.0f;
     }
 }
 
 /* The verdict of an optimizer step (one work-item): the gradient check's `count` partial
  * sums of (g/scale)² at sums_[so..] (every unit's, in unit order) added in that order (or,
  * when that total overflows, the scaled sums at sums_[ss..], times 2^80 after the root), the
- * non-finite flags at sums_[bo..], the norm, the skip decision (abort word set by the host,
- * or AMP and a non-finite gradient) and the clip coefficient max_norm / (norm + 1e-6)
- * clamped to 1 (torch.nn.utils.clip_grad_norm_), into the control words (CTRL in
- * common.cl). count 0: no check; max_norm 0: no clipping. */
+ * non-finite flags at sums_[bo..] (their maximum: 2 NaN, 1 Inf), the norm (NaN when a
+ * gradient holds a NaN, else Inf when one holds an Inf, as torch's vector norm), the skip
+ * decision (abort word set by the host, or AMP and a non-finite gradient) and the clip
+ * coefficient max_norm / (norm + 1e-6) clamped to 1 as torch.nn.utils.clip_grad_norm_ (an
+ * Inf norm gives 0, a NaN norm NaN: every gradient is then multiplied by it), into the
+ * control words (CTRL in common.cl). count 0: no check; max_norm 0: no clipping. */
 __kernel void step_verdict(__global uint *ctl_, const ulong ctlo, __global const float *sums_,
                            const ulong so, const ulong bo, const ulong ss, const ulong count,
                            const float max_norm, const int amp)
@@ -178,19 +180,20 @@ __kernel void step_verdict(__global uint *ctl_, const ulong ctlo, __global const
     for (ulong u = 0; u < count; u++) {
         kahan_add(&acc, sums_[so + u]);
         kahan_add(&accs, sums_[ss + u]);
-        bad += sums_[bo + u];
+        bad = fmax(bad, sums_[bo + u]);
     }
     const int nonfinite = bad > 0.0f;
     float norm = sqrt(acc.sum);
     if (!isfinite(acc.sum))
         norm = sqrt(accs.sum) * 1.2089258196146292e24f; /* 2^80 */
-    if (count == 0 || nonfinite)
+    if (count == 0 || bad > 1.5f)
         norm = NAN;
+    else if (nonfinite)
+        norm = INFINITY;
     float mul = 1.0f;
-    if (max_norm > 0.0f) {
+    if (max_norm > 0.0f) { /* torch's clamp(max = 1) keeps a NaN */
         const float coef = max_norm / (norm + 1e-6f);
-        if (isfinite(coef) && coef < 1.0f)
-            mul = coef;
+        mul = isnan(coef) || coef < 1.0f ? coef : 1.0f;
     }
     c[0] = (c[6] != 0u || (amp && nonfinite)) ? 1u : 0u;
     c[1] = as_uint(mul);

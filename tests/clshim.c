@@ -28,7 +28,7 @@ _Thread_local int clshim_depth_;         /* > 0 inside a wrapper */
 
 static atomic_uint_fast64_t fn_count[NFN];
 static atomic_uint_fast64_t n_calls;
-atomic_uint_fast64_t clshim_n_blocking_, clshim_n_builds_;
+atomic_uint_fast64_t clshim_n_blocking_, clshim_n_builds_, clshim_max_fill_;
 atomic_uint_fast64_t clshim_obj_created_[CLSHIM_NOBJ], clshim_obj_released_[CLSHIM_NOBJ];
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -189,6 +189,7 @@ void clshim_reset(void)
     atomic_store(&n_calls, 0);
     atomic_store(&clshim_n_blocking_, 0);
     atomic_store(&clshim_n_builds_, 0);
+    atomic_store(&clshim_max_fill_, 0);
     atomic_store(&null_local, 0);
     clshim_fail_nth(0, CL_SUCCESS);
     pthread_mutex_lock(&lock);
@@ -223,6 +224,7 @@ uint64_t clshim_count(const char *name)
 uint64_t clshim_blocking(void) { return atomic_load(&clshim_n_blocking_); }
 uint64_t clshim_builds(void) { return atomic_load(&clshim_n_builds_); }
 uint64_t clshim_calls(void) { return atomic_load(&n_calls); }
+uint64_t clshim_max_fill(void) { return atomic_load(&clshim_max_fill_); }
 
 void clshim_fail_nth(uint64_t n, cl_int err)
 {

@@ -54,6 +54,8 @@ uint64_t clshim_blocking(void);
 /* Program creations and builds while enabled: clCreateProgramWithSource,
    clCreateProgramWithBinary, clBuildProgram. */
 uint64_t clshim_builds(void);
+/* The largest size of a clEnqueueFillBuffer while enabled, in bytes. */
+uint64_t clshim_max_fill(void);
 
 /*
  * Fault injection. The sweep counts the FALLIBLE calls: every wrapped function except

@@ -90,7 +90,7 @@ gate clshim_enter_(int id);
 /* the real function id, resolved past the shim (NULL when there is none) */
 void *clshim_resolve_(int id);
 extern _Thread_local int clshim_depth_;
-extern atomic_uint_fast64_t clshim_n_blocking_, clshim_n_builds_;
+extern atomic_uint_fast64_t clshim_n_blocking_, clshim_n_builds_, clshim_max_fill_;
 extern atomic_uint_fast64_t clshim_obj_created_[CLSHIM_NOBJ], clshim_obj_released_[CLSHIM_NOBJ];
 /* c += 1 when the call is counted */
 void clshim_bump_(atomic_uint_fast64_t *c, const gate *g);

@@ -576,6 +576,9 @@ CL_API_ENTRY cl_int CL_API_CALL clEnqueueFillBuffer(cl_command_queue command_que
                                                     cl_event *event)
 {
     ENTER(clEnqueueFillBuffer);
+    uint_fast64_t was = atomic_load(&clshim_max_fill_);
+    while (g.count && size > was && !atomic_compare_exchange_weak(&clshim_max_fill_, &was, size))
+        ;
     cl_int r;
     FORWARD(r, clEnqueueFillBuffer, command_queue, buffer, pattern, pattern_size, offset, size,
             num_events_in_wait_list, event_wait_list, event);

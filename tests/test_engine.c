@@ -406,6 +406,9 @@ static void run_engine(clopt_ctx *ctx, int engine_queue, uint64_t inf_call)
                  (unsigned long long)clshim_blocking(), (unsigned long long)clshim_builds(),
                  STEPS);
     }
+    /* every step submitted its commands: a driver may hold them until a flush, and the
+       polls would then never see a verdict */
+    assert_true(clshim_count("clFlush") >= STEPS);
     clopt_ctx_program_stats(ctx, &compiled1, NULL);
     assert_int_equal(compiled1, compiled0);
     assert_int_equal(clFinish(q), CL_SUCCESS);
@@ -975,6 +978,9 @@ int main(void)
         cmocka_unit_test(test_work_group_fallback),
         cmocka_unit_test(test_reduce_local_too_large),
         cmocka_unit_test(test_alloc_state_out_of_order),
+        cmocka_unit_test(test_fill_pieces),
+        cmocka_unit_test(test_loss_scaler_every_verdict),
+        cmocka_unit_test(test_loss_scaler_attach_errors),
     };
     /* TEST_ENGINE_FILTER=test_prepare (a cmocka pattern, * and ? allowed) runs a subset */
     const char *filter = getenv("TEST_ENGINE_FILTER");

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared by test_engine.c (the engine's step, atomicity, prepare, step counts; main) and
    test_engine_limits.c (a device's limits: capped work-groups, and a range group's fills of
-   the engine's own state under faults). */
+   the engine's own state under faults) and test_engine_amp.c (the attached loss scaler). */
 #ifndef CLOPT_TEST_ENGINE_H
 #define CLOPT_TEST_ENGINE_H
 
@@ -10,5 +10,8 @@ void test_range_group_engine_state_faults(void **state);
 void test_work_group_fallback(void **state);
 void test_reduce_local_too_large(void **state);
 void test_alloc_state_out_of_order(void **state);
+void test_fill_pieces(void **state);
+void test_loss_scaler_every_verdict(void **state);
+void test_loss_scaler_attach_errors(void **state);
 
 #endif

@@ -3,7 +3,8 @@
  * test_engine (continued): the optimizer on a device with small limits, watched through
  * tests/clshim: 8-bit blocks and reductions refused before anything is enqueued when a kernel
  * runs fewer work-items per group than they need, element-wise launches that halve their
- * local size, and a range group's fills of the engine's own state under injected faults.
+ * local size, a range group's fills of the engine's own state under injected faults, and
+ * fills in pieces under 2 GiB.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
@@ -326,3 +327,48 @@ void test_alloc_state_out_of_order(void **state)
     clopt_ctx_destroy(base);
 }
 
+
+/* ---- (g): fills in pieces under 2 GiB ------------------------------------------------- */
+
+/* NVIDIA's OpenCL hangs or fails on a clEnqueueFillBuffer of 2 GiB or more: every fill of
+   the library goes in pieces of at most 2^30 bytes. zero_grad of a gradient of 2^28 + 5
+   floats (1 GiB + 20 bytes, non-zero at both ends) takes two fills, the largest 2^30 bytes,
+   and zeroes it all (ends read back). Skipped under CLOPT_TEST_SMALL (2 GiB of buffers under
+   the sanitizers and on Oclgrind). */
+void test_fill_pieces(void **state)
+{
+    fixture *f = *state;
+    if (getenv("CLOPT_TEST_SMALL"))
+        skip();
+    const size_t n = ((size_t)1 << 28) + 5;
+    cl_int err;
+    cl_context c = clopt_ctx_cl_context(f->ctx);
+    cl_mem pb = clCreateBuffer(c, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    cl_mem gb = clCreateBuffer(c, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    const float ends[3] = {1.5f, -2.0f, 3.0f};
+    write_at(f->ctx, (clopt_tensor){gb, 0}, ends, 3);
+    write_at(f->ctx, (clopt_tensor){gb, n - 3}, ends, 3);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SGD, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_SGD, &hp, &opt), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){pb, 0},
+                                               (clopt_tensor){gb, 0}, n, NULL, NULL),
+                     CLOPT_SUCCESS);
+    clshim_reset();
+    clshim_enable(1);
+    const clopt_status s = clopt_optimizer_zero_grad(opt);
+    clshim_enable(0);
+    assert_int_equal(s, CLOPT_SUCCESS);
+    assert_int_equal(clshim_count("clEnqueueFillBuffer"), 2);
+    assert_int_equal(clshim_max_fill(), (uint64_t)1 << 30);
+    float out[6];
+    read_at(f->ctx, (clopt_tensor){gb, 0}, out, 3);
+    read_at(f->ctx, (clopt_tensor){gb, n - 3}, out + 3, 3);
+    for (int i = 0; i < 6; i++)
+        assert_true(out[i] == 0.0f);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+}

@@ -311,6 +311,61 @@ static void test_gc_vs_reference(void **state)
     }
 }
 
+/* Clipping a non-finite gradient as torch.nn.utils.clip_grad_norm_ (error_if_nonfinite
+   False) then SGD with lr 1: the total norm is Inf (an Inf, no NaN) or NaN (a NaN), and the
+   coefficient max_norm / (norm + 1e-6) clamped to 1 is 0 or NaN and multiplies every
+   gradient: A = [1, 1] with g = [x, 1], B = [1, 1] with g = [3, 4], max_norm 1. x = Inf:
+   A = [1 - Inf·0, 1 - 0] = [NaN, 1], B = [1, 1]; x = NaN: everything NaN. With AMP the
+   step is skipped instead (the norm reported alike). */
+static void test_clipping_nonfinite(void **state)
+{
+    fixture *f = *state;
+    const float xs[2] = {INFINITY, NAN};
+    for (int c = 0; c < 2; c++)
+        for (int amp = 0; amp < 2; amp++) {
+            clopt_optimizer *opt;
+            clopt_hparams hp;
+            clopt_hparams_default(CLOPT_SGD, &hp);
+            hp.lr = 1.0;
+            assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_SGD, &hp, &opt),
+                             CLOPT_SUCCESS);
+            float pa[2] = {1, 1}, ga[2] = {xs[c], 1}, pb[2] = {1, 1}, gb[2] = {3, 4};
+            cl_mem b[4] = {upload(f->ctx, pa, 2), upload(f->ctx, ga, 2),
+                           upload(f->ctx, pb, 2), upload(f->ctx, gb, 2)};
+            for (int k = 0; k < 2; k++)
+                assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){b[2 * k], 0},
+                                                           (clopt_tensor){b[2 * k + 1], 0}, 2,
+                                                           NULL, NULL),
+                                 CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_set_grad_clip(opt, 1.0), CLOPT_SUCCESS);
+            if (amp)
+                assert_int_equal(clopt_optimizer_set_grad_scale(opt, 1.0), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_step(opt, NULL),
+                             amp ? CLOPT_STEP_SKIPPED : CLOPT_SUCCESS);
+            const double norm = clopt_optimizer_last_grad_norm(opt);
+            clopt_step_report r;
+            assert_int_equal(clopt_optimizer_poll(opt, &r), CLOPT_SUCCESS);
+            assert_int_equal(r.nonfinite, 1);
+            if (c == 0)
+                assert_true(isinf(norm) && norm > 0 && isinf(r.grad_norm));
+            else
+                assert_true(isnan(norm) && isnan(r.grad_norm));
+            float out[4];
+            read_at(f->ctx, (clopt_tensor){b[0], 0}, out, 2);
+            read_at(f->ctx, (clopt_tensor){b[2], 0}, out + 2, 2);
+            for (int i = 0; i < 4; i++) {
+                const int nan = !amp && (c == 1 || i == 0);
+                if (nan)
+                    assert_true(isnan(out[i]));
+                else
+                    assert_true(out[i] == 1.0f);
+            }
+            clopt_optimizer_destroy(opt);
+            for (int k = 0; k < 4; k++)
+                clReleaseMemObject(b[k]);
+        }
+}
+
 /* Global-norm clipping: the returned norm and the applied scale, on SGD (θ -= lr·g·coef). */
 static void test_clipping(void **state)
 {
@@ -594,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_lamb_vs_reference),
         cmocka_unit_test(test_gc_vs_reference),
         cmocka_unit_test(test_clipping),
+        cmocka_unit_test(test_clipping_nonfinite),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_bad_shapes),
         cmocka_unit_test(test_state_bytes),
@@ -606,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_lamb_vs_reference),
         cmocka_unit_test(test_gc_vs_reference),
         cmocka_unit_test(test_clipping),
+        cmocka_unit_test(test_clipping_nonfinite),
         cmocka_unit_test(test_determinism),
     };
     /* on a simulated device (CLOPT_TEST_SMALL) the device's own shape is left to test_golden

@@ -344,6 +344,19 @@ static void test_amp(void **state)
     assert_true(clopt_loss_scaler_update(&sc, 0) == 65536);
     assert_true(clopt_loss_scaler_update(&sc, 1) == 32768);
     assert_int_equal(sc.clean_steps, 0);
+    /* bounds: torch's growth_interval 0 never grows (its tracker never equals 0); the scale
+       stays within what set_grad_scale takes (2^126 .. 2^-126; torch stops at 2^127) */
+    sc.growth_interval = 0;
+    for (int k = 0; k < 5; k++)
+        assert_true(clopt_loss_scaler_update(&sc, 0) == 32768);
+    sc.growth_interval = 1;
+    sc.scale = ldexp(1.0, 125);
+    assert_true(clopt_loss_scaler_update(&sc, 0) == ldexp(1.0, 126));
+    assert_true(clopt_loss_scaler_update(&sc, 0) == ldexp(1.0, 126));
+    assert_int_equal(sc.clean_steps, 0);
+    sc.scale = ldexp(1.0, -125);
+    assert_true(clopt_loss_scaler_update(&sc, 1) == ldexp(1.0, -126));
+    assert_true(clopt_loss_scaler_update(&sc, 1) == ldexp(1.0, -126));
 }
 
 /* ---- checkpoints ---------------------------------------------------------------------------- */
