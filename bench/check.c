@@ -11,7 +11,6 @@
 
 #define CHECK_STEPS 8
 /* Tensors of the check's arena/separate runs (uneven: the split's remainder is exercised). */
-#define CHECK_TENSORS 3
 #define CHECK_RTOL 1e-4
 #define CHECK_ATOL_REL 1e-4 /* atol = this * rms of the reference array */
 

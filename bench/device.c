@@ -68,9 +68,15 @@ static cl_program build(bench_device *bd, const clopt_tuning *t, const char *fam
         snprintf(bd->error, sizeof bd->error, "no embedded kernel source %s.cl", family);
         return NULL;
     }
-    char options[256];
-    snprintf(options, sizeof options, "-DVW=%u -DIPW=%u %s", t->vector_width,
-             bench_tuning_ipw(t), extra);
+    /* the library's division and square root (host/program.c): on NVIDIA the default is
+       approximate, which would favour the unfused chain */
+    cl_device_fp_config fp = 0;
+    const int cr = clGetDeviceInfo(bd->device, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fp, &fp,
+                                   NULL) == CL_SUCCESS &&
+                   (fp & CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT);
+    char options[320];
+    snprintf(options, sizeof options, "-DVW=%u -DIPW=%u%s %s", t->vector_width,
+             bench_tuning_ipw(t), cr ? " -cl-fp32-correctly-rounded-divide-sqrt" : "", extra);
     const char *texts[2] = {common->data, src->data};
     size_t lens[2] = {common->size, src->size};
     cl_int err = CL_SUCCESS;

@@ -145,12 +145,15 @@ typedef struct env {
     size_t max_wg;
     cl_device_type device_type;
     cl_ulong cache_bytes;   /* the device's global memory cache */
-    cl_mem flush_buf;       /* cache_bytes, filled to evict a GPU's cache */
+    cl_mem flush_buf;       /* flush_bytes, filled to evict a GPU's cache */
+    size_t flush_bytes;     /* a GPU's flush: max(cache_bytes, 512 MiB) (NVIDIA reports
+                               SMs x 32 KiB, not its L2: 4 MiB for 50 MiB on an H100/H200) */
     uint64_t *flush_host;   /* cache_bytes, read to evict the host's (CPU device, C loop) */
     clopt_tuning tuning; /* in effect (after --vw/--wg) */
     float *p0, *g0;      /* host data of the largest size */
     results res;
     int check_failed;
+    int units_skipped; /* --tensors counts a size could not be split into (exit 1) */
 } env;
 
 /* ---- what a rule needs, its arrays, one step of each variant (steps.c) -------------------- */
@@ -235,6 +238,12 @@ void shape_text(const bench_split *sp, char *buf, size_t len);
 void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 /* Print a failure and return -1. */
 int cl_fail(const char *what, cl_int err);
+/* The checks' arena and separate runs split n into this many tensors. */
+#define CHECK_TENSORS 3
+/* clEnqueueFillBuffer of bytes from offset 0 in pieces of at most 2^30 bytes (NVIDIA's
+   OpenCL hangs or fails on fills of 2 GiB or more, pyopencl#395). */
+cl_int fill_pieces(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
+                   size_t bytes);
 int clopt_fail_msg(env *e, const char *what, clopt_status s);
 /* Start and end of an event's command (ns). */
 int event_ns(cl_event ev, cl_ulong *start, cl_ulong *end);

@@ -129,6 +129,9 @@ int main(int argc, char **argv)
         cl_fail("clGetDeviceInfo", err);
         goto out;
     }
+    e.flush_bytes = (size_t)e.cache_bytes;
+    if (!(e.device_type & CL_DEVICE_TYPE_CPU) && e.cache_bytes && e.flush_bytes < (512u << 20))
+        e.flush_bytes = (size_t)512 << 20;
     /* --vw / --wg / --ipw: before anything is compiled (the library and the benchmark's
        kernels) */
     if ((s = clopt_ctx_get_tuning(e.ctx, &e.tuning)) != CLOPT_SUCCESS) {
@@ -193,8 +196,10 @@ int main(int argc, char **argv)
         printf("caches: not flushed (%s)\n", o.no_flush ? "--no-flush" : "the device reports none");
     else
         printf("caches: steps moving >= 1/2 of the device's %.0f MiB global memory cache are "
-               "timed cold (a cache-sized %s before each timed step; --no-flush: warm)\n",
+               "timed cold (a %.0f MiB %s before each timed step; --no-flush: warm)\n",
                (double)e.cache_bytes / (1024.0 * 1024.0),
+               (double)(e.device_type & CL_DEVICE_TYPE_CPU ? e.cache_bytes : e.flush_bytes) /
+                   (1024.0 * 1024.0),
                e.device_type & CL_DEVICE_TYPE_CPU ? "read on the host" : "fill");
     if (o.sweep) {
         printf("tuning sweep: vector widths x work-group sizes x vectors per work-item, "
@@ -261,6 +266,11 @@ int main(int argc, char **argv)
     if (o.plot && write_plot(&e, o.plot))
         rc = 1;
     printf("clopt-bench: %.1f s\n", (bench_now_ms() - t_start) * 1e-3);
+    if (!rc && e.units_skipped) {
+        fprintf(stderr, "clopt-bench: %d tensor-count measurement(s) could not be made (see "
+                        "above)\n", e.units_skipped);
+        rc = 1;
+    }
     if (!rc && e.check_failed) {
         fprintf(stderr, "clopt-bench: the correctness check failed (see above)\n");
         rc = 3;

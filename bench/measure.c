@@ -282,7 +282,7 @@ int flush_device(env *e)
 {
     if (e->device_type & CL_DEVICE_TYPE_CPU)
         return flush_host(e);
-    size_t bytes = (size_t)(e->cache_bytes < e->max_alloc ? e->cache_bytes : e->max_alloc);
+    size_t bytes = e->flush_bytes < e->max_alloc ? e->flush_bytes : (size_t)e->max_alloc;
     bytes = bytes / sizeof(cl_uint) * sizeof(cl_uint);
     if (!e->flush_buf) {
         cl_int err = CL_SUCCESS;
@@ -292,8 +292,7 @@ int flush_device(env *e)
     }
     static cl_uint pattern;
     pattern++;
-    cl_int err = clEnqueueFillBuffer(e->queue, e->flush_buf, &pattern, sizeof pattern, 0, bytes,
-                                     0, NULL, NULL);
+    cl_int err = fill_pieces(e->queue, e->flush_buf, &pattern, sizeof pattern, bytes);
     if (err == CL_SUCCESS)
         err = clFinish(e->queue);
     return err == CL_SUCCESS ? 0 : cl_fail("filling the cache-flush buffer", err);
@@ -335,7 +334,7 @@ static unsigned t1_variants(const env *e, const rule_info *ri, size_t n, size_t 
 
 /* The units, in measurement order: the float32 references and variants with one tensor, the
    storage rows (stream, then fused, of every other --dtypes combination), the tensor counts. */
-static size_t plan_units(const env *e, const rule_info *ri, size_t n, unsigned run, unit *units)
+static size_t plan_units(env *e, const rule_info *ri, size_t n, unsigned run, unit *units)
 {
     const options *o = e->opt;
     const bench_rule *r = ri->r;
@@ -357,8 +356,10 @@ static size_t plan_units(const env *e, const rule_info *ri, size_t n, unsigned r
         if (o->tensors[i] == 1)
             continue;
         bench_split sp;
-        if (bench_split_make(r, n, o->tensors[i], &sp)) /* says why */
+        if (bench_split_make(r, n, o->tensors[i], &sp)) { /* says why */
+            e->units_skipped++;
             continue;
+        }
         bench_split_free(&sp);
         if ((o->variants & (1u << V_ARENA)) && r->rule != CLOPT_SOPHIA)
             units[nu++] = (unit){.variant = V_ARENA, .T = o->tensors[i]};
@@ -515,8 +516,7 @@ int measure(env *e, const rule_info *ri, size_t n, const check_result *cr)
             a.cbuf[k] = clCreateBuffer(e->context, CL_MEM_READ_WRITE, a.copy_bytes, NULL, &err);
         float zero = 0.0f;
         for (int k = 0; k < 2 && err == CL_SUCCESS; k++)
-            err = clEnqueueFillBuffer(e->queue, a.cbuf[k], &zero, sizeof zero, 0, a.copy_bytes,
-                                      0, NULL, NULL);
+            err = fill_pieces(e->queue, a.cbuf[k], &zero, sizeof zero, a.copy_bytes);
         if (err == CL_SUCCESS)
             err = clFinish(e->queue);
         if (err != CL_SUCCESS)

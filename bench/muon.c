@@ -177,9 +177,11 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc) {
             warmup = atoi(argv[++i]);
         } else {
-            fprintf(stderr, "usage: clopt-bench-muon [--size RxC[,RxC...]] [--reps N] "
-                            "[--warmup N] [--version]\n");
-            return 1;
+            const int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            fprintf(help ? stdout : stderr,
+                    "usage: clopt-bench-muon [--size RxC[,RxC...]] [--reps N] [--warmup N] "
+                    "[--version]\n  RxC: a matrix of R rows and C columns, each 1 .. 65536\n");
+            return help ? 0 : 2;
         }
     }
     if (reps < 1 || warmup < 0) {
@@ -199,14 +201,14 @@ int main(int argc, char **argv)
            reps, warmup);
     int rc = 0;
     for (const char *s = sizes; *s && rc == 0;) {
-        char *end;
-        const unsigned long r = strtoul(s, &end, 10);
-        if (*end != 'x') {
+        char *end = NULL;
+        const unsigned long r = *s >= '0' && *s <= '9' ? strtoul(s, &end, 10) : 0;
+        if (r == 0 || *end != 'x' || !(end[1] >= '0' && end[1] <= '9')) {
             rc = 1;
             break;
         }
         const unsigned long c = strtoul(end + 1, &end, 10);
-        if (r == 0 || c == 0 || (*end && *end != ',')) {
+        if (c == 0 || r > 65536 || c > 65536 || (*end && *end != ',')) {
             rc = 1;
             break;
         }

@@ -204,9 +204,11 @@ static int add_variant(options *o, const char *s)
             o->variants |= 1u << v;
             return 0;
         }
-    return opt_error("unknown variant \"%s\" (fused, unfused, c_loop, copy, stream, arena, "
-                     "separate)",
-                     s);
+    char known[256] = "";
+    for (int v = 0; v < V_COUNT; v++)
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", v ? ", " : "",
+                 variant_names[v]);
+    return opt_error("unknown variant \"%s\" (%s)", s, known);
 }
 
 /* A value of a sweep list in lo..hi (a power of 2 when pow2); -1 after printing why. */
@@ -338,8 +340,10 @@ static int set_option(options *o, const char *name, const char *val)
     }
     if (!strcmp(name, "--check-n")) {
         size_t n = 0;
-        if (parse_count(val, &n) || n > MAX_N)
-            return opt_error("--check-n wants a size in 0..2^31, not \"%s\"", val);
+        if (parse_count(val, &n) || n > MAX_N || (n > 0 && n < CHECK_TENSORS))
+            return opt_error("--check-n wants 0 (no check) or a size in %d..2^31 (the check "
+                             "splits it into %d tensors), not \"%s\"",
+                             CHECK_TENSORS, CHECK_TENSORS, val);
         o->check_n = n;
         return 0;
     }
@@ -424,6 +428,10 @@ int parse_options(int argc, char **argv, options *o)
         const char *arg = argv[i];
         const char *val = NULL;
         char name[64];
+        if (!strcmp(arg, "-h")) {
+            usage(stdout);
+            return 1;
+        }
         if (strncmp(arg, "--", 2) != 0)
             return opt_error("unexpected argument \"%s\"", arg);
         const char *eq = strchr(arg, '=');
@@ -432,7 +440,7 @@ int parse_options(int argc, char **argv, options *o)
             return opt_error("unknown option \"%s\"", arg);
         memcpy(name, arg, len);
         name[len] = '\0';
-        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+        if (!strcmp(name, "--help")) {
             usage(stdout);
             return 1;
         }

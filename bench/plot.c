@@ -153,9 +153,19 @@ int write_plot(const env *e, const char *path)
         printf("note: gnuplot not found; --plot %s skipped\n", path);
         return 0;
     }
-    FILE *gp = popen("gnuplot", "w");
+    /* a path gnuplot cannot open (it would then write the PNG to its standard output) or
+       quote is refused as --json and --csv refuse theirs */
+    FILE *probe = strchr(path, '\'') ? NULL : fopen(path, "w");
+    if (!probe) {
+        fprintf(stderr, "clopt-bench: cannot write --plot %s: %s\n", path,
+                strchr(path, '\'') ? "a path with ' is not taken" : strerror(errno));
+        return -1;
+    }
+    fclose(probe);
+    FILE *gp = popen("gnuplot >/dev/null", "w");
     if (!gp) {
         printf("note: cannot start gnuplot (%s); --plot %s skipped\n", strerror(errno), path);
+        remove(path);
         return 0;
     }
     char dev[256];
@@ -187,8 +197,10 @@ int write_plot(const env *e, const char *path)
     fprintf(gp, "unset multiplot\n");
     int stt = pclose(gp);
     if (stt != 0) {
-        printf("note: gnuplot failed (status %d); %s may be incomplete\n", stt, path);
-        return 0;
+        fprintf(stderr, "clopt-bench: gnuplot failed (status %d) on --plot %s (removed)\n", stt,
+                path);
+        remove(path);
+        return -1;
     }
     printf("plot written to %s\n", path);
     return 0;

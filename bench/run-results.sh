@@ -63,11 +63,15 @@ run() {
     name=$1
     title=$2
     shift 2
-    plot="--plot $DIR/$name.png"
+    plot=1
     case " $* " in *" --sweep-tuning "*) plot="" ;; esac
     echo "run-results.sh: $title: $BENCH $*" >&2
-    # shellcheck disable=SC2086 # $plot is empty or two words
-    "$BENCH" "$@" --json "$DIR/$name.json" --csv "$DIR/$name.csv" $plot >"$DIR/$name.txt" 2>&1
+    if [ -n "$plot" ]; then
+        "$BENCH" "$@" --json "$DIR/$name.json" --csv "$DIR/$name.csv" \
+            --plot "$DIR/$name.png" >"$DIR/$name.txt" 2>&1
+    else
+        "$BENCH" "$@" --json "$DIR/$name.json" --csv "$DIR/$name.csv" >"$DIR/$name.txt" 2>&1
+    fi
     rc=$?
     [ $rc -ne 0 ] && STATUS=$rc
     SUMMARY="$SUMMARY$name:$rc "

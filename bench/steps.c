@@ -33,6 +33,17 @@ int cl_fail(const char *what, cl_int err)
     return -1;
 }
 
+cl_int fill_pieces(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
+                   size_t bytes)
+{
+    const size_t piece = (size_t)1 << 30;
+    cl_int err = CL_SUCCESS;
+    for (size_t at = 0; err == CL_SUCCESS && at < bytes; at += piece)
+        err = clEnqueueFillBuffer(q, buf, pattern, psize, at,
+                                  bytes - at < piece ? bytes - at : piece, 0, NULL, NULL);
+    return err;
+}
+
 int clopt_fail_msg(env *e, const char *what, clopt_status s)
 {
     const char *detail = clopt_ctx_last_error(e->ctx);
@@ -182,8 +193,7 @@ int instance_create(env *e, const rule_info *ri, size_t n, unsigned mask, const 
             if (i >= BA_S0 && i < BA_FIRST_TEMP && (size_t)(i - BA_S0) < ri->nkernel &&
                 !(ri->r->flags & BENCH_OPT_LEVEL))
                 v = clopt_rule_state_init(ri->r->rule, &ri->hp, (size_t)(i - BA_S0));
-            err = clEnqueueFillBuffer(e->queue, in->slot[i], &v, sizeof v, 0, n * sizeof(float),
-                                      0, NULL, NULL);
+            err = fill_pieces(e->queue, in->slot[i], &v, sizeof v, n * sizeof(float));
         }
     }
     if (err == CL_SUCCESS)

@@ -350,8 +350,7 @@ int storage_bufs_create(env *e, const rule_info *ri, const instance *in, const s
             sb->remainder = alloc(e, n * 2, &rc);
             cl_ushort zero = 0;
             cl_int err = rc ? CL_SUCCESS
-                            : clEnqueueFillBuffer(e->queue, sb->remainder, &zero, sizeof zero, 0,
-                                                  n * 2, 0, NULL, NULL);
+                            : fill_pieces(e->queue, sb->remainder, &zero, sizeof zero, n * 2);
             if (err != CL_SUCCESS)
                 rc = cl_fail("clEnqueueFillBuffer", err);
         }

@@ -132,7 +132,7 @@ static int alloc_list(env *e, plan_bufs *b, cl_mem *out, const unsigned *sizes, 
             return cl_fail("allocating the stream arrays", err);
         b->all[b->count++] = out[j];
         const cl_uchar zero = 0;
-        err = clEnqueueFillBuffer(e->queue, out[j], &zero, 1, 0, bytes, 0, NULL, NULL);
+        err = fill_pieces(e->queue, out[j], &zero, 1, bytes);
         if (err != CL_SUCCESS)
             return cl_fail("clEnqueueFillBuffer", err);
     }

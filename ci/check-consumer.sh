@@ -24,13 +24,16 @@ cmake --build "$out" >/dev/null
 "$out/consumer_cmake"
 
 echo "-- consumer: pkg-config"
+# pc ARGS...: pkg-config's words into the array PC (eval: it escapes a space in a path
+# with a backslash, which word splitting would cut)
+pc() { local out; out=$(pkg-config "$@") || return 1; eval "PC=($out)"; }
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 if pkg-config --cflags clopt | grep -q CL_TARGET_OPENCL_VERSION; then
     echo "clopt.pc must not set CL_TARGET_OPENCL_VERSION (the consumer's choice)" >&2
     exit 1
 fi
-# shellcheck disable=SC2046
-cc "${cflags[@]}" ci/consumer/main.c -o "$out/consumer_pc" $(pkg-config --cflags --libs clopt) -lm
+pc --cflags --libs clopt
+cc "${cflags[@]}" ci/consumer/main.c -o "$out/consumer_pc" "${PC[@]}" -lm
 "$out/consumer_pc"
 
 echo "-- consumer: libclopt_mpi (find_package(clopt COMPONENTS mpi), pkg-config clopt_mpi)"
@@ -42,9 +45,8 @@ if compgen -G "$libdir/libclopt_mpi.*" >/dev/null; then
     # a static libclopt_mpi pulls in more of libclopt (and CLBlast): Libs.private too
     pc_static=()
     compgen -G "$libdir/libclopt_mpi.so*" >/dev/null || pc_static=(--static)
-    # shellcheck disable=SC2046
-    cc "${cflags[@]}" ci/consumer/mpi/main.c -o "$out/consumer_mpi_pc" \
-        $(pkg-config "${pc_static[@]}" --cflags --libs clopt_mpi)
+    pc "${pc_static[@]}" --cflags --libs clopt_mpi
+    cc "${cflags[@]}" ci/consumer/mpi/main.c -o "$out/consumer_mpi_pc" "${PC[@]}"
     "$out/consumer_mpi_pc"
 else
     echo "skipped: no libclopt_mpi in $libdir (clopt was built without MPI)"
@@ -79,13 +81,12 @@ for mode in 120 200 300 cl-first; do
     else
         defs=(-DCL_TARGET_OPENCL_VERSION="$mode" -DEXPECT_CL_TARGET="$mode")
         # the real consumer too, at this API level
-        # shellcheck disable=SC2046
-        cc "${cflags[@]}" "${defs[@]}" -c ci/consumer/main.c -o "$out/main_$mode.o" \
-            $(pkg-config --cflags clopt)
+        pc --cflags clopt
+        cc "${cflags[@]}" "${defs[@]}" -c ci/consumer/main.c -o "$out/main_$mode.o" "${PC[@]}"
     fi
-    # shellcheck disable=SC2046
+    pc --cflags --libs clopt
     cc "${cflags[@]}" "${defs[@]}" ci/consumer/opencl_versions.c -o "$out/opencl_versions_$mode" \
-        $(pkg-config --cflags --libs clopt)
+        "${PC[@]}"
     "$out/opencl_versions_$mode"
 done
 

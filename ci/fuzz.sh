@@ -34,7 +34,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 # check only looked at the harness's own set-up, and LeakSanitizer's tracer crashed in it
 # (signal 11 while stopping the OpenCL runtime's worker threads, nothing reported) in about a
 # quarter of fuzz_checkpoint_bytes' runs, failing CI for no finding.
-export LSAN_OPTIONS=suppressions=$PWD/ci/lsan.supp:print_suppressions=0:leak_check_at_exit=0
+export LSAN_OPTIONS=suppressions="'$PWD/ci/lsan.supp'":print_suppressions=0:leak_check_at_exit=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export POCL_AFFINITY=${POCL_AFFINITY:-0}
 summary=()

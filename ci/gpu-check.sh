@@ -132,6 +132,7 @@ command -v nvidia-smi >/dev/null &&
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 8
 
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+trap 'rm -rf "$LOGDIR"' EXIT
 
 # ---- 2. build -----------------------------------------------------------------------------
 PROBE=$BUILD/gpu-check-probe
@@ -209,6 +210,10 @@ EOF
 build() {
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCLOPT_BENCH_NATIVE=ON || return
     cmake --build "$BUILD" -j"$JOBS" || return
+    build_probe
+}
+# shellcheck disable=SC2317 # the probe alone (also for a carried build that has none)
+build_probe() {
     local inc lib
     inc=$(sed -n 's/^OpenCL_INCLUDE_DIR:PATH=//p' "$BUILD/CMakeCache.txt")
     lib=$(sed -n 's/^OpenCL_LIBRARY:FILEPATH=//p' "$BUILD/CMakeCache.txt")
@@ -219,6 +224,9 @@ build() {
 export ROOT BUILD JOBS PROBE LOGDIR
 if [ "${GPU_CHECK_NO_BUILD:-0}" = 1 ]; then
     note_stage build "GPU_CHECK_NO_BUILD=1: using ${BUILD#"$ROOT"/} as it is"
+    if [ ! -x "$PROBE" ] && [ -f "$BUILD/CMakeCache.txt" ] && command -v "${CC:-cc}" >/dev/null; then
+        bash -c "$(declare -f build_probe); build_probe" >"$LOGDIR/build.txt" 2>&1
+    fi
 elif ! command -v cmake >/dev/null || ! command -v "${CC:-cc}" >/dev/null; then
     fail_stage build "no cmake or C compiler here: build elsewhere, carry ${BUILD#"$ROOT"/} and set GPU_CHECK_NO_BUILD=1"
 else
@@ -229,7 +237,9 @@ fi
 echo
 echo "== devices"
 if [ ! -x "$PROBE" ] || [ ! -x "$BUILD/bench/clopt-bench" ]; then
-    echo "gpu-check: no build to run (${BUILD#"$ROOT"/}); see the build log:" >&2
+    echo "gpu-check: no build to run in ${BUILD#"$ROOT"/} (missing:" \
+        "$([ -x "$PROBE" ] || echo "gpu-check-probe, built by this script after cmake;")" \
+        "$([ -x "$BUILD/bench/clopt-bench" ] || echo "bench/clopt-bench;") build log:" >&2
     tail -n 30 "$LOGDIR/build.txt" 2>/dev/null >&2
     exit 1
 fi
@@ -288,8 +298,12 @@ if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
 elif [ ! -f "$BUILD/tests/CTestTestfile.cmake" ]; then
     fail_stage ctest "no test suite in ${BUILD#"$ROOT"/} (cmocka and cJSON found? see build.txt)"
 else
+    # parallel: a cold NVIDIA driver compiles some 500 programs (the MPI tests run serially)
+    CTEST_JOBS=$((JOBS / 2))
+    [ "$CTEST_JOBS" -ge 1 ] || CTEST_JOBS=1
+    [ "$CTEST_JOBS" -le 8 ] || CTEST_JOBS=8
     stage ctest "${GPU_CHECK_LIMIT_CTEST:-300}" "$OUT/ctest.txt" 15 \
-        ctest --test-dir "$BUILD" --output-on-failure -j1
+        ctest --test-dir "$BUILD" --output-on-failure -j"$CTEST_JOBS"
 fi
 if [ -x "$BUILD/host/conform/clopt-conform" ]; then
     stage conform "${GPU_CHECK_LIMIT_CONFORM:-120}" "$OUT/conform.txt" 3 \
@@ -402,13 +416,12 @@ function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "-" : sprintf("%.
     fi
     printf 'Files:'
     for f in devices.txt build.txt ctest.txt conform.txt bench.txt bench.json bench.csv \
-        torch_adamw.txt torch_adamw.json torch_adamw.csv; do
+        storage.txt storage.json storage.csv torch_adamw.txt torch_adamw.json torch_adamw.csv; do
         [ -f "$OUT/$f" ] && printf ' %s' "$f"
     done
     echo
     echo "(clopt-bench's fields: bench/README.md)."
 } >"$OUT/README.md"
-rm -rf "$LOGDIR"
 
 echo
 echo "== summary ($TOTAL s; ${OUT#"$ROOT"/}/README.md)"

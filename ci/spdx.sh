@@ -17,6 +17,15 @@ if [ "$mode" != --check ] && [ "$mode" != --fix ]; then
 fi
 
 tag="SPDX-License-Identifier: MIT"
+# the tracked files; outside a git checkout (a tarball) every file but build outputs
+list_files() {
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -z
+    else
+        find . \( -path ./build -o -path ./.git -o -path ./.gpu \) -prune -o -type f -print0 |
+            sed -z 's|^\./||'
+    fi
+}
 offenders=()
 while IFS= read -r -d '' f; do
     case "$f" in
@@ -28,7 +37,7 @@ while IFS= read -r -d '' f; do
     if ! head -n 3 "$f" | grep -q "$tag"; then
         offenders+=("$f")
     fi
-done < <(git ls-files -z)
+done < <(list_files)
 
 if [ "$mode" = --check ]; then
     if [ ${#offenders[@]} -gt 0 ]; then

@@ -71,7 +71,7 @@ cmake --build build/asan -j"$jobs"
 # The OpenCL runtime (PoCL and the LLVM it loads) keeps allocations alive until exit on
 # purpose; ci/lsan.supp suppresses leaks whose stack is entirely inside those libraries.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
-export LSAN_OPTIONS=suppressions=$PWD/ci/lsan.supp:print_suppressions=0
+export LSAN_OPTIONS=suppressions="'$PWD/ci/lsan.supp'":print_suppressions=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # The sanitizers check host code: the tests' big cases (2^20-element kernels, 40000-float
 # range groups) shrink (CLOPT_TEST_SMALL, as on Oclgrind); the native run above ran them.

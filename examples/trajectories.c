@@ -534,8 +534,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "clopt-trajectories: no context: %s\n", clopt_status_str(st));
         return 1;
     }
-    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "clopt-trajectories: cannot create %s: %s\n", out, strerror(errno));
+    struct stat sb;
+    if ((mkdir(out, 0777) != 0 && errno != EEXIST) || stat(out, &sb) != 0 ||
+        !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "clopt-trajectories: cannot create the folder %s: %s\n", out,
+                errno == EEXIST ? "a file of that name exists" : strerror(errno));
         clopt_ctx_destroy(ctx);
         return 1;
     }

@@ -100,7 +100,7 @@ typedef BCAT(uint, VW) lanesV;
      (BCAT(convert_uint, M)((x).even.odd) << 8) | BCAT(convert_uint, M)((x).odd.odd))
 #endif
 #define ST_WORDS(NAME, T, N, M, LANES)                                                     \
-    inline void NAME(BCAT(T, N) x, __global T *p)                                          \
+    static inline void NAME(BCAT(T, N) x, __global T *p)                                   \
     {                                                                                      \
         if (((uintptr_t)p & 3u) == 0)                                                      \
             BCAT(vstore, M)(LANES(M, x), 0, (__global uint *)p);                           \
@@ -115,7 +115,7 @@ ST_WORDS(st_u16, ushort, 8, 4, U16_PAIRS)
 ST_WORDS(st_u8, uchar, 8, 2, U8_QUADS)
 #else
 ST_WORDS(st_u16, ushort, 4, 2, U16_PAIRS)
-inline void st_u8(uchar4 x, __global uchar *p)
+static inline void st_u8(uchar4 x, __global uchar *p)
 {
     if (((uintptr_t)p & 3u) == 0)
 #ifdef __ENDIAN_LITTLE__

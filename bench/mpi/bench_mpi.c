@@ -14,6 +14,7 @@
  * clopt_optimizer step over the same buffers on every rank at once (the same contention). */
 #include "clopt_mpi.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,28 @@ static int dtype_of(const char *name, clopt_dtype *out)
     return -1;
 }
 
+/* A decimal count (no sign, nothing after it) up to max -> *out; 0, or -1. */
+static int count_of(const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || s[0] == '+' || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void usage(FILE *f, const char *argv0)
+{
+    fprintf(f,
+            "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] [--reduce-scatter] "
+            "[--unsharded] [--param-dtype f32|f16|bf16] [--grad-dtype f32|f16|bf16] "
+            "[--master none|f32|remainder] [--state-dtype f32|bf16|int8] [--version] [--help]\n"
+            "  N: elements, 1 .. 2^40 (decimal); T: tensors, 1 .. 2^24; S: steps, 1 .. 10^6\n",
+            argv0);
+}
+
 static void die(int rank, const char *what, clopt_status s)
 {
     fprintf(stderr, "rank %d: %s: %s\n", rank, what, clopt_mpi_status_str(s));
@@ -62,6 +85,9 @@ int main(int argc, char **argv)
             printf("clopt-bench-mpi %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
                    CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
             return 0;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout, argv[0]);
+            return 0;
         }
     MPI_Init(&argc, &argv);
     int rank, size;
@@ -69,17 +95,21 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     size_t n = (size_t)1 << 22, nt = 8;
     int steps = 20, rs = 0, unsharded = 0, bad = 0;
+    unsigned long long v = 0;
     const char *rule_name = "adamw";
     clopt_dtype pdt = CLOPT_DTYPE_F32, gdt = CLOPT_DTYPE_F32, sdt = CLOPT_DTYPE_F32;
     clopt_master master = CLOPT_MASTER_NONE;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--n") && i + 1 < argc)
-            n = strtoull(argv[++i], NULL, 0);
-        else if (!strcmp(argv[i], "--tensors") && i + 1 < argc)
-            nt = strtoull(argv[++i], NULL, 0);
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
-            steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--rule") && i + 1 < argc)
+        if (!strcmp(argv[i], "--n") && i + 1 < argc) { /* up to 2^40 elements (4 TiB) */
+            bad |= count_of(argv[++i], 1ull << 40, &v) != 0;
+            n = (size_t)v;
+        } else if (!strcmp(argv[i], "--tensors") && i + 1 < argc) {
+            bad |= count_of(argv[++i], 1ull << 24, &v) != 0;
+            nt = (size_t)v;
+        } else if (!strcmp(argv[i], "--steps") && i + 1 < argc) {
+            bad |= count_of(argv[++i], 1000000, &v) != 0;
+            steps = (int)v;
+        } else if (!strcmp(argv[i], "--rule") && i + 1 < argc)
             rule_name = argv[++i];
         else if (!strcmp(argv[i], "--reduce-scatter"))
             rs = 1;
@@ -99,12 +129,7 @@ int main(int argc, char **argv)
             unsharded = 1;
         else {
             if (rank == 0)
-                fprintf(stderr,
-                        "usage: %s [--n N] [--tensors T] [--steps S] [--rule NAME] "
-                        "[--reduce-scatter] [--unsharded] [--param-dtype f32|f16|bf16] "
-                        "[--grad-dtype f32|f16|bf16] [--master none|f32|remainder] "
-                        "[--state-dtype f32|bf16|int8] [--version]\n",
-                        argv[0]);
+                usage(stderr, argv[0]);
             MPI_Finalize();
             return 2;
         }

@@ -312,8 +312,8 @@ int main(int argc, char **argv)
                 rule_name);
         return 2;
     }
-    if (epochs == 0 || batch == 0) {
-        fprintf(stderr, "clopt-train-mlp: --epochs and --batch must be > 0\n");
+    if (epochs == 0 || batch == 0 || batch > ((size_t)1 << 20)) {
+        fprintf(stderr, "clopt-train-mlp: --epochs must be > 0 and --batch in 1 .. 1048576\n");
         return 2;
     }
     char err[1024];
