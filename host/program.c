@@ -255,19 +255,42 @@ static int write_full(int fd, const void *data, size_t n)
 /* Best effort: a failure to write the cache never fails the call. */
 static void cache_store(clopt_ctx *ctx, int dirfd, const char *key, cl_program prog)
 {
-    size_t binlen = 0, keylen = strlen(key);
-    if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof binlen, &binlen, NULL) !=
-            CL_SUCCESS ||
-        binlen == 0 || keylen > UINT32_MAX ||
-        binlen > CACHE_MAX_ENTRY - CACHE_HEADER - CLOPT_SHA256_SIZE - keylen)
+    /* a program built from source belongs to every device of the context: the binary
+       queries take one entry per device (a single entry fails on a conformant driver with
+       several devices), and ours is the one of ctx->device (NULL pointers skip the others).
+       PoCL 3.1 puts the one built binary first whatever the device's place, so with several
+       devices it finds size 0 at ours and stores nothing (it compiles instead). */
+    size_t binlen = 0, keylen = strlen(key), at = 0;
+    cl_uint nd = 0;
+    if (clGetProgramInfo(prog, CL_PROGRAM_NUM_DEVICES, sizeof nd, &nd, NULL) != CL_SUCCESS ||
+        nd == 0 || nd > 1024 || keylen > UINT32_MAX)
         return;
-    unsigned char *bin = malloc(binlen);
-    unsigned char *bins[1] = {bin};
-    if (!bin ||
-        clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) != CL_SUCCESS) {
-        free(bin);
-        return;
+    cl_device_id *devs = malloc(nd * sizeof *devs);
+    size_t *sizes = calloc(nd, sizeof *sizes);
+    unsigned char **bins = calloc(nd, sizeof *bins), *bin = NULL;
+    if (devs && sizes && bins &&
+        clGetProgramInfo(prog, CL_PROGRAM_DEVICES, nd * sizeof *devs, devs, NULL) == CL_SUCCESS &&
+        clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, nd * sizeof *sizes, sizes, NULL) ==
+            CL_SUCCESS) {
+        while (at < nd && devs[at] != ctx->device)
+            at++;
+        if (at < nd)
+            binlen = sizes[at];
     }
+    if (binlen > 0 && binlen <= CACHE_MAX_ENTRY - CACHE_HEADER - CLOPT_SHA256_SIZE - keylen &&
+        (bin = malloc(binlen)) != NULL) {
+        bins[at] = bin;
+        if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, nd * sizeof *bins, bins, NULL) !=
+            CL_SUCCESS) {
+            free(bin);
+            bin = NULL;
+        }
+    }
+    free(devs);
+    free(sizes);
+    free(bins);
+    if (!bin)
+        return;
     char name[CACHE_NAME_LEN], tmp[CACHE_NAME_LEN + 32];
     cache_name(key, name);
     int fd = -1;
