@@ -122,6 +122,14 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
    (pyopencl#395; pyopencl still avoids them). offset and size are multiples of psize; size
    0 enqueues nothing. Returns the first error. */
 #define CLOPT_FILL_PIECE ((size_t)1 << 30)
+/* The most work-items of one launch: NVIDIA's OpenCL aliases global ids from 2^31 (an
+   element updated twice, another never, no error: cogciprocate/ocl#226, fixstars/clpy#7)
+   and AMD's refuses 2^32. */
+#define CLOPT_MAX_ITEMS (((size_t)1 << 31) - 1)
+/* CLOPT_ERR_UNSUPPORTED with a message when an element-wise launch over n elements under
+   tuning t (rounded up to its work-group size) would exceed CLOPT_MAX_ITEMS, else
+   CLOPT_SUCCESS. */
+clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t);
 cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
                   size_t offset, size_t size);
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
@@ -144,7 +152,8 @@ void clopt_arg_tensor(clopt_args *a, clopt_tensor t); /* cl_mem, then the offset
 void clopt_arg_ulong(clopt_args *a, cl_ulong v);
 void clopt_arg_float(clopt_args *a, float v);
 void clopt_arg_int(clopt_args *a, cl_int v);
-/* Enqueue count work-items, one per index, driver-chosen work-groups. */
+/* Enqueue count work-items, one per index (the kernel checks its bound: the global size is
+   rounded up to work-groups of 64, or what the kernel runs). */
 clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                 size_t count, cl_uint num_wait, const cl_event *wait_list,
                                 cl_event *event);

@@ -379,6 +379,11 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
     if (plan.q8_group && (s = check_q8_group(ctx, k, &plan.tuning)) != CLOPT_SUCCESS)
         return s;
     cl_command_queue q = queue ? queue : ctx->queue;
+    /* (the optimizer's dry pass: refused before its step enqueues anything) */
+    if (!(ctl && ctl->ranges && !q8_rows) &&
+        (s = clopt_check_items(ctx, q8_rows ? ctl->nchunks * 256 : n, &plan.tuning)) !=
+            CLOPT_SUCCESS)
+        return s;
     if (ctl && ctl->dry && !plan.gc)
         return CLOPT_SUCCESS;
     if (q8_rows) /* a work-item per row: the launch of nchunks blocks of 256 */

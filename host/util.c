@@ -49,8 +49,23 @@ clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kerne
                                 size_t count, cl_uint num_wait, const cl_event *wait_list,
                                 cl_event *event)
 {
-    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &count, NULL, num_wait, wait_list,
-                                        event);
+    /* work-groups of 64 (the kernels check their bounds): without a local size a driver
+       may take any divisor of the global size, 1 for a prime one */
+    size_t local = count > 1 ? 64 : 1, kmax = 0;
+    if (local && (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                           sizeof kmax, &kmax, NULL) != CL_SUCCESS ||
+                  kmax == 0))
+        local = 0;
+    while (local > kmax)
+        local /= 2;
+    const size_t global = local ? (count + local - 1) / local * local : count;
+    if (global > CLOPT_MAX_ITEMS)
+        return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                          "a launch of %zu work-items, over 2^31 - 1 (GPU drivers alias or "
+                          "refuse larger launches)",
+                          count);
+    cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,
+                                        num_wait, wait_list, event);
     return err == CL_SUCCESS ? CLOPT_SUCCESS : clopt_fail_cl(ctx, err, "clEnqueueNDRangeKernel");
 }
 
@@ -176,15 +191,35 @@ cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t ps
     return err;
 }
 
+/* ceil(n / VW) vectors (the tail is one), ceil(vectors / IPW) items, rounded up to local */
+static size_t elementwise_items(size_t n, const clopt_tuning *t, size_t local)
+{
+    const size_t vw = t->vector_width, ipw = clopt_tuning_ipw(t);
+    const size_t vectors = n / vw + (n % vw ? 1 : 0);
+    const size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
+    return local ? (items + local - 1) / local * local : items;
+}
+
+clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t)
+{
+    const size_t items = elementwise_items(n, t, t->work_group_size);
+    if (items <= CLOPT_MAX_ITEMS)
+        return CLOPT_SUCCESS;
+    return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                      "a launch over %zu elements takes %zu work-items with vector_width %u and "
+                      "items_per_work_item %u, over 2^31 - 1 (GPU drivers alias or refuse "
+                      "larger launches): use a range group (its launches are chunked), split "
+                      "the tensor, or a tuning with more elements per work-item",
+                      n, items, t->vector_width, (unsigned)clopt_tuning_ipw(t));
+}
+
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event)
 {
     /* One work-item per IPW vectors of VW elements; the n % VW tail counts as one more
        vector (kernels/common.cl). */
-    size_t vw = t->vector_width, ipw = clopt_tuning_ipw(t);
-    size_t vectors = n / vw + (n % vw ? 1 : 0);
-    size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
+    const size_t items = elementwise_items(n, t, 0);
     size_t local = t->work_group_size;
     if (local) {
         /* a kernel that runs fewer work-items per group than the tuning asks: the tuning's
@@ -201,6 +236,8 @@ clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl
             local /= 2;
     }
     size_t global = local ? (items + local - 1) / local * local : items;
+    if (global > CLOPT_MAX_ITEMS)
+        return clopt_check_items(ctx, n, t);
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,
                                         num_wait, wait_list, event);
     if (err != CL_SUCCESS)

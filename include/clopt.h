@@ -739,7 +739,10 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
  * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW and Muon: optimizer
  * level only, checked first, after the rule's range; cautious = 1: optimizer level only,
- * checked after the hyperparameters),
+ * checked after the hyperparameters; a launch of 2^31 work-items or more, i.e. n at least
+ * 2^31 × vector_width × items_per_work_item of the tuning: NVIDIA's OpenCL aliases larger
+ * global ids and AMD's refuses 2^32, so such tensors go in a range group, whose launches
+ * are chunked (without 8-bit state), or in pieces),
  * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
@@ -948,7 +951,9 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    (queue of another context or device, out-of-order or not a queue, a bad wait list, no
    tensors registered, a registered buffer no longer valid, eval mode, a mode switch left
    incomplete), CLOPT_ERR_UNSUPPORTED (an 8-bit state kernel needs 256/VW work-items per
-   work-group, or a reduction kernel the tuning's reduce_local, and the device allows fewer),
+   work-group, or a reduction kernel the tuning's reduce_local, and the device allows fewer;
+   a tensor or arena group whose launch would take 2^31 work-items or more, as
+   clopt_enqueue_step),
    CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes. A step that fails after
    its first enqueue does not wait for the caller's events (its start is abandoned on the
    device). */

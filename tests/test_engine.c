@@ -979,6 +979,8 @@ int main(void)
         cmocka_unit_test(test_reduce_local_too_large),
         cmocka_unit_test(test_alloc_state_out_of_order),
         cmocka_unit_test(test_fill_pieces),
+        cmocka_unit_test(test_launch_items_limit),
+        cmocka_unit_test(test_launches_name_local),
         cmocka_unit_test(test_loss_scaler_every_verdict),
         cmocka_unit_test(test_loss_scaler_attach_errors),
     };

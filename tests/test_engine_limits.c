@@ -372,3 +372,137 @@ void test_fill_pieces(void **state)
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(pb), clReleaseMemObject(gb);
 }
+
+/* ---- (h): launches stay below 2^31 work-items --------------------------------------------- */
+
+/* NVIDIA's OpenCL aliases global ids from 2^31 (elements updated twice, others never) and
+   AMD's refuses 2^32: a launch that would take more work-items is refused with
+   CLOPT_ERR_UNSUPPORTED before anything is enqueued. A float16 tensor of 2^31 elements (4
+   GiB per buffer, never touched) under a tuning of one element per work-item: the
+   optimizer's step and the op-level step are refused, no kernel launched, the step count
+   unchanged; with 4 elements per work-item both are accepted (checked without running:
+   the op level's launch is the only one, so its acceptance is enough). Skipped under
+   CLOPT_TEST_SMALL and where a buffer cannot hold 4 GiB. */
+void test_launch_items_limit(void **state)
+{
+    (void)state;
+    if (getenv("CLOPT_TEST_SMALL"))
+        skip();
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    const size_t n = (size_t)1 << 31;
+    cl_ulong max_alloc = 0;
+    clGetDeviceInfo(clopt_ctx_cl_device(c), CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc,
+                    &max_alloc, NULL);
+    if (max_alloc < 2 * (cl_ulong)n) {
+        clopt_ctx_destroy(c);
+        skip();
+    }
+    cl_int err;
+    cl_mem pb = clCreateBuffer(clopt_ctx_cl_context(c), CL_MEM_READ_WRITE, 2 * n, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    cl_mem gb = clCreateBuffer(clopt_ctx_cl_context(c), CL_MEM_READ_WRITE, 2 * n, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clopt_tuning t;
+    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
+    t.vector_width = 1, t.items_per_work_item = 1, t.work_group_size = 64;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SGD, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_SGD, &hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0}, d.shape[0] = n;
+    d.param_dtype = d.grad_dtype = CLOPT_DTYPE_F16;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    a.param = d.param, a.grad = d.grad;
+    a.param_dtype = a.grad_dtype = CLOPT_DTYPE_F16;
+    clshim_reset();
+    clshim_enable(1);
+    const clopt_status s1 = clopt_optimizer_step(opt, NULL);
+    const clopt_status s2 = clopt_enqueue_step(c, NULL, CLOPT_SGD, &hp, &a, n, 1, 0, NULL, NULL);
+    const uint64_t launched = clshim_count("clEnqueueNDRangeKernel");
+    clshim_enable(0);
+    assert_int_equal(s1, CLOPT_ERR_UNSUPPORTED);
+    assert_int_equal(s2, CLOPT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(clopt_ctx_last_error(c), "2^31"));
+    assert_int_equal(launched, 0);
+    assert_int_equal(clopt_optimizer_step_count(opt), 0);
+    /* 4 elements per work-item: 2^29 work-items, accepted; the launch waits for a user event
+       that then fails, which terminates it unrun (8 GiB untouched) */
+    t.vector_width = 4;
+    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    cl_event gate = clCreateUserEvent(clopt_ctx_cl_context(c), &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clshim_reset();
+    clshim_enable(1);
+    clopt_status s3 = clopt_enqueue_step(c, NULL, CLOPT_SGD, &hp, &a, n, 1, 1, &gate, NULL);
+    clshim_enable(0);
+    clSetUserEventStatus(gate, CL_INVALID_OPERATION);
+    assert_int_equal(s3, CLOPT_SUCCESS);
+    assert_int_equal(clshim_count("clEnqueueNDRangeKernel"), 1);
+    clFinish(clopt_ctx_cl_queue(c));
+    clReleaseEvent(gate);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+}
+
+/* ---- (i): every launch names its work-group size ------------------------------------------ */
+
+/* Without a local size a driver may run a launch of a prime global size in work-groups of
+   1 (a GPU then idles 31 of 32 lanes): every launch names one. Adafactor on a factored
+   31 x 37 tensor with clipping (row and column statistics, their finish over 31 + 37
+   items, the verdict), and clopt_enqueue_randn over 4 * 7 + 1 values (8 items): no launch
+   leaves it to the runtime, and the rounded-up launches stay in bounds (randn's 29 values
+   are the first of a 32-value call, and the 3 floats after them untouched). */
+void test_launches_name_local(void **state)
+{
+    fixture *f = *state;
+    enum { R = 31, C = 37 };
+    float p0[R * C], g[R * C];
+    uint64_t seed = 7;
+    for (size_t i = 0; i < R * C; i++)
+        p0[i] = (float)ref_normal(&seed), g[i] = (float)(0.1 * ref_normal(&seed));
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAFACTOR, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAFACTOR, &hp, &opt), CLOPT_SUCCESS);
+    cl_mem pb = upload(f->ctx, p0, R * C), gb = upload(f->ctx, g, R * C);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0};
+    d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_clip(opt, 1.0), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_prepare(opt), CLOPT_SUCCESS);
+    float z[32], z29[32];
+    for (int i = 0; i < 32; i++)
+        z[i] = 1234.0f;
+    cl_mem zb = upload(f->ctx, z, 32);
+    clshim_reset();
+    clshim_enable(1);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_enqueue_randn(f->ctx, NULL, (clopt_tensor){zb, 0}, 29, 5, 0, 0, NULL,
+                                         NULL),
+                     CLOPT_SUCCESS);
+    const uint64_t unsized = clshim_null_local(), launches = clshim_count("clEnqueueNDRangeKernel");
+    clshim_enable(0);
+    assert_true(launches >= 5);
+    if (unsized)
+        fail_msg("%llu of %llu launches left the work-group size to the runtime",
+                 (unsigned long long)unsized, (unsigned long long)launches);
+    read_at(f->ctx, (clopt_tensor){zb, 0}, z29, 32);
+    for (int i = 29; i < 32; i++)
+        assert_true(z29[i] == 1234.0f);
+    assert_int_equal(clopt_enqueue_randn(f->ctx, NULL, (clopt_tensor){zb, 0}, 32, 5, 0, 0, NULL,
+                                         NULL),
+                     CLOPT_SUCCESS);
+    read_at(f->ctx, (clopt_tensor){zb, 0}, z, 32);
+    assert_memory_equal(z, z29, 29 * sizeof *z);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb), clReleaseMemObject(zb);
+}
