@@ -238,6 +238,9 @@ cl_int bench_enqueue_op(bench_device *bd, const bench_op *op, cl_mem const *slot
 #define BENCH_Q8_BLOCK 256
 #define BENCH_Q8_VW 16
 #define BENCH_Q8_IPW (BENCH_Q8_BLOCK / BENCH_Q8_VW)
+/* 1 when the library runs 8-bit state under tuning t in work-groups of 256 / VW (one
+   vector per work-item), else 0 (a work-item per block). */
+static inline int bench_q8_group(const clopt_tuning *t) { return bench_tuning_ipw(t) == 1; }
 
 /* The arrays of a stream kernel: rw read and written, ro read only, wo written only, each
    with its element size in bytes (4 float, 2 a 16-bit type, 1 an 8-bit one; 0 means 4), and

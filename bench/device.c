@@ -300,10 +300,13 @@ cl_int bench_enqueue_stream(bench_device *bd, const bench_stream_arrays *a, size
                  a->nrw, a->nro, a->nwo, a->nab);
         return CL_INVALID_VALUE;
     }
-    /* absmax arrays: one work-item per block, as the library's 8-bit kernels (with the
-       rule's work-group size) */
+    /* absmax arrays: the geometry of the library's 8-bit kernels (host/rules.c
+       clopt_plan_step): with one vector per work-item (a GPU's tuning) a work-group of
+       256 / VW work-items per block, else one work-item per block */
     clopt_tuning t = bd->tuning;
-    if (a->nab) {
+    if (a->nab && bench_q8_group(&t)) {
+        t.work_group_size = BENCH_Q8_BLOCK / t.vector_width;
+    } else if (a->nab) {
         t.vector_width = BENCH_Q8_VW;
         t.items_per_work_item = BENCH_Q8_IPW;
     }

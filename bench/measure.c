@@ -86,10 +86,12 @@ int finish_row(env *e, const rule_info *ri, const unit *u, size_t n, const char 
     w->gbps = w->ms > 0.0 ? u->bytes * (double)n / (w->ms * 1e6) : NAN;
     w->check = check;
     snprintf(w->shape, sizeof w->shape, "%s", u->shape);
-    const int q8 = u->st && storage_is_q8(u->st); /* one work-item per block */
-    w->vector_width = q8 ? BENCH_Q8_VW : bench_device_vector_width(e->bd);
-    w->work_group_size = bench_device_work_group_size(e->bd);
-    w->items_per_work_item = q8 ? BENCH_Q8_IPW : bench_device_items_per_work_item(e->bd);
+    /* 8-bit state: a work-item per block, or a work-group (the tuning's vector per item) */
+    const int q8 = u->st && storage_is_q8(u->st), q8g = q8 && bench_q8_group(&e->tuning);
+    w->vector_width = q8 && !q8g ? BENCH_Q8_VW : bench_device_vector_width(e->bd);
+    w->work_group_size = q8g ? BENCH_Q8_BLOCK / (size_t)bench_device_vector_width(e->bd)
+                             : bench_device_work_group_size(e->bd);
+    w->items_per_work_item = q8 && !q8g ? BENCH_Q8_IPW : bench_device_items_per_work_item(e->bd);
     return 0;
 }
 

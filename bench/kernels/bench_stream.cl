@@ -20,8 +20,10 @@
  *
  * NAB (0..4) absmax arrays a (float, read and written, -D): the per-block scales of 8-bit
  * blockwise state, one float per block of 256 elements. As the library's 8-bit kernels, the
- * kernel then runs one work-item per block (VW 16 x IPW 16, which the host sets), and each
- * work-item holding elements reads and writes its block's entry, a_j[b] |= zero. */
+ * kernel then runs one work-item per block (VW 16 x IPW 16, a CPU's tuning) or, with IPW 1
+ * (a GPU's), a work-group of 256 / VW work-items per block (Q8WG in kernels/storage.cl; the
+ * host sets the group size), and the work-item holding a block's first element reads and
+ * writes its entry, a_j[b] |= zero. */
 #ifndef NRW
 #define NRW 1
 #endif
@@ -35,8 +37,8 @@
 #ifndef NAB
 #define NAB 0
 #endif
-#if NAB > 0 && VW * IPW != 256
-#error "absmax arrays need one work-item per block of 256 elements (VW * IPW = 256)"
+#if NAB > 0 && VW * IPW != 256 && (IPW != 1 || 256 % VW != 0)
+#error "absmax arrays need a work-item (VW * IPW = 256) or a work-group (IPW 1) per block"
 #endif
 
 #ifndef TO1 /* the host passes all of them */
@@ -233,8 +235,9 @@ __kernel void bench_stream(__global ETYPE(TW0) *w0, __global ETYPE(TW1) *w1,
 {
     BENCH_ELEMENTWISE(STREAM_BODY)
 #if NAB > 0
-    const ulong b_ = get_global_id(0);
-    if (b_ * 256 < n) {
+    const ulong e_ = get_global_id(0) * (VW * IPW); /* the work-item's first element */
+    const ulong b_ = e_ / 256;
+    if (e_ % 256 == 0 && e_ < n) {
         AB0 AB1 AB2 AB3
     }
 #endif
