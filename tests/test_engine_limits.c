@@ -23,6 +23,18 @@
 #include "ref.h"
 #include "test_engine.h"
 
+/* A new context whose element-wise tuning (*t, the rest the device's) is vw floats per
+   vector, ipw vectors per work-item and work-groups of wg (0: the runtime's). */
+static clopt_ctx *ctx_with_tuning(clopt_tuning *t, unsigned vw, unsigned ipw, size_t wg)
+{
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    assert_int_equal(clopt_ctx_get_tuning(c, t), CLOPT_SUCCESS);
+    t->vector_width = vw, t->items_per_work_item = ipw, t->work_group_size = wg;
+    assert_int_equal(clopt_ctx_set_tuning(c, t), CLOPT_SUCCESS);
+    return c;
+}
+
 /* ---- (f): 8-bit state in work-groups on a device with small work-groups ---------------- */
 
 /* n parameters (normal) and gradients (0.1 x normal) drawn from seed into p0 and g,
@@ -93,12 +105,8 @@ void test_q8_group_too_small(void **state)
 {
     (void)state;
     enum { NQ = 5000 };
-    clopt_ctx *c;
-    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
     clopt_tuning t;
-    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
-    t.vector_width = 1, t.items_per_work_item = 1, t.work_group_size = 0;
-    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clopt_ctx *c = ctx_with_tuning(&t, 1, 1, 0);
     clopt_hparams hp;
     clopt_hparams_default(CLOPT_ADAMW, &hp);
     hp.state_dtype = CLOPT_DTYPE_U8;
@@ -208,12 +216,8 @@ void test_work_group_fallback(void **state)
 {
     (void)state;
     enum { N0 = 1001, N1 = 4099 };
-    clopt_ctx *c;
-    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
     clopt_tuning t;
-    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
-    t.vector_width = 4, t.work_group_size = 256, t.items_per_work_item = 1;
-    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
+    clopt_ctx *c = ctx_with_tuning(&t, 4, 1, 256);
     static float p0[N0 + N1], g[N0 + N1], out[2][N0 + N1];
     uint64_t unsized[2];
     uint64_t seed = 11;
@@ -388,8 +392,8 @@ void test_launch_items_limit(void **state)
     (void)state;
     if (getenv("CLOPT_TEST_SMALL"))
         skip();
-    clopt_ctx *c;
-    assert_int_equal(clopt_ctx_create(&c), CLOPT_SUCCESS);
+    clopt_tuning t;
+    clopt_ctx *c = ctx_with_tuning(&t, 1, 1, 64);
     const size_t n = (size_t)1 << 31;
     cl_ulong max_alloc = 0;
     clGetDeviceInfo(clopt_ctx_cl_device(c), CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc,
@@ -403,10 +407,6 @@ void test_launch_items_limit(void **state)
     assert_int_equal(err, CL_SUCCESS);
     cl_mem gb = clCreateBuffer(clopt_ctx_cl_context(c), CL_MEM_READ_WRITE, 2 * n, NULL, &err);
     assert_int_equal(err, CL_SUCCESS);
-    clopt_tuning t;
-    assert_int_equal(clopt_ctx_get_tuning(c, &t), CLOPT_SUCCESS);
-    t.vector_width = 1, t.items_per_work_item = 1, t.work_group_size = 64;
-    assert_int_equal(clopt_ctx_set_tuning(c, &t), CLOPT_SUCCESS);
     clopt_hparams hp;
     clopt_hparams_default(CLOPT_SGD, &hp);
     clopt_optimizer *opt;
