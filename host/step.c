@@ -822,8 +822,10 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event)
     /* the blocking convenience: wait for this step's verdict. The step is enqueued (and will
        run) whatever happens here: a failed wait is not the step's failure, and the verdict
        then reaches the host through a later poll or call. */
-    if (collect(opt, 1) != CLOPT_SUCCESS)
+    if (collect(opt, 1) != CLOPT_SUCCESS) {
+        clopt_clear_error(opt->ctx); /* (a success leaves no message) */
         return CLOPT_SUCCESS;
+    }
     if (opt->report.step_call == opt->calls && opt->report.skipped) {
         if (event && *event) {
             clReleaseEvent(*event);

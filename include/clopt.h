@@ -15,9 +15,11 @@
  *    clopt_status_str() gives a readable text, clopt_ctx_last_error() the detail of the
  *    last failure on a context (which argument, which size).
  *  - Every argument is validated before anything is enqueued: a failed call changes no
- *    buffer and no state (the one exception, an OpenCL failure half-way through applying a
- *    checked checkpoint, is at clopt_optimizer_load). The library never exits, aborts or
- *    prints.
+ *    buffer and no state. The exceptions are OpenCL failures part way through work that
+ *    cannot be undone, each documented at its function: applying a checked checkpoint
+ *    (clopt_optimizer_load), zeroing gradients (clopt_optimizer_zero_grad), a range group's
+ *    fills of the engine's state, Schedule-Free's eval/train switch, and a step with a
+ *    tensor-sums hook. The library never exits, aborts or prints.
  *  - No global state: everything lives in a clopt_ctx. A context (and everything created
  *    from it) must not be used from two threads at once; two contexts are independent.
  *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
@@ -202,8 +204,9 @@ clopt_status clopt_ctx_create_device(const char *selector, clopt_ctx **out);
 
 /* clopt_ctx_create_device with the reason of a failure: on any status but CLOPT_SUCCESS,
    why (if not NULL and why_len > 0) receives a NUL-terminated text, truncated to why_len,
-   e.g. 'CLOPT_DEVICE="gpu": no GPU device among 1 device(s): 0: pthread-skylake-...
-   [cpu] (Portable Computing Language)'; on success why is "". selector NULL reads
+   e.g. 'selector="gpu": no GPU device among 1 device(s): 0: pthread-skylake-...
+   [cpu] (Portable Computing Language)' ('CLOPT_DEVICE="gpu": ...' when the selector came
+   from CLOPT_DEVICE); on success why is "". selector NULL reads
    CLOPT_DEVICE as clopt_ctx_create does (so an engine gets the user's override and the
    reason with one call); "" means the default rules. The text lives in the caller's buffer
    because no context exists to hold it (and the library has no global state): 256 bytes
@@ -478,9 +481,11 @@ typedef struct clopt_hparams {
     /* LAMB */
     int bias_correction;         /* 1 */
     int grad_averaging;          /* 1: m = β1 m + (1-β1) g; 0: m = β1 m + g (apex) */
-    /* Gradient centralization, any rule: g -= mean of g over all dims but the first, for
-       tensors with > 1 dims (> 3 with gc_conv_only), after L2 decay was added (as the GC
-       paper's code). Needs the tensor's shape: optimizer level, or gc_rows at the op level. */
+    /* Gradient centralization, any rule but Muon (refused at the optimizer level: its update
+       is the orthogonalised momentum of the whole matrix): g -= mean of g over all dims but
+       the first, for tensors with > 1 dims (> 3 with gc_conv_only), after L2 decay was added
+       (as the GC paper's code). Needs the tensor's shape: optimizer level, or gc_rows at the
+       op level. */
     int grad_centralization, gc_conv_only;
     /* Lookahead (Zhang et al. 2019), any rule at the optimizer level: slow weights φ (state
        "slow_params", "slow_buffer" for Ranger) start as θ_0; after every lookahead_k-th step
@@ -747,8 +752,11 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
  * θ, REMAINDER with an f16 θ, stochastic rounding with a master or a float32 θ),
- * CLOPT_ERR_STATE_MISMATCH (master set with CLOPT_MASTER_NONE), CLOPT_ERR_OUT_OF_BOUNDS
- * (sizes count elements of each tensor's type).
+ * CLOPT_ERR_STATE_MISMATCH (master set with CLOPT_MASTER_NONE, a state_absmax set for a
+ * state that is not 8-bit), CLOPT_ERR_UNSUPPORTED (state_dtype U8 for a rule without 8-bit
+ * state; an 8-bit kernel's work-group of 256 / VW work-items that the device cannot run,
+ * see clopt_tuning), CLOPT_ERR_OUT_OF_BOUNDS (sizes count elements of each tensor's
+ * type).
  * queue NULL = the context's queue. The wait list and out event behave as in OpenCL; the
  * out event (if non-NULL) must be released by the caller. Retains nothing: the buffers and
  * the queue are used only by the commands enqueued here. Non-blocking (it only enqueues),
@@ -826,8 +834,8 @@ typedef struct clopt_optimizer clopt_optimizer;
    optimizer before the context). Allocates a small control buffer; does not block.
    Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (ctx, hp or out), CLOPT_ERR_INVALID_ARGUMENT
    (rule out of range), CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_UNSUPPORTED (the context's
-   queue is out of order), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; *out is NULL on
-   failure. */
+   queue is out of order, or hp refused as clopt_optimizer_add_group refuses it),
+   CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code; *out is NULL on failure. */
 clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
                                     clopt_optimizer **out);
 /* Blocks until every step in flight has finished, on any queue (clFinish of the context's
@@ -870,7 +878,8 @@ void clopt_param_desc_init(clopt_param_desc *d);
    returns its index in *group (may be NULL). All four are host only (never block).
    add_group: CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_HYPERPARAM,
    CLOPT_ERR_UNSUPPORTED (state_dtype U8 for a rule without 8-bit state, or other than F32
-   for Adafactor), CLOPT_ERR_OUT_OF_MEMORY. group_count: 0 for NULL. set_group_hparams
+   for Adafactor; Muon with grad_centralization), CLOPT_ERR_OUT_OF_MEMORY. group_count: 0
+   for NULL. set_group_hparams
    (between steps; steps already enqueued keep theirs): CLOPT_ERR_NULL_ARGUMENT,
    CLOPT_ERR_INDEX, CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_UNSUPPORTED (as add_group),
    CLOPT_ERR_STATE_MISMATCH (the change would alter a tensor's
@@ -1285,7 +1294,8 @@ clopt_status clopt_alloc_state_ex(clopt_ctx *ctx, clopt_rule rule, const clopt_h
    `path`, so a failed save never leaves a half-written file in place of a good one.
    Blocking: settles every step in flight (as clopt_optimizer_destroy), then reads the state
    with blocking reads on the context's queue. Returns CLOPT_SUCCESS,
-   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
+   CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (a Schedule-Free mode switch left
+   incomplete: finish it first), CLOPT_ERR_IO, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_save(clopt_optimizer *opt, const char *path);
 /* Load a checkpoint into an optimizer built the same way (same rule, groups and tensor
    shapes, possibly in another context or on another device). Everything is read and checked
@@ -1328,8 +1338,9 @@ clopt_status clopt_optimizer_state_size(const clopt_optimizer *opt, const clopt_
 /* Writes the checkpoint into buf (cap bytes; CLOPT_ERR_INVALID_SIZE when too small, buf
    untouched, checked before anything blocks); *written (may be NULL) receives the length.
    Blocking: settles every step in flight, then reads the device (blocking reads on the
-   context's queue). Statuses as clopt_optimizer_state_size, plus CLOPT_ERR_INVALID_SIZE and
-   OpenCL codes. */
+   context's queue). Statuses as clopt_optimizer_state_size, plus CLOPT_ERR_INVALID_SIZE,
+   CLOPT_ERR_INVALID_ARGUMENT (a Schedule-Free mode switch left incomplete) and OpenCL
+   codes. */
 clopt_status clopt_optimizer_save_to(clopt_optimizer *opt, const clopt_save_options *o,
                                      void *buf, size_t cap, size_t *written);
 /* Loads bytes written by save_to or save (the same checks, statuses except CLOPT_ERR_IO, and
@@ -1381,7 +1392,8 @@ uint64_t clopt_optimizer_step_count(const clopt_optimizer *opt);
 clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t param,
                                               uint64_t *out);
 /* Takes an engine's step count when porting a trainer: the optimizer's count and every
-   tensor's become `count` (NAdam's products are recomputed for it). Nothing else changes.
+   tensor's become `count` (NAdam's products and Schedule-Free's per-tensor lr_max and
+   weight_sum are recomputed for it). Nothing else changes.
    Blocking: it settles every step in flight first (their verdicts would otherwise move the
    new count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
    code. */
@@ -1458,7 +1470,8 @@ clopt_status clopt_optimizer_train(clopt_optimizer *opt);
 clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_command_queue queue,
                                          cl_uint num_wait, const cl_event *wait_list,
                                          cl_event *event);
-/* 1 in train mode (also for NULL), 0 after clopt_optimizer_eval. Host only. */
+/* 1 in train mode (also for NULL), 0 after clopt_optimizer_eval of a Schedule-Free
+   optimizer (other rules have no eval mode: always 1). Host only. */
 int clopt_optimizer_training(const clopt_optimizer *opt);
 
 /* ---- per-tensor sums across processes ------------------------------------------------ */

@@ -62,7 +62,7 @@
  * Supported now: one or more groups over one parameter and one gradient buffer
  * (clopt_mpi_optimizer_create_groups), the element-wise rules (SGD,
  * Adam, AdamW, Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaMod, diffGrad, Lion,
- * Ranger without gradient centralization, Schedule-Free AdamW/SGD with
+ * Ranger (with gradient centralization: shards cut at rows), Schedule-Free AdamW/SGD with
  * clopt_mpi_optimizer_set_mode, ADOPT, AdEMAMix), Lookahead, bf16 state, schedules,
  * global-norm clipping, AMP, checkpoints (one gathered file, or a file per rank and a
  * manifest; any world size loads them). Rules with per-tensor reductions on shards that
