@@ -206,7 +206,7 @@ int main(int argc, char **argv)
     return 0;
 }
 EOF
-# shellcheck disable=SC2317 # run through bash -c "$(declare -f build); build" (a time limit)
+# shellcheck disable=SC2317 # run through bash -c "$(declare -f build build_probe); build"
 build() {
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCLOPT_BENCH_NATIVE=ON || return
     cmake --build "$BUILD" -j"$JOBS" || return
@@ -224,13 +224,15 @@ build_probe() {
 export ROOT BUILD JOBS PROBE LOGDIR
 if [ "${GPU_CHECK_NO_BUILD:-0}" = 1 ]; then
     note_stage build "GPU_CHECK_NO_BUILD=1: using ${BUILD#"$ROOT"/} as it is"
-    if [ ! -x "$PROBE" ] && [ -f "$BUILD/CMakeCache.txt" ] && command -v "${CC:-cc}" >/dev/null; then
+    if [ ! -x "$PROBE" ] && [ -f "$BUILD/CMakeCache.txt" ] &&
+        command -v "${CC:-cc}" >/dev/null; then
         bash -c "$(declare -f build_probe); build_probe" >"$LOGDIR/build.txt" 2>&1
     fi
 elif ! command -v cmake >/dev/null || ! command -v "${CC:-cc}" >/dev/null; then
     fail_stage build "no cmake or C compiler here: build elsewhere, carry ${BUILD#"$ROOT"/} and set GPU_CHECK_NO_BUILD=1"
 else
-    stage build "${GPU_CHECK_LIMIT_BUILD:-900}" "$LOGDIR/build.txt" 3 bash -c "$(declare -f build); build"
+    stage build "${GPU_CHECK_LIMIT_BUILD:-900}" "$LOGDIR/build.txt" 3 \
+        bash -c "$(declare -f build build_probe); build"
 fi
 
 # ---- 3. devices ---------------------------------------------------------------------------

@@ -17,9 +17,10 @@ if [ "$mode" != --check ] && [ "$mode" != --fix ]; then
 fi
 
 tag="SPDX-License-Identifier: MIT"
-# the tracked files; outside a git checkout (a tarball) every file but build outputs
+# the tracked files; outside a checkout of its own (a tarball, or unpacked into another
+# repository) every file but build outputs
 list_files() {
-    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    if [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$(pwd -P)" ]; then
         git ls-files -z
     else
         find . \( -path ./build -o -path ./.git -o -path ./.gpu \) -prune -o -type f -print0 |

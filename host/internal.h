@@ -115,13 +115,13 @@ clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tenso
                                    size_t esize);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
-/* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width and
-   vectors per work-item it was compiled with). */
 /* clEnqueueFillBuffer(q, buf, pattern, psize, offset, size, no events) in pieces of at most
    CLOPT_FILL_PIECE bytes: NVIDIA's OpenCL hangs or fails on fills of 2 GiB or more
    (pyopencl#395; pyopencl still avoids them). offset and size are multiples of psize; size
    0 enqueues nothing. Returns the first error. */
 #define CLOPT_FILL_PIECE ((size_t)1 << 30)
+cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
+                  size_t offset, size_t size);
 /* The most work-items of one launch: NVIDIA's OpenCL aliases global ids from 2^31 (an
    element updated twice, another never, no error: cogciprocate/ocl#226, fixstars/clpy#7)
    and AMD's refuses 2^32. */
@@ -130,8 +130,8 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
    tuning t (rounded up to its work-group size) would exceed CLOPT_MAX_ITEMS, else
    CLOPT_SUCCESS. */
 clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t);
-cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
-                  size_t offset, size_t size);
+/* Enqueue a 1-D element-wise kernel covering n elements with tuning t (the vector width and
+   vectors per work-item it was compiled with); CLOPT_ERR_UNSUPPORTED past CLOPT_MAX_ITEMS. */
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event);

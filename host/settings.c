@@ -60,7 +60,7 @@ clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_l
     if (!(s->scale >= FLT_MIN && s->scale <= CLOPT_MAX_FACTOR))
         why = "scale must be in 1.2e-38 .. 8.5e37 (it and its reciprocal normal in float32)";
     else if (!(s->growth_factor > 1.0 && s->growth_factor <= CLOPT_MAX_FACTOR))
-        why = "growth_factor must be > 1 (and finite), as torch's GradScaler asserts";
+        why = "growth_factor must be > 1, as torch's GradScaler asserts (and at most 8.5e37)";
     else if (!(s->backoff_factor > 0.0 && s->backoff_factor < 1.0))
         why = "backoff_factor must be in (0, 1), as torch's GradScaler asserts";
     else if (s->growth_interval == 0)

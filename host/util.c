@@ -236,8 +236,11 @@ clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl
             local /= 2;
     }
     size_t global = local ? (items + local - 1) / local * local : items;
-    if (global > CLOPT_MAX_ITEMS)
-        return clopt_check_items(ctx, n, t);
+    if (global > CLOPT_MAX_ITEMS) /* (the check's message, whatever local became) */
+        return clopt_check_items(ctx, n, t) != CLOPT_SUCCESS
+                   ? CLOPT_ERR_UNSUPPORTED
+                   : clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                                "a launch of %zu work-items, over 2^31 - 1", global);
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,
                                         num_wait, wait_list, event);
     if (err != CL_SUCCESS)

@@ -744,10 +744,12 @@ double clopt_nadam_mu_product(const clopt_hparams *hp, uint64_t t);
  * the variant needs is missing, an extra one is set, or a Hessian estimate is given to a rule
  * other than Sophia), CLOPT_ERR_UNSUPPORTED (Adafactor, LAMB, StableAdamW and Muon: optimizer
  * level only, checked first, after the rule's range; cautious = 1: optimizer level only,
- * checked after the hyperparameters; a launch of 2^31 work-items or more, i.e. n at least
- * 2^31 × vector_width × items_per_work_item of the tuning: NVIDIA's OpenCL aliases larger
- * global ids and AMD's refuses 2^32, so such tensors go in a range group, whose launches
- * are chunked (without 8-bit state), or in pieces),
+ * checked after the hyperparameters; a launch of 2^31 work-items or more, i.e. n of about
+ * 2^31 × vector_width × items_per_work_item of the kernel's tuning or more (its work-items
+ * rounded up to its work-group size; gradient centralization and 8-bit state have their
+ * own geometry, see clopt_tuning): NVIDIA's OpenCL aliases larger global ids and AMD's
+ * refuses 2^32, so such tensors go in a range group, whose launches are chunked (without
+ * 8-bit state), or in pieces),
  * also CLOPT_ERR_INVALID_SIZE (gc_rows does not divide n), CLOPT_ERR_NULL_ARGUMENT (a NULL
  * event in the wait list), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
  * Storage: CLOPT_ERR_INVALID_ARGUMENT (a dtype out of range or U16, a master with a float32
@@ -788,8 +790,9 @@ clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const c
    only enqueue (one launch), except that the first use in the context compiles the kernel
    (blocking). Statuses: CLOPT_ERR_NULL_ARGUMENT (ctx or a buffer NULL, a NULL event in the
    wait list), CLOPT_ERR_INVALID_SIZE (n = 0), CLOPT_ERR_INVALID_ARGUMENT (a buffer or queue
-   of another context, a bad wait list), CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_BUILD_FAILED,
-   CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
+   of another context, a bad wait list), CLOPT_ERR_OUT_OF_BOUNDS, CLOPT_ERR_UNSUPPORTED (a
+   launch of 2^31 work-items or more, as clopt_enqueue_step: randn takes 4 values per
+   work-item), CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes.
 
    Fill out[0..n) with standard normal draws u ~ N(0, 1) from Philox-4x32-10 keyed by seed;
    element i uses counter (counter_base + i/4) and Box-Muller, so the same (seed, counter)
@@ -1058,7 +1061,8 @@ double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
    backing off twice). Not in the optimizer's checkpoints (torch's GradScaler has its own
    state_dict): save the struct and attach it again after a load. Host only; never blocks.
    CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (scale outside
-   1.2e-38 .. 8.5e37, growth_factor not > 1, backoff_factor not in (0, 1), growth_interval 0;
+   1.2e-38 .. 8.5e37, growth_factor not in (1, 8.5e37], backoff_factor not in (0, 1),
+   growth_interval 0;
    nothing changes). */
 clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_loss_scaler *s);
 /* The attached scaler as the verdicts so far leave it (collects those whose read-back has

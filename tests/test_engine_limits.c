@@ -4,7 +4,7 @@
  * tests/clshim: 8-bit blocks and reductions refused before anything is enqueued when a kernel
  * runs fewer work-items per group than they need, element-wise launches that halve their
  * local size, a range group's fills of the engine's own state under injected faults, and
- * fills in pieces under 2 GiB.
+ * fills in pieces of at most 1 GiB.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
@@ -332,7 +332,7 @@ void test_alloc_state_out_of_order(void **state)
 }
 
 
-/* ---- (g): fills in pieces under 2 GiB ------------------------------------------------- */
+/* ---- (g): fills in pieces of at most 1 GiB ------------------------------------------- */
 
 /* NVIDIA's OpenCL hangs or fails on a clEnqueueFillBuffer of 2 GiB or more: every fill of
    the library goes in pieces of at most 2^30 bytes. zero_grad of a gradient of 2^28 + 5
