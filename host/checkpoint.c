@@ -415,9 +415,18 @@ static uint64_t tmp_random(unsigned attempt)
    created with O_CREAT|O_EXCL|O_NOFOLLOW (a name that exists, symlinks included, is never
    opened: another name is drawn), mode 0600; written, synced, renamed over path, and the
    folder synced. A failure removes the temporary file and leaves path as it was. */
+const char *clopt_errno_text(int e, char *buf, size_t len)
+{
+    /* the XSI strerror_r (_POSIX_C_SOURCE 200809L, no _GNU_SOURCE) */
+    if (strerror_r(e, buf, len) != 0)
+        snprintf(buf, len, "error %d", e);
+    return buf;
+}
+
 static clopt_status write_file(clopt_ctx *ctx, const char *path, const unsigned char *data,
                                size_t len)
 {
+    char why[256];
     size_t plen = strlen(path) + 32;
     char *tmp = malloc(plen);
     if (!tmp)
@@ -432,7 +441,7 @@ static clopt_status write_file(clopt_ctx *ctx, const char *path, const unsigned 
     }
     if (fd < 0) {
         clopt_status s = clopt_fail(ctx, CLOPT_ERR_IO, "cannot create a temporary file for %s: %s",
-                                    path, strerror(err));
+                                    path, clopt_errno_text(err, why, sizeof why));
         free(tmp);
         return s;
     }
@@ -455,7 +464,7 @@ static clopt_status write_file(clopt_ctx *ctx, const char *path, const unsigned 
     if (!ok) {
         unlink(tmp);
         clopt_status s = clopt_fail(ctx, CLOPT_ERR_IO, "writing %s failed: %s", path,
-                                    strerror(err));
+                                    clopt_errno_text(err, why, sizeof why));
         free(tmp);
         return s;
     }

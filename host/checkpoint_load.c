@@ -487,15 +487,18 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
     clopt_clear_error(ctx);
     if (!path)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "path is NULL");
+    char why[256];
     /* Non-blocking: a FIFO or device opens at once and is refused by its type. */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
-        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot open %s: %s", path,
+                          clopt_errno_text(errno, why, sizeof why));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot stat %s: %s", path, strerror(e));
+        return clopt_fail(ctx, CLOPT_ERR_IO, "cannot stat %s: %s", path,
+                          clopt_errno_text(e, why, sizeof why));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
@@ -532,7 +535,8 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path)
     close(fd);
     clopt_status s;
     if (err)
-        s = clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed: %s", path, strerror(err));
+        s = clopt_fail(ctx, CLOPT_ERR_IO, "reading %s failed: %s", path,
+                       clopt_errno_text(err, why, sizeof why));
     else if (len > max)
         s = clopt_fail(ctx, CLOPT_ERR_FORMAT,
                        "%s grew past any checkpoint of this optimizer (at most %zu bytes)",

@@ -14,6 +14,9 @@
 #define CLOPT_MAX_DEVICES 64
 
 /* snprintf into why (may be NULL or zero-length) */
+/* Releases what ctx holds; finish: clFinish its queue first (clopt_ctx_destroy), not after a
+   failed creation (nothing enqueued, and the queue may be the caller's). */
+static void ctx_release(clopt_ctx *ctx, int finish);
 static void say(char *why, size_t whylen, const char *fmt, ...) CLOPT_PRINTF(3, 4);
 static void say(char *why, size_t whylen, const char *fmt, ...)
 {
@@ -389,7 +392,7 @@ static clopt_status create_from(cl_context context, cl_device_id device, cl_comm
     if (s == CLOPT_SUCCESS && (s = ctx_init(ctx)) != CLOPT_SUCCESS)
         say(why, whylen, "%s", clopt_status_str(s));
     if (s != CLOPT_SUCCESS) {
-        clopt_ctx_destroy(ctx);
+        ctx_release(ctx, 0); /* nothing enqueued: no clFinish on the caller's queue */
         return s;
     }
     *out = ctx;
@@ -448,12 +451,15 @@ clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
     return create_from(context, device, queue, out, NULL, 0);
 }
 
-void clopt_ctx_destroy(clopt_ctx *ctx)
+void clopt_ctx_destroy(clopt_ctx *ctx) { ctx_release(ctx, 1); }
+
+static void ctx_release(clopt_ctx *ctx, int finish)
 {
     if (!ctx)
         return;
-    if (ctx->queue)
+    if (ctx->queue && finish)
         clFinish(ctx->queue);
+    clopt_muon_ctx_release(ctx);
     clopt_programs_release(ctx);
     if (ctx->qmap)
         clReleaseMemObject(ctx->qmap);

@@ -53,6 +53,7 @@ struct clopt_ctx {
     size_t nprograms, cap_programs;
     size_t compiled, from_disk;
     cl_mem qmap; /* the 8-bit state maps (clopt_q8_map, signed then unsigned), made at first use */
+    int ran_clblast; /* Muon ran CLBlast here: its process-wide cache holds this context */
 };
 
 /* The largest magnitude of a hyperparameter: 2^64, so its square stays finite in float32
@@ -70,6 +71,14 @@ void clopt_clear_error(clopt_ctx *ctx);
 
 /* The context's 8-bit state maps on the device (made and uploaded, blocking, at first use). */
 clopt_status clopt_ctx_qmap(clopt_ctx *ctx, cl_mem *out);
+
+/* errno e as text in buf (len bytes; strerror_r: strerror may share one buffer between
+   threads); returns buf. */
+const char *clopt_errno_text(int e, char *buf, size_t len);
+
+/* Muon (muon.c): when CLBlast ran on ctx, clears CLBlast's process-wide program cache,
+   whose programs hold their contexts (the context would never be freed); no-op otherwise. */
+void clopt_muon_ctx_release(clopt_ctx *ctx);
 
 /* Program cache (program.c). */
 clopt_status clopt_get_kernel(clopt_ctx *ctx, const char *family, const char *options,

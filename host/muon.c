@@ -84,6 +84,7 @@ static clopt_status gemm(clopt_optimizer *opt, int ta, int tb, size_t m, size_t 
                          float alpha, cl_mem a, size_t lda, cl_mem b, size_t ldb, float beta,
                          cl_mem c, size_t ldc)
 {
+    opt->ctx->ran_clblast = 1;
     const CLBlastStatusCode r = CLBlastSgemm(
         CLBlastLayoutRowMajor, ta ? CLBlastTransposeYes : CLBlastTransposeNo,
         tb ? CLBlastTransposeYes : CLBlastTransposeNo, m, n, k, alpha, a, 0, lda, b, 0, ldb,
@@ -195,7 +196,18 @@ clopt_status clopt_o_step_muon(clopt_optimizer *opt, const clopt_param *e,
     return clopt_o_launch_update(opt, ku, e->n);
 }
 
+void clopt_muon_ctx_release(clopt_ctx *ctx)
+{
+    if (ctx->ran_clblast)
+        CLBlastClearCache();
+}
+
 #else /* no CLBlast */
+
+void clopt_muon_ctx_release(clopt_ctx *ctx)
+{
+    (void)ctx;
+}
 
 void clopt_o_muon_release(clopt_optimizer *opt)
 {

@@ -46,6 +46,7 @@ typedef struct clopt_param {
     size_t absmax_at;  /* U8: the absmax of kernel state j is state absmax_at + j */
     size_t slow_at;    /* Lookahead's slow weights (0: none; never state 0) */
     int master_ready;  /* the F32 master holds θ (copied at the tensor's first step) */
+    int master_copied; /* the step being enqueued copies θ into it (ready once enqueued) */
     uint64_t step;     /* steps applied to this tensor (torch's state['step']); a tensor
                           added after training started counts from 0 */
     double mu_product; /* NAdam: product of μ_1..μ_step for this tensor (1 at step 0) */

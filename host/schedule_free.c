@@ -213,20 +213,25 @@ clopt_status clopt_optimizer_set_mode_on(clopt_optimizer *opt, int train, cl_com
             }
             return s;
         }
-        opt->eval_mode = !train;
-        for (size_t i = 0; i < opt->nparams; i++)
-            opt->params[i].sf_switched = 0;
-        if (launched)
-            return CLOPT_SUCCESS; /* the first launch took the wait list, the last gave *event */
+        if (launched) { /* the first launch took the wait list, the last gave *event */
+            opt->eval_mode = !train;
+            for (size_t i = 0; i < opt->nparams; i++)
+                opt->params[i].sf_switched = 0;
+            return CLOPT_SUCCESS;
+        }
     }
-    /* nothing to launch: an event that completes after the caller's */
+    /* nothing to launch: an event that completes after the caller's (the mode changes only
+       once it is enqueued: a failed call changes nothing) */
     if (event || num_wait) {
         cl_int err = clEnqueueMarkerWithWaitList(opt->q, num_wait, wait_list, event);
         if (err != CL_SUCCESS)
             return clopt_fail_cl(ctx, err, "clEnqueueMarkerWithWaitList");
     }
-    if (to_do)
+    if (to_do) {
         opt->eval_mode = !train;
+        for (size_t i = 0; i < opt->nparams; i++)
+            opt->params[i].sf_switched = 0;
+    }
     return CLOPT_SUCCESS;
 }
 

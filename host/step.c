@@ -298,7 +298,8 @@ static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
 }
 
 /* An F32 master takes θ's value at its tensor's first step (so the engine may write its
-   weights at any time before); marked ready outside a dry pass. */
+   weights at any time before); marked ready when a step that copied it is enqueued whole (a
+   step that fails later copies θ again the next time). */
 static int needs_master(const clopt_param *e)
 {
     return e->master == CLOPT_MASTER_F32 && !e->master_ready;
@@ -307,7 +308,7 @@ static int needs_master(const clopt_param *e)
 static void mark_master(clopt_optimizer *opt, clopt_param *e)
 {
     if (!opt->cur.dry)
-        e->master_ready = 1;
+        e->master_copied = 1;
 }
 
 /* The same for one tensor through its own views (caller-owned and range-group tensors). */
@@ -795,8 +796,12 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         s = clopt_fail_cl(ctx, err, "clSetUserEventStatus (the queue may be stalled)");
         goto out;
     }
-    for (size_t i = 0; i < opt->nparams; i++)
-        opt->params[i].slow_ready = 1;
+    for (size_t i = 0; i < opt->nparams; i++) {
+        clopt_param *e = &opt->params[i];
+        e->slow_ready = 1;
+        e->master_ready |= e->master_copied;
+        e->master_copied = 0;
+    }
     if (!amp)
         advance_counts(opt); /* only AMP can skip a step that was enqueued */
     if (event) {
@@ -804,6 +809,9 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
         clRetainEvent(r->done);
     }
 out:
+    if (s != CLOPT_SUCCESS) /* the masters this step copied are taken from θ again next time */
+        for (size_t i = 0; i < opt->nparams; i++)
+            opt->params[i].master_copied = 0;
     if (waits != waits_small)
         free(waits);
     return s;

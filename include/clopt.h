@@ -18,8 +18,9 @@
  *    buffer and no state. The exceptions are OpenCL failures part way through work that
  *    cannot be undone, each documented at its function: applying a checked checkpoint
  *    (clopt_optimizer_load), zeroing gradients (clopt_optimizer_zero_grad), a range group's
- *    fills of the engine's state, Schedule-Free's eval/train switch, and a step with a
- *    tensor-sums hook. The library never exits, aborts or prints.
+ *    fills of the engine's state, Schedule-Free's eval/train switch, a step with a
+ *    tensor-sums hook, and the op level's gradient-centralization scratch. The library never
+ *    exits, aborts or prints.
  *  - No global state: everything lives in a clopt_ctx. A context (and everything created
  *    from it) must not be used from two threads at once; two contexts are independent.
  *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
@@ -230,7 +231,10 @@ clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
 /* Blocks until the context's queue has finished (clFinish), then releases the programs,
    kernels, queue, device and cl_context the context holds (the OpenCL objects live on
    while the caller holds references). NULL is allowed. Destroy every optimizer of the
-   context first; cl_kernel handles from clopt_ctx_kernel are invalid afterwards. */
+   context first; cl_kernel handles from clopt_ctx_kernel are invalid afterwards. After Muon
+   ran on the context it also clears CLBlast's process-wide program cache (CLBlastClearCache),
+   whose programs hold their cl_context, which would otherwise never be freed: other
+   contexts' Muon steps then compile their GEMM kernels again. */
 void clopt_ctx_destroy(clopt_ctx *ctx);
 
 /* The context's OpenCL objects, NULL for a NULL ctx. Borrowed: valid until destroy; retain
@@ -636,7 +640,8 @@ typedef struct clopt_step_args {
     /* Gradient centralization (hp.grad_centralization): the tensor is gc_rows × (n/gc_rows);
        gc_scratch holds gc_rows floats of row means. gc_rows = 0 with GC on: the tensor is
        taken as 1-D and GC does nothing, as for torch's 1-D tensors. With GC the op runs
-       two launches: the row means (a reduction), then the fused update. */
+       two launches: the row means (a reduction), then the fused update (when the second
+       fails to enqueue, the first still writes gc_scratch: it is scratch). */
     size_t gc_rows;
     clopt_tensor gc_scratch;
     /* Storage (all zero after clopt_step_args_init: float32 θ and g, no master). param and

@@ -506,3 +506,125 @@ void test_launches_name_local(void **state)
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(pb), clReleaseMemObject(gb), clReleaseMemObject(zb);
 }
+
+/* ---- (j): an F32 master after a failed first step ----------------------------------------- */
+
+/* θ[0] (bf16 in ctx) after: AdamW (lr 0.1, no decay) over 64 bf16 weights of 1.0 with an F32
+   master and gradients 0.5; a first step whose fallible call fail_at fails (0: none, and no
+   first step); the engine writing its weights, 2.0 (allowed: the tensor has not stepped);
+   one clean step. *fired: the fault fired. */
+static float master_after_failed_step(clopt_ctx *c, uint64_t fail_at, int *fired)
+{
+    enum { N = 64 };
+    cl_int err;
+    cl_command_queue q = clopt_ctx_cl_queue(c);
+    cl_mem p = clCreateBuffer(clopt_ctx_cl_context(c), CL_MEM_READ_WRITE, 2 * N, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    float half[N];
+    for (int i = 0; i < N; i++)
+        half[i] = 0.5f;
+    cl_mem g = upload(c, half, N);
+    const cl_ushort one = 0x3F80, two = 0x4000; /* bf16 1.0, 2.0 */
+    assert_int_equal(clEnqueueFillBuffer(q, p, &one, 2, 0, 2 * N, 0, NULL, NULL), CL_SUCCESS);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_ADAMW, &hp);
+    hp.lr = 0.1, hp.weight_decay = 0, hp.master = CLOPT_MASTER_F32;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_ADAMW, &hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){p, 0}, d.grad = (clopt_tensor){g, 0}, d.shape[0] = N;
+    d.param_dtype = CLOPT_DTYPE_BF16;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_prepare(opt), CLOPT_SUCCESS);
+    *fired = 0;
+    if (fail_at) {
+        clshim_reset();
+        clshim_fail_nth(fail_at, CL_OUT_OF_RESOURCES);
+        clshim_enable(1);
+        const clopt_status s = clopt_optimizer_step(opt, NULL);
+        clshim_enable(0);
+        *fired = clshim_fault_fired();
+        clshim_fail_nth(0, CL_SUCCESS);
+        assert_true(*fired ? s != CLOPT_STEP_SKIPPED : s == CLOPT_SUCCESS);
+        if (*fired && s == CLOPT_SUCCESS) /* a fault the step absorbed: not this case */
+            *fired = 2;
+    }
+    assert_int_equal(clFinish(q), CL_SUCCESS);
+    assert_int_equal(clEnqueueFillBuffer(q, p, &two, 2, 0, 2 * N, 0, NULL, NULL), CL_SUCCESS);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    cl_ushort w;
+    assert_int_equal(clEnqueueReadBuffer(q, p, CL_TRUE, 0, 2, &w, 0, NULL, NULL), CL_SUCCESS);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p), clReleaseMemObject(g);
+    const uint32_t bits = (uint32_t)w << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+/* A first step that fails at any of its OpenCL calls leaves a 16-bit tensor's F32 master to
+   be taken from θ at the next step: weights the engine writes in between are the ones the
+   next step updates (1.898 from 2.0 as without the failed call; it used to update the θ of
+   the failed call, 0.898, from any failure after its copy was enqueued). */
+void test_master_after_failed_step(void **state)
+{
+    fixture *f = *state;
+    int fired = 0;
+    const float want = master_after_failed_step(f->ctx, 0, &fired);
+    assert_true(want > 1.8f && want < 2.0f);
+    size_t failures = 0;
+    for (uint64_t n = 1; n < 400; n++) {
+        const float got = master_after_failed_step(f->ctx, n, &fired);
+        if (!fired)
+            break;
+        failures += fired == 1;
+        if (fired == 1 && got != want)
+            fail_msg("a first step failing at its call %llu: θ after the next step %.6g, "
+                     "want %.6g",
+                     (unsigned long long)n, (double)got, (double)want);
+    }
+    assert_true(failures >= 10);
+}
+
+/* Schedule-Free's eval switch before any step has nothing to launch: with an event it
+   enqueues a marker, and when that fails the optimizer stays in train mode (it switched
+   first, then failed: the next step was refused as in eval mode). */
+void test_mode_switch_marker_fails(void **state)
+{
+    fixture *f = *state;
+    float p0[8] = {1, 2, 3, 4, 5, 6, 7, 8}, g[8] = {0};
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SCHEDULE_FREE_ADAMW, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_SCHEDULE_FREE_ADAMW, &hp, &opt),
+                     CLOPT_SUCCESS);
+    cl_mem pb = upload(f->ctx, p0, 8), gb = upload(f->ctx, g, 8);
+    assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){pb, 0},
+                                               (clopt_tensor){gb, 0}, 8, NULL, NULL),
+                     CLOPT_SUCCESS);
+    cl_event ev = NULL;
+    uint64_t n = 1;
+    for (; n < 50; n++) {
+        clshim_reset();
+        clshim_fail_nth(n, CL_OUT_OF_RESOURCES);
+        clshim_enable(1);
+        const clopt_status s = clopt_optimizer_set_mode_on(opt, 0, NULL, 0, NULL, &ev);
+        clshim_enable(0);
+        const int fired = clshim_fault_fired();
+        clshim_fail_nth(0, CL_SUCCESS);
+        if (!fired) {
+            assert_int_equal(s, CLOPT_SUCCESS);
+            break;
+        }
+        assert_true(s != CLOPT_SUCCESS);
+        assert_null(ev);
+        assert_int_equal(clopt_optimizer_training(opt), 1);
+    }
+    assert_true(n > 1); /* the marker failed at least once */
+    assert_int_equal(clopt_optimizer_training(opt), 0);
+    assert_non_null(ev);
+    clReleaseEvent(ev);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+}

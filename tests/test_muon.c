@@ -643,6 +643,43 @@ static void test_checkpoint_round_trip(void **state)
     free(y);
 }
 
+/* CLBlast keeps a process-wide cache of its programs, which hold their cl_context: after a
+   Muon step, clopt_ctx_destroy clears it, so that the context is freed (an engine that makes
+   and destroys contexts grew without bound). The engine's own reference is the last. */
+static void test_context_freed(void **state)
+{
+    fixture *f = *state;
+    cl_device_id dev = clopt_ctx_cl_device(f->ctx);
+    cl_int err;
+    cl_context cc = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clopt_ctx *c;
+    assert_int_equal(clopt_ctx_create_from(cc, dev, NULL, &c), CLOPT_SUCCESS);
+    enum { R = 8, C = 12 };
+    float p0[R * C], g[R * C];
+    for (int i = 0; i < R * C; i++)
+        p0[i] = 0.01f * (float)(i % 7), g[i] = 0.1f * (float)((i * 5) % 11) - 0.5f;
+    cl_mem pb = upload(c, p0, R * C), gb = upload(c, g, R * C);
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_MUON, &hp);
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(c, CLOPT_MUON, &hp, &opt), CLOPT_SUCCESS);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){pb, 0}, d.grad = (clopt_tensor){gb, 0};
+    d.ndim = 2, d.shape[0] = R, d.shape[1] = C;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(pb), clReleaseMemObject(gb);
+    clopt_ctx_destroy(c);
+    cl_uint refs = 0;
+    assert_int_equal(clGetContextInfo(cc, CL_CONTEXT_REFERENCE_COUNT, sizeof refs, &refs, NULL),
+                     CL_SUCCESS);
+    assert_int_equal(refs, 1);
+    clReleaseContext(cc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -655,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_bf16_state),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_checkpoint_round_trip),
+        cmocka_unit_test(test_context_freed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -222,7 +222,10 @@ clopt_status clopt_mpi_write_tmp(clopt_mpi_optimizer *opt, const char *path,
             close(fd);
             remove(name);
         }
-        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s (%s)", name, strerror(err));
+        char why[256]; /* (strerror may share one buffer between threads) */
+        if (strerror_r(err, why, sizeof why) != 0)
+            snprintf(why, sizeof why, "error %d", err);
+        return clopt_mpi_fail(opt, CLOPT_ERR_IO, "cannot create %s (%s)", name, why);
     }
     const int ok = fwrite(b->p, 1, b->len, f) == b->len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (fclose(f) != 0 || !ok) {
