@@ -302,7 +302,7 @@ static int range_fused(const clopt_optimizer *opt, const clopt_group *g)
    step that fails later copies θ again the next time). */
 static int needs_master(const clopt_param *e)
 {
-    return e->master == CLOPT_MASTER_F32 && !e->master_ready;
+    return e->master == CLOPT_MASTER_F32 && !e->master_ready && !e->master_copied;
 }
 
 static void mark_master(clopt_optimizer *opt, clopt_param *e)
