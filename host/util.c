@@ -45,20 +45,35 @@ void clopt_arg_tensor(clopt_args *a, clopt_tensor t)
     clopt_arg_ulong(a, t.offset);
 }
 
+/* x rounded up to a multiple of local (x itself for local 0) */
+static size_t round_up(size_t x, size_t local)
+{
+    return local ? (x + local - 1) / local * local : x;
+}
+
+/* The work-group size to launch k with: want, halved until the kernel runs it (its kernels
+   check their bounds, so the global size is rounded up to it); 0 (the runtime's choice)
+   for want 0 or a failed query. Without a local size the runtime may pick any divisor of
+   the global size, 1 for a prime one. */
+static size_t fitted_local(clopt_ctx *ctx, cl_kernel k, size_t want)
+{
+    size_t kmax = 0;
+    if (!want || clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                          sizeof kmax, &kmax, NULL) != CL_SUCCESS ||
+        kmax == 0)
+        return 0;
+    while (want > kmax)
+        want /= 2;
+    return want;
+}
+
 clopt_status clopt_launch_items(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                 size_t count, cl_uint num_wait, const cl_event *wait_list,
                                 cl_event *event)
 {
-    /* work-groups of 64 (the kernels check their bounds): without a local size a driver
-       may take any divisor of the global size, 1 for a prime one */
-    size_t local = count > 1 ? 64 : 1, kmax = 0;
-    if (local && (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                           sizeof kmax, &kmax, NULL) != CL_SUCCESS ||
-                  kmax == 0))
-        local = 0;
-    while (local > kmax)
-        local /= 2;
-    const size_t global = local ? (count + local - 1) / local * local : count;
+    /* work-groups of 64 */
+    size_t local = fitted_local(ctx, k, count > 1 ? 64 : 1);
+    const size_t global = round_up(count, local);
     if (global > CLOPT_MAX_ITEMS)
         return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                           "a launch of %zu work-items, over 2^31 - 1 (GPU drivers alias or "
@@ -191,20 +206,17 @@ cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t ps
     return err;
 }
 
-/* ceil(n / VW) vectors (the tail is one), ceil(vectors / IPW) items, rounded up to local */
-static size_t elementwise_items(size_t n, const clopt_tuning *t, size_t local)
+/* ceil(n / VW) vectors (the tail is one), ceil(vectors / IPW) items */
+static size_t elementwise_items(size_t n, const clopt_tuning *t)
 {
     const size_t vw = t->vector_width, ipw = clopt_tuning_ipw(t);
     const size_t vectors = n / vw + (n % vw ? 1 : 0);
-    const size_t items = vectors / ipw + (vectors % ipw ? 1 : 0);
-    return local ? (items + local - 1) / local * local : items;
+    return vectors / ipw + (vectors % ipw ? 1 : 0);
 }
 
-clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t)
+/* The refusal of an element-wise launch over n elements of `items` work-items (rounded). */
+static clopt_status too_many_items(clopt_ctx *ctx, size_t n, size_t items, const clopt_tuning *t)
 {
-    const size_t items = elementwise_items(n, t, t->work_group_size);
-    if (items <= CLOPT_MAX_ITEMS)
-        return CLOPT_SUCCESS;
     return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
                       "a launch over %zu elements takes %zu work-items with vector_width %u and "
                       "items_per_work_item %u, over 2^31 - 1 (GPU drivers alias or refuse "
@@ -213,34 +225,23 @@ clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t)
                       n, items, t->vector_width, (unsigned)clopt_tuning_ipw(t));
 }
 
+clopt_status clopt_check_items(clopt_ctx *ctx, size_t n, const clopt_tuning *t)
+{
+    const size_t items = round_up(elementwise_items(n, t), t->work_group_size);
+    return items <= CLOPT_MAX_ITEMS ? CLOPT_SUCCESS : too_many_items(ctx, n, items, t);
+}
+
 clopt_status clopt_launch_elementwise(clopt_ctx *ctx, cl_command_queue queue, cl_kernel k,
                                       size_t n, const clopt_tuning *t, cl_uint num_wait,
                                       const cl_event *wait_list, cl_event *event)
 {
     /* One work-item per IPW vectors of VW elements; the n % VW tail counts as one more
        vector (kernels/common.cl). */
-    const size_t items = elementwise_items(n, t, 0);
-    size_t local = t->work_group_size;
-    if (local) {
-        /* a kernel that runs fewer work-items per group than the tuning asks: the tuning's
-           size halved until the kernel runs it (the kernels check their bounds, so the
-           global size is rounded up to it); without a local size the runtime may pick any
-           divisor of the global size, 1 for a prime one. Only a failed query leaves it to
-           the runtime. */
-        size_t kmax = 0;
-        if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
-                                     NULL) != CL_SUCCESS ||
-            kmax == 0)
-            local = 0;
-        while (local > kmax)
-            local /= 2;
-    }
-    size_t global = local ? (items + local - 1) / local * local : items;
-    if (global > CLOPT_MAX_ITEMS) /* (the check's message, whatever local became) */
-        return clopt_check_items(ctx, n, t) != CLOPT_SUCCESS
-                   ? CLOPT_ERR_UNSUPPORTED
-                   : clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                                "a launch of %zu work-items, over 2^31 - 1", global);
+    /* the tuning's work-group size, or less for a kernel that runs fewer work-items */
+    size_t local = fitted_local(ctx, k, t->work_group_size);
+    size_t global = round_up(elementwise_items(n, t), local);
+    if (global > CLOPT_MAX_ITEMS)
+        return too_many_items(ctx, n, global, t);
     cl_int err = clEnqueueNDRangeKernel(queue, k, 1, NULL, &global, local ? &local : NULL,
                                         num_wait, wait_list, event);
     if (err != CL_SUCCESS)
