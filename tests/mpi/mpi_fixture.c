@@ -28,6 +28,19 @@ void fx_tmp_path(char *buf, size_t cap, const char *stem, const char *suffix)
           "%s: path too long", stem);
 }
 
+void fx_remove_checkpoint(const char *prefix)
+{
+    char f[1024];
+    remove(prefix);
+    for (int r = -1; r < fx_size; r++) {
+        if (r < 0)
+            snprintf(f, sizeof f, "%s.manifest", prefix);
+        else
+            snprintf(f, sizeof f, "%s.%d", prefix, r);
+        remove(f);
+    }
+}
+
 void fx_init(int *argc, char ***argv)
 {
     MPI_Init(argc, argv);

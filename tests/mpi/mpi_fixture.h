@@ -44,6 +44,9 @@ void fx_watchdog(void);
 /* "<TMPDIR or /tmp>/<stem>_<rank 0's pid><suffix>" into buf, the same name on every rank (a
    collective: every rank calls it, in the same order). */
 void fx_tmp_path(char *buf, size_t cap, const char *stem, const char *suffix);
+/* Removes the files of a checkpoint saved at prefix in both forms: prefix itself (gathered),
+   and prefix.manifest with prefix.<r> for every rank r (save_shards). Local. */
+void fx_remove_checkpoint(const char *prefix);
 
 /* A flat layout: ntensors shapes; parameters at poff[i] (with gaps of 3 floats, starting at
    5), gradients packed from offset 2; plen / glen the buffer lengths; total the flattened

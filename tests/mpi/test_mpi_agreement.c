@@ -549,15 +549,7 @@ int main(int argc, char **argv)
     test_shapes();
     test_clip_scale_agreement();
     test_unsharded_shapes(path);
-    if (fx_rank == 0) {
-        char f[300];
-        for (int r = -1; r < fx_size; r++) {
-            if (r < 0)
-                snprintf(f, sizeof f, "%s.manifest", prefix);
-            else
-                snprintf(f, sizeof f, "%s.%d", prefix, r);
-            remove(f);
-        }
-    }
+    if (fx_rank == 0)
+        fx_remove_checkpoint(prefix);
     return fx_finish("test_mpi_agreement");
 }

@@ -295,18 +295,8 @@ int main(int argc, char **argv)
         test_failures();
     }
     if (fx_rank == 0) { /* the files of both forms */
-        char f[300];
-        remove(path1);
-        remove(path2);
-        for (int r = -1; r < fx_size; r++)
-            for (int k = 0; k < 2; k++) {
-                const char *pre = k ? path2 : path1;
-                if (r < 0)
-                    snprintf(f, sizeof f, "%s.manifest", pre);
-                else
-                    snprintf(f, sizeof f, "%s.%d", pre, r);
-                remove(f);
-            }
+        fx_remove_checkpoint(path1);
+        fx_remove_checkpoint(path2);
     }
     return fx_finish("test_mpi_checkpoint");
 }

@@ -754,16 +754,8 @@ int main(int argc, char **argv)
         test_checkpoint(CLOPT_MASTER_REMAINDER, shards, 0, path);
         test_checkpoint(CLOPT_MASTER_F32, shards, 1, path);
     }
-    if (fx_rank == 0) {
-        char part[300];
-        remove(path);
-        snprintf(part, sizeof part, "%s.manifest", path);
-        remove(part);
-        for (int r = 0; r < fx_size; r++) {
-            snprintf(part, sizeof part, "%s.%d", path, r);
-            remove(part);
-        }
-    }
+    if (fx_rank == 0)
+        fx_remove_checkpoint(path);
     test_refusals();
     return fx_finish("test_mpi_storage");
 }
