@@ -763,9 +763,10 @@ static void reduced_two_pass(const cloop_args *a, int variant)
         sum += bs;
     }
     const float mean = sum / (float)n;
-    const float scale = variant == 3
-                            ? (float)stepd / maxf(1.0f, sqrtf(mean) / (float)hp->clip_threshold)
-                            : 1.0f / maxf(mean, 1e-3f);
+    const float scale = variant == 3   ? (float)stepd / maxf(1.0f, sqrtf(mean) /
+                                                                   (float)hp->clip_threshold)
+                        : variant == 2 ? (float)n / (sum + 1.0f)
+                                       : 1.0f / maxf(mean, 1e-3f);
     const float step = (float)stepd;
     const float lb2 = (float)hp->beta2, lomb2 = (float)(1.0 - hp->beta2);
     LOOP(a)

@@ -8,7 +8,8 @@
  *            raw sqrt(v), the bias corrections in the step size): the sum counts the
  *            elements whose new m agrees in sign with g; φ = mask / max(mean, 1e-3).
  *            DECOUPLED: θ -= lrwd·θ first; else weight_decay·θ is added to g (L2).
- * VARIANT 2: Cautious Lion: the mask compares the interpolation c = β1 m + (1-β1) g with g.
+ * VARIANT 2: Cautious Lion (C-Optim's c_lion.py): the mask compares the interpolation
+ *            c = β1 m + (1-β1) g with g; φ = mask · n / (Σ mask + 1).
  * VARIANT 3: StableAdamW (Wortsman et al., the first author's code): moments with the bias
  *            correction in their coefficients (β̂), the sum is Σ g²/max(u, eps²) with the
  *            new u; the step is lr / max(1, RMS/clip_threshold), the decay uses plain lr.
@@ -152,6 +153,9 @@ __kernel void reduced_update(__global PSTORE *p_, const ulong po, __global const
     const float mean = sums_[so] / count;
 #if VARIANT == 3
     const float scale = step / fmax(1.0f, sqrt(mean) / clip_threshold);
+#elif VARIANT == 2
+    (void)clip_threshold, (void)mean;
+    const float scale = count / (sums_[so] + 1.0f); /* c_lion.py: numel / (mask.sum() + 1) */
 #else
     (void)clip_threshold;
     const float scale = 1.0f / fmax(mean, CAUTION_FLOOR);

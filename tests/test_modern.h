@@ -24,6 +24,7 @@ size_t modern_state_count(clopt_rule rule);
 
 void test_opt_cautious(void **state);
 void test_opt_cautious_arena(void **state);
+void test_opt_cautious_lion_values(void **state);
 void test_opt_stable_adamw(void **state);
 void test_opt_sf_modes(void **state);
 void test_opt_sf_checkpoint(void **state);
@@ -37,6 +38,7 @@ void test_hook_errors(void **state);
 
 #define MODERN_OPT_TESTS                                                                     \
     cmocka_unit_test(test_opt_cautious), cmocka_unit_test(test_opt_cautious_arena),          \
+        cmocka_unit_test(test_opt_cautious_lion_values),                                     \
         cmocka_unit_test(test_opt_stable_adamw), cmocka_unit_test(test_opt_sf_modes),        \
         cmocka_unit_test(test_opt_sf_checkpoint), cmocka_unit_test(test_opt_sf_step_count),  \
         cmocka_unit_test(test_opt_sf_amp), cmocka_unit_test(test_hook_lamb),                 \

@@ -194,6 +194,44 @@ void test_opt_cautious(void **state)
     run_two_tensor(f->ctx, CLOPT_LION, &hp, 1.0, 13);
 }
 
+/* Cautious Lion against numbers worked by hand from C-Optim's c_lion.py (update_fn: the mask
+   times numel / (mask.sum() + 1)): θ0 = 1, m0 = 0, lr 0.1, wd 0.5, β1 0.9, β2 0.99.
+   Step 1, g = (1, -1, 0, 2): the decay gives 0.95; c = 0.1·g agrees with g at 3 of 4 elements,
+   the mask is 4/(3+1) = 1 there: θ = (0.85, 1.05, 0.95, 0.85), m = 0.01·g.
+   Step 2, g = (-1, -1, 1, 0.5): c = (-0.091, -0.109, 0.1, 0.068) agrees everywhere, the mask
+   is 4/5 and the decay 0.95: θ = (0.8875, 1.0775, 0.8225, 0.7275). (Dividing the mask by
+   max(its mean, 1e-3), C-Optim's AdamW rule, gives 4/3 and 1 instead.) */
+void test_opt_cautious_lion_values(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp;
+    assert_int_equal(clopt_hparams_default(CLOPT_LION, &hp), CLOPT_SUCCESS);
+    hp.lr = 0.1, hp.weight_decay = 0.5, hp.beta1 = 0.9, hp.beta2 = 0.99, hp.cautious = 1;
+    clopt_optimizer *opt;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_LION, &hp, &opt), CLOPT_SUCCESS);
+    const float ones[4] = {1, 1, 1, 1}, g1[4] = {1, -1, 0, 2}, g2[4] = {-1, -1, 1, 0.5f};
+    const double want[2][4] = {{0.85, 1.05, 0.95, 0.85}, {0.8875, 1.0775, 0.8225, 0.7275}};
+    cl_mem p = upload(f->ctx, ones, 4), g = upload(f->ctx, g1, 4);
+    clopt_param_desc d;
+    clopt_param_desc_init(&d);
+    d.param = (clopt_tensor){p, 0}, d.grad = (clopt_tensor){g, 0};
+    d.ndim = 1, d.shape[0] = 4;
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &d, NULL), CLOPT_SUCCESS);
+    for (int t = 0; t < 2; t++) {
+        if (t == 1)
+            write_at(f->ctx, d.grad, g2, 4);
+        assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+        float got[4];
+        read_at(f->ctx, d.param, got, 4);
+        for (int i = 0; i < 4; i++)
+            if (fabs(got[i] - want[t][i]) > 1e-6)
+                fail_msg("step %d element %d: %.9g, C-Optim %.9g", t + 1, i, got[i], want[t][i]);
+    }
+    clopt_optimizer_destroy(opt);
+    clReleaseMemObject(p);
+    clReleaseMemObject(g);
+}
+
 void test_opt_stable_adamw(void **state)
 {
     fixture *f = *state;

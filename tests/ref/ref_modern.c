@@ -196,8 +196,9 @@ double ref_cautious_adam_step(const clopt_hparams *hp, int adamw, uint64_t t, si
     return mean;
 }
 
-/* Cautious Lion: c = β1 m + (1-β1) g; mask = c·g > 0; φ = mask/max(mean, 1e-3);
-   θ -= lr·wd·θ; θ -= lr·sign(c)·φ; m = β2 m + (1-β2) g. */
+/* Cautious Lion, kyleliang919/C-Optim c_lion.py (2c0517c) update_fn: θ -= lr·wd·θ;
+   c = β1 m + (1-β1) g; mask = sign(c)·g > 0; mask *= numel / (mask.sum() + 1);
+   θ -= lr·sign(c)·mask; m = β2 m + (1-β2) g. Returns the mask's mean. */
 double ref_cautious_lion_step(const clopt_hparams *hp, uint64_t t, size_t n, double *param,
                               const double *grad, double *state[CLOPT_MAX_STATE],
                               double grad_scale)
@@ -211,8 +212,7 @@ double ref_cautious_lion_step(const clopt_hparams *hp, uint64_t t, size_t n, dou
         if (c * g > 0.0)
             cnt += 1.0;
     }
-    double mean = cnt / (double)n;
-    double scale = 1.0 / fmax(mean, 1e-3);
+    double scale = (double)n / (cnt + 1.0);
     for (size_t i = 0; i < n; i++) {
         double g = eff_grad(grad[i], grad_scale, hp->maximize);
         double c = hp->beta1 * m[i] + (1.0 - hp->beta1) * g;
@@ -222,7 +222,7 @@ double ref_cautious_lion_step(const clopt_hparams *hp, uint64_t t, size_t n, dou
         param[i] -= hp->lr * sg * phi;
         m[i] = hp->beta2 * m[i] + (1.0 - hp->beta2) * g;
     }
-    return mean;
+    return cnt / (double)n;
 }
 
 /* stable_adamw: β̂ = β(1-β^(t-1))/(1-β^t); v, u EMAs with β̂; d = sqrt(u) + eps;
