@@ -7,6 +7,8 @@
 #    libclopt_mpi; without it, checks that asking for the component fails saying why;
 #  - clopt.h under each OpenCL API level a consumer may choose (CL_TARGET_OPENCL_VERSION
 #    120, 200, 300, or unset with <CL/cl.h> first), -Werror, linked and run;
+#  - clopt.pc of a tree configured with absolute CMAKE_INSTALL_LIBDIR/INCLUDEDIR (as Nix,
+#    Guix and Spack configure) names those directories;
 #  - the installed tools' --version.
 # usage: ci/check-consumer.sh PREFIX [BUILD_DIR]   (BUILD_DIR default build/ci-consumer)
 set -euo pipefail
@@ -88,6 +90,24 @@ for mode in 120 200 300 cl-first; do
     cc "${cflags[@]}" "${defs[@]}" ci/consumer/opencl_versions.c -o "$out/opencl_versions_$mode" \
         "${PC[@]}"
     "$out/opencl_versions_$mode"
+done
+
+echo "-- pkg-config: absolute CMAKE_INSTALL_LIBDIR and CMAKE_INSTALL_INCLUDEDIR"
+# configured only: the .pc files are written at configure time
+abs="$(cd "$out" && pwd)/absdirs"
+rm -rf "$abs"
+cmake -S . -B "$abs/build" -DCLOPT_BUILD_TESTS=OFF -DCLOPT_BUILD_BENCH=OFF \
+    -DCLOPT_BUILD_EXAMPLES=OFF -DCLOPT_BUILD_CONFORM=OFF -DCLOPT_INSTALL=ON \
+    -DCMAKE_INSTALL_PREFIX="$abs/prefix" -DCMAKE_INSTALL_LIBDIR="$abs/store/lib64" \
+    -DCMAKE_INSTALL_INCLUDEDIR="$abs/store/inc" >/dev/null
+for m in clopt $( [ -f "$abs/build/clopt_mpi.pc" ] && echo clopt_mpi ); do
+    for v in libdir:lib64 includedir:inc; do
+        got=$(PKG_CONFIG_PATH="$abs/build" pkg-config --variable="${v%%:*}" "$m")
+        if [ "$got" != "$abs/store/${v#*:}" ]; then
+            echo "$m.pc: ${v%%:*} is '$got', expected '$abs/store/${v#*:}'" >&2
+            exit 1
+        fi
+    done
 done
 
 echo "-- installed tools: --version"

@@ -70,8 +70,10 @@
 extern "C" {
 #endif
 
-/* The library is built with hidden visibility; everything declared here is exported. */
-#if defined(__GNUC__)
+/* The library is built with hidden visibility; everything declared here is exported from a
+ * shared libclopt (a static one keeps it hidden: an engine's shared library that links
+ * libclopt.a does not re-export clopt_*). */
+#if defined(__GNUC__) && !defined(CLOPT_STATIC_BUILD)
 #pragma GCC visibility push(default)
 #endif
 
@@ -1532,7 +1534,7 @@ size_t clopt_rule_tensor_sums(clopt_rule rule, const clopt_hparams *hp);
 /* 1 when the library was built with CLBlast (Muon available), else 0. Host only. */
 int clopt_has_muon(void);
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(CLOPT_STATIC_BUILD)
 #pragma GCC visibility pop
 #endif
 

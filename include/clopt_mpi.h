@@ -101,7 +101,7 @@
 extern "C" {
 #endif
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(CLOPT_STATIC_BUILD)
 #pragma GCC visibility push(default)
 #endif
 
@@ -348,7 +348,7 @@ clopt_status clopt_mpi_checkpoint_load_unsharded(clopt_ctx *ctx, clopt_optimizer
 /* Local. Detail of the last failure of a call on opt ("" after a success; owned by opt). */
 const char *clopt_mpi_optimizer_last_error(const clopt_mpi_optimizer *opt);
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(CLOPT_STATIC_BUILD)
 #pragma GCC visibility pop
 #endif
 
