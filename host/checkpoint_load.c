@@ -196,8 +196,9 @@ static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections
     uint32_t flags = L->version >= 2 ? r_u32(&sec) : OPTM_STATE_TENSORS;
     if (sec.bad || sec.pos != sec.len)
         return format_error(ctx, src, "malformed optimizer section");
-    if (rule != (uint32_t)opt->rule || ngroups != opt->ngroups || nparams != opt->nparams ||
-        nsections != 1 + (uint64_t)ngroups + nparams) {
+    if (nsections != 1 + (uint64_t)ngroups + nparams)
+        return format_error(ctx, src, "the section count does not match the optimizer section");
+    if (rule != (uint32_t)opt->rule || ngroups != opt->ngroups || nparams != opt->nparams) {
         const char *name = clopt_rule_name((clopt_rule)rule);
         return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                           "%s holds %s with %u groups and %llu tensors; this optimizer is %s "
@@ -239,11 +240,13 @@ static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const 
     uint64_t count = r_u64(&sec);
     if (sec.bad || sec.pos != sec.len)
         return format_error(ctx, src, "malformed group section");
-    if (clopt_hparams_validate(opt->rule, &lg->hp, NULL) != CLOPT_SUCCESS ||
+    /* the checks clopt_optimizer_set_group_hparams makes (8-bit state only where a rule has
+       it, ...): a setting the API refuses does not come in through a file either */
+    if (clopt_o_check_hparams(ctx, opt->rule, &lg->hp) != CLOPT_SUCCESS ||
         clopt_schedule_validate(&lg->sched, NULL) != CLOPT_SUCCESS ||
         !mu_possible(opt->rule, L->step, lg->mu_product))
         return format_error(ctx, src, "invalid hyperparameters, schedule or NAdam product in a group");
-    if (arena != (uint32_t)g->arena || (g->arena && count != g->count))
+    if (arena != (uint32_t)g->arena || count != g->count)
         return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH, "%s: group %zu is stored differently",
                           src, gi);
     return CLOPT_SUCCESS;
@@ -302,7 +305,8 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
         same = same && dt == (uint32_t)e->state_dtype[k];
         same = same && name && nl == strlen(e->state_name[k]) &&
                memcmp(name, e->state_name[k], nl) == 0 && slen == e->state_len[k] &&
-               strcmp(other.state_name[k], e->state_name[k]) == 0;
+               strcmp(other.state_name[k], e->state_name[k]) == 0 &&
+               other.state_len[k] == e->state_len[k] && other.state_dtype[k] == e->state_dtype[k];
         lt->state[k] = NULL;
         if (same && L->state_tensors)
             lt->state[k] = r_elems(&sec, slen, clopt_state_esize(e, k));
@@ -338,6 +342,7 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     if (g->arena && i > g->first) {
         const loaded_tensor *first = &L->tensors[g->first];
         if (lt->step != first->step || lt->mu_product != first->mu_product ||
+            lt->master_ready != first->master_ready ||
             (!clopt_rule_is_multipass(opt->rule) && lt->slow_ready != first->slow_ready))
             return format_error(ctx, src, "the tensors of an arena group differ in their steps");
     }

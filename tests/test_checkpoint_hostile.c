@@ -145,6 +145,184 @@ void test_impossible_values(void **state)
     net_free(&a), net_free(&b);
 }
 
+/* Offsets in a GRUP section (from its start: tag, length, then the payload) of fields of the
+   group's hyperparameters, from docs/checkpoint-format.md: 19 f64, then the u32s
+   hess_interval .. lookahead_k (grad_centralization the 12th), master, stochastic_rounding,
+   state_dtype, 3 f64, then warmup_steps, decouple, alpha_warmup, beta3_warmup, cautious. */
+enum {
+    GRUP_GC = 16 + 19 * 8 + 11 * 4,
+    GRUP_STATE_DTYPE = 16 + 19 * 8 + 16 * 4,
+    GRUP_CAUTIOUS = 16 + 19 * 8 + 17 * 4 + 3 * 8 + 4 * 4
+};
+
+/* An optimizer of `rule` over caller-owned f32 tensors of sizes n[0..nt) (or, arena, one
+   arena group of bf16 tensors), stepped `steps` times with gradient 0.25. */
+typedef struct rig {
+    clopt_ctx *ctx;
+    clopt_optimizer *opt;
+    cl_mem p[2], g[2];
+    size_t nt;
+} rig;
+
+static void rig_build(rig *r, clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                      const size_t *n, size_t nt, int arena, int steps)
+{
+    memset(r, 0, sizeof *r);
+    r->ctx = ctx;
+    assert_int_equal(clopt_optimizer_create(ctx, rule, hp, &r->opt), CLOPT_SUCCESS);
+    clopt_param_desc d[2];
+    for (size_t k = 0; k < nt; k++) {
+        clopt_param_desc_init(&d[k]);
+        d[k].ndim = 1, d[k].shape[0] = n[k];
+    }
+    if (arena) {
+        assert_true(n[0] <= 8 && (nt < 2 || n[1] <= 8));
+        for (size_t k = 0; k < nt; k++)
+            d[k].param_dtype = d[k].grad_dtype = CLOPT_DTYPE_BF16;
+        assert_int_equal(clopt_optimizer_add_arena_group(r->opt, hp, nt, d, NULL, NULL),
+                         CLOPT_SUCCESS);
+        for (size_t k = 0; k < nt; k++) {
+            clopt_tensor gv;
+            assert_int_equal(clopt_optimizer_param_view(r->opt, k, NULL, &gv, NULL, NULL),
+                             CLOPT_SUCCESS);
+            uint16_t quarter[8]; /* 0.25 in bf16 */
+            for (size_t i = 0; i < n[k]; i++)
+                quarter[i] = 0x3E80;
+            buf_write(ctx, gv.buffer, gv.offset * 2, n[k] * 2, quarter);
+        }
+    } else {
+        for (size_t k = 0; k < nt; k++) {
+            float *v = malloc(n[k] * sizeof *v);
+            for (size_t i = 0; i < n[k]; i++)
+                v[i] = 0.25f;
+            r->p[k] = upload(ctx, v, n[k]), r->g[k] = upload(ctx, v, n[k]);
+            free(v);
+            d[k].param = (clopt_tensor){r->p[k], 0}, d[k].grad = (clopt_tensor){r->g[k], 0};
+            assert_int_equal(clopt_optimizer_add_param_desc(r->opt, 0, &d[k], NULL),
+                             CLOPT_SUCCESS);
+        }
+    }
+    r->nt = nt;
+    for (int t = 0; t < steps; t++)
+        assert_int_equal(clopt_optimizer_step(r->opt, NULL), CLOPT_SUCCESS);
+}
+
+static unsigned char *rig_save(rig *r, size_t *len)
+{
+    size_t size = 0, written = 0;
+    assert_int_equal(clopt_optimizer_state_size(r->opt, NULL, &size), CLOPT_SUCCESS);
+    unsigned char *b = malloc(size);
+    assert_int_equal(clopt_optimizer_save_to(r->opt, NULL, b, size, &written), CLOPT_SUCCESS);
+    *len = size;
+    return b;
+}
+
+static void rig_free(rig *r)
+{
+    clopt_optimizer_destroy(r->opt);
+    for (size_t k = 0; k < r->nt; k++) {
+        if (r->p[k])
+            clReleaseMemObject(r->p[k]);
+        if (r->g[k])
+            clReleaseMemObject(r->g[k]);
+    }
+}
+
+/* good with the u32 at `at` set to v (resealed) must fail to load into r with `want`, and
+   the optimizer's bytes afterwards be the ones before (state, counts, settings). */
+static void rig_refuses(rig *r, const unsigned char *good, size_t len, size_t at, uint32_t v,
+                        clopt_status want, const char *what)
+{
+    unsigned char *copy = malloc(len);
+    memcpy(copy, good, len);
+    put_u32(copy + at, v);
+    reseal(copy, len);
+    clopt_status s = clopt_optimizer_load_from(r->opt, copy, len);
+    if (s != want) {
+        fprintf(stderr, "%s: got %s (%s), want %s\n", what, clopt_status_name(s),
+                clopt_ctx_last_error(r->ctx), clopt_status_name(want));
+        fail();
+    }
+    size_t len2;
+    unsigned char *after = rig_save(r, &len2);
+    assert_true(len2 == len && memcmp(after, good, len) == 0);
+    free(after), free(copy);
+}
+
+/* Group settings the API refuses do not come in through well-formed, sealed bytes either:
+   8-bit state under cautious masking (the two-pass kernels then read the 8-bit state as
+   floats: NaN weights and device writes past the buffers), 8-bit state for LAMB whose
+   tensors are all small (the next large tensor got it), bf16 state for Adafactor; a
+   state_dtype that contradicts the tensors' storage; a non-arena group's tensor count; a
+   section count off by one; arena tensors that differ in their F32 master's readiness. */
+void test_impossible_group_settings(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp;
+    rig r;
+    size_t len, starts[8];
+    unsigned char *good;
+
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
+    hp.state_dtype = CLOPT_DTYPE_U8;
+    const size_t big = 4096, small = 64;
+    rig_build(&r, f->ctx, CLOPT_ADAMW, &hp, &big, 1, 0, 1);
+    good = rig_save(&r, &len);
+    assert_int_equal(sections(good, len, starts, 8), 3);
+    const size_t g0 = starts[1];
+    /* the offsets are the fields: state_dtype U8 and cautious 0 where expected */
+    assert_int_equal(get_u32(good + g0 + GRUP_STATE_DTYPE), CLOPT_DTYPE_U8);
+    assert_int_equal(get_u32(good + g0 + GRUP_CAUTIOUS), 0);
+    rig_refuses(&r, good, len, g0 + GRUP_CAUTIOUS, 1, CLOPT_ERR_FORMAT, "cautious 8-bit");
+    rig_refuses(&r, good, len, g0 + GRUP_STATE_DTYPE, CLOPT_DTYPE_F32,
+                CLOPT_ERR_STATE_MISMATCH, "f32 state_dtype over 8-bit state");
+    /* the last field of GRUP: the arena tensor count, 0 for other groups */
+    const size_t count_at = g0 + 16 + (size_t)get_u64(good + g0 + 8) - 8;
+    assert_int_equal(get_u64(good + count_at), 0);
+    rig_refuses(&r, good, len, count_at, 12345, CLOPT_ERR_STATE_MISMATCH,
+                "a tensor count for a group that is not an arena");
+    rig_refuses(&r, good, len, 12, 4, CLOPT_ERR_FORMAT, "a section count off by one");
+    free(good), rig_free(&r);
+
+    hp.state_dtype = CLOPT_DTYPE_F32; /* its tensors' state names and lengths fit bf16 too */
+    rig_build(&r, f->ctx, CLOPT_ADAMW, &hp, &big, 1, 0, 1);
+    good = rig_save(&r, &len);
+    assert_int_equal(sections(good, len, starts, 8), 3);
+    rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_BF16,
+                CLOPT_ERR_STATE_MISMATCH, "bf16 state_dtype over f32 state");
+    free(good), rig_free(&r);
+
+    assert_int_equal(clopt_hparams_default(CLOPT_LAMB, &hp), CLOPT_SUCCESS);
+    rig_build(&r, f->ctx, CLOPT_LAMB, &hp, &small, 1, 0, 1);
+    good = rig_save(&r, &len);
+    assert_int_equal(sections(good, len, starts, 8), 3);
+    rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_U8, CLOPT_ERR_FORMAT,
+                "8-bit state for LAMB");
+    free(good), rig_free(&r);
+
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAFACTOR, &hp), CLOPT_SUCCESS);
+    rig_build(&r, f->ctx, CLOPT_ADAFACTOR, &hp, &small, 1, 0, 1);
+    good = rig_save(&r, &len);
+    assert_int_equal(sections(good, len, starts, 8), 3);
+    rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_BF16,
+                CLOPT_ERR_FORMAT, "bf16 state for Adafactor");
+    assert_int_equal(get_u32(good + starts[1] + GRUP_GC), 0);
+    free(good), rig_free(&r);
+
+    /* an arena group of bf16 tensors with F32 masters, 2 steps: both masters hold values */
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAM, &hp), CLOPT_SUCCESS);
+    hp.master = CLOPT_MASTER_F32;
+    const size_t two[2] = {7, 5};
+    rig_build(&r, f->ctx, CLOPT_ADAM, &hp, two, 2, 1, 2);
+    good = rig_save(&r, &len);
+    assert_int_equal(sections(good, len, starts, 8), 5); /* group 0 (empty) and the arena */
+    const size_t fl = tens_flags(good, starts[4]);
+    assert_true(get_u32(good + fl) & 4u); /* TENS_MASTER_READY */
+    rig_refuses(&r, good, len, fl, get_u32(good + fl) & ~4u, CLOPT_ERR_FORMAT,
+                "arena tensors with and without a ready master");
+    free(good), rig_free(&r);
+}
+
 /* Sizes and file types: bytes or a file longer than any checkpoint of the optimizer are
    refused without being read (a 2 GiB sparse file, at once); a FIFO, /dev/zero and a folder
    fail at once with CLOPT_ERR_IO instead of hanging or reading forever. */
