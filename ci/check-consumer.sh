@@ -93,9 +93,10 @@ for mode in 120 200 300 cl-first; do
 done
 
 echo "-- pkg-config: absolute CMAKE_INSTALL_LIBDIR and CMAKE_INSTALL_INCLUDEDIR"
-# configured only: the .pc files are written at configure time
-abs="$(cd "$out" && pwd)/absdirs"
-rm -rf "$abs"
+# configured only: the .pc files are written at configure time. Outside the source tree
+# (CMake refuses an install include directory inside it)
+abs=$(mktemp -d)
+trap 'rm -rf "$abs"' EXIT
 cmake -S . -B "$abs/build" -DCLOPT_BUILD_TESTS=OFF -DCLOPT_BUILD_BENCH=OFF \
     -DCLOPT_BUILD_EXAMPLES=OFF -DCLOPT_BUILD_CONFORM=OFF -DCLOPT_INSTALL=ON \
     -DCMAKE_INSTALL_PREFIX="$abs/prefix" -DCMAKE_INSTALL_LIBDIR="$abs/store/lib64" \
