@@ -190,8 +190,17 @@ clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt
     return CLOPT_SUCCESS;
 }
 
+void clopt_o_hold(cl_mem *held, size_t *nheld, cl_mem m)
+{
+    if (m && clRetainMemObject(m) == CL_SUCCESS)
+        held[(*nheld)++] = m;
+}
+
 static void release_param(clopt_param *e)
 {
+    for (size_t i = 0; i < e->nheld; i++)
+        clReleaseMemObject(e->held[i]);
+    e->nheld = 0;
     for (size_t i = 0; e->owns_state && i < e->nstate; i++)
         if (e->state[i].buffer)
             clReleaseMemObject(e->state[i].buffer);
@@ -212,6 +221,9 @@ void clopt_o_release_arena(clopt_group *g)
             clReleaseMemObject(g->arena_state[i]), g->arena_state[i] = NULL;
     if (g->range_table)
         clReleaseMemObject(g->range_table), g->range_table = NULL;
+    for (size_t i = 0; i < g->nheld; i++)
+        clReleaseMemObject(g->held[i]);
+    g->nheld = 0;
 }
 
 void clopt_optimizer_destroy(clopt_optimizer *opt)
@@ -595,6 +607,10 @@ clopt_status clopt_optimizer_add_param_desc(clopt_optimizer *opt, size_t group,
         release_param(&e);
         return s;
     }
+    clopt_param *kept = &opt->params[opt->nparams - 1];
+    clopt_o_hold(kept->held, &kept->nheld, kept->param.buffer);
+    clopt_o_hold(kept->held, &kept->nheld, kept->grad.buffer);
+    clopt_o_hold(kept->held, &kept->nheld, kept->hessian.buffer);
     if (index)
         *index = opt->nparams - 1;
     return CLOPT_SUCCESS;

@@ -24,6 +24,10 @@ typedef struct clopt_group {
     cl_mem range_param, range_grad, range_state[CLOPT_OPT_MAX_STATE], range_table;
     size_t nchunks;
     uint32_t sr_stream; /* range groups: the stochastic-rounding stream of all its tensors */
+    /* the engine's buffers a range group uses (θ, g, its own state), retained until the
+       optimizer is destroyed (clopt_o_hold), as torch's optimizer holds its parameters */
+    cl_mem held[2 + CLOPT_OPT_MAX_STATE];
+    size_t nheld;
 } clopt_group;
 
 typedef struct clopt_param {
@@ -53,6 +57,8 @@ typedef struct clopt_param {
     double sf_lr_max, sf_weight_sum; /* Schedule-Free's scalars after `step` steps (0, 0) */
     int sf_switched; /* a mode switch that failed part way switched this tensor: its mode is
                         the other one than the optimizer's (schedule_free.c) */
+    cl_mem held[3];  /* a caller-owned tensor's θ, g and Hessian buffers, retained */
+    size_t nheld;
 } clopt_param;
 
 /* Steps enqueued whose verdict (AMP skip, gradient norm) has not reached the host yet; when
@@ -134,6 +140,10 @@ static inline size_t clopt_state_esize(const clopt_param *e, size_t k)
 /* Lookahead is on for a group (the slow weights are the last state). */
 int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g);
 /* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
+/* Retains m (not NULL) into held[*nheld] for the optimizer's lifetime (released by
+   release_param / clopt_o_release_arena): an engine that releases a registered buffer
+   leaves it to the optimizer instead of a dangling handle. */
+void clopt_o_hold(cl_mem *held, size_t *nheld, cl_mem m);
 void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_param *e);
 /* Blocks until every step enqueued so far has finished and its AMP verdict is known on the
    host, so the host's step counts are exact (checkpoints, queries). */

@@ -313,6 +313,10 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
         opt->ngroups--;
         goto fail;
     }
+    clopt_o_hold(g->held, &g->nheld, g->range_param);
+    clopt_o_hold(g->held, &g->nheld, g->range_grad);
+    for (size_t k = 0; !own_state && k < layout.nstate; k++)
+        clopt_o_hold(g->held, &g->nheld, g->range_state[k]);
     if (group)
         *group = gi;
     if (first_index)

@@ -189,9 +189,20 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
     if ((num_wait > 0) != (wait_list != NULL))
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "wait list: num_wait and wait_list must be both zero or both set");
-    for (cl_uint i = 0; i < num_wait; i++)
+    for (cl_uint i = 0; i < num_wait; i++) {
         if (!wait_list[i])
             return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "wait list: event %u is NULL", i);
+        /* checked here, not by the first enqueue: a step then fails before anything runs
+           with the documented status (CL_INVALID_CONTEXT from its start otherwise) */
+        cl_context owner = NULL;
+        if (clGetEventInfo(wait_list[i], CL_EVENT_CONTEXT, sizeof owner, &owner, NULL) !=
+            CL_SUCCESS)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "wait list: event %u is not a valid event", i);
+        if (owner != ctx->context)
+            return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                              "wait list: event %u belongs to another cl_context", i);
+    }
     return CLOPT_SUCCESS;
 }
 

@@ -38,11 +38,14 @@
  *  - Destroy order: every clopt_optimizer before the clopt_ctx it was created on (the
  *    optimizer keeps a plain pointer to its context); caller-owned buffers after the
  *    optimizers that use them; the context last.
- *  - Buffers the caller passes (parameters, gradients, Hessian estimates, op-level state, a
- *    range group's buffers) stay the caller's: clopt never releases them, and the optimizer
- *    keeps their cl_mem handles WITHOUT clRetainMemObject, so they must stay alive until
- *    clopt_optimizer_destroy has returned. Queues passed to an op or a step are not retained
- *    either: keep them alive until what was enqueued on them has finished.
+ *  - Buffers the caller registers with an optimizer (parameters, gradients, Hessian
+ *    estimates, a range group's buffers and engine-owned state) stay the caller's, and the
+ *    optimizer holds a reference to each (clRetainMemObject at registration, released by
+ *    clopt_optimizer_destroy), as torch's optimizer holds its parameters: the engine may
+ *    release its own handles at any time, the memory lives until the optimizer is
+ *    destroyed. The ops (clopt_enqueue_*) retain nothing: their buffers must stay alive
+ *    until what was enqueued has finished. Queues passed to an op or a step are not
+ *    retained either: keep them alive until what was enqueued on them has finished.
  *  - What clopt allocates is clopt's and is released by the matching destroy: an
  *    optimizer's state tensors, arena buffers and their sub-buffers (param_view), chunk
  *    tables, scratch and the events of steps in flight; a context's programs and kernels.
@@ -221,8 +224,10 @@ clopt_status clopt_ctx_create_device_ex(const char *selector, clopt_ctx **out, c
 /* A context on the caller's cl_context, device and queue; all three are retained (so the
    caller may release its references at once) and released on destroy. queue may be NULL:
    the library then creates an in-order profiling queue of its own. A given queue must
-   belong to context and device; clopt enqueues on it (or on the queue passed to an op). The
-   context's own calls and the op level never finish it (clopt_ctx_destroy does); optimizer
+   belong to context and device; clopt enqueues on it (or on the queue passed to an op). An
+   out-of-order queue is accepted for the op level, but an optimizer needs an in-order one
+   (clopt_optimizer_create refuses the context, step_on the queue: bridge an out-of-order
+   engine queue to an in-order one with events). The context's own calls and the op level never finish it (clopt_ctx_destroy does); optimizer
    calls documented as blocking (registering tensors, state reads and writes, checkpoints,
    destroy) finish it. Returns CLOPT_SUCCESS,
    CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (a queue of another context or
@@ -851,7 +856,8 @@ clopt_status clopt_optimizer_create(clopt_ctx *ctx, clopt_rule rule, const clopt
 /* Blocks until every step in flight has finished, on any queue (clFinish of the context's
    queue, then a wait for each step's verdict), then releases everything the optimizer
    allocated (state tensors, arena buffers and sub-buffers, chunk tables, scratch, events).
-   Caller-owned buffers are not touched: release them after this returns. NULL is allowed. */
+   Caller-owned buffers are not written; the references it held on them are released (the
+   engine's own handles stay valid). NULL is allowed. */
 void clopt_optimizer_destroy(clopt_optimizer *opt);
 
 /* Register a parameter tensor of n elements and its gradient (caller-owned) in group 0:
@@ -905,8 +911,8 @@ clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_
                                                clopt_hparams *out);
 /* Register a caller-owned tensor with its shape in a group (not an arena or range group). It
    first settles every step in flight (their verdicts count only the tensors they had). The
-   optimizer keeps desc's param, grad and hessian cl_mem handles WITHOUT retaining them (keep
-   them alive until clopt_optimizer_destroy) and allocates the tensor's state tensors (owned
+   optimizer retains desc's param, grad and hessian buffers (released by
+   clopt_optimizer_destroy: the engine may release its handles before) and allocates the tensor's state tensors (owned
    by the optimizer), filled with their initial values on the context's queue; it then
    blocks (clFinish of the context's queue). *index (may be NULL) receives the tensor's
    index. Returns CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT (desc or a buffer NULL),
@@ -968,8 +974,7 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    Statuses (on failure nothing runs: launches already enqueued are aborted on the device):
    CLOPT_ERR_NULL_ARGUMENT (opt; a NULL event in wait_list), CLOPT_ERR_INVALID_ARGUMENT
    (queue of another context or device, out-of-order or not a queue, a bad wait list, no
-   tensors registered, a registered buffer no longer valid, eval mode, a mode switch left
-   incomplete), CLOPT_ERR_UNSUPPORTED (an 8-bit state kernel needs 256/VW work-items per
+   tensors registered, eval mode, a mode switch left incomplete), CLOPT_ERR_UNSUPPORTED (an 8-bit state kernel needs 256/VW work-items per
    work-group, or a reduction kernel the tuning's reduce_local, and the device allows fewer;
    a tensor or arena group whose launch would take 2^31 work-items or more, as
    clopt_enqueue_step),
@@ -1012,7 +1017,10 @@ typedef struct clopt_step_report {
    an OpenCL code (a verdict's event could not be queried; *out still gets the latest
    report). Never blocks.
    The one bound on steps in flight: when 32 earlier step calls are in flight whose verdicts
-   have not reached the host, clopt_optimizer_step_on waits for the oldest of them. */
+   have not reached the host, clopt_optimizer_step_on waits for the oldest of them. An
+   engine that enqueues steps behind a user event it completes later must complete it
+   before the 33rd such step (and before clopt_optimizer_destroy, which waits for every
+   step): waiting on it from the same thread never returns. */
 clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out);
 
 /* Without AMP a non-finite gradient is applied as torch applies it: NaN spreads into the
@@ -1066,7 +1074,9 @@ double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
    when it ran at the current scale or above (with no step in flight this is torch's rule
    exactly; torch would have run the later step at the lower scale, clopt skips it without
    backing off twice). Not in the optimizer's checkpoints (torch's GradScaler has its own
-   state_dict): save the struct and attach it again after a load. Host only; never blocks.
+   state_dict): save the struct and attach it again after a load; read it with
+   clopt_optimizer_get_loss_scaler AFTER clopt_optimizer_save_to/save (they settle the steps
+   in flight, whose verdicts still update it), so that both describe the same step. Host only; never blocks.
    CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (scale outside
    1.2e-38 .. 8.5e37, growth_factor not in (1, 8.5e37], backoff_factor not in (0, 1),
    growth_interval 0;
@@ -1221,7 +1231,7 @@ clopt_status clopt_optimizer_param_view(const clopt_optimizer *opt, size_t param
    apply); other rules run per tensor. With 8-bit state (hp->state_dtype U8) the table has
    a row (32 bytes, 1/8 byte per parameter) per block of 256 of each tensor. Sophia is
    refused (CLOPT_ERR_UNSUPPORTED: its estimates need add_param_desc). The engine's buffers
-   are kept WITHOUT being retained (keep them alive until clopt_optimizer_destroy).
+   are retained until clopt_optimizer_destroy (as add_param_desc's).
    Initialise with clopt_range_group_init (the struct may grow; struct_size tells the library
    which fields the caller knows). */
 typedef struct clopt_range_group {
@@ -1253,7 +1263,7 @@ void clopt_range_group_init(clopt_range_group *g);
 /* Registers the group, appended with its own copy of hp (validated, then the state and the
    chunk table are allocated and written on the context's queue, then clFinish: blocking).
    Library-allocated state and the chunk table are owned by the optimizer; the engine's
-   state buffers stay the engine's (not retained). Refused: a range past its buffer's end or
+   state buffers stay the engine's (retained until clopt_optimizer_destroy). Refused: a range past its buffer's end or
    state buffers too small (CLOPT_ERR_OUT_OF_BOUNDS); two ranges of the group that overlap,
    a gradient or state range overlapping a parameter range or another tensor's, a parameter,
    gradient or state range overlapping one already registered in this optimizer (another
@@ -1365,7 +1375,12 @@ clopt_status clopt_optimizer_load_from(clopt_optimizer *opt, const void *buf, si
    statistics); tensor: where it lives on the device (owned by the optimizer, or the engine's
    own buffer for a range group that adopted it), valid until clopt_optimizer_destroy.
    Lookahead's slow weights and an F32 master of a tensor that has not stepped yet are θ, not
-   the tensor's contents: read them with clopt_optimizer_read_state. */
+   the tensor's contents: read them with clopt_optimizer_read_state. tensor.offset counts
+   elements of the entry's dtype (bytes = offset · clopt_dtype_size(dtype)). Restoring after
+   a load without state tensors: float32 entries with clopt_optimizer_write_state, which also
+   marks masters and slow weights as holding values (raw writes into tensor do not: the
+   next step would take them from θ again); bf16, 8-bit and remainder entries by writing
+   their bytes into tensor. */
 typedef struct clopt_state_entry {
     size_t group, param, index; /* index: state number of the tensor (clopt_optimizer_state) */
     const char *name;           /* "exp_avg", ...; static storage */

@@ -983,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_launches_name_local),
         cmocka_unit_test(test_master_after_failed_step),
         cmocka_unit_test(test_mode_switch_marker_fails),
+        cmocka_unit_test(test_registered_buffers_held),
         cmocka_unit_test(test_loss_scaler_every_verdict),
         cmocka_unit_test(test_loss_scaler_attach_errors),
     };

@@ -15,6 +15,7 @@ void test_launch_items_limit(void **state);
 void test_launches_name_local(void **state);
 void test_master_after_failed_step(void **state);
 void test_mode_switch_marker_fails(void **state);
+void test_registered_buffers_held(void **state);
 void test_loss_scaler_every_verdict(void **state);
 void test_loss_scaler_attach_errors(void **state);
 

@@ -620,6 +620,31 @@ static void test_op_arguments(void **state)
                 "num_wait 2 with NULL wait list", CLOPT_ERR_INVALID_ARGUMENT,
                 (clopt_status)(CLOPT_ERR_OPENCL_BASE + CL_INVALID_EVENT_WAIT_LIST));
     {
+        /* an event of another cl_context: refused before anything is enqueued, at the op
+           level and by the optimizer's step_on (CL_INVALID_CONTEXT from its first enqueue) */
+        cl_device_id dev = clopt_ctx_cl_device(f->ctx);
+        cl_int err;
+        cl_context other = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
+        assert_int_equal(err, CL_SUCCESS);
+        cl_event foreign = clCreateUserEvent(other, &err);
+        assert_int_equal(err, CL_SUCCESS);
+        EXPECT_FAIL(f, clopt_enqueue_step(f->ctx, NULL, CLOPT_ADAM, &hp, &a, FN, 1, 1, &foreign,
+                                          NULL),
+                    "an event of another context", CLOPT_ERR_INVALID_ARGUMENT);
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAM, &hp, &opt), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_param(opt, a.param, a.grad, FN, NULL, NULL),
+                         CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step_on(opt, f->q, 1, &foreign, NULL),
+                         CLOPT_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "another cl_context"));
+        assert_int_equal(clopt_optimizer_step_count(opt), 0);
+        clopt_optimizer_destroy(opt);
+        clSetUserEventStatus(foreign, CL_COMPLETE);
+        clReleaseEvent(foreign);
+        clReleaseContext(other);
+    }
+    {
         clopt_hparams nad;
         assert_int_equal(clopt_hparams_default(CLOPT_NADAM, &nad), CLOPT_SUCCESS);
         clopt_step_args c;
