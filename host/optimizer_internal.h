@@ -139,11 +139,11 @@ static inline size_t clopt_state_esize(const clopt_param *e, size_t k)
 
 /* Lookahead is on for a group (the slow weights are the last state). */
 int clopt_group_lookahead(const clopt_optimizer *opt, const clopt_group *g);
-/* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
 /* Retains m (not NULL) into held[*nheld] for the optimizer's lifetime (released by
    release_param / clopt_o_release_arena): an engine that releases a registered buffer
    leaves it to the optimizer instead of a dangling handle. */
 void clopt_o_hold(cl_mem *held, size_t *nheld, cl_mem m);
+/* Fills e's state names, lengths, nstate and nkernel for group g's hyperparameters. */
 void clopt_state_layout(const clopt_optimizer *opt, const clopt_group *g, clopt_param *e);
 /* Blocks until every step enqueued so far has finished and its AMP verdict is known on the
    host, so the host's step counts are exact (checkpoints, queries). */
