@@ -451,7 +451,8 @@ clopt_status clopt_enqueue_adamw(clopt_ctx *ctx, cl_command_queue queue, const c
 /* Checks shared by the small ops, then their kernel from `family`. */
 static clopt_status small_op_prologue(clopt_ctx *ctx, cl_command_queue queue, size_t n,
                                        cl_uint num_wait, const cl_event *wait_list,
-                                       const char *family, const char *kernel, cl_kernel *k)
+                                       const char *family, const char *extra, const char *kernel,
+                                       cl_kernel *k)
 {
     if (n == 0)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
@@ -460,8 +461,10 @@ static clopt_status small_op_prologue(clopt_ctx *ctx, cl_command_queue queue, si
         return s;
     if ((s = clopt_check_wait_list(ctx, num_wait, wait_list)) != CLOPT_SUCCESS)
         return s;
-    char options[64];
-    snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS, CLOPT_TUNING_ARGS(&ctx->tuning));
+    char options[96];
+    const int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
+                             CLOPT_TUNING_ARGS(&ctx->tuning));
+    snprintf(options + len, sizeof options - (size_t)len, "%s", extra);
     return clopt_get_kernel(ctx, family, options, kernel, k);
 }
 
@@ -476,7 +479,8 @@ clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_t
     if (s != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "randn", &k)) != CLOPT_SUCCESS)
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "", "randn",
+                               &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, out);
@@ -503,8 +507,8 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "hutchinson", &k)) !=
-        CLOPT_SUCCESS)
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "", "hutchinson",
+                               &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, u);
@@ -532,7 +536,8 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
         (s = clopt_check_tensor(ctx, "out", out, n)) != CLOPT_SUCCESS)
         return s;
     cl_kernel k = NULL;
-    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "gnb", &k)) != CLOPT_SUCCESS)
+    if ((s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "hessian", "", "gnb",
+                               &k)) != CLOPT_SUCCESS)
         return s;
     clopt_args a = {k, 0, CL_SUCCESS};
     clopt_arg_tensor(&a, ghat);
@@ -568,7 +573,8 @@ static clopt_status axpby_enqueue(clopt_ctx *ctx, cl_command_queue queue, clopt_
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
     cl_kernel k = NULL;
     if (dt == CLOPT_DTYPE_F32 && st == CLOPT_DTYPE_F32) {
-        s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", "axpby", &k);
+        s = small_op_prologue(ctx, queue, n, num_wait, wait_list, "tensor", " -DOPS=1", "axpby",
+                              &k);
     } else if (n == 0) {
         s = clopt_fail(ctx, CLOPT_ERR_INVALID_SIZE, "n must be >= 1");
     } else if ((!queue || (s = clopt_check_queue(ctx, queue)) == CLOPT_SUCCESS) &&
@@ -577,7 +583,7 @@ static clopt_status axpby_enqueue(clopt_ctx *ctx, cl_command_queue queue, clopt_
         int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
                            CLOPT_TUNING_ARGS(&ctx->tuning));
         snprintf(options + len, sizeof options - (size_t)len,
-                 " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0", (int)dt, (int)st);
+                 " -DPT=%d -DGT=%d -DMASTER=0 -DSR=0 -DOPS=1", (int)dt, (int)st);
         s = clopt_get_kernel(ctx, "tensor", options, "axpby", &k);
     }
     if (s != CLOPT_SUCCESS)
@@ -769,8 +775,9 @@ clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt
     char options[192];
     int len = snprintf(options, sizeof options, CLOPT_TUNING_OPTIONS,
                        CLOPT_TUNING_ARGS(&t));
-    snprintf(options + len, sizeof options - (size_t)len, " -DPT=%d -DGT=%d -DMASTER=0 -DSR=%d",
-             (int)dst_dtype, (int)src_dtype, stochastic_rounding);
+    snprintf(options + len, sizeof options - (size_t)len,
+             " -DPT=%d -DGT=%d -DMASTER=0 -DSR=%d -DOPS=1", (int)dst_dtype, (int)src_dtype,
+             stochastic_rounding);
     cl_kernel k;
     if ((s = clopt_get_kernel(ctx, "tensor", options, "convert", &k)) != CLOPT_SUCCESS)
         return s;

@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Small tensor operations: storage conversion (convert), gradient accumulation (axpby), the
  * Lookahead synchronisation, and the gradient check of AMP / clipping (fixed-order partials,
- * see reduce.cl for the final pass). */
+ * see reduce.cl for the final pass). OPS (define): the op level's build (axpby, convert),
+ * which leaves the gradient check out: built without the optimizer's RL it would take 16
+ * runs of float16 accumulator pairs, which a GPU compiler spills to scratch for nothing. */
+#ifndef OPS
+#define OPS 0
+#endif
 
 /* dst = beta·dst + alpha·src (beta = 0 never reads dst, so it may hold garbage or NaN), dst
  * in PT storage and src in GT storage (float32 without the defines): computed in float32, a
@@ -85,6 +90,7 @@ __kernel void theta_copy(__global PSTORE *p_, const ulong po, __global float *s_
     ELEMENTWISE_END
 }
 
+#if !OPS
 /* One chunk of grad_check_partial: x = scale·g; Σx² lane-wise, and the same sum of
  * (x·2^-80)², which cannot overflow for finite x (the norm of gradients of 1e20 stays finite)
  * and so is not finite exactly when some x is Inf or NaN: it is also the non-finite check
@@ -158,6 +164,7 @@ __kernel void grad_check_partial(__global const GSTORE *g_, const ulong go, cons
         out_[bo + gi] = isfinite(sums) ? 0.0f : isnan(sums) ? 2.0f : 1.0f;
     }
 }
+#endif
 
 /* The verdict of an optimizer step (one work-item): the gradient check's `count` partial
  * sums of (g/scale)² at sums_[so..] (every unit's, in unit order) added in that order (or,
