@@ -342,8 +342,8 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     if (g->arena && i > g->first) {
         const loaded_tensor *first = &L->tensors[g->first];
         if (lt->step != first->step || lt->mu_product != first->mu_product ||
-            lt->master_ready != first->master_ready ||
-            (!clopt_rule_is_multipass(opt->rule) && lt->slow_ready != first->slow_ready))
+            (!clopt_rule_is_multipass(opt->rule) && (lt->master_ready != first->master_ready ||
+                                                     lt->slow_ready != first->slow_ready)))
             return format_error(ctx, src, "the tensors of an arena group differ in their steps");
     }
     return CLOPT_SUCCESS;

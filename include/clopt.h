@@ -36,8 +36,8 @@
  *
  * Ownership and lifetimes
  *  - Destroy order: every clopt_optimizer before the clopt_ctx it was created on (the
- *    optimizer keeps a plain pointer to its context); caller-owned buffers after the
- *    optimizers that use them; the context last.
+ *    optimizer keeps a plain pointer to its context); the context last. Buffers registered
+ *    with an optimizer may be released before it (it holds them, below).
  *  - Buffers the caller registers with an optimizer (parameters, gradients, Hessian
  *    estimates, a range group's buffers and engine-owned state) stay the caller's, and the
  *    optimizer holds a reference to each (clRetainMemObject at registration, released by

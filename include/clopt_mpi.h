@@ -197,7 +197,10 @@ clopt_status clopt_mpi_optimizer_create_groups(clopt_ctx *ctx, clopt_rule rule, 
                                                clopt_mpi_optimizer **out, char *why,
                                                size_t why_len);
 /* Collective (frees the duplicated communicator). Blocks until the shard's steps finished,
-   then releases everything the sharded optimizer allocated. NULL allowed (then local). */
+   then releases everything the sharded optimizer allocated and the references it holds on
+   the engine's parameter and gradient buffers (retained at creation on every rank, as the
+   core holds registered buffers: the engine may release its handles before). NULL allowed
+   (then local). */
 void clopt_mpi_optimizer_destroy(clopt_mpi_optimizer *opt);
 
 /* Collective. One step: the gradient slice (per the grad mode), the global checks, the fused

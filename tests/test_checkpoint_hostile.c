@@ -321,6 +321,27 @@ void test_impossible_group_settings(void **state)
     rig_refuses(&r, good, len, fl, get_u32(good + fl) & ~4u, CLOPT_ERR_FORMAT,
                 "arena tensors with and without a ready master");
     free(good), rig_free(&r);
+
+    /* a multi-pass rule's arena steps tensor by tensor: write_state gives one tensor's
+       master before the others', and its checkpoint loads */
+    assert_int_equal(clopt_hparams_default(CLOPT_LAMB, &hp), CLOPT_SUCCESS);
+    hp.master = CLOPT_MASTER_F32;
+    rig_build(&r, f->ctx, CLOPT_LAMB, &hp, two, 2, 1, 0);
+    size_t ms = 99;
+    for (size_t k = 0; k < clopt_optimizer_state_entry_count(r.opt); k++) {
+        clopt_state_entry e;
+        assert_int_equal(clopt_optimizer_state_entry(r.opt, k, &e), CLOPT_SUCCESS);
+        if (e.param == 0 && strcmp(e.name, "master") == 0)
+            ms = e.index;
+    }
+    assert_true(ms < 8);
+    const float m7[7] = {1, 2, 3, 4, 5, 6, 7};
+    assert_int_equal(clopt_optimizer_write_state(r.opt, 0, ms, m7, 7), CLOPT_SUCCESS);
+    good = rig_save(&r, &len);
+    clopt_status s = clopt_optimizer_load_from(r.opt, good, len);
+    if (s != CLOPT_SUCCESS)
+        fail_msg("LAMB arena, one master written: %s", clopt_ctx_last_error(f->ctx));
+    free(good), rig_free(&r);
 }
 
 /* Sizes and file types: bytes or a file longer than any checkpoint of the optimizer are

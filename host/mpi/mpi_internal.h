@@ -48,7 +48,7 @@ struct clopt_mpi_optimizer {
     size_t total;               /* flattened elements */
     size_t first, count;        /* this rank's slice */
     int *counts, *displs;       /* every rank's slice, for MPI (total <= INT_MAX) */
-    cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (not owned) */
+    cl_mem pbuf, gbuf;          /* the engine's parameter and gradient buffers (retained) */
     clopt_mpi_run *prun, *grun; /* coalesced runs of the parameters and gradients */
     size_t nprun, ngrun;
     /* the engine's storage of the parameters and of the gradients (every tensor's: F32, F16

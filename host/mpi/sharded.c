@@ -368,6 +368,10 @@ static void release(clopt_mpi_optimizer *opt)
     clopt_optimizer_destroy(opt->local);
     if (opt->shard_grad)
         clReleaseMemObject(opt->shard_grad);
+    if (opt->pbuf)
+        clReleaseMemObject(opt->pbuf);
+    if (opt->gbuf)
+        clReleaseMemObject(opt->gbuf);
     free(opt->counts);
     free(opt->displs);
     free(opt->prun);
@@ -476,7 +480,14 @@ static clopt_status build(clopt_mpi_optimizer *opt, const clopt_hparams *hps)
                               "ordered_sum needs world size x slice <= INT_MAX elements");
     opt->first = (size_t)opt->displs[opt->rank];
     opt->count = (size_t)opt->counts[opt->rank];
+    /* held until destroy on every rank and in every mode (the core's range group holds
+       them only where it reads them: not a rank without a slice, not g when reduce-scattered
+       into clopt's own buffer), as the core holds an engine's registered buffers */
+    if (clRetainMemObject(desc->tensors[0].param.buffer) != CL_SUCCESS)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "the parameter buffer is not valid");
     opt->pbuf = desc->tensors[0].param.buffer;
+    if (clRetainMemObject(desc->tensors[0].grad.buffer) != CL_SUCCESS)
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "the gradient buffer is not valid");
     opt->gbuf = desc->tensors[0].grad.buffer;
     const int rs = opt->o.grad_mode == CLOPT_MPI_GRAD_REDUCE_SCATTER;
     if (rs) {

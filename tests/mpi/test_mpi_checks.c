@@ -217,6 +217,16 @@ static void test_step_agreement(void)
     const clopt_status cs = clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAMW, &hp, MPI_COMM_WORLD,
                                                        &desc, &o, &sh, why, sizeof why);
     CHECK(cs == CLOPT_SUCCESS, "create: %s", why);
+    /* the sharded optimizer holds the engine's θ and g on every rank (reduce-scattered, g is
+       read by the step but not registered with the core's range group) */
+    cl_mem mine[2] = {p, g};
+    for (int b = 0; b < 2; b++) {
+        cl_uint refs = 0;
+        CHECK(clGetMemObjectInfo(mine[b], CL_MEM_REFERENCE_COUNT, sizeof refs, &refs, NULL) ==
+                  CL_SUCCESS && refs >= 2,
+              "the engine's %s buffer is not held (%u references)", b ? "gradient" : "parameter",
+              refs);
+    }
     CHECK_OK(clopt_mpi_optimizer_set_grad_scale(sh, 256.0));
     float *flat = malloc(L.total * sizeof *flat), *before = malloc(L.plen * sizeof *before);
     float *after = malloc(L.plen * sizeof *after);
