@@ -79,5 +79,10 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # MPI tests (the 2-rank runs take the same host paths), the examples' tests (trajectories,
 # MLP training: the library calls they make are the suite's) and the storage golden cases
 # (the same loader and replay as clopt_conform_golden); the native stage above ran them all.
+# LeakSanitizer's own tracer now and then crashes at the exit of an MPI rank under load
+# ("Tracer caught signal 11 ... LeakSanitizer has encountered a fatal error" after the test
+# printed ok; test_mpi_limits_np2 about one run in three with -j2, at ea0b8a4 as well): a
+# test that fails here runs once more, and fails the job only if it fails twice.
 CLOPT_TEST_SMALL=1 ctest --test-dir build/asan --output-on-failure -j"$jobs" \
+  --repeat until-pass:2 \
   -E '_np3$|^test_trajectories$|^test_mlp_|^clopt_conform_golden_storage$'
