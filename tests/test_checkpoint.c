@@ -204,16 +204,21 @@ void assert_same(const snapshot *a, const snapshot *b)
 void snapshot_free(snapshot *s) { free(s->v); }
 
 /* The checkpoint as bytes with options o (NULL = defaults), size checked against state_size. */
-unsigned char *save_bytes(net *m, const clopt_save_options *o, size_t *len)
+unsigned char *save_opt_bytes(clopt_optimizer *opt, const clopt_save_options *o, size_t *len)
 {
     size_t size = 0, written = 0;
-    assert_int_equal(clopt_optimizer_state_size(m->opt, o, &size), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_state_size(opt, o, &size), CLOPT_SUCCESS);
     unsigned char *buf = malloc(size);
     assert_non_null(buf);
-    assert_int_equal(clopt_optimizer_save_to(m->opt, o, buf, size, &written), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_save_to(opt, o, buf, size, &written), CLOPT_SUCCESS);
     assert_int_equal(written, size);
     *len = size;
     return buf;
+}
+
+unsigned char *save_bytes(net *m, const clopt_save_options *o, size_t *len)
+{
+    return save_opt_bytes(m->opt, o, len);
 }
 
 /* ---- format helpers, written from docs/checkpoint-format.md -------------------------------- */

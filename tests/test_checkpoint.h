@@ -47,7 +47,9 @@ typedef struct snapshot {
 snapshot net_snapshot(net *m);
 void assert_same(const snapshot *a, const snapshot *b);
 void snapshot_free(snapshot *s);
-/* The checkpoint as bytes with options o (NULL = defaults), size checked against state_size. */
+/* The checkpoint as bytes with options o (NULL = defaults), size checked against state_size:
+   of any optimizer, and of a net's. */
+unsigned char *save_opt_bytes(clopt_optimizer *opt, const clopt_save_options *o, size_t *len);
 unsigned char *save_bytes(net *m, const clopt_save_options *o, size_t *len);
 
 /* ---- format helpers, written from docs/checkpoint-format.md -------------------------------- */

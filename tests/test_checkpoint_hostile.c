@@ -207,16 +207,6 @@ static void rig_build(rig *r, clopt_ctx *ctx, clopt_rule rule, const clopt_hpara
         assert_int_equal(clopt_optimizer_step(r->opt, NULL), CLOPT_SUCCESS);
 }
 
-static unsigned char *rig_save(rig *r, size_t *len)
-{
-    size_t size = 0, written = 0;
-    assert_int_equal(clopt_optimizer_state_size(r->opt, NULL, &size), CLOPT_SUCCESS);
-    unsigned char *b = malloc(size);
-    assert_int_equal(clopt_optimizer_save_to(r->opt, NULL, b, size, &written), CLOPT_SUCCESS);
-    *len = size;
-    return b;
-}
-
 static void rig_free(rig *r)
 {
     clopt_optimizer_destroy(r->opt);
@@ -244,7 +234,7 @@ static void rig_refuses(rig *r, const unsigned char *good, size_t len, size_t at
         fail();
     }
     size_t len2;
-    unsigned char *after = rig_save(r, &len2);
+    unsigned char *after = save_opt_bytes(r->opt, NULL, &len2);
     assert_true(len2 == len && memcmp(after, good, len) == 0);
     free(after), free(copy);
 }
@@ -267,7 +257,7 @@ void test_impossible_group_settings(void **state)
     hp.state_dtype = CLOPT_DTYPE_U8;
     const size_t big = 4096, small = 64;
     rig_build(&r, f->ctx, CLOPT_ADAMW, &hp, &big, 1, 0, 1);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     assert_int_equal(sections(good, len, starts, 8), 3);
     const size_t g0 = starts[1];
     /* the offsets are the fields: state_dtype U8 and cautious 0 where expected */
@@ -286,7 +276,7 @@ void test_impossible_group_settings(void **state)
 
     hp.state_dtype = CLOPT_DTYPE_F32; /* its tensors' state names and lengths fit bf16 too */
     rig_build(&r, f->ctx, CLOPT_ADAMW, &hp, &big, 1, 0, 1);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     assert_int_equal(sections(good, len, starts, 8), 3);
     rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_BF16,
                 CLOPT_ERR_STATE_MISMATCH, "bf16 state_dtype over f32 state");
@@ -294,7 +284,7 @@ void test_impossible_group_settings(void **state)
 
     assert_int_equal(clopt_hparams_default(CLOPT_LAMB, &hp), CLOPT_SUCCESS);
     rig_build(&r, f->ctx, CLOPT_LAMB, &hp, &small, 1, 0, 1);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     assert_int_equal(sections(good, len, starts, 8), 3);
     rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_U8, CLOPT_ERR_FORMAT,
                 "8-bit state for LAMB");
@@ -302,7 +292,7 @@ void test_impossible_group_settings(void **state)
 
     assert_int_equal(clopt_hparams_default(CLOPT_ADAFACTOR, &hp), CLOPT_SUCCESS);
     rig_build(&r, f->ctx, CLOPT_ADAFACTOR, &hp, &small, 1, 0, 1);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     assert_int_equal(sections(good, len, starts, 8), 3);
     rig_refuses(&r, good, len, starts[1] + GRUP_STATE_DTYPE, CLOPT_DTYPE_BF16,
                 CLOPT_ERR_FORMAT, "bf16 state for Adafactor");
@@ -314,7 +304,7 @@ void test_impossible_group_settings(void **state)
     hp.master = CLOPT_MASTER_F32;
     const size_t two[2] = {7, 5};
     rig_build(&r, f->ctx, CLOPT_ADAM, &hp, two, 2, 1, 2);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     assert_int_equal(sections(good, len, starts, 8), 5); /* group 0 (empty) and the arena */
     const size_t fl = tens_flags(good, starts[4]);
     assert_true(get_u32(good + fl) & 4u); /* TENS_MASTER_READY */
@@ -337,7 +327,7 @@ void test_impossible_group_settings(void **state)
     assert_true(ms < 8);
     const float m7[7] = {1, 2, 3, 4, 5, 6, 7};
     assert_int_equal(clopt_optimizer_write_state(r.opt, 0, ms, m7, 7), CLOPT_SUCCESS);
-    good = rig_save(&r, &len);
+    good = save_opt_bytes(r.opt, NULL, &len);
     clopt_status s = clopt_optimizer_load_from(r.opt, good, len);
     if (s != CLOPT_SUCCESS)
         fail_msg("LAMB arena, one master written: %s", clopt_ctx_last_error(f->ctx));
