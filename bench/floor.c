@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* clopt-q8-floor: what this CPU itself allows for 8-bit AdamW, the floor under issue 13's
- * target (8-bit AdamW 1.4x faster than float32 AdamW). Hand-written AVX-512 loops, OpenMP
- * over blocks of 256, n = 2^25 (or argv[1] as log2 n), the median of 9 runs of each:
+/* clopt-floor: what this CPU itself allows, hand-written AVX-512 loops under two of the
+ * issues' targets, OpenMP over the CPU's threads, each the median of its runs.
+ *
+ * `clopt-floor q8 [log2 n]` (n = 2^25 by default, 9 runs): 8-bit AdamW against issue 13's
+ * target (1.4x faster than float32 AdamW), blocks of 256:
  *   f32        float32 AdamW (28 bytes per parameter), the C loop clopt-bench times;
  *   int8       the kernel's algorithm (kernels/storage.cl, a work-item per block): codes
  *              dequantized with a gather from the map, the update (bias corrections left
@@ -12,8 +14,18 @@
  *   no-lookup  the same loops with the codes converted as integers instead of looked up:
  *              wrong values, the time of everything but the lookups (16 bytes per parameter
  *              of traffic, the update, the block maxima and a division per value).
- * Built only with CLOPT_BENCH_NATIVE (-march=native) on a compiler with AVX-512; not
- * installed. Run: build/bench/bench/clopt-q8-floor [log2 n]. */
+ *
+ * `clopt-floor amp [log2 n]` (n = 2^24 by default, 15 runs): a step with AMP and gradient
+ * clipping against issue 11's target (at most 1.15x the step without them):
+ *   adamw      float32 AdamW (28 bytes per parameter), as above;
+ *   check      the gradient check alone (4 bytes per parameter): Σ (s·g)² and Σ (s·g·2^-80)²
+ *              as grad_check_partial (kernels/tensor.cl) computes them, right after an
+ *              update (as in a step: g is no longer in the caches);
+ *   amp+clip   the check, then AdamW on g times the clip coefficient (32 bytes): what a step
+ *              with AMP and clipping must do, since no update may start before the norm of
+ *              the whole gradient is known.
+ * Without an argument both run. Built only with CLOPT_BENCH_NATIVE (-march=native) on a compiler with AVX-512; not
+ * installed. Run: build/bench/bench/clopt-floor [q8|amp] [log2 n]. */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -38,13 +50,61 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static void adamw_f32(size_t n, float *p, const float *g, float *m, float *v)
+/* float32 AdamW on the gradient times mul (1: the plain step; AMP's 1/scale times the clip
+ * coefficient after the check) */
+static void adamw_f32(size_t n, float *p, const float *g, float *m, float *v, float mul)
 {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        const float mi = B1 * m[i] + (1 - B1) * g[i], vi = B2 * v[i] + (1 - B2) * g[i] * g[i];
+        const float gi = g[i] * mul;
+        const float mi = B1 * m[i] + (1 - B1) * gi, vi = B2 * v[i] + (1 - B2) * gi * gi;
         m[i] = mi, v[i] = vi;
         p[i] = p[i] * (1 - LR * WD) - LR * mi / (sqrtf(vi) + EPS);
+    }
+}
+
+/* The gradient check: Σ (s·g)² and Σ (s·g·2^-80)² (the second is finite exactly when every
+ * s·g is). Each thread walks 4 regions of its part in lockstep, a pair of 16-lane sums each
+ * (one region: 26 GB/s here, 2 or 3: 46-48, 4: 55, 5 to 8: 29-52; a core streams one array
+ * no faster than the misses it keeps in flight), then the sums are added across threads. */
+enum { RUNS = 4 };
+static void grad_check(size_t n, const float *g, float s, double *sum, double *sums)
+{
+    double a = 0, b = 0;
+#pragma omp parallel reduction(+ : a, b)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const size_t per = n / (size_t)nt / (16 * RUNS) * (16 * RUNS), i0 = per * (size_t)id,
+                     i1 = id == nt - 1 ? n : i0 + per, seg = per / RUNS;
+        const __m512 sc = _mm512_set1_ps(s), down = _mm512_set1_ps(8.271806125530277e-25f);
+        __m512 x[RUNS], y[RUNS];
+        for (int k = 0; k < RUNS; k++)
+            x[k] = y[k] = _mm512_setzero_ps();
+        for (size_t i = 0; i < seg; i += 16)
+            for (int k = 0; k < RUNS; k++) {
+                const __m512 u = _mm512_mul_ps(_mm512_load_ps(g + i0 + k * seg + i), sc),
+                             w = _mm512_mul_ps(u, down);
+                x[k] = _mm512_fmadd_ps(u, u, x[k]);
+                y[k] = _mm512_fmadd_ps(w, w, y[k]);
+            }
+        float ta = 0, tb = 0;
+        for (size_t i = i0 + per; i < i1; i++) {
+            const float u = g[i] * s, w = u * 8.271806125530277e-25f;
+            ta += u * u, tb += w * w;
+        }
+        for (int k = 0; k < RUNS; k++)
+            ta += _mm512_reduce_add_ps(x[k]), tb += _mm512_reduce_add_ps(y[k]);
+        a += ta, b += tb;
+    }
+    *sum = a, *sums = b;
+}
+
+static void init(size_t n, float *p, float *g, float *m, float *v)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        p[i] = sinf((float)i), g[i] = 0.01f * cosf(0.7f * (float)i);
+        m[i] = v[i] = 0;
     }
 }
 
@@ -137,18 +197,24 @@ static int cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int main(int argc, char **argv)
+/* A loop's line: the median of its reps times t (sorted here), against base seconds. */
+static void report(const char *name, double *t, int reps, double bytes, size_t n, double base,
+                   const char *base_name)
 {
-    if (argc > 1 && !strcmp(argv[1], "--version")) {
-        printf("clopt-q8-floor %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR,
-               CLOPT_VERSION_MINOR, CLOPT_VERSION_PATCH, clopt_version());
-        return 0;
-    }
-    const int lg = argc > 1 ? atoi(argv[1]) : 25;
-    if (lg < 8 || lg > 30) {
-        fprintf(stderr, "usage: clopt-q8-floor [log2 n, 8..30]\n");
-        return 2;
-    }
+    qsort(t, (size_t)reps, sizeof t[0], cmp);
+    const double s = t[reps / 2];
+    printf("  %-10s %8.2f ms  %6.2f B/param  %6.1f GB/s  %.2fx the %s loop's time\n", name,
+           1e3 * s, bytes, bytes * (double)n / (s * 1e9), s / base, base_name);
+}
+
+static double median(double *t, int reps)
+{
+    qsort(t, (size_t)reps, sizeof t[0], cmp);
+    return t[reps / 2];
+}
+
+static int q8_floor(int lg)
+{
     const size_t n = (size_t)1 << lg;
     clopt_q8_map(1, qmap);
     clopt_q8_map(0, qmap + 256);
@@ -160,12 +226,13 @@ int main(int argc, char **argv)
           *m = aligned_alloc(64, n * 4), *v = aligned_alloc(64, n * 4),
           *ma = aligned_alloc(64, n / 64), *va = aligned_alloc(64, n / 64);
     uint8_t *mq = aligned_alloc(64, n), *vq = aligned_alloc(64, n);
+    int rc = 1;
     if (!p || !g || !m || !v || !ma || !va || !mq || !vq)
-        return 1;
+        goto out;
+    init(n, p, g, m, v);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        p[i] = sinf((float)i), g[i] = 0.01f * cosf(0.7f * (float)i);
-        m[i] = v[i] = 0, mq[i] = 127, vq[i] = 0;
+        mq[i] = 127, vq[i] = 0;
         if (i % 256 == 0)
             ma[i / 256] = va[i / 256] = 0;
     }
@@ -177,20 +244,82 @@ int main(int argc, char **argv)
         for (int k = 0; k < 4; k++) {
             const double a = now();
             if (k == 0)
-                adamw_f32(n, p, g, m, v);
+                adamw_f32(n, p, g, m, v, 1.0f);
             else
                 adamw_q8(n, k == 1 ? GATHER : k == 2 ? PERM : NONE, p, g, mq, ma, vq, va);
             t[k][r] = now() - a;
         }
-    printf("AdamW, n = 2^%d, %d threads, median of %d (hand-written AVX-512)\n", lg,
+    printf("8-bit AdamW, n = 2^%d, %d threads, median of %d (hand-written AVX-512)\n", lg,
            omp_get_max_threads(), REPS);
-    for (int k = 0; k < 4; k++) {
-        qsort(t[k], REPS, sizeof t[k][0], cmp);
-        const double ms = 1e3 * t[k][REPS / 2];
-        printf("  %-10s %8.2f ms  %6.2f B/param  %6.1f GB/s  %.2fx the f32 loop's time\n",
-               names[k], ms, bytes[k], bytes[k] * (double)n / (ms * 1e6),
-               t[k][REPS / 2] / t[0][REPS / 2]);
-    }
+    const double base = median(t[0], REPS);
+    for (int k = 0; k < 4; k++)
+        report(names[k], t[k], REPS, bytes[k], n, base, "f32");
+    rc = 0;
+out:
     free(p), free(g), free(m), free(v), free(ma), free(va), free(mq), free(vq);
-    return 0;
+    return rc;
+}
+
+static int amp_floor(int lg)
+{
+    const size_t n = (size_t)1 << lg;
+    float *p = aligned_alloc(64, n * 4), *g = aligned_alloc(64, n * 4),
+          *m = aligned_alloc(64, n * 4), *v = aligned_alloc(64, n * 4);
+    int rc = 1;
+    if (!p || !g || !m || !v)
+        goto out;
+    init(n, p, g, m, v);
+    enum { REPS = 15 };
+    double t[3][REPS], sum = 0, sums = 0;
+    const float scale = 1.0f / 1024, max_norm = 1.0f;
+    for (int r = 0; r < REPS; r++)
+        for (int j = 0; j < 3; j++) {
+            const int k = (int[]){0, 2, 1}[j]; /* each check right after an update */
+            const double a = now();
+            if (k == 0)
+                adamw_f32(n, p, g, m, v, 1.0f);
+            else
+                grad_check(n, g, scale, &sum, &sums);
+            if (k == 2) {
+                if (!isfinite(sums)) { /* skipped: not with these gradients */
+                    rc = 2;
+                    goto out;
+                }
+                const double norm = sqrt(sum), c = max_norm / (norm + 1e-6);
+                adamw_f32(n, p, g, m, v, scale * (float)(c < 1 ? c : 1));
+            }
+            t[k][r] = now() - a;
+        }
+    printf("AdamW with AMP and clipping, n = 2^%d, %d threads, median of %d (hand-written "
+           "AVX-512 check)\n",
+           lg, omp_get_max_threads(), REPS);
+    const double base = median(t[0], REPS);
+    report("adamw", t[0], REPS, 28, n, base, "adamw");
+    report("check", t[1], REPS, 4, n, base, "adamw");
+    report("amp+clip", t[2], REPS, 32, n, base, "adamw");
+    rc = 0;
+out:
+    free(p), free(g), free(m), free(v);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--version")) {
+        printf("clopt-floor %d.%d.%d (library %s)\n", CLOPT_VERSION_MAJOR, CLOPT_VERSION_MINOR,
+               CLOPT_VERSION_PATCH, clopt_version());
+        return 0;
+    }
+    const int q8 = argc == 1 || !strcmp(argv[1], "q8"), amp = argc == 1 || !strcmp(argv[1], "amp");
+    const int lg = argc > 2 ? atoi(argv[2]) : 0;
+    if ((!q8 && !amp) || argc > 3 || (argc > 2 && (lg < 8 || lg > 30))) {
+        fprintf(stderr, "usage: clopt-floor [q8|amp] [log2 n, 8..30]\n");
+        return 2;
+    }
+    int rc = 0;
+    if (q8)
+        rc |= q8_floor(lg ? lg : 25);
+    if (amp)
+        rc |= amp_floor(lg ? lg : 24);
+    return rc;
 }
