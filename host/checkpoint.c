@@ -75,20 +75,11 @@ static clopt_status take_options(clopt_ctx *ctx, const clopt_save_options *o, ck
     out->arena_params = 1;
     if (!o)
         return CLOPT_SUCCESS;
-    if (o->struct_size < sizeof o->struct_size)
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "save options: struct_size %zu (use clopt_save_options_init)",
-                          o->struct_size);
-    /* A newer caller's fields this library does not know must be left at 0. */
-    if (o->struct_size > sizeof *o) {
-        const unsigned char *extra = (const unsigned char *)o + sizeof *o;
-        for (size_t i = 0; i < o->struct_size - sizeof *o; i++)
-            if (extra[i])
-                return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
-                                  "save options: a field past byte %zu is set; this library "
-                                  "knows %zu bytes",
-                                  sizeof *o + i, sizeof *o);
-    }
+    /* a newer caller's fields this library does not know must be left at 0 */
+    const clopt_status st = clopt_check_struct_size(ctx, o, sizeof o->struct_size, sizeof *o,
+                                                    "save options", "clopt_save_options_init");
+    if (st != CLOPT_SUCCESS)
+        return st;
     if (KNOWS(o, state_tensors))
         out->state_tensors = o->state_tensors;
     if (KNOWS(o, arena_params))

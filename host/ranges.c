@@ -82,10 +82,12 @@ clopt_status clopt_optimizer_add_range_group(clopt_optimizer *opt, const clopt_h
     if (!hp || !desc || !desc->tensors)
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams, desc and desc->tensors must "
                                                         "not be NULL");
-    if (!RG_HAS(desc, init_state))
-        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
-                          "desc->struct_size %zu: initialise it with clopt_range_group_init",
-                          desc->struct_size);
+    /* the first version's fields end with init_state */
+    const clopt_status sst = clopt_check_struct_size(
+        ctx, desc, offsetof(clopt_range_group, init_state) + sizeof desc->init_state,
+        sizeof *desc, "desc", "clopt_range_group_init");
+    if (sst != CLOPT_SUCCESS)
+        return sst;
     const long long srs = RG_HAS(desc, sr_stream) ? desc->sr_stream : -1;
     if (srs < -1 || srs > (long long)UINT32_MAX)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,

@@ -206,6 +206,24 @@ clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_ev
     return CLOPT_SUCCESS;
 }
 
+clopt_status clopt_check_struct_size(clopt_ctx *ctx, const void *s, size_t min, size_t known,
+                                     const char *what, const char *init)
+{
+    size_t size;
+    memcpy(&size, s, sizeof size);
+    if (size < min || size > CLOPT_STRUCT_SIZE_MAX)
+        return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "%s: struct_size %zu is no version's size (initialise it with %s)",
+                          what, size, init);
+    const unsigned char *extra = (const unsigned char *)s + known;
+    for (size_t i = 0; i + known < size; i++)
+        if (extra[i])
+            return clopt_fail(ctx, CLOPT_ERR_UNSUPPORTED,
+                              "%s: a field past byte %zu is set; this library knows %zu bytes",
+                              what, known + i, known);
+    return CLOPT_SUCCESS;
+}
+
 cl_int clopt_fill(cl_command_queue q, cl_mem buf, const void *pattern, size_t psize,
                   size_t offset, size_t size)
 {

@@ -1268,12 +1268,14 @@ void clopt_range_group_init(clopt_range_group *g);
    a gradient or state range overlapping a parameter range or another tensor's, a parameter,
    gradient or state range overlapping one already registered in this optimizer (another
    group's engine-owned state included), params or grads in more than one cl_mem, a buffer
-   of another context, struct_size too small, sr_stream outside -1 .. 2^32 - 1, tensors
+   of another context, struct_size not a version's (below the first's, or above 1024: an
+   uninitialised struct), sr_stream outside -1 .. 2^32 - 1, tensors
    whose storage types differ (CLOPT_ERR_INVALID_ARGUMENT); a state buffer count other than
    0 or the rule's, a tensor's hessian set (CLOPT_ERR_STATE_MISMATCH); Sophia, the
    engine's state with Lookahead, with a multi-pass rule (Adafactor, LAMB, StableAdamW,
-   Muon), with a master (a state of the library's) or with a state_dtype other than F32
-   (CLOPT_ERR_UNSUPPORTED). Also CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors, a
+   Muon), with a master (a state of the library's) or with a state_dtype other than F32, a
+   field past this library's struct set (a newer caller's; CLOPT_ERR_UNSUPPORTED). Also
+   CLOPT_ERR_NULL_ARGUMENT (hp, desc, desc->tensors, a
    tensor's param or grad buffer), CLOPT_ERR_INVALID_SIZE (ntensors 0, shapes),
    CLOPT_ERR_INVALID_HYPERPARAM, CLOPT_ERR_OUT_OF_MEMORY and OpenCL codes; on failure no
    group is added. *group and *first_index (either may be NULL) receive the group and its
@@ -1352,8 +1354,9 @@ typedef struct clopt_save_options {
 void clopt_save_options_init(clopt_save_options *o);
 /* Bytes clopt_optimizer_save_to will write with options o (NULL = defaults). No device
    access; never blocks. CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT
-   (struct_size too small, a field not 0 or 1) or CLOPT_ERR_UNSUPPORTED (a field this
-   library does not know is set). */
+   (struct_size not a version's: below the first's, or above 1024, an uninitialised struct;
+   a field not 0 or 1) or CLOPT_ERR_UNSUPPORTED (a field this library does not know is
+   set). */
 clopt_status clopt_optimizer_state_size(const clopt_optimizer *opt, const clopt_save_options *o,
                                         size_t *bytes);
 /* Writes the checkpoint into buf (cap bytes; CLOPT_ERR_INVALID_SIZE when too small, buf

@@ -578,6 +578,19 @@ static void test_file_and_bytes(void **state)
     o.state_tensors = 1;
     o.struct_size = 0;
     assert_int_equal(clopt_optimizer_state_size(m.opt, &o, &size), CLOPT_ERR_INVALID_ARGUMENT);
+    /* a garbage struct_size in a struct of its own size: refused before a byte past it is
+       read (the library read up to struct_size bytes, out of bounds, looking for set
+       fields; ASan saw it, a struct before an unmapped page crashed) */
+    clopt_save_options *heap = malloc(sizeof *heap);
+    assert_non_null(heap);
+    clopt_save_options_init(heap);
+    heap->struct_size = 1025;
+    assert_int_equal(clopt_optimizer_state_size(m.opt, heap, &size), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "clopt_save_options_init"));
+    heap->struct_size = (size_t)-1;
+    assert_int_equal(clopt_optimizer_save_to(m.opt, heap, big, blen + 16, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    free(heap);
     /* the bytes load into the file's optimizer, and the file into the bytes' */
     assert_int_equal(clopt_optimizer_load_from(m.opt, file, flen), CLOPT_SUCCESS);
     assert_int_equal(clopt_optimizer_load(m.opt, path), CLOPT_SUCCESS);

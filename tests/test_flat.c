@@ -409,6 +409,35 @@ static void test_misuse_refused(void **state)
     bad.tensors = d;
     assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &bad, NULL, NULL),
                      CLOPT_ERR_INVALID_ARGUMENT);
+    /* a garbage struct_size is refused before anything past the struct is read (any large
+       size was accepted: the fields it claimed were never looked at, nor refused when set);
+       a newer caller's larger struct is fine when its unknown fields are 0, refused when one
+       is set */
+    rg.ntensors = 1;
+    rg.tensors = &d[0];
+    d[0] = (clopt_param_desc){.param = {B, 900}, .grad = {G, 900}, .ndim = 1, .shape = {10}};
+    const size_t garbage[] = {(size_t)0xdeadbeefcafe, 1025, (size_t)-1};
+    for (int k = 0; k < 3; k++) {
+        rg.struct_size = garbage[k];
+        assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
+                         CLOPT_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(clopt_ctx_last_error(ctx), "clopt_range_group_init"));
+    }
+    unsigned char newer[sizeof rg + 16];
+    memset(newer, 0, sizeof newer);
+    rg.struct_size = sizeof newer;
+    memcpy(newer, &rg, sizeof rg);
+    newer[sizeof rg + 9] = 1;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, (clopt_range_group *)newer, NULL,
+                                                     NULL),
+                     CLOPT_ERR_UNSUPPORTED);
+    assert_int_equal(clopt_optimizer_group_count(opt), 2);
+    newer[sizeof rg + 9] = 0;
+    assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, (clopt_range_group *)newer, NULL,
+                                                     NULL),
+                     CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_group_count(opt), 3);
+    rg.struct_size = sizeof rg;
     /* a later tensor's NULL buffer is NULL_ARGUMENT, as the first's (it was the one-cl_mem
        refusal, INVALID_ARGUMENT) */
     clopt_param_desc two[2] = {
@@ -426,7 +455,7 @@ static void test_misuse_refused(void **state)
     assert_int_equal(clopt_optimizer_add_range_group(opt, &hp, &rg, NULL, NULL),
                      CLOPT_ERR_STATE_MISMATCH);
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &h, NULL), CLOPT_ERR_STATE_MISMATCH);
-    assert_int_equal(clopt_optimizer_group_count(opt), 2);
+    assert_int_equal(clopt_optimizer_group_count(opt), 3);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(B);
     clReleaseMemObject(G);
