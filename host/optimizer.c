@@ -370,12 +370,17 @@ clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t gro
     return CLOPT_SUCCESS;
 }
 
+double clopt_o_group_lr(const clopt_group *g, uint64_t count)
+{
+    const double lr = g->hp.lr * clopt_schedule_factor(&g->sched, count);
+    return fabs(lr) < FLT_MIN ? 0.0 : lr;
+}
+
 double clopt_optimizer_group_lr(const clopt_optimizer *opt, size_t group)
 {
     if (!opt || group >= opt->ngroups)
         return NAN;
-    const clopt_group *g = &opt->groups[group];
-    return g->hp.lr * clopt_schedule_factor(&g->sched, opt->step);
+    return clopt_o_group_lr(&opt->groups[group], opt->step);
 }
 
 /* ---- parameters ----------------------------------------------------------------------- */

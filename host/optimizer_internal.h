@@ -122,6 +122,10 @@ struct clopt_optimizer {
 /* Schedule-Free's scalars of tensor e carried over `count` steps from 0 under group g's
    current hyperparameters (the schedule at each step): after set_step_count. */
 void clopt_o_sf_replay(const clopt_optimizer *opt, clopt_param *e, uint64_t count);
+/* Group g's lr after `count` completed steps: its lr times the schedule's factor, 0 when that
+   is below float32's normal range (a decay run long enough, e.g. torch's ExponentialLR at
+   0.99 past 8,000 steps: the kernels take lr as a float, and such an lr moves nothing). */
+double clopt_o_group_lr(const clopt_group *g, uint64_t count);
 
 /* State k of e is Lookahead's slow weights (the state after the kernel's, unless it is the
    master of a 16-bit parameter, which never comes with Lookahead). */

@@ -28,7 +28,7 @@ static double mu_product_ahead(const clopt_optimizer *opt, const clopt_param *e,
 static clopt_hparams outcome_hp(const clopt_optimizer *opt, const clopt_group *g, uint64_t d)
 {
     clopt_hparams hp = g->hp;
-    hp.lr *= clopt_schedule_factor(&g->sched, opt->step + d);
+    hp.lr = clopt_o_group_lr(g, opt->step + d);
     return hp;
 }
 
@@ -55,7 +55,7 @@ void clopt_o_sf_replay(const clopt_optimizer *opt, clopt_param *e, uint64_t coun
         return;
     for (uint64_t t = 1; t <= exact; t++) {
         clopt_hparams hp = g->hp;
-        hp.lr *= clopt_schedule_factor(&g->sched, t - 1);
+        hp.lr = clopt_o_group_lr(g, t - 1);
         clopt_schedule_free_advance(&hp, t, &e->sf_lr_max, &e->sf_weight_sum, NULL);
     }
     if (count > exact) {
@@ -350,6 +350,13 @@ static clopt_status step_group(clopt_optimizer *opt, size_t gi, double grad_scal
     const float gmul = (float)(1.0 / grad_scale);
     const int la = clopt_group_lookahead(opt, g);
     clopt_status s = CLOPT_SUCCESS;
+    for (uint64_t d = 0; d <= k; d++) { /* a growing schedule (e.g. exponential, gamma > 1) */
+        const double lr = clopt_o_group_lr(g, opt->step + d);
+        if (!(lr <= CLOPT_MAX_SETTING))
+            return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM,
+                              "group %zu: its schedule takes lr to %g at step %llu, above 2^64",
+                              gi, lr, (unsigned long long)(opt->step + d + 1));
+    }
     if (arena_fused(opt, g)) {
         const clopt_param *e0 = &opt->params[g->first]; /* added together: one count */
         clopt_tensor states[CLOPT_OPT_MAX_STATE];

@@ -978,6 +978,8 @@ clopt_status clopt_optimizer_step(clopt_optimizer *opt, cl_event *event);
    work-group, or a reduction kernel the tuning's reduce_local, and the device allows fewer;
    a tensor or arena group whose launch would take 2^31 work-items or more, as
    clopt_enqueue_step),
+   CLOPT_ERR_INVALID_HYPERPARAM (a group's schedule takes its lr above 2^64, e.g. an
+   exponential one with gamma > 1; see clopt_optimizer_group_lr for the other end),
    CLOPT_ERR_BUILD_FAILED, CLOPT_ERR_OUT_OF_MEMORY, OpenCL codes. A step that fails after
    its first enqueue does not wait for the caller's events (its start is abandoned on the
    device). */
@@ -992,8 +994,9 @@ clopt_status clopt_optimizer_step_on(clopt_optimizer *opt, cl_command_queue queu
    or after changing hyperparameters or the context's tuning. Returns CLOPT_SUCCESS (also
    without tensors), CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_BUILD_FAILED (log in
    clopt_ctx_build_log), CLOPT_ERR_UNSUPPORTED (as clopt_optimizer_step_on: an 8-bit state
-   or reduction work-group too large for the device), CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
-   code. */
+   or reduction work-group too large for the device), CLOPT_ERR_INVALID_HYPERPARAM (as
+   step_on: a schedule's lr above 2^64 at the next step), CLOPT_ERR_OUT_OF_MEMORY or an
+   OpenCL code. */
 clopt_status clopt_optimizer_prepare(clopt_optimizer *opt);
 
 /* What the device decided for one step (AMP skip, gradient norm), as it reaches the host. */
@@ -1180,8 +1183,10 @@ clopt_status clopt_schedule_validate(const clopt_schedule *s, const char **why);
    or CLOPT_ERR_INVALID_HYPERPARAM. */
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
                                                 const clopt_schedule *s);
-/* The lr group `group` uses at the next step (base lr times the schedule's factor) by the
-   host's step count (may lag with AMP steps in flight); NaN for NULL or no such group. */
+/* The lr group `group` uses at the next step (base lr times the schedule's factor; 0 when
+   that is below 1.2e-38, float32's normal range: a long decay, e.g. an exponential one at
+   0.99 past about 8,000 steps, ends at 0 instead of failing the step) by the host's step
+   count (may lag with AMP steps in flight); NaN for NULL or no such group. */
 double clopt_optimizer_group_lr(const clopt_optimizer *opt, size_t group);
 
 /* The lecture's batch-size rules: scale a learning rate tuned at base_batch to batch (N =

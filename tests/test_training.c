@@ -742,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_schedules_restarts_huge_counts),
         cmocka_unit_test(test_schedules_edges),
         cmocka_unit_test(test_schedule_in_optimizer),
+        cmocka_unit_test(test_schedule_lr_ends),
         cmocka_unit_test(test_accumulation),
         cmocka_unit_test(test_amp),
         cmocka_unit_test(test_lookahead_any_rule),

@@ -8,5 +8,6 @@ void test_schedules_restarts_stepped(void **state);
 void test_schedules_restarts_huge_counts(void **state);
 void test_schedules_edges(void **state);
 void test_schedule_in_optimizer(void **state);
+void test_schedule_lr_ends(void **state);
 
 #endif

@@ -390,3 +390,50 @@ void test_schedule_in_optimizer(void **state)
     clReleaseMemObject(pb);
     clReleaseMemObject(gb);
 }
+
+/* Both ends of a schedule's lr (torch keeps stepping with either): SGD, lr 1, g 1. A decay
+   (gamma 0.5) takes lr below float32's normal range at step 128 (2^-127): the group's lr is
+   then 0 and the steps go on (every step failed there, INVALID_HYPERPARAM, "lr must be 0 or
+   of magnitude 1.2e-38 .."; with gamma 0.99, torch's usual ExponentialLR, past 8,000 steps).
+   Growth (gamma 2) past 2^64 at step 66 fails that step before it runs, naming the schedule,
+   and changes nothing. */
+void test_schedule_lr_ends(void **state)
+{
+    fixture *f = *state;
+    for (int grow = 0; grow < 2; grow++) {
+        clopt_hparams hp;
+        clopt_hparams_default(CLOPT_SGD, &hp);
+        hp.lr = 1.0;
+        clopt_optimizer *opt;
+        assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_SGD, &hp, &opt), CLOPT_SUCCESS);
+        clopt_schedule s = one_stage(
+            (clopt_schedule_stage){.kind = CLOPT_SCHED_EXPONENTIAL, .gamma = grow ? 2.0 : 0.5});
+        assert_int_equal(clopt_optimizer_set_group_schedule(opt, 0, &s), CLOPT_SUCCESS);
+        float p = 0.0f, g = 1.0f;
+        cl_mem pb = upload(f->ctx, &p, 1), gb = upload(f->ctx, &g, 1);
+        assert_int_equal(clopt_optimizer_add_param(opt, (clopt_tensor){pb, 0},
+                                                   (clopt_tensor){gb, 0}, 1, NULL, NULL),
+                         CLOPT_SUCCESS);
+        float want = 0.0f; /* θ -= lr_t, lr_t = 2^±(t-1): exact products, one rounding each */
+        const uint64_t steps = grow ? 65 : 140;
+        for (uint64_t t = 1; t <= steps; t++) {
+            const double lr = ldexp(1.0, grow ? (int)(t - 1) : -(int)(t - 1));
+            assert_true(clopt_optimizer_group_lr(opt, 0) == (t < 128 || grow ? lr : 0.0));
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_SUCCESS);
+            if (t < 128 || grow)
+                want -= (float)lr;
+        }
+        read_at(f->ctx, (clopt_tensor){pb, 0}, &p, 1);
+        assert_true(p == want);
+        if (grow) {
+            assert_int_equal(clopt_optimizer_step(opt, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
+            assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "schedule"));
+            assert_int_equal(clopt_optimizer_step_count(opt), 65);
+            read_at(f->ctx, (clopt_tensor){pb, 0}, &p, 1);
+            assert_true(p == want);
+        }
+        clopt_optimizer_destroy(opt);
+        clReleaseMemObject(pb);
+        clReleaseMemObject(gb);
+    }
+}
