@@ -26,11 +26,8 @@ enum {
     TENS_KNOWN = TENS_PARAMS | TENS_SLOW_READY | TENS_MASTER_READY
 };
 
-/* The largest step count a checkpoint may hold: 2^53 - 64. Every step the optimizer computes
-   from it (the count + 1 + d for the CLOPT_MAX_IN_FLIGHT = 32 steps in flight) is then an
-   integer below 2^53, exact and distinct as the double that the bias corrections, schedules
-   and Adafactor's t^decay_rate are computed from. 2^64 - 1 wrapped the next step to 0. */
-#define CKP_MAX_STEP ((UINT64_C(1) << 53) - 64)
+/* The largest step count a checkpoint may hold (optimizer_internal.h). */
+#define CKP_MAX_STEP CLOPT_MAX_STEP_COUNT
 /* Bytes of one schedule stage and the most a group of a version-1 file adds (its μ product):
    the slack between this optimizer's own checkpoint size and the largest file it can load. */
 #define CKP_STAGE_BYTES (4u + 3u * 8u + 4u * 8u)

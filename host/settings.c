@@ -180,6 +180,10 @@ clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
+    if (count > CLOPT_MAX_STEP_COUNT) /* a checkpoint of it would not load */
+        return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
+                          "step count %llu: at most 2^53 - 64 (%llu)", (unsigned long long)count,
+                          (unsigned long long)CLOPT_MAX_STEP_COUNT);
     /* every step in flight first: their verdicts would add to the new count, and the next
        step writes the device's count from the host's (no verdict outstanding) */
     clopt_status st = clopt_opt_settle(opt);

@@ -536,9 +536,11 @@ clopt_status clopt_opt_settle(clopt_optimizer *opt)
 
 clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out)
 {
-    if (!opt || !out)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     clopt_status s = collect(opt, 0);
     *out = opt->report;
     return s;
@@ -546,9 +548,11 @@ clopt_status clopt_optimizer_poll(clopt_optimizer *opt, clopt_step_report *out)
 
 clopt_status clopt_optimizer_get_loss_scaler(clopt_optimizer *opt, clopt_loss_scaler *out)
 {
-    if (!opt || !out)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (!opt->has_scaler)
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_ARGUMENT,
                           "no loss scaler is set (clopt_optimizer_set_loss_scaler)");

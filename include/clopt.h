@@ -1429,8 +1429,9 @@ clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t
    tensor's become `count` (NAdam's products and Schedule-Free's per-tensor lr_max and
    weight_sum are recomputed for it). Nothing else changes.
    Blocking: it settles every step in flight first (their verdicts would otherwise move the
-   new count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_OUT_OF_MEMORY or an OpenCL
-   code. */
+   new count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (count
+   above 2^53 - 64, the largest a checkpoint holds: every step's t stays an exact double),
+   CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count);
 /* The rule (CLOPT_RULE_COUNT for NULL) and the number of registered tensors (0 for NULL). */
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);

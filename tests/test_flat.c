@@ -645,6 +645,28 @@ static void test_set_step_count_in_flight(void **state)
     assert_int_equal(clopt_optimizer_param_step_count(opt, 0, &c), CLOPT_SUCCESS);
     assert_int_equal(c, 51);
     assert_int_equal(clopt_optimizer_step_count(opt), 51);
+    /* a count no checkpoint may hold (2^53 - 64 is the largest): it was taken, saved, and
+       the bytes were then refused by load_from ("impossible step count"); 2^64 - 1 wrapped
+       the next step's t to 0 */
+    const uint64_t top = (UINT64_C(1) << 53) - 64;
+    assert_int_equal(clopt_optimizer_set_step_count(opt, top + 1), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "2^53"));
+    assert_int_equal(clopt_optimizer_set_step_count(opt, UINT64_MAX), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_step_count(opt), 51);
+    assert_int_equal(clopt_optimizer_set_step_count(opt, top), CLOPT_SUCCESS);
+    size_t bytes = 0;
+    assert_int_equal(clopt_optimizer_state_size(opt, NULL, &bytes), CLOPT_SUCCESS);
+    unsigned char *ck = malloc(bytes);
+    assert_int_equal(clopt_optimizer_save_to(opt, NULL, ck, bytes, NULL), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_load_from(opt, ck, bytes), CLOPT_SUCCESS);
+    free(ck);
+    /* a NULL out names itself (the previous call's message was left in place) */
+    assert_int_equal(clopt_optimizer_set_step_count(opt, UINT64_MAX), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_poll(opt, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "out is NULL"));
+    assert_int_equal(clopt_optimizer_set_step_count(opt, UINT64_MAX), CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_optimizer_get_loss_scaler(opt, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "out is NULL"));
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(P);
     clReleaseMemObject(G);
