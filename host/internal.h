@@ -263,6 +263,10 @@ static inline double clopt_sf_beta(clopt_rule r, const clopt_hparams *hp)
 {
     return r == CLOPT_SCHEDULE_FREE_SGD ? hp->momentum : hp->beta1;
 }
+/* The step's buffers (θ, g, the master, the states and their absmaxes, ĥ, the centralization
+   scratch) pairwise disjoint (CLOPT_ERR_INVALID_ARGUMENT naming both). */
+clopt_status clopt_check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                       const clopt_step_args *a, size_t n);
 /* Everything clopt_enqueue_step checks before it plans the launch (ops.c). */
 clopt_status clopt_validate_step(clopt_ctx *ctx, cl_command_queue queue, clopt_rule rule,
                                  const clopt_hparams *hp, const clopt_step_args *a, size_t n,

@@ -50,8 +50,8 @@ static int op_overlap(clopt_tensor dst, size_t ds, clopt_tensor src, size_t ss, 
 /* The op-level step's tensors (validated) must not share bytes: a work-item's reads and
    writes of one element would race with another's (the optimizer level checks its tensors
    once, at registration, and may hand a launch whole buffers). */
-static clopt_status check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
-                                        const clopt_step_args *a, size_t n)
+clopt_status clopt_check_step_disjoint(clopt_ctx *ctx, clopt_rule rule, const clopt_hparams *hp,
+                                       const clopt_step_args *a, size_t n)
 {
     clopt_span r[3 + 2 * CLOPT_MAX_STATE + 2];
     size_t k = 0;
@@ -294,7 +294,7 @@ clopt_status clopt_enqueue_step_ctl(clopt_ctx *ctx, cl_command_queue queue, clop
                           clopt_rule_name(rule));
     clopt_status s = clopt_validate_step(ctx, queue, rule, hp, args, n, step, num_wait, wait_list);
     if (s == CLOPT_SUCCESS && !ctl)
-        s = check_step_disjoint(ctx, rule, hp, args, n);
+        s = clopt_check_step_disjoint(ctx, rule, hp, args, n);
     if (s != CLOPT_SUCCESS)
         return s;
     if (clopt_rule_per_tensor(rule, hp)) /* valid hyperparameters with cautious masking */

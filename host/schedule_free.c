@@ -51,6 +51,8 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
         return clopt_fail(ctx, CLOPT_ERR_NULL_ARGUMENT, "hparams and args must not be NULL");
     /* the step's own checks (θ, its storage, the states, queue, wait list) */
     clopt_status s = clopt_validate_step(ctx, queue, rule, hp, args, n, 1, num_wait, wait_list);
+    if (s == CLOPT_SUCCESS)
+        s = clopt_check_step_disjoint(ctx, rule, hp, args, n);
     if (s != CLOPT_SUCCESS)
         return s;
     char options[256];

@@ -543,6 +543,17 @@ static void run_sf_mode(clopt_ctx *ctx, clopt_rule rule, clopt_hparams hp, size_
     float *after = opbufs_snapshot(ctx, &b, &tot);
     assert_memory_equal(before, after, tot * sizeof(float));
     free(after);
+    /* z on θ: refused as by clopt_enqueue_step, nothing written (the switch skipped
+       the step's overlap check, and its kernel's reads and writes raced) */
+    clopt_step_args bad = a;
+    bad.state[0] = a.param;
+    assert_int_equal(clopt_enqueue_schedule_free_mode(ctx, NULL, rule, &hp, &bad, n, 0, 0, NULL,
+                                                      NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "overlap"));
+    after = opbufs_snapshot(ctx, &b, &tot);
+    assert_memory_equal(before, after, tot * sizeof(float));
+    free(after);
     /* eval */
     assert_int_equal(clopt_enqueue_schedule_free_mode(ctx, NULL, rule, &hp, &a, n, 0, 0, NULL,
                                                       NULL),
