@@ -115,8 +115,9 @@ typedef struct clopt_span {
     const char *what;
     size_t tensor;
 } clopt_span;
-/* Refuses two ranges of one buffer that overlap, naming both (CLOPT_ERR_INVALID_ARGUMENT);
-   sorts s. */
+/* Refuses two ranges of one buffer that overlap, naming both (CLOPT_ERR_INVALID_ARGUMENT;
+   a sub-buffer's range counts as its parent's at its origin, and the message gives the
+   parent's bytes); sorts s and rewrites sub-buffer spans as their parent's. */
 clopt_status clopt_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count);
 clopt_status clopt_check_tensor(clopt_ctx *ctx, const char *what, clopt_tensor t, size_t n);
 /* The same for a tensor of esize-byte elements (offset and n in elements). */

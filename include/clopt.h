@@ -624,7 +624,9 @@ typedef enum clopt_master {
 } clopt_master;
 
 /* A tensor in a caller-owned buffer: an offset in elements (of the tensor's storage type,
-   float32 unless said otherwise) into a cl_mem. */
+   float32 unless said otherwise) into a cl_mem. The overlap checks (of one step's buffers,
+   of registered tensors) see a sub-buffer as its parent's bytes at its origin; they cannot
+   see two buffers over the same host memory (CL_MEM_USE_HOST_PTR). */
 typedef struct clopt_tensor {
     cl_mem buffer;
     size_t offset;

@@ -456,6 +456,32 @@ static void test_misuse_refused(void **state)
                      CLOPT_ERR_STATE_MISMATCH);
     assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &h, NULL), CLOPT_ERR_STATE_MISMATCH);
     assert_int_equal(clopt_optimizer_group_count(opt), 3);
+    /* a sub-buffer is its parent's bytes: B's first 100 floats (tensor 0's θ) as a new
+       tensor's θ, and at the op level a gradient that is a view of θ (both were accepted:
+       the checks compared cl_mem handles only) */
+    cl_int err;
+    const cl_buffer_region head = {0, 100 * sizeof(float)};
+    cl_mem sub = clCreateSubBuffer(B, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &head,
+                                   &err);
+    assert_int_equal(err, CL_SUCCESS);
+    clopt_param_desc view = {.param = {sub, 50}, .grad = {G, 950}, .ndim = 1, .shape = {10}};
+    assert_int_equal(clopt_optimizer_add_param_desc(opt, 0, &view, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "overlaps"));
+    assert_int_equal(clopt_optimizer_param_count(opt), 3);
+    clopt_hparams sgd;
+    clopt_hparams_default(CLOPT_SGD, &sgd);
+    clopt_step_args oa;
+    clopt_step_args_init(&oa);
+    oa.param = (clopt_tensor){B, 0};
+    oa.grad = (clopt_tensor){sub, 40};
+    assert_int_equal(clopt_enqueue_step(ctx, NULL, CLOPT_SGD, &sgd, &oa, 50, 1, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(ctx), "overlap"));
+    oa.grad = (clopt_tensor){sub, 50}; /* bytes [200, 400) of B: disjoint, fine */
+    assert_int_equal(clopt_enqueue_step(ctx, NULL, CLOPT_SGD, &sgd, &oa, 50, 1, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    clReleaseMemObject(sub);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(B);
     clReleaseMemObject(G);
