@@ -339,8 +339,22 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
         (!clopt_rule_is_sf(opt->rule) && (lt->sf_lr_max != 0 || lt->sf_weight_sum != 0)))
         return format_error(ctx, src, "impossible Schedule-Free scalars of a tensor");
     const clopt_group *g = &opt->groups[e->group];
-    if (g->arena && i > g->first) {
-        const loaded_tensor *first = &L->tensors[g->first];
+    /* an arena or range group's tensors were added together and step together (a fused
+       launch takes the first one's count); the file's layout does not say which groups are
+       range groups, so a plain group's bytes with tensors added at different steps were
+       taken by a range group of the same shapes */
+    size_t f = g->first;
+    if (g->ranges)
+        for (f = 0; f < i && opt->params[f].group != e->group; f++)
+            ;
+    if (g->ranges && i > f && (lt->step != L->tensors[f].step ||
+                               lt->mu_product != L->tensors[f].mu_product))
+        return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
+                          "%s: the tensors of group %zu differ in their step counts (a group "
+                          "whose tensors were added at different steps), here a range group",
+                          src, (size_t)e->group);
+    if (g->arena && i > f) {
+        const loaded_tensor *first = &L->tensors[f];
         if (lt->step != first->step || lt->mu_product != first->mu_product ||
             (!clopt_rule_is_multipass(opt->rule) && (lt->master_ready != first->master_ready ||
                                                      lt->slow_ready != first->slow_ready)))

@@ -746,6 +746,71 @@ static void test_alloc_state(void **state)
     assert_int_equal(st[0].offset, 5);
 }
 
+/* A plain group's checkpoint whose tensors were added at different steps (counts 4 and 1)
+   is refused by a range group of the same shapes, whose fused launch steps every tensor with
+   the first one's count (it loaded, and the second tensor then stepped as at step 5);
+   tensors added together load. */
+static void test_range_group_load_counts(void **state)
+{
+    fixture *fx = *state;
+    clopt_ctx *ctx = fx->ctx;
+    float g[40];
+    for (int i = 0; i < 40; i++)
+        g[i] = 0.01f * (float)(i + 1);
+    cl_mem P = upload(ctx, NULL, 40), G = upload(ctx, g, 40);
+    cl_mem P2 = upload(ctx, NULL, 40), G2 = upload(ctx, g, 40);
+    clopt_hparams hp;
+    ref_hparams_default(CLOPT_ADAM, &hp);
+    for (int late = 1; late >= 0; late--) {
+        clopt_optimizer *a = NULL, *b = NULL;
+        size_t g1 = 0;
+        assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAM, &hp, &a), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_add_group(a, &hp, &g1), CLOPT_SUCCESS);
+        clopt_param_desc x = {.param = {P, 0}, .grad = {G, 0}, .ndim = 1, .shape = {10}};
+        clopt_param_desc y = {.param = {P, 20}, .grad = {G, 20}, .ndim = 1, .shape = {10}};
+        assert_int_equal(clopt_optimizer_add_param_desc(a, g1, &x, NULL), CLOPT_SUCCESS);
+        if (!late)
+            assert_int_equal(clopt_optimizer_add_param_desc(a, g1, &y, NULL), CLOPT_SUCCESS);
+        for (int t = 0; t < 3; t++)
+            assert_int_equal(clopt_optimizer_step(a, NULL), CLOPT_SUCCESS);
+        if (late)
+            assert_int_equal(clopt_optimizer_add_param_desc(a, g1, &y, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_step(a, NULL), CLOPT_SUCCESS);
+        size_t len = 0;
+        assert_int_equal(clopt_optimizer_state_size(a, NULL, &len), CLOPT_SUCCESS);
+        unsigned char *bytes = malloc(len);
+        assert_int_equal(clopt_optimizer_save_to(a, NULL, bytes, len, NULL), CLOPT_SUCCESS);
+        assert_int_equal(clopt_optimizer_create(ctx, CLOPT_ADAM, &hp, &b), CLOPT_SUCCESS);
+        clopt_param_desc d[2] = {
+            {.param = {P2, 0}, .grad = {G2, 0}, .ndim = 1, .shape = {10}},
+            {.param = {P2, 20}, .grad = {G2, 20}, .ndim = 1, .shape = {10}}};
+        clopt_range_group rg;
+        clopt_range_group_init(&rg);
+        rg.ntensors = 2;
+        rg.tensors = d;
+        assert_int_equal(clopt_optimizer_add_range_group(b, &hp, &rg, NULL, NULL), CLOPT_SUCCESS);
+        uint64_t c = 9;
+        if (late) {
+            assert_int_equal(clopt_optimizer_load_from(b, bytes, len), CLOPT_ERR_STATE_MISMATCH);
+            assert_non_null(strstr(clopt_ctx_last_error(ctx), "range group"));
+            assert_int_equal(clopt_optimizer_step_count(b), 0);
+            assert_int_equal(clopt_optimizer_param_step_count(b, 1, &c), CLOPT_SUCCESS);
+            assert_int_equal(c, 0);
+        } else {
+            assert_int_equal(clopt_optimizer_load_from(b, bytes, len), CLOPT_SUCCESS);
+            assert_int_equal(clopt_optimizer_param_step_count(b, 1, &c), CLOPT_SUCCESS);
+            assert_int_equal(c, 4);
+        }
+        free(bytes);
+        clopt_optimizer_destroy(a);
+        clopt_optimizer_destroy(b);
+    }
+    clReleaseMemObject(P);
+    clReleaseMemObject(G);
+    clReleaseMemObject(P2);
+    clReleaseMemObject(G2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -757,6 +822,7 @@ int main(void)
         cmocka_unit_test(test_range_group_multipass),
         cmocka_unit_test(test_set_step_count_in_flight),
         cmocka_unit_test(test_alloc_state),
+        cmocka_unit_test(test_range_group_load_counts),
     };
     if (test_small())
         sizes[2] = 16421;
