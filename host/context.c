@@ -303,6 +303,12 @@ static clopt_status ctx_init(clopt_ctx *ctx)
                         &ctx->compute_units, NULL) != CL_SUCCESS ||
         ctx->compute_units == 0)
         ctx->compute_units = 1;
+    /* A CPU device's processors are the host's: PoCL reports as many compute units as its
+       worker threads (POCL_MAX_PTHREAD_COUNT), a scheduling setting that must not change
+       the reductions' shape and so their last bits. */
+    const long procs = sysconf(_SC_NPROCESSORS_ONLN);
+    if ((ctx->device_type & CL_DEVICE_TYPE_CPU) && procs > 0 && procs <= 65536)
+        ctx->compute_units = (cl_uint)procs;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof ctx->max_work_group,
                         &ctx->max_work_group, NULL) != CL_SUCCESS)
         ctx->max_work_group = 0;

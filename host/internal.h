@@ -42,7 +42,8 @@ struct clopt_ctx {
     char platform_version[256];
     clopt_tuning tuning; /* the device's default, or the caller's (tuning_fixed) */
     int tuning_fixed;    /* set by clopt_ctx_set_tuning: one tuning for every kernel */
-    cl_uint compute_units;   /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if the query failed) */
+    cl_uint compute_units;   /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if the query failed); a CPU
+                                device's: the host's online processors */
     size_t max_work_group;   /* CL_DEVICE_MAX_WORK_GROUP_SIZE (0 if the query failed) */
     int divsqrt_cr; /* the device offers correctly rounded float division and sqrt
                        (CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT): every build asks for them */

@@ -5,6 +5,7 @@
  * norms independent of the element-wise tuning); bad shapes; Adafactor's state memory. The
  * reduction tests run twice: with the device's reduction shape and with a GPU's (64 items per
  * work-group adding by a tree in local memory, 3 work-groups per compute unit). */
+#define _POSIX_C_SOURCE 200809L /* popen */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -627,6 +628,68 @@ static void test_state_bytes(void **state)
     clReleaseMemObject(g);
 }
 
+/* --hash: θ after two steps of Adafactor, LAMB, and Adam with clipping on one 1000 x 1000
+   tensor (partial sums in blocks of the reduction shape's work-group count), as FNV-1a. */
+static int print_hash(void)
+{
+    void *st = NULL;
+    if (setup(&st) != 0)
+        return 1;
+    fixture *f = st;
+    const size_t R = 1000, C = 1000, n = R * C;
+    rng_state = 21;
+    float *p0 = malloc(n * sizeof *p0), *g = malloc(n * sizeof *g), *x = malloc(n * sizeof *x);
+    if (!p0 || !g || !x)
+        return 1;
+    fill(p0, NULL, n, 0.05);
+    fill(g, NULL, n, 1.0);
+    uint64_t h = 1469598103934665603u;
+    const clopt_rule rules[3] = {CLOPT_ADAFACTOR, CLOPT_LAMB, CLOPT_ADAM};
+    for (int k = 0; k < 3; k++) {
+        clopt_hparams hp;
+        clopt_hparams_default(rules[k], &hp);
+        run r;
+        run_open(&r, f->ctx, rules[k], &hp, R, C, 1, p0);
+        if (rules[k] == CLOPT_ADAM && clopt_optimizer_set_grad_clip(r.opt, 1.0) != CLOPT_SUCCESS)
+            return 1;
+        run_step(&r, f->ctx, g);
+        run_step(&r, f->ctx, g);
+        read_at(f->ctx, (clopt_tensor){r.p, 0}, x, n);
+        run_close(&r);
+        const unsigned char *b = (const unsigned char *)x;
+        for (size_t i = 0; i < n * sizeof *x; i++)
+            h = (h ^ b[i]) * 1099511628211u;
+    }
+    printf("%016llx\n", (unsigned long long)h);
+    free(p0), free(g), free(x);
+    return teardown(&st);
+}
+
+static const char *self_path;
+
+/* PoCL's worker threads (POCL_MAX_PTHREAD_COUNT, its compute units) do not change the
+   reductions' bits: the work-group count of the partial sums followed the reported compute
+   units, so 1, 2 and 3 threads gave three different θ for every rule that sums across a
+   tensor (up to 328 ulp after one Muon step). Runs this program with --hash under each. */
+static void test_thread_count(void **state)
+{
+    (void)state;
+    char first[64] = "", out[64], cmd[4200];
+    for (int threads = 1; threads <= 3; threads++) {
+        snprintf(cmd, sizeof cmd, "POCL_MAX_PTHREAD_COUNT=%d '%s' --hash", threads, self_path);
+        FILE *pipe = popen(cmd, "r");
+        assert_non_null(pipe);
+        memset(out, 0, sizeof out);
+        const int got = fgets(out, sizeof out, pipe) != NULL;
+        assert_int_equal(pclose(pipe), 0);
+        assert_true(got && strlen(out) == 17);
+        if (threads == 1)
+            memcpy(first, out, sizeof out);
+        else
+            assert_string_equal(out, first);
+    }
+}
+
 /* The fixture with reductions of 64 items per work-group and 3 work-groups per compute unit. */
 static int setup_gpu_shaped(void **state)
 {
@@ -642,8 +705,11 @@ static int setup_gpu_shaped(void **state)
     return clopt_ctx_set_tuning(f->ctx, &t) == CLOPT_SUCCESS ? 0 : -1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--hash"))
+        return print_hash();
+    self_path = argv[0];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adafactor_vs_reference),
         cmocka_unit_test(test_lamb_vs_reference),
@@ -653,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_bad_shapes),
         cmocka_unit_test(test_state_bytes),
+        cmocka_unit_test(test_thread_count),
     };
     /* the same tests with the reduction shape of a GPU (work-group trees in local memory over
        interleaved chunks, Adafactor's tiles of 1024 columns) on whatever device this is, and
