@@ -272,6 +272,11 @@ clopt_status clopt_hparams_validate(clopt_rule rule, const clopt_hparams *hp, co
         w = "decay_rate must be finite and <= 0";
     else if ((u & U_ADAFACTOR) && hp->use_beta1 && !in01(hp->beta1))
         w = "beta1 must be in [0, 1)";
+    else if ((u & U_ADAFACTOR) && ((hp->relative_step != 0 && hp->relative_step != 1) ||
+                                   (hp->warmup_init != 0 && hp->warmup_init != 1)))
+        w = "relative_step and warmup_init must be 0 or 1";
+    else if ((u & U_ADAFACTOR) && hp->warmup_init && !hp->relative_step)
+        w = "warmup_init needs relative_step (as Hugging Face's Adafactor)";
     else if (!(isfinite(hp->lookahead_alpha) && hp->lookahead_alpha >= 0 &&
                hp->lookahead_alpha <= 1))
         w = "lookahead_alpha must be in [0, 1]";

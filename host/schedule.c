@@ -66,7 +66,9 @@ clopt_status clopt_schedule_validate(const clopt_schedule *s, const char **why)
         const clopt_schedule_stage *st = &s->stage[i];
         switch (st->kind) {
         case CLOPT_SCHED_CONSTANT:
-            if (!(isfinite(st->factor) && st->factor >= 0))
+            if (st->total_steps == 0) /* torch 1.13's stepped ConstantLR kept the factor */
+                w = "constant: total_steps must be >= 1";
+            else if (!(isfinite(st->factor) && st->factor >= 0))
                 w = "constant: factor must be finite and >= 0";
             break;
         case CLOPT_SCHED_STEP:

@@ -284,7 +284,9 @@ const char *clopt_ctx_build_log(const clopt_ctx *ctx);
    0 picks the device type's default (CPU: 1 and 8, measured with clopt-bench; other devices:
    256 and 4, capped by the device's work-group size, not yet measured on a GPU). Sums are
    bit-identical from run to run and do not depend on the element-wise fields; their order
-   (so the last bits) depends on these two fields and on the device's compute units. */
+   (so the last bits) depends on these two fields and on the device's compute units (of a
+   CPU device: the host's online processors, not the driver's worker threads, which PoCL
+   sets from POCL_MAX_PTHREAD_COUNT). */
 typedef struct clopt_tuning {
     unsigned vector_width;
     size_t work_group_size;
@@ -416,30 +418,31 @@ clopt_status clopt_ctx_kernel(clopt_ctx *ctx, const char *family, const char *op
  * CLOPT_ADAM, CLOPT_ADAMW and CLOPT_LION (optimizer level: a per-tensor mean between two
  * passes).
  */
+/* The values are fixed (checkpoints store them): new rules are appended. */
 typedef enum clopt_rule {
     CLOPT_SGD = 0,
-    CLOPT_ADAM,
-    CLOPT_ADAMW,
-    CLOPT_ADAGRAD,
-    CLOPT_ADADELTA,
-    CLOPT_RMSPROP,
-    CLOPT_ADAMAX,
-    CLOPT_NADAM,
-    CLOPT_RADAM,
-    CLOPT_ADAMOD,
-    CLOPT_DIFFGRAD,
-    CLOPT_LION,
-    CLOPT_SOPHIA,
-    CLOPT_ADAFACTOR,
-    CLOPT_LAMB,
-    CLOPT_RANGER,
-    CLOPT_SCHEDULE_FREE_ADAMW,
-    CLOPT_SCHEDULE_FREE_SGD,
-    CLOPT_ADOPT,
-    CLOPT_ADEMAMIX,
-    CLOPT_STABLE_ADAMW,
-    CLOPT_MUON,
-    CLOPT_RULE_COUNT
+    CLOPT_ADAM = 1,
+    CLOPT_ADAMW = 2,
+    CLOPT_ADAGRAD = 3,
+    CLOPT_ADADELTA = 4,
+    CLOPT_RMSPROP = 5,
+    CLOPT_ADAMAX = 6,
+    CLOPT_NADAM = 7,
+    CLOPT_RADAM = 8,
+    CLOPT_ADAMOD = 9,
+    CLOPT_DIFFGRAD = 10,
+    CLOPT_LION = 11,
+    CLOPT_SOPHIA = 12,
+    CLOPT_ADAFACTOR = 13,
+    CLOPT_LAMB = 14,
+    CLOPT_RANGER = 15,
+    CLOPT_SCHEDULE_FREE_ADAMW = 16,
+    CLOPT_SCHEDULE_FREE_SGD = 17,
+    CLOPT_ADOPT = 18,
+    CLOPT_ADEMAMIX = 19,
+    CLOPT_STABLE_ADAMW = 20,
+    CLOPT_MUON = 21,
+    CLOPT_RULE_COUNT = 22
 } clopt_rule;
 
 /* Lower-case name ("adamw") of a rule, NULL when out of range (static storage); and the
@@ -487,7 +490,7 @@ typedef struct clopt_hparams {
     int relative_step;           /* 1: ρ_t = min(1e-2, 1/sqrt(t)) (or 1e-6·t with warmup_init)
                                     instead of lr */
     int scale_parameter;         /* 1: α_t = max(eps2, RMS(θ_{t-1}))·ρ_t */
-    int warmup_init;             /* 0 */
+    int warmup_init;             /* 0; 1 needs relative_step (as Hugging Face) */
     int use_beta1;               /* 0: no first moment (HF beta1=None); 1: EMA with beta1 */
     /* LAMB */
     int bias_correction;         /* 1 */
@@ -1129,14 +1132,15 @@ clopt_status clopt_optimizer_accumulate_grad(clopt_optimizer *opt, size_t param,
 
 /* ---- learning-rate schedules ----------------------------------------------------------- */
 
+/* The values are fixed (checkpoints store them): new kinds are appended. */
 typedef enum clopt_schedule_kind {
-    CLOPT_SCHED_CONSTANT = 0, /* factor until total_steps, then 1 (torch ConstantLR) */
-    CLOPT_SCHED_STEP,         /* gamma^floor(t / step_size) (StepLR) */
-    CLOPT_SCHED_EXPONENTIAL,  /* gamma^t (ExponentialLR) */
-    CLOPT_SCHED_COSINE,       /* eta_min + (1-eta_min)(1+cos(π·min(t,T)/T))/2 (CosineAnnealingLR,
+    CLOPT_SCHED_CONSTANT = 0, /* factor until total_steps (>= 1), then 1 (torch ConstantLR) */
+    CLOPT_SCHED_STEP = 1,     /* gamma^floor(t / step_size) (StepLR) */
+    CLOPT_SCHED_EXPONENTIAL = 2, /* gamma^t (ExponentialLR) */
+    CLOPT_SCHED_COSINE = 3,   /* eta_min + (1-eta_min)(1+cos(π·min(t,T)/T))/2 (CosineAnnealingLR,
                                  as a factor of the base lr; T = total_steps) */
-    CLOPT_SCHED_LINEAR_WARMUP,/* factor + (1-factor)·min(t, T)/T (LinearLR up to 1) */
-    CLOPT_SCHED_COSINE_RESTARTS /* SGDR (Loshchilov & Hutter; the AdamW paper's multiplier):
+    CLOPT_SCHED_LINEAR_WARMUP = 4, /* factor + (1-factor)·min(t, T)/T (LinearLR up to 1) */
+    CLOPT_SCHED_COSINE_RESTARTS = 5 /* SGDR (Loshchilov & Hutter; the AdamW paper's multiplier):
                                  cosine over cycles of total_steps·t_mult^i steps
                                  (CosineAnnealingWarmRestarts) */
 } clopt_schedule_kind;
@@ -1546,7 +1550,8 @@ typedef clopt_status (*clopt_tensor_sums_fn)(void *user, clopt_tensor_sums *sums
    complete yet (CLOPT_ERR_INVALID_ARGUMENT: the step's launches would wait for it while the
    hook waits for them). Never called while clopt_optimizer_prepare builds kernels. A failing
    hook fails the step with its status (negative; a positive one reads as
-   CLOPT_ERR_INVALID_ARGUMENT), and unlike the step's own checks it is not atomic: the
+   CLOPT_ERR_INVALID_ARGUMENT), and so does one that returns success with `elements` outside
+   1 .. 1e30 (CLOPT_ERR_INVALID_ARGUMENT); unlike the step's own checks either is not atomic: the
    tensors before it were updated, and this tensor's first pass has run (LAMB's moments are
    written there). Not for Adafactor (its factored statistics are more than sums) or Muon
    (needs the whole matrix). Host only; CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT (opt). */

@@ -403,6 +403,24 @@ static void test_bad_hparams_op(void **state)
         EXPECT_FAIL(f, clopt_enqueue_step(f->ctx, NULL, k_bad[i].rule, &hp, &a, FN, 1, 0, NULL, NULL),
                     label, CLOPT_ERR_INVALID_HYPERPARAM);
     }
+    /* Adafactor (optimizer level only): Hugging Face raises on warmup_init without
+       relative_step (it was taken and ignored); its flags are 0 or 1 */
+    clopt_hparams af;
+    clopt_hparams_default(CLOPT_ADAFACTOR, &af);
+    af.warmup_init = 1;
+    assert_int_equal(clopt_hparams_validate(CLOPT_ADAFACTOR, &af, NULL), CLOPT_SUCCESS);
+    af.relative_step = 0;
+    af.lr = 1e-3;
+    assert_int_equal(clopt_hparams_validate(CLOPT_ADAFACTOR, &af, NULL),
+                     CLOPT_ERR_INVALID_HYPERPARAM);
+    clopt_optimizer *opt = NULL;
+    assert_int_equal(clopt_optimizer_create(f->ctx, CLOPT_ADAFACTOR, &af, &opt),
+                     CLOPT_ERR_INVALID_HYPERPARAM);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "warmup_init"));
+    af.warmup_init = 0;
+    af.relative_step = 2;
+    assert_int_equal(clopt_hparams_validate(CLOPT_ADAFACTOR, &af, NULL),
+                     CLOPT_ERR_INVALID_HYPERPARAM);
     FINISH();
 }
 

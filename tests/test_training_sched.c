@@ -336,6 +336,13 @@ void test_schedules_edges(void **state)
 
     /* invalid schedules */
     s.nstages = 1;
+    /* a constant factor for 0 steps: torch 1.13's stepped ConstantLR keeps the factor for
+       ever, its closed form never applies it; refused as a warmup or cosine of 0 steps (it
+       was taken as no factor) */
+    memset(&s.stage[0], 0, sizeof s.stage[0]);
+    s.stage[0].kind = CLOPT_SCHED_CONSTANT;
+    s.stage[0].factor = 0.1;
+    assert_int_equal(clopt_schedule_validate(&s, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
     s.stage[0].kind = CLOPT_SCHED_STEP;
     s.stage[0].step_size = 0;
     assert_int_equal(clopt_schedule_validate(&s, NULL), CLOPT_ERR_INVALID_HYPERPARAM);
