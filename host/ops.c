@@ -272,6 +272,8 @@ clopt_status clopt_enqueue_step(clopt_ctx *ctx, cl_command_queue queue, clopt_ru
                                 size_t n, uint64_t step, cl_uint num_wait,
                                 const cl_event *wait_list, cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -472,6 +474,8 @@ clopt_status clopt_enqueue_randn(clopt_ctx *ctx, cl_command_queue queue, clopt_t
                                  size_t n, uint64_t seed, uint64_t counter_base,
                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -498,6 +502,8 @@ clopt_status clopt_enqueue_hutchinson(clopt_ctx *ctx, cl_command_queue queue, cl
                                       cl_uint num_wait, const cl_event *wait_list,
                                       cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -525,6 +531,8 @@ clopt_status clopt_enqueue_gnb(clopt_ctx *ctx, cl_command_queue queue, clopt_ten
                                clopt_tensor out, size_t n, double batch_size,
                                cl_uint num_wait, const cl_event *wait_list, cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -604,6 +612,8 @@ clopt_status clopt_enqueue_axpby(clopt_ctx *ctx, cl_command_queue queue, clopt_t
                                  clopt_tensor src, size_t n, double alpha, double beta,
                                  cl_uint num_wait, const cl_event *wait_list, cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -617,6 +627,8 @@ clopt_status clopt_enqueue_axpby_ex(clopt_ctx *ctx, cl_command_queue queue, clop
                                     cl_uint num_wait, const cl_event *wait_list,
                                     cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);
@@ -748,6 +760,8 @@ clopt_status clopt_enqueue_convert(clopt_ctx *ctx, cl_command_queue queue, clopt
                                    cl_uint num_wait, const cl_event *wait_list,
                                    cl_event *event)
 {
+    if (event)
+        *event = NULL;
     if (!ctx)
         return CLOPT_ERR_NULL_ARGUMENT;
     clopt_clear_error(ctx);

@@ -765,6 +765,38 @@ static int hp_same(const clopt_hparams *a, const clopt_hparams *b)
            a->centered == b->centered;
 }
 
+/* A failed call returns no event (the header's convention): every op-level enqueue sets
+   *event to NULL when it fails (they left a stale handle in place, which an engine that
+   releases the event it got back then released; the optimizer-level calls set NULL). */
+static void test_failed_calls_return_no_event(void **state)
+{
+    fx *f = *state;
+    const clopt_tensor nul = {NULL, 0};
+    clopt_hparams hp;
+    clopt_hparams_default(CLOPT_SGD, &hp);
+    clopt_step_args a;
+    clopt_step_args_init(&a);
+    cl_event stale = (cl_event)(uintptr_t)0x1234, ev;
+#define NO_EVENT(call)                                                                     \
+    do {                                                                                   \
+        ev = stale;                                                                        \
+        assert_int_not_equal((call), CLOPT_SUCCESS);                                       \
+        assert_null(ev);                                                                   \
+    } while (0)
+    NO_EVENT(clopt_enqueue_step(f->ctx, NULL, CLOPT_SGD, &hp, &a, 10, 1, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_sgd(f->ctx, NULL, &hp, &a, 10, 1, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_randn(f->ctx, NULL, nul, 10, 1, 0, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_hutchinson(f->ctx, NULL, nul, nul, nul, 10, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_gnb(f->ctx, NULL, nul, nul, 10, 1.0, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_axpby(f->ctx, NULL, nul, nul, 10, 1.0, 0.0, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_axpby_ex(f->ctx, NULL, nul, CLOPT_DTYPE_F32, nul, CLOPT_DTYPE_F32,
+                                    10, 1.0, 0.0, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_convert(f->ctx, NULL, nul, CLOPT_DTYPE_F32, nul, CLOPT_DTYPE_BF16, 10,
+                                   0, 0, 0, 1, 0, NULL, &ev));
+    NO_EVENT(clopt_enqueue_randn(NULL, NULL, nul, 10, 1, 0, 0, NULL, &ev));
+#undef NO_EVENT
+}
+
 static void test_optimizer_create_errors(void **state)
 {
     fx *f = *state;
@@ -980,6 +1012,7 @@ int main(void)
         cmocka_unit_test(test_bad_hparams_op),
         cmocka_unit_test(test_estimator_arguments),
         cmocka_unit_test(test_tuning_arguments),
+        cmocka_unit_test(test_failed_calls_return_no_event),
         cmocka_unit_test(test_optimizer_create_errors),
         cmocka_unit_test(test_optimizer_errors),
     };
