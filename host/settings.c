@@ -63,8 +63,6 @@ clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_l
         why = "growth_factor must be > 1, as torch's GradScaler asserts (and at most 8.5e37)";
     else if (!(s->backoff_factor > 0.0 && s->backoff_factor < 1.0))
         why = "backoff_factor must be in (0, 1), as torch's GradScaler asserts";
-    else if (s->growth_interval == 0)
-        why = "growth_interval must be at least 1";
     if (why)
         return clopt_fail(opt->ctx, CLOPT_ERR_INVALID_HYPERPARAM, "loss scaler: %s", why);
     opt->scaler = *s;

@@ -1086,9 +1086,8 @@ double clopt_loss_scaler_update(clopt_loss_scaler *s, int found_inf);
    clopt_optimizer_get_loss_scaler AFTER clopt_optimizer_save_to/save (they settle the steps
    in flight, whose verdicts still update it), so that both describe the same step. Host only; never blocks.
    CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INVALID_HYPERPARAM (scale outside
-   1.2e-38 .. 8.5e37, growth_factor not in (1, 8.5e37], backoff_factor not in (0, 1),
-   growth_interval 0;
-   nothing changes). */
+   1.2e-38 .. 8.5e37, growth_factor not in (1, 8.5e37], backoff_factor not in (0, 1);
+   nothing changes). growth_interval 0 never grows, as in clopt_loss_scaler_update. */
 clopt_status clopt_optimizer_set_loss_scaler(clopt_optimizer *opt, const clopt_loss_scaler *s);
 /* The attached scaler as the verdicts so far leave it (collects those whose read-back has
    completed, as clopt_optimizer_poll; never blocks). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT,
