@@ -62,6 +62,9 @@
 #ifndef CLOPT_H
 #define CLOPT_H
 
+/* The includer's choice of OpenCL API stands; without one, 1.2 (clopt's own). Include
+   <CL/cl.h> (or define CL_TARGET_OPENCL_VERSION) BEFORE this header to use 2.x/3.0 API
+   elsewhere in the same file: included first, clopt.h makes the file's OpenCL API 1.2. */
 #ifndef CL_TARGET_OPENCL_VERSION
 #define CL_TARGET_OPENCL_VERSION 120
 #endif
@@ -1432,7 +1435,9 @@ clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t
                                               uint64_t *out);
 /* Takes an engine's step count when porting a trainer: the optimizer's count and every
    tensor's become `count` (NAdam's products and Schedule-Free's per-tensor lr_max and
-   weight_sum are recomputed for it). Nothing else changes.
+   weight_sum are recomputed for it: exactly up to 2^20 steps, beyond with lr_max as at step
+   2^20, wrong while a warmup still raises lr there; README "Schedule-Free"). Nothing else
+   changes.
    Blocking: it settles every step in flight first (their verdicts would otherwise move the
    new count). CLOPT_SUCCESS, CLOPT_ERR_NULL_ARGUMENT, CLOPT_ERR_INVALID_ARGUMENT (count
    above 2^53 - 64, the largest a checkpoint holds: every step's t stays an exact double),
