@@ -356,6 +356,20 @@ clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hpara
     return clopt_optimizer_get_group_hparams(opt, 0, out);
 }
 
+clopt_status clopt_optimizer_get_group_schedule(const clopt_optimizer *opt, size_t group,
+                                                clopt_schedule *out)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!out)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
+    if (group >= opt->ngroups)
+        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
+    *out = opt->groups[group].sched;
+    return CLOPT_SUCCESS;
+}
+
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
                                                 const clopt_schedule *s)
 {

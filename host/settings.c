@@ -31,6 +31,18 @@ double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt)
     return opt ? opt->last_grad_norm : NAN;
 }
 
+double clopt_optimizer_grad_clip(const clopt_optimizer *opt)
+{
+    return opt ? opt->max_grad_norm : NAN;
+}
+
+double clopt_optimizer_grad_scale(const clopt_optimizer *opt)
+{
+    return opt ? opt->grad_scale : NAN;
+}
+
+int clopt_optimizer_check_finite(const clopt_optimizer *opt) { return opt ? opt->check_finite : 0; }
+
 clopt_status clopt_optimizer_set_grad_scale(clopt_optimizer *opt, double scale)
 {
     if (!opt)
@@ -141,6 +153,25 @@ clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed)
     clopt_clear_error(opt->ctx);
     opt->rng_seed = seed;
     opt->rng_counter = 0;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_rng(const clopt_optimizer *opt, uint64_t *seed, uint64_t *counter)
+{
+    if (!opt || !seed || !counter)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    *seed = opt->rng_seed;
+    *counter = opt->rng_counter;
+    return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_set_rng(clopt_optimizer *opt, uint64_t seed, uint64_t counter)
+{
+    if (!opt)
+        return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    opt->rng_seed = seed;
+    opt->rng_counter = counter;
     return CLOPT_SUCCESS;
 }
 

@@ -953,6 +953,13 @@ clopt_status clopt_optimizer_set_grad_clip(clopt_optimizer *opt, double max_norm
    (and none a NaN) and NaN when one held a NaN, as torch; NaN before any and for NULL. Host
    only; never blocks. */
 double clopt_optimizer_last_grad_norm(const clopt_optimizer *opt);
+/* The settings of set_grad_clip, set_grad_scale (the scale the next step divides out; 0:
+   AMP off) and set_check_finite as they stand (a checkpoint's load replaces them), for an
+   engine that keeps them in its own checkpoint: NaN (the scalars) or 0 for NULL. Host
+   only; never block. */
+double clopt_optimizer_grad_clip(const clopt_optimizer *opt);
+double clopt_optimizer_grad_scale(const clopt_optimizer *opt);
+int clopt_optimizer_check_finite(const clopt_optimizer *opt);
 
 /* One step over every registered tensor, on the context's queue: one launch per tensor, or
    one per arena or range group for the element-wise rules; clopt_optimizer_step_on(opt,
@@ -1191,6 +1198,10 @@ clopt_status clopt_schedule_validate(const clopt_schedule *s, const char **why);
    or CLOPT_ERR_INVALID_HYPERPARAM. */
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
                                                 const clopt_schedule *s);
+/* Group `group`'s schedule as set (or loaded; nstages 0 when none). CLOPT_SUCCESS,
+   CLOPT_ERR_NULL_ARGUMENT or CLOPT_ERR_INDEX. Host only. */
+clopt_status clopt_optimizer_get_group_schedule(const clopt_optimizer *opt, size_t group,
+                                                clopt_schedule *out);
 /* The lr group `group` uses at the next step (base lr times the schedule's factor; 0 when
    that is below 1.2e-38, float32's normal range: a long decay, e.g. an exponential one at
    0.99 past about 8,000 steps, ends at 0 instead of failing the step) by the host's step
@@ -1422,6 +1433,12 @@ clopt_status clopt_optimizer_state_entry(const clopt_optimizer *opt, size_t i,
    context's queue (order it with an engine's own queue yourself): only enqueues (first use
    compiles), out is the caller's; its statuses. */
 clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed);
+/* The generator's position (the key, which also keys stochastic rounding, and the counter
+   the next randn starts at), for an engine's own checkpoint, and its restore: set_rng(seed,
+   counter) makes the next randn and the rounding draws those of the saved optimizer.
+   CLOPT_SUCCESS or CLOPT_ERR_NULL_ARGUMENT. Host only. */
+clopt_status clopt_optimizer_rng(const clopt_optimizer *opt, uint64_t *seed, uint64_t *counter);
+clopt_status clopt_optimizer_set_rng(clopt_optimizer *opt, uint64_t seed, uint64_t counter);
 clopt_status clopt_optimizer_randn(clopt_optimizer *opt, clopt_tensor out, size_t n);
 
 /* Steps applied by the optimizer (skipped steps are not counted); the schedules count these.

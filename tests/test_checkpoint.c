@@ -491,6 +491,75 @@ unsigned char *slurp(const char *path, size_t *len)
     return d;
 }
 
+/* The settings a checkpoint carries can be read back, so an engine that keeps its own
+   checkpoint can store them without clopt's bytes: clipping, the AMP scale, the finite check,
+   each group's schedule and the generator's position (set_rng restores it: the next randn
+   gives the saved optimizer's values). After a load the getters report the file's. */
+static void test_settings_read_back(void **state)
+{
+    fixture *f = *state;
+    net a, b;
+    net_build(&a, f->ctx, CLOPT_ADAM, 0, 0, 3);
+    net_build(&b, f->ctx, CLOPT_ADAM, 0, 0, 4);
+    clopt_schedule s;
+    memset(&s, 0, sizeof s);
+    s.nstages = 1;
+    s.stage[0].kind = CLOPT_SCHED_STEP;
+    s.stage[0].step_size = 7;
+    s.stage[0].gamma = 0.5;
+    assert_int_equal(clopt_optimizer_set_group_schedule(a.opt, 0, &s), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_clip(a.opt, 2.5), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_grad_scale(a.opt, 1024.0), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_set_check_finite(a.opt, 1), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_seed(a.opt, 77), CLOPT_SUCCESS);
+    cl_mem r = upload(f->ctx, NULL, 64);
+    assert_int_equal(clopt_optimizer_randn(a.opt, (clopt_tensor){r, 0}, 10), CLOPT_SUCCESS);
+    assert_true(clopt_optimizer_grad_clip(a.opt) == 2.5);
+    assert_true(clopt_optimizer_grad_scale(a.opt) == 1024.0);
+    assert_int_equal(clopt_optimizer_check_finite(a.opt), 1);
+    uint64_t seed = 0, counter = 0;
+    assert_int_equal(clopt_optimizer_rng(a.opt, &seed, &counter), CLOPT_SUCCESS);
+    assert_true(seed == 77 && counter == 3); /* ceil(10 / 4) */
+    clopt_schedule got;
+    assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 0, &got), CLOPT_SUCCESS);
+    assert_true(got.nstages == 1 && got.stage[0].kind == CLOPT_SCHED_STEP &&
+                got.stage[0].step_size == 7 && got.stage[0].gamma == 0.5);
+    assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 9, &got), CLOPT_ERR_INDEX);
+    assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 0, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_rng(a.opt, NULL, &counter), CLOPT_ERR_NULL_ARGUMENT);
+    assert_true(isnan(clopt_optimizer_grad_clip(NULL)) && isnan(clopt_optimizer_grad_scale(NULL)));
+    /* a fresh optimizer's defaults, then the loaded file's */
+    assert_true(clopt_optimizer_grad_clip(b.opt) == 0 && clopt_optimizer_grad_scale(b.opt) == 0);
+    assert_int_equal(clopt_optimizer_check_finite(b.opt), 0);
+    size_t len;
+    unsigned char *bytes = save_bytes(&a, NULL, &len);
+    assert_int_equal(clopt_optimizer_load_from(b.opt, bytes, len), CLOPT_SUCCESS);
+    assert_true(clopt_optimizer_grad_clip(b.opt) == 2.5);
+    assert_true(clopt_optimizer_grad_scale(b.opt) == 1024.0);
+    assert_int_equal(clopt_optimizer_check_finite(b.opt), 1);
+    assert_int_equal(clopt_optimizer_rng(b.opt, &seed, &counter), CLOPT_SUCCESS);
+    assert_true(seed == 77 && counter == 3);
+    assert_int_equal(clopt_optimizer_get_group_schedule(b.opt, 0, &got), CLOPT_SUCCESS);
+    assert_true(got.nstages == 1 && got.stage[0].step_size == 7);
+    /* set_rng: the next draws continue a's sequence (draws 12..23 of seed 77) */
+    float x[12], y[12];
+    assert_int_equal(clopt_optimizer_randn(a.opt, (clopt_tensor){r, 0}, 12), CLOPT_SUCCESS);
+    read_at(f->ctx, (clopt_tensor){r, 0}, x, 12);
+    assert_int_equal(clopt_optimizer_set_rng(b.opt, 77, 3), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_randn(b.opt, (clopt_tensor){r, 0}, 12), CLOPT_SUCCESS);
+    read_at(f->ctx, (clopt_tensor){r, 0}, y, 12);
+    assert_memory_equal(x, y, sizeof x);
+    assert_int_equal(clopt_enqueue_randn(f->ctx, NULL, (clopt_tensor){r, 0}, 12, 77, 3, 0, NULL,
+                                         NULL),
+                     CLOPT_SUCCESS);
+    read_at(f->ctx, (clopt_tensor){r, 0}, y, 12);
+    assert_memory_equal(x, y, sizeof x);
+    free(bytes);
+    clReleaseMemObject(r);
+    net_free(&a);
+    net_free(&b);
+}
+
 static void test_file_and_bytes(void **state)
 {
     fixture *f = *state;
@@ -738,6 +807,7 @@ int main(void)
         cmocka_unit_test(test_resume_from_bytes),
         cmocka_unit_test(test_late_tensor_lookahead),
         cmocka_unit_test(test_file_and_bytes),
+        cmocka_unit_test(test_settings_read_back),
         cmocka_unit_test(test_corrupted_bytes),
         cmocka_unit_test(test_arena_params),
         CHECKPOINT_STATE_TESTS,
