@@ -21,8 +21,10 @@
  *    fills of the engine's state, Schedule-Free's eval/train switch, a step with a
  *    tensor-sums hook, and the op level's gradient-centralization scratch. The library never
  *    exits, aborts or prints.
- *  - No global state: everything lives in a clopt_ctx. A context (and everything created
- *    from it) must not be used from two threads at once; two contexts are independent.
+ *  - No global state: everything lives in a clopt_ctx (CLBlast's process-wide program cache,
+ *    which Muon fills, is cleared by clopt_ctx_destroy). A context (and everything created
+ *    from it, its getters included: they reset its last error) must not be used from two
+ *    threads at once; two contexts are independent.
  *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
  *  - Scalar hyperparameters are stored in double on the host and passed to the kernels as
  *    float; step-dependent factors (bias corrections, RAdam's rectification, NAdam's
@@ -244,7 +246,9 @@ clopt_status clopt_ctx_create_from(cl_context context, cl_device_id device,
    context first; cl_kernel handles from clopt_ctx_kernel are invalid afterwards. After Muon
    ran on the context it also clears CLBlast's process-wide program cache (CLBlastClearCache),
    whose programs hold their cl_context, which would otherwise never be freed: other
-   contexts' Muon steps then compile their GEMM kernels again. */
+   contexts' Muon steps then compile their GEMM kernels again, and so does an engine that
+   calls CLBlast itself (CLBlast has no per-context clear; its cache is the one state clopt
+   touches outside a context). */
 void clopt_ctx_destroy(clopt_ctx *ctx);
 
 /* The context's OpenCL objects, NULL for a NULL ctx. Borrowed: valid until destroy; retain
