@@ -731,7 +731,8 @@ clopt_status clopt_enqueue_schedule_free_mode(clopt_ctx *ctx, cl_command_queue q
 void clopt_q8_map(int signed_map, float out[256]);
 
 /* Initialise args to "nothing set": NULL buffers, mu_product 1, grad_scale 1, float32
-   storage (NULL: no-op). clopt_step_args grows between minor versions: start from this. */
+   storage (NULL: no-op). clopt_step_args may grow when the soname changes (README, "ABI
+   and versions"): start from this. */
 void clopt_step_args_init(clopt_step_args *args);
 
 /* dst = src converted between storage types over n elements (offsets in elements of each
