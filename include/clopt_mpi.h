@@ -35,7 +35,12 @@
  * rank order) instead of the device's float reduction, so its last bits (and those of the
  * clip coefficient) may differ from the unsharded optimizer's. In reduce-scatter mode the
  * results are bit-identical run to run for a given world size (ordered_sum 1: also equal to
- * the unsharded optimizer given the gradients summed in float in rank order).
+ * the unsharded optimizer given the gradients summed in float in rank order). The rules
+ * that reduce on the device (LAMB, StableAdamW, Adafactor's replicated statistics, Muon)
+ * take the last bits of their sums from each rank's reduction shape (clopt_tuning: the
+ * device's compute units, a CPU's processors): ranks on devices of one kind agree; ranks on
+ * CPUs with different core counts may not (Adafactor's statistics then differ in their
+ * last bits between ranks).
  *
  * Host staging: gradients and parameters cross host memory (clEnqueueReadBuffer /
  * clEnqueueWriteBuffer, blocking) around the MPI calls. A device-aware MPI (CUDA/ROCm-aware
