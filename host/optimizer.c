@@ -332,8 +332,8 @@ clopt_status clopt_optimizer_set_group_hparams(clopt_optimizer *opt, size_t grou
     return CLOPT_SUCCESS;
 }
 
-clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
-                                               clopt_hparams *out)
+/* The checks of a getter of group `group` into out. */
+static clopt_status group_get(const clopt_optimizer *opt, size_t group, const void *out)
 {
     if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
@@ -342,8 +342,16 @@ clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_
         return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
     if (group >= opt->ngroups)
         return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
-    *out = opt->groups[group].hp;
     return CLOPT_SUCCESS;
+}
+
+clopt_status clopt_optimizer_get_group_hparams(const clopt_optimizer *opt, size_t group,
+                                               clopt_hparams *out)
+{
+    const clopt_status s = group_get(opt, group, out);
+    if (s == CLOPT_SUCCESS)
+        *out = opt->groups[group].hp;
+    return s;
 }
 
 clopt_status clopt_optimizer_set_hparams(clopt_optimizer *opt, const clopt_hparams *hp)
@@ -359,15 +367,10 @@ clopt_status clopt_optimizer_get_hparams(const clopt_optimizer *opt, clopt_hpara
 clopt_status clopt_optimizer_get_group_schedule(const clopt_optimizer *opt, size_t group,
                                                 clopt_schedule *out)
 {
-    if (!opt)
-        return CLOPT_ERR_NULL_ARGUMENT;
-    clopt_clear_error(opt->ctx);
-    if (!out)
-        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "out is NULL");
-    if (group >= opt->ngroups)
-        return clopt_fail(opt->ctx, CLOPT_ERR_INDEX, "no group %zu", group);
-    *out = opt->groups[group].sched;
-    return CLOPT_SUCCESS;
+    const clopt_status s = group_get(opt, group, out);
+    if (s == CLOPT_SUCCESS)
+        *out = opt->groups[group].sched;
+    return s;
 }
 
 clopt_status clopt_optimizer_set_group_schedule(clopt_optimizer *opt, size_t group,
