@@ -224,6 +224,22 @@ static clopt_status parse_optm(clopt_optimizer *opt, rbuf *r, uint32_t nsections
     return CLOPT_SUCCESS;
 }
 
+/* Settings an earlier library took and this one refuses, as they behaved there: Adafactor's
+   flags as truth values (warmup_init without relative_step was ignored), a constant stage
+   of 0 steps as no factor (1 from step 0: the same stage of 1 step with factor 1). */
+static void legacy_settings(clopt_rule rule, clopt_hparams *hp, clopt_schedule *s)
+{
+    if (rule == CLOPT_ADAFACTOR) {
+        hp->relative_step = hp->relative_step != 0;
+        hp->warmup_init = hp->relative_step && hp->warmup_init != 0;
+    }
+    for (size_t i = 0; i < s->nstages && i < CLOPT_MAX_STAGES; i++)
+        if (s->stage[i].kind == CLOPT_SCHED_CONSTANT && s->stage[i].total_steps == 0) {
+            s->stage[i].total_steps = 1;
+            s->stage[i].factor = 1.0;
+        }
+}
+
 static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const char *src,
                                 loaded *L)
 {
@@ -240,6 +256,7 @@ static clopt_status parse_group(clopt_optimizer *opt, rbuf *r, size_t gi, const 
     uint64_t count = r_u64(&sec);
     if (sec.bad || sec.pos != sec.len)
         return format_error(ctx, src, "malformed group section");
+    legacy_settings(opt->rule, &lg->hp, &lg->sched);
     /* the checks clopt_optimizer_set_group_hparams makes (8-bit state only where a rule has
        it, ...): a setting the API refuses does not come in through a file either */
     if (clopt_o_check_hparams(ctx, opt->rule, &lg->hp) != CLOPT_SUCCESS ||
@@ -342,13 +359,11 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
     /* an arena or range group's tensors were added together and step together (a fused
        launch takes the first one's count); the file's layout does not say which groups are
        range groups, so a plain group's bytes with tensors added at different steps were
-       taken by a range group of the same shapes */
-    size_t f = g->first;
-    if (g->ranges)
-        for (f = 0; f < i && opt->params[f].group != e->group; f++)
-            ;
-    if (g->ranges && i > f && (lt->step != L->tensors[f].step ||
-                               lt->mu_product != L->tensors[f].mu_product))
+       taken by a range group of the same shapes (its tensors are consecutive: each is
+       compared with the one before it) */
+    const size_t f = g->first;
+    if (g->ranges && i > 0 && opt->params[i - 1].group == e->group &&
+        (lt->step != L->tensors[i - 1].step || lt->mu_product != L->tensors[i - 1].mu_product))
         return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                           "%s: the tensors of group %zu differ in their step counts (a group "
                           "whose tensors were added at different steps), here a range group",

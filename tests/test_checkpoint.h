@@ -98,9 +98,11 @@ void test_impossible_values(void **state);
 void test_hostile_files(void **state);
 void test_save_symlinks(void **state);
 void test_impossible_group_settings(void **state);
+void test_legacy_settings(void **state);
 
 #define CHECKPOINT_HOSTILE_TESTS                                                             \
     cmocka_unit_test(test_impossible_values), cmocka_unit_test(test_hostile_files),          \
-        cmocka_unit_test(test_save_symlinks), cmocka_unit_test(test_impossible_group_settings)
+        cmocka_unit_test(test_save_symlinks), cmocka_unit_test(test_impossible_group_settings), \
+        cmocka_unit_test(test_legacy_settings)
 
 #endif

@@ -150,7 +150,12 @@ void test_impossible_values(void **state)
    hess_interval .. lookahead_k (grad_centralization the 12th), master, stochastic_rounding,
    state_dtype, 3 f64, then warmup_steps, decouple, alpha_warmup, beta3_warmup, cautious. */
 enum {
+    GRUP_RELATIVE_STEP = 16 + 19 * 8 + 5 * 4,
+    GRUP_WARMUP_INIT = 16 + 19 * 8 + 7 * 4,
     GRUP_GC = 16 + 19 * 8 + 11 * 4,
+    /* the schedule after the 14 + 3 + 6 ints and 3 more f64: nstages, then stage 0's kind,
+       start and total_steps */
+    GRUP_STAGE0_TOTAL = 16 + 19 * 8 + 23 * 4 + 3 * 8 + 4 + 4 + 8,
     GRUP_STATE_DTYPE = 16 + 19 * 8 + 16 * 4,
     GRUP_CAUTIOUS = 16 + 19 * 8 + 17 * 4 + 3 * 8 + 4 * 4
 };
@@ -462,4 +467,51 @@ void test_save_symlinks(void **state)
     remove(victim), remove(path);
     assert_int_equal(rmdir(dir), 0);
     net_free(&m);
+}
+
+/* Files of the library before 2026-12-02 hold settings it took and this one refuses: they
+   load as they behaved (they were refused as malformed): Adafactor's warmup_init without
+   relative_step (ignored there) comes in off, a constant schedule stage of 0 steps as no
+   factor. */
+void test_legacy_settings(void **state)
+{
+    fixture *f = *state;
+    clopt_hparams hp, got;
+    rig r;
+    size_t len, starts[8];
+    const size_t small = 64;
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAFACTOR, &hp), CLOPT_SUCCESS);
+    hp.lr = 1e-3;
+    rig_build(&r, f->ctx, CLOPT_ADAFACTOR, &hp, &small, 1, 0, 1);
+    unsigned char *bytes = save_opt_bytes(r.opt, NULL, &len);
+    assert_int_equal(sections(bytes, len, starts, 8), 3);
+    assert_int_equal(get_u32(bytes + starts[1] + GRUP_RELATIVE_STEP), 1);
+    assert_int_equal(get_u32(bytes + starts[1] + GRUP_WARMUP_INIT), 0);
+    put_u32(bytes + starts[1] + GRUP_RELATIVE_STEP, 0);
+    put_u32(bytes + starts[1] + GRUP_WARMUP_INIT, 1);
+    reseal(bytes, len);
+    assert_int_equal(clopt_optimizer_load_from(r.opt, bytes, len), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_get_group_hparams(r.opt, 0, &got), CLOPT_SUCCESS);
+    assert_true(got.relative_step == 0 && got.warmup_init == 0 && got.lr == 1e-3);
+    free(bytes), rig_free(&r);
+
+    assert_int_equal(clopt_hparams_default(CLOPT_ADAMW, &hp), CLOPT_SUCCESS);
+    rig_build(&r, f->ctx, CLOPT_ADAMW, &hp, &small, 1, 0, 1);
+    clopt_schedule s;
+    memset(&s, 0, sizeof s);
+    s.nstages = 1;
+    s.stage[0].kind = CLOPT_SCHED_CONSTANT;
+    s.stage[0].total_steps = 3;
+    s.stage[0].factor = 0.5;
+    assert_int_equal(clopt_optimizer_set_group_schedule(r.opt, 0, &s), CLOPT_SUCCESS);
+    bytes = save_opt_bytes(r.opt, NULL, &len);
+    assert_int_equal(sections(bytes, len, starts, 8), 3);
+    assert_int_equal(get_u64(bytes + starts[1] + GRUP_STAGE0_TOTAL), 3);
+    put_u64(bytes + starts[1] + GRUP_STAGE0_TOTAL, 0);
+    reseal(bytes, len);
+    assert_int_equal(clopt_optimizer_load_from(r.opt, bytes, len), CLOPT_SUCCESS);
+    assert_int_equal(clopt_optimizer_get_group_schedule(r.opt, 0, &s), CLOPT_SUCCESS);
+    assert_true(s.nstages == 1 && s.stage[0].total_steps == 1 && s.stage[0].factor == 1.0);
+    assert_true(clopt_optimizer_group_lr(r.opt, 0) == hp.lr);
+    free(bytes), rig_free(&r);
 }
