@@ -190,6 +190,39 @@ static void run_case(const ck_case *c)
     free(cont2);
 }
 
+/* CRC-32C (Castagnoli), bit by bit, as the format's documentation defines it. */
+static uint32_t crc32c_bits(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Sets the step count of a checkpoint or manifest (the u64 at byte 32, after the magic,
+   version, rule, total and tensor count) and seals it again. */
+static void patch_steps(const char *path, uint64_t steps)
+{
+    FILE *f = fopen(path, "r+b");
+    CHECK(f != NULL, "open %s", path);
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    unsigned char *b = malloc((size_t)len);
+    CHECK(b != NULL && len > 44, "%s: %ld bytes", path, len);
+    fseek(f, 0, SEEK_SET);
+    CHECK(fread(b, 1, (size_t)len, f) == (size_t)len, "read %s", path);
+    for (int k = 0; k < 8; k++)
+        b[32 + k] = (unsigned char)(steps >> (8 * k));
+    const uint32_t crc = crc32c_bits(b, (size_t)len - 4);
+    memcpy(b + len - 4, &crc, 4);
+    fseek(f, 0, SEEK_SET);
+    CHECK(fwrite(b, 1, (size_t)len, f) == (size_t)len && fclose(f) == 0, "write %s", path);
+    free(b);
+}
+
 /* Damaged, missing and mismatched files: the same failure on every rank, nothing changes. */
 static void test_failures(void)
 {
@@ -239,6 +272,29 @@ static void test_failures(void)
     if (before) {
         CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, after, len));
         CHECK(memcmp(before, after, len * sizeof *after) == 0, "a failed load changed the state");
+    }
+    CHECK(clopt_mpi_optimizer_step_count(R.sh) == 1, "a failed load changed the step count");
+    /* a sealed file whose step count no optimizer takes (2^60): refused before anything is
+       written (the loaders wrote every state, then set_step_count refused the count) */
+    CHECK_OK(save(R.sh, path1));
+    if (fx_rank == 0) {
+        char man[300];
+        snprintf(man, sizeof man, "%s.manifest", path1);
+        patch_steps(shards ? man : path1, UINT64_C(1) << 60);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    {
+        const clopt_status s = load(R.sh, path1);
+        CHECK(s == CLOPT_ERR_FORMAT || s == (clopt_status)CLOPT_MPI_ERR_REMOTE,
+              "step count 2^60: %s", clopt_mpi_status_name(s));
+        int mine = s == CLOPT_ERR_FORMAT, any = 0;
+        MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        CHECK(any, "no rank reported the step count");
+    }
+    if (before) {
+        CHECK_OK(clopt_optimizer_read_state(loc, 0, 0, after, len));
+        CHECK(memcmp(before, after, len * sizeof *after) == 0,
+              "a load refused for its step count changed the state");
     }
     CHECK(clopt_mpi_optimizer_step_count(R.sh) == 1, "a failed load changed the step count");
     /* a symlink planted at rank 0's temporary name (path.<pid>.tmp, the part's for the
