@@ -116,6 +116,11 @@ typedef struct clopt_span {
     const char *what;
     size_t tensor;
 } clopt_span;
+/* The buffer whose bytes m is and m's first byte in it: a sub-buffer's parent and origin
+   (OpenCL has no sub-buffers of sub-buffers: a view of a tensor's storage, an arena's
+   clopt_optimizer_param_view or an engine's clCreateSubBuffer, overlaps that storage), else
+   m and 0. */
+cl_mem clopt_mem_root(cl_mem m, size_t *origin);
 /* Refuses two ranges of one buffer that overlap, naming both (CLOPT_ERR_INVALID_ARGUMENT;
    a sub-buffer's range counts as its parent's at its origin, and the message gives the
    parent's bytes); sorts s and rewrites sub-buffer spans as their parent's. */

@@ -40,11 +40,16 @@ static clopt_status check_op_dtypes(clopt_ctx *ctx, const char *op, clopt_dtype 
 }
 
 /* Whether n elements of dst (ds bytes each) and of src (ss) share bytes of one buffer (both
-   inside their buffers: no overflow). */
+   inside their buffers: no overflow; a sub-buffer counts as its parent's bytes): 1, or 2
+   when they are the same range (same buffer bytes, same element size). */
 static int op_overlap(clopt_tensor dst, size_t ds, clopt_tensor src, size_t ss, size_t n)
 {
-    return dst.buffer == src.buffer && dst.offset * ds < (src.offset + n) * ss &&
-           src.offset * ss < (dst.offset + n) * ds;
+    size_t od, os;
+    const cl_mem bd = clopt_mem_root(dst.buffer, &od), bs = clopt_mem_root(src.buffer, &os);
+    const size_t d0 = od + dst.offset * ds, s0 = os + src.offset * ss;
+    if (bd != bs || !(d0 < s0 + n * ss && s0 < d0 + n * ds))
+        return 0;
+    return d0 == s0 && ds == ss ? 2 : 1;
 }
 
 /* The op-level step's tensors (validated) must not share bytes: a work-item's reads and
@@ -576,8 +581,8 @@ static clopt_status axpby_enqueue(clopt_ctx *ctx, cl_command_queue queue, clopt_
         (s = clopt_check_tensor_of(ctx, "src", src, n, ss)) != CLOPT_SUCCESS)
         return s;
     /* one array read and written in place is fine; any other overlap is a race */
-    const int same = dt == st && dst.offset == src.offset;
-    if (refuse_overlap && !same && op_overlap(dst, ds, src, ss, n))
+    const int ov = op_overlap(dst, ds, src, ss, n), same = ov == 2 && dt == st;
+    if (refuse_overlap && ov && !same)
         return clopt_fail(ctx, CLOPT_ERR_INVALID_ARGUMENT, "axpby: dst and src overlap");
     cl_kernel k = NULL;
     if (dt == CLOPT_DTYPE_F32 && st == CLOPT_DTYPE_F32) {

@@ -150,24 +150,27 @@ static int span_cmp(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
+cl_mem clopt_mem_root(cl_mem m, size_t *origin)
+{
+    cl_mem parent = NULL;
+    *origin = 0;
+    if (m &&
+        clGetMemObjectInfo(m, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL) ==
+            CL_SUCCESS &&
+        parent &&
+        clGetMemObjectInfo(m, CL_MEM_OFFSET, sizeof *origin, origin, NULL) == CL_SUCCESS)
+        return parent;
+    *origin = 0;
+    return m;
+}
+
 clopt_status clopt_check_disjoint(clopt_ctx *ctx, clopt_span *s, size_t count)
 {
-    /* a sub-buffer's range is its parent's, at its origin (OpenCL has no sub-buffers of
-       sub-buffers): a view of a tensor's storage (an arena's clopt_optimizer_param_view, an
-       engine's own clCreateSubBuffer) overlaps that storage */
     for (size_t i = 0; i < count; i++) {
-        cl_mem parent = NULL;
-        size_t origin = 0;
-        if (s[i].buffer &&
-            clGetMemObjectInfo(s[i].buffer, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent,
-                               NULL) == CL_SUCCESS &&
-            parent &&
-            clGetMemObjectInfo(s[i].buffer, CL_MEM_OFFSET, sizeof origin, &origin, NULL) ==
-                CL_SUCCESS) {
-            s[i].buffer = parent;
-            s[i].lo += origin;
-            s[i].hi += origin;
-        }
+        size_t origin;
+        s[i].buffer = clopt_mem_root(s[i].buffer, &origin);
+        s[i].lo += origin;
+        s[i].hi += origin;
     }
     qsort(s, count, sizeof *s, span_cmp);
     for (size_t i = 1; i < count; i++) {

@@ -481,6 +481,20 @@ static void test_misuse_refused(void **state)
     oa.grad = (clopt_tensor){sub, 50}; /* bytes [200, 400) of B: disjoint, fine */
     assert_int_equal(clopt_enqueue_step(ctx, NULL, CLOPT_SGD, &sgd, &oa, 50, 1, 0, NULL, NULL),
                      CLOPT_SUCCESS);
+    /* the ops with two tensors: the same range through the view is dst += src in place
+       (fine), a shifted one overlaps (it passed), also for a conversion */
+    assert_int_equal(clopt_enqueue_axpby_ex(ctx, NULL, (clopt_tensor){B, 0}, CLOPT_DTYPE_F32,
+                                            (clopt_tensor){sub, 0}, CLOPT_DTYPE_F32, 50, 1.0,
+                                            1.0, 0, NULL, NULL),
+                     CLOPT_SUCCESS);
+    assert_int_equal(clopt_enqueue_axpby_ex(ctx, NULL, (clopt_tensor){B, 0}, CLOPT_DTYPE_F32,
+                                            (clopt_tensor){sub, 10}, CLOPT_DTYPE_F32, 50, 1.0,
+                                            1.0, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+    assert_int_equal(clopt_enqueue_convert(ctx, NULL, (clopt_tensor){B, 0}, CLOPT_DTYPE_F32,
+                                           (clopt_tensor){sub, 5}, CLOPT_DTYPE_BF16, 10, 0, 0,
+                                           0, 1, 0, NULL, NULL),
+                     CLOPT_ERR_INVALID_ARGUMENT);
     clReleaseMemObject(sub);
     clopt_optimizer_destroy(opt);
     clReleaseMemObject(B);
