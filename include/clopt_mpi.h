@@ -146,7 +146,9 @@ typedef enum clopt_mpi_reduce_op {
 } clopt_mpi_reduce_op;
 
 typedef struct clopt_mpi_options {
-    size_t struct_size;            /* set by clopt_mpi_options_init */
+    size_t struct_size;            /* set by clopt_mpi_options_init; create refuses a size
+                                      above 1024 (an uninitialised struct) and a field past
+                                      this library's that is set, as a group desc's */
     clopt_mpi_grad_mode grad_mode; /* CLOPT_MPI_GRAD_ENGINE */
     clopt_mpi_reduce_op reduce_op; /* CLOPT_MPI_SUM (reduce-scatter mode only) */
     /* Reduce-scatter mode: 1 (default) sends the slices with MPI_Alltoallv and sums them on

@@ -159,6 +159,22 @@ static size_t desc_len(const clopt_param_desc *d)
     return n;
 }
 
+/* A growing struct s whose struct_size (its first field) is a version's: at least min, at
+   most 1024 (the core library's bound: larger is an uninitialised struct, refused before
+   anything past the struct is read), and 0 in every byte past the `known` this library
+   has (a newer caller's field it cannot honour). */
+static int struct_size_ok(const void *s, size_t min, size_t known)
+{
+    size_t size;
+    memcpy(&size, s, sizeof size);
+    if (size < min || size > 1024)
+        return 0;
+    for (size_t i = known; i < size; i++)
+        if (((const unsigned char *)s)[i])
+            return 0;
+    return 1;
+}
+
 /* The stochastic-rounding stream a group's desc asks for (-1: the default; a desc from a
    header before the field: -1). */
 static long long group_sr_stream(const clopt_range_group *desc)
@@ -181,7 +197,11 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_SIZE, "no groups");
     if ((int)rule < 0 || rule >= CLOPT_RULE_COUNT)
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT, "rule %d out of range", (int)rule);
-    if (o && (o->struct_size < sizeof *o || (unsigned)o->grad_mode > 1u ||
+    if (o && !struct_size_ok(o, sizeof *o, sizeof *o))
+        return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
+                              "options: struct_size is no version's, or a field this library "
+                              "does not know is set (clopt_mpi_options_init)");
+    if (o && ((unsigned)o->grad_mode > 1u ||
               (unsigned)o->reduce_op > 1u || (o->ordered_sum != 0 && o->ordered_sum != 1) ||
               (o->shard_tensors != 0 && o->shard_tensors != 1)))
         return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
@@ -207,9 +227,12 @@ static clopt_status check_args(clopt_mpi_optimizer *opt, clopt_rule rule, size_t
         clopt_status s = check_rule(opt, rule, &hps[gi], o ? o->shard_tensors : 0);
         if (s != CLOPT_SUCCESS)
             return s;
-        if (desc->struct_size < offsetof(clopt_range_group, init_state) + sizeof(int))
+        if (!struct_size_ok(desc, offsetof(clopt_range_group, init_state) + sizeof(int),
+                            sizeof *desc))
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,
-                                  "group %zu: struct_size too small", gi);
+                                  "group %zu: struct_size is no version's, or a field this "
+                                  "library does not know is set (clopt_range_group_init)",
+                                  gi);
         const long long srs = group_sr_stream(desc);
         if (srs < -1 || srs > (long long)UINT32_MAX)
             return clopt_mpi_fail(opt, CLOPT_ERR_INVALID_ARGUMENT,

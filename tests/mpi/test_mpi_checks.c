@@ -292,6 +292,32 @@ static void test_errors(void)
     h8.state_dtype = CLOPT_DTYPE_U8;
     fx_expect_create("lamb, 8-bit state", CLOPT_LAMB, &h8, CLOPT_DTYPE_F32, CLOPT_DTYPE_F32,
                      CLOPT_DTYPE_F32, -1, CLOPT_ERR_UNSUPPORTED, NULL);
+    /* a garbage struct_size in the options or in a group's desc (every rank): refused before
+       anything past the struct is read, as the core refuses it (both were accepted) */
+    {
+        fx_layout L;
+        fx_layout_main(&L);
+        cl_mem p = fx_buffer(L.plen, 0.5f), g = fx_buffer(L.glen, 0.0f);
+        clopt_param_desc d[FX_MAX_T];
+        clopt_range_group desc;
+        fx_range_group(&L, p, g, d, &desc);
+        clopt_mpi_options o;
+        clopt_mpi_options_init(&o);
+        o.struct_size = SIZE_MAX;
+        clopt_mpi_optimizer *sh = NULL;
+        char why[256];
+        CHECK_STATUS(clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAMW, &hp, MPI_COMM_WORLD, &desc,
+                                                &o, &sh, why, sizeof why),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+        clopt_mpi_options_init(&o);
+        desc.struct_size = (size_t)0xdeadbeefcafe;
+        CHECK_STATUS(clopt_mpi_optimizer_create(fx_ctx, CLOPT_ADAMW, &hp, MPI_COMM_WORLD, &desc,
+                                                &o, &sh, why, sizeof why),
+                     CLOPT_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(why, "clopt_range_group_init") != NULL, "desc struct_size: %s", why);
+        clReleaseMemObject(p);
+        clReleaseMemObject(g);
+    }
     /* local setters validate */
     pair P;
     pair_open(&P, CLOPT_ADAMW, &hp);
