@@ -158,8 +158,11 @@ clopt_status clopt_optimizer_seed(clopt_optimizer *opt, uint64_t seed)
 
 clopt_status clopt_optimizer_rng(const clopt_optimizer *opt, uint64_t *seed, uint64_t *counter)
 {
-    if (!opt || !seed || !counter)
+    if (!opt)
         return CLOPT_ERR_NULL_ARGUMENT;
+    clopt_clear_error(opt->ctx);
+    if (!seed || !counter)
+        return clopt_fail(opt->ctx, CLOPT_ERR_NULL_ARGUMENT, "seed and counter must not be NULL");
     *seed = opt->rng_seed;
     *counter = opt->rng_counter;
     return CLOPT_SUCCESS;

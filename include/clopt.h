@@ -23,8 +23,8 @@
  *    exits, aborts or prints.
  *  - No global state: everything lives in a clopt_ctx (CLBlast's process-wide program cache,
  *    which Muon fills, is cleared by clopt_ctx_destroy). A context (and everything created
- *    from it, its getters included: they reset its last error) must not be used from two
- *    threads at once; two contexts are independent.
+ *    from it, the getters that return a status included: they reset its last error) must
+ *    not be used from two threads at once; two contexts are independent.
  *  - Values are float32 on the device. Offsets and lengths count elements, not bytes.
  *  - Scalar hyperparameters are stored in double on the host and passed to the kernels as
  *    float; step-dependent factors (bias corrections, RAdam's rectification, NAdam's

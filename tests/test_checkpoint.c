@@ -526,7 +526,9 @@ static void test_settings_read_back(void **state)
                 got.stage[0].step_size == 7 && got.stage[0].gamma == 0.5);
     assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 9, &got), CLOPT_ERR_INDEX);
     assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 0, NULL), CLOPT_ERR_NULL_ARGUMENT);
+    assert_int_equal(clopt_optimizer_get_group_schedule(a.opt, 9, &got), CLOPT_ERR_INDEX);
     assert_int_equal(clopt_optimizer_rng(a.opt, NULL, &counter), CLOPT_ERR_NULL_ARGUMENT);
+    assert_non_null(strstr(clopt_ctx_last_error(f->ctx), "seed and counter")); /* not "no group" */
     assert_true(isnan(clopt_optimizer_grad_clip(NULL)) && isnan(clopt_optimizer_grad_scale(NULL)));
     /* a fresh optimizer's defaults, then the loaded file's */
     assert_true(clopt_optimizer_grad_clip(b.opt) == 0 && clopt_optimizer_grad_scale(b.opt) == 0);
