@@ -13,8 +13,9 @@
 #    clopt's default; every later stage runs on that device (CLOPT_DEVICE=<its index>).
 # 4. The cmocka suite (ctest) and clopt-conform tests/data/golden on it.
 # 5. clopt-bench for AdamW, SGD momentum, Adam, Lion, Adafactor and LAMB at 2^20 ... 2^28
-#    (fused, unfused, copy and stream), the largest size capped by the device's memory; and
-#    AdamW's storage combinations (bf16 and 8-bit state, 16-bit weights) at that size.
+#    (fused, unfused, copy and stream), the largest size capped by the device's memory;
+#    AdamW's storage combinations (bf16 and 8-bit state, 16-bit weights) at that size; and
+#    issue 11's AMP figure: AdamW at 2^24 in 1000 tensors with and without AMP and clipping.
 # 6. If a Python with PyTorch and CUDA is there: bench/torch_adamw.py at the same sizes
 #    (torch.optim.AdamW fused=True and foreach=True).
 # Everything goes to bench/results/<device>/ (logs, JSON, CSV, README.md with the tables).
@@ -33,8 +34,8 @@
 #                           it as it is (built elsewhere and carried: no cmake or gcc needed)
 #   GPU_CHECK_OUT           results folder (default bench/results/<device>)
 #   GPU_CHECK_PYTHON        the Python for PyTorch (default python3)
-#   GPU_CHECK_LIMIT_BUILD, _CTEST, _CONFORM, _BENCH, _STORAGE, _TORCH   stage limits in
-#                           seconds (default 900, 300, 120, 300, 180, 180)
+#   GPU_CHECK_LIMIT_BUILD, _CTEST, _CONFORM, _BENCH, _STORAGE, _AMP, _TORCH   stage limits
+#                           in seconds (default 900, 300, 120, 300, 180, 120, 180)
 # Try it without a GPU (PoCL, a few minutes on 2 cores):
 #   GPU_CHECK_QUICK=1 GPU_CHECK_MAX_SIZE=2^22 GPU_CHECK_REPS=3 GPU_CHECK_OUT=/tmp/gc bash ci/gpu-check.sh
 set -u
@@ -324,6 +325,12 @@ stage clopt-bench-storage "${GPU_CHECK_LIMIT_STORAGE:-180}" "$OUT/storage.txt" 0
     "$BUILD/bench/clopt-bench" --rules adamw --sizes "2^$EMAX" --variants fused,stream \
     --dtypes 'p=f32;p=f32,state=bf16;p=f32,state=int8;p=bf16,g=bf16,master=remainder;p=bf16,g=bf16,master=remainder,state=int8;p=bf16,g=bf16,master=none,sr=1' \
     --reps "$REPS" --json "$OUT/storage.json" --csv "$OUT/storage.csv"
+# AMP and clipping: a step of 1000 tensors with them against the step without (issue 11: at
+# most 1.15x; on the 2-core CPU 1.19-1.21x, at the floor clopt-floor amp measures there)
+stage clopt-bench-amp "${GPU_CHECK_LIMIT_AMP:-120}" "$OUT/amp.txt" 0 \
+    "$BUILD/bench/clopt-bench" --rules adamw --sizes "2^$((EMAX < 24 ? EMAX : 24))" \
+    --tensors 1000 --variants arena,arena_amp --reps "$REPS" --no-check \
+    --json "$OUT/amp.json" --csv "$OUT/amp.csv"
 
 # ---- 6. PyTorch ---------------------------------------------------------------------------
 TORCH_NOTE=""
