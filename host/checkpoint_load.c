@@ -361,15 +361,14 @@ static clopt_status parse_tensor(clopt_optimizer *opt, rbuf *r, size_t i, const 
        range groups, so a plain group's bytes with tensors added at different steps were
        taken by a range group of the same shapes (its tensors are consecutive: each is
        compared with the one before it) */
-    const size_t f = g->first;
     if (g->ranges && i > 0 && opt->params[i - 1].group == e->group &&
         (lt->step != L->tensors[i - 1].step || lt->mu_product != L->tensors[i - 1].mu_product))
         return clopt_fail(ctx, CLOPT_ERR_STATE_MISMATCH,
                           "%s: the tensors of group %zu differ in their step counts (a group "
                           "whose tensors were added at different steps), here a range group",
                           src, (size_t)e->group);
-    if (g->arena && i > f) {
-        const loaded_tensor *first = &L->tensors[f];
+    if (g->arena && i > g->first) {
+        const loaded_tensor *first = &L->tensors[g->first];
         if (lt->step != first->step || lt->mu_product != first->mu_product ||
             (!clopt_rule_is_multipass(opt->rule) && (lt->master_ready != first->master_ready ||
                                                      lt->slow_ready != first->slow_ready)))

@@ -131,12 +131,8 @@ clopt_status clopt_check_tensor_of(clopt_ctx *ctx, const char *what, clopt_tenso
                                    size_t esize);
 clopt_status clopt_check_queue(clopt_ctx *ctx, cl_command_queue queue);
 clopt_status clopt_check_wait_list(clopt_ctx *ctx, cl_uint num_wait, const cl_event *wait_list);
-/* The largest struct_size of a growing public struct the library reads (clopt_save_options,
-   clopt_range_group): a larger one is not any version's size but an uninitialised struct,
-   refused before a byte past the library's own struct is read. */
-#define CLOPT_STRUCT_SIZE_MAX 1024u
 /* A growing public struct s of `what` (struct_size at its start): struct_size at least min
-   (the first version's size) and at most CLOPT_STRUCT_SIZE_MAX, else
+   (the first version's size) and at most CLOPT_STRUCT_SIZE_MAX (clopt.h), else
    CLOPT_ERR_INVALID_ARGUMENT naming init (its init function); past `known` bytes (this
    library's struct) every byte must be 0: a newer caller's field this library does not know
    is set otherwise (CLOPT_ERR_UNSUPPORTED). */

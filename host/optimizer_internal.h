@@ -64,12 +64,6 @@ typedef struct clopt_param {
 /* Steps enqueued whose verdict (AMP skip, gradient norm) has not reached the host yet; when
    all slots are in use, a step waits for the oldest (see clopt_optimizer_step_on). */
 #define CLOPT_MAX_IN_FLIGHT 32
-/* The largest step count the optimizer takes (set_step_count) or a checkpoint holds: 2^53 -
-   64. Every step computed from it (the count + 1 + d for the CLOPT_MAX_IN_FLIGHT steps in
-   flight) is then an integer below 2^53, exact and distinct as the double that the bias
-   corrections, schedules and Adafactor's t^decay_rate are computed from. 2^64 - 1 wrapped
-   the next step to 0. */
-#define CLOPT_MAX_STEP_COUNT ((UINT64_C(1) << 53) - 64)
 
 typedef struct clopt_step_record {
     uint64_t call;       /* 1-based step call */

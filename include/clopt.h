@@ -1374,6 +1374,10 @@ clopt_status clopt_optimizer_load(clopt_optimizer *opt, const char *path);
    - arena_params 1 (default): the parameters of arena groups (storage the library
      allocated) are included, so such an optimizer resumes from the bytes alone. Parameters
      of caller-owned tensors are never included: the engine saves them with its model. */
+/* The largest struct_size of a growing struct (clopt_save_options, clopt_range_group,
+   clopt_mpi_options) a library reads: a larger one is no version's size but an uninitialised
+   struct, refused before a byte past the library's own struct is read. */
+#define CLOPT_STRUCT_SIZE_MAX 1024u
 typedef struct clopt_save_options {
     size_t struct_size; /* sizeof(clopt_save_options), set by clopt_save_options_init */
     int state_tensors;
@@ -1465,6 +1469,10 @@ clopt_status clopt_optimizer_param_step_count(const clopt_optimizer *opt, size_t
    above 2^53 - 64, the largest a checkpoint holds: every step's t stays an exact double),
    CLOPT_ERR_OUT_OF_MEMORY or an OpenCL code. */
 clopt_status clopt_optimizer_set_step_count(clopt_optimizer *opt, uint64_t count);
+/* The largest step count set_step_count takes and a checkpoint holds: 2^53 - 64, so that
+   every step computed from it (the count + 1 + d for the 32 steps that may be in flight) is
+   an integer below 2^53, exact as the double the bias corrections and schedules use. */
+#define CLOPT_MAX_STEP_COUNT ((UINT64_C(1) << 53) - 64)
 /* The rule (CLOPT_RULE_COUNT for NULL) and the number of registered tensors (0 for NULL). */
 clopt_rule clopt_optimizer_rule(const clopt_optimizer *opt);
 size_t clopt_optimizer_param_count(const clopt_optimizer *opt);

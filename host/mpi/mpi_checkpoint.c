@@ -230,7 +230,7 @@ static clopt_status parse(const unsigned char *p, size_t len, ckpt *c, const cha
     clopt_mpi_get_u32(&r);
     if (r.bad || world == 0 || world > (1u << 24))
         return CLOPT_ERR_FORMAT;
-    if (c->steps > CLOPT_MPI_MAX_STEPS) /* set_step_count, last, would refuse it */
+    if (c->steps > CLOPT_MAX_STEP_COUNT) /* set_step_count, last, would refuse it */
         return (*why = "impossible step count (above 2^53 - 64)"), CLOPT_ERR_FORMAT;
     clopt_mpi_get(&r, (size_t)world * 16);
     if (r.bad || c->ntensors == 0 || c->ntensors > c->total || c->total > INT_MAX)

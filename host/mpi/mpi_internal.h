@@ -11,10 +11,6 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The largest step count clopt_optimizer_set_step_count takes (and a checkpoint holds):
-   2^53 - 64. The loaders check a file's count against it before they write anything. */
-#define CLOPT_MPI_MAX_STEPS ((UINT64_C(1) << 53) - 64)
-
 /* A run of the flattened vector that lies contiguously in a device buffer: flattened
    elements [flat, flat + len) are at buffer offsets [off, off + len). */
 typedef struct clopt_mpi_run {

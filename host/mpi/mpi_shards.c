@@ -235,7 +235,7 @@ static clopt_status parse_manifest(clopt_mpi_optimizer *opt, const unsigned char
     clopt_mpi_get_u32(&r);
     if (r.bad)
         return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT, "manifest: truncated");
-    if (*steps > CLOPT_MPI_MAX_STEPS) /* set_step_count, last, would refuse it */
+    if (*steps > CLOPT_MAX_STEP_COUNT) /* set_step_count, last, would refuse it */
         return clopt_mpi_fail(opt, CLOPT_ERR_FORMAT,
                               "manifest: impossible step count (above 2^53 - 64)");
     if (rule != (uint32_t)opt->rule || total != opt->total || nt != opt->ntensors)

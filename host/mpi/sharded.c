@@ -160,14 +160,14 @@ static size_t desc_len(const clopt_param_desc *d)
 }
 
 /* A growing struct s whose struct_size (its first field) is a version's: at least min, at
-   most 1024 (the core library's bound: larger is an uninitialised struct, refused before
-   anything past the struct is read), and 0 in every byte past the `known` this library
-   has (a newer caller's field it cannot honour). */
+   most CLOPT_STRUCT_SIZE_MAX, and 0 in every byte past the `known` this library has (a
+   newer caller's field it cannot honour); the core's clopt_check_struct_size, which this
+   library cannot call (it uses the public API only), without the message. */
 static int struct_size_ok(const void *s, size_t min, size_t known)
 {
     size_t size;
     memcpy(&size, s, sizeof size);
-    if (size < min || size > 1024)
+    if (size < min || size > CLOPT_STRUCT_SIZE_MAX)
         return 0;
     for (size_t i = known; i < size; i++)
         if (((const unsigned char *)s)[i])
